@@ -1,0 +1,185 @@
+// gometal._core: converts between NumPy and the engine, nothing more. C++ exceptions become
+// Python exceptions (std::invalid_argument -> ValueError, others -> RuntimeError).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <string>
+
+#include "backends/backend.h"
+#include "gometal/engine.h"
+#include "gometal/ir.h"
+
+namespace py = pybind11;
+using namespace gometal;
+
+namespace {
+
+constexpr int kMaxInputs = 16;
+constexpr int kMaxRank = 8;
+
+py::tuple to_tuple(const Shape& s) {
+  py::tuple t(s.size());
+  for (size_t i = 0; i < s.size(); ++i) t[i] = s[i];
+  return t;
+}
+
+Attrs parse_attrs(const std::string& op, const py::dict& d) {
+  Attrs a;
+  for (auto item : d) {
+    const std::string key = py::str(item.first);
+    py::handle v = item.second;
+    if (key == "axes" || key == "perm" || key == "shape") a.ints = v.cast<std::vector<int64_t>>();
+    else if (key == "axis") a.axis = v.cast<int64_t>();
+    else if (key == "start" || key == "before") a.start = v.cast<int64_t>();
+    else if (key == "end" || key == "after") a.end = v.cast<int64_t>();
+    else if (key == "depth") a.depth = v.cast<int64_t>();
+    else if (key == "keepdims") a.keepdims = v.cast<bool>();
+    else if (key == "transpose_a") a.transpose_a = v.cast<bool>();
+    else if (key == "transpose_b") a.transpose_b = v.cast<bool>();
+    else if (key == "dtype") a.dtype = dtype_from_name(v.cast<std::string>());
+    else throw py::value_error("[" + op + "] unknown attribute '" + key + "'");
+  }
+  return a;
+}
+
+DType array_dtype(const py::array& a, const std::string& what) {
+  if (a.dtype().is(py::dtype::of<float>())) return DType::F32;
+  if (a.dtype().is(py::dtype::of<int32_t>())) return DType::I32;
+  throw py::type_error(what + " must be a float32 or int32 array, got dtype " + std::string(py::str(a.dtype())));
+}
+
+py::object to_python(const float* data, const Shape& shape, DType dtype) {
+  if (shape.empty()) {
+    if (dtype == DType::I32) return py::int_(*reinterpret_cast<const int32_t*>(data));
+    return py::float_(*data);
+  }
+  std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+  if (dtype == DType::I32) {
+    py::array_t<int32_t> out(dims);
+    std::copy_n(reinterpret_cast<const int32_t*>(data), numel(shape), out.mutable_data());
+    return std::move(out);
+  }
+  py::array_t<float> out(dims);
+  std::copy_n(data, numel(shape), out.mutable_data());
+  return std::move(out);
+}
+
+py::list run(Engine& engine, const std::string& name, const py::sequence& arrays) {
+  const auto& decl = engine.function_inputs(name);
+  const int count = static_cast<int>(py::len(arrays));
+  if (count != static_cast<int>(decl.size()))
+    throw py::value_error("[run] '" + name + "' takes " + std::to_string(decl.size()) + " inputs, got " +
+                          std::to_string(count));
+  if (count > kMaxInputs) throw py::value_error("[run] at most 16 inputs are supported");
+  std::array<TensorView, kMaxInputs> views;
+  std::array<std::array<int64_t, kMaxRank>, kMaxInputs> dims;
+  std::vector<py::array> keep;
+  keep.reserve(count);
+  for (int i = 0; i < count; ++i) {
+    const std::string iname = engine.graph().node(decl[i]).attrs.name;
+    py::object obj = arrays[i];
+    if (!py::isinstance<py::array>(obj))
+      throw py::type_error("[run] input '" + iname + "' must be a NumPy array, got " +
+                           std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (!(a.flags() & py::array::c_style))
+      throw py::type_error("[run] input '" + iname + "' must be C-contiguous");
+    if (a.ndim() > kMaxRank) throw py::value_error("[run] input '" + iname + "' has rank > 8");
+    views[i].dtype = array_dtype(a, "[run] input '" + iname + "'");
+    for (int d = 0; d < a.ndim(); ++d) dims[i][d] = a.shape(d);
+    views[i].dims = dims[i].data();
+    views[i].rank = static_cast<int>(a.ndim());
+    views[i].data = a.data();
+    keep.push_back(a);
+  }
+  const RunResult* result;
+  {
+    py::gil_scoped_release release;
+    result = &engine.run(name, views.data(), count);
+  }
+  py::list out;
+  for (size_t i = 0; i < result->data.size(); ++i)
+    out.append(to_python(result->data[i], result->shapes[i], result->dtypes[i]));
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "gometal's compiled engine: graph builder, autodiff, planner and CPU executor";
+
+  py::class_<Graph>(m, "Graph")
+      .def(py::init<>())
+      .def("input", [](Graph& g, const std::string& name, const Shape& shape, const std::string& dtype) {
+             return g.input(name, shape, dtype_from_name(dtype));
+           }, py::arg("name"), py::arg("shape"), py::arg("dtype") = "float32")
+      .def("variable", &Graph::variable, py::arg("name"), py::arg("shape"))
+      .def("scalar", &Graph::scalar, py::arg("name"), py::arg("value"))
+      .def("constant", [](Graph& g, py::object value) {
+             if (py::isinstance<py::float_>(value) || py::isinstance<py::int_>(value))
+               return g.constant(value.cast<float>());
+             auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(value);
+             if (!a) throw py::type_error("[constant] expects a number or a float array");
+             Shape shape(a.shape(), a.shape() + a.ndim());
+             return g.constant(shape, std::vector<float>(a.data(), a.data() + a.size()));
+           }, py::arg("value"))
+      .def("op", [](Graph& g, const std::string& kind, const std::vector<int>& inputs, const py::dict& attrs) {
+             return g.op(kind, inputs, parse_attrs(kind, attrs));
+           }, py::arg("kind"), py::arg("inputs"), py::arg("attrs") = py::dict())
+      .def("gradients", &Graph::gradients, py::arg("loss"), py::arg("wrt"))
+      .def("shape", [](const Graph& g, int id) { return to_tuple(g.node(id).shape); })
+      .def("dtype", [](const Graph& g, int id) { return std::string(dtype_name(g.node(id).dtype)); })
+      .def("op_name", [](const Graph& g, int id) { return std::string(op_name(g.node(id).op)); })
+      .def("inputs_of", [](const Graph& g, int id) { return g.node(id).inputs; })
+      .def("__len__", &Graph::size);
+
+  py::class_<Engine>(m, "Engine")
+      .def(py::init<const Graph&, uint64_t, const std::string&>(), py::arg("graph"), py::arg("seed") = 0,
+           py::arg("backend") = "cpu")
+      .def("define", &Engine::define, py::arg("name"), py::arg("inputs"), py::arg("outputs"),
+           py::arg("effects") = std::vector<int>{}, py::arg("advance_rng") = false)
+      .def("has_function", &Engine::has_function)
+      .def("run", &run, py::arg("name"), py::arg("arrays"))
+      .def("variable_names", &Engine::variable_names)
+      .def("variable_shape", [](const Engine& e, const std::string& n) { return to_tuple(e.variable_shape(n)); })
+      .def("get_variable", [](const Engine& e, const std::string& name) {
+        const Shape s = e.variable_shape(name);
+        py::array_t<float> out(std::vector<py::ssize_t>(s.begin(), s.end()));
+        e.get_variable(name, out.mutable_data());
+        return out;
+      })
+      .def("set_variable", [](Engine& e, const std::string& name, py::array value) {
+        auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(value);
+        if (!a) throw py::type_error("[set_variable] '" + name + "' expects a float array");
+        e.set_variable(name, a.data(), Shape(a.shape(), a.shape() + a.ndim()));
+      })
+      .def("set_scalar", &Engine::set_scalar)
+      .def("get_scalar", &Engine::get_scalar)
+      .def_property("rng_step", &Engine::rng_step, &Engine::set_rng_step)
+      .def_property_readonly("seed", &Engine::seed)
+      .def("stats", [](const Engine& e) {
+        const EngineStats s = e.stats();
+        py::dict d;
+        d["arena_bytes"] = s.arena_bytes;
+        d["persistent_bytes"] = s.persistent_bytes;
+        d["allocations"] = s.allocations;
+        d["steps"] = s.steps;
+        d["plans"] = s.plans;
+        return d;
+      });
+
+  m.def("set_num_threads", &set_num_threads, py::arg("threads"));
+  m.def("get_num_threads", &get_num_threads);
+  m.def("blas_info", &blas_info);
+  m.def("metal_available", &metal_available);
+  m.def("random_uniform", [](uint64_t seed, uint32_t stream, const Shape& shape) {
+    for (int64_t d : shape)
+      if (d < 0) throw py::value_error("[random_uniform] shape dims must be >= 0, got " + shape_str(shape));
+    const std::vector<float> v = random_uniform(seed, stream, numel(shape));
+    py::array_t<float> out(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+    std::copy(v.begin(), v.end(), out.mutable_data());
+    return out;
+  }, py::arg("seed"), py::arg("stream"), py::arg("shape"));
+}

@@ -1,0 +1,97 @@
+// The engine: owns a graph's persistent state (variables, runtime scalars, RNG) and runs
+// its functions, compiling one plan per (function, batch size) on first use.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gometal/ir.h"
+
+namespace gometal {
+
+class Backend;
+class CompiledFunction;
+
+// A borrowed view of caller memory (C-contiguous).
+struct TensorView {
+  const void* data = nullptr;
+  const int64_t* dims = nullptr;
+  int rank = 0;
+  DType dtype = DType::F32;
+};
+
+struct RunResult {
+  std::vector<const float*> data;  // valid until the next run of the same function
+  std::vector<Shape> shapes;
+  std::vector<DType> dtypes;
+};
+
+struct EngineStats {
+  int64_t arena_bytes = 0;       // all cached plans
+  int64_t persistent_bytes = 0;  // variables, scalars, constants
+  uint64_t allocations = 0;      // engine heap allocations so far (arenas, pools, scratch)
+  uint64_t steps = 0;            // runs of functions with effects
+  int64_t plans = 0;
+};
+
+class Engine {
+ public:
+  Engine(const Graph& graph, uint64_t seed = 0, const std::string& backend = "cpu");
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const Graph& graph() const { return graph_; }
+
+  void define(const std::string& name, std::vector<int> inputs, std::vector<int> outputs,
+              std::vector<int> effects, bool advance_rng);
+  bool has_function(const std::string& name) const { return functions_.count(name) > 0; }
+  const std::vector<int>& function_inputs(const std::string& name) const;
+
+  // Validates the inputs (shapes, dtypes, finite values, label ranges), then runs one step.
+  // Throws std::invalid_argument before touching any state when an input is bad.
+  const RunResult& run(const std::string& name, const TensorView* inputs, int count);
+
+  std::vector<std::string> variable_names() const;
+  Shape variable_shape(const std::string& name) const;
+  void set_variable(const std::string& name, const float* data, const Shape& shape);
+  void get_variable(const std::string& name, float* out) const;
+  void set_scalar(const std::string& name, float value);
+  float get_scalar(const std::string& name) const;
+
+  uint64_t seed() const { return seed_; }
+  uint64_t rng_step() const { return rng_step_; }
+  void set_rng_step(uint64_t step) { rng_step_ = step; }
+
+  EngineStats stats() const;
+
+ private:
+  struct Plan;
+  struct Function;
+  int named(OpKind kind, const std::string& name) const;
+  Plan& plan_for(Function& fn, int64_t batch);
+
+  Graph graph_;
+  uint64_t seed_;
+  uint64_t rng_step_ = 0;
+  uint64_t steps_ = 0;
+  std::unique_ptr<Backend> backend_;
+  std::vector<int64_t> persistent_offset_;  // per node id
+  int64_t persistent_floats_ = 0;
+  float* persistent_ = nullptr;
+  struct PersistentPool;
+  std::unique_ptr<PersistentPool> pool_;
+  std::map<std::string, std::unique_ptr<Function>> functions_;
+  uint64_t pool_generation_ = 0;
+};
+
+void set_num_threads(int threads);
+int get_num_threads();
+std::string blas_info();
+// U[0,1) from the engine's Philox generator, for initialisers: (seed, stream) pick the sequence.
+std::vector<float> random_uniform(uint64_t seed, uint32_t stream, int64_t count);
+
+}  // namespace gometal

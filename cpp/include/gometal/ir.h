@@ -1,0 +1,114 @@
+// The graph IR: primitives, shapes, dtypes, and the graph builder.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace gometal {
+
+// A shape is a list of dims; kBatch marks "the batch size", fixed when a plan is compiled.
+using Shape = std::vector<int64_t>;
+inline constexpr int64_t kBatch = -1;
+
+enum class DType : uint8_t { F32, I32 };
+
+enum class OpKind : uint8_t {
+  // leaves
+  Input, Variable, Scalar, Constant,
+  // unary elementwise
+  Neg, Exp, Log, Tanh, Sigmoid, Relu, Abs, Sign, Sqrt, Rsqrt, Erf, Square,
+  // binary elementwise (numpy broadcasting)
+  Add, Sub, Mul, Div, Maximum, Minimum, Pow,
+  Greater, GreaterEqual, Less, Equal,
+  Select,
+  // reductions
+  Sum, Mean, Max, Argmax,
+  // layout
+  Reshape, Transpose, BroadcastTo, Slice, Concat, Pad,
+  // linear algebra
+  MatMul,
+  // misc
+  OneHot, Cast, RandomUniform, StopGradient, Assign,
+  kCount
+};
+
+struct Attrs {
+  std::vector<int64_t> ints;  // axes (reductions), perm (transpose), shape (reshape, broadcast_to)
+  int64_t axis = 0;           // argmax, slice, concat, pad
+  int64_t start = 0;          // slice start / pad before
+  int64_t end = 0;            // slice end / pad after
+  int64_t depth = 0;          // one_hot
+  bool keepdims = false;
+  bool transpose_a = false;
+  bool transpose_b = false;
+  DType dtype = DType::F32;   // cast, input
+  std::string name;           // input, variable, scalar
+  float value = 0.0f;         // scalar initial value, scalar constant
+};
+
+struct Node {
+  OpKind op;
+  std::vector<int> inputs;
+  Attrs attrs;
+  Shape shape;
+  DType dtype = DType::F32;
+  std::vector<float> data;  // constant payload
+};
+
+std::string_view op_name(OpKind op);
+OpKind op_from_name(std::string_view name);  // throws std::invalid_argument for unknown names
+std::string shape_str(const Shape& s);
+std::string_view dtype_name(DType d);
+DType dtype_from_name(std::string_view name);
+int64_t numel(const Shape& s);  // concrete shapes only
+Shape concretize(const Shape& s, int64_t batch);
+
+int op_arity(OpKind op);          // -1 = variadic, 0 = leaf
+bool is_elementwise(OpKind op);      // unary, binary, select, broadcast_to, random_uniform
+bool is_differentiable(OpKind op);
+
+class Graph {
+ public:
+  int input(const std::string& name, const Shape& shape, DType dtype = DType::F32);
+  int variable(const std::string& name, const Shape& shape);
+  int scalar(const std::string& name, float initial);
+  int constant(float value);
+  int constant(const Shape& shape, std::vector<float> values);
+  // Adds a primitive; runs shape inference and throws std::invalid_argument naming the op.
+  int op(OpKind kind, std::vector<int> inputs, Attrs attrs = {});
+  int op(std::string_view kind, std::vector<int> inputs, Attrs attrs = {});
+
+  // Reverse-mode autodiff: appends the backward nodes, returns d(loss)/d(wrt[i]).
+  std::vector<int> gradients(int loss, const std::vector<int>& wrt);
+
+  const Node& node(int id) const;
+  int size() const { return static_cast<int>(nodes_.size()); }
+  const std::vector<Node>& nodes() const { return nodes_; }
+  int find_named(OpKind kind, std::string_view name) const;  // -1 if absent
+
+  // Builder sugar used by VJP rules and C++ programs.
+  int add(int a, int b) { return op(OpKind::Add, {a, b}); }
+  int sub(int a, int b) { return op(OpKind::Sub, {a, b}); }
+  int mul(int a, int b) { return op(OpKind::Mul, {a, b}); }
+  int div(int a, int b) { return op(OpKind::Div, {a, b}); }
+  int neg(int a) { return op(OpKind::Neg, {a}); }
+  int unary(OpKind k, int a) { return op(k, {a}); }
+  int sum(int a, std::vector<int64_t> axes, bool keepdims = false);
+  int mean(int a, std::vector<int64_t> axes, bool keepdims = false);
+  int max(int a, std::vector<int64_t> axes, bool keepdims = false);
+  int reshape(int a, Shape shape);
+  int broadcast_to(int a, Shape shape);
+  int matmul(int a, int b, bool transpose_a = false, bool transpose_b = false);
+  int assign(int variable, int value) { return op(OpKind::Assign, {variable, value}); }
+  // Sums `g` over broadcast dimensions so that it has `target` shape.
+  int reduce_to(int g, const Shape& target);
+
+ private:
+  int push(Node n);
+  void check_unique(OpKind kind, const std::string& name) const;
+  std::vector<Node> nodes_;
+};
+
+}  // namespace gometal

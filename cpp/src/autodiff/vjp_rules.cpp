@@ -1,0 +1,233 @@
+// One VJP rule per primitive, side by side. Each composes primitives, so every backend
+// gets the same backward pass. Copy what you need out of a Node before adding nodes:
+// adding nodes can move the node storage.
+#include "autodiff/vjp_rules.h"
+
+#include <array>
+#include <cmath>
+
+namespace gometal {
+namespace {
+
+struct View {
+  OpKind op;
+  std::vector<int> in;
+  Attrs attrs;
+  Shape shape;
+};
+
+View view(const Graph& gr, int y) {
+  const Node& n = gr.node(y);
+  return {n.op, n.inputs, n.attrs, n.shape};
+}
+
+Shape shape_of(const Graph& gr, int id) { return gr.node(id).shape; }
+int k(Graph& gr, float v) { return gr.constant(v); }
+int cmp(Graph& gr, OpKind op, int a, int b) { return gr.op(op, {a, b}); }
+int sel(Graph& gr, int c, int a, int b) { return gr.op(OpKind::Select, {c, a, b}); }
+
+// Gradient of a binary op that broadcast its inputs: sum back to each input's shape.
+void binary(Graph& gr, const View& v, int ga, int gb, std::vector<int>& dx) {
+  if (ga >= 0) dx[0] = gr.reduce_to(ga, shape_of(gr, v.in[0]));
+  if (gb >= 0) dx[1] = gr.reduce_to(gb, shape_of(gr, v.in[1]));
+}
+
+// Shape of a reduction's output with the reduced axes kept as 1.
+Shape kept_shape(const Shape& in, const std::vector<int64_t>& axes) {
+  Shape s = in;
+  for (int64_t a : axes) s[a] = 1;
+  return s;
+}
+
+// Number of elements each output of a reduction sums over; 0 when it involves the batch dim.
+int64_t reduced_count(const Shape& in, const std::vector<int64_t>& axes) {
+  int64_t c = 1;
+  for (int64_t a : axes) {
+    if (in[a] == kBatch) return 0;
+    c *= in[a];
+  }
+  return c;
+}
+
+void vjp_unary(Graph& gr, int y, int g, std::vector<int>& dx) {
+  const View v = view(gr, y);
+  const int x = v.in[0];
+  switch (v.op) {
+    case OpKind::Neg: dx[0] = gr.neg(g); return;
+    case OpKind::Exp: dx[0] = gr.mul(g, y); return;
+    case OpKind::Log: dx[0] = gr.div(g, x); return;
+    case OpKind::Tanh: dx[0] = gr.mul(g, gr.sub(k(gr, 1), gr.unary(OpKind::Square, y))); return;
+    case OpKind::Sigmoid: dx[0] = gr.mul(g, gr.mul(y, gr.sub(k(gr, 1), y))); return;
+    case OpKind::Relu: dx[0] = sel(gr, cmp(gr, OpKind::Greater, y, k(gr, 0)), g, k(gr, 0)); return;
+    case OpKind::Abs: dx[0] = gr.mul(g, gr.unary(OpKind::Sign, x)); return;
+    case OpKind::Sqrt: dx[0] = gr.div(gr.mul(g, k(gr, 0.5f)), y); return;
+    case OpKind::Rsqrt: dx[0] = gr.mul(g, gr.mul(k(gr, -0.5f), gr.div(y, x))); return;
+    case OpKind::Erf: {
+      const float two_over_sqrt_pi = 1.1283791670955126f;
+      const int e = gr.unary(OpKind::Exp, gr.neg(gr.unary(OpKind::Square, x)));
+      dx[0] = gr.mul(g, gr.mul(k(gr, two_over_sqrt_pi), e));
+      return;
+    }
+    case OpKind::Square: dx[0] = gr.mul(g, gr.mul(k(gr, 2), x)); return;
+    default: return;
+  }
+}
+
+void vjp_binary(Graph& gr, int y, int g, std::vector<int>& dx) {
+  const View v = view(gr, y);
+  const int a = v.in[0], b = v.in[1];
+  switch (v.op) {
+    case OpKind::Add: return binary(gr, v, g, g, dx);
+    case OpKind::Sub: return binary(gr, v, g, gr.neg(g), dx);
+    case OpKind::Mul: return binary(gr, v, gr.mul(g, b), gr.mul(g, a), dx);
+    case OpKind::Div: return binary(gr, v, gr.div(g, b), gr.neg(gr.div(gr.mul(g, y), b)), dx);
+    case OpKind::Maximum: {
+      const int a_wins = cmp(gr, OpKind::GreaterEqual, a, b);
+      return binary(gr, v, sel(gr, a_wins, g, k(gr, 0)), sel(gr, a_wins, k(gr, 0), g), dx);
+    }
+    case OpKind::Minimum: {
+      const int a_wins = cmp(gr, OpKind::GreaterEqual, b, a);
+      return binary(gr, v, sel(gr, a_wins, g, k(gr, 0)), sel(gr, a_wins, k(gr, 0), g), dx);
+    }
+    case OpKind::Pow: {
+      // d/da a^b = b a^(b-1);  d/db a^b = a^b log(a)
+      const int da = gr.mul(g, gr.mul(b, gr.op(OpKind::Pow, {a, gr.sub(b, k(gr, 1))})));
+      const int db = gr.mul(g, gr.mul(y, gr.unary(OpKind::Log, a)));
+      return binary(gr, v, da, db, dx);
+    }
+    default: return;
+  }
+}
+
+void vjp_select(Graph& gr, int y, int g, std::vector<int>& dx) {
+  const View v = view(gr, y);
+  const int zero = k(gr, 0);
+  dx[1] = gr.reduce_to(sel(gr, v.in[0], g, zero), shape_of(gr, v.in[1]));
+  dx[2] = gr.reduce_to(sel(gr, v.in[0], zero, g), shape_of(gr, v.in[2]));
+}
+
+void vjp_reduce(Graph& gr, int y, int g, std::vector<int>& dx) {
+  const View v = view(gr, y);
+  const Shape xs = shape_of(gr, v.in[0]);
+  const Shape keep = kept_shape(xs, v.attrs.ints);
+  const int gb = gr.broadcast_to(gr.reshape(g, keep), xs);
+  switch (v.op) {
+    case OpKind::Sum: dx[0] = gb; return;
+    case OpKind::Mean: {
+      // mean = sum / count; the count is known unless the batch dim is reduced.
+      const int64_t count = reduced_count(xs, v.attrs.ints);
+      if (count > 0) {
+        dx[0] = gr.mul(gb, k(gr, 1.0f / static_cast<float>(count)));
+      } else {
+        const int ones = gr.broadcast_to(k(gr, 1), xs);
+        dx[0] = gr.div(gb, gr.broadcast_to(gr.sum(ones, v.attrs.ints, true), xs));
+      }
+      return;
+    }
+    case OpKind::Max: {
+      // Ties share the gradient evenly, as torch.amax does.
+      const int yb = gr.broadcast_to(gr.reshape(y, keep), xs);
+      const int mask = cmp(gr, OpKind::Equal, v.in[0], yb);
+      const int ties = gr.broadcast_to(gr.sum(mask, v.attrs.ints, true), xs);
+      dx[0] = gr.mul(gb, gr.div(mask, ties));
+      return;
+    }
+    default: return;
+  }
+}
+
+void vjp_layout(Graph& gr, int y, int g, std::vector<int>& dx) {
+  const View v = view(gr, y);
+  const Shape xs = shape_of(gr, v.in[0]);
+  switch (v.op) {
+    case OpKind::Reshape: dx[0] = gr.reshape(g, xs); return;
+    case OpKind::Transpose: {
+      Attrs at;
+      at.ints.resize(v.attrs.ints.size());
+      for (size_t i = 0; i < v.attrs.ints.size(); ++i) at.ints[v.attrs.ints[i]] = static_cast<int64_t>(i);
+      dx[0] = gr.op(OpKind::Transpose, {g}, at);
+      return;
+    }
+    case OpKind::BroadcastTo: dx[0] = gr.reduce_to(g, xs); return;
+    case OpKind::Slice: {
+      Attrs at;
+      at.axis = v.attrs.axis;
+      at.start = v.attrs.start;
+      at.end = xs[v.attrs.axis] - v.attrs.end;
+      dx[0] = gr.op(OpKind::Pad, {g}, at);
+      return;
+    }
+    case OpKind::Pad: {
+      Attrs at;
+      at.axis = v.attrs.axis;
+      at.start = v.attrs.start;
+      at.end = v.attrs.start + xs[v.attrs.axis];
+      dx[0] = gr.op(OpKind::Slice, {g}, at);
+      return;
+    }
+    case OpKind::Concat: {
+      int64_t offset = 0;
+      for (size_t i = 0; i < v.in.size(); ++i) {
+        const int64_t len = shape_of(gr, v.in[i])[v.attrs.axis];
+        Attrs at;
+        at.axis = v.attrs.axis;
+        at.start = offset;
+        at.end = offset + len;
+        dx[i] = gr.op(OpKind::Slice, {g}, at);
+        offset += len;
+      }
+      return;
+    }
+    case OpKind::Cast:
+      if (gr.node(v.in[0]).dtype == DType::F32) dx[0] = g;
+      return;
+    default: return;
+  }
+}
+
+void vjp_matmul(Graph& gr, int y, int g, std::vector<int>& dx) {
+  const View v = view(gr, y);
+  const int a = v.in[0], b = v.in[1];
+  const bool ta = v.attrs.transpose_a, tb = v.attrs.transpose_b;
+  // C = op(A) op(B): dop(A) = G op(B)^T, dop(B) = op(A)^T G, then undo each op.
+  if (!ta && !tb) {
+    dx[0] = gr.matmul(g, b, false, true);
+    dx[1] = gr.matmul(a, g, true, false);
+  } else if (ta && !tb) {
+    dx[0] = gr.matmul(b, g, false, true);
+    dx[1] = gr.matmul(a, g, false, false);
+  } else if (!ta && tb) {
+    dx[0] = gr.matmul(g, b, false, false);
+    dx[1] = gr.matmul(g, a, true, false);
+  } else {
+    dx[0] = gr.matmul(b, g, true, true);
+    dx[1] = gr.matmul(g, a, true, true);
+  }
+}
+
+constexpr size_t kNumOps = static_cast<size_t>(OpKind::kCount);
+
+std::array<VjpRule, kNumOps> make_table() {
+  std::array<VjpRule, kNumOps> t{};
+  for (OpKind op : {OpKind::Neg, OpKind::Exp, OpKind::Log, OpKind::Tanh, OpKind::Sigmoid, OpKind::Relu,
+                    OpKind::Abs, OpKind::Sqrt, OpKind::Rsqrt, OpKind::Erf, OpKind::Square})
+    t[static_cast<size_t>(op)] = vjp_unary;
+  for (OpKind op : {OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Div, OpKind::Maximum,
+                    OpKind::Minimum, OpKind::Pow})
+    t[static_cast<size_t>(op)] = vjp_binary;
+  t[static_cast<size_t>(OpKind::Select)] = vjp_select;
+  for (OpKind op : {OpKind::Sum, OpKind::Mean, OpKind::Max}) t[static_cast<size_t>(op)] = vjp_reduce;
+  for (OpKind op : {OpKind::Reshape, OpKind::Transpose, OpKind::BroadcastTo, OpKind::Slice,
+                    OpKind::Pad, OpKind::Concat, OpKind::Cast})
+    t[static_cast<size_t>(op)] = vjp_layout;
+  t[static_cast<size_t>(OpKind::MatMul)] = vjp_matmul;
+  return t;
+}
+
+const std::array<VjpRule, kNumOps> kRules = make_table();
+
+}  // namespace
+
+VjpRule vjp_rule(OpKind op) { return kRules[static_cast<size_t>(op)]; }
+
+}  // namespace gometal

@@ -1,0 +1,45 @@
+// The backend interface: a backend turns one function of the graph, at one batch size,
+// into something that runs. The CPU backend is the reference; Metal plugs in here.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gometal/ir.h"
+#include "passes/schedule.h"
+
+namespace gometal {
+
+struct RunArgs {
+  float* persistent = nullptr;          // the engine's variables, scalars and constants
+  const void* const* inputs = nullptr;  // one pointer per function input
+  uint64_t seed = 0;
+  uint64_t rng_step = 0;
+};
+
+class CompiledFunction {
+ public:
+  virtual ~CompiledFunction() = default;
+  virtual void execute(const RunArgs& args) = 0;
+  // Where output i lies after execute (inside the plan's arena, the persistent pool or an input).
+  virtual const float* output(int i, const RunArgs& args) const = 0;
+  virtual int64_t arena_bytes() const = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  // `persistent_offset[id]` locates variables, scalars and constants in the persistent pool.
+  virtual std::unique_ptr<CompiledFunction> compile(const Graph& g, const FunctionSpec& fn, int64_t batch,
+                                                    const std::vector<int64_t>& persistent_offset) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+// Throws std::runtime_error naming the build option where Metal was not built in.
+std::unique_ptr<Backend> make_metal_backend();
+bool metal_available();
+
+}  // namespace gometal

@@ -1,0 +1,245 @@
+// The CPU backend: schedule, fuse, plan memory, then lower each step to a kernel.
+#include <stdexcept>
+
+#include "backends/backend.h"
+#include "backends/cpu/fused_elementwise.h"
+#include "backends/cpu/gemm.h"
+#include "backends/cpu/layout.h"
+#include "backends/cpu/reduce.h"
+#include "passes/fusion.h"
+#include "passes/memory_plan.h"
+#include "runtime/memory.h"
+
+namespace gometal {
+namespace {
+
+struct MatMulKernel final : Kernel {
+  BufRef a, b, c;
+  bool ta, tb;
+  int64_t m, n, k;
+  void run(const ExecContext& ctx) const override {
+    gemm(*ctx.pool, ta, tb, m, n, k, ctx.ptr(a), ctx.ptr(b), ctx.ptr(c));
+  }
+};
+
+struct ReduceKernel final : Kernel {
+  BufRef x, y;
+  ReduceKind kind;
+  ReduceGeometry geo;
+  void run(const ExecContext& ctx) const override { reduce(*ctx.pool, kind, geo, ctx.ptr(x), ctx.ptr(y)); }
+};
+
+struct TransposeKernel final : Kernel {
+  BufRef x, y;
+  Shape in;
+  std::vector<int64_t> perm;
+  void run(const ExecContext& ctx) const override { transpose(in, perm, ctx.ptr(x), ctx.ptr(y)); }
+};
+
+// Slice, pad and concat: copies of windows along one axis.
+struct AxisCopyKernel final : Kernel {
+  struct Piece {
+    BufRef src;
+    int64_t src_len, src_start, dst_start, count;
+  };
+  BufRef y;
+  int64_t outer, inner, dst_len;
+  bool zero_first;
+  std::vector<Piece> pieces;
+  void run(const ExecContext& ctx) const override {
+    float* out = ctx.ptr(y);
+    if (zero_first) std::fill(out, out + outer * dst_len * inner, 0.0f);
+    for (const Piece& p : pieces)
+      copy_along_axis(outer, inner, ctx.ptr(p.src), p.src_len, p.src_start, out, dst_len, p.dst_start, p.count);
+  }
+};
+
+struct OneHotKernel final : Kernel {
+  BufRef x, y;
+  int64_t n, depth;
+  void run(const ExecContext& ctx) const override { one_hot(ctx.iptr(x), n, depth, ctx.ptr(y)); }
+};
+
+struct CastKernel final : Kernel {
+  BufRef x, y;
+  int64_t n;
+  bool to_float;
+  void run(const ExecContext& ctx) const override {
+    if (to_float) cast_i32_to_f32(ctx.iptr(x), n, ctx.ptr(y));
+    else cast_f32_to_i32(ctx.ptr(x), n, ctx.iptr(y));
+  }
+};
+
+struct CopyKernel final : Kernel {
+  BufRef x, y;
+  int64_t n;
+  void run(const ExecContext& ctx) const override {
+    const float* src = ctx.ptr(x);
+    float* dst = ctx.ptr(y);
+    if (src != dst) std::copy(src, src + n, dst);
+  }
+};
+
+void outer_inner(const Shape& s, int64_t axis, int64_t* outer, int64_t* inner) {
+  *outer = 1;
+  *inner = 1;
+  for (int64_t d = 0; d < static_cast<int64_t>(s.size()); ++d) {
+    if (d < axis) *outer *= s[d];
+    if (d > axis) *inner *= s[d];
+  }
+}
+
+std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& mem, const std::vector<Shape>& shapes) {
+  const Node& n = g.node(id);
+  const BufRef y = mem.ref[id];
+  auto in = [&](size_t i) { return mem.ref[n.inputs[i]]; };
+  auto in_shape = [&](size_t i) -> const Shape& { return shapes[n.inputs[i]]; };
+  switch (n.op) {
+    case OpKind::MatMul: {
+      auto k = std::make_unique<MatMulKernel>();
+      k->a = in(0);
+      k->b = in(1);
+      k->c = y;
+      k->ta = n.attrs.transpose_a;
+      k->tb = n.attrs.transpose_b;
+      k->m = shapes[id][0];
+      k->n = shapes[id][1];
+      k->k = n.attrs.transpose_a ? in_shape(0)[0] : in_shape(0)[1];
+      return k;
+    }
+    case OpKind::Sum: case OpKind::Mean: case OpKind::Max: case OpKind::Argmax: {
+      auto k = std::make_unique<ReduceKernel>();
+      k->x = in(0);
+      k->y = y;
+      k->kind = n.op == OpKind::Sum ? ReduceKind::Sum
+                : n.op == OpKind::Mean ? ReduceKind::Mean
+                : n.op == OpKind::Max ? ReduceKind::Max : ReduceKind::Argmax;
+      const std::vector<int64_t> axes = n.op == OpKind::Argmax ? std::vector<int64_t>{n.attrs.axis} : n.attrs.ints;
+      k->geo = reduce_geometry(in_shape(0), axes);
+      return k;
+    }
+    case OpKind::Transpose: {
+      auto k = std::make_unique<TransposeKernel>();
+      k->x = in(0);
+      k->y = y;
+      k->in = in_shape(0);
+      k->perm = n.attrs.ints;
+      return k;
+    }
+    case OpKind::Slice: case OpKind::Pad: case OpKind::Concat: {
+      auto k = std::make_unique<AxisCopyKernel>();
+      k->y = y;
+      outer_inner(shapes[id], n.attrs.axis, &k->outer, &k->inner);
+      k->dst_len = shapes[id][n.attrs.axis];
+      k->zero_first = n.op == OpKind::Pad;
+      if (n.op == OpKind::Slice) {
+        k->pieces.push_back({in(0), in_shape(0)[n.attrs.axis], n.attrs.start, 0, n.attrs.end - n.attrs.start});
+      } else if (n.op == OpKind::Pad) {
+        const int64_t len = in_shape(0)[n.attrs.axis];
+        k->pieces.push_back({in(0), len, 0, n.attrs.start, len});
+      } else {
+        int64_t offset = 0;
+        for (size_t i = 0; i < n.inputs.size(); ++i) {
+          const int64_t len = in_shape(i)[n.attrs.axis];
+          k->pieces.push_back({in(i), len, 0, offset, len});
+          offset += len;
+        }
+      }
+      return k;
+    }
+    case OpKind::OneHot: {
+      auto k = std::make_unique<OneHotKernel>();
+      k->x = in(0);
+      k->y = y;
+      k->n = numel(in_shape(0));
+      k->depth = n.attrs.depth;
+      return k;
+    }
+    case OpKind::Cast: {
+      auto k = std::make_unique<CastKernel>();
+      k->x = in(0);
+      k->y = y;
+      k->n = numel(in_shape(0));
+      k->to_float = n.attrs.dtype == DType::F32;
+      return k;
+    }
+    case OpKind::Assign: {
+      auto k = std::make_unique<CopyKernel>();
+      k->x = in(1);
+      k->y = in(0);
+      k->n = numel(in_shape(1));
+      return k;
+    }
+    default:
+      break;
+  }
+  throw std::logic_error("[cpu] no kernel for op '" + std::string(op_name(n.op)) + "'");
+}
+
+class CpuFunction final : public CompiledFunction {
+ public:
+  CpuFunction(const Graph& g, const FunctionSpec& fn, int64_t batch, const std::vector<int64_t>& persistent_offset) {
+    const Schedule s = schedule_function(g, fn);
+    std::vector<Shape> shapes(g.size());
+    for (int i = 0; i < g.size(); ++i)
+      if (s.needed[i]) shapes[i] = concretize(g.node(i).shape, batch);
+    const Fusion f = fuse_elementwise(g, s, fn, shapes);
+    const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset);
+    int64_t scratch = 0;
+    for (const Step& step : f.steps) {
+      kernels_.push_back(step.fused ? make_fused_elementwise(g, step, f, mem, shapes)
+                                    : make_single(g, step.nodes.front(), mem, shapes));
+      scratch = std::max(scratch, kernels_.back()->scratch_floats());
+    }
+    for (int out : fn.outputs) outputs_.push_back(mem.ref[out]);
+    arena_ = AlignedBuffer(static_cast<size_t>(mem.arena_floats) * sizeof(float));
+    pool_ = &cpu_pool();
+    scratch_stride_ = (scratch + 15) / 16 * 16;
+    scratch_ = AlignedBuffer(static_cast<size_t>(scratch_stride_ * pool_->size()) * sizeof(float));
+  }
+
+  void execute(const RunArgs& args) override {
+    ExecContext ctx;
+    ctx.arena = arena_.data();
+    ctx.persistent = args.persistent;
+    ctx.inputs = args.inputs;
+    ctx.pool = pool_;
+    ctx.scratch = scratch_.data();
+    ctx.scratch_stride = scratch_stride_;
+    ctx.seed = args.seed;
+    ctx.rng_step = args.rng_step;
+    for (const auto& k : kernels_) k->run(ctx);
+  }
+
+  const float* output(int i, const RunArgs& args) const override {
+    ExecContext ctx;
+    ctx.arena = arena_.data();
+    ctx.persistent = args.persistent;
+    ctx.inputs = args.inputs;
+    return ctx.ptr(outputs_[i]);
+  }
+
+  int64_t arena_bytes() const override { return static_cast<int64_t>(arena_.bytes()); }
+
+ private:
+  std::vector<std::unique_ptr<Kernel>> kernels_;
+  std::vector<BufRef> outputs_;
+  AlignedBuffer arena_, scratch_;
+  ThreadPool* pool_ = nullptr;
+  int64_t scratch_stride_ = 0;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  std::string name() const override { return "cpu"; }
+  std::unique_ptr<CompiledFunction> compile(const Graph& g, const FunctionSpec& fn, int64_t batch,
+                                            const std::vector<int64_t>& persistent_offset) override {
+    return std::make_unique<CpuFunction>(g, fn, batch, persistent_offset);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace gometal

@@ -1,0 +1,51 @@
+// The per-element math of every fusable primitive: one line each.
+#pragma once
+
+#include <cmath>
+
+#include "gometal/ir.h"
+
+namespace gometal::ew {
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// Returns false for ops that are not plain unary math.
+template <class Loop>
+inline bool dispatch_unary(OpKind op, Loop&& loop) {
+  switch (op) {
+    case OpKind::Neg: loop([](float x) { return -x; }); return true;
+    case OpKind::Exp: loop([](float x) { return std::exp(x); }); return true;
+    case OpKind::Log: loop([](float x) { return std::log(x); }); return true;
+    case OpKind::Tanh: loop([](float x) { return std::tanh(x); }); return true;
+    case OpKind::Sigmoid: loop([](float x) { return sigmoid(x); }); return true;
+    case OpKind::Relu: loop([](float x) { return x > 0.0f ? x : 0.0f; }); return true;
+    case OpKind::Abs: loop([](float x) { return std::fabs(x); }); return true;
+    case OpKind::Sign: loop([](float x) { return static_cast<float>((x > 0.0f) - (x < 0.0f)); }); return true;
+    case OpKind::Sqrt: loop([](float x) { return std::sqrt(x); }); return true;
+    case OpKind::Rsqrt: loop([](float x) { return 1.0f / std::sqrt(x); }); return true;
+    case OpKind::Erf: loop([](float x) { return std::erf(x); }); return true;
+    case OpKind::Square: loop([](float x) { return x * x; }); return true;
+    case OpKind::BroadcastTo: loop([](float x) { return x; }); return true;
+    default: return false;
+  }
+}
+
+template <class Loop>
+inline bool dispatch_binary(OpKind op, Loop&& loop) {
+  switch (op) {
+    case OpKind::Add: loop([](float a, float b) { return a + b; }); return true;
+    case OpKind::Sub: loop([](float a, float b) { return a - b; }); return true;
+    case OpKind::Mul: loop([](float a, float b) { return a * b; }); return true;
+    case OpKind::Div: loop([](float a, float b) { return a / b; }); return true;
+    case OpKind::Maximum: loop([](float a, float b) { return a > b || std::isnan(a) ? a : b; }); return true;
+    case OpKind::Minimum: loop([](float a, float b) { return a < b || std::isnan(a) ? a : b; }); return true;
+    case OpKind::Pow: loop([](float a, float b) { return std::pow(a, b); }); return true;
+    case OpKind::Greater: loop([](float a, float b) { return a > b ? 1.0f : 0.0f; }); return true;
+    case OpKind::GreaterEqual: loop([](float a, float b) { return a >= b ? 1.0f : 0.0f; }); return true;
+    case OpKind::Less: loop([](float a, float b) { return a < b ? 1.0f : 0.0f; }); return true;
+    case OpKind::Equal: loop([](float a, float b) { return a == b ? 1.0f : 0.0f; }); return true;
+    default: return false;
+  }
+}
+
+}  // namespace gometal::ew

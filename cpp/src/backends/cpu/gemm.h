@@ -1,0 +1,14 @@
+// Matrix products on the BLAS, split across gometal's thread pool.
+#pragma once
+
+#include <cstdint>
+
+#include "backends/cpu/kernel.h"
+
+namespace gometal {
+
+// C(M x N) = op(A) op(B), row-major; A is (M x K) or (K x M) when transpose_a, likewise B.
+void gemm(ThreadPool& pool, bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k,
+          const float* a, const float* b, float* c);
+
+}  // namespace gometal

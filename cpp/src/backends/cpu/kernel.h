@@ -1,0 +1,52 @@
+// What a CPU kernel sees when it runs: resolved base pointers and the thread pool.
+#pragma once
+
+#include <cstdint>
+
+#include "passes/memory_plan.h"
+#include "runtime/thread_pool.h"
+
+namespace gometal {
+
+struct ExecContext {
+  float* arena = nullptr;
+  float* persistent = nullptr;
+  const void* const* inputs = nullptr;  // one pointer per function input
+  ThreadPool* pool = nullptr;
+  float* scratch = nullptr;             // per-thread scratch, scratch_stride floats each
+  int64_t scratch_stride = 0;
+  uint64_t seed = 0;
+  uint64_t rng_step = 0;
+
+  float* ptr(const BufRef& r) const {
+    switch (r.region) {
+      case Region::Arena: return arena + r.offset;
+      case Region::Persistent: return persistent + r.offset;
+      case Region::Input: return const_cast<float*>(static_cast<const float*>(inputs[r.index])) + r.offset;
+      case Region::None: break;
+    }
+    return nullptr;
+  }
+  int32_t* iptr(const BufRef& r) const { return reinterpret_cast<int32_t*>(ptr(r)); }
+  float* thread_scratch(int thread) const { return scratch + thread * scratch_stride; }
+};
+
+class Kernel {
+ public:
+  virtual ~Kernel() = default;
+  virtual void run(const ExecContext& ctx) const = 0;
+  // Scratch each thread needs while this kernel runs.
+  virtual int64_t scratch_floats() const { return 0; }
+};
+
+// Splits [0, n) into `parts` near-equal ranges aligned to `align`.
+inline void split_range(int64_t n, int parts, int part, int64_t align, int64_t* begin, int64_t* end) {
+  const int64_t units = (n + align - 1) / align;
+  const int64_t per = units / parts, extra = units % parts;
+  const int64_t ub = part * per + (part < extra ? part : extra);
+  const int64_t ue = ub + per + (part < extra ? 1 : 0);
+  *begin = ub * align < n ? ub * align : n;
+  *end = ue * align < n ? ue * align : n;
+}
+
+}  // namespace gometal

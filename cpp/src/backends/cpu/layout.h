@@ -1,0 +1,19 @@
+// Data movement: transpose, slice, pad, concat, one-hot, casts and copies.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "gometal/ir.h"
+
+namespace gometal {
+
+void transpose(const Shape& in, const std::vector<int64_t>& perm, const float* x, float* y);
+// Copies a window along `axis`: (outer, src_len, inner) -> (outer, dst_len, inner) at offsets.
+void copy_along_axis(int64_t outer, int64_t inner, const float* src, int64_t src_len, int64_t src_start,
+                     float* dst, int64_t dst_len, int64_t dst_start, int64_t count);
+void one_hot(const int32_t* labels, int64_t n, int64_t depth, float* out);
+void cast_i32_to_f32(const int32_t* x, int64_t n, float* y);
+void cast_f32_to_i32(const float* x, int64_t n, int32_t* y);
+
+}  // namespace gometal

@@ -1,0 +1,153 @@
+#include "backends/cpu/reduce.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace gometal {
+namespace {
+
+constexpr int64_t kParallelMin = 1 << 15;
+
+float identity(ReduceKind k) {
+  return k == ReduceKind::Max ? -std::numeric_limits<float>::infinity() : 0.0f;
+}
+
+// Rows [o0, o1), columns [i0, i1) of an (outer, reduced, inner) reduction. Each output
+// element is accumulated in a fixed order, whatever the split, so results are reproducible.
+void reduce_block(ReduceKind kind, int64_t o0, int64_t o1, int64_t i0, int64_t i1, int64_t reduced,
+                  int64_t inner, const float* x, float* y) {
+  const float scale = kind == ReduceKind::Mean ? 1.0f / static_cast<float>(reduced) : 1.0f;
+  const int64_t w = i1 - i0;
+  for (int64_t o = o0; o < o1; ++o) {
+    const float* xo = x + o * reduced * inner + i0;
+    float* yo = y + o * inner + i0;
+    if (kind == ReduceKind::Argmax) {
+      for (int64_t i = 0; i < w; ++i) {
+        float best = xo[i];
+        int64_t arg = 0;
+        for (int64_t r = 1; r < reduced; ++r)
+          if (xo[r * inner + i] > best) {
+            best = xo[r * inner + i];
+            arg = r;
+          }
+        yo[i] = static_cast<float>(arg);
+      }
+      continue;
+    }
+    if (inner == 1 && kind != ReduceKind::Max) {
+      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int64_t r = 0;
+      for (; r + 8 <= reduced; r += 8)
+        for (int j = 0; j < 8; ++j) acc[j] += xo[r + j];
+      for (; r < reduced; ++r) acc[0] += xo[r];
+      for (int j = 1; j < 8; ++j) acc[0] += acc[j];
+      yo[0] = acc[0] * scale;
+      continue;
+    }
+    std::copy(xo, xo + w, yo);
+    for (int64_t r = 1; r < reduced; ++r) {
+      const float* row = xo + r * inner;
+      if (kind == ReduceKind::Max)
+        for (int64_t i = 0; i < w; ++i) yo[i] = std::max(yo[i], row[i]);
+      else
+        for (int64_t i = 0; i < w; ++i) yo[i] += row[i];
+    }
+    if (scale != 1.0f)
+      for (int64_t i = 0; i < w; ++i) yo[i] *= scale;
+  }
+}
+
+// Any axes: walk the input once, accumulating into the output index.
+void reduce_general(ReduceKind kind, const ReduceGeometry& geo, const float* x, float* y) {
+  const Shape& s = geo.in_shape;
+  const size_t rank = s.size();
+  std::vector<char> is_reduced(rank, 0);
+  int64_t count = 1;
+  for (int64_t a : geo.axes) {
+    is_reduced[a] = 1;
+    count *= s[a];
+  }
+  std::vector<int64_t> out_stride(rank, 0);
+  int64_t st = 1, out_n = 1;
+  for (size_t d = rank; d-- > 0;)
+    if (!is_reduced[d]) {
+      out_stride[d] = st;
+      st *= s[d];
+      out_n *= s[d];
+    }
+  std::fill(y, y + out_n, identity(kind));
+  std::vector<int64_t> idx(rank, 0);
+  const int64_t total = numel(s);
+  int64_t out = 0;
+  for (int64_t i = 0; i < total; ++i) {
+    y[out] = kind == ReduceKind::Max ? std::max(y[out], x[i]) : y[out] + x[i];
+    for (size_t d = rank; d-- > 0;) {
+      ++idx[d];
+      out += out_stride[d];
+      if (idx[d] < s[d]) break;
+      out -= out_stride[d] * s[d];
+      idx[d] = 0;
+    }
+  }
+  if (kind == ReduceKind::Mean)
+    for (int64_t i = 0; i < out_n; ++i) y[i] /= static_cast<float>(count);
+}
+
+}  // namespace
+
+ReduceGeometry reduce_geometry(const Shape& in, const std::vector<int64_t>& axes) {
+  ReduceGeometry geo;
+  geo.in_shape = in;
+  geo.axes = axes;
+  // Size-1 dims can be counted on either side, so they never break contiguity.
+  int64_t first = -1, last = -1;
+  for (int64_t a : axes)
+    if (in[a] != 1) {
+      if (first < 0) first = a;
+      last = a;
+    }
+  if (first < 0) {
+    first = last = axes.empty() ? 0 : axes.front();
+  }
+  geo.contiguous = true;
+  for (int64_t d = first; d <= last && !axes.empty(); ++d)
+    if (in[d] != 1 && std::find(axes.begin(), axes.end(), d) == axes.end()) geo.contiguous = false;
+  for (int64_t d = 0; d < static_cast<int64_t>(in.size()); ++d) {
+    if (d < first) geo.outer *= in[d];
+    else if (d > last) geo.inner *= in[d];
+    else geo.reduced *= in[d];
+  }
+  if (axes.empty()) geo.contiguous = true;
+  return geo;
+}
+
+void reduce(ThreadPool& pool, ReduceKind kind, const ReduceGeometry& geo, const float* x, float* y) {
+  if (!geo.contiguous) {
+    reduce_general(kind, geo, x, y);
+    return;
+  }
+  const int64_t outer = geo.outer, reduced = geo.reduced, inner = geo.inner;
+  const int64_t work = outer * reduced * inner;
+  const int threads = pool.size();
+  if (threads == 1 || work < kParallelMin) {
+    reduce_block(kind, 0, outer, 0, inner, reduced, inner, x, y);
+    return;
+  }
+  if (outer >= threads) {
+    pool.parallel_for(threads, [&](int part, int) {
+      int64_t o0, o1;
+      split_range(outer, threads, part, 1, &o0, &o1);
+      reduce_block(kind, o0, o1, 0, inner, reduced, inner, x, y);
+    });
+    return;
+  }
+  // Few rows: split the inner dimension instead.
+  pool.parallel_for(threads, [&](int part, int) {
+    int64_t i0, i1;
+    split_range(inner, threads, part, 16, &i0, &i1);
+    if (i0 < i1) reduce_block(kind, 0, outer, i0, i1, reduced, inner, x, y);
+  });
+}
+
+}  // namespace gometal

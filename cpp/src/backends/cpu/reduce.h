@@ -1,0 +1,24 @@
+// Reductions (sum, mean, max, argmax) over any set of axes.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "backends/cpu/kernel.h"
+
+namespace gometal {
+
+enum class ReduceKind : uint8_t { Sum, Mean, Max, Argmax };
+
+struct ReduceGeometry {
+  bool contiguous = false;              // reduced axes form one block: (outer, reduced, inner)
+  int64_t outer = 1, reduced = 1, inner = 1;
+  Shape in_shape;                       // for the general path
+  std::vector<int64_t> axes;
+};
+
+ReduceGeometry reduce_geometry(const Shape& in, const std::vector<int64_t>& axes);
+
+void reduce(ThreadPool& pool, ReduceKind kind, const ReduceGeometry& geo, const float* x, float* y);
+
+}  // namespace gometal

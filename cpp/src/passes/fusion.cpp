@@ -1,0 +1,119 @@
+// A group runs at the position of its first member, so a node may join a group only
+// when every input from outside the group is ready by then; an assign may join only
+// when every other reader of its variable has run by then.
+#include "passes/fusion.h"
+
+#include <algorithm>
+
+namespace gometal {
+namespace {
+
+bool fusable(const Graph& g, int id) {
+  const Node& n = g.node(id);
+  if (n.op == OpKind::Assign) return true;
+  return is_elementwise(n.op) && n.dtype == DType::F32;
+}
+
+struct Group {
+  std::vector<int> members;
+  int first_pos;
+};
+
+}  // namespace
+
+Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& fn,
+                        const std::vector<Shape>& shapes) {
+  const int n = g.size();
+  std::vector<int> group_of(n, -1);
+  std::vector<Group> groups;
+
+  // When a node's value becomes available: leaves always; a grouped node when its group runs.
+  auto ready_at = [&](int id) -> int {
+    const int root = s.alias_root[id];
+    if (g.node(root).inputs.empty()) return -1;
+    if (group_of[root] >= 0) return groups[group_of[root]].first_pos;
+    return s.position[root];
+  };
+
+  // Readers of each variable, for the assign rule.
+  std::vector<std::vector<int>> readers(n);
+  for (int id : s.order)
+    for (int in : g.node(id).inputs) {
+      const int root = s.alias_root[in];
+      if (g.node(root).op == OpKind::Variable) readers[root].push_back(id);
+    }
+
+  auto can_join = [&](int gi, int id) {
+    const Group& grp = groups[gi];
+    const Node& node = g.node(id);
+    for (int in : node.inputs) {
+      const int root = s.alias_root[in];
+      if (group_of[root] == gi && root == in) continue;
+      if (group_of[root] == gi) return false;  // an alias of a member: needs memory
+      if (ready_at(in) >= grp.first_pos) return false;
+    }
+    if (node.op == OpKind::Assign) {
+      const int var = node.inputs[0];
+      for (int r : readers[var])
+        if (r != id && group_of[r] != gi && s.position[r] >= grp.first_pos) return false;
+    }
+    return true;
+  };
+
+  for (int id : s.order) {
+    if (!fusable(g, id)) continue;
+    const Node& node = g.node(id);
+    int chosen = -1;
+    for (int in : node.inputs) {
+      const int gi = group_of[in];
+      if (gi < 0 || shapes[in] != shapes[id]) continue;
+      if (can_join(gi, id)) {
+        chosen = gi;
+        break;
+      }
+    }
+    if (chosen < 0) {
+      chosen = static_cast<int>(groups.size());
+      groups.push_back({{}, s.position[id]});
+    }
+    groups[chosen].members.push_back(id);
+    group_of[id] = chosen;
+  }
+
+  // Steps in execution order: a group at its first member, other nodes where they stand.
+  Fusion f;
+  f.step_of.assign(n, -1);
+  f.materialized.assign(n, 0);
+  std::vector<int> group_step(groups.size(), -1);
+  for (int id : s.order) {
+    const int gi = group_of[id];
+    if (gi >= 0) {
+      if (group_step[gi] >= 0) continue;
+      group_step[gi] = static_cast<int>(f.steps.size());
+      f.steps.push_back({true, groups[gi].members});
+      for (int m : groups[gi].members) f.step_of[m] = group_step[gi];
+    } else {
+      f.step_of[id] = static_cast<int>(f.steps.size());
+      f.steps.push_back({false, {id}});
+    }
+  }
+
+  // A value needs a buffer when something outside its step reads it, or run() returns it.
+  for (int id : s.order) {
+    for (int in : g.node(id).inputs) {
+      const int root = s.alias_root[in];
+      if (f.step_of[root] >= 0 && (f.step_of[root] != f.step_of[id] || root != in))
+        f.materialized[root] = 1;
+    }
+    if (!f.steps[f.step_of[id]].fused) f.materialized[id] = g.node(id).op != OpKind::Assign;
+  }
+  for (int out : fn.outputs) {
+    const int root = s.alias_root[out];
+    if (f.step_of[root] >= 0) f.materialized[root] = 1;
+  }
+  for (int id : s.order)
+    if (g.node(id).op == OpKind::Assign) f.materialized[id] = 0;
+  return f;
+}
+
+}  // namespace gometal

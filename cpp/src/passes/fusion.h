@@ -1,0 +1,26 @@
+// Groups chains of elementwise ops into single passes over memory.
+#pragma once
+
+#include <vector>
+
+#include "gometal/ir.h"
+#include "passes/schedule.h"
+
+namespace gometal {
+
+struct Step {
+  bool fused = false;       // a fused elementwise group, else a single kernel
+  std::vector<int> nodes;   // members in schedule order (one node when not fused)
+};
+
+struct Fusion {
+  std::vector<Step> steps;        // in execution order
+  std::vector<int> step_of;       // per node id: index in steps, or -1
+  std::vector<char> materialized; // per node id: the value needs its own buffer
+};
+
+// `shapes` are the concrete shapes of every node for this plan's batch size.
+Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& fn,
+                        const std::vector<Shape>& shapes);
+
+}  // namespace gometal

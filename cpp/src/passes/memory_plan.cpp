@@ -1,0 +1,136 @@
+#include "passes/memory_plan.h"
+
+#include <algorithm>
+#include <iterator>
+#include <map>
+
+namespace gometal {
+namespace {
+
+constexpr int64_t kAlignFloats = 16;  // 64 bytes
+
+int64_t aligned(int64_t floats) { return (floats + kAlignFloats - 1) / kAlignFloats * kAlignFloats; }
+
+// Best-fit allocator over offsets; frees coalesce with their neighbours.
+class OffsetAllocator {
+ public:
+  int64_t allocate(int64_t size) {
+    auto best = free_.end();
+    for (auto it = free_.begin(); it != free_.end(); ++it)
+      if (it->second >= size && (best == free_.end() || it->second < best->second)) best = it;
+    if (best == free_.end()) {
+      // Grow the arena, reusing a free block that ends at the top.
+      if (!free_.empty()) {
+        auto last = std::prev(free_.end());
+        if (last->first + last->second == top_) {
+          const int64_t off = last->first;
+          free_.erase(last);
+          top_ = off + size;
+          return off;
+        }
+      }
+      const int64_t off = top_;
+      top_ += size;
+      return off;
+    }
+    const int64_t off = best->first;
+    const int64_t rest = best->second - size;
+    free_.erase(best);
+    if (rest > 0) free_[off + size] = rest;
+    return off;
+  }
+
+  void release(int64_t off, int64_t size) {
+    auto it = free_.emplace(off, size).first;
+    auto next = std::next(it);
+    if (next != free_.end() && it->first + it->second == next->first) {
+      it->second += next->second;
+      free_.erase(next);
+    }
+    if (it != free_.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first + prev->second == it->first) {
+        prev->second += it->second;
+        free_.erase(it);
+      }
+    }
+  }
+
+  int64_t top() const { return top_; }
+
+ private:
+  std::map<int64_t, int64_t> free_;
+  int64_t top_ = 0;
+};
+
+}  // namespace
+
+MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const FunctionSpec& fn,
+                       const std::vector<Shape>& shapes, const std::vector<int64_t>& persistent_offset) {
+  const int n = g.size();
+  MemoryPlan plan;
+  plan.ref.assign(n, {});
+
+  for (int i = 0; i < n; ++i) {
+    if (!s.needed[i]) continue;
+    const Node& node = g.node(i);
+    if (node.op == OpKind::Variable || node.op == OpKind::Scalar || node.op == OpKind::Constant) {
+      plan.ref[i] = {Region::Persistent, 0, persistent_offset[i]};
+    } else if (node.op == OpKind::Input) {
+      const auto slot = std::find(fn.inputs.begin(), fn.inputs.end(), i) - fn.inputs.begin();
+      plan.ref[i] = {Region::Input, static_cast<int32_t>(slot), 0};
+    }
+  }
+
+  // Last step that reads each buffer (outputs stay alive to the end).
+  const int steps = static_cast<int>(f.steps.size());
+  std::vector<int> last_use(n, -1);
+  for (int st = 0; st < steps; ++st)
+    for (int id : f.steps[st].nodes)
+      for (int in : g.node(id).inputs) {
+        const int root = s.alias_root[in];
+        last_use[root] = std::max(last_use[root], st);
+      }
+  for (int out : fn.outputs) last_use[s.alias_root[out]] = steps;
+
+  // Buffers dying at each step, split by whether an elementwise step may overwrite them
+  // in place (full-shape operands of a fused group are read block by block before writing).
+  std::vector<std::vector<int>> dies_at(steps + 1);
+  for (int i = 0; i < n; ++i)
+    if (f.materialized[i] && last_use[i] >= 0) dies_at[last_use[i]].push_back(i);
+
+  OffsetAllocator alloc;
+  auto size_of = [&](int id) { return aligned(std::max<int64_t>(numel(shapes[id]), 1)); };
+  std::vector<char> released(n, 0);
+  for (int st = 0; st < steps; ++st) {
+    const Step& step = f.steps[st];
+    if (step.fused) {
+      const Shape& group_shape = shapes[step.nodes.front()];
+      for (int id : dies_at[st]) {
+        if (plan.ref[id].region != Region::Arena || shapes[id] != group_shape) continue;
+        alloc.release(plan.ref[id].offset, size_of(id));
+        released[id] = 1;
+      }
+    }
+    for (int id : step.nodes)
+      if (f.materialized[id]) plan.ref[id] = {Region::Arena, 0, alloc.allocate(size_of(id))};
+    for (int id : dies_at[st]) {
+      if (released[id] || plan.ref[id].region != Region::Arena) continue;
+      alloc.release(plan.ref[id].offset, size_of(id));
+      released[id] = 1;
+    }
+    // A value nobody reads still needs a place to be written; it dies at once.
+    for (int id : step.nodes)
+      if (f.materialized[id] && last_use[id] < 0 && !released[id]) {
+        alloc.release(plan.ref[id].offset, size_of(id));
+        released[id] = 1;
+      }
+  }
+  plan.arena_floats = alloc.top();
+
+  for (int i = 0; i < n; ++i)
+    if (s.needed[i] && s.alias_root[i] != i) plan.ref[i] = plan.ref[s.alias_root[i]];
+  return plan;
+}
+
+}  // namespace gometal

@@ -1,0 +1,31 @@
+// Liveness-based arena plan: every materialised intermediate gets an offset in one arena,
+// and buffers whose lifetimes do not overlap share memory.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "gometal/ir.h"
+#include "passes/fusion.h"
+#include "passes/schedule.h"
+
+namespace gometal {
+
+enum class Region : uint8_t { None, Arena, Persistent, Input };
+
+struct BufRef {
+  Region region = Region::None;
+  int32_t index = 0;    // input slot for Region::Input
+  int64_t offset = 0;   // in floats (all element types are 4 bytes)
+};
+
+struct MemoryPlan {
+  std::vector<BufRef> ref;  // per node id (aliases resolved to their root's buffer)
+  int64_t arena_floats = 0;
+};
+
+// `persistent` holds the offsets of variables, scalars and constants in the engine's pool.
+MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const FunctionSpec& fn,
+                       const std::vector<Shape>& shapes, const std::vector<int64_t>& persistent_offset);
+
+}  // namespace gometal

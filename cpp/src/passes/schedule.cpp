@@ -1,0 +1,105 @@
+#include "passes/schedule.h"
+
+#include <queue>
+#include <stdexcept>
+#include <string>
+
+namespace gometal {
+
+bool is_alias(const Graph& g, int id) {
+  const Node& n = g.node(id);
+  switch (n.op) {
+    case OpKind::Reshape:
+    case OpKind::StopGradient:
+      return true;
+    case OpKind::Cast:
+      return g.node(n.inputs[0]).dtype == n.attrs.dtype;
+    default:
+      return false;
+  }
+}
+
+Schedule schedule_function(const Graph& g, const FunctionSpec& fn) {
+  const int n = g.size();
+  Schedule s;
+  s.needed.assign(n, 0);
+  s.position.assign(n, -1);
+  s.alias_root.resize(n);
+
+  std::vector<int> stack(fn.outputs);
+  for (int e : fn.effects) {
+    if (g.node(e).op != OpKind::Assign)
+      throw std::invalid_argument("[define] '" + fn.name + "': effect node " + std::to_string(e) +
+                                  " is a '" + std::string(op_name(g.node(e).op)) + "', not an assign");
+    stack.push_back(e);
+  }
+  while (!stack.empty()) {
+    const int id = stack.back();
+    stack.pop_back();
+    if (s.needed[id]) continue;
+    s.needed[id] = 1;
+    for (int in : g.node(id).inputs) stack.push_back(in);
+  }
+  for (int i = 0; i < n; ++i) {
+    if (!s.needed[i]) continue;
+    const Node& node = g.node(i);
+    if (node.op == OpKind::Input) {
+      bool declared = false;
+      for (int in : fn.inputs) declared |= in == i;
+      if (!declared)
+        throw std::invalid_argument("[define] '" + fn.name + "' needs input '" + node.attrs.name +
+                                    "', which is not among its inputs");
+    }
+    s.alias_root[i] = is_alias(g, i) ? s.alias_root[node.inputs[0]] : i;
+  }
+
+  // Dependencies: data edges, plus "assign(V) after every other reader of V".
+  std::vector<std::vector<int>> succ(n);
+  std::vector<int> indegree(n, 0);
+  std::vector<int> assign_of(n, -1);
+  for (int e : fn.effects) {
+    const int var = g.node(e).inputs[0];
+    if (assign_of[var] >= 0 && assign_of[var] != e)
+      throw std::invalid_argument("[define] '" + fn.name + "' assigns variable '" +
+                                  g.node(var).attrs.name + "' twice");
+    assign_of[var] = e;
+  }
+  auto edge = [&](int from, int to) {
+    succ[from].push_back(to);
+    ++indegree[to];
+  };
+  for (int i = 0; i < n; ++i) {
+    if (!s.needed[i]) continue;
+    for (int in : g.node(i).inputs) {
+      edge(in, i);
+      const int root = s.alias_root[in];
+      const int a = assign_of[root];
+      if (a >= 0 && a != i && g.node(root).op == OpKind::Variable) edge(i, a);
+    }
+  }
+  // Kahn's algorithm, lowest id first: keeps the builder's order where it is legal.
+  std::priority_queue<int, std::vector<int>, std::greater<int>> ready;
+  for (int i = 0; i < n; ++i)
+    if (s.needed[i] && indegree[i] == 0) ready.push(i);
+  int visited = 0;
+  while (!ready.empty()) {
+    const int id = ready.top();
+    ready.pop();
+    ++visited;
+    const Node& node = g.node(id);
+    if (!node.inputs.empty() && !is_alias(g, id)) {
+      s.position[id] = static_cast<int>(s.order.size());
+      s.order.push_back(id);
+    }
+    for (int t : succ[id])
+      if (--indegree[t] == 0) ready.push(t);
+  }
+  int needed_count = 0;
+  for (char c : s.needed) needed_count += c;
+  if (visited != needed_count)
+    throw std::invalid_argument("[define] '" + fn.name +
+                                "': an assign feeds a value that is read before it (cyclic dependency)");
+  return s;
+}
+
+}  // namespace gometal

@@ -1,0 +1,255 @@
+#include "gometal/engine.h"
+
+#include <cmath>
+#include <stdexcept>
+
+#include "backends/backend.h"
+#include "backends/cpu/blas.h"
+#include "passes/schedule.h"
+#include "runtime/memory.h"
+#include "runtime/rng.h"
+#include "runtime/thread_pool.h"
+
+namespace gometal {
+
+struct Engine::PersistentPool {
+  AlignedBuffer buffer;
+};
+
+struct Engine::Plan {
+  std::unique_ptr<CompiledFunction> compiled;
+  RunResult result;
+};
+
+struct Engine::Function {
+  FunctionSpec spec;
+  std::vector<std::pair<int, int64_t>> label_checks;  // (input slot, one_hot depth)
+  std::map<int64_t, std::unique_ptr<Plan>> plans;
+  std::vector<const void*> input_ptrs;
+};
+
+namespace {
+
+std::string dims_str(const int64_t* dims, int rank) {
+  return shape_str(Shape(dims, dims + rank));
+}
+
+// True when every value is finite; a sum of x*0 turns NaN on any inf or NaN.
+bool all_finite(const float* x, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < n; ++i) acc += x[i] * 0.0f;
+  return acc == 0.0f;
+}
+
+}  // namespace
+
+Engine::Engine(const Graph& graph, uint64_t seed, const std::string& backend)
+    : graph_(graph), seed_(seed), pool_(std::make_unique<PersistentPool>()) {
+  if (backend == "cpu") backend_ = make_cpu_backend();
+  else if (backend == "metal") backend_ = make_metal_backend();
+  else throw std::invalid_argument("[engine] unknown backend '" + backend + "'; expected 'cpu' or 'metal'");
+  blas_init_single_threaded();
+
+  persistent_offset_.assign(graph_.size(), -1);
+  for (int i = 0; i < graph_.size(); ++i) {
+    const Node& n = graph_.node(i);
+    if (n.op != OpKind::Variable && n.op != OpKind::Scalar && n.op != OpKind::Constant) continue;
+    persistent_offset_[i] = persistent_floats_;
+    persistent_floats_ += (numel(n.shape) + 15) / 16 * 16;
+  }
+  pool_->buffer = AlignedBuffer(static_cast<size_t>(std::max<int64_t>(persistent_floats_, 16)) * sizeof(float));
+  persistent_ = pool_->buffer.data();
+  for (int i = 0; i < graph_.size(); ++i) {
+    const Node& n = graph_.node(i);
+    if (n.op == OpKind::Scalar) persistent_[persistent_offset_[i]] = n.attrs.value;
+    if (n.op == OpKind::Constant) std::copy(n.data.begin(), n.data.end(), persistent_ + persistent_offset_[i]);
+  }
+  pool_generation_ = pool_generation();
+}
+
+Engine::~Engine() = default;
+
+int Engine::named(OpKind kind, const std::string& name) const {
+  const int id = graph_.find_named(kind, name);
+  if (id < 0)
+    throw std::invalid_argument("[engine] no " + std::string(op_name(kind)) + " named '" + name + "'");
+  return id;
+}
+
+void Engine::define(const std::string& name, std::vector<int> inputs, std::vector<int> outputs,
+                    std::vector<int> effects, bool advance_rng) {
+  auto fn = std::make_unique<Function>();
+  fn->spec = {name, std::move(inputs), std::move(outputs), std::move(effects), advance_rng};
+  for (int id : fn->spec.inputs)
+    if (graph_.node(id).op != OpKind::Input)
+      throw std::invalid_argument("[define] '" + name + "': node " + std::to_string(id) + " is not an input");
+  for (int id : fn->spec.outputs) graph_.node(id);
+  const Schedule s = schedule_function(graph_, fn->spec);  // validates effects and inputs now
+  for (int id = 0; id < graph_.size(); ++id) {
+    if (!s.needed[id] || graph_.node(id).op != OpKind::OneHot) continue;
+    const int src = s.alias_root[graph_.node(id).inputs[0]];
+    for (size_t slot = 0; slot < fn->spec.inputs.size(); ++slot)
+      if (fn->spec.inputs[slot] == src) fn->label_checks.emplace_back(static_cast<int>(slot), graph_.node(id).attrs.depth);
+  }
+  fn->input_ptrs.resize(fn->spec.inputs.size());
+  functions_[name] = std::move(fn);
+}
+
+const std::vector<int>& Engine::function_inputs(const std::string& name) const {
+  auto it = functions_.find(name);
+  if (it == functions_.end()) throw std::invalid_argument("[run] no function named '" + name + "'");
+  return it->second->spec.inputs;
+}
+
+Engine::Plan& Engine::plan_for(Function& fn, int64_t batch) {
+  if (pool_generation_ != pool_generation()) {
+    // The thread count changed: plans sized their scratch for the old pool.
+    for (auto& [_, f] : functions_) f->plans.clear();
+    pool_generation_ = pool_generation();
+  }
+  auto it = fn.plans.find(batch);
+  if (it != fn.plans.end()) return *it->second;
+  auto plan = std::make_unique<Plan>();
+  plan->compiled = backend_->compile(graph_, fn.spec, batch, persistent_offset_);
+  for (int out : fn.spec.outputs) {
+    plan->result.shapes.push_back(concretize(graph_.node(out).shape, batch));
+    plan->result.dtypes.push_back(graph_.node(out).dtype);
+  }
+  plan->result.data.resize(fn.spec.outputs.size());
+  return *fn.plans.emplace(batch, std::move(plan)).first->second;
+}
+
+const RunResult& Engine::run(const std::string& name, const TensorView* inputs, int count) {
+  auto it = functions_.find(name);
+  if (it == functions_.end()) {
+    std::string known;
+    for (auto& [k, _] : functions_) known += (known.empty() ? "" : ", ") + k;
+    throw std::invalid_argument("[run] no function named '" + name + "'; defined: " + known);
+  }
+  Function& fn = *it->second;
+  const auto& spec = fn.spec;
+  if (count != static_cast<int>(spec.inputs.size()))
+    throw std::invalid_argument("[run] '" + name + "' takes " + std::to_string(spec.inputs.size()) +
+                                " inputs, got " + std::to_string(count));
+
+  int64_t batch = -1;
+  std::string batch_owner;
+  for (int i = 0; i < count; ++i) {
+    const Node& decl = graph_.node(spec.inputs[i]);
+    const TensorView& v = inputs[i];
+    const std::string& iname = decl.attrs.name;
+    if (v.dtype != decl.dtype)
+      throw std::invalid_argument("[run] input '" + iname + "' expects dtype " +
+                                  std::string(dtype_name(decl.dtype)) + ", got " + std::string(dtype_name(v.dtype)));
+    bool ok = v.rank == static_cast<int>(decl.shape.size());
+    for (int d = 0; ok && d < v.rank; ++d)
+      ok = decl.shape[d] == kBatch ? v.dims[d] >= 0 : v.dims[d] == decl.shape[d];
+    if (!ok)
+      throw std::invalid_argument("[run] input '" + iname + "' expects shape " + shape_str(decl.shape) +
+                                  ", got " + dims_str(v.dims, v.rank));
+    for (int d = 0; d < v.rank; ++d) {
+      if (decl.shape[d] != kBatch) continue;
+      if (batch < 0) {
+        batch = v.dims[d];
+        batch_owner = iname;
+      } else if (v.dims[d] != batch) {
+        throw std::invalid_argument("[run] inputs '" + batch_owner + "' and '" + iname +
+                                    "' have different batch sizes: " + std::to_string(batch) + " vs " +
+                                    std::to_string(v.dims[d]));
+      }
+    }
+    if (v.data == nullptr && numel(Shape(v.dims, v.dims + v.rank)) > 0)
+      throw std::invalid_argument("[run] input '" + iname + "' has no data");
+  }
+  if (batch == 0) throw std::invalid_argument("[run] '" + name + "' got an empty batch (batch size 0)");
+  if (batch < 0) batch = 1;
+  for (int i = 0; i < count; ++i) {
+    const TensorView& v = inputs[i];
+    int64_t n = 1;
+    for (int d = 0; d < v.rank; ++d) n *= v.dims[d];
+    if (v.dtype == DType::F32 && !all_finite(static_cast<const float*>(v.data), n))
+      throw std::invalid_argument("[run] input '" + graph_.node(spec.inputs[i]).attrs.name +
+                                  "' contains NaN or infinite values");
+  }
+  for (auto [slot, depth] : fn.label_checks) {
+    const TensorView& v = inputs[slot];
+    int64_t n = 1;
+    for (int d = 0; d < v.rank; ++d) n *= v.dims[d];
+    const auto* labels = static_cast<const int32_t*>(v.data);
+    for (int64_t j = 0; j < n; ++j)
+      if (labels[j] < 0 || labels[j] >= depth)
+        throw std::invalid_argument("[run] input '" + graph_.node(spec.inputs[slot]).attrs.name + "' holds label " +
+                                    std::to_string(labels[j]) + " at index " + std::to_string(j) +
+                                    ", outside the valid range [0, " + std::to_string(depth) + ")");
+  }
+
+  Plan& plan = plan_for(fn, batch);
+  for (int i = 0; i < count; ++i) fn.input_ptrs[i] = inputs[i].data;
+  RunArgs args;
+  args.persistent = persistent_;
+  args.inputs = fn.input_ptrs.data();
+  args.seed = seed_;
+  args.rng_step = rng_step_;
+  plan.compiled->execute(args);
+  if (spec.advance_rng) ++rng_step_;
+  if (!spec.effects.empty()) ++steps_;
+  for (size_t i = 0; i < spec.outputs.size(); ++i) plan.result.data[i] = plan.compiled->output(static_cast<int>(i), args);
+  return plan.result;
+}
+
+std::vector<std::string> Engine::variable_names() const {
+  std::vector<std::string> names;
+  for (const Node& n : graph_.nodes())
+    if (n.op == OpKind::Variable) names.push_back(n.attrs.name);
+  return names;
+}
+
+Shape Engine::variable_shape(const std::string& name) const { return graph_.node(named(OpKind::Variable, name)).shape; }
+
+void Engine::set_variable(const std::string& name, const float* data, const Shape& shape) {
+  const int id = named(OpKind::Variable, name);
+  const Shape& expected = graph_.node(id).shape;
+  if (shape != expected)
+    throw std::invalid_argument("[set_variable] '" + name + "' has shape " + shape_str(expected) + ", got " +
+                                shape_str(shape));
+  std::copy(data, data + numel(shape), persistent_ + persistent_offset_[id]);
+}
+
+void Engine::get_variable(const std::string& name, float* out) const {
+  const int id = named(OpKind::Variable, name);
+  const float* src = persistent_ + persistent_offset_[id];
+  std::copy(src, src + numel(graph_.node(id).shape), out);
+}
+
+void Engine::set_scalar(const std::string& name, float value) {
+  if (!std::isfinite(value))
+    throw std::invalid_argument("[set_scalar] '" + name + "' must be finite, got " + std::to_string(value));
+  persistent_[persistent_offset_[named(OpKind::Scalar, name)]] = value;
+}
+
+float Engine::get_scalar(const std::string& name) const {
+  return persistent_[persistent_offset_[named(OpKind::Scalar, name)]];
+}
+
+EngineStats Engine::stats() const {
+  EngineStats st;
+  st.persistent_bytes = static_cast<int64_t>(pool_->buffer.bytes());
+  for (auto& [_, fn] : functions_)
+    for (auto& [__, plan] : fn->plans) {
+      st.arena_bytes += plan->compiled->arena_bytes();
+      ++st.plans;
+    }
+  st.allocations = engine_allocation_count();
+  st.steps = steps_;
+  return st;
+}
+
+std::vector<float> random_uniform(uint64_t seed, uint32_t stream, int64_t count) {
+  if (count < 0) throw std::invalid_argument("[random_uniform] count must be >= 0");
+  std::vector<float> out(static_cast<size_t>(count));
+  // Step 2^63 keeps initialiser draws apart from every training step's draws.
+  philox_uniform(seed, stream, uint64_t{1} << 63, 0, count, out.data());
+  return out;
+}
+
+}  // namespace gometal
