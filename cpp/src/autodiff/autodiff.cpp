@@ -24,7 +24,7 @@ std::vector<int> Graph::gradients(int loss, const std::vector<int>& wrt) {
     for (int in : nodes_[i].inputs)
       if (from_wrt[in] && is_differentiable(nodes_[i].op)) { from_wrt[i] = 1; break; }
   }
-  to_loss[loss] = 1;
+  to_loss.back() = 1;  // the loss itself
   for (int i = n - 1; i >= 0; --i) {
     if (!to_loss[i]) continue;
     for (int in : nodes_[i].inputs) to_loss[in] = 1;

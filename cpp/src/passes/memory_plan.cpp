@@ -93,8 +93,7 @@ MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const
       }
   for (int out : fn.outputs) last_use[s.alias_root[out]] = steps;
 
-  // Buffers dying at each step, split by whether an elementwise step may overwrite them
-  // in place (full-shape operands of a fused group are read block by block before writing).
+  // Buffers dying at each step.
   std::vector<std::vector<int>> dies_at(steps + 1);
   for (int i = 0; i < n; ++i)
     if (f.materialized[i] && last_use[i] >= 0) dies_at[last_use[i]].push_back(i);
@@ -104,16 +103,24 @@ MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const
   std::vector<char> released(n, 0);
   for (int st = 0; st < steps; ++st) {
     const Step& step = f.steps[st];
+    // A fused group may write an output exactly over a full-shape input that dies here:
+    // it reads each block before writing it. Only an exact overlap is safe.
+    std::vector<int> reusable;
     if (step.fused) {
       const Shape& group_shape = shapes[step.nodes.front()];
-      for (int id : dies_at[st]) {
-        if (plan.ref[id].region != Region::Arena || shapes[id] != group_shape) continue;
-        alloc.release(plan.ref[id].offset, size_of(id));
-        released[id] = 1;
+      for (int id : dies_at[st])
+        if (plan.ref[id].region == Region::Arena && shapes[id] == group_shape) reusable.push_back(id);
+    }
+    for (int id : step.nodes) {
+      if (!f.materialized[id]) continue;
+      if (!reusable.empty()) {
+        plan.ref[id] = {Region::Arena, 0, plan.ref[reusable.back()].offset};
+        released[reusable.back()] = 1;  // its block now belongs to `id`
+        reusable.pop_back();
+      } else {
+        plan.ref[id] = {Region::Arena, 0, alloc.allocate(size_of(id))};
       }
     }
-    for (int id : step.nodes)
-      if (f.materialized[id]) plan.ref[id] = {Region::Arena, 0, alloc.allocate(size_of(id))};
     for (int id : dies_at[st]) {
       if (released[id] || plan.ref[id].region != Region::Arena) continue;
       alloc.release(plan.ref[id].offset, size_of(id));

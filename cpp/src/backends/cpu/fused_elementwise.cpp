@@ -105,6 +105,7 @@ class FusedElementwiseKernel final : public Kernel {
   std::vector<InputDesc> inputs;
   std::vector<Instr> instrs;
   std::vector<Store> stores;
+  std::vector<Store> placed;  // registers that live in their output buffer
   int num_slots = 0;   // inputs first, then registers
   int num_regs = 0;
   int broadcast_regs = 0;  // registers: broadcast gathers first, then one per member
@@ -146,6 +147,7 @@ class FusedElementwiseKernel final : public Kernel {
       src[s] = regs + (broadcast_regs + s - ni) * kBlock;
       scalar[s] = false;
     }
+    for (const Store& p : placed) src[p.slot] = ctx.ptr(p.dst) + start;
     for (const Instr& ins : instrs) {
       float* d = const_cast<float*>(src[ins.dst]);
       if (ins.op == OpKind::RandomUniform) {
@@ -219,6 +221,35 @@ InputDesc describe_input(const BufRef& ref, const Shape& in, const Shape& out) {
   return d;
 }
 
+bool same_buffer(const BufRef& a, const BufRef& b) {
+  return a.region == b.region && a.index == b.index && a.offset == b.offset;
+}
+
+// Lets a member compute straight into the buffer it is stored to, saving the copy, when
+// no later instruction reads that buffer as an input.
+void place_registers_in_outputs(FusedElementwiseKernel& k) {
+  const int ni = static_cast<int>(k.inputs.size());
+  std::vector<Store> kept;
+  std::vector<char> placed(k.num_slots, 0);
+  for (const Store& st : k.stores) {
+    const int slot = st.slot;
+    bool ok = slot >= ni && !placed[slot];
+    size_t def = 0;
+    while (ok && def < k.instrs.size() && k.instrs[def].dst != slot) ++def;
+    for (size_t j = def + 1; ok && j < k.instrs.size(); ++j)
+      for (int operand : {k.instrs[j].a, k.instrs[j].b, k.instrs[j].c})
+        if (operand >= 0 && operand < ni && same_buffer(k.inputs[operand].ref, st.dst)) ok = false;
+    if (!ok) {
+      kept.push_back(st);
+      continue;
+    }
+    placed[slot] = 1;
+    k.placed.push_back({slot, st.dst});
+  }
+  // Copies of a placed register read from its new home, so they run after the instructions.
+  k.stores = kept;
+}
+
 }  // namespace
 
 std::unique_ptr<Kernel> make_fused_elementwise(const Graph& g, const Step& step,
@@ -285,6 +316,7 @@ std::unique_ptr<Kernel> make_fused_elementwise(const Graph& g, const Step& step,
     k->instrs.push_back(ins);
     if (f.materialized[id]) k->stores.push_back({member_slot[id], mem.ref[id]});
   }
+  place_registers_in_outputs(*k);
   return k;
 }
 
