@@ -1,13 +1,27 @@
 // Times the whole MLP training step through the C++ API (no Python in the loop).
-// Usage: bench_mlp_step [batch=128] [seconds=3] [threads=all]
+// Usage: bench_mlp_step [batch=128] [seconds=3] [threads=all]; prints one JSON line.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
+
+#if defined(__linux__)
+#include <unistd.h>
+#endif
 
 #include "mlp_step.h"
 
 int main(int argc, char** argv) {
+#if defined(__linux__)
+  // OpenBLAS starts its own threads at load time unless told not to; gometal splits the
+  // products over its own pool, so rerun once with the library pinned to one thread.
+  const char* blas_threads = std::getenv("OPENBLAS_NUM_THREADS");
+  if (!blas_threads || std::strcmp(blas_threads, "1") != 0) {
+    setenv("OPENBLAS_NUM_THREADS", "1", 1);
+    execv("/proc/self/exe", argv);
+  }
+#endif
   const int64_t batch = argc > 1 ? std::atoll(argv[1]) : 128;
   const double seconds = argc > 2 ? std::atof(argv[2]) : 3.0;
   if (argc > 3) gometal::set_num_threads(std::atoi(argv[3]));

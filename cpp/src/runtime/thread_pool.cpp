@@ -19,9 +19,11 @@
 namespace gometal {
 namespace {
 
-// Workers spin this many rounds for the next op before sleeping: ops in a step come
-// microseconds apart, and a futex wake-up costs more than that.
-constexpr int kSpinRounds = 1 << 16;
+// Workers spin a while for the next op before sleeping: ops in a step come microseconds
+// apart, and a futex wake-up costs more than that. Yielding in between keeps a loaded
+// machine usable.
+constexpr int kPauseRounds = 1 << 12;
+constexpr int kYieldRounds = 1 << 10;
 
 std::atomic<uint64_t> g_pool_generation{0};
 
@@ -29,6 +31,8 @@ std::unique_ptr<ThreadPool>& pool_slot() {
   static std::unique_ptr<ThreadPool> pool;
   return pool;
 }
+
+uint32_t generation_of(uint64_t state) { return static_cast<uint32_t>(state >> 32); }
 
 }  // namespace
 
@@ -40,17 +44,22 @@ ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_.store(true);
-    generation_.fetch_add(1);
+    state_.fetch_add(uint64_t{1} << 32);
   }
   wake_.notify_all();
   for (auto& w : workers_) w.join();
 }
 
-void ThreadPool::drain(int thread) {
+void ThreadPool::drain(uint32_t gen, int thread) {
+  uint64_t cur = state_.load(std::memory_order_acquire);
   for (;;) {
-    const int task = next_task_.fetch_add(1, std::memory_order_relaxed);
+    if (generation_of(cur) != gen) return;
+    const int task = static_cast<int>(cur & 0xffffffffu);
     if (task >= tasks_) return;
+    if (!state_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
     fn_(ctx_, task, thread);
+    done_.fetch_add(1, std::memory_order_acq_rel);
+    cur = state_.load(std::memory_order_acquire);
   }
 }
 
@@ -63,37 +72,43 @@ void ThreadPool::run(int tasks, TaskFn fn, void* ctx) {
   fn_ = fn;
   ctx_ = ctx;
   tasks_ = tasks;
-  next_task_.store(0, std::memory_order_relaxed);
-  busy_workers_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-  generation_.fetch_add(1);  // seq_cst: pairs with the sleeper count below
+  done_.store(0, std::memory_order_relaxed);
+  const uint32_t gen = generation_of(state_.load(std::memory_order_relaxed)) + 1;
+  state_.store(static_cast<uint64_t>(gen) << 32);  // seq_cst: pairs with the sleeper count below
   if (sleeping_.load() > 0) {
     std::lock_guard<std::mutex> lock(mutex_);
     wake_.notify_all();
   }
-  drain(0);
-  while (busy_workers_.load(std::memory_order_acquire) > 0) GOMETAL_PAUSE();
+  drain(gen, 0);
+  // Only tasks already claimed by workers remain; idle workers are not waited for.
+  for (int spins = 0; done_.load(std::memory_order_acquire) < tasks; ++spins) {
+    if (spins < kPauseRounds) GOMETAL_PAUSE();
+    else std::this_thread::yield();
+  }
 }
 
 void ThreadPool::worker_loop(int thread) {
-  uint64_t seen = 0;
+  uint32_t seen = 0;
   for (;;) {
     int spins = 0;
-    uint64_t gen;
-    while ((gen = generation_.load(std::memory_order_acquire)) == seen) {
-      if (++spins < kSpinRounds) {
+    uint32_t gen;
+    while ((gen = generation_of(state_.load(std::memory_order_acquire))) == seen) {
+      ++spins;
+      if (spins < kPauseRounds) {
         GOMETAL_PAUSE();
-        continue;
+      } else if (spins < kPauseRounds + kYieldRounds) {
+        std::this_thread::yield();
+      } else {
+        std::unique_lock<std::mutex> lock(mutex_);
+        sleeping_.fetch_add(1);
+        wake_.wait(lock, [&] { return generation_of(state_.load()) != seen; });
+        sleeping_.fetch_sub(1);
+        spins = 0;
       }
-      std::unique_lock<std::mutex> lock(mutex_);
-      sleeping_.fetch_add(1);
-      wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-      sleeping_.fetch_sub(1);
-      spins = 0;
     }
     seen = gen;
     if (stop_.load()) return;
-    drain(thread);
-    busy_workers_.fetch_sub(1, std::memory_order_acq_rel);
+    drain(gen, thread);
   }
 }
 

@@ -33,13 +33,15 @@ class ThreadPool {
 
  private:
   void worker_loop(int thread);
-  void drain(int thread);
+  // Claims and runs tasks of generation `gen` until none are left.
+  void drain(uint32_t gen, int thread);
 
   int threads_;
   std::vector<std::thread> workers_;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> next_task_{0};
-  std::atomic<int> busy_workers_{0};
+  // High 32 bits: generation; low 32 bits: next unclaimed task. Claims are tied to a
+  // generation, so a worker that wakes late never waits on or runs stale work.
+  std::atomic<uint64_t> state_{0};
+  std::atomic<int> done_{0};
   std::atomic<bool> stop_{false};
   std::atomic<int> sleeping_{0};
   TaskFn fn_ = nullptr;
