@@ -142,6 +142,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("effects") = std::vector<int>{}, py::arg("advance_rng") = false)
       .def("has_function", &Engine::has_function)
       .def("run", &run, py::arg("name"), py::arg("arrays"))
+      .def("describe", &Engine::describe, py::arg("name"), py::arg("batch"))
       .def("variable_names", &Engine::variable_names)
       .def("variable_shape", [](const Engine& e, const std::string& n) { return to_tuple(e.variable_shape(n)); })
       .def("get_variable", [](const Engine& e, const std::string& name) {

@@ -67,6 +67,8 @@ class Engine {
   void set_rng_step(uint64_t step) { rng_step_ = step; }
 
   EngineStats stats() const;
+  // The kernels the plan for (function, batch) runs, compiling it if needed.
+  std::vector<std::string> describe(const std::string& name, int64_t batch);
 
  private:
   struct Plan;

@@ -26,6 +26,8 @@ class CompiledFunction {
   // Where output i lies after execute (inside the plan's arena, the persistent pool or an input).
   virtual const float* output(int i, const RunArgs& args) const = 0;
   virtual int64_t arena_bytes() const = 0;
+  // One line per kernel, e.g. "fused[add,relu] (128, 512)": what the plan runs, in order.
+  virtual const std::vector<std::string>& describe() const = 0;
 };
 
 class Backend {

@@ -35,12 +35,13 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
     return s.position[root];
   };
 
-  // Readers of each variable, for the assign rule.
-  std::vector<std::vector<int>> readers(n);
+  // Readers of each variable, for the assign rule, and consumers of each value.
+  std::vector<std::vector<int>> readers(n), consumers(n);
   for (int id : s.order)
     for (int in : g.node(id).inputs) {
       const int root = s.alias_root[in];
       if (g.node(root).op == OpKind::Variable) readers[root].push_back(id);
+      consumers[root].push_back(id);
     }
 
   auto can_join = [&](int gi, int id) {
@@ -56,6 +57,30 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
       const int var = node.inputs[0];
       for (int r : readers[var])
         if (r != id && group_of[r] != gi && s.position[r] >= grp.first_pos) return false;
+    }
+    return true;
+  };
+
+  // Group h may run later, as part of group `into`, when all its inputs are ready by then
+  // and nothing outside the two groups reads its values before then.
+  auto can_move_into = [&](int h, int into) {
+    const int target = groups[into].first_pos;
+    if (groups[h].first_pos >= target) return false;
+    for (int m : groups[h].members) {
+      for (int in : g.node(m).inputs) {
+        const int root = s.alias_root[in];
+        if (group_of[root] == h && root == in) continue;
+        if (group_of[root] == h || ready_at(in) >= target) return false;
+      }
+      for (int c : consumers[m]) {
+        const int cg = group_of[c];
+        if (cg == h || cg == into) continue;
+        const int exec = cg >= 0 ? groups[cg].first_pos : s.position[c];
+        if (exec <= target) return false;
+      }
+      if (g.node(m).op == OpKind::Assign)
+        for (int r : readers[g.node(m).inputs[0]])
+          if (group_of[r] != h && group_of[r] != into && s.position[r] >= target) return false;
     }
     return true;
   };
@@ -78,6 +103,17 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
     }
     groups[chosen].members.push_back(id);
     group_of[id] = chosen;
+    // Pull in earlier groups that only feed this one (e.g. b2 * v, which reads nothing but
+    // leaves), so a whole update runs as one pass.
+    for (int in : node.inputs) {
+      const int h = group_of[in];
+      if (h < 0 || h == chosen || shapes[in] != shapes[id] || !can_move_into(h, chosen)) continue;
+      for (int m : groups[h].members) group_of[m] = chosen;
+      auto& members = groups[chosen].members;
+      members.insert(members.end(), groups[h].members.begin(), groups[h].members.end());
+      std::sort(members.begin(), members.end(), [&](int a, int b) { return s.position[a] < s.position[b]; });
+      groups[h].members.clear();
+    }
   }
 
   // Steps in execution order: a group at its first member, other nodes where they stand.
@@ -88,7 +124,8 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
   for (int id : s.order) {
     const int gi = group_of[id];
     if (gi >= 0) {
-      if (group_step[gi] >= 0) continue;
+      // A group runs at its first_pos (merged groups hold members scheduled before it).
+      if (s.position[id] != groups[gi].first_pos) continue;
       group_step[gi] = static_cast<int>(f.steps.size());
       f.steps.push_back({true, groups[gi].members});
       for (int m : groups[gi].members) f.step_of[m] = group_step[gi];

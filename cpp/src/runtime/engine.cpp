@@ -197,6 +197,13 @@ const RunResult& Engine::run(const std::string& name, const TensorView* inputs, 
   return plan.result;
 }
 
+std::vector<std::string> Engine::describe(const std::string& name, int64_t batch) {
+  auto it = functions_.find(name);
+  if (it == functions_.end()) throw std::invalid_argument("[describe] no function named '" + name + "'");
+  if (batch < 1) throw std::invalid_argument("[describe] batch must be >= 1, got " + std::to_string(batch));
+  return plan_for(*it->second, batch).compiled->describe();
+}
+
 std::vector<std::string> Engine::variable_names() const {
   std::vector<std::string> names;
   for (const Node& n : graph_.nodes())

@@ -187,6 +187,12 @@ class CpuFunction final : public CompiledFunction {
     const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset);
     int64_t scratch = 0;
     for (const Step& step : f.steps) {
+      std::string line = step.fused ? "fused[" : "";
+      for (size_t i = 0; i < step.nodes.size(); ++i) {
+        if (i) line += ',';
+        line += op_name(g.node(step.nodes[i]).op);
+      }
+      description_.push_back(line + (step.fused ? "] " : " ") + shape_str(shapes[step.nodes.back()]));
       kernels_.push_back(step.fused ? make_fused_elementwise(g, step, f, mem, shapes)
                                     : make_single(g, step.nodes.front(), mem, shapes));
       scratch = std::max(scratch, kernels_.back()->scratch_floats());
@@ -220,10 +226,12 @@ class CpuFunction final : public CompiledFunction {
   }
 
   int64_t arena_bytes() const override { return static_cast<int64_t>(arena_.bytes()); }
+  const std::vector<std::string>& describe() const override { return description_; }
 
  private:
   std::vector<std::unique_ptr<Kernel>> kernels_;
   std::vector<BufRef> outputs_;
+  std::vector<std::string> description_;
   AlignedBuffer arena_, scratch_;
   ThreadPool* pool_ = nullptr;
   int64_t scratch_stride_ = 0;
