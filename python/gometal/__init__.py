@@ -1,0 +1,44 @@
+"""gometal: Keras-simple training over a compiled whole-step engine.
+
+Example:
+    >>> import gometal as gm
+    >>> model = gm.ModelBuilder((64,)).dense(128).relu().dense(10).build(seed=0)
+    >>> trainer = gm.Trainer(model, loss="cross_entropy", optimizer=gm.optim.Adam(1e-3))
+"""
+
+__version__ = "0.1.0"
+
+try:
+    from . import _native  # noqa: F401  (loads _core first, for a clear error when unbuilt)
+except ImportError as err:  # pragma: no cover - only without a built engine
+    raise ImportError(
+        "gometal's compiled engine (gometal._core) could not be imported. Build it with "
+        "`pip install -e . --no-build-isolation` from the repository root. "
+        f"Original error: {err}"
+    ) from err
+
+from . import layers, losses, metrics, ops, optim
+from .builder import ModelBuilder
+from .layers.base import EmitContext
+from .model import Model
+from .runtime import get_num_threads, set_num_threads
+from .tensor import Input, SymbolicTensor
+from .trainer import StepResult, Trainer
+
+__all__ = [
+    "EmitContext",
+    "Input",
+    "Model",
+    "ModelBuilder",
+    "StepResult",
+    "SymbolicTensor",
+    "Trainer",
+    "__version__",
+    "get_num_threads",
+    "layers",
+    "losses",
+    "metrics",
+    "ops",
+    "optim",
+    "set_num_threads",
+]

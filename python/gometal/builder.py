@@ -1,0 +1,159 @@
+"""``ModelBuilder``: chainable sugar over the functional API for sequential models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import layers
+from .layers.base import Layer
+from .model import Model, next_auto_name
+from .tensor import Input
+
+
+class ModelBuilder:
+    """Builds a sequential model one layer at a time.
+
+    Each method applies a layer to the current output immediately, so a shape error is
+    raised by the call that causes it, naming the layer it will be called in the model.
+
+    Args:
+        input_shape: the shape of one sample, without the batch dimension.
+
+    Example:
+        >>> model = (gm.ModelBuilder((64,))
+        ...          .dense(128).relu().dropout(0.2)
+        ...          .dense(10)
+        ...          .build(seed=0))
+    """
+
+    def __init__(self, input_shape: Any):
+        self._input = Input(input_shape)
+        self._output = self._input
+        self._taken_names: set[str] = set()
+        self._name_counters: dict[str, int] = {}
+
+    def add(self, layer: Layer) -> ModelBuilder:
+        """Appends any single-input layer; the chaining methods below call this.
+
+        Args:
+            layer: a layer instance that has not been used elsewhere.
+
+        Returns:
+            The builder, for chaining.
+
+        Example:
+            >>> builder.add(gm.layers.Dense(10))  # doctest: +SKIP
+        """
+        taken, counters = set(self._taken_names), dict(self._name_counters)
+        if layer.name is not None:
+            if layer.name in taken:
+                raise ValueError(
+                    f"duplicate layer name {layer.name!r}: layer names must be unique in a model"
+                )
+            taken.add(layer.name)
+            label = layer.name
+        else:
+            # The model assigns the same name at build time, so errors can use it now.
+            label = next_auto_name(layer.kind, taken, counters)
+        self._output = layer._call(self._output, label)
+        self._taken_names, self._name_counters = taken, counters
+        return self
+
+    def dense(self, units: int, use_bias: bool = True, name: str | None = None) -> ModelBuilder:
+        """Appends a fully connected layer (``gm.layers.Dense``).
+
+        Args:
+            units: output features.
+            use_bias: whether to add a bias.
+            name: an explicit layer name (default ``dense_<i>``).
+
+        Returns:
+            The builder, for chaining.
+        """
+        return self.add(layers.Dense(units, use_bias=use_bias, name=name))
+
+    def relu(self, name: str | None = None) -> ModelBuilder:
+        """Appends ``max(x, 0)``."""
+        return self.add(layers.ReLU(name=name))
+
+    def leaky_relu(self, negative_slope: float = 0.01, name: str | None = None) -> ModelBuilder:
+        """Appends a leaky ReLU.
+
+        Args:
+            negative_slope: the slope for negative inputs.
+            name: an explicit layer name.
+
+        Returns:
+            The builder, for chaining.
+        """
+        return self.add(layers.LeakyReLU(negative_slope, name=name))
+
+    def elu(self, alpha: float = 1.0, name: str | None = None) -> ModelBuilder:
+        """Appends an ELU.
+
+        Args:
+            alpha: the saturation value for negative inputs.
+            name: an explicit layer name.
+
+        Returns:
+            The builder, for chaining.
+        """
+        return self.add(layers.ELU(alpha, name=name))
+
+    def sigmoid(self, name: str | None = None) -> ModelBuilder:
+        """Appends the logistic sigmoid."""
+        return self.add(layers.Sigmoid(name=name))
+
+    def tanh(self, name: str | None = None) -> ModelBuilder:
+        """Appends the hyperbolic tangent."""
+        return self.add(layers.Tanh(name=name))
+
+    def swish(self, name: str | None = None) -> ModelBuilder:
+        """Appends ``x * sigmoid(x)``."""
+        return self.add(layers.Swish(name=name))
+
+    def gelu(self, name: str | None = None) -> ModelBuilder:
+        """Appends the exact (erf) GELU."""
+        return self.add(layers.GELU(name=name))
+
+    def softmax(self, axis: int = -1, name: str | None = None) -> ModelBuilder:
+        """Appends a softmax.
+
+        Args:
+            axis: the axis to normalize over (not the batch axis).
+            name: an explicit layer name.
+
+        Returns:
+            The builder, for chaining.
+        """
+        return self.add(layers.Softmax(axis, name=name))
+
+    def dropout(self, rate: float, name: str | None = None) -> ModelBuilder:
+        """Appends dropout (active only in the training step).
+
+        Args:
+            rate: the drop probability, in ``[0, 1)``.
+            name: an explicit layer name.
+
+        Returns:
+            The builder, for chaining.
+        """
+        return self.add(layers.Dropout(rate, name=name))
+
+    def flatten(self, name: str | None = None) -> ModelBuilder:
+        """Appends a reshape to ``(batch, features)``."""
+        return self.add(layers.Flatten(name=name))
+
+    def build(self, seed: int = 0) -> Model:
+        """Creates the model and initializes its weights.
+
+        Args:
+            seed: seed for weight initialization.
+
+        Returns:
+            The model.
+
+        Example:
+            >>> model = gm.ModelBuilder((4,)).dense(1).build(seed=0)
+        """
+        return Model(self._input, self._output, seed=seed)

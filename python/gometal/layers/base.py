@@ -1,0 +1,228 @@
+"""The layer protocol: weight declarations, emission into an engine graph, and calls.
+
+A layer is Python only. It declares its weights from the input shapes (``build``) and
+composes engine primitives in ``emit``. Calling a layer on symbolic tensors emits it once
+into a throw-away graph, so the engine's shape inference is the single source of truth
+for output shapes and shape errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .. import _core
+from ..initializers import Initializer
+from ..tensor import LayerCall, SymbolicTensor
+
+RESERVED_NAMES = frozenset({"optimizer"})
+
+
+def check_layer_name(name: object) -> str:
+    """Returns ``name`` if it can prefix weight names, else raises ``ValueError``.
+
+    Args:
+        name: the proposed layer name.
+
+    Returns:
+        The name.
+
+    Example:
+        >>> check_layer_name("encoder_fc")
+        'encoder_fc'
+    """
+    if not isinstance(name, str) or not name or name.strip() != name:
+        raise ValueError(
+            f"a layer name must be a non-empty string without surrounding spaces, got {name!r}"
+        )
+    if "." in name:
+        raise ValueError(f"layer name {name!r} may not contain '.', which separates weight names")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"layer name {name!r} is reserved")
+    return name
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """A weight a layer owns: its local name (``weight``), shape and initializer."""
+
+    name: str
+    shape: tuple[int, ...]
+    initializer: Initializer
+
+    @property
+    def size(self) -> int:
+        count = 1
+        for d in self.shape:
+            count *= d
+        return count
+
+
+class EmitContext:
+    """What a layer sees while emitting itself into an engine graph.
+
+    Attributes:
+        graph: the ``_core.Graph`` being built.
+        training: ``True`` for the training forward pass, ``False`` for eval and predict.
+        effects: assign node ids a layer adds (e.g. running statistics); the trainer
+            runs them with the training step.
+        scope: the name of the layer being emitted; ``variable`` resolves names under it.
+    """
+
+    def __init__(self, graph: _core.Graph, training: bool, variables: Mapping[str, int]):
+        self.graph = graph
+        self.training = bool(training)
+        self.effects: list[int] = []
+        self.scope = ""
+        self._variables = variables
+
+    def variable(self, name: str) -> int:
+        """Returns the node id of the current layer's weight ``name`` (``<layer>.<name>``).
+
+        Args:
+            name: the weight's local name, e.g. ``"weight"``.
+
+        Returns:
+            The variable's node id.
+
+        Example:
+            >>> w = ctx.variable("weight")  # doctest: +SKIP
+        """
+        full_name = f"{self.scope}.{name}"
+        try:
+            return self._variables[full_name]
+        except KeyError:
+            raise KeyError(f"no variable named {full_name!r} in this graph") from None
+
+
+class Layer:
+    """Base class of all layers.
+
+    Subclasses set ``kind`` (the auto-name prefix), optionally ``num_inputs`` (``None``
+    means two or more), override ``build`` if they own weights, and implement ``emit``.
+
+    Args:
+        name: an explicit layer name; when ``None`` the model assigns ``<kind>_<index>``.
+    """
+
+    kind: ClassVar[str] = "layer"
+    num_inputs: ClassVar[int | None] = 1
+
+    def __init__(self, name: str | None = None):
+        self.name = None if name is None else check_layer_name(name)
+        self._weight_specs: tuple[WeightSpec, ...] = ()
+        self._built_for: tuple[tuple[int, ...], ...] | None = None
+
+    # -- to override -------------------------------------------------------------------
+    def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
+        """Declares the weights for inputs of ``input_shapes`` (batch dim is -1).
+
+        Raise ``ValueError`` for inputs the layer cannot take.
+        """
+        return []
+
+    def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
+        """Appends this layer's computation to ``ctx.graph``; returns the output node id."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement emit()")
+
+    # -- shared machinery --------------------------------------------------------------
+    @property
+    def weight_specs(self) -> tuple[WeightSpec, ...]:
+        """The weights this layer owns (empty before its first call)."""
+        return self._weight_specs
+
+    def count_params(self) -> int:
+        """The number of scalar weights in this layer."""
+        return sum(spec.size for spec in self._weight_specs)
+
+    def __call__(self, inputs: SymbolicTensor | Sequence[SymbolicTensor]) -> SymbolicTensor:
+        """Applies the layer to symbolic tensors and returns the symbolic output.
+
+        Args:
+            inputs: one symbolic tensor, or a list of them for merge layers.
+
+        Returns:
+            The output symbolic tensor.
+
+        Example:
+            >>> h = Dense(128)(Input((64,)))  # doctest: +SKIP
+        """
+        return self._call(inputs, self.name)
+
+    def _call(
+        self, inputs: SymbolicTensor | Sequence[SymbolicTensor], label: str | None
+    ) -> SymbolicTensor:
+        """Applies the layer; ``label`` names it in errors (``None``: not named yet)."""
+        tensors = self._check_inputs(inputs, label)
+        shapes = tuple(t.engine_shape for t in tensors)
+        if self._built_for is None:
+            try:
+                specs = tuple(self.build(shapes))
+            except ValueError as err:
+                raise ValueError(f"{self._describe(label)}: {err}") from None
+        elif shapes != self._built_for:
+            raise ValueError(
+                f"{self._describe(label)} was built for input shapes {_show(self._built_for)} "
+                f"and cannot be called again on {_show(shapes)}"
+            )
+        else:
+            specs = self._weight_specs
+        output_shape = self._probe_output_shape(shapes, specs, label)
+        self._weight_specs, self._built_for = specs, shapes
+        call = LayerCall(self, tensors)
+        call.output = SymbolicTensor(output_shape, call)
+        return call.output
+
+    def _check_inputs(
+        self, inputs: SymbolicTensor | Sequence[SymbolicTensor], label: str | None
+    ) -> tuple[SymbolicTensor, ...]:
+        if isinstance(inputs, SymbolicTensor):
+            tensors: tuple[Any, ...] = (inputs,)
+        elif isinstance(inputs, (list, tuple)):
+            tensors = tuple(inputs)
+        else:
+            tensors = (inputs,)
+        if not all(isinstance(t, SymbolicTensor) for t in tensors):
+            raise TypeError(
+                f"{self._describe(label)} must be called on symbolic tensors (from gm.Input or "
+                f"another layer), got {', '.join(type(t).__name__ for t in tensors)}"
+            )
+        if self.num_inputs is None and len(tensors) < 2:
+            raise ValueError(
+                f"{self._describe(label)} takes a list of two or more tensors, got {len(tensors)}"
+            )
+        if self.num_inputs is not None and len(tensors) != self.num_inputs:
+            raise ValueError(
+                f"{self._describe(label)} takes {self.num_inputs} input(s), got {len(tensors)}"
+            )
+        return tensors
+
+    def _probe_output_shape(
+        self, shapes: Sequence[tuple[int, ...]], specs: Sequence[WeightSpec], label: str | None
+    ) -> tuple[int, ...]:
+        graph, scope = _core.Graph(), label or self.kind
+        input_ids = [graph.input(f"input_{i}", shape, "float32") for i, shape in enumerate(shapes)]
+        variables = {
+            f"{scope}.{s.name}": graph.variable(f"{scope}.{s.name}", s.shape) for s in specs
+        }
+        ctx = EmitContext(graph, training=True, variables=variables)
+        ctx.scope = scope
+        try:
+            output = self.emit(ctx, input_ids)
+        except ValueError as err:
+            raise ValueError(f"{self._describe(label)}: {err}") from None
+        return tuple(graph.shape(output))
+
+    def _describe(self, label: str | None) -> str:
+        if label is None:
+            return f"{type(self).__name__} layer"
+        return f"layer '{label}' ({type(self).__name__})"
+
+    def __repr__(self) -> str:
+        name = f"name={self.name!r}" if self.name else ""
+        return f"{type(self).__name__}({name})"
+
+
+def _show(shapes: Sequence[tuple[int, ...]]) -> str:
+    return ", ".join(str(tuple(None if d == -1 else d for d in s)) for s in shapes)

@@ -1,0 +1,369 @@
+"""``Model``: a graph of layer calls from symbolic inputs to outputs, plus its weights.
+
+Before a ``Trainer`` exists the model holds its initial weights as NumPy arrays. A trainer
+moves them into its engine and the model keeps a reference to that engine, so
+``get_weights``, ``set_weights`` and ``predict`` always see the weights being trained.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from ._arrays import as_input_batch, check_batch_size, check_seed
+from .layers.base import EmitContext, Layer
+from .tensor import LayerCall, SymbolicTensor
+
+# Default rows per inference call: large enough to amortize the call, small enough that
+# the engine's arena stays modest for big arrays.
+DEFAULT_INFERENCE_BATCH_SIZE = 1024
+
+
+def _as_tensor_list(value: Any, name: str) -> list[SymbolicTensor]:
+    tensors = [value] if isinstance(value, SymbolicTensor) else list(value)
+    if not tensors or not all(isinstance(t, SymbolicTensor) for t in tensors):
+        raise TypeError(f"Model {name} must be a symbolic tensor or a non-empty list of them")
+    return tensors
+
+
+def _topological_calls(outputs: Sequence[SymbolicTensor]) -> list[LayerCall]:
+    """Layer calls in dependency order (inputs first), found by an iterative DFS."""
+    order: list[LayerCall] = []
+    done: set[int] = set()
+    stack: list[tuple[LayerCall, bool]] = [
+        (t.producer, False) for t in reversed(outputs) if t.producer is not None
+    ]
+    while stack:
+        call, expanded = stack.pop()
+        if id(call) in done:
+            continue
+        if expanded:
+            done.add(id(call))
+            order.append(call)
+            continue
+        stack.append((call, True))
+        for tensor in reversed(call.inputs):
+            if tensor.producer is not None and id(tensor.producer) not in done:
+                stack.append((tensor.producer, False))
+    return order
+
+
+def _unique_layers(calls: Sequence[LayerCall]) -> list[Layer]:
+    seen: dict[int, Layer] = {}
+    for call in calls:
+        seen.setdefault(id(call.layer), call.layer)
+    return list(seen.values())
+
+
+def next_auto_name(kind: str, taken: set[str], counters: dict[str, int]) -> str:
+    """Returns the next free ``<kind>_<index>`` name and records it as taken.
+
+    Args:
+        kind: the layer's auto-name prefix, e.g. ``"dense"``.
+        taken: names already in use; updated in place.
+        counters: the next index per kind; updated in place.
+
+    Returns:
+        The new name.
+
+    Example:
+        >>> next_auto_name("dense", {"dense_0"}, {})
+        'dense_1'
+    """
+    while f"{kind}_{counters.get(kind, 0)}" in taken:
+        counters[kind] = counters.get(kind, 0) + 1
+    name = f"{kind}_{counters.get(kind, 0)}"
+    counters[kind] = counters.get(kind, 0) + 1
+    taken.add(name)
+    return name
+
+
+def _assign_names(layers: Sequence[Layer]) -> None:
+    """Explicit names win; the rest get ``<kind>_<index>`` in topological order."""
+    taken: set[str] = set()
+    for layer in layers:
+        if layer.name is None:
+            continue
+        if layer.name in taken:
+            raise ValueError(
+                f"duplicate layer name {layer.name!r}: layer names must be unique in a model"
+            )
+        taken.add(layer.name)
+    counters: dict[str, int] = defaultdict(int)
+    for layer in layers:
+        if layer.name is None:
+            layer.name = next_auto_name(layer.kind, taken, counters)
+
+
+def iter_batches(num_samples: int, batch_size: int) -> Iterator[slice]:
+    """Yields row slices covering ``range(num_samples)`` in chunks of ``batch_size``."""
+    for start in range(0, num_samples, batch_size):
+        yield slice(start, min(start + batch_size, num_samples))
+
+
+def inference_batch_size(batch_size: int | None) -> int:
+    """Rows per inference call: ``batch_size`` checked, or the default for ``None``."""
+    return DEFAULT_INFERENCE_BATCH_SIZE if batch_size is None else check_batch_size(batch_size)
+
+
+def predict_with_engine(
+    engine: Any,
+    x: Any,
+    sample_shape: tuple[int, ...],
+    batch_size: int | None,
+    function: str = "predict",
+) -> np.ndarray:
+    """Validates ``x`` and runs a one-input, one-output engine function over it in batches."""
+    rows = inference_batch_size(batch_size)
+    # The engine rejects NaN and inf itself, naming the input, so no second pass here.
+    x = as_input_batch(x, sample_shape, check_finite=False)
+    chunks = [np.asarray(engine.run(function, [x[r]])[0]) for r in iter_batches(len(x), rows)]
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0)
+
+
+class Model:
+    """A model defined by symbolic inputs and outputs (the functional API).
+
+    Args:
+        inputs: the ``gm.Input`` tensor (or a list with one).
+        outputs: the output symbolic tensor (or a list with one).
+        seed: seed for weight initialization; each weight draws from its own stream.
+
+    Example:
+        >>> x = gm.Input((64,))
+        >>> y = gm.layers.Dense(10)(gm.layers.ReLU()(gm.layers.Dense(128)(x)))
+        >>> model = gm.Model(x, y)
+        >>> model.count_params()
+        9610
+    """
+
+    def __init__(self, inputs: Any, outputs: Any, seed: int = 0):
+        self._inputs = _as_tensor_list(inputs, "inputs")
+        self._outputs = _as_tensor_list(outputs, "outputs")
+        if len(self._inputs) != 1 or len(self._outputs) != 1:
+            raise ValueError(
+                f"models take exactly one input and one output for now, got {len(self._inputs)} "
+                f"input(s) and {len(self._outputs)} output(s)"
+            )
+        self._check_inputs_are_sources()
+        self._calls = _topological_calls(self._outputs)
+        self._check_reachable_inputs()
+        self._layers = _unique_layers(self._calls)
+        _assign_names(self._layers)
+        self.seed = check_seed(seed)
+        self._weight_shapes: dict[str, tuple[int, ...]] = {}
+        self._initial_weights = self._initialize_weights()
+        # The engine that holds the weights (a trainer's, or a lazily built inference one).
+        self._engine: Any = None
+
+    # -- construction helpers --------------------------------------------------------------
+    def _check_inputs_are_sources(self) -> None:
+        for tensor in self._inputs:
+            if tensor.producer is not None:
+                raise ValueError(
+                    f"model inputs must come from gm.Input, got the output of {tensor!r}"
+                )
+        if len({id(t) for t in self._inputs}) != len(self._inputs):
+            raise ValueError("the same Input appears twice in the model inputs")
+
+    def _check_reachable_inputs(self) -> None:
+        known = {id(t) for t in self._inputs}
+        sources = [t for t in self._outputs if t.producer is None]
+        sources += [t for call in self._calls for t in call.inputs if t.producer is None]
+        for tensor in sources:
+            if id(tensor) not in known:
+                raise ValueError(
+                    f"the outputs depend on {tensor!r}, which is not among the model inputs"
+                )
+
+    def _initialize_weights(self) -> dict[str, np.ndarray]:
+        weights: dict[str, np.ndarray] = {}
+        stream = 0
+        for layer in self._layers:
+            for spec in layer.weight_specs:
+                full_name = f"{layer.name}.{spec.name}"
+                weights[full_name] = spec.initializer(self.seed, stream, spec.shape)
+                self._weight_shapes[full_name] = spec.shape
+                stream += 1
+        return weights
+
+    # -- graph emission (used by Trainer and the inference engine) -------------------------
+    def declare_variables(self, graph: _core.Graph) -> dict[str, int]:
+        """Declares one engine variable per weight in ``graph``; returns name -> node id."""
+        return {name: graph.variable(name, shape) for name, shape in self._weight_shapes.items()}
+
+    def emit(self, ctx: EmitContext, input_ids: Sequence[int]) -> list[int]:
+        """Emits the forward pass into ``ctx.graph``; returns the output node ids.
+
+        Args:
+            ctx: the emission context (graph, training flag, variables, effects).
+            input_ids: node ids of the model inputs, in order.
+
+        Returns:
+            The node ids of the model outputs.
+
+        Example:
+            >>> (out,) = model.emit(EmitContext(g, False, variables), [x])  # doctest: +SKIP
+        """
+        values = {id(t): node for t, node in zip(self._inputs, input_ids)}
+        for call in self._calls:
+            ctx.scope = call.layer.name or ""
+            values[id(call.output)] = call.layer.emit(ctx, [values[id(t)] for t in call.inputs])
+        ctx.scope = ""
+        return [values[id(t)] for t in self._outputs]
+
+    # -- public API ------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[Layer]:
+        """The layers in topological order (each once, even if called several times)."""
+        return list(self._layers)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input sample (no batch dimension)."""
+        return self._inputs[0].sample_shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The shape of one output sample (no batch dimension)."""
+        return self._outputs[0].sample_shape
+
+    @property
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Weight name -> shape, in layer order."""
+        return dict(self._weight_shapes)
+
+    def count_params(self) -> int:
+        """The total number of scalar weights."""
+        return sum(layer.count_params() for layer in self._layers)
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Returns copies of all weights, in layer order.
+
+        Returns:
+            ``{"dense_0.weight": array, "dense_0.bias": array, ...}``; Dense weights use
+            PyTorch's ``(out_features, in_features)`` layout.
+
+        Example:
+            >>> model.get_weights()["dense_0.weight"].shape
+            (128, 64)
+        """
+        if self._engine is not None:
+            return {name: np.array(self._engine.get_variable(name)) for name in self._weight_shapes}
+        return {name: value.copy() for name, value in self._initial_weights.items()}
+
+    def set_weights(self, weights: Mapping[str, Any]) -> None:
+        """Overwrites some or all weights.
+
+        Args:
+            weights: name -> array-like with the weight's exact shape. Names not given
+                keep their values.
+
+        Raises:
+            ValueError: for an unknown name or a wrong shape (nothing is changed then).
+
+        Example:
+            >>> model.set_weights({"dense_0.bias": np.zeros(128)})
+        """
+        unknown = [name for name in weights if name not in self._weight_shapes]
+        if unknown:
+            raise ValueError(
+                f"unknown weight name(s) {unknown}; this model has {list(self._weight_shapes)}"
+            )
+        converted: dict[str, np.ndarray] = {}
+        for name, value in weights.items():
+            array = np.asarray(value)
+            if array.dtype.kind not in "biuf":
+                raise TypeError(
+                    f"weight {name!r} has dtype {array.dtype}; expected a real numeric dtype"
+                )
+            if array.shape != self._weight_shapes[name]:
+                raise ValueError(
+                    f"weight {name!r} must have shape {self._weight_shapes[name]}, got {array.shape}"
+                )
+            converted[name] = np.ascontiguousarray(array, dtype=np.float32)
+        for name, array in converted.items():
+            if self._engine is not None:
+                self._engine.set_variable(name, array)
+            else:
+                self._initial_weights[name] = array.copy()
+
+    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+        """Runs the inference forward pass (dropout off) and returns the raw outputs.
+
+        Args:
+            x: array-like of shape ``(N, *input_shape)``.
+            batch_size: rows per engine call; ``None`` uses up to 1024.
+
+        Returns:
+            A float32 array of shape ``(N, *output_shape)``.
+
+        Example:
+            >>> model.predict(np.zeros((5, 64), np.float32)).shape
+            (5, 10)
+        """
+        return predict_with_engine(self._inference_engine(), x, self.input_shape, batch_size)
+
+    def summary(self) -> str:
+        """Prints and returns a table of layers, output shapes and parameter counts.
+
+        Returns:
+            The table as a string.
+
+        Example:
+            >>> text = model.summary()  # doctest: +SKIP
+        """
+        rows = [(f"{self._inputs[0].name or 'input'} (Input)", self._inputs[0].engine_shape, 0)]
+        first_output: dict[int, tuple[int, ...]] = {}
+        for call in self._calls:
+            first_output.setdefault(id(call.layer), call.output.engine_shape)
+        for layer in self._layers:
+            label = f"{layer.name} ({type(layer).__name__})"
+            rows.append((label, first_output[id(layer)], layer.count_params()))
+        cells = [(label, _format_batch_shape(shape), f"{count:,}") for label, shape, count in rows]
+        headers = ("Layer (type)", "Output shape", "Params")
+        widths = [max(len(headers[i]), *(len(c[i]) for c in cells)) for i in range(3)]
+        line = "=" * (sum(widths) + 4)
+
+        def fmt(cols: Sequence[str]) -> str:
+            return f"{cols[0]:<{widths[0]}}  {cols[1]:<{widths[1]}}  {cols[2]:>{widths[2]}}"
+
+        total = self.count_params()
+        lines = [fmt(headers), line, *(fmt(c) for c in cells), line]
+        lines.append(f"Total params: {total:,} ({total * 4 / 1024:,.1f} KiB as float32)")
+        text = "\n".join(lines)
+        print(text)
+        return text
+
+    def __repr__(self) -> str:
+        return (
+            f"Model(input_shape={self.input_shape}, output_shape={self.output_shape}, "
+            f"layers={len(self._layers)}, params={self.count_params():,})"
+        )
+
+    # -- engine ownership ------------------------------------------------------------------
+    def _inference_engine(self) -> Any:
+        if self._engine is None:
+            graph = _core.Graph()
+            x = graph.input("x", self._inputs[0].engine_shape, "float32")
+            ctx = EmitContext(graph, training=False, variables=self.declare_variables(graph))
+            (output,) = self.emit(ctx, [x])
+            engine = _core.Engine(graph, seed=self.seed)
+            engine.define("predict", inputs=[x], outputs=[output], effects=[], advance_rng=False)
+            for name, value in self._initial_weights.items():
+                engine.set_variable(name, value)
+            self._engine = engine
+        return self._engine
+
+    def _adopt_engine(self, engine: Any) -> None:
+        """Makes ``engine`` (a trainer's, already holding the weights) the weights' home."""
+        self._engine = engine
+
+
+def _format_batch_shape(shape: Sequence[int]) -> str:
+    dims = ["batch" if d == -1 else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"

@@ -1,0 +1,276 @@
+"""``Trainer``: compiles the whole training step into one engine graph and runs it.
+
+The graph holds the training forward pass (dropout on), the loss and accuracy, the
+gradients, the optimizer updates and a step counter, plus an inference forward pass for
+``eval``, ``predict`` and ``predict_proba``. Parameters and optimizer slots live in the
+engine; ``train_batch`` is exactly one native call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _core, losses, optim
+from ._arrays import (
+    as_class_labels,
+    as_dense_targets,
+    as_input_batch,
+    check_batch_size,
+    check_seed,
+)
+from ._composites import const, op
+from .layers.base import EmitContext
+from .model import Model, inference_batch_size, iter_batches, predict_with_engine
+from .tensor import BATCH
+
+STEP_VARIABLE = "optimizer.step"
+LEARNING_RATE_SCALAR = "lr"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one training step reports.
+
+    Attributes:
+        loss: the batch's mean loss (before the update).
+        accuracy: the batch's accuracy in ``[0, 1]`` (before the update).
+    """
+
+    loss: float
+    accuracy: float
+
+
+class Trainer:
+    """Trains a model with one compiled engine step per batch.
+
+    Args:
+        model: the model; its weights move into this trainer's engine.
+        loss: a loss name (see ``gm.losses.available()``) or a ``gm.losses.Loss``.
+        optimizer: ``"adam"``, ``"sgd"`` or a ``gm.optim.Optimizer``.
+        batch_size: the batch size you intend to train with (any size works; each new
+            size compiles one more plan).
+        seed: seed of the engine's random generator (dropout); defaults to the model seed.
+
+    Example:
+        >>> trainer = gm.Trainer(model, loss="cross_entropy",
+        ...                      optimizer=gm.optim.Adam(lr=1e-3), batch_size=32)
+        >>> step = trainer.train_batch(x[:32], y[:32])
+        >>> step.loss, step.accuracy  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        loss: Any,
+        optimizer: Any = "adam",
+        batch_size: int = 32,
+        seed: int | None = None,
+    ):
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a gm.Model, got {type(model).__name__}")
+        self.model = model
+        self.loss = losses.get(loss)
+        self.optimizer = optim.get(optimizer)
+        self.batch_size = check_batch_size(batch_size)
+        self.loss.check_output_shape(model.output_shape)
+        if not model.weight_shapes:
+            raise ValueError("the model has no weights to train")
+        self._num_classes = model.output_shape[-1]
+        self._engine, self._accuracy_is_count, self._has_probabilities = self._compile(
+            model.seed if seed is None else check_seed(seed)
+        )
+        model._adopt_engine(self._engine)
+
+    def _compile(self, seed: int) -> tuple[Any, bool, bool]:
+        model, g = self.model, _core.Graph()
+        x = g.input("x", (BATCH, *model.input_shape), "float32")
+        if self.loss.integer_labels:
+            y = g.input("y", (BATCH,), "int32")
+        else:
+            y = g.input("y", (BATCH, *model.output_shape), "float32")
+        params = model.declare_variables(g)
+        lr = g.scalar(LEARNING_RATE_SCALAR, self.optimizer.lr)
+        step = g.variable(STEP_VARIABLE, ())
+
+        train_ctx = EmitContext(g, training=True, variables=params)
+        (train_out,) = model.emit(train_ctx, [x])
+        train_loss = self.loss(g, train_out, y)
+        train_accuracy = self.loss.accuracy(g, train_out, y)
+        grads = dict(zip(params, g.gradients(train_loss, list(params.values()))))
+        next_step = op(g, "add", step, const(g, 1.0))
+        updates = self.optimizer.emit_updates(g, params, grads, lr, next_step)
+        effects = [*train_ctx.effects, *updates, op(g, "assign", step, next_step)]
+
+        eval_ctx = EmitContext(g, training=False, variables=params)
+        (eval_out,) = model.emit(eval_ctx, [x])
+        eval_loss = self.loss(g, eval_out, y)
+        eval_accuracy = self.loss.accuracy(g, eval_out, y)
+        probabilities = self.loss.probabilities(g, eval_out)
+
+        engine = _core.Engine(g, seed=seed)
+        engine.define(
+            "train",
+            inputs=[x, y],
+            outputs=[train_loss, train_accuracy.node],
+            effects=effects,
+            advance_rng=True,
+        )
+        engine.define(
+            "eval",
+            inputs=[x, y],
+            outputs=[eval_loss, eval_accuracy.node],
+            effects=[],
+            advance_rng=False,
+        )
+        engine.define("predict", inputs=[x], outputs=[eval_out], effects=[], advance_rng=False)
+        if probabilities is not None:
+            engine.define(
+                "predict_proba", inputs=[x], outputs=[probabilities], effects=[], advance_rng=False
+            )
+        for name, value in model.get_weights().items():
+            engine.set_variable(name, value)
+        return engine, train_accuracy.is_count, probabilities is not None
+
+    # -- data ------------------------------------------------------------------------------
+    def _prepare(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        # The engine itself rejects NaN and inf in every float input, naming it, so the
+        # hot path skips a second pass over the data here.
+        x = as_input_batch(x, self.model.input_shape, "x", check_finite=False)
+        if self.loss.integer_labels:
+            y = as_class_labels(y, len(x), self._num_classes, "y")
+        else:
+            y = as_dense_targets(y, len(x), self.model.output_shape, "y", check_finite=False)
+        return x, y
+
+    def _accuracy_sum(self, value: float, num_samples: int) -> float:
+        """Converts the graph's accuracy output into a number of correct samples."""
+        return float(value) if self._accuracy_is_count else float(value) * num_samples
+
+    # -- steps -----------------------------------------------------------------------------
+    def train_batch(self, x: Any, y: Any) -> StepResult:
+        """Runs one training step (forward, loss, backward, update) as one engine call.
+
+        Args:
+            x: inputs of shape ``(N, *model.input_shape)``.
+            y: labels: integer class indices ``(N,)`` for ``cross_entropy``, otherwise
+                targets with the model's output shape.
+
+        Returns:
+            The batch's loss and accuracy, measured before the update.
+
+        Example:
+            >>> result = trainer.train_batch(x_batch, y_batch)  # doctest: +SKIP
+        """
+        x, y = self._prepare(x, y)
+        loss, accuracy = self._engine.run("train", [x, y])
+        return StepResult(loss=float(loss), accuracy=self._accuracy_sum(accuracy, len(x)) / len(x))
+
+    def evaluate(self, x: Any, y: Any, batch_size: int | None = None) -> dict[str, float]:
+        """Computes the loss and accuracy over a dataset with dropout off and no updates.
+
+        Args:
+            x: inputs of shape ``(N, *model.input_shape)``.
+            y: labels, as for ``train_batch``.
+            batch_size: rows per engine call; ``None`` uses up to 1024.
+
+        Returns:
+            ``{"loss": ..., "accuracy": ...}``, each the sample-weighted mean over batches
+            (for regression losses, of each batch's ``1 - NMAE``).
+
+        Example:
+            >>> trainer.evaluate(x_test, y_test)["accuracy"]  # doctest: +SKIP
+            0.97
+        """
+        rows = inference_batch_size(batch_size)
+        x, y = self._prepare(x, y)
+        total_loss = total_correct = 0.0
+        for batch in iter_batches(len(x), rows):
+            loss, accuracy = self._engine.run("eval", [x[batch], y[batch]])
+            count = batch.stop - batch.start
+            total_loss += float(loss) * count
+            total_correct += self._accuracy_sum(accuracy, count)
+        return {"loss": total_loss / len(x), "accuracy": total_correct / len(x)}
+
+    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+        """Returns the model's raw outputs (e.g. logits) with dropout off.
+
+        Args:
+            x: inputs of shape ``(N, *model.input_shape)``.
+            batch_size: rows per engine call; ``None`` uses up to 1024.
+
+        Returns:
+            A float32 array of shape ``(N, *model.output_shape)``.
+
+        Example:
+            >>> logits = trainer.predict(x_test)  # doctest: +SKIP
+        """
+        return predict_with_engine(self._engine, x, self.model.input_shape, batch_size)
+
+    def predict_proba(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+        """Returns probabilities: softmax of logits for the cross-entropy family, sigmoid for
+        ``bce_with_logits``, and the outputs themselves for losses that take probabilities.
+
+        Args:
+            x: inputs of shape ``(N, *model.input_shape)``.
+            batch_size: rows per engine call; ``None`` uses up to 1024.
+
+        Returns:
+            A float32 array of shape ``(N, *model.output_shape)``.
+
+        Raises:
+            ValueError: for regression losses, which have no probabilities.
+
+        Example:
+            >>> trainer.predict_proba(x_test).sum(axis=1)  # doctest: +SKIP
+        """
+        if not self._has_probabilities:
+            raise ValueError(
+                f"predict_proba is undefined for the regression loss '{self.loss.name}'"
+            )
+        return predict_with_engine(
+            self._engine, x, self.model.input_shape, batch_size, function="predict_proba"
+        )
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate the next step will use."""
+        return float(self._engine.get_scalar(LEARNING_RATE_SCALAR))
+
+    def set_learning_rate(self, lr: float) -> None:
+        """Changes the learning rate of later steps without recompiling anything.
+
+        Args:
+            lr: the new learning rate (finite, >= 0).
+
+        Example:
+            >>> trainer.set_learning_rate(1e-4)  # doctest: +SKIP
+        """
+        self._engine.set_scalar(LEARNING_RATE_SCALAR, optim.check_learning_rate(lr))
+
+    @property
+    def step(self) -> int:
+        """The number of optimizer steps taken (kept in the engine)."""
+        return round(float(np.asarray(self._engine.get_variable(STEP_VARIABLE))))
+
+    def engine_stats(self) -> dict[str, int]:
+        """The engine's counters: arena and persistent bytes, allocations, steps, plans.
+
+        Returns:
+            A dict with keys ``arena_bytes``, ``persistent_bytes``, ``allocations``,
+            ``steps`` and ``plans``.
+
+        Example:
+            >>> trainer.engine_stats()["plans"]  # doctest: +SKIP
+            1
+        """
+        return dict(self._engine.stats())
+
+    def __repr__(self) -> str:
+        return (
+            f"Trainer(loss={self.loss!r}, optimizer={self.optimizer!r}, batch_size={self.batch_size}, "
+            f"step={self.step})"
+        )
