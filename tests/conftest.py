@@ -1,0 +1,47 @@
+"""Shared fixtures: seeded random generators and small synthetic datasets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A NumPy generator with a fixed seed, fresh for every test."""
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def classification_data() -> tuple[np.ndarray, np.ndarray]:
+    """96 samples of 20 float32 features with int32 labels in [0, 5).
+
+    The labels depend on the features (argmax of a fixed linear map), so a model can learn
+    them, and every class appears.
+    """
+    gen = np.random.default_rng(7)
+    x = gen.standard_normal((96, 20)).astype(np.float32)
+    w = gen.standard_normal((20, 5))
+    y = np.argmax(x @ w, axis=1).astype(np.int32)
+    y[:5] = np.arange(5, dtype=np.int32)
+    return x, y
+
+
+@pytest.fixture
+def regression_data() -> tuple[np.ndarray, np.ndarray]:
+    """64 samples of 6 float32 features with 3 float32 targets (a noisy linear map)."""
+    gen = np.random.default_rng(11)
+    x = gen.standard_normal((64, 6)).astype(np.float32)
+    w = gen.standard_normal((6, 3))
+    y = (x @ w + 0.1 * gen.standard_normal((64, 3))).astype(np.float32)
+    return x, y
+
+
+@pytest.fixture
+def binary_data() -> tuple[np.ndarray, np.ndarray]:
+    """80 samples of 8 float32 features with 0/1 float32 targets of shape (N, 1)."""
+    gen = np.random.default_rng(13)
+    x = gen.standard_normal((80, 8)).astype(np.float32)
+    w = gen.standard_normal(8)
+    y = (x @ w > 0).astype(np.float32)[:, None]
+    return x, y
