@@ -1,4 +1,7 @@
 // The CPU backend: schedule, fuse, plan memory, then lower each step to a kernel.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 
 #include "backends/backend.h"
@@ -200,6 +203,10 @@ class CpuFunction final : public CompiledFunction {
     for (int out : fn.outputs) outputs_.push_back(mem.ref[out]);
     arena_ = AlignedBuffer(static_cast<size_t>(mem.arena_floats) * sizeof(float));
     pool_ = &cpu_pool();
+    // GOMETAL_PROFILE=1 times every kernel and prints the table when the plan is dropped.
+    const char* profile = std::getenv("GOMETAL_PROFILE");
+    profile_ = profile && profile[0] == '1';
+    seconds_.assign(kernels_.size(), 0.0);
     scratch_stride_ = (scratch + 15) / 16 * 16;
     scratch_ = AlignedBuffer(static_cast<size_t>(scratch_stride_ * pool_->size()) * sizeof(float));
   }
@@ -214,7 +221,27 @@ class CpuFunction final : public CompiledFunction {
     ctx.scratch_stride = scratch_stride_;
     ctx.seed = args.seed;
     ctx.rng_step = args.rng_step;
-    for (const auto& k : kernels_) k->run(ctx);
+    if (!profile_) {
+      for (const auto& k : kernels_) k->run(ctx);
+      return;
+    }
+    for (size_t i = 0; i < kernels_.size(); ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      kernels_[i]->run(ctx);
+      seconds_[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    ++runs_;
+  }
+
+  ~CpuFunction() override {
+    if (!profile_ || runs_ == 0) return;
+    double total = 0;
+    for (double t : seconds_) total += t;
+    std::fprintf(stderr, "gometal profile: %lld runs, %.3f ms per run\n", static_cast<long long>(runs_),
+                 1e3 * total / runs_);
+    for (size_t i = 0; i < kernels_.size(); ++i)
+      std::fprintf(stderr, "  %6.1f%% %8.1f us  %s\n", 100 * seconds_[i] / total, 1e6 * seconds_[i] / runs_,
+                   description_[i].c_str());
   }
 
   const float* output(int i, const RunArgs& args) const override {
@@ -235,6 +262,9 @@ class CpuFunction final : public CompiledFunction {
   AlignedBuffer arena_, scratch_;
   ThreadPool* pool_ = nullptr;
   int64_t scratch_stride_ = 0;
+  bool profile_ = false;
+  std::vector<double> seconds_;
+  int64_t runs_ = 0;
 };
 
 class CpuBackend final : public Backend {

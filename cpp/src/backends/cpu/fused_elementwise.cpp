@@ -10,7 +10,10 @@
 namespace gometal {
 namespace {
 
-constexpr int64_t kBlock = 512;
+constexpr int64_t kBlock = 256;
+// Registers sit 64 bytes further apart than a block, so a register and the input block it
+// reads never share an address modulo 4 KiB (a false store-to-load dependency on x86).
+constexpr int64_t kRegStride = kBlock + 16;
 constexpr int kMaxRank = 8;
 constexpr int kMaxSlots = 160;
 // Below this many elements a group runs on one thread: waking the pool costs more.
@@ -99,6 +102,26 @@ inline void map2(float* d, const float* a, bool as, const float* b, bool bs, int
   }
 }
 
+// Scalar-ness is a template parameter so every variant vectorises.
+template <bool SC, bool SX, bool SY>
+void select_loop(float* d, const float* c, const float* x, const float* y, int64_t n) {
+  // Both loads happen unconditionally, so the compiler can blend instead of branch.
+  for (int64_t i = 0; i < n; ++i) {
+    const float xv = x[SX ? 0 : i], yv = y[SY ? 0 : i];
+    d[i] = c[SC ? 0 : i] != 0.0f ? xv : yv;
+  }
+}
+
+void select_block(float* d, const float* c, bool sc, const float* x, bool sx, const float* y, bool sy,
+                  int64_t n) {
+  using Loop = void (*)(float*, const float*, const float*, const float*, int64_t);
+  static constexpr Loop kLoops[8] = {select_loop<false, false, false>, select_loop<false, false, true>,
+                                     select_loop<false, true, false>,  select_loop<false, true, true>,
+                                     select_loop<true, false, false>,  select_loop<true, false, true>,
+                                     select_loop<true, true, false>,   select_loop<true, true, true>};
+  kLoops[(sc ? 4 : 0) | (sx ? 2 : 0) | (sy ? 1 : 0)](d, c, x, y, n);
+}
+
 class FusedElementwiseKernel final : public Kernel {
  public:
   int64_t n = 0;
@@ -110,7 +133,7 @@ class FusedElementwiseKernel final : public Kernel {
   int num_regs = 0;
   int broadcast_regs = 0;  // registers: broadcast gathers first, then one per member
 
-  int64_t scratch_floats() const override { return num_regs * kBlock; }
+  int64_t scratch_floats() const override { return num_regs * kRegStride; }
 
   void run(const ExecContext& ctx) const override {
     const int64_t blocks = (n + kBlock - 1) / kBlock;
@@ -138,13 +161,13 @@ class FusedElementwiseKernel final : public Kernel {
       } else if (in.kind == InputKind::Scalar) {
         src[i] = base;
       } else {
-        float* r = regs + in.reg * kBlock;
+        float* r = regs + in.reg * kRegStride;
         gather_broadcast(in, base, start, len, r);
         src[i] = r;
       }
     }
     for (int s = ni; s < num_slots; ++s) {
-      src[s] = regs + (broadcast_regs + s - ni) * kBlock;
+      src[s] = regs + (broadcast_regs + s - ni) * kRegStride;
       scalar[s] = false;
     }
     for (const Store& p : placed) src[p.slot] = ctx.ptr(p.dst) + start;
@@ -155,9 +178,7 @@ class FusedElementwiseKernel final : public Kernel {
         continue;
       }
       if (ins.op == OpKind::Select) {
-        const float *c = src[ins.a], *x = src[ins.b], *y = src[ins.c];
-        const int64_t sc = scalar[ins.a] ? 0 : 1, sx = scalar[ins.b] ? 0 : 1, sy = scalar[ins.c] ? 0 : 1;
-        for (int64_t i = 0; i < len; ++i) d[i] = c[i * sc] != 0.0f ? x[i * sx] : y[i * sy];
+        select_block(d, src[ins.a], scalar[ins.a], src[ins.b], scalar[ins.b], src[ins.c], scalar[ins.c], len);
         continue;
       }
       const bool done =

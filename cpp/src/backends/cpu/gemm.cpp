@@ -25,8 +25,9 @@ void gemm(ThreadPool& pool, bool ta, bool tb, int64_t m, int64_t n, int64_t k, c
                   a, lda, b, ldb, 0.0f, c, ldc);
     return;
   }
-  // Split the larger output dimension; each part is an independent single-threaded gemm.
-  const bool split_rows = m >= n;
+  // Each part is an independent single-threaded gemm. Splitting rows ran 5-15 % faster
+  // on the MLP's products (OpenBLAS Haswell kernels) whenever each part keeps >= 64 rows.
+  const bool split_rows = m / threads >= 64 || m >= n;
   const int64_t extent = split_rows ? m : n;
   const int parts = static_cast<int>(std::min<int64_t>(threads, (extent + 15) / 16));
   pool.parallel_for(parts, [&](int part, int) {

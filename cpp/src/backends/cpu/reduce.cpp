@@ -36,13 +36,16 @@ void reduce_block(ReduceKind kind, int64_t o0, int64_t o1, int64_t i0, int64_t i
       continue;
     }
     if (inner == 1 && kind != ReduceKind::Max) {
-      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      // 32 partial sums: four independent vector chains hide the add latency.
+      constexpr int kLanes = 32;
+      float acc[kLanes] = {};
       int64_t r = 0;
-      for (; r + 8 <= reduced; r += 8)
-        for (int j = 0; j < 8; ++j) acc[j] += xo[r + j];
+      for (; r + kLanes <= reduced; r += kLanes)
+        for (int j = 0; j < kLanes; ++j) acc[j] += xo[r + j];
       for (; r < reduced; ++r) acc[0] += xo[r];
-      for (int j = 1; j < 8; ++j) acc[0] += acc[j];
-      yo[0] = acc[0] * scale;
+      float total = 0.0f;
+      for (int j = 0; j < kLanes; ++j) total += acc[j];
+      yo[0] = total * scale;
       continue;
     }
     std::copy(xo, xo + w, yo);
