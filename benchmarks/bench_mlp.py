@@ -1,0 +1,679 @@
+"""Training speed and peak memory of gometal against its peers on the MLP workloads.
+
+Workloads (784 -> Dense 512 -> ReLU -> Dense 256 -> ReLU -> Dense 10, cross-entropy with
+integer labels, Adam lr 1e-3, one full training step per call):
+  A        batch 128
+  A-small  batch 32   (the regime where per-op overhead dominates)
+
+Frameworks:
+  gometal            gometal.Trainer.train_batch (whole step compiled, one native call)
+  torch-eager        PyTorch eager, default Adam
+  torch-eager-fused  PyTorch eager, Adam(fused=True)
+  torch-compile      torch.compile of forward+loss and torch.compile of opt.step
+  jax-jit            jax.jit of the whole step with optax Adam (skipped if jax/optax are absent)
+
+Each framework x workload runs in its own child process, so the peak resident memory
+reported is that framework's own. A child warms up, then times several windows of
+training steps; the headline is the median steps/s over the windows. Children run with
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from their environment, so every BLAS
+picks its kernel for the actual CPU, and with OMP/MKL/OpenBLAS thread counts set.
+
+Usage:
+  pip install .[bench]                       # torch, threadpoolctl, psutil
+  python benchmarks/bench_mlp.py             # 5 windows of 3 s per run
+  python benchmarks/bench_mlp.py --quick     # smoke run: 3 windows of 0.5 s
+  python benchmarks/bench_mlp.py --frameworks gometal,torch-eager --workloads A-small
+  python benchmarks/bench_mlp.py --json bench-results/mlp.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+FEATURES, HIDDEN, CLASSES = 784, (512, 256), 10
+LEARNING_RATE = 1e-3
+WORKLOADS = {"A": 128, "A-small": 32}
+FRAMEWORKS = ("gometal", "torch-eager", "torch-eager-fused", "torch-compile", "jax-jit")
+PEERS = FRAMEWORKS[1:]
+# gometal's steps/s over the best peer's, per workload; and its peak RSS against torch-eager.
+SPEED_TARGETS = {"A": 1.1, "A-small": 1.5}
+RSS_REFERENCE = "torch-eager"
+# Old-OpenBLAS workarounds set on some machines; they force a slower kernel.
+UNSET_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+RESULT_TAG = "BENCH_RESULT "
+
+
+def step_flops(batch: int) -> int:
+    """Forward (2 flops per multiply-add) plus backward (twice the forward) per step."""
+    sizes = (FEATURES, *HIDDEN, CLASSES)
+    macs = sum(a * b for a, b in itertools.pairwise(sizes))
+    return 3 * 2 * macs * batch
+
+
+def make_batch(batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """One fixed batch, identical in every child: x ~ N(0, 1) float32, labels int32 in [0, 10)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, FEATURES), dtype=np.float32)
+    y = rng.integers(0, CLASSES, size=batch).astype(np.int32)
+    return x, y
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds busy on the whole machine, CPU seconds of this process), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:8]]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    own = os.times()
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def time_windows(
+    step,
+    warmup_s: float,
+    warmup_steps: int,
+    windows: int,
+    window_s: float,
+    max_windows: int,
+    quiet_cores: float = 0.15,
+):
+    """Warm up, then time windows of at least `window_s` seconds each.
+
+    The machine may be shared, so each window also records how many CPU cores other
+    processes used meanwhile. Timing goes on until `windows` quiet windows (other load
+    below `quiet_cores`) or `max_windows` windows in all.
+    Returns (steps/s per window, other load per window (None where unknown), quiet flags).
+    """
+    start = time.perf_counter()
+    done = 0
+    while done < warmup_steps or time.perf_counter() - start < warmup_s:
+        step()
+        done += 1
+    rates, other_load, quiet = [], [], []
+    while sum(quiet) < windows and len(rates) < max(windows, max_windows):
+        cpu0 = _cpu_seconds()
+        t0 = time.perf_counter()
+        n = 0
+        while True:
+            step()
+            n += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= window_s:
+                break
+        cpu1 = _cpu_seconds()
+        rates.append(n / elapsed)
+        load = None
+        if cpu0 and cpu1:
+            busy, own = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+            load = round(max(0.0, busy - own) / elapsed, 3)
+        other_load.append(load)
+        quiet.append(load is None or load < quiet_cores)
+    return rates, other_load, quiet
+
+
+# ----------------------------------------------------------------------------- children
+
+
+class Setup(NamedTuple):
+    """A ready-to-time framework: `step()` runs one synchronous training step."""
+
+    step: Callable[[], Any]
+    loss_of: Callable[[Any], float]  # step()'s return value -> the loss as a float
+    info: dict
+    engine_stats: Callable[[], dict] | None = None
+
+
+def _loaded_libraries() -> list[str]:
+    """BLAS and OpenMP libraries loaded in this process, as threadpoolctl sees them."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return ["(threadpoolctl not installed)"]
+    out = []
+    for lib in threadpoolctl.threadpool_info():
+        desc = f"{lib.get('prefix')} {lib.get('version') or ''}".strip()
+        if lib.get("architecture"):
+            desc += f" kernel={lib['architecture']}"
+        out.append(f"{desc} ({lib.get('user_api')}, {lib.get('num_threads')} threads)")
+    return out
+
+
+def _setup_gometal(x, y, threads):
+    import gometal as gm
+    from gometal import _core
+
+    gm.set_num_threads(threads)
+    t0 = time.perf_counter()
+    model = (
+        gm.ModelBuilder(input_shape=(FEATURES,))
+        .dense(HIDDEN[0])
+        .relu()
+        .dense(HIDDEN[1])
+        .relu()
+        .dense(CLASSES)
+        .build(seed=0)
+    )
+    trainer = gm.Trainer(
+        model, loss="cross_entropy", optimizer=gm.optim.Adam(lr=LEARNING_RATE), batch_size=len(x)
+    )
+    info = {
+        "version": getattr(gm, "__version__", None),
+        "build_s": time.perf_counter() - t0,
+        "blas": _core.blas_info(),
+    }
+
+    def step():
+        return trainer.train_batch(x, y)
+
+    return Setup(step, lambda r: float(r.loss), info, trainer.engine_stats)
+
+
+def _setup_torch(mode, x, y, threads):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    layers, fan_in = [], FEATURES
+    for width in HIDDEN:
+        layers += [torch.nn.Linear(fan_in, width), torch.nn.ReLU()]
+        fan_in = width
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(fan_in, CLASSES))
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
+    opt = torch.optim.Adam(
+        model.parameters(), lr=LEARNING_RATE, fused=True if mode == "eager-fused" else None
+    )
+
+    def forward_loss(inputs, labels):
+        return F.cross_entropy(model(inputs), labels)
+
+    update = opt.step
+    if mode == "compile":
+        forward_loss = torch.compile(forward_loss)
+        update = torch.compile(opt.step)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = forward_loss(xt, yt)
+        loss.backward()
+        update()
+        return loss
+
+    config = torch.__config__.show()
+    blas = next(
+        (
+            p.split("=", 1)[1]
+            for p in config.replace(",", "\n").split()
+            if p.startswith("BLAS_INFO=")
+        ),
+        "unknown",
+    )
+    mkl = next((ln.strip(" -") for ln in config.splitlines() if "Math Kernel Library" in ln), "")
+    info = {
+        "version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "blas": f"{blas} ({mkl}), ATen CPU capability {torch.backends.cpu.get_cpu_capability()}",
+    }
+    return Setup(step, lambda v: float(v.detach()), info)
+
+
+def _setup_jax(x, y, threads):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    key = jax.random.PRNGKey(0)
+    params, sizes = [], (FEATURES, *HIDDEN, CLASSES)
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        key, kw, kb = jax.random.split(key, 3)
+        bound = 1.0 / np.sqrt(fan_in)  # PyTorch's Linear default range
+        params.append(
+            (
+                jax.random.uniform(kw, (fan_in, fan_out), jnp.float32, -bound, bound),
+                jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound),
+            )
+        )
+
+    def loss_fn(params, inputs, labels):
+        h = inputs
+        for i, (w, b) in enumerate(params):
+            h = h @ w + b
+            if i + 1 < len(params):
+                h = jax.nn.relu(h)
+        return optax.softmax_cross_entropy_with_integer_labels(h, labels).mean()
+
+    tx = optax.adam(LEARNING_RATE)
+
+    def train_step(params, opt_state, inputs, labels):
+        loss, grads = jax.value_and_grad(loss_fn)(params, inputs, labels)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    train_step = jax.jit(train_step, donate_argnums=(0, 1))
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    state = {"params": params, "opt": tx.init(params)}
+
+    def step():
+        new_params, new_opt, loss = train_step(state["params"], state["opt"], xj, yj)
+        jax.block_until_ready((new_params, new_opt, loss))
+        state["params"], state["opt"] = new_params, new_opt
+        return loss
+
+    info = {
+        "version": jax.__version__,
+        "optax": optax.__version__,
+        "devices": str(jax.devices()),
+        "blas": f"XLA:CPU built-in kernels (jax {jax.__version__})",
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
+    }
+    return Setup(step, float, info)
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:
+        try:
+            import psutil
+        except ImportError:
+            return None
+        return psutil.Process().memory_info().peak_wset / 2**20  # Windows
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
+
+
+def run_child(args) -> int:
+    """Benchmark one framework on one workload; print one tagged JSON line."""
+    x, y = make_batch(WORKLOADS[args.workload])
+    fingerprint = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
+    result = {
+        "framework": args.child,
+        "workload": args.workload,
+        "batch": len(x),
+        "threads": args.threads,
+        "data_sha256": fingerprint,
+    }
+    try:
+        if args.child == "gometal":
+            setup = _setup_gometal(x, y, args.threads)
+        elif args.child.startswith("torch-"):
+            setup = _setup_torch(args.child[len("torch-") :], x, y, args.threads)
+        elif args.child == "jax-jit":
+            setup = _setup_jax(x, y, args.threads)
+        else:
+            raise ValueError(f"unknown framework {args.child!r}")
+        step, loss_of, info = setup.step, setup.loss_of, setup.info
+        t0 = time.perf_counter()
+        first_loss = loss_of(step())
+        result["first_step_s"] = time.perf_counter() - t0  # includes any compilation
+        stats_before = dict(setup.engine_stats()) if setup.engine_stats else None
+        rates, other, quiet = time_windows(
+            step, args.warmup_s, 5, args.windows, args.window_s, args.max_windows
+        )
+        quiet_rates = [r for r, q in zip(rates, quiet) if q]
+        # Headline from the quiet windows when there are enough of them.
+        noisy = len(quiet_rates) < min(3, args.windows)
+        head = rates if noisy else quiet_rates
+        last_loss = loss_of(step())
+        if stats_before is not None:
+            info["engine_stats"] = after = dict(setup.engine_stats())
+            if "allocations" in after and "allocations" in stats_before:
+                # Steady-state training should make no allocation after the first step.
+                info["allocations_after_first_step"] = (
+                    after["allocations"] - stats_before["allocations"]
+                )
+        median = statistics.median(head)
+        result.update(
+            ok=True,
+            steps_per_s=median,
+            steps_per_s_min=min(head),
+            steps_per_s_max=max(head),
+            noisy=noisy,
+            windows=[round(r, 2) for r in rates],
+            other_load_cores=other,
+            gflops=median * step_flops(len(x)) / 1e9,
+            first_loss=first_loss,
+            last_loss=last_loss,
+            peak_rss_mb=_peak_rss_mb(),
+            libraries=_loaded_libraries(),
+            env={
+                k: os.environ.get(k)
+                for k in (*UNSET_VARS, "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            },
+            **info,
+        )
+        code = 0
+    except Exception as exc:  # noqa: BLE001 -- reported to the parent, which prints it in the table
+        result.update(
+            ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8)
+        )
+        code = 1
+    print(RESULT_TAG + json.dumps(result, default=str), flush=True)
+    return code
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def _child_env(threads: int, inductor_dir: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in UNSET_VARS}
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    if inductor_dir:
+        env["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir  # cold compile, nothing left behind
+    return env
+
+
+def _pin_cpus(threads: int) -> list[int] | None:
+    """The CPUs to confine each child to when the machine has more than `threads`."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[:threads] if len(cpus) > threads else None
+
+
+def run_one(framework: str, workload: str, args, pin: list[int] | None) -> dict:
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        framework,
+        "--workload",
+        workload,
+        "--threads",
+        str(args.threads),
+        "--warmup-s",
+        str(args.warmup_s),
+        "--windows",
+        str(args.windows),
+        "--window-s",
+        str(args.window_s),
+        "--max-windows",
+        str(args.max_windows),
+    ]
+    inductor_dir = (
+        tempfile.mkdtemp(prefix="gm-bench-inductor-") if framework == "torch-compile" else None
+    )
+    preexec = (lambda: os.sched_setaffinity(0, pin)) if pin else None
+    try:
+        proc = subprocess.run(
+            cmd,
+            check=False,
+            env=_child_env(args.threads, inductor_dir),
+            capture_output=True,
+            text=True,
+            timeout=args.timeout,
+            preexec_fn=preexec,
+        )
+    except subprocess.TimeoutExpired:
+        return {
+            "framework": framework,
+            "workload": workload,
+            "ok": False,
+            "error": f"timed out after {args.timeout} s",
+        }
+    finally:
+        if inductor_dir:
+            shutil.rmtree(inductor_dir, ignore_errors=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
+    return {
+        "framework": framework,
+        "workload": workload,
+        "ok": False,
+        "error": f"child exited with code {proc.returncode}: " + " | ".join(tail),
+    }
+
+
+def _fmt(v, spec=".1f", missing="-"):
+    return missing if v is None else format(v, spec)
+
+
+def print_workload(workload: str, rows: list[dict]) -> dict:
+    """Print one workload's table; return its target verdicts."""
+    ok = {r["framework"]: r for r in rows if r.get("ok")}
+    gm = ok.get("gometal")
+    noisy_seen = False
+    print(
+        f"\nWorkload {workload}: batch {WORKLOADS[workload]}, "
+        f"{step_flops(WORKLOADS[workload]) / 1e6:.0f} MFLOP per step"
+    )
+    head = (
+        f"  {'framework':<18} {'steps/s':>9} {'min..max':>17} {'GFLOP/s':>8} "
+        f"{'peak RSS MB':>12} {'gometal x':>10} {'first step s':>13} {'other load':>11}"
+    )
+    print(head)
+    print("  " + "-" * (len(head) - 2))
+    for r in rows:
+        name = r["framework"]
+        if not r.get("ok"):
+            print(f"  {name:<18} FAILED: {r.get('error', '?')[:200]}")
+            continue
+        spread = f"{r['steps_per_s_min']:.1f}..{r['steps_per_s_max']:.1f}"
+        ratio = gm["steps_per_s"] / r["steps_per_s"] if gm and name != "gometal" else None
+        loads = [v for v in r.get("other_load_cores") or [] if v is not None]
+        load = f"{statistics.median(loads):.2f} cores" if loads else "-"
+        if r.get("noisy"):
+            noisy_seen = True
+            load += " *"
+        print(
+            f"  {name:<18} {r['steps_per_s']:>9.1f} {spread:>17} {r['gflops']:>8.1f} "
+            f"{_fmt(r.get('peak_rss_mb')):>12} {_fmt(ratio, '.2f'):>10} "
+            f"{r['first_step_s']:>13.2f} {load:>11}"
+        )
+
+    if noisy_seen:
+        print(
+            "  * fewer than 3 windows were quiet (other processes used the CPUs): the median "
+            "is over all windows and not trustworthy"
+        )
+    verdict = {"workload": workload}
+    peers = [r for name, r in ok.items() if name in PEERS]
+    if gm and peers:
+        best = max(peers, key=lambda r: r["steps_per_s"])
+        ratio = gm["steps_per_s"] / best["steps_per_s"]
+        target = SPEED_TARGETS[workload]
+        verdict.update(
+            best_peer=best["framework"],
+            ratio_to_best_peer=ratio,
+            speed_target=target,
+            speed_met=ratio >= target,
+        )
+        print(
+            f"  best peer: {best['framework']} {best['steps_per_s']:.1f} steps/s; gometal / "
+            f"best peer = {ratio:.2f}x (target >= {target}x: "
+            f"{'met' if ratio >= target else 'MISSED'})"
+        )
+    ref = ok.get(RSS_REFERENCE)
+    if gm and ref and gm.get("peak_rss_mb") and ref.get("peak_rss_mb"):
+        met = gm["peak_rss_mb"] <= ref["peak_rss_mb"]
+        verdict.update(
+            rss_gometal_mb=gm["peak_rss_mb"], rss_reference_mb=ref["peak_rss_mb"], rss_met=met
+        )
+        print(
+            f"  peak RSS: gometal {gm['peak_rss_mb']:.0f} MB vs {RSS_REFERENCE} "
+            f"{ref['peak_rss_mb']:.0f} MB (target <=: {'met' if met else 'MISSED'})"
+        )
+    if gm and "allocations_after_first_step" in gm:
+        print(
+            f"  gometal engine allocations after the first step: "
+            f"{gm['allocations_after_first_step']}"
+        )
+    losses = ", ".join(
+        f"{r['framework']} {r['first_loss']:.4g}->{r['last_loss']:.2g}" for r in ok.values()
+    )
+    if losses:
+        print(f"  loss first->last step: {losses}")
+    return verdict
+
+
+def print_blas(results: list[dict]) -> None:
+    print(f"\nBLAS per framework (children run with {' and '.join(UNSET_VARS)} unset):")
+    seen = set()
+    for r in results:
+        if not r.get("ok") or r["framework"] in seen:
+            continue
+        seen.add(r["framework"])
+        print(f"  {r['framework']:<18} {r.get('blas', '?')}")
+        print(f"  {'':<18} loaded (threadpoolctl): {'; '.join(r.get('libraries', [])) or '-'}")
+
+
+def parse_list(text: str, allowed, what: str) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if s not in allowed]
+    if bad:
+        raise SystemExit(f"unknown {what}: {', '.join(bad)} (choose from {', '.join(allowed)})")
+    return items
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--frameworks",
+        default=",".join(FRAMEWORKS),
+        help=f"comma-separated subset of {','.join(FRAMEWORKS)}",
+    )
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: A,A-small")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 0.5 s warm-up, 3 windows of 0.5 s (unless overridden)",
+    )
+    p.add_argument("--windows", type=int, help="timed windows per run (default 5; quick 3)")
+    p.add_argument("--window-s", type=float, help="seconds per window (default 3; quick 0.5)")
+    p.add_argument("--warmup-s", type=float, help="warm-up seconds (default 3; quick 0.5)")
+    p.add_argument(
+        "--max-windows",
+        type=int,
+        help="windows allowed while waiting for quiet ones (default 3 x --windows)",
+    )
+    p.add_argument("--timeout", type=float, default=900, help="seconds allowed per child")
+    p.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not confine children to --threads CPUs on larger machines",
+    )
+    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--json", metavar="OUT", help="write all results to this JSON file")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--workload", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    defaults = (0.5, 3, 0.5) if args.quick else (3.0, 5, 3.0)
+    args.warmup_s = defaults[0] if args.warmup_s is None else args.warmup_s
+    args.windows = defaults[1] if args.windows is None else args.windows
+    args.window_s = defaults[2] if args.window_s is None else args.window_s
+    args.max_windows = args.max_windows or 3 * args.windows
+    if args.windows < 1 or args.window_s <= 0:
+        raise SystemExit("--windows must be >= 1 and --window-s > 0")
+    if args.child:
+        return run_child(args)
+
+    frameworks = parse_list(args.frameworks, FRAMEWORKS, "framework")
+    workloads = parse_list(args.workloads, WORKLOADS, "workload")
+    skipped = {}
+    if not (importlib.util.find_spec("jax") and importlib.util.find_spec("optax")):
+        skipped["jax-jit"] = "jax and optax not installed (pip install jax optax)"
+    if not importlib.util.find_spec("torch"):
+        for name in ("torch-eager", "torch-eager-fused", "torch-compile"):
+            skipped[name] = "torch not installed (pip install .[bench])"
+    pin = None if args.no_pin else _pin_cpus(args.threads)
+
+    print(
+        f"gometal MLP benchmark: Python {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs; {args.threads} threads per framework"
+        + (f", children pinned to CPUs {pin}" if pin else "")
+    )
+    print(
+        f"timing: {args.warmup_s:g} s warm-up, then median steps/s of {args.windows} quiet "
+        f"windows of >= {args.window_s:g} s (at most {args.max_windows} windows); "
+        "each framework x workload in its own process"
+    )
+    parent_vals = ", ".join(
+        f"{k}={os.environ[k]}" if k in os.environ else f"{k} not set" for k in UNSET_VARS
+    )
+    print(
+        f"environment: children run with {' and '.join(UNSET_VARS)} unset (here: "
+        f"{parent_vals}), OMP/OPENBLAS/MKL_NUM_THREADS={args.threads}"
+    )
+    for name in frameworks:
+        if name in skipped:
+            print(f"note: skipping {name}: {skipped[name]}")
+
+    results, verdicts = [], []
+    for workload in workloads:
+        rows = []
+        for name in frameworks:
+            if name in skipped:
+                continue
+            print(f"  running {name} on {workload} ...", end="", flush=True)
+            r = run_one(name, workload, args, pin)
+            print(f" {r['steps_per_s']:.1f} steps/s" if r.get("ok") else " failed", flush=True)
+            rows.append(r)
+        results += rows
+        verdicts.append(print_workload(workload, rows))
+    print_blas(results)
+
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        meta = {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "pinned_cpus": pin,
+            "threads": args.threads,
+            "warmup_s": args.warmup_s,
+            "windows": args.windows,
+            "window_s": args.window_s,
+            "unset_in_children": list(UNSET_VARS),
+            "parent_env": {k: os.environ.get(k) for k in UNSET_VARS},
+            "skipped": skipped,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        with open(args.json, "w") as f:
+            json.dump(
+                {"meta": meta, "results": results, "targets": verdicts}, f, indent=1, default=str
+            )
+        print(f"\nwrote {args.json}")
+
+    failed = [f"{r['framework']}/{r['workload']}" for r in results if not r.get("ok")]
+    if failed:
+        print(f"\nfailed runs: {', '.join(failed)}")
+        return 1
+    missed = [
+        v["workload"] for v in verdicts if v.get("speed_met") is False or v.get("rss_met") is False
+    ]
+    if args.check and missed:
+        print(f"\ntargets missed on: {', '.join(missed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
