@@ -60,18 +60,15 @@ inline Built build(const std::vector<int64_t>& sizes, float lr) {
   const int bc2 = g.sub(g.constant(1.0f), g.op(OpKind::Pow, {g.constant(b2), t}));
   const int step_size = g.div(lr_node, bc1);
   const int sqrt_bc2 = g.unary(OpKind::Sqrt, bc2);
+  gometal::Attrs hyper;
+  hyper.beta1 = b1;
+  hyper.beta2 = b2;
+  hyper.eps = eps;
   for (size_t i = 0; i < params.size(); ++i) {
     const gometal::Shape& shape = b.params[i].second;
     const int m = g.variable(b.params[i].first + ".exp_avg", shape);
     const int v = g.variable(b.params[i].first + ".exp_avg_sq", shape);
-    const int gr = grads[i];
-    const int m_new = g.add(g.mul(g.constant(b1), m), g.mul(g.constant(1 - b1), gr));
-    const int v_new = g.add(g.mul(g.constant(b2), v), g.mul(g.constant(1 - b2), g.unary(OpKind::Square, gr)));
-    const int denom = g.add(g.div(g.unary(OpKind::Sqrt, v_new), sqrt_bc2), g.constant(eps));
-    const int p_new = g.sub(params[i], g.mul(step_size, g.div(m_new, denom)));
-    b.effects.push_back(g.assign(m, m_new));
-    b.effects.push_back(g.assign(v, v_new));
-    b.effects.push_back(g.assign(params[i], p_new));
+    b.effects.push_back(g.op(OpKind::AdamUpdate, {params[i], m, v, grads[i], step_size, sqrt_bc2}, hyper));
   }
   return b;
 }

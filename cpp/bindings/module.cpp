@@ -39,6 +39,10 @@ Attrs parse_attrs(const std::string& op, const py::dict& d) {
     else if (key == "transpose_a") a.transpose_a = v.cast<bool>();
     else if (key == "transpose_b") a.transpose_b = v.cast<bool>();
     else if (key == "dtype") a.dtype = dtype_from_name(v.cast<std::string>());
+    else if (key == "beta1") a.beta1 = v.cast<float>();
+    else if (key == "beta2") a.beta2 = v.cast<float>();
+    else if (key == "eps") a.eps = v.cast<float>();
+    else if (key == "weight_decay") a.weight_decay = v.cast<float>();
     else throw py::value_error("[" + op + "] unknown attribute '" + key + "'");
   }
   return a;

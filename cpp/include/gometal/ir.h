@@ -31,6 +31,8 @@ enum class OpKind : uint8_t {
   MatMul,
   // misc
   OneHot, Cast, RandomUniform, StopGradient, Assign,
+  // fused optimizer updates (effects, like assign)
+  AdamUpdate,
   kCount
 };
 
@@ -46,6 +48,7 @@ struct Attrs {
   DType dtype = DType::F32;   // cast, input
   std::string name;           // input, variable, scalar
   float value = 0.0f;         // scalar initial value, scalar constant
+  float beta1 = 0.0f, beta2 = 0.0f, eps = 0.0f, weight_decay = 0.0f;  // adam_update
 };
 
 struct Node {
@@ -68,6 +71,9 @@ Shape concretize(const Shape& s, int64_t batch);
 int op_arity(OpKind op);          // -1 = variadic, 0 = leaf
 bool is_elementwise(OpKind op);      // unary, binary, select, broadcast_to, random_uniform
 bool is_differentiable(OpKind op);
+bool is_effect(OpKind op);  // writes variables instead of producing a value
+// The variables an effect node writes (empty for other nodes).
+std::vector<int> written_variables(const Node& n);
 
 class Graph {
  public:

@@ -60,6 +60,7 @@ constexpr std::array<OpInfo, static_cast<size_t>(OpKind::kCount)> kOps = {{
     {OpKind::RandomUniform, "random_uniform", 1, true, false},
     {OpKind::StopGradient, "stop_gradient", 1, false, false},
     {OpKind::Assign, "assign", 2, false, false},
+    {OpKind::AdamUpdate, "adam_update", 6, false, false},
 }};
 
 constexpr bool table_is_ordered() {
@@ -87,6 +88,13 @@ OpKind op_from_name(std::string_view name) {
 int op_arity(OpKind op) { return info(op).arity; }
 bool is_elementwise(OpKind op) { return info(op).elementwise; }
 bool is_differentiable(OpKind op) { return info(op).differentiable; }
+bool is_effect(OpKind op) { return op == OpKind::Assign || op == OpKind::AdamUpdate; }
+
+std::vector<int> written_variables(const Node& n) {
+  if (n.op == OpKind::Assign) return {n.inputs[0]};
+  if (n.op == OpKind::AdamUpdate) return {n.inputs[0], n.inputs[1], n.inputs[2]};
+  return {};
+}
 
 std::string shape_str(const Shape& s) {
   std::string out = "(";

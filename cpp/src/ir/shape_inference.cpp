@@ -255,6 +255,32 @@ void infer_shape(Node& n, const std::vector<Node>& nodes) {
       return;
     }
 
+    case OpKind::AdamUpdate: {
+      // (param, exp_avg, exp_avg_sq, grad, step_size, sqrt(bias_correction2))
+      const Node& p = in(0);
+      for (size_t i = 0; i < 3; ++i) {
+        if (in(i).op != OpKind::Variable)
+          fail(op, "input " + std::to_string(i) + " must be a variable, got '" +
+                       std::string(op_name(in(i).op)) + "'");
+        if (in(i).shape != p.shape)
+          fail(op, "slot '" + in(i).attrs.name + "' of shape " + shape_str(in(i).shape) +
+                       " does not match parameter '" + p.attrs.name + "' of shape " + shape_str(p.shape));
+      }
+      if (n.inputs[0] == n.inputs[1] || n.inputs[0] == n.inputs[2] || n.inputs[1] == n.inputs[2])
+        fail(op, "parameter and slots must be three different variables");
+      for (size_t i = 0; i < 3; ++i)
+        if (n.inputs[3] == n.inputs[i]) fail(op, "the gradient cannot be one of the variables it updates");
+      if (in(3).shape != p.shape)
+        fail(op, "gradient of shape " + shape_str(in(3).shape) + " does not match parameter '" + p.attrs.name +
+                     "' of shape " + shape_str(p.shape));
+      for (size_t i = 4; i < 6; ++i)
+        if (!in(i).shape.empty())
+          fail(op, "input " + std::to_string(i) + " must be a scalar, got shape " + shape_str(in(i).shape));
+      for (size_t i = 3; i < 6; ++i) check_float(n, in(i), op);
+      n.shape = p.shape;
+      return;
+    }
+
     case OpKind::kCount: break;
   }
   fail(op, "has no shape rule");

@@ -142,14 +142,14 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
       if (f.step_of[root] >= 0 && (f.step_of[root] != f.step_of[id] || root != in))
         f.materialized[root] = 1;
     }
-    if (!f.steps[f.step_of[id]].fused) f.materialized[id] = g.node(id).op != OpKind::Assign;
+    if (!f.steps[f.step_of[id]].fused) f.materialized[id] = !is_effect(g.node(id).op);
   }
   for (int out : fn.outputs) {
     const int root = s.alias_root[out];
     if (f.step_of[root] >= 0) f.materialized[root] = 1;
   }
   for (int id : s.order)
-    if (g.node(id).op == OpKind::Assign) f.materialized[id] = 0;
+    if (is_effect(g.node(id).op)) f.materialized[id] = 0;
   return f;
 }
 

@@ -28,9 +28,10 @@ Schedule schedule_function(const Graph& g, const FunctionSpec& fn) {
 
   std::vector<int> stack(fn.outputs);
   for (int e : fn.effects) {
-    if (g.node(e).op != OpKind::Assign)
+    if (!is_effect(g.node(e).op))
       throw std::invalid_argument("[define] '" + fn.name + "': effect node " + std::to_string(e) +
-                                  " is a '" + std::string(op_name(g.node(e).op)) + "', not an assign");
+                                  " is a '" + std::string(op_name(g.node(e).op)) +
+                                  "', not an assign or an optimizer update");
     stack.push_back(e);
   }
   while (!stack.empty()) {
@@ -57,13 +58,13 @@ Schedule schedule_function(const Graph& g, const FunctionSpec& fn) {
   std::vector<std::vector<int>> succ(n);
   std::vector<int> indegree(n, 0);
   std::vector<int> assign_of(n, -1);
-  for (int e : fn.effects) {
-    const int var = g.node(e).inputs[0];
-    if (assign_of[var] >= 0 && assign_of[var] != e)
-      throw std::invalid_argument("[define] '" + fn.name + "' assigns variable '" +
-                                  g.node(var).attrs.name + "' twice");
-    assign_of[var] = e;
-  }
+  for (int e : fn.effects)
+    for (int var : written_variables(g.node(e))) {
+      if (assign_of[var] >= 0 && assign_of[var] != e)
+        throw std::invalid_argument("[define] '" + fn.name + "' writes variable '" +
+                                    g.node(var).attrs.name + "' twice");
+      assign_of[var] = e;
+    }
   auto edge = [&](int from, int to) {
     succ[from].push_back(to);
     ++indegree[to];

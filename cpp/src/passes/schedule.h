@@ -24,7 +24,7 @@ struct Schedule {
   std::vector<int> position;    // per node id: index in `order`, or -1
   std::vector<int> alias_root;  // per node id: the node whose memory it uses
   std::vector<char> needed;     // per node id
-  // Every assign runs after all other readers of its variable (through aliases too).
+  // Every effect runs after all other readers of the variables it writes (through aliases too).
 };
 
 Schedule schedule_function(const Graph& g, const FunctionSpec& fn);

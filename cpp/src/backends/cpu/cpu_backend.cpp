@@ -8,6 +8,7 @@
 #include "backends/cpu/fused_elementwise.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/layout.h"
+#include "backends/cpu/optimizer_updates.h"
 #include "backends/cpu/reduce.h"
 #include "passes/fusion.h"
 #include "passes/memory_plan.h"
@@ -80,6 +81,24 @@ struct CopyKernel final : Kernel {
     const float* src = ctx.ptr(x);
     float* dst = ctx.ptr(y);
     if (src != dst) std::copy(src, src + n, dst);
+  }
+};
+
+struct AdamKernel final : Kernel {
+  BufRef p, m, v, g, step_size, bc2_sqrt;
+  int64_t n;
+  AdamHyper hyper;
+  void run(const ExecContext& ctx) const override {
+    constexpr int64_t kParallelMin = 1 << 14;
+    const int tasks = n < kParallelMin ? 1 : ctx.pool->size();
+    float *pp = ctx.ptr(p), *mp = ctx.ptr(m), *vp = ctx.ptr(v);
+    const float* gp = ctx.ptr(g);
+    const float ss = *ctx.ptr(step_size), bc2 = *ctx.ptr(bc2_sqrt);
+    ctx.pool->parallel_for(tasks, [&](int task, int) {
+      int64_t lo, hi;
+      split_range(n, tasks, task, 16, &lo, &hi);
+      adam_update(hyper, ss, bc2, lo, hi, pp, mp, vp, gp);
+    });
   }
 };
 
@@ -164,6 +183,18 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
       k->y = y;
       k->n = numel(in_shape(0));
       k->to_float = n.attrs.dtype == DType::F32;
+      return k;
+    }
+    case OpKind::AdamUpdate: {
+      auto k = std::make_unique<AdamKernel>();
+      k->p = in(0);
+      k->m = in(1);
+      k->v = in(2);
+      k->g = in(3);
+      k->step_size = in(4);
+      k->bc2_sqrt = in(5);
+      k->n = numel(in_shape(0));
+      k->hyper = {n.attrs.beta1, n.attrs.beta2, n.attrs.eps, n.attrs.weight_decay};
       return k;
     }
     case OpKind::Assign: {

@@ -1,0 +1,108 @@
+"""The child process: time one framework on one workload and print one tagged JSON line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+
+from _frameworks import make_setup
+from _timing import time_windows
+from _workload import WORKLOADS, make_batch, step_flops
+
+# Old-OpenBLAS workarounds set on some machines; they force a slower kernel.
+UNSET_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+RESULT_TAG = "BENCH_RESULT "
+
+
+def _loaded_libraries() -> list[str]:
+    """BLAS and OpenMP libraries loaded in this process, as threadpoolctl sees them."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return ["(threadpoolctl not installed)"]
+    out = []
+    for lib in threadpoolctl.threadpool_info():
+        desc = f"{lib.get('prefix')} {lib.get('version') or ''}".strip()
+        if lib.get("architecture"):
+            desc += f" kernel={lib['architecture']}"
+        out.append(f"{desc} ({lib.get('user_api')}, {lib.get('num_threads')} threads)")
+    return out
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:
+        try:
+            import psutil
+        except ImportError:
+            return None
+        return psutil.Process().memory_info().peak_wset / 2**20  # Windows
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
+
+
+def run_child(args) -> int:
+    """Benchmark one framework on one workload; print one tagged JSON line."""
+    x, y = make_batch(WORKLOADS[args.workload])
+    fingerprint = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
+    result = {
+        "framework": args.child,
+        "workload": args.workload,
+        "batch": len(x),
+        "threads": args.threads,
+        "data_sha256": fingerprint,
+    }
+    try:
+        setup = make_setup(args.child, x, y, args.threads)
+        step, loss_of, info = setup.step, setup.loss_of, setup.info
+        t0 = time.perf_counter()
+        first_loss = loss_of(step())
+        result["first_step_s"] = time.perf_counter() - t0  # includes any compilation
+        stats_before = dict(setup.engine_stats()) if setup.engine_stats else None
+        rates, other, quiet = time_windows(
+            step, args.warmup_s, 5, args.windows, args.window_s, args.max_windows
+        )
+        quiet_rates = [r for r, q in zip(rates, quiet) if q]
+        # Headline from the quiet windows when there are enough of them.
+        noisy = len(quiet_rates) < min(3, args.windows)
+        head = rates if noisy else quiet_rates
+        last_loss = loss_of(step())
+        if stats_before is not None:
+            info["engine_stats"] = after = dict(setup.engine_stats())
+            if "allocations" in after and "allocations" in stats_before:
+                # Steady-state training should make no allocation after the first step.
+                info["allocations_after_first_step"] = (
+                    after["allocations"] - stats_before["allocations"]
+                )
+        median = statistics.median(head)
+        result.update(
+            ok=True,
+            steps_per_s=median,
+            steps_per_s_min=min(head),
+            steps_per_s_max=max(head),
+            noisy=noisy,
+            windows=[round(r, 2) for r in rates],
+            other_load_cores=other,
+            gflops=median * step_flops(len(x)) / 1e9,
+            first_loss=first_loss,
+            last_loss=last_loss,
+            peak_rss_mb=_peak_rss_mb(),
+            libraries=_loaded_libraries(),
+            env={k: os.environ.get(k) for k in (*UNSET_VARS, *THREAD_VARS)},
+            **info,
+        )
+        code = 0
+    except Exception as exc:  # noqa: BLE001 -- reported to the parent, which prints it in the table
+        result.update(
+            ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8)
+        )
+        code = 1
+    print(RESULT_TAG + json.dumps(result, default=str), flush=True)
+    return code
