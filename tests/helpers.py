@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 
-import gometal as gm
 import numpy as np
 import torch
 from torch import nn
+
+import gometal as gm
 
 torch.set_num_threads(1)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import re
 
-import gometal as gm
 import numpy as np
 import pytest
+
+import gometal as gm
 
 
 @pytest.fixture

@@ -3,13 +3,14 @@ determinism, dropout, runtime learning rate, threads, input layouts, the functio
 
 from __future__ import annotations
 
-import gometal as gm
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+import gometal as gm
 from gometal._arrays import as_input_batch
 from helpers import assert_weights_match, gm_weights_from_torch, mlp_pair, t, torch_step
-from torch import nn
 
 
 def _data(n, features=20, classes=5, seed=0):

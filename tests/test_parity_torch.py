@@ -3,12 +3,13 @@ same batches must give the same losses, updates, loss values and activations."""
 
 from __future__ import annotations
 
-import gometal as gm
 import numpy as np
 import pytest
 import torch
-from helpers import assert_weights_match, gm_weights_from_torch, mlp_pair, t, torch_step
 from torch import nn
+
+import gometal as gm
+from helpers import assert_weights_match, gm_weights_from_torch, mlp_pair, t, torch_step
 
 SIZES = [20, 32, 16, 5]
 STEPS = 50

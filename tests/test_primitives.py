@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+
 from gometal import _core
 
 FWD_RTOL, FWD_ATOL = 1e-5, 1e-5

@@ -3,13 +3,14 @@ computes from the model's predictions."""
 
 from __future__ import annotations
 
-import gometal as gm
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
 from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+
+import gometal as gm
 
 
 def fit(trainer, x, y, epochs, batch_size=32, seed=0):
