@@ -16,7 +16,13 @@ def test_import_needs_no_library_path(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH")}
     code = "import gometal, gometal._core as c; print(c.blas_info())"
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip(), "blas_info() is empty"
@@ -26,7 +32,8 @@ def test_import_needs_no_library_path(tmp_path):
 def test_extension_runpath_is_relative_to_the_module():
     readelf = shutil.which("readelf")
     assert readelf, "readelf (binutils) is part of the build toolchain this package needs"
-    dynamic = subprocess.run([readelf, "-d", _core.__file__], capture_output=True, text=True).stdout
+    result = subprocess.run([readelf, "-d", _core.__file__], check=True, capture_output=True, text=True)
+    dynamic = result.stdout
     runpath = [line for line in dynamic.splitlines() if "RUNPATH" in line or "RPATH" in line]
     assert runpath and "$ORIGIN" in runpath[0], dynamic
 
@@ -35,9 +42,7 @@ def test_extension_runpath_is_relative_to_the_module():
 def test_engine_blas_runs_single_threaded():
     # gometal splits matrix products over its own pool: its BLAS must not run a second pool.
     engine_blas = [
-        info
-        for info in threadpoolctl.threadpool_info()
-        if "scipy_openblas32" in info["filepath"]
+        info for info in threadpoolctl.threadpool_info() if "scipy_openblas32" in info["filepath"]
     ]
     assert engine_blas, "the engine's libscipy_openblas is not loaded"
     assert all(info["num_threads"] == 1 for info in engine_blas), engine_blas
