@@ -32,7 +32,9 @@ def test_import_needs_no_library_path(tmp_path):
 def test_extension_runpath_is_relative_to_the_module():
     readelf = shutil.which("readelf")
     assert readelf, "readelf (binutils) is part of the build toolchain this package needs"
-    result = subprocess.run([readelf, "-d", _core.__file__], check=True, capture_output=True, text=True)
+    result = subprocess.run(
+        [readelf, "-d", _core.__file__], check=True, capture_output=True, text=True
+    )
     dynamic = result.stdout
     runpath = [line for line in dynamic.splitlines() if "RUNPATH" in line or "RPATH" in line]
     assert runpath and "$ORIGIN" in runpath[0], dynamic
