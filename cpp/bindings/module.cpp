@@ -98,9 +98,13 @@ py::list run(Engine& engine, const std::string& name, const py::sequence& arrays
     views[i].data = a.data();
     keep.push_back(a);
   }
+  // The outputs live in the plan's arena: keep the engine locked until they are copied.
+  // The GIL is released before taking the lock, so the two never wait on each other.
+  std::unique_lock<std::mutex> lock(engine.mutex(), std::defer_lock);
   const RunResult* result;
   {
     py::gil_scoped_release release;
+    lock.lock();
     result = &engine.run(name, views.data(), count);
   }
   py::list out;
@@ -146,7 +150,11 @@ PYBIND11_MODULE(_core, m) {
            py::arg("effects") = std::vector<int>{}, py::arg("advance_rng") = false)
       .def("has_function", &Engine::has_function)
       .def("run", &run, py::arg("name"), py::arg("arrays"))
-      .def("describe", &Engine::describe, py::arg("name"), py::arg("batch"))
+      .def("describe", [](Engine& e, const std::string& name, int64_t batch) {
+             py::gil_scoped_release release;
+             std::lock_guard<std::mutex> lock(e.mutex());
+             return e.describe(name, batch);
+           }, py::arg("name"), py::arg("batch"))
       .def("variable_names", &Engine::variable_names)
       .def("variable_shape", [](const Engine& e, const std::string& n) { return to_tuple(e.variable_shape(n)); })
       .def("get_variable", [](const Engine& e, const std::string& name) {

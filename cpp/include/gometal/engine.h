@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,8 @@ class Engine {
 
   // Validates the inputs (shapes, dtypes, finite values, label ranges), then runs one step.
   // Throws std::invalid_argument before touching any state when an input is bad.
+  // Not thread-safe: to share an engine across threads, hold mutex() over run() and the
+  // reading of its outputs.
   const RunResult& run(const std::string& name, const TensorView* inputs, int count);
 
   std::vector<std::string> variable_names() const;
@@ -67,6 +70,7 @@ class Engine {
   void set_rng_step(uint64_t step) { rng_step_ = step; }
 
   EngineStats stats() const;
+  std::mutex& mutex() { return run_mutex_; }
   // The kernels the plan for (function, batch) runs, compiling it if needed.
   std::vector<std::string> describe(const std::string& name, int64_t batch);
 
@@ -88,6 +92,7 @@ class Engine {
   std::unique_ptr<PersistentPool> pool_;
   std::map<std::string, std::unique_ptr<Function>> functions_;
   uint64_t pool_generation_ = 0;
+  std::mutex run_mutex_;  // see mutex(): plans own their arenas, so one run at a time
 };
 
 void set_num_threads(int threads);

@@ -14,6 +14,9 @@ bool fusable(const Graph& g, int id) {
   return is_elementwise(n.op) && n.dtype == DType::F32;
 }
 
+// Keeps a group's register program within the kernel's slot limit (<= 3 inputs per member).
+constexpr size_t kMaxGroupMembers = 32;
+
 struct Group {
   std::vector<int> members;
   int first_pos;
@@ -46,6 +49,7 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
 
   auto can_join = [&](int gi, int id) {
     const Group& grp = groups[gi];
+    if (grp.members.size() >= kMaxGroupMembers) return false;
     const Node& node = g.node(id);
     for (int in : node.inputs) {
       const int root = s.alias_root[in];
@@ -66,6 +70,7 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
   auto can_move_into = [&](int h, int into) {
     const int target = groups[into].first_pos;
     if (groups[h].first_pos >= target) return false;
+    if (groups[h].members.size() + groups[into].members.size() > kMaxGroupMembers) return false;
     for (int m : groups[h].members) {
       for (int in : g.node(m).inputs) {
         const int root = s.alias_root[in];

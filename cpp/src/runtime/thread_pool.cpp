@@ -69,6 +69,7 @@ void ThreadPool::run(int tasks, TaskFn fn, void* ctx) {
     for (int t = 0; t < tasks; ++t) fn(ctx, t, 0);
     return;
   }
+  std::lock_guard<std::mutex> region(run_mutex_);
   fn_ = fn;
   ctx_ = ctx;
   tasks_ = tasks;

@@ -49,6 +49,7 @@ class ThreadPool {
   int tasks_ = 0;
   std::mutex mutex_;
   std::condition_variable wake_;
+  std::mutex run_mutex_;  // one parallel region at a time (engines on several user threads)
 };
 
 // The process-wide pool used by the CPU backend.
