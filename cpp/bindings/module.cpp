@@ -39,6 +39,11 @@ Attrs parse_attrs(const std::string& op, const py::dict& d) {
     else if (key == "transpose_a") a.transpose_a = v.cast<bool>();
     else if (key == "transpose_b") a.transpose_b = v.cast<bool>();
     else if (key == "dtype") a.dtype = dtype_from_name(v.cast<std::string>());
+    else if (key == "kernel_size") a.kernel_size = v.cast<std::vector<int64_t>>();
+    else if (key == "stride") a.stride = v.cast<std::vector<int64_t>>();
+    else if (key == "padding") a.padding = v.cast<std::vector<int64_t>>();
+    else if (key == "dilation") a.dilation = v.cast<std::vector<int64_t>>();
+    else if (key == "groups") a.groups = v.cast<int64_t>();
     else if (key == "beta1") a.beta1 = v.cast<float>();
     else if (key == "beta2") a.beta2 = v.cast<float>();
     else if (key == "eps") a.eps = v.cast<float>();

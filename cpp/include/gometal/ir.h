@@ -29,6 +29,8 @@ enum class OpKind : uint8_t {
   Reshape, Transpose, BroadcastTo, Slice, Concat, Pad,
   // linear algebra
   MatMul,
+  // convolution and pooling (NCHW)
+  Conv2D, Conv2DInputGrad, Conv2DWeightGrad, MaxPool2D, MaxPool2DGrad, AvgPool2D, AvgPool2DGrad,
   // misc
   OneHot, Cast, RandomUniform, StopGradient, Assign,
   // fused optimizer updates (effects, like assign)
@@ -49,6 +51,9 @@ struct Attrs {
   std::string name;           // input, variable, scalar
   float value = 0.0f;         // scalar initial value, scalar constant
   float beta1 = 0.0f, beta2 = 0.0f, eps = 0.0f, weight_decay = 0.0f;  // adam_update
+  // conv2d and pooling: (height, width) pairs
+  std::vector<int64_t> kernel_size, stride, padding, dilation;
+  int64_t groups = 1;
 };
 
 struct Node {

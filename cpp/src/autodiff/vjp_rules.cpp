@@ -205,6 +205,28 @@ void vjp_matmul(Graph& gr, int y, int g, std::vector<int>& dx) {
   }
 }
 
+// Convolution and pooling: their gradients are primitives of their own, which take the
+// forward op's attributes (and the shape of what they produce).
+void vjp_window(Graph& gr, int y, int g, std::vector<int>& dx) {
+  const View v = view(gr, y);
+  Attrs at = v.attrs;
+  switch (v.op) {
+    case OpKind::Conv2D: {
+      at.ints = shape_of(gr, v.in[0]);
+      dx[0] = gr.op(OpKind::Conv2DInputGrad, {g, v.in[1]}, at);
+      at.ints = shape_of(gr, v.in[1]);
+      dx[1] = gr.op(OpKind::Conv2DWeightGrad, {v.in[0], g}, at);
+      return;
+    }
+    case OpKind::MaxPool2D: dx[0] = gr.op(OpKind::MaxPool2DGrad, {v.in[0], g}, at); return;
+    case OpKind::AvgPool2D:
+      at.ints = shape_of(gr, v.in[0]);
+      dx[0] = gr.op(OpKind::AvgPool2DGrad, {g}, at);
+      return;
+    default: return;
+  }
+}
+
 constexpr size_t kNumOps = static_cast<size_t>(OpKind::kCount);
 
 std::array<VjpRule, kNumOps> make_table() {
@@ -221,6 +243,7 @@ std::array<VjpRule, kNumOps> make_table() {
                     OpKind::Pad, OpKind::Concat, OpKind::Cast})
     t[static_cast<size_t>(op)] = vjp_layout;
   t[static_cast<size_t>(OpKind::MatMul)] = vjp_matmul;
+  for (OpKind op : {OpKind::Conv2D, OpKind::MaxPool2D, OpKind::AvgPool2D}) t[static_cast<size_t>(op)] = vjp_window;
   return t;
 }
 

@@ -1,6 +1,8 @@
 // Shape and dtype inference. Every rule names the op and the shapes it received.
 #include "ir/shape_inference.h"
 
+#include "ir/conv_geometry.h"
+
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -227,6 +229,52 @@ void infer_shape(Node& n, const std::vector<Node>& nodes) {
         fail(op, "inner dimensions differ: " + shape_str(a) + (n.attrs.transpose_a ? "^T" : "") +
                      " x " + shape_str(b) + (n.attrs.transpose_b ? "^T" : ""));
       n.shape = {m, nn};
+      return;
+    }
+
+    case OpKind::Conv2D: {
+      check_float(n, in(0), op);
+      check_float(n, in(1), op);
+      const ConvGeometry g = conv_geometry(op, in(0).shape, &in(1).shape, n.attrs);
+      n.shape = {g.n, g.o, g.oh, g.ow};
+      return;
+    }
+    case OpKind::Conv2DInputGrad: {  // (g, w) -> dx, attrs.ints = x's shape
+      const ConvGeometry g = conv_geometry(op, n.attrs.ints, &in(1).shape, n.attrs);
+      const Shape out = {g.n, g.o, g.oh, g.ow};
+      if (in(0).shape != out)
+        fail(op, "gradient of shape " + shape_str(in(0).shape) + " does not match the output " + shape_str(out));
+      n.shape = n.attrs.ints;
+      return;
+    }
+    case OpKind::Conv2DWeightGrad: {  // (x, g) -> dw, attrs.ints = w's shape
+      const ConvGeometry g = conv_geometry(op, in(0).shape, &n.attrs.ints, n.attrs);
+      const Shape out = {g.n, g.o, g.oh, g.ow};
+      if (in(1).shape != out)
+        fail(op, "gradient of shape " + shape_str(in(1).shape) + " does not match the output " + shape_str(out));
+      n.shape = n.attrs.ints;
+      return;
+    }
+    case OpKind::MaxPool2D: case OpKind::AvgPool2D: {
+      check_float(n, in(0), op);
+      const ConvGeometry g = conv_geometry(op, in(0).shape, nullptr, n.attrs);
+      n.shape = {g.n, g.c, g.oh, g.ow};
+      return;
+    }
+    case OpKind::MaxPool2DGrad: {  // (x, g) -> dx
+      const ConvGeometry g = conv_geometry(op, in(0).shape, nullptr, n.attrs);
+      const Shape out = {g.n, g.c, g.oh, g.ow};
+      if (in(1).shape != out)
+        fail(op, "gradient of shape " + shape_str(in(1).shape) + " does not match the output " + shape_str(out));
+      n.shape = in(0).shape;
+      return;
+    }
+    case OpKind::AvgPool2DGrad: {  // (g) -> dx, attrs.ints = x's shape
+      const ConvGeometry g = conv_geometry(op, n.attrs.ints, nullptr, n.attrs);
+      const Shape out = {g.n, g.c, g.oh, g.ow};
+      if (in(0).shape != out)
+        fail(op, "gradient of shape " + shape_str(in(0).shape) + " does not match the output " + shape_str(out));
+      n.shape = n.attrs.ints;
       return;
     }
 

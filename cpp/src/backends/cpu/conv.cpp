@@ -1,0 +1,151 @@
+#include "backends/cpu/conv.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "backends/cpu/gemm.h"
+
+namespace gometal {
+namespace {
+
+// A 1x1 convolution with unit stride and no padding reads its input as the im2col matrix.
+bool is_pointwise(const ConvGeometry& g) {
+  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+}
+
+// col (patch, oh*ow) from one group's channels of one image (C/groups, H, W).
+void im2col(const ConvGeometry& g, const float* x, float* col) {
+  const int64_t plane = g.out_plane();
+  for (int64_t c = 0; c < g.c_per_group(); ++c)
+    for (int64_t ki = 0; ki < g.kh; ++ki)
+      for (int64_t kj = 0; kj < g.kw; ++kj) {
+        float* row = col + ((c * g.kh + ki) * g.kw + kj) * plane;
+        const float* xc = x + c * g.h * g.w;
+        for (int64_t oy = 0; oy < g.oh; ++oy) {
+          const int64_t iy = oy * g.sh - g.ph + ki * g.dh;
+          float* out = row + oy * g.ow;
+          if (iy < 0 || iy >= g.h) {
+            std::fill(out, out + g.ow, 0.0f);
+            continue;
+          }
+          const float* xr = xc + iy * g.w;
+          for (int64_t ox = 0; ox < g.ow; ++ox) {
+            const int64_t ix = ox * g.sw - g.pw + kj * g.dw;
+            out[ox] = ix >= 0 && ix < g.w ? xr[ix] : 0.0f;
+          }
+        }
+      }
+}
+
+// The adjoint of im2col: accumulates col back into one group's channels of dx.
+void col2im(const ConvGeometry& g, const float* col, float* dx) {
+  const int64_t plane = g.out_plane();
+  for (int64_t c = 0; c < g.c_per_group(); ++c)
+    for (int64_t ki = 0; ki < g.kh; ++ki)
+      for (int64_t kj = 0; kj < g.kw; ++kj) {
+        const float* row = col + ((c * g.kh + ki) * g.kw + kj) * plane;
+        float* dc = dx + c * g.h * g.w;
+        for (int64_t oy = 0; oy < g.oh; ++oy) {
+          const int64_t iy = oy * g.sh - g.ph + ki * g.dh;
+          if (iy < 0 || iy >= g.h) continue;
+          float* dr = dc + iy * g.w;
+          const float* in = row + oy * g.ow;
+          for (int64_t ox = 0; ox < g.ow; ++ox) {
+            const int64_t ix = ox * g.sw - g.pw + kj * g.dw;
+            if (ix >= 0 && ix < g.w) dr[ix] += in[ox];
+          }
+        }
+      }
+}
+
+// Runs fn(image, thread) over the batch, images split evenly across the pool.
+template <class F>
+void for_each_image(const ExecContext& ctx, int64_t images, F&& fn) {
+  const int tasks = static_cast<int>(std::min<int64_t>(ctx.pool->size(), images));
+  ctx.pool->parallel_for(tasks, [&](int task, int thread) {
+    int64_t lo, hi;
+    split_range(images, tasks, task, 1, &lo, &hi);
+    for (int64_t n = lo; n < hi; ++n) fn(n, thread);
+  });
+}
+
+}  // namespace
+
+int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
+  const int64_t col = is_pointwise(g) ? 0 : g.patch() * g.out_plane();
+  return col + (weight_grad ? g.o * g.patch() : 0);
+}
+
+void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y) {
+  const int64_t in_image = g.c * g.h * g.w, out_image = g.o * g.out_plane();
+  for_each_image(ctx, g.n, [&](int64_t n, int thread) {
+    float* col = ctx.thread_scratch(thread);
+    for (int64_t gi = 0; gi < g.groups; ++gi) {
+      const float* xg = x + n * in_image + gi * g.c_per_group() * g.h * g.w;
+      const float* src = xg;
+      if (!is_pointwise(g)) {
+        im2col(g, xg, col);
+        src = col;
+      }
+      // y[n, group] (O/g, OH*OW) = w[group] (O/g, patch) x col (patch, OH*OW)
+      gemm_serial(false, false, g.o_per_group(), g.out_plane(), g.patch(), w + gi * g.o_per_group() * g.patch(),
+                  g.patch(), src, g.out_plane(), 0.0f, y + n * out_image + gi * g.o_per_group() * g.out_plane(),
+                  g.out_plane());
+    }
+  });
+}
+
+void conv2d_input_grad(const ExecContext& ctx, const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  const int64_t in_image = g.c * g.h * g.w, out_image = g.o * g.out_plane();
+  for_each_image(ctx, g.n, [&](int64_t n, int thread) {
+    float* col = ctx.thread_scratch(thread);
+    for (int64_t gi = 0; gi < g.groups; ++gi) {
+      float* dxg = dx + n * in_image + gi * g.c_per_group() * g.h * g.w;
+      float* dst = is_pointwise(g) ? dxg : col;
+      // col (patch, OH*OW) = w[group]^T (patch, O/g) x dy[n, group] (O/g, OH*OW)
+      gemm_serial(true, false, g.patch(), g.out_plane(), g.o_per_group(), w + gi * g.o_per_group() * g.patch(),
+                  g.patch(), dy + n * out_image + gi * g.o_per_group() * g.out_plane(), g.out_plane(), 0.0f, dst,
+                  g.out_plane());
+      if (!is_pointwise(g)) {
+        std::fill(dxg, dxg + g.c_per_group() * g.h * g.w, 0.0f);
+        col2im(g, col, dxg);
+      }
+    }
+  });
+}
+
+void conv2d_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* dy, float* dw) {
+  const int64_t in_image = g.c * g.h * g.w, out_image = g.o * g.out_plane();
+  const int64_t col_floats = is_pointwise(g) ? 0 : g.patch() * g.out_plane();
+  const int64_t dw_floats = g.o * g.patch();
+  const int tasks = static_cast<int>(std::min<int64_t>(ctx.pool->size(), g.n));
+  // Each thread sums its images into its own partial; the partials are then added in a
+  // fixed order, so results do not depend on scheduling.
+  for (int t = 0; t < tasks; ++t) std::fill_n(ctx.thread_scratch(t) + col_floats, dw_floats, 0.0f);
+  ctx.pool->parallel_for(tasks, [&](int task, int) {
+    float* scratch = ctx.thread_scratch(task);
+    float* partial = scratch + col_floats;
+    int64_t lo, hi;
+    split_range(g.n, tasks, task, 1, &lo, &hi);
+    for (int64_t n = lo; n < hi; ++n)
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        const float* xg = x + n * in_image + gi * g.c_per_group() * g.h * g.w;
+        const float* src = xg;
+        if (!is_pointwise(g)) {
+          im2col(g, xg, scratch);
+          src = scratch;
+        }
+        // dw[group] (O/g, patch) += dy[n, group] (O/g, OH*OW) x col^T (OH*OW, patch)
+        gemm_serial(false, true, g.o_per_group(), g.patch(), g.out_plane(),
+                    dy + n * out_image + gi * g.o_per_group() * g.out_plane(), g.out_plane(), src, g.out_plane(), 1.0f,
+                    partial + gi * g.o_per_group() * g.patch(), g.patch());
+      }
+  });
+  std::memcpy(dw, ctx.thread_scratch(0) + col_floats, dw_floats * sizeof(float));
+  for (int t = 1; t < tasks; ++t) {
+    const float* partial = ctx.thread_scratch(t) + col_floats;
+    for (int64_t i = 0; i < dw_floats; ++i) dw[i] += partial[i];
+  }
+}
+
+}  // namespace gometal

@@ -1,0 +1,17 @@
+// 2-D convolution on the BLAS (im2col + gemm), forward and both gradients: the portable
+// path, which every platform has.
+#pragma once
+
+#include "backends/cpu/kernel.h"
+#include "ir/conv_geometry.h"
+
+namespace gometal {
+
+// Per-thread scratch (floats) each routine needs.
+int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad);
+
+void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y);
+void conv2d_input_grad(const ExecContext& ctx, const ConvGeometry& g, const float* dy, const float* w, float* dx);
+void conv2d_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* dy, float* dw);
+
+}  // namespace gometal

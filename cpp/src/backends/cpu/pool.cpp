@@ -1,0 +1,95 @@
+#include "backends/cpu/pool.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace gometal {
+namespace {
+
+// Runs fn(plane) for every (image, channel) plane, split across the pool.
+template <class F>
+void for_each_plane(const ExecContext& ctx, const ConvGeometry& g, F&& fn) {
+  const int64_t planes = g.n * g.c;
+  const int tasks = planes * g.h * g.w < (1 << 14) ? 1 : static_cast<int>(std::min<int64_t>(ctx.pool->size(), planes));
+  ctx.pool->parallel_for(tasks, [&](int task, int) {
+    int64_t lo, hi;
+    split_range(planes, tasks, task, 1, &lo, &hi);
+    for (int64_t p = lo; p < hi; ++p) fn(p);
+  });
+}
+
+// The window of output (oy, ox), clipped to the input: [y0, y1) x [x0, x1).
+struct Window {
+  int64_t y0, y1, x0, x1;
+};
+
+Window window(const ConvGeometry& g, int64_t oy, int64_t ox) {
+  const int64_t ys = oy * g.sh - g.ph, xs = ox * g.sw - g.pw;
+  return {std::max<int64_t>(ys, 0), std::min(ys + g.kh, g.h), std::max<int64_t>(xs, 0), std::min(xs + g.kw, g.w)};
+}
+
+// Index (within the plane) of the first maximum of a window, scanning rows then columns.
+int64_t argmax_in(const ConvGeometry& g, const float* plane, const Window& w) {
+  int64_t best = w.y0 * g.w + w.x0;
+  for (int64_t iy = w.y0; iy < w.y1; ++iy)
+    for (int64_t ix = w.x0; ix < w.x1; ++ix)
+      if (plane[iy * g.w + ix] > plane[best]) best = iy * g.w + ix;
+  return best;
+}
+
+}  // namespace
+
+void max_pool2d(const ExecContext& ctx, const ConvGeometry& g, const float* x, float* y) {
+  for_each_plane(ctx, g, [&](int64_t p) {
+    const float* in = x + p * g.h * g.w;
+    float* out = y + p * g.oh * g.ow;
+    for (int64_t oy = 0; oy < g.oh; ++oy)
+      for (int64_t ox = 0; ox < g.ow; ++ox) out[oy * g.ow + ox] = in[argmax_in(g, in, window(g, oy, ox))];
+  });
+}
+
+void max_pool2d_grad(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* dy, float* dx) {
+  for_each_plane(ctx, g, [&](int64_t p) {
+    const float* in = x + p * g.h * g.w;
+    const float* grad = dy + p * g.oh * g.ow;
+    float* out = dx + p * g.h * g.w;
+    std::fill(out, out + g.h * g.w, 0.0f);
+    for (int64_t oy = 0; oy < g.oh; ++oy)
+      for (int64_t ox = 0; ox < g.ow; ++ox) out[argmax_in(g, in, window(g, oy, ox))] += grad[oy * g.ow + ox];
+  });
+}
+
+void avg_pool2d(const ExecContext& ctx, const ConvGeometry& g, const float* x, float* y) {
+  // Padding counts in the divisor, as torch's default count_include_pad=True.
+  const float scale = 1.0f / static_cast<float>(g.kh * g.kw);
+  for_each_plane(ctx, g, [&](int64_t p) {
+    const float* in = x + p * g.h * g.w;
+    float* out = y + p * g.oh * g.ow;
+    for (int64_t oy = 0; oy < g.oh; ++oy)
+      for (int64_t ox = 0; ox < g.ow; ++ox) {
+        const Window w = window(g, oy, ox);
+        float sum = 0.0f;
+        for (int64_t iy = w.y0; iy < w.y1; ++iy)
+          for (int64_t ix = w.x0; ix < w.x1; ++ix) sum += in[iy * g.w + ix];
+        out[oy * g.ow + ox] = sum * scale;
+      }
+  });
+}
+
+void avg_pool2d_grad(const ExecContext& ctx, const ConvGeometry& g, const float* dy, float* dx) {
+  const float scale = 1.0f / static_cast<float>(g.kh * g.kw);
+  for_each_plane(ctx, g, [&](int64_t p) {
+    const float* grad = dy + p * g.oh * g.ow;
+    float* out = dx + p * g.h * g.w;
+    std::fill(out, out + g.h * g.w, 0.0f);
+    for (int64_t oy = 0; oy < g.oh; ++oy)
+      for (int64_t ox = 0; ox < g.ow; ++ox) {
+        const Window w = window(g, oy, ox);
+        const float share = grad[oy * g.ow + ox] * scale;
+        for (int64_t iy = w.y0; iy < w.y1; ++iy)
+          for (int64_t ix = w.x0; ix < w.x1; ++ix) out[iy * g.w + ix] += share;
+      }
+  });
+}
+
+}  // namespace gometal
