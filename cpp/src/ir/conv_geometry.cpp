@@ -55,6 +55,10 @@ ConvGeometry conv_geometry(std::string_view op, const Shape& input, const Shape*
   } else {
     read_pair(op, "kernel_size", attrs.kernel_size, 0, 1, &g.kh, &g.kw);
     if (g.kh == 0) fail(op, "kernel_size is required");
+    if (attrs.stride.empty()) {  // pooling windows default to not overlapping, as in torch
+      g.sh = g.kh;
+      g.sw = g.kw;
+    }
     if (g.ph * 2 > g.kh || g.pw * 2 > g.kw)
       fail(op, "padding (" + std::to_string(g.ph) + ", " + std::to_string(g.pw) +
                    ") must be at most half the kernel (" + std::to_string(g.kh) + ", " + std::to_string(g.kw) + ")");
