@@ -24,6 +24,10 @@ class ModelBuilder:
         ...          .dense(128).relu().dropout(0.2)
         ...          .dense(10)
         ...          .build(seed=0))
+        >>> cnn = (gm.ModelBuilder((3, 32, 32))
+        ...        .conv2d(16, 3, padding=1).batch_norm().relu().max_pool2d(2)
+        ...        .flatten().dense(10)
+        ...        .build(seed=0))
     """
 
     def __init__(self, input_shape: Any):
@@ -143,6 +147,105 @@ class ModelBuilder:
     def flatten(self, name: str | None = None) -> ModelBuilder:
         """Appends a reshape to ``(batch, features)``."""
         return self.add(layers.Flatten(name=name))
+
+    def conv2d(
+        self,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | str | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        use_bias: bool = True,
+        name: str | None = None,
+    ) -> ModelBuilder:
+        """Appends a 2-D convolution over ``(batch, C, H, W)`` (``gm.layers.Conv2D``).
+
+        Args:
+            out_channels: output channels.
+            kernel_size: ``k`` or ``(kh, kw)``.
+            stride: ``s`` or ``(sh, sw)``.
+            padding: ``p``, ``(ph, pw)``, ``"valid"`` or ``"same"`` (stride 1 only).
+            dilation: ``d`` or ``(dh, dw)``.
+            groups: channel groups; must divide the input and output channels.
+            use_bias: whether to add a per-channel bias.
+            name: an explicit layer name (default ``conv2d_<i>``).
+
+        Returns:
+            The builder, for chaining.
+
+        Example:
+            >>> gm.ModelBuilder((3, 32, 32)).conv2d(16, 3, padding=1)  # doctest: +SKIP
+        """
+        return self.add(
+            layers.Conv2D(
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=groups,
+                use_bias=use_bias,
+                name=name,
+            )
+        )
+
+    def max_pool2d(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+        name: str | None = None,
+    ) -> ModelBuilder:
+        """Appends a max pooling (``gm.layers.MaxPool2D``).
+
+        Args:
+            kernel_size: ``k`` or ``(kh, kw)``.
+            stride: ``s`` or ``(sh, sw)``; ``None`` uses ``kernel_size``.
+            padding: ``p`` or ``(ph, pw)``, at most half the kernel.
+            name: an explicit layer name (default ``max_pool2d_<i>``).
+
+        Returns:
+            The builder, for chaining.
+        """
+        return self.add(layers.MaxPool2D(kernel_size, stride=stride, padding=padding, name=name))
+
+    def avg_pool2d(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+        name: str | None = None,
+    ) -> ModelBuilder:
+        """Appends an average pooling (``gm.layers.AvgPool2D``; zero padding counts in the
+        mean). The arguments are those of ``max_pool2d``; the default name is
+        ``avg_pool2d_<i>``."""
+        return self.add(layers.AvgPool2D(kernel_size, stride=stride, padding=padding, name=name))
+
+    def global_avg_pool2d(self, name: str | None = None) -> ModelBuilder:
+        """Appends the mean over height and width, ``(batch, C, H, W) -> (batch, C)``."""
+        return self.add(layers.GlobalAvgPool2D(name=name))
+
+    def batch_norm(
+        self,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        name: str | None = None,
+    ) -> ModelBuilder:
+        """Appends batch normalization (``gm.layers.BatchNorm``): per channel after a
+        convolution, per feature after a dense layer.
+
+        Args:
+            eps: added to the variance (> 0).
+            momentum: the weight of each batch in the running statistics, in ``[0, 1]``.
+            affine: whether to learn a per-channel scale and shift.
+            name: an explicit layer name (default ``batch_norm_<i>``).
+
+        Returns:
+            The builder, for chaining.
+        """
+        return self.add(layers.BatchNorm(eps=eps, momentum=momentum, affine=affine, name=name))
 
     def build(self, seed: int = 0) -> Model:
         """Creates the model and initializes its weights.

@@ -72,3 +72,13 @@ class Zeros:
 
     def __repr__(self) -> str:
         return "Zeros()"
+
+
+class Ones:
+    """All ones."""
+
+    def __call__(self, seed: int, stream: int, shape: tuple[int, ...]) -> np.ndarray:
+        return np.ones(shape, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return "Ones()"

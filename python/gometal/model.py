@@ -154,8 +154,10 @@ class Model:
         self._check_reachable_inputs()
         self._layers = _unique_layers(self._calls)
         _assign_names(self._layers)
+        self._check_state_layers_called_once()
         self.seed = check_seed(seed)
         self._weight_shapes: dict[str, tuple[int, ...]] = {}
+        self._trainable: list[str] = []
         self._initial_weights = self._initialize_weights()
         # The engine that holds the weights (a trainer's, or a lazily built inference one).
         self._engine: Any = None
@@ -180,6 +182,19 @@ class Model:
                     f"the outputs depend on {tensor!r}, which is not among the model inputs"
                 )
 
+    def _check_state_layers_called_once(self) -> None:
+        calls: dict[int, int] = defaultdict(int)
+        for call in self._calls:
+            calls[id(call.layer)] += 1
+        for layer in self._layers:
+            if layer.updates_state and calls[id(layer)] > 1:
+                raise ValueError(
+                    f"layer '{layer.name}' ({type(layer).__name__}) is called "
+                    f"{calls[id(layer)]} times in this model, but it updates its own state "
+                    "(running statistics) in training and can be called only once; use one "
+                    "layer per call"
+                )
+
     def _initialize_weights(self) -> dict[str, np.ndarray]:
         weights: dict[str, np.ndarray] = {}
         stream = 0
@@ -188,12 +203,15 @@ class Model:
                 full_name = f"{layer.name}.{spec.name}"
                 weights[full_name] = spec.initializer(self.seed, stream, spec.shape)
                 self._weight_shapes[full_name] = spec.shape
+                if spec.trainable:
+                    self._trainable.append(full_name)
                 stream += 1
         return weights
 
     # -- graph emission (used by Trainer and the inference engine) -------------------------
     def declare_variables(self, graph: _core.Graph) -> dict[str, int]:
-        """Declares one engine variable per weight in ``graph``; returns name -> node id."""
+        """Declares one engine variable per weight (trainable or not) in ``graph``; returns
+        name -> node id."""
         return {name: graph.variable(name, shape) for name, shape in self._weight_shapes.items()}
 
     def emit(self, ctx: EmitContext, input_ids: Sequence[int]) -> list[int]:
@@ -234,11 +252,20 @@ class Model:
 
     @property
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Weight name -> shape, in layer order."""
+        """Weight name -> shape, in layer order (non-trainable weights included)."""
         return dict(self._weight_shapes)
 
+    @property
+    def trainable_weight_names(self) -> list[str]:
+        """The weights the optimizer updates, in layer order (not running statistics)."""
+        return list(self._trainable)
+
     def count_params(self) -> int:
-        """The total number of scalar weights."""
+        """The number of trainable scalar weights (PyTorch's ``parameters()`` count).
+
+        Non-trainable weights such as batch-norm running statistics are not counted, as
+        torch leaves its buffers out; ``summary`` lists them separately.
+        """
         return sum(layer.count_params() for layer in self._layers)
 
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -246,7 +273,9 @@ class Model:
 
         Returns:
             ``{"dense_0.weight": array, "dense_0.bias": array, ...}``; Dense weights use
-            PyTorch's ``(out_features, in_features)`` layout.
+            PyTorch's ``(out_features, in_features)`` layout. Non-trainable weights (batch
+            norm's ``running_mean`` and ``running_var``) are included, in the order of
+            PyTorch's ``state_dict``.
 
         Example:
             >>> model.get_weights()["dense_0.weight"].shape
@@ -335,6 +364,14 @@ class Model:
         total = self.count_params()
         lines = [fmt(headers), line, *(fmt(c) for c in cells), line]
         lines.append(f"Total params: {total:,} ({total * 4 / 1024:,.1f} KiB as float32)")
+        trainable = set(self._trainable)
+        frozen = sum(
+            int(np.prod(shape))
+            for name, shape in self._weight_shapes.items()
+            if name not in trainable
+        )
+        if frozen:
+            lines.append(f"Non-trainable values (running statistics): {frozen:,}")
         text = "\n".join(lines)
         print(text)
         return text

@@ -76,7 +76,7 @@ class Trainer:
         self.optimizer = optim.get(optimizer)
         self.batch_size = check_batch_size(batch_size)
         self.loss.check_output_shape(model.output_shape)
-        if not model.weight_shapes:
+        if not model.trainable_weight_names:
             raise ValueError("the model has no weights to train")
         self._num_classes = model.output_shape[-1]
         self._engine, self._accuracy_is_count, self._has_probabilities = self._compile(
@@ -91,11 +91,14 @@ class Trainer:
             y = g.input("y", (BATCH,), "int32")
         else:
             y = g.input("y", (BATCH, *model.output_shape), "float32")
-        params = model.declare_variables(g)
+        variables = model.declare_variables(g)
+        # Only trainable weights get gradients and optimizer slots; the rest (running
+        # statistics) are written by the layers' own effects.
+        params = {name: variables[name] for name in model.trainable_weight_names}
         lr = g.scalar(LEARNING_RATE_SCALAR, self.optimizer.lr)
         step = g.variable(STEP_VARIABLE, ())
 
-        train_ctx = EmitContext(g, training=True, variables=params)
+        train_ctx = EmitContext(g, training=True, variables=variables)
         (train_out,) = model.emit(train_ctx, [x])
         train_loss = self.loss(g, train_out, y)
         train_accuracy = self.loss.accuracy(g, train_out, y)
@@ -104,7 +107,7 @@ class Trainer:
         updates = self.optimizer.emit_updates(g, params, grads, lr, next_step)
         effects = [*train_ctx.effects, *updates, op(g, "assign", step, next_step)]
 
-        eval_ctx = EmitContext(g, training=False, variables=params)
+        eval_ctx = EmitContext(g, training=False, variables=variables)
         (eval_out,) = model.emit(eval_ctx, [x])
         eval_loss = self.loss(g, eval_out, y)
         eval_accuracy = self.loss.accuracy(g, eval_out, y)

@@ -45,11 +45,18 @@ def check_layer_name(name: object) -> str:
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """A weight a layer owns: its local name (``weight``), shape and initializer."""
+    """A weight a layer owns: its local name (``weight``), shape and initializer.
+
+    ``trainable=False`` marks state the optimizer never touches (running statistics):
+    it gets no gradient and no optimizer slots, is left out of ``count_params`` (as
+    PyTorch's buffers are left out of ``parameters()``), and is still saved and loaded
+    with the other weights.
+    """
 
     name: str
     shape: tuple[int, ...]
     initializer: Initializer
+    trainable: bool = True
 
     @property
     def size(self) -> int:
@@ -100,7 +107,8 @@ class Layer:
     """Base class of all layers.
 
     Subclasses set ``kind`` (the auto-name prefix), optionally ``num_inputs`` (``None``
-    means two or more), override ``build`` if they own weights, and implement ``emit``.
+    means two or more) and ``updates_state``, override ``build`` if they own weights, and
+    implement ``emit``.
 
     Args:
         name: an explicit layer name; when ``None`` the model assigns ``<kind>_<index>``.
@@ -108,6 +116,9 @@ class Layer:
 
     kind: ClassVar[str] = "layer"
     num_inputs: ClassVar[int | None] = 1
+    # Layers that write their own variables during training (``ctx.effects``) may be
+    # called only once per model: the engine writes a variable at most once per step.
+    updates_state: ClassVar[bool] = False
 
     def __init__(self, name: str | None = None):
         self.name = None if name is None else check_layer_name(name)
@@ -133,8 +144,8 @@ class Layer:
         return self._weight_specs
 
     def count_params(self) -> int:
-        """The number of scalar weights in this layer."""
-        return sum(spec.size for spec in self._weight_specs)
+        """The number of trainable scalar weights in this layer."""
+        return sum(spec.size for spec in self._weight_specs if spec.trainable)
 
     def __call__(self, inputs: SymbolicTensor | Sequence[SymbolicTensor]) -> SymbolicTensor:
         """Applies the layer to symbolic tensors and returns the symbolic output.
