@@ -37,6 +37,26 @@ int64_t argmax_in(const ConvGeometry& g, const float* plane, const Window& w) {
   return best;
 }
 
+// Without padding every window lies inside the input: no clipping, fixed trip counts.
+int64_t argmax_unpadded(const ConvGeometry& g, const float* plane, int64_t oy, int64_t ox) {
+  const int64_t y0 = oy * g.sh, x0 = ox * g.sw;
+  int64_t best = y0 * g.w + x0;
+  float best_value = plane[best];
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    const float* row = plane + (y0 + ky) * g.w + x0;
+    for (int64_t kx = 0; kx < g.kw; ++kx)
+      if (row[kx] > best_value) {
+        best_value = row[kx];
+        best = (y0 + ky) * g.w + x0 + kx;
+      }
+  }
+  return best;
+}
+
+int64_t window_argmax(const ConvGeometry& g, const float* plane, int64_t oy, int64_t ox) {
+  return g.ph == 0 && g.pw == 0 ? argmax_unpadded(g, plane, oy, ox) : argmax_in(g, plane, window(g, oy, ox));
+}
+
 }  // namespace
 
 void max_pool2d(const ExecContext& ctx, const ConvGeometry& g, const float* x, float* y) {
@@ -44,7 +64,7 @@ void max_pool2d(const ExecContext& ctx, const ConvGeometry& g, const float* x, f
     const float* in = x + p * g.h * g.w;
     float* out = y + p * g.oh * g.ow;
     for (int64_t oy = 0; oy < g.oh; ++oy)
-      for (int64_t ox = 0; ox < g.ow; ++ox) out[oy * g.ow + ox] = in[argmax_in(g, in, window(g, oy, ox))];
+      for (int64_t ox = 0; ox < g.ow; ++ox) out[oy * g.ow + ox] = in[window_argmax(g, in, oy, ox)];
   });
 }
 
@@ -55,7 +75,7 @@ void max_pool2d_grad(const ExecContext& ctx, const ConvGeometry& g, const float*
     float* out = dx + p * g.h * g.w;
     std::fill(out, out + g.h * g.w, 0.0f);
     for (int64_t oy = 0; oy < g.oh; ++oy)
-      for (int64_t ox = 0; ox < g.ow; ++ox) out[argmax_in(g, in, window(g, oy, ox))] += grad[oy * g.ow + ox];
+      for (int64_t ox = 0; ox < g.ow; ++ox) out[window_argmax(g, in, oy, ox)] += grad[oy * g.ow + ox];
   });
 }
 

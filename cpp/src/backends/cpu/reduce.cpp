@@ -13,6 +13,25 @@ float identity(ReduceKind k) {
   return k == ReduceKind::Max ? -std::numeric_limits<float>::infinity() : 0.0f;
 }
 
+// 32 partial sums: four independent vector chains hide the add latency.
+float contiguous_sum(const float* x, int64_t n) {
+  constexpr int kLanes = 32;
+  float acc[kLanes] = {};
+  int64_t r = 0;
+  for (; r + kLanes <= n; r += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += x[r + j];
+  for (; r < n; ++r) acc[0] += x[r];
+  float total = 0.0f;
+  for (int j = 0; j < kLanes; ++j) total += acc[j];
+  return total;
+}
+
+float contiguous_max(const float* x, int64_t n) {
+  float best = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) best = std::max(best, x[i]);
+  return best;
+}
+
 // Rows [o0, o1), columns [i0, i1) of an (outer, reduced, inner) reduction. Each output
 // element is accumulated in a fixed order, whatever the split, so results are reproducible.
 void reduce_block(ReduceKind kind, int64_t o0, int64_t o1, int64_t i0, int64_t i1, int64_t reduced,
@@ -36,16 +55,7 @@ void reduce_block(ReduceKind kind, int64_t o0, int64_t o1, int64_t i0, int64_t i
       continue;
     }
     if (inner == 1 && kind != ReduceKind::Max) {
-      // 32 partial sums: four independent vector chains hide the add latency.
-      constexpr int kLanes = 32;
-      float acc[kLanes] = {};
-      int64_t r = 0;
-      for (; r + kLanes <= reduced; r += kLanes)
-        for (int j = 0; j < kLanes; ++j) acc[j] += xo[r + j];
-      for (; r < reduced; ++r) acc[0] += xo[r];
-      float total = 0.0f;
-      for (int j = 0; j < kLanes; ++j) total += acc[j];
-      yo[0] = total * scale;
+      yo[0] = contiguous_sum(xo, reduced) * scale;
       continue;
     }
     std::copy(xo, xo + w, yo);
@@ -122,10 +132,53 @@ ReduceGeometry reduce_geometry(const Shape& in, const std::vector<int64_t>& axes
     else geo.reduced *= in[d];
   }
   if (axes.empty()) geo.contiguous = true;
+  if (!geo.contiguous) {
+    // Collapse dims into runs of reduced / kept (size-1 dims belong to either).
+    std::vector<std::pair<bool, int64_t>> runs;
+    for (int64_t d = 0; d < static_cast<int64_t>(in.size()); ++d) {
+      if (in[d] == 1) continue;
+      const bool reduced = std::find(axes.begin(), axes.end(), d) != axes.end();
+      if (!runs.empty() && runs.back().first == reduced) runs.back().second *= in[d];
+      else runs.emplace_back(reduced, in[d]);
+    }
+    if (runs.size() == 3 && runs[0].first && !runs[1].first && runs[2].first) {
+      geo.sandwich = true;
+      geo.lead = runs[0].second;
+      geo.kept = runs[1].second;
+      geo.trail = runs[2].second;
+    }
+  }
   return geo;
 }
 
+namespace {
+
+// out[k] = reduce over a, b of x[a, k, b]; each output is summed by one thread in a fixed order.
+void reduce_sandwich(ThreadPool& pool, ReduceKind kind, const ReduceGeometry& geo, const float* x, float* y) {
+  const int64_t lead = geo.lead, kept = geo.kept, trail = geo.trail;
+  const int tasks = lead * kept * trail < kParallelMin ? 1 : static_cast<int>(std::min<int64_t>(pool.size(), kept));
+  const float scale = kind == ReduceKind::Mean ? 1.0f / static_cast<float>(lead * trail) : 1.0f;
+  pool.parallel_for(tasks, [&](int task, int) {
+    int64_t k0, k1;
+    split_range(kept, tasks, task, 1, &k0, &k1);
+    for (int64_t k = k0; k < k1; ++k) {
+      float acc = kind == ReduceKind::Max ? -std::numeric_limits<float>::infinity() : 0.0f;
+      for (int64_t a = 0; a < lead; ++a) {
+        const float* row = x + (a * kept + k) * trail;
+        acc = kind == ReduceKind::Max ? std::max(acc, contiguous_max(row, trail)) : acc + contiguous_sum(row, trail);
+      }
+      y[k] = acc * scale;
+    }
+  });
+}
+
+}  // namespace
+
 void reduce(ThreadPool& pool, ReduceKind kind, const ReduceGeometry& geo, const float* x, float* y) {
+  if (geo.sandwich && kind != ReduceKind::Argmax) {
+    reduce_sandwich(pool, kind, geo, x, y);
+    return;
+  }
   if (!geo.contiguous) {
     reduce_general(kind, geo, x, y);
     return;

@@ -12,6 +12,10 @@ enum class ReduceKind : uint8_t { Sum, Mean, Max, Argmax };
 
 struct ReduceGeometry {
   bool contiguous = false;              // reduced axes form one block: (outer, reduced, inner)
+  // Reduced, kept, reduced: (lead, kept, trail) with lead and trail reduced, as batch-norm
+  // statistics over (N, H, W) of an NCHW tensor.
+  bool sandwich = false;
+  int64_t lead = 1, kept = 1, trail = 1;
   int64_t outer = 1, reduced = 1, inner = 1;
   Shape in_shape;                       // for the general path
   std::vector<int64_t> axes;
