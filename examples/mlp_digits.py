@@ -10,10 +10,11 @@ optimizer state. Held-out accuracy is usually around 97%.
 
 from __future__ import annotations
 
-import gometal as gm
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+
+import gometal as gm
 
 
 def main(epochs: int = 20, batch_size: int = 32, seed: int = 0) -> float:

@@ -1,7 +1,8 @@
 """The ``gometal`` command line.
 
-``gometal train-digits`` trains a 64-128-10 MLP on scikit-learn's 8x8 handwritten digits
-and reports per-epoch training loss and accuracy and the held-out accuracy.
+``gometal train [DATA_DIR]`` trains a CNN on an image folder (the main job; the digits
+written out as PNG files when no folder is given). ``gometal train-digits`` trains a
+64-128-10 MLP on scikit-learn's 8x8 handwritten digits held in memory.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+
+from .train_job import add_train_command
 
 DIGITS_FEATURES = 64  # 8 x 8 pixels
 DIGITS_CLASSES = 10
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed for the split, init and shuffling (0)"
     )
     digits.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_train_command(commands)
     return parser
 
 
@@ -165,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train-digits":
         return train_digits(args)
+    if args.command == "train":
+        return args.handler(args)
     return 2  # argparse rejects unknown commands before this point
 
 
