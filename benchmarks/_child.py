@@ -50,20 +50,22 @@ def _peak_rss_mb() -> float | None:
 
 def run_child(args) -> int:
     """Benchmark one framework on one workload; print one tagged JSON line."""
-    x, y = make_batch(WORKLOADS[args.workload])
+    spec = WORKLOADS[args.workload]
+    x, y = make_batch(args.workload)
     fingerprint = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
     result = {
         "framework": args.child,
         "workload": args.workload,
         "batch": len(x),
+        "train": spec.train,
         "threads": args.threads,
         "data_sha256": fingerprint,
     }
     try:
-        setup = make_setup(args.child, x, y, args.threads)
-        step, loss_of, info = setup.step, setup.loss_of, setup.info
+        setup = make_setup(args.child, args.workload, x, y, args.threads)
+        step, check_of, info = setup.step, setup.check_of, setup.info
         t0 = time.perf_counter()
-        first_loss = loss_of(step())
+        first_check = check_of(step())
         result["first_step_s"] = time.perf_counter() - t0  # includes any compilation
         stats_before = dict(setup.engine_stats()) if setup.engine_stats else None
         rates, other, quiet = time_windows(
@@ -73,15 +75,17 @@ def run_child(args) -> int:
         # Headline from the quiet windows when there are enough of them.
         noisy = len(quiet_rates) < min(3, args.windows)
         head = rates if noisy else quiet_rates
-        last_loss = loss_of(step())
+        last_check = check_of(step())
         if stats_before is not None:
             info["engine_stats"] = after = dict(setup.engine_stats())
             if "allocations" in after and "allocations" in stats_before:
-                # Steady-state training should make no allocation after the first step.
+                # The steady state should make no allocation after the first call.
                 info["allocations_after_first_step"] = (
                     after["allocations"] - stats_before["allocations"]
                 )
         median = statistics.median(head)
+        # Training loss before/after, or the mean of the outputs (inference).
+        check = "loss" if spec.train else "output_mean"
         result.update(
             ok=True,
             steps_per_s=median,
@@ -90,9 +94,11 @@ def run_child(args) -> int:
             noisy=noisy,
             windows=[round(r, 2) for r in rates],
             other_load_cores=other,
-            gflops=median * step_flops(len(x)) / 1e9,
-            first_loss=first_loss,
-            last_loss=last_loss,
+            images_per_s=median * len(x),
+            images_per_s_min=min(head) * len(x),
+            images_per_s_max=max(head) * len(x),
+            gflops=median * step_flops(args.workload) / 1e9,
+            **{f"first_{check}": first_check, f"last_{check}": last_check},
             peak_rss_mb=_peak_rss_mb(),
             libraries=_loaded_libraries(),
             env={k: os.environ.get(k) for k in (*UNSET_VARS, *THREAD_VARS)},

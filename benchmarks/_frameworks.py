@@ -1,47 +1,92 @@
-"""Per-framework builders of one ready-to-time training step on the MLP workload.
+"""Per-framework builders of one ready-to-time call on a workload: a full training step
+(A, A-small, B) or one inference batch (C).
 
 Each builder imports its framework itself, so a child process loads only the one it runs.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
+import importlib.util
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from _workload import CLASSES, FEATURES, HIDDEN, LEARNING_RATE
+from _workload import (
+    BN_BLOCK,
+    BN_EPS,
+    BN_MOMENTUM,
+    CLASSES,
+    CNN_CLASSES,
+    CNN_FLAT,
+    CNN_HIDDEN,
+    CONV_CHANNELS,
+    DROPOUT,
+    FEATURES,
+    HIDDEN,
+    IMAGE_SHAPE,
+    KERNEL,
+    LEARNING_RATE,
+    WORKLOADS,
+    Workload,
+)
 
 FRAMEWORKS = ("gometal", "torch-eager", "torch-eager-fused", "torch-compile", "jax-jit")
 
 
 class Setup(NamedTuple):
-    """A ready-to-time framework: `step()` runs one synchronous training step."""
+    """A ready-to-time framework: `step()` runs one synchronous call (a training step or an
+    inference batch), fully materialised when it returns."""
 
     step: Callable[[], Any]
-    loss_of: Callable[[Any], float]  # step()'s return value -> the loss as a float
+    # step()'s return value -> a float: the loss (training) or the outputs' mean (inference)
+    check_of: Callable[[Any], float]
     info: dict
     engine_stats: Callable[[], dict] | None = None
 
 
-def _setup_gometal(x, y, threads):
+def skip_reason(framework: str, workload: str) -> str | None:
+    """Why `framework` cannot run `workload` here, or None when it can."""
+    train = WORKLOADS[workload].train
+    if framework.startswith("torch-") and not importlib.util.find_spec("torch"):
+        return "torch not installed (pip install .[bench])"
+    if framework == "torch-eager-fused" and not train:
+        return "inference has no optimizer, so it is torch-eager"
+    if framework == "jax-jit":
+        if not importlib.util.find_spec("jax"):
+            return "jax not installed (pip install jax optax)"
+        if train and not importlib.util.find_spec("optax"):
+            return "optax not installed (pip install optax)"
+    return None
+
+
+# -- gometal --------------------------------------------------------------------------------
+
+
+def _gometal_model(gm, spec: Workload):
+    if spec.model == "mlp":
+        b = gm.ModelBuilder(input_shape=(FEATURES,))
+        for width in HIDDEN:
+            b = b.dense(width).relu()
+        return b.dense(CLASSES).build(seed=0)
+    b = gm.ModelBuilder(input_shape=IMAGE_SHAPE)
+    for i, channels in enumerate(CONV_CHANNELS):
+        b = b.conv2d(channels, KERNEL, padding=KERNEL // 2)
+        if i == BN_BLOCK:
+            b = b.batch_norm(eps=BN_EPS, momentum=BN_MOMENTUM)
+        b = b.relu().max_pool2d(2)
+    b = b.flatten().dense(CNN_HIDDEN).relu().dropout(DROPOUT)
+    return b.dense(CNN_CLASSES).build(seed=0)
+
+
+def _setup_gometal(spec: Workload, x, y, threads):
     import gometal as gm
     from gometal import _core
 
     gm.set_num_threads(threads)
     t0 = time.perf_counter()
-    model = (
-        gm.ModelBuilder(input_shape=(FEATURES,))
-        .dense(HIDDEN[0])
-        .relu()
-        .dense(HIDDEN[1])
-        .relu()
-        .dense(CLASSES)
-        .build(seed=0)
-    )
+    model = _gometal_model(gm, spec)
     trainer = gm.Trainer(
         model, loss="cross_entropy", optimizer=gm.optim.Adam(lr=LEARNING_RATE), batch_size=len(x)
     )
@@ -50,25 +95,86 @@ def _setup_gometal(x, y, threads):
         "build_s": time.perf_counter() - t0,
         "blas": _core.blas_info(),
     }
+    if spec.train:
+        return Setup(
+            lambda: trainer.train_batch(x, y), lambda r: float(r.loss), info, trainer.engine_stats
+        )
 
+    # Inference: the model's forward with dropout off and BatchNorm on its running statistics.
     def step():
-        return trainer.train_batch(x, y)
+        return trainer.predict(x, batch_size=len(x))
 
-    return Setup(step, lambda r: float(r.loss), info, trainer.engine_stats)
+    return Setup(step, lambda out: float(np.mean(out)), info, trainer.engine_stats)
 
 
-def _setup_torch(mode, x, y, threads):
+# -- PyTorch --------------------------------------------------------------------------------
+
+
+def _torch_model(torch, spec: Workload):
+    nn = torch.nn
+    if spec.model == "mlp":
+        layers, fan_in = [], FEATURES
+        for width in HIDDEN:
+            layers += [nn.Linear(fan_in, width), nn.ReLU()]
+            fan_in = width
+        return nn.Sequential(*layers, nn.Linear(fan_in, CLASSES))
+    layers, c_in = [], IMAGE_SHAPE[0]
+    for i, channels in enumerate(CONV_CHANNELS):
+        layers.append(nn.Conv2d(c_in, channels, KERNEL, padding=KERNEL // 2))
+        if i == BN_BLOCK:
+            layers.append(nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM))
+        layers += [nn.ReLU(), nn.MaxPool2d(2)]
+        c_in = channels
+    return nn.Sequential(
+        *layers,
+        nn.Flatten(),
+        nn.Linear(CNN_FLAT, CNN_HIDDEN),
+        nn.ReLU(),
+        nn.Dropout(DROPOUT),
+        nn.Linear(CNN_HIDDEN, CNN_CLASSES),
+    )
+
+
+def _torch_info(torch) -> dict:
+    config = torch.__config__.show()
+    blas = next(
+        (
+            p.split("=", 1)[1]
+            for p in config.replace(",", "\n").split()
+            if p.startswith("BLAS_INFO=")
+        ),
+        "unknown",
+    )
+    mkl = next((ln.strip(" -") for ln in config.splitlines() if "Math Kernel Library" in ln), "")
+    return {
+        "version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "blas": f"{blas} ({mkl}), ATen CPU capability {torch.backends.cpu.get_cpu_capability()}",
+        "mkldnn": torch.backends.mkldnn.is_available(),
+    }
+
+
+def _setup_torch(mode, spec: Workload, x, y, threads):
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    layers, fan_in = [], FEATURES
-    for width in HIDDEN:
-        layers += [torch.nn.Linear(fan_in, width), torch.nn.ReLU()]
-        fan_in = width
-    model = torch.nn.Sequential(*layers, torch.nn.Linear(fan_in, CLASSES))
+    model = _torch_model(torch, spec)  # NCHW, PyTorch's default layout
     xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
+    info = _torch_info(torch)
+
+    if not spec.train:
+        model.eval()
+        forward = torch.compile(model) if mode == "compile" else model
+
+        def infer():
+            with torch.inference_mode():
+                return forward(xt)
+
+        return Setup(infer, lambda out: float(out.float().mean()), info)
+
+    model.train()
     opt = torch.optim.Adam(
         model.parameters(), lr=LEARNING_RATE, fused=True if mode == "eager-fused" else None
     )
@@ -88,82 +194,18 @@ def _setup_torch(mode, x, y, threads):
         update()
         return loss
 
-    config = torch.__config__.show()
-    blas = next(
-        (
-            p.split("=", 1)[1]
-            for p in config.replace(",", "\n").split()
-            if p.startswith("BLAS_INFO=")
-        ),
-        "unknown",
-    )
-    mkl = next((ln.strip(" -") for ln in config.splitlines() if "Math Kernel Library" in ln), "")
-    info = {
-        "version": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "blas": f"{blas} ({mkl}), ATen CPU capability {torch.backends.cpu.get_cpu_capability()}",
-    }
     return Setup(step, lambda v: float(v.detach()), info)
 
 
-def _setup_jax(x, y, threads):
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    key = jax.random.PRNGKey(0)
-    params, sizes = [], (FEATURES, *HIDDEN, CLASSES)
-    for fan_in, fan_out in itertools.pairwise(sizes):
-        key, kw, kb = jax.random.split(key, 3)
-        bound = 1.0 / np.sqrt(fan_in)  # PyTorch's Linear default range
-        params.append(
-            (
-                jax.random.uniform(kw, (fan_in, fan_out), jnp.float32, -bound, bound),
-                jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound),
-            )
-        )
-
-    def loss_fn(params, inputs, labels):
-        h = inputs
-        for i, (w, b) in enumerate(params):
-            h = h @ w + b
-            if i + 1 < len(params):
-                h = jax.nn.relu(h)
-        return optax.softmax_cross_entropy_with_integer_labels(h, labels).mean()
-
-    tx = optax.adam(LEARNING_RATE)
-
-    def train_step(params, opt_state, inputs, labels):
-        loss, grads = jax.value_and_grad(loss_fn)(params, inputs, labels)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    train_step = jax.jit(train_step, donate_argnums=(0, 1))
-    xj, yj = jnp.asarray(x), jnp.asarray(y)
-    state = {"params": params, "opt": tx.init(params)}
-
-    def step():
-        new_params, new_opt, loss = train_step(state["params"], state["opt"], xj, yj)
-        jax.block_until_ready((new_params, new_opt, loss))
-        state["params"], state["opt"] = new_params, new_opt
-        return loss
-
-    info = {
-        "version": jax.__version__,
-        "optax": optax.__version__,
-        "devices": str(jax.devices()),
-        "blas": f"XLA:CPU built-in kernels (jax {jax.__version__})",
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
-    }
-    return Setup(step, float, info)
-
-
-def make_setup(framework: str, x: np.ndarray, y: np.ndarray, threads: int) -> Setup:
-    """Build `framework`'s training step on the batch (x, y), using `threads` threads."""
+def make_setup(framework: str, workload: str, x: np.ndarray, y: np.ndarray, threads: int) -> Setup:
+    """Build `framework`'s call on `workload` with the batch (x, y), using `threads` threads."""
+    spec = WORKLOADS[workload]
     if framework == "gometal":
-        return _setup_gometal(x, y, threads)
+        return _setup_gometal(spec, x, y, threads)
     if framework.startswith("torch-"):
-        return _setup_torch(framework[len("torch-") :], x, y, threads)
+        return _setup_torch(framework[len("torch-") :], spec, x, y, threads)
     if framework == "jax-jit":
-        return _setup_jax(x, y, threads)
+        from _jax import setup_jax
+
+        return Setup(*setup_jax(spec, x, y))
     raise ValueError(f"unknown framework {framework!r}")

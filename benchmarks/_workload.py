@@ -1,26 +1,71 @@
-"""The benchmarked MLP workloads: model sizes, optimizer settings and the fixed batch."""
+"""The benchmarked workloads: models, optimizer settings, FLOP counts and the fixed batches."""
 
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import numpy as np
 
-FEATURES, HIDDEN, CLASSES = 784, (512, 256), 10
 LEARNING_RATE = 1e-3
-WORKLOADS = {"A": 128, "A-small": 32}
+
+# The MLP (workloads A and A-small).
+FEATURES, HIDDEN, CLASSES = 784, (512, 256), 10
+
+# The cats-vs-dogs CNN (workloads B and C): three blocks of Conv 3x3 pad 1 (+ BatchNorm in
+# the second), ReLU and MaxPool 2, then Flatten, Dense, ReLU, Dropout and Dense.
+IMAGE_SHAPE = (3, 64, 64)  # channels, height, width
+CONV_CHANNELS = (16, 32, 64)
+KERNEL = 3
+BN_BLOCK = 1  # the conv block with BatchNorm between its conv and its ReLU
+CNN_HIDDEN, CNN_CLASSES, DROPOUT = 128, 2, 0.5
+BN_EPS, BN_MOMENTUM = 1e-5, 0.1
+CNN_FLAT = CONV_CHANNELS[-1] * (IMAGE_SHAPE[1] >> len(CONV_CHANNELS)) ** 2  # 64 * 8 * 8
 
 
-def step_flops(batch: int) -> int:
-    """Forward (2 flops per multiply-add) plus backward (twice the forward) per step."""
-    sizes = (FEATURES, *HIDDEN, CLASSES)
-    macs = sum(a * b for a, b in itertools.pairwise(sizes))
-    return 3 * 2 * macs * batch
+class Workload(NamedTuple):
+    model: str  # "mlp" or "cnn"
+    batch: int
+    train: bool  # True: each call is one training step; False: one inference batch
+    title: str
 
 
-def make_batch(batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """One fixed batch, identical in every child: x ~ N(0, 1) float32, labels int32 in [0, 10)."""
+WORKLOADS = {
+    "A": Workload("mlp", 128, True, "MLP training"),
+    "A-small": Workload("mlp", 32, True, "MLP training, small batch"),
+    "B": Workload("cnn", 32, True, "cats-vs-dogs CNN training"),
+    "C": Workload("cnn", 256, False, "CNN inference (eval mode)"),
+}
+
+
+def _macs_per_sample(model: str) -> int:
+    if model == "mlp":
+        sizes = (FEATURES, *HIDDEN, CLASSES)
+        return sum(a * b for a, b in itertools.pairwise(sizes))
+    macs, side = 0, IMAGE_SHAPE[1]
+    for c_in, c_out in itertools.pairwise((IMAGE_SHAPE[0], *CONV_CHANNELS)):
+        macs += side * side * c_out * c_in * KERNEL * KERNEL
+        side //= 2
+    return macs + CNN_FLAT * CNN_HIDDEN + CNN_HIDDEN * CNN_CLASSES
+
+
+def step_flops(workload: str) -> int:
+    """FLOPs of one call: 2 per multiply-add forward; a training step adds the backward
+    (twice the forward). Pooling, normalisation and the optimizer are not counted."""
+    spec = WORKLOADS[workload]
+    forward = 2 * _macs_per_sample(spec.model) * spec.batch
+    return 3 * forward if spec.train else forward
+
+
+def make_batch(workload: str) -> tuple[np.ndarray, np.ndarray]:
+    """One fixed batch, identical in every child: x ~ N(0, 1) float32 (MLP: (N, 784);
+    CNN: (N, 3, 64, 64), NCHW), labels int32 class indices."""
+    spec = WORKLOADS[workload]
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, FEATURES), dtype=np.float32)
-    y = rng.integers(0, CLASSES, size=batch).astype(np.int32)
+    if spec.model == "mlp":
+        x = rng.standard_normal((spec.batch, FEATURES), dtype=np.float32)
+        y = rng.integers(0, CLASSES, size=spec.batch).astype(np.int32)
+    else:
+        x = rng.standard_normal((spec.batch, *IMAGE_SHAPE), dtype=np.float32)
+        y = rng.integers(0, CNN_CLASSES, size=spec.batch).astype(np.int32)
     return x, y

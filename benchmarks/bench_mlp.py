@@ -1,35 +1,49 @@
-"""Training speed and peak memory of gometal against its peers on the MLP workloads.
+"""Training and inference speed and peak memory of gometal against its peers.
 
-Workloads (784 -> Dense 512 -> ReLU -> Dense 256 -> ReLU -> Dense 10, cross-entropy with
-integer labels, Adam lr 1e-3, one full training step per call):
-  A        batch 128
-  A-small  batch 32   (the regime where per-op overhead dominates)
+Workloads (every one a fixed random batch, float32):
+  A        MLP 784 -> Dense 512 -> ReLU -> Dense 256 -> ReLU -> Dense 10, cross-entropy with
+           integer labels, Adam lr 1e-3, batch 128; steps/s of full training steps
+  A-small  the same MLP at batch 32 (the regime where per-op overhead dominates)
+  B        cats-vs-dogs CNN on 3x64x64 images, batch 32: Conv 3->16 3x3 pad 1, ReLU,
+           MaxPool 2; Conv 16->32, BatchNorm, ReLU, MaxPool 2; Conv 32->64, ReLU, MaxPool 2;
+           Flatten; Dense 4096->128, ReLU, Dropout 0.5; Dense 128->2; cross-entropy, Adam
+           lr 1e-3; steps/s of full training steps
+  C        the CNN of B in eval mode (dropout off, BatchNorm on running statistics),
+           batch 256; images/s of inference
 
 Frameworks:
-  gometal            gometal.Trainer.train_batch (whole step compiled, one native call)
-  torch-eager        PyTorch eager, default Adam
-  torch-eager-fused  PyTorch eager, Adam(fused=True)
-  torch-compile      torch.compile of forward+loss and torch.compile of opt.step
-  jax-jit            jax.jit of the whole step with optax Adam (skipped if jax/optax are absent)
+  gometal            Trainer.train_batch (whole step compiled, one native call);
+                     C: Trainer.predict(x, batch_size=256)
+  torch-eager        PyTorch eager (NCHW), default Adam; C: forward under torch.inference_mode()
+  torch-eager-fused  PyTorch eager, Adam(fused=True) (training workloads only)
+  torch-compile      torch.compile of forward+loss and torch.compile of opt.step;
+                     C: torch.compile(model) under torch.inference_mode()
+  jax-jit            plain jax (no flax): jax.jit of the whole step with optax Adam;
+                     the CNN in NHWC with jax.lax.conv_general_dilated; C: jitted forward
+                     (skipped if jax, or for training optax, is absent)
 
 Each framework x workload runs in its own child process, so the peak resident memory
 reported is that framework's own. A child warms up, then times several windows of
-training steps; the headline is the median steps/s over the windows. Children run with
-OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from their environment, so every BLAS
+calls; the headline is the median steps/s (C: images/s) over the windows. Children run
+with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from their environment, so every BLAS
 picks its kernel for the actual CPU, and with OMP/MKL/OpenBLAS thread counts set.
 
-Usage:
+Targets (gometal against the best peer in the same run): A >= 1.1x, A-small >= 1.5x,
+B >= 2x, C >= 1.5x; peak RSS <= torch-eager's on every workload.
+
+Usage (on 2 cores with all five frameworks a full run takes about 10 minutes: about 5 for
+A and A-small, about 5 for B and C, torch.compile's cold compiles included; --quick: about
+5 minutes, most of it compiling):
   pip install .[bench]                       # torch, threadpoolctl, psutil
   python benchmarks/bench_mlp.py             # 5 windows of 3 s per run
   python benchmarks/bench_mlp.py --quick     # smoke run: 3 windows of 0.5 s
   python benchmarks/bench_mlp.py --frameworks gometal,torch-eager --workloads A-small
-  python benchmarks/bench_mlp.py --json bench-results/mlp.json
+  python benchmarks/bench_mlp.py --workloads B,C --json bench-results/cnn.json
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -45,12 +59,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _child import RESULT_TAG, THREAD_VARS, UNSET_VARS, run_child
-from _frameworks import FRAMEWORKS
+from _frameworks import FRAMEWORKS, skip_reason
 from _workload import WORKLOADS, step_flops
 
 PEERS = FRAMEWORKS[1:]
-# gometal's steps/s over the best peer's, per workload; and its peak RSS against torch-eager.
-SPEED_TARGETS = {"A": 1.1, "A-small": 1.5}
+# gometal's steps/s (C: images/s) over the best peer's, per workload; and its peak RSS
+# against torch-eager's.
+SPEED_TARGETS = {"A": 1.1, "A-small": 1.5, "B": 2.0, "C": 1.5}
 RSS_REFERENCE = "torch-eager"
 
 
@@ -130,18 +145,26 @@ def _fmt(v, spec=".1f", missing="-"):
     return missing if v is None else format(v, spec)
 
 
+def rate_unit(workload: str) -> tuple[str, str]:
+    """(result key, label) of a workload's headline rate: steps/s, or images/s for inference."""
+    return ("steps_per_s", "steps/s") if WORKLOADS[workload].train else ("images_per_s", "images/s")
+
+
 def print_workload(workload: str, rows: list[dict]) -> dict:
     """Print one workload's table; return its target verdicts."""
+    spec = WORKLOADS[workload]
+    key, unit = rate_unit(workload)
     ok = {r["framework"]: r for r in rows if r.get("ok")}
     gm = ok.get("gometal")
     noisy_seen = False
     print(
-        f"\nWorkload {workload}: batch {WORKLOADS[workload]}, "
-        f"{step_flops(WORKLOADS[workload]) / 1e6:.0f} MFLOP per step"
+        f"\nWorkload {workload}: {spec.title}, batch {spec.batch}, "
+        f"{step_flops(workload) / 1e6:.0f} MFLOP per {'step' if spec.train else 'batch'}"
     )
+    first = "first step s" if spec.train else "first call s"
     head = (
-        f"  {'framework':<18} {'steps/s':>9} {'min..max':>17} {'GFLOP/s':>8} "
-        f"{'peak RSS MB':>12} {'gometal x':>10} {'first step s':>13} {'other load':>11}"
+        f"  {'framework':<18} {unit:>9} {'min..max':>17} {'GFLOP/s':>8} "
+        f"{'peak RSS MB':>12} {'gometal x':>10} {first:>13} {'other load':>11}"
     )
     print(head)
     print("  " + "-" * (len(head) - 2))
@@ -150,15 +173,15 @@ def print_workload(workload: str, rows: list[dict]) -> dict:
         if not r.get("ok"):
             print(f"  {name:<18} FAILED: {r.get('error', '?')[:200]}")
             continue
-        spread = f"{r['steps_per_s_min']:.1f}..{r['steps_per_s_max']:.1f}"
-        ratio = gm["steps_per_s"] / r["steps_per_s"] if gm and name != "gometal" else None
+        spread = f"{r[key + '_min']:.1f}..{r[key + '_max']:.1f}"
+        ratio = gm[key] / r[key] if gm and name != "gometal" else None
         loads = [v for v in r.get("other_load_cores") or [] if v is not None]
         load = f"{statistics.median(loads):.2f} cores" if loads else "-"
         if r.get("noisy"):
             noisy_seen = True
             load += " *"
         print(
-            f"  {name:<18} {r['steps_per_s']:>9.1f} {spread:>17} {r['gflops']:>8.1f} "
+            f"  {name:<18} {r[key]:>9.1f} {spread:>17} {r['gflops']:>8.1f} "
             f"{_fmt(r.get('peak_rss_mb')):>12} {_fmt(ratio, '.2f'):>10} "
             f"{r['first_step_s']:>13.2f} {load:>11}"
         )
@@ -168,11 +191,11 @@ def print_workload(workload: str, rows: list[dict]) -> dict:
             "  * fewer than 3 windows were quiet (other processes used the CPUs): the median "
             "is over all windows and not trustworthy"
         )
-    verdict = {"workload": workload}
+    verdict = {"workload": workload, "unit": unit}
     peers = [r for name, r in ok.items() if name in PEERS]
     if gm and peers:
-        best = max(peers, key=lambda r: r["steps_per_s"])
-        ratio = gm["steps_per_s"] / best["steps_per_s"]
+        best = max(peers, key=lambda r: r[key])
+        ratio = gm[key] / best[key]
         target = SPEED_TARGETS[workload]
         verdict.update(
             best_peer=best["framework"],
@@ -181,7 +204,7 @@ def print_workload(workload: str, rows: list[dict]) -> dict:
             speed_met=ratio >= target,
         )
         print(
-            f"  best peer: {best['framework']} {best['steps_per_s']:.1f} steps/s; gometal / "
+            f"  best peer: {best['framework']} {best[key]:.1f} {unit}; gometal / "
             f"best peer = {ratio:.2f}x (target >= {target}x: "
             f"{'met' if ratio >= target else 'MISSED'})"
         )
@@ -197,14 +220,18 @@ def print_workload(workload: str, rows: list[dict]) -> dict:
         )
     if gm and "allocations_after_first_step" in gm:
         print(
-            f"  gometal engine allocations after the first step: "
+            f"  gometal engine allocations after the first {'step' if spec.train else 'call'}: "
             f"{gm['allocations_after_first_step']}"
         )
-    losses = ", ".join(
-        f"{r['framework']} {r['first_loss']:.4g}->{r['last_loss']:.2g}" for r in ok.values()
+    check = "loss" if spec.train else "output_mean"
+    checks = ", ".join(
+        f"{r['framework']} {r[f'first_{check}']:.4g}->{r[f'last_{check}']:.2g}"
+        for r in ok.values()
+        if f"first_{check}" in r
     )
-    if losses:
-        print(f"  loss first->last step: {losses}")
+    if checks:
+        what = "loss first->last step" if spec.train else "mean output first->last call"
+        print(f"  {what}: {checks}")
     return verdict
 
 
@@ -236,7 +263,9 @@ def main(argv=None) -> int:
         default=",".join(FRAMEWORKS),
         help=f"comma-separated subset of {','.join(FRAMEWORKS)}",
     )
-    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: A,A-small")
+    p.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help=f"comma-separated: {','.join(WORKLOADS)}"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
         "--quick",
@@ -274,21 +303,21 @@ def main(argv=None) -> int:
 
     frameworks = parse_list(args.frameworks, FRAMEWORKS, "framework")
     workloads = parse_list(args.workloads, WORKLOADS, "workload")
-    skipped = {}
-    if not (importlib.util.find_spec("jax") and importlib.util.find_spec("optax")):
-        skipped["jax-jit"] = "jax and optax not installed (pip install jax optax)"
-    if not importlib.util.find_spec("torch"):
-        for name in ("torch-eager", "torch-eager-fused", "torch-compile"):
-            skipped[name] = "torch not installed (pip install .[bench])"
+    skipped = {}  # "framework/workload" -> why it is not run
+    for workload in workloads:
+        for name in frameworks:
+            reason = skip_reason(name, workload)
+            if reason:
+                skipped[f"{name}/{workload}"] = reason
     pin = None if args.no_pin else _pin_cpus(args.threads)
 
     print(
-        f"gometal MLP benchmark: Python {platform.python_version()}, {platform.machine()}, "
+        f"gometal benchmark: Python {platform.python_version()}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs; {args.threads} threads per framework"
         + (f", children pinned to CPUs {pin}" if pin else "")
     )
     print(
-        f"timing: {args.warmup_s:g} s warm-up, then median steps/s of {args.windows} quiet "
+        f"timing: {args.warmup_s:g} s warm-up, then median rate of {args.windows} quiet "
         f"windows of >= {args.window_s:g} s (at most {args.max_windows} windows); "
         "each framework x workload in its own process"
     )
@@ -299,19 +328,22 @@ def main(argv=None) -> int:
         f"environment: children run with {' and '.join(UNSET_VARS)} unset (here: "
         f"{parent_vals}), OMP/OPENBLAS/MKL_NUM_THREADS={args.threads}"
     )
-    for name in frameworks:
-        if name in skipped:
-            print(f"note: skipping {name}: {skipped[name]}")
+    notes: dict[str, list[str]] = {}  # one line per reason, naming the runs it skips
+    for run, reason in skipped.items():
+        notes.setdefault(reason, []).append(run)
+    for reason, runs in notes.items():
+        print(f"note: skipping {', '.join(runs)}: {reason}")
 
     results, verdicts = [], []
     for workload in workloads:
         rows = []
         for name in frameworks:
-            if name in skipped:
+            if f"{name}/{workload}" in skipped:
                 continue
             print(f"  running {name} on {workload} ...", end="", flush=True)
             r = run_one(name, workload, args, pin)
-            print(f" {r['steps_per_s']:.1f} steps/s" if r.get("ok") else " failed", flush=True)
+            key, unit = rate_unit(workload)
+            print(f" {r[key]:.1f} {unit}" if r.get("ok") else " failed", flush=True)
             rows.append(r)
         results += rows
         verdicts.append(print_workload(workload, rows))
