@@ -119,8 +119,16 @@ void vjp_reduce(Graph& gr, int y, int g, std::vector<int>& dx) {
       if (count > 0) {
         dx[0] = gr.mul(gb, k(gr, 1.0f / static_cast<float>(count)));
       } else {
-        const int ones = gr.broadcast_to(k(gr, 1), xs);
-        dx[0] = gr.div(gb, gr.broadcast_to(gr.sum(ones, v.attrs.ints, true), xs));
+        // The batch size is known only at run time: count a (batch,) vector of ones,
+        // times the static part of the reduced extent.
+        int64_t fixed = 1;
+        for (int64_t a : v.attrs.ints)
+          if (xs[a] != kBatch) fixed *= xs[a];
+        const int batch = gr.sum(gr.broadcast_to(k(gr, 1), {kBatch}), {});
+        int total = k(gr, static_cast<float>(fixed));
+        for (int64_t a : v.attrs.ints)
+          if (xs[a] == kBatch) total = gr.mul(total, batch);
+        dx[0] = gr.div(gb, total);
       }
       return;
     }
