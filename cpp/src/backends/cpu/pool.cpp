@@ -57,12 +57,52 @@ int64_t window_argmax(const ConvGeometry& g, const float* plane, int64_t oy, int
   return g.ph == 0 && g.pw == 0 ? argmax_unpadded(g, plane, oy, ox) : argmax_in(g, plane, window(g, oy, ox));
 }
 
+// The common 2x2, stride 2, unpadded window gets branch-free loops: on ReLU outputs the
+// comparisons are unpredictable, and a mispredicted branch per window dominates.
+bool is_2x2_stride2(const ConvGeometry& g) {
+  return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0;
+}
+
+void max_pool_2x2(const ConvGeometry& g, const float* in, float* out) {
+  for (int64_t oy = 0; oy < g.oh; ++oy) {
+    const float* r0 = in + 2 * oy * g.w;
+    const float* r1 = r0 + g.w;
+    float* o = out + oy * g.ow;
+    for (int64_t ox = 0; ox < g.ow; ++ox)
+      o[ox] = std::max(std::max(r0[2 * ox], r0[2 * ox + 1]), std::max(r1[2 * ox], r1[2 * ox + 1]));
+  }
+}
+
+// Sends each output's gradient to the first maximum of its window (row-major), as torch.
+void max_pool_2x2_grad(const ConvGeometry& g, const float* in, const float* dy, float* dx) {
+  for (int64_t oy = 0; oy < g.oh; ++oy) {
+    const float* r0 = in + 2 * oy * g.w;
+    const float* r1 = r0 + g.w;
+    float* d0 = dx + 2 * oy * g.w;
+    float* d1 = d0 + g.w;
+    const float* grad = dy + oy * g.ow;
+    for (int64_t ox = 0; ox < g.ow; ++ox) {
+      const float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
+      const bool first = a >= b && a >= c && a >= d;
+      const bool second = !first && b >= c && b >= d;
+      const bool third = !first && !second && c >= d;
+      const bool fourth = !first && !second && !third;
+      const float gv = grad[ox];
+      d0[2 * ox] = first ? gv : 0.0f;
+      d0[2 * ox + 1] = second ? gv : 0.0f;
+      d1[2 * ox] = third ? gv : 0.0f;
+      d1[2 * ox + 1] = fourth ? gv : 0.0f;
+    }
+  }
+}
+
 }  // namespace
 
 void max_pool2d(const ExecContext& ctx, const ConvGeometry& g, const float* x, float* y) {
   for_each_plane(ctx, g, [&](int64_t p) {
     const float* in = x + p * g.h * g.w;
     float* out = y + p * g.oh * g.ow;
+    if (is_2x2_stride2(g)) return max_pool_2x2(g, in, out);
     for (int64_t oy = 0; oy < g.oh; ++oy)
       for (int64_t ox = 0; ox < g.ow; ++ox) out[oy * g.ow + ox] = in[window_argmax(g, in, oy, ox)];
   });
@@ -73,6 +113,11 @@ void max_pool2d_grad(const ExecContext& ctx, const ConvGeometry& g, const float*
     const float* in = x + p * g.h * g.w;
     const float* grad = dy + p * g.oh * g.ow;
     float* out = dx + p * g.h * g.w;
+    if (is_2x2_stride2(g)) {
+      // Windows tile the plane; only an odd last row or column is left for the zero fill.
+      if (g.h != 2 * g.oh || g.w != 2 * g.ow) std::fill(out, out + g.h * g.w, 0.0f);
+      return max_pool_2x2_grad(g, in, grad, out);
+    }
     std::fill(out, out + g.h * g.w, 0.0f);
     for (int64_t oy = 0; oy < g.oh; ++oy)
       for (int64_t ox = 0; ox < g.ow; ++ox) out[window_argmax(g, in, oy, ox)] += grad[oy * g.ow + ox];
