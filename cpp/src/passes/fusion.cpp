@@ -125,15 +125,14 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
   Fusion f;
   f.step_of.assign(n, -1);
   f.materialized.assign(n, 0);
-  std::vector<int> group_step(groups.size(), -1);
   for (int id : s.order) {
     const int gi = group_of[id];
     if (gi >= 0) {
       // A group runs at its first_pos (merged groups hold members scheduled before it).
       if (s.position[id] != groups[gi].first_pos) continue;
-      group_step[gi] = static_cast<int>(f.steps.size());
+      const int step = static_cast<int>(f.steps.size());
       f.steps.push_back({true, groups[gi].members});
-      for (int m : groups[gi].members) f.step_of[m] = group_step[gi];
+      for (int m : groups[gi].members) f.step_of[m] = step;
     } else {
       f.step_of[id] = static_cast<int>(f.steps.size());
       f.steps.push_back({false, {id}});

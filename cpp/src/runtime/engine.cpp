@@ -31,6 +31,12 @@ struct Engine::Function {
 
 namespace {
 
+int64_t view_numel(const TensorView& v) {
+  int64_t n = 1;
+  for (int d = 0; d < v.rank; ++d) n *= v.dims[d];
+  return n;
+}
+
 std::string dims_str(const int64_t* dims, int rank) {
   return shape_str(Shape(dims, dims + rank));
 }
@@ -165,23 +171,20 @@ const RunResult& Engine::run(const std::string& name, const TensorView* inputs, 
                                     std::to_string(v.dims[d]));
       }
     }
-    if (v.data == nullptr && numel(Shape(v.dims, v.dims + v.rank)) > 0)
+    if (v.data == nullptr && view_numel(v) > 0)
       throw std::invalid_argument("[run] input '" + iname + "' has no data");
   }
   if (batch == 0) throw std::invalid_argument("[run] '" + name + "' got an empty batch (batch size 0)");
   if (batch < 0) batch = 1;
   for (int i = 0; i < count; ++i) {
     const TensorView& v = inputs[i];
-    int64_t n = 1;
-    for (int d = 0; d < v.rank; ++d) n *= v.dims[d];
-    if (v.dtype == DType::F32 && !all_finite(static_cast<const float*>(v.data), n))
+    if (v.dtype == DType::F32 && !all_finite(static_cast<const float*>(v.data), view_numel(v)))
       throw std::invalid_argument("[run] input '" + graph_.node(spec.inputs[i]).attrs.name +
                                   "' contains NaN or infinite values");
   }
   for (auto [slot, depth] : fn.label_checks) {
     const TensorView& v = inputs[slot];
-    int64_t n = 1;
-    for (int d = 0; d < v.rank; ++d) n *= v.dims[d];
+    const int64_t n = view_numel(v);
     const auto* labels = static_cast<const int32_t*>(v.data);
     for (int64_t j = 0; j < n; ++j)
       if (labels[j] < 0 || labels[j] >= depth)

@@ -58,6 +58,14 @@ void col2im(const ConvGeometry& g, const float* col, float* dx) {
       }
 }
 
+// The gemm operand for one group of one image: the input itself for a pointwise conv,
+// else its im2col matrix, written to `scratch`.
+const float* group_columns(const ConvGeometry& g, const float* xg, float* scratch) {
+  if (is_pointwise(g)) return xg;
+  im2col(g, xg, scratch);
+  return scratch;
+}
+
 // Runs fn(image, thread) over the batch, images split evenly across the pool.
 template <class F>
 void for_each_image(const ExecContext& ctx, int64_t images, F&& fn) {
@@ -81,12 +89,7 @@ void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* 
   for_each_image(ctx, g.n, [&](int64_t n, int thread) {
     float* col = ctx.thread_scratch(thread);
     for (int64_t gi = 0; gi < g.groups; ++gi) {
-      const float* xg = x + n * in_image + gi * g.c_per_group() * g.h * g.w;
-      const float* src = xg;
-      if (!is_pointwise(g)) {
-        im2col(g, xg, col);
-        src = col;
-      }
+      const float* src = group_columns(g, x + n * in_image + gi * g.c_per_group() * g.h * g.w, col);
       // y[n, group] (O/g, OH*OW) = w[group] (O/g, patch) x col (patch, OH*OW)
       gemm_serial(false, false, g.o_per_group(), g.out_plane(), g.patch(), w + gi * g.o_per_group() * g.patch(),
                   g.patch(), src, g.out_plane(), 0.0f, y + n * out_image + gi * g.o_per_group() * g.out_plane(),
@@ -129,12 +132,7 @@ void conv2d_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const flo
     split_range(g.n, tasks, task, 1, &lo, &hi);
     for (int64_t n = lo; n < hi; ++n)
       for (int64_t gi = 0; gi < g.groups; ++gi) {
-        const float* xg = x + n * in_image + gi * g.c_per_group() * g.h * g.w;
-        const float* src = xg;
-        if (!is_pointwise(g)) {
-          im2col(g, xg, scratch);
-          src = scratch;
-        }
+        const float* src = group_columns(g, x + n * in_image + gi * g.c_per_group() * g.h * g.w, scratch);
         // dw[group] (O/g, patch) += dy[n, group] (O/g, OH*OW) x col^T (OH*OW, patch)
         gemm_serial(false, true, g.o_per_group(), g.patch(), g.out_plane(),
                     dy + n * out_image + gi * g.o_per_group() * g.out_plane(), g.out_plane(), src, g.out_plane(), 1.0f,

@@ -12,17 +12,14 @@ constexpr int64_t kParallelMacs = 1 << 17;
 
 void gemm(ThreadPool& pool, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a,
           const float* b, float* c) {
-  const CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans;
-  const CBLAS_TRANSPOSE opb = tb ? CblasTrans : CblasNoTrans;
-  const int lda = static_cast<int>(ta ? m : k), ldb = static_cast<int>(tb ? k : n), ldc = static_cast<int>(n);
+  const int64_t lda = ta ? m : k, ldb = tb ? k : n;
   if (k == 0) {
     std::fill(c, c + m * n, 0.0f);
     return;
   }
   const int threads = pool.size();
   if (threads == 1 || m * n * k < kParallelMacs) {
-    GOMETAL_SGEMM(CblasRowMajor, opa, opb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), 1.0f,
-                  a, lda, b, ldb, 0.0f, c, ldc);
+    gemm_serial(ta, tb, m, n, k, a, lda, b, ldb, 0.0f, c, n);
     return;
   }
   // Each part is an independent single-threaded gemm. Splitting rows ran 5-15 % faster
@@ -34,15 +31,10 @@ void gemm(ThreadPool& pool, bool ta, bool tb, int64_t m, int64_t n, int64_t k, c
     int64_t lo, hi;
     split_range(extent, parts, part, 16, &lo, &hi);
     if (lo >= hi) return;
-    if (split_rows) {
-      const float* ap = ta ? a + lo : a + lo * k;
-      GOMETAL_SGEMM(CblasRowMajor, opa, opb, static_cast<int>(hi - lo), static_cast<int>(n), static_cast<int>(k),
-                    1.0f, ap, lda, b, ldb, 0.0f, c + lo * n, ldc);
-    } else {
-      const float* bp = tb ? b + lo * k : b + lo;
-      GOMETAL_SGEMM(CblasRowMajor, opa, opb, static_cast<int>(m), static_cast<int>(hi - lo), static_cast<int>(k),
-                    1.0f, a, lda, bp, ldb, 0.0f, c + lo, ldc);
-    }
+    if (split_rows)
+      gemm_serial(ta, tb, hi - lo, n, k, ta ? a + lo : a + lo * k, lda, b, ldb, 0.0f, c + lo * n, n);
+    else
+      gemm_serial(ta, tb, m, hi - lo, k, a, lda, tb ? b + lo * k : b + lo, ldb, 0.0f, c + lo, n);
   });
 }
 
