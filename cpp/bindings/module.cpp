@@ -190,6 +190,8 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("set_num_threads", &set_num_threads, py::arg("threads"));
   m.def("get_num_threads", &get_num_threads);
+  m.def("set_sample_tiling", &set_sample_tiling, py::arg("enabled"));
+  m.def("sample_tiling", &sample_tiling);
   m.def("blas_info", &blas_info);
   m.def("metal_available", &metal_available);
   m.def("random_uniform", [](uint64_t seed, uint32_t stream, const Shape& shape) {

@@ -97,6 +97,10 @@ class Engine {
 
 void set_num_threads(int threads);
 int get_num_threads();
+// Sample tiling (on by default) runs chains of per-image steps image by image; it changes
+// no result. Plans compiled afterwards follow the setting; for tests and benchmarks.
+void set_sample_tiling(bool enabled);
+bool sample_tiling();
 std::string blas_info();
 // U[0,1) from the engine's Philox generator, for initialisers: (seed, stream) pick the sequence.
 std::vector<float> random_uniform(uint64_t seed, uint32_t stream, int64_t count);

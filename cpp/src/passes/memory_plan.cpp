@@ -66,7 +66,8 @@ class OffsetAllocator {
 }  // namespace
 
 MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const FunctionSpec& fn,
-                       const std::vector<Shape>& shapes, const std::vector<int64_t>& persistent_offset) {
+                       const std::vector<Shape>& shapes, const std::vector<int64_t>& persistent_offset,
+                       const std::vector<int>& run_end) {
   const int n = g.size();
   MemoryPlan plan;
   plan.ref.assign(n, {});
@@ -93,10 +94,14 @@ MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const
       }
   for (int out : fn.outputs) last_use[s.alias_root[out]] = steps;
 
-  // Buffers dying at each step.
-  std::vector<std::vector<int>> dies_at(steps + 1);
+  // Buffers dying at each step, and the step after which their memory may be reused.
+  auto release_step = [&](int st) { return st < steps && !run_end.empty() ? run_end[st] : st; };
+  std::vector<std::vector<int>> dies_at(steps + 1), freed_after(steps + 1);
   for (int i = 0; i < n; ++i)
-    if (f.materialized[i] && last_use[i] >= 0) dies_at[last_use[i]].push_back(i);
+    if (f.materialized[i] && last_use[i] >= 0) {
+      dies_at[last_use[i]].push_back(i);
+      freed_after[release_step(last_use[i])].push_back(i);
+    }
 
   OffsetAllocator alloc;
   auto size_of = [&](int id) { return aligned(std::max<int64_t>(numel(shapes[id]), 1)); };
@@ -121,17 +126,14 @@ MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const
         plan.ref[id] = {Region::Arena, 0, alloc.allocate(size_of(id))};
       }
     }
-    for (int id : dies_at[st]) {
+    // A value nobody reads still needs a place to be written; it dies at once.
+    for (int id : step.nodes)
+      if (f.materialized[id] && last_use[id] < 0) freed_after[release_step(st)].push_back(id);
+    for (int id : freed_after[st]) {
       if (released[id] || plan.ref[id].region != Region::Arena) continue;
       alloc.release(plan.ref[id].offset, size_of(id));
       released[id] = 1;
     }
-    // A value nobody reads still needs a place to be written; it dies at once.
-    for (int id : step.nodes)
-      if (f.materialized[id] && last_use[id] < 0 && !released[id]) {
-        alloc.release(plan.ref[id].offset, size_of(id));
-        released[id] = 1;
-      }
   }
   plan.arena_floats = alloc.top();
 

@@ -84,10 +84,10 @@ int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
   return col + (weight_grad ? g.o * g.patch() : 0);
 }
 
-void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y) {
+void conv2d_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0, int64_t n1,
+                            float* col) {
   const int64_t in_image = g.c * g.h * g.w, out_image = g.o * g.out_plane();
-  for_each_image(ctx, g.n, [&](int64_t n, int thread) {
-    float* col = ctx.thread_scratch(thread);
+  for (int64_t n = n0; n < n1; ++n)
     for (int64_t gi = 0; gi < g.groups; ++gi) {
       const float* src = group_columns(g, x + n * in_image + gi * g.c_per_group() * g.h * g.w, col);
       // y[n, group] (O/g, OH*OW) = w[group] (O/g, patch) x col (patch, OH*OW)
@@ -95,13 +95,12 @@ void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* 
                   g.patch(), src, g.out_plane(), 0.0f, y + n * out_image + gi * g.o_per_group() * g.out_plane(),
                   g.out_plane());
     }
-  });
 }
 
-void conv2d_input_grad(const ExecContext& ctx, const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+void conv2d_input_grad_samples(const ConvGeometry& g, const float* dy, const float* w, float* dx, int64_t n0,
+                               int64_t n1, float* col) {
   const int64_t in_image = g.c * g.h * g.w, out_image = g.o * g.out_plane();
-  for_each_image(ctx, g.n, [&](int64_t n, int thread) {
-    float* col = ctx.thread_scratch(thread);
+  for (int64_t n = n0; n < n1; ++n)
     for (int64_t gi = 0; gi < g.groups; ++gi) {
       float* dxg = dx + n * in_image + gi * g.c_per_group() * g.h * g.w;
       float* dst = is_pointwise(g) ? dxg : col;
@@ -114,6 +113,17 @@ void conv2d_input_grad(const ExecContext& ctx, const ConvGeometry& g, const floa
         col2im(g, col, dxg);
       }
     }
+}
+
+void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y) {
+  for_each_image(ctx, g.n, [&](int64_t n, int thread) {
+    conv2d_forward_samples(g, x, w, y, n, n + 1, ctx.thread_scratch(thread));
+  });
+}
+
+void conv2d_input_grad(const ExecContext& ctx, const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  for_each_image(ctx, g.n, [&](int64_t n, int thread) {
+    conv2d_input_grad_samples(g, dy, w, dx, n, n + 1, ctx.thread_scratch(thread));
   });
 }
 

@@ -10,6 +10,13 @@ namespace gometal {
 // Per-thread scratch (floats) each routine needs.
 int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad);
 
+// Images [n0, n1) on the calling thread; `col` is that thread's scratch.
+void conv2d_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0, int64_t n1,
+                            float* col);
+void conv2d_input_grad_samples(const ConvGeometry& g, const float* dy, const float* w, float* dx, int64_t n0,
+                               int64_t n1, float* col);
+
+// The whole batch, images split across the pool.
 void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y);
 void conv2d_input_grad(const ExecContext& ctx, const ConvGeometry& g, const float* dy, const float* w, float* dx);
 void conv2d_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* dy, float* dw);

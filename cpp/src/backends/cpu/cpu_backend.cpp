@@ -14,6 +14,7 @@
 #include "backends/cpu/reduce.h"
 #include "passes/fusion.h"
 #include "passes/memory_plan.h"
+#include "passes/sample_tiling.h"
 #include "runtime/memory.h"
 
 namespace gometal {
@@ -122,6 +123,41 @@ struct WindowKernel final : Kernel {
       case OpKind::AvgPool2DGrad: return avg_pool2d_grad(ctx, geo, ctx.ptr(a), ctx.ptr(y));
       default: return;
     }
+  }
+  void run_samples(const ExecContext& ctx, int64_t n0, int64_t n1, int thread) const override {
+    const float *pa = ctx.ptr(a), *pb = ctx.ptr(b);
+    float* py = ctx.ptr(y);
+    switch (op) {
+      case OpKind::Conv2D: return conv2d_forward_samples(geo, pa, pb, py, n0, n1, ctx.thread_scratch(thread));
+      case OpKind::Conv2DInputGrad:
+        return conv2d_input_grad_samples(geo, pa, pb, py, n0, n1, ctx.thread_scratch(thread));
+      case OpKind::MaxPool2D: return max_pool2d_planes(geo, pa, py, n0 * geo.c, n1 * geo.c);
+      case OpKind::MaxPool2DGrad: return max_pool2d_grad_planes(geo, pa, pb, py, n0 * geo.c, n1 * geo.c);
+      case OpKind::AvgPool2D: return avg_pool2d_planes(geo, pa, py, n0 * geo.c, n1 * geo.c);
+      case OpKind::AvgPool2DGrad: return avg_pool2d_grad_planes(geo, pa, py, n0 * geo.c, n1 * geo.c);
+      default: return Kernel::run_samples(ctx, n0, n1, thread);
+    }
+  }
+};
+
+// A sample-tiled run: each thread takes a share of the batch and pushes every image
+// through all the run's steps before the next image.
+struct SampleTiledKernel final : Kernel {
+  std::vector<std::unique_ptr<Kernel>> steps;
+  int64_t samples = 0;
+  int64_t scratch_floats() const override {
+    int64_t most = 0;
+    for (const auto& k : steps) most = std::max(most, k->scratch_floats());
+    return most;
+  }
+  void run(const ExecContext& ctx) const override {
+    const int tasks = static_cast<int>(std::min<int64_t>(ctx.pool->size(), samples));
+    ctx.pool->parallel_for(tasks, [&](int task, int thread) {
+      int64_t lo, hi;
+      split_range(samples, tasks, task, 1, &lo, &hi);
+      for (int64_t n = lo; n < hi; ++n)
+        for (const auto& k : steps) k->run_samples(ctx, n, n + 1, thread);
+    });
   }
 };
 
@@ -271,19 +307,38 @@ class CpuFunction final : public CompiledFunction {
     std::vector<Shape> shapes(g.size());
     for (int i = 0; i < g.size(); ++i)
       if (s.needed[i]) shapes[i] = concretize(g.node(i).shape, batch);
-    const Fusion f = fuse_elementwise(g, s, fn, shapes);
-    const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset);
+    Fusion f = fuse_elementwise(g, s, fn, shapes);
+    const SampleTiling tiling = plan_sample_tiling(g, s, f, shapes, batch);
+    const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset, tiling.run_end);
     int64_t scratch = 0;
-    for (const Step& step : f.steps) {
+    std::unique_ptr<SampleTiledKernel> run;
+    std::string run_line;
+    for (size_t st = 0; st < f.steps.size(); ++st) {
+      const Step& step = f.steps[st];
       std::string line = step.fused ? "fused[" : "";
       for (size_t i = 0; i < step.nodes.size(); ++i) {
         if (i) line += ',';
         line += op_name(g.node(step.nodes[i]).op);
       }
-      description_.push_back(line + (step.fused ? "] " : " ") + shape_str(shapes[step.nodes.back()]));
-      kernels_.push_back(step.fused ? make_fused_elementwise(g, step, f, mem, shapes)
-                                    : make_single(g, step.nodes.front(), mem, shapes));
-      scratch = std::max(scratch, kernels_.back()->scratch_floats());
+      line += (step.fused ? "] " : " ") + shape_str(shapes[step.nodes.back()]);
+      auto kernel = step.fused ? make_fused_elementwise(g, step, f, mem, shapes) : make_single(g, step.nodes.front(), mem, shapes);
+      scratch = std::max(scratch, kernel->scratch_floats());
+      if (tiling.run_begin[st] == tiling.run_end[st]) {
+        description_.push_back(line);
+        kernels_.push_back(std::move(kernel));
+        continue;
+      }
+      if (tiling.run_begin[st] == static_cast<int>(st)) {
+        run = std::make_unique<SampleTiledKernel>();
+        run->samples = batch;
+        run_line = "tiled{ ";
+      }
+      run->steps.push_back(std::move(kernel));
+      run_line += line + (tiling.run_end[st] == static_cast<int>(st) ? " }" : " ; ");
+      if (tiling.run_end[st] == static_cast<int>(st)) {
+        description_.push_back(run_line);
+        kernels_.push_back(std::move(run));
+      }
     }
     for (int out : fn.outputs) outputs_.push_back(mem.ref[out]);
     arena_ = AlignedBuffer(static_cast<size_t>(mem.arena_floats) * sizeof(float));

@@ -125,6 +125,7 @@ void select_block(float* d, const float* c, bool sc, const float* x, bool sx, co
 class FusedElementwiseKernel final : public Kernel {
  public:
   int64_t n = 0;
+  int64_t samples = 1;  // the group shape's leading dimension
   std::vector<InputDesc> inputs;
   std::vector<Instr> instrs;
   std::vector<Store> stores;
@@ -145,6 +146,13 @@ class FusedElementwiseKernel final : public Kernel {
       float* regs = ctx.thread_scratch(thread);
       for (int64_t b = b0; b < b1; ++b) run_block(ctx, regs, b * kBlock, std::min(kBlock, n - b * kBlock));
     });
+  }
+
+  void run_samples(const ExecContext& ctx, int64_t n0, int64_t n1, int thread) const override {
+    const int64_t per_sample = n / samples, end = n1 * per_sample;
+    float* regs = ctx.thread_scratch(thread);
+    for (int64_t start = n0 * per_sample; start < end; start += kBlock)
+      run_block(ctx, regs, start, std::min(kBlock, end - start));
   }
 
  private:
@@ -279,6 +287,7 @@ std::unique_ptr<Kernel> make_fused_elementwise(const Graph& g, const Step& step,
   auto k = std::make_unique<FusedElementwiseKernel>();
   const Shape& shape = shapes[step.nodes.front()];
   k->n = numel(shape);
+  k->samples = shape.empty() || shape[0] == 0 ? 1 : shape[0];
 
   std::vector<int> member_slot(g.size(), -1);
   std::vector<std::pair<int, int>> input_slot;  // (node id, slot)

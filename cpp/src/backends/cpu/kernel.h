@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 
 #include "passes/memory_plan.h"
 #include "runtime/thread_pool.h"
@@ -37,7 +38,14 @@ class Kernel {
   virtual void run(const ExecContext& ctx) const = 0;
   // Scratch each thread needs while this kernel runs.
   virtual int64_t scratch_floats() const { return 0; }
+  // Samples [n0, n1) of a batch-first step on the calling thread, with that thread's
+  // scratch: how a sample-tiled run (passes/sample_tiling.h) executes its steps.
+  virtual void run_samples(const ExecContext& ctx, int64_t n0, int64_t n1, int thread) const;
 };
+
+inline void Kernel::run_samples(const ExecContext&, int64_t, int64_t, int) const {
+  throw std::logic_error("[cpu] this kernel cannot run sample by sample");
+}
 
 // Splits [0, n) into `parts` near-equal ranges aligned to `align`.
 inline void split_range(int64_t n, int parts, int part, int64_t align, int64_t* begin, int64_t* end) {

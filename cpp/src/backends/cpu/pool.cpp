@@ -6,15 +6,15 @@
 namespace gometal {
 namespace {
 
-// Runs fn(plane) for every (image, channel) plane, split across the pool.
+// Runs fn(p0, p1) over ranges of the (image, channel) planes, split across the pool.
 template <class F>
-void for_each_plane(const ExecContext& ctx, const ConvGeometry& g, F&& fn) {
+void for_plane_ranges(const ExecContext& ctx, const ConvGeometry& g, F&& fn) {
   const int64_t planes = g.n * g.c;
   const int tasks = planes * g.h * g.w < (1 << 14) ? 1 : static_cast<int>(std::min<int64_t>(ctx.pool->size(), planes));
   ctx.pool->parallel_for(tasks, [&](int task, int) {
     int64_t lo, hi;
     split_range(planes, tasks, task, 1, &lo, &hi);
-    for (int64_t p = lo; p < hi; ++p) fn(p);
+    fn(lo, hi);
   });
 }
 
@@ -98,36 +98,41 @@ void max_pool_2x2_grad(const ConvGeometry& g, const float* in, const float* dy, 
 
 }  // namespace
 
-void max_pool2d(const ExecContext& ctx, const ConvGeometry& g, const float* x, float* y) {
-  for_each_plane(ctx, g, [&](int64_t p) {
+void max_pool2d_planes(const ConvGeometry& g, const float* x, float* y, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
     const float* in = x + p * g.h * g.w;
     float* out = y + p * g.oh * g.ow;
-    if (is_2x2_stride2(g)) return max_pool_2x2(g, in, out);
+    if (is_2x2_stride2(g)) {
+      max_pool_2x2(g, in, out);
+      continue;
+    }
     for (int64_t oy = 0; oy < g.oh; ++oy)
       for (int64_t ox = 0; ox < g.ow; ++ox) out[oy * g.ow + ox] = in[window_argmax(g, in, oy, ox)];
-  });
+  }
 }
 
-void max_pool2d_grad(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* dy, float* dx) {
-  for_each_plane(ctx, g, [&](int64_t p) {
+void max_pool2d_grad_planes(const ConvGeometry& g, const float* x, const float* dy, float* dx, int64_t p0,
+                            int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
     const float* in = x + p * g.h * g.w;
     const float* grad = dy + p * g.oh * g.ow;
     float* out = dx + p * g.h * g.w;
     if (is_2x2_stride2(g)) {
       // Windows tile the plane; only an odd last row or column is left for the zero fill.
       if (g.h != 2 * g.oh || g.w != 2 * g.ow) std::fill(out, out + g.h * g.w, 0.0f);
-      return max_pool_2x2_grad(g, in, grad, out);
+      max_pool_2x2_grad(g, in, grad, out);
+      continue;
     }
     std::fill(out, out + g.h * g.w, 0.0f);
     for (int64_t oy = 0; oy < g.oh; ++oy)
       for (int64_t ox = 0; ox < g.ow; ++ox) out[window_argmax(g, in, oy, ox)] += grad[oy * g.ow + ox];
-  });
+  }
 }
 
-void avg_pool2d(const ExecContext& ctx, const ConvGeometry& g, const float* x, float* y) {
+void avg_pool2d_planes(const ConvGeometry& g, const float* x, float* y, int64_t p0, int64_t p1) {
   // Padding counts in the divisor, as torch's default count_include_pad=True.
   const float scale = 1.0f / static_cast<float>(g.kh * g.kw);
-  for_each_plane(ctx, g, [&](int64_t p) {
+  for (int64_t p = p0; p < p1; ++p) {
     const float* in = x + p * g.h * g.w;
     float* out = y + p * g.oh * g.ow;
     for (int64_t oy = 0; oy < g.oh; ++oy)
@@ -138,12 +143,12 @@ void avg_pool2d(const ExecContext& ctx, const ConvGeometry& g, const float* x, f
           for (int64_t ix = w.x0; ix < w.x1; ++ix) sum += in[iy * g.w + ix];
         out[oy * g.ow + ox] = sum * scale;
       }
-  });
+  }
 }
 
-void avg_pool2d_grad(const ExecContext& ctx, const ConvGeometry& g, const float* dy, float* dx) {
+void avg_pool2d_grad_planes(const ConvGeometry& g, const float* dy, float* dx, int64_t p0, int64_t p1) {
   const float scale = 1.0f / static_cast<float>(g.kh * g.kw);
-  for_each_plane(ctx, g, [&](int64_t p) {
+  for (int64_t p = p0; p < p1; ++p) {
     const float* grad = dy + p * g.oh * g.ow;
     float* out = dx + p * g.h * g.w;
     std::fill(out, out + g.h * g.w, 0.0f);
@@ -154,7 +159,23 @@ void avg_pool2d_grad(const ExecContext& ctx, const ConvGeometry& g, const float*
         for (int64_t iy = w.y0; iy < w.y1; ++iy)
           for (int64_t ix = w.x0; ix < w.x1; ++ix) out[iy * g.w + ix] += share;
       }
-  });
+  }
+}
+
+void max_pool2d(const ExecContext& ctx, const ConvGeometry& g, const float* x, float* y) {
+  for_plane_ranges(ctx, g, [&](int64_t p0, int64_t p1) { max_pool2d_planes(g, x, y, p0, p1); });
+}
+
+void max_pool2d_grad(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* dy, float* dx) {
+  for_plane_ranges(ctx, g, [&](int64_t p0, int64_t p1) { max_pool2d_grad_planes(g, x, dy, dx, p0, p1); });
+}
+
+void avg_pool2d(const ExecContext& ctx, const ConvGeometry& g, const float* x, float* y) {
+  for_plane_ranges(ctx, g, [&](int64_t p0, int64_t p1) { avg_pool2d_planes(g, x, y, p0, p1); });
+}
+
+void avg_pool2d_grad(const ExecContext& ctx, const ConvGeometry& g, const float* dy, float* dx) {
+  for_plane_ranges(ctx, g, [&](int64_t p0, int64_t p1) { avg_pool2d_grad_planes(g, dy, dx, p0, p1); });
 }
 
 }  // namespace gometal

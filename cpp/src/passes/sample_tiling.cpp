@@ -1,0 +1,132 @@
+#include "passes/sample_tiling.h"
+
+#include <algorithm>
+#include <atomic>
+
+#include "gometal/engine.h"
+
+namespace gometal {
+namespace {
+
+std::atomic<bool> g_sample_tiling{true};
+
+bool batch_leading(const Shape& shape, int64_t batch) { return !shape.empty() && shape[0] == batch; }
+
+}  // namespace
+
+void set_sample_tiling(bool enabled) { g_sample_tiling.store(enabled); }
+bool sample_tiling() { return g_sample_tiling.load(); }
+
+bool sample_aligned_inputs(const Graph& g, const Step& step, const std::vector<Shape>& shapes, int64_t batch,
+                           std::vector<int>* aligned) {
+  aligned->clear();
+  if (!step.fused) {
+    const int id = step.nodes.front();
+    switch (g.node(id).op) {
+      case OpKind::Conv2D: case OpKind::Conv2DInputGrad: case OpKind::MaxPool2D: case OpKind::AvgPool2D:
+      case OpKind::AvgPool2DGrad:
+        aligned->push_back(g.node(id).inputs[0]);
+        return true;
+      case OpKind::MaxPool2DGrad:
+        aligned->push_back(g.node(id).inputs[0]);
+        aligned->push_back(g.node(id).inputs[1]);
+        return true;
+      default:
+        return false;
+    }
+  }
+  const Shape& shape = shapes[step.nodes.front()];
+  if (!batch_leading(shape, batch)) return false;
+  for (int id : step.nodes) {
+    const Node& n = g.node(id);
+    if (n.op == OpKind::Assign || shapes[id] != shape) return false;
+    for (int in : n.inputs)
+      if (shapes[in] == shape) aligned->push_back(in);
+  }
+  return true;
+}
+
+SampleTiling plan_sample_tiling(const Graph& g, const Schedule& s, Fusion& f, const std::vector<Shape>& shapes,
+                                int64_t batch) {
+  const int steps = static_cast<int>(f.steps.size());
+  SampleTiling t;
+  t.run_end.resize(steps);
+  t.run_begin.resize(steps);
+  for (int st = 0; st < steps; ++st) t.run_begin[st] = t.run_end[st] = st;
+  if (batch < 2 || !sample_tiling()) return t;
+
+  // Where each step (by its index in f.steps) has gone so far.
+  enum class Place : uint8_t { Pending, Placed, InRun, Deferred };
+  std::vector<Place> place(steps, Place::Pending);
+  std::vector<int> order, run, deferred;
+  std::vector<std::pair<int, int>> runs;  // [begin, end] in the new order
+  auto close_run = [&] {
+    if (run.size() > 1) runs.emplace_back(static_cast<int>(order.size()), static_cast<int>(order.size() + run.size()) - 1);
+    for (int st : run) order.push_back(st);
+    for (int st : deferred) order.push_back(st);
+    for (int st : run) place[st] = Place::Placed;
+    for (int st : deferred) place[st] = Place::Placed;
+    run.clear();
+    deferred.clear();
+  };
+
+  std::vector<int> aligned;
+  for (int st = 0; st < steps; ++st) {
+    const Step& step = f.steps[st];
+    bool pure = true, reads_run = false, reads_deferred = false;
+    // Tileable: runs sample by sample, and reads no computed batch-first value any other way
+    // (a later step of a run may overwrite such a value image by image, in place).
+    bool tileable = sample_aligned_inputs(g, step, shapes, batch, &aligned);
+    bool joins = tileable;
+    for (int id : step.nodes) {
+      if (is_effect(g.node(id).op)) pure = false;
+      for (int in : g.node(id).inputs) {
+        const int root = s.alias_root[in];
+        const int producer = f.step_of[root];
+        if (producer < 0 || producer == st) continue;
+        const bool by_sample = std::find(aligned.begin(), aligned.end(), in) != aligned.end();
+        const bool batch_first = batch_leading(shapes[root], batch) && batch_leading(shapes[in], batch);
+        if (!by_sample && batch_first) tileable = false;
+        if (place[producer] == Place::InRun && !(by_sample && batch_first)) joins = false;
+        reads_run |= place[producer] == Place::InRun;
+        reads_deferred |= place[producer] == Place::Deferred;
+      }
+    }
+    joins = joins && tileable && !reads_deferred;
+      if (!run.empty() && joins) {
+      run.push_back(st);
+      place[st] = Place::InRun;
+    } else if (!run.empty() && !tileable && pure && !reads_run && !reads_deferred) {
+      order.push_back(st);  // independent of the run: hoisted above it
+      place[st] = Place::Placed;
+    } else if (!run.empty() && !tileable && pure) {
+      deferred.push_back(st);  // needs the run's results: runs after it
+      place[st] = Place::Deferred;
+    } else {
+      close_run();
+      if (tileable && pure) {
+        run.push_back(st);
+        place[st] = Place::InRun;
+      } else {
+        order.push_back(st);
+        place[st] = Place::Placed;
+      }
+    }
+  }
+  close_run();
+
+  std::vector<Step> reordered;
+  reordered.reserve(steps);
+  for (int st : order) reordered.push_back(std::move(f.steps[st]));
+  f.steps = std::move(reordered);
+  for (int st = 0; st < steps; ++st)
+    for (int id : f.steps[st].nodes) f.step_of[id] = st;
+  for (const auto& [b, e] : runs)
+    for (int st = b; st <= e; ++st) {
+      t.run_begin[st] = b;
+      t.run_end[st] = e;
+    }
+  return t;
+}
+
+}  // namespace gometal
