@@ -98,3 +98,17 @@ def test_setting_reads_back_and_a_batch_of_one_is_not_tiled():
     assert _core.sample_tiling() is True
     trainer = gm.Trainer(_cnn((3, 8, 8), (4, 4, 4)), loss="cross_entropy", batch_size=1)
     assert not any("tiled{" in line for line in trainer._engine.describe("predict", 1))
+
+
+def test_inference_intermediates_live_in_per_image_tiles():
+    # Values made and consumed inside a tiled run need one image per thread, not a batch.
+    x = np.random.default_rng(1).standard_normal((64, 3, 32, 32), dtype=np.float32)
+    arena = {}
+    for tiling in (False, True):
+        _core.set_sample_tiling(tiling)
+        trainer = gm.Trainer(_cnn((3, 32, 32), (16, 32, 32)), loss="cross_entropy", batch_size=64)
+        trainer.predict(x, batch_size=64)
+        arena[tiling] = trainer.engine_stats()["arena_bytes"]
+    # The untiled plan holds at least conv1's (64, 16, 32, 32) output at once.
+    assert arena[False] >= 64 * 16 * 32 * 32 * 4
+    assert arena[True] < arena[False] / 4, arena

@@ -103,8 +103,20 @@ MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const
       freed_after[release_step(last_use[i])].push_back(i);
     }
 
-  OffsetAllocator alloc;
+  // Values made in a tiled run and read only inside it (not returned) live in tiles.
+  auto in_run = [&](int st) {
+    return !run_end.empty() && st >= 0 && (run_end[st] != st || (st > 0 && run_end[st - 1] == st));
+  };
+  auto in_tile = [&](int id) {
+    const int st = f.step_of[id];
+    if (!in_run(st)) return false;
+    const Shape& shape = shapes[id];
+    return !shape.empty() && shape[0] > 1 && last_use[id] <= run_end[st];
+  };
+
+  OffsetAllocator alloc, tiles;
   auto size_of = [&](int id) { return aligned(std::max<int64_t>(numel(shapes[id]), 1)); };
+  auto tile_size_of = [&](int id) { return aligned(numel(shapes[id]) / shapes[id][0]); };
   std::vector<char> released(n, 0);
   for (int st = 0; st < steps; ++st) {
     const Step& step = f.steps[st];
@@ -114,27 +126,45 @@ MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const
     if (step.fused) {
       const Shape& group_shape = shapes[step.nodes.front()];
       for (int id : dies_at[st])
-        if (plan.ref[id].region == Region::Arena && shapes[id] == group_shape) reusable.push_back(id);
+        if ((plan.ref[id].region == Region::Arena || plan.ref[id].region == Region::Tile) &&
+            shapes[id] == group_shape)
+          reusable.push_back(id);
     }
     for (int id : step.nodes) {
       if (!f.materialized[id]) continue;
-      if (!reusable.empty()) {
-        plan.ref[id] = {Region::Arena, 0, plan.ref[reusable.back()].offset};
-        released[reusable.back()] = 1;  // its block now belongs to `id`
-        reusable.pop_back();
+      const Region region = in_tile(id) ? Region::Tile : Region::Arena;
+      auto same_region = std::find_if(reusable.begin(), reusable.end(),
+                                      [&](int r) { return plan.ref[r].region == region; });
+      if (same_region != reusable.end()) {
+        plan.ref[id] = plan.ref[*same_region];
+        released[*same_region] = 1;  // its block now belongs to `id`
+        reusable.erase(same_region);
+      } else if (region == Region::Tile) {
+        plan.ref[id] = {Region::Tile, 0, tiles.allocate(tile_size_of(id)), numel(shapes[id]) / shapes[id][0]};
       } else {
         plan.ref[id] = {Region::Arena, 0, alloc.allocate(size_of(id))};
       }
     }
     // A value nobody reads still needs a place to be written; it dies at once.
     for (int id : step.nodes)
-      if (f.materialized[id] && last_use[id] < 0) freed_after[release_step(st)].push_back(id);
+      if (f.materialized[id] && last_use[id] < 0) {
+        if (plan.ref[id].region == Region::Tile) dies_at[st].push_back(id);
+        else freed_after[release_step(st)].push_back(id);
+      }
+    // Tiles hold one image, and a run finishes each image's steps in order: they are
+    // free again as soon as their last reader has run.
+    for (int id : dies_at[st]) {
+      if (released[id] || plan.ref[id].region != Region::Tile) continue;
+      tiles.release(plan.ref[id].offset, tile_size_of(id));
+      released[id] = 1;
+    }
     for (int id : freed_after[st]) {
       if (released[id] || plan.ref[id].region != Region::Arena) continue;
       alloc.release(plan.ref[id].offset, size_of(id));
       released[id] = 1;
     }
   }
+  plan.tile_floats = tiles.top();
   plan.arena_floats = alloc.top();
 
   for (int i = 0; i < n; ++i)

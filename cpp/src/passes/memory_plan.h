@@ -11,17 +11,21 @@
 
 namespace gometal {
 
-enum class Region : uint8_t { None, Arena, Persistent, Input };
+// Tile: a value made and read only inside one sample-tiled run lives in a per-thread
+// buffer holding one image, reused image after image.
+enum class Region : uint8_t { None, Arena, Persistent, Input, Tile };
 
 struct BufRef {
   Region region = Region::None;
-  int32_t index = 0;    // input slot for Region::Input
-  int64_t offset = 0;   // in floats (all element types are 4 bytes)
+  int32_t index = 0;          // input slot for Region::Input
+  int64_t offset = 0;         // in floats (all element types are 4 bytes)
+  int64_t sample_floats = 0;  // Region::Tile: floats per image
 };
 
 struct MemoryPlan {
   std::vector<BufRef> ref;  // per node id (aliases resolved to their root's buffer)
   int64_t arena_floats = 0;
+  int64_t tile_floats = 0;  // per thread
 };
 
 // `persistent` holds the offsets of variables, scalars and constants in the engine's pool.

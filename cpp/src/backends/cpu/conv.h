@@ -1,5 +1,6 @@
-// 2-D convolution on the BLAS (im2col + gemm), forward and both gradients: the portable
-// path, which every platform has.
+// 2-D convolution, forward and both gradients. Unit-stride forward passes and stride-1
+// input gradients run the direct kernel (conv_direct.h); the rest, and every weight
+// gradient, run im2col + BLAS gemm. Both are portable C++.
 #pragma once
 
 #include "backends/cpu/kernel.h"

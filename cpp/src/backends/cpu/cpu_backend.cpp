@@ -155,8 +155,12 @@ struct SampleTiledKernel final : Kernel {
     ctx.pool->parallel_for(tasks, [&](int task, int thread) {
       int64_t lo, hi;
       split_range(samples, tasks, task, 1, &lo, &hi);
-      for (int64_t n = lo; n < hi; ++n)
-        for (const auto& k : steps) k->run_samples(ctx, n, n + 1, thread);
+      ExecContext local = ctx;
+      local.tile = ctx.tiles + thread * ctx.tile_stride;
+      for (int64_t n = lo; n < hi; ++n) {
+        local.tile_sample = n;
+        for (const auto& k : steps) k->run_samples(local, n, n + 1, thread);
+      }
     });
   }
 };
@@ -349,6 +353,8 @@ class CpuFunction final : public CompiledFunction {
     seconds_.assign(kernels_.size(), 0.0);
     scratch_stride_ = (scratch + 15) / 16 * 16;
     scratch_ = AlignedBuffer(static_cast<size_t>(scratch_stride_ * pool_->size()) * sizeof(float));
+    tile_stride_ = (mem.tile_floats + 15) / 16 * 16;
+    tiles_ = AlignedBuffer(static_cast<size_t>(tile_stride_ * pool_->size()) * sizeof(float));
   }
 
   void execute(const RunArgs& args) override {
@@ -361,6 +367,8 @@ class CpuFunction final : public CompiledFunction {
     ctx.scratch_stride = scratch_stride_;
     ctx.seed = args.seed;
     ctx.rng_step = args.rng_step;
+    ctx.tiles = tiles_.data();
+    ctx.tile_stride = tile_stride_;
     if (!profile_) {
       for (const auto& k : kernels_) k->run(ctx);
       return;
@@ -392,16 +400,16 @@ class CpuFunction final : public CompiledFunction {
     return ctx.ptr(outputs_[i]);
   }
 
-  int64_t arena_bytes() const override { return static_cast<int64_t>(arena_.bytes()); }
+  int64_t arena_bytes() const override { return static_cast<int64_t>(arena_.bytes() + tiles_.bytes()); }
   const std::vector<std::string>& describe() const override { return description_; }
 
  private:
   std::vector<std::unique_ptr<Kernel>> kernels_;
   std::vector<BufRef> outputs_;
   std::vector<std::string> description_;
-  AlignedBuffer arena_, scratch_;
+  AlignedBuffer arena_, scratch_, tiles_;
   ThreadPool* pool_ = nullptr;
-  int64_t scratch_stride_ = 0;
+  int64_t scratch_stride_ = 0, tile_stride_ = 0;
   bool profile_ = false;
   std::vector<double> seconds_;
   int64_t runs_ = 0;

@@ -18,12 +18,22 @@ struct ExecContext {
   int64_t scratch_stride = 0;
   uint64_t seed = 0;
   uint64_t rng_step = 0;
+  float* tiles = nullptr;     // per-thread tile buffers, tile_stride floats each
+  int64_t tile_stride = 0;
+  float* tile = nullptr;      // inside a tiled run: this thread's tiles, holding image tile_sample
+  int64_t tile_sample = 0;
 
   float* ptr(const BufRef& r) const {
     switch (r.region) {
       case Region::Arena: return arena + r.offset;
       case Region::Persistent: return persistent + r.offset;
       case Region::Input: return const_cast<float*>(static_cast<const float*>(inputs[r.index])) + r.offset;
+      case Region::Tile: {
+        // A base such that base + tile_sample * sample_floats is the tile: kernels index
+        // images of a tile as they index images of a full buffer.
+        const auto at = reinterpret_cast<std::uintptr_t>(tile + r.offset);
+        return reinterpret_cast<float*>(at - static_cast<std::uintptr_t>(tile_sample * r.sample_floats) * sizeof(float));
+      }
       case Region::None: break;
     }
     return nullptr;
