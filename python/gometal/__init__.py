@@ -17,16 +17,20 @@ except ImportError as err:  # pragma: no cover - only without a built engine
         f"Original error: {err}"
     ) from err
 
-from . import layers, losses, metrics, ops, optim
+from . import layers, losses, metrics, ops, optim, schedulers, serialization
 from .builder import ModelBuilder
 from .layers.base import EmitContext
 from .model import Model
 from .runtime import get_num_threads, set_num_threads
+from .serialization import load_model
 from .tensor import Input, SymbolicTensor
 from .trainer import StepResult, Trainer
+from .training import callbacks
+from .training.history import History
 
 __all__ = [
     "EmitContext",
+    "History",
     "Input",
     "Model",
     "ModelBuilder",
@@ -34,11 +38,15 @@ __all__ = [
     "SymbolicTensor",
     "Trainer",
     "__version__",
+    "callbacks",
     "get_num_threads",
     "layers",
+    "load_model",
     "losses",
     "metrics",
     "ops",
     "optim",
+    "schedulers",
+    "serialization",
     "set_num_threads",
 ]

@@ -376,6 +376,38 @@ class Model:
         print(text)
         return text
 
+    def save(self, path: Any, metadata: Mapping[str, Any] | None = None) -> None:
+        """Atomically writes the model's definition and weights (one safetensors file).
+
+        Args:
+            path: the file to create or replace, e.g. ``"model.safetensors"``.
+            metadata: optional JSON-serializable dict stored with the model.
+
+        Example:
+            >>> model.save("mlp.safetensors")  # doctest: +SKIP
+            >>> clone = gm.load_model("mlp.safetensors")  # doctest: +SKIP
+        """
+        from .serialization import save_model
+
+        save_model(self, path, metadata)
+
+    def load_weights(self, path: Any) -> None:
+        """Loads the weights of a model file or checkpoint with the same weight names.
+
+        Args:
+            path: a file written by ``model.save`` or ``trainer.save``.
+
+        Raises:
+            gm.serialization.CheckpointError: an invalid file, or weights that do not fit
+                this model (every missing, unexpected or misshapen tensor is named).
+
+        Example:
+            >>> model.load_weights("mlp.safetensors")  # doctest: +SKIP
+        """
+        from .serialization import load_weights
+
+        load_weights(self, path)
+
     def __repr__(self) -> str:
         return (
             f"Model(input_shape={self.input_shape}, output_shape={self.output_shape}, "

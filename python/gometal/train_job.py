@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .serialization.atomic import write_atomically
 
 DEFAULT_OUT = "gometal-run"
 
@@ -72,25 +72,14 @@ def add_train_command(commands: Any) -> None:
     train.set_defaults(handler=run_train)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    # A crash mid-write leaves the previous file intact: write, fsync, then rename.
-    with tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=path.name, suffix=".tmp", delete=False
-    ) as tmp:
-        tmp.write(data)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
-
-
 def save_model(model: Any, out: Path, metadata: dict[str, Any]) -> None:
     """Writes ``model.safetensors`` (the weights) and ``model.json`` (what the run was)."""
     from safetensors.numpy import save
 
     out.mkdir(parents=True, exist_ok=True)
     weights = {name: np.ascontiguousarray(value) for name, value in model.get_weights().items()}
-    _write_atomically(out / "model.safetensors", save(weights))
-    _write_atomically(out / "model.json", json.dumps(metadata, indent=2).encode())
+    write_atomically(out / "model.safetensors", save(weights))
+    write_atomically(out / "model.json", json.dumps(metadata, indent=2).encode())
 
 
 def run_train(args: argparse.Namespace) -> int:

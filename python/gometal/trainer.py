@@ -23,8 +23,11 @@ from ._arrays import (
 )
 from ._composites import const, op
 from .layers.base import EmitContext
-from .model import Model, inference_batch_size, iter_batches, predict_with_engine
+from .model import Model, predict_with_engine
 from .tensor import BATCH
+from .training.evaluation import evaluate as _evaluate
+from .training.fit import fit as _fit
+from .training.history import History
 
 STEP_VARIABLE = "optimizer.step"
 LEARNING_RATE_SCALAR = "lr"
@@ -49,7 +52,7 @@ class Trainer:
     Args:
         model: the model; its weights move into this trainer's engine.
         loss: a loss name (see ``gm.losses.available()``) or a ``gm.losses.Loss``.
-        optimizer: ``"adam"``, ``"sgd"`` or a ``gm.optim.Optimizer``.
+        optimizer: a name from ``gm.optim.available()`` or a ``gm.optim.Optimizer``.
         batch_size: the batch size you intend to train with (any size works; each new
             size compiles one more plan).
         seed: seed of the engine's random generator (dropout); defaults to the model seed.
@@ -83,6 +86,18 @@ class Trainer:
             model.seed if seed is None else check_seed(seed)
         )
         model._adopt_engine(self._engine)
+        # L-BFGS (host-driven) evaluates loss and gradients several times per batch.
+        self._host_optimizer = (
+            self.optimizer.bind(self._engine, model.trainable_weight_names)
+            if self.optimizer.host_driven
+            else None
+        )
+        # Fit state, carried across fit calls (and saved by checkpoints): completed epochs,
+        # their History, the attached scheduler, and the flag callbacks set to stop fit.
+        self.epoch = 0
+        self.history = History()
+        self.scheduler: Any = None
+        self.stop_training = False
 
     def _compile(self, seed: int) -> tuple[Any, bool, bool]:
         model, g = self.model, _core.Graph()
@@ -133,6 +148,14 @@ class Trainer:
             engine.define(
                 "predict_proba", inputs=[x], outputs=[probabilities], effects=[], advance_rng=False
             )
+        if self.optimizer.host_driven:
+            engine.define(
+                optim.HOST_GRADIENT_FUNCTION,
+                inputs=[x, y],
+                outputs=[train_loss, train_accuracy.node, *grads.values()],
+                effects=list(train_ctx.effects),
+                advance_rng=True,
+            )
         for name, value in model.get_weights().items():
             engine.set_variable(name, value)
         return engine, train_accuracy.is_count, probabilities is not None
@@ -168,34 +191,111 @@ class Trainer:
             >>> result = trainer.train_batch(x_batch, y_batch)  # doctest: +SKIP
         """
         x, y = self._prepare(x, y)
-        loss, accuracy = self._engine.run("train", [x, y])
+        if self._host_optimizer is not None:
+            loss, accuracy = self._host_optimizer.step(x, y, self.learning_rate)
+            self._engine.set_variable(STEP_VARIABLE, np.array(self.step + 1, np.float32))
+        else:
+            loss, accuracy = self._engine.run("train", [x, y])
         return StepResult(loss=float(loss), accuracy=self._accuracy_sum(accuracy, len(x)) / len(x))
 
-    def evaluate(self, x: Any, y: Any, batch_size: int | None = None) -> dict[str, float]:
-        """Computes the loss and accuracy over a dataset with dropout off and no updates.
+    def evaluate(
+        self, x: Any, y: Any = None, batch_size: int | None = None, metrics: Any = ()
+    ) -> dict[str, Any]:
+        """Computes the loss, accuracy and metrics over a dataset, dropout off, no updates.
 
         Args:
-            x: inputs of shape ``(N, *model.input_shape)``.
-            y: labels, as for ``train_batch``.
-            batch_size: rows per engine call; ``None`` uses up to 1024.
+            x: inputs of shape ``(N, *model.input_shape)``, or a loader yielding ``(x, y)``
+                batches (e.g. ``gm.vision.DataLoader``), with ``y`` left out.
+            y: labels, as for ``train_batch``; ``None`` with a loader.
+            batch_size: rows per engine call for arrays; ``None`` uses up to 1024.
+            metrics: metric names (``"f1_macro"``, ``"auc_roc"``, ``"mae"``, ...) or
+                ``gm.metrics`` objects, accumulated batch by batch. Classification metrics
+                receive probabilities (``predict_proba``), regression metrics the raw
+                predictions.
 
         Returns:
-            ``{"loss": ..., "accuracy": ...}``, each the sample-weighted mean over batches
-            (for regression losses, of each batch's ``1 - NMAE``).
+            ``{"loss": ..., "accuracy": ..., <metric name>: ...}``: loss and accuracy are
+            sample-weighted means over batches (for regression losses, accuracy is each
+            batch's ``1 - NMAE``); each metric its ``result()`` (a float, or an array for a
+            confusion matrix).
 
         Example:
-            >>> trainer.evaluate(x_test, y_test)["accuracy"]  # doctest: +SKIP
-            0.97
+            >>> trainer.evaluate(x_test, y_test, metrics=["f1_macro"])  # doctest: +SKIP
+            {'loss': 0.09, 'accuracy': 0.97, 'f1_macro': 0.97}
         """
-        rows = inference_batch_size(batch_size)
-        x, y = self._prepare(x, y)
-        total_loss = total_correct = 0.0
-        for batch in iter_batches(len(x), rows):
-            loss, accuracy = self._engine.run("eval", [x[batch], y[batch]])
-            count = batch.stop - batch.start
-            total_loss += float(loss) * count
-            total_correct += self._accuracy_sum(accuracy, count)
-        return {"loss": total_loss / len(x), "accuracy": total_correct / len(x)}
+        return _evaluate(self, x, y, batch_size=batch_size, metrics=metrics)
+
+    def fit(
+        self,
+        train: Any,
+        epochs: int,
+        validation: Any = None,
+        scheduler: Any = None,
+        callbacks: Any = (),
+        verbose: int = 1,
+        metrics: Any = (),
+        shuffle: bool = True,
+        seed: int | None = None,
+        batch_size: int | None = None,
+    ) -> History:
+        """Trains for ``epochs`` more epochs; returns ``self.history``.
+
+        Epoch numbers continue from ``self.epoch`` (completed epochs, across calls and
+        checkpoints), and each loader gets ``set_epoch(self.epoch)`` before its epoch, so
+        ``fit(n)`` then ``fit(m)`` (or a checkpoint resumed in between) trains exactly as
+        ``fit(n + m)``. The first Ctrl-C lets the running step finish, then stops: callbacks'
+        ``on_train_end`` run, ``history.interrupted`` is set, one line says so, and the
+        trainer stays usable; a second Ctrl-C raises ``KeyboardInterrupt`` at once.
+
+        Args:
+            train: a loader yielding ``(x, y)`` batches, with ``__len__`` and ideally
+                ``set_epoch`` (``gm.vision.DataLoader``), or a tuple ``(x, y)`` of arrays.
+            epochs: how many more epochs to train (int >= 0).
+            validation: data evaluated after each epoch (``val_*`` keys), like ``train``;
+                arrays are not shuffled.
+            scheduler: a ``gm.schedulers`` scheduler; attached on the first call that gets
+                it and kept as ``self.scheduler``, which later calls keep stepping. Epoch
+                schedulers step after each epoch with ``val_loss`` (``loss`` without
+                validation) as the metric ``ReduceLROnPlateau`` watches; batch schedulers
+                step after each step.
+            callbacks: ``gm.callbacks.Callback`` instances (``EarlyStopping``,
+                ``ModelCheckpoint``, ``CSVLogger``, ``JSONLogger``, your own).
+            verbose: 0 silent, 1 a progress bar per epoch (loss, accuracy, lr, steps/s)
+                and one line per epoch, 2 only the lines.
+            metrics: metric names or objects computed on the validation data each epoch,
+                recorded as ``val_<name>``.
+            shuffle: shuffle ``(x, y)`` arrays each epoch (a loader shuffles as built).
+            seed: the arrays' shuffle seed; ``None`` uses 0, so every run, and every
+                resumed run, visits the same order. The order of epoch ``e`` is
+                ``gm.training.epoch_permutation(seed, e, N)``, as ``DataLoader``'s.
+            batch_size: rows per batch for arrays; ``None`` uses ``self.batch_size``.
+
+        Returns:
+            ``self.history``: per-epoch ``loss``, ``accuracy``, ``val_loss``,
+            ``val_accuracy``, ``val_<metric>``, ``lr`` and ``time``, across all calls.
+
+        Raises:
+            TypeError, ValueError: a bad argument, named with what was expected and received.
+
+        Example:
+            >>> stop = gm.callbacks.EarlyStopping(patience=2, restore_best=True)
+            >>> history = trainer.fit(  # doctest: +SKIP
+            ...     (x, y), 10, validation=(xv, yv), callbacks=[stop]
+            ... )
+        """
+        return _fit(
+            self,
+            train,
+            epochs,
+            validation=validation,
+            scheduler=scheduler,
+            callbacks=callbacks,
+            verbose=verbose,
+            metrics=metrics,
+            shuffle=shuffle,
+            seed=seed,
+            batch_size=batch_size,
+        )
 
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """Returns the model's raw outputs (e.g. logits) with dropout off.
@@ -271,6 +371,59 @@ class Trainer:
             1
         """
         return dict(self._engine.stats())
+
+    # -- saving ----------------------------------------------------------------------------
+    def save(self, path: Any, metadata: dict[str, Any] | None = None) -> None:
+        """Atomically writes a checkpoint that ``Trainer.load`` resumes exactly.
+
+        It holds the model definition, every engine variable (weights, batch-norm
+        statistics, optimizer slots, step count), the loss, optimizer, scheduler, batch
+        size, random generator state, learning rate, epoch and history.
+
+        Args:
+            path: the file to create or replace, e.g. ``"run/ckpt.safetensors"``.
+            metadata: optional JSON-serializable dict stored with the checkpoint.
+
+        Example:
+            >>> trainer.save("run/ckpt.safetensors")  # doctest: +SKIP
+        """
+        from .serialization import save_checkpoint
+
+        save_checkpoint(self, path, metadata)
+
+    @classmethod
+    def load(cls, path: Any) -> Trainer:
+        """Rebuilds a trainer from ``save`` output; training continues bit for bit.
+
+        Args:
+            path: a checkpoint written by ``trainer.save``.
+
+        Returns:
+            The trainer, compiled, with all its state restored.
+
+        Raises:
+            gm.serialization.CheckpointError: the file is not an intact checkpoint.
+
+        Example:
+            >>> trainer = gm.Trainer.load("run/ckpt.safetensors")  # doctest: +SKIP
+        """
+        from .serialization import load_checkpoint
+
+        return load_checkpoint(path)
+
+    def export_json(self, path: Any, description: str | None = None) -> None:
+        """Atomically writes the trainer in go-metal's readable JSON checkpoint layout.
+
+        Args:
+            path: the file to create or replace, e.g. ``"run/checkpoint.json"``.
+            description: optional free text stored in the metadata.
+
+        Example:
+            >>> trainer.export_json("run/checkpoint.json")  # doctest: +SKIP
+        """
+        from .serialization import export_json
+
+        export_json(self, path, description)
 
     def __repr__(self) -> str:
         return (

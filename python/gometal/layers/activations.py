@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .._composites import const, gelu, op, softmax
 from .base import EmitContext, Layer, WeightSpec
@@ -31,6 +32,9 @@ class LeakyReLU(Layer):
         super().__init__(name)
         self.negative_slope = float(negative_slope)
 
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "negative_slope": self.negative_slope}
+
     def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
         g, x = ctx.graph, inputs[0]
         positive = op(g, "greater", x, const(g, 0.0))
@@ -50,6 +54,9 @@ class ELU(Layer):
     def __init__(self, alpha: float = 1.0, name: str | None = None):
         super().__init__(name)
         self.alpha = float(alpha)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "alpha": self.alpha}
 
     def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
         g, x = ctx.graph, inputs[0]
@@ -111,6 +118,9 @@ class Softmax(Layer):
         if isinstance(axis, bool) or not isinstance(axis, int):
             raise TypeError(f"Softmax axis must be an int, got {axis!r}")
         self.axis = axis
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "axis": self.axis}
 
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
         (shape,) = input_shapes

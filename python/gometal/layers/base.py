@@ -137,6 +137,38 @@ class Layer:
         """Appends this layer's computation to ``ctx.graph``; returns the output node id."""
         raise NotImplementedError(f"{type(self).__name__} does not implement emit()")
 
+    # -- serialization -----------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this layer, as JSON-serializable values.
+
+        Layers whose constructor takes arguments beyond ``name`` extend this dict; tuples
+        become lists so the config survives a JSON round trip unchanged.
+
+        Returns:
+            ``{"name": ..., **arguments}``; ``name`` is ``None`` until a model names it.
+
+        Example:
+            >>> Dense(10, name="head").get_config()
+            {'name': 'head', 'units': 10, 'use_bias': True}
+        """
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Layer:
+        """Builds a layer from the dict ``get_config`` returned.
+
+        Args:
+            config: constructor arguments by name.
+
+        Returns:
+            A new, unbuilt layer (its weights are declared on its first call).
+
+        Example:
+            >>> Dense.from_config({"name": "head", "units": 10, "use_bias": True})
+            Dense(10, use_bias=True, name='head')
+        """
+        return cls(**config)
+
     # -- shared machinery --------------------------------------------------------------
     @property
     def weight_specs(self) -> tuple[WeightSpec, ...]:

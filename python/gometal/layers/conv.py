@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .._composites import op
 from ..initializers import fan_in_uniform
@@ -97,6 +98,19 @@ class Conv2D(Layer):
                 f"{self.dilation}; use an odd kernel_size or explicit padding"
             )
         return ((self.window[0] - 1) // 2, (self.window[1] - 1) // 2)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            # "same" and "valid" stay names, so the config reads as it was written.
+            "padding": self.padding_mode or list(self.padding),
+            "dilation": list(self.dilation),
+            "groups": self.groups,
+            "use_bias": self.use_bias,
+        }
 
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
         (shape,) = input_shapes

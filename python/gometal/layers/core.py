@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .._composites import op
 from ..initializers import fan_in_uniform
@@ -56,6 +57,9 @@ class Dense(Layer):
         if self.use_bias:
             out = op(g, "add", out, ctx.variable("bias"))
         return out
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "units": self.units, "use_bias": self.use_bias}
 
     def __repr__(self) -> str:
         name = f", name={self.name!r}" if self.name else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .._composites import op
 from .base import EmitContext, Layer
@@ -58,6 +59,9 @@ class Concatenate(Layer):
         if isinstance(axis, bool) or not isinstance(axis, int):
             raise TypeError(f"Concatenate axis must be an int, got {axis!r}")
         self.axis = axis
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "axis": self.axis}
 
     def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
         return op(ctx.graph, "concat", *inputs, axis=self.axis)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from numbers import Real
+from typing import Any
 
 from .._composites import const, op
 from ..initializers import Ones, Zeros
@@ -63,6 +64,14 @@ class BatchNorm(Layer):
         self.eps = float(eps)
         self.momentum = float(momentum)
         self.affine = bool(affine)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "affine": self.affine,
+        }
 
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
         (shape,) = input_shapes

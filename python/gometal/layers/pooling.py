@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .._composites import op
 from ._spatial import check_image_batch, check_window_fits, int_pair
@@ -40,6 +40,14 @@ class _Pool2D(Layer):
                 f"{label}: padding {self.padding} must be at most half of kernel_size "
                 f"{self.kernel_size}"
             )
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+        }
 
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
         (shape,) = input_shapes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from numbers import Real
+from typing import Any
 
 from .._composites import const, op
 from .base import EmitContext, Layer
@@ -30,6 +31,9 @@ class Dropout(Layer):
         if isinstance(rate, bool) or not isinstance(rate, Real) or not 0.0 <= float(rate) < 1.0:
             raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
         self.rate = float(rate)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rate": self.rate}
 
     def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
         x = inputs[0]

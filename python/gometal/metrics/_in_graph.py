@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import _core
-from ._composites import as_float, const, op, reduce_sum
+from .. import _core
+from .._composites import as_float, const, op, reduce_sum
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,320 @@
+"""Saving and loading models and whole trainers, so a resumed run continues exactly.
+
+A model file (``model.save``) holds the model definition and its weights; a checkpoint
+(``trainer.save``) holds, in addition, every other engine variable (optimizer slots,
+the step count, optimizer state), the loss, optimizer and scheduler, the batch size,
+the random generator's seed and position, the learning rate, the epoch and the history.
+Training N steps, saving, loading in a new process and training N more steps gives the
+same bits as training 2N steps at once. Both are one safetensors file (see
+``container``), replaced atomically on every save.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..model import Model
+from .container import (
+    FORMAT_VERSION,
+    CheckpointError,
+    check_format,
+    check_tensor_shapes,
+    read_container,
+    to_json,
+    write_container,
+)
+from .model_config import model_from_config, model_to_config
+from .training_state import (
+    history_from_dict,
+    history_to_dict,
+    loss_from_config,
+    loss_to_config,
+    optimizer_from_config,
+    optimizer_to_config,
+    restore_scheduler,
+    scheduler_to_state,
+)
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
+
+MODEL_FORMAT = "gometal.model"
+CHECKPOINT_FORMAT = "gometal.checkpoint"
+
+
+# Tensor names of the host-driven optimizer's memory (L-BFGS), beside the engine variables.
+HOST_PREFIX = "host_optimizer."
+
+
+def _metadata(user: Mapping[str, Any] | None) -> dict[str, Any]:
+    from .. import __version__
+
+    if user is not None and not isinstance(user, Mapping):
+        raise TypeError(f"metadata must be a dict or None, got {type(user).__name__}")
+    user = dict(user or {})
+    bad_keys = [key for key in user if not isinstance(key, str)]
+    if bad_keys:
+        raise TypeError(f"metadata keys must be strings, got {bad_keys}")
+    to_json(user, "metadata")
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return {"gometal_version": __version__, "created": created, "user": user}
+
+
+def _weights_list(document: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> list[str]:
+    names = document.get("weights")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError("the file's 'weights' entry must be a list of tensor names")
+    absent = [name for name in names if name not in tensors]
+    if absent:
+        raise CheckpointError(f"the file lists weights it does not hold: {absent}")
+    return names
+
+
+def _model_weights(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    document, tensors = read_container(path)
+    check_format(document, (MODEL_FORMAT, CHECKPOINT_FORMAT), path)
+    weights = {name: tensors[name] for name in _weights_list(document, tensors)}
+    return document, tensors, weights
+
+
+# -- models ------------------------------------------------------------------------------
+
+
+def save_model(
+    model: Model, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None
+) -> None:
+    """Atomically writes ``model``'s definition and weights to ``path``.
+
+    Args:
+        model: the model (its current weights: a trainer's if one trains it).
+        path: the file to create or replace (``.safetensors`` by convention).
+        metadata: optional JSON-serializable dict stored with the model.
+
+    Raises:
+        TypeError: a layer class is not registered, or ``metadata`` is not JSON data.
+
+    Example:
+        >>> save_model(model, "mlp.safetensors", metadata={"dataset": "digits"})  # doctest: +SKIP
+    """
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a gm.Model, got {type(model).__name__}")
+    weights = model.get_weights()
+    document = {
+        "format": MODEL_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model_to_config(model),
+        "weights": list(weights),
+        "metadata": _metadata(metadata),
+    }
+    write_container(path, weights, document)
+
+
+def load_model(path: str | os.PathLike[str]) -> Model:
+    """Rebuilds a model, with its weights, from a model file or a trainer checkpoint.
+
+    Args:
+        path: a file written by ``model.save`` or ``trainer.save``.
+
+    Returns:
+        The model; training state in a checkpoint is ignored.
+
+    Raises:
+        CheckpointError: the file is not an intact gometal file or its parts disagree.
+
+    Example:
+        >>> model = gm.load_model("mlp.safetensors")  # doctest: +SKIP
+    """
+    document, _, weights = _model_weights(path)
+    shapes = {name: value.shape for name, value in weights.items()}
+    model = model_from_config(document.get("model"), shapes)
+    check_tensor_shapes(model.weight_shapes, shapes, "the model its definition describes")
+    model.set_weights(weights)
+    return model
+
+
+def load_weights(model: Model, path: str | os.PathLike[str]) -> None:
+    """Copies the weights in a model file or checkpoint into an existing ``model``.
+
+    Args:
+        model: a model with the same weight names and shapes as the saved one.
+        path: a file written by ``model.save`` or ``trainer.save``.
+
+    Raises:
+        CheckpointError: the file is invalid, or its weights do not match the model's:
+            the message names every missing, unexpected or misshapen tensor.
+
+    Example:
+        >>> load_weights(model, "mlp.safetensors")  # doctest: +SKIP
+    """
+    _, _, weights = _model_weights(path)
+    shapes = {name: value.shape for name, value in weights.items()}
+    check_tensor_shapes(model.weight_shapes, shapes, "this model")
+    model.set_weights(weights)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata stored with a model or checkpoint (version, time, user metadata).
+
+    Args:
+        path: a file written by ``model.save`` or ``trainer.save``.
+
+    Returns:
+        ``{"gometal_version", "created", "user"}`` plus ``"format"``.
+
+    Example:
+        >>> read_metadata("mlp.safetensors")["user"]  # doctest: +SKIP
+        {'dataset': 'digits'}
+    """
+    document, _ = read_container(path)
+    name = check_format(document, (MODEL_FORMAT, CHECKPOINT_FORMAT), path)
+    metadata = document.get("metadata")
+    return {**(metadata if isinstance(metadata, dict) else {}), "format": name}
+
+
+# -- trainers ----------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    trainer: Trainer, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None
+) -> None:
+    """Atomically writes everything needed to resume ``trainer`` exactly.
+
+    Args:
+        trainer: the trainer.
+        path: the file to create or replace (``.safetensors`` by convention).
+        metadata: optional JSON-serializable dict stored with the checkpoint.
+
+    Raises:
+        TypeError: the loss, optimizer, scheduler or a layer cannot be saved, or
+            ``metadata`` is not JSON data.
+
+    Example:
+        >>> save_checkpoint(trainer, "run/ckpt.safetensors")  # doctest: +SKIP
+    """
+    engine = trainer._engine
+    tensors = {name: np.asarray(engine.get_variable(name)) for name in engine.variable_names()}
+    training = {
+        "loss": loss_to_config(trainer.loss),
+        "optimizer": optimizer_to_config(trainer.optimizer),
+        "batch_size": trainer.batch_size,
+        "seed": int(engine.seed),
+        "rng_step": int(engine.rng_step),
+        "learning_rate": trainer.learning_rate,
+        "epoch": int(getattr(trainer, "epoch", 0)),
+        "step": trainer.step,
+        "scheduler": scheduler_to_state(getattr(trainer, "scheduler", None)),
+        "history": history_to_dict(getattr(trainer, "history", None)),
+    }
+    # L-BFGS keeps its curvature memory on the host; it is saved beside the variables.
+    host = getattr(trainer, "_host_optimizer", None)
+    if host is not None:
+        scalars, vectors = host.state()
+        training["host_optimizer"] = scalars
+        tensors.update({HOST_PREFIX + name: vector for name, vector in vectors.items()})
+    to_json(training, "the trainer state (scheduler state, history)")
+    document = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model_to_config(trainer.model),
+        "weights": list(trainer.model.weight_shapes),
+        "training": training,
+        "metadata": _metadata(metadata),
+    }
+    write_container(path, tensors, document)
+
+
+def _training_field(training: Mapping[str, Any], key: str, low: int = 0) -> int:
+    value = training.get(key)
+    # The engine keeps seeds and counters as unsigned 64-bit integers.
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**64:
+        raise CheckpointError(f"training.{key} must be an int in [{low}, 2**64), found {value!r}")
+    return value
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Trainer:
+    """Rebuilds a trainer from ``save_checkpoint`` output, ready to continue training.
+
+    The model, loss and optimizer are rebuilt and compiled; every engine variable, the
+    random generator's position, the learning rate, the epoch, the history and the
+    scheduler are restored.
+
+    Args:
+        path: a file written by ``trainer.save``.
+
+    Returns:
+        The trainer.
+
+    Raises:
+        CheckpointError: the file is not an intact gometal checkpoint (a model file
+            included), or its tensors do not fit the trainer it describes.
+
+    Example:
+        >>> trainer = gm.Trainer.load("run/ckpt.safetensors")  # doctest: +SKIP
+    """
+    from ..trainer import Trainer
+
+    document, tensors = read_container(path)
+    if document.get("format") == MODEL_FORMAT:
+        raise CheckpointError(
+            f"{os.fspath(path)!r} holds a model without training state (model.save); load "
+            "it with gm.load_model, or save a checkpoint with trainer.save"
+        )
+    check_format(document, (CHECKPOINT_FORMAT,), path)
+    training = document.get("training")
+    if not isinstance(training, dict):
+        raise CheckpointError("the checkpoint has no 'training' object")
+    shapes = {name: value.shape for name, value in tensors.items()}
+    weights = _weights_list(document, tensors)
+    model = model_from_config(document.get("model"), {n: shapes[n] for n in weights})
+    try:
+        trainer = Trainer(
+            model,
+            loss=loss_from_config(training.get("loss")),
+            optimizer=optimizer_from_config(training.get("optimizer")),
+            batch_size=_training_field(training, "batch_size", 1),
+            seed=_training_field(training, "seed"),
+        )
+    except (TypeError, ValueError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"cannot rebuild the trainer the checkpoint describes: {err}"
+        ) from None
+    engine = trainer._engine
+    host_vectors = {
+        name[len(HOST_PREFIX) :]: tensors.pop(name)
+        for name in list(tensors)
+        if name.startswith(HOST_PREFIX)
+    }
+    shapes = {name: value.shape for name, value in tensors.items()}
+    expected = {name: tuple(engine.variable_shape(name)) for name in engine.variable_names()}
+    check_tensor_shapes(expected, shapes, "the trainer the checkpoint describes")
+    for name, value in tensors.items():
+        engine.set_variable(name, value)
+    host = trainer._host_optimizer
+    if (host is None) != ("host_optimizer" not in training) or (host is None and host_vectors):
+        raise CheckpointError("the checkpoint's host optimizer state does not match its optimizer")
+    if host is not None:
+        try:
+            host.load_state(training["host_optimizer"], host_vectors)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"training.host_optimizer: {err}") from None
+    engine.rng_step = _training_field(training, "rng_step")
+    learning_rate = training.get("learning_rate")
+    try:
+        trainer.set_learning_rate(learning_rate)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"training.learning_rate: {err}") from None
+    trainer.epoch = _training_field(training, "epoch")
+    history = history_from_dict(training.get("history"))
+    if history is not None:
+        trainer.history = history
+    restore_scheduler(trainer, training.get("scheduler"), trainer.learning_rate)
+    return trainer
