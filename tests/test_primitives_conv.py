@@ -77,6 +77,11 @@ CONV_CASES = [
     ((1, 2, 3, 3), (3, 3, 3), 2, 1, 2, 1, True),
     ((1, 3, 12, 10), (4, 3, 3), 1, 1, 1, 1, True),
     ((7, 8, 16, 15), (16, 3, 3), 1, 1, 1, 2, True),
+    # Output planes of >= 2048 pixels in rows of a multiple of 8: the direct weight
+    # gradient (sums over pixels in vector lanes) instead of im2col + BLAS.
+    ((2, 3, 48, 48), (8, 3, 3), 1, 1, 1, 1, True),
+    ((1, 4, 50, 48), (6, 3, 3), 1, 2, 2, 2, False),
+    ((1, 2, 100, 48), (5, 3, 3), (2, 1), 1, 1, 1, True),
 ]
 
 

@@ -107,7 +107,79 @@ void forward_group(const ConvGeometry& g, const float* padded, const float* pack
     }
 }
 
+// Weight gradient: RO output channels x RT taps of dw, each summed over the image in 8 lanes.
+constexpr int kGradRows = 2, kGradTaps = 6;  // 12 accumulators
+
+inline float lane_sum(Vec8 v) {
+  float s = 0.0f;
+  for (int i = 0; i < 8; ++i) s += v[i];
+  return s;
+}
+
+// dw[r][t] += sum over pixels of dy[r] * x at tap t, for r < RO, t < RT; `offsets[t]` is
+// tap t's place in the padded image relative to the output pixel's row start.
+template <int RO, int RT>
+void weight_grad_kernel(const ConvGeometry& g, const float* dy, const float* padded, int64_t padded_w,
+                        const int64_t* offsets, float* dw, int64_t ld) {
+  Vec8 acc[RO][RT] = {};
+  for (int64_t oy = 0; oy < g.oh; ++oy) {
+    const float* x_row = padded + oy * g.sh * padded_w;
+    const float* dy_row = dy + oy * g.ow;
+    for (int64_t ox = 0; ox < g.ow; ox += 8) {
+      Vec8 d[RO];
+      for (int r = 0; r < RO; ++r) d[r] = load(dy_row + r * g.out_plane() + ox);
+#pragma GCC unroll 6
+      for (int t = 0; t < RT; ++t) {
+        const Vec8 xv = load(x_row + offsets[t] + ox);
+        for (int r = 0; r < RO; ++r) acc[r][t] += d[r] * xv;
+      }
+    }
+  }
+  for (int r = 0; r < RO; ++r)
+    for (int t = 0; t < RT; ++t) dw[r * ld + t] += lane_sum(acc[r][t]);
+}
+
+using WeightGradKernel = void (*)(const ConvGeometry&, const float*, const float*, int64_t, const int64_t*, float*,
+                                  int64_t);
+
+template <int RO>
+constexpr WeightGradKernel kWeightGradKernels[kGradTaps + 1] = {
+    nullptr, weight_grad_kernel<RO, 1>, weight_grad_kernel<RO, 2>, weight_grad_kernel<RO, 3>,
+    weight_grad_kernel<RO, 4>, weight_grad_kernel<RO, 5>, weight_grad_kernel<RO, 6>};
+
 }  // namespace
+
+bool conv2d_direct_weight_grad_supported(const ConvGeometry& g) { return g.sw == 1 && g.ow % 8 == 0; }
+
+int64_t conv2d_direct_weight_grad_scratch(const ConvGeometry& g) {
+  // The padded image, then the taps' offsets (int64: two floats each).
+  return round_up(g.c_per_group() * padded_size(g).plane() + kSlack, 16) + g.patch() * 2;
+}
+
+void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, const float* dy, float* dw,
+                                     float* scratch) {
+  const Padded p = padded_size(g);
+  const int64_t taps = g.patch(), window = g.kh * g.kw;
+  float* padded = scratch;
+  auto* offsets = reinterpret_cast<int64_t*>(scratch + round_up(g.c_per_group() * p.plane() + kSlack, 16));
+  for (int64_t k = 0; k < taps; ++k) {
+    const int64_t c = k / window, ki = k % window / g.kw, kj = k % g.kw;
+    offsets[k] = c * p.plane() + ki * g.dh * p.w + kj * g.dw;
+  }
+  for (int64_t gi = 0; gi < g.groups; ++gi) {
+    pad_image(g, x + gi * g.c_per_group() * g.h * g.w, padded);
+    const float* dyg = dy + gi * g.o_per_group() * g.out_plane();
+    float* dwg = dw + gi * g.o_per_group() * taps;
+    for (int64_t o0 = 0; o0 < g.o_per_group(); o0 += kGradRows) {
+      const bool pair = o0 + 1 < g.o_per_group();
+      for (int64_t k0 = 0; k0 < taps; k0 += kGradTaps) {
+        const int64_t count = std::min<int64_t>(kGradTaps, taps - k0);
+        const WeightGradKernel kernel = pair ? kWeightGradKernels<2>[count] : kWeightGradKernels<1>[count];
+        kernel(g, dyg + o0 * g.out_plane(), padded, p.w, offsets + k0, dwg + o0 * taps + k0, taps);
+      }
+    }
+  }
+}
 
 bool conv2d_direct_supported(const ConvGeometry& g) { return g.sw == 1; }
 

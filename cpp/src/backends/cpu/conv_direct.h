@@ -29,4 +29,15 @@ bool input_grad_as_forward(const ConvGeometry& g, ConvGeometry* as_forward);
 void conv2d_direct_input_grad_image(const ConvGeometry& as_forward, const float* dy, const float* w, float* dx,
                                     float* scratch);
 
+// Whether the direct weight-gradient kernel handles g (unit horizontal stride, output
+// rows a multiple of 8 wide), and its per-thread scratch.
+bool conv2d_direct_weight_grad_supported(const ConvGeometry& g);
+int64_t conv2d_direct_weight_grad_scratch(const ConvGeometry& g);
+
+// dw (O, C/groups, KH, KW) += the weight gradient of one image, from x (C, H, W) and
+// dy (O, OH, OW), on the calling thread. Each weight's sum over the image's pixels runs
+// in 8 lanes, added across lanes at the end.
+void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, const float* dy, float* dw,
+                                     float* scratch);
+
 }  // namespace gometal
