@@ -177,6 +177,7 @@ POOL_CASES = [
     ((2, 3, 7, 5), 2, 2, 1),
     ((2, 2, 9, 6), (3, 2), (2, 1), (1, 0)),
     ((7, 4, 11, 9), 3, 2, 1),
+    ((2, 3, 8, 38), 2, 2, 0),  # 2x2: eight windows at a time, then a tail of three
 ]
 
 
@@ -232,7 +233,12 @@ def test_pool_grad_primitives_match_torch(xs, kernel, stride, padding, rng):
 
 @pytest.mark.parametrize(
     "xs,kernel,stride,padding",
-    [((2, 2, 6, 7), 2, 2, 0), ((2, 2, 6, 7), 3, 1, 1), ((1, 3, 7, 6), (3, 2), (2, 1), (1, 1))],
+    [
+        ((2, 2, 6, 7), 2, 2, 0),
+        ((2, 2, 6, 37), 2, 2, 0),
+        ((2, 2, 6, 7), 3, 1, 1),
+        ((1, 3, 7, 6), (3, 2), (2, 1), (1, 1)),
+    ],
     ids=str,
 )
 def test_max_pool_ties_route_to_first_max(xs, kernel, stride, padding, rng):

@@ -1,6 +1,7 @@
 #include "backends/cpu/pool.h"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 
 namespace gometal {
@@ -73,15 +74,58 @@ void max_pool_2x2(const ConvGeometry& g, const float* in, float* out) {
   }
 }
 
-// Sends each output's gradient to the first maximum of its window (row-major), as torch.
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef int Mask8 __attribute__((vector_size(32)));
+
+inline Vec8 load8(const float* p) {
+  Vec8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store8(float* p, Vec8 v) { std::memcpy(p, &v, sizeof v); }
+
+// Which of a window's values (a, b / c, d: top row, bottom row) gets the gradient: the
+// first maximum in row-major order, as torch. Comparisons with NaN are false, as in the
+// scalar loop, so both paths route the same way.
+template <class V, class M>
+inline void route_first_max(V a, V b, V c, V d, V g, V zero, V* ga, V* gb, V* gc, V* gd) {
+  const M first = (a >= b) & (a >= c) & (a >= d);
+  const M second = ~first & (b >= c) & (b >= d);
+  const M third = ~first & ~second & (c >= d);
+  const M fourth = ~(first | second | third);
+  *ga = first ? g : zero;
+  *gb = second ? g : zero;
+  *gc = third ? g : zero;
+  *gd = fourth ? g : zero;
+}
+
+// Sends each output's gradient to the first maximum of its window (row-major), as torch;
+// eight windows at a time, deinterleaving even and odd columns with shuffles.
 void max_pool_2x2_grad(const ConvGeometry& g, const float* in, const float* dy, float* dx) {
+  const Mask8 even = {0, 2, 4, 6, 8, 10, 12, 14}, odd = {1, 3, 5, 7, 9, 11, 13, 15};
+  const Mask8 low = {0, 8, 1, 9, 2, 10, 3, 11}, high = {4, 12, 5, 13, 6, 14, 7, 15};
+  const Vec8 zero = {};
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     const float* r0 = in + 2 * oy * g.w;
     const float* r1 = r0 + g.w;
     float* d0 = dx + 2 * oy * g.w;
     float* d1 = d0 + g.w;
     const float* grad = dy + oy * g.ow;
-    for (int64_t ox = 0; ox < g.ow; ++ox) {
+    int64_t ox = 0;
+    for (; ox + 8 <= g.ow; ox += 8) {
+      const Vec8 t0 = load8(r0 + 2 * ox), t1 = load8(r0 + 2 * ox + 8);
+      const Vec8 b0 = load8(r1 + 2 * ox), b1 = load8(r1 + 2 * ox + 8);
+      Vec8 ga, gb, gc, gd;
+      route_first_max<Vec8, Mask8>(__builtin_shuffle(t0, t1, even), __builtin_shuffle(t0, t1, odd),
+                                   __builtin_shuffle(b0, b1, even), __builtin_shuffle(b0, b1, odd), load8(grad + ox),
+                                   zero, &ga, &gb, &gc, &gd);
+      store8(d0 + 2 * ox, __builtin_shuffle(ga, gb, low));
+      store8(d0 + 2 * ox + 8, __builtin_shuffle(ga, gb, high));
+      store8(d1 + 2 * ox, __builtin_shuffle(gc, gd, low));
+      store8(d1 + 2 * ox + 8, __builtin_shuffle(gc, gd, high));
+    }
+    for (; ox < g.ow; ++ox) {
       const float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
       const bool first = a >= b && a >= c && a >= d;
       const bool second = !first && b >= c && b >= d;
