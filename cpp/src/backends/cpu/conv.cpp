@@ -82,10 +82,9 @@ void for_each_image(const ExecContext& ctx, int64_t images, F&& fn) {
 // to 1.5x on the small-channel layers of a CNN); a pointwise convolution is a plain gemm.
 bool use_direct(const ConvGeometry& g) { return !is_pointwise(g) && conv2d_direct_supported(g); }
 
-// The direct weight gradient sums each weight over an image's pixels in vector lanes: it
-// wins (about 2x) on large planes, where BLAS gets a long, thin product (conv1 of a CNN:
-// 16x27 weights over 4096 pixels), and loses to BLAS on small planes, where its
-// per-block lane sums dominate.
+// The direct weight gradient wins (about 2x) on large planes, where BLAS gets a long,
+// thin product (conv1 of a CNN: 16x27 weights over 4096 pixels); on small planes with
+// many channels BLAS's blocking keeps more in cache, so it stays on im2col + gemm.
 bool use_direct_weight_grad(const ConvGeometry& g) {
   return !is_pointwise(g) && conv2d_direct_weight_grad_supported(g) && g.out_plane() >= 2048;
 }
@@ -100,7 +99,7 @@ int64_t weight_grad_work_floats(const ConvGeometry& g) {
 }  // namespace
 
 int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
-  if (weight_grad) return weight_grad_work_floats(g) + g.o * g.patch();
+  if (weight_grad) return weight_grad_work_floats(g) + g.o * g.patch() * (use_direct_weight_grad(g) ? 8 : 1);
   const int64_t col = is_pointwise(g) ? 0 : g.patch() * g.out_plane();
   ConvGeometry f;
   const int64_t direct = std::max(conv2d_direct_scratch(g),
@@ -163,16 +162,17 @@ void conv2d_input_grad(const ExecContext& ctx, const ConvGeometry& g, const floa
 
 void conv2d_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* dy, float* dw) {
   const int64_t in_image = g.c * g.h * g.w, out_image = g.o * g.out_plane();
-  const int64_t col_floats = weight_grad_work_floats(g);
+  const int64_t work_floats = weight_grad_work_floats(g);
   const int64_t dw_floats = g.o * g.patch();
   const bool direct = use_direct_weight_grad(g);
+  const int64_t sum_floats = direct ? dw_floats * 8 : dw_floats;  // the direct kernel's sums keep 8 lanes
   const int tasks = static_cast<int>(std::min<int64_t>(ctx.pool->size(), g.n));
   // Each thread sums its images into its own partial; the partials are then added in a
   // fixed order, so results do not depend on scheduling.
-  for (int t = 0; t < tasks; ++t) std::fill_n(ctx.thread_scratch(t) + col_floats, dw_floats, 0.0f);
+  for (int t = 0; t < tasks; ++t) std::fill_n(ctx.thread_scratch(t) + work_floats, sum_floats, 0.0f);
   ctx.pool->parallel_for(tasks, [&](int task, int) {
     float* scratch = ctx.thread_scratch(task);
-    float* partial = scratch + col_floats;
+    float* partial = scratch + work_floats;
     int64_t lo, hi;
     split_range(g.n, tasks, task, 1, &lo, &hi);
     for (int64_t n = lo; n < hi; ++n) {
@@ -189,10 +189,15 @@ void conv2d_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const flo
       }
     }
   });
-  std::memcpy(dw, ctx.thread_scratch(0) + col_floats, dw_floats * sizeof(float));
-  for (int t = 1; t < tasks; ++t) {
-    const float* partial = ctx.thread_scratch(t) + col_floats;
-    for (int64_t i = 0; i < dw_floats; ++i) dw[i] += partial[i];
+  for (int t = 0; t < tasks; ++t) {
+    const float* partial = ctx.thread_scratch(t) + work_floats;
+    if (direct) {
+      add_lane_sums(partial, dw_floats, t == 0, dw);
+    } else if (t == 0) {
+      std::memcpy(dw, partial, dw_floats * sizeof(float));
+    } else {
+      for (int64_t i = 0; i < dw_floats; ++i) dw[i] += partial[i];
+    }
   }
 }
 

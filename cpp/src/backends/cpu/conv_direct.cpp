@@ -107,21 +107,18 @@ void forward_group(const ConvGeometry& g, const float* padded, const float* pack
     }
 }
 
-// Weight gradient: RO output channels x RT taps of dw, each summed over the image in 8 lanes.
+// Weight gradient: RO output channels x RT taps of dw, each summed over pixels in 8 lanes
+// kept in memory across images (lanes[weight][8]), added across lanes once at the end.
 constexpr int kGradRows = 2, kGradTaps = 6;  // 12 accumulators
 
-inline float lane_sum(Vec8 v) {
-  float s = 0.0f;
-  for (int i = 0; i < 8; ++i) s += v[i];
-  return s;
-}
-
-// dw[r][t] += sum over pixels of dy[r] * x at tap t, for r < RO, t < RT; `offsets[t]` is
-// tap t's place in the padded image relative to the output pixel's row start.
+// lanes[r][t] += dy[r] * x at tap t over the image's pixels, for r < RO, t < RT;
+// `offsets[t]` is tap t's place in the padded image relative to the output row's start.
 template <int RO, int RT>
 void weight_grad_kernel(const ConvGeometry& g, const float* dy, const float* padded, int64_t padded_w,
-                        const int64_t* offsets, float* dw, int64_t ld) {
-  Vec8 acc[RO][RT] = {};
+                        const int64_t* offsets, float* lanes, int64_t ld) {
+  Vec8 acc[RO][RT];
+  for (int r = 0; r < RO; ++r)
+    for (int t = 0; t < RT; ++t) acc[r][t] = load(lanes + (r * ld + t) * 8);
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     const float* x_row = padded + oy * g.sh * padded_w;
     const float* dy_row = dy + oy * g.ow;
@@ -136,7 +133,7 @@ void weight_grad_kernel(const ConvGeometry& g, const float* dy, const float* pad
     }
   }
   for (int r = 0; r < RO; ++r)
-    for (int t = 0; t < RT; ++t) dw[r * ld + t] += lane_sum(acc[r][t]);
+    for (int t = 0; t < RT; ++t) store(lanes + (r * ld + t) * 8, acc[r][t]);
 }
 
 using WeightGradKernel = void (*)(const ConvGeometry&, const float*, const float*, int64_t, const int64_t*, float*,
@@ -156,7 +153,7 @@ int64_t conv2d_direct_weight_grad_scratch(const ConvGeometry& g) {
   return round_up(g.c_per_group() * padded_size(g).plane() + kSlack, 16) + g.patch() * 2;
 }
 
-void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, const float* dy, float* dw,
+void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, const float* dy, float* lanes,
                                      float* scratch) {
   const Padded p = padded_size(g);
   const int64_t taps = g.patch(), window = g.kh * g.kw;
@@ -169,15 +166,23 @@ void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, cons
   for (int64_t gi = 0; gi < g.groups; ++gi) {
     pad_image(g, x + gi * g.c_per_group() * g.h * g.w, padded);
     const float* dyg = dy + gi * g.o_per_group() * g.out_plane();
-    float* dwg = dw + gi * g.o_per_group() * taps;
+    float* lanes_g = lanes + gi * g.o_per_group() * taps * 8;
     for (int64_t o0 = 0; o0 < g.o_per_group(); o0 += kGradRows) {
       const bool pair = o0 + 1 < g.o_per_group();
       for (int64_t k0 = 0; k0 < taps; k0 += kGradTaps) {
         const int64_t count = std::min<int64_t>(kGradTaps, taps - k0);
         const WeightGradKernel kernel = pair ? kWeightGradKernels<2>[count] : kWeightGradKernels<1>[count];
-        kernel(g, dyg + o0 * g.out_plane(), padded, p.w, offsets + k0, dwg + o0 * taps + k0, taps);
+        kernel(g, dyg + o0 * g.out_plane(), padded, p.w, offsets + k0, lanes_g + (o0 * taps + k0) * 8, taps);
       }
     }
+  }
+}
+
+void add_lane_sums(const float* lanes, int64_t weights, bool assign, float* dw) {
+  for (int64_t i = 0; i < weights; ++i) {
+    float sum = 0.0f;
+    for (int lane = 0; lane < 8; ++lane) sum += lanes[i * 8 + lane];
+    dw[i] = assign ? sum : dw[i] + sum;
   }
 }
 

@@ -34,10 +34,13 @@ void conv2d_direct_input_grad_image(const ConvGeometry& as_forward, const float*
 bool conv2d_direct_weight_grad_supported(const ConvGeometry& g);
 int64_t conv2d_direct_weight_grad_scratch(const ConvGeometry& g);
 
-// dw (O, C/groups, KH, KW) += the weight gradient of one image, from x (C, H, W) and
-// dy (O, OH, OW), on the calling thread. Each weight's sum over the image's pixels runs
-// in 8 lanes, added across lanes at the end.
-void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, const float* dy, float* dw,
+// Adds one image's weight gradient, from x (C, H, W) and dy (O, OH, OW), to `lanes`:
+// 8 partial sums per weight of dw (O, C/groups, KH, KW), i.e. O*C/groups*KH*KW*8 floats.
+// On the calling thread.
+void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, const float* dy, float* lanes,
                                      float* scratch);
+
+// dw[i] = (or +=, without `assign`) the sum of lanes[i*8 .. i*8+8).
+void add_lane_sums(const float* lanes, int64_t weights, bool assign, float* dw);
 
 }  // namespace gometal
