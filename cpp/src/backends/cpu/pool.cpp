@@ -64,16 +64,6 @@ bool is_2x2_stride2(const ConvGeometry& g) {
   return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0;
 }
 
-void max_pool_2x2(const ConvGeometry& g, const float* in, float* out) {
-  for (int64_t oy = 0; oy < g.oh; ++oy) {
-    const float* r0 = in + 2 * oy * g.w;
-    const float* r1 = r0 + g.w;
-    float* o = out + oy * g.ow;
-    for (int64_t ox = 0; ox < g.ow; ++ox)
-      o[ox] = std::max(std::max(r0[2 * ox], r0[2 * ox + 1]), std::max(r1[2 * ox], r1[2 * ox + 1]));
-  }
-}
-
 typedef float Vec8 __attribute__((vector_size(32)));
 typedef int Mask8 __attribute__((vector_size(32)));
 
@@ -84,6 +74,28 @@ inline Vec8 load8(const float* p) {
 }
 
 inline void store8(float* p, Vec8 v) { std::memcpy(p, &v, sizeof v); }
+
+// std::max's rule, (x < y) ? y : x, on eight lanes: NaN handling matches the scalar tail.
+inline Vec8 max8(Vec8 x, Vec8 y) { return x < y ? y : x; }
+
+// Eight windows at a time: even and odd input columns are split with shuffles.
+void max_pool_2x2(const ConvGeometry& g, const float* in, float* out) {
+  const Mask8 even = {0, 2, 4, 6, 8, 10, 12, 14}, odd = {1, 3, 5, 7, 9, 11, 13, 15};
+  for (int64_t oy = 0; oy < g.oh; ++oy) {
+    const float* r0 = in + 2 * oy * g.w;
+    const float* r1 = r0 + g.w;
+    float* o = out + oy * g.ow;
+    int64_t ox = 0;
+    for (; ox + 8 <= g.ow; ox += 8) {
+      const Vec8 t0 = load8(r0 + 2 * ox), t1 = load8(r0 + 2 * ox + 8);
+      const Vec8 b0 = load8(r1 + 2 * ox), b1 = load8(r1 + 2 * ox + 8);
+      store8(o + ox, max8(max8(__builtin_shuffle(t0, t1, even), __builtin_shuffle(t0, t1, odd)),
+                          max8(__builtin_shuffle(b0, b1, even), __builtin_shuffle(b0, b1, odd))));
+    }
+    for (; ox < g.ow; ++ox)
+      o[ox] = std::max(std::max(r0[2 * ox], r0[2 * ox + 1]), std::max(r1[2 * ox], r1[2 * ox + 1]));
+  }
+}
 
 // Which of a window's values (a, b / c, d: top row, bottom row) gets the gradient: the
 // first maximum in row-major order, as torch. Comparisons with NaN are false, as in the
