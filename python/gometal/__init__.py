@@ -17,7 +17,7 @@ except ImportError as err:  # pragma: no cover - only without a built engine
         f"Original error: {err}"
     ) from err
 
-from . import layers, losses, metrics, ops, optim, schedulers, serialization
+from . import layers, losses, metrics, onnx, ops, optim, schedulers, serialization
 from .builder import ModelBuilder
 from .layers.base import EmitContext
 from .model import Model
@@ -44,6 +44,7 @@ __all__ = [
     "load_model",
     "losses",
     "metrics",
+    "onnx",
     "ops",
     "optim",
     "schedulers",

@@ -408,6 +408,27 @@ class Model:
 
         load_weights(self, path)
 
+    def export_onnx(self, path: Any, opset: int = 17) -> None:
+        """Writes the model as an ONNX file with a dynamic batch dimension (atomically).
+
+        Batch norm exports its running statistics and dropout is an identity, so a
+        standard runtime (onnxruntime) gives the outputs of ``predict``.
+
+        Args:
+            path: the ``.onnx`` file to create or replace; its folder must exist.
+            opset: the ONNX operator set version, 13 to 23.
+
+        Raises:
+            ValueError: ``opset`` is out of range.
+            NotImplementedError: a layer type has no ONNX export rule (the layer is named).
+
+        Example:
+            >>> model.export_onnx("model.onnx")  # doctest: +SKIP
+        """
+        from .onnx import export
+
+        export(self, path, opset)
+
     def __repr__(self) -> str:
         return (
             f"Model(input_shape={self.input_shape}, output_shape={self.output_shape}, "
