@@ -17,7 +17,7 @@ except ImportError as err:  # pragma: no cover - only without a built engine
         f"Original error: {err}"
     ) from err
 
-from . import layers, losses, metrics, onnx, ops, optim, schedulers, serialization
+from . import layers, losses, metrics, ops, optim, schedulers, serialization
 from .builder import ModelBuilder
 from .layers.base import EmitContext
 from .model import Model
@@ -51,3 +51,12 @@ __all__ = [
     "serialization",
     "set_num_threads",
 ]
+
+
+def __getattr__(name: str):
+    # gm.onnx imports the onnx package (a quarter of a second): only when first used.
+    if name == "onnx":
+        import importlib
+
+        return importlib.import_module(".onnx", __name__)
+    raise AttributeError(f"module 'gometal' has no attribute {name!r}")

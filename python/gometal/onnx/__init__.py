@@ -1,10 +1,11 @@
 """ONNX interchange: ``export`` writes a model that standard runtimes such as onnxruntime
-load and run.
+load and run; ``load`` turns an ONNX file into a trainable ``gm.Model``.
 
 Example:
     >>> gm.onnx.export(model, "model.onnx", opset=17)  # doctest: +SKIP
 """
 
 from .export import export
+from .importer import OnnxImportError, load
 
-__all__ = ["export"]
+__all__ = ["OnnxImportError", "export", "load"]

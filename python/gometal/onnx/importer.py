@@ -1,0 +1,578 @@
+"""``load``: an ONNX file as a trainable ``gm.Model``.
+
+Each ONNX node becomes one gometal layer call: a built-in layer where one matches the
+operator exactly (``Conv`` -> ``Conv2D``, ``Gemm`` -> ``Dense``, ``BatchNormalization`` ->
+``BatchNorm`` …), otherwise a small layer from ``gometal.onnx._layers``. Initializers
+that feed the weight inputs of ``Conv``, ``Gemm``, ``MatMul`` and ``BatchNormalization``
+become the layers' weights (trainable; batch-norm statistics non-trainable), so the model
+fine-tunes with ``gm.Trainer``. Other constants become non-trainable ``OnnxConstant``
+layers. The file is read defensively (see ``_safety``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import layers as L
+from ..model import Model
+from ..tensor import BATCH, SymbolicTensor
+from . import _layers as X
+from ._safety import (
+    OnnxImportError,
+    check_sample_bytes,
+    read_model_proto,
+    tensor_to_array,
+)
+from ._shape_rules import ceil_extra, input_engine_shape, resolve_reshape, spatial_pads
+
+__all__ = ["SUPPORTED_OPS", "OnnxImportError", "load"]
+
+SUPPORTED_OPS = frozenset(
+    {
+        "Conv", "BatchNormalization", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu",
+        "LeakyRelu", "Elu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "MaxPool",
+        "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Concat",
+        "Dropout", "Identity", "Constant", "Clip", "Gelu", "Erf",
+    }
+)  # fmt: skip
+
+
+def load(path: str | os.PathLike[str], dynamic_batch: bool | None = None) -> Model:
+    """Imports an ONNX model as a trainable ``gm.Model``.
+
+    Args:
+        path: the ``.onnx`` file; external data must lie in its folder.
+        dynamic_batch: ``None`` (default) makes dimension 0 of the input the batch when
+            the file leaves it symbolic and keeps a fixed size otherwise; ``True`` treats
+            dimension 0 as the batch even when the file fixes it; ``False`` keeps it fixed.
+
+    Returns:
+        The model, holding the imported weights.
+
+    Raises:
+        OnnxImportError: a malformed, unsafe or unsupported file. Unsupported operators
+            are all listed in one error, with their node names.
+
+    Example:
+        >>> model = load("mlp.onnx")  # doctest: +SKIP
+        >>> model.predict(np.zeros((4, 784), np.float32)).shape  # doctest: +SKIP
+        (4, 10)
+    """
+    if dynamic_batch is not None and not isinstance(dynamic_batch, bool):
+        raise TypeError(f"dynamic_batch must be None, True or False, got {dynamic_batch!r}")
+    proto, folder = read_model_proto(path)
+    return _Importer(proto, folder, dynamic_batch).build()
+
+
+def _sanitize(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
+    return cleaned or "node"
+
+
+def _attributes(node: Any) -> dict[str, Any]:
+    import onnx
+
+    values: dict[str, Any] = {}
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.TENSOR:
+            continue  # tensors are read through _safety by the Constant handler
+        values[attribute.name] = onnx.helper.get_attribute_value(attribute)
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
+
+
+def _show(shape: tuple[int, ...]) -> str:
+    return str(tuple("batch" if d == BATCH else d for d in shape))
+
+
+class _Importer:
+    """Walks the ONNX graph once, in its (topological) node order."""
+
+    def __init__(self, proto: Any, folder: Path, dynamic_batch: bool | None):
+        self.proto, self.graph, self.folder = proto, proto.graph, folder
+        self.dynamic_batch = dynamic_batch
+        self.opset = 1
+        for entry in proto.opset_import:
+            if entry.domain in ("", "ai.onnx"):
+                self.opset = int(entry.version)
+        self.consts: dict[str, np.ndarray] = {}
+        self.values: dict[str, SymbolicTensor] = {}
+        self.weights: dict[str, np.ndarray] = {}
+        self.const_layers: dict[str, SymbolicTensor] = {}
+        self.taken: set[str] = set()
+        self.node: Any = None
+
+    # -- entry point -----------------------------------------------------------------------
+    def build(self) -> Model:
+        self._check_operators()
+        for tensor in self.graph.initializer:
+            self.consts[tensor.name] = tensor_to_array(
+                tensor, self.folder, f"initializer {tensor.name!r}"
+            )
+        source = self._make_input()
+        self.source = source
+        used = {name for node in self.graph.node for name in node.input}
+        used |= {o.name for o in self.graph.output}
+        for node in self.graph.node:
+            self.node = node
+            for extra in node.output[1:]:
+                if extra and extra in used:
+                    self._fail(f"its extra output {extra!r} is used; only the first is supported")
+            for name in node.input:
+                if name and name not in self.values and name not in self.consts:
+                    self._fail(f"input {name!r} is produced by no earlier node nor initializer")
+            try:
+                result = self._HANDLERS[node.op_type](self, node, _attributes(node))
+            except OnnxImportError:
+                raise
+            except (ValueError, TypeError) as err:
+                self._fail(str(err))
+            if isinstance(result, np.ndarray):
+                self.consts[node.output[0]] = result
+            else:
+                # A bound per sample keeps hostile graphs (say, a Concat of many copies of
+                # a large input) from planning a huge arena later.
+                shape = result.engine_shape
+                sample = shape[1:] if shape and shape[0] == BATCH else shape
+                check_sample_bytes(sample, self._where())
+                self.values[node.output[0]] = result
+        self.node = None
+        return self._finish(source)
+
+    def _finish(self, source: SymbolicTensor) -> Model:
+        if len(self.graph.output) != 1:
+            raise OnnxImportError(
+                f"the graph must have exactly one output, got {len(self.graph.output)}: "
+                f"{[o.name for o in self.graph.output]}"
+            )
+        declared = self.graph.output[0]
+        if declared.name not in self.values and declared.name not in self.consts:
+            raise OnnxImportError(f"the graph output {declared.name!r} is produced by no node")
+        output = self.runtime(declared.name)
+        if output is source:
+            output = X.OnnxUnary("identity", name=self._name("identity"))(output)
+        self._check_declared_shape(declared, output)
+        try:
+            model = Model(source, output)
+            model.set_weights(self.weights)
+        except ValueError as err:
+            raise OnnxImportError(f"the imported graph is not a valid model: {err}") from None
+        return model
+
+    # -- checks ----------------------------------------------------------------------------
+    def _check_operators(self) -> None:
+        bad = [
+            (node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}",
+             node.name or f"#{index}")
+            for index, node in enumerate(self.graph.node)
+            if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS
+        ]  # fmt: skip
+        if bad:
+            types = sorted({t for t, _ in bad})
+            listed = ", ".join(f"{t} (node {n!r})" for t, n in bad)
+            raise OnnxImportError(
+                f"unsupported ONNX operator type(s) {types}: {listed}; supported: "
+                f"{sorted(SUPPORTED_OPS)}"
+            )
+        if self.graph.sparse_initializer:
+            raise OnnxImportError("sparse initializers are not supported")
+
+    def _make_input(self) -> SymbolicTensor:
+        stored = {t.name for t in self.graph.initializer}
+        runtime = [i for i in self.graph.input if i.name not in stored]
+        if len(runtime) != 1:
+            raise OnnxImportError(
+                f"the graph must have exactly one runtime input, got {len(runtime)}: "
+                f"{[i.name for i in runtime]}"
+            )
+        (value,) = runtime
+        shape = input_engine_shape(value, self.dynamic_batch)
+        tensor = SymbolicTensor(shape, None, value.name)
+        self.values[value.name] = tensor
+        return tensor
+
+    def _check_declared_shape(self, declared: Any, output: SymbolicTensor) -> None:
+        if not declared.type.HasField("tensor_type"):
+            return
+        if not declared.type.tensor_type.HasField("shape"):
+            return
+        dims = declared.type.tensor_type.shape.dim
+        shape = output.engine_shape
+        if len(dims) != len(shape):
+            raise OnnxImportError(
+                f"output {declared.name!r} is declared with rank {len(dims)} but the graph "
+                f"computes shape {_show(shape)}"
+            )
+        for axis, (dim, actual) in enumerate(zip(dims, shape)):
+            if dim.HasField("dim_value") and actual != BATCH and dim.dim_value != actual:
+                raise OnnxImportError(
+                    f"output {declared.name!r} is declared with size {dim.dim_value} on axis "
+                    f"{axis} but the graph computes shape {_show(shape)}"
+                )
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _where(self) -> str:
+        node = self.node
+        return f"{node.op_type} node {node.name or '(unnamed)'!r}" if node is not None else "graph"
+
+    def _fail(self, message: str) -> None:
+        raise OnnxImportError(f"{self._where()}: {message}")
+
+    def _name(self, hint: str) -> str:
+        base = _sanitize(hint)
+        name, index = base, 1
+        while name in self.taken or name == "optimizer":
+            name, index = f"{base}_{index}", index + 1
+        self.taken.add(name)
+        return name
+
+    def _layer_name(self) -> str:
+        return self._name(self.node.name or self.node.op_type)
+
+    def const(self, name: str, what: str) -> np.ndarray:
+        """The constant value of input ``name``, or an error naming ``what`` it is."""
+        if name not in self.consts:
+            self._fail(f"{what} ({name!r}) must be a constant (an initializer or Constant)")
+        return self.consts[name]
+
+    def float_const(self, name: str, what: str) -> np.ndarray:
+        value = self.const(name, what)
+        if value.dtype.kind != "f":
+            self._fail(f"{what} ({name!r}) must be a float tensor, got {value.dtype}")
+        return np.ascontiguousarray(value, np.float32)
+
+    def runtime(self, name: str) -> SymbolicTensor:
+        """The symbolic tensor for ``name``; constants become ``OnnxConstant`` layers."""
+        if name in self.values:
+            return self.values[name]
+        if name not in self.const_layers:
+            value = self.float_const(name, "a constant operand")
+            if value.ndim == 0:
+                value = value.reshape(1)
+            layer_name = self._name(f"const_{name}")
+            tensor = X.OnnxConstant(value.shape, name=layer_name)(self.source)
+            self.weights[f"{layer_name}.value"] = value
+            self.const_layers[name] = tensor
+        return self.const_layers[name]
+
+    def call(self, layer: Any, inputs: Any, weights: dict[str, np.ndarray] | None = None) -> Any:
+        output = layer(inputs)
+        expected = {spec.name: spec.shape for spec in layer.weight_specs}
+        for local, value in (weights or {}).items():
+            if tuple(value.shape) != expected[local]:
+                self._fail(
+                    f"its {local} has shape {tuple(value.shape)}, but the input shape "
+                    f"{_show(layer._built_for[0])} needs {expected[local]}"
+                )
+            self.weights[f"{layer.name}.{local}"] = np.ascontiguousarray(value, np.float32)
+        return output
+
+    # -- operators -------------------------------------------------------------------------
+    def _constant(self, node: Any, attrs: dict[str, Any]) -> np.ndarray:
+        for attribute in node.attribute:
+            if attribute.name == "value":
+                return tensor_to_array(attribute.t, self.folder, f"Constant {node.name!r}")
+        if "value_float" in attrs:
+            return np.array(attrs["value_float"], np.float32)
+        if "value_floats" in attrs:
+            return np.array(attrs["value_floats"], np.float32)
+        if "value_int" in attrs:
+            return np.array(attrs["value_int"], np.int64)
+        if "value_ints" in attrs:
+            return np.array(attrs["value_ints"], np.int64)
+        self._fail(f"only tensor, float(s) and int(s) values are supported, got {sorted(attrs)}")
+        raise AssertionError  # unreachable
+
+    def _identity(self, node: Any, attrs: dict[str, Any]) -> Any:
+        name = node.input[0]
+        return self.consts[name] if name in self.consts else self.values[name]
+
+    def _binary(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        a, b = self.runtime(node.input[0]), self.runtime(node.input[1])
+        primitive = node.op_type.lower()
+        if primitive == "add":
+            return self.call(L.Add(name=self._layer_name()), [a, b])
+        if primitive == "mul":
+            return self.call(L.Multiply(name=self._layer_name()), [a, b])
+        return self.call(X.OnnxBinary(primitive, name=self._layer_name()), [a, b])
+
+    def _unary(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        x, name = self.runtime(node.input[0]), self._layer_name()
+        kind = node.op_type
+        if kind == "Relu":
+            layer: Any = L.ReLU(name=name)
+        elif kind == "Sigmoid":
+            layer = L.Sigmoid(name=name)
+        elif kind == "Tanh":
+            layer = L.Tanh(name=name)
+        elif kind == "Erf":
+            layer = X.OnnxUnary("erf", name=name)
+        elif kind == "LeakyRelu":
+            layer = L.LeakyReLU(float(attrs.get("alpha", 0.01)), name=name)
+        elif kind == "Elu":
+            layer = L.ELU(float(attrs.get("alpha", 1.0)), name=name)
+        else:  # Gelu
+            approximate = attrs.get("approximate", "none")
+            if approximate not in ("none", "tanh"):
+                self._fail(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+            layer = L.GELU(name=name) if approximate == "none" else X.OnnxGeluTanh(name=name)
+        return self.call(layer, x)
+
+    def _clip(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        if self.opset < 11:
+            low, high = attrs.get("min"), attrs.get("max")
+        else:
+            bounds = []
+            for index, what in ((1, "min"), (2, "max")):
+                name = node.input[index] if len(node.input) > index else ""
+                value = self.const(name, f"Clip {what}") if name else None
+                if value is not None and value.size != 1:
+                    self._fail(f"Clip {what} must be a scalar, got shape {value.shape}")
+                bounds.append(None if value is None else float(value.reshape(())))
+            low, high = bounds
+        x = self.runtime(node.input[0])
+        return self.call(X.OnnxClip(low, high, name=self._layer_name()), x)
+
+    def _softmax(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        x = self.runtime(node.input[0])
+        rank = len(x.engine_shape)
+        axis = int(attrs.get("axis", -1 if self.opset >= 13 else 1))
+        axis = axis + rank if axis < 0 else axis
+        if not 0 <= axis < rank:
+            self._fail(f"axis {attrs.get('axis')} is out of range for rank {rank}")
+        axes = [axis] if self.opset >= 13 else list(range(axis, rank))
+        if axes[0] == 0 and x.engine_shape[0] == BATCH:
+            self._fail("softmax over the dynamic batch axis is not supported")
+        log = node.op_type == "LogSoftmax"
+        if len(axes) == 1 and axis != 0 and not log:
+            return self.call(L.Softmax(axis, name=self._layer_name()), x)
+        return self.call(X.OnnxSoftmax(axes, log=log, name=self._layer_name()), x)
+
+    def _spatial_pads(
+        self, attrs: dict[str, Any], x: SymbolicTensor, kernel: list[int], strides: list[int],
+        dilations: list[int],
+    ) -> tuple[list[int], list[int]]:  # fmt: skip
+        return spatial_pads(
+            attrs.get("auto_pad", "NOTSET"), attrs.get("pads"), x.engine_shape[2:], kernel,
+            strides, dilations,
+        )  # fmt: skip
+
+    def _conv(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        x = self.runtime(node.input[0])
+        w = self.float_const(node.input[1], "Conv weight W")
+        if w.ndim != 4 or len(x.engine_shape) != 4:
+            self._fail(f"only 2-D convolution is supported, got weight shape {w.shape}")
+        kernel = list(attrs.get("kernel_shape", w.shape[2:]))
+        strides = list(attrs.get("strides", [1, 1]))
+        dilations = list(attrs.get("dilations", [1, 1]))
+        begins, ends = self._spatial_pads(attrs, x, kernel, strides, dilations)
+        if begins != ends:
+            pad = X.OnnxPad2D([*begins, *ends], name=self._name(f"{self.node.name}_pad"))
+            x, begins = self.call(pad, x), [0, 0]
+        pads = begins
+        bias = node.input[2] if len(node.input) > 2 else ""
+        weights = {"weight": w}
+        if bias:
+            weights["bias"] = self.float_const(bias, "Conv bias B")
+        layer = L.Conv2D(
+            w.shape[0], tuple(kernel), tuple(strides), tuple(pads), tuple(dilations),
+            int(attrs.get("group", 1)), use_bias=bool(bias), name=self._layer_name(),
+        )  # fmt: skip
+        return self.call(layer, x, weights)
+
+    def _batch_norm(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        if not int(attrs.get("spatial", 1)):
+            self._fail("spatial=0 (per-element statistics) is not supported")
+        if int(attrs.get("training_mode", 0)):
+            self._fail("training_mode=1 is not supported; export the model in eval mode")
+        x = self.runtime(node.input[0])
+        scale, bias, mean, var = (
+            self.float_const(node.input[i], what)
+            for i, what in ((1, "scale"), (2, "B"), (3, "input_mean"), (4, "input_var"))
+        )
+        layer = L.BatchNorm(
+            float(attrs.get("epsilon", 1e-5)),
+            1.0 - float(attrs.get("momentum", 0.9)),
+            name=self._layer_name(),
+        )
+        weights = {"weight": scale, "bias": bias, "running_mean": mean, "running_var": var}
+        return self.call(layer, x, weights)
+
+    def _gemm(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        a = self.runtime(node.input[0])
+        b = self.float_const(node.input[1], "Gemm input B")
+        if len(a.engine_shape) != 2 or b.ndim != 2:
+            self._fail(f"Gemm needs 2-D A and B, got {_show(a.engine_shape)} and {b.shape}")
+        alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+        if int(attrs.get("transA", 0)):
+            a = self.call(X.OnnxTranspose([1, 0], name=self._name(f"{self.node.name}_transA")), a)
+        weight = b if int(attrs.get("transB", 0)) else b.T
+        if alpha != 1.0:
+            weight = weight * np.float32(alpha)
+        units = weight.shape[0]
+        c_name = node.input[2] if len(node.input) > 2 else ""
+        c = self.float_const(c_name, "Gemm input C") if c_name else None
+        vector_c = c is not None and (c.ndim <= 1 or c.shape[0] == 1)
+        weights = {"weight": weight}
+        if vector_c:
+            weights["bias"] = beta * np.broadcast_to(c.reshape(-1), (units,))
+        out = self.call(L.Dense(units, use_bias=vector_c, name=self._layer_name()), a, weights)
+        if c is not None and not vector_c:
+            matrix = X.OnnxConstant(c.shape, name=self._name(f"{self.node.name}_C"))
+            bias = self.call(matrix, self.source, {"value": beta * c})
+            out = self.call(L.Add(name=self._name(f"{self.node.name}_addC")), [out, bias])
+        return out
+
+    def _matmul(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        a = self.runtime(node.input[0])
+        b = self.float_const(node.input[1], "MatMul input B")
+        return self.call(X.OnnxMatMul(b.shape, name=self._layer_name()), a, {"weight": b})
+
+    def _pool(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        x = self.runtime(node.input[0])
+        kernel = [int(k) for k in attrs.get("kernel_shape", [])]
+        rank = len(x.engine_shape)
+        if len(kernel) not in (1, 2) or rank != len(kernel) + 2:
+            self._fail(f"only 1-D and 2-D pooling are supported, got kernel_shape {kernel}")
+        strides = [int(s) for s in attrs.get("strides", [1] * len(kernel))]
+        dilations = [int(d) for d in attrs.get("dilations", [1] * len(kernel))]
+        if any(d != 1 for d in dilations):
+            self._fail(f"dilations {dilations} are not supported")
+        begins, ends = self._spatial_pads(attrs, x, kernel, strides, dilations)
+        spatial = list(x.engine_shape[2:])
+        extra = ceil_extra(spatial, kernel, strides, begins, ends)
+        if not int(attrs.get("ceil_mode", 0)):
+            extra = [0] * len(kernel)
+        if len(kernel) == 1:
+            # A 1-D pool is a 2-D pool over a height of one.
+            batch, channels, length = x.engine_shape
+            x = self._reshape_to(x, [batch, channels, 1, length])
+            kernel, strides, spatial = [1, *kernel], [1, *strides], [1, *spatial]
+            begins, ends, extra = [0, *begins], [0, *ends], [0, *extra]
+        out = self._pool2d(node.op_type, x, kernel, strides, (begins, ends, extra), attrs)
+        if rank == 3:
+            batch, channels, _, length = out.engine_shape
+            out = self._reshape_to(out, [batch, channels, length])
+        return out
+
+    def _pool2d(
+        self, op_type: str, x: SymbolicTensor, kernel: list[int], strides: list[int],
+        padding: tuple[list[int], list[int], list[int]], attrs: dict[str, Any],
+    ) -> SymbolicTensor:  # fmt: skip
+        begins, ends, extra = padding
+        include = bool(int(attrs.get("count_include_pad", 0)))
+        mode = "max" if op_type == "MaxPool" else "avg"
+        name = self._layer_name()
+        simple = (
+            begins == ends
+            and extra == [0, 0]
+            and all(2 * p <= k for p, k in zip(begins, kernel))
+            and (mode == "max" or include or begins == [0, 0])
+        )
+        if simple:
+            cls = L.MaxPool2D if mode == "max" else L.AvgPool2D
+            return self.call(cls(tuple(kernel), tuple(strides), tuple(begins), name=name), x)
+        layer = X.OnnxPool2D(mode, kernel, strides, [*begins, *ends], extra, include, name=name)
+        return self.call(layer, x)
+
+    def _global_pool(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        x = self.runtime(node.input[0])
+        axes = list(range(2, len(x.engine_shape)))
+        return self.call(X.OnnxReduceMean(axes, keepdims=True, name=self._layer_name()), x)
+
+    def _reshape_to(self, x: SymbolicTensor, target: list[int]) -> SymbolicTensor:
+        return self.call(X.OnnxReshape(target, name=self._layer_name()), x)
+
+    def _flatten(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        x = self.runtime(node.input[0])
+        shape = x.engine_shape
+        axis = int(attrs.get("axis", 1))
+        axis = axis + len(shape) if axis < 0 else axis
+        if not 0 <= axis <= len(shape):
+            self._fail(f"axis {attrs.get('axis')} is out of range for rank {len(shape)}")
+        inner = int(np.prod(shape[axis:], dtype=np.int64)) if axis < len(shape) else 1
+        if shape[0] == BATCH:
+            if axis != 1:
+                self._fail(f"axis {axis} would merge the dynamic batch axis; only axis 1 works")
+            return self.call(L.Flatten(name=self._layer_name()), x)
+        outer = int(np.prod(shape[:axis], dtype=np.int64))
+        return self._reshape_to(x, [outer, inner])
+
+    def _reshape(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        x = self.runtime(node.input[0])
+        if self.opset < 5:
+            requested = [int(v) for v in attrs.get("shape", [])]
+        else:
+            value = self.const(node.input[1], "Reshape shape")
+            if value.dtype.kind not in "iu" or value.ndim != 1:
+                self._fail(f"shape must be a 1-D integer tensor, got {value.dtype} {value.shape}")
+            requested = [int(v) for v in value]
+        target = resolve_reshape(x.engine_shape, requested, bool(attrs.get("allowzero", 0)))
+        return self._reshape_to(x, target)
+
+    def _transpose(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        x = self.runtime(node.input[0])
+        rank = len(x.engine_shape)
+        perm = [int(p) for p in attrs.get("perm", list(range(rank))[::-1])]
+        if sorted(perm) != list(range(rank)):
+            self._fail(f"perm {perm} is not a permutation of the {rank} axes")
+        if x.engine_shape[0] == BATCH and perm[0] != 0:
+            self._fail(f"perm {perm} moves the dynamic batch axis")
+        return self.call(X.OnnxTranspose(perm, name=self._layer_name()), x)
+
+    def _concat(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        inputs = [self.runtime(name) for name in node.input if name]
+        if len(inputs) == 1:
+            return self.call(X.OnnxUnary("identity", name=self._layer_name()), inputs[0])
+        if "axis" not in attrs:
+            self._fail("the axis attribute is required")
+        return self.call(L.Concatenate(int(attrs["axis"]), name=self._layer_name()), inputs)
+
+    def _dropout(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        x = self.runtime(node.input[0])
+        ratio = float(attrs.get("ratio", 0.5))
+        if len(node.input) > 1 and node.input[1]:
+            ratio = float(self.const(node.input[1], "Dropout ratio").reshape(()))
+        training = len(node.input) > 2 and node.input[2] and ratio != 0.0
+        if training and bool(self.const(node.input[2], "Dropout training_mode").reshape(())):
+            self._fail("training_mode=True with ratio > 0 is random; not supported")
+        if not 0.0 <= ratio < 1.0:
+            self._fail(f"ratio must be in [0, 1), got {ratio}")
+        # Identity in predict, as ONNX inference; real dropout while fine-tuning.
+        return self.call(L.Dropout(ratio, name=self._layer_name()), x)
+
+    _HANDLERS: ClassVar[dict[str, Callable[..., Any]]] = {
+        "Constant": _constant,
+        "Identity": _identity,
+        "Add": _binary,
+        "Sub": _binary,
+        "Mul": _binary,
+        "Div": _binary,
+        "Relu": _unary,
+        "Sigmoid": _unary,
+        "Tanh": _unary,
+        "Erf": _unary,
+        "LeakyRelu": _unary,
+        "Elu": _unary,
+        "Gelu": _unary,
+        "Clip": _clip,
+        "Softmax": _softmax,
+        "LogSoftmax": _softmax,
+        "Conv": _conv,
+        "BatchNormalization": _batch_norm,
+        "Gemm": _gemm,
+        "MatMul": _matmul,
+        "MaxPool": _pool,
+        "AveragePool": _pool,
+        "GlobalAveragePool": _global_pool,
+        "Flatten": _flatten,
+        "Reshape": _reshape,
+        "Transpose": _transpose,
+        "Concat": _concat,
+        "Dropout": _dropout,
+    }
