@@ -241,6 +241,65 @@ class Model:
         return list(self._layers)
 
     @property
+    def input(self) -> SymbolicTensor:
+        """The model's input tensor, to build a new model on this one's layers."""
+        return self._inputs[0]
+
+    @property
+    def output(self) -> SymbolicTensor:
+        """The model's output tensor."""
+        return self._outputs[0]
+
+    def get_layer(self, name: str) -> Layer:
+        """The layer called ``name``.
+
+        Args:
+            name: a layer name, as ``summary()`` lists them.
+
+        Returns:
+            The layer.
+
+        Raises:
+            KeyError: no layer has that name (the message lists the names).
+
+        Example:
+            >>> model.get_layer("dense_0").units  # doctest: +SKIP
+        """
+        for layer in self._layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer named {name!r}; layers: {[layer.name for layer in self._layers]}")
+
+    def layer_output(self, name: str) -> SymbolicTensor:
+        """The output tensor of the layer called ``name``, e.g. to put a new head on a model.
+
+        A new ``gm.Model(model.input, new_head(model.layer_output(...)))`` shares the
+        layers; ``new.set_weights`` with this model's ``get_weights()`` (for the names they
+        share) carries their trained values over.
+
+        Args:
+            name: the name of a layer called once in this model.
+
+        Returns:
+            The symbolic output of that call.
+
+        Raises:
+            KeyError: no layer has that name.
+            ValueError: the layer is called more than once, so its output is ambiguous.
+
+        Example:
+            >>> features = base.layer_output("flatten_0")  # doctest: +SKIP
+            >>> model = gm.Model(base.input, gm.layers.Dense(10)(features))  # doctest: +SKIP
+        """
+        layer = self.get_layer(name)
+        outputs = [call.output for call in self._calls if call.layer is layer]
+        if len(outputs) != 1:
+            raise ValueError(
+                f"layer {name!r} is called {len(outputs)} times; its output is ambiguous"
+            )
+        return outputs[0]
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         """The shape of one input sample (no batch dimension)."""
         return self._inputs[0].sample_shape
