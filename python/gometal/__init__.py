@@ -50,13 +50,14 @@ __all__ = [
     "schedulers",
     "serialization",
     "set_num_threads",
+    "viz",
 ]
 
 
 def __getattr__(name: str):
-    # gm.onnx imports the onnx package (a quarter of a second): only when first used.
-    if name == "onnx":
+    # gm.onnx and gm.viz import heavy packages (onnx; plotly and scipy): only when used.
+    if name in ("onnx", "viz"):
         import importlib
 
-        return importlib.import_module(".onnx", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'gometal' has no attribute {name!r}")

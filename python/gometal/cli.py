@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .train_job import add_train_command
+from .viz.server_cli import add_sidecar_command
 
 DIGITS_FEATURES = 64  # 8 x 8 pixels
 DIGITS_CLASSES = 10
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     digits.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_train_command(commands)
+    add_sidecar_command(commands)
     return parser
 
 
@@ -169,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train-digits":
         return train_digits(args)
-    if args.command == "train":
+    if args.command in ("train", "sidecar"):
         return args.handler(args)
     return 2  # argparse rejects unknown commands before this point
 

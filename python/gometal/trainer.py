@@ -237,6 +237,8 @@ class Trainer:
         shuffle: bool = True,
         seed: int | None = None,
         batch_size: int | None = None,
+        plots: str | None = None,
+        plots_dir: Any = "gometal-plots",
     ) -> History:
         """Trains for ``epochs`` more epochs; returns ``self.history``.
 
@@ -269,6 +271,11 @@ class Trainer:
                 resumed run, visits the same order. The order of epoch ``e`` is
                 ``gm.training.epoch_permutation(seed, e, N)``, as ``DataLoader``'s.
             batch_size: rows per batch for arrays; ``None`` uses ``self.batch_size``.
+            plots: ``"html"`` writes ``<plots_dir>/dashboard.html`` (one self-contained
+                page of training and evaluation plots) at the end; ``"sidecar"`` sends the
+                plot payloads to the sidecar service after each epoch; ``None`` neither.
+                Plotting problems become a warning, never a failed fit.
+            plots_dir: the dashboard's folder (created if missing).
 
         Returns:
             ``self.history``: per-epoch ``loss``, ``accuracy``, ``val_loss``,
@@ -295,6 +302,8 @@ class Trainer:
             shuffle=shuffle,
             seed=seed,
             batch_size=batch_size,
+            plots=plots,
+            plots_dir=plots_dir,
         )
 
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:

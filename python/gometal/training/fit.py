@@ -149,6 +149,8 @@ def fit(
     shuffle: bool = True,
     seed: int | None = None,
     batch_size: int | None = None,
+    plots: str | None = None,
+    plots_dir: Any = "gometal-plots",
 ) -> History:
     """``Trainer.fit``; see its docstring for the arguments and semantics.
 
@@ -164,6 +166,9 @@ def fit(
         shuffle: shuffle ``(x, y)`` arrays each epoch.
         seed: the arrays' shuffle seed (``None``: 0).
         batch_size: rows per batch for arrays (``None``: ``trainer.batch_size``).
+        plots: ``None``, ``"html"`` (write ``<plots_dir>/dashboard.html`` at the end) or
+            ``"sidecar"`` (send plot payloads to the sidecar); see ``gometal.viz``.
+        plots_dir: the dashboard's folder for ``plots="html"``.
 
     Returns:
         ``trainer.history``.
@@ -174,6 +179,13 @@ def fit(
     epochs = _check_epochs(epochs)
     verbose = check_verbose(verbose)
     callbacks = check_callbacks(callbacks)
+    collector = None
+    if plots is not None:
+        # Imported on demand: plotting pulls in scipy and plotly.
+        from ..viz.session import start_plots
+
+        collector = start_plots(plots, plots_dir, validation)
+        callbacks = [*callbacks, collector]
     if not isinstance(shuffle, bool):
         raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
     train_arrays = is_array_pair(train)
@@ -273,4 +285,8 @@ def fit(
                 callback.on_train_end(dict(last_logs))
         finally:
             progress.close()
+    if collector is not None:
+        from ..viz.session import finish_plots
+
+        finish_plots(collector, plots, plots_dir)
     return history

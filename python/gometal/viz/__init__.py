@@ -1,0 +1,44 @@
+"""``gometal.viz``: training visualization in go-metal's plot-payload JSON format.
+
+- :mod:`~gometal.viz.payload`: payload dicts, the shipped JSON Schema (``schema.json``)
+  and :func:`validate_payload`.
+- :mod:`~gometal.viz.plots`: one builder per plot type, computing its statistics.
+- :class:`VisualizationCollector`: a fit callback recording training into payloads.
+- :mod:`~gometal.viz.render`: plotly figures and the offline HTML dashboard.
+
+Example:
+    >>> viz = gm.viz.VisualizationCollector(validation=(x_val, y_val))  # doctest: +SKIP
+    >>> trainer.fit((x, y), epochs=5, callbacks=[viz])  # doctest: +SKIP
+    >>> html = gm.viz.dashboard_html(viz.payloads(), "digits MLP")  # doctest: +SKIP
+"""
+
+from . import plots
+from .collector import VisualizationCollector
+from .payload import (
+    PLOT_TYPES,
+    SERIES_TYPES,
+    load_schema,
+    make_payload,
+    point,
+    series,
+    validate_payload,
+)
+from .render import dashboard_html, to_figure
+from .session import PLOTS_MODES, finish_plots, start_plots
+
+__all__ = [
+    "PLOTS_MODES",
+    "PLOT_TYPES",
+    "SERIES_TYPES",
+    "VisualizationCollector",
+    "dashboard_html",
+    "finish_plots",
+    "load_schema",
+    "make_payload",
+    "plots",
+    "point",
+    "series",
+    "start_plots",
+    "to_figure",
+    "validate_payload",
+]

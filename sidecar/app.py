@@ -1,0 +1,30 @@
+"""Launcher of the gometal plotting sidecar; the service itself is ``gometal.viz.server``.
+
+Run it as ``python sidecar/app.py --port 8080 --data-dir DIR`` (the same as ``gometal
+sidecar``), or under any ASGI server: ``uvicorn app:app --app-dir sidecar`` serves the data
+directory named by ``GOMETAL_SIDECAR_DATA_DIR`` (default ``gometal-plots``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from gometal.viz.server import create_app
+from gometal.viz.server_cli import DEFAULT_DATA_DIR, main
+
+DATA_DIR_ENV = "GOMETAL_SIDECAR_DATA_DIR"
+
+
+def __getattr__(name: str) -> Any:
+    # ``app`` is built on first use, so importing this file creates no data directory.
+    if name == "app":
+        app = create_app(os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR))
+        globals()["app"] = app
+        return app
+    raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

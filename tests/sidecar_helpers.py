@@ -1,0 +1,158 @@
+"""Shared by the sidecar tests: one hand-written valid payload per plot type, and a real
+sidecar process on a free port."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+SIDECAR_START_TIMEOUT_S = 30.0
+
+
+def _series(name: str, kind: str, points: list[dict[str, Any]], **style: Any) -> dict:
+    return {"name": name, "type": kind, "data": points, "style": style}
+
+
+def _line(name: str, xs: list[float], ys: list[float], kind: str = "line") -> dict:
+    return _series(name, kind, [{"x": x, "y": y} for x, y in zip(xs, ys)])
+
+
+def _grid(names: list[str], values: list[list[float]]) -> dict:
+    points = [
+        {"x": names[j], "y": names[i], "z": values[i][j]}
+        for i in range(len(names))
+        for j in range(len(names))
+    ]
+    return _series("cells", "heatmap", points)
+
+
+def _series_for(plot_type: str) -> list[dict]:
+    """Series that make sense for each plot type, covering every series type."""
+    steps = [float(i) for i in range(1, 11)]
+    decay = [math.exp(-0.3 * s) for s in steps]
+    grid = [i / 10 for i in range(11)]
+    if plot_type == "training_curve":
+        return [
+            _line("train loss", steps, decay),
+            _line("val loss", steps, [d + 0.05 for d in decay]),
+        ]
+    if plot_type == "learning_rate_schedule":
+        return [_line("lr", steps, [1e-3 * 0.9**s for s in steps])]
+    if plot_type == "roc_curve":
+        return [_line("class 1", grid, [g**0.3 for g in grid]), _line("chance", [0, 1], [0, 1])]
+    if plot_type == "precision_recall":
+        return [_line("class 1", grid, [1 - 0.5 * g**2 for g in grid])]
+    if plot_type == "confusion_matrix":
+        return [_grid(["cat", "dog", "bird"], [[8, 1, 1], [2, 7, 1], [0, 1, 9]])]
+    if plot_type in ("parameter_distribution", "gradient_histogram"):
+        centers = [-1 + 0.2 * i for i in range(11)]
+        counts = [math.exp(-4 * c * c) * 50 for c in centers]
+        return [
+            _line("dense_0.weight", centers, counts, kind="histogram"),
+            _line("dense_1.weight", centers, [c * 0.5 for c in counts], kind="histogram"),
+        ]
+    if plot_type == "activation_statistics":
+        box = [{"x": "relu_0", "y": v} for v in (0.0, 0.2, 0.4, 0.5, 0.9, 1.3)]
+        means = [{"x": "relu_0", "y": 0.5, "error": 0.3}, {"x": "relu_1", "y": 0.7, "error": 0.2}]
+        return [_series("values", "box", box), _series("mean ± std", "errorbar", means)]
+    if plot_type in ("regression_scatter", "residual_plot", "qq_plot"):
+        xs = [-2 + 0.4 * i for i in range(11)]
+        ys = [x + 0.1 * math.sin(7 * x) for x in xs]
+        return [_line("points", xs, ys, kind="scatter"), _line("y = x", [-2, 2], [-2, 2])]
+    if plot_type == "feature_importance":
+        points = [{"x": f"f{i}", "y": 1.0 / (i + 1), "error": 0.05} for i in range(5)]
+        return [_series("importance", "bar", points)]
+    if plot_type in ("learning_curve", "validation_curve"):
+        sizes = [10.0, 20.0, 40.0, 80.0]
+        band = [{"x": s, "y": 0.8, "lower": 0.75, "upper": 0.85} for s in sizes]
+        return [
+            _series("validation ± std", "band", band),
+            _line("train", sizes, [0.99, 0.97, 0.95, 0.93]),
+            _series("validation", "errorbar", [{"x": s, "y": 0.8, "error": 0.05} for s in sizes]),
+        ]
+    if plot_type == "prediction_interval":
+        xs = [float(i) for i in range(8)]
+        band = [{"x": x, "y": x, "lower": x - 1, "upper": x + 1} for x in xs]
+        return [
+            _series("90% interval", "band", band),
+            _line("prediction", xs, xs),
+            _line("observed", xs, [x + 0.3 for x in xs], kind="scatter"),
+        ]
+    if plot_type == "correlation_heatmap":
+        return [_grid(["a", "b"], [[1.0, -0.4], [-0.4, 1.0]])]
+    if plot_type == "partial_dependence":
+        return [_line("feature 0", grid, [g * g for g in grid], kind="area")]
+    raise KeyError(f"no sample series for plot type {plot_type!r}")
+
+
+def sample_payload(plot_type: str, title: str | None = None) -> dict[str, Any]:
+    """A schema-valid payload of ``plot_type`` with a few hand-picked points."""
+    return {
+        "plot_type": plot_type,
+        "title": title or f"sample {plot_type}",
+        "timestamp": "2026-01-02T03:04:05Z",
+        "model_name": "mlp",
+        "series": _series_for(plot_type),
+        "config": {"x_label": "x", "y_label": "y"},
+        "metrics": {"score": 0.5},
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@contextlib.contextmanager
+def running_sidecar(data_dir: Path, *extra: str) -> Iterator[str]:
+    """Runs ``gometal sidecar`` (through ``python -m gometal.cli``) on a free port;
+    yields its base URL and stops it on exit."""
+    port = free_port()
+    log = open(data_dir.parent / f"sidecar-{port}.log", "wb")  # noqa: SIM115 - closed below
+    command = [sys.executable, "-m", "gometal.cli", "sidecar", "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--data-dir", str(data_dir), *extra], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SIDECAR_START_TIMEOUT_S
+        while True:
+            try:
+                if get_json(url + "/health", timeout=1.0)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                text = (data_dir.parent / f"sidecar-{port}.log").read_text(errors="replace")
+                raise RuntimeError(f"sidecar did not start (exit {process.poll()}):\n{text}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
