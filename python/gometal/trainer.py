@@ -22,6 +22,8 @@ from ._arrays import (
     check_seed,
 )
 from ._composites import const, op
+from ._mixed_precision import Bf16Graph, LossScaler
+from ._precision import DEFAULT_GROWTH_INTERVAL, check_growth_interval, plan_precision
 from .layers.base import EmitContext
 from .model import Model, predict_with_engine
 from .tensor import BATCH
@@ -56,6 +58,17 @@ class Trainer:
         batch_size: the batch size you intend to train with (any size works; each new
             size compiles one more plan).
         seed: seed of the engine's random generator (dropout); defaults to the model seed.
+        mixed_precision: ``None`` (float32), ``"bf16"``, ``"fp16"`` or ``"bf16-emulated"``.
+            Matmul and conv inputs use the reduced type while weights stay float32
+            masters; losses, softmax, reductions, batch-norm statistics and the optimizer
+            stay float32. Without a fast path for the type here (bf16: a CPU with
+            ``avx512_bf16`` or ``amx_bf16``; fp16: the Metal backend), one warning says so
+            and training runs in float32. ``"bf16-emulated"`` rounds matmul and conv
+            operands to bfloat16 on any CPU: bf16 hardware's arithmetic, slower than float32.
+        loss_scaling: dynamic loss scaling inside the training step (scale 65536, halved
+            and the update skipped on an inf/NaN gradient, doubled after
+            ``growth_interval`` clean steps); ``None`` turns it on with mixed precision.
+        growth_interval: consecutive clean steps before the loss scale doubles.
 
     Example:
         >>> trainer = gm.Trainer(model, loss="cross_entropy",
@@ -71,6 +84,9 @@ class Trainer:
         optimizer: Any = "adam",
         batch_size: int = 32,
         seed: int | None = None,
+        mixed_precision: str | None = None,
+        loss_scaling: bool | None = None,
+        growth_interval: int = DEFAULT_GROWTH_INTERVAL,
     ):
         if not isinstance(model, Model):
             raise TypeError(f"model must be a gm.Model, got {type(model).__name__}")
@@ -82,6 +98,7 @@ class Trainer:
         if not model.trainable_weight_names:
             raise ValueError("the model has no weights to train")
         self._num_classes = model.output_shape[-1]
+        self._set_precision(mixed_precision, loss_scaling, growth_interval)
         self._engine, self._accuracy_is_count, self._has_probabilities = self._compile(
             model.seed if seed is None else check_seed(seed)
         )
@@ -113,16 +130,25 @@ class Trainer:
         lr = g.scalar(LEARNING_RATE_SCALAR, self.optimizer.lr)
         step = g.variable(STEP_VARIABLE, ())
 
-        train_ctx = EmitContext(g, training=True, variables=variables)
+        # Layers emit through the bf16 view (matmul/conv operands rounded); the loss does not.
+        layer_graph = Bf16Graph(g) if self.precision.compute == "bf16" else g
+        train_ctx = EmitContext(layer_graph, training=True, variables=variables)
         (train_out,) = model.emit(train_ctx, [x])
         train_loss = self.loss(g, train_out, y)
         train_accuracy = self.loss.accuracy(g, train_out, y)
-        grads = dict(zip(params, g.gradients(train_loss, list(params.values()))))
+        scaler_effects: list[int] = []
+        if self._loss_scaler is not None:
+            # Optimizer writes go through `update_graph`, which skips them on inf/NaN steps.
+            grads, update_graph, scaler_effects = self._loss_scaler.emit(g, train_loss, params)
+        else:
+            grads = dict(zip(params, g.gradients(train_loss, list(params.values()))))
+            update_graph = g
         next_step = op(g, "add", step, const(g, 1.0))
-        updates = self.optimizer.emit_updates(g, params, grads, lr, next_step)
-        effects = [*train_ctx.effects, *updates, op(g, "assign", step, next_step)]
+        updates = self.optimizer.emit_updates(update_graph, params, grads, lr, next_step)
+        updates += [*getattr(update_graph, "extra_effects", []), *scaler_effects]
+        effects = [*train_ctx.effects, *updates, op(update_graph, "assign", step, next_step)]
 
-        eval_ctx = EmitContext(g, training=False, variables=variables)
+        eval_ctx = EmitContext(layer_graph, training=False, variables=variables)
         (eval_out,) = model.emit(eval_ctx, [x])
         eval_loss = self.loss(g, eval_out, y)
         eval_accuracy = self.loss.accuracy(g, eval_out, y)
@@ -158,7 +184,28 @@ class Trainer:
             )
         for name, value in model.get_weights().items():
             engine.set_variable(name, value)
+        if self._loss_scaler is not None:
+            self._loss_scaler.initialize(engine)
         return engine, train_accuracy.is_count, probabilities is not None
+
+    def _set_precision(self, mode: Any, loss_scaling: Any, growth_interval: Any) -> None:
+        """Checks the mixed-precision arguments and decides what the graph runs."""
+        if loss_scaling is not None and not isinstance(loss_scaling, bool):
+            raise TypeError(f"loss_scaling must be True, False or None, got {loss_scaling!r}")
+        growth_interval = check_growth_interval(growth_interval)
+        self.precision = plan_precision(mode)
+        if loss_scaling is None:
+            # Host-driven optimizers (L-BFGS) read plain gradients; they are not scaled.
+            loss_scaling = mode is not None and not self.optimizer.host_driven
+        elif loss_scaling and self.optimizer.host_driven:
+            raise ValueError(
+                f"loss_scaling=True needs an in-graph optimizer, got the host-driven "
+                f"{type(self.optimizer).__name__}"
+            )
+        self.mixed_precision: str | None = self.precision.requested
+        self.loss_scaling: bool = loss_scaling
+        self.growth_interval = growth_interval
+        self._loss_scaler = LossScaler(growth_interval) if loss_scaling else None
 
     # -- data ------------------------------------------------------------------------------
     def _prepare(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -368,18 +415,22 @@ class Trainer:
         """The number of optimizer steps taken (kept in the engine)."""
         return round(float(np.asarray(self._engine.get_variable(STEP_VARIABLE))))
 
-    def engine_stats(self) -> dict[str, int]:
+    def engine_stats(self) -> dict[str, Any]:
         """The engine's counters: arena and persistent bytes, allocations, steps, plans.
 
         Returns:
             A dict with keys ``arena_bytes``, ``persistent_bytes``, ``allocations``,
-            ``steps`` and ``plans``.
+            ``steps`` and ``plans``; with loss scaling also ``loss_scale`` (float) and
+            ``skipped_steps`` (updates skipped for an inf/NaN gradient).
 
         Example:
             >>> trainer.engine_stats()["plans"]  # doctest: +SKIP
             1
         """
-        return dict(self._engine.stats())
+        stats = dict(self._engine.stats())
+        if self._loss_scaler is not None:
+            stats.update(self._loss_scaler.stats(self._engine))
+        return stats
 
     # -- saving ----------------------------------------------------------------------------
     def save(self, path: Any, metadata: dict[str, Any] | None = None) -> None:

@@ -19,6 +19,8 @@ enum class OpKind : uint8_t {
   Input, Variable, Scalar, Constant,
   // unary elementwise
   Neg, Exp, Log, Tanh, Sigmoid, Relu, Abs, Sign, Sqrt, Rsqrt, Erf, Square,
+  // bfloat16 emulation: round to bf16 (identity VJP); identity that rounds its gradient
+  RoundBf16, RoundBf16Grad,
   // binary elementwise (numpy broadcasting)
   Add, Sub, Mul, Div, Maximum, Minimum, Pow,
   Greater, GreaterEqual, Less, Equal,

@@ -69,6 +69,10 @@ void vjp_unary(Graph& gr, int y, int g, std::vector<int>& dx) {
       return;
     }
     case OpKind::Square: dx[0] = gr.mul(g, gr.mul(k(gr, 2), x)); return;
+    // Rounding is a cast to bf16 and back: the gradient passes as a cast's would.
+    case OpKind::RoundBf16: dx[0] = g; return;
+    // Identity whose backward rounds: the gradient enters the backward gemms as bf16.
+    case OpKind::RoundBf16Grad: dx[0] = gr.unary(OpKind::RoundBf16, g); return;
     default: return;
   }
 }
@@ -240,7 +244,8 @@ constexpr size_t kNumOps = static_cast<size_t>(OpKind::kCount);
 std::array<VjpRule, kNumOps> make_table() {
   std::array<VjpRule, kNumOps> t{};
   for (OpKind op : {OpKind::Neg, OpKind::Exp, OpKind::Log, OpKind::Tanh, OpKind::Sigmoid, OpKind::Relu,
-                    OpKind::Abs, OpKind::Sqrt, OpKind::Rsqrt, OpKind::Erf, OpKind::Square})
+                    OpKind::Abs, OpKind::Sqrt, OpKind::Rsqrt, OpKind::Erf, OpKind::Square,
+                    OpKind::RoundBf16, OpKind::RoundBf16Grad})
     t[static_cast<size_t>(op)] = vjp_unary;
   for (OpKind op : {OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Div, OpKind::Maximum,
                     OpKind::Minimum, OpKind::Pow})

@@ -32,6 +32,8 @@ constexpr std::array<OpInfo, static_cast<size_t>(OpKind::kCount)> kOps = {{
     {OpKind::Rsqrt, "rsqrt", 1, true, true},
     {OpKind::Erf, "erf", 1, true, true},
     {OpKind::Square, "square", 1, true, true},
+    {OpKind::RoundBf16, "round_bf16", 1, true, true},
+    {OpKind::RoundBf16Grad, "round_bf16_grad", 1, true, true},
     {OpKind::Add, "add", 2, true, true},
     {OpKind::Sub, "sub", 2, true, true},
     {OpKind::Mul, "mul", 2, true, true},

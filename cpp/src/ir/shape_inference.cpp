@@ -85,6 +85,7 @@ void infer_shape(Node& n, const std::vector<Node>& nodes) {
     case OpKind::Neg: case OpKind::Exp: case OpKind::Log: case OpKind::Tanh: case OpKind::Sigmoid:
     case OpKind::Relu: case OpKind::Abs: case OpKind::Sign: case OpKind::Sqrt: case OpKind::Rsqrt:
     case OpKind::Erf: case OpKind::Square: case OpKind::StopGradient: case OpKind::RandomUniform:
+    case OpKind::RoundBf16: case OpKind::RoundBf16Grad:
       check_float(n, in(0), op);
       n.shape = in(0).shape;
       return;

@@ -211,6 +211,9 @@ def save_checkpoint(
         "step": trainer.step,
         "scheduler": scheduler_to_state(getattr(trainer, "scheduler", None)),
         "history": history_to_dict(getattr(trainer, "history", None)),
+        "mixed_precision": getattr(trainer, "mixed_precision", None),
+        "loss_scaling": getattr(trainer, "loss_scaling", False),
+        "growth_interval": getattr(trainer, "growth_interval", 2000),
     }
     # L-BFGS keeps its curvature memory on the host; it is saved beside the variables.
     host = getattr(trainer, "_host_optimizer", None)
@@ -280,6 +283,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Trainer:
             optimizer=optimizer_from_config(training.get("optimizer")),
             batch_size=_training_field(training, "batch_size", 1),
             seed=_training_field(training, "seed"),
+            # Mixed precision (absent from older checkpoints: float32, no loss scaling).
+            mixed_precision=training.get("mixed_precision"),
+            loss_scaling=training.get("loss_scaling", False),
+            growth_interval=training.get("growth_interval", 2000),
         )
     except (TypeError, ValueError) as err:
         if isinstance(err, CheckpointError):

@@ -2,12 +2,26 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "gometal/ir.h"
 
 namespace gometal::ew {
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// Rounds to the nearest bfloat16 (ties to even), as bf16 hardware converts; the result
+// is that bf16 value widened back to float32. NaN stays NaN (kept quiet, sign kept).
+inline float round_bf16(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) bits |= 0x00400000u;  // NaN: no carry into inf
+  else bits += 0x7FFFu + ((bits >> 16) & 1u);
+  bits &= 0xFFFF0000u;
+  std::memcpy(&x, &bits, sizeof bits);
+  return x;
+}
 
 // Returns false for ops that are not plain unary math.
 template <class Loop>
@@ -25,6 +39,8 @@ inline bool dispatch_unary(OpKind op, Loop&& loop) {
     case OpKind::Rsqrt: loop([](float x) { return 1.0f / std::sqrt(x); }); return true;
     case OpKind::Erf: loop([](float x) { return std::erf(x); }); return true;
     case OpKind::Square: loop([](float x) { return x * x; }); return true;
+    case OpKind::RoundBf16: loop([](float x) { return round_bf16(x); }); return true;
+    case OpKind::RoundBf16Grad: loop([](float x) { return x; }); return true;
     case OpKind::BroadcastTo: loop([](float x) { return x; }); return true;
     default: return false;
   }
