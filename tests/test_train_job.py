@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
+import gometal as gm
 from gometal.cli import main
 from gometal.train_job import build_cnn
 
@@ -22,11 +23,15 @@ def test_default_job_trains_the_digits_to_97_percent(tmp_path):
     meta = _history(out)
     assert meta["classes"] == [str(d) for d in range(10)]
     assert meta["history"][-1]["val_accuracy"] >= 0.97
-    # The saved weights are the model's: they load back into the same architecture.
+    # The saved weights are the model's: they load back into the same architecture, and
+    # gm.load_model rebuilds the model from the file alone, with those weights.
     weights = load_file(str(out / "model.safetensors"))
     model = build_cnn(tuple(meta["input_shape"]), 10)
     model.set_weights(weights)
     assert set(weights) == set(model.get_weights())
+    loaded = gm.load_model(out / "model.safetensors")
+    x = np.random.default_rng(0).standard_normal((4, *meta["input_shape"]), dtype=np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
 
 
 def _write_two_class_folder(root, rng, per_class=40):

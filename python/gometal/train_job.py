@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .serialization.atomic import write_atomically
 
 DEFAULT_OUT = "gometal-run"
@@ -73,12 +71,10 @@ def add_train_command(commands: Any) -> None:
 
 
 def save_model(model: Any, out: Path, metadata: dict[str, Any]) -> None:
-    """Writes ``model.safetensors`` (the weights) and ``model.json`` (what the run was)."""
-    from safetensors.numpy import save
-
+    """Writes ``model.safetensors`` (the model: ``gm.load_model`` reads it back) and
+    ``model.json`` (what the run was)."""
     out.mkdir(parents=True, exist_ok=True)
-    weights = {name: np.ascontiguousarray(value) for name, value in model.get_weights().items()}
-    write_atomically(out / "model.safetensors", save(weights))
+    model.save(out / "model.safetensors", metadata=metadata)
     write_atomically(out / "model.json", json.dumps(metadata, indent=2).encode())
 
 
