@@ -74,7 +74,7 @@ def _trainer(seed: int = 0) -> gm.Trainer:
     return gm.Trainer(model, "cross_entropy", gm.optim.Adam(lr=1e-2), batch_size=16)
 
 
-def _fit_scripted(trainer, data, values, callbacks, epochs=None, name="score"):
+def _fit_scripted(trainer, data, values, callbacks, epochs=None, name="score", verbose=0):
     x, y = data
     metric = Scripted(values, name)
     return trainer.fit(
@@ -83,7 +83,7 @@ def _fit_scripted(trainer, data, values, callbacks, epochs=None, name="score"):
         validation=(x[:16], y[:16]),
         metrics=[metric],
         callbacks=callbacks,
-        verbose=0,
+        verbose=verbose,
     )
 
 
@@ -140,6 +140,20 @@ def test_early_stopping_stops_at_the_right_epoch_and_restores_the_best_weights(
         assert np.array_equal(restored[key], value), key
     # The restored weights are the best epoch's, not the last one's.
     assert not np.array_equal(restored["dense_0.weight"], record.weights[-1]["dense_0.weight"])
+
+
+def test_early_stopping_says_when_it_stopped_unless_silent(classification_data, capsys):
+    values = [3.0, 2.0, 2.5, 2.6, 1.0]
+    stop = gm.callbacks.EarlyStopping("val_score", patience=2, restore_best=True)
+    _fit_scripted(_trainer(), classification_data, values, [stop], verbose=2)
+    printed = capsys.readouterr().out
+    assert (
+        "early stopping after epoch 4: val_score did not improve for 2 epoch(s); "
+        "restored the weights of epoch 2" in printed
+    )
+    quiet = gm.callbacks.EarlyStopping("val_score", patience=2)
+    _fit_scripted(_trainer(), classification_data, values, [quiet], verbose=0)
+    assert capsys.readouterr().out == ""
 
 
 def test_early_stopping_without_restore_keeps_the_last_weights(classification_data):

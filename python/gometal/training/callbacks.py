@@ -191,6 +191,14 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.restore_best and self.best_weights is not None:
             self.trainer.model.set_weights(self.best_weights)
+        if self.stopped_epoch is not None and self.params.get("verbose", 0) > 0:
+            restored = ""
+            if self.restore_best and self.best_weights is not None:
+                restored = f"; restored the weights of epoch {self.best_epoch + 1}"
+            print(
+                f"early stopping after epoch {self.stopped_epoch + 1}: {self.monitor} did not "
+                f"improve for {self.patience} epoch(s){restored}"
+            )
 
 
 _PERIODIC_NAME = re.compile(r"^epoch-(\d+)\.gmckpt$")
