@@ -27,8 +27,20 @@ from ._inputs import check_average, require_samples, score_batch, warn_undefined
 _RANKING_AVERAGES = ("macro", "weighted", "micro", None)
 
 
-def _counts_at_thresholds(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Cumulative (true positives, false positives) at each distinct score, high to low."""
+def counts_at_thresholds(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Cumulative (true positives, false positives) at each distinct score, high to low.
+
+    Args:
+        positive: 0/1 labels (1: the positive class).
+        score: scores, higher meaning more positive; ties enter the curve together.
+
+    Returns:
+        ``(true_pos, false_pos)``, int64 counts, one entry per distinct score.
+
+    Example:
+        >>> [c.tolist() for c in counts_at_thresholds(np.array([0, 1, 1]), np.array([.2, .9, .9]))]
+        [[2, 2], [0, 1]]
+    """
     order = np.argsort(-score, kind="stable")
     sorted_score = score[order]
     # The last position of each run of equal scores: ties enter the curve together.
@@ -44,7 +56,7 @@ def _binary_roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
     if num_pos == 0 or num_neg == 0:
         warn_undefined("only one class is present in y_true; ROC AUC is undefined and set to NaN")
         return float("nan")
-    true_pos, false_pos = _counts_at_thresholds(positive, score)
+    true_pos, false_pos = counts_at_thresholds(positive, score)
     tp = np.r_[0, true_pos].astype(np.float64)
     fp = np.r_[0, false_pos].astype(np.float64)
     # Trapezoids in counts, normalised once: exact for integer counts.
@@ -59,7 +71,7 @@ def _binary_average_precision(positive: np.ndarray, score: np.ndarray) -> float:
             "no positive samples in y_true; recall is undefined and average precision is set to 0.0"
         )
         return 0.0
-    true_pos, false_pos = _counts_at_thresholds(positive, score)
+    true_pos, false_pos = counts_at_thresholds(positive, score)
     precision_at = true_pos / (true_pos + false_pos)
     recall_gain = np.diff(np.r_[0, true_pos]) / num_pos
     return float(np.sum(recall_gain * precision_at))

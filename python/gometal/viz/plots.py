@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics.ranking import counts_at_thresholds
 from ._checks import as_1d, as_labels, check_bins, check_same_length
 from ._features import (
     correlation_heatmap,
@@ -159,17 +160,6 @@ def learning_rate_schedule(
 
 
 # -- classification ---------------------------------------------------------------------------
-def _binary_counts(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Cumulative true/false positives at each distinct threshold, highest first."""
-    order = np.argsort(-score, kind="mergesort")
-    score, y_true = score[order], y_true[order]
-    # The last index of each run of equal scores: a threshold admits all ties at once.
-    ends = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]
-    tps = np.cumsum(y_true)[ends]
-    fps = (ends + 1) - tps
-    return tps.astype(np.float64), fps.astype(np.float64), score[ends]
-
-
 def _check_binary(y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
     truth = as_1d(y_true, "y_true")
     scores = as_1d(score, "y_score")
@@ -196,7 +186,7 @@ def binary_roc_curve(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray,
         1.0
     """
     truth, scores = _check_binary(y_true, y_score)
-    tps, fps, _ = _binary_counts(truth, scores)
+    tps, fps = (c.astype(np.float64) for c in counts_at_thresholds(truth, scores))
     tpr = np.r_[0.0, tps / tps[-1]]
     fpr = np.r_[0.0, fps / fps[-1]]
     return fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
@@ -218,7 +208,7 @@ def binary_pr_curve(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray, 
         1.0
     """
     truth, scores = _check_binary(y_true, y_score)
-    tps, fps, _ = _binary_counts(truth, scores)
+    tps, fps = (c.astype(np.float64) for c in counts_at_thresholds(truth, scores))
     precision = tps / (tps + fps)
     recall = tps / tps[-1]
     ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
