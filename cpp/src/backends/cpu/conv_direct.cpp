@@ -1,7 +1,8 @@
 #include "backends/cpu/conv_direct.h"
 
 #include <algorithm>
-#include <cstring>
+
+#include "backends/cpu/vec8.h"
 
 namespace gometal {
 namespace {
@@ -9,16 +10,6 @@ namespace {
 constexpr int64_t kCols = 16;  // output pixels per micro-kernel call: two 8-float vectors
 constexpr int64_t kRows = 6;   // output channels per micro-kernel call
 constexpr int64_t kSlack = 32; // floats after the padded image: the last row's vectors may overrun
-
-typedef float Vec8 __attribute__((vector_size(32)));
-
-inline Vec8 load(const float* p) {
-  Vec8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void store(float* p, Vec8 v) { std::memcpy(p, &v, sizeof v); }
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -43,7 +34,7 @@ void micro_kernel(const Taps& t, const float* in, const float* w, float* out, in
     for (int64_t ki = 0; ki < t.kh; ++ki) {
       const float* row = in + c * t.channel_stride + ki * t.dh * t.row_stride;
       for (int64_t kj = 0; kj < t.kw; ++kj, w += kRows) {
-        const Vec8 b0 = load(row + kj * t.dw), b1 = load(row + kj * t.dw + 8);
+        const Vec8 b0 = load8(row + kj * t.dw), b1 = load8(row + kj * t.dw + 8);
 #pragma GCC unroll 6
         for (int r = 0; r < Rows; ++r) {
           const float s = w[r];
@@ -56,12 +47,12 @@ void micro_kernel(const Taps& t, const float* in, const float* w, float* out, in
   for (int r = 0; r < Rows; ++r) {
     float* o = out + r * ld;
     if (cols == kCols) {
-      store(o, acc[r][0]);
-      store(o + 8, acc[r][1]);
+      store8(o, acc[r][0]);
+      store8(o + 8, acc[r][1]);
     } else {
       float tmp[kCols];
-      store(tmp, acc[r][0]);
-      store(tmp + 8, acc[r][1]);
+      store8(tmp, acc[r][0]);
+      store8(tmp + 8, acc[r][1]);
       std::copy(tmp, tmp + cols, o);
     }
   }
@@ -118,22 +109,22 @@ void weight_grad_kernel(const ConvGeometry& g, const float* dy, const float* pad
                         const int64_t* offsets, float* lanes, int64_t ld) {
   Vec8 acc[RO][RT];
   for (int r = 0; r < RO; ++r)
-    for (int t = 0; t < RT; ++t) acc[r][t] = load(lanes + (r * ld + t) * 8);
+    for (int t = 0; t < RT; ++t) acc[r][t] = load8(lanes + (r * ld + t) * 8);
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     const float* x_row = padded + oy * g.sh * padded_w;
     const float* dy_row = dy + oy * g.ow;
     for (int64_t ox = 0; ox < g.ow; ox += 8) {
       Vec8 d[RO];
-      for (int r = 0; r < RO; ++r) d[r] = load(dy_row + r * g.out_plane() + ox);
+      for (int r = 0; r < RO; ++r) d[r] = load8(dy_row + r * g.out_plane() + ox);
 #pragma GCC unroll 6
       for (int t = 0; t < RT; ++t) {
-        const Vec8 xv = load(x_row + offsets[t] + ox);
+        const Vec8 xv = load8(x_row + offsets[t] + ox);
         for (int r = 0; r < RO; ++r) acc[r][t] += d[r] * xv;
       }
     }
   }
   for (int r = 0; r < RO; ++r)
-    for (int t = 0; t < RT; ++t) store(lanes + (r * ld + t) * 8, acc[r][t]);
+    for (int t = 0; t < RT; ++t) store8(lanes + (r * ld + t) * 8, acc[r][t]);
 }
 
 using WeightGradKernel = void (*)(const ConvGeometry&, const float*, const float*, int64_t, const int64_t*, float*,

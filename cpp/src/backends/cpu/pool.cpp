@@ -1,8 +1,9 @@
 #include "backends/cpu/pool.h"
 
 #include <algorithm>
-#include <cstring>
 #include <limits>
+
+#include "backends/cpu/vec8.h"
 
 namespace gometal {
 namespace {
@@ -63,17 +64,6 @@ int64_t window_argmax(const ConvGeometry& g, const float* plane, int64_t oy, int
 bool is_2x2_stride2(const ConvGeometry& g) {
   return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0;
 }
-
-typedef float Vec8 __attribute__((vector_size(32)));
-typedef int Mask8 __attribute__((vector_size(32)));
-
-inline Vec8 load8(const float* p) {
-  Vec8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void store8(float* p, Vec8 v) { std::memcpy(p, &v, sizeof v); }
 
 // std::max's rule, (x < y) ? y : x, on eight lanes: NaN handling matches the scalar tail.
 inline Vec8 max8(Vec8 x, Vec8 y) { return x < y ? y : x; }
