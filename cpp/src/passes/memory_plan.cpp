@@ -67,7 +67,7 @@ class OffsetAllocator {
 
 MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const FunctionSpec& fn,
                        const std::vector<Shape>& shapes, const std::vector<int64_t>& persistent_offset,
-                       const std::vector<int>& run_end) {
+                       const SampleTiling* tiling) {
   const int n = g.size();
   MemoryPlan plan;
   plan.ref.assign(n, {});
@@ -95,7 +95,7 @@ MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const
   for (int out : fn.outputs) last_use[s.alias_root[out]] = steps;
 
   // Buffers dying at each step, and the step after which their memory may be reused.
-  auto release_step = [&](int st) { return st < steps && !run_end.empty() ? run_end[st] : st; };
+  auto release_step = [&](int st) { return st < steps && tiling ? tiling->run_end[st] : st; };
   std::vector<std::vector<int>> dies_at(steps + 1), freed_after(steps + 1);
   for (int i = 0; i < n; ++i)
     if (f.materialized[i] && last_use[i] >= 0) {
@@ -105,13 +105,13 @@ MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const
 
   // Values made in a tiled run and read only inside it (not returned) live in tiles.
   auto in_run = [&](int st) {
-    return !run_end.empty() && st >= 0 && (run_end[st] != st || (st > 0 && run_end[st - 1] == st));
+    return tiling && st >= 0 && tiling->run_begin[st] != tiling->run_end[st];
   };
   auto in_tile = [&](int id) {
     const int st = f.step_of[id];
     if (!in_run(st)) return false;
     const Shape& shape = shapes[id];
-    return !shape.empty() && shape[0] > 1 && last_use[id] <= run_end[st];
+    return !shape.empty() && shape[0] > 1 && last_use[id] <= tiling->run_end[st];
   };
 
   OffsetAllocator alloc, tiles;

@@ -7,6 +7,7 @@
 
 #include "gometal/ir.h"
 #include "passes/fusion.h"
+#include "passes/sample_tiling.h"
 #include "passes/schedule.h"
 
 namespace gometal {
@@ -29,11 +30,11 @@ struct MemoryPlan {
 };
 
 // `persistent` holds the offsets of variables, scalars and constants in the engine's pool.
-// `run_end` (per step, or empty) is the last step of the sample-tiled run a step belongs
-// to: a buffer that dies inside a run is freed only after the run, since the run's steps
-// interleave image by image.
+// `tiling` (or nullptr: no runs) gives the sample-tiled runs: a buffer that dies inside a
+// run is freed only after the run, since the run's steps interleave image by image, and a
+// value made and read only inside one run gets a one-image tile.
 MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const FunctionSpec& fn,
                        const std::vector<Shape>& shapes, const std::vector<int64_t>& persistent_offset,
-                       const std::vector<int>& run_end = {});
+                       const SampleTiling* tiling = nullptr);
 
 }  // namespace gometal

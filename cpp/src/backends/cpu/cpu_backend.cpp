@@ -313,7 +313,7 @@ class CpuFunction final : public CompiledFunction {
       if (s.needed[i]) shapes[i] = concretize(g.node(i).shape, batch);
     Fusion f = fuse_elementwise(g, s, fn, shapes);
     const SampleTiling tiling = plan_sample_tiling(g, s, f, shapes, batch);
-    const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset, tiling.run_end);
+    const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset, &tiling);
     int64_t scratch = 0;
     std::unique_ptr<SampleTiledKernel> run;
     std::string run_line;
