@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._json_floats import NON_FINITE
+
 if TYPE_CHECKING:  # imported for hints only: the trainer may import this package
     from ..trainer import Trainer
 
@@ -129,17 +131,10 @@ def exact_rate(value: float) -> float:
     return float(str(np.float32(value)))
 
 
-def encode_float(value: float) -> float | str:
-    """A float for JSON: finite values as they are, infinities and NaN as strings."""
-    if math.isfinite(value):
-        return value
-    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-
-
 def decode_float(owner: str, name: str, value: Any) -> float:
     """Reverses ``encode_float``; raises ``TypeError`` naming ``name`` for anything else."""
-    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
-        return float(value)
+    if isinstance(value, str) and value in NON_FINITE:
+        return NON_FINITE[value]
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{owner} state: {name} must be a number, got {value!r}")
     return float(value)

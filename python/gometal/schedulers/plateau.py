@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._json_floats import encode_float
 from .base import (
     LRScheduler,
     check_choice,
     check_int,
     check_real,
     decode_float,
-    encode_float,
 )
 
 if TYPE_CHECKING:

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .._json_floats import NON_FINITE, encode_float
+
 # The keys every fit records, in display order; validation metrics follow val_accuracy.
 STANDARD_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "time")
 _FORMAT_VERSION = 1
@@ -35,22 +37,19 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
 def _encode(value: Any) -> Any:
     # Strict JSON has no NaN or infinity (checkpoints refuse them): write them as strings.
     value = to_plain(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, float):
+        return encode_float(value)
     if isinstance(value, list):
         return [_encode(item) for item in value]
     return value
 
 
 def _decode(value: Any) -> Any:
-    if isinstance(value, str) and value in _NON_FINITE:
-        return _NON_FINITE[value]
+    if isinstance(value, str) and value in NON_FINITE:
+        return NON_FINITE[value]
     if isinstance(value, list):
         return [_decode(item) for item in value]
     return value
