@@ -193,3 +193,60 @@ def test_mean_over_the_batch_dimension_gradient(rng):
         ref = (v.astype(np.float64) * wv) ** 2
         assert value == pytest.approx(ref.mean(), rel=1e-5)
         np.testing.assert_allclose(got, (2 * v * v * wv).sum(0) / (n * 3), rtol=1e-5, atol=1e-6)
+
+
+def _moments(v):
+    axes = (0, *range(2, v.ndim))
+    return np.stack([v.mean(axis=axes), v.var(axis=axes)])
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (3, 2, 5), (2, 3, 4, 5), (5, 2, 1, 40)], ids=str)
+def test_channel_moments(shape, rng):
+    # Mean and biased variance per channel (axis 1): batch-norm statistics, and their gradient.
+    check_op("channel_moments", [_any(rng, shape)], {}, _moments)
+
+
+def test_channel_moments_keeps_precision_with_a_large_mean(rng):
+    # A one-pass sum of squares in float32 would lose the variance of values near 1000.
+    x = (1000.0 + rng.standard_normal((64, 3, 8, 8))).astype(np.float32)
+    g = _core.Graph()
+    node = g.input("x", (-1, 3, 8, 8), "float32")
+    out = g.op("channel_moments", [node], {})
+    eng = _core.Engine(g, seed=0)
+    eng.define("f", inputs=[node], outputs=[out], effects=[], advance_rng=False)
+    (got,) = eng.run("f", [x])
+    np.testing.assert_allclose(got, _moments(x.astype(np.float64)), rtol=2e-4)
+
+
+def test_channel_moments_gradient_counts_the_batch_at_run_time(rng):
+    # The number of values per channel includes the batch, known only when the plan compiles.
+    g = _core.Graph()
+    x = g.input("x", (-1, 2, 3), "float32")
+    w = g.variable("w", (2, 3))
+    moments = g.op("channel_moments", [g.op("mul", [x, w], {})], {})
+    weights = np.array([[0.5, -1.0], [2.0, 0.25]], np.float32)
+    loss = g.op("sum", [g.op("mul", [moments, g.constant(weights)], {})], {"axes": []})
+    (grad,) = g.gradients(loss, [w])
+    eng = _core.Engine(g, seed=0)
+    wv = rng.standard_normal((2, 3)).astype(np.float32)
+    eng.set_variable("w", wv)
+    eng.define("f", inputs=[x], outputs=[grad], effects=[], advance_rng=False)
+    for n in (3, 7):
+        v = rng.standard_normal((n, 2, 3)).astype(np.float32)
+        (got,) = eng.run("f", [v])
+        want = np.zeros((2, 3))
+        for idx in np.ndindex(2, 3):
+            step = np.zeros((2, 3))
+            step[idx] = 1e-4
+            plus, minus = (np.sum(_moments(v * (wv + d)) * weights) for d in (step, -step))
+            want[idx] = (plus - minus) / 2e-4
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_channel_moments_rejects_a_vector():
+    g = _core.Graph()
+    x = g.input("x", (-1,), "float32")
+    with pytest.raises(
+        ValueError, match=r"\[channel_moments\] .* at least 2 dims, got shape \(batch,\)"
+    ):
+        g.op("channel_moments", [x], {})

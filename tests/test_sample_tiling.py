@@ -91,6 +91,23 @@ def test_inference_chain_runs_as_one_tiled_step():
     assert runs[0].count("conv2d") == 3 and runs[0].count("max_pool2d") == 3
 
 
+def _run_holding(plan, step):
+    return next((line for line in plan if line.startswith("tiled{") and step in line), None)
+
+
+def test_batch_norm_and_bias_gradients_run_inside_runs_when_channels_equal_the_batch():
+    # 16 channels and 16 images: a per-channel (16, 1, 1) vector must not pass for a batch
+    # of values, so batch norm's normalisation joins the run after it. The running-statistic
+    # updates move above that run, and bias gradients sum each image inside its run.
+    trainer = gm.Trainer(_cnn((3, 16, 16), (8, 16, 16)), loss="cross_entropy", batch_size=16)
+    plan = trainer._engine.describe("train", 16)
+    normalise = _run_holding(plan, "fused[mul,add,relu] (16, 16, 8, 8)")
+    assert normalise is not None and "conv2d (16, 16, 4, 4)" in normalise, plan
+    assert _run_holding(plan, "sum (16, 16, 1, 1)") is not None, plan
+    assert _run_holding(plan, "sum (16, 8, 1, 1)") is not None, plan
+    assert any(line.startswith("channel_moments (2, 16)") for line in plan)
+
+
 def test_setting_reads_back_and_a_batch_of_one_is_not_tiled():
     _core.set_sample_tiling(False)
     assert _core.sample_tiling() is False

@@ -27,6 +27,7 @@ enum class OpKind : uint8_t {
   Select,
   // reductions
   Sum, Mean, Max, Argmax,
+  ChannelMoments,  // per channel (axis 1): mean and biased variance over every other axis
   // layout
   Reshape, Transpose, BroadcastTo, Slice, Concat, Pad,
   // linear algebra

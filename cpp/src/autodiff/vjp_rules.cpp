@@ -110,6 +110,44 @@ void vjp_select(Graph& gr, int y, int g, std::vector<int>& dx) {
   dx[2] = gr.reduce_to(sel(gr, v.in[0], zero, g), shape_of(gr, v.in[2]));
 }
 
+// value / (the number of elements `axes` of shape xs span); that count is a constant
+// unless the batch dim is among the axes, when it is counted at run time.
+int divide_by_count(Graph& gr, int value, const Shape& xs, const std::vector<int64_t>& axes) {
+  const int64_t count = reduced_count(xs, axes);
+  if (count > 0) return gr.mul(value, k(gr, 1.0f / static_cast<float>(count)));
+  // A (batch,) vector of ones, summed, times the static part of the extent.
+  int64_t fixed = 1;
+  for (int64_t a : axes)
+    if (xs[a] != kBatch) fixed *= xs[a];
+  const int batch = gr.sum(gr.broadcast_to(k(gr, 1), {kBatch}), {});
+  int total = k(gr, static_cast<float>(fixed));
+  for (int64_t a : axes)
+    if (xs[a] == kBatch) total = gr.mul(total, batch);
+  return gr.div(value, total);
+}
+
+// moments = (mean, var) per channel over the n values of each: d mean / dx = 1/n and
+// d var / dx = 2 (x - mean) / n, so dx = (g_mean + 2 g_var (x - mean)) / n.
+void vjp_channel_moments(Graph& gr, int y, int g, std::vector<int>& dx) {
+  const View v = view(gr, y);
+  const int x = v.in[0];
+  const Shape xs = shape_of(gr, x);
+  Shape channel(xs.size(), 1);
+  channel[1] = xs[1];
+  std::vector<int64_t> axes{0};
+  for (int64_t a = 2; a < static_cast<int64_t>(xs.size()); ++a) axes.push_back(a);
+  auto row = [&](int value, int64_t r) {
+    Attrs a;
+    a.axis = 0;
+    a.start = r;
+    a.end = r + 1;
+    return gr.reshape(gr.op(OpKind::Slice, {value}, a), channel);
+  };
+  const int centered = gr.sub(x, row(y, 0));
+  const int total = gr.add(row(g, 0), gr.mul(gr.mul(row(g, 1), k(gr, 2.0f)), centered));
+  dx[0] = divide_by_count(gr, total, xs, axes);
+}
+
 void vjp_reduce(Graph& gr, int y, int g, std::vector<int>& dx) {
   const View v = view(gr, y);
   const Shape xs = shape_of(gr, v.in[0]);
@@ -117,25 +155,7 @@ void vjp_reduce(Graph& gr, int y, int g, std::vector<int>& dx) {
   const int gb = gr.broadcast_to(gr.reshape(g, keep), xs);
   switch (v.op) {
     case OpKind::Sum: dx[0] = gb; return;
-    case OpKind::Mean: {
-      // mean = sum / count; the count is known unless the batch dim is reduced.
-      const int64_t count = reduced_count(xs, v.attrs.ints);
-      if (count > 0) {
-        dx[0] = gr.mul(gb, k(gr, 1.0f / static_cast<float>(count)));
-      } else {
-        // The batch size is known only at run time: count a (batch,) vector of ones,
-        // times the static part of the reduced extent.
-        int64_t fixed = 1;
-        for (int64_t a : v.attrs.ints)
-          if (xs[a] != kBatch) fixed *= xs[a];
-        const int batch = gr.sum(gr.broadcast_to(k(gr, 1), {kBatch}), {});
-        int total = k(gr, static_cast<float>(fixed));
-        for (int64_t a : v.attrs.ints)
-          if (xs[a] == kBatch) total = gr.mul(total, batch);
-        dx[0] = gr.div(gb, total);
-      }
-      return;
-    }
+    case OpKind::Mean: dx[0] = divide_by_count(gr, gb, xs, v.attrs.ints); return;
     case OpKind::Max: {
       // Ties share the gradient evenly, as torch.amax does.
       const int yb = gr.broadcast_to(gr.reshape(y, keep), xs);
@@ -256,6 +276,7 @@ std::array<VjpRule, kNumOps> make_table() {
                     OpKind::Pad, OpKind::Concat, OpKind::Cast})
     t[static_cast<size_t>(op)] = vjp_layout;
   t[static_cast<size_t>(OpKind::MatMul)] = vjp_matmul;
+  t[static_cast<size_t>(OpKind::ChannelMoments)] = vjp_channel_moments;
   for (OpKind op : {OpKind::Conv2D, OpKind::MaxPool2D, OpKind::AvgPool2D}) t[static_cast<size_t>(op)] = vjp_window;
   return t;
 }

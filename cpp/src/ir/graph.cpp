@@ -147,7 +147,14 @@ int Graph::reduce_to(int g, const Shape& target) {
     if (i < lead) axes.push_back(static_cast<int64_t>(i));
     else if (target[i - lead] == 1 && gs[i] != 1) axes.push_back(static_cast<int64_t>(i));
   }
-  const int s = axes.empty() ? g : sum(g, axes, true);
+  int s = g;
+  if (axes.size() > 1 && axes.front() == 0 && gs[0] == kBatch) {
+    // Per image first, then across the batch: the per-image sums can run inside
+    // sample-tiled runs while each image is in cache (a bias gradient, say).
+    s = sum(sum(g, std::vector<int64_t>(axes.begin() + 1, axes.end()), true), {0}, true);
+  } else if (!axes.empty()) {
+    s = sum(g, axes, true);
+  }
   return reshape(s, target);
 }
 

@@ -50,6 +50,7 @@ constexpr std::array<OpInfo, static_cast<size_t>(OpKind::kCount)> kOps = {{
     {OpKind::Mean, "mean", 1, false, true},
     {OpKind::Max, "max", 1, false, true},
     {OpKind::Argmax, "argmax", 1, false, false},
+    {OpKind::ChannelMoments, "channel_moments", 1, false, true},
     {OpKind::Reshape, "reshape", 1, false, true},
     {OpKind::Transpose, "transpose", 1, false, true},
     {OpKind::BroadcastTo, "broadcast_to", 1, true, true},

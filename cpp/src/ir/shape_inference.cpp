@@ -117,6 +117,15 @@ void infer_shape(Node& n, const std::vector<Node>& nodes) {
       return;
     }
 
+    case OpKind::ChannelMoments: {
+      check_float(n, in(0), op);
+      const Shape& s = in(0).shape;
+      if (s.size() < 2 || s[1] == kBatch)
+        fail(op, "expects (batch, channels, ...) with at least 2 dims, got shape " + shape_str(s));
+      n.shape = {2, s[1]};
+      return;
+    }
+
     case OpKind::Argmax: {
       check_float(n, in(0), op);
       const Shape& s = in(0).shape;

@@ -121,6 +121,48 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
     }
   }
 
+  // A member whose readers all sit in one later group, and whose inputs are stored anyway,
+  // moves into that group: it is then computed where it is read instead of being stored
+  // in between (relu's mask, kept from the forward pass to the backward pass).
+  std::vector<char> is_output(n, 0);
+  for (int out : fn.outputs) is_output[s.alias_root[out]] = 1;
+  auto stored_anyway = [&](int root, int gi) {
+    for (int c : consumers[root])
+      if (group_of[c] != gi) return true;
+    return is_output[root] != 0;
+  };
+  for (int gi = 0; gi < static_cast<int>(groups.size()); ++gi) {
+    auto& members = groups[gi].members;
+    for (size_t i = 0; i < members.size();) {
+      const int m = members[i];
+      const Node& node = g.node(m);
+      int into = -1;
+      bool movable = node.op != OpKind::Assign && !is_output[m] && !consumers[m].empty() &&
+                     s.position[m] != groups[gi].first_pos;
+      for (int c : consumers[m]) {
+        const int cg = group_of[c];
+        const bool direct = std::find(g.node(c).inputs.begin(), g.node(c).inputs.end(), m) != g.node(c).inputs.end();
+        if (cg < 0 || cg == gi || (into >= 0 && cg != into) || !direct) movable = false;
+        into = cg;
+      }
+      movable = movable && groups[into].first_pos > groups[gi].first_pos &&
+                groups[into].members.size() < kMaxGroupMembers && shapes[m] == shapes[groups[into].members.front()];
+      for (int in : node.inputs) {
+        const int root = s.alias_root[in];
+        if (movable && group_of[root] == gi && (root != in || !stored_anyway(root, gi))) movable = false;
+      }
+      if (!movable) {
+        ++i;
+        continue;
+      }
+      members.erase(members.begin() + static_cast<std::ptrdiff_t>(i));
+      auto& target = groups[into].members;
+      target.push_back(m);
+      std::sort(target.begin(), target.end(), [&](int a, int b) { return s.position[a] < s.position[b]; });
+      group_of[m] = into;
+    }
+  }
+
   // Steps in execution order: a group at its first member, other nodes where they stand.
   Fusion f;
   f.step_of.assign(n, -1);

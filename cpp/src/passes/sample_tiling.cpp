@@ -10,9 +10,45 @@ namespace {
 
 std::atomic<bool> g_sample_tiling{true};
 
-bool batch_leading(const Shape& shape, int64_t batch) { return !shape.empty() && shape[0] == batch; }
+// Whether dim 0 of a value is the batch: read from the graph's shapes, where the batch
+// is a symbol, since a per-channel vector may have as many entries as the batch has images.
+bool batch_leading(const Graph& g, int id) {
+  const Shape& shape = g.node(id).shape;
+  return !shape.empty() && shape[0] == kBatch;
+}
+
+// Only steps with real work per image join runs: a (batch,) vector, say, would start or
+// join a run that the steps reading its sum must then wait behind.
+constexpr int64_t kMinRunSampleFloats = 16;
+
+int64_t sample_floats(const Shape& shape, int64_t batch) { return numel(shape) / batch; }
+
+// Whether any step in `steps` reads one of the variables that `effect` writes.
+bool reads_written(const Graph& g, const Schedule& s, const Fusion& f, const std::vector<int>& steps,
+                   const Step& effect) {
+  std::vector<int> written;
+  for (int id : effect.nodes)
+    for (int var : written_variables(g.node(id))) written.push_back(var);
+  for (int st : steps)
+    for (int id : f.steps[st].nodes)
+      for (int in : g.node(id).inputs)
+        if (std::find(written.begin(), written.end(), s.alias_root[in]) != written.end()) return true;
+  return false;
+}
 
 }  // namespace
+
+bool reduces_trailing_block(const Shape& in, const std::vector<int64_t>& axes) {
+  if (axes.empty() || std::find(axes.begin(), axes.end(), 0) != axes.end()) return false;
+  // Every kept dim (size-1 dims aside) comes before every reduced one.
+  int64_t last_kept = -1, first_reduced = static_cast<int64_t>(in.size());
+  for (int64_t d = 0; d < static_cast<int64_t>(in.size()); ++d) {
+    if (in[d] == 1) continue;
+    if (std::find(axes.begin(), axes.end(), d) != axes.end()) first_reduced = std::min(first_reduced, d);
+    else last_kept = d;
+  }
+  return last_kept < first_reduced;
+}
 
 void set_sample_tiling(bool enabled) { g_sample_tiling.store(enabled); }
 bool sample_tiling() { return g_sample_tiling.load(); }
@@ -31,12 +67,16 @@ bool sample_aligned_inputs(const Graph& g, const Step& step, const std::vector<S
         aligned->push_back(g.node(id).inputs[0]);
         aligned->push_back(g.node(id).inputs[1]);
         return true;
+      case OpKind::Sum: case OpKind::Mean:
+        if (!reduces_trailing_block(shapes[g.node(id).inputs[0]], g.node(id).attrs.ints)) return false;
+        aligned->push_back(g.node(id).inputs[0]);
+        return true;
       default:
         return false;
     }
   }
   const Shape& shape = shapes[step.nodes.front()];
-  if (!batch_leading(shape, batch)) return false;
+  if (!batch_leading(g, step.nodes.front())) return false;
   for (int id : step.nodes) {
     const Node& n = g.node(id);
     if (n.op == OpKind::Assign || shapes[id] != shape) return false;
@@ -77,6 +117,9 @@ SampleTiling plan_sample_tiling(const Graph& g, const Schedule& s, Fusion& f, co
     // Tileable: runs sample by sample, and reads no computed batch-first value any other way
     // (a later step of a run may overwrite such a value image by image, in place).
     bool tileable = sample_aligned_inputs(g, step, shapes, batch, &aligned);
+    int64_t work = sample_floats(shapes[step.nodes.front()], batch);
+    for (int in : aligned) work = std::max(work, sample_floats(shapes[in], batch));
+    tileable = tileable && work >= kMinRunSampleFloats;
     bool joins = tileable;
     for (int id : step.nodes) {
       if (is_effect(g.node(id).op)) pure = false;
@@ -85,7 +128,7 @@ SampleTiling plan_sample_tiling(const Graph& g, const Schedule& s, Fusion& f, co
         const int producer = f.step_of[root];
         if (producer < 0 || producer == st) continue;
         const bool by_sample = std::find(aligned.begin(), aligned.end(), in) != aligned.end();
-        const bool batch_first = batch_leading(shapes[root], batch) && batch_leading(shapes[in], batch);
+        const bool batch_first = batch_leading(g, root) && batch_leading(g, in);
         if (!by_sample && batch_first) tileable = false;
         if (place[producer] == Place::InRun && !(by_sample && batch_first)) joins = false;
         reads_run |= place[producer] == Place::InRun;
@@ -96,8 +139,11 @@ SampleTiling plan_sample_tiling(const Graph& g, const Schedule& s, Fusion& f, co
       if (!run.empty() && joins) {
       run.push_back(st);
       place[st] = Place::InRun;
-    } else if (!run.empty() && !tileable && pure && !reads_run && !reads_deferred) {
-      order.push_back(st);  // independent of the run: hoisted above it
+    } else if (!run.empty() && !tileable && !reads_run && !reads_deferred &&
+               (pure || (!reads_written(g, s, f, run, step) && !reads_written(g, s, f, deferred, step)))) {
+      // Independent of the run: hoisted above it. An effect (a running-statistics update,
+      // say) may move too when nothing in the run or behind it reads what it writes.
+      order.push_back(st);
       place[st] = Place::Placed;
     } else if (!run.empty() && !tileable && pure) {
       deferred.push_back(st);  // needs the run's results: runs after it

@@ -16,6 +16,11 @@ struct SampleTiling {
   std::vector<int> run_begin;
 };
 
+// Whether a reduction over `axes` of a value of shape `in` keeps dim 0 and reduces only a
+// trailing block of dims (an (N, C, H, W) tensor summed over H and W): it can then run
+// image by image, with the same arithmetic as over the whole batch.
+bool reduces_trailing_block(const Shape& in, const std::vector<int64_t>& axes);
+
 // Input positions a step reads sample by sample (x of a convolution, dy of its input
 // gradient, the full-shape operands of a fused group); false when the step cannot be tiled.
 bool sample_aligned_inputs(const Graph& g, const Step& step, const std::vector<Shape>& shapes, int64_t batch,

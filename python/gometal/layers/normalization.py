@@ -99,7 +99,6 @@ class BatchNorm(Layer):
         channels = shape[1]
         # Per-channel vectors broadcast against x as (C, 1, ..., 1).
         channel_shape = [channels] + [1] * (len(shape) - 2)
-        axes = [0, *range(2, len(shape))]
 
         def per_channel(vector: int) -> int:
             if len(shape) == 2:
@@ -117,15 +116,21 @@ class BatchNorm(Layer):
                 shift = op(g, "add", shift, ctx.variable("bias"))
             return op(g, "add", op(g, "mul", x, per_channel(scale)), per_channel(shift))
 
-        mean = op(g, "mean", x, axes=axes, keepdims=True)
-        centered = op(g, "sub", x, mean)
-        variance = op(g, "mean", op(g, "square", centered), axes=axes, keepdims=True)
+        # The batch statistics in one pass over x, then y = x * scale + shift with the
+        # per-channel scale = weight / sqrt(var + eps) and shift = bias - mean * scale: one
+        # more pass, which fuses with the activation that usually follows.
+        moments = op(g, "channel_moments", x)
+        mean = op(g, "reshape", op(g, "slice", moments, axis=0, start=0, end=1), shape=[channels])
+        variance = op(
+            g, "reshape", op(g, "slice", moments, axis=0, start=1, end=2), shape=[channels]
+        )
         scale = op(g, "rsqrt", op(g, "add", variance, const(g, self.eps)))
         if self.affine:
-            scale = op(g, "mul", scale, per_channel(ctx.variable("weight")))
-        out = op(g, "mul", centered, scale)
+            scale = op(g, "mul", scale, ctx.variable("weight"))
+        shift = op(g, "neg", op(g, "mul", mean, scale))
         if self.affine:
-            out = op(g, "add", out, per_channel(ctx.variable("bias")))
+            shift = op(g, "add", shift, ctx.variable("bias"))
+        out = op(g, "add", op(g, "mul", x, per_channel(scale)), per_channel(shift))
         self._emit_running_updates(ctx, x, mean, variance)
         return out
 
@@ -147,8 +152,8 @@ class BatchNorm(Layer):
             g, "div", count, op(g, "maximum", op(g, "sub", count, const(g, 1.0)), const(g, 1.0))
         )
         momentum, keep = const(g, self.momentum), const(g, 1.0 - self.momentum)
-        batch_mean = op(g, "reshape", mean, shape=[shape[1]])
-        batch_var = op(g, "mul", op(g, "reshape", variance, shape=[shape[1]]), correction)
+        batch_mean = mean
+        batch_var = op(g, "mul", variance, correction)
         for name, batch_value in (("running_mean", batch_mean), ("running_var", batch_var)):
             running = ctx.variable(name)
             updated = op(g, "add", op(g, "mul", running, keep), op(g, "mul", batch_value, momentum))

@@ -100,7 +100,7 @@ void forward_group(const ConvGeometry& g, const float* padded, const float* pack
 
 // Weight gradient: RO output channels x RT taps of dw, each summed over pixels in 8 lanes
 // kept in memory across images (lanes[weight][8]), added across lanes once at the end.
-constexpr int kGradRows = 2, kGradTaps = 6;  // 12 accumulators
+constexpr int kGradRows = 4, kGradTaps = 3;  // 12 accumulators
 
 // lanes[r][t] += dy[r] * x at tap t over the image's pixels, for r < RO, t < RT;
 // `offsets[t]` is tap t's place in the padded image relative to the output row's start.
@@ -116,7 +116,7 @@ void weight_grad_kernel(const ConvGeometry& g, const float* dy, const float* pad
     for (int64_t ox = 0; ox < g.ow; ox += 8) {
       Vec8 d[RO];
       for (int r = 0; r < RO; ++r) d[r] = load8(dy_row + r * g.out_plane() + ox);
-#pragma GCC unroll 6
+#pragma GCC unroll 3
       for (int t = 0; t < RT; ++t) {
         const Vec8 xv = load8(x_row + offsets[t] + ox);
         for (int r = 0; r < RO; ++r) acc[r][t] += d[r] * xv;
@@ -131,9 +131,8 @@ using WeightGradKernel = void (*)(const ConvGeometry&, const float*, const float
                                   int64_t);
 
 template <int RO>
-constexpr WeightGradKernel kWeightGradKernels[kGradTaps + 1] = {
-    nullptr, weight_grad_kernel<RO, 1>, weight_grad_kernel<RO, 2>, weight_grad_kernel<RO, 3>,
-    weight_grad_kernel<RO, 4>, weight_grad_kernel<RO, 5>, weight_grad_kernel<RO, 6>};
+constexpr WeightGradKernel kWeightGradKernels[kGradTaps + 1] = {nullptr, weight_grad_kernel<RO, 1>,
+                                                                weight_grad_kernel<RO, 2>, weight_grad_kernel<RO, 3>};
 
 }  // namespace
 
@@ -144,8 +143,8 @@ int64_t conv2d_direct_weight_grad_scratch(const ConvGeometry& g) {
   return round_up(g.c_per_group() * padded_size(g).plane() + kSlack, 16) + g.patch() * 2;
 }
 
-void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, const float* dy, float* lanes,
-                                     float* scratch) {
+void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, const float* dy, int64_t o_begin,
+                                     int64_t o_end, float* lanes, float* scratch) {
   const Padded p = padded_size(g);
   const int64_t taps = g.patch(), window = g.kh * g.kw;
   float* padded = scratch;
@@ -154,16 +153,20 @@ void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, cons
     const int64_t c = k / window, ki = k % window / g.kw, kj = k % g.kw;
     offsets[k] = c * p.plane() + ki * g.dh * p.w + kj * g.dw;
   }
-  for (int64_t gi = 0; gi < g.groups; ++gi) {
+  for (int64_t gi = o_begin / g.o_per_group(); gi < g.groups && gi * g.o_per_group() < o_end; ++gi) {
     pad_image(g, x + gi * g.c_per_group() * g.h * g.w, padded);
-    const float* dyg = dy + gi * g.o_per_group() * g.out_plane();
-    float* lanes_g = lanes + gi * g.o_per_group() * taps * 8;
-    for (int64_t o0 = 0; o0 < g.o_per_group(); o0 += kGradRows) {
-      const bool pair = o0 + 1 < g.o_per_group();
+    const int64_t first = std::max(o_begin, gi * g.o_per_group());
+    const int64_t last = std::min(o_end, (gi + 1) * g.o_per_group());
+    for (int64_t o0 = first; o0 < last; o0 += kGradRows) {
+      const int64_t rows = std::min<int64_t>(kGradRows, last - o0);
       for (int64_t k0 = 0; k0 < taps; k0 += kGradTaps) {
         const int64_t count = std::min<int64_t>(kGradTaps, taps - k0);
-        const WeightGradKernel kernel = pair ? kWeightGradKernels<2>[count] : kWeightGradKernels<1>[count];
-        kernel(g, dyg + o0 * g.out_plane(), padded, p.w, offsets + k0, lanes_g + (o0 * taps + k0) * 8, taps);
+        const WeightGradKernel kernel = rows == 4   ? kWeightGradKernels<4>[count]
+                                        : rows == 3 ? kWeightGradKernels<3>[count]
+                                        : rows == 2 ? kWeightGradKernels<2>[count]
+                                                    : kWeightGradKernels<1>[count];
+        kernel(g, dy + o0 * g.out_plane(), padded, p.w, offsets + k0, lanes + ((o0 - o_begin) * taps + k0) * 8,
+               taps);
       }
     }
   }

@@ -34,11 +34,14 @@ void conv2d_direct_input_grad_image(const ConvGeometry& as_forward, const float*
 bool conv2d_direct_weight_grad_supported(const ConvGeometry& g);
 int64_t conv2d_direct_weight_grad_scratch(const ConvGeometry& g);
 
-// Adds one image's weight gradient, from x (C, H, W) and dy (O, OH, OW), to `lanes`:
-// 8 partial sums per weight of dw (O, C/groups, KH, KW), i.e. O*C/groups*KH*KW*8 floats.
-// On the calling thread.
-void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, const float* dy, float* lanes,
-                                     float* scratch);
+// Adds one image's weight gradient for output channels [o_begin, o_end), from x (C, H, W)
+// and dy (O, OH, OW), to `lanes`: 8 partial sums per weight of those rows of dw
+// (O, C/groups, KH, KW), i.e. (o_end - o_begin)*C/groups*KH*KW*8 floats. On the calling thread.
+void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, const float* dy, int64_t o_begin,
+                                     int64_t o_end, float* lanes, float* scratch);
+
+// Output channels per block of the direct weight gradient: split dw across threads on these.
+constexpr int64_t kDirectWeightGradBlock = 4;
 
 // dw[i] = (or +=, without `assign`) the sum of lanes[i*8 .. i*8+8).
 void add_lane_sums(const float* lanes, int64_t weights, bool assign, float* dw);

@@ -34,6 +34,17 @@ struct ReduceKernel final : Kernel {
   ReduceKind kind;
   ReduceGeometry geo;
   void run(const ExecContext& ctx) const override { reduce(*ctx.pool, kind, geo, ctx.ptr(x), ctx.ptr(y)); }
+  void run_samples(const ExecContext& ctx, int64_t n0, int64_t n1, int) const override {
+    reduce_samples(kind, geo, ctx.ptr(x), ctx.ptr(y), n0, n1);
+  }
+};
+
+struct ChannelMomentsKernel final : Kernel {
+  BufRef x, y;
+  int64_t lead, channels, trail;
+  void run(const ExecContext& ctx) const override {
+    channel_moments(*ctx.pool, lead, channels, trail, ctx.ptr(x), ctx.ptr(y));
+  }
 };
 
 struct TransposeKernel final : Kernel {
@@ -229,6 +240,17 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
                 : n.op == OpKind::Max ? ReduceKind::Max : ReduceKind::Argmax;
       const std::vector<int64_t> axes = n.op == OpKind::Argmax ? std::vector<int64_t>{n.attrs.axis} : n.attrs.ints;
       k->geo = reduce_geometry(in_shape(0), axes);
+      return k;
+    }
+    case OpKind::ChannelMoments: {
+      auto k = std::make_unique<ChannelMomentsKernel>();
+      k->x = in(0);
+      k->y = y;
+      const Shape& s = in_shape(0);
+      k->lead = s[0];
+      k->channels = s[1];
+      k->trail = 1;
+      for (size_t d = 2; d < s.size(); ++d) k->trail *= s[d];
       return k;
     }
     case OpKind::Transpose: {

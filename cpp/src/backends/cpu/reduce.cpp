@@ -26,6 +26,22 @@ float contiguous_sum(const float* x, int64_t n) {
   return total;
 }
 
+// The sum of (x - center)^2, with the lanes of contiguous_sum.
+float contiguous_squared_deviation(const float* x, int64_t n, float center) {
+  constexpr int kLanes = 32;
+  float acc[kLanes] = {};
+  int64_t r = 0;
+  for (; r + kLanes <= n; r += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const float d = x[r + j] - center;
+      acc[j] += d * d;
+    }
+  for (; r < n; ++r) acc[0] += (x[r] - center) * (x[r] - center);
+  float total = 0.0f;
+  for (int j = 0; j < kLanes; ++j) total += acc[j];
+  return total;
+}
+
 float contiguous_max(const float* x, int64_t n) {
   float best = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < n; ++i) best = std::max(best, x[i]);
@@ -204,6 +220,51 @@ void reduce(ThreadPool& pool, ReduceKind kind, const ReduceGeometry& geo, const 
     split_range(inner, threads, part, 16, &i0, &i1);
     if (i0 < i1) reduce_block(kind, 0, outer, i0, i1, reduced, inner, x, y);
   });
+}
+
+void channel_moments(ThreadPool& pool, int64_t lead, int64_t channels, int64_t trail, const float* x, float* y) {
+  const float count = static_cast<float>(lead * trail);
+  float* mean = y;
+  float* var = y + channels;
+  const int tasks = lead * channels * trail < kParallelMin ? 1 : static_cast<int>(std::min<int64_t>(pool.size(), channels));
+  // Two passes per channel (mean, then squared deviations from it) rather than sum and sum of
+  // squares, which cancel badly when the mean is large; each channel is one thread's, summed
+  // in a fixed order.
+  pool.parallel_for(tasks, [&](int task, int) {
+    int64_t c0, c1;
+    split_range(channels, tasks, task, 1, &c0, &c1);
+    if (trail == 1) {
+      // (batch, features): walk rows, the channels of a row side by side.
+      std::fill(mean + c0, mean + c1, 0.0f);
+      std::fill(var + c0, var + c1, 0.0f);
+      for (int64_t a = 0; a < lead; ++a)
+        for (int64_t c = c0; c < c1; ++c) mean[c] += x[a * channels + c];
+      for (int64_t c = c0; c < c1; ++c) mean[c] /= count;
+      for (int64_t a = 0; a < lead; ++a)
+        for (int64_t c = c0; c < c1; ++c) {
+          const float d = x[a * channels + c] - mean[c];
+          var[c] += d * d;
+        }
+      for (int64_t c = c0; c < c1; ++c) var[c] /= count;
+      return;
+    }
+    for (int64_t c = c0; c < c1; ++c) {
+      float sum = 0.0f;
+      for (int64_t a = 0; a < lead; ++a) sum += contiguous_sum(x + (a * channels + c) * trail, trail);
+      const float m = sum / count;
+      float deviation = 0.0f;
+      for (int64_t a = 0; a < lead; ++a)
+        deviation += contiguous_squared_deviation(x + (a * channels + c) * trail, trail, m);
+      mean[c] = m;
+      var[c] = deviation / count;
+    }
+  });
+}
+
+void reduce_samples(ReduceKind kind, const ReduceGeometry& geo, const float* x, float* y, int64_t n0, int64_t n1) {
+  // Rows of the (outer, reduced) view: each image holds outer / batch of them.
+  const int64_t rows_per_sample = geo.outer / geo.in_shape[0];
+  reduce_block(kind, n0 * rows_per_sample, n1 * rows_per_sample, 0, 1, geo.reduced, 1, x, y);
 }
 
 }  // namespace gometal

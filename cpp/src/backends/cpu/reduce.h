@@ -25,4 +25,13 @@ ReduceGeometry reduce_geometry(const Shape& in, const std::vector<int64_t>& axes
 
 void reduce(ThreadPool& pool, ReduceKind kind, const ReduceGeometry& geo, const float* x, float* y);
 
+// Images [n0, n1), on the calling thread, of a reduction that keeps dim 0 and reduces a
+// trailing block of dims (passes/sample_tiling.h: reduces_trailing_block); geo is the
+// whole batch's, and the arithmetic is the same as reduce()'s.
+void reduce_samples(ReduceKind kind, const ReduceGeometry& geo, const float* x, float* y, int64_t n0, int64_t n1);
+
+// y (2, channels) = the mean and biased variance of each channel of x (lead, channels,
+// trail) over its lead * trail values: batch-norm statistics.
+void channel_moments(ThreadPool& pool, int64_t lead, int64_t channels, int64_t trail, const float* x, float* y);
+
 }  // namespace gometal
