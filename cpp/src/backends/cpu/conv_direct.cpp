@@ -100,7 +100,8 @@ void forward_group(const ConvGeometry& g, const float* padded, const float* pack
 
 // Weight gradient: RO output channels x RT taps of dw, each summed over pixels in 8 lanes
 // kept in memory across images (lanes[weight][8]), added across lanes once at the end.
-constexpr int kGradRows = 4, kGradTaps = 3;  // 12 accumulators
+// 12 accumulators + 3 dy vectors + 1 input vector: all 16 AVX registers, no reloads.
+constexpr int kGradRows = kDirectWeightGradBlock, kGradTaps = 4;
 
 // lanes[r][t] += dy[r] * x at tap t over the image's pixels, for r < RO, t < RT;
 // `offsets[t]` is tap t's place in the padded image relative to the output row's start.
@@ -115,10 +116,15 @@ void weight_grad_kernel(const ConvGeometry& g, const float* dy, const float* pad
     const float* dy_row = dy + oy * g.ow;
     for (int64_t ox = 0; ox < g.ow; ox += 8) {
       Vec8 d[RO];
-      for (int r = 0; r < RO; ++r) d[r] = load8(dy_row + r * g.out_plane() + ox);
-#pragma GCC unroll 3
+      for (int r = 0; r < RO; ++r) {
+        d[r] = load8(dy_row + r * g.out_plane() + ox);
+        // Keeps d (and xv below) in registers: otherwise GCC folds a fresh load into every FMA.
+        asm("" : "+x"(d[r]));
+      }
+#pragma GCC unroll 4
       for (int t = 0; t < RT; ++t) {
-        const Vec8 xv = load8(x_row + offsets[t] + ox);
+        Vec8 xv = load8(x_row + offsets[t] + ox);
+        asm("" : "+x"(xv));
         for (int r = 0; r < RO; ++r) acc[r][t] += d[r] * xv;
       }
     }
@@ -131,8 +137,8 @@ using WeightGradKernel = void (*)(const ConvGeometry&, const float*, const float
                                   int64_t);
 
 template <int RO>
-constexpr WeightGradKernel kWeightGradKernels[kGradTaps + 1] = {nullptr, weight_grad_kernel<RO, 1>,
-                                                                weight_grad_kernel<RO, 2>, weight_grad_kernel<RO, 3>};
+constexpr WeightGradKernel kWeightGradKernels[5] = {
+    nullptr, weight_grad_kernel<RO, 1>, weight_grad_kernel<RO, 2>, weight_grad_kernel<RO, 3>, weight_grad_kernel<RO, 4>};
 
 }  // namespace
 
@@ -161,8 +167,7 @@ void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, cons
       const int64_t rows = std::min<int64_t>(kGradRows, last - o0);
       for (int64_t k0 = 0; k0 < taps; k0 += kGradTaps) {
         const int64_t count = std::min<int64_t>(kGradTaps, taps - k0);
-        const WeightGradKernel kernel = rows == 4   ? kWeightGradKernels<4>[count]
-                                        : rows == 3 ? kWeightGradKernels<3>[count]
+        const WeightGradKernel kernel = rows == 3   ? kWeightGradKernels<3>[count]
                                         : rows == 2 ? kWeightGradKernels<2>[count]
                                                     : kWeightGradKernels<1>[count];
         kernel(g, dy + o0 * g.out_plane(), padded, p.w, offsets + k0, lanes + ((o0 - o_begin) * taps + k0) * 8,

@@ -41,7 +41,7 @@ void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, cons
                                      int64_t o_end, float* lanes, float* scratch);
 
 // Output channels per block of the direct weight gradient: split dw across threads on these.
-constexpr int64_t kDirectWeightGradBlock = 4;
+constexpr int64_t kDirectWeightGradBlock = 3;
 
 // dw[i] = (or +=, without `assign`) the sum of lanes[i*8 .. i*8+8).
 void add_lane_sums(const float* lanes, int64_t weights, bool assign, float* dw);
