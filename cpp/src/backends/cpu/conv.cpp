@@ -67,15 +67,10 @@ const float* group_columns(const ConvGeometry& g, const float* xg, float* scratc
   return scratch;
 }
 
-// Runs fn(image, thread) over the batch, images split evenly across the pool.
+// Runs fn(image, thread) over the batch, each image a task claimed by the next free thread.
 template <class F>
 void for_each_image(const ExecContext& ctx, int64_t images, F&& fn) {
-  const int tasks = static_cast<int>(std::min<int64_t>(ctx.pool->size(), images));
-  ctx.pool->parallel_for(tasks, [&](int task, int thread) {
-    int64_t lo, hi;
-    split_range(images, tasks, task, 1, &lo, &hi);
-    for (int64_t n = lo; n < hi; ++n) fn(n, thread);
-  });
+  ctx.pool->parallel_for(static_cast<int>(images), [&](int n, int thread) { fn(n, thread); });
 }
 
 // The direct kernel matched or beat im2col + BLAS on every unit-stride shape measured (up

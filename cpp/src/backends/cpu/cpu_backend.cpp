@@ -162,16 +162,13 @@ struct SampleTiledKernel final : Kernel {
     return most;
   }
   void run(const ExecContext& ctx) const override {
-    const int tasks = static_cast<int>(std::min<int64_t>(ctx.pool->size(), samples));
-    ctx.pool->parallel_for(tasks, [&](int task, int thread) {
-      int64_t lo, hi;
-      split_range(samples, tasks, task, 1, &lo, &hi);
+    // One task per image, claimed as threads come free: a thread slowed by other work on
+    // the machine takes fewer images instead of holding the others at the end of the run.
+    ctx.pool->parallel_for(static_cast<int>(samples), [&](int n, int thread) {
       ExecContext local = ctx;
       local.tile = ctx.tiles + thread * ctx.tile_stride;
-      for (int64_t n = lo; n < hi; ++n) {
-        local.tile_sample = n;
-        for (const auto& k : steps) k->run_samples(local, n, n + 1, thread);
-      }
+      local.tile_sample = n;
+      for (const auto& k : steps) k->run_samples(local, n, n + 1, thread);
     });
   }
 };

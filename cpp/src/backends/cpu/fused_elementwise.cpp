@@ -138,8 +138,7 @@ class FusedElementwiseKernel final : public Kernel {
 
   void run(const ExecContext& ctx) const override {
     const int64_t blocks = (n + kBlock - 1) / kBlock;
-    int tasks = n < kParallelMin ? 1 : ctx.pool->size();
-    if (tasks > blocks) tasks = static_cast<int>(blocks);
+    const int tasks = n < kParallelMin ? 1 : balanced_tasks(*ctx.pool, blocks);
     ctx.pool->parallel_for(tasks, [&](int task, int thread) {
       int64_t b0, b1;
       split_range(blocks, tasks, task, 1, &b0, &b1);

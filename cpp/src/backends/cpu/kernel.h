@@ -57,6 +57,14 @@ inline void Kernel::run_samples(const ExecContext&, int64_t, int64_t, int) const
   throw std::logic_error("[cpu] this kernel cannot run sample by sample");
 }
 
+// How many tasks to cut `units` of independent work into: a few per thread, so threads
+// that finish early (another process took a core for a while) take over the rest.
+inline int balanced_tasks(const ThreadPool& pool, int64_t units) {
+  constexpr int64_t kTasksPerThread = 8;
+  const int64_t most = pool.size() == 1 ? 1 : pool.size() * kTasksPerThread;
+  return static_cast<int>(units < most ? units : most);
+}
+
 // Splits [0, n) into `parts` near-equal ranges aligned to `align`.
 inline void split_range(int64_t n, int parts, int part, int64_t align, int64_t* begin, int64_t* end) {
   const int64_t units = (n + align - 1) / align;

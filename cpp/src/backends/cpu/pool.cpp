@@ -12,7 +12,7 @@ namespace {
 template <class F>
 void for_plane_ranges(const ExecContext& ctx, const ConvGeometry& g, F&& fn) {
   const int64_t planes = g.n * g.c;
-  const int tasks = planes * g.h * g.w < (1 << 14) ? 1 : static_cast<int>(std::min<int64_t>(ctx.pool->size(), planes));
+  const int tasks = planes * g.h * g.w < (1 << 14) ? 1 : balanced_tasks(*ctx.pool, planes);
   ctx.pool->parallel_for(tasks, [&](int task, int) {
     int64_t lo, hi;
     split_range(planes, tasks, task, 1, &lo, &hi);

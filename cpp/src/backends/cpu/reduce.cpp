@@ -172,7 +172,7 @@ namespace {
 // out[k] = reduce over a, b of x[a, k, b]; each output is summed by one thread in a fixed order.
 void reduce_sandwich(ThreadPool& pool, ReduceKind kind, const ReduceGeometry& geo, const float* x, float* y) {
   const int64_t lead = geo.lead, kept = geo.kept, trail = geo.trail;
-  const int tasks = lead * kept * trail < kParallelMin ? 1 : static_cast<int>(std::min<int64_t>(pool.size(), kept));
+  const int tasks = lead * kept * trail < kParallelMin ? 1 : balanced_tasks(pool, kept);
   const float scale = kind == ReduceKind::Mean ? 1.0f / static_cast<float>(lead * trail) : 1.0f;
   pool.parallel_for(tasks, [&](int task, int) {
     int64_t k0, k1;
@@ -226,7 +226,7 @@ void channel_moments(ThreadPool& pool, int64_t lead, int64_t channels, int64_t t
   const float count = static_cast<float>(lead * trail);
   float* mean = y;
   float* var = y + channels;
-  const int tasks = lead * channels * trail < kParallelMin ? 1 : static_cast<int>(std::min<int64_t>(pool.size(), channels));
+  const int tasks = lead * channels * trail < kParallelMin ? 1 : balanced_tasks(pool, channels);
   // Two passes per channel (mean, then squared deviations from it) rather than sum and sum of
   // squares, which cancel badly when the mean is large; each channel is one thread's, summed
   // in a fixed order.
