@@ -11,13 +11,32 @@ import time
 import traceback
 
 from _frameworks import make_setup
-from _timing import time_windows
+from _timing import QUIET_CORES, time_window, time_windows, warm_up
 from _workload import WORKLOADS, make_batch, step_flops
 
 # Old-OpenBLAS workarounds set on some machines; they force a slower kernel.
 UNSET_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 RESULT_TAG = "BENCH_RESULT "
+# Interleaved runs: the child says it is warm, then times one window per "window" line
+# on stdin and answers each with a tagged [rate, other load]; "done" ends the timing.
+READY_TAG = "BENCH_READY"
+WINDOW_TAG = "BENCH_WINDOW "
+
+
+def _windows_on_request(step, warmup_s: float, window_s: float):
+    warm_up(step, warmup_s, 5)
+    print(READY_TAG, flush=True)
+    rates, other, quiet = [], [], []
+    for line in sys.stdin:
+        if line.strip() != "window":
+            break
+        rate, load = time_window(step, window_s)
+        rates.append(rate)
+        other.append(load)
+        quiet.append(load is None or load < QUIET_CORES)
+        print(WINDOW_TAG + json.dumps([rate, load]), flush=True)
+    return rates, other, quiet
 
 
 def _loaded_libraries() -> list[str]:
@@ -68,9 +87,12 @@ def run_child(args) -> int:
         first_check = check_of(step())
         result["first_step_s"] = time.perf_counter() - t0  # includes any compilation
         stats_before = dict(setup.engine_stats()) if setup.engine_stats else None
-        rates, other, quiet = time_windows(
-            step, args.warmup_s, 5, args.windows, args.window_s, args.max_windows
-        )
+        if args.interleave:
+            rates, other, quiet = _windows_on_request(step, args.warmup_s, args.window_s)
+        else:
+            rates, other, quiet = time_windows(
+                step, args.warmup_s, 5, args.windows, args.window_s, args.max_windows
+            )
         quiet_rates = [r for r, q in zip(rates, quiet) if q]
         # Headline from the quiet windows when there are enough of them.
         noisy = len(quiet_rates) < min(3, args.windows)

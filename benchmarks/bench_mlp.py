@@ -23,8 +23,12 @@ Frameworks:
                      (skipped if jax, or for training optax, is absent)
 
 Each framework x workload runs in its own child process, so the peak resident memory
-reported is that framework's own. A child warms up, then times several windows of
-calls; the headline is the median steps/s (C: images/s) over the windows. Children run
+reported is that framework's own. For one workload all children are alive at once: each
+warms up in turn, then they time windows of calls round-robin, one child at a time, so
+every framework meets the same machine conditions (on a shared machine those drift by
+tens of percent within minutes). A framework's headline is its median steps/s (C:
+images/s) over its windows; gometal's ratio to a peer is the median over rounds of the
+two rates of that round. --sequential times each child alone instead. Children run
 with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from their environment, so every BLAS
 picks its kernel for the actual CPU, and with OMP/MKL/OpenBLAS thread counts set.
 
@@ -47,6 +51,7 @@ import argparse
 import json
 import os
 import platform
+import select
 import shutil
 import statistics
 import subprocess
@@ -58,7 +63,7 @@ import time
 # (from any directory, with python -P, or as python -m benchmarks.bench_mlp).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _child import RESULT_TAG, THREAD_VARS, UNSET_VARS, run_child
+from _child import READY_TAG, RESULT_TAG, THREAD_VARS, UNSET_VARS, WINDOW_TAG, run_child
 from _frameworks import FRAMEWORKS, skip_reason
 from _workload import WORKLOADS, step_flops
 
@@ -86,46 +91,30 @@ def _pin_cpus(threads: int) -> list[int] | None:
     return cpus[:threads] if len(cpus) > threads else None
 
 
+def _child_cmd(framework: str, workload: str, args, interleave: bool) -> list[str]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", framework, "--workload", workload]
+    for flag in ("threads", "warmup_s", "windows", "window_s", "max_windows"):
+        cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    return cmd + (["--interleave"] if interleave else [])
+
+
 def run_one(framework: str, workload: str, args, pin: list[int] | None) -> dict:
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--child",
-        framework,
-        "--workload",
-        workload,
-        "--threads",
-        str(args.threads),
-        "--warmup-s",
-        str(args.warmup_s),
-        "--windows",
-        str(args.windows),
-        "--window-s",
-        str(args.window_s),
-        "--max-windows",
-        str(args.max_windows),
-    ]
+    """One child timing alone (--sequential)."""
     inductor_dir = (
         tempfile.mkdtemp(prefix="gm-bench-inductor-") if framework == "torch-compile" else None
     )
-    preexec = (lambda: os.sched_setaffinity(0, pin)) if pin else None
     try:
         proc = subprocess.run(
-            cmd,
+            _child_cmd(framework, workload, args, interleave=False),
             check=False,
             env=_child_env(args.threads, inductor_dir),
             capture_output=True,
             text=True,
             timeout=args.timeout,
-            preexec_fn=preexec,
+            preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None,
         )
     except subprocess.TimeoutExpired:
-        return {
-            "framework": framework,
-            "workload": workload,
-            "ok": False,
-            "error": f"timed out after {args.timeout} s",
-        }
+        return _failure(framework, workload, f"timed out after {args.timeout} s")
     finally:
         if inductor_dir:
             shutil.rmtree(inductor_dir, ignore_errors=True)
@@ -133,12 +122,125 @@ def run_one(framework: str, workload: str, args, pin: list[int] | None) -> dict:
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG) :])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
-    return {
-        "framework": framework,
-        "workload": workload,
-        "ok": False,
-        "error": f"child exited with code {proc.returncode}: " + " | ".join(tail),
-    }
+    return _failure(
+        framework, workload, f"child exited with code {proc.returncode}: " + " | ".join(tail)
+    )
+
+
+def _failure(framework: str, workload: str, error: str) -> dict:
+    return {"framework": framework, "workload": workload, "ok": False, "error": error}
+
+
+class _Child:
+    """One framework's child process, timing windows when the parent asks."""
+
+    def __init__(self, framework: str, workload: str, args, pin: list[int] | None):
+        self.framework, self.workload = framework, workload
+        self.inductor_dir = (
+            tempfile.mkdtemp(prefix="gm-bench-inductor-") if framework == "torch-compile" else None
+        )
+        # Lives as long as the child (closed in close()); a file, so a chatty child never
+        # blocks on a full pipe.
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            _child_cmd(framework, workload, args, interleave=True),
+            env=_child_env(args.threads, self.inductor_dir),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            # The parent has one thread, so preexec_fn is safe here.
+            preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None,  # noqa: PLW1509
+        )
+        self.result: dict | None = None
+
+    def read_tagged(self, tag: str, timeout: float) -> str | None:
+        """The rest of the next stdout line starting with `tag`; None on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                return None
+            line = self.proc.stdout.readline()
+            if not line:
+                return None
+            if line.startswith(RESULT_TAG):  # the child failed and reported it early
+                self.result = json.loads(line[len(RESULT_TAG) :])
+                return None
+            if line.startswith(tag):
+                return line[len(tag) :].strip()
+
+    def send(self, command: str) -> bool:
+        try:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def fail(self, why: str) -> dict:
+        if self.result is None:
+            self.proc.kill()
+            self.proc.wait()
+            self.stderr.seek(0)
+            tail = self.stderr.read().strip().splitlines()[-6:]
+            self.result = _failure(
+                self.framework,
+                self.workload,
+                f"{why}; child exit code {self.proc.returncode}: " + " | ".join(tail),
+            )
+        self.close()
+        return self.result
+
+    def finish(self, timeout: float) -> dict:
+        if self.send("done"):
+            self.read_tagged(RESULT_TAG, timeout)  # keeps the result line in self.result
+        if self.result is None:
+            return self.fail("no result")
+        self.proc.wait(timeout=timeout)
+        self.close()
+        return self.result
+
+    def close(self) -> None:
+        self.stderr.close()
+        if self.inductor_dir:
+            shutil.rmtree(self.inductor_dir, ignore_errors=True)
+
+
+def run_interleaved(frameworks: list[str], workload: str, args, pin) -> tuple[list[dict], dict]:
+    """Runs every framework's child at once, each warming up in turn, then times windows
+    round-robin (one child at a time), so all of them meet the same machine conditions.
+    Returns the children's results and the per-round rates by framework."""
+    children, rows = [], {}
+    for name in frameworks:
+        print(f"  warming up {name} on {workload} ...", end="", flush=True)
+        child = _Child(name, workload, args, pin)
+        if child.read_tagged(READY_TAG, args.timeout) is None:
+            rows[name] = child.fail("did not get ready")
+            print(" failed", flush=True)
+            continue
+        children.append(child)
+        print(" ready", flush=True)
+    rounds: dict[str, list[float]] = {c.framework: [] for c in children}
+    loads: list[float] = []
+    quiet_rounds = 0
+    while children and quiet_rounds < args.windows and len(loads) < args.max_windows:
+        worst = 0.0
+        for child in list(children):
+            reply = child.read_tagged(WINDOW_TAG, args.timeout) if child.send("window") else None
+            if reply is None:
+                rows[child.framework] = child.fail("stopped while timing")
+                children.remove(child)
+                rounds.pop(child.framework, None)
+                continue
+            rate, load = json.loads(reply)
+            rounds[child.framework].append(rate)
+            worst = max(worst, load or 0.0)
+        loads.append(worst)
+        quiet_rounds += worst < 0.15
+    for child in children:
+        rows[child.framework] = child.finish(args.timeout)
+    return [rows[name] for name in frameworks if name in rows], rounds
 
 
 def _fmt(v, spec=".1f", missing="-"):
@@ -150,8 +252,16 @@ def rate_unit(workload: str) -> tuple[str, str]:
     return ("steps_per_s", "steps/s") if WORKLOADS[workload].train else ("images_per_s", "images/s")
 
 
-def print_workload(workload: str, rows: list[dict]) -> dict:
-    """Print one workload's table; return its target verdicts."""
+def paired_ratio(rounds: dict[str, list[float]], name: str) -> float | None:
+    """The median over interleaved rounds of gometal's rate over `name`'s in that round."""
+    gm, peer = rounds.get("gometal") or [], rounds.get(name) or []
+    pairs = [a / b for a, b in zip(gm, peer) if b > 0]
+    return statistics.median(pairs) if pairs else None
+
+
+def print_workload(workload: str, rows: list[dict], rounds: dict[str, list[float]]) -> dict:
+    """Print one workload's table; return its target verdicts. With interleaved rounds the
+    ratios are paired: the median over rounds of gometal's rate over the peer's."""
     spec = WORKLOADS[workload]
     key, unit = rate_unit(workload)
     ok = {r["framework"]: r for r in rows if r.get("ok")}
@@ -174,7 +284,9 @@ def print_workload(workload: str, rows: list[dict]) -> dict:
             print(f"  {name:<18} FAILED: {r.get('error', '?')[:200]}")
             continue
         spread = f"{r[key + '_min']:.1f}..{r[key + '_max']:.1f}"
-        ratio = gm[key] / r[key] if gm and name != "gometal" else None
+        ratio = None
+        if gm and name != "gometal":
+            ratio = paired_ratio(rounds, name) or gm[key] / r[key]
         loads = [v for v in r.get("other_load_cores") or [] if v is not None]
         load = f"{statistics.median(loads):.2f} cores" if loads else "-"
         if r.get("noisy"):
@@ -195,7 +307,7 @@ def print_workload(workload: str, rows: list[dict]) -> dict:
     peers = [r for name, r in ok.items() if name in PEERS]
     if gm and peers:
         best = max(peers, key=lambda r: r[key])
-        ratio = gm[key] / best[key]
+        ratio = paired_ratio(rounds, best["framework"]) or gm[key] / best[key]
         target = SPEED_TARGETS[workload]
         verdict.update(
             best_peer=best["framework"],
@@ -205,7 +317,8 @@ def print_workload(workload: str, rows: list[dict]) -> dict:
         )
         print(
             f"  best peer: {best['framework']} {best[key]:.1f} {unit}; gometal / "
-            f"best peer = {ratio:.2f}x (target >= {target}x: "
+            f"best peer = {ratio:.2f}x{' (median of per-round ratios)' if rounds else ''} "
+            f"(target >= {target}x: "
             f"{'met' if ratio >= target else 'MISSED'})"
         )
     ref = ok.get(RSS_REFERENCE)
@@ -286,10 +399,17 @@ def main(argv=None) -> int:
         action="store_true",
         help="do not confine children to --threads CPUs on larger machines",
     )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="time each framework alone, one after another (default: all children alive, "
+        "their windows taken in turn, so they share the machine's conditions)",
+    )
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--json", metavar="OUT", help="write all results to this JSON file")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--workload", help=argparse.SUPPRESS)
+    p.add_argument("--interleave", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     defaults = (0.5, 3, 0.5) if args.quick else (3.0, 5, 3.0)
     args.warmup_s = defaults[0] if args.warmup_s is None else args.warmup_s
@@ -320,6 +440,11 @@ def main(argv=None) -> int:
         f"timing: {args.warmup_s:g} s warm-up, then median rate of {args.windows} quiet "
         f"windows of >= {args.window_s:g} s (at most {args.max_windows} windows); "
         "each framework x workload in its own process"
+        + (
+            ", one after another"
+            if args.sequential
+            else ", all alive at once, taking their windows in turn"
+        )
     )
     parent_vals = ", ".join(
         f"{k}={os.environ[k]}" if k in os.environ else f"{k} not set" for k in UNSET_VARS
@@ -336,17 +461,20 @@ def main(argv=None) -> int:
 
     results, verdicts = [], []
     for workload in workloads:
-        rows = []
-        for name in frameworks:
-            if f"{name}/{workload}" in skipped:
-                continue
-            print(f"  running {name} on {workload} ...", end="", flush=True)
-            r = run_one(name, workload, args, pin)
-            key, unit = rate_unit(workload)
-            print(f" {r[key]:.1f} {unit}" if r.get("ok") else " failed", flush=True)
-            rows.append(r)
+        names = [name for name in frameworks if f"{name}/{workload}" not in skipped]
+        rounds: dict[str, list[float]] = {}
+        if args.sequential:
+            rows = []
+            for name in names:
+                print(f"  running {name} on {workload} ...", end="", flush=True)
+                r = run_one(name, workload, args, pin)
+                key, unit = rate_unit(workload)
+                print(f" {r[key]:.1f} {unit}" if r.get("ok") else " failed", flush=True)
+                rows.append(r)
+        else:
+            rows, rounds = run_interleaved(names, workload, args, pin)
         results += rows
-        verdicts.append(print_workload(workload, rows))
+        verdicts.append(print_workload(workload, rows, rounds))
     print_blas(results)
 
     if args.json:

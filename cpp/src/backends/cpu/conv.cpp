@@ -84,8 +84,15 @@ bool use_direct_weight_grad(const ConvGeometry& g) {
   return !is_pointwise(g) && conv2d_direct_weight_grad_supported(g) && g.out_plane() >= 1024;
 }
 
-// Scratch a weight-gradient task uses before its partial sum: im2col columns or the
-// direct kernel's padded image.
+// The im2col + BLAS weight gradient sums its images in this many fixed chunks, each a
+// task with its own partial, added in chunk order: results do not depend on which thread
+// ran which chunk.
+constexpr int64_t kWeightGradChunks = 8;
+
+int64_t weight_grad_chunks(const ConvGeometry& g) { return std::min<int64_t>(kWeightGradChunks, g.n); }
+
+// Scratch a weight-gradient task uses: the direct kernel's tap offsets and lane sums for
+// its output channels, or im2col columns.
 int64_t weight_grad_work_floats(const ConvGeometry& g) {
   if (use_direct_weight_grad(g)) return conv2d_direct_weight_grad_scratch(g);
   return is_pointwise(g) ? 0 : g.patch() * g.out_plane();
@@ -93,8 +100,13 @@ int64_t weight_grad_work_floats(const ConvGeometry& g) {
 
 }  // namespace
 
+int64_t conv2d_weight_grad_shared(const ConvGeometry& g) {
+  if (use_direct_weight_grad(g)) return g.n * conv2d_direct_padded_image_floats(g);
+  return weight_grad_chunks(g) * g.o * g.patch();
+}
+
 int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
-  if (weight_grad) return weight_grad_work_floats(g) + g.o * g.patch() * (use_direct_weight_grad(g) ? 8 : 1);
+  if (weight_grad) return weight_grad_work_floats(g) + (use_direct_weight_grad(g) ? g.o * g.patch() * 8 : 0);
   const int64_t col = is_pointwise(g) ? 0 : g.patch() * g.out_plane();
   ConvGeometry f;
   const int64_t direct = std::max(conv2d_direct_scratch(g),
@@ -155,13 +167,17 @@ void conv2d_input_grad(const ExecContext& ctx, const ConvGeometry& g, const floa
   });
 }
 
-// The direct kernel splits dw's output channels across threads: each thread's lane sums
-// stay in its own cache, and every weight sums its images in order on one thread.
+// The direct kernel pads every image once into the shared workspace, then splits dw's
+// output channels into tasks: each task sums all images in order for its channels, with
+// its lane sums in the running thread's scratch.
 void direct_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* dy, float* dw) {
-  const int64_t in_image = g.c * g.h * g.w, out_image = g.o * g.out_plane();
+  const int64_t in_image = g.c * g.h * g.w, padded_image = conv2d_direct_padded_image_floats(g);
+  ctx.pool->parallel_for(static_cast<int>(g.n), [&](int n, int) {
+    conv2d_direct_pad_image(g, x + n * in_image, ctx.shared + n * padded_image);
+  });
   const int64_t work_floats = weight_grad_work_floats(g);
   const int64_t blocks = (g.o + kDirectWeightGradBlock - 1) / kDirectWeightGradBlock;
-  const int tasks = static_cast<int>(std::min<int64_t>(ctx.pool->size(), blocks));
+  const int tasks = balanced_tasks(*ctx.pool, blocks);
   ctx.pool->parallel_for(tasks, [&](int task, int thread) {
     float* scratch = ctx.thread_scratch(thread);
     float* lanes = scratch + work_floats;
@@ -170,8 +186,7 @@ void direct_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const flo
     if (o_begin >= o_end) return;
     const int64_t weights = (o_end - o_begin) * g.patch();
     std::fill_n(lanes, weights * 8, 0.0f);
-    for (int64_t n = 0; n < g.n; ++n)
-      conv2d_direct_weight_grad_image(g, x + n * in_image, dy + n * out_image, o_begin, o_end, lanes, scratch);
+    conv2d_direct_weight_grad(g, ctx.shared, dy, o_begin, o_end, lanes, scratch);
     add_lane_sums(lanes, weights, true, dw + o_begin * g.patch());
   });
 }
@@ -182,17 +197,14 @@ void conv2d_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const flo
     return;
   }
   const int64_t in_image = g.c * g.h * g.w, out_image = g.o * g.out_plane();
-  const int64_t work_floats = weight_grad_work_floats(g);
   const int64_t dw_floats = g.o * g.patch();
-  const int tasks = static_cast<int>(std::min<int64_t>(ctx.pool->size(), g.n));
-  // Each thread sums its images into its own partial; the partials are then added in a
-  // fixed order, so results do not depend on scheduling.
-  for (int t = 0; t < tasks; ++t) std::fill_n(ctx.thread_scratch(t) + work_floats, dw_floats, 0.0f);
-  ctx.pool->parallel_for(tasks, [&](int task, int) {
-    float* scratch = ctx.thread_scratch(task);
-    float* partial = scratch + work_floats;
+  const int64_t chunks = weight_grad_chunks(g);
+  ctx.pool->parallel_for(static_cast<int>(chunks), [&](int chunk, int thread) {
+    float* scratch = ctx.thread_scratch(thread);
+    float* partial = ctx.shared + chunk * dw_floats;
+    std::fill_n(partial, dw_floats, 0.0f);
     int64_t lo, hi;
-    split_range(g.n, tasks, task, 1, &lo, &hi);
+    split_range(g.n, static_cast<int>(chunks), chunk, 1, &lo, &hi);
     for (int64_t n = lo; n < hi; ++n)
       for (int64_t gi = 0; gi < g.groups; ++gi) {
         const float* src = group_columns(g, x + n * in_image + gi * g.c_per_group() * g.h * g.w, scratch);
@@ -202,11 +214,10 @@ void conv2d_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const flo
                     partial + gi * g.o_per_group() * g.patch(), g.patch());
       }
   });
-  for (int t = 0; t < tasks; ++t) {
-    const float* partial = ctx.thread_scratch(t) + work_floats;
-    if (t == 0) std::memcpy(dw, partial, dw_floats * sizeof(float));
-    else
-      for (int64_t i = 0; i < dw_floats; ++i) dw[i] += partial[i];
+  std::memcpy(dw, ctx.shared, dw_floats * sizeof(float));
+  for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+    const float* partial = ctx.shared + chunk * dw_floats;
+    for (int64_t i = 0; i < dw_floats; ++i) dw[i] += partial[i];
   }
 }
 

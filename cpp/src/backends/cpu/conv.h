@@ -8,8 +8,10 @@
 
 namespace gometal {
 
-// Per-thread scratch (floats) each routine needs.
+// Per-thread scratch (floats) each routine needs, and the workspace shared by all threads
+// that the weight gradient needs.
 int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad);
+int64_t conv2d_weight_grad_shared(const ConvGeometry& g);
 
 // Images [n0, n1) on the calling thread; `col` is that thread's scratch.
 void conv2d_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0, int64_t n1,

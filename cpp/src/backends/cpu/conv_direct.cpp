@@ -144,34 +144,46 @@ constexpr WeightGradKernel kWeightGradKernels[5] = {
 
 bool conv2d_direct_weight_grad_supported(const ConvGeometry& g) { return g.sw == 1 && g.ow % 8 == 0; }
 
-int64_t conv2d_direct_weight_grad_scratch(const ConvGeometry& g) {
-  // The padded image, then the taps' offsets (int64: two floats each).
-  return round_up(g.c_per_group() * padded_size(g).plane() + kSlack, 16) + g.patch() * 2;
+int64_t padded_group_floats(const ConvGeometry& g) {
+  return round_up(g.c_per_group() * padded_size(g).plane() + kSlack, 16);
 }
 
-void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, const float* dy, int64_t o_begin,
-                                     int64_t o_end, float* lanes, float* scratch) {
+int64_t conv2d_direct_padded_image_floats(const ConvGeometry& g) { return g.groups * padded_group_floats(g); }
+
+void conv2d_direct_pad_image(const ConvGeometry& g, const float* x, float* padded) {
+  for (int64_t gi = 0; gi < g.groups; ++gi)
+    pad_image(g, x + gi * g.c_per_group() * g.h * g.w, padded + gi * padded_group_floats(g));
+}
+
+int64_t conv2d_direct_weight_grad_scratch(const ConvGeometry& g) {
+  return g.patch() * 2;  // the taps' offsets (int64: two floats each)
+}
+
+void conv2d_direct_weight_grad(const ConvGeometry& g, const float* padded, const float* dy, int64_t o_begin,
+                               int64_t o_end, float* lanes, float* scratch) {
   const Padded p = padded_size(g);
-  const int64_t taps = g.patch(), window = g.kh * g.kw;
-  float* padded = scratch;
-  auto* offsets = reinterpret_cast<int64_t*>(scratch + round_up(g.c_per_group() * p.plane() + kSlack, 16));
+  const int64_t taps = g.patch(), window = g.kh * g.kw, out_image = g.o * g.out_plane();
+  auto* offsets = reinterpret_cast<int64_t*>(scratch);
   for (int64_t k = 0; k < taps; ++k) {
     const int64_t c = k / window, ki = k % window / g.kw, kj = k % g.kw;
     offsets[k] = c * p.plane() + ki * g.dh * p.w + kj * g.dw;
   }
-  for (int64_t gi = o_begin / g.o_per_group(); gi < g.groups && gi * g.o_per_group() < o_end; ++gi) {
-    pad_image(g, x + gi * g.c_per_group() * g.h * g.w, padded);
-    const int64_t first = std::max(o_begin, gi * g.o_per_group());
-    const int64_t last = std::min(o_end, (gi + 1) * g.o_per_group());
-    for (int64_t o0 = first; o0 < last; o0 += kGradRows) {
-      const int64_t rows = std::min<int64_t>(kGradRows, last - o0);
-      for (int64_t k0 = 0; k0 < taps; k0 += kGradTaps) {
-        const int64_t count = std::min<int64_t>(kGradTaps, taps - k0);
-        const WeightGradKernel kernel = rows == 3   ? kWeightGradKernels<3>[count]
-                                        : rows == 2 ? kWeightGradKernels<2>[count]
-                                                    : kWeightGradKernels<1>[count];
-        kernel(g, dy + o0 * g.out_plane(), padded, p.w, offsets + k0, lanes + ((o0 - o_begin) * taps + k0) * 8,
-               taps);
+  for (int64_t n = 0; n < g.n; ++n) {
+    const float* padded_image = padded + n * conv2d_direct_padded_image_floats(g);
+    for (int64_t gi = o_begin / g.o_per_group(); gi < g.groups && gi * g.o_per_group() < o_end; ++gi) {
+      const float* padded_group = padded_image + gi * padded_group_floats(g);
+      const int64_t first = std::max(o_begin, gi * g.o_per_group());
+      const int64_t last = std::min(o_end, (gi + 1) * g.o_per_group());
+      for (int64_t o0 = first; o0 < last; o0 += kGradRows) {
+        const int64_t rows = std::min<int64_t>(kGradRows, last - o0);
+        for (int64_t k0 = 0; k0 < taps; k0 += kGradTaps) {
+          const int64_t count = std::min<int64_t>(kGradTaps, taps - k0);
+          const WeightGradKernel kernel = rows == 3   ? kWeightGradKernels<3>[count]
+                                          : rows == 2 ? kWeightGradKernels<2>[count]
+                                                      : kWeightGradKernels<1>[count];
+          kernel(g, dy + n * out_image + o0 * g.out_plane(), padded_group, p.w, offsets + k0,
+                 lanes + ((o0 - o_begin) * taps + k0) * 8, taps);
+        }
       }
     }
   }

@@ -34,11 +34,17 @@ void conv2d_direct_input_grad_image(const ConvGeometry& as_forward, const float*
 bool conv2d_direct_weight_grad_supported(const ConvGeometry& g);
 int64_t conv2d_direct_weight_grad_scratch(const ConvGeometry& g);
 
-// Adds one image's weight gradient for output channels [o_begin, o_end), from x (C, H, W)
-// and dy (O, OH, OW), to `lanes`: 8 partial sums per weight of those rows of dw
-// (O, C/groups, KH, KW), i.e. (o_end - o_begin)*C/groups*KH*KW*8 floats. On the calling thread.
-void conv2d_direct_weight_grad_image(const ConvGeometry& g, const float* x, const float* dy, int64_t o_begin,
-                                     int64_t o_end, float* lanes, float* scratch);
+// One image (C, H, W) zero-padded as the direct weight gradient reads it, in
+// conv2d_direct_padded_image_floats(g) floats.
+int64_t conv2d_direct_padded_image_floats(const ConvGeometry& g);
+void conv2d_direct_pad_image(const ConvGeometry& g, const float* x, float* padded);
+
+// Adds the weight gradient of output channels [o_begin, o_end) over the whole batch, from
+// the padded images (one after another) and dy (N, O, OH, OW), to `lanes`: 8 partial sums
+// per weight of those rows of dw (O, C/groups, KH, KW), i.e. (o_end - o_begin)*C/groups*KH*KW*8
+// floats, summed over the images in order. On the calling thread.
+void conv2d_direct_weight_grad(const ConvGeometry& g, const float* padded, const float* dy, int64_t o_begin,
+                               int64_t o_end, float* lanes, float* scratch);
 
 // Output channels per block of the direct weight gradient: split dw across threads on these.
 constexpr int64_t kDirectWeightGradBlock = 3;

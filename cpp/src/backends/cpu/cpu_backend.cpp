@@ -121,8 +121,9 @@ struct WindowKernel final : Kernel {
   OpKind op;
   ConvGeometry geo;
   BufRef a, b, y;
-  int64_t scratch = 0;
+  int64_t scratch = 0, shared = 0;
   int64_t scratch_floats() const override { return scratch; }
+  int64_t shared_floats() const override { return shared; }
   void run(const ExecContext& ctx) const override {
     switch (op) {
       case OpKind::Conv2D: return conv2d_forward(ctx, geo, ctx.ptr(a), ctx.ptr(b), ctx.ptr(y));
@@ -159,6 +160,11 @@ struct SampleTiledKernel final : Kernel {
   int64_t scratch_floats() const override {
     int64_t most = 0;
     for (const auto& k : steps) most = std::max(most, k->scratch_floats());
+    return most;
+  }
+  int64_t shared_floats() const override {
+    int64_t most = 0;
+    for (const auto& k : steps) most = std::max(most, k->shared_floats());
     return most;
   }
   void run(const ExecContext& ctx) const override {
@@ -198,6 +204,7 @@ std::unique_ptr<Kernel> make_window(const Node& n, const MemoryPlan& mem, const 
   }
   if (n.op == OpKind::Conv2D || n.op == OpKind::Conv2DInputGrad || n.op == OpKind::Conv2DWeightGrad)
     k->scratch = conv2d_scratch(k->geo, n.op == OpKind::Conv2DWeightGrad);
+    if (n.op == OpKind::Conv2DWeightGrad) k->shared = conv2d_weight_grad_shared(k->geo);
   return k;
 }
 
@@ -333,7 +340,7 @@ class CpuFunction final : public CompiledFunction {
     Fusion f = fuse_elementwise(g, s, fn, shapes);
     const SampleTiling tiling = plan_sample_tiling(g, s, f, shapes, batch);
     const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset, &tiling);
-    int64_t scratch = 0;
+    int64_t scratch = 0, shared = 0;
     std::unique_ptr<SampleTiledKernel> run;
     std::string run_line;
     for (size_t st = 0; st < f.steps.size(); ++st) {
@@ -346,6 +353,7 @@ class CpuFunction final : public CompiledFunction {
       line += (step.fused ? "] " : " ") + shape_str(shapes[step.nodes.back()]);
       auto kernel = step.fused ? make_fused_elementwise(g, step, f, mem, shapes) : make_single(g, step.nodes.front(), mem, shapes);
       scratch = std::max(scratch, kernel->scratch_floats());
+      shared = std::max(shared, kernel->shared_floats());
       if (tiling.run_begin[st] == tiling.run_end[st]) {
         description_.push_back(line);
         kernels_.push_back(std::move(kernel));
@@ -372,6 +380,7 @@ class CpuFunction final : public CompiledFunction {
     seconds_.assign(kernels_.size(), 0.0);
     scratch_stride_ = (scratch + 15) / 16 * 16;
     scratch_ = AlignedBuffer(static_cast<size_t>(scratch_stride_ * pool_->size()) * sizeof(float));
+    shared_ = AlignedBuffer(static_cast<size_t>(shared) * sizeof(float));
     tile_stride_ = (mem.tile_floats + 15) / 16 * 16;
     tiles_ = AlignedBuffer(static_cast<size_t>(tile_stride_ * pool_->size()) * sizeof(float));
   }
@@ -384,6 +393,7 @@ class CpuFunction final : public CompiledFunction {
     ctx.pool = pool_;
     ctx.scratch = scratch_.data();
     ctx.scratch_stride = scratch_stride_;
+    ctx.shared = shared_.data();
     ctx.seed = args.seed;
     ctx.rng_step = args.rng_step;
     ctx.tiles = tiles_.data();
@@ -419,14 +429,16 @@ class CpuFunction final : public CompiledFunction {
     return ctx.ptr(outputs_[i]);
   }
 
-  int64_t arena_bytes() const override { return static_cast<int64_t>(arena_.bytes() + tiles_.bytes()); }
+  int64_t arena_bytes() const override {
+    return static_cast<int64_t>(arena_.bytes() + tiles_.bytes() + shared_.bytes());
+  }
   const std::vector<std::string>& describe() const override { return description_; }
 
  private:
   std::vector<std::unique_ptr<Kernel>> kernels_;
   std::vector<BufRef> outputs_;
   std::vector<std::string> description_;
-  AlignedBuffer arena_, scratch_, tiles_;
+  AlignedBuffer arena_, scratch_, shared_, tiles_;
   ThreadPool* pool_ = nullptr;
   int64_t scratch_stride_ = 0, tile_stride_ = 0;
   bool profile_ = false;

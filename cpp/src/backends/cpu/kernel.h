@@ -15,6 +15,7 @@ struct ExecContext {
   const void* const* inputs = nullptr;  // one pointer per function input
   ThreadPool* pool = nullptr;
   float* scratch = nullptr;             // per-thread scratch, scratch_stride floats each
+  float* shared = nullptr;              // one workspace for all threads of the running kernel
   int64_t scratch_stride = 0;
   uint64_t seed = 0;
   uint64_t rng_step = 0;
@@ -46,8 +47,9 @@ class Kernel {
  public:
   virtual ~Kernel() = default;
   virtual void run(const ExecContext& ctx) const = 0;
-  // Scratch each thread needs while this kernel runs.
+  // Scratch each thread needs while this kernel runs, and the workspace its threads share.
   virtual int64_t scratch_floats() const { return 0; }
+  virtual int64_t shared_floats() const { return 0; }
   // Samples [n0, n1) of a batch-first step on the calling thread, with that thread's
   // scratch: how a sample-tiled run (passes/sample_tiling.h) executes its steps.
   virtual void run_samples(const ExecContext& ctx, int64_t n0, int64_t n1, int thread) const;
