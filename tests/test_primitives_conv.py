@@ -232,6 +232,36 @@ def test_pool_grad_primitives_match_torch(xs, kernel, stride, padding, rng):
 
 
 @pytest.mark.parametrize(
+    "xs,kernel,stride,padding", [((2, 3, 8, 8), 2, 2, 0), ((2, 2, 7, 9), 3, 2, 1)], ids=str
+)
+def test_relu_then_max_pool_gradient_masks_the_pooled_gradient(xs, kernel, stride, padding, rng):
+    # relu's mask moves to the pooled gradient (a window's max is > 0 exactly when the
+    # pooled value is); whole windows of zeros after relu must still get no gradient.
+    x = rng.uniform(-1.0, 1.0, xs).astype(np.float32)
+    x[:, :, :4, :4] = -np.abs(x[:, :, :4, :4])  # windows relu zeroes entirely
+    attrs, reference = _pool_fns("max", kernel, stride, padding)
+    ref_out = reference(torch.relu(torch.tensor(x))).numpy()
+    weights = _weights(rng, ref_out.shape)
+
+    def build(g, nodes):
+        return g.op("max_pool2d", [g.op("relu", nodes, {})], attrs)
+
+    out, (dx,) = _engine_grads(build, [x], weights)
+    ref_out, (ref_dx,) = _torch_grads(lambda t: reference(torch.relu(t)), [x], weights)
+    _close(out, ref_out, "forward")
+    _close(dx, ref_dx, "dx")
+    # The mask is taken on the pooled shape: no select over the full input remains.
+    g = _core.Graph()
+    xn = g.input("x", (-1, *xs[1:]), "float32")
+    loss = g.op("sum", [build(g, [xn])], {"axes": []})
+    (grad,) = g.gradients(loss, [xn])
+    eng = _core.Engine(g, seed=0)
+    eng.define("f", inputs=[xn], outputs=[grad], effects=[], advance_rng=False)
+    plan = " ".join(eng.describe("f", xs[0]))
+    assert "select] " + str(tuple(ref_out.shape)) in plan and "select] " + str(xs) not in plan, plan
+
+
+@pytest.mark.parametrize(
     "xs,kernel,stride,padding",
     [
         ((2, 2, 6, 7), 2, 2, 0),

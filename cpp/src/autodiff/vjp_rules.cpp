@@ -49,6 +49,35 @@ int64_t reduced_count(const Shape& in, const std::vector<int64_t>& axes) {
   return c;
 }
 
+// The max pool of y with the window of `pool_grad` (a max_pool2d_grad of y), or -1.
+int forward_max_pool(const Graph& gr, int y, int pool_grad) {
+  const Attrs& a = gr.node(pool_grad).attrs;
+  for (int id = y + 1; id < gr.size(); ++id) {
+    const Node& n = gr.node(id);
+    if (n.op == OpKind::MaxPool2D && n.inputs[0] == y && n.attrs.kernel_size == a.kernel_size &&
+        n.attrs.stride == a.stride && n.attrs.padding == a.padding)
+      return id;
+  }
+  return -1;
+}
+
+// dx = g where y = relu(x) > 0. When y's only reader is a max pool, g routes each pooled
+// gradient to its window's max, and that max is > 0 exactly when the pooled value is: so
+// the mask is applied to the pooled gradient, a quarter of the size for 2x2 windows.
+int relu_vjp(Graph& gr, int y, int g) {
+  const int zero = k(gr, 0);
+  if (gr.node(g).op == OpKind::MaxPool2DGrad && gr.node(g).inputs[0] == y) {
+    const int pooled = forward_max_pool(gr, y, g);
+    if (pooled >= 0) {
+      const Attrs attrs = gr.node(g).attrs;
+      const int pooled_grad = gr.node(g).inputs[1];
+      const int masked = sel(gr, cmp(gr, OpKind::Greater, pooled, zero), pooled_grad, zero);
+      return gr.op(OpKind::MaxPool2DGrad, {y, masked}, attrs);
+    }
+  }
+  return sel(gr, cmp(gr, OpKind::Greater, y, zero), g, zero);
+}
+
 void vjp_unary(Graph& gr, int y, int g, std::vector<int>& dx) {
   const View v = view(gr, y);
   const int x = v.in[0];
@@ -58,7 +87,7 @@ void vjp_unary(Graph& gr, int y, int g, std::vector<int>& dx) {
     case OpKind::Log: dx[0] = gr.div(g, x); return;
     case OpKind::Tanh: dx[0] = gr.mul(g, gr.sub(k(gr, 1), gr.unary(OpKind::Square, y))); return;
     case OpKind::Sigmoid: dx[0] = gr.mul(g, gr.mul(y, gr.sub(k(gr, 1), y))); return;
-    case OpKind::Relu: dx[0] = sel(gr, cmp(gr, OpKind::Greater, y, k(gr, 0)), g, k(gr, 0)); return;
+    case OpKind::Relu: dx[0] = relu_vjp(gr, y, g); return;
     case OpKind::Abs: dx[0] = gr.mul(g, gr.unary(OpKind::Sign, x)); return;
     case OpKind::Sqrt: dx[0] = gr.div(gr.mul(g, k(gr, 0.5f)), y); return;
     case OpKind::Rsqrt: dx[0] = gr.mul(g, gr.mul(k(gr, -0.5f), gr.div(y, x))); return;
