@@ -53,7 +53,7 @@ bool reduces_trailing_block(const Shape& in, const std::vector<int64_t>& axes) {
 void set_sample_tiling(bool enabled) { g_sample_tiling.store(enabled); }
 bool sample_tiling() { return g_sample_tiling.load(); }
 
-bool sample_aligned_inputs(const Graph& g, const Step& step, const std::vector<Shape>& shapes, int64_t batch,
+bool sample_aligned_inputs(const Graph& g, const Step& step, const std::vector<Shape>& shapes,
                            std::vector<int>* aligned) {
   aligned->clear();
   if (!step.fused) {
@@ -116,7 +116,7 @@ SampleTiling plan_sample_tiling(const Graph& g, const Schedule& s, Fusion& f, co
     bool pure = true, reads_run = false, reads_deferred = false;
     // Tileable: runs sample by sample, and reads no computed batch-first value any other way
     // (a later step of a run may overwrite such a value image by image, in place).
-    bool tileable = sample_aligned_inputs(g, step, shapes, batch, &aligned);
+    bool tileable = sample_aligned_inputs(g, step, shapes, &aligned);
     int64_t work = sample_floats(shapes[step.nodes.front()], batch);
     for (int in : aligned) work = std::max(work, sample_floats(shapes[in], batch));
     tileable = tileable && work >= kMinRunSampleFloats;

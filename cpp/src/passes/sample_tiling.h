@@ -23,7 +23,7 @@ bool reduces_trailing_block(const Shape& in, const std::vector<int64_t>& axes);
 
 // Input positions a step reads sample by sample (x of a convolution, dy of its input
 // gradient, the full-shape operands of a fused group); false when the step cannot be tiled.
-bool sample_aligned_inputs(const Graph& g, const Step& step, const std::vector<Shape>& shapes, int64_t batch,
+bool sample_aligned_inputs(const Graph& g, const Step& step, const std::vector<Shape>& shapes,
                            std::vector<int>* aligned);
 
 // Reorders f's steps so that tileable steps meet: a step independent of the open run moves

@@ -204,7 +204,7 @@ std::unique_ptr<Kernel> make_window(const Node& n, const MemoryPlan& mem, const 
   }
   if (n.op == OpKind::Conv2D || n.op == OpKind::Conv2DInputGrad || n.op == OpKind::Conv2DWeightGrad)
     k->scratch = conv2d_scratch(k->geo, n.op == OpKind::Conv2DWeightGrad);
-    if (n.op == OpKind::Conv2DWeightGrad) k->shared = conv2d_weight_grad_shared(k->geo);
+  if (n.op == OpKind::Conv2DWeightGrad) k->shared = conv2d_weight_grad_shared(k->geo);
   return k;
 }
 
