@@ -23,16 +23,17 @@ constexpr int64_t kMinRunSampleFloats = 16;
 
 int64_t sample_floats(const Shape& shape, int64_t batch) { return numel(shape) / batch; }
 
-// Whether any step in `steps` reads one of the variables that `effect` writes.
-bool reads_written(const Graph& g, const Schedule& s, const Fusion& f, const std::vector<int>& steps,
-                   const Step& effect) {
+// Whether any step in `run` or `deferred` reads one of the variables that `effect` writes.
+bool reads_written(const Graph& g, const Schedule& s, const Fusion& f, const std::vector<int>& run,
+                   const std::vector<int>& deferred, const Step& effect) {
   std::vector<int> written;
   for (int id : effect.nodes)
     for (int var : written_variables(g.node(id))) written.push_back(var);
-  for (int st : steps)
-    for (int id : f.steps[st].nodes)
-      for (int in : g.node(id).inputs)
-        if (std::find(written.begin(), written.end(), s.alias_root[in]) != written.end()) return true;
+  for (const std::vector<int>* steps : {&run, &deferred})
+    for (int st : *steps)
+      for (int id : f.steps[st].nodes)
+        for (int in : g.node(id).inputs)
+          if (std::find(written.begin(), written.end(), s.alias_root[in]) != written.end()) return true;
   return false;
 }
 
@@ -140,7 +141,7 @@ SampleTiling plan_sample_tiling(const Graph& g, const Schedule& s, Fusion& f, co
       run.push_back(st);
       place[st] = Place::InRun;
     } else if (!run.empty() && !tileable && !reads_run && !reads_deferred &&
-               (pure || (!reads_written(g, s, f, run, step) && !reads_written(g, s, f, deferred, step)))) {
+               (pure || !reads_written(g, s, f, run, deferred, step))) {
       // Independent of the run: hoisted above it. An effect (a running-statistics update,
       // say) may move too when nothing in the run or behind it reads what it writes.
       order.push_back(st);

@@ -187,7 +187,7 @@ void direct_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const flo
     const int64_t weights = (o_end - o_begin) * g.patch();
     std::fill_n(lanes, weights * 8, 0.0f);
     conv2d_direct_weight_grad(g, ctx.shared, dy, o_begin, o_end, lanes, scratch);
-    add_lane_sums(lanes, weights, true, dw + o_begin * g.patch());
+    sum_lanes(lanes, weights, dw + o_begin * g.patch());
   });
 }
 

@@ -189,11 +189,11 @@ void conv2d_direct_weight_grad(const ConvGeometry& g, const float* padded, const
   }
 }
 
-void add_lane_sums(const float* lanes, int64_t weights, bool assign, float* dw) {
+void sum_lanes(const float* lanes, int64_t weights, float* dw) {
   for (int64_t i = 0; i < weights; ++i) {
     float sum = 0.0f;
     for (int lane = 0; lane < 8; ++lane) sum += lanes[i * 8 + lane];
-    dw[i] = assign ? sum : dw[i] + sum;
+    dw[i] = sum;
   }
 }
 

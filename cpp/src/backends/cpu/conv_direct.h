@@ -49,7 +49,7 @@ void conv2d_direct_weight_grad(const ConvGeometry& g, const float* padded, const
 // Output channels per block of the direct weight gradient: split dw across threads on these.
 constexpr int64_t kDirectWeightGradBlock = 3;
 
-// dw[i] = (or +=, without `assign`) the sum of lanes[i*8 .. i*8+8).
-void add_lane_sums(const float* lanes, int64_t weights, bool assign, float* dw);
+// dw[i] = the sum of lanes[i*8 .. i*8+8).
+void sum_lanes(const float* lanes, int64_t weights, float* dw);
 
 }  // namespace gometal

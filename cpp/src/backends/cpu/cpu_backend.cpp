@@ -157,16 +157,8 @@ struct WindowKernel final : Kernel {
 struct SampleTiledKernel final : Kernel {
   std::vector<std::unique_ptr<Kernel>> steps;
   int64_t samples = 0;
-  int64_t scratch_floats() const override {
-    int64_t most = 0;
-    for (const auto& k : steps) most = std::max(most, k->scratch_floats());
-    return most;
-  }
-  int64_t shared_floats() const override {
-    int64_t most = 0;
-    for (const auto& k : steps) most = std::max(most, k->shared_floats());
-    return most;
-  }
+  int64_t scratch_floats() const override { return most(&Kernel::scratch_floats); }
+  int64_t shared_floats() const override { return most(&Kernel::shared_floats); }
   void run(const ExecContext& ctx) const override {
     // One task per image, claimed as threads come free: a thread slowed by other work on
     // the machine takes fewer images instead of holding the others at the end of the run.
@@ -176,6 +168,14 @@ struct SampleTiledKernel final : Kernel {
       local.tile_sample = n;
       for (const auto& k : steps) k->run_samples(local, n, n + 1, thread);
     });
+  }
+
+ private:
+  // The largest of the steps' needs: the steps run one at a time.
+  int64_t most(int64_t (Kernel::*need)() const) const {
+    int64_t largest = 0;
+    for (const auto& k : steps) largest = std::max(largest, (k.get()->*need)());
+    return largest;
   }
 };
 

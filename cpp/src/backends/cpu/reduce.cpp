@@ -13,33 +13,31 @@ float identity(ReduceKind k) {
   return k == ReduceKind::Max ? -std::numeric_limits<float>::infinity() : 0.0f;
 }
 
-// 32 partial sums: four independent vector chains hide the add latency.
-float contiguous_sum(const float* x, int64_t n) {
+// The sum of term(x[i]) over n contiguous values, in 32 partial sums: four independent
+// vector chains hide the add latency.
+template <class Term>
+float lane_sum(const float* x, int64_t n, Term term) {
   constexpr int kLanes = 32;
   float acc[kLanes] = {};
   int64_t r = 0;
   for (; r + kLanes <= n; r += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += x[r + j];
-  for (; r < n; ++r) acc[0] += x[r];
+    for (int j = 0; j < kLanes; ++j) acc[j] += term(x[r + j]);
+  for (; r < n; ++r) acc[0] += term(x[r]);
   float total = 0.0f;
   for (int j = 0; j < kLanes; ++j) total += acc[j];
   return total;
 }
 
-// The sum of (x - center)^2, with the lanes of contiguous_sum.
-float contiguous_squared_deviation(const float* x, int64_t n, float center) {
-  constexpr int kLanes = 32;
-  float acc[kLanes] = {};
-  int64_t r = 0;
-  for (; r + kLanes <= n; r += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const float d = x[r + j] - center;
-      acc[j] += d * d;
-    }
-  for (; r < n; ++r) acc[0] += (x[r] - center) * (x[r] - center);
-  float total = 0.0f;
-  for (int j = 0; j < kLanes; ++j) total += acc[j];
-  return total;
+float contiguous_sum(const float* x, int64_t n) {
+  return lane_sum(x, n, [](float v) { return v; });
+}
+
+// The sum of term(x) over channel k of x (lead, kept, trail): row by row, in order.
+template <class Term>
+float channel_sum(const float* x, int64_t lead, int64_t kept, int64_t trail, int64_t k, Term term) {
+  float acc = 0.0f;
+  for (int64_t a = 0; a < lead; ++a) acc += lane_sum(x + (a * kept + k) * trail, trail, term);
+  return acc;
 }
 
 float contiguous_max(const float* x, int64_t n) {
@@ -178,12 +176,13 @@ void reduce_sandwich(ThreadPool& pool, ReduceKind kind, const ReduceGeometry& ge
     int64_t k0, k1;
     split_range(kept, tasks, task, 1, &k0, &k1);
     for (int64_t k = k0; k < k1; ++k) {
-      float acc = kind == ReduceKind::Max ? -std::numeric_limits<float>::infinity() : 0.0f;
-      for (int64_t a = 0; a < lead; ++a) {
-        const float* row = x + (a * kept + k) * trail;
-        acc = kind == ReduceKind::Max ? std::max(acc, contiguous_max(row, trail)) : acc + contiguous_sum(row, trail);
+      if (kind != ReduceKind::Max) {
+        y[k] = channel_sum(x, lead, kept, trail, k, [](float v) { return v; }) * scale;
+        continue;
       }
-      y[k] = acc * scale;
+      float best = -std::numeric_limits<float>::infinity();
+      for (int64_t a = 0; a < lead; ++a) best = std::max(best, contiguous_max(x + (a * kept + k) * trail, trail));
+      y[k] = best;
     }
   });
 }
@@ -249,12 +248,11 @@ void channel_moments(ThreadPool& pool, int64_t lead, int64_t channels, int64_t t
       return;
     }
     for (int64_t c = c0; c < c1; ++c) {
-      float sum = 0.0f;
-      for (int64_t a = 0; a < lead; ++a) sum += contiguous_sum(x + (a * channels + c) * trail, trail);
-      const float m = sum / count;
-      float deviation = 0.0f;
-      for (int64_t a = 0; a < lead; ++a)
-        deviation += contiguous_squared_deviation(x + (a * channels + c) * trail, trail, m);
+      const float m = channel_sum(x, lead, channels, trail, c, [](float v) { return v; }) / count;
+      const float deviation = channel_sum(x, lead, channels, trail, c, [m](float v) {
+        const float d = v - m;
+        return d * d;
+      });
       mean[c] = m;
       var[c] = deviation / count;
     }
