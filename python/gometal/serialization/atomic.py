@@ -47,6 +47,20 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _replacing(temp: Path, target: Path) -> Iterator[None]:
+    """Renames ``temp`` over ``target`` when the block (which fills and syncs ``temp``)
+    succeeds, then syncs the folder; removes ``temp`` when it raises."""
+    try:
+        yield
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    _sync_folder(target.parent)
+
+
 def _check_target(path: str | os.PathLike[str]) -> Path:
     target = Path(os.fspath(path))
     if target.is_dir():
@@ -78,17 +92,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = _check_target(path)
     temp, fd = _open_temp_file(target)
     os.close(fd)
-    try:
+    with _replacing(temp, target):
         yield temp
         # Reopen to flush what the writer wrote through its own handle.
         with open(temp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    _sync_folder(target.parent)
 
 
 @contextlib.contextmanager
@@ -107,17 +115,10 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """
     target = _check_target(path)
     temp, fd = _open_temp_file(target)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    _sync_folder(target.parent)
+    with _replacing(temp, target), os.fdopen(fd, "wb") as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_atomically(path: str | os.PathLike[str], data: bytes) -> None:
