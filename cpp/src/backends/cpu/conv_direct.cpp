@@ -11,6 +11,14 @@ constexpr int64_t kCols = 16;  // output pixels per micro-kernel call: two 8-flo
 constexpr int64_t kRows = 6;   // output channels per micro-kernel call
 constexpr int64_t kSlack = 32; // floats after the padded image: the last row's vectors may overrun
 
+// Pins a vector in registers (otherwise GCC folds a fresh load into every FMA). "x" names an
+// SSE/AVX register, so only x86 takes the hint; other CPUs keep the compiler's own choice.
+#if defined(__x86_64__) || defined(__i386__)
+#define GOMETAL_KEEP_IN_REGISTER(v) asm("" : "+x"(v))
+#else
+#define GOMETAL_KEEP_IN_REGISTER(v) ((void)(v))
+#endif
+
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 struct Padded {
@@ -118,13 +126,12 @@ void weight_grad_kernel(const ConvGeometry& g, const float* dy, const float* pad
       Vec8 d[RO];
       for (int r = 0; r < RO; ++r) {
         d[r] = load8(dy_row + r * g.out_plane() + ox);
-        // Keeps d (and xv below) in registers: otherwise GCC folds a fresh load into every FMA.
-        asm("" : "+x"(d[r]));
+        GOMETAL_KEEP_IN_REGISTER(d[r]);
       }
 #pragma GCC unroll 4
       for (int t = 0; t < RT; ++t) {
         Vec8 xv = load8(x_row + offsets[t] + ox);
-        asm("" : "+x"(xv));
+        GOMETAL_KEEP_IN_REGISTER(xv);
         for (int r = 0; r < RO; ++r) acc[r][t] += d[r] * xv;
       }
     }
