@@ -65,12 +65,24 @@ bool is_2x2_stride2(const ConvGeometry& g) {
   return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0;
 }
 
+// Two eight-float vectors as sixteen lanes, split into even and odd lanes or interleaved
+// back. GCC spells a two-vector shuffle __builtin_shuffle; Clang (Apple's too) only knows
+// __builtin_shufflevector with constant lanes.
+#if defined(__clang__)
+#define GOMETAL_SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define GOMETAL_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, Mask8{__VA_ARGS__})
+#endif
+inline Vec8 even_lanes(Vec8 a, Vec8 b) { return GOMETAL_SHUFFLE8(a, b, 0, 2, 4, 6, 8, 10, 12, 14); }
+inline Vec8 odd_lanes(Vec8 a, Vec8 b) { return GOMETAL_SHUFFLE8(a, b, 1, 3, 5, 7, 9, 11, 13, 15); }
+inline Vec8 interleave_low(Vec8 a, Vec8 b) { return GOMETAL_SHUFFLE8(a, b, 0, 8, 1, 9, 2, 10, 3, 11); }
+inline Vec8 interleave_high(Vec8 a, Vec8 b) { return GOMETAL_SHUFFLE8(a, b, 4, 12, 5, 13, 6, 14, 7, 15); }
+
 // std::max's rule, (x < y) ? y : x, on eight lanes: NaN handling matches the scalar tail.
 inline Vec8 max8(Vec8 x, Vec8 y) { return x < y ? y : x; }
 
 // Eight windows at a time: even and odd input columns are split with shuffles.
 void max_pool_2x2(const ConvGeometry& g, const float* in, float* out) {
-  const Mask8 even = {0, 2, 4, 6, 8, 10, 12, 14}, odd = {1, 3, 5, 7, 9, 11, 13, 15};
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     const float* r0 = in + 2 * oy * g.w;
     const float* r1 = r0 + g.w;
@@ -79,8 +91,8 @@ void max_pool_2x2(const ConvGeometry& g, const float* in, float* out) {
     for (; ox + 8 <= g.ow; ox += 8) {
       const Vec8 t0 = load8(r0 + 2 * ox), t1 = load8(r0 + 2 * ox + 8);
       const Vec8 b0 = load8(r1 + 2 * ox), b1 = load8(r1 + 2 * ox + 8);
-      store8(o + ox, max8(max8(__builtin_shuffle(t0, t1, even), __builtin_shuffle(t0, t1, odd)),
-                          max8(__builtin_shuffle(b0, b1, even), __builtin_shuffle(b0, b1, odd))));
+      store8(o + ox, max8(max8(even_lanes(t0, t1), odd_lanes(t0, t1)),
+                          max8(even_lanes(b0, b1), odd_lanes(b0, b1))));
     }
     for (; ox < g.ow; ++ox)
       o[ox] = std::max(std::max(r0[2 * ox], r0[2 * ox + 1]), std::max(r1[2 * ox], r1[2 * ox + 1]));
@@ -105,8 +117,6 @@ inline void route_first_max(V a, V b, V c, V d, V g, V zero, V* ga, V* gb, V* gc
 // Sends each output's gradient to the first maximum of its window (row-major), as torch;
 // eight windows at a time, deinterleaving even and odd columns with shuffles.
 void max_pool_2x2_grad(const ConvGeometry& g, const float* in, const float* dy, float* dx) {
-  const Mask8 even = {0, 2, 4, 6, 8, 10, 12, 14}, odd = {1, 3, 5, 7, 9, 11, 13, 15};
-  const Mask8 low = {0, 8, 1, 9, 2, 10, 3, 11}, high = {4, 12, 5, 13, 6, 14, 7, 15};
   const Vec8 zero = {};
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     const float* r0 = in + 2 * oy * g.w;
@@ -119,13 +129,12 @@ void max_pool_2x2_grad(const ConvGeometry& g, const float* in, const float* dy, 
       const Vec8 t0 = load8(r0 + 2 * ox), t1 = load8(r0 + 2 * ox + 8);
       const Vec8 b0 = load8(r1 + 2 * ox), b1 = load8(r1 + 2 * ox + 8);
       Vec8 ga, gb, gc, gd;
-      route_first_max<Vec8, Mask8>(__builtin_shuffle(t0, t1, even), __builtin_shuffle(t0, t1, odd),
-                                   __builtin_shuffle(b0, b1, even), __builtin_shuffle(b0, b1, odd), load8(grad + ox),
-                                   zero, &ga, &gb, &gc, &gd);
-      store8(d0 + 2 * ox, __builtin_shuffle(ga, gb, low));
-      store8(d0 + 2 * ox + 8, __builtin_shuffle(ga, gb, high));
-      store8(d1 + 2 * ox, __builtin_shuffle(gc, gd, low));
-      store8(d1 + 2 * ox + 8, __builtin_shuffle(gc, gd, high));
+      route_first_max<Vec8, Mask8>(even_lanes(t0, t1), odd_lanes(t0, t1), even_lanes(b0, b1), odd_lanes(b0, b1),
+                                   load8(grad + ox), zero, &ga, &gb, &gc, &gd);
+      store8(d0 + 2 * ox, interleave_low(ga, gb));
+      store8(d0 + 2 * ox + 8, interleave_high(ga, gb));
+      store8(d1 + 2 * ox, interleave_low(gc, gd));
+      store8(d1 + 2 * ox + 8, interleave_high(gc, gd));
     }
     for (; ox < g.ow; ++ox) {
       const float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
