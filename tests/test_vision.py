@@ -182,6 +182,16 @@ def test_empty_folder_is_a_clear_error(tmp_path):
         ImageFolderDataset(tmp_path)
 
 
+def test_folder_of_images_without_class_folders_says_so(tmp_path):
+    for i in range(3):
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{i}.png")
+    with pytest.raises(ValueError) as caught:
+        ImageFolderDataset(tmp_path)
+    message = str(caught.value)
+    assert "3 images but no class sub-folders" in message
+    assert "empty" not in message
+
+
 def test_class_folder_without_images_is_a_clear_error(tmp_path):
     (tmp_path / "cat").mkdir()
     (tmp_path / "dog").mkdir()

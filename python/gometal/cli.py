@@ -8,6 +8,7 @@ written out as PNG files when no folder is given). ``gometal train-digits`` trai
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +21,9 @@ from .viz.server_cli import add_sidecar_command
 DIGITS_FEATURES = 64  # 8 x 8 pixels
 DIGITS_CLASSES = 10
 DIGITS_PIXEL_MAX = 16.0
+EXIT_USAGE = 2  # argparse's exit status for bad arguments
+MAX_BATCH_SIZE = 2**31 - 1  # the engine keeps the batch dimension in an int32
+SPLIT_SEED_LIMIT = 2**32  # scikit-learn's random_state takes 32-bit seeds
 
 
 def _positive_int(text: str) -> int:
@@ -29,10 +33,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _batch_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_BATCH_SIZE}, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < SPLIT_SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32 - 1, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
@@ -52,20 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
         "train-digits",
         help="train an MLP on scikit-learn's 8x8 digits and report held-out accuracy",
         description="Train a 64-128-10 MLP (ReLU, Adam, cross entropy) on scikit-learn's "
-        "digits, holding out 20%% of the images for testing.",
+        "digits, holding out 20% of the images for testing.",
     )
     digits.add_argument(
         "--epochs", type=_positive_int, default=20, help="passes over the training set (20)"
     )
-    digits.add_argument(
-        "--batch-size", type=_positive_int, default=32, help="samples per step (32)"
-    )
+    digits.add_argument("--batch-size", type=_batch_size, default=32, help="samples per step (32)")
     digits.add_argument(
         "--lr", type=_non_negative_float, default=1e-3, help="Adam learning rate (0.001)"
     )
     digits.add_argument("--hidden", type=_positive_int, default=128, help="hidden units (128)")
     digits.add_argument(
-        "--seed", type=int, default=0, help="seed for the split, init and shuffling (0)"
+        "--seed", type=_seed, default=0, help="seed for the split, init and shuffling (0)"
     )
     digits.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_train_command(commands)
@@ -170,7 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     if args.command == "train-digits":
-        return train_digits(args)
+        try:
+            return train_digits(args)
+        except MemoryError as err:
+            print(
+                f"gometal train-digits: not enough memory for --hidden {args.hidden} and "
+                f"--batch-size {args.batch_size} ({err}); try smaller values",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     if args.command in ("train", "sidecar"):
         return args.handler(args)
     return 2  # argparse rejects unknown commands before this point

@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,16 @@ from typing import Any
 from .serialization.atomic import write_atomically
 
 DEFAULT_OUT = "gometal-run"
+DEFAULT_LR = 2e-3
+# The CNN halves the image three times (one 2x2 max pool per conv block).
+IMAGE_SIZE_MULTIPLE = 8
+EXIT_USAGE = 2  # argparse's exit status for bad arguments
+MAX_BATCH_SIZE = 2**31 - 1  # the engine keeps the batch dimension in an int32
+SEED_LIMIT = 2**64  # seeds are unsigned 64-bit integers
+
+
+class TrainJobError(ValueError):
+    """An argument or data folder ``gometal train`` cannot use; the message says what to do."""
 
 
 def build_cnn(input_shape: tuple[int, int, int], classes: int, seed: int = 0):
@@ -62,7 +76,9 @@ def add_train_command(commands: Any) -> None:
         default=None,
         help="1 (grey) or 3 (RGB); default 1 for the digits, 3 otherwise",
     )
-    train.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (0.002)")
+    train.add_argument(
+        "--lr", type=float, default=DEFAULT_LR, help=f"Adam learning rate ({DEFAULT_LR:g})"
+    )
     train.add_argument("--val-fraction", type=float, default=0.2, help="held-out share (0.2)")
     train.add_argument("--seed", type=int, default=0, help="split, shuffling and init seed (0)")
     train.add_argument("--workers", type=int, default=2, help="decoding threads (2)")
@@ -78,34 +94,198 @@ def save_model(model: Any, out: Path, metadata: dict[str, Any]) -> None:
     write_atomically(out / "model.json", json.dumps(metadata, indent=2).encode())
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Checks the numeric ``gometal train`` options before any work starts.
+
+    Args:
+        args: the parsed ``gometal train`` arguments.
+
+    Raises:
+        TrainJobError: naming the option, the value received and what it accepts.
+
+    Example:
+        >>> check_arguments(argparse.Namespace(epochs=0, batch_size=32, image_size=32,
+        ...     lr=0.002, val_fraction=0.2, workers=2, seed=0))  # doctest: +SKIP
+        Traceback (most recent call last):
+        TrainJobError: --epochs must be at least 1, got 0
+    """
+    if args.epochs < 1:
+        raise TrainJobError(f"--epochs must be at least 1, got {args.epochs}")
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise TrainJobError(
+            f"--batch-size must be between 1 and {MAX_BATCH_SIZE}, got {args.batch_size}"
+        )
+    if args.workers < 0:
+        raise TrainJobError(
+            f"--workers must be >= 0 (0 decodes on the main thread), got {args.workers}"
+        )
+    if not 0 <= args.seed < SEED_LIMIT:
+        raise TrainJobError(f"--seed must be between 0 and 2**64 - 1, got {args.seed}")
+    size = args.image_size
+    if size < IMAGE_SIZE_MULTIPLE or size % IMAGE_SIZE_MULTIPLE:
+        lower = max(IMAGE_SIZE_MULTIPLE, size // IMAGE_SIZE_MULTIPLE * IMAGE_SIZE_MULTIPLE)
+        raise TrainJobError(
+            f"--image-size must be a positive multiple of {IMAGE_SIZE_MULTIPLE} (the CNN "
+            f"halves it three times), got {size}; e.g. {lower} or {lower + IMAGE_SIZE_MULTIPLE}"
+        )
+    if not (math.isfinite(args.lr) and args.lr >= 0):
+        raise TrainJobError(
+            f"--lr must be a finite number >= 0, got {args.lr}; the default is {DEFAULT_LR:g}"
+        )
+    if not 0.0 < args.val_fraction < 1.0:
+        raise TrainJobError(
+            f"--val-fraction must be between 0 and 1 (both excluded), got {args.val_fraction}; "
+            "e.g. 0.2 holds out a fifth of each class"
+        )
+
+
+def prepare_output_folder(out: Path) -> None:
+    """Creates ``out`` and checks that files can be written there, before training starts.
+
+    Args:
+        out: the ``--out`` folder.
+
+    Raises:
+        TrainJobError: ``out`` is a file, or cannot be created or written.
+
+    Example:
+        >>> prepare_output_folder(Path("gometal-run"))  # doctest: +SKIP
+    """
+    if out.exists() and not out.is_dir():
+        raise TrainJobError(
+            f"--out {os.fspath(out)!r} is a file; pass a folder (it is created if missing)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # Creating a file is the only reliable test (permissions, read-only mounts, ACLs).
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise TrainJobError(
+            f"--out {os.fspath(out)!r} cannot be written ({err.strerror or err}); "
+            "pass a folder you can write to"
+        ) from err
+
+
+def check_data_folder(data_dir: Path) -> None:
+    """Checks that ``DATA_DIR`` is an existing folder.
+
+    Args:
+        data_dir: the folder given on the command line.
+
+    Raises:
+        TrainJobError: the path does not exist or is a file.
+
+    Example:
+        >>> check_data_folder(Path("pets"))  # doctest: +SKIP
+    """
+    expected = "pass a folder holding one sub-folder of images per class"
+    if not data_dir.exists():
+        raise TrainJobError(
+            f"DATA_DIR {os.fspath(data_dir)!r} does not exist; {expected}, or leave DATA_DIR "
+            "out to train on the digits"
+        )
+    if not data_dir.is_dir():
+        raise TrainJobError(f"DATA_DIR {os.fspath(data_dir)!r} is a file; {expected}")
+
+
+def check_splits(dataset: Any, train_count: int, val_count: int, val_fraction: float) -> None:
+    """Checks that the data has two classes or more and that neither split is empty.
+
+    Args:
+        dataset: the ``ImageFolderDataset`` of ``DATA_DIR``.
+        train_count: images in the training split.
+        val_count: images in the validation split.
+        val_fraction: the ``--val-fraction`` that made the split.
+
+    Raises:
+        TrainJobError: one class only, or an empty training or validation split.
+
+    Example:
+        >>> check_splits(dataset, 80, 20, 0.2)  # doctest: +SKIP
+    """
+    root = os.fspath(dataset.root)
+    if len(dataset.classes) < 2:
+        raise TrainJobError(
+            f"DATA_DIR {root!r} has a single class folder ({dataset.classes[0]!r}); a "
+            "classifier needs two or more: add one sub-folder of images per class"
+        )
+    for count, split in ((val_count, "validation"), (train_count, "training")):
+        if count == 0:
+            raise TrainJobError(
+                f"{len(dataset)} images in {len(dataset.classes)} classes leave no {split} "
+                f"images with --val-fraction {val_fraction}; put at least 2 images in each "
+                "class folder (one to train on, one to validate)"
+            )
+
+
 def run_train(args: argparse.Namespace) -> int:
-    """Runs the main job; returns the process exit code."""
+    """Runs the main job; returns the process exit code.
+
+    Args:
+        args: the parsed ``gometal train`` arguments.
+
+    Returns:
+        0 on success; 2 after a one-line ``gometal train: ...`` error on stderr when an
+        argument or the data folder cannot be used (the exit status of argparse's errors).
+
+    Example:
+        >>> run_train(build_parser().parse_args(["train", "pets"]))  # doctest: +SKIP
+        0
+    """
+    try:
+        return _train(args)
+    except TrainJobError as err:
+        print(f"gometal train: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError as err:
+        print(
+            f"gometal train: not enough memory for --image-size {args.image_size} and "
+            f"--batch-size {args.batch_size} ({err}); try smaller values",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+
+def _load_data(args: argparse.Namespace, out: Path) -> tuple[Any, Any, Any, int]:
+    """The dataset, its (train, val) split and the channel count, or a TrainJobError."""
+    from gometal.vision import ImageFolderDataset
+
+    if args.data_dir is None:
+        try:
+            from gometal.datasets import write_digits_folder
+
+            data_dir = write_digits_folder(out / "data" / "digits")
+        except ImportError as err:
+            raise TrainJobError(
+                f"training on the digits needs scikit-learn ({err}): pip install scikit-learn, "
+                "or pass DATA_DIR"
+            ) from err
+        print(f"data: scikit-learn's handwritten digits, written to {data_dir}")
+    else:
+        data_dir = Path(args.data_dir)
+    channels = args.channels or (1 if args.data_dir is None else 3)
+    try:
+        dataset = ImageFolderDataset(data_dir, image_size=args.image_size, channels=channels)
+    except (ValueError, OSError) as err:
+        raise TrainJobError(" ".join(str(err).split())) from err
+    train_set, val_set = dataset.split(args.val_fraction, seed=args.seed)
+    check_splits(dataset, len(train_set), len(val_set), args.val_fraction)
+    return dataset, train_set, val_set, channels
+
+
+def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import gometal as gm
-    from gometal.datasets import write_digits_folder
-    from gometal.vision import DataLoader, ImageCache, ImageFolderDataset
+    from gometal.vision import DataLoader, ImageCache
 
-    for name in ("epochs", "batch_size", "image_size", "workers"):
-        if getattr(args, name) < (0 if name == "workers" else 1):
-            raise SystemExit(f"gometal train: --{name.replace('_', '-')} must be positive")
-    if args.image_size % 8:
-        raise SystemExit(
-            f"gometal train: --image-size must be divisible by 8, got {args.image_size}"
-        )
-    if not 0.0 < args.val_fraction < 1.0:
-        raise SystemExit(
-            f"gometal train: --val-fraction must be in (0, 1), got {args.val_fraction}"
-        )
+    check_arguments(args)
+    if args.data_dir is not None:
+        check_data_folder(Path(args.data_dir))
     out = Path(args.out)
-    data_dir = args.data_dir
-    if data_dir is None:
-        data_dir = write_digits_folder(out / "data" / "digits")
-        print(f"data: scikit-learn's handwritten digits, written to {data_dir}")
-    channels = args.channels or (1 if args.data_dir is None else 3)
-
-    dataset = ImageFolderDataset(data_dir, image_size=args.image_size, channels=channels)
-    train_set, val_set = dataset.split(args.val_fraction, seed=args.seed)
+    prepare_output_folder(out)
+    dataset, train_set, val_set, channels = _load_data(args, out)
     cache = ImageCache()
     loader_args = {
         "batch_size": args.batch_size,

@@ -91,7 +91,7 @@ class ImageFolderDataset:
         self._resizer = Resize(self.image_size, mode=resize)
         self._cropper = CenterCrop(self.image_size) if resize == "shorter" else None
 
-        class_dirs = _class_folders(self.root)
+        class_dirs = _class_folders(self.root, self.extensions)
         self.classes = [folder.name for folder in class_dirs]
         candidates, not_images = _list_files(class_dirs, self.extensions)
         reasons = _check_files([path for path, _ in candidates], thorough=verify == "full")
@@ -342,15 +342,20 @@ class ImageFolderDataset:
         return position
 
 
-def _class_folders(root: Path) -> list[Path]:
+def _class_folders(root: Path, extensions: tuple[str, ...]) -> list[Path]:
     if not root.exists():
         raise FileNotFoundError(f"image folder {os.fspath(root)!r} does not exist")
     if not root.is_dir():
         raise NotADirectoryError(f"{os.fspath(root)!r} is not a folder")
-    folders = sorted(
-        (entry for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")),
-        key=lambda entry: entry.name,
-    )
+    entries = [entry for entry in root.iterdir() if not entry.name.startswith(".")]
+    folders = sorted((entry for entry in entries if entry.is_dir()), key=lambda e: e.name)
+    loose_images = [e for e in entries if e.is_file() and is_image_path(e, extensions)]
+    if not folders and loose_images:
+        raise ValueError(
+            f"image folder {os.fspath(root)!r} holds {len(loose_images)} images but no class "
+            f"sub-folders: move each class's images into a sub-folder named after the class, "
+            f"e.g. {os.fspath(root / 'cat')}/1.jpg"
+        )
     if not folders:
         raise ValueError(
             f"image folder {os.fspath(root)!r} is empty: expected one sub-folder per class, "
