@@ -39,6 +39,7 @@ __all__ = [
     "Trainer",
     "__version__",
     "callbacks",
+    "datasets",
     "get_num_threads",
     "layers",
     "load_model",
@@ -50,14 +51,21 @@ __all__ = [
     "schedulers",
     "serialization",
     "set_num_threads",
+    "vision",
     "viz",
 ]
 
+# Imported on first use: they pull in heavy packages (Pillow; onnx; plotly and scipy).
+_LAZY_SUBMODULES = ("datasets", "onnx", "vision", "viz")
+
 
 def __getattr__(name: str):
-    # gm.onnx and gm.viz import heavy packages (onnx; plotly and scipy): only when used.
-    if name in ("onnx", "viz"):
+    if name in _LAZY_SUBMODULES:
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'gometal' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
