@@ -7,15 +7,34 @@ the web stack until this sub-command runs.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import socket
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_DATA_DIR", "DEFAULT_PORT", "add_sidecar_command", "main", "run_sidecar"]
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_PORT",
+    "SidecarStartError",
+    "add_sidecar_command",
+    "check_listen_address",
+    "main",
+    "prepare_data_dir",
+    "run_sidecar",
+]
 
 DEFAULT_DATA_DIR = "gometal-plots"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_MB = 10.0
+EXIT_USAGE = 2  # argparse's exit status for bad arguments
+
+
+class SidecarStartError(ValueError):
+    """The sidecar cannot start with these arguments; the message says what to do."""
 
 
 def _port(text: str) -> int:
@@ -78,6 +97,68 @@ def add_sidecar_command(commands: Any) -> None:
     sidecar.set_defaults(handler=run_sidecar)
 
 
+def prepare_data_dir(data_dir: str | os.PathLike[str]) -> None:
+    """Creates ``data_dir`` if missing and checks that files can be written there.
+
+    Args:
+        data_dir: the ``--data-dir`` folder.
+
+    Raises:
+        SidecarStartError: ``data_dir`` is a file, or cannot be created or written.
+
+    Example:
+        >>> prepare_data_dir("gometal-plots")  # doctest: +SKIP
+    """
+    path = Path(data_dir)
+    if path.exists() and not path.is_dir():
+        raise SidecarStartError(
+            f"--data-dir {os.fspath(path)!r} is a file; pass a folder (it is created if missing)"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # Creating a file is the only reliable test (permissions, read-only mounts, ACLs).
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise SidecarStartError(
+            f"--data-dir {os.fspath(path)!r} cannot be written ({err.strerror or err}); "
+            "pass a folder you can write to"
+        ) from err
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Binds ``host:port`` once and releases it, so a taken port is reported before start.
+
+    The probe binds as the server will (``SO_REUSEADDR``, IPv6 when ``host`` has a colon),
+    so a port left in ``TIME_WAIT`` by an earlier run is not mistaken for a taken one.
+
+    Args:
+        host: the address to bind.
+        port: the TCP port.
+
+    Raises:
+        SidecarStartError: the port is in use, or the address cannot be bound here.
+
+    Example:
+        >>> check_listen_address("127.0.0.1", 8080)  # doctest: +SKIP
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise SidecarStartError(
+                    f"port {port} on {host} is in use (another program is listening there); "
+                    "stop it or choose another --port"
+                ) from err
+            raise SidecarStartError(
+                f"cannot listen on {host} port {port} ({err.strerror or err}); "
+                "check --host and --port"
+            ) from err
+
+
 def run_sidecar(args: argparse.Namespace) -> int:
     """Runs the sidecar as configured by parsed ``gometal sidecar`` arguments.
 
@@ -85,7 +166,9 @@ def run_sidecar(args: argparse.Namespace) -> int:
         args: the parsed arguments (``port``, ``host``, ``data_dir``, ``max_body_mb``).
 
     Returns:
-        The process exit code (0 after a clean shutdown).
+        The process exit code: 0 after a clean shutdown; 2 after a one-line
+        ``gometal sidecar: ...`` error on stderr when the port is taken or the data folder
+        cannot be used (nothing is announced then).
 
     Example:
         >>> run_sidecar(argparse.Namespace(port=8080, host="127.0.0.1",
@@ -94,6 +177,12 @@ def run_sidecar(args: argparse.Namespace) -> int:
     """
     from .server import serve
 
+    try:
+        prepare_data_dir(args.data_dir)
+        check_listen_address(args.host, args.port)
+    except SidecarStartError as err:
+        print(f"gometal sidecar: {err}", file=sys.stderr)
+        return EXIT_USAGE
     print(
         f"gometal sidecar: http://{args.host}:{args.port}/ (data in {args.data_dir})",
         flush=True,
