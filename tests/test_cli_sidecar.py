@@ -70,3 +70,14 @@ def test_an_address_this_machine_does_not_have_is_one_error(tmp_path):
     assert done.stdout == ""
     assert done.stderr.startswith("gometal sidecar: cannot listen on 192.0.2.1 port 8080")
     assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1", "1e-300"])
+def test_a_body_limit_that_is_not_a_byte_count_is_an_argparse_error(tmp_path, value):
+    done = _sidecar(tmp_path, "--max-body-mb", value, "--data-dir", str(tmp_path / "plots"))
+    assert done.returncode == ARGPARSE_USAGE_ERROR
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "gometal sidecar: error: argument --max-body-mb: must be a finite number of MB, "
+        f"at least one byte (1e-6 MB), got {value}"
+    )

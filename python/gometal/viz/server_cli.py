@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import socket
 import sys
@@ -30,6 +31,7 @@ __all__ = [
 DEFAULT_DATA_DIR = "gometal-plots"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_MB = 10.0
+BYTES_PER_MB = 1024 * 1024
 EXIT_USAGE = 2  # argparse's exit status for bad arguments
 
 
@@ -48,13 +50,19 @@ def _port(text: str) -> int:
 
 
 def _positive_mb(text: str) -> float:
+    expected = "a finite number of MB, at least one byte (1e-6 MB)"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of MB > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number of MB > 0, got {text}")
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+    # The limit is enforced in whole bytes: a size that rounds to 0 would refuse everything.
+    if not (math.isfinite(value) and _body_bytes(value) >= 1):
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text}")
     return value
+
+
+def _body_bytes(megabytes: float) -> int:
+    return int(megabytes * BYTES_PER_MB)
 
 
 def add_sidecar_command(commands: Any) -> None:
@@ -191,7 +199,7 @@ def run_sidecar(args: argparse.Namespace) -> int:
         args.data_dir,
         host=args.host,
         port=args.port,
-        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_body_bytes=_body_bytes(args.max_body_mb),
     )
     return 0
 
