@@ -104,10 +104,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         TrainJobError: naming the option, the value received and what it accepts.
 
     Example:
-        >>> check_arguments(argparse.Namespace(epochs=0, batch_size=32, image_size=32,
-        ...     lr=0.002, val_fraction=0.2, workers=2, seed=0))  # doctest: +SKIP
-        Traceback (most recent call last):
-        TrainJobError: --epochs must be at least 1, got 0
+        >>> check_arguments(argparse.Namespace(epochs=12, batch_size=32, image_size=32,
+        ...     lr=0.002, val_fraction=0.2, workers=2, seed=0))
     """
     if args.epochs < 1:
         raise TrainJobError(f"--epochs must be at least 1, got {args.epochs}")
