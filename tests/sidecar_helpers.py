@@ -41,7 +41,7 @@ def _series_for(plot_type: str) -> list[dict]:
     steps = [float(i) for i in range(1, 11)]
     decay = [math.exp(-0.3 * s) for s in steps]
     grid = [i / 10 for i in range(11)]
-    if plot_type == "training_curve":
+    if plot_type == "training_curves":
         return [
             _line("train loss", steps, decay),
             _line("val loss", steps, [d + 0.05 for d in decay]),
@@ -61,7 +61,7 @@ def _series_for(plot_type: str) -> list[dict]:
             _line("dense_0.weight", centers, counts, kind="histogram"),
             _line("dense_1.weight", centers, [c * 0.5 for c in counts], kind="histogram"),
         ]
-    if plot_type == "activation_statistics":
+    if plot_type == "activation_pattern":
         box = [{"x": "relu_0", "y": v} for v in (0.0, 0.2, 0.4, 0.5, 0.9, 1.3)]
         means = [{"x": "relu_0", "y": 0.5, "error": 0.3}, {"x": "relu_1", "y": 0.7, "error": 0.2}]
         return [_series("values", "box", box), _series("mean ± std", "errorbar", means)]
@@ -88,7 +88,7 @@ def _series_for(plot_type: str) -> list[dict]:
             _line("prediction", xs, xs),
             _line("observed", xs, [x + 0.3 for x in xs], kind="scatter"),
         ]
-    if plot_type == "correlation_heatmap":
+    if plot_type == "feature_correlation":
         return [_grid(["a", "b"], [[1.0, -0.4], [-0.4, 1.0]])]
     if plot_type == "partial_dependence":
         return [_line("feature 0", grid, [g * g for g in grid], kind="area")]

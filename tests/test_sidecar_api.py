@@ -51,7 +51,7 @@ def test_health_reports_the_service(client: TestClient) -> None:
 def test_post_plot_stores_it_and_serves_list_record_and_page(
     client: TestClient, data_dir: Path
 ) -> None:
-    payload = sample_payload("training_curve", title="Loss <b>&</b> accuracy")
+    payload = sample_payload("training_curves", title="Loss <b>&</b> accuracy")
     response = client.post("/api/plot", json=payload)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -65,7 +65,7 @@ def test_post_plot_stores_it_and_serves_list_record_and_page(
     listing = client.get("/api/plots").json()
     assert listing["count"] == 1
     [entry] = listing["plots"]
-    assert entry["id"] == plot_id and entry["plot_type"] == "training_curve"
+    assert entry["id"] == plot_id and entry["plot_type"] == "training_curves"
     assert entry["title"] == payload["title"] and entry["timestamp"] == payload["timestamp"]
     assert entry["batch_id"] is None
     assert client.get(f"/api/plots/{plot_id}").json()["payload"] == payload
@@ -94,7 +94,7 @@ def test_every_plot_type_is_accepted_and_has_a_view_page(
 
 def test_client_chosen_ids_and_a_run_dashboard(client: TestClient, data_dir: Path) -> None:
     first = client.post(
-        "/api/plot?plot_id=loss-1&batch_id=run_7", json=sample_payload("training_curve")
+        "/api/plot?plot_id=loss-1&batch_id=run_7", json=sample_payload("training_curves")
     )
     assert first.status_code == 200, first.text
     assert first.json()["dashboard_url"] == "/dashboard/run_7"
@@ -106,7 +106,7 @@ def test_client_chosen_ids_and_a_run_dashboard(client: TestClient, data_dir: Pat
 
     before = stored_files(data_dir)
     taken = client.post("/api/plot?plot_id=loss-1", json=sample_payload("qq_plot"))
-    assert taken.status_code == 409 and "loss-1" in taken.json()["error"]
+    assert taken.status_code == 409 and "loss-1" in taken.json()["message"]
     assert stored_files(data_dir) == before
     page = client.get("/dashboard/run_7")
     assert page.status_code == 200 and "<html" in page.text.lower()
@@ -116,7 +116,7 @@ def test_client_chosen_ids_and_a_run_dashboard(client: TestClient, data_dir: Pat
 def test_batch_plot_stores_all_and_appends_to_a_named_batch(
     client: TestClient, data_dir: Path
 ) -> None:
-    plots = [sample_payload(t) for t in ("training_curve", "confusion_matrix", "qq_plot")]
+    plots = [sample_payload(t) for t in ("training_curves", "confusion_matrix", "qq_plot")]
     response = client.post("/api/batch-plot", json={"plots": plots, "batch": True})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -142,7 +142,7 @@ def test_batch_plot_stores_all_and_appends_to_a_named_batch(
 
 def test_replace_keeps_only_a_runs_latest_snapshot(client: TestClient, data_dir: Path) -> None:
     other = client.post("/api/plot?batch_id=other", json=sample_payload("qq_plot")).json()
-    first = [sample_payload("training_curve"), sample_payload("roc_curve")]
+    first = [sample_payload("training_curves"), sample_payload("roc_curve")]
     body = {"plots": first, "batch_id": "run-r", "replace": True}
     old_ids = [r["plot_id"] for r in client.post("/api/batch-plot", json=body).json()["results"]]
     latest = [*first, sample_payload("confusion_matrix")]
@@ -161,31 +161,39 @@ def test_replace_keeps_only_a_runs_latest_snapshot(client: TestClient, data_dir:
 
 
 def _bad(**changes: object) -> bytes:
-    payload = sample_payload("training_curve")
+    payload = sample_payload("training_curves")
     payload.update(changes)
     return json.dumps(payload).encode()
 
 
 def _bad_series(**changes: object) -> bytes:
-    payload = sample_payload("training_curve")
+    payload = sample_payload("training_curves")
     payload["series"][0].update(changes)
     return json.dumps(payload).encode()
 
 
+INVALID_JSON = (400, "INVALID_JSON")
+INVALID_PAYLOAD = (422, "VALIDATION_ERROR")
 BAD_BODIES = {
-    "truncated json": (b'{"plot_type": "training_curve", "title":', 400),
-    "not utf-8": (b'{"title": "\xff\xfe"}', 400),
-    "nan literal": (json.dumps(sample_payload("qq_plot")).replace("0.5", "NaN").encode(), 400),
-    "empty body": (b"", 400),
-    "array not object": (b"[1, 2, 3]", 422),
-    "unknown plot type": (_bad(plot_type="pie_chart"), 422),
-    "missing series": (json.dumps({"plot_type": "qq_plot", "title": "t"}).encode(), 422),
-    "series not a list": (_bad(series={"name": "loss"}), 422),
-    "data not a list": (_bad_series(data=3), 422),
-    "point without y": (_bad_series(data=[{"x": 1}]), 422),
-    "point as a pair": (_bad_series(data=[[1, 2], [3, 4]]), 422),
-    "unknown series type": (_bad_series(type="pie"), 422),
-    "z not a number": (_bad_series(data=[{"x": 0, "y": 0, "z": "hot"}]), 422),
+    "truncated json": (b'{"plot_type": "training_curves", "title":', *INVALID_JSON),
+    "not utf-8": (b'{"title": "\xff\xfe"}', *INVALID_JSON),
+    "nan literal": (
+        json.dumps(sample_payload("qq_plot")).replace("0.5", "NaN").encode(),
+        *INVALID_JSON,
+    ),
+    "empty body": (b"", *INVALID_JSON),
+    "array not object": (b"[1, 2, 3]", *INVALID_PAYLOAD),
+    "unknown plot type": (_bad(plot_type="pie_chart"), *INVALID_PAYLOAD),
+    "missing series": (
+        json.dumps({"plot_type": "qq_plot", "title": "t"}).encode(),
+        *INVALID_PAYLOAD,
+    ),
+    "series not a list": (_bad(series={"name": "loss"}), *INVALID_PAYLOAD),
+    "data not a list": (_bad_series(data=3), *INVALID_PAYLOAD),
+    "point without y": (_bad_series(data=[{"x": 1}]), *INVALID_PAYLOAD),
+    "point as a pair": (_bad_series(data=[[1, 2], [3, 4]]), *INVALID_PAYLOAD),
+    "unknown series type": (_bad_series(type="pie"), *INVALID_PAYLOAD),
+    "z not a number": (_bad_series(data=[{"x": 0, "y": 0, "z": "hot"}]), *INVALID_PAYLOAD),
 }
 
 
@@ -193,16 +201,17 @@ BAD_BODIES = {
 def test_bad_plot_bodies_get_a_json_error_and_write_nothing(
     client: TestClient, data_dir: Path, case: str
 ) -> None:
-    body, status = BAD_BODIES[case]
+    body, status, code = BAD_BODIES[case]
     response = client.post("/api/plot", content=body, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert isinstance(error, str) and error
+    answer = response.json()
+    assert answer["success"] is False and answer["error_code"] == code
+    assert isinstance(answer["message"], str) and answer["message"]
     assert stored_files(data_dir) == []
 
 
 def test_unknown_plot_type_error_names_the_value(client: TestClient) -> None:
-    error = client.post("/api/plot", content=_bad(plot_type="pie_chart")).json()["error"]
+    error = client.post("/api/plot", content=_bad(plot_type="pie_chart")).json()["message"]
     assert "plot_type" in error and "pie_chart" in error
 
 
@@ -223,14 +232,14 @@ def test_unknown_plot_type_error_names_the_value(client: TestClient) -> None:
 def test_bad_batches_write_nothing(client: TestClient, data_dir: Path, body: object) -> None:
     response = client.post("/api/batch-plot", json=body)
     assert 400 <= response.status_code < 500, response.text
-    assert isinstance(response.json()["error"], str)
+    assert isinstance(response.json()["message"], str)
     assert stored_files(data_dir) == []
 
 
 def test_one_bad_plot_in_a_batch_is_named(client: TestClient) -> None:
     body = {"plots": [sample_payload("qq_plot"), dict(sample_payload("qq_plot"), series=7)]}
     response = client.post("/api/batch-plot", json=body)
-    assert response.status_code == 422 and "plots[1]" in response.json()["error"]
+    assert response.status_code == 422 and "plots[1]" in response.json()["message"]
 
 
 BAD_IDS = ["..", "../etc", "a/b", "a.b", "a b", "x" * 65, "é", "%2e%2e", "a\\b"]
@@ -243,7 +252,7 @@ def test_ids_with_path_characters_are_refused(
     for query in ({"plot_id": bad_id}, {"batch_id": bad_id}):
         response = client.post("/api/plot", params=query, json=sample_payload("qq_plot"))
         assert response.status_code == 400, response.text
-        assert repr(bad_id) in response.json()["error"]
+        assert repr(bad_id) in response.json()["message"]
     assert stored_files(data_dir) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     assert client.get("/api/plots", params={"batch_id": bad_id}).status_code == 400
@@ -263,13 +272,13 @@ def test_ids_with_path_characters_are_refused(
 def test_reading_with_bad_ids_is_a_json_4xx(client: TestClient, path: str) -> None:
     response = client.get(path)
     assert 400 <= response.status_code < 500
-    assert isinstance(response.json()["error"], str)
+    assert isinstance(response.json()["message"], str)
 
 
 def test_missing_items_are_404(client: TestClient) -> None:
     for path in ("/plot/" + "0" * 32, "/api/plots/nothing", "/dashboard/no-such-run"):
         response = client.get(path)
-        assert response.status_code == 404 and "error" in response.json()
+        assert response.status_code == 404 and response.json()["error_code"] == "NOT_FOUND"
 
 
 def test_oversize_bodies_get_413_before_parsing(client: TestClient, data_dir: Path) -> None:
@@ -277,7 +286,7 @@ def test_oversize_bodies_get_413_before_parsing(client: TestClient, data_dir: Pa
     padded["config"]["note"] = "x" * SMALL_LIMIT
     body = json.dumps(padded).encode()
     response = client.post("/api/plot", content=body)
-    assert response.status_code == 413 and str(SMALL_LIMIT) in response.json()["error"]
+    assert response.status_code == 413 and str(SMALL_LIMIT) in response.json()["message"]
 
     def chunks():  # no Content-Length: the limit is enforced while reading
         yield b"[" + b" " * SMALL_LIMIT
@@ -332,7 +341,7 @@ def test_plots_persist_across_a_restart(data_dir: Path) -> None:
         client = sidecar_client.SidecarClient(url)
         single = client.send(sample_payload("roc_curve"))
         batch = client.send(
-            [sample_payload("training_curve"), sample_payload("residual_plot")],
+            [sample_payload("training_curves"), sample_payload("residual_plot")],
             batch_id="run-1",
             title="Run one",
         )
@@ -361,7 +370,7 @@ def test_real_server_answers_oversize_and_bad_json(data_dir: Path) -> None:
             with pytest.raises(urllib.error.HTTPError) as caught:
                 sidecar_client._opener.open(request, timeout=10)
             assert caught.value.code == status
-            assert "error" in json.loads(caught.value.read())
+            assert json.loads(caught.value.read())["success"] is False
     assert stored_files(data_dir) == []
 
 
@@ -460,7 +469,7 @@ def test_send_without_a_url_starts_a_sidecar_and_a_run_sink_keeps_one_dashboard(
         assert url.endswith(f":{sidecar_client.DEFAULT_PORT}")
 
         sink = sidecar_client.RunSink(run_id="fit-1", title="fit one")
-        snapshot = [sample_payload("training_curve")]
+        snapshot = [sample_payload("training_curves")]
         assert sink(snapshot)["batch_id"] == "fit-1"
         snapshot.append(sample_payload("learning_rate_schedule"))
         assert sink(snapshot)["summary"]["total_plots"] == 2

@@ -21,12 +21,12 @@ from gometal.viz import plots
 from helpers import gm_weights_from_torch, t
 
 TRAINING_PLOTS = [
-    "training_curve",
-    "training_curve",
+    "training_curves",
+    "training_curves",
     "learning_rate_schedule",
     "parameter_distribution",
     "gradient_histogram",
-    "activation_statistics",
+    "activation_pattern",
 ]
 BATCH = 64
 
@@ -77,7 +77,7 @@ def test_collector_produces_every_training_payload(digits_run):
     kinds = [p["plot_type"] for p in payloads]
     assert kinds[: len(TRAINING_PLOTS)] == TRAINING_PLOTS
     assert {"roc_curve", "precision_recall", "confusion_matrix"} <= set(kinds)
-    assert {"correlation_heatmap", "feature_importance", "partial_dependence"} <= set(kinds)
+    assert {"feature_correlation", "feature_importance", "partial_dependence"} <= set(kinds)
     schema = viz.load_schema()
     for payload in payloads:
         jsonschema.validate(payload, schema, cls=jsonschema.Draft202012Validator)
@@ -143,7 +143,7 @@ def test_gradients_and_activations_match_torch(digits_run):
     assert set(collector.activations) == set(outputs)
     for name, value in outputs.items():
         np.testing.assert_allclose(collector.activations[name], value.numpy(), rtol=1e-4, atol=1e-5)
-    payload = plots.activation_statistics(collector.activations)
+    payload = plots.activation_pattern(collector.activations)
     relu = outputs["relu_0"].numpy()
     assert payload["metrics"]["relu_0.zero_fraction"] == pytest.approx(np.mean(relu == 0))
 
@@ -210,7 +210,7 @@ def test_a_failing_collector_warns_once_and_training_completes():
     assert trainer.epoch == 3 and len(trainer.history.loss) == 3
     assert len(collector.errors) == 3  # one per epoch, only the first warned
     kinds = [p["plot_type"] for p in collector.payloads()]
-    assert "training_curve" in kinds and "parameter_distribution" not in kinds
+    assert "training_curves" in kinds and "parameter_distribution" not in kinds
 
 
 def test_a_failing_builder_is_left_out_with_a_warning(monkeypatch, tmp_path):
@@ -309,7 +309,7 @@ def test_sidecar_mode_falls_back_to_send(monkeypatch):
     trainer = _trainer()
     trainer.fit((x_train[:200], y_train[:200]), 1, verbose=0, plots="sidecar")
     assert len(sent) == 2 and sent[0][1] is None
-    assert [p["plot_type"] for p in sent[-1][0]][:2] == ["training_curve", "training_curve"]
+    assert [p["plot_type"] for p in sent[-1][0]][:2] == ["training_curves", "training_curves"]
 
 
 def test_cnn_with_batch_norm_and_dropout_is_probed_per_layer():
@@ -344,7 +344,7 @@ def test_cnn_with_batch_norm_and_dropout_is_probed_per_layer():
     assert set(collector.gradients) == set(model.trainable_weight_names)
     kinds = [p["plot_type"] for p in collector.payloads()]
     assert (
-        "confusion_matrix" in kinds and "correlation_heatmap" not in kinds
+        "confusion_matrix" in kinds and "feature_correlation" not in kinds
     )  # images: no feature plots
 
 

@@ -36,11 +36,11 @@ from gometal.viz.payload import (
 from gometal.viz.render import dashboard_html, to_figure
 
 GO_METAL_PLOT_TYPES = {
-    "training_curve", "learning_rate_schedule", "roc_curve", "precision_recall",
+    "training_curves", "learning_rate_schedule", "roc_curve", "precision_recall",
     "confusion_matrix", "parameter_distribution", "gradient_histogram",
-    "activation_statistics", "regression_scatter", "residual_plot", "qq_plot",
+    "activation_pattern", "regression_scatter", "residual_plot", "qq_plot",
     "feature_importance", "learning_curve", "validation_curve", "prediction_interval",
-    "correlation_heatmap", "partial_dependence",
+    "feature_correlation", "partial_dependence",
 }  # fmt: skip
 
 
@@ -62,8 +62,9 @@ def test_schema_is_valid_draft_2020_12_and_lists_every_plot_type():
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert set(PLOT_TYPES) == GO_METAL_PLOT_TYPES
+    # go-metal's Go client leaves out an empty "metrics" map (omitempty).
     assert set(schema["required"]) == {
-        "plot_type", "title", "timestamp", "model_name", "series", "config", "metrics"
+        "plot_type", "title", "timestamp", "model_name", "series", "config"
     }  # fmt: skip
 
 
@@ -78,14 +79,15 @@ BAD_CASES = [
     (lambda p: p["series"][0]["data"][1].pop("y"), "series[0].data[1]"),
     (lambda p: p["series"][0]["data"][0].update(x=[1, 2]), "series[0].data[0].x"),
     (lambda p: p.update(metrics=[1]), "metrics"),
-    (lambda p: p["series"][0].pop("style"), "'style'"),
+    (lambda p: p["series"][0].pop("data"), "'data'"),
+    (lambda p: p["series"][0].update(style=[1]), "series[0].style"),
     (lambda p: p.update(timestamp=5), "timestamp"),
 ]
 
 
 @pytest.mark.parametrize(("breaker", "named"), BAD_CASES)
 @pytest.mark.parametrize("with_jsonschema", [True, False])
-def test_validate_payload_names_the_first_problem(breaker, named, with_jsonschema, monkeypatch):
+def test_validate_payload_names_the_problem(breaker, named, with_jsonschema, monkeypatch):
     if not with_jsonschema:
         monkeypatch.setattr(payload_module, "_validator", lambda: None)
     bad = _good()
@@ -197,10 +199,10 @@ def test_histograms_match_numpy(rng):
         plots.parameter_distribution(weights, bins=0)
 
 
-def test_activation_statistics_match_numpy(rng):
+def test_activation_pattern_matches_numpy(rng):
     relu = np.maximum(rng.standard_normal((64, 16)), 0)
     dense = rng.standard_normal((64, 16))
-    payload = check(plots.activation_statistics({"dense_0": dense, "relu_0": relu}))
+    payload = check(plots.activation_pattern({"dense_0": dense, "relu_0": relu}))
     for name, values in (("dense_0", dense), ("relu_0", relu)):
         assert payload["metrics"][f"{name}.mean"] == pytest.approx(values.mean())
         assert payload["metrics"][f"{name}.std"] == pytest.approx(values.std())
@@ -210,9 +212,9 @@ def test_activation_statistics_match_numpy(rng):
     np.testing.assert_allclose(figure.data[0].error_y.array, [dense.std(), relu.std()])
 
 
-def test_training_curve_and_learning_rate_schedule_carry_the_values():
+def test_training_curves_and_learning_rate_schedule_carry_the_values():
     history = {"loss": [1.0, 0.6, 0.4], "val_loss": [1.1, 0.7, 0.5], "accuracy": [0.5, 0.7, 0.8]}
-    payload = check(plots.training_curve(history, [0, 1, 2]))
+    payload = check(plots.training_curves(history, [0, 1, 2]))
     for s in payload["series"]:
         np.testing.assert_allclose([p["y"] for p in s["data"]], history[s["name"]])
     assert payload["series"][2]["style"]["yaxis"] == "y2"
@@ -304,10 +306,10 @@ def test_validation_curve_picks_the_best_mean_validation_score():
 
 
 # -- features ---------------------------------------------------------------------------------
-def test_correlation_heatmap_matches_corrcoef_and_flags_strong_pairs(rng):
+def test_feature_correlation_matches_corrcoef_and_flags_strong_pairs(rng):
     base = rng.standard_normal((200, 3))
     x = np.c_[base, base[:, 0] * 0.9 + 0.1 * rng.standard_normal(200), -base[:, 1]]
-    payload = check(plots.correlation_heatmap(x, list("abcde")))
+    payload = check(plots.feature_correlation(x, list("abcde")))
     reference = np.corrcoef(x, rowvar=False)
     cells = {(p["y"], p["x"]): p for p in payload["series"][0]["data"]}
     for i, a in enumerate("abcde"):
@@ -365,9 +367,9 @@ def test_partial_dependence_matches_sklearn_brute():
 # -- rendering --------------------------------------------------------------------------------
 def test_dashboard_is_one_offline_page(rng):
     payloads = [
-        plots.training_curve({"loss": [1.0, 0.5]}),
+        plots.training_curves({"loss": [1.0, 0.5]}),
         plots.roc_curve([0, 1, 1, 0], [0.1, 0.8, 0.6, 0.7]),
-        plots.correlation_heatmap(rng.standard_normal((30, 4))),
+        plots.feature_correlation(rng.standard_normal((30, 4))),
     ]
     page = dashboard_html(payloads, "run <1>")
     assert page.startswith("<!DOCTYPE html>")

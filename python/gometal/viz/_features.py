@@ -296,7 +296,7 @@ def partial_dependence(
     )
 
 
-def correlation_heatmap(
+def feature_correlation(
     x: Any,
     names: Sequence[str] | None = None,
     threshold: float = 0.7,
@@ -314,13 +314,13 @@ def correlation_heatmap(
         model_name: the model's name.
 
     Returns:
-        A ``correlation_heatmap`` payload: a ``heatmap`` series (``z`` = r; flagged cells
+        A ``feature_correlation`` payload: a ``heatmap`` series (``z`` = r; flagged cells
         have ``label == "strong"``) and a ``scatter`` series marking the flagged cells;
         ``config.flagged_pairs`` lists ``{a, b, r}`` once per pair and
         ``config.constant_features`` the zero-variance columns (their r is set to 0).
 
     Example:
-        >>> p = correlation_heatmap(np.array([[0.0, 0.0], [1.0, 2.0], [2.0, 4.1]]))
+        >>> p = feature_correlation(np.array([[0.0, 0.0], [1.0, 2.0], [2.0, 4.1]]))
         >>> p["metrics"]["strong_pairs"]
         1
     """
@@ -351,7 +351,7 @@ def correlation_heatmap(
                     flagged.append({"a": labels[i], "b": labels[j], "r": float(r[i, j])})
     off = np.abs(r[~np.eye(count, dtype=bool)])
     return make_payload(
-        "correlation_heatmap",
+        "feature_correlation",
         title,
         [
             series("pearson r", "heatmap", cells, {"colorscale": "RdBu", "zmin": -1, "zmax": 1}),
@@ -369,3 +369,7 @@ def correlation_heatmap(
             "max_abs_offdiagonal_r": float(off.max()) if off.size else 0.0,
         },
     )
+
+
+# The name before go-metal's plot-type names were adopted; kept for existing callers.
+correlation_heatmap = feature_correlation

@@ -287,7 +287,7 @@ class VisualizationCollector(Callback):
             return plots.partial_dependence(predict, x, top, names, target=target, **kw)
 
         return [
-            lambda: plots.correlation_heatmap(x, names, **kw),
+            lambda: plots.feature_correlation(x, names, **kw),
             importance_plot,
             dependence_plot,
         ]
@@ -304,7 +304,7 @@ class VisualizationCollector(Callback):
 
         Example:
             >>> [p["plot_type"] for p in viz.payloads()][:2]  # doctest: +SKIP
-            ['training_curve', 'training_curve']
+            ['training_curves', 'training_curves']
         """
         name = self.model_name or "model"
         kw = {"model_name": name}
@@ -312,7 +312,7 @@ class VisualizationCollector(Callback):
         builders: list[tuple[bool, Callable[[], dict]]] = [
             (
                 bool(self.steps["step"]),
-                lambda: plots.training_curve(
+                lambda: plots.training_curves(
                     {k: self.steps[k] for k in ("loss", "accuracy")},
                     self.steps["step"],
                     "step",
@@ -322,7 +322,7 @@ class VisualizationCollector(Callback):
             ),
             (
                 bool(self.epoch_numbers),
-                lambda: plots.training_curve(
+                lambda: plots.training_curves(
                     {k: v for k, v in self.epochs.items() if k != "lr"},
                     self.epoch_numbers,
                     "epoch",
@@ -348,7 +348,7 @@ class VisualizationCollector(Callback):
             ),
             (
                 bool(self.activations),
-                lambda: plots.activation_statistics(
+                lambda: plots.activation_pattern(
                     self.activations, title=f"Activation statistics{where}", **kw
                 ),
             ),

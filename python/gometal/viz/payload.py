@@ -2,9 +2,13 @@
 
 A payload is a plain ``dict`` (so it goes to ``json.dumps`` unchanged) with the keys
 ``plot_type``, ``title``, ``timestamp``, ``model_name``, ``series``, ``config`` and
-``metrics``. ``schema.json`` beside this file is the contract; :func:`validate_payload`
-checks a payload against it (with ``jsonschema`` when installed, else with the same rules
-written out here) and also rejects non-finite numbers, which JSON cannot carry.
+``metrics``: go-metal's ``PlotData`` struct as its Go client serialises it, where
+``metrics`` and a series' ``style`` may be left out and nil slices arrive as ``null``.
+``schema.json`` beside this file is the contract; :func:`validate_payload` checks a payload
+against it (with ``jsonschema`` when installed, else with the same rules written out here),
+reports every problem it finds rather than the first, and also rejects non-finite numbers,
+which JSON cannot carry. :func:`normalize_payload` turns any valid payload (a Go client's,
+or one saved under an old plot-type name) into the complete form the renderer reads.
 """
 
 from __future__ import annotations
@@ -13,17 +17,20 @@ import datetime as _dt
 import functools
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "LEGACY_PLOT_TYPES",
     "PLOT_TYPES",
     "SERIES_TYPES",
+    "canonical_plot_type",
     "load_schema",
     "make_payload",
+    "normalize_payload",
     "point",
     "series",
     "validate_payload",
@@ -45,13 +52,20 @@ def load_schema() -> dict[str, Any]:
         The parsed ``schema.json``.
 
     Example:
-        >>> load_schema()["properties"]["plot_type"]["enum"][0]
-        'training_curve'
+        >>> load_schema()["properties"]["plot_type"]["anyOf"][0]["enum"][0]
+        'training_curves'
     """
     return json.loads(json.dumps(_schema()))
 
 
-PLOT_TYPES: tuple[str, ...] = tuple(_schema()["properties"]["plot_type"]["enum"])
+# go-metal's plot-type names, in the order of its PlotType constants.
+PLOT_TYPES: tuple[str, ...] = tuple(_schema()["properties"]["plot_type"]["anyOf"][0]["enum"])
+# Names gometal used before adopting go-metal's; plots saved under them still load.
+LEGACY_PLOT_TYPES: Mapping[str, str] = {
+    "training_curve": "training_curves",
+    "activation_statistics": "activation_pattern",
+    "correlation_heatmap": "feature_correlation",
+}
 SERIES_TYPES: tuple[str, ...] = tuple(_schema()["$defs"]["series"]["properties"]["type"]["enum"])
 
 
@@ -144,11 +158,13 @@ def make_payload(
     """Builds and validates one payload.
 
     Args:
-        plot_type: one of :data:`PLOT_TYPES`.
+        plot_type: one of :data:`PLOT_TYPES` (an old name from :data:`LEGACY_PLOT_TYPES`
+            is stored under its new name).
         title: the plot title.
         series_list: the series (see :func:`series`).
         model_name: the model the plot describes.
-        config: axis titles and other drawing settings (``x_label``, ``y_label``, ...).
+        config: axis titles and other drawing settings (``x_label``, ``y_label``, ...;
+            go-metal's ``x_axis_label``, ``y_axis_scale``, ... are understood too).
         metrics: summary numbers (``auc``, ``r2``, ...).
         timestamp: RFC 3339 time; defaults to now (UTC).
 
@@ -159,12 +175,12 @@ def make_payload(
         ValueError: the payload breaks the schema (see :func:`validate_payload`).
 
     Example:
-        >>> p = make_payload("training_curve", "Loss", [series("loss", "line", [point(0, 1.0)])])
+        >>> p = make_payload("training_curves", "Loss", [series("loss", "line", [point(0, 1.0)])])
         >>> p["plot_type"]
-        'training_curve'
+        'training_curves'
     """
     payload = {
-        "plot_type": plot_type,
+        "plot_type": canonical_plot_type(plot_type),
         "title": str(title),
         "timestamp": timestamp or _now(),
         "model_name": str(model_name),
@@ -174,6 +190,43 @@ def make_payload(
     }
     validate_payload(payload)
     return payload
+
+
+def canonical_plot_type(plot_type: Any) -> Any:
+    """go-metal's name for ``plot_type``: an old gometal name is mapped to its new one.
+
+    Args:
+        plot_type: a plot type name (anything else is returned unchanged, for the
+            validator to report).
+
+    Returns:
+        The name from :data:`PLOT_TYPES`, or ``plot_type`` itself.
+
+    Example:
+        >>> canonical_plot_type("training_curve")
+        'training_curves'
+    """
+    if isinstance(plot_type, str):
+        return LEGACY_PLOT_TYPES.get(plot_type, plot_type)
+    return plot_type
+
+
+# At most this many problems are listed in one error message.
+MAX_LISTED_PROBLEMS = 20
+
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "x_axis_label": (str,),
+    "y_axis_label": (str,),
+    "z_axis_label": (str,),
+    "x_axis_scale": (str,),
+    "y_axis_scale": (str,),
+    "show_legend": (bool,),
+    "show_grid": (bool,),
+    "interactive": (bool,),
+    "width": (int,),
+    "height": (int,),
+    "custom_options": (Mapping,),
+}
 
 
 def _path_text(path: Iterable[Any]) -> str:
@@ -199,66 +252,103 @@ def _first_non_finite(value: Any, path: tuple) -> tuple | None:
     return None
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _is_scalar(value: Any) -> bool:
-    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
+    return value is None or isinstance(value, str) or _is_number(value)
 
 
-def _plain_check(obj: Any) -> str | None:
-    """The schema's rules written out, for installs without ``jsonschema``."""
+def _missing(where: str, obj: Mapping[str, Any], required: Iterable[str]) -> Iterator[str]:
+    """One problem naming every required key ``obj`` lacks."""
+    absent = [repr(key) for key in required if key not in obj]
+    if len(absent) == 1:
+        yield f"{where} is missing the required key {absent[0]}"
+    elif absent:
+        yield f"{where} is missing the required keys {', '.join(absent[:-1])} and {absent[-1]}"
+
+
+def _config_problems(config: Mapping[str, Any]) -> Iterator[str]:
+    for key, types in _CONFIG_TYPES.items():
+        if key not in config:
+            continue
+        value = config[key]
+        ok = isinstance(value, types) and not (types == (int,) and isinstance(value, bool))
+        if types == (int,) and isinstance(value, float) and value.is_integer():
+            ok = True  # JSON does not tell 800 from 800.0
+        if not ok:
+            expected = {str: "a string", bool: "true or false", int: "an integer"}.get(
+                types[0], "an object"
+            )
+            yield f"payload.config.{key} must be {expected}, got {value!r:.80}"
+
+
+def _point_problems(p: Any, where: str) -> Iterator[str]:
+    if not isinstance(p, Mapping):
+        yield f"{where} must be an object, got {type(p).__name__}"
+        return
+    yield from _missing(where, p, ("x", "y"))
+    for key in ("x", "y"):
+        if key in p and not _is_scalar(p[key]):
+            yield f"{where}.{key} must be a number, a string or null, got {p[key]!r:.80}"
+    if p.get("z") is not None and not _is_number(p["z"]):
+        yield f"{where}.z must be a number or null, got {p['z']!r:.80}"
+    for key in ("label", "color"):
+        if key in p and not isinstance(p[key], str):
+            yield f"{where}.{key} must be a string, got {p[key]!r:.80}"
+    for key in ("error", "lower", "upper"):
+        if key in p and not _is_number(p[key]):
+            yield f"{where}.{key} must be a number, got {p[key]!r:.80}"
+    if _is_number(p.get("error")) and p["error"] < 0:
+        yield f"{where}.error must be >= 0, got {p['error']!r}"
+
+
+def _series_problems(item: Any, where: str) -> Iterator[str]:
+    if not isinstance(item, Mapping):
+        yield f"{where} must be an object, got {type(item).__name__}"
+        return
+    yield from _missing(where, item, _schema()["$defs"]["series"]["required"])
+    if "name" in item and not isinstance(item["name"], str):
+        yield f"{where}.name must be a string, got {item['name']!r:.80}"
+    if "type" in item and item["type"] not in SERIES_TYPES:
+        yield f"{where}.type must be one of {SERIES_TYPES}, got {item['type']!r:.80}"
+    if "style" in item and not isinstance(item["style"], Mapping):
+        yield f"{where}.style must be an object, got {type(item['style']).__name__}"
+    data = item.get("data")
+    if data is not None and not isinstance(data, list):
+        yield f"{where}.data must be an array or null, got {type(data).__name__}"
+    elif data is not None:
+        for j, p in enumerate(data):
+            yield from _point_problems(p, f"{where}.data[{j}]")
+
+
+def _plain_problems(obj: Any) -> Iterator[str]:
+    """The schema's rules written out, for installs without ``jsonschema``; yields every
+    problem found, in document order."""
     if not isinstance(obj, Mapping):
-        return f"payload must be a JSON object (dict), got {type(obj).__name__}"
-    for key in _schema()["required"]:
-        if key not in obj:
-            return f"payload is missing the required key {key!r}"
-    if obj["plot_type"] not in PLOT_TYPES:
-        return f"payload.plot_type must be one of {PLOT_TYPES}, got {obj['plot_type']!r}"
+        yield f"payload must be a JSON object (dict), got {type(obj).__name__}"
+        return
+    yield from _missing("payload", obj, _schema()["required"])
+    kind = obj.get("plot_type")
+    if "plot_type" in obj and canonical_plot_type(kind) not in PLOT_TYPES:
+        yield f"payload.plot_type must be one of {PLOT_TYPES}, got {kind!r:.80}"
     for key in ("title", "timestamp", "model_name"):
-        if not isinstance(obj[key], str):
-            return f"payload.{key} must be a string, got {obj[key]!r}"
-    if not obj["timestamp"]:
-        return "payload.timestamp must be a non-empty RFC 3339 time, got ''"
+        if key in obj and not isinstance(obj[key], str):
+            yield f"payload.{key} must be a string, got {obj[key]!r:.80}"
+    if obj.get("timestamp") == "":
+        yield "payload.timestamp must be a non-empty RFC 3339 time, got ''"
     for key in ("config", "metrics"):
-        if not isinstance(obj[key], Mapping):
-            return f"payload.{key} must be an object, got {type(obj[key]).__name__}"
-    if not isinstance(obj["series"], list):
-        return f"payload.series must be an array, got {type(obj['series']).__name__}"
-    for i, item in enumerate(obj["series"]):
-        where = f"payload.series[{i}]"
-        if not isinstance(item, Mapping):
-            return f"{where} must be an object, got {type(item).__name__}"
-        for key in ("name", "type", "data", "style"):
-            if key not in item:
-                return f"{where} is missing the required key {key!r}"
-        if not isinstance(item["name"], str):
-            return f"{where}.name must be a string, got {item['name']!r}"
-        if item["type"] not in SERIES_TYPES:
-            return f"{where}.type must be one of {SERIES_TYPES}, got {item['type']!r}"
-        if not isinstance(item["style"], Mapping):
-            return f"{where}.style must be an object, got {type(item['style']).__name__}"
-        if not isinstance(item["data"], list):
-            return f"{where}.data must be an array, got {type(item['data']).__name__}"
-        for j, p in enumerate(item["data"]):
-            pwhere = f"{where}.data[{j}]"
-            if not isinstance(p, Mapping):
-                return f"{pwhere} must be an object, got {type(p).__name__}"
-            for key in ("x", "y"):
-                if key not in p:
-                    return f"{pwhere} is missing the required key {key!r}"
-                if not _is_scalar(p[key]):
-                    return f"{pwhere}.{key} must be a number or a string, got {p[key]!r}"
-            z = p.get("z")
-            if z is not None and not (isinstance(z, (int, float)) and not isinstance(z, bool)):
-                return f"{pwhere}.z must be a number or null, got {z!r}"
-            if "label" in p and not isinstance(p["label"], str):
-                return f"{pwhere}.label must be a string, got {p['label']!r}"
-            for key in ("error", "lower", "upper"):
-                if key in p and not (
-                    isinstance(p[key], (int, float)) and not isinstance(p[key], bool)
-                ):
-                    return f"{pwhere}.{key} must be a number, got {p[key]!r}"
-            if "error" in p and p["error"] < 0:
-                return f"{pwhere}.error must be >= 0, got {p['error']!r}"
-    return None
+        if key in obj and not isinstance(obj[key], Mapping):
+            yield f"payload.{key} must be an object, got {type(obj[key]).__name__}"
+    if isinstance(obj.get("config"), Mapping):
+        yield from _config_problems(obj["config"])
+    all_series = obj.get("series")
+    if all_series is not None and not isinstance(all_series, list):
+        yield f"payload.series must be an array or null, got {type(all_series).__name__}"
+    elif all_series is not None:
+        for i, item in enumerate(all_series):
+            yield from _series_problems(item, f"payload.series[{i}]")
 
 
 @functools.lru_cache(maxsize=1)
@@ -270,33 +360,120 @@ def _validator() -> Any:
     return jsonschema.Draft202012Validator(_schema())
 
 
+def _listed(problems: Iterator[str]) -> list[str]:
+    """Up to :data:`MAX_LISTED_PROBLEMS` problems, with a note when there are more."""
+    listed: list[str] = []
+    for problem in problems:
+        if len(listed) == MAX_LISTED_PROBLEMS:
+            listed.append("(more problems not listed)")
+            break
+        listed.append(problem)
+    return listed
+
+
+def _schema_problems(obj: Any) -> Iterator[str]:
+    validator = _validator()
+    if validator is not None:
+        errors = sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.path)))
+        for error in errors:
+            yield f"{_path_text(error.absolute_path)}: {error.message}"
+
+
 def validate_payload(obj: Any) -> None:
-    """Checks ``obj`` against the payload schema; raises on the first problem.
+    """Checks ``obj`` against the payload schema; raises naming every problem found.
 
     Args:
         obj: a payload dict (for example, ``json.loads`` of what a client sent).
 
     Raises:
-        ValueError: names the first problem and where it is, e.g.
-            ``payload.series[0].type must be one of (...), got 'pie'``.
+        ValueError: lists the problems and where they are, separated by ``"; "``, e.g.
+            ``payload.series[0].type must be one of (...), got 'pie'``; all the required
+            keys an object lacks are named together.
 
     Example:
-        >>> validate_payload({"plot_type": "pie"})
+        >>> validate_payload({"plot_type": "qq_plot", "series": []})
         Traceback (most recent call last):
         ...
-        ValueError: invalid plot payload: payload is missing the required key 'title'
+        ValueError: invalid plot payload: payload is missing the required keys 'title', \
+'timestamp', 'model_name' and 'config'
     """
-    problem = _plain_check(obj)
-    if problem is None:
-        validator = _validator()
-        if validator is not None:
-            errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
-            if errors:
-                error = errors[0]
-                problem = f"{_path_text(error.absolute_path)}: {error.message}"
-    if problem is None:
+    problems = _listed(_plain_problems(obj))
+    if not problems:
+        problems = _listed(_schema_problems(obj))
+    if not problems:
         bad = _first_non_finite(obj, ())
         if bad is not None:
-            problem = f"{_path_text(bad)} must be a finite number (JSON has no NaN/inf)"
-    if problem is not None:
-        raise ValueError(f"invalid plot payload: {problem}")
+            problems = [f"{_path_text(bad)} must be a finite number (JSON has no NaN/inf)"]
+    if problems:
+        raise ValueError(f"invalid plot payload: {'; '.join(problems)}")
+
+
+# go-metal's PlotConfig names for what gometal's renderer reads as x_label, y_label, ...
+_GO_METAL_LABELS = {"x_label": "x_axis_label", "y_label": "y_axis_label"}
+_GO_METAL_DASHES = {"dashed": "dash", "dotted": "dot", "solid": "solid"}
+
+
+def _complete_style(style: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A series style with go-metal's ``line_width``/``line_style``/``alpha`` also under
+    the names the renderer reads (``width``/``dash``/``opacity``)."""
+    out = dict(style or {})
+    if _is_number(out.get("line_width")):
+        out.setdefault("width", out["line_width"])
+    if out.get("line_style") in _GO_METAL_DASHES:
+        out.setdefault("dash", _GO_METAL_DASHES[out["line_style"]])
+    if _is_number(out.get("alpha")):
+        out.setdefault("opacity", out["alpha"])
+    return out
+
+
+def _complete_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(config)
+    for ours, theirs in _GO_METAL_LABELS.items():
+        if ours not in out and isinstance(out.get(theirs), str) and out[theirs]:
+            out[ours] = out[theirs]
+    for axis in ("x", "y"):
+        if out.get(f"{axis}_axis_scale") == "log":
+            out.setdefault(f"{axis}_log", True)
+    return out
+
+
+def normalize_payload(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Validates a payload and returns it complete, in the form the renderer reads.
+
+    The copy has go-metal's plot-type name (old names such as ``training_curve`` are
+    mapped), ``metrics``, ``series``, each series' ``data`` and ``style`` present (a Go
+    client leaves empty maps out and writes nil slices as ``null``), and go-metal's
+    ``x_axis_label``/``y_axis_label``/``*_axis_scale: "log"`` and ``line_width``/
+    ``line_style``/``alpha`` also under gometal's names (``x_label``, ``x_log``, ``width``,
+    ``dash``, ``opacity``) unless those are set. ``obj`` itself is not changed.
+
+    Args:
+        obj: a payload dict.
+
+    Returns:
+        The completed copy.
+
+    Raises:
+        ValueError: the payload breaks the schema (see :func:`validate_payload`).
+
+    Example:
+        >>> p = normalize_payload({"plot_type": "training_curve", "title": "t",
+        ...     "timestamp": "2026-01-02T03:04:05Z", "model_name": "m", "series": None,
+        ...     "config": {"x_axis_label": "Step"}})
+        >>> p["plot_type"], p["series"], p["metrics"], p["config"]["x_label"]
+        ('training_curves', [], {}, 'Step')
+    """
+    validate_payload(obj)
+    out = dict(obj)
+    out["plot_type"] = canonical_plot_type(obj["plot_type"])
+    out["metrics"] = dict(obj.get("metrics") or {})
+    out["config"] = _complete_config(obj["config"])
+    out["series"] = [
+        {
+            **s,
+            "data": [dict(p) for p in s.get("data") or []],
+            "style": _complete_style(s.get("style")),
+        }
+        for s in obj["series"] or []
+    ]
+    return out

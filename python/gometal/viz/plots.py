@@ -19,6 +19,7 @@ from ..metrics.ranking import counts_at_thresholds
 from ._checks import as_1d, as_labels, check_bins, check_same_length
 from ._features import (
     correlation_heatmap,
+    feature_correlation,
     feature_importance,
     partial_dependence,
     partial_dependence_values,
@@ -37,6 +38,7 @@ from ._regression import (
 from .payload import make_payload, point, series
 
 __all__ = [
+    "activation_pattern",
     "activation_statistics",
     "binary_pr_curve",
     "binary_roc_curve",
@@ -44,6 +46,7 @@ __all__ = [
     "confusion_matrix_counts",
     "correlation_heatmap",
     "diagnose_learning_curve",
+    "feature_correlation",
     "feature_importance",
     "gradient_histogram",
     "learning_curve",
@@ -60,12 +63,13 @@ __all__ = [
     "residual_plot",
     "roc_curve",
     "training_curve",
+    "training_curves",
     "validation_curve",
 ]
 
 
 # -- training ---------------------------------------------------------------------------------
-def training_curve(
+def training_curves(
     history: Mapping[str, Sequence[float]],
     x: Sequence[float] | None = None,
     x_label: str = "epoch",
@@ -85,10 +89,10 @@ def training_curve(
         model_name: the model's name.
 
     Returns:
-        A ``training_curve`` payload; ``metrics`` hold each key's last value.
+        A ``training_curves`` payload; ``metrics`` hold each key's last value.
 
     Example:
-        >>> p = training_curve({"loss": [1.0, 0.5], "accuracy": [0.6, 0.8]})
+        >>> p = training_curves({"loss": [1.0, 0.5], "accuracy": [0.6, 0.8]})
         >>> [s["name"] for s in p["series"]]
         ['loss', 'accuracy']
     """
@@ -108,13 +112,17 @@ def training_curve(
         out.append(series(key, "line", data, {"yaxis": axis, "dash": dash}))
         last[key] = float(values[keep][-1])
     return make_payload(
-        "training_curve",
+        "training_curves",
         title,
         out,
         model_name=model_name,
         config={"x_label": x_label, "y_label": "loss", "y2_label": "accuracy / metric"},
         metrics=last,
     )
+
+
+# The name before go-metal's plot-type names were adopted; kept for existing callers.
+training_curve = training_curves
 
 
 def learning_rate_schedule(
@@ -511,7 +519,7 @@ def gradient_histogram(
     )
 
 
-def activation_statistics(
+def activation_pattern(
     activations: Mapping[str, Any],
     *,
     title: str = "Activation statistics",
@@ -525,12 +533,12 @@ def activation_statistics(
         model_name: the model's name.
 
     Returns:
-        An ``activation_statistics`` payload with an ``errorbar`` series (mean ± std per
+        An ``activation_pattern`` payload with an ``errorbar`` series (mean ± std per
         layer) and a ``bar`` series (fraction of zeros, on the right axis); ``metrics``
         hold ``<layer>.mean/std/zero_fraction``.
 
     Example:
-        >>> p = activation_statistics({"relu_0": np.array([0.0, 2.0])})
+        >>> p = activation_pattern({"relu_0": np.array([0.0, 2.0])})
         >>> p["metrics"]["relu_0.zero_fraction"]
         0.5
     """
@@ -546,7 +554,7 @@ def activation_statistics(
         zeros.append(point(str(name), zero))
         metrics.update({f"{name}.mean": mean, f"{name}.std": std, f"{name}.zero_fraction": zero})
     return make_payload(
-        "activation_statistics",
+        "activation_pattern",
         title,
         [
             series("mean ± std", "errorbar", means),
@@ -556,3 +564,7 @@ def activation_statistics(
         config={"x_label": "layer", "y_label": "activation", "y2_label": "fraction of zeros"},
         metrics=metrics,
     )
+
+
+# The name before go-metal's plot-type names were adopted; kept for existing callers.
+activation_statistics = activation_pattern

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .payload import validate_payload
+from .payload import normalize_payload
 
 __all__ = ["dashboard_html", "to_figure"]
 
@@ -104,6 +104,17 @@ def _trace(go: Any, s: Mapping[str, Any]) -> Any:
             hoverinfo="skip",
             **common,
         )
+    if kind == "fill":  # go-metal's band: its outline, upper edge then lower edge reversed
+        return go.Scatter(
+            x=x,
+            y=y,
+            fill="toself",
+            fillcolor=style.get("color"),
+            mode="lines",
+            line={"width": 0},
+            hoverinfo="skip",
+            **common,
+        )
     if kind == "box":
         return go.Box(y=y, **common)
     raise ValueError(f"series type {kind!r} has no renderer")  # the schema rules this out
@@ -126,12 +137,14 @@ def _layout(payload: Mapping[str, Any]) -> dict:
         }
     if config.get("x_log"):
         layout["xaxis"]["type"] = "log"
+    if config.get("y_log"):
+        layout["yaxis"]["type"] = "log"
     if kind in ("parameter_distribution", "gradient_histogram"):
         layout["barmode"] = config.get("barmode", "overlay")
     if kind in ("roc_curve", "precision_recall"):
         layout["xaxis"]["range"] = [0, 1.02]
         layout["yaxis"]["range"] = [0, 1.02]
-    if kind in ("confusion_matrix", "correlation_heatmap"):
+    if kind in ("confusion_matrix", "feature_correlation"):
         layout["yaxis"]["autorange"] = "reversed"  # row 0 at the top, as a matrix reads
     if kind == "learning_rate_schedule":
         layout["yaxis"]["exponentformat"] = "e"
@@ -160,7 +173,7 @@ def to_figure(payload: Mapping[str, Any]) -> Any:
         >>> len(fig.data)
         2
     """
-    validate_payload(payload)
+    payload = normalize_payload(payload)  # a Go client's payload, or an old plot type
     go = _plotly()
     traces = [_trace(go, s) for s in payload["series"]]
     return go.Figure(data=traces, layout=_layout(payload))
@@ -197,7 +210,7 @@ def dashboard_html(payloads: Iterable[Mapping[str, Any]], title: str = "gometal 
 
     Example:
         >>> from gometal.viz import plots
-        >>> page = dashboard_html([plots.training_curve({"loss": [1.0, 0.5]})])
+        >>> page = dashboard_html([plots.training_curves({"loss": [1.0, 0.5]})])
         >>> page.count('class="plot"')
         1
     """
@@ -207,6 +220,7 @@ def dashboard_html(payloads: Iterable[Mapping[str, Any]], title: str = "gometal 
     _plotly()
     blocks = []
     for index, payload in enumerate(payloads):
+        payload = normalize_payload(payload)
         figure = to_figure(payload)
         div = figure.to_html(
             full_html=False,

@@ -71,6 +71,16 @@ def _request(method: str, url: str, body: bytes | None, timeout: float) -> tuple
         return status, {"error": raw[:200].decode("utf-8", "replace")}
 
 
+def _error_text(doc: Any) -> Any:
+    """What an error answer says: go-metal's ``message`` and ``error_code``, or the
+    ``error`` of servers that predate them."""
+    if not isinstance(doc, dict):
+        return doc
+    message = doc.get("message") or doc.get("error")
+    code = doc.get("error_code")
+    return f"{message} ({code})" if code else message
+
+
 def health(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
     """Asks ``GET /health``; returns the answer when a gometal sidecar is there.
 
@@ -108,7 +118,7 @@ class SidecarClient:
     Example:
         >>> client = SidecarClient("http://127.0.0.1:8080")
         >>> client.send([payload], batch_id="run-1")  # doctest: +SKIP
-        {'success': True, 'batch_id': 'run-1', ...}
+        {'success': True, 'message': '1 plots stored', 'batch_id': 'run-1', ...}
     """
 
     def __init__(self, url: str, timeout: float = 2.0, retries: int = 2) -> None:
@@ -174,8 +184,7 @@ class SidecarClient:
                 continue
             if 200 <= status < 300 and isinstance(doc, dict):
                 return doc
-            error = doc.get("error") if isinstance(doc, dict) else doc
-            problem = f"HTTP {status}: {error}"
+            problem = f"HTTP {status}: {_error_text(doc)}"
             if 400 <= status < 500:
                 break  # the request itself is wrong; sending it again cannot help
         self._warn(f"sending failed after {attempt + 1} attempt(s) ({problem})")
@@ -265,8 +274,10 @@ def send(
         replace: for a list, make it the batch's only plots (the earlier ones go).
 
     Returns:
-        The server's JSON answer (``plot_id``/``view_url`` or ``batch_id``/
-        ``dashboard_url``), or ``None`` when the plots could not be delivered.
+        The server's JSON answer (go-metal's ``PlottingResponse``: ``plot_id``,
+        ``view_url``, ...; for a list its ``BatchPlottingResponse``: ``batch_id``,
+        ``dashboard_url``, ``results``, ``summary``), or ``None`` when the plots could not
+        be delivered.
 
     Example:
         >>> send([payload], "http://127.0.0.1:8080", batch_id="run-1")  # doctest: +SKIP
