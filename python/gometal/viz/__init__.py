@@ -1,7 +1,7 @@
 """``gometal.viz``: training visualization in go-metal's plot-payload JSON format.
 
-- :mod:`~gometal.viz.payload`: payload dicts, the shipped JSON Schema (``schema.json``)
-  and :func:`validate_payload`.
+- :mod:`~gometal.viz.payload`: payload dicts in go-metal's wire format, the shipped JSON
+  Schema (``schema.json``), :func:`validate_payload` and :func:`normalize_payload`.
 - :mod:`~gometal.viz.plots`: one builder per plot type, computing its statistics.
 - :class:`VisualizationCollector`: a fit callback recording training into payloads.
 - :mod:`~gometal.viz.render`: plotly figures and the offline HTML dashboard.
@@ -19,6 +19,7 @@ from .payload import (
     SERIES_TYPES,
     load_schema,
     make_payload,
+    normalize_payload,
     point,
     series,
     validate_payload,
@@ -35,6 +36,7 @@ __all__ = [
     "finish_plots",
     "load_schema",
     "make_payload",
+    "normalize_payload",
     "plots",
     "point",
     "series",
