@@ -12,6 +12,7 @@ from typing import Any
 
 from ..tensor import BATCH
 from ._safety import OnnxImportError, check_sample_bytes
+from ._shape_values import BATCH_SIZE, Entry
 
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 
@@ -20,13 +21,14 @@ def _show(shape: Sequence[int]) -> str:
     return str(tuple("batch" if d == BATCH else d for d in shape))
 
 
-def resolve_reshape(shape: Sequence[int], requested: Sequence[int], allowzero: bool) -> list[int]:
+def resolve_reshape(shape: Sequence[int], requested: Sequence[Entry], allowzero: bool) -> list[int]:
     """The engine shape ONNX ``Reshape`` gives ``shape`` (``-1`` at 0 is a dynamic batch).
 
     Args:
         shape: the input's engine shape.
         requested: the ONNX ``shape`` input (``0`` copies an axis unless ``allowzero``,
-            one ``-1`` is inferred).
+            one ``-1`` is inferred); its first entry may be ``BATCH_SIZE``, the batch
+            size computed from a ``Shape``.
         allowzero: ONNX's ``allowzero`` attribute.
 
     Returns:
@@ -39,31 +41,45 @@ def resolve_reshape(shape: Sequence[int], requested: Sequence[int], allowzero: b
         >>> resolve_reshape((-1, 4, 5), [0, -1], False)
         [-1, 20]
     """
-    requested = [int(v) for v in requested]
-    if any(v < -1 for v in requested) or requested.count(-1) > 1:
-        raise ValueError(f"shape {requested} may hold at most one -1 and no other negative")
-    target = []
-    for i, v in enumerate(requested):
+    entries = list(requested)
+    if any(e is BATCH_SIZE for e in entries[1:]):
+        raise ValueError(
+            f"shape {entries} puts the batch size after dimension 0; the dynamic batch "
+            "must stay dimension 0"
+        )
+    numbers = [int(e) for e in entries if e is not BATCH_SIZE]  # type: ignore[call-overload]
+    if any(v < -1 for v in numbers) or numbers.count(-1) > 1:
+        raise ValueError(f"shape {entries} may hold at most one -1 and no other negative")
+    target: list[int] = []
+    for i, v in enumerate(entries):
+        if v is BATCH_SIZE:
+            target.append(BATCH)
+            continue
+        v = int(v)  # type: ignore[call-overload]
         if v == 0 and not allowzero:
             if i >= len(shape):
-                raise ValueError(f"shape {requested} copies axis {i}, which the input lacks")
+                raise ValueError(f"shape {entries} copies axis {i}, which the input lacks")
             v = shape[i]
         target.append(v)
     dynamic = bool(shape) and shape[0] == BATCH
     head: list[int] = []
     if dynamic:
-        if not requested or requested[0] not in (0, -1) or (requested[0] == 0 and allowzero):
+        first = entries[0] if entries else None
+        if not (first is BATCH_SIZE or first == -1 or (first == 0 and not allowzero)):
             raise ValueError(
-                f"shape {requested} must keep the dynamic batch as dimension 0 (0 or -1 first)"
+                f"shape {entries} must keep the dynamic batch as dimension 0 (0, -1 or the "
+                "batch size first)"
             )
         # A leading -1 is the batch itself; the one -1 allowed is then spent.
         head, target, shape = [BATCH], target[1:], shape[1:]
+    elif entries and entries[0] is BATCH_SIZE:
+        raise ValueError(f"shape {entries} holds the batch size but the input has no batch axis")
     total = math.prod(shape)
     if -1 in target:
         known = math.prod(d for d in target if d != -1)
         target[target.index(-1)] = total // known if known else 0
     if math.prod(target) != total:
-        raise ValueError(f"cannot reshape {_show([*head, *shape])} to {requested}")
+        raise ValueError(f"cannot reshape {_show([*head, *shape])} to {entries}")
     return head + target
 
 
@@ -140,15 +156,19 @@ def ceil_extra(
     return extra
 
 
-def input_engine_shape(value: Any, dynamic_batch: bool | None) -> tuple[int, ...]:
+def input_engine_shape(
+    value: Any, dynamic_batch: bool | None
+) -> tuple[tuple[int, ...], int | None]:
     """The engine shape of a graph input: float32, fixed sizes but for dimension 0.
 
     Args:
         value: the input's ``onnx.ValueInfoProto``.
-        dynamic_batch: as ``load``'s argument.
+        dynamic_batch: as ``load``'s argument: dimension 0 is a dynamic batch unless it
+            is ``False``.
 
     Returns:
-        The shape, with ``-1`` at 0 for a dynamic batch.
+        The shape, with ``-1`` at 0 for a dynamic batch, and the size the file fixes for
+        dimension 0 (``None`` where the file leaves it symbolic).
 
     Raises:
         OnnxImportError: a non-float or non-tensor input, a missing or dynamic inner
@@ -156,7 +176,7 @@ def input_engine_shape(value: Any, dynamic_batch: bool | None) -> tuple[int, ...
 
     Example:
         >>> input_engine_shape(graph.input[0], None)  # doctest: +SKIP
-        (-1, 3, 32, 32)
+        ((-1, 3, 32, 32), 2)
     """
     what = f"input {value.name!r}"
     kind = value.type.WhichOneof("value")
@@ -187,12 +207,12 @@ def input_engine_shape(value: Any, dynamic_batch: bool | None) -> tuple[int, ...
             f"{what} dimension 0 must be positive or symbolic, got {first.dim_value}"
         )
     fixed = int(first.dim_value) if first.HasField("dim_value") else None
-    dynamic = fixed is None if dynamic_batch is None else dynamic_batch
+    dynamic = dynamic_batch is not False
     if fixed is None and not dynamic:
         raise OnnxImportError(
             f"dynamic_batch=False needs a fixed dimension 0 for {what}, got {first.dim_param!r}"
         )
     if dynamic:
-        return (BATCH, *sample)
+        return (BATCH, *sample), fixed
     check_sample_bytes((fixed or 1, *sample), what)
-    return (fixed or 1, *sample)
+    return (fixed or 1, *sample), fixed

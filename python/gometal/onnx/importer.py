@@ -6,13 +6,13 @@ operator exactly (``Conv`` -> ``Conv2D``, ``Gemm`` -> ``Dense``, ``BatchNormaliz
 that feed the weight inputs of ``Conv``, ``Gemm``, ``MatMul`` and ``BatchNormalization``
 become the layers' weights (trainable; batch-norm statistics non-trainable), so the model
 fine-tunes with ``gm.Trainer``. Other constants become non-trainable ``OnnxConstant``
-layers. The file is read defensively (see ``_safety``).
+layers. Integer tensors computed from shapes (``x.view(x.size(0), -1)``) are evaluated
+at import (see ``_shape_ops``). The file is read defensively (see ``_safety``).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,13 +23,16 @@ from .. import layers as L
 from ..model import Model
 from ..tensor import BATCH, SymbolicTensor
 from . import _layers as X
+from ._reader import show_shape
 from ._safety import (
     OnnxImportError,
     check_sample_bytes,
     read_model_proto,
     tensor_to_array,
 )
+from ._shape_ops import ShapeOperators
 from ._shape_rules import ceil_extra, input_engine_shape, resolve_reshape, spatial_pads
+from ._shape_values import BATCH_SIZE, ShapeValue
 
 __all__ = ["SUPPORTED_OPS", "OnnxImportError", "load"]
 
@@ -38,7 +41,8 @@ SUPPORTED_OPS = frozenset(
         "Conv", "BatchNormalization", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu",
         "LeakyRelu", "Elu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "MaxPool",
         "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Concat",
-        "Dropout", "Identity", "Constant", "Clip", "Gelu", "Erf",
+        "Dropout", "Identity", "Constant", "Clip", "Gelu", "Erf", "ReduceMean", "Shape",
+        "Gather", "Slice", "Unsqueeze", "Squeeze",
     }
 )  # fmt: skip
 
@@ -46,18 +50,28 @@ SUPPORTED_OPS = frozenset(
 def load(path: str | os.PathLike[str], dynamic_batch: bool | None = None) -> Model:
     """Imports an ONNX model as a trainable ``gm.Model``.
 
+    Dimension 0 of the input is the batch, and it is dynamic even where the file fixes it
+    (``torch.onnx.export`` without ``dynamic_axes`` writes the example's batch size into
+    the input and into Reshape targets such as ``[2, -1]``): those sizes are read as the
+    batch, so the model predicts and trains on any batch size. A graph that truly depends
+    on its fixed batch (a mean over the batch, a Reshape that merges it) is refused at
+    load with the fixed size and what to do, rather than failing later at predict.
+
     Args:
         path: the ``.onnx`` file; external data must lie in its folder.
-        dynamic_batch: ``None`` (default) makes dimension 0 of the input the batch when
-            the file leaves it symbolic and keeps a fixed size otherwise; ``True`` treats
-            dimension 0 as the batch even when the file fixes it; ``False`` keeps it fixed.
+        dynamic_batch: ``None`` (default) and ``True`` make dimension 0 a dynamic batch,
+            as above. ``False`` keeps the size the file fixes: the model then takes
+            batches of exactly that size, and a different one is a clear error at
+            predict; a file with a symbolic dimension 0 is refused.
 
     Returns:
         The model, holding the imported weights.
 
     Raises:
-        OnnxImportError: a malformed, unsafe or unsupported file. Unsupported operators
-            are all listed in one error, with their node names.
+        OnnxImportError: a malformed, unsafe or unsupported file (unsupported operators
+            are all listed in one error, with their node names), or a fixed batch that
+            the graph cannot take as a dynamic one (the error names the input, the size
+            and how to re-export or load the file).
 
     Example:
         >>> model = load("mlp.onnx")  # doctest: +SKIP
@@ -67,12 +81,30 @@ def load(path: str | os.PathLike[str], dynamic_batch: bool | None = None) -> Mod
     if dynamic_batch is not None and not isinstance(dynamic_batch, bool):
         raise TypeError(f"dynamic_batch must be None, True or False, got {dynamic_batch!r}")
     proto, folder = read_model_proto(path)
-    return _Importer(proto, folder, dynamic_batch).build()
+    importer = _Importer(proto, folder, dynamic_batch)
+    try:
+        return importer.build()
+    except OnnxImportError as err:
+        if importer.export_batch is None:
+            raise
+        reason = str(err)
+    # Only the batch differs between the two imports: if the file imports with its batch
+    # fixed, that batch is what the graph depends on; if not, its own error is raised.
+    _Importer(proto, folder, False).build()
+    raise OnnxImportError(_fixed_batch_message(importer, reason))
 
 
-def _sanitize(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
-    return cleaned or "node"
+def _fixed_batch_message(importer: _Importer, reason: str) -> str:
+    assert importer.source is not None and importer.export_batch is not None
+    name, size = importer.source.name, importer.export_batch
+    declared = (size, *importer.source.engine_shape[1:])
+    return (
+        f"input {name!r} has a fixed batch size of {size} (declared shape {declared}) and "
+        f"the graph cannot take other batch sizes: {reason}. Re-export the model with a "
+        f"dynamic batch (torch.onnx.export(..., dynamic_axes={{{name!r}: {{0: 'batch'}}}}), "
+        "or dynamic_shapes with torch.export.Dim('batch') on dimension 0 for the dynamo "
+        f"exporter), or load it with dynamic_batch=False to keep batches of exactly {size}"
+    )
 
 
 def _attributes(node: Any) -> dict[str, Any]:
@@ -86,26 +118,12 @@ def _attributes(node: Any) -> dict[str, Any]:
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
-def _show(shape: tuple[int, ...]) -> str:
-    return str(tuple("batch" if d == BATCH else d for d in shape))
-
-
-class _Importer:
+class _Importer(ShapeOperators):
     """Walks the ONNX graph once, in its (topological) node order."""
 
     def __init__(self, proto: Any, folder: Path, dynamic_batch: bool | None):
-        self.proto, self.graph, self.folder = proto, proto.graph, folder
+        super().__init__(proto, folder)
         self.dynamic_batch = dynamic_batch
-        self.opset = 1
-        for entry in proto.opset_import:
-            if entry.domain in ("", "ai.onnx"):
-                self.opset = int(entry.version)
-        self.consts: dict[str, np.ndarray] = {}
-        self.values: dict[str, SymbolicTensor] = {}
-        self.weights: dict[str, np.ndarray] = {}
-        self.const_layers: dict[str, SymbolicTensor] = {}
-        self.taken: set[str] = set()
-        self.node: Any = None
 
     # -- entry point -----------------------------------------------------------------------
     def build(self) -> Model:
@@ -122,24 +140,29 @@ class _Importer:
             self.node = node
             for extra in node.output[1:]:
                 if extra and extra in used:
-                    self._fail(f"its extra output {extra!r} is used; only the first is supported")
+                    self.fail(f"its extra output {extra!r} is used; only the first is supported")
             for name in node.input:
-                if name and name not in self.values and name not in self.consts:
-                    self._fail(f"input {name!r} is produced by no earlier node nor initializer")
+                known = name in self.values or name in self.consts or name in self.shape_values
+                if name and not known:
+                    self.fail(f"input {name!r} is produced by no earlier node nor initializer")
             try:
                 result = self._HANDLERS[node.op_type](self, node, _attributes(node))
             except OnnxImportError:
                 raise
             except (ValueError, TypeError) as err:
-                self._fail(str(err))
-            if isinstance(result, np.ndarray):
+                self.fail(str(err))
+            if isinstance(result, ShapeValue) and not result.has_batch:
+                result = result.to_array()
+            if isinstance(result, ShapeValue):
+                self.shape_values[node.output[0]] = result
+            elif isinstance(result, np.ndarray):
                 self.consts[node.output[0]] = result
             else:
                 # A bound per sample keeps hostile graphs (say, a Concat of many copies of
                 # a large input) from planning a huge arena later.
                 shape = result.engine_shape
                 sample = shape[1:] if shape and shape[0] == BATCH else shape
-                check_sample_bytes(sample, self._where())
+                check_sample_bytes(sample, self.where())
                 self.values[node.output[0]] = result
         self.node = None
         return self._finish(source)
@@ -151,11 +174,18 @@ class _Importer:
                 f"{[o.name for o in self.graph.output]}"
             )
         declared = self.graph.output[0]
+        if declared.name in self.shape_values or (
+            declared.name in self.consts and self.consts[declared.name].dtype.kind in "iub"
+        ):
+            raise OnnxImportError(
+                f"the graph output {declared.name!r} is an integer tensor computed from shapes "
+                "or constants; a gometal model outputs float data computed from its input"
+            )
         if declared.name not in self.values and declared.name not in self.consts:
             raise OnnxImportError(f"the graph output {declared.name!r} is produced by no node")
         output = self.runtime(declared.name)
         if output is source:
-            output = X.OnnxUnary("identity", name=self._name("identity"))(output)
+            output = X.OnnxUnary("identity", name=self.name("identity"))(output)
         self._check_declared_shape(declared, output)
         try:
             model = Model(source, output)
@@ -191,7 +221,9 @@ class _Importer:
                 f"{[i.name for i in runtime]}"
             )
         (value,) = runtime
-        shape = input_engine_shape(value, self.dynamic_batch)
+        shape, fixed = input_engine_shape(value, self.dynamic_batch)
+        if shape[0] == BATCH and fixed is not None:
+            self.export_batch = fixed
         tensor = SymbolicTensor(shape, None, value.name)
         self.values[value.name] = tensor
         return tensor
@@ -206,71 +238,14 @@ class _Importer:
         if len(dims) != len(shape):
             raise OnnxImportError(
                 f"output {declared.name!r} is declared with rank {len(dims)} but the graph "
-                f"computes shape {_show(shape)}"
+                f"computes shape {show_shape(shape)}"
             )
         for axis, (dim, actual) in enumerate(zip(dims, shape)):
             if dim.HasField("dim_value") and actual != BATCH and dim.dim_value != actual:
                 raise OnnxImportError(
                     f"output {declared.name!r} is declared with size {dim.dim_value} on axis "
-                    f"{axis} but the graph computes shape {_show(shape)}"
+                    f"{axis} but the graph computes shape {show_shape(shape)}"
                 )
-
-    # -- helpers ---------------------------------------------------------------------------
-    def _where(self) -> str:
-        node = self.node
-        return f"{node.op_type} node {node.name or '(unnamed)'!r}" if node is not None else "graph"
-
-    def _fail(self, message: str) -> None:
-        raise OnnxImportError(f"{self._where()}: {message}")
-
-    def _name(self, hint: str) -> str:
-        base = _sanitize(hint)
-        name, index = base, 1
-        while name in self.taken or name == "optimizer":
-            name, index = f"{base}_{index}", index + 1
-        self.taken.add(name)
-        return name
-
-    def _layer_name(self) -> str:
-        return self._name(self.node.name or self.node.op_type)
-
-    def const(self, name: str, what: str) -> np.ndarray:
-        """The constant value of input ``name``, or an error naming ``what`` it is."""
-        if name not in self.consts:
-            self._fail(f"{what} ({name!r}) must be a constant (an initializer or Constant)")
-        return self.consts[name]
-
-    def float_const(self, name: str, what: str) -> np.ndarray:
-        value = self.const(name, what)
-        if value.dtype.kind != "f":
-            self._fail(f"{what} ({name!r}) must be a float tensor, got {value.dtype}")
-        return np.ascontiguousarray(value, np.float32)
-
-    def runtime(self, name: str) -> SymbolicTensor:
-        """The symbolic tensor for ``name``; constants become ``OnnxConstant`` layers."""
-        if name in self.values:
-            return self.values[name]
-        if name not in self.const_layers:
-            value = self.float_const(name, "a constant operand")
-            if value.ndim == 0:
-                value = value.reshape(1)
-            layer_name = self._name(f"const_{name}")
-            tensor = X.OnnxConstant(value.shape, name=layer_name)(self.source)
-            self.weights[f"{layer_name}.value"] = value
-            self.const_layers[name] = tensor
-        return self.const_layers[name]
-
-    def call(self, layer: Any, inputs: Any, weights: dict[str, np.ndarray] | None = None) -> Any:
-        output = layer(inputs)
-        expected = {spec.name: spec.shape for spec in layer.weight_specs}
-        for local, value in (weights or {}).items():
-            if tuple(value.shape) != expected[local]:
-                self._fail(
-                    f"its {local} has shape {tuple(value.shape)}, but the input shape "
-                    f"{_show(layer._built_for[0])} needs {expected[local]}"
-                )
-            self.weights[f"{layer.name}.{local}"] = np.ascontiguousarray(value, np.float32)
-        return output
 
     # -- operators -------------------------------------------------------------------------
     def _constant(self, node: Any, attrs: dict[str, Any]) -> np.ndarray:
@@ -285,24 +260,30 @@ class _Importer:
             return np.array(attrs["value_int"], np.int64)
         if "value_ints" in attrs:
             return np.array(attrs["value_ints"], np.int64)
-        self._fail(f"only tensor, float(s) and int(s) values are supported, got {sorted(attrs)}")
+        self.fail(f"only tensor, float(s) and int(s) values are supported, got {sorted(attrs)}")
         raise AssertionError  # unreachable
 
     def _identity(self, node: Any, attrs: dict[str, Any]) -> Any:
         name = node.input[0]
-        return self.consts[name] if name in self.consts else self.values[name]
+        if name in self.consts:
+            return self.consts[name]
+        if name in self.shape_values:
+            return self.shape_values[name]
+        return self.values[name]
 
-    def _binary(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+    def _binary(self, node: Any, attrs: dict[str, Any]) -> Any:
+        if all(self.is_integer_operand(name) for name in node.input[:2]):
+            return self.integer_binary(node)
         a, b = self.runtime(node.input[0]), self.runtime(node.input[1])
         primitive = node.op_type.lower()
         if primitive == "add":
-            return self.call(L.Add(name=self._layer_name()), [a, b])
+            return self.call(L.Add(name=self.layer_name()), [a, b])
         if primitive == "mul":
-            return self.call(L.Multiply(name=self._layer_name()), [a, b])
-        return self.call(X.OnnxBinary(primitive, name=self._layer_name()), [a, b])
+            return self.call(L.Multiply(name=self.layer_name()), [a, b])
+        return self.call(X.OnnxBinary(primitive, name=self.layer_name()), [a, b])
 
     def _unary(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
-        x, name = self.runtime(node.input[0]), self._layer_name()
+        x, name = self.runtime(node.input[0]), self.layer_name()
         kind = node.op_type
         if kind == "Relu":
             layer: Any = L.ReLU(name=name)
@@ -319,7 +300,7 @@ class _Importer:
         else:  # Gelu
             approximate = attrs.get("approximate", "none")
             if approximate not in ("none", "tanh"):
-                self._fail(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+                self.fail(f"approximate must be 'none' or 'tanh', got {approximate!r}")
             layer = L.GELU(name=name) if approximate == "none" else X.OnnxGeluTanh(name=name)
         return self.call(layer, x)
 
@@ -332,11 +313,11 @@ class _Importer:
                 name = node.input[index] if len(node.input) > index else ""
                 value = self.const(name, f"Clip {what}") if name else None
                 if value is not None and value.size != 1:
-                    self._fail(f"Clip {what} must be a scalar, got shape {value.shape}")
+                    self.fail(f"Clip {what} must be a scalar, got shape {value.shape}")
                 bounds.append(None if value is None else float(value.reshape(())))
             low, high = bounds
         x = self.runtime(node.input[0])
-        return self.call(X.OnnxClip(low, high, name=self._layer_name()), x)
+        return self.call(X.OnnxClip(low, high, name=self.layer_name()), x)
 
     def _softmax(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         x = self.runtime(node.input[0])
@@ -344,14 +325,14 @@ class _Importer:
         axis = int(attrs.get("axis", -1 if self.opset >= 13 else 1))
         axis = axis + rank if axis < 0 else axis
         if not 0 <= axis < rank:
-            self._fail(f"axis {attrs.get('axis')} is out of range for rank {rank}")
+            self.fail(f"axis {attrs.get('axis')} is out of range for rank {rank}")
         axes = [axis] if self.opset >= 13 else list(range(axis, rank))
         if axes[0] == 0 and x.engine_shape[0] == BATCH:
-            self._fail("softmax over the dynamic batch axis is not supported")
+            self.fail("softmax over the dynamic batch axis is not supported")
         log = node.op_type == "LogSoftmax"
         if len(axes) == 1 and axis != 0 and not log:
-            return self.call(L.Softmax(axis, name=self._layer_name()), x)
-        return self.call(X.OnnxSoftmax(axes, log=log, name=self._layer_name()), x)
+            return self.call(L.Softmax(axis, name=self.layer_name()), x)
+        return self.call(X.OnnxSoftmax(axes, log=log, name=self.layer_name()), x)
 
     def _spatial_pads(
         self, attrs: dict[str, Any], x: SymbolicTensor, kernel: list[int], strides: list[int],
@@ -366,13 +347,13 @@ class _Importer:
         x = self.runtime(node.input[0])
         w = self.float_const(node.input[1], "Conv weight W")
         if w.ndim != 4 or len(x.engine_shape) != 4:
-            self._fail(f"only 2-D convolution is supported, got weight shape {w.shape}")
+            self.fail(f"only 2-D convolution is supported, got weight shape {w.shape}")
         kernel = list(attrs.get("kernel_shape", w.shape[2:]))
         strides = list(attrs.get("strides", [1, 1]))
         dilations = list(attrs.get("dilations", [1, 1]))
         begins, ends = self._spatial_pads(attrs, x, kernel, strides, dilations)
         if begins != ends:
-            pad = X.OnnxPad2D([*begins, *ends], name=self._name(f"{self.node.name}_pad"))
+            pad = X.OnnxPad2D([*begins, *ends], name=self.name(f"{self.node.name}_pad"))
             x, begins = self.call(pad, x), [0, 0]
         pads = begins
         bias = node.input[2] if len(node.input) > 2 else ""
@@ -381,15 +362,15 @@ class _Importer:
             weights["bias"] = self.float_const(bias, "Conv bias B")
         layer = L.Conv2D(
             w.shape[0], tuple(kernel), tuple(strides), tuple(pads), tuple(dilations),
-            int(attrs.get("group", 1)), use_bias=bool(bias), name=self._layer_name(),
+            int(attrs.get("group", 1)), use_bias=bool(bias), name=self.layer_name(),
         )  # fmt: skip
         return self.call(layer, x, weights)
 
     def _batch_norm(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         if not int(attrs.get("spatial", 1)):
-            self._fail("spatial=0 (per-element statistics) is not supported")
+            self.fail("spatial=0 (per-element statistics) is not supported")
         if int(attrs.get("training_mode", 0)):
-            self._fail("training_mode=1 is not supported; export the model in eval mode")
+            self.fail("training_mode=1 is not supported; export the model in eval mode")
         x = self.runtime(node.input[0])
         scale, bias, mean, var = (
             self.float_const(node.input[i], what)
@@ -398,7 +379,7 @@ class _Importer:
         layer = L.BatchNorm(
             float(attrs.get("epsilon", 1e-5)),
             1.0 - float(attrs.get("momentum", 0.9)),
-            name=self._layer_name(),
+            name=self.layer_name(),
         )
         weights = {"weight": scale, "bias": bias, "running_mean": mean, "running_var": var}
         return self.call(layer, x, weights)
@@ -407,10 +388,10 @@ class _Importer:
         a = self.runtime(node.input[0])
         b = self.float_const(node.input[1], "Gemm input B")
         if len(a.engine_shape) != 2 or b.ndim != 2:
-            self._fail(f"Gemm needs 2-D A and B, got {_show(a.engine_shape)} and {b.shape}")
+            self.fail(f"Gemm needs 2-D A and B, got {show_shape(a.engine_shape)} and {b.shape}")
         alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
         if int(attrs.get("transA", 0)):
-            a = self.call(X.OnnxTranspose([1, 0], name=self._name(f"{self.node.name}_transA")), a)
+            a = self.call(X.OnnxTranspose([1, 0], name=self.name(f"{self.node.name}_transA")), a)
         weight = b if int(attrs.get("transB", 0)) else b.T
         if alpha != 1.0:
             weight = weight * np.float32(alpha)
@@ -421,28 +402,28 @@ class _Importer:
         weights = {"weight": weight}
         if vector_c:
             weights["bias"] = beta * np.broadcast_to(c.reshape(-1), (units,))
-        out = self.call(L.Dense(units, use_bias=vector_c, name=self._layer_name()), a, weights)
+        out = self.call(L.Dense(units, use_bias=vector_c, name=self.layer_name()), a, weights)
         if c is not None and not vector_c:
-            matrix = X.OnnxConstant(c.shape, name=self._name(f"{self.node.name}_C"))
+            matrix = X.OnnxConstant(c.shape, name=self.name(f"{self.node.name}_C"))
             bias = self.call(matrix, self.source, {"value": beta * c})
-            out = self.call(L.Add(name=self._name(f"{self.node.name}_addC")), [out, bias])
+            out = self.call(L.Add(name=self.name(f"{self.node.name}_addC")), [out, bias])
         return out
 
     def _matmul(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         a = self.runtime(node.input[0])
         b = self.float_const(node.input[1], "MatMul input B")
-        return self.call(X.OnnxMatMul(b.shape, name=self._layer_name()), a, {"weight": b})
+        return self.call(X.OnnxMatMul(b.shape, name=self.layer_name()), a, {"weight": b})
 
     def _pool(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         x = self.runtime(node.input[0])
         kernel = [int(k) for k in attrs.get("kernel_shape", [])]
         rank = len(x.engine_shape)
         if len(kernel) not in (1, 2) or rank != len(kernel) + 2:
-            self._fail(f"only 1-D and 2-D pooling are supported, got kernel_shape {kernel}")
+            self.fail(f"only 1-D and 2-D pooling are supported, got kernel_shape {kernel}")
         strides = [int(s) for s in attrs.get("strides", [1] * len(kernel))]
         dilations = [int(d) for d in attrs.get("dilations", [1] * len(kernel))]
         if any(d != 1 for d in dilations):
-            self._fail(f"dilations {dilations} are not supported")
+            self.fail(f"dilations {dilations} are not supported")
         begins, ends = self._spatial_pads(attrs, x, kernel, strides, dilations)
         spatial = list(x.engine_shape[2:])
         extra = ceil_extra(spatial, kernel, strides, begins, ends)
@@ -451,13 +432,13 @@ class _Importer:
         if len(kernel) == 1:
             # A 1-D pool is a 2-D pool over a height of one.
             batch, channels, length = x.engine_shape
-            x = self._reshape_to(x, [batch, channels, 1, length])
+            x = self.reshape_to(x, [batch, channels, 1, length])
             kernel, strides, spatial = [1, *kernel], [1, *strides], [1, *spatial]
             begins, ends, extra = [0, *begins], [0, *ends], [0, *extra]
         out = self._pool2d(node.op_type, x, kernel, strides, (begins, ends, extra), attrs)
         if rank == 3:
             batch, channels, _, length = out.engine_shape
-            out = self._reshape_to(out, [batch, channels, length])
+            out = self.reshape_to(out, [batch, channels, length])
         return out
 
     def _pool2d(
@@ -467,7 +448,7 @@ class _Importer:
         begins, ends, extra = padding
         include = bool(int(attrs.get("count_include_pad", 0)))
         mode = "max" if op_type == "MaxPool" else "avg"
-        name = self._layer_name()
+        name = self.layer_name()
         simple = (
             begins == ends
             and extra == [0, 0]
@@ -483,10 +464,7 @@ class _Importer:
     def _global_pool(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         x = self.runtime(node.input[0])
         axes = list(range(2, len(x.engine_shape)))
-        return self.call(X.OnnxReduceMean(axes, keepdims=True, name=self._layer_name()), x)
-
-    def _reshape_to(self, x: SymbolicTensor, target: list[int]) -> SymbolicTensor:
-        return self.call(X.OnnxReshape(target, name=self._layer_name()), x)
+        return self.call(X.OnnxReduceMean(axes, keepdims=True, name=self.layer_name()), x)
 
     def _flatten(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         x = self.runtime(node.input[0])
@@ -494,44 +472,50 @@ class _Importer:
         axis = int(attrs.get("axis", 1))
         axis = axis + len(shape) if axis < 0 else axis
         if not 0 <= axis <= len(shape):
-            self._fail(f"axis {attrs.get('axis')} is out of range for rank {len(shape)}")
+            self.fail(f"axis {attrs.get('axis')} is out of range for rank {len(shape)}")
         inner = int(np.prod(shape[axis:], dtype=np.int64)) if axis < len(shape) else 1
         if shape[0] == BATCH:
             if axis != 1:
-                self._fail(f"axis {axis} would merge the dynamic batch axis; only axis 1 works")
-            return self.call(L.Flatten(name=self._layer_name()), x)
+                self.fail(f"axis {axis} would merge the dynamic batch axis; only axis 1 works")
+            return self.call(L.Flatten(name=self.layer_name()), x)
         outer = int(np.prod(shape[:axis], dtype=np.int64))
-        return self._reshape_to(x, [outer, inner])
+        return self.reshape_to(x, [outer, inner])
 
     def _reshape(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         x = self.runtime(node.input[0])
         if self.opset < 5:
-            requested = [int(v) for v in attrs.get("shape", [])]
+            requested: list[Any] = [int(v) for v in attrs.get("shape", [])]
         else:
-            value = self.const(node.input[1], "Reshape shape")
-            if value.dtype.kind not in "iu" or value.ndim != 1:
-                self._fail(f"shape must be a 1-D integer tensor, got {value.dtype} {value.shape}")
-            requested = [int(v) for v in value]
+            value = self.shape_operand(node.input[1], "Reshape shape")
+            if value.scalar:
+                self.fail(f"shape must be a 1-D integer tensor, got the scalar {value}")
+            requested = list(value.entries)
+        batch_first = x.engine_shape[:1] == (BATCH,)
+        if batch_first and self.export_batch is not None and requested[:1] == [self.export_batch]:
+            # The exporter wrote the example's batch size here; it stands for the batch.
+            requested[0] = BATCH_SIZE
         target = resolve_reshape(x.engine_shape, requested, bool(attrs.get("allowzero", 0)))
-        return self._reshape_to(x, target)
+        return self.reshape_to(x, target)
 
     def _transpose(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         x = self.runtime(node.input[0])
         rank = len(x.engine_shape)
         perm = [int(p) for p in attrs.get("perm", list(range(rank))[::-1])]
         if sorted(perm) != list(range(rank)):
-            self._fail(f"perm {perm} is not a permutation of the {rank} axes")
+            self.fail(f"perm {perm} is not a permutation of the {rank} axes")
         if x.engine_shape[0] == BATCH and perm[0] != 0:
-            self._fail(f"perm {perm} moves the dynamic batch axis")
-        return self.call(X.OnnxTranspose(perm, name=self._layer_name()), x)
+            self.fail(f"perm {perm} moves the dynamic batch axis")
+        return self.call(X.OnnxTranspose(perm, name=self.layer_name()), x)
 
-    def _concat(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+    def _concat(self, node: Any, attrs: dict[str, Any]) -> Any:
+        if all(self.is_integer_operand(name) for name in node.input if name):
+            return self.integer_concat(node, attrs)
         inputs = [self.runtime(name) for name in node.input if name]
         if len(inputs) == 1:
-            return self.call(X.OnnxUnary("identity", name=self._layer_name()), inputs[0])
+            return self.call(X.OnnxUnary("identity", name=self.layer_name()), inputs[0])
         if "axis" not in attrs:
-            self._fail("the axis attribute is required")
-        return self.call(L.Concatenate(int(attrs["axis"]), name=self._layer_name()), inputs)
+            self.fail("the axis attribute is required")
+        return self.call(L.Concatenate(int(attrs["axis"]), name=self.layer_name()), inputs)
 
     def _dropout(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         x = self.runtime(node.input[0])
@@ -540,11 +524,11 @@ class _Importer:
             ratio = float(self.const(node.input[1], "Dropout ratio").reshape(()))
         training = len(node.input) > 2 and node.input[2] and ratio != 0.0
         if training and bool(self.const(node.input[2], "Dropout training_mode").reshape(())):
-            self._fail("training_mode=True with ratio > 0 is random; not supported")
+            self.fail("training_mode=True with ratio > 0 is random; not supported")
         if not 0.0 <= ratio < 1.0:
-            self._fail(f"ratio must be in [0, 1), got {ratio}")
+            self.fail(f"ratio must be in [0, 1), got {ratio}")
         # Identity in predict, as ONNX inference; real dropout while fine-tuning.
-        return self.call(L.Dropout(ratio, name=self._layer_name()), x)
+        return self.call(L.Dropout(ratio, name=self.layer_name()), x)
 
     _HANDLERS: ClassVar[dict[str, Callable[..., Any]]] = {
         "Constant": _constant,
@@ -575,4 +559,10 @@ class _Importer:
         "Transpose": _transpose,
         "Concat": _concat,
         "Dropout": _dropout,
+        "ReduceMean": ShapeOperators.op_reduce_mean,
+        "Shape": ShapeOperators.op_shape,
+        "Gather": ShapeOperators.op_gather,
+        "Slice": ShapeOperators.op_slice,
+        "Unsqueeze": ShapeOperators.op_unsqueeze,
+        "Squeeze": ShapeOperators.op_squeeze,
     }
