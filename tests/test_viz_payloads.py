@@ -82,6 +82,9 @@ BAD_CASES = [
     (lambda p: p["series"][0].pop("data"), "'data'"),
     (lambda p: p["series"][0].update(style=[1]), "series[0].style"),
     (lambda p: p.update(timestamp=5), "timestamp"),
+    (lambda p: p["config"].update(show_legend="yes"), "config.show_legend"),
+    (lambda p: p["config"].update(width=1.5), "config.width"),
+    (lambda p: p["series"][0]["data"][0].update(color=3), "series[0].data[0].color"),
 ]
 
 
@@ -97,6 +100,22 @@ def test_validate_payload_names_the_problem(breaker, named, with_jsonschema, mon
     # The plain rules and the shipped schema agree that it is invalid.
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, load_schema(), cls=jsonschema.Draft202012Validator)
+
+
+@pytest.mark.parametrize("with_jsonschema", [True, False])
+def test_validate_payload_lists_every_problem(with_jsonschema, monkeypatch):
+    if not with_jsonschema:
+        monkeypatch.setattr(payload_module, "_validator", lambda: None)
+    bad = _good()
+    del bad["title"], bad["timestamp"]
+    bad["series"][0]["type"] = "pie"
+    bad["series"][0]["data"][1].pop("y")
+    with pytest.raises(ValueError) as caught:
+        validate_payload(bad)
+    message = str(caught.value)
+    assert "payload is missing the required keys 'title' and 'timestamp'" in message
+    assert "payload.series[0].type must be one of" in message
+    assert "payload.series[0].data[1] is missing the required key 'y'" in message
 
 
 def test_validate_payload_rejects_non_finite_numbers_and_non_objects():

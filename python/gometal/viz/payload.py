@@ -214,18 +214,23 @@ def canonical_plot_type(plot_type: Any) -> Any:
 # At most this many problems are listed in one error message.
 MAX_LISTED_PROBLEMS = 20
 
-_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-    "x_axis_label": (str,),
-    "y_axis_label": (str,),
-    "z_axis_label": (str,),
-    "x_axis_scale": (str,),
-    "y_axis_scale": (str,),
-    "show_legend": (bool,),
-    "show_grid": (bool,),
-    "interactive": (bool,),
-    "width": (int,),
-    "height": (int,),
-    "custom_options": (Mapping,),
+# go-metal's PlotConfig fields: what each must be (in words) and the test for it.
+_STRING = ("a string", lambda value: isinstance(value, str))
+_BOOLEAN = ("true or false", lambda value: isinstance(value, bool))
+_INTEGER = ("an integer", lambda value: _is_number(value) and float(value).is_integer())
+_OBJECT = ("an object", lambda value: isinstance(value, Mapping))
+_CONFIG_FIELDS = {
+    "x_axis_label": _STRING,
+    "y_axis_label": _STRING,
+    "z_axis_label": _STRING,
+    "x_axis_scale": _STRING,
+    "y_axis_scale": _STRING,
+    "show_legend": _BOOLEAN,
+    "show_grid": _BOOLEAN,
+    "width": _INTEGER,
+    "height": _INTEGER,
+    "interactive": _BOOLEAN,
+    "custom_options": _OBJECT,
 }
 
 
@@ -270,18 +275,9 @@ def _missing(where: str, obj: Mapping[str, Any], required: Iterable[str]) -> Ite
 
 
 def _config_problems(config: Mapping[str, Any]) -> Iterator[str]:
-    for key, types in _CONFIG_TYPES.items():
-        if key not in config:
-            continue
-        value = config[key]
-        ok = isinstance(value, types) and not (types == (int,) and isinstance(value, bool))
-        if types == (int,) and isinstance(value, float) and value.is_integer():
-            ok = True  # JSON does not tell 800 from 800.0
-        if not ok:
-            expected = {str: "a string", bool: "true or false", int: "an integer"}.get(
-                types[0], "an object"
-            )
-            yield f"payload.config.{key} must be {expected}, got {value!r:.80}"
+    for key, (expected, fits) in _CONFIG_FIELDS.items():
+        if key in config and not fits(config[key]):
+            yield f"payload.config.{key} must be {expected}, got {config[key]!r:.80}"
 
 
 def _point_problems(p: Any, where: str) -> Iterator[str]:
