@@ -1,6 +1,6 @@
-"""A minimal headless-Chromium driver over the DevTools protocol, for the sidecar's
-browser tests: load a page, collect JavaScript errors, evaluate an expression, take a
-screenshot."""
+"""A minimal headless-Chromium driver over the DevTools protocol, for the browser tests of
+the sidecar and the dashboard: load a page, collect JavaScript errors, evaluate an
+expression, take a screenshot (of the viewport or of one element)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,31 @@ CHROMIUM_FLAGS = (
 )
 START_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 30.0
+
+# Resolves once every plot on the page has drawn its SVG, two frames later; returns the
+# plot count, plotly's own trace count, and the trace groups present in the DOM
+# (g.trace for scatter/bar/box, g.hm for heatmaps).
+RENDERED = """
+new Promise((resolve, reject) => {
+  const started = Date.now();
+  const poll = () => {
+    const plots = [...document.querySelectorAll('.js-plotly-plot')];
+    const drawn = plots.length > 0 && plots.every(p => p._fullLayout && p.querySelector('.main-svg'));
+    if (drawn) {
+      requestAnimationFrame(() => requestAnimationFrame(() => resolve({
+        plots: plots.length,
+        data_traces: plots.map(p => p.data.length),
+        dom_traces: plots.map(p => p.querySelectorAll('g.trace, g.hm').length),
+      })));
+    } else if (Date.now() - started > 15000) {
+      reject(new Error('plots not drawn within 15 s'));
+    } else {
+      setTimeout(poll, 25);
+    }
+  };
+  poll();
+})
+"""
 
 
 def find_chromium() -> str:
@@ -162,8 +187,18 @@ class Browser:
                 errors.append(params["entry"]["text"])
         return errors
 
-    def screenshot(self, path: Path) -> bytes:
-        data = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+    def screenshot(self, path: Path, selector: str | None = None) -> bytes:
+        """Saves a PNG of the viewport, or of the first element matching ``selector``
+        (wherever it lies on the page), and returns its bytes."""
+        params: dict[str, Any] = {"format": "png"}
+        if selector is not None:
+            box = self.evaluate(
+                f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+                ".getBoundingClientRect(); return {x: r.left + window.scrollX, "
+                "y: r.top + window.scrollY, width: r.width, height: r.height}; })()"
+            )
+            params.update(clip={**box, "scale": 1}, captureBeyondViewport=True)
+        data = base64.b64decode(self.call("Page.captureScreenshot", **params)["data"])
         path.write_bytes(data)
         return data
 

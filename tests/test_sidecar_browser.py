@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cdp_browser import Browser
+from cdp_browser import RENDERED, Browser
 from gometal.viz.payload import PLOT_TYPES
 from gometal.viz.sidecar_client import SidecarClient
 from sidecar_helpers import running_sidecar, sample_payload
@@ -19,31 +19,6 @@ from sidecar_helpers import running_sidecar, sample_payload
 WINDOW = (1100, 800)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIN_COLOURS = 16  # a blank or single-colour page has far fewer
-
-# Resolves once every plot on the page has drawn its SVG, two frames later; returns the
-# plot count, plotly's own trace count, and the trace groups present in the DOM
-# (g.trace for scatter/bar/box, g.hm for heatmaps).
-RENDERED = """
-new Promise((resolve, reject) => {
-  const started = Date.now();
-  const poll = () => {
-    const plots = [...document.querySelectorAll('.js-plotly-plot')];
-    const drawn = plots.length > 0 && plots.every(p => p._fullLayout && p.querySelector('.main-svg'));
-    if (drawn) {
-      requestAnimationFrame(() => requestAnimationFrame(() => resolve({
-        plots: plots.length,
-        data_traces: plots.map(p => p.data.length),
-        dom_traces: plots.map(p => p.querySelectorAll('g.trace, g.hm').length),
-      })));
-    } else if (Date.now() - started > 15000) {
-      reject(new Error('plots not drawn within 15 s'));
-    } else {
-      setTimeout(poll, 25);
-    }
-  };
-  poll();
-})
-"""
 
 
 @pytest.fixture(scope="module")

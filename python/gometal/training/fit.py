@@ -288,5 +288,18 @@ def fit(
     if collector is not None:
         from ..viz.session import finish_plots
 
-        finish_plots(collector, plots, plots_dir)
+        written = finish_plots(collector, plots, plots_dir)
+        if verbose:
+            _announce_dashboard(collector, written)
     return history
+
+
+def _announce_dashboard(collector: Any, written: Any) -> None:
+    """Prints where the dashboard is: the file ``plots="html"`` wrote, or the sidecar page
+    that received the run's plots (nothing when neither exists)."""
+    if written is not None:
+        print(f"fit: dashboard written to {written.resolve()}", flush=True)
+        return
+    url = getattr(collector.sink, "dashboard_url", None)
+    if url is not None and collector.sink_answer is not None:
+        print(f"fit: dashboard at {url}", flush=True)

@@ -17,12 +17,17 @@ import numpy as np
 from ..training.base import Callback
 from . import plots
 from ._checks import check_bins
+from ._checks import feature_names as checked_feature_names
 from ._probes import ActivationProbe, GradientProbe
 
 __all__ = ["VisualizationCollector"]
 
 # Tabular inputs up to this many features get the feature plots by default.
 MAX_AUTO_FEATURES = 100
+# Wider feature vectors (flattened image pixels, say) show only their most important
+# features in the importance bars and the correlation heatmap: a 64 x 64 heatmap of
+# pixels cannot be read.
+TOP_FEATURES = 20
 REGRESSION_LOSSES = ("mse", "mae", "huber")
 
 
@@ -61,8 +66,10 @@ class VisualizationCollector(Callback):
     std and fraction of zeros of every layer's output on the probe batch. At the end, with
     ``validation`` data: ROC, precision-recall and confusion matrix (classification
     losses), or predicted-vs-true, residuals, Q-Q and prediction intervals (regression
-    losses); for tabular inputs also the feature-correlation heatmap, permutation
-    importance and the partial dependence on the most important feature.
+    losses); for tabular inputs (rank-1 samples, a feature vector; never images) also
+    the permutation importance, the feature-correlation heatmap and the partial
+    dependence on the most important feature. Inputs of more than ``TOP_FEATURES`` (20)
+    features show only the 20 most important ones in the importance bars and the heatmap.
 
     Args:
         trainer: the trainer (``fit`` sets it too).
@@ -116,6 +123,8 @@ class VisualizationCollector(Callback):
         self.feature_names = feature_names
         self.feature_plots = feature_plots
         self.sink = sink
+        # The sink's answer to its latest call; None before any call or when it failed.
+        self.sink_answer: Any = None
         self.errors: list[str] = []
         self.steps: dict[str, list[float]] = {"step": [], "loss": [], "accuracy": [], "lr": []}
         self.epochs: dict[str, list[float]] = {}
@@ -165,14 +174,16 @@ class VisualizationCollector(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         """Records the epoch's logs, weights, gradients and activations."""
         self._guarded("recording an epoch", self._record_epoch, epoch, logs)
-        if self.sink is not None:
-            self._guarded("sending payloads", lambda: self.sink(self.payloads()))
+        self._send()
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         """Computes the evaluation plots on the validation data."""
         self._guarded("evaluating", self._evaluate)
+        self._send()
+
+    def _send(self) -> None:
         if self.sink is not None:
-            self._guarded("sending payloads", lambda: self.sink(self.payloads()))
+            self.sink_answer = self._guarded("sending payloads", lambda: self.sink(self.payloads()))
 
     # -- recording ----------------------------------------------------------------------------
     def _begin(self) -> None:
@@ -271,15 +282,34 @@ class VisualizationCollector(Callback):
         if not regression and not trainer.loss.integer_labels:
             y = np.asarray(y).argmax(axis=1) if np.ndim(y) == 2 and y.shape[1] > 1 else y
         names = self.feature_names
-        importance: dict[str, Any] = {}
+        importance: dict[str, np.ndarray] = {}
+
+        def measure_importance() -> tuple[np.ndarray, np.ndarray]:
+            if not importance:  # computed once, shared by the three plots
+                mean, std = plots.permutation_importance(predict, x, y, metric=metric, n_repeats=5)
+                importance.update(mean=mean, std=std)
+            return importance["mean"], importance["std"]
 
         def importance_plot() -> dict:
-            mean, std = plots.permutation_importance(predict, x, y, metric=metric, n_repeats=5)
-            importance["mean"] = mean
-            return plots.feature_importance(mean, std, names, top_k=20, **kw)
+            mean, std = measure_importance()
+            return plots.feature_importance(mean, std, names, top_k=TOP_FEATURES, **kw)
+
+        def correlation_plot() -> dict:
+            count = x.shape[1]
+            if count <= TOP_FEATURES:
+                return plots.feature_correlation(x, names, **kw)
+            # Column order, so the cells are a block of the full correlation matrix.
+            keep = np.sort(np.argsort(-measure_importance()[0], kind="mergesort")[:TOP_FEATURES])
+            labels = checked_feature_names(names, count)
+            return plots.feature_correlation(
+                x[:, keep],
+                [labels[k] for k in keep],
+                title=f"Feature correlation: the {TOP_FEATURES} most important of {count}",
+                **kw,
+            )
 
         def dependence_plot() -> dict:
-            top = int(np.argmax(importance["mean"])) if "mean" in importance else 0
+            top = int(np.argmax(measure_importance()[0]))
             # For classifiers: the probability of the most frequent class.
             target = (
                 None if regression else int(np.bincount(np.asarray(y, np.int64).ravel()).argmax())
@@ -287,7 +317,7 @@ class VisualizationCollector(Callback):
             return plots.partial_dependence(predict, x, top, names, target=target, **kw)
 
         return [
-            lambda: plots.feature_correlation(x, names, **kw),
+            correlation_plot,
             importance_plot,
             dependence_plot,
         ]
@@ -308,7 +338,8 @@ class VisualizationCollector(Callback):
         """
         name = self.model_name or "model"
         kw = {"model_name": name}
-        where = "" if self.last_epoch is None else f" (epoch {self.last_epoch})"
+        # Epochs are numbered from 1 on the plots, as fit's console lines number them.
+        where = "" if self.last_epoch is None else f" (epoch {self.last_epoch + 1})"
         builders: list[tuple[bool, Callable[[], dict]]] = [
             (
                 bool(self.steps["step"]),
@@ -324,7 +355,7 @@ class VisualizationCollector(Callback):
                 bool(self.epoch_numbers),
                 lambda: plots.training_curves(
                     {k: v for k, v in self.epochs.items() if k != "lr"},
-                    self.epoch_numbers,
+                    self._epochs_from_one(),
                     "epoch",
                     title="Training curves per epoch",
                     **kw,
@@ -366,5 +397,13 @@ class VisualizationCollector(Callback):
         if self.steps["step"]:
             return plots.learning_rate_schedule(self.steps["step"], self.steps["lr"], **kw)
         return plots.learning_rate_schedule(
-            self.epoch_numbers, self.epochs["lr"], title="Learning rate per epoch", **kw
+            self._epochs_from_one(),
+            self.epochs["lr"],
+            title="Learning rate per epoch",
+            x_label="epoch",
+            **kw,
         )
+
+    def _epochs_from_one(self) -> list[int]:
+        """The recorded epochs numbered from 1 (``epoch_numbers`` holds fit's 0-based ones)."""
+        return [epoch + 1 for epoch in self.epoch_numbers]

@@ -83,7 +83,8 @@ def training_curves(
         history: key -> values per epoch (or per step), e.g. ``{"loss": [...],
             "val_loss": [...]}``. Keys holding loss go to the left axis, others (accuracy,
             metrics) to the right one (``style.yaxis == "y2"``).
-        x: the x values (epochs or steps); defaults to ``0, 1, ...``.
+        x: the x values (epochs or steps); defaults to ``1, 2, ...`` for epochs (as fit
+            numbers them on the console) and ``0, 1, ...`` for steps.
         x_label: ``"epoch"`` or ``"step"``; the x-axis title.
         title: the plot title.
         model_name: the model's name.
@@ -101,7 +102,8 @@ def training_curves(
     out, last = [], {}
     for key, values in history.items():
         values = as_1d(values, f"history[{key!r}]", allow_empty=True)
-        xs = np.arange(len(values)) if x is None else as_1d(x, "x")
+        first = 1 if x_label == "epoch" else 0
+        xs = np.arange(first, first + len(values)) if x is None else as_1d(x, "x")
         check_same_length(("x", xs), (f"history[{key!r}]", values))
         keep = np.isfinite(values)
         if not keep.any():
@@ -131,14 +133,16 @@ def learning_rate_schedule(
     *,
     title: str = "Learning-rate schedule",
     model_name: str = "model",
+    x_label: str = "step",
 ) -> dict:
     """The learning rate used at each step.
 
     Args:
-        steps: the global step numbers.
+        steps: the global step numbers (or the epochs, with ``x_label="epoch"``).
         lrs: the learning rate used at each of those steps.
         title: the plot title.
         model_name: the model's name.
+        x_label: the x-axis title: what ``steps`` counts.
 
     Returns:
         A ``learning_rate_schedule`` payload with one line; ``metrics`` hold the initial,
@@ -162,7 +166,7 @@ def learning_rate_schedule(
         title,
         [series("lr", "line", data, {"shape": "hv"})],
         model_name=model_name,
-        config={"x_label": "step", "y_label": "learning rate"},
+        config={"x_label": x_label, "y_label": "learning rate"},
         metrics=metrics,
     )
 

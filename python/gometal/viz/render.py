@@ -10,12 +10,20 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .payload import normalize_payload
 
 __all__ = ["dashboard_html", "to_figure"]
+
+# Integer x axes (epochs, steps) get at most this many ticks.
+MAX_INTEGER_TICKS = 10
+# Matrix plots (confusion, correlation) grow with their rows, within these heights (px).
+MIN_MATRIX_HEIGHT, MAX_MATRIX_HEIGHT = 450, 900
+# Heatmaps wider than this many columns leave out the per-cell text, which would not fit.
+MAX_LABELLED_COLUMNS = 12
 
 
 def _plotly() -> Any:
@@ -62,7 +70,7 @@ def _heatmap(go: Any, s: Mapping[str, Any], style: Mapping[str, Any]) -> Any:
     for key in ("zmin", "zmax"):
         if key in style:
             kwargs[key] = style[key]
-    if any(any(row) for row in text):
+    if any(any(row) for row in text) and len(xs) <= MAX_LABELLED_COLUMNS:
         kwargs.update(text=text, texttemplate="%{text}")
     return go.Heatmap(x=xs, y=ys, z=z, name=s["name"], **kwargs)
 
@@ -120,6 +128,53 @@ def _trace(go: Any, s: Mapping[str, Any]) -> Any:
     raise ValueError(f"series type {kind!r} has no renderer")  # the schema rules this out
 
 
+def _numbers(payload: Mapping[str, Any], key: str, yaxis: str | None = None) -> list[float]:
+    """The finite numeric ``key`` values of the payload's points (of the series on
+    ``yaxis`` only, when given)."""
+    values = []
+    for s in payload["series"]:
+        if yaxis is not None and s.get("style", {}).get("yaxis", "y") != yaxis:
+            continue
+        for p in s["data"]:
+            value = p.get(key)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if number and math.isfinite(value):
+                values.append(float(value))
+    return values
+
+
+def _integer_axis(xs: list[float]) -> dict | None:
+    """Whole-number ticks spanning exactly the data, for epochs and steps: plotly's own
+    ticks would put labels at 0.5, 1.5, ... and pad a single point out to 0."""
+    if not xs or any(x != int(x) for x in xs):
+        return None
+    low, high = min(xs), max(xs)
+    decade = 1
+    while True:  # the smallest of 1, 2, 5, 10, 20, 50, ... giving few enough ticks
+        step = next(
+            (m * decade for m in (1, 2, 5) if (high - low) / (m * decade) <= MAX_INTEGER_TICKS),
+            None,
+        )
+        if step is not None:
+            break
+        decade *= 10
+    span = [low - 0.5, high + 0.5] if low == high else [low, high]
+    return {"tickmode": "linear", "tick0": 0, "dtick": step, "range": span}
+
+
+def _fraction_axis(values: list[float]) -> dict:
+    """The right axis of accuracy-like values: [0, 1] with ticks every 0.2, widened only
+    when a value lies outside it (e.g. a negative R²), so bars and curves keep their scale."""
+    low = min([0.0, *values])
+    high = max([1.0, *values])
+    axis: dict[str, Any] = {"range": [low, high], "showgrid": False}
+    if (low, high) == (0.0, 1.0):
+        axis.update(tickmode="linear", tick0=0, dtick=0.2)
+    else:
+        axis["tickmode"] = "auto"  # not plotly's default "sync", which copies odd ticks
+    return axis
+
+
 def _layout(payload: Mapping[str, Any]) -> dict:
     config, kind = payload["config"], payload["plot_type"]
     layout: dict[str, Any] = {
@@ -146,6 +201,17 @@ def _layout(payload: Mapping[str, Any]) -> dict:
         layout["yaxis"]["range"] = [0, 1.02]
     if kind in ("confusion_matrix", "feature_correlation"):
         layout["yaxis"]["autorange"] = "reversed"  # row 0 at the top, as a matrix reads
+        # Square cells: a wide, short plot squashes every row into a sliver.
+        rows = len({p["y"] for s in payload["series"] for p in s["data"]})
+        layout["height"] = min(MAX_MATRIX_HEIGHT, max(MIN_MATRIX_HEIGHT, 160 + 40 * rows))
+        layout["yaxis"].update(scaleanchor="x", constrain="domain")
+        layout["xaxis"]["constrain"] = "domain"
+    if "yaxis2" in layout and kind in ("training_curves", "activation_pattern"):
+        layout["yaxis2"].update(_fraction_axis(_numbers(payload, "y", "y2")))
+    if kind in ("training_curves", "learning_rate_schedule"):
+        integer = _integer_axis(_numbers(payload, "x"))
+        if integer is not None:
+            layout["xaxis"].update(integer)
     if kind == "learning_rate_schedule":
         layout["yaxis"]["exponentformat"] = "e"
         low, high = payload["metrics"].get("min_lr"), payload["metrics"].get("max_lr")
