@@ -48,6 +48,10 @@ Attrs parse_attrs(const std::string& op, const py::dict& d) {
     else if (key == "beta2") a.beta2 = v.cast<float>();
     else if (key == "eps") a.eps = v.cast<float>();
     else if (key == "weight_decay") a.weight_decay = v.cast<float>();
+    else if (key == "low") a.low = v.cast<float>();
+    else if (key == "high") a.high = v.cast<float>();
+    else if (key == "label") a.name = v.cast<std::string>();
+    else if (key == "message") a.message = v.cast<std::string>();
     else throw py::value_error("[" + op + "] unknown attribute '" + key + "'");
   }
   return a;

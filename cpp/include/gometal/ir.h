@@ -36,6 +36,8 @@ enum class OpKind : uint8_t {
   Conv2D, Conv2DInputGrad, Conv2DWeightGrad, MaxPool2D, MaxPool2DGrad, AvgPool2D, AvgPool2DGrad,
   // misc
   OneHot, Cast, RandomUniform, StopGradient, Assign,
+  // validation: raises from the step when its input leaves [low, high] (NaN included)
+  CheckRange,
   // fused optimizer updates (effects, like assign)
   AdamUpdate,
   kCount
@@ -51,7 +53,9 @@ struct Attrs {
   bool transpose_a = false;
   bool transpose_b = false;
   DType dtype = DType::F32;   // cast, input
-  std::string name;           // input, variable, scalar
+  std::string name;           // input, variable, scalar; check_range: the op it guards
+  std::string message;        // check_range: what must hold, e.g. "targets must lie in [0, 1]"
+  float low = 0.0f, high = 0.0f;  // check_range bounds
   float value = 0.0f;         // scalar initial value, scalar constant
   float beta1 = 0.0f, beta2 = 0.0f, eps = 0.0f, weight_decay = 0.0f;  // adam_update
   // conv2d and pooling: (height, width) pairs
@@ -80,6 +84,9 @@ int op_arity(OpKind op);          // -1 = variadic, 0 = leaf
 bool is_elementwise(OpKind op);      // unary, binary, select, broadcast_to, random_uniform
 bool is_differentiable(OpKind op);
 bool is_effect(OpKind op);  // writes variables instead of producing a value
+// Validation ops: each runs before every effect of its function, so a failed check leaves
+// variables untouched.
+bool is_check(OpKind op);
 // The variables an effect node writes (empty for other nodes).
 std::vector<int> written_variables(const Node& n);
 

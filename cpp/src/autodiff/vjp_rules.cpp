@@ -61,9 +61,10 @@ int forward_max_pool(const Graph& gr, int y, int pool_grad) {
   return -1;
 }
 
-// dx = g where y = relu(x) > 0. When y's only reader is a max pool, g routes each pooled
-// gradient to its window's max, and that max is > 0 exactly when the pooled value is: so
-// the mask is applied to the pooled gradient, a quarter of the size for 2x2 windows.
+// dx = g except where y = relu(x) <= 0 (a NaN passes its gradient, as torch's). When y's only
+// reader is a max pool, g routes each pooled gradient to its window's max, and that max is
+// <= 0 exactly when the pooled value is: so the mask is applied to the pooled gradient, a
+// quarter of the size for 2x2 windows.
 int relu_vjp(Graph& gr, int y, int g) {
   const int zero = k(gr, 0);
   if (gr.node(g).op == OpKind::MaxPool2DGrad && gr.node(g).inputs[0] == y) {
@@ -71,11 +72,11 @@ int relu_vjp(Graph& gr, int y, int g) {
     if (pooled >= 0) {
       const Attrs attrs = gr.node(g).attrs;
       const int pooled_grad = gr.node(g).inputs[1];
-      const int masked = sel(gr, cmp(gr, OpKind::Greater, pooled, zero), pooled_grad, zero);
+      const int masked = sel(gr, cmp(gr, OpKind::GreaterEqual, zero, pooled), zero, pooled_grad);
       return gr.op(OpKind::MaxPool2DGrad, {y, masked}, attrs);
     }
   }
-  return sel(gr, cmp(gr, OpKind::Greater, y, zero), g, zero);
+  return sel(gr, cmp(gr, OpKind::GreaterEqual, zero, y), zero, g);
 }
 
 void vjp_unary(Graph& gr, int y, int g, std::vector<int>& dx) {

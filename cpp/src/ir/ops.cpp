@@ -70,6 +70,7 @@ constexpr std::array<OpInfo, static_cast<size_t>(OpKind::kCount)> kOps = {{
     {OpKind::RandomUniform, "random_uniform", 1, true, false},
     {OpKind::StopGradient, "stop_gradient", 1, false, false},
     {OpKind::Assign, "assign", 2, false, false},
+    {OpKind::CheckRange, "check_range", 1, false, false},
     {OpKind::AdamUpdate, "adam_update", 6, false, false},
 }};
 
@@ -99,6 +100,7 @@ int op_arity(OpKind op) { return info(op).arity; }
 bool is_elementwise(OpKind op) { return info(op).elementwise; }
 bool is_differentiable(OpKind op) { return info(op).differentiable; }
 bool is_effect(OpKind op) { return op == OpKind::Assign || op == OpKind::AdamUpdate; }
+bool is_check(OpKind op) { return op == OpKind::CheckRange; }
 
 std::vector<int> written_variables(const Node& n) {
   if (n.op == OpKind::Assign) return {n.inputs[0]};

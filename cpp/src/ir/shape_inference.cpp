@@ -301,6 +301,13 @@ void infer_shape(Node& n, const std::vector<Node>& nodes) {
       n.dtype = n.attrs.dtype;
       return;
 
+    case OpKind::CheckRange:
+      check_float(n, in(0), op);
+      if (!(n.attrs.low <= n.attrs.high))
+        fail(op, "needs low <= high, got [" + std::to_string(n.attrs.low) + ", " + std::to_string(n.attrs.high) + "]");
+      n.shape = {};  // a zero scalar: the value is never read, the check is what runs
+      return;
+
     case OpKind::Assign: {
       const Node& var = in(0);
       if (var.op != OpKind::Variable)

@@ -1,6 +1,6 @@
 // A group runs at the position of its first member, so a node may join a group only
 // when every input from outside the group is ready by then; an assign may join only
-// when every other reader of its variable has run by then.
+// when every other reader of its variable, and every check, has run by then.
 #include "passes/fusion.h"
 
 #include <algorithm>
@@ -47,6 +47,11 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
       consumers[root].push_back(id);
     }
 
+  // Checks run before every effect: an assign may not join a group that runs before one.
+  int last_check = -1;
+  for (int id : s.order)
+    if (is_check(g.node(id).op)) last_check = std::max(last_check, s.position[id]);
+
   auto can_join = [&](int gi, int id) {
     const Group& grp = groups[gi];
     if (grp.members.size() >= kMaxGroupMembers) return false;
@@ -58,6 +63,7 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
       if (ready_at(in) >= grp.first_pos) return false;
     }
     if (node.op == OpKind::Assign) {
+      if (grp.first_pos <= last_check) return false;
       const int var = node.inputs[0];
       for (int r : readers[var])
         if (r != id && group_of[r] != gi && s.position[r] >= grp.first_pos) return false;

@@ -37,6 +37,14 @@ bool reads_written(const Graph& g, const Schedule& s, const Fusion& f, const std
   return false;
 }
 
+// Whether a deferred step validates something: effects may not move above a check.
+bool defers_check(const Graph& g, const Fusion& f, const std::vector<int>& deferred) {
+  for (int st : deferred)
+    for (int id : f.steps[st].nodes)
+      if (is_check(g.node(id).op)) return true;
+  return false;
+}
+
 }  // namespace
 
 bool reduces_trailing_block(const Shape& in, const std::vector<int64_t>& axes) {
@@ -141,7 +149,7 @@ SampleTiling plan_sample_tiling(const Graph& g, const Schedule& s, Fusion& f, co
       run.push_back(st);
       place[st] = Place::InRun;
     } else if (!run.empty() && !tileable && !reads_run && !reads_deferred &&
-               (pure || !reads_written(g, s, f, run, deferred, step))) {
+               (pure || (!reads_written(g, s, f, run, deferred, step) && !defers_check(g, f, deferred)))) {
       // Independent of the run: hoisted above it. An effect (a running-statistics update,
       // say) may move too when nothing in the run or behind it reads what it writes.
       order.push_back(st);

@@ -54,7 +54,7 @@ Schedule schedule_function(const Graph& g, const FunctionSpec& fn) {
     s.alias_root[i] = is_alias(g, i) ? s.alias_root[node.inputs[0]] : i;
   }
 
-  // Dependencies: data edges, plus "assign(V) after every other reader of V".
+  // Dependencies: data edges, "assign(V) after every other reader of V", checks before effects.
   std::vector<std::vector<int>> succ(n);
   std::vector<int> indegree(n, 0);
   std::vector<int> assign_of(n, -1);
@@ -78,6 +78,10 @@ Schedule schedule_function(const Graph& g, const FunctionSpec& fn) {
       if (a >= 0 && a != i && g.node(root).op == OpKind::Variable) edge(i, a);
     }
   }
+  // A check runs before every effect, so a failed check leaves every variable as it was.
+  for (int i = 0; i < n; ++i)
+    if (s.needed[i] && is_check(g.node(i).op))
+      for (int e : fn.effects) edge(i, e);
   // Kahn's algorithm, lowest id first: keeps the builder's order where it is legal.
   std::priority_queue<int, std::vector<int>, std::greater<int>> ready;
   for (int i = 0; i < n; ++i)

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "backends/backend.h"
+#include "backends/cpu/checks.h"
 #include "backends/cpu/fused_elementwise.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/conv.h"
@@ -76,6 +77,19 @@ struct OneHotKernel final : Kernel {
   BufRef x, y;
   int64_t n, depth;
   void run(const ExecContext& ctx) const override { one_hot(ctx.iptr(x), n, depth, ctx.ptr(y)); }
+};
+
+// Runs on the calling thread, outside any parallel region, so its exception leaves the
+// step cleanly; the schedule puts it before every effect.
+struct CheckRangeKernel final : Kernel {
+  BufRef x, y;
+  Shape shape;
+  float low, high;
+  std::string label, message;
+  void run(const ExecContext& ctx) const override {
+    check_range(ctx.ptr(x), shape, low, high, label, message);
+    *ctx.ptr(y) = 0.0f;
+  }
 };
 
 struct CastKernel final : Kernel {
@@ -292,6 +306,17 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
       k->y = y;
       k->n = numel(in_shape(0));
       k->depth = n.attrs.depth;
+      return k;
+    }
+    case OpKind::CheckRange: {
+      auto k = std::make_unique<CheckRangeKernel>();
+      k->x = in(0);
+      k->y = y;
+      k->shape = in_shape(0);
+      k->low = n.attrs.low;
+      k->high = n.attrs.high;
+      k->label = n.attrs.name;
+      k->message = n.attrs.message;
       return k;
     }
     case OpKind::Cast: {

@@ -32,7 +32,7 @@ inline bool dispatch_unary(OpKind op, Loop&& loop) {
     case OpKind::Log: loop([](float x) { return std::log(x); }); return true;
     case OpKind::Tanh: loop([](float x) { return std::tanh(x); }); return true;
     case OpKind::Sigmoid: loop([](float x) { return sigmoid(x); }); return true;
-    case OpKind::Relu: loop([](float x) { return x > 0.0f ? x : 0.0f; }); return true;
+    case OpKind::Relu: loop([](float x) { return x <= 0.0f ? 0.0f : x; }); return true;  // NaN stays NaN
     case OpKind::Abs: loop([](float x) { return std::fabs(x); }); return true;
     case OpKind::Sign: loop([](float x) { return static_cast<float>((x > 0.0f) - (x < 0.0f)); }); return true;
     case OpKind::Sqrt: loop([](float x) { return std::sqrt(x); }); return true;
