@@ -66,6 +66,28 @@ def _check_class_scores(loss: Loss, output_shape: tuple[int, ...]) -> None:
             f"loss '{loss.name}' expects model outputs of shape (N, classes), got "
             f"(N, {', '.join(map(str, output_shape))})"
         )
+    if output_shape[0] < 2:
+        # A softmax over one class is always 1: the loss is 0 and nothing would train.
+        raise ValueError(
+            f"loss '{loss.name}' needs at least 2 classes, but the model has "
+            f"{output_shape[0]} output; for two classes with one output use "
+            "loss='bce_with_logits' (or 'binary_cross_entropy' after a sigmoid), or give "
+            "the last layer one output per class"
+        )
+
+
+def _in_unit_interval(g: _core.Graph, value: int, what: str) -> int:
+    """A check node that fails the step, as torch's BCELoss does, when ``value`` leaves
+    [0, 1] (NaN included)."""
+    return op(
+        g,
+        "check_range",
+        value,
+        low=0.0,
+        high=1.0,
+        label=BinaryCrossEntropy.name,
+        message=f"all elements of {what} should be between 0 and 1",
+    )
 
 
 # -- regression ------------------------------------------------------------------------------
@@ -210,7 +232,9 @@ class BinaryCrossEntropy(Loss):
 
     The log is clamped so that ``p`` of exactly 0 or 1 gives a finite loss. Targets have the
     output's shape (``(N,)`` is accepted for an ``(N, 1)`` output). Accuracy: ``p > 0.5``
-    against ``target >= 0.5`` (per element for several outputs).
+    against ``target >= 0.5`` (per element for several outputs). As torch's, a prediction
+    or target outside ``[0, 1]`` (or NaN) is an error: the step raises ``ValueError``
+    naming the value and its index, and changes nothing, so the trainer stays usable.
     """
 
     name = "binary_cross_entropy"
@@ -222,7 +246,21 @@ class BinaryCrossEntropy(Loss):
         negative = op(
             g, "mul", op(g, "sub", one, target), clamped_log(g, op(g, "sub", one, output))
         )
-        return op(g, "neg", reduce_mean(g, op(g, "add", positive, negative)))
+        loss = op(g, "neg", reduce_mean(g, op(g, "add", positive, negative)))
+        # The checks yield 0; adding them makes the loss depend on them, and the engine
+        # runs every check before any variable is written.
+        checks = op(
+            g,
+            "add",
+            _in_unit_interval(
+                g,
+                output,
+                "the model's outputs (probabilities; end the model "
+                "in a sigmoid, or use loss='bce_with_logits' on logits)",
+            ),
+            _in_unit_interval(g, target, "the targets"),
+        )
+        return op(g, "add", loss, checks)
 
     def accuracy(self, g: _core.Graph, output: int, target: int) -> BatchAccuracy:
         return threshold_matches(g, output, target, 0.5, _elements_per_sample(g, output))
