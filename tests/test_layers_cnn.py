@@ -492,8 +492,8 @@ def test_workload_b_builds_with_torch_shapes_and_parameter_count(capsys):
     for module in net:
         h = module(h)
         shapes.append(tuple(h.shape[1:]))
-    text = model.summary()
-    capsys.readouterr()
+    model.summary()
+    text = capsys.readouterr().out
     for layer, shape in zip(model.layers, shapes):
         dims = ", ".join(map(str, shape))
         assert re.search(rf"{layer.name} \(\w+\)\s+\(batch, {dims}\)", text), (layer.name, text)

@@ -8,14 +8,15 @@ moves them into its engine and the model keeps a reference to that engine, so
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import _core
 from ._arrays import as_input_batch, check_batch_size, check_seed
-from .layers.base import EmitContext, Layer
+from .layers.base import EmitContext, Layer, check_weight_values
+from .layers.weight_store import EngineWeights
 from .tensor import LayerCall, SymbolicTensor
 
 # Default rows per inference call: large enough to amortize the call, small enough that
@@ -111,7 +112,7 @@ def inference_batch_size(batch_size: int | None) -> int:
 
 
 def predict_with_engine(
-    engine: Any,
+    held: EngineWeights,
     x: Any,
     sample_shape: tuple[int, ...],
     batch_size: int | None,
@@ -121,6 +122,7 @@ def predict_with_engine(
     rows = inference_batch_size(batch_size)
     # The engine rejects NaN and inf itself, naming the input, so no second pass here.
     x = as_input_batch(x, sample_shape, check_finite=False)
+    engine = held.ensure()
     chunks = [np.asarray(engine.run(function, [x[r]])[0]) for r in iter_batches(len(x), rows)]
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0)
 
@@ -158,9 +160,9 @@ class Model:
         self.seed = check_seed(seed)
         self._weight_shapes: dict[str, tuple[int, ...]] = {}
         self._trainable: list[str] = []
-        self._initial_weights = self._initialize_weights()
-        # The engine that holds the weights (a trainer's, or a lazily built inference one).
-        self._engine: Any = None
+        self._initialize_weights()
+        # The engine predict runs on (a trainer's, or a lazily built inference one).
+        self._held: EngineWeights | None = None
 
     # -- construction helpers --------------------------------------------------------------
     def _check_inputs_are_sources(self) -> None:
@@ -195,18 +197,23 @@ class Model:
                     "layer per call"
                 )
 
-    def _initialize_weights(self) -> dict[str, np.ndarray]:
-        weights: dict[str, np.ndarray] = {}
+    def _initialize_weights(self) -> None:
+        """Draws first values for layers that have none; layers that already belong to
+        another model keep theirs (shared, as in Keras). Each weight's random stream is its
+        position in the model, so a fresh model's values depend only on the seed."""
         stream = 0
         for layer in self._layers:
+            fresh: dict[str, np.ndarray] = {}
             for spec in layer.weight_specs:
                 full_name = f"{layer.name}.{spec.name}"
-                weights[full_name] = spec.initializer(self.seed, stream, spec.shape)
+                if not layer.weight_store.initialized:
+                    fresh[spec.name] = spec.initializer(self.seed, stream, spec.shape)
                 self._weight_shapes[full_name] = spec.shape
                 if spec.trainable:
                     self._trainable.append(full_name)
                 stream += 1
-        return weights
+            if fresh:
+                layer.weight_store.initialize(fresh)
 
     # -- graph emission (used by Trainer and the inference engine) -------------------------
     def declare_variables(self, graph: _core.Graph) -> dict[str, int]:
@@ -340,9 +347,11 @@ class Model:
             >>> model.get_weights()["dense_0.weight"].shape
             (128, 64)
         """
-        if self._engine is not None:
-            return {name: np.array(self._engine.get_variable(name)) for name in self._weight_shapes}
-        return {name: value.copy() for name, value in self._initial_weights.items()}
+        weights: dict[str, np.ndarray] = {}
+        for layer in self._layers:
+            for local, value in layer.get_weights().items():
+                weights[f"{layer.name}.{local}"] = value
+        return weights
 
     def set_weights(self, weights: Mapping[str, Any]) -> None:
         """Overwrites some or all weights.
@@ -357,28 +366,12 @@ class Model:
         Example:
             >>> model.set_weights({"dense_0.bias": np.zeros(128)})
         """
-        unknown = [name for name in weights if name not in self._weight_shapes]
-        if unknown:
-            raise ValueError(
-                f"unknown weight name(s) {unknown}; this model has {list(self._weight_shapes)}"
-            )
-        converted: dict[str, np.ndarray] = {}
-        for name, value in weights.items():
-            array = np.asarray(value)
-            if array.dtype.kind not in "biuf":
-                raise TypeError(
-                    f"weight {name!r} has dtype {array.dtype}; expected a real numeric dtype"
-                )
-            if array.shape != self._weight_shapes[name]:
-                raise ValueError(
-                    f"weight {name!r} must have shape {self._weight_shapes[name]}, got {array.shape}"
-                )
-            converted[name] = np.ascontiguousarray(array, dtype=np.float32)
-        for name, array in converted.items():
-            if self._engine is not None:
-                self._engine.set_variable(name, array)
-            else:
-                self._initial_weights[name] = array.copy()
+        converted = check_weight_values(weights, self._weight_shapes, "this model")
+        for layer in self._layers:
+            prefix = f"{layer.name}."
+            mine = {k[len(prefix) :]: v for k, v in converted.items() if k.startswith(prefix)}
+            if mine:
+                layer.weight_store.set(mine)
 
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """Runs the inference forward pass (dropout off) and returns the raw outputs.
@@ -394,17 +387,24 @@ class Model:
             >>> model.predict(np.zeros((5, 64), np.float32)).shape
             (5, 10)
         """
-        return predict_with_engine(self._inference_engine(), x, self.input_shape, batch_size)
+        return predict_with_engine(self._engine_weights(), x, self.input_shape, batch_size)
 
-    def summary(self) -> str:
-        """Prints and returns a table of layers, output shapes and parameter counts.
+    def summary(self, print_fn: Callable[[str], Any] | None = None) -> None:
+        """Prints a table of layers, output shapes and parameter counts, as Keras does.
 
-        Returns:
-            The table as a string.
+        Args:
+            print_fn: called with each line instead of ``print`` (e.g. ``lines.append``
+                to keep the text, or a logger's method).
 
         Example:
-            >>> text = model.summary()  # doctest: +SKIP
+            >>> model.summary()  # doctest: +SKIP
+            >>> lines = []; model.summary(print_fn=lines.append)  # doctest: +SKIP
         """
+        emit = print if print_fn is None else print_fn
+        for line in self._summary_lines():
+            emit(line)
+
+    def _summary_lines(self) -> list[str]:
         rows = [(f"{self._inputs[0].name or 'input'} (Input)", self._inputs[0].engine_shape, 0)]
         first_output: dict[int, tuple[int, ...]] = {}
         for call in self._calls:
@@ -420,20 +420,15 @@ class Model:
         def fmt(cols: Sequence[str]) -> str:
             return f"{cols[0]:<{widths[0]}}  {cols[1]:<{widths[1]}}  {cols[2]:>{widths[2]}}"
 
-        total = self.count_params()
+        trainable = self.count_params()
+        total = sum(int(np.prod(shape)) for shape in self._weight_shapes.values())
         lines = [fmt(headers), line, *(fmt(c) for c in cells), line]
+        # Non-trainable values are whatever the optimizer leaves alone: batch-norm running
+        # statistics, an imported model's constants.
         lines.append(f"Total params: {total:,} ({total * 4 / 1024:,.1f} KiB as float32)")
-        trainable = set(self._trainable)
-        frozen = sum(
-            int(np.prod(shape))
-            for name, shape in self._weight_shapes.items()
-            if name not in trainable
-        )
-        if frozen:
-            lines.append(f"Non-trainable values (running statistics): {frozen:,}")
-        text = "\n".join(lines)
-        print(text)
-        return text
+        lines.append(f"Trainable params: {trainable:,}")
+        lines.append(f"Non-trainable params: {total - trainable:,}")
+        return lines
 
     def save(self, path: Any, metadata: Mapping[str, Any] | None = None) -> None:
         """Atomically writes the model's definition and weights (one safetensors file).
@@ -495,22 +490,21 @@ class Model:
         )
 
     # -- engine ownership ------------------------------------------------------------------
-    def _inference_engine(self) -> Any:
-        if self._engine is None:
+    def _engine_weights(self) -> EngineWeights:
+        if self._held is None:
             graph = _core.Graph()
             x = graph.input("x", self._inputs[0].engine_shape, "float32")
             ctx = EmitContext(graph, training=False, variables=self.declare_variables(graph))
             (output,) = self.emit(ctx, [x])
             engine = _core.Engine(graph, seed=self.seed)
             engine.define("predict", inputs=[x], outputs=[output], effects=[], advance_rng=False)
-            for name, value in self._initial_weights.items():
-                engine.set_variable(name, value)
-            self._engine = engine
-        return self._engine
+            self._held = EngineWeights(engine, self._layers)
+        return self._held
 
-    def _adopt_engine(self, engine: Any) -> None:
-        """Makes ``engine`` (a trainer's, already holding the weights) the weights' home."""
-        self._engine = engine
+    def _adopt_engine(self, held: EngineWeights) -> None:
+        """Runs ``predict`` on ``held`` (a trainer's engine, which defines ``predict`` for
+        this model) from now on, instead of a separate inference engine."""
+        self._held = held
 
 
 def _format_batch_shape(shape: Sequence[int]) -> str:

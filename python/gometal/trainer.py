@@ -25,6 +25,8 @@ from ._composites import const, op
 from ._mixed_precision import Bf16Graph, LossScaler
 from ._precision import DEFAULT_GROWTH_INTERVAL, check_growth_interval, plan_precision
 from .layers.base import EmitContext
+from .layers.weight_store import EngineWeights
+from .metrics._in_graph import AccuracyTotals
 from .model import Model, predict_with_engine
 from .tensor import BATCH
 from .training.evaluation import evaluate as _evaluate
@@ -42,10 +44,13 @@ class StepResult:
     Attributes:
         loss: the batch's mean loss (before the update).
         accuracy: the batch's accuracy in ``[0, 1]`` (before the update).
+        totals: the sums behind ``accuracy``; adding the totals of several batches gives
+            their pooled accuracy, independent of how the data was batched.
     """
 
     loss: float
     accuracy: float
+    totals: AccuracyTotals | None = None
 
 
 class Trainer:
@@ -99,10 +104,10 @@ class Trainer:
             raise ValueError("the model has no weights to train")
         self._num_classes = model.output_shape[-1]
         self._set_precision(mixed_precision, loss_scaling, growth_interval)
-        self._engine, self._accuracy_is_count, self._has_probabilities = self._compile(
+        self._held, self._accuracy_kind, self._has_probabilities = self._compile(
             model.seed if seed is None else check_seed(seed)
         )
-        model._adopt_engine(self._engine)
+        model._adopt_engine(self._held)
         # L-BFGS (host-driven) evaluates loss and gradients several times per batch.
         self._host_optimizer = (
             self.optimizer.bind(self._engine, model.trainable_weight_names)
@@ -116,7 +121,7 @@ class Trainer:
         self.scheduler: Any = None
         self.stop_training = False
 
-    def _compile(self, seed: int) -> tuple[Any, bool, bool]:
+    def _compile(self, seed: int) -> tuple[EngineWeights, str, bool]:
         model, g = self.model, _core.Graph()
         x = g.input("x", (BATCH, *model.input_shape), "float32")
         if self.loss.integer_labels:
@@ -182,11 +187,16 @@ class Trainer:
                 effects=list(train_ctx.effects),
                 advance_rng=True,
             )
-        for name, value in model.get_weights().items():
-            engine.set_variable(name, value)
+        # The engine takes the layers' weights: their current values, wherever they are.
+        held = EngineWeights(engine, model.layers)
         if self._loss_scaler is not None:
             self._loss_scaler.initialize(engine)
-        return engine, train_accuracy.is_count, probabilities is not None
+        return held, train_accuracy.kind, probabilities is not None
+
+    @property
+    def _engine(self) -> Any:
+        # Layers this trainer shares with another model's engine come back before each use.
+        return self._held.ensure()
 
     def _set_precision(self, mode: Any, loss_scaling: Any, growth_interval: Any) -> None:
         """Checks the mixed-precision arguments and decides what the graph runs."""
@@ -218,9 +228,9 @@ class Trainer:
             y = as_dense_targets(y, len(x), self.model.output_shape, "y", check_finite=False)
         return x, y
 
-    def _accuracy_sum(self, value: float, num_samples: int) -> float:
-        """Converts the graph's accuracy output into a number of correct samples."""
-        return float(value) if self._accuracy_is_count else float(value) * num_samples
+    def _accuracy_totals(self, value: Any, num_samples: int) -> AccuracyTotals:
+        """The sums behind one batch's accuracy, from the graph's accuracy output."""
+        return AccuracyTotals.from_output(self._accuracy_kind, value, num_samples)
 
     # -- steps -----------------------------------------------------------------------------
     def train_batch(self, x: Any, y: Any) -> StepResult:
@@ -238,12 +248,14 @@ class Trainer:
             >>> result = trainer.train_batch(x_batch, y_batch)  # doctest: +SKIP
         """
         x, y = self._prepare(x, y)
+        engine = self._engine
         if self._host_optimizer is not None:
             loss, accuracy = self._host_optimizer.step(x, y, self.learning_rate)
-            self._engine.set_variable(STEP_VARIABLE, np.array(self.step + 1, np.float32))
+            engine.set_variable(STEP_VARIABLE, np.array(self.step + 1, np.float32))
         else:
-            loss, accuracy = self._engine.run("train", [x, y])
-        return StepResult(loss=float(loss), accuracy=self._accuracy_sum(accuracy, len(x)) / len(x))
+            loss, accuracy = engine.run("train", [x, y])
+        totals = self._accuracy_totals(accuracy, len(x))
+        return StepResult(loss=float(loss), accuracy=totals.value, totals=totals)
 
     def evaluate(
         self, x: Any, y: Any = None, batch_size: int | None = None, metrics: Any = ()
@@ -366,7 +378,7 @@ class Trainer:
         Example:
             >>> logits = trainer.predict(x_test)  # doctest: +SKIP
         """
-        return predict_with_engine(self._engine, x, self.model.input_shape, batch_size)
+        return predict_with_engine(self._held, x, self.model.input_shape, batch_size)
 
     def predict_proba(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """Returns probabilities: softmax of logits for the cross-entropy family, sigmoid for
@@ -390,7 +402,7 @@ class Trainer:
                 f"predict_proba is undefined for the regression loss '{self.loss.name}'"
             )
         return predict_with_engine(
-            self._engine, x, self.model.input_shape, batch_size, function="predict_proba"
+            self._held, x, self.model.input_shape, batch_size, function="predict_proba"
         )
 
     # -- state -----------------------------------------------------------------------------

@@ -50,10 +50,12 @@ class _EngineObjective:
             self.engine.set_variable(name, flat[offset : offset + size].reshape(shape))
             offset += size
 
-    def evaluate(self) -> tuple[float, float, np.ndarray]:
+    def evaluate(self) -> tuple[float, Any, np.ndarray]:
+        # The accuracy output is passed on as the engine gave it (a count, or regression's
+        # error sums): the trainer interprets it.
         loss, accuracy, *grads = self.engine.run(HOST_GRADIENT_FUNCTION, self.inputs)
         flat = np.concatenate([np.asarray(grad).ravel() for grad in grads])
-        return float(loss), float(accuracy), flat
+        return float(loss), accuracy, flat
 
 
 @dataclass

@@ -12,9 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .. import _core
 from ..initializers import Initializer
 from ..tensor import LayerCall, SymbolicTensor
+from .weight_store import LayerWeights
 
 RESERVED_NAMES = frozenset({"optimizer"})
 
@@ -41,6 +44,45 @@ def check_layer_name(name: object) -> str:
     if name in RESERVED_NAMES:
         raise ValueError(f"layer name {name!r} is reserved")
     return name
+
+
+def check_weight_values(
+    weights: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], owner: str
+) -> dict[str, np.ndarray]:
+    """Checks names, dtypes and shapes of new weight values; returns float32 copies.
+
+    Args:
+        weights: name -> array-like.
+        shapes: the known names and their shapes.
+        owner: what holds the weights, for messages (``"layer 'dense_0'"``, ``"the model"``).
+
+    Returns:
+        name -> C-contiguous float32 array, in the order given.
+
+    Raises:
+        ValueError: an unknown name or a wrong shape.
+        TypeError: a non-numeric value.
+
+    Example:
+        >>> check_weight_values({"bias": [0.0]}, {"bias": (1,)}, "layer 'd'")["bias"].dtype
+        dtype('float32')
+    """
+    unknown = [name for name in weights if name not in shapes]
+    if unknown:
+        raise ValueError(f"unknown weight name(s) {unknown} for {owner}; it has {list(shapes)}")
+    converted: dict[str, np.ndarray] = {}
+    for name, value in weights.items():
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(
+                f"weight {name!r} has dtype {array.dtype}; expected a real numeric dtype"
+            )
+        if array.shape != tuple(shapes[name]):
+            raise ValueError(
+                f"weight {name!r} must have shape {tuple(shapes[name])}, got {array.shape}"
+            )
+        converted[name] = np.array(array, dtype=np.float32, order="C")
+    return converted
 
 
 @dataclass(frozen=True)
@@ -124,6 +166,8 @@ class Layer:
         self.name = None if name is None else check_layer_name(name)
         self._weight_specs: tuple[WeightSpec, ...] = ()
         self._built_for: tuple[tuple[int, ...], ...] | None = None
+        # The weights themselves: shared by every model built on this layer.
+        self.weight_store = LayerWeights()
 
     # -- to override -------------------------------------------------------------------
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
@@ -178,6 +222,41 @@ class Layer:
     def count_params(self) -> int:
         """The number of trainable scalar weights in this layer."""
         return sum(spec.size for spec in self._weight_specs if spec.trainable)
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Copies of this layer's current weights, by local name (``"weight"``, ``"bias"``).
+
+        The values are the live ones, wherever they are (a trainer's engine included).
+
+        Returns:
+            Local name -> float32 array; empty for a layer without weights.
+
+        Raises:
+            RuntimeError: the layer has weights but no model has been built on it yet.
+
+        Example:
+            >>> model.get_layer("dense_0").get_weights()["bias"].shape  # doctest: +SKIP
+            (128,)
+        """
+        if not self._weight_specs:
+            return {}
+        return self.weight_store.get(spec.name for spec in self._weight_specs)
+
+    def set_weights(self, weights: Mapping[str, Any]) -> None:
+        """Overwrites some or all of this layer's weights (every model using it sees them).
+
+        Args:
+            weights: local name -> array-like with the weight's exact shape.
+
+        Raises:
+            ValueError: an unknown name or a wrong shape (nothing is changed then).
+            TypeError: a non-numeric value.
+
+        Example:
+            >>> layer.set_weights({"bias": np.zeros(128)})  # doctest: +SKIP
+        """
+        shapes = {spec.name: spec.shape for spec in self._weight_specs}
+        self.weight_store.set(check_weight_values(weights, shapes, f"layer '{self.name}'"))
 
     def __call__(self, inputs: SymbolicTensor | Sequence[SymbolicTensor]) -> SymbolicTensor:
         """Applies the layer to symbolic tensors and returns the symbolic output.

@@ -1,29 +1,90 @@
 """Accuracy computed inside the engine graph, so a training step stays one native call.
 
-Each function returns a ``BatchAccuracy``: either a count of correct samples (the trainer
-divides by the batch size) or, for regression, the batch's accuracy as a fraction.
+Each function returns a ``BatchAccuracy``: a node holding sums from which the accuracy
+follows, so that batches add up to the accuracy of a whole set whatever the batch size:
+the count of correct samples (``"count"``), or for regression ``sum |y_pred - y|`` and
+``sum |y|`` (``"error_ratio"``, go-metal's ``1 - NMAE``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from .. import _core
 from .._composites import as_float, const, op, reduce_sum
 
+COUNT = "count"
+ERROR_RATIO = "error_ratio"
+
 
 @dataclass(frozen=True)
 class BatchAccuracy:
-    """A graph node holding a batch's accuracy.
+    """A graph node holding a batch's accuracy sums.
 
     Attributes:
-        node: a scalar node id.
-        is_count: ``True`` when ``node`` counts correct samples (divide by N for the
-            accuracy); ``False`` when it already is the batch's accuracy in ``[0, 1]``.
+        node: the node id: a scalar count of correct samples (``kind="count"``), or a
+            ``(2,)`` vector ``[sum |y_pred - y|, sum |y|]`` (``kind="error_ratio"``).
+        kind: ``"count"`` or ``"error_ratio"``.
     """
 
     node: int
-    is_count: bool
+    kind: str
+
+
+@dataclass(frozen=True)
+class AccuracyTotals:
+    """Accuracy sums over some batches; ``+`` pools them, ``value`` is their accuracy.
+
+    Attributes:
+        kind: ``"count"`` or ``"error_ratio"``.
+        numerator: correct samples, or ``sum |y_pred - y|``.
+        denominator: samples, or ``sum |y|``.
+
+    Example:
+        >>> (AccuracyTotals("count", 3, 4) + AccuracyTotals("count", 1, 4)).value
+        0.5
+    """
+
+    kind: str
+    numerator: float = 0.0
+    denominator: float = 0.0
+
+    @classmethod
+    def from_output(cls, kind: str, output: Any, num_samples: int) -> AccuracyTotals:
+        """The totals of one batch from the engine's accuracy output.
+
+        Args:
+            kind: the ``BatchAccuracy`` kind.
+            output: the engine's value of the accuracy node.
+            num_samples: the batch size.
+
+        Returns:
+            The batch's totals.
+        """
+        if kind == COUNT:
+            return cls(kind, float(output), float(num_samples))
+        error, scale = np.asarray(output, dtype=np.float64).reshape(2)
+        return cls(kind, float(error), float(scale))
+
+    def __add__(self, other: AccuracyTotals) -> AccuracyTotals:
+        if other.kind != self.kind:
+            raise ValueError(f"cannot pool {self.kind} and {other.kind} accuracies")
+        return AccuracyTotals(
+            self.kind, self.numerator + other.numerator, self.denominator + other.denominator
+        )
+
+    @property
+    def value(self) -> float:
+        """The accuracy in ``[0, 1]``: correct / samples, or ``max(0, 1 - NMAE)`` (0 when
+        every target is 0, where NMAE is undefined)."""
+        if self.denominator <= 0:
+            return 0.0
+        if self.kind == COUNT:
+            return self.numerator / self.denominator
+        return max(0.0, 1.0 - self.numerator / self.denominator)
 
 
 def argmax_matches(g: _core.Graph, logits: int, labels: int) -> BatchAccuracy:
@@ -42,14 +103,14 @@ def argmax_matches(g: _core.Graph, logits: int, labels: int) -> BatchAccuracy:
     """
     predicted = op(g, "argmax", logits, axis=-1)
     hits = op(g, "equal", predicted, as_float(g, labels))
-    return BatchAccuracy(reduce_sum(g, hits), is_count=True)
+    return BatchAccuracy(reduce_sum(g, hits), COUNT)
 
 
 def argmax_agreement(g: _core.Graph, logits: int, targets: int) -> BatchAccuracy:
     """Counts rows whose argmax matches the argmax of one-hot or probability targets."""
     predicted = op(g, "argmax", logits, axis=-1)
     expected = op(g, "argmax", targets, axis=-1)
-    return BatchAccuracy(reduce_sum(g, op(g, "equal", predicted, expected)), is_count=True)
+    return BatchAccuracy(reduce_sum(g, op(g, "equal", predicted, expected)), COUNT)
 
 
 def threshold_matches(
@@ -75,14 +136,15 @@ def threshold_matches(
     hits = reduce_sum(g, op(g, "equal", predicted, expected))
     if elements_per_sample != 1:
         hits = op(g, "div", hits, const(g, float(elements_per_sample)))
-    return BatchAccuracy(hits, is_count=True)
+    return BatchAccuracy(hits, COUNT)
 
 
 def one_minus_nmae(g: _core.Graph, output: int, targets: int) -> BatchAccuracy:
-    """Regression accuracy as go-metal defines it: ``max(0, 1 - NMAE)`` per batch.
+    """Regression accuracy as go-metal defines it: ``max(0, 1 - NMAE)``.
 
-    ``NMAE = sum(|output - target|) / sum(|target|)`` over every element of the batch
-    (go-metal's ``CalculateRegressionMetric``); when ``sum(|target|) == 0`` the accuracy is 0.
+    ``NMAE = sum(|output - target|) / sum(|target|)`` over every element (go-metal's
+    ``CalculateRegressionMetric``). The node holds both sums, so batches pool into the
+    NMAE of the whole set (``gm.metrics.nmae``) instead of a mean of per-batch ratios.
 
     Args:
         g: the graph.
@@ -90,12 +152,9 @@ def one_minus_nmae(g: _core.Graph, output: int, targets: int) -> BatchAccuracy:
         targets: targets with the output's shape.
 
     Returns:
-        The batch accuracy as a fraction.
+        The ``(2,)`` node ``[sum |output - target|, sum |target|]``.
     """
     abs_error = reduce_sum(g, op(g, "abs", op(g, "sub", output, targets)))
     abs_target = reduce_sum(g, op(g, "abs", targets))
-    # The max() keeps the unselected branch finite when every target is zero.
-    ratio = op(g, "div", abs_error, op(g, "maximum", abs_target, const(g, 1e-30)))
-    accuracy = op(g, "maximum", op(g, "sub", const(g, 1.0), ratio), const(g, 0.0))
-    has_scale = op(g, "greater", abs_target, const(g, 0.0))
-    return BatchAccuracy(op(g, "select", has_scale, accuracy, const(g, 0.0)), is_count=False)
+    sums = [op(g, "reshape", node, shape=[1]) for node in (abs_error, abs_target)]
+    return BatchAccuracy(op(g, "concat", *sums, axis=0), ERROR_RATIO)

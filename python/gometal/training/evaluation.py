@@ -98,8 +98,10 @@ def run_evaluation(
         name: the data's name for error messages.
 
     Returns:
-        ``{"loss", "accuracy", <metric name>...}``: loss and accuracy are sample-weighted
-        means over the batches, each metric its ``result()``.
+        ``{"loss", "accuracy", <metric name>...}``: the loss is the sample-weighted mean
+        over the batches; the accuracy pools every batch's sums (correct samples, or for
+        regression ``1 - NMAE`` of the whole set), so it does not depend on the batch
+        size; each metric gives its ``result()``.
 
     Raises:
         ValueError: the batches hold no sample.
@@ -111,23 +113,25 @@ def run_evaluation(
     predict = "predict_proba" if trainer._has_probabilities else "predict"
     for metric in metrics:
         metric.reset()
-    total_loss = total_correct = 0.0
+    total_loss = 0.0
+    totals = None
     seen = 0
     for x, y in batches:
         x, y = trainer._prepare(x, y)
         count = len(x)
         loss, accuracy = engine.run("eval", [x, y])
         total_loss += float(loss) * count
-        total_correct += trainer._accuracy_sum(accuracy, count)
+        batch_totals = trainer._accuracy_totals(accuracy, count)
+        totals = batch_totals if totals is None else totals + batch_totals
         seen += count
         if metrics:
             (outputs,) = engine.run(predict, [x])
             outputs = np.asarray(outputs)
             for metric in metrics:
                 metric.update(y, outputs)
-    if seen == 0:
+    if totals is None:
         raise ValueError(f"{name} holds no samples: its loader yielded no batch")
-    results: dict[str, Any] = {"loss": total_loss / seen, "accuracy": total_correct / seen}
+    results: dict[str, Any] = {"loss": total_loss / seen, "accuracy": totals.value}
     for metric in metrics:
         value = metric.result()
         results[metric.name] = float(value) if np.ndim(value) == 0 else np.asarray(value)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._arrays import check_batch_size, check_seed
+from ..metrics._in_graph import COUNT, AccuracyTotals
 from .base import Callback, overrides
 from .callbacks import check_callbacks
 from .data import as_batches, is_array_pair, loader_length, set_loader_epoch
@@ -62,7 +63,7 @@ class _EpochResult:
     steps: int
     samples: int
     loss_sum: float
-    correct: float
+    accuracy: float
     lr: float
     seconds: float
     complete: bool
@@ -87,7 +88,8 @@ def _train_epoch(
     progress: Progress,
     guard: InterruptGuard,
 ) -> _EpochResult:
-    loss_sum = correct = 0.0
+    loss_sum = 0.0
+    totals: AccuracyTotals | None = None
     samples = done = 0
     lr = trainer.learning_rate
     started = time.perf_counter()
@@ -106,7 +108,9 @@ def _train_epoch(
             count = len(x)
             samples += count
             loss_sum += result.loss * count
-            correct += result.accuracy * count
+            # A result without totals (a custom train_batch) counts as correct samples.
+            batch_totals = result.totals or AccuracyTotals(COUNT, result.accuracy * count, count)
+            totals = batch_totals if totals is None else totals + batch_totals
             if batch_scheduler is not None:
                 batch_scheduler.step()
             if listeners:
@@ -114,7 +118,7 @@ def _train_epoch(
                 for callback in listeners:
                     callback.on_batch_end(done, logs)
             done += 1
-            progress.batch_end(done, loss_sum / samples, correct / samples, lr)
+            progress.batch_end(done, loss_sum / samples, totals.value, lr)
     finally:
         # Stops a prefetching loader's pending work when the epoch ends early.
         close = getattr(iterator, "close", None)
@@ -122,7 +126,8 @@ def _train_epoch(
             close()
     complete = not guard.interrupted or (steps is not None and done == steps)
     seconds = time.perf_counter() - started
-    return _EpochResult(done, samples, loss_sum, correct, lr, seconds, complete)
+    accuracy = totals.value if totals is not None else 0.0
+    return _EpochResult(done, samples, loss_sum, accuracy, lr, seconds, complete)
 
 
 def _interrupt_message(trainer: Trainer, epoch: int, result: _EpochResult | None) -> str:
@@ -259,7 +264,7 @@ def fit(
                     raise ValueError(f"train yielded no batch in epoch {epoch}")
                 logs: dict[str, Any] = {
                     "loss": result.loss_sum / result.samples,
-                    "accuracy": result.correct / result.samples,
+                    "accuracy": result.accuracy,
                 }
                 if val_loader is not None:
                     set_loader_epoch(val_loader, epoch)
