@@ -12,8 +12,9 @@ constexpr int64_t kRows = 6;   // output channels per micro-kernel call
 constexpr int64_t kSlack = 32; // floats after the padded image: the last row's vectors may overrun
 
 // Pins a vector in registers (otherwise GCC folds a fresh load into every FMA). "x" names an
-// SSE/AVX register, so only x86 takes the hint; other CPUs keep the compiler's own choice.
-#if defined(__x86_64__) || defined(__i386__)
+// SSE/AVX register and a Vec8 needs a 256-bit one, so only x86 with AVX (a native build) takes
+// the hint; portable x86 builds and other CPUs keep the compiler's own choice.
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__AVX__)
 #define GOMETAL_KEEP_IN_REGISTER(v) asm("" : "+x"(v))
 #else
 #define GOMETAL_KEEP_IN_REGISTER(v) ((void)(v))
