@@ -1,8 +1,10 @@
-"""``Model``: a graph of layer calls from symbolic inputs to outputs, plus its weights.
+"""``Model``: a graph of layer calls from symbolic inputs to outputs.
 
-Before a ``Trainer`` exists the model holds its initial weights as NumPy arrays. A trainer
-moves them into its engine and the model keeps a reference to that engine, so
-``get_weights``, ``set_weights`` and ``predict`` always see the weights being trained.
+The weights belong to the layers (``layers/weight_store.py``): a model built on layers that
+another model already uses shares their current values, as in Keras. An engine that runs
+the layers (a ``Trainer``'s, or the model's own inference engine) holds the values while it
+uses them, so ``get_weights``, ``set_weights`` and ``predict`` always see the weights being
+trained, by whichever trainer.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class Model:
         inputs: the ``gm.Input`` tensor (or a list with one).
         outputs: the output symbolic tensor (or a list with one).
         seed: seed for weight initialization; each weight draws from its own stream.
+            Layers that already have weights (from another model) keep them.
 
     Example:
         >>> x = gm.Input((64,))
@@ -281,8 +284,7 @@ class Model:
         """The output tensor of the layer called ``name``, e.g. to put a new head on a model.
 
         A new ``gm.Model(model.input, new_head(model.layer_output(...)))`` shares the
-        layers; ``new.set_weights`` with this model's ``get_weights()`` (for the names they
-        share) carries their trained values over.
+        layers and their current (trained) weights; training either model updates both.
 
         Args:
             name: the name of a layer called once in this model.
