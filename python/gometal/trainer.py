@@ -333,6 +333,7 @@ class Trainer:
             plots: ``"html"`` writes ``<plots_dir>/dashboard.html`` (one self-contained
                 page of training and evaluation plots) at the end; ``"sidecar"`` sends the
                 plot payloads to the sidecar service after each epoch; ``None`` neither.
+                Unless ``verbose=0``, fit prints the dashboard's path or URL at the end.
                 Plotting problems become a warning, never a failed fit.
             plots_dir: the dashboard's folder (created if missing).
 

@@ -172,7 +172,8 @@ def fit(
         seed: the arrays' shuffle seed (``None``: 0).
         batch_size: rows per batch for arrays (``None``: ``trainer.batch_size``).
         plots: ``None``, ``"html"`` (write ``<plots_dir>/dashboard.html`` at the end) or
-            ``"sidecar"`` (send plot payloads to the sidecar); see ``gometal.viz``.
+            ``"sidecar"`` (send plot payloads to the sidecar); see ``gometal.viz``. The
+            dashboard's path or URL is printed at the end unless ``verbose=0``.
         plots_dir: the dashboard's folder for ``plots="html"``.
 
     Returns:
