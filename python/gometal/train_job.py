@@ -12,12 +12,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from .serialization.atomic import write_atomically
+from .serialization.atomic import writable_folder_problem, write_atomically
 
 DEFAULT_OUT = "gometal-run"
 DEFAULT_LR = 2e-3
@@ -149,20 +148,9 @@ def prepare_output_folder(out: Path) -> None:
     Example:
         >>> prepare_output_folder(Path("gometal-run"))  # doctest: +SKIP
     """
-    if out.exists() and not out.is_dir():
-        raise TrainJobError(
-            f"--out {os.fspath(out)!r} is a file; pass a folder (it is created if missing)"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        # Creating a file is the only reliable test (permissions, read-only mounts, ACLs).
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise TrainJobError(
-            f"--out {os.fspath(out)!r} cannot be written ({err.strerror or err}); "
-            "pass a folder you can write to"
-        ) from err
+    problem = writable_folder_problem(out, "--out")
+    if problem is not None:
+        raise TrainJobError(problem)
 
 
 def check_data_folder(data_dir: Path) -> None:

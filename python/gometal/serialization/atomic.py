@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -135,3 +136,35 @@ def write_atomically(path: str | os.PathLike[str], data: bytes) -> None:
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
     with atomic_open(path) as handle:
         handle.write(data)
+
+
+def writable_folder_problem(folder: str | os.PathLike[str], option: str) -> str | None:
+    """Creates ``folder`` if missing and says why files cannot be written there, if so.
+
+    Creating a file is the only reliable test (permissions, read-only mounts, ACLs), so a
+    command can refuse a bad output folder before its work starts instead of after.
+
+    Args:
+        folder: the folder a command will write into.
+        option: the command-line option that named it, e.g. ``"--out"``, for the message.
+
+    Returns:
+        ``None`` when files can be written there, else a one-line reason naming ``option``.
+
+    Example:
+        >>> writable_folder_problem("gometal-run", "--out") is None  # doctest: +SKIP
+        True
+    """
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        return f"{option} {os.fspath(path)!r} is a file; pass a folder (it is created if missing)"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        return (
+            f"{option} {os.fspath(path)!r} cannot be written ({err.strerror or err}); "
+            "pass a folder you can write to"
+        )
+    return None

@@ -12,10 +12,10 @@ import math
 import os
 import socket
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from ..serialization.atomic import writable_folder_problem
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -117,21 +117,9 @@ def prepare_data_dir(data_dir: str | os.PathLike[str]) -> None:
     Example:
         >>> prepare_data_dir("gometal-plots")  # doctest: +SKIP
     """
-    path = Path(data_dir)
-    if path.exists() and not path.is_dir():
-        raise SidecarStartError(
-            f"--data-dir {os.fspath(path)!r} is a file; pass a folder (it is created if missing)"
-        )
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        # Creating a file is the only reliable test (permissions, read-only mounts, ACLs).
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise SidecarStartError(
-            f"--data-dir {os.fspath(path)!r} cannot be written ({err.strerror or err}); "
-            "pass a folder you can write to"
-        ) from err
+    problem = writable_folder_problem(data_dir, "--data-dir")
+    if problem is not None:
+        raise SidecarStartError(problem)
 
 
 def check_listen_address(host: str, port: int) -> None:
