@@ -61,6 +61,10 @@ def find_chromium() -> str:
     raise RuntimeError("Chromium is not installed (.ci/run installs Debian's chromium)")
 
 
+# The window every browser test renders in (the tests check screenshots against it).
+WINDOW = (1100, 800)
+
+
 class Browser:
     """One headless Chromium with a fresh profile, driven through one page target."""
 

@@ -1,6 +1,9 @@
-"""Shared fixtures: seeded random generators and small synthetic datasets."""
+"""Shared fixtures: seeded random generators, small synthetic datasets, a headless browser."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -45,3 +48,15 @@ def binary_data() -> tuple[np.ndarray, np.ndarray]:
     w = gen.standard_normal(8)
     y = (x @ w > 0).astype(np.float32)[:, None]
     return x, y
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One headless Chromium per test module (``cdp_browser.Browser``, ``WINDOW`` sized)."""
+    from cdp_browser import WINDOW, Browser
+
+    chromium = Browser(tmp_path_factory.mktemp("chromium") / "profile", window=WINDOW)
+    try:
+        yield chromium
+    finally:
+        chromium.close()

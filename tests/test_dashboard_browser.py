@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import gometal as gm
-from cdp_browser import RENDERED, Browser
+from cdp_browser import RENDERED, WINDOW, Browser
 
-WINDOW = (1100, 800)
 EPOCHS = 3
 PROBE_ROWS = 256  # the collector's default sample_size: the rows the plots are computed on
 SHOWN_FEATURES = 20  # a wide feature vector shows its 20 most important features
@@ -77,15 +75,6 @@ class Run:
     def of_type(self, plot_type: str) -> dict[str, Any]:
         (found,) = [f for f in self.figures if f["type"] == plot_type]
         return found
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    chromium = Browser(tmp_path_factory.mktemp("chromium") / "profile", window=WINDOW)
-    try:
-        yield chromium
-    finally:
-        chromium.close()
 
 
 def _digits(image_shape: tuple[int, ...]) -> list[np.ndarray]:

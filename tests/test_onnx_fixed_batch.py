@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -23,6 +22,7 @@ from torch import nn
 
 import gometal as gm
 from gometal.onnx import OnnxImportError, load
+from onnx_runtime import run_ort
 
 TOLERANCE = 1e-4
 EXPORT_BATCH = 2
@@ -128,13 +128,6 @@ def export_torch(module: nn.Module, path: Path, opset: int, **options: object) -
             input_names=["input"], output_names=["output"], **options,
         )  # fmt: skip
     return path
-
-
-def run_ort(path: Path, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
 def _torch_predict(module: nn.Module, x: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -20,6 +19,7 @@ import gometal as gm
 from gometal import layers as L
 from gometal.onnx import _safety
 from gometal.onnx.importer import OnnxImportError, load
+from onnx_runtime import run_ort
 
 TOLERANCE = 1e-4
 
@@ -96,13 +96,6 @@ def export_torch(module: nn.Module, x: torch.Tensor, path: Path, fold: bool = Tr
             dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
         )  # fmt: skip
     return path
-
-
-def run_ort(path: Path, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
 TORCH_MODELS = {

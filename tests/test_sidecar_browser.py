@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cdp_browser import RENDERED, Browser
+from cdp_browser import RENDERED, WINDOW, Browser
 from gometal.viz.payload import PLOT_TYPES
 from gometal.viz.sidecar_client import SidecarClient
 from sidecar_helpers import running_sidecar, sample_payload
 
-WINDOW = (1100, 800)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIN_COLOURS = 16  # a blank or single-colour page has far fewer
 
@@ -25,15 +24,6 @@ MIN_COLOURS = 16  # a blank or single-colour page has far fewer
 def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with running_sidecar(tmp_path_factory.mktemp("sidecar") / "data") as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    chromium = Browser(tmp_path_factory.mktemp("chromium") / "profile", window=WINDOW)
-    try:
-        yield chromium
-    finally:
-        chromium.close()
 
 
 def check_screenshot(browser: Browser, path: Path) -> None:
