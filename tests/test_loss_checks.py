@@ -126,3 +126,28 @@ def test_cross_entropy_on_one_output_is_refused_at_construction(loss):
         r"model has 1 output; .*bce_with_logits",
     ):
         gm.Trainer(model, loss=loss, optimizer="adam")
+
+
+def test_lbfgs_trial_point_outside_the_range_leaves_weights_and_memory_as_they_were():
+    # The first evaluation is valid (every output 0.5); a later trial point of the same step
+    # pushes outputs past 1, so the step is refused mid-way and must be undone.
+    x_in = gm.Input((2,))
+    model = gm.Model(x_in, gm.layers.Dense(1, name="fc")(x_in))
+    start = {"fc.weight": np.zeros((1, 2), np.float32), "fc.bias": np.full(1, 0.5, np.float32)}
+    model.set_weights(start)
+    optimizer = gm.optim.LBFGS(lr=1.0, max_iter=20)
+    trainer = gm.Trainer(model, loss="binary_cross_entropy", optimizer=optimizer)
+    x = np.random.default_rng(0).standard_normal((8, 2)).astype(np.float32)
+    y = np.ones((8, 1), np.float32)
+    assert trainer.evaluate(x, y)["loss"] == pytest.approx(np.log(2.0), rel=1e-6)
+    with pytest.raises(ValueError, match="should be between 0 and 1, got 1"):
+        trainer.train_batch(x, y)
+    for name, value in model.get_weights().items():
+        np.testing.assert_array_equal(value, start[name])
+    assert trainer.step == 0
+    fresh_model = gm.Model(x_in, gm.layers.Dense(1, name="fc")(x_in))
+    fresh_model.set_weights(start)
+    fresh = gm.Trainer(fresh_model, loss="binary_cross_entropy", optimizer=gm.optim.LBFGS())
+    scalars, vectors = trainer._host_optimizer.state()
+    fresh_scalars, fresh_vectors = fresh._host_optimizer.state()
+    assert scalars == fresh_scalars and vectors.keys() == fresh_vectors.keys()

@@ -2,6 +2,7 @@
 and non-trainable values as torch splits parameters and buffers."""
 
 import numpy as np
+import pytest
 import torch
 
 import gometal as gm
@@ -68,3 +69,9 @@ def test_an_imported_models_constants_are_not_called_running_statistics(tmp_path
     assert "running statistics" not in printed
     assert "Non-trainable params: 3" in printed
     assert f"Trainable params: {sum(p.numel() for p in net.parameters())}" in printed
+
+
+def test_summary_print_fn_must_be_callable():
+    model = gm.ModelBuilder((6,)).dense(2).build(seed=0)
+    with pytest.raises(TypeError, match="print_fn must be callable .* got str"):
+        model.summary(print_fn="lines")

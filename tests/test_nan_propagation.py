@@ -48,6 +48,58 @@ def test_activation_propagates_nan_like_torch(name, layer, reference):
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
+@pytest.mark.parametrize("name, layer, reference", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+def test_activation_gradient_propagates_nan_like_torch(name, layer, reference):
+    x_in = gm.Input((4,))
+    model = gm.Model(x_in, layer()(gm.layers.Dense(4, name="fc")(x_in)))
+    weight, bias = _weights_with_a_nan_row(4)
+    model.set_weights({"fc.weight": weight, "fc.bias": bias})
+    trainer = gm.Trainer(model, loss="mse", optimizer=gm.optim.SGD(lr=1.0))
+    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    target = np.full((5, 4), 0.25, np.float32)
+    trainer.train_batch(x, target)
+
+    w_t = torch.tensor(weight, requires_grad=True)
+    b_t = torch.tensor(bias, requires_grad=True)
+    out = reference(torch.nn.functional.linear(torch.from_numpy(x), w_t, b_t))
+    torch.nn.functional.mse_loss(out, torch.from_numpy(target)).backward()
+    got = model.get_weights()
+    expected_bias = (b_t - b_t.grad).detach().numpy()
+    assert np.isnan(expected_bias).any()
+    np.testing.assert_allclose(got["fc.bias"], expected_bias, rtol=1e-5, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        got["fc.weight"], (w_t - w_t.grad).detach().numpy(), rtol=1e-5, atol=1e-6, equal_nan=True
+    )
+
+
+@pytest.mark.parametrize("kernel, stride, width", [(2, 2, 20), (2, 2, 4), (3, 2, 11)])
+def test_max_pool_propagates_nan_from_any_window_position_like_torch(kernel, stride, width):
+    # NaN at different places of otherwise finite windows; the 2x2 case covers the
+    # eight-window vector path and its scalar tail. The NaN comes in through a weight.
+    g = _core.Graph()
+    x = g.input("x", (-1, 1, 4, width))
+    w = g.variable("w", (1, 1, 4, width))
+    pooled = g.op(
+        "max_pool2d", [g.op("mul", [x, w])], {"kernel_size": [kernel] * 2, "stride": [stride] * 2}
+    )
+    (grad,) = g.gradients(g.op("sum", [g.op("mul", [pooled, pooled])]), [w])
+    engine = _core.Engine(g)
+    engine.define("f", inputs=[x], outputs=[pooled, grad])
+    w_value = np.random.default_rng(3).standard_normal((1, 1, 4, width)).astype(np.float32)
+    for position in [(0, 0, 0, 1), (0, 0, 1, 0), (0, 0, 3, width - 1)]:
+        w_value[position] = np.nan
+    engine.set_variable("w", w_value)
+    x_value = np.random.default_rng(4).standard_normal((2, 1, 4, width)).astype(np.float32)
+    got, got_grad = engine.run("f", [x_value])
+
+    w_t = torch.tensor(w_value, requires_grad=True)
+    out = torch.nn.functional.max_pool2d(torch.from_numpy(x_value) * w_t, kernel, stride)
+    (out * out).sum().backward()
+    assert np.isnan(out.detach().numpy()).any()
+    np.testing.assert_array_equal(got, out.detach().numpy())
+    np.testing.assert_allclose(got_grad, w_t.grad.numpy(), rtol=1e-5, equal_nan=True)
+
+
 def test_relu_gradient_passes_through_nan_like_torch():
     g = _core.Graph()
     x = g.input("x", (-1, 3))

@@ -60,8 +60,13 @@ def test_fit_epoch_accuracy_pools_the_epoch(batch_size):
 
 def test_train_batch_accuracy_is_clamped_like_go_metal():
     trainer = _trained_trainer()
-    x, y = _problem(n=8)
-    far = y * 0 + 1000.0
-    result = trainer.train_batch(x, far)
-    assert result.accuracy == max(0.0, _pooled_accuracy(trainer.predict(x), far))
+    x, y = _problem()
+    # Tiny targets: the error is far larger than the targets, so 1 - NMAE is negative.
+    tiny = np.full_like(y, 1e-3)
+    assert _pooled_accuracy(trainer.predict(x), tiny) < -10
+    assert trainer.train_batch(x, tiny).accuracy == 0.0
+    assert trainer.evaluate(x, tiny)["accuracy"] == 0.0
     assert trainer.train_batch(x, np.zeros_like(y)).accuracy == 0.0  # NMAE undefined
+    expected = _pooled_accuracy(trainer.predict(x), y)
+    assert 0 < expected < 1
+    assert trainer.train_batch(x, y).accuracy == pytest.approx(expected, rel=1e-5)

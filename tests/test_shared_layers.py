@@ -137,30 +137,55 @@ def test_weights_loaded_into_the_model_are_what_every_trainer_continues_from(tmp
         np.testing.assert_array_equal(model.get_weights()[name], value)
 
 
-def test_moving_layers_between_engines_from_threads_keeps_one_consistent_copy():
-    model = _mlp()
-    x, y = _data()
-    trainers = [
-        gm.Trainer(model, loss="cross_entropy", optimizer=gm.optim.SGD(lr=0.0)) for _ in range(2)
-    ]
-    expected = model.predict(x)
+def _run_in_threads(*jobs):
     errors = []
 
-    def work(trainer):
+    def guarded(job):
         try:
-            for _ in range(20):
-                trainer.train_batch(x, y)  # lr 0: the weights must not change
-                model.get_weights()
+            job()
         except Exception as err:  # noqa: BLE001 - any failure is reported below
             errors.append(err)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in trainers]
+    threads = [threading.Thread(target=guarded, args=(job,)) for job in jobs]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
-    assert not errors
-    np.testing.assert_array_equal(model.predict(x), expected)
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung"
+    assert not errors, errors
+
+
+def test_engines_sharing_layers_on_threads_lose_no_update_and_never_see_half_a_step():
+    # Zero inputs and targets far above the outputs: each bias gets the gradient -1/2 (the
+    # mean over two outputs), so every SGD step with lr 2 adds exactly 1 to each bias and
+    # leaves the weights: the count of steps is exact.
+    x_in = gm.Input((3,))
+    head = gm.layers.Dense(2, name="head")
+    model = gm.Model(x_in, head(x_in))
+    model.set_weights({"head.bias": np.zeros(2, np.float32)})
+    x, far = np.zeros((4, 3), np.float32), np.full((4, 2), 1e6, np.float32)
+    t1 = gm.Trainer(model, loss="mae", optimizer=gm.optim.SGD(lr=2.0))
+    t2 = gm.Trainer(model, loss="mae", optimizer=gm.optim.SGD(lr=2.0))
+    steps = 150
+    torn = []
+
+    def train(trainer):
+        return lambda: [trainer.train_batch(x, far) for _ in range(steps)]
+
+    def read():
+        for _ in range(steps):
+            # Another model on the same layer takes the weights for its own engine...
+            viewer = gm.Model(x_in, head(x_in))
+            predicted = viewer.predict(x)
+            # ...and every read shows one step's state: both biases always equal.
+            bias = model.get_weights()["head.bias"]
+            if bias[0] != bias[1] or predicted[0, 0] != predicted[0, 1]:
+                torn.append((bias, predicted[0]))
+
+    _run_in_threads(train(t1), train(t2), read)
+    assert not torn
+    np.testing.assert_array_equal(model.get_weights()["head.bias"], [2 * steps, 2 * steps])
+    assert t1.step == steps and t2.step == steps
 
 
 def test_layer_weights_before_any_model_raise_a_clear_error():
@@ -169,3 +194,26 @@ def test_layer_weights_before_any_model_raise_a_clear_error():
     layer(gm.Input((4,)))
     with pytest.raises(RuntimeError, match="build a model on it first"):
         layer.get_weights()
+
+
+def test_each_build_of_a_builder_is_an_independent_model_with_its_seed():
+    builder = gm.ModelBuilder((6,)).dense(8).relu().dense(3)
+    first, second = builder.build(seed=0), builder.build(seed=1)
+    reference = gm.ModelBuilder((6,)).dense(8).relu().dense(3).build(seed=1)
+    for name, value in reference.get_weights().items():
+        np.testing.assert_array_equal(second.get_weights()[name], value)
+    assert not np.array_equal(
+        first.get_weights()["dense_0.weight"], second.get_weights()["dense_0.weight"]
+    )
+    x, y = _data()
+    before = second.get_weights()
+    gm.Trainer(first, loss="cross_entropy", optimizer=gm.optim.SGD(lr=0.5)).train_batch(x, y)
+    for name, value in second.get_weights().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_setting_weights_of_a_layer_before_any_model_is_a_clear_error():
+    layer = gm.layers.Dense(3)
+    layer(gm.Input((4,)))
+    with pytest.raises(RuntimeError, match=r"Dense layer has no weights yet: call it .* first"):
+        layer.set_weights({"bias": np.zeros(3)})

@@ -122,6 +122,14 @@ py::list run(Engine& engine, const std::string& name, const py::sequence& arrays
   return out;
 }
 
+// Runs `fn` holding the engine's lock, with the GIL released while waiting for it.
+template <class Fn>
+void locked(Engine& engine, Fn&& fn) {
+  py::gil_scoped_release release;
+  std::lock_guard<std::mutex> lock(engine.mutex());
+  fn();
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -166,23 +174,42 @@ PYBIND11_MODULE(_core, m) {
            }, py::arg("name"), py::arg("batch"))
       .def("variable_names", &Engine::variable_names)
       .def("variable_shape", [](const Engine& e, const std::string& n) { return to_tuple(e.variable_shape(n)); })
-      .def("get_variable", [](const Engine& e, const std::string& name) {
+      // Reads and writes of engine state take the engine's lock, as a step does, so they never
+      // see or make half a step. The GIL is released first: a step holds the lock while it
+      // converts its outputs, which needs the GIL.
+      .def("get_variable", [](Engine& e, const std::string& name) {
         const Shape s = e.variable_shape(name);
         py::array_t<float> out(std::vector<py::ssize_t>(s.begin(), s.end()));
-        e.get_variable(name, out.mutable_data());
+        float* dst = out.mutable_data();
+        locked(e, [&] { e.get_variable(name, dst); });
         return out;
       })
       .def("set_variable", [](Engine& e, const std::string& name, py::array value) {
         auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(value);
         if (!a) throw py::type_error("[set_variable] '" + name + "' expects a float array");
-        e.set_variable(name, a.data(), Shape(a.shape(), a.shape() + a.ndim()));
+        const Shape shape(a.shape(), a.shape() + a.ndim());
+        const float* src = a.data();
+        locked(e, [&] { e.set_variable(name, src, shape); });
       })
-      .def("set_scalar", &Engine::set_scalar)
-      .def("get_scalar", &Engine::get_scalar)
-      .def_property("rng_step", &Engine::rng_step, &Engine::set_rng_step)
+      .def("set_scalar", [](Engine& e, const std::string& name, float value) {
+        locked(e, [&] { e.set_scalar(name, value); });
+      })
+      .def("get_scalar", [](Engine& e, const std::string& name) {
+        float value = 0.0f;
+        locked(e, [&] { value = e.get_scalar(name); });
+        return value;
+      })
+      .def_property("rng_step",
+          [](Engine& e) {
+            uint64_t step = 0;
+            locked(e, [&] { step = e.rng_step(); });
+            return step;
+          },
+          [](Engine& e, uint64_t step) { locked(e, [&] { e.set_rng_step(step); }); })
       .def_property_readonly("seed", &Engine::seed)
-      .def("stats", [](const Engine& e) {
-        const EngineStats s = e.stats();
+      .def("stats", [](Engine& e) {
+        EngineStats s;
+        locked(e, [&] { s = e.stats(); });
         py::dict d;
         d["arena_bytes"] = s.arena_bytes;
         d["persistent_bytes"] = s.persistent_bytes;

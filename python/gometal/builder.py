@@ -35,6 +35,7 @@ class ModelBuilder:
         self._output = self._input
         self._taken_names: set[str] = set()
         self._name_counters: dict[str, int] = {}
+        self._layers: list[Layer] = []
 
     def add(self, layer: Layer) -> ModelBuilder:
         """Appends any single-input layer; the chaining methods below call this.
@@ -61,6 +62,7 @@ class ModelBuilder:
             label = next_auto_name(layer.kind, taken, counters)
         self._output = layer._call(self._output, label)
         self._taken_names, self._name_counters = taken, counters
+        self._layers.append(layer)
         return self
 
     def dense(self, units: int, use_bias: bool = True, name: str | None = None) -> ModelBuilder:
@@ -250,6 +252,10 @@ class ModelBuilder:
     def build(self, seed: int = 0) -> Model:
         """Creates the model and initializes its weights.
 
+        The first build uses the layers as added; each later build gets fresh layers of the
+        same configuration, so every ``build(seed)`` is an independent model (building on
+        shared layers is the functional API's job: ``gm.Model(...)``).
+
         Args:
             seed: seed for weight initialization.
 
@@ -259,4 +265,10 @@ class ModelBuilder:
         Example:
             >>> model = gm.ModelBuilder((4,)).dense(1).build(seed=0)
         """
-        return Model(self._input, self._output, seed=seed)
+        if not any(layer.weight_store.initialized for layer in self._layers):
+            return Model(self._input, self._output, seed=seed)
+        x = Input(self._input.sample_shape)
+        output = x
+        for layer in self._layers:
+            output = type(layer).from_config(layer.get_config())(output)
+        return Model(x, output, seed=seed)

@@ -18,7 +18,7 @@ import numpy as np
 from . import _core
 from ._arrays import as_input_batch, check_batch_size, check_seed
 from .layers.base import EmitContext, Layer, check_weight_values
-from .layers.weight_store import EngineWeights
+from .layers.weight_store import EngineWeights, holding_weights
 from .tensor import LayerCall, SymbolicTensor
 
 # Default rows per inference call: large enough to amortize the call, small enough that
@@ -124,8 +124,9 @@ def predict_with_engine(
     rows = inference_batch_size(batch_size)
     # The engine rejects NaN and inf itself, naming the input, so no second pass here.
     x = as_input_batch(x, sample_shape, check_finite=False)
-    engine = held.ensure()
-    chunks = [np.asarray(engine.run(function, [x[r]])[0]) for r in iter_batches(len(x), rows)]
+    # One weight set for the whole call: a trainer sharing the layers waits until it ends.
+    with held.use() as engine:
+        chunks = [np.asarray(engine.run(function, [x[r]])[0]) for r in iter_batches(len(x), rows)]
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0)
 
 
@@ -350,9 +351,10 @@ class Model:
             (128, 64)
         """
         weights: dict[str, np.ndarray] = {}
-        for layer in self._layers:
-            for local, value in layer.get_weights().items():
-                weights[f"{layer.name}.{local}"] = value
+        with holding_weights(self._layers):  # all from one moment, never half a step
+            for layer in self._layers:
+                for local, value in layer.get_weights().items():
+                    weights[f"{layer.name}.{local}"] = value
         return weights
 
     def set_weights(self, weights: Mapping[str, Any]) -> None:
@@ -369,11 +371,12 @@ class Model:
             >>> model.set_weights({"dense_0.bias": np.zeros(128)})
         """
         converted = check_weight_values(weights, self._weight_shapes, "this model")
-        for layer in self._layers:
-            prefix = f"{layer.name}."
-            mine = {k[len(prefix) :]: v for k, v in converted.items() if k.startswith(prefix)}
-            if mine:
-                layer.weight_store.set(mine)
+        with holding_weights(self._layers):  # no engine runs on a half-written set
+            for layer in self._layers:
+                prefix = f"{layer.name}."
+                mine = {k[len(prefix) :]: v for k, v in converted.items() if k.startswith(prefix)}
+                if mine:
+                    layer.weight_store.set(mine)
 
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """Runs the inference forward pass (dropout off) and returns the raw outputs.
@@ -402,6 +405,11 @@ class Model:
             >>> model.summary()  # doctest: +SKIP
             >>> lines = []; model.summary(print_fn=lines.append)  # doctest: +SKIP
         """
+        if print_fn is not None and not callable(print_fn):
+            raise TypeError(
+                f"summary's print_fn must be callable (e.g. print or a list's append), "
+                f"got {type(print_fn).__name__}"
+            )
         emit = print if print_fn is None else print_fn
         for line in self._summary_lines():
             emit(line)

@@ -8,6 +8,7 @@ engine; ``train_batch`` is exactly one native call.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from ._mixed_precision import Bf16Graph, LossScaler
 from ._precision import DEFAULT_GROWTH_INTERVAL, check_growth_interval, plan_precision
 from .layers.base import EmitContext
 from .layers.weight_store import EngineWeights
-from .metrics._in_graph import AccuracyTotals
+from .metrics import AccuracyTotals
 from .model import Model, predict_with_engine
 from .tensor import BATCH
 from .training.evaluation import evaluate as _evaluate
@@ -195,8 +196,13 @@ class Trainer:
 
     @property
     def _engine(self) -> Any:
-        # Layers this trainer shares with another model's engine come back before each use.
-        return self._held.ensure()
+        # The engine itself, for its scalars and plans; weights are run and read under
+        # `_using_engine`, which takes shared layers back first.
+        return self._held.engine
+
+    def _using_engine(self) -> contextlib.AbstractContextManager[Any]:
+        """Holds the weights' lock with every layer in this trainer's engine; yields it."""
+        return self._held.use()
 
     def _set_precision(self, mode: Any, loss_scaling: Any, growth_interval: Any) -> None:
         """Checks the mixed-precision arguments and decides what the graph runs."""
@@ -248,12 +254,12 @@ class Trainer:
             >>> result = trainer.train_batch(x_batch, y_batch)  # doctest: +SKIP
         """
         x, y = self._prepare(x, y)
-        engine = self._engine
-        if self._host_optimizer is not None:
-            loss, accuracy = self._host_optimizer.step(x, y, self.learning_rate)
-            engine.set_variable(STEP_VARIABLE, np.array(self.step + 1, np.float32))
-        else:
-            loss, accuracy = engine.run("train", [x, y])
+        with self._using_engine() as engine:
+            if self._host_optimizer is not None:
+                loss, accuracy = self._host_optimizer.step(x, y, self.learning_rate)
+                engine.set_variable(STEP_VARIABLE, np.array(self.step + 1, np.float32))
+            else:
+                loss, accuracy = engine.run("train", [x, y])
         totals = self._accuracy_totals(accuracy, len(x))
         return StepResult(loss=float(loss), accuracy=totals.value, totals=totals)
 

@@ -303,6 +303,8 @@ void infer_shape(Node& n, const std::vector<Node>& nodes) {
 
     case OpKind::CheckRange:
       check_float(n, in(0), op);
+      if (n.attrs.name.empty() || n.attrs.message.empty())
+        fail(op, "needs a label (the op it guards) and a message (the rule), both non-empty");
       if (!(n.attrs.low <= n.attrs.high))
         fail(op, "needs low <= high, got [" + std::to_string(n.attrs.low) + ", " + std::to_string(n.attrs.high) + "]");
       n.shape = {};  // a zero scalar: the value is never read, the check is what runs

@@ -10,6 +10,7 @@ parameters back into the engine.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,6 +205,17 @@ class LBFGSRunner:
         """
         lr = check_learning_rate(lr)
         objective = _EngineObjective(self.engine, self.parameter_names, x, y)
+        # A trial point may fail (a loss's check_range raises): the step then changes
+        # nothing, parameters and curvature memory alike, as a refused step does elsewhere.
+        start_parameters, start_memory = objective.parameters(), copy.deepcopy(self.memory)
+        try:
+            return self._step(objective, lr)
+        except Exception:
+            objective.set_parameters(start_parameters)
+            self.memory = start_memory
+            raise
+
+    def _step(self, objective: _EngineObjective, lr: float) -> tuple[float, float]:
         settings, memory = self.optimizer, self.memory
         loss, accuracy, grad = objective.evaluate()
         reported = (loss, accuracy)

@@ -63,7 +63,9 @@ class ELU(Layer):
         # exp of min(x, 0) so the unselected branch cannot overflow into inf * 0 = NaN gradients.
         expm1 = op(g, "sub", op(g, "exp", op(g, "minimum", x, const(g, 0.0))), const(g, 1.0))
         negative_part = op(g, "mul", expm1, const(g, self.alpha))
-        return op(g, "select", op(g, "greater", x, const(g, 0.0)), x, negative_part)
+        # Selecting on x <= 0 (not x > 0) sends a NaN down the x branch, value and gradient,
+        # as torch's ELU does.
+        return op(g, "select", op(g, "greater_equal", const(g, 0.0), x), negative_part, x)
 
 
 class Sigmoid(Layer):

@@ -251,10 +251,16 @@ class Layer:
         Raises:
             ValueError: an unknown name or a wrong shape (nothing is changed then).
             TypeError: a non-numeric value.
+            RuntimeError: the layer has not been built into a model yet.
 
         Example:
             >>> layer.set_weights({"bias": np.zeros(128)})  # doctest: +SKIP
         """
+        if self._weight_specs and not self.weight_store.initialized:
+            raise RuntimeError(
+                f"{self._describe(self.name)} has no weights yet: call it on an input and "
+                "build a model on it (gm.Model or ModelBuilder.build) first"
+            )
         shapes = {spec.name: spec.shape for spec in self._weight_specs}
         self.weight_store.set(check_weight_values(weights, shapes, f"layer '{self.name}'"))
 

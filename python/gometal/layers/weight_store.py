@@ -9,23 +9,75 @@ call. So two trainers of one model update one set of weights, each with its own 
 state, as two ``torch.optim`` optimizers over the same parameters do; never two copies that
 silently diverge.
 
-Moving layers between engines is thread-safe. Running two engines that share layers on two
-threads at the same time is not supported (as stepping two torch optimizers over the same
-parameters concurrently is not): each call takes its layers back first, so the last one wins.
+Threads: layers that have ever run in one engine share one lock (their *group*; building an
+engine over layers of several groups merges them). Every engine call, weight read and weight
+write holds its group's lock, so calls on engines that share layers take turns and each sees
+the other's finished updates, reads never see half a step, and engines with nothing in
+common still run in parallel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
+# Guards moves and merges of groups; always taken after a group lock, never before one.
 _lock = threading.RLock()
 # Bumped whenever any layer moves to another engine: an engine whose last look at its
 # layers is as new as this holds all of them, so the check per call is one comparison.
 _moves = 0
+
+
+class _Group:
+    """Layers whose weights have shared an engine: one lock for all of them."""
+
+    __slots__ = ("lock", "parent")
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.parent: _Group | None = None  # set when merged into another group
+
+    def root(self) -> _Group:
+        group = self
+        while group.parent is not None:
+            group = group.parent
+        return group
+
+
+@contextlib.contextmanager
+def _holding(group: _Group) -> Iterator[None]:
+    """Holds the lock of ``group``'s current root (re-checked after waiting: it may have been
+    merged into another group meanwhile)."""
+    while True:
+        root = group.root()
+        root.lock.acquire()
+        if root.parent is None:
+            break
+        root.lock.release()
+    try:
+        yield
+    finally:
+        root.lock.release()
+
+
+def _merge(groups: Iterable[_Group]) -> _Group:
+    """Merges ``groups`` into one and returns it, waiting for calls running under any of them."""
+    while True:
+        roots = sorted({id(g.root()): g.root() for g in groups}.values(), key=id)
+        for root in roots:  # in one global order, so two merges cannot deadlock
+            root.lock.acquire()
+        try:
+            if all(root.parent is None for root in roots):
+                for other in roots[1:]:
+                    other.parent = roots[0]
+                return roots[0]
+        finally:
+            for root in reversed(roots):
+                root.lock.release()
 
 
 class LayerWeights:
@@ -42,6 +94,7 @@ class LayerWeights:
         self._values: dict[str, np.ndarray] | None = None
         self._engine: Any = None
         self._prefix = ""
+        self._group = _Group()
 
     @property
     def initialized(self) -> bool:
@@ -55,23 +108,19 @@ class LayerWeights:
 
     def initialize(self, values: Mapping[str, np.ndarray]) -> None:
         """Gives a layer that has no weights yet its first values (float32 copies)."""
-        with _lock:
+        with _holding(self._group):
             if self.initialized:
                 raise RuntimeError("the layer's weights are already initialized")
             self._values = {k: np.array(v, dtype=np.float32) for k, v in values.items()}
 
     def get(self, names: Iterable[str]) -> dict[str, np.ndarray]:
         """Copies of the weights ``names`` (local names such as ``"weight"``), in order."""
-        with _lock:
-            if self._engine is not None:
-                return {n: np.array(self._engine.get_variable(self._prefix + n)) for n in names}
-            if self._values is None:
-                raise RuntimeError("the layer has no weights yet: build a model on it first")
-            return {n: self._values[n].copy() for n in names}
+        with _holding(self._group):
+            return self._get_locked(names)
 
     def set(self, values: Mapping[str, np.ndarray]) -> None:
         """Overwrites some weights with already checked float32 arrays."""
-        with _lock:
+        with _holding(self._group):
             if self._engine is not None:
                 for name, value in values.items():
                     self._engine.set_variable(self._prefix + name, value)
@@ -81,22 +130,45 @@ class LayerWeights:
             else:
                 raise RuntimeError("the layer has no weights yet: build a model on it first")
 
-    def move_to(self, engine: Any, prefix: str, names: Iterable[str]) -> None:
+    def _get_locked(self, names: Iterable[str]) -> dict[str, np.ndarray]:
+        if self._engine is not None:
+            return {n: np.array(self._engine.get_variable(self._prefix + n)) for n in names}
+        if self._values is None:
+            raise RuntimeError("the layer has no weights yet: build a model on it first")
+        return {n: self._values[n].copy() for n in names}
+
+    def _move_to(self, engine: Any, prefix: str, names: Iterable[str]) -> None:
         """Copies the current values into ``engine`` (variables ``prefix + name``) and makes
-        it their home. Callers hold the module lock."""
+        it their home. The caller holds the group lock and the module lock."""
         global _moves
-        current = self.get(names)
-        for name, value in current.items():
+        for name, value in self._get_locked(names).items():
             engine.set_variable(prefix + name, value)
         self._engine, self._prefix, self._values = engine, prefix, None
         _moves += 1
 
 
+@contextlib.contextmanager
+def holding_weights(layers: Iterable[Any]) -> Iterator[None]:
+    """Holds the locks of ``layers``' weights, so that reading several layers gives values
+    of one moment (no engine that runs them is half-way through a step).
+
+    Example:
+        >>> with holding_weights(model.layers): snapshot = model.get_weights()  # doctest: +SKIP
+    """
+    stores = [layer.weight_store for layer in layers if layer.weight_specs]
+    with contextlib.ExitStack() as stack:
+        roots = sorted({id(s._group.root()): s._group for s in stores}.values(), key=id)
+        for group in roots:
+            stack.enter_context(_holding(group))
+        yield
+
+
 class EngineWeights:
     """An engine's hold on the weights of the layers it runs.
 
-    Creating it takes the layers (their current values go into the engine); ``ensure``
-    takes back any layer another engine has taken since, before the engine runs.
+    Creating it merges the layers' lock groups and takes the layers (their current values
+    go into the engine); ``use`` takes back any layer another engine has taken since and
+    holds the group's lock while the caller runs the engine.
 
     Args:
         engine: a ``_core.Engine`` that declares a variable ``<layer>.<weight>`` per weight.
@@ -104,23 +176,28 @@ class EngineWeights:
 
     Example:
         >>> held = EngineWeights(engine, model.layers)  # doctest: +SKIP
-        >>> held.ensure(); engine.run("predict", [x])  # doctest: +SKIP
+        >>> with held.use() as engine:  # doctest: +SKIP
+        ...     engine.run("predict", [x])
     """
 
     def __init__(self, engine: Any, layers: Iterable[Any]):
         self.engine = engine
         self._layers = [layer for layer in layers if layer.weight_specs]
         self._seen = -1
-        self.ensure()
+        self._group = _merge([layer.weight_store._group for layer in self._layers] or [_Group()])
+        with self.use():
+            pass
 
-    def ensure(self) -> Any:
-        """Takes back every layer held elsewhere; returns the engine, ready to run."""
-        if self._seen != _moves:
-            with _lock:
-                for layer in self._layers:
-                    store = layer.weight_store
-                    if store.engine is not self.engine:
-                        names = [spec.name for spec in layer.weight_specs]
-                        store.move_to(self.engine, f"{layer.name}.", names)
-                self._seen = _moves
-        return self.engine
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Any]:
+        """Holds the weights' lock with every layer in this engine; yields the engine."""
+        with _holding(self._group):
+            if self._seen != _moves:
+                with _lock:
+                    for layer in self._layers:
+                        store = layer.weight_store
+                        if store.engine is not self.engine:
+                            names = [spec.name for spec in layer.weight_specs]
+                            store._move_to(self.engine, f"{layer.name}.", names)
+                    self._seen = _moves
+            yield self.engine

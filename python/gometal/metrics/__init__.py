@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 from ._in_graph import (
+    AccuracyTotals,
     BatchAccuracy,
     argmax_agreement,
     argmax_matches,
@@ -85,6 +86,7 @@ __all__ = [
     "R2",
     "RMSE",
     "Accuracy",
+    "AccuracyTotals",
     "BatchAccuracy",
     "ConfusionMatrix",
     "F1Score",

@@ -198,14 +198,16 @@ def save_checkpoint(
     Example:
         >>> save_checkpoint(trainer, "run/ckpt.safetensors")  # doctest: +SKIP
     """
-    engine = trainer._engine
-    tensors = {name: np.asarray(engine.get_variable(name)) for name in engine.variable_names()}
+    # One moment's state: no step of this trainer, or of one sharing its layers, in between.
+    with trainer._using_engine() as engine:
+        tensors = {name: np.asarray(engine.get_variable(name)) for name in engine.variable_names()}
+        rng_step = int(engine.rng_step)
     training = {
         "loss": loss_to_config(trainer.loss),
         "optimizer": optimizer_to_config(trainer.optimizer),
         "batch_size": trainer.batch_size,
         "seed": int(engine.seed),
-        "rng_step": int(engine.rng_step),
+        "rng_step": rng_step,
         "learning_rate": trainer.learning_rate,
         "epoch": int(getattr(trainer, "epoch", 0)),
         "step": trainer.step,

@@ -110,20 +110,22 @@ def go_metal_document(trainer: Trainer, description: str | None = None) -> dict[
     from .. import __version__
     from ..trainer import STEP_VARIABLE
 
-    engine, model = trainer._engine, trainer.model
+    model = trainer.model
+    with trainer._using_engine() as engine:  # one moment's weights and optimizer state
+        values = {name: np.asarray(engine.get_variable(name)) for name in engine.variable_names()}
     weights = []
     for name in model.weight_shapes:
         layer_name, _, kind = name.partition(".")
-        entry = _tensor_entry(name, np.asarray(engine.get_variable(name)))
+        entry = _tensor_entry(name, values[name])
         weights.append({**entry, "layer": layer_name, "type": kind})
     trainable = model.trainable_weight_names
     slots = []
-    for name in engine.variable_names():
+    for name, value in values.items():
         if name in model.weight_shapes or name == STEP_VARIABLE:
             continue
         owner = next((p for p in trainable if name.startswith(p + ".")), None)
         state_type = name[len(owner) + 1 :] if owner else name.rsplit(".", 1)[-1]
-        entry = _tensor_entry(name, np.asarray(engine.get_variable(name)))
+        entry = _tensor_entry(name, value)
         slots.append({**entry, "state_type": state_type})
     optimizer = optimizer_to_config(trainer.optimizer)
     history = getattr(trainer, "history", None)

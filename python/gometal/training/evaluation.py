@@ -109,7 +109,6 @@ def run_evaluation(
     Example:
         >>> run_evaluation(trainer, loader, [], "validation")["loss"]  # doctest: +SKIP
     """
-    engine = trainer._engine
     predict = "predict_proba" if trainer._has_probabilities else "predict"
     for metric in metrics:
         metric.reset()
@@ -119,13 +118,15 @@ def run_evaluation(
     for x, y in batches:
         x, y = trainer._prepare(x, y)
         count = len(x)
-        loss, accuracy = engine.run("eval", [x, y])
+        with trainer._using_engine() as engine:
+            loss, accuracy = engine.run("eval", [x, y])
+            if metrics:
+                (outputs,) = engine.run(predict, [x])
         total_loss += float(loss) * count
         batch_totals = trainer._accuracy_totals(accuracy, count)
         totals = batch_totals if totals is None else totals + batch_totals
         seen += count
         if metrics:
-            (outputs,) = engine.run(predict, [x])
             outputs = np.asarray(outputs)
             for metric in metrics:
                 metric.update(y, outputs)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._arrays import check_batch_size, check_seed
-from ..metrics._in_graph import COUNT, AccuracyTotals
+from ..metrics import AccuracyTotals
 from .base import Callback, overrides
 from .callbacks import check_callbacks
 from .data import as_batches, is_array_pair, loader_length, set_loader_epoch
@@ -109,7 +109,7 @@ def _train_epoch(
             samples += count
             loss_sum += result.loss * count
             # A result without totals (a custom train_batch) counts as correct samples.
-            batch_totals = result.totals or AccuracyTotals(COUNT, result.accuracy * count, count)
+            batch_totals = result.totals or AccuracyTotals("count", result.accuracy * count, count)
             totals = batch_totals if totals is None else totals + batch_totals
             if batch_scheduler is not None:
                 batch_scheduler.step()

@@ -30,12 +30,16 @@ Window window(const ConvGeometry& g, int64_t oy, int64_t ox) {
   return {std::max<int64_t>(ys, 0), std::min(ys + g.kh, g.h), std::max<int64_t>(xs, 0), std::min(xs + g.kw, g.w)};
 }
 
+// Whether `v` replaces `best` as a window's maximum: a larger value, or any NaN. As in
+// torch, a NaN anywhere makes the pooled value NaN and the gradient goes to the last NaN.
+inline bool beats(float v, float best) { return v > best || v != v; }
+
 // Index (within the plane) of the first maximum of a window, scanning rows then columns.
 int64_t argmax_in(const ConvGeometry& g, const float* plane, const Window& w) {
   int64_t best = w.y0 * g.w + w.x0;
   for (int64_t iy = w.y0; iy < w.y1; ++iy)
     for (int64_t ix = w.x0; ix < w.x1; ++ix)
-      if (plane[iy * g.w + ix] > plane[best]) best = iy * g.w + ix;
+      if (beats(plane[iy * g.w + ix], plane[best])) best = iy * g.w + ix;
   return best;
 }
 
@@ -47,7 +51,7 @@ int64_t argmax_unpadded(const ConvGeometry& g, const float* plane, int64_t oy, i
   for (int64_t ky = 0; ky < g.kh; ++ky) {
     const float* row = plane + (y0 + ky) * g.w + x0;
     for (int64_t kx = 0; kx < g.kw; ++kx)
-      if (row[kx] > best_value) {
+      if (beats(row[kx], best_value)) {
         best_value = row[kx];
         best = (y0 + ky) * g.w + x0 + kx;
       }
@@ -78,8 +82,10 @@ inline Vec8 odd_lanes(Vec8 a, Vec8 b) { return GOMETAL_SHUFFLE8(a, b, 1, 3, 5, 7
 inline Vec8 interleave_low(Vec8 a, Vec8 b) { return GOMETAL_SHUFFLE8(a, b, 0, 8, 1, 9, 2, 10, 3, 11); }
 inline Vec8 interleave_high(Vec8 a, Vec8 b) { return GOMETAL_SHUFFLE8(a, b, 4, 12, 5, 13, 6, 14, 7, 15); }
 
-// std::max's rule, (x < y) ? y : x, on eight lanes: NaN handling matches the scalar tail.
-inline Vec8 max8(Vec8 x, Vec8 y) { return x < y ? y : x; }
+// The larger of x and y, or NaN when either is (torch's max pooling propagates NaN).
+inline Vec8 max8(Vec8 x, Vec8 y) { return (x < y) | (y != y) ? y : x; }
+inline float max1(float x, float y) { return (x < y) || (y != y) ? y : x; }
+
 
 // Eight windows at a time: even and odd input columns are split with shuffles.
 void max_pool_2x2(const ConvGeometry& g, const float* in, float* out) {
@@ -95,23 +101,25 @@ void max_pool_2x2(const ConvGeometry& g, const float* in, float* out) {
                           max8(even_lanes(b0, b1), odd_lanes(b0, b1))));
     }
     for (; ox < g.ow; ++ox)
-      o[ox] = std::max(std::max(r0[2 * ox], r0[2 * ox + 1]), std::max(r1[2 * ox], r1[2 * ox + 1]));
+      o[ox] = max1(max1(r0[2 * ox], r0[2 * ox + 1]), max1(r1[2 * ox], r1[2 * ox + 1]));
   }
 }
 
-// Which of a window's values (a, b / c, d: top row, bottom row) gets the gradient: the
-// first maximum in row-major order, as torch. Comparisons with NaN are false, as in the
-// scalar loop, so both paths route the same way.
+// Which of a window's values (a, b / c, d: top row, bottom row) gets the gradient, as
+// torch: the first maximum in row-major order, or the last NaN when the window holds one.
 template <class V, class M>
 inline void route_first_max(V a, V b, V c, V d, V g, V zero, V* ga, V* gb, V* gc, V* gd) {
-  const M first = (a >= b) & (a >= c) & (a >= d);
-  const M second = ~first & (b >= c) & (b >= d);
-  const M third = ~first & ~second & (c >= d);
-  const M fourth = ~(first | second | third);
-  *ga = first ? g : zero;
-  *gb = second ? g : zero;
-  *gc = third ? g : zero;
-  *gd = fourth ? g : zero;
+  const M nan_d = d != d, nan_c = (c != c) & ~nan_d, nan_b = (b != b) & ~(nan_c | nan_d);
+  const M nan_a = (a != a) & ~(nan_b | nan_c | nan_d);
+  const M finite = ~(nan_a | nan_b | nan_c | nan_d);
+  const M first = finite & (a >= b) & (a >= c) & (a >= d);
+  const M second = finite & ~first & (b >= c) & (b >= d);
+  const M third = finite & ~first & ~second & (c >= d);
+  const M fourth = finite & ~(first | second | third);
+  *ga = first | nan_a ? g : zero;
+  *gb = second | nan_b ? g : zero;
+  *gc = third | nan_c ? g : zero;
+  *gd = fourth | nan_d ? g : zero;
 }
 
 // Sends each output's gradient to the first maximum of its window (row-major), as torch;
@@ -137,16 +145,14 @@ void max_pool_2x2_grad(const ConvGeometry& g, const float* in, const float* dy, 
       store8(d1 + 2 * ox + 8, interleave_high(gc, gd));
     }
     for (; ox < g.ow; ++ox) {
-      const float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
-      const bool first = a >= b && a >= c && a >= d;
-      const bool second = !first && b >= c && b >= d;
-      const bool third = !first && !second && c >= d;
-      const bool fourth = !first && !second && !third;
-      const float gv = grad[ox];
-      d0[2 * ox] = first ? gv : 0.0f;
-      d0[2 * ox + 1] = second ? gv : 0.0f;
-      d1[2 * ox] = third ? gv : 0.0f;
-      d1[2 * ox + 1] = fourth ? gv : 0.0f;
+      // The last windows of a row go through lane 0 of the same rule.
+      const Vec8 a = {r0[2 * ox]}, b = {r0[2 * ox + 1]}, c = {r1[2 * ox]}, d = {r1[2 * ox + 1]};
+      Vec8 ga, gb, gc, gd;
+      route_first_max<Vec8, Mask8>(a, b, c, d, Vec8{grad[ox]}, zero, &ga, &gb, &gc, &gd);
+      d0[2 * ox] = ga[0];
+      d0[2 * ox + 1] = gb[0];
+      d1[2 * ox] = gc[0];
+      d1[2 * ox + 1] = gd[0];
     }
   }
 }
