@@ -72,10 +72,17 @@ def test_activation_gradient_propagates_nan_like_torch(name, layer, reference):
     )
 
 
-@pytest.mark.parametrize("kernel, stride, width", [(2, 2, 20), (2, 2, 4), (3, 2, 11)])
-def test_max_pool_propagates_nan_from_any_window_position_like_torch(kernel, stride, width):
+@pytest.mark.parametrize(
+    "kernel, stride, width, special",
+    [(2, 2, 20, np.nan), (2, 2, 4, np.nan), (3, 2, 11, np.nan), (2, 2, 20, "infinities")],
+)
+def test_max_pool_propagates_nan_from_any_window_position_like_torch(
+    kernel, stride, width, special
+):
     # NaN at different places of otherwise finite windows; the 2x2 case covers the
     # eight-window vector path and its scalar tail. The NaN comes in through a weight.
+    # Infinities of both signs (and no NaN) take the NaN-aware path too, and must route
+    # as torch does.
     g = _core.Graph()
     x = g.input("x", (-1, 1, 4, width))
     w = g.variable("w", (1, 1, 4, width))
@@ -86,8 +93,9 @@ def test_max_pool_propagates_nan_from_any_window_position_like_torch(kernel, str
     engine = _core.Engine(g)
     engine.define("f", inputs=[x], outputs=[pooled, grad])
     w_value = np.random.default_rng(3).standard_normal((1, 1, 4, width)).astype(np.float32)
-    for position in [(0, 0, 0, 1), (0, 0, 1, 0), (0, 0, 3, width - 1)]:
-        w_value[position] = np.nan
+    values = [np.inf, -np.inf, np.inf] if special == "infinities" else [special] * 3
+    for position, value in zip([(0, 0, 0, 1), (0, 0, 1, 0), (0, 0, 3, width - 1)], values):
+        w_value[position] = value
     engine.set_variable("w", w_value)
     x_value = np.random.default_rng(4).standard_normal((2, 1, 4, width)).astype(np.float32)
     got, got_grad = engine.run("f", [x_value])
@@ -95,7 +103,7 @@ def test_max_pool_propagates_nan_from_any_window_position_like_torch(kernel, str
     w_t = torch.tensor(w_value, requires_grad=True)
     out = torch.nn.functional.max_pool2d(torch.from_numpy(x_value) * w_t, kernel, stride)
     (out * out).sum().backward()
-    assert np.isnan(out.detach().numpy()).any()
+    assert not np.isfinite(out.detach().numpy()).all()
     np.testing.assert_array_equal(got, out.detach().numpy())
     np.testing.assert_allclose(got_grad, w_t.grad.numpy(), rtol=1e-5, equal_nan=True)
 

@@ -188,16 +188,52 @@ class EngineWeights:
         with self.use():
             pass
 
-    @contextlib.contextmanager
-    def use(self) -> Iterator[Any]:
-        """Holds the weights' lock with every layer in this engine; yields the engine."""
-        with _holding(self._group):
-            if self._seen != _moves:
-                with _lock:
-                    for layer in self._layers:
-                        store = layer.weight_store
-                        if store.engine is not self.engine:
-                            names = [spec.name for spec in layer.weight_specs]
-                            store._move_to(self.engine, f"{layer.name}.", names)
-                    self._seen = _moves
-            yield self.engine
+    def use(self) -> contextlib.AbstractContextManager[Any]:
+        """Holds the weights' lock with every layer in this engine; yields the engine.
+
+        Example:
+            >>> with held.use() as engine: engine.run("predict", [x])  # doctest: +SKIP
+        """
+        return _EngineInUse(self)
+
+    def _take_back(self) -> None:
+        """Moves every layer held elsewhere into this engine (group lock held)."""
+        with _lock:
+            for layer in self._layers:
+                store = layer.weight_store
+                if store.engine is not self.engine:
+                    names = [spec.name for spec in layer.weight_specs]
+                    store._move_to(self.engine, f"{layer.name}.", names)
+            self._seen = _moves
+
+
+class _EngineInUse:
+    """``EngineWeights.use``: a plain class, since it wraps every step (a generator-based
+    context manager costs microseconds per call)."""
+
+    __slots__ = ("_held", "_root")
+
+    def __init__(self, held: EngineWeights):
+        self._held = held
+        self._root: _Group | None = None
+
+    def __enter__(self) -> Any:
+        held = self._held
+        while True:  # the root, re-checked after waiting: a merge may have moved it
+            root = held._group.root()
+            root.lock.acquire()
+            if root.parent is None:
+                break
+            root.lock.release()
+        self._root = root
+        if held._seen != _moves:
+            try:
+                held._take_back()
+            except BaseException:
+                root.lock.release()
+                raise
+        return held.engine
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._root is not None
+        self._root.lock.release()

@@ -1,6 +1,8 @@
 #include "backends/cpu/pool.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "backends/cpu/vec8.h"
@@ -107,25 +109,37 @@ void max_pool_2x2(const ConvGeometry& g, const float* in, float* out) {
 
 // Which of a window's values (a, b / c, d: top row, bottom row) gets the gradient, as
 // torch: the first maximum in row-major order, or the last NaN when the window holds one.
-template <class V, class M>
-inline void route_first_max(V a, V b, V c, V d, V g, V zero, V* ga, V* gb, V* gc, V* gd) {
-  const M nan_d = d != d, nan_c = (c != c) & ~nan_d, nan_b = (b != b) & ~(nan_c | nan_d);
-  const M nan_a = (a != a) & ~(nan_b | nan_c | nan_d);
-  const M finite = ~(nan_a | nan_b | nan_c | nan_d);
-  const M first = finite & (a >= b) & (a >= c) & (a >= d);
-  const M second = finite & ~first & (b >= c) & (b >= d);
-  const M third = finite & ~first & ~second & (c >= d);
-  const M fourth = finite & ~(first | second | third);
-  *ga = first | nan_a ? g : zero;
-  *gb = second | nan_b ? g : zero;
-  *gc = third | nan_c ? g : zero;
-  *gd = fourth | nan_d ? g : zero;
+// Planes without NaN (nearly all) take the plain rule; kNaN adds the NaN routing.
+template <bool kNaN>
+inline void route_first_max(Vec8 a, Vec8 b, Vec8 c, Vec8 d, Vec8 g, Vec8* ga, Vec8* gb, Vec8* gc, Vec8* gd) {
+  const Vec8 zero = {};
+  Mask8 nan_a = {}, nan_b = {}, nan_c = {}, nan_d = {}, finite = ~Mask8{};
+  if constexpr (kNaN) {
+    nan_d = d != d;
+    nan_c = (c != c) & ~nan_d;
+    nan_b = (b != b) & ~(nan_c | nan_d);
+    nan_a = (a != a) & ~(nan_b | nan_c | nan_d);
+    finite = ~(nan_a | nan_b | nan_c | nan_d);
+  }
+  const Mask8 first = finite & (a >= b) & (a >= c) & (a >= d);
+  const Mask8 second = finite & ~first & (b >= c) & (b >= d);
+  const Mask8 third = finite & ~first & ~second & (c >= d);
+  const Mask8 fourth = finite & ~(first | second | third);
+  *ga = (first | nan_a) ? g : zero;
+  *gb = (second | nan_b) ? g : zero;
+  *gc = (third | nan_c) ? g : zero;
+  *gd = (fourth | nan_d) ? g : zero;
 }
 
 // Sends each output's gradient to the first maximum of its window (row-major), as torch;
 // eight windows at a time, deinterleaving even and odd columns with shuffles.
-void max_pool_2x2_grad(const ConvGeometry& g, const float* in, const float* dy, float* dx) {
-  const Vec8 zero = {};
+// Returns whether the plane may hold a NaN (the plain rule routes such windows wrongly, so
+// the caller then runs the plane again with kNaN). The test is a running sum of the inputs:
+// a NaN anywhere makes it NaN, at three adds per eight windows; infinities of both signs
+// (or an overflow to them) can make it NaN too, which costs only the second, exact run.
+template <bool kNaN>
+bool max_pool_2x2_grad_rows(const ConvGeometry& g, const float* in, const float* dy, float* dx) {
+  Vec8 sum = {};
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     const float* r0 = in + 2 * oy * g.w;
     const float* r1 = r0 + g.w;
@@ -136,9 +150,10 @@ void max_pool_2x2_grad(const ConvGeometry& g, const float* in, const float* dy, 
     for (; ox + 8 <= g.ow; ox += 8) {
       const Vec8 t0 = load8(r0 + 2 * ox), t1 = load8(r0 + 2 * ox + 8);
       const Vec8 b0 = load8(r1 + 2 * ox), b1 = load8(r1 + 2 * ox + 8);
+      if constexpr (!kNaN) sum += (t0 + t1) + (b0 + b1);
       Vec8 ga, gb, gc, gd;
-      route_first_max<Vec8, Mask8>(even_lanes(t0, t1), odd_lanes(t0, t1), even_lanes(b0, b1), odd_lanes(b0, b1),
-                                   load8(grad + ox), zero, &ga, &gb, &gc, &gd);
+      route_first_max<kNaN>(even_lanes(t0, t1), odd_lanes(t0, t1), even_lanes(b0, b1), odd_lanes(b0, b1),
+                            load8(grad + ox), &ga, &gb, &gc, &gd);
       store8(d0 + 2 * ox, interleave_low(ga, gb));
       store8(d0 + 2 * ox + 8, interleave_high(ga, gb));
       store8(d1 + 2 * ox, interleave_low(gc, gd));
@@ -147,14 +162,22 @@ void max_pool_2x2_grad(const ConvGeometry& g, const float* in, const float* dy, 
     for (; ox < g.ow; ++ox) {
       // The last windows of a row go through lane 0 of the same rule.
       const Vec8 a = {r0[2 * ox]}, b = {r0[2 * ox + 1]}, c = {r1[2 * ox]}, d = {r1[2 * ox + 1]};
+      if constexpr (!kNaN) sum += (a + b) + (c + d);
       Vec8 ga, gb, gc, gd;
-      route_first_max<Vec8, Mask8>(a, b, c, d, Vec8{grad[ox]}, zero, &ga, &gb, &gc, &gd);
+      route_first_max<kNaN>(a, b, c, d, Vec8{grad[ox]}, &ga, &gb, &gc, &gd);
       d0[2 * ox] = ga[0];
       d0[2 * ox + 1] = gb[0];
       d1[2 * ox] = gc[0];
       d1[2 * ox + 1] = gd[0];
     }
   }
+  bool any = false;
+  for (int lane = 0; lane < 8; ++lane) any |= sum[lane] != sum[lane];
+  return any;
+}
+
+void max_pool_2x2_grad(const ConvGeometry& g, const float* in, const float* dy, float* dx) {
+  if (max_pool_2x2_grad_rows<false>(g, in, dy, dx)) max_pool_2x2_grad_rows<true>(g, in, dy, dx);
 }
 
 }  // namespace
