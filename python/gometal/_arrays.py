@@ -54,11 +54,31 @@ def _expected_batch_shape(sample_shape: tuple[int, ...]) -> str:
     return "(N" + "".join(f", {d}" for d in sample_shape) + ")"
 
 
+# Rows converted or scanned at a time: a bound on the temporary memory that validating or
+# converting a large input (or a broadcast view of one row) may take.
+CHUNK_BYTES = 1 << 24
+
+
+def rows_per_chunk(arr: np.ndarray) -> int:
+    """How many rows of ``arr`` make about ``CHUNK_BYTES`` of float32 (at least one)."""
+    row_bytes = 4 * max(1, int(np.prod(arr.shape[1:], dtype=np.int64)))
+    return max(1, CHUNK_BYTES // row_bytes)
+
+
 def _check_finite(arr: np.ndarray, name: str) -> None:
-    finite = np.isfinite(arr)
-    if not finite.all():
-        position = tuple(int(i) for i in np.argwhere(~finite)[0])
-        count = int(arr.size - np.count_nonzero(finite))
+    """Raises naming the count and first position of NaN or inf, scanning in chunks."""
+    rows = arr if arr.ndim else arr[None]
+    step = rows_per_chunk(rows)
+    count, first = 0, None
+    for start in range(0, len(rows), step):
+        bad = ~np.isfinite(rows[start : start + step])
+        found = int(np.count_nonzero(bad))
+        if found and first is None:
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            first = (index[0] + start, *index[1:])
+        count += found
+    if count:
+        position = first if arr.ndim else ()
         raise ValueError(
             f"{name} contains {count} non-finite value(s) (NaN or inf); the first is "
             f"{arr[position]} at index {position}"
@@ -69,6 +89,52 @@ def _as_float32_contiguous(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.float32 and arr.flags.c_contiguous:
         return arr
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def check_input_batch(
+    x: Any, sample_shape: tuple[int, ...], name: str = "x", check_finite: bool = True
+) -> np.ndarray:
+    """Validates a batch of model inputs without converting it (see ``as_input_batch``).
+
+    Large inputs can then be converted a chunk at a time: a broadcast view of one row
+    stays a view, and a float64 array is never copied whole.
+
+    Args:
+        x: array-like of shape ``(N, *sample_shape)``.
+        sample_shape: the model's input shape without the batch dimension.
+        name: the argument name used in error messages.
+        check_finite: whether to reject NaN and infinity here (scanned in chunks).
+
+    Returns:
+        ``x`` as an ndarray of any real dtype and layout.
+
+    Example:
+        >>> check_input_batch(np.zeros((10**6, 4)), (4,)).dtype
+        dtype('float64')
+    """
+    arr = _to_ndarray(x, name)
+    _check_real_dtype(arr, name)
+    expected = _expected_batch_shape(sample_shape)
+    if arr.shape[1:] != tuple(sample_shape) or arr.ndim != len(sample_shape) + 1:
+        hint = ""
+        if arr.shape == tuple(sample_shape):
+            hint = "; it looks like a single sample: add a batch dimension, e.g. x[None]"
+        raise ValueError(
+            f"{name} must have shape {expected} for this model, got {_format_shape(arr.shape)}{hint}"
+        )
+    if arr.shape[0] == 0:
+        raise ValueError(
+            f"{name} is an empty batch: shape {_format_shape(arr.shape)} has 0 samples"
+        )
+    if check_finite:
+        _check_finite(arr, name)
+    return arr
+
+
+def as_engine_rows(arr: np.ndarray) -> np.ndarray:
+    """Rows of a checked input as the engine reads them: C-contiguous float32 (no copy when
+    they already are)."""
+    return _as_float32_contiguous(arr)
 
 
 def as_input_batch(
@@ -89,24 +155,7 @@ def as_input_batch(
         >>> as_input_batch([[1, 2], [3, 4]], (2,)).dtype
         dtype('float32')
     """
-    arr = _to_ndarray(x, name)
-    _check_real_dtype(arr, name)
-    expected = _expected_batch_shape(sample_shape)
-    if arr.shape[1:] != tuple(sample_shape) or arr.ndim != len(sample_shape) + 1:
-        hint = ""
-        if arr.shape == tuple(sample_shape):
-            hint = "; it looks like a single sample: add a batch dimension, e.g. x[None]"
-        raise ValueError(
-            f"{name} must have shape {expected} for this model, got {_format_shape(arr.shape)}{hint}"
-        )
-    if arr.shape[0] == 0:
-        raise ValueError(
-            f"{name} is an empty batch: shape {_format_shape(arr.shape)} has 0 samples"
-        )
-    arr = _as_float32_contiguous(arr)
-    if check_finite:
-        _check_finite(arr, name)
-    return arr
+    return _as_float32_contiguous(check_input_batch(x, sample_shape, name, check_finite))
 
 
 def _check_length(arr: np.ndarray, num_samples: int, name: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._arrays import as_input_batch, check_batch_size, check_seed
+from ._arrays import as_engine_rows, check_batch_size, check_input_batch, check_seed
 from .layers.base import EmitContext, Layer, check_weight_values
 from .layers.weight_store import EngineWeights, holding_weights
 from .tensor import LayerCall, SymbolicTensor
@@ -123,10 +123,14 @@ def predict_with_engine(
     """Validates ``x`` and runs a one-input, one-output engine function over it in batches."""
     rows = inference_batch_size(batch_size)
     # The engine rejects NaN and inf itself, naming the input, so no second pass here.
-    x = as_input_batch(x, sample_shape, check_finite=False)
+    # Converted a chunk at a time: a broadcast view or a float64 array is never copied whole.
+    x = check_input_batch(x, sample_shape, check_finite=False)
     # One weight set for the whole call: a trainer sharing the layers waits until it ends.
     with held.use() as engine:
-        chunks = [np.asarray(engine.run(function, [x[r]])[0]) for r in iter_batches(len(x), rows)]
+        chunks = [
+            np.asarray(engine.run(function, [as_engine_rows(x[r])])[0])
+            for r in iter_batches(len(x), rows)
+        ]
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0)
 
 

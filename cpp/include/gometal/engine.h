@@ -1,5 +1,6 @@
 // The engine: owns a graph's persistent state (variables, runtime scalars, RNG) and runs
-// its functions, compiling one plan per (function, batch size) on first use.
+// its functions, compiling one plan per (function, batch size) on first use and keeping the
+// most recently used kMaxPlansPerFunction of them.
 #pragma once
 
 #include <cstdint>
@@ -25,18 +26,22 @@ struct TensorView {
 };
 
 struct RunResult {
-  std::vector<const float*> data;  // valid until the next run of the same function
+  std::vector<const float*> data;  // valid until the engine's next run
   std::vector<Shape> shapes;
   std::vector<DType> dtypes;
 };
 
 struct EngineStats {
-  int64_t arena_bytes = 0;       // all cached plans
+  int64_t arena_bytes = 0;       // the working memory all cached plans share
   int64_t persistent_bytes = 0;  // variables, scalars, constants
   uint64_t allocations = 0;      // engine heap allocations so far (arenas, pools, scratch)
   uint64_t steps = 0;            // runs of functions with effects
   int64_t plans = 0;
 };
+
+// Plans cached per function, one per batch size: past this many, the least recently used
+// plan is dropped (and compiled again if its batch size comes back).
+inline constexpr int kMaxPlansPerFunction = 8;
 
 class Engine {
  public:
@@ -92,7 +97,8 @@ class Engine {
   std::unique_ptr<PersistentPool> pool_;
   std::map<std::string, std::unique_ptr<Function>> functions_;
   uint64_t pool_generation_ = 0;
-  std::mutex run_mutex_;  // see mutex(): plans own their arenas, so one run at a time
+  uint64_t use_clock_ = 0;  // counts plan lookups, for least-recently-used eviction
+  std::mutex run_mutex_;  // see mutex(): plans share the backend's workspace, so one run at a time
 };
 
 void set_num_threads(int threads);

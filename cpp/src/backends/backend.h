@@ -23,8 +23,10 @@ class CompiledFunction {
  public:
   virtual ~CompiledFunction() = default;
   virtual void execute(const RunArgs& args) = 0;
-  // Where output i lies after execute (inside the plan's arena, the persistent pool or an input).
+  // Where output i lies after execute (inside the arena, the persistent pool or an input):
+  // valid until the backend runs or compiles anything else.
   virtual const float* output(int i, const RunArgs& args) const = 0;
+  // The working memory this plan needs (its share of the backend's workspace).
   virtual int64_t arena_bytes() const = 0;
   // One line per kernel, e.g. "fused[add,relu] (128, 512)": what the plan runs, in order.
   virtual const std::vector<std::string>& describe() const = 0;
@@ -37,6 +39,8 @@ class Backend {
   // `persistent_offset[id]` locates variables, scalars and constants in the persistent pool.
   virtual std::unique_ptr<CompiledFunction> compile(const Graph& g, const FunctionSpec& fn, int64_t batch,
                                                     const std::vector<int64_t>& persistent_offset) = 0;
+  // The working memory all plans of this backend share (one engine's plans run one at a time).
+  virtual int64_t workspace_bytes() const = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

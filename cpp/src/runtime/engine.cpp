@@ -20,6 +20,7 @@ struct Engine::PersistentPool {
 struct Engine::Plan {
   std::unique_ptr<CompiledFunction> compiled;
   RunResult result;
+  uint64_t last_used = 0;  // the engine's use clock at the plan's latest run
 };
 
 struct Engine::Function {
@@ -120,9 +121,21 @@ Engine::Plan& Engine::plan_for(Function& fn, int64_t batch) {
     for (auto& [_, f] : functions_) f->plans.clear();
     pool_generation_ = pool_generation();
   }
+  ++use_clock_;
   auto it = fn.plans.find(batch);
-  if (it != fn.plans.end()) return *it->second;
+  if (it != fn.plans.end()) {
+    it->second->last_used = use_clock_;
+    return *it->second;
+  }
+  if (static_cast<int>(fn.plans.size()) >= kMaxPlansPerFunction) {
+    // Least recently used out: a server that sees every batch size keeps a bounded cache.
+    auto oldest = fn.plans.begin();
+    for (auto p = fn.plans.begin(); p != fn.plans.end(); ++p)
+      if (p->second->last_used < oldest->second->last_used) oldest = p;
+    fn.plans.erase(oldest);
+  }
   auto plan = std::make_unique<Plan>();
+  plan->last_used = use_clock_;
   plan->compiled = backend_->compile(graph_, fn.spec, batch, persistent_offset_);
   for (int out : fn.spec.outputs) {
     plan->result.shapes.push_back(concretize(graph_.node(out).shape, batch));
@@ -251,11 +264,8 @@ float Engine::get_scalar(const std::string& name) const {
 EngineStats Engine::stats() const {
   EngineStats st;
   st.persistent_bytes = static_cast<int64_t>(pool_->buffer.bytes());
-  for (auto& [_, fn] : functions_)
-    for (auto& [__, plan] : fn->plans) {
-      st.arena_bytes += plan->compiled->arena_bytes();
-      ++st.plans;
-    }
+  st.arena_bytes = backend_->workspace_bytes();
+  for (auto& [_, fn] : functions_) st.plans += static_cast<int64_t>(fn->plans.size());
   st.allocations = engine_allocation_count();
   st.steps = steps_;
   return st;

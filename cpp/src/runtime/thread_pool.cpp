@@ -27,8 +27,14 @@ constexpr int kYieldRounds = 1 << 10;
 
 std::atomic<uint64_t> g_pool_generation{0};
 
-std::unique_ptr<ThreadPool>& pool_slot() {
-  static std::unique_ptr<ThreadPool> pool;
+// The current pool, replaced (never freed in place) by set_num_threads under the mutex.
+std::mutex& pool_slot_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+std::shared_ptr<ThreadPool>& pool_slot() {
+  static std::shared_ptr<ThreadPool> pool;
   return pool;
 }
 
@@ -122,24 +128,31 @@ int default_num_threads() {
   return n == 0 ? 1 : static_cast<int>(n);
 }
 
-ThreadPool& cpu_pool() {
+std::shared_ptr<ThreadPool> cpu_pool() {
+  std::lock_guard<std::mutex> lock(pool_slot_mutex());
   auto& slot = pool_slot();
-  if (!slot) slot = std::make_unique<ThreadPool>(default_num_threads());
-  return *slot;
+  if (!slot) slot = std::make_shared<ThreadPool>(default_num_threads());
+  return slot;
 }
 
 void set_num_threads(int threads) {
   if (threads < 1)
     throw std::invalid_argument("[set_num_threads] threads must be >= 1, got " + std::to_string(threads));
-  auto& slot = pool_slot();
-  if (slot && slot->size() == threads) return;
-  slot.reset();
-  slot = std::make_unique<ThreadPool>(threads);
-  g_pool_generation.fetch_add(1);
+  std::shared_ptr<ThreadPool> previous;
+  {
+    std::lock_guard<std::mutex> lock(pool_slot_mutex());
+    auto& slot = pool_slot();
+    if (slot && slot->size() == threads) return;
+    previous = std::move(slot);
+    slot = std::make_shared<ThreadPool>(threads);
+    g_pool_generation.fetch_add(1);
+  }
+  // `previous` is released here, outside the lock: its threads stop now if no plan holds it,
+  // or when the last plan compiled for it is dropped.
 }
 
 uint64_t pool_generation() { return g_pool_generation.load(); }
 
-int get_num_threads() { return cpu_pool().size(); }
+int get_num_threads() { return cpu_pool()->size(); }
 
 }  // namespace gometal

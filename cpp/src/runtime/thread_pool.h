@@ -4,6 +4,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -52,8 +53,11 @@ class ThreadPool {
   std::mutex run_mutex_;  // one parallel region at a time (engines on several user threads)
 };
 
-// The process-wide pool used by the CPU backend.
-ThreadPool& cpu_pool();
+// The process-wide pool used by the CPU backend. A plan keeps the pool it was compiled for
+// alive (shared ownership), so set_num_threads never frees a pool that a running step uses:
+// it installs a new pool for plans compiled from then on, and the old one goes away with
+// the last plan holding it.
+std::shared_ptr<ThreadPool> cpu_pool();
 void set_num_threads(int threads);
 int get_num_threads();
 int default_num_threads();

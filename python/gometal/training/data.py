@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._arrays import as_class_labels, as_dense_targets, as_input_batch
+from .._arrays import as_class_labels, as_dense_targets, check_input_batch
 from .array_loader import ArrayLoader
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def is_batch_source(data: Any) -> bool:
 def prepare_arrays(
     trainer: Trainer, x: Any, y: Any, name: str = ""
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Validates a whole ``(x, y)`` dataset once and converts it for the engine.
+    """Validates a whole ``(x, y)`` dataset once; ``x`` is converted batch by batch later.
 
     Args:
         trainer: the trainer whose model and loss define the expected shapes.
@@ -39,7 +39,9 @@ def prepare_arrays(
             default names the arrays plain ``x`` and ``y``.
 
     Returns:
-        ``(x, y)`` as C-contiguous float32 inputs and int32 labels or float32 targets.
+        ``(x, y)``: ``x`` as given (checked, not copied: a large float64 array or a
+        broadcast view is converted one batch at a time), ``y`` as int32 labels or float32
+        targets.
 
     Example:
         >>> x, y = prepare_arrays(trainer, x, y, "train")  # doctest: +SKIP
@@ -47,7 +49,7 @@ def prepare_arrays(
     # One finite check over the whole dataset here names the first bad sample, which the
     # engine's per-batch check cannot.
     prefix = f"{name} " if name else ""
-    x = as_input_batch(x, trainer.model.input_shape, f"{prefix}x", check_finite=True)
+    x = check_input_batch(x, trainer.model.input_shape, f"{prefix}x", check_finite=True)
     if trainer.loss.integer_labels:
         y = as_class_labels(y, len(x), trainer.model.output_shape[-1], f"{prefix}y")
     else:

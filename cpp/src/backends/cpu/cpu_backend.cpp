@@ -1,4 +1,5 @@
 // The CPU backend: schedule, fuse, plan memory, then lower each step to a kernel.
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -355,9 +356,26 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
   throw std::logic_error("[cpu] no kernel for op '" + std::string(op_name(n.op)) + "'");
 }
 
+// The memory one engine's plans run in. At most one of them runs at a time (the engine's
+// lock), so they share one arena, scratch, workspace and tile area, each as large as the
+// largest plan needs: a new batch size adds a plan, not another arena.
+struct CpuWorkspace {
+  AlignedBuffer arena, scratch, shared, tiles;
+
+  static void grow(AlignedBuffer& buffer, int64_t floats) {
+    const size_t bytes = static_cast<size_t>(floats) * sizeof(float);
+    if (buffer.bytes() < bytes) buffer = AlignedBuffer(bytes);
+  }
+  int64_t bytes() const {
+    return static_cast<int64_t>(arena.bytes() + scratch.bytes() + shared.bytes() + tiles.bytes());
+  }
+};
+
 class CpuFunction final : public CompiledFunction {
  public:
-  CpuFunction(const Graph& g, const FunctionSpec& fn, int64_t batch, const std::vector<int64_t>& persistent_offset) {
+  CpuFunction(const Graph& g, const FunctionSpec& fn, int64_t batch, const std::vector<int64_t>& persistent_offset,
+              std::shared_ptr<CpuWorkspace> workspace)
+      : workspace_(std::move(workspace)) {
     const Schedule s = schedule_function(g, fn);
     std::vector<Shape> shapes(g.size());
     for (int i = 0; i < g.size(); ++i)
@@ -397,31 +415,34 @@ class CpuFunction final : public CompiledFunction {
       }
     }
     for (int out : fn.outputs) outputs_.push_back(mem.ref[out]);
-    arena_ = AlignedBuffer(static_cast<size_t>(mem.arena_floats) * sizeof(float));
-    pool_ = &cpu_pool();
+    // The pool stays alive as long as this plan, whatever set_num_threads does meanwhile.
+    pool_ = cpu_pool();
     // GOMETAL_PROFILE=1 times every kernel and prints the table when the plan is dropped.
     const char* profile = std::getenv("GOMETAL_PROFILE");
     profile_ = profile && profile[0] == '1';
     seconds_.assign(kernels_.size(), 0.0);
     scratch_stride_ = (scratch + 15) / 16 * 16;
-    scratch_ = AlignedBuffer(static_cast<size_t>(scratch_stride_ * pool_->size()) * sizeof(float));
-    shared_ = AlignedBuffer(static_cast<size_t>(shared) * sizeof(float));
     tile_stride_ = (mem.tile_floats + 15) / 16 * 16;
-    tiles_ = AlignedBuffer(static_cast<size_t>(tile_stride_ * pool_->size()) * sizeof(float));
+    const int64_t threads = pool_->size();
+    needs_ = {mem.arena_floats, scratch_stride_ * threads, shared, tile_stride_ * threads};
+    CpuWorkspace::grow(workspace_->arena, needs_[0]);
+    CpuWorkspace::grow(workspace_->scratch, needs_[1]);
+    CpuWorkspace::grow(workspace_->shared, needs_[2]);
+    CpuWorkspace::grow(workspace_->tiles, needs_[3]);
   }
 
   void execute(const RunArgs& args) override {
     ExecContext ctx;
-    ctx.arena = arena_.data();
+    ctx.arena = workspace_->arena.data();
     ctx.persistent = args.persistent;
     ctx.inputs = args.inputs;
-    ctx.pool = pool_;
-    ctx.scratch = scratch_.data();
+    ctx.pool = pool_.get();
+    ctx.scratch = workspace_->scratch.data();
     ctx.scratch_stride = scratch_stride_;
-    ctx.shared = shared_.data();
+    ctx.shared = workspace_->shared.data();
     ctx.seed = args.seed;
     ctx.rng_step = args.rng_step;
-    ctx.tiles = tiles_.data();
+    ctx.tiles = workspace_->tiles.data();
     ctx.tile_stride = tile_stride_;
     if (!profile_) {
       for (const auto& k : kernels_) k->run(ctx);
@@ -448,14 +469,16 @@ class CpuFunction final : public CompiledFunction {
 
   const float* output(int i, const RunArgs& args) const override {
     ExecContext ctx;
-    ctx.arena = arena_.data();
+    ctx.arena = workspace_->arena.data();
     ctx.persistent = args.persistent;
     ctx.inputs = args.inputs;
     return ctx.ptr(outputs_[i]);
   }
 
   int64_t arena_bytes() const override {
-    return static_cast<int64_t>(arena_.bytes() + tiles_.bytes() + shared_.bytes());
+    int64_t floats = 0;
+    for (int64_t n : needs_) floats += n;
+    return floats * static_cast<int64_t>(sizeof(float));
   }
   const std::vector<std::string>& describe() const override { return description_; }
 
@@ -463,8 +486,9 @@ class CpuFunction final : public CompiledFunction {
   std::vector<std::unique_ptr<Kernel>> kernels_;
   std::vector<BufRef> outputs_;
   std::vector<std::string> description_;
-  AlignedBuffer arena_, scratch_, shared_, tiles_;
-  ThreadPool* pool_ = nullptr;
+  std::shared_ptr<CpuWorkspace> workspace_;
+  std::array<int64_t, 4> needs_{};  // floats of arena, scratch, shared workspace, tiles
+  std::shared_ptr<ThreadPool> pool_;
   int64_t scratch_stride_ = 0, tile_stride_ = 0;
   bool profile_ = false;
   std::vector<double> seconds_;
@@ -476,8 +500,12 @@ class CpuBackend final : public Backend {
   std::string name() const override { return "cpu"; }
   std::unique_ptr<CompiledFunction> compile(const Graph& g, const FunctionSpec& fn, int64_t batch,
                                             const std::vector<int64_t>& persistent_offset) override {
-    return std::make_unique<CpuFunction>(g, fn, batch, persistent_offset);
+    return std::make_unique<CpuFunction>(g, fn, batch, persistent_offset, workspace_);
   }
+  int64_t workspace_bytes() const override { return workspace_->bytes(); }
+
+ private:
+  std::shared_ptr<CpuWorkspace> workspace_ = std::make_shared<CpuWorkspace>();
 };
 
 }  // namespace
