@@ -12,6 +12,7 @@ same bits as training 2N steps at once. Both are one safetensors file (see
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -22,12 +23,14 @@ from ..model import Model
 from .container import (
     FORMAT_VERSION,
     CheckpointError,
+    check_finite_tensors,
     check_format,
     check_tensor_shapes,
     read_container,
     to_json,
     write_container,
 )
+from .document import validate_document
 from .model_config import model_from_config, model_to_config
 from .training_state import (
     history_from_dict,
@@ -75,13 +78,22 @@ def _weights_list(document: Mapping[str, Any], tensors: Mapping[str, np.ndarray]
     return names
 
 
+def _check_flag(allow_non_finite: Any) -> None:
+    if not isinstance(allow_non_finite, bool):
+        raise TypeError(f"allow_non_finite must be True or False, got {allow_non_finite!r}")
+
+
 def _model_weights(
-    path: str | os.PathLike[str],
-) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    path: str | os.PathLike[str], allow_non_finite: bool
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    _check_flag(allow_non_finite)
     document, tensors = read_container(path)
     check_format(document, (MODEL_FORMAT, CHECKPOINT_FORMAT), path)
+    validate_document(document, repr(os.fspath(path)))
     weights = {name: tensors[name] for name in _weights_list(document, tensors)}
-    return document, tensors, weights
+    if not allow_non_finite:
+        check_finite_tensors(weights, repr(os.fspath(path)))
+    return document, weights
 
 
 # -- models ------------------------------------------------------------------------------
@@ -99,6 +111,8 @@ def save_model(
 
     Raises:
         TypeError: a layer class is not registered, or ``metadata`` is not JSON data.
+        ValueError: the document would be longer or more deeply nested than a gometal
+            file may hold (see ``document.MAX_DOCUMENT_CHARS``; large ``metadata``).
 
     Example:
         >>> save_model(model, "mlp.safetensors", metadata={"dataset": "digits"})  # doctest: +SKIP
@@ -116,22 +130,27 @@ def save_model(
     write_container(path, weights, document)
 
 
-def load_model(path: str | os.PathLike[str]) -> Model:
+def load_model(path: str | os.PathLike[str], *, allow_non_finite: bool = False) -> Model:
     """Rebuilds a model, with its weights, from a model file or a trainer checkpoint.
 
     Args:
         path: a file written by ``model.save`` or ``trainer.save``.
+        allow_non_finite: load weights holding NaN or infinities instead of refusing
+            them (e.g. to inspect a run that diverged); such a model predicts NaN.
 
     Returns:
         The model; training state in a checkpoint is ignored.
 
     Raises:
-        CheckpointError: the file is not an intact gometal file or its parts disagree.
+        CheckpointError: the file is not an intact gometal file, its document does not
+            fit the schema (the message names the entries), its parts disagree, or a
+            weight holds NaN or an infinity (the message names the tensors).
+        TypeError: ``allow_non_finite`` is not a bool.
 
     Example:
         >>> model = gm.load_model("mlp.safetensors")  # doctest: +SKIP
     """
-    document, _, weights = _model_weights(path)
+    document, weights = _model_weights(path, allow_non_finite)
     shapes = {name: value.shape for name, value in weights.items()}
     model = model_from_config(document.get("model"), shapes)
     check_tensor_shapes(model.weight_shapes, shapes, "the model its definition describes")
@@ -139,21 +158,26 @@ def load_model(path: str | os.PathLike[str]) -> Model:
     return model
 
 
-def load_weights(model: Model, path: str | os.PathLike[str]) -> None:
+def load_weights(
+    model: Model, path: str | os.PathLike[str], *, allow_non_finite: bool = False
+) -> None:
     """Copies the weights in a model file or checkpoint into an existing ``model``.
 
     Args:
         model: a model with the same weight names and shapes as the saved one.
         path: a file written by ``model.save`` or ``trainer.save``.
+        allow_non_finite: copy weights holding NaN or infinities instead of refusing them.
 
     Raises:
-        CheckpointError: the file is invalid, or its weights do not match the model's:
-            the message names every missing, unexpected or misshapen tensor.
+        CheckpointError: the file is invalid, its weights do not match the model's (the
+            message names every missing, unexpected or misshapen tensor), or a weight
+            holds NaN or an infinity (named).
+        TypeError: ``allow_non_finite`` is not a bool.
 
     Example:
         >>> load_weights(model, "mlp.safetensors")  # doctest: +SKIP
     """
-    _, _, weights = _model_weights(path)
+    _, weights = _model_weights(path, allow_non_finite)
     shapes = {name: value.shape for name, value in weights.items()}
     check_tensor_shapes(model.weight_shapes, shapes, "this model")
     model.set_weights(weights)
@@ -194,6 +218,8 @@ def save_checkpoint(
     Raises:
         TypeError: the loss, optimizer, scheduler or a layer cannot be saved, or
             ``metadata`` is not JSON data.
+        ValueError: the document would be longer or more deeply nested than a gometal
+            file may hold (see ``document.MAX_DOCUMENT_CHARS``; large ``metadata``).
 
     Example:
         >>> save_checkpoint(trainer, "run/ckpt.safetensors")  # doctest: +SKIP
@@ -243,7 +269,22 @@ def _training_field(training: Mapping[str, Any], key: str, low: int = 0) -> int:
     return value
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> Trainer:
+def _check_step(tensors: Mapping[str, np.ndarray], shown: str) -> None:
+    from ..trainer import STEP_VARIABLE
+
+    stored = np.asarray(tensors.get(STEP_VARIABLE, np.float32(0)))
+    if stored.size != 1:
+        return  # the shape check names it
+    step = float(stored.reshape(-1)[0])
+    # The engine counts in float32; trainer.step reads the count back as an int.
+    if not (math.isfinite(step) and step >= 0 and step.is_integer()):
+        raise CheckpointError(
+            f"{shown}: the step counter {STEP_VARIABLE!r} must be a whole number >= 0, "
+            f"found {step}"
+        )
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, allow_non_finite: bool = False) -> Trainer:
     """Rebuilds a trainer from ``save_checkpoint`` output, ready to continue training.
 
     The model, loss and optimizer are rebuilt and compiled; every engine variable, the
@@ -252,26 +293,38 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Trainer:
 
     Args:
         path: a file written by ``trainer.save``.
+        allow_non_finite: load weights and optimizer state holding NaN or infinities
+            instead of refusing them (e.g. to inspect a run that diverged); training
+            from them gives ``loss=nan``. The step counter must be a count either way.
 
     Returns:
         The trainer.
 
     Raises:
         CheckpointError: the file is not an intact gometal checkpoint (a model file
-            included), or its tensors do not fit the trainer it describes.
+            included), its document does not fit the schema (the message names the
+            entries), its tensors do not fit the trainer it describes, or a tensor
+            holds NaN or an infinity (named).
+        TypeError: ``allow_non_finite`` is not a bool.
 
     Example:
         >>> trainer = gm.Trainer.load("run/ckpt.safetensors")  # doctest: +SKIP
     """
     from ..trainer import Trainer
 
+    _check_flag(allow_non_finite)
+    shown = repr(os.fspath(path))
     document, tensors = read_container(path)
     if document.get("format") == MODEL_FORMAT:
         raise CheckpointError(
-            f"{os.fspath(path)!r} holds a model without training state (model.save); load "
+            f"{shown} holds a model without training state (model.save); load "
             "it with gm.load_model, or save a checkpoint with trainer.save"
         )
     check_format(document, (CHECKPOINT_FORMAT,), path)
+    validate_document(document, shown)
+    _check_step(tensors, shown)
+    if not allow_non_finite:
+        check_finite_tensors(tensors, shown)
     training = document.get("training")
     if not isinstance(training, dict):
         raise CheckpointError("the checkpoint has no 'training' object")
@@ -313,7 +366,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Trainer:
     if host is not None:
         try:
             host.load_state(training["host_optimizer"], host_vectors)
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
             raise CheckpointError(f"training.host_optimizer: {err}") from None
     engine.rng_step = _training_field(training, "rng_step")
     learning_rate = training.get("learning_rate")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,10 +24,15 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_open
+from .document import check_document_bounds, parse_document
+from .errors import CheckpointError
 
 DOCUMENT_KEY = "gometal"
 DIGEST_KEY = "gometal.sha256"
 FORMAT_VERSION = 1
+# Values checked for NaN at a time; tensors named at most in one message.
+_FINITE_CHECK_SLICE = 2**20
+_LISTED_TENSORS = 8
 
 # Leading bytes of files people may hand us by mistake, to say what the file looks like.
 _SIGNATURES = (
@@ -35,10 +41,6 @@ _SIGNATURES = (
     (b"\x93NUMPY", "a NumPy .npy file"),
     (b"\x89HDF", "an HDF5 file (e.g. a Keras .h5 model)"),
 )
-
-
-class CheckpointError(ValueError):
-    """A file is not a valid gometal model or checkpoint, or does not fit the model."""
 
 
 def _describe_bytes(head: bytes) -> str:
@@ -152,6 +154,8 @@ def write_container(
         for name in sorted(tensors)
     }
     text = to_json(dict(document), "the checkpoint document")
+    # What the loader would refuse is never written.
+    check_document_bounds(text, "the document to save (definition, training state, metadata)")
     metadata = {DOCUMENT_KEY: text, DIGEST_KEY: tensor_digest(text, arrays)}
     header = safetensors_header(arrays, metadata)
     with atomic_open(path) as handle:
@@ -159,6 +163,54 @@ def write_container(
         for array in arrays.values():
             # safetensors stores little-endian values, NumPy's native order on our targets.
             handle.write(memoryview(array.astype("<f4", copy=False)).cast("B"))
+
+
+# What a path that is not a regular file is, for the message.
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _refuse_unless_regular(mode: int, shown: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise CheckpointError(f"{shown} is a folder, not a gometal file")
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+    raise CheckpointError(
+        f"{shown} is not a regular file ({kind}); gometal reads model files and checkpoints "
+        "that model.save or trainer.save wrote to disk"
+    )
+
+
+def _open_regular_file(source: Path) -> tuple[int, int]:
+    """Opens ``source`` for reading; returns the descriptor and the file's size.
+
+    ``stat`` first, so a pipe, device or socket is never opened at all; then the opened
+    descriptor is checked again (the path may have changed in between), and it is opened
+    non-blocking so that even then a named pipe cannot make ``open`` wait for a writer.
+    """
+    shown = repr(str(source))
+    _refuse_unless_regular(os.stat(source).st_mode, shown)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(source, flags | getattr(os, "O_BINARY", 0))
+    try:
+        status = os.fstat(fd)
+        _refuse_unless_regular(status.st_mode, shown)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, status.st_size
+
+
+def _descriptor_path(fd: int, source: Path) -> str:
+    # Reopening through /dev/fd reads the very file that was checked, whatever the path
+    # names by now; systems without /dev/fd read the path itself.
+    descriptor = Path(f"/dev/fd/{fd}")
+    return str(descriptor) if descriptor.exists() else str(source)
 
 
 def read_container(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -172,9 +224,11 @@ def read_container(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        CheckpointError: for anything that is not an intact gometal file: too short,
-            truncated, not safetensors, no gometal document, a digest mismatch, a tensor
-            that is not float32.
+        CheckpointError: for anything that is not an intact gometal file: a folder, pipe,
+            device or anything else that is not a regular file; too short, truncated,
+            not safetensors, no gometal document, a digest mismatch, a tensor that is not
+            float32; a document too long, too deeply nested, not a JSON object, or
+            holding numbers that are not finite (see ``document.parse_document``).
 
     Example:
         >>> document, tensors = read_container("model.safetensors")  # doctest: +SKIP
@@ -182,51 +236,98 @@ def read_container(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
     from safetensors import SafetensorError, safe_open
 
     source = Path(os.fspath(path))
-    if source.is_dir():
-        raise CheckpointError(f"{str(source)!r} is a folder, not a gometal file")
-    with open(source, "rb") as handle:
-        head = handle.read(16)
-    size = source.stat().st_size
-    if size < 8:
-        raise CheckpointError(
-            f"{str(source)!r} is not a gometal file: it holds only {size} byte(s)."
-            + _describe_bytes(head)
-        )
+    shown = repr(str(source))
+    fd, size = _open_regular_file(source)
     try:
-        with safe_open(str(source), framework="np") as reader:
-            metadata = reader.metadata() or {}
-            names = list(reader.keys())
-            dtypes = {name: reader.get_slice(name).get_dtype() for name in names}
-            wrong = {name: dtype for name, dtype in dtypes.items() if dtype != "F32"}
-            if wrong:
-                raise CheckpointError(
-                    f"{str(source)!r}: gometal stores float32 (F32) tensors only, found "
-                    + ", ".join(f"{name!r} ({dtype})" for name, dtype in sorted(wrong.items()))
-                )
-            tensors = {name: reader.get_tensor(name) for name in names}
-    except SafetensorError as err:
-        raise CheckpointError(
-            f"{str(source)!r} is not a valid gometal file (truncated, corrupted or another "
-            f"format): {err}." + _describe_bytes(head)
-        ) from None
+        head = os.read(fd, 16)
+        if size < 8:
+            raise CheckpointError(
+                f"{shown} is not a gometal file: it holds only {size} byte(s)."
+                + _describe_bytes(head)
+            )
+        try:
+            with safe_open(_descriptor_path(fd, source), framework="np") as reader:
+                metadata = reader.metadata() or {}
+                names = list(reader.keys())
+                dtypes = {name: reader.get_slice(name).get_dtype() for name in names}
+                wrong = {name: dtype for name, dtype in dtypes.items() if dtype != "F32"}
+                if wrong:
+                    raise CheckpointError(
+                        f"{shown}: gometal stores float32 (F32) tensors only, found "
+                        + ", ".join(f"{name!r} ({dtype})" for name, dtype in sorted(wrong.items()))
+                    )
+                tensors = {name: reader.get_tensor(name) for name in names}
+        except SafetensorError as err:
+            raise CheckpointError(
+                f"{shown} is not a valid gometal file (truncated, corrupted or another "
+                f"format): {err}." + _describe_bytes(head)
+            ) from None
+    finally:
+        os.close(fd)
     text = metadata.get(DOCUMENT_KEY)
     if text is None:
         raise CheckpointError(
-            f"{str(source)!r} is a safetensors file, but not one gometal wrote: its metadata "
+            f"{shown} is a safetensors file, but not one gometal wrote: its metadata "
             f"has no {DOCUMENT_KEY!r} entry (found keys {sorted(metadata)})"
         )
     if metadata.get(DIGEST_KEY) != tensor_digest(text, tensors):
         raise CheckpointError(
-            f"{str(source)!r} is corrupted: its content does not match the checksum stored "
+            f"{shown} is corrupted: its content does not match the checksum stored "
             "when it was saved"
         )
-    try:
-        document = json.loads(text)
-    except ValueError as err:
-        raise CheckpointError(f"{str(source)!r}: the gometal document is not JSON: {err}") from None
-    if not isinstance(document, dict):
-        raise CheckpointError(f"{str(source)!r}: the gometal document is not a JSON object")
-    return document, tensors
+    return parse_document(text, shown), tensors
+
+
+def non_finite_counts(tensors: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """How many NaN or infinite values each tensor holds, for the tensors holding any.
+
+    Args:
+        tensors: name -> float array.
+
+    Returns:
+        name -> count, in name order; empty when every value is finite.
+
+    Example:
+        >>> non_finite_counts({"w": np.array([1.0, np.nan], np.float32)})
+        {'w': 1}
+    """
+    counts = {}
+    for name in sorted(tensors):
+        flat = np.asarray(tensors[name]).reshape(-1)
+        # In slices, so the mask never costs more than a slice's worth of memory.
+        count = sum(
+            int(np.count_nonzero(~np.isfinite(flat[start : start + _FINITE_CHECK_SLICE])))
+            for start in range(0, flat.size, _FINITE_CHECK_SLICE)
+        )
+        if count:
+            counts[name] = count
+    return counts
+
+
+def check_finite_tensors(tensors: Mapping[str, np.ndarray], shown: str) -> None:
+    """Raises ``CheckpointError`` naming every tensor that holds NaN or an infinity.
+
+    Args:
+        tensors: name -> float array (the weights, or every part of a trainer's state).
+        shown: the file, as the message names it.
+
+    Example:
+        >>> check_finite_tensors({"w": np.ones(2, np.float32)}, "'m.safetensors'")
+    """
+    counts = non_finite_counts(tensors)
+    if not counts:
+        return
+    listed = [
+        f"{name!r} ({count} of {np.asarray(tensors[name]).size} values)"
+        for name, count in counts.items()
+    ]
+    more = f" and {len(listed) - _LISTED_TENSORS} more" if len(listed) > _LISTED_TENSORS else ""
+    raise CheckpointError(
+        f"{shown} holds NaN or infinite values in {len(counts)} tensor(s): "
+        f"{', '.join(listed[:_LISTED_TENSORS])}{more}. A model or trainer loaded from them "
+        "computes NaN; pass allow_non_finite=True to load them anyway (e.g. to inspect a "
+        "run that diverged)"
+    )
 
 
 def check_format(
