@@ -127,6 +127,13 @@ def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
 def running_sidecar(data_dir: Path, *extra: str) -> Iterator[str]:
     """Runs ``gometal sidecar`` (through ``python -m gometal.cli``) on a free port;
     yields its base URL and stops it on exit."""
+    with sidecar_process(data_dir, *extra) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def sidecar_process(data_dir: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """As :func:`running_sidecar`, yielding the base URL and the server's process."""
     port = free_port()
     log = open(data_dir.parent / f"sidecar-{port}.log", "wb")  # noqa: SIM115 - closed below
     command = [sys.executable, "-m", "gometal.cli", "sidecar", "--port", str(port)]
@@ -147,7 +154,7 @@ def running_sidecar(data_dir: Path, *extra: str) -> Iterator[str]:
                 text = (data_dir.parent / f"sidecar-{port}.log").read_text(errors="replace")
                 raise RuntimeError(f"sidecar did not start (exit {process.poll()}):\n{text}")
             time.sleep(0.1)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
@@ -156,3 +163,41 @@ def running_sidecar(data_dir: Path, *extra: str) -> Iterator[str]:
             process.kill()
             process.wait()
         log.close()
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
+    """Sends ``request`` as is over a new connection; returns all the server sends back
+    until it closes the connection (or ``timeout`` passes). The request should say
+    ``Connection: close``; the socket is not half-closed, as no HTTP client does that."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lowercase names) and body of one raw HTTP/1.1 response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding") == "chunked":
+        body = _unchunk(body)
+    return int(status_line.split()[1]), headers, body
+
+
+def _unchunk(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return out

@@ -30,6 +30,8 @@ FIXTURES = Path(__file__).parent / "go_metal_wire"
 SINGLE_PLOTS = sorted(p.stem for p in FIXTURES.glob("*.json") if p.stem != "batch")
 # The headers go-metal's PlottingService sets on every POST.
 GO_HEADERS = {"Content-Type": "application/json", "User-Agent": "go-metal-training"}
+# The Go client dials 127.0.0.1 (TestClient's default host, "testserver", is not local).
+LOCAL = "http://127.0.0.1"
 
 # go-metal's plot_type strings (training/visualization.go's PlotType constants).
 GO_METAL_PLOT_TYPES = [
@@ -85,7 +87,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(data_dir: Path) -> TestClient:
-    return TestClient(create_app(data_dir, max_body_bytes=64 * 1024))
+    return TestClient(create_app(data_dir, max_body_bytes=64 * 1024), base_url=LOCAL)
 
 
 def stored_files(data_dir: Path) -> list[str]:
@@ -205,7 +207,8 @@ def test_errors_answer_success_false_a_message_and_an_error_code(client: TestCli
         answer = go_unmarshal(response.json(), PLOTTING_RESPONSE)
         assert answer["success"] is False and answer["error_code"] == code
         assert answer["message"]
-    assert "pie_chart" in client.post("/api/plot", content=unknown_type).json()["message"]
+    answer = client.post("/api/plot", content=unknown_type, headers=GO_HEADERS)
+    assert "pie_chart" in answer.json()["message"]
     for method, url, status, code in [
         ("GET", "/plot/" + "0" * 32, 404, "NOT_FOUND"),
         ("GET", "/api/plot", 405, "METHOD_NOT_ALLOWED"),
@@ -218,14 +221,15 @@ def test_errors_answer_success_false_a_message_and_an_error_code(client: TestCli
 
 def test_a_taken_plot_id_is_a_conflict_with_its_code(client: TestClient) -> None:
     body = go_body("confusion_matrix")
-    assert client.post("/api/plot?plot_id=cm", content=body).status_code == 200
-    again = client.post("/api/plot?plot_id=cm", content=body)
+    assert client.post("/api/plot?plot_id=cm", content=body, headers=GO_HEADERS).status_code == 200
+    again = client.post("/api/plot?plot_id=cm", content=body, headers=GO_HEADERS)
     assert again.status_code == 409
     assert again.json()["error_code"] == "PLOT_ID_TAKEN" and "'cm'" in again.json()["message"]
 
 
 def test_every_missing_key_is_named_not_only_the_first(client: TestClient) -> None:
-    response = client.post("/api/plot", content=b'{"plot_type":"qq_plot","series":[]}')
+    body = b'{"plot_type":"qq_plot","series":[]}'
+    response = client.post("/api/plot", content=body, headers=GO_HEADERS)
     assert response.status_code == 422
     message = response.json()["message"]
     for key in ("title", "timestamp", "model_name", "config"):

@@ -102,7 +102,7 @@ def test_plot_files_saved_under_old_names_are_served_under_the_new_ones(tmp_path
     }
     (data / "batches" / "old-run.json").write_text(json.dumps(batch))
 
-    client = TestClient(create_app(data))
+    client = TestClient(create_app(data), base_url="http://127.0.0.1")
     listing = client.get("/api/plots").json()["plots"]
     assert [(p["id"], p["plot_type"]) for p in listing] == ids
     for plot_id, new_name in ids:
@@ -118,7 +118,7 @@ def test_plot_files_saved_under_old_names_are_served_under_the_new_ones(tmp_path
 
 
 def test_a_payload_posted_under_an_old_name_is_stored_under_the_new_one(tmp_path: Path) -> None:
-    client = TestClient(create_app(tmp_path / "data"))
+    client = TestClient(create_app(tmp_path / "data"), base_url="http://127.0.0.1")
     answer = client.post("/api/plot", json=old_payload("training_curves")).json()
     assert answer["success"] is True and answer["plot_type"] == "training_curves"
     record = json.loads((tmp_path / "data" / "plots" / f"{answer['plot_id']}.json").read_text())

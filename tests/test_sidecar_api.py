@@ -23,6 +23,8 @@ from gometal.viz.server import create_app
 from sidecar_helpers import free_port, get_json, running_sidecar, sample_payload
 
 SMALL_LIMIT = 4096
+LOCAL = "http://127.0.0.1"  # TestClient's default host, "testserver", is not a local name
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(data_dir: Path) -> TestClient:
-    return TestClient(create_app(data_dir, max_body_bytes=SMALL_LIMIT))
+    return TestClient(create_app(data_dir, max_body_bytes=SMALL_LIMIT), base_url=LOCAL)
 
 
 def stored_files(data_dir: Path) -> list[str]:
@@ -202,7 +204,7 @@ def test_bad_plot_bodies_get_a_json_error_and_write_nothing(
     client: TestClient, data_dir: Path, case: str
 ) -> None:
     body, status, code = BAD_BODIES[case]
-    response = client.post("/api/plot", content=body, headers={"content-type": "application/json"})
+    response = client.post("/api/plot", content=body, headers=JSON)
     assert response.status_code == status, response.text
     answer = response.json()
     assert answer["success"] is False and answer["error_code"] == code
@@ -211,7 +213,8 @@ def test_bad_plot_bodies_get_a_json_error_and_write_nothing(
 
 
 def test_unknown_plot_type_error_names_the_value(client: TestClient) -> None:
-    error = client.post("/api/plot", content=_bad(plot_type="pie_chart")).json()["message"]
+    error = client.post("/api/plot", content=_bad(plot_type="pie_chart"), headers=JSON)
+    error = error.json()["message"]
     assert "plot_type" in error and "pie_chart" in error
 
 
@@ -285,14 +288,14 @@ def test_oversize_bodies_get_413_before_parsing(client: TestClient, data_dir: Pa
     padded = sample_payload("qq_plot")
     padded["config"]["note"] = "x" * SMALL_LIMIT
     body = json.dumps(padded).encode()
-    response = client.post("/api/plot", content=body)
+    response = client.post("/api/plot", content=body, headers=JSON)
     assert response.status_code == 413 and str(SMALL_LIMIT) in response.json()["message"]
 
     def chunks():  # no Content-Length: the limit is enforced while reading
         yield b"[" + b" " * SMALL_LIMIT
         yield b"]"
 
-    streamed = client.post("/api/batch-plot", content=chunks())
+    streamed = client.post("/api/batch-plot", content=chunks(), headers=JSON)
     assert streamed.status_code == 413
     assert stored_files(data_dir) == []
     small = dict(sample_payload("qq_plot"))
@@ -366,9 +369,9 @@ def test_real_server_answers_oversize_and_bad_json(data_dir: Path) -> None:
 
     with running_sidecar(data_dir, "--max-body-mb", "0.01") as url:
         for body, status in ((b"x" * 20_000, 413), (b"{", 400)):
-            request = urllib.request.Request(url + "/api/plot", data=body, method="POST")
+            post = urllib.request.Request(url + "/api/plot", data=body, method="POST", headers=JSON)
             with pytest.raises(urllib.error.HTTPError) as caught:
-                sidecar_client._opener.open(request, timeout=10)
+                sidecar_client._opener.open(post, timeout=10)
             assert caught.value.code == status
             assert json.loads(caught.value.read())["success"] is False
     assert stored_files(data_dir) == []

@@ -5,7 +5,7 @@ serialises them, and the answers are its ``PlottingResponse`` and ``BatchPlottin
 (empty fields left out, as Go's ``omitempty`` does; URLs are paths the client prefixes
 with the service's base URL).
 
-Endpoints (go-metal's, plus read-back routes)::
+Endpoints (go-metal's, plus read-back routes; ``/openapi.json`` describes them all)::
 
     POST /api/plot              one payload       -> {"success", "message", "plot_url",
                                                       "view_url", "plot_id", ...}
@@ -17,6 +17,7 @@ Endpoints (go-metal's, plus read-back routes)::
     GET  /plot/<id>             HTML view page of one plot
     GET  /dashboard/<batch_id>  HTML page with every plot of a batch or run
     GET  /                      HTML index
+    GET  /openapi.json          the OpenAPI 3.1 document of these endpoints
 
 ``POST /api/plot?plot_id=ID&batch_id=RUN`` and a batch body's ``"batch_id"`` let a client
 choose ids (``^[A-Za-z0-9_-]{1,64}$``); otherwise the server draws uuid4 hex ids. Posting
@@ -24,31 +25,69 @@ again to an existing batch id appends to it, so one training run can keep one da
 with ``"replace": true`` the new plots replace the batch's earlier ones (a run re-sending
 its latest snapshot after every epoch).
 
+Who may ask (see :mod:`gometal.viz.server_guard`): a ``Host`` the sidecar is reached by
+(else 400), for writes no foreign ``Origin`` (403) and ``Content-Type: application/json``
+(415). At most ``max_uploads`` writes run at once (503 with ``Retry-After`` beyond), and a
+body must arrive within ``body_timeout_s`` (408). Parsing, checking and drawing run in a
+pool of ``workers`` threads, so the event loop keeps answering other clients meanwhile.
+
 Bad input never writes anything: a body over the size limit gets 413 before it is parsed,
-malformed JSON 400, a payload that breaks the schema or cannot be rendered 422 (naming
-every problem, e.g. all the required keys it lacks), a bad id 400, a taken plot id 409.
-Every error body is ``{"success": false, "message": "...", "error_code": "..."}`` with one
-of the codes in :data:`ERROR_CODES`; a rejected batch also lists each plot's result.
+malformed JSON (too deeply nested, or text UTF-8 cannot hold) 400, a payload that breaks
+the schema or cannot be rendered 422 (naming every problem, e.g. all the required keys it
+lacks), a bad id 400, a taken plot id 409. A batch is stored whole or not at all. Every
+error body is ``{"success": false, "message": "...", "error_code": "..."}`` with one of
+the codes in :data:`ERROR_CODES`; a rejected batch also lists each plot's result.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http
-import json
+import logging
 import os
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .payload import canonical_plot_type
-from .server_pages import PLOTLY_JS_ROUTE, index_page, plot_page, plotly_js
-from .server_store import PlotStore, check_id, new_id
+from .server_answers import (
+    CLOSE,
+    ERROR_CODES,
+    ApiError,
+    Pages,
+    batch_result,
+    checked_batch,
+    checked_plot,
+    error_body,
+    optional_id,
+    parse_body,
+    plot_response,
+    store_plots,
+)
+from .server_guard import (
+    BodyTooLarge,
+    HostPolicy,
+    UploadSlots,
+    content_type_problem,
+    origin_problem,
+    read_body,
+)
+from .server_openapi import OPENAPI_ROUTE, openapi_document
+from .server_pages import PLOTLY_JS_ROUTE, plotly_js
+from .server_store import PlotStore
 
 __all__ = [
+    "DEFAULT_BODY_TIMEOUT_S",
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_UPLOADS",
+    "DEFAULT_WORKERS",
     "ERROR_CODES",
     "SERVICE_NAME",
     "ApiError",
@@ -58,241 +97,98 @@ __all__ = [
 
 SERVICE_NAME = "gometal-sidecar"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+# Bodies received and handled at once: bounds their memory to about this many times the
+# body limit (and the parsed payloads made from them).
+DEFAULT_MAX_UPLOADS = 8
+# Time for a whole body: ample for 10 MB over a slow link, short enough that a stalled
+# client soon gives its upload slot back.
+DEFAULT_BODY_TIMEOUT_S = 30.0
+# Parsing, checking and drawing hold Python's GIL: more threads than this would only
+# make each request slower, and leave the event loop waiting for the GIL longer.
+DEFAULT_WORKERS = 2
+RETRY_AFTER_S = 1
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-# The ``error_code`` of each kind of failure (HTTP errors of the framework itself, such as
-# 405, use the status's name, e.g. ``METHOD_NOT_ALLOWED``).
-ERROR_CODES = {
-    "INVALID_REQUEST": "a malformed request (e.g. a Content-Length that is not a number)",
-    "INVALID_JSON": "the body is empty, not UTF-8 or not JSON",
-    "PAYLOAD_TOO_LARGE": "the body is over the size limit",
-    "INVALID_ID": "a plot or batch id with characters other than A-Z a-z 0-9 _ -",
-    "INVALID_BATCH": 'a batch body that is not {"plots": [payload, ...], ...}',
-    "VALIDATION_ERROR": "a payload breaks the schema",
-    "RENDER_ERROR": "a valid payload that cannot be drawn",
-    "BATCH_REJECTED": "a valid plot of a batch not stored because another plot was invalid",
-    "PLOT_ID_TAKEN": "a plot id already in use",
-    "NOT_FOUND": "no such plot, batch or page",
-    "INTERNAL_ERROR": "a fault of the service",
-}
+_log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    """An error answered as ``{"success": false, "message", "error_code"}`` with ``status``.
+class _RequestGuard:
+    """Refuses requests from hosts and pages that may not ask, before any route runs."""
 
-    Args:
-        status: the HTTP status code (4xx).
-        message: what was wrong, naming the argument and the value received.
-        code: the ``error_code``, one of :data:`ERROR_CODES`.
-        extra: further fields of the answer (a rejected batch's ``results`` and
-            ``summary``).
+    def __init__(self, app: ASGIApp, policy: HostPolicy) -> None:
+        self.app = app
+        self.policy = policy
 
-    Example:
-        >>> ApiError(400, "bad id", "INVALID_ID").code
-        'INVALID_ID'
-    """
-
-    def __init__(
-        self, status: int, message: str, code: str, extra: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.extra = extra or {}
-
-
-def _error_body(message: str, code: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    # go-metal's PlottingResponse field order: success, message, ..., error_code.
-    return {"success": False, "message": message, "error_code": code, **(extra or {})}
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
-
-
-async def _read_json(request: Request, limit: int) -> Any:
-    """Reads the body, refusing it past ``limit`` bytes before any parsing."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ApiError(
-                400, f"Content-Length must be a byte count, got {declared!r}", "INVALID_REQUEST"
+    def _problem(self, scope: Scope) -> tuple[int, str, str] | None:
+        headers = Headers(scope=scope)
+        host = headers.get("host")
+        if not self.policy.allows(host):
+            return (
+                400,
+                (
+                    f"Host {host!r} is not served here (DNS rebinding protection); accepted: "
+                    f"{self.policy.describe()}; add a name with gometal sidecar --allowed-host"
+                ),
+                "HOST_NOT_ALLOWED",
             )
-        if int(declared) > limit:
-            raise ApiError(
-                413,
-                f"body must be at most {limit} bytes, got {int(declared)} bytes",
-                "PAYLOAD_TOO_LARGE",
-            )
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(
-                413,
-                f"body must be at most {limit} bytes, got more than {limit}",
-                "PAYLOAD_TOO_LARGE",
-            )
-    if not body:
-        raise ApiError(400, "body must be a JSON document, got an empty body", "INVALID_JSON")
-    try:
-        return json.loads(bytes(body).decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise ApiError(400, f"body must be valid UTF-8 JSON: {err}", "INVALID_JSON") from None
-
-
-def _optional_id(value: Any, what: str) -> str | None:
-    if value is None:
+        if scope["method"] in SAFE_METHODS:
+            return None
+        problem = origin_problem(headers.get("origin"), host, scope.get("scheme", "http"))
+        if problem is not None:
+            return 403, problem, "ORIGIN_NOT_ALLOWED"
+        problem = content_type_problem(headers.get("content-type"))
+        if problem is not None:
+            return 415, problem, "UNSUPPORTED_MEDIA_TYPE"
         return None
-    try:
-        return check_id(value, what)
-    except ValueError as err:
-        raise ApiError(400, str(err), "INVALID_ID") from None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = self._problem(scope) if scope["type"] == "http" else None
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        status, message, code = problem
+        unread = {} if scope["method"] in SAFE_METHODS else CLOSE
+        await JSONResponse(error_body(message, code), status, headers=unread)(scope, receive, send)
 
 
-def _payload_problem(obj: Any) -> tuple[str, str] | None:
-    """``(error_code, message)`` when ``obj`` cannot be stored: it breaks the schema, or it
-    cannot be rendered (only plots that can be shown are stored); else ``None``."""
-    from .payload import validate_payload
-    from .render import to_figure
-
-    try:
-        validate_payload(obj)
-    except ValueError as err:
-        return "VALIDATION_ERROR", str(err)
-    try:
-        to_figure(obj)
-    except (ValueError, TypeError, KeyError, IndexError) as err:
-        return "RENDER_ERROR", f"the plot cannot be drawn: {err}"
-    return None
-
-
-def _stored_form(payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload as stored: as received, under go-metal's plot-type name."""
-    return {**payload, "plot_type": canonical_plot_type(payload["plot_type"])}
-
-
-def _current(record: dict[str, Any]) -> dict[str, Any]:
-    """A stored record with its plot type under go-metal's name (older files may use
-    gometal's former names)."""
-    payload = record.get("payload")
-    if isinstance(payload, dict) and "plot_type" in payload:
-        return {**record, "payload": _stored_form(payload)}
-    return record
-
-
-def _summary(record: dict[str, Any]) -> dict[str, Any]:
-    payload = record.get("payload", {})
-    plot_id = record.get("id")
-    return {
-        "id": plot_id,
-        "plot_type": payload.get("plot_type"),
-        "title": payload.get("title"),
-        "timestamp": payload.get("timestamp"),
-        "model_name": payload.get("model_name"),
-        "batch_id": record.get("batch_id"),
-        "created": record.get("created"),
-        "view_url": f"/plot/{plot_id}",
-        "plot_url": f"/api/plots/{plot_id}",
-    }
-
-
-def _plot_response(record: dict[str, Any], batch_id: str | None) -> dict[str, Any]:
-    """go-metal's ``PlottingResponse`` for one stored plot (its ``plot_type`` added)."""
-    plot_id = record["id"]
-    answer: dict[str, Any] = {
-        "success": True,
-        "message": "plot stored",
-        "plot_url": f"/api/plots/{plot_id}",
-        "view_url": f"/plot/{plot_id}",
-        "plot_id": plot_id,
-    }
-    if batch_id is not None:
-        answer.update(batch_id=batch_id, dashboard_url=f"/dashboard/{batch_id}")
-    answer["plot_type"] = record["payload"]["plot_type"]
-    return answer
-
-
-def _batch_result(record: dict[str, Any]) -> dict[str, Any]:
-    """go-metal's ``BatchPlotResult`` of one stored plot."""
-    plot_id = record["id"]
-    return {
-        "success": True,
-        "plot_id": plot_id,
-        "plot_url": f"/api/plots/{plot_id}",
-        "view_url": f"/plot/{plot_id}",
-        "plot_type": record["payload"]["plot_type"],
-        "message": "plot stored",
-    }
-
-
-def _rejected_batch(plots: list[Any], problems: list[tuple[str, str] | None]) -> ApiError:
-    """The answer to a batch with invalid plots: nothing is stored, and ``results`` says
-    why for each plot."""
-    results = []
-    for plot, problem in zip(plots, problems):
-        kind = plot.get("plot_type") if isinstance(plot, dict) else None
-        code, message = problem or (
-            "BATCH_REJECTED",
-            "valid, but not stored: a batch is stored whole or not at all",
+def _declared_length(request: Request, limit: int) -> None:
+    """Refuses a body whose Content-Length is malformed or over ``limit``, unread."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not declared.isdigit():
+        raise ApiError(
+            400,
+            f"Content-Length must be a byte count, got {declared!r}",
+            "INVALID_REQUEST",
+            headers=CLOSE,
         )
-        result: dict[str, Any] = {"success": False}
-        if isinstance(kind, str) and kind:
-            result["plot_type"] = canonical_plot_type(kind)
-        result.update(message=message, error_code=code)
-        results.append(result)
-    named = "; ".join(f"plots[{i}]: {p[1]}" for i, p in enumerate(problems) if p is not None)
-    bad = sum(p is not None for p in problems)
-    return ApiError(
-        422,
-        f"{bad} of {len(plots)} plots are invalid, nothing was stored: {named}",
-        "VALIDATION_ERROR",
-        {
-            "results": results,
-            "summary": {"total_plots": len(plots), "successful": 0, "failed": len(plots)},
-        },
-    )
+    if int(declared) > limit:
+        raise ApiError(
+            413,
+            f"body must be at most {limit} bytes, got {int(declared)} bytes",
+            "PAYLOAD_TOO_LARGE",
+            headers=CLOSE,
+        )
 
 
-def _store_plots(store: PlotStore, payloads: list[dict], **kwargs: Any) -> list[dict]:
-    try:
-        return store.add_plots(payloads, **kwargs)
-    except FileExistsError as err:
-        raise ApiError(409, str(err), "PLOT_ID_TAKEN") from None
+def _check_settings(max_body_bytes: int, body_timeout_s: float, workers: int) -> None:
+    for name, value in (("max_body_bytes", max_body_bytes), ("workers", workers)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a positive int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value}")
+    if isinstance(body_timeout_s, bool) or not isinstance(body_timeout_s, (int, float)):
+        raise TypeError(f"body_timeout_s must be seconds > 0, got {body_timeout_s!r}")
+    if not 0 < body_timeout_s < float("inf"):
+        raise ValueError(f"body_timeout_s must be seconds > 0, got {body_timeout_s!r}")
 
 
-def create_app(
-    data_dir: str | os.PathLike[str], *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-) -> FastAPI:
-    """Builds the sidecar's ASGI application over one data directory.
-
-    Args:
-        data_dir: where plots and batches are stored (created when missing).
-        max_body_bytes: the largest request body accepted; larger ones get 413.
-
-    Returns:
-        The FastAPI application (run it with uvicorn, or test it with ``TestClient``).
-
-    Raises:
-        TypeError: ``max_body_bytes`` is not an int.
-        ValueError: ``max_body_bytes`` is below 1.
-
-    Example:
-        >>> app = create_app("/tmp/gometal-plots")  # doctest: +SKIP
-        >>> uvicorn.run(app, host="127.0.0.1", port=8080)  # doctest: +SKIP
-    """
-    if not isinstance(max_body_bytes, int) or isinstance(max_body_bytes, bool):
-        raise TypeError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
-    if max_body_bytes < 1:
-        raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes}")
-    store = PlotStore(data_dir)
-    app = FastAPI(title="gometal plotting sidecar", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.store = store
-
+def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
-        body = _error_body(err.message, err.code, err.extra)
-        return JSONResponse(body, status_code=err.status)
+        body = error_body(err.message, err.code, err.extra)
+        return JSONResponse(body, status_code=err.status, headers=err.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -300,128 +196,168 @@ def create_app(
             code = http.HTTPStatus(err.status_code).name
         except ValueError:
             code = f"HTTP_{err.status_code}"
-        return JSONResponse(_error_body(str(err.detail), code), err.status_code)
+        return JSONResponse(error_body(str(err.detail), code), err.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_parameters(request: Request, err: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in err.errors()
+        )
+        return JSONResponse(error_body(problems or "bad request", "INVALID_REQUEST"), 400)
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, err: Exception) -> JSONResponse:
         # A Go client parses every answer as JSON, so even a fault answers in its format.
         message = f"internal error: {type(err).__name__}"
-        return JSONResponse(_error_body(message, "INTERNAL_ERROR"), 500)
+        return JSONResponse(error_body(message, "INTERNAL_ERROR"), 500)
+
+
+def create_app(
+    data_dir: str | os.PathLike[str],
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    host_policy: HostPolicy | None = None,
+    max_uploads: int = DEFAULT_MAX_UPLOADS,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    workers: int = DEFAULT_WORKERS,
+) -> FastAPI:
+    """Builds the sidecar's ASGI application over one data directory.
+
+    At start it removes what a killed process left half written (see
+    :meth:`PlotStore.recover`).
+
+    Args:
+        data_dir: where plots and batches are stored (created when missing).
+        max_body_bytes: the largest request body accepted; larger ones get 413.
+        host_policy: the ``Host`` names answered; default: this machine's loopback names
+            (``HostPolicy.for_bind("127.0.0.1")``).
+        max_uploads: writes received and handled at once; more get 503 + ``Retry-After``.
+        body_timeout_s: seconds a request body may take to arrive; then 408.
+        workers: threads that parse, check, draw and store.
+
+    Returns:
+        The FastAPI application (run it with :func:`serve`, which adds the header
+        deadline, or test it with ``TestClient(app, base_url="http://127.0.0.1")``).
+
+    Raises:
+        TypeError: a limit of the wrong type.
+        ValueError: a limit below 1 (or a timeout not above 0).
+
+    Example:
+        >>> app = create_app("/tmp/gometal-plots")  # doctest: +SKIP
+        >>> uvicorn.run(app, host="127.0.0.1", port=8080)  # doctest: +SKIP
+    """
+    _check_settings(max_body_bytes, body_timeout_s, workers)
+    slots = UploadSlots(max_uploads)
+    policy = host_policy if host_policy is not None else HostPolicy.for_bind("127.0.0.1")
+    store = PlotStore(data_dir)
+    recovery = store.recover()
+    if recovery.temp_files or recovery.orphan_plots:
+        _log.warning(
+            "removed %d temporary files and %d plots their batch does not list, left by an "
+            "interrupted run", recovery.temp_files, len(recovery.orphan_plots),
+        )  # fmt: skip
+    pages = Pages(store)
+    limiter = anyio.CapacityLimiter(workers)
+    document = openapi_document(ERROR_CODES, max_body_bytes)
+
+    async def work(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs), limiter=limiter
+        )
+
+    @contextlib.asynccontextmanager
+    async def upload(request: Request) -> AsyncIterator[Any]:
+        """Holds an upload slot while the body is read, parsed and handled."""
+        _declared_length(request, max_body_bytes)
+        if not slots.try_acquire():
+            raise ApiError(
+                503,
+                f"{slots.limit} uploads are in progress, the most at once; retry later",
+                "SERVER_BUSY",
+                headers={"Retry-After": str(RETRY_AFTER_S), **CLOSE},
+            )
+        try:
+            try:
+                body = await read_body(request.stream(), max_body_bytes, body_timeout_s)
+            except BodyTooLarge:
+                raise ApiError(
+                    413,
+                    f"body must be at most {max_body_bytes} bytes, got more than that",
+                    "PAYLOAD_TOO_LARGE",
+                    headers=CLOSE,
+                ) from None
+            except TimeoutError:
+                raise ApiError(
+                    408,
+                    f"the body must arrive within {body_timeout_s:g} s",
+                    "REQUEST_TIMEOUT",
+                    headers=CLOSE,
+                ) from None
+            yield await work(parse_body, body)
+        finally:
+            slots.release()
+
+    app = FastAPI(title="gometal plotting sidecar", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.store = store
+    app.state.recovery = recovery
+    app.add_middleware(_RequestGuard, policy=policy)
+    _install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        count = sum(1 for _ in (store.root / "plots").glob("*.json"))
+        count = sum(1 for entry in os.scandir(store.root / "plots") if entry.name[0] != ".")
         return {"status": "ok", "service": SERVICE_NAME, "plots": count}
 
     @app.post("/api/plot")
     async def post_plot(request: Request) -> JSONResponse:
-        plot_id = _optional_id(request.query_params.get("plot_id"), "plot_id")
-        batch_id = _optional_id(request.query_params.get("batch_id"), "batch_id")
-        payload = await _read_json(request, max_body_bytes)
-        problem = await run_in_threadpool(_payload_problem, payload)
-        if problem is not None:
-            raise ApiError(422, problem[1], problem[0])
-        [record] = await run_in_threadpool(
-            _store_plots, store, [_stored_form(payload)], plot_ids=[plot_id], batch_id=batch_id
-        )
-        return JSONResponse(_plot_response(record, batch_id))
+        plot_id = optional_id(request.query_params.get("plot_id"), "plot_id")
+        batch_id = optional_id(request.query_params.get("batch_id"), "batch_id")
+        async with upload(request) as payload:
+            stored = await work(checked_plot, payload)
+            [record] = await work(
+                store_plots, store, [stored], plot_ids=[plot_id], batch_id=batch_id
+            )
+        return JSONResponse(plot_response(record, batch_id))
 
     @app.post("/api/batch-plot")
     async def post_batch(request: Request) -> JSONResponse:
-        body = await _read_json(request, max_body_bytes)
-        if not isinstance(body, dict) or not isinstance(body.get("plots"), list):
-            got = type(body.get("plots")).__name__ if isinstance(body, dict) else type(body)
-            raise ApiError(
-                422, f'body must be {{"plots": [payload, ...]}}, got plots={got}', "INVALID_BATCH"
-            )
-        plots = body["plots"]
-        if not plots:
-            raise ApiError(
-                422, "plots must hold at least one payload, got an empty list", "INVALID_BATCH"
-            )
-        batch_id = _optional_id(body.get("batch_id"), "batch_id") or new_id()
-        title = body.get("title")
-        if title is not None and not isinstance(title, str):
-            raise ApiError(
-                422, f"title must be a string, got {type(title).__name__}", "INVALID_BATCH"
-            )
-        replace = body.get("replace", False)
-        if not isinstance(replace, bool):
-            raise ApiError(422, f"replace must be true or false, got {replace!r}", "INVALID_BATCH")
-        # Everything is checked before anything is written: a batch is stored whole or not.
-        problems = [await run_in_threadpool(_payload_problem, p) for p in plots]
-        if any(problems):
-            raise _rejected_batch(plots, problems)
-        ids = [_optional_id(p.get("plot_id"), f"plots[{i}].plot_id") for i, p in enumerate(plots)]
-        payloads = [_stored_form(p) for p in plots]
-        records = await run_in_threadpool(
-            _store_plots,
-            store,
-            payloads,
-            plot_ids=ids,
-            batch_id=batch_id,
-            batch_title=title,
-            replace=replace,
-        )
+        async with upload(request) as body:
+            # Everything is checked before anything is written: stored whole or not at all.
+            arguments = await work(checked_batch, body)
+            records = await work(store_plots, store, **arguments)
+        count = len(records)
         return JSONResponse(
             {
                 "success": True,
-                "message": f"{len(records)} plots stored",
-                "batch_id": batch_id,
-                "results": [_batch_result(r) for r in records],
-                "dashboard_url": f"/dashboard/{batch_id}",
-                "summary": {
-                    "total_plots": len(records),
-                    "successful": len(records),
-                    "failed": 0,
-                },
+                "message": f"{count} plots stored",
+                "batch_id": arguments["batch_id"],
+                "results": [batch_result(r) for r in records],
+                "dashboard_url": f"/dashboard/{arguments['batch_id']}",
+                "summary": {"total_plots": count, "successful": count, "failed": 0},
             }
         )
 
     @app.get("/api/plots")
-    async def list_plots(batch_id: str | None = None) -> dict[str, Any]:
-        batch_id = _optional_id(batch_id, "batch_id")
-        records = await run_in_threadpool(store.list_plots, batch_id)
-        return {"count": len(records), "plots": [_summary(_current(r)) for r in records]}
-
-    def _plot_or_404(plot_id: str) -> dict[str, Any]:
-        record = store.get_plot(_optional_id(plot_id, "plot_id"))
-        if record is None:
-            raise ApiError(404, f"no plot with plot_id {plot_id!r}", "NOT_FOUND")
-        return _current(record)
+    async def list_plots(batch_id: str | None = None) -> Response:
+        content = await work(pages.listing_json, optional_id(batch_id, "batch_id"))
+        return Response(content, media_type="application/json")
 
     @app.get("/api/plots/{plot_id}")
-    async def get_plot(plot_id: str) -> dict[str, Any]:
-        return _plot_or_404(plot_id)
+    async def get_plot(plot_id: str) -> Response:
+        return Response(await work(pages.record_json, plot_id), media_type="application/json")
 
     @app.get("/plot/{plot_id}", response_class=HTMLResponse)
     async def view_plot(plot_id: str) -> HTMLResponse:
-        from .render import to_figure
-
-        record = _plot_or_404(plot_id)
-        figure = to_figure(record["payload"])
-        fragment = figure.to_html(
-            full_html=False, include_plotlyjs=False, div_id="plot", config={"responsive": True}
-        )
-        return HTMLResponse(plot_page(record, fragment))
+        return HTMLResponse(await work(pages.view, plot_id))
 
     @app.get("/dashboard/{batch_id}", response_class=HTMLResponse)
     async def dashboard(batch_id: str) -> HTMLResponse:
-        from .render import dashboard_html
-
-        batch = store.get_batch(_optional_id(batch_id, "batch_id"))
-        if batch is None:
-            raise ApiError(404, f"no batch or run with batch_id {batch_id!r}", "NOT_FOUND")
-        records = [store.get_plot(pid) for pid in batch.get("plot_ids", [])]
-        payloads = [r["payload"] for r in records if r is not None]
-        title = batch.get("title") or f"gometal run {batch_id}"
-        return HTMLResponse(dashboard_html(payloads, title))
+        return HTMLResponse(await work(pages.dashboard, batch_id))
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
-        plots = await run_in_threadpool(store.list_plots)
-        batches = await run_in_threadpool(store.list_batches)
-        return HTMLResponse(index_page([_current(r) for r in plots], batches))
+        return HTMLResponse(await work(pages.index))
 
     @app.get("/favicon.ico")
     async def favicon() -> Response:
@@ -430,10 +366,14 @@ def create_app(
     @app.get(PLOTLY_JS_ROUTE)
     async def plotly_bundle() -> Response:
         return Response(
-            plotly_js(),
+            await work(plotly_js),
             media_type="application/javascript",
             headers={"Cache-Control": "public, max-age=86400"},
         )
+
+    @app.get(OPENAPI_ROUTE)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(document)
 
     return app
 
@@ -444,6 +384,11 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    allowed_hosts: Sequence[str] = (),
+    max_uploads: int = DEFAULT_MAX_UPLOADS,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    header_timeout_s: float | None = None,
+    workers: int = DEFAULT_WORKERS,
 ) -> None:
     """Runs the sidecar in this process until interrupted.
 
@@ -452,11 +397,30 @@ def serve(
         host: the address to bind; the default keeps the service on this machine.
         port: the TCP port.
         max_body_bytes: the largest request body accepted.
+        allowed_hosts: ``Host`` names accepted besides the loopback names, the bound
+            address and, for a wildcard bind, this machine's names (``"*"``: any).
+        max_uploads: writes received and handled at once.
+        body_timeout_s: seconds a request body may take.
+        header_timeout_s: seconds a request's headers may take; default
+            ``server_http.DEFAULT_HEADER_TIMEOUT_S``.
+        workers: threads that parse, check, draw and store.
 
     Example:
         >>> serve("gometal-plots", port=8080)  # doctest: +SKIP
     """
     import uvicorn
 
-    app = create_app(data_dir, max_body_bytes=max_body_bytes)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    from .server_http import DEFAULT_HEADER_TIMEOUT_S, protocol_with_header_timeout
+
+    protocol = protocol_with_header_timeout(
+        DEFAULT_HEADER_TIMEOUT_S if header_timeout_s is None else header_timeout_s
+    )
+    app = create_app(
+        data_dir,
+        max_body_bytes=max_body_bytes,
+        host_policy=HostPolicy.for_bind(host, allowed_hosts),
+        max_uploads=max_uploads,
+        body_timeout_s=body_timeout_s,
+        workers=workers,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http=protocol)

@@ -31,6 +31,12 @@ __all__ = [
 DEFAULT_DATA_DIR = "gometal-plots"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_MB = 10.0
+# Kept equal to gometal.viz.server's and server_http's defaults (not imported from there:
+# they load the web stack, which the `gometal` command leaves for when a server starts).
+DEFAULT_MAX_UPLOADS = 8
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_WORKERS = 2
 BYTES_PER_MB = 1024 * 1024
 EXIT_USAGE = 2  # argparse's exit status for bad arguments
 
@@ -63,6 +69,36 @@ def _positive_mb(text: str) -> float:
 
 def _body_bytes(megabytes: float) -> int:
     return int(megabytes * BYTES_PER_MB)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
+def _host_name(text: str) -> str:
+    from .server_guard import HostPolicy
+
+    try:
+        HostPolicy([text])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def add_sidecar_command(commands: Any) -> None:
@@ -101,6 +137,43 @@ def add_sidecar_command(commands: Any) -> None:
         type=_positive_mb,
         default=DEFAULT_MAX_BODY_MB,
         help=f"largest request body accepted, in MB ({DEFAULT_MAX_BODY_MB:g})",
+    )
+    sidecar.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        metavar="NAME",
+        action="append",
+        type=_host_name,
+        default=[],
+        help="a further name clients reach the sidecar by, e.g. a container's service name "
+        "(repeatable; '*' accepts any Host). Accepted anyway: localhost, 127.0.0.1, ::1, the "
+        "--host address and, with --host 0.0.0.0 or ::, this machine's names and any IP address",
+    )
+    sidecar.add_argument(
+        "--max-uploads",
+        type=_positive_int,
+        default=DEFAULT_MAX_UPLOADS,
+        help=f"request bodies received at once; more get 503 + Retry-After ({DEFAULT_MAX_UPLOADS})",
+    )
+    sidecar.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=DEFAULT_HEADER_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"time for a request's headers ({DEFAULT_HEADER_TIMEOUT_S:g})",
+    )
+    sidecar.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=DEFAULT_BODY_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"time for a request's body ({DEFAULT_BODY_TIMEOUT_S:g})",
+    )
+    sidecar.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=DEFAULT_WORKERS,
+        help=f"threads that check, draw and store plots ({DEFAULT_WORKERS})",
     )
     sidecar.set_defaults(handler=run_sidecar)
 
@@ -159,7 +232,9 @@ def run_sidecar(args: argparse.Namespace) -> int:
     """Runs the sidecar as configured by parsed ``gometal sidecar`` arguments.
 
     Args:
-        args: the parsed arguments (``port``, ``host``, ``data_dir``, ``max_body_mb``).
+        args: the parsed arguments (``port``, ``host``, ``data_dir``, ``max_body_mb``;
+            ``allowed_hosts``, ``max_uploads``, ``header_timeout``, ``body_timeout`` and
+            ``workers`` take their defaults when absent).
 
     Returns:
         The process exit code: 0 after a clean shutdown; 2 after a one-line
@@ -188,6 +263,11 @@ def run_sidecar(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         max_body_bytes=_body_bytes(args.max_body_mb),
+        allowed_hosts=getattr(args, "allowed_hosts", ()),
+        max_uploads=getattr(args, "max_uploads", DEFAULT_MAX_UPLOADS),
+        header_timeout_s=getattr(args, "header_timeout", DEFAULT_HEADER_TIMEOUT_S),
+        body_timeout_s=getattr(args, "body_timeout", DEFAULT_BODY_TIMEOUT_S),
+        workers=getattr(args, "workers", DEFAULT_WORKERS),
     )
     return 0
 

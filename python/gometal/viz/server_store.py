@@ -8,6 +8,11 @@ Layout under the data directory::
 Every file is replaced atomically (temporary file, fsync, rename), so a crash or a
 concurrent reader never sees half a record. Ids are checked against :data:`ID_PATTERN`
 before any path is built, which keeps every file inside the data directory.
+
+A request's plots are stored whole or not at all: every record is encoded before the
+first file is written, a failed write removes the plots written before it, and the batch
+record is written last. A process killed in between leaves plots that their batch does
+not list and ``.tmp`` files; :meth:`PlotStore.recover` removes both at start-up.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import os
 import re
 import threading
 import uuid
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..serialization.atomic import write_atomically
+from ..serialization.atomic import TEMP_SUFFIX, write_atomically
 
-__all__ = ["ID_PATTERN", "PlotStore", "check_id", "new_id"]
+__all__ = ["ID_PATTERN", "PlotStore", "Recovery", "check_id", "new_id"]
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PLOTS = "plots"
@@ -78,6 +85,34 @@ def _dump(record: dict[str, Any]) -> bytes:
     return json.dumps(record, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
+def _encoded(records: list[dict[str, Any]]) -> list[bytes]:
+    """Every record's file content, or ``ValueError`` naming the first that has none."""
+    out = []
+    for record in records:
+        try:
+            out.append(_dump(record))
+        except (UnicodeEncodeError, ValueError, TypeError, RecursionError) as err:
+            raise ValueError(
+                f"plot {record['id']!r} cannot be stored as UTF-8 JSON: {err}"
+            ) from None
+    return out
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What :meth:`PlotStore.recover` removed.
+
+    Attributes:
+        temp_files: stray temporary files of interrupted writes.
+        orphan_plots: ids of plots that name a batch which does not list them.
+        skipped: why nothing was removed (another sidecar uses the folder), else ``None``.
+    """
+
+    temp_files: int = 0
+    orphan_plots: tuple[str, ...] = ()
+    skipped: str | None = None
+
+
 class PlotStore:
     """Plots and batches kept as JSON files under one data directory.
 
@@ -96,6 +131,24 @@ class PlotStore:
             (self.root / kind).mkdir(parents=True, exist_ok=True)
         # One writer at a time: a batch record is read, extended and rewritten.
         self._lock = threading.Lock()
+        self._sole_user = self._claim_folder()
+
+    def _claim_folder(self) -> bool:
+        """Holds a shared lock on the data directory while this store lives; tells whether
+        no other process held one, i.e. no other sidecar's writes can be in flight."""
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks (Windows): taken as the only user
+            return True
+        fd = os.open(self.root, os.O_RDONLY)
+        weakref.finalize(self, os.close, fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            sole = True
+        except OSError:
+            sole = False
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return sole
 
     def _path(self, kind: str, item_id: str) -> Path:
         check_id(item_id, "plot_id" if kind == PLOTS else "batch_id")
@@ -155,6 +208,8 @@ class PlotStore:
 
         Raises:
             FileExistsError: a requested plot id is already taken (nothing is written).
+            ValueError: a payload cannot be encoded as UTF-8 JSON, e.g. it holds a lone
+                surrogate (nothing is written).
 
         Example:
             >>> store.add_plots([payload], batch_id="run-1")[0]["batch_id"]  # doctest: +SKIP
@@ -175,16 +230,34 @@ class PlotStore:
                 {"id": plot_id, "batch_id": batch_id, "created": created, "payload": payload}
                 for plot_id, payload in zip(ids, payloads)
             ]
-            for record in records:
-                write_atomically(self._path(PLOTS, record["id"]), _dump(record))
+            written = self._write_all(records, _encoded(records))
             if batch_id is not None:
-                replaced = self._extend_batch(batch_id, ids, batch_title, created, replace)
+                try:
+                    replaced = self._extend_batch(batch_id, ids, batch_title, created, replace)
+                except BaseException:
+                    for path in written:  # not listed by their batch: not stored
+                        path.unlink(missing_ok=True)
+                    raise
                 # Deleted only once the batch no longer lists them.
                 for old_id in replaced:
                     old = self.get_plot(old_id)
                     if old is not None and old.get("batch_id") == batch_id:
                         self._path(PLOTS, old_id).unlink(missing_ok=True)
         return records
+
+    def _write_all(self, records: list[dict[str, Any]], contents: list[bytes]) -> list[Path]:
+        """Writes every plot file, or none: a failure removes those already written."""
+        written: list[Path] = []
+        try:
+            for record, content in zip(records, contents):
+                path = self._path(PLOTS, record["id"])
+                write_atomically(path, content)
+                written.append(path)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        return written
 
     def _extend_batch(
         self, batch_id: str, plot_ids: list[str], title: str | None, when: str, replace: bool
@@ -204,6 +277,55 @@ class PlotStore:
         batch["updated"] = when
         write_atomically(path, _dump(batch))
         return [i for i in previous if i not in plot_ids] if replace else []
+
+    def recover(self) -> Recovery:
+        """Removes what a process killed while writing left behind; run it at start-up.
+
+        That is the ``.tmp`` files of interrupted atomic writes, and the plots that name a
+        batch which does not list them (written, but their batch record never was, so the
+        request that sent them failed). Plots of a batch whose record exists but cannot be
+        read are kept. Nothing is removed while another process (a second sidecar on this
+        folder) holds the folder: its writes may be in flight.
+
+        Returns:
+            What was removed, or why nothing was.
+
+        Example:
+            >>> PlotStore("gometal-plots").recover().orphan_plots  # doctest: +SKIP
+            ('3f2a...',)
+        """
+        if not self._sole_user:
+            return Recovery(skipped="another process holds the data directory")
+        temp_files = 0
+        for kind in (PLOTS, BATCHES):
+            for path in (self.root / kind).glob(f".*{TEMP_SUFFIX}"):
+                path.unlink(missing_ok=True)
+                temp_files += 1
+        listed: dict[str, set[str] | None] = {}
+        orphans = []
+        for path in (self.root / PLOTS).glob("*.json"):
+            record = self._read(path) if ID_PATTERN.fullmatch(path.stem) else None
+            batch_id = record.get("batch_id") if record is not None else None
+            if not isinstance(batch_id, str) or not ID_PATTERN.fullmatch(batch_id):
+                continue  # a plot of no batch, or not a record this store wrote
+            if batch_id not in listed:
+                listed[batch_id] = self._listed_ids(batch_id)
+            ids = listed[batch_id]
+            if ids is not None and path.stem not in ids:
+                path.unlink(missing_ok=True)
+                orphans.append(path.stem)
+        return Recovery(temp_files, tuple(sorted(orphans)))
+
+    def _listed_ids(self, batch_id: str) -> set[str] | None:
+        """The plot ids a batch lists (none without a record); ``None`` when its record
+        exists but cannot be read."""
+        path = self._path(BATCHES, batch_id)
+        if not path.exists():
+            return set()
+        record = self._read(path)
+        if record is None or not isinstance(record.get("plot_ids"), list):
+            return None
+        return {str(i) for i in record["plot_ids"]}
 
     def get_plot(self, plot_id: str) -> dict[str, Any] | None:
         """Returns the stored record of one plot, or ``None`` when there is none.
