@@ -5,7 +5,8 @@ Example:
     >>> gm.onnx.export(model, "model.onnx", opset=17)  # doctest: +SKIP
 """
 
+from ._safety import MAX_SAMPLE_BYTES
 from .export import export
 from .importer import OnnxImportError, load
 
-__all__ = ["OnnxImportError", "export", "load"]
+__all__ = ["MAX_SAMPLE_BYTES", "OnnxImportError", "export", "load"]

@@ -346,7 +346,8 @@ def pad_nchw(g: Any, x: int, pads: Sequence[int], value: float) -> int:
     """Pads the last two axes of ``x`` by ``pads = (top, left, bottom, right)`` with ``value``.
 
     The fill rows are ``0 * x`` slices plus ``value`` (inputs are finite), so they carry the
-    batch size without a batch-shaped constant and pass no gradient back to ``x``.
+    batch size without a batch-shaped constant and pass no gradient back to ``x``. Each side
+    is one broadcast of such a slice, so the graph does not grow with the padding.
 
     Args:
         g: the graph.
@@ -366,7 +367,13 @@ def pad_nchw(g: Any, x: int, pads: Sequence[int], value: float) -> int:
             continue
         edge = op(g, "slice", x, axis=axis, start=0, end=1)
         fill = op(g, "add", op(g, "mul", edge, const(g, 0.0)), const(g, value))
-        x = op(g, "concat", *([fill] * before), x, *([fill] * after), axis=axis)
+        sides = []
+        for size in (before, after):
+            shape = list(g.shape(fill))
+            shape[axis] = size
+            sides.append(op(g, "broadcast_to", fill, shape=shape) if size else None)
+        parts = [sides[0], x, sides[1]]
+        x = op(g, "concat", *(part for part in parts if part is not None), axis=axis)
     return x
 
 

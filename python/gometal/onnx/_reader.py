@@ -14,6 +14,7 @@ import numpy as np
 
 from ..tensor import BATCH, SymbolicTensor
 from . import _layers as X
+from ._budget import SampleBudget, emitted_sample_bytes
 from ._safety import OnnxImportError
 from ._shape_values import ShapeValue
 
@@ -44,6 +45,7 @@ class GraphReader:
         export_batch: the fixed batch size the file declares when the import makes it
             dynamic, else ``None``.
         node: the node being imported, or ``None``.
+        budget: the bytes per sample the layers made so far need (see ``_budget``).
     """
 
     def __init__(self, proto: Any, folder: Path):
@@ -58,6 +60,10 @@ class GraphReader:
         self.weights: dict[str, np.ndarray] = {}
         self.const_layers: dict[str, SymbolicTensor] = {}
         self.taken: set[str] = set()
+        # The next suffix to try per name: probing from 1 each time made imports of
+        # many unnamed nodes quadratic.
+        self._next_suffix: dict[str, int] = {}
+        self.budget = SampleBudget()
         self.export_batch: int | None = None
         self.node: Any = None
         self.source: SymbolicTensor | None = None
@@ -74,9 +80,11 @@ class GraphReader:
     def name(self, hint: str) -> str:
         """A unique layer name made from ``hint``."""
         base = _sanitize(hint)
-        name, index = base, 1
+        name, index = base, self._next_suffix.get(base, 1)
+        # Suffixes below the stored one were taken when it was stored, and names stay taken.
         while name in self.taken or name == "optimizer":
             name, index = f"{base}_{index}", index + 1
+        self._next_suffix[base] = index
         self.taken.add(name)
         return name
 
@@ -117,9 +125,14 @@ class GraphReader:
         return self.const_layers[name]
 
     def call(self, layer: Any, inputs: Any, weights: dict[str, np.ndarray] | None = None) -> Any:
-        """Calls ``layer`` on ``inputs`` and records ``weights`` after checking their shapes."""
+        """Calls ``layer`` on ``inputs``, counts what it needs per sample against the budget
+        and records ``weights`` after checking their shapes."""
         output = layer(inputs)
-        first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        tensors = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        self.budget.spend(
+            self.where(), emitted_sample_bytes(layer, tensors), f"layer {layer.name!r}"
+        )
+        first = tensors[0]
         expected = {spec.name: spec.shape for spec in layer.weight_specs}
         for local, value in (weights or {}).items():
             if tuple(value.shape) != expected[local]:

@@ -19,6 +19,18 @@ from google.protobuf.message import DecodeError
 MAX_FILE_BYTES = 2 * 1024**3
 MAX_TENSOR_BYTES = 2 * 1024**3
 
+MAX_SAMPLE_BYTES = 1024**3
+"""The most memory one sample may need in an imported model's forward pass, in bytes.
+
+Counted node by node at import, from shapes and attributes, before anything is
+allocated: the input, the output of every engine primitive the graph's layers emit,
+padded copies, pooling count maps and convolution scratch. Buffers the engine reuses
+count each time, so the count overstates the engine's real arena: ResNet-50 at 224 x 224
+counts 227 MiB per sample (its arena for one sample is 29 MiB) and VGG-16 473 MiB.
+``predict`` on ``N`` samples needs at most about ``N`` times the count; training also
+keeps intermediates for the backward pass, and needs more.
+"""
+
 
 class OnnxImportError(ValueError):
     """An ONNX file that cannot be imported: malformed, unsafe or unsupported.
@@ -73,11 +85,60 @@ def read_model_proto(path: str | os.PathLike[str]) -> tuple[Any, Path]:
         raise OnnxImportError(
             f"ONNX file {str(path)!r} is not a valid ONNX protobuf (truncated or corrupt): {err}"
         ) from None
+    check_text_fields(model, f"ONNX file {str(path)!r}")
     if not model.HasField("graph") or not model.graph.output:
         raise OnnxImportError(
             f"ONNX file {str(path)!r} holds no graph with outputs (truncated or not an ONNX model)"
         )
     return model, file.resolve().parent
+
+
+def _is_repeated(field: Any) -> bool:
+    # protobuf 7 dropped FieldDescriptor.label for is_repeated (added in protobuf 5).
+    if hasattr(field, "is_repeated"):
+        return bool(field.is_repeated)
+    return bool(field.label == field.LABEL_REPEATED)
+
+
+def check_text_fields(message: Any, what: str) -> None:
+    """Refuses a parsed protobuf whose text (``string``) fields are not valid UTF-8.
+
+    Protobuf's Python runtime hands such fields back as ``bytes`` instead of ``str``, which
+    every later name comparison and message would trip over.
+
+    Args:
+        message: the parsed message (``onnx.ModelProto``).
+        what: how the error names the file.
+
+    Raises:
+        OnnxImportError: naming the first such field.
+
+    Example:
+        >>> check_text_fields(proto, "ONNX file 'model.onnx'")  # doctest: +SKIP
+    """
+    from google.protobuf.descriptor import FieldDescriptor
+
+    # An explicit stack: nested graphs (If/Loop bodies) must not reach the recursion limit.
+    stack: list[tuple[Any, str]] = [(message, "model")]
+    while stack:
+        current, path = stack.pop()
+        for field, value in current.ListFields():
+            if field.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE):
+                continue  # numbers and raw bytes: nothing to decode
+            name = f"{path}.{field.name}"
+            repeated = _is_repeated(field)
+            items = (
+                [(f"{name}[{i}]", v) for i, v in enumerate(value)] if repeated else [(name, value)]
+            )
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                stack.extend((item, where) for where, item in items)
+                continue
+            for where, text in items:
+                if not isinstance(text, str):
+                    raise OnnxImportError(
+                        f"{what}: field {where} holds {bytes(text)[:40]!r}, which is not valid "
+                        "UTF-8 text"
+                    )
 
 
 def _element_count(dims: Any, what: str) -> int:

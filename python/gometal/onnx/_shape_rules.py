@@ -83,6 +83,22 @@ def resolve_reshape(shape: Sequence[int], requested: Sequence[Entry], allowzero:
     return head + target
 
 
+def check_window(
+    kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int], rank: int
+) -> None:
+    """Checks a convolution's or pool's window: one positive size per spatial axis each.
+
+    Raises:
+        ValueError: naming the attribute, what it must be and what it holds.
+
+    Example:
+        >>> check_window([3, 3], [1, 1], [1, 1], 2)
+    """
+    for label, values in (("kernel_shape", kernel), ("strides", strides), ("dilations", dilations)):
+        if len(values) != rank or any(v < 1 for v in values):
+            raise ValueError(f"{label} must be {rank} positive ints, got {list(values)}")
+
+
 def spatial_pads(
     auto_pad: str,
     pads: Sequence[int] | None,

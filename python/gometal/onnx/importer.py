@@ -7,7 +7,9 @@ that feed the weight inputs of ``Conv``, ``Gemm``, ``MatMul`` and ``BatchNormali
 become the layers' weights (trainable; batch-norm statistics non-trainable), so the model
 fine-tunes with ``gm.Trainer``. Other constants become non-trainable ``OnnxConstant``
 layers. Integer tensors computed from shapes (``x.view(x.size(0), -1)``) are evaluated
-at import (see ``_shape_ops``). The file is read defensively (see ``_safety``).
+at import (see ``_shape_ops``). The file is read defensively (see ``_safety``), and
+what one sample needs in memory is counted node by node, from shapes and attributes,
+before anything is allocated (see ``_budget``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from .. import layers as L
 from ..model import Model
 from ..tensor import BATCH, SymbolicTensor
 from . import _layers as X
+from ._budget import sample_bytes
+from ._node_checks import nan_tensor_warning, node_arity_problem, non_finite_attribute
 from ._reader import show_shape
 from ._safety import (
     OnnxImportError,
@@ -31,8 +35,9 @@ from ._safety import (
     tensor_to_array,
 )
 from ._shape_ops import ShapeOperators
-from ._shape_rules import ceil_extra, input_engine_shape, resolve_reshape, spatial_pads
+from ._shape_rules import input_engine_shape, resolve_reshape
 from ._shape_values import BATCH_SIZE, ShapeValue
+from ._spatial_ops import SpatialOperators
 
 __all__ = ["SUPPORTED_OPS", "OnnxImportError", "load"]
 
@@ -68,10 +73,17 @@ def load(path: str | os.PathLike[str], dynamic_batch: bool | None = None) -> Mod
         The model, holding the imported weights.
 
     Raises:
-        OnnxImportError: a malformed, unsafe or unsupported file (unsupported operators
-            are all listed in one error, with their node names), or a fixed batch that
-            the graph cannot take as a dynamic one (the error names the input, the size
-            and how to re-export or load the file).
+        OnnxImportError: the one error type of a file that cannot be imported: malformed,
+            unsafe or unsupported (unsupported operators are all listed in one error, with
+            their node names); a graph that needs more than ``MAX_SAMPLE_BYTES`` per
+            sample (the error names the node, the size and the cap); a non-finite float
+            attribute; a graph that would move the batch off dimension 0; or a fixed
+            batch that the graph cannot take as a dynamic one (the error names the input,
+            the size and how to re-export or load the file).
+
+    Warns:
+        RuntimeWarning: initializers or ``Constant`` values hold NaN (named, with counts);
+            the model loads, and predictions through them are NaN.
 
     Example:
         >>> model = load("mlp.onnx")  # doctest: +SKIP
@@ -118,7 +130,7 @@ def _attributes(node: Any) -> dict[str, Any]:
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
-class _Importer(ShapeOperators):
+class _Importer(SpatialOperators):
     """Walks the ONNX graph once, in its (topological) node order."""
 
     def __init__(self, proto: Any, folder: Path, dynamic_batch: bool | None):
@@ -132,40 +144,63 @@ class _Importer(ShapeOperators):
             self.consts[tensor.name] = tensor_to_array(
                 tensor, self.folder, f"initializer {tensor.name!r}"
             )
+        nan_tensor_warning(dict(self.consts), "initializer")
         source = self._make_input()
         self.source = source
+        self.budget.spend(
+            f"input {source.name!r}", sample_bytes(source.engine_shape),
+            f"one sample of shape {show_shape(source.engine_shape)}",
+        )  # fmt: skip
         used = {name for node in self.graph.node for name in node.input}
         used |= {o.name for o in self.graph.output}
         for node in self.graph.node:
             self.node = node
-            for extra in node.output[1:]:
-                if extra and extra in used:
-                    self.fail(f"its extra output {extra!r} is used; only the first is supported")
-            for name in node.input:
-                known = name in self.values or name in self.consts or name in self.shape_values
-                if name and not known:
-                    self.fail(f"input {name!r} is produced by no earlier node nor initializer")
+            self._check_node(node, used)
             try:
                 result = self._HANDLERS[node.op_type](self, node, _attributes(node))
             except OnnxImportError:
                 raise
             except (ValueError, TypeError) as err:
                 self.fail(str(err))
-            if isinstance(result, ShapeValue) and not result.has_batch:
-                result = result.to_array()
-            if isinstance(result, ShapeValue):
-                self.shape_values[node.output[0]] = result
-            elif isinstance(result, np.ndarray):
-                self.consts[node.output[0]] = result
-            else:
-                # A bound per sample keeps hostile graphs (say, a Concat of many copies of
-                # a large input) from planning a huge arena later.
-                shape = result.engine_shape
-                sample = shape[1:] if shape and shape[0] == BATCH else shape
-                check_sample_bytes(sample, self.where())
-                self.values[node.output[0]] = result
+            except (IndexError, KeyError, ArithmeticError) as err:
+                # The known ways here are checked before; any other still names the node.
+                self.fail(f"cannot be imported ({type(err).__name__}: {err})")
+            self._store(node.output[0], result)
         self.node = None
         return self._finish(source)
+
+    def _check_node(self, node: Any, used: set[str]) -> None:
+        problem = node_arity_problem(node, self.opset) or non_finite_attribute(node)
+        if problem:
+            self.fail(problem)
+        for extra in node.output[1:]:
+            if extra and extra in used:
+                self.fail(f"its extra output {extra!r} is used; only the first is supported")
+        for name in node.input:
+            known = name in self.values or name in self.consts or name in self.shape_values
+            if name and not known:
+                self.fail(f"input {name!r} is produced by no earlier node nor initializer")
+
+    def _store(self, name: str, result: Any) -> None:
+        if isinstance(result, ShapeValue) and not result.has_batch:
+            result = result.to_array()
+        if isinstance(result, ShapeValue):
+            self.shape_values[name] = result
+        elif isinstance(result, np.ndarray):
+            self.consts[name] = result
+        else:
+            shape = result.engine_shape
+            if BATCH in shape[1:]:
+                # predict and training split and join batches along dimension 0.
+                self.fail(
+                    f"its output would have shape {show_shape(shape)}, with the dynamic batch "
+                    f"on dimension {shape.index(BATCH)}; gometal keeps the batch on dimension 0"
+                )
+            # A bound per sample keeps hostile graphs (say, a Concat of many copies of
+            # a large input) from planning a huge arena later.
+            sample = shape[1:] if shape and shape[0] == BATCH else shape
+            check_sample_bytes(sample, self.where())
+            self.values[name] = result
 
     def _finish(self, source: SymbolicTensor) -> Model:
         if len(self.graph.output) != 1:
@@ -184,8 +219,15 @@ class _Importer(ShapeOperators):
         if declared.name not in self.values and declared.name not in self.consts:
             raise OnnxImportError(f"the graph output {declared.name!r} is produced by no node")
         output = self.runtime(declared.name)
+        if source.engine_shape[0] == BATCH and output.engine_shape[:1] != (BATCH,):
+            # predict would join the outputs of its chunks, one per 1024 samples.
+            raise OnnxImportError(
+                f"the graph output {declared.name!r} has shape {show_shape(output.engine_shape)}"
+                f", without the dynamic batch of input {source.name!r} on dimension 0; gometal "
+                "models give one output row per input sample"
+            )
         if output is source:
-            output = X.OnnxUnary("identity", name=self.name("identity"))(output)
+            output = self.call(X.OnnxUnary("identity", name=self.name("identity")), output)
         self._check_declared_shape(declared, output)
         try:
             model = Model(source, output)
@@ -249,6 +291,11 @@ class _Importer(ShapeOperators):
 
     # -- operators -------------------------------------------------------------------------
     def _constant(self, node: Any, attrs: dict[str, Any]) -> np.ndarray:
+        value = self._constant_value(node, attrs)
+        nan_tensor_warning({node.output[0]: value}, "Constant")
+        return value
+
+    def _constant_value(self, node: Any, attrs: dict[str, Any]) -> np.ndarray:
         for attribute in node.attribute:
             if attribute.name == "value":
                 return tensor_to_array(attribute.t, self.folder, f"Constant {node.name!r}")
@@ -334,38 +381,6 @@ class _Importer(ShapeOperators):
             return self.call(L.Softmax(axis, name=self.layer_name()), x)
         return self.call(X.OnnxSoftmax(axes, log=log, name=self.layer_name()), x)
 
-    def _spatial_pads(
-        self, attrs: dict[str, Any], x: SymbolicTensor, kernel: list[int], strides: list[int],
-        dilations: list[int],
-    ) -> tuple[list[int], list[int]]:  # fmt: skip
-        return spatial_pads(
-            attrs.get("auto_pad", "NOTSET"), attrs.get("pads"), x.engine_shape[2:], kernel,
-            strides, dilations,
-        )  # fmt: skip
-
-    def _conv(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
-        x = self.runtime(node.input[0])
-        w = self.float_const(node.input[1], "Conv weight W")
-        if w.ndim != 4 or len(x.engine_shape) != 4:
-            self.fail(f"only 2-D convolution is supported, got weight shape {w.shape}")
-        kernel = list(attrs.get("kernel_shape", w.shape[2:]))
-        strides = list(attrs.get("strides", [1, 1]))
-        dilations = list(attrs.get("dilations", [1, 1]))
-        begins, ends = self._spatial_pads(attrs, x, kernel, strides, dilations)
-        if begins != ends:
-            pad = X.OnnxPad2D([*begins, *ends], name=self.name(f"{self.node.name}_pad"))
-            x, begins = self.call(pad, x), [0, 0]
-        pads = begins
-        bias = node.input[2] if len(node.input) > 2 else ""
-        weights = {"weight": w}
-        if bias:
-            weights["bias"] = self.float_const(bias, "Conv bias B")
-        layer = L.Conv2D(
-            w.shape[0], tuple(kernel), tuple(strides), tuple(pads), tuple(dilations),
-            int(attrs.get("group", 1)), use_bias=bool(bias), name=self.layer_name(),
-        )  # fmt: skip
-        return self.call(layer, x, weights)
-
     def _batch_norm(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         if not int(attrs.get("spatial", 1)):
             self.fail("spatial=0 (per-element statistics) is not supported")
@@ -413,58 +428,6 @@ class _Importer(ShapeOperators):
         a = self.runtime(node.input[0])
         b = self.float_const(node.input[1], "MatMul input B")
         return self.call(X.OnnxMatMul(b.shape, name=self.layer_name()), a, {"weight": b})
-
-    def _pool(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
-        x = self.runtime(node.input[0])
-        kernel = [int(k) for k in attrs.get("kernel_shape", [])]
-        rank = len(x.engine_shape)
-        if len(kernel) not in (1, 2) or rank != len(kernel) + 2:
-            self.fail(f"only 1-D and 2-D pooling are supported, got kernel_shape {kernel}")
-        strides = [int(s) for s in attrs.get("strides", [1] * len(kernel))]
-        dilations = [int(d) for d in attrs.get("dilations", [1] * len(kernel))]
-        if any(d != 1 for d in dilations):
-            self.fail(f"dilations {dilations} are not supported")
-        begins, ends = self._spatial_pads(attrs, x, kernel, strides, dilations)
-        spatial = list(x.engine_shape[2:])
-        extra = ceil_extra(spatial, kernel, strides, begins, ends)
-        if not int(attrs.get("ceil_mode", 0)):
-            extra = [0] * len(kernel)
-        if len(kernel) == 1:
-            # A 1-D pool is a 2-D pool over a height of one.
-            batch, channels, length = x.engine_shape
-            x = self.reshape_to(x, [batch, channels, 1, length])
-            kernel, strides, spatial = [1, *kernel], [1, *strides], [1, *spatial]
-            begins, ends, extra = [0, *begins], [0, *ends], [0, *extra]
-        out = self._pool2d(node.op_type, x, kernel, strides, (begins, ends, extra), attrs)
-        if rank == 3:
-            batch, channels, _, length = out.engine_shape
-            out = self.reshape_to(out, [batch, channels, length])
-        return out
-
-    def _pool2d(
-        self, op_type: str, x: SymbolicTensor, kernel: list[int], strides: list[int],
-        padding: tuple[list[int], list[int], list[int]], attrs: dict[str, Any],
-    ) -> SymbolicTensor:  # fmt: skip
-        begins, ends, extra = padding
-        include = bool(int(attrs.get("count_include_pad", 0)))
-        mode = "max" if op_type == "MaxPool" else "avg"
-        name = self.layer_name()
-        simple = (
-            begins == ends
-            and extra == [0, 0]
-            and all(2 * p <= k for p, k in zip(begins, kernel))
-            and (mode == "max" or include or begins == [0, 0])
-        )
-        if simple:
-            cls = L.MaxPool2D if mode == "max" else L.AvgPool2D
-            return self.call(cls(tuple(kernel), tuple(strides), tuple(begins), name=name), x)
-        layer = X.OnnxPool2D(mode, kernel, strides, [*begins, *ends], extra, include, name=name)
-        return self.call(layer, x)
-
-    def _global_pool(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
-        x = self.runtime(node.input[0])
-        axes = list(range(2, len(x.engine_shape)))
-        return self.call(X.OnnxReduceMean(axes, keepdims=True, name=self.layer_name()), x)
 
     def _flatten(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         x = self.runtime(node.input[0])
@@ -547,13 +510,13 @@ class _Importer(ShapeOperators):
         "Clip": _clip,
         "Softmax": _softmax,
         "LogSoftmax": _softmax,
-        "Conv": _conv,
+        "Conv": SpatialOperators.op_conv,
         "BatchNormalization": _batch_norm,
         "Gemm": _gemm,
         "MatMul": _matmul,
-        "MaxPool": _pool,
-        "AveragePool": _pool,
-        "GlobalAveragePool": _global_pool,
+        "MaxPool": SpatialOperators.op_pool,
+        "AveragePool": SpatialOperators.op_pool,
+        "GlobalAveragePool": SpatialOperators.op_global_pool,
         "Flatten": _flatten,
         "Reshape": _reshape,
         "Transpose": _transpose,
