@@ -130,7 +130,9 @@ class GraphReader:
         output = layer(inputs)
         tensors = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         self.budget.spend(
-            self.where(), emitted_sample_bytes(layer, tensors), f"layer {layer.name!r}"
+            self.where(),
+            emitted_sample_bytes(layer, tensors),
+            f"its layer {layer.name!r} ({type(layer).__name__})",
         )
         first = tensors[0]
         expected = {spec.name: spec.shape for spec in layer.weight_specs}
