@@ -107,7 +107,8 @@ DEFAULT_BODY_TIMEOUT_S = 30.0
 # make each request slower, and leave the event loop waiting for the GIL longer.
 DEFAULT_WORKERS = 2
 RETRY_AFTER_S = 1
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The routes that write; any other request only reads (or gets 404/405 from the router).
+WRITE_ROUTES = frozenset({("POST", "/api/plot"), ("POST", "/api/batch-plot")})
 
 _log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class _RequestGuard:
                 ),
                 "HOST_NOT_ALLOWED",
             )
-        if scope["method"] in SAFE_METHODS:
+        if (scope["method"], scope["path"]) not in WRITE_ROUTES:
             return None
         problem = origin_problem(headers.get("origin"), host, scope.get("scheme", "http"))
         if problem is not None:
@@ -147,7 +148,7 @@ class _RequestGuard:
             await self.app(scope, receive, send)
             return
         status, message, code = problem
-        unread = {} if scope["method"] in SAFE_METHODS else CLOSE
+        unread = CLOSE if (scope["method"], scope["path"]) in WRITE_ROUTES else {}
         await JSONResponse(error_body(message, code), status, headers=unread)(scope, receive, send)
 
 
@@ -298,7 +299,20 @@ def create_app(
         finally:
             slots.release()
 
-    app = FastAPI(title="gometal plotting sidecar", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            store.close()
+
+    app = FastAPI(
+        title="gometal plotting sidecar",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
     app.state.store = store
     app.state.recovery = recovery
     app.add_middleware(_RequestGuard, policy=policy)

@@ -108,7 +108,7 @@ def _schemas(error_codes: Iterable[str]) -> dict[str, Any]:
         },
         "BatchPlotResult": {
             "type": "object",
-            "required": ["success", "plot_type", "message"],
+            "required": ["success", "message"],
             "properties": {**plot_fields, "error_code": text},
         },
         "BatchSummary": {

@@ -131,7 +131,20 @@ class PlotStore:
             (self.root / kind).mkdir(parents=True, exist_ok=True)
         # One writer at a time: a batch record is read, extended and rewritten.
         self._lock = threading.Lock()
+        self._release_folder: weakref.finalize | None = None
         self._sole_user = self._claim_folder()
+
+    def close(self) -> None:
+        """Lets go of the data directory, so another store may clean it up at its start.
+
+        The store still reads and writes afterwards; only :meth:`recover` of a later
+        store is affected. Done at the latest when the process ends.
+
+        Example:
+            >>> store.close()  # doctest: +SKIP
+        """
+        if self._release_folder is not None:
+            self._release_folder()
 
     def _claim_folder(self) -> bool:
         """Holds a shared lock on the data directory while this store lives; tells whether
@@ -141,7 +154,7 @@ class PlotStore:
         except ImportError:  # no advisory locks (Windows): taken as the only user
             return True
         fd = os.open(self.root, os.O_RDONLY)
-        weakref.finalize(self, os.close, fd)
+        self._release_folder = weakref.finalize(self, os.close, fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             sole = True
