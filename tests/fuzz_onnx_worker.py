@@ -8,7 +8,9 @@ if the file loads, ``predict`` on two samples, and prints ``{"case": name, "outc
 ..., "detail": ..., "peak": ..., "bound": ...}``. Outcomes:
 
 - ``"refused"``: ``OnnxImportError``, the importer's one documented error;
-- ``"loaded"``: the model predicted two samples with the output shape it declares;
+- ``"loaded"``: the model predicted two samples with the output shape it declares
+  (``predict`` documents a ``ValueError`` for bad input only; these inputs are valid,
+  so a loaded model must predict them);
 - ``"error"``: anything else (another exception type, a wrong output shape);
 - ``"over_memory"``: the case's peak resident memory grew past its bound.
 
@@ -172,7 +174,9 @@ def _read_lines(process: subprocess.Popen[str], timeout: float) -> Any:
         selector.close()
 
 
-def run_cases(folder: Path, cap: int, case_timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+def run_cases(
+    folder: Path, cap: int, case_timeout: float = 60.0, worker: Path = WORKER
+) -> dict[str, dict[str, Any]]:
     """Runs every ``*.onnx`` file of ``folder`` through worker processes.
 
     A worker that dies (a signal, an abort) or stops answering for ``case_timeout``
@@ -183,6 +187,7 @@ def run_cases(folder: Path, cap: int, case_timeout: float = 60.0) -> dict[str, d
         folder: the files.
         cap: ``MAX_SAMPLE_BYTES`` in the workers.
         case_timeout: seconds one case may take.
+        worker: the worker script (this file), taking the arguments the module doc gives.
 
     Returns:
         A record per file name, as the module doc describes.
@@ -198,7 +203,7 @@ def run_cases(folder: Path, cap: int, case_timeout: float = 60.0) -> dict[str, d
     results: dict[str, dict[str, Any]] = {}
     while len(results) < len(names):
         start = len(results)
-        command = [sys.executable, str(WORKER), str(folder), str(start), str(cap)]
+        command = [sys.executable, str(worker), str(folder), str(start), str(cap)]
         # stderr goes to a file: a pipe nobody reads could fill up and stall the worker.
         with tempfile.TemporaryFile("w+") as errors:
             process = subprocess.Popen(

@@ -399,3 +399,31 @@ def test_the_seeds_load_and_the_mutations_reach_both_outcomes(
     outcomes = [r["outcome"] for n, r in fuzz_results.items() if not n.endswith("_seed.onnx")]
     assert outcomes.count("loaded") >= len(outcomes) // 10
     assert outcomes.count("refused") >= len(outcomes) // 2
+
+
+FAKE_WORKER = """
+import json, os, sys, time
+from pathlib import Path
+files = sorted(Path(sys.argv[1]).glob("*.onnx"))[int(sys.argv[2]):]
+for path in files:
+    print(json.dumps({"start": path.name}), flush=True)
+    if "abort" in path.name:
+        os.abort()
+    if "hang" in path.name:
+        time.sleep(60)
+    print(json.dumps({"case": path.name, "outcome": "loaded", "detail": ""}), flush=True)
+"""
+
+
+def test_the_runner_records_a_crash_and_a_hang_and_goes_on(tmp_path: Path) -> None:
+    worker = tmp_path / "fake_worker.py"
+    worker.write_text(FAKE_WORKER)
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    for name in ("a", "b_abort", "c_hang", "d"):
+        (folder / f"{name}.onnx").write_bytes(b"")
+    results = run_cases(folder, FUZZ_CAP_BYTES, case_timeout=2.0, worker=worker)
+    outcomes = {name: record["outcome"] for name, record in results.items()}
+    assert outcomes == {
+        "a.onnx": "loaded", "b_abort.onnx": "crash", "c_hang.onnx": "timeout", "d.onnx": "loaded"
+    }  # fmt: skip
