@@ -9,6 +9,7 @@ trained, by whichever trainer.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -211,11 +212,14 @@ class Model:
         position in the model, so a fresh model's values depend only on the seed."""
         stream = 0
         for layer in self._layers:
-            fresh: dict[str, np.ndarray] = {}
+            # Drawn when first read: weights set right away (an import) are never drawn.
+            fresh: dict[str, Any] = {}
             for spec in layer.weight_specs:
                 full_name = f"{layer.name}.{spec.name}"
                 if not layer.weight_store.initialized:
-                    fresh[spec.name] = spec.initializer(self.seed, stream, spec.shape)
+                    fresh[spec.name] = functools.partial(
+                        spec.initializer, self.seed, stream, spec.shape
+                    )
                 self._weight_shapes[full_name] = spec.shape
                 if spec.trainable:
                     self._trainable.append(full_name)

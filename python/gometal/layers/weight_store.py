@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -106,12 +106,16 @@ class LayerWeights:
         """The engine holding the weights, or ``None`` while the layer holds them itself."""
         return self._engine
 
-    def initialize(self, values: Mapping[str, np.ndarray]) -> None:
-        """Gives a layer that has no weights yet its first values (float32 copies)."""
+    def initialize(self, values: Mapping[str, np.ndarray | Callable[[], np.ndarray]]) -> None:
+        """Gives a layer that has no weights yet its first values: arrays (copied as
+        float32), or callables that draw them, called only when a value is first read (a
+        model whose weights are all set right away, as an imported one, never draws)."""
         with _holding(self._group):
             if self.initialized:
                 raise RuntimeError("the layer's weights are already initialized")
-            self._values = {k: np.array(v, dtype=np.float32) for k, v in values.items()}
+            self._values = {
+                k: v if callable(v) else np.array(v, dtype=np.float32) for k, v in values.items()
+            }
 
     def get(self, names: Iterable[str]) -> dict[str, np.ndarray]:
         """Copies of the weights ``names`` (local names such as ``"weight"``), in order."""
@@ -135,6 +139,11 @@ class LayerWeights:
             return {n: np.array(self._engine.get_variable(self._prefix + n)) for n in names}
         if self._values is None:
             raise RuntimeError("the layer has no weights yet: build a model on it first")
+        names = list(names)
+        for name in names:
+            draw = self._values[name]
+            if callable(draw):
+                self._values[name] = np.array(draw(), dtype=np.float32)
         return {n: self._values[n].copy() for n in names}
 
     def _move_to(self, engine: Any, prefix: str, names: Iterable[str]) -> None:
