@@ -25,6 +25,7 @@ from gometal.viz.server_store import PlotStore
 from sidecar_helpers import get_json, parse_response, sample_payload, sidecar_process
 
 MB = 1024 * 1024
+JSON_TYPE = "application/json"
 
 
 def port_of(url: str) -> int:
@@ -45,20 +46,29 @@ def big_payload(series: int = 12, points: int = 6000) -> dict:
     return payload
 
 
+def has_whole_answer(raw: bytes) -> bool:
+    head, found, body = raw.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    length = parse_response(head + b"\r\n\r\n")[1].get("content-length", "0")
+    return len(body) >= int(length)
+
+
 def wait_closed(
-    socks: list[socket.socket], deadline_s: float, count: int | None = None
+    socks: list[socket.socket], deadline_s: float, count: int | None = None, answered: bool = False
 ) -> dict[socket.socket, bytes]:
-    """Reads the sockets until the server has closed ``count`` of them (default: all) or
-    ``deadline_s`` passes; returns what each received, for the sockets it closed."""
+    """Reads the sockets until ``count`` of them (default: all) are closed by the server,
+    or hold a whole answer when ``answered``, or ``deadline_s`` passes; returns what each
+    of those received."""
     count = len(socks) if count is None else count
     selector = selectors.DefaultSelector()
     received = {sock: b"" for sock in socks}
     for sock in socks:
         sock.setblocking(False)
         selector.register(sock, selectors.EVENT_READ)
-    closed: dict[socket.socket, bytes] = {}
+    done: dict[socket.socket, bytes] = {}
     end = time.monotonic() + deadline_s
-    while len(closed) < count and time.monotonic() < end:
+    while len(done) < count and time.monotonic() < end:
         for key, _ in selector.select(timeout=0.2):
             sock = key.fileobj
             try:
@@ -67,15 +77,14 @@ def wait_closed(
                 continue
             except ConnectionResetError:
                 chunk = b""
-            if chunk:
-                received[sock] += chunk
-            else:
-                closed[sock] = received[sock]
+            received[sock] += chunk
+            if not chunk or (answered and has_whole_answer(received[sock])):
+                done[sock] = received[sock]
                 selector.unregister(sock)
     selector.close()
     for sock in socks:
         sock.settimeout(30)  # blocking again, for what the test sends next
-    return closed
+    return done
 
 
 def test_health_answers_while_a_big_plot_is_checked_and_drawn(tmp_path: Path) -> None:
@@ -180,7 +189,7 @@ def test_uploads_beyond_the_limit_are_refused_and_stalled_bodies_time_out(
         for sock in socks:
             sock.sendall(head)
         # Refused at once, before their bodies are read.
-        refused = wait_closed(socks, deadline_s=10, count=clients - slots)
+        refused = wait_closed(socks, deadline_s=10, count=clients - slots, answered=True)
         waiting = [s for s in socks if s not in refused]
         try:
             assert len(refused) == clients - slots and len(waiting) == slots
@@ -219,3 +228,52 @@ def test_the_upload_limit_must_be_positive(tmp_path: Path, limit: int) -> None:
 
     with pytest.raises(ValueError, match="max_uploads"):
         create_app(tmp_path, max_uploads=limit)
+
+
+def test_clients_still_sending_a_body_read_the_early_answer(tmp_path: Path) -> None:
+    import httpx
+
+    options = ("--max-body-mb", "1", "--max-uploads", "1", "--header-timeout", "2")
+    with sidecar_process(tmp_path / "data", *options) as (url, _):
+        # A client that writes its whole request before it reads: the body is more than
+        # socket buffers hold, so it is still being sent when the 413 comes.
+        with socket.create_connection(("127.0.0.1", port_of(url)), timeout=30) as naive:
+            naive.sendall(
+                b"POST /api/plot HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                b"\r\nContent-Length: %d\r\n\r\n" % (32 * MB)
+            )
+            for _ in range(32):
+                naive.sendall(b" " * MB)
+            raw = b""
+            while not has_whole_answer(raw):
+                raw += naive.recv(65536)
+        status, _, answer = parse_response(raw)
+        assert status == 413 and json.loads(answer)["error_code"] == "PAYLOAD_TOO_LARGE"
+
+        with httpx.Client(base_url=url, trust_env=False, timeout=30) as client:
+            # One upload holds the only slot (its body stalls), so the next one is refused.
+            with socket.create_connection(("127.0.0.1", port_of(url))) as stalled:
+                stalled.sendall(
+                    b"POST /api/plot HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                    b"\r\nContent-Length: 1000\r\n\r\n{"
+                )
+                body = json.dumps(sample_payload("qq_plot")).encode() + b" " * (MB - 4096)
+                busy = client.post("/api/plot", content=body, headers={"content-type": JSON_TYPE})
+                assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+                assert busy.json()["error_code"] == "SERVER_BUSY"
+            # The slot is free again once the stalled client is gone: retrying as told works.
+            for _ in range(10):
+                again = client.post("/api/plot", content=body, headers={"content-type": JSON_TYPE})
+                if again.status_code != 503:
+                    break
+                time.sleep(float(again.headers["retry-after"]))
+            assert again.status_code == 200, again.text
+
+        # A client that answers its 413 by sending nothing more is closed after the drain time.
+        with socket.create_connection(("127.0.0.1", port_of(url))) as idle:
+            idle.sendall(
+                b"POST /api/plot HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 5000000\r\n\r\n"
+            )
+            [raw] = wait_closed([idle], deadline_s=15).values()
+            assert parse_response(raw)[0] == 413

@@ -55,6 +55,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .server_answers import (
@@ -148,8 +149,7 @@ class _RequestGuard:
             await self.app(scope, receive, send)
             return
         status, message, code = problem
-        unread = CLOSE if (scope["method"], scope["path"]) in WRITE_ROUTES else {}
-        await JSONResponse(error_body(message, code), status, headers=unread)(scope, receive, send)
+        await JSONResponse(error_body(message, code), status)(scope, receive, send)
 
 
 def _declared_length(request: Request, limit: int) -> None:
@@ -169,7 +169,6 @@ def _declared_length(request: Request, limit: int) -> None:
             413,
             f"body must be at most {limit} bytes, got {int(declared)} bytes",
             "PAYLOAD_TOO_LARGE",
-            headers=CLOSE,
         )
 
 
@@ -276,7 +275,7 @@ def create_app(
                 503,
                 f"{slots.limit} uploads are in progress, the most at once; retry later",
                 "SERVER_BUSY",
-                headers={"Retry-After": str(RETRY_AFTER_S), **CLOSE},
+                headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         try:
             try:
@@ -294,6 +293,10 @@ def create_app(
                     f"the body must arrive within {body_timeout_s:g} s",
                     "REQUEST_TIMEOUT",
                     headers=CLOSE,
+                ) from None
+            except ClientDisconnect:  # nobody reads this answer; it keeps the log quiet
+                raise ApiError(
+                    400, "the client left before its body was complete", "INVALID_REQUEST"
                 ) from None
             yield await work(parse_body, body)
         finally:

@@ -86,8 +86,11 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-# Sent with an error answered before the body was read: the connection then ends, so a
-# client cannot keep it by sending the rest of the body slowly.
+# Sent with an error about a request that cannot be read to its end (a broken
+# Content-Length, a body that stalls or never ends): the connection ends with the answer.
+# Other answers given before the body was read (413, 415, 503) are followed by reading and
+# dropping the rest of the body for a bounded time (server_http), so the client, still
+# sending, gets to read them: closing at once would reset the connection.
 CLOSE = {"Connection": "close"}
 
 

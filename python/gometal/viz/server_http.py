@@ -6,7 +6,8 @@ sends its headers slowly, or never, would hold it forever. Here the headers of e
 request must be complete within ``header_timeout_s`` of the connection opening (or of the
 request's first byte on a kept-alive connection); otherwise the client gets a JSON 408
 and the connection is closed. Bodies get their own deadline in the application (see
-:func:`gometal.viz.server_guard.read_body`).
+:func:`gometal.viz.server_guard.read_body`). A request answered before its body was read
+(413, 415, 503) may send the rest of it, which is dropped, for ``header_timeout_s`` more.
 """
 
 from __future__ import annotations
@@ -60,11 +61,14 @@ class _HeaderDeadlineProtocol(H11Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self._header_timer: asyncio.TimerHandle | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self.conn.their_state is not h11.SEND_BODY:
+            self._cancel_drain_timer()  # the dropped body is over
         # IDLE: the next request's headers are not complete yet (none may have come).
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self._arm_header_timer()
@@ -73,7 +77,25 @@ class _HeaderDeadlineProtocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self._cancel_drain_timer()
         super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Answered before the body was read (413, 415, 503): uvicorn drops the rest as it
+        # comes, so the client reads the answer rather than a reset; for a bounded time.
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self._drain_timer = self.loop.call_later(self.header_timeout_s, self._drain_late)
+
+    def _cancel_drain_timer(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+
+    def _drain_late(self) -> None:
+        self._drain_timer = None
+        if self.conn.their_state is h11.SEND_BODY:
+            self.transport.close()
 
     def _arm_header_timer(self) -> None:
         if self._header_timer is None:  # the deadline runs from the first byte, not the last
