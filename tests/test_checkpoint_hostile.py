@@ -257,6 +257,32 @@ def test_an_oversized_document_is_refused_and_never_written(cnn_checkpoint, tmp_
     assert not target.exists()
 
 
+def test_a_call_with_more_inputs_than_its_layer_takes_is_refused(cnn_checkpoint, tmp_path):
+    document, tensors = read_parts(cnn_checkpoint)
+    call = ["model", "calls", 1, "inputs"]
+    forged = edited(document, call, [*document["model"]["calls"][1]["inputs"], 0])
+    path = write_forged(tmp_path / "f.safetensors", forged, tensors)
+    layer = document["model"]["calls"][1]["layer"]
+    assert f"calls[1] gives 2 inputs to '{layer}', which takes 1" in _refusal(gm.load_model, path)
+
+
+def test_a_custom_layer_argument_beyond_64_bits_is_refused_naming_it(tmp_path):
+    import gometal.onnx  # noqa: F401  (registers the layers ONNX imports build)
+
+    model = gm.ModelBuilder((4,)).dense(2).build(seed=0)
+    model.save(tmp_path / "m.safetensors")
+    document, tensors = read_parts(tmp_path / "m.safetensors")
+    definition = document["model"]
+    assert "OnnxReshape" in gm.serialization.registered_layers()
+    reshape = {"class_name": "OnnxReshape", "config": {"name": "r", "shape": [-1, 2**63]}}
+    definition["layers"].insert(0, reshape)
+    definition["calls"] = [{"layer": "r", "inputs": [0]}, {"layer": "dense_0", "inputs": [1]}]
+    definition["output"] = 2
+    path = write_forged(tmp_path / "f.safetensors", document, tensors)
+    message = _refusal(gm.load_model, path)
+    assert f"model.layers[0].config.shape[1]: {2**63} does not fit" in message, message
+
+
 # -- tensors -------------------------------------------------------------------------------
 
 
@@ -269,6 +295,14 @@ def test_a_stored_step_that_is_not_a_count_is_refused(value, cnn_checkpoint, tmp
     assert "optimizer.step" in message and "whole number" in message, message
     message = _refusal(lambda p: gm.serialization.load_checkpoint(p, allow_non_finite=True), path)
     assert "optimizer.step" in message  # the opt-in covers values, not counters
+
+
+def test_an_empty_tensor_is_refused_not_a_crash_in_the_checksum(cnn_checkpoint, tmp_path):
+    document, tensors = read_parts(cnn_checkpoint)
+    tensors["dense_0.weight"] = np.zeros((0, 64), np.float32)
+    path = write_forged(tmp_path / "empty.safetensors", document, tensors)
+    for load in (gm.Trainer.load, gm.load_model):
+        assert "dense_0.weight" in _refusal(load, path)
 
 
 def test_non_finite_weights_are_refused_by_name_unless_explicitly_allowed(

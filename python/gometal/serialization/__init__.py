@@ -9,6 +9,12 @@
 Model files and checkpoints are single safetensors files (tensors, plus a JSON document
 and a checksum in the metadata), each save replacing the previous file atomically.
 
+Loading trusts nothing in the file: only regular files are opened (never a pipe or a
+device), the document is bounded in size and depth and validated against the JSON Schema
+``checkpoint_schema.json`` shipped here, and tensors holding NaN or infinities are
+refused by name unless ``allow_non_finite=True`` is passed. Every problem with a file is
+a ``CheckpointError``.
+
 Example:
     >>> trainer.save("run/ckpt.safetensors")  # doctest: +SKIP
     >>> trainer = gm.Trainer.load("run/ckpt.safetensors")  # doctest: +SKIP

@@ -74,7 +74,8 @@ def tensor_digest(document: str, tensors: Mapping[str, np.ndarray]) -> str:
         array = tensors[name]
         shape = ",".join(str(d) for d in array.shape)
         digest.update(f"\0{name}\0{array.dtype.str}\0{shape}\0".encode())
-        digest.update(memoryview(np.asarray(array, order="C")).cast("B"))
+        # A flat byte view: memoryview.cast refuses shapes with a zero in them.
+        digest.update(np.asarray(array, order="C").reshape(-1).view(np.uint8).data)
     return digest.hexdigest()
 
 

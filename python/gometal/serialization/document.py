@@ -29,11 +29,14 @@ SCHEMA_FILE = "checkpoint_schema.json"
 MAX_DOCUMENT_CHARS = 16 * 2**20
 # gometal's own entries nest 8 levels deep; the rest is room for user metadata.
 MAX_NESTING_DEPTH = 64
-# Integers a constructor may hand to the engine, which takes int64 and uint64 (seeds).
-INTEGER_RANGE = (-(2**63), 2**64)
+# Integers a constructor may hand to the engine, which takes int64 (the schema bounds
+# the seeds, which are uint64, and keeps them out of this rule).
+INTEGER_RANGE = (-(2**63), 2**63)
+_UINT64_ENTRIES = {("model", "seed"), ("training", "seed"), ("training", "rng_step")}
 # How many offending entries one message lists.
 MAX_LISTED = 8
 
+_DEPTH_SLICE = 2**20
 # A JSON string, escapes included: brackets inside strings are not nesting.
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
@@ -52,10 +55,15 @@ def nesting_depth(text: str) -> int:
         3
     """
     skeleton = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8"), np.uint8)
-    steps = np.zeros(skeleton.shape, np.int64)
-    steps[(skeleton == ord("[")) | (skeleton == ord("{"))] = 1
-    steps[(skeleton == ord("]")) | (skeleton == ord("}"))] = -1
-    return int(np.cumsum(steps).max(initial=0))
+    depth = deepest = 0
+    # In slices, so the running depth never costs more than a slice's worth of memory.
+    for start in range(0, skeleton.size, _DEPTH_SLICE):
+        chunk = skeleton[start : start + _DEPTH_SLICE]
+        steps = ((chunk == ord("[")) | (chunk == ord("{"))).astype(np.int32)
+        steps -= (chunk == ord("]")) | (chunk == ord("}"))
+        levels = np.cumsum(steps, dtype=np.int64) + depth
+        deepest, depth = max(deepest, int(levels.max())), int(levels[-1])
+    return deepest
 
 
 def check_document_bounds(text: str, what: str) -> None:
@@ -183,16 +191,17 @@ def _validator() -> Any:
     return jsonschema.Draft202012Validator(load_schema())
 
 
-def _schema_problems(document: Mapping[str, Any]) -> list[str]:
+def _schema_problems(document: Mapping[str, Any]) -> dict[str, str]:
+    """Entry path -> what the schema says is wrong there."""
     from jsonschema.exceptions import best_match
 
-    problems = []
+    problems = {}
     for error in _validator().iter_errors(document):
         # best_match descends into alternatives to the entry that actually failed.
         detail = best_match([error]) or error
         message = detail.message if len(detail.message) <= 200 else detail.message[:200] + "…"
-        problems.append(f"{_entry_path(detail.absolute_path)}: {message}")
-    return sorted(problems)
+        problems.setdefault(_entry_path(detail.absolute_path), message)
+    return problems
 
 
 def validate_document(document: Mapping[str, Any], shown: str) -> None:
@@ -215,12 +224,17 @@ def validate_document(document: Mapping[str, Any], shown: str) -> None:
     low, high = INTEGER_RANGE
     for section in ("model", "training"):
         for path, value in _leaves(document.get(section), (section,)):
-            if isinstance(value, int) and not isinstance(value, bool) and not low <= value < high:
-                problems.append(
-                    f"{_entry_path(path)}: {value} is outside the integers gometal reads "
-                    "([-2**63, 2**64))"
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and not low <= value < high
+                and path not in _UINT64_ENTRIES
+            ):
+                problems.setdefault(
+                    _entry_path(path), f"{value} does not fit a 64-bit signed integer"
                 )
     if problems:
+        listed = [f"{path}: {message}" for path, message in sorted(problems.items())]
         raise CheckpointError(
-            f"{shown}: the gometal document does not fit its schema: {_listed(problems)}"
+            f"{shown}: the gometal document does not fit its schema: {_listed(listed)}"
         )

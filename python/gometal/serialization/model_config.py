@@ -203,10 +203,16 @@ def _replay_calls(
                 f"(0 to {len(tensors) - 1}), got {refs}"
             )
         layer = layers_by_name[name]
+        if layer.num_inputs is not None and len(refs) != layer.num_inputs:
+            raise CheckpointError(
+                f"model definition: {where} gives {len(refs)} inputs to {name!r}, which takes "
+                f"{layer.num_inputs}"
+            )
         inputs = [tensors[r] for r in refs]
         try:
             tensors.append(layer(inputs[0] if layer.num_inputs == 1 else inputs))
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError, RuntimeError) as err:
+            # RuntimeError: the engine refusing a value a custom layer passed it.
             raise CheckpointError(f"model definition: {where} ({name}) fails: {err}") from None
     return tensors
 
