@@ -63,14 +63,10 @@ from .server_answers import (
     ERROR_CODES,
     ApiError,
     Pages,
-    batch_result,
-    checked_batch,
-    checked_plot,
     error_body,
+    handle_batch,
+    handle_plot,
     optional_id,
-    parse_body,
-    plot_response,
-    store_plots,
 )
 from .server_guard import (
     BodyTooLarge,
@@ -98,9 +94,9 @@ __all__ = [
 
 SERVICE_NAME = "gometal-sidecar"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
-# Bodies received and handled at once: bounds their memory to about this many times the
-# body limit (and the parsed payloads made from them).
-DEFAULT_MAX_UPLOADS = 8
+# Bodies received and handled at once: bounds their memory to this many times the body
+# limit. Parsed payloads, several times larger, exist only inside the worker threads.
+DEFAULT_MAX_UPLOADS = 16
 # Time for a whole body: ample for 10 MB over a slow link, short enough that a stalled
 # client soon gives its upload slot back.
 DEFAULT_BODY_TIMEOUT_S = 30.0
@@ -267,8 +263,8 @@ def create_app(
         )
 
     @contextlib.asynccontextmanager
-    async def upload(request: Request) -> AsyncIterator[Any]:
-        """Holds an upload slot while the body is read, parsed and handled."""
+    async def upload(request: Request) -> AsyncIterator[bytes]:
+        """Holds an upload slot while the body is read and handled."""
         _declared_length(request, max_body_bytes)
         if not slots.try_acquire():
             raise ApiError(
@@ -298,7 +294,7 @@ def create_app(
                 raise ApiError(
                     400, "the client left before its body was complete", "INVALID_REQUEST"
                 ) from None
-            yield await work(parse_body, body)
+            yield body
         finally:
             slots.release()
 
@@ -330,30 +326,13 @@ def create_app(
     async def post_plot(request: Request) -> JSONResponse:
         plot_id = optional_id(request.query_params.get("plot_id"), "plot_id")
         batch_id = optional_id(request.query_params.get("batch_id"), "batch_id")
-        async with upload(request) as payload:
-            stored = await work(checked_plot, payload)
-            [record] = await work(
-                store_plots, store, [stored], plot_ids=[plot_id], batch_id=batch_id
-            )
-        return JSONResponse(plot_response(record, batch_id))
+        async with upload(request) as body:
+            return JSONResponse(await work(handle_plot, store, body, plot_id, batch_id))
 
     @app.post("/api/batch-plot")
     async def post_batch(request: Request) -> JSONResponse:
         async with upload(request) as body:
-            # Everything is checked before anything is written: stored whole or not at all.
-            arguments = await work(checked_batch, body)
-            records = await work(store_plots, store, **arguments)
-        count = len(records)
-        return JSONResponse(
-            {
-                "success": True,
-                "message": f"{count} plots stored",
-                "batch_id": arguments["batch_id"],
-                "results": [batch_result(r) for r in records],
-                "dashboard_url": f"/dashboard/{arguments['batch_id']}",
-                "summary": {"total_plots": count, "successful": count, "failed": 0},
-            }
-        )
+            return JSONResponse(await work(handle_batch, store, body))
 
     @app.get("/api/plots")
     async def list_plots(batch_id: str | None = None) -> Response:

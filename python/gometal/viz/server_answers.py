@@ -24,6 +24,8 @@ __all__ = [
     "checked_batch",
     "checked_plot",
     "error_body",
+    "handle_batch",
+    "handle_plot",
     "optional_id",
     "parse_body",
     "plot_response",
@@ -112,7 +114,7 @@ def error_body(message: str, code: str, extra: dict[str, Any] | None = None) -> 
     return {"success": False, "message": message, "error_code": code, **(extra or {})}
 
 
-def parse_body(body: bytes) -> Any:
+def parse_body(body: bytes | bytearray) -> Any:
     """Parses a write's body (see :func:`~gometal.viz.server_json.parse_json_body`).
 
     Args:
@@ -444,3 +446,63 @@ class Pages:
         """The index page."""
         plots = [_current(r) for r in self.store.list_plots()]
         return index_page(plots, self.store.list_batches())
+
+
+def handle_plot(
+    store: PlotStore, body: bytes | bytearray, plot_id: str | None, batch_id: str | None
+) -> dict[str, Any]:
+    """``POST /api/plot`` from the raw body to the answer, in one worker call: the parsed
+    payload (several times the body's size in memory) lives only inside it.
+
+    Args:
+        store: the plot store.
+        body: the request body.
+        plot_id: the ``?plot_id=`` asked for, if any (already checked).
+        batch_id: the ``?batch_id=``, if any (already checked).
+
+    Returns:
+        go-metal's ``PlottingResponse``.
+
+    Raises:
+        ApiError: 400 ``INVALID_JSON``, 422, 409, as :func:`parse_body`,
+            :func:`checked_plot` and :func:`store_plots` do.
+
+    Example:
+        >>> handle_plot(store, b'{...}', None, "run-1")["dashboard_url"]  # doctest: +SKIP
+        '/dashboard/run-1'
+    """
+    stored = checked_plot(parse_body(body))
+    [record] = store_plots(store, [stored], plot_ids=[plot_id], batch_id=batch_id)
+    return plot_response(record, batch_id)
+
+
+def handle_batch(store: PlotStore, body: bytes | bytearray) -> dict[str, Any]:
+    """``POST /api/batch-plot`` from the raw body to the answer, in one worker call.
+
+    Everything is checked before anything is written: the batch is stored whole or not.
+
+    Args:
+        store: the plot store.
+        body: the request body.
+
+    Returns:
+        go-metal's ``BatchPlottingResponse``.
+
+    Raises:
+        ApiError: as :func:`parse_body`, :func:`checked_batch` and :func:`store_plots`.
+
+    Example:
+        >>> handle_batch(store, b'{"plots": [...]}')["summary"]["failed"]  # doctest: +SKIP
+        0
+    """
+    arguments = checked_batch(parse_body(body))
+    records = store_plots(store, **arguments)
+    count = len(records)
+    return {
+        "success": True,
+        "message": f"{count} plots stored",
+        "batch_id": arguments["batch_id"],
+        "results": [batch_result(r) for r in records],
+        "dashboard_url": f"/dashboard/{arguments['batch_id']}",
+        "summary": {"total_plots": count, "successful": count, "failed": 0},
+    }

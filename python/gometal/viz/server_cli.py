@@ -33,7 +33,7 @@ DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_MB = 10.0
 # Kept equal to gometal.viz.server's and server_http's defaults (not imported from there:
 # they load the web stack, which the `gometal` command leaves for when a server starts).
-DEFAULT_MAX_UPLOADS = 8
+DEFAULT_MAX_UPLOADS = 16
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 30.0
 DEFAULT_WORKERS = 2

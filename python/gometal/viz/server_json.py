@@ -80,7 +80,7 @@ def _structure_problem(doc: Any) -> str | None:
     return None
 
 
-def parse_json_body(body: bytes) -> Any:
+def parse_json_body(body: bytes | bytearray) -> Any:
     """Parses a request body as UTF-8 JSON that the sidecar can store.
 
     Args:
