@@ -192,18 +192,20 @@ def test_the_loader_survives_hundreds_of_damaged_and_forged_files(tmp_path):
     results = _run(cases, tmp_path, case_bound(largest) + ADDRESS_HEADROOM_BYTES, tmp_path / "log")
 
     assert len(results) == len(cases)
-    died = [_describe(r) for r in results if r["status"] == "died"]
-    hung = [_describe(r) for r in results if r["status"] == "timeout"]
-    foreign = [_describe(r) for r in results if r.get("outcome") == "foreign"]
-    assert not died, "workers crashed:\n" + "\n".join(died)
-    assert not hung, "cases hung:\n" + "\n".join(hung)
-    assert not foreign, "exceptions other than CheckpointError:\n" + "\n".join(foreign)
-    over = [
-        f"{_describe(r)} peak {r['peak_bytes']} > bound {r['bound']}"
-        for r in results
-        if r["peak_bytes"] > r["bound"]
-    ]
-    assert not over, "cases over their memory bound:\n" + "\n".join(over)
+    findings = {
+        "workers crashed": [_describe(r) for r in results if r["status"] == "died"],
+        "cases hung": [_describe(r) for r in results if r["status"] == "timeout"],
+        "exceptions other than CheckpointError": [
+            _describe(r) for r in results if r.get("outcome") == "foreign"
+        ],
+        "cases over their memory bound": [
+            f"{_describe(r)} peak {r['peak_bytes']} > bound {r['bound']}"
+            for r in results
+            if r.get("peak_bytes", 0) > r["bound"]
+        ],
+    }
+    report = "\n".join(f"{what}:\n" + "\n".join(found) for what, found in findings.items() if found)
+    assert not report, report
 
     # Controls: the harness loads what is intact and sees every kind of damage refused.
     pristine = [r for r in results if r["case"].kind == "pristine"]
