@@ -120,12 +120,22 @@ def _edit_document(document: dict[str, Any], gen: np.random.Generator) -> tuple[
         if action == "delete" and isinstance(parent, dict):
             del parent[key]
         elif action == "insert" and isinstance(parent[key], dict):
-            parent[key][["zz", "name", "config", "class_name"][gen.integers(4)]] = _hostile_value(gen)
+            parent[key][["zz", "name", "config", "class_name"][gen.integers(4)]] = _hostile_value(
+                gen
+            )
         elif action == "swap_class" and _layer_list(document):
             layers = _layer_list(document)
             entry = layers[gen.integers(len(layers))]
             if isinstance(entry, dict):
-                choices = ["Dense", "Conv2D", "MaxPool2D", "BatchNorm", "Softmax", "Flatten", "Nope"]
+                choices = [
+                    "Dense",
+                    "Conv2D",
+                    "MaxPool2D",
+                    "BatchNorm",
+                    "Softmax",
+                    "Flatten",
+                    "Nope",
+                ]
                 entry["class_name"] = choices[gen.integers(len(choices))]
         elif action == "resize" and isinstance(parent[key], list) and parent[key]:
             items = parent[key]
@@ -147,7 +157,9 @@ def _break_text(text: str, gen: np.random.Generator) -> tuple[str, str]:
         return text[:cut], f"text cut at {cut}"
     if choice == 1:
         depth = int(gen.choice([65, 1000, 100_000]))
-        return text.replace('"metadata": {', '"metadata": {"deep": ' + "[" * depth + "]" * depth + ", ", 1), f"depth {depth}"
+        return text.replace(
+            '"metadata": {', '"metadata": {"deep": ' + "[" * depth + "]" * depth + ", ", 1
+        ), f"depth {depth}"
     if choice == 2:
         literal = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"][gen.integers(5)]
         return text.replace('"output": ', f'"output": {literal}, "was": ', 1), literal
@@ -157,9 +169,11 @@ def _break_text(text: str, gen: np.random.Generator) -> tuple[str, str]:
         digits = "9" * int(gen.choice([400, 5000]))
         return text.replace('"seed": ', f'"seed": {digits}, "was": ', 1), "long integer"
     if choice == 5:
-        return text.replace('"format": "gometal', '"format": "gometal", "format": "gometal', 1), "duplicate keys"
+        return text.replace(
+            '"format": "gometal', '"format": "gometal", "format": "gometal', 1
+        ), "duplicate keys"
     position = int(gen.integers(len(text)))
-    return text[:position] + "\\ud800\"" + text[position:], "stray escape"
+    return text[:position] + '\\ud800"' + text[position:], "stray escape"
 
 
 def _damage_values(tensors: dict[str, np.ndarray], gen: np.random.Generator) -> str:
@@ -205,7 +219,9 @@ def _damage_layout(tensors: dict[str, np.ndarray], gen: np.random.Generator) -> 
     return f"{name} renamed"
 
 
-def _lying_header(text: str, tensors: dict[str, np.ndarray], gen: np.random.Generator) -> tuple[dict, bytes, str]:
+def _lying_header(
+    text: str, tensors: dict[str, np.ndarray], gen: np.random.Generator
+) -> tuple[dict, bytes, str]:
     names = sorted(tensors)
     name = names[gen.integers(len(names))]
     lie = [
@@ -267,7 +283,9 @@ def _write_case(folder: Path, index: int, base: Base, kind: str, gen: np.random.
 def _fixed_cases(folder: Path, bases: list[Base]) -> list[tuple[str, Path, str, str]]:
     """(kind, path, loader, note) of the cases every run includes."""
     fixed = [
-        ("pristine", base.path, loader, base.name) for base in bases for loader in base.intact_loaders
+        ("pristine", base.path, loader, base.name)
+        for base in bases
+        for loader in base.intact_loaders
     ]
     checkpoint = bases[0]
     document, tensors = read_parts(checkpoint.path)
@@ -293,8 +311,12 @@ def _fixed_cases(folder: Path, bases: list[Base]) -> list[tuple[str, Path, str, 
     # character), one character too long, and one nested far too deep.
     filler = ",".join(["[]"] * ((MAX_DOCUMENT_CHARS - len(text) - 64) // 3))
     dense = text.replace('"metadata": {', '"metadata": {"filler": [' + filler + "], ", 1)
-    long = text.replace('"metadata": {', '"metadata": {"pad": "' + "x" * MAX_DOCUMENT_CHARS + '", ', 1)
-    deep = text.replace('"metadata": {', '"metadata": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", ", 1)
+    long = text.replace(
+        '"metadata": {', '"metadata": {"pad": "' + "x" * MAX_DOCUMENT_CHARS + '", ', 1
+    )
+    deep = text.replace(
+        '"metadata": {', '"metadata": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", ", 1
+    )
     for name, content in (("densest_legal", dense), ("too_long", long), ("too_deep", deep)):
         path = folder / f"fixed_{name}.safetensors"
         write_forged(path, content, tensors)

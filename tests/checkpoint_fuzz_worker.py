@@ -91,7 +91,8 @@ def _cap_address_space(budget: int) -> None:
 def _use_trainer(trainer: Any) -> str:
     # What a resumed run reads first: the counters and the weights.
     weights = trainer.model.get_weights()
-    return f"step {trainer.step}, epoch {trainer.epoch}, lr {trainer.learning_rate:.3g}, {len(weights)} weights"
+    rate = trainer.learning_rate
+    return f"step {trainer.step}, epoch {trainer.epoch}, lr {rate:.3g}, {len(weights)} weights"
 
 
 def load_case(loader: str, path: str, folder: Path) -> str:
@@ -133,7 +134,12 @@ def main(folder: Path, budget: int) -> None:
             frames = "".join(traceback.format_exception(err)[-4:])
             outcome, detail = "foreign", f"{type(err).__name__}: {err}\n{frames}"
         peak = max(0, meter.peak() - start)
-        line = {"index": int(index), "outcome": outcome, "detail": detail[:3000], "peak_bytes": peak}
+        line = {
+            "index": int(index),
+            "outcome": outcome,
+            "detail": detail[:3000],
+            "peak_bytes": peak,
+        }
         answers.write(json.dumps(line) + "\n")
         answers.flush()
 

@@ -76,7 +76,9 @@ def _save_checkpoints(folder: Path) -> None:
 
     features = x.reshape(4, -1)[:, :6].copy()
     mlp = gm.ModelBuilder((6,)).dense(5).tanh().dense(3).build(seed=1)
-    lbfgs = gm.Trainer(mlp, loss="cross_entropy", optimizer=gm.optim.LBFGS(max_iter=3), batch_size=4)
+    lbfgs = gm.Trainer(
+        mlp, loss="cross_entropy", optimizer=gm.optim.LBFGS(max_iter=3), batch_size=4
+    )
     lbfgs.train_batch(features, labels)
     lbfgs.train_batch(features, labels)
     lbfgs.save(folder / "base_lbfgs.safetensors")

@@ -145,7 +145,9 @@ def test_a_conv_argument_no_integer_type_holds_is_refused_naming_it(
     document, tensors = read_parts(cnn_checkpoint)
     config = layer_config(document, "Conv2D")
     value = 2**64 if field == "groups" else [2**64, 1]
-    path = write_forged(tmp_path / "f.safetensors", edited(document, [*config, field], value), tensors)
+    path = write_forged(
+        tmp_path / "f.safetensors", edited(document, [*config, field], value), tensors
+    )
     index = config[2]
     for load in (gm.Trainer.load, gm.load_model):
         message = _refusal(load, path)
@@ -181,7 +183,11 @@ def test_a_document_nested_100000_deep_is_refused_before_parsing(cnn_checkpoint,
     [
         (["training", "history", "epoch"], [-math.inf], "training.history.epoch[0] (-inf)"),
         (["training", "learning_rate"], math.nan, "training.learning_rate (nan)"),
-        (["training", "history", "history", "loss"], [math.inf], "training.history.history.loss[0]"),
+        (
+            ["training", "history", "history", "loss"],
+            [math.inf],
+            "training.history.history.loss[0]",
+        ),
         (["metadata", "user"], {"score": math.nan}, "metadata.user.score (nan)"),
     ],
     ids=["history_epoch", "learning_rate", "history_values", "user_metadata"],
@@ -241,7 +247,9 @@ def test_out_of_range_and_mistyped_fields_are_refused_naming_them(
 def test_an_oversized_document_is_refused_and_never_written(cnn_checkpoint, tmp_path):
     document, tensors = read_parts(cnn_checkpoint)
     blob = {"blob": "x" * MAX_DOCUMENT_CHARS}
-    path = write_forged(tmp_path / "big.safetensors", edited(document, ["metadata", "user"], blob), tensors)
+    path = write_forged(
+        tmp_path / "big.safetensors", edited(document, ["metadata", "user"], blob), tensors
+    )
     message = _refusal(gm.load_model, path)
     assert f"at most {MAX_DOCUMENT_CHARS}" in message, message
 
@@ -305,9 +313,7 @@ def test_an_empty_tensor_is_refused_not_a_crash_in_the_checksum(cnn_checkpoint, 
         assert "dense_0.weight" in _refusal(load, path)
 
 
-def test_non_finite_weights_are_refused_by_name_unless_explicitly_allowed(
-    cnn_checkpoint, tmp_path
-):
+def test_non_finite_weights_are_refused_by_name_unless_explicitly_allowed(cnn_checkpoint, tmp_path):
     document, tensors = read_parts(cnn_checkpoint)
     tensors["dense_0.weight"] = np.full_like(tensors["dense_0.weight"], np.nan)
     tensors["conv2d_0.bias"][1] = -np.inf

@@ -279,8 +279,7 @@ def _check_step(tensors: Mapping[str, np.ndarray], shown: str) -> None:
     # The engine counts in float32; trainer.step reads the count back as an int.
     if not (math.isfinite(step) and step >= 0 and step.is_integer()):
         raise CheckpointError(
-            f"{shown}: the step counter {STEP_VARIABLE!r} must be a whole number >= 0, "
-            f"found {step}"
+            f"{shown}: the step counter {STEP_VARIABLE!r} must be a whole number >= 0, found {step}"
         )
 
 
