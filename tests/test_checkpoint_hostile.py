@@ -326,9 +326,9 @@ def test_non_finite_weights_are_refused_by_name_unless_explicitly_allowed(cnn_ch
         assert "allow_non_finite=True" in message
     assert "dense_0.bias" not in message  # finite tensors are not named
 
-    trainer = gm.serialization.load_checkpoint(path, allow_non_finite=True)
+    trainer = gm.Trainer.load(path, allow_non_finite=True)
     model = gm.load_model(path, allow_non_finite=True)
-    gm.serialization.load_weights(fresh, path, allow_non_finite=True)
+    fresh.load_weights(path, allow_non_finite=True)
     for loaded in (trainer.model, model, fresh):
         weights = loaded.get_weights()
         assert np.isnan(weights["dense_0.weight"]).all()

@@ -463,11 +463,13 @@ class Model:
 
         save_model(self, path, metadata)
 
-    def load_weights(self, path: Any) -> None:
+    def load_weights(self, path: Any, *, allow_non_finite: bool = False) -> None:
         """Loads the weights of a model file or checkpoint with the same weight names.
 
         Args:
             path: a file written by ``model.save`` or ``trainer.save``.
+            allow_non_finite: load weights holding NaN or infinities instead of refusing
+                them.
 
         Raises:
             gm.serialization.CheckpointError: an invalid file, or weights that do not fit
@@ -478,7 +480,7 @@ class Model:
         """
         from .serialization import load_weights
 
-        load_weights(self, path)
+        load_weights(self, path, allow_non_finite=allow_non_finite)
 
     def export_onnx(self, path: Any, opset: int = 17) -> None:
         """Writes the model as an ONNX file with a dynamic batch dimension (atomically).

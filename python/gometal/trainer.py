@@ -471,11 +471,13 @@ class Trainer:
         save_checkpoint(self, path, metadata)
 
     @classmethod
-    def load(cls, path: Any) -> Trainer:
+    def load(cls, path: Any, *, allow_non_finite: bool = False) -> Trainer:
         """Rebuilds a trainer from ``save`` output; training continues bit for bit.
 
         Args:
             path: a checkpoint written by ``trainer.save``.
+            allow_non_finite: load weights and optimizer state holding NaN or infinities
+                (e.g. to inspect a run that diverged) instead of refusing them.
 
         Returns:
             The trainer, compiled, with all its state restored.
@@ -488,7 +490,7 @@ class Trainer:
         """
         from .serialization import load_checkpoint
 
-        return load_checkpoint(path)
+        return load_checkpoint(path, allow_non_finite=allow_non_finite)
 
     def export_json(self, path: Any, description: str | None = None) -> None:
         """Atomically writes the trainer in go-metal's readable JSON checkpoint layout.
