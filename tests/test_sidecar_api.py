@@ -484,3 +484,50 @@ def test_send_without_a_url_starts_a_sidecar_and_a_run_sink_keeps_one_dashboard(
         sidecar_client.stop_started()
     with pytest.raises(ValueError, match="run_id"):
         sidecar_client.RunSink(run_id="../x")
+
+
+class _BusyThenStoredHandler(http.server.BaseHTTPRequestHandler):
+    """503 with a Retry-After first (as a sidecar with every upload slot taken), then 200."""
+
+    retry_after = "1"
+    hits: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        busy = not self.hits
+        type(self).hits.append(self.path)
+        body = json.dumps(
+            {"success": False, "message": "busy", "error_code": "SERVER_BUSY"}
+            if busy
+            else {"success": True, "message": "1 plots stored", "batch_id": "b"}
+        ).encode()
+        self.send_response(503 if busy else 200)
+        if busy:
+            self.send_header("Retry-After", self.retry_after)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("retry_after", "slept"), [("1", 1.0), ("600", 5.0), ("soon", 0.2)])
+def test_client_waits_as_a_busy_sidecars_retry_after_says(
+    monkeypatch: pytest.MonkeyPatch, retry_after: str, slept: float
+) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(sidecar_client.time, "sleep", sleeps.append)
+    handler = type("Handler", (_BusyThenStoredHandler,), {"retry_after": retry_after, "hits": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = sidecar_client.SidecarClient(f"http://127.0.0.1:{server.server_port}", retries=2)
+        assert client.send([sample_payload("qq_plot")])["success"] is True
+        # Retry-After in seconds, at most RETRY_AFTER_CAP_S; else the usual backoff.
+        assert sleeps == [slept] and len(handler.hits) == 2
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -319,7 +319,8 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        count = sum(1 for entry in os.scandir(store.root / "plots") if entry.name[0] != ".")
+        names = (entry.name for entry in os.scandir(store.root / "plots"))
+        count = sum(1 for name in names if name.endswith(".json") and name[0] != ".")
         return {"status": "ok", "service": SERVICE_NAME, "plots": count}
 
     @app.post("/api/plot")

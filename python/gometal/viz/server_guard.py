@@ -241,7 +241,8 @@ class UploadSlots:
         limit: the most uploads at once (>= 1).
 
     Raises:
-        ValueError: ``limit`` is not a positive int.
+        TypeError: ``limit`` is not an int.
+        ValueError: ``limit`` is below 1.
 
     Example:
         >>> slots = UploadSlots(2)
@@ -250,7 +251,9 @@ class UploadSlots:
     """
 
     def __init__(self, limit: int) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"max_uploads must be a positive int, got {limit!r}")
+        if limit < 1:
             raise ValueError(f"max_uploads must be a positive int, got {limit!r}")
         self.limit = limit
         self.in_use = 0

@@ -1,8 +1,9 @@
 """Client of the plotting sidecar, for training code: it never raises.
 
 Training must not fail because plotting did. :func:`send` posts payloads with a short
-timeout, retries a bounded number of times on network errors and 5xx answers (a 4xx is
-the payload's fault and is not retried), and on failure issues one ``RuntimeWarning`` per
+timeout, retries a bounded number of times on network errors and 5xx answers (waiting
+as long as a busy sidecar's ``Retry-After`` asks, up to :data:`RETRY_AFTER_CAP_S`; a 4xx
+is the payload's fault and is not retried), and on failure issues one ``RuntimeWarning`` per
 process (per :class:`SidecarClient` for a client of one's own) and returns ``None``.
 :func:`ensure_running` starts the sidecar in a background process when nothing answers.
 Only the standard library is used here, so training needs no web stack.
@@ -38,6 +39,8 @@ __all__ = [
 
 SERVICE_NAME = "gometal-sidecar"  # what /health reports; kept equal to server.SERVICE_NAME
 RETRY_BACKOFF_S = 0.2
+# A busy sidecar's Retry-After is honoured up to this many seconds per retry.
+RETRY_AFTER_CAP_S = 5.0
 DEFAULT_PORT = 8080
 DEFAULT_DATA_DIR = "gometal-plots"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the server's id rule
@@ -57,18 +60,36 @@ def _json_default(value: Any) -> Any:
 
 
 def _request(method: str, url: str, body: bytes | None, timeout: float) -> tuple[int, Any]:
+    status, doc, _ = _exchange(method, url, body, timeout)
+    return status, doc
+
+
+def _exchange(
+    method: str, url: str, body: bytes | None, timeout: float
+) -> tuple[int, Any, float | None]:
+    """Status, JSON answer and ``Retry-After`` seconds (``None`` when absent)."""
     request = urllib.request.Request(url, data=body, method=method)
     if body is not None:
         request.add_header("Content-Type", "application/json")
     try:
         with _opener.open(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
+            status, raw, headers = response.status, response.read(), response.headers
     except urllib.error.HTTPError as err:
-        status, raw = err.code, err.read()
+        status, raw, headers = err.code, err.read(), err.headers
+    retry_after = _retry_after(headers.get("Retry-After") if headers is not None else None)
     try:
-        return status, json.loads(raw.decode("utf-8"))
+        return status, json.loads(raw.decode("utf-8")), retry_after
     except (UnicodeDecodeError, ValueError):
-        return status, {"error": raw[:200].decode("utf-8", "replace")}
+        return status, {"error": raw[:200].decode("utf-8", "replace")}, retry_after
+
+
+def _retry_after(value: str | None) -> float | None:
+    # Seconds only: the sidecar sends them; an HTTP date from elsewhere is ignored.
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < float("inf") else None
 
 
 def _error_text(doc: Any) -> Any:
@@ -174,11 +195,14 @@ class SidecarClient:
             self._warn(f"payloads could not be encoded as JSON ({err})")
             return None
         problem = "no attempt made"
+        wait_s: float | None = None  # what a 503's Retry-After asked for
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+                backoff = RETRY_BACKOFF_S * 2 ** (attempt - 1)
+                time.sleep(min(max(backoff, wait_s or 0.0), RETRY_AFTER_CAP_S))
+            wait_s = None
             try:
-                status, doc = _request("POST", method_url, body, self.timeout)
+                status, doc, wait_s = _exchange("POST", method_url, body, self.timeout)
             except (OSError, ValueError) as err:  # refused, reset, timed out, bad URL
                 problem = f"{type(err).__name__}: {err}"
                 continue
