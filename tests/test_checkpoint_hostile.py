@@ -393,3 +393,28 @@ def test_a_device_file_is_refused(tmp_path):
     link = tmp_path / "link.safetensors"
     link.symlink_to(device)
     assert "is not a regular file (a character device)" in _refusal(gm.load_model, link)
+
+
+def test_a_model_that_needs_too_much_memory_per_sample_is_refused_before_allocating(tmp_path):
+    # A few bytes of definition: a padding of 100,000 around a 4x4 image, ahead of a global
+    # pool, so no weight shape gives it away. Building its plan would take about 160 GB.
+    model = gm.ModelBuilder((1, 4, 4)).conv2d(2, 3, padding=100_000).global_avg_pool2d().build()
+    assert model.bytes_per_sample() > gm.serialization.MAX_SAMPLE_BYTES
+    model_file, checkpoint = tmp_path / "huge.safetensors", tmp_path / "huge_ckpt.safetensors"
+    model.save(model_file)
+    gm.Trainer(model, loss="mse", optimizer="sgd").save(checkpoint)  # compiles nothing yet
+    for load, path in ((gm.load_model, model_file), (gm.Trainer.load, checkpoint)):
+        with pytest.raises(CheckpointError, match=r"one sample's forward pass needs [\d,]+ bytes"):
+            load(path)
+
+
+def test_bytes_per_sample_counts_every_forward_intermediate():
+    model = gm.ModelBuilder((3, 8, 8)).conv2d(4, 3, padding=1).relu().flatten().dense(5).build()
+    elements = [
+        3 * 8 * 8,  # the input
+        4 * 3 * 3 * 3, 4, 5 * 256, 5,  # the weights: conv weight and bias, dense weight and bias
+        4 * 8 * 8, 4, 4 * 8 * 8,  # conv, its bias reshaped to (4, 1, 1), the bias add
+        4 * 8 * 8, 256,  # relu, flatten
+        5, 5,  # matmul, bias add
+    ]  # fmt: skip
+    assert model.bytes_per_sample() == 4 * sum(elements)

@@ -10,6 +10,7 @@ trained, by whichever trainer.
 from __future__ import annotations
 
 import functools
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -336,6 +337,28 @@ class Model:
     def trainable_weight_names(self) -> list[str]:
         """The weights the optimizer updates, in layer order (not running statistics)."""
         return list(self._trainable)
+
+    def bytes_per_sample(self) -> int:
+        """Bytes one sample's forward pass holds: every intermediate the layers emit, as the
+        engine shapes them, counted once (no buffer reuse, no convolution scratch).
+
+        Files define models that can be huge in few bytes (a padding of 10^5), so loaders
+        compare this with a cap before any plan is compiled.
+
+        Returns:
+            The sum over the forward graph's nodes of one sample's size (4 bytes per element).
+
+        Example:
+            >>> gm.ModelBuilder((4,)).dense(3).build().bytes_per_sample()
+            68
+        """
+        graph = _core.Graph()
+        x = graph.input("x", self._inputs[0].engine_shape, "float32")
+        self.emit(EmitContext(graph, training=False, variables=self.declare_variables(graph)), [x])
+        total = 0
+        for node in range(len(graph)):
+            total += 4 * math.prod(1 if d == -1 else int(d) for d in graph.shape(node))
+        return total
 
     def count_params(self) -> int:
         """The number of trainable scalar weights (PyTorch's ``parameters()`` count).

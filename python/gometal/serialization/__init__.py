@@ -12,8 +12,9 @@ and a checksum in the metadata), each save replacing the previous file atomicall
 Loading trusts nothing in the file: only regular files are opened (never a pipe or a
 device), the document is bounded in size and depth and validated against the JSON Schema
 ``checkpoint_schema.json`` shipped here, and tensors holding NaN or infinities are
-refused by name unless ``allow_non_finite=True`` is passed. Every problem with a file is
-a ``CheckpointError``.
+refused by name unless ``allow_non_finite=True`` is passed. A model whose forward pass
+would need more than ``MAX_SAMPLE_BYTES`` per sample is refused before anything is
+allocated for it. Every problem with a file is a ``CheckpointError``.
 
 Example:
     >>> trainer.save("run/ckpt.safetensors")  # doctest: +SKIP
@@ -31,9 +32,16 @@ from .checkpoint import (
 )
 from .container import CheckpointError
 from .go_metal_json import export_json
-from .model_config import model_from_config, model_to_config, register_layer, registered_layers
+from .model_config import (
+    MAX_SAMPLE_BYTES,
+    model_from_config,
+    model_to_config,
+    register_layer,
+    registered_layers,
+)
 
 __all__ = [
+    "MAX_SAMPLE_BYTES",
     "CheckpointError",
     "atomic_open",
     "atomic_path",

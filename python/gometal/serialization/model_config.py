@@ -19,6 +19,10 @@ from ..model import Model
 from ..tensor import Input, SymbolicTensor
 from .container import CheckpointError
 
+# The most memory one sample's forward pass may need in a model read from a file, as the
+# ONNX importer's cap (gometal.onnx.MAX_SAMPLE_BYTES).
+MAX_SAMPLE_BYTES = 1024**3
+
 _BUILTIN_LAYERS: tuple[type[Layer], ...] = (
     _layers.Dense,
     _layers.ReLU,
@@ -279,6 +283,15 @@ def model_from_config(
     _check_declared_weights(layers_by_name, weight_shapes)
     seed = _field(config, "seed", int, "model")
     try:
-        return Model(source, tensors[output], seed=seed)
+        model = Model(source, tensors[output], seed=seed)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"model definition: cannot build the model: {err}") from None
+    # A few bytes of definition can describe an enormous model (a padding of 10^5): refuse
+    # it here, before any plan allocates for it.
+    needed = model.bytes_per_sample()
+    if needed > MAX_SAMPLE_BYTES:
+        raise CheckpointError(
+            f"model definition: one sample's forward pass needs {needed:,} bytes, over the "
+            f"{MAX_SAMPLE_BYTES:,} allowed (gometal.serialization.MAX_SAMPLE_BYTES)"
+        )
+    return model
