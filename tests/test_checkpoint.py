@@ -23,6 +23,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import gometal as gm
+from checkpoint_models import image_cnn_trunk
 from checkpoint_worker import (
     THREADS,
     fill_state,
@@ -96,19 +97,7 @@ def test_adam_cnn_with_dropout_batch_norm_and_shuffled_augmented_images_resumes_
 ):
     root = write_png_folder(tmp_path / "images")
     spec = {"kind": "images", "root": str(root), "batch_size": 6, "seed": 3}
-    model = (
-        gm.ModelBuilder((3, 8, 8))
-        .conv2d(4, 3, padding=1)
-        .batch_norm()
-        .relu()
-        .max_pool2d(2)
-        .flatten()
-        .dense(16)
-        .relu()
-        .dropout(0.3)
-        .dense(2)
-        .build(seed=1)
-    )
+    model = image_cnn_trunk().dense(16).relu().dropout(0.3).dense(2).build(seed=1)
     trainer = gm.Trainer(model, loss="cross_entropy", optimizer=gm.optim.Adam(1e-2), batch_size=6)
     checkpoint, expected = _assert_resumes_exactly(trainer, spec, 2, tmp_path)
 

@@ -12,22 +12,16 @@ computed without gometal (``checkpoint_forge``); the pristine files must load.
 
 from __future__ import annotations
 
-import json
-import os
-import selectors
-import signal
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import gometal as gm
 from checkpoint_fuzz_cases import KINDS, Base, Case, write_cases
 from checkpoint_fuzz_worker import LOADERS, WARMUP_CHECKPOINT, WEIGHTS_TARGET
-from gometal.training.history import History
+from checkpoint_models import cnn_trainer, image_batch
+from fuzz_runner import run_in_workers
 
 SEED = 1313
 RANDOM_CASES = 600
@@ -53,24 +47,8 @@ def case_bound(file_bytes: int) -> int:
 def _save_checkpoints(folder: Path) -> None:
     """Three checkpoints: a CNN with Adam, a step schedule and a history; an MLP with
     L-BFGS's memory; a mixed-precision MLP with loss scaling and a plateau schedule."""
-    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
-    labels = np.array([0, 1, 2, 0], np.int32)
-    cnn = (
-        gm.ModelBuilder((3, 8, 8))
-        .conv2d(4, 3, padding=1)
-        .batch_norm()
-        .relu()
-        .max_pool2d(2)
-        .flatten()
-        .dense(3)
-        .build(seed=0)
-    )
-    trainer = gm.Trainer(cnn, loss="cross_entropy", optimizer=gm.optim.Adam(1e-2), batch_size=4)
-    trainer.scheduler = gm.schedulers.StepLR(trainer, step_size=1, gamma=0.5)
-    trainer.train_batch(x, labels)
-    trainer.history = History()
-    trainer.history.record(0, {"loss": 0.5, "accuracy": 0.25})
-    trainer.epoch = 1
+    x, labels = image_batch()
+    trainer = cnn_trainer()
     trainer.save(folder / "base_cnn.safetensors", metadata={"run": "fuzz"})
     trainer.save(folder / WARMUP_CHECKPOINT)
 
@@ -128,83 +106,23 @@ def _bases(folder: Path) -> list[Base]:
     ]
 
 
-class Worker:
-    """One worker process; ``load`` sends a case and waits for its answer."""
-
-    def __init__(self, folder: Path, budget: int, log: Path):
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-        self.log = open(log, "ab")  # noqa: SIM115  (closed in close())
-        self.process = subprocess.Popen(
-            [sys.executable, str(WORKER), str(folder), str(budget)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            cwd=WORKER.parent,
-            env=env,
-        )
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.process.stdout, selectors.EVENT_READ)
-        ready = self._answer(READY_TIMEOUT_S)
-        assert ready is not None and ready.get("ready"), f"the worker did not start: {ready}"
-        self.per_case_peak = bool(ready["per_case_peak"])
-
-    def _answer(self, timeout: float) -> dict[str, Any] | None:
-        if not self.selector.select(timeout):
-            return None
-        line = self.process.stdout.readline()
-        return json.loads(line) if line else None
-
-    def load(self, case: Case) -> tuple[str, dict[str, Any]]:
-        """``("answered", answer)``, ``("timeout", {})`` or ``("died", {"signal"|"code"})``."""
-        try:
-            self.process.stdin.write(f"{case.index}\t{case.loader}\t{case.path}\n".encode())
-            self.process.stdin.flush()
-        except BrokenPipeError:
-            pass
-        answer = self._answer(CASE_TIMEOUT_S)
-        if answer is not None:
-            return "answered", answer
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-            return "timeout", {}
-        code = self.process.wait()
-        return "died", {"signal": signal.Signals(-code).name} if code < 0 else {"code": code}
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            self.process.wait(timeout=60)
-        self.selector.close()
-        self.log.close()
-
-
 def _run(cases: list[Case], folder: Path, budget: int, log: Path) -> list[dict[str, Any]]:
-    results = []
-    worker = Worker(folder, budget, log)
-    # Without a per-case peak (no /proc), a worker's peak so far answers for every case
-    # it ran, so it is held to the largest bound among them.
-    largest_bound = 0
-    try:
-        for case in cases:
-            status, answer = worker.load(case)
-            bound = case_bound(case.path.stat().st_size) if case.path.is_file() else SLACK_BYTES
-            largest_bound = max(largest_bound, bound)
-            if not worker.per_case_peak:
-                bound = largest_bound
-            results.append({"case": case, "status": status, "bound": bound, **answer})
-            if status != "answered":
-                worker.close()
-                worker = Worker(folder, budget, log)  # replaced; the case stays recorded
-                largest_bound = 0
-    finally:
-        worker.close()
-    return results
+    command = [sys.executable, str(WORKER), str(folder), str(budget)]
+    requests = [{"loader": case.loader, "path": str(case.path)} for case in cases]
+    bounds = [
+        case_bound(case.path.stat().st_size) if case.path.is_file() else SLACK_BYTES
+        for case in cases
+    ]
+    results = run_in_workers(
+        command, requests, bounds, log, CASE_TIMEOUT_S, ready_timeout=READY_TIMEOUT_S
+    )
+    return [{"case": case, **result} for case, result in zip(cases, results)]
 
 
 def _describe(result: dict[str, Any]) -> str:
     case = result["case"]
-    what = result.get("detail") or result.get("signal") or result.get("code") or ""
+    answered = result["status"] == "answered"
+    what = result["detail"] if answered else f"{result['exit']}: {result['stderr']}"
     return f"#{case.index} {case.kind}/{case.loader} ({case.note}): {result['status']} {what}"
 
 

@@ -23,38 +23,17 @@ import pytest
 
 import gometal as gm
 from checkpoint_forge import edited, layer_config, read_parts, write_forged
+from checkpoint_models import cnn_trainer
 from gometal.serialization import CheckpointError
 from gometal.serialization.document import MAX_DOCUMENT_CHARS, MAX_NESTING_DEPTH
-from gometal.training.history import History
 
 L = gm.layers
-
-
-def _cnn_trainer() -> gm.Trainer:
-    model = (
-        gm.ModelBuilder((3, 8, 8))
-        .conv2d(4, 3, padding=1)
-        .batch_norm()
-        .relu()
-        .max_pool2d(2)
-        .flatten()
-        .dense(3)
-        .build(seed=0)
-    )
-    trainer = gm.Trainer(model, loss="cross_entropy", optimizer=gm.optim.Adam(1e-2), batch_size=4)
-    trainer.scheduler = gm.schedulers.StepLR(trainer, step_size=1, gamma=0.5)
-    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
-    trainer.train_batch(x, np.array([0, 1, 2, 0], np.int32))
-    trainer.history = History()
-    trainer.history.record(0, {"loss": 0.5, "accuracy": 0.25})
-    trainer.epoch = 1
-    return trainer
 
 
 @pytest.fixture
 def cnn_checkpoint(tmp_path) -> Path:
     path = tmp_path / "cnn.safetensors"
-    _cnn_trainer().save(path, metadata={"run": "hostile"})
+    cnn_trainer().save(path, metadata={"run": "hostile"})
     return path
 
 

@@ -50,7 +50,22 @@ def _weight(rng: np.random.Generator, name: str, *shape: int) -> TensorProto:
     return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
 
 
-def _model(graph: onnx.GraphProto, opset: int = 17) -> onnx.ModelProto:
+def _model(
+    nodes: list[onnx.NodeProto],
+    name: str,
+    x_shape: list[Any],
+    y_shape: list[Any],
+    initializers: list[TensorProto],
+    opset: int = 17,
+) -> onnx.ModelProto:
+    """A model of one float input ``x`` and one float output ``y``."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -62,15 +77,7 @@ def _mlp(rng: np.random.Generator) -> onnx.ModelProto:
         helper.make_node("Softmax", ["z"], ["y"], name="softmax", axis=1),
     ]
     weights = [_weight(rng, "w1", 8, 6), _weight(rng, "b1", 8), _weight(rng, "w2", 8, 3)]
-    return _model(
-        helper.make_graph(
-            nodes,
-            "mlp",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
-            weights,
-        )
-    )
+    return _model(nodes, "mlp", ["n", 6], ["n", 3], weights)
 
 
 def _cnn(rng: np.random.Generator) -> onnx.ModelProto:
@@ -98,15 +105,7 @@ def _cnn(rng: np.random.Generator) -> onnx.ModelProto:
         numpy_helper.from_array(rng.uniform(0.5, 1.5, channels).astype(np.float32), "var"),
         _weight(rng, "head", channels * 4 * 4, 4),
     ]
-    return _model(
-        helper.make_graph(
-            nodes,
-            "cnn",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 7, 7])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-            weights,
-        )
-    )
+    return _model(nodes, "cnn", ["n", 2, 7, 7], ["n", 4], weights)
 
 
 def _fully_convolutional(rng: np.random.Generator) -> onnx.ModelProto:
@@ -123,15 +122,7 @@ def _fully_convolutional(rng: np.random.Generator) -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "head"], ["y"], name="head"),
     ]  # fmt: skip
     weights = [_weight(rng, "w", 4, 2, 3, 3), _weight(rng, "head", 4, 3)]
-    return _model(
-        helper.make_graph(
-            nodes,
-            "fcn",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 16, 16])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
-            weights,
-        )
-    )
+    return _model(nodes, "fcn", ["n", 2, 16, 16], ["n", 3], weights)
 
 
 def _shape_graph(rng: np.random.Generator) -> onnx.ModelProto:
@@ -163,15 +154,7 @@ def _shape_graph(rng: np.random.Generator) -> onnx.ModelProto:
         _weight(rng, "bias", 1, 4),
         _weight(rng, "gain", 3),
     ]
-    return _model(
-        helper.make_graph(
-            nodes, "shapes",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 12])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
-            constants,
-        ),
-        opset=13,
-    )  # fmt: skip
+    return _model(nodes, "shapes", ["n", 12], ["n", 3], constants, opset=13)
 
 
 class _TorchNet(nn.Module):
@@ -207,18 +190,19 @@ def _pick(rng: np.random.Generator, items: Any) -> Any:
     return items[int(rng.integers(len(items)))]
 
 
-def _set_ints(node: Any, name: str, values: list[int]) -> None:
+def _set_attribute(node: Any, name: str, value: Any) -> None:
+    """Gives ``node`` the attribute ``name`` with ``value``, in place of any it had."""
     for attribute in list(node.attribute):
         if attribute.name == name:
             node.attribute.remove(attribute)
-    node.attribute.append(helper.make_attribute(name, values))
+    node.attribute.append(helper.make_attribute(name, value))
 
 
 def _mutate_window(model: onnx.ModelProto, rng: np.random.Generator) -> None:
     node = _pick(rng, model.graph.node)
     length = int(rng.integers(1, 5))
     values = [int(_pick(rng, INTERESTING_INTS)) for _ in range(length)]
-    _set_ints(node, _pick(rng, WINDOW_ATTRIBUTES), values)
+    _set_attribute(node, _pick(rng, WINDOW_ATTRIBUTES), values)
 
 
 def _mutate_existing_ints(model: onnx.ModelProto, rng: np.random.Generator) -> None:
@@ -241,20 +225,12 @@ def _mutate_existing_ints(model: onnx.ModelProto, rng: np.random.Generator) -> N
 
 def _mutate_scalar(model: onnx.ModelProto, rng: np.random.Generator) -> None:
     node = _pick(rng, model.graph.node)
-    name = _pick(rng, SCALAR_ATTRIBUTES)
-    for attribute in list(node.attribute):
-        if attribute.name == name:
-            node.attribute.remove(attribute)
-    node.attribute.append(helper.make_attribute(name, int(_pick(rng, INTERESTING_INTS))))
+    _set_attribute(node, _pick(rng, SCALAR_ATTRIBUTES), int(_pick(rng, INTERESTING_INTS)))
 
 
 def _mutate_float(model: onnx.ModelProto, rng: np.random.Generator) -> None:
     node = _pick(rng, model.graph.node)
-    name = _pick(rng, FLOAT_ATTRIBUTES)
-    for attribute in list(node.attribute):
-        if attribute.name == name:
-            node.attribute.remove(attribute)
-    node.attribute.append(helper.make_attribute(name, float(_pick(rng, INTERESTING_FLOATS))))
+    _set_attribute(node, _pick(rng, FLOAT_ATTRIBUTES), float(_pick(rng, INTERESTING_FLOATS)))
 
 
 def _drop_io(model: onnx.ModelProto, rng: np.random.Generator) -> None:
@@ -404,14 +380,14 @@ def test_the_seeds_load_and_the_mutations_reach_both_outcomes(
 FAKE_WORKER = """
 import json, os, sys, time
 from pathlib import Path
-files = sorted(Path(sys.argv[1]).glob("*.onnx"))[int(sys.argv[2]):]
-for path in files:
-    print(json.dumps({"start": path.name}), flush=True)
-    if "abort" in path.name:
+print(json.dumps({"ready": True, "per_case_peak": True}), flush=True)
+for request in sys.stdin:
+    name = Path(json.loads(request)["path"]).name
+    if "abort" in name:
         os.abort()
-    if "hang" in path.name:
+    if "hang" in name:
         time.sleep(60)
-    print(json.dumps({"case": path.name, "outcome": "loaded", "detail": ""}), flush=True)
+    print(json.dumps({"outcome": "loaded", "detail": "", "peak_bytes": 0}), flush=True)
 """
 
 
