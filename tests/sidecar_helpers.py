@@ -1,22 +1,32 @@
-"""Shared by the sidecar tests: one hand-written valid payload per plot type, and a real
-sidecar process on a free port."""
+"""Shared by the sidecar tests: one hand-written valid payload per plot type, an app on a
+data folder (fixtures ``data_dir`` and ``client``), a real sidecar process on a free port,
+and stand-in HTTP servers for the client's side."""
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import math
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 SIDECAR_START_TIMEOUT_S = 30.0
+LOCAL = "http://127.0.0.1"  # TestClient's default host, "testserver", is not a local name
+JSON = {"content-type": "application/json"}
 
 
 def _series(name: str, kind: str, points: list[dict[str, Any]], **style: Any) -> dict:
@@ -106,6 +116,26 @@ def sample_payload(plot_type: str, title: str | None = None) -> dict[str, Any]:
         "config": {"x_label": "x", "y_label": "y"},
         "metrics": {"score": 0.5},
     }
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def client(data_dir: Path) -> TestClient:
+    """The app with its default settings, called as the sidecar's own clients reach it."""
+    # Imported here: the modules that only start a real sidecar need no web stack.
+    from fastapi.testclient import TestClient
+
+    from gometal.viz.server import create_app
+
+    return TestClient(create_app(data_dir), base_url=LOCAL)
+
+
+def stored_files(data_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file())
 
 
 def free_port() -> int:
@@ -201,3 +231,34 @@ def _unchunk(body: bytes) -> bytes:
         out += rest[:size]
         body = rest[size + 2 :]
     return out
+
+
+class StubHandler(http.server.BaseHTTPRequestHandler):
+    """A handler for stand-in servers: quiet, and able to send a whole answer at once."""
+
+    def send_whole(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass  # the request log would bury the test output
+
+
+@contextlib.contextmanager
+def stub_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
+    """Serves ``handler`` on a free local port from a thread; yields the port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,12 +3,10 @@ no path leaving the data directory), persistence across a restart, and the clien
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import subprocess
 import sys
-import threading
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -16,29 +14,32 @@ from typing import ClassVar
 import pytest
 from fastapi.testclient import TestClient
 
+import sidecar_helpers
 from gometal.cli import build_parser
 from gometal.viz import sidecar_client
 from gometal.viz.payload import PLOT_TYPES
 from gometal.viz.server import create_app
-from sidecar_helpers import free_port, get_json, running_sidecar, sample_payload
+from sidecar_helpers import (
+    JSON,
+    LOCAL,
+    StubHandler,
+    free_port,
+    get_json,
+    running_sidecar,
+    sample_payload,
+    stored_files,
+    stub_server,
+)
 
 SMALL_LIMIT = 4096
-LOCAL = "http://127.0.0.1"  # TestClient's default host, "testserver", is not a local name
-JSON = {"content-type": "application/json"}
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
+# A fixture from sidecar_helpers (pytest finds fixtures among a test module's names); the
+# app here takes small bodies only, so it has a client of its own.
+data_dir = sidecar_helpers.data_dir
 
 
 @pytest.fixture
 def client(data_dir: Path) -> TestClient:
     return TestClient(create_app(data_dir, max_body_bytes=SMALL_LIMIT), base_url=LOCAL)
-
-
-def stored_files(data_dir: Path) -> list[str]:
-    return sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file())
 
 
 # ---------------------------------------------------------------- happy paths
@@ -380,22 +381,14 @@ def test_real_server_answers_oversize_and_bad_json(data_dir: Path) -> None:
 # ---------------------------------------------------------------- client
 
 
-class _CountingHandler(http.server.BaseHTTPRequestHandler):
+class _CountingHandler(StubHandler):
     status = 503
     hits: ClassVar[list[str]] = []
 
     def do_POST(self) -> None:
         type(self).hits.append(self.path)
         self.rfile.read(int(self.headers.get("content-length", 0)))
-        body = json.dumps({"error": "busy"}).encode()
-        self.send_response(self.status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_whole(self.status, json.dumps({"error": "busy"}).encode(), "application/json")
 
 
 @pytest.mark.parametrize(("status", "attempts"), [(503, 3), (422, 1)])
@@ -404,17 +397,11 @@ def test_client_retries_5xx_a_bounded_number_of_times_but_not_4xx(
 ) -> None:
     monkeypatch.setattr(sidecar_client, "RETRY_BACKOFF_S", 0.0)
     handler = type("Handler", (_CountingHandler,), {"status": status, "hits": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        client = sidecar_client.SidecarClient(f"http://127.0.0.1:{server.server_port}", retries=2)
+    with stub_server(handler) as port:
+        client = sidecar_client.SidecarClient(f"http://127.0.0.1:{port}", retries=2)
         with pytest.warns(RuntimeWarning, match=f"HTTP {status}"):
             assert client.send([sample_payload("qq_plot")]) is None
         assert handler.hits == ["/api/batch-plot"] * attempts
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_send_never_raises_and_warns_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -486,7 +473,7 @@ def test_send_without_a_url_starts_a_sidecar_and_a_run_sink_keeps_one_dashboard(
         sidecar_client.RunSink(run_id="../x")
 
 
-class _BusyThenStoredHandler(http.server.BaseHTTPRequestHandler):
+class _BusyThenStoredHandler(StubHandler):
     """503 with a Retry-After first (as a sidecar with every upload slot taken), then 200."""
 
     retry_after = "1"
@@ -501,16 +488,8 @@ class _BusyThenStoredHandler(http.server.BaseHTTPRequestHandler):
             if busy
             else {"success": True, "message": "1 plots stored", "batch_id": "b"}
         ).encode()
-        self.send_response(503 if busy else 200)
-        if busy:
-            self.send_header("Retry-After", self.retry_after)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        retry_after = {"Retry-After": self.retry_after} if busy else {}
+        self.send_whole(503 if busy else 200, body, "application/json", retry_after)
 
 
 @pytest.mark.parametrize(("retry_after", "slept"), [("1", 1.0), ("600", 5.0), ("soon", 0.2)])
@@ -520,14 +499,8 @@ def test_client_waits_as_a_busy_sidecars_retry_after_says(
     sleeps: list[float] = []
     monkeypatch.setattr(sidecar_client.time, "sleep", sleeps.append)
     handler = type("Handler", (_BusyThenStoredHandler,), {"retry_after": retry_after, "hits": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        client = sidecar_client.SidecarClient(f"http://127.0.0.1:{server.server_port}", retries=2)
+    with stub_server(handler) as port:
+        client = sidecar_client.SidecarClient(f"http://127.0.0.1:{port}", retries=2)
         assert client.send([sample_payload("qq_plot")])["success"] is True
         # Retry-After in seconds, at most RETRY_AFTER_CAP_S; else the usual backoff.
         assert sleeps == [slept] and len(handler.hits) == 2
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -9,44 +9,35 @@ dialled, no Origin), gometal's own client, and the sidecar's own pages."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+import sidecar_helpers
 from gometal.viz import sidecar_client
-from gometal.viz.server import create_app
 from gometal.viz.server_guard import HostPolicy
 from sidecar_helpers import (
+    JSON,
+    StubHandler,
     parse_response,
     raw_exchange,
     running_sidecar,
     sample_payload,
+    stored_files,
+    stub_server,
 )
 
-LOCAL = "http://127.0.0.1"
-JSON = {"content-type": "application/json"}
 # The headers go-metal's PlottingService sets on every POST (Go adds Host itself).
 GO_HEADERS = {"Content-Type": "application/json", "User-Agent": "go-metal-training"}
 
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def client(data_dir: Path) -> TestClient:
-    return TestClient(create_app(data_dir), base_url=LOCAL)
-
-
-def stored_files(data_dir: Path) -> list[str]:
-    return sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file())
+# Fixtures from sidecar_helpers (the app on a fresh data folder): pytest finds fixtures
+# among a test module's names.
+data_dir = sidecar_helpers.data_dir
+client = sidecar_helpers.client
 
 
 def raw_post(port: int, path: str, headers: dict[str, str], body: bytes) -> bytes:
@@ -208,18 +199,13 @@ window.attack = async (target, body) => {
 </script></body></html>"""
 
 
-class _RecordingHandler(http.server.BaseHTTPRequestHandler):
+class _RecordingHandler(StubHandler):
     """Serves the attack page, and records the writes a browser sends to it."""
 
     writes: list[dict[str, str | None]] = []  # noqa: RUF012 - one list per subclass
 
     def do_GET(self) -> None:
-        body = ATTACK_PAGE.encode()
-        self.send_response(200)
-        self.send_header("content-type", "text/html")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.send_whole(200, ATTACK_PAGE.encode(), "text/html")
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
@@ -229,21 +215,12 @@ class _RecordingHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(204)
         self.end_headers()
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def attack_site() -> Iterator[tuple[str, type[_RecordingHandler]]]:
     handler = type("Handler", (_RecordingHandler,), {"writes": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://localhost:{server.server_port}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
+    with stub_server(handler) as port:
+        yield f"http://localhost:{port}", handler
 
 
 def test_a_page_on_another_site_cannot_write_but_the_sidecars_own_page_can(

@@ -16,37 +16,29 @@ from typing import TYPE_CHECKING
 import pytest
 from fastapi.testclient import TestClient
 
+import sidecar_helpers
 from gometal.viz import server_store
 from gometal.viz.server import ERROR_CODES, create_app
 from gometal.viz.server_store import PlotStore
 from sidecar_helpers import (
+    JSON,
     get_json,
     parse_response,
     raw_exchange,
     running_sidecar,
     sample_payload,
+    stored_files,
 )
 
 if TYPE_CHECKING:
     from gometal.viz.server_store import Recovery
 
-LOCAL = "http://127.0.0.1"
-JSON = {"content-type": "application/json"}
 ERROR_KEYS = {"success", "message", "error_code"}
 
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def client(data_dir: Path) -> TestClient:
-    return TestClient(create_app(data_dir), base_url=LOCAL)
-
-
-def stored_files(data_dir: Path) -> list[str]:
-    return sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file())
+# Fixtures from sidecar_helpers (the app on a fresh data folder): pytest finds fixtures
+# among a test module's names.
+data_dir = sidecar_helpers.data_dir
+client = sidecar_helpers.client
 
 
 def assert_json_error(response_json: dict, code: str) -> None:
