@@ -224,6 +224,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_sample_tiling", &set_sample_tiling, py::arg("enabled"));
   m.def("sample_tiling", &sample_tiling);
   m.def("blas_info", &blas_info);
+  m.def("op_names", &op_names, "Every primitive a graph can hold, in the engine's op order.");
   m.def("metal_available", &metal_available);
   m.def("random_uniform", [](uint64_t seed, uint32_t stream, const Shape& shape) {
     for (int64_t d : shape)

@@ -74,6 +74,8 @@ struct Node {
 
 std::string_view op_name(OpKind op);
 OpKind op_from_name(std::string_view name);  // throws std::invalid_argument for unknown names
+// The names of every primitive a graph can hold (leaves excluded), in OpKind order.
+std::vector<std::string> op_names();
 std::string shape_str(const Shape& s);
 std::string_view dtype_name(DType d);
 DType dtype_from_name(std::string_view name);

@@ -96,6 +96,13 @@ OpKind op_from_name(std::string_view name) {
   throw std::invalid_argument("[graph] unknown op '" + std::string(name) + "'; known ops: " + known);
 }
 
+std::vector<std::string> op_names() {
+  std::vector<std::string> names;
+  for (const auto& o : kOps)
+    if (o.arity != 0) names.emplace_back(o.name);
+  return names;
+}
+
 int op_arity(OpKind op) { return info(op).arity; }
 bool is_elementwise(OpKind op) { return info(op).elementwise; }
 bool is_differentiable(OpKind op) { return info(op).differentiable; }
