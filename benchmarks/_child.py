@@ -19,23 +19,33 @@ UNSET_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 RESULT_TAG = "BENCH_RESULT "
 # Interleaved runs: the child says it is warm, then times one window per "window" line
-# on stdin and answers each with a tagged [rate, other load]; "done" ends the timing.
+# on stdin and answers each with a tagged [rate, other load, engine allocations during the
+# window (None where the framework does not count them)]; "done" ends the timing.
 READY_TAG = "BENCH_READY"
 WINDOW_TAG = "BENCH_WINDOW "
 
 
-def _windows_on_request(step, warmup_s: float, window_s: float):
+def _allocations(engine_stats) -> int | None:
+    stats = engine_stats() if engine_stats else None
+    return stats.get("allocations") if stats else None
+
+
+def _windows_on_request(step, warmup_s: float, window_s: float, engine_stats=None):
     warm_up(step, warmup_s, 5)
     print(READY_TAG, flush=True)
     rates, other, quiet = [], [], []
     for line in sys.stdin:
         if line.strip() != "window":
             break
+        # Read outside the timed window, so the count costs the rate nothing.
+        before = _allocations(engine_stats)
         rate, load = time_window(step, window_s)
+        after = _allocations(engine_stats)
+        allocations = None if before is None or after is None else after - before
         rates.append(rate)
         other.append(load)
         quiet.append(load is None or load < QUIET_CORES)
-        print(WINDOW_TAG + json.dumps([rate, load]), flush=True)
+        print(WINDOW_TAG + json.dumps([rate, load, allocations]), flush=True)
     return rates, other, quiet
 
 
@@ -88,7 +98,9 @@ def run_child(args) -> int:
         result["first_step_s"] = time.perf_counter() - t0  # includes any compilation
         stats_before = dict(setup.engine_stats()) if setup.engine_stats else None
         if args.interleave:
-            rates, other, quiet = _windows_on_request(step, args.warmup_s, args.window_s)
+            rates, other, quiet = _windows_on_request(
+                step, args.warmup_s, args.window_s, setup.engine_stats
+            )
         else:
             rates, other, quiet = time_windows(
                 step, args.warmup_s, 5, args.windows, args.window_s, args.max_windows

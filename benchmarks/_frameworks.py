@@ -94,6 +94,9 @@ def _setup_gometal(spec: Workload, x, y, threads):
         "version": getattr(gm, "__version__", None),
         "build_s": time.perf_counter() - t0,
         "blas": _core.blas_info(),
+        # Which build ran: two builds timed side by side must import different files.
+        "package_file": gm.__file__,
+        "engine_file": _core.__file__,
     }
     if spec.train:
         return Setup(

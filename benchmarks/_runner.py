@@ -1,5 +1,6 @@
 """Starting the benchmark's child processes: one alone (--sequential), or all of a
-workload's at once, timing their windows in turn."""
+workload's at once, timing their windows in turn. A child may run under another Python
+(another build's environment), so two builds of one framework can be timed side by side."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 from _child import READY_TAG, RESULT_TAG, THREAD_VARS, UNSET_VARS, WINDOW_TAG
 from _timing import QUIET_CORES
@@ -19,8 +21,31 @@ from _timing import QUIET_CORES
 _SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_mlp.py")
 
 
-def _child_env(threads: int, inductor_dir: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in UNSET_VARS}
+class ChildSpec(NamedTuple):
+    """One child of an interleaved run: `label` keys its rows and rounds; the child times
+    `framework` under the interpreter `python` (for instance another build's environment)."""
+
+    label: str
+    framework: str
+    python: str = sys.executable
+
+
+class InterleavedRun(NamedTuple):
+    """What run_rounds() measured: the children's results, and per round (by label) each
+    child's rate, its window's other load and its engine allocations (None where unknown)."""
+
+    rows: list[dict]
+    rates: dict[str, list[float]]
+    loads: dict[str, list[float | None]]
+    allocations: dict[str, list[int | None]]
+
+
+def _child_env(threads: int, inductor_dir: str | None, python: str = sys.executable) -> dict:
+    dropped = set(UNSET_VARS)
+    if python != sys.executable:
+        # Another environment imports its own packages, not what this one's path points at.
+        dropped |= {"PYTHONPATH", "PYTHONHOME"}
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     for var in THREAD_VARS:
         env[var] = str(threads)
     if inductor_dir:
@@ -36,8 +61,10 @@ def pin_cpus(threads: int) -> list[int] | None:
     return cpus[:threads] if len(cpus) > threads else None
 
 
-def _child_cmd(framework: str, workload: str, args, interleave: bool) -> list[str]:
-    cmd = [sys.executable, _SCRIPT, "--child", framework, "--workload", workload]
+def _child_cmd(
+    framework: str, workload: str, args, interleave: bool, python: str = sys.executable
+) -> list[str]:
+    cmd = [python, _SCRIPT, "--child", framework, "--workload", workload]
     for flag in ("threads", "warmup_s", "windows", "window_s", "max_windows"):
         cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     return cmd + (["--interleave"] if interleave else [])
@@ -79,8 +106,9 @@ def _failure(framework: str, workload: str, error: str) -> dict:
 class _Child:
     """One framework's child process, timing windows when the parent asks."""
 
-    def __init__(self, framework: str, workload: str, args, pin: list[int] | None):
-        self.framework, self.workload = framework, workload
+    def __init__(self, spec: ChildSpec, workload: str, args, pin: list[int] | None):
+        framework = spec.framework
+        self.label, self.framework, self.workload = spec.label, framework, workload
         self.inductor_dir = (
             tempfile.mkdtemp(prefix="gm-bench-inductor-") if framework == "torch-compile" else None
         )
@@ -88,8 +116,8 @@ class _Child:
         # blocks on a full pipe.
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            _child_cmd(framework, workload, args, interleave=True),
-            env=_child_env(args.threads, self.inductor_dir),
+            _child_cmd(framework, workload, args, interleave=True, python=spec.python),
+            env=_child_env(args.threads, self.inductor_dir, spec.python),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
@@ -152,37 +180,69 @@ class _Child:
             shutil.rmtree(self.inductor_dir, ignore_errors=True)
 
 
-def run_interleaved(frameworks: list[str], workload: str, args, pin) -> tuple[list[dict], dict]:
-    """Runs every framework's child at once, each warming up in turn, then times windows
-    round-robin (one child at a time), so all of them meet the same machine conditions.
-    Returns the children's results and the per-round rates by framework."""
-    children, rows = [], {}
-    for name in frameworks:
-        print(f"  warming up {name} on {workload} ...", end="", flush=True)
-        child = _Child(name, workload, args, pin)
+def _as_spec(child: str | ChildSpec) -> ChildSpec:
+    return child if isinstance(child, ChildSpec) else ChildSpec(child, child)
+
+
+def round_order(children: list, round_index: int, alternate: bool) -> list:
+    """The order children time their windows in round `round_index` (0-based): always the
+    given order, or with `alternate` the reverse in every other round, so that neither
+    child always runs right after the other."""
+    return list(reversed(children)) if alternate and round_index % 2 else list(children)
+
+
+def run_rounds(
+    children: list[str | ChildSpec], workload: str, args, pin, alternate: bool = False
+) -> InterleavedRun:
+    """Runs every child at once, each warming up in turn, then times windows round-robin
+    (one child at a time), so all of them meet the same machine conditions. Timing stops
+    after `args.windows` quiet rounds or `args.max_windows` rounds in all. A child given by
+    name times that framework under this interpreter."""
+    specs = [_as_spec(c) for c in children]
+    live, rows = [], {}
+    for spec in specs:
+        print(f"  warming up {spec.label} on {workload} ...", end="", flush=True)
+        child = _Child(spec, workload, args, pin)
         if child.read_tagged(READY_TAG, args.timeout) is None:
-            rows[name] = child.fail("did not get ready")
+            rows[spec.label] = child.fail("did not get ready")
             print(" failed", flush=True)
             continue
-        children.append(child)
+        live.append(child)
         print(" ready", flush=True)
-    rounds: dict[str, list[float]] = {c.framework: [] for c in children}
-    loads: list[float] = []
-    quiet_rounds = 0
-    while children and quiet_rounds < args.windows and len(loads) < args.max_windows:
+    rates: dict[str, list[float]] = {c.label: [] for c in live}
+    loads: dict[str, list[float | None]] = {c.label: [] for c in live}
+    allocations: dict[str, list[int | None]] = {c.label: [] for c in live}
+    rounds, quiet_rounds = 0, 0
+    while live and quiet_rounds < args.windows and rounds < args.max_windows:
         worst = 0.0
-        for child in list(children):
+        for child in round_order(live, rounds, alternate):
             reply = child.read_tagged(WINDOW_TAG, args.timeout) if child.send("window") else None
             if reply is None:
-                rows[child.framework] = child.fail("stopped while timing")
-                children.remove(child)
-                rounds.pop(child.framework, None)
+                rows[child.label] = child.fail("stopped while timing")
+                live.remove(child)
+                for table in (rates, loads, allocations):
+                    table.pop(child.label, None)
                 continue
-            rate, load = json.loads(reply)
-            rounds[child.framework].append(rate)
+            # [rate, other load] from older children; [rate, other load, allocations] now.
+            rate, load, *rest = json.loads(reply)
+            rates[child.label].append(rate)
+            loads[child.label].append(load)
+            allocations[child.label].append(rest[0] if rest else None)
             worst = max(worst, load or 0.0)
-        loads.append(worst)
+        rounds += 1
         quiet_rounds += worst < QUIET_CORES
-    for child in children:
-        rows[child.framework] = child.finish(args.timeout)
-    return [rows[name] for name in frameworks if name in rows], rounds
+    for child in live:
+        rows[child.label] = child.finish(args.timeout)
+    for spec in specs:
+        if spec.label in rows:
+            rows[spec.label]["label"] = spec.label
+    return InterleavedRun(
+        [rows[s.label] for s in specs if s.label in rows], rates, loads, allocations
+    )
+
+
+def run_interleaved(frameworks: list[str], workload: str, args, pin) -> tuple[list[dict], dict]:
+    """run_rounds() for one child per framework: returns the children's results and the
+    per-round rates by framework."""
+    run = run_rounds(frameworks, workload, args, pin)
+    return run.rows, run.rates
