@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 import gometal as gm
+from gometal.apps.train_job import build_cnn
 from gometal.datasets import write_digits_folder
-from gometal.train_job import build_cnn
 from gometal.vision import DataLoader, ImageFolderDataset
 
 IMAGE_SIZE = 32

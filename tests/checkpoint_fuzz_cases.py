@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from checkpoint_forge import forged_header, read_parts, write_forged, write_raw
-from gometal.serialization.document import MAX_DOCUMENT_CHARS
+from gometal.io.serialization.document import MAX_DOCUMENT_CHARS
 
 KINDS = (
     "header_bytes",

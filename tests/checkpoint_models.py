@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import gometal as gm
-from gometal.training.history import History
+from gometal.train.history import History
 
 
 def image_cnn_trunk() -> gm.ModelBuilder:

@@ -69,7 +69,7 @@ def worker_main(cap: int, budget: int) -> None:
     import numpy as np
 
     import gometal as gm
-    from gometal.onnx import _safety
+    from gometal.io.onnx import _safety
 
     def warm_up() -> None:
         # The import and the engine, so the limit starts from a settled process.

@@ -155,7 +155,7 @@ def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
 
 @contextlib.contextmanager
 def running_sidecar(data_dir: Path, *extra: str) -> Iterator[str]:
-    """Runs ``gometal sidecar`` (through ``python -m gometal.cli``) on a free port;
+    """Runs ``gometal sidecar`` (through ``python -m gometal.apps.cli``) on a free port;
     yields its base URL and stops it on exit."""
     with sidecar_process(data_dir, *extra) as (url, _):
         yield url
@@ -166,7 +166,7 @@ def sidecar_process(data_dir: Path, *extra: str) -> Iterator[tuple[str, subproce
     """As :func:`running_sidecar`, yielding the base URL and the server's process."""
     port = free_port()
     log = open(data_dir.parent / f"sidecar-{port}.log", "wb")  # noqa: SIM115 - closed below
-    command = [sys.executable, "-m", "gometal.cli", "sidecar", "--port", str(port)]
+    command = [sys.executable, "-m", "gometal.apps.cli", "sidecar", "--port", str(port)]
     process = subprocess.Popen(
         [*command, "--data-dir", str(data_dir), *extra], stdout=log, stderr=subprocess.STDOUT
     )

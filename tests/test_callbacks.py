@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import gometal as gm
-from gometal.training.callbacks import resolve_mode
+from gometal.train.callbacks import resolve_mode
 
 STEPS = 6  # 96 samples in batches of 16
 

@@ -33,8 +33,8 @@ from checkpoint_worker import (
     train_epochs,
     write_png_folder,
 )
+from gometal.io.serialization.container import read_container, write_container
 from gometal.serialization import CheckpointError
-from gometal.serialization.container import read_container, write_container
 
 WORKER = Path(__file__).with_name("checkpoint_worker.py")
 
@@ -160,7 +160,7 @@ def test_fit_with_validation_and_a_scheduler_resumes_exactly(tmp_path, two_threa
 
 
 def test_history_and_user_metadata_travel_with_the_checkpoint(tmp_path):
-    from gometal.training.history import History
+    from gometal.train.history import History
 
     model = gm.ModelBuilder((4,)).dense(2).build(seed=0)
     trainer = gm.Trainer(model, loss="mse", optimizer="sgd", batch_size=2)

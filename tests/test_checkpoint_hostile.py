@@ -24,8 +24,8 @@ import pytest
 import gometal as gm
 from checkpoint_forge import edited, layer_config, read_parts, write_forged
 from checkpoint_models import cnn_trainer
+from gometal.io.serialization.document import MAX_DOCUMENT_CHARS, MAX_NESTING_DEPTH
 from gometal.serialization import CheckpointError
-from gometal.serialization.document import MAX_DOCUMENT_CHARS, MAX_NESTING_DEPTH
 
 L = gm.layers
 

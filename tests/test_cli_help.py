@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from gometal.cli import build_parser, main
+from gometal.apps.cli import build_parser, main
 
 
 def _command_names():

@@ -11,7 +11,7 @@ ARGPARSE_USAGE_ERROR = 2
 
 def _sidecar(tmp_path, *args):
     return subprocess.run(
-        [sys.executable, "-m", "gometal.cli", "sidecar", *args],
+        [sys.executable, "-m", "gometal.apps.cli", "sidecar", *args],
         capture_output=True,
         text=True,
         check=False,

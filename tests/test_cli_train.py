@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gometal.cli import main
+from gometal.apps.cli import main
 
 ARGPARSE_USAGE_ERROR = 2
 
@@ -149,7 +149,7 @@ def test_a_model_too_large_for_memory_is_one_line(two_class_folder, tmp_path, ca
 
 def test_the_command_exits_2_without_a_traceback(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "gometal.cli", "train", str(tmp_path / "nowhere")],
+        [sys.executable, "-m", "gometal.apps.cli", "train", str(tmp_path / "nowhere")],
         capture_output=True,
         text=True,
         check=False,

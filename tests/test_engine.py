@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import gometal as gm
-from gometal._arrays import as_input_batch
+from gometal.base.arrays import as_input_batch
 from helpers import assert_weights_match, gm_weights_from_torch, mlp_pair, t, torch_step
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 import gometal as gm
 from gometal.datasets import write_digits_folder
-from gometal.training.array_loader import ArrayLoader
+from gometal.train.array_loader import ArrayLoader
 from gometal.vision import DataLoader, ImageFolderDataset
 from helpers import assert_weights_match, mlp_pair, t
 

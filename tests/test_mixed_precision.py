@@ -17,8 +17,9 @@ from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
 
 import gometal as gm
-from gometal import _core, _precision
-from gometal._mixed_precision import (
+from gometal import _core
+from gometal.train import precision as _precision
+from gometal.train.mixed_precision import (
     GOOD_STEPS_VARIABLE,
     LOSS_SCALE_VARIABLE,
     SKIPPED_VARIABLE,

@@ -20,10 +20,10 @@ from safetensors.torch import load_file as torch_load_file
 from torch import nn
 
 import gometal as gm
+from gometal.apps.train_job import build_cnn
+from gometal.base.atomic import atomic_open, atomic_path, write_atomically
+from gometal.io.serialization.container import write_container
 from gometal.serialization import CheckpointError, model_to_config
-from gometal.serialization.atomic import atomic_open, atomic_path, write_atomically
-from gometal.serialization.container import write_container
-from gometal.train_job import build_cnn
 from helpers import mlp_pair, t
 
 L = gm.layers

@@ -16,7 +16,7 @@ import pytest
 
 import gometal as gm
 from gometal import layers as L
-from gometal.train_job import build_cnn
+from gometal.apps.train_job import build_cnn
 
 TOLERANCE = 1e-4
 BATCH_SIZES = (3, 7)

@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from fuzz_onnx_worker import run_cases
-from gometal.onnx.importer import SUPPORTED_OPS
+from gometal.io.onnx.importer import SUPPORTED_OPS
 
 SEED = 20260513
 CASES_PER_SEED = 100

@@ -18,9 +18,9 @@ from onnx import TensorProto, helper, numpy_helper
 import gometal as gm
 from fuzz_onnx_worker import run_cases
 from gometal import _core
-from gometal.layers.base import EmitContext
-from gometal.onnx import _safety
-from gometal.onnx.importer import OnnxImportError, load
+from gometal.io.onnx import _safety
+from gometal.io.onnx.importer import OnnxImportError, load
+from gometal.nn.layers.base import EmitContext
 from onnx_runtime import run_ort
 
 TOLERANCE = 1e-4
@@ -142,7 +142,7 @@ def test_the_sample_cap_covers_what_the_engine_allocates(
 
 
 def test_padding_does_not_grow_the_engine_graph() -> None:
-    from gometal.onnx._layers import pad_nchw
+    from gometal.io.onnx._layers import pad_nchw
 
     sizes = []
     for pad in (1, 1000):

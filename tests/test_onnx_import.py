@@ -17,8 +17,8 @@ from torch import nn
 
 import gometal as gm
 from gometal import layers as L
-from gometal.onnx import _safety
-from gometal.onnx.importer import OnnxImportError, load
+from gometal.io.onnx import _safety
+from gometal.io.onnx.importer import OnnxImportError, load
 from onnx_runtime import run_ort
 
 TOLERANCE = 1e-4
@@ -194,7 +194,7 @@ def _gometal_models() -> dict[str, gm.Model]:
 
 @pytest.mark.parametrize("name", ["cnn", "mlp"])
 def test_round_trip_gives_identical_predictions(name: str, tmp_path: Path) -> None:
-    from gometal.onnx.export import export
+    from gometal.io.onnx.export import export
 
     model = _gometal_models()[name]
     _randomize(model)

@@ -23,7 +23,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from gometal.onnx.importer import SUPPORTED_OPS, OnnxImportError, load
+from gometal.io.onnx.importer import SUPPORTED_OPS, OnnxImportError, load
 
 _3D = "only 1-D and 2-D pooling are supported"
 _DTYPE = "input dtype"

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
-from gometal.onnx._shape_values import (
+from gometal.io.onnx._shape_values import (
     BATCH_SIZE,
     ShapeValue,
     arithmetic,

@@ -231,7 +231,7 @@ def test_lbfgs_stops_at_once_when_the_gradient_is_small():
 
 
 def test_cubic_minimizer_matches_the_parabola_and_cubic_minima():
-    from gometal._optim.line_search import cubic_minimizer
+    from gometal.train.optim.line_search import cubic_minimizer
 
     # f(x) = (x - 1)^2 through x = 0 and 2: the minimizer is 1.
     assert cubic_minimizer(0.0, 1.0, -2.0, 2.0, 1.0, 2.0) == pytest.approx(1.0)

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import sidecar_helpers
-from gometal.cli import build_parser
+from gometal.apps.cli import build_parser
 from gometal.viz import sidecar_client
 from gometal.viz.payload import PLOT_TYPES
 from gometal.viz.server import create_app

@@ -170,7 +170,7 @@ def test_bad_allowed_host_names_are_refused_by_name(bad: object) -> None:
 
 
 def test_cli_refuses_a_bad_allowed_host() -> None:
-    from gometal.cli import build_parser
+    from gometal.apps.cli import build_parser
 
     args = build_parser().parse_args(["sidecar", "--allowed-host", "a", "--allowed-host", "b"])
     assert args.allowed_hosts == ["a", "b"]

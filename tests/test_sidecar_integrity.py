@@ -174,7 +174,7 @@ KILLED_WRITER = textwrap.dedent(
     sys.path.insert(0, sys.argv[5])
     from sidecar_helpers import sample_payload
     from gometal.viz import server_store
-    from gometal.serialization import atomic
+    from gometal.base import atomic
 
     data_dir, plots, kill_on, replace = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     store = server_store.PlotStore(data_dir)

@@ -8,8 +8,8 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 import gometal as gm
-from gometal.cli import main
-from gometal.train_job import build_cnn
+from gometal.apps.cli import main
+from gometal.apps.train_job import build_cnn
 
 
 def _history(out):

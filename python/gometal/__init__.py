@@ -1,12 +1,18 @@
 """gometal: Keras-simple training over a compiled whole-step engine.
 
+The package is a stack of layers, each a folder that imports only the folders below it:
+``base`` (with ``_native``/``_core``) → ``graph`` → ``nn`` → ``train`` → ``io`` and
+``data`` → ``viz`` → ``apps``. This module sits on top: it gathers the public ``gm.*``
+names and keeps the short module paths (``gometal.layers``, ``gometal.vision``, ...)
+pointing into the tree.
+
 Example:
     >>> import gometal as gm
     >>> model = gm.ModelBuilder((64,)).dense(128).relu().dense(10).build(seed=0)
     >>> trainer = gm.Trainer(model, loss="cross_entropy", optimizer=gm.optim.Adam(1e-3))
 """
 
-__version__ = "0.1.0"
+from .base.version import __version__
 
 try:
     from . import _native  # noqa: F401  (loads _core first, for a clear error when unbuilt)
@@ -17,16 +23,18 @@ except ImportError as err:  # pragma: no cover - only without a built engine
         f"Original error: {err}"
     ) from err
 
-from . import layers, losses, metrics, ops, optim, schedulers, serialization
-from .builder import ModelBuilder
-from .layers.base import EmitContext
-from .model import Model
-from .runtime import get_num_threads, set_num_threads
-from .serialization import load_model
-from .tensor import Input, SymbolicTensor
-from .trainer import StepResult, Trainer
-from .training import callbacks
-from .training.history import History
+from .base.module_aliases import install_module_aliases
+from .base.runtime import get_num_threads, set_num_threads
+from .io import serialization
+from .io.serialization import load_model
+from .nn import layers, ops
+from .nn.builder import ModelBuilder
+from .nn.layers.base import EmitContext
+from .nn.model import Model
+from .nn.tensor import Input, SymbolicTensor
+from .train import callbacks, losses, metrics, optim, schedulers
+from .train.history import History
+from .train.trainer import StepResult, Trainer
 
 __all__ = [
     "EmitContext",
@@ -55,12 +63,30 @@ __all__ = [
     "viz",
 ]
 
+# The public module paths of code that lives in the layered tree.
+PUBLIC_MODULE_PATHS = {
+    "callbacks": "train.callbacks",
+    "cli": "apps.cli",  # the console script of installs made before the tree had layers
+    "datasets": "data.datasets",
+    "layers": "nn.layers",
+    "losses": "train.losses",
+    "metrics": "train.metrics",
+    "onnx": "io.onnx",
+    "ops": "nn.ops",
+    "optim": "train.optim",
+    "schedulers": "train.schedulers",
+    "serialization": "io.serialization",
+    "training": "train",
+    "vision": "data.vision",
+}
+install_module_aliases(__name__, PUBLIC_MODULE_PATHS)
+
 # Imported on first use: they pull in heavy packages (Pillow; onnx; plotly and scipy).
 _LAZY_SUBMODULES = ("datasets", "onnx", "vision", "viz")
 
 
 def __getattr__(name: str):
-    if name in _LAZY_SUBMODULES:
+    if name in _LAZY_SUBMODULES or name in PUBLIC_MODULE_PATHS:
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

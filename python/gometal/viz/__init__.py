@@ -14,6 +14,7 @@ Example:
 
 from . import plots
 from .collector import VisualizationCollector
+from .dashboard import PLOTS_MODES, finish_plots, start_plots
 from .payload import (
     PLOT_TYPES,
     SERIES_TYPES,
@@ -25,7 +26,6 @@ from .payload import (
     validate_payload,
 )
 from .render import dashboard_html, to_figure
-from .session import PLOTS_MODES, finish_plots, start_plots
 
 __all__ = [
     "PLOTS_MODES",

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from .._arrays import as_input_batch
-from ..layers.base import EmitContext
-from ..tensor import BATCH
+from ..base.arrays import as_input_batch
+from ..nn.layers.base import EmitContext
+from ..nn.tensor import BATCH
 
 
 def _label_input(graph: Any, trainer: Any) -> int:

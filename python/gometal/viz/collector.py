@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..training.base import Callback
+from ..train.callback_base import Callback
 from . import plots
 from ._checks import check_bins
 from ._checks import feature_names as checked_feature_names

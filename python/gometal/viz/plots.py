@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics.ranking import counts_at_thresholds
+from ..train.metrics.ranking import counts_at_thresholds
 from ._checks import as_1d, as_labels, check_bins, check_same_length
 from ._features import (
     correlation_heatmap,

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..serialization.atomic import writable_folder_problem
+from ..base.atomic import writable_folder_problem
 
 __all__ = [
     "DEFAULT_DATA_DIR",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..serialization.atomic import TEMP_SUFFIX, write_atomically
+from ..base.atomic import TEMP_SUFFIX, write_atomically
 
 __all__ = ["ID_PATTERN", "PlotStore", "Recovery", "check_id", "new_id"]
 

@@ -1,4 +1,0 @@
-"""Implementation of ``gometal.optim``: one module per optimizer family.
-
-The public names live in ``gometal.optim``; this package only holds the code.
-"""

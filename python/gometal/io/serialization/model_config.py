@@ -1,0 +1,297 @@
+"""A model's definition as JSON: its layers, the call graph between them, input and seed.
+
+``model_to_config`` lists every layer once (class name and ``get_config()``, which holds
+the layer's name) and every layer call in dependency order, each naming the tensors it
+consumes: tensor 0 is the model input and tensor ``i + 1`` the output of call ``i``.
+``model_from_config`` replays those calls. Layer classes come from an explicit registry:
+a name that is not registered is an error, never an import.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ...nn import layers as _layers
+from ...nn.layers.base import Layer
+from ...nn.model import Model
+from ...nn.tensor import Input, SymbolicTensor
+from .container import CheckpointError
+
+# The most memory one sample's forward pass may need in a model read from a file, as the
+# ONNX importer's cap (gometal.onnx.MAX_SAMPLE_BYTES).
+MAX_SAMPLE_BYTES = 1024**3
+
+_BUILTIN_LAYERS: tuple[type[Layer], ...] = (
+    _layers.Dense,
+    _layers.ReLU,
+    _layers.LeakyReLU,
+    _layers.ELU,
+    _layers.Sigmoid,
+    _layers.Tanh,
+    _layers.Swish,
+    _layers.GELU,
+    _layers.Softmax,
+    _layers.Conv2D,
+    _layers.MaxPool2D,
+    _layers.AvgPool2D,
+    _layers.GlobalAvgPool2D,
+    _layers.BatchNorm,
+    _layers.Dropout,
+    _layers.Flatten,
+    _layers.Add,
+    _layers.Multiply,
+    _layers.Concatenate,
+)
+_REGISTRY: dict[str, type[Layer]] = {cls.__name__: cls for cls in _BUILTIN_LAYERS}
+
+
+def register_layer(cls: type[Layer]) -> type[Layer]:
+    """Makes a custom layer class savable and loadable under its class name.
+
+    The class must rebuild from ``cls.from_config(layer.get_config())``: a constructor
+    taking arguments besides ``name`` needs its own ``get_config``.
+
+    Args:
+        cls: a ``gm.layers.Layer`` subclass.
+
+    Returns:
+        ``cls``, so this works as a class decorator.
+
+    Raises:
+        TypeError: ``cls`` is not a layer class, or takes arguments it cannot save.
+        ValueError: another class is already registered under the same name.
+
+    Example:
+        >>> @gm.serialization.register_layer
+        ... class Scale(gm.layers.Layer):  # doctest: +SKIP
+        ...     ...
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise TypeError(f"register_layer expects a gm.layers.Layer subclass, got {cls!r}")
+    known = _REGISTRY.get(cls.__name__)
+    if known is not None and known is not cls:
+        raise ValueError(
+            f"a different layer class is already registered as {cls.__name__!r} ({known!r})"
+        )
+    if cls.get_config is Layer.get_config:
+        arguments = [
+            name
+            for name, parameter in inspect.signature(cls.__init__).parameters.items()
+            if name not in ("self", "name")
+            and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        ]
+        if arguments:
+            raise TypeError(
+                f"{cls.__name__} takes constructor arguments {arguments} but does not override "
+                "get_config(); return them from get_config() so the layer can be rebuilt"
+            )
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def registered_layers() -> dict[str, type[Layer]]:
+    """The layer classes a saved model may name, by class name.
+
+    Returns:
+        A copy of the registry.
+
+    Example:
+        >>> "Dense" in registered_layers()
+        True
+    """
+    return dict(_REGISTRY)
+
+
+def _layer_entry(layer: Layer) -> dict[str, Any]:
+    cls = type(layer)
+    if _REGISTRY.get(cls.__name__) is not cls:
+        raise TypeError(
+            f"layer '{layer.name}' is a {cls.__name__}, which is not registered for saving; "
+            "register it with gm.serialization.register_layer"
+        )
+    config = dict(layer.get_config())
+    config["name"] = layer.name
+    return {"class_name": cls.__name__, "config": config}
+
+
+def model_to_config(model: Model) -> dict[str, Any]:
+    """Describes ``model``'s definition (not its weights) as JSON-serializable data.
+
+    Args:
+        model: the model.
+
+    Returns:
+        ``{"input", "layers", "calls", "output", "seed"}``.
+
+    Raises:
+        TypeError: a layer's class is not registered (see ``register_layer``).
+
+    Example:
+        >>> model_to_config(model)["layers"][0]["class_name"]  # doctest: +SKIP
+        'Dense'
+    """
+    (source,) = model._inputs
+    (result,) = model._outputs
+    tensor_ids = {id(source): 0}
+    calls = []
+    for index, call in enumerate(model._calls):
+        calls.append({"layer": call.layer.name, "inputs": [tensor_ids[id(t)] for t in call.inputs]})
+        tensor_ids[id(call.output)] = index + 1
+    return {
+        "input": {"name": source.name, "shape": list(source.sample_shape)},
+        "layers": [_layer_entry(layer) for layer in model.layers],
+        "calls": calls,
+        "output": tensor_ids[id(result)],
+        "seed": model.seed,
+    }
+
+
+def _field(mapping: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(mapping, Mapping) or key not in mapping:
+        raise CheckpointError(f"model definition: {where} has no {key!r} entry")
+    value = mapping[key]
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise CheckpointError(f"model definition: {where}.{key} must not be a boolean")
+    if not isinstance(value, kind):
+        raise CheckpointError(
+            f"model definition: {where}.{key} has type {type(value).__name__}, expected "
+            f"{kind.__name__ if isinstance(kind, type) else ' or '.join(k.__name__ for k in kind)}"
+        )
+    return value
+
+
+def _build_layers(entries: Sequence[Any]) -> dict[str, Layer]:
+    built: dict[str, Layer] = {}
+    for index, entry in enumerate(entries):
+        where = f"layers[{index}]"
+        class_name = _field(entry, "class_name", str, where)
+        config = _field(entry, "config", dict, where)
+        cls = _REGISTRY.get(class_name)
+        if cls is None:
+            raise CheckpointError(
+                f"model definition: {where} is an unknown layer class {class_name!r}; known "
+                f"classes: {', '.join(sorted(_REGISTRY))} (custom layers must be registered "
+                "with gm.serialization.register_layer before loading)"
+            )
+        name = config.get("name")
+        if not isinstance(name, str) or name in built:
+            raise CheckpointError(
+                f"model definition: {where} needs a unique string name, got {name!r}"
+            )
+        try:
+            built[name] = cls.from_config(config)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"model definition: cannot rebuild layer {name!r} ({class_name}) from {config}: {err}"
+            ) from None
+    return built
+
+
+def _replay_calls(
+    source: SymbolicTensor, layers_by_name: Mapping[str, Layer], calls: Sequence[Any]
+) -> list[SymbolicTensor]:
+    tensors = [source]
+    for index, call in enumerate(calls):
+        where = f"calls[{index}]"
+        name = _field(call, "layer", str, where)
+        refs = _field(call, "inputs", list, where)
+        if name not in layers_by_name:
+            raise CheckpointError(f"model definition: {where} calls an unlisted layer {name!r}")
+        if not refs or any(
+            isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < len(tensors) for r in refs
+        ):
+            raise CheckpointError(
+                f"model definition: {where}.inputs must be indices of earlier tensors "
+                f"(0 to {len(tensors) - 1}), got {refs}"
+            )
+        layer = layers_by_name[name]
+        if layer.num_inputs is not None and len(refs) != layer.num_inputs:
+            raise CheckpointError(
+                f"model definition: {where} gives {len(refs)} inputs to {name!r}, which takes "
+                f"{layer.num_inputs}"
+            )
+        inputs = [tensors[r] for r in refs]
+        try:
+            tensors.append(layer(inputs[0] if layer.num_inputs == 1 else inputs))
+        except (TypeError, ValueError, OverflowError, RuntimeError) as err:
+            # RuntimeError: the engine refusing a value a custom layer passed it.
+            raise CheckpointError(f"model definition: {where} ({name}) fails: {err}") from None
+    return tensors
+
+
+def _check_declared_weights(
+    layers_by_name: Mapping[str, Layer], weight_shapes: Mapping[str, tuple[int, ...]] | None
+) -> None:
+    # Before the model allocates its initial weights: a forged definition cannot make it
+    # allocate more than the file itself holds.
+    if weight_shapes is None:
+        return
+    for layer in layers_by_name.values():
+        for spec in layer.weight_specs:
+            full_name = f"{layer.name}.{spec.name}"
+            found = weight_shapes.get(full_name)
+            if found is None or tuple(found) != tuple(spec.shape):
+                shown = "missing from the file" if found is None else f"found {tuple(found)}"
+                raise CheckpointError(
+                    f"the model definition declares weight {full_name!r} of shape "
+                    f"{tuple(spec.shape)}, {shown}"
+                )
+
+
+def model_from_config(
+    config: Mapping[str, Any], weight_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> Model:
+    """Rebuilds a model from ``model_to_config`` output (with fresh initial weights).
+
+    Args:
+        config: the definition.
+        weight_shapes: when given, the shapes of the weights that will be loaded: every
+            weight the definition declares must be there with its shape, checked before
+            any weight is allocated.
+
+    Returns:
+        The model, its layers named as saved.
+
+    Raises:
+        CheckpointError: the definition is malformed, names an unknown layer class, or
+            does not fit ``weight_shapes``.
+
+    Example:
+        >>> clone = model_from_config(model_to_config(model))  # doctest: +SKIP
+    """
+    if not isinstance(config, Mapping):
+        raise CheckpointError("model definition: expected a JSON object")
+    source_entry = _field(config, "input", dict, "model")
+    shape = _field(source_entry, "shape", list, "input")
+    input_name = source_entry.get("name")
+    if input_name is not None and not isinstance(input_name, str):
+        raise CheckpointError(f"model definition: input.name must be a string, got {input_name!r}")
+    try:
+        source = Input(tuple(shape), name=input_name)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"model definition: bad input shape {shape}: {err}") from None
+    layers_by_name = _build_layers(_field(config, "layers", list, "model"))
+    tensors = _replay_calls(source, layers_by_name, _field(config, "calls", list, "model"))
+    output = _field(config, "output", int, "model")
+    if not 0 <= output < len(tensors):
+        raise CheckpointError(f"model definition: output {output} is not a tensor index")
+    uncalled = [name for name, layer in layers_by_name.items() if layer._built_for is None]
+    if uncalled:
+        raise CheckpointError(f"model definition: layers {uncalled} are never called")
+    _check_declared_weights(layers_by_name, weight_shapes)
+    seed = _field(config, "seed", int, "model")
+    try:
+        model = Model(source, tensors[output], seed=seed)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"model definition: cannot build the model: {err}") from None
+    # A few bytes of definition can describe an enormous model (a padding of 10^5): refuse
+    # it here, before any plan allocates for it.
+    needed = model.bytes_per_sample()
+    if needed > MAX_SAMPLE_BYTES:
+        raise CheckpointError(
+            f"model definition: one sample's forward pass needs {needed:,} bytes, over the "
+            f"{MAX_SAMPLE_BYTES:,} allowed (gometal.serialization.MAX_SAMPLE_BYTES)"
+        )
+    return model

@@ -1,0 +1,356 @@
+"""The layer protocol: weight declarations, emission into an engine graph, and calls.
+
+A layer is Python only. It declares its weights from the input shapes (``build``) and
+composes engine primitives in ``emit``. Calling a layer on symbolic tensors emits it once
+into a throw-away graph, so the engine's shape inference is the single source of truth
+for output shapes and shape errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ... import _core
+from ..initializers import Initializer
+from ..tensor import LayerCall, SymbolicTensor
+from .weight_store import LayerWeights
+
+RESERVED_NAMES = frozenset({"optimizer"})
+
+
+def check_layer_name(name: object) -> str:
+    """Returns ``name`` if it can prefix weight names, else raises ``ValueError``.
+
+    Args:
+        name: the proposed layer name.
+
+    Returns:
+        The name.
+
+    Example:
+        >>> check_layer_name("encoder_fc")
+        'encoder_fc'
+    """
+    if not isinstance(name, str) or not name or name.strip() != name:
+        raise ValueError(
+            f"a layer name must be a non-empty string without surrounding spaces, got {name!r}"
+        )
+    if "." in name:
+        raise ValueError(f"layer name {name!r} may not contain '.', which separates weight names")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"layer name {name!r} is reserved")
+    return name
+
+
+def check_weight_values(
+    weights: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], owner: str
+) -> dict[str, np.ndarray]:
+    """Checks names, dtypes and shapes of new weight values; returns float32 copies.
+
+    Args:
+        weights: name -> array-like.
+        shapes: the known names and their shapes.
+        owner: what holds the weights, for messages (``"layer 'dense_0'"``, ``"the model"``).
+
+    Returns:
+        name -> C-contiguous float32 array, in the order given.
+
+    Raises:
+        ValueError: an unknown name or a wrong shape.
+        TypeError: a non-numeric value.
+
+    Example:
+        >>> check_weight_values({"bias": [0.0]}, {"bias": (1,)}, "layer 'd'")["bias"].dtype
+        dtype('float32')
+    """
+    unknown = [name for name in weights if name not in shapes]
+    if unknown:
+        raise ValueError(f"unknown weight name(s) {unknown} for {owner}; it has {list(shapes)}")
+    converted: dict[str, np.ndarray] = {}
+    for name, value in weights.items():
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(
+                f"weight {name!r} has dtype {array.dtype}; expected a real numeric dtype"
+            )
+        if array.shape != tuple(shapes[name]):
+            raise ValueError(
+                f"weight {name!r} must have shape {tuple(shapes[name])}, got {array.shape}"
+            )
+        converted[name] = np.array(array, dtype=np.float32, order="C")
+    return converted
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """A weight a layer owns: its local name (``weight``), shape and initializer.
+
+    ``trainable=False`` marks state the optimizer never touches (running statistics):
+    it gets no gradient and no optimizer slots, is left out of ``count_params`` (as
+    PyTorch's buffers are left out of ``parameters()``), and is still saved and loaded
+    with the other weights.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    initializer: Initializer
+    trainable: bool = True
+
+    @property
+    def size(self) -> int:
+        count = 1
+        for d in self.shape:
+            count *= d
+        return count
+
+
+class EmitContext:
+    """What a layer sees while emitting itself into an engine graph.
+
+    Attributes:
+        graph: the ``_core.Graph`` being built.
+        training: ``True`` for the training forward pass, ``False`` for eval and predict.
+        effects: assign node ids a layer adds (e.g. running statistics); the trainer
+            runs them with the training step.
+        scope: the name of the layer being emitted; ``variable`` resolves names under it.
+    """
+
+    def __init__(self, graph: _core.Graph, training: bool, variables: Mapping[str, int]):
+        self.graph = graph
+        self.training = bool(training)
+        self.effects: list[int] = []
+        self.scope = ""
+        self._variables = variables
+
+    def variable(self, name: str) -> int:
+        """Returns the node id of the current layer's weight ``name`` (``<layer>.<name>``).
+
+        Args:
+            name: the weight's local name, e.g. ``"weight"``.
+
+        Returns:
+            The variable's node id.
+
+        Example:
+            >>> w = ctx.variable("weight")  # doctest: +SKIP
+        """
+        full_name = f"{self.scope}.{name}"
+        try:
+            return self._variables[full_name]
+        except KeyError:
+            raise KeyError(f"no variable named {full_name!r} in this graph") from None
+
+
+class Layer:
+    """Base class of all layers.
+
+    Subclasses set ``kind`` (the auto-name prefix), optionally ``num_inputs`` (``None``
+    means two or more) and ``updates_state``, override ``build`` if they own weights, and
+    implement ``emit``.
+
+    Args:
+        name: an explicit layer name; when ``None`` the model assigns ``<kind>_<index>``.
+    """
+
+    kind: ClassVar[str] = "layer"
+    num_inputs: ClassVar[int | None] = 1
+    # Layers that write their own variables during training (``ctx.effects``) may be
+    # called only once per model: the engine writes a variable at most once per step.
+    updates_state: ClassVar[bool] = False
+
+    def __init__(self, name: str | None = None):
+        self.name = None if name is None else check_layer_name(name)
+        self._weight_specs: tuple[WeightSpec, ...] = ()
+        self._built_for: tuple[tuple[int, ...], ...] | None = None
+        # The weights themselves: shared by every model built on this layer.
+        self.weight_store = LayerWeights()
+
+    # -- to override -------------------------------------------------------------------
+    def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
+        """Declares the weights for inputs of ``input_shapes`` (batch dim is -1).
+
+        Raise ``ValueError`` for inputs the layer cannot take.
+        """
+        return []
+
+    def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
+        """Appends this layer's computation to ``ctx.graph``; returns the output node id."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement emit()")
+
+    # -- serialization -----------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this layer, as JSON-serializable values.
+
+        Layers whose constructor takes arguments beyond ``name`` extend this dict; tuples
+        become lists so the config survives a JSON round trip unchanged.
+
+        Returns:
+            ``{"name": ..., **arguments}``; ``name`` is ``None`` until a model names it.
+
+        Example:
+            >>> Dense(10, name="head").get_config()
+            {'name': 'head', 'units': 10, 'use_bias': True}
+        """
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Layer:
+        """Builds a layer from the dict ``get_config`` returned.
+
+        Args:
+            config: constructor arguments by name.
+
+        Returns:
+            A new, unbuilt layer (its weights are declared on its first call).
+
+        Example:
+            >>> Dense.from_config({"name": "head", "units": 10, "use_bias": True})
+            Dense(10, use_bias=True, name='head')
+        """
+        return cls(**config)
+
+    # -- shared machinery --------------------------------------------------------------
+    @property
+    def weight_specs(self) -> tuple[WeightSpec, ...]:
+        """The weights this layer owns (empty before its first call)."""
+        return self._weight_specs
+
+    def count_params(self) -> int:
+        """The number of trainable scalar weights in this layer."""
+        return sum(spec.size for spec in self._weight_specs if spec.trainable)
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Copies of this layer's current weights, by local name (``"weight"``, ``"bias"``).
+
+        The values are the live ones, wherever they are (a trainer's engine included).
+
+        Returns:
+            Local name -> float32 array; empty for a layer without weights.
+
+        Raises:
+            RuntimeError: the layer has weights but no model has been built on it yet.
+
+        Example:
+            >>> model.get_layer("dense_0").get_weights()["bias"].shape  # doctest: +SKIP
+            (128,)
+        """
+        if not self._weight_specs:
+            return {}
+        return self.weight_store.get(spec.name for spec in self._weight_specs)
+
+    def set_weights(self, weights: Mapping[str, Any]) -> None:
+        """Overwrites some or all of this layer's weights (every model using it sees them).
+
+        Args:
+            weights: local name -> array-like with the weight's exact shape.
+
+        Raises:
+            ValueError: an unknown name or a wrong shape (nothing is changed then).
+            TypeError: a non-numeric value.
+            RuntimeError: the layer has not been built into a model yet.
+
+        Example:
+            >>> layer.set_weights({"bias": np.zeros(128)})  # doctest: +SKIP
+        """
+        if self._weight_specs and not self.weight_store.initialized:
+            raise RuntimeError(
+                f"{self._describe(self.name)} has no weights yet: call it on an input and "
+                "build a model on it (gm.Model or ModelBuilder.build) first"
+            )
+        shapes = {spec.name: spec.shape for spec in self._weight_specs}
+        self.weight_store.set(check_weight_values(weights, shapes, f"layer '{self.name}'"))
+
+    def __call__(self, inputs: SymbolicTensor | Sequence[SymbolicTensor]) -> SymbolicTensor:
+        """Applies the layer to symbolic tensors and returns the symbolic output.
+
+        Args:
+            inputs: one symbolic tensor, or a list of them for merge layers.
+
+        Returns:
+            The output symbolic tensor.
+
+        Example:
+            >>> h = Dense(128)(Input((64,)))  # doctest: +SKIP
+        """
+        return self._call(inputs, self.name)
+
+    def _call(
+        self, inputs: SymbolicTensor | Sequence[SymbolicTensor], label: str | None
+    ) -> SymbolicTensor:
+        """Applies the layer; ``label`` names it in errors (``None``: not named yet)."""
+        tensors = self._check_inputs(inputs, label)
+        shapes = tuple(t.engine_shape for t in tensors)
+        if self._built_for is None:
+            try:
+                specs = tuple(self.build(shapes))
+            except ValueError as err:
+                raise ValueError(f"{self._describe(label)}: {err}") from None
+        elif shapes != self._built_for:
+            raise ValueError(
+                f"{self._describe(label)} was built for input shapes {_show(self._built_for)} "
+                f"and cannot be called again on {_show(shapes)}"
+            )
+        else:
+            specs = self._weight_specs
+        output_shape = self._probe_output_shape(shapes, specs, label)
+        self._weight_specs, self._built_for = specs, shapes
+        call = LayerCall(self, tensors)
+        call.output = SymbolicTensor(output_shape, call)
+        return call.output
+
+    def _check_inputs(
+        self, inputs: SymbolicTensor | Sequence[SymbolicTensor], label: str | None
+    ) -> tuple[SymbolicTensor, ...]:
+        if isinstance(inputs, SymbolicTensor):
+            tensors: tuple[Any, ...] = (inputs,)
+        elif isinstance(inputs, (list, tuple)):
+            tensors = tuple(inputs)
+        else:
+            tensors = (inputs,)
+        if not all(isinstance(t, SymbolicTensor) for t in tensors):
+            raise TypeError(
+                f"{self._describe(label)} must be called on symbolic tensors (from gm.Input or "
+                f"another layer), got {', '.join(type(t).__name__ for t in tensors)}"
+            )
+        if self.num_inputs is None and len(tensors) < 2:
+            raise ValueError(
+                f"{self._describe(label)} takes a list of two or more tensors, got {len(tensors)}"
+            )
+        if self.num_inputs is not None and len(tensors) != self.num_inputs:
+            raise ValueError(
+                f"{self._describe(label)} takes {self.num_inputs} input(s), got {len(tensors)}"
+            )
+        return tensors
+
+    def _probe_output_shape(
+        self, shapes: Sequence[tuple[int, ...]], specs: Sequence[WeightSpec], label: str | None
+    ) -> tuple[int, ...]:
+        graph, scope = _core.Graph(), label or self.kind
+        input_ids = [graph.input(f"input_{i}", shape, "float32") for i, shape in enumerate(shapes)]
+        variables = {
+            f"{scope}.{s.name}": graph.variable(f"{scope}.{s.name}", s.shape) for s in specs
+        }
+        ctx = EmitContext(graph, training=True, variables=variables)
+        ctx.scope = scope
+        try:
+            output = self.emit(ctx, input_ids)
+        except ValueError as err:
+            raise ValueError(f"{self._describe(label)}: {err}") from None
+        return tuple(graph.shape(output))
+
+    def _describe(self, label: str | None) -> str:
+        if label is None:
+            return f"{type(self).__name__} layer"
+        return f"layer '{label}' ({type(self).__name__})"
+
+    def __repr__(self) -> str:
+        name = f"name={self.name!r}" if self.name else ""
+        return f"{type(self).__name__}({name})"
+
+
+def _show(shapes: Sequence[tuple[int, ...]]) -> str:
+    return ", ".join(str(tuple(None if d == -1 else d for d in s)) for s in shapes)

@@ -1,0 +1,41 @@
+"""The train layer: the ``Trainer``, losses, optimizers, schedulers, metrics, mixed
+precision, and the ``fit`` loop with its ``History``, callbacks and evaluation.
+
+``Trainer.fit`` and ``Trainer.evaluate`` delegate to ``fit`` and ``evaluate`` here;
+``gm.callbacks`` is ``gometal.train.callbacks`` (``gm.training`` is this package). This
+layer imports only the nn, graph and base layers.
+
+Example:
+    >>> history = trainer.fit((x, y), epochs=5, validation=(xv, yv))  # doctest: +SKIP
+    >>> history.val_accuracy[-1]  # doctest: +SKIP
+"""
+
+from . import callbacks, losses, metrics, optim, schedulers
+from .array_loader import ArrayLoader, epoch_permutation
+from .callback_base import Callback
+from .callbacks import CSVLogger, EarlyStopping, JSONLogger, ModelCheckpoint
+from .evaluation import evaluate, resolve_metrics
+from .fit import fit
+from .history import History
+from .trainer import StepResult, Trainer
+
+__all__ = [
+    "ArrayLoader",
+    "CSVLogger",
+    "Callback",
+    "EarlyStopping",
+    "History",
+    "JSONLogger",
+    "ModelCheckpoint",
+    "StepResult",
+    "Trainer",
+    "callbacks",
+    "epoch_permutation",
+    "evaluate",
+    "fit",
+    "losses",
+    "metrics",
+    "optim",
+    "resolve_metrics",
+    "schedulers",
+]

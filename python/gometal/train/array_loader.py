@@ -1,0 +1,142 @@
+"""``ArrayLoader``: ``(x, y)`` batches over arrays held in memory, shuffled per epoch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..base.arrays import check_batch_size, check_seed
+
+# The stream that orders samples; ``gm.vision.DataLoader`` uses the same one, so both
+# loaders visit N samples in the same order for the same seed and epoch.
+_ORDER_STREAM = 0
+
+
+def epoch_permutation(seed: int, epoch: int, count: int) -> np.ndarray:
+    """The shuffled order of ``count`` samples for ``(seed, epoch)``.
+
+    Args:
+        seed: the loader's seed.
+        epoch: the epoch number.
+        count: the number of samples.
+
+    Returns:
+        An int64 permutation of ``range(count)``.
+
+    Example:
+        >>> sorted(epoch_permutation(0, 3, 5).tolist())
+        [0, 1, 2, 3, 4]
+    """
+    sequence = np.random.SeedSequence(seed, spawn_key=(epoch, _ORDER_STREAM))
+    return np.random.default_rng(sequence).permutation(count)
+
+
+class ArrayLoader:
+    """Iterates ``(x[rows], y[rows])`` batches, with the same epoch semantics as
+    ``gm.vision.DataLoader``.
+
+    The order is a function of ``(seed, epoch)`` only: the epoch counts iterations from 0
+    and ``set_epoch(e)`` makes the next iteration epoch ``e``, so a resumed run visits the
+    samples in the order an uninterrupted one would have. Without shuffling, batches are
+    views into ``x`` and ``y``; with shuffling each batch is one gathered copy.
+
+    Args:
+        x: inputs, indexed along axis 0.
+        y: labels or targets with the same length.
+        batch_size: samples per batch; the last batch may be smaller.
+        shuffle: visit the samples in a new random order each epoch.
+        seed: seeds the order (a non-negative int).
+        drop_last: drop the last batch when it is smaller than ``batch_size``.
+
+    Example:
+        >>> loader = ArrayLoader(x, y, batch_size=32, seed=0)  # doctest: +SKIP
+        >>> for xb, yb in loader:  # doctest: +SKIP
+        ...     trainer.train_batch(xb, yb)
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int = 32,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        if len(x) != len(y):
+            raise ValueError(
+                f"x and y have different lengths: x has {len(x)} samples, y has {len(y)}"
+            )
+        if len(x) == 0:
+            raise ValueError("ArrayLoader needs at least one sample, got 0")
+        self.x, self.y = x, y
+        self.batch_size = check_batch_size(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = check_seed(seed)
+        self.drop_last = bool(drop_last)
+        self._next_epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration runs."""
+        return self._next_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Makes the next iteration epoch ``epoch``.
+
+        Args:
+            epoch: a non-negative epoch number.
+
+        Example:
+            >>> loader.set_epoch(3)  # doctest: +SKIP
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        self._next_epoch = int(epoch)
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        """The sample positions in the order epoch ``epoch`` visits them.
+
+        Args:
+            epoch: the epoch number.
+
+        Returns:
+            An int64 array: a permutation when shuffling, ``arange(N)`` otherwise.
+
+        Example:
+            >>> loader.sample_order(0)[:3]  # doctest: +SKIP
+            array([41,  7, 90])
+        """
+        if not self.shuffle:
+            return np.arange(len(self.x))
+        return epoch_permutation(self.seed, epoch, len(self.x))
+
+    def __len__(self) -> int:
+        count = len(self.x)
+        return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        epoch = self._next_epoch
+        self._next_epoch += 1
+        if not self.shuffle:
+            return self._slices()
+        return self._gathered(self.sample_order(epoch))
+
+    def _slices(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            yield self.x[rows], self.y[rows]
+
+    def _gathered(self, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            rows = order[start : start + self.batch_size]
+            yield self.x[rows], self.y[rows]
+
+    def __repr__(self) -> str:
+        return (
+            f"ArrayLoader(samples={len(self.x)}, batch_size={self.batch_size}, "
+            f"batches={len(self)}, shuffle={self.shuffle}, seed={self.seed})"
+        )

@@ -1,0 +1,185 @@
+"""Evaluation over arrays or a loader: loss and accuracy in the engine, plus streaming metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..nn.model import inference_batch_size
+from .data import as_batches, is_array_pair, is_batch_source
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+# Keys every evaluation reports; a metric may not reuse them.
+RESERVED_NAMES = ("loss", "accuracy")
+
+
+def _is_metric(obj: Any) -> bool:
+    return all(callable(getattr(obj, attr, None)) for attr in ("reset", "update", "result")) and (
+        isinstance(getattr(obj, "name", None), str)
+    )
+
+
+def resolve_metrics(specs: Any) -> list[Any]:
+    """Turns metric names or objects into streaming metric objects.
+
+    Args:
+        specs: ``None``, one spec, or a sequence of specs; a spec is a name that
+            ``gm.metrics.get`` knows (``"f1_macro"``, ``"mae"``, ...) or an object with
+            ``name``, ``reset()``, ``update(y_true, y_pred)`` and ``result()``.
+
+    Returns:
+        The metric objects, in order.
+
+    Raises:
+        ValueError: two metrics share a name, or a metric object is named ``loss`` or
+            ``accuracy``. The names ``"loss"`` and ``"accuracy"`` themselves are accepted
+            and skipped, as Keras users write them: every evaluation reports both.
+        TypeError: a spec is neither a name nor a metric object.
+
+    Example:
+        >>> [m.name for m in resolve_metrics(["f1_macro", "auc_roc"])]  # doctest: +SKIP
+        ['f1_macro', 'auc_roc']
+    """
+    if specs is None:
+        return []
+    if isinstance(specs, str) or _is_metric(specs):
+        specs = [specs]
+    if not isinstance(specs, Iterable):
+        raise TypeError(f"metrics must be a list of metric names or objects, got {specs!r}")
+    resolved = []
+    for spec in specs:
+        if isinstance(spec, str) and spec in RESERVED_NAMES:
+            continue
+        if _is_metric(spec):
+            resolved.append(spec)
+            continue
+        from . import metrics as metrics_module
+
+        get = getattr(metrics_module, "get", None)
+        if get is None or not isinstance(spec, str):
+            raise TypeError(
+                "each metric must be a metric name or an object with name, reset(), "
+                f"update(y_true, y_pred) and result(), got {spec!r}"
+            )
+        metric = get(spec)
+        if not _is_metric(metric):
+            raise TypeError(f"gm.metrics.get({spec!r}) returned {metric!r}, not a metric")
+        resolved.append(metric)
+    names = [m.name for m in resolved]
+    for name in names:
+        if name in RESERVED_NAMES:
+            raise ValueError(
+                f"metric name {name!r} clashes with the {name} every evaluation reports; "
+                "drop it from metrics"
+            )
+        if names.count(name) > 1:
+            raise ValueError(f"two metrics are named {name!r}; metric names must be unique")
+    return resolved
+
+
+def run_evaluation(
+    trainer: Trainer, batches: Iterable[tuple[Any, Any]], metrics: Sequence[Any], name: str
+) -> dict[str, Any]:
+    """Runs the inference forward pass over ``batches``, accumulating results batch by batch.
+
+    Loss and accuracy come from the engine's ``eval`` function (one call per batch); when
+    ``metrics`` is not empty, a second call per batch gets the probabilities
+    (``predict_proba``: softmax or sigmoid outputs) or, for regression losses, the raw
+    predictions, and feeds them to each metric's ``update``.
+
+    Args:
+        trainer: the trainer.
+        batches: ``(x, y)`` batches; arrays already converted or any array-like.
+        metrics: streaming metric objects (reset here first).
+        name: the data's name for error messages.
+
+    Returns:
+        ``{"loss", "accuracy", <metric name>...}``: the loss is the sample-weighted mean
+        over the batches; the accuracy pools every batch's sums (correct samples, or for
+        regression ``1 - NMAE`` of the whole set), so it does not depend on the batch
+        size; each metric gives its ``result()``.
+
+    Raises:
+        ValueError: the batches hold no sample.
+
+    Example:
+        >>> run_evaluation(trainer, loader, [], "validation")["loss"]  # doctest: +SKIP
+    """
+    predict = "predict_proba" if trainer._has_probabilities else "predict"
+    for metric in metrics:
+        metric.reset()
+    total_loss = 0.0
+    totals = None
+    seen = 0
+    for x, y in batches:
+        x, y = trainer._prepare(x, y)
+        count = len(x)
+        with trainer._using_engine() as engine:
+            loss, accuracy = engine.run("eval", [x, y])
+            if metrics:
+                (outputs,) = engine.run(predict, [x])
+        total_loss += float(loss) * count
+        batch_totals = trainer._accuracy_totals(accuracy, count)
+        totals = batch_totals if totals is None else totals + batch_totals
+        seen += count
+        if metrics:
+            outputs = np.asarray(outputs)
+            for metric in metrics:
+                metric.update(y, outputs)
+    if totals is None:
+        raise ValueError(f"{name} holds no samples: its loader yielded no batch")
+    results: dict[str, Any] = {"loss": total_loss / seen, "accuracy": totals.value}
+    for metric in metrics:
+        value = metric.result()
+        results[metric.name] = float(value) if np.ndim(value) == 0 else np.asarray(value)
+    return results
+
+
+def evaluate(
+    trainer: Trainer,
+    x: Any,
+    y: Any = None,
+    batch_size: int | None = None,
+    metrics: Any = (),
+) -> dict[str, Any]:
+    """``Trainer.evaluate``: arrays ``(x, y)`` or a loader ``x`` with ``y=None``.
+
+    Args:
+        trainer: the trainer.
+        x: inputs ``(N, *input_shape)``, or a loader yielding ``(x, y)`` batches.
+        y: labels or targets for array inputs; ``None`` with a loader.
+        batch_size: rows per engine call for arrays; ``None`` uses up to 1024. A loader
+            keeps its own batches.
+        metrics: metric names or objects (see ``resolve_metrics``).
+
+    Returns:
+        ``{"loss", "accuracy", <metric name>...}``.
+
+    Raises:
+        ValueError: ``y`` missing for arrays or given with a loader, or ``batch_size``
+            given with a loader.
+
+    Example:
+        >>> evaluate(trainer, x_test, y_test, metrics=["f1_macro"])  # doctest: +SKIP
+        {'loss': 0.08, 'accuracy': 0.97, 'f1_macro': 0.97}
+    """
+    resolved = resolve_metrics(metrics)
+    if y is None and is_batch_source(x) and not isinstance(x, list):
+        if batch_size is not None:
+            raise ValueError(
+                f"batch_size applies to arrays; a loader keeps its own batches (got "
+                f"batch_size={batch_size!r} with {type(x).__name__})"
+            )
+        return run_evaluation(trainer, x, resolved, "the evaluation data")
+    if y is None:
+        hint = " (a tuple (x, y) must be passed as two arguments)" if is_array_pair(x) else ""
+        raise ValueError(
+            f"evaluate needs y (labels or targets) when x is an array{hint}; pass "
+            "evaluate(x, y) or evaluate(loader)"
+        )
+    loader = as_batches(trainer, (x, y), "evaluate", batch_size=inference_batch_size(batch_size))
+    return run_evaluation(trainer, loader, resolved, "the evaluation data")

@@ -1,0 +1,311 @@
+"""The ``fit`` loop: epochs of engine steps, validation, scheduler, callbacks, Ctrl-C."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..base.arrays import check_batch_size, check_seed
+from .callback_base import Callback, overrides
+from .callbacks import check_callbacks
+from .data import as_batches, is_array_pair, loader_length, set_loader_epoch
+from .evaluation import resolve_metrics, run_evaluation
+from .history import History
+from .interrupt import InterruptGuard
+from .metrics import AccuracyTotals
+from .progress import Progress, check_verbose
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+SCHEDULER_INTERVALS = ("epoch", "batch")
+
+
+def _check_epochs(epochs: Any) -> int:
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        raise TypeError(f"epochs must be a non-negative int, got {epochs!r}")
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0 (the number of epochs to train), got {epochs}")
+    return epochs
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    for method in ("attach", "step"):
+        if not callable(getattr(scheduler, method, None)):
+            raise TypeError(
+                f"scheduler must be a gm.schedulers scheduler (with attach, step and interval), "
+                f"got {scheduler!r}"
+            )
+    interval = getattr(scheduler, "interval", None)
+    if interval not in SCHEDULER_INTERVALS:
+        raise ValueError(
+            f"scheduler.interval must be 'epoch' or 'batch', got {interval!r} from {scheduler!r}"
+        )
+
+
+def bind_scheduler(trainer: Trainer, scheduler: Any) -> Any:
+    """Attaches ``scheduler`` to ``trainer`` the first time it is passed; returns the
+    scheduler this fit call steps (``trainer.scheduler``, possibly from an earlier call)."""
+    if scheduler is not None:
+        _check_scheduler(scheduler)
+        if scheduler is not trainer.scheduler:
+            scheduler.attach(trainer)
+            trainer.scheduler = scheduler
+    if trainer.scheduler is not None:
+        _check_scheduler(trainer.scheduler)
+    return trainer.scheduler
+
+
+@dataclass
+class _EpochResult:
+    steps: int
+    samples: int
+    loss_sum: float
+    accuracy: float
+    lr: float
+    seconds: float
+    complete: bool
+
+
+def _unpack(batch: Any) -> tuple[Any, Any]:
+    try:
+        x, y = batch
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"the train loader must yield (x, y) pairs, got {type(batch).__name__}"
+        ) from None
+    return x, y
+
+
+def _train_epoch(
+    trainer: Trainer,
+    loader: Any,
+    steps: int | None,
+    batch_scheduler: Any,
+    listeners: Sequence[Callback],
+    progress: Progress,
+    guard: InterruptGuard,
+) -> _EpochResult:
+    loss_sum = 0.0
+    totals: AccuracyTotals | None = None
+    samples = done = 0
+    lr = trainer.learning_rate
+    started = time.perf_counter()
+    iterator = iter(loader)
+    try:
+        # The flag is checked before fetching each batch: a Ctrl-C lets the running step
+        # and its callbacks finish, then stops.
+        while not guard.interrupted:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
+            x, y = _unpack(batch)
+            lr = trainer.learning_rate
+            result = trainer.train_batch(x, y)
+            count = len(x)
+            samples += count
+            loss_sum += result.loss * count
+            # A result without totals (a custom train_batch) counts as correct samples.
+            batch_totals = result.totals or AccuracyTotals("count", result.accuracy * count, count)
+            totals = batch_totals if totals is None else totals + batch_totals
+            if batch_scheduler is not None:
+                batch_scheduler.step()
+            if listeners:
+                logs = {"loss": result.loss, "accuracy": result.accuracy, "size": count, "lr": lr}
+                for callback in listeners:
+                    callback.on_batch_end(done, logs)
+            done += 1
+            progress.batch_end(done, loss_sum / samples, totals.value, lr)
+    finally:
+        # Stops a prefetching loader's pending work when the epoch ends early.
+        close = getattr(iterator, "close", None)
+        if callable(close):
+            close()
+    complete = not guard.interrupted or (steps is not None and done == steps)
+    seconds = time.perf_counter() - started
+    accuracy = totals.value if totals is not None else 0.0
+    return _EpochResult(done, samples, loss_sum, accuracy, lr, seconds, complete)
+
+
+def _interrupt_message(trainer: Trainer, epoch: int, result: _EpochResult | None) -> str:
+    where = (
+        f"after epoch {epoch + 1}"
+        if result is None
+        else f"in epoch {epoch + 1} after {result.steps} step(s)"
+    )
+    return (
+        f"fit: interrupted by Ctrl-C {where}; stopped cleanly with {trainer.epoch} complete "
+        f"epoch(s); the trainer is usable and fit continues from epoch {trainer.epoch + 1}"
+    )
+
+
+def fit(
+    trainer: Trainer,
+    train: Any,
+    epochs: int,
+    validation: Any = None,
+    scheduler: Any = None,
+    callbacks: Any = (),
+    verbose: int = 1,
+    metrics: Any = (),
+    shuffle: bool = True,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    plots: str | None = None,
+    plots_dir: Any = "gometal-plots",
+) -> History:
+    """``Trainer.fit``; see its docstring for the arguments and semantics.
+
+    Args:
+        trainer: the trainer to fit.
+        train: a loader of ``(x, y)`` batches, or a tuple ``(x, y)`` of arrays.
+        epochs: how many more epochs to train.
+        validation: like ``train`` (arrays are not shuffled), or ``None``.
+        scheduler: a ``gm.schedulers`` scheduler, attached on first use.
+        callbacks: ``gm.callbacks.Callback`` instances.
+        verbose: 0, 1 or 2.
+        metrics: metric names or objects computed on the validation data.
+        shuffle: shuffle ``(x, y)`` arrays each epoch.
+        seed: the arrays' shuffle seed (``None``: 0).
+        batch_size: rows per batch for arrays (``None``: ``trainer.batch_size``).
+        plots: ``None``, ``"html"`` (write ``<plots_dir>/dashboard.html`` at the end) or
+            ``"sidecar"`` (send plot payloads to the sidecar); see ``gometal.viz``. The
+            dashboard's path or URL is printed at the end unless ``verbose=0``.
+        plots_dir: the dashboard's folder for ``plots="html"``.
+
+    Returns:
+        ``trainer.history``.
+
+    Example:
+        >>> fit(trainer, (x, y), epochs=3)  # doctest: +SKIP
+    """
+    epochs = _check_epochs(epochs)
+    verbose = check_verbose(verbose)
+    callbacks = check_callbacks(callbacks)
+    collector = None
+    if plots is not None:
+        # Imported on demand: plotting pulls in scipy and plotly.
+        from ..viz.dashboard import start_plots
+
+        collector = start_plots(plots, plots_dir, validation)
+        callbacks = [*callbacks, collector]
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
+    train_arrays = is_array_pair(train)
+    val_arrays = validation is not None and is_array_pair(validation)
+    if batch_size is not None:
+        batch_size = check_batch_size(batch_size)
+        if not (train_arrays or val_arrays):
+            raise ValueError(
+                f"batch_size applies to (x, y) arrays; the loaders keep their own batch size "
+                f"(got batch_size={batch_size})"
+            )
+    if not train_arrays and (seed is not None or not shuffle):
+        given = f"seed={seed!r}" if seed is not None else "shuffle=False"
+        raise ValueError(
+            f"{given} applies to (x, y) arrays; a loader shuffles as it was built "
+            "(e.g. DataLoader(..., shuffle=..., seed=...))"
+        )
+    seed = 0 if seed is None else check_seed(seed)
+    rows = trainer.batch_size if batch_size is None else batch_size
+    train_loader = as_batches(trainer, train, "train", batch_size=rows, shuffle=shuffle, seed=seed)
+    val_loader = None
+    if validation is not None:
+        val_loader = as_batches(
+            trainer, validation, "validation", batch_size=rows, array_prefix="validation"
+        )
+    resolved = resolve_metrics(metrics)
+    if resolved and val_loader is None:
+        raise ValueError("metrics are computed on the validation data: pass validation=...")
+    scheduler = bind_scheduler(trainer, scheduler)
+    batch_scheduler = scheduler if scheduler is not None and scheduler.interval == "batch" else None
+
+    log_keys = ["loss", "accuracy"]
+    if val_loader is not None:
+        log_keys += ["val_loss", "val_accuracy", *(f"val_{m.name}" for m in resolved)]
+    log_keys += ["lr", "time"]
+    steps = loader_length(train_loader)
+    params = {
+        "epochs": epochs,
+        "initial_epoch": trainer.epoch,
+        "steps": steps,
+        "verbose": verbose,
+        "log_keys": list(log_keys),
+    }
+    for callback in callbacks:
+        callback.set_trainer(trainer)
+        callback.set_params(params)
+    listeners = [cb for cb in callbacks if overrides(cb, "on_batch_end")]
+
+    history = trainer.history
+    history.interrupted = False
+    trainer.stop_training = False
+    progress = Progress(verbose, trainer.epoch + epochs - 1, steps)
+    last_logs: dict[str, Any] = {}
+    with InterruptGuard() as guard:
+        try:
+            for callback in callbacks:
+                callback.on_train_begin({})
+            for _ in range(epochs):
+                epoch = trainer.epoch
+                for callback in callbacks:
+                    callback.on_epoch_begin(epoch, {})
+                set_loader_epoch(train_loader, epoch)
+                progress.epoch_begin(epoch)
+                result = _train_epoch(
+                    trainer, train_loader, steps, batch_scheduler, listeners, progress, guard
+                )
+                if not result.complete:
+                    progress.message(_interrupt_message(trainer, epoch, result))
+                    break
+                if result.samples == 0:
+                    raise ValueError(f"train yielded no batch in epoch {epoch}")
+                logs: dict[str, Any] = {
+                    "loss": result.loss_sum / result.samples,
+                    "accuracy": result.accuracy,
+                }
+                if val_loader is not None:
+                    set_loader_epoch(val_loader, epoch)
+                    measured = run_evaluation(trainer, val_loader, resolved, "validation")
+                    logs.update({f"val_{key}": value for key, value in measured.items()})
+                logs["lr"] = result.lr
+                logs["time"] = time.perf_counter() - progress.epoch_started
+                trainer.epoch += 1
+                if scheduler is not None and batch_scheduler is None:
+                    scheduler.step(logs["val_loss"] if val_loader is not None else logs["loss"])
+                history.record(epoch, logs)
+                progress.epoch_end(epoch, logs, result.steps / max(result.seconds, 1e-9))
+                for callback in callbacks:
+                    callback.on_epoch_end(epoch, logs)
+                last_logs = logs
+                if guard.interrupted:
+                    progress.message(_interrupt_message(trainer, epoch, None))
+                    break
+                if trainer.stop_training:
+                    break
+            history.interrupted = guard.interrupted
+            for callback in callbacks:
+                callback.on_train_end(dict(last_logs))
+        finally:
+            progress.close()
+    if collector is not None:
+        from ..viz.dashboard import finish_plots
+
+        written = finish_plots(collector, plots, plots_dir)
+        if verbose:
+            _announce_dashboard(collector, written)
+    return history
+
+
+def _announce_dashboard(collector: Any, written: Any) -> None:
+    """Prints where the dashboard is: the file ``plots="html"`` wrote, or the sidecar page
+    that received the run's plots (nothing when neither exists)."""
+    if written is not None:
+        print(f"fit: dashboard written to {written.resolve()}", flush=True)
+        return
+    url = getattr(collector.sink, "dashboard_url", None)
+    if url is not None and collector.sink_answer is not None:
+        print(f"fit: dashboard at {url}", flush=True)

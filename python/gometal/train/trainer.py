@@ -1,0 +1,514 @@
+"""``Trainer``: compiles the whole training step into one engine graph and runs it.
+
+The graph holds the training forward pass (dropout on), the loss and accuracy, the
+gradients, the optimizer updates and a step counter, plus an inference forward pass for
+``eval``, ``predict`` and ``predict_proba``. Parameters and optimizer slots live in the
+engine; ``train_batch`` is exactly one native call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+from ..base.arrays import (
+    as_class_labels,
+    as_dense_targets,
+    as_input_batch,
+    check_batch_size,
+    check_seed,
+)
+from ..graph.composites import const, op
+from ..nn.layers.base import EmitContext
+from ..nn.layers.weight_store import EngineWeights
+from ..nn.model import Model, predict_with_engine
+from ..nn.tensor import BATCH
+from . import losses, optim
+from .evaluation import evaluate as _evaluate
+from .fit import fit as _fit
+from .history import History
+from .metrics import AccuracyTotals
+from .mixed_precision import Bf16Graph, LossScaler
+from .precision import DEFAULT_GROWTH_INTERVAL, check_growth_interval, plan_precision
+
+STEP_VARIABLE = "optimizer.step"
+LEARNING_RATE_SCALAR = "lr"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one training step reports.
+
+    Attributes:
+        loss: the batch's mean loss (before the update).
+        accuracy: the batch's accuracy in ``[0, 1]`` (before the update).
+        totals: the sums behind ``accuracy``; adding the totals of several batches gives
+            their pooled accuracy, independent of how the data was batched.
+    """
+
+    loss: float
+    accuracy: float
+    totals: AccuracyTotals | None = None
+
+
+class Trainer:
+    """Trains a model with one compiled engine step per batch.
+
+    Args:
+        model: the model; its weights move into this trainer's engine.
+        loss: a loss name (see ``gm.losses.available()``) or a ``gm.losses.Loss``.
+        optimizer: a name from ``gm.optim.available()`` or a ``gm.optim.Optimizer``.
+        batch_size: the batch size you intend to train with (any size works; each new
+            size compiles one more plan).
+        seed: seed of the engine's random generator (dropout); defaults to the model seed.
+        mixed_precision: ``None`` (float32), ``"bf16"``, ``"fp16"`` or ``"bf16-emulated"``.
+            Matmul and conv inputs use the reduced type while weights stay float32
+            masters; losses, softmax, reductions, batch-norm statistics and the optimizer
+            stay float32. Without a fast path for the type here (bf16: a CPU with
+            ``avx512_bf16`` or ``amx_bf16``; fp16: the Metal backend), one warning says so
+            and training runs in float32. ``"bf16-emulated"`` rounds matmul and conv
+            operands to bfloat16 on any CPU: bf16 hardware's arithmetic, slower than float32.
+        loss_scaling: dynamic loss scaling inside the training step (scale 65536, halved
+            and the update skipped on an inf/NaN gradient, doubled after
+            ``growth_interval`` clean steps); ``None`` turns it on with mixed precision.
+        growth_interval: consecutive clean steps before the loss scale doubles.
+
+    Example:
+        >>> trainer = gm.Trainer(model, loss="cross_entropy",
+        ...                      optimizer=gm.optim.Adam(lr=1e-3), batch_size=32)
+        >>> step = trainer.train_batch(x[:32], y[:32])
+        >>> step.loss, step.accuracy  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        loss: Any,
+        optimizer: Any = "adam",
+        batch_size: int = 32,
+        seed: int | None = None,
+        mixed_precision: str | None = None,
+        loss_scaling: bool | None = None,
+        growth_interval: int = DEFAULT_GROWTH_INTERVAL,
+    ):
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a gm.Model, got {type(model).__name__}")
+        self.model = model
+        self.loss = losses.get(loss)
+        self.optimizer = optim.get(optimizer)
+        self.batch_size = check_batch_size(batch_size)
+        self.loss.check_output_shape(model.output_shape)
+        if not model.trainable_weight_names:
+            raise ValueError("the model has no weights to train")
+        self._num_classes = model.output_shape[-1]
+        self._set_precision(mixed_precision, loss_scaling, growth_interval)
+        self._held, self._accuracy_kind, self._has_probabilities = self._compile(
+            model.seed if seed is None else check_seed(seed)
+        )
+        model._adopt_engine(self._held)
+        # L-BFGS (host-driven) evaluates loss and gradients several times per batch.
+        self._host_optimizer = (
+            self.optimizer.bind(self._engine, model.trainable_weight_names)
+            if self.optimizer.host_driven
+            else None
+        )
+        # Fit state, carried across fit calls (and saved by checkpoints): completed epochs,
+        # their History, the attached scheduler, and the flag callbacks set to stop fit.
+        self.epoch = 0
+        self.history = History()
+        self.scheduler: Any = None
+        self.stop_training = False
+
+    def _compile(self, seed: int) -> tuple[EngineWeights, str, bool]:
+        model, g = self.model, _core.Graph()
+        x = g.input("x", (BATCH, *model.input_shape), "float32")
+        if self.loss.integer_labels:
+            y = g.input("y", (BATCH,), "int32")
+        else:
+            y = g.input("y", (BATCH, *model.output_shape), "float32")
+        variables = model.declare_variables(g)
+        # Only trainable weights get gradients and optimizer slots; the rest (running
+        # statistics) are written by the layers' own effects.
+        params = {name: variables[name] for name in model.trainable_weight_names}
+        lr = g.scalar(LEARNING_RATE_SCALAR, self.optimizer.lr)
+        step = g.variable(STEP_VARIABLE, ())
+
+        # Layers emit through the bf16 view (matmul/conv operands rounded); the loss does not.
+        layer_graph = Bf16Graph(g) if self.precision.compute == "bf16" else g
+        train_ctx = EmitContext(layer_graph, training=True, variables=variables)
+        (train_out,) = model.emit(train_ctx, [x])
+        train_loss = self.loss(g, train_out, y)
+        train_accuracy = self.loss.accuracy(g, train_out, y)
+        scaler_effects: list[int] = []
+        if self._loss_scaler is not None:
+            # Optimizer writes go through `update_graph`, which skips them on inf/NaN steps.
+            grads, update_graph, scaler_effects = self._loss_scaler.emit(g, train_loss, params)
+        else:
+            grads = dict(zip(params, g.gradients(train_loss, list(params.values()))))
+            update_graph = g
+        next_step = op(g, "add", step, const(g, 1.0))
+        updates = self.optimizer.emit_updates(update_graph, params, grads, lr, next_step)
+        updates += [*getattr(update_graph, "extra_effects", []), *scaler_effects]
+        effects = [*train_ctx.effects, *updates, op(update_graph, "assign", step, next_step)]
+
+        eval_ctx = EmitContext(layer_graph, training=False, variables=variables)
+        (eval_out,) = model.emit(eval_ctx, [x])
+        eval_loss = self.loss(g, eval_out, y)
+        eval_accuracy = self.loss.accuracy(g, eval_out, y)
+        probabilities = self.loss.probabilities(g, eval_out)
+
+        engine = _core.Engine(g, seed=seed)
+        engine.define(
+            "train",
+            inputs=[x, y],
+            outputs=[train_loss, train_accuracy.node],
+            effects=effects,
+            advance_rng=True,
+        )
+        engine.define(
+            "eval",
+            inputs=[x, y],
+            outputs=[eval_loss, eval_accuracy.node],
+            effects=[],
+            advance_rng=False,
+        )
+        engine.define("predict", inputs=[x], outputs=[eval_out], effects=[], advance_rng=False)
+        if probabilities is not None:
+            engine.define(
+                "predict_proba", inputs=[x], outputs=[probabilities], effects=[], advance_rng=False
+            )
+        if self.optimizer.host_driven:
+            engine.define(
+                optim.HOST_GRADIENT_FUNCTION,
+                inputs=[x, y],
+                outputs=[train_loss, train_accuracy.node, *grads.values()],
+                effects=list(train_ctx.effects),
+                advance_rng=True,
+            )
+        # The engine takes the layers' weights: their current values, wherever they are.
+        held = EngineWeights(engine, model.layers)
+        if self._loss_scaler is not None:
+            self._loss_scaler.initialize(engine)
+        return held, train_accuracy.kind, probabilities is not None
+
+    @property
+    def _engine(self) -> Any:
+        # The engine itself, for its scalars and plans; weights are run and read under
+        # `_using_engine`, which takes shared layers back first.
+        return self._held.engine
+
+    def _using_engine(self) -> contextlib.AbstractContextManager[Any]:
+        """Holds the weights' lock with every layer in this trainer's engine; yields it."""
+        return self._held.use()
+
+    def _set_precision(self, mode: Any, loss_scaling: Any, growth_interval: Any) -> None:
+        """Checks the mixed-precision arguments and decides what the graph runs."""
+        if loss_scaling is not None and not isinstance(loss_scaling, bool):
+            raise TypeError(f"loss_scaling must be True, False or None, got {loss_scaling!r}")
+        growth_interval = check_growth_interval(growth_interval)
+        self.precision = plan_precision(mode)
+        if loss_scaling is None:
+            # Host-driven optimizers (L-BFGS) read plain gradients; they are not scaled.
+            loss_scaling = mode is not None and not self.optimizer.host_driven
+        elif loss_scaling and self.optimizer.host_driven:
+            raise ValueError(
+                f"loss_scaling=True needs an in-graph optimizer, got the host-driven "
+                f"{type(self.optimizer).__name__}"
+            )
+        self.mixed_precision: str | None = self.precision.requested
+        self.loss_scaling: bool = loss_scaling
+        self.growth_interval = growth_interval
+        self._loss_scaler = LossScaler(growth_interval) if loss_scaling else None
+
+    # -- data ------------------------------------------------------------------------------
+    def _prepare(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        # The engine itself rejects NaN and inf in every float input, naming it, so the
+        # hot path skips a second pass over the data here.
+        x = as_input_batch(x, self.model.input_shape, "x", check_finite=False)
+        if self.loss.integer_labels:
+            y = as_class_labels(y, len(x), self._num_classes, "y")
+        else:
+            y = as_dense_targets(y, len(x), self.model.output_shape, "y", check_finite=False)
+        return x, y
+
+    def _accuracy_totals(self, value: Any, num_samples: int) -> AccuracyTotals:
+        """The sums behind one batch's accuracy, from the graph's accuracy output."""
+        return AccuracyTotals.from_output(self._accuracy_kind, value, num_samples)
+
+    # -- steps -----------------------------------------------------------------------------
+    def train_batch(self, x: Any, y: Any) -> StepResult:
+        """Runs one training step (forward, loss, backward, update) as one engine call.
+
+        Args:
+            x: inputs of shape ``(N, *model.input_shape)``.
+            y: labels: integer class indices ``(N,)`` for ``cross_entropy``, otherwise
+                targets with the model's output shape.
+
+        Returns:
+            The batch's loss and accuracy, measured before the update.
+
+        Example:
+            >>> result = trainer.train_batch(x_batch, y_batch)  # doctest: +SKIP
+        """
+        x, y = self._prepare(x, y)
+        with self._using_engine() as engine:
+            if self._host_optimizer is not None:
+                loss, accuracy = self._host_optimizer.step(x, y, self.learning_rate)
+                engine.set_variable(STEP_VARIABLE, np.array(self.step + 1, np.float32))
+            else:
+                loss, accuracy = engine.run("train", [x, y])
+        totals = self._accuracy_totals(accuracy, len(x))
+        return StepResult(loss=float(loss), accuracy=totals.value, totals=totals)
+
+    def evaluate(
+        self, x: Any, y: Any = None, batch_size: int | None = None, metrics: Any = ()
+    ) -> dict[str, Any]:
+        """Computes the loss, accuracy and metrics over a dataset, dropout off, no updates.
+
+        Args:
+            x: inputs of shape ``(N, *model.input_shape)``, or a loader yielding ``(x, y)``
+                batches (e.g. ``gm.vision.DataLoader``), with ``y`` left out.
+            y: labels, as for ``train_batch``; ``None`` with a loader.
+            batch_size: rows per engine call for arrays; ``None`` uses up to 1024.
+            metrics: metric names (``"f1_macro"``, ``"auc_roc"``, ``"mae"``, ...) or
+                ``gm.metrics`` objects, accumulated batch by batch. Classification metrics
+                receive probabilities (``predict_proba``), regression metrics the raw
+                predictions.
+
+        Returns:
+            ``{"loss": ..., "accuracy": ..., <metric name>: ...}``: loss and accuracy are
+            sample-weighted means over batches (for regression losses, accuracy is each
+            batch's ``1 - NMAE``); each metric its ``result()`` (a float, or an array for a
+            confusion matrix).
+
+        Example:
+            >>> trainer.evaluate(x_test, y_test, metrics=["f1_macro"])  # doctest: +SKIP
+            {'loss': 0.09, 'accuracy': 0.97, 'f1_macro': 0.97}
+        """
+        return _evaluate(self, x, y, batch_size=batch_size, metrics=metrics)
+
+    def fit(
+        self,
+        train: Any,
+        epochs: int,
+        validation: Any = None,
+        scheduler: Any = None,
+        callbacks: Any = (),
+        verbose: int = 1,
+        metrics: Any = (),
+        shuffle: bool = True,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        plots: str | None = None,
+        plots_dir: Any = "gometal-plots",
+    ) -> History:
+        """Trains for ``epochs`` more epochs; returns ``self.history``.
+
+        Epoch numbers continue from ``self.epoch`` (completed epochs, across calls and
+        checkpoints), and each loader gets ``set_epoch(self.epoch)`` before its epoch, so
+        ``fit(n)`` then ``fit(m)`` (or a checkpoint resumed in between) trains exactly as
+        ``fit(n + m)``. The first Ctrl-C lets the running step finish, then stops: callbacks'
+        ``on_train_end`` run, ``history.interrupted`` is set, one line says so, and the
+        trainer stays usable; a second Ctrl-C raises ``KeyboardInterrupt`` at once.
+
+        Args:
+            train: a loader yielding ``(x, y)`` batches, with ``__len__`` and ideally
+                ``set_epoch`` (``gm.vision.DataLoader``), or a tuple ``(x, y)`` of arrays.
+            epochs: how many more epochs to train (int >= 0).
+            validation: data evaluated after each epoch (``val_*`` keys), like ``train``;
+                arrays are not shuffled.
+            scheduler: a ``gm.schedulers`` scheduler; attached on the first call that gets
+                it and kept as ``self.scheduler``, which later calls keep stepping. Epoch
+                schedulers step after each epoch with ``val_loss`` (``loss`` without
+                validation) as the metric ``ReduceLROnPlateau`` watches; batch schedulers
+                step after each step.
+            callbacks: ``gm.callbacks.Callback`` instances (``EarlyStopping``,
+                ``ModelCheckpoint``, ``CSVLogger``, ``JSONLogger``, your own).
+            verbose: 0 silent, 1 a progress bar per epoch (loss, accuracy, lr, steps/s)
+                and one line per epoch, 2 only the lines.
+            metrics: metric names or objects computed on the validation data each epoch,
+                recorded as ``val_<name>``.
+            shuffle: shuffle ``(x, y)`` arrays each epoch (a loader shuffles as built).
+            seed: the arrays' shuffle seed; ``None`` uses 0, so every run, and every
+                resumed run, visits the same order. The order of epoch ``e`` is
+                ``gm.training.epoch_permutation(seed, e, N)``, as ``DataLoader``'s.
+            batch_size: rows per batch for arrays; ``None`` uses ``self.batch_size``.
+            plots: ``"html"`` writes ``<plots_dir>/dashboard.html`` (one self-contained
+                page of training and evaluation plots) at the end; ``"sidecar"`` sends the
+                plot payloads to the sidecar service after each epoch; ``None`` neither.
+                Unless ``verbose=0``, fit prints the dashboard's path or URL at the end.
+                Plotting problems become a warning, never a failed fit.
+            plots_dir: the dashboard's folder (created if missing).
+
+        Returns:
+            ``self.history``: per-epoch ``loss``, ``accuracy``, ``val_loss``,
+            ``val_accuracy``, ``val_<metric>``, ``lr`` and ``time``, across all calls.
+
+        Raises:
+            TypeError, ValueError: a bad argument, named with what was expected and received.
+
+        Example:
+            >>> stop = gm.callbacks.EarlyStopping(patience=2, restore_best=True)
+            >>> history = trainer.fit(  # doctest: +SKIP
+            ...     (x, y), 10, validation=(xv, yv), callbacks=[stop]
+            ... )
+        """
+        return _fit(
+            self,
+            train,
+            epochs,
+            validation=validation,
+            scheduler=scheduler,
+            callbacks=callbacks,
+            verbose=verbose,
+            metrics=metrics,
+            shuffle=shuffle,
+            seed=seed,
+            batch_size=batch_size,
+            plots=plots,
+            plots_dir=plots_dir,
+        )
+
+    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+        """Returns the model's raw outputs (e.g. logits) with dropout off.
+
+        Args:
+            x: inputs of shape ``(N, *model.input_shape)``.
+            batch_size: rows per engine call; ``None`` uses up to 1024.
+
+        Returns:
+            A float32 array of shape ``(N, *model.output_shape)``.
+
+        Example:
+            >>> logits = trainer.predict(x_test)  # doctest: +SKIP
+        """
+        return predict_with_engine(self._held, x, self.model.input_shape, batch_size)
+
+    def predict_proba(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+        """Returns probabilities: softmax of logits for the cross-entropy family, sigmoid for
+        ``bce_with_logits``, and the outputs themselves for losses that take probabilities.
+
+        Args:
+            x: inputs of shape ``(N, *model.input_shape)``.
+            batch_size: rows per engine call; ``None`` uses up to 1024.
+
+        Returns:
+            A float32 array of shape ``(N, *model.output_shape)``.
+
+        Raises:
+            ValueError: for regression losses, which have no probabilities.
+
+        Example:
+            >>> trainer.predict_proba(x_test).sum(axis=1)  # doctest: +SKIP
+        """
+        if not self._has_probabilities:
+            raise ValueError(
+                f"predict_proba is undefined for the regression loss '{self.loss.name}'"
+            )
+        return predict_with_engine(
+            self._held, x, self.model.input_shape, batch_size, function="predict_proba"
+        )
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate the next step will use."""
+        return float(self._engine.get_scalar(LEARNING_RATE_SCALAR))
+
+    def set_learning_rate(self, lr: float) -> None:
+        """Changes the learning rate of later steps without recompiling anything.
+
+        Args:
+            lr: the new learning rate (finite, >= 0).
+
+        Example:
+            >>> trainer.set_learning_rate(1e-4)  # doctest: +SKIP
+        """
+        self._engine.set_scalar(LEARNING_RATE_SCALAR, optim.check_learning_rate(lr))
+
+    @property
+    def step(self) -> int:
+        """The number of optimizer steps taken (kept in the engine)."""
+        return round(float(np.asarray(self._engine.get_variable(STEP_VARIABLE))))
+
+    def engine_stats(self) -> dict[str, Any]:
+        """The engine's counters: arena and persistent bytes, allocations, steps, plans.
+
+        Returns:
+            A dict with keys ``arena_bytes``, ``persistent_bytes``, ``allocations``,
+            ``steps`` and ``plans``; with loss scaling also ``loss_scale`` (float) and
+            ``skipped_steps`` (updates skipped for an inf/NaN gradient).
+
+        Example:
+            >>> trainer.engine_stats()["plans"]  # doctest: +SKIP
+            1
+        """
+        stats = dict(self._engine.stats())
+        if self._loss_scaler is not None:
+            stats.update(self._loss_scaler.stats(self._engine))
+        return stats
+
+    # -- saving ----------------------------------------------------------------------------
+    def save(self, path: Any, metadata: dict[str, Any] | None = None) -> None:
+        """Atomically writes a checkpoint that ``Trainer.load`` resumes exactly.
+
+        It holds the model definition, every engine variable (weights, batch-norm
+        statistics, optimizer slots, step count), the loss, optimizer, scheduler, batch
+        size, random generator state, learning rate, epoch and history.
+
+        Args:
+            path: the file to create or replace, e.g. ``"run/ckpt.safetensors"``.
+            metadata: optional JSON-serializable dict stored with the checkpoint.
+
+        Example:
+            >>> trainer.save("run/ckpt.safetensors")  # doctest: +SKIP
+        """
+        from ..io.serialization import save_checkpoint
+
+        save_checkpoint(self, path, metadata)
+
+    @classmethod
+    def load(cls, path: Any, *, allow_non_finite: bool = False) -> Trainer:
+        """Rebuilds a trainer from ``save`` output; training continues bit for bit.
+
+        Args:
+            path: a checkpoint written by ``trainer.save``.
+            allow_non_finite: load weights and optimizer state holding NaN or infinities
+                (e.g. to inspect a run that diverged) instead of refusing them.
+
+        Returns:
+            The trainer, compiled, with all its state restored.
+
+        Raises:
+            gm.serialization.CheckpointError: the file is not an intact checkpoint.
+
+        Example:
+            >>> trainer = gm.Trainer.load("run/ckpt.safetensors")  # doctest: +SKIP
+        """
+        from ..io.serialization import load_checkpoint
+
+        return load_checkpoint(path, allow_non_finite=allow_non_finite)
+
+    def export_json(self, path: Any, description: str | None = None) -> None:
+        """Atomically writes the trainer in go-metal's readable JSON checkpoint layout.
+
+        Args:
+            path: the file to create or replace, e.g. ``"run/checkpoint.json"``.
+            description: optional free text stored in the metadata.
+
+        Example:
+            >>> trainer.export_json("run/checkpoint.json")  # doctest: +SKIP
+        """
+        from ..io.serialization import export_json
+
+        export_json(self, path, description)
+
+    def __repr__(self) -> str:
+        return (
+            f"Trainer(loss={self.loss!r}, optimizer={self.optimizer!r}, batch_size={self.batch_size}, "
+            f"step={self.step})"
+        )
