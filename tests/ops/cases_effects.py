@@ -14,7 +14,9 @@ from .harness import ScenarioCase
 # -- assign ----------------------------------------------------------------------------------
 
 
-def assign_updates_a_variable_and_scalars_stay(backend, rng):
+def assign_writes_after_reads_without_recompiling(backend, rng):
+    """An SGD step by assign: the loss reads the weight from before the call, the update
+    lands after it, and a new learning rate (a runtime scalar) compiles no new plan."""
     g = _core.Graph()
     x = g.input("x", (-1, 3), "float32")
     w = g.variable("w", (3,))
@@ -30,7 +32,6 @@ def assign_updates_a_variable_and_scalars_stay(backend, rng):
     eng.define("step", inputs=[x], outputs=[loss], effects=[update], advance_rng=False)
     v = rng.standard_normal((4, 3)).astype(np.float32)
 
-    # The loss reads w from before the call; the update writes it after.
     value = eng.run("step", [v])[0]
     assert value == pytest.approx(float((v.astype(np.float64) @ w0).sum()), rel=1e-5)
     w1 = w0 - 0.5 * v.sum(0)
@@ -191,7 +192,7 @@ def core_random_uniform_streams(backend, rng):
 
 
 SCENARIOS = [
-    ScenarioCase("assign", "updates-a-variable", assign_updates_a_variable_and_scalars_stay),
+    ScenarioCase("assign", "sgd-step", assign_writes_after_reads_without_recompiling),
     ScenarioCase("adam_update", "torch-adam", adam_update_matches_torch_adam(0.0)),
     ScenarioCase("adam_update", "torch-adam-weight-decay", adam_update_matches_torch_adam(0.05)),
     ScenarioCase("check_range", "inside", check_range_passes_values_inside_and_is_zero),

@@ -137,6 +137,10 @@ class OpCase:
             raise ValueError(f"[{self.op}] a TORCH gradient needs torch_reference")
         if self.gradient == VJP and self.vjp is None:
             raise ValueError(f"[{self.op}] a VJP gradient needs vjp")
+        if self.gradient != NO_GRADIENT and not any(a.grad and not a.is_integer for a in self.args):
+            raise ValueError(
+                f"[{self.op}] a {self.gradient} gradient needs a float argument with grad"
+            )
         unknown = [d for d in self.dtypes if d not in FLOAT_DTYPES]
         if unknown:
             raise ValueError(f"[{self.op}] dtypes {unknown} have no NumPy type in FLOAT_DTYPES")
