@@ -10,6 +10,7 @@
 #include "backends/backend.h"
 #include "gometal/engine.h"
 #include "gometal/ir.h"
+#include "ir/op_registry.h"
 
 namespace py = pybind11;
 using namespace gometal;
@@ -25,34 +26,36 @@ py::tuple to_tuple(const Shape& s) {
   return t;
 }
 
+// A Python attribute value as the registry takes it: bool, int (anything with __index__,
+// NumPy integers included), float (anything with __float__), str, or a sequence of ints.
+AttrValue to_attr_value(const std::string& op, const std::string& key, py::handle v) {
+  if (py::isinstance<py::bool_>(v)) return v.cast<bool>();
+  if (py::isinstance<py::str>(v)) return v.cast<std::string>();
+  const bool listlike = py::isinstance<py::list>(v) || py::isinstance<py::tuple>(v) ||
+                        (py::isinstance<py::array>(v) && v.attr("ndim").cast<int>() > 0);
+  if (!listlike && PyIndex_Check(v.ptr())) return v.cast<int64_t>();
+  if (!listlike && (PyFloat_Check(v.ptr()) || py::hasattr(v, "__float__"))) return v.cast<double>();
+  if (listlike) {
+    std::vector<int64_t> ints;
+    for (py::handle item : v.cast<py::sequence>()) {
+      if (py::isinstance<py::bool_>(item) || !PyIndex_Check(item.ptr()))
+        throw py::type_error("[" + op + "] attribute '" + key + "' must hold ints, got an item " +
+                             std::string(py::str(py::repr(item))));
+      ints.push_back(item.cast<int64_t>());
+    }
+    return ints;
+  }
+  throw py::type_error("[" + op + "] attribute '" + key + "' has an unsupported type " +
+                       std::string(py::str(py::type::handle_of(v).attr("__name__"))));
+}
+
+// Every key and value is checked against the op's schema in its registry entry.
 Attrs parse_attrs(const std::string& op, const py::dict& d) {
+  const OpKind kind = op_from_name(op);
   Attrs a;
   for (auto item : d) {
     const std::string key = py::str(item.first);
-    py::handle v = item.second;
-    if (key == "axes" || key == "perm" || key == "shape") a.ints = v.cast<std::vector<int64_t>>();
-    else if (key == "axis") a.axis = v.cast<int64_t>();
-    else if (key == "start" || key == "before") a.start = v.cast<int64_t>();
-    else if (key == "end" || key == "after") a.end = v.cast<int64_t>();
-    else if (key == "depth") a.depth = v.cast<int64_t>();
-    else if (key == "keepdims") a.keepdims = v.cast<bool>();
-    else if (key == "transpose_a") a.transpose_a = v.cast<bool>();
-    else if (key == "transpose_b") a.transpose_b = v.cast<bool>();
-    else if (key == "dtype") a.dtype = dtype_from_name(v.cast<std::string>());
-    else if (key == "kernel_size") a.kernel_size = v.cast<std::vector<int64_t>>();
-    else if (key == "stride") a.stride = v.cast<std::vector<int64_t>>();
-    else if (key == "padding") a.padding = v.cast<std::vector<int64_t>>();
-    else if (key == "dilation") a.dilation = v.cast<std::vector<int64_t>>();
-    else if (key == "groups") a.groups = v.cast<int64_t>();
-    else if (key == "beta1") a.beta1 = v.cast<float>();
-    else if (key == "beta2") a.beta2 = v.cast<float>();
-    else if (key == "eps") a.eps = v.cast<float>();
-    else if (key == "weight_decay") a.weight_decay = v.cast<float>();
-    else if (key == "low") a.low = v.cast<float>();
-    else if (key == "high") a.high = v.cast<float>();
-    else if (key == "label") a.name = v.cast<std::string>();
-    else if (key == "message") a.message = v.cast<std::string>();
-    else throw py::value_error("[" + op + "] unknown attribute '" + key + "'");
+    set_attribute(kind, a, key, to_attr_value(op, key, item.second));
   }
   return a;
 }
@@ -122,6 +125,38 @@ py::list run(Engine& engine, const std::string& name, const py::sequence& arrays
   return out;
 }
 
+// {"without_kernels": ["adam_update", ...]}: see BackendOptions.
+BackendOptions backend_options(const py::dict& options) {
+  BackendOptions out;
+  for (auto item : options) {
+    const std::string key = py::str(item.first);
+    if (key != "without_kernels")
+      throw py::value_error("[engine] unknown backend option '" + key + "'; options: without_kernels");
+    for (py::handle name : item.second.cast<py::sequence>()) out.without_kernels.push_back(op_from_name(name.cast<std::string>()));
+  }
+  return out;
+}
+
+// What the registry holds about op `name`, for tests and tools: arity, attribute types,
+// gradient kind, traits, and whether it has a decomposition.
+py::dict op_info(const std::string& name) {
+  const OpDef& def = op_def(op_from_name(name));
+  py::dict attrs;
+  for (const AttrSpec& a : def.attrs) attrs[a.key] = std::string(attr_type_name(a.field));
+  py::list traits;
+  const std::pair<uint32_t, const char*> known[] = {{trait::kElementwise, "elementwise"}, {trait::kEffect, "effect"},
+                                                    {trait::kCheck, "check"}, {trait::kRandom, "random"}};
+  for (auto [bit, label] : known)
+    if (def.has(bit)) traits.append(label);
+  py::dict info;
+  info["arity"] = def.arity;
+  info["attrs"] = attrs;
+  info["gradient"] = def.gradient == Gradient::Rule ? "rule" : def.gradient == Gradient::Zero ? "zero" : "none";
+  info["traits"] = traits;
+  info["decomposes"] = def.decompose != nullptr;
+  return info;
+}
+
 // Runs `fn` holding the engine's lock, with the GIL released while waiting for it.
 template <class Fn>
 void locked(Engine& engine, Fn&& fn) {
@@ -161,8 +196,10 @@ PYBIND11_MODULE(_core, m) {
       .def("__len__", &Graph::size);
 
   py::class_<Engine>(m, "Engine")
-      .def(py::init<const Graph&, uint64_t, const std::string&>(), py::arg("graph"), py::arg("seed") = 0,
-           py::arg("backend") = "cpu")
+      .def(py::init([](const Graph& graph, uint64_t seed, const std::string& backend, const py::dict& options) {
+             return std::make_unique<Engine>(graph, seed, backend, backend_options(options));
+           }),
+           py::arg("graph"), py::arg("seed") = 0, py::arg("backend") = "cpu", py::arg("options") = py::dict())
       .def("define", &Engine::define, py::arg("name"), py::arg("inputs"), py::arg("outputs"),
            py::arg("effects") = std::vector<int>{}, py::arg("advance_rng") = false)
       .def("has_function", &Engine::has_function)
@@ -225,6 +262,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("sample_tiling", &sample_tiling);
   m.def("blas_info", &blas_info);
   m.def("op_names", &op_names, "Every primitive a graph can hold, in the engine's op order.");
+  m.def("op_info", &op_info, py::arg("name"), "The registry entry of an op: arity, attrs, gradient, traits.");
   m.def("metal_available", &metal_available);
   m.def("random_uniform", [](uint64_t seed, uint32_t stream, const Shape& shape) {
     for (int64_t d : shape)

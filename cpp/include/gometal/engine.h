@@ -16,6 +16,14 @@ namespace gometal {
 
 class Backend;
 class CompiledFunction;
+struct FunctionSpec;
+
+// Choices a backend is created with. `without_kernels` makes the backend treat ops as if it
+// had no kernel for them, so they run through their registry decomposition (tests use it to
+// check a decomposition against the kernel, as a backend lacking the kernel would run it).
+struct BackendOptions {
+  std::vector<OpKind> without_kernels;
+};
 
 // A borrowed view of caller memory (C-contiguous).
 struct TensorView {
@@ -45,7 +53,8 @@ inline constexpr int kMaxPlansPerFunction = 8;
 
 class Engine {
  public:
-  Engine(const Graph& graph, uint64_t seed = 0, const std::string& backend = "cpu");
+  Engine(const Graph& graph, uint64_t seed = 0, const std::string& backend = "cpu",
+         const BackendOptions& options = {});
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -84,6 +93,7 @@ class Engine {
   struct Function;
   int named(OpKind kind, const std::string& name) const;
   Plan& plan_for(Function& fn, int64_t batch);
+  void lower_unsupported(FunctionSpec& spec);
 
   Graph graph_;
   uint64_t seed_;
@@ -96,6 +106,7 @@ class Engine {
   struct PersistentPool;
   std::unique_ptr<PersistentPool> pool_;
   std::map<std::string, std::unique_ptr<Function>> functions_;
+  std::map<int, int> replaced_;  // node -> its replacement by a graph pass
   uint64_t pool_generation_ = 0;
   uint64_t use_clock_ = 0;  // counts plan lookups, for least-recently-used eviction
   std::mutex run_mutex_;  // see mutex(): plans share the backend's workspace, so one run at a time

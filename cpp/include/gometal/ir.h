@@ -82,9 +82,8 @@ DType dtype_from_name(std::string_view name);
 int64_t numel(const Shape& s);  // concrete shapes only
 Shape concretize(const Shape& s, int64_t batch);
 
-int op_arity(OpKind op);          // -1 = variadic, 0 = leaf
+int op_arity(OpKind op);          // -1 = variadic, 0 = leaf (the op registry holds the rest)
 bool is_elementwise(OpKind op);      // unary, binary, select, broadcast_to, random_uniform
-bool is_differentiable(OpKind op);
 bool is_effect(OpKind op);  // writes variables instead of producing a value
 // Validation ops: each runs before every effect of its function, so a failed check leaves
 // variables untouched.
@@ -127,6 +126,11 @@ class Graph {
   int assign(int variable, int value) { return op(OpKind::Assign, {variable, value}); }
   // Sums `g` over broadcast dimensions so that it has `target` shape.
   int reduce_to(int g, const Shape& target);
+
+  // For graph passes: every node reading `from` reads `to` instead (same shape and dtype).
+  // `to` may be newer than its readers, so node ids stop being a topological order: run
+  // passes after autodiff, on the graph an engine compiles.
+  void redirect(int from, int to);
 
  private:
   int push(Node n);

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "gometal/engine.h"
 #include "gometal/ir.h"
 #include "passes/schedule.h"
 
@@ -36,6 +37,9 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // Whether this backend has a kernel for node n (its op with its inputs' dtypes). The engine
+  // lowers unsupported nodes through their decomposition, or refuses the function.
+  virtual bool supports(const Graph& g, const Node& n) const = 0;
   // `persistent_offset[id]` locates variables, scalars and constants in the persistent pool.
   virtual std::unique_ptr<CompiledFunction> compile(const Graph& g, const FunctionSpec& fn, int64_t batch,
                                                     const std::vector<int64_t>& persistent_offset) = 0;
@@ -43,9 +47,9 @@ class Backend {
   virtual int64_t workspace_bytes() const = 0;
 };
 
-std::unique_ptr<Backend> make_cpu_backend();
+std::unique_ptr<Backend> make_cpu_backend(const BackendOptions& options = {});
 // Throws std::runtime_error naming the build option where Metal was not built in.
-std::unique_ptr<Backend> make_metal_backend();
+std::unique_ptr<Backend> make_metal_backend(const BackendOptions& options = {});
 bool metal_available();
 
 }  // namespace gometal

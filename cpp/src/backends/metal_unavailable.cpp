@@ -5,7 +5,7 @@
 
 namespace gometal {
 
-std::unique_ptr<Backend> make_metal_backend() {
+std::unique_ptr<Backend> make_metal_backend(const BackendOptions&) {
   throw std::runtime_error(
       "[engine] the Metal backend is not built into this gometal: it needs macOS on Apple Silicon "
       "and the CMake option GOMETAL_METAL=ON");

@@ -138,6 +138,17 @@ int Graph::matmul(int a, int b, bool transpose_a, bool transpose_b) {
   return op(OpKind::MatMul, {a, b}, at);
 }
 
+void Graph::redirect(int from, int to) {
+  const Node& a = node(from);
+  const Node& b = node(to);
+  if (a.shape != b.shape || a.dtype != b.dtype)
+    throw std::logic_error("[graph] redirect from " + shape_str(a.shape) + " to " + shape_str(b.shape));
+  for (int id = 0; id < size(); ++id)
+    if (id != to)
+      for (int& in : nodes_[id].inputs)
+        if (in == from) in = to;
+}
+
 int Graph::reduce_to(int g, const Shape& target) {
   const Shape gs = node(g).shape;
   if (gs == target) return g;

@@ -1,5 +1,7 @@
 #include "passes/schedule.h"
 
+#include "ir/op_registry.h"
+
 #include <queue>
 #include <stdexcept>
 #include <string>
@@ -8,15 +10,8 @@ namespace gometal {
 
 bool is_alias(const Graph& g, int id) {
   const Node& n = g.node(id);
-  switch (n.op) {
-    case OpKind::Reshape:
-    case OpKind::StopGradient:
-      return true;
-    case OpKind::Cast:
-      return g.node(n.inputs[0]).dtype == n.attrs.dtype;
-    default:
-      return false;
-  }
+  const AliasRule alias = op_def(n.op).alias;
+  return alias != nullptr && alias(g, n);
 }
 
 Schedule schedule_function(const Graph& g, const FunctionSpec& fn) {

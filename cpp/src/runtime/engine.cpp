@@ -5,7 +5,9 @@
 #include <stdexcept>
 
 #include "backends/backend.h"
+#include "ir/op_registry.h"
 #include "backends/cpu/blas.h"
+#include "passes/relu_pool_mask.h"
 #include "passes/schedule.h"
 #include "runtime/memory.h"
 #include "runtime/rng.h"
@@ -57,10 +59,12 @@ bool all_finite(const float* x, int64_t n) {
 
 }  // namespace
 
-Engine::Engine(const Graph& graph, uint64_t seed, const std::string& backend)
+Engine::Engine(const Graph& graph, uint64_t seed, const std::string& backend, const BackendOptions& options)
     : graph_(graph), seed_(seed), pool_(std::make_unique<PersistentPool>()) {
-  if (backend == "cpu") backend_ = make_cpu_backend();
-  else if (backend == "metal") backend_ = make_metal_backend();
+  // Graph passes run once, on the engine's own copy (after every gradient is built).
+  for (auto [from, to] : narrow_relu_pool_masks(graph_)) replaced_[from] = to;
+  if (backend == "cpu") backend_ = make_cpu_backend(options);
+  else if (backend == "metal") backend_ = make_metal_backend(options);
   else throw std::invalid_argument("[engine] unknown backend '" + backend + "'; expected 'cpu' or 'metal'");
   blas_init_single_threaded();
 
@@ -92,8 +96,12 @@ int Engine::named(OpKind kind, const std::string& name) const {
 
 void Engine::define(const std::string& name, std::vector<int> inputs, std::vector<int> outputs,
                     std::vector<int> effects, bool advance_rng) {
+  // An output a graph pass replaced is read from its replacement.
+  for (int& out : outputs)
+    if (auto it = replaced_.find(out); it != replaced_.end()) out = it->second;
   auto fn = std::make_unique<Function>();
   fn->spec = {name, std::move(inputs), std::move(outputs), std::move(effects), advance_rng};
+  lower_unsupported(fn->spec);
   for (int id : fn->spec.inputs)
     if (graph_.node(id).op != OpKind::Input)
       throw std::invalid_argument("[define] '" + name + "': node " + std::to_string(id) + " is not an input");
@@ -107,6 +115,42 @@ void Engine::define(const std::string& name, std::vector<int> inputs, std::vecto
   }
   fn->input_ptrs.resize(fn->spec.inputs.size());
   functions_[name] = std::move(fn);
+}
+
+// Nodes the backend has no kernel for run as their registry decomposition; without one,
+// the function is refused here, when it is defined, not when it first runs.
+void Engine::lower_unsupported(FunctionSpec& spec) {
+  for (bool changed = true; changed;) {
+    changed = false;
+    const Schedule s = schedule_function(graph_, spec);
+    for (int id : s.order) {
+      const Node& n = graph_.node(id);
+      if (backend_->supports(graph_, n)) continue;
+      const OpDef& def = op_def(n.op);
+      if (def.decompose == nullptr) {
+        std::string dtypes;
+        for (int in : n.inputs) dtypes += std::string(dtypes.empty() ? "" : ", ") + std::string(dtype_name(graph_.node(in).dtype));
+        throw std::invalid_argument("[define] '" + spec.name + "': the " + backend_->name() + " backend has no kernel for '" +
+                                    def.name + "' with inputs (" + dtypes + ") and the op has no decomposition");
+      }
+      const std::vector<int> replacement = def.decompose(graph_, id);
+      if (def.has(trait::kEffect)) {
+        std::vector<int> effects;
+        for (int e : spec.effects) {
+          if (e != id) effects.push_back(e);
+          else effects.insert(effects.end(), replacement.begin(), replacement.end());
+        }
+        spec.effects = std::move(effects);
+      } else {
+        graph_.redirect(id, replacement.front());
+        replaced_[id] = replacement.front();
+        for (int& out : spec.outputs)
+          if (out == id) out = replacement.front();
+      }
+      changed = true;
+      break;
+    }
+  }
 }
 
 const std::vector<int>& Engine::function_inputs(const std::string& name) const {

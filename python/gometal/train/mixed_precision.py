@@ -84,9 +84,8 @@ class Bf16Graph(_GraphWrapper):
 class GuardedGraph(_GraphWrapper):
     """A graph view whose variable writes happen only when ``finite`` is 1.
 
-    ``assign(var, new)`` becomes ``assign(var, select(finite, new, var))``. The fused
-    ``adam_update`` writes its variables in place, so it is emitted as the same update
-    composed of primitives (in the fused kernel's order of operations), guarded likewise.
+    ``assign(var, new)`` becomes ``assign(var, select(finite, new, var))``; the fused
+    ``adam_update`` takes ``finite`` as its seventh input and skips its writes when it is 0.
 
     Args:
         graph: the ``_core.Graph`` to extend.
@@ -99,7 +98,6 @@ class GuardedGraph(_GraphWrapper):
     def __init__(self, graph: _core.Graph, finite: int):
         super().__init__(graph)
         self.finite = finite
-        self.extra_effects: list[int] = []
 
     def op(self, name: str, inputs: list[int], attrs: Mapping[str, Any]) -> int:
         """Appends ``name`` like ``_core.Graph.op``, guarding variable writes.
@@ -117,44 +115,13 @@ class GuardedGraph(_GraphWrapper):
             variable, value = inputs
             return g.op("assign", [variable, self._keep_unless_finite(variable, value)], {})
         if name == "adam_update":
-            return self._composed_adam(inputs, attrs)
+            # The fused kernel takes the flag as a seventh input and writes nothing unless
+            # it is 1; its registry decomposition guards each write the same way.
+            return g.op("adam_update", [*inputs, self.finite], attrs)
         return g.op(name, list(inputs), attrs)
 
     def _keep_unless_finite(self, variable: int, value: int) -> int:
         return self._graph.op("select", [self.finite, value, variable], {})
-
-    def _composed_adam(self, inputs: list[int], attrs: Mapping[str, Any]) -> int:
-        g = self._graph
-        param, exp_avg, exp_avg_sq, grad, step_size, sqrt_correction2 = inputs
-        hyper = {key: np.float32(attrs[key]) for key in ("beta1", "beta2", "eps", "weight_decay")}
-        # The kernel forms 1 - beta in float32; so do these constants.
-        one = np.float32(1.0)
-        if hyper["weight_decay"] != 0.0:
-            grad = op(g, "add", grad, op(g, "mul", const(g, hyper["weight_decay"]), param))
-        new_avg = op(
-            g,
-            "add",
-            exp_avg,
-            op(g, "mul", const(g, one - hyper["beta1"]), op(g, "sub", grad, exp_avg)),
-        )
-        new_avg_sq = op(
-            g,
-            "add",
-            op(g, "mul", const(g, hyper["beta2"]), exp_avg_sq),
-            op(g, "mul", op(g, "mul", const(g, one - hyper["beta2"]), grad), grad),
-        )
-        denom = op(
-            g,
-            "add",
-            op(g, "div", op(g, "sqrt", new_avg_sq), sqrt_correction2),
-            const(g, hyper["eps"]),
-        )
-        new_param = op(g, "sub", param, op(g, "mul", step_size, op(g, "div", new_avg, denom)))
-        # The optimizer keeps one effect per fused update: the parameter's write. The
-        # slots' writes are collected here for the trainer to add.
-        self.extra_effects.append(self.op("assign", [exp_avg, new_avg], {}))
-        self.extra_effects.append(self.op("assign", [exp_avg_sq, new_avg_sq], {}))
-        return self.op("assign", [param, new_param], {})
 
 
 class LossScaler:

@@ -9,12 +9,10 @@ engine; ``train_batch`` is exactly one native call.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .. import _core
 from ..base.arrays import (
     as_class_labels,
     as_dense_targets,
@@ -22,37 +20,16 @@ from ..base.arrays import (
     check_batch_size,
     check_seed,
 )
-from ..graph.composites import const, op
-from ..nn.layers.base import EmitContext
-from ..nn.layers.weight_store import EngineWeights
 from ..nn.model import Model, predict_with_engine
-from ..nn.tensor import BATCH
-from . import losses, optim
+from . import losses, optim, provided
 from .evaluation import evaluate as _evaluate
 from .fit import fit as _fit
 from .history import History
 from .metrics import AccuracyTotals
-from .mixed_precision import Bf16Graph, LossScaler
+from .mixed_precision import LossScaler
 from .precision import DEFAULT_GROWTH_INTERVAL, check_growth_interval, plan_precision
-
-STEP_VARIABLE = "optimizer.step"
-LEARNING_RATE_SCALAR = "lr"
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """What one training step reports.
-
-    Attributes:
-        loss: the batch's mean loss (before the update).
-        accuracy: the batch's accuracy in ``[0, 1]`` (before the update).
-        totals: the sums behind ``accuracy``; adding the totals of several batches gives
-            their pooled accuracy, independent of how the data was batched.
-    """
-
-    loss: float
-    accuracy: float
-    totals: AccuracyTotals | None = None
+from .session import BatchEvaluation, SessionState, StepResult
+from .step_graph import LEARNING_RATE_SCALAR, STEP_VARIABLE, compile_step
 
 
 class Trainer:
@@ -106,10 +83,18 @@ class Trainer:
             raise ValueError("the model has no weights to train")
         self._num_classes = model.output_shape[-1]
         self._set_precision(mixed_precision, loss_scaling, growth_interval)
-        self._held, self._accuracy_kind, self._has_probabilities = self._compile(
-            model.seed if seed is None else check_seed(seed)
+        compiled = compile_step(
+            model,
+            self.loss,
+            self.optimizer,
+            self.precision,
+            self._loss_scaler,
+            model.seed if seed is None else check_seed(seed),
         )
-        model._adopt_engine(self._held)
+        self._held = compiled.weights
+        self._accuracy_kind = compiled.accuracy_kind
+        self._has_probabilities = compiled.has_probabilities
+        model.attach_engine(self._held)
         # L-BFGS (host-driven) evaluates loss and gradients several times per batch.
         self._host_optimizer = (
             self.optimizer.bind(self._engine, model.trainable_weight_names)
@@ -122,78 +107,6 @@ class Trainer:
         self.history = History()
         self.scheduler: Any = None
         self.stop_training = False
-
-    def _compile(self, seed: int) -> tuple[EngineWeights, str, bool]:
-        model, g = self.model, _core.Graph()
-        x = g.input("x", (BATCH, *model.input_shape), "float32")
-        if self.loss.integer_labels:
-            y = g.input("y", (BATCH,), "int32")
-        else:
-            y = g.input("y", (BATCH, *model.output_shape), "float32")
-        variables = model.declare_variables(g)
-        # Only trainable weights get gradients and optimizer slots; the rest (running
-        # statistics) are written by the layers' own effects.
-        params = {name: variables[name] for name in model.trainable_weight_names}
-        lr = g.scalar(LEARNING_RATE_SCALAR, self.optimizer.lr)
-        step = g.variable(STEP_VARIABLE, ())
-
-        # Layers emit through the bf16 view (matmul/conv operands rounded); the loss does not.
-        layer_graph = Bf16Graph(g) if self.precision.compute == "bf16" else g
-        train_ctx = EmitContext(layer_graph, training=True, variables=variables)
-        (train_out,) = model.emit(train_ctx, [x])
-        train_loss = self.loss(g, train_out, y)
-        train_accuracy = self.loss.accuracy(g, train_out, y)
-        scaler_effects: list[int] = []
-        if self._loss_scaler is not None:
-            # Optimizer writes go through `update_graph`, which skips them on inf/NaN steps.
-            grads, update_graph, scaler_effects = self._loss_scaler.emit(g, train_loss, params)
-        else:
-            grads = dict(zip(params, g.gradients(train_loss, list(params.values()))))
-            update_graph = g
-        next_step = op(g, "add", step, const(g, 1.0))
-        updates = self.optimizer.emit_updates(update_graph, params, grads, lr, next_step)
-        updates += [*getattr(update_graph, "extra_effects", []), *scaler_effects]
-        effects = [*train_ctx.effects, *updates, op(update_graph, "assign", step, next_step)]
-
-        eval_ctx = EmitContext(layer_graph, training=False, variables=variables)
-        (eval_out,) = model.emit(eval_ctx, [x])
-        eval_loss = self.loss(g, eval_out, y)
-        eval_accuracy = self.loss.accuracy(g, eval_out, y)
-        probabilities = self.loss.probabilities(g, eval_out)
-
-        engine = _core.Engine(g, seed=seed)
-        engine.define(
-            "train",
-            inputs=[x, y],
-            outputs=[train_loss, train_accuracy.node],
-            effects=effects,
-            advance_rng=True,
-        )
-        engine.define(
-            "eval",
-            inputs=[x, y],
-            outputs=[eval_loss, eval_accuracy.node],
-            effects=[],
-            advance_rng=False,
-        )
-        engine.define("predict", inputs=[x], outputs=[eval_out], effects=[], advance_rng=False)
-        if probabilities is not None:
-            engine.define(
-                "predict_proba", inputs=[x], outputs=[probabilities], effects=[], advance_rng=False
-            )
-        if self.optimizer.host_driven:
-            engine.define(
-                optim.HOST_GRADIENT_FUNCTION,
-                inputs=[x, y],
-                outputs=[train_loss, train_accuracy.node, *grads.values()],
-                effects=list(train_ctx.effects),
-                advance_rng=True,
-            )
-        # The engine takes the layers' weights: their current values, wherever they are.
-        held = EngineWeights(engine, model.layers)
-        if self._loss_scaler is not None:
-            self._loss_scaler.initialize(engine)
-        return held, train_accuracy.kind, probabilities is not None
 
     @property
     def _engine(self) -> Any:
@@ -225,7 +138,24 @@ class Trainer:
         self._loss_scaler = LossScaler(growth_interval) if loss_scaling else None
 
     # -- data ------------------------------------------------------------------------------
-    def _prepare(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    def prepare_batch(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Checks a batch and converts it to what the engine reads.
+
+        Args:
+            x: inputs of shape ``(N, *model.input_shape)``.
+            y: labels or targets, as for ``train_batch``.
+
+        Returns:
+            ``(x, y)``: float32 inputs (a C-contiguous float32 array as it is), int32 class
+            indices or float32 targets.
+
+        Raises:
+            TypeError, ValueError: an array of the wrong type or shape, or a label out of
+                range, named with what was expected.
+
+        Example:
+            >>> x, y = trainer.prepare_batch(x_batch, y_batch)  # doctest: +SKIP
+        """
         # The engine itself rejects NaN and inf in every float input, naming it, so the
         # hot path skips a second pass over the data here.
         x = as_input_batch(x, self.model.input_shape, "x", check_finite=False)
@@ -254,7 +184,7 @@ class Trainer:
         Example:
             >>> result = trainer.train_batch(x_batch, y_batch)  # doctest: +SKIP
         """
-        x, y = self._prepare(x, y)
+        x, y = self.prepare_batch(x, y)
         with self._using_engine() as engine:
             if self._host_optimizer is not None:
                 loss, accuracy = self._host_optimizer.step(x, y, self.learning_rate)
@@ -263,6 +193,35 @@ class Trainer:
                 loss, accuracy = engine.run("train", [x, y])
         totals = self._accuracy_totals(accuracy, len(x))
         return StepResult(loss=float(loss), accuracy=totals.value, totals=totals)
+
+    def evaluate_batch(self, x: Any, y: Any, with_outputs: bool = False) -> BatchEvaluation:
+        """Runs one batch through the inference pass (dropout off, no update).
+
+        Args:
+            x: inputs of shape ``(N, *model.input_shape)``.
+            y: labels or targets, as for ``train_batch``.
+            with_outputs: also return the batch's probabilities (``predict_proba``), or
+                its raw outputs for regression losses, from the same weights.
+
+        Returns:
+            The batch's loss, accuracy sums, converted labels and (if asked) outputs.
+
+        Example:
+            >>> trainer.evaluate_batch(x_batch, y_batch).loss  # doctest: +SKIP
+        """
+        x, y = self.prepare_batch(x, y)
+        outputs = None
+        with self._using_engine() as engine:
+            loss, accuracy = engine.run("eval", [x, y])
+            if with_outputs:
+                function = "predict_proba" if self._has_probabilities else "predict"
+                (outputs,) = engine.run(function, [x])
+        return BatchEvaluation(
+            loss=float(loss),
+            totals=self._accuracy_totals(accuracy, len(x)),
+            labels=y,
+            outputs=None if outputs is None else np.asarray(outputs),
+        )
 
     def evaluate(
         self, x: Any, y: Any = None, batch_size: int | None = None, metrics: Any = ()
@@ -435,6 +394,65 @@ class Trainer:
         """The number of optimizer steps taken (kept in the engine)."""
         return round(float(np.asarray(self._engine.get_variable(STEP_VARIABLE))))
 
+    def read_state(self) -> SessionState:
+        """The engine state at this moment, as a checkpoint stores it.
+
+        Returns:
+            Every engine variable, the random generator's seed and position, and the
+            memory of a host-driven optimizer; no step (of this trainer or one sharing its
+            layers) runs while they are read.
+
+        Example:
+            >>> trainer.read_state().variables["optimizer.step"]  # doctest: +SKIP
+            array(10., dtype=float32)
+        """
+        with self._using_engine() as engine:
+            names = engine.variable_names()
+            variables = {name: np.asarray(engine.get_variable(name)) for name in names}
+            rng_step = int(engine.rng_step)
+            seed = int(engine.seed)
+        host = None if self._host_optimizer is None else self._host_optimizer.state()
+        return SessionState(variables, seed, rng_step, host)
+
+    def variable_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every engine variable's shape, by name (weights, optimizer slots, the step).
+
+        Example:
+            >>> trainer.variable_shapes()["optimizer.step"]  # doctest: +SKIP
+            ()
+        """
+        engine = self._engine
+        return {name: tuple(engine.variable_shape(name)) for name in engine.variable_names()}
+
+    def restore_state(self, state: SessionState) -> None:
+        """Puts back a state that ``read_state`` gave (of this trainer or an equal one).
+
+        The host-driven optimizer's memory is loaded first, then the variables and the
+        random generator's position; ``state.seed`` is ignored (the seed is fixed when
+        the trainer is built).
+
+        Args:
+            state: the state; its variables must have this trainer's names and shapes.
+
+        Raises:
+            ValueError: the state holds a host optimizer memory this trainer's optimizer
+                does not keep, or lacks one it keeps.
+            KeyError, TypeError, ValueError: a host optimizer memory that does not fit.
+
+        Example:
+            >>> trainer.restore_state(other.read_state())  # doctest: +SKIP
+        """
+        if (self._host_optimizer is None) != (state.host_optimizer is None):
+            raise ValueError(
+                f"the state's host optimizer memory does not match {type(self.optimizer).__name__}"
+            )
+        if self._host_optimizer is not None and state.host_optimizer is not None:
+            self._host_optimizer.load_state(*state.host_optimizer)
+        with self._using_engine() as engine:
+            for name, value in state.variables.items():
+                engine.set_variable(name, value)
+            engine.rng_step = state.rng_step
+
     def engine_stats(self) -> dict[str, Any]:
         """The engine's counters: arena and persistent bytes, allocations, steps, plans.
 
@@ -467,9 +485,7 @@ class Trainer:
         Example:
             >>> trainer.save("run/ckpt.safetensors")  # doctest: +SKIP
         """
-        from ..io.serialization import save_checkpoint
-
-        save_checkpoint(self, path, metadata)
+        provided.save_checkpoint(self, path, metadata)
 
     @classmethod
     def load(cls, path: Any, *, allow_non_finite: bool = False) -> Trainer:
@@ -489,9 +505,7 @@ class Trainer:
         Example:
             >>> trainer = gm.Trainer.load("run/ckpt.safetensors")  # doctest: +SKIP
         """
-        from ..io.serialization import load_checkpoint
-
-        return load_checkpoint(path, allow_non_finite=allow_non_finite)
+        return provided.load_checkpoint(path, allow_non_finite=allow_non_finite)
 
     def export_json(self, path: Any, description: str | None = None) -> None:
         """Atomically writes the trainer in go-metal's readable JSON checkpoint layout.
@@ -503,9 +517,7 @@ class Trainer:
         Example:
             >>> trainer.export_json("run/checkpoint.json")  # doctest: +SKIP
         """
-        from ..io.serialization import export_json
-
-        export_json(self, path, description)
+        provided.export_json(self, path, description)
 
     def __repr__(self) -> str:
         return (

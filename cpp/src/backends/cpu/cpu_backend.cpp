@@ -7,6 +7,7 @@
 
 #include "backends/backend.h"
 #include "backends/cpu/checks.h"
+#include "backends/cpu/support.h"
 #include "backends/cpu/fused_elementwise.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/conv.h"
@@ -114,10 +115,12 @@ struct CopyKernel final : Kernel {
 };
 
 struct AdamKernel final : Kernel {
-  BufRef p, m, v, g, step_size, bc2_sqrt;
+  BufRef p, m, v, g, step_size, bc2_sqrt, finite;  // finite: Region::None without the flag
   int64_t n;
   AdamHyper hyper;
   void run(const ExecContext& ctx) const override {
+    // Loss scaling's skipped step: the flag is 0 and nothing is written.
+    if (finite.region != Region::None && *ctx.ptr(finite) != 1.0f) return;
     constexpr int64_t kParallelMin = 1 << 14;
     const int tasks = n < kParallelMin ? 1 : ctx.pool->size();
     float *pp = ctx.ptr(p), *mp = ctx.ptr(m), *vp = ctx.ptr(v);
@@ -339,6 +342,7 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
       k->g = in(3);
       k->step_size = in(4);
       k->bc2_sqrt = in(5);
+      if (n.inputs.size() == 7) k->finite = in(6);
       k->n = numel(in_shape(0));
       k->hyper = {n.attrs.beta1, n.attrs.beta2, n.attrs.eps, n.attrs.weight_decay};
       return k;
@@ -497,7 +501,13 @@ class CpuFunction final : public CompiledFunction {
 
 class CpuBackend final : public Backend {
  public:
+  explicit CpuBackend(BackendOptions options) : options_(std::move(options)) {}
   std::string name() const override { return "cpu"; }
+  bool supports(const Graph& g, const Node& n) const override {
+    for (OpKind op : options_.without_kernels)
+      if (op == n.op) return false;
+    return cpu_runs(g, n);
+  }
   std::unique_ptr<CompiledFunction> compile(const Graph& g, const FunctionSpec& fn, int64_t batch,
                                             const std::vector<int64_t>& persistent_offset) override {
     return std::make_unique<CpuFunction>(g, fn, batch, persistent_offset, workspace_);
@@ -505,11 +515,14 @@ class CpuBackend final : public Backend {
   int64_t workspace_bytes() const override { return workspace_->bytes(); }
 
  private:
+  BackendOptions options_;
   std::shared_ptr<CpuWorkspace> workspace_ = std::make_shared<CpuWorkspace>();
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend(const BackendOptions& options) {
+  return std::make_unique<CpuBackend>(options);
+}
 
 }  // namespace gometal

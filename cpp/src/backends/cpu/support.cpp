@@ -1,0 +1,34 @@
+#include "backends/cpu/support.h"
+
+#include <array>
+
+namespace gometal {
+namespace {
+
+constexpr uint32_t bit(DType d) { return 1u << static_cast<uint32_t>(d); }
+constexpr uint32_t kF32 = bit(DType::F32), kI32 = bit(DType::I32);
+
+// The input dtypes each op's CPU kernel takes. Copies move 4-byte elements whatever they
+// mean, so layout ops take int32 too; one_hot reads int32 labels.
+std::array<uint32_t, static_cast<size_t>(OpKind::kCount)> make_table() {
+  std::array<uint32_t, static_cast<size_t>(OpKind::kCount)> t{};
+  for (const OpDef& def : op_table())
+    if (!def.has(trait::kLeaf)) t[static_cast<size_t>(def.kind)] = kF32;
+  for (OpKind op : {OpKind::Reshape, OpKind::Transpose, OpKind::Slice, OpKind::Concat, OpKind::Cast})
+    t[static_cast<size_t>(op)] = kF32 | kI32;
+  t[static_cast<size_t>(OpKind::OneHot)] = kI32;
+  return t;
+}
+
+}  // namespace
+
+bool cpu_runs(const Graph& g, const Node& n) {
+  static const auto table = make_table();
+  const uint32_t allowed = table[static_cast<size_t>(n.op)];
+  if (allowed == 0) return false;
+  for (int in : n.inputs)
+    if ((allowed & bit(g.node(in).dtype)) == 0) return false;
+  return true;
+}
+
+}  // namespace gometal

@@ -1,0 +1,62 @@
+#include "ir/ops/op_support.h"
+
+#include <stdexcept>
+
+namespace gometal::ops {
+
+void fail(std::string_view op, const std::string& what) {
+  throw std::invalid_argument("[" + std::string(op) + "] " + what);
+}
+
+int64_t norm_axis(int64_t axis, size_t rank, std::string_view op) {
+  const int64_t r = static_cast<int64_t>(rank);
+  if (axis < -r || axis >= r)
+    fail(op, "axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
+  return axis < 0 ? axis + r : axis;
+}
+
+// Two dims are compatible for a reshape/broadcast when equal; kBatch never equals a number.
+int64_t known_product(const Shape& s, int* batch_count) {
+  int64_t p = 1;
+  *batch_count = 0;
+  for (int64_t d : s) {
+    if (d == kBatch) ++*batch_count;
+    else p *= d;
+  }
+  return p;
+}
+
+void require_float(const Node& n, const Node& in) {
+  if (in.dtype != DType::F32)
+    fail(name_of(n), "expects float32 inputs, got " + std::string(dtype_name(in.dtype)) + " of shape " +
+                         shape_str(in.shape));
+}
+
+void require_dtype(const Node& n, const Node& in, DType want, std::string_view role) {
+  if (in.dtype != want)
+    fail(name_of(n), "expects " + std::string(role) + " of dtype " + std::string(dtype_name(want)) + ", got " +
+                         std::string(dtype_name(in.dtype)));
+}
+
+View view(const Graph& gr, int id) {
+  const Node& n = gr.node(id);
+  return {n.op, n.inputs, n.attrs, n.shape};
+}
+
+int divide_by_count(Graph& gr, int value, const Shape& xs, const std::vector<int64_t>& axes) {
+  int64_t count = 1;
+  bool batch = false;
+  for (int64_t a : axes) {
+    if (xs[a] == kBatch) batch = true;
+    else count *= xs[a];
+  }
+  if (!batch) return gr.mul(value, k(gr, 1.0f / static_cast<float>(count)));
+  // A (batch,) vector of ones, summed, times the static part of the extent.
+  const int images = gr.sum(gr.broadcast_to(k(gr, 1), {kBatch}), {});
+  int total = k(gr, static_cast<float>(count));
+  for (int64_t a : axes)
+    if (xs[a] == kBatch) total = gr.mul(total, images);
+  return gr.div(value, total);
+}
+
+}  // namespace gometal::ops
