@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -148,8 +149,7 @@ def revision_build(label: str, requested: str, repo: Path, cache: Path, rebuild:
     start = time.monotonic()
     (home / READY_FILE).unlink(missing_ok=True)
     src = home / "src"
-    if src.exists():
-        subprocess.run(["rm", "-rf", str(src)], check=True)
+    shutil.rmtree(src, ignore_errors=True)  # a failed earlier attempt's files
     home.mkdir(parents=True, exist_ok=True)
     _export_revision(repo, commit, src)
     with open(home / "build.log", "w") as log:

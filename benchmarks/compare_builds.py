@@ -15,8 +15,7 @@ there are --rounds of them, else every round, flagged.
 Children run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from their environment,
 so the BLAS picks its kernel for the actual CPU, and with OMP/MKL/OpenBLAS thread counts set.
 
-Usage (about 10 s per round for the four workloads, plus a few minutes to build a revision
-the first time):
+Usage (a round takes 2 x --window-s per workload; a revision's first build a minute or two):
   python benchmarks/compare_builds.py --base main                      # main vs the worktree
   python benchmarks/compare_builds.py --base ec7b0dd --rounds 20 --json bench-results/cmp.json
   python benchmarks/compare_builds.py --base main --new HEAD --workloads A-small,C
@@ -231,11 +230,11 @@ def _print_summary(records: list[dict], args) -> list[str]:
     """The closing table; returns the workloads that fail --check's conditions."""
     print(
         f"\nSummary: new/base, median of per-round ratios ({args.rounds} quiet rounds wanted, "
-        f"windows of {args.window_s:g} s)"
+        f"windows of {args.window_s:g} s; median CI: {CONFIDENCE:.0%} or more, see above)"
     )
     print(
-        f"  {'workload':<8} {'rounds':>6} {'median':>7} {'min..max':>13} {'IQR':>13} "
-        f"{'95% CI':>13} {'1.0 within':>10} {'allocations':>11}"
+        f"  {'workload':<8} {'rounds':>6} {'median':>7} {'min..max':>14} {'IQR':>14} "
+        f"{'median CI':>14} {'1.0 within':>10} {'allocations':>11}"
     )
     bad = []
     for rec in records:
@@ -245,10 +244,12 @@ def _print_summary(records: list[dict], args) -> list[str]:
             continue
         s = rec["summary"]
         ci = "-" if s["ci_low"] is None else f"{s['ci_low']:.3f}..{s['ci_high']:.3f}"
+        spread = f"{s['low']:.3f}..{s['high']:.3f}"
+        iqr = f"{s['q1']:.3f}..{s['q3']:.3f}"
         allocs = "/".join(str(rec["timed_allocations"].get(k, "-")) for k in LABELS)
         print(
             f"  {rec['workload']:<8} {s['rounds']:>6} {s['median']:>7.3f} "
-            f"{s['low']:.3f}..{s['high']:.3f} {s['q1']:.3f}..{s['q3']:.3f} {ci:>13} "
+            f"{spread:>14} {iqr:>14} {ci:>14} "
             f"{'yes' if s['within_noise'] else 'NO':>10} {allocs:>11}"
         )
         if not s["within_noise"] or any(rec["timed_allocations"].values()):
