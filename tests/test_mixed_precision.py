@@ -446,3 +446,14 @@ def test_emulated_conv_backward_uses_bf16_operands(rng):
     np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dx, xr.grad.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dw, wr.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_loss_scaling_keeps_the_fused_adam_kernel():
+    # The finite flag is the kernel's seventh input: no composed chain of elementwise passes.
+    model = gm.ModelBuilder((8,)).dense(16).relu().dense(3).build(seed=0)
+    trainer = gm.Trainer(model, loss="cross_entropy", optimizer="adam", loss_scaling=True)
+    plan = trainer._engine.describe("train", 4)
+    assert sum(line.startswith("adam_update") for line in plan) == 4, plan
+    # No composed update left: a fused pass over a parameter taking a sqrt and writing it.
+    composed = [line for line in plan if "sqrt" in line and "assign" in line]
+    assert all(line.endswith("()") for line in composed), plan  # only the scalar bookkeeping

@@ -93,6 +93,50 @@ def adam_update_matches_torch_adam(weight_decay):
     return check
 
 
+def adam_update_kernel_matches_its_decomposition(with_flag):
+    """The fused kernel against the registry's decomposition (what a backend without the
+    kernel runs): five steps, the flag (loss scaling's all-finite test) off on the third."""
+
+    def check(backend, rng):
+        shape = (3, 7)
+        flags = [1.0, 1.0, 0.0, 1.0, 1.0] if with_flag else [1.0] * 5
+        results = []
+        for options in ({}, {"without_kernels": ["adam_update"]}):
+            g = _core.Graph()
+            p, m, v, grad = (g.variable(name, shape) for name in ("p", "m", "v", "g"))
+            step_size, bc2, finite = (g.scalar(n, 1.0) for n in ("step_size", "bc2", "finite"))
+            inputs = [p, m, v, grad, step_size, bc2] + ([finite] if with_flag else [])
+            hyper = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01}
+            update = g.op("adam_update", inputs, hyper)
+            eng = _core.Engine(g, seed=0, backend=backend, options=options)
+            eng.define("step", inputs=[], outputs=[], effects=[update], advance_rng=False)
+            plan = eng.describe("step", 1)
+            fused = any(line.startswith("adam_update") for line in plan)
+            assert fused == (not options), plan  # the option really removed the kernel
+            draw = np.random.default_rng(7)
+            eng.set_variable("p", draw.standard_normal(shape).astype(np.float32))
+            history = []
+            for t, flag in enumerate(flags, start=1):
+                eng.set_variable("g", draw.standard_normal(shape).astype(np.float32))
+                eng.set_scalar("step_size", 1e-2 / (1 - 0.9**t))
+                eng.set_scalar("bc2", float(np.sqrt(1 - 0.999**t)))
+                eng.set_scalar("finite", flag)
+                before = eng.get_variable("p")
+                eng.run("step", [])
+                after = eng.get_variable("p")
+                if flag == 0.0:
+                    np.testing.assert_array_equal(after, before)  # a skipped step writes nothing
+                history.append([eng.get_variable(n) for n in ("p", "m", "v")])
+            results.append(history)
+        for step, (kernel, composed) in enumerate(zip(*results), start=1):
+            for name, a, b in zip("pmv", kernel, composed):
+                np.testing.assert_allclose(
+                    a, b, rtol=2e-6, atol=1e-9, err_msg=f"{name} step {step}"
+                )
+
+    return check
+
+
 # -- check_range -----------------------------------------------------------------------------
 
 RANGE = {"low": -1.0, "high": 2.0, "label": "my_op", "message": "values must lie in [-1, 2]"}
@@ -195,6 +239,12 @@ SCENARIOS = [
     ScenarioCase("assign", "sgd-step", assign_writes_after_reads_without_recompiling),
     ScenarioCase("adam_update", "torch-adam", adam_update_matches_torch_adam(0.0)),
     ScenarioCase("adam_update", "torch-adam-weight-decay", adam_update_matches_torch_adam(0.05)),
+    ScenarioCase(
+        "adam_update", "decomposition", adam_update_kernel_matches_its_decomposition(False)
+    ),
+    ScenarioCase(
+        "adam_update", "decomposition-flag", adam_update_kernel_matches_its_decomposition(True)
+    ),
     ScenarioCase("check_range", "inside", check_range_passes_values_inside_and_is_zero),
     ScenarioCase("check_range", "outside", check_range_names_the_first_value_outside),
     ScenarioCase("random_uniform", "statistics", random_uniform_statistics),

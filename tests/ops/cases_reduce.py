@@ -75,7 +75,7 @@ MEAN_OVER_BATCH_CASE = OpCase(
     grad_tol=Tolerance(1e-5, 1e-6),  # a quadratic: central differences are exact
 )
 
-SUM_AND_MEAN_NAN_CASES = [
+REDUCTION_NAN_CASES = [
     OpCase(
         op,
         (Arg((2, 3), with_nan(any_values, every=4)),),
@@ -84,8 +84,19 @@ SUM_AND_MEAN_NAN_CASES = [
         name="nan",
         gradient=NO_GRADIENT,
     )
-    for op, fn in REDUCTIONS[:2]
+    for op, fn in REDUCTIONS
 ]
+
+# argmax of a row holding NaN is the first NaN's index, as np.argmax and torch.argmax give.
+ARGMAX_NAN_CASE = OpCase(
+    "argmax",
+    (Arg((3, 5), with_nan(distinct, every=4)),),
+    lambda v: np.argmax(v, axis=1).astype(np.float64),
+    attrs={"axis": 1},
+    name="nan",
+    gradient=NO_GRADIENT,
+    exact=True,
+)
 
 ARGMAX_CASES = [
     OpCase(
@@ -128,7 +139,8 @@ CASES = [
     *REDUCTION_CASES,
     MAX_TIE_CASE,
     MEAN_OVER_BATCH_CASE,
-    *SUM_AND_MEAN_NAN_CASES,
+    *REDUCTION_NAN_CASES,
     *ARGMAX_CASES,
+    ARGMAX_NAN_CASE,
     *CHANNEL_MOMENTS_CASES,
 ]

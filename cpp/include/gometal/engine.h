@@ -93,7 +93,8 @@ class Engine {
   struct Function;
   int named(OpKind kind, const std::string& name) const;
   Plan& plan_for(Function& fn, int64_t batch);
-  void lower_unsupported(FunctionSpec& spec);
+  void lower_unsupported();
+  void check_supported(const FunctionSpec& spec) const;
 
   Graph graph_;
   uint64_t seed_;
@@ -106,7 +107,8 @@ class Engine {
   struct PersistentPool;
   std::unique_ptr<PersistentPool> pool_;
   std::map<std::string, std::unique_ptr<Function>> functions_;
-  std::map<int, int> replaced_;  // node -> its replacement by a graph pass
+  std::map<int, int> replaced_;  // node -> its replacement by a graph pass or a decomposition
+  std::map<int, std::vector<int>> expanded_effects_;  // effect -> the effects it decomposed into
   uint64_t pool_generation_ = 0;
   uint64_t use_clock_ = 0;  // counts plan lookups, for least-recently-used eviction
   std::mutex run_mutex_;  // see mutex(): plans share the backend's workspace, so one run at a time

@@ -7,12 +7,15 @@
 namespace gometal {
 namespace {
 
-void check_shape(const Shape& shape, std::string_view what, const std::string& name) {
+// Inputs may hold the batch (-1, one size per run) in any dim; variables hold fixed shapes.
+void check_shape(const Shape& shape, std::string_view what, const std::string& name, bool batch_allowed) {
   for (size_t i = 0; i < shape.size(); ++i) {
-    const bool ok = shape[i] > 0 || shape[i] == kBatch;
+    const bool ok = shape[i] > 0 || (shape[i] == kBatch && batch_allowed);
     if (!ok)
       throw std::invalid_argument("[" + std::string(what) + "] '" + name + "' has invalid shape " +
-                                  shape_str(shape) + ": dims must be positive (or -1 for the batch)");
+                                  shape_str(shape) +
+                                  (batch_allowed ? ": dims must be positive, or -1 for the batch"
+                                                 : ": dims must be positive (a variable has no batch)"));
   }
 }
 
@@ -39,7 +42,7 @@ int Graph::find_named(OpKind kind, std::string_view name) const {
 
 int Graph::input(const std::string& name, const Shape& shape, DType dtype) {
   check_unique(OpKind::Input, name);
-  check_shape(shape, "input", name);
+  check_shape(shape, "input", name, true);
   Node n{OpKind::Input, {}, {}, shape, dtype, {}};
   n.attrs.name = name;
   return push(std::move(n));
@@ -47,7 +50,7 @@ int Graph::input(const std::string& name, const Shape& shape, DType dtype) {
 
 int Graph::variable(const std::string& name, const Shape& shape) {
   check_unique(OpKind::Variable, name);
-  check_shape(shape, "variable", name);
+  check_shape(shape, "variable", name, false);
   for (int64_t d : shape)
     if (d == kBatch)
       throw std::invalid_argument("[variable] '" + name + "' cannot have a batch dimension: " +

@@ -67,6 +67,7 @@ Engine::Engine(const Graph& graph, uint64_t seed, const std::string& backend, co
   else if (backend == "metal") backend_ = make_metal_backend(options);
   else throw std::invalid_argument("[engine] unknown backend '" + backend + "'; expected 'cpu' or 'metal'");
   blas_init_single_threaded();
+  lower_unsupported();
 
   persistent_offset_.assign(graph_.size(), -1);
   for (int i = 0; i < graph_.size(); ++i) {
@@ -96,12 +97,19 @@ int Engine::named(OpKind kind, const std::string& name) const {
 
 void Engine::define(const std::string& name, std::vector<int> inputs, std::vector<int> outputs,
                     std::vector<int> effects, bool advance_rng) {
-  // An output a graph pass replaced is read from its replacement.
+  // Outputs and effects a graph pass or a decomposition replaced are read from their
+  // replacements.
   for (int& out : outputs)
     if (auto it = replaced_.find(out); it != replaced_.end()) out = it->second;
+  std::vector<int> lowered_effects;
+  for (int e : effects) {
+    auto it = expanded_effects_.find(e);
+    if (it == expanded_effects_.end()) lowered_effects.push_back(e);
+    else lowered_effects.insert(lowered_effects.end(), it->second.begin(), it->second.end());
+  }
   auto fn = std::make_unique<Function>();
-  fn->spec = {name, std::move(inputs), std::move(outputs), std::move(effects), advance_rng};
-  lower_unsupported(fn->spec);
+  fn->spec = {name, std::move(inputs), std::move(outputs), std::move(lowered_effects), advance_rng};
+  check_supported(fn->spec);
   for (int id : fn->spec.inputs)
     if (graph_.node(id).op != OpKind::Input)
       throw std::invalid_argument("[define] '" + name + "': node " + std::to_string(id) + " is not an input");
@@ -117,39 +125,36 @@ void Engine::define(const std::string& name, std::vector<int> inputs, std::vecto
   functions_[name] = std::move(fn);
 }
 
-// Nodes the backend has no kernel for run as their registry decomposition; without one,
-// the function is refused here, when it is defined, not when it first runs.
-void Engine::lower_unsupported(FunctionSpec& spec) {
-  for (bool changed = true; changed;) {
-    changed = false;
-    const Schedule s = schedule_function(graph_, spec);
-    for (int id : s.order) {
-      const Node& n = graph_.node(id);
-      if (backend_->supports(graph_, n)) continue;
-      const OpDef& def = op_def(n.op);
-      if (def.decompose == nullptr) {
-        std::string dtypes;
-        for (int in : n.inputs) dtypes += std::string(dtypes.empty() ? "" : ", ") + std::string(dtype_name(graph_.node(in).dtype));
-        throw std::invalid_argument("[define] '" + spec.name + "': the " + backend_->name() + " backend has no kernel for '" +
-                                    def.name + "' with inputs (" + dtypes + ") and the op has no decomposition");
-      }
-      const std::vector<int> replacement = def.decompose(graph_, id);
-      if (def.has(trait::kEffect)) {
-        std::vector<int> effects;
-        for (int e : spec.effects) {
-          if (e != id) effects.push_back(e);
-          else effects.insert(effects.end(), replacement.begin(), replacement.end());
-        }
-        spec.effects = std::move(effects);
-      } else {
-        graph_.redirect(id, replacement.front());
-        replaced_[id] = replacement.front();
-        for (int& out : spec.outputs)
-          if (out == id) out = replacement.front();
-      }
-      changed = true;
-      break;
+// Nodes the backend has no kernel for run as their registry decomposition, rewritten once
+// for the whole graph before the persistent pool is laid out (decompositions add constants).
+void Engine::lower_unsupported() {
+  const int original = graph_.size();
+  for (int id = 0; id < original; ++id) {
+    const Node& n = graph_.node(id);
+    const OpDef& def = op_def(n.op);
+    if (def.has(trait::kLeaf) || def.decompose == nullptr || backend_->supports(graph_, n)) continue;
+    const std::vector<int> replacement = def.decompose(graph_, id);
+    if (def.has(trait::kEffect)) {
+      expanded_effects_[id] = replacement;
+    } else {
+      graph_.redirect(id, replacement.front());
+      replaced_[id] = replacement.front();
     }
+  }
+}
+
+// A function whose nodes the backend cannot run, and that have no decomposition, is refused
+// when it is defined, not when it first runs.
+void Engine::check_supported(const FunctionSpec& spec) const {
+  const Schedule s = schedule_function(graph_, spec);
+  for (int id : s.order) {
+    const Node& n = graph_.node(id);
+    if (backend_->supports(graph_, n)) continue;
+    std::string dtypes;
+    for (int in : n.inputs) dtypes += std::string(dtypes.empty() ? "" : ", ") + std::string(dtype_name(graph_.node(in).dtype));
+    throw std::invalid_argument("[define] '" + spec.name + "': the " + backend_->name() + " backend has no kernel for '" +
+                                std::string(op_name(n.op)) + "' with inputs (" + dtypes +
+                                ") and the op has no decomposition");
   }
 }
 

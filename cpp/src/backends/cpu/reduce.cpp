@@ -40,9 +40,12 @@ float channel_sum(const float* x, int64_t lead, int64_t kept, int64_t trail, int
   return acc;
 }
 
+// The larger of a and b, or NaN when either is: torch.amax and np.max propagate NaN.
+inline float max_nan(float a, float b) { return (a < b || b != b) ? b : a; }
+
 float contiguous_max(const float* x, int64_t n) {
   float best = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) best = std::max(best, x[i]);
+  for (int64_t i = 0; i < n; ++i) best = max_nan(best, x[i]);
   return best;
 }
 
@@ -59,8 +62,9 @@ void reduce_block(ReduceKind kind, int64_t o0, int64_t o1, int64_t i0, int64_t i
       for (int64_t i = 0; i < w; ++i) {
         float best = xo[i];
         int64_t arg = 0;
+        // The first maximum, or the first NaN (as torch.argmax and np.argmax).
         for (int64_t r = 1; r < reduced; ++r)
-          if (xo[r * inner + i] > best) {
+          if (xo[r * inner + i] > best || (xo[r * inner + i] != xo[r * inner + i] && best == best)) {
             best = xo[r * inner + i];
             arg = r;
           }
@@ -76,7 +80,7 @@ void reduce_block(ReduceKind kind, int64_t o0, int64_t o1, int64_t i0, int64_t i
     for (int64_t r = 1; r < reduced; ++r) {
       const float* row = xo + r * inner;
       if (kind == ReduceKind::Max)
-        for (int64_t i = 0; i < w; ++i) yo[i] = std::max(yo[i], row[i]);
+        for (int64_t i = 0; i < w; ++i) yo[i] = max_nan(yo[i], row[i]);
       else
         for (int64_t i = 0; i < w; ++i) yo[i] += row[i];
     }
@@ -108,7 +112,7 @@ void reduce_general(ReduceKind kind, const ReduceGeometry& geo, const float* x, 
   const int64_t total = numel(s);
   int64_t out = 0;
   for (int64_t i = 0; i < total; ++i) {
-    y[out] = kind == ReduceKind::Max ? std::max(y[out], x[i]) : y[out] + x[i];
+    y[out] = kind == ReduceKind::Max ? max_nan(y[out], x[i]) : y[out] + x[i];
     for (size_t d = rank; d-- > 0;) {
       ++idx[d];
       out += out_stride[d];
@@ -181,7 +185,7 @@ void reduce_sandwich(ThreadPool& pool, ReduceKind kind, const ReduceGeometry& ge
         continue;
       }
       float best = -std::numeric_limits<float>::infinity();
-      for (int64_t a = 0; a < lead; ++a) best = std::max(best, contiguous_max(x + (a * kept + k) * trail, trail));
+      for (int64_t a = 0; a < lead; ++a) best = max_nan(best, contiguous_max(x + (a * kept + k) * trail, trail));
       y[k] = best;
     }
   });
