@@ -188,12 +188,11 @@ class FusedElementwiseKernel final : public Kernel {
         select_block(d, src[ins.a], scalar[ins.a], src[ins.b], scalar[ins.b], src[ins.c], scalar[ins.c], len);
         continue;
       }
-      const bool done =
-          ew::dispatch_unary(ins.op, [&](auto f) { map1(d, src[ins.a], scalar[ins.a], len, f); }) ||
-          ew::dispatch_binary(ins.op, [&](auto f) {
-            map2(d, src[ins.a], scalar[ins.a], src[ins.b], scalar[ins.b], len, f);
-          });
-      (void)done;
+      // Every op here was checked at compile time (fusable_on_cpu), so one of these runs.
+      if (!ew::dispatch_unary(ins.op, [&](auto f) { map1(d, src[ins.a], scalar[ins.a], len, f); }))
+        ew::dispatch_binary(ins.op, [&](auto f) {
+          map2(d, src[ins.a], scalar[ins.a], src[ins.b], scalar[ins.b], len, f);
+        });
     }
     for (const Store& st : stores) {
       float* out = ctx.ptr(st.dst) + start;
@@ -280,6 +279,12 @@ void place_registers_in_outputs(FusedElementwiseKernel& k) {
 
 }  // namespace
 
+bool fusable_on_cpu(OpKind op) {
+  if (op == OpKind::Select || op == OpKind::RandomUniform || op == OpKind::Assign) return true;
+  const auto nothing1 = [](auto) {};
+  return ew::dispatch_unary(op, nothing1) || ew::dispatch_binary(op, nothing1);
+}
+
 std::unique_ptr<Kernel> make_fused_elementwise(const Graph& g, const Step& step,
                                                const Fusion& f, const MemoryPlan& mem,
                                                const std::vector<Shape>& shapes) {
@@ -336,6 +341,9 @@ std::unique_ptr<Kernel> make_fused_elementwise(const Graph& g, const Step& step,
       k->stores.push_back({operand(n.inputs[1]), mem.ref[n.inputs[0]]});
       continue;
     }
+    if (!fusable_on_cpu(n.op))
+      throw std::logic_error("[cpu] elementwise op '" + std::string(op_name(n.op)) +
+                             "' has no line in elementwise_ops.h");
     Instr ins{n.op, member_slot[id], -1, -1, -1, static_cast<uint32_t>(id)};
     if (n.op != OpKind::RandomUniform) {
       if (!n.inputs.empty()) ins.a = operand(n.inputs[0]);

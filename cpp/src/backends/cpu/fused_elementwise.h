@@ -11,6 +11,10 @@
 
 namespace gometal {
 
+// Whether the fused kernel knows op (a line in elementwise_ops.h, or select, random_uniform,
+// assign): an elementwise op without one is unsupported, never silently skipped.
+bool fusable_on_cpu(OpKind op);
+
 std::unique_ptr<Kernel> make_fused_elementwise(const Graph& g, const Step& step,
                                                const Fusion& f, const MemoryPlan& mem,
                                                const std::vector<Shape>& shapes);

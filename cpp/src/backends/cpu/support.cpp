@@ -2,6 +2,8 @@
 
 #include <array>
 
+#include "backends/cpu/fused_elementwise.h"
+
 namespace gometal {
 namespace {
 
@@ -13,7 +15,8 @@ constexpr uint32_t kF32 = bit(DType::F32), kI32 = bit(DType::I32);
 std::array<uint32_t, static_cast<size_t>(OpKind::kCount)> make_table() {
   std::array<uint32_t, static_cast<size_t>(OpKind::kCount)> t{};
   for (const OpDef& def : op_table())
-    if (!def.has(trait::kLeaf)) t[static_cast<size_t>(def.kind)] = kF32;
+    if (!def.has(trait::kLeaf) && (!def.has(trait::kElementwise) || fusable_on_cpu(def.kind)))
+      t[static_cast<size_t>(def.kind)] = kF32;
   for (OpKind op : {OpKind::Reshape, OpKind::Transpose, OpKind::Slice, OpKind::Concat, OpKind::Cast})
     t[static_cast<size_t>(op)] = kF32 | kI32;
   t[static_cast<size_t>(OpKind::OneHot)] = kI32;
