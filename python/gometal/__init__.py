@@ -32,7 +32,7 @@ from .nn.builder import ModelBuilder
 from .nn.layers.base import EmitContext
 from .nn.model import Model
 from .nn.tensor import Input, SymbolicTensor
-from .train import callbacks, losses, metrics, optim, schedulers
+from .train import callbacks, losses, metrics, optim, provided, schedulers
 from .train.history import History
 from .train.trainer import StepResult, Trainer
 
@@ -80,6 +80,16 @@ PUBLIC_MODULE_PATHS = {
     "vision": "data.vision",
 }
 install_module_aliases(__name__, PUBLIC_MODULE_PATHS)
+
+
+@provided.plots_callback.provide
+def _plots_callback(plots: str, plots_dir: object, validation: object) -> object:
+    # fit(plots=...) sits in train, below viz: the dashboard is wired in here, and viz
+    # (plotly, scipy) loads only when a fit asks for plots.
+    from .viz.dashboard import dashboard_for_fit
+
+    return dashboard_for_fit(plots, plots_dir, validation)
+
 
 # Imported on first use: they pull in heavy packages (Pillow; onnx; plotly and scipy).
 _LAZY_SUBMODULES = ("datasets", "onnx", "vision", "viz")

@@ -131,9 +131,7 @@ def train_digits(args: argparse.Namespace) -> int:
     trainer = Trainer(
         model, loss="cross_entropy", optimizer=optim.Adam(lr=args.lr), batch_size=args.batch_size
     )
-    print(
-        f"{len(x_train)} training and {len(x_test)} held-out images, {get_num_threads()} threads"
-    )
+    print(f"{len(x_train)} training and {len(x_test)} held-out images, {get_num_threads()} threads")
 
     shuffler = np.random.default_rng(args.seed)
     num_batches = -(-len(x_train) // args.batch_size)

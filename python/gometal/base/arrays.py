@@ -29,7 +29,8 @@ _INTEGER_KINDS = frozenset("iu")
 _INT32_MAX = np.iinfo(np.int32).max
 
 
-def _to_ndarray(value: Any, name: str) -> np.ndarray:
+def to_ndarray(value: Any, name: str) -> np.ndarray:
+    """``value`` as an ndarray (an ndarray as it is), or ``ValueError`` naming ``name``."""
     if isinstance(value, np.ndarray):
         return value
     try:
@@ -38,7 +39,8 @@ def _to_ndarray(value: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} could not be read as an array: {err}") from None
 
 
-def _check_real_dtype(arr: np.ndarray, name: str) -> None:
+def check_real_dtype(arr: np.ndarray, name: str) -> None:
+    """Raises ``TypeError`` naming ``name`` unless ``arr`` holds bools, ints or floats."""
     if arr.dtype.kind not in _REAL_KINDS:
         raise TypeError(
             f"{name} has dtype {arr.dtype}; expected a real numeric dtype "
@@ -46,7 +48,8 @@ def _check_real_dtype(arr: np.ndarray, name: str) -> None:
         )
 
 
-def _format_shape(shape: tuple[int, ...]) -> str:
+def format_shape(shape: tuple[int, ...]) -> str:
+    """A shape as Python prints a tuple: ``(3,)``, ``(2, 4)``."""
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
@@ -112,20 +115,18 @@ def check_input_batch(
         >>> check_input_batch(np.zeros((10**6, 4)), (4,)).dtype
         dtype('float64')
     """
-    arr = _to_ndarray(x, name)
-    _check_real_dtype(arr, name)
+    arr = to_ndarray(x, name)
+    check_real_dtype(arr, name)
     expected = _expected_batch_shape(sample_shape)
     if arr.shape[1:] != tuple(sample_shape) or arr.ndim != len(sample_shape) + 1:
         hint = ""
         if arr.shape == tuple(sample_shape):
             hint = "; it looks like a single sample: add a batch dimension, e.g. x[None]"
         raise ValueError(
-            f"{name} must have shape {expected} for this model, got {_format_shape(arr.shape)}{hint}"
+            f"{name} must have shape {expected} for this model, got {format_shape(arr.shape)}{hint}"
         )
     if arr.shape[0] == 0:
-        raise ValueError(
-            f"{name} is an empty batch: shape {_format_shape(arr.shape)} has 0 samples"
-        )
+        raise ValueError(f"{name} is an empty batch: shape {format_shape(arr.shape)} has 0 samples")
     if check_finite:
         _check_finite(arr, name)
     return arr
@@ -182,7 +183,7 @@ def as_class_labels(y: Any, num_samples: int, num_classes: int, name: str = "y")
         >>> as_class_labels(np.array([0, 2, 1]), 3, num_classes=3).dtype
         dtype('int32')
     """
-    arr = _to_ndarray(y, name)
+    arr = to_ndarray(y, name)
     if arr.dtype.kind not in _INTEGER_KINDS:
         raise TypeError(
             f"{name} has dtype {arr.dtype}; this loss takes integer class indices "
@@ -193,7 +194,7 @@ def as_class_labels(y: Any, num_samples: int, num_classes: int, name: str = "y")
         arr = arr.reshape(-1)
     if arr.ndim != 1:
         raise ValueError(
-            f"{name} must have shape (N,) of class indices, got {_format_shape(arr.shape)}"
+            f"{name} must have shape (N,) of class indices, got {format_shape(arr.shape)}"
         )
     _check_length(arr, num_samples, name)
     low, high = int(arr.min()), int(arr.max())
@@ -232,15 +233,15 @@ def as_dense_targets(
         >>> as_dense_targets([0.5, 1.0], 2, (1,)).shape
         (2, 1)
     """
-    arr = _to_ndarray(y, name)
-    _check_real_dtype(arr, name)
+    arr = to_ndarray(y, name)
+    check_real_dtype(arr, name)
     if tuple(target_shape) == (1,) and arr.ndim == 1:
         arr = arr.reshape(-1, 1)
     _check_length(arr, num_samples, name)
     if arr.shape[1:] != tuple(target_shape):
         raise ValueError(
             f"{name} must have shape {_expected_batch_shape(target_shape)} to match the model "
-            f"output, got {_format_shape(arr.shape)}"
+            f"output, got {format_shape(arr.shape)}"
         )
     arr = _as_float32_contiguous(arr)
     if check_finite:

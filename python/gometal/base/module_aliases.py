@@ -34,7 +34,9 @@ class ModuleAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def __init__(self, package: str, aliases: Mapping[str, str]):
         self.package = package
-        self.aliases = {f"{package}.{short}": f"{package}.{long}" for short, long in aliases.items()}
+        self.aliases = {
+            f"{package}.{short}": f"{package}.{long}" for short, long in aliases.items()
+        }
         # Each module's own spec, which the import system replaces with the alias's.
         self._real_specs: dict[str, importlib.machinery.ModuleSpec | None] = {}
 

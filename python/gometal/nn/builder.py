@@ -60,7 +60,7 @@ class ModelBuilder:
         else:
             # The model assigns the same name at build time, so errors can use it now.
             label = next_auto_name(layer.kind, taken, counters)
-        self._output = layer._call(self._output, label)
+        self._output = layer.apply(self._output, label)
         self._taken_names, self._name_counters = taken, counters
         self._layers.append(layer)
         return self

@@ -19,9 +19,10 @@ import numpy as np
 
 from .. import _core
 from ..base.arrays import as_engine_rows, check_batch_size, check_input_batch, check_seed
+from . import provided
 from .layers.base import EmitContext, Layer, check_weight_values
 from .layers.weight_store import EngineWeights, holding_weights
-from .tensor import LayerCall, SymbolicTensor
+from .tensor import ModelGraph, SymbolicTensor
 
 # Default rows per inference call: large enough to amortize the call, small enough that
 # the engine's arena stays modest for big arrays.
@@ -33,35 +34,6 @@ def _as_tensor_list(value: Any, name: str) -> list[SymbolicTensor]:
     if not tensors or not all(isinstance(t, SymbolicTensor) for t in tensors):
         raise TypeError(f"Model {name} must be a symbolic tensor or a non-empty list of them")
     return tensors
-
-
-def _topological_calls(outputs: Sequence[SymbolicTensor]) -> list[LayerCall]:
-    """Layer calls in dependency order (inputs first), found by an iterative DFS."""
-    order: list[LayerCall] = []
-    done: set[int] = set()
-    stack: list[tuple[LayerCall, bool]] = [
-        (t.producer, False) for t in reversed(outputs) if t.producer is not None
-    ]
-    while stack:
-        call, expanded = stack.pop()
-        if id(call) in done:
-            continue
-        if expanded:
-            done.add(id(call))
-            order.append(call)
-            continue
-        stack.append((call, True))
-        for tensor in reversed(call.inputs):
-            if tensor.producer is not None and id(tensor.producer) not in done:
-                stack.append((tensor.producer, False))
-    return order
-
-
-def _unique_layers(calls: Sequence[LayerCall]) -> list[Layer]:
-    seen: dict[int, Layer] = {}
-    for call in calls:
-        seen.setdefault(id(call.layer), call.layer)
-    return list(seen.values())
 
 
 def next_auto_name(kind: str, taken: set[str], counters: dict[str, int]) -> str:
@@ -154,17 +126,19 @@ class Model:
     """
 
     def __init__(self, inputs: Any, outputs: Any, seed: int = 0):
-        self._inputs = _as_tensor_list(inputs, "inputs")
-        self._outputs = _as_tensor_list(outputs, "outputs")
-        if len(self._inputs) != 1 or len(self._outputs) != 1:
+        input_list = _as_tensor_list(inputs, "inputs")
+        output_list = _as_tensor_list(outputs, "outputs")
+        if len(input_list) != 1 or len(output_list) != 1:
             raise ValueError(
-                f"models take exactly one input and one output for now, got {len(self._inputs)} "
-                f"input(s) and {len(self._outputs)} output(s)"
+                f"models take exactly one input and one output for now, got {len(input_list)} "
+                f"input(s) and {len(output_list)} output(s)"
             )
+        self._graph = ModelGraph.trace(input_list, output_list)
+        self._inputs, self._outputs = self._graph.inputs, self._graph.outputs
+        self._calls = self._graph.calls
         self._check_inputs_are_sources()
-        self._calls = _topological_calls(self._outputs)
         self._check_reachable_inputs()
-        self._layers = _unique_layers(self._calls)
+        self._layers = list(self._graph.layers)
         _assign_names(self._layers)
         self._check_state_layers_called_once()
         self.seed = check_seed(seed)
@@ -255,6 +229,17 @@ class Model:
         return [values[id(t)] for t in self._outputs]
 
     # -- public API ------------------------------------------------------------------------
+    @property
+    def graph(self) -> ModelGraph:
+        """The model's graph, read-only: its input and output tensors and its layer calls
+        in dependency order.
+
+        Example:
+            >>> [call.layer.name for call in model.graph.calls]  # doctest: +SKIP
+            ['dense_0', 'relu_0', 'dense_1']
+        """
+        return self._graph
+
     @property
     def layers(self) -> list[Layer]:
         """The layers in topological order (each once, even if called several times)."""
@@ -482,9 +467,7 @@ class Model:
             >>> model.save("mlp.safetensors")  # doctest: +SKIP
             >>> clone = gm.load_model("mlp.safetensors")  # doctest: +SKIP
         """
-        from ..io.serialization import save_model
-
-        save_model(self, path, metadata)
+        provided.save_model(self, path, metadata)
 
     def load_weights(self, path: Any, *, allow_non_finite: bool = False) -> None:
         """Loads the weights of a model file or checkpoint with the same weight names.
@@ -501,9 +484,7 @@ class Model:
         Example:
             >>> model.load_weights("mlp.safetensors")  # doctest: +SKIP
         """
-        from ..io.serialization import load_weights
-
-        load_weights(self, path, allow_non_finite=allow_non_finite)
+        provided.load_weights(self, path, allow_non_finite=allow_non_finite)
 
     def export_onnx(self, path: Any, opset: int = 17) -> None:
         """Writes the model as an ONNX file with a dynamic batch dimension (atomically).
@@ -522,9 +503,7 @@ class Model:
         Example:
             >>> model.export_onnx("model.onnx")  # doctest: +SKIP
         """
-        from ..io.onnx import export
-
-        export(self, path, opset)
+        provided.export_onnx(self, path, opset)
 
     def __repr__(self) -> str:
         return (
@@ -544,9 +523,18 @@ class Model:
             self._held = EngineWeights(engine, self._layers)
         return self._held
 
-    def _adopt_engine(self, held: EngineWeights) -> None:
-        """Runs ``predict`` on ``held`` (a trainer's engine, which defines ``predict`` for
-        this model) from now on, instead of a separate inference engine."""
+    def attach_engine(self, held: EngineWeights) -> None:
+        """Runs ``predict`` on ``held`` from now on, instead of a separate inference engine.
+
+        A ``Trainer`` attaches its engine, which defines ``predict`` for this model, so
+        the model predicts with the weights being trained and compiles nothing more.
+
+        Args:
+            held: an engine, holding this model's layers, that defines ``predict``.
+
+        Example:
+            >>> model.attach_engine(trainer_weights)  # doctest: +SKIP
+        """
         self._held = held
 
 

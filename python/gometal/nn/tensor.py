@@ -8,6 +8,7 @@ outputs back to its inputs and emit the whole forward pass into an engine graph.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -45,18 +46,46 @@ def check_sample_shape(shape: Any, name: str = "shape") -> tuple[int, ...]:
 
 
 class LayerCall:
-    """One application of a layer to symbolic inputs; produces exactly one output."""
+    """One application of a layer to symbolic inputs; produces exactly one output.
 
-    __slots__ = ("inputs", "layer", "output")
+    Read-only: a model's graph is fixed once its tensors exist.
 
-    def __init__(self, layer: Layer, inputs: Sequence[SymbolicTensor]):
-        self.layer = layer
-        self.inputs = tuple(inputs)
-        self.output: SymbolicTensor | None = None
+    Args:
+        layer: the layer applied.
+        inputs: the symbolic tensors it is applied to.
+        output_shape: the engine shape of its output (``-1`` for the batch).
+    """
+
+    __slots__ = ("_inputs", "_layer", "_output")
+
+    def __init__(self, layer: Layer, inputs: Sequence[SymbolicTensor], output_shape: Sequence[int]):
+        self._layer = layer
+        self._inputs = tuple(inputs)
+        self._output = SymbolicTensor(tuple(output_shape), self)
+
+    @property
+    def layer(self) -> Layer:
+        """The layer applied."""
+        return self._layer
+
+    @property
+    def inputs(self) -> tuple[SymbolicTensor, ...]:
+        """The tensors the layer is applied to, in order."""
+        return self._inputs
+
+    @property
+    def output(self) -> SymbolicTensor:
+        """The tensor the call produces."""
+        return self._output
+
+    def __repr__(self) -> str:
+        return f"LayerCall({self._layer!r} on {len(self._inputs)} input(s))"
 
 
 class SymbolicTensor:
     """A placeholder for a batch of values flowing through a model being defined.
+
+    Read-only; ``gm.Input`` makes model inputs and layer calls make the others.
 
     Attributes:
         engine_shape: the shape with ``-1`` for the batch, as the engine sees it.
@@ -64,14 +93,29 @@ class SymbolicTensor:
         name: the input's name for model inputs, else ``None``.
     """
 
-    __slots__ = ("engine_shape", "name", "producer")
+    __slots__ = ("_engine_shape", "_name", "_producer")
 
     def __init__(
         self, engine_shape: tuple[int, ...], producer: LayerCall | None, name: str | None = None
     ):
-        self.engine_shape = tuple(engine_shape)
-        self.producer = producer
-        self.name = name
+        self._engine_shape = tuple(engine_shape)
+        self._producer = producer
+        self._name = name
+
+    @property
+    def engine_shape(self) -> tuple[int, ...]:
+        """The shape with ``-1`` for the batch, as the engine sees it."""
+        return self._engine_shape
+
+    @property
+    def producer(self) -> LayerCall | None:
+        """The layer call that computes this tensor, or ``None`` for a model input."""
+        return self._producer
+
+    @property
+    def name(self) -> str | None:
+        """The input's name for model inputs, else ``None``."""
+        return self._name
 
     @property
     def shape(self) -> tuple[int | None, ...]:
@@ -127,3 +171,90 @@ def Input(shape: Any, name: str | None = None) -> SymbolicTensor:
     """
     dims = check_sample_shape(shape)
     return SymbolicTensor((BATCH, *dims), None, name)
+
+
+def _topological_calls(outputs: Sequence[SymbolicTensor]) -> list[LayerCall]:
+    """Layer calls in dependency order (inputs first), found by an iterative DFS."""
+    order: list[LayerCall] = []
+    done: set[int] = set()
+    stack: list[tuple[LayerCall, bool]] = [
+        (t.producer, False) for t in reversed(outputs) if t.producer is not None
+    ]
+    while stack:
+        call, expanded = stack.pop()
+        if id(call) in done:
+            continue
+        if expanded:
+            done.add(id(call))
+            order.append(call)
+            continue
+        stack.append((call, True))
+        for tensor in reversed(call.inputs):
+            if tensor.producer is not None and id(tensor.producer) not in done:
+                stack.append((tensor.producer, False))
+    return order
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    """A model's graph, read-only: what serialization, export and plots read of a model.
+
+    Attributes:
+        inputs: the model's input tensors, in order.
+        outputs: the model's output tensors, in order.
+        calls: every layer call between them, in dependency order (a call comes after
+            the calls producing its inputs); a layer called twice appears twice.
+
+    Example:
+        >>> graph = model.graph  # doctest: +SKIP
+        >>> [call.layer.name for call in graph.calls]  # doctest: +SKIP
+        ['dense_0', 'relu_0', 'dense_1']
+    """
+
+    inputs: tuple[SymbolicTensor, ...]
+    outputs: tuple[SymbolicTensor, ...]
+    calls: tuple[LayerCall, ...]
+
+    @classmethod
+    def trace(
+        cls, inputs: Sequence[SymbolicTensor], outputs: Sequence[SymbolicTensor]
+    ) -> ModelGraph:
+        """The graph from ``inputs`` to ``outputs``: the calls the outputs depend on.
+
+        Args:
+            inputs: the input tensors.
+            outputs: the output tensors.
+
+        Returns:
+            The graph (not checked: ``gm.Model`` checks that the inputs are sources and
+            that the outputs depend on no other input).
+
+        Example:
+            >>> x = Input((4,))
+            >>> len(ModelGraph.trace([x], [x]).calls)
+            0
+        """
+        return cls(tuple(inputs), tuple(outputs), tuple(_topological_calls(outputs)))
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """Each layer once, in the order of its first call."""
+        seen: dict[int, Layer] = {}
+        for call in self.calls:
+            seen.setdefault(id(call.layer), call.layer)
+        return tuple(seen.values())
+
+    def calls_of(self, layer: Layer) -> tuple[LayerCall, ...]:
+        """The calls of ``layer``, in dependency order.
+
+        Args:
+            layer: a layer of this graph.
+
+        Returns:
+            Its calls (empty for a layer that is not in the graph).
+
+        Example:
+            >>> model.graph.calls_of(model.get_layer("dense_0"))[0].output.shape  # doctest: +SKIP
+            (None, 128)
+        """
+        return tuple(call for call in self.calls if call.layer is layer)

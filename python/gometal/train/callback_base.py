@@ -7,7 +7,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from .session import TrainingSession
 
 
 class Callback:
@@ -29,7 +29,7 @@ class Callback:
     # Read-only until fit calls set_params, which gives each instance its own dict.
     params: Mapping[str, Any] = MappingProxyType({})
 
-    def set_trainer(self, trainer: Trainer) -> None:
+    def set_trainer(self, trainer: TrainingSession) -> None:
         """Binds the trainer being fitted."""
         self.trainer = trainer
 

@@ -11,7 +11,7 @@ from ..base.arrays import as_class_labels, as_dense_targets, check_input_batch
 from .array_loader import ArrayLoader
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from .session import TrainingSession
 
 
 def is_array_pair(data: Any) -> bool:
@@ -27,7 +27,7 @@ def is_batch_source(data: Any) -> bool:
 
 
 def prepare_arrays(
-    trainer: Trainer, x: Any, y: Any, name: str = ""
+    trainer: TrainingSession, x: Any, y: Any, name: str = ""
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validates a whole ``(x, y)`` dataset once; ``x`` is converted batch by batch later.
 
@@ -64,7 +64,7 @@ def _describe(data: Any) -> str:
 
 
 def as_batches(
-    trainer: Trainer,
+    trainer: TrainingSession,
     data: Any,
     name: str,
     *,

@@ -11,7 +11,7 @@ from ..nn.model import inference_batch_size
 from .data import as_batches, is_array_pair, is_batch_source
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from .session import TrainingSession
 
 # Keys every evaluation reports; a metric may not reuse them.
 RESERVED_NAMES = ("loss", "accuracy")
@@ -82,7 +82,7 @@ def resolve_metrics(specs: Any) -> list[Any]:
 
 
 def run_evaluation(
-    trainer: Trainer, batches: Iterable[tuple[Any, Any]], metrics: Sequence[Any], name: str
+    trainer: TrainingSession, batches: Iterable[tuple[Any, Any]], metrics: Sequence[Any], name: str
 ) -> dict[str, Any]:
     """Runs the inference forward pass over ``batches``, accumulating results batch by batch.
 
@@ -109,27 +109,20 @@ def run_evaluation(
     Example:
         >>> run_evaluation(trainer, loader, [], "validation")["loss"]  # doctest: +SKIP
     """
-    predict = "predict_proba" if trainer._has_probabilities else "predict"
     for metric in metrics:
         metric.reset()
     total_loss = 0.0
     totals = None
     seen = 0
     for x, y in batches:
-        x, y = trainer._prepare(x, y)
-        count = len(x)
-        with trainer._using_engine() as engine:
-            loss, accuracy = engine.run("eval", [x, y])
-            if metrics:
-                (outputs,) = engine.run(predict, [x])
-        total_loss += float(loss) * count
-        batch_totals = trainer._accuracy_totals(accuracy, count)
-        totals = batch_totals if totals is None else totals + batch_totals
+        batch = trainer.evaluate_batch(x, y, with_outputs=bool(metrics))
+        count = len(batch.labels)
+        total_loss += batch.loss * count
+        totals = batch.totals if totals is None else totals + batch.totals
         seen += count
         if metrics:
-            outputs = np.asarray(outputs)
             for metric in metrics:
-                metric.update(y, outputs)
+                metric.update(batch.labels, batch.outputs)
     if totals is None:
         raise ValueError(f"{name} holds no samples: its loader yielded no batch")
     results: dict[str, Any] = {"loss": total_loss / seen, "accuracy": totals.value}
@@ -140,7 +133,7 @@ def run_evaluation(
 
 
 def evaluate(
-    trainer: Trainer,
+    trainer: TrainingSession,
     x: Any,
     y: Any = None,
     batch_size: int | None = None,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..base.arrays import check_batch_size, check_seed
+from . import provided
 from .callback_base import Callback, overrides
 from .callbacks import check_callbacks
 from .data import as_batches, is_array_pair, loader_length, set_loader_epoch
@@ -18,7 +19,7 @@ from .metrics import AccuracyTotals
 from .progress import Progress, check_verbose
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from .session import TrainingSession
 
 SCHEDULER_INTERVALS = ("epoch", "batch")
 
@@ -45,7 +46,7 @@ def _check_scheduler(scheduler: Any) -> None:
         )
 
 
-def bind_scheduler(trainer: Trainer, scheduler: Any) -> Any:
+def bind_scheduler(trainer: TrainingSession, scheduler: Any) -> Any:
     """Attaches ``scheduler`` to ``trainer`` the first time it is passed; returns the
     scheduler this fit call steps (``trainer.scheduler``, possibly from an earlier call)."""
     if scheduler is not None:
@@ -80,7 +81,7 @@ def _unpack(batch: Any) -> tuple[Any, Any]:
 
 
 def _train_epoch(
-    trainer: Trainer,
+    trainer: TrainingSession,
     loader: Any,
     steps: int | None,
     batch_scheduler: Any,
@@ -130,7 +131,7 @@ def _train_epoch(
     return _EpochResult(done, samples, loss_sum, accuracy, lr, seconds, complete)
 
 
-def _interrupt_message(trainer: Trainer, epoch: int, result: _EpochResult | None) -> str:
+def _interrupt_message(trainer: TrainingSession, epoch: int, result: _EpochResult | None) -> str:
     where = (
         f"after epoch {epoch + 1}"
         if result is None
@@ -143,7 +144,7 @@ def _interrupt_message(trainer: Trainer, epoch: int, result: _EpochResult | None
 
 
 def fit(
-    trainer: Trainer,
+    trainer: TrainingSession,
     train: Any,
     epochs: int,
     validation: Any = None,
@@ -172,8 +173,8 @@ def fit(
         seed: the arrays' shuffle seed (``None``: 0).
         batch_size: rows per batch for arrays (``None``: ``trainer.batch_size``).
         plots: ``None``, ``"html"`` (write ``<plots_dir>/dashboard.html`` at the end) or
-            ``"sidecar"`` (send plot payloads to the sidecar); see ``gometal.viz``. The
-            dashboard's path or URL is printed at the end unless ``verbose=0``.
+            ``"sidecar"`` (send plot payloads to the sidecar): sugar for appending
+            ``gm.viz.Dashboard(plots, plots_dir, validation=validation)`` to ``callbacks``.
         plots_dir: the dashboard's folder for ``plots="html"``.
 
     Returns:
@@ -185,13 +186,9 @@ def fit(
     epochs = _check_epochs(epochs)
     verbose = check_verbose(verbose)
     callbacks = check_callbacks(callbacks)
-    collector = None
     if plots is not None:
-        # Imported on demand: plotting pulls in scipy and plotly.
-        from ..viz.dashboard import start_plots
-
-        collector = start_plots(plots, plots_dir, validation)
-        callbacks = [*callbacks, collector]
+        # gm.viz.Dashboard, from the viz layer above (loaded now: plotly and scipy).
+        callbacks = [*callbacks, provided.plots_callback(plots, plots_dir, validation)]
     if not isinstance(shuffle, bool):
         raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
     train_arrays = is_array_pair(train)
@@ -291,21 +288,4 @@ def fit(
                 callback.on_train_end(dict(last_logs))
         finally:
             progress.close()
-    if collector is not None:
-        from ..viz.dashboard import finish_plots
-
-        written = finish_plots(collector, plots, plots_dir)
-        if verbose:
-            _announce_dashboard(collector, written)
     return history
-
-
-def _announce_dashboard(collector: Any, written: Any) -> None:
-    """Prints where the dashboard is: the file ``plots="html"`` wrote, or the sidecar page
-    that received the run's plots (nothing when neither exists)."""
-    if written is not None:
-        print(f"fit: dashboard written to {written.resolve()}", flush=True)
-        return
-    url = getattr(collector.sink, "dashboard_url", None)
-    if url is not None and collector.sink_answer is not None:
-        print(f"fit: dashboard at {url}", flush=True)

@@ -427,8 +427,8 @@ class Trainer:
     def restore_state(self, state: SessionState) -> None:
         """Puts back a state that ``read_state`` gave (of this trainer or an equal one).
 
-        The host-driven optimizer's memory is loaded first, then the variables and the
-        random generator's position; ``state.seed`` is ignored (the seed is fixed when
+        The variables and the random generator's position are set, then a host-driven
+        optimizer's memory is loaded; ``state.seed`` is ignored (the seed is fixed when
         the trainer is built).
 
         Args:
@@ -446,12 +446,12 @@ class Trainer:
             raise ValueError(
                 f"the state's host optimizer memory does not match {type(self.optimizer).__name__}"
             )
-        if self._host_optimizer is not None and state.host_optimizer is not None:
-            self._host_optimizer.load_state(*state.host_optimizer)
         with self._using_engine() as engine:
             for name, value in state.variables.items():
                 engine.set_variable(name, value)
             engine.rng_step = state.rng_step
+        if self._host_optimizer is not None and state.host_optimizer is not None:
+            self._host_optimizer.load_state(*state.host_optimizer)
 
     def engine_stats(self) -> dict[str, Any]:
         """The engine's counters: arena and persistent bytes, allocations, steps, plans.

@@ -4,6 +4,8 @@
   Schema (``schema.json``), :func:`validate_payload` and :func:`normalize_payload`.
 - :mod:`~gometal.viz.plots`: one builder per plot type, computing its statistics.
 - :class:`VisualizationCollector`: a fit callback recording training into payloads.
+- :class:`Dashboard`: a fit callback that collects and writes the HTML dashboard (or sends
+  the payloads to the sidecar); ``fit(plots=...)`` is sugar for it.
 - :mod:`~gometal.viz.render`: plotly figures and the offline HTML dashboard.
 
 Example:
@@ -14,7 +16,7 @@ Example:
 
 from . import plots
 from .collector import VisualizationCollector
-from .dashboard import PLOTS_MODES, finish_plots, start_plots
+from .dashboard import PLOTS_MODES, Dashboard, finish_plots, start_plots
 from .payload import (
     PLOT_TYPES,
     SERIES_TYPES,
@@ -31,6 +33,7 @@ __all__ = [
     "PLOTS_MODES",
     "PLOT_TYPES",
     "SERIES_TYPES",
+    "Dashboard",
     "VisualizationCollector",
     "dashboard_html",
     "finish_plots",

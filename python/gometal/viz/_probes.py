@@ -57,7 +57,7 @@ class GradientProbe:
         """Returns weight name -> gradient of the mean loss on ``(x, y)``."""
         for name, value in self.trainer.model.get_weights().items():
             self.engine.set_variable(name, value)
-        xs, ys = self.trainer._prepare(x, y)
+        xs, ys = self.trainer.prepare_batch(x, y)
         _, *grads = self.engine.run("gradients", [xs, ys])
         return {name: np.asarray(g) for name, g in zip(self.names, grads)}
 
@@ -76,10 +76,10 @@ class ActivationProbe:
         graph = _core.Graph()
         x = graph.input("x", (BATCH, *model.input_shape), "float32")
         ctx = EmitContext(graph, training=False, variables=model.declare_variables(graph))
-        values = {id(model._inputs[0]): x}
+        values = {id(model.graph.inputs[0]): x}
         named: dict[str, int] = {}
         seen: dict[str, int] = {}
-        for call in model._calls:
+        for call in model.graph.calls:
             ctx.scope = call.layer.name or ""
             node = call.layer.emit(ctx, [values[id(t)] for t in call.inputs])
             values[id(call.output)] = node

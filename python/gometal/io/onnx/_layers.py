@@ -16,7 +16,7 @@ import numpy as np
 from ...graph.composites import const, op
 from ...nn.initializers import Zeros
 from ...nn.layers.base import EmitContext, Layer, WeightSpec
-from ..serialization import register_layer
+from ...nn.layers.registry import register_layer
 
 
 def _int_list(values: Sequence[int]) -> list[int]:

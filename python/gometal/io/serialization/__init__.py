@@ -16,12 +16,16 @@ refused by name unless ``allow_non_finite=True`` is passed. A model whose forwar
 would need more than ``MAX_SAMPLE_BYTES`` per sample is refused before anything is
 allocated for it. Every problem with a file is a ``CheckpointError``.
 
+``register_layer`` and ``registered_layers`` are the layer registry's
+(``gm.layers.register_layer``): a registered layer class saves and loads.
+
 Example:
     >>> trainer.save("run/ckpt.safetensors")  # doctest: +SKIP
     >>> trainer = gm.Trainer.load("run/ckpt.safetensors")  # doctest: +SKIP
 """
 
 from ...base.atomic import atomic_open, atomic_path, write_atomically
+from ...nn.layers.registry import register_layer, registered_layers
 from .checkpoint import (
     load_checkpoint,
     load_model,
@@ -32,13 +36,7 @@ from .checkpoint import (
 )
 from .container import CheckpointError
 from .go_metal_json import export_json
-from .model_config import (
-    MAX_SAMPLE_BYTES,
-    model_from_config,
-    model_to_config,
-    register_layer,
-    registered_layers,
-)
+from .model_config import MAX_SAMPLE_BYTES, model_from_config, model_to_config
 
 __all__ = [
     "MAX_SAMPLE_BYTES",

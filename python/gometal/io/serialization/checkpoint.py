@@ -15,11 +15,13 @@ import datetime
 import math
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ...nn.model import Model
+from ...train.session import SessionState, TrainingSession
+from ...train.trainer import STEP_VARIABLE, Trainer
 from .container import (
     FORMAT_VERSION,
     CheckpointError,
@@ -42,9 +44,6 @@ from .training_state import (
     restore_scheduler,
     scheduler_to_state,
 )
-
-if TYPE_CHECKING:
-    from ...train.trainer import Trainer
 
 MODEL_FORMAT = "gometal.model"
 CHECKPOINT_FORMAT = "gometal.checkpoint"
@@ -206,7 +205,9 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def save_checkpoint(
-    trainer: Trainer, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None
+    trainer: TrainingSession,
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, Any] | None = None,
 ) -> None:
     """Atomically writes everything needed to resume ``trainer`` exactly.
 
@@ -225,15 +226,14 @@ def save_checkpoint(
         >>> save_checkpoint(trainer, "run/ckpt.safetensors")  # doctest: +SKIP
     """
     # One moment's state: no step of this trainer, or of one sharing its layers, in between.
-    with trainer._using_engine() as engine:
-        tensors = {name: np.asarray(engine.get_variable(name)) for name in engine.variable_names()}
-        rng_step = int(engine.rng_step)
+    state = trainer.read_state()
+    tensors = dict(state.variables)
     training = {
         "loss": loss_to_config(trainer.loss),
         "optimizer": optimizer_to_config(trainer.optimizer),
         "batch_size": trainer.batch_size,
-        "seed": int(engine.seed),
-        "rng_step": rng_step,
+        "seed": state.seed,
+        "rng_step": state.rng_step,
         "learning_rate": trainer.learning_rate,
         "epoch": int(getattr(trainer, "epoch", 0)),
         "step": trainer.step,
@@ -244,9 +244,8 @@ def save_checkpoint(
         "growth_interval": getattr(trainer, "growth_interval", 2000),
     }
     # L-BFGS keeps its curvature memory on the host; it is saved beside the variables.
-    host = getattr(trainer, "_host_optimizer", None)
-    if host is not None:
-        scalars, vectors = host.state()
+    if state.host_optimizer is not None:
+        scalars, vectors = state.host_optimizer
         training["host_optimizer"] = scalars
         tensors.update({HOST_PREFIX + name: vector for name, vector in vectors.items()})
     to_json(training, "the trainer state (scheduler state, history)")
@@ -270,8 +269,6 @@ def _training_field(training: Mapping[str, Any], key: str, low: int = 0) -> int:
 
 
 def _check_step(tensors: Mapping[str, np.ndarray], shown: str) -> None:
-    from ...train.trainer import STEP_VARIABLE
-
     stored = np.asarray(tensors.get(STEP_VARIABLE, np.float32(0)))
     if stored.size != 1:
         return  # the shape check names it
@@ -309,8 +306,6 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_non_finite: bool = Fa
     Example:
         >>> trainer = gm.Trainer.load("run/ckpt.safetensors")  # doctest: +SKIP
     """
-    from ...train.trainer import Trainer
-
     _check_flag(allow_non_finite)
     shown = repr(os.fspath(path))
     document, tensors = read_container(path)
@@ -348,26 +343,25 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_non_finite: bool = Fa
         raise CheckpointError(
             f"cannot rebuild the trainer the checkpoint describes: {err}"
         ) from None
-    engine = trainer._engine
     host_vectors = {
         name[len(HOST_PREFIX) :]: tensors.pop(name)
         for name in list(tensors)
         if name.startswith(HOST_PREFIX)
     }
     shapes = {name: value.shape for name, value in tensors.items()}
-    expected = {name: tuple(engine.variable_shape(name)) for name in engine.variable_names()}
-    check_tensor_shapes(expected, shapes, "the trainer the checkpoint describes")
-    for name, value in tensors.items():
-        engine.set_variable(name, value)
-    host = trainer._host_optimizer
-    if (host is None) != ("host_optimizer" not in training) or (host is None and host_vectors):
+    check_tensor_shapes(trainer.variable_shapes(), shapes, "the trainer the checkpoint describes")
+    host_driven = trainer.optimizer.host_driven
+    if host_driven != ("host_optimizer" in training) or (not host_driven and host_vectors):
         raise CheckpointError("the checkpoint's host optimizer state does not match its optimizer")
-    if host is not None:
-        try:
-            host.load_state(training["host_optimizer"], host_vectors)
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
-            raise CheckpointError(f"training.host_optimizer: {err}") from None
-    engine.rng_step = _training_field(training, "rng_step")
+    host_state = (training["host_optimizer"], host_vectors) if host_driven else None
+    seed, rng_step = _training_field(training, "seed"), _training_field(training, "rng_step")
+    try:
+        # Shapes are checked above: what remains to fail is a forged host optimizer memory.
+        trainer.restore_state(SessionState(tensors, seed, rng_step, host_state))
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        if host_state is None:
+            raise
+        raise CheckpointError(f"training.host_optimizer: {err}") from None
     learning_rate = training.get("learning_rate")
     try:
         trainer.set_learning_rate(learning_rate)

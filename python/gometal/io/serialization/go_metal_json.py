@@ -28,17 +28,17 @@ from .container import to_json
 from .training_state import optimizer_to_config
 
 if TYPE_CHECKING:
-    from ...train.trainer import Trainer
+    from ...train.session import TrainingSession
 
 
 def _batch_shape(shape: Sequence[int], batch_size: int) -> list[int]:
     return [batch_size if d == BATCH else int(d) for d in shape]
 
 
-def _model_spec(trainer: Trainer) -> dict[str, Any]:
+def _model_spec(trainer: TrainingSession) -> dict[str, Any]:
     model, batch = trainer.model, trainer.batch_size
     first_call: dict[int, Any] = {}
-    for call in model._calls:
+    for call in model.graph.calls:
         first_call.setdefault(id(call.layer), call)
     layers = []
     for layer in model.layers:
@@ -93,7 +93,7 @@ def _best(history: Mapping[str, Any] | None, keys: Sequence[str], pick: Any) -> 
     return None
 
 
-def go_metal_document(trainer: Trainer, description: str | None = None) -> dict[str, Any]:
+def go_metal_document(trainer: TrainingSession, description: str | None = None) -> dict[str, Any]:
     """Builds go-metal's checkpoint layout for ``trainer`` as plain data.
 
     Args:
@@ -111,8 +111,7 @@ def go_metal_document(trainer: Trainer, description: str | None = None) -> dict[
     from ...train.trainer import STEP_VARIABLE
 
     model = trainer.model
-    with trainer._using_engine() as engine:  # one moment's weights and optimizer state
-        values = {name: np.asarray(engine.get_variable(name)) for name in engine.variable_names()}
+    values = trainer.read_state().variables  # one moment's weights and optimizer state
     weights = []
     for name in model.weight_shapes:
         layer_name, _, kind = name.partition(".")
@@ -159,7 +158,7 @@ def go_metal_document(trainer: Trainer, description: str | None = None) -> dict[
 
 
 def export_json(
-    trainer: Trainer, path: str | os.PathLike[str], description: str | None = None
+    trainer: TrainingSession, path: str | os.PathLike[str], description: str | None = None
 ) -> None:
     """Atomically writes ``trainer`` in go-metal's readable JSON checkpoint layout.
 

@@ -3,18 +3,17 @@
 ``model_to_config`` lists every layer once (class name and ``get_config()``, which holds
 the layer's name) and every layer call in dependency order, each naming the tensors it
 consumes: tensor 0 is the model input and tensor ``i + 1`` the output of call ``i``.
-``model_from_config`` replays those calls. Layer classes come from an explicit registry:
-a name that is not registered is an error, never an import.
+``model_from_config`` replays those calls. Layer classes come from the layer registry
+(``gm.layers.register_layer``): a name that is not registered is an error, never an import.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ...nn import layers as _layers
 from ...nn.layers.base import Layer
+from ...nn.layers.registry import entry_of, registered_layers
 from ...nn.model import Model
 from ...nn.tensor import Input, SymbolicTensor
 from .container import CheckpointError
@@ -23,93 +22,13 @@ from .container import CheckpointError
 # ONNX importer's cap (gometal.onnx.MAX_SAMPLE_BYTES).
 MAX_SAMPLE_BYTES = 1024**3
 
-_BUILTIN_LAYERS: tuple[type[Layer], ...] = (
-    _layers.Dense,
-    _layers.ReLU,
-    _layers.LeakyReLU,
-    _layers.ELU,
-    _layers.Sigmoid,
-    _layers.Tanh,
-    _layers.Swish,
-    _layers.GELU,
-    _layers.Softmax,
-    _layers.Conv2D,
-    _layers.MaxPool2D,
-    _layers.AvgPool2D,
-    _layers.GlobalAvgPool2D,
-    _layers.BatchNorm,
-    _layers.Dropout,
-    _layers.Flatten,
-    _layers.Add,
-    _layers.Multiply,
-    _layers.Concatenate,
-)
-_REGISTRY: dict[str, type[Layer]] = {cls.__name__: cls for cls in _BUILTIN_LAYERS}
-
-
-def register_layer(cls: type[Layer]) -> type[Layer]:
-    """Makes a custom layer class savable and loadable under its class name.
-
-    The class must rebuild from ``cls.from_config(layer.get_config())``: a constructor
-    taking arguments besides ``name`` needs its own ``get_config``.
-
-    Args:
-        cls: a ``gm.layers.Layer`` subclass.
-
-    Returns:
-        ``cls``, so this works as a class decorator.
-
-    Raises:
-        TypeError: ``cls`` is not a layer class, or takes arguments it cannot save.
-        ValueError: another class is already registered under the same name.
-
-    Example:
-        >>> @gm.serialization.register_layer
-        ... class Scale(gm.layers.Layer):  # doctest: +SKIP
-        ...     ...
-    """
-    if not (isinstance(cls, type) and issubclass(cls, Layer)):
-        raise TypeError(f"register_layer expects a gm.layers.Layer subclass, got {cls!r}")
-    known = _REGISTRY.get(cls.__name__)
-    if known is not None and known is not cls:
-        raise ValueError(
-            f"a different layer class is already registered as {cls.__name__!r} ({known!r})"
-        )
-    if cls.get_config is Layer.get_config:
-        arguments = [
-            name
-            for name, parameter in inspect.signature(cls.__init__).parameters.items()
-            if name not in ("self", "name")
-            and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
-        ]
-        if arguments:
-            raise TypeError(
-                f"{cls.__name__} takes constructor arguments {arguments} but does not override "
-                "get_config(); return them from get_config() so the layer can be rebuilt"
-            )
-    _REGISTRY[cls.__name__] = cls
-    return cls
-
-
-def registered_layers() -> dict[str, type[Layer]]:
-    """The layer classes a saved model may name, by class name.
-
-    Returns:
-        A copy of the registry.
-
-    Example:
-        >>> "Dense" in registered_layers()
-        True
-    """
-    return dict(_REGISTRY)
-
 
 def _layer_entry(layer: Layer) -> dict[str, Any]:
     cls = type(layer)
-    if _REGISTRY.get(cls.__name__) is not cls:
+    if entry_of(cls) is None:
         raise TypeError(
             f"layer '{layer.name}' is a {cls.__name__}, which is not registered for saving; "
-            "register it with gm.serialization.register_layer"
+            "register it with gm.layers.register_layer"
         )
     config = dict(layer.get_config())
     config["name"] = layer.name
@@ -132,11 +51,12 @@ def model_to_config(model: Model) -> dict[str, Any]:
         >>> model_to_config(model)["layers"][0]["class_name"]  # doctest: +SKIP
         'Dense'
     """
-    (source,) = model._inputs
-    (result,) = model._outputs
+    graph = model.graph
+    (source,) = graph.inputs
+    (result,) = graph.outputs
     tensor_ids = {id(source): 0}
     calls = []
-    for index, call in enumerate(model._calls):
+    for index, call in enumerate(graph.calls):
         calls.append({"layer": call.layer.name, "inputs": [tensor_ids[id(t)] for t in call.inputs]})
         tensor_ids[id(call.output)] = index + 1
     return {
@@ -164,16 +84,17 @@ def _field(mapping: Any, key: str, kind: type | tuple[type, ...], where: str) ->
 
 def _build_layers(entries: Sequence[Any]) -> dict[str, Layer]:
     built: dict[str, Layer] = {}
+    known = registered_layers()
     for index, entry in enumerate(entries):
         where = f"layers[{index}]"
         class_name = _field(entry, "class_name", str, where)
         config = _field(entry, "config", dict, where)
-        cls = _REGISTRY.get(class_name)
+        cls = known.get(class_name)
         if cls is None:
             raise CheckpointError(
                 f"model definition: {where} is an unknown layer class {class_name!r}; known "
-                f"classes: {', '.join(sorted(_REGISTRY))} (custom layers must be registered "
-                "with gm.serialization.register_layer before loading)"
+                f"classes: {', '.join(sorted(known))} (custom layers must be registered "
+                "with gm.layers.register_layer before loading)"
             )
         name = config.get("name")
         if not isinstance(name, str) or name in built:
@@ -277,7 +198,7 @@ def model_from_config(
     output = _field(config, "output", int, "model")
     if not 0 <= output < len(tensors):
         raise CheckpointError(f"model definition: output {output} is not a tensor index")
-    uncalled = [name for name, layer in layers_by_name.items() if layer._built_for is None]
+    uncalled = [name for name, layer in layers_by_name.items() if not layer.built]
     if uncalled:
         raise CheckpointError(f"model definition: layers {uncalled} are never called")
     _check_declared_weights(layers_by_name, weight_shapes)

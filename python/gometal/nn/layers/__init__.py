@@ -1,7 +1,10 @@
 """Layers: small classes whose ``emit`` composes engine primitives.
 
 Adding a layer touches Python only: subclass ``Layer`` in the module of its family,
-declare weights in ``build`` and compose primitives in ``emit``.
+declare weights in ``build``, compose primitives in ``emit``, return the constructor's
+arguments from ``get_config``, and register the class (``@register_layer``, with its ONNX
+export rule when it has one: see ``registry`` and the built-in rules in ``onnx_rules``).
+The registry is the one list of layers that saving, loading and ONNX export read.
 """
 
 from .activations import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Swish, Tanh
@@ -11,6 +14,15 @@ from .core import Dense
 from .merge import Add, Concatenate, Multiply
 from .normalization import BatchNorm
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .registry import (
+    LayerEntry,
+    OnnxGraph,
+    OnnxRule,
+    entry_of,
+    layer_entries,
+    register_layer,
+    registered_layers,
+)
 from .regularization import Dropout
 from .reshaping import Flatten
 
@@ -28,13 +40,20 @@ __all__ = [
     "Flatten",
     "GlobalAvgPool2D",
     "Layer",
+    "LayerEntry",
     "LeakyReLU",
     "MaxPool2D",
     "Multiply",
+    "OnnxGraph",
+    "OnnxRule",
     "ReLU",
     "Sigmoid",
     "Softmax",
     "Swish",
     "Tanh",
     "WeightSpec",
+    "entry_of",
+    "layer_entries",
+    "register_layer",
+    "registered_layers",
 ]

@@ -6,9 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...graph.composites import const, gelu, op, softmax
+from . import onnx_rules
 from .base import EmitContext, Layer, WeightSpec
+from .registry import register_layer
 
 
+@register_layer(onnx=onnx_rules.single_node("Relu"))
 class ReLU(Layer):
     """``max(x, 0)``."""
 
@@ -18,6 +21,7 @@ class ReLU(Layer):
         return op(ctx.graph, "relu", inputs[0])
 
 
+@register_layer(onnx=onnx_rules.single_node("LeakyRelu", alpha=lambda layer: layer.negative_slope))
 class LeakyReLU(Layer):
     """``x`` where ``x > 0``, else ``negative_slope * x`` (as ``torch.nn.LeakyReLU``).
 
@@ -41,6 +45,7 @@ class LeakyReLU(Layer):
         return op(g, "select", positive, x, op(g, "mul", x, const(g, self.negative_slope)))
 
 
+@register_layer(onnx=onnx_rules.single_node("Elu", alpha=lambda layer: layer.alpha))
 class ELU(Layer):
     """``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)`` (as ``torch.nn.ELU``).
 
@@ -68,6 +73,7 @@ class ELU(Layer):
         return op(g, "select", op(g, "greater_equal", const(g, 0.0), x), negative_part, x)
 
 
+@register_layer(onnx=onnx_rules.single_node("Sigmoid"))
 class Sigmoid(Layer):
     """``1 / (1 + exp(-x))``."""
 
@@ -77,6 +83,7 @@ class Sigmoid(Layer):
         return op(ctx.graph, "sigmoid", inputs[0])
 
 
+@register_layer(onnx=onnx_rules.single_node("Tanh"))
 class Tanh(Layer):
     """Hyperbolic tangent."""
 
@@ -86,6 +93,7 @@ class Tanh(Layer):
         return op(ctx.graph, "tanh", inputs[0])
 
 
+@register_layer(onnx=onnx_rules.swish)
 class Swish(Layer):
     """``x * sigmoid(x)`` (SiLU)."""
 
@@ -96,6 +104,7 @@ class Swish(Layer):
         return op(g, "mul", x, op(g, "sigmoid", x))
 
 
+@register_layer(onnx=onnx_rules.gelu)
 class GELU(Layer):
     """Exact GELU, ``0.5 * x * (1 + erf(x / sqrt(2)))``, PyTorch's default form."""
 
@@ -105,6 +114,7 @@ class GELU(Layer):
         return gelu(ctx.graph, inputs[0])
 
 
+@register_layer(onnx=onnx_rules.single_node("Softmax", axis=lambda layer: layer.axis))
 class Softmax(Layer):
     """Softmax along ``axis`` (numerically stable).
 

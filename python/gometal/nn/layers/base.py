@@ -215,6 +215,11 @@ class Layer:
 
     # -- shared machinery --------------------------------------------------------------
     @property
+    def built(self) -> bool:
+        """Whether the layer has been called (and so has declared its weights)."""
+        return self._built_for is not None
+
+    @property
     def weight_specs(self) -> tuple[WeightSpec, ...]:
         """The weights this layer owns (empty before its first call)."""
         return self._weight_specs
@@ -276,12 +281,26 @@ class Layer:
         Example:
             >>> h = Dense(128)(Input((64,)))  # doctest: +SKIP
         """
-        return self._call(inputs, self.name)
+        return self.apply(inputs, self.name)
 
-    def _call(
-        self, inputs: SymbolicTensor | Sequence[SymbolicTensor], label: str | None
+    def apply(
+        self, inputs: SymbolicTensor | Sequence[SymbolicTensor], label: str | None = None
     ) -> SymbolicTensor:
-        """Applies the layer; ``label`` names it in errors (``None``: not named yet)."""
+        """Applies the layer as calling it does, naming it ``label`` in error messages.
+
+        ``ModelBuilder`` passes the name the model will give an unnamed layer, so a shape
+        error already names the layer as ``summary()`` will list it.
+
+        Args:
+            inputs: one symbolic tensor, or a list of them for merge layers.
+            label: the layer's name in errors (``None``: the layer is not named yet).
+
+        Returns:
+            The output symbolic tensor.
+
+        Example:
+            >>> h = Dense(128).apply(Input((64,)), "dense_0")  # doctest: +SKIP
+        """
         tensors = self._check_inputs(inputs, label)
         shapes = tuple(t.engine_shape for t in tensors)
         if self._built_for is None:
@@ -298,9 +317,7 @@ class Layer:
             specs = self._weight_specs
         output_shape = self._probe_output_shape(shapes, specs, label)
         self._weight_specs, self._built_for = specs, shapes
-        call = LayerCall(self, tensors)
-        call.output = SymbolicTensor(output_shape, call)
-        return call.output
+        return LayerCall(self, tensors, output_shape).output
 
     def _check_inputs(
         self, inputs: SymbolicTensor | Sequence[SymbolicTensor], label: str | None

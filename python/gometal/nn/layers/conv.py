@@ -7,10 +7,13 @@ from typing import Any
 
 from ...graph.composites import op
 from ..initializers import fan_in_uniform
+from . import onnx_rules
 from ._spatial import check_image_batch, check_window_fits, int_pair, show_shape
 from .base import EmitContext, Layer, WeightSpec
+from .registry import register_layer
 
 
+@register_layer(onnx=onnx_rules.conv2d)
 class Conv2D(Layer):
     """2-D convolution (cross-correlation) of ``(batch, C, H, W)`` inputs, as ``nn.Conv2d``.
 

@@ -7,9 +7,12 @@ from typing import Any
 
 from ...graph.composites import op
 from ..initializers import fan_in_uniform
+from . import onnx_rules
 from .base import EmitContext, Layer, WeightSpec
+from .registry import register_layer
 
 
+@register_layer(onnx=onnx_rules.dense)
 class Dense(Layer):
     """``y = x @ weight.T + bias``, with PyTorch's ``nn.Linear`` layout and initialization.
 

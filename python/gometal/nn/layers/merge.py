@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...graph.composites import op
+from . import onnx_rules
 from .base import EmitContext, Layer
+from .registry import register_layer
 
 
 class _Elementwise(Layer):
@@ -22,6 +24,7 @@ class _Elementwise(Layer):
         return out
 
 
+@register_layer(onnx=onnx_rules.fold("Add"))
 class Add(_Elementwise):
     """Elementwise sum of two or more tensors (NumPy broadcasting). ``a + b`` is sugar for it.
 
@@ -33,6 +36,7 @@ class Add(_Elementwise):
     primitive = "add"
 
 
+@register_layer(onnx=onnx_rules.fold("Mul"))
 class Multiply(_Elementwise):
     """Elementwise product of two or more tensors (NumPy broadcasting). ``a * b`` is sugar."""
 
@@ -40,6 +44,7 @@ class Multiply(_Elementwise):
     primitive = "mul"
 
 
+@register_layer(onnx=onnx_rules.single_node("Concat", axis=lambda layer: layer.axis))
 class Concatenate(Layer):
     """Concatenates two or more tensors along ``axis`` (not the batch axis).
 

@@ -9,10 +9,13 @@ from typing import Any
 
 from ...graph.composites import const, op
 from ..initializers import Ones, Zeros
+from . import onnx_rules
 from ._spatial import show_shape
 from .base import EmitContext, Layer, WeightSpec
+from .registry import register_layer
 
 
+@register_layer(onnx=onnx_rules.batch_norm)
 class BatchNorm(Layer):
     """Batch normalization over every axis but the channel axis 1, as PyTorch's
     ``nn.BatchNorm1d`` for ``(batch, features)`` inputs (after a dense layer) and

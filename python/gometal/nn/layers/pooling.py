@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from ...graph.composites import op
+from . import onnx_rules
 from ._spatial import check_image_batch, check_window_fits, int_pair
 from .base import EmitContext, Layer, WeightSpec
+from .registry import register_layer
 
 
 class _Pool2D(Layer):
@@ -73,6 +75,7 @@ class _Pool2D(Layer):
         )
 
 
+@register_layer(onnx=onnx_rules.pool("MaxPool"))
 class MaxPool2D(_Pool2D):
     """The maximum of each window, as ``nn.MaxPool2d`` (padding counts as ``-inf``).
 
@@ -87,6 +90,7 @@ class MaxPool2D(_Pool2D):
     primitive = "max_pool2d"
 
 
+@register_layer(onnx=onnx_rules.pool("AveragePool", count_include_pad=1))
 class AvgPool2D(_Pool2D):
     """The mean of each window, as ``nn.AvgPool2d`` (zero padding counts in the mean,
     torch's ``count_include_pad=True``).
@@ -102,6 +106,7 @@ class AvgPool2D(_Pool2D):
     primitive = "avg_pool2d"
 
 
+@register_layer(onnx=onnx_rules.global_avg_pool2d)
 class GlobalAvgPool2D(Layer):
     """The mean over height and width: ``(batch, C, H, W) -> (batch, C)``.
 

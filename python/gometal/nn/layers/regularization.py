@@ -7,9 +7,12 @@ from numbers import Real
 from typing import Any
 
 from ...graph.composites import const, op
+from . import onnx_rules
 from .base import EmitContext, Layer
+from .registry import register_layer
 
 
+@register_layer(onnx=onnx_rules.identity)
 class Dropout(Layer):
     """Zeroes each element with probability ``rate`` while training, scaling the rest by
     ``1 / (1 - rate)`` (inverted dropout, as ``torch.nn.Dropout``); identity otherwise.

@@ -6,9 +6,12 @@ from collections.abc import Sequence
 
 from ...graph.composites import op
 from ..tensor import BATCH
+from . import onnx_rules
 from .base import EmitContext, Layer
+from .registry import register_layer
 
 
+@register_layer(onnx=onnx_rules.flatten)
 class Flatten(Layer):
     """Reshapes ``(batch, d1, d2, ...)`` to ``(batch, d1 * d2 * ...)``."""
 

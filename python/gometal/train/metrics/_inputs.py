@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ...base.arrays import _check_real_dtype, _format_shape, _to_ndarray
+from ...base.arrays import check_real_dtype, format_shape, to_ndarray
 
 
 class UndefinedMetricWarning(UserWarning):
@@ -86,11 +86,11 @@ def check_label_list(labels: Any, name: str = "labels") -> np.ndarray | None:
     """Validates an optional list of class indices (non-negative, distinct, not empty)."""
     if labels is None:
         return None
-    arr = _to_ndarray(labels, name)
+    arr = to_ndarray(labels, name)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(
             f"{name} must be a non-empty 1-D list of class indices; got shape "
-            f"{_format_shape(arr.shape)}"
+            f"{format_shape(arr.shape)}"
         )
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class indices; got dtype {arr.dtype}")
@@ -102,8 +102,8 @@ def check_label_list(labels: Any, name: str = "labels") -> np.ndarray | None:
 
 
 def _as_real(value: Any, name: str) -> np.ndarray:
-    arr = _to_ndarray(value, name)
-    _check_real_dtype(arr, name)
+    arr = to_ndarray(value, name)
+    check_real_dtype(arr, name)
     return arr
 
 
@@ -120,7 +120,7 @@ def _check_same_length(y_true: np.ndarray, y_pred: np.ndarray) -> None:
     if len(y_true) != len(y_pred):
         raise ValueError(
             f"y_true and y_pred must have the same number of samples; got y_true "
-            f"{_format_shape(y_true.shape)} and y_pred {_format_shape(y_pred.shape)}"
+            f"{format_shape(y_true.shape)} and y_pred {format_shape(y_pred.shape)}"
         )
 
 
@@ -156,7 +156,7 @@ def true_labels(y_true: Any, num_columns: int | None, name: str = "y_true") -> n
         _check_finite(arr, name)
         return np.argmax(arr, axis=1).astype(np.int64)
     expected = "(N,) or (N, 1)" + (f" or (N, {num_columns})" if num_columns else "")
-    raise ValueError(f"{name} must have shape {expected}; got {_format_shape(arr.shape)}")
+    raise ValueError(f"{name} must have shape {expected}; got {format_shape(arr.shape)}")
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def classification_batch(
     pred_arr = _as_real(y_pred, "y_pred")
     if pred_arr.ndim == 0 or pred_arr.ndim > 2:
         raise ValueError(
-            f"y_pred must have shape (N,), (N, 1) or (N, C); got {_format_shape(pred_arr.shape)}"
+            f"y_pred must have shape (N,), (N, 1) or (N, C); got {format_shape(pred_arr.shape)}"
         )
     columns = pred_arr.shape[1] if pred_arr.ndim == 2 and pred_arr.shape[1] >= 2 else None
     true = true_labels(y_true, columns)
@@ -203,7 +203,7 @@ def classification_batch(
     if columns is not None:
         if pred_arr.dtype.kind != "f":
             raise TypeError(
-                f"y_pred of shape {_format_shape(pred_arr.shape)} must hold float class "
+                f"y_pred of shape {format_shape(pred_arr.shape)} must hold float class "
                 f"scores; got dtype {pred_arr.dtype}"
             )
         _check_finite(pred_arr, "y_pred")
@@ -258,7 +258,7 @@ def score_batch(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray]:
     scores = _as_real(y_score, "y_score")
     if scores.ndim == 0 or scores.ndim > 2:
         raise ValueError(
-            f"y_score must have shape (N,), (N, 1) or (N, C); got {_format_shape(scores.shape)}"
+            f"y_score must have shape (N,), (N, 1) or (N, C); got {format_shape(scores.shape)}"
         )
     columns = scores.shape[1] if scores.ndim == 2 and scores.shape[1] >= 2 else None
     labels = true_labels(y_true, columns)
@@ -285,17 +285,17 @@ def regression_pair(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
     if true.ndim == 0 or pred.ndim == 0:
         raise ValueError(
             "y_true and y_pred must have a sample dimension; got shapes "
-            f"{_format_shape(true.shape)} and {_format_shape(pred.shape)}"
+            f"{format_shape(true.shape)} and {format_shape(pred.shape)}"
         )
     same = true.shape == pred.shape or (_is_column(true) and _is_column(pred))
     if not same or len(true) != len(pred):
         raise ValueError(
             "y_true and y_pred must have the same shape; got y_true "
-            f"{_format_shape(true.shape)} and y_pred {_format_shape(pred.shape)}"
+            f"{format_shape(true.shape)} and y_pred {format_shape(pred.shape)}"
         )
     outputs = int(np.prod(true.shape[1:], dtype=np.int64))
     if outputs == 0:
-        raise ValueError(f"y_true has no outputs per sample; got shape {_format_shape(true.shape)}")
+        raise ValueError(f"y_true has no outputs per sample; got shape {format_shape(true.shape)}")
     true = true.astype(np.float64).reshape(len(true), outputs)
     pred = pred.astype(np.float64).reshape(len(pred), outputs)
     _check_finite(true, "y_true")

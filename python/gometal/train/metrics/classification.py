@@ -74,7 +74,8 @@ def _present(cm: np.ndarray) -> np.ndarray:
     return np.flatnonzero(cm.sum(axis=0) + cm.sum(axis=1))
 
 
-def _check_pos_label(pos_label: Any) -> int:
+def check_pos_label(pos_label: Any) -> int:
+    """``pos_label`` as a class index (an int >= 0), or ``TypeError``/``ValueError``."""
     if isinstance(pos_label, bool) or not isinstance(pos_label, (int, np.integer)):
         raise TypeError(f"pos_label must be a class index (int); got {pos_label!r}")
     if pos_label < 0:
@@ -189,7 +190,7 @@ def _ratio(
         count_confusion(batch),
         metric,
         average=average,
-        pos_label=_check_pos_label(pos_label),
+        pos_label=check_pos_label(pos_label),
         labels=label_list,
         zero_division=zero_division,
     )

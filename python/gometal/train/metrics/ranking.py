@@ -77,7 +77,8 @@ def _binary_average_precision(positive: np.ndarray, score: np.ndarray) -> float:
     return float(np.sum(recall_gain * precision_at))
 
 
-def _check_pos_label(pos_label: Any) -> int:
+def check_binary_pos_label(pos_label: Any) -> int:
+    """``pos_label`` of binary scores (0 or 1), or ``ValueError``."""
     if isinstance(pos_label, bool) or pos_label not in (0, 1):
         raise ValueError(f"pos_label must be 0 or 1 for binary scores; got {pos_label!r}")
     return int(pos_label)
@@ -95,7 +96,7 @@ def _ranking_score(
     labels, scores = score_batch(y_true, y_score)
     require_samples(len(labels), name)
     if scores.ndim == 1 or scores.shape[1] == 2:
-        pos_label = _check_pos_label(pos_label)
+        pos_label = check_binary_pos_label(pos_label)
         if scores.ndim == 1:
             score = scores if pos_label == 1 else -scores
         else:

@@ -27,17 +27,16 @@ from ._inputs import (
     score_batch,
 )
 from .classification import (
-    _check_pos_label,
     accuracy_from_confusion,
     check_k,
+    check_pos_label,
     confusion_from_counts,
     count_confusion,
     ratio_from_confusion,
     top_k_hits,
     warn_trivial_k,
 )
-from .ranking import _check_pos_label as _check_binary_pos_label
-from .ranking import average_precision, roc_auc
+from .ranking import average_precision, check_binary_pos_label, roc_auc
 from .regression import RegressionSums, check_multioutput, regression_from_sums
 
 
@@ -211,7 +210,7 @@ class _RatioMetric(_ConfusionMetric):
         check_average(average)
         check_zero_division(zero_division)
         self.average = average
-        self.pos_label = _check_pos_label(pos_label)
+        self.pos_label = check_pos_label(pos_label)
         self.labels = check_label_list(labels)
         self.zero_division = zero_division
         if name is None:
@@ -343,7 +342,7 @@ class _ScoreMetric(Metric):
     ) -> None:
         check_average(average, ("macro", "weighted", "micro", None))
         self.average = average
-        self.pos_label = _check_binary_pos_label(pos_label)
+        self.pos_label = check_binary_pos_label(pos_label)
         if name is None:
             suffix = {"macro": "", None: "_per_class"}.get(average, f"_{average}")
             name = self._base_name + suffix

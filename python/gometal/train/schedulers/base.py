@@ -19,7 +19,7 @@ import numpy as np
 from ...base.json_floats import NON_FINITE
 
 if TYPE_CHECKING:  # imported for hints only: the trainer may import this package
-    from ..trainer import Trainer
+    from ..session import TrainingSession
 
 INTERVALS = ("epoch", "batch")
 _REGISTRY: dict[str, type[LRScheduler]] = {}
@@ -178,7 +178,7 @@ class LRScheduler:
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls
 
-    def __init__(self, trainer: Trainer | None = None, interval: str = "epoch"):
+    def __init__(self, trainer: TrainingSession | None = None, interval: str = "epoch"):
         self.interval = check_choice(type(self).__name__, "interval", interval, INTERVALS)
         self._trainer: Any = None
         self._base_lr: float | None = None
@@ -188,7 +188,7 @@ class LRScheduler:
             self.attach(trainer)
 
     # -- hooks for subclasses -------------------------------------------------------------
-    def _base_lr_from(self, trainer: Trainer) -> float:
+    def _base_lr_from(self, trainer: TrainingSession) -> float:
         """The base rate, read on the first attach; torch's ``initial_lr``."""
         return exact_rate(trainer.learning_rate)
 
@@ -224,7 +224,7 @@ class LRScheduler:
         """Whether ``step`` needs the monitored metric (``ReduceLROnPlateau``)."""
         return False
 
-    def attach(self, trainer: Trainer) -> LRScheduler:
+    def attach(self, trainer: TrainingSession) -> LRScheduler:
         """Binds the scheduler to ``trainer`` and sets the trainer's rate to the schedule's.
 
         The first attach of a fresh scheduler reads ``base_lr`` from
@@ -254,7 +254,7 @@ class LRScheduler:
         return self
 
     @property
-    def trainer(self) -> Trainer | None:
+    def trainer(self) -> TrainingSession | None:
         """The trainer this scheduler is attached to, or ``None``."""
         return self._trainer
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .base import LRScheduler, check_int, check_real
 
 if TYPE_CHECKING:
-    from ..trainer import Trainer
+    from ..session import TrainingSession
 
 
 class Constant(LRScheduler):
@@ -31,12 +31,16 @@ class Constant(LRScheduler):
     """
 
     def __init__(
-        self, trainer: Trainer | None = None, *, lr: float | None = None, interval: str = "epoch"
+        self,
+        trainer: TrainingSession | None = None,
+        *,
+        lr: float | None = None,
+        interval: str = "epoch",
     ):
         self.lr = None if lr is None else check_real("Constant", "lr", lr, low=0.0)
         super().__init__(trainer, interval)
 
-    def _base_lr_from(self, trainer: Trainer) -> float:
+    def _base_lr_from(self, trainer: TrainingSession) -> float:
         return super()._base_lr_from(trainer) if self.lr is None else self.lr
 
     def _next_lr(self, epoch: int, metric: Any) -> float:
@@ -62,7 +66,7 @@ class ConstantLR(LRScheduler):
 
     def __init__(
         self,
-        trainer: Trainer | None = None,
+        trainer: TrainingSession | None = None,
         *,
         factor: float = 1.0 / 3,
         total_iters: int = 5,
@@ -97,7 +101,7 @@ class StepLR(LRScheduler):
 
     def __init__(
         self,
-        trainer: Trainer | None = None,
+        trainer: TrainingSession | None = None,
         *,
         step_size: int,
         gamma: float = 0.1,
@@ -131,7 +135,7 @@ class MultiStepLR(LRScheduler):
 
     def __init__(
         self,
-        trainer: Trainer | None = None,
+        trainer: TrainingSession | None = None,
         *,
         milestones: Iterable[int],
         gamma: float = 0.1,
@@ -181,7 +185,9 @@ class ExponentialLR(LRScheduler):
         >>> sched = gm.schedulers.ExponentialLR(trainer, gamma=0.95)  # doctest: +SKIP
     """
 
-    def __init__(self, trainer: Trainer | None = None, *, gamma: float, interval: str = "epoch"):
+    def __init__(
+        self, trainer: TrainingSession | None = None, *, gamma: float, interval: str = "epoch"
+    ):
         self.gamma = check_real("ExponentialLR", "gamma", gamma, low=0.0)
         super().__init__(trainer, interval)
 
@@ -214,7 +220,7 @@ class CosineAnnealingLR(LRScheduler):
 
     def __init__(
         self,
-        trainer: Trainer | None = None,
+        trainer: TrainingSession | None = None,
         *,
         T_max: int,
         eta_min: float = 0.0,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .base import LRScheduler, check_choice, check_int, check_real
 
 if TYPE_CHECKING:
-    from ..trainer import Trainer
+    from ..session import TrainingSession
 
 
 def _anneal_cos(start: float, end: float, pct: float) -> float:
@@ -57,7 +57,7 @@ class OneCycleLR(LRScheduler):
 
     def __init__(
         self,
-        trainer: Trainer | None = None,
+        trainer: TrainingSession | None = None,
         *,
         max_lr: float,
         total_steps: int | None = None,
@@ -135,7 +135,7 @@ class OneCycleLR(LRScheduler):
             start = end
         return phases
 
-    def _base_lr_from(self, trainer: Trainer) -> float:
+    def _base_lr_from(self, trainer: TrainingSession) -> float:
         return self.initial_lr
 
     def _lr_at(self, step: int) -> float:

@@ -13,7 +13,7 @@ from ...base.json_floats import encode_float
 from .base import LRScheduler, check_choice, check_int, check_real, decode_float
 
 if TYPE_CHECKING:
-    from ..trainer import Trainer
+    from ..session import TrainingSession
 
 
 def _metric_value(metric: Any) -> float:
@@ -61,7 +61,7 @@ class ReduceLROnPlateau(LRScheduler):
 
     def __init__(
         self,
-        trainer: Trainer | None = None,
+        trainer: TrainingSession | None = None,
         *,
         mode: str = "min",
         factor: float = 0.1,

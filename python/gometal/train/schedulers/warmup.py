@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .base import LRScheduler, check_choice, check_int, check_real, check_trainer, from_config
 
 if TYPE_CHECKING:
-    from ..trainer import Trainer
+    from ..session import TrainingSession
 
 
 class LinearWarmup(LRScheduler):
@@ -53,7 +53,7 @@ class LinearWarmup(LRScheduler):
         warmup_steps: int,
         start_factor: float = 1.0 / 3,
         *,
-        trainer: Trainer | None = None,
+        trainer: TrainingSession | None = None,
         interval: str | None = None,
     ):
         owner = "LinearWarmup"
@@ -81,7 +81,7 @@ class LinearWarmup(LRScheduler):
         fraction = self.start_factor + (1.0 - self.start_factor) * step / self.warmup_steps
         return self.base_lr * fraction
 
-    def attach(self, trainer: Trainer) -> LinearWarmup:
+    def attach(self, trainer: TrainingSession) -> LinearWarmup:
         """Attaches the wrapped scheduler and this warmup to ``trainer``.
 
         A fresh warmup takes as its target the wrapped scheduler's ``base_lr`` and sets
