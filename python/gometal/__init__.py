@@ -34,6 +34,7 @@ from .nn.model import Model
 from .nn.tensor import Input, SymbolicTensor
 from .train import callbacks, losses, metrics, optim, provided, schedulers
 from .train.history import History
+from .train.session import TrainingSession
 from .train.trainer import StepResult, Trainer
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "StepResult",
     "SymbolicTensor",
     "Trainer",
+    "TrainingSession",
     "__version__",
     "callbacks",
     "datasets",

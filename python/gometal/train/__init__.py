@@ -1,7 +1,9 @@
 """The train layer: the ``Trainer``, losses, optimizers, schedulers, metrics, mixed
 precision, and the ``fit`` loop with its ``History``, callbacks and evaluation.
 
-``Trainer.fit`` and ``Trainer.evaluate`` delegate to ``fit`` and ``evaluate`` here;
+``Trainer.fit`` and ``Trainer.evaluate`` delegate to ``fit`` and ``evaluate`` here. Those,
+the callbacks, the schedulers, checkpoints (``gometal.io``) and plots (``gometal.viz``) use
+a trainer only through ``TrainingSession`` (``session.py``), which ``Trainer`` implements;
 ``gm.callbacks`` is ``gometal.train.callbacks`` (``gm.training`` is this package). This
 layer imports only the nn, graph and base layers.
 
@@ -17,18 +19,22 @@ from .callbacks import CSVLogger, EarlyStopping, JSONLogger, ModelCheckpoint
 from .evaluation import evaluate, resolve_metrics
 from .fit import fit
 from .history import History
+from .session import BatchEvaluation, SessionState, TrainingSession
 from .trainer import StepResult, Trainer
 
 __all__ = [
     "ArrayLoader",
+    "BatchEvaluation",
     "CSVLogger",
     "Callback",
     "EarlyStopping",
     "History",
     "JSONLogger",
     "ModelCheckpoint",
+    "SessionState",
     "StepResult",
     "Trainer",
+    "TrainingSession",
     "callbacks",
     "epoch_permutation",
     "evaluate",

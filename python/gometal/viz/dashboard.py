@@ -200,9 +200,9 @@ class Dashboard(Callback):
         folder: str | os.PathLike[str] = "gometal-plots",
         validation: Any = None,
     ):
+        if mode not in PLOTS_MODES:
+            raise ValueError(f"mode must be 'html' or 'sidecar', got {mode!r}")
         check_plots(mode, folder, names=("mode", "folder"))
-        if mode is None:
-            raise ValueError("mode must be 'html' or 'sidecar', got None")
         self.mode = mode
         self.folder = folder
         self.collector = start_plots(mode, folder, validation)
