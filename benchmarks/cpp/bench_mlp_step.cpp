@@ -43,12 +43,12 @@ int main(int argc, char** argv) {
 
   using clock = std::chrono::steady_clock;
   float loss = 0;
-  for (int i = 0; i < 20; ++i) loss = *engine.run("train", inputs, 2).data[0];
+  for (int i = 0; i < 20; ++i) loss = *engine.run("train", inputs, 2).floats(0);
   const auto t0 = clock::now();
   int64_t steps = 0;
   double elapsed = 0;
   while (elapsed < seconds) {
-    loss = *engine.run("train", inputs, 2).data[0];
+    loss = *engine.run("train", inputs, 2).floats(0);
     ++steps;
     elapsed = std::chrono::duration<double>(clock::now() - t0).count();
   }

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <cstring>
 #include <string>
 
 #include "backends/backend.h"
@@ -60,26 +61,35 @@ Attrs parse_attrs(const std::string& op, const py::dict& d) {
   return a;
 }
 
-DType array_dtype(const py::array& a, const std::string& what) {
-  if (a.dtype().is(py::dtype::of<float>())) return DType::F32;
-  if (a.dtype().is(py::dtype::of<int32_t>())) return DType::I32;
-  throw py::type_error(what + " must be a float32 or int32 array, got dtype " + std::string(py::str(a.dtype())));
+// The NumPy dtype of each engine dtype; bfloat16 is ml_dtypes' (NumPy has none of its own).
+py::dtype numpy_dtype(DType d) {
+  switch (d) {
+    case DType::BF16: return py::dtype::from_args(py::module_::import("ml_dtypes").attr("bfloat16"));
+    case DType::Bool: return py::dtype("bool");
+    default: return py::dtype(std::string(dtype_name(d)));
+  }
 }
 
-py::object to_python(const float* data, const Shape& shape, DType dtype) {
-  if (shape.empty()) {
-    if (dtype == DType::I32) return py::int_(*reinterpret_cast<const int32_t*>(data));
-    return py::float_(*data);
-  }
-  std::vector<py::ssize_t> dims(shape.begin(), shape.end());
-  if (dtype == DType::I32) {
-    py::array_t<int32_t> out(dims);
-    std::copy_n(reinterpret_cast<const int32_t*>(data), numel(shape), out.mutable_data());
-    return std::move(out);
-  }
-  py::array_t<float> out(dims);
-  std::copy_n(data, numel(shape), out.mutable_data());
-  return std::move(out);
+DType array_dtype(const py::array& a, const std::string& what) {
+  const std::string name = py::str(a.dtype().attr("name"));
+  for (int d = 0; d < static_cast<int>(DType::kCount); ++d)
+    if (name == dtype_name(static_cast<DType>(d))) return static_cast<DType>(d);
+  throw py::type_error(what + " has dtype " + name +
+                       ", which the engine does not hold; expected float32, float16, bfloat16, int8, uint8, "
+                       "int32, int64 or bool");
+}
+
+// A C-contiguous array of `dtype` holding `value` (converted, as NumPy's asarray does).
+py::array as_engine_array(py::handle value, DType dtype) {
+  return py::module_::import("numpy").attr("asarray")(value, numpy_dtype(dtype), "C");
+}
+
+py::object to_python(const void* data, const Shape& shape, DType dtype) {
+  py::array out(numpy_dtype(dtype), std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  std::memcpy(out.mutable_data(), data, static_cast<size_t>(numel(shape) * dtype_size(dtype)));
+  if (!shape.empty()) return std::move(out);
+  // A scalar output comes back as a Python number, as before dtypes.
+  return out.attr("item")();
 }
 
 py::list run(Engine& engine, const std::string& name, const py::sequence& arrays) {
@@ -175,16 +185,20 @@ PYBIND11_MODULE(_core, m) {
       .def("input", [](Graph& g, const std::string& name, const Shape& shape, const std::string& dtype) {
              return g.input(name, shape, dtype_from_name(dtype));
            }, py::arg("name"), py::arg("shape"), py::arg("dtype") = "float32")
-      .def("variable", &Graph::variable, py::arg("name"), py::arg("shape"))
+      .def("variable", [](Graph& g, const std::string& name, const Shape& shape, const std::string& dtype) {
+             return g.variable(name, shape, dtype_from_name(dtype));
+           }, py::arg("name"), py::arg("shape"), py::arg("dtype") = "float32")
       .def("scalar", &Graph::scalar, py::arg("name"), py::arg("value"))
-      .def("constant", [](Graph& g, py::object value) {
-             if (py::isinstance<py::float_>(value) || py::isinstance<py::int_>(value))
+      // A number or an array, converted to `dtype` (float32 unless given).
+      .def("constant", [](Graph& g, py::object value, const std::string& dtype_name_) {
+             const DType dtype = dtype_from_name(dtype_name_);
+             if (dtype == DType::F32 && (py::isinstance<py::float_>(value) || py::isinstance<py::int_>(value)))
                return g.constant(value.cast<float>());
-             auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(value);
-             if (!a) throw py::type_error("[constant] expects a number or a float array");
+             const py::array a = as_engine_array(value, dtype);
              Shape shape(a.shape(), a.shape() + a.ndim());
-             return g.constant(shape, std::vector<float>(a.data(), a.data() + a.size()));
-           }, py::arg("value"))
+             const auto* first = static_cast<const uint8_t*>(a.data());
+             return g.constant(shape, dtype, std::vector<uint8_t>(first, first + a.nbytes()));
+           }, py::arg("value"), py::arg("dtype") = "float32")
       .def("op", [](Graph& g, const std::string& kind, const std::vector<int>& inputs, const py::dict& attrs) {
              return g.op(kind, inputs, parse_attrs(kind, attrs));
            }, py::arg("kind"), py::arg("inputs"), py::arg("attrs") = py::dict())
@@ -216,17 +230,19 @@ PYBIND11_MODULE(_core, m) {
       // converts its outputs, which needs the GIL.
       .def("get_variable", [](Engine& e, const std::string& name) {
         const Shape s = e.variable_shape(name);
-        py::array_t<float> out(std::vector<py::ssize_t>(s.begin(), s.end()));
-        float* dst = out.mutable_data();
+        py::array out(numpy_dtype(e.variable_dtype(name)), std::vector<py::ssize_t>(s.begin(), s.end()));
+        void* dst = out.mutable_data();
         locked(e, [&] { e.get_variable(name, dst); });
         return out;
       })
-      .def("set_variable", [](Engine& e, const std::string& name, py::array value) {
-        auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(value);
-        if (!a) throw py::type_error("[set_variable] '" + name + "' expects a float array");
+      .def("variable_dtype", [](const Engine& e, const std::string& n) { return std::string(dtype_name(e.variable_dtype(n))); })
+      // The value is converted to the variable's dtype, as NumPy's asarray does.
+      .def("set_variable", [](Engine& e, const std::string& name, py::object value) {
+        const DType dtype = e.variable_dtype(name);
+        const py::array a = as_engine_array(value, dtype);
         const Shape shape(a.shape(), a.shape() + a.ndim());
-        const float* src = a.data();
-        locked(e, [&] { e.set_variable(name, src, shape); });
+        const void* src = a.data();
+        locked(e, [&] { e.set_variable(name, src, shape, dtype); });
       })
       .def("set_scalar", [](Engine& e, const std::string& name, float value) {
         locked(e, [&] { e.set_scalar(name, value); });

@@ -53,14 +53,14 @@ int main() {
   gometal::TensorView inputs[2] = {{x.data(), xdims, 2, gometal::DType::F32},
                                    {y.data(), ydims, 1, gometal::DType::I32}};
 
-  const float first = *engine.run("train", inputs, 2).data[0];
+  const float first = *engine.run("train", inputs, 2).floats(0);
   check(std::fabs(first - std::log(10.0f)) < 0.5f, "initial loss near log(10): " + std::to_string(first));
   for (int i = 0; i < 10; ++i) engine.run("train", inputs, 2);
 
   const long heap_before = g_heap_allocations.load();
   const uint64_t engine_before = engine.stats().allocations;
   float last = 0;
-  for (int i = 0; i < 100; ++i) last = *engine.run("train", inputs, 2).data[0];
+  for (int i = 0; i < 100; ++i) last = *engine.run("train", inputs, 2).floats(0);
   const long heap_delta = g_heap_allocations.load() - heap_before;
   check(heap_delta == 0, "no heap allocation over 100 steady-state steps (saw " + std::to_string(heap_delta) + ")");
   check(engine.stats().allocations == engine_before, "engine allocation counter unchanged");

@@ -10,6 +10,7 @@ from gometal import _core
 
 from . import (
     cases_conv,
+    cases_dtypes,
     cases_effects,
     cases_elementwise,
     cases_errors,
@@ -33,7 +34,11 @@ OP_CASES: list[OpCase] = [
     *cases_layout.CASES,
     *cases_conv.CASES,
 ]
-SCENARIOS: list[ScenarioCase] = [*cases_effects.SCENARIOS, *cases_errors.SCENARIOS]
+SCENARIOS: list[ScenarioCase] = [
+    *cases_effects.SCENARIOS,
+    *cases_errors.SCENARIOS,
+    *cases_dtypes.SCENARIOS,
+]
 ERROR_CASES: list[ErrorCase] = cases_errors.CASES
 BACKENDS = available_backends()
 

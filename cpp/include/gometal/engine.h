@@ -34,9 +34,11 @@ struct TensorView {
 };
 
 struct RunResult {
-  std::vector<const float*> data;  // valid until the engine's next run
+  std::vector<const void*> data;  // elements of dtypes[i]; valid until the engine's next run
   std::vector<Shape> shapes;
   std::vector<DType> dtypes;
+  // Output i read as float32 (its dtype must be float32).
+  const float* floats(size_t i) const { return static_cast<const float*>(data[i]); }
 };
 
 struct EngineStats {
@@ -74,8 +76,10 @@ class Engine {
 
   std::vector<std::string> variable_names() const;
   Shape variable_shape(const std::string& name) const;
-  void set_variable(const std::string& name, const float* data, const Shape& shape);
-  void get_variable(const std::string& name, float* out) const;
+  DType variable_dtype(const std::string& name) const;
+  // `data` holds numel(shape) elements of `dtype`, which must be the variable's.
+  void set_variable(const std::string& name, const void* data, const Shape& shape, DType dtype = DType::F32);
+  void get_variable(const std::string& name, void* out) const;
   void set_scalar(const std::string& name, float value);
   float get_scalar(const std::string& name) const;
 
@@ -102,8 +106,8 @@ class Engine {
   uint64_t steps_ = 0;
   std::unique_ptr<Backend> backend_;
   std::vector<int64_t> persistent_offset_;  // per node id
-  int64_t persistent_floats_ = 0;
-  float* persistent_ = nullptr;
+  int64_t persistent_bytes_ = 0;
+  char* persistent_ = nullptr;
   struct PersistentPool;
   std::unique_ptr<PersistentPool> pool_;
   std::map<std::string, std::unique_ptr<Function>> functions_;

@@ -12,7 +12,9 @@ namespace gometal {
 using Shape = std::vector<int64_t>;
 inline constexpr int64_t kBatch = -1;
 
-enum class DType : uint8_t { F32, I32 };
+// Element types. Every dtype can be an input, output, variable or constant and move through
+// layout ops and casts; which ops a backend computes in which dtype is its support table.
+enum class DType : uint8_t { F32, F16, BF16, I8, U8, I32, I64, Bool, kCount };
 
 enum class OpKind : uint8_t {
   // leaves
@@ -69,7 +71,7 @@ struct Node {
   Attrs attrs;
   Shape shape;
   DType dtype = DType::F32;
-  std::vector<float> data;  // constant payload
+  std::vector<uint8_t> data;  // constant payload: numel(shape) elements of dtype, bytes
 };
 
 std::string_view op_name(OpKind op);
@@ -78,7 +80,9 @@ OpKind op_from_name(std::string_view name);  // throws std::invalid_argument for
 std::vector<std::string> op_names();
 std::string shape_str(const Shape& s);
 std::string_view dtype_name(DType d);
-DType dtype_from_name(std::string_view name);
+DType dtype_from_name(std::string_view name);  // "float32", "bfloat16", "int8", "bool", ...
+int64_t dtype_size(DType d);                     // bytes per element
+bool is_float(DType d);                          // float32, float16, bfloat16
 int64_t numel(const Shape& s);  // concrete shapes only
 Shape concretize(const Shape& s, int64_t batch);
 
@@ -94,10 +98,12 @@ std::vector<int> written_variables(const Node& n);
 class Graph {
  public:
   int input(const std::string& name, const Shape& shape, DType dtype = DType::F32);
-  int variable(const std::string& name, const Shape& shape);
+  int variable(const std::string& name, const Shape& shape, DType dtype = DType::F32);
   int scalar(const std::string& name, float initial);
   int constant(float value);
   int constant(const Shape& shape, std::vector<float> values);
+  // numel(shape) elements of `dtype`, as bytes.
+  int constant(const Shape& shape, DType dtype, std::vector<uint8_t> bytes);
   // Adds a primitive; runs shape inference and throws std::invalid_argument naming the op.
   int op(OpKind kind, std::vector<int> inputs, Attrs attrs = {});
   int op(std::string_view kind, std::vector<int> inputs, Attrs attrs = {});

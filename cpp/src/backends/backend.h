@@ -14,7 +14,7 @@
 namespace gometal {
 
 struct RunArgs {
-  float* persistent = nullptr;          // the engine's variables, scalars and constants
+  char* persistent = nullptr;           // the engine's variables, scalars and constants
   const void* const* inputs = nullptr;  // one pointer per function input
   uint64_t seed = 0;
   uint64_t rng_step = 0;
@@ -26,7 +26,7 @@ class CompiledFunction {
   virtual void execute(const RunArgs& args) = 0;
   // Where output i lies after execute (inside the arena, the persistent pool or an input):
   // valid until the backend runs or compiles anything else.
-  virtual const float* output(int i, const RunArgs& args) const = 0;
+  virtual const void* output(int i, const RunArgs& args) const = 0;
   // The working memory this plan needs (its share of the backend's workspace).
   virtual int64_t arena_bytes() const = 0;
   // One line per kernel, e.g. "fused[add,relu] (128, 512)": what the plan runs, in order.

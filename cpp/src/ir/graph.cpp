@@ -1,4 +1,5 @@
 // The graph builder: leaves, primitives (verified on insertion) and builder sugar.
+#include <cstring>
 #include <stdexcept>
 
 #include "gometal/ir.h"
@@ -48,14 +49,14 @@ int Graph::input(const std::string& name, const Shape& shape, DType dtype) {
   return push(std::move(n));
 }
 
-int Graph::variable(const std::string& name, const Shape& shape) {
+int Graph::variable(const std::string& name, const Shape& shape, DType dtype) {
   check_unique(OpKind::Variable, name);
   check_shape(shape, "variable", name, false);
   for (int64_t d : shape)
     if (d == kBatch)
       throw std::invalid_argument("[variable] '" + name + "' cannot have a batch dimension: " +
                                   shape_str(shape));
-  Node n{OpKind::Variable, {}, {}, shape, DType::F32, {}};
+  Node n{OpKind::Variable, {}, {}, shape, dtype, {}};
   n.attrs.name = name;
   return push(std::move(n));
 }
@@ -71,14 +72,22 @@ int Graph::scalar(const std::string& name, float initial) {
 int Graph::constant(float value) { return constant({}, {value}); }
 
 int Graph::constant(const Shape& shape, std::vector<float> values) {
+  std::vector<uint8_t> bytes(values.size() * sizeof(float));
+  std::memcpy(bytes.data(), values.data(), bytes.size());
+  const int id = constant(shape, DType::F32, std::move(bytes));
+  if (values.size() == 1) nodes_[id].attrs.value = values[0];
+  return id;
+}
+
+int Graph::constant(const Shape& shape, DType dtype, std::vector<uint8_t> bytes) {
   for (int64_t d : shape)
     if (d <= 0)
       throw std::invalid_argument("[constant] invalid shape " + shape_str(shape));
-  if (static_cast<int64_t>(values.size()) != numel(shape))
-    throw std::invalid_argument("[constant] " + std::to_string(values.size()) +
-                                " values for shape " + shape_str(shape));
-  Node n{OpKind::Constant, {}, {}, shape, DType::F32, std::move(values)};
-  if (n.data.size() == 1) n.attrs.value = n.data[0];
+  if (static_cast<int64_t>(bytes.size()) != numel(shape) * dtype_size(dtype))
+    throw std::invalid_argument("[constant] " + std::to_string(bytes.size()) + " bytes for " +
+                                std::string(dtype_name(dtype)) + " of shape " + shape_str(shape) + " (" +
+                                std::to_string(numel(shape) * dtype_size(dtype)) + " expected)");
+  Node n{OpKind::Constant, {}, {}, shape, dtype, std::move(bytes)};
   return push(std::move(n));
 }
 

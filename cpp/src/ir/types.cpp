@@ -1,4 +1,5 @@
 // Shapes and dtypes: printing, parsing and element counts.
+#include <iterator>
 #include <stdexcept>
 
 #include "gometal/ir.h"
@@ -15,13 +16,36 @@ std::string shape_str(const Shape& s) {
   return out + ")";
 }
 
-std::string_view dtype_name(DType d) { return d == DType::F32 ? "float32" : "int32"; }
+namespace {
+
+struct DTypeInfo {
+  DType dtype;
+  const char* name;
+  int64_t size;
+};
+
+constexpr DTypeInfo kDTypes[] = {
+    {DType::F32, "float32", 4}, {DType::F16, "float16", 2}, {DType::BF16, "bfloat16", 2},
+    {DType::I8, "int8", 1},     {DType::U8, "uint8", 1},     {DType::I32, "int32", 4},
+    {DType::I64, "int64", 8},   {DType::Bool, "bool", 1},
+};
+static_assert(std::size(kDTypes) == static_cast<size_t>(DType::kCount), "every DType needs its row");
+
+const DTypeInfo& info(DType d) { return kDTypes[static_cast<size_t>(d)]; }
+
+}  // namespace
+
+std::string_view dtype_name(DType d) { return info(d).name; }
+int64_t dtype_size(DType d) { return info(d).size; }
+bool is_float(DType d) { return d == DType::F32 || d == DType::F16 || d == DType::BF16; }
 
 DType dtype_from_name(std::string_view name) {
-  if (name == "float32") return DType::F32;
-  if (name == "int32") return DType::I32;
-  throw std::invalid_argument("[graph] unknown dtype '" + std::string(name) +
-                              "'; expected 'float32' or 'int32'");
+  std::string known;
+  for (const DTypeInfo& d : kDTypes) {
+    if (name == d.name) return d.dtype;
+    known += std::string(known.empty() ? "" : ", ") + "'" + d.name + "'";
+  }
+  throw std::invalid_argument("[graph] unknown dtype '" + std::string(name) + "'; expected one of " + known);
 }
 
 int64_t numel(const Shape& s) {

@@ -7,9 +7,9 @@
 namespace gometal {
 namespace {
 
-constexpr int64_t kAlignFloats = 16;  // 64 bytes
+constexpr int64_t kAlignBytes = 64;
 
-int64_t aligned(int64_t floats) { return (floats + kAlignFloats - 1) / kAlignFloats * kAlignFloats; }
+int64_t aligned(int64_t bytes) { return (bytes + kAlignBytes - 1) / kAlignBytes * kAlignBytes; }
 
 // Best-fit allocator over offsets; frees coalesce with their neighbours.
 class OffsetAllocator {
@@ -115,8 +115,10 @@ MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const
   };
 
   OffsetAllocator alloc, tiles;
-  auto size_of = [&](int id) { return aligned(std::max<int64_t>(numel(shapes[id]), 1)); };
-  auto tile_size_of = [&](int id) { return aligned(numel(shapes[id]) / shapes[id][0]); };
+  auto bytes_of = [&](int id, int64_t elements) { return elements * dtype_size(g.node(id).dtype); };
+  auto size_of = [&](int id) { return aligned(bytes_of(id, std::max<int64_t>(numel(shapes[id]), 1))); };
+  auto sample_bytes = [&](int id) { return bytes_of(id, numel(shapes[id]) / shapes[id][0]); };
+  auto tile_size_of = [&](int id) { return aligned(sample_bytes(id)); };
   std::vector<char> released(n, 0);
   for (int st = 0; st < steps; ++st) {
     const Step& step = f.steps[st];
@@ -140,7 +142,7 @@ MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const
         released[*same_region] = 1;  // its block now belongs to `id`
         reusable.erase(same_region);
       } else if (region == Region::Tile) {
-        plan.ref[id] = {Region::Tile, 0, tiles.allocate(tile_size_of(id)), numel(shapes[id]) / shapes[id][0]};
+        plan.ref[id] = {Region::Tile, 0, tiles.allocate(tile_size_of(id)), sample_bytes(id)};
       } else {
         plan.ref[id] = {Region::Arena, 0, alloc.allocate(size_of(id))};
       }
@@ -164,8 +166,8 @@ MemoryPlan plan_memory(const Graph& g, const Schedule& s, const Fusion& f, const
       released[id] = 1;
     }
   }
-  plan.tile_floats = tiles.top();
-  plan.arena_floats = alloc.top();
+  plan.tile_bytes = tiles.top();
+  plan.arena_bytes = alloc.top();
 
   for (int i = 0; i < n; ++i)
     if (s.needed[i] && s.alias_root[i] != i) plan.ref[i] = plan.ref[s.alias_root[i]];

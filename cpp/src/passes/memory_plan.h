@@ -18,18 +18,20 @@ enum class Region : uint8_t { None, Arena, Persistent, Input, Tile };
 
 struct BufRef {
   Region region = Region::None;
-  int32_t index = 0;          // input slot for Region::Input
-  int64_t offset = 0;         // in floats (all element types are 4 bytes)
-  int64_t sample_floats = 0;  // Region::Tile: floats per image
+  int32_t index = 0;         // input slot for Region::Input
+  int64_t offset = 0;        // in bytes
+  int64_t sample_bytes = 0;  // Region::Tile: bytes per image
 };
 
+// Sizes are in bytes; every buffer starts on a 64-byte boundary, which every dtype's
+// vector loads accept.
 struct MemoryPlan {
   std::vector<BufRef> ref;  // per node id (aliases resolved to their root's buffer)
-  int64_t arena_floats = 0;
-  int64_t tile_floats = 0;  // per thread
+  int64_t arena_bytes = 0;
+  int64_t tile_bytes = 0;  // per thread
 };
 
-// `persistent` holds the offsets of variables, scalars and constants in the engine's pool.
+// `persistent` holds the byte offsets of variables, scalars and constants in the engine's pool.
 // `tiling` (or nullptr: no runs) gives the sample-tiled runs: a buffer that dies inside a
 // run is freed only after the run, since the run's steps interleave image by image, and a
 // value made and read only inside one run gets a one-image tile.

@@ -5,7 +5,7 @@ namespace {
 
 bool is_zero_constant(const Graph& g, int id) {
   const Node& n = g.node(id);
-  return n.op == OpKind::Constant && n.shape.empty() && n.data.size() == 1 && n.data[0] == 0.0f;
+  return n.op == OpKind::Constant && n.shape.empty() && n.dtype == DType::F32 && n.attrs.value == 0.0f;
 }
 
 bool same_window(const Attrs& a, const Attrs& b) {

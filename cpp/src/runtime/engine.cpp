@@ -46,15 +46,25 @@ std::string dims_str(const int64_t* dims, int rank) {
 
 // True when every value is finite: inf and NaN are the floats whose exponent bits are all
 // set. Integer operations vectorise without reassociating float math.
-bool all_finite(const float* x, int64_t n) {
-  constexpr uint32_t kExponent = 0x7f800000u;
-  uint32_t bad = 0;
+template <class Bits>
+bool exponents_not_all_set(const void* data, int64_t n, Bits exponent) {
+  const auto* x = static_cast<const char*>(data);
+  Bits bad = 0;
   for (int64_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, sizeof bits);
-    bad |= static_cast<uint32_t>((bits & kExponent) == kExponent);
+    Bits bits;
+    std::memcpy(&bits, x + i * sizeof(Bits), sizeof bits);
+    bad |= static_cast<Bits>((bits & exponent) == exponent);
   }
   return bad == 0;
+}
+
+bool all_finite(const void* data, int64_t n, DType dtype) {
+  switch (dtype) {
+    case DType::F32: return exponents_not_all_set<uint32_t>(data, n, 0x7f800000u);
+    case DType::F16: return exponents_not_all_set<uint16_t>(data, n, 0x7c00u);
+    case DType::BF16: return exponents_not_all_set<uint16_t>(data, n, 0x7f80u);
+    default: return true;
+  }
 }
 
 }  // namespace
@@ -69,19 +79,20 @@ Engine::Engine(const Graph& graph, uint64_t seed, const std::string& backend, co
   blas_init_single_threaded();
   lower_unsupported();
 
+  // Variables, scalars and constants each get a 64-byte aligned slot, by byte offset.
   persistent_offset_.assign(graph_.size(), -1);
   for (int i = 0; i < graph_.size(); ++i) {
     const Node& n = graph_.node(i);
     if (n.op != OpKind::Variable && n.op != OpKind::Scalar && n.op != OpKind::Constant) continue;
-    persistent_offset_[i] = persistent_floats_;
-    persistent_floats_ += (numel(n.shape) + 15) / 16 * 16;
+    persistent_offset_[i] = persistent_bytes_;
+    persistent_bytes_ += (numel(n.shape) * dtype_size(n.dtype) + 63) / 64 * 64;
   }
-  pool_->buffer = AlignedBuffer(static_cast<size_t>(std::max<int64_t>(persistent_floats_, 16)) * sizeof(float));
-  persistent_ = pool_->buffer.data();
+  pool_->buffer = AlignedBuffer(static_cast<size_t>(std::max<int64_t>(persistent_bytes_, 64)));
+  persistent_ = pool_->buffer.raw();
   for (int i = 0; i < graph_.size(); ++i) {
     const Node& n = graph_.node(i);
-    if (n.op == OpKind::Scalar) persistent_[persistent_offset_[i]] = n.attrs.value;
-    if (n.op == OpKind::Constant) std::copy(n.data.begin(), n.data.end(), persistent_ + persistent_offset_[i]);
+    if (n.op == OpKind::Scalar) std::memcpy(persistent_ + persistent_offset_[i], &n.attrs.value, sizeof(float));
+    if (n.op == OpKind::Constant) std::memcpy(persistent_ + persistent_offset_[i], n.data.data(), n.data.size());
   }
   pool_generation_ = pool_generation();
 }
@@ -240,7 +251,7 @@ const RunResult& Engine::run(const std::string& name, const TensorView* inputs, 
   if (batch < 0) batch = 1;
   for (int i = 0; i < count; ++i) {
     const TensorView& v = inputs[i];
-    if (v.dtype == DType::F32 && !all_finite(static_cast<const float*>(v.data), view_numel(v)))
+    if (is_float(v.dtype) && !all_finite(v.data, view_numel(v), v.dtype))
       throw std::invalid_argument("[run] input '" + graph_.node(spec.inputs[i]).attrs.name +
                                   "' contains NaN or infinite values");
   }
@@ -285,29 +296,36 @@ std::vector<std::string> Engine::variable_names() const {
 
 Shape Engine::variable_shape(const std::string& name) const { return graph_.node(named(OpKind::Variable, name)).shape; }
 
-void Engine::set_variable(const std::string& name, const float* data, const Shape& shape) {
+DType Engine::variable_dtype(const std::string& name) const { return graph_.node(named(OpKind::Variable, name)).dtype; }
+
+void Engine::set_variable(const std::string& name, const void* data, const Shape& shape, DType dtype) {
   const int id = named(OpKind::Variable, name);
-  const Shape& expected = graph_.node(id).shape;
-  if (shape != expected)
-    throw std::invalid_argument("[set_variable] '" + name + "' has shape " + shape_str(expected) + ", got " +
+  const Node& var = graph_.node(id);
+  if (shape != var.shape)
+    throw std::invalid_argument("[set_variable] '" + name + "' has shape " + shape_str(var.shape) + ", got " +
                                 shape_str(shape));
-  std::copy(data, data + numel(shape), persistent_ + persistent_offset_[id]);
+  if (dtype != var.dtype)
+    throw std::invalid_argument("[set_variable] '" + name + "' holds " + std::string(dtype_name(var.dtype)) +
+                                ", got " + std::string(dtype_name(dtype)));
+  std::memcpy(persistent_ + persistent_offset_[id], data, static_cast<size_t>(numel(shape) * dtype_size(dtype)));
 }
 
-void Engine::get_variable(const std::string& name, float* out) const {
+void Engine::get_variable(const std::string& name, void* out) const {
   const int id = named(OpKind::Variable, name);
-  const float* src = persistent_ + persistent_offset_[id];
-  std::copy(src, src + numel(graph_.node(id).shape), out);
+  const Node& var = graph_.node(id);
+  std::memcpy(out, persistent_ + persistent_offset_[id], static_cast<size_t>(numel(var.shape) * dtype_size(var.dtype)));
 }
 
 void Engine::set_scalar(const std::string& name, float value) {
   if (!std::isfinite(value))
     throw std::invalid_argument("[set_scalar] '" + name + "' must be finite, got " + std::to_string(value));
-  persistent_[persistent_offset_[named(OpKind::Scalar, name)]] = value;
+  std::memcpy(persistent_ + persistent_offset_[named(OpKind::Scalar, name)], &value, sizeof value);
 }
 
 float Engine::get_scalar(const std::string& name) const {
-  return persistent_[persistent_offset_[named(OpKind::Scalar, name)]];
+  float value;
+  std::memcpy(&value, persistent_ + persistent_offset_[named(OpKind::Scalar, name)], sizeof value);
+  return value;
 }
 
 EngineStats Engine::stats() const {

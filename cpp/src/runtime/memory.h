@@ -26,6 +26,7 @@ class AlignedBuffer {
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
 
   float* data() const { return static_cast<float*>(data_); }
+  char* raw() const { return static_cast<char*>(data_); }
   size_t bytes() const { return bytes_; }
 
  private:

@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "backends/backend.h"
+#include "backends/cpu/cast.h"
 #include "backends/cpu/checks.h"
 #include "backends/cpu/support.h"
 #include "backends/cpu/fused_elementwise.h"
@@ -97,11 +98,8 @@ struct CheckRangeKernel final : Kernel {
 struct CastKernel final : Kernel {
   BufRef x, y;
   int64_t n;
-  bool to_float;
-  void run(const ExecContext& ctx) const override {
-    if (to_float) cast_i32_to_f32(ctx.iptr(x), n, ctx.ptr(y));
-    else cast_f32_to_i32(ctx.ptr(x), n, ctx.iptr(y));
-  }
+  DType from, to;
+  void run(const ExecContext& ctx) const override { cast(from, ctx.bytes(x), n, to, ctx.bytes(y)); }
 };
 
 struct CopyKernel final : Kernel {
@@ -328,7 +326,8 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
       k->x = in(0);
       k->y = y;
       k->n = numel(in_shape(0));
-      k->to_float = n.attrs.dtype == DType::F32;
+      k->from = g.node(n.inputs[0]).dtype;
+      k->to = n.attrs.dtype;
       return k;
     }
     case OpKind::Conv2D: case OpKind::Conv2DInputGrad: case OpKind::Conv2DWeightGrad: case OpKind::MaxPool2D:
@@ -366,9 +365,8 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
 struct CpuWorkspace {
   AlignedBuffer arena, scratch, shared, tiles;
 
-  static void grow(AlignedBuffer& buffer, int64_t floats) {
-    const size_t bytes = static_cast<size_t>(floats) * sizeof(float);
-    if (buffer.bytes() < bytes) buffer = AlignedBuffer(bytes);
+  static void grow(AlignedBuffer& buffer, int64_t bytes) {
+    if (buffer.bytes() < static_cast<size_t>(bytes)) buffer = AlignedBuffer(static_cast<size_t>(bytes));
   }
   int64_t bytes() const {
     return static_cast<int64_t>(arena.bytes() + scratch.bytes() + shared.bytes() + tiles.bytes());
@@ -426,9 +424,10 @@ class CpuFunction final : public CompiledFunction {
     profile_ = profile && profile[0] == '1';
     seconds_.assign(kernels_.size(), 0.0);
     scratch_stride_ = (scratch + 15) / 16 * 16;
-    tile_stride_ = (mem.tile_floats + 15) / 16 * 16;
+    tile_stride_ = (mem.tile_bytes + 63) / 64 * 64;
     const int64_t threads = pool_->size();
-    needs_ = {mem.arena_floats, scratch_stride_ * threads, shared, tile_stride_ * threads};
+    const int64_t float_bytes = static_cast<int64_t>(sizeof(float));
+    needs_ = {mem.arena_bytes, scratch_stride_ * threads * float_bytes, shared * float_bytes, tile_stride_ * threads};
     CpuWorkspace::grow(workspace_->arena, needs_[0]);
     CpuWorkspace::grow(workspace_->scratch, needs_[1]);
     CpuWorkspace::grow(workspace_->shared, needs_[2]);
@@ -437,7 +436,7 @@ class CpuFunction final : public CompiledFunction {
 
   void execute(const RunArgs& args) override {
     ExecContext ctx;
-    ctx.arena = workspace_->arena.data();
+    ctx.arena = workspace_->arena.raw();
     ctx.persistent = args.persistent;
     ctx.inputs = args.inputs;
     ctx.pool = pool_.get();
@@ -446,7 +445,7 @@ class CpuFunction final : public CompiledFunction {
     ctx.shared = workspace_->shared.data();
     ctx.seed = args.seed;
     ctx.rng_step = args.rng_step;
-    ctx.tiles = workspace_->tiles.data();
+    ctx.tiles = workspace_->tiles.raw();
     ctx.tile_stride = tile_stride_;
     if (!profile_) {
       for (const auto& k : kernels_) k->run(ctx);
@@ -471,18 +470,18 @@ class CpuFunction final : public CompiledFunction {
                    description_[i].c_str());
   }
 
-  const float* output(int i, const RunArgs& args) const override {
+  const void* output(int i, const RunArgs& args) const override {
     ExecContext ctx;
-    ctx.arena = workspace_->arena.data();
+    ctx.arena = workspace_->arena.raw();
     ctx.persistent = args.persistent;
     ctx.inputs = args.inputs;
-    return ctx.ptr(outputs_[i]);
+    return ctx.bytes(outputs_[i]);
   }
 
   int64_t arena_bytes() const override {
-    int64_t floats = 0;
-    for (int64_t n : needs_) floats += n;
-    return floats * static_cast<int64_t>(sizeof(float));
+    int64_t bytes = 0;
+    for (int64_t n : needs_) bytes += n;
+    return bytes;
   }
   const std::vector<std::string>& describe() const override { return description_; }
 
@@ -491,7 +490,7 @@ class CpuFunction final : public CompiledFunction {
   std::vector<BufRef> outputs_;
   std::vector<std::string> description_;
   std::shared_ptr<CpuWorkspace> workspace_;
-  std::array<int64_t, 4> needs_{};  // floats of arena, scratch, shared workspace, tiles
+  std::array<int64_t, 4> needs_{};  // bytes of arena, scratch, shared workspace, tiles
   std::shared_ptr<ThreadPool> pool_;
   int64_t scratch_stride_ = 0, tile_stride_ = 0;
   bool profile_ = false;

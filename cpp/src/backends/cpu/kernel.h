@@ -10,8 +10,8 @@
 namespace gometal {
 
 struct ExecContext {
-  float* arena = nullptr;
-  float* persistent = nullptr;
+  char* arena = nullptr;       // buffers are located by byte offsets
+  char* persistent = nullptr;
   const void* const* inputs = nullptr;  // one pointer per function input
   ThreadPool* pool = nullptr;
   float* scratch = nullptr;             // per-thread scratch, scratch_stride floats each
@@ -19,27 +19,30 @@ struct ExecContext {
   int64_t scratch_stride = 0;
   uint64_t seed = 0;
   uint64_t rng_step = 0;
-  float* tiles = nullptr;     // per-thread tile buffers, tile_stride floats each
+  char* tiles = nullptr;      // per-thread tile buffers, tile_stride bytes each
   int64_t tile_stride = 0;
-  float* tile = nullptr;      // inside a tiled run: this thread's tiles, holding image tile_sample
+  char* tile = nullptr;       // inside a tiled run: this thread's tiles, holding image tile_sample
   int64_t tile_sample = 0;
 
-  float* ptr(const BufRef& r) const {
+  // The buffer's first element. Kernels read and write float32 through ptr (or int32
+  // through iptr); other dtypes through bytes.
+  char* bytes(const BufRef& r) const {
     switch (r.region) {
       case Region::Arena: return arena + r.offset;
       case Region::Persistent: return persistent + r.offset;
-      case Region::Input: return const_cast<float*>(static_cast<const float*>(inputs[r.index])) + r.offset;
+      case Region::Input: return const_cast<char*>(static_cast<const char*>(inputs[r.index])) + r.offset;
       case Region::Tile: {
-        // A base such that base + tile_sample * sample_floats is the tile: kernels index
+        // A base such that base + tile_sample * sample_bytes is the tile: kernels index
         // images of a tile as they index images of a full buffer.
         const auto at = reinterpret_cast<std::uintptr_t>(tile + r.offset);
-        return reinterpret_cast<float*>(at - static_cast<std::uintptr_t>(tile_sample * r.sample_floats) * sizeof(float));
+        return reinterpret_cast<char*>(at - static_cast<std::uintptr_t>(tile_sample * r.sample_bytes));
       }
       case Region::None: break;
     }
     return nullptr;
   }
-  int32_t* iptr(const BufRef& r) const { return reinterpret_cast<int32_t*>(ptr(r)); }
+  float* ptr(const BufRef& r) const { return reinterpret_cast<float*>(bytes(r)); }
+  int32_t* iptr(const BufRef& r) const { return reinterpret_cast<int32_t*>(bytes(r)); }
   float* thread_scratch(int thread) const { return scratch + thread * scratch_stride; }
 };
 

@@ -46,12 +46,4 @@ void one_hot(const int32_t* labels, int64_t n, int64_t depth, float* out) {
     if (labels[i] >= 0 && labels[i] < depth) out[i * depth + labels[i]] = 1.0f;
 }
 
-void cast_i32_to_f32(const int32_t* x, int64_t n, float* y) {
-  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(x[i]);
-}
-
-void cast_f32_to_i32(const float* x, int64_t n, int32_t* y) {
-  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<int32_t>(x[i]);
-}
-
 }  // namespace gometal

@@ -1,4 +1,4 @@
-// Data movement: transpose, slice, pad, concat, one-hot, casts and copies.
+// Data movement: transpose, slice, pad, concat, one-hot and copies (casts: cast.h).
 #pragma once
 
 #include <cstdint>
@@ -13,7 +13,5 @@ void transpose(const Shape& in, const std::vector<int64_t>& perm, const float* x
 void copy_along_axis(int64_t outer, int64_t inner, const float* src, int64_t src_len, int64_t src_start,
                      float* dst, int64_t dst_len, int64_t dst_start, int64_t count);
 void one_hot(const int32_t* labels, int64_t n, int64_t depth, float* out);
-void cast_i32_to_f32(const int32_t* x, int64_t n, float* y);
-void cast_f32_to_i32(const float* x, int64_t n, int32_t* y);
 
 }  // namespace gometal

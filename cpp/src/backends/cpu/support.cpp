@@ -10,15 +10,19 @@ namespace {
 constexpr uint32_t bit(DType d) { return 1u << static_cast<uint32_t>(d); }
 constexpr uint32_t kF32 = bit(DType::F32), kI32 = bit(DType::I32);
 
-// The input dtypes each op's CPU kernel takes. Copies move 4-byte elements whatever they
-// mean, so layout ops take int32 too; one_hot reads int32 labels.
+// The input dtypes each op's CPU kernel takes: float32 everywhere; copies move 4-byte
+// elements whatever they mean, so layout ops take int32 too; one_hot reads int32 labels;
+// cast converts between every pair.
 std::array<uint32_t, static_cast<size_t>(OpKind::kCount)> make_table() {
   std::array<uint32_t, static_cast<size_t>(OpKind::kCount)> t{};
   for (const OpDef& def : op_table())
     if (!def.has(trait::kLeaf) && (!def.has(trait::kElementwise) || fusable_on_cpu(def.kind)))
       t[static_cast<size_t>(def.kind)] = kF32;
-  for (OpKind op : {OpKind::Reshape, OpKind::Transpose, OpKind::Slice, OpKind::Concat, OpKind::Cast})
+  for (OpKind op : {OpKind::Reshape, OpKind::Transpose, OpKind::Slice, OpKind::Concat})
     t[static_cast<size_t>(op)] = kF32 | kI32;
+  uint32_t every = 0;
+  for (size_t d = 0; d < static_cast<size_t>(DType::kCount); ++d) every |= 1u << d;
+  t[static_cast<size_t>(OpKind::Cast)] = every;
   t[static_cast<size_t>(OpKind::OneHot)] = kI32;
   return t;
 }

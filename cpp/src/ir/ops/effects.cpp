@@ -21,8 +21,11 @@ void assign_shape(Node& n, const std::vector<Node>& nodes) {
   if (value.shape != var.shape)
     fail(name_of(n), "value of shape " + shape_str(value.shape) + " does not match variable '" + var.attrs.name +
                          "' of shape " + shape_str(var.shape));
-  require_float(n, value);
+  if (value.dtype != var.dtype)
+    fail(name_of(n), "value of dtype " + std::string(dtype_name(value.dtype)) + " does not match variable '" +
+                         var.attrs.name + "' of dtype " + std::string(dtype_name(var.dtype)));
   n.shape = var.shape;
+  n.dtype = var.dtype;
 }
 
 // (param, exp_avg, exp_avg_sq, grad, step_size, sqrt(bias_correction2)[, finite]): with the
@@ -51,7 +54,7 @@ void adam_shape(Node& n, const std::vector<Node>& nodes) {
     if (!input(n, nodes, i).shape.empty())
       fail(name_of(n), "input " + std::to_string(i) + " must be a scalar, got shape " +
                            shape_str(input(n, nodes, i).shape));
-  for (size_t i = 3; i < n.inputs.size(); ++i) require_float(n, input(n, nodes, i));
+  for (size_t i = 0; i < n.inputs.size(); ++i) require_dtype(n, input(n, nodes, i), DType::F32, "inputs");
   n.shape = p.shape;
 }
 

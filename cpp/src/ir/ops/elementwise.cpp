@@ -6,20 +6,23 @@ namespace {
 
 using namespace ops;
 
+// Elementwise math keeps its inputs' float dtype; comparisons give 0/1 in it.
 void unary_shape(Node& n, const std::vector<Node>& nodes) {
   require_float(n, input(n, nodes, 0));
   n.shape = input(n, nodes, 0).shape;
+  n.dtype = input(n, nodes, 0).dtype;
 }
 
 void binary_shape(Node& n, const std::vector<Node>& nodes) {
   const Node &a = input(n, nodes, 0), &b = input(n, nodes, 1);
+  n.dtype = common_dtype(n, nodes);
   require_float(n, a);
-  require_float(n, b);
   n.shape = broadcast_shapes(a.shape, b.shape, name_of(n));
 }
 
 void select_shape(Node& n, const std::vector<Node>& nodes) {
-  for (size_t i = 0; i < 3; ++i) require_float(n, input(n, nodes, i));
+  n.dtype = common_dtype(n, nodes);
+  require_float(n, input(n, nodes, 0));
   const Shape ab = broadcast_shapes(input(n, nodes, 0).shape, input(n, nodes, 1).shape, name_of(n));
   n.shape = broadcast_shapes(ab, input(n, nodes, 2).shape, name_of(n));
 }

@@ -40,7 +40,7 @@ void transpose_shape(Node& n, const std::vector<Node>& nodes) {
 
 void broadcast_shape(Node& n, const std::vector<Node>& nodes) {
   const Node& x = input(n, nodes, 0);
-  require_float(n, x);
+  n.dtype = x.dtype;
   const Shape& t = n.attrs.ints;
   if (broadcast_shapes(x.shape, t, name_of(n)) != t)
     fail(name_of(n), "cannot broadcast " + shape_str(x.shape) + " to " + shape_str(t));
@@ -62,7 +62,7 @@ void slice_shape(Node& n, const std::vector<Node>& nodes) {
 
 void pad_shape(Node& n, const std::vector<Node>& nodes) {
   const Node& x = input(n, nodes, 0);
-  require_float(n, x);
+  n.dtype = x.dtype;
   n.attrs.axis = norm_axis(n.attrs.axis, x.shape.size(), name_of(n));
   if (x.shape[n.attrs.axis] == kBatch) fail(name_of(n), "cannot pad along the batch dimension");
   if (n.attrs.start < 0 || n.attrs.end < 0) fail(name_of(n), "pad amounts must be >= 0");

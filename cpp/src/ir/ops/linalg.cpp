@@ -8,8 +8,8 @@ using namespace ops;
 
 void matmul_shape(Node& n, const std::vector<Node>& nodes) {
   const Node &an = input(n, nodes, 0), &bn = input(n, nodes, 1);
+  n.dtype = common_dtype(n, nodes);
   require_float(n, an);
-  require_float(n, bn);
   const Shape &a = an.shape, &b = bn.shape;
   if (a.size() != 2 || b.size() != 2)
     fail(name_of(n), "expects 2-D operands, got " + shape_str(a) + " x " + shape_str(b));

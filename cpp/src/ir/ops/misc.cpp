@@ -9,7 +9,8 @@ using namespace ops;
 
 void one_hot_shape(Node& n, const std::vector<Node>& nodes) {
   const Node& x = input(n, nodes, 0);
-  require_dtype(n, x, DType::I32, "indices");
+  if (x.dtype != DType::I32 && x.dtype != DType::I64)
+    fail(name_of(n), "expects int32 or int64 indices, got " + std::string(dtype_name(x.dtype)));
   if (n.attrs.depth <= 0) fail(name_of(n), "depth must be positive, got " + std::to_string(n.attrs.depth));
   n.shape = x.shape;
   n.shape.push_back(n.attrs.depth);
@@ -23,6 +24,13 @@ void cast_shape(Node& n, const std::vector<Node>& nodes) {
 void same_shape(Node& n, const std::vector<Node>& nodes) {
   require_float(n, input(n, nodes, 0));
   n.shape = input(n, nodes, 0).shape;
+  n.dtype = input(n, nodes, 0).dtype;
+}
+
+// stop_gradient passes any dtype through.
+void identity_shape(Node& n, const std::vector<Node>& nodes) {
+  n.shape = input(n, nodes, 0).shape;
+  n.dtype = input(n, nodes, 0).dtype;
 }
 
 void check_range_shape(Node& n, const std::vector<Node>& nodes) {
@@ -63,7 +71,7 @@ std::vector<OpDef> misc_op_defs() {
       // Its input only gives the shape: no gradient reaches it.
       {OpKind::RandomUniform, "random_uniform", 1, {}, same_shape, Gradient::Zero, nullptr,
        trait::kElementwise | trait::kRandom},
-      {OpKind::StopGradient, "stop_gradient", 1, {}, same_shape, Gradient::Zero, nullptr, 0, nullptr, always_alias},
+      {OpKind::StopGradient, "stop_gradient", 1, {}, identity_shape, Gradient::Zero, nullptr, 0, nullptr, always_alias},
       {OpKind::CheckRange, "check_range", 1,
        {attr("low", &Attrs::low), attr("high", &Attrs::high), attr("label", &Attrs::name),
         attr("message", &Attrs::message)},

@@ -27,9 +27,20 @@ int64_t known_product(const Shape& s, int* batch_count) {
 }
 
 void require_float(const Node& n, const Node& in) {
-  if (in.dtype != DType::F32)
-    fail(name_of(n), "expects float32 inputs, got " + std::string(dtype_name(in.dtype)) + " of shape " +
-                         shape_str(in.shape));
+  if (!is_float(in.dtype))
+    fail(name_of(n), "expects float inputs (float32, float16 or bfloat16), got " + std::string(dtype_name(in.dtype)) +
+                         " of shape " + shape_str(in.shape) + "; cast it first");
+}
+
+DType common_dtype(const Node& n, const std::vector<Node>& nodes) {
+  const DType first = nodes[n.inputs[0]].dtype;
+  for (size_t i = 1; i < n.inputs.size(); ++i) {
+    const DType other = nodes[n.inputs[i]].dtype;
+    if (other != first)
+      fail(name_of(n), "inputs mix dtypes " + std::string(dtype_name(first)) + " and " +
+                           std::string(dtype_name(other)) + "; cast one to the other");
+  }
+  return first;
 }
 
 void require_dtype(const Node& n, const Node& in, DType want, std::string_view role) {

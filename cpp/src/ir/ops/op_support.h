@@ -22,8 +22,12 @@ int64_t norm_axis(int64_t axis, size_t rank, std::string_view op);
 // The product of the known dims of `s`; `batch_count` gets how many dims are the batch.
 int64_t known_product(const Shape& s, int* batch_count);
 
-// Fails unless input `in` is float32, naming the op and the dtype it got.
+// Fails unless input `in` has a float dtype (float32, float16, bfloat16), naming the op and
+// the dtype it got.
 void require_float(const Node& n, const Node& in);
+
+// Fails unless every input of n has the same dtype, naming the op and both dtypes; returns it.
+DType common_dtype(const Node& n, const std::vector<Node>& nodes);
 
 // Fails unless `in` has dtype `want`, naming the op, the input's role and both dtypes.
 void require_dtype(const Node& n, const Node& in, DType want, std::string_view role);

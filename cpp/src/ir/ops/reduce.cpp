@@ -11,6 +11,7 @@ using namespace ops;
 void reduce_shape(Node& n, const std::vector<Node>& nodes) {
   const Node& x = input(n, nodes, 0);
   require_float(n, x);
+  n.dtype = x.dtype;
   const Shape& s = x.shape;
   const auto axes = normalize_axes(n.attrs.ints, s.size(), name_of(n));
   n.attrs.ints = axes;
@@ -33,6 +34,7 @@ void argmax_shape(Node& n, const std::vector<Node>& nodes) {
 void moments_shape(Node& n, const std::vector<Node>& nodes) {
   const Node& x = input(n, nodes, 0);
   require_float(n, x);
+  n.dtype = x.dtype;
   const Shape& s = x.shape;
   if (s.size() < 2 || s[1] == kBatch)
     fail(name_of(n), "expects (batch, channels, ...) with at least 2 dims, got shape " + shape_str(s));

@@ -9,8 +9,8 @@ namespace {
 using namespace ops;
 
 void conv_shape(Node& n, const std::vector<Node>& nodes) {
+  n.dtype = common_dtype(n, nodes);
   require_float(n, input(n, nodes, 0));
-  require_float(n, input(n, nodes, 1));
   const ConvGeometry g = conv_geometry(name_of(n), input(n, nodes, 0).shape, &input(n, nodes, 1).shape, n.attrs);
   n.shape = {g.n, g.o, g.oh, g.ow};
 }
@@ -23,6 +23,7 @@ void require_output_grad(const Node& n, const Node& grad, const Shape& out) {
 }
 
 void conv_input_grad_shape(Node& n, const std::vector<Node>& nodes) {  // (g, w) -> dx
+  n.dtype = common_dtype(n, nodes);
   require_float(n, input(n, nodes, 1));
   const ConvGeometry g = conv_geometry(name_of(n), n.attrs.ints, &input(n, nodes, 1).shape, n.attrs);
   require_output_grad(n, input(n, nodes, 0), {g.n, g.o, g.oh, g.ow});
@@ -30,6 +31,7 @@ void conv_input_grad_shape(Node& n, const std::vector<Node>& nodes) {  // (g, w)
 }
 
 void conv_weight_grad_shape(Node& n, const std::vector<Node>& nodes) {  // (x, g) -> dw
+  n.dtype = common_dtype(n, nodes);
   require_float(n, input(n, nodes, 0));
   const ConvGeometry g = conv_geometry(name_of(n), input(n, nodes, 0).shape, &n.attrs.ints, n.attrs);
   require_output_grad(n, input(n, nodes, 1), {g.n, g.o, g.oh, g.ow});
@@ -38,11 +40,13 @@ void conv_weight_grad_shape(Node& n, const std::vector<Node>& nodes) {  // (x, g
 
 void pool_shape(Node& n, const std::vector<Node>& nodes) {
   require_float(n, input(n, nodes, 0));
+  n.dtype = input(n, nodes, 0).dtype;
   const ConvGeometry g = conv_geometry(name_of(n), input(n, nodes, 0).shape, nullptr, n.attrs);
   n.shape = {g.n, g.c, g.oh, g.ow};
 }
 
 void max_pool_grad_shape(Node& n, const std::vector<Node>& nodes) {  // (x, g) -> dx
+  n.dtype = common_dtype(n, nodes);
   require_float(n, input(n, nodes, 0));
   const ConvGeometry g = conv_geometry(name_of(n), input(n, nodes, 0).shape, nullptr, n.attrs);
   require_output_grad(n, input(n, nodes, 1), {g.n, g.c, g.oh, g.ow});
@@ -50,6 +54,7 @@ void max_pool_grad_shape(Node& n, const std::vector<Node>& nodes) {  // (x, g) -
 }
 
 void avg_pool_grad_shape(Node& n, const std::vector<Node>& nodes) {  // (g) -> dx
+  n.dtype = input(n, nodes, 0).dtype;
   const ConvGeometry g = conv_geometry(name_of(n), n.attrs.ints, nullptr, n.attrs);
   require_output_grad(n, input(n, nodes, 0), {g.n, g.c, g.oh, g.ow});
   n.shape = n.attrs.ints;
