@@ -23,7 +23,7 @@ except ImportError as err:  # pragma: no cover - only without a built engine
         f"Original error: {err}"
     ) from err
 
-from .base.module_aliases import install_module_aliases
+from .base.module_aliases import install_module_aliases as _install_module_aliases
 from .base.runtime import get_num_threads, set_num_threads
 from .io import serialization
 from .io.serialization import load_model
@@ -32,7 +32,8 @@ from .nn.builder import ModelBuilder
 from .nn.layers.base import EmitContext
 from .nn.model import Model
 from .nn.tensor import Input, SymbolicTensor
-from .train import callbacks, losses, metrics, optim, provided, schedulers
+from .train import callbacks, losses, metrics, optim, schedulers
+from .train import provided as _train_provided
 from .train.history import History
 from .train.session import TrainingSession
 from .train.trainer import StepResult, Trainer
@@ -70,6 +71,7 @@ PUBLIC_MODULE_PATHS = {
     "callbacks": "train.callbacks",
     "cli": "apps.cli",  # the console script of installs made before the tree had layers
     "datasets": "data.datasets",
+    "initializers": "nn.initializers",
     "layers": "nn.layers",
     "losses": "train.losses",
     "metrics": "train.metrics",
@@ -81,10 +83,10 @@ PUBLIC_MODULE_PATHS = {
     "training": "train",
     "vision": "data.vision",
 }
-install_module_aliases(__name__, PUBLIC_MODULE_PATHS)
+_install_module_aliases(__name__, PUBLIC_MODULE_PATHS)
 
 
-@provided.plots_callback.provide
+@_train_provided.plots_callback.provide
 def _plots_callback(plots: str, plots_dir: object, validation: object) -> object:
     # fit(plots=...) sits in train, below viz: the dashboard is wired in here, and viz
     # (plotly, scipy) loads only when a fit asks for plots.
@@ -106,4 +108,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES) | set(PUBLIC_MODULE_PATHS))
