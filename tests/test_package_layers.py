@@ -114,7 +114,6 @@ def test_the_upper_layers_provide_what_the_lower_layers_call():
         train_provided.plots_callback,
     ]
     assert [f.provided for f in functions] == [True] * len(functions)
-    assert nn_provided.save_model._function is gm.serialization.save_model
 
 
 def test_a_function_nobody_provided_names_its_provider():

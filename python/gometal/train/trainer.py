@@ -300,7 +300,9 @@ class Trainer:
                 page of training and evaluation plots) at the end; ``"sidecar"`` sends the
                 plot payloads to the sidecar service after each epoch; ``None`` neither.
                 Unless ``verbose=0``, fit prints the dashboard's path or URL at the end.
-                Plotting problems become a warning, never a failed fit.
+                Plotting problems become a warning, never a failed fit. Sugar for adding
+                ``gm.viz.Dashboard(plots, plots_dir, validation=validation)`` to
+                ``callbacks``.
             plots_dir: the dashboard's folder (created if missing).
 
         Returns:
