@@ -138,3 +138,14 @@ def test_evaluate_batch_gives_the_probabilities_with_the_loss():
     assert batch.loss == pytest.approx(-log_likelihood.mean(), rel=1e-5)
     assert batch.totals.value == pytest.approx(np.mean(logits.argmax(axis=1) == y))
     assert batch.labels.dtype == np.int32 and trainer.evaluate_batch(x, y).outputs is None
+
+
+def test_the_plots_collect_through_the_session():
+    x, y = _data()
+    xv, yv = _data(48, seed=1)
+    trainer = _trainer()
+    collector = gm.viz.VisualizationCollector(validation=(xv, yv))
+    fit(SessionOnly(trainer), (x, y), epochs=2, callbacks=[collector], verbose=0)
+    assert collector.errors == []
+    kinds = {payload["plot_type"] for payload in collector.payloads()}
+    assert {"gradient_histogram", "activation_pattern", "roc_curve"} <= kinds
