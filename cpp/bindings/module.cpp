@@ -135,14 +135,28 @@ py::list run(Engine& engine, const std::string& name, const py::sequence& arrays
   return out;
 }
 
-// {"without_kernels": ["adam_update", ...]}: see BackendOptions.
+// {"threads": 2, "sample_tiling": False, "without_kernels": ["adam_update"]}: see
+// BackendOptions.
 BackendOptions backend_options(const py::dict& options) {
   BackendOptions out;
   for (auto item : options) {
     const std::string key = py::str(item.first);
-    if (key != "without_kernels")
-      throw py::value_error("[engine] unknown backend option '" + key + "'; options: without_kernels");
-    for (py::handle name : item.second.cast<py::sequence>()) out.without_kernels.push_back(op_from_name(name.cast<std::string>()));
+    py::handle v = item.second;
+    if (key == "without_kernels") {
+      for (py::handle name : v.cast<py::sequence>()) out.without_kernels.push_back(op_from_name(name.cast<std::string>()));
+    } else if (key == "threads") {
+      if (py::isinstance<py::bool_>(v) || !PyIndex_Check(v.ptr()))
+        throw py::type_error("[engine] backend option 'threads' must be an int, got " + std::string(py::str(py::repr(v))));
+      out.threads = v.cast<int>();
+    } else if (key == "sample_tiling") {
+      if (!py::isinstance<py::bool_>(v))
+        throw py::type_error("[engine] backend option 'sample_tiling' must be True or False, got " +
+                             std::string(py::str(py::repr(v))));
+      out.sample_tiling = v.cast<bool>() ? 1 : 0;
+    } else {
+      throw py::value_error("[engine] unknown backend option '" + key +
+                            "'; options: threads, sample_tiling, without_kernels");
+    }
   }
   return out;
 }
@@ -224,6 +238,11 @@ PYBIND11_MODULE(_core, m) {
              return e.describe(name, batch);
            }, py::arg("name"), py::arg("batch"))
       .def("variable_names", &Engine::variable_names)
+      .def("backend_info", [](const Engine& e) {
+        py::dict d;
+        for (const auto& [key, value] : e.backend_info()) d[key.c_str()] = value;
+        return d;
+      })
       .def("variable_shape", [](const Engine& e, const std::string& n) { return to_tuple(e.variable_shape(n)); })
       // Reads and writes of engine state take the engine's lock, as a step does, so they never
       // see or make half a step. The GIL is released first: a step holds the lock while it

@@ -18,11 +18,16 @@ class Backend;
 class CompiledFunction;
 struct FunctionSpec;
 
-// Choices a backend is created with. `without_kernels` makes the backend treat ops as if it
-// had no kernel for them, so they run through their registry decomposition (tests use it to
-// check a decomposition against the kernel, as a backend lacking the kernel would run it).
+// Choices a backend is created with.
 struct BackendOptions {
+  // Ops the backend treats as if it had no kernel for them, so they run through their
+  // registry decomposition (tests check a decomposition against the kernel this way).
   std::vector<OpKind> without_kernels;
+  // CPU: threads of the engine's own pool; 0 shares the process-wide pool (set_num_threads).
+  int threads = 0;
+  // CPU: run chains of per-image steps image by image (-1: the process default,
+  // set_sample_tiling).
+  int sample_tiling = -1;
 };
 
 // A borrowed view of caller memory (C-contiguous).
@@ -88,6 +93,8 @@ class Engine {
   void set_rng_step(uint64_t step) { rng_step_ = step; }
 
   EngineStats stats() const;
+  // The backend's name, BLAS, threads and options, as (key, value) pairs.
+  std::vector<std::pair<std::string, std::string>> backend_info() const;
   std::mutex& mutex() { return run_mutex_; }
   // The kernels the plan for (function, batch) runs, compiling it if needed.
   std::vector<std::string> describe(const std::string& name, int64_t batch);
@@ -107,9 +114,6 @@ class Engine {
   std::unique_ptr<Backend> backend_;
   std::vector<int64_t> persistent_offset_;  // per node id
   int64_t persistent_bytes_ = 0;
-  char* persistent_ = nullptr;
-  struct PersistentPool;
-  std::unique_ptr<PersistentPool> pool_;
   std::map<std::string, std::unique_ptr<Function>> functions_;
   std::map<int, int> replaced_;  // node -> its replacement by a graph pass or a decomposition
   std::map<int, std::vector<int>> expanded_effects_;  // effect -> the effects it decomposed into

@@ -15,10 +15,6 @@
 
 namespace gometal {
 
-struct Engine::PersistentPool {
-  AlignedBuffer buffer;
-};
-
 struct Engine::Plan {
   std::unique_ptr<CompiledFunction> compiled;
   RunResult result;
@@ -70,7 +66,7 @@ bool all_finite(const void* data, int64_t n, DType dtype) {
 }  // namespace
 
 Engine::Engine(const Graph& graph, uint64_t seed, const std::string& backend, const BackendOptions& options)
-    : graph_(graph), seed_(seed), pool_(std::make_unique<PersistentPool>()) {
+    : graph_(graph), seed_(seed) {
   // Graph passes run once, on the engine's own copy (after every gradient is built).
   for (auto [from, to] : narrow_relu_pool_masks(graph_)) replaced_[from] = to;
   if (backend == "cpu") backend_ = make_cpu_backend(options);
@@ -87,12 +83,12 @@ Engine::Engine(const Graph& graph, uint64_t seed, const std::string& backend, co
     persistent_offset_[i] = persistent_bytes_;
     persistent_bytes_ += (numel(n.shape) * dtype_size(n.dtype) + 63) / 64 * 64;
   }
-  pool_->buffer = AlignedBuffer(static_cast<size_t>(std::max<int64_t>(persistent_bytes_, 64)));
-  persistent_ = pool_->buffer.raw();
+  backend_->allocate_persistent(std::max<int64_t>(persistent_bytes_, 64));
   for (int i = 0; i < graph_.size(); ++i) {
     const Node& n = graph_.node(i);
-    if (n.op == OpKind::Scalar) std::memcpy(persistent_ + persistent_offset_[i], &n.attrs.value, sizeof(float));
-    if (n.op == OpKind::Constant) std::memcpy(persistent_ + persistent_offset_[i], n.data.data(), n.data.size());
+    if (n.op == OpKind::Scalar) backend_->upload(persistent_offset_[i], &n.attrs.value, sizeof(float));
+    if (n.op == OpKind::Constant)
+      backend_->upload(persistent_offset_[i], n.data.data(), static_cast<int64_t>(n.data.size()));
   }
   pool_generation_ = pool_generation();
 }
@@ -269,11 +265,11 @@ const RunResult& Engine::run(const std::string& name, const TensorView* inputs, 
   Plan& plan = plan_for(fn, batch);
   for (int i = 0; i < count; ++i) fn.input_ptrs[i] = inputs[i].data;
   RunArgs args;
-  args.persistent = persistent_;
   args.inputs = fn.input_ptrs.data();
   args.seed = seed_;
   args.rng_step = rng_step_;
   plan.compiled->execute(args);
+  backend_->synchronize();
   if (spec.advance_rng) ++rng_step_;
   if (!spec.effects.empty()) ++steps_;
   for (size_t i = 0; i < spec.outputs.size(); ++i) plan.result.data[i] = plan.compiled->output(static_cast<int>(i), args);
@@ -307,36 +303,38 @@ void Engine::set_variable(const std::string& name, const void* data, const Shape
   if (dtype != var.dtype)
     throw std::invalid_argument("[set_variable] '" + name + "' holds " + std::string(dtype_name(var.dtype)) +
                                 ", got " + std::string(dtype_name(dtype)));
-  std::memcpy(persistent_ + persistent_offset_[id], data, static_cast<size_t>(numel(shape) * dtype_size(dtype)));
+  backend_->upload(persistent_offset_[id], data, numel(shape) * dtype_size(dtype));
 }
 
 void Engine::get_variable(const std::string& name, void* out) const {
   const int id = named(OpKind::Variable, name);
   const Node& var = graph_.node(id);
-  std::memcpy(out, persistent_ + persistent_offset_[id], static_cast<size_t>(numel(var.shape) * dtype_size(var.dtype)));
+  backend_->download(persistent_offset_[id], out, numel(var.shape) * dtype_size(var.dtype));
 }
 
 void Engine::set_scalar(const std::string& name, float value) {
   if (!std::isfinite(value))
     throw std::invalid_argument("[set_scalar] '" + name + "' must be finite, got " + std::to_string(value));
-  std::memcpy(persistent_ + persistent_offset_[named(OpKind::Scalar, name)], &value, sizeof value);
+  backend_->upload(persistent_offset_[named(OpKind::Scalar, name)], &value, sizeof value);
 }
 
 float Engine::get_scalar(const std::string& name) const {
   float value;
-  std::memcpy(&value, persistent_ + persistent_offset_[named(OpKind::Scalar, name)], sizeof value);
+  backend_->download(persistent_offset_[named(OpKind::Scalar, name)], &value, sizeof value);
   return value;
 }
 
 EngineStats Engine::stats() const {
   EngineStats st;
-  st.persistent_bytes = static_cast<int64_t>(pool_->buffer.bytes());
+  st.persistent_bytes = backend_->persistent_bytes();
   st.arena_bytes = backend_->workspace_bytes();
   for (auto& [_, fn] : functions_) st.plans += static_cast<int64_t>(fn->plans.size());
   st.allocations = engine_allocation_count();
   st.steps = steps_;
   return st;
 }
+
+std::vector<std::pair<std::string, std::string>> Engine::backend_info() const { return backend_->info(); }
 
 std::vector<float> random_uniform(uint64_t seed, uint32_t stream, int64_t count) {
   if (count < 0) throw std::invalid_argument("[random_uniform] count must be >= 0");

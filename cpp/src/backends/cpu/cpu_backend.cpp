@@ -3,9 +3,11 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 
 #include "backends/backend.h"
+#include "backends/cpu/blas.h"
 #include "backends/cpu/cast.h"
 #include "backends/cpu/checks.h"
 #include "backends/cpu/support.h"
@@ -16,9 +18,9 @@
 #include "backends/cpu/pool.h"
 #include "backends/cpu/optimizer_updates.h"
 #include "backends/cpu/reduce.h"
-#include "passes/fusion.h"
-#include "passes/memory_plan.h"
-#include "passes/sample_tiling.h"
+#include "backends/cpu/passes/fusion.h"
+#include "backends/cpu/passes/memory_plan.h"
+#include "backends/cpu/passes/sample_tiling.h"
 #include "runtime/memory.h"
 
 namespace gometal {
@@ -364,6 +366,7 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
 // largest plan needs: a new batch size adds a plan, not another arena.
 struct CpuWorkspace {
   AlignedBuffer arena, scratch, shared, tiles;
+  AlignedBuffer persistent;  // variables, scalars and constants, laid out by the engine
 
   static void grow(AlignedBuffer& buffer, int64_t bytes) {
     if (buffer.bytes() < static_cast<size_t>(bytes)) buffer = AlignedBuffer(static_cast<size_t>(bytes));
@@ -376,14 +379,14 @@ struct CpuWorkspace {
 class CpuFunction final : public CompiledFunction {
  public:
   CpuFunction(const Graph& g, const FunctionSpec& fn, int64_t batch, const std::vector<int64_t>& persistent_offset,
-              std::shared_ptr<CpuWorkspace> workspace)
-      : workspace_(std::move(workspace)) {
+              std::shared_ptr<CpuWorkspace> workspace, std::shared_ptr<ThreadPool> pool, bool tiling_on)
+      : workspace_(std::move(workspace)), pool_(std::move(pool)) {
     const Schedule s = schedule_function(g, fn);
     std::vector<Shape> shapes(g.size());
     for (int i = 0; i < g.size(); ++i)
       if (s.needed[i]) shapes[i] = concretize(g.node(i).shape, batch);
     Fusion f = fuse_elementwise(g, s, fn, shapes);
-    const SampleTiling tiling = plan_sample_tiling(g, s, f, shapes, batch);
+    const SampleTiling tiling = plan_sample_tiling(g, s, f, shapes, batch, tiling_on);
     const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset, &tiling);
     int64_t scratch = 0, shared = 0;
     std::unique_ptr<SampleTiledKernel> run;
@@ -417,8 +420,6 @@ class CpuFunction final : public CompiledFunction {
       }
     }
     for (int out : fn.outputs) outputs_.push_back(mem.ref[out]);
-    // The pool stays alive as long as this plan, whatever set_num_threads does meanwhile.
-    pool_ = cpu_pool();
     // GOMETAL_PROFILE=1 times every kernel and prints the table when the plan is dropped.
     const char* profile = std::getenv("GOMETAL_PROFILE");
     profile_ = profile && profile[0] == '1';
@@ -437,7 +438,7 @@ class CpuFunction final : public CompiledFunction {
   void execute(const RunArgs& args) override {
     ExecContext ctx;
     ctx.arena = workspace_->arena.raw();
-    ctx.persistent = args.persistent;
+    ctx.persistent = workspace_->persistent.raw();
     ctx.inputs = args.inputs;
     ctx.pool = pool_.get();
     ctx.scratch = workspace_->scratch.data();
@@ -473,7 +474,7 @@ class CpuFunction final : public CompiledFunction {
   const void* output(int i, const RunArgs& args) const override {
     ExecContext ctx;
     ctx.arena = workspace_->arena.raw();
-    ctx.persistent = args.persistent;
+    ctx.persistent = workspace_->persistent.raw();
     ctx.inputs = args.inputs;
     return ctx.bytes(outputs_[i]);
   }
@@ -490,8 +491,9 @@ class CpuFunction final : public CompiledFunction {
   std::vector<BufRef> outputs_;
   std::vector<std::string> description_;
   std::shared_ptr<CpuWorkspace> workspace_;
-  std::array<int64_t, 4> needs_{};  // bytes of arena, scratch, shared workspace, tiles
+  // The pool stays alive as long as this plan, whatever set_num_threads does meanwhile.
   std::shared_ptr<ThreadPool> pool_;
+  std::array<int64_t, 4> needs_{};  // bytes of arena, scratch, shared workspace, tiles
   int64_t scratch_stride_ = 0, tile_stride_ = 0;
   bool profile_ = false;
   std::vector<double> seconds_;
@@ -500,7 +502,12 @@ class CpuFunction final : public CompiledFunction {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(BackendOptions options) : options_(std::move(options)) {}
+  explicit CpuBackend(BackendOptions options) : options_(std::move(options)) {
+    if (options_.threads < 0)
+      throw std::invalid_argument("[cpu] threads must be >= 0 (0: the process-wide pool), got " +
+                                  std::to_string(options_.threads));
+    if (options_.threads > 0) own_pool_ = std::make_shared<ThreadPool>(options_.threads);
+  }
   std::string name() const override { return "cpu"; }
   bool supports(const Graph& g, const Node& n) const override {
     for (OpKind op : options_.without_kernels)
@@ -509,12 +516,35 @@ class CpuBackend final : public Backend {
   }
   std::unique_ptr<CompiledFunction> compile(const Graph& g, const FunctionSpec& fn, int64_t batch,
                                             const std::vector<int64_t>& persistent_offset) override {
-    return std::make_unique<CpuFunction>(g, fn, batch, persistent_offset, workspace_);
+    return std::make_unique<CpuFunction>(g, fn, batch, persistent_offset, workspace_, pool(), tiling());
   }
-  int64_t workspace_bytes() const override { return workspace_->bytes(); }
+  int64_t workspace_bytes() const override { return workspace_->bytes() - persistent_bytes(); }
+
+  void allocate_persistent(int64_t bytes) override {
+    workspace_->persistent = AlignedBuffer(static_cast<size_t>(bytes));
+  }
+  int64_t persistent_bytes() const override { return static_cast<int64_t>(workspace_->persistent.bytes()); }
+  void upload(int64_t offset, const void* src, int64_t bytes) override {
+    std::memcpy(workspace_->persistent.raw() + offset, src, static_cast<size_t>(bytes));
+  }
+  void download(int64_t offset, void* dst, int64_t bytes) const override {
+    std::memcpy(dst, workspace_->persistent.raw() + offset, static_cast<size_t>(bytes));
+  }
+  void synchronize() override {}  // kernels run on the calling thread's schedule
+
+  std::vector<std::pair<std::string, std::string>> info() const override {
+    return {{"backend", "cpu"},
+            {"blas", blas_info()},
+            {"threads", std::to_string(pool()->size()) + (own_pool_ ? " (its own pool)" : " (the process pool)")},
+            {"sample_tiling", tiling() ? "on" : "off"}};
+  }
 
  private:
+  std::shared_ptr<ThreadPool> pool() const { return own_pool_ ? own_pool_ : cpu_pool(); }
+  bool tiling() const { return options_.sample_tiling < 0 ? sample_tiling() : options_.sample_tiling != 0; }
+
   BackendOptions options_;
+  std::shared_ptr<ThreadPool> own_pool_;
   std::shared_ptr<CpuWorkspace> workspace_ = std::make_shared<CpuWorkspace>();
 };
 

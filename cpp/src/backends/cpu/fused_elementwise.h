@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "backends/cpu/kernel.h"
-#include "passes/fusion.h"
+#include "backends/cpu/passes/fusion.h"
 
 namespace gometal {
 

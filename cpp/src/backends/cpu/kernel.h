@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <stdexcept>
 
-#include "passes/memory_plan.h"
+#include "backends/cpu/passes/memory_plan.h"
 #include "runtime/thread_pool.h"
 
 namespace gometal {

@@ -1,4 +1,4 @@
-#include "passes/memory_plan.h"
+#include "backends/cpu/passes/memory_plan.h"
 
 #include <algorithm>
 #include <iterator>

@@ -1,7 +1,7 @@
 // A group runs at the position of its first member, so a node may join a group only
 // when every input from outside the group is ready by then; an assign may join only
 // when every other reader of its variable, and every check, has run by then.
-#include "passes/fusion.h"
+#include "backends/cpu/passes/fusion.h"
 
 #include <algorithm>
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "gometal/ir.h"
-#include "passes/fusion.h"
+#include "backends/cpu/passes/fusion.h"
 #include "passes/schedule.h"
 
 namespace gometal {
@@ -29,7 +29,8 @@ bool sample_aligned_inputs(const Graph& g, const Step& step, const std::vector<S
 // Reorders f's steps so that tileable steps meet: a step independent of the open run moves
 // above it, and one that needs the run's results (a bias-gradient sum, say) moves below it.
 // Only pure steps move; an effect closes the run.
+// With `enabled` false nothing is tiled (the steps run one by one over the whole batch).
 SampleTiling plan_sample_tiling(const Graph& g, const Schedule& s, Fusion& f, const std::vector<Shape>& shapes,
-                                int64_t batch);
+                                int64_t batch, bool enabled);
 
 }  // namespace gometal

@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "gometal/ir.h"
-#include "passes/fusion.h"
-#include "passes/sample_tiling.h"
+#include "backends/cpu/passes/fusion.h"
+#include "backends/cpu/passes/sample_tiling.h"
 #include "passes/schedule.h"
 
 namespace gometal {

@@ -1,4 +1,4 @@
-#include "passes/sample_tiling.h"
+#include "backends/cpu/passes/sample_tiling.h"
 
 #include <algorithm>
 #include <atomic>
@@ -96,13 +96,13 @@ bool sample_aligned_inputs(const Graph& g, const Step& step, const std::vector<S
 }
 
 SampleTiling plan_sample_tiling(const Graph& g, const Schedule& s, Fusion& f, const std::vector<Shape>& shapes,
-                                int64_t batch) {
+                                int64_t batch, bool enabled) {
   const int steps = static_cast<int>(f.steps.size());
   SampleTiling t;
   t.run_end.resize(steps);
   t.run_begin.resize(steps);
   for (int st = 0; st < steps; ++st) t.run_begin[st] = t.run_end[st] = st;
-  if (batch < 2 || !sample_tiling()) return t;
+  if (batch < 2 || !enabled) return t;
 
   // Where each step (by its index in f.steps) has gone so far.
   enum class Place : uint8_t { Pending, Placed, InRun, Deferred };
