@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import _core
 from ..base.arrays import as_engine_rows, check_batch_size, check_input_batch, check_seed
+from ..base.runtime import resolve_backend
 from . import provided
 from .layers.base import EmitContext, Layer, check_weight_values
 from .layers.weight_store import EngineWeights, holding_weights
@@ -116,6 +117,8 @@ class Model:
         outputs: the output symbolic tensor (or a list with one).
         seed: seed for weight initialization; each weight draws from its own stream.
             Layers that already have weights (from another model) keep them.
+        backend: the backend ``predict`` runs on before a trainer takes the model,
+            ``"cpu"`` or ``"metal"``; ``None`` reads ``$GOMETAL_BACKEND`` (default cpu).
 
     Example:
         >>> x = gm.Input((64,))
@@ -125,7 +128,7 @@ class Model:
         9610
     """
 
-    def __init__(self, inputs: Any, outputs: Any, seed: int = 0):
+    def __init__(self, inputs: Any, outputs: Any, seed: int = 0, backend: str | None = None):
         input_list = _as_tensor_list(inputs, "inputs")
         output_list = _as_tensor_list(outputs, "outputs")
         if len(input_list) != 1 or len(output_list) != 1:
@@ -142,6 +145,7 @@ class Model:
         _assign_names(self._layers)
         self._check_state_layers_called_once()
         self.seed = check_seed(seed)
+        self.backend = resolve_backend(backend)
         self._weight_shapes: dict[str, tuple[int, ...]] = {}
         self._trainable: list[str] = []
         self._initialize_weights()
@@ -518,7 +522,7 @@ class Model:
             x = graph.input("x", self._inputs[0].engine_shape, "float32")
             ctx = EmitContext(graph, training=False, variables=self.declare_variables(graph))
             (output,) = self.emit(ctx, [x])
-            engine = _core.Engine(graph, seed=self.seed)
+            engine = _core.Engine(graph, seed=self.seed, backend=self.backend)
             engine.define("predict", inputs=[x], outputs=[output], effects=[], advance_rng=False)
             self._held = EngineWeights(engine, self._layers)
         return self._held

@@ -48,6 +48,7 @@ def compile_step(
     precision: PrecisionPlan,
     loss_scaler: LossScaler | None,
     seed: int,
+    backend: str = "cpu",
 ) -> CompiledStep:
     """Builds and compiles the training step of ``model`` under ``loss`` and ``optimizer``.
 
@@ -58,6 +59,7 @@ def compile_step(
         precision: the mixed-precision plan (bf16 rounds matmul and conv operands).
         loss_scaler: dynamic loss scaling, or ``None``.
         seed: the engine's random seed (dropout).
+        backend: the backend the engine runs on.
 
     Returns:
         The engine with ``train``, ``eval``, ``predict`` and, when the loss has
@@ -104,7 +106,7 @@ def compile_step(
     eval_accuracy = loss.accuracy(g, eval_out, y)
     probabilities = loss.probabilities(g, eval_out)
 
-    engine = _core.Engine(g, seed=seed)
+    engine = _core.Engine(g, seed=seed, backend=backend)
     engine.define(
         "train",
         inputs=[x, y],

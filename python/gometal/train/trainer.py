@@ -20,6 +20,7 @@ from ..base.arrays import (
     check_batch_size,
     check_seed,
 )
+from ..base.runtime import resolve_backend
 from ..nn.model import Model, predict_with_engine
 from . import losses, optim, provided
 from .evaluation import evaluate as _evaluate
@@ -53,6 +54,8 @@ class Trainer:
             and the update skipped on an inf/NaN gradient, doubled after
             ``growth_interval`` clean steps); ``None`` turns it on with mixed precision.
         growth_interval: consecutive clean steps before the loss scale doubles.
+        backend: the engine's backend, ``"cpu"`` or ``"metal"``; ``None`` reads
+            ``$GOMETAL_BACKEND`` (default ``"cpu"``).
 
     Example:
         >>> trainer = gm.Trainer(model, loss="cross_entropy",
@@ -71,6 +74,7 @@ class Trainer:
         mixed_precision: str | None = None,
         loss_scaling: bool | None = None,
         growth_interval: int = DEFAULT_GROWTH_INTERVAL,
+        backend: str | None = None,
     ):
         if not isinstance(model, Model):
             raise TypeError(f"model must be a gm.Model, got {type(model).__name__}")
@@ -83,6 +87,7 @@ class Trainer:
             raise ValueError("the model has no weights to train")
         self._num_classes = model.output_shape[-1]
         self._set_precision(mixed_precision, loss_scaling, growth_interval)
+        self.backend = resolve_backend(backend)
         compiled = compile_step(
             model,
             self.loss,
@@ -90,6 +95,7 @@ class Trainer:
             self.precision,
             self._loss_scaler,
             model.seed if seed is None else check_seed(seed),
+            self.backend,
         )
         self._held = compiled.weights
         self._accuracy_kind = compiled.accuracy_kind

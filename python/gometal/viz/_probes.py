@@ -48,7 +48,7 @@ class GradientProbe:
         loss = trainer.loss(graph, output, y)
         self.names = list(model.trainable_weight_names)
         grads = graph.gradients(loss, [variables[name] for name in self.names])
-        self.engine = _core.Engine(graph, seed=model.seed)
+        self.engine = _core.Engine(graph, seed=model.seed, backend=model.backend)
         self.engine.define(
             "gradients", inputs=[x, y], outputs=[loss, *grads], effects=[], advance_rng=True
         )
@@ -92,7 +92,7 @@ class ActivationProbe:
         # node once and share its array.
         self.nodes = list(dict.fromkeys(n for n in named.values() if n != x))
         self.named = {name: node for name, node in named.items() if node != x}
-        self.engine = _core.Engine(graph, seed=model.seed)
+        self.engine = _core.Engine(graph, seed=model.seed, backend=model.backend)
         self.engine.define(
             "activations", inputs=[x], outputs=self.nodes, effects=[], advance_rng=False
         )
