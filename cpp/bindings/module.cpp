@@ -135,6 +135,16 @@ py::list run(Engine& engine, const std::string& name, const py::sequence& arrays
   return out;
 }
 
+// A shape from Python: ints, with strings naming symbolic dims ("batch" is -1).
+Shape shape_with_symbols(const py::sequence& dims) {
+  Shape shape;
+  for (py::handle d : dims) {
+    if (py::isinstance<py::str>(d)) shape.push_back(dim_symbol(d.cast<std::string>()));
+    else shape.push_back(d.cast<int64_t>());
+  }
+  return shape;
+}
+
 // {"threads": 2, "sample_tiling": False, "without_kernels": ["adam_update"]}: see
 // BackendOptions.
 BackendOptions backend_options(const py::dict& options) {
@@ -196,8 +206,9 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<Graph>(m, "Graph")
       .def(py::init<>())
-      .def("input", [](Graph& g, const std::string& name, const Shape& shape, const std::string& dtype) {
-             return g.input(name, shape, dtype_from_name(dtype));
+      // Dims are ints (-1: the batch) or symbol names ("seq").
+      .def("input", [](Graph& g, const std::string& name, const py::sequence& shape, const std::string& dtype) {
+             return g.input(name, shape_with_symbols(shape), dtype_from_name(dtype));
            }, py::arg("name"), py::arg("shape"), py::arg("dtype") = "float32")
       .def("variable", [](Graph& g, const std::string& name, const Shape& shape, const std::string& dtype) {
              return g.variable(name, shape, dtype_from_name(dtype));
@@ -232,11 +243,18 @@ PYBIND11_MODULE(_core, m) {
            py::arg("effects") = std::vector<int>{}, py::arg("advance_rng") = false)
       .def("has_function", &Engine::has_function)
       .def("run", &run, py::arg("name"), py::arg("arrays"))
-      .def("describe", [](Engine& e, const std::string& name, int64_t batch) {
+      // describe("train", 32) or describe("train", 32, {"seq": 128}).
+      .def("describe", [](Engine& e, const std::string& name, int64_t batch, const py::dict& symbols) {
+             SymbolBinding binding{batch};
+             for (auto item : symbols) {
+               const auto index = static_cast<size_t>(-dim_symbol(py::str(item.first)) - 1);
+               if (binding.size() <= index) binding.resize(index + 1, 1);
+               binding[index] = item.second.cast<int64_t>();
+             }
              py::gil_scoped_release release;
              std::lock_guard<std::mutex> lock(e.mutex());
-             return e.describe(name, batch);
-           }, py::arg("name"), py::arg("batch"))
+             return e.describe(name, binding);
+           }, py::arg("name"), py::arg("batch"), py::arg("symbols") = py::dict())
       .def("variable_names", &Engine::variable_names)
       .def("backend_info", [](const Engine& e) {
         py::dict d;
@@ -297,6 +315,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("sample_tiling", &sample_tiling);
   m.def("blas_info", &blas_info);
   m.def("op_names", &op_names, "Every primitive a graph can hold, in the engine's op order.");
+  m.def("dim_symbol", &dim_symbol, py::arg("name"), "The (negative) dim standing for the symbol `name`.");
+  m.def("symbol_name", &symbol_name, py::arg("symbol"), "The name of a symbolic dim.");
   m.def("op_info", &op_info, py::arg("name"), "The registry entry of an op: arity, attrs, gradient, traits.");
   m.def("metal_available", &metal_available);
   m.def("random_uniform", [](uint64_t seed, uint32_t stream, const Shape& shape) {

@@ -16,6 +16,7 @@ from . import (
     cases_errors,
     cases_layout,
     cases_reduce,
+    cases_symbols,
 )
 from .harness import (
     ErrorCase,
@@ -38,6 +39,7 @@ SCENARIOS: list[ScenarioCase] = [
     *cases_effects.SCENARIOS,
     *cases_errors.SCENARIOS,
     *cases_dtypes.SCENARIOS,
+    *cases_symbols.SCENARIOS,
 ]
 ERROR_CASES: list[ErrorCase] = cases_errors.CASES
 BACKENDS = available_backends()

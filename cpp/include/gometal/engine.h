@@ -54,8 +54,9 @@ struct EngineStats {
   int64_t plans = 0;
 };
 
-// Plans cached per function, one per batch size: past this many, the least recently used
-// plan is dropped (and compiled again if its batch size comes back).
+// Plans cached per function, one per binding of the symbolic dims (batch size, sequence
+// length, ...): past this many, the least recently used plan is dropped (and compiled again
+// if its binding comes back).
 inline constexpr int kMaxPlansPerFunction = 8;
 
 class Engine {
@@ -96,14 +97,15 @@ class Engine {
   // The backend's name, BLAS, threads and options, as (key, value) pairs.
   std::vector<std::pair<std::string, std::string>> backend_info() const;
   std::mutex& mutex() { return run_mutex_; }
-  // The kernels the plan for (function, batch) runs, compiling it if needed.
-  std::vector<std::string> describe(const std::string& name, int64_t batch);
+  // The kernels the plan for (function, binding) runs, compiling it if needed; binding[0]
+  // is the batch size, binding[k] the size of symbol -(k + 1).
+  std::vector<std::string> describe(const std::string& name, const SymbolBinding& binding);
 
  private:
   struct Plan;
   struct Function;
   int named(OpKind kind, const std::string& name) const;
-  Plan& plan_for(Function& fn, int64_t batch);
+  Plan& plan_for(Function& fn, const SymbolBinding& binding);
   void lower_unsupported();
   void check_supported(const FunctionSpec& spec) const;
 

@@ -8,9 +8,17 @@
 
 namespace gometal {
 
-// A shape is a list of dims; kBatch marks "the batch size", fixed when a plan is compiled.
+// A shape is a list of dims. A negative dim is a named symbol whose size is fixed when a
+// plan is compiled: kBatch (-1) is "batch"; dim_symbol("seq") names others (-2, -3, ...).
 using Shape = std::vector<int64_t>;
 inline constexpr int64_t kBatch = -1;
+inline bool is_symbol(int64_t dim) { return dim < 0; }
+
+// The symbol called `name` (process-wide, so a name means the same dim in every graph).
+int64_t dim_symbol(const std::string& name);
+std::string symbol_name(int64_t symbol);
+// Concrete values of symbols: binding[-symbol - 1] is the size of `symbol`.
+using SymbolBinding = std::vector<int64_t>;
 
 // Element types. Every dtype can be an input, output, variable or constant and move through
 // layout ops and casts; which ops a backend computes in which dtype is its support table.
@@ -84,7 +92,8 @@ DType dtype_from_name(std::string_view name);  // "float32", "bfloat16", "int8",
 int64_t dtype_size(DType d);                     // bytes per element
 bool is_float(DType d);                          // float32, float16, bfloat16
 int64_t numel(const Shape& s);  // concrete shapes only
-Shape concretize(const Shape& s, int64_t batch);
+Shape concretize(const Shape& s, int64_t batch);  // only the batch symbol
+Shape concretize(const Shape& s, const SymbolBinding& binding);
 
 int op_arity(OpKind op);          // -1 = variadic, 0 = leaf (the op registry holds the rest)
 bool is_elementwise(OpKind op);      // unary, binary, select, broadcast_to, random_uniform

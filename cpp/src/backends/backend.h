@@ -44,7 +44,7 @@ class Backend {
   // lowers unsupported nodes through their decomposition, or refuses the function.
   virtual bool supports(const Graph& g, const Node& n) const = 0;
   // `persistent_offset[id]` locates variables, scalars and constants in the persistent pool.
-  virtual std::unique_ptr<CompiledFunction> compile(const Graph& g, const FunctionSpec& fn, int64_t batch,
+  virtual std::unique_ptr<CompiledFunction> compile(const Graph& g, const FunctionSpec& fn, const SymbolBinding& binding,
                                                     const std::vector<int64_t>& persistent_offset) = 0;
   // The working memory all plans of this backend share (one engine's plans run one at a time).
   virtual int64_t workspace_bytes() const = 0;

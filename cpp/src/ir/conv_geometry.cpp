@@ -33,8 +33,8 @@ ConvGeometry conv_geometry(std::string_view op, const Shape& input, const Shape*
   g.c = input[1];
   g.h = input[2];
   g.w = input[3];
-  if (g.c == kBatch || g.h == kBatch || g.w == kBatch)
-    fail(op, "only dimension 0 of " + shape_str(input) + " may be the batch");
+  if (is_symbol(g.c) || is_symbol(g.h) || is_symbol(g.w))
+    fail(op, "only dimension 0 of " + shape_str(input) + " may be symbolic");
   read_pair(op, "stride", attrs.stride, 1, 1, &g.sh, &g.sw);
   read_pair(op, "padding", attrs.padding, 0, 0, &g.ph, &g.pw);
   read_pair(op, "dilation", attrs.dilation, 1, 1, &g.dh, &g.dw);

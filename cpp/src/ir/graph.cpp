@@ -8,15 +8,16 @@
 namespace gometal {
 namespace {
 
-// Inputs may hold the batch (-1, one size per run) in any dim; variables hold fixed shapes.
+// Inputs may hold symbols (the batch, -1, or a named one such as the sequence length) in any
+// dim; variables hold fixed shapes.
 void check_shape(const Shape& shape, std::string_view what, const std::string& name, bool batch_allowed) {
   for (size_t i = 0; i < shape.size(); ++i) {
-    const bool ok = shape[i] > 0 || (shape[i] == kBatch && batch_allowed);
+    const bool ok = shape[i] > 0 || (is_symbol(shape[i]) && batch_allowed);
     if (!ok)
       throw std::invalid_argument("[" + std::string(what) + "] '" + name + "' has invalid shape " +
                                   shape_str(shape) +
-                                  (batch_allowed ? ": dims must be positive, or -1 for the batch"
-                                                 : ": dims must be positive (a variable has no batch)"));
+                                  (batch_allowed ? ": dims must be positive, or symbols (-1 for the batch)"
+                                                 : ": dims must be positive (a variable has no symbolic dims)"));
   }
 }
 
@@ -52,10 +53,6 @@ int Graph::input(const std::string& name, const Shape& shape, DType dtype) {
 int Graph::variable(const std::string& name, const Shape& shape, DType dtype) {
   check_unique(OpKind::Variable, name);
   check_shape(shape, "variable", name, false);
-  for (int64_t d : shape)
-    if (d == kBatch)
-      throw std::invalid_argument("[variable] '" + name + "' cannot have a batch dimension: " +
-                                  shape_str(shape));
   Node n{OpKind::Variable, {}, {}, shape, dtype, {}};
   n.attrs.name = name;
   return push(std::move(n));

@@ -24,7 +24,9 @@ struct Engine::Plan {
 struct Engine::Function {
   FunctionSpec spec;
   std::vector<std::pair<int, int64_t>> label_checks;  // (input slot, one_hot depth)
-  std::map<int64_t, std::unique_ptr<Plan>> plans;
+  std::map<SymbolBinding, std::unique_ptr<Plan>> plans;  // one per binding of the symbols
+  SymbolBinding binding;           // the running call's, reused across calls
+  std::vector<int> binding_owner;  // the input each symbol's size came from
   std::vector<const void*> input_ptrs;
 };
 
@@ -171,20 +173,21 @@ const std::vector<int>& Engine::function_inputs(const std::string& name) const {
   return it->second->spec.inputs;
 }
 
-Engine::Plan& Engine::plan_for(Function& fn, int64_t batch) {
+Engine::Plan& Engine::plan_for(Function& fn, const SymbolBinding& binding) {
   if (pool_generation_ != pool_generation()) {
     // The thread count changed: plans sized their scratch for the old pool.
     for (auto& [_, f] : functions_) f->plans.clear();
     pool_generation_ = pool_generation();
   }
   ++use_clock_;
-  auto it = fn.plans.find(batch);
+  auto it = fn.plans.find(binding);
   if (it != fn.plans.end()) {
     it->second->last_used = use_clock_;
     return *it->second;
   }
   if (static_cast<int>(fn.plans.size()) >= kMaxPlansPerFunction) {
-    // Least recently used out: a server that sees every batch size keeps a bounded cache.
+    // Least recently used out: a server that sees every batch size (or sequence length)
+    // keeps a bounded cache.
     auto oldest = fn.plans.begin();
     for (auto p = fn.plans.begin(); p != fn.plans.end(); ++p)
       if (p->second->last_used < oldest->second->last_used) oldest = p;
@@ -192,13 +195,13 @@ Engine::Plan& Engine::plan_for(Function& fn, int64_t batch) {
   }
   auto plan = std::make_unique<Plan>();
   plan->last_used = use_clock_;
-  plan->compiled = backend_->compile(graph_, fn.spec, batch, persistent_offset_);
+  plan->compiled = backend_->compile(graph_, fn.spec, binding, persistent_offset_);
   for (int out : fn.spec.outputs) {
-    plan->result.shapes.push_back(concretize(graph_.node(out).shape, batch));
+    plan->result.shapes.push_back(concretize(graph_.node(out).shape, binding));
     plan->result.dtypes.push_back(graph_.node(out).dtype);
   }
   plan->result.data.resize(fn.spec.outputs.size());
-  return *fn.plans.emplace(batch, std::move(plan)).first->second;
+  return *fn.plans.emplace(binding, std::move(plan)).first->second;
 }
 
 const RunResult& Engine::run(const std::string& name, const TensorView* inputs, int count) {
@@ -214,8 +217,12 @@ const RunResult& Engine::run(const std::string& name, const TensorView* inputs, 
     throw std::invalid_argument("[run] '" + name + "' takes " + std::to_string(spec.inputs.size()) +
                                 " inputs, got " + std::to_string(count));
 
-  int64_t batch = -1;
-  std::string batch_owner;
+  // Each symbolic dim takes its size from the inputs; every input must agree on it. The
+  // vectors are the function's own, reused: a steady-state run allocates nothing.
+  SymbolBinding& binding = fn.binding;
+  std::vector<int>& owners = fn.binding_owner;
+  binding.clear();
+  owners.clear();
   for (int i = 0; i < count; ++i) {
     const Node& decl = graph_.node(spec.inputs[i]);
     const TensorView& v = inputs[i];
@@ -225,26 +232,41 @@ const RunResult& Engine::run(const std::string& name, const TensorView* inputs, 
                                   std::string(dtype_name(decl.dtype)) + ", got " + std::string(dtype_name(v.dtype)));
     bool ok = v.rank == static_cast<int>(decl.shape.size());
     for (int d = 0; ok && d < v.rank; ++d)
-      ok = decl.shape[d] == kBatch ? v.dims[d] >= 0 : v.dims[d] == decl.shape[d];
+      ok = is_symbol(decl.shape[d]) ? v.dims[d] >= 0 : v.dims[d] == decl.shape[d];
     if (!ok)
       throw std::invalid_argument("[run] input '" + iname + "' expects shape " + shape_str(decl.shape) +
                                   ", got " + dims_str(v.dims, v.rank));
     for (int d = 0; d < v.rank; ++d) {
-      if (decl.shape[d] != kBatch) continue;
-      if (batch < 0) {
-        batch = v.dims[d];
-        batch_owner = iname;
-      } else if (v.dims[d] != batch) {
-        throw std::invalid_argument("[run] inputs '" + batch_owner + "' and '" + iname +
-                                    "' have different batch sizes: " + std::to_string(batch) + " vs " +
+      if (!is_symbol(decl.shape[d])) continue;
+      const auto index = static_cast<size_t>(-decl.shape[d] - 1);
+      if (binding.size() <= index) {
+        binding.resize(index + 1, -1);
+        owners.resize(index + 1);
+      }
+      if (binding[index] < 0) {
+        binding[index] = v.dims[d];
+        owners[index] = i;
+      } else if (v.dims[d] != binding[index]) {
+        const std::string what = index == 0 ? std::string("batch sizes")
+                                            : "sizes for '" + symbol_name(decl.shape[d]) + "'";
+        const std::string& owner = graph_.node(spec.inputs[owners[index]]).attrs.name;
+        throw std::invalid_argument("[run] inputs '" + owner + "' and '" + iname + "' have different " +
+                                    what + ": " + std::to_string(binding[index]) + " vs " +
                                     std::to_string(v.dims[d]));
       }
     }
     if (v.data == nullptr && view_numel(v) > 0)
       throw std::invalid_argument("[run] input '" + iname + "' has no data");
   }
-  if (batch == 0) throw std::invalid_argument("[run] '" + name + "' got an empty batch (batch size 0)");
-  if (batch < 0) batch = 1;
+  if (!binding.empty() && binding[0] == 0)
+    throw std::invalid_argument("[run] '" + name + "' got an empty batch (batch size 0)");
+  for (size_t index = 1; index < binding.size(); ++index)
+    if (binding[index] == 0)
+      throw std::invalid_argument("[run] '" + name + "' got size 0 for '" + symbol_name(-static_cast<int64_t>(index) - 1) +
+                                  "' (input '" + graph_.node(spec.inputs[owners[index]]).attrs.name + "')");
+  for (int64_t& size : binding)
+    if (size < 0) size = 1;  // a symbol no input carries (a function without inputs)
+  if (binding.empty()) binding.push_back(1);
   for (int i = 0; i < count; ++i) {
     const TensorView& v = inputs[i];
     if (is_float(v.dtype) && !all_finite(v.data, view_numel(v), v.dtype))
@@ -262,7 +284,7 @@ const RunResult& Engine::run(const std::string& name, const TensorView* inputs, 
                                     ", outside the valid range [0, " + std::to_string(depth) + ")");
   }
 
-  Plan& plan = plan_for(fn, batch);
+  Plan& plan = plan_for(fn, binding);
   for (int i = 0; i < count; ++i) fn.input_ptrs[i] = inputs[i].data;
   RunArgs args;
   args.inputs = fn.input_ptrs.data();
@@ -276,11 +298,15 @@ const RunResult& Engine::run(const std::string& name, const TensorView* inputs, 
   return plan.result;
 }
 
-std::vector<std::string> Engine::describe(const std::string& name, int64_t batch) {
+std::vector<std::string> Engine::describe(const std::string& name, const SymbolBinding& binding) {
   auto it = functions_.find(name);
   if (it == functions_.end()) throw std::invalid_argument("[describe] no function named '" + name + "'");
-  if (batch < 1) throw std::invalid_argument("[describe] batch must be >= 1, got " + std::to_string(batch));
-  return plan_for(*it->second, batch).compiled->describe();
+  if (binding.empty()) throw std::invalid_argument("[describe] needs the batch size");
+  for (size_t index = 0; index < binding.size(); ++index)
+    if (binding[index] < 1)
+      throw std::invalid_argument("[describe] the size of '" + symbol_name(-static_cast<int64_t>(index) - 1) +
+                                  "' must be >= 1, got " + std::to_string(binding[index]));
+  return plan_for(*it->second, binding).compiled->describe();
 }
 
 std::vector<std::string> Engine::variable_names() const {

@@ -378,13 +378,15 @@ struct CpuWorkspace {
 
 class CpuFunction final : public CompiledFunction {
  public:
-  CpuFunction(const Graph& g, const FunctionSpec& fn, int64_t batch, const std::vector<int64_t>& persistent_offset,
+  CpuFunction(const Graph& g, const FunctionSpec& fn, const SymbolBinding& binding,
+              const std::vector<int64_t>& persistent_offset,
               std::shared_ptr<CpuWorkspace> workspace, std::shared_ptr<ThreadPool> pool, bool tiling_on)
       : workspace_(std::move(workspace)), pool_(std::move(pool)) {
     const Schedule s = schedule_function(g, fn);
     std::vector<Shape> shapes(g.size());
     for (int i = 0; i < g.size(); ++i)
-      if (s.needed[i]) shapes[i] = concretize(g.node(i).shape, batch);
+      if (s.needed[i]) shapes[i] = concretize(g.node(i).shape, binding);
+    const int64_t batch = binding.empty() ? 1 : binding[0];  // sample tiling cuts the batch
     Fusion f = fuse_elementwise(g, s, fn, shapes);
     const SampleTiling tiling = plan_sample_tiling(g, s, f, shapes, batch, tiling_on);
     const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset, &tiling);
@@ -514,9 +516,9 @@ class CpuBackend final : public Backend {
       if (op == n.op) return false;
     return cpu_runs(g, n);
   }
-  std::unique_ptr<CompiledFunction> compile(const Graph& g, const FunctionSpec& fn, int64_t batch,
+  std::unique_ptr<CompiledFunction> compile(const Graph& g, const FunctionSpec& fn, const SymbolBinding& binding,
                                             const std::vector<int64_t>& persistent_offset) override {
-    return std::make_unique<CpuFunction>(g, fn, batch, persistent_offset, workspace_, pool(), tiling());
+    return std::make_unique<CpuFunction>(g, fn, binding, persistent_offset, workspace_, pool(), tiling());
   }
   int64_t workspace_bytes() const override { return workspace_->bytes() - persistent_bytes(); }
 

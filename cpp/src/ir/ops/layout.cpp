@@ -9,11 +9,14 @@ using namespace ops;
 void reshape_shape(Node& n, const std::vector<Node>& nodes) {
   const Shape& s = input(n, nodes, 0).shape;
   const Shape& t = n.attrs.ints;
-  int bs = 0, bt = 0;
-  const int64_t ps = known_product(s, &bs), pt = known_product(t, &bt);
-  for (int64_t d : t)
-    if (d < 0 && d != kBatch) fail(name_of(n), "target shape " + shape_str(t) + " has a negative dim");
-  if (bs != bt || ps != pt)
+  // Symbolic dims must stay as they are, in order (their sizes are unknown until a plan is
+  // compiled); the known dims may regroup.
+  std::vector<int64_t> ss, st;
+  const int64_t ps = known_product(s, &ss), pt = known_product(t, &st);
+  if (ss != st)
+    fail(name_of(n), "cannot reshape " + shape_str(s) + " into " + shape_str(t) +
+                         ": symbolic dims must stay, in the same order");
+  if (ps != pt)
     fail(name_of(n), "cannot reshape " + shape_str(s) + " into " + shape_str(t) + " (element counts differ)");
   n.dtype = input(n, nodes, 0).dtype;
   n.shape = t;
@@ -51,7 +54,7 @@ void slice_shape(Node& n, const std::vector<Node>& nodes) {
   const Shape& s = input(n, nodes, 0).shape;
   n.attrs.axis = norm_axis(n.attrs.axis, s.size(), name_of(n));
   const int64_t dim = s[n.attrs.axis];
-  if (dim == kBatch) fail(name_of(n), "cannot slice along the batch dimension");
+  if (is_symbol(dim)) fail(name_of(n), "cannot slice along the symbolic dimension '" + symbol_name(dim) + "'");
   if (n.attrs.start < 0 || n.attrs.end > dim || n.attrs.start >= n.attrs.end)
     fail(name_of(n), "range [" + std::to_string(n.attrs.start) + ", " + std::to_string(n.attrs.end) +
                          ") is invalid for axis " + std::to_string(n.attrs.axis) + " of shape " + shape_str(s));
@@ -64,7 +67,8 @@ void pad_shape(Node& n, const std::vector<Node>& nodes) {
   const Node& x = input(n, nodes, 0);
   n.dtype = x.dtype;
   n.attrs.axis = norm_axis(n.attrs.axis, x.shape.size(), name_of(n));
-  if (x.shape[n.attrs.axis] == kBatch) fail(name_of(n), "cannot pad along the batch dimension");
+  if (is_symbol(x.shape[n.attrs.axis]))
+    fail(name_of(n), "cannot pad along the symbolic dimension '" + symbol_name(x.shape[n.attrs.axis]) + "'");
   if (n.attrs.start < 0 || n.attrs.end < 0) fail(name_of(n), "pad amounts must be >= 0");
   n.shape = x.shape;
   n.shape[n.attrs.axis] += n.attrs.start + n.attrs.end;
@@ -76,7 +80,8 @@ void concat_shape(Node& n, const std::vector<Node>& nodes) {
   n.attrs.axis = norm_axis(n.attrs.axis, s0.size(), name_of(n));
   const auto axis = static_cast<size_t>(n.attrs.axis);
   n.shape = s0;
-  if (s0[axis] == kBatch) fail(name_of(n), "cannot concatenate along the batch dimension");
+  if (is_symbol(s0[axis]))
+    fail(name_of(n), "cannot concatenate along the symbolic dimension '" + symbol_name(s0[axis]) + "'");
   for (size_t i = 1; i < n.inputs.size(); ++i) {
     const Node& other = input(n, nodes, i);
     const Shape& si = other.shape;

@@ -15,12 +15,12 @@ int64_t norm_axis(int64_t axis, size_t rank, std::string_view op) {
   return axis < 0 ? axis + r : axis;
 }
 
-// Two dims are compatible for a reshape/broadcast when equal; kBatch never equals a number.
-int64_t known_product(const Shape& s, int* batch_count) {
+// Two dims are compatible for a reshape/broadcast when equal; a symbol never equals a number.
+int64_t known_product(const Shape& s, std::vector<int64_t>* symbols) {
   int64_t p = 1;
-  *batch_count = 0;
+  symbols->clear();
   for (int64_t d : s) {
-    if (d == kBatch) ++*batch_count;
+    if (is_symbol(d)) symbols->push_back(d);
     else p *= d;
   }
   return p;
@@ -58,15 +58,15 @@ int divide_by_count(Graph& gr, int value, const Shape& xs, const std::vector<int
   int64_t count = 1;
   bool batch = false;
   for (int64_t a : axes) {
-    if (xs[a] == kBatch) batch = true;
+    if (is_symbol(xs[a])) batch = true;
     else count *= xs[a];
   }
   if (!batch) return gr.mul(value, k(gr, 1.0f / static_cast<float>(count)));
-  // A (batch,) vector of ones, summed, times the static part of the extent.
-  const int images = gr.sum(gr.broadcast_to(k(gr, 1), {kBatch}), {});
+  // Each symbolic extent is counted when the plan runs: a vector of ones of that size,
+  // summed; times the static part of the extent.
   int total = k(gr, static_cast<float>(count));
   for (int64_t a : axes)
-    if (xs[a] == kBatch) total = gr.mul(total, images);
+    if (is_symbol(xs[a])) total = gr.mul(total, gr.sum(gr.broadcast_to(k(gr, 1), {xs[a]}), {}));
   return gr.div(value, total);
 }
 

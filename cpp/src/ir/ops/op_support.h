@@ -19,8 +19,8 @@ inline std::string_view name_of(const Node& n) { return op_name(n.op); }
 // Resolves a possibly negative axis against `rank`, or fails naming the op.
 int64_t norm_axis(int64_t axis, size_t rank, std::string_view op);
 
-// The product of the known dims of `s`; `batch_count` gets how many dims are the batch.
-int64_t known_product(const Shape& s, int* batch_count);
+// The product of the known dims of `s`; `symbols` gets its symbolic dims, in order.
+int64_t known_product(const Shape& s, std::vector<int64_t>* symbols);
 
 // Fails unless input `in` has a float dtype (float32, float16, bfloat16), naming the op and
 // the dtype it got.

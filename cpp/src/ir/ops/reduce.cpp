@@ -36,7 +36,7 @@ void moments_shape(Node& n, const std::vector<Node>& nodes) {
   require_float(n, x);
   n.dtype = x.dtype;
   const Shape& s = x.shape;
-  if (s.size() < 2 || s[1] == kBatch)
+  if (s.size() < 2 || is_symbol(s[1]))
     fail(name_of(n), "expects (batch, channels, ...) with at least 2 dims, got shape " + shape_str(s));
   n.shape = {2, s[1]};
 }
