@@ -43,7 +43,7 @@ from _builds import (
     resolve_build,
 )
 from _child import UNSET_VARS
-from _ratios import CONFIDENCE, paired_ratios, summarize_ratios
+from _ratios import CONFIDENCE, RatioSummary, paired_ratios, summarize_ratios
 from _runner import ChildSpec, pin_cpus, run_rounds
 from _timing import QUIET_CORES
 from _workload import WORKLOADS
@@ -124,6 +124,35 @@ def quiet_round_flags(loads: dict[str, list[float | None]]) -> list[bool]:
     return [all((v[i] or 0.0) < QUIET_CORES for v in per_child) for i in range(rounds)]
 
 
+def verdict_lines(s: RatioSummary, noisy: bool) -> list[str]:
+    """Whether 1.0 lies within the noise of the ratios summarised by `s`, in words.
+
+    Args:
+        s: the summary of one workload's per-round ratios.
+        noisy: True when the rounds ran under other load (too few quiet ones).
+
+    Returns:
+        One or two lines: the interval used and the verdict, and a warning when noisy.
+
+    Example:
+        >>> verdict_lines(summarize_ratios([0.99, 1.02, 1.0]), noisy=False)
+        ['too few rounds for a 95% interval; 1.0 inside min..max']
+    """
+    if s.ci_level is not None:
+        verdict = "inside: within noise" if s.within_noise else "OUTSIDE: a real change"
+        interval = f"{s.ci_low:.3f}..{s.ci_high:.3f}"
+        lines = [f"{s.ci_level:.1%} confidence interval of the median: {interval} -> 1.0 {verdict}"]
+    else:
+        where = "inside" if s.within_noise else "OUTSIDE"
+        lines = [f"too few rounds for a {CONFIDENCE:.0%} interval; 1.0 {where} min..max"]
+    if noisy:
+        # Other processes come and go, so such rounds are not alike, as the interval assumes.
+        lines.append(
+            "(rounds under other load: the verdict is not trustworthy; rerun when quieter)"
+        )
+    return lines
+
+
 def _print_rounds(run, scale: float, unit: str) -> None:
     base, new = run.rates["base"], run.rates["new"]
     print(
@@ -177,16 +206,8 @@ def compare_workload(workload: str, builds: dict, args, pin) -> dict:
         f"  new/base: median {s.median:.3f} over {s.rounds} {which}; min..max "
         f"{s.low:.3f}..{s.high:.3f}; IQR {s.q1:.3f}..{s.q3:.3f}"
     )
-    if s.ci_level is not None:
-        print(
-            f"  {s.ci_level:.1%} confidence interval of the median: {s.ci_low:.3f}..{s.ci_high:.3f}"
-            f" -> 1.0 {'inside: within noise' if s.within_noise else 'OUTSIDE: a real change'}"
-        )
-    else:
-        print(
-            f"  too few rounds for a {CONFIDENCE:.0%} interval; 1.0 "
-            f"{'inside' if s.within_noise else 'OUTSIDE'} min..max"
-        )
+    for line in verdict_lines(s, noisy=not use_quiet):
+        print("  " + line)
     allocs = {k: run.allocations[k] for k in LABELS}
     counted = {k: [a for a in v if a is not None] for k, v in allocs.items()}
     print(
@@ -200,6 +221,7 @@ def compare_workload(workload: str, builds: dict, args, pin) -> dict:
         print("  WARNING: both children imported the same engine file")
     record.update(
         ok=True,
+        noisy=not use_quiet,
         used_rounds=chosen,
         quiet_rounds=sum(quiet),
         summary=s._asdict(),
@@ -230,7 +252,8 @@ def _print_summary(records: list[dict], args) -> list[str]:
     """The closing table; returns the workloads that fail --check's conditions."""
     print(
         f"\nSummary: new/base, median of per-round ratios ({args.rounds} quiet rounds wanted, "
-        f"windows of {args.window_s:g} s; median CI: {CONFIDENCE:.0%} or more, see above)"
+        f"windows of {args.window_s:g} s; median CI: {CONFIDENCE:.0%} or more, see above; "
+        "* = too few quiet rounds, every round used)"
     )
     print(
         f"  {'workload':<8} {'rounds':>6} {'median':>7} {'min..max':>14} {'IQR':>14} "
@@ -247,8 +270,9 @@ def _print_summary(records: list[dict], args) -> list[str]:
         spread = f"{s['low']:.3f}..{s['high']:.3f}"
         iqr = f"{s['q1']:.3f}..{s['q3']:.3f}"
         allocs = "/".join(str(rec["timed_allocations"].get(k, "-")) for k in LABELS)
+        rounds = f"{s['rounds']}{'*' if rec.get('noisy') else ''}"
         print(
-            f"  {rec['workload']:<8} {s['rounds']:>6} {s['median']:>7.3f} "
+            f"  {rec['workload']:<8} {rounds:>6} {s['median']:>7.3f} "
             f"{spread:>14} {iqr:>14} {ci:>14} "
             f"{'yes' if s['within_noise'] else 'NO':>10} {allocs:>11}"
         )

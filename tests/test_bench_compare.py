@@ -21,7 +21,7 @@ sys.path.insert(0, str(BENCHMARKS))
 from _builds import engine_compile_flags, resolve_commit
 from _ratios import median_interval_ranks, paired_ratios, summarize_ratios
 from _runner import ChildSpec, round_order, run_rounds
-from compare_builds import parse_args, quiet_round_flags
+from compare_builds import parse_args, quiet_round_flags, verdict_lines
 
 # -- ratio arithmetic ------------------------------------------------------------------------
 
@@ -104,6 +104,17 @@ def test_summary_needs_a_round():
 def test_a_round_is_quiet_only_when_every_child_was():
     loads = {"base": [0.0, 0.5, None, 0.1], "new": [0.1, 0.0, 0.0, 0.2]}
     assert quiet_round_flags(loads) == [True, False, True, False]
+
+
+def test_verdict_names_the_interval_and_warns_under_other_load():
+    outside = summarize_ratios([0.97, 0.975, 0.972, 0.974, 0.976, 0.973, 0.971])
+    # Seven rounds: [x_(1), x_(7)] covers the median with 1 - 2/128 = 98.4 %.
+    assert verdict_lines(outside, noisy=False) == [
+        "98.4% confidence interval of the median: 0.970..0.976 -> 1.0 OUTSIDE: a real change"
+    ]
+    noisy = verdict_lines(summarize_ratios([1.01, 0.98]), noisy=True)
+    assert noisy[0] == "too few rounds for a 95% interval; 1.0 inside min..max"
+    assert "not trustworthy" in noisy[1]
 
 
 def test_alternate_rounds_swap_the_order():
