@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import layers
+from .graph_checks import next_auto_name
 from .layers.base import Layer
-from .model import Model, next_auto_name
+from .model import Model
 from .tensor import Input
 
 

@@ -11,110 +11,41 @@ from __future__ import annotations
 
 import functools
 import math
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from .. import _core
-from ..base.arrays import as_engine_rows, check_batch_size, check_input_batch, check_seed
+from ..base.arrays import check_seed
 from ..base.runtime import resolve_backend
 from . import provided
+from .graph_checks import (
+    assign_layer_names,
+    check_model_graph,
+    check_state_layers_called_once,
+)
+from .inference import predict_structured, predict_with_engine
 from .layers.base import EmitContext, Layer, check_weight_values
 from .layers.weight_store import EngineWeights, holding_weights
+from .signature import Signature, input_names, output_names, parse_tensors
+from .summary import summary_lines
 from .tensor import ModelGraph, SymbolicTensor
-
-# Default rows per inference call: large enough to amortize the call, small enough that
-# the engine's arena stays modest for big arrays.
-DEFAULT_INFERENCE_BATCH_SIZE = 1024
-
-
-def _as_tensor_list(value: Any, name: str) -> list[SymbolicTensor]:
-    tensors = [value] if isinstance(value, SymbolicTensor) else list(value)
-    if not tensors or not all(isinstance(t, SymbolicTensor) for t in tensors):
-        raise TypeError(f"Model {name} must be a symbolic tensor or a non-empty list of them")
-    return tensors
-
-
-def next_auto_name(kind: str, taken: set[str], counters: dict[str, int]) -> str:
-    """Returns the next free ``<kind>_<index>`` name and records it as taken.
-
-    Args:
-        kind: the layer's auto-name prefix, e.g. ``"dense"``.
-        taken: names already in use; updated in place.
-        counters: the next index per kind; updated in place.
-
-    Returns:
-        The new name.
-
-    Example:
-        >>> next_auto_name("dense", {"dense_0"}, {})
-        'dense_1'
-    """
-    while f"{kind}_{counters.get(kind, 0)}" in taken:
-        counters[kind] = counters.get(kind, 0) + 1
-    name = f"{kind}_{counters.get(kind, 0)}"
-    counters[kind] = counters.get(kind, 0) + 1
-    taken.add(name)
-    return name
-
-
-def _assign_names(layers: Sequence[Layer]) -> None:
-    """Explicit names win; the rest get ``<kind>_<index>`` in topological order."""
-    taken: set[str] = set()
-    for layer in layers:
-        if layer.name is None:
-            continue
-        if layer.name in taken:
-            raise ValueError(
-                f"duplicate layer name {layer.name!r}: layer names must be unique in a model"
-            )
-        taken.add(layer.name)
-    counters: dict[str, int] = defaultdict(int)
-    for layer in layers:
-        if layer.name is None:
-            layer.name = next_auto_name(layer.kind, taken, counters)
-
-
-def iter_batches(num_samples: int, batch_size: int) -> Iterator[slice]:
-    """Yields row slices covering ``range(num_samples)`` in chunks of ``batch_size``."""
-    for start in range(0, num_samples, batch_size):
-        yield slice(start, min(start + batch_size, num_samples))
-
-
-def inference_batch_size(batch_size: int | None) -> int:
-    """Rows per inference call: ``batch_size`` checked, or the default for ``None``."""
-    return DEFAULT_INFERENCE_BATCH_SIZE if batch_size is None else check_batch_size(batch_size)
-
-
-def predict_with_engine(
-    held: EngineWeights,
-    x: Any,
-    sample_shape: tuple[int, ...],
-    batch_size: int | None,
-    function: str = "predict",
-) -> np.ndarray:
-    """Validates ``x`` and runs a one-input, one-output engine function over it in batches."""
-    rows = inference_batch_size(batch_size)
-    # The engine rejects NaN and inf itself, naming the input, so no second pass here.
-    # Converted a chunk at a time: a broadcast view or a float64 array is never copied whole.
-    x = check_input_batch(x, sample_shape, check_finite=False)
-    # One weight set for the whole call: a trainer sharing the layers waits until it ends.
-    with held.use() as engine:
-        chunks = [
-            np.asarray(engine.run(function, [as_engine_rows(x[r])])[0])
-            for r in iter_batches(len(x), rows)
-        ]
-    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0)
 
 
 class Model:
     """A model defined by symbolic inputs and outputs (the functional API).
 
+    A model may take several inputs and give several outputs, as a list or as a dict
+    keyed by name; it then takes its inputs (``predict``, training) as a list in order or
+    a dict by name, and returns its outputs as it was given them. Names are the dict keys,
+    or else the ``gm.Input`` names (``input_<i>`` when unnamed) and the names of the
+    layers producing the outputs (see ``input_names``, ``output_names``). One input and
+    one output (plain or in one-item lists) take and return plain arrays.
+
     Args:
-        inputs: the ``gm.Input`` tensor (or a list with one).
-        outputs: the output symbolic tensor (or a list with one).
+        inputs: the ``gm.Input`` tensor, or a list of them, or a dict from names to them.
+        outputs: the output symbolic tensor, or a list of them, or a dict from names to them.
         seed: seed for weight initialization; each weight draws from its own stream.
             Layers that already have weights (from another model) keep them.
         backend: the backend ``predict`` runs on before a trainer takes the model,
@@ -126,24 +57,38 @@ class Model:
         >>> model = gm.Model(x, y)
         >>> model.count_params()
         9610
+        >>> image, meta = gm.Input((3, 8, 8), name="image"), gm.Input((4,), name="meta")
+        >>> joined = gm.layers.Concatenate()([gm.layers.Flatten()(image), meta])
+        >>> two = gm.Model([image, meta], {"label": gm.layers.Dense(5)(joined),
+        ...                                "box": gm.layers.Dense(4)(joined)})
+        >>> two.input_names, two.output_names
+        (('image', 'meta'), ('label', 'box'))
     """
 
     def __init__(self, inputs: Any, outputs: Any, seed: int = 0, backend: str | None = None):
-        input_list = _as_tensor_list(inputs, "inputs")
-        output_list = _as_tensor_list(outputs, "outputs")
-        if len(input_list) != 1 or len(output_list) != 1:
-            raise ValueError(
-                f"models take exactly one input and one output for now, got {len(input_list)} "
-                f"input(s) and {len(output_list)} output(s)"
-            )
+        input_list, input_keys = parse_tensors(inputs, "inputs")
+        output_list, output_keys = parse_tensors(outputs, "outputs")
         self._graph = ModelGraph.trace(input_list, output_list)
         self._inputs, self._outputs = self._graph.inputs, self._graph.outputs
         self._calls = self._graph.calls
-        self._check_inputs_are_sources()
-        self._check_reachable_inputs()
+        check_model_graph(self._graph)
         self._layers = list(self._graph.layers)
-        _assign_names(self._layers)
-        self._check_state_layers_called_once()
+        assign_layer_names(self._layers)
+        check_state_layers_called_once(self._graph)
+        names_in = input_names(input_list, input_keys)
+        names_out = output_names(output_list, output_keys, input_list, names_in)
+        self._input_signature = Signature(
+            "input",
+            tuple(names_in),
+            tuple(t.sample_shape for t in input_list),
+            input_keys is not None,
+        )
+        self._output_signature = Signature(
+            "output",
+            tuple(names_out),
+            tuple(t.sample_shape for t in output_list),
+            output_keys is not None,
+        )
         self.seed = check_seed(seed)
         self.backend = resolve_backend(backend)
         self._weight_shapes: dict[str, tuple[int, ...]] = {}
@@ -153,38 +98,6 @@ class Model:
         self._held: EngineWeights | None = None
 
     # -- construction helpers --------------------------------------------------------------
-    def _check_inputs_are_sources(self) -> None:
-        for tensor in self._inputs:
-            if tensor.producer is not None:
-                raise ValueError(
-                    f"model inputs must come from gm.Input, got the output of {tensor!r}"
-                )
-        if len({id(t) for t in self._inputs}) != len(self._inputs):
-            raise ValueError("the same Input appears twice in the model inputs")
-
-    def _check_reachable_inputs(self) -> None:
-        known = {id(t) for t in self._inputs}
-        sources = [t for t in self._outputs if t.producer is None]
-        sources += [t for call in self._calls for t in call.inputs if t.producer is None]
-        for tensor in sources:
-            if id(tensor) not in known:
-                raise ValueError(
-                    f"the outputs depend on {tensor!r}, which is not among the model inputs"
-                )
-
-    def _check_state_layers_called_once(self) -> None:
-        calls: dict[int, int] = defaultdict(int)
-        for call in self._calls:
-            calls[id(call.layer)] += 1
-        for layer in self._layers:
-            if layer.updates_state and calls[id(layer)] > 1:
-                raise ValueError(
-                    f"layer '{layer.name}' ({type(layer).__name__}) is called "
-                    f"{calls[id(layer)]} times in this model, but it updates its own state "
-                    "(running statistics) in training and can be called only once; use one "
-                    "layer per call"
-                )
-
     def _initialize_weights(self) -> None:
         """Draws first values for layers that have none; layers that already belong to
         another model keep theirs (shared, as in Keras). Each weight's random stream is its
@@ -250,14 +163,60 @@ class Model:
         return list(self._layers)
 
     @property
+    def inputs(self) -> tuple[SymbolicTensor, ...]:
+        """The model's input tensors, in order (named by ``input_names``)."""
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[SymbolicTensor, ...]:
+        """The model's output tensors, in order (named by ``output_names``)."""
+        return self._outputs
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The inputs' names: dict keys, else ``gm.Input`` names (``input_<i>`` unnamed)."""
+        return self._input_signature.names
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The outputs' names: dict keys, else the names of the layers producing them."""
+        return self._output_signature.names
+
+    @property
+    def input_signature(self) -> Signature:
+        """The inputs' names, sample shapes, and whether they go in as a list or dict."""
+        return self._input_signature
+
+    @property
+    def output_signature(self) -> Signature:
+        """The outputs' names, sample shapes, and whether they come back as a list or dict."""
+        return self._output_signature
+
+    def _only(self, tensors: tuple[SymbolicTensor, ...], signature: Signature, what: str) -> Any:
+        if len(tensors) != 1:
+            raise ValueError(
+                f"model.{what} is ambiguous: this model has {len(tensors)} {signature.role}s "
+                f"({', '.join(signature.names)}); use model.{signature.role}s"
+            )
+        return tensors[0]
+
+    @property
     def input(self) -> SymbolicTensor:
-        """The model's input tensor, to build a new model on this one's layers."""
-        return self._inputs[0]
+        """The model's input tensor, to build a new model on this one's layers.
+
+        Raises:
+            ValueError: the model has several inputs (see ``inputs``).
+        """
+        return self._only(self._inputs, self._input_signature, "input")
 
     @property
     def output(self) -> SymbolicTensor:
-        """The model's output tensor."""
-        return self._outputs[0]
+        """The model's output tensor.
+
+        Raises:
+            ValueError: the model has several outputs (see ``outputs``).
+        """
+        return self._only(self._outputs, self._output_signature, "output")
 
     def get_layer(self, name: str) -> Layer:
         """The layer called ``name``.
@@ -309,13 +268,23 @@ class Model:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """The shape of one input sample (no batch dimension)."""
-        return self._inputs[0].sample_shape
+        """The shape of one input sample (no batch dimension).
+
+        Raises:
+            ValueError: the model has several inputs (``input_signature.sample_shapes``
+                holds each one's).
+        """
+        return self._only(self._inputs, self._input_signature, "input_shape").sample_shape
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        """The shape of one output sample (no batch dimension)."""
-        return self._outputs[0].sample_shape
+        """The shape of one output sample (no batch dimension).
+
+        Raises:
+            ValueError: the model has several outputs (``output_signature.sample_shapes``
+                holds each one's).
+        """
+        return self._only(self._outputs, self._output_signature, "output_shape").sample_shape
 
     @property
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -342,8 +311,8 @@ class Model:
             68
         """
         graph = _core.Graph()
-        x = graph.input("x", self._inputs[0].engine_shape, "float32")
-        self.emit(EmitContext(graph, training=False, variables=self.declare_variables(graph)), [x])
+        xs = self.declare_inputs(graph)
+        self.emit(EmitContext(graph, training=False, variables=self.declare_variables(graph)), xs)
         total = 0
         for node in range(len(graph)):
             total += 4 * math.prod(1 if d == -1 else int(d) for d in graph.shape(node))
@@ -398,21 +367,40 @@ class Model:
                 if mine:
                     layer.weight_store.set(mine)
 
-    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+    def predict(self, x: Any, batch_size: int | None = None) -> Any:
         """Runs the inference forward pass (dropout off) and returns the raw outputs.
 
         Args:
-            x: array-like of shape ``(N, *input_shape)``.
+            x: array-like of shape ``(N, *input_shape)``; for several inputs, a list of
+                such arrays in the model's input order or a dict keyed by input name,
+                all with the same ``N``.
             batch_size: rows per engine call; ``None`` uses up to 1024.
 
         Returns:
-            A float32 array of shape ``(N, *output_shape)``.
+            A float32 array of shape ``(N, *output_shape)``; for several outputs, a list
+            of them, or a dict keyed by output name when the outputs were a dict.
+
+        Raises:
+            TypeError, ValueError: a wrong type or shape, a missing or unknown input name,
+                or inputs of different lengths (the input is named).
 
         Example:
             >>> model.predict(np.zeros((5, 64), np.float32)).shape
             (5, 10)
+            >>> two.predict({"image": images, "meta": meta})["box"].shape  # doctest: +SKIP
+            (5, 4)
         """
-        return predict_with_engine(self._engine_weights(), x, self.input_shape, batch_size)
+        held = self._engine_weights()
+        if not self.structured:
+            return predict_with_engine(held, x, self.input_shape, batch_size)
+        return predict_structured(
+            held, self._input_signature, self._output_signature, x, batch_size
+        )
+
+    @property
+    def structured(self) -> bool:
+        """Whether inputs or outputs go as lists or dicts (several of them, or a dict)."""
+        return self._input_signature.structured or self._output_signature.structured
 
     def summary(self, print_fn: Callable[[str], Any] | None = None) -> None:
         """Prints a table of layers, output shapes and parameter counts, as Keras does.
@@ -431,34 +419,8 @@ class Model:
                 f"got {type(print_fn).__name__}"
             )
         emit = print if print_fn is None else print_fn
-        for line in self._summary_lines():
+        for line in summary_lines(self):
             emit(line)
-
-    def _summary_lines(self) -> list[str]:
-        rows = [(f"{self._inputs[0].name or 'input'} (Input)", self._inputs[0].engine_shape, 0)]
-        first_output: dict[int, tuple[int, ...]] = {}
-        for call in self._calls:
-            first_output.setdefault(id(call.layer), call.output.engine_shape)
-        for layer in self._layers:
-            label = f"{layer.name} ({type(layer).__name__})"
-            rows.append((label, first_output[id(layer)], layer.count_params()))
-        cells = [(label, _format_batch_shape(shape), f"{count:,}") for label, shape, count in rows]
-        headers = ("Layer (type)", "Output shape", "Params")
-        widths = [max(len(headers[i]), *(len(c[i]) for c in cells)) for i in range(3)]
-        line = "=" * (sum(widths) + 4)
-
-        def fmt(cols: Sequence[str]) -> str:
-            return f"{cols[0]:<{widths[0]}}  {cols[1]:<{widths[1]}}  {cols[2]:>{widths[2]}}"
-
-        trainable = self.count_params()
-        total = sum(int(np.prod(shape)) for shape in self._weight_shapes.values())
-        lines = [fmt(headers), line, *(fmt(c) for c in cells), line]
-        # Non-trainable values are whatever the optimizer leaves alone: batch-norm running
-        # statistics, an imported model's constants.
-        lines.append(f"Total params: {total:,} ({total * 4 / 1024:,.1f} KiB as float32)")
-        lines.append(f"Trainable params: {trainable:,}")
-        lines.append(f"Non-trainable params: {total - trainable:,}")
-        return lines
 
     def save(self, path: Any, metadata: Mapping[str, Any] | None = None) -> None:
         """Atomically writes the model's definition and weights (one safetensors file).
@@ -510,20 +472,38 @@ class Model:
         provided.export_onnx(self, path, opset)
 
     def __repr__(self) -> str:
+        size = f"layers={len(self._layers)}, params={self.count_params():,}"
+        if not self.structured:
+            return (
+                f"Model(input_shape={self.input_shape}, output_shape={self.output_shape}, {size})"
+            )
         return (
-            f"Model(input_shape={self.input_shape}, output_shape={self.output_shape}, "
-            f"layers={len(self._layers)}, params={self.count_params():,})"
+            f"Model(inputs=[{self._input_signature.describe()}], "
+            f"outputs=[{self._output_signature.describe()}], {size})"
         )
 
     # -- engine ownership ------------------------------------------------------------------
+    def declare_inputs(self, graph: _core.Graph) -> list[int]:
+        """Declares the model's inputs in ``graph``: ``x`` for one input, else one per
+        input named as messages name it (``x['image']``); returns their node ids.
+
+        Example:
+            >>> xs = model.declare_inputs(graph)  # doctest: +SKIP
+        """
+        signature = self._input_signature
+        return [
+            graph.input(signature.label("x", index), tensor.engine_shape, "float32")
+            for index, tensor in enumerate(self._inputs)
+        ]
+
     def _engine_weights(self) -> EngineWeights:
         if self._held is None:
             graph = _core.Graph()
-            x = graph.input("x", self._inputs[0].engine_shape, "float32")
+            xs = self.declare_inputs(graph)
             ctx = EmitContext(graph, training=False, variables=self.declare_variables(graph))
-            (output,) = self.emit(ctx, [x])
+            outputs = self.emit(ctx, xs)
             engine = _core.Engine(graph, seed=self.seed, backend=self.backend)
-            engine.define("predict", inputs=[x], outputs=[output], effects=[], advance_rng=False)
+            engine.define("predict", inputs=xs, outputs=outputs, effects=[], advance_rng=False)
             self._held = EngineWeights(engine, self._layers)
         return self._held
 
@@ -540,8 +520,3 @@ class Model:
             >>> model.attach_engine(trainer_weights)  # doctest: +SKIP
         """
         self._held = held
-
-
-def _format_batch_shape(shape: Sequence[int]) -> str:
-    dims = ["batch" if d == -1 else str(d) for d in shape]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"

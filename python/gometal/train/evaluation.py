@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..nn.model import inference_batch_size
+from ..nn.inference import inference_batch_size
 from .data import as_batches, is_array_pair, is_batch_source
 
 if TYPE_CHECKING:

@@ -21,7 +21,8 @@ from ..base.arrays import (
     check_seed,
 )
 from ..base.runtime import resolve_backend
-from ..nn.model import Model, predict_with_engine
+from ..nn.inference import predict_with_engine
+from ..nn.model import Model
 from . import losses, optim, provided
 from .evaluation import evaluate as _evaluate
 from .fit import fit as _fit
