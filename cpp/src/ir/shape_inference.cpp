@@ -2,27 +2,17 @@
 // entry. Every rule names the op and the shapes it received.
 #include "ir/shape_inference.h"
 
-#include "ir/op_registry.h"
-
 #include <algorithm>
 #include <stdexcept>
 #include <string>
 
+#include "ir/op_registry.h"
+#include "ir/ops/op_support.h"
+
 namespace gometal {
-namespace {
 
-[[noreturn]] void fail(std::string_view op, const std::string& what) {
-  throw std::invalid_argument("[" + std::string(op) + "] " + what);
-}
-
-int64_t norm_axis(int64_t axis, size_t rank, std::string_view op) {
-  const int64_t r = static_cast<int64_t>(rank);
-  if (axis < -r || axis >= r)
-    fail(op, "axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
-  return axis < 0 ? axis + r : axis;
-}
-
-}  // namespace
+using ops::fail;
+using ops::norm_axis;
 
 Shape broadcast_shapes(const Shape& a, const Shape& b, std::string_view op) {
   const size_t rank = std::max(a.size(), b.size());
