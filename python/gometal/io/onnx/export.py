@@ -75,6 +75,14 @@ class _GraphBuilder:
         self.node("Constant", [], output, output, value=tensor)
         return output
 
+    def int_constant(self, name: str, values: Sequence[int]) -> str:
+        """Adds a ``Constant`` node producing ``values`` as a 1-D int64 tensor (shapes,
+        axes, pads); returns its output."""
+        output = self.unique(name)
+        tensor = numpy_helper.from_array(np.asarray(list(values), dtype=np.int64), output)
+        self.node("Constant", [], output, output, value=tensor)
+        return output
+
 
 def _check_opset(opset: Any) -> int:
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):

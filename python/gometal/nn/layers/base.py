@@ -116,6 +116,9 @@ class EmitContext:
         training: ``True`` for the training forward pass, ``False`` for eval and predict.
         effects: assign node ids a layer adds (e.g. running statistics); the trainer
             runs them with the training step.
+        losses: scalar node ids a layer adds to the training loss (weight penalties
+            such as ``gm.regularizers.l2``); the training step adds their sum to the
+            loss it minimizes and reports. Layers add them only when ``training``.
         scope: the name of the layer being emitted; ``variable`` resolves names under it.
     """
 
@@ -123,8 +126,27 @@ class EmitContext:
         self.graph = graph
         self.training = bool(training)
         self.effects: list[int] = []
+        self.losses: list[int] = []
         self.scope = ""
         self._variables = variables
+
+    def add_loss(self, node: int) -> None:
+        """Adds a scalar node to the training loss (collected in ``losses``).
+
+        Args:
+            node: the id of a node of shape ``()`` in ``graph``.
+
+        Raises:
+            ValueError: the node is not a scalar.
+
+        Example:
+            >>> ctx.add_loss(penalty)  # doctest: +SKIP
+        """
+        shape = tuple(self.graph.shape(node))
+        if shape != ():
+            where = f" from layer {self.scope!r}" if self.scope else ""
+            raise ValueError(f"an added loss{where} must be a scalar (shape ()), got {shape}")
+        self.losses.append(node)
 
     def variable(self, name: str) -> int:
         """Returns the node id of the current layer's weight ``name`` (``<layer>.<name>``).

@@ -49,6 +49,9 @@ class OnnxGraph(Protocol):
     def constant(self, name: str, value: np.ndarray) -> str:
         """A ``Constant`` node producing ``value`` as float32; its output's name."""
 
+    def int_constant(self, name: str, values: Sequence[int]) -> str:
+        """A ``Constant`` node producing ``values`` as 1-D int64 (shapes, axes, pads)."""
+
 
 # rule(graph, call, input names, output name, node name): appends the call's nodes.
 OnnxRule = Callable[[OnnxGraph, LayerCall, list[str], str, str], None]
