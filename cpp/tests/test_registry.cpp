@@ -64,10 +64,10 @@ int main() {
   const int w = h.variable("w", {1, 1, 3, 3});
   const int y = h.op(OpKind::Conv2D, {in, w});
   Attrs grad_attrs;
-  grad_attrs.ints = {kBatch, 1, 4, 4};
-  const int dx = h.op(OpKind::Conv2DInputGrad, {y, w}, grad_attrs);
-  const std::string second_order = error_of([&] { h.gradients(h.sum(dx, {}), {w}); });
-  check(second_order.find("[gradients] the loss depends on 'conv2d_input_grad'") == 0,
+  grad_attrs.ints = {1, 1, 3, 3};
+  const int dw = h.op(OpKind::Conv2DWeightGrad, {in, y}, grad_attrs);
+  const std::string second_order = error_of([&] { h.gradients(h.sum(dw, {}), {w}); });
+  check(second_order.find("[gradients] the loss depends on 'conv2d_weight_grad'") == 0,
         "a gradient through a gradient op is refused: " + second_order);
 
   std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "OK", g_failures);

@@ -7,6 +7,8 @@ forward against torch's autograd, and a batch dimension of -1 through a conv-poo
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -120,14 +122,25 @@ def conv_grad_cases(xs, ws, stride, padding, dilation, groups) -> list[OpCase]:
     dims = zip(xs[2:], (kh, kw), attrs["stride"], attrs["padding"], attrs["dilation"])
     out_shape = (xs[0], o, *(conv_output_size(*d) for d in dims))
     geometry = {**_torch_geometry(attrs), "groups": groups}
+    # conv2d_input_grad is also the transposed convolution: its gradients are checked
+    # through torch's conv_transpose2d, whose output_padding reaches x's full size.
+    sizes = zip(out_shape[2:], attrs["stride"], attrs["padding"], attrs["dilation"], (kh, kw))
+    natural = [(size - 1) * s - 2 * p + d * (k - 1) + 1 for size, s, p, d, k in sizes]
+    transposed = functools.partial(
+        F.conv_transpose2d,
+        output_padding=tuple(full - n for full, n in zip(xs[2:], natural)),
+        **geometry,
+    )
     return [
         OpCase(
             "conv2d_input_grad",
             (Arg(out_shape, unit), Arg(w_shape, unit)),
             from_torch(lambda gy, w: torch.nn.grad.conv2d_input(xs, w, gy, **geometry)),
             attrs={**attrs, "shape": list(xs)},
-            gradient=NO_GRADIENT,
+            gradient=TORCH,
+            torch_reference=transposed,
             forward_tol=TORCH_TOLERANCE,
+            grad_tol=TORCH_TOLERANCE,
         ),
         OpCase(
             "conv2d_weight_grad",

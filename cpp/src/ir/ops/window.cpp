@@ -71,6 +71,14 @@ void vjp_window(Graph& gr, int y, int g, std::vector<int>& dx) {
       dx[1] = gr.op(OpKind::Conv2DWeightGrad, {v.in[0], g}, at);
       return;
     }
+    case OpKind::Conv2DInputGrad: {  // a transposed convolution: y = conv2d^T(x, w)
+      at.ints = {};
+      dx[0] = gr.op(OpKind::Conv2D, {g, v.in[1]}, at);
+      // The roles swap: g plays conv2d's input and x its output gradient.
+      at.ints = shape_of(gr, v.in[1]);
+      dx[1] = gr.op(OpKind::Conv2DWeightGrad, {g, v.in[0]}, at);
+      return;
+    }
     case OpKind::MaxPool2D: dx[0] = gr.op(OpKind::MaxPool2DGrad, {v.in[0], g}, at); return;
     case OpKind::AvgPool2D:
       at.ints = shape_of(gr, v.in[0]);
@@ -97,10 +105,12 @@ std::vector<AttrSpec> with_shape(std::vector<AttrSpec> attrs) {
 }  // namespace
 
 std::vector<OpDef> window_op_defs() {
-  // Second derivatives through the gradient primitives are not defined: asking is an error.
+  // conv2d_input_grad is also the transposed convolution (Conv2DTranspose), so it has a rule;
+  // second derivatives through the other gradient primitives are not defined: asking is an error.
   return {
       {OpKind::Conv2D, "conv2d", 2, conv_attrs(), conv_shape, Gradient::Rule, vjp_window},
-      {OpKind::Conv2DInputGrad, "conv2d_input_grad", 2, with_shape(conv_attrs()), conv_input_grad_shape},
+      {OpKind::Conv2DInputGrad, "conv2d_input_grad", 2, with_shape(conv_attrs()), conv_input_grad_shape,
+       Gradient::Rule, vjp_window},
       {OpKind::Conv2DWeightGrad, "conv2d_weight_grad", 2, with_shape(conv_attrs()), conv_weight_grad_shape},
       {OpKind::MaxPool2D, "max_pool2d", 1, pool_attrs(), pool_shape, Gradient::Rule, vjp_window},
       {OpKind::MaxPool2DGrad, "max_pool2d_grad", 2, pool_attrs(), max_pool_grad_shape},
