@@ -64,7 +64,11 @@ def _every_layer():
     dilated = L.Conv2D(2, 2, stride=2, dilation=(1, 1), padding="valid")(c)  # (2, 2, 2)
     d = L.Dropout(0.25)(L.GELU()(L.Dense(16)(L.Flatten()(dilated))))
     g = L.ReLU()(L.Dense(5, use_bias=False)(L.GlobalAvgPool2D()(c)))
-    out = L.Softmax()(L.Add()([L.Dense(5)(d), g]))
+    spatial = L.ZeroPadding2D(((1, 0), (0, 1)))(h)  # (4, 5, 5)
+    spatial = L.Conv2DTranspose(4, 3, stride=2, padding=1, output_padding=1, groups=2)(spatial)
+    spatial = L.AdaptiveAvgPool2D((3, 4))(L.UpSampling2D(1.5, mode="bilinear")(spatial))
+    s = L.Dense(5)(L.GlobalMaxPool2D()(spatial))
+    out = L.Softmax()(L.Add()([L.Dense(5)(d), g, s]))
     return gm.Model(x, out, seed=11)
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from . import layers
+from .builder_spatial import SpatialBuilderMethods
 from .graph_checks import next_auto_name
 from .layers.base import Layer
 from .model import Model
 from .tensor import Input
 
 
-class ModelBuilder:
+class ModelBuilder(SpatialBuilderMethods):
     """Builds a sequential model one layer at a time.
 
     Each method applies a layer to the current output immediately, so a shape error is

@@ -8,8 +8,10 @@ The registry is the one list of layers that saving, loading and ONNX export read
 """
 
 from .activations import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Swish, Tanh
+from .adaptive_pooling import AdaptiveAvgPool2D, GlobalMaxPool2D
 from .base import EmitContext, Layer, WeightSpec
 from .conv import Conv2D
+from .conv_variants import Conv2DTranspose
 from .core import Dense
 from .merge import Add, Concatenate, Multiply
 from .normalization import BatchNorm
@@ -24,21 +26,25 @@ from .registry import (
     registered_layers,
 )
 from .regularization import Dropout
+from .resampling import UpSampling2D, ZeroPadding2D
 from .reshaping import Flatten
 
 __all__ = [
     "ELU",
     "GELU",
+    "AdaptiveAvgPool2D",
     "Add",
     "AvgPool2D",
     "BatchNorm",
     "Concatenate",
     "Conv2D",
+    "Conv2DTranspose",
     "Dense",
     "Dropout",
     "EmitContext",
     "Flatten",
     "GlobalAvgPool2D",
+    "GlobalMaxPool2D",
     "Layer",
     "LayerEntry",
     "LeakyReLU",
@@ -51,7 +57,9 @@ __all__ = [
     "Softmax",
     "Swish",
     "Tanh",
+    "UpSampling2D",
     "WeightSpec",
+    "ZeroPadding2D",
     "entry_of",
     "layer_entries",
     "register_layer",
