@@ -1,3 +1,3 @@
 """The application layer: the ``gometal`` command line (``cli``) and its training job
-(``train_job``). It may import every layer below it.
+(``train_job``) and prediction job (``predict_job``). It may import every layer below it.
 """

@@ -1,7 +1,8 @@
 """The ``gometal`` command line.
 
 ``gometal train [DATA_DIR]`` trains a CNN on an image folder (the main job; the digits
-written out as PNG files when no folder is given). ``gometal train-digits`` trains a
+written out as PNG files when no folder is given); ``gometal predict MODEL IMAGE...``
+classifies image files with the model it saved. ``gometal train-digits`` trains a
 64-128-10 MLP on scikit-learn's 8x8 handwritten digits held in memory.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..viz.server_cli import add_sidecar_command
+from .predict_job import add_predict_command
 from .train_job import add_train_command
 
 DIGITS_FEATURES = 64  # 8 x 8 pixels
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     digits.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_train_command(commands)
+    add_predict_command(commands)
     add_sidecar_command(commands)
     return parser
 
@@ -196,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
-    if args.command in ("train", "sidecar"):
+    if args.command in ("train", "predict", "sidecar"):
         return args.handler(args)
     return 2  # argparse rejects unknown commands before this point
 

@@ -20,6 +20,7 @@ from .cache import CacheStats, ImageCache
 from .dataset import ImageFolderDataset, UnreadableImageWarning
 from .decode import IMAGE_EXTENSIONS, convert_channels, find_unreadable_reason, load_resized
 from .loader import DEFAULT_CACHE_BYTES, DataLoader
+from .preprocessing import ImagePreprocessing
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, images_to_float_batch
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "DataLoader",
     "ImageCache",
     "ImageFolderDataset",
+    "ImagePreprocessing",
     "UnreadableImageWarning",
     "convert_channels",
     "find_unreadable_reason",
