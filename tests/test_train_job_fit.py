@@ -82,9 +82,22 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(colours, tmp_path):
         {k: v for k, v in r.items() if k != "seconds"} for r in _model_json(halves)["history"]
     ]
     assert resumed_history == expected_history
-    # The newest two epoch checkpoints stay.
+    # The newest two epoch checkpoints stay; run.json holds the new total for a later resume.
     names = sorted(p.name for p in (halves / "checkpoints").iterdir())
     assert names == ["epoch-003.gmckpt", "epoch-004.gmckpt"]
+    assert json.loads((halves / "run.json").read_text())["settings"]["epochs"] == 4
+
+
+def test_a_new_run_in_a_used_folder_drops_the_old_checkpoints(colours, tmp_path, capsys):
+    out = tmp_path / "run"
+    _train(colours, out, "--epochs", "3")
+    _train(colours, out, "--epochs", "1")
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["epoch-001.gmckpt"]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert [row["epoch"] for row in _model_json(out)["history"]] == [1, 2]
 
 
 def test_resume_refuses_what_it_cannot_continue(colours, tmp_path, capsys):

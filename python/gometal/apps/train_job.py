@@ -277,10 +277,50 @@ def _callbacks(job: _Job) -> list[Any]:
     return [checkpoints, stop]
 
 
+def _new_trainer(job: _Job, classes: int) -> Any:
+    """A fresh model and trainer; an earlier run's epoch checkpoints in the folder go, so
+    that ``--resume`` never picks one of them up."""
+    from ..train import optim
+    from ..train.callbacks import ModelCheckpoint
+    from ..train.trainer import Trainer
+
+    stale = ModelCheckpoint(job.out / CHECKPOINT_FOLDER).periodic_checkpoints()
+    if stale:
+        print(
+            f"removing {len(stale)} checkpoint(s) of an earlier run in {job.out / CHECKPOINT_FOLDER}"
+        )
+        for path in stale:
+            path.unlink()
+    settings = job.settings
+    size = settings["image_size"]
+    model = build_cnn((settings["channels"], size, size), classes, settings["seed"])
+    return Trainer(
+        model,
+        loss="cross_entropy",
+        optimizer=optim.Adam(lr=settings["lr"]),
+        batch_size=settings["batch_size"],
+    )
+
+
+def _resumed_trainer(job: _Job, dataset: Any) -> Any:
+    """The trainer of the run's last checkpoint, checked against the data's classes."""
+    from ..train.trainer import Trainer
+
+    assert job.checkpoint is not None
+    trainer = Trainer.load(job.checkpoint)
+    outputs = trainer.model.output_shape[-1]
+    if outputs != len(dataset.classes):
+        raise TrainJobError(
+            f"DATA_DIR {os.fspath(dataset.root)!r} now has {len(dataset.classes)} class "
+            f"folders, but the resumed model was trained on {outputs}; restore the folder "
+            "or start a new run without --resume"
+        )
+    print(f"resuming from {job.checkpoint} after epoch {trainer.epoch}")
+    return trainer
+
+
 def _train(args: argparse.Namespace) -> int:
     from ..data.vision import DataLoader, ImageCache, ImagePreprocessing
-    from ..train import optim
-    from ..train.trainer import Trainer
 
     job = _resolve_job(args)
     settings = job.settings
@@ -294,30 +334,17 @@ def _train(args: argparse.Namespace) -> int:
     dataset, train_set, val_set = _load_data(job)
     size, channels = settings["image_size"], settings["channels"]
     if job.checkpoint is None:
-        write_run_record(job.out, job.data_dir, settings)
-        model = build_cnn((channels, size, size), len(dataset.classes), settings["seed"])
-        trainer = Trainer(
-            model,
-            loss="cross_entropy",
-            optimizer=optim.Adam(lr=settings["lr"]),
-            batch_size=settings["batch_size"],
-        )
+        trainer = _new_trainer(job, len(dataset.classes))
     else:
-        trainer = Trainer.load(job.checkpoint)
-        outputs = trainer.model.output_shape[-1]
-        if outputs != len(dataset.classes):
-            raise TrainJobError(
-                f"DATA_DIR {os.fspath(dataset.root)!r} now has {len(dataset.classes)} class "
-                f"folders, but the resumed model was trained on {outputs}; restore the folder "
-                "or start a new run without --resume"
-            )
-        print(f"resuming from {job.checkpoint} after epoch {trainer.epoch}")
+        trainer = _resumed_trainer(job, dataset)
     remaining = settings["epochs"] - trainer.epoch
     if remaining < 1:
         raise TrainJobError(
             f"the run in {os.fspath(job.out)!r} has trained {trainer.epoch} epochs; pass "
             f"--epochs above {trainer.epoch} to train further"
         )
+    # Written on resume too: a later --resume reads the new --epochs total.
+    write_run_record(job.out, job.data_dir, settings)
     cache = ImageCache()
     loader_args = {
         "batch_size": settings["batch_size"],
