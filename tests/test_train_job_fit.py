@@ -113,8 +113,11 @@ def test_resume_refuses_what_it_cannot_continue(colours, tmp_path, capsys):
     assert "holds no run.json" in line
     line = _error_line(capsys, ["train", str(tmp_path), "--resume", str(out)])
     assert "DATA_DIR" in line and "differs from the resumed run's" in line
-    for checkpoint in (out / "checkpoints").iterdir():
-        checkpoint.unlink()
+    (last,) = (out / "checkpoints").iterdir()
+    last.write_bytes(last.read_bytes()[:100])  # a checkpoint cut short
+    line = _error_line(capsys, ["train", "--resume", str(out), "--epochs", "2"])
+    assert "cannot load" in line and "epoch-001.gmckpt" in line
+    last.unlink()
     line = _error_line(capsys, ["train", "--resume", str(out), "--epochs", "2"])
     assert "has no checkpoint" in line
 

@@ -304,10 +304,17 @@ def _new_trainer(job: _Job, classes: int) -> Any:
 
 def _resumed_trainer(job: _Job, dataset: Any) -> Any:
     """The trainer of the run's last checkpoint, checked against the data's classes."""
+    from ..io.serialization import CheckpointError
     from ..train.trainer import Trainer
 
     assert job.checkpoint is not None
-    trainer = Trainer.load(job.checkpoint)
+    try:
+        trainer = Trainer.load(job.checkpoint)
+    except CheckpointError as err:
+        raise TrainJobError(
+            f"--resume: cannot load {os.fspath(job.checkpoint)!r} ({err}); remove it to resume "
+            "from the checkpoint before it"
+        ) from err
     outputs = trainer.model.output_shape[-1]
     if outputs != len(dataset.classes):
         raise TrainJobError(
