@@ -131,7 +131,7 @@ def _compare_in_float64(settings, batches):
     runner = gm.optim.LBFGS(**settings).bind(engine, list(engine.params))
     reference = torch.optim.LBFGS(net.parameters(), **settings)
     for x, y in batches:
-        loss, _ = runner.step(x, y, lr=settings.get("lr", 1.0))
+        loss, _ = runner.step([x, y], lr=settings.get("lr", 1.0))
         expected = _torch_lbfgs_step(net, reference, x, y)
         assert loss == pytest.approx(expected, rel=1e-8)
         assert runner.memory.evaluations == _func_evals(reference)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -12,6 +13,37 @@ from ..base.arrays import check_batch_size, check_seed
 # The stream that orders samples; ``gm.vision.DataLoader`` uses the same one, so both
 # loaders visit N samples in the same order for the same seed and epoch.
 _ORDER_STREAM = 0
+
+
+def _is_structured(data: Any) -> bool:
+    """A list, tuple or dict of arrays (a model's several inputs or outputs)."""
+    if isinstance(data, Mapping):
+        return True
+    return isinstance(data, (list, tuple)) and all(isinstance(a, np.ndarray) for a in data)
+
+
+def _length(data: Any, argument: str) -> int:
+    if not _is_structured(data):
+        return len(data)
+    arrays = list(data.values()) if isinstance(data, Mapping) else list(data)
+    if not arrays:
+        raise ValueError(f"{argument} holds no arrays; give one per model input or output")
+    lengths = {len(a) for a in arrays}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"the arrays of {argument} have different lengths {sorted(lengths)}; every one "
+            "needs one row per sample"
+        )
+    return lengths.pop()
+
+
+def _take(data: Any, rows: Any) -> Any:
+    """``data[rows]``, or each array's rows for a list or dict of arrays."""
+    if isinstance(data, Mapping):
+        return {name: array[rows] for name, array in data.items()}
+    if _is_structured(data):
+        return [array[rows] for array in data]
+    return data[rows]
 
 
 def epoch_permutation(seed: int, epoch: int, count: int) -> np.ndarray:
@@ -43,8 +75,11 @@ class ArrayLoader:
     views into ``x`` and ``y``; with shuffling each batch is one gathered copy.
 
     Args:
-        x: inputs, indexed along axis 0.
-        y: labels or targets with the same length.
+        x: inputs, indexed along axis 0; for a model with several inputs, a list, tuple
+            or dict of arrays, batched with the same rows (batches then hold lists or
+            dicts).
+        y: labels or targets with the same length (a list, tuple or dict of arrays for
+            several outputs).
         batch_size: samples per batch; the last batch may be smaller.
         shuffle: visit the samples in a new random order each epoch.
         seed: seeds the order (a non-negative int).
@@ -58,21 +93,23 @@ class ArrayLoader:
 
     def __init__(
         self,
-        x: np.ndarray,
-        y: np.ndarray,
+        x: Any,
+        y: Any,
         batch_size: int = 32,
         *,
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
     ):
-        if len(x) != len(y):
+        samples, targets = _length(x, "x"), _length(y, "y")
+        if samples != targets:
             raise ValueError(
-                f"x and y have different lengths: x has {len(x)} samples, y has {len(y)}"
+                f"x and y have different lengths: x has {samples} samples, y has {targets}"
             )
-        if len(x) == 0:
+        if samples == 0:
             raise ValueError("ArrayLoader needs at least one sample, got 0")
         self.x, self.y = x, y
+        self.samples = samples
         self.batch_size = check_batch_size(batch_size)
         self.shuffle = bool(shuffle)
         self.seed = check_seed(seed)
@@ -111,32 +148,32 @@ class ArrayLoader:
             array([41,  7, 90])
         """
         if not self.shuffle:
-            return np.arange(len(self.x))
-        return epoch_permutation(self.seed, epoch, len(self.x))
+            return np.arange(self.samples)
+        return epoch_permutation(self.seed, epoch, self.samples)
 
     def __len__(self) -> int:
-        count = len(self.x)
+        count = self.samples
         return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
         epoch = self._next_epoch
         self._next_epoch += 1
         if not self.shuffle:
             return self._slices()
         return self._gathered(self.sample_order(epoch))
 
-    def _slices(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _slices(self) -> Iterator[tuple[Any, Any]]:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             rows = slice(start, start + self.batch_size)
-            yield self.x[rows], self.y[rows]
+            yield _take(self.x, rows), _take(self.y, rows)
 
-    def _gathered(self, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _gathered(self, order: np.ndarray) -> Iterator[tuple[Any, Any]]:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             rows = order[start : start + self.batch_size]
-            yield self.x[rows], self.y[rows]
+            yield _take(self.x, rows), _take(self.y, rows)
 
     def __repr__(self) -> str:
         return (
-            f"ArrayLoader(samples={len(self.x)}, batch_size={self.batch_size}, "
+            f"ArrayLoader(samples={self.samples}, batch_size={self.batch_size}, "
             f"batches={len(self)}, shuffle={self.shuffle}, seed={self.seed})"
         )

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..base.arrays import as_class_labels, as_dense_targets, check_input_batch
 from .array_loader import ArrayLoader
+from .output_losses import check_targets, structured_inputs
 
 if TYPE_CHECKING:
     from .session import TrainingSession
@@ -26,22 +27,21 @@ def is_batch_source(data: Any) -> bool:
     return hasattr(data, "__iter__")
 
 
-def prepare_arrays(
-    trainer: TrainingSession, x: Any, y: Any, name: str = ""
-) -> tuple[np.ndarray, np.ndarray]:
+def prepare_arrays(trainer: TrainingSession, x: Any, y: Any, name: str = "") -> tuple[Any, Any]:
     """Validates a whole ``(x, y)`` dataset once; ``x`` is converted batch by batch later.
 
     Args:
         trainer: the trainer whose model and loss define the expected shapes.
-        x: inputs ``(N, *input_shape)``.
-        y: labels or targets for the loss.
+        x: inputs ``(N, *input_shape)`` (a list or dict of them for several inputs).
+        y: labels or targets for the loss (a list or dict of them for several outputs).
         name: a prefix for error messages (``"validation"`` gives ``"validation x"``); the
             default names the arrays plain ``x`` and ``y``.
 
     Returns:
         ``(x, y)``: ``x`` as given (checked, not copied: a large float64 array or a
         broadcast view is converted one batch at a time), ``y`` as int32 labels or float32
-        targets.
+        targets; for a model with several inputs or outputs, lists of them in the model's
+        order (a dict when the model was given a dict).
 
     Example:
         >>> x, y = prepare_arrays(trainer, x, y, "train")  # doctest: +SKIP
@@ -49,6 +49,11 @@ def prepare_arrays(
     # One finite check over the whole dataset here names the first bad sample, which the
     # engine's per-batch check cannot.
     prefix = f"{name} " if name else ""
+    model = trainer.model
+    if model.structured:
+        xs = structured_inputs(model, x, f"{prefix}x", check_finite=True)
+        ys = check_targets(trainer.output_losses, model, y, len(xs[0]), f"{prefix}y")
+        return model.input_signature.pack(xs), model.output_signature.pack(ys)
     x = check_input_batch(x, trainer.model.input_shape, f"{prefix}x", check_finite=True)
     if trainer.loss.integer_labels:
         y = as_class_labels(y, len(x), trainer.model.output_shape[-1], f"{prefix}y")

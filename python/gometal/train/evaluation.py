@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import copy
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -81,8 +82,57 @@ def resolve_metrics(specs: Any) -> list[Any]:
     return resolved
 
 
+def resolve_session_metrics(trainer: TrainingSession, specs: Any) -> Any:
+    """The metrics of an evaluation of ``trainer``: a list, or one list per output.
+
+    A model with several outputs (or a dict of them) takes ``specs`` as a list that
+    applies to every output (each gets its own metric objects) or a dict from output
+    names to lists; results are then keyed ``"<output>_<metric>"``.
+
+    Args:
+        trainer: the session (its model's outputs).
+        specs: metric names or objects, or a dict of them by output name.
+
+    Returns:
+        A list of metric objects, or a dict from output names to lists of them.
+
+    Raises:
+        ValueError: a dict naming an output the model does not have.
+
+    Example:
+        >>> resolve_session_metrics(trainer, {"label": ["f1_macro"]})  # doctest: +SKIP
+        {'label': [F1Macro()], 'box': []}
+    """
+    signature = trainer.model.output_signature
+    if isinstance(specs, Mapping):
+        unknown = [key for key in specs if key not in signature.names]
+        if unknown:
+            raise ValueError(
+                f"metrics names output(s) {unknown!r} that the model does not have; its "
+                f"outputs are {list(signature.names)}"
+            )
+        if not signature.structured:
+            return resolve_metrics(specs.get(signature.names[0]))
+        return {name: resolve_metrics(specs.get(name)) for name in signature.names}
+    if not signature.structured:
+        return resolve_metrics(specs)
+    return {name: resolve_metrics(copy.deepcopy(specs)) for name in signature.names}
+
+
+def _metric_value(metric: Any) -> Any:
+    value = metric.result()
+    return float(value) if np.ndim(value) == 0 else np.asarray(value)
+
+
+def metric_keys(metrics: Any) -> list[str]:
+    """The result keys of resolved metrics (``resolve_session_metrics``), in order."""
+    if isinstance(metrics, Mapping):
+        return [f"{name}_{m.name}" for name, listed in metrics.items() for m in listed]
+    return [m.name for m in metrics]
+
+
 def run_evaluation(
-    trainer: TrainingSession, batches: Iterable[tuple[Any, Any]], metrics: Sequence[Any], name: str
+    trainer: TrainingSession, batches: Iterable[tuple[Any, Any]], metrics: Any, name: str
 ) -> dict[str, Any]:
     """Runs the inference forward pass over ``batches``, accumulating results batch by batch.
 
@@ -94,14 +144,17 @@ def run_evaluation(
     Args:
         trainer: the trainer.
         batches: ``(x, y)`` batches; arrays already converted or any array-like.
-        metrics: streaming metric objects (reset here first).
+        metrics: streaming metric objects (reset here first), or a dict of lists of them
+            by output name (``resolve_session_metrics``).
         name: the data's name for error messages.
 
     Returns:
         ``{"loss", "accuracy", <metric name>...}``: the loss is the sample-weighted mean
         over the batches; the accuracy pools every batch's sums (correct samples, or for
         regression ``1 - NMAE`` of the whole set), so it does not depend on the batch
-        size; each metric gives its ``result()``.
+        size; each metric gives its ``result()``. For several outputs, ``loss`` is the
+        weighted total and ``accuracy`` the first output's, and each output adds
+        ``"<output>_loss"``, ``"<output>_accuracy"`` and ``"<output>_<metric>"``.
 
     Raises:
         ValueError: the batches hold no sample.
@@ -109,26 +162,43 @@ def run_evaluation(
     Example:
         >>> run_evaluation(trainer, loader, [], "validation")["loss"]  # doctest: +SKIP
     """
-    for metric in metrics:
+    by_output = metrics if isinstance(metrics, Mapping) else {}
+    flat = [m for listed in by_output.values() for m in listed] if by_output else list(metrics)
+    for metric in flat:
         metric.reset()
     total_loss = 0.0
     totals = None
     seen = 0
+    output_loss: dict[str, float] = {}
+    output_totals: dict[str, Any] = {}
     for x, y in batches:
-        batch = trainer.evaluate_batch(x, y, with_outputs=bool(metrics))
+        batch = trainer.evaluate_batch(x, y, with_outputs=bool(flat))
         count = len(batch.labels)
         total_loss += batch.loss * count
         totals = batch.totals if totals is None else totals + batch.totals
         seen += count
-        if metrics:
-            for metric in metrics:
+        for output, evaluation in batch.per_output.items():
+            output_loss[output] = output_loss.get(output, 0.0) + evaluation.loss * count
+            earlier = output_totals.get(output)
+            output_totals[output] = (
+                evaluation.totals if earlier is None else earlier + evaluation.totals
+            )
+            for metric in by_output.get(output, ()):
+                metric.update(evaluation.labels, evaluation.outputs)
+        if flat and not by_output:
+            for metric in flat:
                 metric.update(batch.labels, batch.outputs)
     if totals is None:
         raise ValueError(f"{name} holds no samples: its loader yielded no batch")
     results: dict[str, Any] = {"loss": total_loss / seen, "accuracy": totals.value}
-    for metric in metrics:
-        value = metric.result()
-        results[metric.name] = float(value) if np.ndim(value) == 0 else np.asarray(value)
+    for output, loss_sum in output_loss.items():
+        results[f"{output}_loss"] = loss_sum / seen
+        results[f"{output}_accuracy"] = output_totals[output].value
+        for metric in by_output.get(output, ()):
+            results[f"{output}_{metric.name}"] = _metric_value(metric)
+    if not by_output:
+        for metric in flat:
+            results[metric.name] = _metric_value(metric)
     return results
 
 
@@ -147,10 +217,12 @@ def evaluate(
         y: labels or targets for array inputs; ``None`` with a loader.
         batch_size: rows per engine call for arrays; ``None`` uses up to 1024. A loader
             keeps its own batches.
-        metrics: metric names or objects (see ``resolve_metrics``).
+        metrics: metric names or objects (see ``resolve_metrics``); for several outputs,
+            a list for every output or a dict by output name.
 
     Returns:
-        ``{"loss", "accuracy", <metric name>...}``.
+        ``{"loss", "accuracy", <metric name>...}``, plus ``"<output>_loss"``,
+        ``"<output>_accuracy"`` and ``"<output>_<metric>"`` for several outputs.
 
     Raises:
         ValueError: ``y`` missing for arrays or given with a loader, or ``batch_size``
@@ -160,7 +232,7 @@ def evaluate(
         >>> evaluate(trainer, x_test, y_test, metrics=["f1_macro"])  # doctest: +SKIP
         {'loss': 0.08, 'accuracy': 0.97, 'f1_macro': 0.97}
     """
-    resolved = resolve_metrics(metrics)
+    resolved = resolve_session_metrics(trainer, metrics)
     if y is None and is_batch_source(x) and not isinstance(x, list):
         if batch_size is not None:
             raise ValueError(

@@ -12,10 +12,11 @@ from . import provided
 from .callback_base import Callback, overrides
 from .callbacks import check_callbacks
 from .data import as_batches, is_array_pair, loader_length, set_loader_epoch
-from .evaluation import resolve_metrics, run_evaluation
+from .evaluation import metric_keys, resolve_session_metrics, run_evaluation
 from .history import History
 from .interrupt import InterruptGuard
 from .metrics import AccuracyTotals
+from .output_losses import structured_rows
 from .progress import Progress, check_verbose
 
 if TYPE_CHECKING:
@@ -68,6 +69,30 @@ class _EpochResult:
     lr: float
     seconds: float
     complete: bool
+    # Each output's "<output>_loss" and "<output>_accuracy" (several outputs only).
+    per_output: dict[str, float]
+
+
+class _OutputSums:
+    """Each output's loss sum and accuracy totals over an epoch's steps."""
+
+    def __init__(self) -> None:
+        self.loss_sums: dict[str, float] = {}
+        self.totals: dict[str, AccuracyTotals] = {}
+
+    def add(self, result: Any, count: int) -> None:
+        for name, loss in result.losses.items():
+            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + loss * count
+            batch = result.output_totals[name]
+            earlier = self.totals.get(name)
+            self.totals[name] = batch if earlier is None else earlier + batch
+
+    def logs(self, samples: int) -> dict[str, float]:
+        logs = {}
+        for name, loss_sum in self.loss_sums.items():
+            logs[f"{name}_loss"] = loss_sum / samples
+            logs[f"{name}_accuracy"] = self.totals[name].value
+        return logs
 
 
 def _unpack(batch: Any) -> tuple[Any, Any]:
@@ -91,6 +116,7 @@ def _train_epoch(
 ) -> _EpochResult:
     loss_sum = 0.0
     totals: AccuracyTotals | None = None
+    per_output = _OutputSums()
     samples = done = 0
     lr = trainer.learning_rate
     started = time.perf_counter()
@@ -106,9 +132,10 @@ def _train_epoch(
             x, y = _unpack(batch)
             lr = trainer.learning_rate
             result = trainer.train_batch(x, y)
-            count = len(x)
+            count = structured_rows(trainer.model, x)
             samples += count
             loss_sum += result.loss * count
+            per_output.add(result, count)
             # A result without totals (a custom train_batch) counts as correct samples.
             batch_totals = result.totals or AccuracyTotals("count", result.accuracy * count, count)
             totals = batch_totals if totals is None else totals + batch_totals
@@ -128,7 +155,8 @@ def _train_epoch(
     complete = not guard.interrupted or (steps is not None and done == steps)
     seconds = time.perf_counter() - started
     accuracy = totals.value if totals is not None else 0.0
-    return _EpochResult(done, samples, loss_sum, accuracy, lr, seconds, complete)
+    output_logs = per_output.logs(samples) if samples else {}
+    return _EpochResult(done, samples, loss_sum, accuracy, lr, seconds, complete, output_logs)
 
 
 def _interrupt_message(trainer: TrainingSession, epoch: int, result: _EpochResult | None) -> str:
@@ -214,15 +242,22 @@ def fit(
         val_loader = as_batches(
             trainer, validation, "validation", batch_size=rows, array_prefix="validation"
         )
-    resolved = resolve_metrics(metrics)
-    if resolved and val_loader is None:
+    resolved = resolve_session_metrics(trainer, metrics)
+    if metric_keys(resolved) and val_loader is None:
         raise ValueError("metrics are computed on the validation data: pass validation=...")
     scheduler = bind_scheduler(trainer, scheduler)
     batch_scheduler = scheduler if scheduler is not None and scheduler.interval == "batch" else None
 
-    log_keys = ["loss", "accuracy"]
+    signature = trainer.model.output_signature
+    per_output_keys = [
+        f"{name}_{what}" for name in signature.names for what in ("loss", "accuracy")
+    ]
+    if not signature.structured:
+        per_output_keys = []
+    log_keys = ["loss", "accuracy", *per_output_keys]
     if val_loader is not None:
-        log_keys += ["val_loss", "val_accuracy", *(f"val_{m.name}" for m in resolved)]
+        log_keys += ["val_loss", "val_accuracy", *(f"val_{key}" for key in per_output_keys)]
+        log_keys += [f"val_{key}" for key in metric_keys(resolved)]
     log_keys += ["lr", "time"]
     steps = loader_length(train_loader)
     params = {
@@ -263,6 +298,7 @@ def fit(
                 logs: dict[str, Any] = {
                     "loss": result.loss_sum / result.samples,
                     "accuracy": result.accuracy,
+                    **result.per_output,
                 }
                 if val_loader is not None:
                     set_loader_epoch(val_loader, epoch)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -23,6 +23,7 @@ from .metrics import AccuracyTotals
 if TYPE_CHECKING:
     from .losses import Loss
     from .optim import Optimizer
+    from .output_losses import OutputLoss
 
 
 @dataclass(frozen=True)
@@ -30,15 +31,41 @@ class StepResult:
     """What one training step reports.
 
     Attributes:
-        loss: the batch's mean loss (before the update).
-        accuracy: the batch's accuracy in ``[0, 1]`` (before the update).
+        loss: the batch's mean loss (before the update); for several outputs, the total
+            ``sum(weight * loss)`` the step minimizes.
+        accuracy: the batch's accuracy in ``[0, 1]`` (before the update); for several
+            outputs, the first output's.
         totals: the sums behind ``accuracy``; adding the totals of several batches gives
             their pooled accuracy, independent of how the data was batched.
+        losses: for a model with several outputs (or a dict of them), each output's mean
+            loss (unweighted), by output name; empty otherwise.
+        accuracies: each output's accuracy, by output name (as ``losses``).
+        output_totals: the sums behind each output's accuracy (as ``losses``).
     """
 
     loss: float
     accuracy: float
     totals: AccuracyTotals | None = None
+    losses: Mapping[str, float] = field(default_factory=dict)
+    accuracies: Mapping[str, float] = field(default_factory=dict)
+    output_totals: Mapping[str, AccuracyTotals] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputEvaluation:
+    """One output of a batch through the inference pass.
+
+    Attributes:
+        loss: the output's mean loss (unweighted).
+        totals: the sums behind its accuracy.
+        labels: its labels or targets as its loss takes them.
+        outputs: its probabilities (or raw outputs for a regression loss), when asked for.
+    """
+
+    loss: float
+    totals: AccuracyTotals
+    labels: np.ndarray
+    outputs: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -46,18 +73,22 @@ class BatchEvaluation:
     """One batch through the inference pass (dropout off, no update).
 
     Attributes:
-        loss: the batch's mean loss.
-        totals: the sums behind the batch's accuracy.
+        loss: the batch's mean loss (for several outputs, the weighted total).
+        totals: the sums behind the batch's accuracy (for several outputs, the first's).
         labels: the batch's labels or targets as the loss takes them (int32 class
-            indices or float32 targets).
+            indices or float32 targets); for several outputs, the first output's.
         outputs: the probabilities (softmax or sigmoid of the outputs, for losses that
-            have them) or else the raw outputs, when asked for; otherwise ``None``.
+            have them) or else the raw outputs, when asked for; otherwise ``None``. For
+            several outputs, the first output's.
+        per_output: for a model with several outputs (or a dict of them), each output's
+            evaluation by output name; empty otherwise.
     """
 
     loss: float
     totals: AccuracyTotals
     labels: np.ndarray
     outputs: np.ndarray | None = None
+    per_output: Mapping[str, OutputEvaluation] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,7 +116,11 @@ class TrainingSession(Protocol):
 
     Attributes:
         model: the model being trained.
-        loss: the ``gm.losses.Loss``.
+        loss: the ``gm.losses.Loss`` (for several outputs, the first output's).
+        losses: each output's ``gm.losses.Loss``, by output name.
+        loss_weights: each output's weight in the total loss, by output name.
+        output_losses: each output's name, loss, weight and sample shape, in the model's
+            output order (what batches of a model with several outputs are checked with).
         optimizer: the ``gm.optim.Optimizer``.
         batch_size: the batch size the session was set up for.
         epoch: completed ``fit`` epochs (``fit`` advances it).
@@ -103,6 +138,9 @@ class TrainingSession(Protocol):
 
     model: Model
     loss: Loss
+    losses: dict[str, Loss]
+    loss_weights: dict[str, float]
+    output_losses: list[OutputLoss]
     optimizer: Optimizer
     batch_size: int
     epoch: int
@@ -124,9 +162,9 @@ class TrainingSession(Protocol):
     def step(self) -> int:
         """The number of optimizer steps taken."""
 
-    def prepare_batch(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    def prepare_batch(self, x: Any, y: Any) -> tuple[Any, Any]:
         """Checks a batch and converts it to what the engine reads (float32 inputs; int32
-        labels or float32 targets)."""
+        labels or float32 targets; lists of them, in model order, for several)."""
 
     def train_batch(self, x: Any, y: Any) -> StepResult:
         """Runs one training step."""
@@ -135,10 +173,10 @@ class TrainingSession(Protocol):
         """Runs one batch through the inference pass; ``with_outputs`` adds its
         probabilities (or raw outputs for regression losses)."""
 
-    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+    def predict(self, x: Any, batch_size: int | None = None) -> Any:
         """The model's raw outputs."""
 
-    def predict_proba(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+    def predict_proba(self, x: Any, batch_size: int | None = None) -> Any:
         """The model's probabilities (for losses that have them)."""
 
     def save(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> None:

@@ -8,6 +8,7 @@ it into one engine that takes the model's weights.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,9 @@ from ..nn.layers.weight_store import EngineWeights
 from ..nn.model import Model
 from ..nn.tensor import BATCH
 from . import optim
-from .losses import Loss
+from .metrics import BatchAccuracy
 from .mixed_precision import Bf16Graph, LossScaler
+from .output_losses import OutputLoss
 from .precision import PrecisionPlan
 
 STEP_VARIABLE = "optimizer.step"
@@ -32,29 +34,68 @@ class CompiledStep:
 
     Attributes:
         weights: the engine, holding the model's weights while it uses them.
-        accuracy_kind: how the accuracy output reads (``gm.metrics.BatchAccuracy.kind``).
-        has_probabilities: whether the engine defines ``predict_proba``.
+        has_probabilities: whether the engine defines ``predict_proba`` (some output's
+            loss gives probabilities).
+        accuracy_kinds: how each output's accuracy output reads
+            (``gm.metrics.BatchAccuracy.kind``), in output order.
     """
 
     weights: EngineWeights
-    accuracy_kind: str
     has_probabilities: bool
+    accuracy_kinds: tuple[str, ...]
+
+
+def _target_input(g: _core.Graph, name: str, output: OutputLoss) -> int:
+    if output.loss.integer_labels:
+        return g.input(name, (BATCH,), "int32")
+    return g.input(name, (BATCH, *output.sample_shape), "float32")
+
+
+def _losses_and_accuracies(
+    g: _core.Graph, outputs: Sequence[int], targets: Sequence[int], losses: Sequence[OutputLoss]
+) -> tuple[list[int], list[BatchAccuracy]]:
+    """Each output's loss then accuracy nodes, output by output."""
+    loss_nodes, accuracies = [], []
+    for output, target, entry in zip(outputs, targets, losses):
+        loss_nodes.append(entry.loss(g, output, target))
+        accuracies.append(entry.loss.accuracy(g, output, target))
+    return loss_nodes, accuracies
+
+
+def _weighted_total(
+    g: _core.Graph, loss_nodes: Sequence[int], losses: Sequence[OutputLoss], per_output: bool
+) -> int:
+    """``sum(weight * loss)``; a lone unweighted loss is its own total, unless the total
+    is reported beside it (as a node of its own)."""
+    if not per_output and len(losses) == 1 and losses[0].weight == 1.0:
+        return loss_nodes[0]
+    total = None
+    for node, entry in zip(loss_nodes, losses):
+        term = op(g, "mul", node, const(g, entry.weight))
+        total = term if total is None else op(g, "add", total, term)
+    return total
 
 
 def compile_step(
     model: Model,
-    loss: Loss,
+    losses: Sequence[OutputLoss],
     optimizer: Any,
     precision: PrecisionPlan,
     loss_scaler: LossScaler | None,
     seed: int,
     backend: str = "cpu",
 ) -> CompiledStep:
-    """Builds and compiles the training step of ``model`` under ``loss`` and ``optimizer``.
+    """Builds and compiles the training step of ``model`` under ``losses`` and ``optimizer``.
+
+    The functions read the model's inputs (``x``, or ``x['image']``, ... for several)
+    then its targets (``y``, or ``y['label']``, ...). ``train`` and ``eval`` give
+    ``[loss, accuracy]`` for a model with one output, and ``[total loss, loss per
+    output..., accuracy per output...]`` for several outputs (or a dict of them).
 
     Args:
         model: the model.
-        loss: the loss.
+        losses: one ``OutputLoss`` per model output, in order (the total is their
+            weighted sum).
         optimizer: the optimizer (its updates become graph nodes).
         precision: the mixed-precision plan (bf16 rounds matmul and conv operands).
         loss_scaler: dynamic loss scaling, or ``None``.
@@ -62,19 +103,20 @@ def compile_step(
         backend: the backend the engine runs on.
 
     Returns:
-        The engine with ``train``, ``eval``, ``predict`` and, when the loss has
+        The engine with ``train``, ``eval``, ``predict`` and, when a loss has
         probabilities, ``predict_proba`` (plus the host gradient function for a
         host-driven optimizer).
 
     Example:
-        >>> step = compile_step(model, loss, optimizer, plan, None, seed=0)  # doctest: +SKIP
+        >>> step = compile_step(model, output_losses, optimizer, plan, None, seed=0)  # doctest: +SKIP
     """
     g = _core.Graph()
-    x = g.input("x", (BATCH, *model.input_shape), "float32")
-    if loss.integer_labels:
-        y = g.input("y", (BATCH,), "int32")
-    else:
-        y = g.input("y", (BATCH, *model.output_shape), "float32")
+    per_output = model.output_signature.structured
+    xs = model.declare_inputs(g)
+    signature = model.output_signature
+    ys = [
+        _target_input(g, signature.label("y", index), entry) for index, entry in enumerate(losses)
+    ]
     variables = model.declare_variables(g)
     # Only trainable weights get gradients and optimizer slots; the rest (running
     # statistics) are written by the layers' own effects.
@@ -85,9 +127,12 @@ def compile_step(
     # Layers emit through the bf16 view (matmul/conv operands rounded); the loss does not.
     layer_graph = Bf16Graph(g) if precision.compute == "bf16" else g
     train_ctx = EmitContext(layer_graph, training=True, variables=variables)
-    (train_out,) = model.emit(train_ctx, [x])
-    train_loss = loss(g, train_out, y)
-    train_accuracy = loss.accuracy(g, train_out, y)
+    train_outs = model.emit(train_ctx, xs)
+    train_losses, train_accuracies = _losses_and_accuracies(g, train_outs, ys, losses)
+    train_loss = _weighted_total(g, train_losses, losses, per_output)
+    # Weight penalties the layers added (kernel_regularizer=...) join what is minimized.
+    for penalty in train_ctx.losses:
+        train_loss = op(g, "add", train_loss, penalty)
     scaler_effects: list[int] = []
     if loss_scaler is not None:
         # Optimizer writes go through `update_graph`, which skips them on inf/NaN steps.
@@ -101,36 +146,43 @@ def compile_step(
     effects = [*train_ctx.effects, *updates, op(update_graph, "assign", step, next_step)]
 
     eval_ctx = EmitContext(layer_graph, training=False, variables=variables)
-    (eval_out,) = model.emit(eval_ctx, [x])
-    eval_loss = loss(g, eval_out, y)
-    eval_accuracy = loss.accuracy(g, eval_out, y)
-    probabilities = loss.probabilities(g, eval_out)
+    eval_outs = model.emit(eval_ctx, xs)
+    eval_losses, eval_accuracies = _losses_and_accuracies(g, eval_outs, ys, losses)
+    eval_loss = _weighted_total(g, eval_losses, losses, per_output)
+    probabilities = [entry.loss.probabilities(g, out) for out, entry in zip(eval_outs, losses)]
+
+    def reported(total: int, loss_nodes: list[int], accuracies: list[BatchAccuracy]) -> list[int]:
+        if not per_output:
+            return [total, accuracies[0].node]
+        return [total, *loss_nodes, *(accuracy.node for accuracy in accuracies)]
 
     engine = _core.Engine(g, seed=seed, backend=backend)
+    inputs = [*xs, *ys]
     engine.define(
         "train",
-        inputs=[x, y],
-        outputs=[train_loss, train_accuracy.node],
+        inputs=inputs,
+        outputs=reported(train_loss, train_losses, train_accuracies),
         effects=effects,
         advance_rng=True,
     )
     engine.define(
         "eval",
-        inputs=[x, y],
-        outputs=[eval_loss, eval_accuracy.node],
+        inputs=inputs,
+        outputs=reported(eval_loss, eval_losses, eval_accuracies),
         effects=[],
         advance_rng=False,
     )
-    engine.define("predict", inputs=[x], outputs=[eval_out], effects=[], advance_rng=False)
-    if probabilities is not None:
-        engine.define(
-            "predict_proba", inputs=[x], outputs=[probabilities], effects=[], advance_rng=False
-        )
+    engine.define("predict", inputs=xs, outputs=eval_outs, effects=[], advance_rng=False)
+    has_probabilities = any(p is not None for p in probabilities)
+    if has_probabilities:
+        # Outputs whose loss has no probabilities (regression) give their predictions.
+        proba = [out if p is None else p for out, p in zip(eval_outs, probabilities)]
+        engine.define("predict_proba", inputs=xs, outputs=proba, effects=[], advance_rng=False)
     if optimizer.host_driven:
         engine.define(
             optim.HOST_GRADIENT_FUNCTION,
-            inputs=[x, y],
-            outputs=[train_loss, train_accuracy.node, *grads.values()],
+            inputs=inputs,
+            outputs=[*reported(train_loss, train_losses, train_accuracies), *grads.values()],
             effects=list(train_ctx.effects),
             advance_rng=True,
         )
@@ -138,4 +190,4 @@ def compile_step(
     held = EngineWeights(engine, model.layers)
     if loss_scaler is not None:
         loss_scaler.initialize(engine)
-    return CompiledStep(held, train_accuracy.kind, probabilities is not None)
+    return CompiledStep(held, has_probabilities, tuple(a.kind for a in train_accuracies))

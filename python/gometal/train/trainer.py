@@ -14,23 +14,26 @@ from typing import Any
 import numpy as np
 
 from ..base.arrays import (
-    as_class_labels,
-    as_dense_targets,
-    as_input_batch,
     check_batch_size,
     check_seed,
 )
 from ..base.runtime import resolve_backend
-from ..nn.inference import predict_with_engine
+from ..nn.inference import predict_structured, predict_with_engine
 from ..nn.model import Model
-from . import losses, optim, provided
+from . import optim, provided
 from .evaluation import evaluate as _evaluate
 from .fit import fit as _fit
 from .history import History
-from .metrics import AccuracyTotals
 from .mixed_precision import LossScaler
+from .output_losses import (
+    OutputLoss,
+    engine_batch,
+    prepare_batch,
+    read_step,
+    resolve_output_losses,
+)
 from .precision import DEFAULT_GROWTH_INTERVAL, check_growth_interval, plan_precision
-from .session import BatchEvaluation, SessionState, StepResult
+from .session import BatchEvaluation, OutputEvaluation, SessionState, StepResult
 from .step_graph import LEARNING_RATE_SCALAR, STEP_VARIABLE, compile_step
 
 
@@ -39,7 +42,9 @@ class Trainer:
 
     Args:
         model: the model; its weights move into this trainer's engine.
-        loss: a loss name (see ``gm.losses.available()``) or a ``gm.losses.Loss``.
+        loss: a loss name (see ``gm.losses.available()``) or a ``gm.losses.Loss``; for a
+            model with several outputs, one loss for all of them, a list with one per
+            output, or a dict by output name.
         optimizer: a name from ``gm.optim.available()`` or a ``gm.optim.Optimizer``.
         batch_size: the batch size you intend to train with (any size works; each new
             size compiles one more plan).
@@ -57,6 +62,14 @@ class Trainer:
         growth_interval: consecutive clean steps before the loss scale doubles.
         backend: the engine's backend, ``"cpu"`` or ``"metal"``; ``None`` reads
             ``$GOMETAL_BACKEND`` (default ``"cpu"``).
+        loss_weights: each output's factor in the total loss that training minimizes
+            (``sum(weight * loss)``): a list with one number per output or a dict by
+            output name (outputs left out weigh 1); ``None`` weighs every output 1.
+
+    A model with several inputs or outputs (or given them as dicts) takes lists (in the
+    model's order) or dicts (by name) of arrays for ``x`` and ``y`` everywhere; results
+    then add each output's loss and accuracy (``StepResult.losses``, ``evaluate``'s
+    ``"<output>_loss"`` and ``"<output>_accuracy"``), and ``loss`` is the weighted total.
 
     Example:
         >>> trainer = gm.Trainer(model, loss="cross_entropy",
@@ -76,22 +89,26 @@ class Trainer:
         loss_scaling: bool | None = None,
         growth_interval: int = DEFAULT_GROWTH_INTERVAL,
         backend: str | None = None,
+        loss_weights: Any = None,
     ):
         if not isinstance(model, Model):
             raise TypeError(f"model must be a gm.Model, got {type(model).__name__}")
         self.model = model
-        self.loss = losses.get(loss)
+        self.output_losses: list[OutputLoss] = resolve_output_losses(model, loss, loss_weights)
+        self.loss = self.output_losses[0].loss
+        self.losses = {output.name: output.loss for output in self.output_losses}
+        self.loss_weights = {output.name: output.weight for output in self.output_losses}
         self.optimizer = optim.get(optimizer)
         self.batch_size = check_batch_size(batch_size)
-        self.loss.check_output_shape(model.output_shape)
         if not model.trainable_weight_names:
             raise ValueError("the model has no weights to train")
-        self._num_classes = model.output_shape[-1]
+        # Several outputs (or a dict of them) report a loss and accuracy per output.
+        self._per_output = model.output_signature.structured
         self._set_precision(mixed_precision, loss_scaling, growth_interval)
         self.backend = resolve_backend(backend)
         compiled = compile_step(
             model,
-            self.loss,
+            self.output_losses,
             self.optimizer,
             self.precision,
             self._loss_scaler,
@@ -99,7 +116,7 @@ class Trainer:
             self.backend,
         )
         self._held = compiled.weights
-        self._accuracy_kind = compiled.accuracy_kind
+        self._accuracy_kinds = compiled.accuracy_kinds
         self._has_probabilities = compiled.has_probabilities
         model.attach_engine(self._held)
         # L-BFGS (host-driven) evaluates loss and gradients several times per batch.
@@ -145,16 +162,18 @@ class Trainer:
         self._loss_scaler = LossScaler(growth_interval) if loss_scaling else None
 
     # -- data ------------------------------------------------------------------------------
-    def prepare_batch(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    def prepare_batch(self, x: Any, y: Any) -> tuple[Any, Any]:
         """Checks a batch and converts it to what the engine reads.
 
         Args:
-            x: inputs of shape ``(N, *model.input_shape)``.
+            x: inputs of shape ``(N, *model.input_shape)`` (a list or dict of them for a
+                model with several inputs).
             y: labels or targets, as for ``train_batch``.
 
         Returns:
             ``(x, y)``: float32 inputs (a C-contiguous float32 array as it is), int32 class
-            indices or float32 targets.
+            indices or float32 targets; for a model with several inputs or outputs, two
+            lists of them in the model's order.
 
         Raises:
             TypeError, ValueError: an array of the wrong type or shape, or a label out of
@@ -165,69 +184,80 @@ class Trainer:
         """
         # The engine itself rejects NaN and inf in every float input, naming it, so the
         # hot path skips a second pass over the data here.
-        x = as_input_batch(x, self.model.input_shape, "x", check_finite=False)
-        if self.loss.integer_labels:
-            y = as_class_labels(y, len(x), self._num_classes, "y")
-        else:
-            y = as_dense_targets(y, len(x), self.model.output_shape, "y", check_finite=False)
-        return x, y
+        return prepare_batch(self.output_losses, self.model, x, y)
 
-    def _accuracy_totals(self, value: Any, num_samples: int) -> AccuracyTotals:
-        """The sums behind one batch's accuracy, from the graph's accuracy output."""
-        return AccuracyTotals.from_output(self._accuracy_kind, value, num_samples)
+    def _step_result(self, values: Any, num_samples: int) -> StepResult:
+        """What ``train`` or ``eval`` (or the host optimizer's first evaluation) gave."""
+        return read_step(
+            values, self.output_losses, self._accuracy_kinds, num_samples, self._per_output
+        )
 
     # -- steps -----------------------------------------------------------------------------
     def train_batch(self, x: Any, y: Any) -> StepResult:
         """Runs one training step (forward, loss, backward, update) as one engine call.
 
         Args:
-            x: inputs of shape ``(N, *model.input_shape)``.
+            x: inputs of shape ``(N, *model.input_shape)`` (a list or dict of them for a
+                model with several inputs).
             y: labels: integer class indices ``(N,)`` for ``cross_entropy``, otherwise
-                targets with the model's output shape.
+                targets with the model's output shape (a list or dict, one per output,
+                for a model with several outputs).
 
         Returns:
-            The batch's loss and accuracy, measured before the update.
+            The batch's loss and accuracy (and each output's, for several outputs),
+            measured before the update.
 
         Example:
             >>> result = trainer.train_batch(x_batch, y_batch)  # doctest: +SKIP
         """
         x, y = self.prepare_batch(x, y)
+        inputs, rows = engine_batch(self.model, x, y)
         with self._using_engine() as engine:
             if self._host_optimizer is not None:
-                loss, accuracy = self._host_optimizer.step(x, y, self.learning_rate)
+                values = self._host_optimizer.step(inputs, self.learning_rate)
                 engine.set_variable(STEP_VARIABLE, np.array(self.step + 1, np.float32))
             else:
-                loss, accuracy = engine.run("train", [x, y])
-        totals = self._accuracy_totals(accuracy, len(x))
-        return StepResult(loss=float(loss), accuracy=totals.value, totals=totals)
+                values = engine.run("train", inputs)
+        return self._step_result(values, rows)
 
     def evaluate_batch(self, x: Any, y: Any, with_outputs: bool = False) -> BatchEvaluation:
         """Runs one batch through the inference pass (dropout off, no update).
 
         Args:
-            x: inputs of shape ``(N, *model.input_shape)``.
+            x: inputs, as for ``train_batch``.
             y: labels or targets, as for ``train_batch``.
             with_outputs: also return the batch's probabilities (``predict_proba``), or
                 its raw outputs for regression losses, from the same weights.
 
         Returns:
-            The batch's loss, accuracy sums, converted labels and (if asked) outputs.
+            The batch's loss, accuracy sums, converted labels and (if asked) outputs;
+            for several outputs, each output's too (``per_output``).
 
         Example:
             >>> trainer.evaluate_batch(x_batch, y_batch).loss  # doctest: +SKIP
         """
         x, y = self.prepare_batch(x, y)
-        outputs = None
+        inputs, rows = engine_batch(self.model, x, y)
+        xs, ys = (x, y) if self.model.structured else ([x], [y])
+        outputs: list[Any] = [None] * len(ys)
         with self._using_engine() as engine:
-            loss, accuracy = engine.run("eval", [x, y])
+            values = engine.run("eval", inputs)
             if with_outputs:
                 function = "predict_proba" if self._has_probabilities else "predict"
-                (outputs,) = engine.run(function, [x])
+                outputs = [np.asarray(value) for value in engine.run(function, xs)]
+        step = self._step_result(values, rows)
+        per_output = {
+            name: OutputEvaluation(
+                step.losses[name], step.output_totals[name], labels, output_values
+            )
+            for name, labels, output_values in zip(step.losses, ys, outputs)
+        }
         return BatchEvaluation(
-            loss=float(loss),
-            totals=self._accuracy_totals(accuracy, len(x)),
-            labels=y,
-            outputs=None if outputs is None else np.asarray(outputs),
+            loss=step.loss,
+            totals=step.totals,
+            labels=ys[0],
+            outputs=outputs[0],
+            per_output=per_output,
         )
 
     def evaluate(
@@ -341,34 +371,48 @@ class Trainer:
             plots_dir=plots_dir,
         )
 
-    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+    def _predict(self, x: Any, batch_size: int | None, function: str) -> Any:
+        model = self.model
+        if not model.structured:
+            return predict_with_engine(
+                self._held, x, model.input_shape, batch_size, function=function
+            )
+        return predict_structured(
+            self._held, model.input_signature, model.output_signature, x, batch_size, function
+        )
+
+    def predict(self, x: Any, batch_size: int | None = None) -> Any:
         """Returns the model's raw outputs (e.g. logits) with dropout off.
 
         Args:
-            x: inputs of shape ``(N, *model.input_shape)``.
+            x: inputs of shape ``(N, *model.input_shape)`` (a list or dict of them for a
+                model with several inputs).
             batch_size: rows per engine call; ``None`` uses up to 1024.
 
         Returns:
-            A float32 array of shape ``(N, *model.output_shape)``.
+            A float32 array of shape ``(N, *model.output_shape)``; for several outputs a
+            list of them, or a dict by output name, as ``model.predict``.
 
         Example:
             >>> logits = trainer.predict(x_test)  # doctest: +SKIP
         """
-        return predict_with_engine(self._held, x, self.model.input_shape, batch_size)
+        return self._predict(x, batch_size, "predict")
 
     def predict_proba(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """Returns probabilities: softmax of logits for the cross-entropy family, sigmoid for
         ``bce_with_logits``, and the outputs themselves for losses that take probabilities.
 
         Args:
-            x: inputs of shape ``(N, *model.input_shape)``.
+            x: inputs, as for ``predict``.
             batch_size: rows per engine call; ``None`` uses up to 1024.
 
         Returns:
-            A float32 array of shape ``(N, *model.output_shape)``.
+            A float32 array of shape ``(N, *model.output_shape)``; for several outputs a
+            list or dict as ``predict``, where an output under a regression loss gives its
+            raw predictions.
 
         Raises:
-            ValueError: for regression losses, which have no probabilities.
+            ValueError: when no output's loss has probabilities (regression losses).
 
         Example:
             >>> trainer.predict_proba(x_test).sum(axis=1)  # doctest: +SKIP
@@ -377,9 +421,7 @@ class Trainer:
             raise ValueError(
                 f"predict_proba is undefined for the regression loss '{self.loss.name}'"
             )
-        return predict_with_engine(
-            self._held, x, self.model.input_shape, batch_size, function="predict_proba"
-        )
+        return self._predict(x, batch_size, "predict_proba")
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -529,7 +571,8 @@ class Trainer:
         provided.export_json(self, path, description)
 
     def __repr__(self) -> str:
+        loss = self.loss if not self._per_output else self.losses
         return (
-            f"Trainer(loss={self.loss!r}, optimizer={self.optimizer!r}, batch_size={self.batch_size}, "
+            f"Trainer(loss={loss!r}, optimizer={self.optimizer!r}, batch_size={self.batch_size}, "
             f"step={self.step})"
         )

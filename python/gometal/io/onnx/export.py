@@ -132,7 +132,9 @@ def to_onnx_model(model: Model, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
 
     Returns:
         An ``onnx.ModelProto`` with one input (the model input's name, or ``"input"``)
-        and one output (``"output"``), both with a symbolic ``batch`` dimension.
+        and one output (``"output"``), both with a symbolic ``batch`` dimension; a model
+        with several inputs or outputs (or dicts of them) has one graph input and output
+        each, under the model's input and output names.
 
     Raises:
         TypeError: ``model`` is not a ``gm.Model`` or ``opset`` is not an int.
@@ -146,34 +148,43 @@ def to_onnx_model(model: Model, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     if not isinstance(model, Model):
         raise TypeError(f"model must be a gm.Model, got {type(model).__name__}")
     opset = _check_opset(opset)
-    (source,), (sink,) = model.graph.inputs, model.graph.outputs
+    sources, sinks = model.graph.inputs, model.graph.outputs
     calls: list[LayerCall] = list(model.graph.calls)
     rules = _export_rules(calls)
 
     builder = _GraphBuilder(model.get_weights(), opset)
     builder.taken.update(model.weight_shapes)
-    input_name = builder.unique(source.name or "input")
-    output_name = builder.unique(OUTPUT_NAME)
-    names: dict[int, str] = {id(source): input_name}
+    # One input and one output keep the names they always had; several take the model's.
+    if model.structured:
+        input_names = [builder.unique(name) for name in model.input_names]
+        output_names = [builder.unique(name) for name in model.output_names]
+    else:
+        input_names = [builder.unique(sources[0].name or "input")]
+        output_names = [builder.unique(OUTPUT_NAME)]
+    names: dict[int, str] = {id(s): name for s, name in zip(sources, input_names)}
+    # The first output a call produces is named as that output; others get an Identity.
+    named_by_call = {}
+    for sink, name in zip(sinks, output_names):
+        named_by_call.setdefault(id(sink), name)
     value_info: list[onnx.ValueInfoProto] = []
     for call, rule in zip(calls, rules):
         node_name = builder.unique(call.layer.name or call.layer.kind)
-        if call.output is sink:
-            tensor_name = output_name
-        else:
+        tensor_name = named_by_call.get(id(call.output))
+        if tensor_name is None:
             tensor_name = node_name
             value_info.append(_value_info(tensor_name, call.output))
         names[id(call.output)] = tensor_name
         inputs = [names[id(t)] for t in call.inputs]
         rule(builder, call, inputs, tensor_name, node_name)
-    if sink is source:
-        builder.node("Identity", [input_name], output_name, builder.unique("identity"))
+    for sink, name in zip(sinks, output_names):
+        if names[id(sink)] != name:
+            builder.node("Identity", [names[id(sink)]], name, builder.unique("identity"))
 
     graph = helper.make_graph(
         builder.nodes,
         "gometal",
-        [_value_info(input_name, source)],
-        [_value_info(output_name, sink)],
+        [_value_info(name, source) for name, source in zip(input_names, sources)],
+        [_value_info(name, sink) for name, sink in zip(output_names, sinks)],
         initializer=list(builder.initializers.values()),
         value_info=value_info,
     )

@@ -230,6 +230,10 @@ def save_checkpoint(
     tensors = dict(state.variables)
     training = {
         "loss": loss_to_config(trainer.loss),
+        "losses": [
+            {"output": output.name, "loss": loss_to_config(output.loss), "weight": output.weight}
+            for output in trainer.output_losses
+        ],
         "optimizer": optimizer_to_config(trainer.optimizer),
         "batch_size": trainer.batch_size,
         "seed": state.seed,
@@ -266,6 +270,19 @@ def _training_field(training: Mapping[str, Any], key: str, low: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**64:
         raise CheckpointError(f"training.{key} must be an int in [{low}, 2**64), found {value!r}")
     return value
+
+
+def _losses_from_config(training: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The trainer's ``loss`` and ``loss_weights`` arguments: one loss, or one per output
+    with its weight (checkpoints written before several outputs hold only ``loss``)."""
+    entries = training.get("losses")
+    if entries is None:
+        return loss_from_config(training.get("loss")), None
+    losses = {entry["output"]: loss_from_config(entry["loss"]) for entry in entries}
+    weights = {entry["output"]: float(entry["weight"]) for entry in entries}
+    if len(losses) != len(entries):
+        raise CheckpointError("training.losses names an output more than once")
+    return losses, weights
 
 
 def _check_step(tensors: Mapping[str, np.ndarray], shown: str) -> None:
@@ -326,9 +343,11 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_non_finite: bool = Fa
     weights = _weights_list(document, tensors)
     model = model_from_config(document.get("model"), {n: shapes[n] for n in weights})
     try:
+        loss, loss_weights = _losses_from_config(training)
         trainer = Trainer(
             model,
-            loss=loss_from_config(training.get("loss")),
+            loss=loss,
+            loss_weights=loss_weights,
             optimizer=optimizer_from_config(training.get("optimizer")),
             batch_size=_training_field(training, "batch_size", 1),
             seed=_training_field(training, "seed"),

@@ -1,8 +1,11 @@
-"""A model's definition as JSON: its layers, the call graph between them, input and seed.
+"""A model's definition as JSON: its layers, the call graph between them, inputs and seed.
 
 ``model_to_config`` lists every layer once (class name and ``get_config()``, which holds
 the layer's name) and every layer call in dependency order, each naming the tensors it
-consumes: tensor 0 is the model input and tensor ``i + 1`` the output of call ``i``.
+consumes: tensor 0 is the model input and tensor ``i + 1`` the output of call ``i``. A
+model with several inputs or outputs (or given them as dicts) writes ``inputs`` and
+``outputs`` lists instead of ``input`` and ``output``: tensors ``0 .. k-1`` are its ``k``
+inputs and tensor ``k + i`` the output of call ``i``.
 ``model_from_config`` replays those calls. Layer classes come from the layer registry
 (``gm.layers.register_layer``): a name that is not registered is an error, never an import.
 """
@@ -42,7 +45,9 @@ def model_to_config(model: Model) -> dict[str, Any]:
         model: the model.
 
     Returns:
-        ``{"input", "layers", "calls", "output", "seed"}``.
+        ``{"input", "layers", "calls", "output", "seed"}``; for several inputs or outputs
+        ``{"inputs", "keyed_inputs", "layers", "calls", "outputs", "keyed_outputs",
+        "seed"}``.
 
     Raises:
         TypeError: a layer's class is not registered (see ``register_layer``).
@@ -52,20 +57,34 @@ def model_to_config(model: Model) -> dict[str, Any]:
         'Dense'
     """
     graph = model.graph
-    (source,) = graph.inputs
-    (result,) = graph.outputs
-    tensor_ids = {id(source): 0}
+    sources, results = graph.inputs, graph.outputs
+    tensor_ids = {id(source): index for index, source in enumerate(sources)}
     calls = []
     for index, call in enumerate(graph.calls):
         calls.append({"layer": call.layer.name, "inputs": [tensor_ids[id(t)] for t in call.inputs]})
-        tensor_ids[id(call.output)] = index + 1
-    return {
-        "input": {"name": source.name, "shape": list(source.sample_shape)},
-        "layers": [_layer_entry(layer) for layer in model.layers],
-        "calls": calls,
-        "output": tensor_ids[id(result)],
-        "seed": model.seed,
-    }
+        tensor_ids[id(call.output)] = len(sources) + index
+    config: dict[str, Any] = {}
+    if not model.structured:
+        (source,), (result,) = sources, results
+        config["input"] = {"name": source.name, "shape": list(source.sample_shape)}
+    else:
+        config["inputs"] = [
+            {"name": name, "input_name": source.name, "shape": list(source.sample_shape)}
+            for name, source in zip(model.input_names, sources)
+        ]
+        config["keyed_inputs"] = model.input_signature.keyed
+    config["layers"] = [_layer_entry(layer) for layer in model.layers]
+    config["calls"] = calls
+    if not model.structured:
+        config["output"] = tensor_ids[id(result)]
+    else:
+        config["outputs"] = [
+            {"name": name, "tensor": tensor_ids[id(result)]}
+            for name, result in zip(model.output_names, results)
+        ]
+        config["keyed_outputs"] = model.output_signature.keyed
+    config["seed"] = model.seed
+    return config
 
 
 def _field(mapping: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -111,9 +130,9 @@ def _build_layers(entries: Sequence[Any]) -> dict[str, Layer]:
 
 
 def _replay_calls(
-    source: SymbolicTensor, layers_by_name: Mapping[str, Layer], calls: Sequence[Any]
+    sources: Sequence[SymbolicTensor], layers_by_name: Mapping[str, Layer], calls: Sequence[Any]
 ) -> list[SymbolicTensor]:
-    tensors = [source]
+    tensors = list(sources)
     for index, call in enumerate(calls):
         where = f"calls[{index}]"
         name = _field(call, "layer", str, where)
@@ -140,6 +159,38 @@ def _replay_calls(
             # RuntimeError: the engine refusing a value a custom layer passed it.
             raise CheckpointError(f"model definition: {where} ({name}) fails: {err}") from None
     return tensors
+
+
+def _read_input(entry: Any, where: str) -> SymbolicTensor:
+    shape = _field(entry, "shape", list, where)
+    key = "input_name" if "input_name" in entry else "name"
+    input_name = entry.get(key)
+    if input_name is not None and not isinstance(input_name, str):
+        raise CheckpointError(
+            f"model definition: {where}.{key} must be a string, got {input_name!r}"
+        )
+    try:
+        return Input(tuple(shape), name=input_name)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"model definition: bad {where} shape {shape}: {err}") from None
+
+
+def _read_outputs(config: Mapping[str, Any], tensors: Sequence[SymbolicTensor]) -> Any:
+    entries = _field(config, "outputs", list, "model")
+    if not entries:
+        raise CheckpointError("model definition: outputs is empty")
+    outputs = []
+    for index, entry in enumerate(entries):
+        tensor = _field(entry, "tensor", int, f"outputs[{index}]")
+        if not 0 <= tensor < len(tensors):
+            raise CheckpointError(
+                f"model definition: outputs[{index}].tensor {tensor} is not a tensor index"
+            )
+        outputs.append(tensors[tensor])
+    if not _field(config, "keyed_outputs", bool, "model"):
+        return outputs
+    names = [_field(e, "name", str, f"outputs[{i}]") for i, e in enumerate(entries)]
+    return dict(zip(names, outputs))
 
 
 def _check_declared_weights(
@@ -184,27 +235,35 @@ def model_from_config(
     """
     if not isinstance(config, Mapping):
         raise CheckpointError("model definition: expected a JSON object")
-    source_entry = _field(config, "input", dict, "model")
-    shape = _field(source_entry, "shape", list, "input")
-    input_name = source_entry.get("name")
-    if input_name is not None and not isinstance(input_name, str):
-        raise CheckpointError(f"model definition: input.name must be a string, got {input_name!r}")
-    try:
-        source = Input(tuple(shape), name=input_name)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"model definition: bad input shape {shape}: {err}") from None
+    structured = "inputs" in config
+    if structured:
+        entries = _field(config, "inputs", list, "model")
+        if not entries:
+            raise CheckpointError("model definition: inputs is empty")
+        sources = [_read_input(entry, f"inputs[{i}]") for i, entry in enumerate(entries)]
+    else:
+        sources = [_read_input(_field(config, "input", dict, "model"), "input")]
     layers_by_name = _build_layers(_field(config, "layers", list, "model"))
-    tensors = _replay_calls(source, layers_by_name, _field(config, "calls", list, "model"))
-    output = _field(config, "output", int, "model")
-    if not 0 <= output < len(tensors):
-        raise CheckpointError(f"model definition: output {output} is not a tensor index")
+    tensors = _replay_calls(sources, layers_by_name, _field(config, "calls", list, "model"))
+    if structured:
+        outputs = _read_outputs(config, tensors)
+    else:
+        output = _field(config, "output", int, "model")
+        if not 0 <= output < len(tensors):
+            raise CheckpointError(f"model definition: output {output} is not a tensor index")
+        outputs = tensors[output]
     uncalled = [name for name, layer in layers_by_name.items() if not layer.built]
     if uncalled:
         raise CheckpointError(f"model definition: layers {uncalled} are never called")
     _check_declared_weights(layers_by_name, weight_shapes)
     seed = _field(config, "seed", int, "model")
+    inputs: Any = sources[0]
+    if structured:
+        inputs = sources
+        if _field(config, "keyed_inputs", bool, "model"):
+            inputs = {_field(e, "name", str, "input"): s for e, s in zip(entries, sources)}
     try:
-        model = Model(source, tensors[output], seed=seed)
+        model = Model(inputs, outputs, seed=seed)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"model definition: cannot build the model: {err}") from None
     # A few bytes of definition can describe an enormous model (a padding of 10^5): refuse

@@ -21,7 +21,8 @@ from ... import _core
 from .base import Optimizer, check_int, check_learning_rate, check_real
 from .line_search import strong_wolfe
 
-# The engine function a host-driven optimizer calls: (x, y) -> (loss, accuracy, *grads).
+# The engine function a host-driven optimizer calls: (x, y) -> (loss, accuracy, *grads)
+# (for several outputs: inputs, targets -> total, losses, accuracies, *grads).
 HOST_GRADIENT_FUNCTION = "loss_and_gradients"
 LINE_SEARCHES = (None, "strong_wolfe")
 # torch.optim.LBFGS skips a curvature pair with y.s at or below this.
@@ -36,8 +37,8 @@ def _scale(vector: np.ndarray, factor: float) -> np.ndarray:
 class _EngineObjective:
     """The loss and gradient of one batch, as functions of all parameters as one vector."""
 
-    def __init__(self, engine: Any, names: Sequence[str], x: np.ndarray, y: np.ndarray):
-        self.engine, self.names, self.inputs = engine, list(names), [x, y]
+    def __init__(self, engine: Any, names: Sequence[str], inputs: Sequence[np.ndarray]):
+        self.engine, self.names, self.inputs = engine, list(names), list(inputs)
         self.shapes = [tuple(np.shape(engine.get_variable(name))) for name in self.names]
         self.sizes = [int(np.prod(shape)) for shape in self.shapes]
 
@@ -51,12 +52,13 @@ class _EngineObjective:
             self.engine.set_variable(name, flat[offset : offset + size].reshape(shape))
             offset += size
 
-    def evaluate(self) -> tuple[float, Any, np.ndarray]:
-        # The accuracy output is passed on as the engine gave it (a count, or regression's
-        # error sums): the trainer interprets it.
-        loss, accuracy, *grads = self.engine.run(HOST_GRADIENT_FUNCTION, self.inputs)
+    def evaluate(self) -> tuple[float, list[Any], np.ndarray]:
+        # What precedes the gradients (the loss, accuracy outputs, per-output losses) is
+        # passed on as the engine gave it: the trainer interprets it.
+        values = self.engine.run(HOST_GRADIENT_FUNCTION, self.inputs)
+        reported, grads = values[: -len(self.names)], values[-len(self.names) :]
         flat = np.concatenate([np.asarray(grad).ravel() for grad in grads])
-        return float(loss), accuracy, flat
+        return float(reported[0]), list(reported), flat
 
 
 @dataclass
@@ -180,7 +182,7 @@ class LBFGSRunner:
         parameter_names: the engine variables to optimize.
 
     Example:
-        >>> loss, accuracy = gm.optim.LBFGS().bind(engine, names).step(x, y, lr=1.0)  # doctest: +SKIP
+        >>> loss, accuracy = gm.optim.LBFGS().bind(engine, names).step([x, y], lr=1.0)  # doctest: +SKIP
     """
 
     def __init__(self, optimizer: LBFGS, engine: Any, parameter_names: Sequence[str]):
@@ -189,22 +191,24 @@ class LBFGSRunner:
         self.parameter_names = list(parameter_names)
         self.memory = _Memory()
 
-    def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, float]:
-        """One ``torch.optim.LBFGS.step`` on the batch ``(x, y)``.
+    def step(self, inputs: Sequence[np.ndarray], lr: float) -> list[Any]:
+        """One ``torch.optim.LBFGS.step`` on one batch.
 
         Args:
-            x: the batch's inputs, as the engine takes them.
-            y: the batch's targets, as the engine takes them.
+            inputs: the batch as the engine's gradient function takes it (the inputs,
+                then the targets).
             lr: the learning rate of this step.
 
         Returns:
-            ``(loss, accuracy output)`` of the first evaluation, before any update.
+            What the gradient function gives before the gradients (``[loss, accuracy
+            output]``, or the total, per-output losses and accuracies), of the first
+            evaluation, before any update.
 
         Example:
-            >>> loss, accuracy = runner.step(x, y, lr=1.0)  # doctest: +SKIP
+            >>> loss, accuracy = runner.step([x, y], lr=1.0)  # doctest: +SKIP
         """
         lr = check_learning_rate(lr)
-        objective = _EngineObjective(self.engine, self.parameter_names, x, y)
+        objective = _EngineObjective(self.engine, self.parameter_names, inputs)
         # A trial point may fail (a loss's check_range raises): the step then changes
         # nothing, parameters and curvature memory alike, as a refused step does elsewhere.
         start_parameters, start_memory = objective.parameters(), copy.deepcopy(self.memory)
@@ -215,10 +219,9 @@ class LBFGSRunner:
             self.memory = start_memory
             raise
 
-    def _step(self, objective: _EngineObjective, lr: float) -> tuple[float, float]:
+    def _step(self, objective: _EngineObjective, lr: float) -> list[Any]:
         settings, memory = self.optimizer, self.memory
-        loss, accuracy, grad = objective.evaluate()
-        reported = (loss, accuracy)
+        loss, reported, grad = objective.evaluate()
         evaluations = 1
         memory.evaluations += 1
         if np.max(np.abs(grad)) <= settings.tolerance_grad:
