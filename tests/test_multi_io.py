@@ -387,3 +387,12 @@ def test_lbfgs_reports_each_output_before_its_update():
         {"label": before["label_loss"], "box": before["box_loss"]}, rel=1e-5
     )
     assert trainer.evaluate(x, y)["loss"] < before["loss"]
+
+
+def test_importing_an_onnx_graph_with_several_inputs_is_refused_by_name(tmp_path):
+    _, model = twin_pair()
+    model.export_onnx(tmp_path / "two.onnx")
+    with pytest.raises(
+        gm.onnx.OnnxImportError, match=r"one runtime input, got 2: \['image', 'meta'\]"
+    ):
+        gm.onnx.load(tmp_path / "two.onnx")
