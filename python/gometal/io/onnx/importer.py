@@ -28,6 +28,7 @@ from . import _layers as X
 from ._budget import sample_bytes
 from ._node_checks import nan_tensor_warning, node_arity_problem, non_finite_attribute
 from ._reader import show_shape
+from ._resampling_ops import RESAMPLING_HANDLERS, RESAMPLING_OPS, ResamplingOperators
 from ._safety import OnnxImportError, check_sample_bytes, read_model_proto, tensor_to_array
 from ._shape_ops import ShapeOperators
 from ._shape_rules import input_engine_shape, resolve_reshape
@@ -44,7 +45,7 @@ SUPPORTED_OPS = frozenset(
         "Dropout", "Identity", "Constant", "Clip", "Gelu", "Erf", "ReduceMean", "Shape",
         "Gather", "Slice", "Unsqueeze", "Squeeze",
     }
-)  # fmt: skip
+) | RESAMPLING_OPS  # fmt: skip
 
 
 def load(path: str | os.PathLike[str], dynamic_batch: bool | None = None) -> Model:
@@ -125,7 +126,7 @@ def _attributes(node: Any) -> dict[str, Any]:
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
-class _Importer(SpatialOperators):
+class _Importer(ResamplingOperators):
     """Walks the ONNX graph once, in its (topological) node order."""
 
     def __init__(self, proto: Any, folder: Path, dynamic_batch: bool | None):
@@ -523,4 +524,5 @@ class _Importer(SpatialOperators):
         "Slice": ShapeOperators.op_slice,
         "Unsqueeze": ShapeOperators.op_unsqueeze,
         "Squeeze": ShapeOperators.op_squeeze,
+        **RESAMPLING_HANDLERS,
     }

@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from ...graph.composites import op
 from . import spatial_onnx_rules
 from ._resampling_maps import apply_separable_maps, linear_map, nearest_map
@@ -123,15 +125,24 @@ class UpSampling2D(Layer):
             x = op(g, "reshape", inputs[0], shape=[batch, channels, height, 1, width, 1])
             x = op(g, "broadcast_to", x, shape=[batch, channels, height, sh, width, sw])
             return op(g, "reshape", x, shape=[batch, channels, out_height, out_width])
+        return apply_separable_maps(g, inputs[0], *self.interpolation_maps(height, width))
+
+    def interpolation_maps(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``(OH, H)`` and ``(OW, W)`` matrices the layer applies to each image:
+        ``output = height_map @ image @ width_map.T``.
+
+        Example:
+            >>> UpSampling2D(2).interpolation_maps(1, 2)[1].tolist()
+            [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]
+        """
+        out_height, out_width = self.output_size(height, width)
         sh, sw = self.scale_factor
         if self.mode == "nearest":
-            maps = (nearest_map(height, out_height, sh), nearest_map(width, out_width, sw))
-        else:
-            maps = (
-                linear_map(height, out_height, sh, self.align_corners),
-                linear_map(width, out_width, sw, self.align_corners),
-            )
-        return apply_separable_maps(g, inputs[0], *maps)
+            return (nearest_map(height, out_height, sh), nearest_map(width, out_width, sw))
+        return (
+            linear_map(height, out_height, sh, self.align_corners),
+            linear_map(width, out_width, sw, self.align_corners),
+        )
 
 
 def _padding_spec(value: Any, what: str) -> tuple[int, int, int, int]:

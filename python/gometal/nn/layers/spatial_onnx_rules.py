@@ -55,7 +55,14 @@ def conv2d_transpose(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str,
 def upsampling2d(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
     """``UpSampling2D``: ``Resize`` by scales, with the coordinate mapping torch uses."""
     layer = call.layer
-    scales = b.constant(f"{name}/scales", np.array([1.0, 1.0, *layer.scale_factor], np.float32))
+    factors = np.array(layer.scale_factor, np.float32)
+    if layer.align_corners:
+        # ONNX's reference divides by the unrounded in * scale - 1, torch by the output
+        # size - 1: a scale giving the output size exactly makes both agree.
+        _, _, height, width = call.inputs[0].engine_shape
+        out_sizes = layer.output_size(height, width)
+        factors = np.array([_exact_scale(n, o) for n, o in zip((height, width), out_sizes)])
+    scales = b.constant(f"{name}/scales", np.concatenate([[1.0, 1.0], factors]))
     if layer.mode == "nearest":
         modes = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric"}
         modes["nearest_mode"] = "floor"
@@ -65,6 +72,15 @@ def upsampling2d(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, nam
         mapping = "align_corners" if layer.align_corners else "half_pixel"
         modes = {"mode": "linear", "coordinate_transformation_mode": mapping}
     b.node("Resize", [inputs[0], "", scales], out, name, **modes)
+
+
+def _exact_scale(size: int, out_size: int) -> np.float32:
+    """The smallest float32 scale with ``size * scale >= out_size`` (``out_size / size``
+    rounded up to the float32 above, when it is not exact)."""
+    scale = np.float32(out_size / size)
+    while size * float(scale) < out_size:  # exact in float64, as shape inference computes
+        scale = np.nextafter(scale, np.float32(np.inf))
+    return scale
 
 
 def zero_padding2d(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
@@ -87,7 +103,8 @@ def adaptive_avg_pool2d(
     b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str
 ) -> None:
     """``AdaptiveAvgPool2D``: one ``AveragePool`` when the sizes divide, else the bin means
-    as two ``MatMul`` with constant matrices (``A_h @ x @ A_w^T``)."""
+    as ``MatMul`` with constant matrices on the right: ``((x @ A_w^T)^T @ A_h^T)^T`` over the
+    last two axes."""
     layer = call.layer
     _, _, height, width = call.inputs[0].engine_shape
     window = layer.even_window(height, width)
@@ -96,7 +113,11 @@ def adaptive_avg_pool2d(
         return
     oh, ow = layer.output_size
     width_map = b.constant(f"{name}/width_map", adaptive_mean_map(width, ow).T)
-    height_map = b.constant(f"{name}/height_map", adaptive_mean_map(height, oh))
+    height_map = b.constant(f"{name}/height_map", adaptive_mean_map(height, oh).T)
     by_width = b.unique(f"{name}/by_width")
     b.node("MatMul", [inputs[0], width_map], by_width, by_width)
-    b.node("MatMul", [height_map, by_width], out, name)
+    swapped = b.unique(f"{name}/swapped")
+    b.node("Transpose", [by_width], swapped, swapped, perm=[0, 1, 3, 2])
+    by_height = b.unique(f"{name}/by_height")
+    b.node("MatMul", [swapped, height_map], by_height, by_height)
+    b.node("Transpose", [by_height], out, name, perm=[0, 1, 3, 2])
