@@ -72,12 +72,25 @@ def _every_layer():
     return gm.Model(x, out, seed=11)
 
 
+def _keras_layers():
+    """The layers Keras and torch users reach for."""
+    x = gm.Input((3, 8, 8))
+    h = L.PReLU(4)(
+        L.InstanceNorm2D(4, affine=True)(L.GroupNorm(2, 4)(L.Conv2D(4, 3, padding=1)(x)))
+    )
+    h = L.SiLU()(L.Mish()(L.Hardswish()(h)))
+    h = L.Permute((2, 1))(L.Reshape((4, 64))(h))
+    h = L.Lambda(gm.ops.tanh)(L.Reshape((-1,))(L.LayerNorm(4)(h)))
+    return gm.Model(x, L.Dense(3)(h), seed=4)
+
+
 def _cnn():
     return build_cnn((3, 64, 64), 2, seed=5)
 
 
 MODELS = {"mlp": (_mlp, (20,)), "cnn": (_cnn, (3, 64, 64)), "residual": (_residual, (3, 8, 8))}
 MODELS["every_layer"] = (_every_layer, (3, 8, 8))
+MODELS["keras_layers"] = (_keras_layers, (3, 8, 8))
 
 
 def _inputs(shape, n=6, seed=0):
@@ -135,7 +148,7 @@ def test_every_exported_layer_class_is_in_the_all_layers_model():
         and issubclass(getattr(L, name), L.Layer)
         and getattr(L, name) is not L.Layer
     }
-    used = {type(layer) for layer in _every_layer().layers}
+    used = {type(layer) for make in (_every_layer, _keras_layers) for layer in make().layers}
     assert exported - used == set()
     assert set(gm.serialization.registered_layers().values()) >= exported
 

@@ -78,6 +78,7 @@ PUBLIC_MODULE_PATHS = {
     "onnx": "io.onnx",
     "ops": "nn.ops",
     "optim": "train.optim",
+    "regularizers": "nn.regularizers",
     "schedulers": "train.schedulers",
     "serialization": "io.serialization",
     "training": "train",

@@ -67,18 +67,25 @@ class ModelBuilder(SpatialBuilderMethods):
         self._layers.append(layer)
         return self
 
-    def dense(self, units: int, use_bias: bool = True, name: str | None = None) -> ModelBuilder:
-        """Appends a fully connected layer (``gm.layers.Dense``).
+    def dense(
+        self, units: int, use_bias: bool = True, name: str | None = None, **options: Any
+    ) -> ModelBuilder:
+        """Appends a fully connected layer over the last axis (``gm.layers.Dense``).
 
         Args:
             units: output features.
             use_bias: whether to add a bias.
             name: an explicit layer name (default ``dense_<i>``).
+            **options: ``activation``, ``kernel_initializer``, ``bias_initializer``,
+                ``kernel_regularizer``, ``bias_regularizer`` (see ``gm.layers.Dense``).
 
         Returns:
             The builder, for chaining.
+
+        Example:
+            >>> gm.ModelBuilder((8,)).dense(4, activation="relu")  # doctest: +SKIP
         """
-        return self.add(layers.Dense(units, use_bias=use_bias, name=name))
+        return self.add(layers.Dense(units, use_bias=use_bias, name=name, **options))
 
     def relu(self, name: str | None = None) -> ModelBuilder:
         """Appends ``max(x, 0)``."""
@@ -148,9 +155,83 @@ class ModelBuilder(SpatialBuilderMethods):
         """
         return self.add(layers.Dropout(rate, name=name))
 
-    def flatten(self, name: str | None = None) -> ModelBuilder:
-        """Appends a reshape to ``(batch, features)``."""
-        return self.add(layers.Flatten(name=name))
+    def flatten(
+        self, start_dim: int = 1, end_dim: int = -1, name: str | None = None
+    ) -> ModelBuilder:
+        """Appends a merge of axes ``start_dim`` to ``end_dim`` (``gm.layers.Flatten``; by
+        default a reshape to ``(batch, features)``)."""
+        return self.add(layers.Flatten(start_dim, end_dim, name=name))
+
+    def reshape(self, target_shape: tuple[int, ...], name: str | None = None) -> ModelBuilder:
+        """Appends a reshape of each sample to ``target_shape`` (``gm.layers.Reshape``)."""
+        return self.add(layers.Reshape(target_shape, name=name))
+
+    def permute(self, dims: tuple[int, ...], name: str | None = None) -> ModelBuilder:
+        """Appends a permutation of the sample axes, numbered from 1 (``gm.layers.Permute``)."""
+        return self.add(layers.Permute(dims, name=name))
+
+    def lambda_layer(self, function: Any, name: str | None = None) -> ModelBuilder:
+        """Appends ``gm.layers.Lambda(function)``: a function of ``gm.ops`` on the output.
+
+        Args:
+            function: a function of one tensor, or a registered function's name.
+            name: an explicit layer name (default ``lambda_<i>``).
+
+        Returns:
+            The builder, for chaining.
+
+        Example:
+            >>> gm.ModelBuilder((4,)).lambda_layer(gm.ops.square)  # doctest: +SKIP
+        """
+        return self.add(layers.Lambda(function, name=name))
+
+    def layer_norm(
+        self,
+        normalized_shape: int | tuple[int, ...] | None = None,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        name: str | None = None,
+    ) -> ModelBuilder:
+        """Appends ``gm.layers.LayerNorm`` (``None``: over the last axis, whatever its size)."""
+        if normalized_shape is None:
+            normalized_shape = self._output.engine_shape[-1]
+        return self.add(
+            layers.LayerNorm(
+                normalized_shape, eps, elementwise_affine=elementwise_affine, name=name
+            )
+        )
+
+    def group_norm(
+        self, num_groups: int, eps: float = 1e-5, affine: bool = True, name: str | None = None
+    ) -> ModelBuilder:
+        """Appends ``gm.layers.GroupNorm`` over the current output's channels (axis 1)."""
+        channels = self._output.engine_shape[1] if self._output.ndim > 1 else 0
+        return self.add(layers.GroupNorm(num_groups, channels, eps, affine=affine, name=name))
+
+    def instance_norm2d(
+        self, eps: float = 1e-5, affine: bool = False, name: str | None = None
+    ) -> ModelBuilder:
+        """Appends ``gm.layers.InstanceNorm2D`` over the current output's channels."""
+        channels = self._output.engine_shape[1] if self._output.ndim > 1 else 0
+        return self.add(layers.InstanceNorm2D(channels, eps, affine=affine, name=name))
+
+    def prelu(
+        self, num_parameters: int = 1, init: float = 0.25, name: str | None = None
+    ) -> ModelBuilder:
+        """Appends ``gm.layers.PReLU`` (one slope, or one per channel)."""
+        return self.add(layers.PReLU(num_parameters, init, name=name))
+
+    def silu(self, name: str | None = None) -> ModelBuilder:
+        """Appends ``x * sigmoid(x)`` (``gm.layers.SiLU``, the same layer as ``swish``)."""
+        return self.add(layers.SiLU(name=name))
+
+    def hardswish(self, name: str | None = None) -> ModelBuilder:
+        """Appends ``x * relu6(x + 3) / 6`` (``gm.layers.Hardswish``)."""
+        return self.add(layers.Hardswish(name=name))
+
+    def mish(self, name: str | None = None) -> ModelBuilder:
+        """Appends ``x * tanh(softplus(x))`` (``gm.layers.Mish``)."""
+        return self.add(layers.Mish(name=name))
 
     def conv2d(
         self,
@@ -162,6 +243,7 @@ class ModelBuilder(SpatialBuilderMethods):
         groups: int = 1,
         use_bias: bool = True,
         name: str | None = None,
+        **options: Any,
     ) -> ModelBuilder:
         """Appends a 2-D convolution over ``(batch, C, H, W)`` (``gm.layers.Conv2D``).
 
@@ -174,6 +256,8 @@ class ModelBuilder(SpatialBuilderMethods):
             groups: channel groups; must divide the input and output channels.
             use_bias: whether to add a per-channel bias.
             name: an explicit layer name (default ``conv2d_<i>``).
+            **options: ``activation``, ``kernel_initializer``, ``bias_initializer``,
+                ``kernel_regularizer``, ``bias_regularizer`` (see ``gm.layers.Conv2D``).
 
         Returns:
             The builder, for chaining.
@@ -191,6 +275,7 @@ class ModelBuilder(SpatialBuilderMethods):
                 groups=groups,
                 use_bias=use_bias,
                 name=name,
+                **options,
             )
         )
 

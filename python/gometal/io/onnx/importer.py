@@ -26,6 +26,7 @@ from ...nn.model import Model
 from ...nn.tensor import BATCH, SymbolicTensor
 from . import _layers as X
 from ._budget import sample_bytes
+from ._layer_ops import LayerOperators
 from ._node_checks import nan_tensor_warning, node_arity_problem, non_finite_attribute
 from ._reader import show_shape
 from ._resampling_ops import RESAMPLING_HANDLERS, RESAMPLING_OPS, ResamplingOperators
@@ -43,7 +44,8 @@ SUPPORTED_OPS = frozenset(
         "LeakyRelu", "Elu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "MaxPool",
         "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Concat",
         "Dropout", "Identity", "Constant", "Clip", "Gelu", "Erf", "ReduceMean", "Shape",
-        "Gather", "Slice", "Unsqueeze", "Squeeze",
+        "Gather", "Slice", "Unsqueeze", "Squeeze", "LayerNormalization", "GroupNormalization",
+        "InstanceNormalization", "PRelu", "HardSwish", "Mish",
     }
 ) | RESAMPLING_OPS  # fmt: skip
 
@@ -126,7 +128,7 @@ def _attributes(node: Any) -> dict[str, Any]:
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
-class _Importer(ResamplingOperators):
+class _Importer(ResamplingOperators, LayerOperators):
     """Walks the ONNX graph once, in its (topological) node order."""
 
     def __init__(self, proto: Any, folder: Path, dynamic_batch: bool | None):
@@ -524,5 +526,11 @@ class _Importer(ResamplingOperators):
         "Slice": ShapeOperators.op_slice,
         "Unsqueeze": ShapeOperators.op_unsqueeze,
         "Squeeze": ShapeOperators.op_squeeze,
+        "LayerNormalization": LayerOperators.op_layer_norm,
+        "GroupNormalization": LayerOperators.op_group_norm,
+        "InstanceNormalization": LayerOperators.op_instance_norm,
+        "PRelu": LayerOperators.op_prelu,
+        "HardSwish": LayerOperators.op_activation,
+        "Mish": LayerOperators.op_activation,
         **RESAMPLING_HANDLERS,
     }

@@ -7,14 +7,29 @@ export rule when it has one: see ``registry`` and the built-in rules in ``onnx_r
 The registry is the one list of layers that saving, loading and ONNX export read.
 """
 
-from .activations import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Swish, Tanh
+from .activations import (
+    ELU,
+    GELU,
+    Hardswish,
+    LeakyReLU,
+    Mish,
+    PReLU,
+    ReLU,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Swish,
+    Tanh,
+)
 from .adaptive_pooling import AdaptiveAvgPool2D, GlobalMaxPool2D
 from .base import EmitContext, Layer, WeightSpec
 from .conv import Conv2D
 from .conv_variants import Conv2DTranspose
 from .core import Dense
+from .lambda_layer import Lambda, register_function, registered_functions
 from .merge import Add, Concatenate, Multiply
 from .normalization import BatchNorm
+from .normalization_groups import GroupNorm, InstanceNorm2D, LayerNorm
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .registry import (
     LayerEntry,
@@ -27,7 +42,7 @@ from .registry import (
 )
 from .regularization import Dropout
 from .resampling import UpSampling2D, ZeroPadding2D
-from .reshaping import Flatten
+from .reshaping import Flatten, Permute, Reshape
 
 __all__ = [
     "ELU",
@@ -45,14 +60,24 @@ __all__ = [
     "Flatten",
     "GlobalAvgPool2D",
     "GlobalMaxPool2D",
+    "GroupNorm",
+    "Hardswish",
+    "InstanceNorm2D",
+    "Lambda",
     "Layer",
     "LayerEntry",
+    "LayerNorm",
     "LeakyReLU",
     "MaxPool2D",
+    "Mish",
     "Multiply",
     "OnnxGraph",
     "OnnxRule",
+    "PReLU",
+    "Permute",
     "ReLU",
+    "Reshape",
+    "SiLU",
     "Sigmoid",
     "Softmax",
     "Swish",
@@ -62,6 +87,8 @@ __all__ = [
     "ZeroPadding2D",
     "entry_of",
     "layer_entries",
+    "register_function",
     "register_layer",
+    "registered_functions",
     "registered_layers",
 ]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from numbers import Real
 from typing import Any
 
 from ...graph.composites import const, gelu, op, softmax
-from . import onnx_rules
+from ..initializers import Constant
+from . import onnx_rules, onnx_rules_activations
+from ._spatial import show_shape
 from .base import EmitContext, Layer, WeightSpec
 from .registry import register_layer
 
@@ -143,3 +147,103 @@ class Softmax(Layer):
 
     def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
         return softmax(ctx.graph, inputs[0], self.axis)
+
+
+# torch's name for the same function.
+SiLU = Swish
+
+
+@register_layer(onnx=onnx_rules_activations.hardswish)
+class Hardswish(Layer):
+    """``x * min(max(x + 3, 0), 6) / 6`` (as ``torch.nn.Hardswish``)."""
+
+    kind = "hardswish"
+
+    def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
+        g, x = ctx.graph, inputs[0]
+        gate = op(
+            g,
+            "minimum",
+            op(g, "maximum", op(g, "add", x, const(g, 3.0)), const(g, 0.0)),
+            const(g, 6.0),
+        )
+        return op(g, "mul", x, op(g, "mul", gate, const(g, 1.0 / 6.0)))
+
+
+def softplus(g: Any, x: int) -> int:
+    """``log(1 + exp(x))`` as ``max(x, 0) + log(1 + exp(-|x|))``, which cannot overflow."""
+    tail = op(g, "log", op(g, "add", const(g, 1.0), op(g, "exp", op(g, "neg", op(g, "abs", x)))))
+    return op(g, "add", op(g, "maximum", x, const(g, 0.0)), tail)
+
+
+@register_layer(onnx=onnx_rules_activations.mish)
+class Mish(Layer):
+    """``x * tanh(softplus(x))`` (as ``torch.nn.Mish``)."""
+
+    kind = "mish"
+
+    def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
+        g, x = ctx.graph, inputs[0]
+        return op(g, "mul", x, op(g, "tanh", softplus(g, x)))
+
+
+@register_layer(onnx=onnx_rules_activations.prelu)
+class PReLU(Layer):
+    """``max(x, 0) + weight * min(x, 0)`` with a learned slope (as ``torch.nn.PReLU``).
+
+    ``weight`` has shape ``(num_parameters,)``, initialized to ``init``: one slope shared by
+    every value, or one per channel (axis 1, as torch: ``(batch, C)`` or ``(batch, C, ...)``).
+
+    Args:
+        num_parameters: 1, or the number of channels of the input.
+        init: the initial slope.
+        name: an explicit layer name.
+
+    Example:
+        >>> h = PReLU(16)(gm.layers.Conv2D(16, 3)(gm.Input((3, 8, 8))))  # doctest: +SKIP
+    """
+
+    kind = "prelu"
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, name: str | None = None):
+        super().__init__(name)
+        label = "PReLU" if name is None else f"PReLU '{name}'"
+        if (
+            isinstance(num_parameters, bool)
+            or not isinstance(num_parameters, int)
+            or num_parameters < 1
+        ):
+            raise ValueError(
+                f"{label} num_parameters must be a positive int, got {num_parameters!r}"
+            )
+        if isinstance(init, bool) or not isinstance(init, Real) or not math.isfinite(init):
+            raise ValueError(f"{label} init must be a finite number, got {init!r}")
+        self.num_parameters = num_parameters
+        self.init = float(init)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_parameters": self.num_parameters, "init": self.init}
+
+    def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
+        (shape,) = input_shapes
+        if self.num_parameters != 1 and (len(shape) < 2 or shape[1] != self.num_parameters):
+            raise ValueError(
+                f"num_parameters={self.num_parameters} must equal the channels (axis 1) of "
+                f"the input, got shape {show_shape(shape)}"
+            )
+        return [WeightSpec("weight", (self.num_parameters,), Constant(self.init))]
+
+    def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
+        g, x = ctx.graph, inputs[0]
+        slope = ctx.variable("weight")
+        rank = len(g.shape(x))
+        if self.num_parameters == 1:
+            slope = op(g, "reshape", slope, shape=[])
+        elif rank > 2:
+            slope = op(g, "reshape", slope, shape=[self.num_parameters] + [1] * (rank - 2))
+        negative = op(g, "mul", op(g, "minimum", x, const(g, 0.0)), slope)
+        return op(g, "add", op(g, "maximum", x, const(g, 0.0)), negative)
+
+    def __repr__(self) -> str:
+        name = f", name={self.name!r}" if self.name else ""
+        return f"PReLU(num_parameters={self.num_parameters}, init={self.init:g}{name})"

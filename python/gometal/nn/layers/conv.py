@@ -6,14 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...graph.composites import op
-from ..initializers import fan_in_uniform
-from . import onnx_rules
+from . import onnx_rules, onnx_rules_activations
 from ._spatial import check_image_batch, check_window_fits, int_pair, show_shape
 from .base import EmitContext, Layer, WeightSpec
+from .layer_options import WeightLayerOptions
 from .registry import register_layer
 
 
-@register_layer(onnx=onnx_rules.conv2d)
+@register_layer(onnx=onnx_rules_activations.then_activation(onnx_rules.conv2d))
 class Conv2D(Layer):
     """2-D convolution (cross-correlation) of ``(batch, C, H, W)`` inputs, as ``nn.Conv2d``.
 
@@ -34,6 +34,15 @@ class Conv2D(Layer):
         groups: split the channels into this many independent groups; it must divide
             both the input channels and ``out_channels``.
         use_bias: whether to add a per-channel bias.
+        activation: applied to the result, by name (``"relu"``, ``"silu"`` ...; a
+            ``"softmax"`` normalizes over the channels), or ``None``.
+        kernel_initializer: the weight's initializer by Keras name (``"he_normal"`` ...;
+            fan in ``C / groups * kh * kw``, fan out ``out_channels * kh * kw``), or
+            ``"default"`` (torch's).
+        bias_initializer: the bias's initializer, likewise.
+        kernel_regularizer: a penalty on the weight added to the training loss
+            (``gm.regularizers.l2(1e-4)``), or ``None``.
+        bias_regularizer: likewise on the bias.
         name: an explicit layer name.
 
     Example:
@@ -53,10 +62,24 @@ class Conv2D(Layer):
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         use_bias: bool = True,
+        activation: str | None = None,
+        kernel_initializer: str = "default",
+        bias_initializer: str = "default",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
         name: str | None = None,
     ):
         super().__init__(name)
         label = "Conv2D" if name is None else f"Conv2D '{name}'"
+        self.options = WeightLayerOptions(
+            label,
+            activation,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            softmax_axis=1,
+        )
         if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
             raise ValueError(f"{label} out_channels must be a positive int, got {out_channels!r}")
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
@@ -71,6 +94,11 @@ class Conv2D(Layer):
         self.use_bias = bool(use_bias)
         self.padding_mode = padding if isinstance(padding, str) else None
         self.padding = self._resolve_padding(padding, label)
+
+    @property
+    def activation_layer(self) -> Layer | None:
+        """The layer ``activation=`` applies to the result, or ``None``."""
+        return self.options.activation_layer
 
     @property
     def window(self) -> tuple[int, int]:
@@ -113,6 +141,7 @@ class Conv2D(Layer):
             "dilation": list(self.dilation),
             "groups": self.groups,
             "use_bias": self.use_bias,
+            **self.options.config(),
         }
 
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
@@ -132,9 +161,11 @@ class Conv2D(Layer):
         )
         kh, kw = self.kernel_size
         per_group = channels // self.groups
-        init = fan_in_uniform(per_group * kh * kw)
+        fan_in, fan_out = per_group * kh * kw, self.out_channels * kh * kw
+        init = self.options.initializer("weight", fan_in, fan_out)
         specs = [WeightSpec("weight", (self.out_channels, per_group, kh, kw), init)]
         if self.use_bias:
+            init = self.options.initializer("bias", fan_in, fan_out)
             specs.append(WeightSpec("bias", (self.out_channels,), init))
         return specs
 
@@ -153,7 +184,7 @@ class Conv2D(Layer):
         if self.use_bias:
             bias = op(g, "reshape", ctx.variable("bias"), shape=[self.out_channels, 1, 1])
             out = op(g, "add", out, bias)
-        return out
+        return self.options.finish(ctx, out, self.use_bias)
 
     def __repr__(self) -> str:
         padding = repr(self.padding_mode) if self.padding_mode else str(self.padding)
@@ -164,6 +195,7 @@ class Conv2D(Layer):
             extras.append(f"groups={self.groups}")
         if not self.use_bias:
             extras.append("use_bias=False")
+        extras += [f"{key}={value!r}" for key, value in self.options.config().items()]
         if self.name:
             extras.append(f"name={self.name!r}")
         return f"Conv2D({self.out_channels}, kernel_size={self.kernel_size}, {', '.join(extras)})"

@@ -6,64 +6,147 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...graph.composites import op
-from ..initializers import fan_in_uniform
-from . import onnx_rules
+from . import onnx_rules, onnx_rules_activations
+from ._spatial import show_shape
 from .base import EmitContext, Layer, WeightSpec
+from .layer_options import WeightLayerOptions
 from .registry import register_layer
 
 
-@register_layer(onnx=onnx_rules.dense)
+@register_layer(onnx=onnx_rules_activations.then_activation(onnx_rules.dense))
 class Dense(Layer):
-    """``y = x @ weight.T + bias``, with PyTorch's ``nn.Linear`` layout and initialization.
+    """``y = x @ weight.T + bias`` over the last axis, with PyTorch's ``nn.Linear`` layout
+    and initialization.
 
-    ``weight`` has shape ``(units, in_features)``; weight and bias are drawn from
-    ``U(-1/sqrt(in_features), 1/sqrt(in_features))``.
+    The input may have any rank ``>= 2``: ``(batch, ..., in_features)`` gives
+    ``(batch, ..., units)``, as ``nn.Linear``. ``weight`` has shape ``(units,
+    in_features)``; by default weight and bias are drawn from ``U(-1/sqrt(in_features),
+    1/sqrt(in_features))``.
 
     Args:
         units: the number of output features.
         use_bias: whether to add a bias vector.
+        activation: applied to the result: a name such as ``"relu"``, ``"gelu"``,
+            ``"silu"`` or ``"softmax"`` (see ``layer_options.ACTIVATIONS``), or ``None``.
+        kernel_initializer: the weight's initializer by Keras name (``"glorot_uniform"``,
+            ``"he_normal"``, ``"zeros"`` ...), or ``"default"`` (torch's).
+        bias_initializer: the bias's initializer, likewise.
+        kernel_regularizer: a penalty on the weight added to the training loss
+            (``gm.regularizers.l2(1e-4)``), or ``None``.
+        bias_regularizer: likewise on the bias.
         name: an explicit layer name.
 
     Example:
-        >>> h = Dense(128)(gm.Input((64,)))  # doctest: +SKIP
+        >>> h = Dense(128, activation="relu")(gm.Input((64,)))  # doctest: +SKIP
         >>> h.shape
         (None, 128)
     """
 
     kind = "dense"
 
-    def __init__(self, units: int, use_bias: bool = True, name: str | None = None):
+    def __init__(
+        self,
+        units: int,
+        use_bias: bool = True,
+        activation: str | None = None,
+        kernel_initializer: str = "default",
+        bias_initializer: str = "default",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        name: str | None = None,
+    ):
         super().__init__(name)
         if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
             raise ValueError(f"Dense units must be a positive int, got {units!r}")
         self.units = units
         self.use_bias = bool(use_bias)
+        self.options = WeightLayerOptions(
+            "Dense" if name is None else f"Dense '{name}'",
+            activation,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+        )
+
+    @property
+    def activation_layer(self) -> Layer | None:
+        """The layer ``activation=`` applies to the result, or ``None``."""
+        return self.options.activation_layer
 
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
         (shape,) = input_shapes
-        if len(shape) != 2:
-            shown = tuple(None if d == -1 else d for d in shape)
+        if len(shape) < 2:
             raise ValueError(
-                f"Dense expects 2-D input (batch, features), got shape {shown}; "
-                "add a Flatten layer first"
+                f"Dense expects input (batch, ..., features) of rank >= 2, got shape "
+                f"{show_shape(shape)}"
             )
-        in_features = shape[1]
-        init = fan_in_uniform(in_features)
-        specs = [WeightSpec("weight", (self.units, in_features), init)]
+        in_features = shape[-1]
+        if in_features < 1:
+            raise ValueError(
+                f"Dense needs a fixed number of features on the last axis, got shape "
+                f"{show_shape(shape)}"
+            )
+        specs = [
+            WeightSpec(
+                "weight",
+                (self.units, in_features),
+                self.options.initializer("weight", in_features, self.units),
+            )
+        ]
         if self.use_bias:
+            init = self.options.initializer("bias", in_features, self.units)
             specs.append(WeightSpec("bias", (self.units,), init))
         return specs
 
     def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
-        g = ctx.graph
-        out = op(g, "matmul", inputs[0], ctx.variable("weight"), transpose_b=True)
+        g, x, weight = ctx.graph, inputs[0], ctx.variable("weight")
+        shape = tuple(g.shape(x))
+        if len(shape) == 2:
+            out = op(g, "matmul", x, weight, transpose_b=True)
+        else:
+            out = _dense_over_last_axis(g, x, weight, self.units)
         if self.use_bias:
             out = op(g, "add", out, ctx.variable("bias"))
-        return out
+        return self.options.finish(ctx, out, self.use_bias)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "units": self.units, "use_bias": self.use_bias}
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "use_bias": self.use_bias,
+            **self.options.config(),
+        }
 
     def __repr__(self) -> str:
+        extras = "".join(f", {k}={v!r}" for k, v in self.options.config().items())
         name = f", name={self.name!r}" if self.name else ""
-        return f"Dense({self.units}, use_bias={self.use_bias}{name})"
+        return f"Dense({self.units}, use_bias={self.use_bias}{extras}{name})"
+
+
+def _dense_over_last_axis(g: Any, x: int, weight: int, units: int) -> int:
+    """``x @ weight.T`` for ``x`` of rank > 2, as a 1x1 convolution over the other axes.
+
+    The engine's matmul is 2-D and a reshape may not merge the batch into another axis,
+    so the features move to axis 1 and the axes after the batch become the image.
+    """
+    shape = tuple(g.shape(x))
+    rank, in_features = len(shape), shape[-1]
+    to_channels = [0, rank - 1, *range(1, rank - 1)]
+    moved = op(g, "transpose", x, perm=to_channels)  # (batch, in, d1, ..., dk)
+    inner = list(shape[1:-1])
+    if rank == 3:
+        image = op(g, "reshape", moved, shape=[-1, in_features, inner[0], 1])
+    elif rank == 4:
+        image = moved
+    else:
+        size = 1
+        for d in inner:
+            size *= d
+        image = op(g, "reshape", moved, shape=[-1, in_features, size, 1])
+    kernel = op(g, "reshape", weight, shape=[units, in_features, 1, 1])
+    product = op(g, "conv2d", image, kernel, stride=[1, 1], padding=[0, 0], dilation=[1, 1])
+    if rank != 4:
+        product = op(g, "reshape", product, shape=[-1, units, *inner])
+    back = [0, *range(2, rank), 1]
+    return op(g, "transpose", product, perm=back)

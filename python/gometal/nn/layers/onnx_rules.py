@@ -22,11 +22,27 @@ from .registry import OnnxGraph, OnnxRule
 def dense(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
     """``Dense``: one ``Gemm`` (with the bias when the layer has one)."""
     layer = call.layer
+    if call.inputs[0].ndim > 2:
+        _dense_over_last_axis(b, call, inputs, out, name)
+        return
     operands = [inputs[0], b.weight(layer, "weight")]
     if layer.use_bias:
         operands.append(b.weight(layer, "bias"))
     # The weight is (out_features, in_features), as nn.Linear: y = x @ W^T + b.
     b.node("Gemm", operands, out, name, transB=1)
+
+
+def _dense_over_last_axis(
+    b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str
+) -> None:
+    # Gemm is 2-D; MatMul broadcasts over the leading axes, as nn.Linear does.
+    layer = call.layer
+    transposed = b.unique(f"{name}/weight_t")
+    b.node("Transpose", [b.weight(layer, "weight")], transposed, transposed, perm=[1, 0])
+    product = b.unique(f"{name}/matmul") if layer.use_bias else out
+    b.node("MatMul", [inputs[0], transposed], product, product if layer.use_bias else name)
+    if layer.use_bias:
+        b.node("Add", [product, b.weight(layer, "bias")], out, name)
 
 
 def single_node(op_type: str, **attrs_of: Callable[[Layer], Any]) -> OnnxRule:
