@@ -13,7 +13,6 @@ from torch import nn
 
 import gometal as gm
 from gometal import _core
-from gometal.nn.layers.conv_variants import Conv1D
 
 RTOL = 1e-5
 
@@ -88,7 +87,7 @@ CONV1D_CASES = [
 def test_conv1d_matches_torch(case):
     shape, out_channels, kernel, stride, padding, dilation, groups, bias = case
     net = nn.Conv1d(shape[1], out_channels, kernel, stride, padding, dilation, groups, bias)
-    layer = Conv1D(out_channels, kernel, stride, padding, dilation, groups, bias)
+    layer = gm.layers.Conv1D(out_channels, kernel, stride, padding, dilation, groups, bias)
     weights = {"weight": net.weight.detach().numpy()}
     if bias:
         weights["bias"] = net.bias.detach().numpy()

@@ -11,7 +11,6 @@ import pytest
 
 import gometal as gm
 from gometal import layers as L
-from gometal.nn.layers.conv_variants import Conv1D
 
 
 def _mentions(message, *parts):
@@ -22,12 +21,12 @@ def _mentions(message, *parts):
 @pytest.mark.parametrize(
     "make, parts",
     [
-        (lambda: Conv1D(0, 3), ("Conv1D", "out_channels", r"\b0\b")),
-        (lambda: Conv1D(4, (3, 3)), ("Conv1D", "kernel_size", r"\(3, 3\)")),
-        (lambda: Conv1D(4, 3, stride=2, padding="same"), ("same", "stride 2")),
-        (lambda: Conv1D(4, 3, padding="full"), ("padding", "'full'", "same")),
-        (lambda: Conv1D(4, 3, padding=-1), ("padding", "-1")),
-        (lambda: Conv1D(6, 3, groups=4, name="c"), ("'c'", "groups=4", "out_channels=6")),
+        (lambda: gm.layers.Conv1D(0, 3), ("Conv1D", "out_channels", r"\b0\b")),
+        (lambda: gm.layers.Conv1D(4, (3, 3)), ("Conv1D", "kernel_size", r"\(3, 3\)")),
+        (lambda: gm.layers.Conv1D(4, 3, stride=2, padding="same"), ("same", "stride 2")),
+        (lambda: gm.layers.Conv1D(4, 3, padding="full"), ("padding", "'full'", "same")),
+        (lambda: gm.layers.Conv1D(4, 3, padding=-1), ("padding", "-1")),
+        (lambda: gm.layers.Conv1D(6, 3, groups=4, name="c"), ("'c'", "groups=4", "out_channels=6")),
         (
             lambda: L.Conv2DTranspose(4, 3, stride=2, output_padding=2),
             ("output_padding", r"\(2, 2\)", "stride"),
@@ -61,9 +60,9 @@ def test_align_corners_must_be_a_bool():
 @pytest.mark.parametrize(
     "input_shape, layer, parts",
     [
-        ((3, 8, 8), Conv1D(4, 3), ("conv1d_0", "3-D", r"\(None, 3, 8, 8\)")),
-        ((3, 4), Conv1D(4, 5), ("conv1d_0", r"\b5\b", r"\(None, 3, 4\)")),
-        ((3, 10), Conv1D(4, 3, groups=2), ("groups=2", r"\b3 channels")),
+        ((3, 8, 8), gm.layers.Conv1D(4, 3), ("conv1d_0", "3-D", r"\(None, 3, 8, 8\)")),
+        ((3, 4), gm.layers.Conv1D(4, 5), ("conv1d_0", r"\b5\b", r"\(None, 3, 4\)")),
+        ((3, 10), gm.layers.Conv1D(4, 3, groups=2), ("groups=2", r"\b3 channels")),
         ((3, 8), L.Conv2DTranspose(4, 3), ("conv2d_transpose_0", "4-D", r"\(None, 3, 8\)")),
         ((3, 4, 4), L.Conv2DTranspose(4, 3, groups=2), ("groups=2", r"\b3 channels")),
         ((3, 1, 1), L.Conv2DTranspose(4, 1, padding=1), ("padding", "empty", r"\(-1, -1\)")),
@@ -83,7 +82,7 @@ def test_inputs_the_layer_cannot_take_name_the_layer_and_shapes(input_shape, lay
 
 def test_a_model_of_every_spatial_layer_saves_and_loads(tmp_path):
     x = gm.Input((4, 12))
-    h = Conv1D(6, 4, padding="same", groups=2)(x)  # (6, 12)
+    h = gm.layers.Conv1D(6, 4, padding="same", groups=2)(x)  # (6, 12)
     one_d = gm.Model(x, h, seed=3)
     images = gm.Input((4, 6, 6))
     g = L.ZeroPadding2D(((1, 0), (2, 1)))(images)

@@ -68,6 +68,8 @@ def _every_layer():
     spatial = L.Conv2DTranspose(4, 3, stride=2, padding=1, output_padding=1, groups=2)(spatial)
     spatial = L.AdaptiveAvgPool2D((3, 4))(L.UpSampling2D(1.5, mode="bilinear")(spatial))
     s = L.Dense(5)(L.GlobalMaxPool2D()(spatial))
+    sequence = L.Conv1D(3, 2, padding="same")(L.Reshape((4, 12))(spatial))
+    s = L.Add()([s, L.Dense(5)(L.Flatten()(sequence))])  # (3, 12) -> (5,)
     out = L.Softmax()(L.Add()([L.Dense(5)(d), g, s]))
     return gm.Model(x, out, seed=11)
 

@@ -11,7 +11,6 @@ import pytest
 
 import gometal as gm
 from gometal import layers as L
-from gometal.nn.layers.conv_variants import Conv1D
 
 TOLERANCE = 1e-4
 
@@ -56,9 +55,9 @@ def export_and_check(model, tmp_path, opset=17):
 @pytest.mark.parametrize(
     "layer",
     [
-        Conv1D(4, 3),
-        Conv1D(6, 3, stride=2, padding=2, dilation=2, groups=3, use_bias=False),
-        Conv1D(4, 4, padding="same"),  # pads 1 left, 2 right
+        gm.layers.Conv1D(4, 3),
+        gm.layers.Conv1D(6, 3, stride=2, padding=2, dilation=2, groups=3, use_bias=False),
+        gm.layers.Conv1D(4, 4, padding="same"),  # pads 1 left, 2 right
     ],
     ids=repr,
 )
@@ -125,7 +124,5 @@ def test_a_decoder_of_every_spatial_layer_exports(tmp_path):
     h = L.AdaptiveAvgPool2D((5, 4))(h)
     out = L.Add()([L.GlobalMaxPool2D()(h), L.GlobalAvgPool2D()(h)])
     model = gm.Model(x, out)
-    model.set_weights(
-        {n: 0.3 * np.ones(s, np.float32) for n, s in model.weight_shapes.items()}
-    )
+    model.set_weights({n: 0.3 * np.ones(s, np.float32) for n, s in model.weight_shapes.items()})
     export_and_check(model, tmp_path)

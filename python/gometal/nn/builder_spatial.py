@@ -10,7 +10,6 @@ from typing_extensions import Self
 
 from . import layers
 from .layers.base import Layer
-from .layers.conv_variants import Conv1D
 
 Builder = TypeVar("Builder", bound="SpatialBuilderMethods")
 
@@ -51,7 +50,7 @@ class SpatialBuilderMethods:
             >>> gm.ModelBuilder((4, 100)).conv1d(8, 3, padding="same")  # doctest: +SKIP
         """
         return self.add(
-            Conv1D(
+            layers.Conv1D(
                 out_channels, kernel_size, stride, padding, dilation, groups, use_bias, name=name
             )
         )

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from ...nn import layers as L
-from ...nn.layers.conv_variants import Conv1D
 from ...nn.tensor import SymbolicTensor
 from ._shape_rules import check_window, spatial_pads
 from ._spatial_ops import SpatialOperators
@@ -152,7 +151,7 @@ class ResamplingOperators(SpatialOperators):
         weights = {"weight": w}
         if bias:
             weights["bias"] = self.float_const(bias, "Conv bias B")
-        layer = Conv1D(
+        layer = L.Conv1D(
             w.shape[0], kernel[0], strides[0], padding, dilations[0], int(attrs.get("group", 1)),
             use_bias=bool(bias), name=self.layer_name(),
         )  # fmt: skip

@@ -24,7 +24,7 @@ from .activations import (
 from .adaptive_pooling import AdaptiveAvgPool2D, GlobalMaxPool2D
 from .base import EmitContext, Layer, WeightSpec
 from .conv import Conv2D
-from .conv_variants import Conv2DTranspose
+from .conv_variants import Conv1D, Conv2DTranspose
 from .core import Dense
 from .lambda_layer import Lambda, register_function, registered_functions
 from .merge import Add, Concatenate, Multiply
@@ -52,6 +52,7 @@ __all__ = [
     "AvgPool2D",
     "BatchNorm",
     "Concatenate",
+    "Conv1D",
     "Conv2D",
     "Conv2DTranspose",
     "Dense",
