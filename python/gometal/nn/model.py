@@ -20,6 +20,7 @@ from .. import _core
 from ..base.arrays import check_seed
 from ..base.runtime import resolve_backend
 from . import provided
+from .freezing import set_trainable
 from .graph_checks import (
     assign_layer_names,
     check_model_graph,
@@ -293,8 +294,40 @@ class Model:
 
     @property
     def trainable_weight_names(self) -> list[str]:
-        """The weights the optimizer updates, in layer order (not running statistics)."""
-        return list(self._trainable)
+        """The weights the optimizer updates, in layer order (not running statistics,
+        nor the weights of frozen layers)."""
+        frozen = {f"{layer.name}." for layer in self._layers if not layer.trainable}
+        if not frozen:
+            return list(self._trainable)
+        return [name for name in self._trainable if name[: name.index(".") + 1] not in frozen]
+
+    def freeze(self, *patterns: str) -> list[str]:
+        """Freezes the layers whose names match any of ``patterns`` (all layers without
+        any): their weights stop training (``layer.trainable = False``).
+
+        Args:
+            patterns: ``fnmatch`` patterns of layer names, e.g. ``"conv2d_*"``.
+
+        Returns:
+            The names of the layers frozen, in layer order.
+
+        Raises:
+            ValueError: a pattern matches no layer (the layer names are listed).
+
+        Example:
+            >>> model.freeze("conv2d_*")  # doctest: +SKIP
+            ['conv2d_0', 'conv2d_1']
+        """
+        return set_trainable(self._layers, patterns, False)
+
+    def unfreeze(self, *patterns: str) -> list[str]:
+        """Makes the layers whose names match any of ``patterns`` (all without any)
+        trainable again; see ``freeze``.
+
+        Example:
+            >>> model.unfreeze()  # doctest: +SKIP
+        """
+        return set_trainable(self._layers, patterns, True)
 
     def bytes_per_sample(self) -> int:
         """Bytes one sample's forward pass holds: every intermediate the layers emit, as the

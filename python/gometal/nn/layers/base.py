@@ -85,6 +85,16 @@ def check_weight_values(
     return converted
 
 
+# Counts changes of any layer's ``trainable`` flag: a trainer compares one int per step
+# to learn whether the weights it trains may have changed.
+_TRAINABLE_CHANGES = [0]
+
+
+def trainable_changes() -> int:
+    """How many times a layer's ``trainable`` flag has changed in this process."""
+    return _TRAINABLE_CHANGES[0]
+
+
 @dataclass(frozen=True)
 class WeightSpec:
     """A weight a layer owns: its local name (``weight``), shape and initializer.
@@ -190,6 +200,25 @@ class Layer:
         self._built_for: tuple[tuple[int, ...], ...] | None = None
         # The weights themselves: shared by every model built on this layer.
         self.weight_store = LayerWeights()
+
+    @property
+    def trainable(self) -> bool:
+        """Whether training updates this layer's weights.
+
+        ``layer.trainable = False`` freezes them, as torch's ``requires_grad_(False)``: no
+        gradient and no optimizer slot for them (running statistics, which are not
+        trained, still update in training). A trainer of a model holding the layer
+        recompiles its step once, at its next step.
+        """
+        return self.__dict__.get("_trainable", True)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"layer {self.name!r}: trainable must be True or False, got {value!r}")
+        if value != self.trainable:
+            self.__dict__["_trainable"] = value
+            _TRAINABLE_CHANGES[0] += 1
 
     # -- to override -------------------------------------------------------------------
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
