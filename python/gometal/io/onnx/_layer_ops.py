@@ -104,15 +104,21 @@ class LayerOperators(GraphReader):
         """ONNX ``InstanceNormalization`` of ``(N, C, H, W)`` as ``InstanceNorm2D(affine=True)``."""
         x = self.runtime(node.input[0])
         shape = x.engine_shape
-        if len(shape) != 4:
-            self.fail(f"only (N, C, H, W) inputs are supported, got {show_shape(shape)}")
+        if len(shape) not in (3, 4):
+            self.fail(
+                f"only (N, C, L) and (N, C, H, W) inputs are supported, got {show_shape(shape)}"
+            )
         weights = {
             "weight": self.float_const(node.input[1], "InstanceNormalization scale"),
             "bias": self.float_const(node.input[2], "InstanceNormalization B"),
         }
+        if len(shape) == 3:
+            # (N, C, L) normalizes over L: an image of height L and width 1.
+            x = self.reshape_to(x, [*shape, 1])
         eps = float(attrs.get("epsilon", 1e-5))
         layer = L.InstanceNorm2D(shape[1], eps, affine=True, name=self.layer_name())
-        return self.call(layer, x, weights)
+        out = self.call(layer, x, weights)
+        return self.reshape_to(out, list(shape)) if len(shape) == 3 else out
 
     def op_prelu(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         """ONNX ``PRelu``: ``PReLU`` for one slope or one per channel, else ``OnnxPRelu``."""
@@ -139,6 +145,26 @@ class LayerOperators(GraphReader):
         x = self.runtime(node.input[0])
         cls = L.Hardswish if node.op_type == "HardSwish" else L.Mish
         return self.call(cls(name=self.layer_name()), x)
+
+    def folded_layout(self, node: Any, attrs: dict[str, Any]) -> np.ndarray | None:
+        """A ``Transpose`` or ``Reshape`` of a float constant, computed at import (so a
+        weight exported as ``Transpose(W)`` stays a weight), or ``None`` for other inputs."""
+        data = self.consts.get(node.input[0])
+        if data is None or data.dtype.kind != "f":
+            return None
+        if node.op_type == "Transpose":
+            perm = attrs.get("perm")
+            return np.ascontiguousarray(np.transpose(data, None if perm is None else list(perm)))
+        if self.opset < 5 or len(node.input) < 2 or node.input[1] not in self.consts:
+            return None
+        shape = [int(d) for d in self.int_list(node.input[1], "Reshape shape")]
+        if not int(attrs.get("allowzero", 0)):
+            shape = [data.shape[i] if d == 0 and i < data.ndim else d for i, d in enumerate(shape)]
+        try:
+            return data.reshape(shape)
+        except ValueError:
+            self.fail(f"cannot reshape the constant of shape {data.shape} to {shape}")
+            raise
 
     def _broadcast(self, name: str, what: str, shape: tuple[int, ...]) -> np.ndarray:
         value = self.float_const(name, f"LayerNormalization {what}")

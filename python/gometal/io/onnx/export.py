@@ -198,7 +198,14 @@ def to_onnx_model(model: Model, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     )
     # The oldest IR version that carries this opset, so older runtimes load the file too.
     proto.ir_version = helper.find_min_ir_version_for(opsets)
-    helper.set_model_props(proto, {CONFIG_KEY: json.dumps(model_to_config(model))})
+    try:
+        config = model_to_config(model)
+    except ValueError:
+        # A layer that cannot be saved (a Lambda of an unregistered function) still
+        # exports its computation; only the gometal definition is left out.
+        config = None
+    if config is not None:
+        helper.set_model_props(proto, {CONFIG_KEY: json.dumps(config)})
     return proto
 
 

@@ -442,7 +442,10 @@ class _Importer(ResamplingOperators, LayerOperators):
         outer = int(np.prod(shape[:axis], dtype=np.int64))
         return self.reshape_to(x, [outer, inner])
 
-    def _reshape(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+    def _reshape(self, node: Any, attrs: dict[str, Any]) -> Any:
+        folded = self.folded_layout(node, attrs)
+        if folded is not None:
+            return folded
         x = self.runtime(node.input[0])
         if self.opset < 5:
             requested: list[Any] = [int(v) for v in attrs.get("shape", [])]
@@ -458,7 +461,10 @@ class _Importer(ResamplingOperators, LayerOperators):
         target = resolve_reshape(x.engine_shape, requested, bool(attrs.get("allowzero", 0)))
         return self.reshape_to(x, target)
 
-    def _transpose(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+    def _transpose(self, node: Any, attrs: dict[str, Any]) -> Any:
+        folded = self.folded_layout(node, attrs)
+        if folded is not None:
+            return folded
         x = self.runtime(node.input[0])
         rank = len(x.engine_shape)
         perm = [int(p) for p in attrs.get("perm", list(range(rank))[::-1])]
