@@ -19,8 +19,9 @@ from ..base.arrays import (
 )
 from ..base.runtime import resolve_backend
 from ..nn.inference import predict_structured, predict_with_engine
+from ..nn.layers.base import trainable_changes
 from ..nn.model import Model
-from . import optim, provided
+from . import optim
 from .evaluation import evaluate as _evaluate
 from .fit import fit as _fit
 from .history import History
@@ -33,11 +34,12 @@ from .output_losses import (
     resolve_output_losses,
 )
 from .precision import DEFAULT_GROWTH_INTERVAL, check_growth_interval, plan_precision
-from .session import BatchEvaluation, OutputEvaluation, SessionState, StepResult
+from .session import BatchEvaluation, OutputEvaluation, StepResult
 from .step_graph import LEARNING_RATE_SCALAR, STEP_VARIABLE, compile_step
+from .trainer_state import EngineState
 
 
-class Trainer:
+class Trainer(EngineState):
     """Trains a model with one compiled engine step per batch.
 
     Args:
@@ -106,31 +108,37 @@ class Trainer:
         self._per_output = model.output_signature.structured
         self._set_precision(mixed_precision, loss_scaling, growth_interval)
         self.backend = resolve_backend(backend)
-        compiled = compile_step(
-            model,
-            self.output_losses,
-            self.optimizer,
-            self.precision,
-            self._loss_scaler,
-            model.seed if seed is None else check_seed(seed),
-            self.backend,
-        )
-        self._held = compiled.weights
-        self._accuracy_kinds = compiled.accuracy_kinds
-        self._has_probabilities = compiled.has_probabilities
-        model.attach_engine(self._held)
-        # L-BFGS (host-driven) evaluates loss and gradients several times per batch.
-        self._host_optimizer = (
-            self.optimizer.bind(self._engine, model.trainable_weight_names)
-            if self.optimizer.host_driven
-            else None
-        )
+        self._seed = model.seed if seed is None else check_seed(seed)
+        self._compile()
+        self._follow_trainable()
         # Fit state, carried across fit calls (and saved by checkpoints): completed epochs,
         # their History, the attached scheduler, and the flag callbacks set to stop fit.
         self.epoch = 0
         self.history = History()
         self.scheduler: Any = None
         self.stop_training = False
+
+    def _compile(self) -> None:
+        """Compiles the step for the model's trainable weights; the engine takes them."""
+        compiled = compile_step(
+            self.model,
+            self.output_losses,
+            self.optimizer,
+            self.precision,
+            self._loss_scaler,
+            self._seed,
+            self.backend,
+        )
+        self._held = compiled.weights
+        self._accuracy_kinds = compiled.accuracy_kinds
+        self._has_probabilities = compiled.has_probabilities
+        self.model.attach_engine(self._held)
+        # L-BFGS (host-driven) evaluates loss and gradients several times per batch.
+        self._host_optimizer = (
+            self.optimizer.bind(self._engine, self.model.trainable_weight_names)
+            if self.optimizer.host_driven
+            else None
+        )
 
     @property
     def _engine(self) -> Any:
@@ -210,6 +218,8 @@ class Trainer:
         Example:
             >>> result = trainer.train_batch(x_batch, y_batch)  # doctest: +SKIP
         """
+        if trainable_changes() != self._trainable_seen:
+            self._follow_trainable()
         x, y = self.prepare_batch(x, y)
         inputs, rows = engine_batch(self.model, x, y)
         with self._using_engine() as engine:
@@ -444,131 +454,6 @@ class Trainer:
     def step(self) -> int:
         """The number of optimizer steps taken (kept in the engine)."""
         return round(float(np.asarray(self._engine.get_variable(STEP_VARIABLE))))
-
-    def read_state(self) -> SessionState:
-        """The engine state at this moment, as a checkpoint stores it.
-
-        Returns:
-            Every engine variable, the random generator's seed and position, and the
-            memory of a host-driven optimizer; no step (of this trainer or one sharing its
-            layers) runs while they are read.
-
-        Example:
-            >>> trainer.read_state().variables["optimizer.step"]  # doctest: +SKIP
-            array(10., dtype=float32)
-        """
-        with self._using_engine() as engine:
-            names = engine.variable_names()
-            variables = {name: np.asarray(engine.get_variable(name)) for name in names}
-            rng_step = int(engine.rng_step)
-            seed = int(engine.seed)
-        host = None if self._host_optimizer is None else self._host_optimizer.state()
-        return SessionState(variables, seed, rng_step, host)
-
-    def variable_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every engine variable's shape, by name (weights, optimizer slots, the step).
-
-        Example:
-            >>> trainer.variable_shapes()["optimizer.step"]  # doctest: +SKIP
-            ()
-        """
-        engine = self._engine
-        return {name: tuple(engine.variable_shape(name)) for name in engine.variable_names()}
-
-    def restore_state(self, state: SessionState) -> None:
-        """Puts back a state that ``read_state`` gave (of this trainer or an equal one).
-
-        The variables and the random generator's position are set, then a host-driven
-        optimizer's memory is loaded; ``state.seed`` is ignored (the seed is fixed when
-        the trainer is built).
-
-        Args:
-            state: the state; its variables must have this trainer's names and shapes.
-
-        Raises:
-            ValueError: the state holds a host optimizer memory this trainer's optimizer
-                does not keep, or lacks one it keeps.
-            KeyError, TypeError, ValueError: a host optimizer memory that does not fit.
-
-        Example:
-            >>> trainer.restore_state(other.read_state())  # doctest: +SKIP
-        """
-        if (self._host_optimizer is None) != (state.host_optimizer is None):
-            raise ValueError(
-                f"the state's host optimizer memory does not match {type(self.optimizer).__name__}"
-            )
-        with self._using_engine() as engine:
-            for name, value in state.variables.items():
-                engine.set_variable(name, value)
-            engine.rng_step = state.rng_step
-        if self._host_optimizer is not None and state.host_optimizer is not None:
-            self._host_optimizer.load_state(*state.host_optimizer)
-
-    def engine_stats(self) -> dict[str, Any]:
-        """The engine's counters: arena and persistent bytes, allocations, steps, plans.
-
-        Returns:
-            A dict with keys ``arena_bytes``, ``persistent_bytes``, ``allocations``,
-            ``steps`` and ``plans``; with loss scaling also ``loss_scale`` (float) and
-            ``skipped_steps`` (updates skipped for an inf/NaN gradient).
-
-        Example:
-            >>> trainer.engine_stats()["plans"]  # doctest: +SKIP
-            1
-        """
-        stats = dict(self._engine.stats())
-        if self._loss_scaler is not None:
-            stats.update(self._loss_scaler.stats(self._engine))
-        return stats
-
-    # -- saving ----------------------------------------------------------------------------
-    def save(self, path: Any, metadata: dict[str, Any] | None = None) -> None:
-        """Atomically writes a checkpoint that ``Trainer.load`` resumes exactly.
-
-        It holds the model definition, every engine variable (weights, batch-norm
-        statistics, optimizer slots, step count), the loss, optimizer, scheduler, batch
-        size, random generator state, learning rate, epoch and history.
-
-        Args:
-            path: the file to create or replace, e.g. ``"run/ckpt.safetensors"``.
-            metadata: optional JSON-serializable dict stored with the checkpoint.
-
-        Example:
-            >>> trainer.save("run/ckpt.safetensors")  # doctest: +SKIP
-        """
-        provided.save_checkpoint(self, path, metadata)
-
-    @classmethod
-    def load(cls, path: Any, *, allow_non_finite: bool = False) -> Trainer:
-        """Rebuilds a trainer from ``save`` output; training continues bit for bit.
-
-        Args:
-            path: a checkpoint written by ``trainer.save``.
-            allow_non_finite: load weights and optimizer state holding NaN or infinities
-                (e.g. to inspect a run that diverged) instead of refusing them.
-
-        Returns:
-            The trainer, compiled, with all its state restored.
-
-        Raises:
-            gm.serialization.CheckpointError: the file is not an intact checkpoint.
-
-        Example:
-            >>> trainer = gm.Trainer.load("run/ckpt.safetensors")  # doctest: +SKIP
-        """
-        return provided.load_checkpoint(path, allow_non_finite=allow_non_finite)
-
-    def export_json(self, path: Any, description: str | None = None) -> None:
-        """Atomically writes the trainer in go-metal's readable JSON checkpoint layout.
-
-        Args:
-            path: the file to create or replace, e.g. ``"run/checkpoint.json"``.
-            description: optional free text stored in the metadata.
-
-        Example:
-            >>> trainer.export_json("run/checkpoint.json")  # doctest: +SKIP
-        """
-        provided.export_json(self, path, description)
 
     def __repr__(self) -> str:
         loss = self.loss if not self._per_output else self.losses

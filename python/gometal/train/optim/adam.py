@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ... import _core
 from ...graph.composites import const, op
@@ -71,8 +71,14 @@ class Adam(Optimizer):
         maximize: bool = False,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
+        param_groups: Any = None,
     ):
-        super().__init__(lr, clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value)
+        super().__init__(
+            lr,
+            clip_grad_norm=clip_grad_norm,
+            clip_grad_value=clip_grad_value,
+            param_groups=param_groups,
+        )
         self.betas = check_betas(betas)
         self.eps = check_real("eps", eps)
         self.weight_decay = check_real("weight_decay", weight_decay)
@@ -176,6 +182,7 @@ class AdamW(Adam):
         maximize: bool = False,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
+        param_groups: Any = None,
     ):
         super().__init__(
             lr,
@@ -186,6 +193,7 @@ class AdamW(Adam):
             maximize=maximize,
             clip_grad_norm=clip_grad_norm,
             clip_grad_value=clip_grad_value,
+            param_groups=param_groups,
         )
 
 
@@ -227,8 +235,14 @@ class NAdam(Optimizer):
         maximize: bool = False,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
+        param_groups: Any = None,
     ):
-        super().__init__(lr, clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value)
+        super().__init__(
+            lr,
+            clip_grad_norm=clip_grad_norm,
+            clip_grad_value=clip_grad_value,
+            param_groups=param_groups,
+        )
         self.betas = check_betas(betas)
         self.eps = check_real("eps", eps)
         self.weight_decay = check_real("weight_decay", weight_decay)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from ... import _core
 from ...graph.composites import const, op
@@ -57,8 +58,14 @@ class RMSprop(Optimizer):
         maximize: bool = False,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
+        param_groups: Any = None,
     ):
-        super().__init__(lr, clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value)
+        super().__init__(
+            lr,
+            clip_grad_norm=clip_grad_norm,
+            clip_grad_value=clip_grad_value,
+            param_groups=param_groups,
+        )
         self.alpha = check_real("alpha", alpha, 0.0, 1.0)
         self.eps = check_real("eps", eps)
         self.weight_decay = check_real("weight_decay", weight_decay)
@@ -144,8 +151,14 @@ class Adagrad(Optimizer):
         maximize: bool = False,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
+        param_groups: Any = None,
     ):
-        super().__init__(lr, clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value)
+        super().__init__(
+            lr,
+            clip_grad_norm=clip_grad_norm,
+            clip_grad_value=clip_grad_value,
+            param_groups=param_groups,
+        )
         self.lr_decay = check_real("lr_decay", lr_decay)
         self.weight_decay = check_real("weight_decay", weight_decay)
         self.initial_accumulator_value = check_real(
@@ -226,8 +239,14 @@ class Adadelta(Optimizer):
         maximize: bool = False,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
+        param_groups: Any = None,
     ):
-        super().__init__(lr, clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value)
+        super().__init__(
+            lr,
+            clip_grad_norm=clip_grad_norm,
+            clip_grad_value=clip_grad_value,
+            param_groups=param_groups,
+        )
         self.rho = check_real("rho", rho, 0.0, 1.0)
         self.eps = check_real("eps", eps)
         self.weight_decay = check_real("weight_decay", weight_decay)

@@ -9,6 +9,7 @@ step count a persistent variable, so neither recompiles anything.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 from ... import _core
 from ...graph.composites import const, op
 from .clipping import clip_gradients
+from .param_groups import ParamGroup, assign_groups, check_param_groups
 
 # Optimizer-wide engine variables share this prefix; layer names may not use it.
 STATE_PREFIX = "optimizer."
@@ -117,6 +119,12 @@ class Optimizer:
         clip_grad_value: if set, clamp every gradient element to
             ``[-clip_grad_value, clip_grad_value]`` (``torch.nn.utils.clip_grad_value_``),
             after norm clipping when both are set.
+        param_groups: per-group hyperparameters, as torch's parameter groups: a list of
+            dicts, each with ``"params"`` (``fnmatch`` patterns of full weight names such
+            as ``"*.bias"``, or a predicate of the name) and the constructor arguments it
+            overrides (``"lr"``, ``"weight_decay"``, ...). Weights no group selects use
+            this optimizer's arguments; a group's lr keeps its ratio to ``lr`` when a
+            scheduler changes the rate (see ``gometal.train.optim.param_groups``).
 
     Example:
         >>> opt = gm.optim.SGD(lr=0.1, clip_grad_norm=1.0)
@@ -135,10 +143,61 @@ class Optimizer:
         *,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
+        param_groups: Any = None,
     ):
         self.lr = check_learning_rate(lr)
         self.clip_grad_norm = _check_clip("clip_grad_norm", clip_grad_norm)
         self.clip_grad_value = _check_clip("clip_grad_value", clip_grad_value)
+        self._groups = check_param_groups(param_groups, self._argument_names(), self.lr)
+        self._group_optimizers: list[Optimizer] = []
+        # Optimizer-wide state of a group is kept apart from the default group's.
+        self._state_suffix = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Each group's optimizer is this class built with the group's arguments, so its
+        # constructor checks them; that needs every attribute set, i.e. the outermost
+        # __init__ finished.
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def initialize(self: Optimizer, *args: Any, **kw: Any) -> None:
+            depth = self.__dict__.get("_init_depth", 0)
+            self.__dict__["_init_depth"] = depth + 1
+            try:
+                init(self, *args, **kw)
+            finally:
+                self.__dict__["_init_depth"] = depth
+            if depth == 0:
+                self._group_optimizers = [self._group_optimizer(g) for g in self._groups]
+
+        cls.__init__ = initialize  # type: ignore[method-assign]
+
+    @classmethod
+    def _argument_names(cls) -> list[str]:
+        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]] | None:
+        """The parameter groups as given (patterns or predicates and overrides)."""
+        if not self._groups:
+            return None
+        return [
+            {"params": g.params if callable(g.params) else list(g.params), **g.overrides}
+            for g in self._groups
+        ]
+
+    def _group_optimizer(self, group: ParamGroup) -> Optimizer:
+        arguments = {name: getattr(self, name) for name in self._argument_names()}
+        arguments.update(group.overrides, param_groups=None)
+        arguments.update(clip_grad_norm=None, clip_grad_value=None)
+        try:
+            return type(self)(**arguments)
+        except (TypeError, ValueError) as err:
+            index = self._groups.index(group)
+            raise type(err)(f"param_groups[{index}]: {err}") from None
 
     @property
     def slot_names(self) -> tuple[str, ...]:
@@ -179,7 +238,23 @@ class Optimizer:
         grads = clip_gradients(
             g, {name: grads[name] for name in params}, self.clip_grad_norm, self.clip_grad_value
         )
-        return self._emit(g, params, grads, lr_node, step_node)
+        if not self._groups:
+            return self._emit(g, params, grads, lr_node, step_node)
+        effects: list[int] = []
+        assigned = assign_groups(self._groups, list(params))
+        for index, names in enumerate(assigned):
+            if not names:
+                continue
+            optimizer, lr = self, lr_node
+            if index < len(self._groups):
+                optimizer = self._group_optimizers[index]
+                optimizer._state_suffix = f".group{index}"
+                if optimizer.lr != self.lr:
+                    lr = op(g, "mul", lr_node, const(g, optimizer.lr / self.lr))
+            effects += optimizer._emit(
+                g, {n: params[n] for n in names}, {n: grads[n] for n in names}, lr, step_node
+            )
+        return effects
 
     def _emit(
         self,
@@ -196,7 +271,7 @@ class Optimizer:
         return g.variable(f"{param_name}.{slot}", tuple(g.shape(param)))
 
     def _state(self, g: _core.Graph, name: str) -> int:
-        return g.variable(STATE_PREFIX + name, ())
+        return g.variable(STATE_PREFIX + name + self._state_suffix, ())
 
     def _gradient(self, g: _core.Graph, param: int, grad: int, weight_decay: float) -> int:
         # maximize flips the sign first, then the L2 penalty joins the gradient, both as
@@ -220,15 +295,20 @@ class Optimizer:
             0.1
         """
         config: dict[str, Any] = {}
-        for name in inspect.signature(type(self).__init__).parameters:
-            if name == "self":
+        for name in self._argument_names():
+            if name == "param_groups":
+                if self._groups:
+                    config[name] = [g.to_config(i) for i, g in enumerate(self._groups)]
                 continue
             value = getattr(self, name)
             config[name] = list(value) if isinstance(value, tuple) else value
         return {"class_name": type(self).__name__, "config": config}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{key}={value!r}" for key, value in self.get_config()["config"].items())
+        config = {n: getattr(self, n) for n in self._argument_names() if n != "param_groups"}
+        if self._groups:
+            config["param_groups"] = self.param_groups
+        args = ", ".join(f"{key}={value!r}" for key, value in config.items())
         return f"{type(self).__name__}({args})"
 
 

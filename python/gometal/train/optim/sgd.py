@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from ... import _core
 from ...graph.composites import const, op
@@ -43,8 +44,14 @@ class SGD(Optimizer):
         maximize: bool = False,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
+        param_groups: Any = None,
     ):
-        super().__init__(lr, clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value)
+        super().__init__(
+            lr,
+            clip_grad_norm=clip_grad_norm,
+            clip_grad_value=clip_grad_value,
+            param_groups=param_groups,
+        )
         self.momentum = check_real("momentum", momentum, 0.0, 1.0, high_open=True)
         self.dampening = check_real("dampening", dampening, 0.0, 1.0)
         self.weight_decay = check_real("weight_decay", weight_decay)

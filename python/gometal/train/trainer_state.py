@@ -1,0 +1,198 @@
+"""What a trainer's engine holds, across recompiles and files: reading and restoring
+its state, following frozen layers, checkpoints and go-metal's JSON layout.
+
+``EngineState`` is the part of ``Trainer`` that deals with the engine's variables as a
+whole; the trainer provides ``model``, ``_held``, ``_compile`` and the rest of the
+training-session interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..nn.layers.base import trainable_changes
+from . import provided
+from .session import SessionState
+from .step_graph import LEARNING_RATE_SCALAR
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+class EngineState:
+    """Reading, restoring and saving the state of a ``Trainer``'s engine."""
+
+    # Provided by Trainer.
+    model: Any
+    _held: Any
+    _host_optimizer: Any
+    _loss_scaler: Any
+
+    def _compile(self) -> None:
+        raise NotImplementedError
+
+    def _using_engine(self) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    @property
+    def _engine(self) -> Any:
+        raise NotImplementedError
+
+    def _follow_trainable(self) -> None:
+        """Recompiles the step once when the model's trainable weights changed (a layer
+        frozen or unfrozen): weights, optimizer slots, the step count, the random
+        generator and the learning rate carry over; a frozen weight's slots wait on the
+        host and come back when it is unfrozen, as torch keeps a frozen parameter's state.
+        """
+        self._trainable_seen = trainable_changes()
+        names = tuple(self.model.trainable_weight_names)
+        if not names:
+            raise ValueError(
+                "every weight of the model is frozen, so there is nothing to train; "
+                "unfreeze some (model.unfreeze(...) or layer.trainable = True)"
+            )
+        if names == getattr(self, "_trained_names", names):
+            self._trained_names = names
+            return
+        state = self.read_state()
+        lr = float(self._engine.get_scalar(LEARNING_RATE_SCALAR))
+        waiting = {**getattr(self, "_waiting_slots", {}), **state.variables}
+        self._compile()
+        weights = set(self.model.weight_shapes)
+        with self._using_engine() as engine:
+            present = set(engine.variable_names())
+            for name, value in waiting.items():
+                if name in present and name not in weights:
+                    engine.set_variable(name, value)
+            engine.rng_step = state.rng_step
+            engine.set_scalar(LEARNING_RATE_SCALAR, lr)
+        self._waiting_slots = {n: v for n, v in waiting.items() if n not in present}
+        self._trained_names = names
+
+    def read_state(self) -> SessionState:
+        """The engine state at this moment, as a checkpoint stores it.
+
+        Returns:
+            Every engine variable, the random generator's seed and position, and the
+            memory of a host-driven optimizer; no step (of this trainer or one sharing its
+            layers) runs while they are read.
+
+        Example:
+            >>> trainer.read_state().variables["optimizer.step"]  # doctest: +SKIP
+            array(10., dtype=float32)
+        """
+        with self._using_engine() as engine:
+            names = engine.variable_names()
+            variables = {name: np.asarray(engine.get_variable(name)) for name in names}
+            rng_step = int(engine.rng_step)
+            seed = int(engine.seed)
+        host = None if self._host_optimizer is None else self._host_optimizer.state()
+        return SessionState(variables, seed, rng_step, host)
+
+    def variable_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every engine variable's shape, by name (weights, optimizer slots, the step).
+
+        Example:
+            >>> trainer.variable_shapes()["optimizer.step"]  # doctest: +SKIP
+            ()
+        """
+        engine = self._engine
+        return {name: tuple(engine.variable_shape(name)) for name in engine.variable_names()}
+
+    def restore_state(self, state: SessionState) -> None:
+        """Puts back a state that ``read_state`` gave (of this trainer or an equal one).
+
+        The variables and the random generator's position are set, then a host-driven
+        optimizer's memory is loaded; ``state.seed`` is ignored (the seed is fixed when
+        the trainer is built).
+
+        Args:
+            state: the state; its variables must have this trainer's names and shapes.
+
+        Raises:
+            ValueError: the state holds a host optimizer memory this trainer's optimizer
+                does not keep, or lacks one it keeps.
+            KeyError, TypeError, ValueError: a host optimizer memory that does not fit.
+
+        Example:
+            >>> trainer.restore_state(other.read_state())  # doctest: +SKIP
+        """
+        if (self._host_optimizer is None) != (state.host_optimizer is None):
+            raise ValueError(
+                f"the state's host optimizer memory does not match {type(self.optimizer).__name__}"
+            )
+        with self._using_engine() as engine:
+            for name, value in state.variables.items():
+                engine.set_variable(name, value)
+            engine.rng_step = state.rng_step
+        if self._host_optimizer is not None and state.host_optimizer is not None:
+            self._host_optimizer.load_state(*state.host_optimizer)
+
+    def engine_stats(self) -> dict[str, Any]:
+        """The engine's counters: arena and persistent bytes, allocations, steps, plans.
+
+        Returns:
+            A dict with keys ``arena_bytes``, ``persistent_bytes``, ``allocations``,
+            ``steps`` and ``plans``; with loss scaling also ``loss_scale`` (float) and
+            ``skipped_steps`` (updates skipped for an inf/NaN gradient).
+
+        Example:
+            >>> trainer.engine_stats()["plans"]  # doctest: +SKIP
+            1
+        """
+        stats = dict(self._engine.stats())
+        if self._loss_scaler is not None:
+            stats.update(self._loss_scaler.stats(self._engine))
+        return stats
+
+    # -- saving ----------------------------------------------------------------------------
+    def save(self, path: Any, metadata: dict[str, Any] | None = None) -> None:
+        """Atomically writes a checkpoint that ``Trainer.load`` resumes exactly.
+
+        It holds the model definition, every engine variable (weights, batch-norm
+        statistics, optimizer slots, step count), the loss, optimizer, scheduler, batch
+        size, random generator state, learning rate, epoch and history.
+
+        Args:
+            path: the file to create or replace, e.g. ``"run/ckpt.safetensors"``.
+            metadata: optional JSON-serializable dict stored with the checkpoint.
+
+        Example:
+            >>> trainer.save("run/ckpt.safetensors")  # doctest: +SKIP
+        """
+        provided.save_checkpoint(self, path, metadata)
+
+    @classmethod
+    def load(cls, path: Any, *, allow_non_finite: bool = False) -> Trainer:
+        """Rebuilds a trainer from ``save`` output; training continues bit for bit.
+
+        Args:
+            path: a checkpoint written by ``trainer.save``.
+            allow_non_finite: load weights and optimizer state holding NaN or infinities
+                (e.g. to inspect a run that diverged) instead of refusing them.
+
+        Returns:
+            The trainer, compiled, with all its state restored.
+
+        Raises:
+            gm.serialization.CheckpointError: the file is not an intact checkpoint.
+
+        Example:
+            >>> trainer = gm.Trainer.load("run/ckpt.safetensors")  # doctest: +SKIP
+        """
+        return provided.load_checkpoint(path, allow_non_finite=allow_non_finite)
+
+    def export_json(self, path: Any, description: str | None = None) -> None:
+        """Atomically writes the trainer in go-metal's readable JSON checkpoint layout.
+
+        Args:
+            path: the file to create or replace, e.g. ``"run/checkpoint.json"``.
+            description: optional free text stored in the metadata.
+
+        Example:
+            >>> trainer.export_json("run/checkpoint.json")  # doctest: +SKIP
+        """
+        provided.export_json(self, path, description)
