@@ -8,7 +8,6 @@ be saved are ``TypeError``.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,33 +28,21 @@ def loss_to_config(loss: losses.Loss) -> dict[str, Any]:
         The loss's name and arguments.
 
     Raises:
-        TypeError: for a loss class that is not one of gometal's named losses.
+        TypeError: for a loss class that is not one of gometal's named losses, or a
+            function loss whose function is not registered (``gm.losses.register``).
 
     Example:
         >>> loss_to_config(gm.losses.Huber(delta=2.0))
         {'name': 'huber', 'config': {'delta': 2.0}}
     """
-    try:
-        registered = type(losses.get(loss.name))
-    except (TypeError, ValueError):
-        registered = None
-    if registered is not type(loss):
+    if losses.loss_class(loss.name) is not type(loss):
         raise TypeError(
             f"cannot save the loss {loss!r}: only gometal's named losses "
-            f"({', '.join(losses.available())}) can be saved"
+            f"({', '.join(losses.available())}) and registered loss functions can be saved"
         )
-    get_config = getattr(loss, "get_config", None)
-    if callable(get_config):
-        config = dict(get_config())
-    else:
-        # The named losses keep exactly their constructor arguments as attributes.
-        parameters = inspect.signature(type(loss).__init__).parameters
-        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        config = {
-            name: getattr(loss, name)
-            for name, parameter in parameters.items()
-            if name != "self" and parameter.kind in named
-        }
+    # Every named loss gives its constructor arguments; a function loss raises TypeError
+    # here when its function is not registered.
+    config = dict(loss.get_config())
     return {"name": loss.name, "config": config}
 
 
@@ -78,7 +65,9 @@ def loss_from_config(entry: Any) -> losses.Loss:
     if not isinstance(entry, Mapping) or not isinstance(entry.get("config", {}), Mapping):
         raise CheckpointError(f"training.loss must be {{'name', 'config'}}, got {entry!r}")
     try:
-        cls = type(losses.get(entry.get("name")))
+        cls = losses.loss_class(entry.get("name"))
+        if cls is None:
+            raise ValueError(f"unknown loss name {entry.get('name')!r}")
         return cls(**entry.get("config", {}))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"cannot rebuild the loss {entry!r}: {err}") from None
