@@ -194,7 +194,7 @@ class FunctionLoss(Loss):
                 f"and y_true with gm.ops (e.g. gm.ops.mean(...)), got {kind}"
             )
         if result.shape != ():
-            shape = tuple("N" if d < 0 else d for d in result.shape)
+            shape = "(" + ", ".join("N" if d < 0 else str(d) for d in result.shape) + ")"
             raise ValueError(
                 f"custom loss function {label} must return a scalar (reduce it, e.g. with "
                 f"gm.ops.mean), got a tensor of shape {shape}"
