@@ -25,6 +25,7 @@ __all__ = [
     "EarlyStopping",
     "JSONLogger",
     "ModelCheckpoint",
+    "TerminateOnNaN",
     "overrides",
     "resolve_mode",
 ]
@@ -198,6 +199,45 @@ class EarlyStopping(Callback):
             print(
                 f"early stopping after epoch {self.stopped_epoch + 1}: {self.monitor} did not "
                 f"improve for {self.patience} epoch(s){restored}"
+            )
+
+
+class TerminateOnNaN(Callback):
+    """Stops training at the first batch whose loss is NaN or infinite, as Keras's.
+
+    It sets ``trainer.stop_training``, so ``fit`` ends once that epoch is over; the
+    weights are those the failed step left (usually NaN): restore a checkpoint, or lower
+    the learning rate and start again.
+
+    Attributes:
+        stopped_epoch: the epoch of the batch that failed, or ``None``.
+        stopped_batch: that batch's index within its epoch, or ``None``.
+
+    Example:
+        >>> trainer.fit((x, y), 10, callbacks=[gm.callbacks.TerminateOnNaN()])  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self.stopped_epoch: int | None = None
+        self.stopped_batch: int | None = None
+        self._epoch = 0
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.stopped_epoch = self.stopped_batch = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch
+
+    def on_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        loss = logs.get("loss")
+        if loss is None or math.isfinite(loss) or self.stopped_batch is not None:
+            return
+        self.stopped_epoch, self.stopped_batch = self._epoch, batch
+        self.trainer.stop_training = True
+        if self.params.get("verbose", 0) > 0:
+            print(
+                f"epoch {self._epoch + 1}, batch {batch + 1}: the loss is {loss}; "
+                "terminating training"
             )
 
 
