@@ -288,10 +288,9 @@ def test_multiply_and_concat_of_mismatched_shapes():
     _mentions(str(err.value), r"\b3\b", r"\b5\b")
 
 
-def test_dense_on_a_3d_input_asks_for_flatten():
-    with pytest.raises(ValueError) as err:
-        gm.ModelBuilder((3, 4)).dense(2)
-    _mentions(str(err.value), r"\b3\b", r"\b4\b")
+def test_dense_on_a_3d_input_applies_to_the_last_axis_as_nn_linear():
+    model = gm.ModelBuilder((3, 4)).dense(2).build(seed=0)
+    assert (model.output_shape, model.count_params()) == ((3, 2), 10)
     assert gm.ModelBuilder((3, 4)).flatten().dense(2).build(seed=0).count_params() == 26
 
 
