@@ -37,6 +37,8 @@ def _provide_functions() -> None:
     nn_provided.save_model.provide(serialization.save_model)
     nn_provided.load_weights.provide(serialization.load_weights)
     nn_provided.export_onnx.provide(export_onnx)
+    nn_provided.model_to_config.provide(serialization.model_to_config)
+    nn_provided.model_from_config.provide(serialization.model_from_config)
     train_provided.save_checkpoint.provide(serialization.save_checkpoint)
     train_provided.load_checkpoint.provide(serialization.load_checkpoint)
     train_provided.export_json.provide(serialization.export_json)

@@ -29,6 +29,7 @@ from .graph_checks import (
 from .inference import predict_structured, predict_with_engine
 from .layers.base import EmitContext, Layer, check_weight_values
 from .layers.weight_store import EngineWeights, holding_weights
+from .model_copies import holds_symbolic, rebuild_model
 from .signature import Signature, input_names, output_names, parse_tensors
 from .summary import summary_lines
 from .tensor import ModelGraph, SymbolicTensor
@@ -429,6 +430,39 @@ class Model:
         return predict_structured(
             held, self._input_signature, self._output_signature, x, batch_size
         )
+
+    def __call__(self, x: Any, batch_size: int | None = None) -> Any:
+        """``model(x)``: the eager forward pass on arrays, the same as ``predict(x)``.
+
+        Args:
+            x: NumPy arrays (or array-likes) as ``predict`` takes them.
+            batch_size: rows per engine call, as for ``predict``.
+
+        Returns:
+            NumPy outputs, as ``predict`` returns them.
+
+        Raises:
+            TypeError: ``x`` holds symbolic tensors (``gm.Input``): a model is not a layer
+                and does not join another model's graph; call its layers instead.
+
+        Example:
+            >>> model(np.zeros((5, 64), np.float32)).shape
+            (5, 10)
+        """
+        if holds_symbolic(x):
+            raise TypeError(
+                "a gm.Model runs on arrays (model(x) is model.predict(x)); it cannot be "
+                "called on symbolic tensors to join another model's graph: call its layers "
+                "on them instead"
+            )
+        return self.predict(x, batch_size)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Copies and pickles carry the definition and the weights, never engine memory,
+        # so a copy is a new model with its own layers and weights.
+        frozen = [layer.name for layer in self._layers if not layer.trainable]
+        config = provided.model_to_config(self)
+        return (rebuild_model, (config, self.get_weights(), self.backend, frozen))
 
     @property
     def structured(self) -> bool:

@@ -14,3 +14,8 @@ save_model: ProvidedFunction = ProvidedFunction("Model.save", "gometal.io")
 load_weights: ProvidedFunction = ProvidedFunction("Model.load_weights", "gometal.io")
 # export_onnx(model, path, opset) writes the model as an ONNX file.
 export_onnx: ProvidedFunction = ProvidedFunction("Model.export_onnx", "gometal.io")
+# model_to_config(model) describes the model's definition (not its weights) as JSON data;
+# copy.deepcopy and pickle of a Model go through it.
+model_to_config: ProvidedFunction = ProvidedFunction("copying or pickling a Model", "gometal.io")
+# model_from_config(config) rebuilds a Model (fresh weights) from model_to_config's data.
+model_from_config: ProvidedFunction = ProvidedFunction("unpickling a Model", "gometal.io")
