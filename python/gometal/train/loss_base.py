@@ -31,6 +31,9 @@ class Loss:
         name: the string name accepted by ``Trainer(loss=...)``.
         integer_labels: ``True`` when targets are class indices of shape ``(N,)``.
         task: ``"multiclass"``, ``"binary"`` or ``"regression"``.
+        ignore_index: a class label whose samples the loss ignores (``CrossEntropy``'s
+            argument; ``None`` for every other loss): label checks must let it through,
+            even outside ``[0, classes)`` (torch's ``-100``).
 
     Example:
         >>> per_sample = gm.losses.mse.per_sample(g, output, target)  # doctest: +SKIP
@@ -41,6 +44,7 @@ class Loss:
     name: ClassVar[str] = ""
     integer_labels: ClassVar[bool] = False
     task: ClassVar[str] = "regression"
+    ignore_index: int | None = None
 
     def __call__(self, g: _core.Graph, output: int, target: int) -> int:
         """Emits the batch loss of ``output`` against ``target``; returns a scalar node."""
