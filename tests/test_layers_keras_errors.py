@@ -23,6 +23,11 @@ CONSTRUCTION = [
     ),
     (lambda: L.Dense(4, name="head", activation=3), ValueError, "Dense 'head' activation must be"),
     (
+        lambda: L.Dense(4, "relu"),
+        TypeError,
+        r"give the activation by name: Dense\(4, activation='relu'\)",
+    ),
+    (
         lambda: L.Dense(4, kernel_initializer="glorot"),
         ValueError,
         "Dense kernel_initializer must be one of",

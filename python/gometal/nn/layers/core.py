@@ -58,6 +58,12 @@ class Dense(Layer):
         super().__init__(name)
         if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
             raise ValueError(f"Dense units must be a positive int, got {units!r}")
+        if isinstance(use_bias, str):
+            # Keras's second argument is the activation; here it is use_bias.
+            raise TypeError(
+                f"Dense use_bias must be a bool, got {use_bias!r}; give the activation by "
+                f"name: Dense({units}, activation={use_bias!r})"
+            )
         self.units = units
         self.use_bias = bool(use_bias)
         self.options = WeightLayerOptions(
