@@ -129,3 +129,45 @@ def predict_structured(
                 collected.append(np.asarray(value))
     joined = [c[0] if len(c) == 1 else np.concatenate(c, axis=0) for c in chunks]
     return outputs.pack(joined)
+
+
+def is_batch_stream(x: Any) -> bool:
+    """Whether ``x`` is a loader or generator of batches rather than the data itself:
+    iterable, and not an array, list, tuple, dict or string."""
+    if isinstance(x, (np.ndarray, list, tuple, dict, str, bytes)):
+        return False
+    return hasattr(x, "__iter__")
+
+
+def predict_stream(predict: Any, batches: Any, outputs: Signature) -> Any:
+    """Predicts each batch of a loader or generator and joins the results.
+
+    A batch is the inputs themselves (an array, or a list or dict for several inputs) or a
+    tuple ``(x, y)`` / ``(x, y, sample_weight)`` whose targets are ignored, as Keras's
+    ``predict`` does with a dataset.
+
+    Args:
+        predict: a function from one batch's inputs to the model's outputs.
+        batches: the loader or generator.
+        outputs: the model's output signature (how results are joined and returned).
+
+    Returns:
+        The outputs over every batch, as ``predict`` returns them for arrays.
+
+    Raises:
+        ValueError: the loader yielded no batch.
+
+    Example:
+        >>> predict_stream(model.predict, loader, model.output_signature)  # doctest: +SKIP
+    """
+    chunks: list[list[np.ndarray]] = [[] for _ in outputs.names]
+    for batch in batches:
+        if isinstance(batch, tuple) and len(batch) in (2, 3):
+            batch = batch[0]
+        values = outputs.arrange(predict(batch), "predict")
+        for collected, value in zip(chunks, values):
+            collected.append(np.asarray(value))
+    if not chunks[0]:
+        raise ValueError("predict got a loader that yielded no batch")
+    joined = [c[0] if len(c) == 1 else np.concatenate(c, axis=0) for c in chunks]
+    return outputs.pack(joined)

@@ -15,15 +15,16 @@ from ..base.arrays import check_batch_size, check_seed
 _ORDER_STREAM = 0
 
 
-def _is_structured(data: Any) -> bool:
+def is_array_collection(data: Any) -> bool:
     """A list, tuple or dict of arrays (a model's several inputs or outputs)."""
     if isinstance(data, Mapping):
         return True
     return isinstance(data, (list, tuple)) and all(isinstance(a, np.ndarray) for a in data)
 
 
-def _length(data: Any, argument: str) -> int:
-    if not _is_structured(data):
+def count_rows(data: Any, argument: str) -> int:
+    """The samples in ``data``: an array, or a list, tuple or dict of same-length arrays."""
+    if not is_array_collection(data):
         return len(data)
     arrays = list(data.values()) if isinstance(data, Mapping) else list(data)
     if not arrays:
@@ -37,11 +38,11 @@ def _length(data: Any, argument: str) -> int:
     return lengths.pop()
 
 
-def _take(data: Any, rows: Any) -> Any:
+def take_rows(data: Any, rows: Any) -> Any:
     """``data[rows]``, or each array's rows for a list or dict of arrays."""
     if isinstance(data, Mapping):
         return {name: array[rows] for name, array in data.items()}
-    if _is_structured(data):
+    if is_array_collection(data):
         return [array[rows] for array in data]
     return data[rows]
 
@@ -80,6 +81,8 @@ class ArrayLoader:
             dicts).
         y: labels or targets with the same length (a list, tuple or dict of arrays for
             several outputs).
+        sample_weight: optional per-sample weights with the same length; batches are then
+            ``(x, y, sample_weight)`` triples.
         batch_size: samples per batch; the last batch may be smaller.
         shuffle: visit the samples in a new random order each epoch.
         seed: seeds the order (a non-negative int).
@@ -100,15 +103,21 @@ class ArrayLoader:
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        sample_weight: Any = None,
     ):
-        samples, targets = _length(x, "x"), _length(y, "y")
+        samples, targets = count_rows(x, "x"), count_rows(y, "y")
         if samples != targets:
             raise ValueError(
                 f"x and y have different lengths: x has {samples} samples, y has {targets}"
             )
         if samples == 0:
             raise ValueError("ArrayLoader needs at least one sample, got 0")
+        if sample_weight is not None and len(sample_weight) != samples:
+            raise ValueError(
+                f"sample_weight has {len(sample_weight)} weights for {samples} samples"
+            )
         self.x, self.y = x, y
+        self.sample_weight = sample_weight
         self.samples = samples
         self.batch_size = check_batch_size(batch_size)
         self.shuffle = bool(shuffle)
@@ -155,22 +164,25 @@ class ArrayLoader:
         count = self.samples
         return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
         epoch = self._next_epoch
         self._next_epoch += 1
         if not self.shuffle:
             return self._slices()
         return self._gathered(self.sample_order(epoch))
 
-    def _slices(self) -> Iterator[tuple[Any, Any]]:
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            rows = slice(start, start + self.batch_size)
-            yield _take(self.x, rows), _take(self.y, rows)
+    def _batch(self, rows: Any) -> tuple[Any, ...]:
+        if self.sample_weight is None:
+            return take_rows(self.x, rows), take_rows(self.y, rows)
+        return take_rows(self.x, rows), take_rows(self.y, rows), self.sample_weight[rows]
 
-    def _gathered(self, order: np.ndarray) -> Iterator[tuple[Any, Any]]:
+    def _slices(self) -> Iterator[tuple[Any, ...]]:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            rows = order[start : start + self.batch_size]
-            yield _take(self.x, rows), _take(self.y, rows)
+            yield self._batch(slice(start, start + self.batch_size))
+
+    def _gathered(self, order: np.ndarray) -> Iterator[tuple[Any, ...]]:
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield self._batch(order[start : start + self.batch_size])
 
     def __repr__(self) -> str:
         return (

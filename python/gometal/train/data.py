@@ -9,7 +9,8 @@ import numpy as np
 
 from ..base.arrays import as_class_labels, as_dense_targets, check_input_batch
 from .array_loader import ArrayLoader
-from .output_losses import check_targets, structured_inputs
+from .output_losses import check_targets, structured_inputs, structured_rows
+from .sample_weights import as_sample_weights
 
 if TYPE_CHECKING:
     from .session import TrainingSession
@@ -77,7 +78,8 @@ def as_batches(
     shuffle: bool = False,
     seed: int = 0,
     array_prefix: str = "",
-) -> Iterable[tuple[Any, Any]]:
+    sample_weight: Any = None,
+) -> Iterable[tuple[Any, ...]]:
     """Returns a loader for ``data``: the loader itself, or an ``ArrayLoader`` over arrays.
 
     Args:
@@ -88,6 +90,7 @@ def as_batches(
         shuffle: shuffle arrays each epoch.
         seed: the arrays' shuffle seed.
         array_prefix: prefix of ``x`` and ``y`` in errors about the arrays' contents.
+        sample_weight: per-sample weights for arrays (batches become triples).
 
     Returns:
         An iterable of ``(x, y)`` batches; ``ArrayLoader`` for arrays.
@@ -105,7 +108,19 @@ def as_batches(
                 f"{name} must be a tuple (x, y) of two arrays, got a tuple of {len(data)} items"
             )
         x, y = prepare_arrays(trainer, data[0], data[1], array_prefix)
-        return ArrayLoader(x, y, batch_size, shuffle=shuffle, seed=seed)
+        if sample_weight is not None:
+            prefix = f"{array_prefix} " if array_prefix else ""
+            sample_weight = as_sample_weights(
+                sample_weight, structured_rows(trainer.model, x), f"{prefix}sample_weight"
+            )
+        return ArrayLoader(
+            x, y, batch_size, shuffle=shuffle, seed=seed, sample_weight=sample_weight
+        )
+    if sample_weight is not None:
+        raise ValueError(
+            "sample_weight applies to (x, y) arrays; a loader gives weights by yielding "
+            "(x, y, sample_weight) batches"
+        )
     if is_batch_source(data):
         return data
     raise TypeError(
@@ -120,6 +135,25 @@ def loader_length(loader: Any) -> int | None:
         return len(loader)
     except TypeError:
         return None
+
+
+def unpack_batch(batch: Any, name: str) -> tuple[Any, Any, Any]:
+    """``(x, y, sample_weight)`` from a loader's ``(x, y)`` pair or ``(x, y, w)`` triple.
+
+    Raises:
+        TypeError: the batch is neither (``name`` is the loader's role, e.g. ``train``).
+
+    Example:
+        >>> unpack_batch((1, 2), "train")
+        (1, 2, None)
+    """
+    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
+        return batch[0], batch[1], batch[2] if len(batch) == 3 else None
+    size = f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else ""
+    raise TypeError(
+        f"the {name} loader must yield (x, y) pairs, got {type(batch).__name__}{size} "
+        "((x, y, sample_weight) triples are accepted too)"
+    )
 
 
 def set_loader_epoch(loader: Any, epoch: int) -> None:

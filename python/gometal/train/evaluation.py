@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..nn.inference import inference_batch_size
-from .data import as_batches, is_array_pair, is_batch_source
+from .data import as_batches, is_array_pair, is_batch_source, unpack_batch
 
 if TYPE_CHECKING:
     from .session import TrainingSession
@@ -171,8 +171,12 @@ def run_evaluation(
     seen = 0
     output_loss: dict[str, float] = {}
     output_totals: dict[str, Any] = {}
-    for x, y in batches:
-        batch = trainer.evaluate_batch(x, y, with_outputs=bool(flat))
+    for item in batches:
+        x, y, weights = unpack_batch(item, name)
+        if weights is None:
+            batch = trainer.evaluate_batch(x, y, with_outputs=bool(flat))
+        else:
+            batch = trainer.evaluate_batch(x, y, with_outputs=bool(flat), sample_weight=weights)
         count = len(batch.labels)
         total_loss += batch.loss * count
         totals = batch.totals if totals is None else totals + batch.totals
@@ -208,6 +212,7 @@ def evaluate(
     y: Any = None,
     batch_size: int | None = None,
     metrics: Any = (),
+    sample_weight: Any = None,
 ) -> dict[str, Any]:
     """``Trainer.evaluate``: arrays ``(x, y)`` or a loader ``x`` with ``y=None``.
 
@@ -219,6 +224,8 @@ def evaluate(
             keeps its own batches.
         metrics: metric names or objects (see ``resolve_metrics``); for several outputs,
             a list for every output or a dict by output name.
+        sample_weight: per-sample weights of the loss, for arrays (a loader yields
+            ``(x, y, sample_weight)`` triples instead).
 
     Returns:
         ``{"loss", "accuracy", <metric name>...}``, plus ``"<output>_loss"``,
@@ -234,6 +241,11 @@ def evaluate(
     """
     resolved = resolve_session_metrics(trainer, metrics)
     if y is None and is_batch_source(x) and not isinstance(x, list):
+        if sample_weight is not None:
+            raise ValueError(
+                "sample_weight applies to arrays; a loader gives weights by yielding "
+                "(x, y, sample_weight) batches"
+            )
         if batch_size is not None:
             raise ValueError(
                 f"batch_size applies to arrays; a loader keeps its own batches (got "
@@ -246,5 +258,11 @@ def evaluate(
             f"evaluate needs y (labels or targets) when x is an array{hint}; pass "
             "evaluate(x, y) or evaluate(loader)"
         )
-    loader = as_batches(trainer, (x, y), "evaluate", batch_size=inference_batch_size(batch_size))
+    loader = as_batches(
+        trainer,
+        (x, y),
+        "evaluate",
+        batch_size=inference_batch_size(batch_size),
+        sample_weight=sample_weight,
+    )
     return run_evaluation(trainer, loader, resolved, "the evaluation data")

@@ -7,17 +7,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..base.arrays import check_batch_size, check_seed
 from . import provided
+from .array_loader import count_rows, is_array_collection, take_rows
 from .callback_base import Callback, overrides
 from .callbacks import check_callbacks
-from .data import as_batches, is_array_pair, loader_length, set_loader_epoch
+from .data import as_batches, is_array_pair, loader_length, set_loader_epoch, unpack_batch
 from .evaluation import metric_keys, resolve_session_metrics, run_evaluation
 from .history import History
 from .interrupt import InterruptGuard
 from .metrics import AccuracyTotals
 from .output_losses import structured_rows
 from .progress import Progress, check_verbose
+from .sample_weights import as_sample_weights, class_weight_table
 
 if TYPE_CHECKING:
     from .session import TrainingSession
@@ -95,16 +99,6 @@ class _OutputSums:
         return logs
 
 
-def _unpack(batch: Any) -> tuple[Any, Any]:
-    try:
-        x, y = batch
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"the train loader must yield (x, y) pairs, got {type(batch).__name__}"
-        ) from None
-    return x, y
-
-
 def _train_epoch(
     trainer: TrainingSession,
     loader: Any,
@@ -113,6 +107,7 @@ def _train_epoch(
     listeners: Sequence[Callback],
     progress: Progress,
     guard: InterruptGuard,
+    class_table: np.ndarray | None,
 ) -> _EpochResult:
     loss_sum = 0.0
     totals: AccuracyTotals | None = None
@@ -129,9 +124,14 @@ def _train_epoch(
                 batch = next(iterator)
             except StopIteration:
                 break
-            x, y = _unpack(batch)
+            x, y, weights = unpack_batch(batch, "train")
+            if class_table is not None:
+                weights = class_weights_of(class_table, y, weights)
             lr = trainer.learning_rate
-            result = trainer.train_batch(x, y)
+            if weights is None:
+                result = trainer.train_batch(x, y)
+            else:
+                result = trainer.train_batch(x, y, sample_weight=weights)
             count = structured_rows(trainer.model, x)
             samples += count
             loss_sum += result.loss * count
@@ -157,6 +157,147 @@ def _train_epoch(
     accuracy = totals.value if totals is not None else 0.0
     output_logs = per_output.logs(samples) if samples else {}
     return _EpochResult(done, samples, loss_sum, accuracy, lr, seconds, complete, output_logs)
+
+
+def keras_fit_arguments(
+    train: Any,
+    positional: Sequence[Any],
+    epochs: Any,
+    batch_size: Any,
+    validation: Any,
+    validation_data: Any,
+) -> tuple[Any, int, Any, Any]:
+    """Reads ``fit``'s two call forms: ``fit(train, epochs)`` (``train`` a loader or an
+    ``(x, y)`` tuple) and Keras's ``fit(x, y, batch_size, epochs)``.
+
+    Args:
+        train: the first positional argument.
+        positional: the other positional arguments.
+        epochs: the ``epochs`` keyword (``None`` when not given).
+        batch_size: the ``batch_size`` keyword.
+        validation: the ``validation`` keyword.
+        validation_data: Keras's name for ``validation``.
+
+    Returns:
+        ``(train, epochs, batch_size, validation)``; ``epochs`` is 1 when given nowhere,
+        as Keras's default.
+
+    Raises:
+        TypeError: an argument given twice or too many positional arguments.
+
+    Example:
+        >>> keras_fit_arguments(x, (y,), 3, None, None, None)[1]  # doctest: +SKIP
+        3
+    """
+    if validation_data is not None:
+        if validation is not None:
+            raise TypeError("fit got validation and validation_data: pass one of them")
+        validation = validation_data
+    given = list(positional)
+    first = given[0] if given else None
+    if given and (isinstance(first, int) and not isinstance(first, bool)):
+        # fit(train, epochs): the epochs come second.
+        if len(given) > 1:
+            raise TypeError(
+                "fit(train, epochs) takes the other arguments by keyword, got "
+                f"{len(given) + 1} positional arguments"
+            )
+        if epochs is not None:
+            raise TypeError("fit got epochs twice (positionally and by keyword)")
+        return train, first, batch_size, validation
+    if given:
+        # Keras's fit(x, y, batch_size, epochs).
+        if len(given) > 3:
+            raise TypeError(
+                f"fit(x, y, batch_size, epochs) takes at most 4 positional arguments, got "
+                f"{len(given) + 1}"
+            )
+        train = (train, given[0])
+        for name, value in zip(("batch_size", "epochs"), given[1:]):
+            if (batch_size if name == "batch_size" else epochs) is not None:
+                raise TypeError(f"fit got {name} twice (positionally and by keyword)")
+            if name == "batch_size":
+                batch_size = value
+            else:
+                epochs = value
+    return train, 1 if epochs is None else epochs, batch_size, validation
+
+
+def _class_table(trainer: TrainingSession, class_weight: Any) -> np.ndarray:
+    model = trainer.model
+    if model.output_signature.structured or not trainer.loss.integer_labels:
+        raise ValueError(
+            "class_weight applies to a model with one output trained on class labels "
+            f"(a cross-entropy loss), got loss '{trainer.loss.name}'"
+            + (" on several outputs" if model.output_signature.structured else "")
+        )
+    return class_weight_table(class_weight, model.output_shape[-1])
+
+
+def class_weights_of(table: np.ndarray, labels: Any, weights: Any) -> np.ndarray:
+    """Each sample's class weight (times its sample weight, when given)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise TypeError(
+            f"class_weight needs integer class labels (N,), got {labels.dtype} {labels.shape}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= len(table)):
+        raise ValueError(f"labels must be in [0, {len(table)}), got {labels.min()}..{labels.max()}")
+    found = table[labels]
+    if weights is None:
+        return found
+    return found * as_sample_weights(weights, len(found))
+
+
+def split_validation(
+    train: Any, validation: Any, sample_weight: Any, fraction: Any
+) -> tuple[Any, Any, Any]:
+    """Keras's ``validation_split``: the last ``fraction`` of the arrays' samples (taken
+    before any shuffling) become the validation data.
+
+    Args:
+        train: ``(x, y)`` arrays (lists or dicts of them for several inputs or outputs).
+        validation: must be ``None``.
+        sample_weight: the training samples' weights, or ``None`` (split alike).
+        fraction: a float in ``(0, 1)``.
+
+    Returns:
+        ``(train, validation, sample_weight)`` after the split.
+
+    Raises:
+        TypeError, ValueError: not arrays, validation data given too, a fraction out of
+            range, or a split that leaves one side empty.
+
+    Example:
+        >>> (x1, y1), (xv, yv), _ = split_validation((x, y), None, None, 0.2)  # doctest: +SKIP
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise TypeError(f"validation_split must be a float in (0, 1), got {fraction!r}")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation_split must be in (0, 1), got {fraction!r}")
+    if validation is not None:
+        raise ValueError("pass validation data or validation_split, not both")
+    if not is_array_pair(train) or len(train) != 2:
+        raise ValueError(
+            "validation_split applies to (x, y) arrays; split a loader's data yourself"
+        )
+    total = count_rows(train[0], "x")
+    held_out = int(total * fraction)
+    cut = total - held_out
+    if held_out == 0 or cut == 0:
+        raise ValueError(
+            f"validation_split={fraction} of {total} samples leaves "
+            f"{'no validation' if held_out == 0 else 'no training'} sample"
+        )
+    x, y = (
+        data if hasattr(data, "shape") or is_array_collection(data) else np.asarray(data)
+        for data in train
+    )
+    head = (take_rows(x, slice(0, cut)), take_rows(y, slice(0, cut)))
+    tail = (take_rows(x, slice(cut, None)), take_rows(y, slice(cut, None)))
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight)[:cut]
+    return head, tail, sample_weight
 
 
 def _interrupt_message(trainer: TrainingSession, epoch: int, result: _EpochResult | None) -> str:
@@ -185,6 +326,9 @@ def fit(
     batch_size: int | None = None,
     plots: str | None = None,
     plots_dir: Any = "gometal-plots",
+    validation_split: float | None = None,
+    sample_weight: Any = None,
+    class_weight: Any = None,
 ) -> History:
     """``Trainer.fit``; see its docstring for the arguments and semantics.
 
@@ -204,6 +348,10 @@ def fit(
             ``"sidecar"`` (send plot payloads to the sidecar): sugar for appending
             ``gm.viz.Dashboard(plots, plots_dir, validation=validation)`` to ``callbacks``.
         plots_dir: the dashboard's folder for ``plots="html"``.
+        validation_split: the fraction of ``(x, y)`` arrays (their last samples, before
+            shuffling) held out as the validation data.
+        sample_weight: per-sample loss weights for ``(x, y)`` arrays.
+        class_weight: ``{class index: weight}`` scaling each sample's loss by its class.
 
     Returns:
         ``trainer.history``.
@@ -235,8 +383,23 @@ def fit(
             "(e.g. DataLoader(..., shuffle=..., seed=...))"
         )
     seed = 0 if seed is None else check_seed(seed)
+    if validation_split is not None:
+        train, validation, sample_weight = split_validation(
+            train, validation, sample_weight, validation_split
+        )
+    class_table = None
+    if class_weight is not None:
+        class_table = _class_table(trainer, class_weight)
     rows = trainer.batch_size if batch_size is None else batch_size
-    train_loader = as_batches(trainer, train, "train", batch_size=rows, shuffle=shuffle, seed=seed)
+    train_loader = as_batches(
+        trainer,
+        train,
+        "train",
+        batch_size=rows,
+        shuffle=shuffle,
+        seed=seed,
+        sample_weight=sample_weight,
+    )
     val_loader = None
     if validation is not None:
         val_loader = as_batches(
@@ -288,7 +451,14 @@ def fit(
                 set_loader_epoch(train_loader, epoch)
                 progress.epoch_begin(epoch)
                 result = _train_epoch(
-                    trainer, train_loader, steps, batch_scheduler, listeners, progress, guard
+                    trainer,
+                    train_loader,
+                    steps,
+                    batch_scheduler,
+                    listeners,
+                    progress,
+                    guard,
+                    class_table,
                 )
                 if not result.complete:
                     progress.message(_interrupt_message(trainer, epoch, result))

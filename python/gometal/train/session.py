@@ -166,12 +166,15 @@ class TrainingSession(Protocol):
         """Checks a batch and converts it to what the engine reads (float32 inputs; int32
         labels or float32 targets; lists of them, in model order, for several)."""
 
-    def train_batch(self, x: Any, y: Any) -> StepResult:
-        """Runs one training step."""
+    def train_batch(self, x: Any, y: Any, sample_weight: Any = None) -> StepResult:
+        """Runs one training step (``sample_weight`` scales each sample's loss)."""
 
-    def evaluate_batch(self, x: Any, y: Any, with_outputs: bool = False) -> BatchEvaluation:
+    def evaluate_batch(
+        self, x: Any, y: Any, with_outputs: bool = False, sample_weight: Any = None
+    ) -> BatchEvaluation:
         """Runs one batch through the inference pass; ``with_outputs`` adds its
-        probabilities (or raw outputs for regression losses)."""
+        probabilities (or raw outputs for regression losses), ``sample_weight`` scales
+        each sample's loss."""
 
     def predict(self, x: Any, batch_size: int | None = None) -> Any:
         """The model's raw outputs."""

@@ -20,12 +20,31 @@ from ..nn.model import Model
 from ..nn.tensor import BATCH
 from . import optim
 from .metrics import BatchAccuracy
-from .mixed_precision import Bf16Graph, LossScaler
+from .mixed_precision import Bf16Graph, GuardedGraph, LossScaler
 from .output_losses import OutputLoss
 from .precision import PrecisionPlan
 
 STEP_VARIABLE = "optimizer.step"
 LEARNING_RATE_SCALAR = "lr"
+# Batches seen since the last update, with gradient accumulation.
+MICRO_STEP_VARIABLE = "optimizer.micro_step"
+ACCUMULATOR_SLOT = "grad_accum"
+GRADIENTS_FUNCTION = "gradients"
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How the training step is built beyond the model, losses and optimizer.
+
+    Attributes:
+        accumulate_steps: batches whose gradients are averaged into one update (1: an
+            update every batch).
+        sample_weighted: also define ``train_weighted`` and ``eval_weighted``, which take
+            a float32 ``(N,)`` sample weight after the targets.
+    """
+
+    accumulate_steps: int = 1
+    sample_weighted: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,17 +70,6 @@ def _target_input(g: _core.Graph, name: str, output: OutputLoss) -> int:
     return g.input(name, (BATCH, *output.sample_shape), "float32")
 
 
-def _losses_and_accuracies(
-    g: _core.Graph, outputs: Sequence[int], targets: Sequence[int], losses: Sequence[OutputLoss]
-) -> tuple[list[int], list[BatchAccuracy]]:
-    """Each output's loss then accuracy nodes, output by output."""
-    loss_nodes, accuracies = [], []
-    for output, target, entry in zip(outputs, targets, losses):
-        loss_nodes.append(entry.loss(g, output, target))
-        accuracies.append(entry.loss.accuracy(g, output, target))
-    return loss_nodes, accuracies
-
-
 def _weighted_total(
     g: _core.Graph, loss_nodes: Sequence[int], losses: Sequence[OutputLoss], per_output: bool
 ) -> int:
@@ -84,6 +92,7 @@ def compile_step(
     loss_scaler: LossScaler | None,
     seed: int,
     backend: str = "cpu",
+    options: StepOptions = StepOptions(),
 ) -> CompiledStep:
     """Builds and compiles the training step of ``model`` under ``losses`` and ``optimizer``.
 
@@ -101,11 +110,13 @@ def compile_step(
         loss_scaler: dynamic loss scaling, or ``None``.
         seed: the engine's random seed (dropout).
         backend: the backend the engine runs on.
+        options: gradient accumulation and sample weights.
 
     Returns:
-        The engine with ``train``, ``eval``, ``predict`` and, when a loss has
-        probabilities, ``predict_proba`` (plus the host gradient function for a
-        host-driven optimizer).
+        The engine with ``train``, ``eval``, ``predict``, ``gradients`` (the trainable
+        weights' gradients of one batch, in ``trainable_weight_names`` order, without an
+        update) and, when a loss has probabilities, ``predict_proba`` (plus the weighted
+        functions when asked, and the host gradient function for a host-driven optimizer).
 
     Example:
         >>> step = compile_step(model, output_losses, optimizer, plan, None, seed=0)  # doctest: +SKIP
@@ -117,6 +128,9 @@ def compile_step(
     ys = [
         _target_input(g, signature.label("y", index), entry) for index, entry in enumerate(losses)
     ]
+    sample_weight = (
+        g.input("sample_weight", (BATCH,), "float32") if options.sample_weighted else None
+    )
     variables = model.declare_variables(g)
     # Only trainable weights get gradients and optimizer slots; the rest (running
     # statistics) are written by the layers' own effects.
@@ -128,61 +142,85 @@ def compile_step(
     layer_graph = Bf16Graph(g) if precision.compute == "bf16" else g
     train_ctx = EmitContext(layer_graph, training=True, variables=variables)
     train_outs = model.emit(train_ctx, xs)
-    train_losses, train_accuracies = _losses_and_accuracies(g, train_outs, ys, losses)
-    train_loss = _weighted_total(g, train_losses, losses, per_output)
-    # Weight penalties the layers added (kernel_regularizer=...) join what is minimized.
-    for penalty in train_ctx.losses:
-        train_loss = op(g, "add", train_loss, penalty)
-    scaler_effects: list[int] = []
-    if loss_scaler is not None:
-        # Optimizer writes go through `update_graph`, which skips them on inf/NaN steps.
-        grads, update_graph, scaler_effects = loss_scaler.emit(g, train_loss, params)
-    else:
-        grads = dict(zip(params, g.gradients(train_loss, list(params.values()))))
-        update_graph = g
-    next_step = op(g, "add", step, const(g, 1.0))
-    updates = optimizer.emit_updates(update_graph, params, grads, lr, next_step)
-    updates += scaler_effects
-    effects = [*train_ctx.effects, *updates, op(update_graph, "assign", step, next_step)]
-
-    eval_ctx = EmitContext(layer_graph, training=False, variables=variables)
-    eval_outs = model.emit(eval_ctx, xs)
-    eval_losses, eval_accuracies = _losses_and_accuracies(g, eval_outs, ys, losses)
-    eval_loss = _weighted_total(g, eval_losses, losses, per_output)
-    probabilities = [entry.loss.probabilities(g, out) for out, entry in zip(eval_outs, losses)]
+    train_accuracies = [entry.loss.accuracy(g, o, y) for o, y, entry in zip(train_outs, ys, losses)]
 
     def reported(total: int, loss_nodes: list[int], accuracies: list[BatchAccuracy]) -> list[int]:
         if not per_output:
             return [total, accuracies[0].node]
         return [total, *loss_nodes, *(accuracy.node for accuracy in accuracies)]
 
+    shared = _SharedVariables(g)
+
+    def training(weights: int | None) -> tuple[list[int], list[int], dict[str, int]]:
+        """The reported values, the effects and the raw gradients of one training step."""
+        loss_nodes = _output_losses(g, train_outs, ys, losses, weights)
+        total = _weighted_total(g, loss_nodes, losses, per_output)
+        # Weight penalties the layers added (kernel_regularizer=...) join what is minimized.
+        for penalty in train_ctx.losses:
+            total = op(g, "add", total, penalty)
+        updates, grads = _updates(shared, optimizer, params, total, loss_scaler, lr, step, options)
+        return reported(total, loss_nodes, train_accuracies), [*train_ctx.effects, *updates], grads
+
+    train_reported, train_effects, grads = training(None)
+    eval_ctx = EmitContext(layer_graph, training=False, variables=variables)
+    eval_outs = model.emit(eval_ctx, xs)
+    eval_accuracies = [entry.loss.accuracy(g, o, y) for o, y, entry in zip(eval_outs, ys, losses)]
+
+    def evaluation(weights: int | None) -> list[int]:
+        loss_nodes = _output_losses(g, eval_outs, ys, losses, weights)
+        total = _weighted_total(g, loss_nodes, losses, per_output)
+        return reported(total, loss_nodes, eval_accuracies)
+
+    probabilities = [entry.loss.probabilities(g, out) for out, entry in zip(eval_outs, losses)]
+    eval_reported = evaluation(None)
+    weighted = None
+    if sample_weight is not None:
+        weighted = (*training(sample_weight), evaluation(sample_weight))
+
+    # The engine takes the graph as it is now: every node is built above.
     engine = _core.Engine(g, seed=seed, backend=backend)
     inputs = [*xs, *ys]
     engine.define(
-        "train",
-        inputs=inputs,
-        outputs=reported(train_loss, train_losses, train_accuracies),
-        effects=effects,
-        advance_rng=True,
+        "train", inputs=inputs, outputs=train_reported, effects=train_effects, advance_rng=True
     )
-    engine.define(
-        "eval",
-        inputs=inputs,
-        outputs=reported(eval_loss, eval_losses, eval_accuracies),
-        effects=[],
-        advance_rng=False,
-    )
+    engine.define("eval", inputs=inputs, outputs=eval_reported, effects=[], advance_rng=False)
+    if weighted is not None:
+        weighted_reported, weighted_effects, _, weighted_eval = weighted
+        weighted_inputs = [*inputs, sample_weight]
+        engine.define(
+            "train_weighted",
+            inputs=weighted_inputs,
+            outputs=weighted_reported,
+            effects=weighted_effects,
+            advance_rng=True,
+        )
+        engine.define(
+            "eval_weighted",
+            inputs=weighted_inputs,
+            outputs=weighted_eval,
+            effects=[],
+            advance_rng=False,
+        )
     engine.define("predict", inputs=xs, outputs=eval_outs, effects=[], advance_rng=False)
     has_probabilities = any(p is not None for p in probabilities)
     if has_probabilities:
         # Outputs whose loss has no probabilities (regression) give their predictions.
         proba = [out if p is None else p for out, p in zip(eval_outs, probabilities)]
         engine.define("predict_proba", inputs=xs, outputs=proba, effects=[], advance_rng=False)
+    # The gradients a step on the batch would apply (before clipping and accumulation);
+    # no effect runs and the random generator stays, so the next step draws the same.
+    engine.define(
+        GRADIENTS_FUNCTION,
+        inputs=inputs,
+        outputs=list(grads.values()),
+        effects=[],
+        advance_rng=False,
+    )
     if optimizer.host_driven:
         engine.define(
             optim.HOST_GRADIENT_FUNCTION,
             inputs=inputs,
-            outputs=[*reported(train_loss, train_losses, train_accuracies), *grads.values()],
+            outputs=[*train_reported, *grads.values()],
             effects=list(train_ctx.effects),
             advance_rng=True,
         )
@@ -191,3 +229,85 @@ def compile_step(
     if loss_scaler is not None:
         loss_scaler.initialize(engine)
     return CompiledStep(held, has_probabilities, tuple(a.kind for a in train_accuracies))
+
+
+class _SharedVariables:
+    """A view of a graph whose ``variable`` returns the node already declared under a
+    name: the plain and the sample-weighted training functions update the same optimizer
+    slots, accumulators and loss-scaling state."""
+
+    def __init__(self, graph: _core.Graph):
+        self._graph = graph
+        self._declared: dict[str, int] = {}
+
+    def variable(self, name: str, shape: Any, *args: Any) -> int:
+        if name not in self._declared:
+            self._declared[name] = self._graph.variable(name, shape, *args)
+        return self._declared[name]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._graph, name)
+
+    def __len__(self) -> int:
+        return len(self._graph)
+
+
+def _output_losses(
+    g: _core.Graph,
+    outputs: Sequence[int],
+    targets: Sequence[int],
+    losses: Sequence[OutputLoss],
+    weights: int | None,
+) -> list[int]:
+    """Each output's loss node, its samples scaled by ``weights`` when given."""
+    nodes = []
+    for output, target, entry in zip(outputs, targets, losses):
+        if weights is None:
+            nodes.append(entry.loss(g, output, target))
+        else:
+            per_sample = op(g, "mul", entry.loss.per_sample(g, output, target), weights)
+            nodes.append(entry.loss.reduce(g, per_sample, target))
+    return nodes
+
+
+def _updates(
+    g: _core.Graph,
+    optimizer: Any,
+    params: dict[str, int],
+    loss: int,
+    loss_scaler: LossScaler | None,
+    lr: int,
+    step: int,
+    options: StepOptions,
+) -> tuple[list[int], dict[str, int]]:
+    """The optimizer's effects for ``loss`` (with loss scaling and gradient accumulation
+    when asked) and the raw gradients."""
+    scaler_effects: list[int] = []
+    if loss_scaler is not None:
+        # Optimizer writes go through `update_graph`, which skips them on inf/NaN steps.
+        grads, update_graph, scaler_effects = loss_scaler.emit(g, loss, params)
+    else:
+        grads = dict(zip(params, g.gradients(loss, list(params.values()))))
+        update_graph = g
+    applied = grads
+    accumulation: list[int] = []
+    k = options.accumulate_steps
+    if k > 1:
+        # Each batch adds grad / k to an accumulator; the k-th applies the sum and clears
+        # it: one update equal to that of one k-times-larger batch.
+        one = const(g, 1.0)
+        micro = g.variable(MICRO_STEP_VARIABLE, ())
+        counted = op(g, "add", micro, one)
+        last = op(g, "equal", counted, const(g, float(k)))
+        keep = op(g, "sub", one, last)
+        applied = {}
+        for name, grad in grads.items():
+            slot = g.variable(f"{name}.{ACCUMULATOR_SLOT}", tuple(g.shape(params[name])))
+            applied[name] = op(g, "add", slot, op(g, "mul", grad, const(g, 1.0 / k)))
+            accumulation.append(op(g, "assign", slot, op(g, "mul", applied[name], keep)))
+        accumulation.append(op(g, "assign", micro, op(g, "mul", counted, keep)))
+        update_graph = GuardedGraph(g, last)
+    next_step = op(g, "add", step, const(g, 1.0))
+    effects = optimizer.emit_updates(update_graph, params, applied, lr, next_step)
+    effects += [*scaler_effects, *accumulation, op(update_graph, "assign", step, next_step)]
+    return effects, grads

@@ -9,6 +9,7 @@ engine; ``train_batch`` is exactly one native call.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -18,12 +19,18 @@ from ..base.arrays import (
     check_seed,
 )
 from ..base.runtime import resolve_backend
-from ..nn.inference import predict_structured, predict_with_engine
+from ..nn.inference import (
+    is_batch_stream,
+    predict_stream,
+    predict_structured,
+    predict_with_engine,
+)
 from ..nn.layers.base import trainable_changes
 from ..nn.model import Model
 from . import optim
 from .evaluation import evaluate as _evaluate
 from .fit import fit as _fit
+from .fit import keras_fit_arguments
 from .history import History
 from .mixed_precision import LossScaler
 from .output_losses import (
@@ -34,8 +41,15 @@ from .output_losses import (
     resolve_output_losses,
 )
 from .precision import DEFAULT_GROWTH_INTERVAL, check_growth_interval, plan_precision
+from .sample_weights import as_sample_weights
 from .session import BatchEvaluation, OutputEvaluation, StepResult
-from .step_graph import LEARNING_RATE_SCALAR, STEP_VARIABLE, compile_step
+from .step_graph import (
+    GRADIENTS_FUNCTION,
+    LEARNING_RATE_SCALAR,
+    STEP_VARIABLE,
+    StepOptions,
+    compile_step,
+)
 from .trainer_state import EngineState
 
 
@@ -67,6 +81,9 @@ class Trainer(EngineState):
         loss_weights: each output's factor in the total loss that training minimizes
             (``sum(weight * loss)``): a list with one number per output or a dict by
             output name (outputs left out weigh 1); ``None`` weighs every output 1.
+        accumulate_steps: gradient accumulation: each update averages the gradients of
+            this many ``train_batch`` calls (equal to one update on a batch that many
+            times larger); ``step`` counts updates. Not with loss scaling or L-BFGS.
 
     A model with several inputs or outputs (or given them as dicts) takes lists (in the
     model's order) or dicts (by name) of arrays for ``x`` and ``y`` everywhere; results
@@ -92,6 +109,7 @@ class Trainer(EngineState):
         growth_interval: int = DEFAULT_GROWTH_INTERVAL,
         backend: str | None = None,
         loss_weights: Any = None,
+        accumulate_steps: int = 1,
     ):
         if not isinstance(model, Model):
             raise TypeError(f"model must be a gm.Model, got {type(model).__name__}")
@@ -109,6 +127,8 @@ class Trainer(EngineState):
         self._set_precision(mixed_precision, loss_scaling, growth_interval)
         self.backend = resolve_backend(backend)
         self._seed = model.seed if seed is None else check_seed(seed)
+        self.accumulate_steps = self._check_accumulation(accumulate_steps)
+        self._options = StepOptions(accumulate_steps=self.accumulate_steps)
         self._compile()
         self._follow_trainable()
         # Fit state, carried across fit calls (and saved by checkpoints): completed epochs,
@@ -128,6 +148,7 @@ class Trainer(EngineState):
             self._loss_scaler,
             self._seed,
             self.backend,
+            self._options,
         )
         self._held = compiled.weights
         self._accuracy_kinds = compiled.accuracy_kinds
@@ -149,6 +170,33 @@ class Trainer(EngineState):
     def _using_engine(self) -> contextlib.AbstractContextManager[Any]:
         """Holds the weights' lock with every layer in this trainer's engine; yields it."""
         return self._held.use()
+
+    def _check_accumulation(self, steps: Any) -> int:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"accumulate_steps must be an int >= 1, got {steps!r}")
+        if steps > 1 and self.loss_scaling:
+            raise ValueError(
+                f"accumulate_steps={steps} does not combine with loss scaling yet; pass "
+                "loss_scaling=False or accumulate_steps=1"
+            )
+        if steps > 1 and self.optimizer.host_driven:
+            raise ValueError(
+                f"accumulate_steps={steps} needs an in-graph optimizer, got the host-driven "
+                f"{type(self.optimizer).__name__}"
+            )
+        return steps
+
+    def _weighted(self, function: str) -> str:
+        """The sample-weighted variant of ``function``, compiling it on first use."""
+        if self._host_optimizer is not None and function == "train":
+            raise ValueError(
+                f"sample_weight needs an in-graph optimizer, got the host-driven "
+                f"{type(self.optimizer).__name__}"
+            )
+        if not self._options.sample_weighted:
+            self._options = dataclasses.replace(self._options, sample_weighted=True)
+            self._recompile()
+        return f"{function}_weighted"
 
     def _set_precision(self, mode: Any, loss_scaling: Any, growth_interval: Any) -> None:
         """Checks the mixed-precision arguments and decides what the graph runs."""
@@ -201,7 +249,7 @@ class Trainer(EngineState):
         )
 
     # -- steps -----------------------------------------------------------------------------
-    def train_batch(self, x: Any, y: Any) -> StepResult:
+    def train_batch(self, x: Any, y: Any, sample_weight: Any = None) -> StepResult:
         """Runs one training step (forward, loss, backward, update) as one engine call.
 
         Args:
@@ -210,6 +258,8 @@ class Trainer(EngineState):
             y: labels: integer class indices ``(N,)`` for ``cross_entropy``, otherwise
                 targets with the model's output shape (a list or dict, one per output,
                 for a model with several outputs).
+            sample_weight: optional ``(N,)`` weights scaling each sample's loss (the
+                batch loss is ``sum(w * loss) / N``, as Keras's); accuracy is unweighted.
 
         Returns:
             The batch's loss and accuracy (and each output's, for several outputs),
@@ -222,15 +272,47 @@ class Trainer(EngineState):
             self._follow_trainable()
         x, y = self.prepare_batch(x, y)
         inputs, rows = engine_batch(self.model, x, y)
+        function = "train"
+        if sample_weight is not None:
+            inputs.append(as_sample_weights(sample_weight, rows))
+            function = self._weighted(function)
         with self._using_engine() as engine:
             if self._host_optimizer is not None:
                 values = self._host_optimizer.step(inputs, self.learning_rate)
                 engine.set_variable(STEP_VARIABLE, np.array(self.step + 1, np.float32))
             else:
-                values = engine.run("train", inputs)
+                values = engine.run(function, inputs)
         return self._step_result(values, rows)
 
-    def evaluate_batch(self, x: Any, y: Any, with_outputs: bool = False) -> BatchEvaluation:
+    def compute_gradients(self, x: Any, y: Any) -> dict[str, np.ndarray]:
+        """The gradients of the training loss on one batch, for inspection; nothing is
+        updated and the random generator does not advance (the next ``train_batch`` on
+        the same batch draws the same dropout masks and computes these gradients).
+
+        Args:
+            x: inputs, as for ``train_batch``.
+            y: labels or targets, as for ``train_batch``.
+
+        Returns:
+            Each trainable weight's gradient (before clipping and accumulation), by name,
+            shaped like the weight.
+
+        Example:
+            >>> trainer.compute_gradients(x_batch, y_batch)["dense_0.weight"].shape  # doctest: +SKIP
+            (64, 784)
+        """
+        if trainable_changes() != self._trainable_seen:
+            self._follow_trainable()
+        x, y = self.prepare_batch(x, y)
+        inputs, _ = engine_batch(self.model, x, y)
+        with self._using_engine() as engine:
+            values = engine.run(GRADIENTS_FUNCTION, inputs)
+        names = self.model.trainable_weight_names
+        return {name: np.asarray(value) for name, value in zip(names, values)}
+
+    def evaluate_batch(
+        self, x: Any, y: Any, with_outputs: bool = False, sample_weight: Any = None
+    ) -> BatchEvaluation:
         """Runs one batch through the inference pass (dropout off, no update).
 
         Args:
@@ -238,6 +320,7 @@ class Trainer(EngineState):
             y: labels or targets, as for ``train_batch``.
             with_outputs: also return the batch's probabilities (``predict_proba``), or
                 its raw outputs for regression losses, from the same weights.
+            sample_weight: optional ``(N,)`` weights scaling each sample's loss.
 
         Returns:
             The batch's loss, accuracy sums, converted labels and (if asked) outputs;
@@ -250,8 +333,12 @@ class Trainer(EngineState):
         inputs, rows = engine_batch(self.model, x, y)
         xs, ys = (x, y) if self.model.structured else ([x], [y])
         outputs: list[Any] = [None] * len(ys)
+        function = "eval"
+        if sample_weight is not None:
+            inputs.append(as_sample_weights(sample_weight, rows))
+            function = self._weighted(function)
         with self._using_engine() as engine:
-            values = engine.run("eval", inputs)
+            values = engine.run(function, inputs)
             if with_outputs:
                 function = "predict_proba" if self._has_probabilities else "predict"
                 outputs = [np.asarray(value) for value in engine.run(function, xs)]
@@ -271,19 +358,27 @@ class Trainer(EngineState):
         )
 
     def evaluate(
-        self, x: Any, y: Any = None, batch_size: int | None = None, metrics: Any = ()
+        self,
+        x: Any,
+        y: Any = None,
+        batch_size: int | None = None,
+        metrics: Any = (),
+        sample_weight: Any = None,
     ) -> dict[str, Any]:
         """Computes the loss, accuracy and metrics over a dataset, dropout off, no updates.
 
         Args:
-            x: inputs of shape ``(N, *model.input_shape)``, or a loader yielding ``(x, y)``
-                batches (e.g. ``gm.vision.DataLoader``), with ``y`` left out.
+            x: inputs of shape ``(N, *model.input_shape)``, or any loader or generator
+                yielding ``(x, y)`` batches (or ``(x, y, sample_weight)``), with ``y``
+                left out.
             y: labels, as for ``train_batch``; ``None`` with a loader.
             batch_size: rows per engine call for arrays; ``None`` uses up to 1024.
             metrics: metric names (``"f1_macro"``, ``"auc_roc"``, ``"mae"``, ...) or
                 ``gm.metrics`` objects, accumulated batch by batch. Classification metrics
                 receive probabilities (``predict_proba``), regression metrics the raw
-                predictions.
+                predictions. For several outputs, a list for every output or a dict by
+                output name.
+            sample_weight: ``(N,)`` weights of the arrays' samples in the loss.
 
         Returns:
             ``{"loss": ..., "accuracy": ..., <metric name>: ...}``: loss and accuracy are
@@ -295,12 +390,15 @@ class Trainer(EngineState):
             >>> trainer.evaluate(x_test, y_test, metrics=["f1_macro"])  # doctest: +SKIP
             {'loss': 0.09, 'accuracy': 0.97, 'f1_macro': 0.97}
         """
-        return _evaluate(self, x, y, batch_size=batch_size, metrics=metrics)
+        return _evaluate(
+            self, x, y, batch_size=batch_size, metrics=metrics, sample_weight=sample_weight
+        )
 
     def fit(
         self,
         train: Any,
-        epochs: int,
+        *positional: Any,
+        epochs: int | None = None,
         validation: Any = None,
         scheduler: Any = None,
         callbacks: Any = (),
@@ -311,6 +409,10 @@ class Trainer(EngineState):
         batch_size: int | None = None,
         plots: str | None = None,
         plots_dir: Any = "gometal-plots",
+        validation_split: float | None = None,
+        validation_data: Any = None,
+        sample_weight: Any = None,
+        class_weight: Any = None,
     ) -> History:
         """Trains for ``epochs`` more epochs; returns ``self.history``.
 
@@ -321,10 +423,17 @@ class Trainer(EngineState):
         ``on_train_end`` run, ``history.interrupted`` is set, one line says so, and the
         trainer stays usable; a second Ctrl-C raises ``KeyboardInterrupt`` at once.
 
+        Two call forms: ``fit(train, epochs, ...)`` and Keras's ``fit(x, y, batch_size,
+        epochs, ...)`` (``fit(x, y, epochs=5, batch_size=32)``).
+
         Args:
-            train: a loader yielding ``(x, y)`` batches, with ``__len__`` and ideally
-                ``set_epoch`` (``gm.vision.DataLoader``), or a tuple ``(x, y)`` of arrays.
-            epochs: how many more epochs to train (int >= 0).
+            train: a loader yielding ``(x, y)`` batches (or ``(x, y, sample_weight)``
+                triples), with ``__len__`` and ideally ``set_epoch``
+                (``gm.vision.DataLoader``), or a tuple ``(x, y)`` of arrays; in the Keras
+                form, the inputs ``x``.
+            positional: ``epochs``, or in the Keras form ``y`` then optionally
+                ``batch_size`` and ``epochs``.
+            epochs: how many more epochs to train (int >= 0; 1 when given nowhere).
             validation: data evaluated after each epoch (``val_*`` keys), like ``train``;
                 arrays are not shuffled.
             scheduler: a ``gm.schedulers`` scheduler; attached on the first call that gets
@@ -351,6 +460,13 @@ class Trainer(EngineState):
                 ``gm.viz.Dashboard(plots, plots_dir, validation=validation)`` to
                 ``callbacks``.
             plots_dir: the dashboard's folder (created if missing).
+            validation_split: a fraction in ``(0, 1)``: the last samples of the ``(x, y)``
+                arrays (before shuffling) are held out as the validation data, as Keras.
+            validation_data: Keras's name for ``validation``.
+            sample_weight: ``(N,)`` weights of the ``(x, y)`` arrays' samples, scaling
+                each sample's loss (see ``train_batch``).
+            class_weight: ``{class index: weight}``, scaling each sample's loss by its
+                class's weight (absent classes weigh 1); one output trained on labels.
 
         Returns:
             ``self.history``: per-epoch ``loss``, ``accuracy``, ``val_loss``,
@@ -365,6 +481,9 @@ class Trainer(EngineState):
             ...     (x, y), 10, validation=(xv, yv), callbacks=[stop]
             ... )
         """
+        train, epochs, batch_size, validation = keras_fit_arguments(
+            train, positional, epochs, batch_size, validation, validation_data
+        )
         return _fit(
             self,
             train,
@@ -379,10 +498,19 @@ class Trainer(EngineState):
             batch_size=batch_size,
             plots=plots,
             plots_dir=plots_dir,
+            validation_split=validation_split,
+            sample_weight=sample_weight,
+            class_weight=class_weight,
         )
 
     def _predict(self, x: Any, batch_size: int | None, function: str) -> Any:
         model = self.model
+        if is_batch_stream(x):
+            return predict_stream(
+                lambda batch: self._predict(batch, batch_size, function),
+                x,
+                model.output_signature,
+            )
         if not model.structured:
             return predict_with_engine(
                 self._held, x, model.input_shape, batch_size, function=function
@@ -396,7 +524,8 @@ class Trainer(EngineState):
 
         Args:
             x: inputs of shape ``(N, *model.input_shape)`` (a list or dict of them for a
-                model with several inputs).
+                model with several inputs), or a loader or generator of such batches (or
+                of ``(x, y)`` batches, whose targets are ignored).
             batch_size: rows per engine call; ``None`` uses up to 1024.
 
         Returns:

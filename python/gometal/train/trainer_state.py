@@ -9,6 +9,8 @@ training-session interface.
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,6 +59,12 @@ class EngineState:
         if names == getattr(self, "_trained_names", names):
             self._trained_names = names
             return
+        self._recompile()
+        self._trained_names = names
+
+    def _recompile(self) -> None:
+        """Builds the step anew (the trainable weights or the step's options changed),
+        carrying the engine's state over."""
         state = self.read_state()
         lr = float(self._engine.get_scalar(LEARNING_RATE_SCALAR))
         waiting = {**getattr(self, "_waiting_slots", {}), **state.variables}
@@ -70,7 +78,6 @@ class EngineState:
             engine.rng_step = state.rng_step
             engine.set_scalar(LEARNING_RATE_SCALAR, lr)
         self._waiting_slots = {n: v for n, v in waiting.items() if n not in present}
-        self._trained_names = names
 
     def read_state(self) -> SessionState:
         """The engine state at this moment, as a checkpoint stores it.
@@ -196,3 +203,31 @@ class EngineState:
             >>> trainer.export_json("run/checkpoint.json")  # doctest: +SKIP
         """
         provided.export_json(self, path, description)
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        # pickle and copy.deepcopy go through a checkpoint (the model definition and every
+        # engine variable), never through engine memory.
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "trainer.safetensors")
+            provided.save_checkpoint(self, path, None)
+            with open(path, "rb") as f:
+                return trainer_from_checkpoint, (f.read(),)
+
+
+def trainer_from_checkpoint(data: bytes) -> Trainer:
+    """Rebuilds a trainer from the bytes of a checkpoint (what unpickling a trainer calls).
+
+    Args:
+        data: a checkpoint file's contents, as ``trainer.save`` writes it.
+
+    Returns:
+        The trainer, with its model, weights and optimizer state.
+
+    Example:
+        >>> clone = trainer_from_checkpoint(checkpoint_bytes)  # doctest: +SKIP
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trainer.safetensors")
+        with open(path, "wb") as f:
+            f.write(data)
+        return provided.load_checkpoint(path, allow_non_finite=True)
