@@ -62,7 +62,7 @@ Attrs parse_attrs(const std::string& op, const py::dict& d) {
 }
 
 // The NumPy dtype of each engine dtype; bfloat16 is ml_dtypes' (NumPy has none of its own).
-py::dtype numpy_dtype(DType d) {
+py::dtype make_numpy_dtype(DType d) {
   switch (d) {
     case DType::BF16: return py::dtype::from_args(py::module_::import("ml_dtypes").attr("bfloat16"));
     case DType::Bool: return py::dtype("bool");
@@ -70,11 +70,42 @@ py::dtype numpy_dtype(DType d) {
   }
 }
 
-DType array_dtype(const py::array& a, const std::string& what) {
-  const std::string name = py::str(a.dtype().attr("name"));
+// Each dtype is made once: building a NumPy dtype from its name on every output of every
+// run cost microseconds a step.
+py::dtype numpy_dtype(DType d) {
+  static std::array<PyObject*, static_cast<size_t>(DType::kCount)> made{};
+  PyObject*& slot = made[static_cast<size_t>(d)];
+  if (slot == nullptr) slot = make_numpy_dtype(d).release().ptr();  // kept for the process
+  return py::reinterpret_borrow<py::dtype>(slot);
+}
+
+DType array_dtype(const py::array& a, const std::string& input_name) {
+  // The common dtypes by NumPy's kind and size, read from the descriptor in C; anything
+  // else (bfloat16 from ml_dtypes, unsupported types) by name.
+  const py::dtype dt = a.dtype();
+  const auto size = dt.itemsize();
+  switch (dt.kind()) {
+    case 'f':
+      if (size == 4) return DType::F32;
+      if (size == 2) return DType::F16;
+      break;
+    case 'i':
+      if (size == 4) return DType::I32;
+      if (size == 8) return DType::I64;
+      if (size == 1) return DType::I8;
+      break;
+    case 'u':
+      if (size == 1) return DType::U8;
+      break;
+    case 'b':
+      return DType::Bool;
+    default:
+      break;
+  }
+  const std::string name = py::str(dt.attr("name"));
   for (int d = 0; d < static_cast<int>(DType::kCount); ++d)
     if (name == dtype_name(static_cast<DType>(d))) return static_cast<DType>(d);
-  throw py::type_error(what + " has dtype " + name +
+  throw py::type_error("[run] input '" + input_name + "' has dtype " + name +
                        ", which the engine does not hold; expected float32, float16, bfloat16, int8, uint8, "
                        "int32, int64 or bool");
 }
@@ -85,10 +116,18 @@ py::array as_engine_array(py::handle value, DType dtype) {
 }
 
 py::object to_python(const void* data, const Shape& shape, DType dtype) {
+  // A scalar output comes back as a Python number, as before dtypes.
+  if (shape.empty()) {
+    switch (dtype) {
+      case DType::F32: return py::float_(*static_cast<const float*>(data));
+      case DType::I32: return py::int_(*static_cast<const int32_t*>(data));
+      case DType::I64: return py::int_(*static_cast<const int64_t*>(data));
+      default: break;
+    }
+  }
   py::array out(numpy_dtype(dtype), std::vector<py::ssize_t>(shape.begin(), shape.end()));
   std::memcpy(out.mutable_data(), data, static_cast<size_t>(numel(shape) * dtype_size(dtype)));
   if (!shape.empty()) return std::move(out);
-  // A scalar output comes back as a Python number, as before dtypes.
   return out.attr("item")();
 }
 
@@ -104,7 +143,7 @@ py::list run(Engine& engine, const std::string& name, const py::sequence& arrays
   std::vector<py::array> keep;
   keep.reserve(count);
   for (int i = 0; i < count; ++i) {
-    const std::string iname = engine.graph().node(decl[i]).attrs.name;
+    const std::string& iname = engine.graph().node(decl[i]).attrs.name;
     py::object obj = arrays[i];
     if (!py::isinstance<py::array>(obj))
       throw py::type_error("[run] input '" + iname + "' must be a NumPy array, got " +
@@ -113,7 +152,7 @@ py::list run(Engine& engine, const std::string& name, const py::sequence& arrays
     if (!(a.flags() & py::array::c_style))
       throw py::type_error("[run] input '" + iname + "' must be C-contiguous");
     if (a.ndim() > kMaxRank) throw py::value_error("[run] input '" + iname + "' has rank > 8");
-    views[i].dtype = array_dtype(a, "[run] input '" + iname + "'");
+    views[i].dtype = array_dtype(a, iname);
     for (int d = 0; d < a.ndim(); ++d) dims[i][d] = a.shape(d);
     views[i].dims = dims[i].data();
     views[i].rank = static_cast<int>(a.ndim());

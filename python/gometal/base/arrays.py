@@ -117,8 +117,8 @@ def check_input_batch(
     """
     arr = to_ndarray(x, name)
     check_real_dtype(arr, name)
-    expected = _expected_batch_shape(sample_shape)
     if arr.shape[1:] != tuple(sample_shape) or arr.ndim != len(sample_shape) + 1:
+        expected = _expected_batch_shape(sample_shape)
         hint = ""
         if arr.shape == tuple(sample_shape):
             hint = "; it looks like a single sample: add a batch dimension, e.g. x[None]"
@@ -167,7 +167,9 @@ def _check_length(arr: np.ndarray, num_samples: int, name: str) -> None:
         )
 
 
-def as_class_labels(y: Any, num_samples: int, num_classes: int, name: str = "y") -> np.ndarray:
+def as_class_labels(
+    y: Any, num_samples: int, num_classes: int, name: str = "y", ignore_index: int | None = None
+) -> np.ndarray:
     """Validates integer class labels and returns them as a C-contiguous int32 vector.
 
     Args:
@@ -175,6 +177,8 @@ def as_class_labels(y: Any, num_samples: int, num_classes: int, name: str = "y")
         num_samples: ``N``, the number of samples in the matching ``x``.
         num_classes: labels must lie in ``[0, num_classes)``.
         name: the argument name used in error messages.
+        ignore_index: a label the loss ignores (torch's ``ignore_index``, e.g. -100),
+            accepted beside the classes.
 
     Returns:
         An ``int32`` array of shape ``(N,)``.
@@ -198,6 +202,9 @@ def as_class_labels(y: Any, num_samples: int, num_classes: int, name: str = "y")
         )
     _check_length(arr, num_samples, name)
     low, high = int(arr.min()), int(arr.max())
+    if (low < 0 or high >= num_classes) and ignore_index is not None:
+        kept = arr[arr != ignore_index]
+        low, high = (int(kept.min()), int(kept.max())) if kept.size else (0, 0)
     if low < 0 or high >= num_classes:
         bad = low if low < 0 else high
         raise ValueError(

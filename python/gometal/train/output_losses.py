@@ -172,7 +172,15 @@ def check_targets(
     for index, (value, output) in enumerate(zip(signature.arrange(y, argument), output_losses)):
         label = signature.label(argument, index)
         if output.loss.integer_labels:
-            arrays.append(as_class_labels(value, num_samples, output.sample_shape[-1], label))
+            arrays.append(
+                as_class_labels(
+                    value,
+                    num_samples,
+                    output.sample_shape[-1],
+                    label,
+                    ignore_index=output.loss.ignore_index,
+                )
+            )
         else:
             arrays.append(
                 as_dense_targets(value, num_samples, output.sample_shape, label, check_finite)
@@ -180,43 +188,57 @@ def check_targets(
     return arrays
 
 
-def prepare_batch(
-    output_losses: Sequence[OutputLoss], model: Model, x: Any, y: Any
-) -> tuple[Any, Any]:
-    """Checks a batch and converts it to what the engine reads.
+class BatchPreparer:
+    """Checks batches of one model and converts them to what the engine reads.
+
+    What the checks need (the model's structure, shapes and label kinds) is read once,
+    when it is made: a training step checks every batch.
 
     Args:
         output_losses: the outputs' losses.
         model: the model.
-        x: the inputs: an array, or a list or dict of them for several inputs.
-        y: the targets: an array, or a list or dict of them for several outputs.
-
-    Returns:
-        ``(x, y)``: float32 inputs (a C-contiguous float32 array as it is) and int32 labels
-        or float32 targets; for a structured model, two lists of them in the model's order
-        (the engine itself rejects NaN and inf in them, naming the input).
 
     Example:
-        >>> xs, ys = prepare_batch(output_losses, model, x, y)  # doctest: +SKIP
+        >>> inputs, rows = BatchPreparer(output_losses, model).engine_batch(x, y)  # doctest: +SKIP
     """
-    if model.structured:
-        xs = structured_inputs(model, x, "x", check_finite=False)
-        ys = check_targets(output_losses, model, y, len(xs[0]), check_finite=False)
-        return [as_engine_rows(a) for a in xs], ys
-    (output,) = output_losses
-    x = as_input_batch(x, model.input_shape, "x", check_finite=False)
-    if output.loss.integer_labels:
-        y = as_class_labels(y, len(x), output.sample_shape[-1], "y")
-    else:
-        y = as_dense_targets(y, len(x), output.sample_shape, "y", check_finite=False)
-    return x, y
 
+    def __init__(self, output_losses: Sequence[OutputLoss], model: Model):
+        self.output_losses = list(output_losses)
+        self.model = model
+        self.structured = model.structured
+        self.input_shape = None if self.structured else model.input_shape
+        self._output = self.output_losses[0]
 
-def engine_batch(model: Model, x: Any, y: Any) -> tuple[list[np.ndarray], int]:
-    """A prepared batch as the step's ``train`` and ``eval`` take it, and its rows."""
-    if model.structured:
-        return [*x, *y], len(x[0])
-    return [x, y], len(x)
+    def __call__(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """Returns ``(x, y)``: float32 inputs (a C-contiguous float32 array as it is) and
+        int32 labels or float32 targets; for a structured model, two lists of them in the
+        model's order (the engine itself rejects NaN and inf in them, naming the input).
+
+        Raises:
+            TypeError, ValueError: a wrong type, shape or label, named with what was
+                expected.
+        """
+        if self.structured:
+            xs = structured_inputs(self.model, x, "x", check_finite=False)
+            ys = check_targets(self.output_losses, self.model, y, len(xs[0]), check_finite=False)
+            return [as_engine_rows(a) for a in xs], ys
+        output = self._output
+        x = as_input_batch(x, self.input_shape, "x", check_finite=False)
+        if output.loss.integer_labels:
+            y = as_class_labels(
+                y, len(x), output.sample_shape[-1], "y", ignore_index=output.loss.ignore_index
+            )
+        else:
+            y = as_dense_targets(y, len(x), output.sample_shape, "y", check_finite=False)
+        return x, y
+
+    def engine_batch(self, x: Any, y: Any) -> tuple[list[np.ndarray], int]:
+        """A batch as the step's ``train`` and ``eval`` take it (the inputs, then the
+        targets), and its rows."""
+        x, y = self(x, y)
+        if self.structured:
+            return [*x, *y], len(x[0])
+        return [x, y], len(x)
 
 
 def read_step(

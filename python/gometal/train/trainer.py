@@ -32,11 +32,11 @@ from .evaluation import evaluate as _evaluate
 from .fit import fit as _fit
 from .fit import keras_fit_arguments
 from .history import History
+from .metrics import AccuracyTotals
 from .mixed_precision import LossScaler
 from .output_losses import (
+    BatchPreparer,
     OutputLoss,
-    engine_batch,
-    prepare_batch,
     read_step,
     resolve_output_losses,
 )
@@ -124,6 +124,9 @@ class Trainer(EngineState):
             raise ValueError("the model has no weights to train")
         # Several outputs (or a dict of them) report a loss and accuracy per output.
         self._per_output = model.output_signature.structured
+        # Read once: the model's structure is fixed, and a step reads these every batch.
+        self._structured = model.structured
+        self._batches = BatchPreparer(self.output_losses, model)
         self._set_precision(mixed_precision, loss_scaling, growth_interval)
         self.backend = resolve_backend(backend)
         self._seed = model.seed if seed is None else check_seed(seed)
@@ -240,10 +243,14 @@ class Trainer(EngineState):
         """
         # The engine itself rejects NaN and inf in every float input, naming it, so the
         # hot path skips a second pass over the data here.
-        return prepare_batch(self.output_losses, self.model, x, y)
+        return self._batches(x, y)
 
     def _step_result(self, values: Any, num_samples: int) -> StepResult:
         """What ``train`` or ``eval`` (or the host optimizer's first evaluation) gave."""
+        if not self._per_output:
+            loss, accuracy = values
+            totals = AccuracyTotals.from_output(self._accuracy_kinds[0], accuracy, num_samples)
+            return StepResult(loss=float(loss), accuracy=totals.value, totals=totals)
         return read_step(
             values, self.output_losses, self._accuracy_kinds, num_samples, self._per_output
         )
@@ -270,8 +277,7 @@ class Trainer(EngineState):
         """
         if trainable_changes() != self._trainable_seen:
             self._follow_trainable()
-        x, y = self.prepare_batch(x, y)
-        inputs, rows = engine_batch(self.model, x, y)
+        inputs, rows = self._batches.engine_batch(x, y)
         function = "train"
         if sample_weight is not None:
             inputs.append(as_sample_weights(sample_weight, rows))
@@ -303,8 +309,7 @@ class Trainer(EngineState):
         """
         if trainable_changes() != self._trainable_seen:
             self._follow_trainable()
-        x, y = self.prepare_batch(x, y)
-        inputs, _ = engine_batch(self.model, x, y)
+        inputs, _ = self._batches.engine_batch(x, y)
         with self._using_engine() as engine:
             values = engine.run(GRADIENTS_FUNCTION, inputs)
         names = self.model.trainable_weight_names
@@ -329,8 +334,8 @@ class Trainer(EngineState):
         Example:
             >>> trainer.evaluate_batch(x_batch, y_batch).loss  # doctest: +SKIP
         """
-        x, y = self.prepare_batch(x, y)
-        inputs, rows = engine_batch(self.model, x, y)
+        x, y = self._batches(x, y)
+        inputs, rows = ([*x, *y], len(x[0])) if self._structured else ([x, y], len(x))
         xs, ys = (x, y) if self.model.structured else ([x], [y])
         outputs: list[Any] = [None] * len(ys)
         function = "eval"
