@@ -1,5 +1,5 @@
-"""``gm.callbacks.TerminateOnNaN``: a learning rate that diverges stops ``fit`` after the
-epoch of the first non-finite batch loss."""
+"""``gm.callbacks.TerminateOnNaN``: a learning rate that diverges stops ``fit`` right after
+the first non-finite batch loss, as Keras's does."""
 
 from __future__ import annotations
 
@@ -39,14 +39,14 @@ def _fit(lr, callbacks, epochs=6):
     return trainer, history, recorder.seen
 
 
-def test_a_diverging_run_stops_after_the_epoch_of_the_first_non_finite_loss():
+def test_a_diverging_run_stops_at_the_batch_of_the_first_non_finite_loss():
     terminate = gm.callbacks.TerminateOnNaN()
     trainer, history, seen = _fit(0.5, [terminate])
     first_bad = next((epoch, batch) for epoch, batch, loss in seen if not math.isfinite(loss))
     assert (terminate.stopped_epoch, terminate.stopped_batch) == first_bad
     assert trainer.stop_training
     assert len(history.loss) == first_bad[0] + 1 < 6
-    assert seen[-1][0] == first_bad[0]  # no batch of a later epoch ran
+    assert seen[-1][:2] == first_bad  # no batch ran after it
 
 
 def test_without_it_the_same_run_goes_on_and_a_stable_one_is_never_stopped():

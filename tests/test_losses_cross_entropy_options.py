@@ -111,6 +111,22 @@ def test_training_with_cross_entropy_options_matches_torch(arguments, torch_argu
     )
 
 
+def test_torchs_default_ignore_index_passes_the_label_checks_and_trains_as_torch():
+    batches = _batches(25, 4, seed=2)
+    gen = np.random.default_rng(3)
+    for _, y in batches:
+        y[gen.random(len(y)) < 0.25] = -100
+    trainer = _train_both(
+        gm.losses.CrossEntropy(ignore_index=-100), nn.CrossEntropyLoss(), 4, batches
+    )
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    trainer.fit((x, y), epochs=1, verbose=0)  # fit's whole-dataset label check too
+    y[0] = -7
+    with pytest.raises(ValueError, match="holds the label -7, outside the valid range"):
+        trainer.train_batch(x[:16], y[:16])
+
+
 def test_training_with_bce_pos_weight_matches_torch():
     weights = [2.0, 0.5, 1.5]
     _train_both(

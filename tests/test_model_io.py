@@ -77,13 +77,25 @@ def _every_layer():
 def _keras_layers():
     """The layers Keras and torch users reach for."""
     x = gm.Input((3, 8, 8))
-    h = L.PReLU(4)(
-        L.InstanceNorm2D(4, affine=True)(L.GroupNorm(2, 4)(L.Conv2D(4, 3, padding=1)(x)))
+    conv = L.Conv2D(
+        4,
+        3,
+        padding=1,
+        activation="relu",
+        kernel_initializer="he_normal",
+        kernel_regularizer=gm.regularizers.l2(1e-4),
     )
+    h = L.PReLU(4)(L.InstanceNorm2D(4, affine=True)(L.GroupNorm(2, 4)(conv(x))))
     h = L.SiLU()(L.Mish()(L.Hardswish()(h)))
-    h = L.Permute((2, 1))(L.Reshape((4, 64))(h))
+    h = L.Flatten(start_dim=2)(L.Permute((2, 1))(L.Reshape((4, 64))(h)))
     h = L.Lambda(gm.ops.tanh)(L.Reshape((-1,))(L.LayerNorm(4)(h)))
-    return gm.Model(x, L.Dense(3)(h), seed=4)
+    head = L.Dense(
+        3,
+        activation="tanh",
+        bias_initializer="zeros",
+        bias_regularizer=gm.regularizers.l1_l2(l1=1e-5, l2=1e-4),
+    )
+    return gm.Model(x, head(h), seed=4)
 
 
 def _cnn():

@@ -26,7 +26,12 @@ from .graph_checks import (
     check_model_graph,
     check_state_layers_called_once,
 )
-from .inference import predict_structured, predict_with_engine
+from .inference import (
+    is_batch_stream,
+    predict_stream,
+    predict_structured,
+    predict_with_engine,
+)
 from .layers.base import EmitContext, Layer, check_weight_values
 from .layers.weight_store import EngineWeights, holding_weights
 from .model_copies import holds_symbolic, rebuild_model
@@ -407,7 +412,8 @@ class Model:
         Args:
             x: array-like of shape ``(N, *input_shape)``; for several inputs, a list of
                 such arrays in the model's input order or a dict keyed by input name,
-                all with the same ``N``.
+                all with the same ``N``; or a loader or generator of such batches (or of
+                ``(x, y)`` batches, whose targets are ignored).
             batch_size: rows per engine call; ``None`` uses up to 1024.
 
         Returns:
@@ -424,6 +430,10 @@ class Model:
             >>> two.predict({"image": images, "meta": meta})["box"].shape  # doctest: +SKIP
             (5, 4)
         """
+        if is_batch_stream(x):
+            return predict_stream(
+                lambda batch: self.predict(batch, batch_size), x, self._output_signature
+            )
         held = self._engine_weights()
         if not self.structured:
             return predict_with_engine(held, x, self.input_shape, batch_size)

@@ -57,7 +57,13 @@ def prepare_arrays(trainer: TrainingSession, x: Any, y: Any, name: str = "") -> 
         return model.input_signature.pack(xs), model.output_signature.pack(ys)
     x = check_input_batch(x, trainer.model.input_shape, f"{prefix}x", check_finite=True)
     if trainer.loss.integer_labels:
-        y = as_class_labels(y, len(x), trainer.model.output_shape[-1], f"{prefix}y")
+        y = as_class_labels(
+            y,
+            len(x),
+            trainer.model.output_shape[-1],
+            f"{prefix}y",
+            ignore_index=getattr(trainer.loss, "ignore_index", None),
+        )
     else:
         y = as_dense_targets(y, len(x), trainer.model.output_shape, f"{prefix}y")
     return x, y

@@ -147,6 +147,10 @@ def _train_epoch(
                     callback.on_batch_end(done, logs)
             done += 1
             progress.batch_end(done, loss_sum / samples, totals.value, lr)
+            if trainer.stop_training:
+                # A callback stopped training within the epoch (TerminateOnNaN): as Keras,
+                # no further batch runs.
+                break
     finally:
         # Stops a prefetching loader's pending work when the epoch ends early.
         close = getattr(iterator, "close", None)

@@ -31,6 +31,11 @@ TOP_FEATURES = 20
 REGRESSION_LOSSES = ("mse", "mae", "huber")
 
 
+def _is_regression(loss: Any) -> bool:
+    """Whether a loss fits real targets (its ``task``), a custom function loss included."""
+    return getattr(loss, "task", None) == "regression" or loss.name in REGRESSION_LOSSES
+
+
 def _probe_arrays(data: Any, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Up to ``rows`` samples of ``(x, y)`` arrays or of a loader's first batches."""
     if data is None:
@@ -235,7 +240,7 @@ class VisualizationCollector(Callback):
         loss = self.trainer.loss
         name = self.model_name or "model"
         kw = {"model_name": name}
-        if loss.name in REGRESSION_LOSSES:
+        if _is_regression(loss):
             pred = np.asarray(self.trainer.predict(x), dtype=np.float64).ravel()
             truth = np.asarray(y, dtype=np.float64).ravel()
             builders = [
@@ -276,7 +281,7 @@ class VisualizationCollector(Callback):
 
     def _feature_builders(self, x: np.ndarray, y: np.ndarray, kw: dict) -> list[Callable]:
         trainer = self.trainer
-        regression = trainer.loss.name in REGRESSION_LOSSES
+        regression = _is_regression(trainer.loss)
         predict = trainer.predict if regression else trainer.predict_proba
         metric = "r2" if regression else "accuracy"
         if not regression and not trainer.loss.integer_labels:

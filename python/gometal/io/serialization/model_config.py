@@ -35,7 +35,10 @@ def _layer_entry(layer: Layer) -> dict[str, Any]:
         )
     config = dict(layer.get_config())
     config["name"] = layer.name
-    return {"class_name": cls.__name__, "config": config}
+    entry: dict[str, Any] = {"class_name": cls.__name__, "config": config}
+    if not layer.trainable:
+        entry["trainable"] = False  # frozen layers stay frozen, as in a Keras model file
+    return entry
 
 
 def model_to_config(model: Model) -> dict[str, Any]:
@@ -126,6 +129,11 @@ def _build_layers(entries: Sequence[Any]) -> dict[str, Layer]:
             raise CheckpointError(
                 f"model definition: cannot rebuild layer {name!r} ({class_name}) from {config}: {err}"
             ) from None
+        trainable = entry.get("trainable", True)
+        if not isinstance(trainable, bool):
+            raise CheckpointError(f"model definition: {where}.trainable must be a boolean")
+        if not trainable:
+            built[name].trainable = False
     return built
 
 
