@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 import gometal as gm
+from gometal.io.serialization.container import read_container, write_container
 from helpers import assert_weights_match, mlp_pair, t
 
 SIZES = (6, 8, 8, 3)
@@ -52,13 +55,75 @@ def test_frozen_layers_train_as_torch_requires_grad_false(optimizer):
             set_requires_grad(net[0], False)
             for p in net[0].parameters():
                 p.grad = None
-        if step == 16 and optimizer == "sgd":
+        if step == 16:
+            # torch resumes the parameter's own state and its own step count.
             model.unfreeze("dense_*")
             set_requires_grad(net[0], True)
         expected = torch_step(net, theirs, x, y)
         assert trainer.train_batch(x, y).loss == pytest.approx(expected, rel=1e-5)
     assert_weights_match(model, net, rtol=1e-5, atol=1e-6)
     assert trainer.engine_stats()["steps"] > 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda params: (gm.optim.Adam(lr=0.01), torch.optim.Adam(params, lr=0.01)),
+        lambda params: (
+            gm.optim.NAdam(lr=0.01),
+            torch.optim.NAdam(params, lr=0.01),
+        ),
+        lambda params: (
+            gm.optim.SGD(lr=0.05, momentum=0.9, dampening=0.3),
+            torch.optim.SGD(params, lr=0.05, momentum=0.9, dampening=0.3),
+        ),
+    ],
+    ids=["adam", "nadam", "sgd-dampening"],
+)
+def test_a_layer_frozen_from_the_start_then_unfrozen_counts_its_own_steps(make, tmp_path):
+    # Fine-tuning: train the head first, then everything. torch starts the backbone's
+    # optimizer state (and its bias corrections) at its first gradient.
+    net, model = mlp_pair(SIZES, seed=7)
+    model.freeze("dense_0")
+    set_requires_grad(net[0], False)
+    ours, theirs = make(net.parameters())
+    trainer = gm.Trainer(model, loss="cross_entropy", optimizer=ours)
+    for step, (x, y) in enumerate(batches(30, seed=8)):
+        if step == 10:
+            model.unfreeze()
+            set_requires_grad(net[0], True)
+        if step == 20:
+            # A checkpoint in the middle resumes the weights' own step counts.
+            trainer.save(tmp_path / "ckpt.safetensors")
+            trainer = gm.Trainer.load(tmp_path / "ckpt.safetensors")
+            model = trainer.model
+        expected = torch_step(net, theirs, x, y)
+        assert trainer.train_batch(x, y).loss == pytest.approx(expected, rel=1e-5)
+    assert_weights_match(model, net, rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_keeps_frozen_weights_slots_and_frozen_layers(tmp_path):
+    net, model = mlp_pair(SIZES, seed=9)
+    theirs = torch.optim.Adam(net.parameters(), lr=0.01)
+    trainer = gm.Trainer(model, loss="cross_entropy", optimizer=gm.optim.Adam(lr=0.01))
+    data = list(batches(24, seed=10))
+    for step, (x, y) in enumerate(data):
+        if step == 6:
+            model.freeze("dense_1")
+            set_requires_grad(net[2], False)
+            for p in net[2].parameters():
+                p.grad = None
+        if step == 12:
+            trainer.save(tmp_path / "frozen.safetensors")
+            trainer = gm.Trainer.load(tmp_path / "frozen.safetensors")
+            model = trainer.model
+            assert not model.get_layer("dense_1").trainable
+        if step == 18:
+            model.unfreeze("dense_1")
+            set_requires_grad(net[2], True)
+        expected = torch_step(net, theirs, x, y)
+        assert trainer.train_batch(x, y).loss == pytest.approx(expected, rel=1e-5)
+    assert_weights_match(model, net, rtol=1e-5, atol=1e-6)
 
 
 def test_freezing_drops_gradients_and_slots_and_recompiles_once():
@@ -180,3 +245,18 @@ def test_a_weight_in_two_groups_is_refused():
         ValueError, match=r"weight 'dense_0.bias' is selected by param_groups \[0, 1\]"
     ):
         gm.Trainer(model, loss="cross_entropy", optimizer=optimizer)
+
+
+def test_a_forged_frozen_step_count_is_refused(tmp_path):
+    _, model = mlp_pair(SIZES, seed=11)
+    trainer = gm.Trainer(model, loss="cross_entropy", optimizer=gm.optim.Adam(lr=0.01))
+    trainer.train_batch(*next(batches(1)))
+    trainer.save(tmp_path / "ckpt.safetensors")
+    document, tensors = read_container(tmp_path / "ckpt.safetensors")
+    document["training"]["step_offsets"] = {"dense_0.weight": 10**6}
+    write_container(tmp_path / "forged.safetensors", tensors, json.loads(json.dumps(document)))
+    with pytest.raises(
+        gm.serialization.CheckpointError,
+        match=r"training.step_offsets gives 'dense_0.weight' 1000000",
+    ):
+        gm.Trainer.load(tmp_path / "forged.safetensors")

@@ -30,6 +30,7 @@ class SpatialBuilderMethods:
         groups: int = 1,
         use_bias: bool = True,
         name: str | None = None,
+        **options: Any,
     ) -> Self:
         """Appends a 1-D convolution over ``(batch, C, L)`` (``gm.layers.Conv1D``).
 
@@ -42,6 +43,8 @@ class SpatialBuilderMethods:
             groups: channel groups; must divide the input and output channels.
             use_bias: whether to add a per-channel bias.
             name: an explicit layer name (default ``conv1d_<i>``).
+            **options: ``activation``, ``kernel_initializer``, ``bias_initializer``,
+                ``kernel_regularizer``, ``bias_regularizer`` (see ``gm.layers.Conv1D``).
 
         Returns:
             The builder, for chaining.
@@ -51,7 +54,15 @@ class SpatialBuilderMethods:
         """
         return self.add(
             layers.Conv1D(
-                out_channels, kernel_size, stride, padding, dilation, groups, use_bias, name=name
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                dilation,
+                groups,
+                use_bias,
+                name=name,
+                **options,
             )
         )
 
@@ -66,6 +77,7 @@ class SpatialBuilderMethods:
         groups: int = 1,
         use_bias: bool = True,
         name: str | None = None,
+        **options: Any,
     ) -> Self:
         """Appends a transposed 2-D convolution (``gm.layers.Conv2DTranspose``, torch's
         ``nn.ConvTranspose2d``).
@@ -80,6 +92,9 @@ class SpatialBuilderMethods:
             groups: channel groups; must divide the input and output channels.
             use_bias: whether to add a per-channel bias.
             name: an explicit layer name (default ``conv2d_transpose_<i>``).
+            **options: ``activation``, ``kernel_initializer``, ``bias_initializer``,
+                ``kernel_regularizer``, ``bias_regularizer`` (see
+                ``gm.layers.Conv2DTranspose``).
 
         Returns:
             The builder, for chaining.
@@ -98,6 +113,7 @@ class SpatialBuilderMethods:
                 groups,
                 use_bias,
                 name=name,
+                **options,
             )
         )
 

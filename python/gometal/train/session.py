@@ -102,12 +102,20 @@ class SessionState:
         rng_step: the random generator's position.
         host_optimizer: a host-driven optimizer's memory (L-BFGS) as ``(scalars,
             vectors)``; ``None`` for in-graph optimizers.
+        frozen_slots: the optimizer slots of frozen weights, kept on the host until
+            their weights train again.
+        step_offsets: the steps each weight sat out frozen (its optimizer step is the
+            step minus this, as torch counts a parameter's steps).
+        frozen_since: the step at which each frozen weight left training.
     """
 
     variables: dict[str, np.ndarray]
     seed: int
     rng_step: int
     host_optimizer: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
+    frozen_slots: dict[str, np.ndarray] = field(default_factory=dict)
+    step_offsets: dict[str, int] = field(default_factory=dict)
+    frozen_since: dict[str, int] = field(default_factory=dict)
 
 
 @runtime_checkable

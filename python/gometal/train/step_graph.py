@@ -41,10 +41,13 @@ class StepOptions:
             update every batch).
         sample_weighted: also define ``train_weighted`` and ``eval_weighted``, which take
             a float32 ``(N,)`` sample weight after the targets.
+        step_offsets: ``(weight name, steps it sat out frozen)`` pairs: the optimizer
+            counts that weight's steps from its own first update, as torch does.
     """
 
     accumulate_steps: int = 1
     sample_weighted: bool = False
+    step_offsets: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,32 @@ def _weighted_total(
         term = op(g, "mul", node, const(g, entry.weight))
         total = term if total is None else op(g, "add", total, term)
     return total
+
+
+def check_accumulate_steps(steps: Any, loss_scaling: bool, optimizer: Any) -> int:
+    """Checks ``Trainer(accumulate_steps=...)`` against the trainer's other choices.
+
+    Raises:
+        ValueError: not an int >= 1, or more than 1 with loss scaling or a host-driven
+            optimizer (L-BFGS).
+
+    Example:
+        >>> check_accumulate_steps(4, False, gm.optim.SGD())  # doctest: +SKIP
+        4
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"accumulate_steps must be an int >= 1, got {steps!r}")
+    if steps > 1 and loss_scaling:
+        raise ValueError(
+            f"accumulate_steps={steps} does not combine with loss scaling yet; pass "
+            "loss_scaling=False or accumulate_steps=1"
+        )
+    if steps > 1 and optimizer.host_driven:
+        raise ValueError(
+            f"accumulate_steps={steps} needs an in-graph optimizer, got the host-driven "
+            f"{type(optimizer).__name__}"
+        )
+    return steps
 
 
 def compile_step(
@@ -308,6 +337,7 @@ def _updates(
         accumulation.append(op(g, "assign", micro, op(g, "mul", counted, keep)))
         update_graph = GuardedGraph(g, last)
     next_step = op(g, "add", step, const(g, 1.0))
-    effects = optimizer.emit_updates(update_graph, params, applied, lr, next_step)
+    offsets = dict(options.step_offsets)
+    effects = optimizer.emit_updates(update_graph, params, applied, lr, next_step, offsets)
     effects += [*scaler_effects, *accumulation, op(update_graph, "assign", step, next_step)]
     return effects, grads

@@ -48,6 +48,7 @@ from .step_graph import (
     LEARNING_RATE_SCALAR,
     STEP_VARIABLE,
     StepOptions,
+    check_accumulate_steps,
     compile_step,
 )
 from .trainer_state import EngineState
@@ -130,8 +131,13 @@ class Trainer(EngineState):
         self._set_precision(mixed_precision, loss_scaling, growth_interval)
         self.backend = resolve_backend(backend)
         self._seed = model.seed if seed is None else check_seed(seed)
-        self.accumulate_steps = self._check_accumulation(accumulate_steps)
+        self.accumulate_steps = check_accumulate_steps(
+            accumulate_steps, self.loss_scaling, self.optimizer
+        )
         self._options = StepOptions(accumulate_steps=self.accumulate_steps)
+        self._waiting_slots: dict[str, np.ndarray] = {}
+        self._step_offsets: dict[str, int] = {}
+        self._frozen_since: dict[str, int] = {}
         self._compile()
         self._follow_trainable()
         # Fit state, carried across fit calls (and saved by checkpoints): completed epochs,
@@ -173,21 +179,6 @@ class Trainer(EngineState):
     def _using_engine(self) -> contextlib.AbstractContextManager[Any]:
         """Holds the weights' lock with every layer in this trainer's engine; yields it."""
         return self._held.use()
-
-    def _check_accumulation(self, steps: Any) -> int:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"accumulate_steps must be an int >= 1, got {steps!r}")
-        if steps > 1 and self.loss_scaling:
-            raise ValueError(
-                f"accumulate_steps={steps} does not combine with loss scaling yet; pass "
-                "loss_scaling=False or accumulate_steps=1"
-            )
-        if steps > 1 and self.optimizer.host_driven:
-            raise ValueError(
-                f"accumulate_steps={steps} needs an in-graph optimizer, got the host-driven "
-                f"{type(self.optimizer).__name__}"
-            )
-        return steps
 
     def _weighted(self, function: str) -> str:
         """The sample-weighted variant of ``function``, compiling it on first use."""

@@ -9,6 +9,7 @@ training-session interface.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,12 @@ class EngineState:
     _held: Any
     _host_optimizer: Any
     _loss_scaler: Any
+    _options: Any
+    # Frozen weights' optimizer slots (kept on the host), the steps each weight sat out
+    # frozen, and the step each frozen weight left training at.
+    _waiting_slots: dict[str, np.ndarray]
+    _step_offsets: dict[str, int]
+    _frozen_since: dict[str, int]
 
     def _compile(self) -> None:
         raise NotImplementedError
@@ -56,18 +63,51 @@ class EngineState:
                 "every weight of the model is frozen, so there is nothing to train; "
                 "unfreeze some (model.unfreeze(...) or layer.trainable = True)"
             )
-        if names == getattr(self, "_trained_names", names):
+        previous = getattr(self, "_trained_names", names)
+        if names == previous:
             self._trained_names = names
             return
+        # torch counts a parameter's steps only while it has a gradient: a weight that sat
+        # out k steps frozen takes step - k for its bias corrections and first-step rules.
+        step = self.step
+        for name in set(previous) - set(names):
+            self._frozen_since[name] = step
+        for name in set(names) - set(previous):
+            sat_out = step - self._frozen_since.pop(name, 0)
+            self._step_offsets[name] = self._step_offsets.get(name, 0) + sat_out
+        self._use_step_offsets()
         self._recompile()
         self._trained_names = names
+
+    def set_frozen_steps(self, step_offsets: dict[str, int], frozen_since: dict[str, int]) -> None:
+        """Sets how many steps each weight sat out frozen, and when each frozen weight
+        left training (what ``read_state`` reports and a checkpoint restores); the step
+        recompiles when the counts change what the optimizer emits.
+
+        Args:
+            step_offsets: steps sat out, by weight name.
+            frozen_since: the step each frozen weight left training at, by weight name.
+
+        Example:
+            >>> trainer.set_frozen_steps({"dense_0.weight": 10}, {})  # doctest: +SKIP
+        """
+        self._frozen_since = {name: int(step) for name, step in frozen_since.items()}
+        offsets = {name: int(step) for name, step in step_offsets.items()}
+        if offsets != self._step_offsets:
+            self._step_offsets = offsets
+            self._use_step_offsets()
+            self._recompile()
+
+    def _use_step_offsets(self) -> None:
+        offsets = tuple(sorted((n, float(k)) for n, k in self._step_offsets.items() if k))
+        self._options = dataclasses.replace(self._options, step_offsets=offsets)
 
     def _recompile(self) -> None:
         """Builds the step anew (the trainable weights or the step's options changed),
         carrying the engine's state over."""
         state = self.read_state()
         lr = float(self._engine.get_scalar(LEARNING_RATE_SCALAR))
-        waiting = {**getattr(self, "_waiting_slots", {}), **state.variables}
+        waiting = {**self._waiting_slots, **state.variables}
         self._compile()
         weights = set(self.model.weight_shapes)
         with self._using_engine() as engine:
@@ -97,7 +137,15 @@ class EngineState:
             rng_step = int(engine.rng_step)
             seed = int(engine.seed)
         host = None if self._host_optimizer is None else self._host_optimizer.state()
-        return SessionState(variables, seed, rng_step, host)
+        return SessionState(
+            variables,
+            seed,
+            rng_step,
+            host,
+            frozen_slots=dict(self._waiting_slots),
+            step_offsets=dict(self._step_offsets),
+            frozen_since=dict(self._frozen_since),
+        )
 
     def variable_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every engine variable's shape, by name (weights, optimizer slots, the step).
@@ -131,6 +179,8 @@ class EngineState:
             raise ValueError(
                 f"the state's host optimizer memory does not match {type(self.optimizer).__name__}"
             )
+        self._waiting_slots = dict(state.frozen_slots)
+        self.set_frozen_steps(state.step_offsets, state.frozen_since)
         with self._using_engine() as engine:
             for name, value in state.variables.items():
                 engine.set_variable(name, value)

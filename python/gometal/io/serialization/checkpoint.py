@@ -51,6 +51,8 @@ CHECKPOINT_FORMAT = "gometal.checkpoint"
 
 # Tensor names of the host-driven optimizer's memory (L-BFGS), beside the engine variables.
 HOST_PREFIX = "host_optimizer."
+# Optimizer slots of frozen weights, which the trainer holds on the host.
+FROZEN_PREFIX = "frozen_slots."
 
 
 def _metadata(user: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -246,7 +248,11 @@ def save_checkpoint(
         "mixed_precision": getattr(trainer, "mixed_precision", None),
         "loss_scaling": getattr(trainer, "loss_scaling", False),
         "growth_interval": getattr(trainer, "growth_interval", 2000),
+        "accumulate_steps": getattr(trainer, "accumulate_steps", 1),
+        "step_offsets": state.step_offsets,
+        "frozen_since": state.frozen_since,
     }
+    tensors.update({FROZEN_PREFIX + name: value for name, value in state.frozen_slots.items()})
     # L-BFGS keeps its curvature memory on the host; it is saved beside the variables.
     if state.host_optimizer is not None:
         scalars, vectors = state.host_optimizer
@@ -355,6 +361,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_non_finite: bool = Fa
             mixed_precision=training.get("mixed_precision"),
             loss_scaling=training.get("loss_scaling", False),
             growth_interval=training.get("growth_interval", 2000),
+            accumulate_steps=training.get("accumulate_steps", 1),
         )
     except (TypeError, ValueError) as err:
         if isinstance(err, CheckpointError):
@@ -367,6 +374,32 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_non_finite: bool = Fa
         for name in list(tensors)
         if name.startswith(HOST_PREFIX)
     }
+    frozen_slots = {
+        name[len(FROZEN_PREFIX) :]: tensors.pop(name)
+        for name in list(tensors)
+        if name.startswith(FROZEN_PREFIX)
+    }
+    frozen = set(trainer.model.weight_shapes) - set(trainer.model.trainable_weight_names)
+    for name, value in frozen_slots.items():
+        weight = next((w for w in frozen if name.startswith(w + ".")), None)
+        if weight is None or value.shape != trainer.model.weight_shapes[weight]:
+            raise CheckpointError(
+                f"the checkpoint holds {FROZEN_PREFIX}{name} of shape {value.shape}, which "
+                "is no optimizer slot of a frozen weight of its model"
+            )
+    # Weights that sat out steps frozen have optimizer state of their own (NAdam's
+    # product, for one): the trainer compiles for them before the variables are checked.
+    step_offsets = dict(training.get("step_offsets", {}))
+    frozen_since = dict(training.get("frozen_since", {}))
+    step = int(training.get("step", 0))
+    for field, counts in (("step_offsets", step_offsets), ("frozen_since", frozen_since)):
+        for name, count in counts.items():
+            if name not in trainer.model.weight_shapes or count > step:
+                raise CheckpointError(
+                    f"training.{field} gives {name!r} {count}: it must name a weight of the "
+                    f"model and count at most the checkpoint's {step} steps"
+                )
+    trainer.set_frozen_steps(step_offsets, frozen_since)
     shapes = {name: value.shape for name, value in tensors.items()}
     check_tensor_shapes(trainer.variable_shapes(), shapes, "the trainer the checkpoint describes")
     host_driven = trainer.optimizer.host_driven
@@ -376,7 +409,17 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_non_finite: bool = Fa
     seed, rng_step = _training_field(training, "seed"), _training_field(training, "rng_step")
     try:
         # Shapes are checked above: what remains to fail is a forged host optimizer memory.
-        trainer.restore_state(SessionState(tensors, seed, rng_step, host_state))
+        trainer.restore_state(
+            SessionState(
+                tensors,
+                seed,
+                rng_step,
+                host_state,
+                frozen_slots=frozen_slots,
+                step_offsets=step_offsets,
+                frozen_since=frozen_since,
+            )
+        )
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
         if host_state is None:
             raise

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...graph.composites import op
-from ..initializers import fan_in_uniform
-from . import spatial_onnx_rules
+from . import onnx_rules_activations, spatial_onnx_rules
 from ._spatial import check_image_batch, int_pair, show_shape
 from .base import EmitContext, Layer, WeightSpec
+from .layer_options import WeightLayerOptions
 from .registry import register_layer
 
 
@@ -36,7 +36,7 @@ def _label(cls: str, name: str | None) -> str:
     return cls if name is None else f"{cls} '{name}'"
 
 
-@register_layer(onnx=spatial_onnx_rules.conv1d)
+@register_layer(onnx=onnx_rules_activations.then_activation(spatial_onnx_rules.conv1d))
 class Conv1D(Layer):
     """1-D convolution of ``(batch, C, L)`` inputs, as ``nn.Conv1d``.
 
@@ -56,6 +56,13 @@ class Conv1D(Layer):
         groups: independent channel groups; divides the input channels and
             ``out_channels``.
         use_bias: whether to add a per-channel bias.
+        activation: applied to the result, by name (``"relu"``, ``"silu"`` ...; a
+            ``"softmax"`` normalizes over the channels), or ``None``.
+        kernel_initializer: the weight's initializer by Keras name, or ``"default"``
+            (torch's), with torch's fans.
+        bias_initializer: the bias's initializer, likewise.
+        kernel_regularizer: a penalty on the weight added to the training loss, or ``None``.
+        bias_regularizer: likewise on the bias.
         name: an explicit layer name.
 
     Example:
@@ -74,10 +81,24 @@ class Conv1D(Layer):
         dilation: int = 1,
         groups: int = 1,
         use_bias: bool = True,
+        activation: str | None = None,
+        kernel_initializer: str = "default",
+        bias_initializer: str = "default",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
         name: str | None = None,
     ):
         super().__init__(name)
         label = _label("Conv1D", name)
+        self.options = WeightLayerOptions(
+            label,
+            activation,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            softmax_axis=1,
+        )
         self.out_channels = _positive_int(out_channels, f"{label} out_channels")
         self.kernel_size = _positive_int(kernel_size, f"{label} kernel_size")
         self.stride = _positive_int(stride, f"{label} stride")
@@ -86,6 +107,11 @@ class Conv1D(Layer):
         self.use_bias = bool(use_bias)
         self.padding = padding
         self.pads = self._resolve_padding(padding, label)
+
+    @property
+    def activation_layer(self) -> Layer | None:
+        """The layer ``activation=`` applies to the result, or ``None``."""
+        return self.options.activation_layer
 
     def _resolve_padding(self, padding: Any, label: str) -> tuple[int, int]:
         if padding == "valid":
@@ -113,6 +139,7 @@ class Conv1D(Layer):
             "dilation": self.dilation,
             "groups": self.groups,
             "use_bias": self.use_bias,
+            **self.options.config(),
         }
 
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
@@ -134,9 +161,11 @@ class Conv1D(Layer):
                 f"{length + sum(self.pads)} (input {show_shape(shape)}, padding {self.pads})"
             )
         per_group = channels // self.groups
-        init = fan_in_uniform(per_group * self.kernel_size)
+        fan_in, fan_out = per_group * self.kernel_size, self.out_channels * self.kernel_size
+        init = self.options.initializer("weight", fan_in, fan_out)
         specs = [WeightSpec("weight", (self.out_channels, per_group, self.kernel_size), init)]
         if self.use_bias:
+            init = self.options.initializer("bias", fan_in, fan_out)
             specs.append(WeightSpec("bias", (self.out_channels,), init))
         return specs
 
@@ -170,10 +199,10 @@ class Conv1D(Layer):
         if self.use_bias:
             bias = op(g, "reshape", ctx.variable("bias"), shape=[self.out_channels, 1])
             out = op(g, "add", out, bias)
-        return out
+        return self.options.finish(ctx, out, self.use_bias)
 
 
-@register_layer(onnx=spatial_onnx_rules.conv2d_transpose)
+@register_layer(onnx=onnx_rules_activations.then_activation(spatial_onnx_rules.conv2d_transpose))
 class Conv2DTranspose(Layer):
     """Transposed 2-D convolution of ``(batch, C, H, W)`` inputs, as ``nn.ConvTranspose2d``.
 
@@ -194,6 +223,13 @@ class Conv2DTranspose(Layer):
         groups: independent channel groups; divides the input channels and
             ``out_channels``.
         use_bias: whether to add a per-channel bias.
+        activation: applied to the result, by name (``"relu"``, ``"silu"`` ...; a
+            ``"softmax"`` normalizes over the channels), or ``None``.
+        kernel_initializer: the weight's initializer by Keras name, or ``"default"``
+            (torch's), with torch's fans.
+        bias_initializer: the bias's initializer, likewise.
+        kernel_regularizer: a penalty on the weight added to the training loss, or ``None``.
+        bias_regularizer: likewise on the bias.
         name: an explicit layer name.
 
     Example:
@@ -214,10 +250,24 @@ class Conv2DTranspose(Layer):
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         use_bias: bool = True,
+        activation: str | None = None,
+        kernel_initializer: str = "default",
+        bias_initializer: str = "default",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
         name: str | None = None,
     ):
         super().__init__(name)
         label = _label("Conv2DTranspose", name)
+        self.options = WeightLayerOptions(
+            label,
+            activation,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            softmax_axis=1,
+        )
         self.out_channels = _positive_int(out_channels, f"{label} out_channels")
         self.kernel_size = int_pair(kernel_size, f"{label} kernel_size", 1)
         self.stride = int_pair(stride, f"{label} stride", 1)
@@ -243,7 +293,13 @@ class Conv2DTranspose(Layer):
             "dilation": list(self.dilation),
             "groups": self.groups,
             "use_bias": self.use_bias,
+            **self.options.config(),
         }
+
+    @property
+    def activation_layer(self) -> Layer | None:
+        """The layer ``activation=`` applies to the result, or ``None``."""
+        return self.options.activation_layer
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """The output's ``(height, width)`` for an input of ``(height, width)``.
@@ -272,9 +328,12 @@ class Conv2DTranspose(Layer):
             )
         kh, kw = self.kernel_size
         per_group = self.out_channels // self.groups
-        init = fan_in_uniform(per_group * kh * kw)
+        # torch's fans of a (C, out / groups, kh, kw) weight.
+        fan_in, fan_out = per_group * kh * kw, channels * kh * kw
+        init = self.options.initializer("weight", fan_in, fan_out)
         specs = [WeightSpec("weight", (channels, per_group, kh, kw), init)]
         if self.use_bias:
+            init = self.options.initializer("bias", fan_in, fan_out)
             specs.append(WeightSpec("bias", (self.out_channels,), init))
         return specs
 
@@ -295,4 +354,4 @@ class Conv2DTranspose(Layer):
         if self.use_bias:
             bias = op(g, "reshape", ctx.variable("bias"), shape=[self.out_channels, 1, 1])
             out = op(g, "add", out, bias)
-        return out
+        return self.options.finish(ctx, out, self.use_bias)

@@ -216,6 +216,7 @@ class Optimizer:
         grads: Mapping[str, int],
         lr_node: int,
         step_node: int,
+        step_offsets: Mapping[str, float] | None = None,
     ) -> list[int]:
         """Appends the clipping and the update of every parameter; returns the effect ids.
 
@@ -225,6 +226,9 @@ class Optimizer:
             grads: parameter name -> gradient node id.
             lr_node: the runtime learning-rate scalar.
             step_node: the step number of this update (1 on the first step), float32.
+            step_offsets: steps a parameter sat out (frozen), by name: its own step
+                number is ``step - offset``, as torch counts a parameter's steps only
+                while it has a gradient (Adam's bias corrections, first-step rules).
 
         Returns:
             Effect node ids (assigns, fused updates), to run as effects of the step.
@@ -238,22 +242,28 @@ class Optimizer:
         grads = clip_gradients(
             g, {name: grads[name] for name in params}, self.clip_grad_norm, self.clip_grad_value
         )
-        if not self._groups:
-            return self._emit(g, params, grads, lr_node, step_node)
+        offsets = step_offsets or {}
+        assigned = assign_groups(self._groups, list(params)) if self._groups else [list(params)]
         effects: list[int] = []
-        assigned = assign_groups(self._groups, list(params))
         for index, names in enumerate(assigned):
-            if not names:
-                continue
             optimizer, lr = self, lr_node
             if index < len(self._groups):
                 optimizer = self._group_optimizers[index]
-                optimizer._state_suffix = f".group{index}"
                 if optimizer.lr != self.lr:
                     lr = op(g, "mul", lr_node, const(g, optimizer.lr / self.lr))
-            effects += optimizer._emit(
-                g, {n: params[n] for n in names}, {n: grads[n] for n in names}, lr, step_node
-            )
+            # Parameters with the same step number share one update emission (and its
+            # optimizer-wide state).
+            by_offset: dict[float, list[str]] = {}
+            for name in names:
+                by_offset.setdefault(float(offsets.get(name, 0.0)), []).append(name)
+            for offset, members in by_offset.items():
+                suffix = f".group{index}" if index < len(self._groups) else ""
+                optimizer._state_suffix = suffix + (f".offset{offset:g}" if offset else "")
+                step = step_node if not offset else op(g, "sub", step_node, const(g, offset))
+                effects += optimizer._emit(
+                    g, {n: params[n] for n in members}, {n: grads[n] for n in members}, lr, step
+                )
+        self._state_suffix = ""
         return effects
 
     def _emit(

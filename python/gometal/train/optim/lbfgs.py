@@ -137,6 +137,7 @@ class LBFGS(Optimizer):
         grads: Mapping[str, int],
         lr_node: int,
         step_node: int,
+        step_offsets: Mapping[str, float] | None = None,
     ) -> list[int]:
         """Emits nothing: L-BFGS updates the parameters from the host (see ``bind``).
 
@@ -146,6 +147,7 @@ class LBFGS(Optimizer):
             grads: parameter name -> gradient node id.
             lr_node: the runtime learning-rate scalar.
             step_node: the step number of this update.
+            step_offsets: unused (L-BFGS has no per-parameter step).
 
         Returns:
             An empty list.
