@@ -54,7 +54,14 @@ def format_shape(shape: tuple[int, ...]) -> str:
 
 
 def _expected_batch_shape(sample_shape: tuple[int, ...]) -> str:
-    return "(N" + "".join(f", {d}" for d in sample_shape) + ")"
+    # A symbolic dim (a sequence length set at run time) is any size.
+    return "(N" + "".join(f", {d}" if d >= 0 else ", T" for d in sample_shape) + ")"
+
+
+def _fits_sample_shape(shape: tuple[int, ...], sample_shape: tuple[int, ...]) -> bool:
+    return len(shape) == len(sample_shape) + 1 and all(
+        want < 0 or got == want for got, want in zip(shape[1:], sample_shape)
+    )
 
 
 # Rows converted or scanned at a time: a bound on the temporary memory that validating or
@@ -94,8 +101,20 @@ def _as_float32_contiguous(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def _check_token_ids(arr: np.ndarray, name: str) -> None:
+    """Integer ids that fit int32 (the engine's index type)."""
+    if arr.dtype.kind not in _INTEGER_KINDS:
+        raise TypeError(f"{name} holds token ids: expected an integer array, got dtype {arr.dtype}")
+    if arr.size and (int(arr.min()) < np.iinfo(np.int32).min or int(arr.max()) > _INT32_MAX):
+        raise ValueError(f"{name} holds ids outside the int32 range")
+
+
 def check_input_batch(
-    x: Any, sample_shape: tuple[int, ...], name: str = "x", check_finite: bool = True
+    x: Any,
+    sample_shape: tuple[int, ...],
+    name: str = "x",
+    check_finite: bool = True,
+    dtype: str = "float32",
 ) -> np.ndarray:
     """Validates a batch of model inputs without converting it (see ``as_input_batch``).
 
@@ -104,9 +123,12 @@ def check_input_batch(
 
     Args:
         x: array-like of shape ``(N, *sample_shape)``.
-        sample_shape: the model's input shape without the batch dimension.
+        sample_shape: the model's input shape without the batch dimension (a negative,
+            symbolic dim takes any size).
         name: the argument name used in error messages.
         check_finite: whether to reject NaN and infinity here (scanned in chunks).
+        dtype: the input's type: ``"float32"`` (any real dtype converts) or ``"int32"``
+            (integer token ids only).
 
     Returns:
         ``x`` as an ndarray of any real dtype and layout.
@@ -116,8 +138,11 @@ def check_input_batch(
         dtype('float64')
     """
     arr = to_ndarray(x, name)
-    check_real_dtype(arr, name)
-    if arr.shape[1:] != tuple(sample_shape) or arr.ndim != len(sample_shape) + 1:
+    if dtype == "int32":
+        _check_token_ids(arr, name)
+    else:
+        check_real_dtype(arr, name)
+    if not _fits_sample_shape(arr.shape, tuple(sample_shape)):
         expected = _expected_batch_shape(sample_shape)
         hint = ""
         if arr.shape == tuple(sample_shape):
@@ -127,19 +152,27 @@ def check_input_batch(
         )
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch: shape {format_shape(arr.shape)} has 0 samples")
-    if check_finite:
+    if check_finite and dtype != "int32":
         _check_finite(arr, name)
     return arr
 
 
-def as_engine_rows(arr: np.ndarray) -> np.ndarray:
-    """Rows of a checked input as the engine reads them: C-contiguous float32 (no copy when
-    they already are)."""
+def as_engine_rows(arr: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    """Rows of a checked input as the engine reads them: C-contiguous float32 (or int32 for
+    token ids; no copy when they already are)."""
+    if dtype == "int32":
+        if arr.dtype == np.int32 and arr.flags.c_contiguous:
+            return arr
+        return np.ascontiguousarray(arr, dtype=np.int32)
     return _as_float32_contiguous(arr)
 
 
 def as_input_batch(
-    x: Any, sample_shape: tuple[int, ...], name: str = "x", check_finite: bool = True
+    x: Any,
+    sample_shape: tuple[int, ...],
+    name: str = "x",
+    check_finite: bool = True,
+    dtype: str = "float32",
 ) -> np.ndarray:
     """Validates a batch of model inputs and returns it as C-contiguous float32.
 
@@ -148,15 +181,18 @@ def as_input_batch(
         sample_shape: the model's input shape without the batch dimension.
         name: the argument name used in error messages.
         check_finite: whether to reject NaN and infinity here.
+        dtype: ``"float32"``, or ``"int32"`` for token ids.
 
     Returns:
-        ``x`` itself when it is already C-contiguous float32, otherwise one converted copy.
+        ``x`` itself when it is already C-contiguous in ``dtype``, otherwise one converted
+        copy.
 
     Example:
         >>> as_input_batch([[1, 2], [3, 4]], (2,)).dtype
         dtype('float32')
     """
-    return _as_float32_contiguous(check_input_batch(x, sample_shape, name, check_finite))
+    checked = check_input_batch(x, sample_shape, name, check_finite, dtype)
+    return as_engine_rows(checked, dtype)
 
 
 def _check_length(arr: np.ndarray, num_samples: int, name: str) -> None:

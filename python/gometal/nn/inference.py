@@ -33,16 +33,18 @@ def predict_with_engine(
     sample_shape: tuple[int, ...],
     batch_size: int | None,
     function: str = "predict",
+    dtype: str = "float32",
 ) -> np.ndarray:
-    """Validates ``x`` and runs a one-input, one-output engine function over it in batches."""
+    """Validates ``x`` and runs a one-input, one-output engine function over it in batches
+    (``dtype`` is the input's: ``"int32"`` for token ids)."""
     rows = inference_batch_size(batch_size)
     # The engine rejects NaN and inf itself, naming the input, so no second pass here.
     # Converted a chunk at a time: a broadcast view or a float64 array is never copied whole.
-    x = check_input_batch(x, sample_shape, check_finite=False)
+    x = check_input_batch(x, sample_shape, check_finite=False, dtype=dtype)
     # One weight set for the whole call: a trainer sharing the layers waits until it ends.
     with held.use() as engine:
         chunks = [
-            np.asarray(engine.run(function, [as_engine_rows(x[r])])[0])
+            np.asarray(engine.run(function, [as_engine_rows(x[r], dtype)])[0])
             for r in iter_batches(len(x), rows)
         ]
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0)
@@ -75,7 +77,11 @@ def check_input_arrays(
         zip(signature.arrange(x, argument), signature.sample_shapes)
     ):
         label = signature.label(argument, index)
-        arrays.append(check_input_batch(value, shape, label, check_finite=check_finite))
+        arrays.append(
+            check_input_batch(
+                value, shape, label, check_finite=check_finite, dtype=signature.dtype(index)
+            )
+        )
     check_same_rows(arrays, [signature.label(argument, i) for i in range(len(arrays))])
     return arrays
 
@@ -124,7 +130,9 @@ def predict_structured(
     chunks: list[list[np.ndarray]] = [[] for _ in outputs.names]
     with held.use() as engine:
         for r in iter_batches(len(arrays[0]), rows):
-            values = engine.run(function, [as_engine_rows(a[r]) for a in arrays])
+            values = engine.run(
+                function, [as_engine_rows(a[r], inputs.dtype(i)) for i, a in enumerate(arrays)]
+            )
             for collected, value in zip(chunks, values):
                 collected.append(np.asarray(value))
     joined = [c[0] if len(c) == 1 else np.concatenate(c, axis=0) for c in chunks]

@@ -89,6 +89,7 @@ class Model:
             tuple(names_in),
             tuple(t.sample_shape for t in input_list),
             input_keys is not None,
+            tuple(t.dtype for t in input_list),
         )
         self._output_signature = Signature(
             "output",
@@ -354,7 +355,8 @@ class Model:
         self.emit(EmitContext(graph, training=False, variables=self.declare_variables(graph)), xs)
         total = 0
         for node in range(len(graph)):
-            total += 4 * math.prod(1 if d == -1 else int(d) for d in graph.shape(node))
+            # A symbolic dim (the batch, a sequence length) counts one position.
+            total += 4 * math.prod(1 if d < 0 else int(d) for d in graph.shape(node))
         return total
 
     def count_params(self) -> int:
@@ -436,7 +438,9 @@ class Model:
             )
         held = self._engine_weights()
         if not self.structured:
-            return predict_with_engine(held, x, self.input_shape, batch_size)
+            return predict_with_engine(
+                held, x, self.input_shape, batch_size, dtype=self._input_signature.dtype(0)
+            )
         return predict_structured(
             held, self._input_signature, self._output_signature, x, batch_size
         )
@@ -569,7 +573,7 @@ class Model:
         """
         signature = self._input_signature
         return [
-            graph.input(signature.label("x", index), tensor.engine_shape, "float32")
+            graph.input(signature.label("x", index), tensor.engine_shape, tensor.dtype)
             for index, tensor in enumerate(self._inputs)
         ]
 

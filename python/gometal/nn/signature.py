@@ -149,6 +149,7 @@ class Signature:
         sample_shapes: each tensor's shape without the batch dimension.
         keyed: the model was given these tensors as a dict, so it returns (outputs) a
             dict keyed by name.
+        dtypes: each tensor's element type (``"float32"``, ``"int32"`` for token ids).
 
     Example:
         >>> model.input_signature.names  # doctest: +SKIP
@@ -159,6 +160,11 @@ class Signature:
     names: tuple[str, ...]
     sample_shapes: tuple[tuple[int, ...], ...]
     keyed: bool
+    dtypes: tuple[str, ...] = ()
+
+    def dtype(self, index: int) -> str:
+        """The element type of tensor ``index`` (``"float32"`` unless given)."""
+        return self.dtypes[index] if self.dtypes else "float32"
 
     @property
     def structured(self) -> bool:

@@ -11,21 +11,43 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import _core
+
 if TYPE_CHECKING:
     from .layers.base import Layer
 
 BATCH = -1
+# A sequence length known only at run time: ``gm.Input((None,))`` (the engine's ``seq``).
+SEQ = _core.dim_symbol("seq")
+INPUT_DTYPES = ("float32", "int32")
 
 
-def check_sample_shape(shape: Any, name: str = "shape") -> tuple[int, ...]:
-    """Returns ``shape`` as a tuple of positive ints, or raises ``ValueError`` naming it.
+def is_symbolic(dim: int) -> bool:
+    """Whether an engine dim is a symbol (the batch, ``seq``, ...) rather than a size."""
+    return dim < 0
+
+
+def show_dim(dim: int) -> int | str | None:
+    """A dim as users see it: the size, ``None`` for the batch and ``seq``, else the name."""
+    if dim >= 0:
+        return dim
+    return None if dim in (BATCH, SEQ) else _core.symbol_name(dim)
+
+
+def check_sample_shape(
+    shape: Any, name: str = "shape", allow_symbols: bool = False
+) -> tuple[int, ...]:
+    """Returns ``shape`` as a tuple of engine dims, or raises ``ValueError`` naming it.
 
     Args:
-        shape: an int or a sequence of ints, without the batch dimension.
+        shape: an int or a sequence of ints, without the batch dimension; with
+            ``allow_symbols``, ``None`` (a sequence length known at run time, ``seq``) or a
+            name (another symbolic size, e.g. ``"src_seq"``) may stand for a dim.
         name: the argument name used in error messages.
+        allow_symbols: accept symbolic dims.
 
     Returns:
-        The shape as a tuple.
+        The shape as a tuple (symbols as the engine's negative dims).
 
     Example:
         >>> check_sample_shape(64)
@@ -37,12 +59,23 @@ def check_sample_shape(shape: Any, name: str = "shape") -> tuple[int, ...]:
         dims = tuple(shape)
     except TypeError:
         raise TypeError(f"{name} must be a tuple of positive ints, got {shape!r}") from None
-    if not dims or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims):
-        raise ValueError(
-            f"{name} must be a non-empty tuple of positive ints without the batch dimension, "
-            f"got {shape!r}"
-        )
-    return dims
+    checked = []
+    for d in dims:
+        if allow_symbols and d is None:
+            checked.append(SEQ)
+        elif allow_symbols and isinstance(d, str) and d and d != "batch":
+            checked.append(_core.dim_symbol(d))
+        elif isinstance(d, bool) or not isinstance(d, int) or d <= 0:
+            what = "positive ints, None or symbol names" if allow_symbols else "positive ints"
+            raise ValueError(
+                f"{name} must be a non-empty tuple of {what} without the batch dimension, "
+                f"got {shape!r}"
+            )
+        else:
+            checked.append(d)
+    if not checked:
+        raise ValueError(f"{name} must be a non-empty tuple without the batch dimension, got ()")
+    return tuple(checked)
 
 
 class LayerCall:
@@ -58,10 +91,16 @@ class LayerCall:
 
     __slots__ = ("_inputs", "_layer", "_output")
 
-    def __init__(self, layer: Layer, inputs: Sequence[SymbolicTensor], output_shape: Sequence[int]):
+    def __init__(
+        self,
+        layer: Layer,
+        inputs: Sequence[SymbolicTensor],
+        output_shape: Sequence[int],
+        output_dtype: str = "float32",
+    ):
         self._layer = layer
         self._inputs = tuple(inputs)
-        self._output = SymbolicTensor(tuple(output_shape), self)
+        self._output = SymbolicTensor(tuple(output_shape), self, dtype=output_dtype)
 
     @property
     def layer(self) -> Layer:
@@ -91,16 +130,27 @@ class SymbolicTensor:
         engine_shape: the shape with ``-1`` for the batch, as the engine sees it.
         producer: the layer call that computes it, or ``None`` for a model input.
         name: the input's name for model inputs, else ``None``.
+        dtype: ``"float32"``, or ``"int32"`` for token ids.
     """
 
-    __slots__ = ("_engine_shape", "_name", "_producer")
+    __slots__ = ("_dtype", "_engine_shape", "_name", "_producer")
 
     def __init__(
-        self, engine_shape: tuple[int, ...], producer: LayerCall | None, name: str | None = None
+        self,
+        engine_shape: tuple[int, ...],
+        producer: LayerCall | None,
+        name: str | None = None,
+        dtype: str = "float32",
     ):
         self._engine_shape = tuple(engine_shape)
         self._producer = producer
         self._name = name
+        self._dtype = dtype
+
+    @property
+    def dtype(self) -> str:
+        """The element type: ``"float32"``, or ``"int32"`` for token ids."""
+        return self._dtype
 
     @property
     def engine_shape(self) -> tuple[int, ...]:
@@ -118,9 +168,10 @@ class SymbolicTensor:
         return self._name
 
     @property
-    def shape(self) -> tuple[int | None, ...]:
-        """The shape with ``None`` for the batch dimension, e.g. ``(None, 128)``."""
-        return tuple(None if d == BATCH else d for d in self.engine_shape)
+    def shape(self) -> tuple[int | str | None, ...]:
+        """The shape with ``None`` for the batch (and a run-time sequence length), e.g.
+        ``(None, 128)`` or ``(None, None, 64)``."""
+        return tuple(show_dim(d) for d in self.engine_shape)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -154,12 +205,15 @@ class SymbolicTensor:
         return f"SymbolicTensor(shape={self.shape}, from {origin})"
 
 
-def Input(shape: Any, name: str | None = None) -> SymbolicTensor:
+def Input(shape: Any, name: str | None = None, dtype: str = "float32") -> SymbolicTensor:
     """Creates a symbolic model input.
 
     Args:
-        shape: the shape of one sample, without the batch dimension, e.g. ``(64,)``.
+        shape: the shape of one sample, without the batch dimension, e.g. ``(64,)``;
+            ``None`` stands for a sequence length known only at run time (``(None,)``
+            for token ids), a name for another run-time size.
         name: an optional name for the input.
+        dtype: ``"float32"``, or ``"int32"`` for token ids (``gm.layers.Embedding``).
 
     Returns:
         A symbolic tensor of shape ``(None, *shape)`` to call layers on.
@@ -168,9 +222,13 @@ def Input(shape: Any, name: str | None = None) -> SymbolicTensor:
         >>> x = Input((64,))
         >>> x.shape
         (None, 64)
+        >>> Input((None,), dtype="int32").shape
+        (None, None)
     """
-    dims = check_sample_shape(shape)
-    return SymbolicTensor((BATCH, *dims), None, name)
+    if dtype not in INPUT_DTYPES:
+        raise ValueError(f"Input dtype must be one of {INPUT_DTYPES}, got {dtype!r}")
+    dims = check_sample_shape(shape, allow_symbols=True)
+    return SymbolicTensor((BATCH, *dims), None, name, dtype=dtype)
 
 
 def _topological_calls(outputs: Sequence[SymbolicTensor]) -> list[LayerCall]:

@@ -55,7 +55,10 @@ def prepare_arrays(trainer: TrainingSession, x: Any, y: Any, name: str = "") -> 
         xs = structured_inputs(model, x, f"{prefix}x", check_finite=True)
         ys = check_targets(trainer.output_losses, model, y, len(xs[0]), f"{prefix}y")
         return model.input_signature.pack(xs), model.output_signature.pack(ys)
-    x = check_input_batch(x, trainer.model.input_shape, f"{prefix}x", check_finite=True)
+    dtype = model.input_signature.dtype(0)
+    x = check_input_batch(
+        x, trainer.model.input_shape, f"{prefix}x", check_finite=True, dtype=dtype
+    )
     if trainer.loss.integer_labels:
         y = as_class_labels(
             y,

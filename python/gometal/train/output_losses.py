@@ -207,6 +207,7 @@ class BatchPreparer:
         self.model = model
         self.structured = model.structured
         self.input_shape = None if self.structured else model.input_shape
+        self.input_dtype = model.input_signature.dtype(0)
         self._output = self.output_losses[0]
 
     def __call__(self, x: Any, y: Any) -> tuple[Any, Any]:
@@ -221,9 +222,10 @@ class BatchPreparer:
         if self.structured:
             xs = structured_inputs(self.model, x, "x", check_finite=False)
             ys = check_targets(self.output_losses, self.model, y, len(xs[0]), check_finite=False)
-            return [as_engine_rows(a) for a in xs], ys
+            signature = self.model.input_signature
+            return [as_engine_rows(a, signature.dtype(i)) for i, a in enumerate(xs)], ys
         output = self._output
-        x = as_input_batch(x, self.input_shape, "x", check_finite=False)
+        x = as_input_batch(x, self.input_shape, "x", check_finite=False, dtype=self.input_dtype)
         if output.loss.integer_labels:
             y = as_class_labels(
                 y, len(x), output.sample_shape[-1], "y", ignore_index=output.loss.ignore_index
@@ -299,7 +301,10 @@ def structured_inputs(model: Model, x: Any, argument: str, check_finite: bool) -
     """
     if model.input_signature.structured:
         return check_input_arrays(model.input_signature, x, argument, check_finite)
-    return [check_input_batch(x, model.input_shape, argument, check_finite=check_finite)]
+    dtype = model.input_signature.dtype(0)
+    return [
+        check_input_batch(x, model.input_shape, argument, check_finite=check_finite, dtype=dtype)
+    ]
 
 
 def structured_rows(model: Model, x: Any) -> int:

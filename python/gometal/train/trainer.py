@@ -509,7 +509,12 @@ class Trainer(EngineState):
             )
         if not model.structured:
             return predict_with_engine(
-                self._held, x, model.input_shape, batch_size, function=function
+                self._held,
+                x,
+                model.input_shape,
+                batch_size,
+                function=function,
+                dtype=model.input_signature.dtype(0),
             )
         return predict_structured(
             self._held, model.input_signature, model.output_signature, x, batch_size, function

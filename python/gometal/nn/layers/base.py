@@ -16,7 +16,7 @@ import numpy as np
 
 from ... import _core
 from ..initializers import Initializer
-from ..tensor import LayerCall, SymbolicTensor
+from ..tensor import LayerCall, SymbolicTensor, show_dim
 from .weight_store import LayerWeights
 
 RESERVED_NAMES = frozenset({"optimizer"})
@@ -190,6 +190,8 @@ class Layer:
 
     kind: ClassVar[str] = "layer"
     num_inputs: ClassVar[int | None] = 1
+    # The element types the layer takes; an embedding takes int32 token ids.
+    input_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
     # Layers that write their own variables during training (``ctx.effects``) may be
     # called only once per model: the engine writes a variable at most once per step.
     updates_state: ClassVar[bool] = False
@@ -354,6 +356,8 @@ class Layer:
         """
         tensors = self._check_inputs(inputs, label)
         shapes = tuple(t.engine_shape for t in tensors)
+        dtypes = tuple(t.dtype for t in tensors)
+        self._check_input_dtypes(dtypes, label)
         if self._built_for is None:
             try:
                 specs = tuple(self.build(shapes))
@@ -366,9 +370,9 @@ class Layer:
             )
         else:
             specs = self._weight_specs
-        output_shape = self._probe_output_shape(shapes, specs, label)
+        output_shape, output_dtype = self._probe_output(shapes, dtypes, specs, label)
         self._weight_specs, self._built_for = specs, shapes
-        return LayerCall(self, tensors, output_shape).output
+        return LayerCall(self, tensors, output_shape, output_dtype).output
 
     def _check_inputs(
         self, inputs: SymbolicTensor | Sequence[SymbolicTensor], label: str | None
@@ -394,11 +398,32 @@ class Layer:
             )
         return tensors
 
-    def _probe_output_shape(
-        self, shapes: Sequence[tuple[int, ...]], specs: Sequence[WeightSpec], label: str | None
-    ) -> tuple[int, ...]:
+    def _check_input_dtypes(self, dtypes: Sequence[str], label: str | None) -> None:
+        wanted = self.input_dtypes
+        for index, dtype in enumerate(dtypes):
+            if dtype not in wanted:
+                raise TypeError(
+                    f"{self._describe(label)} takes {' or '.join(wanted)} inputs, got {dtype} "
+                    f"for input {index}"
+                    + (
+                        " (token ids go through gm.layers.Embedding first)"
+                        if dtype == "int32"
+                        else ""
+                    )
+                )
+
+    def _probe_output(
+        self,
+        shapes: Sequence[tuple[int, ...]],
+        dtypes: Sequence[str],
+        specs: Sequence[WeightSpec],
+        label: str | None,
+    ) -> tuple[tuple[int, ...], str]:
         graph, scope = _core.Graph(), label or self.kind
-        input_ids = [graph.input(f"input_{i}", shape, "float32") for i, shape in enumerate(shapes)]
+        input_ids = [
+            graph.input(f"input_{i}", shape, dtype)
+            for i, (shape, dtype) in enumerate(zip(shapes, dtypes))
+        ]
         variables = {
             f"{scope}.{s.name}": graph.variable(f"{scope}.{s.name}", s.shape) for s in specs
         }
@@ -408,7 +433,7 @@ class Layer:
             output = self.emit(ctx, input_ids)
         except ValueError as err:
             raise ValueError(f"{self._describe(label)}: {err}") from None
-        return tuple(graph.shape(output))
+        return tuple(graph.shape(output)), graph.dtype(output)
 
     def _describe(self, label: str | None) -> str:
         if label is None:
@@ -421,4 +446,4 @@ class Layer:
 
 
 def _show(shapes: Sequence[tuple[int, ...]]) -> str:
-    return ", ".join(str(tuple(None if d == -1 else d for d in s)) for s in shapes)
+    return ", ".join(str(tuple(show_dim(d) for d in s)) for s in shapes)
