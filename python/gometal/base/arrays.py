@@ -204,20 +204,27 @@ def _check_length(arr: np.ndarray, num_samples: int, name: str) -> None:
 
 
 def as_class_labels(
-    y: Any, num_samples: int, num_classes: int, name: str = "y", ignore_index: int | None = None
+    y: Any,
+    num_samples: int,
+    num_classes: int,
+    name: str = "y",
+    ignore_index: int | None = None,
+    label_shape: tuple[int, ...] = (),
 ) -> np.ndarray:
-    """Validates integer class labels and returns them as a C-contiguous int32 vector.
+    """Validates integer class labels and returns them as a C-contiguous int32 array.
 
     Args:
-        y: integer array-like of shape ``(N,)`` or ``(N, 1)``.
+        y: integer array-like of shape ``(N,)`` or ``(N, 1)``; ``(N, *label_shape)`` for
+            one label per position (a language model's ``(N, T)`` next tokens).
         num_samples: ``N``, the number of samples in the matching ``x``.
         num_classes: labels must lie in ``[0, num_classes)``.
         name: the argument name used in error messages.
         ignore_index: a label the loss ignores (torch's ``ignore_index``, e.g. -100),
             accepted beside the classes.
+        label_shape: the labels of one sample (a negative, symbolic dim takes any size).
 
     Returns:
-        An ``int32`` array of shape ``(N,)``.
+        An ``int32`` array of shape ``(N, *label_shape)``.
 
     Example:
         >>> as_class_labels(np.array([0, 2, 1]), 3, num_classes=3).dtype
@@ -230,13 +237,22 @@ def as_class_labels(
             f"(e.g. int64 or int32) in [0, {num_classes}). Convert with {name}.astype(np.int64) "
             "if the values are whole numbers"
         )
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr.reshape(-1)
-    if arr.ndim != 1:
-        raise ValueError(
-            f"{name} must have shape (N,) of class indices, got {format_shape(arr.shape)}"
-        )
+    if label_shape:
+        if not _fits_sample_shape(arr.shape, tuple(label_shape)):
+            raise ValueError(
+                f"{name} must have shape {_expected_batch_shape(tuple(label_shape))} of class "
+                f"indices, got {format_shape(arr.shape)}"
+            )
+    else:
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr.reshape(-1)
+        if arr.ndim != 1:
+            raise ValueError(
+                f"{name} must have shape (N,) of class indices, got {format_shape(arr.shape)}"
+            )
     _check_length(arr, num_samples, name)
+    if arr.size == 0:
+        return np.ascontiguousarray(arr, dtype=np.int32)
     low, high = int(arr.min()), int(arr.max())
     if (low < 0 or high >= num_classes) and ignore_index is not None:
         kept = arr[arr != ignore_index]

@@ -60,12 +60,14 @@ def prepare_arrays(trainer: TrainingSession, x: Any, y: Any, name: str = "") -> 
         x, trainer.model.input_shape, f"{prefix}x", check_finite=True, dtype=dtype
     )
     if trainer.loss.integer_labels:
+        output_shape = trainer.model.output_shape
         y = as_class_labels(
             y,
             len(x),
-            trainer.model.output_shape[-1],
+            output_shape[-1],
             f"{prefix}y",
             ignore_index=getattr(trainer.loss, "ignore_index", None),
+            label_shape=output_shape[:-1],
         )
     else:
         y = as_dense_targets(y, len(x), trainer.model.output_shape, f"{prefix}y")

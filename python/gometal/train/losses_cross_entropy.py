@@ -61,9 +61,11 @@ def _reduction(value: Any) -> str:
 class CrossEntropy(Loss):
     """Softmax cross entropy from logits with integer labels (``torch.nn.CrossEntropyLoss``).
 
-    Targets: class indices of shape ``(N,)``. Accuracy: argmax match; with
-    ``ignore_index``, the fraction of the samples not ignored whose argmax matches (the
-    ignored ones count neither as right nor as wrong).
+    Targets: class indices of shape ``(N,)``, or ``(N, T)`` for outputs ``(N, T,
+    classes)`` (a language model's next tokens; the mean is over every position, as
+    torch's over ``(N, classes, T)``). Accuracy: argmax match (per position for
+    sequences); with ``ignore_index``, the fraction of the samples (positions) not ignored
+    whose argmax matches (the ignored ones count neither as right nor as wrong).
 
     Args:
         label_smoothing: as torch's, in ``[0, 1]``: the target mixes the label with the
@@ -108,7 +110,7 @@ class CrossEntropy(Loss):
             return op(g, "one_hot", target, depth=classes)
         # Compared with every class index, a label outside [0, classes) (torch's -100)
         # gives a row of zeros instead of an out-of-range index.
-        column = op(g, "reshape", as_float(g, target), shape=[-1, 1])
+        column = op(g, "reshape", as_float(g, target), shape=[*g.shape(target), 1])
         indices = g.constant(np.arange(classes, dtype=np.float32))
         return op(g, "equal", column, indices)
 
@@ -148,11 +150,24 @@ class CrossEntropy(Loss):
         return op(g, "div", reduce_sum(g, values), counted)
 
     def check_output_shape(self, output_shape: tuple[int, ...]) -> None:
-        check_class_scores(self, output_shape)
+        # (classes,) per sample, or (T, classes) for one label per position (a sequence).
+        check_class_scores(self, output_shape[-1:])
+        if len(output_shape) > 1 and any(d == 0 for d in output_shape[:-1]):
+            raise ValueError(f"loss '{self.name}' got outputs of shape (N, {output_shape})")
 
     def accuracy(self, g: _core.Graph, output: int, target: int) -> BatchAccuracy:
-        if self.ignore_index is None:
+        if self.ignore_index is None and len(g.shape(target)) == 1:
             return argmax_matches(g, output, target)
+        if self.ignore_index is None:
+            # One label per position: the fraction of positions right, pooled as
+            # [misses, positions].
+            hits = op(g, "equal", op(g, "argmax", output, axis=-1), as_float(g, target))
+            misses = reduce_sum(g, op(g, "sub", const(g, 1.0), hits))
+            # A 1 per position, shaped like the labels (whose length is known at run time).
+            ones = op(g, "add", op(g, "mul", hits, const(g, 0.0)), const(g, 1.0))
+            positions = reduce_sum(g, ones)
+            sums = [op(g, "reshape", node, shape=[1]) for node in (misses, positions)]
+            return BatchAccuracy(op(g, "concat", *sums, axis=0), ERROR_RATIO)
         # Read as [misses, counted samples]: an error ratio whose 1 - misses/counted is
         # the accuracy over the samples not ignored, and which pools over batches.
         kept = self._kept(g, target)

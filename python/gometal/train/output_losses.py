@@ -179,6 +179,7 @@ def check_targets(
                     output.sample_shape[-1],
                     label,
                     ignore_index=output.loss.ignore_index,
+                    label_shape=output.sample_shape[:-1],
                 )
             )
         else:
@@ -228,7 +229,12 @@ class BatchPreparer:
         x = as_input_batch(x, self.input_shape, "x", check_finite=False, dtype=self.input_dtype)
         if output.loss.integer_labels:
             y = as_class_labels(
-                y, len(x), output.sample_shape[-1], "y", ignore_index=output.loss.ignore_index
+                y,
+                len(x),
+                output.sample_shape[-1],
+                "y",
+                ignore_index=output.loss.ignore_index,
+                label_shape=output.sample_shape[:-1],
             )
         else:
             y = as_dense_targets(y, len(x), output.sample_shape, "y", check_finite=False)

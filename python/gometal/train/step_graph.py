@@ -69,7 +69,8 @@ class CompiledStep:
 
 def _target_input(g: _core.Graph, name: str, output: OutputLoss) -> int:
     if output.loss.integer_labels:
-        return g.input(name, (BATCH,), "int32")
+        # One label per sample, or per position for outputs (N, T, classes).
+        return g.input(name, (BATCH, *output.sample_shape[:-1]), "int32")
     return g.input(name, (BATCH, *output.sample_shape), "float32")
 
 
