@@ -41,7 +41,7 @@ SHAPE_CASES = (
             ("reshape", [(2, 3)], {"shape": [4, 2]}),
             ("broadcast_to", [(3, 2)], {"shape": [3, 4]}),
             ("matmul", [(2, 3), (2, 3)], {"transpose_a": False, "transpose_b": False}),
-            ("matmul", [(2, 3, 4), (4, 5)], {}),
+            ("matmul", [(2, 3, 4), (3, 4, 5)], {}),  # batch dims 2 and 3 do not broadcast
         ]
     ]
     + [

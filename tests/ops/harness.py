@@ -12,6 +12,7 @@ that names the op.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from gometal import _core
 from .domains import Domain, Shape, any_values
 
 BATCH = -1  # the batch dimension of a graph input, bound when a plan is compiled
+SEQ = _core.dim_symbol("seq")  # a named sequence dimension, bound per run like the batch
 
 # How a case's gradient is checked.
 NUMERIC = "numeric"  # float64 central differences of the NumPy reference
@@ -57,7 +59,7 @@ class Arg:
     """One argument of a case.
 
     `shape` may hold BATCH at dimension 0 (a graph input, run at each of the case's batch
-    sizes). `dtype` None means the case's float dtype; "int32" marks labels and indices.
+    sizes) and SEQ elsewhere (run at each of the case's sequence lengths). `dtype` None means the case's float dtype; "int32" marks labels and indices.
     `grad` says whether the gradient with respect to this argument is checked. `leaf` is
     "input", "variable" or "constant"; by default batch-shaped and integer arguments are
     graph inputs and the others engine variables.
@@ -83,7 +85,8 @@ class Arg:
     def leaf_kind(self) -> str:
         if self.leaf is not None:
             return self.leaf
-        return "input" if BATCH in self.shape or self.is_integer else "variable"
+        symbolic = BATCH in self.shape or SEQ in self.shape
+        return "input" if symbolic or self.is_integer else "variable"
 
     def numpy_dtype(self, float_dtype: str) -> type:
         return INT_DTYPES[self.dtype] if self.is_integer else FLOAT_DTYPES[float_dtype]
@@ -109,7 +112,8 @@ class OpCase:
     not the point (a bias added to a convolution, a composite whose gradient crosses a batch).
     `torch_reference` (torch tensors in, tensor out) serves TORCH gradients, `vjp(*arrays,
     cotangent) -> one gradient per argument` serves VJP gradients. `batches` are the batch
-    sizes a case with a BATCH argument runs at, one plan each, in order. `dtypes` are the
+    sizes a case with a BATCH argument runs at, one plan each, in order; `seq_lengths` are
+    the sizes SEQ takes on those runs (cycled). `dtypes` are the
     float dtypes the case runs in; `out_dtype` is the dtype the graph must infer; `exact`
     compares the forward value bit for bit (integer and 0/1 outputs, rounding, layout).
     """
@@ -124,6 +128,7 @@ class OpCase:
     torch_reference: Callable[..., torch.Tensor] | None = None
     vjp: Callable[..., Sequence[np.ndarray]] | None = None
     batches: tuple[int, ...] = (2, 5)
+    seq_lengths: tuple[int, ...] = (3, 1)
     dtypes: tuple[str, ...] = ("float32",)
     out_dtype: str = "float32"
     exact: bool = False
@@ -151,7 +156,7 @@ class OpCase:
 
     @property
     def has_batch(self) -> bool:
-        return any(BATCH in a.shape for a in self.args)
+        return any(BATCH in a.shape or SEQ in a.shape for a in self.args)
 
 
 @dataclass(frozen=True)
@@ -189,10 +194,10 @@ class ErrorCase:
 
 
 def describe_shape(shape: Shape) -> str:
-    """2x3, Nx3 for a batch of 3-vectors, scalar for ()."""
+    """2x3, Nx3 for a batch of 3-vectors, NxT for a batch of sequences, scalar for ()."""
     if not shape:
         return "scalar"
-    return "x".join("N" if d == BATCH else str(d) for d in shape)
+    return "x".join("N" if d == BATCH else "T" if d == SEQ else str(d) for d in shape)
 
 
 def case_id(op: str, name: str, args: Sequence[Arg], attrs: Mapping[str, object]) -> str:
@@ -239,8 +244,8 @@ def missing_ops(cases: Iterable[OpCase | ScenarioCase], op_names: Iterable[str])
 # -- running an op case ----------------------------------------------------------------------
 
 
-def bind_batch(shape: Shape, batch: int | None) -> Shape:
-    return tuple(batch if d == BATCH else d for d in shape)
+def bind_batch(shape: Shape, batch: int | None, seq: int | None = None) -> Shape:
+    return tuple(batch if d == BATCH else seq if d == SEQ else d for d in shape)
 
 
 def assert_close(got, expected, tolerance: Tolerance, what: str) -> None:
@@ -322,7 +327,7 @@ def _gradient_nodes(g: _core.Graph, out: int, wrt: list[int], dtype: str, rng):
     Returns the gradient nodes, the R input as a list (empty for a constant) and R's value
     (None for an input)."""
     symbolic = tuple(g.shape(out))
-    if BATCH in symbolic:
+    if any(d < 0 for d in symbolic):
         weights_node, fixed_weights = g.input("cotangent", symbolic, dtype), None
     else:
         fixed_weights = cotangent(rng, symbolic)
@@ -338,9 +343,9 @@ def check_op_case(case: OpCase, dtype: str, backend: str, rng: np.random.Generat
     and gradients with the case's references."""
     types = [arg.numpy_dtype(dtype) for arg in case.args]
 
-    def draw(i: int, batch: int | None) -> np.ndarray:
+    def draw(i: int, batch: int | None, seq: int | None = None) -> np.ndarray:
         arg = case.args[i]
-        return np.asarray(arg.values(rng, bind_batch(arg.shape, batch))).astype(types[i])
+        return np.asarray(arg.values(rng, bind_batch(arg.shape, batch, seq))).astype(types[i])
 
     g = _core.Graph()
     constants = {i: draw(i, None) for i, a in enumerate(case.args) if a.leaf_kind == "constant"}
@@ -368,8 +373,13 @@ def check_op_case(case: OpCase, dtype: str, backend: str, rng: np.random.Generat
         backward_inputs = input_nodes + weights_input
         engine.define("backward", backward_inputs, grads, effects=[], advance_rng=False)
 
-    for batch in case.batches if case.has_batch else (None,):
-        values = [constants[i] if i in constants else draw(i, batch) for i in range(len(types))]
+    runs = (
+        zip(case.batches, itertools.cycle(case.seq_lengths)) if case.has_batch else [(None, None)]
+    )
+    for batch, seq in runs:
+        values = [
+            constants[i] if i in constants else draw(i, batch, seq) for i in range(len(types))
+        ]
         for i in variables:
             engine.set_variable(f"in{i}", values[i])
         feeds = [values[i] for i in inputs]
@@ -377,8 +387,8 @@ def check_op_case(case: OpCase, dtype: str, backend: str, rng: np.random.Generat
         got = np.asarray(got)
         wide = [v.astype(np.float64) if v.dtype.kind == "f" else v for v in values]
         expected = np.asarray(case.reference(*wide))
-        where = f"{case.id} on {backend}, batch {batch}"
-        assert bind_batch(symbolic, batch) == expected.shape, (symbolic, expected.shape, where)
+        where = f"{case.id} on {backend}, batch {batch}, seq {seq}"
+        assert bind_batch(symbolic, batch, seq) == expected.shape, (symbolic, expected.shape, where)
         assert got.shape == expected.shape, (got.shape, expected.shape, where)
         if case.exact:
             np.testing.assert_array_equal(got, expected, err_msg=f"forward of {where}")

@@ -17,6 +17,7 @@ from . import (
     cases_layout,
     cases_reduce,
     cases_symbols,
+    cases_transformer,
 )
 from .harness import (
     ErrorCase,
@@ -34,14 +35,16 @@ OP_CASES: list[OpCase] = [
     *cases_reduce.CASES,
     *cases_layout.CASES,
     *cases_conv.CASES,
+    *cases_transformer.CASES,
 ]
 SCENARIOS: list[ScenarioCase] = [
     *cases_effects.SCENARIOS,
     *cases_errors.SCENARIOS,
     *cases_dtypes.SCENARIOS,
     *cases_symbols.SCENARIOS,
+    *cases_transformer.SCENARIOS,
 ]
-ERROR_CASES: list[ErrorCase] = cases_errors.CASES
+ERROR_CASES: list[ErrorCase] = [*cases_errors.CASES, *cases_transformer.ERROR_CASES]
 BACKENDS = available_backends()
 
 

@@ -42,6 +42,10 @@ enum class OpKind : uint8_t {
   Reshape, Transpose, BroadcastTo, Slice, Concat, Pad,
   // linear algebra
   MatMul,
+  // indexing: rows of a table by int32 indices, and their sum back into a table
+  Gather, ScatterAdd,
+  // normalization over the last axis, and dL/dx of each
+  LayerNorm, LayerNormGrad, RmsNorm, RmsNormGrad,
   // convolution and pooling (NCHW)
   Conv2D, Conv2DInputGrad, Conv2DWeightGrad, MaxPool2D, MaxPool2DGrad, AvgPool2D, AvgPool2DGrad,
   // misc
@@ -58,7 +62,7 @@ struct Attrs {
   int64_t axis = 0;           // argmax, slice, concat, pad
   int64_t start = 0;          // slice start / pad before
   int64_t end = 0;            // slice end / pad after
-  int64_t depth = 0;          // one_hot
+  int64_t depth = 0;          // one_hot; scatter_add: the table's rows
   bool keepdims = false;
   bool transpose_a = false;
   bool transpose_b = false;
@@ -67,7 +71,7 @@ struct Attrs {
   std::string message;        // check_range: what must hold, e.g. "targets must lie in [0, 1]"
   float low = 0.0f, high = 0.0f;  // check_range bounds
   float value = 0.0f;         // scalar initial value, scalar constant
-  float beta1 = 0.0f, beta2 = 0.0f, eps = 0.0f, weight_decay = 0.0f;  // adam_update
+  float beta1 = 0.0f, beta2 = 0.0f, eps = 0.0f, weight_decay = 0.0f;  // adam_update; eps: the norms
   // conv2d and pooling: (height, width) pairs
   std::vector<int64_t> kernel_size, stride, padding, dilation;
   int64_t groups = 1;

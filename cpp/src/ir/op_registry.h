@@ -96,6 +96,8 @@ std::vector<OpDef> elementwise_op_defs();
 std::vector<OpDef> reduce_op_defs();
 std::vector<OpDef> layout_op_defs();
 std::vector<OpDef> linalg_op_defs();
+std::vector<OpDef> indexing_op_defs();
+std::vector<OpDef> normalization_op_defs();
 std::vector<OpDef> window_op_defs();
 std::vector<OpDef> misc_op_defs();
 std::vector<OpDef> effect_op_defs();

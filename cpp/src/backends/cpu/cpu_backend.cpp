@@ -18,6 +18,7 @@
 #include "backends/cpu/pool.h"
 #include "backends/cpu/optimizer_updates.h"
 #include "backends/cpu/reduce.h"
+#include "backends/cpu/sequence_kernels.h"
 #include "backends/cpu/passes/fusion.h"
 #include "backends/cpu/passes/memory_plan.h"
 #include "backends/cpu/passes/sample_tiling.h"
@@ -240,6 +241,7 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
   const BufRef y = mem.ref[id];
   auto in = [&](size_t i) { return mem.ref[n.inputs[i]]; };
   auto in_shape = [&](size_t i) -> const Shape& { return shapes[n.inputs[i]]; };
+  if (auto k = make_sequence_kernel(g, id, mem, shapes)) return k;
   switch (n.op) {
     case OpKind::MatMul: {
       auto k = std::make_unique<MatMulKernel>();

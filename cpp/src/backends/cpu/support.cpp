@@ -12,7 +12,7 @@ constexpr uint32_t kF32 = bit(DType::F32), kI32 = bit(DType::I32);
 
 // The input dtypes each op's CPU kernel takes: float32 everywhere; copies move 4-byte
 // elements whatever they mean, so layout ops take int32 too; one_hot reads int32 labels;
-// cast converts between every pair.
+// gather and scatter_add read int32 indices; cast converts between every pair.
 std::array<uint32_t, static_cast<size_t>(OpKind::kCount)> make_table() {
   std::array<uint32_t, static_cast<size_t>(OpKind::kCount)> t{};
   for (const OpDef& def : op_table())
@@ -24,6 +24,8 @@ std::array<uint32_t, static_cast<size_t>(OpKind::kCount)> make_table() {
   for (size_t d = 0; d < static_cast<size_t>(DType::kCount); ++d) every |= 1u << d;
   t[static_cast<size_t>(OpKind::Cast)] = every;
   t[static_cast<size_t>(OpKind::OneHot)] = kI32;
+  // float32 rows, int32 indices
+  for (OpKind op : {OpKind::Gather, OpKind::ScatterAdd}) t[static_cast<size_t>(op)] = kF32 | kI32;
   return t;
 }
 

@@ -1,0 +1,26 @@
+// Layer and RMS normalization over the last axis of (rows x dim), forward and dL/dx.
+#pragma once
+
+#include <cstdint>
+
+#include "backends/cpu/kernel.h"
+
+namespace gometal {
+
+struct NormGeometry {
+  int64_t rows = 0, dim = 0;
+  float eps = 0.0f;
+  bool centre = true;  // layer_norm subtracts the row mean; rms_norm does not
+};
+
+// y = xhat * weight + bias, xhat = (x - mean) / sqrt(var + eps) (or x / sqrt(mean(x^2) + eps));
+// weight and bias may be null.
+void norm_forward(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* weight, const float* bias,
+                  float* y);
+
+// dx = rstd (gw - mean(gw) - xhat mean(gw xhat)), gw = g * weight (weight may be null); the
+// mean(gw) term only when centring.
+void norm_backward(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g, const float* weight,
+                   float* dx);
+
+}  // namespace gometal

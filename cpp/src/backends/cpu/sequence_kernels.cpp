@@ -1,0 +1,112 @@
+#include "backends/cpu/sequence_kernels.h"
+
+#include <string>
+
+#include "backends/cpu/batched_gemm.h"
+#include "backends/cpu/indexing.h"
+#include "backends/cpu/norms.h"
+
+namespace gometal {
+namespace {
+
+struct BatchedMatMulKernel final : Kernel {
+  BufRef a, b, c;
+  BatchedGemm geo;
+  void run(const ExecContext& ctx) const override { batched_gemm(*ctx.pool, geo, ctx.ptr(a), ctx.ptr(b), ctx.ptr(c)); }
+};
+
+// Checks the indices on the calling thread first: a bad index raises before anything is read.
+struct GatherKernel final : Kernel {
+  BufRef table, indices, y;
+  Shape index_shape;
+  int64_t rows = 0, dim = 0;
+  void run(const ExecContext& ctx) const override {
+    const int32_t* idx = ctx.iptr(indices);
+    check_indices(idx, index_shape, rows, "gather");
+    gather_rows(*ctx.pool, ctx.ptr(table), dim, idx, numel(index_shape), ctx.ptr(y));
+  }
+};
+
+struct ScatterAddKernel final : Kernel {
+  BufRef updates, indices, y;
+  Shape index_shape;
+  int64_t rows = 0, dim = 0;
+  void run(const ExecContext& ctx) const override {
+    const int32_t* idx = ctx.iptr(indices);
+    check_indices(idx, index_shape, rows, "scatter_add");
+    scatter_add_rows(*ctx.pool, ctx.ptr(updates), dim, idx, numel(index_shape), rows, ctx.ptr(y));
+  }
+};
+
+// Forward: (x, [weight], [bias]); gradient: (x, g, [weight]). Absent inputs are Region::None.
+struct NormKernel final : Kernel {
+  BufRef x, g, weight, bias, y;
+  NormGeometry geo;
+  bool gradient = false;
+  void run(const ExecContext& ctx) const override {
+    const float* w = weight.region == Region::None ? nullptr : ctx.ptr(weight);
+    if (gradient) return norm_backward(*ctx.pool, geo, ctx.ptr(x), ctx.ptr(g), w, ctx.ptr(y));
+    const float* b = bias.region == Region::None ? nullptr : ctx.ptr(bias);
+    norm_forward(*ctx.pool, geo, ctx.ptr(x), w, b, ctx.ptr(y));
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Kernel> make_sequence_kernel(const Graph& g, int id, const MemoryPlan& mem,
+                                             const std::vector<Shape>& shapes) {
+  const Node& n = g.node(id);
+  auto in = [&](size_t i) { return mem.ref[n.inputs[i]]; };
+  auto in_shape = [&](size_t i) -> const Shape& { return shapes[n.inputs[i]]; };
+  switch (n.op) {
+    case OpKind::MatMul: {
+      if (in_shape(0).size() == 2 && in_shape(1).size() == 2) return nullptr;
+      auto k = std::make_unique<BatchedMatMulKernel>();
+      k->a = in(0);
+      k->b = in(1);
+      k->c = mem.ref[id];
+      k->geo = batched_gemm_geometry(in_shape(0), in_shape(1), shapes[id], n.attrs.transpose_a, n.attrs.transpose_b);
+      return k;
+    }
+    case OpKind::Gather: {
+      auto k = std::make_unique<GatherKernel>();
+      k->table = in(0);
+      k->indices = in(1);
+      k->y = mem.ref[id];
+      k->index_shape = in_shape(1);
+      k->rows = in_shape(0)[0];
+      k->dim = in_shape(0)[1];
+      return k;
+    }
+    case OpKind::ScatterAdd: {
+      auto k = std::make_unique<ScatterAddKernel>();
+      k->updates = in(0);
+      k->indices = in(1);
+      k->y = mem.ref[id];
+      k->index_shape = in_shape(1);
+      k->rows = n.attrs.depth;
+      k->dim = in_shape(0).back();
+      return k;
+    }
+    case OpKind::LayerNorm: case OpKind::RmsNorm: case OpKind::LayerNormGrad: case OpKind::RmsNormGrad: {
+      auto k = std::make_unique<NormKernel>();
+      k->gradient = n.op == OpKind::LayerNormGrad || n.op == OpKind::RmsNormGrad;
+      k->x = in(0);
+      k->y = mem.ref[id];
+      const size_t affine = k->gradient ? 2 : 1;
+      if (k->gradient) k->g = in(1);
+      if (n.inputs.size() > affine) k->weight = in(affine);
+      if (!k->gradient && n.inputs.size() > 2) k->bias = in(2);
+      const Shape& xs = in_shape(0);
+      k->geo.dim = xs.back();
+      k->geo.rows = numel(xs) / k->geo.dim;
+      k->geo.eps = n.attrs.eps;
+      k->geo.centre = n.op == OpKind::LayerNorm || n.op == OpKind::LayerNormGrad;
+      return k;
+    }
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace gometal
