@@ -25,6 +25,7 @@ LAYER_RANKS = {
     "train": 3,
     "io": 4,
     "data": 4,
+    "text": 4,  # tokenizers and token files: data for language models, beside data/
     "viz": 5,
     "serve": 5,
     "distributed": 5,

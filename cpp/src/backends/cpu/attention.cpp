@@ -1,0 +1,172 @@
+#include "backends/cpu/attention.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <stdexcept>
+
+#include "backends/cpu/attention_blocks.h"
+#include "backends/cpu/gemm.h"
+#include "runtime/rng.h"
+
+namespace gometal {
+
+namespace attention_blocks {
+
+void score_block(const AttentionGeometry& geo, int64_t head, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
+                 const float* q, const float* k, const float* mask, float* s) {
+  constexpr int64_t ld = kAttentionKeyBlock;
+  gemm_serial(false, true, rows, cols, geo.d, head_of(q, head, geo.tq, geo.d) + i0 * geo.d, geo.d,
+              head_of(k, head, geo.tk, geo.d) + j0 * geo.d, geo.d, 0.0f, s, ld);
+  const int64_t b = head / geo.h, hh = head % geo.h;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = s + r * ld;
+    for (int64_t c = 0; c < cols; ++c) row[c] *= geo.scale;
+    if (mask != nullptr) {
+      const int64_t* st = geo.mask_stride;
+      const float* m = mask + b * st[0] + hh * st[1] + (i0 + r) * st[2] + j0 * st[3];
+      if (st[3] == 1) {
+        for (int64_t c = 0; c < cols; ++c) row[c] += m[c];
+      } else {
+        for (int64_t c = 0; c < cols; ++c) row[c] += m[c * st[3]];
+      }
+    }
+    if (geo.causal)
+      for (int64_t c = std::max<int64_t>(0, i0 + r + 1 - j0); c < cols; ++c) row[c] = -INFINITY;
+  }
+}
+
+void dropout_factors(const ExecContext& ctx, const AttentionGeometry& geo, int64_t head, int64_t i, int64_t j0,
+                     int64_t cols, float* z) {
+  philox_uniform(ctx.seed, geo.stream, ctx.rng_step, (head * geo.tq + i) * geo.tk + j0, cols, z);
+  const float kept = 1.0f / (1.0f - geo.dropout);
+  for (int64_t c = 0; c < cols; ++c) z[c] = z[c] >= geo.dropout ? kept : 0.0f;
+}
+
+}  // namespace attention_blocks
+
+namespace {
+
+using namespace attention_blocks;
+constexpr int64_t kBq = kAttentionQueryBlock, kBk = kAttentionKeyBlock;
+
+// One block of query rows: running maximum m and sum l per row; the accumulated output is
+// rescaled by exp(m_old - m_new) whenever a key block raises a row's maximum.
+void forward_block(const ExecContext& ctx, const AttentionGeometry& geo, int64_t head, int64_t i0, const float* q,
+                   const float* k, const float* v, const float* mask, float* out, float* lse, float* scratch) {
+  const int64_t d = geo.d, rows = std::min(kBq, geo.tq - i0);
+  float *s = scratch, *acc = s + kBq * kBk, *m = acc + kBq * d, *l = m + kBq, *z = l + kBq;
+  std::fill(m, m + rows, -INFINITY);
+  std::fill(l, l + rows, 0.0f);
+  std::fill(acc, acc + rows * d, 0.0f);
+  const int64_t keys = visible_keys(geo, i0, rows);
+  for (int64_t j0 = 0; j0 < keys; j0 += kBk) {
+    const int64_t cols = std::min(kBk, keys - j0);
+    score_block(geo, head, i0, rows, j0, cols, q, k, mask, s);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = s + r * kBk;
+      float top = -INFINITY;
+      for (int64_t c = 0; c < cols; ++c) top = std::max(top, row[c]);
+      const float new_m = std::max(m[r], top);
+      if (new_m == -INFINITY) {  // every key so far is masked for this row
+        std::fill(row, row + cols, 0.0f);
+        continue;
+      }
+      const float alpha = exp_nonpositive(m[r] - new_m);
+      float sum = 0.0f;
+      for (int64_t c = 0; c < cols; ++c) {
+        row[c] = exp_nonpositive(row[c] - new_m);
+        sum += row[c];
+      }
+      l[r] = l[r] * alpha + sum;
+      m[r] = new_m;
+      if (out == nullptr) continue;
+      if (alpha != 1.0f)
+        for (float *a = acc + r * d, *e = a + d; a < e; ++a) *a *= alpha;
+      if (geo.dropout > 0.0f) {
+        dropout_factors(ctx, geo, head, i0 + r, j0, cols, z);
+        for (int64_t c = 0; c < cols; ++c) row[c] *= z[c];
+      }
+    }
+    if (out != nullptr)
+      gemm_serial(false, false, rows, d, cols, s, kBk, head_of(v, head, geo.tk, d) + j0 * d, d, 1.0f, acc, d);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row = head * geo.tq + i0 + r;
+    if (out != nullptr) {
+      const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;  // a row with every key masked stays 0
+      for (int64_t c = 0; c < d; ++c) out[row * d + c] = acc[r * d + c] * inv;
+    }
+    if (lse != nullptr) lse[row] = std::max(m[r], -FLT_MAX) + std::log(std::max(l[r], FLT_MIN));
+  }
+}
+
+struct AttentionKernel final : Kernel {
+  OpKind op;
+  AttentionGeometry geo;
+  BufRef in[7];
+  BufRef y;
+  int64_t scratch_floats() const override { return attention_scratch_floats(geo); }
+  void run(const ExecContext& ctx) const override {
+    auto at = [&](int i) -> const float* { return in[i].region == Region::None ? nullptr : ctx.ptr(in[i]); };
+    switch (op) {
+      case OpKind::Attention: return attention_forward(ctx, geo, at(0), at(1), at(2), at(3), ctx.ptr(y), nullptr);
+      case OpKind::AttentionLse: return attention_forward(ctx, geo, at(0), at(1), nullptr, at(2), nullptr, ctx.ptr(y));
+      case OpKind::AttentionGradQ:
+        return attention_grad_q(ctx, geo, at(0), at(1), at(2), at(3), at(4), at(5), at(6), ctx.ptr(y));
+      default: return attention_grad_kv(ctx, geo, at(0), at(1), at(2), at(3), at(4), at(5), at(6), ctx.ptr(y));
+    }
+  }
+};
+
+}  // namespace
+
+int64_t attention_scratch_floats(const AttentionGeometry& geo) {
+  return 2 * kBq * kBk + kBq * geo.d + 2 * kBq + kBk;
+}
+
+void attention_forward(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
+                       const float* v, const float* mask, float* out, float* lse) {
+  const int64_t blocks = (geo.tq + kBq - 1) / kBq, units = geo.heads() * blocks;
+  const int tasks = balanced_tasks(*ctx.pool, units);
+  ctx.pool->parallel_for(tasks, [&](int task, int thread) {
+    int64_t u0, u1;
+    split_range(units, tasks, task, 1, &u0, &u1);
+    for (int64_t u = u0; u < u1; ++u)
+      forward_block(ctx, geo, u / blocks, (u % blocks) * kBq, q, k, v, mask, out, lse, ctx.thread_scratch(thread));
+  });
+}
+
+std::unique_ptr<Kernel> make_attention_kernel(const Graph& g, int id, const MemoryPlan& mem,
+                                              const std::vector<Shape>& shapes) {
+  const Node& n = g.node(id);
+  auto kernel = std::make_unique<AttentionKernel>();
+  kernel->op = n.op;
+  kernel->y = mem.ref[id];
+  const Shape &qs = shapes[n.inputs[0]], &ks = shapes[n.inputs[1]];
+  AttentionGeometry& geo = kernel->geo;
+  geo = {qs[0], qs[1], qs[2], ks[2], qs[3]};
+  geo.scale = n.attrs.scale > 0.0f ? n.attrs.scale : 1.0f / std::sqrt(static_cast<float>(geo.d));
+  geo.causal = n.attrs.causal;
+  geo.dropout = n.attrs.dropout;
+  geo.stream = static_cast<uint32_t>(n.op == OpKind::Attention || n.attrs.stream < 0 ? id : n.attrs.stream);
+  // Inputs by role: attention (q, k, v, mask), lse (q, k, mask), the gradients (q, k, v, g,
+  // lse, delta, mask); the mask is the last optional one.
+  const size_t mask_at = n.op == OpKind::Attention ? 3 : n.op == OpKind::AttentionLse ? 2 : 6;
+  for (size_t i = 0; i < n.inputs.size(); ++i) kernel->in[i] = mem.ref[n.inputs[i]];
+  if (n.inputs.size() > mask_at) {
+    geo.masked = true;
+    const Shape& ms = shapes[n.inputs[mask_at]];
+    const Shape scores = {geo.n, geo.h, geo.tq, geo.tk};
+    int64_t stride = 1;
+    for (size_t i = 0; i < 4; ++i) {
+      const size_t dim = 3 - i;
+      const int64_t size = i < ms.size() ? ms[ms.size() - 1 - i] : 1;
+      geo.mask_stride[dim] = size == 1 && scores[dim] != 1 ? 0 : stride;
+      stride *= size;
+    }
+  }
+  return kernel;
+}
+
+}  // namespace gometal

@@ -1,0 +1,51 @@
+// Fused scaled dot-product attention on the CPU, blockwise with an online softmax (as flash
+// attention): the forward pass keeps a running maximum and sum per query row, and the backward
+// pass recomputes each block's probabilities from the saved log-sum-exp, so no (Tq, Tk)
+// matrix is ever stored. Work is split over (N, H) and blocks of queries (or of keys).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backends/cpu/kernel.h"
+#include "gometal/ir.h"
+
+namespace gometal {
+
+struct AttentionGeometry {
+  int64_t n = 0, h = 0, tq = 0, tk = 0, d = 0;
+  float scale = 1.0f;
+  bool causal = false;
+  float dropout = 0.0f;
+  uint32_t stream = 0;           // the forward node's id: forward and backward draw one mask
+  bool masked = false;
+  int64_t mask_stride[4] = {};  // per (N, H, Tq, Tk) dim; 0 where the mask broadcasts
+
+  int64_t heads() const { return n * h; }
+};
+
+// Rows of queries and of keys in one block: the scores of a block stay in a thread's cache.
+inline constexpr int64_t kAttentionQueryBlock = 64;
+inline constexpr int64_t kAttentionKeyBlock = 64;
+
+// Floats of per-thread scratch every attention kernel needs.
+int64_t attention_scratch_floats(const AttentionGeometry& geo);
+
+// out (N, H, Tq, D) and/or lse (N, H, Tq); either may be null.
+void attention_forward(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
+                       const float* v, const float* mask, float* out, float* lse);
+// dq (N, H, Tq, D) from g = dL/dout, the saved lse and delta = rowsum(g * out).
+void attention_grad_q(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
+                      const float* v, const float* g, const float* lse, const float* delta, const float* mask,
+                      float* dq);
+// dk and dv stacked: (2, N, H, Tk, D).
+void attention_grad_kv(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
+                       const float* v, const float* g, const float* lse, const float* delta, const float* mask,
+                       float* dkv);
+
+// The kernel of an attention, attention_lse, attention_grad_q or attention_grad_kv node.
+std::unique_ptr<Kernel> make_attention_kernel(const Graph& g, int id, const MemoryPlan& mem,
+                                              const std::vector<Shape>& shapes);
+
+}  // namespace gometal

@@ -1,0 +1,56 @@
+// What the attention kernels share: one block of scores, the dropout factors of a row, and
+// an exp the compiler vectorizes (the softmax's exps dominate once D is small).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "backends/cpu/attention.h"
+
+namespace gometal::attention_blocks {
+
+// exp(x) for x <= 0 (scores minus their row maximum) within 2 ulp; exactly 0 below the
+// smallest normal result, so masked scores (-inf) give 0. Branch-free, so loops vectorize.
+inline float exp_nonpositive(float x) {
+  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float clamped = x < -87.0f ? -87.0f : x;
+  const float shifted = clamped * kLog2e + kRound;
+  const float n = shifted - kRound;
+  const float r = clamped - n * kLn2Hi - n * kLn2Lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  const int32_t scale_bits = (bits - 0x4B400000 + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &scale_bits, sizeof two_n);
+  return x < -87.0f ? 0.0f : p * two_n;
+}
+
+inline const float* head_of(const float* base, int64_t head, int64_t rows, int64_t d) {
+  return base + head * rows * d;
+}
+
+// s[r * kAttentionKeyBlock + c] = scale q_i . k_j + mask, -inf where causal hides key j from
+// query i = i0 + r (j > i), for `rows` queries from i0 and `cols` keys from j0 of `head`.
+void score_block(const AttentionGeometry& geo, int64_t head, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
+                 const float* q, const float* k, const float* mask, float* s);
+
+// z[c] = 1 / (1 - p) where the forward pass kept weight (i, j0 + c), 0 where it dropped it:
+// the element index of a (N, H, Tq, Tk) draw, so every kernel redraws the same mask.
+void dropout_factors(const ExecContext& ctx, const AttentionGeometry& geo, int64_t head, int64_t i, int64_t j0,
+                     int64_t cols, float* z);
+
+// How many keys query rows [i0, i0 + rows) can see at most (all Tk unless causal).
+inline int64_t visible_keys(const AttentionGeometry& geo, int64_t i0, int64_t rows) {
+  if (!geo.causal) return geo.tk;
+  return i0 + rows < geo.tk ? i0 + rows : geo.tk;
+}
+
+}  // namespace gometal::attention_blocks
