@@ -9,6 +9,8 @@ import pytest
 from gometal import _core
 
 from . import (
+    cases_attention,
+    cases_attention_kernel,
     cases_conv,
     cases_dtypes,
     cases_effects,
@@ -35,6 +37,7 @@ OP_CASES: list[OpCase] = [
     *cases_reduce.CASES,
     *cases_layout.CASES,
     *cases_conv.CASES,
+    *cases_attention.CASES,
     *cases_transformer.CASES,
 ]
 SCENARIOS: list[ScenarioCase] = [
@@ -42,9 +45,14 @@ SCENARIOS: list[ScenarioCase] = [
     *cases_errors.SCENARIOS,
     *cases_dtypes.SCENARIOS,
     *cases_symbols.SCENARIOS,
+    *cases_attention_kernel.SCENARIOS,
     *cases_transformer.SCENARIOS,
 ]
-ERROR_CASES: list[ErrorCase] = [*cases_errors.CASES, *cases_transformer.ERROR_CASES]
+ERROR_CASES: list[ErrorCase] = [
+    *cases_errors.CASES,
+    *cases_attention.ERRORS,
+    *cases_transformer.ERROR_CASES,
+]
 BACKENDS = available_backends()
 
 

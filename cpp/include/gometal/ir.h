@@ -54,6 +54,8 @@ enum class OpKind : uint8_t {
   CheckRange,
   // fused optimizer updates (effects, like assign)
   AdamUpdate,
+  // scaled dot-product attention, fused, and the ops of its gradient
+  Attention, AttentionLse, AttentionGradQ, AttentionGradKV,
   kCount
 };
 
@@ -75,6 +77,11 @@ struct Attrs {
   // conv2d and pooling: (height, width) pairs
   std::vector<int64_t> kernel_size, stride, padding, dilation;
   int64_t groups = 1;
+  // attention: a causal mask, the scores' scale (0: 1/sqrt(D)), dropout on the weights, and
+  // the RNG stream of the forward node (its gradient ops redraw the same mask)
+  bool causal = false;
+  float scale = 0.0f, dropout = 0.0f;
+  int64_t stream = -1;
 };
 
 struct Node {

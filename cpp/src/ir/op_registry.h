@@ -101,5 +101,6 @@ std::vector<OpDef> normalization_op_defs();
 std::vector<OpDef> window_op_defs();
 std::vector<OpDef> misc_op_defs();
 std::vector<OpDef> effect_op_defs();
+std::vector<OpDef> attention_op_defs();
 
 }  // namespace gometal

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "backends/backend.h"
+#include "backends/cpu/attention.h"
 #include "backends/cpu/blas.h"
 #include "backends/cpu/cast.h"
 #include "backends/cpu/checks.h"
@@ -350,6 +351,8 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
       k->hyper = {n.attrs.beta1, n.attrs.beta2, n.attrs.eps, n.attrs.weight_decay};
       return k;
     }
+    case OpKind::Attention: case OpKind::AttentionLse: case OpKind::AttentionGradQ: case OpKind::AttentionGradKV:
+      return make_attention_kernel(g, id, mem, shapes);
     case OpKind::Assign: {
       auto k = std::make_unique<CopyKernel>();
       k->x = in(1);
