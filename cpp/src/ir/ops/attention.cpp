@@ -106,28 +106,17 @@ void grad_kv_shape(Node& n, const std::vector<Node>& nodes) {
   n.shape = {2, d.n, d.h, d.tk, d.d};
 }
 
-// ---- the decompositions: broadcast products over (N, H, Tq, Tk, D), then reductions ----
+// ---- the decompositions: batched matrix products, a softmax, and the same for its VJP ----
 
 float scale_of(const Attrs& a, int64_t d) {
   return a.scale > 0.0f ? a.scale : 1.0f / std::sqrt(static_cast<float>(d));
 }
 
-// sum over D of x[..., :, None, :] * y[..., None, :, :]: (N, H, Tx, Ty).
-int pair_dot(Graph& gr, int x, int y) {
-  const Shape xs = shape_of(gr, x), ys = shape_of(gr, y);
-  const int x5 = gr.reshape(x, {xs[0], xs[1], xs[2], 1, xs[3]});
-  const int y5 = gr.reshape(y, {ys[0], ys[1], 1, ys[2], ys[3]});
-  return gr.sum(gr.mul(x5, y5), {4});
-}
+// x y^T over the last two axes: (N, H, Tx, Ty).
+int pair_dot(Graph& gr, int x, int y) { return gr.matmul(x, y, false, true); }
 
-// a (N, H, A, B) applied to rows of y (N, H, B, D), or, with over_rows, a^T to y (N, H, A, D).
-int weigh(Graph& gr, int a, int y, bool over_rows) {
-  const Shape as = shape_of(gr, a), ys = shape_of(gr, y);
-  const int a5 = gr.reshape(a, {as[0], as[1], as[2], as[3], 1});
-  const int y5 = over_rows ? gr.reshape(y, {ys[0], ys[1], ys[2], 1, ys[3]})
-                           : gr.reshape(y, {ys[0], ys[1], 1, ys[2], ys[3]});
-  return gr.sum(gr.mul(a5, y5), {over_rows ? int64_t{2} : int64_t{3}});
-}
+// a (N, H, A, B) times y (N, H, B, D), or, with over_rows, a^T times y (N, H, A, D).
+int weigh(Graph& gr, int a, int y, bool over_rows) { return gr.matmul(a, y, over_rows, false); }
 
 // scale q k^T + mask, with -inf above the diagonal when causal (query i sees keys j <= i).
 int scores(Graph& gr, const View& v, int mask) {
