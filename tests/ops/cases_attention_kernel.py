@@ -79,6 +79,24 @@ def kernel_matches_decomposition(backend, rng):
         _assert_close(fused, composed, 2e-5, f"T=({tq}, {tk}) causal={causal} mask={mask_shape}")
 
 
+def a_row_with_every_key_masked_is_zero(backend, rng):
+    shapes = [(1, 2, 4, 3), (1, 2, 5, 3), (1, 2, 5, 3)]
+    mask = rng.uniform(-1.0, 1.0, (1, 1, 4, 5))
+    mask[0, 0, 2] = -np.inf  # query 2 sees no key: its output and gradients are 0, not NaN
+    values = _draw(rng, shapes)
+    fused, _, _ = _run(shapes, {}, values, mask, backend=backend)
+    composed, _, _ = _run(shapes, {}, values, mask, WITHOUT_KERNELS, backend)
+    _assert_close(fused, composed, 2e-5, "a fully masked row")
+    assert np.all(fused[0][:, :, 2] == 0.0) and np.all(fused[1][:, :, 2] == 0.0)
+    assert all(np.isfinite(x).all() for x in fused)
+    rows = np.arange(4) != 2
+    want = attention(
+        *[a.astype(np.float64)[:, :, rows] if i == 0 else a for i, a in enumerate(values)],
+        mask[:, :, rows],
+    )
+    np.testing.assert_allclose(fused[0][:, :, rows], want, rtol=1e-5, atol=1e-6)
+
+
 def _torch_attention(values, mask, causal, scale=None):
     tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in values]
     attn_mask = None if mask is None else torch.tensor(mask)
@@ -169,6 +187,7 @@ def dropout_draws_one_mask_for_both_passes(backend, rng):
 
 SCENARIOS: list[ScenarioCase] = [
     ScenarioCase("attention", "kernel_matches_decomposition", kernel_matches_decomposition),
+    ScenarioCase("attention", "fully_masked_row", a_row_with_every_key_masked_is_zero),
     ScenarioCase("attention", "matches_torch_sdpa", matches_torch_scaled_dot_product_attention),
     ScenarioCase("attention", "symbolic_sequence_lengths", symbolic_sequence_lengths),
     ScenarioCase("attention", "dropout_one_mask", dropout_draws_one_mask_for_both_passes),

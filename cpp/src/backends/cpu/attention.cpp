@@ -65,20 +65,13 @@ void forward_block(const ExecContext& ctx, const AttentionGeometry& geo, int64_t
     score_block(geo, head, i0, rows, j0, cols, q, k, mask, s);
     for (int64_t r = 0; r < rows; ++r) {
       float* row = s + r * kBk;
-      float top = -INFINITY;
-      for (int64_t c = 0; c < cols; ++c) top = std::max(top, row[c]);
-      const float new_m = std::max(m[r], top);
+      const float new_m = std::max(m[r], row_max(row, cols));
       if (new_m == -INFINITY) {  // every key so far is masked for this row
         std::fill(row, row + cols, 0.0f);
         continue;
       }
       const float alpha = exp_nonpositive(m[r] - new_m);
-      float sum = 0.0f;
-      for (int64_t c = 0; c < cols; ++c) {
-        row[c] = exp_nonpositive(row[c] - new_m);
-        sum += row[c];
-      }
-      l[r] = l[r] * alpha + sum;
+      l[r] = l[r] * alpha + exp_and_sum(row, new_m, cols);
       m[r] = new_m;
       if (out == nullptr) continue;
       if (alpha != 1.0f)

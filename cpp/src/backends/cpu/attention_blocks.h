@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "backends/cpu/attention.h"
+#include "backends/cpu/vec8.h"
 
 namespace gometal::attention_blocks {
 
@@ -31,6 +32,34 @@ inline float exp_nonpositive(float x) {
   float two_n;
   std::memcpy(&two_n, &scale_bits, sizeof two_n);
   return x < -87.0f ? 0.0f : p * two_n;
+}
+
+// The largest of x[0..n), eight lanes at a time (a float max loop does not vectorize alone).
+inline float row_max(const float* x, int64_t n) {
+  float top = -__builtin_inff();
+  int64_t c = 0;
+  if (n >= 8) {
+    Vec8 lanes = load8(x);
+    for (c = 8; c + 8 <= n; c += 8) {
+      const Vec8 v = load8(x + c);
+      lanes = lanes > v ? lanes : v;
+    }
+    for (int i = 0; i < 8; ++i) top = top > lanes[i] ? top : lanes[i];
+  }
+  for (; c < n; ++c) top = top > x[c] ? top : x[c];
+  return top;
+}
+
+// x[c] = exp(x[c] - m) for c < n; returns their sum (eight partial sums, then the tail).
+inline float exp_and_sum(float* x, float m, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) x[c] = exp_nonpositive(x[c] - m);
+  Vec8 lanes = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) lanes += load8(x + c);
+  float sum = 0.0f;
+  for (int i = 0; i < 8; ++i) sum += lanes[i];
+  for (; c < n; ++c) sum += x[c];
+  return sum;
 }
 
 inline const float* head_of(const float* base, int64_t head, int64_t rows, int64_t d) {
