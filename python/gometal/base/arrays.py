@@ -297,7 +297,7 @@ def as_dense_targets(
     if tuple(target_shape) == (1,) and arr.ndim == 1:
         arr = arr.reshape(-1, 1)
     _check_length(arr, num_samples, name)
-    if arr.shape[1:] != tuple(target_shape):
+    if not _fits_sample_shape(arr.shape, tuple(target_shape)):
         raise ValueError(
             f"{name} must have shape {_expected_batch_shape(target_shape)} to match the model "
             f"output, got {format_shape(arr.shape)}"

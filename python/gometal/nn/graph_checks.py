@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 from .layers.base import Layer
 from .tensor import ModelGraph
@@ -121,3 +123,17 @@ def check_state_layers_called_once(graph: ModelGraph) -> None:
                 "(running statistics) in training and can be called only once; use one "
                 "layer per call"
             )
+
+
+def graph_bytes_per_sample(graph: Any) -> int:
+    """Bytes one sample takes across every node of ``graph`` (4 per element), a symbolic
+    dim (the batch, a sequence length) counting one position.
+
+    Example:
+        >>> graph_bytes_per_sample(g)  # doctest: +SKIP
+        68
+    """
+    total = 0
+    for node in range(len(graph)):
+        total += 4 * math.prod(1 if d < 0 else int(d) for d in graph.shape(node))
+    return total

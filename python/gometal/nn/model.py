@@ -10,7 +10,6 @@ trained, by whichever trainer.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from .graph_checks import (
     assign_layer_names,
     check_model_graph,
     check_state_layers_called_once,
+    graph_bytes_per_sample,
 )
 from .inference import (
     is_batch_stream,
@@ -353,11 +353,7 @@ class Model:
         graph = _core.Graph()
         xs = self.declare_inputs(graph)
         self.emit(EmitContext(graph, training=False, variables=self.declare_variables(graph)), xs)
-        total = 0
-        for node in range(len(graph)):
-            # A symbolic dim (the batch, a sequence length) counts one position.
-            total += 4 * math.prod(1 if d < 0 else int(d) for d in graph.shape(node))
-        return total
+        return graph_bytes_per_sample(graph)
 
     def count_params(self) -> int:
         """The number of trainable scalar weights (PyTorch's ``parameters()`` count).

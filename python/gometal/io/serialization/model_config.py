@@ -18,7 +18,7 @@ from typing import Any
 from ...nn.layers.base import Layer
 from ...nn.layers.registry import entry_of, registered_layers
 from ...nn.model import Model
-from ...nn.tensor import Input, SymbolicTensor
+from ...nn.tensor import Input, SymbolicTensor, show_dim
 from .container import CheckpointError
 
 # The most memory one sample's forward pass may need in a model read from a file, as the
@@ -69,10 +69,10 @@ def model_to_config(model: Model) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if not model.structured:
         (source,), (result,) = sources, results
-        config["input"] = {"name": source.name, "shape": list(source.sample_shape)}
+        config["input"] = {"name": source.name, **_input_entry(source)}
     else:
         config["inputs"] = [
-            {"name": name, "input_name": source.name, "shape": list(source.sample_shape)}
+            {"name": name, "input_name": source.name, **_input_entry(source)}
             for name, source in zip(model.input_names, sources)
         ]
         config["keyed_inputs"] = model.input_signature.keyed
@@ -169,8 +169,17 @@ def _replay_calls(
     return tensors
 
 
+def _input_entry(source: SymbolicTensor) -> dict[str, Any]:
+    # A run-time length is written as the user writes it: None for seq, else its name.
+    entry: dict[str, Any] = {"shape": [show_dim(d) for d in source.sample_shape]}
+    if source.dtype != "float32":
+        entry["dtype"] = source.dtype
+    return entry
+
+
 def _read_input(entry: Any, where: str) -> SymbolicTensor:
     shape = _field(entry, "shape", list, where)
+    dtype = entry.get("dtype", "float32")
     key = "input_name" if "input_name" in entry else "name"
     input_name = entry.get(key)
     if input_name is not None and not isinstance(input_name, str):
@@ -178,7 +187,7 @@ def _read_input(entry: Any, where: str) -> SymbolicTensor:
             f"model definition: {where}.{key} must be a string, got {input_name!r}"
         )
     try:
-        return Input(tuple(shape), name=input_name)
+        return Input(tuple(shape), name=input_name, dtype=dtype)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"model definition: bad {where} shape {shape}: {err}") from None
 

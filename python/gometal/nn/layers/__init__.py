@@ -26,6 +26,9 @@ from .base import EmitContext, Layer, WeightSpec
 from .conv import Conv2D
 from .conv_variants import Conv1D, Conv2DTranspose
 from .core import Dense
+# The transformer layers join __all__ (the exported, saved and ONNX-exported set) with
+# their ONNX export rules.
+from .embedding import Embedding, PositionalEmbedding, RMSNorm
 from .lambda_layer import Lambda, register_function, registered_functions
 from .merge import Add, Concatenate, Multiply
 from .normalization import BatchNorm
@@ -43,6 +46,13 @@ from .registry import (
 from .regularization import Dropout
 from .resampling import UpSampling2D, ZeroPadding2D
 from .reshaping import Flatten, Permute, Reshape
+from .transformer import (
+    MultiHeadAttention,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 
 __all__ = [
     "ELU",

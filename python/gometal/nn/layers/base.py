@@ -176,6 +176,10 @@ class EmitContext:
         except KeyError:
             raise KeyError(f"no variable named {full_name!r} in this graph") from None
 
+    def has_variable(self, name: str) -> bool:
+        """Whether the current layer has a weight ``name`` (``<layer>.<name>``)."""
+        return f"{self.scope}.{name}" in self._variables
+
 
 class Layer:
     """Base class of all layers.
@@ -190,6 +194,8 @@ class Layer:
 
     kind: ClassVar[str] = "layer"
     num_inputs: ClassVar[int | None] = 1
+    # With ``num_inputs = None``: the fewest inputs the layer takes.
+    min_inputs: ClassVar[int] = 2
     # The element types the layer takes; an embedding takes int32 token ids.
     input_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
     # Layers that write their own variables during training (``ctx.effects``) may be
@@ -388,9 +394,10 @@ class Layer:
                 f"{self._describe(label)} must be called on symbolic tensors (from gm.Input or "
                 f"another layer), got {', '.join(type(t).__name__ for t in tensors)}"
             )
-        if self.num_inputs is None and len(tensors) < 2:
+        if self.num_inputs is None and len(tensors) < self.min_inputs:
             raise ValueError(
-                f"{self._describe(label)} takes a list of two or more tensors, got {len(tensors)}"
+                f"{self._describe(label)} takes a list of {self.min_inputs} or more tensors, "
+                f"got {len(tensors)}"
             )
         if self.num_inputs is not None and len(tensors) != self.num_inputs:
             raise ValueError(

@@ -107,11 +107,8 @@ class Dense(Layer):
 
     def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
         g, x, weight = ctx.graph, inputs[0], ctx.variable("weight")
-        shape = tuple(g.shape(x))
-        if len(shape) == 2:
-            out = op(g, "matmul", x, weight, transpose_b=True)
-        else:
-            out = _dense_over_last_axis(g, x, weight, self.units)
+        # The matmul broadcasts the weight over the leading axes (torch's nn.Linear).
+        out = op(g, "matmul", x, weight, transpose_b=True)
         if self.use_bias:
             out = op(g, "add", out, ctx.variable("bias"))
         return self.options.finish(ctx, out, self.use_bias)
@@ -130,29 +127,3 @@ class Dense(Layer):
         return f"Dense({self.units}, use_bias={self.use_bias}{extras}{name})"
 
 
-def _dense_over_last_axis(g: Any, x: int, weight: int, units: int) -> int:
-    """``x @ weight.T`` for ``x`` of rank > 2, as a 1x1 convolution over the other axes.
-
-    The engine's matmul is 2-D and a reshape may not merge the batch into another axis,
-    so the features move to axis 1 and the axes after the batch become the image.
-    """
-    shape = tuple(g.shape(x))
-    rank, in_features = len(shape), shape[-1]
-    to_channels = [0, rank - 1, *range(1, rank - 1)]
-    moved = op(g, "transpose", x, perm=to_channels)  # (batch, in, d1, ..., dk)
-    inner = list(shape[1:-1])
-    if rank == 3:
-        image = op(g, "reshape", moved, shape=[-1, in_features, inner[0], 1])
-    elif rank == 4:
-        image = moved
-    else:
-        size = 1
-        for d in inner:
-            size *= d
-        image = op(g, "reshape", moved, shape=[-1, in_features, size, 1])
-    kernel = op(g, "reshape", weight, shape=[units, in_features, 1, 1])
-    product = op(g, "conv2d", image, kernel, stride=[1, 1], padding=[0, 0], dilation=[1, 1])
-    if rank != 4:
-        product = op(g, "reshape", product, shape=[-1, units, *inner])
-    back = [0, *range(2, rank), 1]
-    return op(g, "transpose", product, perm=back)
