@@ -62,6 +62,10 @@ SIZES = [
     (1, 2, 64, 64, 16, False, None),
     (1, 2, 300, 300, 16, True, None),
     (1, 1, 300, 130, 8, False, (1, 1, 1, 130)),
+    # the head sizes with products of their own (16, 32, 64, 128), blocks cut short
+    (2, 2, 45, 45, 32, True, (2, 1, 1, 45)),
+    (1, 2, 33, 150, 64, False, (33, 150)),
+    (1, 1, 70, 70, 128, True, None),
 ]
 
 

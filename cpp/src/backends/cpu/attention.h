@@ -26,7 +26,7 @@ struct AttentionGeometry {
 };
 
 // Rows of queries and of keys in one block: the scores of a block stay in a thread's cache.
-inline constexpr int64_t kAttentionQueryBlock = 64;
+inline constexpr int64_t kAttentionQueryBlock = 32;
 inline constexpr int64_t kAttentionKeyBlock = 128;
 
 // Floats of per-thread scratch every attention kernel needs.
