@@ -146,6 +146,9 @@ class BPETokenizer(Tokenizer):
 
         Returns:
             The tokenizer.
+
+        Example:
+            >>> BPETokenizer.from_config(json.load(open("tokenizer.json")))  # doctest: +SKIP
         """
         package = _tokenizers_package()
         try:

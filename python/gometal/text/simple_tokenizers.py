@@ -164,7 +164,18 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> CharTokenizer:
-        """Rebuilds the tokenizer :meth:`to_config` described."""
+        """Rebuilds the tokenizer :meth:`to_config` described.
+
+        Args:
+            config: the dict :meth:`to_config` returned.
+
+        Returns:
+            The tokenizer.
+
+        Example:
+            >>> CharTokenizer.from_config(CharTokenizer("ab").to_config()).chars
+            ('a', 'b')
+        """
         chars = config.get("chars")
         if not isinstance(chars, str):
             raise TypeError(f"[CharTokenizer] 'chars' must be a str, got {chars!r}")
@@ -238,7 +249,18 @@ class ByteTokenizer(Tokenizer):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ByteTokenizer:
-        """A :class:`ByteTokenizer` (it has no settings)."""
+        """A :class:`ByteTokenizer` (it has no settings).
+
+        Args:
+            config: the dict :meth:`to_config` returned.
+
+        Returns:
+            The tokenizer.
+
+        Example:
+            >>> ByteTokenizer.from_config({"format": "gometal.tokenizer", "kind": "byte"})
+            ByteTokenizer()
+        """
         return cls()
 
     def __repr__(self) -> str:

@@ -82,6 +82,10 @@ class StdlibCorpus:
         modules: the module names, sorted.
         paths: each module's source file, in the same order.
         python_version: the interpreter whose standard library was read, e.g. ``"3.11.7"``.
+
+    Example:
+        >>> corpus = stdlib_corpus()  # doctest: +SKIP
+        >>> note = f"{corpus.sha256} (Python {corpus.python_version})"  # doctest: +SKIP
     """
 
     text: str

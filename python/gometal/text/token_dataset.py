@@ -118,6 +118,11 @@ class TokenWindows:
         Returns:
             Two C-contiguous int32 arrays of shape ``(len(starts), block_size)``; ``y`` is
             ``x`` shifted by one token.
+
+        Example:
+            >>> x, y = TokenWindows(np.arange(6), block_size=3).batch(np.array([2]))
+            >>> x.tolist(), y.tolist()
+            ([[2, 3, 4]], [[3, 4, 5]])
         """
         starts = np.asarray(starts, dtype=np.int64)
         if starts.size and (starts.min() < 0 or starts.max() >= self.num_windows):
@@ -196,6 +201,10 @@ class TokenLoader:
 
         Returns:
             An int64 array of shape ``(batches_per_epoch, batch_size)``.
+
+        Example:
+            >>> loader.epoch_starts(0).shape  # doctest: +SKIP
+            (200, 12)
         """
         count = self.batches_per_epoch * self.batch_size
         starts = window_starts(self.seed, epoch, count, self.windows.num_windows, self.stream)
@@ -263,7 +272,18 @@ class TokenDataset:
         )
 
     def split(self, name: str) -> TokenWindows:
-        """The windows of split ``name`` (``"train"`` or ``"validation"``)."""
+        """The windows of one split.
+
+        Args:
+            name: ``"train"`` or ``"validation"``.
+
+        Returns:
+            The split's :class:`TokenWindows`.
+
+        Example:
+            >>> data.split("validation").num_windows  # doctest: +SKIP
+            28300
+        """
         if name not in SPLIT_STREAMS:
             raise ValueError(f"split must be one of {sorted(SPLIT_STREAMS)}, got {name!r}")
         windows = self.train if name == "train" else self.validation

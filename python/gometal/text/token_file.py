@@ -3,9 +3,10 @@
 Layout: the 8-byte magic ``GMTOKENS``, a little-endian uint32 format version and a uint32
 header length, a UTF-8 JSON header (dtype, count, vocab_size, the tokens' sha256, the
 tokenizer's description and the source text's sha256), spaces up to a multiple of 64
-bytes, then the tokens as little-endian uint16 (when the vocabulary fits) or int32. The file is written to a
-temporary file, synced and renamed, so a reader never sees half of one; opening checks the
-size, the header and (by default) the checksum, so a truncated or corrupted file is refused.
+bytes, then the tokens as little-endian uint16 (when the vocabulary fits) or int32. The
+file is written to a temporary file, synced and renamed, so a reader never sees half of
+one; opening checks the size, the header and (by default) the checksum, so a truncated or
+corrupted file is refused.
 """
 
 from __future__ import annotations

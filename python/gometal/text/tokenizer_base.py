@@ -84,7 +84,19 @@ class Tokenizer(abc.ABC):
 
 
 def check_text(text: Any, owner: str) -> str:
-    """Returns ``text`` when it is a ``str``, else raises ``TypeError`` naming ``owner``."""
+    """Returns ``text`` when it is a ``str``, else raises ``TypeError`` naming ``owner``.
+
+    Args:
+        text: what a caller passed as text.
+        owner: the tokenizer or function, for the message.
+
+    Returns:
+        ``text``.
+
+    Example:
+        >>> check_text("abc", "ByteTokenizer")
+        'abc'
+    """
     if not isinstance(text, str):
         raise TypeError(f"[{owner}] encode takes a str, got {type(text).__name__}")
     return text
