@@ -23,6 +23,7 @@ LAYER_RANKS = {
     "graph": 1,
     "nn": 2,
     "train": 3,
+    "models": 3,  # ready-made models built from nn, beside train/
     "io": 4,
     "data": 4,
     "text": 4,  # tokenizers and token files: data for language models, beside data/

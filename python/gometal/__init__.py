@@ -97,7 +97,7 @@ def _plots_callback(plots: str, plots_dir: object, validation: object) -> object
 
 
 # Imported on first use: they pull in heavy packages (Pillow; onnx; plotly and scipy).
-_LAZY_SUBMODULES = ("datasets", "onnx", "vision", "viz")
+_LAZY_SUBMODULES = ("datasets", "models", "onnx", "text", "vision", "viz")
 
 
 def __getattr__(name: str):

@@ -176,6 +176,17 @@ class EmitContext:
         except KeyError:
             raise KeyError(f"no variable named {full_name!r} in this graph") from None
 
+    def shared_variable(self, full_name: str, shape: tuple[int, ...]) -> int:
+        """The variable ``full_name`` of another layer (a tied weight), declared here when
+        the graph has none (a layer probing its output shape alone).
+
+        Example:
+            >>> table = ctx.shared_variable("wte.weight", (65, 128))  # doctest: +SKIP
+        """
+        if full_name not in self._variables:
+            self._variables[full_name] = self.graph.variable(full_name, tuple(shape))
+        return self._variables[full_name]
+
     def has_variable(self, name: str) -> bool:
         """Whether the current layer has a weight ``name`` (``<layer>.<name>``)."""
         return f"{self.scope}.{name}" in self._variables

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ...graph.composites import op, rms_norm
+from ...graph.composites import matmul, op, rms_norm
 from ..initializers import Normal, Ones
 from .attention_ops import embedding_lookup, sinusoidal_table
 from .base import EmitContext, Layer, WeightSpec
@@ -226,3 +226,52 @@ class RMSNorm(Layer):
     def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
         weight = ctx.variable("weight") if self.elementwise_affine else None
         return rms_norm(ctx.graph, inputs[0], weight, self.eps)
+
+
+@register_layer
+class TiedLinear(Layer):
+    """A linear map without weights of its own: ``x @ E.T`` with ``E`` the table of the
+    ``Embedding`` layer named ``tied_to`` (weight tying, as a GPT's language-model head
+    shares its token embedding). The one variable gets both gradients, summed.
+
+    Args:
+        tied_to: the name of the ``Embedding`` layer in the same model.
+        num_embeddings: that table's rows (the output size).
+        embedding_dim: that table's width (the input size).
+        name: an explicit layer name.
+
+    Example:
+        >>> head = TiedLinear("wte", 65, 128, name="lm_head")
+    """
+
+    kind = "tied_linear"
+
+    def __init__(
+        self, tied_to: str, num_embeddings: int, embedding_dim: int, name: str | None = None
+    ):
+        super().__init__(name)
+        if not isinstance(tied_to, str) or not tied_to:
+            raise ValueError(f"TiedLinear tied_to must name an Embedding layer, got {tied_to!r}")
+        self.tied_to = tied_to
+        self.num_embeddings = _positive(num_embeddings, "TiedLinear num_embeddings")
+        self.embedding_dim = _positive(embedding_dim, "TiedLinear embedding_dim")
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "tied_to": self.tied_to,
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+        }
+
+    def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
+        (shape,) = input_shapes
+        if shape[-1] != self.embedding_dim:
+            raise ValueError(f"expects inputs (..., {self.embedding_dim}), got {shape}")
+        return []
+
+    def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
+        table = ctx.shared_variable(
+            f"{self.tied_to}.weight", (self.num_embeddings, self.embedding_dim)
+        )
+        return matmul(ctx.graph, inputs[0], table, transpose_b=True)
