@@ -1,0 +1,139 @@
+"""Text generation from a language model: greedy decoding or sampling with temperature,
+top-k and top-p (nucleus) filtering, deterministic for a seed.
+
+The model reads a fixed context of ``block_size`` tokens; a shorter context is padded on
+the right, which a causal model never reads, and a longer one keeps its last
+``block_size`` tokens (as nanoGPT crops it). Each new token recomputes the context.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..nn.model import Model
+
+
+def _check_fraction(value: Any, what: str, low_open: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number, got {value!r}")
+    value = float(value)
+    if not (0.0 < value <= 1.0 if low_open else 0.0 <= value <= 1.0):
+        raise ValueError(f"{what} must be in (0, 1], got {value}")
+    return value
+
+
+def filter_logits(
+    logits: np.ndarray,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> np.ndarray:
+    """Next-token probabilities after temperature, top-k and top-p filtering.
+
+    Top-k keeps the ``k`` largest logits. Top-p keeps the smallest set of most probable
+    tokens whose probabilities sum to at least ``p`` (always at least one token), as
+    Hugging Face's ``TopPLogitsWarper``. Ties at the top-k boundary are all kept.
+
+    Args:
+        logits: ``(vocab,)`` scores of the next token.
+        temperature: divides the logits (> 0).
+        top_k: keep this many tokens, or ``None``.
+        top_p: keep this much probability mass, or ``None``.
+
+    Returns:
+        ``(vocab,)`` float64 probabilities summing to 1, zero outside the kept tokens.
+
+    Example:
+        >>> filter_logits(np.array([1.0, 3.0, 2.0]), top_k=1).tolist()
+        [0.0, 1.0, 0.0]
+    """
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    scores = np.asarray(logits, dtype=np.float64) / float(temperature)
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        if top_k < scores.size:
+            kth = np.sort(scores)[-top_k]
+            scores = np.where(scores < kth, -np.inf, scores)
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    if top_p is not None:
+        top_p = _check_fraction(top_p, "top_p")
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        # A token stays while the mass before it is below p: the first always stays.
+        keep = np.concatenate([[True], cumulative[:-1] < top_p])
+        mask = np.zeros_like(probs, dtype=bool)
+        mask[order[keep]] = True
+        probs = np.where(mask, probs, 0.0)
+        probs /= probs.sum()
+    return probs
+
+
+def generate(
+    model: Model,
+    prompt: Any,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    seed: int = 0,
+) -> np.ndarray:
+    """Continues ``prompt`` with ``max_new_tokens`` tokens from a causal language model.
+
+    Args:
+        model: a model from ``(N, block_size)`` int32 ids to ``(N, block_size, vocab)``
+            logits (``gm.models.GPT``).
+        prompt: 1-D token ids (at least one), or 2-D ``(N, T)`` to continue N prompts.
+        max_new_tokens: tokens to add (>= 0).
+        temperature: divides the logits before sampling (> 0).
+        top_k: sample among the ``k`` most likely tokens only.
+        top_p: sample among the most likely tokens holding this probability mass.
+        greedy: take the most likely token instead of sampling.
+        seed: the sampling generator's seed: the same seed gives the same text.
+
+    Returns:
+        The prompt followed by the new tokens, int32, shaped as ``prompt`` plus
+        ``max_new_tokens`` columns.
+
+    Raises:
+        TypeError, ValueError: a bad argument, or token ids outside the vocabulary (named
+            by the model's embedding).
+
+    Example:
+        >>> ids = generate(model, tokenizer.encode("def "), 64, top_k=20, seed=1)  # doctest: +SKIP
+    """
+    ids = np.asarray(prompt)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"prompt must hold integer token ids, got dtype {ids.dtype}")
+    single = ids.ndim == 1
+    ids = np.atleast_2d(ids).astype(np.int32)
+    if ids.ndim != 2 or ids.shape[1] < 1:
+        raise ValueError(f"prompt must be (T,) or (N, T) token ids with T >= 1, got {ids.shape}")
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 0
+    ):
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    (block,) = model.input_shape
+    rng = np.random.default_rng(seed)
+    for _ in range(max_new_tokens):
+        context = ids[:, -block:]
+        length = context.shape[1]
+        window = np.zeros((ids.shape[0], block), np.int32)
+        window[:, :length] = context
+        logits = np.asarray(model.predict(window))[:, length - 1, :]
+        chosen = []
+        for row in logits:
+            if greedy:
+                chosen.append(int(np.argmax(row)))
+            else:
+                probs = filter_logits(row, temperature, top_k, top_p)
+                chosen.append(int(rng.choice(probs.size, p=probs)))
+        ids = np.concatenate([ids, np.asarray(chosen, np.int32)[:, None]], axis=1)
+    return ids[0] if single else ids

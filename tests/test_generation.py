@@ -1,0 +1,76 @@
+"""Sampling from a language model: top-k and top-p keep exactly the tokens they should,
+sampling is deterministic for a seed, and greedy decoding follows the model's argmax."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gometal as gm
+from gometal.models import filter_logits, generate
+
+VOCAB, BLOCK = 11, 8
+
+
+def _softmax(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def test_top_k_keeps_the_k_largest_and_renormalizes():
+    logits = np.array([0.1, 2.0, -1.0, 1.5, 0.3])
+    probs = filter_logits(logits, top_k=2)
+    np.testing.assert_allclose(probs[[1, 3]], _softmax(logits[[1, 3]]))
+    assert probs[[0, 2, 4]].sum() == 0
+    ties = filter_logits(np.array([1.0, 1.0, 0.0]), top_k=1)
+    np.testing.assert_allclose(ties, [0.5, 0.5, 0.0])  # a tie at the boundary stays
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.7, 0.9, 1.0])
+def test_top_p_keeps_the_smallest_nucleus(top_p):
+    logits = np.log(np.array([0.4, 0.25, 0.2, 0.1, 0.05]))
+    probs = filter_logits(logits, top_p=top_p)
+    base = _softmax(logits)
+    # Smallest prefix of the sorted probabilities whose sum reaches top_p.
+    size = int(np.searchsorted(np.cumsum(base), top_p - 1e-12) + 1)
+    kept = np.argsort(-base)[:size]
+    assert set(np.flatnonzero(probs)) == set(kept)
+    np.testing.assert_allclose(probs[kept], base[kept] / base[kept].sum())
+
+
+def test_temperature_divides_the_logits():
+    logits = np.array([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(filter_logits(logits, temperature=0.5), _softmax(logits / 0.5))
+
+
+def _model():
+    return gm.models.GPT(VOCAB, BLOCK, n_layer=1, n_head=2, n_embd=16, seed=4)
+
+
+def test_sampling_is_deterministic_for_a_seed_and_greedy_follows_the_argmax():
+    model = _model()
+    prompt = np.array([1, 2, 3], np.int32)
+    first = generate(model, prompt, 12, top_k=5, seed=7)
+    assert np.array_equal(first, generate(model, prompt, 12, top_k=5, seed=7))
+    assert not np.array_equal(first, generate(model, prompt, 12, top_k=5, seed=8))
+    greedy = generate(model, prompt, 10, greedy=True)
+    assert list(greedy[:3]) == [1, 2, 3] and len(greedy) == 13
+    for t in range(3, len(greedy)):
+        context = greedy[max(0, t - BLOCK) : t]
+        window = np.zeros((1, BLOCK), np.int32)
+        window[0, : len(context)] = context
+        assert greedy[t] == np.argmax(model.predict(window)[0, len(context) - 1])
+
+
+def test_bad_generation_arguments_are_named():
+    model = _model()
+    with pytest.raises(TypeError, match="prompt must hold integer token ids"):
+        generate(model, np.array([1.5]), 3)
+    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 0"):
+        generate(model, np.array([1]), -1)
+    with pytest.raises(ValueError, match=r"\[gather\] index 11"):
+        generate(model, np.array([11]), 1)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        filter_logits(np.zeros(3), top_p=0.0)
+    with pytest.raises(ValueError, match="top_k must be a positive int"):
+        filter_logits(np.zeros(3), top_k=0)
