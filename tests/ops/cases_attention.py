@@ -37,6 +37,12 @@ def attention(q, k, v, mask=None, causal=False, scale=0.0):
     return np.einsum("nhij,nhjd->nhid", p, v)
 
 
+def attention_with_lse(q, k, v, mask=None, causal=False):
+    """The output with each row's log-sum-exp as an extra last column (with_lse)."""
+    lse = log_sum_exp(scores(q, k, mask, causal))
+    return np.concatenate([attention(q, k, v, mask, causal), lse[..., None]], axis=-1)
+
+
 def grad_parts(q, k, v, g, lse, delta, mask=None, causal=False, scale=0.0):
     """dq, dk, dv of attention given its saved row statistics (any lse and delta: the
     backward ops are defined on them, whatever computed them)."""
@@ -94,6 +100,19 @@ def _forward_cases() -> list[OpCase]:
             lambda q, k, v, m: attention(q, k, v, m, causal=True),
             attrs={"causal": True},
             name="causal_and_mask",
+        ),
+        # The saved log-sum-exps are outputs too: their gradient flows back through q and k.
+        OpCase(
+            "attention",
+            (Arg(Q), Arg(KV), Arg(KV), FIXED_MASK),
+            attention_with_lse,
+            attrs={"with_lse": True},
+        ),
+        OpCase(
+            "attention",
+            (Arg(SQUARE), Arg(SQUARE), Arg(SQUARE)),
+            lambda q, k, v: attention_with_lse(q, k, v, causal=True),
+            attrs={"causal": True, "with_lse": True},
         ),
         OpCase(
             "attention",

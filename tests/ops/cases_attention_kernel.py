@@ -70,17 +70,18 @@ SIZES = [
 
 
 def kernel_matches_decomposition(backend, rng):
-    for n, h, tq, tk, d, causal, mask_shape in SIZES:
+    for index, (n, h, tq, tk, d, causal, mask_shape) in enumerate(SIZES):
         shapes = [(n, h, tq, d), (n, h, tk, d), (n, h, tk, d)]
         values = _draw(rng, shapes)
         mask = rng.uniform(-2.0, 2.0, mask_shape) if mask_shape else None
-        attrs = {"causal": causal}
+        # every other size also saves the log-sum-exps for the backward pass
+        attrs = {"causal": causal, "with_lse": index % 2 == 1}
         fused, plan, _ = _run(shapes, attrs, values, mask, backend=backend)
         composed, composed_plan, _ = _run(shapes, attrs, values, mask, WITHOUT_KERNELS, backend)
         # The option really swapped the kernels for the decomposition.
         assert any(line.startswith("attention ") for line in plan), plan
         assert not any(line.split(" ")[0] in ATTENTION_OPS for line in composed_plan), composed_plan
-        _assert_close(fused, composed, 2e-5, f"T=({tq}, {tk}) causal={causal} mask={mask_shape}")
+        _assert_close(fused, composed, 2e-5, f"T=({tq}, {tk}) {attrs} mask={mask_shape}")
 
 
 def a_row_with_every_key_masked_is_zero(backend, rng):

@@ -77,9 +77,10 @@ struct Attrs {
   // conv2d and pooling: (height, width) pairs
   std::vector<int64_t> kernel_size, stride, padding, dilation;
   int64_t groups = 1;
-  // attention: a causal mask, the scores' scale (0: 1/sqrt(D)), dropout on the weights, and
+  // attention: a causal mask, the scores' scale (0: 1/sqrt(D)), dropout on the weights, the
+  // row log-sum-exps as an extra last column of the output (saved for the backward pass), and
   // the RNG stream of the forward node (its gradient ops redraw the same mask)
-  bool causal = false;
+  bool causal = false, with_lse = false;
   float scale = 0.0f, dropout = 0.0f;
   int64_t stream = -1;
 };

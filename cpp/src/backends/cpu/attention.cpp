@@ -88,9 +88,9 @@ void forward_block(const ExecContext& ctx, const AttentionGeometry& geo, int64_t
     const int64_t row = head * geo.tq + i0 + r;
     if (out != nullptr) {
       const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;  // a row with every key masked stays 0
-      for (int64_t c = 0; c < d; ++c) out[row * d + c] = acc[r * d + c] * inv;
+      for (int64_t c = 0; c < d; ++c) out[row * geo.out_stride + c] = acc[r * d + c] * inv;
     }
-    if (lse != nullptr) lse[row] = std::max(m[r], -FLT_MAX) + std::log(std::max(l[r], FLT_MIN));
+    if (lse != nullptr) lse[row * geo.lse_stride] = std::max(m[r], -FLT_MAX) + std::log(std::max(l[r], FLT_MIN));
   }
 }
 
@@ -103,7 +103,10 @@ struct AttentionKernel final : Kernel {
   void run(const ExecContext& ctx) const override {
     auto at = [&](int i) -> const float* { return in[i].region == Region::None ? nullptr : ctx.ptr(in[i]); };
     switch (op) {
-      case OpKind::Attention: return attention_forward(ctx, geo, at(0), at(1), at(2), at(3), ctx.ptr(y), nullptr);
+      case OpKind::Attention: {
+        float* out = ctx.ptr(y);
+        return attention_forward(ctx, geo, at(0), at(1), at(2), at(3), out, geo.lse_stride > 1 ? out + geo.d : nullptr);
+      }
       case OpKind::AttentionLse: return attention_forward(ctx, geo, at(0), at(1), nullptr, at(2), nullptr, ctx.ptr(y));
       case OpKind::AttentionGradQ:
         return attention_grad_q(ctx, geo, at(0), at(1), at(2), at(3), at(4), at(5), at(6), ctx.ptr(y));
@@ -142,6 +145,9 @@ std::unique_ptr<Kernel> make_attention_kernel(const Graph& g, int id, const Memo
   geo.scale = n.attrs.scale > 0.0f ? n.attrs.scale : 1.0f / std::sqrt(static_cast<float>(geo.d));
   geo.causal = n.attrs.causal;
   geo.dropout = n.attrs.dropout;
+  const bool packed = n.op == OpKind::Attention && n.attrs.with_lse;
+  geo.out_stride = packed ? geo.d + 1 : geo.d;
+  geo.lse_stride = packed ? geo.d + 1 : 1;
   geo.stream = static_cast<uint32_t>(n.op == OpKind::Attention || n.attrs.stream < 0 ? id : n.attrs.stream);
   // Inputs by role: attention (q, k, v, mask), lse (q, k, mask), the gradients (q, k, v, g,
   // lse, delta, mask); the mask is the last optional one.

@@ -20,6 +20,8 @@ struct AttentionGeometry {
   float dropout = 0.0f;
   uint32_t stream = 0;           // the forward node's id: forward and backward draw one mask
   bool masked = false;
+  int64_t out_stride = 0;  // between output rows: D, or D + 1 with the log-sum-exp packed after them
+  int64_t lse_stride = 1;  // between log-sum-exps: 1, or D + 1 when packed in the output
   int64_t mask_stride[4] = {};  // per (N, H, Tq, Tk) dim; 0 where the mask broadcasts
 
   int64_t heads() const { return n * h; }
@@ -32,7 +34,7 @@ inline constexpr int64_t kAttentionKeyBlock = 128;
 // Floats of per-thread scratch every attention kernel needs.
 int64_t attention_scratch_floats(const AttentionGeometry& geo);
 
-// out (N, H, Tq, D) and/or lse (N, H, Tq); either may be null.
+// out (N, H, Tq, D) and/or lse (N, H, Tq), with the geometry's row strides; either may be null.
 void attention_forward(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
                        const float* v, const float* mask, float* out, float* lse);
 // dq (N, H, Tq, D) from g = dL/dout, the saved lse and delta = rowsum(g * out).

@@ -1,5 +1,6 @@
 // Scaled dot-product attention as one fused op, and the ops its gradient is made of.
-//   attention(q, k, v[, mask])        softmax(scale q k^T + mask [+ causal]) (dropout) v
+//   attention(q, k, v[, mask])        softmax(scale q k^T + mask [+ causal]) (dropout) v, and with
+//                                     with_lse each row's log-sum-exp as an extra last column
 //   attention_lse(q, k[, mask])       each query row's log-sum-exp of those scores
 //   attention_grad_q / _kv(q, k, v, g, lse, delta[, mask])   dq, and dk and dv stacked
 // The backward ops recompute the probabilities from the saved log-sum-exp, so no (Tq, Tk)
@@ -62,7 +63,7 @@ void attention_shape(Node& n, const std::vector<Node>& nodes) {
   const Dims d = check_qkv(n, input(n, nodes, 0), input(n, nodes, 1), &input(n, nodes, 2));
   if (n.inputs.size() == 4) check_mask(n, input(n, nodes, 3), d);
   check_attrs(n, true);
-  n.shape = {d.n, d.h, d.tq, d.d};
+  n.shape = {d.n, d.h, d.tq, n.attrs.with_lse ? d.d + 1 : d.d};
 }
 
 void lse_shape(Node& n, const std::vector<Node>& nodes) {
@@ -161,7 +162,12 @@ std::vector<int> decompose_attention(Graph& gr, int id) {
   // The sum is >= 1 unless every key is masked, when e is all zeros: the row stays 0.
   int p = gr.div(e, gr.op(OpKind::Maximum, {gr.sum(e, {3}, true), k(gr, 1.0f)}));
   if (v.attrs.dropout > 0.0f) p = drop(gr, p, v.attrs.dropout);
-  return {weigh(gr, p, v.in[2], false)};
+  const int out = weigh(gr, p, v.in[2], false);
+  if (!v.attrs.with_lse) return {out};
+  const Shape qs = shape_of(gr, v.in[0]);
+  Attrs last;
+  last.axis = 3;
+  return {gr.op(OpKind::Concat, {out, gr.reshape(lse_of(gr, s), {qs[0], qs[1], qs[2], 1})}, last)};
 }
 
 std::vector<int> decompose_lse(Graph& gr, int id) {
@@ -208,30 +214,45 @@ std::vector<int> decompose_grad_kv(Graph& gr, int id) {
 
 // ---- the gradient: dq from one op, dk and dv stacked from another; none for the mask ----
 
+int slice_of(Graph& gr, int x, int64_t axis, int64_t start, int64_t end) {
+  Attrs part;
+  part.axis = axis;
+  part.start = start;
+  part.end = end;
+  return gr.op(OpKind::Slice, {x}, part);
+}
+
+// With with_lse the forward pass saved the log-sum-exps (its last column): the backward pass
+// reads them, and their own gradient g_lse joins through dS = P (dP - delta + g_lse).
+// Without, attention_lse recomputes them.
 void vjp_attention(Graph& gr, int y, int g, std::vector<int>& dx) {
   const View v = view(gr, y);
   const bool masked = v.in.size() == 4;
-  Attrs stats;
-  stats.causal = v.attrs.causal;
-  stats.scale = v.attrs.scale;
-  std::vector<int> qk = {v.in[0], v.in[1]};
-  if (masked) qk.push_back(v.in[3]);
-  const int lse = gr.op(OpKind::AttentionLse, qk, stats);
-  const int delta = gr.sum(gr.mul(g, y), {3});  // rowsum(dO * O) = rowsum(P * dP)
+  const Shape qs = shape_of(gr, v.in[0]), ks = shape_of(gr, v.in[1]);
+  const Shape rows = {qs[0], qs[1], qs[2]};
+  int out = y, g_out = g, lse = -1;
+  if (v.attrs.with_lse) {
+    out = slice_of(gr, y, 3, 0, qs[3]);
+    g_out = slice_of(gr, g, 3, 0, qs[3]);
+    lse = gr.reshape(slice_of(gr, y, 3, qs[3], qs[3] + 1), rows);
+  } else {
+    Attrs stats;
+    stats.causal = v.attrs.causal;
+    stats.scale = v.attrs.scale;
+    std::vector<int> qk = {v.in[0], v.in[1]};
+    if (masked) qk.push_back(v.in[3]);
+    lse = gr.op(OpKind::AttentionLse, qk, stats);
+  }
+  int delta = gr.sum(gr.mul(g_out, out), {3});  // rowsum(dO * O) = rowsum(P * dP)
+  if (v.attrs.with_lse) delta = gr.sub(delta, gr.reshape(slice_of(gr, g, 3, qs[3], qs[3] + 1), rows));
   Attrs grads = v.attrs;
+  grads.with_lse = false;
   grads.stream = y;  // the backward kernels redraw the forward node's dropout mask
-  std::vector<int> in = {v.in[0], v.in[1], v.in[2], g, lse, delta};
+  std::vector<int> in = {v.in[0], v.in[1], v.in[2], g_out, lse, delta};
   if (masked) in.push_back(v.in[3]);
   dx[0] = gr.op(OpKind::AttentionGradQ, in, grads);
   const int kv = gr.op(OpKind::AttentionGradKV, in, grads);
-  const Shape ks = shape_of(gr, v.in[1]);
-  for (int64_t i = 0; i < 2; ++i) {
-    Attrs part;
-    part.axis = 0;
-    part.start = i;
-    part.end = i + 1;
-    dx[1 + i] = gr.reshape(gr.op(OpKind::Slice, {kv}, part), ks);
-  }
+  for (int64_t i = 0; i < 2; ++i) dx[1 + i] = gr.reshape(slice_of(gr, kv, 0, i, i + 1), ks);
 }
 
 }  // namespace
@@ -242,7 +263,8 @@ std::vector<OpDef> attention_op_defs() {
   const auto dropout = attr("dropout", &Attrs::dropout);
   const auto stream = attr("stream", &Attrs::stream);
   return {
-      {OpKind::Attention, "attention", -1, {causal, scale, dropout}, attention_shape, Gradient::Rule, vjp_attention,
+      {OpKind::Attention, "attention", -1, {causal, scale, dropout, attr("with_lse", &Attrs::with_lse)},
+       attention_shape, Gradient::Rule, vjp_attention,
        trait::kRandom, nullptr, nullptr, decompose_attention},
       {OpKind::AttentionLse, "attention_lse", -1, {causal, scale}, lse_shape, Gradient::None, nullptr, 0, nullptr,
        nullptr, decompose_lse},
