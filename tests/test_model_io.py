@@ -98,6 +98,20 @@ def _keras_layers():
     return gm.Model(x, head(h), seed=4)
 
 
+def _transformer_layers():
+    """Every transformer layer, on int32 token ids of a fixed length."""
+    ids = gm.Input((6,), dtype="int32", name="ids")
+    h = L.Embedding(11, 8, padding_idx=0)(ids)
+    h = L.PositionalEmbedding(10, 8, kind="sinusoidal")(L.PositionalEmbedding(10, 8)(h))
+    h = L.TransformerEncoderLayer(8, 2, dim_feedforward=12, causal=True, activation="gelu")(h)
+    memory = L.TransformerEncoder(2, 8, 2, dim_feedforward=12, norm_first=True, final_norm=True)(h)
+    h = L.TransformerDecoderLayer(8, 4, dim_feedforward=12, bias=False)([h, memory])
+    h = L.TransformerDecoder(1, 8, 2, dim_feedforward=10, causal=True)([h, memory])
+    h = L.MultiHeadAttention(8, 2, kdim=4, vdim=8)([h, L.Dense(4)(memory), h])
+    h = L.RMSNorm(8, eps=1e-4)(h)
+    return gm.Model(ids, L.Dense(3)(h), seed=6)
+
+
 def _cnn():
     return build_cnn((3, 64, 64), 2, seed=5)
 
@@ -105,10 +119,15 @@ def _cnn():
 MODELS = {"mlp": (_mlp, (20,)), "cnn": (_cnn, (3, 64, 64)), "residual": (_residual, (3, 8, 8))}
 MODELS["every_layer"] = (_every_layer, (3, 8, 8))
 MODELS["keras_layers"] = (_keras_layers, (3, 8, 8))
+MODELS["transformer_layers"] = (_transformer_layers, (6,))
+ALL_LAYERS_MODELS = (_every_layer, _keras_layers, _transformer_layers)
 
 
-def _inputs(shape, n=6, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
+def _inputs(shape, n=6, seed=0, dtype="float32"):
+    gen = np.random.default_rng(seed)
+    if dtype == "int32":
+        return gen.integers(0, 11, (n, *shape)).astype(np.int32)
+    return gen.standard_normal((n, *shape)).astype(np.float32)
 
 
 def _perturb(model, seed=1):
@@ -145,7 +164,7 @@ def test_model_round_trip_keeps_summary_weights_and_predictions(case, tmp_path, 
     for name in expected:
         assert got[name].dtype == np.float32
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
-    x = _inputs(shape)
+    x = _inputs(shape, dtype=model.inputs[0].dtype)
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
     # The file is a standard safetensors file: another reader sees the same tensors.
     raw = load_file(str(path))
@@ -162,7 +181,7 @@ def test_every_exported_layer_class_is_in_the_all_layers_model():
         and issubclass(getattr(L, name), L.Layer)
         and getattr(L, name) is not L.Layer
     }
-    used = {type(layer) for make in (_every_layer, _keras_layers) for layer in make().layers}
+    used = {type(layer) for make in ALL_LAYERS_MODELS for layer in make().layers}
     assert exported - used == set()
     assert set(gm.serialization.registered_layers().values()) >= exported
 

@@ -4,7 +4,8 @@ Each layer call becomes one or a few standard ONNX operators in inference form, 
 by the ONNX rule its class was registered with (``gm.layers.register_layer``; the
 built-in layers' rules are in ``gometal.nn.layers.onnx_rules``). Weights become
 initializers named as gometal names them (``dense_0.weight``). The input and output have
-a symbolic batch dimension named ``batch``.
+a symbolic batch dimension named ``batch``; a run-time sequence length is the symbolic
+dimension ``seq`` (other run-time sizes keep their names), and int32 token ids stay INT32.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ...base.version import __version__
 from ...nn.layers.base import Layer
 from ...nn.layers.registry import OnnxRule, entry_of, layer_entries
 from ...nn.model import Model
-from ...nn.tensor import LayerCall, SymbolicTensor
+from ...nn.tensor import SEQ, LayerCall, SymbolicTensor, show_dim
 from ..serialization.model_config import model_to_config
 
 MIN_OPSET = 13
@@ -31,6 +32,8 @@ MIN_OPSET = 13
 MAX_OPSET = min(23, onnx.defs.onnx_opset_version())
 DEFAULT_OPSET = 17
 BATCH_DIM = "batch"
+# A run-time sequence length (``gm.Input((None, ...))``); other symbols keep their names.
+SEQ_DIM = "seq"
 OUTPUT_NAME = "output"
 # metadata_props key holding the model's gometal definition (``model_to_config``), so an
 # importer can rebuild layer arguments ONNX has no slot for (e.g. a dropout rate).
@@ -118,9 +121,17 @@ def _export_rules(calls: Sequence[LayerCall]) -> list[OnnxRule]:
     return rules
 
 
+def _onnx_dim(dim: int) -> int | str:
+    """A sample dim as ONNX writes it: the size, or the run-time symbol's name."""
+    shown = show_dim(dim)
+    return SEQ_DIM if dim == SEQ else shown  # type: ignore[return-value]
+
+
 def _value_info(name: str, tensor: SymbolicTensor) -> onnx.ValueInfoProto:
-    dims: list[int | str] = [BATCH_DIM, *tensor.sample_shape]
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+    dims: list[int | str] = [BATCH_DIM, *(_onnx_dim(d) for d in tensor.sample_shape)]
+    # Token ids stay int32: Gather takes int32 indices, so no Cast is needed.
+    element = TensorProto.INT32 if tensor.dtype == "int32" else TensorProto.FLOAT
+    return helper.make_tensor_value_info(name, element, dims)
 
 
 def to_onnx_model(model: Model, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:

@@ -26,8 +26,6 @@ from .base import EmitContext, Layer, WeightSpec
 from .conv import Conv2D
 from .conv_variants import Conv1D, Conv2DTranspose
 from .core import Dense
-# The transformer layers join __all__ (the exported, saved and ONNX-exported set) with
-# their ONNX export rules.
 from .embedding import Embedding, PositionalEmbedding, RMSNorm
 from .lambda_layer import Lambda, register_function, registered_functions
 from .merge import Add, Concatenate, Multiply
@@ -54,6 +52,9 @@ from .transformer import (
     TransformerEncoderLayer,
 )
 
+# Registers the transformer layers' ONNX export rules (kept apart from the layers' math).
+from . import onnx_rules_transformer  # noqa: F401  isort: skip
+
 __all__ = [
     "ELU",
     "GELU",
@@ -67,6 +68,7 @@ __all__ = [
     "Conv2DTranspose",
     "Dense",
     "Dropout",
+    "Embedding",
     "EmitContext",
     "Flatten",
     "GlobalAvgPool2D",
@@ -81,11 +83,14 @@ __all__ = [
     "LeakyReLU",
     "MaxPool2D",
     "Mish",
+    "MultiHeadAttention",
     "Multiply",
     "OnnxGraph",
     "OnnxRule",
     "PReLU",
     "Permute",
+    "PositionalEmbedding",
+    "RMSNorm",
     "ReLU",
     "Reshape",
     "SiLU",
@@ -93,6 +98,10 @@ __all__ = [
     "Softmax",
     "Swish",
     "Tanh",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
     "UpSampling2D",
     "WeightSpec",
     "ZeroPadding2D",
