@@ -3,7 +3,9 @@
 ``gometal train [DATA_DIR]`` trains a CNN on an image folder (the main job; the digits
 written out as PNG files when no folder is given); ``gometal predict MODEL IMAGE...``
 classifies image files with the model it saved. ``gometal train-digits`` trains a
-64-128-10 MLP on scikit-learn's 8x8 handwritten digits held in memory.
+64-128-10 MLP on scikit-learn's 8x8 handwritten digits held in memory. ``gometal train-lm``
+trains a GPT on text (the standard library's source by default) and ``gometal generate``
+samples from it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..viz.server_cli import add_sidecar_command
+from .lm_job import add_lm_commands
 from .predict_job import add_predict_command
 from .train_job import add_train_command
 
@@ -88,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     digits.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_train_command(commands)
     add_predict_command(commands)
+    add_lm_commands(commands)
     add_sidecar_command(commands)
     return parser
 
@@ -199,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
-    if args.command in ("train", "predict", "sidecar"):
+    if args.command in ("train", "predict", "train-lm", "generate", "sidecar"):
         return args.handler(args)
     return 2  # argparse rejects unknown commands before this point
 
