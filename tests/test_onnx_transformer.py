@@ -231,3 +231,14 @@ def test_every_transformer_layer_in_one_model(opset, tmp_path):
     randomize(model, seed=9)
     _, session = export(model, tmp_path, opset)
     compare(model, session, {"ids": token_ids(5, 6, seed=opset)})
+
+
+@pytest.mark.parametrize("opset", [17, 23])
+def test_gpt_with_a_tied_head_shares_one_initializer(opset, tmp_path):
+    model = gm.models.GPT(VOCAB, 8, n_layer=2, n_head=2, n_embd=WIDTH, dropout=0.0, seed=1)
+    randomize(model, seed=opset)
+    proto, session = export(model, tmp_path, opset)
+    initializers = [init.name for init in proto.graph.initializer]
+    assert initializers.count("wte.weight") == 1
+    assert not any(name.startswith("lm_head") for name in initializers)
+    compare(model, session, {"tokens": token_ids(3, 8, seed=opset)})

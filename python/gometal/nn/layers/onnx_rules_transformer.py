@@ -1,5 +1,5 @@
 """ONNX export rules of the transformer layers: ``Embedding``, ``PositionalEmbedding``,
-``RMSNorm``, ``MultiHeadAttention`` and the encoder and decoder layers and stacks.
+``RMSNorm``, ``TiedLinear``, ``MultiHeadAttention`` and the encoder and decoder layers and stacks.
 
 Attention is written out as torch exports it: ``MatMul``/``Add`` projections, a
 ``Reshape``/``Transpose`` into heads, scaled ``MatMul`` scores, additive masks, ``Softmax``,
@@ -23,7 +23,7 @@ from ..tensor import LayerCall
 from . import onnx_rules
 from .attention_ops import MASKED, sinusoidal_table
 from .base import Layer
-from .embedding import Embedding, PositionalEmbedding, RMSNorm
+from .embedding import Embedding, PositionalEmbedding, RMSNorm, TiedLinear
 from .registry import OnnxGraph, register_layer
 from .transformer import (
     MultiHeadAttention,
@@ -306,7 +306,23 @@ def transformer_layers(
         b.node("LayerNormalization", operands, out, name, axis=-1, epsilon=layer.layer_norm_eps)
 
 
+class _TiedTable:
+    """Stands for the ``Embedding`` layer a ``TiedLinear`` shares its table with: the
+    graph names initializers by layer name, so both layers read the one ``<name>.weight``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def tied_linear(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
+    """``TiedLinear``: ``MatMul`` by the transposed table of the tied ``Embedding`` (the
+    same initializer the ``Gather`` reads)."""
+    table = b.weight(_TiedTable(call.layer.tied_to), "weight")  # type: ignore[arg-type]
+    _linear(b, inputs[0], table, None, name, out)
+
+
 register_layer(Embedding, onnx=embedding)
+register_layer(TiedLinear, onnx=tied_linear)
 register_layer(PositionalEmbedding, onnx=positional_embedding)
 register_layer(RMSNorm, onnx=rms_norm)
 register_layer(MultiHeadAttention, onnx=multi_head_attention)
