@@ -51,7 +51,9 @@ def test_gpt_trains_as_nanogpt_for_50_adamw_steps():
         reference.step()
         theirs.append(loss.item())
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)
-    assert np.mean(theirs[-5:]) < np.mean(theirs[:5]) - 0.03  # it learned: the check means something
+    assert (
+        np.mean(theirs[-5:]) < np.mean(theirs[:5]) - 0.03
+    )  # it learned: the check means something
     expected = gm.models.gpt_weights_from_nanogpt(net.state_dict(), LAYERS)
     for name, value in model.get_weights().items():
         if name.endswith("in_proj_bias"):
@@ -74,3 +76,43 @@ def test_gpt_weights_are_tied_and_start_as_nanogpt():
         model.predict(np.full((1, BLOCK), VOCAB, np.int32))
     with pytest.raises(ValueError, match=r"x must have shape \(N, 16\)"):
         model.predict(np.zeros((1, BLOCK + 1), np.int32))
+
+
+def test_on_the_stdlib_corpus_gometal_and_torch_reach_the_same_validation_loss(tmp_path):
+    corpus = gm.text.stdlib_corpus().text[:200_000]
+    tokenizer = gm.text.CharTokenizer.from_text(corpus)
+    gm.text.write_token_file(tmp_path / "c.tokens", corpus, tokenizer)
+    data = gm.text.TokenDataset(tmp_path / "c.tokens", block_size=BLOCK)
+    train = data.loader("train", 8, batches_per_epoch=120, seed=0)
+    val = data.loader("validation", 8, batches_per_epoch=10, seed=0)
+    vocab = tokenizer.vocab_size
+    torch.manual_seed(5)
+    net = TorchGPT(vocab, BLOCK, LAYERS, HEADS, EMBD)
+    model = gm.models.GPT(vocab, BLOCK, LAYERS, HEADS, EMBD)
+    model.set_weights(gm.models.gpt_weights_from_nanogpt(net.state_dict(), LAYERS))
+    shapes = model.weight_shapes
+    trainer = gm.Trainer(
+        model,
+        loss="cross_entropy",
+        optimizer=gm.optim.AdamW(
+            lr=3e-3,
+            betas=(0.9, 0.95),
+            weight_decay=0.1,
+            param_groups=[{"params": lambda n: len(shapes[n]) < 2, "weight_decay": 0.0}],
+        ),
+    )
+    reference = net.optimizer(lr=3e-3, weight_decay=0.1)
+    history = trainer.fit(train, epochs=1, validation=val, verbose=0)
+    train.set_epoch(0)
+    for x, y in train:
+        reference.zero_grad()
+        net(torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))).backward()
+        reference.step()
+    val.set_epoch(0)
+    with torch.no_grad():
+        losses = [
+            net(torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))).item()
+            for x, y in val
+        ]
+    assert history.val_loss[-1] == pytest.approx(np.mean(losses), rel=0.02)
+    assert history.val_loss[-1] < np.log(vocab) - 0.5  # well below a uniform guess
