@@ -156,33 +156,37 @@ def symbolic_sequence_lengths(backend, rng):
 def dropout_draws_one_mask_for_both_passes(backend, rng):
     n, h, t, rate = 2, 2, 64, 0.25
     shapes = [(n, h, t, t)] * 3  # D = Tk, so v = I reads the weights out
-    g, out, grads, weights = _attention_graph(shapes, {"dropout": rate})
-    engine = _core.Engine(g, seed=11, backend=backend)
-    engine.define("fixed", inputs=[], outputs=[out, *grads], effects=[], advance_rng=False)
-    # q = k = 0: every probability is 1/Tk, and with v = I the output is the dropped weights.
-    engine.set_variable("q", np.zeros(shapes[0], np.float32))
-    engine.set_variable("k", np.zeros(shapes[1], np.float32))
-    engine.set_variable("v", np.broadcast_to(np.eye(t, dtype=np.float32), shapes[2]).copy())
-    read = np.asarray(engine.run("fixed", [])[0]) * t * (1.0 - rate)
-    kept = np.isclose(read, 1.0, atol=1e-5)
-    assert np.all(kept | np.isclose(read, 0.0, atol=1e-6)), (
-        "weights are either dropped or scaled by 1/(1-p)"
-    )
-    assert abs(kept.mean() - (1.0 - rate)) < 0.02, kept.mean()
-    # The same draw (the RNG step is not advanced) with other values: the backward pass
-    # redraws that mask, so the gradients are those of softmax(S) * Z v with Z fixed.
-    values = _draw(rng, shapes)
-    for name, value in zip("qkv", values):
-        engine.set_variable(name, value)
-    got = [np.asarray(r) for r in engine.run("fixed", [])]
-    factors = torch.tensor(kept / (1.0 - rate))
-    tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in values]
-    q, k, v = tensors
-    probs = torch.softmax(q @ k.transpose(-1, -2) / np.sqrt(t), dim=-1)
-    reference = (probs * factors) @ v
-    (reference * torch.tensor(weights, dtype=torch.float64)).sum().backward()
-    want = [reference.detach().numpy()] + [x.grad.numpy() for x in tensors]
-    _assert_close(got, want, 1e-5, "dropout 0.25")
+    for with_lse in (False, True):
+        g, out, grads, weights = _attention_graph(shapes, {"dropout": rate, "with_lse": with_lse})
+        engine = _core.Engine(g, seed=11, backend=backend)
+        engine.define("fixed", inputs=[], outputs=[out, *grads], effects=[], advance_rng=False)
+        # q = k = 0: every probability is 1/Tk, and with v = I the output is the dropped weights.
+        engine.set_variable("q", np.zeros(shapes[0], np.float32))
+        engine.set_variable("k", np.zeros(shapes[1], np.float32))
+        engine.set_variable("v", np.broadcast_to(np.eye(t, dtype=np.float32), shapes[2]).copy())
+        read = np.asarray(engine.run("fixed", [])[0])[..., :t] * t * (1.0 - rate)
+        kept = np.isclose(read, 1.0, atol=1e-5)
+        assert np.all(kept | np.isclose(read, 0.0, atol=1e-6)), (
+            "weights are either dropped or scaled by 1/(1-p)"
+        )
+        assert abs(kept.mean() - (1.0 - rate)) < 0.02, kept.mean()
+        # The same draw (the RNG step is not advanced) with other values: the backward pass
+        # redraws that mask, so the gradients are those of softmax(S) * Z v with Z fixed (and
+        # of the log-sum-exps, which dropout leaves alone).
+        values = _draw(rng, shapes)
+        for name, value in zip("qkv", values):
+            engine.set_variable(name, value)
+        got = [np.asarray(r) for r in engine.run("fixed", [])]
+        factors = torch.tensor(kept / (1.0 - rate))
+        tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in values]
+        q, k, v = tensors
+        scores = q @ k.transpose(-1, -2) / np.sqrt(t)
+        reference = (torch.softmax(scores, dim=-1) * factors) @ v
+        if with_lse:
+            reference = torch.cat([reference, torch.logsumexp(scores, -1, keepdim=True)], -1)
+        (reference * torch.tensor(weights, dtype=torch.float64)).sum().backward()
+        want = [reference.detach().numpy()] + [x.grad.numpy() for x in tensors]
+        _assert_close(got, want, 1e-5, f"dropout 0.25, with_lse={with_lse}")
     # A step that advances the RNG draws a new mask.
     engine.define("advancing", inputs=[], outputs=[out], effects=[], advance_rng=True)
     first = np.asarray(engine.run("advancing", [])[0])
