@@ -24,6 +24,12 @@ from _workload import (
     CONV_CHANNELS,
     DROPOUT,
     FEATURES,
+    GPT_BETAS,
+    GPT_EMBD,
+    GPT_HEADS,
+    GPT_LAYERS,
+    GPT_VOCAB,
+    GPT_WEIGHT_DECAY,
     HIDDEN,
     IMAGE_SHAPE,
     KERNEL,
@@ -53,6 +59,8 @@ def skip_reason(framework: str, workload: str) -> str | None:
         return "torch not installed (pip install .[bench])"
     if framework == "torch-eager-fused" and not train:
         return "inference has no optimizer, so it is torch-eager"
+    if framework == "jax-jit" and WORKLOADS[workload].model == "gpt":
+        return "no JAX GPT here yet"
     if framework == "jax-jit":
         if not importlib.util.find_spec("jax"):
             return "jax not installed (pip install jax optax)"
@@ -65,6 +73,8 @@ def skip_reason(framework: str, workload: str) -> str | None:
 
 
 def _gometal_model(gm, spec: Workload):
+    if spec.model == "gpt":
+        return gm.models.GPT(GPT_VOCAB, spec.block, GPT_LAYERS, GPT_HEADS, GPT_EMBD, seed=0)
     if spec.model == "mlp":
         b = gm.ModelBuilder(input_shape=(FEATURES,))
         for width in HIDDEN:
@@ -87,9 +97,16 @@ def _setup_gometal(spec: Workload, x, y, threads):
     gm.set_num_threads(threads)
     t0 = time.perf_counter()
     model = _gometal_model(gm, spec)
-    trainer = gm.Trainer(
-        model, loss="cross_entropy", optimizer=gm.optim.Adam(lr=LEARNING_RATE), batch_size=len(x)
-    )
+    optimizer = gm.optim.Adam(lr=LEARNING_RATE)
+    if spec.model == "gpt":
+        shapes = model.weight_shapes
+        optimizer = gm.optim.AdamW(
+            lr=LEARNING_RATE,
+            betas=GPT_BETAS,
+            weight_decay=GPT_WEIGHT_DECAY,
+            param_groups=[{"params": lambda n: len(shapes[n]) < 2, "weight_decay": 0.0}],
+        )
+    trainer = gm.Trainer(model, loss="cross_entropy", optimizer=optimizer, batch_size=len(x))
     info = {
         "version": getattr(gm, "__version__", None),
         "build_s": time.perf_counter() - t0,
@@ -163,6 +180,8 @@ def _setup_torch(mode, spec: Workload, x, y, threads):
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if spec.model == "gpt":
+        return _setup_torch_gpt(torch, mode, spec, x, y)
     model = _torch_model(torch, spec)  # NCHW, PyTorch's default layout
     xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
     info = _torch_info(torch)
@@ -198,6 +217,28 @@ def _setup_torch(mode, spec: Workload, x, y, threads):
         return loss
 
     return Setup(step, lambda v: float(v.detach()), info)
+
+
+def _setup_torch_gpt(torch, mode: str, spec: Workload, x, y) -> Setup:
+    """nanoGPT's model and AdamW groups; attention through scaled_dot_product_attention."""
+    from _torch_gpt import TorchGPT
+
+    model = TorchGPT(GPT_VOCAB, spec.block, GPT_LAYERS, GPT_HEADS, GPT_EMBD)
+    fused = True if mode == "eager-fused" else None
+    opt = model.optimizer(lr=LEARNING_RATE, weight_decay=GPT_WEIGHT_DECAY, fused=fused)
+    xt, yt = torch.from_numpy(x).long(), torch.from_numpy(y).long()
+    forward_loss, update = model, opt.step
+    if mode == "compile":
+        forward_loss, update = torch.compile(model), torch.compile(opt.step)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = forward_loss(xt, yt)
+        loss.backward()
+        update()
+        return loss
+
+    return Setup(step, lambda v: float(v.detach()), _torch_info(torch))
 
 
 def make_setup(framework: str, workload: str, x: np.ndarray, y: np.ndarray, threads: int) -> Setup:

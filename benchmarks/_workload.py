@@ -22,12 +22,18 @@ CNN_HIDDEN, CNN_CLASSES, DROPOUT = 128, 2, 0.5
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1
 CNN_FLAT = CONV_CHANNELS[-1] * (IMAGE_SHAPE[1] >> len(CONV_CHANNELS)) ** 2  # 64 * 8 * 8
 
+# The GPT (workloads D and D-long): nanoGPT's CPU configuration, trained with AdamW
+# (betas 0.9, 0.95; weight decay 0.1 on 2-D weights) as nanoGPT's train.py does.
+GPT_VOCAB, GPT_LAYERS, GPT_HEADS, GPT_EMBD = 65, 4, 4, 128
+GPT_BETAS, GPT_WEIGHT_DECAY = (0.9, 0.95), 0.1
+
 
 class Workload(NamedTuple):
-    model: str  # "mlp" or "cnn"
+    model: str  # "mlp", "cnn" or "gpt"
     batch: int
     train: bool  # True: each call is one training step; False: one inference batch
     title: str
+    block: int = 0  # the GPT's context length
 
 
 WORKLOADS = {
@@ -35,6 +41,8 @@ WORKLOADS = {
     "A-small": Workload("mlp", 32, True, "MLP training, small batch"),
     "B": Workload("cnn", 32, True, "cats-vs-dogs CNN training"),
     "C": Workload("cnn", 256, False, "CNN inference (eval mode)"),
+    "D": Workload("gpt", 12, True, "GPT training, nanoGPT's CPU configuration", 64),
+    "D-long": Workload("gpt", 4, True, "GPT training, block 1024", 1024),
 }
 
 
@@ -49,19 +57,34 @@ def _macs_per_sample(model: str) -> int:
     return macs + CNN_FLAT * CNN_HIDDEN + CNN_HIDDEN * CNN_CLASSES
 
 
+def _gpt_macs_per_token(block: int) -> int:
+    # Per layer: the QKV, output and two MLP projections, and attention's two products
+    # over the (causal half of the) context; then the LM head.
+    d = GPT_EMBD
+    per_layer = 12 * d * d + block * d
+    return GPT_LAYERS * per_layer + d * GPT_VOCAB
+
+
 def step_flops(workload: str) -> int:
     """FLOPs of one call: 2 per multiply-add forward; a training step adds the backward
     (twice the forward). Pooling, normalisation and the optimizer are not counted."""
     spec = WORKLOADS[workload]
+    if spec.model == "gpt":
+        return 3 * 2 * _gpt_macs_per_token(spec.block) * spec.batch * spec.block
     forward = 2 * _macs_per_sample(spec.model) * spec.batch
     return 3 * forward if spec.train else forward
 
 
 def make_batch(workload: str) -> tuple[np.ndarray, np.ndarray]:
     """One fixed batch, identical in every child: x ~ N(0, 1) float32 (MLP: (N, 784);
-    CNN: (N, 3, 64, 64), NCHW), labels int32 class indices."""
+    CNN: (N, 3, 64, 64), NCHW), labels int32 class indices; for the GPT, int32 token
+    windows (N, block) and their next tokens."""
     spec = WORKLOADS[workload]
     rng = np.random.default_rng(0)
+    if spec.model == "gpt":
+        # Token windows: y is x shifted by one, as a language model trains.
+        tokens = rng.integers(0, GPT_VOCAB, size=(spec.batch, spec.block + 1)).astype(np.int32)
+        return np.ascontiguousarray(tokens[:, :-1]), np.ascontiguousarray(tokens[:, 1:])
     if spec.model == "mlp":
         x = rng.standard_normal((spec.batch, FEATURES), dtype=np.float32)
         y = rng.integers(0, CLASSES, size=spec.batch).astype(np.int32)

@@ -1,5 +1,6 @@
-"""A GPT written in the nanoGPT style, in torch: the reference gometal's ``gm.models.GPT``
-is compared with (same weights, same AdamW groups, same losses)."""
+"""A GPT written in the nanoGPT style, in torch: the peer of workloads D and D-long, and the
+reference tests/test_gpt.py compares ``gm.models.GPT`` with (same weights, same AdamW
+groups, same losses)."""
 
 from __future__ import annotations
 
@@ -71,11 +72,11 @@ class TorchGPT(nn.Module):
         logits = self.lm_head(self.transformer.ln_f(x))
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
-    def optimizer(self, lr: float, weight_decay: float):
-        """nanoGPT's AdamW: decay on 2-D parameters only."""
+    def optimizer(self, lr: float, weight_decay: float, fused: bool | None = None):
+        """nanoGPT's AdamW: decay on 2-D parameters only (``fused``: torch's fused kernel)."""
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=fused)
