@@ -109,7 +109,9 @@ def _transformer_layers():
     h = L.TransformerDecoder(1, 8, 2, dim_feedforward=10, causal=True)([h, memory])
     h = L.MultiHeadAttention(8, 2, kdim=4, vdim=8)([h, L.Dense(4)(memory), h])
     h = L.RMSNorm(8, eps=1e-4)(h)
-    return gm.Model(ids, L.Dense(3)(h), seed=6)
+    # A head tied to the token embedding (one shared variable), beside a plain one.
+    tied = L.TiedLinear("embedding_0", 11, 8)(h)
+    return gm.Model(ids, L.Add()([L.Dense(11)(h), tied]), seed=6)
 
 
 def _cnn():

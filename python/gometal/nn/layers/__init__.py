@@ -26,7 +26,7 @@ from .base import EmitContext, Layer, WeightSpec
 from .conv import Conv2D
 from .conv_variants import Conv1D, Conv2DTranspose
 from .core import Dense
-from .embedding import Embedding, PositionalEmbedding, RMSNorm
+from .embedding import Embedding, PositionalEmbedding, RMSNorm, TiedLinear
 from .lambda_layer import Lambda, register_function, registered_functions
 from .merge import Add, Concatenate, Multiply
 from .normalization import BatchNorm
@@ -98,6 +98,7 @@ __all__ = [
     "Softmax",
     "Swish",
     "Tanh",
+    "TiedLinear",
     "TransformerDecoder",
     "TransformerDecoderLayer",
     "TransformerEncoder",
