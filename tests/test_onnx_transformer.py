@@ -242,3 +242,31 @@ def test_gpt_with_a_tied_head_shares_one_initializer(opset, tmp_path):
     assert initializers.count("wte.weight") == 1
     assert not any(name.startswith("lm_head") for name in initializers)
     compare(model, session, {"tokens": token_ids(3, 8, seed=opset)})
+
+
+@pytest.mark.parametrize("decoder", [False, True])
+def test_encoder_and_decoder_stacks_with_a_key_padding_mask(decoder, tmp_path):
+    x_in, padding_in = gm.Input((None, WIDTH), name="x"), gm.Input(("keys",), name="padding")
+    if decoder:
+        memory_in = gm.Input(("keys", WIDTH), name="memory")
+        stack = L.TransformerDecoder(2, WIDTH, HEADS, dim_feedforward=12, key_padding_mask=True)
+        inputs = [x_in, memory_in, padding_in]
+    else:
+        x_in = gm.Input(("keys", WIDTH), name="x")
+        stack = L.TransformerEncoder(2, WIDTH, HEADS, dim_feedforward=12, key_padding_mask=True)
+        inputs = [x_in, padding_in]
+    model = gm.Model(inputs, stack(inputs), seed=7)
+    randomize(model, seed=7)
+    _, session = export(model, tmp_path, 17)
+    rng = np.random.default_rng(1)
+    for length in (4, 7):
+        keys = length + 1
+        feeds = {
+            "x": rng.standard_normal((2, keys if not decoder else length, WIDTH)).astype(np.float32)
+        }
+        if decoder:
+            feeds["memory"] = rng.standard_normal((2, keys, WIDTH)).astype(np.float32)
+        padding = np.zeros((2, keys), np.float32)
+        padding[1, keys // 2 :] = 1.0
+        feeds["padding"] = padding
+        compare(model, session, feeds)

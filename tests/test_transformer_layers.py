@@ -197,3 +197,36 @@ def test_transformer_layers_save_load_and_name_their_errors(tmp_path):
         L.TransformerEncoderLayer(E, H)(gm.Input((None, 8)))
     with pytest.raises(ValueError, match="activation must be one of"):
         L.TransformerEncoderLayer(E, H, activation="tanh")
+
+
+def test_a_padded_batch_with_a_padding_mask_gives_the_loss_of_its_sequences_one_by_one():
+    """Variable lengths: padded keys are masked and padded targets ignored, so the batch's
+    token-mean loss equals the token-weighted mean of each sequence's loss run alone."""
+    vocab, lengths, width = 13, (3, 6, 4), 6
+    ids_in, mask_in = gm.Input((None,), dtype="int32"), gm.Input((None,))
+    h = L.Embedding(vocab, E)(ids_in)
+    h = L.TransformerEncoder(2, E, H, dim_feedforward=24, dropout=0.0, key_padding_mask=True)(
+        [h, mask_in]
+    )
+    model = gm.Model([ids_in, mask_in], L.Dense(vocab)(h), seed=2)
+    trainer = gm.Trainer(model, loss=gm.losses.CrossEntropy(ignore_index=-100))
+    rng = np.random.default_rng(3)
+    ids = np.zeros((len(lengths), width), np.int32)
+    labels = np.full((len(lengths), width), -100, np.int32)
+    mask = np.ones((len(lengths), width), np.float32)
+    alone = []
+    for row, length in enumerate(lengths):
+        ids[row, :length] = rng.integers(1, vocab, length)
+        labels[row, :length] = rng.integers(0, vocab, length)
+        mask[row, :length] = 0.0
+        single = trainer.evaluate_batch(
+            [ids[row : row + 1, :length], mask[row : row + 1, :length]],
+            labels[row : row + 1, :length],
+        )
+        alone.append(single.loss * length)
+    padded = trainer.evaluate_batch([ids, mask], labels)
+    assert padded.loss == pytest.approx(sum(alone) / sum(lengths), rel=1e-5)
+    with pytest.raises(ValueError, match=r"the key-padding mask must be \(N, Tk\)"):
+        L.TransformerEncoderLayer(E, H, key_padding_mask=True)(
+            [gm.Input((None, E)), gm.Input((3,))]
+        )

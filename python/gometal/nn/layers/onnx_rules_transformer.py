@@ -231,7 +231,14 @@ def multi_head_attention(
 
 
 def _block(
-    b: OnnxGraph, layer: Layer, prefix: str, x: str, memory: str | None, out: str, name: str
+    b: OnnxGraph,
+    layer: Layer,
+    prefix: str,
+    x: str,
+    memory: str | None,
+    padding: str | None,
+    out: str,
+    name: str,
 ) -> str:
     """One encoder (or, with ``memory``, decoder) layer under ``prefix``, as the layer's
     ``_Block.forward``: residual sub-blocks with LayerNorm after, or before (norm_first)."""
@@ -247,10 +254,10 @@ def _block(
         )
         return target
 
-    def attend(h: str, part: str, kv: str, causal: bool) -> str:
+    def attend(h: str, part: str, kv: str, causal: bool, mask: str | None) -> str:
         settings = (layer.d_model, layer.nhead, bias, causal)
         return _attention(
-            b, layer, f"{prefix}{part}.", (h, kv, kv), settings, None, "", f"{name}/{part}"
+            b, layer, f"{prefix}{part}.", (h, kv, kv), settings, mask, "", f"{name}/{part}"
         )
 
     def feed_forward(h: str) -> str:
@@ -269,9 +276,10 @@ def _block(
             onnx_rules.gelu(b, None, [inner], active, active)  # type: ignore[arg-type]
         return _linear(b, active, *part(2), f"{name}/linear2")
 
-    blocks = [lambda h: attend(h, "self_attn", h, layer.causal)]
+    self_padding = padding if memory is None else None
+    blocks = [lambda h: attend(h, "self_attn", h, layer.causal, self_padding)]
     if memory is not None:
-        blocks.append(lambda h: attend(h, "multihead_attn", memory, False))
+        blocks.append(lambda h: attend(h, "multihead_attn", memory, False, padding))
     blocks.append(feed_forward)
     for index, block in enumerate(blocks, start=1):
         last = index == len(blocks)
@@ -291,7 +299,8 @@ def transformer_layers(
     (or no prefix for a single layer), then the stack's final LayerNorm."""
     layer = call.layer
     _check_opset(b, layer)
-    memory = inputs[1] if len(inputs) > 1 else None
+    memory = inputs[1] if isinstance(layer, (TransformerDecoderLayer, TransformerDecoder)) else None
+    padding = _padding_mask(b, inputs[-1], f"{name}/padding") if layer.key_padding_mask else None
     stacked = isinstance(layer, (TransformerEncoder, TransformerDecoder))
     prefixes = [f"layers.{i}." for i in range(layer.num_layers)] if stacked else [""]
     final_norm = stacked and layer.final_norm
@@ -299,7 +308,7 @@ def transformer_layers(
     for index, prefix in enumerate(prefixes):
         last = index == len(prefixes) - 1 and not final_norm
         target = out if last else b.unique(f"{name}/layer{index}")
-        x = _block(b, layer, prefix, x, memory, target, f"{name}/{prefix or 'layer'}")
+        x = _block(b, layer, prefix, x, memory, padding, target, f"{name}/{prefix or 'layer'}")
     if final_norm:
         operands = [x, b.weight(layer, "norm.weight")]
         operands += [b.weight(layer, "norm.bias")] if layer.bias else []

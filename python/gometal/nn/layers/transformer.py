@@ -154,8 +154,14 @@ class _Block:
             specs += ao.norm_specs(f"{prefix}norm{index}.", d, cfg.bias)
         return specs
 
-    def forward(self, ctx: EmitContext, prefix: str, x: int, memory: int | None) -> int:
+    def forward(
+        self, ctx: EmitContext, prefix: str, x: int, memory: int | None, padding: int | None
+    ) -> int:
+        """The layer's output; ``padding`` is an additive key-padding mask for the
+        self-attention (encoder) or the attention over the memory (decoder)."""
         cfg, g = self.layer, ctx.graph
+        self_padding = None if self.decoder else padding
+        memory_padding = padding if self.decoder else None
         norms = [f"{prefix}norm{i}." for i in range(1, 4)]
 
         def norm(h: int, which: int) -> int:
@@ -171,6 +177,7 @@ class _Block:
                 cfg.nhead,
                 cfg.bias,
                 causal=cfg.causal,
+                mask=self_padding,
                 dropout_rate=cfg.dropout,
             )
             return ao.dropout(ctx, out, cfg.dropout)
@@ -184,6 +191,7 @@ class _Block:
                 memory,
                 cfg.nhead,
                 cfg.bias,
+                mask=memory_padding,
                 dropout_rate=cfg.dropout,
             )
             return ao.dropout(ctx, out, cfg.dropout)
@@ -205,10 +213,16 @@ class _Block:
 
 
 class _TransformerLayerBase(Layer):
-    """Arguments and checks shared by the encoder and decoder layers and stacks."""
+    """Arguments and checks shared by the encoder and decoder layers and stacks.
+
+    With ``key_padding_mask=True`` the layer takes a last float ``(N, Tk)`` input, 1 where
+    a key is padding (torch's ``src_key_padding_mask`` for an encoder, its
+    ``memory_key_padding_mask`` for a decoder)."""
 
     decoder = False
     num_layers = 1
+    num_inputs = None
+    min_inputs = 1
 
     def __init__(
         self,
@@ -221,6 +235,7 @@ class _TransformerLayerBase(Layer):
         norm_first: bool = False,
         bias: bool = True,
         causal: bool = False,
+        key_padding_mask: bool = False,
         name: str | None = None,
     ):
         super().__init__(name)
@@ -237,6 +252,7 @@ class _TransformerLayerBase(Layer):
         self.norm_first = bool(norm_first)
         self.bias = bool(bias)
         self.causal = bool(causal)
+        self.key_padding_mask = bool(key_padding_mask)
         self._block = _Block(self, self.decoder)
 
     def get_config(self) -> dict[str, Any]:
@@ -251,17 +267,27 @@ class _TransformerLayerBase(Layer):
             "norm_first": self.norm_first,
             "bias": self.bias,
             "causal": self.causal,
+            "key_padding_mask": self.key_padding_mask,
         }
 
     def _prefixes(self) -> list[str]:
         return [""]
 
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
-        expected = 2 if self.decoder else 1
+        expected = (2 if self.decoder else 1) + self.key_padding_mask
         if len(input_shapes) != expected:
-            what = "[target, memory]" if self.decoder else "one input"
+            what = "[target, memory" if self.decoder else "[x"
+            what += ", key-padding mask]" if self.key_padding_mask else "]"
             raise ValueError(f"takes {what}, got {len(input_shapes)} inputs")
-        _check_sequences(input_shapes, self.d_model, "inputs")
+        sequences = list(input_shapes)
+        if self.key_padding_mask:
+            mask = sequences.pop()
+            keys = sequences[-1]
+            if len(mask) != 2 or mask[1] != keys[1]:
+                raise ValueError(
+                    f"the key-padding mask must be (N, Tk) = (N, {keys[1]}), got {mask}"
+                )
+        _check_sequences(sequences, self.d_model, "inputs")
         specs = [s for prefix in self._prefixes() for s in self._block.specs(prefix)]
         return specs + self._final_norm_specs()
 
@@ -270,8 +296,9 @@ class _TransformerLayerBase(Layer):
 
     def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
         x, memory = inputs[0], inputs[1] if self.decoder else None
+        padding = ao.padding_mask(ctx, inputs[-1]) if self.key_padding_mask else None
         for prefix in self._prefixes():
-            x = self._block.forward(ctx, prefix, x, memory)
+            x = self._block.forward(ctx, prefix, x, memory, padding)
         return self._final_norm(ctx, x)
 
     def _final_norm(self, ctx: EmitContext, x: int) -> int:
@@ -303,7 +330,7 @@ class TransformerDecoderLayer(_TransformerLayerBase):
     """
 
     kind = "decoder_layer"
-    num_inputs = 2
+    min_inputs = 2
     decoder = True
 
 
@@ -358,5 +385,5 @@ class TransformerDecoder(_Stack):
     """
 
     kind = "decoder"
-    num_inputs = 2
+    min_inputs = 2
     decoder = True
