@@ -125,5 +125,3 @@ class Dense(Layer):
         extras = "".join(f", {k}={v!r}" for k, v in self.options.config().items())
         name = f", name={self.name!r}" if self.name else ""
         return f"Dense({self.units}, use_bias={self.use_bias}{extras}{name})"
-
-
