@@ -14,26 +14,42 @@ namespace gometal {
 namespace attention_blocks {
 
 void score_block(const AttentionGeometry& geo, int64_t head, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
-                 const float* q, const float* k, const float* mask, float* s) {
+                 const float* q, const float* kt, const float* mask, float* s) {
   constexpr int64_t ld = kAttentionKeyBlock;
-  gemm_serial(false, true, rows, cols, geo.d, head_of(q, head, geo.tq, geo.d) + i0 * geo.d, geo.d,
-              head_of(k, head, geo.tk, geo.d) + j0 * geo.d, geo.d, 0.0f, s, ld);
+  times_transposed(rows, cols, geo.d, head_of(q, head, geo.tq, geo.d) + i0 * geo.d,
+                   head_of(kt, head, geo.d, geo.tk), geo.tk, j0, s, ld);
   const int64_t b = head / geo.h, hh = head % geo.h;
   for (int64_t r = 0; r < rows; ++r) {
     float* row = s + r * ld;
-    for (int64_t c = 0; c < cols; ++c) row[c] *= geo.scale;
-    if (mask != nullptr) {
+    const int64_t seen = visible_in_row(geo, i0 + r, j0, cols);  // the keys after them are hidden
+    if (mask == nullptr) {
+      for (int64_t c = 0; c < seen; ++c) row[c] *= geo.scale;
+    } else {
       const int64_t* st = geo.mask_stride;
       const float* m = mask + b * st[0] + hh * st[1] + (i0 + r) * st[2] + j0 * st[3];
       if (st[3] == 1) {
-        for (int64_t c = 0; c < cols; ++c) row[c] += m[c];
+        for (int64_t c = 0; c < seen; ++c) row[c] = row[c] * geo.scale + m[c];
       } else {
-        for (int64_t c = 0; c < cols; ++c) row[c] += m[c * st[3]];
+        for (int64_t c = 0; c < seen; ++c) row[c] = row[c] * geo.scale + m[c * st[3]];
       }
     }
-    if (geo.causal)
-      for (int64_t c = std::max<int64_t>(0, i0 + r + 1 - j0); c < cols; ++c) row[c] = -INFINITY;
+    std::fill(row + seen, row + cols, -INFINITY);
   }
+}
+
+void transpose_heads(ThreadPool& pool, const float* x, int64_t heads, int64_t t, int64_t d, float* xt) {
+  const int tasks = balanced_tasks(pool, heads);
+  pool.parallel_for(tasks, [&](int task, int) {
+    int64_t h0, h1;
+    split_range(heads, tasks, task, 1, &h0, &h1);
+    constexpr int64_t kTile = 16;  // rows of x read together: each output row gets 16 floats
+    for (int64_t h = h0; h < h1; ++h)
+      for (int64_t i0 = 0; i0 < t; i0 += kTile) {
+        const int64_t i1 = std::min(t, i0 + kTile);
+        for (int64_t c = 0; c < d; ++c)
+          for (int64_t i = i0; i < i1; ++i) xt[(h * d + c) * t + i] = x[(h * t + i) * d + c];
+      }
+  });
 }
 
 void dropout_factors(const ExecContext& ctx, const AttentionGeometry& geo, int64_t head, int64_t i, int64_t j0,
@@ -53,25 +69,27 @@ constexpr int64_t kBq = kAttentionQueryBlock, kBk = kAttentionKeyBlock;
 // One block of query rows: running maximum m and sum l per row; the accumulated output is
 // rescaled by exp(m_old - m_new) whenever a key block raises a row's maximum.
 void forward_block(const ExecContext& ctx, const AttentionGeometry& geo, int64_t head, int64_t i0, const float* q,
-                   const float* k, const float* v, const float* mask, float* out, float* lse, float* scratch) {
+                   const float* kt, const float* v, const float* mask, float* out, float* lse, float* scratch) {
   const int64_t d = geo.d, rows = std::min(kBq, geo.tq - i0);
-  float *s = scratch, *acc = s + kBq * kBk, *m = acc + kBq * d, *l = m + kBq, *z = l + kBq;
+  float *s = scratch, *acc = s + kBq * kBk, *m = acc + kBq * d, *l = m + kBq, *z = l + kBq, *product = z + kBk;
   std::fill(m, m + rows, -INFINITY);
   std::fill(l, l + rows, 0.0f);
   std::fill(acc, acc + rows * d, 0.0f);
   const int64_t keys = visible_keys(geo, i0, rows);
   for (int64_t j0 = 0; j0 < keys; j0 += kBk) {
     const int64_t cols = std::min(kBk, keys - j0);
-    score_block(geo, head, i0, rows, j0, cols, q, k, mask, s);
+    score_block(geo, head, i0, rows, j0, cols, q, kt, mask, s);
     for (int64_t r = 0; r < rows; ++r) {
       float* row = s + r * kBk;
-      const float new_m = std::max(m[r], row_max(row, cols));
+      const int64_t seen = visible_in_row(geo, i0 + r, j0, cols);
+      const float new_m = std::max(m[r], row_max(row, seen));
       if (new_m == -INFINITY) {  // every key so far is masked for this row
         std::fill(row, row + cols, 0.0f);
         continue;
       }
       const float alpha = exp_nonpositive(m[r] - new_m);
-      l[r] = l[r] * alpha + exp_and_sum(row, new_m, cols);
+      l[r] = l[r] * alpha + exp_and_sum(row, new_m, seen);
+      std::fill(row + seen, row + cols, 0.0f);
       m[r] = new_m;
       if (out == nullptr) continue;
       if (alpha != 1.0f)
@@ -81,8 +99,10 @@ void forward_block(const ExecContext& ctx, const AttentionGeometry& geo, int64_t
         for (int64_t c = 0; c < cols; ++c) row[c] *= z[c];
       }
     }
-    if (out != nullptr)
-      gemm_serial(false, false, rows, d, cols, s, kBk, head_of(v, head, geo.tk, d) + j0 * d, d, 1.0f, acc, d);
+    if (out != nullptr) {
+      gemm_serial(false, false, rows, d, cols, s, kBk, head_of(v, head, geo.tk, d) + j0 * d, d, 0.0f, product, d);
+      add_into(acc, product, rows * d);
+    }
   }
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row = head * geo.tq + i0 + r;
@@ -100,6 +120,7 @@ struct AttentionKernel final : Kernel {
   BufRef in[7];
   BufRef y;
   int64_t scratch_floats() const override { return attention_scratch_floats(geo); }
+  int64_t shared_floats() const override { return attention_shared_floats(geo); }
   void run(const ExecContext& ctx) const override {
     auto at = [&](int i) -> const float* { return in[i].region == Region::None ? nullptr : ctx.ptr(in[i]); };
     switch (op) {
@@ -117,19 +138,27 @@ struct AttentionKernel final : Kernel {
 
 }  // namespace
 
+int64_t attention_shared_floats(const AttentionGeometry& geo) {
+  return 2 * geo.heads() * geo.d * std::max(geo.tq, geo.tk);
+}
+
 int64_t attention_scratch_floats(const AttentionGeometry& geo) {
-  return 2 * kBq * kBk + kBq * geo.d + 2 * kBq + kBk;
+  // forward: scores, output rows, m, l, factors, a product; backward: P, dS, a block of
+  // factors, a product
+  return 3 * kBq * kBk + kBq * geo.d + 2 * kBq + kBk + kBk * geo.d;
 }
 
 void attention_forward(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
                        const float* v, const float* mask, float* out, float* lse) {
   const int64_t blocks = (geo.tq + kBq - 1) / kBq, units = geo.heads() * blocks;
+  float* kt = ctx.shared;
+  transpose_heads(*ctx.pool, k, geo.heads(), geo.tk, geo.d, kt);
   const int tasks = balanced_tasks(*ctx.pool, units);
   ctx.pool->parallel_for(tasks, [&](int task, int thread) {
     int64_t u0, u1;
     split_range(units, tasks, task, 1, &u0, &u1);
     for (int64_t u = u0; u < u1; ++u)
-      forward_block(ctx, geo, u / blocks, (u % blocks) * kBq, q, k, v, mask, out, lse, ctx.thread_scratch(thread));
+      forward_block(ctx, geo, u / blocks, (u % blocks) * kBq, q, kt, v, mask, out, lse, ctx.thread_scratch(thread));
   });
 }
 

@@ -31,8 +31,10 @@ struct AttentionGeometry {
 inline constexpr int64_t kAttentionQueryBlock = 32;
 inline constexpr int64_t kAttentionKeyBlock = 128;
 
-// Floats of per-thread scratch every attention kernel needs.
+// Floats of per-thread scratch every attention kernel needs, and of the workspace its threads
+// share (operands transposed for the block products).
 int64_t attention_scratch_floats(const AttentionGeometry& geo);
+int64_t attention_shared_floats(const AttentionGeometry& geo);
 
 // out (N, H, Tq, D) and/or lse (N, H, Tq), with the geometry's row strides; either may be null.
 void attention_forward(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,

@@ -16,17 +16,18 @@ constexpr int64_t kBq = kAttentionQueryBlock, kBk = kAttentionKeyBlock;
 
 struct GradInputs {
   const float *q, *k, *v, *g, *lse, *delta, *mask;
+  // transposed to (heads, D, T) in the shared workspace: k and v for dq, q and g for dk and dv
+  const float *kt = nullptr, *vt = nullptr, *qt = nullptr, *gt = nullptr;
 };
 
-// For `rows` queries from i0 and `cols` keys from j0: p gets P (times Z when `weighted`,
-// for dv), ds gets dS.
+// For `rows` queries from i0 and `cols` keys from j0: p gets P, ds gets dS.
 void recompute_block(const ExecContext& ctx, const AttentionGeometry& geo, const GradInputs& in, int64_t head,
-                     int64_t i0, int64_t rows, int64_t j0, int64_t cols, bool weighted, float* p, float* ds,
+                     int64_t i0, int64_t rows, int64_t j0, int64_t cols, float* p, float* ds,
                      float* z) {
   const int64_t d = geo.d;
-  score_block(geo, head, i0, rows, j0, cols, in.q, in.k, in.mask, p);
-  gemm_serial(false, true, rows, cols, d, head_of(in.g, head, geo.tq, d) + i0 * d, d,
-              head_of(in.v, head, geo.tk, d) + j0 * d, d, 0.0f, ds, kBk);
+  score_block(geo, head, i0, rows, j0, cols, in.q, in.kt, in.mask, p);
+  times_transposed(rows, cols, d, head_of(in.g, head, geo.tq, d) + i0 * d, head_of(in.vt, head, d, geo.tk), geo.tk,
+                   j0, ds, kBk);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row = head * geo.tq + i0 + r;
     const float lse = in.lse[row], delta = in.delta[row];
@@ -34,27 +35,65 @@ void recompute_block(const ExecContext& ctx, const AttentionGeometry& geo, const
     for (int64_t c = 0; c < cols; ++c) pr[c] = exp_nonpositive(pr[c] - lse);
     if (geo.dropout > 0.0f) {
       dropout_factors(ctx, geo, head, i0 + r, j0, cols, z);
-      for (int64_t c = 0; c < cols; ++c) {
-        dr[c] = pr[c] * (dr[c] * z[c] - delta);
-        if (weighted) pr[c] *= z[c];
-      }
+      for (int64_t c = 0; c < cols; ++c) dr[c] = pr[c] * (dr[c] * z[c] - delta);
     } else {
       for (int64_t c = 0; c < cols; ++c) dr[c] = pr[c] * (dr[c] - delta);
     }
   }
 }
 
+// The same block transposed, for dk and dv: pt[c * kBq + r] = P^T (times Z), dst = dS^T, for key
+// j0 + c and query i0 + r. Products over the queries then read their operands untransposed,
+// the BLAS's fast path for small products.
+void recompute_block_transposed(const ExecContext& ctx, const AttentionGeometry& geo, const GradInputs& in,
+                                int64_t head, int64_t i0, int64_t rows, int64_t j0, int64_t cols, float* pt,
+                                float* dst, float* z) {
+  const int64_t d = geo.d, b = head / geo.h, hh = head % geo.h;
+  const float *k = head_of(in.k, head, geo.tk, d) + j0 * d, *v = head_of(in.v, head, geo.tk, d) + j0 * d;
+  times_transposed(cols, rows, d, k, head_of(in.qt, head, d, geo.tq), geo.tq, i0, pt, kBq);
+  times_transposed(cols, rows, d, v, head_of(in.gt, head, d, geo.tq), geo.tq, i0, dst, kBq);
+  const float* lse = in.lse + head * geo.tq + i0;
+  const float* delta = in.delta + head * geo.tq + i0;
+  for (int64_t c = 0; c < cols; ++c) {
+    float* pc = pt + c * kBq;
+    // Causal: query i sees key j when i >= j, the rows from j - i0 on.
+    const int64_t first = geo.causal ? std::clamp<int64_t>(j0 + c - i0, 0, rows) : 0;
+    if (in.mask == nullptr) {
+      for (int64_t r = first; r < rows; ++r) pc[r] = exp_nonpositive(pc[r] * geo.scale - lse[r]);
+    } else {
+      const int64_t* st = geo.mask_stride;
+      const float* m = in.mask + b * st[0] + hh * st[1] + i0 * st[2] + (j0 + c) * st[3];
+      for (int64_t r = first; r < rows; ++r) pc[r] = exp_nonpositive(pc[r] * geo.scale + m[r * st[2]] - lse[r]);
+    }
+    std::fill(pc, pc + first, 0.0f);
+  }
+  // Dropout: each query's factors are drawn along its keys (z: rows x kBk), applied down columns.
+  const bool dropped = geo.dropout > 0.0f;
+  if (dropped)
+    for (int64_t r = 0; r < rows; ++r) {
+      dropout_factors(ctx, geo, head, i0 + r, j0, cols, z + r * kBk);
+      for (int64_t c = 0; c < cols; ++c) dst[c * kBq + r] *= z[r * kBk + c];
+    }
+  for (int64_t c = 0; c < cols; ++c) {
+    float *pc = pt + c * kBq, *dc = dst + c * kBq;
+    for (int64_t r = 0; r < rows; ++r) dc[r] = pc[r] * (dc[r] - delta[r]);
+    if (dropped)
+      for (int64_t r = 0; r < rows; ++r) pc[r] *= z[r * kBk + c];
+  }
+}
+
 void grad_q_block(const ExecContext& ctx, const AttentionGeometry& geo, const GradInputs& in, int64_t head,
                   int64_t i0, float* dq, float* scratch) {
   const int64_t d = geo.d, rows = std::min(kBq, geo.tq - i0);
-  float *p = scratch, *ds = p + kBq * kBk, *z = ds + kBq * kBk;
+  float *p = scratch, *ds = p + kBq * kBk, *z = ds + kBq * kBk, *product = z + kBk;
   float* out = dq + (head * geo.tq + i0) * d;
   std::fill(out, out + rows * d, 0.0f);
   const int64_t keys = visible_keys(geo, i0, rows);
   for (int64_t j0 = 0; j0 < keys; j0 += kBk) {
     const int64_t cols = std::min(kBk, keys - j0);
-    recompute_block(ctx, geo, in, head, i0, rows, j0, cols, false, p, ds, z);
-    gemm_serial(false, false, rows, d, cols, ds, kBk, head_of(in.k, head, geo.tk, d) + j0 * d, d, 1.0f, out, d);
+    recompute_block(ctx, geo, in, head, i0, rows, j0, cols, p, ds, z);
+    gemm_serial(false, false, rows, d, cols, ds, kBk, head_of(in.k, head, geo.tk, d) + j0 * d, d, 0.0f, product, d);
+    add_into(out, product, rows * d);
   }
   for (int64_t i = 0; i < rows * d; ++i) out[i] *= geo.scale;
 }
@@ -62,7 +101,7 @@ void grad_q_block(const ExecContext& ctx, const AttentionGeometry& geo, const Gr
 void grad_kv_block(const ExecContext& ctx, const AttentionGeometry& geo, const GradInputs& in, int64_t head,
                    int64_t j0, float* dkv, float* scratch) {
   const int64_t d = geo.d, cols = std::min(kBk, geo.tk - j0);
-  float *p = scratch, *ds = p + kBq * kBk, *z = ds + kBq * kBk;
+  float *p = scratch, *ds = p + kBq * kBk, *z = ds + kBq * kBk, *product = z + kBq * kBk;
   float* dk = dkv + (head * geo.tk + j0) * d;
   float* dv = dk + geo.heads() * geo.tk * d;
   std::fill(dk, dk + cols * d, 0.0f);
@@ -70,9 +109,11 @@ void grad_kv_block(const ExecContext& ctx, const AttentionGeometry& geo, const G
   // Causal: queries before j0 see none of these keys.
   for (int64_t i0 = geo.causal ? j0 / kBq * kBq : 0; i0 < geo.tq; i0 += kBq) {
     const int64_t rows = std::min(kBq, geo.tq - i0);
-    recompute_block(ctx, geo, in, head, i0, rows, j0, cols, true, p, ds, z);
-    gemm_serial(true, false, cols, d, rows, p, kBk, head_of(in.g, head, geo.tq, d) + i0 * d, d, 1.0f, dv, d);
-    gemm_serial(true, false, cols, d, rows, ds, kBk, head_of(in.q, head, geo.tq, d) + i0 * d, d, 1.0f, dk, d);
+    recompute_block_transposed(ctx, geo, in, head, i0, rows, j0, cols, p, ds, z);
+    gemm_serial(false, false, cols, d, rows, p, kBq, head_of(in.g, head, geo.tq, d) + i0 * d, d, 0.0f, product, d);
+    add_into(dv, product, cols * d);
+    gemm_serial(false, false, cols, d, rows, ds, kBq, head_of(in.q, head, geo.tq, d) + i0 * d, d, 0.0f, product, d);
+    add_into(dk, product, cols * d);
   }
   for (int64_t i = 0; i < cols * d; ++i) dk[i] *= geo.scale;
 }
@@ -93,7 +134,12 @@ void over_blocks(const ExecContext& ctx, int64_t heads, int64_t length, int64_t 
 void attention_grad_q(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
                       const float* v, const float* g, const float* lse, const float* delta, const float* mask,
                       float* dq) {
-  const GradInputs in{q, k, v, g, lse, delta, mask};
+  GradInputs in{q, k, v, g, lse, delta, mask};
+  float *kt = ctx.shared, *vt = kt + geo.heads() * geo.d * geo.tk;
+  transpose_heads(*ctx.pool, k, geo.heads(), geo.tk, geo.d, kt);
+  transpose_heads(*ctx.pool, v, geo.heads(), geo.tk, geo.d, vt);
+  in.kt = kt;
+  in.vt = vt;
   over_blocks(ctx, geo.heads(), geo.tq, kBq,
               [&](int64_t head, int64_t i0, float* scratch) { grad_q_block(ctx, geo, in, head, i0, dq, scratch); });
 }
@@ -101,7 +147,12 @@ void attention_grad_q(const ExecContext& ctx, const AttentionGeometry& geo, cons
 void attention_grad_kv(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
                        const float* v, const float* g, const float* lse, const float* delta, const float* mask,
                        float* dkv) {
-  const GradInputs in{q, k, v, g, lse, delta, mask};
+  GradInputs in{q, k, v, g, lse, delta, mask};
+  float *qt = ctx.shared, *gt = qt + geo.heads() * geo.d * geo.tq;
+  transpose_heads(*ctx.pool, q, geo.heads(), geo.tq, geo.d, qt);
+  transpose_heads(*ctx.pool, g, geo.heads(), geo.tq, geo.d, gt);
+  in.qt = qt;
+  in.gt = gt;
   over_blocks(ctx, geo.heads(), geo.tk, kBk,
               [&](int64_t head, int64_t j0, float* scratch) { grad_kv_block(ctx, geo, in, head, j0, dkv, scratch); });
 }

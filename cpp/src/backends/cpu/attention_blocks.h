@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "backends/cpu/attention.h"
+#include "backends/cpu/gemm.h"
 #include "backends/cpu/vec8.h"
 
 namespace gometal::attention_blocks {
@@ -67,14 +68,40 @@ inline const float* head_of(const float* base, int64_t head, int64_t rows, int64
 }
 
 // s[r * kAttentionKeyBlock + c] = scale q_i . k_j + mask, -inf where causal hides key j from
-// query i = i0 + r (j > i), for `rows` queries from i0 and `cols` keys from j0 of `head`.
+// query i = i0 + r (j > i), for `rows` queries from i0 and `cols` keys from j0 of `head`; kt
+// holds the keys transposed, (heads, D, Tk).
 void score_block(const AttentionGeometry& geo, int64_t head, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
-                 const float* q, const float* k, const float* mask, float* s);
+                 const float* q, const float* kt, const float* mask, float* s);
+
+// x (heads, t, d) into xt (heads, d, t). The block products read their right operands
+// transposed this way: the BLAS (OpenBLAS) takes its fast path for small products of
+// untransposed operands only, and a block's product is small.
+void transpose_heads(ThreadPool& pool, const float* x, int64_t heads, int64_t t, int64_t d, float* xt);
+
+// out (rows x cols, leading dimension ldo) = x (rows x d) times columns [c0, c0 + cols) of
+// yt (d x ty): x's rows against rows c0.. of the matrix yt transposes.
+inline void times_transposed(int64_t rows, int64_t cols, int64_t d, const float* x, const float* yt, int64_t ty,
+                             int64_t c0, float* out, int64_t ldo) {
+  gemm_serial(false, false, rows, cols, d, x, d, yt + c0, ty, 0.0f, out, ldo);
+}
 
 // z[c] = 1 / (1 - p) where the forward pass kept weight (i, j0 + c), 0 where it dropped it:
 // the element index of a (N, H, Tq, Tk) draw, so every kernel redraws the same mask.
 void dropout_factors(const ExecContext& ctx, const AttentionGeometry& geo, int64_t head, int64_t i, int64_t j0,
                      int64_t cols, float* z);
+
+// y[i] += x[i] for i < n, after a product written into scratch: the BLAS takes its fast path for
+// small matrices only when it overwrites its output (beta = 0), so the kernels never accumulate in it.
+inline void add_into(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+// How many of the `cols` keys from j0 query i sees: a prefix of them (all unless causal).
+inline int64_t visible_in_row(const AttentionGeometry& geo, int64_t i, int64_t j0, int64_t cols) {
+  if (!geo.causal) return cols;
+  const int64_t seen = i + 1 - j0;
+  return seen < 0 ? 0 : seen < cols ? seen : cols;
+}
 
 // How many keys query rows [i0, i0 + rows) can see at most (all Tk unless causal).
 inline int64_t visible_keys(const AttentionGeometry& geo, int64_t i0, int64_t rows) {
