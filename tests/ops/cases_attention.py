@@ -170,6 +170,28 @@ def _statistics_cases() -> list[OpCase]:
                 forward_tol=Tolerance(1e-5, 1e-5, scaled=True),
             ),
         ]
+    square = (BATCH, 2, 6, 4)
+    rows = (BATCH, 2, 6)
+    fused_args = (
+        Arg(square, unit),
+        Arg(square, unit),
+        Arg(square, unit),
+        Arg(square, unit),
+        Arg(rows, row_stats),
+        Arg(rows, unit),
+    )
+    for causal in (False, True):
+        extra = (Arg((1, 1, 6, 6), unit, grad=False, leaf="constant"),) if causal else ()
+        grads.append(
+            OpCase(
+                "attention_grad",
+                fused_args + extra,
+                lambda *a, c=causal: np.stack(grad_parts(*a, causal=c)),
+                attrs={"causal": causal},
+                gradient=NO_GRADIENT,
+                forward_tol=Tolerance(1e-5, 1e-5, scaled=True),
+            )
+        )
     return lse + grads
 
 
@@ -214,6 +236,11 @@ def _errors() -> list[ErrorCase]:
             "attention_grad_q",
             qkv + args((2, 2, 5, 4), (2, 2, 6), (2, 2, 5)),
             patterns=(r"lse of shape \(2, 2, 6\) must be \(N, H, Tq\) \(2, 2, 5\)",),
+        ),
+        ErrorCase(
+            "attention_grad",
+            qkv + args((2, 2, 5, 4), (2, 2, 5), (2, 2, 5)),
+            patterns=(r"as many queries as keys, got Tq \(5,\) and Tk \(6,\)",),
         ),
     ]
 

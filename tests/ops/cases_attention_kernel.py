@@ -155,8 +155,9 @@ def symbolic_sequence_lengths(backend, rng):
 
 def dropout_draws_one_mask_for_both_passes(backend, rng):
     n, h, t, rate = 2, 2, 64, 0.25
-    shapes = [(n, h, t, t)] * 3  # D = Tk, so v = I reads the weights out
-    for with_lse in (False, True):
+    # self-attention (one backward op) and cross-attention (two), with and without saved lse
+    for tq, with_lse in [(t, False), (t, True), (48, False)]:
+        shapes = [(n, h, tq, t), (n, h, t, t), (n, h, t, t)]  # D = Tk, so v = I reads the weights
         g, out, grads, weights = _attention_graph(shapes, {"dropout": rate, "with_lse": with_lse})
         engine = _core.Engine(g, seed=11, backend=backend)
         engine.define("fixed", inputs=[], outputs=[out, *grads], effects=[], advance_rng=False)
@@ -186,7 +187,7 @@ def dropout_draws_one_mask_for_both_passes(backend, rng):
             reference = torch.cat([reference, torch.logsumexp(scores, -1, keepdim=True)], -1)
         (reference * torch.tensor(weights, dtype=torch.float64)).sum().backward()
         want = [reference.detach().numpy()] + [x.grad.numpy() for x in tensors]
-        _assert_close(got, want, 1e-5, f"dropout 0.25, with_lse={with_lse}")
+        _assert_close(got, want, 1e-5, f"dropout 0.25, Tq={tq}, with_lse={with_lse}")
     # A step that advances the RNG draws a new mask.
     engine.define("advancing", inputs=[], outputs=[out], effects=[], advance_rng=True)
     first = np.asarray(engine.run("advancing", [])[0])

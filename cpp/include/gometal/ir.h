@@ -55,7 +55,7 @@ enum class OpKind : uint8_t {
   // fused optimizer updates (effects, like assign)
   AdamUpdate,
   // scaled dot-product attention, fused, and the ops of its gradient
-  Attention, AttentionLse, AttentionGradQ, AttentionGradKV,
+  Attention, AttentionLse, AttentionGradQ, AttentionGradKV, AttentionGrad,
   kCount
 };
 

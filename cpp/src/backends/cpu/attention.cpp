@@ -131,7 +131,9 @@ struct AttentionKernel final : Kernel {
       case OpKind::AttentionLse: return attention_forward(ctx, geo, at(0), at(1), nullptr, at(2), nullptr, ctx.ptr(y));
       case OpKind::AttentionGradQ:
         return attention_grad_q(ctx, geo, at(0), at(1), at(2), at(3), at(4), at(5), at(6), ctx.ptr(y));
-      default: return attention_grad_kv(ctx, geo, at(0), at(1), at(2), at(3), at(4), at(5), at(6), ctx.ptr(y));
+      case OpKind::AttentionGradKV:
+        return attention_grad_kv(ctx, geo, at(0), at(1), at(2), at(3), at(4), at(5), at(6), ctx.ptr(y));
+      default: return attention_grad(ctx, geo, at(0), at(1), at(2), at(3), at(4), at(5), at(6), ctx.ptr(y));
     }
   }
 };

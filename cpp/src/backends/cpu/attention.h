@@ -48,7 +48,12 @@ void attention_grad_kv(const ExecContext& ctx, const AttentionGeometry& geo, con
                        const float* v, const float* g, const float* lse, const float* delta, const float* mask,
                        float* dkv);
 
-// The kernel of an attention, attention_lse, attention_grad_q or attention_grad_kv node.
+// dq, dk and dv stacked, (3, N, H, T, D), in one pass per head (Tq = Tk).
+void attention_grad(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
+                    const float* v, const float* g, const float* lse, const float* delta, const float* mask,
+                    float* dqkv);
+
+// The kernel of an attention, attention_lse or attention_grad* node.
 std::unique_ptr<Kernel> make_attention_kernel(const Graph& g, int id, const MemoryPlan& mem,
                                               const std::vector<Shape>& shapes);
 

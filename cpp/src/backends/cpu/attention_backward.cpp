@@ -20,9 +20,10 @@ struct GradInputs {
   const float *kt = nullptr, *vt = nullptr, *qt = nullptr, *gt = nullptr;
 };
 
-// For `rows` queries from i0 and `cols` keys from j0: p gets P, ds gets dS.
+// For `rows` queries from i0 and `cols` keys from j0: p gets P (times Z when `weighted`, for
+// dv), ds gets dS.
 void recompute_block(const ExecContext& ctx, const AttentionGeometry& geo, const GradInputs& in, int64_t head,
-                     int64_t i0, int64_t rows, int64_t j0, int64_t cols, float* p, float* ds,
+                     int64_t i0, int64_t rows, int64_t j0, int64_t cols, bool weighted, float* p, float* ds,
                      float* z) {
   const int64_t d = geo.d;
   score_block(geo, head, i0, rows, j0, cols, in.q, in.kt, in.mask, p);
@@ -36,6 +37,8 @@ void recompute_block(const ExecContext& ctx, const AttentionGeometry& geo, const
     if (geo.dropout > 0.0f) {
       dropout_factors(ctx, geo, head, i0 + r, j0, cols, z);
       for (int64_t c = 0; c < cols; ++c) dr[c] = pr[c] * (dr[c] * z[c] - delta);
+      if (weighted)
+        for (int64_t c = 0; c < cols; ++c) pr[c] *= z[c];
     } else {
       for (int64_t c = 0; c < cols; ++c) dr[c] = pr[c] * (dr[c] - delta);
     }
@@ -91,7 +94,7 @@ void grad_q_block(const ExecContext& ctx, const AttentionGeometry& geo, const Gr
   const int64_t keys = visible_keys(geo, i0, rows);
   for (int64_t j0 = 0; j0 < keys; j0 += kBk) {
     const int64_t cols = std::min(kBk, keys - j0);
-    recompute_block(ctx, geo, in, head, i0, rows, j0, cols, p, ds, z);
+    recompute_block(ctx, geo, in, head, i0, rows, j0, cols, false, p, ds, z);
     gemm_serial(false, false, rows, d, cols, ds, kBk, head_of(in.k, head, geo.tk, d) + j0 * d, d, 0.0f, product, d);
     add_into(out, product, rows * d);
   }
@@ -118,6 +121,36 @@ void grad_kv_block(const ExecContext& ctx, const AttentionGeometry& geo, const G
   for (int64_t i = 0; i < cols * d; ++i) dk[i] *= geo.scale;
 }
 
+// dq, dk and dv of one head in one pass: over blocks of keys, and for each over the queries that
+// see them; the head's task is the only writer of its dq rows, so they accumulate in place.
+void grad_head(const ExecContext& ctx, const AttentionGeometry& geo, const GradInputs& in, int64_t head,
+               float* dqkv, float* scratch) {
+  const int64_t d = geo.d, t = geo.tq, size = geo.heads() * t * d;
+  float *p = scratch, *ds = p + kBq * kBk, *z = ds + kBq * kBk, *product = z + kBk;
+  float *dq = dqkv + head * t * d, *dk_head = dq + size, *dv_head = dk_head + size;
+  std::fill(dq, dq + t * d, 0.0f);
+  for (int64_t j0 = 0; j0 < geo.tk; j0 += kBk) {
+    const int64_t cols = std::min(kBk, geo.tk - j0);
+    float *dk = dk_head + j0 * d, *dv = dv_head + j0 * d;
+    const float* k = head_of(in.k, head, geo.tk, d) + j0 * d;
+    std::fill(dk, dk + cols * d, 0.0f);
+    std::fill(dv, dv + cols * d, 0.0f);
+    for (int64_t i0 = geo.causal ? j0 / kBq * kBq : 0; i0 < t; i0 += kBq) {
+      const int64_t rows = std::min(kBq, t - i0);
+      recompute_block(ctx, geo, in, head, i0, rows, j0, cols, true, p, ds, z);
+      const float *g = head_of(in.g, head, t, d) + i0 * d, *q = head_of(in.q, head, t, d) + i0 * d;
+      gemm_serial(true, false, cols, d, rows, p, kBk, g, d, 0.0f, product, d);
+      add_into(dv, product, cols * d);
+      gemm_serial(true, false, cols, d, rows, ds, kBk, q, d, 0.0f, product, d);
+      add_into(dk, product, cols * d);
+      gemm_serial(false, false, rows, d, cols, ds, kBk, k, d, 0.0f, product, d);
+      add_into(dq + i0 * d, product, rows * d);
+    }
+    for (int64_t i = 0; i < cols * d; ++i) dk[i] *= geo.scale;
+  }
+  for (int64_t i = 0; i < t * d; ++i) dq[i] *= geo.scale;
+}
+
 template <class Block>
 void over_blocks(const ExecContext& ctx, int64_t heads, int64_t length, int64_t block, Block&& run_block) {
   const int64_t blocks = (length + block - 1) / block, units = heads * blocks;
@@ -130,6 +163,23 @@ void over_blocks(const ExecContext& ctx, int64_t heads, int64_t length, int64_t 
 }
 
 }  // namespace
+
+void attention_grad(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
+                    const float* v, const float* g, const float* lse, const float* delta, const float* mask,
+                    float* dqkv) {
+  GradInputs in{q, k, v, g, lse, delta, mask};
+  float *kt = ctx.shared, *vt = kt + geo.heads() * geo.d * geo.tk;
+  transpose_heads(*ctx.pool, k, geo.heads(), geo.tk, geo.d, kt);
+  transpose_heads(*ctx.pool, v, geo.heads(), geo.tk, geo.d, vt);
+  in.kt = kt;
+  in.vt = vt;
+  const int tasks = balanced_tasks(*ctx.pool, geo.heads());
+  ctx.pool->parallel_for(tasks, [&](int task, int thread) {
+    int64_t h0, h1;
+    split_range(geo.heads(), tasks, task, 1, &h0, &h1);
+    for (int64_t head = h0; head < h1; ++head) grad_head(ctx, geo, in, head, dqkv, ctx.thread_scratch(thread));
+  });
+}
 
 void attention_grad_q(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
                       const float* v, const float* g, const float* lse, const float* delta, const float* mask,

@@ -352,6 +352,7 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
       return k;
     }
     case OpKind::Attention: case OpKind::AttentionLse: case OpKind::AttentionGradQ: case OpKind::AttentionGradKV:
+    case OpKind::AttentionGrad:
       return make_attention_kernel(g, id, mem, shapes);
     case OpKind::Assign: {
       auto k = std::make_unique<CopyKernel>();

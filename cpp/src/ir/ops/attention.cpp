@@ -3,6 +3,7 @@
 //                                     with_lse each row's log-sum-exp as an extra last column
 //   attention_lse(q, k[, mask])       each query row's log-sum-exp of those scores
 //   attention_grad_q / _kv(q, k, v, g, lse, delta[, mask])   dq, and dk and dv stacked
+//   attention_grad(same inputs)       dq, dk and dv stacked in one pass, when Tq = Tk
 // The backward ops recompute the probabilities from the saved log-sum-exp, so no (Tq, Tk)
 // tensor outlives a kernel. Each op's decomposition into primitives is its reference.
 #include <cfloat>
@@ -107,6 +108,15 @@ void grad_kv_shape(Node& n, const std::vector<Node>& nodes) {
   n.shape = {2, d.n, d.h, d.tk, d.d};
 }
 
+void grad_shape(Node& n, const std::vector<Node>& nodes) {
+  const Dims d = grad_inputs(n, nodes);
+  if (d.tq != d.tk)
+    fail(name_of(n), "stacks dq, dk and dv, so it needs as many queries as keys, got Tq " +
+                         shape_str({d.tq}) + " and Tk " + shape_str({d.tk}) +
+                         "; attention_grad_q and attention_grad_kv take any lengths");
+  n.shape = {3, d.n, d.h, d.tq, d.d};
+}
+
 // ---- the decompositions: batched matrix products, a softmax, and the same for its VJP ----
 
 float scale_of(const Attrs& a, int64_t d) {
@@ -199,18 +209,24 @@ std::vector<int> decompose_grad_q(Graph& gr, int id) {
   return {gr.mul(weigh(gr, r.ds, v.in[1], false), k(gr, scale))};
 }
 
-std::vector<int> decompose_grad_kv(Graph& gr, int id) {
+// dq (with_q), then dk and dv, stacked along a new first axis.
+int stacked_grads(Graph& gr, int id, bool with_q) {
   const View v = view(gr, id);
   const Recomputed r = recompute(gr, v);
   const Shape ks = shape_of(gr, v.in[1]);
   const float scale = scale_of(v.attrs, ks[3]);
-  const int dk = gr.mul(weigh(gr, r.ds, v.in[0], true), k(gr, scale));
-  const int dv = weigh(gr, r.p, v.in[3], true);
   const Shape stacked = {1, ks[0], ks[1], ks[2], ks[3]};
+  std::vector<int> parts;
+  if (with_q) parts.push_back(gr.reshape(gr.mul(weigh(gr, r.ds, v.in[1], false), k(gr, scale)), stacked));
+  parts.push_back(gr.reshape(gr.mul(weigh(gr, r.ds, v.in[0], true), k(gr, scale)), stacked));
+  parts.push_back(gr.reshape(weigh(gr, r.p, v.in[3], true), stacked));
   Attrs along_first;
   along_first.axis = 0;
-  return {gr.op(OpKind::Concat, {gr.reshape(dk, stacked), gr.reshape(dv, stacked)}, along_first)};
+  return gr.op(OpKind::Concat, parts, along_first);
 }
+
+std::vector<int> decompose_grad_kv(Graph& gr, int id) { return {stacked_grads(gr, id, false)}; }
+std::vector<int> decompose_grad(Graph& gr, int id) { return {stacked_grads(gr, id, true)}; }
 
 // ---- the gradient: dq from one op, dk and dv stacked from another; none for the mask ----
 
@@ -250,6 +266,12 @@ void vjp_attention(Graph& gr, int y, int g, std::vector<int>& dx) {
   grads.stream = y;  // the backward kernels redraw the forward node's dropout mask
   std::vector<int> in = {v.in[0], v.in[1], v.in[2], g_out, lse, delta};
   if (masked) in.push_back(v.in[3]);
+  // Self-attention (Tq = Tk) takes one pass for all three; otherwise dq and dk, dv apart.
+  if (qs[2] == ks[2]) {
+    const int all = gr.op(OpKind::AttentionGrad, in, grads);
+    for (int64_t i = 0; i < 3; ++i) dx[i] = gr.reshape(slice_of(gr, all, 0, i, i + 1), i == 0 ? qs : ks);
+    return;
+  }
   dx[0] = gr.op(OpKind::AttentionGradQ, in, grads);
   const int kv = gr.op(OpKind::AttentionGradKV, in, grads);
   for (int64_t i = 0; i < 2; ++i) dx[1 + i] = gr.reshape(slice_of(gr, kv, 0, i, i + 1), ks);
@@ -272,6 +294,8 @@ std::vector<OpDef> attention_op_defs() {
        Gradient::None, nullptr, trait::kRandom, nullptr, nullptr, decompose_grad_q},
       {OpKind::AttentionGradKV, "attention_grad_kv", -1, {causal, scale, dropout, stream}, grad_kv_shape,
        Gradient::None, nullptr, trait::kRandom, nullptr, nullptr, decompose_grad_kv},
+      {OpKind::AttentionGrad, "attention_grad", -1, {causal, scale, dropout, stream}, grad_shape, Gradient::None,
+       nullptr, trait::kRandom, nullptr, nullptr, decompose_grad},
   };
 }
 
