@@ -1,7 +1,8 @@
 // The backward pass of the fused attention: P = exp(S - lse) recomputed block by block, then
 //   dP = (g v^T) * Z,  dS = P * (dP - delta),  dq = scale dS k,  dk = scale dS^T q,  dv = (P Z)^T g
-// with Z the dropout factors. dq runs over blocks of queries and dk, dv over blocks of keys,
-// so every output row has one writer and no thread needs a reduction.
+// with Z the dropout factors. attention_grad (self-attention) runs one pass per head; apart,
+// dq runs over blocks of queries and dk, dv over blocks of keys. Either way every output row
+// has one writer and no thread needs a reduction.
 #include <algorithm>
 
 #include "backends/cpu/attention.h"
