@@ -124,6 +124,13 @@ def _forward_cases() -> list[OpCase]:
     return cases
 
 
+def _grad_args(q_shape, kv_shape) -> tuple[Arg, ...]:
+    """(q, k, v, g, lse, delta) of the backward ops, for q and k, v of the given shapes."""
+    rows = q_shape[:3]
+    kv = Arg(kv_shape, unit)
+    return (Arg(q_shape, unit), kv, kv, Arg(q_shape, unit), Arg(rows, row_stats), Arg(rows, unit))
+
+
 def _statistics_cases() -> list[OpCase]:
     lse = [
         OpCase(
@@ -140,15 +147,7 @@ def _statistics_cases() -> list[OpCase]:
             gradient=NO_GRADIENT,
         ),
     ]
-    stats = (BATCH, 2, 5)
-    grad_args = (
-        Arg(Q, unit),
-        Arg(KV, unit),
-        Arg(KV, unit),
-        Arg(Q, unit),
-        Arg(stats, row_stats),
-        Arg(stats, unit),
-    )
+    grad_args = _grad_args(Q, KV)
     grads = []
     for causal in (False, True):
         attrs = {"causal": causal}
@@ -170,16 +169,7 @@ def _statistics_cases() -> list[OpCase]:
                 forward_tol=Tolerance(1e-5, 1e-5, scaled=True),
             ),
         ]
-    square = (BATCH, 2, 6, 4)
-    rows = (BATCH, 2, 6)
-    fused_args = (
-        Arg(square, unit),
-        Arg(square, unit),
-        Arg(square, unit),
-        Arg(square, unit),
-        Arg(rows, row_stats),
-        Arg(rows, unit),
-    )
+    fused_args = _grad_args(SQUARE, SQUARE)
     for causal in (False, True):
         extra = (Arg((1, 1, 6, 6), unit, grad=False, leaf="constant"),) if causal else ()
         grads.append(

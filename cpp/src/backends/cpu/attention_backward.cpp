@@ -4,6 +4,8 @@
 // dq runs over blocks of queries and dk, dv over blocks of keys. Either way every output row
 // has one writer and no thread needs a reduction.
 #include <algorithm>
+#include <tuple>
+#include <utility>
 
 #include "backends/cpu/attention.h"
 #include "backends/cpu/attention_blocks.h"
@@ -163,17 +165,22 @@ void over_blocks(const ExecContext& ctx, int64_t heads, int64_t length, int64_t 
   });
 }
 
+// Two operands, each (heads, t, D), transposed into the shared workspace for the block products.
+std::pair<const float*, const float*> transposed_pair(const ExecContext& ctx, const AttentionGeometry& geo,
+                                                      const float* a, const float* b, int64_t t) {
+  float *at = ctx.shared, *bt = at + geo.heads() * geo.d * t;
+  transpose_heads(*ctx.pool, a, geo.heads(), t, geo.d, at);
+  transpose_heads(*ctx.pool, b, geo.heads(), t, geo.d, bt);
+  return {at, bt};
+}
+
 }  // namespace
 
 void attention_grad(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
                     const float* v, const float* g, const float* lse, const float* delta, const float* mask,
                     float* dqkv) {
   GradInputs in{q, k, v, g, lse, delta, mask};
-  float *kt = ctx.shared, *vt = kt + geo.heads() * geo.d * geo.tk;
-  transpose_heads(*ctx.pool, k, geo.heads(), geo.tk, geo.d, kt);
-  transpose_heads(*ctx.pool, v, geo.heads(), geo.tk, geo.d, vt);
-  in.kt = kt;
-  in.vt = vt;
+  std::tie(in.kt, in.vt) = transposed_pair(ctx, geo, k, v, geo.tk);
   const int tasks = balanced_tasks(*ctx.pool, geo.heads());
   ctx.pool->parallel_for(tasks, [&](int task, int thread) {
     int64_t h0, h1;
@@ -186,11 +193,7 @@ void attention_grad_q(const ExecContext& ctx, const AttentionGeometry& geo, cons
                       const float* v, const float* g, const float* lse, const float* delta, const float* mask,
                       float* dq) {
   GradInputs in{q, k, v, g, lse, delta, mask};
-  float *kt = ctx.shared, *vt = kt + geo.heads() * geo.d * geo.tk;
-  transpose_heads(*ctx.pool, k, geo.heads(), geo.tk, geo.d, kt);
-  transpose_heads(*ctx.pool, v, geo.heads(), geo.tk, geo.d, vt);
-  in.kt = kt;
-  in.vt = vt;
+  std::tie(in.kt, in.vt) = transposed_pair(ctx, geo, k, v, geo.tk);
   over_blocks(ctx, geo.heads(), geo.tq, kBq,
               [&](int64_t head, int64_t i0, float* scratch) { grad_q_block(ctx, geo, in, head, i0, dq, scratch); });
 }
@@ -199,11 +202,7 @@ void attention_grad_kv(const ExecContext& ctx, const AttentionGeometry& geo, con
                        const float* v, const float* g, const float* lse, const float* delta, const float* mask,
                        float* dkv) {
   GradInputs in{q, k, v, g, lse, delta, mask};
-  float *qt = ctx.shared, *gt = qt + geo.heads() * geo.d * geo.tq;
-  transpose_heads(*ctx.pool, q, geo.heads(), geo.tq, geo.d, qt);
-  transpose_heads(*ctx.pool, g, geo.heads(), geo.tq, geo.d, gt);
-  in.qt = qt;
-  in.gt = gt;
+  std::tie(in.qt, in.gt) = transposed_pair(ctx, geo, q, g, geo.tq);
   over_blocks(ctx, geo.heads(), geo.tk, kBk,
               [&](int64_t head, int64_t j0, float* scratch) { grad_kv_block(ctx, geo, in, head, j0, dkv, scratch); });
 }
