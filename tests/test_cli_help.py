@@ -23,7 +23,14 @@ def _help_text(capsys, argv):
 
 
 def test_the_commands_are_the_documented_ones():
-    assert _command_names() == ["generate", "predict", "sidecar", "train", "train-digits", "train-lm"]
+    assert _command_names() == [
+        "generate",
+        "predict",
+        "sidecar",
+        "train",
+        "train-digits",
+        "train-lm",
+    ]
 
 
 @pytest.mark.parametrize("argv", [["--help"]] + [[name, "--help"] for name in _command_names()])
