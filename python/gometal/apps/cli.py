@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..viz.server_cli import add_sidecar_command
+from .arguments import positive_int
 from .lm_job import add_lm_commands
 from .predict_job import add_predict_command
 from .train_job import add_train_command
@@ -31,15 +32,8 @@ MAX_BATCH_SIZE = 2**31 - 1  # the engine keeps the batch dimension in an int32
 SPLIT_SEED_LIMIT = 2**32  # scikit-learn's random_state takes 32-bit seeds
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def _batch_size(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value > MAX_BATCH_SIZE:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_BATCH_SIZE}, got {value}")
     return value
@@ -78,13 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         "digits, holding out 20% of the images for testing.",
     )
     digits.add_argument(
-        "--epochs", type=_positive_int, default=20, help="passes over the training set (20)"
+        "--epochs", type=positive_int, default=20, help="passes over the training set (20)"
     )
     digits.add_argument("--batch-size", type=_batch_size, default=32, help="samples per step (32)")
     digits.add_argument(
         "--lr", type=_non_negative_float, default=1e-3, help="Adam learning rate (0.001)"
     )
-    digits.add_argument("--hidden", type=_positive_int, default=128, help="hidden units (128)")
+    digits.add_argument("--hidden", type=positive_int, default=128, help="hidden units (128)")
     digits.add_argument(
         "--seed", type=_seed, default=0, help="seed for the split, init and shuffling (0)"
     )

@@ -23,6 +23,7 @@ from ..io.serialization.errors import CheckpointError
 from ..nn.model import Model
 from ..train import callbacks, optim, schedulers
 from ..train.trainer import Trainer
+from .arguments import positive_int
 
 SETTINGS = (
     "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
@@ -34,13 +35,6 @@ EXIT_ERROR = 2
 
 class LMJobError(Exception):
     """A problem with the job's input, reported as one line and exit status 2."""
-
-
-def _positive(text_value: str) -> int:
-    value = int(text_value)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def _fraction(text_value: str) -> float:
@@ -65,18 +59,18 @@ def add_lm_commands(commands: Any) -> None:
     )
     train.add_argument("files", nargs="*", metavar="FILE", help="text files (default: stdlib)")
     train.add_argument("--tokenizer", choices=("char", "byte", "bpe"), default="char")
-    train.add_argument("--vocab-size", type=_positive, default=512, help="BPE vocabulary (512)")
-    train.add_argument("--n-layer", type=_positive, default=4)
-    train.add_argument("--n-head", type=_positive, default=4)
-    train.add_argument("--n-embd", type=_positive, default=128)
-    train.add_argument("--block-size", type=_positive, default=64)
-    train.add_argument("--batch-size", type=_positive, default=12)
-    train.add_argument("--max-iters", type=_positive, default=2000)
+    train.add_argument("--vocab-size", type=positive_int, default=512, help="BPE vocabulary (512)")
+    train.add_argument("--n-layer", type=positive_int, default=4)
+    train.add_argument("--n-head", type=positive_int, default=4)
+    train.add_argument("--n-embd", type=positive_int, default=128)
+    train.add_argument("--block-size", type=positive_int, default=64)
+    train.add_argument("--batch-size", type=positive_int, default=12)
+    train.add_argument("--max-iters", type=positive_int, default=2000)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--min-lr", type=float, default=1e-4)
     train.add_argument("--warmup-iters", type=int, default=100)
-    train.add_argument("--eval-interval", type=_positive, default=250)
-    train.add_argument("--eval-iters", type=_positive, default=20)
+    train.add_argument("--eval-interval", type=positive_int, default=250)
+    train.add_argument("--eval-iters", type=positive_int, default=20)
     train.add_argument("--dropout", type=_fraction, default=0.0)
     train.add_argument("--weight-decay", type=float, default=0.1)
     train.add_argument("--grad-clip", type=float, default=1.0)

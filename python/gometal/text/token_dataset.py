@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..base.arrays import check_batch_size, check_seed
+from ..base.epochs import EpochCounter
 from .token_file import TokenFile
 from .tokenizer_base import Tokenizer
 
@@ -138,7 +139,7 @@ class TokenWindows:
         return self.num_windows
 
 
-class TokenLoader:
+class TokenLoader(EpochCounter):
     """``batches_per_epoch`` batches of random windows per epoch, for ``Trainer.fit``.
 
     An epoch is a fixed number of batches (a corpus has far more windows than one pass
@@ -175,24 +176,6 @@ class TokenLoader:
         self.stream = check_seed(stream, "stream")
         self._next_epoch = 0
 
-    @property
-    def epoch(self) -> int:
-        """The epoch the next iteration runs."""
-        return self._next_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Makes the next iteration epoch ``epoch``.
-
-        Args:
-            epoch: a non-negative epoch number.
-
-        Example:
-            >>> loader.set_epoch(3)  # doctest: +SKIP
-        """
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self._next_epoch = int(epoch)
-
     def epoch_starts(self, epoch: int) -> np.ndarray:
         """Where every window of epoch ``epoch`` starts, one row per batch.
 
@@ -214,8 +197,7 @@ class TokenLoader:
         return self.batches_per_epoch
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        epoch = self._next_epoch
-        self._next_epoch += 1
+        epoch = self.next_epoch()
         return (self.windows.batch(row) for row in self.epoch_starts(epoch))
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..base.arrays import check_batch_size, check_seed
+from ..base.epochs import EpochCounter
 
 # The stream that orders samples; ``gm.vision.DataLoader`` uses the same one, so both
 # loaders visit N samples in the same order for the same seed and epoch.
@@ -66,7 +67,7 @@ def epoch_permutation(seed: int, epoch: int, count: int) -> np.ndarray:
     return np.random.default_rng(sequence).permutation(count)
 
 
-class ArrayLoader:
+class ArrayLoader(EpochCounter):
     """Iterates ``(x[rows], y[rows])`` batches, with the same epoch semantics as
     ``gm.vision.DataLoader``.
 
@@ -125,24 +126,6 @@ class ArrayLoader:
         self.drop_last = bool(drop_last)
         self._next_epoch = 0
 
-    @property
-    def epoch(self) -> int:
-        """The epoch the next iteration runs."""
-        return self._next_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Makes the next iteration epoch ``epoch``.
-
-        Args:
-            epoch: a non-negative epoch number.
-
-        Example:
-            >>> loader.set_epoch(3)  # doctest: +SKIP
-        """
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self._next_epoch = int(epoch)
-
     def sample_order(self, epoch: int) -> np.ndarray:
         """The sample positions in the order epoch ``epoch`` visits them.
 
@@ -165,8 +148,7 @@ class ArrayLoader:
         return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        epoch = self._next_epoch
-        self._next_epoch += 1
+        epoch = self.next_epoch()
         if not self.shuffle:
             return self._slices()
         return self._gathered(self.sample_order(epoch))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ...base.epochs import EpochCounter
 from .cache import ImageCache
 from .dataset import ImageFolderDataset
 from .transforms import (
@@ -34,7 +35,7 @@ _ORDER_STREAM = 0
 _AUGMENT_STREAM = 1
 
 
-class DataLoader:
+class DataLoader(EpochCounter):
     """Iterates ``(x, y)`` batches over an ``ImageFolderDataset``.
 
     ``x`` is a C-contiguous ``float32`` ``(N, C, H, W)`` array normalised with the dataset's
@@ -111,24 +112,6 @@ class DataLoader:
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
 
-    @property
-    def epoch(self) -> int:
-        """The epoch the next iteration runs."""
-        return self._next_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Makes the next iteration epoch ``epoch`` (later ones count on from there).
-
-        Args:
-            epoch: a non-negative epoch number.
-
-        Example:
-            >>> loader.set_epoch(3); x, y = next(iter(loader))  # doctest: +SKIP
-        """
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self._next_epoch = int(epoch)
-
     def sample_order(self, epoch: int) -> np.ndarray:
         """The dataset positions in the order epoch ``epoch`` visits them.
 
@@ -154,8 +137,7 @@ class DataLoader:
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if self._closed:
             raise RuntimeError("this DataLoader is closed")
-        epoch = self._next_epoch
-        self._next_epoch += 1
+        epoch = self.next_epoch()
         order = self.sample_order(epoch)
         batches = [
             order[start : start + self.batch_size]
