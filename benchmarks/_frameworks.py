@@ -204,10 +204,15 @@ def _setup_torch(mode, spec: Workload, x, y, threads):
     def forward_loss(inputs, labels):
         return F.cross_entropy(model(inputs), labels)
 
+    return _torch_training(torch, mode, opt, forward_loss, xt, yt, info)
+
+
+def _torch_training(torch, mode: str, opt, forward_loss, xt, yt, info: dict) -> Setup:
+    """One training step per call: the loss (and, compiled, the optimizer step) through
+    torch.compile when ``mode`` is ``"compile"``."""
     update = opt.step
     if mode == "compile":
-        forward_loss = torch.compile(forward_loss)
-        update = torch.compile(opt.step)
+        forward_loss, update = torch.compile(forward_loss), torch.compile(opt.step)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -227,18 +232,7 @@ def _setup_torch_gpt(torch, mode: str, spec: Workload, x, y) -> Setup:
     fused = True if mode == "eager-fused" else None
     opt = model.optimizer(lr=LEARNING_RATE, weight_decay=GPT_WEIGHT_DECAY, fused=fused)
     xt, yt = torch.from_numpy(x).long(), torch.from_numpy(y).long()
-    forward_loss, update = model, opt.step
-    if mode == "compile":
-        forward_loss, update = torch.compile(model), torch.compile(opt.step)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = forward_loss(xt, yt)
-        loss.backward()
-        update()
-        return loss
-
-    return Setup(step, lambda v: float(v.detach()), _torch_info(torch))
+    return _torch_training(torch, mode, opt, model, xt, yt, _torch_info(torch))
 
 
 def make_setup(framework: str, workload: str, x: np.ndarray, y: np.ndarray, threads: int) -> Setup:

@@ -197,9 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
-    if args.command in ("train", "predict", "train-lm", "generate", "sidecar"):
-        return args.handler(args)
-    return 2  # argparse rejects unknown commands before this point
+    # Every other command registers its handler with its parser (set_defaults).
+    return args.handler(args)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ def _expected_batch_shape(sample_shape: tuple[int, ...]) -> str:
 
 
 def _fits_sample_shape(shape: tuple[int, ...], sample_shape: tuple[int, ...]) -> bool:
+    if shape[1:] == sample_shape:  # the common case, checked first: every batch runs this
+        return True
     return len(shape) == len(sample_shape) + 1 and all(
         want < 0 or got == want for got, want in zip(shape[1:], sample_shape)
     )

@@ -32,7 +32,6 @@ from .evaluation import evaluate as _evaluate
 from .fit import fit as _fit
 from .fit import keras_fit_arguments
 from .history import History
-from .metrics import AccuracyTotals
 from .mixed_precision import LossScaler
 from .output_losses import (
     BatchPreparer,
@@ -238,10 +237,6 @@ class Trainer(EngineState):
 
     def _step_result(self, values: Any, num_samples: int) -> StepResult:
         """What ``train`` or ``eval`` (or the host optimizer's first evaluation) gave."""
-        if not self._per_output:
-            loss, accuracy = values
-            totals = AccuracyTotals.from_output(self._accuracy_kinds[0], accuracy, num_samples)
-            return StepResult(loss=float(loss), accuracy=totals.value, totals=totals)
         return read_step(
             values, self.output_losses, self._accuracy_kinds, num_samples, self._per_output
         )

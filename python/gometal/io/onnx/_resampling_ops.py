@@ -70,18 +70,7 @@ class ResamplingOperators(SpatialOperators):
 
     def op_conv_transpose(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         """ONNX ``ConvTranspose`` (2-D) as ``Conv2DTranspose``."""
-        x = self.runtime(node.input[0])
-        w = self.float_const(node.input[1], "ConvTranspose weight W")
-        if w.ndim != 4 or len(x.engine_shape) != 4:
-            self.fail(f"only 2-D transposed convolution is supported, got weight shape {w.shape}")
-        kernel = [int(k) for k in attrs.get("kernel_shape", w.shape[2:])]
-        if kernel != list(w.shape[2:]):
-            self.fail(
-                f"kernel_shape {kernel} differs from the weight's spatial shape {w.shape[2:]}"
-            )
-        strides = [int(s) for s in attrs.get("strides", [1, 1])]
-        dilations = [int(d) for d in attrs.get("dilations", [1, 1])]
-        check_window(kernel, strides, dilations, 2)
+        x, w, kernel, strides, dilations = self.conv_window(node, attrs, "transposed convolution")
         groups = int(attrs.get("group", 1))
         extra = [int(p) for p in attrs.get("output_padding", [0, 0])]
         spatial = x.engine_shape[2:]
@@ -98,13 +87,10 @@ class ResamplingOperators(SpatialOperators):
                 f"end crop that Conv2DTranspose cannot express (output padding "
                 f"{output_padding} must be in [0, stride {strides}))"
             )
-        bias = node.input[2] if len(node.input) > 2 else ""
-        weights = {"weight": w}
-        if bias:
-            weights["bias"] = self.float_const(bias, "ConvTranspose bias B")
+        weights = self.conv_weights(node, w, "ConvTranspose")
         layer = L.Conv2DTranspose(
             w.shape[1] * groups, tuple(kernel), tuple(strides), tuple(begins),
-            tuple(output_padding), tuple(dilations), groups, use_bias=bool(bias),
+            tuple(output_padding), tuple(dilations), groups, use_bias="bias" in weights,
             name=self.layer_name(),
         )  # fmt: skip
         return self.call(layer, x, weights)
@@ -146,14 +132,10 @@ class ResamplingOperators(SpatialOperators):
                     "take (only an even 'same' kernel pads one more on the right)"
                 )
             padding = "same"
-        node = self.node
-        bias = node.input[2] if len(node.input) > 2 else ""
-        weights = {"weight": w}
-        if bias:
-            weights["bias"] = self.float_const(bias, "Conv bias B")
+        weights = self.conv_weights(self.node, w, "Conv")
         layer = L.Conv1D(
             w.shape[0], kernel[0], strides[0], padding, dilations[0], int(attrs.get("group", 1)),
-            use_bias=bool(bias), name=self.layer_name(),
+            use_bias="bias" in weights, name=self.layer_name(),
         )  # fmt: skip
         return self.call(layer, x, weights)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ...nn import layers as L
 from ...nn.tensor import SymbolicTensor
 from . import _layers as X
@@ -39,12 +41,16 @@ class SpatialOperators(ShapeOperators):
         what = f"the padded input {shape}" + (" and its count map" if count_map else "")
         self.budget.check(self.where(), size, what)
 
-    def op_conv(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
-        """ONNX ``Conv`` (2-D) as ``Conv2D``, after an ``OnnxPad2D`` for uneven padding."""
+    def conv_window(
+        self, node: Any, attrs: dict[str, Any], what: str
+    ) -> tuple[SymbolicTensor, np.ndarray, list[int], list[int], list[int]]:
+        """A 2-D ``Conv`` or ``ConvTranspose`` node's input, weight, kernel, strides and
+        dilations, checked (``what``: "convolution" or "transposed convolution")."""
+        op = "Conv" if what == "convolution" else "ConvTranspose"
         x = self.runtime(node.input[0])
-        w = self.float_const(node.input[1], "Conv weight W")
+        w = self.float_const(node.input[1], f"{op} weight W")
         if w.ndim != 4 or len(x.engine_shape) != 4:
-            self.fail(f"only 2-D convolution is supported, got weight shape {w.shape}")
+            self.fail(f"only 2-D {what} is supported, got weight shape {w.shape}")
         kernel = [int(k) for k in attrs.get("kernel_shape", w.shape[2:])]
         if kernel != list(w.shape[2:]):
             self.fail(
@@ -53,6 +59,18 @@ class SpatialOperators(ShapeOperators):
         strides = [int(s) for s in attrs.get("strides", [1, 1])]
         dilations = [int(d) for d in attrs.get("dilations", [1, 1])]
         check_window(kernel, strides, dilations, 2)
+        return x, w, kernel, strides, dilations
+
+    def conv_weights(self, node: Any, w: np.ndarray, op: str) -> dict[str, np.ndarray]:
+        """A convolution layer's weights: ``w``, and the node's bias B when it has one."""
+        weights = {"weight": w}
+        if len(node.input) > 2 and node.input[2]:
+            weights["bias"] = self.float_const(node.input[2], f"{op} bias B")
+        return weights
+
+    def op_conv(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        """ONNX ``Conv`` (2-D) as ``Conv2D``, after an ``OnnxPad2D`` for uneven padding."""
+        x, w, kernel, strides, dilations = self.conv_window(node, attrs, "convolution")
         begins, ends = self._spatial_pads(attrs, x, kernel, strides, dilations)
         spatial = x.engine_shape[2:]
         self._check_padded(x, [s + b + e for s, b, e in zip(spatial, begins, ends)], False)
@@ -60,13 +78,10 @@ class SpatialOperators(ShapeOperators):
             pad = X.OnnxPad2D([*begins, *ends], name=self.name(f"{self.node.name}_pad"))
             x, begins = self.call(pad, x), [0, 0]
         pads = begins
-        bias = node.input[2] if len(node.input) > 2 else ""
-        weights = {"weight": w}
-        if bias:
-            weights["bias"] = self.float_const(bias, "Conv bias B")
+        weights = self.conv_weights(node, w, "Conv")
         layer = L.Conv2D(
             w.shape[0], tuple(kernel), tuple(strides), tuple(pads), tuple(dilations),
-            int(attrs.get("group", 1)), use_bias=bool(bias), name=self.layer_name(),
+            int(attrs.get("group", 1)), use_bias="bias" in weights, name=self.layer_name(),
         )  # fmt: skip
         return self.call(layer, x, weights)
 

@@ -148,30 +148,22 @@ def multi_head_attention(
     """
     g = ctx.graph
     embed = g.shape(query)[-1]
+    packed = ctx.has_variable(f"{prefix}in_proj_weight")
+
+    def rows(name: str, index: int) -> int:
+        """Part ``index`` (q, k or v) of a packed (3E, ...) weight or bias."""
+        start = index * embed
+        return op(g, "slice", ctx.variable(name), axis=0, start=start, end=start + embed)
+
     projected = []
     for index, (x, part) in enumerate(((query, "q"), (key, "k"), (value, "v"))):
-        if ctx.has_variable(f"{prefix}in_proj_weight"):
-            weight = op(
-                g,
-                "slice",
-                ctx.variable(f"{prefix}in_proj_weight"),
-                axis=0,
-                start=index * embed,
-                end=(index + 1) * embed,
-            )
+        if packed:
+            weight = rows(f"{prefix}in_proj_weight", index)
         else:
             weight = ctx.variable(f"{prefix}{part}_proj_weight")
         out = matmul(g, x, weight, transpose_b=True)
         if bias:
-            b = op(
-                g,
-                "slice",
-                ctx.variable(f"{prefix}in_proj_bias"),
-                axis=0,
-                start=index * embed,
-                end=(index + 1) * embed,
-            )
-            out = op(g, "add", out, b)
+            out = op(g, "add", out, rows(f"{prefix}in_proj_bias", index))
         projected.append(_split_heads(g, out, num_heads))
     rate = dropout_rate if ctx.training else 0.0
     inputs = [*projected, *([mask] if mask is not None else [])]

@@ -9,12 +9,12 @@ from ...graph.composites import op
 from . import onnx_rules, onnx_rules_activations
 from ._spatial import check_image_batch, check_window_fits, int_pair, show_shape
 from .base import EmitContext, Layer, WeightSpec
-from .layer_options import WeightLayerOptions
+from .layer_options import WeightLayerOptions, WithWeightOptions
 from .registry import register_layer
 
 
 @register_layer(onnx=onnx_rules_activations.then_activation(onnx_rules.conv2d))
-class Conv2D(Layer):
+class Conv2D(WithWeightOptions, Layer):
     """2-D convolution (cross-correlation) of ``(batch, C, H, W)`` inputs, as ``nn.Conv2d``.
 
     ``weight`` has shape ``(out_channels, C / groups, kh, kw)`` and ``bias``
@@ -94,11 +94,6 @@ class Conv2D(Layer):
         self.use_bias = bool(use_bias)
         self.padding_mode = padding if isinstance(padding, str) else None
         self.padding = self._resolve_padding(padding, label)
-
-    @property
-    def activation_layer(self) -> Layer | None:
-        """The layer ``activation=`` applies to the result, or ``None``."""
-        return self.options.activation_layer
 
     @property
     def window(self) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from ...graph.composites import op
 from . import onnx_rules_activations, spatial_onnx_rules
 from ._spatial import check_image_batch, int_pair, show_shape
 from .base import EmitContext, Layer, WeightSpec
-from .layer_options import WeightLayerOptions
+from .layer_options import WeightLayerOptions, WithWeightOptions
 from .registry import register_layer
 
 
@@ -37,7 +37,7 @@ def _label(cls: str, name: str | None) -> str:
 
 
 @register_layer(onnx=onnx_rules_activations.then_activation(spatial_onnx_rules.conv1d))
-class Conv1D(Layer):
+class Conv1D(WithWeightOptions, Layer):
     """1-D convolution of ``(batch, C, L)`` inputs, as ``nn.Conv1d``.
 
     ``weight`` is ``(out_channels, C / groups, kernel_size)`` and ``bias``
@@ -107,11 +107,6 @@ class Conv1D(Layer):
         self.use_bias = bool(use_bias)
         self.padding = padding
         self.pads = self._resolve_padding(padding, label)
-
-    @property
-    def activation_layer(self) -> Layer | None:
-        """The layer ``activation=`` applies to the result, or ``None``."""
-        return self.options.activation_layer
 
     def _resolve_padding(self, padding: Any, label: str) -> tuple[int, int]:
         if padding == "valid":
@@ -203,7 +198,7 @@ class Conv1D(Layer):
 
 
 @register_layer(onnx=onnx_rules_activations.then_activation(spatial_onnx_rules.conv2d_transpose))
-class Conv2DTranspose(Layer):
+class Conv2DTranspose(WithWeightOptions, Layer):
     """Transposed 2-D convolution of ``(batch, C, H, W)`` inputs, as ``nn.ConvTranspose2d``.
 
     ``weight`` is ``(C, out_channels / groups, kh, kw)`` (torch's layout) and ``bias``
@@ -295,11 +290,6 @@ class Conv2DTranspose(Layer):
             "use_bias": self.use_bias,
             **self.options.config(),
         }
-
-    @property
-    def activation_layer(self) -> Layer | None:
-        """The layer ``activation=`` applies to the result, or ``None``."""
-        return self.options.activation_layer
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """The output's ``(height, width)`` for an input of ``(height, width)``.

@@ -9,12 +9,12 @@ from ...graph.composites import op
 from . import onnx_rules, onnx_rules_activations
 from ._spatial import show_shape
 from .base import EmitContext, Layer, WeightSpec
-from .layer_options import WeightLayerOptions
+from .layer_options import WeightLayerOptions, WithWeightOptions
 from .registry import register_layer
 
 
 @register_layer(onnx=onnx_rules_activations.then_activation(onnx_rules.dense))
-class Dense(Layer):
+class Dense(WithWeightOptions, Layer):
     """``y = x @ weight.T + bias`` over the last axis, with PyTorch's ``nn.Linear`` layout
     and initialization.
 
@@ -74,11 +74,6 @@ class Dense(Layer):
             kernel_regularizer,
             bias_regularizer,
         )
-
-    @property
-    def activation_layer(self) -> Layer | None:
-        """The layer ``activation=`` applies to the result, or ``None``."""
-        return self.options.activation_layer
 
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
         (shape,) = input_shapes

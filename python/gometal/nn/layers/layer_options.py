@@ -142,3 +142,15 @@ class WeightLayerOptions:
         if self.bias_regularizer is not None:
             config["bias_regularizer"] = self.bias_regularizer.get_config()
         return config
+
+
+class WithWeightOptions:
+    """Mixin of the layers that keep their ``WeightLayerOptions`` as ``options`` (Dense
+    and the convolutions): the ``activation_layer`` their ONNX rules read."""
+
+    options: WeightLayerOptions
+
+    @property
+    def activation_layer(self) -> Layer | None:
+        """The layer ``activation=`` applies to the result, or ``None``."""
+        return self.options.activation_layer

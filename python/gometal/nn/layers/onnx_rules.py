@@ -19,15 +19,21 @@ from .base import Layer
 from .registry import OnnxGraph, OnnxRule
 
 
+def weight_operands(b: OnnxGraph, layer: Any, x: str) -> list[str]:
+    """``[x, weight]``, then ``bias`` when the layer has one: a Gemm's or a Conv's operands."""
+    operands = [x, b.weight(layer, "weight")]
+    if layer.use_bias:
+        operands.append(b.weight(layer, "bias"))
+    return operands
+
+
 def dense(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
     """``Dense``: one ``Gemm`` (with the bias when the layer has one)."""
     layer = call.layer
     if call.inputs[0].ndim > 2:
         _dense_over_last_axis(b, call, inputs, out, name)
         return
-    operands = [inputs[0], b.weight(layer, "weight")]
-    if layer.use_bias:
-        operands.append(b.weight(layer, "bias"))
+    operands = weight_operands(b, layer, inputs[0])
     # The weight is (out_features, in_features), as nn.Linear: y = x @ W^T + b.
     b.node("Gemm", operands, out, name, transB=1)
 
@@ -84,9 +90,7 @@ def gelu(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) 
 def conv2d(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
     """``Conv2D``: one ``Conv`` with symmetric pads."""
     layer = call.layer
-    operands = [inputs[0], b.weight(layer, "weight")]
-    if layer.use_bias:
-        operands.append(b.weight(layer, "bias"))
+    operands = weight_operands(b, layer, inputs[0])
     ph, pw = layer.padding
     b.node(
         "Conv",

@@ -8,15 +8,14 @@ import numpy as np
 
 from ..tensor import LayerCall
 from ._resampling_maps import adaptive_mean_map
+from .onnx_rules import weight_operands
 from .registry import OnnxGraph
 
 
 def conv1d(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
     """``Conv1D``: one 1-D ``Conv`` (its pads may differ left and right, as "same" needs)."""
     layer = call.layer
-    operands = [inputs[0], b.weight(layer, "weight")]
-    if layer.use_bias:
-        operands.append(b.weight(layer, "bias"))
+    operands = weight_operands(b, layer, inputs[0])
     b.node(
         "Conv",
         operands,
@@ -34,9 +33,7 @@ def conv2d_transpose(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str,
     """``Conv2DTranspose``: one ``ConvTranspose`` (the weight is ``(C, O / groups, kh, kw)``
     in both)."""
     layer = call.layer
-    operands = [inputs[0], b.weight(layer, "weight")]
-    if layer.use_bias:
-        operands.append(b.weight(layer, "bias"))
+    operands = weight_operands(b, layer, inputs[0])
     ph, pw = layer.padding
     b.node(
         "ConvTranspose",
