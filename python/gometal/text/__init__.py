@@ -9,7 +9,9 @@ corpus that ships with Python.
 - :func:`write_token_file` tokenizes a corpus once into a file that :class:`TokenFile`
   memory-maps (:func:`cached_token_file` reuses a current one); :class:`TokenDataset`
   splits it by position and :class:`TokenLoader` yields ``(x, y)`` int32 batches of
-  random windows, deterministic per seed and epoch.
+  random windows, deterministic per seed and epoch; :class:`TokenStreamLoader` yields
+  consecutive batches whose rows continue each other, for truncated backpropagation
+  through time.
 - :func:`stdlib_corpus`: the source of a fixed list of standard-library modules.
 
 Example:
@@ -24,6 +26,7 @@ from .bpe import BPETokenizer
 from .loading import load_tokenizer, tokenizer_from_config
 from .simple_tokenizers import ByteTokenizer, CharTokenizer
 from .stdlib_corpus import STDLIB_CORPUS_MODULES, StdlibCorpus, stdlib_corpus
+from .stream_loader import TokenStreamLoader
 from .token_dataset import (
     TokenDataset,
     TokenLoader,
@@ -50,6 +53,7 @@ __all__ = [
     "TokenDataset",
     "TokenFile",
     "TokenLoader",
+    "TokenStreamLoader",
     "TokenWindows",
     "Tokenizer",
     "cached_token_file",

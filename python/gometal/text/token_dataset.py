@@ -18,6 +18,7 @@ import numpy as np
 
 from ..base.arrays import check_batch_size, check_seed
 from ..base.epochs import EpochCounter
+from .stream_loader import TokenStreamLoader
 from .token_file import TokenFile
 from .tokenizer_base import Tokenizer
 
@@ -293,6 +294,29 @@ class TokenDataset:
         windows = self.split(split)
         return TokenLoader(
             windows, batch_size, batches_per_epoch, seed=seed, stream=SPLIT_STREAMS[split]
+        )
+
+    def stream_loader(
+        self, split: str, batch_size: int, seq_len: int, *, seed: int = 0
+    ) -> TokenStreamLoader:
+        """A :class:`TokenStreamLoader` over one split: consecutive batches for truncated
+        backpropagation through time.
+
+        Args:
+            split: ``"train"`` or ``"validation"``.
+            batch_size: streams, one per batch row.
+            seq_len: the tokens of ``x`` per row and batch.
+            seed: seeds each epoch's starting offset.
+
+        Returns:
+            The loader.
+
+        Example:
+            >>> loader = data.stream_loader("train", 32, 64)  # doctest: +SKIP
+        """
+        windows = self.split(split)
+        return TokenStreamLoader(
+            windows.tokens, batch_size, seq_len, seed=seed, stream=SPLIT_STREAMS[split]
         )
 
     def __repr__(self) -> str:
