@@ -59,8 +59,6 @@ def skip_reason(framework: str, workload: str) -> str | None:
         return "torch not installed (pip install .[bench])"
     if framework == "torch-eager-fused" and not train:
         return "inference has no optimizer, so it is torch-eager"
-    if framework == "jax-jit" and WORKLOADS[workload].model == "gpt":
-        return "no JAX GPT here yet"
     if framework == "jax-jit":
         if not importlib.util.find_spec("jax"):
             return "jax not installed (pip install jax optax)"

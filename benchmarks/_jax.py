@@ -1,5 +1,5 @@
-"""The JAX peer: plain jax (no flax), jax.jit of the whole training step with optax Adam, or
-of the inference forward. The CNN runs in NHWC, the layout XLA's CPU convolutions prefer;
+"""The JAX peer: plain jax (no flax), jax.jit of the whole training step with optax Adam (the
+GPT's AdamW in _jax_gpt.py), or of the inference forward. The CNN runs in NHWC, the layout XLA's CPU convolutions prefer;
 the fixed NCHW batch is transposed once, before timing."""
 
 from __future__ import annotations
@@ -161,6 +161,10 @@ def setup_jax(spec: Workload, x: np.ndarray, y: np.ndarray):
     import optax
 
     info["optax"] = optax.__version__
+    if spec.model == "gpt":
+        from _jax_gpt import setup_jax_gpt
+
+        return (*setup_jax_gpt(jax, optax, spec, x, y), info)
     cross_entropy = optax.softmax_cross_entropy_with_integer_labels
     if spec.model == "mlp":
         params, apply_mlp = _mlp(jax)
