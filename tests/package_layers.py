@@ -28,9 +28,9 @@ LAYER_RANKS = {
     "data": 4,
     "text": 4,  # tokenizers and token files: data for language models, beside data/
     "viz": 5,
-    "serve": 5,
     "distributed": 5,
-    "apps": 6,
+    "serving": 6,  # the inference server; reuses viz's HTTP guards
+    "apps": 7,
 }
 TOP = "top"  # the package's __init__, above every layer
 # The compiled engine and its loader: base-layer modules the build keeps at the root.

@@ -26,6 +26,7 @@ def test_the_commands_are_the_documented_ones():
     assert _command_names() == [
         "generate",
         "predict",
+        "serve",
         "sidecar",
         "train",
         "train-digits",

@@ -22,6 +22,7 @@ from ..viz.server_cli import add_sidecar_command
 from .arguments import positive_int
 from .lm_job import add_lm_commands
 from .predict_job import add_predict_command
+from .serve_command import add_serve_command
 from .train_job import add_train_command
 
 DIGITS_FEATURES = 64  # 8 x 8 pixels
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_command(commands)
     add_lm_commands(commands)
     add_sidecar_command(commands)
+    add_serve_command(commands)
     return parser
 
 

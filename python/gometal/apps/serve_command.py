@@ -1,0 +1,155 @@
+"""``gometal serve REPO_OR_MODEL``: serve models over the Open Inference Protocol (KServe v2).
+
+The web stack loads only when the command runs, so ``gometal`` itself stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Any
+
+from .arguments import positive_int
+
+__all__ = ["add_serve_command", "run_serve"]
+
+EXIT_USAGE = 2  # argparse's exit status for bad arguments
+BYTES_PER_MB = 1024 * 1024
+# Kept equal to gometal.serving's defaults (not imported: that loads the web stack).
+DEFAULT_PORT = 8000
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_QUEUE_DELAY_MS = 2.0
+DEFAULT_MAX_QUEUE = 256
+DEFAULT_MAX_BODY_MB = 16.0
+API_KEY_ENV = "GOMETAL_API_KEY"
+
+
+def _port(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {value}")
+    return value
+
+
+def _non_negative_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be milliseconds >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be milliseconds >= 0, got {text}")
+    return value
+
+
+def _positive_mb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of MB > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value * BYTES_PER_MB >= 1):
+        raise argparse.ArgumentTypeError(f"must be a number of MB > 0, got {text}")
+    return value
+
+
+def add_serve_command(commands: Any) -> None:
+    """Registers ``gometal serve`` on an argparse sub-parser collection.
+
+    Args:
+        commands: what ``ArgumentParser.add_subparsers`` returned.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_serve_command(parser.add_subparsers(dest="command"))
+        >>> parser.parse_args(["serve", "models", "--port", "9000"]).port
+        9000
+    """
+    serve = commands.add_parser(
+        "serve",
+        help="serve models over the Open Inference Protocol (KServe v2), with dynamic batching",
+        description="Serve REPO_OR_MODEL (a Triton-layout repository REPO/<model>/<version>/"
+        "model.safetensors or model.onnx, or one model file) to tritonclient and other v2 "
+        "clients. SIGTERM drains: accepted requests are answered, then the server exits 0.",
+    )
+    serve.add_argument("repository", metavar="REPO_OR_MODEL")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (127.0.0.1: this machine only; any other needs --api-key)",
+    )
+    serve.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"TCP port ({DEFAULT_PORT})"
+    )
+    serve.add_argument(
+        "--max-batch-size",
+        type=positive_int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help=f"most rows a merged batch (and one request) holds ({DEFAULT_MAX_BATCH_SIZE})",
+    )
+    serve.add_argument(
+        "--max-queue-delay-ms",
+        type=_non_negative_ms,
+        default=DEFAULT_MAX_QUEUE_DELAY_MS,
+        help=f"time a request waits for others to join its batch ({DEFAULT_MAX_QUEUE_DELAY_MS:g})",
+    )
+    serve.add_argument(
+        "--instances",
+        type=positive_int,
+        default=1,
+        help="model copies computing at once, per model version (1)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=positive_int,
+        default=DEFAULT_MAX_QUEUE,
+        help=f"requests waiting per model; more get 503 + Retry-After ({DEFAULT_MAX_QUEUE})",
+    )
+    serve.add_argument(
+        "--max-body-mb",
+        type=_positive_mb,
+        default=DEFAULT_MAX_BODY_MB,
+        help=f"largest request body, in MB ({DEFAULT_MAX_BODY_MB:g})",
+    )
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help=f"bearer token clients must send (default: ${API_KEY_ENV}); required when --host "
+        "is not loopback",
+    )
+    serve.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Runs ``gometal serve`` until SIGTERM or Ctrl+C.
+
+    Args:
+        args: the parsed ``gometal serve`` arguments.
+
+    Returns:
+        0 after a graceful shutdown; 2 after a one-line ``gometal serve: ...`` error on
+        stderr when the repository, the address or a setting cannot be used.
+
+    Example:
+        >>> run_serve(build_parser().parse_args(["serve", "models"]))  # doctest: +SKIP
+        0
+    """
+    from ..serving import RepositoryError, serve
+
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    try:
+        serve(
+            args.repository,
+            host=args.host,
+            port=args.port,
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_ms=args.max_queue_delay_ms,
+            instances=args.instances,
+            max_queue=args.max_queue,
+            api_key=api_key or None,
+            max_body_bytes=int(args.max_body_mb * BYTES_PER_MB),
+        )
+    except (RepositoryError, ValueError) as err:
+        print(f"gometal serve: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0

@@ -1,0 +1,30 @@
+"""Serving models over the Open Inference Protocol (KServe v2), as NVIDIA Triton does.
+
+``gometal serve REPO`` (or :func:`serve`) loads a model repository in Triton's layout and
+answers ``tritonclient`` and any other v2 client over HTTP, merging concurrent requests
+into batches (:class:`DynamicBatcher`) with a bounded queue, Prometheus metrics at
+``/metrics``, and a graceful drain on SIGTERM.
+
+Example:
+    >>> from gometal.serving import serve
+    >>> serve("models", port=8000, max_batch_size=32)  # doctest: +SKIP
+"""
+
+from .app import ServerSettings, create_app
+from .batcher import BatcherClosed, BatchStats, DynamicBatcher, QueueFull
+from .protocol import ProtocolError
+from .repository import ModelRepository, RepositoryError
+from .server import serve
+
+__all__ = [
+    "BatchStats",
+    "BatcherClosed",
+    "DynamicBatcher",
+    "ModelRepository",
+    "ProtocolError",
+    "QueueFull",
+    "RepositoryError",
+    "ServerSettings",
+    "create_app",
+    "serve",
+]

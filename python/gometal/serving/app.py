@@ -1,0 +1,301 @@
+"""The inference server's HTTP application: the Open Inference Protocol (KServe v2) routes.
+
+::
+
+    GET  /v2                                        server metadata
+    GET  /v2/health/live | /v2/health/ready         liveness, readiness (503 while draining)
+    GET  /v2/models/{name}[/versions/{v}]           model metadata
+    GET  /v2/models/{name}[/versions/{v}]/ready     200 when ready, else 503 with the reason
+    POST /v2/models/{name}[/versions/{v}]/infer     inference (JSON or binary tensor data)
+    POST /v2/repository/index                       every model version and its state
+    GET  /metrics                                   Prometheus metrics
+
+Errors answer ``{"error": message}``: 400 for a malformed or mismatched request, 401
+without the API key, 404 for an unknown model or version, 413 for a body over the limit
+(refused from its ``Content-Length`` before it is read), 503 with ``Retry-After`` when a
+model's queue is full, or for a model that failed to load (the reason is given).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..base.version import __version__
+from ..viz.server_guard import BodyTooLarge, HostPolicy, UploadSlots, read_body
+from .guard import LOG_FIELDS_KEY, RequestGuard, error_body
+from .metrics import CONTENT_TYPE, ServingMetrics
+from .protocol import HEADER_LENGTH, ProtocolError, encode_infer_response, parse_infer_request
+from .repository import ModelRepository
+from .served_model import RETRY_AFTER_S, ServedVersion
+
+__all__ = ["DEFAULT_SETTINGS", "SERVER_NAME", "ServerSettings", "create_app"]
+
+SERVER_NAME = "gometal"
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+# Bodies this large are parsed in a worker thread, so the event loop keeps answering.
+THREAD_PARSE_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The server's settings (a model's ``config.json`` may override the batching ones).
+
+    Attributes:
+        max_batch_size: the most rows in a merged batch (and in one request).
+        max_queue_delay_ms: how long a request waits for others to join its batch.
+        instances: model copies computing concurrently, per model version.
+        max_queue: requests waiting per model version; more get 503.
+        max_body_bytes: the largest request body; larger ones get 413 unread.
+        body_timeout_s: seconds a request body may take to arrive.
+        api_key: the bearer token every request must carry, or ``None``.
+    """
+
+    max_batch_size: int = 64
+    max_queue_delay_ms: float = 2.0
+    instances: int = 1
+    max_queue: int = 256
+    max_body_bytes: int = 16 * 1024 * 1024
+    body_timeout_s: float = 30.0
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "instances", "max_queue", "max_body_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("max_queue_delay_ms", "body_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+            raise ValueError("api_key must be a non-empty string or None")
+
+    def batching(self) -> dict[str, Any]:
+        """The settings a model's ``config.json`` may override."""
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_queue_delay_ms": self.max_queue_delay_ms,
+            "instances": self.instances,
+            "max_queue": self.max_queue,
+        }
+
+
+DEFAULT_SETTINGS = ServerSettings()
+
+
+class _Models:
+    """The served versions of a repository, and the lookups the routes make."""
+
+    def __init__(self, repository: ModelRepository, settings: ServerSettings, metrics: Any):
+        self.repository = repository
+        self.served: dict[tuple[str, int], ServedVersion] = {}
+        for name, entry in repository.models.items():
+            if entry.error is not None:
+                continue
+            batching = repository.settings(name, settings.batching())
+            for version, item in entry.versions.items():
+                if item.ready:
+                    served = ServedVersion(name, version, item.model, batching, metrics)
+                    self.served[(name, version)] = served
+        self.draining = False
+
+    def resolve(self, name: str, version: str | None) -> ServedVersion:
+        entry = self.repository.find(name)
+        if entry is None:
+            known = sorted(self.repository.models)
+            raise ProtocolError(404, f"unknown model {name!r}; this server has {known}")
+        if version is None:
+            item = entry.latest
+        else:
+            item = entry.versions.get(int(version)) if version.isdigit() else None
+            if item is None:
+                raise ProtocolError(
+                    404,
+                    f"model {name!r} has no version {version!r}; versions: "
+                    f"{sorted(map(str, entry.versions))}",
+                )
+        served = self.served.get((name, item.version)) if item is not None else None
+        if served is None:
+            reason = entry.error or (item.error if item is not None else "no version")
+            shown = f"version {item.version}" if item is not None else "it"
+            raise ProtocolError(503, f"model {name!r} {shown} is not ready: {reason}")
+        return served
+
+    def any_ready(self) -> bool:
+        return bool(self.served)
+
+    def close(self) -> None:
+        for served in self.served.values():
+            served.close()
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProtocolError)
+    async def _protocol_error(request: Request, err: ProtocolError) -> JSONResponse:
+        return JSONResponse(error_body(err.message), err.status, err.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body(str(err.detail)), err.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, err: Exception) -> JSONResponse:
+        return JSONResponse(error_body(f"internal error: {type(err).__name__}: {err}"), 500)
+
+
+async def _read_request_body(
+    request: Request, settings: ServerSettings, slots: UploadSlots
+) -> bytearray:
+    declared = request.headers.get("content-length")
+    limit = settings.max_body_bytes
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise ProtocolError(413 if declared.isdigit() else 400,
+                            f"the body must be at most {limit} bytes, Content-Length says {declared}")  # fmt: skip
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise ProtocolError(415, f"Content-Encoding {encoding!r} is not supported; send identity")
+    if not slots.try_acquire():
+        raise ProtocolError(
+            503, f"{slots.limit} request bodies are being received; retry later",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )  # fmt: skip
+    try:
+        return await read_body(request.stream(), limit, settings.body_timeout_s)
+    except BodyTooLarge:
+        raise ProtocolError(413, f"the body must be at most {limit} bytes") from None
+    except TimeoutError:
+        raise ProtocolError(
+            408, f"the body must arrive within {settings.body_timeout_s:g} s"
+        ) from None
+    finally:
+        slots.release()
+
+
+def create_app(
+    repository: ModelRepository | str | os.PathLike[str],
+    settings: ServerSettings = DEFAULT_SETTINGS,
+    host_policy: HostPolicy | None = None,
+) -> FastAPI:
+    """Builds the inference server's ASGI application over a model repository.
+
+    Args:
+        repository: a :class:`ModelRepository`, or the path of one (or of a model file).
+        settings: batching, limits and the API key.
+        host_policy: the ``Host`` names answered (default: the loopback names).
+
+    Returns:
+        The application; ``app.state.models`` holds the served versions and
+        ``app.state.metrics`` the metrics. Its lifespan's end drains every batcher.
+
+    Raises:
+        RepositoryError: the path holds no model.
+
+    Example:
+        >>> app = create_app("models", ServerSettings(max_batch_size=32))  # doctest: +SKIP
+    """
+    if not isinstance(repository, ModelRepository):
+        repository = ModelRepository(repository)
+    metrics = ServingMetrics(settings.max_batch_size)
+    models = _Models(repository, settings, metrics)
+    slots = UploadSlots(settings.max_queue)
+    policy = host_policy if host_policy is not None else HostPolicy.for_bind("127.0.0.1")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(models.close)
+
+    app = FastAPI(
+        title="gometal inference server", docs_url=None, redoc_url=None, openapi_url=None,
+        lifespan=lifespan,
+    )  # fmt: skip
+    app.state.models = models
+    app.state.metrics = metrics
+    app.add_middleware(RequestGuard, policy=policy, api_key=settings.api_key)
+    _install_error_handlers(app)
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        if models.draining:
+            raise ProtocolError(503, "the server is shutting down")
+        if not models.any_ready():
+            raise ProtocolError(503, "no model is ready (see POST /v2/repository/index)")
+        return Response(status_code=200)
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
+        served = models.resolve(name, version)
+        metadata = served.metadata()
+        entry = repository.find(name)
+        if version is None and entry is not None:
+            metadata["versions"] = [str(v) for v in sorted(entry.versions)]
+        return metadata
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        if models.draining:
+            raise ProtocolError(503, "the server is shutting down")
+        models.resolve(name, version)
+        return Response(status_code=200)
+
+    @app.post("/v2/repository/index")
+    async def repository_index() -> list[dict[str, Any]]:
+        return repository.index()
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(request: Request, name: str, version: str | None = None) -> Response:
+        status, served = 500, None
+        try:
+            served = models.resolve(name, version)
+            body = await _read_request_body(request, settings, slots)
+            header_length = request.headers.get(HEADER_LENGTH)
+            if len(body) > THREAD_PARSE_BYTES:
+                parsed = await anyio.to_thread.run_sync(parse_infer_request, body, header_length)
+            else:
+                parsed = parse_infer_request(body, header_length)
+            first = parsed.inputs[0].array
+            log_fields = {"model": name, "version": served.version, "id": parsed.id,
+                          "rows": int(first.shape[0]) if first.ndim else 0}  # fmt: skip
+            setattr(request.state, LOG_FIELDS_KEY, log_fields)
+            outputs = await served.infer(parsed)
+            content, headers = encode_infer_response(name, served.version, parsed, outputs)
+            status = 200
+            media_type = "application/octet-stream" if headers else "application/json"
+            return Response(content, headers=headers, media_type=media_type)
+        except ProtocolError as err:
+            status = err.status
+            raise
+        finally:
+            # Unknown names share one label: clients must not grow the metrics without bound.
+            if served is None:
+                metrics.count_request("", "", status)
+            else:
+                metrics.count_request(served.name, served.version, status)
+
+    return app

@@ -1,0 +1,99 @@
+"""What the inference server checks on every request before a route runs, and the one
+structured log line it writes per request.
+
+- **Host**: only names the server is reached by (DNS rebinding protection, the plotting
+  sidecar's :class:`~gometal.viz.server_guard.HostPolicy`).
+- **API key**: with ``api_key`` set, every request must carry ``Authorization: Bearer
+  <key>`` (compared in constant time); otherwise 401 with ``WWW-Authenticate: Bearer``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..viz.server_guard import HostPolicy
+
+__all__ = ["LOG_FIELDS_KEY", "REQUEST_LOGGER", "RequestGuard", "error_body"]
+
+REQUEST_LOGGER = "gometal.serving.requests"
+# Where a route leaves fields for the request's log line (the ASGI scope's "state").
+LOG_FIELDS_KEY = "log_fields"
+
+_request_log = logging.getLogger(REQUEST_LOGGER)
+
+
+def error_body(message: str) -> dict[str, str]:
+    """The protocol's error answer: ``{"error": message}``."""
+    return {"error": message}
+
+
+class RequestGuard:
+    """ASGI middleware: refuses foreign hosts and missing API keys, and logs each request.
+
+    Args:
+        app: the application it wraps.
+        policy: the ``Host`` names answered.
+        api_key: the bearer token every request must carry, or ``None``.
+
+    Example:
+        >>> app.add_middleware(RequestGuard, policy=HostPolicy.for_bind("127.0.0.1"),
+        ...                    api_key=None)  # doctest: +SKIP
+    """
+
+    def __init__(self, app: ASGIApp, policy: HostPolicy, api_key: str | None) -> None:
+        self.app = app
+        self.policy = policy
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    def _problem(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
+        headers = Headers(scope=scope)
+        host = headers.get("host")
+        if not self.policy.allows(host):
+            message = (
+                f"Host {host!r} is not served here (DNS rebinding protection); accepted: "
+                f"{self.policy.describe()}"
+            )
+            return 400, message, {}
+        if self.expected is not None:
+            given = headers.get("authorization", "").encode("latin-1")
+            if not hmac.compare_digest(given, self.expected):
+                what = "a wrong API key" if given else "no API key"
+                message = f"this server needs 'Authorization: Bearer <api key>', got {what}"
+                return 401, message, {"WWW-Authenticate": "Bearer"}
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def record(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        problem = self._problem(scope)
+        try:
+            if problem is None:
+                await self.app(scope, receive, record)
+            else:
+                code, message, headers = problem
+                await JSONResponse(error_body(message), code, headers)(scope, receive, record)
+        finally:
+            fields = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status["code"],
+                "ms": round((time.perf_counter() - started) * 1000, 3),
+                **scope.get("state", {}).get(LOG_FIELDS_KEY, {}),
+            }
+            _request_log.info(json.dumps(fields))

@@ -1,0 +1,323 @@
+"""The Open Inference Protocol's (KServe v2) inference messages over HTTP, as
+``tritonclient.http`` sends and reads them.
+
+A request body is a JSON object, optionally followed by the binary tensor data extension:
+when the ``Inference-Header-Content-Length`` header is present, the JSON takes that many
+bytes and each input with ``"parameters": {"binary_data_size": n}`` takes its next ``n``
+bytes (little-endian, row-major). An answer carries outputs as JSON ``data`` lists or, when
+the request asks for them in binary (``binary_data_output``, or an output's
+``binary_data``), as bytes after the JSON with the same header.
+
+Everything a client sends is checked before it reaches a model: malformed JSON, a missing
+or mistyped field, a datatype without a NumPy type, data whose element count or byte
+length disagrees with its shape; each is a :class:`ProtocolError` naming the input and
+the expected against the received value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DATATYPES",
+    "ENGINE_DATATYPES",
+    "HEADER_LENGTH",
+    "InferRequest",
+    "ProtocolError",
+    "RequestTensor",
+    "encode_infer_response",
+    "parse_infer_request",
+]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# Open Inference Protocol datatypes -> NumPy (little-endian, as the binary extension is).
+DATATYPES = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+# The engine's dtypes (gm model signatures) -> protocol datatypes.
+ENGINE_DATATYPES = {
+    "float32": "FP32",
+    "float16": "FP16",
+    "int8": "INT8",
+    "uint8": "UINT8",
+    "int32": "INT32",
+    "int64": "INT64",
+    "bool": "BOOL",
+}
+# NumPy kinds JSON numbers may arrive as, per target kind (JSON ints are fine for floats).
+_ACCEPTED_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
+
+
+class ProtocolError(Exception):
+    """A request the server refuses: an HTTP status and a message for the client.
+
+    Args:
+        status: the HTTP status (4xx for the client's mistakes).
+        message: what was wrong, naming the field and the expected vs received value.
+        headers: extra response headers (``Retry-After``).
+    """
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class RequestTensor:
+    """One input of a request, decoded.
+
+    Attributes:
+        name: the input's name.
+        datatype: its protocol datatype (``FP32``).
+        array: its values, shaped as the request says.
+    """
+
+    name: str
+    datatype: str
+    array: np.ndarray
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded inference request.
+
+    Attributes:
+        id: the client's request id (echoed back), or ``None``.
+        inputs: the inputs, in the order sent.
+        outputs: requested output name -> whether it goes back in binary (``None``: the
+            request's default); ``None`` when the request lists no outputs (all of them).
+        binary_output: the request's default for outputs (``binary_data_output``).
+    """
+
+    id: str | None
+    inputs: list[RequestTensor]
+    outputs: dict[str, bool | None] | None
+    binary_output: bool
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(400, message)
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    if header_length is None:
+        return bytes(body), memoryview(b"")
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise _bad(
+            f"{HEADER_LENGTH} must be a byte count within the body ({len(body)} bytes), "
+            f"got {header_length!r}"
+        )
+    size = int(header_length)
+    return bytes(body[:size]), memoryview(body)[size:]
+
+
+def _load_json(text: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise _bad(f"malformed JSON in the request body: {err}") from None
+    if not isinstance(document, dict):
+        raise _bad(f"the request must be a JSON object, got {type(document).__name__}")
+    return document
+
+
+def _shape(tensor: dict[str, Any], label: str) -> list[int]:
+    shape = tensor.get("shape")
+    valid = isinstance(shape, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    )
+    if not valid:
+        raise _bad(f"{label}: 'shape' must be a list of ints >= 0, got {shape!r}")
+    return shape
+
+
+def _datatype(tensor: dict[str, Any], label: str) -> np.dtype:
+    datatype = tensor.get("datatype")
+    if datatype == "BYTES":
+        raise _bad(f"{label}: BYTES inputs are not supported by this model")
+    if datatype not in DATATYPES:
+        raise _bad(f"{label}: 'datatype' must be one of {sorted(DATATYPES)}, got {datatype!r}")
+    return DATATYPES[datatype]
+
+
+def _from_json(data: Any, dtype: np.dtype, shape: list[int], label: str) -> np.ndarray:
+    count = math.prod(shape)
+    if not isinstance(data, list):
+        raise _bad(f"{label}: 'data' must be a JSON list, got {type(data).__name__}")
+    try:
+        values = np.array(data)
+    except ValueError as err:  # ragged nesting
+        raise _bad(f"{label}: 'data' is not a rectangular list ({err})") from None
+    if values.size != count or (values.ndim != 1 and list(values.shape) != shape):
+        raise _bad(
+            f"{label}: shape {shape} needs {count} elements, got 'data' of "
+            f"{values.size} elements (shape {list(values.shape)})"
+        )
+    if values.size and values.dtype.kind not in _ACCEPTED_KINDS.get(dtype.kind, ""):
+        raise _bad(f"{label}: 'data' must hold numbers of datatype's kind, got {values.dtype}")
+    if dtype.kind in "iu" and values.size:
+        limits = np.iinfo(dtype)
+        if values.min() < limits.min or values.max() > limits.max:
+            raise _bad(f"{label}: values must lie in [{limits.min}, {limits.max}]")
+    return values.astype(dtype).reshape(shape)
+
+
+def _from_binary(
+    size: Any, binary: memoryview, offset: int, dtype: np.dtype, shape: list[int], label: str
+) -> np.ndarray:
+    expected = math.prod(shape) * dtype.itemsize
+    if isinstance(size, bool) or not isinstance(size, int) or size != expected:
+        raise _bad(
+            f"{label}: binary_data_size must be {expected} bytes for shape {shape}, got {size!r}"
+        )
+    if offset + size > len(binary):
+        raise _bad(
+            f"{label}: binary data ends at byte {offset + size}, but the body holds "
+            f"{len(binary)} bytes after the JSON header"
+        )
+    return np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
+
+
+def _requested_outputs(document: dict[str, Any]) -> dict[str, bool | None] | None:
+    outputs = document.get("outputs")
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list):
+        raise _bad(f"'outputs' must be a list, got {type(outputs).__name__}")
+    requested: dict[str, bool | None] = {}
+    for index, output in enumerate(outputs):
+        name = output.get("name") if isinstance(output, dict) else None
+        if not isinstance(name, str):
+            raise _bad(f"outputs[{index}] must be an object with a string 'name', got {output!r}")
+        parameters = output.get("parameters") or {}
+        binary = parameters.get("binary_data") if isinstance(parameters, dict) else None
+        requested[name] = bool(binary) if binary is not None else None
+    return requested
+
+
+def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Decodes an inference request body (JSON, and binary data when ``header_length``).
+
+    Args:
+        body: the whole request body.
+        header_length: the ``Inference-Header-Content-Length`` header, or ``None``.
+
+    Returns:
+        The request, each input an array of its datatype and shape.
+
+    Raises:
+        ProtocolError: 400 with a message naming what is wrong.
+
+    Example:
+        >>> request = parse_infer_request(
+        ...     b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], '
+        ...     b'"data": [1, 2]}]}', None)
+        >>> request.inputs[0].array
+        array([[1., 2.]], dtype=float32)
+    """
+    header, binary = _split_body(body, header_length)
+    document = _load_json(header)
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise _bad(f"'inputs' must be a non-empty list, got {inputs!r:.80}")
+    decoded, offset, seen = [], 0, set()
+    for index, tensor in enumerate(inputs):
+        name = tensor.get("name") if isinstance(tensor, dict) else None
+        if not isinstance(name, str):
+            raise _bad(f"inputs[{index}] must be an object with a string 'name'")
+        if name in seen:
+            raise _bad(f"input {name!r} is given twice")
+        seen.add(name)
+        label = f"input {name!r}"
+        dtype, shape = _datatype(tensor, label), _shape(tensor, label)
+        parameters = tensor.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise _bad(f"{label}: 'parameters' must be an object")
+        if "binary_data_size" in parameters:
+            if "data" in tensor:
+                raise _bad(f"{label}: give either 'data' or binary_data_size, not both")
+            size = parameters["binary_data_size"]
+            array = _from_binary(size, binary, offset, dtype, shape, label)
+            offset += size
+        elif "data" in tensor:
+            array = _from_json(tensor["data"], dtype, shape, label)
+        else:
+            raise _bad(f"{label}: has neither 'data' nor parameters.binary_data_size")
+        decoded.append(RequestTensor(name, tensor["datatype"], array))
+    if offset != len(binary):
+        raise _bad(
+            f"the inputs' binary_data_size add up to {offset} bytes, but {len(binary)} bytes "
+            f"follow the JSON header"
+        )
+    parameters = document.get("parameters") or {}
+    request_id = document.get("id")
+    return InferRequest(
+        id=str(request_id) if request_id is not None else None,
+        inputs=decoded,
+        outputs=_requested_outputs(document),
+        binary_output=bool(parameters.get("binary_data_output", False))
+        if isinstance(parameters, dict)
+        else False,
+    )
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: int,
+    request: InferRequest,
+    outputs: list[tuple[str, np.ndarray]],
+) -> tuple[bytes, dict[str, str]]:
+    """Encodes an inference answer, in binary where the request asked for it.
+
+    Args:
+        model_name: the model's name.
+        model_version: the version that answered.
+        request: the request (its id and how it wants outputs).
+        outputs: ``(name, array)`` per output to send, in order.
+
+    Returns:
+        ``(body, headers)``: the body, and ``Inference-Header-Content-Length`` when binary
+        data follows the JSON.
+
+    Example:
+        >>> body, headers = encode_infer_response("mlp", 1, request, [("y", y)])  # doctest: +SKIP
+    """
+    answer: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
+    if request.id is not None:
+        answer["id"] = request.id
+    tensors, chunks = [], []
+    for name, array in outputs:
+        array = np.ascontiguousarray(array)
+        datatype = next(k for k, v in DATATYPES.items() if v == array.dtype.newbyteorder("<"))
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        binary = (request.outputs or {}).get(name)
+        if binary if binary is not None else request.binary_output:
+            data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        else:
+            tensor["data"] = array.ravel().tolist()
+        tensors.append(tensor)
+    answer["outputs"] = tensors
+    header = json.dumps(answer).encode()
+    if not chunks:
+        return header, {}
+    return b"".join([header, *chunks]), {HEADER_LENGTH: str(len(header))}

@@ -1,0 +1,216 @@
+"""One served model version: its protocol metadata, the checks of a request against its
+inputs, and its dynamic batcher over one or more instances.
+
+Merged batches are padded up to the next power of two (at most ``max_batch_size``): the
+engine compiles a plan per batch size and keeps a few per function, so a handful of
+sizes stays compiled instead of one plan per size a merge happens to produce. Padding
+repeats a real row and its outputs are dropped; rows never affect each other in
+inference, so each request gets what ``model.predict`` gives it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .batcher import BatcherClosed, DynamicBatcher, QueueFull
+from .metrics import ServingMetrics
+from .protocol import ENGINE_DATATYPES, InferRequest, ProtocolError
+
+__all__ = ["PLATFORM", "RETRY_AFTER_S", "ServedVersion", "padded_rows"]
+
+PLATFORM = "gometal"
+RETRY_AFTER_S = 1
+
+
+def padded_rows(rows: int, max_batch_size: int) -> int:
+    """The batch size a merged batch of ``rows`` runs at: the next power of two, capped.
+
+    Example:
+        >>> padded_rows(5, 64), padded_rows(40, 48)
+        (8, 48)
+    """
+    size = 1
+    while size < rows:
+        size *= 2
+    return min(size, max(max_batch_size, rows))
+
+
+def _as_output_list(result: Any, names: tuple[str, ...]) -> list[np.ndarray]:
+    if isinstance(result, Mapping):
+        return [np.asarray(result[name]) for name in names]
+    if isinstance(result, (list, tuple)):
+        return [np.asarray(value) for value in result]
+    return [np.asarray(result)]
+
+
+class ServedVersion:
+    """A loaded model version behind a dynamic batcher.
+
+    Args:
+        name: the model's name.
+        version: its version number.
+        model: the loaded ``gm.Model`` (instance 0; further instances are copies of it).
+        settings: ``max_batch_size``, ``max_queue_delay_ms``, ``instances``, ``max_queue``.
+        metrics: where batches are counted.
+
+    Example:
+        >>> served = ServedVersion("mlp", 1, model, settings, metrics)  # doctest: +SKIP
+        >>> served.metadata()["inputs"][0]["shape"]  # doctest: +SKIP
+        [-1, 64]
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        model: Any,
+        settings: Mapping[str, Any],
+        metrics: ServingMetrics,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.max_batch_size = int(settings["max_batch_size"])
+        inputs, outputs = model.input_signature, model.output_signature
+        self.input_names = inputs.names
+        self.input_shapes = inputs.sample_shapes
+        self.input_datatypes = tuple(
+            ENGINE_DATATYPES.get(inputs.dtype(i), inputs.dtype(i)) for i in range(len(inputs.names))
+        )
+        self.output_names = outputs.names
+        self.output_shapes = outputs.sample_shapes
+        self.structured = model.structured
+        instances = [model] + [copy.deepcopy(model) for _ in range(int(settings["instances"]) - 1)]
+        self.batcher = DynamicBatcher(
+            [self._runner(instance) for instance in instances],
+            max_batch_size=self.max_batch_size,
+            max_queue_delay_s=float(settings["max_queue_delay_ms"]) / 1000.0,
+            max_queue=int(settings["max_queue"]),
+            on_batch=metrics.batch_observer(name, version),
+        )
+        metrics.watch_queue(name, version, lambda: self.batcher.depth)
+
+    def _runner(self, model: Any) -> Any:
+        def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+            rows = inputs[0].shape[0]
+            size = padded_rows(rows, self.max_batch_size)
+            if size > rows:
+                inputs = [
+                    np.concatenate([x, np.repeat(x[:1], size - rows, axis=0)]) for x in inputs
+                ]
+            x = inputs if self.structured else inputs[0]
+            result = model.predict(x, batch_size=size)
+            return [out[:rows] for out in _as_output_list(result, self.output_names)]
+
+        return run
+
+    def metadata(self) -> dict[str, Any]:
+        """The model's metadata in the protocol's form (``-1`` for the batch and for
+        dimensions each request chooses)."""
+
+        def tensors(names: Any, shapes: Any, datatypes: Any) -> list[dict[str, Any]]:
+            return [
+                {"name": n, "datatype": t, "shape": [-1, *(d if d >= 0 else -1 for d in s)]}
+                for n, s, t in zip(names, shapes, datatypes)
+            ]
+
+        return {
+            "name": self.name,
+            "versions": [str(self.version)],
+            "platform": PLATFORM,
+            "inputs": tensors(self.input_names, self.input_shapes, self.input_datatypes),
+            "outputs": tensors(
+                self.output_names, self.output_shapes, ["FP32"] * len(self.output_names)
+            ),
+        }
+
+    def check_request(self, request: InferRequest) -> list[np.ndarray]:
+        """The request's inputs in the model's order, after checking every one of them.
+
+        Raises:
+            ProtocolError: 400 naming a missing or unknown input, a wrong datatype or
+                shape, rows out of range, inputs of different rows, a non-finite value,
+                or an unknown requested output.
+        """
+        given = {tensor.name: tensor for tensor in request.inputs}
+        missing = [n for n in self.input_names if n not in given]
+        unknown = sorted(set(given) - set(self.input_names))
+        if missing or unknown:
+            raise ProtocolError(
+                400,
+                f"model {self.name!r} takes inputs {list(self.input_names)}; missing "
+                f"{missing}, unknown {unknown}",
+            )
+        arrays, rows = [], None
+        for name, shape, datatype in zip(self.input_names, self.input_shapes, self.input_datatypes):
+            tensor = given[name]
+            if tensor.datatype != datatype:
+                raise ProtocolError(
+                    400, f"input {name!r}: model expects datatype {datatype}, got {tensor.datatype}"
+                )
+            array = tensor.array
+            expected = [-1, *(d if d >= 0 else -1 for d in shape)]
+            fits = array.ndim == len(expected) and all(
+                want < 0 or want == got for want, got in zip(expected[1:], array.shape[1:])
+            )
+            if not fits:
+                raise ProtocolError(
+                    400, f"input {name!r}: model expects shape {expected}, got {list(array.shape)}"
+                )
+            if not 1 <= array.shape[0] <= self.max_batch_size:
+                raise ProtocolError(
+                    400,
+                    f"input {name!r}: the batch must hold 1 to {self.max_batch_size} rows "
+                    f"(max_batch_size), got {array.shape[0]}",
+                )
+            if rows is not None and array.shape[0] != rows:
+                raise ProtocolError(
+                    400, f"inputs must have the same rows: {rows} and {array.shape[0]} ({name!r})"
+                )
+            rows = array.shape[0]
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise ProtocolError(400, f"input {name!r} holds NaN or infinity")
+            arrays.append(array)
+        unknown_outputs = sorted(set(request.outputs or ()) - set(self.output_names))
+        if unknown_outputs:
+            raise ProtocolError(
+                400,
+                f"model {self.name!r} has outputs {list(self.output_names)}; unknown requested "
+                f"outputs {unknown_outputs}",
+            )
+        return arrays
+
+    async def infer(self, request: InferRequest) -> list[tuple[str, np.ndarray]]:
+        """Runs a checked request through the batcher; returns ``(name, array)`` per output
+        the request asked for (all of them when it named none).
+
+        Raises:
+            ProtocolError: 400 for a bad request (see :meth:`check_request`); 503 with
+                ``Retry-After`` when the queue is full or the server is draining.
+        """
+        arrays = self.check_request(request)
+        try:
+            future = self.batcher.submit(arrays)
+        except QueueFull as err:
+            raise ProtocolError(
+                503,
+                f"model {self.name!r} is overloaded ({err}); retry after {RETRY_AFTER_S} s",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
+        except BatcherClosed as err:
+            raise ProtocolError(503, str(err), {"Retry-After": str(RETRY_AFTER_S)}) from None
+        outputs = await asyncio.wrap_future(future)
+        wanted = request.outputs
+        return [
+            (name, value)
+            for name, value in zip(self.output_names, outputs)
+            if wanted is None or name in wanted
+        ]
+
+    def close(self) -> None:
+        """Finishes the queued requests and stops the instances."""
+        self.batcher.close()

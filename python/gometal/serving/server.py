@@ -1,0 +1,143 @@
+"""Running the inference server: checks before it binds, uvicorn, and graceful shutdown.
+
+SIGTERM (or Ctrl+C) drains the server: it stops accepting connections, reports not ready,
+answers every request it had accepted (the batchers finish their queues), and the process
+exits with status 0.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from ..viz.server_cli import check_listen_address
+from ..viz.server_guard import HostPolicy
+from .app import DEFAULT_SETTINGS, ServerSettings, create_app
+from .guard import REQUEST_LOGGER
+from .repository import ModelRepository
+
+__all__ = ["DEFAULT_HEADER_TIMEOUT_S", "DEFAULT_PORT", "is_loopback", "serve"]
+
+DEFAULT_PORT = 8000
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+_SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine.
+
+    Example:
+        >>> is_loopback("127.0.0.1"), is_loopback("0.0.0.0")
+        (True, False)
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _log_requests_to_stderr() -> None:
+    logger = logging.getLogger(REQUEST_LOGGER)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _after_drain(signum: int, frame: FrameType | None) -> None:
+    """uvicorn raises the signal it shut down for again; the drain is done, so ignore it."""
+
+
+def serve(
+    repository: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    max_batch_size: int = DEFAULT_SETTINGS.max_batch_size,
+    max_queue_delay_ms: float = DEFAULT_SETTINGS.max_queue_delay_ms,
+    instances: int = DEFAULT_SETTINGS.instances,
+    max_queue: int = DEFAULT_SETTINGS.max_queue,
+    api_key: str | None = None,
+    max_body_bytes: int = DEFAULT_SETTINGS.max_body_bytes,
+    allowed_hosts: Sequence[str] = (),
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+) -> None:
+    """Serves a model repository over the Open Inference Protocol until SIGTERM or Ctrl+C.
+
+    Args:
+        repository: a Triton-layout repository (``REPO/<model>/<version>/model.safetensors``
+            or ``model.onnx``), a folder holding one model file, or the file itself.
+        host: the address to bind; other than loopback, ``api_key`` is required.
+        port: the TCP port.
+        max_batch_size: the most rows in a merged batch (and in one request).
+        max_queue_delay_ms: how long a request waits for others to join its batch.
+        instances: model copies computing concurrently, per model version.
+        max_queue: requests waiting per model version; more get 503 + Retry-After.
+        api_key: a bearer token every request must carry.
+        max_body_bytes: the largest request body; larger ones get 413 unread.
+        allowed_hosts: ``Host`` names accepted besides loopback and the bound address.
+        header_timeout_s: seconds a request's headers may take to arrive.
+
+    Raises:
+        ValueError: a setting out of range, a non-loopback ``host`` without ``api_key``,
+            or a port that cannot be bound (the message says which).
+        RepositoryError: the repository holds no model.
+
+    Example:
+        >>> serve("models", port=8000, max_batch_size=32)  # doctest: +SKIP
+    """
+    import uvicorn
+
+    from ..viz.server_http import protocol_with_header_timeout
+
+    if not is_loopback(host) and not api_key:
+        raise ValueError(
+            f"--host {host} exposes the server beyond this machine: give --api-key (a bearer "
+            "token clients must send), or bind 127.0.0.1"
+        )
+    settings = ServerSettings(
+        max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
+        instances=instances, max_queue=max_queue, max_body_bytes=max_body_bytes,
+        api_key=api_key or None,
+    )  # fmt: skip
+    check_listen_address(host, port)
+    models = ModelRepository(repository)
+    app = create_app(models, settings, HostPolicy.for_bind(host, allowed_hosts))
+    state: Any = app.state.models
+    ready = [f"{name}/{version}" for name, version in sorted(state.served)]
+    failed = [f"{row['name']}/{row['version']}: {row['reason']}"
+              for row in models.index() if row["state"] != "READY"]  # fmt: skip
+    print(f"gometal serve: http://{host}:{port}/v2 serving {', '.join(ready) or 'no model'}",
+          flush=True)  # fmt: skip
+    for line in failed:
+        print(f"gometal serve: not ready: {line}", file=sys.stderr, flush=True)
+    _log_requests_to_stderr()
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            state.draining = True  # readiness turns 503 at once, before the drain ends
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False,
+        http=protocol_with_header_timeout(header_timeout_s), timeout_graceful_shutdown=None,
+    )  # fmt: skip
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    shutdown_signals = _SHUTDOWN_SIGNALS if in_main_thread else ()  # only main may set them
+    previous = {sig: signal.signal(sig, _after_drain) for sig in shutdown_signals}
+    try:
+        DrainingServer(config).run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

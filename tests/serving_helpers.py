@@ -1,0 +1,160 @@
+"""Helpers of the inference server's tests: a model repository on disk, and a real
+``gometal serve`` process on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+import gometal as gm
+
+STARTUP_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def mlp_model() -> gm.Model:
+    """A 8-16-3 MLP."""
+    return gm.ModelBuilder((8,)).dense(16).relu().dense(3).build(seed=0)
+
+
+def cnn_model() -> gm.Model:
+    """A small CNN on 3x16x16 images (convolution, batch norm, pooling, dense)."""
+    return (
+        gm.ModelBuilder((3, 16, 16))
+        .conv2d(8, 3, padding=1)
+        .batch_norm()
+        .relu()
+        .max_pool2d(2)
+        .flatten()
+        .dense(5)
+        .build(seed=1)
+    )
+
+
+def slow_model() -> gm.Model:
+    """An MLP wide enough that one call takes milliseconds, to fill queues."""
+    builder = gm.ModelBuilder((1024,))
+    for _ in range(4):
+        builder = builder.dense(1024).relu()
+    return builder.dense(2).build(seed=2)
+
+
+def write_repository(root: Path) -> Path:
+    """A Triton-layout repository: mlp (versions 1 and 2), cnn, onnx_mlp (ONNX), a model
+    whose file is broken, and slow (config.json: batches of 4).
+
+    Returns:
+        The repository folder.
+    """
+    for name, version, model in (
+        ("mlp", 1, mlp_model()),
+        ("mlp", 2, gm.ModelBuilder((8,)).dense(3).build(seed=5)),
+        ("cnn", 1, cnn_model()),
+        ("slow", 1, slow_model()),
+    ):
+        folder = root / name / str(version)
+        folder.mkdir(parents=True)
+        model.save(folder / "model.safetensors")
+    (root / "onnx_mlp" / "1").mkdir(parents=True)
+    mlp_model().export_onnx(root / "onnx_mlp" / "1" / "model.onnx")
+    (root / "broken" / "1").mkdir(parents=True)
+    (root / "broken" / "1" / "model.safetensors").write_bytes(b"not a model")
+    (root / "slow" / "config.json").write_text(json.dumps({"max_batch_size": 4}))
+    return root
+
+
+def offline(repository: Path, name: str, version: int, x: np.ndarray) -> np.ndarray:
+    """What the saved model predicts offline, the reference of every answer."""
+    folder = repository / name / str(version)
+    path = folder / "model.safetensors"
+    model = gm.load_model(path) if path.exists() else gm.onnx.load(folder / "model.onnx")
+    return model.predict(x)
+
+
+class ServerProcess:
+    """``gometal serve`` in a child process, its output in files under ``log_dir``.
+
+    Args:
+        target: the repository or model file.
+        log_dir: where stdout and stderr go.
+        args: further command-line arguments.
+        port: the port (default: a free one).
+    """
+
+    def __init__(self, target: Path, log_dir: Path, *args: str, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        self.base = f"http://{self.url}"
+        self.stdout_path = log_dir / f"serve-{self.port}.out"
+        self.stderr_path = log_dir / f"serve-{self.port}.err"
+        command = [sys.executable, "-m", "gometal.apps.cli", "serve", str(target),
+                   "--port", str(self.port), *args]  # fmt: skip
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.process = subprocess.Popen(command, stdout=out, stderr=err)
+
+    def wait_live(self, headers: dict[str, str] | None = None) -> None:
+        """Waits until ``/v2/health/live`` answers (raises with the logs if it exits)."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited with {self.process.returncode}:\n"
+                                     f"{self.stderr()}")  # fmt: skip
+            try:
+                answer = httpx.get(f"{self.base}/v2/health/live", headers=headers, timeout=2)
+                if answer.status_code in (200, 401):
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"the server did not start in {STARTUP_TIMEOUT_S} s:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        """What the server wrote to stderr so far."""
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Sends ``sig`` and returns the exit status."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+        try:
+            return self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"the server did not stop after {sig}:\n{self.stderr()}")
+
+
+def metric_samples(base: str, name: str, headers: dict[str, str] | None = None) -> list:
+    """Every sample of the metric family ``name`` scraped from ``base``/metrics."""
+    text = httpx.get(f"{base}/metrics", headers=headers, timeout=10).text
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return list(family.samples)
+    return []
+
+
+def batch_histogram(base: str, model: str) -> tuple[float, float]:
+    """``(batches, rows)`` of the batch-size histogram of ``model``."""
+    samples = metric_samples(base, "gometal_inference_batch_size")
+    count = sum(
+        s.value for s in samples if s.name.endswith("_count") and s.labels["model"] == model
+    )
+    rows = sum(s.value for s in samples if s.name.endswith("_sum") and s.labels["model"] == model)
+    return count, rows
