@@ -1,0 +1,309 @@
+#include "backends/cpu/recurrent.h"
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "backends/cpu/gemm.h"
+#include "ir/ops/recurrent.h"
+
+namespace gometal {
+namespace {
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// Every length in [1, T]: a step past the sequence's end would read or write another row.
+void check_lengths(const int32_t* lengths, int64_t n, int64_t t, const char* op) {
+  if (lengths == nullptr) return;
+  for (int64_t i = 0; i < n; ++i)
+    if (lengths[i] < 1 || lengths[i] > t)
+      throw std::invalid_argument(std::string("[") + op + "] lengths must lie in [1, T] with T = " + std::to_string(t) +
+                                  " (the sequence length), got " + std::to_string(lengths[i]) + " at index " +
+                                  std::to_string(i));
+}
+
+// Runs body(row) for rows [0, n) on the pool, a few rows per task.
+template <typename F>
+void for_rows(ThreadPool& pool, int64_t n, int64_t floats_per_row, F&& body) {
+  constexpr int64_t kSerialFloats = 1 << 14;  // below this a task switch costs more than the work
+  const int tasks = n * floats_per_row < kSerialFloats ? 1 : balanced_tasks(pool, n);
+  if (tasks <= 1) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+  pool.parallel_for(tasks, [&](int task, int) {
+    int64_t lo, hi;
+    split_range(n, tasks, task, 1, &lo, &hi);
+    for (int64_t i = lo; i < hi; ++i) body(i);
+  });
+}
+
+struct RecurrenceKernel final : Kernel {
+  RecurrentLayout l;
+  int64_t batch = 0, steps = 0;
+  bool reverse = false, gradient = false;
+  BufRef seq, y, h0, c0, w_hh, w_hr, b_hn, lengths, out;
+
+  int64_t shared_floats() const override { return batch * (3 * l.out + 2 * l.hidden + l.gate_width()); }
+
+  int64_t length(const int32_t* lens, int64_t n) const { return lens == nullptr ? steps : lens[n]; }
+  int64_t step_at(int64_t s) const { return reverse ? steps - 1 - s : s; }
+  // The step a sequence ran before step t, or -1 when t is its first (the state is h0, c0).
+  int64_t previous(int64_t t, int64_t len) const {
+    const int64_t p = reverse ? t + 1 : t - 1;
+    return p < 0 || p >= len ? -1 : p;
+  }
+
+  void run(const ExecContext& ctx) const override {
+    const int32_t* lens = lengths.region == Region::None ? nullptr : ctx.iptr(lengths);
+    check_lengths(lens, batch, steps, gradient ? "recurrence_grad" : "recurrence");
+    if (gradient) backward(ctx, lens);
+    else forward(ctx, lens);
+  }
+
+  void forward(const ExecContext& ctx, const int32_t* lens) const {
+    const int64_t n_ = batch, H = l.hidden, P = l.out, GH = l.gate_width(), W = l.width();
+    float* h = ctx.shared;
+    float* c = h + n_ * P;
+    float* a = c + n_ * H;
+    float* hraw = a + n_ * GH;
+    float* hnew = hraw + n_ * H;
+    std::memcpy(h, ctx.ptr(h0), sizeof(float) * n_ * P);
+    if (l.cell == Cell::Lstm) std::memcpy(c, ctx.ptr(c0), sizeof(float) * n_ * H);
+    const float* xp = ctx.ptr(seq);
+    const float* whh = ctx.ptr(w_hh);
+    const float* bhn = l.cell == Cell::Gru ? ctx.ptr(b_hn) : nullptr;
+    float* ys = ctx.ptr(out);
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = step_at(s);
+      gemm(*ctx.pool, false, true, n_, GH, P, h, whh, a);
+      for_rows(*ctx.pool, n_, W, [&](int64_t n) {
+        float* yr = ys + (n * steps + t) * W;
+        if (t >= length(lens, n)) {
+          std::memset(yr, 0, sizeof(float) * W);
+          if (l.projected) std::memset(hraw + n * H, 0, sizeof(float) * H);
+          return;
+        }
+        const float* x = xp + (n * steps + t) * GH;
+        const float* ar = a + n * GH;
+        float* hr = h + n * P;
+        switch (l.cell) {
+          case Cell::RnnTanh: case Cell::RnnRelu:
+            for (int64_t j = 0; j < H; ++j) {
+              const float v = x[j] + ar[j];
+              hr[j] = yr[j] = l.cell == Cell::RnnTanh ? std::tanh(v) : (v > 0.0f ? v : 0.0f);
+            }
+            break;
+          case Cell::Lstm: {
+            float* cr = c + n * H;
+            float* gates = yr + l.gates_col();
+            for (int64_t j = 0; j < H; ++j) {
+              const float i = sigmoid(x[j] + ar[j]), f = sigmoid(x[H + j] + ar[H + j]);
+              const float g = std::tanh(x[2 * H + j] + ar[2 * H + j]), o = sigmoid(x[3 * H + j] + ar[3 * H + j]);
+              cr[j] = f * cr[j] + i * g;
+              yr[l.c_col() + j] = cr[j];
+              gates[j] = i, gates[H + j] = f, gates[2 * H + j] = g, gates[3 * H + j] = o;
+              const float hv = o * std::tanh(cr[j]);
+              if (l.projected) hraw[n * H + j] = hv;
+              else hr[j] = yr[j] = hv;
+            }
+            break;
+          }
+          case Cell::Gru: {
+            float* gates = yr + l.gates_col();
+            for (int64_t j = 0; j < H; ++j) {
+              const float r = sigmoid(x[j] + ar[j]), z = sigmoid(x[H + j] + ar[H + j]);
+              const float hn = ar[2 * H + j] + bhn[j];
+              const float nv = std::tanh(x[2 * H + j] + r * hn);
+              hr[j] = yr[j] = (1.0f - z) * nv + z * hr[j];
+              gates[j] = r, gates[H + j] = z, gates[2 * H + j] = nv, yr[l.hn_col() + j] = hn;
+            }
+            break;
+          }
+        }
+      });
+      if (!l.projected) continue;
+      gemm(*ctx.pool, false, true, n_, P, H, hraw, ctx.ptr(w_hr), hnew);
+      for (int64_t n = 0; n < n_; ++n) {
+        if (t >= length(lens, n)) continue;
+        std::memcpy(h + n * P, hnew + n * P, sizeof(float) * P);
+        std::memcpy(ys + (n * steps + t) * W, hnew + n * P, sizeof(float) * P);
+      }
+    }
+  }
+
+  // Steps in the reverse of the forward order; dh and dc carry the gradient reaching the
+  // state a step hands on. The weight gradients are left to products over all steps.
+  void backward(const ExecContext& ctx, const int32_t* lens) const {
+    const int64_t n_ = batch, H = l.hidden, P = l.out, GH = l.gate_width(), W = l.width(), WG = l.grad_width();
+    float* dh = ctx.shared;
+    float* dc = dh + n_ * P;
+    float* da = dc + n_ * H;
+    float* dht = da + n_ * GH;
+    float* dhraw = dht + n_ * P;
+    float* dhp = dhraw + n_ * H;
+    std::memset(dh, 0, sizeof(float) * n_ * P);
+    std::memset(dc, 0, sizeof(float) * n_ * H);
+    const float* gs = ctx.ptr(seq);
+    const float* ys = ctx.ptr(y);
+    const float* h0s = ctx.ptr(h0);
+    const float* c0s = l.cell == Cell::Lstm ? ctx.ptr(c0) : nullptr;
+    float* grads = ctx.ptr(out);
+    for (int64_t s = steps - 1; s >= 0; --s) {
+      const int64_t t = step_at(s);
+      for (int64_t n = 0; n < n_; ++n) {
+        const bool valid = t < length(lens, n);
+        const float* gr = gs + (n * steps + t) * W;
+        for (int64_t j = 0; j < P; ++j) dht[n * P + j] = valid ? dh[n * P + j] + gr[j] : 0.0f;
+      }
+      if (l.projected) gemm(*ctx.pool, false, false, n_, H, P, dht, ctx.ptr(w_hr), dhraw);
+      for_rows(*ctx.pool, n_, WG, [&](int64_t n) {
+        const int64_t len = length(lens, n);
+        float* gw = grads + (n * steps + t) * WG;
+        float* dar = da + n * GH;
+        if (t >= len) {
+          std::memset(gw, 0, sizeof(float) * WG);
+          std::memset(dar, 0, sizeof(float) * GH);
+          return;
+        }
+        const float* yr = ys + (n * steps + t) * W;
+        const float* gr = gs + (n * steps + t) * W;
+        const int64_t prev = previous(t, len);
+        const float* hprev = prev < 0 ? h0s + n * P : ys + (n * steps + prev) * W;
+        std::memcpy(gw + l.hprev_col(), hprev, sizeof(float) * P);
+        const float* d = dht + n * P;
+        switch (l.cell) {
+          case Cell::RnnTanh: case Cell::RnnRelu:
+            for (int64_t j = 0; j < H; ++j) {
+              const float hv = yr[j];
+              const float slope = l.cell == Cell::RnnTanh ? 1.0f - hv * hv : (hv > 0.0f ? 1.0f : 0.0f);
+              gw[j] = dar[j] = d[j] * slope;
+            }
+            break;
+          case Cell::Lstm: {
+            const float* cprev = prev < 0 ? c0s + n * H : ys + (n * steps + prev) * W + l.c_col();
+            const float* gates = yr + l.gates_col();
+            const float* dhr = l.projected ? dhraw + n * H : d;
+            float* dcr = dc + n * H;
+            for (int64_t j = 0; j < H; ++j) {
+              const float i = gates[j], f = gates[H + j], g = gates[2 * H + j], o = gates[3 * H + j];
+              const float tc = std::tanh(yr[l.c_col() + j]);
+              const float dct = dcr[j] + gr[l.c_col() + j] + dhr[j] * o * (1.0f - tc * tc);
+              dar[j] = dct * g * i * (1.0f - i);
+              dar[H + j] = dct * cprev[j] * f * (1.0f - f);
+              dar[2 * H + j] = dct * i * (1.0f - g * g);
+              dar[3 * H + j] = dhr[j] * tc * o * (1.0f - o);
+              dcr[j] = gw[l.dcprev_col() + j] = dct * f;
+              if (l.projected) gw[l.hraw_col() + j] = o * tc;
+            }
+            std::memcpy(gw, dar, sizeof(float) * GH);
+            if (l.projected) std::memcpy(gw + l.dhout_col(), d, sizeof(float) * P);
+            break;
+          }
+          case Cell::Gru: {
+            const float* gates = yr + l.gates_col();
+            for (int64_t j = 0; j < H; ++j) {
+              const float r = gates[j], z = gates[H + j], nv = gates[2 * H + j], hn = yr[l.hn_col() + j];
+              const float dan = d[j] * (1.0f - z) * (1.0f - nv * nv);
+              gw[j] = dar[j] = dan * hn * r * (1.0f - r);
+              gw[H + j] = dar[H + j] = d[j] * (hprev[j] - nv) * z * (1.0f - z);
+              gw[2 * H + j] = dan;
+              gw[l.dhn_col() + j] = dar[2 * H + j] = dan * r;
+            }
+            break;
+          }
+        }
+      });
+      gemm(*ctx.pool, false, false, n_, P, GH, da, ctx.ptr(w_hh), dhp);
+      for (int64_t n = 0; n < n_; ++n) {
+        if (t >= length(lens, n)) continue;
+        float* gw = grads + (n * steps + t) * WG;
+        const float* z = ys + (n * steps + t) * W + l.gates_col() + H;
+        for (int64_t j = 0; j < P; ++j) {
+          // A GRU's new state keeps z of the old one: that part bypasses w_hh.
+          const float direct = l.cell == Cell::Gru ? dht[n * P + j] * z[j] : 0.0f;
+          dh[n * P + j] = gw[l.dhprev_col() + j] = dhp[n * P + j] + direct;
+        }
+      }
+    }
+  }
+};
+
+// sequence_end: row n of x at step length - 1 (or 0 when reverse); its gradient puts g back.
+struct SequenceEndKernel final : Kernel {
+  int64_t batch = 0, steps = 0, width = 0;
+  bool reverse = false, gradient = false;
+  BufRef x, lengths, out;
+
+  void run(const ExecContext& ctx) const override {
+    const int32_t* lens = lengths.region == Region::None ? nullptr : ctx.iptr(lengths);
+    check_lengths(lens, batch, steps, gradient ? "sequence_end_grad" : "sequence_end");
+    const float* src = ctx.ptr(x);
+    float* dst = ctx.ptr(out);
+    if (gradient) std::memset(dst, 0, sizeof(float) * batch * steps * width);
+    for (int64_t n = 0; n < batch; ++n) {
+      const int64_t t = reverse ? 0 : (lens == nullptr ? steps : lens[n]) - 1;
+      const int64_t at = (n * steps + t) * width;
+      if (gradient) std::memcpy(dst + at, src + n * width, sizeof(float) * width);
+      else std::memcpy(dst + n * width, src + at, sizeof(float) * width);
+    }
+  }
+};
+
+BufRef optional(const MemoryPlan& mem, const Node& n, int index) {
+  return index < 0 ? BufRef{} : mem.ref[n.inputs[static_cast<size_t>(index)]];
+}
+
+}  // namespace
+
+std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const MemoryPlan& mem,
+                                              const std::vector<Shape>& shapes) {
+  const Node& n = g.node(id);
+  const bool has_lengths = !n.inputs.empty() && g.node(n.inputs.back()).dtype == DType::I32;
+  switch (n.op) {
+    case OpKind::Recurrence: case OpKind::RecurrenceGrad: {
+      auto k = std::make_unique<RecurrenceKernel>();
+      k->gradient = n.op == OpKind::RecurrenceGrad;
+      k->reverse = n.attrs.reverse;
+      const Cell cell = cell_from_name(n.attrs.cell, op_name(n.op));
+      const RecurrentOperands at = recurrent_operands(cell, n.inputs.size(), has_lengths, k->gradient, op_name(n.op));
+      const Shape& whh = shapes[n.inputs[at.w_hh]];
+      k->l.cell = cell;
+      k->l.gates = cell == Cell::Lstm ? 4 : cell == Cell::Gru ? 3 : 1;
+      k->l.hidden = whh[0] / k->l.gates;
+      k->l.out = whh[1];
+      k->l.projected = at.w_hr >= 0;
+      const Shape& seq = shapes[n.inputs[0]];
+      k->batch = seq[0];
+      k->steps = seq[1];
+      k->seq = mem.ref[n.inputs[0]];
+      if (k->gradient) k->y = mem.ref[n.inputs[1]];
+      k->h0 = optional(mem, n, at.h0);
+      k->c0 = optional(mem, n, at.c0);
+      k->w_hh = optional(mem, n, at.w_hh);
+      k->w_hr = optional(mem, n, at.w_hr);
+      k->b_hn = optional(mem, n, at.b_hn);
+      k->lengths = optional(mem, n, at.lengths);
+      k->out = mem.ref[id];
+      return k;
+    }
+    case OpKind::SequenceEnd: case OpKind::SequenceEndGrad: {
+      auto k = std::make_unique<SequenceEndKernel>();
+      k->gradient = n.op == OpKind::SequenceEndGrad;
+      k->reverse = n.attrs.reverse;
+      const Shape& full = k->gradient ? shapes[id] : shapes[n.inputs[0]];
+      k->batch = full[0];
+      k->steps = full[1];
+      k->width = full[2];
+      k->x = mem.ref[n.inputs[0]];
+      k->lengths = has_lengths ? mem.ref[n.inputs.back()] : BufRef{};
+      k->out = mem.ref[id];
+      return k;
+    }
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace gometal

@@ -1,0 +1,225 @@
+// Recurrent layers' ops: the whole time loop of one layer and direction as one op, as cuDNN's
+// RNN does (the engine runs it in one kernel call per batch, whatever the sequence length).
+//   recurrence(xp, h0, [c0], w_hh, [w_hr], [b_hn], [lengths])   (N, T, W) packed outputs
+//   recurrence_grad(g, y, h0, [c0], w_hh, [w_hr], [lengths])    backpropagation through time
+//   sequence_end(x, [lengths])       (N, W): the step a recurrence ends at (t = length - 1, or 0
+//                                    when reverse): final states, the last valid output
+//   sequence_end_grad(g, like, [lengths])   sequence_end's gradient: g placed at that step
+// The weight gradients are products over all steps at once, composed by the VJP rule from
+// recurrence_grad's columns. No decomposition: the op harness compares with NumPy loops.
+#include "ir/ops/recurrent.h"
+
+#include "ir/ops/op_support.h"
+
+namespace gometal {
+
+Cell cell_from_name(const std::string& name, std::string_view op) {
+  if (name == "rnn_tanh") return Cell::RnnTanh;
+  if (name == "rnn_relu") return Cell::RnnRelu;
+  if (name == "lstm") return Cell::Lstm;
+  if (name == "gru") return Cell::Gru;
+  ops::fail(op, "cell must be one of rnn_tanh, rnn_relu, lstm, gru, got '" + name + "'");
+}
+
+RecurrentOperands recurrent_operands(Cell cell, size_t count, bool has_lengths, bool gradient, std::string_view op) {
+  const size_t first = gradient ? 2 : 0;
+  const size_t given = count - (has_lengths ? 1 : 0);
+  RecurrentOperands r;
+  int at = static_cast<int>(first);
+  const bool lstm = cell == Cell::Lstm, gru = cell == Cell::Gru;
+  // (g, y) or xp, then h0 and w_hh; an LSTM's c0; a GRU's b_hn (forward only)
+  size_t expected = (gradient ? 4 : 3) + (lstm || (gru && !gradient) ? 1 : 0);
+  const bool projected = lstm && given == expected + 1;
+  if (projected) ++expected;
+  if (given != expected)
+    ops::fail(op, "expects " + std::to_string(expected) + " inputs" + (lstm ? " (or one more: w_hr)" : "") +
+                      " and optionally int32 lengths last, got " + std::to_string(count));
+  if (!gradient) r.xp = at++;
+  r.h0 = at++;
+  if (lstm) r.c0 = at++;
+  r.w_hh = at++;
+  if (projected) r.w_hr = at++;
+  if (gru && !gradient) r.b_hn = at++;
+  if (has_lengths) r.lengths = at;
+  return r;
+}
+
+namespace {
+
+using namespace ops;
+
+struct Parsed {
+  RecurrentLayout layout;
+  RecurrentOperands at;
+  int64_t n = 0, t = 0;
+};
+
+void require_shape(const Node& n, const Node& in, const Shape& want, const std::string& role) {
+  require_dtype(n, in, DType::F32, role);
+  if (in.shape != want)
+    fail(name_of(n), role + " must have shape " + shape_str(want) + ", got " + shape_str(in.shape));
+}
+
+// Checks every operand against w_hh (G*H, P) and the sequence (N, T, ...) `seq`.
+Parsed parse(const Node& n, const std::vector<Node>& nodes, bool gradient) {
+  Parsed p;
+  const Cell cell = cell_from_name(n.attrs.cell, name_of(n));
+  const bool has_lengths = !n.inputs.empty() && input(n, nodes, n.inputs.size() - 1).dtype == DType::I32;
+  p.at = recurrent_operands(cell, n.inputs.size(), has_lengths, gradient, name_of(n));
+  RecurrentLayout& l = p.layout;
+  l.cell = cell;
+  l.gates = cell == Cell::Lstm ? 4 : cell == Cell::Gru ? 3 : 1;
+  const Node& w_hh = input(n, nodes, p.at.w_hh);
+  require_dtype(n, w_hh, DType::F32, "w_hh");
+  if (w_hh.shape.size() != 2 || is_symbol(w_hh.shape[0]) || is_symbol(w_hh.shape[1]) || w_hh.shape[0] % l.gates != 0)
+    fail(name_of(n), "w_hh must be (" + std::to_string(l.gates) + "*H, H_out) with known sizes, got " +
+                         shape_str(w_hh.shape));
+  l.hidden = w_hh.shape[0] / l.gates;
+  l.out = w_hh.shape[1];
+  l.projected = p.at.w_hr >= 0;
+  if (l.projected) {
+    require_shape(n, input(n, nodes, p.at.w_hr), {l.out, l.hidden}, "w_hr (H_out, H)");
+    if (l.out >= l.hidden)
+      fail(name_of(n), "a projection must be smaller than the hidden size, got H_out " + std::to_string(l.out) +
+                           " and H " + std::to_string(l.hidden));
+  } else if (l.out != l.hidden) {
+    fail(name_of(n), "w_hh " + shape_str(w_hh.shape) + " must be (" + std::to_string(l.gates) + "*H, H) without w_hr");
+  }
+  const Node& seq = input(n, nodes, 0);
+  require_dtype(n, seq, DType::F32, gradient ? "the output gradient" : "xp");
+  if (seq.shape.size() != 3) fail(name_of(n), "expects a sequence (N, T, C), got " + shape_str(seq.shape));
+  p.n = seq.shape[0];
+  p.t = seq.shape[1];
+  if (gradient) {
+    require_shape(n, seq, {p.n, p.t, l.width()}, "the output gradient");
+    require_shape(n, input(n, nodes, 1), {p.n, p.t, l.width()}, "y");
+  } else {
+    require_shape(n, seq, {p.n, p.t, l.gate_width()}, "xp (N, T, G*H)");
+  }
+  require_shape(n, input(n, nodes, p.at.h0), {p.n, l.out}, "h0 (N, H_out)");
+  if (p.at.c0 >= 0) require_shape(n, input(n, nodes, p.at.c0), {p.n, l.hidden}, "c0 (N, H)");
+  if (p.at.b_hn >= 0) require_shape(n, input(n, nodes, p.at.b_hn), {l.hidden}, "b_hn (H,)");
+  if (p.at.lengths >= 0 && input(n, nodes, p.at.lengths).shape != Shape{p.n})
+    fail(name_of(n), "lengths must have shape " + shape_str({p.n}) + " (N,), got " +
+                         shape_str(input(n, nodes, p.at.lengths).shape));
+  return p;
+}
+
+void recurrence_shape(Node& n, const std::vector<Node>& nodes) {
+  const Parsed p = parse(n, nodes, false);
+  n.shape = {p.n, p.t, p.layout.width()};
+}
+
+void recurrence_grad_shape(Node& n, const std::vector<Node>& nodes) {
+  const Parsed p = parse(n, nodes, true);
+  n.shape = {p.n, p.t, p.layout.grad_width()};
+}
+
+// sequence_end(x (N, T, W), [lengths]) and sequence_end_grad(g (N, W), like (N, T, ...), [lengths]).
+void check_lengths(const Node& n, const std::vector<Node>& nodes, size_t at, int64_t batch) {
+  if (n.inputs.size() <= at) return;
+  const Node& lengths = input(n, nodes, at);
+  require_dtype(n, lengths, DType::I32, "lengths");
+  if (lengths.shape != Shape{batch})
+    fail(name_of(n), "lengths must have shape " + shape_str({batch}) + " (N,), got " + shape_str(lengths.shape));
+}
+
+void sequence_end_shape(Node& n, const std::vector<Node>& nodes) {
+  if (n.inputs.size() != 1 && n.inputs.size() != 2)
+    fail(name_of(n), "expects x (N, T, W) and optionally lengths, got " + std::to_string(n.inputs.size()) + " inputs");
+  const Node& x = input(n, nodes, 0);
+  require_dtype(n, x, DType::F32, "x");
+  if (x.shape.size() != 3) fail(name_of(n), "expects x of rank 3 (N, T, W), got " + shape_str(x.shape));
+  check_lengths(n, nodes, 1, x.shape[0]);
+  n.shape = {x.shape[0], x.shape[2]};
+}
+
+void sequence_end_grad_shape(Node& n, const std::vector<Node>& nodes) {
+  if (n.inputs.size() != 2 && n.inputs.size() != 3)
+    fail(name_of(n), "expects g (N, W), like (N, T, ...) and optionally lengths, got " +
+                         std::to_string(n.inputs.size()) + " inputs");
+  const Node& g = input(n, nodes, 0);
+  const Node& like = input(n, nodes, 1);
+  require_dtype(n, g, DType::F32, "g");
+  if (g.shape.size() != 2 || like.shape.size() != 3 || like.shape[0] != g.shape[0])
+    fail(name_of(n), "expects g (N, W) and like (N, T, ...), got " + shape_str(g.shape) + " and " +
+                         shape_str(like.shape));
+  check_lengths(n, nodes, 2, g.shape[0]);
+  n.shape = {g.shape[0], like.shape[1], g.shape[1]};
+}
+
+int columns(Graph& gr, int x, int64_t start, int64_t width) {
+  Attrs part;
+  part.axis = 2;
+  part.start = start;
+  part.end = start + width;
+  return gr.op(OpKind::Slice, {x}, part);
+}
+
+int sequence_end(Graph& gr, int x, int lengths, bool reverse) {
+  Attrs at;
+  at.reverse = reverse;
+  std::vector<int> in = {x};
+  if (lengths >= 0) in.push_back(lengths);
+  return gr.op(OpKind::SequenceEnd, in, at);
+}
+
+// sum over n and t of a[n, t]^T b[n, t]: (A, B) from a (N, T, A) and b (N, T, B).
+int product_over_steps(Graph& gr, int a, int b) { return gr.sum(gr.matmul(a, b, true, false), {0}); }
+
+void vjp_recurrence(Graph& gr, int y, int g, std::vector<int>& dx) {
+  const View v = view(gr, y);
+  const Parsed p = parse(gr.node(y), gr.nodes(), false);
+  const RecurrentLayout& l = p.layout;
+  const RecurrentOperands& at = p.at;
+  std::vector<int> in = {g, y, v.in[at.h0]};
+  if (at.c0 >= 0) in.push_back(v.in[at.c0]);
+  in.push_back(v.in[at.w_hh]);
+  if (at.w_hr >= 0) in.push_back(v.in[at.w_hr]);
+  const int lengths = at.lengths >= 0 ? v.in[at.lengths] : -1;
+  if (lengths >= 0) in.push_back(lengths);
+  Attrs same;
+  same.cell = v.attrs.cell;
+  same.reverse = v.attrs.reverse;
+  const int grads = gr.op(OpKind::RecurrenceGrad, in, same);
+  const int64_t h = l.hidden;
+  dx[at.xp] = columns(gr, grads, 0, l.gate_width());
+  int d_hidden_side = dx[at.xp];  // the gradient of the pre-activations w_hh multiplies into
+  if (l.cell == Cell::Gru) {
+    const int dhn = columns(gr, grads, l.dhn_col(), h);
+    Attrs last;
+    last.axis = 2;
+    d_hidden_side = gr.op(OpKind::Concat, {columns(gr, grads, 0, 2 * h), dhn}, last);
+    dx[at.b_hn] = gr.sum(dhn, {0, 1});
+  }
+  dx[at.w_hh] = product_over_steps(gr, d_hidden_side, columns(gr, grads, l.hprev_col(), l.out));
+  // The first step a sequence runs: t = 0 forward, its last valid step in reverse.
+  dx[at.h0] = sequence_end(gr, columns(gr, grads, l.dhprev_col(), l.out), lengths, !v.attrs.reverse);
+  if (at.c0 >= 0) dx[at.c0] = sequence_end(gr, columns(gr, grads, l.dcprev_col(), h), lengths, !v.attrs.reverse);
+  if (at.w_hr >= 0)
+    dx[at.w_hr] = product_over_steps(gr, columns(gr, grads, l.dhout_col(), l.out), columns(gr, grads, l.hraw_col(), h));
+}
+
+void vjp_sequence_end(Graph& gr, int y, int g, std::vector<int>& dx) {
+  const View v = view(gr, y);
+  std::vector<int> in = {g, v.in[0]};
+  if (v.in.size() == 2) in.push_back(v.in[1]);
+  Attrs same;
+  same.reverse = v.attrs.reverse;
+  dx[0] = gr.op(OpKind::SequenceEndGrad, in, same);
+}
+
+}  // namespace
+
+std::vector<OpDef> recurrent_op_defs() {
+  const auto cell = attr("cell", &Attrs::cell);
+  const auto reverse = attr("reverse", &Attrs::reverse);
+  return {
+      {OpKind::Recurrence, "recurrence", -1, {cell, reverse}, recurrence_shape, Gradient::Rule, vjp_recurrence},
+      {OpKind::RecurrenceGrad, "recurrence_grad", -1, {cell, reverse}, recurrence_grad_shape, Gradient::None},
+      {OpKind::SequenceEnd, "sequence_end", -1, {reverse}, sequence_end_shape, Gradient::Rule, vjp_sequence_end},
+      {OpKind::SequenceEndGrad, "sequence_end_grad", -1, {reverse}, sequence_end_grad_shape, Gradient::None},
+  };
+}
+
+}  // namespace gometal

@@ -1,0 +1,333 @@
+"""Ops of recurrent layers: recurrence (a layer's whole time loop: RNN tanh and relu, LSTM
+with and without a projection, GRU; forward and reverse; with and without lengths),
+recurrence_grad (its backpropagation through time), sequence_end and its gradient. The
+reference is a float64 torch loop over the steps, written from the cells' formulas; the
+gradients are its autograd."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gometal import _core
+
+from .harness import (
+    BATCH,
+    NO_GRADIENT,
+    SEQ,
+    TORCH,
+    Arg,
+    ErrorCase,
+    OpCase,
+    ScenarioCase,
+    from_torch,
+)
+
+LENGTHS_T = 4  # the static sequence length of cases with lengths (lengths drawn in [1, T])
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+
+def _lengths(rng: np.random.Generator, shape) -> np.ndarray:
+    return rng.integers(1, LENGTHS_T + 1, shape).astype(np.int32)
+
+
+def _cell_step(cell, x, h, c, w_hh, w_hr, b_hn):
+    """One step of every row: the new (h, c) from the projected input x and the state."""
+    a = h @ w_hh.T
+    if cell in ("rnn_tanh", "rnn_relu"):
+        pre = x + a
+        return (torch.tanh(pre) if cell == "rnn_tanh" else torch.relu(pre)), c
+    if cell == "lstm":
+        i, f, g, o = (x + a).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return (h @ w_hr.T if w_hr is not None else h), c
+    xr, xz, xn = x.chunk(3, dim=-1)
+    ar, az, an = a.chunk(3, dim=-1)
+    r, z = torch.sigmoid(xr + ar), torch.sigmoid(xz + az)
+    n = torch.tanh(xn + r * (an + b_hn))
+    return (1 - z) * n + z * h, c
+
+
+def recurrence_reference(
+    cell, reverse, xp, h0, c0=None, w_hh=None, w_hr=None, b_hn=None, lengths=None
+):
+    """(N, T, P) outputs, and for an LSTM the cell states after them (N, T, H) as more
+    columns; padded steps (t >= length) keep the state and output zeros."""
+    n, steps = xp.shape[0], xp.shape[1]
+    lengths = torch.full((n,), steps) if lengths is None else lengths.to(torch.int64)
+    h, c = h0, c0
+    outputs = [None] * steps
+    for t in reversed(range(steps)) if reverse else range(steps):
+        valid = (t < lengths).to(xp.dtype)[:, None]
+        new_h, new_c = _cell_step(cell, xp[:, t], h, c, w_hh, w_hr, b_hn)
+        h = valid * new_h + (1 - valid) * h
+        columns = [valid * new_h]
+        if cell == "lstm":
+            c = valid * new_c + (1 - valid) * c
+            columns.append(valid * new_c)
+        outputs[t] = torch.cat(columns, dim=-1)
+    return torch.stack(outputs, dim=1)
+
+
+def _case(cell, hidden=3, proj=0, reverse=False, with_lengths=False, name=""):
+    """recurrence over (xp, h0, [c0], w_hh, [w_hr], [b_hn], [lengths]), its output sliced to
+    the columns a layer reads (h, and c for an LSTM): the rest is saved for the backward pass."""
+    out = proj or hidden
+    steps = LENGTHS_T if with_lengths else SEQ
+    args = [Arg((BATCH, steps, GATES[cell] * hidden)), Arg((BATCH, out))]
+    if cell == "lstm":
+        args.append(Arg((BATCH, hidden)))
+    args.append(Arg((GATES[cell] * hidden, out)))
+    if proj:
+        args.append(Arg((proj, hidden)))
+    if cell == "gru":
+        args.append(Arg((hidden,)))
+    if with_lengths:
+        args.append(Arg((BATCH,), _lengths, dtype="int32", grad=False))
+    read = out + (hidden if cell == "lstm" else 0)
+    attrs = {"cell": cell, "reverse": reverse}
+
+    def build(g: _core.Graph, nodes: list[int], case_attrs: dict) -> int:
+        y = g.op("recurrence", nodes, case_attrs)
+        return g.op("slice", [y], {"axis": 2, "start": 0, "end": read})
+
+    def reference(*tensors):
+        named = {"xp": tensors[0], "h0": tensors[1]}
+        rest = list(tensors[2:])
+        if cell == "lstm":
+            named["c0"] = rest.pop(0)
+        named["w_hh"] = rest.pop(0)
+        if proj:
+            named["w_hr"] = rest.pop(0)
+        if cell == "gru":
+            named["b_hn"] = rest.pop(0)
+        if with_lengths:
+            named["lengths"] = rest.pop(0)
+        return recurrence_reference(cell, reverse, **named)
+
+    return OpCase(
+        "recurrence",
+        tuple(args),
+        from_torch(reference),
+        attrs=attrs,
+        name=name or f"{cell}{'-reverse' if reverse else ''}{'-lengths' if with_lengths else ''}",
+        build=build,
+        gradient=TORCH,
+        torch_reference=reference,
+        seq_lengths=(3, 1),
+    )
+
+
+RECURRENCE_CASES = [
+    _case("rnn_tanh"),
+    _case("rnn_tanh", reverse=True, with_lengths=True),
+    _case("rnn_relu", with_lengths=True),
+    _case("lstm"),
+    _case("lstm", reverse=True, with_lengths=True),
+    _case("lstm", hidden=4, proj=2, with_lengths=True, name="lstm-projected"),
+    _case("lstm", hidden=4, proj=3, reverse=True, name="lstm-projected-reverse"),
+    _case("gru"),
+    _case("gru", reverse=True, with_lengths=True),
+    _case("gru", hidden=5, with_lengths=True, name="gru-wider"),
+]
+
+
+def _sequence_end(reverse):
+    def reference(x, lengths=None):
+        steps = x.shape[1]
+        ends = np.full(x.shape[0], steps) if lengths is None else lengths
+        at = (
+            np.zeros(x.shape[0], dtype=np.int64)
+            if reverse
+            else np.asarray(ends, dtype=np.int64) - 1
+        )
+        return x[np.arange(x.shape[0]), at]
+
+    return reference
+
+
+def _sequence_end_grad(reverse):
+    def reference(g, like, lengths=None):
+        out = np.zeros((g.shape[0], like.shape[1], g.shape[1]))
+        ends = np.full(g.shape[0], like.shape[1]) if lengths is None else lengths
+        at = (
+            np.zeros(g.shape[0], dtype=np.int64)
+            if reverse
+            else np.asarray(ends, dtype=np.int64) - 1
+        )
+        out[np.arange(g.shape[0]), at] = g
+        return out
+
+    return reference
+
+
+SEQUENCE_END_CASES = [
+    OpCase("sequence_end", (Arg((BATCH, SEQ, 3)),), _sequence_end(False), name="last"),
+    OpCase(
+        "sequence_end",
+        (Arg((BATCH, SEQ, 3)),),
+        _sequence_end(True),
+        attrs={"reverse": True},
+        name="first",
+    ),
+    OpCase(
+        "sequence_end",
+        (Arg((BATCH, LENGTHS_T, 5)), Arg((BATCH,), _lengths, dtype="int32", grad=False)),
+        _sequence_end(False),
+        name="lengths",
+    ),
+    OpCase(
+        "sequence_end_grad",
+        (
+            Arg((BATCH, 2)),
+            Arg((BATCH, LENGTHS_T, 7)),
+            Arg((BATCH,), _lengths, dtype="int32", grad=False),
+        ),
+        _sequence_end_grad(False),
+        gradient=NO_GRADIENT,
+        name="lengths",
+    ),
+    OpCase(
+        "sequence_end_grad",
+        (Arg((BATCH, 2)), Arg((BATCH, SEQ, 1))),
+        _sequence_end_grad(True),
+        attrs={"reverse": True},
+        gradient=NO_GRADIENT,
+        name="first",
+    ),
+]
+
+
+def recurrence_grad_is_bptt(backend: str, rng: np.random.Generator) -> None:
+    """recurrence_grad called directly: its d(xp) columns and the gradient it sends to h0
+    (at the first step each sequence runs) are torch autograd's, for every cell, with lengths."""
+    batch, steps, hidden = 3, 5, 4
+    lengths = np.array([5, 2, 3], dtype=np.int32)
+    for cell, gates in GATES.items():
+        for reverse in (False, True):
+            gh = gates * hidden
+            xp = rng.uniform(-1, 1, (batch, steps, gh)).astype(np.float32)
+            h0 = rng.uniform(-1, 1, (batch, hidden)).astype(np.float32)
+            c0 = rng.uniform(-1, 1, (batch, hidden)).astype(np.float32)
+            w_hh = rng.uniform(-1, 1, (gh, hidden)).astype(np.float32)
+            b_hn = rng.uniform(-1, 1, (hidden,)).astype(np.float32)
+            g = _core.Graph()
+            nodes = [g.constant(xp), g.constant(h0)] + ([g.constant(c0)] if cell == "lstm" else [])
+            nodes.append(g.constant(w_hh))
+            nodes += [g.constant(b_hn)] if cell == "gru" else []
+            length_node = g.input("lengths", (batch,), "int32")
+            attrs = {"cell": cell, "reverse": reverse}
+            y = g.op("recurrence", [*nodes, length_node], attrs)
+            cotangent = np.zeros(g.shape(y), dtype=np.float32)
+            cotangent[..., :hidden] = rng.uniform(-1, 1, (batch, steps, hidden))
+            state_inputs = [nodes[1]] + ([nodes[2]] if cell == "lstm" else [])
+            grads = g.op(
+                "recurrence_grad",
+                [g.constant(cotangent), y, *state_inputs, nodes[-1 - (cell == "gru")], length_node],
+                attrs,
+            )
+            engine = _core.Engine(g, seed=0, backend=backend)
+            engine.define(
+                "step", inputs=[length_node], outputs=[grads], effects=[], advance_rng=False
+            )
+            (got,) = engine.run("step", [lengths])
+            tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (xp, h0)]
+            named = {"c0": torch.tensor(c0, dtype=torch.float64)} if cell == "lstm" else {}
+            named["b_hn"] = torch.tensor(b_hn, dtype=torch.float64) if cell == "gru" else None
+            out = recurrence_reference(
+                cell,
+                reverse,
+                *tensors,
+                w_hh=torch.tensor(w_hh, dtype=torch.float64),
+                lengths=torch.tensor(lengths),
+                **named,
+            )
+            (
+                out[..., :hidden] * torch.tensor(cotangent[..., :hidden], dtype=torch.float64)
+            ).sum().backward()
+            np.testing.assert_allclose(
+                got[..., :gh],
+                tensors[0].grad.numpy(),
+                rtol=1e-4,
+                atol=1e-5,
+                err_msg=f"d(xp) of {cell}, reverse={reverse}",
+            )
+            first = np.zeros(batch, dtype=np.int64) if not reverse else lengths - 1
+            hprev = gh + (hidden if cell == "gru" else 0)
+            dh0 = got[np.arange(batch), first, hprev + hidden : hprev + 2 * hidden]
+            np.testing.assert_allclose(
+                dh0,
+                tensors[1].grad.numpy(),
+                rtol=1e-4,
+                atol=1e-5,
+                err_msg=f"d(h0) of {cell}, reverse={reverse}",
+            )
+
+
+def lengths_out_of_range_raise(backend: str, rng: np.random.Generator) -> None:
+    """A length of 0 or past T raises from the step, naming the value and its index."""
+    g = _core.Graph()
+    xp = g.input("xp", (2, 3, 4), "float32")
+    lengths = g.input("lengths", (2,), "int32")
+    y = g.op(
+        "recurrence",
+        [
+            xp,
+            g.constant(np.zeros((2, 4), np.float32)),
+            g.constant(np.zeros((4, 4), np.float32)),
+            lengths,
+        ],
+        {"cell": "rnn_tanh"},
+    )
+    engine = _core.Engine(g, seed=0, backend=backend)
+    engine.define("step", inputs=[xp, lengths], outputs=[y], effects=[], advance_rng=False)
+    x = np.zeros((2, 3, 4), np.float32)
+    for bad, pattern in (
+        (np.array([3, 4], np.int32), "got 4 at index 1"),
+        (np.array([0, 2], np.int32), "got 0 at index 0"),
+    ):
+        try:
+            engine.run("step", [x, bad])
+        except ValueError as error:
+            assert "[recurrence] lengths must lie in [1, T] with T = 3" in str(
+                error
+            ) and pattern in str(error), error
+        else:
+            raise AssertionError(f"lengths {bad} did not raise")
+
+
+CASES = [*RECURRENCE_CASES, *SEQUENCE_END_CASES]
+
+SCENARIOS = [
+    ScenarioCase("recurrence_grad", "bptt-matches-autograd", recurrence_grad_is_bptt),
+    ScenarioCase("recurrence", "lengths-out-of-range", lengths_out_of_range_raise),
+]
+
+ERROR_CASES = [
+    ErrorCase(
+        "recurrence",
+        (Arg((2, 3, 8)), Arg((2, 4)), Arg((8, 4))),
+        {"cell": "lstm"},
+        (r"expects 4 inputs",),
+    ),
+    ErrorCase(
+        "recurrence",
+        (Arg((2, 3, 8)), Arg((2, 4)), Arg((8, 4))),
+        {"cell": "elman"},
+        (r"cell must be one of",),
+    ),
+    ErrorCase(
+        "recurrence",
+        (Arg((2, 3, 6)), Arg((2, 4)), Arg((4, 4))),
+        {"cell": "rnn_tanh"},
+        (r"xp \(N, T, G\*H\)", r"\(2, 3, 4\)"),
+    ),
+    ErrorCase(
+        "recurrence",
+        (Arg((2, 3, 4)), Arg((3, 4)), Arg((4, 4))),
+        {"cell": "rnn_tanh"},
+        (r"h0 \(N, H_out\)",),
+    ),
+    ErrorCase("sequence_end", (Arg((2, 3)),), {}, (r"rank 3",)),
+]
