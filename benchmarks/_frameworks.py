@@ -1,5 +1,5 @@
 """Per-framework builders of one ready-to-time call on a workload: a full training step
-(A, A-small, B) or one inference batch (C).
+(A, A-small, B, D, D-long, E) or one inference batch (C, E-infer).
 
 Each builder imports its framework itself, so a child process loads only the one it runs.
 """
@@ -34,11 +34,24 @@ from _workload import (
     IMAGE_SHAPE,
     KERNEL,
     LEARNING_RATE,
+    LSTM_EMBED,
+    LSTM_HIDDEN,
+    LSTM_LAYERS,
+    LSTM_VOCAB,
     WORKLOADS,
     Workload,
 )
 
-FRAMEWORKS = ("gometal", "torch-eager", "torch-eager-fused", "torch-compile", "jax-jit")
+FRAMEWORKS = (
+    "gometal",
+    "torch-eager",
+    "torch-eager-fused",
+    "torch-compile",
+    "jax-jit",
+    "onnxruntime",
+)
+# E-infer's peers, as issue 17 names them: onnxruntime on the exported model, and torch eager.
+LSTM_INFERENCE_PEERS = ("torch-eager", "onnxruntime")
 
 
 class Setup(NamedTuple):
@@ -54,7 +67,19 @@ class Setup(NamedTuple):
 
 def skip_reason(framework: str, workload: str) -> str | None:
     """Why `framework` cannot run `workload` here, or None when it can."""
-    train = WORKLOADS[workload].train
+    spec = WORKLOADS[workload]
+    train = spec.train
+    if framework == "gometal" and spec.model == "lstm" and not _gometal_has_lstm():
+        return "its entry waits on the LSTM layer (gm.layers.LSTM, issue 17)"
+    if framework == "onnxruntime":
+        if spec.model != "lstm" or train:
+            return "onnxruntime is the peer of E-infer only"
+        missing = [m for m in ("onnxruntime", "onnx", "torch") if not importlib.util.find_spec(m)]
+        if missing or not importlib.util.find_spec("onnxscript"):
+            return "onnxruntime, onnx, torch and onnxscript (the exporter) are needed"
+        return None
+    if spec.model == "lstm" and not train and framework not in ("gometal", *LSTM_INFERENCE_PEERS):
+        return "E-infer's peers are onnxruntime and torch-eager"
     if framework.startswith("torch-") and not importlib.util.find_spec("torch"):
         return "torch not installed (pip install .[bench])"
     if framework == "torch-eager-fused" and not train:
@@ -70,9 +95,31 @@ def skip_reason(framework: str, workload: str) -> str | None:
 # -- gometal --------------------------------------------------------------------------------
 
 
+def _gometal_has_lstm() -> bool:
+    try:
+        import gometal
+    except ImportError:
+        return False
+    return hasattr(gometal.layers, "LSTM")
+
+
+def _gometal_lstm(gm, spec: Workload):
+    if not hasattr(gm.layers, "LSTM"):
+        raise RuntimeError(
+            f"gometal {gm.__version__} has no gm.layers.LSTM (issue 17): its entry for the "
+            "LSTM workloads E and E-infer waits on that layer"
+        )
+    ids = gm.Input((spec.block,), name="tokens", dtype="int32")
+    h = gm.layers.Embedding(LSTM_VOCAB, LSTM_EMBED)(ids)
+    h = gm.layers.LSTM(LSTM_EMBED, LSTM_HIDDEN, num_layers=LSTM_LAYERS, batch_first=True)(h)
+    return gm.Model(ids, gm.layers.Dense(LSTM_VOCAB)(h), seed=0)
+
+
 def _gometal_model(gm, spec: Workload):
     if spec.model == "gpt":
         return gm.models.GPT(GPT_VOCAB, spec.block, GPT_LAYERS, GPT_HEADS, GPT_EMBD, seed=0)
+    if spec.model == "lstm":
+        return _gometal_lstm(gm, spec)
     if spec.model == "mlp":
         b = gm.ModelBuilder(input_shape=(FEATURES,))
         for width in HIDDEN:
@@ -180,6 +227,8 @@ def _setup_torch(mode, spec: Workload, x, y, threads):
     torch.manual_seed(0)
     if spec.model == "gpt":
         return _setup_torch_gpt(torch, mode, spec, x, y)
+    if spec.model == "lstm":
+        return _setup_torch_lstm(torch, mode, spec, x, y)
     model = _torch_model(torch, spec)  # NCHW, PyTorch's default layout
     xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
     info = _torch_info(torch)
@@ -233,6 +282,27 @@ def _setup_torch_gpt(torch, mode: str, spec: Workload, x, y) -> Setup:
     return _torch_training(torch, mode, opt, model, xt, yt, _torch_info(torch))
 
 
+def _setup_torch_lstm(torch, mode: str, spec: Workload, x, y) -> Setup:
+    """nn.LSTM's language model: a training step with Adam, or the logits under
+    torch.inference_mode()."""
+    from _torch_lstm import build_torch_lstm
+
+    model = build_torch_lstm(torch)
+    xt, yt = torch.from_numpy(x).long(), torch.from_numpy(y).long()
+    info = _torch_info(torch)
+    if not spec.train:
+        model.eval()
+
+        def infer():
+            with torch.inference_mode():
+                return model(xt)
+
+        return Setup(infer, lambda out: float(out.float().mean()), info)
+    fused = True if mode == "eager-fused" else None
+    opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, fused=fused)
+    return _torch_training(torch, mode, opt, model.loss, xt, yt, info)
+
+
 def make_setup(framework: str, workload: str, x: np.ndarray, y: np.ndarray, threads: int) -> Setup:
     """Build `framework`'s call on `workload` with the batch (x, y), using `threads` threads."""
     spec = WORKLOADS[workload]
@@ -244,4 +314,8 @@ def make_setup(framework: str, workload: str, x: np.ndarray, y: np.ndarray, thre
         from _jax import setup_jax
 
         return Setup(*setup_jax(spec, x, y))
+    if framework == "onnxruntime":
+        from _onnxruntime import setup_onnxruntime
+
+        return Setup(*setup_onnxruntime(spec, x, threads))
     raise ValueError(f"unknown framework {framework!r}")

@@ -1,6 +1,7 @@
 """The JAX peer: plain jax (no flax), jax.jit of the whole training step with optax Adam (the
-GPT's AdamW in _jax_gpt.py), or of the inference forward. The CNN runs in NHWC, the layout XLA's CPU convolutions prefer;
-the fixed NCHW batch is transposed once, before timing."""
+GPT's AdamW in _jax_gpt.py; the LSTM's lax.scan in _jax_lstm.py), or of the inference
+forward. The CNN runs in NHWC, the layout XLA's CPU convolutions prefer; the fixed NCHW
+batch is transposed once, before timing."""
 
 from __future__ import annotations
 
@@ -165,6 +166,10 @@ def setup_jax(spec: Workload, x: np.ndarray, y: np.ndarray):
         from _jax_gpt import setup_jax_gpt
 
         return (*setup_jax_gpt(jax, optax, spec, x, y), info)
+    if spec.model == "lstm":
+        from _jax_lstm import setup_jax_lstm
+
+        return (*setup_jax_lstm(jax, optax, spec, x, y, LEARNING_RATE), info)
     cross_entropy = optax.softmax_cross_entropy_with_integer_labels
     if spec.model == "mlp":
         params, apply_mlp = _mlp(jax)

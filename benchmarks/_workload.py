@@ -27,13 +27,17 @@ CNN_FLAT = CONV_CHANNELS[-1] * (IMAGE_SHAPE[1] >> len(CONV_CHANNELS)) ** 2  # 64
 GPT_VOCAB, GPT_LAYERS, GPT_HEADS, GPT_EMBD = 65, 4, 4, 128
 GPT_BETAS, GPT_WEIGHT_DECAY = (0.9, 0.95), 0.1
 
+# The character-level LSTM language model (workloads E and E-infer): Embedding, a 2-layer
+# LSTM from zero states, Linear to the vocabulary; E trains it with Adam.
+LSTM_VOCAB, LSTM_EMBED, LSTM_HIDDEN, LSTM_LAYERS = 65, 64, 256, 2
+
 
 class Workload(NamedTuple):
-    model: str  # "mlp", "cnn" or "gpt"
+    model: str  # "mlp", "cnn", "gpt" or "lstm"
     batch: int
     train: bool  # True: each call is one training step; False: one inference batch
     title: str
-    block: int = 0  # the GPT's context length
+    block: int = 0  # the token models' sequence length (the GPT's context length)
 
 
 WORKLOADS = {
@@ -43,7 +47,12 @@ WORKLOADS = {
     "C": Workload("cnn", 256, False, "CNN inference (eval mode)"),
     "D": Workload("gpt", 12, True, "GPT training, nanoGPT's CPU configuration", 64),
     "D-long": Workload("gpt", 4, True, "GPT training, block 1024", 1024),
+    "E": Workload("lstm", 32, True, "character LSTM language model training", 64),
+    "E-infer": Workload("lstm", 32, False, "character LSTM inference (logits)", 256),
 }
+
+# The models whose batches are token windows (x, and y = x shifted by one).
+TOKEN_MODELS = {"gpt": GPT_VOCAB, "lstm": LSTM_VOCAB}
 
 
 def _macs_per_sample(model: str) -> int:
@@ -65,25 +74,38 @@ def _gpt_macs_per_token(block: int) -> int:
     return GPT_LAYERS * per_layer + d * GPT_VOCAB
 
 
+def _lstm_macs_per_token() -> int:
+    # Per layer: the input and hidden-state projections of the four gates; then the head.
+    macs, width = 0, LSTM_EMBED
+    for _ in range(LSTM_LAYERS):
+        macs += 4 * LSTM_HIDDEN * (width + LSTM_HIDDEN)
+        width = LSTM_HIDDEN
+    return macs + LSTM_HIDDEN * LSTM_VOCAB
+
+
 def step_flops(workload: str) -> int:
     """FLOPs of one call: 2 per multiply-add forward; a training step adds the backward
     (twice the forward). Pooling, normalisation and the optimizer are not counted."""
     spec = WORKLOADS[workload]
     if spec.model == "gpt":
-        return 3 * 2 * _gpt_macs_per_token(spec.block) * spec.batch * spec.block
-    forward = 2 * _macs_per_sample(spec.model) * spec.batch
+        forward = 2 * _gpt_macs_per_token(spec.block) * spec.batch * spec.block
+    elif spec.model == "lstm":
+        forward = 2 * _lstm_macs_per_token() * spec.batch * spec.block
+    else:
+        forward = 2 * _macs_per_sample(spec.model) * spec.batch
     return 3 * forward if spec.train else forward
 
 
 def make_batch(workload: str) -> tuple[np.ndarray, np.ndarray]:
     """One fixed batch, identical in every child: x ~ N(0, 1) float32 (MLP: (N, 784);
-    CNN: (N, 3, 64, 64), NCHW), labels int32 class indices; for the GPT, int32 token
-    windows (N, block) and their next tokens."""
+    CNN: (N, 3, 64, 64), NCHW), labels int32 class indices; for the GPT and the LSTM, int32
+    token windows (N, block) and their next tokens."""
     spec = WORKLOADS[workload]
     rng = np.random.default_rng(0)
-    if spec.model == "gpt":
+    if spec.model in TOKEN_MODELS:
         # Token windows: y is x shifted by one, as a language model trains.
-        tokens = rng.integers(0, GPT_VOCAB, size=(spec.batch, spec.block + 1)).astype(np.int32)
+        vocab = TOKEN_MODELS[spec.model]
+        tokens = rng.integers(0, vocab, size=(spec.batch, spec.block + 1)).astype(np.int32)
         return np.ascontiguousarray(tokens[:, :-1]), np.ascontiguousarray(tokens[:, 1:])
     if spec.model == "mlp":
         x = rng.standard_normal((spec.batch, FEATURES), dtype=np.float32)

@@ -43,6 +43,7 @@ from _builds import (
     resolve_build,
 )
 from _child import UNSET_VARS
+from _frameworks import skip_reason
 from _ratios import CONFIDENCE, RatioSummary, paired_ratios, summarize_ratios
 from _runner import ChildSpec, pin_cpus, run_rounds
 from _timing import QUIET_CORES
@@ -76,7 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"git revision of the build to compare, or '{WORKTREE}' (default): this Python's "
         "gometal, the checkout's editable install",
     )
-    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
+    runnable = [w for w in WORKLOADS if skip_reason("gometal", w) is None]
+    p.add_argument(
+        "--workloads",
+        default=",".join(runnable),
+        help="comma-separated subset (default: every workload this Python's gometal runs; "
+        "E and E-infer need gm.layers.LSTM)",
+    )
     p.add_argument("--rounds", type=int, default=15, help="quiet rounds to time (default 15)")
     p.add_argument("--max-rounds", type=int, help="rounds allowed in all (default 3 x --rounds)")
     p.add_argument("--window-s", type=float, default=2.0, help="seconds per window (default 2)")
