@@ -12,11 +12,13 @@ from . import (
     cases_attention,
     cases_attention_kernel,
     cases_conv,
+    cases_decoding,
     cases_dtypes,
     cases_effects,
     cases_elementwise,
     cases_errors,
     cases_layout,
+    cases_recurrent,
     cases_reduce,
     cases_symbols,
     cases_transformer,
@@ -39,6 +41,7 @@ OP_CASES: list[OpCase] = [
     *cases_conv.CASES,
     *cases_attention.CASES,
     *cases_transformer.CASES,
+    *cases_recurrent.CASES,
 ]
 SCENARIOS: list[ScenarioCase] = [
     *cases_effects.SCENARIOS,
@@ -46,12 +49,16 @@ SCENARIOS: list[ScenarioCase] = [
     *cases_dtypes.SCENARIOS,
     *cases_symbols.SCENARIOS,
     *cases_attention_kernel.SCENARIOS,
+    *cases_decoding.SCENARIOS,
     *cases_transformer.SCENARIOS,
+    *cases_recurrent.SCENARIOS,
 ]
 ERROR_CASES: list[ErrorCase] = [
     *cases_errors.CASES,
     *cases_attention.ERRORS,
+    *cases_decoding.ERROR_CASES,
     *cases_transformer.ERROR_CASES,
+    *cases_recurrent.ERROR_CASES,
 ]
 BACKENDS = available_backends()
 

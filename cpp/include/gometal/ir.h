@@ -56,6 +56,11 @@ enum class OpKind : uint8_t {
   AdamUpdate,
   // scaled dot-product attention, fused, and the ops of its gradient
   Attention, AttentionLse, AttentionGradQ, AttentionGradKV, AttentionGrad,
+  // recurrent layers: a layer's whole time loop, its backpropagation through time, and the
+  // step each sequence ends at (final states) with its gradient
+  Recurrence, RecurrenceGrad, SequenceEnd, SequenceEndGrad,
+  // incremental decoding: attention over a cache prefix of run-time length, a write into a cache
+  CachedAttention, CacheWrite,
   kCount
 };
 
@@ -83,6 +88,10 @@ struct Attrs {
   bool causal = false, with_lse = false;
   float scale = 0.0f, dropout = 0.0f;
   int64_t stream = -1;
+  // recurrence: the cell ("rnn_tanh", "rnn_relu", "lstm", "gru"); recurrence and
+  // sequence_end: the time loop runs from the last step to the first
+  std::string cell;
+  bool reverse = false;
 };
 
 struct Node {

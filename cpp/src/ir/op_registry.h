@@ -102,5 +102,7 @@ std::vector<OpDef> window_op_defs();
 std::vector<OpDef> misc_op_defs();
 std::vector<OpDef> effect_op_defs();
 std::vector<OpDef> attention_op_defs();
+std::vector<OpDef> decoding_op_defs();
+std::vector<OpDef> recurrent_op_defs();
 
 }  // namespace gometal

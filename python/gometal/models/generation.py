@@ -3,7 +3,11 @@ top-k and top-p (nucleus) filtering, deterministic for a seed.
 
 The model reads a fixed context of ``block_size`` tokens; a shorter context is padded on
 the right, which a causal model never reads, and a longer one keeps its last
-``block_size`` tokens (as nanoGPT crops it). Each new token recomputes the context.
+``block_size`` tokens (as nanoGPT crops it). A GPT-shaped model (``gm.models.GPT``) keeps
+the keys and values of the context in the engine (``decoding.KVCacheDecoder``): one native
+call per new token while the context fits, then a recomputation of the cropped window per
+token, the same tokens as recomputing the context every time (``kv_cache=False``, the
+only way for other models).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..nn.model import Model
+from .decoding import decoder_for
 
 
 def _check_fraction(value: Any, what: str, low_open: bool = True) -> float:
@@ -82,6 +87,7 @@ def generate(
     top_p: float | None = None,
     greedy: bool = False,
     seed: int = 0,
+    kv_cache: bool = True,
 ) -> np.ndarray:
     """Continues ``prompt`` with ``max_new_tokens`` tokens from a causal language model.
 
@@ -95,14 +101,17 @@ def generate(
         top_p: sample among the most likely tokens holding this probability mass.
         greedy: take the most likely token instead of sampling.
         seed: the sampling generator's seed: the same seed gives the same text.
+        kv_cache: decode a GPT-shaped model with its KV cache in the engine; ``False``
+            recomputes the whole context for every token (the same tokens, slower).
 
     Returns:
         The prompt followed by the new tokens, int32, shaped as ``prompt`` plus
         ``max_new_tokens`` columns.
 
     Raises:
-        TypeError, ValueError: a bad argument, or token ids outside the vocabulary (named
-            by the model's embedding).
+        TypeError, ValueError: a bad argument, a prompt longer than the model's
+            ``block_size``, or token ids outside the vocabulary (named by the model's
+            embedding).
 
     Example:
         >>> ids = generate(model, tokenizer.encode("def "), 64, top_k=20, seed=1)  # doctest: +SKIP
@@ -121,13 +130,14 @@ def generate(
     ):
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     (block,) = model.input_shape
+    if ids.shape[1] > block:
+        raise ValueError(
+            f"the prompt has {ids.shape[1]} tokens, more than the model's context of "
+            f"block_size {block}"
+        )
     rng = np.random.default_rng(seed)
-    for _ in range(max_new_tokens):
-        context = ids[:, -block:]
-        length = context.shape[1]
-        window = np.zeros((ids.shape[0], block), np.int32)
-        window[:, :length] = context
-        logits = np.asarray(model.predict(window))[:, length - 1, :]
+
+    def choose(logits: np.ndarray) -> np.ndarray:
         chosen = []
         for row in logits:
             if greedy:
@@ -135,5 +145,25 @@ def generate(
             else:
                 probs = filter_logits(row, temperature, top_k, top_p)
                 chosen.append(int(rng.choice(probs.size, p=probs)))
-        ids = np.concatenate([ids, np.asarray(chosen, np.int32)[:, None]], axis=1)
+        return np.asarray(chosen, np.int32)[:, None]
+
+    decoder = decoder_for(model, ids.shape[0]) if kv_cache and max_new_tokens else None
+    for step in range(max_new_tokens):
+        if decoder is None:
+            logits = _recomputed_logits(model, ids, block)
+        elif step == 0 or decoder.length >= block:
+            # The first token, and every token once the context is full: the (cropped)
+            # window from scratch.
+            logits = decoder.prefill(ids[:, -block:])
+        else:
+            logits = decoder.decode(ids[:, -1])
+        ids = np.concatenate([ids, choose(logits)], axis=1)
     return ids[0] if single else ids
+
+
+def _recomputed_logits(model: Model, ids: np.ndarray, block: int) -> np.ndarray:
+    context = ids[:, -block:]
+    length = context.shape[1]
+    window = np.zeros((ids.shape[0], block), np.int32)
+    window[:, :length] = context
+    return np.asarray(model.predict(window))[:, length - 1, :]

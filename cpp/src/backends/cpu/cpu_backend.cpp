@@ -15,8 +15,10 @@
 #include "backends/cpu/fused_elementwise.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/conv.h"
+#include "backends/cpu/decoding.h"
 #include "backends/cpu/layout.h"
 #include "backends/cpu/pool.h"
+#include "backends/cpu/recurrent.h"
 #include "backends/cpu/optimizer_updates.h"
 #include "backends/cpu/reduce.h"
 #include "backends/cpu/sequence_kernels.h"
@@ -243,6 +245,8 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
   auto in = [&](size_t i) { return mem.ref[n.inputs[i]]; };
   auto in_shape = [&](size_t i) -> const Shape& { return shapes[n.inputs[i]]; };
   if (auto k = make_sequence_kernel(g, id, mem, shapes)) return k;
+  if (auto k = make_decoding_kernel(g, id, mem, shapes)) return k;
+  if (auto k = make_recurrent_kernel(g, id, mem, shapes)) return k;
   switch (n.op) {
     case OpKind::MatMul: {
       auto k = std::make_unique<MatMulKernel>();

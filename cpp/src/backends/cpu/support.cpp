@@ -26,6 +26,11 @@ std::array<uint32_t, static_cast<size_t>(OpKind::kCount)> make_table() {
   t[static_cast<size_t>(OpKind::OneHot)] = kI32;
   // float32 rows, int32 indices
   for (OpKind op : {OpKind::Gather, OpKind::ScatterAdd}) t[static_cast<size_t>(op)] = kF32 | kI32;
+  // float32 caches and values, an int32 length or offset
+  for (OpKind op : {OpKind::CachedAttention, OpKind::CacheWrite}) t[static_cast<size_t>(op)] = kF32 | kI32;
+  // float32 sequences, optional int32 lengths
+  for (OpKind op : {OpKind::Recurrence, OpKind::RecurrenceGrad, OpKind::SequenceEnd, OpKind::SequenceEndGrad})
+    t[static_cast<size_t>(op)] = kF32 | kI32;
   return t;
 }
 

@@ -1,0 +1,153 @@
+#include "backends/cpu/decoding.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "backends/cpu/vec8.h"
+
+namespace gometal {
+namespace {
+
+// Below this many multiply-adds a step runs on the calling thread: waking the pool costs
+// more than one token's attention.
+constexpr int64_t kParallelWork = 1 << 16;
+
+float dot(const float* a, const float* b, int64_t d) {
+  int64_t i = 0;
+  float sum = 0.0f;
+  if (d >= 8) {
+    Vec8 acc = {};
+    for (; i + 8 <= d; i += 8) acc += load8(a + i) * load8(b + i);
+    for (int lane = 0; lane < 8; ++lane) sum += acc[lane];
+  }
+  for (; i < d; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// One head: rows of q against `length` cached keys then the new keys up to each row's own.
+void attend_head(const CachedAttentionGeometry& geo, const float* q, const float* kc, const float* vc,
+                 const float* kn, const float* vn, int64_t length, float* out, float* scores) {
+  const int64_t d = geo.d;
+  for (int64_t i = 0; i < geo.tq; ++i) {
+    const float* qi = q + i * d;
+    const int64_t keys = length + i + 1;
+    float top = -FLT_MAX;
+    for (int64_t j = 0; j < keys; ++j) {
+      const float* kj = j < length ? kc + j * d : kn + (j - length) * d;
+      scores[j] = dot(qi, kj, d) * geo.scale;
+      top = std::max(top, scores[j]);
+    }
+    float total = 0.0f;
+    for (int64_t j = 0; j < keys; ++j) total += scores[j] = std::exp(scores[j] - top);
+    float* oi = out + i * d;
+    std::fill(oi, oi + d, 0.0f);
+    for (int64_t j = 0; j < keys; ++j) {
+      const float* vj = j < length ? vc + j * d : vn + (j - length) * d;
+      const float p = scores[j];
+      for (int64_t c = 0; c < d; ++c) oi[c] += p * vj[c];
+    }
+    const float inv = 1.0f / total;
+    for (int64_t c = 0; c < d; ++c) oi[c] *= inv;
+  }
+}
+
+int32_t read_position(const ExecContext& ctx, const BufRef& ref) { return ctx.iptr(ref)[0]; }
+
+struct CachedAttentionKernel final : Kernel {
+  BufRef q, kc, vc, kn, vn, length, y;
+  CachedAttentionGeometry geo;
+  void run(const ExecContext& ctx) const override {
+    cached_attention(ctx, geo, ctx.ptr(q), ctx.ptr(kc), ctx.ptr(vc), ctx.ptr(kn), ctx.ptr(vn),
+                     read_position(ctx, length), ctx.ptr(y));
+  }
+  int64_t scratch_floats() const override { return geo.capacity + geo.tq; }
+};
+
+// An effect: its node gets no buffer of its own (the fusion pass materializes none).
+struct CacheWriteKernel final : Kernel {
+  BufRef cache, value, offset;
+  int64_t planes = 0, t = 0, capacity = 0, d = 0;
+  void run(const ExecContext& ctx) const override {
+    cache_write(planes, t, capacity, d, ctx.ptr(value), read_position(ctx, offset), ctx.ptr(cache));
+  }
+};
+
+}  // namespace
+
+void cached_attention(const ExecContext& ctx, const CachedAttentionGeometry& geo, const float* q,
+                      const float* k_cache, const float* v_cache, const float* k_new, const float* v_new,
+                      int32_t length, float* out) {
+  if (length < 0 || length > geo.capacity)
+    throw std::invalid_argument("[cached_attention] length " + std::to_string(length) +
+                                " is outside the cache of " + std::to_string(geo.capacity) + " positions (0 to " +
+                                std::to_string(geo.capacity) + ")");
+  const int64_t heads = geo.n * geo.h, row = geo.tq * geo.d, plane = geo.capacity * geo.d;
+  const auto head = [&](int64_t hd, float* scores) {
+    attend_head(geo, q + hd * row, k_cache + hd * plane, v_cache + hd * plane, k_new + hd * row, v_new + hd * row,
+                length, out + hd * row, scores);
+  };
+  const int64_t work = heads * geo.tq * (length + geo.tq) * geo.d;
+  const int tasks = work < kParallelWork ? 1 : balanced_tasks(*ctx.pool, heads);
+  if (tasks <= 1) {
+    for (int64_t hd = 0; hd < heads; ++hd) head(hd, ctx.thread_scratch(0));
+    return;
+  }
+  ctx.pool->parallel_for(tasks, [&](int task, int thread) {
+    int64_t lo, hi;
+    split_range(heads, tasks, task, 1, &lo, &hi);
+    for (int64_t hd = lo; hd < hi; ++hd) head(hd, ctx.thread_scratch(thread));
+  });
+}
+
+void cache_write(int64_t planes, int64_t t, int64_t capacity, int64_t d, const float* value, int32_t offset,
+                 float* cache) {
+  if (offset < 0 || offset + t > capacity)
+    throw std::invalid_argument("[cache_write] " + std::to_string(t) + " new positions at offset " +
+                                std::to_string(offset) + " do not fit the cache of " + std::to_string(capacity) +
+                                " positions");
+  for (int64_t p = 0; p < planes; ++p)
+    std::memcpy(cache + (p * capacity + offset) * d, value + p * t * d, sizeof(float) * t * d);
+}
+
+std::unique_ptr<Kernel> make_decoding_kernel(const Graph& g, int id, const MemoryPlan& mem,
+                                             const std::vector<Shape>& shapes) {
+  const Node& n = g.node(id);
+  auto in = [&](size_t i) { return mem.ref[n.inputs[i]]; };
+  auto in_shape = [&](size_t i) -> const Shape& { return shapes[n.inputs[i]]; };
+  switch (n.op) {
+    case OpKind::CachedAttention: {
+      auto k = std::make_unique<CachedAttentionKernel>();
+      k->q = in(0);
+      k->kc = in(1);
+      k->vc = in(2);
+      k->kn = in(3);
+      k->vn = in(4);
+      k->length = in(5);
+      k->y = mem.ref[id];
+      const Shape& qs = in_shape(0);
+      k->geo = {qs[0], qs[1], qs[2], in_shape(1)[2], qs[3], 1.0f};
+      k->geo.scale = n.attrs.scale > 0.0f ? n.attrs.scale : 1.0f / std::sqrt(static_cast<float>(qs[3]));
+      return k;
+    }
+    case OpKind::CacheWrite: {
+      auto k = std::make_unique<CacheWriteKernel>();
+      k->cache = in(0);
+      k->value = in(1);
+      k->offset = in(2);
+      const Shape& cs = in_shape(0);
+      k->planes = cs[0] * cs[1];
+      k->t = in_shape(1)[2];
+      k->capacity = cs[2];
+      k->d = cs[3];
+      return k;
+    }
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace gometal
