@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "backends/cpu/vector_math.h"
 #include "gometal/ir.h"
 
 namespace gometal::ew {
@@ -28,7 +29,7 @@ template <class Loop>
 inline bool dispatch_unary(OpKind op, Loop&& loop) {
   switch (op) {
     case OpKind::Neg: loop([](float x) { return -x; }); return true;
-    case OpKind::Exp: loop([](float x) { return std::exp(x); }); return true;
+    case OpKind::Exp: loop([](float x) { return vector_math::exp(x); }); return true;
     case OpKind::Log: loop([](float x) { return std::log(x); }); return true;
     case OpKind::Tanh: loop([](float x) { return std::tanh(x); }); return true;
     case OpKind::Sigmoid: loop([](float x) { return sigmoid(x); }); return true;
@@ -37,7 +38,7 @@ inline bool dispatch_unary(OpKind op, Loop&& loop) {
     case OpKind::Sign: loop([](float x) { return static_cast<float>((x > 0.0f) - (x < 0.0f)); }); return true;
     case OpKind::Sqrt: loop([](float x) { return std::sqrt(x); }); return true;
     case OpKind::Rsqrt: loop([](float x) { return 1.0f / std::sqrt(x); }); return true;
-    case OpKind::Erf: loop([](float x) { return std::erf(x); }); return true;
+    case OpKind::Erf: loop([](float x) { return vector_math::erf(x); }); return true;
     case OpKind::Square: loop([](float x) { return x * x; }); return true;
     case OpKind::RoundBf16: loop([](float x) { return round_bf16(x); }); return true;
     case OpKind::RoundBf16Grad: loop([](float x) { return x; }); return true;

@@ -22,18 +22,31 @@ void for_rows(ThreadPool& pool, const NormGeometry& geo, RowFn&& row) {
   });
 }
 
+constexpr int kLanes = 8;
+
+// Sum of f(c) for c < n in double, over eight independent partial sums: one running sum is
+// a chain of dependent adds that neither pipelines nor vectorizes.
+template <class Term>
+double lane_sum(int64_t n, Term&& term) {
+  double lanes[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] += term(c + l);
+  for (; c < n; ++c) lanes[0] += term(c);
+  double sum = 0.0;
+  for (double lane : lanes) sum += lane;
+  return sum;
+}
+
 // The row's mean (0 unless centring) and 1 / sqrt(variance or mean square + eps), both
 // accumulated in double: a row of large values with a small spread keeps its precision.
 void row_statistics(const NormGeometry& geo, const float* x, float* mean, float* rstd) {
-  double sum = 0.0;
-  if (geo.centre)
-    for (int64_t c = 0; c < geo.dim; ++c) sum += x[c];
+  const double sum = geo.centre ? lane_sum(geo.dim, [&](int64_t c) { return static_cast<double>(x[c]); }) : 0.0;
   const double mu = sum / static_cast<double>(geo.dim);
-  double spread = 0.0;
-  for (int64_t c = 0; c < geo.dim; ++c) {
+  const double spread = lane_sum(geo.dim, [&](int64_t c) {
     const double d = x[c] - mu;
-    spread += d * d;
-  }
+    return d * d;
+  });
   *mean = static_cast<float>(mu);
   *rstd = static_cast<float>(1.0 / std::sqrt(spread / static_cast<double>(geo.dim) + geo.eps));
 }
@@ -64,12 +77,9 @@ void norm_backward(ThreadPool& pool, const NormGeometry& geo, const float* x, co
     float* dr = dx + r * geo.dim;
     float mean, rstd;
     row_statistics(geo, xr, &mean, &rstd);
-    double sum_gw = 0.0, sum_gw_xhat = 0.0;
-    for (int64_t c = 0; c < geo.dim; ++c) {
-      const double gw = weight ? static_cast<double>(gr[c]) * weight[c] : gr[c];
-      sum_gw += gw;
-      sum_gw_xhat += gw * ((xr[c] - mean) * rstd);
-    }
+    auto gw_at = [&](int64_t c) { return weight ? static_cast<double>(gr[c]) * weight[c] : static_cast<double>(gr[c]); };
+    const double sum_gw = geo.centre ? lane_sum(geo.dim, gw_at) : 0.0;
+    const double sum_gw_xhat = lane_sum(geo.dim, [&](int64_t c) { return gw_at(c) * ((xr[c] - mean) * rstd); });
     const float inv_dim = 1.0f / static_cast<float>(geo.dim);
     const float mean_gw = geo.centre ? static_cast<float>(sum_gw) * inv_dim : 0.0f;
     const float mean_gw_xhat = static_cast<float>(sum_gw_xhat) * inv_dim;
