@@ -76,16 +76,18 @@ def test_sampling_with_the_cache_draws_the_same_tokens_as_recomputation():
     )
 
 
-def test_decoding_compiles_no_plan_per_cache_length():
+def test_decoding_compiles_no_plan_per_cache_length_and_allocates_nothing():
     decoder = KVCacheDecoder(_model())
     decoder.prefill(np.array([[1, 2]], np.int32))
     decoder.decode(np.array([3], np.int32))
-    plans = decoder.stats()["plans"]
-    assert plans == 2  # one prefill length, one decode plan
+    before = decoder.stats()
+    assert before["plans"] == 2  # one prefill length, one decode plan
     for token in range(BLOCK - 3):
         decoder.decode(np.array([token], np.int32))
     assert decoder.length == BLOCK
-    assert decoder.stats()["plans"] == plans
+    after = decoder.stats()
+    assert after["plans"] == before["plans"]
+    assert after["allocations"] == before["allocations"]  # the steps reuse the plan's memory
 
 
 def test_generation_sees_the_weights_after_more_training():
