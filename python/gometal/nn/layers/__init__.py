@@ -32,6 +32,11 @@ from .merge import Add, Concatenate, Multiply
 from .normalization import BatchNorm
 from .normalization_groups import GroupNorm, InstanceNorm2D, LayerNorm
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+
+# Not yet in __all__: they join it with their ONNX export rules.
+from .recurrent import GRU as GRU
+from .recurrent import LSTM as LSTM
+from .recurrent import SimpleRNN as SimpleRNN
 from .registry import (
     LayerEntry,
     OnnxGraph,

@@ -1,0 +1,429 @@
+"""Recurrent layers with torch's arguments, weight names and init: ``SimpleRNN``
+(``nn.RNN``), ``LSTM`` (``nn.LSTM``, with ``proj_size``) and ``GRU`` (``nn.GRU``). A torch
+``state_dict`` loads one to one through ``layer.set_weights``.
+
+Each layer and direction is one input projection of every step at once (a matmul) and one
+``recurrence`` op that runs the time loop inside the compiled step; final states come from
+``sequence_end``. Tensors are batch-first: states are ``(N, D*num_layers, H_out)``, torch's
+``h_n.transpose(0, 1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ...graph.composites import const, matmul, op
+from ..initializers import Uniform
+from . import attention_ops as ao
+from .base import EmitContext, Layer, WeightSpec
+from .registry import register_layer
+
+OUTPUTS = ("sequence", "last", "h_n", "c_n")
+
+
+def _positive(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return value
+
+
+class _Recurrent(Layer):
+    """What the three layers share; subclasses set ``cell_names`` and ``gates``."""
+
+    num_inputs = None
+    min_inputs = 1
+    input_dtypes = ("float32", "int32")
+    gates: ClassVar[int] = 1
+    title: ClassVar[str] = "RNN"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = True,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        output: str = "sequence",
+        initial_state: bool = False,
+        lengths: bool = False,
+        key_padding_mask: bool = False,
+        name: str | None = None,
+    ):
+        super().__init__(name)
+        label = self.title if name is None else f"{self.title} '{name}'"
+        self.input_size = _positive(input_size, f"{label} input_size")
+        self.hidden_size = _positive(hidden_size, f"{label} hidden_size")
+        self.num_layers = _positive(num_layers, f"{label} num_layers")
+        self.bias = bool(bias)
+        if batch_first is not True:
+            raise ValueError(
+                f"{label} takes batch_first=True only (gometal's tensors are batch-first), "
+                f"got {batch_first!r}"
+            )
+        self.batch_first = True
+        self.dropout = ao.check_rate(dropout, f"{label} dropout")
+        self.bidirectional = bool(bidirectional)
+        if output not in self._outputs():
+            raise ValueError(
+                f"{label} output must be one of {list(self._outputs())}, got {output!r}"
+            )
+        self.output = output
+        self.initial_state = bool(initial_state)
+        if lengths and key_padding_mask:
+            raise ValueError(f"{label} takes lengths or a key_padding_mask, not both")
+        self.lengths = bool(lengths)
+        self.key_padding_mask = bool(key_padding_mask)
+
+    # -- what subclasses vary --------------------------------------------------------------
+    def _outputs(self) -> tuple[str, ...]:
+        return ("sequence", "last", "h_n")
+
+    def _cell(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def output_size(self) -> int:
+        """``H_out``: the width of one direction's output (``proj_size`` when an LSTM has one)."""
+        return self.hidden_size
+
+    def _has_cell_state(self) -> bool:
+        return False
+
+    # -- configuration --------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "bias": self.bias,
+            "batch_first": self.batch_first,
+            "dropout": self.dropout,
+            "bidirectional": self.bidirectional,
+            "output": self.output,
+            "initial_state": self.initial_state,
+            "lengths": self.lengths,
+            "key_padding_mask": self.key_padding_mask,
+        }
+
+    @property
+    def directions(self) -> int:
+        """``D``: 2 when bidirectional, else 1."""
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self) -> list[tuple[int, str]]:
+        """(layer, torch's name suffix) of every layer and direction, in torch's order."""
+        ends = ["", "_reverse"][: self.directions]
+        return [(layer, f"_l{layer}{end}") for layer in range(self.num_layers) for end in ends]
+
+    def _split(self, items: Sequence[Any]) -> tuple[Any, Any, Any, Any]:
+        """x, h0, c0 and the lengths (or mask), each None when not taken."""
+        items = list(items)
+        wanted = 1 + self.initial_state * (2 if self._has_cell_state() else 1)
+        wanted += self.lengths or self.key_padding_mask
+        if len(items) != wanted:
+            parts = ["x"]
+            if self.initial_state:
+                parts += ["h0", "c0"] if self._has_cell_state() else ["h0"]
+            if self.lengths or self.key_padding_mask:
+                parts.append("lengths" if self.lengths else "key_padding_mask")
+            raise ValueError(f"takes {wanted} input(s) ({', '.join(parts)}), got {len(items)}")
+        x = items.pop(0)
+        h0 = items.pop(0) if self.initial_state else None
+        c0 = items.pop(0) if self.initial_state and self._has_cell_state() else None
+        lengths = items.pop(0) if items else None
+        return x, h0, c0, lengths
+
+    # -- building ---------------------------------------------------------------------------
+    def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
+        x, h0, c0, lengths = self._split(input_shapes)
+        if len(x) != 3 or x[2] != self.input_size:
+            raise ValueError(
+                f"expects x of shape (N, T, input_size={self.input_size}), got {tuple(x)}"
+            )
+        states = self.directions * self.num_layers
+        for what, shape, width in (("h0", h0, self.output_size), ("c0", c0, self.hidden_size)):
+            if shape is not None and tuple(shape[1:]) != (states, width):
+                raise ValueError(
+                    f"expects {what} of shape (N, D*num_layers={states}, {width}) (batch-first: "
+                    f"torch's {what[0]}_0.transpose(0, 1)), got {tuple(shape)}"
+                )
+        if lengths is not None:
+            wants = [(x[0],), (x[0], 1)] if self.lengths else [(x[0], x[1])]
+            if tuple(lengths) not in wants:
+                which = "lengths (N,) or (N, 1)" if self.lengths else "key_padding_mask (N, T)"
+                raise ValueError(f"expects {which}, got {tuple(lengths)}")
+        return self._weight_specs_list()
+
+    def _weight_specs_list(self) -> list[WeightSpec]:
+        init = Uniform(1.0 / np.sqrt(self.hidden_size))
+        gh = self.gates * self.hidden_size
+        specs = []
+        for layer, suffix in self._suffixes():
+            fan_in = self.input_size if layer == 0 else self.directions * self.output_size
+            specs.append(WeightSpec(f"weight_ih{suffix}", (gh, fan_in), init))
+            specs.append(WeightSpec(f"weight_hh{suffix}", (gh, self.output_size), init))
+            if self.bias:
+                specs.append(WeightSpec(f"bias_ih{suffix}", (gh,), init))
+                specs.append(WeightSpec(f"bias_hh{suffix}", (gh,), init))
+            if self.output_size != self.hidden_size:
+                specs.append(
+                    WeightSpec(f"weight_hr{suffix}", (self.output_size, self.hidden_size), init)
+                )
+        return specs
+
+    # -- emitting ---------------------------------------------------------------------------
+    def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
+        g = ctx.graph
+        x, h0, c0, extra = self._split(inputs)
+        self._check_dtypes(g, x, h0, c0, extra)
+        lengths = extra
+        if self.lengths:
+            lengths = op(g, "reshape", extra, shape=[-1])
+        if self.key_padding_mask:
+            # Padding is a suffix of each row: its length is the count of steps not masked.
+            kept = op(g, "sum", op(g, "sub", const(g, 1.0), extra), axes=[1])
+            lengths = op(g, "cast", kept, dtype="int32")
+        layer_input = x
+        finals: dict[str, list[int]] = {"h_n": [], "c_n": []}
+        sequences: list[int] = []
+        for layer in range(self.num_layers):
+            if layer > 0:
+                layer_input = ao.dropout(ctx, self._join(g, sequences, 2), self.dropout)
+            sequences = []
+            for direction in range(self.directions):
+                index = layer * self.directions + direction
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                sequence, h_end, c_end = self._direction(
+                    ctx,
+                    layer_input,
+                    suffix,
+                    direction == 1,
+                    self._state(g, h0, index, self.output_size),
+                    self._state(g, c0, index, self.hidden_size),
+                    lengths,
+                )
+                sequences.append(sequence)
+                finals["h_n"].append(h_end)
+                finals["c_n"].append(c_end)
+        if self.output == "sequence":
+            return self._join(g, sequences, 2)
+        if self.output == "last":
+            return self._join(g, finals["h_n"][-self.directions :], 1)
+        stacked = [op(g, "reshape", s, shape=[-1, 1, g.shape(s)[1]]) for s in finals[self.output]]
+        return self._join(g, stacked, 1)
+
+    @staticmethod
+    def _join(g: Any, parts: list[int], axis: int) -> int:
+        return parts[0] if len(parts) == 1 else op(g, "concat", *parts, axis=axis)
+
+    def _check_dtypes(self, g: Any, x: int, h0: Any, c0: Any, extra: Any) -> None:
+        for what, node in (("x", x), ("h0", h0), ("c0", c0)):
+            if node is not None and g.dtype(node) != "float32":
+                raise ValueError(f"expects {what} as float32, got {g.dtype(node)}")
+        if extra is not None:
+            want = "int32" if self.lengths else "float32"
+            if g.dtype(extra) != want:
+                which = "lengths" if self.lengths else "key_padding_mask"
+                raise ValueError(f"expects {which} as {want}, got {g.dtype(extra)}")
+
+    @staticmethod
+    def _state(g: Any, states: Any, index: int, width: int) -> int:
+        """Layer-direction `index`'s initial state (N, width): zeros unless given."""
+        if states is None:
+            return op(g, "broadcast_to", const(g, 0.0), shape=[-1, width])
+        one = op(g, "slice", states, axis=1, start=index, end=index + 1)
+        return op(g, "reshape", one, shape=[-1, width])
+
+    def _direction(
+        self, ctx: EmitContext, x: int, suffix: str, reverse: bool, h0: int, c0: int, lengths: Any
+    ) -> tuple[int, int, int | None]:
+        """One layer and direction: its output sequence and final h and c (c: LSTM only)."""
+        g = ctx.graph
+        hidden, out = self.hidden_size, self.output_size
+        projected = matmul(g, x, ctx.variable(f"weight_ih{suffix}"), transpose_b=True)
+        b_hn = None
+        if self.bias:
+            b_ih, b_hh = ctx.variable(f"bias_ih{suffix}"), ctx.variable(f"bias_hh{suffix}")
+            if self.gates == 3:
+                # GRU: b_hn sits inside r * (W_hn h + b_hn); the other hidden biases add here.
+                b_hn = op(g, "slice", b_hh, axis=0, start=2 * hidden, end=3 * hidden)
+                b_rz = op(g, "slice", b_hh, axis=0, start=0, end=2 * hidden)
+                b_hh = op(g, "pad", b_rz, axis=0, before=0, after=hidden)
+            projected = op(g, "add", projected, op(g, "add", b_ih, b_hh))
+        if self.gates == 3 and b_hn is None:
+            b_hn = g.constant(np.zeros(hidden, dtype=np.float32))
+        operands = [projected, h0]
+        if self._has_cell_state():
+            operands.append(c0)
+        operands.append(ctx.variable(f"weight_hh{suffix}"))
+        if out != hidden:
+            operands.append(ctx.variable(f"weight_hr{suffix}"))
+        if b_hn is not None:
+            operands.append(b_hn)
+        if lengths is not None:
+            operands.append(lengths)
+        packed = op(g, "recurrence", *operands, cell=self._cell(), reverse=reverse)
+        sequence = op(g, "slice", packed, axis=2, start=0, end=out)
+        ends = [sequence] + ([lengths] if lengths is not None else [])
+        h_end = op(g, "sequence_end", *ends, reverse=reverse)
+        c_end = None
+        if self._has_cell_state():
+            cells = op(g, "slice", packed, axis=2, start=out, end=out + hidden)
+            c_end = op(g, "sequence_end", cells, *ends[1:], reverse=reverse)
+        return sequence, h_end, c_end
+
+
+_COMMON_ARGS = """
+    Args:
+        input_size: the features of each step of ``x``.
+        hidden_size: ``H``.
+        num_layers: stacked layers, each reading the previous one's output sequence.
+        bias: whether the layers have ``bias_ih`` and ``bias_hh``.
+        batch_first: must be True: ``x`` is ``(N, T, input_size)``.
+        dropout: dropout on each layer's output but the last, in training.
+        bidirectional: also run every layer from the last step to the first
+            (``_reverse`` weights); outputs concatenate both directions.
+        output: ``"sequence"`` ``(N, T, D*H_out)``, zeros at padded steps; ``"last"``
+            ``(N, D*H_out)``: the last layer's final states (the last valid step forward,
+            the first step in reverse); ``"h_n"`` ``(N, D*num_layers, H_out)``; an LSTM
+            also gives ``"c_n"`` ``(N, D*num_layers, H)``.
+        initial_state: whether ``h0`` (and an LSTM's ``c0``), ``(N, D*num_layers, .)``,
+            follow ``x`` as inputs; zeros otherwise.
+        lengths: whether a last int32 ``(N,)`` or ``(N, 1)`` input (``gm.Input((1,),
+            dtype="int32")``) holds each sequence's length, in
+            ``[1, T]``: steps past it neither change the state nor get a gradient, as
+            torch's packed sequences.
+        key_padding_mask: the same as a last float ``(N, T)`` input holding 1 at padded
+            steps, which end each row.
+        name: an explicit layer name.
+"""
+
+
+@register_layer
+class SimpleRNN(_Recurrent):
+    __doc__ = (
+        """An Elman RNN, as ``torch.nn.RNN``: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
+"""
+        + _COMMON_ARGS.replace(
+            "        name:", '        nonlinearity: ``"tanh"`` or ``"relu"``.\n        name:'
+        )
+        + """
+    Example:
+        >>> x = gm.Input((None, 8))
+        >>> SimpleRNN(8, 16, nonlinearity="relu")(x).shape
+        (None, None, 16)
+"""
+    )
+
+    kind = "simple_rnn"
+    title = "SimpleRNN"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        **options: Any,
+    ):
+        super().__init__(input_size, hidden_size, num_layers, **options)
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(
+                f"SimpleRNN nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}"
+            )
+        self.nonlinearity = nonlinearity
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "nonlinearity": self.nonlinearity}
+
+    def _cell(self) -> str:
+        return f"rnn_{self.nonlinearity}"
+
+
+@register_layer
+class LSTM(_Recurrent):
+    __doc__ = (
+        """A long short-term memory layer, as ``torch.nn.LSTM`` (gates i, f, g, o in that
+    order in ``weight_ih`` and ``weight_hh``; with ``proj_size``, ``h`` is projected by
+    ``weight_hr`` (proj_size, H) and ``H_out`` is ``proj_size``).
+"""
+        + _COMMON_ARGS.replace(
+            "        name:",
+            "        proj_size: 0, or the projection's size (< hidden_size).\n        name:",
+        )
+        + """
+    Example:
+        >>> x = gm.Input((None, 8))
+        >>> LSTM(8, 16, num_layers=2, output="last")(x).shape
+        (None, 16)
+"""
+    )
+
+    kind = "lstm"
+    title = "LSTM"
+    gates = 4
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        proj_size: int = 0,
+        **options: Any,
+    ):
+        super().__init__(input_size, hidden_size, num_layers, **options)
+        label = "LSTM" if self.name is None else f"LSTM '{self.name}'"
+        if (
+            isinstance(proj_size, bool)
+            or not isinstance(proj_size, int)
+            or not 0 <= proj_size < hidden_size
+        ):
+            raise ValueError(
+                f"{label} proj_size must be an int in [0, hidden_size={hidden_size}), got {proj_size!r}"
+            )
+        self.proj_size = proj_size
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "proj_size": self.proj_size}
+
+    def _outputs(self) -> tuple[str, ...]:
+        return OUTPUTS
+
+    @property
+    def output_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    def _has_cell_state(self) -> bool:
+        return True
+
+    def _cell(self) -> str:
+        return "lstm"
+
+
+@register_layer
+class GRU(_Recurrent):
+    __doc__ = (
+        """A gated recurrent unit layer, as ``torch.nn.GRU`` (gates r, z, n in that order;
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``).
+"""
+        + _COMMON_ARGS
+        + """
+    Example:
+        >>> x = gm.Input((None, 8))
+        >>> GRU(8, 16, bidirectional=True)(x).shape
+        (None, None, 32)
+"""
+    )
+
+    kind = "gru"
+    title = "GRU"
+    gates = 3
+
+    def _cell(self) -> str:
+        return "gru"
