@@ -13,7 +13,12 @@ import torch
 import gometal as gm
 from _torch_gpt import TorchGPT  # benchmarks/: nanoGPT's model, the peer of workload F
 from gometal.models import generate, gpt_weights_from_nanogpt
-from gometal.models.decoding import KVCacheDecoder, decoder_for, gpt_layout
+from gometal.models.decoding import (
+    MAX_DECODERS_PER_MODEL,
+    KVCacheDecoder,
+    decoder_for,
+    gpt_layout,
+)
 
 VOCAB, BLOCK, LAYERS, HEADS, EMBD = 13, 8, 2, 2, 16
 
@@ -103,6 +108,7 @@ def test_generation_sees_the_weights_after_more_training():
     after = generate(model, prompt, 6, greedy=True)
     np.testing.assert_array_equal(after, generate(model, prompt, 6, greedy=True, kv_cache=False))
     decoder = decoder_for(model, 1)
+    assert decoder is decoder_for(model, 1)  # built once per batch size
     _assert_close(decoder.prefill(prompt), _full_logits(model, prompt), "after training")
     assert not np.array_equal(before, after)
 
@@ -184,3 +190,14 @@ def test_only_gpt_shaped_models_get_a_decoder():
         KVCacheDecoder(_model(), 0)
     layout = gpt_layout(_model())
     assert (layout.n_layer, layout.n_head, layout.n_embd, layout.block_size) == (2, 2, 16, 8)
+
+
+def test_a_model_keeps_decoders_for_its_most_recent_batch_sizes_only():
+    model = _model()
+    first = decoder_for(model, 1)
+    for batch in range(2, 2 + MAX_DECODERS_PER_MODEL - 1):
+        decoder_for(model, batch)
+    assert decoder_for(model, 1) is first  # still among the most recent
+    for batch in range(10, 10 + MAX_DECODERS_PER_MODEL):
+        decoder_for(model, batch)
+    assert decoder_for(model, 1) is not first

@@ -11,6 +11,7 @@ model's weights, refreshed by ``sync_weights`` (``generate`` does it on every ca
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -229,6 +230,8 @@ class KVCacheDecoder:
             effects=decode_writes,
             advance_rng=False,
         )
+        # Held by a caller for a whole generation: the cache belongs to one sequence batch.
+        self.lock = threading.Lock()
         self._length = 0
         self._position = np.zeros(1, np.int32)
         self._zero = np.zeros(1, np.int32)
@@ -336,12 +339,17 @@ class KVCacheDecoder:
         return dict(self._engine.stats())
 
 
+# Decoders kept per model (while it lives), for its most recently used batch sizes: each
+# holds caches of (batch, heads, block_size, head_dim) per layer.
+MAX_DECODERS_PER_MODEL = 4
 _decoders: weakref.WeakKeyDictionary[Model, dict[int, KVCacheDecoder]] = weakref.WeakKeyDictionary()
+_decoders_lock = threading.Lock()
 
 
 def decoder_for(model: Model, batch_size: int) -> KVCacheDecoder | None:
     """The model's decoder for ``batch_size`` sequences (built once, kept while the model
-    lives) with the model's current weights, or ``None`` if the model is not GPT-shaped.
+    lives), or ``None`` if the model is not GPT-shaped. Hold its ``lock`` while using it,
+    and call its ``sync_weights`` first if the model may have trained since.
 
     Args:
         model: the language model.
@@ -351,14 +359,19 @@ def decoder_for(model: Model, batch_size: int) -> KVCacheDecoder | None:
         The decoder, or ``None``.
 
     Example:
-        >>> decoder_for(model, 1).prefill(prompt[None])  # doctest: +SKIP
+        >>> decoder = decoder_for(model, 1)  # doctest: +SKIP
+        >>> with decoder.lock:  # doctest: +SKIP
+        ...     decoder.sync_weights()
+        ...     logits = decoder.prefill(prompt[None])
     """
     if gpt_layout(model) is None:
         return None
-    per_batch = _decoders.setdefault(model, {})
-    decoder = per_batch.get(batch_size)
-    if decoder is None:
-        decoder = per_batch[batch_size] = KVCacheDecoder(model, batch_size)
-    else:
-        decoder.sync_weights()
+    with _decoders_lock:
+        per_batch = _decoders.setdefault(model, {})
+        decoder = per_batch.pop(batch_size, None)  # re-inserted last: most recently used
+        if decoder is None:
+            if len(per_batch) >= MAX_DECODERS_PER_MODEL:
+                del per_batch[next(iter(per_batch))]
+            decoder = KVCacheDecoder(model, batch_size)
+        per_batch[batch_size] = decoder
     return decoder

@@ -12,6 +12,7 @@ only way for other models).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -138,27 +139,32 @@ def generate(
     rng = np.random.default_rng(seed)
 
     def choose(logits: np.ndarray) -> np.ndarray:
+        if greedy:
+            return logits.argmax(axis=-1)
         chosen = []
         for row in logits:
-            if greedy:
-                chosen.append(int(np.argmax(row)))
-            else:
-                probs = filter_logits(row, temperature, top_k, top_p)
-                chosen.append(int(rng.choice(probs.size, p=probs)))
-        return np.asarray(chosen, np.int32)[:, None]
+            probs = filter_logits(row, temperature, top_k, top_p)
+            chosen.append(int(rng.choice(probs.size, p=probs)))
+        return np.asarray(chosen)
 
+    prompt_length = ids.shape[1]
+    out = np.empty((ids.shape[0], prompt_length + max_new_tokens), np.int32)
+    out[:, :prompt_length] = ids
     decoder = decoder_for(model, ids.shape[0]) if kv_cache and max_new_tokens else None
-    for step in range(max_new_tokens):
-        if decoder is None:
-            logits = _recomputed_logits(model, ids, block)
-        elif step == 0 or decoder.length >= block:
-            # The first token, and every token once the context is full: the (cropped)
-            # window from scratch.
-            logits = decoder.prefill(ids[:, -block:])
-        else:
-            logits = decoder.decode(ids[:, -1])
-        ids = np.concatenate([ids, choose(logits)], axis=1)
-    return ids[0] if single else ids
+    with decoder.lock if decoder is not None else contextlib.nullcontext():
+        if decoder is not None:
+            decoder.sync_weights()  # the model's weights now, after any training
+        for length in range(prompt_length, out.shape[1]):
+            if decoder is None:
+                logits = _recomputed_logits(model, out[:, :length], block)
+            elif length == prompt_length or decoder.length >= block:
+                # The first token, and every token once the context is full: the (cropped)
+                # window from scratch.
+                logits = decoder.prefill(out[:, max(0, length - block) : length])
+            else:
+                logits = decoder.decode(out[:, length - 1])
+            out[:, length] = choose(logits)
+    return out[0] if single else out
 
 
 def _recomputed_logits(model: Model, ids: np.ndarray, block: int) -> np.ndarray:
