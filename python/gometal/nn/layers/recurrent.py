@@ -17,11 +17,17 @@ import numpy as np
 
 from ...graph.composites import const, matmul, op
 from ..initializers import Uniform
+from ..tensor import show_dim
 from . import attention_ops as ao
 from .base import EmitContext, Layer, WeightSpec
 from .registry import register_layer
 
 OUTPUTS = ("sequence", "last", "h_n", "c_n")
+
+
+def _show(shape: Sequence[int]) -> tuple[Any, ...]:
+    """A shape as users see it: None for the batch and the sequence length."""
+    return tuple(show_dim(d) for d in shape)
 
 
 def _positive(value: Any, what: str) -> int:
@@ -144,20 +150,20 @@ class _Recurrent(Layer):
         x, h0, c0, lengths = self._split(input_shapes)
         if len(x) != 3 or x[2] != self.input_size:
             raise ValueError(
-                f"expects x of shape (N, T, input_size={self.input_size}), got {tuple(x)}"
+                f"expects x of shape (N, T, input_size={self.input_size}), got {_show(x)}"
             )
         states = self.directions * self.num_layers
         for what, shape, width in (("h0", h0, self.output_size), ("c0", c0, self.hidden_size)):
             if shape is not None and tuple(shape[1:]) != (states, width):
                 raise ValueError(
                     f"expects {what} of shape (N, D*num_layers={states}, {width}) (batch-first: "
-                    f"torch's {what[0]}_0.transpose(0, 1)), got {tuple(shape)}"
+                    f"torch's {what[0]}_0.transpose(0, 1)), got {_show(shape)}"
                 )
         if lengths is not None:
             wants = [(x[0],), (x[0], 1)] if self.lengths else [(x[0], x[1])]
             if tuple(lengths) not in wants:
                 which = "lengths (N,) or (N, 1)" if self.lengths else "key_padding_mask (N, T)"
-                raise ValueError(f"expects {which}, got {tuple(lengths)}")
+                raise ValueError(f"expects {which}, got {_show(lengths)}")
         return self._weight_specs_list()
 
     def _weight_specs_list(self) -> list[WeightSpec]:
