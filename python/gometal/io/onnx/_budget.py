@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ... import _core
 from ...nn.layers.base import EmitContext, Layer
-from ...nn.tensor import BATCH, SymbolicTensor
+from ...nn.tensor import SymbolicTensor
 from . import _safety
 from ._safety import OnnxImportError
 
@@ -23,13 +23,14 @@ _FLOAT_BYTES = 4  # the engine stores every element type in 4 bytes
 
 
 def sample_bytes(shape: Sequence[int]) -> int:
-    """Bytes of one sample of a float32 tensor of engine ``shape`` (the batch counts once).
+    """Bytes of one sample of a float32 tensor of engine ``shape`` (the batch and every
+    run-time length count once: the cap bounds memory per sample and per position).
 
     Example:
         >>> sample_bytes((-1, 3, 4))
         48
     """
-    return _FLOAT_BYTES * math.prod(1 if d == BATCH else int(d) for d in shape)
+    return _FLOAT_BYTES * math.prod(1 if d < 0 else int(d) for d in shape)
 
 
 def _conv_scratch_bytes(graph: _core.Graph, node: int) -> int:

@@ -17,6 +17,8 @@ from . import _layers as X
 from ._budget import SampleBudget, emitted_sample_bytes
 from ._safety import OnnxImportError
 from ._shape_values import ShapeValue
+from ._view_layers import OnnxRelayout
+from ._views import Groups, arrangement
 
 
 def show_shape(shape: Sequence[int]) -> str:
@@ -46,6 +48,10 @@ class GraphReader:
             dynamic, else ``None``.
         node: the node being imported, or ``None``.
         budget: the bytes per sample the layers made so far need (see ``_budget``).
+        views: the groups of runtime tensors held in another axis order (see ``_views``).
+        deferred: results that exist only as part of a pattern a later node completes
+            (a causal mask from a run-time length), by name, with what they hold.
+        passthrough: ``runtime`` hands views over as they are (elementwise operators).
     """
 
     def __init__(self, proto: Any, folder: Path):
@@ -67,6 +73,17 @@ class GraphReader:
         self.export_batch: int | None = None
         self.node: Any = None
         self.source: SymbolicTensor | None = None
+        self.views: dict[str, Groups] = {}
+        self.product_origins: dict[Any, str] = {}
+        self.view_origins: dict[str, str] = {}
+        # Outputs of MatMul by a weight, and the initializers (and Identity copies of
+        # them): an initializer added to such an output is that layer's trainable bias.
+        self.weight_products: set[str] = set()
+        self.parameters: set[str] = {t.name for t in self.graph.initializer}
+        # The engine operands of each MatMul of two run-time tensors, for attention.
+        self.products: dict[str, tuple[SymbolicTensor, SymbolicTensor, Groups]] = {}
+        self.deferred: dict[str, Any] = {}
+        self.passthrough = False
 
     def where(self) -> str:
         """The node being imported, as errors name it."""
@@ -106,7 +123,12 @@ class GraphReader:
         return np.ascontiguousarray(value, np.float32)
 
     def runtime(self, name: str) -> SymbolicTensor:
-        """The symbolic tensor for ``name``; constants become ``OnnxConstant`` layers."""
+        """The symbolic tensor for ``name``; constants become ``OnnxConstant`` layers and
+        views are moved into ONNX order (see ``_views``)."""
+        if name in self.deferred:
+            self.fail(f"{name!r} {self.deferred[name].usage}")
+        if name in self.views and not self.passthrough:
+            return self.materialize(name)
         if name in self.values:
             return self.values[name]
         if name in self.shape_values:
@@ -123,6 +145,45 @@ class GraphReader:
             self.weights[f"{layer_name}.value"] = value
             self.const_layers[name] = tensor
         return self.const_layers[name]
+
+    def is_bias(self, name: str, other: str) -> bool:
+        """Whether constant ``name``, added to ``other``, is the bias of a linear layer: a
+        vector initializer added to the output of a MatMul by a weight (torch writes
+        ``nn.Linear`` on a sequence so), trainable as torch's ``bias`` is."""
+        value = self.consts.get(name)
+        return (
+            name in self.parameters and other in self.weight_products and value is not None
+            and value.dtype.kind == "f" and value.ndim == 1
+        )  # fmt: skip
+
+    def bias_tensor(self, value: np.ndarray, hint: str) -> SymbolicTensor:
+        """A trainable ``OnnxConstant`` holding ``value`` (a bias, see ``is_bias``)."""
+        layer_name = self.name(f"bias_{hint}")
+        tensor = X.OnnxConstant(value.shape, trainable=True, name=layer_name)(self.source)
+        self.weights[f"{layer_name}.value"] = np.ascontiguousarray(value, np.float32)
+        return tensor
+
+    def materialize(self, name: str) -> SymbolicTensor:
+        """The view ``name`` as an engine tensor in ONNX order (its axes moved, its groups
+        merged), or an error naming the node and the sizes."""
+        x, groups = self.values[name], self.views[name]
+        try:
+            perm, shape, _ = arrangement(x.engine_shape, groups, range(len(groups)))
+        except ValueError as err:
+            # The node that made the view is the one that moved or merged the axes.
+            raise OnnxImportError(
+                f"{self.view_origins[name]}: {err}; {self.where()} needs {name!r} in that "
+                f"order{self.size_origins()}"
+            ) from None
+        layer = OnnxRelayout(perm, shape, name=self.name(f"{name}_in_order"))
+        return self.call(layer, x)
+
+    def size_origins(self) -> str:
+        """Where products of run-time sizes were computed, for errors about them."""
+        if not self.product_origins:
+            return ""
+        listed = ", ".join(f"at {where}: {size}" for size, where in self.product_origins.items())
+        return f" (run-time sizes computed {listed})"
 
     def call(self, layer: Any, inputs: Any, weights: dict[str, np.ndarray] | None = None) -> Any:
         """Calls ``layer`` on ``inputs``, counts what it needs per sample against the budget

@@ -279,7 +279,7 @@ def check_sample_bytes(shape: tuple[int, ...], what: str) -> None:
     """
     count = 1
     for d in shape:
-        count *= d
+        count *= max(d, 1)  # a run-time length (a negative symbol) counts once
     if count * 4 > MAX_TENSOR_BYTES:
         raise OnnxImportError(
             f"{what} declares a sample shape {shape} of {count * 4} bytes, more than the "

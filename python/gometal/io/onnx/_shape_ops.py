@@ -9,6 +9,7 @@ are reshapes that keep the batch axis in place.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,11 @@ from ...nn.tensor import BATCH, SymbolicTensor
 from . import _layers as X
 from ._reader import GraphReader, show_shape
 from ._shape_values import (
+    BATCH_SIZE,
     MAX_SHAPE_ELEMENTS,
+    Entry,
     ShapeValue,
+    SymbolicSize,
     arithmetic,
     concat,
     from_array,
@@ -28,9 +32,16 @@ from ._shape_values import (
     squeeze,
     unsqueeze,
 )
+from ._views import onnx_dims
 
 
-def _normalized_axes(axes: list[int], rank: int, what: str) -> list[int]:
+def normalized_axes(axes: list[int], rank: int, what: str) -> list[int]:
+    """``axes`` made non-negative and sorted, or ``ValueError`` naming ``what``.
+
+    Example:
+        >>> normalized_axes([-1, 0], 3, "axes")
+        [0, 2]
+    """
     normalized = [a + rank if a < 0 else a for a in axes]
     if any(not 0 <= a < rank for a in normalized) or len(set(normalized)) != len(normalized):
         raise ValueError(f"{what} {axes} must be distinct axes in [-{rank}, {rank})")
@@ -81,8 +92,12 @@ class ShapeOperators(GraphReader):
     def op_shape(self, node: Any, attrs: dict[str, Any]) -> ShapeValue:
         """ONNX ``Shape`` (with ``start``/``end`` since opset 15)."""
         name = node.input[0]
-        if name in self.values:
-            engine_shape: tuple[int, ...] = self.values[name].engine_shape
+        if name in self.views:
+            engine_shape: Sequence[Entry] = onnx_dims(
+                self.values[name].engine_shape, self.views[name]
+            )
+        elif name in self.values:
+            engine_shape = self.values[name].engine_shape
         elif name in self.shape_values:
             value = self.shape_values[name]
             engine_shape = () if value.scalar else (len(value.entries),)
@@ -123,7 +138,14 @@ class ShapeOperators(GraphReader):
     def integer_binary(self, node: Any) -> ShapeValue:
         """``Add``/``Sub``/``Mul``/``Div`` of two integer tensors known at import."""
         a = self.shape_operand(node.input[0], "operand A")
-        return arithmetic(node.op_type, a, self.shape_operand(node.input[1], "operand B"))
+        b = self.shape_operand(node.input[1], "operand B")
+        result = arithmetic(node.op_type, a, b, symbolic=True)
+        for entry in result.entries:
+            # A product of run-time sizes is valid only as long as views keep it apart;
+            # errors about it name where it was made.
+            if isinstance(entry, SymbolicSize) and entry is not BATCH_SIZE:
+                self.product_origins.setdefault(entry, self.where())
+        return result
 
     def integer_concat(self, node: Any, attrs: dict[str, Any]) -> ShapeValue:
         """``Concat`` of integer tensors known at import."""
@@ -140,11 +162,11 @@ class ShapeOperators(GraphReader):
             return unsqueeze(self.shape_operand(name, "Unsqueeze input"), axes)
         if name in self.consts:
             value = self.float_const(name, "Unsqueeze input")
-            out_axes = _normalized_axes(axes, value.ndim + len(axes), "axes")
+            out_axes = normalized_axes(axes, value.ndim + len(axes), "axes")
             return np.expand_dims(value, tuple(out_axes))
         x = self.runtime(name)
         shape = list(x.engine_shape)
-        out_axes = _normalized_axes(axes, len(shape) + len(axes), "axes")
+        out_axes = normalized_axes(axes, len(shape) + len(axes), "axes")
         if shape[:1] == [BATCH] and out_axes[0] == 0:
             self.fail(f"axes {axes} would move the dynamic batch axis from dimension 0")
         for axis in out_axes:
@@ -158,7 +180,7 @@ class ShapeOperators(GraphReader):
             return squeeze(self.shape_operand(name, "Squeeze input"), axes)
         if name in self.consts:
             value = self.float_const(name, "Squeeze input")
-            dropped = None if axes is None else tuple(_normalized_axes(axes, value.ndim, "axes"))
+            dropped = None if axes is None else tuple(normalized_axes(axes, value.ndim, "axes"))
             return np.squeeze(value, dropped)
         x = self.runtime(name)
         shape = list(x.engine_shape)
@@ -169,7 +191,7 @@ class ShapeOperators(GraphReader):
                 self.fail("Squeeze without axes is ambiguous with a dynamic batch; give axes")
             dropped_axes = [axis for axis, size in enumerate(shape) if size == 1]
         else:
-            dropped_axes = _normalized_axes(axes, len(shape), "axes")
+            dropped_axes = normalized_axes(axes, len(shape), "axes")
         if dynamic and 0 in dropped_axes:
             self.fail(f"axes {axes} would squeeze the dynamic batch axis")
         if any(shape[axis] != 1 for axis in dropped_axes):
@@ -190,7 +212,7 @@ class ShapeOperators(GraphReader):
             if not axes and int(attrs.get("noop_with_empty_axes", 0)):
                 return self.call(X.OnnxUnary("identity", name=self.layer_name()), x)
         # No axes (or an empty list) averages over all of them.
-        reduced = _normalized_axes(axes, rank, "axes") if axes else list(range(rank))
+        reduced = normalized_axes(axes, rank, "axes") if axes else list(range(rank))
         if x.engine_shape[:1] == (BATCH,) and 0 in reduced:
             self.fail(
                 f"the mean over axes {reduced} includes the dynamic batch axis 0, which mixes "

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ...nn.tensor import BATCH
+from ...nn.tensor import BATCH, SEQ
 from ._safety import OnnxImportError, check_sample_bytes
 from ._shape_values import BATCH_SIZE, Entry
 
@@ -175,7 +175,8 @@ def ceil_extra(
 def input_engine_shape(
     value: Any, dynamic_batch: bool | None
 ) -> tuple[tuple[int, ...], int | None]:
-    """The engine shape of a graph input: float32, fixed sizes but for dimension 0.
+    """The engine shape of a graph input: float32, fixed sizes but for dimension 0 and one
+    named run-time length (``seq``).
 
     Args:
         value: the input's ``onnx.ValueInfoProto``.
@@ -209,11 +210,22 @@ def input_engine_shape(
     if not dims:
         raise OnnxImportError(f"{what} is a scalar; it needs a batch dimension")
     sample = []
+    lengths: set[str] = set()
     for axis, dim in enumerate(dims[1:], start=1):
+        if dim.HasField("dim_param") and dim.dim_param:
+            # A named run-time size besides the batch: the sequence length.
+            lengths.add(dim.dim_param)
+            if len(lengths) > 1:
+                raise OnnxImportError(
+                    f"{what} has run-time sizes {sorted(lengths)} besides the batch; gometal "
+                    "imports one (a sequence length)"
+                )
+            sample.append(SEQ)
+            continue
         if not dim.HasField("dim_value") or dim.dim_value <= 0:
             raise OnnxImportError(
-                f"{what} dimension {axis} must be a fixed positive size, got "
-                f"{dim.dim_param or dim.dim_value!r}; only dimension 0 may be dynamic"
+                f"{what} dimension {axis} must be a fixed positive size or a named run-time "
+                f"size, got {dim.dim_param or dim.dim_value!r}"
             )
         sample.append(int(dim.dim_value))
     check_sample_bytes(tuple(sample), what)

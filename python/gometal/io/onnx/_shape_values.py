@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ... import _core
 from ...nn.tensor import BATCH
 
 # Shapes have at most a handful of axes; a few dozen entries cover every real graph.
@@ -22,16 +23,52 @@ MAX_SHAPE_ELEMENTS = 64
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-class _BatchSize:
-    """The batch size: known only at run time, and only as dimension 0 of the input.
-    There is one instance, ``BATCH_SIZE``; entries are compared with ``is``."""
+@dataclass(frozen=True)
+class SymbolicSize:
+    """A size known only at run time: ``coefficient`` times a product of engine symbols
+    (the batch ``-1``, ``seq`` ...). Exporters write such sizes for reshapes that split
+    or merge heads (``batch * num_heads``); they are made through ``size_entry``, so the
+    plain batch size is always the one instance ``BATCH_SIZE`` (compared with ``is``)."""
+
+    coefficient: int
+    symbols: tuple[int, ...]
 
     def __repr__(self) -> str:
-        return "batch"
+        names = ["batch" if s == BATCH else _core.symbol_name(s) for s in self.symbols]
+        factors = ([str(self.coefficient)] if self.coefficient != 1 else []) + names
+        return "*".join(factors)
 
 
-BATCH_SIZE = _BatchSize()
-Entry = int | _BatchSize
+BATCH_SIZE = SymbolicSize(1, (BATCH,))
+Entry = int | SymbolicSize
+
+
+def size_entry(coefficient: int, symbols: Sequence[int] = ()) -> Entry:
+    """The entry for ``coefficient * prod(symbols)``: an int without symbols, else a
+    ``SymbolicSize`` (``BATCH_SIZE`` itself for the plain batch).
+
+    Example:
+        >>> size_entry(4, [BATCH])
+        4*batch
+    """
+    key = tuple(sorted(int(s) for s in symbols))
+    if not key or coefficient == 0:
+        return int(coefficient)
+    if coefficient == 1 and key == (BATCH,):
+        return BATCH_SIZE
+    return SymbolicSize(int(coefficient), key)
+
+
+def factors(entry: Entry) -> tuple[int, tuple[int, ...]]:
+    """``(coefficient, symbols)`` of an entry (an int has no symbols).
+
+    Example:
+        >>> factors(BATCH_SIZE)
+        (1, (-1,))
+    """
+    if isinstance(entry, SymbolicSize):
+        return entry.coefficient, entry.symbols
+    return int(entry), ()
 
 
 @dataclass(frozen=True)
@@ -52,8 +89,9 @@ class ShapeValue:
 
     @property
     def has_batch(self) -> bool:
-        """Whether any entry is the batch size."""
-        return any(e is BATCH_SIZE for e in self.entries)
+        """Whether any entry is known only at run time (the batch size, a sequence length
+        or a product with them)."""
+        return any(isinstance(e, SymbolicSize) for e in self.entries)
 
     def to_array(self) -> np.ndarray:
         """The value as an int64 array; only for values without the batch size."""
@@ -119,8 +157,10 @@ def _clamp_range(start: int, end: int, size: int) -> tuple[int, int]:
     return min(max(start, 0), size), min(max(end, 0), size)
 
 
-def shape_of(engine_shape: Sequence[int], start: int = 0, end: int | None = None) -> ShapeValue:
-    """ONNX ``Shape`` of a tensor with this engine shape (``-1`` at 0 is the batch).
+def shape_of(engine_shape: Sequence[Entry], start: int = 0, end: int | None = None) -> ShapeValue:
+    """ONNX ``Shape`` of a tensor with this engine shape (negative dims are symbols: ``-1``
+    the batch, others run-time lengths such as ``seq``); entries may already be
+    ``SymbolicSize``.
 
     Example:
         >>> str(shape_of((-1, 3, 8), start=0, end=2))
@@ -128,7 +168,8 @@ def shape_of(engine_shape: Sequence[int], start: int = 0, end: int | None = None
     """
     first, last = _clamp_range(start, len(engine_shape) if end is None else end, len(engine_shape))
     entries: list[Entry] = [
-        BATCH_SIZE if axis == 0 and d == BATCH else int(d) for axis, d in enumerate(engine_shape)
+        d if isinstance(d, SymbolicSize) else size_entry(1, [d]) if d < 0 else int(d)
+        for d in engine_shape
     ]
     return _checked(entries[first:last], False, "Shape")
 
@@ -236,15 +277,32 @@ _ARITHMETIC = {
 }
 
 
-def arithmetic(op_type: str, a: ShapeValue, b: ShapeValue) -> ShapeValue:
+def _symbolic_result(op_type: str, x: Entry, y: Entry) -> Entry | None:
+    # Products and exact quotients of run-time sizes stay symbolic; sums do not.
+    (cx, sx), (cy, sy) = factors(x), factors(y)
+    if op_type == "Mul":
+        return size_entry(cx * cy, sx + sy)
+    if op_type == "Div" and cy and cx % cy == 0:
+        remaining = list(sx)
+        for symbol in sy:
+            if symbol not in remaining:
+                return None
+            remaining.remove(symbol)
+        return size_entry(cx // cy, remaining)
+    return None
+
+
+def arithmetic(op_type: str, a: ShapeValue, b: ShapeValue, symbolic: bool = False) -> ShapeValue:
     """Elementwise ``Add``/``Sub``/``Mul``/``Div`` of shape tensors, with broadcasting of
-    one-element operands. The batch size takes part in no arithmetic.
+    one-element operands. Run-time sizes take part in no arithmetic, except products
+    and exact quotients with ``symbolic`` (for callers that track how such sizes merge
+    axes, as the importer's views do).
 
     Example:
         >>> str(arithmetic("Mul", ShapeValue((3,), True), ShapeValue((8,), True)))
         '24'
     """
-    if a.has_batch or b.has_batch:
+    if (a.has_batch or b.has_batch) and not symbolic:
         raise ValueError(
             f"{op_type} of {a} and {b}: arithmetic on the batch size is not supported (it "
             "would merge or split the batch)"
@@ -256,9 +314,17 @@ def arithmetic(op_type: str, a: ShapeValue, b: ShapeValue) -> ShapeValue:
         right = right * len(left)
     if len(left) != len(right):
         raise ValueError(f"{op_type} of {a} and {b}: the sizes cannot be broadcast")
-    result = []
+    result: list[Entry] = []
     for x, y in zip(left, right):
-        assert isinstance(x, int) and isinstance(y, int)
+        if isinstance(x, SymbolicSize) or isinstance(y, SymbolicSize):
+            entry = _symbolic_result(op_type, x, y)
+            if entry is None:
+                raise ValueError(
+                    f"{op_type} of {a} and {b}: only products and exact quotients of run-time "
+                    "sizes are supported"
+                )
+            result.append(entry)
+            continue
         if op_type == "Div" and y == 0:
             raise ValueError(f"{op_type} of {a} and {b} divides by zero")
         result.append(_check_int(_ARITHMETIC[op_type](x, y), f"{op_type} result"))

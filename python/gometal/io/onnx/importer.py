@@ -27,6 +27,7 @@ from ...nn.tensor import BATCH, SymbolicTensor
 from . import _layers as X
 from ._budget import sample_bytes
 from ._layer_ops import LayerOperators
+from ._mask_ops import MASK_OPS, CausalScores, MaskOperators, Triangle
 from ._node_checks import nan_tensor_warning, node_arity_problem, non_finite_attribute
 from ._reader import show_shape
 from ._resampling_ops import RESAMPLING_HANDLERS, RESAMPLING_OPS, ResamplingOperators
@@ -35,8 +36,9 @@ from ._shape_ops import ShapeOperators
 from ._shape_rules import input_engine_shape, resolve_reshape
 from ._shape_values import BATCH_SIZE, ShapeValue
 from ._spatial_ops import SpatialOperators
+from ._views import View, identity
 
-__all__ = ["SUPPORTED_OPS", "OnnxImportError", "load"]
+__all__ = ["ATTENTION_OPS", "SUPPORTED_OPS", "OnnxImportError", "load"]
 
 SUPPORTED_OPS = frozenset(
     {
@@ -48,6 +50,11 @@ SUPPORTED_OPS = frozenset(
         "InstanceNormalization", "PRelu", "HardSwish", "Mish",
     }
 ) | RESAMPLING_OPS  # fmt: skip
+# Operators read in the forms exporters write around attention (see ``_mask_ops``): the
+# scale and the causal mask computed from shapes, Cast, Sqrt. They are kept apart from
+# SUPPORTED_OPS, the set the ONNX node-case harness runs, until it lists their cases.
+ATTENTION_OPS = MASK_OPS
+_ALL_OPS = SUPPORTED_OPS | ATTENTION_OPS
 
 
 def load(path: str | os.PathLike[str], dynamic_batch: bool | None = None) -> Model:
@@ -128,7 +135,7 @@ def _attributes(node: Any) -> dict[str, Any]:
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
-class _Importer(ResamplingOperators, LayerOperators):
+class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
     """Walks the ONNX graph once, in its (topological) node order."""
 
     def __init__(self, proto: Any, folder: Path, dynamic_batch: bool | None):
@@ -154,8 +161,9 @@ class _Importer(ResamplingOperators, LayerOperators):
         for node in self.graph.node:
             self.node = node
             self._check_node(node, used)
+            attrs = _attributes(node)
             try:
-                result = self._HANDLERS[node.op_type](self, node, _attributes(node))
+                result = self._handler(node, attrs)(self, node, attrs)
             except OnnxImportError:
                 raise
             except (ValueError, TypeError) as err:
@@ -167,6 +175,12 @@ class _Importer(ResamplingOperators, LayerOperators):
         self.node = None
         return self._finish(source)
 
+    def _handler(self, node: Any, attrs: dict[str, Any]) -> Callable[..., Any]:
+        if any(name in self.deferred for name in node.input if name):
+            return self.deferred_handler(node)
+        direct = self._HANDLERS[node.op_type]
+        return self.view_handler(node, direct) if self.routes_to_views(node, attrs) else direct
+
     def _check_node(self, node: Any, used: set[str]) -> None:
         problem = node_arity_problem(node, self.opset) or non_finite_attribute(node)
         if problem:
@@ -175,13 +189,24 @@ class _Importer(ResamplingOperators, LayerOperators):
             if extra and extra in used:
                 self.fail(f"its extra output {extra!r} is used; only the first is supported")
         for name in node.input:
-            known = name in self.values or name in self.consts or name in self.shape_values
+            known = any(
+                name in d for d in (self.values, self.consts, self.shape_values, self.deferred)
+            )
             if name and not known:
                 self.fail(f"input {name!r} is produced by no earlier node nor initializer")
 
     def _store(self, name: str, result: Any) -> None:
         if isinstance(result, ShapeValue) and not result.has_batch:
             result = result.to_array()
+        if isinstance(result, (Triangle, CausalScores)):
+            self.deferred[name] = result
+            return
+        if isinstance(result, View):
+            if result.groups != identity(len(result.tensor.engine_shape)):
+                self.views[name] = result.groups
+                inherited = [self.view_origins[i] for i in self.node.input if i in self.views]
+                self.view_origins[name] = inherited[0] if inherited else self.where()
+            result = result.tensor
         if isinstance(result, ShapeValue):
             self.shape_values[name] = result
         elif isinstance(result, np.ndarray):
@@ -240,14 +265,14 @@ class _Importer(ResamplingOperators, LayerOperators):
             (node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}",
              node.name or f"#{index}")
             for index, node in enumerate(self.graph.node)
-            if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS
+            if node.domain not in ("", "ai.onnx") or node.op_type not in _ALL_OPS
         ]  # fmt: skip
         if bad:
             types = sorted({t for t, _ in bad})
             listed = ", ".join(f"{t} (node {n!r})" for t, n in bad)
             raise OnnxImportError(
                 f"unsupported ONNX operator type(s) {types}: {listed}; supported: "
-                f"{sorted(SUPPORTED_OPS)}"
+                f"{sorted(_ALL_OPS)}"
             )
         if self.graph.sparse_initializer:
             raise OnnxImportError("sparse initializers are not supported")
@@ -311,6 +336,8 @@ class _Importer(ResamplingOperators, LayerOperators):
     def _identity(self, node: Any, attrs: dict[str, Any]) -> Any:
         name = node.input[0]
         if name in self.consts:
+            if name in self.parameters:
+                self.parameters.add(node.output[0])
             return self.consts[name]
         if name in self.shape_values:
             return self.shape_values[name]
@@ -319,13 +346,22 @@ class _Importer(ResamplingOperators, LayerOperators):
     def _binary(self, node: Any, attrs: dict[str, Any]) -> Any:
         if all(self.is_integer_operand(name) for name in node.input[:2]):
             return self.integer_binary(node)
-        a, b = self.runtime(node.input[0]), self.runtime(node.input[1])
+        folded = self.float_fold(node)
+        if folded is not None:
+            return folded
+        first, second = node.input[0], node.input[1]
+        a, b = self._operand(first, second), self._operand(second, first)
         primitive = node.op_type.lower()
         if primitive == "add":
             return self.call(L.Add(name=self.layer_name()), [a, b])
         if primitive == "mul":
             return self.call(L.Multiply(name=self.layer_name()), [a, b])
         return self.call(X.OnnxBinary(primitive, name=self.layer_name()), [a, b])
+
+    def _operand(self, name: str, other: str) -> SymbolicTensor:
+        if self.node.op_type == "Add" and self.is_bias(name, other):
+            return self.bias_tensor(self.consts[name], name)
+        return self.runtime(name)
 
     def _unary(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         x, name = self.runtime(node.input[0]), self.layer_name()
@@ -425,6 +461,7 @@ class _Importer(ResamplingOperators, LayerOperators):
     def _matmul(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         a = self.runtime(node.input[0])
         b = self.float_const(node.input[1], "MatMul input B")
+        self.weight_products.add(node.output[0])
         return self.call(X.OnnxMatMul(b.shape, name=self.layer_name()), a, {"weight": b})
 
     def _flatten(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
@@ -538,5 +575,12 @@ class _Importer(ResamplingOperators, LayerOperators):
         "PRelu": LayerOperators.op_prelu,
         "HardSwish": LayerOperators.op_activation,
         "Mish": LayerOperators.op_activation,
+        "Cast": MaskOperators.op_cast,
+        "Sqrt": MaskOperators.op_sqrt,
+        "Mod": MaskOperators.op_mod,
+        "Expand": MaskOperators.op_expand,
+        "Trilu": MaskOperators.op_trilu,
+        "Equal": MaskOperators.op_equal,
+        "Where": MaskOperators.op_where,
         **RESAMPLING_HANDLERS,
     }
