@@ -1,7 +1,7 @@
 """The ops of incremental decoding: cached_attention against a NumPy softmax attention over
 the cache prefix and the new keys, at run-time lengths that one plan serves; cache_write
 against NumPy slice assignment; both refuse positions outside the cache with the values,
-before anything is written."""
+before anything is written; the kernels agree with the ops' decompositions."""
 
 from __future__ import annotations
 
@@ -152,6 +152,65 @@ def attention_then_write_reads_the_cache_from_before_the_call(backend, rng):
     np.testing.assert_array_equal(engine.get_variable("v_cache"), values)
 
 
+DECODING_OPS = {"without_kernels": ["cached_attention", "cache_write"]}
+
+
+def _decode_steps(backend, options, queries, keys, values, start, capacity):
+    """Runs one decode step per query (T new positions each) from cache position `start`:
+    the outputs, the final caches and the engine."""
+    n, h, t, d = queries[0].shape
+    g = _core.Graph()
+    q, k_new, v_new = (g.input(name, (n, h, t, d), "float32") for name in ("q", "k", "v"))
+    position = g.input("position", (1,), "int32")
+    shape = (n, h, capacity, d)
+    k_cache, v_cache = g.variable("k_cache", shape), g.variable("v_cache", shape)
+    out = g.op("cached_attention", [q, k_cache, v_cache, k_new, v_new, position], {})
+    writes = [
+        g.op("cache_write", [c, x, position], {}) for c, x in ((k_cache, k_new), (v_cache, v_new))
+    ]
+    engine = _core.Engine(g, seed=0, backend=backend, options=options)
+    engine.define(
+        "decode",
+        inputs=[q, k_new, v_new, position],
+        outputs=[out],
+        effects=writes,
+        advance_rng=False,
+    )
+    engine.set_variable("k_cache", np.full(shape, 0.5, np.float32))
+    engine.set_variable("v_cache", np.full(shape, -0.5, np.float32))
+    outs = []
+    for step, (q_, k_, v_) in enumerate(zip(queries, keys, values)):
+        (got,) = engine.run("decode", [q_, k_, v_, np.array([start + step * t], np.int32)])
+        outs.append(np.asarray(got))
+    return outs, engine.get_variable("k_cache"), engine.get_variable("v_cache"), engine
+
+
+def kernels_match_the_decompositions(t):
+    def check(backend, rng):
+        n, h, d, capacity, steps = 2, 2, 8, 10, 3
+        drawn = [
+            [rng.standard_normal((n, h, t, d)).astype(np.float32) for _ in range(steps)]
+            for _ in range(3)
+        ]
+        fused = _decode_steps(backend, {}, *drawn, 1, capacity)
+        reference = _decode_steps(backend, DECODING_OPS, *drawn, 1, capacity)
+        described = " ".join(reference[3].describe("decode", 1))
+        assert "cached_attention" not in described and "cache_write" not in described, described
+        for step, (a, b) in enumerate(zip(fused[0], reference[0])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+        np.testing.assert_array_equal(fused[1], reference[1])
+        np.testing.assert_array_equal(fused[2], reference[2])
+
+    return check
+
+
+def decompositions_refuse_positions_outside_the_cache(backend, rng):
+    x = [rng.standard_normal((1, 1, 1, 4)).astype(np.float32)]
+    # Length 4 fits a cache of 4 positions; a new key at offset 4 does not.
+    with pytest.raises(ValueError, match=r"\[cache_write\] offset must lie in \[0, 3\], got 4"):
+        _decode_steps(backend, DECODING_OPS, x, x, x, 4, 4)
+
+
 SCENARIOS = [
     ScenarioCase(
         "cached_attention", "one-query", cached_attention_matches_numpy(2, 3, 1, 9, 5, [0, 1, 4, 8])
@@ -176,6 +235,13 @@ SCENARIOS = [
     ScenarioCase("cache_write", "slices", cache_write_matches_slice_assignment),
     ScenarioCase(
         "cache_write", "outside", cache_write_refuses_rows_past_the_cache_and_writes_nothing
+    ),
+    ScenarioCase("cached_attention", "decomposition", kernels_match_the_decompositions(1)),
+    ScenarioCase("cache_write", "decomposition", kernels_match_the_decompositions(2)),
+    ScenarioCase(
+        "cached_attention",
+        "decomposition-checks",
+        decompositions_refuse_positions_outside_the_cache,
     ),
 ]
 

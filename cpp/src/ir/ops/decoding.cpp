@@ -6,8 +6,11 @@
 //       plan serves every cache length
 //   cache_write(cache, value, offset)   effect: cache[:, :, offset:offset + T] = value
 // `length` and `offset` are int32 tensors of one element (an input or a variable), checked
-// against the cache's size by the kernels before anything is written.
+// against the cache's size by the kernels before anything is written. The decompositions
+// (the references) mask by the run-time position; they need a known number of new positions.
 #include <cmath>
+#include <string>
+#include <utility>
 
 #include "ir/ops/op_support.h"
 
@@ -82,14 +85,86 @@ void cache_write_shape(Node& n, const std::vector<Node>& nodes) {
 
 std::vector<int> cache_write_writes(const Node& n) { return {n.inputs[0]}; }
 
+// ---- the decompositions ----
+
+// Masked scores are this low instead of -inf, so that 0 * mask stays 0.
+constexpr float kMasked = -1e30f;
+
+int64_t known_new_positions(const View& v, int64_t t) {
+  if (is_symbol(t))
+    fail(op_name(v.op), "the decomposition needs a known number of new positions, got " + shape_str({t}));
+  return t;
+}
+
+// The position as float32 (1,), plus a zero that makes the step fail unless it lies in
+// [0, high]: add the zero to a result so that the check runs.
+std::pair<int, int> checked_position(Graph& gr, const View& v, int position, int64_t high, const char* what) {
+  Attrs to_float;
+  to_float.dtype = DType::F32;
+  const int value = gr.reshape(gr.op(OpKind::Cast, {position}, to_float), {1});
+  Attrs check;
+  check.low = 0.0f;
+  check.high = static_cast<float>(high);
+  check.name = std::string(op_name(v.op));
+  check.message = std::string(what) + " must lie in [0, " + std::to_string(high) + "]";
+  return {value, gr.op(OpKind::CheckRange, {value}, check)};
+}
+
+// 0, 1, ..., count - 1 as a float32 constant of `shape` (count elements).
+int positions(Graph& gr, int64_t count, const Shape& shape) {
+  std::vector<float> values(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) values[static_cast<size_t>(i)] = static_cast<float>(i);
+  return gr.constant(shape, std::move(values));
+}
+
+std::vector<int> decompose_cached_attention(Graph& gr, int id) {
+  const View v = view(gr, id);
+  const Shape qs = shape_of(gr, v.in[0]), cs = shape_of(gr, v.in[1]);
+  const int64_t tq = known_new_positions(v, qs[2]), capacity = cs[2];
+  Attrs concat_keys;
+  concat_keys.axis = 2;
+  const int keys = gr.op(OpKind::Concat, {v.in[1], v.in[3]}, concat_keys);
+  const int values = gr.op(OpKind::Concat, {v.in[2], v.in[4]}, concat_keys);
+  const float scale = v.attrs.scale > 0.0f ? v.attrs.scale : 1.0f / std::sqrt(static_cast<float>(qs[3]));
+  int s = gr.mul(gr.matmul(v.in[0], keys, false, true), k(gr, scale));
+  // Cached key l is visible while l < length; new key j to new query i while j <= i.
+  const auto [length, check] = checked_position(gr, v, v.in[5], capacity, "length");
+  const int visible = cmp(gr, OpKind::Less, positions(gr, capacity, {1, capacity}), length);
+  const int cached = gr.broadcast_to(gr.mul(gr.sub(k(gr, 1.0f), visible), k(gr, kMasked)), {tq, capacity});
+  std::vector<float> causal(static_cast<size_t>(tq * tq), 0.0f);
+  for (int64_t i = 0; i < tq; ++i)
+    for (int64_t j = i + 1; j < tq; ++j) causal[static_cast<size_t>(i * tq + j)] = kMasked;
+  Attrs along_keys;
+  along_keys.axis = 1;
+  const int mask = gr.op(OpKind::Concat, {cached, gr.constant({tq, tq}, std::move(causal))}, along_keys);
+  s = gr.add(gr.add(s, mask), check);
+  const int e = gr.unary(OpKind::Exp, gr.sub(s, gr.max(s, {3}, true)));
+  return {gr.matmul(gr.div(e, gr.sum(e, {3}, true)), values)};
+}
+
+// One-hot rows P (T, L), P[t, l] = (l == offset + t): the cache keeps the rows no new
+// position covers and takes P^T value in the others.
+std::vector<int> decompose_cache_write(Graph& gr, int id) {
+  const View v = view(gr, id);
+  const Shape cs = shape_of(gr, v.in[0]), vs = shape_of(gr, v.in[1]);
+  const int64_t t = known_new_positions(v, vs[2]), capacity = cs[2];
+  const auto [offset, check] = checked_position(gr, v, v.in[2], capacity - t, "offset");
+  const int rows = gr.add(positions(gr, t, {t, 1}), offset);
+  const int placement = cmp(gr, OpKind::Equal, positions(gr, capacity, {1, capacity}), rows);
+  const int covered = gr.reshape(gr.sum(placement, {0}), {1, 1, capacity, 1});
+  const int kept = gr.mul(v.in[0], gr.sub(k(gr, 1.0f), covered));
+  const int placed = gr.matmul(placement, v.in[1], true, false);
+  return {gr.assign(v.in[0], gr.add(gr.add(kept, placed), check))};
+}
+
 }  // namespace
 
 std::vector<OpDef> decoding_op_defs() {
   return {
       {OpKind::CachedAttention, "cached_attention", 6, {attr("scale", &Attrs::scale)}, cached_attention_shape,
-       Gradient::None},
+       Gradient::None, nullptr, 0, nullptr, nullptr, decompose_cached_attention},
       {OpKind::CacheWrite, "cache_write", 3, {}, cache_write_shape, Gradient::None, nullptr, trait::kEffect,
-       cache_write_writes},
+       cache_write_writes, nullptr, decompose_cache_write},
   };
 }
 
