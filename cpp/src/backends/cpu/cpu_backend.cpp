@@ -25,6 +25,7 @@
 #include "backends/cpu/passes/fusion.h"
 #include "backends/cpu/passes/memory_plan.h"
 #include "backends/cpu/passes/sample_tiling.h"
+#include "backends/cpu/passes/summed_products.h"
 #include "runtime/memory.h"
 
 namespace gometal {
@@ -400,6 +401,7 @@ class CpuFunction final : public CompiledFunction {
     Fusion f = fuse_elementwise(g, s, fn, shapes);
     const SampleTiling tiling = plan_sample_tiling(g, s, f, shapes, batch, tiling_on);
     const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset, &tiling);
+    const std::vector<int> summed_product = find_summed_products(g, s, fn, shapes);
     int64_t scratch = 0, shared = 0;
     std::unique_ptr<SampleTiledKernel> run;
     std::string run_line;
@@ -411,7 +413,11 @@ class CpuFunction final : public CompiledFunction {
         line += op_name(g.node(step.nodes[i]).op);
       }
       line += (step.fused ? "] " : " ") + shape_str(shapes[step.nodes.back()]);
-      auto kernel = step.fused ? make_fused_elementwise(g, step, f, mem, shapes) : make_single(g, step.nodes.front(), mem, shapes);
+      std::unique_ptr<Kernel> kernel =
+          step.fused ? make_fused_elementwise(g, step, f, mem, shapes)
+                     : make_summed_product_kernel(g, step.nodes.front(), summed_product, mem, shapes);
+      if (kernel) line += step.fused ? "" : " (batch summed in one product)";
+      else kernel = make_single(g, step.nodes.front(), mem, shapes);
       scratch = std::max(scratch, kernel->scratch_floats());
       shared = std::max(shared, kernel->shared_floats());
       if (tiling.run_begin[st] == tiling.run_end[st]) {
