@@ -129,13 +129,15 @@ class MaskOperators(ViewOperators):
         return self.call(X.OnnxUnary("sqrt", name=self.layer_name()), self.runtime(node.input[0]))
 
     def op_mod(self, node: Any, attrs: dict[str, Any]) -> np.ndarray:
-        """ONNX ``Mod`` of integer constants (``fmod=0``: the divisor's sign, as Python)."""
+        """ONNX ``Mod`` of constants (``fmod=0``: the divisor's sign, as Python's ``%``)."""
         a, b = (self.const(name, f"Mod input {name!r}") for name in node.input[:2])
-        if a.dtype.kind not in "iu" or b.dtype.kind not in "iu":
-            self.fail(f"Mod is supported on integer constants, got {a.dtype} and {b.dtype}")
-        if (b == 0).any():
+        if a.dtype != b.dtype:
+            self.fail(f"Mod needs inputs of one type, got {a.dtype} and {b.dtype}")
+        if b.dtype.kind in "iu" and (b == 0).any():
             self.fail("Mod divides by zero")
-        return np.fmod(a, b) if int(attrs.get("fmod", 0)) else np.mod(a, b)
+        _bounded(np.broadcast_shapes(a.shape, b.shape), a.itemsize, self.where())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.fmod(a, b) if int(attrs.get("fmod", 0)) else np.mod(a, b)
 
     def op_expand(self, node: Any, attrs: dict[str, Any]) -> Any:
         """ONNX ``Expand`` of a constant to a shape known at import or holding run-time

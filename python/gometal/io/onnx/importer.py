@@ -198,6 +198,8 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
     def _store(self, name: str, result: Any) -> None:
         if isinstance(result, ShapeValue) and not result.has_batch:
             result = result.to_array()
+        if isinstance(result, np.generic):
+            result = np.asarray(result)  # NumPy folds rank-0 results into scalars
         if isinstance(result, (Triangle, CausalScores)):
             self.deferred[name] = result
             return
