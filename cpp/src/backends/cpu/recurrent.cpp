@@ -6,12 +6,16 @@
 #include <string>
 
 #include "backends/cpu/gemm.h"
+#include "backends/cpu/vector_math.h"
 #include "ir/ops/recurrent.h"
 
 namespace gometal {
 namespace {
 
-inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+// Branch-free forms on the polynomial exp, so that the gate loops vectorize; tanh is off
+// by at most a few 1e-8 absolute near 0, where 2 / (1 + e^-2x) - 1 cancels.
+inline float sigmoid(float x) { return 1.0f / (1.0f + vector_math::exp(-x)); }
+inline float tanh_fast(float x) { return 2.0f / (1.0f + vector_math::exp(-2.0f * x)) - 1.0f; }
 
 // Every length in [1, T]: a step past the sequence's end would read or write another row.
 void check_lengths(const int32_t* lengths, int64_t n, int64_t t, const char* op) {
@@ -89,35 +93,46 @@ struct RecurrenceKernel final : Kernel {
         const float* ar = a + n * GH;
         float* hr = h + n * P;
         switch (l.cell) {
-          case Cell::RnnTanh: case Cell::RnnRelu:
+          case Cell::RnnTanh:
+            for (int64_t j = 0; j < H; ++j) hr[j] = yr[j] = tanh_fast(x[j] + ar[j]);
+            break;
+          case Cell::RnnRelu:
             for (int64_t j = 0; j < H; ++j) {
               const float v = x[j] + ar[j];
-              hr[j] = yr[j] = l.cell == Cell::RnnTanh ? std::tanh(v) : (v > 0.0f ? v : 0.0f);
+              hr[j] = yr[j] = v > 0.0f ? v : 0.0f;
             }
             break;
           case Cell::Lstm: {
             float* cr = c + n * H;
-            float* gates = yr + l.gates_col();
+            float* cy = yr + l.c_col();
+            float* gi = yr + l.gates_col();
+            float *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
+            // With a projection h goes to hraw and the step's product sets h and y below.
+            float* h_to = l.projected ? hraw + n * H : hr;
+            float* y_to = l.projected ? hraw + n * H : yr;
             for (int64_t j = 0; j < H; ++j) {
               const float i = sigmoid(x[j] + ar[j]), f = sigmoid(x[H + j] + ar[H + j]);
-              const float g = std::tanh(x[2 * H + j] + ar[2 * H + j]), o = sigmoid(x[3 * H + j] + ar[3 * H + j]);
-              cr[j] = f * cr[j] + i * g;
-              yr[l.c_col() + j] = cr[j];
-              gates[j] = i, gates[H + j] = f, gates[2 * H + j] = g, gates[3 * H + j] = o;
-              const float hv = o * std::tanh(cr[j]);
-              if (l.projected) hraw[n * H + j] = hv;
-              else hr[j] = yr[j] = hv;
+              const float g = tanh_fast(x[2 * H + j] + ar[2 * H + j]), o = sigmoid(x[3 * H + j] + ar[3 * H + j]);
+              const float cn = f * cr[j] + i * g;
+              cr[j] = cy[j] = cn;
+              gi[j] = i, gf[j] = f, gg[j] = g, go[j] = o;
+              const float hv = o * tanh_fast(cn);
+              h_to[j] = hv;
+              y_to[j] = hv;
             }
             break;
           }
           case Cell::Gru: {
-            float* gates = yr + l.gates_col();
+            float* gr_ = yr + l.gates_col();
+            float *gz = gr_ + H, *gn = gr_ + 2 * H, *hn_out = yr + l.hn_col();
             for (int64_t j = 0; j < H; ++j) {
               const float r = sigmoid(x[j] + ar[j]), z = sigmoid(x[H + j] + ar[H + j]);
               const float hn = ar[2 * H + j] + bhn[j];
-              const float nv = std::tanh(x[2 * H + j] + r * hn);
-              hr[j] = yr[j] = (1.0f - z) * nv + z * hr[j];
-              gates[j] = r, gates[H + j] = z, gates[2 * H + j] = nv, yr[l.hn_col() + j] = hn;
+              const float nv = tanh_fast(x[2 * H + j] + r * hn);
+              const float hv = (1.0f - z) * nv + z * hr[j];
+              hr[j] = hv;
+              yr[j] = hv;
+              gr_[j] = r, gz[j] = z, gn[j] = nv, hn_out[j] = hn;
             }
             break;
           }
@@ -188,7 +203,7 @@ struct RecurrenceKernel final : Kernel {
             float* dcr = dc + n * H;
             for (int64_t j = 0; j < H; ++j) {
               const float i = gates[j], f = gates[H + j], g = gates[2 * H + j], o = gates[3 * H + j];
-              const float tc = std::tanh(yr[l.c_col() + j]);
+              const float tc = tanh_fast(yr[l.c_col() + j]);
               const float dct = dcr[j] + gr[l.c_col() + j] + dhr[j] * o * (1.0f - tc * tc);
               dar[j] = dct * g * i * (1.0f - i);
               dar[H + j] = dct * cprev[j] * f * (1.0f - f);
