@@ -150,3 +150,40 @@ def test_a_torch_state_dict_loads_one_to_one(cell: str, proj: int) -> None:
     bound = 1.0 / np.sqrt(16)
     for spec in layer.weight_specs:
         assert repr(spec.initializer) == f"Uniform(bound={bound:g})", spec.name
+
+
+def test_a_model_of_every_recurrent_layer_saves_and_loads(tmp_path) -> None:
+    """Each layer rebuilds from its config with its weights: the loaded model predicts the same."""
+    x, lengths = gm.Input((None, 5)), gm.Input((1,), dtype="int32")
+    h = gm.layers.SimpleRNN(5, 6, nonlinearity="relu", lengths=True, name="rnn")([x, lengths])
+    h = gm.layers.GRU(6, 4, bidirectional=True, num_layers=2, dropout=0.25)(h)
+    out = gm.layers.LSTM(8, 7, proj_size=3, output="last")(h)
+    model = gm.Model([x, lengths], out, seed=3)
+    arrays = draw_inputs(Config("rnn_relu", lengths=True), 4, 6, seed=0)
+    expected = model.predict([arrays["x"], arrays["lengths"]])
+    model.save(tmp_path / "recurrent.gmz")
+    loaded = gm.load_model(tmp_path / "recurrent.gmz")
+    np.testing.assert_array_equal(loaded.predict([arrays["x"], arrays["lengths"]]), expected)
+    assert [c.layer.get_config() for c in loaded.graph.calls] == [
+        c.layer.get_config() for c in model.graph.calls
+    ]
+
+
+def test_dropout_between_layers_acts_in_training_only() -> None:
+    """Inference ignores dropout; a training step with it differs from one without."""
+    config = Config("lstm", num_layers=2)
+    module = torch_module(config)
+    arrays = draw_inputs(config, 3, 5, seed=1)
+    outputs = []
+    for rate in (0.0, 0.5):
+        x = gm.Input((None, config.input_size))
+        layer = gometal_layer(config, "sequence", dropout=rate)
+        model = gm.Model(x, layer(x), seed=0)
+        layer.set_weights(
+            {k: v.detach().numpy().astype(np.float32) for k, v in module.state_dict().items()}
+        )
+        trainer = gm.Trainer(model, loss="mse", optimizer=gm.optim.SGD(lr=0.0))
+        target = np.zeros((3, 5, 6), np.float32)
+        outputs.append((model.predict(arrays["x"]), trainer.train_batch(arrays["x"], target).loss))
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    assert outputs[0][1] != outputs[1][1]
