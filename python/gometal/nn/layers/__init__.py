@@ -59,6 +59,7 @@ from .transformer import (
 
 # Registers the transformer layers' ONNX export rules (kept apart from the layers' math).
 from . import onnx_rules_transformer  # noqa: F401  isort: skip
+from . import onnx_rules_recurrent  # noqa: F401  isort: skip
 
 __all__ = [
     "ELU",

@@ -89,7 +89,9 @@ class _Recurrent(Layer):
     def _outputs(self) -> tuple[str, ...]:
         return ("sequence", "last", "h_n")
 
-    def _cell(self) -> str:
+    @property
+    def cell(self) -> str:
+        """The recurrence op's cell: ``rnn_tanh``, ``rnn_relu``, ``lstm`` or ``gru``."""
         raise NotImplementedError
 
     @property
@@ -127,8 +129,18 @@ class _Recurrent(Layer):
         ends = ["", "_reverse"][: self.directions]
         return [(layer, f"_l{layer}{end}") for layer in range(self.num_layers) for end in ends]
 
-    def _split(self, items: Sequence[Any]) -> tuple[Any, Any, Any, Any]:
-        """x, h0, c0 and the lengths (or mask), each None when not taken."""
+    def split_inputs(self, items: Sequence[Any]) -> tuple[Any, Any, Any, Any]:
+        """Splits a call's inputs (shapes, node ids or ONNX names) by role.
+
+        Args:
+            items: the call's inputs in order: x, [h0], [c0], [lengths or mask].
+
+        Returns:
+            x, h0, c0 and the lengths (or mask), each None when the layer does not take it.
+
+        Example:
+            >>> x, h0, c0, lengths = LSTM(4, 8, lengths=True).split_inputs(["x", "n"])
+        """
         items = list(items)
         wanted = 1 + self.initial_state * (2 if self._has_cell_state() else 1)
         wanted += self.lengths or self.key_padding_mask
@@ -147,7 +159,7 @@ class _Recurrent(Layer):
 
     # -- building ---------------------------------------------------------------------------
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
-        x, h0, c0, lengths = self._split(input_shapes)
+        x, h0, c0, lengths = self.split_inputs(input_shapes)
         if len(x) != 3 or x[2] != self.input_size:
             raise ValueError(
                 f"expects x of shape (N, T, input_size={self.input_size}), got {_show(x)}"
@@ -186,7 +198,7 @@ class _Recurrent(Layer):
     # -- emitting ---------------------------------------------------------------------------
     def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
         g = ctx.graph
-        x, h0, c0, extra = self._split(inputs)
+        x, h0, c0, extra = self.split_inputs(inputs)
         self._check_dtypes(g, x, h0, c0, extra)
         lengths = extra
         if self.lengths:
@@ -274,7 +286,7 @@ class _Recurrent(Layer):
             operands.append(b_hn)
         if lengths is not None:
             operands.append(lengths)
-        packed = op(g, "recurrence", *operands, cell=self._cell(), reverse=reverse)
+        packed = op(g, "recurrence", *operands, cell=self.cell, reverse=reverse)
         sequence = op(g, "slice", packed, axis=2, start=0, end=out)
         ends = [sequence] + ([lengths] if lengths is not None else [])
         h_end = op(g, "sequence_end", *ends, reverse=reverse)
@@ -348,7 +360,8 @@ class SimpleRNN(_Recurrent):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "nonlinearity": self.nonlinearity}
 
-    def _cell(self) -> str:
+    @property
+    def cell(self) -> str:
         return f"rnn_{self.nonlinearity}"
 
 
@@ -408,7 +421,8 @@ class LSTM(_Recurrent):
     def _has_cell_state(self) -> bool:
         return True
 
-    def _cell(self) -> str:
+    @property
+    def cell(self) -> str:
         return "lstm"
 
 
@@ -431,5 +445,6 @@ class GRU(_Recurrent):
     title = "GRU"
     gates = 3
 
-    def _cell(self) -> str:
+    @property
+    def cell(self) -> str:
         return "gru"
