@@ -126,3 +126,15 @@ def test_what_onnx_cannot_hold_is_refused_by_name(layer, pattern, tmp_path) -> N
     with pytest.raises(ValueError, match=pattern):
         model.export_onnx(tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("cell", ["rnn_relu", "lstm", "gru"])
+def test_layers_without_biases_export(cell: str, tmp_path) -> None:
+    arrays = _feeds(cell, 2, 2, False, "lengths")
+    inputs = _inputs(arrays, "lengths")
+    layer = _layer(cell, num_layers=2, bidirectional=True, bias=False, lengths=True)
+    model = gm.Model(inputs, layer(inputs), seed=2)
+    model.export_onnx(tmp_path / "m.onnx")
+    np.testing.assert_allclose(
+        _run_ort(tmp_path / "m.onnx", arrays), model.predict(arrays), rtol=1e-4, atol=1e-5
+    )
