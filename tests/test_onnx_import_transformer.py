@@ -30,6 +30,7 @@ from onnx_runtime import run_ort
 TOLERANCE = 1e-4
 FEATURES, WIDTH, HEADS, FFN, CLASSES = 8, 32, 4, 64, 3
 EXPORT_BATCH, EXPORT_LENGTH = 2, 5
+VOCAB = 20
 
 
 class EncoderModel(nn.Module):
@@ -52,17 +53,28 @@ class EncoderModel(nn.Module):
                 param.add_(0.2 * torch.randn_like(param))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.inp(x)
         mask = None
         if self.causal:
             length = x.shape[1]
-            mask = nn.Transformer.generate_square_subsequent_mask(length, dtype=x.dtype)
-        return self.head(self.enc(self.inp(x), mask=mask, is_causal=self.causal))
+            mask = nn.Transformer.generate_square_subsequent_mask(length, dtype=hidden.dtype)
+        return self.head(self.enc(hidden, mask=mask, is_causal=self.causal))
+
+
+class TokenEncoder(EncoderModel):
+    """An Embedding of token ids in front of the encoder instead of the Linear."""
+
+    def __init__(self, norm_first: bool, activation: str, causal: bool, seed: int = 0):
+        super().__init__(norm_first, activation, causal, seed)
+        self.inp = nn.Embedding(VOCAB, WIDTH)
 
 
 def export(module: nn.Module, path: Path, dynamo: bool, axes: str) -> Path:
     """Exports ``module``; ``axes``: "seq" (batch and sequence dynamic), "batch" or "none"."""
     module.eval()
     example = torch.randn(EXPORT_BATCH, EXPORT_LENGTH, FEATURES)
+    if isinstance(module, TokenEncoder):
+        example = torch.randint(0, VOCAB, (EXPORT_BATCH, EXPORT_LENGTH))
     names = {"input_names": ["x"], "output_names": ["y"]}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -89,8 +101,10 @@ def _torch_predict(module: nn.Module, x: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(x)).numpy()
 
 
-def _inputs(batch: int, length: int, seed: int = 0) -> np.ndarray:
+def _inputs(batch: int, length: int, seed: int = 0, tokens: bool = False) -> np.ndarray:
     rng = np.random.default_rng(seed)
+    if tokens:
+        return rng.integers(0, VOCAB, (batch, length))  # int64, as torch's ids
     return rng.standard_normal((batch, length, FEATURES)).astype(np.float32)
 
 
@@ -151,9 +165,8 @@ def test_torchscript_export_that_fixes_the_length_is_refused(tmp_path: Path) -> 
 
 def _train(model: gm.Model, module: nn.Module, optimizer: str, length: int) -> None:
     """A few steps in gometal and in torch on the same batch: the same losses."""
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((4, length, FEATURES)).astype(np.float32)
-    y = rng.standard_normal((4, length, CLASSES)).astype(np.float32)
+    x = _inputs(4, length, seed=5, tokens=isinstance(module, TokenEncoder))
+    y = np.random.default_rng(6).standard_normal((4, length, CLASSES)).astype(np.float32)
     if optimizer == "adam":
         ours: object = gm.optim.Adam(lr=1e-2)
         theirs: torch.optim.Optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
@@ -184,6 +197,21 @@ def test_fine_tuning_matches_torch(dynamo: bool, axes: str, optimizer: str, tmp_
     _train(model, module, optimizer, length=7 if axes == "seq" else EXPORT_LENGTH)
 
 
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_token_ids_through_an_embedding(dynamo: bool, tmp_path: Path) -> None:
+    module = TokenEncoder(True, "gelu", True)
+    axes = "seq" if dynamo else "batch"
+    path = export(TokenEncoder(True, "gelu", True), tmp_path / "m.onnx", dynamo, axes)
+    model = load(path)
+    lengths = (5, 8) if dynamo else (EXPORT_LENGTH,)
+    for length in lengths:
+        ids = _inputs(3, length, seed=length, tokens=True)
+        got = model.predict(ids)
+        np.testing.assert_allclose(got, _torch_predict(module, ids), rtol=TOLERANCE, atol=TOLERANCE)
+        np.testing.assert_allclose(got, run_ort(path, ids), rtol=TOLERANCE, atol=TOLERANCE)
+    _train(model, module, "adam", length=lengths[-1])
+
+
 def test_imported_encoder_survives_save_and_load(tmp_path: Path) -> None:
     model = load(export(EncoderModel(False, "relu", True), tmp_path / "m.onnx", True, "seq"))
     model.save(tmp_path / "model.safetensors")
@@ -202,6 +230,20 @@ class CumulativeEncoder(EncoderModel):
 def test_an_unsupported_node_is_named(dynamo: bool, tmp_path: Path) -> None:
     path = export(CumulativeEncoder(False, "relu", False), tmp_path / "m.onnx", dynamo, "batch")
     with pytest.raises(OnnxImportError, match=r"unsupported ONNX operator type\(s\) \['CumSum'\]"):
+        load(path)
+
+
+def test_token_ids_used_as_data_are_a_clear_error(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["ids"], ["y"], name="as_float", to=TensorProto.FLOAT)],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+    )
+    path = tmp_path / "m.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(OnnxImportError, match="Cast node 'as_float'.*'ids'.*token ids"):
         load(path)
 
 

@@ -60,7 +60,7 @@ def emitted_sample_bytes(layer: Layer, inputs: Sequence[SymbolicTensor]) -> int:
         16
     """
     graph = _core.Graph()
-    ids = [graph.input(f"input_{i}", t.engine_shape, "float32") for i, t in enumerate(inputs)]
+    ids = [graph.input(f"input_{i}", t.engine_shape, t.dtype) for i, t in enumerate(inputs)]
     scope = layer.name or layer.kind
     variables = {
         f"{scope}.{spec.name}": graph.variable(f"{scope}.{spec.name}", spec.shape)

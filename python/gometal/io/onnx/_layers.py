@@ -41,6 +41,8 @@ class OnnxConstant(Layer):
     """
 
     kind = "onnx_constant"
+    # The placeholder is ignored: a model whose input is token ids holds constants too.
+    input_dtypes = ("float32", "int32")
 
     def __init__(self, shape: Sequence[int], trainable: bool = False, name: str | None = None):
         super().__init__(name)

@@ -130,6 +130,11 @@ class GraphReader:
         if name in self.views and not self.passthrough:
             return self.materialize(name)
         if name in self.values:
+            if self.values[name].dtype != "float32":
+                self.fail(
+                    f"{name!r} holds integer token ids; gometal reads them only as the indices "
+                    "of a Gather from a float table (an embedding)"
+                )
             return self.values[name]
         if name in self.shape_values:
             self.fail(

@@ -89,6 +89,8 @@ class ViewOperators(ShapeOperators):
         first = self.values.get(names[0])
         if kind == "Reshape" and self.is_integer_operand(names[0]):
             return True
+        if kind == "Gather" and len(names) > 1 and names[1] in self.values:
+            return True  # an embedding lookup of token ids
         if kind == "Gather" or (kind == "MatMul" and len(names) > 1 and names[1] in self.values):
             return first is not None
         if first is None or kind not in _LAYOUT_OPS:
@@ -202,8 +204,11 @@ class ViewOperators(ShapeOperators):
             self.fail(f"axes {axes} must have size 1 in {dims}")
         return View(view.tensor, drop_axes(view.groups, dropped))
 
-    def view_gather(self, node: Any, attrs: dict[str, Any]) -> View:
-        """ONNX ``Gather`` of data with one constant index: that part of a fixed axis."""
+    def view_gather(self, node: Any, attrs: dict[str, Any]) -> Any:
+        """ONNX ``Gather`` of data with one constant index (that part of a fixed axis), or
+        of rows of a float table by token ids (an ``Embedding`` with the table, trainable)."""
+        if node.input[1] in self.values:
+            return self._embedding(node, attrs)
         view = self.view_of(node.input[0])
         x, groups = view.tensor, view.groups
         indices = self.consts.get(node.input[1])
@@ -236,6 +241,16 @@ class ViewOperators(ShapeOperators):
             tuple(a - (a > physical) for a in group if a != physical) for group in groups
         )
         return View(tensor, drop_axes(shifted, [axis]))
+
+    def _embedding(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
+        ids = self.values[node.input[1]]
+        if ids.dtype != "int32" or node.input[1] in self.views:
+            self.fail(f"indices {node.input[1]!r} must be token ids (an integer graph input)")
+        table = self.float_const(node.input[0], "Gather data (an embedding table)")
+        if table.ndim != 2 or int(attrs.get("axis", 0)) != 0:
+            self.fail(f"an embedding needs a 2-D table and axis 0, got shape {table.shape}")
+        layer = L.Embedding(table.shape[0], table.shape[1], name=self.layer_name())
+        return self.call(layer, ids, {"weight": table})
 
     # -- products ---------------------------------------------------------------------------
     def view_matmul(self, node: Any, attrs: dict[str, Any]) -> View:

@@ -33,7 +33,7 @@ from ._reader import show_shape
 from ._resampling_ops import RESAMPLING_HANDLERS, RESAMPLING_OPS, ResamplingOperators
 from ._safety import OnnxImportError, check_sample_bytes, read_model_proto, tensor_to_array
 from ._shape_ops import ShapeOperators
-from ._shape_rules import input_engine_shape, resolve_reshape
+from ._shape_rules import input_dtype, input_engine_shape, resolve_reshape
 from ._shape_values import BATCH_SIZE, ShapeValue
 from ._spatial_ops import SpatialOperators
 from ._views import View, identity
@@ -291,7 +291,7 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
         shape, fixed = input_engine_shape(value, self.dynamic_batch)
         if shape[0] == BATCH and fixed is not None:
             self.export_batch = fixed
-        tensor = SymbolicTensor(shape, None, value.name)
+        tensor = SymbolicTensor(shape, None, value.name, dtype=input_dtype(value))
         self.values[value.name] = tensor
         return tensor
 
