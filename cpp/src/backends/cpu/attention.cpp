@@ -119,6 +119,7 @@ struct AttentionKernel final : Kernel {
   AttentionGeometry geo;
   BufRef in[7];
   BufRef y;
+  std::shared_ptr<std::vector<float>> saved_lse;  // a later attention_lse reads these
   int64_t scratch_floats() const override { return attention_scratch_floats(geo); }
   int64_t shared_floats() const override { return attention_shared_floats(geo); }
   void run(const ExecContext& ctx) const override {
@@ -126,9 +127,12 @@ struct AttentionKernel final : Kernel {
     switch (op) {
       case OpKind::Attention: {
         float* out = ctx.ptr(y);
-        return attention_forward(ctx, geo, at(0), at(1), at(2), at(3), out, geo.lse_stride > 1 ? out + geo.d : nullptr);
+        float* lse = geo.lse_stride > 1 ? out + geo.d : saved_lse ? saved_lse->data() : nullptr;
+        return attention_forward(ctx, geo, at(0), at(1), at(2), at(3), out, lse);
       }
-      case OpKind::AttentionLse: return attention_forward(ctx, geo, at(0), at(1), nullptr, at(2), nullptr, ctx.ptr(y));
+      case OpKind::AttentionLse:
+        if (saved_lse) return (void)std::copy(saved_lse->begin(), saved_lse->end(), ctx.ptr(y));
+        return attention_forward(ctx, geo, at(0), at(1), nullptr, at(2), nullptr, ctx.ptr(y));
       case OpKind::AttentionGradQ:
         return attention_grad_q(ctx, geo, at(0), at(1), at(2), at(3), at(4), at(5), at(6), ctx.ptr(y));
       case OpKind::AttentionGradKV:
@@ -196,6 +200,47 @@ std::unique_ptr<Kernel> make_attention_kernel(const Graph& g, int id, const Memo
       stride *= size;
     }
   }
+  return kernel;
+}
+
+namespace {
+
+// The inputs an attention and an attention_lse share: q, k and the optional mask.
+bool same_scores(const Node& attention, const Node& lse) {
+  const auto& a = attention.inputs;
+  const auto& l = lse.inputs;
+  const bool a_masked = a.size() > 3, l_masked = l.size() > 2;
+  return a[0] == l[0] && a[1] == l[1] && a_masked == l_masked && (!a_masked || a[3] == l[2]) &&
+         attention.attrs.causal == lse.attrs.causal && attention.attrs.scale == lse.attrs.scale &&
+         !attention.attrs.with_lse;
+}
+
+}  // namespace
+
+SavedLse plan_saved_lse(const Graph& g, const std::vector<int>& step_of, const std::vector<Shape>& shapes) {
+  SavedLse saved;
+  saved.slot.assign(g.size(), -1);
+  for (int l = 0; l < g.size(); ++l) {
+    const Node& lse = g.node(l);
+    if (lse.op != OpKind::AttentionLse || step_of[l] < 0) continue;
+    for (int a = 0; a < g.size(); ++a) {
+      const Node& attention = g.node(a);
+      if (attention.op != OpKind::Attention || step_of[a] < 0 || step_of[a] >= step_of[l] || saved.slot[a] >= 0 ||
+          !same_scores(attention, lse))
+        continue;
+      saved.slot[a] = saved.slot[l] = static_cast<int>(saved.buffers.size());
+      saved.buffers.push_back(std::make_shared<std::vector<float>>(static_cast<size_t>(numel(shapes[l]))));
+      break;
+    }
+  }
+  return saved;
+}
+
+std::unique_ptr<Kernel> make_saved_lse_kernel(const Graph& g, int id, const SavedLse& saved, const MemoryPlan& mem,
+                                              const std::vector<Shape>& shapes) {
+  if (saved.slot[id] < 0) return nullptr;
+  auto kernel = make_attention_kernel(g, id, mem, shapes);
+  static_cast<AttentionKernel&>(*kernel).saved_lse = saved.buffers[static_cast<size_t>(saved.slot[id])];
   return kernel;
 }
 

@@ -57,4 +57,17 @@ void attention_grad(const ExecContext& ctx, const AttentionGeometry& geo, const 
 std::unique_ptr<Kernel> make_attention_kernel(const Graph& g, int id, const MemoryPlan& mem,
                                               const std::vector<Shape>& shapes);
 
+// An attention_lse that follows an attention of the same q, k, mask, causal flag and scale
+// (the backward pass asks for the forward's log-sum-exps) need not recompute the scores: the
+// forward kernel keeps them in a buffer of the plan, and the lse kernel copies them out.
+struct SavedLse {
+  std::vector<int> slot;  // per node id: its buffer in `buffers`, or -1
+  std::vector<std::shared_ptr<std::vector<float>>> buffers;
+};
+// `step_of`: per node id, the index of the step that runs it (the plan's final order).
+SavedLse plan_saved_lse(const Graph& g, const std::vector<int>& step_of, const std::vector<Shape>& shapes);
+// The kernel of node `id` when it is one of a pair, else nullptr.
+std::unique_ptr<Kernel> make_saved_lse_kernel(const Graph& g, int id, const SavedLse& saved, const MemoryPlan& mem,
+                                              const std::vector<Shape>& shapes);
+
 }  // namespace gometal

@@ -62,7 +62,7 @@ struct TransposeKernel final : Kernel {
   BufRef x, y;
   Shape in;
   std::vector<int64_t> perm;
-  void run(const ExecContext& ctx) const override { transpose(in, perm, ctx.ptr(x), ctx.ptr(y)); }
+  void run(const ExecContext& ctx) const override { transpose(*ctx.pool, in, perm, ctx.ptr(x), ctx.ptr(y)); }
 };
 
 // Slice, pad and concat: copies of windows along one axis.
@@ -402,6 +402,7 @@ class CpuFunction final : public CompiledFunction {
     const SampleTiling tiling = plan_sample_tiling(g, s, f, shapes, batch, tiling_on);
     const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset, &tiling);
     const std::vector<int> summed_product = find_summed_products(g, s, fn, shapes);
+    const SavedLse saved_lse = plan_saved_lse(g, f.step_of, shapes);
     int64_t scratch = 0, shared = 0;
     std::unique_ptr<SampleTiledKernel> run;
     std::string run_line;
@@ -413,11 +414,17 @@ class CpuFunction final : public CompiledFunction {
         line += op_name(g.node(step.nodes[i]).op);
       }
       line += (step.fused ? "] " : " ") + shape_str(shapes[step.nodes.back()]);
-      std::unique_ptr<Kernel> kernel =
-          step.fused ? make_fused_elementwise(g, step, f, mem, shapes)
-                     : make_summed_product_kernel(g, step.nodes.front(), summed_product, mem, shapes);
-      if (kernel) line += step.fused ? "" : " (batch summed in one product)";
-      else kernel = make_single(g, step.nodes.front(), mem, shapes);
+      const int first = step.nodes.front();
+      std::unique_ptr<Kernel> kernel;
+      if (step.fused) {
+        kernel = make_fused_elementwise(g, step, f, mem, shapes);
+      } else if ((kernel = make_summed_product_kernel(g, first, summed_product, mem, shapes))) {
+        line += " (batch summed in one product)";
+      } else if ((kernel = make_saved_lse_kernel(g, first, saved_lse, mem, shapes))) {
+        line += " (log-sum-exps kept)";
+      } else {
+        kernel = make_single(g, first, mem, shapes);
+      }
       scratch = std::max(scratch, kernel->scratch_floats());
       shared = std::max(shared, kernel->shared_floats());
       if (tiling.run_begin[st] == tiling.run_end[st]) {

@@ -2,27 +2,32 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 namespace gometal {
 
-void transpose(const Shape& in, const std::vector<int64_t>& perm, const float* x, float* y) {
-  const size_t rank = in.size();
-  std::vector<int64_t> in_stride(rank, 1), dims(rank), strides(rank);
-  for (size_t d = rank; d-- > 1;) in_stride[d - 1] = in_stride[d] * in[d];
-  for (size_t d = 0; d < rank; ++d) {
-    dims[d] = in[perm[d]];
-    strides[d] = in_stride[perm[d]];
-  }
-  const int64_t total = numel(in);
-  if (rank == 0 || total == 0) {
-    if (total) y[0] = x[0];
-    return;
-  }
-  std::vector<int64_t> idx(rank, 0);
-  int64_t off = 0;
+namespace {
+
+// Below this many floats a transpose runs on one thread: waking the pool costs more.
+constexpr int64_t kParallelTranspose = 1 << 14;
+
+// Output rows [row_begin, row_end) (a row: `inner` consecutive output elements).
+void transpose_rows(const int64_t* dims, const int64_t* strides, size_t rank, const float* x, float* y,
+                    int64_t row_begin, int64_t row_end) {
+  constexpr size_t kMaxRank = 16;
+  int64_t idx[kMaxRank] = {};
   const int64_t inner = dims[rank - 1], st = strides[rank - 1];
-  for (int64_t i = 0; i < total; i += inner) {
-    for (int64_t j = 0; j < inner; ++j) y[i + j] = x[off + j * st];
+  int64_t off = 0, rest = row_begin;
+  for (size_t d = rank - 1; d-- > 0;) {
+    idx[d] = rest % dims[d];
+    rest /= dims[d];
+    off += idx[d] * strides[d];
+  }
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    float* out = y + row * inner;
+    if (st == 1) std::memcpy(out, x + off, static_cast<size_t>(inner) * sizeof(float));
+    else for (int64_t j = 0; j < inner; ++j) out[j] = x[off + j * st];
     for (size_t d = rank - 1; d-- > 0;) {
       ++idx[d];
       off += strides[d];
@@ -31,6 +36,34 @@ void transpose(const Shape& in, const std::vector<int64_t>& perm, const float* x
       idx[d] = 0;
     }
   }
+}
+
+}  // namespace
+
+void transpose(ThreadPool& pool, const Shape& in, const std::vector<int64_t>& perm, const float* x, float* y) {
+  const size_t rank = in.size();
+  const int64_t total = numel(in);
+  if (rank == 0 || total == 0) {
+    if (total) y[0] = x[0];
+    return;
+  }
+  constexpr size_t kMaxRank = 16;
+  if (rank > kMaxRank) throw std::invalid_argument("[transpose] rank " + std::to_string(rank) + " exceeds 16");
+  int64_t in_stride[kMaxRank], dims[kMaxRank], strides[kMaxRank];
+  in_stride[rank - 1] = 1;
+  for (size_t d = rank; d-- > 1;) in_stride[d - 1] = in_stride[d] * in[d];
+  for (size_t d = 0; d < rank; ++d) {
+    dims[d] = in[perm[d]];
+    strides[d] = in_stride[perm[d]];
+  }
+  const int64_t rows = total / dims[rank - 1];
+  const int tasks = total < kParallelTranspose ? 1 : balanced_tasks(pool, rows);
+  if (tasks <= 1) return transpose_rows(dims, strides, rank, x, y, 0, rows);
+  pool.parallel_for(tasks, [&](int task, int) {
+    int64_t lo, hi;
+    split_range(rows, tasks, task, 1, &lo, &hi);
+    transpose_rows(dims, strides, rank, x, y, lo, hi);
+  });
 }
 
 void copy_along_axis(int64_t outer, int64_t inner, const float* src, int64_t src_len, int64_t src_start,

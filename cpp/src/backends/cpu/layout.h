@@ -4,11 +4,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "backends/cpu/kernel.h"
 #include "gometal/ir.h"
 
 namespace gometal {
 
-void transpose(const Shape& in, const std::vector<int64_t>& perm, const float* x, float* y);
+// Split by output rows across the pool when large.
+void transpose(ThreadPool& pool, const Shape& in, const std::vector<int64_t>& perm, const float* x, float* y);
 // Copies a window along `axis`: (outer, src_len, inner) -> (outer, dst_len, inner) at offsets.
 void copy_along_axis(int64_t outer, int64_t inner, const float* src, int64_t src_len, int64_t src_start,
                      float* dst, int64_t dst_len, int64_t dst_start, int64_t count);

@@ -77,7 +77,9 @@ void norm_backward(ThreadPool& pool, const NormGeometry& geo, const float* x, co
     float* dr = dx + r * geo.dim;
     float mean, rstd;
     row_statistics(geo, xr, &mean, &rstd);
-    auto gw_at = [&](int64_t c) { return weight ? static_cast<double>(gr[c]) * weight[c] : static_cast<double>(gr[c]); };
+    auto gw_at = [&](int64_t c) {
+      return weight ? static_cast<double>(gr[c]) * weight[c] : static_cast<double>(gr[c]);
+    };
     const double sum_gw = geo.centre ? lane_sum(geo.dim, gw_at) : 0.0;
     const double sum_gw_xhat = lane_sum(geo.dim, [&](int64_t c) { return gw_at(c) * ((xr[c] - mean) * rstd); });
     const float inv_dim = 1.0f / static_cast<float>(geo.dim);
