@@ -20,6 +20,7 @@ import gometal as gm
 
 STARTUP_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
+REPOSITORY_MODELS = ("mlp", "cnn", "onnx_mlp", "broken", "slow")
 
 
 def free_port() -> int:
@@ -56,27 +57,32 @@ def slow_model() -> gm.Model:
     return builder.dense(2).build(seed=2)
 
 
-def write_repository(root: Path) -> Path:
-    """A Triton-layout repository: mlp (versions 1 and 2), cnn, onnx_mlp (ONNX), a model
-    whose file is broken, and slow (config.json: batches of 4).
+def write_repository(root: Path, names: tuple[str, ...] = REPOSITORY_MODELS) -> Path:
+    """A Triton-layout repository holding the models of ``names``: mlp (versions 1 and
+    2), cnn, onnx_mlp (ONNX), broken (a file that is no model), slow (config.json:
+    batches of 4).
 
     Returns:
         The repository folder.
     """
-    for name, version, model in (
-        ("mlp", 1, mlp_model()),
-        ("mlp", 2, gm.ModelBuilder((8,)).dense(3).build(seed=5)),
-        ("cnn", 1, cnn_model()),
-        ("slow", 1, slow_model()),
-    ):
-        folder = root / name / str(version)
-        folder.mkdir(parents=True)
-        model.save(folder / "model.safetensors")
-    (root / "onnx_mlp" / "1").mkdir(parents=True)
-    mlp_model().export_onnx(root / "onnx_mlp" / "1" / "model.onnx")
-    (root / "broken" / "1").mkdir(parents=True)
-    (root / "broken" / "1" / "model.safetensors").write_bytes(b"not a model")
-    (root / "slow" / "config.json").write_text(json.dumps({"max_batch_size": 4}))
+    versions = {
+        "mlp": [(1, mlp_model), (2, lambda: gm.ModelBuilder((8,)).dense(3).build(seed=5))],
+        "cnn": [(1, cnn_model)],
+        "slow": [(1, slow_model)],
+    }
+    for name in names:
+        for version, build in versions.get(name, []):
+            folder = root / name / str(version)
+            folder.mkdir(parents=True)
+            build().save(folder / "model.safetensors")
+    if "onnx_mlp" in names:
+        (root / "onnx_mlp" / "1").mkdir(parents=True)
+        mlp_model().export_onnx(root / "onnx_mlp" / "1" / "model.onnx")
+    if "broken" in names:
+        (root / "broken" / "1").mkdir(parents=True)
+        (root / "broken" / "1" / "model.safetensors").write_bytes(b"not a model")
+    if "slow" in names:
+        (root / "slow" / "config.json").write_text(json.dumps({"max_batch_size": 4}))
     return root
 
 
