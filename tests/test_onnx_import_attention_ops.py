@@ -227,3 +227,70 @@ def test_a_reshape_that_mixes_the_batch_into_a_sequence_is_refused(tmp_path: Pat
         OnnxImportError, match=r"Reshape node 'mix': cannot reshape \[6, batch, 4\]"
     ):
         load(path)
+
+
+# -- the view algebra against NumPy -----------------------------------------------------------
+def _in_onnx_order(physical: np.ndarray, groups: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """What a view stands for: its axes moved into ONNX order, each group merged."""
+    order = [axis for group in groups for axis in group]
+    dims = [int(np.prod([physical.shape[a] for a in group])) for group in groups]
+    return physical.transpose(order).reshape(dims)
+
+
+def _random_view(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    order = [int(a) for a in rng.permutation(len(shape))]
+    cuts = sorted(int(c) for c in rng.choice(range(1, len(shape)), rng.integers(0, 3), False))
+    return tuple(tuple(order[a:b]) for a, b in zip([0, *cuts], [*cuts, len(shape)]))
+
+
+def _expressible_target(rng: np.random.Generator, sizes: list[int]) -> list[int]:
+    """Each size split into factors, then adjacent pieces merged: a reshape a view can
+    always take (it never needs part of one axis merged with part of another)."""
+    pieces: list[int] = []
+    for size in sizes:
+        divisors = [d for d in range(2, size) if size % d == 0]
+        if divisors and rng.random() < 0.5:
+            first = int(rng.choice(divisors))
+            pieces += [first, size // first]
+        else:
+            pieces.append(size)
+    target, run = [], 1
+    for piece in pieces:
+        run *= piece
+        if rng.random() < 0.5:
+            target.append(run)
+            run = 1
+    return [*target, run] if run != 1 or not target else target
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_view_reshapes_match_numpy(seed: int) -> None:
+    from gometal.io.onnx._views import plan_reshape
+
+    rng = np.random.default_rng(seed)
+    shape = (2, 3, 4, 6)
+    physical = np.arange(np.prod(shape)).reshape(shape)
+    groups = _random_view(rng, shape)
+    sizes = [shape[axis] for group in groups for axis in group]
+    target = _expressible_target(rng, sizes)
+    new_shape, new_groups = plan_reshape(shape, groups, target)
+    expected = _in_onnx_order(physical, groups).reshape(target)
+    # The plan only splits physical axes in place: a reshape of the engine tensor.
+    np.testing.assert_array_equal(_in_onnx_order(physical.reshape(new_shape), new_groups), expected)
+
+
+def test_run_time_sizes_in_reshape_targets() -> None:
+    from gometal.io.onnx._shape_values import BATCH_SIZE, size_entry
+    from gometal.io.onnx._views import plan_reshape, resolve_target
+    from gometal.nn.tensor import BATCH, SEQ
+
+    seq = size_entry(1, [SEQ])
+    # (seq, batch, 32) viewed from a batch-first (batch, seq, 32) tensor.
+    shape, groups = (BATCH, SEQ, 32), ((1,), (0,), (2,))
+    target = resolve_target([seq, BATCH_SIZE, 32], [0, size_entry(4, [BATCH]), -1], False)
+    assert target == [seq, size_entry(4, [BATCH]), 8]
+    assert plan_reshape(shape, groups, target) == ([BATCH, SEQ, 4, 8], ((1,), (0, 2), (3,)))
+    merged = resolve_target([seq, BATCH_SIZE, 32], [-1, 32], False)
+    assert merged == [size_entry(1, [SEQ, BATCH]), 32]
+    with pytest.raises(ValueError, match="needs part of an axis"):
+        plan_reshape(shape, groups, [4, size_entry(1, [SEQ, BATCH]), 8])

@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ._reader import show_shape
+from ._safety import OnnxImportError
+
 # Clip bounds may be infinite: that leaves the side open, as no bound does.
 _INFINITE_ALLOWED = {("Clip", "min"), ("Clip", "max")}
 # Constant values are data, checked as tensors are (see nan_tensor_warning).
@@ -121,3 +124,35 @@ def nan_tensor_warning(tensors: dict[str, np.ndarray], what: str) -> None:
             RuntimeWarning,
             stacklevel=2,
         )
+
+
+def check_declared_output(declared: Any, shape: tuple[int, ...]) -> None:
+    """Refuses a graph output whose declared rank or fixed sizes differ from the engine
+    ``shape`` the import computes (symbols, such as the batch, match any size).
+
+    Args:
+        declared: the output's ``onnx.ValueInfoProto``.
+        shape: the engine shape of the imported output.
+
+    Raises:
+        OnnxImportError: naming the output, the declared size and the computed shape.
+
+    Example:
+        >>> check_declared_output(graph.output[0], (-1, 10))  # doctest: +SKIP
+    """
+    if not declared.type.HasField("tensor_type"):
+        return
+    if not declared.type.tensor_type.HasField("shape"):
+        return
+    dims = declared.type.tensor_type.shape.dim
+    if len(dims) != len(shape):
+        raise OnnxImportError(
+            f"output {declared.name!r} is declared with rank {len(dims)} but the graph "
+            f"computes shape {show_shape(shape)}"
+        )
+    for axis, (dim, actual) in enumerate(zip(dims, shape)):
+        if dim.HasField("dim_value") and actual >= 0 and dim.dim_value != actual:
+            raise OnnxImportError(
+                f"output {declared.name!r} is declared with size {dim.dim_value} on axis "
+                f"{axis} but the graph computes shape {show_shape(shape)}"
+            )

@@ -93,6 +93,10 @@ class ViewOperators(ShapeOperators):
             return True  # an embedding lookup of token ids
         if kind == "Gather" or (kind == "MatMul" and len(names) > 1 and names[1] in self.values):
             return first is not None
+        if kind == "MatMul" and first is not None and len(first.engine_shape) >= 3:
+            # A sequence times a 2-D weight: one Dense, not a broadcast product per row.
+            weight = self.consts.get(names[1]) if len(names) > 1 else None
+            return weight is not None and weight.ndim == 2 and weight.dtype.kind == "f"
         if first is None or kind not in _LAYOUT_OPS:
             return False
         if _has_run_time_length(first.engine_shape):

@@ -5,9 +5,14 @@ operator exactly (``Conv`` -> ``Conv2D``, ``Gemm`` -> ``Dense``, ``BatchNormaliz
 ``BatchNorm`` …), otherwise a small layer from ``gometal.onnx._layers``. Initializers
 that feed the weight inputs of ``Conv``, ``Gemm``, ``MatMul`` and ``BatchNormalization``
 become the layers' weights (trainable; batch-norm statistics non-trainable), so the model
-fine-tunes with ``gm.Trainer``. Other constants become non-trainable ``OnnxConstant``
-layers. Integer tensors computed from shapes (``x.view(x.size(0), -1)``) are evaluated
-at import (see ``_shape_ops``). The file is read defensively (see ``_safety``), and
+fine-tunes with ``gm.Trainer``; so does a vector initializer added to a ``MatMul`` by a
+weight (the bias of ``nn.Linear`` on a sequence), and the table of a ``Gather`` of token
+ids (an ``Embedding``). Other constants become non-trainable ``OnnxConstant`` layers.
+Integer tensors computed from shapes (``x.view(x.size(0), -1)``, ``batch * heads``) are
+evaluated at import (see ``_shape_ops``), as are the small float tensors computed from
+them (attention's scale and causal mask, see ``_mask_ops``). Tensors that torch's
+exporters hold sequence-first are kept batch-first as views (see ``_views`` and
+``_view_ops``). The file is read defensively (see ``_safety``), and
 what one sample needs in memory is counted node by node, from shapes and attributes,
 before anything is allocated (see ``_budget``).
 """
@@ -28,7 +33,12 @@ from . import _layers as X
 from ._budget import sample_bytes
 from ._layer_ops import LayerOperators
 from ._mask_ops import MASK_OPS, CausalScores, MaskOperators, Triangle
-from ._node_checks import nan_tensor_warning, node_arity_problem, non_finite_attribute
+from ._node_checks import (
+    check_declared_output,
+    nan_tensor_warning,
+    node_arity_problem,
+    non_finite_attribute,
+)
 from ._reader import show_shape
 from ._resampling_ops import RESAMPLING_HANDLERS, RESAMPLING_OPS, ResamplingOperators
 from ._safety import OnnxImportError, check_sample_bytes, read_model_proto, tensor_to_array
@@ -66,6 +76,11 @@ def load(path: str | os.PathLike[str], dynamic_batch: bool | None = None) -> Mod
     batch, so the model predicts and trains on any batch size. A graph that truly depends
     on its fixed batch (a mean over the batch, a Reshape that merges it) is refused at
     load with the fixed size and what to do, rather than failing later at predict.
+
+    The input may also have one named run-time size besides the batch (a sequence length,
+    ``dynamic_axes={"x": {0: "batch", 1: "seq"}}``), and may hold token ids (int32 or
+    int64, read as int32) that index an embedding table. A ``torch.onnx.export``ed
+    ``nn.TransformerEncoder`` (either exporter) imports this way, causal mask included.
 
     Args:
         path: the ``.onnx`` file; external data must lie in its folder.
@@ -253,7 +268,7 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
             )
         if output is source:
             output = self.call(X.OnnxUnary("identity", name=self.name("identity")), output)
-        self._check_declared_shape(declared, output)
+        check_declared_output(declared, output.engine_shape)
         try:
             model = Model(source, output)
             model.set_weights(self.weights)
@@ -294,25 +309,6 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
         tensor = SymbolicTensor(shape, None, value.name, dtype=input_dtype(value))
         self.values[value.name] = tensor
         return tensor
-
-    def _check_declared_shape(self, declared: Any, output: SymbolicTensor) -> None:
-        if not declared.type.HasField("tensor_type"):
-            return
-        if not declared.type.tensor_type.HasField("shape"):
-            return
-        dims = declared.type.tensor_type.shape.dim
-        shape = output.engine_shape
-        if len(dims) != len(shape):
-            raise OnnxImportError(
-                f"output {declared.name!r} is declared with rank {len(dims)} but the graph "
-                f"computes shape {show_shape(shape)}"
-            )
-        for axis, (dim, actual) in enumerate(zip(dims, shape)):
-            if dim.HasField("dim_value") and actual != BATCH and dim.dim_value != actual:
-                raise OnnxImportError(
-                    f"output {declared.name!r} is declared with size {dim.dim_value} on axis "
-                    f"{axis} but the graph computes shape {show_shape(shape)}"
-                )
 
     # -- operators -------------------------------------------------------------------------
     def _constant(self, node: Any, attrs: dict[str, Any]) -> np.ndarray:
