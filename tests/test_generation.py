@@ -1,5 +1,6 @@
 """Sampling from a language model: top-k and top-p keep exactly the tokens they should,
-sampling is deterministic for a seed, and greedy decoding follows the model's argmax."""
+sampling is deterministic for a seed, greedy decoding follows the model's argmax, and
+``gometal generate`` refuses a prompt longer than the model's context."""
 
 from __future__ import annotations
 
@@ -74,3 +75,19 @@ def test_bad_generation_arguments_are_named():
         filter_logits(np.zeros(3), top_p=0.0)
     with pytest.raises(ValueError, match="top_k must be a positive int"):
         filter_logits(np.zeros(3), top_k=0)
+
+
+def test_gometal_generate_refuses_a_prompt_longer_than_the_context(tmp_path, capsys):
+    """The command line names both lengths in one line (exit status 2)."""
+    from gometal.apps.cli import main
+
+    tokenizer = gm.text.CharTokenizer.from_text("abcdefghij")
+    tokenizer.save(tmp_path / "tokenizer.json")
+    model = gm.models.GPT(tokenizer.vocab_size, BLOCK, n_layer=1, n_head=2, n_embd=16)
+    model.save(tmp_path / "model.safetensors")
+    assert main(["generate", str(tmp_path), "--prompt", "abcdefghij", "--greedy"]) == 2
+    assert "the prompt has 10 tokens, more than the model's context of block_size 8" in (
+        capsys.readouterr().err
+    )
+    assert main(["generate", str(tmp_path), "--prompt", "abc", "--max-new-tokens", "9"]) == 0
+    assert capsys.readouterr().out.startswith("abc")
