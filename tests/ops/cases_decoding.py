@@ -114,22 +114,19 @@ def cache_write_refuses_rows_past_the_cache_and_writes_nothing(backend, rng):
     np.testing.assert_array_equal(engine.get_variable("cache"), before)
 
 
-def attention_then_write_reads_the_cache_from_before_the_call(backend, rng):
-    """One decode step: the attention sees the old cache plus the new key once, and the
-    write lands after it, so the next step sees the key in the cache."""
-    n, h, capacity, d = 1, 2, 4, 8
+def _decode_engine(backend, n, h, t, capacity, d, options=None):
+    """One decode step of t new positions: cached_attention over the caches, then the
+    writes of the new keys and values at the run-time position."""
     g = _core.Graph()
-    q, k_new, v_new = (g.input(name, (n, h, 1, d), "float32") for name in ("q", "k", "v"))
+    q, k_new, v_new = (g.input(name, (n, h, t, d), "float32") for name in ("q", "k", "v"))
     position = g.input("position", (1,), "int32")
-    k_cache, v_cache = (
-        g.variable("k_cache", (n, h, capacity, d)),
-        g.variable("v_cache", (n, h, capacity, d)),
-    )
+    shape = (n, h, capacity, d)
+    k_cache, v_cache = g.variable("k_cache", shape), g.variable("v_cache", shape)
     out = g.op("cached_attention", [q, k_cache, v_cache, k_new, v_new, position], {})
     writes = [
         g.op("cache_write", [c, x, position], {}) for c, x in ((k_cache, k_new), (v_cache, v_new))
     ]
-    engine = _core.Engine(g, seed=0, backend=backend)
+    engine = _core.Engine(g, seed=0, backend=backend, options=options or {})
     engine.define(
         "decode",
         inputs=[q, k_new, v_new, position],
@@ -137,6 +134,14 @@ def attention_then_write_reads_the_cache_from_before_the_call(backend, rng):
         effects=writes,
         advance_rng=False,
     )
+    return engine
+
+
+def attention_then_write_reads_the_cache_from_before_the_call(backend, rng):
+    """One decode step: the attention sees the old cache plus the new key once, and the
+    write lands after it, so the next step sees the key in the cache."""
+    n, h, capacity, d = 1, 2, 4, 8
+    engine = _decode_engine(backend, n, h, 1, capacity, d)
     keys, values = (
         np.zeros((n, h, capacity, d), np.float32),
         np.zeros((n, h, capacity, d), np.float32),
@@ -159,23 +164,8 @@ def _decode_steps(backend, options, queries, keys, values, start, capacity):
     """Runs one decode step per query (T new positions each) from cache position `start`:
     the outputs, the final caches and the engine."""
     n, h, t, d = queries[0].shape
-    g = _core.Graph()
-    q, k_new, v_new = (g.input(name, (n, h, t, d), "float32") for name in ("q", "k", "v"))
-    position = g.input("position", (1,), "int32")
+    engine = _decode_engine(backend, n, h, t, capacity, d, options)
     shape = (n, h, capacity, d)
-    k_cache, v_cache = g.variable("k_cache", shape), g.variable("v_cache", shape)
-    out = g.op("cached_attention", [q, k_cache, v_cache, k_new, v_new, position], {})
-    writes = [
-        g.op("cache_write", [c, x, position], {}) for c, x in ((k_cache, k_new), (v_cache, v_new))
-    ]
-    engine = _core.Engine(g, seed=0, backend=backend, options=options)
-    engine.define(
-        "decode",
-        inputs=[q, k_new, v_new, position],
-        outputs=[out],
-        effects=writes,
-        advance_rng=False,
-    )
     engine.set_variable("k_cache", np.full(shape, 0.5, np.float32))
     engine.set_variable("v_cache", np.full(shape, -0.5, np.float32))
     outs = []
