@@ -179,6 +179,30 @@ def test_bad_decoder_input_is_named_and_leaves_the_cache_usable():
         decoder.decode(np.array([1, 2]))
 
 
+def test_a_gpt_built_from_layers_of_other_names_decodes_too():
+    ids = gm.Input((BLOCK,), dtype="int32")
+    h = gm.layers.Embedding(VOCAB, EMBD, name="tokens")(ids)
+    h = gm.layers.PositionalEmbedding(BLOCK, EMBD, name="where")(h)
+    h = gm.layers.Dropout(0.1)(h)
+    stack = gm.layers.TransformerEncoder(
+        1, EMBD, HEADS, 32, activation="relu", norm_first=True, causal=True, final_norm=True
+    )
+    model = gm.Model(ids, gm.layers.TiedLinear("tokens", VOCAB, EMBD)(stack(h)))
+    rng = np.random.default_rng(5)
+    model.set_weights(
+        {
+            k: (0.5 * rng.standard_normal(v)).astype(np.float32)
+            for k, v in model.weight_shapes.items()
+        }
+    )
+    assert gpt_layout(model).blocks == stack.name
+    prompt = np.array([[3, 1, 4]], np.int32)
+    decoder = KVCacheDecoder(model)
+    _assert_close(decoder.prefill(prompt), _full_logits(model, prompt), "prefill")
+    ids = np.concatenate([prompt, [[1]]], axis=1).astype(np.int32)
+    _assert_close(decoder.decode(ids[:, -1]), _full_logits(model, ids), "decode")
+
+
 def test_only_gpt_shaped_models_get_a_decoder():
     x = gm.Input((8,), dtype="int32")
     h = gm.layers.Embedding(VOCAB, 16)(x)

@@ -38,6 +38,10 @@ class GPTLayout:
     layer_norm_eps: float
     activation: str
     bias: bool
+    # The layers' names, which prefix their weights' names.
+    token_embedding: str = "wte"
+    position_embedding: str = "wpe"
+    blocks: str = "h"
 
     @property
     def head_dim(self) -> int:
@@ -47,9 +51,9 @@ class GPTLayout:
 def gpt_layout(model: Model) -> GPTLayout | None:
     """The layout of a model built as ``gm.models.GPT`` builds one, or ``None``.
 
-    The model must be token embedding ``wte``, learned ``PositionalEmbedding`` ``wpe``,
+    The model's layers must be an ``Embedding``, a learned ``PositionalEmbedding``, a
     ``Dropout``, a pre-norm causal ``TransformerEncoder`` with a final norm, and a
-    ``TiedLinear`` head on ``wte``, in that order.
+    ``TiedLinear`` head on that embedding, in that order (any names).
 
     Args:
         model: any ``gm.Model``.
@@ -87,6 +91,9 @@ def gpt_layout(model: Model) -> GPTLayout | None:
         layer_norm_eps=stack["layer_norm_eps"],
         activation=stack["activation"],
         bias=stack["bias"],
+        token_embedding=wte.name,
+        position_embedding=wpe.name,
+        blocks=blocks.name,
     )
 
 
@@ -134,14 +141,15 @@ class _Builder:
         """Logits of every new position and the cache writes, for tokens (N, T) (or (N, 1)
         read as (N,) rows when ``single``) at ``positions`` (T,) from cache ``offset``."""
         g, lay = self.g, self.layout
-        x = gather(g, self.var["wte.weight"], tokens)
+        table = self.var[f"{lay.token_embedding}.weight"]
+        x = gather(g, table, tokens)
         if single:
             x = op(g, "reshape", x, shape=[g.shape(x)[0], lay.n_embd])
-        x = op(g, "add", x, gather(g, self.var["wpe.weight"], positions))
+        x = op(g, "add", x, gather(g, self.var[f"{lay.position_embedding}.weight"], positions))
         writes = []
         width = lay.n_embd
         for i, (key_cache, value_cache) in enumerate(self.caches):
-            prefix = f"h.layers.{i}."
+            prefix = f"{lay.blocks}.layers.{i}."
             packed = matmul(
                 g,
                 self.norm(x, f"{prefix}norm1."),
@@ -171,7 +179,7 @@ class _Builder:
             inner = self.linear(self.norm(x, f"{prefix}norm2."), f"{prefix}linear1.")
             inner = op(g, "relu", inner) if lay.activation == "relu" else gelu(g, inner)
             x = op(g, "add", x, self.linear(inner, f"{prefix}linear2."))
-        logits = matmul(g, self.norm(x, "h.norm."), self.var["wte.weight"], transpose_b=True)
+        logits = matmul(g, self.norm(x, f"{lay.blocks}.norm."), table, transpose_b=True)
         return logits, writes
 
 
