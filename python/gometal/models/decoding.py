@@ -2,8 +2,8 @@
 engine (the KV cache).
 
 ``KVCacheDecoder`` compiles two functions of one engine from a ``gm.models.GPT``'s layers:
-``prefill`` runs T tokens (one plan per T) from a cache offset and stores their keys and
-values; ``decode`` runs one token per sequence at the current cache length, a run-time
+``prefill`` runs T tokens (one plan per T) from position 0 with the fused causal attention
+and stores their keys and values; ``decode`` runs one token per sequence at the current cache length, a run-time
 value, so every generated token is one native call of one plan. The caches are engine
 variables of ``(N, heads, block_size, head_dim)``; the decoder holds its own copy of the
 model's weights, refreshed by ``sync_weights`` (``generate`` does it on every call).
@@ -109,6 +109,7 @@ class _Builder:
             (g.variable(f"cache.{i}.key", shape), g.variable(f"cache.{i}.value", shape))
             for i in range(layout.n_layer)
         ]
+        self.start = g.constant(np.zeros(1, np.int32), "int32")  # a prefill writes from 0
 
     def linear(self, x: int, prefix: str) -> int:
         out = matmul(self.g, x, self.var[f"{prefix}weight"], transpose_b=True)
@@ -135,11 +136,11 @@ class _Builder:
         moved = op(g, "transpose", x, perm=[0, 2, 1, 3])
         return op(g, "reshape", moved, shape=[batch, length, heads * width])
 
-    def forward(
-        self, tokens: int, positions: int, offset: int, single: bool
-    ) -> tuple[int, list[int]]:
-        """Logits of every new position and the cache writes, for tokens (N, T) (or (N, 1)
-        read as (N,) rows when ``single``) at ``positions`` (T,) from cache ``offset``."""
+    def forward(self, tokens: int, positions: int, position: int | None) -> tuple[int, list[int]]:
+        """Logits and the cache writes for tokens (N, T) at ``positions`` (T,) from position
+        0 (a prefill, ``position`` None), or for one token per sequence, (N, 1) read as (N,)
+        rows, at the run-time ``position`` (1,) after the cached ones (a decode step)."""
+        single = position is not None
         g, lay = self.g, self.layout
         table = self.var[f"{lay.token_embedding}.weight"]
         x = gather(g, table, tokens)
@@ -165,7 +166,13 @@ class _Builder:
                 )
                 for j in range(3)
             )
-            attended = op(g, "cached_attention", q, key_cache, value_cache, k, v, offset, scale=0.0)
+            if single:
+                attended = op(
+                    g, "cached_attention", q, key_cache, value_cache, k, v, position, scale=0.0
+                )
+            else:
+                attended = op(g, "attention", q, k, v, causal=True, scale=0.0)
+            offset = position if single else self.start
             writes += [
                 op(g, "cache_write", key_cache, k, offset),
                 op(g, "cache_write", value_cache, v, offset),
@@ -218,15 +225,14 @@ class KVCacheDecoder:
         seq = _core.dim_symbol("seq")
         tokens = g.input("tokens", (batch_size, seq), "int32")
         positions = g.input("positions", (seq,), "int32")
-        offset = g.input("offset", (1,), "int32")
-        prefill_logits, prefill_writes = builder.forward(tokens, positions, offset, single=False)
+        prefill_logits, prefill_writes = builder.forward(tokens, positions, None)
         token = g.input("token", (batch_size, 1), "int32")
         position = g.input("position", (1,), "int32")
-        decode_logits, decode_writes = builder.forward(token, position, position, single=True)
+        decode_logits, decode_writes = builder.forward(token, position, position)
         self._engine = _core.Engine(g, seed=model.seed, backend=model.backend)
         self._engine.define(
             "prefill",
-            inputs=[tokens, positions, offset],
+            inputs=[tokens, positions],
             outputs=[prefill_logits],
             effects=prefill_writes,
             advance_rng=False,
@@ -242,7 +248,6 @@ class KVCacheDecoder:
         self.lock = threading.Lock()
         self._length = 0
         self._position = np.zeros(1, np.int32)
-        self._zero = np.zeros(1, np.int32)
         self.sync_weights()
 
     @property
@@ -299,7 +304,7 @@ class KVCacheDecoder:
             )
         self._length = 0
         positions = np.arange(ids.shape[1], dtype=np.int32)
-        (logits,) = self._engine.run("prefill", [ids, positions, self._zero])
+        (logits,) = self._engine.run("prefill", [ids, positions])
         self._length = ids.shape[1]
         return logits[:, -1]
 
