@@ -106,12 +106,14 @@ class ServerProcess:
 
     def __init__(self, target: Path, log_dir: Path, *args: str, port: int | None = None):
         self.port = port or free_port()
+        self.grpc_port = free_port()
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         self.url = f"127.0.0.1:{self.port}"
         self.base = f"http://{self.url}"
         self.stdout_path = log_dir / f"serve-{self.port}.out"
         self.stderr_path = log_dir / f"serve-{self.port}.err"
         command = [sys.executable, "-m", "gometal.apps.cli", "serve", str(target),
-                   "--port", str(self.port), *args]  # fmt: skip
+                   "--port", str(self.port), "--grpc-port", str(self.grpc_port), *args]  # fmt: skip
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(command, stdout=out, stderr=err)
 

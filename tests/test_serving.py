@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
@@ -277,6 +278,10 @@ def test_api_key_is_required_when_given(repository: Path, tmp_path: Path) -> Non
         tensor = triton.InferInput("input", [1, 8], "FP32").set_data_from_numpy(x)
         answer = client.infer("mlp", [tensor], headers=headers).as_numpy("dense_0")
         np.testing.assert_allclose(answer, offline(repository, "mlp", 2, x), rtol=RTOL, atol=ATOL)
+        over_grpc = triton_grpc.InferenceServerClient(process.grpc_url)
+        with pytest.raises(InferenceServerException, match="no API key"):
+            over_grpc.is_server_live()
+        assert over_grpc.is_model_ready("mlp", headers={"authorization": "Bearer s3cret"})
     finally:
         assert process.stop() == 0
 

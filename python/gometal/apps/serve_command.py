@@ -19,6 +19,7 @@ EXIT_USAGE = 2  # argparse's exit status for bad arguments
 BYTES_PER_MB = 1024 * 1024
 # Kept equal to gometal.serving's defaults (not imported: that loads the web stack).
 DEFAULT_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_QUEUE_DELAY_MS = 2.0
 DEFAULT_MAX_QUEUE = 256
@@ -31,6 +32,10 @@ def _port(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {value}")
     return value
+
+
+def _port_or_zero(text: str) -> int:
+    return 0 if text.strip() == "0" else _port(text)
 
 
 def _non_negative_ms(text: str) -> float:
@@ -80,6 +85,12 @@ def add_serve_command(commands: Any) -> None:
     )
     serve.add_argument(
         "--port", type=_port, default=DEFAULT_PORT, help=f"TCP port ({DEFAULT_PORT})"
+    )
+    serve.add_argument(
+        "--grpc-port",
+        type=_port_or_zero,
+        default=DEFAULT_GRPC_PORT,
+        help=f"gRPC port of inference.GRPCInferenceService ({DEFAULT_GRPC_PORT}; 0: no gRPC)",
     )
     serve.add_argument(
         "--max-batch-size",
@@ -142,6 +153,7 @@ def run_serve(args: argparse.Namespace) -> int:
             args.repository,
             host=args.host,
             port=args.port,
+            grpc_port=args.grpc_port,
             max_batch_size=args.max_batch_size,
             max_queue_delay_ms=args.max_queue_delay_ms,
             instances=args.instances,

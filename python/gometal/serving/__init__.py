@@ -1,7 +1,8 @@
 """Serving models over the Open Inference Protocol (KServe v2), as NVIDIA Triton does.
 
 ``gometal serve REPO`` (or :func:`serve`) loads a model repository in Triton's layout and
-answers ``tritonclient`` and any other v2 client over HTTP, merging concurrent requests
+answers ``tritonclient`` and any other v2 client over HTTP and gRPC
+(``inference.GRPCInferenceService``, :mod:`gometal.serving.grpc_service`), merging concurrent requests
 into batches (:class:`DynamicBatcher`) with a bounded queue, Prometheus metrics at
 ``/metrics``, and a graceful drain on SIGTERM.
 

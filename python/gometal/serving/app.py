@@ -35,7 +35,7 @@ from .guard import LOG_FIELDS_KEY, RequestGuard, error_body
 from .metrics import CONTENT_TYPE, ServingMetrics
 from .protocol import HEADER_LENGTH, ProtocolError, encode_infer_response, parse_infer_request
 from .repository import ModelRepository
-from .served_model import RETRY_AFTER_S, ServedVersion
+from .served_model import RETRY_AFTER_S, ServedModels
 
 __all__ = ["DEFAULT_SETTINGS", "SERVER_NAME", "ServerSettings", "create_app"]
 
@@ -43,6 +43,7 @@ SERVER_NAME = "gometal"
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 # Bodies this large are parsed in a worker thread, so the event loop keeps answering.
 THREAD_PARSE_BYTES = 256 * 1024
+GRPC_DRAIN_S = 60.0  # the most a shutdown waits for gRPC calls already taken
 
 
 @dataclass(frozen=True)
@@ -92,52 +93,6 @@ class ServerSettings:
 DEFAULT_SETTINGS = ServerSettings()
 
 
-class _Models:
-    """The served versions of a repository, and the lookups the routes make."""
-
-    def __init__(self, repository: ModelRepository, settings: ServerSettings, metrics: Any):
-        self.repository = repository
-        self.served: dict[tuple[str, int], ServedVersion] = {}
-        for name, entry in repository.models.items():
-            if entry.error is not None:
-                continue
-            batching = repository.settings(name, settings.batching())
-            for version, item in entry.versions.items():
-                if item.ready:
-                    served = ServedVersion(name, version, item.model, batching, metrics)
-                    self.served[(name, version)] = served
-        self.draining = False
-
-    def resolve(self, name: str, version: str | None) -> ServedVersion:
-        entry = self.repository.find(name)
-        if entry is None:
-            known = sorted(self.repository.models)
-            raise ProtocolError(404, f"unknown model {name!r}; this server has {known}")
-        if version is None:
-            item = entry.latest
-        else:
-            item = entry.versions.get(int(version)) if version.isdigit() else None
-            if item is None:
-                raise ProtocolError(
-                    404,
-                    f"model {name!r} has no version {version!r}; versions: "
-                    f"{sorted(map(str, entry.versions))}",
-                )
-        served = self.served.get((name, item.version)) if item is not None else None
-        if served is None:
-            reason = entry.error or (item.error if item is not None else "no version")
-            shown = f"version {item.version}" if item is not None else "it"
-            raise ProtocolError(503, f"model {name!r} {shown} is not ready: {reason}")
-        return served
-
-    def any_ready(self) -> bool:
-        return bool(self.served)
-
-    def close(self) -> None:
-        for served in self.served.values():
-            served.close()
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProtocolError)
     async def _protocol_error(request: Request, err: ProtocolError) -> JSONResponse:
@@ -184,6 +139,7 @@ def create_app(
     repository: ModelRepository | str | os.PathLike[str],
     settings: ServerSettings = DEFAULT_SETTINGS,
     host_policy: HostPolicy | None = None,
+    grpc_address: str | None = None,
 ) -> FastAPI:
     """Builds the inference server's ASGI application over a model repository.
 
@@ -191,6 +147,8 @@ def create_app(
         repository: a :class:`ModelRepository`, or the path of one (or of a model file).
         settings: batching, limits and the API key.
         host_policy: the ``Host`` names answered (default: the loopback names).
+        grpc_address: ``host:port`` where the application's lifespan also serves the
+            protocol over gRPC, or ``None`` for HTTP alone.
 
     Returns:
         The application; ``app.state.models`` holds the served versions and
@@ -205,15 +163,24 @@ def create_app(
     if not isinstance(repository, ModelRepository):
         repository = ModelRepository(repository)
     metrics = ServingMetrics(settings.max_batch_size)
-    models = _Models(repository, settings, metrics)
+    models = ServedModels(repository, settings.batching(), metrics)
     slots = UploadSlots(settings.max_queue)
     policy = host_policy if host_policy is not None else HostPolicy.for_bind("127.0.0.1")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        grpc_server = None
+        if grpc_address is not None:
+            from .grpc_service import start_grpc_server
+
+            grpc_server = await start_grpc_server(
+                grpc_address, models, metrics, settings.api_key, settings.max_body_bytes
+            )
         try:
             yield
         finally:
+            if grpc_server is not None:  # refuses new calls, answers those it took
+                await grpc_server.stop(GRPC_DRAIN_S)
             await anyio.to_thread.run_sync(models.close)
 
     app = FastAPI(

@@ -20,8 +20,9 @@ import numpy as np
 from .batcher import BatcherClosed, DynamicBatcher, QueueFull
 from .metrics import ServingMetrics
 from .protocol import ENGINE_DATATYPES, InferRequest, ProtocolError
+from .repository import ModelRepository
 
-__all__ = ["PLATFORM", "RETRY_AFTER_S", "ServedVersion", "padded_rows"]
+__all__ = ["PLATFORM", "RETRY_AFTER_S", "ServedModels", "ServedVersion", "padded_rows"]
 
 PLATFORM = "gometal"
 RETRY_AFTER_S = 1
@@ -214,3 +215,70 @@ class ServedVersion:
     def close(self) -> None:
         """Finishes the queued requests and stops the instances."""
         self.batcher.close()
+
+
+class ServedModels:
+    """Every ready model version of a repository behind its batcher, and the lookups the
+    protocol's routes make.
+
+    Args:
+        repository: the loaded repository.
+        batching: the server's batching settings (a model's ``config.json`` overrides them).
+        metrics: where batches are counted.
+
+    Attributes:
+        served: ``(name, version)`` -> :class:`ServedVersion`, for the versions that loaded.
+        draining: set when shutdown begins: readiness answers 503 from then on.
+    """
+
+    def __init__(
+        self, repository: ModelRepository, batching: Mapping[str, Any], metrics: ServingMetrics
+    ) -> None:
+        self.repository = repository
+        self.served: dict[tuple[str, int], ServedVersion] = {}
+        for name, entry in repository.models.items():
+            if entry.error is not None:
+                continue
+            settings = repository.settings(name, batching)
+            for version, item in entry.versions.items():
+                if item.ready:
+                    served = ServedVersion(name, version, item.model, settings, metrics)
+                    self.served[(name, version)] = served
+        self.draining = False
+
+    def resolve(self, name: str, version: str | None) -> ServedVersion:
+        """The served version a request names (``None``: the model's highest version).
+
+        Raises:
+            ProtocolError: 404 for an unknown model or version, 503 with the reason for a
+                version that did not load.
+        """
+        entry = self.repository.find(name)
+        if entry is None:
+            known = sorted(self.repository.models)
+            raise ProtocolError(404, f"unknown model {name!r}; this server has {known}")
+        if version is None:
+            item = entry.latest
+        else:
+            item = entry.versions.get(int(version)) if version.isdigit() else None
+            if item is None:
+                raise ProtocolError(
+                    404,
+                    f"model {name!r} has no version {version!r}; versions: "
+                    f"{sorted(map(str, entry.versions))}",
+                )
+        served = self.served.get((name, item.version)) if item is not None else None
+        if served is None:
+            reason = entry.error or (item.error if item is not None else "no version")
+            shown = f"version {item.version}" if item is not None else "it"
+            raise ProtocolError(503, f"model {name!r} {shown} is not ready: {reason}")
+        return served
+
+    def any_ready(self) -> bool:
+        """Whether at least one model version serves."""
+        return bool(self.served)
+
+    def close(self) -> None:
+        """Finishes every queued request and stops every instance."""
+        for served in self.served.values():
+            served.close()

@@ -23,9 +23,10 @@ from .app import DEFAULT_SETTINGS, ServerSettings, create_app
 from .guard import REQUEST_LOGGER
 from .repository import ModelRepository
 
-__all__ = ["DEFAULT_HEADER_TIMEOUT_S", "DEFAULT_PORT", "is_loopback", "serve"]
+__all__ = ["DEFAULT_GRPC_PORT", "DEFAULT_HEADER_TIMEOUT_S", "DEFAULT_PORT", "is_loopback", "serve"]
 
 DEFAULT_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 _SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -64,6 +65,7 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
+    grpc_port: int | None = DEFAULT_GRPC_PORT,
     max_batch_size: int = DEFAULT_SETTINGS.max_batch_size,
     max_queue_delay_ms: float = DEFAULT_SETTINGS.max_queue_delay_ms,
     instances: int = DEFAULT_SETTINGS.instances,
@@ -79,7 +81,8 @@ def serve(
         repository: a Triton-layout repository (``REPO/<model>/<version>/model.safetensors``
             or ``model.onnx``), a folder holding one model file, or the file itself.
         host: the address to bind; other than loopback, ``api_key`` is required.
-        port: the TCP port.
+        port: the HTTP port.
+        grpc_port: the gRPC port (``None`` or 0: no gRPC).
         max_batch_size: the most rows in a merged batch (and in one request).
         max_queue_delay_ms: how long a request waits for others to join its batch.
         instances: model copies computing concurrently, per model version.
@@ -112,14 +115,19 @@ def serve(
         api_key=api_key or None,
     )  # fmt: skip
     check_listen_address(host, port)
+    grpc_address = None
+    if grpc_port:
+        check_listen_address(host, grpc_port)
+        grpc_address = f"[{host}]:{grpc_port}" if ":" in host else f"{host}:{grpc_port}"
     models = ModelRepository(repository)
-    app = create_app(models, settings, HostPolicy.for_bind(host, allowed_hosts))
+    app = create_app(models, settings, HostPolicy.for_bind(host, allowed_hosts), grpc_address)
     state: Any = app.state.models
     ready = [f"{name}/{version}" for name, version in sorted(state.served)]
     failed = [f"{row['name']}/{row['version']}: {row['reason']}"
               for row in models.index() if row["state"] != "READY"]  # fmt: skip
-    print(f"gometal serve: http://{host}:{port}/v2 serving {', '.join(ready) or 'no model'}",
-          flush=True)  # fmt: skip
+    grpc_shown = f", grpc {grpc_address}" if grpc_address else ""
+    print(f"gometal serve: http://{host}:{port}/v2{grpc_shown} serving "
+          f"{', '.join(ready) or 'no model'}", flush=True)  # fmt: skip
     for line in failed:
         print(f"gometal serve: not ready: {line}", file=sys.stderr, flush=True)
     _log_requests_to_stderr()

@@ -1,0 +1,285 @@
+"""The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService``, as
+``tritonclient.grpc`` calls it.
+
+The protocol's messages come from ``proto/inference.proto``, compiled with grpcio-tools
+when the first server starts (into a temporary folder, loaded once per process). The
+service shares the HTTP server's event loop, models and batchers: a gRPC request joins
+the same batches as HTTP ones. Errors map to gRPC status codes (400: INVALID_ARGUMENT,
+401: UNAUTHENTICATED, 404: NOT_FOUND, 413: RESOURCE_EXHAUSTED, 503: UNAVAILABLE with a
+``retry-after`` trailer).
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import importlib.util
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..base.version import __version__
+from .metrics import ServingMetrics
+from .protocol import DATATYPES, InferRequest, ProtocolError, RequestTensor
+from .served_model import ServedModels
+
+__all__ = ["PROTO_FILE", "SERVICE_NAME", "compile_protocol", "start_grpc_server"]
+
+PROTO_FILE = Path(__file__).resolve().parent / "proto" / "inference.proto"
+SERVICE_NAME = "inference.GRPCInferenceService"
+SERVER_NAME = "gometal"
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+# Typed ``contents`` field of each datatype (FP16 and BF16 travel only as raw bytes).
+_CONTENTS_FIELDS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def compile_protocol() -> ModuleType:
+    """Compiles ``inference.proto`` with grpcio-tools and loads its messages (once).
+
+    Returns:
+        The generated ``inference_pb2`` module.
+
+    Raises:
+        RuntimeError: protoc failed (its status is given).
+
+    Example:
+        >>> compile_protocol().ServerLiveResponse(live=True).live
+        True
+    """
+    from grpc_tools import protoc
+
+    out = Path(tempfile.mkdtemp(prefix="gometal-grpc-"))
+    try:
+        arguments = ["protoc", f"-I{PROTO_FILE.parent}", f"--python_out={out}", PROTO_FILE.name]
+        status = protoc.main(arguments)
+        if status != 0:
+            raise RuntimeError(f"grpcio-tools could not compile {PROTO_FILE} (status {status})")
+        spec = importlib.util.spec_from_file_location(
+            "gometal_inference_pb2", out / "inference_pb2.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _status_code(http_status: int) -> Any:
+    import grpc
+
+    codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+             404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+             503: grpc.StatusCode.UNAVAILABLE}  # fmt: skip
+    return codes.get(http_status, grpc.StatusCode.INTERNAL)
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(400, message)
+
+
+def _input_tensor(tensor: Any, raw: bytes | None) -> RequestTensor:
+    label = f"input {tensor.name!r}"
+    dtype = DATATYPES.get(tensor.datatype)
+    if dtype is None:
+        raise _bad(f"{label}: datatype must be one of {sorted(DATATYPES)}, got {tensor.datatype!r}")
+    shape = list(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise _bad(f"{label}: shape must hold sizes >= 0, got {shape}")
+    count = math.prod(shape)
+    if raw is not None:
+        if len(raw) != count * dtype.itemsize:
+            raise _bad(f"{label}: shape {shape} needs {count * dtype.itemsize} bytes of "
+                       f"{tensor.datatype}, got {len(raw)} bytes")  # fmt: skip
+        return RequestTensor(tensor.name, tensor.datatype, np.frombuffer(raw, dtype).reshape(shape))
+    field = _CONTENTS_FIELDS.get(tensor.datatype)
+    values = getattr(tensor.contents, field) if field else ()
+    if len(values) != count:
+        raise _bad(f"{label}: shape {shape} needs {count} elements, got {len(values)}")
+    array = np.asarray(values)
+    if dtype.kind in "iu" and array.size:
+        limits = np.iinfo(dtype)
+        if array.min() < limits.min or array.max() > limits.max:
+            raise _bad(f"{label}: values must lie in [{limits.min}, {limits.max}]")
+    return RequestTensor(tensor.name, tensor.datatype, array.astype(dtype).reshape(shape))
+
+
+def request_from_message(message: Any) -> InferRequest:
+    """The :class:`InferRequest` a ``ModelInferRequest`` holds (raw or typed contents).
+
+    Raises:
+        ProtocolError: 400 naming the input and what disagrees.
+    """
+    raw = list(message.raw_input_contents)
+    if raw and len(raw) != len(message.inputs):
+        raise _bad(f"raw_input_contents holds {len(raw)} tensors for {len(message.inputs)} inputs")
+    if not message.inputs:
+        raise _bad("the request has no inputs")
+    names = [tensor.name for tensor in message.inputs]
+    if len(set(names)) != len(names):
+        raise _bad(f"inputs must have distinct names, got {names}")
+    inputs = [
+        _input_tensor(tensor, raw[index] if raw else None)
+        for index, tensor in enumerate(message.inputs)
+    ]
+    outputs = {output.name: True for output in message.outputs} or None
+    return InferRequest(message.id or None, inputs, outputs, binary_output=True)
+
+
+class InferenceServicer:
+    """The service's methods over the served models (an async gRPC generic handler).
+
+    Args:
+        models: the served model versions.
+        metrics: where requests are counted (status: the HTTP equivalent).
+        api_key: the bearer token every call must carry in ``authorization``, or ``None``.
+    """
+
+    def __init__(self, models: ServedModels, metrics: ServingMetrics, api_key: str | None):
+        self.models = models
+        self.metrics = metrics
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.pb = compile_protocol()
+
+    async def _guarded(self, call: Any, request: Any, context: Any) -> Any:
+        try:
+            if self.expected is not None:
+                given = dict(context.invocation_metadata()).get("authorization", "")
+                if not hmac.compare_digest(given.encode("latin-1"), self.expected):
+                    what = "a wrong API key" if given else "no API key"
+                    raise ProtocolError(401, f"this server needs 'authorization: Bearer <api "
+                                             f"key>' metadata, got {what}")  # fmt: skip
+            return await call(request)
+        except ProtocolError as err:
+            if err.status == 503:
+                context.set_trailing_metadata((("retry-after", "1"),))
+            await context.abort(_status_code(err.status), err.message)
+
+    async def server_live(self, request: Any) -> Any:
+        return self.pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: Any) -> Any:
+        return self.pb.ServerReadyResponse(
+            ready=not self.models.draining and self.models.any_ready()
+        )
+
+    async def model_ready(self, request: Any) -> Any:
+        try:
+            self.models.resolve(request.name, request.version or None)
+        except ProtocolError:
+            return self.pb.ModelReadyResponse(ready=False)
+        return self.pb.ModelReadyResponse(ready=not self.models.draining)
+
+    async def server_metadata(self, request: Any) -> Any:
+        return self.pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=EXTENSIONS
+        )
+
+    async def model_metadata(self, request: Any) -> Any:
+        served = self.models.resolve(request.name, request.version or None)
+        metadata = served.metadata()
+        entry = self.models.repository.find(request.name)
+        if not request.version and entry is not None:
+            metadata["versions"] = [str(v) for v in sorted(entry.versions)]
+        tensor = self.pb.ModelMetadataResponse.TensorMetadata
+        return self.pb.ModelMetadataResponse(
+            name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"],
+            inputs=[tensor(**t) for t in metadata["inputs"]],
+            outputs=[tensor(**t) for t in metadata["outputs"]],
+        )  # fmt: skip
+
+    async def model_infer(self, message: Any) -> Any:
+        status, served = 500, None
+        try:
+            served = self.models.resolve(message.model_name, message.model_version or None)
+            request = request_from_message(message)
+            outputs = await served.infer(request)
+            answer = self.pb.ModelInferResponse(
+                model_name=served.name, model_version=str(served.version), id=message.id
+            )
+            for name, array in outputs:
+                array = np.ascontiguousarray(array)
+                datatype = next(
+                    k for k, v in DATATYPES.items() if v == array.dtype.newbyteorder("<")
+                )
+                answer.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
+                answer.raw_output_contents.append(
+                    array.astype(array.dtype.newbyteorder("<")).tobytes()
+                )
+            status = 200
+            return answer
+        except ProtocolError as err:
+            status = err.status
+            raise
+        finally:
+            if served is None:
+                self.metrics.count_request("", "", status)
+            else:
+                self.metrics.count_request(served.name, served.version, status)
+
+    def handler(self) -> Any:
+        """The generic handler that routes the service's methods to this servicer."""
+        import grpc
+
+        def unary(method: Any, request_type: Any, response_type: Any) -> Any:
+            async def call(request: Any, context: Any) -> Any:
+                return await self._guarded(method, request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                call, request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString,
+            )  # fmt: skip
+
+        pb = self.pb
+        methods = {
+            "ServerLive": unary(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+            "ServerReady": unary(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ModelReady": unary(self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+            "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+            "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+            "ModelInfer": unary(self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+        }  # fmt: skip
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
+
+
+async def start_grpc_server(
+    address: str, models: ServedModels, metrics: ServingMetrics, api_key: str | None,
+    max_message_bytes: int,
+) -> Any:  # fmt: skip
+    """Starts the gRPC service on ``address`` in the running event loop.
+
+    Args:
+        address: ``host:port`` to listen on.
+        models: the served model versions.
+        metrics: where requests are counted.
+        api_key: the bearer token calls must carry, or ``None``.
+        max_message_bytes: the largest request message accepted.
+
+    Returns:
+        The started ``grpc.aio.Server`` (stop it with ``await server.stop(grace)``).
+
+    Raises:
+        RuntimeError: the address cannot be bound.
+
+    Example:
+        >>> server = await start_grpc_server("127.0.0.1:8001", models, metrics, None, 2**24)  # doctest: +SKIP
+    """
+    import grpc
+
+    options = [("grpc.max_receive_message_length", max_message_bytes),
+               ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]  # fmt: skip
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers((InferenceServicer(models, metrics, api_key).handler(),))
+    server.add_insecure_port(address)
+    await server.start()
+    return server
