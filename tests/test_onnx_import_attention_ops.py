@@ -294,3 +294,22 @@ def test_run_time_sizes_in_reshape_targets() -> None:
     assert merged == [size_entry(1, [SEQ, BATCH]), 32]
     with pytest.raises(ValueError, match="needs part of an axis"):
         plan_reshape(shape, groups, [4, size_entry(1, [SEQ, BATCH]), 8])
+
+
+def test_views_keep_a_bounded_rank(tmp_path: Path) -> None:
+    axes = list(range(1, 41))
+    graph = helper.make_graph(
+        [
+            helper.make_node("Unsqueeze", ["x", "axes"], ["u"], name="first"),
+            helper.make_node("Unsqueeze", ["u", "axes"], ["y"], name="second"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [_int64("axes", axes)],
+    )
+    path = tmp_path / "m.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(OnnxImportError, match="Unsqueeze node 'second'.*rank 82, more than 64"):
+        load(path)

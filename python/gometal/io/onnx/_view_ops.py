@@ -20,7 +20,7 @@ from ...nn import layers as L
 from ...nn.tensor import BATCH, SymbolicTensor
 from . import _layers as X
 from ._shape_ops import ShapeOperators, normalized_axes
-from ._shape_values import BATCH_SIZE, ShapeValue, SymbolicSize
+from ._shape_values import BATCH_SIZE, MAX_SHAPE_ELEMENTS, ShapeValue, SymbolicSize
 from ._view_layers import OnnxBatchMatMul, OnnxRelayout, OnnxTake
 from ._views import (
     Groups,
@@ -45,6 +45,21 @@ _LAYOUT_OPS = ("Transpose", "Reshape", "Unsqueeze", "Squeeze")
 
 def _has_run_time_length(shape: tuple[int, ...]) -> bool:
     return any(d < 0 for d in shape[1:])
+
+
+def _fixed_length_hint(dims: list[Any], target: list[Any]) -> str:
+    """A hint for a target that has lost the input's run-time length: torch's TorchScript
+    exporter writes the example's length into such reshapes."""
+    lengths = {symbol for d in dims if isinstance(d, SymbolicSize) for symbol in d.symbols} - {
+        BATCH
+    }
+    kept = {symbol for d in target if isinstance(d, SymbolicSize) for symbol in d.symbols}
+    if not lengths or lengths & kept:
+        return ""
+    return (
+        "; the target fixes the run-time sequence length, as torch's TorchScript exporter "
+        "writes it: export with dynamo=True, or with a fixed sequence length"
+    )
 
 
 class ViewOperators(ShapeOperators):
@@ -166,8 +181,14 @@ class ViewOperators(ShapeOperators):
         view = self.view_of(node.input[0])
         shape = view.tensor.engine_shape
         dims = onnx_dims(shape, view.groups)
-        target = self._checked(resolve_target, dims, value.entries, bool(attrs.get("allowzero", 0)))
-        new_shape, groups = self._checked(plan_reshape, shape, view.groups, target)
+        allowzero = bool(attrs.get("allowzero", 0))
+        try:
+            target = resolve_target(dims, value.entries, allowzero)
+            new_shape, groups = plan_reshape(shape, view.groups, target)
+        except ValueError as err:
+            hint = _fixed_length_hint(dims, list(value.entries))
+            self.fail(f"{err}{hint}{self.size_origins()}")
+            raise
         tensor = self._relayout(view.tensor, None, new_shape, self.layer_name())
         return View(tensor, groups)
 
@@ -191,6 +212,12 @@ class ViewOperators(ShapeOperators):
         if axes is None:
             self.fail("axes are required")
         groups = list(view.groups)
+        if len(groups) + len(axes) > MAX_SHAPE_ELEMENTS:
+            # Views are copied node by node: their rank stays as small as a shape's.
+            self.fail(
+                f"the result would have rank {len(groups) + len(axes)}, more than "
+                f"{MAX_SHAPE_ELEMENTS}"
+            )
         for axis in normalized_axes(axes, len(groups) + len(axes), "axes"):
             groups.insert(axis, ())
         return View(view.tensor, tuple(groups))
