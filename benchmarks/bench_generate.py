@@ -14,7 +14,9 @@ written here, under ``torch.inference_mode()``, the same weights and threads), a
 recomputing the context for every token (``kv_cache=False``) for reference. Each window
 counts whole generations; the script prints tokens/s per window and the median, and the
 ratio of gometal's median to torch's (target: >= 3). It checks first that the three give
-the same tokens.
+the same tokens. On a machine whose cores other processes keep busy ("other processes
+meanwhile" near the thread count), torch's threads wait on each other for every small op and
+its rate collapses at 2 threads: compare there at ``--threads 1``.
 
 OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (old OpenBLAS workarounds that force slower kernels)
 are removed from this script's own environment, and the BLAS and OpenMP thread variables set
