@@ -25,7 +25,7 @@ import numpy as np
 
 from ..base.version import __version__
 from .metrics import ServingMetrics
-from .protocol import DATATYPES, InferRequest, ProtocolError, RequestTensor
+from .protocol import DATATYPES, InferRequest, ProtocolError, RequestTensor, split_bytes_elements
 from .served_model import ServedModels
 
 __all__ = ["PROTO_FILE", "SERVICE_NAME", "compile_protocol", "start_grpc_server"]
@@ -90,6 +90,17 @@ def _bad(message: str) -> ProtocolError:
 
 def _input_tensor(tensor: Any, raw: bytes | None) -> RequestTensor:
     label = f"input {tensor.name!r}"
+    if tensor.datatype == "BYTES":
+        shape = list(tensor.shape)
+        if raw is not None:
+            elements = split_bytes_elements(raw, math.prod(shape), label)
+        else:
+            elements = np.empty(len(tensor.contents.bytes_contents), dtype=object)
+            elements[:] = list(tensor.contents.bytes_contents)
+            if len(elements) != math.prod(shape):
+                raise _bad(f"{label}: shape {shape} needs {math.prod(shape)} elements, "
+                           f"got {len(elements)}")  # fmt: skip
+        return RequestTensor(tensor.name, "BYTES", elements.reshape(shape))
     dtype = DATATYPES.get(tensor.datatype)
     if dtype is None:
         raise _bad(f"{label}: datatype must be one of {sorted(DATATYPES)}, got {tensor.datatype!r}")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "BYTES_DTYPE",
     "DATATYPES",
     "ENGINE_DATATYPES",
     "HEADER_LENGTH",
@@ -32,6 +33,7 @@ __all__ = [
     "RequestTensor",
     "encode_infer_response",
     "parse_infer_request",
+    "split_bytes_elements",
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -50,6 +52,8 @@ DATATYPES = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
 }
+# BYTES tensors (image files) decode to object arrays of ``bytes``.
+BYTES_DTYPE = np.dtype(object)
 # The engine's dtypes (gm model signatures) -> protocol datatypes.
 ENGINE_DATATYPES = {
     "float32": "FP32",
@@ -152,7 +156,7 @@ def _shape(tensor: dict[str, Any], label: str) -> list[int]:
 def _datatype(tensor: dict[str, Any], label: str) -> np.dtype:
     datatype = tensor.get("datatype")
     if datatype == "BYTES":
-        raise _bad(f"{label}: BYTES inputs are not supported by this model")
+        return BYTES_DTYPE
     if datatype not in DATATYPES:
         raise _bad(f"{label}: 'datatype' must be one of {sorted(DATATYPES)}, got {datatype!r}")
     return DATATYPES[datatype]
@@ -180,9 +184,49 @@ def _from_json(data: Any, dtype: np.dtype, shape: list[int], label: str) -> np.n
     return values.astype(dtype).reshape(shape)
 
 
+def split_bytes_elements(data: bytes | memoryview, count: int, label: str) -> np.ndarray:
+    """The elements of a serialized BYTES tensor: each a 4-byte little-endian length, then
+    that many bytes.
+
+    Args:
+        data: the tensor's bytes.
+        count: how many elements its shape holds.
+        label: how messages name the tensor.
+
+    Returns:
+        A 1-D object array of ``bytes``.
+
+    Raises:
+        ProtocolError: 400 when the lengths run past the data, leave bytes over, or the
+            element count differs from ``count``.
+    """
+    elements, offset, data = [], 0, memoryview(data)
+    while offset < len(data):
+        if offset + 4 > len(data):
+            raise _bad(f"{label}: a BYTES element's 4-byte length is cut at byte {offset}")
+        length = int.from_bytes(data[offset : offset + 4], "little")
+        if offset + 4 + length > len(data):
+            raise _bad(f"{label}: a BYTES element of {length} bytes runs past the data")
+        elements.append(bytes(data[offset + 4 : offset + 4 + length]))
+        offset += 4 + length
+    if len(elements) != count:
+        raise _bad(f"{label}: the shape needs {count} BYTES elements, got {len(elements)}")
+    array = np.empty(count, dtype=object)
+    array[:] = elements
+    return array
+
+
 def _from_binary(
     size: Any, binary: memoryview, offset: int, dtype: np.dtype, shape: list[int], label: str
 ) -> np.ndarray:
+    if dtype is BYTES_DTYPE:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise _bad(f"{label}: binary_data_size must be a byte count, got {size!r}")
+        if offset + size > len(binary):
+            raise _bad(f"{label}: binary data ends at byte {offset + size}, but the body "
+                       f"holds {len(binary)} bytes after the JSON header")  # fmt: skip
+        elements = split_bytes_elements(binary[offset : offset + size], math.prod(shape), label)
+        return elements.reshape(shape)
     expected = math.prod(shape) * dtype.itemsize
     if isinstance(size, bool) or not isinstance(size, int) or size != expected:
         raise _bad(
@@ -258,6 +302,8 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
             array = _from_binary(size, binary, offset, dtype, shape, label)
             offset += size
         elif "data" in tensor:
+            if dtype is BYTES_DTYPE:
+                raise _bad(f"{label}: send BYTES (image files) as binary data, not JSON")
             array = _from_json(tensor["data"], dtype, shape, label)
         else:
             raise _bad(f"{label}: has neither 'data' nor parameters.binary_data_size")

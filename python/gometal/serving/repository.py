@@ -62,6 +62,8 @@ class ModelVersion:
         path: the model file (``None`` when the version folder holds none).
         model: the loaded ``gm.Model``, or ``None`` when loading failed.
         error: why the version is not ready, or ``None``.
+        user_metadata: the metadata saved with a gometal model file (``gometal train``
+            records ``classes`` and the image ``preprocessing`` there).
     """
 
     name: str
@@ -69,6 +71,7 @@ class ModelVersion:
     path: Path | None
     model: Any = None
     error: str | None = None
+    user_metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -112,6 +115,15 @@ def _load_model_file(path: Path) -> Any:
     from ..io.serialization import load_model
 
     return load_model(path)
+
+
+def _user_metadata(path: Path) -> dict[str, Any]:
+    if path.suffix != ".safetensors":
+        return {}
+    from ..io.serialization import read_metadata
+
+    user = read_metadata(path).get("user")
+    return user if isinstance(user, dict) else {}
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -246,6 +258,8 @@ class ModelRepository:
         entry = ModelVersion(name, version, path)
         try:
             entry.model = self.loader(path)
+            if self.loader is _load_model_file:
+                entry.user_metadata = _user_metadata(path)
         except Exception as err:  # noqa: BLE001  (a failure marks this version alone not ready)
             entry.error = f"failed to load {path.name}: {type(err).__name__}: {err}"
             _log.warning("model %r version %d is not ready: %s", name, version, entry.error)

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from .batcher import BatcherClosed, DynamicBatcher, QueueFull
+from .images import ImageInput
 from .metrics import ServingMetrics
-from .protocol import ENGINE_DATATYPES, InferRequest, ProtocolError
+from .protocol import BYTES_DTYPE, ENGINE_DATATYPES, InferRequest, ProtocolError
 from .repository import ModelRepository
 
 __all__ = ["PLATFORM", "RETRY_AFTER_S", "ServedModels", "ServedVersion", "padded_rows"]
@@ -58,6 +59,8 @@ class ServedVersion:
         model: the loaded ``gm.Model`` (instance 0; further instances are copies of it).
         settings: ``max_batch_size``, ``max_queue_delay_ms``, ``instances``, ``max_queue``.
         metrics: where batches are counted.
+        user_metadata: the model file's metadata: with a recorded image
+            ``preprocessing``, the image input also takes JPEG or PNG files as ``BYTES``.
 
     Example:
         >>> served = ServedVersion("mlp", 1, model, settings, metrics)  # doctest: +SKIP
@@ -72,6 +75,7 @@ class ServedVersion:
         model: Any,
         settings: Mapping[str, Any],
         metrics: ServingMetrics,
+        user_metadata: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -85,6 +89,7 @@ class ServedVersion:
         self.output_names = outputs.names
         self.output_shapes = outputs.sample_shapes
         self.structured = model.structured
+        self.images = ImageInput.for_model(model, user_metadata or {})
         instances = [model] + [copy.deepcopy(model) for _ in range(int(settings["instances"]) - 1)]
         self.batcher = DynamicBatcher(
             [self._runner(instance) for instance in instances],
@@ -149,6 +154,14 @@ class ServedVersion:
         arrays, rows = [], None
         for name, shape, datatype in zip(self.input_names, self.input_shapes, self.input_datatypes):
             tensor = given[name]
+            if tensor.datatype == "BYTES" and self.images and name == self.images.input_name:
+                self.images.check_shape(tensor.array.shape, self.max_batch_size)
+                if rows is not None and tensor.array.shape[0] != rows:
+                    raise ProtocolError(400, f"inputs must have the same rows: {rows} and "
+                                             f"{tensor.array.shape[0]} ({name!r})")  # fmt: skip
+                rows = tensor.array.shape[0]
+                arrays.append(tensor.array)
+                continue
             if tensor.datatype != datatype:
                 raise ProtocolError(
                     400, f"input {name!r}: model expects datatype {datatype}, got {tensor.datatype}"
@@ -194,6 +207,9 @@ class ServedVersion:
                 ``Retry-After`` when the queue is full or the server is draining.
         """
         arrays = self.check_request(request)
+        for index, array in enumerate(arrays):
+            if array.dtype == BYTES_DTYPE:  # decoding holds the GIL little; off the event loop
+                arrays[index] = await asyncio.to_thread(self.images.decode, array)
         try:
             future = self.batcher.submit(arrays)
         except QueueFull as err:
@@ -242,7 +258,9 @@ class ServedModels:
             settings = repository.settings(name, batching)
             for version, item in entry.versions.items():
                 if item.ready:
-                    served = ServedVersion(name, version, item.model, settings, metrics)
+                    served = ServedVersion(
+                        name, version, item.model, settings, metrics, item.user_metadata
+                    )
                     self.served[(name, version)] = served
         self.draining = False
 
