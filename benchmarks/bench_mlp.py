@@ -51,11 +51,13 @@ Targets (gometal against the best peer in the same run): A >= 1.1x, A-small >= 1
 B >= 2x, C >= 1.5x, D >= 1.5x, D-long >= 1.5x, E >= 1.5x, E-infer >= 1.2x onnxruntime;
 peak RSS <= torch-eager's on every workload.
 
-Usage (on 2 cores with all five frameworks a full run takes about 10 minutes: about 5 for
-A and A-small, about 5 for B and C, torch.compile's cold compiles included; --quick: about
-5 minutes, most of it compiling):
-  pip install .[bench]                       # torch, threadpoolctl, psutil
+Usage (on 2 cores with every framework, A to C take about 10 minutes: about 5 for A and
+A-small, about 5 for B and C, torch.compile's cold compiles included; D and D-long about 20
+more, E and E-infer about 12 (the ONNX export included); --quick shortens the timing, not
+the compiles):
+  pip install .[bench]                       # torch, jax, optax, onnxruntime, onnxscript, ...
   python benchmarks/bench_mlp.py             # 5 windows of 3 s per run
+  python benchmarks/bench_mlp.py --workloads D,D-long,E,E-infer
   python benchmarks/bench_mlp.py --quick     # smoke run: 3 windows of 0.5 s
   python benchmarks/bench_mlp.py --frameworks gometal,torch-eager --workloads A-small
   python benchmarks/bench_mlp.py --workloads B,C --json bench-results/cnn.json
