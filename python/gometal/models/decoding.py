@@ -3,17 +3,19 @@ engine (the KV cache).
 
 ``KVCacheDecoder`` compiles two functions of one engine from a ``gm.models.GPT``'s layers:
 ``prefill`` runs T tokens (one plan per T) from position 0 with the fused causal attention
-and stores their keys and values; ``decode`` runs one token per sequence at the current cache length, a run-time
-value, so every generated token is one native call of one plan. The caches are engine
-variables of ``(N, heads, block_size, head_dim)``; the decoder holds its own copy of the
-model's weights, refreshed by ``sync_weights`` (``generate`` does it on every call).
+and stores their keys and values; ``decode`` runs one token per sequence at the current
+cache length, a value read when the step runs, so every generated token is one native call
+of one plan (``cached_attention`` over the cache, ``cache_write`` of the new key and value).
+The caches are engine variables of ``(N, heads, block_size, head_dim)``; the decoder holds
+its own copy of the model's weights, refreshed by ``sync_weights`` (``generate`` does it on
+every call).
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,9 +103,15 @@ class _Builder:
     """Emits the GPT's forward pass for new tokens on a graph whose variables carry the
     model's weight names, with the per-layer caches beside them."""
 
-    def __init__(self, g: _core.Graph, layout: GPTLayout, names: Sequence[str], batch: int):
+    def __init__(
+        self,
+        g: _core.Graph,
+        layout: GPTLayout,
+        weights: Iterable[tuple[str, tuple[int, ...]]],
+        batch: int,
+    ):
         self.g, self.layout = g, layout
-        self.var = {name: g.variable(name, shape) for name, shape in names}
+        self.var = {name: g.variable(name, shape) for name, shape in weights}
         shape = (batch, layout.n_head, layout.block_size, layout.head_dim)
         self.caches = [
             (g.variable(f"cache.{i}.key", shape), g.variable(f"cache.{i}.value", shape))
