@@ -1,6 +1,6 @@
 """The operators the importer reads around attention (``gometal.io.onnx.importer.ATTENTION_OPS``:
-Cast, Sqrt, Mod, Expand, Trilu, Equal, Where) against ONNX's backend node cases, and views
-(torch's sequence-first layouts) against onnxruntime.
+Cast, Sqrt, Mod, Expand, Trilu, Equal, Where) and Slice of constants against ONNX's backend
+node cases, and views (torch's sequence-first layouts) against onnxruntime.
 
 Node cases run twice: as written (input 0 at run time, the others bound as initializers),
 and with every input bound, so the operators are evaluated at import (the result then
@@ -36,7 +36,7 @@ def _collect() -> dict[str, object]:
         case.name: case
         for case in cases
         if case.model is not None
-        and any(n.op_type in ATTENTION_OPS for n in case.model.graph.node)
+        and any(n.op_type in ATTENTION_OPS | {"Slice"} for n in case.model.graph.node)
         and all(n.op_type in known and n.domain in ("", "ai.onnx") for n in case.model.graph.node)
     }
 
@@ -117,6 +117,7 @@ def test_node_cases_match_or_are_refused(tmp_path: Path) -> None:
     # Each operator is supported in some case (most in many: integer and float folds).
     assert all(supported[op] >= 1 for op in ATTENTION_OPS), supported
     assert supported["Mod"] >= 10 and supported["Trilu"] >= 10, supported
+    assert supported["Slice"] >= 8, supported  # of constants, folded
 
 
 @pytest.mark.parametrize(

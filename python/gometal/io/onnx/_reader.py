@@ -76,6 +76,7 @@ class GraphReader:
         self.views: dict[str, Groups] = {}
         self.product_origins: dict[Any, str] = {}
         self.view_origins: dict[str, str] = {}
+        self.materialized: dict[str, SymbolicTensor] = {}  # views moved into ONNX order
         # Outputs of MatMul by a weight, and the initializers (and Identity copies of
         # them): an initializer added to such an output is that layer's trainable bias.
         self.weight_products: set[str] = set()
@@ -171,6 +172,8 @@ class GraphReader:
     def materialize(self, name: str) -> SymbolicTensor:
         """The view ``name`` as an engine tensor in ONNX order (its axes moved, its groups
         merged), or an error naming the node and the sizes."""
+        if name in self.materialized:
+            return self.materialized[name]
         x, groups = self.values[name], self.views[name]
         try:
             perm, shape, _ = arrangement(x.engine_shape, groups, range(len(groups)))
@@ -181,7 +184,8 @@ class GraphReader:
                 f"order{self.size_origins()}"
             ) from None
         layer = OnnxRelayout(perm, shape, name=self.name(f"{name}_in_order"))
-        return self.call(layer, x)
+        self.materialized[name] = self.call(layer, x)
+        return self.materialized[name]
 
     def size_origins(self) -> str:
         """Where products of run-time sizes were computed, for errors about them."""

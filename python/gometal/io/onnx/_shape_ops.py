@@ -28,6 +28,7 @@ from ._shape_values import (
     from_array,
     gather,
     shape_of,
+    slice_array,
     slice_value,
     squeeze,
     unsqueeze,
@@ -117,11 +118,15 @@ class ShapeOperators(GraphReader):
         data = self.shape_operand(node.input[0], "Gather data")
         return gather(data, self.shape_operand(node.input[1], "Gather indices"))
 
-    def op_slice(self, node: Any, attrs: dict[str, Any]) -> ShapeValue:
-        """ONNX ``Slice`` of a shape tensor (bounds as attributes before opset 10)."""
-        if not self.is_integer_operand(node.input[0]):
+    def op_slice(self, node: Any, attrs: dict[str, Any]) -> Any:
+        """ONNX ``Slice`` of a shape tensor or of a constant, such as a learned position
+        table cut to a fixed length (bounds as attributes before opset 10)."""
+        data = self.consts.get(node.input[0])
+        folded = data is not None and (data.dtype.kind not in "iu" or data.ndim > 1)
+        if not folded and not self.is_integer_operand(node.input[0]):
             self.fail(
-                "Slice is supported on shape tensors (computed from Shape) only, not on float data"
+                "Slice is supported on shape tensors (computed from Shape) and constants "
+                "only, not on run-time data"
             )
         if self.opset < 10:
             starts, ends = list(attrs.get("starts", [])), list(attrs.get("ends", []))
@@ -132,8 +137,11 @@ class ShapeOperators(GraphReader):
                 name = node.input[index] if len(node.input) > index else ""
                 bounds.append(self.int_list(name, f"Slice {what}") if name else None)
             starts, ends, axes, steps = bounds
-        data = self.shape_operand(node.input[0], "Slice data")
-        return slice_value(data, starts or [], ends or [], axes, steps)
+        if folded:
+            assert data is not None
+            return slice_array(data, starts or [], ends or [], axes, steps)
+        value = self.shape_operand(node.input[0], "Slice data")
+        return slice_value(value, starts or [], ends or [], axes, steps)
 
     def integer_binary(self, node: Any) -> ShapeValue:
         """``Add``/``Sub``/``Mul``/``Div`` of two integer tensors known at import."""

@@ -263,6 +263,40 @@ def slice_value(
     return ShapeValue(value.entries[slice(int(starts[0]), int(ends[0]), step)], False)
 
 
+def slice_array(
+    array: np.ndarray, starts: Sequence[int], ends: Sequence[int], axes: Sequence[int] | None,
+    steps: Sequence[int] | None,
+) -> np.ndarray:  # fmt: skip
+    """ONNX ``Slice`` of a constant array (bounds clamped as ONNX does, for either step).
+
+    Example:
+        >>> slice_array(np.arange(6).reshape(2, 3), [1], [99], [1], None).tolist()
+        [[1, 2], [4, 5]]
+    """
+    count = len(starts)
+    axes = list(range(count)) if axes is None else [int(a) for a in axes]
+    steps = [1] * count if steps is None else [int(s) for s in steps]
+    if not len(ends) == len(axes) == len(steps) == count:
+        raise ValueError(f"starts, ends, axes and steps differ in length: {starts}, {ends}")
+    axes = [a + array.ndim if a < 0 else a for a in axes]
+    if any(not 0 <= a < array.ndim for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"axes {axes} must be distinct axes of a rank-{array.ndim} tensor")
+    index: list[slice] = [slice(None)] * array.ndim
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        size = array.shape[axis]
+        if step == 0:
+            raise ValueError("steps must not be 0")
+        start, end = int(start), int(end)
+        start, end = start + size if start < 0 else start, end + size if end < 0 else end
+        if step > 0:
+            start, end = min(max(start, 0), size), min(max(end, 0), size)
+            index[axis] = slice(start, end, step)
+        else:
+            start, end = min(max(start, 0), size - 1), min(max(end, -1), size - 1)
+            index[axis] = slice(start, None if end < 0 else end, step)
+    return np.ascontiguousarray(array[tuple(index)])
+
+
 def _truncated_division(a: int, b: int) -> int:
     # ONNX integer Div truncates toward zero, as C does; Python's // floors.
     quotient = abs(a) // abs(b)
