@@ -7,6 +7,7 @@
     GET  /v2/models/{name}[/versions/{v}]           model metadata
     GET  /v2/models/{name}[/versions/{v}]/ready     200 when ready, else 503 with the reason
     POST /v2/models/{name}[/versions/{v}]/infer     inference (JSON or binary tensor data)
+    POST /v2/models/{name}[/versions/{v}]/generate  text generation (language models)
     POST /v2/repository/index                       every model version and its state
     GET  /metrics                                   Prometheus metrics
 
@@ -40,7 +41,7 @@ from .served_model import RETRY_AFTER_S, ServedModels
 __all__ = ["DEFAULT_SETTINGS", "SERVER_NAME", "ServerSettings", "create_app"]
 
 SERVER_NAME = "gometal"
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "generate"]
 # Bodies this large are parsed in a worker thread, so the event loop keeps answering.
 THREAD_PARSE_BYTES = 256 * 1024
 GRPC_DRAIN_S = 60.0  # the most a shutdown waits for gRPC calls already taken
@@ -233,6 +234,22 @@ def create_app(
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/v2/models/{name}/generate")
+    @app.post("/v2/models/{name}/versions/{version}/generate")
+    async def generate(request: Request, name: str, version: str | None = None) -> JSONResponse:
+        served = models.resolve(name, version)
+        if served.generator is None:
+            raise ProtocolError(
+                400, f"model {name!r} does not generate text: it needs token-id input and a "
+                "tokenizer.json beside its model file",
+            )  # fmt: skip
+        body = await _read_request_body(request, settings, slots)
+        text, parameters = served.generator.parse(bytes(body))
+        output = await anyio.to_thread.run_sync(served.generator.generate, text, parameters)
+        setattr(request.state, LOG_FIELDS_KEY, {"model": name, "version": served.version})
+        answer = {"model_name": name, "model_version": str(served.version), "text_output": output}
+        return JSONResponse(answer)
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .batcher import BatcherClosed, DynamicBatcher, QueueFull
+from .generation import TextGenerator
 from .images import ImageInput
 from .metrics import ServingMetrics
 from .protocol import BYTES_DTYPE, ENGINE_DATATYPES, InferRequest, ProtocolError
@@ -90,6 +91,7 @@ class ServedVersion:
         self.output_shapes = outputs.sample_shapes
         self.structured = model.structured
         self.images = ImageInput.for_model(model, user_metadata or {})
+        self.generator: TextGenerator | None = None  # set for language models
         instances = [model] + [copy.deepcopy(model) for _ in range(int(settings["instances"]) - 1)]
         self.batcher = DynamicBatcher(
             [self._runner(instance) for instance in instances],
@@ -261,6 +263,7 @@ class ServedModels:
                     served = ServedVersion(
                         name, version, item.model, settings, metrics, item.user_metadata
                     )
+                    served.generator = TextGenerator.for_version(item.model, item.path)
                     self.served[(name, version)] = served
         self.draining = False
 
