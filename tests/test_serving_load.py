@@ -1,6 +1,6 @@
 """``gometal serve`` under load: concurrent clients are all answered correctly and their
 requests merged into batches; past the bounded queue the server answers 503 with
-``Retry-After`` and keeps serving; SIGTERM under load answers every request the server
+``Retry-After`` (gRPC: UNAVAILABLE with a ``retry-after`` trailer) and keeps serving; SIGTERM under load answers every request the server
 took, exits 0, and a restart on the same port serves again."""
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving_helpers import ServerProcess, batch_histogram, offline, write_repository
 
@@ -93,8 +95,35 @@ def test_overload_past_the_queue_gets_503_with_retry_after(
                 np.testing.assert_allclose(got, expected[index : index + 1], rtol=RTOL, atol=ATOL)
         after = httpx.post(url, json=_body(inputs[0]), timeout=60)
         assert after.status_code == 200
+        _check_grpc_overload(process, inputs, expected)
     finally:
         assert process.stop() == 0, process.stderr()
+
+
+def _check_grpc_overload(process: ServerProcess, inputs: np.ndarray, expected: np.ndarray) -> None:
+    """The same overload over gRPC: UNAVAILABLE with a retry-after trailer."""
+
+    def call(x: np.ndarray):
+        request = service_pb2.ModelInferRequest(model_name="slow")
+        request.inputs.add(name="input", datatype="FP32", shape=[1, 1024])
+        request.raw_input_contents.append(x.tobytes())
+        try:
+            return stub.ModelInfer(request)
+        except grpc.RpcError as err:
+            return err
+
+    with grpc.insecure_channel(process.grpc_url) as channel, ThreadPoolExecutor(64) as pool:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        answers = list(pool.map(call, inputs))
+    refused = [a for a in answers if isinstance(a, grpc.RpcError)]
+    assert refused, "64 gRPC clients at once never filled a queue of 2"
+    for err in refused:
+        assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+        assert ("retry-after", "1") in tuple(err.trailing_metadata())
+    for index, answer in enumerate(answers):
+        if not isinstance(answer, grpc.RpcError):
+            got = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(1, 2)
+            np.testing.assert_allclose(got, expected[index : index + 1], rtol=RTOL, atol=ATOL)
 
 
 class _LoadClient(threading.Thread):
