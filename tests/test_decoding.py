@@ -225,3 +225,11 @@ def test_a_model_keeps_decoders_for_its_most_recent_batch_sizes_only():
     for batch in range(10, 10 + MAX_DECODERS_PER_MODEL):
         decoder_for(model, batch)
     assert decoder_for(model, 1) is not first
+
+
+@pytest.mark.parametrize("prompt_length", [1, BLOCK])
+def test_prompts_of_one_token_and_of_a_full_context(prompt_length):
+    model = _model()
+    prompt = np.arange(prompt_length, dtype=np.int32) % VOCAB
+    cached = generate(model, prompt, 5, greedy=True)
+    np.testing.assert_array_equal(cached, generate(model, prompt, 5, greedy=True, kv_cache=False))
