@@ -5,6 +5,8 @@ status codes while the server keeps serving."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import grpc
@@ -134,3 +136,20 @@ def test_errors_reach_tritonclient_as_its_exception(client: triton.InferenceServ
     x = np.zeros((1, 8), np.float32)
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.infer("nope", [triton.InferInput("input", [1, 8], "FP32").set_data_from_numpy(x)])
+
+
+def test_each_grpc_call_writes_one_json_log_line(
+    server: ServerProcess, client: triton.InferenceServerClient
+) -> None:
+    x = np.zeros((2, 8), np.float32)
+    tensor = triton.InferInput("input", [2, 8], "FP32").set_data_from_numpy(x)
+    client.infer("mlp", [tensor], request_id="grpc-logged-1")
+    deadline = time.monotonic() + 10  # the line is written once the answer is sent
+    logged: list[dict] = []
+    while not logged and time.monotonic() < deadline:
+        lines = [json.loads(line) for line in server.stderr().splitlines() if line.startswith("{")]
+        logged = [entry for entry in lines if entry.get("id") == "grpc-logged-1"]
+        time.sleep(0.05)
+    (line,) = logged
+    assert line["method"] == "gRPC" and line["path"] == "ModelInfer"
+    assert line["model"] == "mlp" and line["status"] == 200

@@ -14,9 +14,12 @@ from __future__ import annotations
 import functools
 import hmac
 import importlib.util
+import json
+import logging
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,11 +27,14 @@ from typing import Any
 import numpy as np
 
 from ..base.version import __version__
+from .guard import REQUEST_LOGGER
 from .metrics import ServingMetrics
 from .protocol import DATATYPES, InferRequest, ProtocolError, RequestTensor, split_bytes_elements
 from .served_model import ServedModels
 
 __all__ = ["PROTO_FILE", "SERVICE_NAME", "compile_protocol", "start_grpc_server"]
+
+_request_log = logging.getLogger(REQUEST_LOGGER)
 
 PROTO_FILE = Path(__file__).resolve().parent / "proto" / "inference.proto"
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -162,7 +168,8 @@ class InferenceServicer:
         self.expected = f"Bearer {api_key}".encode() if api_key else None
         self.pb = compile_protocol()
 
-    async def _guarded(self, call: Any, request: Any, context: Any) -> Any:
+    async def _guarded(self, method: str, call: Any, request: Any, context: Any) -> Any:
+        started, status = time.perf_counter(), 500
         try:
             if self.expected is not None:
                 given = dict(context.invocation_metadata()).get("authorization", "")
@@ -170,11 +177,21 @@ class InferenceServicer:
                     what = "a wrong API key" if given else "no API key"
                     raise ProtocolError(401, f"this server needs 'authorization: Bearer <api "
                                              f"key>' metadata, got {what}")  # fmt: skip
-            return await call(request)
+            answer = await call(request)
+            status = 200
+            return answer
         except ProtocolError as err:
+            status = err.status
             if err.status == 503:
                 context.set_trailing_metadata((("retry-after", "1"),))
             await context.abort(_status_code(err.status), err.message)
+        finally:
+            fields = {"method": "gRPC", "path": method, "status": status,
+                      "ms": round((time.perf_counter() - started) * 1000, 3)}  # fmt: skip
+            if method == "ModelInfer":
+                fields.update(model=request.model_name, version=request.model_version,
+                              id=request.id or None)  # fmt: skip
+            _request_log.info(json.dumps(fields))
 
     async def server_live(self, request: Any) -> Any:
         return self.pb.ServerLiveResponse(live=True)
@@ -243,8 +260,10 @@ class InferenceServicer:
         import grpc
 
         def unary(method: Any, request_type: Any, response_type: Any) -> Any:
+            name = method.__name__.title().replace("_", "")
+
             async def call(request: Any, context: Any) -> Any:
-                return await self._guarded(method, request, context)
+                return await self._guarded(name, method, request, context)
 
             return grpc.unary_unary_rpc_method_handler(
                 call, request_deserializer=request_type.FromString,
