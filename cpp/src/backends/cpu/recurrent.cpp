@@ -6,16 +6,13 @@
 #include <string>
 
 #include "backends/cpu/gemm.h"
-#include "backends/cpu/vector_math.h"
+#include "backends/cpu/recurrent_cells.h"
 #include "ir/ops/recurrent.h"
 
 namespace gometal {
 namespace {
 
-// Branch-free forms on the polynomial exp, so that the gate loops vectorize; tanh is off
-// by at most a few 1e-8 absolute near 0, where 2 / (1 + e^-2x) - 1 cancels.
-inline float sigmoid(float x) { return 1.0f / (1.0f + vector_math::exp(-x)); }
-inline float tanh_fast(float x) { return 2.0f / (1.0f + vector_math::exp(-2.0f * x)) - 1.0f; }
+using namespace recurrent_cells;
 
 // Every length in [1, T]: a step past the sequence's end would read or write another row.
 void check_lengths(const int32_t* lengths, int64_t n, int64_t t, const char* op) {
@@ -90,52 +87,30 @@ struct RecurrenceKernel final : Kernel {
           return;
         }
         const float* x = xp + (n * steps + t) * GH;
-        const float* ar = a + n * GH;
         float* hr = h + n * P;
+        float* ar = a + n * GH;
         switch (l.cell) {
-          case Cell::RnnTanh:
-            for (int64_t j = 0; j < H; ++j) hr[j] = yr[j] = tanh_fast(x[j] + ar[j]);
+          case Cell::RnnTanh: case Cell::RnnRelu:
+            if (l.cell == Cell::RnnTanh) tanh_of_sum(x, ar, H);
+            else relu_of_sum(x, ar, H);
+            std::memcpy(hr, ar, sizeof(float) * H);
+            std::memcpy(yr, ar, sizeof(float) * H);
             break;
-          case Cell::RnnRelu:
-            for (int64_t j = 0; j < H; ++j) {
-              const float v = x[j] + ar[j];
-              hr[j] = yr[j] = v > 0.0f ? v : 0.0f;
-            }
+          case Cell::Lstm:
+            sigmoid_of_sum(x, ar, 2 * H);  // i, f
+            tanh_of_sum(x + 2 * H, ar + 2 * H, H);
+            sigmoid_of_sum(x + 3 * H, ar + 3 * H, H);
+            // With a projection h goes to hraw, and the step's product below sets h and y.
+            lstm_state(ar, c + n * H, yr + l.c_col(), l.projected ? hraw + n * H : hr, H);
+            std::memcpy(yr + l.gates_col(), ar, sizeof(float) * GH);
+            if (!l.projected) std::memcpy(yr, hr, sizeof(float) * H);
             break;
-          case Cell::Lstm: {
-            float* cr = c + n * H;
-            float* cy = yr + l.c_col();
-            float* gi = yr + l.gates_col();
-            float *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
-            // With a projection h goes to hraw and the step's product sets h and y below.
-            float* h_to = l.projected ? hraw + n * H : hr;
-            float* y_to = l.projected ? hraw + n * H : yr;
-            for (int64_t j = 0; j < H; ++j) {
-              const float i = sigmoid(x[j] + ar[j]), f = sigmoid(x[H + j] + ar[H + j]);
-              const float g = tanh_fast(x[2 * H + j] + ar[2 * H + j]), o = sigmoid(x[3 * H + j] + ar[3 * H + j]);
-              const float cn = f * cr[j] + i * g;
-              cr[j] = cy[j] = cn;
-              gi[j] = i, gf[j] = f, gg[j] = g, go[j] = o;
-              const float hv = o * tanh_fast(cn);
-              h_to[j] = hv;
-              y_to[j] = hv;
-            }
+          case Cell::Gru:
+            sigmoid_of_sum(x, ar, 2 * H);  // r, z
+            gru_state(x + 2 * H, ar, ar + 2 * H, bhn, yr + l.gates_col() + 2 * H, yr + l.hn_col(), hr, H);
+            std::memcpy(yr + l.gates_col(), ar, sizeof(float) * 2 * H);
+            std::memcpy(yr, hr, sizeof(float) * H);
             break;
-          }
-          case Cell::Gru: {
-            float* gr_ = yr + l.gates_col();
-            float *gz = gr_ + H, *gn = gr_ + 2 * H, *hn_out = yr + l.hn_col();
-            for (int64_t j = 0; j < H; ++j) {
-              const float r = sigmoid(x[j] + ar[j]), z = sigmoid(x[H + j] + ar[H + j]);
-              const float hn = ar[2 * H + j] + bhn[j];
-              const float nv = tanh_fast(x[2 * H + j] + r * hn);
-              const float hv = (1.0f - z) * nv + z * hr[j];
-              hr[j] = hv;
-              yr[j] = hv;
-              gr_[j] = r, gz[j] = z, gn[j] = nv, hn_out[j] = hn;
-            }
-            break;
-          }
         }
       });
       if (!l.projected) continue;
@@ -198,36 +173,24 @@ struct RecurrenceKernel final : Kernel {
             break;
           case Cell::Lstm: {
             const float* cprev = prev < 0 ? c0s + n * H : ys + (n * steps + prev) * W + l.c_col();
-            const float* gates = yr + l.gates_col();
             const float* dhr = l.projected ? dhraw + n * H : d;
             float* dcr = dc + n * H;
-            for (int64_t j = 0; j < H; ++j) {
-              const float i = gates[j], f = gates[H + j], g = gates[2 * H + j], o = gates[3 * H + j];
-              const float tc = tanh_fast(yr[l.c_col() + j]);
-              const float dct = dcr[j] + gr[l.c_col() + j] + dhr[j] * o * (1.0f - tc * tc);
-              dar[j] = dct * g * i * (1.0f - i);
-              dar[H + j] = dct * cprev[j] * f * (1.0f - f);
-              dar[2 * H + j] = dct * i * (1.0f - g * g);
-              dar[3 * H + j] = dhr[j] * tc * o * (1.0f - o);
-              dcr[j] = gw[l.dcprev_col() + j] = dct * f;
-              if (l.projected) gw[l.hraw_col() + j] = o * tc;
-            }
+            lstm_backward(yr + l.gates_col(), yr + l.c_col(), cprev, dhr, gr + l.c_col(), dcr, dar, H);
             std::memcpy(gw, dar, sizeof(float) * GH);
-            if (l.projected) std::memcpy(gw + l.dhout_col(), d, sizeof(float) * P);
-            break;
-          }
-          case Cell::Gru: {
-            const float* gates = yr + l.gates_col();
-            for (int64_t j = 0; j < H; ++j) {
-              const float r = gates[j], z = gates[H + j], nv = gates[2 * H + j], hn = yr[l.hn_col() + j];
-              const float dan = d[j] * (1.0f - z) * (1.0f - nv * nv);
-              gw[j] = dar[j] = dan * hn * r * (1.0f - r);
-              gw[H + j] = dar[H + j] = d[j] * (hprev[j] - nv) * z * (1.0f - z);
-              gw[2 * H + j] = dan;
-              gw[l.dhn_col() + j] = dar[2 * H + j] = dan * r;
+            std::memcpy(gw + l.dcprev_col(), dcr, sizeof(float) * H);
+            if (l.projected) {
+              const float* o = yr + l.gates_col() + 3 * H;
+              const float* c = yr + l.c_col();
+              for (int64_t j = 0; j < H; ++j) gw[l.hraw_col() + j] = o[j] * tanh_fast(c[j]);
+              std::memcpy(gw + l.dhout_col(), d, sizeof(float) * P);
             }
             break;
           }
+          case Cell::Gru:
+            gru_backward(yr + l.gates_col(), yr + l.hn_col(), hprev, d, gw, gw + l.dhn_col(), H);
+            std::memcpy(dar, gw, sizeof(float) * 2 * H);
+            std::memcpy(dar + 2 * H, gw + l.dhn_col(), sizeof(float) * H);
+            break;
         }
       });
       gemm(*ctx.pool, false, false, n_, P, GH, da, ctx.ptr(w_hh), dhp);
