@@ -214,6 +214,35 @@ def test_token_ids_through_an_embedding(dynamo: bool, tmp_path: Path) -> None:
     _train(model, module, "adam", length=lengths[-1])
 
 
+class HandWrittenAttention(nn.Module):
+    """Causal self-attention written out, as models outside torch.nn often do: q, k and v
+    unbound from one projection, scores scaled, generate_square_subsequent_mask added."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.qkv, self.out = nn.Linear(FEATURES, 3 * WIDTH), nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, _ = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, HEADS, WIDTH // HEADS).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-2, -1) / (WIDTH // HEADS) ** 0.5
+        scores = scores + nn.Transformer.generate_square_subsequent_mask(t)
+        attended = (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, t, WIDTH)
+        return self.out(attended)
+
+
+def test_hand_written_causal_attention_with_a_run_time_length(tmp_path: Path) -> None:
+    module = HandWrittenAttention()
+    model = load(export(HandWrittenAttention(), tmp_path / "m.onnx", True, "seq"))
+    for batch, length in ((2, 5), (3, 9)):
+        x = _inputs(batch, length, seed=length)
+        np.testing.assert_allclose(
+            model.predict(x), _torch_predict(module, x), rtol=TOLERANCE, atol=TOLERANCE
+        )
+    _train(model, module, "sgd", length=6)
+
+
 def test_imported_encoder_survives_save_and_load(tmp_path: Path) -> None:
     model = load(export(EncoderModel(False, "relu", True), tmp_path / "m.onnx", True, "seq"))
     model.save(tmp_path / "model.safetensors")

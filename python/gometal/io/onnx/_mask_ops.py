@@ -77,6 +77,16 @@ def _bounded(shape: tuple[int, ...], itemsize: int, where: str) -> None:
         )
 
 
+def _causal_values(mask: Triangle) -> tuple[float, float] | None:
+    """The values on and below the diagonal and above it, for a triangle split there
+    (``tril(k=0)``, or ``triu(k=1)`` as ``generate_square_subsequent_mask`` writes)."""
+    if mask.triangular and mask.lower and mask.k == 0:
+        return mask.inside, mask.outside
+    if mask.triangular and not mask.lower and mask.k == 1:
+        return mask.outside, mask.inside
+    return None
+
+
 class MaskOperators(ViewOperators):
     """The handlers for constants computed at import and run-time causal masks."""
 
@@ -224,10 +234,8 @@ class MaskOperators(ViewOperators):
         mask_name = next(name for name in names if name in self.deferred)
         scores = next(name for name in names if name != mask_name)
         mask = self.deferred[mask_name]
-        causal = (
-            isinstance(mask, Triangle) and mask.triangular and mask.lower and mask.k == 0
-            and mask.inside == 0 and mask.outside <= _HIDDEN
-        )  # fmt: skip
+        values = _causal_values(mask) if isinstance(mask, Triangle) else None
+        causal = values is not None and values[0] == 0 and values[1] <= _HIDDEN
         if not causal or scores not in self.products:
             self.fail(
                 f"{mask_name!r} {_USAGE}; here it is added to {scores!r} (a causal mask "
@@ -254,7 +262,7 @@ class MaskOperators(ViewOperators):
         probabilities = self.deferred.get(node.input[0])
         if not isinstance(probabilities, CausalScores) or not probabilities.probabilities:
             self.fail(f"{node.input[0]!r} {_USAGE}")
-        q, k_transposed, lead = self.products[probabilities.scores]
+        q, k_transposed, lead, scale = self.products[probabilities.scores]
         values = self.view_of(node.input[1])
         if len(q.engine_shape) != 4 or len(values.groups) != 4:
             self.fail("causal attention with a run-time length needs (N, H, T, D) operands")
@@ -263,8 +271,26 @@ class MaskOperators(ViewOperators):
             OnnxRelayout(perm, None, name=self.name(f"{self.node.name}_keys")), k_transposed
         )
         arranged = self.arranged_operand(values, "V").tensor
-        out = self.call(OnnxAttention(True, 1.0, name=self.layer_name()), [q, k, arranged])
+        out = self.call(OnnxAttention(True, scale, name=self.layer_name()), [q, k, arranged])
         return View(out, (*lead, (2,), (3,)))
+
+    def track_scores(self, node: Any) -> None:
+        """Attention scores times (or over) a constant scalar stay scores, with the scale."""
+        if node.op_type not in ("Mul", "Div") or len(node.input) < 2:
+            return
+        a, b = node.input[:2]
+        if node.op_type == "Mul" and b in self.products:
+            a, b = b, a
+        factor = self.consts.get(b)
+        if a not in self.products or factor is None or factor.size != 1:
+            return
+        value = float(factor.reshape(()))
+        if node.op_type == "Div":
+            if value == 0:
+                return
+            value = 1.0 / value
+        q, k, lead, scale = self.products[a]
+        self.products[node.output[0]] = (q, k, lead, scale * value)
 
     def float_fold(self, node: Any) -> np.ndarray | None:
         """``Add``/``Sub``/``Mul``/``Div`` of two float constants at import, else ``None``."""

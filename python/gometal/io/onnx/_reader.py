@@ -82,7 +82,8 @@ class GraphReader:
         self.weight_products: set[str] = set()
         self.parameters: set[str] = {t.name for t in self.graph.initializer}
         # The engine operands of each MatMul of two run-time tensors, for attention.
-        self.products: dict[str, tuple[SymbolicTensor, SymbolicTensor, Groups]] = {}
+        # (q, k transposed, their leading groups, the scale applied to the product since).
+        self.products: dict[str, tuple[SymbolicTensor, SymbolicTensor, Groups, float]] = {}
         self.deferred: dict[str, Any] = {}
         self.passthrough = False
 

@@ -128,20 +128,24 @@ class ShapeOperators(GraphReader):
                 "Slice is supported on shape tensors (computed from Shape) and constants "
                 "only, not on run-time data"
             )
-        if self.opset < 10:
-            starts, ends = list(attrs.get("starts", [])), list(attrs.get("ends", []))
-            axes, steps = attrs.get("axes"), None
-        else:
-            bounds = []
-            for index, what in ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps")):
-                name = node.input[index] if len(node.input) > index else ""
-                bounds.append(self.int_list(name, f"Slice {what}") if name else None)
-            starts, ends, axes, steps = bounds
+        starts, ends, axes, steps = self.slice_bounds(node, attrs)
         if folded:
             assert data is not None
-            return slice_array(data, starts or [], ends or [], axes, steps)
+            return slice_array(data, starts, ends, axes, steps)
         value = self.shape_operand(node.input[0], "Slice data")
-        return slice_value(value, starts or [], ends or [], axes, steps)
+        return slice_value(value, starts, ends, axes, steps)
+
+    def slice_bounds(self, node: Any, attrs: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+        """A ``Slice`` node's constant starts, ends, axes and steps (``None`` if absent)."""
+        if self.opset < 10:
+            starts, ends = list(attrs.get("starts", [])), list(attrs.get("ends", []))
+            return starts, ends, attrs.get("axes"), None
+        bounds = []
+        for index, what in ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps")):
+            name = node.input[index] if len(node.input) > index else ""
+            bounds.append(self.int_list(name, f"Slice {what}") if name else None)
+        starts, ends, axes, steps = bounds
+        return starts or [], ends or [], axes, steps
 
     def integer_binary(self, node: Any) -> ShapeValue:
         """``Add``/``Sub``/``Mul``/``Div`` of two integer tensors known at import."""

@@ -78,6 +78,34 @@ class OnnxTake(Layer):
 
 
 @register_layer
+class OnnxSliceAxis(Layer):
+    """Indices ``start`` to ``end`` of axis ``axis`` (ONNX ``Slice`` of a view's axis).
+
+    Args:
+        axis: the axis (non-negative).
+        start: the first index kept.
+        end: one past the last index kept.
+        name: an explicit layer name.
+
+    Example:
+        >>> k = OnnxSliceAxis(0, 1, 2)(qkv)  # doctest: +SKIP
+    """
+
+    kind = "onnx_slice_axis"
+
+    def __init__(self, axis: int, start: int, end: int, name: str | None = None):
+        super().__init__(name)
+        self.axis, self.start, self.end = int(axis), int(start), int(end)
+
+    def get_config(self) -> dict[str, Any]:
+        config = {"axis": self.axis, "start": self.start, "end": self.end}
+        return {**super().get_config(), **config}
+
+    def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
+        return op(ctx.graph, "slice", inputs[0], axis=self.axis, start=self.start, end=self.end)
+
+
+@register_layer
 class OnnxBatchMatMul(Layer):
     """``a @ b`` of two run-time tensors (rank >= 2, leading axes broadcast).
 

@@ -21,7 +21,7 @@ from ...nn.tensor import BATCH, SymbolicTensor
 from . import _layers as X
 from ._shape_ops import ShapeOperators, normalized_axes
 from ._shape_values import BATCH_SIZE, MAX_SHAPE_ELEMENTS, ShapeValue, SymbolicSize
-from ._view_layers import OnnxBatchMatMul, OnnxRelayout, OnnxTake
+from ._view_layers import OnnxBatchMatMul, OnnxRelayout, OnnxSliceAxis, OnnxTake
 from ._views import (
     Groups,
     View,
@@ -82,6 +82,7 @@ class ViewOperators(ShapeOperators):
             "Unsqueeze": ViewOperators.view_unsqueeze,
             "Squeeze": ViewOperators.view_squeeze,
             "Gather": ViewOperators.view_gather,
+            "Slice": ViewOperators.view_slice,
             "MatMul": ViewOperators.view_matmul,
             "Gemm": ViewOperators.view_gemm,
             "Add": ViewOperators.view_binary,
@@ -273,6 +274,29 @@ class ViewOperators(ShapeOperators):
         )
         return View(tensor, drop_axes(shifted, [axis]))
 
+    def view_slice(self, node: Any, attrs: dict[str, Any]) -> View:
+        """ONNX ``Slice`` of a view along fixed axes, step 1 (``q, k, v = qkv`` unbinds so)."""
+        view = self.view_of(node.input[0])
+        starts, ends, axes, steps = self.slice_bounds(node, attrs)
+        axes = list(range(len(starts))) if axes is None else axes
+        if steps is not None and any(step != 1 for step in steps):
+            self.fail(f"a view is sliced with steps of 1 only, got {list(steps)}")
+        if not len(starts) == len(ends) == len(axes):
+            self.fail(f"starts, ends and axes differ in length: {starts}, {ends}, {axes}")
+        tensor, groups = view.tensor, view.groups
+        for axis, start, end in zip(normalized_axes(axes, len(groups), "axes"), starts, ends):
+            moving = [a for a in groups[axis] if tensor.engine_shape[a] != 1]
+            size = tensor.engine_shape[moving[0]] if len(moving) == 1 else -1
+            if size < 0:
+                dims = onnx_dims(tensor.engine_shape, groups)
+                self.fail(f"a view is sliced along fixed axes only; axis {axis} of {dims}")
+            first, last = (min(max(b + size if b < 0 else b, 0), size) for b in (start, end))
+            if first >= last:
+                self.fail(f"the slice [{start}, {end}) of axis {axis} (size {size}) is empty")
+            layer = OnnxSliceAxis(moving[0], first, last, name=self.layer_name())
+            tensor = self.call(layer, tensor)
+        return View(tensor, groups)
+
     def _embedding(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         ids = self.values[node.input[1]]
         if ids.dtype != "int32" or node.input[1] in self.views:
@@ -311,7 +335,7 @@ class ViewOperators(ShapeOperators):
         )
         lead = len(lead_a)
         leading = arranged[0].groups[:-2]
-        self.products[node.output[0]] = (arranged[0].tensor, arranged[1].tensor, leading)
+        self.products[node.output[0]] = (arranged[0].tensor, arranged[1].tensor, leading, 1.0)
         return View(out, (*leading, (lead,), (lead + 1,)))
 
     def arranged_operand(self, view: View, what: str) -> View:

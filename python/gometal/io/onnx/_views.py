@@ -244,8 +244,11 @@ def arrangement(
             new_groups.append((len(new_shape),))
             new_shape.append(engine_dim(group_size(shape, group), f"ONNX axis {index}"))
         else:
-            new_groups.append(tuple(range(len(new_shape), len(new_shape) + len(group))))
-            new_shape.extend(shape[axis] for axis in group)
+            # Axes of size 1 are dropped (one stays for a group of size 1), so two operands
+            # that broadcast in ONNX get the same leading engine axes.
+            sizes = [shape[axis] for axis in group if shape[axis] != 1] or [1]
+            new_groups.append(tuple(range(len(new_shape), len(new_shape) + len(sizes))))
+            new_shape.extend(sizes)
     return perm, new_shape, tuple(new_groups)
 
 

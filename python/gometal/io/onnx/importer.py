@@ -187,6 +187,7 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
                 # The known ways here are checked before; any other still names the node.
                 self.fail(f"cannot be imported ({type(err).__name__}: {err})")
             self._store(node.output[0], result)
+            self.track_scores(node)
         self.node = None
         return self._finish(source)
 
@@ -271,7 +272,10 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
         check_declared_output(declared, output.engine_shape)
         try:
             model = Model(source, output)
-            model.set_weights(self.weights)
+            # Layers off every path to the output (attention scores that a fused causal
+            # attention replaced) are not part of the model.
+            kept = model.weight_shapes
+            model.set_weights({k: v for k, v in self.weights.items() if k in kept})
         except ValueError as err:
             raise OnnxImportError(f"the imported graph is not a valid model: {err}") from None
         return model
