@@ -5,6 +5,7 @@ took, exits 0, and a restart on the same port serves again."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -136,17 +137,39 @@ class _LoadClient(threading.Thread):
         self.failures: list[BaseException] = []
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                # A new connection each time: a request is either taken whole or refused.
-                with httpx.Client(timeout=60) as http:
+        # A new connection each time: a request is either taken whole or refused.
+        close = {"Connection": "close"}
+        with httpx.Client(timeout=60, headers=close) as http:
+            while not self.stop.is_set() and len(self.failures) <= 20:
+                try:
                     answer = http.post(self.url, json=_body(self.x))
-                self.answers.append((time.monotonic(), answer))
-            except httpx.TransportError as err:
-                self.failures.append(err)
-                if len(self.failures) > 20:
-                    return
-                time.sleep(0.01)
+                    self.answers.append((time.monotonic(), answer))
+                except httpx.TransportError as err:
+                    self.failures.append(err)
+                    time.sleep(0.01)
+
+
+class _GrpcLoadClient(threading.Thread):
+    """Sends gRPC calls one after another until the server stops."""
+
+    def __init__(self, address: str, x: np.ndarray, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.address, self.x, self.stop = address, x, stop
+        self.answers: list[tuple[float, object]] = []
+        self.failures: list[grpc.RpcError] = []
+
+    def run(self) -> None:
+        request = service_pb2.ModelInferRequest(model_name="slow")
+        request.inputs.add(name="input", datatype="FP32", shape=[1, 1024])
+        request.raw_input_contents.append(self.x.tobytes())
+        with grpc.insecure_channel(self.address) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            while not self.stop.is_set() and len(self.failures) <= 20:
+                try:
+                    self.answers.append((time.monotonic(), stub.ModelInfer(request, timeout=60)))
+                except grpc.RpcError as err:
+                    self.failures.append(err)
+                    time.sleep(0.01)
 
 
 def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(
@@ -159,15 +182,31 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(
     process.wait_live()
     stop = threading.Event()
     clients = [_LoadClient(f"{process.base}/v2/models/slow/infer", x, stop) for x in inputs]
-    for client in clients:
+    over_grpc = [_GrpcLoadClient(process.grpc_url, x, stop) for x in inputs[:4]]
+    for client in [*clients, *over_grpc]:
         client.start()
     time.sleep(1.5)
     signalled = time.monotonic()
     status = process.stop(signal.SIGTERM)
     stop.set()
-    for client in clients:
+    for client in [*clients, *over_grpc]:
         client.join(60)
     assert status == 0, process.stderr()
+    lines = [json.loads(line) for line in process.stderr().splitlines() if line.startswith("{")]
+    grpc_taken = [line for line in lines if line["path"] == "ModelInfer"]
+    assert {line["status"] for line in grpc_taken} <= {200, 503}  # 503: refused while draining
+    assert sum(line["status"] == 200 for line in grpc_taken) == sum(
+        len(c.answers) for c in over_grpc
+    )
+    for client, want in zip(over_grpc, expected):
+        # Calls the server never took: refused (UNAVAILABLE) or dropped by gRPC as it stopped
+        # (CANCELLED); every call that reached the service is logged and answered (above).
+        codes = [(err.code(), err.details()) for err in client.failures]
+        not_taken = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        assert all(code in not_taken for code, _ in codes), codes
+        for _, answer in client.answers:
+            got = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(1, 2)
+            np.testing.assert_allclose(got, want[None], rtol=RTOL, atol=ATOL)
     answered = 0
     for client, want in zip(clients, expected):
         for _, answer in client.answers:
@@ -179,7 +218,8 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(
         assert all(isinstance(err, httpx.TransportError) for err in client.failures)
     logged = [line for line in process.stderr().splitlines() if '"path": "/v2/models/slow' in line]
     assert len(logged) == answered, "a request the server took was not answered"
-    assert any(t > signalled for c in clients for t, _ in c.answers), "nothing was in flight"
+    answered_late = [t > signalled for c in [*clients, *over_grpc] for t, _ in c.answers]
+    assert any(answered_late), "nothing was in flight when the signal came"
 
     restarted = ServerProcess(repository, tmp_path, port=process.port)
     try:

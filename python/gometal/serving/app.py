@@ -19,6 +19,7 @@ model's queue is full, or for a model that failed to load (the reason is given).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -152,8 +153,10 @@ def create_app(
             protocol over gRPC, or ``None`` for HTTP alone.
 
     Returns:
-        The application; ``app.state.models`` holds the served versions and
-        ``app.state.metrics`` the metrics. Its lifespan's end drains every batcher.
+        The application; ``app.state.models`` holds the served versions,
+        ``app.state.metrics`` the metrics, and ``app.state.begin_drain()`` starts a
+        graceful shutdown (a server calls it on SIGTERM). Its lifespan's end drains every
+        batcher.
 
     Raises:
         RepositoryError: the path holds no model.
@@ -168,20 +171,30 @@ def create_app(
     slots = UploadSlots(settings.max_queue)
     policy = host_policy if host_policy is not None else HostPolicy.for_bind("127.0.0.1")
 
+    grpc: dict[str, Any] = {"server": None, "loop": None, "stopping": None}
+
+    def begin_drain() -> None:
+        """Reports not ready and stops taking gRPC calls (uvicorn stops taking HTTP ones)."""
+        models.draining = True
+        if grpc["server"] is not None and grpc["stopping"] is None:
+            stop = grpc["server"].stop(GRPC_DRAIN_S)  # answers the calls it took
+            grpc["stopping"] = asyncio.run_coroutine_threadsafe(stop, grpc["loop"])
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        grpc_server = None
         if grpc_address is not None:
             from .grpc_service import start_grpc_server
 
-            grpc_server = await start_grpc_server(
+            grpc["loop"] = asyncio.get_running_loop()
+            grpc["server"] = await start_grpc_server(
                 grpc_address, models, metrics, settings.api_key, settings.max_body_bytes
             )
         try:
             yield
         finally:
-            if grpc_server is not None:  # refuses new calls, answers those it took
-                await grpc_server.stop(GRPC_DRAIN_S)
+            begin_drain()
+            if grpc["stopping"] is not None:
+                await asyncio.wrap_future(grpc["stopping"])
             await anyio.to_thread.run_sync(models.close)
 
     app = FastAPI(
@@ -189,6 +202,7 @@ def create_app(
         lifespan=lifespan,
     )  # fmt: skip
     app.state.models = models
+    app.state.begin_drain = begin_drain
     app.state.metrics = metrics
     app.add_middleware(RequestGuard, policy=policy, api_key=settings.api_key)
     _install_error_handlers(app)

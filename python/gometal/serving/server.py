@@ -134,7 +134,7 @@ def serve(
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            state.draining = True  # readiness turns 503 at once, before the drain ends
+            app.state.begin_drain()  # not ready at once; gRPC stops taking calls too
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
