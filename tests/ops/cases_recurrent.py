@@ -72,7 +72,7 @@ def recurrence_reference(
     return np.stack(outputs, axis=1)
 
 
-def _case(cell, hidden=3, proj=0, reverse=False, with_lengths=False, name=""):
+def _case(cell, hidden=3, proj=0, reverse=False, with_lengths=False, name="", lean=False):
     """recurrence over (xp, h0, [c0], w_hh, [w_hr], [b_hn], [lengths]), its output sliced to
     the columns a layer reads (h, and c for an LSTM): the rest is saved for the backward pass."""
     out = proj or hidden
@@ -88,7 +88,7 @@ def _case(cell, hidden=3, proj=0, reverse=False, with_lengths=False, name=""):
     if with_lengths:
         args.append(Arg((BATCH,), _lengths, dtype="int32", grad=False))
     read = out + (hidden if cell == "lstm" else 0)
-    attrs = {"cell": cell, "reverse": reverse}
+    attrs = {"cell": cell, "reverse": reverse, "lean": lean}
 
     def build(g: _core.Graph, nodes: list[int], case_attrs: dict) -> int:
         y = g.op("recurrence", nodes, case_attrs)
@@ -130,6 +130,11 @@ RECURRENCE_CASES = [
     _case("gru"),
     _case("gru", reverse=True, with_lengths=True),
     _case("gru", hidden=5, with_lengths=True, name="gru-wider"),
+    # Lean (inference) outputs: only h and c; the gradient recomputes the saving recurrence.
+    _case("rnn_relu", reverse=True, with_lengths=True, lean=True, name="rnn_relu-lean"),
+    _case("lstm", hidden=4, proj=2, with_lengths=True, lean=True, name="lstm-projected-lean"),
+    _case("lstm", reverse=True, lean=True, name="lstm-reverse-lean"),
+    _case("gru", with_lengths=True, lean=True, name="gru-lean"),
 ]
 
 

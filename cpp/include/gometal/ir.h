@@ -92,6 +92,7 @@ struct Attrs {
   // sequence_end: the time loop runs from the last step to the first
   std::string cell;
   bool reverse = false;
+  bool lean = false;  // recurrence in inference: no gates saved for a backward pass
 };
 
 struct Node {

@@ -102,15 +102,19 @@ struct RecurrenceKernel final : Kernel {
             sigmoid_of_sum(x + 3 * H, ar + 3 * H, H);
             // With a projection h goes to hraw, and the step's product below sets h and y.
             lstm_state(ar, c + n * H, yr + l.c_col(), l.projected ? hraw + n * H : hr, H);
-            std::memcpy(yr + l.gates_col(), ar, sizeof(float) * GH);
+            if (!l.lean) std::memcpy(yr + l.gates_col(), ar, sizeof(float) * GH);
             if (!l.projected) std::memcpy(yr, hr, sizeof(float) * H);
             break;
-          case Cell::Gru:
+          case Cell::Gru: {
             sigmoid_of_sum(x, ar, 2 * H);  // r, z
-            gru_state(x + 2 * H, ar, ar + 2 * H, bhn, yr + l.gates_col() + 2 * H, yr + l.hn_col(), hr, H);
-            std::memcpy(yr + l.gates_col(), ar, sizeof(float) * 2 * H);
+            // A lean output has no columns for n and hn: they go to the unused hraw and hnew.
+            float* n_to = l.lean ? hraw + n * H : yr + l.gates_col() + 2 * H;
+            float* hn_to = l.lean ? hnew + n * P : yr + l.hn_col();
+            gru_state(x + 2 * H, ar, ar + 2 * H, bhn, n_to, hn_to, hr, H);
+            if (!l.lean) std::memcpy(yr + l.gates_col(), ar, sizeof(float) * 2 * H);
             std::memcpy(yr, hr, sizeof(float) * H);
             break;
+          }
         }
       });
       if (!l.projected) continue;
@@ -252,6 +256,7 @@ std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const Memo
       k->l.hidden = whh[0] / k->l.gates;
       k->l.out = whh[1];
       k->l.projected = at.w_hr >= 0;
+      k->l.lean = n.attrs.lean;
       const Shape& seq = shapes[n.inputs[0]];
       k->batch = seq[0];
       k->steps = seq[1];

@@ -68,6 +68,8 @@ Parsed parse(const Node& n, const std::vector<Node>& nodes, bool gradient) {
   p.at = recurrent_operands(cell, n.inputs.size(), has_lengths, gradient, name_of(n));
   RecurrentLayout& l = p.layout;
   l.cell = cell;
+  l.lean = n.attrs.lean;
+  if (gradient && l.lean) fail(name_of(n), "reads the saved gates of a recurrence that is not lean");
   l.gates = cell == Cell::Lstm ? 4 : cell == Cell::Gru ? 3 : 1;
   const Node& w_hh = input(n, nodes, p.at.w_hh);
   require_dtype(n, w_hh, DType::F32, "w_hh");
@@ -169,9 +171,21 @@ int product_over_steps(Graph& gr, int a, int b) { return gr.sum(gr.matmul(a, b, 
 
 void vjp_recurrence(Graph& gr, int y, int g, std::vector<int>& dx) {
   const View v = view(gr, y);
-  const Parsed p = parse(gr.node(y), gr.nodes(), false);
-  const RecurrentLayout& l = p.layout;
+  Parsed p = parse(gr.node(y), gr.nodes(), false);
   const RecurrentOperands& at = p.at;
+  if (p.layout.lean) {
+    // A lean recurrence saved no gates: run the full one again, and widen g to its columns.
+    Attrs full = v.attrs;
+    full.lean = false;
+    const int64_t lean_width = p.layout.width();
+    p.layout.lean = false;
+    y = gr.op(OpKind::Recurrence, v.in, full);
+    Attrs wider;
+    wider.axis = 2;
+    wider.end = p.layout.width() - lean_width;
+    g = gr.op(OpKind::Pad, {g}, wider);
+  }
+  const RecurrentLayout& l = p.layout;
   std::vector<int> in = {g, y, v.in[at.h0]};
   if (at.c0 >= 0) in.push_back(v.in[at.c0]);
   in.push_back(v.in[at.w_hh]);
@@ -215,7 +229,8 @@ std::vector<OpDef> recurrent_op_defs() {
   const auto cell = attr("cell", &Attrs::cell);
   const auto reverse = attr("reverse", &Attrs::reverse);
   return {
-      {OpKind::Recurrence, "recurrence", -1, {cell, reverse}, recurrence_shape, Gradient::Rule, vjp_recurrence},
+      {OpKind::Recurrence, "recurrence", -1, {cell, reverse, attr("lean", &Attrs::lean)}, recurrence_shape,
+       Gradient::Rule, vjp_recurrence},
       {OpKind::RecurrenceGrad, "recurrence_grad", -1, {cell, reverse}, recurrence_grad_shape, Gradient::None},
       {OpKind::SequenceEnd, "sequence_end", -1, {reverse}, sequence_end_shape, Gradient::Rule, vjp_sequence_end},
       {OpKind::SequenceEndGrad, "sequence_end_grad", -1, {reverse}, sequence_end_grad_shape, Gradient::None},

@@ -5,8 +5,9 @@
 //   xp (N, T, G*H): the input projection of every step with both biases (GRU: b_hn apart),
 //   h0 (N, P), c0 (N, H) (LSTM), w_hh (G*H, P), w_hr (P, H) (LSTM with a projection, P < H),
 //   b_hn (H,) (GRU), lengths int32 (N,) (optional, always last).
-// Its output (N, T, W) packs per step what the layer reads and what the backward pass needs;
-// every column of a padded step (t >= length) is zero.
+// Its output (N, T, W) packs per step what the layer reads and what the backward pass needs
+// (with `lean`, for inference, only what the layer reads: h, and an LSTM's c); every column
+// of a padded step (t >= length) is zero.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,7 @@ struct RecurrentLayout {
   int64_t hidden = 0;   // H
   int64_t out = 0;      // P: H, or the LSTM's projection size
   bool projected = false;
+  bool lean = false;  // inference: only the columns a layer reads, no saved gates
 
   int64_t gate_width() const { return gates * hidden; }
   // Forward output columns: h (P); LSTM: then c (H) and the gates i, f, g, o (4H);
@@ -35,6 +37,7 @@ struct RecurrentLayout {
   int64_t gates_col() const { return cell == Cell::Lstm ? out + hidden : out; }
   int64_t hn_col() const { return out + 3 * hidden; }
   int64_t width() const {
+    if (lean) return cell == Cell::Lstm ? out + hidden : out;
     switch (cell) {
       case Cell::Lstm: return out + 5 * hidden;
       case Cell::Gru: return 5 * hidden;

@@ -286,7 +286,10 @@ class _Recurrent(Layer):
             operands.append(b_hn)
         if lengths is not None:
             operands.append(lengths)
-        packed = op(g, "recurrence", *operands, cell=self.cell, reverse=reverse)
+        # Inference keeps no gates for a backward pass (lean): only h, and an LSTM's c.
+        packed = op(
+            g, "recurrence", *operands, cell=self.cell, reverse=reverse, lean=not ctx.training
+        )
         sequence = op(g, "slice", packed, axis=2, start=0, end=out)
         ends = [sequence] + ([lengths] if lengths is not None else [])
         h_end = op(g, "sequence_end", *ends, reverse=reverse)
