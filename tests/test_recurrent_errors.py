@@ -105,3 +105,14 @@ def test_constructor_arguments_are_checked() -> None:
         LSTM(4, 6, dropout=1.5)
     with pytest.raises(ValueError, match=r"lengths or a key_padding_mask, not both"):
         LSTM(4, 6, lengths=True, key_padding_mask=True)
+
+
+def test_a_mask_value_outside_zero_and_one_is_named() -> None:
+    x, mask = gm.Input((None, 4)), gm.Input((None,))
+    model = gm.Model([x, mask], GRU(4, 6, key_padding_mask=True, name="gru")([x, mask]), seed=0)
+    bad = np.zeros((2, 3), np.float32)
+    bad[1, 2] = 2.0
+    with pytest.raises(
+        ValueError, match=r"\[gru\] key_padding_mask must hold 1 at padded steps.*got 2.*\(1, 2\)"
+    ):
+        model.predict([np.zeros((2, 3, 4), np.float32), bad])

@@ -205,8 +205,17 @@ class _Recurrent(Layer):
             lengths = op(g, "reshape", extra, shape=[-1])
         if self.key_padding_mask:
             # Padding is a suffix of each row: its length is the count of steps not masked.
+            check = op(
+                g,
+                "check_range",
+                extra,
+                low=0.0,
+                high=1.0,
+                label=ctx.scope or self.kind,
+                message="key_padding_mask must hold 1 at padded steps and 0 elsewhere",
+            )
             kept = op(g, "sum", op(g, "sub", const(g, 1.0), extra), axes=[1])
-            lengths = op(g, "cast", kept, dtype="int32")
+            lengths = op(g, "cast", op(g, "add", kept, check), dtype="int32")
         layer_input = x
         finals: dict[str, list[int]] = {"h_n": [], "c_n": []}
         sequences: list[int] = []
