@@ -111,20 +111,31 @@ def _linear(x, params, name):
     return x @ params[name + ".weight"].T + params[name + ".bias"]
 
 
+def _causal_attention(jax, q, k, v, n_head: int):
+    """Causal softmax attention of (N, T, C) queries, keys and values split into heads, as
+    nanoGPT's manual path: heads first, then batched matmuls. On XLA:CPU this measured 1.8x
+    faster (forward and backward at T = 1024) than jax.nn.dot_product_attention's (N, T,
+    heads, width) layout."""
+    jnp = jax.numpy
+    batch, length, width = q.shape
+    q, k, v = (t.reshape(batch, length, n_head, -1).transpose(0, 2, 1, 3) for t in (q, k, v))
+    scores = (q @ k.transpose(0, 1, 3, 2)) / math.sqrt(width // n_head)
+    visible = jnp.tril(jnp.ones((length, length), bool))
+    probs = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)
+    return (probs @ v).transpose(0, 2, 1, 3).reshape(batch, length, width)
+
+
 def gpt_logits(jax, params, tokens, n_layer: int, n_head: int):
     """(N, T, vocab) next-token logits of the GPT for (N, T) int token ids."""
-    batch, length = tokens.shape
+    length = tokens.shape[1]
     wte = params["transformer.wte.weight"]
     x = wte[tokens] + params["transformer.wpe.weight"][:length]
-    width = x.shape[-1]
     for i in range(n_layer):
         p = f"transformer.h.{i}."
         h = _layer_norm(jax, x, params[p + "ln_1.weight"], params[p + "ln_1.bias"])
         q, k, v = jax.numpy.split(_linear(h, params, p + "attn.c_attn"), 3, axis=-1)
-        # (N, T, heads, head width): the layout jax.nn.dot_product_attention takes.
-        q, k, v = (t.reshape(batch, length, n_head, width // n_head) for t in (q, k, v))
-        y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-        x = x + _linear(y.reshape(batch, length, width), params, p + "attn.c_proj")
+        y = _causal_attention(jax, q, k, v, n_head)
+        x = x + _linear(y, params, p + "attn.c_proj")
         h = _layer_norm(jax, x, params[p + "ln_2.weight"], params[p + "ln_2.bias"])
         h = jax.nn.gelu(_linear(h, params, p + "mlp.c_fc"), approximate=False)
         x = x + _linear(h, params, p + "mlp.c_proj")
