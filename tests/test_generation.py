@@ -91,3 +91,26 @@ def test_gometal_generate_refuses_a_prompt_longer_than_the_context(tmp_path, cap
     )
     assert main(["generate", str(tmp_path), "--prompt", "abc", "--max-new-tokens", "9"]) == 0
     assert capsys.readouterr().out.startswith("abc")
+
+
+def test_model_generate_is_gm_models_generate_and_sees_the_current_weights():
+    """``model.generate`` takes generate's arguments; after set_weights it follows the new
+    weights (the greedy tokens are the argmax of the new model's recomputed logits)."""
+    model = _model()
+    prompt = np.array([[1, 2], [3, 4]], np.int32)
+    np.testing.assert_array_equal(
+        model.generate(prompt, 9, top_p=0.8, seed=3), generate(model, prompt, 9, top_p=0.8, seed=3)
+    )
+    weights = model.get_weights()
+    rng = np.random.default_rng(0)
+    model.set_weights(
+        {k: v + rng.standard_normal(v.shape).astype(np.float32) * 0.5 for k, v in weights.items()}
+    )
+    tokens = model.generate(prompt[:1], 5, greedy=True)
+    assert tokens.shape == (1, 7)
+    for t in range(2, 7):
+        window = np.zeros((1, BLOCK), np.int32)
+        window[0, :t] = tokens[0, :t]
+        assert tokens[0, t] == np.argmax(model.predict(window)[0, t - 1])
+    with pytest.raises(ValueError, match="more than the model's context of block_size 8"):
+        model.generate(np.arange(BLOCK + 1) % VOCAB, 1)

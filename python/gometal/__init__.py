@@ -28,6 +28,7 @@ from .base.runtime import get_num_threads, set_num_threads
 from .io import serialization
 from .io.serialization import load_model
 from .nn import layers, ops
+from .nn import provided as _nn_provided
 from .nn.builder import ModelBuilder
 from .nn.layers.base import EmitContext
 from .nn.model import Model
@@ -94,6 +95,14 @@ def _plots_callback(plots: str, plots_dir: object, validation: object) -> object
     from .viz.dashboard import dashboard_for_fit
 
     return dashboard_for_fit(plots, plots_dir, validation)
+
+
+@_nn_provided.generate_tokens.provide
+def _generate_tokens(model: Model, *args: object) -> object:
+    # Model.generate sits in nn, below models: generation loads when a model first asks.
+    from .models.generation import generate
+
+    return generate(model, *args)
 
 
 # Imported on first use: they pull in heavy packages (Pillow; onnx; plotly and scipy).

@@ -35,12 +35,13 @@ from .inference import (
 from .layers.base import EmitContext, Layer, check_weight_values
 from .layers.weight_store import EngineWeights, holding_weights
 from .model_copies import holds_symbolic, rebuild_model
+from .model_services import ModelServices
 from .signature import Signature, input_names, output_names, parse_tensors
 from .summary import summary_lines
 from .tensor import ModelGraph, SymbolicTensor
 
 
-class Model:
+class Model(ModelServices):
     """A model defined by symbolic inputs and outputs (the functional API).
 
     A model may take several inputs and give several outputs, as a list or as a dict
@@ -498,55 +499,6 @@ class Model:
         emit = print if print_fn is None else print_fn
         for line in summary_lines(self):
             emit(line)
-
-    def save(self, path: Any, metadata: Mapping[str, Any] | None = None) -> None:
-        """Atomically writes the model's definition and weights (one safetensors file).
-
-        Args:
-            path: the file to create or replace, e.g. ``"model.safetensors"``.
-            metadata: optional JSON-serializable dict stored with the model.
-
-        Example:
-            >>> model.save("mlp.safetensors")  # doctest: +SKIP
-            >>> clone = gm.load_model("mlp.safetensors")  # doctest: +SKIP
-        """
-        provided.save_model(self, path, metadata)
-
-    def load_weights(self, path: Any, *, allow_non_finite: bool = False) -> None:
-        """Loads the weights of a model file or checkpoint with the same weight names.
-
-        Args:
-            path: a file written by ``model.save`` or ``trainer.save``.
-            allow_non_finite: load weights holding NaN or infinities instead of refusing
-                them.
-
-        Raises:
-            gm.serialization.CheckpointError: an invalid file, or weights that do not fit
-                this model (every missing, unexpected or misshapen tensor is named).
-
-        Example:
-            >>> model.load_weights("mlp.safetensors")  # doctest: +SKIP
-        """
-        provided.load_weights(self, path, allow_non_finite=allow_non_finite)
-
-    def export_onnx(self, path: Any, opset: int = 17) -> None:
-        """Writes the model as an ONNX file with a dynamic batch dimension (atomically).
-
-        Batch norm exports its running statistics and dropout is an identity, so a
-        standard runtime (onnxruntime) gives the outputs of ``predict``.
-
-        Args:
-            path: the ``.onnx`` file to create or replace; its folder must exist.
-            opset: the ONNX operator set version, 13 to 23.
-
-        Raises:
-            ValueError: ``opset`` is out of range.
-            NotImplementedError: a layer type has no ONNX export rule (the layer is named).
-
-        Example:
-            >>> model.export_onnx("model.onnx")  # doctest: +SKIP
-        """
-        provided.export_onnx(self, path, opset)
 
     def __repr__(self) -> str:
         size = f"layers={len(self._layers)}, params={self.count_params():,}"

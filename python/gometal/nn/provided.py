@@ -1,7 +1,9 @@
-"""The functions behind ``Model.save``, ``Model.load_weights`` and ``Model.export_onnx``.
+"""The functions behind ``Model.save``, ``Model.load_weights``, ``Model.export_onnx`` and
+``Model.generate``.
 
 Model files and ONNX belong to the io layer, above nn: ``gometal.io`` provides these when
-it is imported (``import gometal`` imports it), so nn never imports io.
+it is imported (``import gometal`` imports it), so nn never imports io. Generation
+belongs to ``gometal.models``, which ``import gometal`` wires in and loads on first use.
 """
 
 from __future__ import annotations
@@ -19,3 +21,6 @@ export_onnx: ProvidedFunction = ProvidedFunction("Model.export_onnx", "gometal.i
 model_to_config: ProvidedFunction = ProvidedFunction("copying or pickling a Model", "gometal.io")
 # model_from_config(config) rebuilds a Model (fresh weights) from model_to_config's data.
 model_from_config: ProvidedFunction = ProvidedFunction("unpickling a Model", "gometal.io")
+# generate_tokens(model, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed,
+# kv_cache) continues a prompt from a language model (gm.models.generate).
+generate_tokens: ProvidedFunction = ProvidedFunction("Model.generate", "gometal.models")
