@@ -233,6 +233,14 @@ struct SequenceEndKernel final : Kernel {
   }
 };
 
+// A stateful layer's state has the batch it was built for; a plan for another batch is refused.
+void check_state_rows(int64_t rows, int64_t batch, std::string_view op) {
+  if (rows != batch)
+    throw std::invalid_argument("[" + std::string(op) + "] the state has " + std::to_string(rows) +
+                                " rows but the batch has " + std::to_string(batch) +
+                                " (a stateful layer runs at the batch size it was built for)");
+}
+
 BufRef optional(const MemoryPlan& mem, const Node& n, int index) {
   return index < 0 ? BufRef{} : mem.ref[n.inputs[static_cast<size_t>(index)]];
 }
@@ -260,6 +268,7 @@ std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const Memo
       const Shape& seq = shapes[n.inputs[0]];
       k->batch = seq[0];
       k->steps = seq[1];
+      check_state_rows(shapes[n.inputs[at.h0]][0], k->batch, op_name(n.op));
       k->seq = mem.ref[n.inputs[0]];
       if (k->gradient) k->y = mem.ref[n.inputs[1]];
       k->h0 = optional(mem, n, at.h0);
@@ -281,6 +290,7 @@ std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const Memo
       k->width = full[2];
       k->x = mem.ref[n.inputs[0]];
       k->lengths = has_lengths ? mem.ref[n.inputs.back()] : BufRef{};
+      if (!k->gradient) check_state_rows(shapes[id][0], k->batch, op_name(n.op));
       k->out = mem.ref[id];
       return k;
     }

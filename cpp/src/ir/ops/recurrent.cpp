@@ -3,7 +3,8 @@
 //   recurrence(xp, h0, [c0], w_hh, [w_hr], [b_hn], [lengths])   (N, T, W) packed outputs
 //   recurrence_grad(g, y, h0, [c0], w_hh, [w_hr], [lengths])    backpropagation through time
 //   sequence_end(x, [lengths])       (N, W): the step a recurrence ends at (t = length - 1, or 0
-//                                    when reverse): final states, the last valid output
+//                                    when reverse): final states, the last valid output; with
+//                                    rows, a known batch (a stateful layer's state)
 //   sequence_end_grad(g, like, [lengths])   sequence_end's gradient: g placed at that step
 // The weight gradients are products over all steps at once, composed by the VJP rule from
 // recurrence_grad's columns. No decomposition: the op harness compares with NumPy loops.
@@ -60,6 +61,13 @@ void require_shape(const Node& n, const Node& in, const Shape& want, const std::
     fail(name_of(n), role + " must have shape " + shape_str(want) + ", got " + shape_str(in.shape));
 }
 
+// An initial state (N, width); a stateful layer's has a known batch where the sequence's is
+// a symbol, which the kernel compares when the plan is compiled.
+void require_state(const Node& n, const Node& in, int64_t batch, int64_t width, const std::string& role) {
+  const bool known_rows = in.shape.size() == 2 && is_symbol(batch) && !is_symbol(in.shape[0]);
+  require_shape(n, in, {known_rows ? in.shape[0] : batch, width}, role);
+}
+
 // Checks every operand against w_hh (G*H, P) and the sequence (N, T, ...) `seq`.
 Parsed parse(const Node& n, const std::vector<Node>& nodes, bool gradient) {
   Parsed p;
@@ -98,8 +106,8 @@ Parsed parse(const Node& n, const std::vector<Node>& nodes, bool gradient) {
   } else {
     require_shape(n, seq, {p.n, p.t, l.gate_width()}, "xp (N, T, G*H)");
   }
-  require_shape(n, input(n, nodes, p.at.h0), {p.n, l.out}, "h0 (N, H_out)");
-  if (p.at.c0 >= 0) require_shape(n, input(n, nodes, p.at.c0), {p.n, l.hidden}, "c0 (N, H)");
+  require_state(n, input(n, nodes, p.at.h0), p.n, l.out, "h0 (N, H_out)");
+  if (p.at.c0 >= 0) require_state(n, input(n, nodes, p.at.c0), p.n, l.hidden, "c0 (N, H)");
   if (p.at.b_hn >= 0) require_shape(n, input(n, nodes, p.at.b_hn), {l.hidden}, "b_hn (H,)");
   if (p.at.lengths >= 0 && input(n, nodes, p.at.lengths).shape != Shape{p.n})
     fail(name_of(n), "lengths must have shape " + shape_str({p.n}) + " (N,), got " +
@@ -133,7 +141,9 @@ void sequence_end_shape(Node& n, const std::vector<Node>& nodes) {
   require_dtype(n, x, DType::F32, "x");
   if (x.shape.size() != 3) fail(name_of(n), "expects x of rank 3 (N, T, W), got " + shape_str(x.shape));
   check_lengths(n, nodes, 1, x.shape[0]);
-  n.shape = {x.shape[0], x.shape[2]};
+  if (n.attrs.depth < 0) fail(name_of(n), "rows must be >= 0 (0: the batch of x), got " + std::to_string(n.attrs.depth));
+  // rows: a known batch for a stateful layer's state (the kernel compares it with x's).
+  n.shape = {n.attrs.depth > 0 ? n.attrs.depth : x.shape[0], x.shape[2]};
 }
 
 void sequence_end_grad_shape(Node& n, const std::vector<Node>& nodes) {
@@ -232,7 +242,8 @@ std::vector<OpDef> recurrent_op_defs() {
       {OpKind::Recurrence, "recurrence", -1, {cell, reverse, attr("lean", &Attrs::lean)}, recurrence_shape,
        Gradient::Rule, vjp_recurrence},
       {OpKind::RecurrenceGrad, "recurrence_grad", -1, {cell, reverse}, recurrence_grad_shape, Gradient::None},
-      {OpKind::SequenceEnd, "sequence_end", -1, {reverse}, sequence_end_shape, Gradient::Rule, vjp_sequence_end},
+      {OpKind::SequenceEnd, "sequence_end", -1, {reverse, attr("rows", &Attrs::depth)}, sequence_end_shape,
+       Gradient::Rule, vjp_sequence_end},
       {OpKind::SequenceEndGrad, "sequence_end_grad", -1, {reverse}, sequence_end_grad_shape, Gradient::None},
   };
 }

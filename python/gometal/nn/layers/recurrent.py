@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...graph.composites import const, matmul, op
-from ..initializers import Uniform
+from ..initializers import Uniform, Zeros
 from ..tensor import show_dim
 from . import attention_ops as ao
 from .base import EmitContext, Layer, WeightSpec
@@ -58,6 +58,8 @@ class _Recurrent(Layer):
         initial_state: bool = False,
         lengths: bool = False,
         key_padding_mask: bool = False,
+        stateful: bool = False,
+        batch_size: int | None = None,
         name: str | None = None,
     ):
         super().__init__(name)
@@ -84,6 +86,16 @@ class _Recurrent(Layer):
             raise ValueError(f"{label} takes lengths or a key_padding_mask, not both")
         self.lengths = bool(lengths)
         self.key_padding_mask = bool(key_padding_mask)
+        self.stateful = bool(stateful)
+        if self.stateful and self.initial_state:
+            raise ValueError(
+                f"{label} takes initial states as inputs or keeps them (stateful), not both"
+            )
+        if self.stateful:
+            batch_size = _positive(batch_size, f"{label} batch_size (a stateful layer's batch)")
+        self.batch_size = batch_size if self.stateful else None
+        # A stateful layer writes its final states into its state variables in training.
+        self.updates_state = self.stateful
 
     # -- what subclasses vary --------------------------------------------------------------
     def _outputs(self) -> tuple[str, ...]:
@@ -117,6 +129,8 @@ class _Recurrent(Layer):
             "initial_state": self.initial_state,
             "lengths": self.lengths,
             "key_padding_mask": self.key_padding_mask,
+            "stateful": self.stateful,
+            "batch_size": self.batch_size,
         }
 
     @property
@@ -193,7 +207,28 @@ class _Recurrent(Layer):
                 specs.append(
                     WeightSpec(f"weight_hr{suffix}", (self.output_size, self.hidden_size), init)
                 )
+        states = (self.batch_size, self.directions * self.num_layers)
+        if self.stateful:
+            specs.append(
+                WeightSpec("state_h", (*states, self.output_size), Zeros(), trainable=False)
+            )
+        if self.stateful and self._has_cell_state():
+            specs.append(
+                WeightSpec("state_c", (*states, self.hidden_size), Zeros(), trainable=False)
+            )
         return specs
+
+    def reset_states(self) -> None:
+        """Zeroes a stateful layer's carried states (at the start of a new text or epoch).
+
+        Example:
+            >>> lstm.reset_states()  # doctest: +SKIP
+        """
+        if not self.stateful:
+            raise ValueError(f"{self._describe(self.name)} is not stateful: it keeps no states")
+        self.set_weights(
+            {s.name: np.zeros(s.shape, np.float32) for s in self.weight_specs if not s.trainable}
+        )
 
     # -- emitting ---------------------------------------------------------------------------
     def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
@@ -216,6 +251,11 @@ class _Recurrent(Layer):
             )
             kept = op(g, "sum", op(g, "sub", const(g, 1.0), extra), axes=[1])
             lengths = op(g, "cast", op(g, "add", kept, check), dtype="int32")
+        rows = self.batch_size or -1
+        if self.stateful:
+            # The states carried from the previous batch: variables, so no gradient reaches them.
+            h0 = ctx.variable("state_h")
+            c0 = ctx.variable("state_c") if self._has_cell_state() else None
         layer_input = x
         finals: dict[str, list[int]] = {"h_n": [], "c_n": []}
         sequences: list[int] = []
@@ -231,13 +271,15 @@ class _Recurrent(Layer):
                     layer_input,
                     suffix,
                     direction == 1,
-                    self._state(g, h0, index, self.output_size),
-                    self._state(g, c0, index, self.hidden_size),
+                    self._state(g, h0, index, self.output_size, rows),
+                    self._state(g, c0, index, self.hidden_size, rows),
                     lengths,
                 )
                 sequences.append(sequence)
                 finals["h_n"].append(h_end)
                 finals["c_n"].append(c_end)
+        if self.stateful:
+            self._carry(ctx, finals)
         if self.output == "sequence":
             return self._join(g, sequences, 2)
         if self.output == "last":
@@ -260,12 +302,26 @@ class _Recurrent(Layer):
                 raise ValueError(f"expects {which} as {want}, got {g.dtype(extra)}")
 
     @staticmethod
-    def _state(g: Any, states: Any, index: int, width: int) -> int:
+    def _state(g: Any, states: Any, index: int, width: int, rows: int) -> int:
         """Layer-direction `index`'s initial state (N, width): zeros unless given."""
         if states is None:
             return op(g, "broadcast_to", const(g, 0.0), shape=[-1, width])
         one = op(g, "slice", states, axis=1, start=index, end=index + 1)
-        return op(g, "reshape", one, shape=[-1, width])
+        return op(g, "reshape", one, shape=[rows, width])
+
+    def _carry(self, ctx: EmitContext, finals: dict[str, list[int]]) -> None:
+        """Writes the final states into a stateful layer's state variables (in training)."""
+        g = ctx.graph
+        for key, name in (("h_n", "state_h"), ("c_n", "state_c")):
+            if not ctx.training or not ctx.has_variable(name):
+                continue
+            rows = []
+            for end in finals[key]:
+                # sequence_end of a one-step sequence is the identity: `rows` gives the known batch.
+                one_step = op(g, "reshape", end, shape=[-1, 1, g.shape(end)[1]])
+                state = op(g, "sequence_end", one_step, rows=self.batch_size)
+                rows.append(op(g, "reshape", state, shape=[self.batch_size, 1, g.shape(end)[1]]))
+            ctx.effects.append(op(g, "assign", ctx.variable(name), self._join(g, rows, 1)))
 
     def _direction(
         self, ctx: EmitContext, x: int, suffix: str, reverse: bool, h0: int, c0: int, lengths: Any
@@ -331,6 +387,11 @@ _COMMON_ARGS = """
             torch's packed sequences.
         key_padding_mask: the same as a last float ``(N, T)`` input holding 1 at padded
             steps, which end each row.
+        stateful: keep each training batch's final states (the weights ``state_h`` and an
+            LSTM's ``state_c``, not trained) as the next batch's initial states, detached:
+            truncated backpropagation through time over consecutive batches, as a stateful
+            text loader gives them; ``reset_states()`` zeroes them.
+        batch_size: a stateful layer's batch size (one state row per sequence).
         name: an explicit layer name.
 """
 

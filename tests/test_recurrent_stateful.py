@@ -1,0 +1,108 @@
+"""Stateful recurrent layers: each training batch starts from the previous batch's final
+states, detached (truncated backpropagation through time), as torch's loop that carries
+``(h.detach(), c.detach())``; reset_states zeroes them; the batch size is fixed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gometal as gm
+
+VOCAB, EMBED, HIDDEN, STEPS, BATCH = 9, 6, 10, 8, 3
+
+
+class StatefulCharLM(nn.Module):
+    def __init__(self, cell: str) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, EMBED)
+        recurrent = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = recurrent(EMBED, HIDDEN, num_layers=2, batch_first=True)
+        self.head = nn.Linear(HIDDEN, VOCAB)
+
+    def forward(self, tokens, state):
+        out, state = self.rnn(self.embed(tokens), state)
+        return self.head(out), state
+
+
+def _pair(cell: str):
+    torch.manual_seed(0)
+    module = StatefulCharLM(cell)
+    tokens = gm.Input((None,), dtype="int32")
+    embed = gm.layers.Embedding(VOCAB, EMBED)
+    layer_class = gm.layers.LSTM if cell == "lstm" else gm.layers.GRU
+    rnn = layer_class(EMBED, HIDDEN, num_layers=2, stateful=True, batch_size=BATCH)
+    head = gm.layers.Dense(VOCAB)
+    model = gm.Model(tokens, head(rnn(embed(tokens))), seed=0)
+    embed.set_weights({"weight": module.embed.weight.detach().numpy()})
+    rnn.set_weights({k: v.detach().numpy() for k, v in module.rnn.state_dict().items()})
+    head.set_weights({k: v.detach().numpy() for k, v in module.head.state_dict().items()})
+    return module, model, rnn
+
+
+def _stream(steps: int):
+    """Consecutive windows: row b of batch k+1 continues row b of batch k."""
+    rng = np.random.default_rng(0)
+    text = np.cumsum(rng.integers(0, 3, BATCH * (steps * STEPS + 1))) % VOCAB
+    rows = text[: BATCH * (steps * STEPS + 1)].reshape(BATCH, -1)
+    for k in range(steps):
+        window = rows[:, k * STEPS : k * STEPS + STEPS + 1]
+        yield window[:, :-1].astype(np.int32), window[:, 1:].astype(np.int32)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_training_carries_detached_states_as_torch(cell: str) -> None:
+    module, model, rnn = _pair(cell)
+    trainer = gm.Trainer(model, loss="cross_entropy", optimizer=gm.optim.Adam(lr=1e-2))
+    reference = torch.optim.Adam(module.parameters(), lr=1e-2)
+    state = None
+    for x, y in _stream(10):
+        ours = trainer.train_batch(x, y).loss
+        reference.zero_grad()
+        logits, state = module(torch.from_numpy(x.astype(np.int64)), state)
+        loss = nn.functional.cross_entropy(
+            logits.transpose(1, 2), torch.from_numpy(y.astype(np.int64))
+        )
+        loss.backward()
+        reference.step()
+        state = tuple(s.detach() for s in state) if cell == "lstm" else state.detach()
+        np.testing.assert_allclose(ours, loss.item(), rtol=1e-4)
+    h_n = state[0] if cell == "lstm" else state
+    np.testing.assert_allclose(
+        rnn.get_weights()["state_h"], h_n.transpose(0, 1).numpy(), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_reset_states_starts_again_from_zeros() -> None:
+    _, model, rnn = _pair("lstm")
+    trainer = gm.Trainer(model, loss="cross_entropy", optimizer=gm.optim.SGD(lr=0.0))
+    (x, y), *_ = _stream(1)
+    first = trainer.train_batch(x, y).loss
+    assert np.abs(rnn.get_weights()["state_c"]).max() > 0
+    assert trainer.train_batch(x, y).loss != first  # started from the carried states
+    rnn.reset_states()
+    assert not np.any(rnn.get_weights()["state_h"])
+    assert trainer.train_batch(x, y).loss == pytest.approx(first, rel=1e-6)
+
+
+def test_a_stateful_layer_needs_its_batch_size() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"batch_size \(a stateful layer's batch\) must be a positive int, got None",
+    ):
+        gm.layers.LSTM(4, 5, stateful=True)
+    with pytest.raises(
+        ValueError, match=r"initial states as inputs or keeps them \(stateful\), not both"
+    ):
+        gm.layers.GRU(4, 5, stateful=True, batch_size=2, initial_state=True)
+    _, model, _ = _pair("gru")
+    trainer = gm.Trainer(model, loss="cross_entropy")
+    x = np.zeros((BATCH + 1, STEPS), np.int32)
+    with pytest.raises(
+        ValueError, match=rf"the state has {BATCH} rows but the batch has {BATCH + 1}"
+    ):
+        trainer.train_batch(x, x)
+    with pytest.raises(ValueError, match=r"is not stateful"):
+        gm.layers.GRU(4, 5).reset_states()
