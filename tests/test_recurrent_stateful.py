@@ -4,6 +4,11 @@ states, detached (truncated backpropagation through time), as torch's loop that 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +111,48 @@ def test_a_stateful_layer_needs_its_batch_size() -> None:
         trainer.train_batch(x, x)
     with pytest.raises(ValueError, match=r"is not stateful"):
         gm.layers.GRU(4, 5).reset_states()
+
+
+RESUME = """
+import json, sys
+import numpy as np
+import gometal as gm
+from test_recurrent_stateful import _stream
+gm.set_num_threads(2)
+trainer = gm.Trainer.load(sys.argv[1])
+losses = [trainer.train_batch(x, y).loss for x, y in list(_stream(8))[4:]]
+state = trainer.model.get_weights()
+print(json.dumps({"losses": losses, "state": state["lstm_0.state_h"].tolist()}))
+"""
+
+
+def test_a_stateful_run_resumes_exactly_in_a_new_process(tmp_path) -> None:
+    """4 steps, a checkpoint, 4 more in a new process: the losses and states of 8 at once."""
+    threads = gm.get_num_threads()
+    gm.set_num_threads(2)  # as the new process runs
+    try:
+        _check_resume(tmp_path)
+    finally:
+        gm.set_num_threads(threads)
+
+
+def _check_resume(tmp_path: Path) -> None:
+    batches = list(_stream(8))
+    straight = gm.Trainer(_pair("lstm")[1], loss="cross_entropy", optimizer=gm.optim.Adam(lr=1e-2))
+    expected = [straight.train_batch(x, y).loss for x, y in batches]
+    split = gm.Trainer(_pair("lstm")[1], loss="cross_entropy", optimizer=gm.optim.Adam(lr=1e-2))
+    for x, y in batches[:4]:
+        split.train_batch(x, y)
+    split.save(tmp_path / "run.ckpt")
+    result = subprocess.run(
+        [sys.executable, "-c", RESUME, str(tmp_path / "run.ckpt")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+        check=True,
+    )
+    resumed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert resumed["losses"] == expected[4:]
+    np.testing.assert_array_equal(
+        np.array(resumed["state"], np.float32), straight.model.get_weights()["lstm_0.state_h"]
+    )
