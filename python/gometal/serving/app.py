@@ -114,9 +114,12 @@ async def _read_request_body(
 ) -> bytearray:
     declared = request.headers.get("content-length")
     limit = settings.max_body_bytes
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise ProtocolError(413 if declared.isdigit() else 400,
-                            f"the body must be at most {limit} bytes, Content-Length says {declared}")  # fmt: skip
+    if declared is not None and not declared.isdigit():
+        raise ProtocolError(400, f"Content-Length must be a byte count, got {declared!r}")
+    if declared is not None and int(declared) > limit:
+        raise ProtocolError(
+            413, f"the body must be at most {limit} bytes, Content-Length says {declared}"
+        )
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise ProtocolError(415, f"Content-Encoding {encoding!r} is not supported; send identity")
