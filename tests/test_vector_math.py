@@ -1,4 +1,4 @@
-"""The CPU backend's own exp and erf (branch-free, so loops over them vectorize) against
+"""The CPU backend's exp and erf ops (erf branch-free, so loops over it vectorize) against
 float64 references over the whole float32 range, and layer_norm's statistics (summed in
 double over several partial sums) against float64 NumPy on rows with a large mean."""
 

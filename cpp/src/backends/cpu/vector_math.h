@@ -1,5 +1,6 @@
-// exp and erf for float32, branch-free so that loops calling them vectorize: the libm calls
-// they replace ran one element at a time and dominated GELU's fused kernels.
+// exp and erf for float32, branch-free so that loops calling them vectorize: libm's erff ran
+// one element at a time and dominated GELU's fused kernels. The exp op keeps libm's expf
+// (elementwise_ops.h); this exp serves erf's tail.
 #pragma once
 
 #include <cstdint>
