@@ -175,6 +175,8 @@ def _bad_cases() -> list[tuple[str, str, dict, int, str]]:
     long_header = {"Inference-Header-Content-Length": "999999"}
     return [
         ("unknown model", "/v2/models/nope/infer", {"json": good}, 404, "unknown model"),
+        ("model name out of the repository", "/v2/models/..%2F..%2Fmlp/infer", {"json": good},
+         404, "unknown model"),
         ("unknown version", "/v2/models/mlp/versions/9/infer", {"json": good}, 404, "no version"),
         ("version not a number", "/v2/models/mlp/versions/x/infer", {"json": good}, 404,
          "no version"),
