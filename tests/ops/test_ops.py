@@ -18,6 +18,7 @@ from . import (
     cases_elementwise,
     cases_errors,
     cases_layout,
+    cases_positions,
     cases_recurrent,
     cases_reduce,
     cases_symbols,
@@ -52,6 +53,7 @@ SCENARIOS: list[ScenarioCase] = [
     *cases_decoding.SCENARIOS,
     *cases_transformer.SCENARIOS,
     *cases_recurrent.SCENARIOS,
+    *cases_positions.SCENARIOS,
 ]
 ERROR_CASES: list[ErrorCase] = [
     *cases_errors.CASES,
@@ -59,6 +61,7 @@ ERROR_CASES: list[ErrorCase] = [
     *cases_decoding.ERROR_CASES,
     *cases_transformer.ERROR_CASES,
     *cases_recurrent.ERROR_CASES,
+    *cases_positions.ERROR_CASES,
 ]
 BACKENDS = available_backends()
 

@@ -61,6 +61,8 @@ enum class OpKind : uint8_t {
   Recurrence, RecurrenceGrad, SequenceEnd, SequenceEndGrad,
   // incremental decoding: attention over a cache prefix of run-time length, a write into a cache
   CachedAttention, CacheWrite,
+  // positions 0..T-1 of an axis whose size T may be symbolic (a run-time sequence length)
+  Positions,
   kCount
 };
 

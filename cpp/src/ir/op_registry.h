@@ -104,5 +104,6 @@ std::vector<OpDef> effect_op_defs();
 std::vector<OpDef> attention_op_defs();
 std::vector<OpDef> decoding_op_defs();
 std::vector<OpDef> recurrent_op_defs();
+std::vector<OpDef> positions_op_defs();
 
 }  // namespace gometal

@@ -31,6 +31,8 @@ std::array<uint32_t, static_cast<size_t>(OpKind::kCount)> make_table() {
   // float32 sequences, optional int32 lengths
   for (OpKind op : {OpKind::Recurrence, OpKind::RecurrenceGrad, OpKind::SequenceEnd, OpKind::SequenceEndGrad})
     t[static_cast<size_t>(op)] = kF32 | kI32;
+  // positions reads only its input's shape
+  t[static_cast<size_t>(OpKind::Positions)] = every;
   return t;
 }
 
