@@ -1,4 +1,5 @@
-"""`import gometal as gm` reaches gm.vision, gm.datasets, gm.viz and gm.onnx, on first use."""
+"""`import gometal as gm` reaches gm.vision, gm.datasets, gm.viz, gm.onnx, gm.models and gm.serve
+(the inference server), on first use."""
 
 import json
 import re
@@ -8,7 +9,7 @@ from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 HEAVY_MODULES = ["gometal.vision", "gometal.datasets", "gometal.viz", "gometal.onnx", "PIL"]
-HEAVY_MODULES += ["onnx", "plotly", "scipy"]
+HEAVY_MODULES += ["onnx", "plotly", "scipy", "gometal.serving", "gometal.models", "grpc"]
 
 
 def _run_python(code):
@@ -57,6 +58,18 @@ def test_unknown_attributes_still_raise_attribute_error():
         "    print(json.dumps(str(err)))\n"
     )
     assert message == "module 'gometal' has no attribute 'no_such_module'"
+
+
+def test_gm_serve_loads_the_server_on_first_use():
+    found = _run_python(
+        "import json, sys\n"
+        "import gometal as gm\n"
+        "before = ['gometal.serving' in sys.modules, 'gometal.models' in sys.modules]\n"
+        "from gometal.serving import serve\n"
+        "print(json.dumps({'before': before, 'serve': gm.serve is serve,\n"
+        "                  'listed': 'serve' in dir(gm)}))\n"
+    )
+    assert found == {"before": [False, False], "serve": True, "listed": True}
 
 
 def test_every_gm_name_in_the_readme_resolves():

@@ -106,16 +106,22 @@ def _generate_tokens(model: Model, *args: object) -> object:
 
 
 # Imported on first use: they pull in heavy packages (Pillow; onnx; plotly and scipy).
-_LAZY_SUBMODULES = ("datasets", "models", "onnx", "text", "vision", "viz")
+_LAZY_SUBMODULES = ("datasets", "models", "onnx", "serving", "text", "vision", "viz")
+# Functions of lazily imported submodules: name -> (submodule, attribute).
+_LAZY_FUNCTIONS = {"serve": ("serving", "serve")}
 
 
 def __getattr__(name: str):
-    if name in _LAZY_SUBMODULES or name in PUBLIC_MODULE_PATHS:
-        import importlib
+    import importlib
 
+    if name in _LAZY_SUBMODULES or name in PUBLIC_MODULE_PATHS:
         return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_FUNCTIONS:
+        module, attribute = _LAZY_FUNCTIONS[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attribute)
     raise AttributeError(f"module 'gometal' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_SUBMODULES) | set(PUBLIC_MODULE_PATHS))
+    lazy = set(_LAZY_SUBMODULES) | set(_LAZY_FUNCTIONS) | set(PUBLIC_MODULE_PATHS)
+    return sorted(set(globals()) | lazy)
