@@ -115,7 +115,11 @@ class PositionalEmbedding(Layer):
     ``(max_length, D)`` table from ``N(0, 0.02)``, GPT's) or the fixed sinusoids of
     "Attention is all you need".
 
-    The sequence length must be known when the model is built (``gm.Input((T, ...))``).
+    The sequence length may be fixed when the model is built (``gm.Input((T, D))``, at most
+    ``max_length``) or left to run time (``gm.Input((None, D))``): then each step adds rows
+    ``0..T-1`` of the table, gathered by position (a learned table's gradient lands in those
+    rows only), and a ``T`` above ``max_length`` fails the step with an error naming the
+    layer, ``T`` and ``max_length``, changing nothing.
 
     Args:
         max_length: the most positions (a learned table's rows).
@@ -124,7 +128,9 @@ class PositionalEmbedding(Layer):
         name: an explicit layer name.
 
     Example:
-        >>> h = PositionalEmbedding(64, 32)(Embedding(65, 32)(gm.Input((64,), dtype="int32")))
+        >>> ids = gm.Input((None,), dtype="int32")
+        >>> PositionalEmbedding(64, 32)(Embedding(65, 32)(ids)).shape
+        (None, None, 32)
     """
 
     kind = "positional_embedding"
@@ -151,11 +157,6 @@ class PositionalEmbedding(Layer):
         (shape,) = input_shapes
         if len(shape) != 3 or shape[2] != self.dim:
             raise ValueError(f"expects inputs (N, T, {self.dim}), got {shape}")
-        if shape[1] < 0:
-            raise ValueError(
-                "needs the sequence length when the model is built (gm.Input((T, ...)) with a "
-                "number T); a run-time length has no position table to slice yet"
-            )
         if shape[1] > self.max_length:
             raise ValueError(f"sequence length {shape[1]} exceeds max_length {self.max_length}")
         if self.encoding == "sinusoidal":
@@ -165,11 +166,27 @@ class PositionalEmbedding(Layer):
     def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
         g = ctx.graph
         length = g.shape(inputs[0])[1]
+        if length >= 0:
+            if self.encoding == "sinusoidal":
+                table = g.constant(sinusoidal_table(length, self.dim))
+            else:
+                table = op(g, "slice", ctx.variable("weight"), axis=0, start=0, end=length)
+            return op(g, "add", inputs[0], table)
+        # A run-time length: gather rows 0..T-1; the positions op checks T <= max_length.
+        positions = op(
+            g,
+            "positions",
+            inputs[0],
+            axis=1,
+            limit=self.max_length,
+            label=f"PositionalEmbedding '{ctx.scope or self.kind}'",
+            message=f"sequence length must be at most max_length {self.max_length}",
+        )
         if self.encoding == "sinusoidal":
-            table = g.constant(sinusoidal_table(length, self.dim))
+            table = g.constant(sinusoidal_table(self.max_length, self.dim))
         else:
-            table = op(g, "slice", ctx.variable("weight"), axis=0, start=0, end=length)
-        return op(g, "add", inputs[0], table)
+            table = ctx.variable("weight")
+        return op(g, "add", inputs[0], op(g, "gather", table, positions))
 
 
 @register_layer

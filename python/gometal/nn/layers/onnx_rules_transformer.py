@@ -192,13 +192,28 @@ def positional_embedding(
     b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str
 ) -> None:
     """``PositionalEmbedding``: ``Add`` of the first ``T`` rows of the learned table (a
-    ``Slice``) or of the sinusoid constant."""
+    ``Slice``) or of the sinusoid constant. A run-time ``T`` is read with ``Shape`` and ends
+    a ``Slice`` of the whole table (``max_length`` rows), so the model runs at any length."""
     layer, length = call.layer, call.inputs[0].engine_shape[1]
+    if length >= 0:
+        if layer.encoding == "sinusoidal":
+            table = b.constant(f"{name}/table", sinusoidal_table(length, layer.dim))
+        else:
+            table = _rows(b, b.weight(layer, "weight"), 0, length, f"{name}/table")
+        b.node("Add", [inputs[0], table], out, name)
+        return
     if layer.encoding == "sinusoidal":
-        table = b.constant(f"{name}/table", sinusoidal_table(length, layer.dim))
+        full = b.constant(f"{name}/table", sinusoidal_table(layer.max_length, layer.dim))
     else:
-        table = _rows(b, b.weight(layer, "weight"), 0, length, f"{name}/table")
-    b.node("Add", [inputs[0], table], out, name)
+        full = b.weight(layer, "weight")
+    # Shape then Slice rather than Shape's start/end attributes, which need opset 15.
+    shape, length_name, rows = (b.unique(f"{name}/{part}") for part in ("shape", "T", "rows"))
+    b.node("Shape", [inputs[0]], shape, shape)
+    one, two = b.int_constant(f"{name}/one", [1]), b.int_constant(f"{name}/two", [2])
+    b.node("Slice", [shape, one, two], length_name, length_name)
+    zero = b.int_constant(f"{name}/zero", [0])
+    b.node("Slice", [full, zero, length_name, zero], rows, rows)
+    b.node("Add", [inputs[0], rows], out, name)
 
 
 def rms_norm(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
