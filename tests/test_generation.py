@@ -114,3 +114,55 @@ def test_model_generate_is_gm_models_generate_and_sees_the_current_weights():
         assert tokens[0, t] == np.argmax(model.predict(window)[0, t - 1])
     with pytest.raises(ValueError, match="more than the model's context of block_size 8"):
         model.generate(np.arange(BLOCK + 1) % VOCAB, 1)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"greedy": True}, {"top_k": 5, "temperature": 0.9, "seed": 7}, {"top_p": 0.8, "seed": 3}],
+    ids=["greedy", "top-k", "top-p"],
+)
+@pytest.mark.parametrize("kv_cache", [True, False], ids=["kv-cache", "recomputed"])
+def test_on_token_sees_each_new_token_as_chosen_and_changes_nothing(options, kv_cache):
+    """The callback gets every step's new tokens in order (past the context, too), the
+    tokens equal a run without it, and ``Model.generate`` passes it through."""
+    model = _model()
+    prompt = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+    new_tokens = BLOCK + 3  # past the context: the cropped window is recomputed
+    reference = generate(model, prompt, new_tokens, kv_cache=kv_cache, **options)
+    seen: list[tuple[int, np.ndarray]] = []
+    tokens = generate(
+        model, prompt, new_tokens, kv_cache=kv_cache, on_token=lambda s, t: seen.append((s, t)),
+        **options,
+    )  # fmt: skip
+    np.testing.assert_array_equal(tokens, reference)
+    assert [step for step, _ in seen] == list(range(new_tokens))
+    for step, ids in seen:
+        assert ids.dtype == np.int32 and ids.shape == (2,)
+        np.testing.assert_array_equal(ids, reference[:, 3 + step])
+    from_model: list[np.ndarray] = []
+    single = model.generate(prompt[0], 4, on_token=lambda s, t: from_model.append(t), **options)
+    np.testing.assert_array_equal(single, generate(model, prompt[0], 4, **options))
+    assert [int(ids[0]) for ids in from_model] == list(single[3:])
+    assert all(ids.shape == (1,) for ids in from_model)
+
+
+def test_an_exception_from_on_token_stops_the_generation():
+    """Raising in the callback ends the loop at once (no further step) and reaches the
+    caller; the model generates normally afterwards (the KV cache's lock is released)."""
+    model = _model()
+    steps: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_two(step: int, ids: np.ndarray) -> None:
+        steps.append(step)
+        if step == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        generate(model, np.array([1, 2]), 10, greedy=True, on_token=stop_at_two)
+    assert steps == [0, 1, 2]
+    assert generate(model, np.array([1, 2]), 3, greedy=True).shape == (5,)
+    with pytest.raises(TypeError, match="on_token must be a callable"):
+        generate(model, np.array([1, 2]), 3, on_token=5)

@@ -13,6 +13,7 @@ only way for other models).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -89,6 +90,7 @@ def generate(
     greedy: bool = False,
     seed: int = 0,
     kv_cache: bool = True,
+    on_token: Callable[[int, np.ndarray], Any] | None = None,
 ) -> np.ndarray:
     """Continues ``prompt`` with ``max_new_tokens`` tokens from a causal language model.
 
@@ -104,6 +106,12 @@ def generate(
         seed: the sampling generator's seed: the same seed gives the same text.
         kv_cache: decode a GPT-shaped model with its KV cache in the engine; ``False``
             recomputes the whole context for every token (the same tokens, slower).
+        on_token: called as ``on_token(step, token_ids)`` right after each new token is
+            chosen: ``step`` counts from 0 and ``token_ids`` is a fresh ``(N,)`` int32
+            array holding the new token of each sequence (``N`` = 1 for a 1-D prompt).
+            It does not change the tokens. An exception it raises stops the generation
+            and propagates to the caller (a streaming server stops this way when its
+            client goes away).
 
     Returns:
         The prompt followed by the new tokens, int32, shaped as ``prompt`` plus
@@ -116,6 +124,7 @@ def generate(
 
     Example:
         >>> ids = generate(model, tokenizer.encode("def "), 64, top_k=20, seed=1)  # doctest: +SKIP
+        >>> ids = generate(model, prompt, 8, on_token=lambda step, t: print(step, t))  # doctest: +SKIP
     """
     ids = np.asarray(prompt)
     if ids.dtype.kind not in "iu":
@@ -130,6 +139,8 @@ def generate(
         or max_new_tokens < 0
     ):
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if on_token is not None and not callable(on_token):
+        raise TypeError(f"on_token must be a callable or None, got {on_token!r:.80}")
     (block,) = model.input_shape
     if ids.shape[1] > block:
         raise ValueError(
@@ -164,6 +175,8 @@ def generate(
             else:
                 logits = decoder.decode(out[:, length - 1])
             out[:, length] = choose(logits)
+            if on_token is not None:
+                on_token(length - prompt_length, out[:, length].copy())
     return out[0] if single else out
 
 

@@ -3,7 +3,7 @@ generation (models), each a call of a :mod:`gometal.nn.provided` function."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,7 @@ class ModelServices:
         greedy: bool = False,
         seed: int = 0,
         kv_cache: bool = True,
+        on_token: Callable[[int, np.ndarray], Any] | None = None,
     ) -> np.ndarray:
         """Continues ``prompt`` from this causal language model (``gm.models.GPT``):
         greedy or sampled, with the KV cache in the engine; see ``gm.models.generate``.
@@ -87,6 +88,9 @@ class ModelServices:
             seed: the sampling generator's seed.
             kv_cache: keep keys and values in the engine (``False`` recomputes the
                 context for every token; the tokens are the same).
+            on_token: called as ``on_token(step, token_ids)`` with the ``(N,)`` new
+                tokens right after each is chosen; an exception it raises stops the
+                generation and reaches the caller.
 
         Returns:
             The prompt followed by the new tokens, int32.
@@ -95,5 +99,6 @@ class ModelServices:
             >>> ids = model.generate(tokenizer.encode("def "), 64, top_k=20)  # doctest: +SKIP
         """
         return provided.generate_tokens(
-            self, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed, kv_cache
-        )
+            self, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed, kv_cache,
+            on_token,
+        )  # fmt: skip

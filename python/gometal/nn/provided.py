@@ -22,5 +22,6 @@ model_to_config: ProvidedFunction = ProvidedFunction("copying or pickling a Mode
 # model_from_config(config) rebuilds a Model (fresh weights) from model_to_config's data.
 model_from_config: ProvidedFunction = ProvidedFunction("unpickling a Model", "gometal.io")
 # generate_tokens(model, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed,
-# kv_cache) continues a prompt from a language model (gm.models.generate).
+# kv_cache, on_token) continues a prompt from a language model (gm.models.generate),
+# calling on_token(step, token_ids) after each new token.
 generate_tokens: ProvidedFunction = ProvidedFunction("Model.generate", "gometal.models")
