@@ -8,6 +8,7 @@
     GET  /v2/models/{name}[/versions/{v}]/ready     200 when ready, else 503 with the reason
     POST /v2/models/{name}[/versions/{v}]/infer     inference (JSON or binary tensor data)
     POST /v2/models/{name}[/versions/{v}]/generate  text generation (language models)
+    POST /v2/models/{name}[/versions/{v}]/generate_stream  the same, as server-sent events
     POST /v2/repository/index                       every model version and its state
     GET  /metrics                                   Prometheus metrics
 
@@ -37,7 +38,8 @@ from .guard import LOG_FIELDS_KEY, RequestGuard, error_body
 from .metrics import CONTENT_TYPE, ServingMetrics
 from .protocol import HEADER_LENGTH, ProtocolError, encode_infer_response, parse_infer_request
 from .repository import ModelRepository
-from .served_model import RETRY_AFTER_S, ServedModels
+from .served_model import RETRY_AFTER_S, ServedModels, ServedVersion
+from .streaming import TokenStream, event_stream_response
 
 __all__ = ["DEFAULT_SETTINGS", "SERVER_NAME", "ServerSettings", "create_app"]
 
@@ -252,9 +254,9 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.post("/v2/models/{name}/generate")
-    @app.post("/v2/models/{name}/versions/{version}/generate")
-    async def generate(request: Request, name: str, version: str | None = None) -> JSONResponse:
+    async def parse_generate(
+        request: Request, name: str, version: str | None
+    ) -> tuple[ServedVersion, str, dict[str, Any]]:
         served = models.resolve(name, version)
         if served.generator is None:
             raise ProtocolError(
@@ -263,10 +265,25 @@ def create_app(
             )  # fmt: skip
         body = await _read_request_body(request, settings, slots)
         text, parameters = served.generator.parse(bytes(body))
-        output = await anyio.to_thread.run_sync(served.generator.generate, text, parameters)
         setattr(request.state, LOG_FIELDS_KEY, {"model": name, "version": served.version})
+        return served, text, parameters
+
+    @app.post("/v2/models/{name}/generate")
+    @app.post("/v2/models/{name}/versions/{version}/generate")
+    async def generate(request: Request, name: str, version: str | None = None) -> JSONResponse:
+        served, text, parameters = await parse_generate(request, name, version)
+        output = await anyio.to_thread.run_sync(served.generator.generate, text, parameters)
         answer = {"model_name": name, "model_version": str(served.version), "text_output": output}
         return JSONResponse(answer)
+
+    @app.post("/v2/models/{name}/generate_stream")
+    @app.post("/v2/models/{name}/versions/{version}/generate_stream")
+    async def generate_stream(request: Request, name: str, version: str | None = None) -> Response:
+        served, text, parameters = await parse_generate(request, name, version)
+        counter = metrics.streamed_token_counter(name, served.version)
+        stream = TokenStream(served.generator, text, parameters, counter)
+        stream.start()
+        return await event_stream_response(stream, name, served.version)
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")

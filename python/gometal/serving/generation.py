@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,12 @@ class TextGenerator:
                 raise _bad(f"generate parameter {key!r} must be {expected}, got {value!r}")
         return text, given
 
+    def _prompt_ids(self, text: str) -> np.ndarray:
+        ids = np.asarray(self.tokenizer.encode(text))
+        if ids.size == 0:
+            raise _bad("'text_input' encodes to no token")
+        return ids
+
     def generate(self, text: str, parameters: dict[str, Any]) -> str:
         """The prompt followed by the generated text (blocking; run it off the event loop).
 
@@ -121,16 +128,67 @@ class TextGenerator:
             ProtocolError: 400 when the prompt encodes to no token or to more than the
                 model's context.
         """
+        ids = self._prompt_ids(text)
+        out = self._run(ids, parameters, None)
+        return self.tokenizer.decode(np.asarray(out))
+
+    def stream(self, text: str, parameters: dict[str, Any], emit: Callable[[str], None]) -> None:
+        """Generates as :meth:`generate` does, calling ``emit(piece)`` once per new token
+        as soon as it is chosen (blocking; run it off the event loop).
+
+        The pieces joined are :meth:`generate`'s text for the same request: the first
+        holds the prompt too. A token that ends inside a character (a byte-level BPE)
+        gives an empty piece; the character comes with a later one. With ``max_tokens``
+        0 a single piece holds the prompt's text.
+
+        Args:
+            text: the prompt.
+            parameters: the generation parameters from :meth:`parse`.
+            emit: receives each piece; an exception it raises stops the generation and
+                propagates (how a server stops for a client that went away).
+
+        Raises:
+            ProtocolError: 400 when the prompt encodes to no token or to more than the
+                model's context (before any ``emit``).
+
+        Example:
+            >>> generator.stream("def ", {"max_tokens": 4}, print)  # doctest: +SKIP
+        """
+        ids = self._prompt_ids(text)
+        sequence = [int(i) for i in ids]
+        sent: list[str] = []
+        last_step = parameters.get("max_tokens", DEFAULT_NEW_TOKENS) - 1
+
+        def on_token(step: int, token_ids: np.ndarray) -> None:
+            sequence.append(int(token_ids[0]))
+            emit(_next_piece(self.tokenizer.decode(np.asarray(sequence, np.int32)), sent,
+                             final=step == last_step))  # fmt: skip
+
+        out = self._run(ids, parameters, on_token)
+        if not sent:  # no token asked: the prompt alone
+            emit(_next_piece(self.tokenizer.decode(np.asarray(out)), sent, final=True))
+
+    def _run(self, ids: np.ndarray, parameters: dict[str, Any], on_token: Any) -> np.ndarray:
         from ..models import generate
 
-        ids = np.asarray(self.tokenizer.encode(text))
-        if ids.size == 0:
-            raise _bad("'text_input' encodes to no token")
         arguments = {k: v for k, v in parameters.items() if k != "max_tokens"}
         with self.lock:
             try:
-                out = generate(self.model, ids, parameters.get("max_tokens", DEFAULT_NEW_TOKENS),
-                               **arguments)  # fmt: skip
+                return generate(self.model, ids, parameters.get("max_tokens", DEFAULT_NEW_TOKENS),
+                                on_token=on_token, **arguments)  # fmt: skip
             except (TypeError, ValueError) as err:  # the prompt is too long for the context
                 raise _bad(str(err)) from None
-        return self.tokenizer.decode(np.asarray(out))
+
+
+def _next_piece(decoded: str, sent: list[str], final: bool) -> str:
+    """The text of ``decoded`` past the pieces already ``sent`` (appended to them).
+
+    A trailing U+FFFD is a character cut by the last token: it waits for the next one,
+    except in the final piece.
+    """
+    done = "".join(sent)
+    piece = decoded[len(done) :] if decoded.startswith(done) else ""
+    if not final:
+        piece = piece.rstrip("\ufffd")
+    sent.append(piece)
+    return piece

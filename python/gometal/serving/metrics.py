@@ -5,6 +5,7 @@
 - ``gometal_inference_compute_seconds{model, version}``: time of each merged batch's pass.
 - ``gometal_inference_batch_size{model, version}``: rows per merged batch.
 - ``gometal_inference_queue_depth{model, version}``: requests waiting now.
+- ``gometal_streamed_tokens_total{model, version}``: tokens generated for ``generate_stream``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ class ServingMetrics:
             "gometal_inference_queue_depth", "Requests waiting in the batching queue",
             labels, registry=self.registry,
         )  # fmt: skip
+
+        self.streamed_tokens = Counter(
+            "gometal_streamed_tokens", "Tokens generated for generate_stream requests",
+            labels, registry=self.registry,
+        )  # fmt: skip
+
+    def streamed_token_counter(self, model: str, version: int | str) -> Callable[[], None]:
+        """Counts one token streamed by a model version, each time it is called."""
+        return self.streamed_tokens.labels(model, str(version)).inc
 
     def count_request(self, model: str, version: int | str, status: int) -> None:
         """Counts one answered inference request."""
