@@ -218,3 +218,21 @@ def test_an_error_after_the_first_token_is_an_error_event(in_process, error, mes
         events = _events(answer.iter_lines())
     assert events[0]["text_output"] == "def"
     assert message in events[1]["error"] and len(events) == 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_byte_tokens_that_cut_a_character_wait_for_the_rest_of_it(seed: int) -> None:
+    """With one token per UTF-8 byte a piece never ends inside a character (only the last
+    may end in U+FFFD), and the pieces joined are generate's text."""
+    from gometal.serving.generation import TextGenerator
+    from gometal.text import ByteTokenizer
+
+    model = gm.models.GPT(256, BLOCK, n_layer=1, n_head=2, n_embd=16, seed=seed)
+    generator = TextGenerator(model, ByteTokenizer())
+    parameters = {"max_tokens": 40, "temperature": 3.0, "seed": seed}
+    pieces: list[str] = []
+    generator.stream("é€", parameters, pieces.append)
+    assert len(pieces) == 40
+    assert "".join(pieces) == generator.generate("é€", parameters)
+    assert not any(piece.endswith("\ufffd") for piece in pieces[:-1])
+    assert pieces[0].startswith("é€")
