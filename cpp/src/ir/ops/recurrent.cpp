@@ -8,6 +8,9 @@
 //   sequence_end_grad(g, like, [lengths])   sequence_end's gradient: g placed at that step
 // The weight gradients are products over all steps at once, composed by the VJP rule from
 // recurrence_grad's columns. No decomposition: the op harness compares with NumPy loops.
+// Why one op and not a plan unrolled per length: the graph and its plans stay the same size
+// whatever T is (one plan per length, each a single kernel call), and the saved gates are one
+// buffer rather than T small ones; each weight gradient is one product over N * T rows.
 #include "ir/ops/recurrent.h"
 
 #include "ir/ops/op_support.h"
