@@ -114,6 +114,16 @@ def _transformer_layers():
     return gm.Model(ids, L.Add()([L.Dense(11)(h), tied]), seed=6)
 
 
+def _recurrent_layers():
+    """Every recurrent layer: stacked, bidirectional, projected, and the last step."""
+    ids = gm.Input((7,), dtype="int32", name="ids")
+    h = L.Embedding(11, 6)(ids)
+    h = L.LSTM(6, 5, num_layers=2, bidirectional=True, proj_size=3)(h)
+    h = L.GRU(6, 4, dropout=0.2, num_layers=2)(h)
+    h = L.SimpleRNN(4, 5, nonlinearity="relu", output="last")(h)
+    return gm.Model(ids, L.Dense(3)(h), seed=7)
+
+
 def _cnn():
     return build_cnn((3, 64, 64), 2, seed=5)
 
@@ -122,7 +132,8 @@ MODELS = {"mlp": (_mlp, (20,)), "cnn": (_cnn, (3, 64, 64)), "residual": (_residu
 MODELS["every_layer"] = (_every_layer, (3, 8, 8))
 MODELS["keras_layers"] = (_keras_layers, (3, 8, 8))
 MODELS["transformer_layers"] = (_transformer_layers, (6,))
-ALL_LAYERS_MODELS = (_every_layer, _keras_layers, _transformer_layers)
+MODELS["recurrent_layers"] = (_recurrent_layers, (7,))
+ALL_LAYERS_MODELS = (_every_layer, _keras_layers, _transformer_layers, _recurrent_layers)
 
 
 def _inputs(shape, n=6, seed=0, dtype="float32"):

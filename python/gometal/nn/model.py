@@ -405,6 +405,23 @@ class Model(ModelServices):
                 if mine:
                     layer.weight_store.set(mine)
 
+    def reset_states(self) -> list[str]:
+        """Zeroes the carried states of every stateful layer (``gm.layers.LSTM(...,
+        stateful=True)``), as Keras's ``model.reset_states()``; ``fit`` does it at the start
+        of each epoch of a stateful loader (``gm.text.TokenStreamLoader``).
+
+        Returns:
+            The names of the layers reset.
+
+        Example:
+            >>> model.reset_states()  # doctest: +SKIP
+            ['lstm_0']
+        """
+        stateful = [layer for layer in self._layers if getattr(layer, "stateful", False)]
+        for layer in stateful:
+            layer.reset_states()
+        return [layer.name for layer in stateful]
+
     def predict(self, x: Any, batch_size: int | None = None) -> Any:
         """Runs the inference forward pass (dropout off) and returns the raw outputs.
 

@@ -338,7 +338,9 @@ def fit(
 
     Args:
         trainer: the trainer to fit.
-        train: a loader of ``(x, y)`` batches, or a tuple ``(x, y)`` of arrays.
+        train: a loader of ``(x, y)`` batches, or a tuple ``(x, y)`` of arrays. A loader
+            whose ``stateful`` is true (``gm.text.TokenStreamLoader``) has the model's
+            stateful layers reset at each epoch's start (``model.reset_states()``).
         epochs: how many more epochs to train.
         validation: like ``train`` (arrays are not shuffled), or ``None``.
         scheduler: a ``gm.schedulers`` scheduler, attached on first use.
@@ -453,6 +455,10 @@ def fit(
                 for callback in callbacks:
                     callback.on_epoch_begin(epoch, {})
                 set_loader_epoch(train_loader, epoch)
+                if getattr(train_loader, "stateful", False):
+                    # Consecutive batches continue each other's rows: each epoch's streams
+                    # start afresh, so the states carried from the last epoch go.
+                    trainer.model.reset_states()
                 progress.epoch_begin(epoch)
                 result = _train_epoch(
                     trainer,

@@ -32,8 +32,6 @@ from .merge import Add, Concatenate, Multiply
 from .normalization import BatchNorm
 from .normalization_groups import GroupNorm, InstanceNorm2D, LayerNorm
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
-
-# Not yet in __all__: they join it with their ONNX export rules.
 from .recurrent import GRU as GRU
 from .recurrent import LSTM as LSTM
 from .recurrent import SimpleRNN as SimpleRNN
@@ -64,6 +62,8 @@ from . import onnx_rules_recurrent  # noqa: F401  isort: skip
 __all__ = [
     "ELU",
     "GELU",
+    "GRU",
+    "LSTM",
     "AdaptiveAvgPool2D",
     "Add",
     "AvgPool2D",
@@ -101,6 +101,7 @@ __all__ = [
     "Reshape",
     "SiLU",
     "Sigmoid",
+    "SimpleRNN",
     "Softmax",
     "Swish",
     "Tanh",
