@@ -1,0 +1,298 @@
+"""Benchmark G: serving workload C's CNN (3x64x64 images, eval mode) with ``gometal serve``
+to 1, 8 and 64 concurrent clients, one image per request: throughput and p50/p99 latency.
+
+    python benchmarks/bench_serving.py [--clients 1,8,64] [--window-s 5] [--threads N]
+
+The model is saved as a model file and served by ``gometal serve`` in its own process (HTTP,
+tuned as a user would for many clients on a small machine: --max-batch-size 64, so that 64
+clients' requests fit one batch; --max-queue-delay-ms 2; --instances 1, since the one
+instance's engine already uses every core and a second would fight it for them). The load
+generator is another process (``_serving_load.py``): N tritonclient HTTP async clients, each
+sending one image per request in a loop, a warm-up, then a timed window; every answer is
+checked against offline ``model.predict``.
+
+Beside it: offline ``model.predict`` at batch 64 (images/s) in this process, and the baseline
+a user would write (``_serving_fastapi.py``): the same model exported by gometal to ONNX, in
+onnxruntime (intra_op_num_threads = gometal's threads) behind a plain FastAPI endpoint with no
+batching, served by uvicorn, hit by the same load generator over the same protocol. Both
+servers stay up and the client counts alternate between them, so each pair meets the same
+machine. Every window also says how many cores the server, the load generator and other
+processes used: on a small machine the load generator's own CPU is taken from the servers.
+
+Targets at 64 clients: throughput >= 80 % of offline predict at batch 64, p99 <= 50 ms, and
+>= 3x the onnxruntime + FastAPI baseline's throughput. The script exits 1 if any answer was
+wrong or any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _child import THREAD_VARS, UNSET_VARS
+from _serving_load import RESULT_TAG
+from _workload import (
+    BN_BLOCK,
+    BN_EPS,
+    BN_MOMENTUM,
+    CNN_CLASSES,
+    CNN_HIDDEN,
+    CONV_CHANNELS,
+    DROPOUT,
+    IMAGE_SHAPE,
+    KERNEL,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODEL_NAME = "cnn"
+OFFLINE_BATCH = 64
+TARGET_OF_OFFLINE, TARGET_P99_MS, TARGET_OVER_BASELINE = 0.8, 50.0, 3.0
+STARTUP_TIMEOUT_S = 120.0
+
+
+def _reexec_with_clean_environment(threads: int) -> None:
+    """The BLAS reads these variables when it loads: start again without them."""
+    wanted = {var: str(threads) for var in THREAD_VARS}
+    stale = [var for var in UNSET_VARS if var in os.environ]
+    if not stale and all(os.environ.get(k) == v for k, v in wanted.items()):
+        return
+    env = {k: v for k, v in os.environ.items() if k not in UNSET_VARS}
+    env.update(wanted)
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def cnn_model(gm):
+    """Workload C's CNN (bench_mlp's B/C model) in gometal."""
+    builder = gm.ModelBuilder(input_shape=IMAGE_SHAPE)
+    for i, channels in enumerate(CONV_CHANNELS):
+        builder = builder.conv2d(channels, KERNEL, padding=KERNEL // 2)
+        if i == BN_BLOCK:
+            builder = builder.batch_norm(eps=BN_EPS, momentum=BN_MOMENTUM)
+        builder = builder.relu().max_pool2d(2)
+    builder = builder.flatten().dense(CNN_HIDDEN).relu().dropout(DROPOUT)
+    return builder.dense(CNN_CLASSES).build(seed=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """A server child process on a free loopback port, its output in ``log_dir``."""
+
+    def __init__(self, label: str, command: list[str], port: int, log_dir: str):
+        self.label, self.port, self.url = label, port, f"127.0.0.1:{port}"
+        self.log_path = os.path.join(log_dir, f"{label.split()[0]}.log")
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.label} exited: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(
+            f"{self.label} did not start in {STARTUP_TIMEOUT_S} s: {self.log_tail()}"
+        )
+
+    def log_tail(self) -> str:
+        with open(self.log_path, errors="replace") as log:
+            return " | ".join(log.read().strip().splitlines()[-6:])
+
+    def cpu_seconds(self) -> float:
+        import psutil
+
+        try:
+            times = psutil.Process(self.process.pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return times.user + times.system
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def run_load(server: Server, clients: int, files: tuple[str, str], args) -> dict:
+    """One load generator process against ``server``: its summary, with the cores the
+    server and everything else used during the run."""
+    import psutil
+
+    command = [sys.executable, os.path.join(HERE, "_serving_load.py"), server.url, MODEL_NAME,
+               "input", *files, "--clients", str(clients), "--warmup-s", str(args.warmup_s),
+               "--window-s", str(args.window_s)]  # fmt: skip
+    busy0, server0, t0 = _machine_busy(psutil), server.cpu_seconds(), time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - t0
+    busy = (_machine_busy(psutil) - busy0) / elapsed
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-4:])
+        raise RuntimeError(f"the load generator failed against {server.label}: {tail}")
+    result = json.loads(lines[-1][len(RESULT_TAG) :])
+    result["server_cores"] = (server.cpu_seconds() - server0) / elapsed
+    own = result["server_cores"] + result["generator_cores"]
+    result["other_cores"] = max(0.0, busy - own)
+    return result
+
+
+def _machine_busy(psutil) -> float:
+    times = psutil.cpu_times()
+    return (
+        times.user
+        + times.nice
+        + times.system
+        + getattr(times, "irq", 0.0)
+        + getattr(times, "softirq", 0.0)
+    )
+
+
+def offline_rate(model, x, seconds: float) -> float:
+    """Images/s of ``model.predict`` over the batch ``x``."""
+    from _timing import time_window, warm_up
+
+    warm_up(lambda: model.predict(x, batch_size=len(x)), 0.5, 2)
+    calls, _load = time_window(lambda: model.predict(x, batch_size=len(x)), seconds)
+    return calls * len(x)
+
+
+def _fmt(value, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(results: dict[str, dict[int, dict]], offline: float) -> None:
+    head = (f"  {'server':<26} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'of offline':>10} {'errors':>6} {'wrong':>5} {'cores srv/gen/other':>20}")  # fmt: skip
+    print(head)
+    print("  " + "-" * (len(head) - 2))
+    for label, by_clients in results.items():
+        for clients, r in by_clients.items():
+            cores = f"{r['server_cores']:.2f}/{r['generator_cores']:.2f}/{r['other_cores']:.2f}"
+            print(f"  {label:<26} {clients:>7} {r['throughput']:>8.1f} {_fmt(r['p50_ms']):>8} "
+                  f"{_fmt(r['p99_ms']):>8} {r['throughput'] / offline:>9.0%} {r['errors']:>6} "
+                  f"{r['wrong']:>5} {cores:>20}")  # fmt: skip
+
+
+def print_verdicts(gometal: dict, baseline: dict, offline: float) -> None:
+    """The issue's three targets at the largest client count that ran."""
+    print(f"\nTargets at {gometal['clients']} clients:")
+    share = gometal["throughput"] / offline
+    ratio = gometal["throughput"] / baseline["throughput"] if baseline["throughput"] else None
+    p99 = gometal["p99_ms"]
+    throughput = (
+        f"throughput {gometal['throughput']:.1f} req/s = {share:.0%} of offline predict at "
+        f"batch {OFFLINE_BATCH} ({offline:.1f} images/s)"
+    )
+    over = f"{_fmt(ratio, '.2f')}x the onnxruntime + FastAPI baseline ({baseline['throughput']:.1f} req/s)"
+    checks = [
+        (throughput, f">= {TARGET_OF_OFFLINE:.0%}", share >= TARGET_OF_OFFLINE),
+        (f"p99 latency {_fmt(p99)} ms", f"<= {TARGET_P99_MS:.0f} ms",
+         p99 is not None and p99 <= TARGET_P99_MS),
+        (over, f">= {TARGET_OVER_BASELINE:.0f}x", ratio is not None and ratio >= TARGET_OVER_BASELINE),
+    ]  # fmt: skip
+    for what, target, met in checks:
+        print(f"  {what} (target {target}: {'met' if met else 'MISSED'})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="1,8,64", help="comma-separated client counts")
+    parser.add_argument("--window-s", type=float, default=5.0, help="timed window per run")
+    parser.add_argument("--warmup-s", type=float, default=1.0, help="untimed load before it")
+    parser.add_argument("--offline-s", type=float, default=3.0, help="offline predict timing")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="engine threads of every peer (default: the cores)")  # fmt: skip
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument("--images", type=int, default=OFFLINE_BATCH, help="distinct images")
+    args = parser.parse_args()
+    client_counts = [int(n) for n in args.clients.split(",")]
+    _reexec_with_clean_environment(args.threads)
+
+    import numpy as np
+
+    import gometal as gm
+    from _builds import cpu_description
+    from gometal import _core
+
+    gm.set_num_threads(args.threads)
+    model = cnn_model(gm)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((max(args.images, OFFLINE_BATCH), *IMAGE_SHAPE), dtype=np.float32)
+    expected = model.predict(images)
+
+    print(f"cpu: {cpu_description()}")
+    print(f"threads: {args.threads} (gometal offline {gm.get_num_threads()}, the server's engine "
+          f"the same, onnxruntime intra_op_num_threads {args.threads})")  # fmt: skip
+    print(f"blas: {_core.blas_info()}")
+    offline = offline_rate(model, images[:OFFLINE_BATCH], args.offline_s)
+    print(f"offline model.predict at batch {OFFLINE_BATCH}: {offline:.1f} images/s")
+
+    with tempfile.TemporaryDirectory(prefix="gm-bench-serving-") as folder:
+        model.save(os.path.join(folder, f"{MODEL_NAME}.safetensors"))
+        model.export_onnx(os.path.join(folder, f"{MODEL_NAME}.onnx"))
+        files = (os.path.join(folder, "images.npy"), os.path.join(folder, "expected.npy"))
+        np.save(files[0], images[: args.images])
+        np.save(files[1], expected[: args.images])
+        tuning = ["--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms",
+                  str(args.max_queue_delay_ms), "--instances", str(args.instances)]  # fmt: skip
+        gometal_port, baseline_port = _free_port(), _free_port()
+        server_cmd = [sys.executable, "-m", "gometal.apps.cli", "serve",
+                      os.path.join(folder, f"{MODEL_NAME}.safetensors"), "--port",
+                      str(gometal_port), "--grpc-port", "0", "--max-queue", "1024", *tuning]  # fmt: skip
+        baseline_cmd = [sys.executable, os.path.join(HERE, "_serving_fastapi.py"),
+                        os.path.join(folder, f"{MODEL_NAME}.onnx"), MODEL_NAME, "--port",
+                        str(baseline_port), "--threads", str(args.threads)]  # fmt: skip
+        servers = [Server("gometal serve", server_cmd, gometal_port, folder),
+                   Server("onnxruntime + FastAPI", baseline_cmd, baseline_port, folder)]  # fmt: skip
+        try:
+            for server in servers:
+                server.wait_ready()
+            print(f"gometal serve options: {' '.join(tuning)} --max-queue 1024 (HTTP)")
+            print(f"load: tritonclient.http.aio, one image per request, {args.warmup_s} s warm-up,"
+                  f" {args.window_s} s window; answers checked against offline predict\n")  # fmt: skip
+            results: dict[str, dict[int, dict]] = {s.label: {} for s in servers}
+            for clients in client_counts:
+                for server in servers:
+                    results[server.label][clients] = run_load(server, clients, files, args)
+        finally:
+            for server in servers:
+                server.stop()
+    print_table(results, offline)
+    top = client_counts[-1]
+    print_verdicts(results[servers[0].label][top], results[servers[1].label][top], offline)
+    runs = [r for by_clients in results.values() for r in by_clients.values()]
+    failures = [r["first_error"] for r in runs if r["first_error"]]
+    wrong = sum(r["wrong"] for r in runs)
+    print(f"\nanswers: {'all equal offline predict' if not wrong else f'{wrong} WRONG'}; "
+          f"failed requests: {sum(r['errors'] for r in runs)}"
+          + (f" (first: {failures[0]})" if failures else ""))  # fmt: skip
+    if wrong or failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
