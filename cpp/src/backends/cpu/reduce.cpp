@@ -264,9 +264,10 @@ void channel_moments(ThreadPool& pool, int64_t lead, int64_t channels, int64_t t
 }
 
 void reduce_samples(ReduceKind kind, const ReduceGeometry& geo, const float* x, float* y, int64_t n0, int64_t n1) {
-  // Rows of the (outer, reduced) view: each image holds outer / batch of them.
+  // Rows of the (outer, reduced, inner) view: each image holds outer / batch of them. inner
+  // is 1 unless every reduced axis has size 1 (a (N, 1, C) sum over axis 1 keeps all C).
   const int64_t rows_per_sample = geo.outer / geo.in_shape[0];
-  reduce_block(kind, n0 * rows_per_sample, n1 * rows_per_sample, 0, 1, geo.reduced, 1, x, y);
+  reduce_block(kind, n0 * rows_per_sample, n1 * rows_per_sample, 0, geo.inner, geo.reduced, geo.inner, x, y);
 }
 
 }  // namespace gometal

@@ -49,7 +49,8 @@ bool defers_check(const Graph& g, const Fusion& f, const std::vector<int>& defer
 
 bool reduces_trailing_block(const Shape& in, const std::vector<int64_t>& axes) {
   if (axes.empty() || std::find(axes.begin(), axes.end(), 0) != axes.end()) return false;
-  // Every kept dim (size-1 dims aside) comes before every reduced one.
+  // Every kept dim (size-1 dims aside) comes before every reduced one. When every reduced
+  // dim has size 1 the whole image is kept, so reduce_samples copies it all.
   int64_t last_kept = -1, first_reduced = static_cast<int64_t>(in.size());
   for (int64_t d = 0; d < static_cast<int64_t>(in.size()); ++d) {
     if (in[d] == 1) continue;
