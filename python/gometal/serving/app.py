@@ -104,6 +104,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        path = request.url.path
+        if err.status_code == 404 and path.startswith("/v2/models/"):
+            # A name holding "/" (or an encoded one) matches no route: say which model.
+            name = path[len("/v2/models/") :].rsplit("/", 1)[0]
+            return JSONResponse(error_body(f"unknown model or endpoint {name!r}"), 404)
         return JSONResponse(error_body(str(err.detail)), err.status_code)
 
     @app.exception_handler(Exception)
