@@ -5,8 +5,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "backends/cpu/gemm.h"
 #include "backends/cpu/recurrent_cells.h"
+#include "backends/cpu/recurrent_gemm.h"
 #include "ir/ops/recurrent.h"
 
 namespace gometal {
@@ -46,7 +46,19 @@ struct RecurrenceKernel final : Kernel {
   bool reverse = false, gradient = false;
   BufRef seq, y, h0, c0, w_hh, w_hr, b_hn, lengths, out;
 
-  int64_t shared_floats() const override { return batch * (3 * l.out + 2 * l.hidden + l.gate_width()); }
+  int64_t shared_floats() const override { return state_floats() + packed_weight_floats(); }
+  int64_t state_floats() const { return batch * (3 * l.out + 2 * l.hidden + l.gate_width()); }
+  // W_hh and W_hr packed once per call for the per-step products (recurrent_gemm.h).
+  int64_t packed_hh_floats() const {
+    return gradient ? recurrent_gemm::packed_floats(l.gate_width(), l.out)
+                    : recurrent_gemm::packed_floats(l.out, l.gate_width());
+  }
+  int64_t packed_weight_floats() const {
+    const int64_t hr = !l.projected ? 0
+                       : gradient   ? recurrent_gemm::packed_floats(l.out, l.hidden)
+                                    : recurrent_gemm::packed_floats(l.hidden, l.out);
+    return packed_hh_floats() + hr;
+  }
 
   int64_t length(const int32_t* lens, int64_t n) const { return lens == nullptr ? steps : lens[n]; }
   int64_t step_at(int64_t s) const { return reverse ? steps - 1 - s : s; }
@@ -70,15 +82,18 @@ struct RecurrenceKernel final : Kernel {
     float* a = c + n_ * H;
     float* hraw = a + n_ * GH;
     float* hnew = hraw + n_ * H;
+    float* packed_hh = ctx.shared + state_floats();
+    float* packed_hr = packed_hh + packed_hh_floats();
+    recurrent_gemm::pack_transposed(ctx.ptr(w_hh), GH, P, packed_hh);
+    if (l.projected) recurrent_gemm::pack_transposed(ctx.ptr(w_hr), P, H, packed_hr);
     std::memcpy(h, ctx.ptr(h0), sizeof(float) * n_ * P);
     if (l.cell == Cell::Lstm) std::memcpy(c, ctx.ptr(c0), sizeof(float) * n_ * H);
     const float* xp = ctx.ptr(seq);
-    const float* whh = ctx.ptr(w_hh);
     const float* bhn = l.cell == Cell::Gru ? ctx.ptr(b_hn) : nullptr;
     float* ys = ctx.ptr(out);
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = step_at(s);
-      gemm(*ctx.pool, false, true, n_, GH, P, h, whh, a);
+      recurrent_gemm::multiply(*ctx.pool, h, P, n_, P, packed_hh, GH, a, GH);
       for_rows(*ctx.pool, n_, W, [&](int64_t n) {
         float* yr = ys + (n * steps + t) * W;
         if (t >= length(lens, n)) {
@@ -118,7 +133,7 @@ struct RecurrenceKernel final : Kernel {
         }
       });
       if (!l.projected) continue;
-      gemm(*ctx.pool, false, true, n_, P, H, hraw, ctx.ptr(w_hr), hnew);
+      recurrent_gemm::multiply(*ctx.pool, hraw, H, n_, H, packed_hr, P, hnew, P);
       for (int64_t n = 0; n < n_; ++n) {
         if (t >= length(lens, n)) continue;
         std::memcpy(h + n * P, hnew + n * P, sizeof(float) * P);
@@ -137,6 +152,10 @@ struct RecurrenceKernel final : Kernel {
     float* dht = da + n_ * GH;
     float* dhraw = dht + n_ * P;
     float* dhp = dhraw + n_ * H;
+    float* packed_hh = ctx.shared + state_floats();
+    float* packed_hr = packed_hh + packed_hh_floats();
+    recurrent_gemm::pack(ctx.ptr(w_hh), GH, P, packed_hh);
+    if (l.projected) recurrent_gemm::pack(ctx.ptr(w_hr), P, H, packed_hr);
     std::memset(dh, 0, sizeof(float) * n_ * P);
     std::memset(dc, 0, sizeof(float) * n_ * H);
     const float* gs = ctx.ptr(seq);
@@ -151,7 +170,7 @@ struct RecurrenceKernel final : Kernel {
         const float* gr = gs + (n * steps + t) * W;
         for (int64_t j = 0; j < P; ++j) dht[n * P + j] = valid ? dh[n * P + j] + gr[j] : 0.0f;
       }
-      if (l.projected) gemm(*ctx.pool, false, false, n_, H, P, dht, ctx.ptr(w_hr), dhraw);
+      if (l.projected) recurrent_gemm::multiply(*ctx.pool, dht, P, n_, P, packed_hr, H, dhraw, H);
       for_rows(*ctx.pool, n_, WG, [&](int64_t n) {
         const int64_t len = length(lens, n);
         float* gw = grads + (n * steps + t) * WG;
@@ -197,7 +216,7 @@ struct RecurrenceKernel final : Kernel {
             break;
         }
       });
-      gemm(*ctx.pool, false, false, n_, P, GH, da, ctx.ptr(w_hh), dhp);
+      recurrent_gemm::multiply(*ctx.pool, da, GH, n_, GH, packed_hh, P, dhp, P);
       for (int64_t n = 0; n < n_; ++n) {
         if (t >= length(lens, n)) continue;
         float* gw = grads + (n * steps + t) * WG;

@@ -1,0 +1,130 @@
+// The recurrence's per-step products (h W_hh^T forward, d_gates W_hh backward, and an LSTM's
+// W_hr) against a weight packed once per call: the BLAS would re-pack it on every step.
+// Header-only: the recurrence kernels are its one user.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "backends/cpu/kernel.h"
+
+namespace gometal::recurrent_gemm {
+namespace detail {
+
+// Vectors of the widest width the build targets (the compiler's vector extension, so the
+// same source is the portable path): 16 floats with AVX-512, else 8 (AVX2, NEON pairs).
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+constexpr int kRows = 8;  // 8 rows x 2 vectors = 16 accumulators of 32 registers
+#else
+constexpr int kLanes = 8;
+constexpr int kRows = 6;  // 6 x 2 = 12 accumulators of 16 registers
+#endif
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+constexpr int64_t kPanel = 2 * kLanes;  // columns per packed panel
+
+inline Vec load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
+
+inline int64_t panels(int64_t cols) { return (cols + kPanel - 1) / kPanel; }
+
+// R rows of C over one panel: row r's two vectors stay in registers for the whole k loop.
+template <int R>
+inline void block(const float* __restrict__ a, int64_t lda, int64_t k, const float* __restrict__ panel, float* c,
+           int64_t ldc, int64_t width) {
+  Vec lo[R], hi[R];
+  for (int r = 0; r < R; ++r) lo[r] = hi[r] = Vec{};
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const Vec b0 = load(panel + kk * kPanel), b1 = load(panel + kk * kPanel + kLanes);
+    for (int r = 0; r < R; ++r) {
+      const float x = a[r * lda + kk];
+      lo[r] += x * b0;
+      hi[r] += x * b1;
+    }
+  }
+  if (width == kPanel) {
+    for (int r = 0; r < R; ++r) {
+      store(c + r * ldc, lo[r]);
+      store(c + r * ldc + kLanes, hi[r]);
+    }
+    return;
+  }
+  // The last panel of a width that is not a whole number of panels: its padding is dropped.
+  float tmp[kPanel];
+  for (int r = 0; r < R; ++r) {
+    store(tmp, lo[r]);
+    store(tmp + kLanes, hi[r]);
+    std::memcpy(c + r * ldc, tmp, sizeof(float) * width);
+  }
+}
+
+template <int R>
+inline void rows_block(const float* a, int64_t lda, int64_t rows, int64_t k, const float* panel, float* c, int64_t ldc,
+                int64_t width) {
+  if constexpr (R > 1) {
+    if (rows < R) return rows_block<R - 1>(a, lda, rows, k, panel, c, ldc, width);
+  }
+  block<R>(a, lda, k, panel, c, ldc, width);
+}
+
+// Panels [p0, p1) of C on the calling thread.
+inline void multiply_panels(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed, int64_t cols, float* c,
+                     int64_t ldc, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* panel = packed + p * kPanel * k;
+    const int64_t col = p * kPanel, width = std::min(kPanel, cols - col);
+    for (int64_t r = 0; r < m; r += kRows)
+      rows_block<kRows>(a + r * lda, lda, std::min<int64_t>(kRows, m - r), k, panel, c + r * ldc + col, ldc, width);
+  }
+}
+
+}  // namespace detail
+
+// Floats a packed (k x cols) right-hand operand takes: cols rounded up to whole panels.
+inline int64_t packed_floats(int64_t k, int64_t cols) { return detail::panels(cols) * detail::kPanel * k; }
+
+// Packs the product's right-hand operand W^T, W row-major (cols x k): for x W^T.
+inline void pack_transposed(const float* w, int64_t cols, int64_t k, float* packed) {
+  std::memset(packed, 0, sizeof(float) * packed_floats(k, cols));
+  for (int64_t j = 0; j < cols; ++j) {
+    float* to = packed + (j / detail::kPanel) * detail::kPanel * k + j % detail::kPanel;
+    const float* row = w + j * k;
+    for (int64_t kk = 0; kk < k; ++kk) to[kk * detail::kPanel] = row[kk];
+  }
+}
+
+// Packs the product's right-hand operand W, row-major (k x cols): for x W.
+inline void pack(const float* w, int64_t k, int64_t cols, float* packed) {
+  std::memset(packed, 0, sizeof(float) * packed_floats(k, cols));
+  for (int64_t p = 0; p < detail::panels(cols); ++p) {
+    const int64_t col = p * detail::kPanel, width = std::min(detail::kPanel, cols - col);
+    float* panel = packed + p * detail::kPanel * k;
+    for (int64_t kk = 0; kk < k; ++kk) std::memcpy(panel + kk * detail::kPanel, w + kk * cols + col, sizeof(float) * width);
+  }
+}
+
+// C (m x cols, row stride ldc) = A (m x k, row stride lda) times the packed operand; the
+// panels are split over the pool's threads when the product is large enough to pay.
+inline void multiply(ThreadPool& pool, const float* a, int64_t lda, int64_t m, int64_t k, const float* packed, int64_t cols,
+              float* c, int64_t ldc) {
+  constexpr int64_t kParallelMacs = 1 << 16;  // below this a task switch costs more than the work
+  const int64_t n_panels = detail::panels(cols);
+  const int tasks = static_cast<int>(
+      m * cols * k < kParallelMacs ? 1 : std::min<int64_t>(pool.size(), n_panels));
+  if (tasks <= 1) {
+    detail::multiply_panels(a, lda, m, k, packed, cols, c, ldc, 0, n_panels);
+    return;
+  }
+  pool.parallel_for(tasks, [&](int task, int) {
+    int64_t lo, hi;
+    split_range(n_panels, tasks, task, 1, &lo, &hi);
+    detail::multiply_panels(a, lda, m, k, packed, cols, c, ldc, lo, hi);
+  });
+}
+
+}  // namespace gometal::recurrent_gemm
