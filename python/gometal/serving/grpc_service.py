@@ -2,7 +2,8 @@
 ``tritonclient.grpc`` calls it.
 
 The protocol's messages come from ``proto/inference.proto``, compiled with grpcio-tools
-when the first server starts (into a temporary folder, loaded once per process). The
+when the package is built, or when the first server starts in a tree built without it
+(:mod:`gometal.serving.grpc_protocol`). The
 service shares the HTTP server's event loop, models and batchers: a gRPC request joins
 the same batches as HTTP ones. Errors map to gRPC status codes (400: INVALID_ARGUMENT,
 401: UNAUTHENTICATED, 404: NOT_FOUND, 413: RESOURCE_EXHAUSTED, 503: UNAVAILABLE with a
@@ -11,32 +12,26 @@ the same batches as HTTP ones. Errors map to gRPC status codes (400: INVALID_ARG
 
 from __future__ import annotations
 
-import functools
 import hmac
-import importlib.util
 import json
 import logging
 import math
-import shutil
-import tempfile
 import time
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from ..base.version import __version__
+from .grpc_protocol import PROTO_FILE, load_protocol
 from .guard import REQUEST_LOGGER
 from .metrics import ServingMetrics
 from .protocol import DATATYPES, InferRequest, ProtocolError, RequestTensor, split_bytes_elements
 from .served_model import ServedModels
 
-__all__ = ["PROTO_FILE", "SERVICE_NAME", "compile_protocol", "start_grpc_server"]
+__all__ = ["PROTO_FILE", "SERVICE_NAME", "load_protocol", "start_grpc_server"]
 
 _request_log = logging.getLogger(REQUEST_LOGGER)
 
-PROTO_FILE = Path(__file__).resolve().parent / "proto" / "inference.proto"
 SERVICE_NAME = "inference.GRPCInferenceService"
 SERVER_NAME = "gometal"
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
@@ -47,38 +42,6 @@ _CONTENTS_FIELDS = {
     "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
     "FP32": "fp32_contents", "FP64": "fp64_contents",
 }  # fmt: skip
-
-
-@functools.lru_cache(maxsize=1)
-def compile_protocol() -> ModuleType:
-    """Compiles ``inference.proto`` with grpcio-tools and loads its messages (once).
-
-    Returns:
-        The generated ``inference_pb2`` module.
-
-    Raises:
-        RuntimeError: protoc failed (its status is given).
-
-    Example:
-        >>> compile_protocol().ServerLiveResponse(live=True).live
-        True
-    """
-    from grpc_tools import protoc
-
-    out = Path(tempfile.mkdtemp(prefix="gometal-grpc-"))
-    try:
-        arguments = ["protoc", f"-I{PROTO_FILE.parent}", f"--python_out={out}", PROTO_FILE.name]
-        status = protoc.main(arguments)
-        if status != 0:
-            raise RuntimeError(f"grpcio-tools could not compile {PROTO_FILE} (status {status})")
-        spec = importlib.util.spec_from_file_location(
-            "gometal_inference_pb2", out / "inference_pb2.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
 
 
 def _status_code(http_status: int) -> Any:
@@ -166,7 +129,7 @@ class InferenceServicer:
         self.models = models
         self.metrics = metrics
         self.expected = f"Bearer {api_key}".encode() if api_key else None
-        self.pb = compile_protocol()
+        self.pb = load_protocol()
 
     async def _guarded(self, method: str, call: Any, request: Any, context: Any) -> Any:
         started, status = time.perf_counter(), 500
