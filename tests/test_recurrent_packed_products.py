@@ -1,0 +1,35 @@
+"""The recurrence's per-step products run on W_hh (and an LSTM's W_hr) packed into panels of
+columns: widths and batches that are not whole panels or row blocks, and products large
+enough to be split over two threads, against torch's layers (outputs and every gradient)."""
+
+from __future__ import annotations
+
+import pytest
+
+import gometal as gm
+from recurrent_parity import Config, check_parity
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    before = gm.get_num_threads()
+    gm.set_num_threads(request.param)
+    yield request.param
+    gm.set_num_threads(before)
+
+
+# hidden 40: an LSTM's 160 gate columns are 5 panels of 32 (10 of 16); proj_size 21 leaves a
+# partial panel; batch 11 leaves a partial row block. 11 x 160 x 40 multiply-adds per step
+# pass the size at which a product is split over the threads.
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config("lstm", hidden_size=40, input_size=9),
+        Config("lstm", hidden_size=40, input_size=9, proj_size=21, bidirectional=True),
+        Config("gru", hidden_size=47, input_size=9, initial_state=True, lengths=True),
+        Config("rnn_tanh", hidden_size=130, input_size=9, num_layers=2),
+    ],
+    ids=lambda c: c.id(),
+)
+def test_products_across_panels_and_threads_match_torch(config: Config, threads: int) -> None:
+    check_parity(config, batch=11, steps=6)
