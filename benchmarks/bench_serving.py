@@ -184,15 +184,18 @@ def _fmt(value, spec: str = ".1f") -> str:
 
 def print_table(results: dict[str, dict[int, dict]], offline: float) -> None:
     head = (f"  {'server':<26} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-            f"{'of offline':>10} {'errors':>6} {'wrong':>5} {'cores srv/gen/other':>20}")  # fmt: skip
+            f"{'of offline':>10} {'errors':>6} {'wrong':>5} {'srv core-ms/req':>15} "
+            f"{'cores srv/gen/other':>20}")  # fmt: skip
     print(head)
     print("  " + "-" * (len(head) - 2))
     for label, by_clients in results.items():
         for clients, r in by_clients.items():
             cores = f"{r['server_cores']:.2f}/{r['generator_cores']:.2f}/{r['other_cores']:.2f}"
+            # The server's CPU per answer, which the share of the cores it got does not change.
+            per_request = r["server_cores"] / r["throughput"] * 1e3 if r["throughput"] else None
             print(f"  {label:<26} {clients:>7} {r['throughput']:>8.1f} {_fmt(r['p50_ms']):>8} "
                   f"{_fmt(r['p99_ms']):>8} {r['throughput'] / offline:>9.0%} {r['errors']:>6} "
-                  f"{r['wrong']:>5} {cores:>20}")  # fmt: skip
+                  f"{r['wrong']:>5} {_fmt(per_request, '.2f'):>15} {cores:>20}")  # fmt: skip
 
 
 def print_verdicts(gometal: dict, baseline: dict, offline: float) -> None:
@@ -249,7 +252,8 @@ def main() -> None:
           f"the same, onnxruntime intra_op_num_threads {args.threads})")  # fmt: skip
     print(f"blas: {_core.blas_info()}")
     offline = offline_rate(model, images[:OFFLINE_BATCH], args.offline_s)
-    print(f"offline model.predict at batch {OFFLINE_BATCH}: {offline:.1f} images/s")
+    print(f"offline model.predict at batch {OFFLINE_BATCH}: {offline:.1f} images/s "
+          f"({args.threads / offline * 1e3:.2f} core-ms per image at most)")  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="gm-bench-serving-") as folder:
         model.save(os.path.join(folder, f"{MODEL_NAME}.safetensors"))
