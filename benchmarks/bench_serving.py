@@ -16,8 +16,9 @@ a user would write (``_serving_fastapi.py``): the same model exported by gometal
 onnxruntime (intra_op_num_threads = gometal's threads) behind a plain FastAPI endpoint with no
 batching, served by uvicorn, hit by the same load generator over the same protocol. Both
 servers stay up and the client counts alternate between them, so each pair meets the same
-machine. Every window also says how many cores the server, the load generator and other
-processes used: on a small machine the load generator's own CPU is taken from the servers.
+machine. Every run also says how many cores the server, the load generator and other
+processes used (on a small machine the load generator's own CPU is taken from the servers),
+and the server's CPU time per answered request, beside offline predict's per image.
 
 Targets at 64 clients: throughput >= 80 % of offline predict at batch 64, p99 <= 50 ms, and
 >= 3x the onnxruntime + FastAPI baseline's throughput. The script exits 1 if any answer was
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -143,18 +145,26 @@ def run_load(server: Server, clients: int, files: tuple[str, str], args) -> dict
     command = [sys.executable, os.path.join(HERE, "_serving_load.py"), server.url, MODEL_NAME,
                "input", *files, "--clients", str(clients), "--warmup-s", str(args.warmup_s),
                "--window-s", str(args.window_s)]  # fmt: skip
-    busy0, server0, t0 = _machine_busy(psutil), server.cpu_seconds(), time.perf_counter()
+    # Everyone's CPU over the same interval: the machine's, the server's, and the load
+    # generator's (a child this process reaps, so RUSAGE_CHILDREN grows by its total).
+    gen0, busy0 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy(psutil)
+    server0, t0 = server.cpu_seconds(), time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - t0
-    busy = (_machine_busy(psutil) - busy0) / elapsed
+    server_cpu = server.cpu_seconds() - server0
+    gen1, busy = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy(psutil) - busy0
+    generator_cpu = gen1.ru_utime + gen1.ru_stime - gen0.ru_utime - gen0.ru_stime
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
         tail = " | ".join(proc.stderr.strip().splitlines()[-4:])
         raise RuntimeError(f"the load generator failed against {server.label}: {tail}")
     result = json.loads(lines[-1][len(RESULT_TAG) :])
-    result["server_cores"] = (server.cpu_seconds() - server0) / elapsed
-    own = result["server_cores"] + result["generator_cores"]
-    result["other_cores"] = max(0.0, busy - own)
+    result["server_cores"] = server_cpu / elapsed
+    result["generator_cores"] = generator_cpu / elapsed
+    result["other_cores"] = max(0.0, busy - server_cpu - generator_cpu) / elapsed
+    # The server's CPU time per answer: what the share of the cores it got does not change.
+    answered = result["answered"]
+    result["server_ms_per_request"] = server_cpu / answered * 1e3 if answered else None
     return result
 
 
@@ -191,11 +201,9 @@ def print_table(results: dict[str, dict[int, dict]], offline: float) -> None:
     for label, by_clients in results.items():
         for clients, r in by_clients.items():
             cores = f"{r['server_cores']:.2f}/{r['generator_cores']:.2f}/{r['other_cores']:.2f}"
-            # The server's CPU per answer, which the share of the cores it got does not change.
-            per_request = r["server_cores"] / r["throughput"] * 1e3 if r["throughput"] else None
             print(f"  {label:<26} {clients:>7} {r['throughput']:>8.1f} {_fmt(r['p50_ms']):>8} "
                   f"{_fmt(r['p99_ms']):>8} {r['throughput'] / offline:>9.0%} {r['errors']:>6} "
-                  f"{r['wrong']:>5} {_fmt(per_request, '.2f'):>15} {cores:>20}")  # fmt: skip
+                  f"{r['wrong']:>5} {_fmt(r['server_ms_per_request'], '.2f'):>15} {cores:>20}")  # fmt: skip
 
 
 def print_verdicts(gometal: dict, baseline: dict, offline: float) -> None:
