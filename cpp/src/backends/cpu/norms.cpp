@@ -51,6 +51,42 @@ void row_statistics(const NormGeometry& geo, const float* x, float* mean, float*
   *rstd = static_cast<float>(1.0 / std::sqrt(spread / static_cast<double>(geo.dim) + geo.eps));
 }
 
+// One row of dL/dx. Both row sums (of gw and of gw (x - mean)) come from one pass, in double
+// over independent lanes; rstd multiplies the second once, after the sum.
+template <bool kWeighted>
+void backward_row(const NormGeometry& geo, const float* __restrict x, const float* __restrict g,
+                  const float* __restrict weight, float* __restrict dx) {
+  float mean, rstd;
+  row_statistics(geo, x, &mean, &rstd);
+  double sum_gw[kLanes] = {}, sum_gw_centred[kLanes] = {};
+  const int64_t dim = geo.dim;
+  int64_t c = 0;
+  for (; c + kLanes <= dim; c += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const float gw = kWeighted ? g[c + l] * weight[c + l] : g[c + l];
+      sum_gw[l] += gw;
+      sum_gw_centred[l] += static_cast<double>(gw) * (x[c + l] - mean);
+    }
+  for (; c < dim; ++c) {
+    const float gw = kWeighted ? g[c] * weight[c] : g[c];
+    sum_gw[0] += gw;
+    sum_gw_centred[0] += static_cast<double>(gw) * (x[c] - mean);
+  }
+  double total_gw = 0.0, total_gw_centred = 0.0;
+  for (int l = 0; l < kLanes; ++l) {
+    total_gw += sum_gw[l];
+    total_gw_centred += sum_gw_centred[l];
+  }
+  const float inv_dim = 1.0f / static_cast<float>(dim);
+  const float mean_gw = geo.centre ? static_cast<float>(total_gw) * inv_dim : 0.0f;
+  const float mean_gw_xhat = static_cast<float>(total_gw_centred * rstd) * inv_dim;
+  for (int64_t i = 0; i < dim; ++i) {
+    const float gw = kWeighted ? g[i] * weight[i] : g[i];
+    const float xhat = (x[i] - mean) * rstd;
+    dx[i] = rstd * (gw - mean_gw - xhat * mean_gw_xhat);
+  }
+}
+
 }  // namespace
 
 void norm_forward(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* weight, const float* bias,
@@ -72,24 +108,11 @@ void norm_forward(ThreadPool& pool, const NormGeometry& geo, const float* x, con
 void norm_backward(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g, const float* weight,
                    float* dx) {
   for_rows(pool, geo, [&](int64_t r) {
-    const float* xr = x + r * geo.dim;
-    const float* gr = g + r * geo.dim;
-    float* dr = dx + r * geo.dim;
-    float mean, rstd;
-    row_statistics(geo, xr, &mean, &rstd);
-    auto gw_at = [&](int64_t c) {
-      return weight ? static_cast<double>(gr[c]) * weight[c] : static_cast<double>(gr[c]);
-    };
-    const double sum_gw = geo.centre ? lane_sum(geo.dim, gw_at) : 0.0;
-    const double sum_gw_xhat = lane_sum(geo.dim, [&](int64_t c) { return gw_at(c) * ((xr[c] - mean) * rstd); });
-    const float inv_dim = 1.0f / static_cast<float>(geo.dim);
-    const float mean_gw = geo.centre ? static_cast<float>(sum_gw) * inv_dim : 0.0f;
-    const float mean_gw_xhat = static_cast<float>(sum_gw_xhat) * inv_dim;
-    for (int64_t c = 0; c < geo.dim; ++c) {
-      const float gw = weight ? gr[c] * weight[c] : gr[c];
-      const float xhat = (xr[c] - mean) * rstd;
-      dr[c] = rstd * (gw - mean_gw - xhat * mean_gw_xhat);
-    }
+    const int64_t at = r * geo.dim;
+    if (weight)
+      backward_row<true>(geo, x + at, g + at, weight, dx + at);
+    else
+      backward_row<false>(geo, x + at, g + at, nullptr, dx + at);
   });
 }
 
