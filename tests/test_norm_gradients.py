@@ -8,7 +8,7 @@ import pytest
 
 from gometal import _core
 
-DIM = 203  # 25 full groups of eight partial sums and a remainder of three
+DIM = 203  # 12 full groups of the kernel's sixteen partial sums and a remainder of 11
 ROWS = 41
 
 

@@ -22,9 +22,11 @@ void for_rows(ThreadPool& pool, const NormGeometry& geo, RowFn&& row) {
   });
 }
 
-constexpr int kLanes = 8;
+// Sixteen partial sums: four vectors of doubles, enough to hide the adds' latency (eight
+// left the gradient's row sums latency-bound: 124 -> 89 us for 768 rows of 128).
+constexpr int kLanes = 16;
 
-// Sum of f(c) for c < n in double, over eight independent partial sums: one running sum is
+// Sum of f(c) for c < n in double, over kLanes independent partial sums: one running sum is
 // a chain of dependent adds that neither pipelines nor vectorizes.
 template <class Term>
 double lane_sum(int64_t n, Term&& term) {
