@@ -91,9 +91,15 @@ struct RecurrenceKernel final : Kernel {
     const float* xp = ctx.ptr(seq);
     const float* bhn = l.cell == Cell::Gru ? ctx.ptr(b_hn) : nullptr;
     float* ys = ctx.ptr(out);
+    // An LSTM's training form keeps its gates in y: the product lands there and the gate
+    // math runs in place, saving a copy per row and step.
+    const bool gates_in_y = l.cell == Cell::Lstm && !l.lean;
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = step_at(s);
-      recurrent_gemm::multiply(*ctx.pool, h, P, n_, P, packed_hh, GH, a, GH);
+      if (gates_in_y)
+        recurrent_gemm::multiply(*ctx.pool, h, P, n_, P, packed_hh, GH, ys + t * W + l.gates_col(), steps * W);
+      else
+        recurrent_gemm::multiply(*ctx.pool, h, P, n_, P, packed_hh, GH, a, GH);
       for_rows(*ctx.pool, n_, W, [&](int64_t n) {
         float* yr = ys + (n * steps + t) * W;
         if (t >= length(lens, n)) {
@@ -103,7 +109,7 @@ struct RecurrenceKernel final : Kernel {
         }
         const float* x = xp + (n * steps + t) * GH;
         float* hr = h + n * P;
-        float* ar = a + n * GH;
+        float* ar = gates_in_y ? yr + l.gates_col() : a + n * GH;
         switch (l.cell) {
           case Cell::RnnTanh: case Cell::RnnRelu:
             if (l.cell == Cell::RnnTanh) tanh_of_sum(x, ar, H);
@@ -117,7 +123,7 @@ struct RecurrenceKernel final : Kernel {
             sigmoid_of_sum(x + 3 * H, ar + 3 * H, H);
             // With a projection h goes to hraw, and the step's product below sets h and y.
             lstm_state(ar, c + n * H, yr + l.c_col(), l.projected ? hraw + n * H : hr, H);
-            if (!l.lean) std::memcpy(yr + l.gates_col(), ar, sizeof(float) * GH);
+            if (!l.lean && !gates_in_y) std::memcpy(yr + l.gates_col(), ar, sizeof(float) * GH);
             if (!l.projected) std::memcpy(yr, hr, sizeof(float) * H);
             break;
           case Cell::Gru: {
@@ -163,6 +169,9 @@ struct RecurrenceKernel final : Kernel {
     const float* h0s = ctx.ptr(h0);
     const float* c0s = l.cell == Cell::Lstm ? ctx.ptr(c0) : nullptr;
     float* grads = ctx.ptr(out);
+    // An LSTM's and a plain RNN's d_gates are the first columns of the gradient op's rows:
+    // the step's product reads them there. A GRU's (r, z, dhn) are not contiguous.
+    const bool da_in_grads = l.cell != Cell::Gru;
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = step_at(s);
       for (int64_t n = 0; n < n_; ++n) {
@@ -174,10 +183,10 @@ struct RecurrenceKernel final : Kernel {
       for_rows(*ctx.pool, n_, WG, [&](int64_t n) {
         const int64_t len = length(lens, n);
         float* gw = grads + (n * steps + t) * WG;
-        float* dar = da + n * GH;
+        float* dar = da_in_grads ? gw : da + n * GH;
         if (t >= len) {
           std::memset(gw, 0, sizeof(float) * WG);
-          std::memset(dar, 0, sizeof(float) * GH);
+          if (!da_in_grads) std::memset(dar, 0, sizeof(float) * GH);
           return;
         }
         const float* yr = ys + (n * steps + t) * W;
@@ -191,7 +200,7 @@ struct RecurrenceKernel final : Kernel {
             for (int64_t j = 0; j < H; ++j) {
               const float hv = yr[j];
               const float slope = l.cell == Cell::RnnTanh ? 1.0f - hv * hv : (hv > 0.0f ? 1.0f : 0.0f);
-              gw[j] = dar[j] = d[j] * slope;
+              gw[j] = d[j] * slope;
             }
             break;
           case Cell::Lstm: {
@@ -199,7 +208,6 @@ struct RecurrenceKernel final : Kernel {
             const float* dhr = l.projected ? dhraw + n * H : d;
             float* dcr = dc + n * H;
             lstm_backward(yr + l.gates_col(), yr + l.c_col(), cprev, dhr, gr + l.c_col(), dcr, dar, H);
-            std::memcpy(gw, dar, sizeof(float) * GH);
             std::memcpy(gw + l.dcprev_col(), dcr, sizeof(float) * H);
             if (l.projected) {
               const float* o = yr + l.gates_col() + 3 * H;
@@ -216,7 +224,10 @@ struct RecurrenceKernel final : Kernel {
             break;
         }
       });
-      recurrent_gemm::multiply(*ctx.pool, da, GH, n_, GH, packed_hh, P, dhp, P);
+      if (da_in_grads)
+        recurrent_gemm::multiply(*ctx.pool, grads + t * WG, steps * WG, n_, GH, packed_hh, P, dhp, P);
+      else
+        recurrent_gemm::multiply(*ctx.pool, da, GH, n_, GH, packed_hh, P, dhp, P);
       for (int64_t n = 0; n < n_; ++n) {
         if (t >= length(lens, n)) continue;
         float* gw = grads + (n * steps + t) * WG;
