@@ -9,6 +9,12 @@
 #include "backends/cpu/recurrent_gemm.h"
 #include "ir/ops/recurrent.h"
 
+// -march=native on AVX-512 CPUs still vectorizes loops 8 floats wide; the gate math's
+// polynomial exps ran ~20 % faster 16 wide (GCC only: Clang spells it differently).
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("prefer-vector-width=512")
+#endif
+
 namespace gometal {
 namespace {
 
