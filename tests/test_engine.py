@@ -497,3 +497,14 @@ def test_functional_auto_names_and_shared_layer():
     v = np.random.default_rng(15).standard_normal((3, 6)).astype(np.float32)
     inner = (v @ a.T + b) @ a.T + b
     np.testing.assert_allclose(model.predict(v), (inner + v) @ c.T + d, rtol=1e-5, atol=1e-6)
+
+
+def test_arena_bytes_count_the_working_memory_and_not_the_weights():
+    """Before any plan the arena is empty whatever the weights; a training step of a
+    1024 x 1024 dense layer holds at least its weight gradient (4 MiB) in the arena."""
+    model = gm.ModelBuilder((1024,)).dense(1024).dense(2).build(seed=0)
+    trainer = gm.Trainer(model, loss="cross_entropy", optimizer=gm.optim.SGD(lr=0.1))
+    stats = trainer.engine_stats()
+    assert stats["arena_bytes"] == 0 and stats["persistent_bytes"] >= 4 * 1024 * 1024
+    trainer.train_batch(np.zeros((1, 1024), np.float32), np.zeros(1, np.int32))
+    assert trainer.engine_stats()["arena_bytes"] >= 4 * 1024 * 1024

@@ -545,7 +545,7 @@ class CpuBackend final : public Backend {
                                             const std::vector<int64_t>& persistent_offset) override {
     return std::make_unique<CpuFunction>(g, fn, binding, persistent_offset, workspace_, pool(), tiling());
   }
-  int64_t workspace_bytes() const override { return workspace_->bytes() - persistent_bytes(); }
+  int64_t workspace_bytes() const override { return workspace_->bytes(); }
 
   void allocate_persistent(int64_t bytes) override {
     workspace_->persistent = AlignedBuffer(static_cast<size_t>(bytes));
