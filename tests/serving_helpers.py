@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 import gometal as gm
+from gometal.text import CharTokenizer, load_tokenizer
 
 STARTUP_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
@@ -86,6 +88,33 @@ def write_repository(root: Path, names: tuple[str, ...] = REPOSITORY_MODELS) -> 
     return root
 
 
+def write_gpt_repository(root: Path, corpus: str, block_size: int) -> Path:
+    """A repository holding ``mlp`` (a model that takes no text) and ``gpt``: a one-layer
+    GPT of context ``block_size`` saved with the character tokenizer of ``corpus``.
+
+    Returns:
+        The repository folder.
+    """
+    write_repository(root, ("mlp",))
+    folder = root / "gpt" / "1"
+    folder.mkdir(parents=True)
+    tokenizer = CharTokenizer.from_text(corpus)
+    model = gm.models.GPT(tokenizer.vocab_size, block_size, n_layer=1, n_head=2, n_embd=16, seed=3)
+    model.save(folder / "model.safetensors")
+    tokenizer.save(folder / "tokenizer.json")
+    return root
+
+
+def offline_generation(repository: Path, prompt: str, max_tokens: int, **options) -> str:
+    """The text ``gm.models.generate`` gives offline for the saved ``gpt``: the reference
+    of every generate answer."""
+    folder = repository / "gpt" / "1"
+    model = gm.load_model(folder / "model.safetensors")
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    ids = gm.models.generate(model, tokenizer.encode(prompt), max_tokens, **options)
+    return tokenizer.decode(np.asarray(ids))
+
+
 def offline(repository: Path, name: str, version: int, x: np.ndarray) -> np.ndarray:
     """What the saved model predicts offline, the reference of every answer."""
     folder = repository / name / str(version)
@@ -147,6 +176,20 @@ class ServerProcess:
             self.process.kill()
             self.process.wait()
             raise AssertionError(f"the server did not stop after {sig}:\n{self.stderr()}")
+
+
+def running_server(repository: Path, log_dir: Path) -> Iterator[ServerProcess]:
+    """A live server on ``repository`` for a fixture to yield; it must stop cleanly after.
+
+    Example:
+        >>> @pytest.fixture(scope="module")
+        ... def server(repository, tmp_path_factory):
+        ...     yield from running_server(repository, tmp_path_factory.mktemp("logs"))
+    """
+    process = ServerProcess(repository, log_dir)
+    process.wait_live()
+    yield process
+    assert process.stop() == 0, process.stderr()
 
 
 def metric_samples(base: str, name: str, headers: dict[str, str] | None = None) -> list:

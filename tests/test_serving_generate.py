@@ -7,12 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
-import gometal as gm
-from gometal.text import CharTokenizer, load_tokenizer
-from serving_helpers import ServerProcess, write_repository
+from serving_helpers import (
+    ServerProcess,
+    offline_generation,
+    running_server,
+    write_gpt_repository,
+)
 
 CORPUS = "def main():\n    return 1\n"
 BLOCK = 16
@@ -20,30 +22,12 @@ BLOCK = 16
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = write_repository(tmp_path_factory.mktemp("repository"), ("mlp",))
-    folder = root / "gpt" / "1"
-    folder.mkdir(parents=True)
-    tokenizer = CharTokenizer.from_text(CORPUS)
-    model = gm.models.GPT(tokenizer.vocab_size, BLOCK, n_layer=1, n_head=2, n_embd=16, seed=3)
-    model.save(folder / "model.safetensors")
-    tokenizer.save(folder / "tokenizer.json")
-    return root
+    return write_gpt_repository(tmp_path_factory.mktemp("repository"), CORPUS, BLOCK)
 
 
 @pytest.fixture(scope="module")
 def server(repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    process = ServerProcess(repository, tmp_path_factory.mktemp("logs"))
-    process.wait_live()
-    yield process
-    assert process.stop() == 0, process.stderr()
-
-
-def _offline(repository: Path, prompt: str, max_tokens: int, **options) -> str:
-    folder = repository / "gpt" / "1"
-    model = gm.load_model(folder / "model.safetensors")
-    tokenizer = load_tokenizer(folder / "tokenizer.json")
-    ids = gm.models.generate(model, tokenizer.encode(prompt), max_tokens, **options)
-    return tokenizer.decode(np.asarray(ids))
+    yield from running_server(repository, tmp_path_factory.mktemp("logs"))
 
 
 @pytest.mark.parametrize(
@@ -59,14 +43,14 @@ def test_generate_equals_offline_generation(
     assert answer.status_code == 200, answer.text
     document = answer.json()
     assert document["model_name"] == "gpt" and document["model_version"] == "1"
-    assert document["text_output"] == _offline(repository, "def ", 10, **options)
+    assert document["text_output"] == offline_generation(repository, "def ", 10, **options)
 
 
 def test_parameters_at_the_top_level_are_read_too(server: ServerProcess, repository: Path) -> None:
     body = {"text_input": "ret", "max_tokens": 5, "greedy": True}
     answer = httpx.post(f"{server.base}/v2/models/gpt/versions/1/generate", json=body, timeout=60)
     assert answer.status_code == 200, answer.text
-    assert answer.json()["text_output"] == _offline(repository, "ret", 5, greedy=True)
+    assert answer.json()["text_output"] == offline_generation(repository, "ret", 5, greedy=True)
 
 
 BAD_REQUESTS = [

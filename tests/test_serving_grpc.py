@@ -16,7 +16,7 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from serving_helpers import ServerProcess, offline, write_repository
+from serving_helpers import ServerProcess, offline, running_server, write_repository
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -28,10 +28,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    process = ServerProcess(repository, tmp_path_factory.mktemp("logs"))
-    process.wait_live()
-    yield process
-    assert process.stop() == 0, process.stderr()
+    yield from running_server(repository, tmp_path_factory.mktemp("logs"))
 
 
 @pytest.fixture

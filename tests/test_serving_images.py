@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 import gometal as gm
 from gometal.vision import ImagePreprocessing
-from serving_helpers import ServerProcess, cnn_model, write_repository
+from serving_helpers import ServerProcess, cnn_model, running_server, write_repository
 
 RTOL, ATOL = 1e-5, 1e-6
 PREPROCESSING = ImagePreprocessing((16, 16), 3, "shorter", (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
@@ -48,10 +48,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    process = ServerProcess(repository, tmp_path_factory.mktemp("logs"))
-    process.wait_live()
-    yield process
-    assert process.stop() == 0, process.stderr()
+    yield from running_server(repository, tmp_path_factory.mktemp("logs"))
 
 
 def _expected(repository: Path, files: list[Path]) -> np.ndarray:

@@ -18,8 +18,14 @@ import uvicorn
 import gometal as gm
 from gometal.serving import ProtocolError
 from gometal.serving.app import create_app
-from gometal.text import CharTokenizer, load_tokenizer
-from serving_helpers import ServerProcess, free_port, metric_samples, write_repository
+from serving_helpers import (
+    ServerProcess,
+    free_port,
+    metric_samples,
+    offline_generation,
+    running_server,
+    write_gpt_repository,
+)
 
 CORPUS = "def main():\n    return 1\n"
 BLOCK = 16
@@ -28,30 +34,12 @@ MAX_TOKENS = 4096  # the server's most: a generation far longer than a disconnec
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = write_repository(tmp_path_factory.mktemp("repository"), ("mlp",))
-    folder = root / "gpt" / "1"
-    folder.mkdir(parents=True)
-    tokenizer = CharTokenizer.from_text(CORPUS)
-    model = gm.models.GPT(tokenizer.vocab_size, BLOCK, n_layer=1, n_head=2, n_embd=16, seed=3)
-    model.save(folder / "model.safetensors")
-    tokenizer.save(folder / "tokenizer.json")
-    return root
+    return write_gpt_repository(tmp_path_factory.mktemp("repository"), CORPUS, BLOCK)
 
 
 @pytest.fixture(scope="module")
 def server(repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    process = ServerProcess(repository, tmp_path_factory.mktemp("logs"))
-    process.wait_live()
-    yield process
-    assert process.stop() == 0, process.stderr()
-
-
-def _offline(repository: Path, prompt: str, max_tokens: int, **options) -> str:
-    folder = repository / "gpt" / "1"
-    model = gm.load_model(folder / "model.safetensors")
-    tokenizer = load_tokenizer(folder / "tokenizer.json")
-    ids = gm.models.generate(model, tokenizer.encode(prompt), max_tokens, **options)
-    return tokenizer.decode(np.asarray(ids))
+    yield from running_server(repository, tmp_path_factory.mktemp("logs"))
 
 
 def _events(lines) -> list[dict]:
@@ -81,7 +69,7 @@ def test_stream_events_join_to_generate_and_offline_text(
     streamed = "".join(e["text_output"] for e in events)
     whole = httpx.post(f"{server.base}/v2/models/gpt/generate", json=body, timeout=60)
     assert streamed == whole.json()["text_output"]
-    assert streamed == _offline(repository, "def ", max_tokens, **options)
+    assert streamed == offline_generation(repository, "def ", max_tokens, **options)
     assert events[0]["text_output"].startswith("def ")
 
 
