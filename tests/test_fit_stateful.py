@@ -8,10 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import gometal as gm
-from test_recurrent_stateful import BATCH, STEPS, VOCAB, _pair
+from test_recurrent_stateful import BATCH, STEPS, VOCAB, paired_models, torch_training_step
 
 
 def _tokens() -> np.ndarray:
@@ -21,7 +20,7 @@ def _tokens() -> np.ndarray:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_fit_resets_states_each_epoch_and_carries_them_within_it_as_torch(cell: str) -> None:
-    module, model, rnn = _pair(cell)
+    module, model, rnn = paired_models(cell)
     loader = gm.text.TokenStreamLoader(_tokens(), BATCH, STEPS, seed=1)
     trainer = gm.Trainer(model, loss="cross_entropy", optimizer=gm.optim.Adam(lr=1e-2))
     history = trainer.fit(loader, epochs=3, verbose=0)
@@ -31,15 +30,8 @@ def test_fit_resets_states_each_epoch_and_carries_them_within_it_as_torch(cell: 
     for epoch in range(3):
         state, losses = None, []
         for x, y in loader.epoch_batches(epoch):
-            reference.zero_grad()
-            logits, state = module(torch.from_numpy(x.astype(np.int64)), state)
-            loss = nn.functional.cross_entropy(
-                logits.transpose(1, 2), torch.from_numpy(y.astype(np.int64))
-            )
-            loss.backward()
-            reference.step()
-            state = tuple(s.detach() for s in state) if cell == "lstm" else state.detach()
-            losses.append(loss.item())
+            loss, state = torch_training_step(module, reference, x, y, state)
+            losses.append(loss)
         epoch_losses.append(np.mean(losses))
     assert loader.batches_in(0) >= 3  # several batches carry states within an epoch
     np.testing.assert_allclose(history.loss, epoch_losses, rtol=1e-4)
@@ -50,7 +42,7 @@ def test_fit_resets_states_each_epoch_and_carries_them_within_it_as_torch(cell: 
 
 
 def test_model_reset_states_names_the_stateful_layers_and_zeroes_them() -> None:
-    _, model, rnn = _pair("lstm")
+    _, model, rnn = paired_models("lstm")
     trainer = gm.Trainer(model, loss="cross_entropy")
     x = _tokens()[: BATCH * STEPS].reshape(BATCH, STEPS)
     trainer.train_batch(x, x)

@@ -32,7 +32,12 @@ class StatefulCharLM(nn.Module):
         return self.head(out), state
 
 
-def _pair(cell: str):
+def paired_models(cell: str):
+    """A torch character LM and its gometal twin (stateful ``cell`` layers) with equal weights.
+
+    Returns:
+        ``(module, model, rnn)``: the torch module, the gometal model and its recurrent layer.
+    """
     torch.manual_seed(0)
     module = StatefulCharLM(cell)
     tokens = gm.Input((None,), dtype="int32")
@@ -47,6 +52,24 @@ def _pair(cell: str):
     return module, model, rnn
 
 
+def torch_training_step(
+    module: StatefulCharLM, optimizer: torch.optim.Optimizer, x: np.ndarray, y: np.ndarray, state
+):
+    """One torch step of truncated backpropagation through time: the batch starts from
+    ``state`` and its final states come back detached for the next batch.
+
+    Returns:
+        ``(loss, state)``: the batch's loss as a float and its final states, detached.
+    """
+    optimizer.zero_grad()
+    logits, state = module(torch.from_numpy(x.astype(np.int64)), state)
+    loss = nn.functional.cross_entropy(logits.transpose(1, 2), torch.from_numpy(y.astype(np.int64)))
+    loss.backward()
+    optimizer.step()
+    state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+    return loss.item(), state
+
+
 def _stream(steps: int):
     """Consecutive windows: row b of batch k+1 continues row b of batch k."""
     rng = np.random.default_rng(0)
@@ -59,21 +82,14 @@ def _stream(steps: int):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_training_carries_detached_states_as_torch(cell: str) -> None:
-    module, model, rnn = _pair(cell)
+    module, model, rnn = paired_models(cell)
     trainer = gm.Trainer(model, loss="cross_entropy", optimizer=gm.optim.Adam(lr=1e-2))
     reference = torch.optim.Adam(module.parameters(), lr=1e-2)
     state = None
     for x, y in _stream(10):
         ours = trainer.train_batch(x, y).loss
-        reference.zero_grad()
-        logits, state = module(torch.from_numpy(x.astype(np.int64)), state)
-        loss = nn.functional.cross_entropy(
-            logits.transpose(1, 2), torch.from_numpy(y.astype(np.int64))
-        )
-        loss.backward()
-        reference.step()
-        state = tuple(s.detach() for s in state) if cell == "lstm" else state.detach()
-        np.testing.assert_allclose(ours, loss.item(), rtol=1e-4)
+        loss, state = torch_training_step(module, reference, x, y, state)
+        np.testing.assert_allclose(ours, loss, rtol=1e-4)
     h_n = state[0] if cell == "lstm" else state
     np.testing.assert_allclose(
         rnn.get_weights()["state_h"], h_n.transpose(0, 1).numpy(), rtol=1e-4, atol=1e-5
@@ -81,7 +97,7 @@ def test_training_carries_detached_states_as_torch(cell: str) -> None:
 
 
 def test_reset_states_starts_again_from_zeros() -> None:
-    _, model, rnn = _pair("lstm")
+    _, model, rnn = paired_models("lstm")
     trainer = gm.Trainer(model, loss="cross_entropy", optimizer=gm.optim.SGD(lr=0.0))
     (x, y), *_ = _stream(1)
     first = trainer.train_batch(x, y).loss
@@ -102,7 +118,7 @@ def test_a_stateful_layer_needs_its_batch_size() -> None:
         ValueError, match=r"initial states as inputs or keeps them \(stateful\), not both"
     ):
         gm.layers.GRU(4, 5, stateful=True, batch_size=2, initial_state=True)
-    _, model, _ = _pair("gru")
+    _, model, _ = paired_models("gru")
     trainer = gm.Trainer(model, loss="cross_entropy")
     x = np.zeros((BATCH + 1, STEPS), np.int32)
     with pytest.raises(
@@ -138,9 +154,13 @@ def test_a_stateful_run_resumes_exactly_in_a_new_process(tmp_path) -> None:
 
 def _check_resume(tmp_path: Path) -> None:
     batches = list(_stream(8))
-    straight = gm.Trainer(_pair("lstm")[1], loss="cross_entropy", optimizer=gm.optim.Adam(lr=1e-2))
+    straight = gm.Trainer(
+        paired_models("lstm")[1], loss="cross_entropy", optimizer=gm.optim.Adam(lr=1e-2)
+    )
     expected = [straight.train_batch(x, y).loss for x, y in batches]
-    split = gm.Trainer(_pair("lstm")[1], loss="cross_entropy", optimizer=gm.optim.Adam(lr=1e-2))
+    split = gm.Trainer(
+        paired_models("lstm")[1], loss="cross_entropy", optimizer=gm.optim.Adam(lr=1e-2)
+    )
     for x, y in batches[:4]:
         split.train_batch(x, y)
     split.save(tmp_path / "run.ckpt")
