@@ -134,6 +134,30 @@ def _train_step(jax, optax, loss_fn, params, carry_extra):
     return jitted, [params, tx.init(params), carry_extra]
 
 
+def jitted_step_loop(jax, train_step, state: list, xj, yj):
+    """The timed step of a jitted ``train_step(*state, x, y) -> (*new state, loss)``.
+
+    Args:
+        jax: the jax module.
+        train_step: the jitted step; its state buffers may be donated.
+        state: the step's state (parameters, optimizer state, ...), replaced after each call.
+        xj: the batch's inputs on the device.
+        yj: the batch's labels on the device.
+
+    Returns:
+        ``step()``: one training step run to completion; it returns the loss.
+    """
+    carried = len(state)
+
+    def step():
+        out = train_step(*state, xj, yj)
+        jax.block_until_ready(out)  # jax dispatches asynchronously: time the work, not the call
+        state[:] = out[:carried]
+        return out[carried]
+
+    return step
+
+
 def setup_jax(spec: Workload, x: np.ndarray, y: np.ndarray):
     """(step, check_of, info) of the JAX peer on the workload `spec` with the batch (x, y)."""
     import jax
@@ -190,11 +214,4 @@ def setup_jax(spec: Workload, x: np.ndarray, y: np.ndarray):
         extra = (stats, jax.random.PRNGKey(1))
 
     train_step, state = _train_step(jax, optax, loss_fn, params, extra)
-
-    def step():
-        out = train_step(*state, xj, yj)
-        jax.block_until_ready(out)
-        state[:] = out[:3]
-        return out[3]
-
-    return step, float, info
+    return jitted_step_loop(jax, train_step, state, xj, yj), float, info

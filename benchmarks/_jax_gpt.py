@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from _jax import jitted_step_loop
 from _workload import (
     GPT_BETAS,
     GPT_EMBD,
@@ -208,13 +209,5 @@ def setup_jax_gpt(jax, optax, spec: Workload, x: np.ndarray, y: np.ndarray):
     """(step, check_of) of the JAX GPT on workload D or D-long with the batch (x, y)."""
     params = init_gpt_params(jax, GPT_VOCAB, spec.block, GPT_LAYERS, GPT_EMBD)
     train_step, opt_state = make_gpt_train_step(jax, optax, params)
-    state = [params, opt_state]
     xj, yj = jax.numpy.asarray(x), jax.numpy.asarray(y)
-
-    def step():
-        out = train_step(*state, xj, yj)
-        jax.block_until_ready(out)
-        state[:] = out[:2]
-        return out[2]
-
-    return step, float
+    return jitted_step_loop(jax, train_step, [params, opt_state], xj, yj), float

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from _jax import jitted_step_loop
 from _workload import LSTM_EMBED, LSTM_HIDDEN, LSTM_LAYERS, LSTM_VOCAB, Workload
 
 
@@ -123,13 +124,5 @@ def setup_jax_lstm(jax, optax, spec: Workload, x: np.ndarray, y: np.ndarray, lr:
         raise ValueError(f"the JAX LSTM times training only, got the inference workload {spec}")
     params = init_lstm_params(jax)
     train_step, opt_state = make_lstm_train_step(jax, optax, params, lr)
-    state = [params, opt_state]
     xj, yj = jax.numpy.asarray(x), jax.numpy.asarray(y)
-
-    def step():
-        out = train_step(*state, xj, yj)
-        jax.block_until_ready(out)
-        state[:] = out[:2]
-        return out[2]
-
-    return step, float
+    return jitted_step_loop(jax, train_step, [params, opt_state], xj, yj), float
