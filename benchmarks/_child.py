@@ -25,6 +25,23 @@ READY_TAG = "BENCH_READY"
 WINDOW_TAG = "BENCH_WINDOW "
 
 
+def reexec_with_clean_environment(threads: int) -> None:
+    """Runs this script again in a fresh process with ``threads`` BLAS and OpenMP threads and
+    without the old-OpenBLAS workarounds; returns at once when the environment is already so.
+    The BLAS reads these variables when it loads, so they cannot be changed in place.
+
+    Args:
+        threads: the thread count every variable of ``THREAD_VARS`` gets.
+    """
+    wanted = {var: str(threads) for var in THREAD_VARS}
+    stale = [var for var in UNSET_VARS if var in os.environ]
+    if not stale and all(os.environ.get(k) == v for k, v in wanted.items()):
+        return
+    env = {k: v for k, v in os.environ.items() if k not in UNSET_VARS}
+    env.update(wanted)
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
 def _allocations(engine_stats) -> int | None:
     stats = engine_stats() if engine_stats else None
     return stats.get("allocations") if stats else None

@@ -125,14 +125,26 @@ def _gometal_model(gm, spec: Workload):
         for width in HIDDEN:
             b = b.dense(width).relu()
         return b.dense(CLASSES).build(seed=0)
-    b = gm.ModelBuilder(input_shape=IMAGE_SHAPE)
+    return cnn_model(gm)
+
+
+def cnn_model(gm):
+    """Workload B's and C's CNN in gometal (bench_serving serves it too).
+
+    Args:
+        gm: the gometal module.
+
+    Returns:
+        The model, seed 0.
+    """
+    builder = gm.ModelBuilder(input_shape=IMAGE_SHAPE)
     for i, channels in enumerate(CONV_CHANNELS):
-        b = b.conv2d(channels, KERNEL, padding=KERNEL // 2)
+        builder = builder.conv2d(channels, KERNEL, padding=KERNEL // 2)
         if i == BN_BLOCK:
-            b = b.batch_norm(eps=BN_EPS, momentum=BN_MOMENTUM)
-        b = b.relu().max_pool2d(2)
-    b = b.flatten().dense(CNN_HIDDEN).relu().dropout(DROPOUT)
-    return b.dense(CNN_CLASSES).build(seed=0)
+            builder = builder.batch_norm(eps=BN_EPS, momentum=BN_MOMENTUM)
+        builder = builder.relu().max_pool2d(2)
+    builder = builder.flatten().dense(CNN_HIDDEN).relu().dropout(DROPOUT)
+    return builder.dense(CNN_CLASSES).build(seed=0)
 
 
 def _setup_gometal(spec: Workload, x, y, threads):

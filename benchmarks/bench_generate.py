@@ -26,26 +26,13 @@ to ``--threads``, as the other benchmarks' children run.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 
 from _builds import cpu_description
-from _child import THREAD_VARS, UNSET_VARS
+from _child import reexec_with_clean_environment
 
 VOCAB, BLOCK, LAYERS, HEADS, EMBD = 65, 320, 4, 4, 128
 PROMPT, NEW_TOKENS = 64, 256
-
-
-def _reexec_with_clean_environment(threads: int) -> None:
-    """The BLAS reads these variables when it loads: start again without them."""
-    wanted = {var: str(threads) for var in THREAD_VARS}
-    stale = [var for var in UNSET_VARS if var in os.environ]
-    if not stale and all(os.environ.get(k) == v for k, v in wanted.items()):
-        return
-    env = {k: v for k, v in os.environ.items() if k not in UNSET_VARS}
-    env.update(wanted)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 class TorchCachedGPT:
@@ -101,7 +88,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window-s", type=float, default=1.0)
     args = parser.parse_args()
-    _reexec_with_clean_environment(args.threads)
+    reexec_with_clean_environment(args.threads)
 
     import numpy as np
     import torch

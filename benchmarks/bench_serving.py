@@ -41,48 +41,16 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _child import THREAD_VARS, UNSET_VARS
+from _child import reexec_with_clean_environment
+from _frameworks import cnn_model
 from _serving_load import RESULT_TAG
-from _workload import (
-    BN_BLOCK,
-    BN_EPS,
-    BN_MOMENTUM,
-    CNN_CLASSES,
-    CNN_HIDDEN,
-    CONV_CHANNELS,
-    DROPOUT,
-    IMAGE_SHAPE,
-    KERNEL,
-)
+from _workload import IMAGE_SHAPE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_NAME = "cnn"
 OFFLINE_BATCH = 64
 TARGET_OF_OFFLINE, TARGET_P99_MS, TARGET_OVER_BASELINE = 0.8, 50.0, 3.0
 STARTUP_TIMEOUT_S = 120.0
-
-
-def _reexec_with_clean_environment(threads: int) -> None:
-    """The BLAS reads these variables when it loads: start again without them."""
-    wanted = {var: str(threads) for var in THREAD_VARS}
-    stale = [var for var in UNSET_VARS if var in os.environ]
-    if not stale and all(os.environ.get(k) == v for k, v in wanted.items()):
-        return
-    env = {k: v for k, v in os.environ.items() if k not in UNSET_VARS}
-    env.update(wanted)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
-def cnn_model(gm):
-    """Workload C's CNN (bench_mlp's B/C model) in gometal."""
-    builder = gm.ModelBuilder(input_shape=IMAGE_SHAPE)
-    for i, channels in enumerate(CONV_CHANNELS):
-        builder = builder.conv2d(channels, KERNEL, padding=KERNEL // 2)
-        if i == BN_BLOCK:
-            builder = builder.batch_norm(eps=BN_EPS, momentum=BN_MOMENTUM)
-        builder = builder.relu().max_pool2d(2)
-    builder = builder.flatten().dense(CNN_HIDDEN).relu().dropout(DROPOUT)
-    return builder.dense(CNN_CLASSES).build(seed=0)
 
 
 def _free_port() -> int:
@@ -241,7 +209,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=OFFLINE_BATCH, help="distinct images")
     args = parser.parse_args()
     client_counts = [int(n) for n in args.clients.split(",")]
-    _reexec_with_clean_environment(args.threads)
+    reexec_with_clean_environment(args.threads)
 
     import numpy as np
 
