@@ -3,36 +3,21 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "backends/cpu/attention.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/vec8.h"
+#include "backends/cpu/vector_math.h"
 
 namespace gometal::attention_blocks {
 
 // exp(x) for x <= 0 (scores minus their row maximum) within 2 ulp; exactly 0 below the
 // smallest normal result, so masked scores (-inf) give 0. Branch-free, so loops vectorize.
 inline float exp_nonpositive(float x) {
-  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const float clamped = x < -87.0f ? -87.0f : x;
-  const float shifted = clamped * kLog2e + kRound;
-  const float n = shifted - kRound;
-  const float r = clamped - n * kLn2Hi - n * kLn2Lo;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits;
-  std::memcpy(&bits, &shifted, sizeof bits);
-  const int32_t scale_bits = (bits - 0x4B400000 + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &scale_bits, sizeof two_n);
-  return x < -87.0f ? 0.0f : p * two_n;
+  const vector_math::ExpParts parts = vector_math::exp_parts(clamped);
+  const float two_n = vector_math::bits_to_float((vector_math::exp_exponent(parts.shifted) + 127) << 23);
+  return x < -87.0f ? 0.0f : parts.poly * two_n;
 }
 
 // The largest of x[0..n), eight lanes at a time (a float max loop does not vectorize alone).

@@ -1,6 +1,6 @@
 // exp and erf for float32, branch-free so that loops calling them vectorize: libm's erff ran
 // one element at a time and dominated GELU's fused kernels. The exp op keeps libm's expf
-// (elementwise_ops.h); this exp serves erf's tail.
+// (elementwise_ops.h); this exp serves erf's tail, and its core serves attention's softmax.
 #pragma once
 
 #include <cstdint>
@@ -14,13 +14,16 @@ inline float bits_to_float(int32_t bits) {
   return f;
 }
 
-// exp(x) within 2 ulp over the whole float range: +inf above 88.72, subnormal results down
-// to 0 below -103.97, NaN for NaN. 2^n is applied in two halves so that subnormal results
-// and the largest finite ones are both reached without an integer overflow.
-inline float exp(float x) {
+// exp's range reduction and polynomial, shared with attention's exp_nonpositive:
+// x = n ln2 + r, |r| <= ln2 / 2. `shifted` holds n in its low bits; `poly` is e^r.
+struct ExpParts {
+  float shifted;
+  float poly;
+};
+
+inline ExpParts exp_parts(float clamped) {
   constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float clamped = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
   const float shifted = clamped * kLog2e + kRound;
   const float n = shifted - kRound;
   const float r = clamped - n * kLn2Hi - n * kLn2Lo;
@@ -31,11 +34,26 @@ inline float exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
+  return {shifted, p};
+}
+
+// n of exp_parts' `shifted`, as an integer.
+inline int32_t exp_exponent(float shifted) {
   int32_t bits;
   std::memcpy(&bits, &shifted, sizeof bits);
-  const int32_t whole = bits - 0x4B400000;  // n as an integer, in [-150, 129]
+  return bits - 0x4B400000;
+}
+
+// exp(x) within 2 ulp over the whole float range: +inf above 88.72, subnormal results down
+// to 0 below -103.97, NaN for NaN. 2^n is applied in two halves so that subnormal results
+// and the largest finite ones are both reached without an integer overflow.
+inline float exp(float x) {
+  const float clamped = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
+  const ExpParts parts = exp_parts(clamped);
+  const int32_t whole = exp_exponent(parts.shifted);  // in [-150, 129]
   const int32_t half = whole >> 1;
-  const float result = p * bits_to_float((half + 127) << 23) * bits_to_float((whole - half + 127) << 23);
+  const float result =
+      parts.poly * bits_to_float((half + 127) << 23) * bits_to_float((whole - half + 127) << 23);
   return x != x ? x : result;
 }
 
