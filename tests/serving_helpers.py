@@ -115,6 +115,32 @@ def offline_generation(repository: Path, prompt: str, max_tokens: int, **options
     return tokenizer.decode(np.asarray(ids))
 
 
+def bad_generate_requests(block_size: int) -> list[tuple[str, str, dict, str]]:
+    """Requests that ``/generate`` and ``/generate_stream`` both refuse, for a repository of
+    ``write_gpt_repository`` with context ``block_size``.
+
+    Returns:
+        ``(case id, model, body, words the error names)`` per request.
+    """
+    return [
+        ("no text", "gpt", {"parameters": {"max_tokens": 3}}, "'text_input' must be"),
+        (
+            "unknown parameter",
+            "gpt",
+            {"text_input": "d", "beams": 2},
+            "unknown generate parameters",
+        ),
+        (
+            "too many tokens",
+            "gpt",
+            {"text_input": "d", "max_tokens": 10**6},
+            "'max_tokens' must be",
+        ),
+        ("prompt past the context", "gpt", {"text_input": "d" * (block_size + 1)}, "block_size"),
+        ("a model that takes no text", "mlp", {"text_input": "d"}, "does not generate text"),
+    ]
+
+
 def offline(repository: Path, name: str, version: int, x: np.ndarray) -> np.ndarray:
     """What the saved model predicts offline, the reference of every answer."""
     folder = repository / name / str(version)

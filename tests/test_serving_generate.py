@@ -11,6 +11,7 @@ import pytest
 
 from serving_helpers import (
     ServerProcess,
+    bad_generate_requests,
     offline_generation,
     running_server,
     write_gpt_repository,
@@ -54,12 +55,8 @@ def test_parameters_at_the_top_level_are_read_too(server: ServerProcess, reposit
 
 
 BAD_REQUESTS = [
-    ("no text", "gpt", {"parameters": {"max_tokens": 3}}, "'text_input' must be"),
-    ("unknown parameter", "gpt", {"text_input": "d", "beams": 2}, "unknown generate parameters"),
-    ("too many tokens", "gpt", {"text_input": "d", "max_tokens": 10**6}, "'max_tokens' must be"),
+    *bad_generate_requests(BLOCK),
     ("temperature 0", "gpt", {"text_input": "d", "temperature": 0}, "'temperature' must be"),
-    ("prompt past the context", "gpt", {"text_input": "d" * (BLOCK + 1)}, "block_size"),
-    ("a model that takes no text", "mlp", {"text_input": "d"}, "does not generate text"),
 ]
 
 

@@ -61,19 +61,13 @@ def _bytes_tensor(module, files: list[Path]):
     return module.InferInput("input", [len(files)], "BYTES").set_data_from_numpy(data)
 
 
-def test_http_image_files_equal_offline_predict(
-    server: ServerProcess, repository: Path, files: list[Path]
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_image_files_equal_offline_predict(
+    server: ServerProcess, repository: Path, files: list[Path], protocol: str
 ) -> None:
-    client = triton.InferenceServerClient(server.url)
-    answer = client.infer("classifier", [_bytes_tensor(triton, files)]).as_numpy("dense_0")
-    np.testing.assert_allclose(answer, _expected(repository, files), rtol=RTOL, atol=ATOL)
-
-
-def test_grpc_image_files_equal_offline_predict(
-    server: ServerProcess, repository: Path, files: list[Path]
-) -> None:
-    client = triton_grpc.InferenceServerClient(server.grpc_url)
-    answer = client.infer("classifier", [_bytes_tensor(triton_grpc, files)]).as_numpy("dense_0")
+    module, url = (triton, server.url) if protocol == "http" else (triton_grpc, server.grpc_url)
+    client = module.InferenceServerClient(url)
+    answer = client.infer("classifier", [_bytes_tensor(module, files)]).as_numpy("dense_0")
     np.testing.assert_allclose(answer, _expected(repository, files), rtol=RTOL, atol=ATOL)
 
 

@@ -20,6 +20,7 @@ from gometal.serving import ProtocolError
 from gometal.serving.app import create_app
 from serving_helpers import (
     ServerProcess,
+    bad_generate_requests,
     free_port,
     metric_samples,
     offline_generation,
@@ -81,12 +82,8 @@ def test_no_new_token_streams_the_prompt_alone(server: ServerProcess) -> None:
 
 
 BAD_REQUESTS = [
-    ("no text", "gpt", {"parameters": {"max_tokens": 3}}, "'text_input' must be"),
-    ("unknown parameter", "gpt", {"text_input": "d", "beams": 2}, "unknown generate parameters"),
-    ("too many tokens", "gpt", {"text_input": "d", "max_tokens": 10**6}, "'max_tokens' must be"),
+    *bad_generate_requests(BLOCK),
     ("top_p 0", "gpt", {"text_input": "d", "top_p": 0}, "'top_p' must be"),
-    ("prompt past the context", "gpt", {"text_input": "d" * (BLOCK + 1)}, "block_size"),
-    ("a model that takes no text", "mlp", {"text_input": "d"}, "does not generate text"),
     ("unknown model", "nope", {"text_input": "d"}, "nope"),
 ]
 
