@@ -50,8 +50,9 @@ FRAMEWORKS = (
     "jax-jit",
     "onnxruntime",
 )
-# E-infer's peers, as issue 17 names them: onnxruntime on the exported model, and torch eager.
-LSTM_INFERENCE_PEERS = ("torch-eager", "onnxruntime")
+# The token models' inference peers (E-infer as issue 17 names them; D-infer as issue 18):
+# onnxruntime on the exported model, and torch eager.
+TOKEN_INFERENCE_PEERS = ("torch-eager", "onnxruntime")
 
 
 class Setup(NamedTuple):
@@ -72,14 +73,15 @@ def skip_reason(framework: str, workload: str) -> str | None:
     if framework == "gometal" and spec.model == "lstm" and not _gometal_has_lstm():
         return "its entry waits on the LSTM layer (gm.layers.LSTM, issue 17)"
     if framework == "onnxruntime":
-        if spec.model != "lstm" or train:
-            return "onnxruntime is the peer of E-infer only"
+        if train:
+            return "onnxruntime is a peer of the inference workloads only"
         missing = [m for m in ("onnxruntime", "onnx", "torch") if not importlib.util.find_spec(m)]
         if missing or not importlib.util.find_spec("onnxscript"):
             return "onnxruntime, onnx, torch and onnxscript (the exporter) are needed"
         return None
-    if spec.model == "lstm" and not train and framework not in ("gometal", *LSTM_INFERENCE_PEERS):
-        return "E-infer's peers are onnxruntime and torch-eager"
+    token_model = spec.model in ("lstm", "gpt")
+    if token_model and not train and framework not in ("gometal", *TOKEN_INFERENCE_PEERS):
+        return "the token models' inference peers are onnxruntime and torch-eager"
     if framework.startswith("torch-") and not importlib.util.find_spec("torch"):
         return "torch not installed (pip install .[bench])"
     if framework == "torch-eager-fused" and not train:
@@ -115,7 +117,8 @@ def _gometal_lstm(gm, spec: Workload):
     return gm.Model(ids, gm.layers.Dense(LSTM_VOCAB)(h), seed=0)
 
 
-def _gometal_model(gm, spec: Workload):
+def gometal_model(gm, spec: Workload):
+    """gometal's model of a workload, seed 0 (the onnxruntime peer exports it too)."""
     if spec.model == "gpt":
         return gm.models.GPT(GPT_VOCAB, spec.block, GPT_LAYERS, GPT_HEADS, GPT_EMBD, seed=0)
     if spec.model == "lstm":
@@ -153,7 +156,7 @@ def _setup_gometal(spec: Workload, x, y, threads):
 
     gm.set_num_threads(threads)
     t0 = time.perf_counter()
-    model = _gometal_model(gm, spec)
+    model = gometal_model(gm, spec)
     optimizer = gm.optim.Adam(lr=LEARNING_RATE)
     if spec.model == "gpt":
         shapes = model.weight_shapes
@@ -187,7 +190,8 @@ def _setup_gometal(spec: Workload, x, y, threads):
 # -- PyTorch --------------------------------------------------------------------------------
 
 
-def _torch_model(torch, spec: Workload):
+def torch_model(torch, spec: Workload):
+    """The MLP or CNN of a workload in torch (NCHW); the onnxruntime peer exports it too."""
     nn = torch.nn
     if spec.model == "mlp":
         layers, fan_in = [], FEATURES
@@ -241,7 +245,7 @@ def _setup_torch(mode, spec: Workload, x, y, threads):
         return _setup_torch_gpt(torch, mode, spec, x, y)
     if spec.model == "lstm":
         return _setup_torch_lstm(torch, mode, spec, x, y)
-    model = _torch_model(torch, spec)  # NCHW, PyTorch's default layout
+    model = torch_model(torch, spec)  # NCHW, PyTorch's default layout
     xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
     info = _torch_info(torch)
 
@@ -288,6 +292,8 @@ def _setup_torch_gpt(torch, mode: str, spec: Workload, x, y) -> Setup:
     from _torch_gpt import TorchGPT
 
     model = TorchGPT(GPT_VOCAB, spec.block, GPT_LAYERS, GPT_HEADS, GPT_EMBD)
+    if not spec.train:
+        return _torch_inference(torch, model, torch.from_numpy(x).long())
     fused = True if mode == "eager-fused" else None
     opt = model.optimizer(lr=LEARNING_RATE, weight_decay=GPT_WEIGHT_DECAY, fused=fused)
     xt, yt = torch.from_numpy(x).long(), torch.from_numpy(y).long()
@@ -303,16 +309,21 @@ def _setup_torch_lstm(torch, mode: str, spec: Workload, x, y) -> Setup:
     xt, yt = torch.from_numpy(x).long(), torch.from_numpy(y).long()
     info = _torch_info(torch)
     if not spec.train:
-        model.eval()
-
-        def infer():
-            with torch.inference_mode():
-                return model(xt)
-
-        return Setup(infer, lambda out: float(out.float().mean()), info)
+        return _torch_inference(torch, model, xt)
     fused = True if mode == "eager-fused" else None
     opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, fused=fused)
     return _torch_training(torch, mode, opt, model.loss, xt, yt, info)
+
+
+def _torch_inference(torch, model, xt) -> Setup:
+    """The model's outputs on ``xt`` in eval mode under torch.inference_mode()."""
+    model.eval()
+
+    def infer():
+        with torch.inference_mode():
+            return model(xt)
+
+    return Setup(infer, lambda out: float(out.float().mean()), _torch_info(torch))
 
 
 def make_setup(framework: str, workload: str, x: np.ndarray, y: np.ndarray, threads: int) -> Setup:

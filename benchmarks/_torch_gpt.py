@@ -64,12 +64,15 @@ class TorchGPT(nn.Module):
         self.lm_head = nn.Linear(n_embd, vocab, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, as nanoGPT
 
-    def forward(self, idx, targets):
+    def forward(self, idx, targets=None):
+        """The mean next-token cross-entropy against ``targets``; without them, the logits."""
         positions = torch.arange(idx.size(1))
         x = self.transformer.wte(idx) + self.transformer.wpe(positions)
         for block in self.transformer.h:
             x = block(x)
         logits = self.lm_head(self.transformer.ln_f(x))
+        if targets is None:
+            return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
     def optimizer(self, lr: float, weight_decay: float, fused: bool | None = None):

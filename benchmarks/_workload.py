@@ -49,6 +49,9 @@ WORKLOADS = {
     "D-long": Workload("gpt", 4, True, "GPT training, block 1024", 1024),
     "E": Workload("lstm", 32, True, "character LSTM language model training", 64),
     "E-infer": Workload("lstm", 32, False, "character LSTM inference (logits)", 256),
+    # The GPT of D forward only (logits of every position), at a serving batch and at one.
+    "D-infer": Workload("gpt", 12, False, "GPT inference (logits)", 64),
+    "D-infer-1": Workload("gpt", 1, False, "GPT inference (logits), one sequence", 64),
 }
 
 # The models whose batches are token windows (x, and y = x shifted by one).
