@@ -26,6 +26,8 @@ from ..graph.composites import gather, gelu, layer_norm, matmul, op
 from ..nn import layers as L
 from ..nn.layers.embedding import TiedLinear
 from ..nn.model import Model
+from .engine_decoder import EngineDecoder
+from .recurrent_decoding import RecurrentDecoder, is_recurrent_language_model
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,7 @@ class _Builder:
         return logits, writes
 
 
-class KVCacheDecoder:
+class KVCacheDecoder(EngineDecoder):
     """Prefill and one-token decode steps of a GPT-shaped model for ``batch_size`` sequences
     of one length, with the KV cache in the engine.
 
@@ -223,11 +225,8 @@ class KVCacheDecoder:
                 "learned PositionalEmbedding, Dropout, a pre-norm causal TransformerEncoder with "
                 f"a final norm, TiedLinear), got layers {[type(x).__name__ for x in model.layers]}"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(
-                f"KVCacheDecoder batch_size must be a positive int, got {batch_size!r}"
-            )
-        self.model, self.layout, self.batch_size = model, layout, batch_size
+        super().__init__(model, batch_size)
+        self.layout = layout
         g = _core.Graph()
         builder = _Builder(g, layout, model.weight_shapes.items(), batch_size)
         seq = _core.dim_symbol("seq")
@@ -237,48 +236,23 @@ class KVCacheDecoder:
         token = g.input("token", (batch_size, 1), "int32")
         position = g.input("position", (1,), "int32")
         decode_logits, decode_writes = builder.forward(token, position, position)
-        self._engine = _core.Engine(g, seed=model.seed, backend=model.backend)
-        self._engine.define(
+        engine = _core.Engine(g, seed=model.seed, backend=model.backend)
+        engine.define(
             "prefill",
             inputs=[tokens, positions],
             outputs=[prefill_logits],
             effects=prefill_writes,
             advance_rng=False,
         )
-        self._engine.define(
+        engine.define(
             "decode",
             inputs=[token, position],
             outputs=[decode_logits],
             effects=decode_writes,
             advance_rng=False,
         )
-        # Held by a caller for a whole generation: the cache belongs to one sequence batch.
-        self.lock = threading.Lock()
-        self._length = 0
         self._position = np.zeros(1, np.int32)
-        self.sync_weights()
-
-    @property
-    def length(self) -> int:
-        """Positions held in the cache (the next token's position)."""
-        return self._length
-
-    def sync_weights(self) -> None:
-        """Copies the model's current weights into the decoder (after training, say).
-
-        Example:
-            >>> decoder.sync_weights()  # doctest: +SKIP
-        """
-        for name, value in self.model.get_weights().items():
-            self._engine.set_variable(name, value)
-
-    def _tokens(self, ids: Any, what: str) -> np.ndarray:
-        ids = np.asarray(ids)
-        if ids.dtype.kind not in "iu":
-            raise TypeError(
-                f"KVCacheDecoder {what} must hold integer token ids, got dtype {ids.dtype}"
-            )
-        return np.ascontiguousarray(ids, dtype=np.int32)
+        self.start(engine)
 
     def prefill(self, ids: Any) -> np.ndarray:
         """Runs ``ids`` (N, T) from position 0, filling the cache, and returns the logits of
@@ -298,13 +272,8 @@ class KVCacheDecoder:
             >>> decoder.prefill(prompt[None]).shape  # doctest: +SKIP
             (1, 65)
         """
-        ids = self._tokens(ids, "prefill ids")
+        ids = self.prefill_ids(ids)
         block = self.layout.block_size
-        if ids.ndim != 2 or ids.shape[0] != self.batch_size or ids.shape[1] < 1:
-            raise ValueError(
-                f"KVCacheDecoder prefill ids must be (batch_size, T) = ({self.batch_size}, T) "
-                f"with T >= 1, got shape {ids.shape}"
-            )
         if ids.shape[1] > block:
             raise ValueError(
                 f"KVCacheDecoder prefill of {ids.shape[1]} tokens does not fit the context of "
@@ -312,7 +281,7 @@ class KVCacheDecoder:
             )
         self._length = 0
         positions = np.arange(ids.shape[1], dtype=np.int32)
-        (logits,) = self._engine.run("prefill", [ids, positions])
+        (logits,) = self.engine.run("prefill", [ids, positions])
         self._length = ids.shape[1]
         return logits[:, -1]
 
@@ -334,43 +303,31 @@ class KVCacheDecoder:
             >>> decoder.decode(np.array([7], np.int32)).shape  # doctest: +SKIP
             (1, 65)
         """
-        tokens = self._tokens(tokens, "decode tokens")
-        if tokens.shape != (self.batch_size,):
-            raise ValueError(
-                f"KVCacheDecoder decode tokens must be ({self.batch_size},), got shape {tokens.shape}"
-            )
+        tokens = self.decode_tokens(tokens)
         if self._length >= self.layout.block_size:
             raise ValueError(
                 f"KVCacheDecoder cache is full: {self._length} positions of block_size "
                 f"{self.layout.block_size}; prefill the last block_size tokens instead"
             )
         self._position[0] = self._length
-        (logits,) = self._engine.run("decode", [tokens.reshape(-1, 1), self._position])
+        (logits,) = self.engine.run("decode", [tokens, self._position])
         self._length += 1
         return logits
 
-    def stats(self) -> dict[str, Any]:
-        """The engine's counters (``plans``, ``allocations``, ...), to check that decoding
-        compiles no plan per cache length.
-
-        Example:
-            >>> decoder.stats()["plans"]  # doctest: +SKIP
-            2
-        """
-        return dict(self._engine.stats())
-
 
 # Decoders kept per model (while it lives), for its most recently used batch sizes: each
-# holds caches of (batch, heads, block_size, head_dim) per layer.
+# holds caches of (batch, heads, block_size, head_dim) per layer, or a recurrent model's states.
 MAX_DECODERS_PER_MODEL = 4
-_decoders: weakref.WeakKeyDictionary[Model, dict[int, KVCacheDecoder]] = weakref.WeakKeyDictionary()
+Decoder = KVCacheDecoder | RecurrentDecoder
+_decoders: weakref.WeakKeyDictionary[Model, dict[int, Decoder]] = weakref.WeakKeyDictionary()
 _decoders_lock = threading.Lock()
 
 
-def decoder_for(model: Model, batch_size: int) -> KVCacheDecoder | None:
+def decoder_for(model: Model, batch_size: int) -> Decoder | None:
     """The model's decoder for ``batch_size`` sequences (built once, kept while the model
-    lives), or ``None`` if the model is not GPT-shaped. Hold its ``lock`` while using it,
-    and call its ``sync_weights`` first if the model may have trained since.
+    lives): a ``KVCacheDecoder`` for a GPT-shaped model, a ``RecurrentDecoder`` for a
+    recurrent language model, else ``None``. Hold its ``lock`` while using it, and call its
+    ``sync_weights`` first if the model may have trained since.
 
     Args:
         model: the language model.
@@ -385,7 +342,11 @@ def decoder_for(model: Model, batch_size: int) -> KVCacheDecoder | None:
         ...     decoder.sync_weights()
         ...     logits = decoder.prefill(prompt[None])
     """
-    if gpt_layout(model) is None:
+    if gpt_layout(model) is not None:
+        decoder_class: type[Decoder] = KVCacheDecoder
+    elif is_recurrent_language_model(model):
+        decoder_class = RecurrentDecoder
+    else:
         return None
     with _decoders_lock:
         per_batch = _decoders.setdefault(model, {})
@@ -393,6 +354,6 @@ def decoder_for(model: Model, batch_size: int) -> KVCacheDecoder | None:
         if decoder is None:
             if len(per_batch) >= MAX_DECODERS_PER_MODEL:
                 del per_batch[next(iter(per_batch))]
-            decoder = KVCacheDecoder(model, batch_size)
+            decoder = decoder_class(model, batch_size)
         per_batch[batch_size] = decoder
     return decoder

@@ -1,13 +1,15 @@
 """Text generation from a language model: greedy decoding or sampling with temperature,
 top-k and top-p (nucleus) filtering, deterministic for a seed.
 
-The model reads a fixed context of ``block_size`` tokens; a shorter context is padded on
-the right, which a causal model never reads, and a longer one keeps its last
-``block_size`` tokens (as nanoGPT crops it). A GPT-shaped model (``gm.models.GPT``) keeps
-the keys and values of the context in the engine (``decoding.KVCacheDecoder``): one native
-call per new token while the context fits, then a recomputation of the cropped window per
-token, the same tokens as recomputing the context every time (``kv_cache=False``, the
-only way for other models).
+A model with a fixed context of ``block_size`` tokens gets a shorter context padded on
+the right, which a causal model never reads, and a longer one cropped to its last
+``block_size`` tokens (as nanoGPT crops it); a model whose input length is ``None`` reads
+the whole context. A GPT-shaped model (``gm.models.GPT``) keeps the keys and values of the
+context in the engine (``decoding.KVCacheDecoder``), a recurrent language model (Embedding,
+LSTM/GRU/SimpleRNN, Dense) its layers' states (``recurrent_decoding.RecurrentDecoder``): one
+native call per new token while the context fits, then a recomputation of the cropped
+window per token, the same tokens as recomputing the context every time
+(``kv_cache=False``, the only way for other models).
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def generate(
 
     Args:
         model: a model from ``(N, block_size)`` int32 ids to ``(N, block_size, vocab)``
-            logits (``gm.models.GPT``).
+            logits (``gm.models.GPT``, or a recurrent language model whose
+            ``block_size`` may be ``None``).
         prompt: 1-D token ids (at least one), or 2-D ``(N, T)`` to continue N prompts.
         max_new_tokens: tokens to add (>= 0).
         temperature: divides the logits before sampling (> 0).
@@ -104,8 +107,9 @@ def generate(
         top_p: sample among the most likely tokens holding this probability mass.
         greedy: take the most likely token instead of sampling.
         seed: the sampling generator's seed: the same seed gives the same text.
-        kv_cache: decode a GPT-shaped model with its KV cache in the engine; ``False``
-            recomputes the whole context for every token (the same tokens, slower).
+        kv_cache: decode a GPT-shaped model with its KV cache in the engine, and a
+            recurrent one with its states in the engine; ``False`` recomputes the whole
+            context for every token (the same tokens, slower).
         on_token: called as ``on_token(step, token_ids)`` right after each new token is
             chosen: ``step`` counts from 0 and ``token_ids`` is a fresh ``(N,)`` int32
             array holding the new token of each sequence (``N`` = 1 for a 1-D prompt).
@@ -142,7 +146,8 @@ def generate(
     if on_token is not None and not callable(on_token):
         raise TypeError(f"on_token must be a callable or None, got {on_token!r:.80}")
     (block,) = model.input_shape
-    if ids.shape[1] > block:
+    block = None if block < 0 else block  # a symbolic length: the context has no limit
+    if block is not None and ids.shape[1] > block:
         raise ValueError(
             f"the prompt has {ids.shape[1]} tokens, more than the model's context of "
             f"block_size {block}"
@@ -168,10 +173,11 @@ def generate(
         for length in range(prompt_length, out.shape[1]):
             if decoder is None:
                 logits = _recomputed_logits(model, out[:, :length], block)
-            elif length == prompt_length or decoder.length >= block:
+            elif length == prompt_length or (block is not None and decoder.length >= block):
                 # The first token, and every token once the context is full: the (cropped)
                 # window from scratch.
-                logits = decoder.prefill(out[:, max(0, length - block) : length])
+                start = 0 if block is None else max(0, length - block)
+                logits = decoder.prefill(out[:, start:length])
             else:
                 logits = decoder.decode(out[:, length - 1])
             out[:, length] = choose(logits)
@@ -180,7 +186,9 @@ def generate(
     return out[0] if single else out
 
 
-def _recomputed_logits(model: Model, ids: np.ndarray, block: int) -> np.ndarray:
+def _recomputed_logits(model: Model, ids: np.ndarray, block: int | None) -> np.ndarray:
+    if block is None:
+        return np.asarray(model.predict(ids))[:, -1, :]
     context = ids[:, -block:]
     length = context.shape[1]
     window = np.zeros((ids.shape[0], block), np.int32)

@@ -75,8 +75,9 @@ class ModelServices:
         kv_cache: bool = True,
         on_token: Callable[[int, np.ndarray], Any] | None = None,
     ) -> np.ndarray:
-        """Continues ``prompt`` from this causal language model (``gm.models.GPT``):
-        greedy or sampled, with the KV cache in the engine; see ``gm.models.generate``.
+        """Continues ``prompt`` from this causal language model (``gm.models.GPT``, or an
+        Embedding, LSTM/GRU/SimpleRNN, Dense stack): greedy or sampled, with the KV cache
+        or the recurrent states in the engine; see ``gm.models.generate``.
 
         Args:
             prompt: 1-D token ids, or 2-D ``(N, T)`` to continue N prompts.
@@ -86,8 +87,8 @@ class ModelServices:
             top_p: sample among the most likely tokens holding this probability mass.
             greedy: take the most likely token instead of sampling.
             seed: the sampling generator's seed.
-            kv_cache: keep keys and values in the engine (``False`` recomputes the
-                context for every token; the tokens are the same).
+            kv_cache: keep keys and values, or recurrent states, in the engine (``False``
+                recomputes the context for every token; the tokens are the same).
             on_token: called as ``on_token(step, token_ids)`` with the ``(N,)`` new
                 tokens right after each is chosen; an exception it raises stops the
                 generation and reaches the caller.

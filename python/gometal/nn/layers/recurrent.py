@@ -251,11 +251,52 @@ class _Recurrent(Layer):
             )
             kept = op(g, "sum", op(g, "sub", const(g, 1.0), extra), axes=[1])
             lengths = op(g, "cast", op(g, "add", kept, check), dtype="int32")
-        rows = self.batch_size or -1
         if self.stateful:
             # The states carried from the previous batch: variables, so no gradient reaches them.
             h0 = ctx.variable("state_h")
             c0 = ctx.variable("state_c") if self._has_cell_state() else None
+        sequences, finals = self._stack(ctx, x, h0, c0, lengths, self.batch_size or -1)
+        if self.stateful:
+            self._carry(ctx, finals)
+        if self.output == "sequence":
+            return self._join(g, sequences, 2)
+        if self.output == "last":
+            return self._join(g, finals["h_n"][-self.directions :], 1)
+        stacked = [op(g, "reshape", s, shape=[-1, 1, g.shape(s)[1]]) for s in finals[self.output]]
+        return self._join(g, stacked, 1)
+
+    def emit_with_states(
+        self, ctx: EmitContext, x: int, h0: int | None, c0: int | None, batch_size: int
+    ) -> tuple[int, int, int | None]:
+        """Emits the layer over ``x`` from the given states and returns its output sequence
+        with its final states, for a decoder that carries them between calls.
+
+        Args:
+            ctx: the emission context, scoped to this layer.
+            x: the node of ``x`` ``(N, T, input_size)``, N being ``batch_size`` at run time.
+            h0: a node ``(batch_size, D*num_layers, H_out)``, or ``None`` for zeros.
+            c0: an LSTM's ``(batch_size, D*num_layers, H)``, or ``None`` for zeros.
+            batch_size: the rows of the states.
+
+        Returns:
+            ``(sequence, h_n, c_n)``: ``(N, T, D*H_out)`` as ``output="sequence"`` gives
+            it, ``(batch_size, D*num_layers, H_out)`` and an LSTM's ``(batch_size,
+            D*num_layers, H)`` (``None`` for the other cells).
+
+        Example:
+            >>> seq, h_n, c_n = lstm.emit_with_states(ctx, x, h, c, 4)  # doctest: +SKIP
+        """
+        g = ctx.graph
+        sequences, finals = self._stack(ctx, x, h0, c0, None, batch_size)
+        h_n = self._rows(g, finals["h_n"], batch_size)
+        c_n = self._rows(g, finals["c_n"], batch_size) if self._has_cell_state() else None
+        return self._join(g, sequences, 2), h_n, c_n
+
+    def _stack(
+        self, ctx: EmitContext, x: int, h0: Any, c0: Any, lengths: Any, rows: int
+    ) -> tuple[list[int], dict[str, list[int]]]:
+        """Every layer and direction: the last layer's sequences and each final state."""
+        g = ctx.graph
         layer_input = x
         finals: dict[str, list[int]] = {"h_n": [], "c_n": []}
         sequences: list[int] = []
@@ -278,14 +319,7 @@ class _Recurrent(Layer):
                 sequences.append(sequence)
                 finals["h_n"].append(h_end)
                 finals["c_n"].append(c_end)
-        if self.stateful:
-            self._carry(ctx, finals)
-        if self.output == "sequence":
-            return self._join(g, sequences, 2)
-        if self.output == "last":
-            return self._join(g, finals["h_n"][-self.directions :], 1)
-        stacked = [op(g, "reshape", s, shape=[-1, 1, g.shape(s)[1]]) for s in finals[self.output]]
-        return self._join(g, stacked, 1)
+        return sequences, finals
 
     @staticmethod
     def _join(g: Any, parts: list[int], axis: int) -> int:
@@ -313,15 +347,19 @@ class _Recurrent(Layer):
         """Writes the final states into a stateful layer's state variables (in training)."""
         g = ctx.graph
         for key, name in (("h_n", "state_h"), ("c_n", "state_c")):
-            if not ctx.training or not ctx.has_variable(name):
-                continue
-            rows = []
-            for end in finals[key]:
-                # sequence_end of a one-step sequence is the identity: `rows` gives the known batch.
-                one_step = op(g, "reshape", end, shape=[-1, 1, g.shape(end)[1]])
-                state = op(g, "sequence_end", one_step, rows=self.batch_size)
-                rows.append(op(g, "reshape", state, shape=[self.batch_size, 1, g.shape(end)[1]]))
-            ctx.effects.append(op(g, "assign", ctx.variable(name), self._join(g, rows, 1)))
+            if ctx.training and ctx.has_variable(name):
+                rows = self._rows(g, finals[key], self.batch_size)
+                ctx.effects.append(op(g, "assign", ctx.variable(name), rows))
+
+    def _rows(self, g: Any, ends: list[int], batch_size: int) -> int:
+        """Final states (N, W) of every layer and direction as (batch_size, D*num_layers, W)."""
+        rows = []
+        for end in ends:
+            # sequence_end of a one-step sequence is the identity: `rows` gives the known batch.
+            one_step = op(g, "reshape", end, shape=[-1, 1, g.shape(end)[1]])
+            state = op(g, "sequence_end", one_step, rows=batch_size)
+            rows.append(op(g, "reshape", state, shape=[batch_size, 1, g.shape(end)[1]]))
+        return self._join(g, rows, 1)
 
     def _direction(
         self, ctx: EmitContext, x: int, suffix: str, reverse: bool, h0: int, c0: int, lengths: Any
