@@ -29,6 +29,8 @@ Frameworks:
   torch-eager-fused  PyTorch eager, Adam(fused=True) (training workloads only)
   torch-compile      torch.compile of forward+loss and torch.compile of opt.step;
                      C: torch.compile(model) under torch.inference_mode()
+  torch-channels-last  the CNN workloads B and C only: PyTorch eager with the model and the
+                     batch in channels_last (NHWC) memory format, Adam(fused=True)
   jax-jit            plain jax (no flax): jax.jit of the whole step with optax Adam (D:
                      AdamW with nanoGPT's groups; E: each LSTM layer a jax.lax.scan);
                      the CNN in NHWC with jax.lax.conv_general_dilated; C: jitted forward
@@ -167,7 +169,7 @@ def print_workload(
             noisy_seen = True
             load += " *"
         print(
-            f"  {name:<18} {r[key]:>9.1f} {spread:>17} {r['gflops']:>8.1f} "
+            f"  {name:<19} {r[key]:>8.1f} {spread:>17} {r['gflops']:>8.1f} "
             f"{_fmt(r.get('peak_rss_mb')):>12} {_fmt(ratio, '.2f'):>10} "
             f"{r['first_step_s']:>13.2f} {load:>11}"
         )
