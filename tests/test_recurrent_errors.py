@@ -116,3 +116,31 @@ def test_a_mask_value_outside_zero_and_one_is_named() -> None:
         ValueError, match=r"\[gru\] key_padding_mask must hold 1 at padded steps.*got 2.*\(1, 2\)"
     ):
         model.predict([np.zeros((2, 3, 4), np.float32), bad])
+
+
+@pytest.mark.parametrize(
+    "row, first_bad_step",
+    [([1, 0, 0, 0], 0), ([0, 1, 0, 1], 1), ([0, 0, 1, 0], 2), ([1, 1, 1, 0], 0)],
+)
+def test_a_mask_whose_padding_is_not_a_suffix_is_named_by_row_and_step(row, first_bad_step):
+    """Such a mask is not a length: predict and training refuse it, naming the first padded
+    step that a kept step follows, and a refused training batch changes no weight."""
+    x, mask = gm.Input((None, 4)), gm.Input((None,))
+    lstm = LSTM(4, 6, key_padding_mask=True, output="last", name="lstm")
+    model = gm.Model([x, mask], lstm([x, mask]), seed=0)
+    masks = np.array([[0, 0, 0, 0], [0, 0, 1, 1], row], np.float32)
+    inputs = [np.ones((3, 4, 4), np.float32), masks]
+    pattern = (
+        rf"\[lstm\] key_padding_mask must pad the end of each row only.*\(2, {first_bad_step}\)"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        model.predict(inputs)
+    trainer = gm.Trainer(model, loss="mse", optimizer=gm.optim.SGD(lr=0.1))
+    before = model.get_weights()
+    with pytest.raises(ValueError, match=pattern):
+        trainer.train_batch(inputs, np.zeros((3, 6), np.float32))
+    for name, value in model.get_weights().items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    # The same batch with the row's padding moved to its end trains.
+    masks[2] = np.sort(masks[2])
+    trainer.train_batch(inputs, np.zeros((3, 6), np.float32))

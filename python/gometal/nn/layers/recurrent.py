@@ -239,18 +239,7 @@ class _Recurrent(Layer):
         if self.lengths:
             lengths = op(g, "reshape", extra, shape=[-1])
         if self.key_padding_mask:
-            # Padding is a suffix of each row: its length is the count of steps not masked.
-            check = op(
-                g,
-                "check_range",
-                extra,
-                low=0.0,
-                high=1.0,
-                label=ctx.scope or self.kind,
-                message="key_padding_mask must hold 1 at padded steps and 0 elsewhere",
-            )
-            kept = op(g, "sum", op(g, "sub", const(g, 1.0), extra), axes=[1])
-            lengths = op(g, "cast", op(g, "add", kept, check), dtype="int32")
+            lengths = self._mask_lengths(ctx, extra)
         if self.stateful:
             # The states carried from the previous batch: variables, so no gradient reaches them.
             h0 = ctx.variable("state_h")
@@ -320,6 +309,38 @@ class _Recurrent(Layer):
                 finals["h_n"].append(h_end)
                 finals["c_n"].append(c_end)
         return sequences, finals
+
+    def _mask_lengths(self, ctx: EmitContext, mask: int) -> int:
+        """Each row's length (N,) int32 from a key_padding_mask (N, T), which the step checks
+        to hold 0 and 1 with the padding a suffix of each row, naming the first row and step
+        that break it (the mask's values are only known when the step runs)."""
+        g, label = ctx.graph, ctx.scope or self.kind
+        values = op(
+            g,
+            "check_range",
+            mask,
+            low=0.0,
+            high=1.0,
+            label=label,
+            message="key_padding_mask must hold 1 at padded steps and 0 elsewhere",
+        )
+        kept = op(g, "sum", op(g, "sub", const(g, 1.0), mask), axes=[1])
+        # The suffix of padding after `kept` steps: the mask must equal it. Adding `values`
+        # orders the checks, so a value outside {0, 1} is reported as such.
+        steps = op(g, "cast", op(g, "positions", mask, axis=1), dtype="float32")
+        suffix = op(g, "greater_equal", steps, op(g, "reshape", kept, shape=[-1, 1]))
+        misplaced = op(g, "add", op(g, "sub", mask, suffix), values)
+        order = op(
+            g,
+            "check_range",
+            misplaced,
+            low=0.0,
+            high=0.0,
+            label=label,
+            message="key_padding_mask must pad the end of each row only (no 0 after a 1): "
+            "a padded step before a kept one",
+        )
+        return op(g, "cast", op(g, "add", kept, order), dtype="int32")
 
     @staticmethod
     def _join(g: Any, parts: list[int], axis: int) -> int:
