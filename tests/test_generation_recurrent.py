@@ -223,3 +223,28 @@ def test_only_causal_recurrent_language_models_get_a_recurrent_decoder():
         RecurrentDecoder(not_causal[0])
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         RecurrentDecoder(_lm(gm.layers.GRU(EMBED, HIDDEN)), 0)
+
+
+def test_a_stateful_model_generates_from_zero_states_whatever_its_training_carried():
+    """Generation starts every prompt from zero states: the states a stateful layer carries
+    between training batches (here set to ones) are not read."""
+    module, twin = paired_models("lstm", 2)
+    tokens = gm.Input((None,), dtype="int32")
+    layers = [
+        gm.layers.Embedding(VOCAB, EMBED),
+        gm.layers.LSTM(EMBED, HIDDEN, num_layers=2, stateful=True, batch_size=4),
+        gm.layers.Dense(VOCAB),
+    ]
+    h = tokens
+    for layer in layers:
+        h = layer(h)
+    model = gm.Model(tokens, h)
+    model.set_weights(
+        {
+            name: np.ones(shape, np.float32) if ".state_" in name else twin.get_weights()[name]
+            for name, shape in model.weight_shapes.items()
+        }
+    )
+    prompt = np.array([[6, 2, 9], [0, 3, 3]], np.int32)
+    want, _ = _torch_greedy(module, prompt, 10)
+    np.testing.assert_array_equal(model.generate(prompt, 10, greedy=True), want)

@@ -6,7 +6,9 @@
 every recurrent layer's final states (``h_n``, an LSTM's ``c_n``) into engine variables of
 ``(N, num_layers, H)``, so a generated token is one native call that neither recomputes the
 prefix nor hands the states to Python. The decoder holds its own copy of the model's
-weights, refreshed by ``sync_weights`` (``generate`` does it on every call).
+weights, refreshed by ``sync_weights`` (``generate`` does it on every call). A prompt always
+starts from zero states: the states a stateful layer carries between training batches are
+not read.
 """
 
 from __future__ import annotations
