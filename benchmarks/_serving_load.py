@@ -1,6 +1,6 @@
 """The load generator of bench_serving.py, run in its own process: N concurrent
-tritonclient HTTP async clients, each sending one image per request in a loop, for a warm-up
-and then a timed window. Prints one tagged JSON line: requests answered in the window,
+tritonclient async clients (HTTP, or gRPC with ``--grpc``), each sending one image per
+request in a loop, for a warm-up and then a timed window. Prints one tagged JSON line: requests answered in the window,
 throughput, p50/p99 latency, errors, and answers that differ from the offline reference.
 
     python _serving_load.py URL MODEL INPUT_NAME IMAGES.npy EXPECTED.npy --clients 8 --window-s 5
@@ -39,8 +39,7 @@ async def _client_loop(client, triton, failures, args, images, expected, offset,
         tensor.set_data_from_numpy(image)
         try:
             result = await client.infer(args.model, [tensor])
-            name = result.get_response()["outputs"][0]["name"]
-            answer = result.as_numpy(name)[0]
+            answer = result.as_numpy(output_name(result))[0]
             correct = np.allclose(answer, expected[index % len(images)], rtol=RTOL, atol=ATOL)
             wrong += not correct
         except failures as error:  # every failure is counted and the first one shown
@@ -56,10 +55,16 @@ async def _client_loop(client, triton, failures, args, images, expected, offset,
             "first_error": first_error, "answered": answered}  # fmt: skip
 
 
+def output_name(result) -> str:
+    """The first output's name in a tritonclient answer (HTTP: a dict; gRPC: a message)."""
+    response = result.get_response()
+    if isinstance(response, dict):
+        return response["outputs"][0]["name"]
+    return response.outputs[0].name
+
+
 async def run_load(args) -> dict:
     """Runs the clients and returns the window's summary."""
-    import tritonclient.http as triton
-    import tritonclient.http.aio as triton_aio
     from aiohttp import ClientError
     from tritonclient.utils import InferenceServerException
 
@@ -67,7 +72,16 @@ async def run_load(args) -> dict:
 
     images = np.load(args.images)
     expected = np.load(args.expected)
-    client = triton_aio.InferenceServerClient(args.url, conn_limit=max(100, args.clients))
+    if args.grpc:
+        import tritonclient.grpc as triton
+        import tritonclient.grpc.aio as triton_aio
+
+        client = triton_aio.InferenceServerClient(args.url)
+    else:
+        import tritonclient.http as triton
+        import tritonclient.http.aio as triton_aio
+
+        client = triton_aio.InferenceServerClient(args.url, conn_limit=max(100, args.clients))
     try:
         now = time.perf_counter()
         clock = {"begin": now + args.warmup_s, "stop": now + args.warmup_s + args.window_s}
@@ -95,7 +109,7 @@ async def run_load(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("url", help="host:port of the server's HTTP endpoint")
+    parser.add_argument("url", help="host:port of the server's HTTP (or gRPC) endpoint")
     parser.add_argument("model")
     parser.add_argument("input_name")
     parser.add_argument("images", help=".npy of (K, C, H, W) float32 images sent in turn")
@@ -103,6 +117,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--warmup-s", type=float, default=1.0)
     parser.add_argument("--window-s", type=float, default=5.0)
+    parser.add_argument("--grpc", action="store_true", help="tritonclient.grpc.aio clients")
     args = parser.parse_args()
     print(RESULT_TAG + json.dumps(asyncio.run(run_load(args))), flush=True)
 

@@ -28,6 +28,7 @@ wrong or any request failed.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -60,10 +61,12 @@ def _free_port() -> int:
 
 
 class Server:
-    """A server child process on a free loopback port, its output in ``log_dir``."""
+    """A server child process on a free loopback port, its output in ``log_dir``. The load
+    goes to ``load_url`` (HTTP, or gRPC when ``grpc``); readiness is asked over HTTP."""
 
     def __init__(self, label: str, command: list[str], port: int, log_dir: str):
         self.label, self.port, self.url = label, port, f"127.0.0.1:{port}"
+        self.load_url, self.grpc = self.url, False
         self.log_path = os.path.join(log_dir, f"{label.split()[0]}.log")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -110,9 +113,11 @@ def run_load(server: Server, clients: int, files: tuple[str, str], args) -> dict
     server and everything else used during the run."""
     import psutil
 
-    command = [sys.executable, os.path.join(HERE, "_serving_load.py"), server.url, MODEL_NAME,
-               "input", *files, "--clients", str(clients), "--warmup-s", str(args.warmup_s),
-               "--window-s", str(args.window_s)]  # fmt: skip
+    command = [sys.executable, os.path.join(HERE, "_serving_load.py"), server.load_url,
+               MODEL_NAME, "input", *files, "--clients", str(clients), "--warmup-s",
+               str(args.warmup_s), "--window-s", str(args.window_s)]  # fmt: skip
+    if server.grpc:
+        command.append("--grpc")
     # Everyone's CPU over the same interval: the machine's, the server's, and the load
     # generator's (a child this process reaps, so RUSAGE_CHILDREN grows by its total).
     gen0, busy0 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy(psutil)
@@ -203,10 +208,15 @@ def main() -> None:
     parser.add_argument("--offline-s", type=float, default=3.0, help="offline predict timing")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="engine threads of every peer (default: the cores)")  # fmt: skip
+    parser.add_argument("--server-threads", type=int, default=None,
+                        help="gometal serve --threads (default: the server's own choice, every "
+                        "core but one)")  # fmt: skip
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--images", type=int, default=OFFLINE_BATCH, help="distinct images")
+    parser.add_argument("--grpc", action="store_true",
+                        help="also load gometal serve over gRPC (tritonclient.grpc.aio)")  # fmt: skip
     args = parser.parse_args()
     client_counts = [int(n) for n in args.clients.split(",")]
     reexec_with_clean_environment(args.threads)
@@ -224,8 +234,8 @@ def main() -> None:
     expected = model.predict(images)
 
     print(f"cpu: {cpu_description()}")
-    print(f"threads: {args.threads} (gometal offline {gm.get_num_threads()}, the server's engine "
-          f"the same, onnxruntime intra_op_num_threads {args.threads})")  # fmt: skip
+    print(f"threads: {args.threads} (gometal offline {gm.get_num_threads()}, onnxruntime "
+          f"intra_op_num_threads {args.threads}; gometal serve's engine: see its options)")  # fmt: skip
     print(f"blas: {_core.blas_info()}")
     offline = offline_rate(model, images[:OFFLINE_BATCH], args.offline_s)
     print(f"offline model.predict at batch {OFFLINE_BATCH}: {offline:.1f} images/s "
@@ -239,24 +249,35 @@ def main() -> None:
         np.save(files[1], expected[: args.images])
         tuning = ["--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms",
                   str(args.max_queue_delay_ms), "--instances", str(args.instances)]  # fmt: skip
-        gometal_port, baseline_port = _free_port(), _free_port()
+        if args.server_threads is not None:
+            tuning += ["--threads", str(args.server_threads)]
+        gometal_port, baseline_port, grpc_port = _free_port(), _free_port(), _free_port()
         server_cmd = [sys.executable, "-m", "gometal.apps.cli", "serve",
                       os.path.join(folder, f"{MODEL_NAME}.safetensors"), "--port",
-                      str(gometal_port), "--grpc-port", "0", "--max-queue", "1024", *tuning]  # fmt: skip
+                      str(gometal_port), "--grpc-port", str(grpc_port if args.grpc else 0),
+                      "--max-queue", "1024", *tuning]  # fmt: skip
         baseline_cmd = [sys.executable, os.path.join(HERE, "_serving_fastapi.py"),
                         os.path.join(folder, f"{MODEL_NAME}.onnx"), MODEL_NAME, "--port",
                         str(baseline_port), "--threads", str(args.threads)]  # fmt: skip
         servers = [Server("gometal serve", server_cmd, gometal_port, folder),
                    Server("onnxruntime + FastAPI", baseline_cmd, baseline_port, folder)]  # fmt: skip
+        # The same gometal process, loaded over gRPC: a view of it, not another server.
+        loads = [*servers]
+        if args.grpc:
+            over_grpc = copy.copy(servers[0])
+            over_grpc.label, over_grpc.grpc = "gometal serve (gRPC)", True
+            over_grpc.load_url = f"127.0.0.1:{grpc_port}"
+            loads.insert(1, over_grpc)
         try:
             for server in servers:
                 server.wait_ready()
-            print(f"gometal serve options: {' '.join(tuning)} --max-queue 1024 (HTTP)")
+            print(f"gometal serve options: {' '.join(tuning)} --max-queue 1024 (HTTP): "
+                  f"{servers[0].log_tail().split(' | ')[0]}")  # fmt: skip
             print(f"load: tritonclient.http.aio, one image per request, {args.warmup_s} s warm-up,"
                   f" {args.window_s} s window; answers checked against offline predict\n")  # fmt: skip
-            results: dict[str, dict[int, dict]] = {s.label: {} for s in servers}
+            results: dict[str, dict[int, dict]] = {s.label: {} for s in loads}
             for clients in client_counts:
-                for server in servers:
+                for server in loads:
                     results[server.label][clients] = run_load(server, clients, files, args)
         finally:
             for server in servers:

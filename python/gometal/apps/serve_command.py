@@ -123,6 +123,13 @@ def add_serve_command(commands: Any) -> None:
         help=f"largest request body, in MB ({DEFAULT_MAX_BODY_MB:g})",
     )
     serve.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="engine compute threads (default: every core but one, which the server's event "
+        "loop keeps)",
+    )
+    serve.add_argument(
         "--api-key",
         default=None,
         help=f"bearer token clients must send (default: ${API_KEY_ENV}); required when --host "
@@ -160,6 +167,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             api_key=api_key or None,
             max_body_bytes=int(args.max_body_mb * BYTES_PER_MB),
+            threads=args.threads,
         )
     except (RepositoryError, ValueError) as err:
         print(f"gometal serve: {err}", file=sys.stderr)

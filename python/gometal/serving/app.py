@@ -33,20 +33,19 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..base.version import __version__
-from ..viz.server_guard import BodyTooLarge, HostPolicy, UploadSlots, read_body
+from ..viz.server_guard import HostPolicy, UploadSlots
 from .guard import LOG_FIELDS_KEY, RequestGuard, error_body
+from .infer_route import InferRoute, read_limited_body
 from .metrics import CONTENT_TYPE, ServingMetrics
-from .protocol import HEADER_LENGTH, ProtocolError, encode_infer_response, parse_infer_request
+from .protocol import ProtocolError
 from .repository import ModelRepository
-from .served_model import RETRY_AFTER_S, ServedModels, ServedVersion
+from .served_model import ServedModels, ServedVersion
 from .streaming import TokenStream, event_stream_response
 
 __all__ = ["DEFAULT_SETTINGS", "SERVER_NAME", "ServerSettings", "create_app"]
 
 SERVER_NAME = "gometal"
 EXTENSIONS = ["binary_tensor_data", "model_repository", "generate"]
-# Bodies this large are parsed in a worker thread, so the event loop keeps answering.
-THREAD_PARSE_BYTES = 256 * 1024
 GRPC_DRAIN_S = 60.0  # the most a shutdown waits for gRPC calls already taken
 
 
@@ -116,37 +115,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(f"internal error: {type(err).__name__}: {err}"), 500)
 
 
-async def _read_request_body(
-    request: Request, settings: ServerSettings, slots: UploadSlots
-) -> bytearray:
-    declared = request.headers.get("content-length")
-    limit = settings.max_body_bytes
-    if declared is not None and not declared.isdigit():
-        raise ProtocolError(400, f"Content-Length must be a byte count, got {declared!r}")
-    if declared is not None and int(declared) > limit:
-        raise ProtocolError(
-            413, f"the body must be at most {limit} bytes, Content-Length says {declared}"
-        )
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding != "identity":
-        raise ProtocolError(415, f"Content-Encoding {encoding!r} is not supported; send identity")
-    if not slots.try_acquire():
-        raise ProtocolError(
-            503, f"{slots.limit} request bodies are being received; retry later",
-            {"Retry-After": str(RETRY_AFTER_S)},
-        )  # fmt: skip
-    try:
-        return await read_body(request.stream(), limit, settings.body_timeout_s)
-    except BodyTooLarge:
-        raise ProtocolError(413, f"the body must be at most {limit} bytes") from None
-    except TimeoutError:
-        raise ProtocolError(
-            408, f"the body must arrive within {settings.body_timeout_s:g} s"
-        ) from None
-    finally:
-        slots.release()
-
-
 def create_app(
     repository: ModelRepository | str | os.PathLike[str],
     settings: ServerSettings = DEFAULT_SETTINGS,
@@ -214,6 +182,11 @@ def create_app(
     app.state.models = models
     app.state.begin_drain = begin_drain
     app.state.metrics = metrics
+    # The inference route is a plain ASGI layer (the hot path); the guard wraps it too.
+    app.add_middleware(
+        InferRoute, models=models, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s, slots=slots,
+    )  # fmt: skip
     app.add_middleware(RequestGuard, policy=policy, api_key=settings.api_key)
     _install_error_handlers(app)
 
@@ -268,7 +241,9 @@ def create_app(
                 400, f"model {name!r} does not generate text: it needs token-id input and a "
                 "tokenizer.json beside its model file",
             )  # fmt: skip
-        body = await _read_request_body(request, settings, slots)
+        body = await read_limited_body(
+            request.scope, request.receive, settings.max_body_bytes, settings.body_timeout_s, slots
+        )
         text, parameters = served.generator.parse(bytes(body))
         setattr(request.state, LOG_FIELDS_KEY, {"model": name, "version": served.version})
         return served, text, parameters
@@ -289,36 +264,5 @@ def create_app(
         stream = TokenStream(served.generator, text, parameters, counter)
         stream.start()
         return await event_stream_response(stream, name, served.version)
-
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(request: Request, name: str, version: str | None = None) -> Response:
-        status, served = 500, None
-        try:
-            served = models.resolve(name, version)
-            body = await _read_request_body(request, settings, slots)
-            header_length = request.headers.get(HEADER_LENGTH)
-            if len(body) > THREAD_PARSE_BYTES:
-                parsed = await anyio.to_thread.run_sync(parse_infer_request, body, header_length)
-            else:
-                parsed = parse_infer_request(body, header_length)
-            first = parsed.inputs[0].array
-            log_fields = {"model": name, "version": served.version, "id": parsed.id,
-                          "rows": int(first.shape[0]) if first.ndim else 0}  # fmt: skip
-            setattr(request.state, LOG_FIELDS_KEY, log_fields)
-            outputs = await served.infer(parsed)
-            content, headers = encode_infer_response(name, served.version, parsed, outputs)
-            status = 200
-            media_type = "application/octet-stream" if headers else "application/json"
-            return Response(content, headers=headers, media_type=media_type)
-        except ProtocolError as err:
-            status = err.status
-            raise
-        finally:
-            # Unknown names share one label: clients must not grow the metrics without bound.
-            if served is None:
-                metrics.count_request("", "", status)
-            else:
-                metrics.count_request(served.name, served.version, status)
 
     return app

@@ -7,16 +7,24 @@ behind it, of the same sample shape, until the batch holds ``max_batch_size`` ro
 hands each request its own rows of the outputs. While one instance computes, the next
 one gathers. Past ``max_queue`` waiting requests, :meth:`DynamicBatcher.submit` refuses
 at once (:class:`QueueFull`): memory stays bounded however fast clients send.
+
+The request path stays cheap for the thread that submits: the queued rows are counted per
+sample shape as they arrive, and an instance is woken only when it has something to do
+(the queue was empty, or a batch is full), not at every request. Requests submitted from
+an event loop (:meth:`DynamicBatcher.submit_async`) get their answers back in one
+``call_soon_threadsafe`` per batch, not one per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +32,8 @@ __all__ = ["BatchStats", "BatcherClosed", "DynamicBatcher", "QueueFull"]
 
 # One instance's forward pass: the inputs of a merged batch -> its outputs, rows aligned.
 BatchRunner = Callable[[list[np.ndarray]], list[np.ndarray]]
+# A check of a merged batch's rows: row index -> why that row's request is refused.
+RowScreen = Callable[[list[np.ndarray]], dict[int, Exception]]
 
 
 class QueueFull(Exception):
@@ -56,8 +66,45 @@ class _Pending:
     inputs: list[np.ndarray]
     rows: int
     shape_key: tuple[tuple[int, ...], ...]
-    future: Future = field(default_factory=Future)
+    # A concurrent future (submit), or an asyncio one of ``loop`` (submit_async).
+    future: Any = field(default_factory=Future)
+    loop: asyncio.AbstractEventLoop | None = None
     enqueued: float = field(default_factory=time.perf_counter)
+
+    def take(self) -> bool:
+        """Whether the request still wants its answer (its client may have left)."""
+        if self.loop is None:
+            return self.future.set_running_or_notify_cancel()
+        return not self.future.done()
+
+
+def _merged(batch: list[_Pending]) -> list[np.ndarray]:
+    """The inputs of a batch's requests, concatenated along the rows."""
+    if len(batch) == 1:
+        return batch[0].inputs
+    return [
+        np.concatenate([p.inputs[i] for p in batch], axis=0) for i in range(len(batch[0].inputs))
+    ]
+
+
+def _refusals(batch: list[_Pending], refused: dict[int, Exception]) -> list[Exception | None]:
+    """Each request's refusal: the exception of its first refused row, or None."""
+    errors, offset = [], 0
+    for pending in batch:
+        rows = range(offset, offset + pending.rows)
+        errors.append(next((refused[row] for row in rows if row in refused), None))
+        offset += pending.rows
+    return errors
+
+
+def _deliver(answers: list[tuple[asyncio.Future, Any, bool]]) -> None:
+    """Sets the asyncio futures of one batch, in their loop (skips cancelled ones)."""
+    for future, value, failed in answers:
+        if not future.done():
+            if failed:
+                future.set_exception(value)
+            else:
+                future.set_result(value)
 
 
 class DynamicBatcher:
@@ -70,6 +117,9 @@ class DynamicBatcher:
         max_queue_delay_s: how long the oldest request waits for others to join it.
         max_queue: the most requests waiting; more are refused with :class:`QueueFull`.
         on_batch: called with a :class:`BatchStats` after each batch (metrics).
+        screen: checks a merged batch's rows before it runs (one call per batch instead
+            of one per request, off the submitting thread); a request with a refused row
+            gets that row's exception, the others their outputs.
 
     Raises:
         ValueError: a setting out of range, or no runner.
@@ -90,6 +140,7 @@ class DynamicBatcher:
         max_queue_delay_s: float,
         max_queue: int,
         on_batch: Callable[[BatchStats], None] | None = None,
+        screen: RowScreen | None = None,
     ) -> None:
         if not runners:
             raise ValueError("DynamicBatcher needs at least one runner (instance)")
@@ -102,7 +153,9 @@ class DynamicBatcher:
         self.max_queue_delay_s = float(max_queue_delay_s)
         self.max_queue = max_queue
         self.on_batch = on_batch
+        self.screen = screen
         self._queue: deque[_Pending] = deque()
+        self._rows_by_shape: dict[tuple[tuple[int, ...], ...], int] = {}
         self._changed = threading.Condition()
         self._closing = False
         self._threads = [
@@ -131,18 +184,52 @@ class DynamicBatcher:
             BatcherClosed: the batcher is draining.
             ValueError: the request holds more than ``max_batch_size`` rows.
         """
+        pending = self._pending(inputs)
+        self._enqueue(pending)
+        return pending.future
+
+    def submit_async(self, inputs: list[np.ndarray]) -> asyncio.Future:
+        """:meth:`submit` from a coroutine: the answer comes back as an asyncio future of
+        the running loop, set with the rest of its batch in one hand-off to the loop.
+
+        Args:
+            inputs: one array per model input, batch first.
+
+        Returns:
+            An asyncio future of the request's outputs (cancel it to drop the request
+            while it still waits).
+
+        Raises:
+            QueueFull, BatcherClosed, ValueError: as :meth:`submit`.
+
+        Example:
+            >>> outputs = await batcher.submit_async([x])  # doctest: +SKIP
+        """
+        loop = asyncio.get_running_loop()
+        pending = self._pending(inputs)
+        pending.loop, pending.future = loop, loop.create_future()
+        self._enqueue(pending)
+        return pending.future
+
+    def _pending(self, inputs: list[np.ndarray]) -> _Pending:
         rows = int(inputs[0].shape[0])
         if rows > self.max_batch_size:
             raise ValueError(f"a request may hold at most {self.max_batch_size} rows, got {rows}")
-        pending = _Pending(inputs, rows, tuple(a.shape[1:] for a in inputs))
+        return _Pending(inputs, rows, tuple(a.shape[1:] for a in inputs))
+
+    def _enqueue(self, pending: _Pending) -> None:
         with self._changed:
             if self._closing:
                 raise BatcherClosed("the server is shutting down")
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(f"{len(self._queue)} requests are queued, the most allowed")
+            was_empty = not self._queue
             self._queue.append(pending)
-            self._changed.notify_all()
-        return pending.future
+            rows = self._rows_by_shape.get(pending.shape_key, 0) + pending.rows
+            self._rows_by_shape[pending.shape_key] = rows
+            # Waking an instance costs the submitting thread the GIL: only when it has work.
+            if was_empty or rows >= self.max_batch_size:
+                self._changed.notify_all()
 
     def close(self) -> None:
         """Refuses new requests, finishes every queued one, and stops the instances."""
@@ -171,7 +258,7 @@ class DynamicBatcher:
             return self._pop_batch()
 
     def _rows_ready(self, first: _Pending) -> int:
-        return sum(p.rows for p in self._queue if p.shape_key == first.shape_key)
+        return self._rows_by_shape.get(first.shape_key, 0)
 
     def _pop_batch(self) -> list[_Pending]:
         if not self._queue:
@@ -192,6 +279,13 @@ class DynamicBatcher:
                     break  # requests keep their order: none jumps over one that did not fit
         kept.extend(self._queue)
         self._queue = kept
+        left = self._rows_by_shape[first.shape_key] - rows
+        if left:
+            self._rows_by_shape[first.shape_key] = left
+        else:
+            del self._rows_by_shape[first.shape_key]
+        if self._queue:
+            self._changed.notify_all()  # another idle instance may gather the rest
         return batch
 
     def _serve(self, runner: BatchRunner) -> None:
@@ -204,29 +298,47 @@ class DynamicBatcher:
 
     def _run(self, runner: BatchRunner, batch: list[_Pending]) -> None:
         # A request whose client left is dropped; the others can no longer be cancelled.
-        batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
+        batch = [p for p in batch if p.take()]
         if not batch:
             return
         started = time.perf_counter()
         waits = tuple(started - p.enqueued for p in batch)
         try:
-            if len(batch) == 1:
-                inputs = batch[0].inputs
-            else:
-                inputs = [
-                    np.concatenate([p.inputs[i] for p in batch], axis=0)
-                    for i in range(len(batch[0].inputs))
-                ]
-            outputs = runner(inputs)
+            inputs = _merged(batch)
+            refused = self.screen(inputs) if self.screen is not None else {}
+            errors = _refusals(batch, refused) if refused else [None] * len(batch)
+            kept = [pending for pending, error in zip(batch, errors) if error is None]
+            if len(kept) < len(batch):  # rare: the engine runs only the accepted requests
+                inputs = _merged(kept) if kept else []
+            outputs = runner(inputs) if kept else []
         except Exception as err:  # noqa: BLE001  (every request of the batch learns why)
-            for pending in batch:
-                pending.future.set_exception(err)
+            self._answer(batch, [(err, True)] * len(batch))
             return
         compute = time.perf_counter() - started
-        offset = 0
-        for pending in batch:
-            rows = slice(offset, offset + pending.rows)
-            pending.future.set_result([out[rows] for out in outputs])
+        answers, offset = [], 0
+        for pending, error in zip(batch, errors):
+            if error is not None:
+                answers.append((error, True))
+                continue
+            answers.append(([out[offset : offset + pending.rows] for out in outputs], False))
             offset += pending.rows
+        self._answer(batch, answers)
         if self.on_batch is not None:
             self.on_batch(BatchStats(len(batch), offset, waits, compute))
+
+    @staticmethod
+    def _answer(batch: list[_Pending], answers: list[tuple[Any, bool]]) -> None:
+        """Hands each request its answer: asyncio futures in one hand-off per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for pending, (value, failed) in zip(batch, answers):
+            if pending.loop is not None:
+                by_loop.setdefault(pending.loop, []).append((pending.future, value, failed))
+            elif failed:
+                pending.future.set_exception(value)
+            else:
+                pending.future.set_result(value)
+        for loop, delivered in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, delivered)
+            except RuntimeError:  # the loop closed: nobody waits for these answers
+                pass

@@ -25,7 +25,14 @@ from ..base.version import __version__
 from .grpc_protocol import PROTO_FILE, load_protocol
 from .guard import REQUEST_LOGGER
 from .metrics import ServingMetrics
-from .protocol import DATATYPES, InferRequest, ProtocolError, RequestTensor, split_bytes_elements
+from .protocol import (
+    DATATYPES,
+    InferRequest,
+    ProtocolError,
+    RequestTensor,
+    datatype_of,
+    split_bytes_elements,
+)
 from .served_model import ServedModels
 
 __all__ = ["PROTO_FILE", "SERVICE_NAME", "load_protocol", "start_grpc_server"]
@@ -200,9 +207,7 @@ class InferenceServicer:
             )
             for name, array in outputs:
                 array = np.ascontiguousarray(array)
-                datatype = next(
-                    k for k, v in DATATYPES.items() if v == array.dtype.newbyteorder("<")
-                )
+                datatype = datatype_of(array.dtype)
                 answer.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
                 answer.raw_output_contents.append(
                     array.astype(array.dtype.newbyteorder("<")).tobytes()

@@ -23,6 +23,8 @@ from ..viz.server_guard import HostPolicy
 __all__ = ["LOG_FIELDS_KEY", "REQUEST_LOGGER", "RequestGuard", "error_body"]
 
 REQUEST_LOGGER = "gometal.serving.requests"
+# At most this many distinct accepted Host values are remembered (any client chooses them).
+ALLOWED_HOSTS_KEPT = 64
 # Where a route leaves fields for the request's log line (the ASGI scope's "state").
 LOG_FIELDS_KEY = "log_fields"
 
@@ -51,11 +53,21 @@ class RequestGuard:
         self.app = app
         self.policy = policy
         self.expected = f"Bearer {api_key}".encode() if api_key else None
+        # Host headers already accepted: clients send the same one on every request.
+        self._allowed_hosts: set[str] = set()
+
+    def _host_allowed(self, host: str | None) -> bool:
+        if host in self._allowed_hosts:
+            return True
+        allowed = self.policy.allows(host)
+        if allowed and host is not None and len(self._allowed_hosts) < ALLOWED_HOSTS_KEPT:
+            self._allowed_hosts.add(host)
+        return allowed
 
     def _problem(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
         headers = Headers(scope=scope)
         host = headers.get("host")
-        if not self.policy.allows(host):
+        if not self._host_allowed(host):
             message = (
                 f"Host {host!r} is not served here (DNS rebinding protection); accepted: "
                 f"{self.policy.describe()}"
@@ -96,4 +108,5 @@ class RequestGuard:
                 "ms": round((time.perf_counter() - started) * 1000, 3),
                 **scope.get("state", {}).get(LOG_FIELDS_KEY, {}),
             }
-            _request_log.info(json.dumps(fields))
+            if _request_log.isEnabledFor(logging.INFO):
+                _request_log.info(json.dumps(fields))

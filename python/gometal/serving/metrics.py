@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -64,6 +65,7 @@ class ServingMetrics:
             labels, registry=self.registry,
         )  # fmt: skip
 
+        self._request_counters: dict[tuple[str, int | str, int], Any] = {}
         self.streamed_tokens = Counter(
             "gometal_streamed_tokens", "Tokens generated for generate_stream requests",
             labels, registry=self.registry,
@@ -75,7 +77,12 @@ class ServingMetrics:
 
     def count_request(self, model: str, version: int | str, status: int) -> None:
         """Counts one answered inference request."""
-        self.requests.labels(model, str(version), str(status)).inc()
+        key = (model, version, status)
+        counter = self._request_counters.get(key)
+        if counter is None:  # label lookups cost more than the count: keep each child
+            counter = self.requests.labels(model, str(version), str(status))
+            self._request_counters[key] = counter
+        counter.inc()
 
     def batch_observer(self, model: str, version: int) -> Callable[[BatchStats], None]:
         """The ``on_batch`` callback of one model version's batcher."""

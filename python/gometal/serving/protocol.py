@@ -31,6 +31,7 @@ __all__ = [
     "InferRequest",
     "ProtocolError",
     "RequestTensor",
+    "datatype_of",
     "encode_infer_response",
     "parse_infer_request",
     "split_bytes_elements",
@@ -52,6 +53,7 @@ DATATYPES = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
 }
+_DATATYPE_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
 # BYTES tensors (image files) decode to object arrays of ``bytes``.
 BYTES_DTYPE = np.dtype(object)
 # The engine's dtypes (gm model signatures) -> protocol datatypes.
@@ -115,6 +117,19 @@ class InferRequest:
     inputs: list[RequestTensor]
     outputs: dict[str, bool | None] | None
     binary_output: bool
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    """The protocol datatype of a NumPy dtype (either byte order).
+
+    Raises:
+        KeyError: the dtype has no protocol datatype.
+
+    Example:
+        >>> datatype_of(np.dtype(np.float32))
+        'FP32'
+    """
+    return _DATATYPE_NAMES[dtype.newbyteorder("<")]
 
 
 def _bad(message: str) -> ProtocolError:
@@ -352,7 +367,7 @@ def encode_infer_response(
     tensors, chunks = [], []
     for name, array in outputs:
         array = np.ascontiguousarray(array)
-        datatype = next(k for k, v in DATATYPES.items() if v == array.dtype.newbyteorder("<"))
+        datatype = datatype_of(array.dtype)
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         binary = (request.outputs or {}).get(name)
         if binary if binary is not None else request.binary_output:

@@ -99,6 +99,7 @@ class ServedVersion:
             max_queue_delay_s=float(settings["max_queue_delay_ms"]) / 1000.0,
             max_queue=int(settings["max_queue"]),
             on_batch=metrics.batch_observer(name, version),
+            screen=self._non_finite_rows,
         )
         metrics.watch_queue(name, version, lambda: self.batcher.depth)
 
@@ -115,6 +116,20 @@ class ServedVersion:
             return [out[:rows] for out in _as_output_list(result, self.output_names)]
 
         return run
+
+    def _non_finite_rows(self, inputs: list[np.ndarray]) -> dict[int, Exception]:
+        """The rows of a merged batch holding NaN or infinity, each with its refusal
+        (checked once per batch in the instance's thread, not per request in the loop)."""
+        refused: dict[int, Exception] = {}
+        for name, array in zip(self.input_names, inputs):
+            if array.dtype.kind != "f" or not array.size:
+                continue
+            finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+            if not finite.all():
+                error = ProtocolError(400, f"input {name!r} holds NaN or infinity")
+                for row in np.flatnonzero(~finite).tolist():
+                    refused.setdefault(row, error)
+        return refused
 
     def metadata(self) -> dict[str, Any]:
         """The model's metadata in the protocol's form (``-1`` for the batch and for
@@ -141,8 +156,8 @@ class ServedVersion:
 
         Raises:
             ProtocolError: 400 naming a missing or unknown input, a wrong datatype or
-                shape, rows out of range, inputs of different rows, a non-finite value,
-                or an unknown requested output.
+                shape, rows out of range, inputs of different rows, or an unknown
+                requested output (a non-finite value is refused by the batch's screen).
         """
         given = {tensor.name: tensor for tensor in request.inputs}
         missing = [n for n in self.input_names if n not in given]
@@ -188,8 +203,6 @@ class ServedVersion:
                     400, f"inputs must have the same rows: {rows} and {array.shape[0]} ({name!r})"
                 )
             rows = array.shape[0]
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
-                raise ProtocolError(400, f"input {name!r} holds NaN or infinity")
             arrays.append(array)
         unknown_outputs = sorted(set(request.outputs or ()) - set(self.output_names))
         if unknown_outputs:
@@ -205,7 +218,8 @@ class ServedVersion:
         the request asked for (all of them when it named none).
 
         Raises:
-            ProtocolError: 400 for a bad request (see :meth:`check_request`); 503 with
+            ProtocolError: 400 for a bad request (see :meth:`check_request`) or one
+                holding NaN or infinity; 503 with
                 ``Retry-After`` when the queue is full or the server is draining.
         """
         arrays = self.check_request(request)
@@ -213,7 +227,7 @@ class ServedVersion:
             if array.dtype == BYTES_DTYPE:  # decoding holds the GIL little; off the event loop
                 arrays[index] = await asyncio.to_thread(self.images.decode, array)
         try:
-            future = self.batcher.submit(arrays)
+            future = self.batcher.submit_async(arrays)
         except QueueFull as err:
             raise ProtocolError(
                 503,
@@ -222,7 +236,7 @@ class ServedVersion:
             ) from None
         except BatcherClosed as err:
             raise ProtocolError(503, str(err), {"Retry-After": str(RETRY_AFTER_S)}) from None
-        outputs = await asyncio.wrap_future(future)
+        outputs = await future
         wanted = request.outputs
         return [
             (name, value)

@@ -17,13 +17,22 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+from ..base.runtime import get_num_threads, set_num_threads
 from ..viz.server_cli import check_listen_address
 from ..viz.server_guard import HostPolicy
 from .app import DEFAULT_SETTINGS, ServerSettings, create_app
 from .guard import REQUEST_LOGGER
 from .repository import ModelRepository
+from .request_log import BufferedLineHandler
 
-__all__ = ["DEFAULT_GRPC_PORT", "DEFAULT_HEADER_TIMEOUT_S", "DEFAULT_PORT", "is_loopback", "serve"]
+__all__ = [
+    "DEFAULT_GRPC_PORT",
+    "DEFAULT_HEADER_TIMEOUT_S",
+    "DEFAULT_PORT",
+    "default_serving_threads",
+    "is_loopback",
+    "serve",
+]
 
 DEFAULT_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
@@ -46,14 +55,40 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _log_requests_to_stderr() -> None:
+def default_serving_threads(cores: int | None = None) -> int:
+    """The engine threads a server computes with by default: every core but one.
+
+    The event loop (HTTP and gRPC parsing, batching, answers) needs a core of its own:
+    compute threads on every core would take it in turns with them, and each request
+    would wait for a core twice.
+
+    Args:
+        cores: the cores this process may run on (default: its CPU affinity).
+
+    Returns:
+        ``cores - 1``, at least 1.
+
+    Example:
+        >>> default_serving_threads(2), default_serving_threads(16)
+        (1, 15)
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - 1)
+
+
+def _log_requests_to_stderr() -> logging.Handler | None:
+    """Sends the request log to stderr (in bulk: see :mod:`.request_log`); returns the
+    handler it added, to close when serving ends, or None when the log had one."""
     logger = logging.getLogger(REQUEST_LOGGER)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    if logger.handlers:
+        return None
+    handler = BufferedLineHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return handler
 
 
 def _after_drain(signum: int, frame: FrameType | None) -> None:
@@ -74,6 +109,7 @@ def serve(
     max_body_bytes: int = DEFAULT_SETTINGS.max_body_bytes,
     allowed_hosts: Sequence[str] = (),
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    threads: int | None = None,
 ) -> None:
     """Serves a model repository over the Open Inference Protocol until SIGTERM or Ctrl+C.
 
@@ -91,6 +127,8 @@ def serve(
         max_body_bytes: the largest request body; larger ones get 413 unread.
         allowed_hosts: ``Host`` names accepted besides loopback and the bound address.
         header_timeout_s: seconds a request's headers may take to arrive.
+        threads: the engine's compute threads (default: :func:`default_serving_threads`,
+            every core but one, which the event loop keeps).
 
     Raises:
         ValueError: a setting out of range, a non-loopback ``host`` without ``api_key``,
@@ -114,7 +152,11 @@ def serve(
         instances=instances, max_queue=max_queue, max_body_bytes=max_body_bytes,
         api_key=api_key or None,
     )  # fmt: skip
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):  # fmt: skip
+        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
     check_listen_address(host, port)
+    set_num_threads(threads if threads is not None else default_serving_threads())
     grpc_address = None
     if grpc_port:
         check_listen_address(host, grpc_port)
@@ -127,10 +169,10 @@ def serve(
               for row in models.index() if row["state"] != "READY"]  # fmt: skip
     grpc_shown = f", grpc {grpc_address}" if grpc_address else ""
     print(f"gometal serve: http://{host}:{port}/v2{grpc_shown} serving "
-          f"{', '.join(ready) or 'no model'}", flush=True)  # fmt: skip
+          f"{', '.join(ready) or 'no model'} ({get_num_threads()} engine threads)",
+          flush=True)  # fmt: skip
     for line in failed:
         print(f"gometal serve: not ready: {line}", file=sys.stderr, flush=True)
-    _log_requests_to_stderr()
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -141,6 +183,8 @@ def serve(
         app, host=host, port=port, log_level="warning", access_log=False,
         http=protocol_with_header_timeout(header_timeout_s), timeout_graceful_shutdown=None,
     )  # fmt: skip
+    # After uvicorn's Config: its logging setup closes every handler there was.
+    log_handler = _log_requests_to_stderr()
     in_main_thread = threading.current_thread() is threading.main_thread()
     shutdown_signals = _SHUTDOWN_SIGNALS if in_main_thread else ()  # only main may set them
     previous = {sig: signal.signal(sig, _after_drain) for sig in shutdown_signals}
@@ -149,3 +193,6 @@ def serve(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if log_handler is not None:  # the last lines, and no writer thread left behind
+            logging.getLogger(REQUEST_LOGGER).removeHandler(log_handler)
+            log_handler.close()
