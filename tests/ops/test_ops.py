@@ -19,6 +19,7 @@ from . import (
     cases_errors,
     cases_layout,
     cases_positions,
+    cases_quantized,
     cases_recurrent,
     cases_reduce,
     cases_symbols,
@@ -54,6 +55,7 @@ SCENARIOS: list[ScenarioCase] = [
     *cases_transformer.SCENARIOS,
     *cases_recurrent.SCENARIOS,
     *cases_positions.SCENARIOS,
+    *cases_quantized.SCENARIOS,
 ]
 ERROR_CASES: list[ErrorCase] = [
     *cases_errors.CASES,
@@ -62,6 +64,7 @@ ERROR_CASES: list[ErrorCase] = [
     *cases_transformer.ERROR_CASES,
     *cases_recurrent.ERROR_CASES,
     *cases_positions.ERROR_CASES,
+    *cases_quantized.ERROR_CASES,
 ]
 BACKENDS = available_backends()
 

@@ -63,6 +63,9 @@ enum class OpKind : uint8_t {
   CachedAttention, CacheWrite,
   // positions 0..T-1 of an axis whose size T may be symbolic (a run-time sequence length)
   Positions,
+  // int8 quantization: float <-> int8/uint8 per tensor, and the int8 dense and convolution
+  // with int32 sums and a fused epilogue
+  Quantize, Dequantize, QuantizedMatMul, QuantizedConv2D,
   kCount
 };
 
@@ -95,6 +98,11 @@ struct Attrs {
   std::string cell;
   bool reverse = false;
   bool lean = false;  // recurrence in inference: no gates saved for a backward pass
+  // quantized ops: the input's zero point (scale: quantize's and dequantize's), a relu in the
+  // epilogue, and the output's scale and zero point when the output is int8 or uint8 (dtype)
+  int64_t zero_point = 0, output_zero_point = 0;
+  bool relu = false;
+  float output_scale = 0.0f;
 };
 
 struct Node {

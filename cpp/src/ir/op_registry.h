@@ -105,5 +105,6 @@ std::vector<OpDef> attention_op_defs();
 std::vector<OpDef> decoding_op_defs();
 std::vector<OpDef> recurrent_op_defs();
 std::vector<OpDef> positions_op_defs();
+std::vector<OpDef> quantized_op_defs();
 
 }  // namespace gometal

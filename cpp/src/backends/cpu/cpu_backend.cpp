@@ -19,6 +19,7 @@
 #include "backends/cpu/layout.h"
 #include "backends/cpu/pool.h"
 #include "backends/cpu/positions.h"
+#include "backends/cpu/quantized.h"
 #include "backends/cpu/recurrent.h"
 #include "backends/cpu/optimizer_updates.h"
 #include "backends/cpu/reduce.h"
@@ -250,6 +251,7 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
   if (auto k = make_decoding_kernel(g, id, mem, shapes)) return k;
   if (auto k = make_recurrent_kernel(g, id, mem, shapes)) return k;
   if (auto k = make_positions_kernel(g, id, mem, shapes)) return k;
+  if (auto k = make_quantized_kernel(g, id, mem, shapes)) return k;
   switch (n.op) {
     case OpKind::MatMul: {
       auto k = std::make_unique<MatMulKernel>();

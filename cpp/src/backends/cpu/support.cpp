@@ -33,6 +33,9 @@ std::array<uint32_t, static_cast<size_t>(OpKind::kCount)> make_table() {
     t[static_cast<size_t>(op)] = kF32 | kI32;
   // positions reads only its input's shape
   t[static_cast<size_t>(OpKind::Positions)] = every;
+  // int8 or uint8 values, int8 weights, float32 scales and biases
+  for (OpKind op : {OpKind::Quantize, OpKind::Dequantize, OpKind::QuantizedMatMul, OpKind::QuantizedConv2D})
+    t[static_cast<size_t>(op)] = kF32 | bit(DType::I8) | bit(DType::U8);
   return t;
 }
 

@@ -1,0 +1,251 @@
+#include "backends/cpu/int8_gemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define GOMETAL_INT8_X86 1
+#endif
+
+namespace gometal {
+namespace {
+
+// Rows per register tile: 8 zmm accumulators on AVX-512, 8 ymm (4 rows x 2 halves) otherwise.
+int rows_per_tile(Int8Path path) { return path == Int8Path::Avx512Vnni ? 8 : 4; }
+
+int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+// The AVX2 path multiplies int16 pairs (vpmaddwd): vpmaddubsw's int16 sums of two
+// uint8 x int8 products saturate (255 * 127 * 2 > 32767), which would break exactness.
+bool widens(Int8Path path) { return path == Int8Path::Avx2; }
+
+// Portable: the packed layout of the VNNI paths, [group of 4 k][16 channels][4 k] bytes.
+void tile_portable(const uint8_t* a, int64_t depth, const int8_t* b, int32_t* acc) {
+  constexpr int kRows = 4;
+  for (int r = 0; r < kRows; ++r)
+    for (int o = 0; o < kInt8Panel; ++o) acc[r * kInt8Panel + o] = 0;
+  for (int64_t g = 0; g < depth; g += 4) {
+    const int8_t* bg = b + g * kInt8Panel;
+    for (int r = 0; r < kRows; ++r) {
+      const uint8_t* ar = a + r * depth + g;
+      for (int o = 0; o < kInt8Panel; ++o) {
+        int32_t s = 0;
+        for (int i = 0; i < 4; ++i) s += static_cast<int32_t>(ar[i]) * bg[o * 4 + i];
+        acc[r * kInt8Panel + o] += s;
+      }
+    }
+  }
+}
+
+#ifdef GOMETAL_INT8_X86
+int32_t load_group(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_avx512vnni(const uint8_t* a, int64_t depth,
+                                                                              const int8_t* b, int32_t* acc) {
+  __m512i c[8];
+  for (auto& v : c) v = _mm512_setzero_si512();
+  for (int64_t g = 0; g < depth; g += 4) {
+    const __m512i w = _mm512_loadu_si512(b + g * kInt8Panel);
+    for (int r = 0; r < 8; ++r) c[r] = _mm512_dpbusd_epi32(c[r], _mm512_set1_epi32(load_group(a + r * depth + g)), w);
+  }
+  for (int r = 0; r < 8; ++r) _mm512_storeu_si512(acc + r * kInt8Panel, c[r]);
+}
+
+__attribute__((target("avx2,avxvnni"))) void tile_avxvnni(const uint8_t* a, int64_t depth, const int8_t* b,
+                                                          int32_t* acc) {
+  __m256i lo[4], hi[4];
+  for (int r = 0; r < 4; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < depth; g += 4) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * kInt8Panel));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * kInt8Panel + 32));
+    for (int r = 0; r < 4; ++r) {
+      const __m256i x = _mm256_set1_epi32(load_group(a + r * depth + g));
+      lo[r] = _mm256_dpbusd_avx_epi32(lo[r], x, w0);
+      hi[r] = _mm256_dpbusd_avx_epi32(hi[r], x, w1);
+    }
+  }
+  for (int r = 0; r < 4; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kInt8Panel), lo[r]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kInt8Panel + 8), hi[r]);
+  }
+}
+
+// a: int16 rows (depth each); b: [pair of k][16 channels][2 k] int16.
+__attribute__((target("avx2"))) void tile_avx2(const int16_t* a, int64_t depth, const int16_t* b, int32_t* acc) {
+  __m256i lo[4], hi[4];
+  for (int r = 0; r < 4; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
+  for (int64_t j = 0; j < depth; j += 2) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + j * kInt8Panel));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + j * kInt8Panel + 16));
+    for (int r = 0; r < 4; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * depth + j, sizeof pair);
+      const __m256i x = _mm256_set1_epi32(pair);
+      lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(x, w0));
+      hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(x, w1));
+    }
+  }
+  for (int r = 0; r < 4; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kInt8Panel), lo[r]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kInt8Panel + 8), hi[r]);
+  }
+}
+#endif
+
+template <class T>
+void store_quantized(T* out, int64_t at, float v, const Int8Epilogue& e, float low, float high) {
+  // v / output_scale rounded half to even (the default rounding mode), then saturated.
+  const float q = std::nearbyint(v / e.output_scale) + static_cast<float>(e.output_zero_point);
+  out[at] = static_cast<T>(std::min(std::max(q, low), high));
+}
+
+// One tile's epilogue: rows [0, rows) and channels [o0, o0 + channels) of acc.
+void finish_tile(const Int8Weights& w, const int32_t* acc, int64_t rows, int64_t r0, int64_t o0, int64_t channels,
+                 const Int8Epilogue& e, void* out, int64_t row_stride, int64_t channel_stride) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t o = 0; o < channels; ++o) {
+      const int64_t c = o0 + o;
+      const int32_t centered = acc[r * kInt8Panel + o] - e.zero_point * w.column_sums[c];
+      float v = static_cast<float>(centered) * e.scale[c];
+      if (e.bias) v = v + e.bias[c];
+      if (e.relu) v = std::max(v, 0.0f);
+      const int64_t at = (r0 + r) * row_stride + c * channel_stride;
+      switch (e.out) {
+        case DType::U8: store_quantized(static_cast<uint8_t*>(out), at, v, e, 0.0f, 255.0f); break;
+        case DType::I8: store_quantized(static_cast<int8_t*>(out), at, v, e, -128.0f, 127.0f); break;
+        default: static_cast<float*>(out)[at] = v; break;
+      }
+    }
+}
+
+}  // namespace
+
+std::string_view int8_path_name(Int8Path path) {
+  switch (path) {
+    case Int8Path::Avx2: return "avx2";
+    case Int8Path::AvxVnni: return "avxvnni";
+    case Int8Path::Avx512Vnni: return "avx512vnni";
+    default: return "portable";
+  }
+}
+
+bool int8_path_available(Int8Path path) {
+#ifdef GOMETAL_INT8_X86
+  switch (path) {
+    case Int8Path::Avx2: return __builtin_cpu_supports("avx2");
+    case Int8Path::AvxVnni: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni");
+    case Int8Path::Avx512Vnni:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vnni");
+    default: return true;
+  }
+#else
+  return path == Int8Path::Portable;
+#endif
+}
+
+Int8Path choose_int8_path() {
+  const Int8Path fastest_first[] = {Int8Path::Avx512Vnni, Int8Path::AvxVnni, Int8Path::Avx2, Int8Path::Portable};
+  const char* forced = std::getenv("GOMETAL_INT8_KERNEL");
+  if (forced == nullptr || forced[0] == '\0') {
+    for (Int8Path path : fastest_first)
+      if (int8_path_available(path)) return path;
+  }
+  for (Int8Path path : fastest_first) {
+    if (int8_path_name(path) != forced) continue;
+    if (!int8_path_available(path))
+      throw std::invalid_argument("[quantized] GOMETAL_INT8_KERNEL=" + std::string(forced) +
+                                  ": this CPU lacks the instructions of that path");
+    return path;
+  }
+  throw std::invalid_argument("[quantized] GOMETAL_INT8_KERNEL must be portable, avx2, avxvnni or avx512vnni, got '" +
+                              std::string(forced) + "'");
+}
+
+int64_t int8_packed_bytes(Int8Path path, int64_t channels, int64_t k) {
+  const int64_t panels = (channels + kInt8Panel - 1) / kInt8Panel;
+  const int64_t element = widens(path) ? 2 : 1;
+  return round_up(panels * kInt8Panel * int8_depth(k) * element, 64) + panels * kInt8Panel * 4;
+}
+
+Int8Weights pack_int8_weights(Int8Path path, const int8_t* w, int64_t channels, int64_t k, void* workspace) {
+  Int8Weights packed;
+  packed.path = path;
+  packed.channels = channels;
+  packed.depth = int8_depth(k);
+  packed.panels = (channels + kInt8Panel - 1) / kInt8Panel;
+  const int64_t panel_elements = kInt8Panel * packed.depth;
+  const int64_t element = widens(path) ? 2 : 1;
+  auto* bytes = static_cast<char*>(workspace);
+  auto* sums = reinterpret_cast<int32_t*>(bytes + round_up(packed.panels * panel_elements * element, 64));
+  // Channel o, reduction index i of panel p: [i / 4][o][i % 4] bytes, or [i / 2][o][i % 2] int16.
+  const int group = widens(path) ? 2 : 4;
+  for (int64_t p = 0; p < packed.panels; ++p)
+    for (int64_t o = 0; o < kInt8Panel; ++o) {
+      const int64_t c = p * kInt8Panel + o;
+      int32_t sum = 0;
+      for (int64_t i = 0; i < packed.depth; ++i) {
+        const int8_t v = c < channels && i < k ? w[c * k + i] : 0;
+        sum += v;
+        const int64_t at = p * panel_elements + (i / group) * kInt8Panel * group + o * group + i % group;
+        if (widens(path))
+          reinterpret_cast<int16_t*>(bytes)[at] = v;
+        else
+          reinterpret_cast<int8_t*>(bytes)[at] = v;
+      }
+      sums[c] = sum;
+    }
+  packed.packed = bytes;
+  packed.column_sums = sums;
+  return packed;
+}
+
+int64_t int8_block_scratch_bytes(Int8Path path, int64_t k) {
+  const int64_t row_bytes = kInt8RowBlock * int8_depth(k);
+  return round_up(row_bytes, 64) + (widens(path) ? row_bytes * 2 : 0);
+}
+
+void int8_block(const Int8Weights& w, uint8_t* rows, int64_t count, const Int8Epilogue& epilogue, void* out,
+                int64_t row_stride, int64_t channel_stride) {
+  const int tile_rows = rows_per_tile(w.path);
+  const int64_t padded = round_up(count, tile_rows);
+  std::memset(rows + count * w.depth, 0, static_cast<size_t>((padded - count) * w.depth));
+  int16_t* wide = nullptr;
+  if (widens(w.path)) {
+    wide = reinterpret_cast<int16_t*>(rows + round_up(kInt8RowBlock * w.depth, 64));
+    for (int64_t i = 0; i < padded * w.depth; ++i) wide[i] = rows[i];
+  }
+  alignas(64) int32_t acc[8 * kInt8Panel];
+  const int64_t element = widens(w.path) ? 2 : 1;
+  for (int64_t p = 0; p < w.panels; ++p) {
+    const char* panel = static_cast<const char*>(w.packed) + p * kInt8Panel * w.depth * element;
+    const int64_t channels = std::min<int64_t>(kInt8Panel, w.channels - p * kInt8Panel);
+    for (int64_t r = 0; r < padded; r += tile_rows) {
+      const uint8_t* a = rows + r * w.depth;
+      const auto* b = reinterpret_cast<const int8_t*>(panel);
+      switch (w.path) {
+#ifdef GOMETAL_INT8_X86
+        case Int8Path::Avx512Vnni: tile_avx512vnni(a, w.depth, b, acc); break;
+        case Int8Path::AvxVnni: tile_avxvnni(a, w.depth, b, acc); break;
+        case Int8Path::Avx2:
+          tile_avx2(wide + r * w.depth, w.depth, reinterpret_cast<const int16_t*>(panel), acc);
+          break;
+#endif
+        default: tile_portable(a, w.depth, b, acc); break;
+      }
+      finish_tile(w, acc, std::min<int64_t>(tile_rows, count - r), r, p * kInt8Panel, channels, epilogue, out,
+                  row_stride, channel_stride);
+    }
+  }
+}
+
+}  // namespace gometal

@@ -1,0 +1,238 @@
+#include "backends/cpu/quantized.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "backends/cpu/int8_gemm.h"
+#include "ir/conv_geometry.h"
+
+namespace gometal {
+namespace {
+
+constexpr int64_t kElementsPerTask = 1 << 15;
+
+// Runs fn(begin, end) over [0, n) in a few tasks per thread (one task for small n).
+template <class F>
+void parallel_ranges(const ExecContext& ctx, int64_t n, F&& fn) {
+  const int tasks = n < kElementsPerTask ? 1 : balanced_tasks(*ctx.pool, n / kElementsPerTask + 1);
+  ctx.pool->parallel_for(tasks, [&](int task, int) {
+    int64_t begin, end;
+    split_range(n, tasks, task, 64, &begin, &end);
+    fn(begin, end);
+  });
+}
+
+template <class T>
+void quantize_range(const float* x, int64_t begin, int64_t end, float scale, int32_t zero_point, float low,
+                    float high, T* q) {
+  for (int64_t i = begin; i < end; ++i) {
+    // ONNX QuantizeLinear: x / scale rounded half to even (the default rounding mode), saturated.
+    const float v = std::nearbyint(x[i] / scale) + static_cast<float>(zero_point);
+    q[i] = static_cast<T>(std::min(std::max(v, low), high));
+  }
+}
+
+struct QuantizeKernel final : Kernel {
+  BufRef x, y;
+  int64_t n = 0;
+  float scale = 1.0f;
+  int32_t zero_point = 0;
+  DType dtype = DType::U8;
+  void run(const ExecContext& ctx) const override {
+    const float* in = ctx.ptr(x);
+    void* out = ctx.bytes(y);
+    parallel_ranges(ctx, n, [&](int64_t begin, int64_t end) {
+      if (dtype == DType::U8)
+        quantize_range(in, begin, end, scale, zero_point, 0.0f, 255.0f, static_cast<uint8_t*>(out));
+      else
+        quantize_range(in, begin, end, scale, zero_point, -128.0f, 127.0f, static_cast<int8_t*>(out));
+    });
+  }
+};
+
+template <class T>
+void dequantize_range(const T* q, int64_t begin, int64_t end, float scale, int32_t zero_point, float* x) {
+  for (int64_t i = begin; i < end; ++i) x[i] = static_cast<float>(static_cast<int32_t>(q[i]) - zero_point) * scale;
+}
+
+struct DequantizeKernel final : Kernel {
+  BufRef x, y;
+  int64_t n = 0;
+  float scale = 1.0f;
+  int32_t zero_point = 0;
+  DType dtype = DType::U8;
+  void run(const ExecContext& ctx) const override {
+    const void* in = ctx.bytes(x);
+    float* out = ctx.ptr(y);
+    parallel_ranges(ctx, n, [&](int64_t begin, int64_t end) {
+      if (dtype == DType::U8)
+        dequantize_range(static_cast<const uint8_t*>(in), begin, end, scale, zero_point, out);
+      else
+        dequantize_range(static_cast<const int8_t*>(in), begin, end, scale, zero_point, out);
+    });
+  }
+};
+
+// What the dense and the convolution share: the packed weights, the epilogue, the workspace.
+struct Int8ProductKernel : Kernel {
+  BufRef x, w, scale, bias, y;  // bias: Region::None without one
+  Int8Path path = Int8Path::Portable;
+  int64_t channels = 0, k = 0;
+  bool signed_input = false;  // int8 rows are shifted to uint8 (+128) and so is the zero point
+  Int8Epilogue epilogue;
+  int64_t scratch_floats() const override { return (int8_block_scratch_bytes(path, k) + 3) / 4; }
+  int64_t shared_floats() const override { return (int8_packed_bytes(path, channels, k) + 63) / 4; }
+
+  Int8Weights pack(const ExecContext& ctx, Int8Epilogue* e) const {
+    *e = epilogue;
+    e->scale = ctx.ptr(scale);
+    e->bias = bias.region == Region::None ? nullptr : ctx.ptr(bias);
+    const auto at = reinterpret_cast<std::uintptr_t>(ctx.shared);
+    void* aligned = reinterpret_cast<void*>((at + 63) / 64 * 64);
+    return pack_int8_weights(path, reinterpret_cast<const int8_t*>(ctx.bytes(w)), channels, k, aligned);
+  }
+  uint8_t* rows_of(const ExecContext& ctx, int thread) const {
+    return reinterpret_cast<uint8_t*>(ctx.thread_scratch(thread));
+  }
+};
+
+// (..., K) rows times (O, K): row blocks are the tasks.
+struct QuantizedMatMulKernel final : Int8ProductKernel {
+  int64_t rows = 0;
+  void run(const ExecContext& ctx) const override {
+    Int8Epilogue e;
+    const Int8Weights packed = pack(ctx, &e);
+    const auto* in = reinterpret_cast<const uint8_t*>(ctx.bytes(x));
+    char* out = ctx.bytes(y);
+    const int64_t out_size = dtype_size(e.out);
+    const int64_t blocks = (rows + kInt8RowBlock - 1) / kInt8RowBlock;
+    const int tasks = balanced_tasks(*ctx.pool, blocks);
+    ctx.pool->parallel_for(tasks, [&](int task, int thread) {
+      int64_t begin, end;
+      split_range(blocks, tasks, task, 1, &begin, &end);
+      uint8_t* buffer = rows_of(ctx, thread);
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t r0 = block * kInt8RowBlock, count = std::min(kInt8RowBlock, rows - r0);
+        for (int64_t r = 0; r < count; ++r) {
+          uint8_t* dst = buffer + r * packed.depth;
+          const uint8_t* src = in + (r0 + r) * k;
+          if (signed_input)
+            for (int64_t i = 0; i < k; ++i) dst[i] = static_cast<uint8_t>(src[i] ^ 0x80u);
+          else
+            std::memcpy(dst, src, static_cast<size_t>(k));
+          std::memset(dst + k, 0, static_cast<size_t>(packed.depth - k));
+        }
+        int8_block(packed, buffer, count, e, out + r0 * channels * out_size, channels, 1);
+      }
+    });
+  }
+};
+
+// Im2col rows of each image's output pixels (padding reads the zero point: a real zero), times
+// (O, C * KH * KW); the epilogue writes channel-major (NCHW). Blocks of pixels are the tasks.
+struct QuantizedConv2DKernel final : Int8ProductKernel {
+  ConvGeometry geo;
+  void run(const ExecContext& ctx) const override {
+    Int8Epilogue e;
+    const Int8Weights packed = pack(ctx, &e);
+    const auto* in = reinterpret_cast<const uint8_t*>(ctx.bytes(x));
+    char* out = ctx.bytes(y);
+    const int64_t out_size = dtype_size(e.out);
+    const int64_t plane = geo.out_plane();
+    const int64_t per_image = (plane + kInt8RowBlock - 1) / kInt8RowBlock;
+    const int64_t blocks = geo.n * per_image;
+    const int tasks = balanced_tasks(*ctx.pool, blocks);
+    const uint8_t flip = signed_input ? 0x80u : 0u;
+    const auto pad = static_cast<uint8_t>(e.zero_point);
+    ctx.pool->parallel_for(tasks, [&](int task, int thread) {
+      int64_t begin, end;
+      split_range(blocks, tasks, task, 1, &begin, &end);
+      uint8_t* buffer = rows_of(ctx, thread);
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t image = block / per_image, p0 = (block % per_image) * kInt8RowBlock;
+        const int64_t count = std::min(kInt8RowBlock, plane - p0);
+        const uint8_t* src = in + image * geo.c * geo.h * geo.w;
+        for (int64_t r = 0; r < count; ++r) {
+          const int64_t oy = (p0 + r) / geo.ow, ox = (p0 + r) % geo.ow;
+          uint8_t* dst = buffer + r * packed.depth;
+          for (int64_t c = 0; c < geo.c; ++c)
+            for (int64_t ky = 0; ky < geo.kh; ++ky) {
+              const int64_t iy = oy * geo.sh - geo.ph + ky * geo.dh;
+              for (int64_t kx = 0; kx < geo.kw; ++kx) {
+                const int64_t ix = ox * geo.sw - geo.pw + kx * geo.dw;
+                const bool inside = iy >= 0 && iy < geo.h && ix >= 0 && ix < geo.w;
+                *dst++ = inside ? static_cast<uint8_t>(src[(c * geo.h + iy) * geo.w + ix] ^ flip) : pad;
+              }
+            }
+          std::memset(dst, 0, static_cast<size_t>(packed.depth - k));
+        }
+        int8_block(packed, buffer, count, e, out + (image * channels * plane + p0) * out_size, 1, plane);
+      }
+    });
+  }
+};
+
+void fill_product(Int8ProductKernel& k, const Graph& g, const Node& n, const MemoryPlan& mem, int id) {
+  k.x = mem.ref[n.inputs[0]];
+  k.w = mem.ref[n.inputs[1]];
+  k.scale = mem.ref[n.inputs[2]];
+  if (n.inputs.size() > 3) k.bias = mem.ref[n.inputs[3]];
+  k.y = mem.ref[id];
+  k.path = choose_int8_path();
+  k.signed_input = g.node(n.inputs[0]).dtype == DType::I8;
+  k.epilogue.zero_point = static_cast<int32_t>(n.attrs.zero_point) + (k.signed_input ? 128 : 0);
+  k.epilogue.relu = n.attrs.relu;
+  k.epilogue.out = n.attrs.dtype;
+  k.epilogue.output_scale = n.attrs.output_scale;
+  k.epilogue.output_zero_point = static_cast<int32_t>(n.attrs.output_zero_point);
+}
+
+}  // namespace
+
+std::unique_ptr<Kernel> make_quantized_kernel(const Graph& g, int id, const MemoryPlan& mem,
+                                              const std::vector<Shape>& shapes) {
+  const Node& n = g.node(id);
+  switch (n.op) {
+    case OpKind::Quantize: {
+      auto k = std::make_unique<QuantizeKernel>();
+      k->x = mem.ref[n.inputs[0]];
+      k->y = mem.ref[id];
+      k->n = numel(shapes[id]);
+      k->scale = n.attrs.scale;
+      k->zero_point = static_cast<int32_t>(n.attrs.zero_point);
+      k->dtype = n.dtype;
+      return k;
+    }
+    case OpKind::Dequantize: {
+      auto k = std::make_unique<DequantizeKernel>();
+      k->x = mem.ref[n.inputs[0]];
+      k->y = mem.ref[id];
+      k->n = numel(shapes[id]);
+      k->scale = n.attrs.scale;
+      k->zero_point = static_cast<int32_t>(n.attrs.zero_point);
+      k->dtype = g.node(n.inputs[0]).dtype;
+      return k;
+    }
+    case OpKind::QuantizedMatMul: {
+      auto k = std::make_unique<QuantizedMatMulKernel>();
+      fill_product(*k, g, n, mem, id);
+      const Shape& x = shapes[n.inputs[0]];
+      k->k = x.back();
+      k->channels = shapes[id].back();
+      k->rows = numel(x) / std::max<int64_t>(k->k, 1);
+      return k;
+    }
+    case OpKind::QuantizedConv2D: {
+      auto k = std::make_unique<QuantizedConv2DKernel>();
+      fill_product(*k, g, n, mem, id);
+      k->geo = conv_geometry(op_name(n.op), shapes[n.inputs[0]], &shapes[n.inputs[1]], n.attrs);
+      k->k = k->geo.patch();
+      k->channels = k->geo.o;
+      return k;
+    }
+    default: return nullptr;
+  }
+}
+
+}  // namespace gometal

@@ -1,0 +1,373 @@
+"""int8 quantization ops against integer NumPy references, bit exact: quantize and dequantize
+(ONNX QuantizeLinear / DequantizeLinear, per tensor) and the int8 dense and convolution
+(int32 sums, then rescale, bias, relu and optional requantization in the epilogue).
+
+Every int8 product runs once per kernel path this CPU has (GOMETAL_INT8_KERNEL forces one;
+the portable path runs everywhere), so each instruction-set path meets the same reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from gometal import _core
+
+from .harness import Arg, ErrorCase, ScenarioCase
+
+RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
+NUMPY_TYPES = {"uint8": np.uint8, "int8": np.int8, "float32": np.float32}
+# The /proc/cpuinfo flags each path needs.
+PATH_FLAGS = {
+    "portable": (),
+    "avx2": ("avx2",),
+    "avxvnni": ("avx2", "avx_vnni"),
+    "avx512vnni": ("avx512f", "avx512bw", "avx512_vnni"),
+}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo does not exist)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def int8_paths() -> list[str]:
+    """The int8 kernel paths this CPU runs, portable first."""
+    flags = cpu_flags()
+    return [path for path, needs in PATH_FLAGS.items() if all(f in flags for f in needs)]
+
+
+@contextlib.contextmanager
+def int8_path(path: str) -> Iterator[None]:
+    """Forces the int8 kernel path of engines whose plans compile inside the block."""
+    before = os.environ.get("GOMETAL_INT8_KERNEL")
+    os.environ["GOMETAL_INT8_KERNEL"] = path
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["GOMETAL_INT8_KERNEL"]
+        else:
+            os.environ["GOMETAL_INT8_KERNEL"] = before
+
+
+def reference_quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:
+    low, high = RANGES[dtype]
+    q = np.rint(x.astype(np.float32) / np.float32(scale)) + np.float32(zero_point)
+    return np.clip(q, low, high).astype(NUMPY_TYPES[dtype])
+
+
+def reference_dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return (q.astype(np.int32) - zero_point).astype(np.float32) * np.float32(scale)
+
+
+def reference_epilogue(
+    sums: np.ndarray, scale, bias, relu: bool, out: str, out_scale, out_zero
+) -> np.ndarray:
+    """sums (..., O) int64 of (x - zero_point) * w; channels on the last axis."""
+    v = sums.astype(np.float32) * scale
+    if bias is not None:
+        v = v + bias
+    if relu:
+        v = np.maximum(v, np.float32(0))
+    return v if out == "float32" else reference_quantize(v, out_scale, out_zero, out)
+
+
+def reference_quantized_matmul(x, w, scale, bias, zero_point, relu, out, out_scale, out_zero):
+    sums = (x.astype(np.int64) - zero_point) @ w.astype(np.int64).T
+    return reference_epilogue(sums, scale, bias, relu, out, out_scale, out_zero)
+
+
+def reference_quantized_conv2d(
+    x, w, scale, bias, zero_point, stride, padding, dilation, relu, out, out_scale, out_zero
+):
+    centered = np.pad(
+        x.astype(np.int64) - zero_point, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2)
+    )
+    n, _, h, width = centered.shape
+    o, _, kh, kw = w.shape
+    oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (width - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    sums = np.zeros((n, oh, ow, o), np.int64)
+    for ky in range(kh):
+        for kx in range(kw):
+            y0, x0 = ky * dilation[0], kx * dilation[1]
+            window = centered[
+                :,
+                :,
+                y0 : y0 + stride[0] * (oh - 1) + 1 : stride[0],
+                x0 : x0 + stride[1] * (ow - 1) + 1 : stride[1],
+            ]
+            sums += np.einsum("nchw,oc->nhwo", window, w[:, :, ky, kx].astype(np.int64))
+    return reference_epilogue(sums, scale, bias, relu, out, out_scale, out_zero).transpose(
+        0, 3, 1, 2
+    )
+
+
+def random_quantized(rng: np.random.Generator, shape, dtype: str) -> np.ndarray:
+    low, high = RANGES[dtype]
+    return rng.integers(low, high + 1, shape).astype(NUMPY_TYPES[dtype])
+
+
+def quantize_matches_the_reference(backend, rng):
+    scale = 0.05
+    halves = (np.arange(-40, 40) + 0.5).astype(np.float32) * np.float32(scale)  # ties: to even
+    for dtype, zero_point in (("uint8", 128), ("int8", -3), ("uint8", 0)):
+        g = _core.Graph()
+        x = g.input("x", (-1, 16))
+        q = g.op("quantize", [x], {"scale": scale, "zero_point": zero_point, "dtype": dtype})
+        back = g.op("dequantize", [q], {"scale": scale, "zero_point": zero_point})
+        assert g.dtype(q) == dtype and g.dtype(back) == "float32"
+        engine = _core.Engine(g, seed=0, backend=backend)
+        engine.define("f", inputs=[x], outputs=[q, back])
+        for values in (
+            rng.standard_normal((70, 16)) * 4,
+            halves.reshape(5, 16),
+            rng.standard_normal((3, 16)) * 1e3,
+        ):
+            values = values.astype(np.float32)
+            got_q, got_back = engine.run("f", [values])
+            want = reference_quantize(values, scale, zero_point, dtype)
+            assert got_q.dtype == want.dtype
+            np.testing.assert_array_equal(got_q, want)
+            np.testing.assert_array_equal(got_back, reference_dequantize(want, scale, zero_point))
+
+
+def dequantize_matches_the_reference(backend, rng):
+    for dtype, zero_point, scale in (("uint8", 7, 0.1), ("int8", 0, 3.5e-3)):
+        g = _core.Graph()
+        q = g.input("q", (-1, 5, 9), dtype)
+        x = g.op("dequantize", [q], {"scale": scale, "zero_point": zero_point})
+        engine = _core.Engine(g, seed=0, backend=backend)
+        engine.define("f", inputs=[q], outputs=[x])
+        for batch in (1, 4000):
+            values = random_quantized(rng, (batch, 5, 9), dtype)
+            (got,) = engine.run("f", [values])
+            np.testing.assert_array_equal(got, reference_dequantize(values, scale, zero_point))
+
+
+# (x dtype, zero point, relu, output dtype, output scale, output zero point, with bias)
+EPILOGUES = [
+    ("uint8", 131, False, "float32", 0.0, 0, True),
+    ("uint8", 0, True, "float32", 0.0, 0, False),
+    ("int8", -5, True, "uint8", 0.37, 3, True),
+    ("uint8", 255, False, "int8", 0.9, -7, True),
+]
+
+
+def product_inputs(g, rng, x_shape, w_shape, x_dtype, with_bias):
+    x = g.input("x", x_shape, x_dtype)
+    w = g.variable("w", w_shape, "int8")
+    scale = g.variable("scale", (w_shape[0],))
+    nodes = [x, w, scale]
+    values = {
+        "w": random_quantized(rng, w_shape, "int8"),
+        "scale": (rng.uniform(1e-4, 2e-3, w_shape[0])).astype(np.float32),
+    }
+    if with_bias:
+        nodes.append(g.variable("bias", (w_shape[0],)))
+        values["bias"] = rng.standard_normal(w_shape[0]).astype(np.float32)
+    return nodes, values
+
+
+def run_on_every_path(g, inputs, outputs, variables, feeds):
+    """The outputs of one run per int8 kernel path, by path name."""
+    results = {}
+    for path in int8_paths():
+        with int8_path(path):
+            engine = _core.Engine(g, seed=0, backend="cpu")
+            for name, value in variables.items():
+                engine.set_variable(name, value)
+            engine.define("f", inputs=inputs, outputs=outputs)
+            results[path] = engine.run("f", feeds)
+    return results
+
+
+def quantized_matmul_matches_the_reference_on_every_path(backend, rng):
+    # rows past a register tile, K past a group of 4, channels past a panel of 16; rank 3
+    for x_shape, batch, channels in (((-1, 37), 70, 21), ((-1, 3, 64), 2, 48), ((-1, 5), 1, 3)):
+        for x_dtype, zero_point, relu, out, out_scale, out_zero, with_bias in EPILOGUES:
+            g = _core.Graph()
+            nodes, variables = product_inputs(
+                g, rng, x_shape, (channels, x_shape[-1]), x_dtype, with_bias
+            )
+            attrs = {"zero_point": zero_point, "relu": relu, "dtype": out}
+            if out != "float32":
+                attrs.update(output_scale=out_scale, output_zero_point=out_zero)
+            y = g.op("quantized_matmul", nodes, attrs)
+            x = random_quantized(rng, (batch, *x_shape[1:]), x_dtype)
+            want = reference_quantized_matmul(
+                x,
+                variables["w"],
+                variables["scale"],
+                variables.get("bias"),
+                zero_point,
+                relu,
+                out,
+                out_scale,
+                out_zero,
+            )
+            for path, (got,) in run_on_every_path(g, [nodes[0]], [y], variables, [x]).items():
+                assert got.dtype == want.dtype, path
+                np.testing.assert_array_equal(got, want, err_msg=f"path {path}")
+
+
+CONVOLUTIONS = [  # (x shape, out channels, kernel, stride, padding, dilation)
+    ((2, 3, 9, 11), 20, (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((1, 5, 12, 10), 7, (3, 2), (2, 1), (0, 2), (1, 2)),
+    ((3, 16, 6, 6), 32, (1, 1), (1, 1), (0, 0), (1, 1)),
+]
+
+
+def quantized_conv2d_matches_the_reference_on_every_path(backend, rng):
+    for (shape, channels, kernel, stride, padding, dilation), epilogue in zip(
+        CONVOLUTIONS, EPILOGUES
+    ):
+        x_dtype, zero_point, relu, out, out_scale, out_zero, with_bias = epilogue
+        g = _core.Graph()
+        nodes, variables = product_inputs(
+            g, rng, (-1, *shape[1:]), (channels, shape[1], *kernel), x_dtype, with_bias
+        )
+        attrs = {
+            "zero_point": zero_point,
+            "relu": relu,
+            "dtype": out,
+            "stride": list(stride),
+            "padding": list(padding),
+            "dilation": list(dilation),
+        }
+        if out != "float32":
+            attrs.update(output_scale=out_scale, output_zero_point=out_zero)
+        y = g.op("quantized_conv2d", nodes, attrs)
+        x = random_quantized(rng, shape, x_dtype)
+        want = reference_quantized_conv2d(
+            x,
+            variables["w"],
+            variables["scale"],
+            variables.get("bias"),
+            zero_point,
+            stride,
+            padding,
+            dilation,
+            relu,
+            out,
+            out_scale,
+            out_zero,
+        )
+        results = run_on_every_path(g, [nodes[0]], [y], variables, [x])
+        assert "portable" in results
+        for path, (got,) in results.items():
+            assert got.shape == want.shape, path
+            np.testing.assert_array_equal(got, want, err_msg=f"path {path}")
+
+
+def an_unknown_or_missing_path_is_refused(backend, rng):
+    g = _core.Graph()
+    x = g.input("x", (-1, 4), "uint8")
+    w = g.variable("w", (2, 4), "int8")
+    s = g.variable("s", (2,))
+    y = g.op("quantized_matmul", [x, w, s], {})
+    for path in ("sse9", *(p for p in PATH_FLAGS if p not in int8_paths())):
+        with int8_path(path):
+            engine = _core.Engine(g, seed=0, backend=backend)
+            engine.define("f", inputs=[x], outputs=[y])
+            with pytest.raises(ValueError, match=f"GOMETAL_INT8_KERNEL.*{path}"):
+                engine.run("f", [np.zeros((1, 4), np.uint8)])
+
+
+SCENARIOS = [
+    ScenarioCase("quantize", "reference", quantize_matches_the_reference),
+    ScenarioCase("dequantize", "reference", dequantize_matches_the_reference),
+    ScenarioCase(
+        "quantized_matmul", "every-path", quantized_matmul_matches_the_reference_on_every_path
+    ),
+    ScenarioCase("quantized_matmul", "unknown-path", an_unknown_or_missing_path_is_refused),
+    ScenarioCase(
+        "quantized_conv2d", "every-path", quantized_conv2d_matches_the_reference_on_every_path
+    ),
+]
+
+U8 = Arg((4, 6), dtype="uint8", leaf="input")
+W8 = Arg((3, 6), dtype="int8", leaf="input")
+SCALE = Arg((3,), leaf="input")
+
+ERROR_CASES = [
+    ErrorCase(
+        "quantize", (Arg((2, 3)),), {"scale": 0.1}, ("dtype must be int8 or uint8",), "dtype"
+    ),
+    ErrorCase(
+        "quantize",
+        (Arg((2, 3)),),
+        {"scale": 0.0, "dtype": "uint8"},
+        ("scale must be a positive",),
+        "scale",
+    ),
+    ErrorCase(
+        "quantize",
+        (Arg((2, 3)),),
+        {"scale": 1.0, "dtype": "int8", "zero_point": 128},
+        (r"zero_point must lie in \[-128, 127\] for int8, got 128",),
+        "zero-point",
+    ),
+    ErrorCase(
+        "dequantize",
+        (Arg((2, 3)),),
+        {"scale": 1.0},
+        ("input must be int8 or uint8, got float32",),
+        "float",
+    ),
+    ErrorCase("quantized_matmul", (U8, W8), {}, ("takes 3 or 4 inputs",), "arity"),
+    ErrorCase(
+        "quantized_matmul", (U8, Arg((3, 6), leaf="input"), SCALE), {}, ("weight",), "float-weight"
+    ),
+    ErrorCase(
+        "quantized_matmul",
+        (U8, Arg((3, 5), dtype="int8", leaf="input"), SCALE),
+        {},
+        (r"\(4, 6\) x \(3, 5\)",),
+        "inner",
+    ),
+    ErrorCase(
+        "quantized_matmul",
+        (U8, W8, Arg((4,), leaf="input")),
+        {},
+        (r"scale must have shape \(3,\)",),
+        "scale",
+    ),
+    ErrorCase(
+        "quantized_matmul",
+        (U8, W8, SCALE),
+        {"dtype": "uint8"},
+        ("output_scale must be a positive",),
+        "requant",
+    ),
+    ErrorCase(
+        "quantized_matmul",
+        (U8, W8, SCALE),
+        {"dtype": "float16"},
+        ("must be float32, int8 or uint8",),
+        "out",
+    ),
+    ErrorCase(
+        "quantized_conv2d",
+        (
+            Arg((1, 4, 5, 5), dtype="uint8", leaf="input"),
+            Arg((4, 2, 3, 3), dtype="int8", leaf="input"),
+            Arg((4,), leaf="input"),
+        ),
+        {"groups": 2},
+        ("groups=1 only",),
+        "groups",
+    ),
+]
