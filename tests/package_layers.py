@@ -24,6 +24,7 @@ LAYER_RANKS = {
     "nn": 2,
     "train": 3,
     "models": 3,  # ready-made models built from nn, beside train/
+    "quantization": 3,  # int8 models built from a float model and calibration batches
     "io": 4,
     "data": 4,
     "text": 4,  # tokenizers and token files: data for language models, beside data/

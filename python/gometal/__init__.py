@@ -23,6 +23,8 @@ except ImportError as err:  # pragma: no cover - only without a built engine
         f"Original error: {err}"
     ) from err
 
+# Loaded at import: the int8 layers must be registered before a quantized model file loads.
+from . import quantization
 from .base.module_aliases import install_module_aliases as _install_module_aliases
 from .base.runtime import get_num_threads, set_num_threads
 from .io import serialization
@@ -33,6 +35,7 @@ from .nn.builder import ModelBuilder
 from .nn.layers.base import EmitContext
 from .nn.model import Model
 from .nn.tensor import Input, SymbolicTensor
+from .quantization import quantize
 from .train import callbacks, losses, metrics, optim, schedulers
 from .train import provided as _train_provided
 from .train.history import History
@@ -60,6 +63,8 @@ __all__ = [
     "onnx",
     "ops",
     "optim",
+    "quantization",
+    "quantize",
     "schedulers",
     "serialization",
     "set_num_threads",
