@@ -163,10 +163,10 @@ class RecurrentDecoder(EngineDecoder):
             inputs = [values[id(t)] for t in call.inputs]
             if type(call.layer) in RECURRENT_LAYERS:
                 h, c = next(states)
+                start = {} if from_zero else {"h0": h, "c0": c}
                 sequence, h_n, c_n = call.layer.emit_with_states(
-                    ctx, inputs[0], None if from_zero else h, None if from_zero else c,
-                    self.batch_size,
-                )  # fmt: skip
+                    ctx, inputs[0], batch_size=self.batch_size, **start
+                )
                 writes.append(op(g, "assign", h, h_n))
                 if c is not None:
                     writes.append(op(g, "assign", c, c_n))

@@ -15,11 +15,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ...graph.composites import const, matmul, op
+from ...graph.composites import matmul, op
 from ..initializers import Uniform, Zeros
 from ..tensor import show_dim
 from . import attention_ops as ao
 from .base import EmitContext, Layer, WeightSpec
+from .recurrent_graph import final_states, initial_state, join, mask_lengths
 from .registry import register_layer
 
 OUTPUTS = ("sequence", "last", "h_n", "c_n")
@@ -239,7 +240,7 @@ class _Recurrent(Layer):
         if self.lengths:
             lengths = op(g, "reshape", extra, shape=[-1])
         if self.key_padding_mask:
-            lengths = self._mask_lengths(ctx, extra)
+            lengths = mask_lengths(ctx.graph, extra, ctx.scope or self.kind)
         if self.stateful:
             # The states carried from the previous batch: variables, so no gradient reaches them.
             h0 = ctx.variable("state_h")
@@ -248,38 +249,46 @@ class _Recurrent(Layer):
         if self.stateful:
             self._carry(ctx, finals)
         if self.output == "sequence":
-            return self._join(g, sequences, 2)
+            return join(g, sequences, 2)
         if self.output == "last":
-            return self._join(g, finals["h_n"][-self.directions :], 1)
-        stacked = [op(g, "reshape", s, shape=[-1, 1, g.shape(s)[1]]) for s in finals[self.output]]
-        return self._join(g, stacked, 1)
+            return join(g, finals["h_n"][-self.directions :], 1)
+        return final_states(g, finals[self.output], None)
 
     def emit_with_states(
-        self, ctx: EmitContext, x: int, h0: int | None, c0: int | None, batch_size: int
+        self,
+        ctx: EmitContext,
+        x: int,
+        h0: int | None = None,
+        c0: int | None = None,
+        batch_size: int | None = None,
+        lengths: int | None = None,
     ) -> tuple[int, int, int | None]:
         """Emits the layer over ``x`` from the given states and returns its output sequence
-        with its final states, for a decoder that carries them between calls.
+        with its final states, all from one recurrence per layer and direction (a decoder
+        carries the states between calls this way).
 
         Args:
             ctx: the emission context, scoped to this layer.
-            x: the node of ``x`` ``(N, T, input_size)``, N being ``batch_size`` at run time.
-            h0: a node ``(batch_size, D*num_layers, H_out)``, or ``None`` for zeros.
-            c0: an LSTM's ``(batch_size, D*num_layers, H)``, or ``None`` for zeros.
-            batch_size: the rows of the states.
+            x: the node of ``x`` ``(N, T, input_size)``.
+            h0: a node ``(N, D*num_layers, H_out)``, or ``None`` for zeros.
+            c0: an LSTM's ``(N, D*num_layers, H)``, or ``None`` for zeros.
+            batch_size: N when the states have a known number of rows (variables), or
+                ``None`` for the batch of ``x``.
+            lengths: an int32 ``(N,)`` node of each sequence's length, or ``None``.
 
         Returns:
             ``(sequence, h_n, c_n)``: ``(N, T, D*H_out)`` as ``output="sequence"`` gives
-            it, ``(batch_size, D*num_layers, H_out)`` and an LSTM's ``(batch_size,
-            D*num_layers, H)`` (``None`` for the other cells).
+            it, ``(N, D*num_layers, H_out)`` and an LSTM's ``(N, D*num_layers, H)``
+            (``None`` for the other cells).
 
         Example:
-            >>> seq, h_n, c_n = lstm.emit_with_states(ctx, x, h, c, 4)  # doctest: +SKIP
+            >>> seq, h_n, c_n = lstm.emit_with_states(ctx, x, h, c, batch_size=4)  # doctest: +SKIP
         """
         g = ctx.graph
-        sequences, finals = self._stack(ctx, x, h0, c0, None, batch_size)
-        h_n = self._rows(g, finals["h_n"], batch_size)
-        c_n = self._rows(g, finals["c_n"], batch_size) if self._has_cell_state() else None
-        return self._join(g, sequences, 2), h_n, c_n
+        sequences, finals = self._stack(ctx, x, h0, c0, lengths, batch_size or -1)
+        h_n = final_states(g, finals["h_n"], batch_size)
+        c_n = final_states(g, finals["c_n"], batch_size) if self._has_cell_state() else None
+        return join(g, sequences, 2), h_n, c_n
 
     def _stack(
         self, ctx: EmitContext, x: int, h0: Any, c0: Any, lengths: Any, rows: int
@@ -291,7 +300,7 @@ class _Recurrent(Layer):
         sequences: list[int] = []
         for layer in range(self.num_layers):
             if layer > 0:
-                layer_input = ao.dropout(ctx, self._join(g, sequences, 2), self.dropout)
+                layer_input = ao.dropout(ctx, join(g, sequences, 2), self.dropout)
             sequences = []
             for direction in range(self.directions):
                 index = layer * self.directions + direction
@@ -301,50 +310,14 @@ class _Recurrent(Layer):
                     layer_input,
                     suffix,
                     direction == 1,
-                    self._state(g, h0, index, self.output_size, rows),
-                    self._state(g, c0, index, self.hidden_size, rows),
+                    initial_state(g, h0, index, self.output_size, rows),
+                    initial_state(g, c0, index, self.hidden_size, rows),
                     lengths,
                 )
                 sequences.append(sequence)
                 finals["h_n"].append(h_end)
                 finals["c_n"].append(c_end)
         return sequences, finals
-
-    def _mask_lengths(self, ctx: EmitContext, mask: int) -> int:
-        """Each row's length (N,) int32 from a key_padding_mask (N, T), which the step checks
-        to hold 0 and 1 with the padding a suffix of each row, naming the first row and step
-        that break it (the mask's values are only known when the step runs)."""
-        g, label = ctx.graph, ctx.scope or self.kind
-        values = op(
-            g,
-            "check_range",
-            mask,
-            low=0.0,
-            high=1.0,
-            label=label,
-            message="key_padding_mask must hold 1 at padded steps and 0 elsewhere",
-        )
-        kept = op(g, "sum", op(g, "sub", const(g, 1.0), mask), axes=[1])
-        # The suffix of padding after `kept` steps: the mask must equal it. Adding `values`
-        # orders the checks, so a value outside {0, 1} is reported as such.
-        steps = op(g, "cast", op(g, "positions", mask, axis=1), dtype="float32")
-        suffix = op(g, "greater_equal", steps, op(g, "reshape", kept, shape=[-1, 1]))
-        misplaced = op(g, "add", op(g, "sub", mask, suffix), values)
-        order = op(
-            g,
-            "check_range",
-            misplaced,
-            low=0.0,
-            high=0.0,
-            label=label,
-            message="key_padding_mask must pad the end of each row only (no 0 after a 1): "
-            "a padded step before a kept one",
-        )
-        return op(g, "cast", op(g, "add", kept, order), dtype="int32")
-
-    @staticmethod
-    def _join(g: Any, parts: list[int], axis: int) -> int:
-        return parts[0] if len(parts) == 1 else op(g, "concat", *parts, axis=axis)
 
     def _check_dtypes(self, g: Any, x: int, h0: Any, c0: Any, extra: Any) -> None:
         for what, node in (("x", x), ("h0", h0), ("c0", c0)):
@@ -356,31 +329,13 @@ class _Recurrent(Layer):
                 which = "lengths" if self.lengths else "key_padding_mask"
                 raise ValueError(f"expects {which} as {want}, got {g.dtype(extra)}")
 
-    @staticmethod
-    def _state(g: Any, states: Any, index: int, width: int, rows: int) -> int:
-        """Layer-direction `index`'s initial state (N, width): zeros unless given."""
-        if states is None:
-            return op(g, "broadcast_to", const(g, 0.0), shape=[-1, width])
-        one = op(g, "slice", states, axis=1, start=index, end=index + 1)
-        return op(g, "reshape", one, shape=[rows, width])
-
     def _carry(self, ctx: EmitContext, finals: dict[str, list[int]]) -> None:
         """Writes the final states into a stateful layer's state variables (in training)."""
         g = ctx.graph
         for key, name in (("h_n", "state_h"), ("c_n", "state_c")):
             if ctx.training and ctx.has_variable(name):
-                rows = self._rows(g, finals[key], self.batch_size)
+                rows = final_states(g, finals[key], self.batch_size)
                 ctx.effects.append(op(g, "assign", ctx.variable(name), rows))
-
-    def _rows(self, g: Any, ends: list[int], batch_size: int) -> int:
-        """Final states (N, W) of every layer and direction as (batch_size, D*num_layers, W)."""
-        rows = []
-        for end in ends:
-            # sequence_end of a one-step sequence is the identity: `rows` gives the known batch.
-            one_step = op(g, "reshape", end, shape=[-1, 1, g.shape(end)[1]])
-            state = op(g, "sequence_end", one_step, rows=batch_size)
-            rows.append(op(g, "reshape", state, shape=[batch_size, 1, g.shape(end)[1]]))
-        return self._join(g, rows, 1)
 
     def _direction(
         self, ctx: EmitContext, x: int, suffix: str, reverse: bool, h0: int, c0: int, lengths: Any

@@ -1,0 +1,83 @@
+"""Graph pieces of the recurrent layers (``recurrent.py``) around their ``recurrence`` ops:
+each row's length from a key-padding mask, checked when the step runs; one layer and
+direction's initial state; the final states stacked as ``(N, D*num_layers, W)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...graph.composites import const, op
+
+
+def join(g: Any, parts: list[int], axis: int) -> int:
+    """``parts`` concatenated along ``axis`` (the one part itself when alone)."""
+    return parts[0] if len(parts) == 1 else op(g, "concat", *parts, axis=axis)
+
+
+def mask_lengths(g: Any, mask: int, label: str) -> int:
+    """Each row's length (N,) int32 from a key_padding_mask (N, T) holding 1 at padded steps.
+
+    The step checks that the mask holds 0 and 1 only, with the padding a suffix of each row,
+    and otherwise raises naming ``label``, the first row and step that break it (the mask's
+    values are only known when the step runs).
+
+    Args:
+        g: the graph.
+        mask: the mask's node, float32 ``(N, T)``.
+        label: the layer's name for messages.
+
+    Returns:
+        The lengths' node.
+
+    Example:
+        >>> lengths = mask_lengths(g, mask, "lstm_0")  # doctest: +SKIP
+    """
+    values = op(
+        g,
+        "check_range",
+        mask,
+        low=0.0,
+        high=1.0,
+        label=label,
+        message="key_padding_mask must hold 1 at padded steps and 0 elsewhere",
+    )
+    kept = op(g, "sum", op(g, "sub", const(g, 1.0), mask), axes=[1])
+    # The suffix of padding after `kept` steps: the mask must equal it. Adding `values`
+    # orders the checks, so a value outside {0, 1} is reported as such.
+    steps = op(g, "cast", op(g, "positions", mask, axis=1), dtype="float32")
+    suffix = op(g, "greater_equal", steps, op(g, "reshape", kept, shape=[-1, 1]))
+    misplaced = op(g, "add", op(g, "sub", mask, suffix), values)
+    order = op(
+        g,
+        "check_range",
+        misplaced,
+        low=0.0,
+        high=0.0,
+        label=label,
+        message="key_padding_mask must pad the end of each row only (no 0 after a 1): "
+        "a padded step before a kept one",
+    )
+    return op(g, "cast", op(g, "add", kept, order), dtype="int32")
+
+
+def initial_state(g: Any, states: Any, index: int, width: int, rows: int) -> int:
+    """Layer-direction ``index``'s initial state (rows, width) from ``states`` (N,
+    D*num_layers, width), or zeros when ``states`` is None."""
+    if states is None:
+        return op(g, "broadcast_to", const(g, 0.0), shape=[-1, width])
+    one = op(g, "slice", states, axis=1, start=index, end=index + 1)
+    return op(g, "reshape", one, shape=[rows, width])
+
+
+def final_states(g: Any, ends: list[int], batch_size: int | None) -> int:
+    """Final states (N, W) of every layer and direction as (N, D*num_layers, W), with
+    ``batch_size`` rows when given (the shape of state variables)."""
+    rows = []
+    for end in ends:
+        one_step = op(g, "reshape", end, shape=[-1, 1, g.shape(end)[1]])
+        if batch_size is not None:
+            # sequence_end of a one-step sequence is the identity: `rows` gives the batch.
+            state = op(g, "sequence_end", one_step, rows=batch_size)
+            one_step = op(g, "reshape", state, shape=[batch_size, 1, g.shape(end)[1]])
+        rows.append(one_step)
+    return join(g, rows, 1)
