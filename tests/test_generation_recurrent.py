@@ -248,3 +248,14 @@ def test_a_stateful_model_generates_from_zero_states_whatever_its_training_carri
     prompt = np.array([[6, 2, 9], [0, 3, 3]], np.int32)
     want, _ = _torch_greedy(module, prompt, 10)
     np.testing.assert_array_equal(model.generate(prompt, 10, greedy=True), want)
+
+
+def test_a_saved_and_loaded_recurrent_model_generates_the_same_tokens(tmp_path):
+    _, model = paired_models("gru", 2)
+    model.save(tmp_path / "char_gru.safetensors")
+    loaded = gm.load_model(tmp_path / "char_gru.safetensors")
+    prompt = np.array([[5, 1, 7]], np.int32)
+    seen = []
+    tokens = loaded.generate(prompt, 9, top_k=3, seed=5, on_token=lambda s, t: seen.append(t))
+    np.testing.assert_array_equal(tokens, model.generate(prompt, 9, top_k=3, seed=5))
+    np.testing.assert_array_equal(np.concatenate(seen), tokens[0, 3:])
