@@ -79,8 +79,10 @@ def test_the_digits_cnn_keeps_its_accuracy(digits, digits_cnn, method):
     x_train, x_test, _, y_test = digits
     images = x_train.reshape(-1, 1, 8, 8)
     quantized = gm.quantize(digits_cnn, images[:512], method=method)
-    kinds = [type(layer) for layer in quantized.layers]
-    assert kinds.count(QuantizedConv2D) == 3 and kinds.count(QuantizedDense) == 2
+    kinds = [type(layer).__name__ for layer in quantized.layers]
+    # Each conv's batch norm and relu run inside its int8 kernel, as the dense's relu does.
+    assert kinds.count("QuantizedConv2D") == 3 and kinds.count("QuantizedDense") == 2
+    assert "BatchNorm" not in kinds and "ReLU" not in kinds
     check_close_to_float(digits_cnn, quantized, x_test.reshape(-1, 1, 8, 8), y_test)
 
 
@@ -218,3 +220,47 @@ def test_quantized_layers_refuse_bad_parameters():
         QuantizedDense(4, input_scale=0.1, input_zero_point=300)
     with pytest.raises(ValueError, match="input_scale must be a positive finite number, got 0.0"):
         QuantizedConv2D(4, (3, 3), 0.0, 0)
+
+
+def conv_batch_norm_relu(outputs_too: bool):
+    x = gm.Input((2, 6, 6))
+    conv = gm.layers.Conv2D(4, 3, padding=1)(x)
+    y = gm.layers.ReLU()(gm.layers.BatchNorm()(conv))
+    model = gm.Model(x, [y, conv] if outputs_too else gm.layers.Flatten()(y), seed=0)
+    rng = np.random.default_rng(1)
+    model.get_layer("batch_norm_0").set_weights(
+        {
+            "weight": rng.uniform(0.5, 2, 4),
+            "bias": rng.standard_normal(4),
+            "running_mean": rng.standard_normal(4),
+            "running_var": rng.uniform(0.2, 3, 4),
+        }
+    )
+    return model, rng.standard_normal((32, 2, 6, 6)).astype(np.float32)
+
+
+def test_a_batch_norm_folds_into_the_convolution():
+    model, x = conv_batch_norm_relu(outputs_too=False)
+    quantized = gm.quantize(model, x)
+    assert [type(layer).__name__ for layer in quantized.layers] == ["QuantizedConv2D", "Flatten"]
+    conv = quantized.get_layer("conv2d_0")
+    assert conv.relu
+    norm, float_conv = (model.get_layer(n).get_weights() for n in ("batch_norm_0", "conv2d_0"))
+    # y = (conv(x) + b - mean) * gamma / sqrt(var + eps) + beta, eps = 1e-5
+    factor = norm["weight"] / np.sqrt(norm["running_var"].astype(np.float64) + 1e-5)
+    folded_weight = float_conv["weight"] * factor[:, None, None, None]
+    folded_bias = (float_conv["bias"] - norm["running_mean"]) * factor + norm["bias"]
+    got = conv.get_weights()
+    scales = got["weight_scale"][:, None, None, None]
+    assert np.all(np.abs(got["weight"] * scales - folded_weight) <= scales / 2 + 1e-7)
+    np.testing.assert_allclose(got["bias"], folded_bias, rtol=1e-5, atol=1e-6)
+    float_out, int8_out = model.predict(x), quantized.predict(x)
+    assert np.abs(int8_out - float_out).max() <= 0.05 * np.abs(float_out).max()
+
+
+def test_a_convolution_read_elsewhere_keeps_its_batch_norm():
+    model, x = conv_batch_norm_relu(outputs_too=True)
+    quantized = gm.quantize(model, x)
+    kinds = [type(layer).__name__ for layer in quantized.layers]
+    assert kinds == ["QuantizedConv2D", "BatchNorm", "ReLU"]
+    assert not quantized.get_layer("conv2d_0").relu

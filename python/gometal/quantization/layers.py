@@ -17,6 +17,7 @@ from ..graph.composites import op
 from ..nn.initializers import named_initializer
 from ..nn.layers.base import EmitContext, Layer, WeightSpec
 from ..nn.layers.registry import register_layer
+from . import onnx_rules
 
 ACTIVATION_DTYPES = ("uint8", "int8")
 ACTIVATION_RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
@@ -120,7 +121,7 @@ class _QuantizedProduct(Layer):
         }
 
 
-@register_layer
+@register_layer(onnx=onnx_rules.quantized_dense)
 class QuantizedDense(_QuantizedProduct):
     """``Dense`` with int8 weights and a quantized input: ``relu?(dequant(q(x) @ w_q.T) + bias)``.
 
@@ -167,7 +168,7 @@ class QuantizedDense(_QuantizedProduct):
         return {**super().get_config(), "units": self.out_channels}
 
 
-@register_layer
+@register_layer(onnx=onnx_rules.quantized_conv2d)
 class QuantizedConv2D(_QuantizedProduct):
     """``Conv2D`` (groups 1, NCHW) with int8 weights and a quantized input; padding reads
     the input's zero point, a real zero.

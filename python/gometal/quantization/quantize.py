@@ -27,6 +27,7 @@ from .calibration import (
     observers_for,
     symmetric_weights,
 )
+from .folding import Chain, folded_weights, plan_chains
 from .layers import ACTIVATION_DTYPES, QuantizedConv2D, QuantizedDense
 
 # Activations the int8 kernels fuse into their epilogue.
@@ -46,9 +47,11 @@ def quantize(
     """Static post-training quantization: a new model whose ``Dense`` and ``Conv2D``
     layers compute in int8 (int32 sums) and whose other layers stay float32.
 
-    Layers that cannot be quantized (a ``Conv2D`` with groups, an activation other than
-    relu) are kept float and named in a ``UserWarning``; excluded layers are kept float
-    silently.
+    A ``BatchNorm`` right after a quantized ``Conv2D`` folds into its weights, and a
+    ``ReLU`` right after either moves into the int8 kernel (``folding.plan_chains``): those
+    layers are absent from the quantized model. Layers that cannot be quantized (a
+    ``Conv2D`` with groups, an activation other than relu) are kept float and named in a
+    ``UserWarning``; excluded layers are kept float silently.
 
     Args:
         model: the float model.
@@ -236,15 +239,14 @@ def copy_layer(layer: Layer) -> Layer:
     return type(layer).from_config(layer.get_config())
 
 
-def quantized_layer(layer: Layer, scale: float, zero_point: int, dtype: str) -> Layer:
-    """The int8 layer taking ``layer``'s place."""
-    config = layer.get_config()
+def quantized_layer(layer: Layer, scale: float, zero_point: int, dtype: str, chain: Chain) -> Layer:
+    """The int8 layer taking the place of ``layer`` and the calls its chain absorbs."""
     common = {
         "input_scale": scale,
         "input_zero_point": zero_point,
         "input_dtype": dtype,
-        "use_bias": config["use_bias"],
-        "relu": config.get("activation") == "relu",
+        "use_bias": layer.get_config()["use_bias"] or chain.batch_norm is not None,
+        "relu": chain.relu,
         "name": layer.name,
     }
     if isinstance(layer, Dense):
@@ -266,15 +268,22 @@ def rebuild_quantized(
     dtype: str,
     per_channel: bool,
 ) -> Model:
-    """Traces the quantized model over new inputs and fills its weights."""
-    target_ids = {id(layer) for layer in targets}
+    """Traces the quantized model over new inputs and fills its weights; the calls a
+    quantized layer absorbs (``folding.plan_chains``) are left out."""
+    chains = plan_chains(model, targets)
+    absorbed = {id(call) for chain in chains.values() for call in chain.absorbed}
+    gone = {id(call.layer) for chain in chains.values() for call in chain.absorbed}
     replacements: dict[int, Layer] = {}
     weights: dict[str, np.ndarray] = {}
     for layer in model.layers:
         name = str(layer.name)
+        if id(layer) in gone:
+            continue
         values = layer.get_weights()
-        if id(layer) in target_ids:
-            replacements[id(layer)] = quantized_layer(layer, *parameters[name], dtype)
+        chain = chains.get(id(layer))
+        if chain is not None:
+            replacements[id(layer)] = quantized_layer(layer, *parameters[name], dtype, chain)
+            values = folded_weights(layer, chain)
             quantized, scales = symmetric_weights(values["weight"], per_channel)
             values = {**values, "weight": quantized, "weight_scale": scales}
         else:
@@ -284,6 +293,9 @@ def rebuild_quantized(
     inputs = [Input(tuple(t.shape[1:]), name=t.name, dtype=t.dtype) for t in model.inputs]
     tensors = {id(old): new for old, new in zip(model.inputs, inputs)}
     for call in model.graph.calls:
+        if id(call) in absorbed:
+            tensors[id(call.output)] = tensors[id(call.inputs[0])]
+            continue
         new_inputs = [tensors[id(t)] for t in call.inputs]
         layer = replacements[id(call.layer)]
         tensors[id(call.output)] = layer(
