@@ -204,15 +204,16 @@ class ServerProcess:
             raise AssertionError(f"the server did not stop after {sig}:\n{self.stderr()}")
 
 
-def running_server(repository: Path, log_dir: Path) -> Iterator[ServerProcess]:
-    """A live server on ``repository`` for a fixture to yield; it must stop cleanly after.
+def running_server(repository: Path, log_dir: Path, *args: str) -> Iterator[ServerProcess]:
+    """A live server on ``repository`` (``args``: further command-line arguments) for a
+    fixture to yield; it must stop cleanly after.
 
     Example:
         >>> @pytest.fixture(scope="module")
         ... def server(repository, tmp_path_factory):
         ...     yield from running_server(repository, tmp_path_factory.mktemp("logs"))
     """
-    process = ServerProcess(repository, log_dir)
+    process = ServerProcess(repository, log_dir, *args)
     process.wait_live()
     yield process
     assert process.stop() == 0, process.stderr()

@@ -22,8 +22,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from serving_helpers import ServerProcess, batch_histogram, offline, write_repository
 
 CLIENTS = 32
-# The load is 32 x 100; 25 each keeps the suite short on a two-core machine.
-REQUESTS_PER_CLIENT = 25
+REQUESTS_PER_CLIENT = 100  # the load: 32 clients x 100 requests
 RTOL, ATOL = 1e-5, 1e-6
 
 

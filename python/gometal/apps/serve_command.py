@@ -130,6 +130,13 @@ def add_serve_command(commands: Any) -> None:
         "loop keeps)",
     )
     serve.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="start without compiling each model's plans for its batch sizes (a first "
+        "request of each size then waits for its plan)",
+    )
+    serve.add_argument(
         "--api-key",
         default=None,
         help=f"bearer token clients must send (default: ${API_KEY_ENV}); required when --host "
@@ -168,6 +175,7 @@ def run_serve(args: argparse.Namespace) -> int:
             api_key=api_key or None,
             max_body_bytes=int(args.max_body_mb * BYTES_PER_MB),
             threads=args.threads,
+            warmup=args.warmup,
         )
     except (RepositoryError, ValueError) as err:
         print(f"gometal serve: {err}", file=sys.stderr)

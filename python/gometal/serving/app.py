@@ -61,6 +61,7 @@ class ServerSettings:
         max_body_bytes: the largest request body; larger ones get 413 unread.
         body_timeout_s: seconds a request body may take to arrive.
         api_key: the bearer token every request must carry, or ``None``.
+        warmup: compile each model's plans for the batch sizes it will run at start.
     """
 
     max_batch_size: int = 64
@@ -70,6 +71,7 @@ class ServerSettings:
     max_body_bytes: int = 16 * 1024 * 1024
     body_timeout_s: float = 30.0
     api_key: str | None = None
+    warmup: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "instances", "max_queue", "max_body_bytes"):
@@ -145,7 +147,7 @@ def create_app(
     if not isinstance(repository, ModelRepository):
         repository = ModelRepository(repository)
     metrics = ServingMetrics(settings.max_batch_size)
-    models = ServedModels(repository, settings.batching(), metrics)
+    models = ServedModels(repository, settings.batching(), metrics, settings.warmup)
     slots = UploadSlots(settings.max_queue)
     policy = host_policy if host_policy is not None else HostPolicy.for_bind("127.0.0.1")
 
@@ -252,7 +254,11 @@ def create_app(
     @app.post("/v2/models/{name}/versions/{version}/generate")
     async def generate(request: Request, name: str, version: str | None = None) -> JSONResponse:
         served, text, parameters = await parse_generate(request, name, version)
-        output = await anyio.to_thread.run_sync(served.generator.generate, text, parameters)
+        served.generator.admit(name)
+        try:
+            output = await anyio.to_thread.run_sync(served.generator.generate, text, parameters)
+        finally:
+            served.generator.release()
         answer = {"model_name": name, "model_version": str(served.version), "text_output": output}
         return JSONResponse(answer)
 
@@ -261,8 +267,9 @@ def create_app(
     async def generate_stream(request: Request, name: str, version: str | None = None) -> Response:
         served, text, parameters = await parse_generate(request, name, version)
         counter = metrics.streamed_token_counter(name, served.version)
+        served.generator.admit(name)
         stream = TokenStream(served.generator, text, parameters, counter)
-        stream.start()
+        stream.start(on_end=served.generator.release)
         return await event_stream_response(stream, name, served.version)
 
     return app

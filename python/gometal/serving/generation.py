@@ -22,13 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import ProtocolError
+from ..viz.server_guard import UploadSlots
+from .protocol import RETRY_AFTER_S, ProtocolError
 
-__all__ = ["MAX_NEW_TOKENS", "TOKENIZER_FILE", "TextGenerator"]
+__all__ = ["DEFAULT_MAX_WAITING", "MAX_NEW_TOKENS", "TOKENIZER_FILE", "TextGenerator"]
 
 TOKENIZER_FILE = "tokenizer.json"
 MAX_NEW_TOKENS = 4096  # one request may not hold the model for longer than this
 DEFAULT_NEW_TOKENS = 64
+DEFAULT_MAX_WAITING = 256  # requests waiting behind the one generating, per model version
 # Parameter -> (accepted types, description for messages).
 _PARAMETERS: dict[str, tuple[tuple[type, ...], str]] = {
     "max_tokens": ((int,), f"an int in [0, {MAX_NEW_TOKENS}]"),
@@ -47,9 +49,13 @@ def _bad(message: str) -> ProtocolError:
 class TextGenerator:
     """Generates text with a language model and its tokenizer, one request at a time.
 
+    Requests wait their turn; at most ``max_waiting`` wait at once (:meth:`admit` refuses
+    the next with a 503), so a burst of clients cannot grow the server without bound.
+
     Args:
         model: a model from ``(N, block)`` int32 ids to ``(N, block, vocab)`` logits.
         tokenizer: its tokenizer (``gometal.text``).
+        max_waiting: the most requests waiting behind the one generating.
 
     Example:
         >>> generator = TextGenerator.for_version(model, Path("run/model.safetensors"))  # doctest: +SKIP
@@ -57,15 +63,42 @@ class TextGenerator:
         'def main'
     """
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, max_waiting: int = DEFAULT_MAX_WAITING) -> None:
+        if isinstance(max_waiting, bool) or not isinstance(max_waiting, int) or max_waiting < 1:
+            raise ValueError(f"max_waiting must be an int >= 1, got {max_waiting!r}")
         self.model = model
         self.tokenizer = tokenizer
+        self.max_waiting = max_waiting
         self.lock = threading.Lock()  # decoding holds the model's KV cache: one at a time
+        self._slots = UploadSlots(max_waiting + 1)  # the one generating, and those waiting
+
+    def admitted(self) -> int:
+        """The requests admitted and not finished: the one generating and those waiting."""
+        return self._slots.in_use
+
+    def admit(self, model_name: str) -> None:
+        """Admits one request (event loop only); :meth:`release` it when it has ended.
+
+        Raises:
+            ProtocolError: 503 with ``Retry-After`` when ``max_waiting`` requests wait.
+        """
+        if not self._slots.try_acquire():
+            raise ProtocolError(
+                503, f"model {model_name!r} is overloaded: {self.max_waiting} generate requests "
+                f"are waiting, the most allowed (max_queue); retry after {RETRY_AFTER_S} s",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )  # fmt: skip
+
+    def release(self) -> None:
+        """Ends a request :meth:`admit` took (event loop only)."""
+        self._slots.release()
 
     @classmethod
-    def for_version(cls, model: Any, path: Path | None) -> TextGenerator | None:
+    def for_version(
+        cls, model: Any, path: Path | None, max_waiting: int = DEFAULT_MAX_WAITING
+    ) -> TextGenerator | None:
         """The generator of a model version whose folder holds ``tokenizer.json`` and whose
-        model takes token ids, or ``None``."""
+        model takes token ids (``max_waiting`` as for the class), or ``None``."""
         if path is None or not (path.parent / TOKENIZER_FILE).is_file():
             return None
         signature = model.input_signature
@@ -74,7 +107,7 @@ class TextGenerator:
             return None
         from ..text import load_tokenizer
 
-        return cls(model, load_tokenizer(path.parent / TOKENIZER_FILE))
+        return cls(model, load_tokenizer(path.parent / TOKENIZER_FILE), max_waiting)
 
     def parse(self, body: bytes) -> tuple[str, dict[str, Any]]:
         """The prompt and the generation parameters of a request body.

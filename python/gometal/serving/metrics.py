@@ -6,6 +6,8 @@
 - ``gometal_inference_batch_size{model, version}``: rows per merged batch.
 - ``gometal_inference_queue_depth{model, version}``: requests waiting now.
 - ``gometal_streamed_tokens_total{model, version}``: tokens generated for ``generate_stream``.
+- ``gometal_generate_requests{model, version}``: generate requests admitted and not finished
+  (the one generating and those waiting).
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ class ServingMetrics:
             labels, registry=self.registry,
         )  # fmt: skip
 
+        self.generate_requests = Gauge(
+            "gometal_generate_requests",
+            "Generate requests admitted and not finished (generating or waiting)",
+            labels, registry=self.registry,
+        )  # fmt: skip
         self._request_counters: dict[tuple[str, int | str, int], Any] = {}
         self.streamed_tokens = Counter(
             "gometal_streamed_tokens", "Tokens generated for generate_stream requests",
@@ -101,6 +108,10 @@ class ServingMetrics:
     def watch_queue(self, model: str, version: int, depth: Callable[[], int]) -> None:
         """Reports ``depth()`` as the queue depth of a model version at each scrape."""
         self.queue_depth.labels(model, str(version)).set_function(depth)
+
+    def watch_generations(self, model: str, version: int, admitted: Callable[[], int]) -> None:
+        """Reports ``admitted()`` as the generate requests of a model version at each scrape."""
+        self.generate_requests.labels(model, str(version)).set_function(admitted)
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format."""

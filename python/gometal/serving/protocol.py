@@ -28,6 +28,7 @@ __all__ = [
     "DATATYPES",
     "ENGINE_DATATYPES",
     "HEADER_LENGTH",
+    "RETRY_AFTER_S",
     "InferRequest",
     "ProtocolError",
     "RequestTensor",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+RETRY_AFTER_S = 1  # the Retry-After of a 503: the server is overloaded or draining
 # Open Inference Protocol datatypes -> NumPy (little-endian, as the binary extension is).
 DATATYPES = {
     "BOOL": np.dtype(np.bool_),

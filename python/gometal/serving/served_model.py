@@ -5,13 +5,16 @@ Merged batches are padded up to the next power of two (at most ``max_batch_size`
 engine compiles a plan per batch size and keeps a few per function, so a handful of
 sizes stays compiled instead of one plan per size a merge happens to produce. Padding
 repeats a real row and its outputs are dropped; rows never affect each other in
-inference, so each request gets what ``model.predict`` gives it alone.
+inference, so each request gets what ``model.predict`` gives it alone. Those plans are
+compiled when the server starts (:func:`warmup_batch_sizes`), so no request waits for one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,13 +24,25 @@ from .batcher import BatcherClosed, DynamicBatcher, QueueFull
 from .generation import TextGenerator
 from .images import ImageInput
 from .metrics import ServingMetrics
-from .protocol import BYTES_DTYPE, ENGINE_DATATYPES, InferRequest, ProtocolError
+from .protocol import BYTES_DTYPE, ENGINE_DATATYPES, RETRY_AFTER_S, InferRequest, ProtocolError
 from .repository import ModelRepository
 
-__all__ = ["PLATFORM", "RETRY_AFTER_S", "ServedModels", "ServedVersion", "padded_rows"]
+__all__ = [
+    "ENGINE_PLANS_KEPT",
+    "PLATFORM",
+    "RETRY_AFTER_S",
+    "ServedModels",
+    "ServedVersion",
+    "padded_rows",
+    "warmup_batch_sizes",
+]
 
 PLATFORM = "gometal"
-RETRY_AFTER_S = 1
+# The plans the engine keeps per function (kMaxPlansPerFunction in gometal/engine.h):
+# compiling more at start would only evict the first ones.
+ENGINE_PLANS_KEPT = 8
+
+_log = logging.getLogger(__name__)
 
 
 def padded_rows(rows: int, max_batch_size: int) -> int:
@@ -41,6 +56,21 @@ def padded_rows(rows: int, max_batch_size: int) -> int:
     while size < rows:
         size *= 2
     return min(size, max(max_batch_size, rows))
+
+
+def warmup_batch_sizes(max_batch_size: int) -> list[int]:
+    """The batch sizes merged batches run at (every :func:`padded_rows` of 1 to
+    ``max_batch_size``), the largest :data:`ENGINE_PLANS_KEPT` of them, ascending.
+
+    Example:
+        >>> warmup_batch_sizes(64), warmup_batch_sizes(48)
+        ([1, 2, 4, 8, 16, 32, 64], [1, 2, 4, 8, 16, 32, 48])
+    """
+    sizes, size = [], 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_batch_size][-ENGINE_PLANS_KEPT:]
 
 
 def _as_output_list(result: Any, names: tuple[str, ...]) -> list[np.ndarray]:
@@ -62,6 +92,8 @@ class ServedVersion:
         metrics: where batches are counted.
         user_metadata: the model file's metadata: with a recorded image
             ``preprocessing``, the image input also takes JPEG or PNG files as ``BYTES``.
+        warmup: compile each instance's plans for :func:`warmup_batch_sizes` now (models
+            whose inputs have a dimension each request chooses are not warmed up).
 
     Example:
         >>> served = ServedVersion("mlp", 1, model, settings, metrics)  # doctest: +SKIP
@@ -77,6 +109,7 @@ class ServedVersion:
         settings: Mapping[str, Any],
         metrics: ServingMetrics,
         user_metadata: Mapping[str, Any] | None = None,
+        warmup: bool = False,
     ) -> None:
         self.name = name
         self.version = version
@@ -93,8 +126,13 @@ class ServedVersion:
         self.images = ImageInput.for_model(model, user_metadata or {})
         self.generator: TextGenerator | None = None  # set for language models
         instances = [model] + [copy.deepcopy(model) for _ in range(int(settings["instances"]) - 1)]
+        runners = [self._runner(instance) for instance in instances]
+        self.warmed_up: list[int] = []  # the batch sizes compiled at start, and how long
+        self.warmup_s = 0.0
+        if warmup:
+            self._warm_up(runners, [inputs.dtype(i) for i in range(len(inputs.names))])
         self.batcher = DynamicBatcher(
-            [self._runner(instance) for instance in instances],
+            runners,
             max_batch_size=self.max_batch_size,
             max_queue_delay_s=float(settings["max_queue_delay_ms"]) / 1000.0,
             max_queue=int(settings["max_queue"]),
@@ -116,6 +154,23 @@ class ServedVersion:
             return [out[:rows] for out in _as_output_list(result, self.output_names)]
 
         return run
+
+    def _warm_up(self, runners: list[Any], dtypes: list[str]) -> None:
+        if any(d < 0 for shape in self.input_shapes for d in shape):
+            return  # a dimension each request chooses: no size to compile ahead
+        sizes = warmup_batch_sizes(self.max_batch_size)
+        started = time.perf_counter()
+        try:
+            for run in runners:
+                for size in sizes:
+                    run([np.zeros((size, *shape), dtype) for shape, dtype in
+                         zip(self.input_shapes, dtypes)])  # fmt: skip
+        except Exception as err:  # noqa: BLE001  (it still serves: the plans compile later)
+            _log.warning("%s/%s: warm-up failed (%s: %s)", self.name, self.version,
+                         type(err).__name__, err)  # fmt: skip
+            return
+        self.warmed_up = sizes
+        self.warmup_s = time.perf_counter() - started
 
     def _non_finite_rows(self, inputs: list[np.ndarray]) -> dict[int, Exception]:
         """The rows of a merged batch holding NaN or infinity, each with its refusal
@@ -257,6 +312,7 @@ class ServedModels:
         repository: the loaded repository.
         batching: the server's batching settings (a model's ``config.json`` overrides them).
         metrics: where batches are counted.
+        warmup: compile each version's plans for its batch sizes now.
 
     Attributes:
         served: ``(name, version)`` -> :class:`ServedVersion`, for the versions that loaded.
@@ -264,7 +320,11 @@ class ServedModels:
     """
 
     def __init__(
-        self, repository: ModelRepository, batching: Mapping[str, Any], metrics: ServingMetrics
+        self,
+        repository: ModelRepository,
+        batching: Mapping[str, Any],
+        metrics: ServingMetrics,
+        warmup: bool = False,
     ) -> None:
         self.repository = repository
         self.served: dict[tuple[str, int], ServedVersion] = {}
@@ -275,9 +335,13 @@ class ServedModels:
             for version, item in entry.versions.items():
                 if item.ready:
                     served = ServedVersion(
-                        name, version, item.model, settings, metrics, item.user_metadata
+                        name, version, item.model, settings, metrics, item.user_metadata, warmup
                     )
-                    served.generator = TextGenerator.for_version(item.model, item.path)
+                    served.generator = TextGenerator.for_version(
+                        item.model, item.path, max_waiting=int(settings["max_queue"])
+                    )
+                    if served.generator is not None:
+                        metrics.watch_generations(name, version, served.generator.admitted)
                     self.served[(name, version)] = served
         self.draining = False
 

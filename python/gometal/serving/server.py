@@ -110,6 +110,7 @@ def serve(
     allowed_hosts: Sequence[str] = (),
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
     threads: int | None = None,
+    warmup: bool = True,
 ) -> None:
     """Serves a model repository over the Open Inference Protocol until SIGTERM or Ctrl+C.
 
@@ -129,6 +130,8 @@ def serve(
         header_timeout_s: seconds a request's headers may take to arrive.
         threads: the engine's compute threads (default: :func:`default_serving_threads`,
             every core but one, which the event loop keeps).
+        warmup: compile each model's plans for the batch sizes its batcher runs before
+            the server reports ready (a first request of each size then waits for none).
 
     Raises:
         ValueError: a setting out of range, a non-loopback ``host`` without ``api_key``,
@@ -150,7 +153,7 @@ def serve(
     settings = ServerSettings(
         max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
         instances=instances, max_queue=max_queue, max_body_bytes=max_body_bytes,
-        api_key=api_key or None,
+        api_key=api_key or None, warmup=warmup,
     )  # fmt: skip
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):  # fmt: skip
@@ -171,6 +174,10 @@ def serve(
     print(f"gometal serve: http://{host}:{port}/v2{grpc_shown} serving "
           f"{', '.join(ready) or 'no model'} ({get_num_threads()} engine threads)",
           flush=True)  # fmt: skip
+    for (name, version), served in sorted(state.served.items()):
+        if served.warmed_up:
+            print(f"gometal serve: {name}/{version} compiled for batch sizes "
+                  f"{served.warmed_up} in {served.warmup_s:.1f} s", flush=True)  # fmt: skip
     for line in failed:
         print(f"gometal serve: not ready: {line}", file=sys.stderr, flush=True)
 

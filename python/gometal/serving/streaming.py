@@ -78,9 +78,16 @@ class TokenStream:
         self._stopped = threading.Event()
         self._worker: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Starts the generation in a worker thread."""
+    def start(self, on_end: Callable[[], None] | None = None) -> None:
+        """Starts the generation in a worker thread.
+
+        Args:
+            on_end: called in the event loop once the generation has ended, however
+                (finished, failed, stopped, or cancelled before it began).
+        """
         self._worker = asyncio.ensure_future(anyio.to_thread.run_sync(self._run))
+        if on_end is not None:
+            self._worker.add_done_callback(lambda _: on_end())
 
     def stop(self) -> None:
         """Stops the generation at its next token (the client went away)."""
