@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 from gometal.serving import DynamicBatcher
+from gometal.serving.guard import RequestGuard
 from gometal.serving.infer_route import ClientGone, infer_target, read_limited_body
 from gometal.serving.protocol import ProtocolError, datatype_of
 from gometal.serving.request_log import BufferedLineHandler
 from gometal.serving.server import default_serving_threads
-from gometal.viz.server_guard import UploadSlots
+from gometal.viz.server_guard import HostPolicy, UploadSlots
 
 
 @pytest.mark.parametrize(
@@ -281,3 +282,34 @@ def test_the_request_log_still_writes_after_logging_closed_it() -> None:
     handler.close()  # as logging.shutdown() or a dictConfig() does
     handler.handle(logging.makeLogRecord({"msg": "late"}))
     assert stream.getvalue() == "late\n"
+
+
+def _guarded_status(guard: RequestGuard, headers: list[tuple[bytes, bytes]]) -> int:
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/v2", "headers": headers}
+    asyncio.run(guard(scope, receive, send))
+    return sent[0]["status"]
+
+
+def test_the_guard_refuses_foreign_hosts_and_wrong_keys_every_time() -> None:
+    async def app(scope: dict, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guard = RequestGuard(app, HostPolicy.for_bind("127.0.0.1"), api_key="k3y")
+    key = (b"authorization", b"Bearer k3y")
+    for _ in range(2):  # the second time from the accepted hosts it remembers
+        assert _guarded_status(guard, [(b"host", b"127.0.0.1:8000"), key]) == 200
+        assert _guarded_status(guard, [(b"host", b"localhost"), key]) == 200
+        assert _guarded_status(guard, [(b"host", b"evil.example:8000"), key]) == 400
+        assert _guarded_status(guard, [(b"host", b"127.0.0.1:8000")]) == 401
+        assert _guarded_status(guard, [(b"host", b"127.0.0.1"), (b"authorization", b"x")]) == 401
+    # The first Host header counts, as the policy reads it.
+    assert _guarded_status(guard, [(b"host", b"evil.example"), (b"host", b"127.0.0.1"), key]) == 400

@@ -15,7 +15,6 @@ import logging
 import time
 
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..viz.server_guard import HostPolicy
@@ -65,8 +64,12 @@ class RequestGuard:
         return allowed
 
     def _problem(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
-        headers = Headers(scope=scope)
-        host = headers.get("host")
+        host, authorization = None, b""
+        for name, value in scope["headers"]:  # the first of each, as Starlette's Headers
+            if name == b"host" and host is None:
+                host = value.decode("latin-1")
+            elif name == b"authorization" and not authorization:
+                authorization = value
         if not self._host_allowed(host):
             message = (
                 f"Host {host!r} is not served here (DNS rebinding protection); accepted: "
@@ -74,7 +77,7 @@ class RequestGuard:
             )
             return 400, message, {}
         if self.expected is not None:
-            given = headers.get("authorization", "").encode("latin-1")
+            given = authorization
             if not hmac.compare_digest(given, self.expected):
                 what = "a wrong API key" if given else "no API key"
                 message = f"this server needs 'Authorization: Bearer <api key>', got {what}"
