@@ -25,6 +25,7 @@ MESSAGES = (
     "ModelInferRequest",
     "ModelInferResponse",
     "ModelMetadataResponse",
+    "ModelStreamInferResponse",
     "ServerLiveResponse",
 )
 

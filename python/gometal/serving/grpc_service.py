@@ -7,16 +7,19 @@ when the package is built, or when the first server starts in a tree built witho
 service shares the HTTP server's event loop, models and batchers: a gRPC request joins
 the same batches as HTTP ones. Errors map to gRPC status codes (400: INVALID_ARGUMENT,
 401: UNAUTHENTICATED, 404: NOT_FOUND, 413: RESOURCE_EXHAUSTED, 503: UNAVAILABLE with a
-``retry-after`` trailer).
+``retry-after`` trailer). ``ModelStreamInfer`` (tritonclient.grpc's ``start_stream`` and
+``async_stream_infer``) answers each request of a stream as its batch is done.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -49,6 +52,14 @@ _CONTENTS_FIELDS = {
     "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
     "FP32": "fp32_contents", "FP64": "fp64_contents",
 }  # fmt: skip
+
+
+_STREAM_END = object()  # the last item of a stream's answer queue
+
+
+def _log_line(fields: dict[str, Any]) -> None:
+    if _request_log.isEnabledFor(logging.INFO):
+        _request_log.info(json.dumps(fields))
 
 
 def _status_code(http_status: int) -> Any:
@@ -138,15 +149,18 @@ class InferenceServicer:
         self.expected = f"Bearer {api_key}".encode() if api_key else None
         self.pb = load_protocol()
 
+    def _check_key(self, context: Any) -> None:
+        if self.expected is not None:
+            given = dict(context.invocation_metadata()).get("authorization", "")
+            if not hmac.compare_digest(given.encode("latin-1"), self.expected):
+                what = "a wrong API key" if given else "no API key"
+                raise ProtocolError(401, f"this server needs 'authorization: Bearer <api "
+                                         f"key>' metadata, got {what}")  # fmt: skip
+
     async def _guarded(self, method: str, call: Any, request: Any, context: Any) -> Any:
         started, status = time.perf_counter(), 500
         try:
-            if self.expected is not None:
-                given = dict(context.invocation_metadata()).get("authorization", "")
-                if not hmac.compare_digest(given.encode("latin-1"), self.expected):
-                    what = "a wrong API key" if given else "no API key"
-                    raise ProtocolError(401, f"this server needs 'authorization: Bearer <api "
-                                             f"key>' metadata, got {what}")  # fmt: skip
+            self._check_key(context)
             answer = await call(request)
             status = 200
             return answer
@@ -161,7 +175,7 @@ class InferenceServicer:
             if method == "ModelInfer":
                 fields.update(model=request.model_name, version=request.model_version,
                               id=request.id or None)  # fmt: skip
-            _request_log.info(json.dumps(fields))
+            _log_line(fields)
 
     async def server_live(self, request: Any) -> Any:
         return self.pb.ServerLiveResponse(live=True)
@@ -223,6 +237,59 @@ class InferenceServicer:
             else:
                 self.metrics.count_request(served.name, served.version, status)
 
+    async def model_stream_infer(self, requests: AsyncIterator[Any], context: Any) -> Any:
+        """``ModelStreamInfer``: answers each request of the stream as soon as it is done
+        (requests join the batches as unary ones do, so answers may come out of order;
+        each carries its request's id). A refused request answers ``error_message`` and
+        the stream goes on; a stream without the API key is refused whole."""
+        try:
+            self._check_key(context)
+        except ProtocolError as err:
+            _log_line({"method": "gRPC", "path": "ModelStreamInfer", "status": err.status})
+            await context.abort(_status_code(err.status), err.message)
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+
+        async def answer(message: Any) -> None:
+            started, status = time.perf_counter(), 500
+            try:
+                response = self.pb.ModelStreamInferResponse(
+                    infer_response=await self.model_infer(message)
+                )
+                status = 200
+            except Exception as err:  # noqa: BLE001  (the client hears it; the stream goes on)
+                status = err.status if isinstance(err, ProtocolError) else 500
+                text = err.message if isinstance(err, ProtocolError) else (
+                    f"internal error: {type(err).__name__}: {err}")  # fmt: skip
+                response = self.pb.ModelStreamInferResponse(error_message=text)
+                response.infer_response.model_name = message.model_name
+                response.infer_response.id = message.id
+            _log_line({"method": "gRPC", "path": "ModelStreamInfer", "status": status,
+                       "ms": round((time.perf_counter() - started) * 1000, 3),
+                       "model": message.model_name, "version": message.model_version,
+                       "id": message.id or None})  # fmt: skip
+            answers.put_nowait(response)
+
+        async def read() -> None:
+            try:
+                async for message in requests:
+                    task = asyncio.ensure_future(answer(message))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                while pending:  # the client sent its last request: answer what it sent
+                    await asyncio.wait(set(pending))
+            finally:
+                answers.put_nowait(_STREAM_END)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (response := await answers.get()) is not _STREAM_END:
+                yield response
+            await reader  # the reader's own failure (the client went away) propagates
+        finally:
+            for task in (reader, *pending):
+                task.cancel()
+
     def handler(self) -> Any:
         """The generic handler that routes the service's methods to this servicer."""
         import grpc
@@ -246,6 +313,10 @@ class InferenceServicer:
             "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
             "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
             "ModelInfer": unary(self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                self.model_stream_infer, request_deserializer=pb.ModelInferRequest.FromString,
+                response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+            ),
         }  # fmt: skip
         return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
