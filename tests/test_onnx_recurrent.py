@@ -69,6 +69,12 @@ CASES = [
         [(False, None), (True, "lengths"), (False, "mask")],
         ["sequence", "last", "h_n"],
     )
+] + [
+    # An LSTM's final cell state: each node's Y_c output.
+    ("lstm", layers, bi, state, extra, "c_n")
+    for (layers, bi), (state, extra) in itertools.product(
+        [(1, False), (2, True)], [(False, None), (True, "lengths"), (False, "mask")]
+    )
 ]
 
 
@@ -117,7 +123,6 @@ def test_each_layer_is_one_onnx_operator(tmp_path) -> None:
             LSTM(INPUT, HIDDEN, proj_size=2),
             r"proj_size=2: the ONNX LSTM operator has no projection",
         ),
-        (LSTM(INPUT, HIDDEN, output="c_n"), r"output='c_n' does not export"),
     ],
 )
 def test_what_onnx_cannot_hold_is_refused_by_name(layer, pattern, tmp_path) -> None:

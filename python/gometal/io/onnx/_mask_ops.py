@@ -68,7 +68,25 @@ class CausalScores:
     usage: str = _USAGE
 
 
-def _bounded(shape: tuple[int, ...], itemsize: int, where: str) -> None:
+@dataclass(frozen=True)
+class ZeroFill:
+    """Zeros of a shape that holds a run-time size (``ConstantOfShape`` or ``Expand`` of 0,
+    and layout operators of it): read only as the initial state of a recurrent node, where
+    it means no initial state.
+
+    Attributes:
+        entries: the shape, where known (``()`` after a layout operator).
+    """
+
+    entries: tuple[Any, ...]
+    usage: str = (
+        "is a tensor of zeros of a run-time shape; gometal reads it only as the initial "
+        "state of an RNN, GRU or LSTM node (torch's dynamo exporter writes nn.RNN as one "
+        "MatMul per step: export it with dynamo=False for an ONNX RNN node)"
+    )
+
+
+def bounded(shape: tuple[int, ...], itemsize: int, where: str) -> None:
     count = math.prod(shape)
     if count * itemsize > MAX_TENSOR_BYTES:
         raise ValueError(
@@ -145,7 +163,7 @@ class MaskOperators(ViewOperators):
             self.fail(f"Mod needs inputs of one type, got {a.dtype} and {b.dtype}")
         if b.dtype.kind in "iu" and (b == 0).any():
             self.fail("Mod divides by zero")
-        _bounded(np.broadcast_shapes(a.shape, b.shape), a.itemsize, self.where())
+        bounded(np.broadcast_shapes(a.shape, b.shape), a.itemsize, self.where())
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.fmod(a, b) if int(attrs.get("fmod", 0)) else np.mod(a, b)
 
@@ -157,6 +175,8 @@ class MaskOperators(ViewOperators):
             self.fail("Expand is supported on constants only")
         shape = self.shape_operand(node.input[1], "Expand shape")
         if shape.has_batch:
+            if value.size == 1 and len(shape.entries) != 2 and not value.any():
+                return ZeroFill(tuple(shape.entries))
             if len(shape.entries) != 2 or value.size != 1:
                 self.fail(f"a run-time shape {shape} is supported for a 2-D mask of one value")
             rows, cols = shape.entries
@@ -167,7 +187,7 @@ class MaskOperators(ViewOperators):
             full = np.broadcast_shapes(value.shape, target)
         except ValueError:
             self.fail(f"cannot expand shape {value.shape} to {target}")
-        _bounded(full, value.itemsize, self.where())
+        bounded(full, value.itemsize, self.where())
         return np.ascontiguousarray(np.broadcast_to(value, full))
 
     def op_trilu(self, node: Any, attrs: dict[str, Any]) -> Any:
@@ -190,7 +210,7 @@ class MaskOperators(ViewOperators):
         """ONNX ``Equal`` of constants, or of a run-time mask and a constant scalar."""
         a, b = (self._folded(name) for name in node.input[:2])
         if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
-            _bounded(np.broadcast_shapes(a.shape, b.shape), 1, self.where())
+            bounded(np.broadcast_shapes(a.shape, b.shape), 1, self.where())
             return np.equal(a, b)
         if isinstance(b, Triangle):
             a, b = b, a
@@ -204,7 +224,7 @@ class MaskOperators(ViewOperators):
         """ONNX ``Where`` of constants, or choosing constant scalars by a run-time mask."""
         cond, a, b = (self._folded(name) for name in node.input[:3])
         if all(isinstance(v, np.ndarray) for v in (cond, a, b)):
-            _bounded(np.broadcast_shapes(cond.shape, a.shape, b.shape), 8, self.where())
+            bounded(np.broadcast_shapes(cond.shape, a.shape, b.shape), 8, self.where())
             return np.where(cond.astype(bool), a, b)
         if isinstance(cond, Triangle):
             x, y = self._scalar(a, "input X"), self._scalar(b, "input Y")
@@ -216,8 +236,13 @@ class MaskOperators(ViewOperators):
     def deferred_handler(self, node: Any) -> Any:
         """The handler for a node that reads a ``Triangle`` or ``CausalScores``."""
         kind = node.op_type
+        zeros = [n for n in node.input if isinstance(self.deferred.get(n), ZeroFill)]
+        if zeros and kind in ("Slice", "Transpose", "Reshape", "Squeeze", "Unsqueeze"):
+            return lambda owner, n, a: ZeroFill(())
         if kind in ("Cast", "Trilu", "Equal", "Where"):
             return self._HANDLERS[kind]
+        if zeros:
+            self.fail(f"{zeros[0]!r} {self.deferred[zeros[0]].usage}")
         if kind == "Add":
             return MaskOperators.masked_scores
         if kind == "Softmax":
@@ -225,7 +250,7 @@ class MaskOperators(ViewOperators):
         if kind == "MatMul":
             return MaskOperators.causal_attention
         used = next(name for name in node.input if name in self.deferred)
-        self.fail(f"{used!r} {_USAGE}")
+        self.fail(f"{used!r} {self.deferred[used].usage}")
         raise AssertionError  # unreachable
 
     def masked_scores(self, node: Any, attrs: dict[str, Any]) -> CausalScores:
@@ -297,6 +322,6 @@ class MaskOperators(ViewOperators):
         a, b = (self.consts.get(name) for name in node.input[:2])
         if a is None or b is None or "f" not in (a.dtype.kind, b.dtype.kind):
             return None
-        _bounded(np.broadcast_shapes(a.shape, b.shape), 4, self.where())
+        bounded(np.broadcast_shapes(a.shape, b.shape), 4, self.where())
         ops = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
         return ops[node.op_type](a.astype(np.float32), b.astype(np.float32)).astype(np.float32)

@@ -58,7 +58,10 @@ def node_arity_problem(node: Any, opset: int) -> str | None:
         )
     if len(inputs) > schema.max_input:
         return f"takes at most {schema.max_input} inputs, got {len(inputs)}: {inputs}"
-    if not outputs or not outputs[0]:
+    if not outputs or not any(outputs):
+        return f"needs an output name, got {outputs}"
+    if not outputs[0] and node.op_type not in ("RNN", "GRU", "LSTM"):
+        # A recurrent node may give only its final states (Y_h, Y_c), leaving Y unnamed.
         return f"needs an output name, got {outputs}"
     if len(outputs) > schema.max_output:
         return f"has at most {schema.max_output} outputs, got {len(outputs)}: {outputs}"

@@ -86,6 +86,9 @@ class GraphReader:
         self.products: dict[str, tuple[SymbolicTensor, SymbolicTensor, Groups, float]] = {}
         self.deferred: dict[str, Any] = {}
         self.passthrough = False
+        self.booleans: set[str] = set()  # runtime tensors holding ONNX booleans as 0 or 1
+        # Recurrent outputs (and Concats of them) that a graph output may give batch-first.
+        self.recurrent_states: set[str] = set()
 
     def where(self) -> str:
         """The node being imported, as errors name it."""

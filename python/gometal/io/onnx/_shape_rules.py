@@ -15,6 +15,7 @@ from ._safety import OnnxImportError, check_sample_bytes
 from ._shape_values import BATCH_SIZE, Entry
 
 _FLOAT = 1  # onnx.TensorProto.FLOAT
+_BOOL = 9  # a mask (key padding), read as float32 0 or 1
 _TOKEN_IDS = (6, 7)  # INT32, INT64: ids of an embedding, read as the engine's int32
 
 
@@ -205,10 +206,11 @@ def input_engine_shape(
     kind = value.type.WhichOneof("value")
     if kind != "tensor_type":
         raise OnnxImportError(f"{what} must be a tensor, got a {kind}")
-    if value.type.tensor_type.elem_type not in (_FLOAT, *_TOKEN_IDS):
+    if value.type.tensor_type.elem_type not in (_FLOAT, *_TOKEN_IDS, _BOOL):
         raise OnnxImportError(
-            f"{what} must be float32 (elem_type 1), or token ids of int32 or int64 (elem_type "
-            f"6 or 7), got elem_type {value.type.tensor_type.elem_type}"
+            f"{what} must be float32 (elem_type 1), token ids of int32 or int64 (elem_type "
+            f"6 or 7) or bool (elem_type 9, read as float32 0 or 1), got elem_type "
+            f"{value.type.tensor_type.elem_type}"
         )
     if not value.type.tensor_type.HasField("shape"):
         raise OnnxImportError(f"{what} declares no shape")

@@ -89,6 +89,7 @@ class ViewOperators(ShapeOperators):
             "Sub": ViewOperators.view_binary,
             "Mul": ViewOperators.view_binary,
             "Div": ViewOperators.view_binary,
+            "Concat": ViewOperators.view_concat,
         }
         if kind in handlers and not (kind == "Gather" and self.is_integer_operand(node.input[0])):
             return handlers[kind]
@@ -287,6 +288,8 @@ class ViewOperators(ShapeOperators):
         for axis, start, end in zip(normalized_axes(axes, len(groups), "axes"), starts, ends):
             moving = [a for a in groups[axis] if tensor.engine_shape[a] != 1]
             size = tensor.engine_shape[moving[0]] if len(moving) == 1 else -1
+            if not moving and min(max(start, 0), 1) == 0 and end >= 1:
+                continue  # the whole of an axis of size 1 (a layer's rows of its states)
             if size < 0:
                 dims = onnx_dims(tensor.engine_shape, groups)
                 self.fail(f"a view is sliced along fixed axes only; axis {axis} of {dims}")
@@ -296,6 +299,30 @@ class ViewOperators(ShapeOperators):
             layer = OnnxSliceAxis(moving[0], first, last, name=self.layer_name())
             tensor = self.call(layer, tensor)
         return View(tensor, groups)
+
+    def view_concat(self, node: Any, attrs: dict[str, Any]) -> View:
+        """ONNX ``Concat`` of views (an RNN's final states of several layers): each operand
+        in ONNX order but with the batch's axis first, joined along the moved axis."""
+        views = [self.view_of(name) for name in node.input if name]
+        rank = len(views[0].groups)
+        if "axis" not in attrs or any(len(v.groups) != rank for v in views):
+            self.fail("Concat of views needs the axis attribute and operands of one rank")
+        (axis,) = normalized_axes([int(attrs["axis"])], rank, "axis")
+        holding = [i for i, g in enumerate(views[0].groups) if 0 in g]
+        batch = holding[0] if holding and views[0].tensor.engine_shape[:1] == (BATCH,) else 0
+        if axis == batch and holding:
+            self.fail(f"Concat along axis {axis} would join along the dynamic batch")
+        order = [batch] + [i for i in range(rank) if i != batch]
+        operands = []
+        for index, view in enumerate(views):
+            groups = tuple(view.groups[i] for i in order)
+            perm, shape, _ = self._checked(arrangement, view.tensor.engine_shape, groups, order)
+            hint = f"{self.node.name}_operand{index}"
+            operands.append(self._relayout(view.tensor, perm, shape, hint))
+        joined = self.call(L.Concatenate(order.index(axis), name=self.layer_name()), operands)
+        if any(name in self.recurrent_states for name in node.input):
+            self.recurrent_states.add(node.output[0])
+        return View(joined, tuple((order.index(i),) for i in range(rank)))
 
     def _embedding(self, node: Any, attrs: dict[str, Any]) -> SymbolicTensor:
         ids = self.values[node.input[1]]

@@ -59,9 +59,17 @@ class _GraphBuilder:
         self.taken.add(candidate)
         return candidate
 
-    def node(self, op_type: str, inputs: Sequence[str], output: str, name: str, **attrs: Any):
-        """Appends one node with a single output."""
-        self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=name, **attrs))
+    def node(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        output: str | Sequence[str],
+        name: str,
+        **attrs: Any,
+    ):
+        """Appends one node: one output, or a list of them ("" skips an optional one)."""
+        outputs = [output] if isinstance(output, str) else list(output)
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=name, **attrs))
 
     def weight(self, layer: Layer, local: str) -> str:
         """Returns the initializer name of ``<layer>.<local>``, adding it on first use."""

@@ -32,23 +32,32 @@ from ...nn.tensor import BATCH, SymbolicTensor
 from . import _layers as X
 from ._budget import sample_bytes
 from ._layer_ops import LayerOperators
-from ._mask_ops import MASK_OPS, CausalScores, MaskOperators, Triangle
+from ._mask_ops import MASK_OPS, CausalScores, MaskOperators, Triangle, ZeroFill
+from ._model_io import ModelInputsOutputs
 from ._node_checks import (
-    check_declared_output,
     nan_tensor_warning,
     node_arity_problem,
     non_finite_attribute,
 )
+from ._padding_ops import PaddingOperators
+from ._position_ops import PositionOperators, TableRows
 from ._reader import show_shape
+from ._recurrent_ops import (
+    RECURRENT_HANDLERS,
+    RECURRENT_OPS,
+    STATE_OPS,
+    NodeOutputs,
+    RecurrentOperators,
+)
 from ._resampling_ops import RESAMPLING_HANDLERS, RESAMPLING_OPS, ResamplingOperators
 from ._safety import OnnxImportError, check_sample_bytes, read_model_proto, tensor_to_array
 from ._shape_ops import ShapeOperators
-from ._shape_rules import input_dtype, input_engine_shape, resolve_reshape
+from ._shape_rules import resolve_reshape
 from ._shape_values import BATCH_SIZE, ShapeValue
 from ._spatial_ops import SpatialOperators
 from ._views import View, identity
 
-__all__ = ["ATTENTION_OPS", "SUPPORTED_OPS", "OnnxImportError", "load"]
+__all__ = ["ATTENTION_OPS", "RECURRENT_OPS", "SUPPORTED_OPS", "OnnxImportError", "load"]
 
 SUPPORTED_OPS = frozenset(
     {
@@ -64,7 +73,9 @@ SUPPORTED_OPS = frozenset(
 # scale and the causal mask computed from shapes, Cast, Sqrt. They are kept apart from
 # SUPPORTED_OPS, the set the ONNX node-case harness runs, until it lists their cases.
 ATTENTION_OPS = MASK_OPS
-_ALL_OPS = SUPPORTED_OPS | ATTENTION_OPS
+# RNN, GRU and LSTM (and the ConstantOfShape torch writes for their zero states) have a
+# node-case harness of their own (test_onnx_node_cases_recurrent).
+_ALL_OPS = SUPPORTED_OPS | ATTENTION_OPS | RECURRENT_OPS | STATE_OPS
 
 
 def load(path: str | os.PathLike[str], dynamic_batch: bool | None = None) -> Model:
@@ -150,7 +161,14 @@ def _attributes(node: Any) -> dict[str, Any]:
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
-class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
+class _Importer(
+    RecurrentOperators,
+    PositionOperators,
+    ResamplingOperators,
+    PaddingOperators,
+    LayerOperators,
+    ModelInputsOutputs,
+):
     """Walks the ONNX graph once, in its (topological) node order."""
 
     def __init__(self, proto: Any, folder: Path, dynamic_batch: bool | None):
@@ -165,12 +183,13 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
                 tensor, self.folder, f"initializer {tensor.name!r}"
             )
         nan_tensor_warning(dict(self.consts), "initializer")
-        source = self._make_input()
-        self.source = source
-        self.budget.spend(
-            f"input {source.name!r}", sample_bytes(source.engine_shape),
-            f"one sample of shape {show_shape(source.engine_shape)}",
-        )  # fmt: skip
+        inputs = self.make_inputs()
+        self.source = inputs[0]
+        for tensor in inputs:
+            self.budget.spend(
+                f"input {tensor.name!r}", sample_bytes(tensor.engine_shape),
+                f"one sample of shape {show_shape(tensor.engine_shape)}",
+            )  # fmt: skip
         used = {name for node in self.graph.node for name in node.input}
         used |= {o.name for o in self.graph.output}
         for node in self.graph.node:
@@ -186,13 +205,21 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
             except (IndexError, KeyError, ArithmeticError) as err:
                 # The known ways here are checked before; any other still names the node.
                 self.fail(f"cannot be imported ({type(err).__name__}: {err})")
-            self._store(node.output[0], result)
+            if isinstance(result, NodeOutputs):
+                for name, value in zip(node.output, result.values):
+                    if name and value is not None:
+                        self._store(name, value)
+            else:
+                self._store(node.output[0], result)
             self.track_scores(node)
         self.node = None
-        return self._finish(source)
+        return self.finish(inputs)
 
     def _handler(self, node: Any, attrs: dict[str, Any]) -> Callable[..., Any]:
-        if any(name in self.deferred for name in node.input if name):
+        deferred = [self.deferred[name] for name in node.input if name in self.deferred]
+        if node.op_type == "Add" and any(isinstance(d, TableRows) for d in deferred):
+            return PositionOperators.add_rows
+        if deferred and node.op_type not in RECURRENT_OPS:
             return self.deferred_handler(node)
         direct = self._HANDLERS[node.op_type]
         return self.view_handler(node, direct) if self.routes_to_views(node, attrs) else direct
@@ -202,7 +229,7 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
         if problem:
             self.fail(problem)
         for extra in node.output[1:]:
-            if extra and extra in used:
+            if extra and extra in used and node.op_type not in RECURRENT_OPS:
                 self.fail(f"its extra output {extra!r} is used; only the first is supported")
         for name in node.input:
             known = any(
@@ -216,7 +243,7 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
             result = result.to_array()
         if isinstance(result, np.generic):
             result = np.asarray(result)  # NumPy folds rank-0 results into scalars
-        if isinstance(result, (Triangle, CausalScores)):
+        if isinstance(result, (Triangle, CausalScores, ZeroFill, TableRows)):
             self.deferred[name] = result
             return
         if isinstance(result, View):
@@ -243,43 +270,6 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
             check_sample_bytes(sample, self.where())
             self.values[name] = result
 
-    def _finish(self, source: SymbolicTensor) -> Model:
-        if len(self.graph.output) != 1:
-            raise OnnxImportError(
-                f"the graph must have exactly one output, got {len(self.graph.output)}: "
-                f"{[o.name for o in self.graph.output]}"
-            )
-        declared = self.graph.output[0]
-        if declared.name in self.shape_values or (
-            declared.name in self.consts and self.consts[declared.name].dtype.kind in "iub"
-        ):
-            raise OnnxImportError(
-                f"the graph output {declared.name!r} is an integer tensor computed from shapes "
-                "or constants; a gometal model outputs float data computed from its input"
-            )
-        if declared.name not in self.values and declared.name not in self.consts:
-            raise OnnxImportError(f"the graph output {declared.name!r} is produced by no node")
-        output = self.runtime(declared.name)
-        if source.engine_shape[0] == BATCH and output.engine_shape[:1] != (BATCH,):
-            # predict would join the outputs of its chunks, one per 1024 samples.
-            raise OnnxImportError(
-                f"the graph output {declared.name!r} has shape {show_shape(output.engine_shape)}"
-                f", without the dynamic batch of input {source.name!r} on dimension 0; gometal "
-                "models give one output row per input sample"
-            )
-        if output is source:
-            output = self.call(X.OnnxUnary("identity", name=self.name("identity")), output)
-        check_declared_output(declared, output.engine_shape)
-        try:
-            model = Model(source, output)
-            # Layers off every path to the output (attention scores that a fused causal
-            # attention replaced) are not part of the model.
-            kept = model.weight_shapes
-            model.set_weights({k: v for k, v in self.weights.items() if k in kept})
-        except ValueError as err:
-            raise OnnxImportError(f"the imported graph is not a valid model: {err}") from None
-        return model
-
     # -- checks ----------------------------------------------------------------------------
     def _check_operators(self) -> None:
         bad = [
@@ -297,22 +287,6 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
             )
         if self.graph.sparse_initializer:
             raise OnnxImportError("sparse initializers are not supported")
-
-    def _make_input(self) -> SymbolicTensor:
-        stored = {t.name for t in self.graph.initializer}
-        runtime = [i for i in self.graph.input if i.name not in stored]
-        if len(runtime) != 1:
-            raise OnnxImportError(
-                f"the graph must have exactly one runtime input, got {len(runtime)}: "
-                f"{[i.name for i in runtime]}"
-            )
-        (value,) = runtime
-        shape, fixed = input_engine_shape(value, self.dynamic_batch)
-        if shape[0] == BATCH and fixed is not None:
-            self.export_batch = fixed
-        tensor = SymbolicTensor(shape, None, value.name, dtype=input_dtype(value))
-        self.values[value.name] = tensor
-        return tensor
 
     # -- operators -------------------------------------------------------------------------
     def _constant(self, node: Any, attrs: dict[str, Any]) -> np.ndarray:
@@ -568,7 +542,7 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
         "ReduceMean": ShapeOperators.op_reduce_mean,
         "Shape": ShapeOperators.op_shape,
         "Gather": ShapeOperators.op_gather,
-        "Slice": ShapeOperators.op_slice,
+        "Slice": PositionOperators.op_slice_rows,
         "Unsqueeze": ShapeOperators.op_unsqueeze,
         "Squeeze": ShapeOperators.op_squeeze,
         "LayerNormalization": LayerOperators.op_layer_norm,
@@ -577,12 +551,13 @@ class _Importer(ResamplingOperators, MaskOperators, LayerOperators):
         "PRelu": LayerOperators.op_prelu,
         "HardSwish": LayerOperators.op_activation,
         "Mish": LayerOperators.op_activation,
-        "Cast": MaskOperators.op_cast,
+        "Cast": PaddingOperators.op_cast_padding,
         "Sqrt": MaskOperators.op_sqrt,
         "Mod": MaskOperators.op_mod,
-        "Expand": MaskOperators.op_expand,
+        "Expand": PaddingOperators.op_expand_padding,
         "Trilu": MaskOperators.op_trilu,
         "Equal": MaskOperators.op_equal,
-        "Where": MaskOperators.op_where,
+        "Where": PaddingOperators.op_where_padding,
         **RESAMPLING_HANDLERS,
+        **RECURRENT_HANDLERS,
     }

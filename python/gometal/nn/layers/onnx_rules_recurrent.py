@@ -6,9 +6,10 @@ The nodes run time-major (``layout`` 0, the only one onnxruntime runs), so the i
 transposed once and each layer's ``Y`` (T, D, N, H) is folded back to (T, N, D*H). Gates are
 reordered into ONNX's order (LSTM: i, o, f, c from torch's i, f, g, o; GRU: z, r, h from
 r, z, n, with ``linear_before_reset`` as torch's GRU); ``B`` is ``[b_ih, b_hh]``. Final
-states are read from ``Y`` (the last valid step, or step 0 in reverse), since a rule writes
-one output per node: an LSTM's ``c_n`` and a projection (``proj_size``), which the ONNX
-operator lacks, do not export.
+states ``h_n`` are read from ``Y`` (the last valid step, or step 0 in reverse); an LSTM's
+``c_n`` is each node's ``Y_c`` output. A projection (``proj_size``) does not export: the ONNX
+LSTM operator has none, and writing the recurrence as a ``Loop`` would give up the fused
+operator that onnxruntime runs.
 
 Importing this module registers the rules with the layer classes.
 """
@@ -139,11 +140,8 @@ def recurrent_to_onnx(
     if getattr(layer, "proj_size", 0):
         raise ValueError(
             f"layer '{layer.name}' (LSTM) has proj_size={layer.proj_size}: the ONNX LSTM "
-            "operator has no projection"
-        )
-    if layer.output == "c_n":
-        raise ValueError(
-            f"layer '{layer.name}' (LSTM) with output='c_n' does not export to ONNX yet"
+            "operator has no projection (export the model without proj_size, or keep it in "
+            "gometal's own format)"
         )
     x, h0, c0, extra = layer.split_inputs(inputs)
     lengths = _sequence_lengths(b, layer, extra, name)
@@ -159,6 +157,7 @@ def recurrent_to_onnx(
     d, width = layer.directions, layer.hidden_size
     sequence = _node(b, "Transpose", [x], f"{name}/x_time_major", perm=[1, 0, 2])
     finals: list[str] = []
+    cells: list[str] = []
     for index in range(layer.num_layers):
         w, r, bias = _layer_weights(b, layer, index, name)
         operands = [sequence, w, r, bias, lengths, _initial(b, layer, h0, index, f"{name}/h0")]
@@ -166,8 +165,13 @@ def recurrent_to_onnx(
             operands.append(_initial(b, layer, c0, index, f"{name}/c0"))
         while operands and operands[-1] == "":
             operands.pop()
-        y = _node(b, op_type, operands, f"{name}/Y_l{index}", **attrs)
-        for direction in range(d):
+        y = b.unique(f"{name}/Y_l{index}")
+        outputs = [y]
+        if layer.output == "c_n":
+            cells.append(b.unique(f"{name}/Y_c_l{index}"))
+            outputs += ["", cells[-1]]
+        b.node(op_type, operands, outputs, y, **attrs)
+        for direction in range(d if layer.output in ("last", "h_n") else 0):
             finals.append(
                 _final_state(b, y, direction, width, lengths, f"{name}/l{index}_d{direction}")
             )
@@ -180,6 +184,16 @@ def recurrent_to_onnx(
         )
     if layer.output == "sequence":
         b.node("Transpose", [sequence], output, name, perm=[1, 0, 2])
+    elif layer.output == "c_n":
+        # Each node's Y_c is (D, N, H): batch-first, the layers' rows side by side.
+        rows = [
+            _node(b, "Transpose", [c], f"{name}/c_n_l{index}", perm=[1, 0, 2])
+            for index, c in enumerate(cells)
+        ]
+        if len(rows) == 1:
+            b.node("Identity", rows, output, name)
+        else:
+            b.node("Concat", rows, output, name, axis=1)
     elif layer.output == "last" and d == 1:
         b.node("Identity", finals[-1:], output, name)
     elif layer.output == "last":

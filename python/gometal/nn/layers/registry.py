@@ -39,9 +39,14 @@ class OnnxGraph(Protocol):
         """``name``, or ``name_<k>`` if taken, recorded as taken: a fresh tensor name."""
 
     def node(
-        self, op_type: str, inputs: Sequence[str], output: str, name: str, **attrs: Any
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        output: str | Sequence[str],
+        name: str,
+        **attrs: Any,
     ) -> None:
-        """Appends one ONNX node with a single output."""
+        """Appends one ONNX node: one output, or a list of them ("" skips one)."""
 
     def weight(self, layer: Layer, local: str) -> str:
         """The initializer holding ``<layer>.<local>`` (added on first use); its name."""
