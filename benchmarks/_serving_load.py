@@ -1,6 +1,6 @@
 """The load generator of bench_serving.py, run in its own process: N concurrent
-tritonclient async clients (HTTP, or gRPC with ``--grpc``), each sending one image per
-request in a loop, for a warm-up and then a timed window. Prints one tagged JSON line: requests answered in the window,
+tritonclient async clients (HTTP, or gRPC with ``--grpc``, on streams with ``--stream``),
+each sending one image per request in a loop, for a warm-up and then a timed window. Prints one tagged JSON line: requests answered in the window,
 throughput, p50/p99 latency, errors, and answers that differ from the offline reference.
 
     python _serving_load.py URL MODEL INPUT_NAME IMAGES.npy EXPECTED.npy --clients 8 --window-s 5
@@ -26,7 +26,43 @@ def percentile_ms(latencies_s: list[float], q: float) -> float | None:
     return float(np.percentile(latencies_s, q) * 1e3) if latencies_s else None
 
 
+class StreamCaller:
+    """One client's gRPC stream (``ModelStreamInfer``), asked one request at a time."""
+
+    def __init__(self, client, model: str):
+        self.model = model
+        self._requests: asyncio.Queue = asyncio.Queue()
+        self._answers = client.stream_infer(self._inputs())
+
+    async def _inputs(self):
+        while (request := await self._requests.get()) is not None:
+            yield request
+
+    async def __call__(self, tensor):
+        self._requests.put_nowait({"model_name": self.model, "inputs": [tensor]})
+        result, error = await self._answers.__anext__()
+        if error is not None:
+            raise error
+        return result
+
+    def close(self) -> None:
+        self._requests.put_nowait(None)
+        self._answers.cancel()
+
+
 async def _client_loop(client, triton, failures, args, images, expected, offset, clock) -> dict:
+    """One client: unary calls, or one request at a time on its own stream."""
+    stream = StreamCaller(client, args.model) if args.stream else None
+    try:
+        return await _requests_in_turn(client, stream, triton, failures, args, images, expected,
+                                       offset, clock)  # fmt: skip
+    finally:
+        if stream is not None:
+            stream.close()
+
+
+async def _requests_in_turn(client, stream, triton, failures, args, images, expected, offset,
+                            clock) -> dict:  # fmt: skip
     latencies, errors, wrong, first_error, answered = [], 0, 0, None, 0
     # Only answered requests count: a failure that comes back fast is no throughput.
     index = offset
@@ -38,7 +74,10 @@ async def _client_loop(client, triton, failures, args, images, expected, offset,
         tensor = triton.InferInput(args.input_name, list(image.shape), "FP32")
         tensor.set_data_from_numpy(image)
         try:
-            result = await client.infer(args.model, [tensor])
+            if stream is not None:
+                result = await stream(tensor)
+            else:
+                result = await client.infer(args.model, [tensor])
             answer = result.as_numpy(output_name(result))[0]
             correct = np.allclose(answer, expected[index % len(images)], rtol=RTOL, atol=ATOL)
             wrong += not correct
@@ -118,7 +157,11 @@ def main() -> None:
     parser.add_argument("--warmup-s", type=float, default=1.0)
     parser.add_argument("--window-s", type=float, default=5.0)
     parser.add_argument("--grpc", action="store_true", help="tritonclient.grpc.aio clients")
+    parser.add_argument("--stream", action="store_true",
+                        help="with --grpc: each client sends on its own ModelStreamInfer stream")  # fmt: skip
     args = parser.parse_args()
+    if args.stream and not args.grpc:
+        parser.error("--stream needs --grpc")
     print(RESULT_TAG + json.dumps(asyncio.run(run_load(args))), flush=True)
 
 

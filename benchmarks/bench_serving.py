@@ -66,7 +66,7 @@ class Server:
 
     def __init__(self, label: str, command: list[str], port: int, log_dir: str):
         self.label, self.port, self.url = label, port, f"127.0.0.1:{port}"
-        self.load_url, self.grpc = self.url, False
+        self.load_url, self.grpc, self.stream = self.url, False, False
         self.log_path = os.path.join(log_dir, f"{label.split()[0]}.log")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -118,6 +118,8 @@ def run_load(server: Server, clients: int, files: tuple[str, str], args) -> dict
                str(args.warmup_s), "--window-s", str(args.window_s)]  # fmt: skip
     if server.grpc:
         command.append("--grpc")
+    if server.stream:
+        command.append("--stream")
     # Everyone's CPU over the same interval: the machine's, the server's, and the load
     # generator's (a child this process reaps, so RUSAGE_CHILDREN grows by its total).
     gen0, busy0 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy(psutil)
@@ -216,7 +218,8 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--images", type=int, default=OFFLINE_BATCH, help="distinct images")
     parser.add_argument("--grpc", action="store_true",
-                        help="also load gometal serve over gRPC (tritonclient.grpc.aio)")  # fmt: skip
+                        help="also load gometal serve over gRPC (tritonclient.grpc.aio), unary "
+                        "and on ModelStreamInfer streams")  # fmt: skip
     args = parser.parse_args()
     client_counts = [int(n) for n in args.clients.split(",")]
     reexec_with_clean_environment(args.threads)
@@ -264,10 +267,11 @@ def main() -> None:
         # The same gometal process, loaded over gRPC: a view of it, not another server.
         loads = [*servers]
         if args.grpc:
-            over_grpc = copy.copy(servers[0])
-            over_grpc.label, over_grpc.grpc = "gometal serve (gRPC)", True
-            over_grpc.load_url = f"127.0.0.1:{grpc_port}"
-            loads.insert(1, over_grpc)
+            for label, stream in (("gometal serve (gRPC)", False), ("gometal (gRPC stream)", True)):
+                over_grpc = copy.copy(servers[0])
+                over_grpc.label, over_grpc.grpc, over_grpc.stream = label, True, stream
+                over_grpc.load_url = f"127.0.0.1:{grpc_port}"
+                loads.insert(len(loads) - 1, over_grpc)
         try:
             for server in servers:
                 server.wait_ready()
