@@ -3,6 +3,7 @@
 // gradient, run im2col + BLAS gemm. Both are portable C++.
 #pragma once
 
+#include "backends/cpu/conv_simd.h"
 #include "backends/cpu/kernel.h"
 #include "ir/conv_geometry.h"
 
@@ -13,14 +14,16 @@ namespace gometal {
 int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad);
 int64_t conv2d_weight_grad_shared(const ConvGeometry& g);
 
-// Images [n0, n1) on the calling thread; `col` is that thread's scratch.
+// Images [n0, n1) on the calling thread; `col` is that thread's scratch. The forward pass
+// applies `epilogue` to its outputs (in the kernel's registers where the direct kernel runs).
 void conv2d_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0, int64_t n1,
-                            float* col);
+                            float* col, const ConvEpilogue& epilogue = {});
 void conv2d_input_grad_samples(const ConvGeometry& g, const float* dy, const float* w, float* dx, int64_t n0,
                                int64_t n1, float* col);
 
 // The whole batch, images split across the pool.
-void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y);
+void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y,
+                    const ConvEpilogue& epilogue = {});
 void conv2d_input_grad(const ExecContext& ctx, const ConvGeometry& g, const float* dy, const float* w, float* dx);
 void conv2d_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* dy, float* dw);
 

@@ -24,6 +24,7 @@
 #include "backends/cpu/optimizer_updates.h"
 #include "backends/cpu/reduce.h"
 #include "backends/cpu/sequence_kernels.h"
+#include "backends/cpu/passes/conv_epilogues.h"
 #include "backends/cpu/passes/fusion.h"
 #include "backends/cpu/passes/memory_plan.h"
 #include "backends/cpu/passes/sample_tiling.h"
@@ -252,6 +253,7 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
   if (auto k = make_recurrent_kernel(g, id, mem, shapes)) return k;
   if (auto k = make_positions_kernel(g, id, mem, shapes)) return k;
   if (auto k = make_quantized_kernel(g, id, mem, shapes)) return k;
+  if (auto k = make_conv_epilogue_kernel(g, id, mem, shapes)) return k;
   switch (n.op) {
     case OpKind::MatMul: {
       auto k = std::make_unique<MatMulKernel>();
@@ -403,6 +405,7 @@ class CpuFunction final : public CompiledFunction {
       if (s.needed[i]) shapes[i] = concretize(g.node(i).shape, binding);
     const int64_t batch = binding.empty() ? 1 : binding[0];  // sample tiling cuts the batch
     Fusion f = fuse_elementwise(g, s, fn, shapes);
+    fuse_conv_epilogues(g, s, fn, shapes, f);
     const SampleTiling tiling = plan_sample_tiling(g, s, f, shapes, batch, tiling_on);
     const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset, &tiling);
     const std::vector<int> summed_product = find_summed_products(g, s, fn, shapes);

@@ -1,0 +1,267 @@
+#include "backends/cpu/conv_simd.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+namespace gometal {
+namespace {
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define GOMETAL_CONV_X86 1
+#endif
+
+// The tile bodies are templates inlined into one entry function per path, so each path's
+// copy is compiled for that path's instructions (the target attribute of its entry).
+#define GOMETAL_CONV_INLINE __attribute__((always_inline)) inline
+
+typedef float Vec16f __attribute__((vector_size(64)));
+typedef float Vec8f __attribute__((vector_size(32)));
+
+constexpr int64_t kSlack = 64;      // floats after the padded image: a last segment's loads overrun
+constexpr int64_t kPackAlign = 24;  // output channels are packed in blocks of 8 or 6: 24 covers both
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+struct Padded {
+  int64_t h, w;
+  int64_t plane() const { return h * w; }
+};
+
+Padded padded_size(const ConvGeometry& g) { return {g.h + 2 * g.ph, g.w + 2 * g.pw}; }
+
+// One group's channels of one image, zero-padded, followed by kSlack zeros.
+void pad_image(const ConvGeometry& g, const float* x, float* padded) {
+  const Padded p = padded_size(g);
+  const int64_t floats = g.c_per_group() * p.plane();
+  if (g.ph == 0 && g.pw == 0) {
+    std::copy(x, x + floats, padded);
+  } else {
+    std::fill(padded, padded + floats, 0.0f);
+    for (int64_t c = 0; c < g.c_per_group(); ++c)
+      for (int64_t iy = 0; iy < g.h; ++iy)
+        std::copy(x + (c * g.h + iy) * g.w, x + (c * g.h + iy + 1) * g.w,
+                  padded + c * p.plane() + (iy + g.ph) * p.w + g.pw);
+  }
+  std::fill(padded + floats, padded + floats + kSlack, 0.0f);
+}
+
+// Blocks of R output channels, tap-major: block[k][r] = w(o0 + r, k), zero past the group.
+void pack_weights(const ConvGeometry& g, const float* wg, int64_t rows_per_block, float* packed) {
+  const int64_t taps = g.patch(), opg = g.o_per_group();
+  for (int64_t o0 = 0; o0 < opg; o0 += rows_per_block) {
+    float* block = packed + o0 * taps;
+    for (int64_t r = 0; r < rows_per_block; ++r) {
+      if (o0 + r >= opg) {
+        for (int64_t k = 0; k < taps; ++k) block[k * rows_per_block + r] = 0.0f;
+        continue;
+      }
+      const float* src = wg + (o0 + r) * taps;
+      for (int64_t k = 0; k < taps; ++k) block[k * rows_per_block + r] = src[k];
+    }
+  }
+}
+
+// Where a group's tiles read and write.
+struct GroupArgs {
+  const float* padded;
+  const float* packed;
+  float* y;
+  int64_t channels, channel_stride, row_stride, kh, kw, dh, dw, sh;
+  int64_t oh, ow, plane, taps, out_channels;
+  ConvEpilogue epilogue;  // pointers already at the group's first channel
+};
+
+// Every lane = *p, as an initializer list: GCC turns it into one vbroadcastss (a lane loop
+// becomes a chain of inserts, and Vec{} + *p adds a zero first).
+template <class Vec, int L>
+GOMETAL_CONV_INLINE Vec broadcast(const float* p) {
+  const float s = *p;
+  if constexpr (L == 16) {
+    return Vec{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+  } else {
+    return Vec{s, s, s, s, s, s, s, s};
+  }
+}
+
+template <class Vec>
+GOMETAL_CONV_INLINE Vec load(const float* p) {
+  Vec v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// The epilogue on one vector of output channel o.
+template <class Vec>
+GOMETAL_CONV_INLINE Vec finish(Vec v, const ConvEpilogue& e, int64_t o) {
+  if (e.bias) v += e.bias[o];
+  if (e.scale) v *= e.scale[o];
+  if (e.shift) v += e.shift[o];
+  if (e.relu) {
+    const Vec zero = {};
+    v = v > zero ? v : zero;
+  }
+  return v;
+}
+
+// Rows output channels from o0 x NV segments: out[r][seg j] = sum over (c, ki, kj) of
+// w(o0 + r, tap) * in[segment j's start + tap offset + 0..L).
+template <class Vec, int L, int R, int Rows, int NV>
+GOMETAL_CONV_INLINE void tile(const GroupArgs& a, int64_t o0, const int64_t* in_off, const int64_t* out_off,
+                              const int64_t* cols) {
+  Vec acc[Rows][NV] = {};
+  const float* w = a.packed + o0 * a.taps;
+  for (int64_t c = 0; c < a.channels; ++c)
+    for (int64_t ki = 0; ki < a.kh; ++ki) {
+      const float* row = a.padded + c * a.channel_stride + ki * a.dh * a.row_stride;
+      for (int64_t kj = 0; kj < a.kw; ++kj, w += R) {
+        Vec b[NV];
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) b[j] = load<Vec>(row + in_off[j] + kj * a.dw);
+#pragma GCC unroll 8
+        for (int r = 0; r < Rows; ++r) {
+          const Vec s = broadcast<Vec, L>(w + r);
+#pragma GCC unroll 4
+          for (int j = 0; j < NV; ++j) acc[r][j] += s * b[j];
+        }
+      }
+    }
+  for (int r = 0; r < Rows; ++r) {
+    float* out = a.y + (o0 + r) * a.plane;
+    for (int j = 0; j < NV; ++j) {
+      const Vec v = finish(acc[r][j], a.epilogue, o0 + r);
+      if (cols[j] == L) {
+        __builtin_memcpy(out + out_off[j], &v, sizeof v);
+      } else {
+        float tmp[L];
+        __builtin_memcpy(tmp, &v, sizeof v);
+        for (int64_t i = 0; i < cols[j]; ++i) out[out_off[j] + i] = tmp[i];
+      }
+    }
+  }
+}
+
+// tile<..., rows, nv> for run-time rows <= Rows and nv <= NV.
+template <class Vec, int L, int R, int Rows, int NV>
+GOMETAL_CONV_INLINE void dispatch_tile(const GroupArgs& a, int64_t o0, int rows, int nv, const int64_t* in_off,
+                                       const int64_t* out_off, const int64_t* cols) {
+  if constexpr (Rows >= 1 && NV >= 1) {
+    if (rows < Rows) return dispatch_tile<Vec, L, R, Rows - 1, NV>(a, o0, rows, nv, in_off, out_off, cols);
+    if (nv < NV) return dispatch_tile<Vec, L, R, Rows, NV - 1>(a, o0, rows, nv, in_off, out_off, cols);
+    tile<Vec, L, R, Rows, NV>(a, o0, in_off, out_off, cols);
+  }
+}
+
+// Segments (L output pixels of one row) in groups of V, each group against every block
+// of R output channels: the group's input rows stay in L1 while the weights stream by.
+template <class Vec, int L, int R, int V>
+GOMETAL_CONV_INLINE void forward_group(const GroupArgs& a) {
+  const int64_t per_row = (a.ow + L - 1) / L, segments = a.oh * per_row;
+  for (int64_t s0 = 0; s0 < segments; s0 += V) {
+    const int nv = static_cast<int>(std::min<int64_t>(V, segments - s0));
+    int64_t in_off[V] = {}, out_off[V] = {}, cols[V] = {};
+    for (int j = 0; j < nv; ++j) {
+      const int64_t oy = (s0 + j) / per_row, ox = (s0 + j) % per_row * L;
+      in_off[j] = oy * a.sh * a.row_stride + ox;
+      out_off[j] = oy * a.ow + ox;
+      cols[j] = std::min<int64_t>(L, a.ow - ox);
+    }
+    for (int64_t o0 = 0; o0 < a.out_channels; o0 += R) {
+      const int rows = static_cast<int>(std::min<int64_t>(R, a.out_channels - o0));
+      dispatch_tile<Vec, L, R, R, V>(a, o0, rows, nv, in_off, out_off, cols);
+    }
+  }
+}
+
+constexpr int64_t kPortableRows = 6, kAvx2Rows = 6, kAvx512Rows = 8;
+
+void forward_group_portable(const GroupArgs& a) { forward_group<Vec8f, 8, kPortableRows, 2>(a); }
+
+#ifdef GOMETAL_CONV_X86
+__attribute__((target("avx2,fma"))) void forward_group_avx2(const GroupArgs& a) {
+  forward_group<Vec8f, 8, kAvx2Rows, 2>(a);
+}
+__attribute__((target("avx512f,avx2,fma"))) void forward_group_avx512(const GroupArgs& a) {
+  forward_group<Vec16f, 16, kAvx512Rows, 3>(a);
+}
+#endif
+
+int64_t rows_per_block(ConvPath path) {
+  return path == ConvPath::Avx512 ? kAvx512Rows : path == ConvPath::Avx2 ? kAvx2Rows : kPortableRows;
+}
+
+}  // namespace
+
+std::string_view conv_path_name(ConvPath path) {
+  switch (path) {
+    case ConvPath::Avx2: return "avx2";
+    case ConvPath::Avx512: return "avx512";
+    default: return "portable";
+  }
+}
+
+bool conv_path_available(ConvPath path) {
+#ifdef GOMETAL_CONV_X86
+  switch (path) {
+    case ConvPath::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case ConvPath::Avx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+    default: return true;
+  }
+#else
+  return path == ConvPath::Portable;
+#endif
+}
+
+ConvPath choose_conv_path() {
+  const ConvPath fastest_first[] = {ConvPath::Avx512, ConvPath::Avx2, ConvPath::Portable};
+  const char* forced = std::getenv("GOMETAL_CONV_KERNEL");
+  if (forced == nullptr || forced[0] == '\0') {
+    for (ConvPath path : fastest_first)
+      if (conv_path_available(path)) return path;
+  }
+  for (ConvPath path : fastest_first) {
+    if (conv_path_name(path) != forced) continue;
+    if (!conv_path_available(path))
+      throw std::invalid_argument("[conv2d] GOMETAL_CONV_KERNEL=" + std::string(forced) +
+                                  ": this CPU lacks the instructions of that path");
+    return path;
+  }
+  throw std::invalid_argument("[conv2d] GOMETAL_CONV_KERNEL must be portable, avx2 or avx512, got '" +
+                              std::string(forced) + "'");
+}
+
+bool conv2d_simd_supported(const ConvGeometry& g) { return g.sw == 1; }
+
+int64_t conv2d_simd_scratch(const ConvGeometry& g) {
+  return round_up(g.o_per_group(), kPackAlign) * g.patch() + round_up(g.c_per_group() * padded_size(g).plane(), 16) +
+         kSlack;
+}
+
+void conv2d_simd_forward_image(ConvPath path, const ConvGeometry& g, const float* x, const float* w, float* y,
+                               float* scratch, const ConvEpilogue& epilogue) {
+  const int64_t taps = g.patch(), rows = rows_per_block(path);
+  float* packed = scratch;
+  float* padded = scratch + round_up(g.o_per_group(), kPackAlign) * taps;
+  const Padded p = padded_size(g);
+  for (int64_t gi = 0; gi < g.groups; ++gi) {
+    const int64_t first = gi * g.o_per_group();
+    pack_weights(g, w + first * taps, rows, packed);
+    pad_image(g, x + gi * g.c_per_group() * g.h * g.w, padded);
+    GroupArgs a{padded, packed, y + first * g.out_plane(), g.c_per_group(), p.plane(), p.w, g.kh, g.kw, g.dh,
+                g.dw,   g.sh,   g.oh,                      g.ow,           g.out_plane(), taps, g.o_per_group(),
+                epilogue};
+    if (a.epilogue.bias) a.epilogue.bias += first;
+    if (a.epilogue.scale) a.epilogue.scale += first;
+    if (a.epilogue.shift) a.epilogue.shift += first;
+    switch (path) {
+#ifdef GOMETAL_CONV_X86
+      case ConvPath::Avx512: forward_group_avx512(a); break;
+      case ConvPath::Avx2: forward_group_avx2(a); break;
+#endif
+      default: forward_group_portable(a); break;
+    }
+  }
+}
+
+}  // namespace gometal

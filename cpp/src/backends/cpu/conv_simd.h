@@ -1,0 +1,44 @@
+// Direct forward convolution (unit horizontal stride) on the widest vectors the CPU has,
+// with an optional per-channel epilogue (bias, scale and shift, ReLU) applied while the
+// accumulators are still in registers. A register tile holds R output channels x V
+// segments of L consecutive output pixels; segments may come from different output rows,
+// so narrow planes (16 pixels wide) still fill the tile. AVX-512: L = 16, 8 x 3 (24 of the
+// 32 zmm registers); AVX2 and the portable path: L = 8, 6 x 2 (12 of 16). The path is
+// chosen at run time from what the CPU has; GOMETAL_CONV_KERNEL=portable|avx2|avx512
+// forces one (the tests run each the CPU has).
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "ir/conv_geometry.h"
+
+namespace gometal {
+
+enum class ConvPath : uint8_t { Portable, Avx2, Avx512 };
+
+std::string_view conv_path_name(ConvPath path);
+bool conv_path_available(ConvPath path);
+// The fastest path this CPU has, or the one GOMETAL_CONV_KERNEL names (std::invalid_argument
+// when it names no path or one the CPU lacks).
+ConvPath choose_conv_path();
+
+// Applied to each output channel o after the sum: y = (acc + bias[o]) * scale[o] + shift[o],
+// then max(y, 0) when relu. A null pointer skips its term.
+struct ConvEpilogue {
+  const float* bias = nullptr;
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+  bool relu = false;
+};
+
+bool conv2d_simd_supported(const ConvGeometry& g);
+// Per-thread scratch (floats) of conv2d_simd_forward_image, enough for every path.
+int64_t conv2d_simd_scratch(const ConvGeometry& g);
+
+// y (O, OH*OW) = epilogue(conv(x (C, H, W), w (O, C/groups, KH, KW))) for one image, on the
+// calling thread.
+void conv2d_simd_forward_image(ConvPath path, const ConvGeometry& g, const float* x, const float* w, float* y,
+                               float* scratch, const ConvEpilogue& epilogue = {});
+
+}  // namespace gometal

@@ -1,0 +1,169 @@
+#include "backends/cpu/passes/conv_epilogues.h"
+
+#include <algorithm>
+
+#include "backends/cpu/conv.h"
+#include "ir/conv_geometry.h"
+
+namespace gometal {
+namespace {
+
+// An epilogue read off a chain of nodes: its operands (node ids, -1 when absent) in the
+// order the kernel applies them.
+struct Chain {
+  std::vector<int> nodes;
+  int bias = -1, scale = -1, shift = -1;
+  bool relu = false;
+};
+
+// One float32 value per output channel: (O, 1, 1), as a layer's bias, or (1, O, 1, 1).
+bool per_channel(const Graph& g, int id, const std::vector<Shape>& shapes, int64_t channels) {
+  const Shape& s = shapes[id];
+  if (g.node(id).dtype != DType::F32) return false;
+  if (s.size() == 3) return s[0] == channels && s[1] == 1 && s[2] == 1;
+  return s.size() == 4 && s[0] == 1 && s[1] == channels && s[2] == 1 && s[3] == 1;
+}
+
+// Adds node `next`, which reads the chain's value `prev`, to the chain; false when it is
+// no part of an epilogue or comes out of the order bias, scale, shift, relu.
+bool extend(const Graph& g, int prev, int next, const std::vector<Shape>& shapes, Chain& chain) {
+  const Node& n = g.node(next);
+  if (n.dtype != DType::F32 || shapes[next] != shapes[prev] || chain.relu) return false;
+  if (n.op == OpKind::Relu) {
+    chain.relu = true;
+  } else {
+    if ((n.op != OpKind::Add && n.op != OpKind::Mul) || n.inputs.size() != 2) return false;
+    const int other = n.inputs[0] == prev ? n.inputs[1] : n.inputs[0];
+    if (other == prev || !per_channel(g, other, shapes, shapes[prev][1])) return false;
+    if (n.op == OpKind::Mul) {
+      if (chain.scale >= 0 || chain.shift >= 0) return false;
+      chain.scale = other;
+    } else if (chain.bias < 0 && chain.scale < 0) {
+      chain.bias = other;
+    } else if (chain.shift < 0) {
+      chain.shift = other;
+    } else {
+      return false;
+    }
+  }
+  chain.nodes.push_back(next);
+  return true;
+}
+
+bool is_float_conv(const Graph& g, int id, const std::vector<Shape>& shapes) {
+  const Node& n = g.node(id);
+  return n.op == OpKind::Conv2D && n.dtype == DType::F32 && shapes[id].size() == 4;
+}
+
+struct ConvEpilogueKernel final : Kernel {
+  ConvGeometry geo;
+  BufRef x, w, y, bias, scale, shift;  // Region::None for an absent operand
+  bool relu = false;
+  int64_t scratch = 0;
+  int64_t scratch_floats() const override { return scratch; }
+
+  ConvEpilogue epilogue(const ExecContext& ctx) const {
+    auto operand = [&](const BufRef& r) -> const float* { return r.region == Region::None ? nullptr : ctx.ptr(r); };
+    return {operand(bias), operand(scale), operand(shift), relu};
+  }
+  void run(const ExecContext& ctx) const override {
+    conv2d_forward(ctx, geo, ctx.ptr(x), ctx.ptr(w), ctx.ptr(y), epilogue(ctx));
+  }
+  void run_samples(const ExecContext& ctx, int64_t n0, int64_t n1, int thread) const override {
+    conv2d_forward_samples(geo, ctx.ptr(x), ctx.ptr(w), ctx.ptr(y), n0, n1, ctx.thread_scratch(thread), epilogue(ctx));
+  }
+};
+
+}  // namespace
+
+void fuse_conv_epilogues(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
+                         Fusion& f) {
+  const int n = g.size();
+  std::vector<std::vector<int>> readers(n);
+  for (int i = 0; i < n; ++i) {
+    if (!s.needed[i]) continue;
+    const std::vector<int>& in = g.node(i).inputs;
+    for (size_t k = 0; k < in.size(); ++k)
+      if (std::find(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(k), in[k]) == in.begin() + k)
+        readers[in[k]].push_back(i);
+  }
+  std::vector<char> returned(n, 0);
+  for (int out : fn.outputs) returned[s.alias_root[out]] = 1;
+
+  std::vector<char> dropped(f.steps.size(), 0);
+  for (size_t st = 0; st < f.steps.size(); ++st) {
+    const Step& step = f.steps[st];
+    if (step.fused || step.nodes.size() != 1 || !is_float_conv(g, step.nodes[0], shapes)) continue;
+    const int conv = step.nodes[0];
+    if (returned[conv]) continue;
+    // Walk the conv's single-reader chain through one fused step, up to its first value
+    // that keeps a buffer.
+    Chain chain;
+    int prev = conv, epilogue_step = -1;
+    bool ends_in_buffer = false;
+    while (readers[prev].size() == 1) {
+      const int next = readers[prev][0];
+      const int at = f.step_of[next];
+      if (at < 0 || !f.steps[at].fused || (epilogue_step >= 0 && at != epilogue_step)) break;
+      if (!extend(g, prev, next, shapes, chain)) break;
+      epilogue_step = at;
+      prev = next;
+      if (f.materialized[next] || returned[next]) {
+        ends_in_buffer = true;
+        break;
+      }
+    }
+    if (!ends_in_buffer || f.steps[epilogue_step].nodes.size() != chain.nodes.size()) continue;
+    // The conv moves down to its epilogue: nothing between may write what it reads.
+    bool effect_between = false;
+    for (int between = static_cast<int>(st) + 1; between < epilogue_step; ++between)
+      for (int id : f.steps[between].nodes) effect_between |= is_effect(g.node(id).op);
+    if (effect_between || epilogue_step <= static_cast<int>(st)) continue;
+    Step merged{false, {conv}};
+    merged.nodes.insert(merged.nodes.end(), chain.nodes.begin(), chain.nodes.end());
+    f.steps[epilogue_step] = std::move(merged);
+    f.materialized[conv] = 0;
+    dropped[st] = 1;
+  }
+
+  std::vector<Step> kept;
+  for (size_t st = 0; st < f.steps.size(); ++st)
+    if (!dropped[st]) kept.push_back(std::move(f.steps[st]));
+  f.steps = std::move(kept);
+  for (size_t st = 0; st < f.steps.size(); ++st)
+    for (int id : f.steps[st].nodes) f.step_of[id] = static_cast<int>(st);
+}
+
+std::unique_ptr<Kernel> make_conv_epilogue_kernel(const Graph& g, int id, const MemoryPlan& mem,
+                                                  const std::vector<Shape>& shapes) {
+  if (!is_float_conv(g, id, shapes) || mem.ref[id].region != Region::None) return nullptr;
+  // The chain again, as fuse_conv_epilogues found it: readers outside this function have
+  // no shape here, and every value but the last has no buffer.
+  Chain chain;
+  int prev = id;
+  while (chain.nodes.empty() || mem.ref[prev].region == Region::None) {
+    int next = -1;
+    for (int i = 0; i < g.size() && next < 0; ++i) {
+      const std::vector<int>& in = g.node(i).inputs;
+      if (shapes[i] == shapes[id] && std::find(in.begin(), in.end(), prev) != in.end()) next = i;
+    }
+    if (next < 0 || !extend(g, prev, next, shapes, chain))
+      throw std::logic_error("[cpu] conv2d epilogue: the merged step's chain is broken");
+    prev = next;
+  }
+  const Node& n = g.node(id);
+  auto k = std::make_unique<ConvEpilogueKernel>();
+  k->geo = conv_geometry(op_name(n.op), shapes[n.inputs[0]], &shapes[n.inputs[1]], n.attrs);
+  k->scratch = conv2d_scratch(k->geo, false);
+  k->x = mem.ref[n.inputs[0]];
+  k->w = mem.ref[n.inputs[1]];
+  k->y = mem.ref[prev];
+  auto ref = [&](int operand) { return operand < 0 ? BufRef{} : mem.ref[operand]; };
+  k->bias = ref(chain.bias);
+  k->scale = ref(chain.scale);
+  k->shift = ref(chain.shift);
+  k->relu = chain.relu;
+  return k;
+}
+
+}  // namespace gometal
