@@ -259,3 +259,22 @@ def test_a_saved_and_loaded_recurrent_model_generates_the_same_tokens(tmp_path):
     tokens = loaded.generate(prompt, 9, top_k=3, seed=5, on_token=lambda s, t: seen.append(t))
     np.testing.assert_array_equal(tokens, model.generate(prompt, 9, top_k=3, seed=5))
     np.testing.assert_array_equal(np.concatenate(seen), tokens[0, 3:])
+
+
+def test_dropout_is_off_and_other_models_recompute_the_whole_context():
+    """Dropout between the layers is an identity in generation; a bidirectional layer reads
+    later steps, so its model gets no decoder and each token recomputes the context."""
+    tokens = gm.Input((None,), dtype="int32")
+    h = gm.layers.Dropout(0.5)(gm.layers.Embedding(VOCAB, EMBED)(tokens))
+    h = gm.layers.Dropout(0.5)(gm.layers.GRU(EMBED, HIDDEN, num_layers=2, dropout=0.5)(h))
+    with_dropout = gm.Model(tokens, gm.layers.Dense(VOCAB)(h), seed=3)
+    assert is_recurrent_language_model(with_dropout)
+    prompt = np.array([[2, 7, 1]], np.int32)
+    np.testing.assert_array_equal(
+        generate(with_dropout, prompt, 8, top_p=0.9, seed=2),
+        generate(with_dropout, prompt, 8, top_p=0.9, seed=2, kv_cache=False),
+    )
+    both_ways = _lm(gm.layers.LSTM(EMBED, HIDDEN, bidirectional=True))
+    greedy = generate(both_ways, prompt, 5, greedy=True)
+    for t in range(3, greedy.shape[1]):
+        assert greedy[0, t] == np.argmax(both_ways.predict(greedy[:, :t])[0, -1])
