@@ -41,13 +41,25 @@ class EngineDecoder:
         self._engine: _core.Engine | None = None
 
     def start(self, engine: _core.Engine) -> None:
-        """Takes the compiled engine and copies the model's weights into it."""
+        """Takes the compiled engine and copies the model's weights into it.
+
+        Args:
+            engine: the engine defining ``prefill`` and ``decode``.
+
+        Example:
+            >>> self.start(_core.Engine(graph, seed=model.seed))  # doctest: +SKIP
+        """
         self._engine = engine
         self.sync_weights()
 
     @property
     def engine(self) -> _core.Engine:
-        """The decoder's engine (``start`` gave it)."""
+        """The decoder's engine (``start`` gave it).
+
+        Example:
+            >>> decoder.engine.stats()["plans"]  # doctest: +SKIP
+            2
+        """
         if self._engine is None:
             raise RuntimeError(f"{type(self).__name__} has no engine yet: call start first")
         return self._engine

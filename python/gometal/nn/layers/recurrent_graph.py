@@ -10,7 +10,19 @@ from ...graph.composites import const, op
 
 
 def join(g: Any, parts: list[int], axis: int) -> int:
-    """``parts`` concatenated along ``axis`` (the one part itself when alone)."""
+    """``parts`` concatenated along ``axis`` (the one part itself when alone).
+
+    Args:
+        g: the graph.
+        parts: node ids.
+        axis: the axis to concatenate along.
+
+    Returns:
+        The joined node.
+
+    Example:
+        >>> both = join(g, [forward, backward], 2)  # doctest: +SKIP
+    """
     return parts[0] if len(parts) == 1 else op(g, "concat", *parts, axis=axis)
 
 
@@ -62,7 +74,21 @@ def mask_lengths(g: Any, mask: int, label: str) -> int:
 
 def initial_state(g: Any, states: Any, index: int, width: int, rows: int) -> int:
     """Layer-direction ``index``'s initial state (rows, width) from ``states`` (N,
-    D*num_layers, width), or zeros when ``states`` is None."""
+    D*num_layers, width), or zeros when ``states`` is None.
+
+    Args:
+        g: the graph.
+        states: the node of every layer and direction's states, or ``None``.
+        index: the layer and direction, ``layer * D + direction``.
+        width: the state's width (``H_out`` for h, ``H`` for an LSTM's c).
+        rows: the states' rows, or ``-1`` for the batch.
+
+    Returns:
+        The state's node.
+
+    Example:
+        >>> h0_l1 = initial_state(g, h0, 1, 16, -1)  # doctest: +SKIP
+    """
     if states is None:
         return op(g, "broadcast_to", const(g, 0.0), shape=[-1, width])
     one = op(g, "slice", states, axis=1, start=index, end=index + 1)
@@ -71,7 +97,19 @@ def initial_state(g: Any, states: Any, index: int, width: int, rows: int) -> int
 
 def final_states(g: Any, ends: list[int], batch_size: int | None) -> int:
     """Final states (N, W) of every layer and direction as (N, D*num_layers, W), with
-    ``batch_size`` rows when given (the shape of state variables)."""
+    ``batch_size`` rows when given (the shape of state variables).
+
+    Args:
+        g: the graph.
+        ends: each layer and direction's final state, in torch's order.
+        batch_size: the rows of the result, or ``None`` for the batch.
+
+    Returns:
+        The stacked node.
+
+    Example:
+        >>> h_n = final_states(g, [h_forward, h_backward], None)  # doctest: +SKIP
+    """
     rows = []
     for end in ends:
         one_step = op(g, "reshape", end, shape=[-1, 1, g.shape(end)[1]])
