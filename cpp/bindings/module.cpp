@@ -9,6 +9,7 @@
 #include <string>
 
 #include "backends/backend.h"
+#include "distributed/bindings.h"
 #include "gometal/engine.h"
 #include "gometal/ir.h"
 #include "ir/op_registry.h"
@@ -358,6 +359,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("symbol_name", &symbol_name, py::arg("symbol"), "The name of a symbolic dim.");
   m.def("op_info", &op_info, py::arg("name"), "The registry entry of an op: arity, attrs, gradient, traits.");
   m.def("metal_available", &metal_available);
+  bind_distributed(m);
   m.def("random_uniform", [](uint64_t seed, uint32_t stream, const Shape& shape) {
     for (int64_t d : shape)
       if (d < 0) throw py::value_error("[random_uniform] shape dims must be >= 0, got " + shape_str(shape));

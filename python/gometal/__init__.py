@@ -55,6 +55,7 @@ __all__ = [
     "__version__",
     "callbacks",
     "datasets",
+    "distributed",
     "get_num_threads",
     "layers",
     "load_model",
@@ -111,7 +112,16 @@ def _generate_tokens(model: Model, *args: object) -> object:
 
 
 # Imported on first use: they pull in heavy packages (Pillow; onnx; plotly and scipy).
-_LAZY_SUBMODULES = ("datasets", "models", "onnx", "serving", "text", "vision", "viz")
+_LAZY_SUBMODULES = (
+    "datasets",
+    "distributed",
+    "models",
+    "onnx",
+    "serving",
+    "text",
+    "vision",
+    "viz",
+)
 # Functions of lazily imported submodules: name -> (submodule, attribute).
 _LAZY_FUNCTIONS = {"serve": ("serving", "serve")}
 

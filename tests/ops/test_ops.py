@@ -11,6 +11,7 @@ from gometal import _core
 from . import (
     cases_attention,
     cases_attention_kernel,
+    cases_collective,
     cases_conv,
     cases_decoding,
     cases_dtypes,
@@ -44,6 +45,7 @@ OP_CASES: list[OpCase] = [
     *cases_attention.CASES,
     *cases_transformer.CASES,
     *cases_recurrent.CASES,
+    *cases_collective.CASES,
 ]
 SCENARIOS: list[ScenarioCase] = [
     *cases_effects.SCENARIOS,
@@ -56,6 +58,7 @@ SCENARIOS: list[ScenarioCase] = [
     *cases_recurrent.SCENARIOS,
     *cases_positions.SCENARIOS,
     *cases_quantized.SCENARIOS,
+    *cases_collective.SCENARIOS,
 ]
 ERROR_CASES: list[ErrorCase] = [
     *cases_errors.CASES,
@@ -65,6 +68,7 @@ ERROR_CASES: list[ErrorCase] = [
     *cases_recurrent.ERROR_CASES,
     *cases_positions.ERROR_CASES,
     *cases_quantized.ERROR_CASES,
+    *cases_collective.ERROR_CASES,
 ]
 BACKENDS = available_backends()
 

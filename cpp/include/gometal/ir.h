@@ -66,6 +66,8 @@ enum class OpKind : uint8_t {
   // int8 quantization: float <-> int8/uint8 per tensor, and the int8 dense and convolution
   // with int32 sums and a fused epilogue
   Quantize, Dequantize, QuantizedMatMul, QuantizedConv2D,
+  // collectives across the ranks of a data-parallel job
+  AllReduceMean,
   kCount
 };
 

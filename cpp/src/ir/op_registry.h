@@ -106,5 +106,6 @@ std::vector<OpDef> decoding_op_defs();
 std::vector<OpDef> recurrent_op_defs();
 std::vector<OpDef> positions_op_defs();
 std::vector<OpDef> quantized_op_defs();
+std::vector<OpDef> collective_op_defs();
 
 }  // namespace gometal

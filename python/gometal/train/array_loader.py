@@ -10,6 +10,7 @@ import numpy as np
 
 from ..base.arrays import check_batch_size, check_seed
 from ..base.epochs import EpochCounter
+from .data_parallel import job_rank_and_size
 
 # The stream that orders samples; ``gm.vision.DataLoader`` uses the same one, so both
 # loaders visit N samples in the same order for the same seed and epoch.
@@ -88,6 +89,14 @@ class ArrayLoader(EpochCounter):
         shuffle: visit the samples in a new random order each epoch.
         seed: seeds the order (a non-negative int).
         drop_last: drop the last batch when it is smaller than ``batch_size``.
+        shard: in a distributed job (``gm.distributed.init()``), visit only this rank's
+            share of each epoch's order: positions ``rank, rank + size, ...`` of the
+            order, which is padded first by repeating its start up to a multiple of the
+            job's size, as torch's ``DistributedSampler(drop_last=False)`` does. The
+            shards are disjoint but for those at most ``size - 1`` repeated samples,
+            cover every sample, and hold the same count, so every rank runs the same
+            number of steps (the last batch is then the same size on every rank).
+            ``None``: shard whenever the process is in a job.
 
     Example:
         >>> loader = ArrayLoader(x, y, batch_size=32, seed=0)  # doctest: +SKIP
@@ -105,6 +114,7 @@ class ArrayLoader(EpochCounter):
         seed: int = 0,
         drop_last: bool = False,
         sample_weight: Any = None,
+        shard: bool | None = None,
     ):
         samples, targets = count_rows(x, "x"), count_rows(y, "y")
         if samples != targets:
@@ -125,6 +135,11 @@ class ArrayLoader(EpochCounter):
         self.seed = check_seed(seed)
         self.drop_last = bool(drop_last)
         self._next_epoch = 0
+        rank, size = job_rank_and_size()
+        if shard is not None and not isinstance(shard, bool):
+            raise TypeError(f"shard must be True, False or None, got {shard!r}")
+        # (this rank, ranks) of the shard; (0, 1) reads every sample.
+        self.shard_rank, self.shard_count = (rank, size) if shard is not False else (0, 1)
 
     def sample_order(self, epoch: int) -> np.ndarray:
         """The sample positions in the order epoch ``epoch`` visits them.
@@ -143,15 +158,38 @@ class ArrayLoader(EpochCounter):
             return np.arange(self.samples)
         return epoch_permutation(self.seed, epoch, self.samples)
 
+    def shard_order(self, epoch: int) -> np.ndarray:
+        """The sample positions this rank visits in epoch ``epoch``, in order (the whole
+        ``sample_order`` outside a distributed job).
+
+        Args:
+            epoch: the epoch number.
+
+        Returns:
+            An int64 array of ``ceil(N / size)`` positions.
+
+        Example:
+            >>> ArrayLoader(np.zeros((5, 1)), np.zeros(5), shuffle=False).shard_order(0)
+            array([0, 1, 2, 3, 4])
+        """
+        order = self.sample_order(epoch)
+        if self.shard_count == 1:
+            return order
+        padded = np.resize(order, self._shard_length() * self.shard_count)
+        return padded[self.shard_rank :: self.shard_count]
+
+    def _shard_length(self) -> int:
+        return math.ceil(self.samples / self.shard_count)
+
     def __len__(self) -> int:
-        count = self.samples
+        count = self._shard_length()
         return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         epoch = self.next_epoch()
-        if not self.shuffle:
+        if not self.shuffle and self.shard_count == 1:
             return self._slices()
-        return self._gathered(self.sample_order(epoch))
+        return self._gathered(self.shard_order(epoch))
 
     def _batch(self, rows: Any) -> tuple[Any, ...]:
         if self.sample_weight is None:

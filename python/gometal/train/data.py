@@ -124,8 +124,10 @@ def as_batches(
             sample_weight = as_sample_weights(
                 sample_weight, structured_rows(trainer.model, x), f"{prefix}sample_weight"
             )
+        # In a distributed job each rank trains on its shard and evaluates everything.
+        shard = None if name == "train" else False
         return ArrayLoader(
-            x, y, batch_size, shuffle=shuffle, seed=seed, sample_weight=sample_weight
+            x, y, batch_size, shuffle=shuffle, seed=seed, sample_weight=sample_weight, shard=shard
         )
     if sample_weight is not None:
         raise ValueError(

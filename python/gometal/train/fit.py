@@ -15,6 +15,7 @@ from .array_loader import count_rows, is_array_collection, take_rows
 from .callback_base import Callback, overrides
 from .callbacks import check_callbacks
 from .data import as_batches, is_array_pair, loader_length, set_loader_epoch, unpack_batch
+from .data_parallel import is_leading_rank
 from .evaluation import metric_keys, resolve_session_metrics, run_evaluation
 from .history import History
 from .interrupt import InterruptGuard
@@ -444,7 +445,8 @@ def fit(
     history = trainer.history
     history.interrupted = False
     trainer.stop_training = False
-    progress = Progress(verbose, trainer.epoch + epochs - 1, steps)
+    # In a distributed job only rank 0 prints.
+    progress = Progress(verbose if is_leading_rank() else 0, trainer.epoch + epochs - 1, steps)
     last_logs: dict[str, Any] = {}
     with InterruptGuard() as guard:
         try:

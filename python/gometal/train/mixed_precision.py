@@ -22,7 +22,7 @@ inside the one training call.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -140,7 +140,11 @@ class LossScaler:
         self.growth_interval = growth_interval
 
     def emit(
-        self, g: _core.Graph, loss: int, params: Mapping[str, int]
+        self,
+        g: _core.Graph,
+        loss: int,
+        params: Mapping[str, int],
+        reduce: Callable[[dict[str, int]], dict[str, int]] | None = None,
     ) -> tuple[dict[str, int], GuardedGraph, list[int]]:
         """Appends scaled autodiff, the finiteness test and the scale update.
 
@@ -148,6 +152,8 @@ class LossScaler:
             g: the training graph.
             loss: the float32 scalar training loss.
             params: parameter name -> variable node id.
+            reduce: maps the scaled gradients by name to the ones applied (the mean over
+                a distributed job's ranks), before the finiteness test reads them.
 
         Returns:
             ``(grads, guard, effects)``: the unscaled gradients by name, the graph view
@@ -158,6 +164,8 @@ class LossScaler:
         skipped = g.variable(SKIPPED_VARIABLE, ())
         scaled_loss = op(g, "mul", loss, scale)
         raw = g.gradients(scaled_loss, list(params.values()))
+        if reduce is not None:
+            raw = list(reduce(dict(zip(params, raw))).values())
         grads = {name: op(g, "div", grad, scale) for name, grad in zip(params, raw)}
         probe = None
         for grad in raw:

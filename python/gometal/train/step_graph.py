@@ -19,6 +19,7 @@ from ..nn.layers.weight_store import EngineWeights
 from ..nn.model import Model
 from ..nn.tensor import BATCH
 from . import optim
+from .data_parallel import averaged_over_ranks
 from .metrics import BatchAccuracy
 from .mixed_precision import Bf16Graph, GuardedGraph, LossScaler
 from .output_losses import OutputLoss
@@ -43,11 +44,14 @@ class StepOptions:
             a float32 ``(N,)`` sample weight after the targets.
         step_offsets: ``(weight name, steps it sat out frozen)`` pairs: the optimizer
             counts that weight's steps from its own first update, as torch does.
+        distributed: average each gradient over the ranks of the job
+            (``gm.distributed``) before clipping, loss scaling and the update.
     """
 
     accumulate_steps: int = 1
     sample_weighted: bool = False
     step_offsets: tuple[tuple[str, float], ...] = ()
+    distributed: bool = False
 
 
 @dataclass(frozen=True)
@@ -313,13 +317,17 @@ def _updates(
     """The optimizer's effects for ``loss`` (with loss scaling and gradient accumulation
     when asked) and the raw gradients."""
     scaler_effects: list[int] = []
+    # Distributed: every rank applies the mean of the ranks' gradients (a finite test of
+    # the loss scaling reads it too, so all ranks skip the same steps).
+    reduce = (lambda grads: averaged_over_ranks(g, grads)) if options.distributed else None
     if loss_scaler is not None:
         # Optimizer writes go through `update_graph`, which skips them on inf/NaN steps.
-        grads, update_graph, scaler_effects = loss_scaler.emit(g, loss, params)
+        grads, update_graph, scaler_effects = loss_scaler.emit(g, loss, params, reduce)
+        applied = grads
     else:
         grads = dict(zip(params, g.gradients(loss, list(params.values()))))
         update_graph = g
-    applied = grads
+        applied = grads if reduce is None else reduce(grads)
     accumulation: list[int] = []
     k = options.accumulate_steps
     if k > 1:
@@ -330,8 +338,8 @@ def _updates(
         counted = op(g, "add", micro, one)
         last = op(g, "equal", counted, const(g, float(k)))
         keep = op(g, "sub", one, last)
-        applied = {}
-        for name, grad in grads.items():
+        per_batch, applied = applied, {}
+        for name, grad in per_batch.items():
             slot = g.variable(f"{name}.{ACCUMULATOR_SLOT}", tuple(g.shape(params[name])))
             applied[name] = op(g, "add", slot, op(g, "mul", grad, const(g, 1.0 / k)))
             accumulation.append(op(g, "assign", slot, op(g, "mul", applied[name], keep)))

@@ -28,6 +28,7 @@ from ..nn.inference import (
 from ..nn.layers.base import trainable_changes
 from ..nn.model import Model
 from . import optim
+from .data_parallel import replica_seed, resolve_distributed, synchronize_replicas
 from .evaluation import evaluate as _evaluate
 from .fit import fit as _fit
 from .fit import keras_fit_arguments
@@ -84,6 +85,9 @@ class Trainer(EngineState):
         accumulate_steps: gradient accumulation: each update averages the gradients of
             this many ``train_batch`` calls (equal to one update on a batch that many
             times larger); ``step`` counts updates. Not with loss scaling or L-BFGS.
+        distributed: average gradients over the ranks of ``gm.distributed.init()``'s job
+            inside the step, after checking every rank built the same model and giving
+            each rank 0's weights; ``None``: whenever ``init()`` was called.
 
     A model with several inputs or outputs (or given them as dicts) takes lists (in the
     model's order) or dicts (by name) of arrays for ``x`` and ``y`` everywhere; results
@@ -110,6 +114,7 @@ class Trainer(EngineState):
         backend: str | None = None,
         loss_weights: Any = None,
         accumulate_steps: int = 1,
+        distributed: bool | None = None,
     ):
         if not isinstance(model, Model):
             raise TypeError(f"model must be a gm.Model, got {type(model).__name__}")
@@ -133,11 +138,15 @@ class Trainer(EngineState):
         self.accumulate_steps = check_accumulate_steps(
             accumulate_steps, self.loss_scaling, self.optimizer
         )
-        self._options = StepOptions(accumulate_steps=self.accumulate_steps)
+        self.distributed = resolve_distributed(distributed, self.optimizer)
+        self._options = StepOptions(self.accumulate_steps, distributed=self.distributed)
         self._waiting_slots: dict[str, np.ndarray] = {}
         self._step_offsets: dict[str, int] = {}
         self._frozen_since: dict[str, int] = {}
         self._compile()
+        if self.distributed:
+            with self._using_engine() as engine:
+                synchronize_replicas(engine)
         self._follow_trainable()
         # Fit state, carried across fit calls (and saved by checkpoints): completed epochs,
         # their History, the attached scheduler, and the flag callbacks set to stop fit.
@@ -154,7 +163,7 @@ class Trainer(EngineState):
             self.optimizer,
             self.precision,
             self._loss_scaler,
-            self._seed,
+            replica_seed(self._seed, self.distributed),
             self.backend,
             self._options,
         )

@@ -11,6 +11,7 @@
 #include "backends/cpu/blas.h"
 #include "backends/cpu/cast.h"
 #include "backends/cpu/checks.h"
+#include "backends/cpu/collective.h"
 #include "backends/cpu/support.h"
 #include "backends/cpu/fused_elementwise.h"
 #include "backends/cpu/gemm.h"
@@ -253,6 +254,7 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
   if (auto k = make_recurrent_kernel(g, id, mem, shapes)) return k;
   if (auto k = make_positions_kernel(g, id, mem, shapes)) return k;
   if (auto k = make_quantized_kernel(g, id, mem, shapes)) return k;
+  if (auto k = make_collective_kernel(g, id, mem, shapes)) return k;
   if (auto k = make_conv_epilogue_kernel(g, id, mem, shapes)) return k;
   switch (n.op) {
     case OpKind::MatMul: {

@@ -1,0 +1,16 @@
+// The kernels of the collective ops (ir/ops/collective.cpp).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "backends/cpu/kernel.h"
+#include "gometal/ir.h"
+
+namespace gometal {
+
+// The kernel of an all_reduce_mean node, or nullptr for any other op.
+std::unique_ptr<Kernel> make_collective_kernel(const Graph& g, int id, const MemoryPlan& mem,
+                                               const std::vector<Shape>& shapes);
+
+}  // namespace gometal

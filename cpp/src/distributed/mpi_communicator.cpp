@@ -1,0 +1,197 @@
+// The MPI communicator, bound at run time to the libmpi that mpi4py already loaded.
+//
+// gometal's wheel builds and installs without MPI, yet the collectives must run inside the
+// compiled step. So nothing here includes mpi.h or links libmpi: the functions are looked up
+// with dlsym in the library the process already holds (dlopen with RTLD_NOLOAD takes a new
+// reference to it, loads nothing), and the communicator, datatypes and reduction come from
+// mpi4py as integers. Whichever MPI the user's mpi4py loaded (Open MPI, MPICH) is the one used.
+//
+// ABI: handles are pointers in Open MPI and ints in MPICH, so the function types are
+// instantiated for the library's handle width (gm.distributed asks the library); requests are the
+// same kind of handle and get 8-byte slots; an MPI_Status is 24 bytes in Open MPI and 20 in
+// MPICH, and MPI_STATUS_IGNORE is 0 in one and 1 in the other, so waits pass real storage of
+// 64 bytes instead.
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "distributed/communicator.h"
+
+namespace gometal {
+namespace {
+
+// A symbol of the loaded library, or a clear error naming it.
+void* symbol(void* library, const std::string& path, const char* name) {
+  void* f = dlsym(library, name);
+  if (f == nullptr)
+    throw std::invalid_argument("[distributed] " + path + " has no function " + name + "; is it an MPI library?");
+  return f;
+}
+
+template <class Handle>
+class MpiCommunicator final : public Communicator {
+  using Allreduce = int (*)(const void*, void*, int, Handle, Handle, Handle);
+  using Iallreduce = int (*)(const void*, void*, int, Handle, Handle, Handle, Handle*);
+  using Wait = int (*)(Handle*, void*);
+  using Bcast = int (*)(void*, int, Handle, int, Handle);
+  using Allgather = int (*)(const void*, int, Handle, void*, int, Handle, Handle);
+  using Barrier = int (*)(Handle);
+  using CommInt = int (*)(Handle, int*);
+  using ErrorString = int (*)(int, char*, int*);
+
+ public:
+  explicit MpiCommunicator(const MpiHandles& h)
+      : comm_(from(h.comm)), float_(from(h.float_type)), byte_(from(h.byte_type)), sum_(from(h.sum_op)) {
+    library_ = dlopen(h.library.c_str(), RTLD_NOW | RTLD_NOLOAD);
+    if (library_ == nullptr)
+      throw std::invalid_argument("[distributed] the MPI library " + h.library +
+                                  " is not loaded in this process (import mpi4py.MPI first)");
+    allreduce_ = reinterpret_cast<Allreduce>(symbol(library_, h.library, "MPI_Allreduce"));
+    iallreduce_ = reinterpret_cast<Iallreduce>(symbol(library_, h.library, "MPI_Iallreduce"));
+    wait_ = reinterpret_cast<Wait>(symbol(library_, h.library, "MPI_Wait"));
+    bcast_ = reinterpret_cast<Bcast>(symbol(library_, h.library, "MPI_Bcast"));
+    allgather_ = reinterpret_cast<Allgather>(symbol(library_, h.library, "MPI_Allgather"));
+    barrier_ = reinterpret_cast<Barrier>(symbol(library_, h.library, "MPI_Barrier"));
+    error_string_ = reinterpret_cast<ErrorString>(symbol(library_, h.library, "MPI_Error_string"));
+    auto comm_rank = reinterpret_cast<CommInt>(symbol(library_, h.library, "MPI_Comm_rank"));
+    auto comm_size = reinterpret_cast<CommInt>(symbol(library_, h.library, "MPI_Comm_size"));
+    check(comm_rank(comm_, &rank_), "MPI_Comm_rank");
+    check(comm_size(comm_, &size_), "MPI_Comm_size");
+  }
+  ~MpiCommunicator() override {
+    if (library_ != nullptr) dlclose(library_);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  void all_reduce_sum(const float* in, float* out, int64_t count) override {
+    // MPI counts are ints: a larger buffer goes in pieces.
+    for (int64_t done = 0; done < count;) {
+      const int piece = static_cast<int>(std::min<int64_t>(count - done, INT_MAX));
+      check(allreduce_(in + done, out + done, piece, float_, sum_, comm_), "MPI_Allreduce");
+      done += piece;
+    }
+  }
+
+  int64_t start_all_reduce_sum(const float* in, float* out, int64_t count) override {
+    if (count > INT_MAX)
+      throw std::invalid_argument("[distributed] a non-blocking all-reduce takes at most " + std::to_string(INT_MAX) +
+                                  " floats, got " + std::to_string(count));
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto free_slot = std::find(in_use_.begin(), in_use_.end(), false);
+    const size_t slot = static_cast<size_t>(free_slot - in_use_.begin());
+    if (slot == requests_.size()) {
+      requests_.emplace_back();
+      in_use_.push_back(false);
+    }
+    std::memset(&requests_[slot], 0, sizeof(RequestSlot));
+    check(iallreduce_(in, out, static_cast<int>(count), float_, sum_, comm_, &requests_[slot].handle),
+          "MPI_Iallreduce");
+    in_use_[slot] = true;
+    return static_cast<int64_t>(slot);
+  }
+
+  void wait(int64_t ticket) override {
+    RequestSlot* slot;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (ticket < 0 || static_cast<size_t>(ticket) >= in_use_.size() || !in_use_[ticket])
+        throw std::invalid_argument("[distributed] wait on an unknown ticket " + std::to_string(ticket));
+      slot = &requests_[ticket];
+    }
+    alignas(8) unsigned char status[64] = {};
+    check(wait_(&slot->handle, status), "MPI_Wait");
+    std::lock_guard<std::mutex> lock(mutex_);
+    in_use_[ticket] = false;
+  }
+
+  void broadcast(void* data, int64_t bytes, int root) override {
+    auto* p = static_cast<char*>(data);
+    for (int64_t done = 0; done < bytes;) {
+      const int piece = static_cast<int>(std::min<int64_t>(bytes - done, INT_MAX));
+      check(bcast_(p + done, piece, byte_, root, comm_), "MPI_Bcast");
+      done += piece;
+    }
+  }
+
+  void all_gather(const void* in, int64_t bytes, void* out) override {
+    if (bytes > INT_MAX)
+      throw std::invalid_argument("[distributed] all_gather takes at most " + std::to_string(INT_MAX) +
+                                  " bytes per rank, got " + std::to_string(bytes));
+    const int n = static_cast<int>(bytes);
+    check(allgather_(in, n, byte_, out, n, byte_, comm_), "MPI_Allgather");
+  }
+
+  void barrier() override { check(barrier_(comm_), "MPI_Barrier"); }
+
+ private:
+  // 8 bytes whichever the handle's width; a deque keeps slots in place while it grows.
+  union RequestSlot {
+    Handle handle;
+    int64_t storage;
+  };
+
+  static Handle from(intptr_t value) {
+    if constexpr (sizeof(Handle) == sizeof(intptr_t)) return reinterpret_cast<Handle>(value);
+    else return static_cast<Handle>(value);
+  }
+
+  void check(int code, const char* function) const {
+    if (code == 0) return;  // MPI_SUCCESS is 0 in every MPI
+    char text[1024] = {};
+    int length = 0;
+    if (error_string_ == nullptr || error_string_(code, text, &length) != 0) length = 0;
+    throw std::runtime_error("[distributed] " + std::string(function) + " failed on rank " + std::to_string(rank_) +
+                             " of " + std::to_string(size_) + ": " +
+                             (length > 0 ? std::string(text, static_cast<size_t>(length))
+                                         : "MPI error " + std::to_string(code)));
+  }
+
+  void* library_ = nullptr;
+  Handle comm_, float_, byte_, sum_;
+  int rank_ = -1, size_ = 0;
+  Allreduce allreduce_ = nullptr;
+  Iallreduce iallreduce_ = nullptr;
+  Wait wait_ = nullptr;
+  Bcast bcast_ = nullptr;
+  Allgather allgather_ = nullptr;
+  Barrier barrier_ = nullptr;
+  ErrorString error_string_ = nullptr;
+  std::mutex mutex_;
+  std::deque<RequestSlot> requests_;
+  std::vector<bool> in_use_;
+};
+
+std::mutex current_mutex;
+std::shared_ptr<Communicator> current;
+
+}  // namespace
+
+std::shared_ptr<Communicator> make_mpi_communicator(const MpiHandles& handles) {
+  if (handles.handle_bytes == static_cast<int>(sizeof(void*)))
+    return std::make_shared<MpiCommunicator<void*>>(handles);
+  if (handles.handle_bytes == static_cast<int>(sizeof(int32_t)))
+    return std::make_shared<MpiCommunicator<int32_t>>(handles);
+  throw std::invalid_argument("[distributed] MPI handles of " + std::to_string(handles.handle_bytes) +
+                              " bytes are not supported; expected 4 (MPICH) or 8 (Open MPI)");
+}
+
+std::shared_ptr<Communicator> current_communicator() {
+  std::lock_guard<std::mutex> lock(current_mutex);
+  return current;
+}
+
+void set_current_communicator(std::shared_ptr<Communicator> communicator) {
+  std::lock_guard<std::mutex> lock(current_mutex);
+  current = std::move(communicator);
+}
+
+}  // namespace gometal

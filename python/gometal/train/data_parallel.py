@@ -1,0 +1,197 @@
+"""Data-parallel training across processes: what the training step and ``Trainer`` need.
+
+A process joins a job with ``gm.distributed.init()`` (the distributed layer, above train),
+which attaches the job's communicator to the compiled engine. From here on train talks to
+that communicator only through ``gometal._core``: the step averages each gradient over the
+ranks with the ``all_reduce_mean`` op (inside the compiled step, before the optimizer), and
+a distributed ``Trainer`` checks that every rank built the same model, then copies rank 0's
+weights to every rank.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+from ..graph.composites import op
+
+# Seeds of different ranks' dropout streams lie this far apart (a large odd constant, the
+# 64-bit golden ratio, so nearby seeds of nearby ranks never coincide).
+_RANK_SEED_STRIDE = 0x9E3779B97F4A7C15
+_SEED_MASK = (1 << 63) - 1
+
+
+def job_rank_and_size() -> tuple[int, int]:
+    """``(rank, size)`` of this process's job; ``(0, 1)`` outside one.
+
+    Example:
+        >>> job_rank_and_size()
+        (0, 1)
+    """
+    rank, size, _ = _core.communicator_info()
+    return rank, size
+
+
+def is_leading_rank() -> bool:
+    """Whether this process prints progress and writes files: rank 0, or a lone process.
+
+    Example:
+        >>> is_leading_rank()
+        True
+    """
+    return job_rank_and_size()[0] == 0
+
+
+def resolve_distributed(distributed: Any, optimizer: Any) -> bool:
+    """``Trainer(distributed=...)``: ``None`` follows ``gm.distributed.init()``.
+
+    Args:
+        distributed: ``True``, ``False`` or ``None``.
+        optimizer: the trainer's optimizer (a host-driven one cannot be distributed).
+
+    Returns:
+        Whether the training step averages gradients over the job's ranks.
+
+    Raises:
+        TypeError: ``distributed`` is not a bool or ``None``.
+        ValueError: ``True`` before ``gm.distributed.init()``, or with L-BFGS.
+
+    Example:
+        >>> resolve_distributed(None, gm.optim.SGD())  # doctest: +SKIP
+        False
+    """
+    attached = _core.communicator_info()[2]
+    if distributed is None:
+        distributed = attached
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be True, False or None, got {distributed!r}")
+    if distributed and not attached:
+        raise ValueError(
+            "Trainer(distributed=True) needs the job's communicator: call "
+            "gm.distributed.init() first (in each process started by mpirun)"
+        )
+    if distributed and optimizer.host_driven:
+        raise ValueError(
+            f"distributed training needs an in-graph optimizer, got the host-driven "
+            f"{type(optimizer).__name__}"
+        )
+    return distributed
+
+
+def replica_seed(seed: int, distributed: bool) -> int:
+    """The engine seed of this rank: its own dropout stream; rank 0, and a process that
+    is not distributed, keep ``seed``.
+
+    Example:
+        >>> replica_seed(5, False)
+        5
+    """
+    rank = job_rank_and_size()[0] if distributed else 0
+    return seed if rank == 0 else (seed + rank * _RANK_SEED_STRIDE) & _SEED_MASK
+
+
+def averaged_over_ranks(g: Any, grads: Mapping[str, int]) -> dict[str, int]:
+    """Each gradient node wrapped in ``all_reduce_mean``: the mean over the job's ranks.
+
+    Args:
+        g: the training graph.
+        grads: parameter name -> gradient node.
+
+    Returns:
+        Parameter name -> the averaged gradient node, in the same order.
+
+    Example:
+        >>> averaged_over_ranks(g, {"dense_0.weight": grad})  # doctest: +SKIP
+    """
+    return {name: op(g, "all_reduce_mean", grad) for name, grad in grads.items()}
+
+
+def _describe(engine: Any) -> list[list[Any]]:
+    return [
+        [name, list(engine.variable_shape(name)), engine.variable_dtype(name)]
+        for name in engine.variable_names()
+    ]
+
+
+def first_difference(
+    reference: Sequence[Sequence[Any]], mine: Sequence[Sequence[Any]], rank: int
+) -> str:
+    """How rank ``rank``'s variables differ from rank 0's, first difference only ("" if none).
+
+    Args:
+        reference: rank 0's ``[name, shape, dtype]`` entries, in declaration order.
+        mine: rank ``rank``'s entries.
+        rank: the rank ``mine`` comes from, for the message.
+
+    Returns:
+        E.g. ``"dense_1.weight has shape [8, 3] on rank 1, [8, 4] on rank 0"``.
+
+    Example:
+        >>> first_difference([["w", [2], "float32"]], [["w", [3], "float32"]], 1)
+        'w has shape [3] on rank 1, [2] on rank 0'
+    """
+    here = f"on rank {rank}"
+    for ours, theirs in zip(mine, reference):
+        if ours[0] != theirs[0]:
+            return f"variable {ours[0]} {here} where rank 0 has {theirs[0]}"
+        if list(ours[1]) != list(theirs[1]):
+            return f"{ours[0]} has shape {list(ours[1])} {here}, {list(theirs[1])} on rank 0"
+        if ours[2] != theirs[2]:
+            return f"{ours[0]} has dtype {ours[2]} {here}, {theirs[2]} on rank 0"
+    if len(mine) != len(reference):
+        extra = mine[len(reference)] if len(mine) > len(reference) else reference[len(mine)]
+        return (
+            f"{len(mine)} variables {here}, {len(reference)} on rank 0 "
+            f"(the first without a match: {extra[0]})"
+        )
+    return ""
+
+
+def _broadcast_text(text: str, root: int) -> str:
+    """``root``'s ``text`` on every rank (the others' ``text`` is ignored)."""
+    rank = job_rank_and_size()[0]
+    encoded = np.frombuffer(text.encode(), np.uint8) if rank == root else None
+    length = np.array([0 if encoded is None else encoded.size], np.int64)
+    _core.broadcast_bytes(length, root)
+    data = encoded.copy() if encoded is not None else np.zeros(int(length[0]), np.uint8)
+    _core.broadcast_bytes(data, root)
+    return data.tobytes().decode()
+
+
+def synchronize_replicas(engine: Any) -> None:
+    """Checks every rank holds the same variables, then gives every rank rank 0's values.
+
+    Every rank raises the same ``ValueError`` when one differs (no rank waits on a
+    collective the others skip).
+
+    Args:
+        engine: this rank's engine (held under its lock by the caller).
+
+    Raises:
+        ValueError: a rank's variables differ from rank 0's (names, shapes, dtypes),
+            naming the rank and the first difference.
+
+    Example:
+        >>> synchronize_replicas(engine)  # doctest: +SKIP
+    """
+    rank, size = job_rank_and_size()
+    mine = _describe(engine)
+    reference = json.loads(_broadcast_text(json.dumps(mine), 0))
+    difference = first_difference(reference, mine, rank)
+    flags = np.zeros(size, np.float32)
+    flags[rank] = 1.0 if difference else 0.0
+    differing = np.flatnonzero(_core.all_reduce_sum(flags))
+    if differing.size:
+        first = int(differing[0])
+        message = _broadcast_text(difference if rank == first else "", first)
+        raise ValueError(
+            f"distributed training: the model on rank {first} differs from rank 0's: {message}"
+        )
+    for name in engine.variable_names():
+        value = np.array(engine.get_variable(name), order="C")
+        _core.broadcast_bytes(value, 0)
+        engine.set_variable(name, value)

@@ -1,0 +1,54 @@
+"""all_reduce_mean in one process: a job of one rank, whose mean over the ranks is the value
+itself (tests/test_distributed.py runs it across ranks under mpirun)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gometal import _core
+
+from .harness import BATCH, Arg, ErrorCase, OpCase, ScenarioCase
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+CASES = [
+    OpCase("all_reduce_mean", (Arg((BATCH, 3)),), _identity, name="batch"),
+    OpCase("all_reduce_mean", (Arg((2, 3, 4)),), _identity, name="variable"),
+]
+
+
+def a_step_averages_its_gradient_over_one_rank(backend, rng):
+    """SGD on w through the all-reduced gradient matches the NumPy step of the local one."""
+    g = _core.Graph()
+    x = g.input("x", (-1, 3))
+    w = g.variable("w", (3,))
+    loss = g.op("sum", [g.op("square", [g.op("mul", [x, w])])], {"axes": []})
+    (grad,) = g.gradients(loss, [w])
+    averaged = g.op("all_reduce_mean", [grad])
+    update = g.op("assign", [w, g.op("sub", [w, g.op("mul", [averaged, g.constant(0.1)])])])
+    engine = _core.Engine(g, seed=0, backend=backend)
+    engine.define("step", inputs=[x], outputs=[averaged], effects=[update])
+    weights = rng.standard_normal(3).astype(np.float32)
+    values = rng.standard_normal((4, 3)).astype(np.float32)
+    engine.set_variable("w", weights)
+    (got,) = engine.run("step", [values])
+    expected = (2 * values**2 * weights).sum(axis=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(engine.get_variable("w"), weights - 0.1 * got, rtol=1e-6)
+
+
+SCENARIOS = [
+    ScenarioCase("all_reduce_mean", "one-rank-step", a_step_averages_its_gradient_over_one_rank),
+]
+
+ERROR_CASES = [
+    ErrorCase(
+        "all_reduce_mean",
+        (Arg((2, 3), dtype="int32", leaf="input"),),
+        patterns=("expects input of dtype float32, got int32",),
+        name="int32",
+    ),
+]

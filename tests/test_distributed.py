@@ -1,0 +1,129 @@
+"""Data-parallel training under mpirun against one process.
+
+Each test launches ``mpirun -n N python tests/distributed_scripts/<script>`` with a timeout
+and reads what the ranks wrote. N ranks at batch b must reach the weights one process
+reaches at batch N * b (the mean of the ranks' gradients is the gradient of the global
+batch), and every rank must hold bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import gometal as gm
+from distributed_scripts.replica_models import OPTIMIZERS, mlp, train
+
+SCRIPTS = Path(__file__).parent / "distributed_scripts"
+PER_RANK_BATCH = 8
+
+
+def mpirun(script: str, ranks: int, *args: str, timeout: float = 120.0):
+    """Runs ``script`` on ``ranks`` MPI processes; returns the completed process."""
+    launcher = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which(
+        "mpirun"
+    )
+    assert launcher is not None, "mpirun not found: pip install 'gometal[distributed]'"
+    env = {
+        **os.environ,
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        "PYTHONPATH": os.pathsep.join([str(SCRIPTS), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [launcher, "-n", str(ranks), "--oversubscribe", sys.executable, str(SCRIPTS / script)]
+    return subprocess.run(
+        [*command, *args], check=False, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def ran(result: subprocess.CompletedProcess) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    return output
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_two_ranks_match_one_process_at_twice_the_batch(optimizer, tmp_path):
+    ran(mpirun("train_replicas.py", 2, optimizer, str(PER_RANK_BATCH), str(tmp_path)))
+    ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
+    for name in ranks[0]:
+        # The same bits on every rank: each applies the same all-reduced gradient.
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+
+    gm.set_num_threads(1)
+    reference = mlp(seed=1)  # rank 0's initial weights, which every rank starts from
+    trainer = gm.Trainer(reference, "mse", OPTIMIZERS[optimizer](), batch_size=2 * PER_RANK_BATCH)
+    train(trainer, 2 * PER_RANK_BATCH)
+    expected = reference.get_weights()
+    assert set(expected) == set(ranks[0])
+    for name, value in expected.items():
+        scale = np.abs(value).max()
+        np.testing.assert_allclose(
+            ranks[0][name], value, rtol=1e-6, atol=1e-6 * scale, err_msg=name
+        )
+    moved = mlp(seed=1).get_weights()
+    assert any(not np.allclose(moved[name], expected[name]) for name in expected)
+
+
+def test_mismatched_models_are_refused_at_init_on_every_rank():
+    output = ran(mpirun("mismatched_models.py", 2, timeout=60))
+    expected = (
+        "the model on rank 1 differs from rank 0's: dense_0.weight has shape [25, 12] on "
+        "rank 1, [24, 12] on rank 0"
+    )
+    for rank in range(2):
+        assert f"rank {rank} refused: distributed training: {expected}" in output, output
+
+
+def test_a_killed_rank_stops_the_job_naming_it():
+    result = mpirun("killed_rank.py", 2, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "rank 1" in output, output
+    assert "finished without noticing" not in output
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_shards_of_three_ranks_are_distributed_sampler_shards(shuffle, tmp_path):
+    samples, batch = 11, 3
+    ran(mpirun("shard_orders.py", 3, str(samples), str(batch), str(int(shuffle)), str(tmp_path)))
+    shards = [np.load(tmp_path / f"rank{r}.npz") for r in range(3)]
+    for epoch in (0, 1):
+        full = gm.training.ArrayLoader(
+            np.zeros((samples, 1)), np.zeros(samples), shuffle=shuffle, seed=7, shard=False
+        ).sample_order(epoch)
+        dataset = torch.utils.data.Subset(range(samples), full.tolist())
+        for rank, shard in enumerate(shards):
+            # torch's sampler over the same order: padded by repeating its start, strided.
+            sampler = torch.utils.data.DistributedSampler(
+                dataset, num_replicas=3, rank=rank, shuffle=False, drop_last=False
+            )
+            expected = [dataset[i] for i in sampler]
+            np.testing.assert_array_equal(shard[f"epoch{epoch}"], expected)
+            # Every rank takes the same number of steps, the last one smaller alike.
+            np.testing.assert_array_equal(shard[f"sizes{epoch}"], [3, 1])
+        covered = np.concatenate([s[f"epoch{epoch}"] for s in shards])
+        assert set(covered.tolist()) == set(range(samples))
+    assert (shards[0]["epoch0"] != shards[0]["epoch1"]).any() == shuffle
+
+
+def test_outside_a_job_the_loader_reads_everything_and_the_trainer_is_local():
+    x = np.arange(10, dtype=np.float32)[:, None]
+    loader = gm.training.ArrayLoader(x, x[:, 0], batch_size=4, shuffle=False)
+    np.testing.assert_array_equal(loader.shard_order(0), np.arange(10))
+    assert not gm.distributed.is_initialized()
+    assert (gm.distributed.rank(), gm.distributed.size()) == (0, 1)
+    np.testing.assert_array_equal(gm.distributed.all_reduce_mean(np.arange(3)), [0, 1, 2])
+    with pytest.raises(ValueError, match=r"gm.distributed.init\(\) first"):
+        gm.Trainer(mlp(seed=0), "mse", "adam", distributed=True)
+    with pytest.raises(TypeError, match="distributed must be True, False or None"):
+        gm.Trainer(mlp(seed=0), "mse", "adam", distributed="yes")
+    with pytest.raises(TypeError, match="shard must be True, False or None"):
+        gm.training.ArrayLoader(x, x[:, 0], shard=1)
