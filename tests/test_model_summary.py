@@ -75,3 +75,14 @@ def test_summary_print_fn_must_be_callable():
     model = gm.ModelBuilder((6,)).dense(2).build(seed=0)
     with pytest.raises(TypeError, match="print_fn must be callable .* got str"):
         model.summary(print_fn="lines")
+
+
+def test_a_run_time_sequence_length_shows_as_seq(capsys):
+    # Keras prints None for such a dim; the engine's symbol is negative and must not leak out.
+    ids = gm.Input((None,), dtype="int32")
+    h = gm.layers.Embedding(65, 16)(ids)
+    model = gm.Model(ids, gm.layers.Dense(65)(gm.layers.GRU(16, 8)(h)), seed=0)
+    model.summary()
+    out = capsys.readouterr().out
+    assert "(batch, seq, 8)" in out and "(batch, seq, 65)" in out
+    assert "-2" not in out

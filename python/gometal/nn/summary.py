@@ -8,18 +8,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .tensor import BATCH, show_dim
+
 if TYPE_CHECKING:
     from .model import Model
 
 
 def format_batch_shape(shape: Sequence[int]) -> str:
-    """An engine shape as the summary shows it: ``(batch, 64)``.
+    """An engine shape as the summary shows it: ``(batch, 64)``; a run-time sequence length
+    shows as ``seq`` and another symbolic size by its name.
 
     Example:
         >>> format_batch_shape((-1, 64))
         '(batch, 64)'
     """
-    dims = ["batch" if d == -1 else str(d) for d in shape]
+    dims = ["batch" if d == BATCH else str(d) if d >= 0 else show_dim(d) or "seq" for d in shape]
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
