@@ -78,3 +78,39 @@ def test_train_lm_names_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("gometal train-lm:") and err.count("\n") == 1
     assert main(["train-lm", "--resume", str(tmp_path / "b2"), "--no-progress"]) == 2
+
+
+def test_generate_runs_a_saved_recurrent_language_model(tmp_path, capsys):
+    # A folder that train-lm did not write, holding a char LSTM: the states carried in the
+    # engine give what model.generate gives, and torch's greedy argmax of the same weights.
+    import torch
+
+    tokenizer = gm.text.CharTokenizer("abcdefgh ")
+    ids = gm.Input((None,), dtype="int32")
+    h = gm.layers.Embedding(tokenizer.vocab_size, 8)(ids)
+    h = gm.layers.LSTM(8, 16, num_layers=2)(h)
+    model = gm.Model(ids, gm.layers.Dense(tokenizer.vocab_size)(h), seed=4)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    model.save(tmp_path / "model.safetensors")
+
+    assert (
+        main(["generate", str(tmp_path), "--prompt", "abc", "--max-new-tokens", "12", "--greedy"])
+        == 0
+    )
+    printed = capsys.readouterr().out.rstrip("\n")
+    expected = model.generate(tokenizer.encode("abc"), 12, greedy=True)
+    assert printed == tokenizer.decode(np.asarray(expected))
+
+    w = {k: torch.from_numpy(np.asarray(v)) for k, v in model.get_weights().items()}
+    embed = torch.nn.Embedding(tokenizer.vocab_size, 8)
+    lstm = torch.nn.LSTM(8, 16, num_layers=2, batch_first=True)
+    head = torch.nn.Linear(16, tokenizer.vocab_size)
+    for module, prefix in ((embed, "embedding_0."), (lstm, "lstm_0."), (head, "dense_0.")):
+        # gometal's names and layouts are torch's, so the state dicts load one to one.
+        module.load_state_dict({k[len(prefix) :]: v for k, v in w.items() if k.startswith(prefix)})
+    tokens = list(tokenizer.encode("abc"))
+    with torch.no_grad():
+        for _ in range(12):
+            out, _ = lstm(embed(torch.tensor([tokens])))
+            tokens.append(int(head(out[0, -1]).argmax()))
+    assert printed == tokenizer.decode(np.asarray(tokens))
