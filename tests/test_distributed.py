@@ -49,9 +49,13 @@ def ran(result: subprocess.CompletedProcess) -> str:
     return output
 
 
-@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
-def test_two_ranks_match_one_process_at_twice_the_batch(optimizer, tmp_path):
-    ran(mpirun("train_replicas.py", 2, optimizer, str(PER_RANK_BATCH), str(tmp_path)))
+CASES = [(name, False) for name in sorted(OPTIMIZERS)] + [("adam", True)]
+
+
+@pytest.mark.parametrize("optimizer, loss_scaling", CASES)
+def test_two_ranks_match_one_process_at_twice_the_batch(optimizer, loss_scaling, tmp_path):
+    scaling = ["loss_scaling"] if loss_scaling else []
+    ran(mpirun("train_replicas.py", 2, optimizer, str(PER_RANK_BATCH), str(tmp_path), *scaling))
     ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
     for name in ranks[0]:
         # The same bits on every rank: each applies the same all-reduced gradient.
@@ -59,7 +63,13 @@ def test_two_ranks_match_one_process_at_twice_the_batch(optimizer, tmp_path):
 
     gm.set_num_threads(1)
     reference = mlp(seed=1)  # rank 0's initial weights, which every rank starts from
-    trainer = gm.Trainer(reference, "mse", OPTIMIZERS[optimizer](), batch_size=2 * PER_RANK_BATCH)
+    trainer = gm.Trainer(
+        reference,
+        "mse",
+        OPTIMIZERS[optimizer](),
+        batch_size=2 * PER_RANK_BATCH,
+        loss_scaling=loss_scaling,
+    )
     train(trainer, 2 * PER_RANK_BATCH)
     expected = reference.get_weights()
     assert set(expected) == set(ranks[0])
@@ -70,6 +80,16 @@ def test_two_ranks_match_one_process_at_twice_the_batch(optimizer, tmp_path):
         )
     moved = mlp(seed=1).get_weights()
     assert any(not np.allclose(moved[name], expected[name]) for name in expected)
+
+
+def test_each_rank_draws_its_own_dropout_masks_and_applies_the_same_update(tmp_path):
+    ran(mpirun("dropout_streams.py", 2, str(tmp_path)))
+    ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
+    # The same batch and weights: only the dropout masks tell the ranks' losses apart.
+    assert (ranks[0]["losses"] != ranks[1]["losses"]).all()
+    for name in ranks[0]:
+        if name != "losses":
+            np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
 
 
 def test_mismatched_models_are_refused_at_init_on_every_rank():

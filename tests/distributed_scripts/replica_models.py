@@ -16,6 +16,8 @@ OPTIMIZERS = {
     "sgd_momentum": lambda: gm.optim.SGD(0.05, momentum=0.9),
     "adam": lambda: gm.optim.Adam(5e-3),
     "adamw": lambda: gm.optim.AdamW(5e-3, weight_decay=0.1),
+    # Clipping must read the global gradient: clipping each rank's own would differ.
+    "sgd_clipped": lambda: gm.optim.SGD(0.05, momentum=0.9, clip_grad_norm=0.2),
 }
 
 

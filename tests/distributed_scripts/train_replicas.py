@@ -1,6 +1,6 @@
 """Trains the MLP of replica_models on every rank; each rank saves its weights.
 
-Usage: mpirun -n N python train_replicas.py OPTIMIZER PER_RANK_BATCH OUT_DIR
+Usage: mpirun -n N python train_replicas.py OPTIMIZER PER_RANK_BATCH OUT_DIR [loss_scaling]
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ gm.set_num_threads(1)
 job = gm.distributed.init()
 # Each rank draws different initial weights: the trainer must start all from rank 0's.
 model = mlp(seed=1 + job.rank)
-trainer = gm.Trainer(model, "mse", OPTIMIZERS[optimizer_name](), batch_size=batch)
+loss_scaling = sys.argv[4:] == ["loss_scaling"]
+trainer = gm.Trainer(
+    model, "mse", OPTIMIZERS[optimizer_name](), batch_size=batch, loss_scaling=loss_scaling
+)
 train(trainer, batch)
 np.savez(f"{out_dir}/rank{job.rank}.npz", **model.get_weights())
 print(f"rank {job.rank} of {job.size}: trained", flush=True)
