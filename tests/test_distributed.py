@@ -20,6 +20,8 @@ import torch
 
 import gometal as gm
 from distributed_scripts.replica_models import OPTIMIZERS, mlp, train
+from gometal import _core
+from gometal.train.data_parallel import averaged_over_ranks
 
 SCRIPTS = Path(__file__).parent / "distributed_scripts"
 PER_RANK_BATCH = 8
@@ -147,3 +149,22 @@ def test_outside_a_job_the_loader_reads_everything_and_the_trainer_is_local():
         gm.Trainer(mlp(seed=0), "mse", "adam", distributed="yes")
     with pytest.raises(TypeError, match="shard must be True, False or None"):
         gm.training.ArrayLoader(x, x[:, 0], shard=1)
+
+
+def test_buckets_cut_the_averaged_gradients_back_to_their_shapes():
+    # One process: the mean over one rank is the value, so each output must be its input.
+    g = _core.Graph()
+    shapes = {"a": (3, 4), "b": (5,), "c": (), "d": (2, 2, 3), "e": (7,)}
+    nodes = {name: g.variable(name, shape) for name, shape in shapes.items()}
+    averaged = averaged_over_ranks(g, nodes, bucket_floats=10)
+    assert list(averaged) == list(shapes)
+    reduces = [i for i in range(len(g)) if g.op_name(i) == "all_reduce_mean"]
+    assert len(reduces) == 4  # in reverse order, 10 floats at most: e | d | c, b | a
+    engine = _core.Engine(g)
+    engine.define("f", inputs=[], outputs=list(averaged.values()), effects=[], advance_rng=False)
+    rng = np.random.default_rng(0)
+    values = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+    for name, value in values.items():
+        engine.set_variable(name, value)
+    for name, got in zip(shapes, engine.run("f", [])):
+        np.testing.assert_array_equal(np.reshape(got, shapes[name]), values[name], err_msg=name)
