@@ -1,5 +1,5 @@
 """Elementwise ops: unary math, binary math under broadcasting, comparisons, select, the
-bfloat16 rounding ops, and NaN propagation."""
+bfloat16 rounding ops, GELU and its gradient op, and NaN propagation."""
 
 from __future__ import annotations
 
@@ -183,6 +183,57 @@ BF16_CASES = [
     for shape in [(5, 7), (-1, 33)]
 ]
 
+
+def _normal_cdf(x):
+    return 0.5 * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+def _gelu(x):
+    return x * _normal_cdf(x)
+
+
+def _gelu_grad(x, g):
+    density = np.exp(-0.5 * np.square(x)) / np.sqrt(2.0 * np.pi)
+    return g * (_normal_cdf(x) + x * density)
+
+
+def _wide(rng: np.random.Generator, shape) -> np.ndarray:
+    """Values over [-12, 12], so both tails of erf and the underflowing density are met."""
+    return rng.uniform(-12.0, 12.0, shape)
+
+
+# gelu and gelu_grad (x, g): the exact GELU and g times its derivative, against the erf
+# formula; the gradients (gelu_grad's own is the second derivative) by finite differences.
+GELU_CASES = (
+    [OpCase("gelu", (Arg(shape),), _gelu) for shape in UNARY_SHAPES]
+    + [OpCase("gelu", (Arg((7, 33), _wide),), _gelu, name="tails", gradient=NO_GRADIENT)]
+    + [
+        OpCase("gelu_grad", (Arg(shape_x), Arg(shape_g)), _gelu_grad)
+        for shape_x, shape_g in BROADCAST_SHAPES
+    ]
+    + [
+        OpCase(
+            "gelu_grad",
+            (Arg((7, 33), _wide), Arg((7, 33))),
+            _gelu_grad,
+            name="tails",
+            gradient=NO_GRADIENT,
+        )
+    ]
+    + [
+        OpCase(
+            "gelu", (Arg((2, 3), with_nan(any_values)),), _gelu, name="nan", gradient=NO_GRADIENT
+        ),
+        OpCase(
+            "gelu_grad",
+            (Arg((2, 3), with_nan(any_values)), Arg((3,), with_nan(any_values, every=2))),
+            _gelu_grad,
+            name="nan",
+            gradient=NO_GRADIENT,
+        ),
+    ]
+)
+
 # NaN held in a variable (inputs refuse it) propagates as in NumPy and torch: sign(NaN) is 0
 # as in torch, comparisons with NaN are false.
 NAN_UNARY_CASES = [
@@ -242,6 +293,7 @@ CASES = [
     *COMPARISON_CASES,
     *SELECT_CASES,
     *BF16_CASES,
+    *GELU_CASES,
     *NAN_UNARY_CASES,
     *NAN_BINARY_CASES,
 ]

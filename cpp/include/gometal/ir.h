@@ -33,6 +33,8 @@ enum class OpKind : uint8_t {
   RoundBf16, RoundBf16Grad,
   // binary elementwise (numpy broadcasting)
   Add, Sub, Mul, Div, Maximum, Minimum, Pow,
+  // exact GELU, x Phi(x), and its derivative times a gradient: gelu_grad(x, g) = g gelu'(x)
+  Gelu, GeluGrad,
   Greater, GreaterEqual, Less, Equal,
   Select,
   // reductions

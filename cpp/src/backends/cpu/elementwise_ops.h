@@ -24,6 +24,15 @@ inline float round_bf16(float x) {
   return x;
 }
 
+// Exact GELU, x Phi(x), and g times its derivative Phi(x) + x phi(x), on the branch-free
+// erf and exp of vector_math so that their loops vectorise.
+inline float normal_cdf(float x) { return 0.5f + 0.5f * vector_math::erf(x * 0.70710678118654752f); }
+inline float gelu(float x) { return x * normal_cdf(x); }
+inline float gelu_grad(float x, float g) {
+  const float density = 0.39894228040143268f * vector_math::exp(-0.5f * x * x);
+  return g * (normal_cdf(x) + x * density);
+}
+
 // Returns false for ops that are not plain unary math.
 template <class Loop>
 inline bool dispatch_unary(OpKind op, Loop&& loop) {
@@ -42,6 +51,7 @@ inline bool dispatch_unary(OpKind op, Loop&& loop) {
     case OpKind::Rsqrt: loop([](float x) { return 1.0f / std::sqrt(x); }); return true;
     case OpKind::Erf: loop([](float x) { return vector_math::erf(x); }); return true;
     case OpKind::Square: loop([](float x) { return x * x; }); return true;
+    case OpKind::Gelu: loop([](float x) { return gelu(x); }); return true;
     case OpKind::RoundBf16: loop([](float x) { return round_bf16(x); }); return true;
     case OpKind::RoundBf16Grad: loop([](float x) { return x; }); return true;
     case OpKind::BroadcastTo: loop([](float x) { return x; }); return true;
@@ -59,6 +69,7 @@ inline bool dispatch_binary(OpKind op, Loop&& loop) {
     case OpKind::Maximum: loop([](float a, float b) { return a > b || std::isnan(a) ? a : b; }); return true;
     case OpKind::Minimum: loop([](float a, float b) { return a < b || std::isnan(a) ? a : b; }); return true;
     case OpKind::Pow: loop([](float a, float b) { return std::pow(a, b); }); return true;
+    case OpKind::GeluGrad: loop([](float x, float g) { return gelu_grad(x, g); }); return true;
     case OpKind::Greater: loop([](float a, float b) { return a > b ? 1.0f : 0.0f; }); return true;
     case OpKind::GreaterEqual: loop([](float a, float b) { return a >= b ? 1.0f : 0.0f; }); return true;
     case OpKind::Less: loop([](float a, float b) { return a < b ? 1.0f : 0.0f; }); return true;

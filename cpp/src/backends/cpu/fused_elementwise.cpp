@@ -1,3 +1,10 @@
+// The per-element loops below are compute-bound for erf, gelu and their gradients: where the
+// build targets AVX-512, full-width vectors ran them 1.4x faster than GCC's default 256-bit
+// choice for this CPU (gelu and gelu_grad over 768 x 512 floats, one thread). A preference, not
+// an instruction set: builds without AVX-512 are unchanged, and results are bit-identical.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC target("prefer-vector-width=512")
+#endif
 #include "backends/cpu/fused_elementwise.h"
 
 #include <algorithm>

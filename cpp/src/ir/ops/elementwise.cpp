@@ -96,6 +96,47 @@ void vjp_select(Graph& gr, int y, int g, std::vector<int>& dx) {
   dx[2] = gr.reduce_to(sel(gr, v.in[0], zero, g), shape_of(gr, v.in[2]));
 }
 
+// GELU (exact, erf form) as one op, and its derivative times the incoming gradient as another:
+// composed of erf, exp and a dozen multiplies, its forward and backward passes were three
+// times as long, and libm's scalar exp kept the gradient's pass from vectorising.
+constexpr float kSqrtHalf = 0.70710678118654752f, kInvSqrtTwoPi = 0.39894228040143268f;
+
+// Phi(x) = (1 + erf(x / sqrt 2)) / 2 and phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+int normal_cdf(Graph& gr, int x) {
+  return gr.mul(k(gr, 0.5f), gr.add(k(gr, 1), gr.unary(OpKind::Erf, gr.mul(x, k(gr, kSqrtHalf)))));
+}
+int normal_pdf(Graph& gr, int x) {
+  return gr.mul(k(gr, kInvSqrtTwoPi), gr.unary(OpKind::Exp, gr.mul(k(gr, -0.5f), gr.unary(OpKind::Square, x))));
+}
+
+// gelu(x) = x Phi(x)
+std::vector<int> decompose_gelu(Graph& gr, int id) {
+  const View v = view(gr, id);
+  return {gr.mul(v.in[0], normal_cdf(gr, v.in[0]))};
+}
+
+// gelu_grad(x, g) = g gelu'(x), gelu'(x) = Phi(x) + x phi(x)
+std::vector<int> decompose_gelu_grad(Graph& gr, int id) {
+  const View v = view(gr, id);
+  const int x = v.in[0];
+  return {gr.mul(v.in[1], gr.add(normal_cdf(gr, x), gr.mul(x, normal_pdf(gr, x))))};
+}
+
+void vjp_gelu(Graph& gr, int y, int g, std::vector<int>& dx) {
+  const View v = view(gr, y);
+  dx[0] = gr.op(OpKind::GeluGrad, {v.in[0], g});
+}
+
+// d/dx [g gelu'(x)] = g phi(x) (2 - x^2);  d/dg [g gelu'(x)] = gelu'(x).
+void vjp_gelu_grad(Graph& gr, int y, int g, std::vector<int>& dx) {
+  const View v = view(gr, y);
+  const int x = v.in[0], upstream = v.in[1];
+  const int curvature = gr.mul(normal_pdf(gr, x), gr.sub(k(gr, 2), gr.unary(OpKind::Square, x)));
+  const int da = gr.mul(g, gr.mul(upstream, curvature));
+  const int db = gr.op(OpKind::GeluGrad, {x, g});
+  reduce_each(gr, v, da, db, dx);
+}
+
 OpDef unary(OpKind kind, const char* name) {
   return {kind, name, 1, {}, unary_shape, Gradient::Rule, vjp_unary, trait::kElementwise};
 }
@@ -132,6 +173,10 @@ std::vector<OpDef> elementwise_op_defs() {
       binary(OpKind::Maximum, "maximum"),
       binary(OpKind::Minimum, "minimum"),
       binary(OpKind::Pow, "pow"),
+      {OpKind::Gelu, "gelu", 1, {}, unary_shape, Gradient::Rule, vjp_gelu, trait::kElementwise, nullptr, nullptr,
+       decompose_gelu},
+      {OpKind::GeluGrad, "gelu_grad", 2, {}, binary_shape, Gradient::Rule, vjp_gelu_grad, trait::kElementwise,
+       nullptr, nullptr, decompose_gelu_grad},
       compare(OpKind::Greater, "greater"),
       compare(OpKind::GreaterEqual, "greater_equal"),
       compare(OpKind::Less, "less"),

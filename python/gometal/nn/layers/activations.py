@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from numbers import Real
 from typing import Any
 
-from ...graph.composites import const, gelu, op, softmax
+from ...graph.composites import const, op, softmax
 from ..initializers import Constant
 from . import onnx_rules, onnx_rules_activations
 from ._spatial import show_shape
@@ -115,7 +115,9 @@ class GELU(Layer):
     kind = "gelu"
 
     def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
-        return gelu(ctx.graph, inputs[0])
+        # The engine's gelu op, whose gradient is one gelu_grad pass (composites.gelu, its
+        # decomposition, is the reference).
+        return op(ctx.graph, "gelu", inputs[0])
 
 
 @register_layer(onnx=onnx_rules.single_node("Softmax", axis=lambda layer: layer.axis))

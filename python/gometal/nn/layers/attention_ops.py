@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...graph.composites import const, gather, gelu, layer_norm, matmul, op
+from ...graph.composites import const, gather, layer_norm, matmul, op
 from ..initializers import Ones, Zeros, fan_in_uniform, named_initializer
 from .base import EmitContext, WeightSpec
 
@@ -85,7 +85,7 @@ def activation(ctx: EmitContext, x: int, name: str) -> int:
     """ReLU or exact GELU, the feed-forward activations of torch's transformer layers."""
     if name == "relu":
         return op(ctx.graph, "relu", x)
-    return gelu(ctx.graph, x)
+    return op(ctx.graph, "gelu", x)
 
 
 def norm(ctx: EmitContext, x: int, prefix: str, eps: float, bias: bool) -> int:
