@@ -168,3 +168,14 @@ def test_buckets_cut_the_averaged_gradients_back_to_their_shapes():
         engine.set_variable(name, value)
     for name, got in zip(shapes, engine.run("f", [])):
         np.testing.assert_array_equal(np.reshape(got, shapes[name]), values[name], err_msg=name)
+
+
+def test_a_saved_two_rank_run_resumes_bit_for_bit_in_new_processes(tmp_path):
+    ran(mpirun("resume.py", 2, "through", str(tmp_path)))
+    ran(mpirun("resume.py", 2, "resumed", str(tmp_path)))
+    through = [dict(np.load(tmp_path / f"through{r}.npz")) for r in range(2)]
+    resumed = [dict(np.load(tmp_path / f"resumed{r}.npz")) for r in range(2)]
+    for name in through[0]:
+        for rank in range(2):
+            np.testing.assert_array_equal(resumed[rank][name], through[0][name], err_msg=name)
+            np.testing.assert_array_equal(through[rank][name], through[0][name], err_msg=name)

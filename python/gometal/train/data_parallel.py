@@ -48,6 +48,16 @@ def is_leading_rank() -> bool:
     return job_rank_and_size()[0] == 0
 
 
+def wait_for_every_rank() -> None:
+    """Returns once every rank of the job called it (at once outside a job).
+
+    Example:
+        >>> wait_for_every_rank()
+    """
+    if _core.communicator_info()[2]:
+        _core.barrier()
+
+
 def resolve_distributed(distributed: Any, optimizer: Any) -> bool:
     """``Trainer(distributed=...)``: ``None`` follows ``gm.distributed.init()``.
 

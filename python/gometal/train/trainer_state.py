@@ -18,6 +18,7 @@ import numpy as np
 
 from ..nn.layers.base import trainable_changes
 from . import provided
+from .data_parallel import is_leading_rank, wait_for_every_rank
 from .session import SessionState
 from .step_graph import LEARNING_RATE_SCALAR
 
@@ -217,10 +218,15 @@ class EngineState:
             path: the file to create or replace, e.g. ``"run/ckpt.safetensors"``.
             metadata: optional JSON-serializable dict stored with the checkpoint.
 
+        In a distributed job every rank calls it: rank 0 writes (the ranks hold the same
+        state), and every rank returns once the file is complete.
+
         Example:
             >>> trainer.save("run/ckpt.safetensors")  # doctest: +SKIP
         """
-        provided.save_checkpoint(self, path, metadata)
+        if is_leading_rank():
+            provided.save_checkpoint(self, path, metadata)
+        wait_for_every_rank()
 
     @classmethod
     def load(cls, path: Any, *, allow_non_finite: bool = False) -> Trainer:
