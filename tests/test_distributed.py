@@ -9,6 +9,7 @@ batch), and every rank must hold bit-identical weights.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 import gometal as gm
-from distributed_scripts.replica_models import OPTIMIZERS, mlp, train
+from distributed_scripts.replica_models import OPTIMIZERS, mlp, regression_data, train
 from gometal import _core
 from gometal.train.data_parallel import averaged_over_ranks
 
@@ -104,12 +105,17 @@ def test_mismatched_models_are_refused_at_init_on_every_rank():
         assert f"rank {rank} refused: distributed training: {expected}" in output, output
 
 
-def test_a_killed_rank_stops_the_job_naming_it():
-    result = mpirun("killed_rank.py", 2, timeout=60)
+def test_a_killed_rank_stops_the_job_naming_it_and_the_checkpoint_resumes(tmp_path):
+    result = mpirun("killed_rank.py", 2, str(tmp_path), timeout=60)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
-    assert "rank 1" in output, output
+    assert re.search(r"process rank 1 .* exited on\s+signal 9", output), output
     assert "finished without noticing" not in output
+    # The checkpoint written before the failure loads in one process, at its step.
+    resumed = gm.Trainer.load(tmp_path / "checkpoint.safetensors")
+    assert resumed.step == 3
+    resumed.train_batch(*(a[:8] for a in regression_data()))
+    assert resumed.step == 4
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
