@@ -272,6 +272,29 @@ def quantized_conv2d_matches_the_reference_on_every_path(backend, rng):
             np.testing.assert_array_equal(got, want, err_msg=f"path {path}")
 
 
+def new_weights_are_packed_again_and_float_weights_hold_integers(backend, rng):
+    """A plan keeps its packed weights between runs: a new weight value must be seen, and a
+    float32 weight holding integers computes as its int8 twin."""
+    for weight_dtype in ("int8", "float32"):
+        g = _core.Graph()
+        x = g.input("x", (-1, 70), "uint8")
+        w = g.variable("w", (19, 70), weight_dtype)
+        s = g.variable("s", (19,))
+        y = g.op("quantized_matmul", [x, w, s], {"zero_point": 9})
+        engine = _core.Engine(g, seed=0, backend=backend)
+        engine.define("f", inputs=[x], outputs=[y])
+        scale = rng.uniform(1e-3, 1e-2, 19).astype(np.float32)
+        engine.set_variable("s", scale)
+        feed = random_quantized(rng, (33, 70), "uint8")
+        for _ in range(3):
+            weights = random_quantized(rng, (19, 70), "int8")
+            engine.set_variable("w", weights.astype(NUMPY_TYPES[weight_dtype]))
+            want = reference_quantized_matmul(feed, weights, scale, None, 9, False, "float32", 0, 0)
+            for _ in range(2):
+                (got,) = engine.run("f", [feed])
+                np.testing.assert_array_equal(got, want)
+
+
 def an_unknown_or_missing_path_is_refused(backend, rng):
     g = _core.Graph()
     x = g.input("x", (-1, 4), "uint8")
@@ -293,6 +316,11 @@ SCENARIOS = [
         "quantized_matmul", "every-path", quantized_matmul_matches_the_reference_on_every_path
     ),
     ScenarioCase("quantized_matmul", "unknown-path", an_unknown_or_missing_path_is_refused),
+    ScenarioCase(
+        "quantized_matmul",
+        "weights-change",
+        new_weights_are_packed_again_and_float_weights_hold_integers,
+    ),
     ScenarioCase(
         "quantized_conv2d", "every-path", quantized_conv2d_matches_the_reference_on_every_path
     ),
@@ -329,7 +357,11 @@ ERROR_CASES = [
     ),
     ErrorCase("quantized_matmul", (U8, W8), {}, ("takes 3 or 4 inputs",), "arity"),
     ErrorCase(
-        "quantized_matmul", (U8, Arg((3, 6), leaf="input"), SCALE), {}, ("weight",), "float-weight"
+        "quantized_matmul",
+        (U8, Arg((3, 6), dtype="int32", leaf="input"), SCALE),
+        {},
+        ("weight must be int8, or float32 holding integers",),
+        "int32-weight",
     ),
     ErrorCase(
         "quantized_matmul",

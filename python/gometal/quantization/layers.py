@@ -4,8 +4,8 @@ Each quantizes its float input per tensor (affine: ``scale``, ``zero_point``), m
 by int8 weights quantized per output channel (symmetric) with int32 sums, and turns the
 sums back into float32 in the kernel's epilogue (times the input and weight scales, plus
 the bias, then relu when the float layer had one), so any float layer can follow it.
-The int8 weights are stored as float32 holding integers, like every weight of a model,
-and cast to int8 inside the graph; the weights are never trained (no gradient).
+The int8 weights are stored as float32 holding integers, like every weight of a model;
+the kernel converts and packs them once per value. They are never trained (no gradient).
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ class _QuantizedProduct(Layer):
             "dtype": self.input_dtype,
         }
         quantized = op(g, "quantize", x, **attrs)
-        weight = op(g, "cast", ctx.variable("weight"), dtype="int8")
+        # float32 holding integers: the kernel converts and packs it once per value.
+        weight = ctx.variable("weight")
         # Each int32 sum counts input units times weight units: one scale per channel.
         scale = op(g, "mul", ctx.variable("weight_scale"), g.constant(self.input_scale))
         nodes = [quantized, weight, scale]

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -101,30 +102,58 @@ __attribute__((target("avx2"))) void tile_avx2(const int16_t* a, int64_t depth, 
 }
 #endif
 
+// Stores one value of the epilogue: float32 as is, or v / output_scale rounded half to even
+// (the default rounding mode) plus the zero point, saturated.
 template <class T>
-void store_quantized(T* out, int64_t at, float v, const Int8Epilogue& e, float low, float high) {
-  // v / output_scale rounded half to even (the default rounding mode), then saturated.
-  const float q = std::nearbyint(v / e.output_scale) + static_cast<float>(e.output_zero_point);
-  out[at] = static_cast<T>(std::min(std::max(q, low), high));
+struct Store {
+  T* out;
+  void operator()(int64_t at, float v, const Int8Epilogue& e) const {
+    if constexpr (std::is_same_v<T, float>) {
+      out[at] = v;
+    } else {
+      constexpr float low = std::is_same_v<T, uint8_t> ? 0.0f : -128.0f;
+      constexpr float high = std::is_same_v<T, uint8_t> ? 255.0f : 127.0f;
+      const float q = std::nearbyint(v / e.output_scale) + static_cast<float>(e.output_zero_point);
+      out[at] = static_cast<T>(std::min(std::max(q, low), high));
+    }
+  }
+};
+
+// One tile's epilogue: rows [0, rows) and channels [o0, o0 + channels) of acc. The loop
+// runs along the output's contiguous axis: channels for row-major output (a dense), rows
+// (pixels) for channel-major output (a convolution's NCHW).
+template <class T>
+void finish_tile_as(const Int8Weights& w, const int32_t* acc, int64_t rows, int64_t r0, int64_t o0,
+                    int64_t channels, const Int8Epilogue& e, T* out, int64_t row_stride, int64_t channel_stride) {
+  const Store<T> store{out};
+  auto value = [&](int64_t r, int64_t o) {
+    const int64_t c = o0 + o;
+    float v = static_cast<float>(acc[r * kInt8Panel + o] - e.zero_point * w.column_sums[c]) * e.scale[c];
+    if (e.bias) v = v + e.bias[c];
+    return e.relu ? std::max(v, 0.0f) : v;
+  };
+  if (channel_stride == 1) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t o = 0; o < channels; ++o) store((r0 + r) * row_stride + o0 + o, value(r, o), e);
+  } else {
+    for (int64_t o = 0; o < channels; ++o)
+      for (int64_t r = 0; r < rows; ++r) store((r0 + r) * row_stride + (o0 + o) * channel_stride, value(r, o), e);
+  }
 }
 
-// One tile's epilogue: rows [0, rows) and channels [o0, o0 + channels) of acc.
 void finish_tile(const Int8Weights& w, const int32_t* acc, int64_t rows, int64_t r0, int64_t o0, int64_t channels,
                  const Int8Epilogue& e, void* out, int64_t row_stride, int64_t channel_stride) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t o = 0; o < channels; ++o) {
-      const int64_t c = o0 + o;
-      const int32_t centered = acc[r * kInt8Panel + o] - e.zero_point * w.column_sums[c];
-      float v = static_cast<float>(centered) * e.scale[c];
-      if (e.bias) v = v + e.bias[c];
-      if (e.relu) v = std::max(v, 0.0f);
-      const int64_t at = (r0 + r) * row_stride + c * channel_stride;
-      switch (e.out) {
-        case DType::U8: store_quantized(static_cast<uint8_t*>(out), at, v, e, 0.0f, 255.0f); break;
-        case DType::I8: store_quantized(static_cast<int8_t*>(out), at, v, e, -128.0f, 127.0f); break;
-        default: static_cast<float*>(out)[at] = v; break;
-      }
-    }
+  switch (e.out) {
+    case DType::U8:
+      finish_tile_as(w, acc, rows, r0, o0, channels, e, static_cast<uint8_t*>(out), row_stride, channel_stride);
+      break;
+    case DType::I8:
+      finish_tile_as(w, acc, rows, r0, o0, channels, e, static_cast<int8_t*>(out), row_stride, channel_stride);
+      break;
+    default:
+      finish_tile_as(w, acc, rows, r0, o0, channels, e, static_cast<float*>(out), row_stride, channel_stride);
+      break;
+  }
 }
 
 }  // namespace
@@ -187,23 +216,29 @@ Int8Weights pack_int8_weights(Int8Path path, const int8_t* w, int64_t channels, 
   const int64_t element = widens(path) ? 2 : 1;
   auto* bytes = static_cast<char*>(workspace);
   auto* sums = reinterpret_cast<int32_t*>(bytes + round_up(packed.panels * panel_elements * element, 64));
-  // Channel o, reduction index i of panel p: [i / 4][o][i % 4] bytes, or [i / 2][o][i % 2] int16.
+  // Panel p holds channels [16p, 16p + 16) as [k / 4][channel][k % 4] bytes (VNNI,
+  // portable) or [k / 2][channel][k % 2] int16 (AVX2), zero past k and past the channels.
   const int group = widens(path) ? 2 : 4;
+  auto* narrow = reinterpret_cast<int8_t*>(bytes);
+  auto* wide = reinterpret_cast<int16_t*>(bytes);
+  int64_t at = 0;
   for (int64_t p = 0; p < packed.panels; ++p)
-    for (int64_t o = 0; o < kInt8Panel; ++o) {
-      const int64_t c = p * kInt8Panel + o;
-      int32_t sum = 0;
-      for (int64_t i = 0; i < packed.depth; ++i) {
-        const int8_t v = c < channels && i < k ? w[c * k + i] : 0;
-        sum += v;
-        const int64_t at = p * panel_elements + (i / group) * kInt8Panel * group + o * group + i % group;
-        if (widens(path))
-          reinterpret_cast<int16_t*>(bytes)[at] = v;
-        else
-          reinterpret_cast<int8_t*>(bytes)[at] = v;
+    for (int64_t g = 0; g < packed.depth; g += group)
+      for (int64_t o = 0; o < kInt8Panel; ++o) {
+        const int64_t c = p * kInt8Panel + o;
+        for (int j = 0; j < group; ++j, ++at) {
+          const int8_t v = c < channels && g + j < k ? w[c * k + g + j] : 0;
+          if (widens(path))
+            wide[at] = v;
+          else
+            narrow[at] = v;
+        }
       }
-      sums[c] = sum;
-    }
+  for (int64_t c = 0; c < packed.panels * kInt8Panel; ++c) {
+    int32_t sum = 0;
+    for (int64_t i = 0; c < channels && i < k; ++i) sum += w[c * k + i];
+    sums[c] = sum;
+  }
   packed.packed = bytes;
   packed.column_sums = sums;
   return packed;

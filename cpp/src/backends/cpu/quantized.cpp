@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <cstdint>
+#include <vector>
 
 #include "backends/cpu/int8_gemm.h"
 #include "ir/conv_geometry.h"
@@ -75,22 +77,58 @@ struct DequantizeKernel final : Kernel {
 };
 
 // What the dense and the convolution share: the packed weights, the epilogue, the workspace.
+// An inference plan reads the same weights on every run, so the packed panels are kept with
+// the kernel and rebuilt only when the weight's bytes differ from those last packed (a
+// comparison costs far less than packing).
 struct Int8ProductKernel : Kernel {
   BufRef x, w, scale, bias, y;  // bias: Region::None without one
   Int8Path path = Int8Path::Portable;
   int64_t channels = 0, k = 0;
-  bool signed_input = false;  // int8 rows are shifted to uint8 (+128) and so is the zero point
+  DType weight_dtype = DType::I8;  // or float32 holding integers
+  bool signed_input = false;       // int8 rows are shifted to uint8 (+128) and so is the zero point
   Int8Epilogue epilogue;
+  mutable std::vector<char> seen;       // the weight bytes last packed
+  mutable std::vector<int8_t> values;   // them as int8, in the order the rows read them
+  mutable std::vector<char> packed;     // the packed panels and column sums (+ alignment)
+  mutable Int8Weights weights;
+  mutable bool packed_once = false;
+
   int64_t scratch_floats() const override { return (int8_block_scratch_bytes(path, k) + 3) / 4; }
-  int64_t shared_floats() const override { return (int8_packed_bytes(path, channels, k) + 63) / 4; }
+
+  // Sizes the cache once the geometry is known (at plan compile: runs allocate nothing).
+  void reserve() {
+    seen.resize(static_cast<size_t>(channels * k * dtype_size(weight_dtype)));
+    values.resize(static_cast<size_t>(channels * k));
+    packed.resize(static_cast<size_t>(int8_packed_bytes(path, channels, k) + 64));
+  }
+
+  // The weight of output channel o, reduction index i, from the weight buffer; convolutions
+  // reorder (C, KH, KW) into the (KH, KW, C) order of their rows.
+  virtual int64_t source_index(int64_t o, int64_t i) const { return o * k + i; }
 
   Int8Weights pack(const ExecContext& ctx, Int8Epilogue* e) const {
     *e = epilogue;
     e->scale = ctx.ptr(scale);
     e->bias = bias.region == Region::None ? nullptr : ctx.ptr(bias);
-    const auto at = reinterpret_cast<std::uintptr_t>(ctx.shared);
-    void* aligned = reinterpret_cast<void*>((at + 63) / 64 * 64);
-    return pack_int8_weights(path, reinterpret_cast<const int8_t*>(ctx.bytes(w)), channels, k, aligned);
+    const char* source = ctx.bytes(w);
+    if (packed_once && std::memcmp(seen.data(), source, seen.size()) == 0) return weights;
+    std::memcpy(seen.data(), source, seen.size());
+    for (int64_t o = 0; o < channels; ++o)
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t at = source_index(o, i);
+        if (weight_dtype == DType::I8) {
+          values[o * k + i] = reinterpret_cast<const int8_t*>(source)[at];
+        } else {
+          float v = std::nearbyint(reinterpret_cast<const float*>(source)[at]);
+          if (v != v) v = 0.0f;  // NaN
+          values[o * k + i] = static_cast<int8_t>(std::min(std::max(v, -128.0f), 127.0f));
+        }
+      }
+    const auto at = reinterpret_cast<std::uintptr_t>(packed.data());
+    void* aligned = packed.data() + ((at + 63) / 64 * 64 - at);
+    weights = pack_int8_weights(path, values.data(), channels, k, aligned);
+    packed_once = true;
+    return weights;
   }
   uint8_t* rows_of(const ExecContext& ctx, int thread) const {
     return reinterpret_cast<uint8_t*>(ctx.thread_scratch(thread));
@@ -102,7 +140,7 @@ struct QuantizedMatMulKernel final : Int8ProductKernel {
   int64_t rows = 0;
   void run(const ExecContext& ctx) const override {
     Int8Epilogue e;
-    const Int8Weights packed = pack(ctx, &e);
+    const Int8Weights packed_weights = pack(ctx, &e);
     const auto* in = reinterpret_cast<const uint8_t*>(ctx.bytes(x));
     char* out = ctx.bytes(y);
     const int64_t out_size = dtype_size(e.out);
@@ -115,36 +153,60 @@ struct QuantizedMatMulKernel final : Int8ProductKernel {
       for (int64_t block = begin; block < end; ++block) {
         const int64_t r0 = block * kInt8RowBlock, count = std::min(kInt8RowBlock, rows - r0);
         for (int64_t r = 0; r < count; ++r) {
-          uint8_t* dst = buffer + r * packed.depth;
+          uint8_t* dst = buffer + r * packed_weights.depth;
           const uint8_t* src = in + (r0 + r) * k;
           if (signed_input)
             for (int64_t i = 0; i < k; ++i) dst[i] = static_cast<uint8_t>(src[i] ^ 0x80u);
           else
             std::memcpy(dst, src, static_cast<size_t>(k));
-          std::memset(dst + k, 0, static_cast<size_t>(packed.depth - k));
+          std::memset(dst + k, 0, static_cast<size_t>(packed_weights.depth - k));
         }
-        int8_block(packed, buffer, count, e, out + r0 * channels * out_size, channels, 1);
+        int8_block(packed_weights, buffer, count, e, out + r0 * channels * out_size, channels, 1);
       }
     });
   }
 };
 
-// Im2col rows of each image's output pixels (padding reads the zero point: a real zero), times
-// (O, C * KH * KW); the epilogue writes channel-major (NCHW). Blocks of pixels are the tasks.
+// The input is first copied channels-last (uint8, shifted if int8) into the shared
+// workspace, so each im2col row is KH * KW runs of C contiguous bytes (padding reads the
+// zero point: a real zero); rows times (O, KH * KW * C), written channel-major (NCHW).
+// Blocks of an image's output pixels are the tasks.
 struct QuantizedConv2DKernel final : Int8ProductKernel {
   ConvGeometry geo;
+  int64_t shared_floats() const override { return (geo.n * geo.c * geo.h * geo.w + 3) / 4; }
+  int64_t source_index(int64_t o, int64_t i) const override {
+    const int64_t c = i % geo.c, tap = i / geo.c;  // tap = ky * KW + kx
+    return o * k + c * geo.kh * geo.kw + tap;
+  }
+  void to_channels_last(const ExecContext& ctx, uint8_t* nhwc) const {
+    const auto* in = reinterpret_cast<const uint8_t*>(ctx.bytes(x));
+    const uint8_t flip = signed_input ? 0x80u : 0u;
+    const int64_t plane = geo.h * geo.w;
+    const int tasks = balanced_tasks(*ctx.pool, geo.n);
+    ctx.pool->parallel_for(tasks, [&](int task, int) {
+      int64_t begin, end;
+      split_range(geo.n, tasks, task, 1, &begin, &end);
+      for (int64_t image = begin; image < end; ++image) {
+        const uint8_t* src = in + image * geo.c * plane;
+        uint8_t* dst = nhwc + image * geo.c * plane;
+        for (int64_t c = 0; c < geo.c; ++c)
+          for (int64_t at = 0; at < plane; ++at) dst[at * geo.c + c] = static_cast<uint8_t>(src[c * plane + at] ^ flip);
+      }
+    });
+  }
   void run(const ExecContext& ctx) const override {
     Int8Epilogue e;
-    const Int8Weights packed = pack(ctx, &e);
-    const auto* in = reinterpret_cast<const uint8_t*>(ctx.bytes(x));
+    const Int8Weights packed_weights = pack(ctx, &e);
+    auto* nhwc = reinterpret_cast<uint8_t*>(ctx.shared);
+    to_channels_last(ctx, nhwc);
     char* out = ctx.bytes(y);
     const int64_t out_size = dtype_size(e.out);
     const int64_t plane = geo.out_plane();
     const int64_t per_image = (plane + kInt8RowBlock - 1) / kInt8RowBlock;
     const int64_t blocks = geo.n * per_image;
     const int tasks = balanced_tasks(*ctx.pool, blocks);
-    const uint8_t flip = signed_input ? 0x80u : 0u;
     const auto pad = static_cast<uint8_t>(e.zero_point);
+    const auto run_bytes = static_cast<size_t>(geo.c);
     ctx.pool->parallel_for(tasks, [&](int task, int thread) {
       int64_t begin, end;
       split_range(blocks, tasks, task, 1, &begin, &end);
@@ -152,22 +214,27 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
       for (int64_t block = begin; block < end; ++block) {
         const int64_t image = block / per_image, p0 = (block % per_image) * kInt8RowBlock;
         const int64_t count = std::min(kInt8RowBlock, plane - p0);
-        const uint8_t* src = in + image * geo.c * geo.h * geo.w;
+        const uint8_t* src = nhwc + image * geo.c * geo.h * geo.w;
         for (int64_t r = 0; r < count; ++r) {
           const int64_t oy = (p0 + r) / geo.ow, ox = (p0 + r) % geo.ow;
-          uint8_t* dst = buffer + r * packed.depth;
-          for (int64_t c = 0; c < geo.c; ++c)
-            for (int64_t ky = 0; ky < geo.kh; ++ky) {
-              const int64_t iy = oy * geo.sh - geo.ph + ky * geo.dh;
-              for (int64_t kx = 0; kx < geo.kw; ++kx) {
-                const int64_t ix = ox * geo.sw - geo.pw + kx * geo.dw;
-                const bool inside = iy >= 0 && iy < geo.h && ix >= 0 && ix < geo.w;
-                *dst++ = inside ? static_cast<uint8_t>(src[(c * geo.h + iy) * geo.w + ix] ^ flip) : pad;
+          uint8_t* dst = buffer + r * packed_weights.depth;
+          for (int64_t ky = 0; ky < geo.kh; ++ky) {
+            const int64_t iy = oy * geo.sh - geo.ph + ky * geo.dh;
+            for (int64_t kx = 0; kx < geo.kw; ++kx, dst += geo.c) {
+              const int64_t ix = ox * geo.sw - geo.pw + kx * geo.dw;
+              const bool inside = iy >= 0 && iy < geo.h && ix >= 0 && ix < geo.w;
+              if (geo.c <= 16) {  // a few bytes: a loop beats a library call
+                for (int64_t c = 0; c < geo.c; ++c) dst[c] = inside ? src[(iy * geo.w + ix) * geo.c + c] : pad;
+              } else if (inside) {
+                std::memcpy(dst, src + (iy * geo.w + ix) * geo.c, run_bytes);
+              } else {
+                std::memset(dst, pad, run_bytes);
               }
             }
-          std::memset(dst, 0, static_cast<size_t>(packed.depth - k));
+          }
+          std::memset(dst, 0, static_cast<size_t>(packed_weights.depth - k));
         }
-        int8_block(packed, buffer, count, e, out + (image * channels * plane + p0) * out_size, 1, plane);
+        int8_block(packed_weights, buffer, count, e, out + (image * channels * plane + p0) * out_size, 1, plane);
       }
     });
   }
@@ -180,6 +247,7 @@ void fill_product(Int8ProductKernel& k, const Graph& g, const Node& n, const Mem
   if (n.inputs.size() > 3) k.bias = mem.ref[n.inputs[3]];
   k.y = mem.ref[id];
   k.path = choose_int8_path();
+  k.weight_dtype = g.node(n.inputs[1]).dtype;
   k.signed_input = g.node(n.inputs[0]).dtype == DType::I8;
   k.epilogue.zero_point = static_cast<int32_t>(n.attrs.zero_point) + (k.signed_input ? 128 : 0);
   k.epilogue.relu = n.attrs.relu;
@@ -221,6 +289,7 @@ std::unique_ptr<Kernel> make_quantized_kernel(const Graph& g, int id, const Memo
       k->k = x.back();
       k->channels = shapes[id].back();
       k->rows = numel(x) / std::max<int64_t>(k->k, 1);
+      k->reserve();
       return k;
     }
     case OpKind::QuantizedConv2D: {
@@ -229,6 +298,7 @@ std::unique_ptr<Kernel> make_quantized_kernel(const Graph& g, int id, const Memo
       k->geo = conv_geometry(op_name(n.op), shapes[n.inputs[0]], &shapes[n.inputs[1]], n.attrs);
       k->k = k->geo.patch();
       k->channels = k->geo.o;
+      k->reserve();
       return k;
     }
     default: return nullptr;

@@ -63,7 +63,9 @@ void check_weight_and_epilogue(Node& n, const std::vector<Node>& nodes, int64_t*
   const Node& x = input(n, nodes, 0);
   const Node& w = input(n, nodes, 1);
   require_quantized(n, x, "input");
-  require_dtype(n, w, DType::I8, "weight");
+  if (w.dtype != DType::I8 && w.dtype != DType::F32)
+    fail(name_of(n), "weight must be int8, or float32 holding integers in [-128, 127], got " +
+                         std::string(dtype_name(w.dtype)));
   require_zero_point(n, n.attrs.zero_point, x.dtype, "zero_point (the input's)");
   if (w.shape.empty()) fail(name_of(n), "weight must have the output channels first, got a scalar");
   *channels = w.shape[0];
