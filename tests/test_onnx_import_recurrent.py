@@ -4,8 +4,12 @@ states within 1e-5, and fine-tune as torch does from the same weights."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -162,4 +166,18 @@ def test_dynamo_rnn_is_refused_by_name(tmp_path: Path) -> None:
     module = Recurrent("rnn_tanh", 1, False, False)
     path = export(module, module.example(EXPORT_BATCH, EXPORT_LENGTH), tmp_path / "m.onnx", True)
     with pytest.raises(OnnxImportError, match=r"MatMul node .*zeros of a run-time shape.*RNN"):
+        load(path)
+
+
+def test_a_time_major_model_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    # torch's batch_first=False: the model input is (T, N, I), its batch on axis 1.
+    module = nn.LSTM(6, 8).eval()
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (torch.randn(5, 2, 6),), os.fspath(path), dynamo=False, input_names=["x"],
+            dynamic_axes={"x": {0: "seq", 1: "batch"}},
+        )  # fmt: skip
+    with pytest.raises(OnnxImportError, match=r"LSTM node .*X \('x'\).*batch_first=True"):
         load(path)

@@ -64,6 +64,8 @@ def _torch_order(weight: np.ndarray, cell: str) -> np.ndarray:
 class RecurrentOperators(ViewOperators):
     """The handlers for recurrent nodes (see the module docstring)."""
 
+    used_names: set[str] | None = None
+
     def op_constant_of_shape(self, node: Any, attrs: dict[str, Any]) -> Any:
         """ONNX ``ConstantOfShape``: a constant at import, or zeros of a run-time shape."""
         value = np.zeros(1, np.float32)
@@ -147,9 +149,7 @@ class RecurrentOperators(ViewOperators):
             lengths=lengths is not None,
             **options,
         )
-        used = {name for n in self.graph.node for name in n.input} | {
-            o.name for o in self.graph.output
-        }
+        used = self._used_names()
         wanted = [i < len(node.output) and node.output[i] in used for i in range(3)]
         # The layer gives the first output used; the others are computed with its weights.
         primary = ["sequence", "h_n", "c_n"][wanted.index(True) if any(wanted) else 0]
@@ -174,6 +174,13 @@ class RecurrentOperators(ViewOperators):
                 outputs.append(View(tensor, groups))
         self.recurrent_states.update(n for n, v in zip(node.output, outputs) if v is not None)
         return NodeOutputs(tuple(outputs))
+
+    def _used_names(self) -> set[str]:
+        """Tensor names some node or graph output reads (computed once per import)."""
+        if self.used_names is None:
+            self.used_names = {name for n in self.graph.node for name in n.input}
+            self.used_names |= {o.name for o in self.graph.output}
+        return self.used_names
 
     def _cell(self, kind: str, attrs: dict[str, Any]) -> str:
         """The gometal cell of the node, or an error naming what is unsupported."""
@@ -232,7 +239,14 @@ class RecurrentOperators(ViewOperators):
         try:
             perm, target, _ = arrangement(shape, groups, range(rank))
         except ValueError as err:
-            self.fail(f"{what} ({name!r}): {err}")
+            hint = ""
+            if name in {i.name for i in self.graph.input}:
+                # The graph input is time-major: torch's batch_first=False.
+                hint = (
+                    "; gometal reads dimension 0 of a model input as the batch: export the "
+                    "torch module with batch_first=True"
+                )
+            self.fail(f"{what} ({name!r}): {err}{hint}")
             raise
         if target[0] != BATCH and shape[:1] == (BATCH,):
             self.fail(f"{what} ({name!r}) must hold the batch on axis {order[0]}")

@@ -12,7 +12,9 @@ Integer tensors computed from shapes (``x.view(x.size(0), -1)``, ``batch * heads
 evaluated at import (see ``_shape_ops``), as are the small float tensors computed from
 them (attention's scale and causal mask, see ``_mask_ops``). Tensors that torch's
 exporters hold sequence-first are kept batch-first as views (see ``_views`` and
-``_view_ops``). The file is read defensively (see ``_safety``), and
+``_view_ops``). ``RNN``, ``GRU`` and ``LSTM`` nodes become gometal's recurrent layers
+(see ``_recurrent_ops``); a graph may have several inputs and outputs (see ``_model_io``).
+The file is read defensively (see ``_safety``), and
 what one sample needs in memory is counted node by node, from shapes and attributes,
 before anything is allocated (see ``_budget``).
 """
@@ -92,6 +94,13 @@ def load(path: str | os.PathLike[str], dynamic_batch: bool | None = None) -> Mod
     ``dynamic_axes={"x": {0: "batch", 1: "seq"}}``), and may hold token ids (int32 or
     int64, read as int32) that index an embedding table. A ``torch.onnx.export``ed
     ``nn.TransformerEncoder`` (either exporter) imports this way, causal mask included.
+
+    Further inputs and several outputs make a model of several inputs and outputs, in
+    the graph's order. A further input holds the batch on the axis named as the first
+    input's batch, and the model takes it batch-first: torch's initial states ``h_0``
+    (layers, N, H) go in as ``h_0.transpose(0, 1)``, and a boolean key-padding mask as
+    float32 0 or 1. Final states ``h_n``/``c_n`` come back batch-first the same way.
+    ``nn.RNN``/``nn.GRU``/``nn.LSTM`` import as gometal's ``SimpleRNN``/``GRU``/``LSTM``.
 
     Args:
         path: the ``.onnx`` file; external data must lie in its folder.
