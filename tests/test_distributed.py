@@ -185,3 +185,18 @@ def test_a_saved_two_rank_run_resumes_bit_for_bit_in_new_processes(tmp_path):
         for rank in range(2):
             np.testing.assert_array_equal(resumed[rank][name], through[0][name], err_msg=name)
             np.testing.assert_array_equal(through[rank][name], through[0][name], err_msg=name)
+
+
+def test_launch_runs_a_script_on_every_rank(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    monkeypatch.setenv("PYTHONPATH", str(SCRIPTS))
+    script = SCRIPTS / "train_replicas.py"
+    assert gm.distributed.launch(2, script, ["adam", "4", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0.npz", "rank1.npz"]
+    command = gm.distributed.mpirun_command(3, script, ["x"], hosts=["a", "b"], launcher="mpirun")
+    assert command == ["mpirun", "-n", "3", "--host", "a,b", sys.executable, str(script), "x"]
+    with pytest.raises(ValueError, match="ranks must be an int >= 1, got 0"):
+        gm.distributed.mpirun_command(0, script)
+    with pytest.raises(FileNotFoundError, match="missing.py"):
+        gm.distributed.mpirun_command(2, tmp_path / "missing.py")

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 from .collectives import all_reduce_mean, broadcast
 from .communicator import JobInfo, barrier, init, is_initialized, rank, shutdown, size
+from .launch import find_launcher, launch, mpirun_command
 
 __all__ = [
     "JobInfo",
     "all_reduce_mean",
     "barrier",
     "broadcast",
+    "find_launcher",
     "init",
     "is_initialized",
+    "launch",
+    "mpirun_command",
     "rank",
     "shutdown",
     "size",
