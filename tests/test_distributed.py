@@ -58,10 +58,14 @@ CASES = [(name, False) for name in sorted(OPTIMIZERS)] + [("adam", True)]
 @pytest.mark.parametrize("optimizer, loss_scaling", CASES)
 def test_two_ranks_match_one_process_at_twice_the_batch(optimizer, loss_scaling, tmp_path):
     scaling = ["loss_scaling"] if loss_scaling else []
-    ran(mpirun("train_replicas.py", 2, optimizer, str(PER_RANK_BATCH), str(tmp_path), *scaling))
+    output = ran(
+        mpirun("train_replicas.py", 2, optimizer, str(PER_RANK_BATCH), str(tmp_path), *scaling)
+    )
+    # The same bits on every rank after every step: each applies the same averaged gradient.
+    for rank in range(2):
+        assert f"rank {rank} of 2: weights differed from rank 0's after 0 steps" in output, output
     ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
     for name in ranks[0]:
-        # The same bits on every rank: each applies the same all-reduced gradient.
         np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
 
     gm.set_num_threads(1)

@@ -42,14 +42,18 @@ def regression_data() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def train(trainer: gm.Trainer, batch_size: int) -> None:
-    """STEPS steps over shuffled batches (sharded by rank in a distributed job)."""
+def train(trainer: gm.Trainer, batch_size: int) -> int:
+    """STEPS steps over shuffled batches (sharded by rank in a distributed job); returns
+    the steps after which this rank's weights differed from rank 0's (0 outside a job)."""
     x, y = regression_data()
     loader = gm.training.ArrayLoader(x, y, batch_size=batch_size, seed=LOADER_SEED)
-    steps = 0
+    steps = differing = 0
     while steps < STEPS:
         for xb, yb in loader:
             trainer.train_batch(xb, yb)
             steps += 1
+            weights = np.concatenate([w.ravel() for w in trainer.model.get_weights().values()])
+            differing += int(not np.array_equal(gm.distributed.broadcast(weights), weights))
             if steps == STEPS:
-                return
+                return differing
+    return differing

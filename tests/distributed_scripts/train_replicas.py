@@ -21,6 +21,6 @@ loss_scaling = sys.argv[4:] == ["loss_scaling"]
 trainer = gm.Trainer(
     model, "mse", OPTIMIZERS[optimizer_name](), batch_size=batch, loss_scaling=loss_scaling
 )
-train(trainer, batch)
+differing = train(trainer, batch)
 np.savez(f"{out_dir}/rank{job.rank}.npz", **model.get_weights())
-print(f"rank {job.rank} of {job.size}: trained", flush=True)
+print(f"rank {job.rank} of {job.size}: weights differed from rank 0's after {differing} steps")
