@@ -295,6 +295,30 @@ def new_weights_are_packed_again_and_float_weights_hold_integers(backend, rng):
                 np.testing.assert_array_equal(got, want)
 
 
+def reference_dynamic_quantized_matmul(x, w, weight_scale, bias, relu):
+    """A float32 input quantized to uint8 from its own range (widened to hold 0)."""
+    low, high = min(np.float32(0), x.min()), max(np.float32(0), x.max())
+    scale = (high - low) / np.float32(255) if high > low else np.float32(1)
+    zero_point = int(np.clip(np.rint(-low / scale), 0, 255))
+    q = reference_quantize(x, scale, zero_point, "uint8")
+    return reference_quantized_matmul(
+        q, w, weight_scale * scale, bias, zero_point, relu, "float32", 0, 0
+    )
+
+
+def a_float_input_is_quantized_per_run_on_every_path(backend, rng):
+    g = _core.Graph()
+    nodes, variables = product_inputs(g, rng, (-1, 45), (23, 45), "float32", True)
+    y = g.op("quantized_matmul", nodes, {"relu": True})
+    for batch, shift in ((70, 0.0), (3, 5.0), (9, -5.0)):  # ranges across, above and below 0
+        x = (rng.standard_normal((batch, 45)) + shift).astype(np.float32)
+        want = reference_dynamic_quantized_matmul(
+            x, variables["w"], variables["scale"], variables["bias"], True
+        )
+        for path, (got,) in run_on_every_path(g, [nodes[0]], [y], variables, [x]).items():
+            np.testing.assert_array_equal(got, want, err_msg=f"path {path}")
+
+
 def an_unknown_or_missing_path_is_refused(backend, rng):
     g = _core.Graph()
     x = g.input("x", (-1, 4), "uint8")
@@ -316,6 +340,7 @@ SCENARIOS = [
         "quantized_matmul", "every-path", quantized_matmul_matches_the_reference_on_every_path
     ),
     ScenarioCase("quantized_matmul", "unknown-path", an_unknown_or_missing_path_is_refused),
+    ScenarioCase("quantized_matmul", "dynamic", a_float_input_is_quantized_per_run_on_every_path),
     ScenarioCase(
         "quantized_matmul",
         "weights-change",
@@ -356,6 +381,13 @@ ERROR_CASES = [
         "float",
     ),
     ErrorCase("quantized_matmul", (U8, W8), {}, ("takes 3 or 4 inputs",), "arity"),
+    ErrorCase(
+        "quantized_matmul",
+        (Arg((4, 6), leaf="input"), W8, SCALE),
+        {"zero_point": 3},
+        ("quantized from its own range: zero_point must be 0, got 3",),
+        "dynamic-zero-point",
+    ),
     ErrorCase(
         "quantized_matmul",
         (U8, Arg((3, 6), dtype="int32", leaf="input"), SCALE),

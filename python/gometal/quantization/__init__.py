@@ -1,9 +1,10 @@
 """int8 quantization: ``gm.quantize`` (static post-training quantization of ``Dense`` and
-``Conv2D``) and the int8 layers it builds models from."""
+``Conv2D``), ``quantize_dynamic`` (``Dense`` layers quantizing each batch) and the int8
+layers they build models from."""
 
 from .calibration import METHODS, affine_parameters, symmetric_weights
 from .layers import QuantizedConv2D, QuantizedDense
-from .quantize import quantize
+from .quantize import quantize, quantize_dynamic
 
 __all__ = [
     "METHODS",
@@ -11,5 +12,6 @@ __all__ = [
     "QuantizedDense",
     "affine_parameters",
     "quantize",
+    "quantize_dynamic",
     "symmetric_weights",
 ]

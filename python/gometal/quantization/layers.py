@@ -56,7 +56,7 @@ class _QuantizedProduct(Layer):
     def __init__(
         self,
         out_channels: int,
-        input_scale: float,
+        input_scale: float | None,
         input_zero_point: int,
         input_dtype: str = "uint8",
         use_bias: bool = True,
@@ -69,9 +69,16 @@ class _QuantizedProduct(Layer):
             raise ValueError(
                 f"{label}: the number of outputs must be a positive int, got {out_channels!r}"
             )
-        check_input_quantization(input_scale, input_zero_point, input_dtype, label)
+        if input_scale is None:  # dynamic: the kernel quantizes each batch from its range
+            if input_zero_point != 0 or input_dtype != "uint8":
+                raise ValueError(
+                    f"{label}: a dynamic input (input_scale None) is uint8 with its own zero "
+                    f"point; got input_zero_point={input_zero_point!r}, input_dtype={input_dtype!r}"
+                )
+        else:
+            check_input_quantization(input_scale, input_zero_point, input_dtype, label)
         self.out_channels = out_channels
-        self.input_scale = float(input_scale)
+        self.input_scale = None if input_scale is None else float(input_scale)
         self.input_zero_point = int(input_zero_point)
         self.input_dtype = input_dtype
         self.use_bias = bool(use_bias)
@@ -96,6 +103,10 @@ class _QuantizedProduct(Layer):
         """The quantized input, int8 weight, per-channel scale and bias nodes, and the
         attributes the product op takes."""
         g = ctx.graph
+        if self.input_scale is None:
+            nodes = [x, ctx.variable("weight"), ctx.variable("weight_scale")]
+            nodes += [ctx.variable("bias")] if self.use_bias else []
+            return nodes, {"relu": self.relu}
         attrs = {
             "scale": self.input_scale,
             "zero_point": self.input_zero_point,
@@ -128,8 +139,9 @@ class QuantizedDense(_QuantizedProduct):
 
     Args:
         units: the number of output features.
-        input_scale: the input's quantization scale.
-        input_zero_point: the input's zero point.
+        input_scale: the input's quantization scale, or ``None`` for dynamic quantization:
+            each batch is quantized to uint8 from its own range when the step runs.
+        input_zero_point: the input's zero point (0 when dynamic).
         input_dtype: ``"uint8"`` or ``"int8"``, the input's quantized type.
         use_bias: whether a float bias is added.
         relu: whether the epilogue applies a relu.
@@ -144,8 +156,8 @@ class QuantizedDense(_QuantizedProduct):
     def __init__(
         self,
         units: int,
-        input_scale: float,
-        input_zero_point: int,
+        input_scale: float | None = None,
+        input_zero_point: int = 0,
         input_dtype: str = "uint8",
         use_bias: bool = True,
         relu: bool = False,
@@ -207,6 +219,8 @@ class QuantizedConv2D(_QuantizedProduct):
         relu: bool = False,
         name: str | None = None,
     ):
+        if input_scale is None:
+            raise ValueError("QuantizedConv2D needs an input_scale (calibrated): no dynamic mode")
         super().__init__(
             out_channels, input_scale, input_zero_point, input_dtype, use_bias, relu, name
         )

@@ -26,7 +26,14 @@ def integer_constant(b: OnnxGraph, name: str, value: np.ndarray) -> str:
 
 
 def dequantized_input(b: OnnxGraph, layer: Any, x: str, name: str) -> str:
-    """QuantizeLinear then DequantizeLinear of ``x`` with the layer's input parameters."""
+    """QuantizeLinear then DequantizeLinear of ``x`` with the layer's input parameters
+    (DynamicQuantizeLinear's, from each batch's range, for a dynamic layer)."""
+    if layer.input_scale is None:
+        quantized, scale, zero = (b.unique(f"{name}/input_{part}") for part in ("q", "scale", "zp"))
+        b.node("DynamicQuantizeLinear", [x], [quantized, scale, zero], quantized)
+        restored = b.unique(f"{name}/input_dq")
+        b.node("DequantizeLinear", [quantized, scale, zero], restored, restored)
+        return restored
     scale = b.constant(f"{name}/input_scale", np.float32(layer.input_scale))
     zero = integer_constant(
         b,

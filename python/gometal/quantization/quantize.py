@@ -102,6 +102,42 @@ def quantize(
     return rebuild_quantized(model, targets, parameters, activation_dtype, per_channel)
 
 
+def quantize_dynamic(model: Model, per_channel: bool = True, exclude: Sequence[str] = ()) -> Model:
+    """Dynamic quantization: a new model whose ``Dense`` layers keep int8 weights and
+    quantize each batch of their input to uint8 from its own range when they run (no
+    calibration data); every other layer, ``Conv2D`` included, stays float32.
+
+    Args:
+        model: the float model.
+        per_channel: one weight scale per output feature (else one per layer).
+        exclude: ``fnmatch`` patterns of layer names to keep float.
+
+    Returns:
+        The quantized model, every layer frozen.
+
+    Raises:
+        ValueError: the model has no ``Dense`` layer left to quantize.
+
+    Example:
+        >>> int8_model = gm.quantization.quantize_dynamic(model)  # doctest: +SKIP
+    """
+    if not isinstance(model, Model):
+        raise TypeError(f"quantize_dynamic: model must be a gm.Model, got {type(model).__name__}")
+    targets, kept = plan_layers(model, exclude)
+    kept = {name: why for name, why in kept.items() if isinstance(model.get_layer(name), Dense)}
+    if kept:
+        reasons = "; ".join(f"{name}: {why}" for name, why in kept.items())
+        warnings.warn(f"quantize_dynamic: kept float: {reasons}", UserWarning, stacklevel=2)
+    targets = [layer for layer in targets if isinstance(layer, Dense)]
+    if not targets:
+        raise ValueError(
+            "quantize_dynamic: the model has no Dense layer left to quantize "
+            f"(layers: {[layer.name for layer in model.layers]})"
+        )
+    dynamic = {str(layer.name): (None, 0) for layer in targets}
+    return rebuild_quantized(model, targets, dynamic, "uint8", per_channel)
+
+
 def calibration_batches(data: Any, batch_size: int) -> list[Any]:
     """The calibration batches, checked: not empty, every value finite.
 
@@ -239,7 +275,9 @@ def copy_layer(layer: Layer) -> Layer:
     return type(layer).from_config(layer.get_config())
 
 
-def quantized_layer(layer: Layer, scale: float, zero_point: int, dtype: str, chain: Chain) -> Layer:
+def quantized_layer(
+    layer: Layer, scale: float | None, zero_point: int, dtype: str, chain: Chain
+) -> Layer:
     """The int8 layer taking the place of ``layer`` and the calls its chain absorbs."""
     common = {
         "input_scale": scale,
@@ -264,7 +302,7 @@ def quantized_layer(layer: Layer, scale: float, zero_point: int, dtype: str, cha
 def rebuild_quantized(
     model: Model,
     targets: Sequence[Layer],
-    parameters: Mapping[str, tuple[float, int]],
+    parameters: Mapping[str, tuple[float | None, int]],
     dtype: str,
     per_channel: bool,
 ) -> Model:

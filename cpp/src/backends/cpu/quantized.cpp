@@ -135,13 +135,36 @@ struct Int8ProductKernel : Kernel {
   }
 };
 
-// (..., K) rows times (O, K): row blocks are the tasks.
+// The uint8 parameters of a float32 input's range widened to hold 0 (dynamic quantization):
+// scale = (high - low) / 255 and zero point = saturate(round_half_even(-low / scale)), in
+// float32; a constant input gets scale 1.
+void dynamic_parameters(const float* x, int64_t n, float* scale, int32_t* zero_point) {
+  float low = 0.0f, high = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    low = std::min(low, x[i]);
+    high = std::max(high, x[i]);
+  }
+  *scale = high > low ? (high - low) / 255.0f : 1.0f;
+  *zero_point = static_cast<int32_t>(std::min(std::max(std::nearbyint(-low / *scale), 0.0f), 255.0f));
+}
+
+// (..., K) rows times (O, K): row blocks are the tasks. A float32 input is quantized per
+// run (dynamic quantization): its scale joins each channel's scale in the epilogue.
 struct QuantizedMatMulKernel final : Int8ProductKernel {
   int64_t rows = 0;
+  bool dynamic = false;
+  mutable std::vector<float> channel_scales;  // dynamic: weight scale times the input's scale
   void run(const ExecContext& ctx) const override {
     Int8Epilogue e;
     const Int8Weights packed_weights = pack(ctx, &e);
+    float input_scale = 1.0f;
+    if (dynamic) {
+      dynamic_parameters(ctx.ptr(x), rows * k, &input_scale, &e.zero_point);
+      for (int64_t c = 0; c < channels; ++c) channel_scales[c] = e.scale[c] * input_scale;
+      e.scale = channel_scales.data();
+    }
     const auto* in = reinterpret_cast<const uint8_t*>(ctx.bytes(x));
+    const float* floats = ctx.ptr(x);
     char* out = ctx.bytes(y);
     const int64_t out_size = dtype_size(e.out);
     const int64_t blocks = (rows + kInt8RowBlock - 1) / kInt8RowBlock;
@@ -155,7 +178,9 @@ struct QuantizedMatMulKernel final : Int8ProductKernel {
         for (int64_t r = 0; r < count; ++r) {
           uint8_t* dst = buffer + r * packed_weights.depth;
           const uint8_t* src = in + (r0 + r) * k;
-          if (signed_input)
+          if (dynamic)
+            quantize_range(floats + (r0 + r) * k, 0, k, input_scale, e.zero_point, 0.0f, 255.0f, dst);
+          else if (signed_input)
             for (int64_t i = 0; i < k; ++i) dst[i] = static_cast<uint8_t>(src[i] ^ 0x80u);
           else
             std::memcpy(dst, src, static_cast<size_t>(k));
@@ -289,6 +314,8 @@ std::unique_ptr<Kernel> make_quantized_kernel(const Graph& g, int id, const Memo
       k->k = x.back();
       k->channels = shapes[id].back();
       k->rows = numel(x) / std::max<int64_t>(k->k, 1);
+      k->dynamic = g.node(n.inputs[0]).dtype == DType::F32;
+      k->channel_scales.resize(static_cast<size_t>(k->channels));
       k->reserve();
       return k;
     }

@@ -62,11 +62,16 @@ void check_weight_and_epilogue(Node& n, const std::vector<Node>& nodes, int64_t*
     fail(name_of(n), "takes 3 or 4 inputs (x, weight, scale[, bias]), got " + std::to_string(n.inputs.size()));
   const Node& x = input(n, nodes, 0);
   const Node& w = input(n, nodes, 1);
-  require_quantized(n, x, "input");
+  // A float32 input of the dense is quantized when the step runs, from its own range.
+  const bool dynamic = x.dtype == DType::F32 && n.op == OpKind::QuantizedMatMul;
+  if (!dynamic) require_quantized(n, x, n.op == OpKind::QuantizedMatMul ? "input (or float32)" : "input");
   if (w.dtype != DType::I8 && w.dtype != DType::F32)
     fail(name_of(n), "weight must be int8, or float32 holding integers in [-128, 127], got " +
                          std::string(dtype_name(w.dtype)));
-  require_zero_point(n, n.attrs.zero_point, x.dtype, "zero_point (the input's)");
+  if (dynamic && n.attrs.zero_point != 0)
+    fail(name_of(n), "a float32 input is quantized from its own range: zero_point must be 0, got " +
+                         std::to_string(n.attrs.zero_point));
+  if (!dynamic) require_zero_point(n, n.attrs.zero_point, x.dtype, "zero_point (the input's)");
   if (w.shape.empty()) fail(name_of(n), "weight must have the output channels first, got a scalar");
   *channels = w.shape[0];
   for (size_t i = 2; i < n.inputs.size(); ++i) {
