@@ -51,7 +51,11 @@ def test_concurrent_clients_are_answered_correctly_and_batched(
     total = CLIENTS * REQUESTS_PER_CLIENT
     inputs = np.random.default_rng(0).standard_normal((total, 1, 8)).astype(np.float32)
     expected = offline(repository, "mlp", 2, inputs[:, 0])
-    process = ServerProcess(repository, tmp_path, "--max-queue", str(total))
+    # A delay long enough for the clients' next requests to come while one waits: a
+    # server faster than its clients would otherwise run every request alone.
+    process = ServerProcess(
+        repository, tmp_path, "--max-queue", str(total), "--max-queue-delay-ms", "50"
+    )
     try:
         process.wait_live()
         client = triton.InferenceServerClient(process.url, concurrency=CLIENTS)

@@ -157,7 +157,7 @@ def serve(
     """
     import uvicorn
 
-    from ..viz.server_http import protocol_with_header_timeout
+    from .http_connection import serving_protocol
 
     if not is_loopback(host) and not api_key:
         raise ValueError(
@@ -203,7 +203,7 @@ def serve(
     # No proxy-header middleware: nothing here reads the client's address.
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False,
-        http=protocol_with_header_timeout(header_timeout_s), timeout_graceful_shutdown=None,
+        http=serving_protocol(header_timeout_s), timeout_graceful_shutdown=None,
     )  # fmt: skip
     gc_thresholds = _settle_garbage_collector()
     # After uvicorn's Config: its logging setup closes every handler there was.
