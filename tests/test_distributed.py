@@ -225,3 +225,19 @@ def test_the_ring_cost_model_follows_its_formula():
     assert fitted.latency == pytest.approx(1e-5) and fitted.bandwidth == pytest.approx(1e9)
     with pytest.raises(ValueError, match="hidden must be in"):
         scaling_efficiency(0.1, 4e6, 4, link, hidden=1.5)
+
+
+def test_fit_shards_the_arrays_and_only_rank_0_prints(tmp_path):
+    output = ran(mpirun("fit_replicas.py", 2, str(PER_RANK_BATCH), str(tmp_path)))
+    assert output.count("epoch 1/2") == 1 and output.count("epoch 2/2") == 1, output
+    ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
+    gm.set_num_threads(1)
+    reference = gm.Trainer(mlp(seed=1), "mse", "adam", batch_size=2 * PER_RANK_BATCH)
+    x, y = regression_data()
+    reference.fit((x, y), epochs=2, batch_size=2 * PER_RANK_BATCH, seed=4, verbose=0)
+    for name, value in reference.model.get_weights().items():
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+        scale = np.abs(value).max()
+        np.testing.assert_allclose(
+            ranks[0][name], value, rtol=1e-6, atol=1e-6 * scale, err_msg=name
+        )
