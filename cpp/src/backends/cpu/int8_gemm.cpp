@@ -102,56 +102,71 @@ __attribute__((target("avx2"))) void tile_avx2(const int16_t* a, int64_t depth, 
 }
 #endif
 
-// Stores one value of the epilogue: float32 as is, or v / output_scale rounded half to even
-// (the default rounding mode) plus the zero point, saturated.
-template <class T>
-struct Store {
-  T* out;
-  void operator()(int64_t at, float v, const Int8Epilogue& e) const {
-    if constexpr (std::is_same_v<T, float>) {
-      out[at] = v;
-    } else {
-      constexpr float low = std::is_same_v<T, uint8_t> ? 0.0f : -128.0f;
-      constexpr float high = std::is_same_v<T, uint8_t> ? 255.0f : 127.0f;
-      const float q = std::nearbyint(v / e.output_scale) + static_cast<float>(e.output_zero_point);
-      out[at] = static_cast<T>(std::min(std::max(q, low), high));
-    }
-  }
+// The per-channel factors of one panel's epilogue, padded to the panel's 16 channels so the
+// tile loops run a fixed width (and vectorize).
+struct PanelFactors {
+  alignas(64) int32_t offset[kInt8Panel];  // zero_point * column_sum
+  alignas(64) float scale[kInt8Panel];
+  alignas(64) float bias[kInt8Panel];
 };
 
-// One tile's epilogue: rows [0, rows) and channels [o0, o0 + channels) of acc. The loop
-// runs along the output's contiguous axis: channels for row-major output (a dense), rows
-// (pixels) for channel-major output (a convolution's NCHW).
+PanelFactors panel_factors(const Int8Weights& w, const Int8Epilogue& e, int64_t o0, int64_t channels) {
+  PanelFactors f{};
+  for (int64_t o = 0; o < channels; ++o) {
+    f.offset[o] = e.zero_point * w.column_sums[o0 + o];
+    f.scale[o] = e.scale[o0 + o];
+    f.bias[o] = e.bias ? e.bias[o0 + o] : 0.0f;
+  }
+  return f;
+}
+
+// One tile's epilogue: first the values of all its rows and 16 channels, computed one
+// rounded float32 operation at a time along the channels, then the stores of rows [0, rows)
+// and channels [o0, o0 + channels), along the output's contiguous axis: channels for
+// row-major output (a dense), rows (pixels) for channel-major output (NCHW).
 template <class T>
-void finish_tile_as(const Int8Weights& w, const int32_t* acc, int64_t rows, int64_t r0, int64_t o0,
+void finish_tile_as(const int32_t* acc, const PanelFactors& f, int64_t rows, int64_t r0, int64_t o0,
                     int64_t channels, const Int8Epilogue& e, T* out, int64_t row_stride, int64_t channel_stride) {
-  const Store<T> store{out};
-  auto value = [&](int64_t r, int64_t o) {
-    const int64_t c = o0 + o;
-    float v = static_cast<float>(acc[r * kInt8Panel + o] - e.zero_point * w.column_sums[c]) * e.scale[c];
-    if (e.bias) v = v + e.bias[c];
-    return e.relu ? std::max(v, 0.0f) : v;
-  };
+  alignas(64) float tile[8 * kInt8Panel];
+  for (int64_t r = 0; r < rows; ++r) {
+    float* v = tile + r * kInt8Panel;
+    const int32_t* a = acc + r * kInt8Panel;
+    for (int o = 0; o < kInt8Panel; ++o) v[o] = static_cast<float>(a[o] - f.offset[o]) * f.scale[o];
+    if (e.bias)
+      for (int o = 0; o < kInt8Panel; ++o) v[o] = v[o] + f.bias[o];
+    if (e.relu)
+      for (int o = 0; o < kInt8Panel; ++o) v[o] = std::max(v[o], 0.0f);
+    if constexpr (!std::is_same_v<T, float>) {
+      // v / output_scale rounded half to even (the default rounding mode) plus the zero point, saturated.
+      constexpr float low = std::is_same_v<T, uint8_t> ? 0.0f : -128.0f;
+      constexpr float high = std::is_same_v<T, uint8_t> ? 255.0f : 127.0f;
+      const auto zero = static_cast<float>(e.output_zero_point);
+      for (int o = 0; o < kInt8Panel; ++o)
+        v[o] = std::min(std::max(std::nearbyint(v[o] / e.output_scale) + zero, low), high);
+    }
+  }
   if (channel_stride == 1) {
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t o = 0; o < channels; ++o) store((r0 + r) * row_stride + o0 + o, value(r, o), e);
+      for (int64_t o = 0; o < channels; ++o)
+        out[(r0 + r) * row_stride + o0 + o] = static_cast<T>(tile[r * kInt8Panel + o]);
   } else {
     for (int64_t o = 0; o < channels; ++o)
-      for (int64_t r = 0; r < rows; ++r) store((r0 + r) * row_stride + (o0 + o) * channel_stride, value(r, o), e);
+      for (int64_t r = 0; r < rows; ++r)
+        out[(r0 + r) * row_stride + (o0 + o) * channel_stride] = static_cast<T>(tile[r * kInt8Panel + o]);
   }
 }
 
-void finish_tile(const Int8Weights& w, const int32_t* acc, int64_t rows, int64_t r0, int64_t o0, int64_t channels,
+void finish_tile(const int32_t* acc, const PanelFactors& f, int64_t rows, int64_t r0, int64_t o0, int64_t channels,
                  const Int8Epilogue& e, void* out, int64_t row_stride, int64_t channel_stride) {
   switch (e.out) {
     case DType::U8:
-      finish_tile_as(w, acc, rows, r0, o0, channels, e, static_cast<uint8_t*>(out), row_stride, channel_stride);
+      finish_tile_as(acc, f, rows, r0, o0, channels, e, static_cast<uint8_t*>(out), row_stride, channel_stride);
       break;
     case DType::I8:
-      finish_tile_as(w, acc, rows, r0, o0, channels, e, static_cast<int8_t*>(out), row_stride, channel_stride);
+      finish_tile_as(acc, f, rows, r0, o0, channels, e, static_cast<int8_t*>(out), row_stride, channel_stride);
       break;
     default:
-      finish_tile_as(w, acc, rows, r0, o0, channels, e, static_cast<float*>(out), row_stride, channel_stride);
+      finish_tile_as(acc, f, rows, r0, o0, channels, e, static_cast<float*>(out), row_stride, channel_stride);
       break;
   }
 }
@@ -264,6 +279,7 @@ void int8_block(const Int8Weights& w, uint8_t* rows, int64_t count, const Int8Ep
   for (int64_t p = 0; p < w.panels; ++p) {
     const char* panel = static_cast<const char*>(w.packed) + p * kInt8Panel * w.depth * element;
     const int64_t channels = std::min<int64_t>(kInt8Panel, w.channels - p * kInt8Panel);
+    const PanelFactors factors = panel_factors(w, epilogue, p * kInt8Panel, channels);
     for (int64_t r = 0; r < padded; r += tile_rows) {
       const uint8_t* a = rows + r * w.depth;
       const auto* b = reinterpret_cast<const int8_t*>(panel);
@@ -277,7 +293,7 @@ void int8_block(const Int8Weights& w, uint8_t* rows, int64_t count, const Int8Ep
 #endif
         default: tile_portable(a, w.depth, b, acc); break;
       }
-      finish_tile(w, acc, std::min<int64_t>(tile_rows, count - r), r, p * kInt8Panel, channels, epilogue, out,
+      finish_tile(acc, factors, std::min<int64_t>(tile_rows, count - r), r, p * kInt8Panel, channels, epilogue, out,
                   row_stride, channel_stride);
     }
   }
