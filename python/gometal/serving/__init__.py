@@ -2,9 +2,12 @@
 
 ``gometal serve REPO`` (or :func:`serve`) loads a model repository in Triton's layout and
 answers ``tritonclient`` and any other v2 client over HTTP and gRPC
-(``inference.GRPCInferenceService``, :mod:`gometal.serving.grpc_service`), merging concurrent requests
-into batches (:class:`DynamicBatcher`) with a bounded queue, Prometheus metrics at
-``/metrics``, and a graceful drain on SIGTERM.
+(``inference.GRPCInferenceService``, :mod:`gometal.serving.grpc_service`, unary and
+``ModelStreamInfer`` streams), merging concurrent requests into batches
+(:class:`DynamicBatcher`) with a bounded queue, Prometheus metrics at ``/metrics``, and a
+graceful drain on SIGTERM. It compiles each model's plans for its batch sizes before it
+reports ready, and computes on every core but one (``--threads``): the event loop keeps
+one for the request path (:mod:`gometal.serving.infer_route`).
 
 Example:
     >>> from gometal.serving import serve
