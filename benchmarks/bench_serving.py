@@ -2,14 +2,17 @@
 to 1, 8 and 64 concurrent clients, one image per request: throughput and p50/p99 latency.
 
     python benchmarks/bench_serving.py [--clients 1,8,64] [--window-s 5] [--threads N]
+                                       [--server-threads N] [--grpc]
 
 The model is saved as a model file and served by ``gometal serve`` in its own process (HTTP,
 tuned as a user would for many clients on a small machine: --max-batch-size 64, so that 64
 clients' requests fit one batch; --max-queue-delay-ms 2; --instances 1, since the one
-instance's engine already uses every core and a second would fight it for them). The load
-generator is another process (``_serving_load.py``): N tritonclient HTTP async clients, each
-sending one image per request in a loop, a warm-up, then a timed window; every answer is
-checked against offline ``model.predict``.
+instance's engine already computes on every core the event loop leaves it, which is the
+server's default --threads unless --server-threads says otherwise). The load generator is
+another process (``_serving_load.py``): N tritonclient HTTP async clients, each sending one
+image per request in a loop, a warm-up, then a timed window; every answer is checked against
+offline ``model.predict``. With --grpc the same server is also loaded over gRPC, with unary
+calls and with one ``ModelStreamInfer`` stream per client.
 
 Beside it: offline ``model.predict`` at batch 64 (images/s) in this process, and the baseline
 a user would write (``_serving_fastapi.py``): the same model exported by gometal to ONNX, in
