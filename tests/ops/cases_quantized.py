@@ -383,6 +383,17 @@ ERROR_CASES = [
     ErrorCase("quantized_matmul", (U8, W8), {}, ("takes 3 or 4 inputs",), "arity"),
     ErrorCase(
         "quantized_matmul",
+        (
+            Arg((2, 65537), dtype="uint8", leaf="input"),
+            Arg((3, 65537), dtype="int8", leaf="input"),
+            SCALE,
+        ),
+        {},
+        ("sums 65537 products per output; int32 sums stay exact up to 65536",),
+        "depth",
+    ),
+    ErrorCase(
+        "quantized_matmul",
         (Arg((4, 6), leaf="input"), W8, SCALE),
         {"zero_point": 3},
         ("quantized from its own range: zero_point must be 0, got 3",),

@@ -92,6 +92,15 @@ void check_weight_and_epilogue(Node& n, const std::vector<Node>& nodes, int64_t*
   n.dtype = out;
 }
 
+// int32 sums of K products of at most 255 * 128 stay exact up to K = 65536.
+constexpr int64_t kMaxDepth = 65536;
+
+void require_depth(const Node& n, int64_t depth) {
+  if (depth > kMaxDepth)
+    fail(name_of(n), "sums " + std::to_string(depth) + " products per output; int32 sums stay exact up to " +
+                         std::to_string(kMaxDepth));
+}
+
 // (x (..., K), w (O, K), scale (O,)[, bias (O,)]) -> (..., O).
 void quantized_matmul_shape(Node& n, const std::vector<Node>& nodes) {
   int64_t channels = 0;
@@ -100,6 +109,7 @@ void quantized_matmul_shape(Node& n, const std::vector<Node>& nodes) {
   const Shape& w = input(n, nodes, 1).shape;
   if (x.empty() || w.size() != 2 || x.back() != w[1])
     fail(name_of(n), "expects x (..., K) and weight (O, K), got " + shape_str(x) + " x " + shape_str(w));
+  require_depth(n, w[1]);
   n.shape = x;
   n.shape.back() = channels;
 }
@@ -110,6 +120,7 @@ void quantized_conv2d_shape(Node& n, const std::vector<Node>& nodes) {
   check_weight_and_epilogue(n, nodes, &channels);
   const ConvGeometry g = conv_geometry(name_of(n), input(n, nodes, 0).shape, &input(n, nodes, 1).shape, n.attrs);
   if (g.groups != 1) fail(name_of(n), "takes groups=1 only, got groups=" + std::to_string(g.groups));
+  require_depth(n, g.patch());
   n.shape = {g.n, g.o, g.oh, g.ow};
 }
 
