@@ -4,13 +4,16 @@ Start N processes with ``mpirun -n N python train.py``; each calls ``init()`` an
 the same model and ``Trainer``. The trainer checks the ranks built the same model, starts
 every rank from rank 0's weights, gives each rank its own dropout stream and averages the
 gradients over the ranks inside its compiled step, before the optimizer update (so
-clipping, loss scaling and learning-rate schedules see the global gradient). Shard the
-data with ``ArrayLoader(..., shard=True)``; only rank 0 prints progress.
+clipping, loss scaling and learning-rate schedules see the global gradient).
+``ArrayLoader`` and ``fit`` on arrays give each rank its shard of every epoch (as torch's
+``DistributedSampler(drop_last=False)``); only rank 0 prints progress and writes
+checkpoints. ``launch`` starts the ranks with the MPI launcher of the installed extra.
 
 Example:
     >>> import gometal as gm  # doctest: +SKIP
     >>> job = gm.distributed.init()  # doctest: +SKIP
-    >>> trainer = gm.Trainer(model, "cross_entropy", "adam")  # distributed after init
+    >>> trainer = gm.Trainer(model, "cross_entropy", "adam")  # doctest: +SKIP
+    >>> trainer.fit((x, y), epochs=3)  # each rank its shard  # doctest: +SKIP
 """
 
 from __future__ import annotations
