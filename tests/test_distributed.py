@@ -241,3 +241,10 @@ def test_fit_shards_the_arrays_and_only_rank_0_prints(tmp_path):
         np.testing.assert_allclose(
             ranks[0][name], value, rtol=1e-6, atol=1e-6 * scale, err_msg=name
         )
+
+
+@pytest.mark.parametrize("loss_scaling", [False, True])
+def test_compute_gradients_gives_each_rank_its_own_gradient(loss_scaling):
+    output = ran(mpirun("local_gradients.py", 2, *(["loss_scaling"] if loss_scaling else [])))
+    for rank in range(2):
+        assert f"rank {rank}: local gradients match" in output, output

@@ -324,6 +324,10 @@ def _updates(
         # Optimizer writes go through `update_graph`, which skips them on inf/NaN steps.
         grads, update_graph, scaler_effects = loss_scaler.emit(g, loss, params, reduce)
         applied = grads
+        if reduce is not None:
+            # `compute_gradients` gives this rank's own gradient, as without loss scaling,
+            # so calling it is never a collective the other ranks must join.
+            grads = dict(zip(params, g.gradients(loss, list(params.values()))))
     else:
         grads = dict(zip(params, g.gradients(loss, list(params.values()))))
         update_graph = g
