@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import gometal as gm
-from gometal.io.onnx import load
+from gometal.io.onnx import OnnxImportError, load
 
 TOLERANCE = 1e-5
 FEATURES, WIDTH, HEADS, FFN, CLASSES = 6, 32, 4, 64, 3
@@ -45,6 +45,15 @@ class MaskedEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         return self.head(self.enc(self.inp(x), src_key_padding_mask=padding))
+
+
+class CausalMaskedEncoder(MaskedEncoder):
+    """The same with a causal mask too (torch adds the two masks before the scores)."""
+
+    def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        causal = nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=x.dtype)
+        hidden = self.enc(self.inp(x), mask=causal, src_key_padding_mask=padding, is_causal=True)
+        return self.head(hidden)
 
 
 def _padding(batch: int, length: int, seed: int) -> np.ndarray:
@@ -130,3 +139,24 @@ def test_fine_tuning_with_padding_matches_torch(dynamo: bool, tmp_path: Path) ->
         loss.backward()
         theirs.step()
         np.testing.assert_allclose(got, loss.item(), rtol=1e-4)
+
+
+def test_a_causal_mask_with_padding_at_a_fixed_length(tmp_path: Path) -> None:
+    # TorchScript fixes the length: the causal mask is a constant, added to the padding.
+    module = CausalMaskedEncoder(True)
+    model = load(export(CausalMaskedEncoder(True), tmp_path / "m.onnx", dynamo=False))
+    module.eval()
+    x, padding = _inputs(3, EXPORT_LENGTH, seed=1)
+    assert padding.any()
+    with torch.no_grad():
+        expected = _torch(module, x, padding).numpy()
+    got = model.predict([x, padding.astype(np.float32)])
+    np.testing.assert_allclose(got, expected, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_a_causal_mask_with_padding_at_a_run_time_length_is_refused(tmp_path: Path) -> None:
+    # The run-time causal mask imports only as attention's own causal flag, which takes no
+    # padding beside it.
+    path = export(CausalMaskedEncoder(True), tmp_path / "m.onnx", dynamo=True)
+    with pytest.raises(OnnxImportError, match=r"mask built from a run-time sequence length"):
+        load(path)

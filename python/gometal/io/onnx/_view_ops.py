@@ -19,6 +19,7 @@ import numpy as np
 from ...nn import layers as L
 from ...nn.tensor import BATCH, SymbolicTensor
 from . import _layers as X
+from ._padding_layers import OnnxBroadcast
 from ._shape_ops import ShapeOperators, normalized_axes
 from ._shape_values import BATCH_SIZE, MAX_SHAPE_ELEMENTS, ShapeValue, SymbolicSize
 from ._view_layers import OnnxBatchMatMul, OnnxRelayout, OnnxSliceAxis, OnnxTake
@@ -427,6 +428,31 @@ class ViewOperators(ShapeOperators):
         order = [a for group in groups for a in group]
         return np.ascontiguousarray(value.reshape(split).transpose(np.argsort(order)))
 
+    def broadcast_to_constant(self, view: View, value: np.ndarray) -> View:
+        """The view broadcast along its axes of size 1 that the constant holds larger (a
+        key-padding mask (N*H, 1, T) plus a causal mask (1, T, T)); else as it is."""
+        shape, groups = list(view.tensor.engine_shape), [list(g) for g in view.groups]
+        if value.ndim > len(groups):
+            return view
+        sizes = (1,) * (len(groups) - value.ndim) + value.shape
+        for axis, size in enumerate(sizes):
+            # An axis of size 1 may hold no physical axis: it takes a neighbour's of size 1.
+            if size > 1 and not groups[axis]:
+                after = groups[axis + 1] if axis + 1 < len(groups) else []
+                before = groups[axis - 1] if axis else []
+                if after and shape[after[0]] == 1:
+                    groups[axis].append(after.pop(0))
+                elif before and shape[before[-1]] == 1:
+                    groups[axis].append(before.pop())
+        target = list(shape)
+        for group, size in zip(groups, sizes):
+            if size > 1 and len(group) == 1 and shape[group[0]] == 1:
+                target[group[0]] = size
+        if target == shape:
+            return view
+        layer = OnnxBroadcast(target, name=self.name(f"{self.node.name}_broadcast"))
+        return View(self.call(layer, view.tensor), tuple(tuple(g) for g in groups))
+
     def view_binary(self, node: Any, attrs: dict[str, Any]) -> Any:
         """``Add``/``Sub``/``Mul``/``Div`` with a view: on the engine tensors when both
         operands share the view or one is a constant, else in ONNX order."""
@@ -435,7 +461,9 @@ class ViewOperators(ShapeOperators):
         if len(runtime) == 1:
             view = self.view_of(runtime[0])
             other = next(name for name in names if name in self.consts)
-            value = self.place_constant(self.float_const(other, "a constant operand"), view)
+            constant = self.float_const(other, "a constant operand")
+            view = self.broadcast_to_constant(view, constant)
+            value = self.place_constant(constant, view)
             if node.op_type == "Add" and self.is_bias(other, runtime[0]):
                 const = self.bias_tensor(value, other)
             else:
