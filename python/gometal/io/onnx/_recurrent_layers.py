@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ...graph.composites import op
 from ...nn.layers.base import EmitContext, Layer
 from ...nn.layers.recurrent import GRU, LSTM, SimpleRNN
 from ...nn.layers.registry import register_layer
@@ -82,3 +83,52 @@ class OnnxRecurrentStates(Layer):
             return self.recurrence.emit(ctx, inputs)
         finally:
             ctx.scope = scope
+
+
+@register_layer
+class OnnxSequenceEnds(Layer):
+    """The final hidden states ``(N, D, H)`` read from a recurrent layer's output sequence
+    ``(N, T, D * H)``: each direction's last valid step (step 0 for the reverse one), as
+    the layer's own ``h_n`` is, without running the recurrence again.
+
+    Args:
+        directions: ``D``, 1 or 2.
+        hidden_size: ``H``.
+        lengths: whether a second input holds the int32 lengths ``(N,)``.
+        name: an explicit layer name.
+
+    Example:
+        >>> h_n = OnnxSequenceEnds(2, 16)(sequence)  # doctest: +SKIP
+    """
+
+    kind = "onnx_sequence_ends"
+    num_inputs = None
+    min_inputs = 1
+    input_dtypes = ("float32", "int32")
+
+    def __init__(
+        self, directions: int, hidden_size: int, lengths: bool = False, name: str | None = None
+    ):
+        super().__init__(name)
+        self.directions, self.hidden_size = int(directions), int(hidden_size)
+        self.lengths = bool(lengths)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "directions": self.directions,
+            "hidden_size": self.hidden_size,
+            "lengths": self.lengths,
+        }
+
+    def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
+        g, width = ctx.graph, self.hidden_size
+        lengths = list(inputs[1:2]) if self.lengths else []
+        rows = []
+        for direction in range(self.directions):
+            part = op(
+                g, "slice", inputs[0], axis=2, start=direction * width, end=(direction + 1) * width
+            )
+            end = op(g, "sequence_end", part, *lengths, reverse=direction == 1)
+            rows.append(op(g, "reshape", end, shape=[-1, 1, width]))
+        return rows[0] if len(rows) == 1 else op(g, "concat", *rows, axis=1)

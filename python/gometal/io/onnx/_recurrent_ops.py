@@ -29,7 +29,7 @@ from ...nn.layers.recurrent import GRU, LSTM, SimpleRNN
 from ...nn.tensor import BATCH, SymbolicTensor
 from ._layers import OnnxConstant
 from ._mask_ops import ZeroFill, bounded
-from ._recurrent_layers import OnnxRecurrentStates
+from ._recurrent_layers import OnnxRecurrentStates, OnnxSequenceEnds
 from ._safety import tensor_to_array
 from ._view_layers import OnnxRelayout
 from ._view_ops import ViewOperators
@@ -162,7 +162,13 @@ class RecurrentOperators(ViewOperators):
                 outputs.append(None)
                 continue
             tensor = first
-            if output != primary:
+            if output == "h_n" and primary == "sequence":
+                # The last valid steps of Y: no second run of the recurrence.
+                ends = OnnxSequenceEnds(
+                    directions, hidden, lengths is not None, name=self.name(f"{layer.name}_h_n")
+                )
+                tensor = self.call(ends, [first] + ([lengths] if lengths is not None else []))
+            elif output != primary:
                 states = OnnxRecurrentStates(
                     layer.name, type(layer).__name__, layer.get_config(), output,
                     name=self.name(f"{layer.name}_{output}"),
