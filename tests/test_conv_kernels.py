@@ -4,8 +4,9 @@ Every path the CPU has (GOMETAL_CONV_KERNEL=portable|avx2|avx512) runs the same 
 cases against torch in float64: odd sizes, padding, vertical strides, dilation, groups,
 channel counts that are no multiple of a register block; a path the CPU lacks, or an
 unknown name, is refused naming the variable. A conv followed by a per-channel bias,
-batch-norm scale and shift and a ReLU runs them in its epilogue (one plan step), with
-the results torch computes, in predictions and in training.
+batch-norm scale and shift and a ReLU runs them in its epilogue (one plan step), and a
+2x2 max pooling after them too, with the results torch computes, in predictions and in
+training.
 """
 
 from __future__ import annotations
@@ -243,7 +244,70 @@ def test_a_cnn_with_fused_epilogues_predicts_and_trains_as_torch():
         expected = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(model.predict(x), expected, rtol=1e-4, atol=1e-5)
     plan = " ".join(trainer._engine.describe("predict", 6))
-    assert (
-        "conv2d,add,relu (6, 8, 21, 24)" in plan
-        and "conv2d,add,mul,add,relu (6, 12, 10, 12)" in plan
-    ), plan
+    assert "conv2d,add,relu,max_pool2d (6, 8, 10, 12)" in plan, plan
+    assert "conv2d,add,mul,add,relu,max_pool2d (6, 12, 5, 6)" in plan, plan
+
+
+# -- pooling epilogues -----------------------------------------------------------------------
+
+
+def _pooled_graph(x_shape, w_shape, attrs, pool_attrs):
+    """conv2d -> add a (O, 1, 1) bias -> relu -> max_pool2d, returning the pooled value."""
+    g = _core.Graph()
+    x = g.input("x", (-1, *x_shape[1:]), "float32")
+    y = g.op("conv2d", [x, g.variable("w", w_shape)], attrs)
+    y = g.op("relu", [g.op("add", [y, g.variable("b", (w_shape[0], 1, 1))])])
+    y = g.op("max_pool2d", [y], pool_attrs)
+    engine = _core.Engine(g, seed=0)
+    engine.define("f", inputs=[x], outputs=[y], effects=[])
+    return engine
+
+
+POOLED_CASES = [
+    # (N, C, H, W), (O, KH, KW), stride, padding, dilation, groups: odd output sizes drop
+    # their last row and column, as the pooling does
+    ((3, 3, 17, 21), (9, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((2, 4, 30, 40), (16, 3, 3), (1, 1), (1, 1), (1, 1), 2),
+    ((1, 5, 23, 16), (7, 5, 3), (2, 1), (2, 1), (1, 1), 1),
+    ((2, 6, 14, 33), (10, 3, 3), (1, 1), (2, 2), (2, 2), 1),
+]
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if _path_available(p)])
+@pytest.mark.parametrize("case", POOLED_CASES, ids=[f"{c[0]}x{c[1]}" for c in POOLED_CASES])
+def test_a_2x2_max_pool_runs_inside_the_conv(case, path, monkeypatch):
+    monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
+    x_shape, w_shape, stride, padding, dilation, groups = case
+    attrs = {
+        "stride": list(stride),
+        "padding": list(padding),
+        "dilation": list(dilation),
+        "groups": groups,
+    }
+    x, w = _inputs(x_shape, w_shape, groups, seed=w_shape[0])
+    b = np.random.default_rng(1).standard_normal((w_shape[0], 1, 1)).astype(np.float32)
+    engine = _pooled_graph(x.shape, w.shape, attrs, {"kernel_size": [2, 2]})
+    engine.set_variable("w", w)
+    engine.set_variable("b", b)
+    plan = engine.describe("f", len(x))
+    assert any(line.startswith("conv2d,add,relu,max_pool2d ") for line in plan), plan
+    conv = torch.from_numpy(_torch_conv(x, w, attrs) + b)
+    expected = F.max_pool2d(torch.relu(conv), 2).numpy()
+    np.testing.assert_allclose(engine.run("f", [x])[0], expected, rtol=1e-5, atol=1e-4)
+
+
+def test_other_poolings_keep_their_own_step():
+    # A 3x3 window with stride 2 is no 2x2 pooling: the conv keeps only its bias and ReLU.
+    attrs = {"padding": [1, 1]}
+    x, w = _inputs((2, 3, 11, 12), (5, 3, 3), 1, seed=2)
+    b = np.random.default_rng(2).standard_normal((5, 1, 1)).astype(np.float32)
+    engine = _pooled_graph(x.shape, w.shape, attrs, {"kernel_size": [3, 3], "stride": [2, 2]})
+    engine.set_variable("w", w)
+    engine.set_variable("b", b)
+    plan = " ".join(engine.describe("f", 2))
+    assert "conv2d,add,relu (2, 5, 11, 12) ; max_pool2d (2, 5, 5, 5)" in plan, plan
+    conv = torch.from_numpy(
+        _torch_conv(x, w, {**attrs, "stride": 1, "dilation": 1, "groups": 1}) + b
+    )
+    expected = F.max_pool2d(torch.relu(conv), 3, stride=2).numpy()
+    np.testing.assert_allclose(engine.run("f", [x])[0], expected, rtol=1e-5, atol=1e-4)

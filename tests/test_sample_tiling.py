@@ -127,6 +127,7 @@ def test_inference_intermediates_live_in_per_image_tiles():
         trainer = gm.Trainer(_cnn((3, 32, 32), (16, 32, 32)), loss="cross_entropy", batch_size=64)
         trainer.predict(x, batch_size=64)
         arena[tiling] = trainer.engine_stats()["arena_bytes"]
-    # The untiled plan holds at least conv1's (64, 16, 32, 32) output at once.
-    assert arena[False] >= 64 * 16 * 32 * 32 * 4
-    assert arena[True] < arena[False] / 4, arena
+    # The untiled plan holds at least conv1's pooled (64, 16, 16, 16) output at once (the
+    # conv pools in its epilogue: its (64, 16, 32, 32) output is never stored whole).
+    assert arena[False] >= 64 * 16 * 16 * 16 * 4
+    assert arena[True] < arena[False] / 3, arena

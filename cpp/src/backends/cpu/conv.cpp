@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 
 #include "backends/cpu/conv_direct.h"
 #include "backends/cpu/conv_simd.h"
@@ -119,6 +120,8 @@ void apply_epilogue(const ConvGeometry& g, const ConvEpilogue& e, float* y) {
 
 }  // namespace
 
+bool conv2d_forward_pools(const ConvGeometry& g) { return use_direct(g); }
+
 int64_t conv2d_weight_grad_shared(const ConvGeometry& g) {
   if (use_direct_weight_grad(g)) return g.n * conv2d_direct_padded_image_floats(g);
   return weight_grad_chunks(g) * g.o * g.patch();
@@ -135,13 +138,15 @@ int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
 
 void conv2d_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0, int64_t n1,
                             float* col, const ConvEpilogue& epilogue) {
-  const int64_t in_image = g.c * g.h * g.w, out_image = g.o * g.out_plane();
+  const int64_t in_image = g.c * g.h * g.w;
+  const int64_t out_image = g.o * (epilogue.max_pool_2x2 ? (g.oh / 2) * (g.ow / 2) : g.out_plane());
   if (use_direct(g)) {
     const ConvPath path = choose_conv_path();
     for (int64_t n = n0; n < n1; ++n)
       conv2d_simd_forward_image(path, g, x + n * in_image, w, y + n * out_image, col, epilogue);
     return;
   }
+  if (epilogue.max_pool_2x2) throw std::logic_error("[conv2d] a pooling epilogue needs the direct kernel");
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t gi = 0; gi < g.groups; ++gi) {
       const float* src = group_columns(g, x + n * in_image + gi * g.c_per_group() * g.h * g.w, col);

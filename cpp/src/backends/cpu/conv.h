@@ -9,6 +9,9 @@
 
 namespace gometal {
 
+// Whether the forward pass of g can pool its output in the epilogue (max_pool_2x2).
+bool conv2d_forward_pools(const ConvGeometry& g);
+
 // Per-thread scratch (floats) each routine needs, and the workspace shared by all threads
 // that the weight gradient needs.
 int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad);

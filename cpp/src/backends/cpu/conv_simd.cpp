@@ -31,35 +31,48 @@ struct Padded {
 
 Padded padded_size(const ConvGeometry& g) { return {g.h + 2 * g.ph, g.w + 2 * g.pw}; }
 
-// One group's channels of one image, zero-padded, followed by kSlack zeros.
+// One group's channels of one image, zero-padded, followed by kSlack zeros. Only the
+// border is zeroed, and rows are copied inline: a memset of the whole image and a memcpy
+// call per row cost as much as the copy itself on these small planes.
 void pad_image(const ConvGeometry& g, const float* x, float* padded) {
   const Padded p = padded_size(g);
   const int64_t floats = g.c_per_group() * p.plane();
   if (g.ph == 0 && g.pw == 0) {
     std::copy(x, x + floats, padded);
   } else {
-    std::fill(padded, padded + floats, 0.0f);
-    for (int64_t c = 0; c < g.c_per_group(); ++c)
-      for (int64_t iy = 0; iy < g.h; ++iy)
-        std::copy(x + (c * g.h + iy) * g.w, x + (c * g.h + iy + 1) * g.w,
-                  padded + c * p.plane() + (iy + g.ph) * p.w + g.pw);
+    for (int64_t c = 0; c < g.c_per_group(); ++c) {
+      float* plane = padded + c * p.plane();
+      std::fill(plane, plane + g.ph * p.w + g.pw, 0.0f);  // top rows and the first left border
+      for (int64_t iy = 0; iy < g.h; ++iy) {
+        float* row = plane + (iy + g.ph) * p.w + g.pw;
+        const float* src = x + (c * g.h + iy) * g.w;
+        for (int64_t ix = 0; ix < g.w; ++ix) row[ix] = src[ix];
+        // This row's right border and the next row's left border are adjacent.
+        for (int64_t ix = g.w; ix < g.w + 2 * g.pw; ++ix) row[ix] = 0.0f;
+      }
+      float* bottom = plane + (g.h + g.ph) * p.w + g.pw;
+      std::fill(bottom - g.pw, plane + p.plane(), 0.0f);
+    }
   }
   std::fill(padded + floats, padded + floats + kSlack, 0.0f);
 }
 
 // Blocks of R output channels, tap-major: block[k][r] = w(o0 + r, k), zero past the group.
+// Written in order (a read stream per row): strided stores were half the cost of a tile.
+template <int R>
+void pack_block(const float* src, int64_t rows, int64_t taps, float* block) {
+  for (int64_t k = 0; k < taps; ++k)
+    for (int r = 0; r < R; ++r) block[k * R + r] = r < rows ? src[r * taps + k] : 0.0f;
+}
+
 void pack_weights(const ConvGeometry& g, const float* wg, int64_t rows_per_block, float* packed) {
   const int64_t taps = g.patch(), opg = g.o_per_group();
   for (int64_t o0 = 0; o0 < opg; o0 += rows_per_block) {
-    float* block = packed + o0 * taps;
-    for (int64_t r = 0; r < rows_per_block; ++r) {
-      if (o0 + r >= opg) {
-        for (int64_t k = 0; k < taps; ++k) block[k * rows_per_block + r] = 0.0f;
-        continue;
-      }
-      const float* src = wg + (o0 + r) * taps;
-      for (int64_t k = 0; k < taps; ++k) block[k * rows_per_block + r] = src[k];
-    }
+    const int64_t rows = std::min(rows_per_block, opg - o0);
+    if (rows_per_block == 8)
+      pack_block<8>(wg + o0 * taps, rows, taps, packed + o0 * taps);
+    else
+      pack_block<6>(wg + o0 * taps, rows, taps, packed + o0 * taps);
   }
 }
 
@@ -191,6 +204,51 @@ int64_t rows_per_block(ConvPath path) {
   return path == ConvPath::Avx512 ? kAvx512Rows : path == ConvPath::Avx2 ? kAvx2Rows : kPortableRows;
 }
 
+void forward_group(ConvPath path, const GroupArgs& a) {
+  switch (path) {
+#ifdef GOMETAL_CONV_X86
+    case ConvPath::Avx512: return forward_group_avx512(a);
+    case ConvPath::Avx2: return forward_group_avx2(a);
+#endif
+    default: return forward_group_portable(a);
+  }
+}
+
+// Output rows per band of a pooled convolution: 6 rows fill whole 3-segment tiles on
+// planes 16 and 64 wide, and a band of up to 64 channels stays within 24 KB (L1).
+constexpr int64_t kBandRows = 6;
+
+// Whether `v` replaces `best` as a window's maximum: a larger value or a NaN, as torch's
+// max pooling (and pool.cpp) propagate NaN.
+inline float pool_max(float best, float v) { return v > best || v != v ? v : best; }
+
+// out[o][pr][px] = max of band[o][2pr..2pr+1][2px..2px+1] for a band of `rows` (even) rows.
+void pool_band(const float* band, int64_t channels, int64_t rows, int64_t width, float* out, int64_t out_plane,
+               int64_t out_w) {
+  for (int64_t o = 0; o < channels; ++o)
+    for (int64_t pr = 0; pr < rows / 2; ++pr) {
+      const float* r0 = band + (o * rows + 2 * pr) * width;
+      const float* r1 = r0 + width;
+      float* dst = out + o * out_plane + pr * out_w;
+      for (int64_t px = 0; px < out_w; ++px)
+        dst[px] = pool_max(pool_max(pool_max(r0[2 * px], r0[2 * px + 1]), r1[2 * px]), r1[2 * px + 1]);
+    }
+}
+
+// The pooled convolution of one group: each band of output rows into `band`, then pooled.
+void forward_pooled_group(ConvPath path, const GroupArgs& a, float* band, float* out) {
+  const int64_t pooled_h = a.oh / 2, pooled_w = a.ow / 2;
+  for (int64_t r0 = 0; r0 < 2 * pooled_h; r0 += kBandRows) {
+    GroupArgs b = a;
+    b.oh = std::min(kBandRows, 2 * pooled_h - r0);
+    b.padded = a.padded + r0 * a.sh * a.row_stride;
+    b.y = band;
+    b.plane = b.oh * a.ow;
+    forward_group(path, b);
+    pool_band(band, a.out_channels, b.oh, a.ow, out + r0 / 2 * pooled_w, pooled_h * pooled_w, pooled_w);
+  }
+}
+
 }  // namespace
 
 std::string_view conv_path_name(ConvPath path) {
@@ -235,7 +293,7 @@ bool conv2d_simd_supported(const ConvGeometry& g) { return g.sw == 1; }
 
 int64_t conv2d_simd_scratch(const ConvGeometry& g) {
   return round_up(g.o_per_group(), kPackAlign) * g.patch() + round_up(g.c_per_group() * padded_size(g).plane(), 16) +
-         kSlack;
+         kSlack + g.o_per_group() * kBandRows * g.ow;
 }
 
 void conv2d_simd_forward_image(ConvPath path, const ConvGeometry& g, const float* x, const float* w, float* y,
@@ -243,24 +301,37 @@ void conv2d_simd_forward_image(ConvPath path, const ConvGeometry& g, const float
   const int64_t taps = g.patch(), rows = rows_per_block(path);
   float* packed = scratch;
   float* padded = scratch + round_up(g.o_per_group(), kPackAlign) * taps;
+  float* band = padded + round_up(g.c_per_group() * padded_size(g).plane(), 16) + kSlack;
   const Padded p = padded_size(g);
   for (int64_t gi = 0; gi < g.groups; ++gi) {
     const int64_t first = gi * g.o_per_group();
     pack_weights(g, w + first * taps, rows, packed);
     pad_image(g, x + gi * g.c_per_group() * g.h * g.w, padded);
-    GroupArgs a{padded, packed, y + first * g.out_plane(), g.c_per_group(), p.plane(), p.w, g.kh, g.kw, g.dh,
-                g.dw,   g.sh,   g.oh,                      g.ow,           g.out_plane(), taps, g.o_per_group(),
-                epilogue};
+    GroupArgs a{};
+    a.padded = padded;
+    a.packed = packed;
+    a.y = epilogue.max_pool_2x2 ? nullptr : y + first * g.out_plane();
+    a.channels = g.c_per_group();
+    a.channel_stride = p.plane();
+    a.row_stride = p.w;
+    a.kh = g.kh;
+    a.kw = g.kw;
+    a.dh = g.dh;
+    a.dw = g.dw;
+    a.sh = g.sh;
+    a.oh = g.oh;
+    a.ow = g.ow;
+    a.plane = g.out_plane();
+    a.taps = taps;
+    a.out_channels = g.o_per_group();
+    a.epilogue = epilogue;
     if (a.epilogue.bias) a.epilogue.bias += first;
     if (a.epilogue.scale) a.epilogue.scale += first;
     if (a.epilogue.shift) a.epilogue.shift += first;
-    switch (path) {
-#ifdef GOMETAL_CONV_X86
-      case ConvPath::Avx512: forward_group_avx512(a); break;
-      case ConvPath::Avx2: forward_group_avx2(a); break;
-#endif
-      default: forward_group_portable(a); break;
-    }
+    if (epilogue.max_pool_2x2)
+      forward_pooled_group(path, a, band, y + first * (g.oh / 2) * (g.ow / 2));
+    else
+      forward_group(path, a);
   }
 }
 

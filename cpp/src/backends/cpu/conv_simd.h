@@ -24,12 +24,15 @@ bool conv_path_available(ConvPath path);
 ConvPath choose_conv_path();
 
 // Applied to each output channel o after the sum: y = (acc + bias[o]) * scale[o] + shift[o],
-// then max(y, 0) when relu. A null pointer skips its term.
+// then max(y, 0) when relu. A null pointer skips its term. With max_pool_2x2 the output is
+// that of a 2x2, stride 2, unpadded max pooling of y (floor(OH/2) x floor(OW/2)): y is
+// computed a band of rows at a time into scratch and pooled from there, never stored whole.
 struct ConvEpilogue {
   const float* bias = nullptr;
   const float* scale = nullptr;
   const float* shift = nullptr;
   bool relu = false;
+  bool max_pool_2x2 = false;
 };
 
 bool conv2d_simd_supported(const ConvGeometry& g);
@@ -37,7 +40,7 @@ bool conv2d_simd_supported(const ConvGeometry& g);
 int64_t conv2d_simd_scratch(const ConvGeometry& g);
 
 // y (O, OH*OW) = epilogue(conv(x (C, H, W), w (O, C/groups, KH, KW))) for one image, on the
-// calling thread.
+// calling thread (y (O, OH/2 * OW/2) with max_pool_2x2).
 void conv2d_simd_forward_image(ConvPath path, const ConvGeometry& g, const float* x, const float* w, float* y,
                                float* scratch, const ConvEpilogue& epilogue = {});
 

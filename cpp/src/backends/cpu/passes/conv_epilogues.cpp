@@ -55,16 +55,41 @@ bool is_float_conv(const Graph& g, int id, const std::vector<Shape>& shapes) {
   return n.op == OpKind::Conv2D && n.dtype == DType::F32 && shapes[id].size() == 4;
 }
 
+ConvGeometry geometry_of(const Graph& g, int conv, const std::vector<Shape>& shapes) {
+  const Node& n = g.node(conv);
+  return conv_geometry(op_name(n.op), shapes[n.inputs[0]], &shapes[n.inputs[1]], n.attrs);
+}
+
+// Whether `pool` is a 2x2, stride 2, unpadded max pooling of a value in `shape`.
+bool is_pool_2x2(const Graph& g, int pool, const Shape& shape) {
+  const Node& n = g.node(pool);
+  if (n.op != OpKind::MaxPool2D || n.dtype != DType::F32) return false;
+  const ConvGeometry p = conv_geometry(op_name(n.op), shape, nullptr, n.attrs);
+  return p.kh == 2 && p.kw == 2 && p.sh == 2 && p.sw == 2 && p.ph == 0 && p.pw == 0;
+}
+
+// The max pooling that is the only reader of `value` (the end of conv's chain) and runs as
+// a step of its own, when the conv's kernel can pool; else -1.
+int pooled_by(const Graph& g, int conv, int value, const std::vector<std::vector<int>>& readers,
+              const std::vector<char>& returned, const Fusion& f, const std::vector<Shape>& shapes) {
+  if (readers[value].size() != 1 || returned[value]) return -1;
+  const int pool = readers[value][0];
+  const int at = f.step_of[pool];
+  if (at < 0 || f.steps[at].fused || f.steps[at].nodes.size() != 1 || !is_pool_2x2(g, pool, shapes[value]))
+    return -1;
+  return conv2d_forward_pools(geometry_of(g, conv, shapes)) ? pool : -1;
+}
+
 struct ConvEpilogueKernel final : Kernel {
   ConvGeometry geo;
   BufRef x, w, y, bias, scale, shift;  // Region::None for an absent operand
-  bool relu = false;
+  bool relu = false, pool = false;
   int64_t scratch = 0;
   int64_t scratch_floats() const override { return scratch; }
 
   ConvEpilogue epilogue(const ExecContext& ctx) const {
     auto operand = [&](const BufRef& r) -> const float* { return r.region == Region::None ? nullptr : ctx.ptr(r); };
-    return {operand(bias), operand(scale), operand(shift), relu};
+    return {operand(bias), operand(scale), operand(shift), relu, pool};
   }
   void run(const ExecContext& ctx) const override {
     conv2d_forward(ctx, geo, ctx.ptr(x), ctx.ptr(w), ctx.ptr(y), epilogue(ctx));
@@ -97,32 +122,46 @@ void fuse_conv_epilogues(const Graph& g, const Schedule& s, const FunctionSpec& 
     const int conv = step.nodes[0];
     if (returned[conv]) continue;
     // Walk the conv's single-reader chain through one fused step, up to its first value
-    // that keeps a buffer.
+    // that keeps a buffer; the chain counts only if it is that whole step.
     Chain chain;
-    int prev = conv, epilogue_step = -1;
+    int prev = conv, last_step = -1;
     bool ends_in_buffer = false;
     while (readers[prev].size() == 1) {
       const int next = readers[prev][0];
       const int at = f.step_of[next];
-      if (at < 0 || !f.steps[at].fused || (epilogue_step >= 0 && at != epilogue_step)) break;
+      if (at < 0 || !f.steps[at].fused || (last_step >= 0 && at != last_step)) break;
       if (!extend(g, prev, next, shapes, chain)) break;
-      epilogue_step = at;
+      last_step = at;
       prev = next;
       if (f.materialized[next] || returned[next]) {
         ends_in_buffer = true;
         break;
       }
     }
-    if (!ends_in_buffer || f.steps[epilogue_step].nodes.size() != chain.nodes.size()) continue;
-    // The conv moves down to its epilogue: nothing between may write what it reads.
+    if (!ends_in_buffer || f.steps[last_step].nodes.size() != chain.nodes.size()) {
+      chain = Chain{};
+      last_step = static_cast<int>(st);
+    }
+    // Then a 2x2 max pooling reading only the chain's last value, where the kernel pools.
+    const int last = chain.nodes.empty() ? conv : chain.nodes.back();
+    const int pool = pooled_by(g, conv, last, readers, returned, f, shapes);
+    if (pool >= 0) {
+      chain.nodes.push_back(pool);
+      last_step = f.step_of[pool];
+    }
+    if (chain.nodes.empty() || last_step <= static_cast<int>(st)) continue;
+    // The conv moves down to the last merged step: nothing between may write what it reads.
     bool effect_between = false;
-    for (int between = static_cast<int>(st) + 1; between < epilogue_step; ++between)
+    for (int between = static_cast<int>(st) + 1; between < last_step; ++between)
       for (int id : f.steps[between].nodes) effect_between |= is_effect(g.node(id).op);
-    if (effect_between || epilogue_step <= static_cast<int>(st)) continue;
+    if (effect_between) continue;
+    const int epilogue_step = f.step_of[chain.nodes.front()];
     Step merged{false, {conv}};
     merged.nodes.insert(merged.nodes.end(), chain.nodes.begin(), chain.nodes.end());
-    f.steps[epilogue_step] = std::move(merged);
+    f.steps[last_step] = std::move(merged);
+    if (epilogue_step != last_step) dropped[epilogue_step] = 1;
     f.materialized[conv] = 0;
+    if (pool >= 0) f.materialized[last] = 0;
     dropped[st] = 1;
   }
 
@@ -140,20 +179,24 @@ std::unique_ptr<Kernel> make_conv_epilogue_kernel(const Graph& g, int id, const 
   // The chain again, as fuse_conv_epilogues found it: readers outside this function have
   // no shape here, and every value but the last has no buffer.
   Chain chain;
+  bool pool = false;
   int prev = id;
-  while (chain.nodes.empty() || mem.ref[prev].region == Region::None) {
+  while (mem.ref[prev].region == Region::None) {
     int next = -1;
     for (int i = 0; i < g.size() && next < 0; ++i) {
       const std::vector<int>& in = g.node(i).inputs;
-      if (shapes[i] == shapes[id] && std::find(in.begin(), in.end(), prev) != in.end()) next = i;
+      if (!shapes[i].empty() && std::find(in.begin(), in.end(), prev) != in.end()) next = i;
     }
-    if (next < 0 || !extend(g, prev, next, shapes, chain))
+    if (next >= 0 && is_pool_2x2(g, next, shapes[prev])) {
+      pool = true;
+    } else if (next < 0 || !extend(g, prev, next, shapes, chain)) {
       throw std::logic_error("[cpu] conv2d epilogue: the merged step's chain is broken");
+    }
     prev = next;
   }
   const Node& n = g.node(id);
   auto k = std::make_unique<ConvEpilogueKernel>();
-  k->geo = conv_geometry(op_name(n.op), shapes[n.inputs[0]], &shapes[n.inputs[1]], n.attrs);
+  k->geo = geometry_of(g, id, shapes);
   k->scratch = conv2d_scratch(k->geo, false);
   k->x = mem.ref[n.inputs[0]];
   k->w = mem.ref[n.inputs[1]];
@@ -163,6 +206,7 @@ std::unique_ptr<Kernel> make_conv_epilogue_kernel(const Graph& g, int id, const 
   k->scale = ref(chain.scale);
   k->shift = ref(chain.shift);
   k->relu = chain.relu;
+  k->pool = pool;
   return k;
 }
 
