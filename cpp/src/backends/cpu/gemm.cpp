@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "backends/cpu/blas.h"
+#include "backends/cpu/gemm_small.h"
 
 namespace gometal {
 namespace {
@@ -17,6 +18,7 @@ void gemm(ThreadPool& pool, bool ta, bool tb, int64_t m, int64_t n, int64_t k, c
     std::fill(c, c + m * n, 0.0f);
     return;
   }
+  if (gemm_small(pool, ta, tb, m, n, k, a, b, c)) return;
   const int threads = pool.size();
   if (threads == 1 || m * n * k < kParallelMacs) {
     gemm_serial(ta, tb, m, n, k, a, lda, b, ldb, 0.0f, c, n);
