@@ -25,6 +25,7 @@ def _help_text(capsys, argv):
 def test_the_commands_are_the_documented_ones():
     assert _command_names() == [
         "generate",
+        "launch",
         "predict",
         "serve",
         "sidecar",

@@ -5,7 +5,8 @@ written out as PNG files when no folder is given); ``gometal predict MODEL IMAGE
 classifies image files with the model it saved. ``gometal train-digits`` trains a
 64-128-10 MLP on scikit-learn's 8x8 handwritten digits held in memory. ``gometal train-lm``
 trains a GPT on text (the standard library's source by default) and ``gometal generate``
-samples from it.
+samples from it. ``gometal serve`` serves models over the Open Inference Protocol, and
+``gometal launch -n N SCRIPT`` runs a training script on N MPI ranks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..viz.server_cli import add_sidecar_command
 from .arguments import positive_int
+from .launch_command import add_launch_command
 from .lm_job import add_lm_commands
 from .predict_job import add_predict_command
 from .serve_command import add_serve_command
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lm_commands(commands)
     add_sidecar_command(commands)
     add_serve_command(commands)
+    add_launch_command(commands)
     return parser
 
 
