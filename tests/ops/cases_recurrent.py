@@ -72,9 +72,12 @@ def recurrence_reference(
     return np.stack(outputs, axis=1)
 
 
-def _case(cell, hidden=3, proj=0, reverse=False, with_lengths=False, name="", lean=False):
-    """recurrence over (xp, h0, [c0], w_hh, [w_hr], [b_hn], [lengths]), its output sliced to
-    the columns a layer reads (h, and c for an LSTM): the rest is saved for the backward pass."""
+def _case(
+    cell, hidden=3, proj=0, reverse=False, with_lengths=False, name="", lean=False, bias=False
+):
+    """recurrence over (xp, h0, [c0], w_hh, [w_hr], [b_hn], [bias], [lengths]), its output
+    sliced to the columns a layer reads (h, and c for an LSTM): the rest is saved for the
+    backward pass. The reference adds the bias to xp."""
     out = proj or hidden
     steps = LENGTHS_T if with_lengths else SEQ
     args = [Arg((BATCH, steps, GATES[cell] * hidden)), Arg((BATCH, out))]
@@ -85,6 +88,8 @@ def _case(cell, hidden=3, proj=0, reverse=False, with_lengths=False, name="", le
         args.append(Arg((proj, hidden)))
     if cell == "gru":
         args.append(Arg((hidden,)))
+    if bias:
+        args.append(Arg((GATES[cell] * hidden,)))
     if with_lengths:
         args.append(Arg((BATCH,), _lengths, dtype="int32", grad=False))
     read = out + (hidden if cell == "lstm" else 0)
@@ -104,6 +109,8 @@ def _case(cell, hidden=3, proj=0, reverse=False, with_lengths=False, name="", le
             named["w_hr"] = rest.pop(0)
         if cell == "gru":
             named["b_hn"] = rest.pop(0)
+        if bias:
+            named["xp"] = named["xp"] + rest.pop(0)
         if with_lengths:
             named["lengths"] = rest.pop(0)
         return recurrence_reference(cell, reverse, **named)
@@ -135,6 +142,12 @@ RECURRENCE_CASES = [
     _case("lstm", hidden=4, proj=2, with_lengths=True, lean=True, name="lstm-projected-lean"),
     _case("lstm", reverse=True, lean=True, name="lstm-reverse-lean"),
     _case("gru", with_lengths=True, lean=True, name="gru-lean"),
+    # A bias operand, added to xp on every step (a layer passes b_ih + b_hh this way).
+    _case("rnn_tanh", reverse=True, bias=True, name="rnn_tanh-bias"),
+    _case("lstm", with_lengths=True, bias=True, name="lstm-bias"),
+    _case("lstm", hidden=4, proj=2, reverse=True, bias=True, name="lstm-projected-bias"),
+    _case("gru", with_lengths=True, bias=True, name="gru-bias"),
+    _case("lstm", reverse=True, lean=True, bias=True, name="lstm-lean-bias"),
 ]
 
 
@@ -207,7 +220,8 @@ SEQUENCE_END_CASES = [
 def recurrence_grad_is_bptt(backend: str, rng: np.random.Generator) -> None:
     """recurrence_grad called directly: its d(xp) columns and the gradient it sends to h0
     (at the first step each sequence runs) are the central differences of the NumPy
-    reference, for every cell, with lengths."""
+    reference, for every cell, with lengths; given the gradient of all of y's columns or of
+    h's alone (the form a layer's slice of h gives it)."""
     batch, steps, hidden = 3, 5, 4
     lengths = np.array([5, 2, 3], dtype=np.int32)
     for cell, gates in GATES.items():
@@ -228,16 +242,15 @@ def recurrence_grad_is_bptt(backend: str, rng: np.random.Generator) -> None:
             cotangent = np.zeros(g.shape(y), dtype=np.float32)
             cotangent[..., :hidden] = rng.uniform(-1, 1, (batch, steps, hidden))
             state_inputs = [nodes[1]] + ([nodes[2]] if cell == "lstm" else [])
-            grads = g.op(
-                "recurrence_grad",
-                [g.constant(cotangent), y, *state_inputs, nodes[-1 - (cell == "gru")], length_node],
-                attrs,
-            )
+            rest = [y, *state_inputs, nodes[-1 - (cell == "gru")], length_node]
+            full = g.op("recurrence_grad", [g.constant(cotangent), *rest], attrs)
+            h_only = g.constant(np.ascontiguousarray(cotangent[..., :hidden]))
+            narrow = g.op("recurrence_grad", [h_only, *rest], attrs)
             engine = _core.Engine(g, seed=0, backend=backend)
             engine.define(
-                "step", inputs=[length_node], outputs=[grads], effects=[], advance_rng=False
+                "step", inputs=[length_node], outputs=[full, narrow], effects=[], advance_rng=False
             )
-            (got,) = engine.run("step", [lengths])
+            outputs = engine.run("step", [lengths])
             fixed = {"c0": c0} if cell == "lstm" else {}
             fixed["b_hn"] = b_hn if cell == "gru" else None
             fixed["w_hh"] = w_hh
@@ -250,23 +263,15 @@ def recurrence_grad_is_bptt(backend: str, rng: np.random.Generator) -> None:
             d_xp, d_h0 = (
                 numeric_gradient(hidden_columns, [xp, h0], weights, index) for index in (0, 1)
             )
-            np.testing.assert_allclose(
-                got[..., :gh],
-                d_xp,
-                rtol=1e-3,
-                atol=1e-4,
-                err_msg=f"d(xp) of {cell}, reverse={reverse}",
-            )
-            first = np.zeros(batch, dtype=np.int64) if not reverse else lengths - 1
-            hprev = gh + (hidden if cell == "gru" else 0)
-            dh0 = got[np.arange(batch), first, hprev + hidden : hprev + 2 * hidden]
-            np.testing.assert_allclose(
-                dh0,
-                d_h0,
-                rtol=1e-3,
-                atol=1e-4,
-                err_msg=f"d(h0) of {cell}, reverse={reverse}",
-            )
+            for got, form in zip(outputs, ("all columns", "h alone")):
+                what = f"of {cell}, reverse={reverse}, the gradient of {form}"
+                np.testing.assert_allclose(
+                    got[..., :gh], d_xp, rtol=1e-3, atol=1e-4, err_msg=f"d(xp) {what}"
+                )
+                first = np.zeros(batch, dtype=np.int64) if not reverse else lengths - 1
+                hprev = gh + (hidden if cell == "gru" else 0)
+                dh0 = got[np.arange(batch), first, hprev + hidden : hprev + 2 * hidden]
+                np.testing.assert_allclose(dh0, d_h0, rtol=1e-3, atol=1e-4, err_msg=f"d(h0) {what}")
 
 
 def lengths_out_of_range_raise(backend: str, rng: np.random.Generator) -> None:
@@ -313,7 +318,13 @@ ERROR_CASES = [
         "recurrence",
         (Arg((2, 3, 8)), Arg((2, 4)), Arg((8, 4))),
         {"cell": "lstm"},
-        (r"expects 4 inputs",),
+        (r"expects xp, h0, c0, w_hh, \[w_hr\], \[bias\]", r"got 3 inputs"),
+    ),
+    ErrorCase(
+        "recurrence",
+        (Arg((2, 3, 8)), Arg((2, 2)), Arg((2, 2)), Arg((8, 2)), Arg((4,))),
+        {"cell": "lstm"},
+        (r"bias \(G\*H,\) must have shape \(8,\)", r"got \(4,\)"),
     ),
     ErrorCase(
         "recurrence",

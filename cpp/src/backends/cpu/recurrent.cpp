@@ -9,8 +9,9 @@
 #include "backends/cpu/recurrent_gemm.h"
 #include "ir/ops/recurrent.h"
 
-// -march=native on AVX-512 CPUs still vectorizes loops 8 floats wide; the gate math's
-// polynomial exps ran ~20 % faster 16 wide (GCC only: Clang spells it differently).
+// -march=native on AVX-512 CPUs still vectorizes loops 8 floats wide; the plain loops
+// here run 16 wide (GCC only: Clang spells it differently). The gate math is written
+// in explicit vectors (recurrent_cells.h).
 #if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC target("prefer-vector-width=512")
 #endif
@@ -49,10 +50,15 @@ void for_rows(ThreadPool& pool, int64_t n, int64_t floats_per_row, F&& body) {
 struct RecurrenceKernel final : Kernel {
   RecurrentLayout l;
   int64_t batch = 0, steps = 0;
+  int64_t g_width = 0;  // recurrence_grad: the output gradient's columns (all, or h's alone)
   bool reverse = false, gradient = false;
-  BufRef seq, y, h0, c0, w_hh, w_hr, b_hn, lengths, out;
+  BufRef seq, y, h0, c0, w_hh, w_hr, b_hn, bias, lengths, out;
 
-  int64_t shared_floats() const override { return state_floats() + packed_weight_floats(); }
+  // Zeros stand in for a bias the op lacks and for a cell state's absent output gradient:
+  // one code path for both.
+  int64_t shared_floats() const override {
+    return state_floats() + packed_weight_floats() + (gradient ? l.hidden : l.gate_width());
+  }
   int64_t state_floats() const { return batch * (3 * l.out + 2 * l.hidden + l.gate_width()); }
   // W_hh and W_hr packed once per call for the per-step products (recurrent_gemm.h).
   int64_t packed_hh_floats() const {
@@ -92,6 +98,9 @@ struct RecurrenceKernel final : Kernel {
     float* packed_hr = packed_hh + packed_hh_floats();
     recurrent_gemm::pack_transposed(ctx.ptr(w_hh), GH, P, packed_hh);
     if (l.projected) recurrent_gemm::pack_transposed(ctx.ptr(w_hr), P, H, packed_hr);
+    float* zeros = packed_hh + packed_weight_floats();
+    if (bias.region == Region::None) std::memset(zeros, 0, sizeof(float) * GH);
+    const float* b = bias.region == Region::None ? zeros : ctx.ptr(bias);
     std::memcpy(h, ctx.ptr(h0), sizeof(float) * n_ * P);
     if (l.cell == Cell::Lstm) std::memcpy(c, ctx.ptr(c0), sizeof(float) * n_ * H);
     const float* xp = ctx.ptr(seq);
@@ -118,26 +127,23 @@ struct RecurrenceKernel final : Kernel {
         float* ar = gates_in_y ? yr + l.gates_col() : a + n * GH;
         switch (l.cell) {
           case Cell::RnnTanh: case Cell::RnnRelu:
-            if (l.cell == Cell::RnnTanh) tanh_of_sum(x, ar, H);
-            else relu_of_sum(x, ar, H);
+            if (l.cell == Cell::RnnTanh) tanh_of_sum(x, b, ar, H);
+            else relu_of_sum(x, b, ar, H);
             std::memcpy(hr, ar, sizeof(float) * H);
             std::memcpy(yr, ar, sizeof(float) * H);
             break;
           case Cell::Lstm:
-            sigmoid_of_sum(x, ar, 2 * H);  // i, f
-            tanh_of_sum(x + 2 * H, ar + 2 * H, H);
-            sigmoid_of_sum(x + 3 * H, ar + 3 * H, H);
             // With a projection h goes to hraw, and the step's product below sets h and y.
-            lstm_state(ar, c + n * H, yr + l.c_col(), l.projected ? hraw + n * H : hr, H);
+            lstm_step(x, b, ar, c + n * H, yr + l.c_col(), l.projected ? hraw + n * H : hr, H);
             if (!l.lean && !gates_in_y) std::memcpy(yr + l.gates_col(), ar, sizeof(float) * GH);
             if (!l.projected) std::memcpy(yr, hr, sizeof(float) * H);
             break;
           case Cell::Gru: {
-            sigmoid_of_sum(x, ar, 2 * H);  // r, z
+            sigmoid_of_sum(x, b, ar, 2 * H);  // r, z
             // A lean output has no columns for n and hn: they go to the unused hraw and hnew.
             float* n_to = l.lean ? hraw + n * H : yr + l.gates_col() + 2 * H;
             float* hn_to = l.lean ? hnew + n * P : yr + l.hn_col();
-            gru_state(x + 2 * H, ar, ar + 2 * H, bhn, n_to, hn_to, hr, H);
+            gru_state(x + 2 * H, b + 2 * H, ar, ar + 2 * H, bhn, n_to, hn_to, hr, H);
             if (!l.lean) std::memcpy(yr + l.gates_col(), ar, sizeof(float) * 2 * H);
             std::memcpy(yr, hr, sizeof(float) * H);
             break;
@@ -170,7 +176,10 @@ struct RecurrenceKernel final : Kernel {
     if (l.projected) recurrent_gemm::pack(ctx.ptr(w_hr), P, H, packed_hr);
     std::memset(dh, 0, sizeof(float) * n_ * P);
     std::memset(dc, 0, sizeof(float) * n_ * H);
+    float* zeros = packed_hh + packed_weight_floats();
+    std::memset(zeros, 0, sizeof(float) * H);
     const float* gs = ctx.ptr(seq);
+    const int64_t WO = g_width;  // h's gradient alone (WO = P) leaves c's zero
     const float* ys = ctx.ptr(y);
     const float* h0s = ctx.ptr(h0);
     const float* c0s = l.cell == Cell::Lstm ? ctx.ptr(c0) : nullptr;
@@ -182,7 +191,7 @@ struct RecurrenceKernel final : Kernel {
       const int64_t t = step_at(s);
       for (int64_t n = 0; n < n_; ++n) {
         const bool valid = t < length(lens, n);
-        const float* gr = gs + (n * steps + t) * W;
+        const float* gr = gs + (n * steps + t) * WO;
         for (int64_t j = 0; j < P; ++j) dht[n * P + j] = valid ? dh[n * P + j] + gr[j] : 0.0f;
       }
       if (l.projected) recurrent_gemm::multiply(*ctx.pool, dht, P, n_, P, packed_hr, H, dhraw, H);
@@ -196,7 +205,7 @@ struct RecurrenceKernel final : Kernel {
           return;
         }
         const float* yr = ys + (n * steps + t) * W;
-        const float* gr = gs + (n * steps + t) * W;
+        const float* gr = gs + (n * steps + t) * WO;
         const int64_t prev = previous(t, len);
         const float* hprev = prev < 0 ? h0s + n * P : ys + (n * steps + prev) * W;
         std::memcpy(gw + l.hprev_col(), hprev, sizeof(float) * P);
@@ -213,12 +222,13 @@ struct RecurrenceKernel final : Kernel {
             const float* cprev = prev < 0 ? c0s + n * H : ys + (n * steps + prev) * W + l.c_col();
             const float* dhr = l.projected ? dhraw + n * H : d;
             float* dcr = dc + n * H;
-            lstm_backward(yr + l.gates_col(), yr + l.c_col(), cprev, dhr, gr + l.c_col(), dcr, dar, H);
+            const float* dc_out = WO == W ? gr + l.c_col() : zeros;
+            lstm_backward(yr + l.gates_col(), yr + l.c_col(), cprev, dhr, dc_out, dcr, dar, H);
             std::memcpy(gw + l.dcprev_col(), dcr, sizeof(float) * H);
             if (l.projected) {
               const float* o = yr + l.gates_col() + 3 * H;
               const float* c = yr + l.c_col();
-              for (int64_t j = 0; j < H; ++j) gw[l.hraw_col() + j] = o[j] * tanh_fast(c[j]);
+              output_of_cell(o, c, gw + l.hraw_col(), H);
               std::memcpy(gw + l.dhout_col(), d, sizeof(float) * P);
             }
             break;
@@ -287,13 +297,15 @@ std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const Memo
                                               const std::vector<Shape>& shapes) {
   const Node& n = g.node(id);
   const bool has_lengths = !n.inputs.empty() && g.node(n.inputs.back()).dtype == DType::I32;
+  std::vector<size_t> ranks;
+  for (int in : n.inputs) ranks.push_back(shapes[in].size());
   switch (n.op) {
     case OpKind::Recurrence: case OpKind::RecurrenceGrad: {
       auto k = std::make_unique<RecurrenceKernel>();
       k->gradient = n.op == OpKind::RecurrenceGrad;
       k->reverse = n.attrs.reverse;
       const Cell cell = cell_from_name(n.attrs.cell, op_name(n.op));
-      const RecurrentOperands at = recurrent_operands(cell, n.inputs.size(), has_lengths, k->gradient, op_name(n.op));
+      const RecurrentOperands at = recurrent_operands(cell, ranks, has_lengths, k->gradient, op_name(n.op));
       const Shape& whh = shapes[n.inputs[at.w_hh]];
       k->l.cell = cell;
       k->l.gates = cell == Cell::Lstm ? 4 : cell == Cell::Gru ? 3 : 1;
@@ -304,6 +316,7 @@ std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const Memo
       const Shape& seq = shapes[n.inputs[0]];
       k->batch = seq[0];
       k->steps = seq[1];
+      k->g_width = seq[2];
       check_state_rows(shapes[n.inputs[at.h0]][0], k->batch, op_name(n.op));
       k->seq = mem.ref[n.inputs[0]];
       if (k->gradient) k->y = mem.ref[n.inputs[1]];
@@ -312,6 +325,7 @@ std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const Memo
       k->w_hh = optional(mem, n, at.w_hh);
       k->w_hr = optional(mem, n, at.w_hr);
       k->b_hn = optional(mem, n, at.b_hn);
+      k->bias = optional(mem, n, at.bias);
       k->lengths = optional(mem, n, at.lengths);
       k->out = mem.ref[id];
       return k;

@@ -1,7 +1,8 @@
 // Recurrent layers' ops: the whole time loop of one layer and direction as one op, as cuDNN's
 // RNN does (the engine runs it in one kernel call per batch, whatever the sequence length).
-//   recurrence(xp, h0, [c0], w_hh, [w_hr], [b_hn], [lengths])   (N, T, W) packed outputs
+//   recurrence(xp, h0, [c0], w_hh, [w_hr], [b_hn], [bias], [lengths])   (N, T, W) packed outputs
 //   recurrence_grad(g, y, h0, [c0], w_hh, [w_hr], [lengths])    backpropagation through time
+//                                    (g: the gradient of all of y's columns, or of h's alone)
 //   sequence_end(x, [lengths])       (N, W): the step a recurrence ends at (t = length - 1, or 0
 //                                    when reverse): final states, the last valid output; with
 //                                    rows, a known batch (a stateful layer's state)
@@ -25,26 +26,29 @@ Cell cell_from_name(const std::string& name, std::string_view op) {
   ops::fail(op, "cell must be one of rnn_tanh, rnn_relu, lstm, gru, got '" + name + "'");
 }
 
-RecurrentOperands recurrent_operands(Cell cell, size_t count, bool has_lengths, bool gradient, std::string_view op) {
-  const size_t first = gradient ? 2 : 0;
-  const size_t given = count - (has_lengths ? 1 : 0);
-  RecurrentOperands r;
-  int at = static_cast<int>(first);
+RecurrentOperands recurrent_operands(Cell cell, const std::vector<size_t>& ranks, bool has_lengths, bool gradient,
+                                     std::string_view op) {
+  const size_t given = ranks.size() - (has_lengths ? 1 : 0);
   const bool lstm = cell == Cell::Lstm, gru = cell == Cell::Gru;
-  // (g, y) or xp, then h0 and w_hh; an LSTM's c0; a GRU's b_hn (forward only)
-  size_t expected = (gradient ? 4 : 3) + (lstm || (gru && !gradient) ? 1 : 0);
-  const bool projected = lstm && given == expected + 1;
-  if (projected) ++expected;
-  if (given != expected)
-    ops::fail(op, "expects " + std::to_string(expected) + " inputs" + (lstm ? " (or one more: w_hr)" : "") +
-                      " and optionally int32 lengths last, got " + std::to_string(count));
-  if (!gradient) r.xp = at++;
-  r.h0 = at++;
-  if (lstm) r.c0 = at++;
-  r.w_hh = at++;
-  if (projected) r.w_hr = at++;
-  if (gru && !gradient) r.b_hn = at++;
-  if (has_lengths) r.lengths = at;
+  RecurrentOperands r;
+  size_t at = gradient ? 2 : 0;
+  // (g, y) or xp, then h0, an LSTM's c0, w_hh; then the optional ones, told apart by rank
+  if (!gradient) r.xp = static_cast<int>(at++);
+  r.h0 = static_cast<int>(at++);
+  if (lstm) r.c0 = static_cast<int>(at++);
+  r.w_hh = static_cast<int>(at++);
+  if (lstm && at < given && ranks[at] == 2) r.w_hr = static_cast<int>(at++);
+  if (gru && !gradient) r.b_hn = static_cast<int>(at++);
+  if (!gradient && at < given && ranks[at] == 1) r.bias = static_cast<int>(at++);
+  if (at != given) {
+    const std::string form = gradient ? std::string("g, y, h0, ") + (lstm ? "c0, w_hh, [w_hr]" : "w_hh")
+                             : std::string("xp, h0, ") + (lstm ? "c0, w_hh, [w_hr], [bias]"
+                                                          : gru ? "w_hh, b_hn, [bias]"
+                                                                : "w_hh, [bias]");
+    ops::fail(op, "expects " + form + " and optionally int32 lengths last, got " + std::to_string(ranks.size()) +
+                      " inputs");
+  }
+  if (has_lengths) r.lengths = static_cast<int>(at);
   return r;
 }
 
@@ -76,7 +80,9 @@ Parsed parse(const Node& n, const std::vector<Node>& nodes, bool gradient) {
   Parsed p;
   const Cell cell = cell_from_name(n.attrs.cell, name_of(n));
   const bool has_lengths = !n.inputs.empty() && input(n, nodes, n.inputs.size() - 1).dtype == DType::I32;
-  p.at = recurrent_operands(cell, n.inputs.size(), has_lengths, gradient, name_of(n));
+  std::vector<size_t> ranks;
+  for (size_t i = 0; i < n.inputs.size(); ++i) ranks.push_back(input(n, nodes, i).shape.size());
+  p.at = recurrent_operands(cell, ranks, has_lengths, gradient, name_of(n));
   RecurrentLayout& l = p.layout;
   l.cell = cell;
   l.lean = n.attrs.lean;
@@ -104,7 +110,9 @@ Parsed parse(const Node& n, const std::vector<Node>& nodes, bool gradient) {
   p.n = seq.shape[0];
   p.t = seq.shape[1];
   if (gradient) {
-    require_shape(n, seq, {p.n, p.t, l.width()}, "the output gradient");
+    // The gradient of every column, or of h's alone (the others' are zero).
+    const bool h_only = seq.shape.size() == 3 && seq.shape[2] == l.out;
+    require_shape(n, seq, {p.n, p.t, h_only ? l.out : l.width()}, "the output gradient");
     require_shape(n, input(n, nodes, 1), {p.n, p.t, l.width()}, "y");
   } else {
     require_shape(n, seq, {p.n, p.t, l.gate_width()}, "xp (N, T, G*H)");
@@ -112,6 +120,7 @@ Parsed parse(const Node& n, const std::vector<Node>& nodes, bool gradient) {
   require_state(n, input(n, nodes, p.at.h0), p.n, l.out, "h0 (N, H_out)");
   if (p.at.c0 >= 0) require_state(n, input(n, nodes, p.at.c0), p.n, l.hidden, "c0 (N, H)");
   if (p.at.b_hn >= 0) require_shape(n, input(n, nodes, p.at.b_hn), {l.hidden}, "b_hn (H,)");
+  if (p.at.bias >= 0) require_shape(n, input(n, nodes, p.at.bias), {l.gate_width()}, "bias (G*H,)");
   if (p.at.lengths >= 0 && input(n, nodes, p.at.lengths).shape != Shape{p.n})
     fail(name_of(n), "lengths must have shape " + shape_str({p.n}) + " (N,), got " +
                          shape_str(input(n, nodes, p.at.lengths).shape));
@@ -199,6 +208,12 @@ void vjp_recurrence(Graph& gr, int y, int g, std::vector<int>& dx) {
     g = gr.op(OpKind::Pad, {g}, wider);
   }
   const RecurrentLayout& l = p.layout;
+  // A gradient reaching h alone comes padded with zeros for the other columns: the kernel
+  // reads h's columns unpadded instead of a buffer as wide as y.
+  const Node& padded = gr.node(g);
+  if (padded.op == OpKind::Pad && padded.attrs.axis == 2 && padded.attrs.start == 0 &&
+      gr.node(padded.inputs[0]).shape.size() == 3 && gr.node(padded.inputs[0]).shape[2] == l.out)
+    g = padded.inputs[0];
   std::vector<int> in = {g, y, v.in[at.h0]};
   if (at.c0 >= 0) in.push_back(v.in[at.c0]);
   in.push_back(v.in[at.w_hh]);
@@ -211,6 +226,7 @@ void vjp_recurrence(Graph& gr, int y, int g, std::vector<int>& dx) {
   const int grads = gr.op(OpKind::RecurrenceGrad, in, same);
   const int64_t h = l.hidden;
   dx[at.xp] = columns(gr, grads, 0, l.gate_width());
+  if (at.bias >= 0) dx[at.bias] = gr.sum(dx[at.xp], {0, 1});
   int d_hidden_side = dx[at.xp];  // the gradient of the pre-activations w_hh multiplies into
   if (l.cell == Cell::Gru) {
     const int dhn = columns(gr, grads, l.dhn_col(), h);

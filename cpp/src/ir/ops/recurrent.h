@@ -1,10 +1,11 @@
 // The recurrence ops' cells and the column layouts of their packed outputs, shared by the
 // shape rules (ir/ops/recurrent.cpp) and the CPU kernels (backends/cpu/recurrent.cpp).
 //
-// recurrence(xp, h0, [c0], w_hh, [w_hr], [b_hn], [lengths]) runs one layer and direction:
-//   xp (N, T, G*H): the input projection of every step with both biases (GRU: b_hn apart),
-//   h0 (N, P), c0 (N, H) (LSTM), w_hh (G*H, P), w_hr (P, H) (LSTM with a projection, P < H),
-//   b_hn (H,) (GRU), lengths int32 (N,) (optional, always last).
+// recurrence(xp, h0, [c0], w_hh, [w_hr], [b_hn], [bias], [lengths]) runs one layer and direction:
+//   xp (N, T, G*H): the input projection of every step, h0 (N, P), c0 (N, H) (LSTM),
+//   w_hh (G*H, P), w_hr (P, H) (LSTM with a projection, P < H), b_hn (H,) (GRU),
+//   bias (G*H,) (optional: added to xp on every step, so that no pass over xp adds it; a
+//   GRU's b_hn stays apart), lengths int32 (N,) (optional, always last).
 // Its output (N, T, W) packs per step what the layer reads and what the backward pass needs
 // (with `lean`, for inference, only what the layer reads: h, and an LSTM's c); every column
 // of a padded step (t >= length) is zero.
@@ -12,6 +13,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "gometal/ir.h"
 
@@ -63,11 +65,12 @@ struct RecurrentLayout {
 // Where each operand sits in a recurrence node's inputs (-1: absent). The forward op's
 // operands start at 0; recurrence_grad's at 2, after (g, y), and it takes no xp or b_hn.
 struct RecurrentOperands {
-  int xp = -1, h0 = -1, c0 = -1, w_hh = -1, w_hr = -1, b_hn = -1, lengths = -1;
+  int xp = -1, h0 = -1, c0 = -1, w_hh = -1, w_hr = -1, b_hn = -1, bias = -1, lengths = -1;
 };
 
-// Reads the operand positions from the input count; throws std::invalid_argument naming `op`
-// and the counts it takes when `count` fits none.
-RecurrentOperands recurrent_operands(Cell cell, size_t count, bool has_lengths, bool gradient, std::string_view op);
+// Reads the operand positions from the inputs' ranks (w_hr is a matrix, bias a vector);
+// throws std::invalid_argument naming `op` and the operands it takes when they fit none.
+RecurrentOperands recurrent_operands(Cell cell, const std::vector<size_t>& ranks, bool has_lengths, bool gradient,
+                                     std::string_view op);
 
 }  // namespace gometal

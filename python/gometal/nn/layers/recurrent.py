@@ -344,15 +344,16 @@ class _Recurrent(Layer):
         g = ctx.graph
         hidden, out = self.hidden_size, self.output_size
         projected = matmul(g, x, ctx.variable(f"weight_ih{suffix}"), transpose_b=True)
-        b_hn = None
+        b_hn = bias = None
         if self.bias:
             b_ih, b_hh = ctx.variable(f"bias_ih{suffix}"), ctx.variable(f"bias_hh{suffix}")
             if self.gates == 3:
-                # GRU: b_hn sits inside r * (W_hn h + b_hn); the other hidden biases add here.
+                # GRU: b_hn sits inside r * (W_hn h + b_hn); the other hidden biases add to x.
                 b_hn = op(g, "slice", b_hh, axis=0, start=2 * hidden, end=3 * hidden)
                 b_rz = op(g, "slice", b_hh, axis=0, start=0, end=2 * hidden)
                 b_hh = op(g, "pad", b_rz, axis=0, before=0, after=hidden)
-            projected = op(g, "add", projected, op(g, "add", b_ih, b_hh))
+            # The recurrence adds the biases on every step: no pass over the projection.
+            bias = op(g, "add", b_ih, b_hh)
         if self.gates == 3 and b_hn is None:
             b_hn = g.constant(np.zeros(hidden, dtype=np.float32))
         operands = [projected, h0]
@@ -363,6 +364,8 @@ class _Recurrent(Layer):
             operands.append(ctx.variable(f"weight_hr{suffix}"))
         if b_hn is not None:
             operands.append(b_hn)
+        if bias is not None:
+            operands.append(bias)
         if lengths is not None:
             operands.append(lengths)
         # Inference keeps no gates for a backward pass (lean): only h, and an LSTM's c.
