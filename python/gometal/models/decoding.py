@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ..graph.composites import gather, gelu, layer_norm, matmul, op
+from ..graph.composites import gather, layer_norm, matmul, op
 from ..nn import layers as L
 from ..nn.layers.embedding import TiedLinear
 from ..nn.model import Model
@@ -194,7 +194,8 @@ class _Builder:
                 self.linear(self.merge_heads(attended, single), f"{prefix}self_attn.out_proj."),
             )
             inner = self.linear(self.norm(x, f"{prefix}norm2."), f"{prefix}linear1.")
-            inner = op(g, "relu", inner) if lay.activation == "relu" else gelu(g, inner)
+            # The engine's gelu op, as the training layers emit it (one pass, not the erf chain).
+            inner = op(g, "relu" if lay.activation == "relu" else "gelu", inner)
             x = op(g, "add", x, self.linear(inner, f"{prefix}linear2."))
         logits = matmul(g, self.norm(x, f"{lay.blocks}.norm."), table, transpose_b=True)
         return logits, writes
