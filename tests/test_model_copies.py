@@ -28,7 +28,9 @@ def test_calling_a_model_on_arrays_gives_numpy_outputs_as_torch():
     out = model(_x())
     assert isinstance(out, np.ndarray)
     np.testing.assert_allclose(out, net(t(_x())).detach().numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(model(_x(), batch_size=3), model.predict(_x()))
+    # Chunks of 3 rows (and a last one of 1) run other product kernels than 10 rows do:
+    # they agree to float32 rounding, as torch's do, not bit for bit.
+    np.testing.assert_allclose(model(_x(), batch_size=3), model.predict(_x()), rtol=1e-5, atol=1e-7)
 
 
 def test_calling_a_model_with_several_inputs_and_outputs_gives_them_by_name():

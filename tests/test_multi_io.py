@@ -389,10 +389,15 @@ def test_lbfgs_reports_each_output_before_its_update():
     assert trainer.evaluate(x, y)["loss"] < before["loss"]
 
 
-def test_importing_an_onnx_graph_with_several_inputs_is_refused_by_name(tmp_path):
-    _, model = twin_pair()
+def test_an_exported_model_of_several_inputs_and_outputs_imports_and_agrees_with_torch(tmp_path):
+    net, model = twin_pair()
     model.export_onnx(tmp_path / "two.onnx")
-    with pytest.raises(
-        gm.onnx.OnnxImportError, match=r"one runtime input, got 2: \['image', 'meta'\]"
-    ):
-        gm.onnx.load(tmp_path / "two.onnx")
+    imported = gm.onnx.load(tmp_path / "two.onnx")
+    assert list(imported.input_names) == ["image", "meta"]
+    x, _ = dataset(8)
+    outputs = imported.predict([x["image"], x["meta"]])
+    logits, box = net(t(x["image"]), t(x["meta"]))
+    # The file's outputs, in its order: the label logits, then the box.
+    assert len(outputs) == 2
+    np.testing.assert_allclose(outputs[0], logits.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outputs[1], box.detach().numpy(), rtol=1e-5, atol=1e-6)

@@ -175,13 +175,15 @@ def test_predict_and_evaluate_take_any_loader_or_generator():
         for start in range(0, 30, 9):
             yield x[start : start + 9]
 
+    # Batches of 7 and 9 rows run another product kernel than 30 rows do: they agree to
+    # float32 rounding, not bit for bit.
     expected = trainer.predict(x)
-    np.testing.assert_allclose(trainer.predict(pairs()), expected, rtol=1e-6)
+    np.testing.assert_allclose(trainer.predict(pairs()), expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(
-        trainer.predict_proba(inputs_only()), trainer.predict_proba(x), rtol=1e-6
+        trainer.predict_proba(inputs_only()), trainer.predict_proba(x), rtol=1e-5, atol=1e-7
     )
     assert trainer.evaluate(pairs())["loss"] == pytest.approx(
-        trainer.evaluate(x, y)["loss"], rel=1e-6
+        trainer.evaluate(x, y)["loss"], rel=1e-5
     )
     with pytest.raises(ValueError, match="yielded no batch"):
         trainer.predict(iter([]))
