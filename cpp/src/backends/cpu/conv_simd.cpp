@@ -8,16 +8,8 @@
 namespace gometal {
 namespace {
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define GOMETAL_CONV_X86 1
-#endif
-
-// The tile bodies are templates inlined into one entry function per path, so each path's
-// copy is compiled for that path's instructions (the target attribute of its entry).
-#define GOMETAL_CONV_INLINE __attribute__((always_inline)) inline
-
-typedef float Vec16f __attribute__((vector_size(64)));
-typedef float Vec8f __attribute__((vector_size(32)));
+using simd::broadcast;
+using simd::load;
 
 constexpr int64_t kSlack = 64;      // floats after the padded image: a last segment's loads overrun
 constexpr int64_t kPackAlign = 24;  // output channels are packed in blocks of 8 or 6: 24 covers both
@@ -86,28 +78,9 @@ struct GroupArgs {
   ConvEpilogue epilogue;  // pointers already at the group's first channel
 };
 
-// Every lane = *p, as an initializer list: GCC turns it into one vbroadcastss (a lane loop
-// becomes a chain of inserts, and Vec{} + *p adds a zero first).
-template <class Vec, int L>
-GOMETAL_CONV_INLINE Vec broadcast(const float* p) {
-  const float s = *p;
-  if constexpr (L == 16) {
-    return Vec{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
-  } else {
-    return Vec{s, s, s, s, s, s, s, s};
-  }
-}
-
-template <class Vec>
-GOMETAL_CONV_INLINE Vec load(const float* p) {
-  Vec v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-
 // The epilogue on one vector of output channel o.
 template <class Vec>
-GOMETAL_CONV_INLINE Vec finish(Vec v, const ConvEpilogue& e, int64_t o) {
+GOMETAL_SIMD_INLINE Vec finish(Vec v, const ConvEpilogue& e, int64_t o) {
   if (e.bias) v += e.bias[o];
   if (e.scale) v *= e.scale[o];
   if (e.shift) v += e.shift[o];
@@ -121,7 +94,7 @@ GOMETAL_CONV_INLINE Vec finish(Vec v, const ConvEpilogue& e, int64_t o) {
 // Rows output channels from o0 x NV segments: out[r][seg j] = sum over (c, ki, kj) of
 // w(o0 + r, tap) * in[segment j's start + tap offset + 0..L).
 template <class Vec, int L, int R, int Rows, int NV>
-GOMETAL_CONV_INLINE void tile(const GroupArgs& a, int64_t o0, const int64_t* in_off, const int64_t* out_off,
+GOMETAL_SIMD_INLINE void tile(const GroupArgs& a, int64_t o0, const int64_t* in_off, const int64_t* out_off,
                               const int64_t* cols) {
   Vec acc[Rows][NV] = {};
   const float* w = a.packed + o0 * a.taps;
@@ -157,7 +130,7 @@ GOMETAL_CONV_INLINE void tile(const GroupArgs& a, int64_t o0, const int64_t* in_
 
 // tile<..., rows, nv> for run-time rows <= Rows and nv <= NV.
 template <class Vec, int L, int R, int Rows, int NV>
-GOMETAL_CONV_INLINE void dispatch_tile(const GroupArgs& a, int64_t o0, int rows, int nv, const int64_t* in_off,
+GOMETAL_SIMD_INLINE void dispatch_tile(const GroupArgs& a, int64_t o0, int rows, int nv, const int64_t* in_off,
                                        const int64_t* out_off, const int64_t* cols) {
   if constexpr (Rows >= 1 && NV >= 1) {
     if (rows < Rows) return dispatch_tile<Vec, L, R, Rows - 1, NV>(a, o0, rows, nv, in_off, out_off, cols);
@@ -169,7 +142,7 @@ GOMETAL_CONV_INLINE void dispatch_tile(const GroupArgs& a, int64_t o0, int rows,
 // Segments (L output pixels of one row) in groups of V, each group against every block
 // of R output channels: the group's input rows stay in L1 while the weights stream by.
 template <class Vec, int L, int R, int V>
-GOMETAL_CONV_INLINE void forward_group(const GroupArgs& a) {
+GOMETAL_SIMD_INLINE void forward_group(const GroupArgs& a) {
   const int64_t per_row = (a.ow + L - 1) / L, segments = a.oh * per_row;
   for (int64_t s0 = 0; s0 < segments; s0 += V) {
     const int nv = static_cast<int>(std::min<int64_t>(V, segments - s0));
@@ -191,7 +164,7 @@ constexpr int64_t kPortableRows = 6, kAvx2Rows = 6, kAvx512Rows = 8;
 
 void forward_group_portable(const GroupArgs& a) { forward_group<Vec8f, 8, kPortableRows, 2>(a); }
 
-#ifdef GOMETAL_CONV_X86
+#ifdef GOMETAL_SIMD_X86
 __attribute__((target("avx2,fma"))) void forward_group_avx2(const GroupArgs& a) {
   forward_group<Vec8f, 8, kAvx2Rows, 2>(a);
 }
@@ -206,7 +179,7 @@ int64_t rows_per_block(ConvPath path) {
 
 void forward_group(ConvPath path, const GroupArgs& a) {
   switch (path) {
-#ifdef GOMETAL_CONV_X86
+#ifdef GOMETAL_SIMD_X86
     case ConvPath::Avx512: return forward_group_avx512(a);
     case ConvPath::Avx2: return forward_group_avx2(a);
 #endif
@@ -251,43 +224,7 @@ void forward_pooled_group(ConvPath path, const GroupArgs& a, float* band, float*
 
 }  // namespace
 
-std::string_view conv_path_name(ConvPath path) {
-  switch (path) {
-    case ConvPath::Avx2: return "avx2";
-    case ConvPath::Avx512: return "avx512";
-    default: return "portable";
-  }
-}
-
-bool conv_path_available(ConvPath path) {
-#ifdef GOMETAL_CONV_X86
-  switch (path) {
-    case ConvPath::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case ConvPath::Avx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-    default: return true;
-  }
-#else
-  return path == ConvPath::Portable;
-#endif
-}
-
-ConvPath choose_conv_path() {
-  const ConvPath fastest_first[] = {ConvPath::Avx512, ConvPath::Avx2, ConvPath::Portable};
-  const char* forced = std::getenv("GOMETAL_CONV_KERNEL");
-  if (forced == nullptr || forced[0] == '\0') {
-    for (ConvPath path : fastest_first)
-      if (conv_path_available(path)) return path;
-  }
-  for (ConvPath path : fastest_first) {
-    if (conv_path_name(path) != forced) continue;
-    if (!conv_path_available(path))
-      throw std::invalid_argument("[conv2d] GOMETAL_CONV_KERNEL=" + std::string(forced) +
-                                  ": this CPU lacks the instructions of that path");
-    return path;
-  }
-  throw std::invalid_argument("[conv2d] GOMETAL_CONV_KERNEL must be portable, avx2 or avx512, got '" +
-                              std::string(forced) + "'");
-}
+ConvPath choose_conv_path() { return *choose_simd_path("conv2d", "GOMETAL_CONV_KERNEL"); }
 
 bool conv2d_simd_supported(const ConvGeometry& g) { return g.sw == 1; }
 

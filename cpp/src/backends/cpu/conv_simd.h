@@ -11,14 +11,13 @@
 #include <cstdint>
 #include <string_view>
 
+#include "backends/cpu/simd_paths.h"
 #include "ir/conv_geometry.h"
 
 namespace gometal {
 
-enum class ConvPath : uint8_t { Portable, Avx2, Avx512 };
+using ConvPath = SimdPath;
 
-std::string_view conv_path_name(ConvPath path);
-bool conv_path_available(ConvPath path);
 // The fastest path this CPU has, or the one GOMETAL_CONV_KERNEL names (std::invalid_argument
 // when it names no path or one the CPU lacks).
 ConvPath choose_conv_path();

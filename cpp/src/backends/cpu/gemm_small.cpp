@@ -6,39 +6,16 @@
 #include <string>
 #include <vector>
 
+#include "backends/cpu/simd_paths.h"
+
 namespace gometal {
 namespace {
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define GOMETAL_GEMM_SMALL_X86 1
-#endif
-
-// Tile bodies are inlined into one entry per path, so each copy is compiled for that
-// path's instructions (the target attribute of its entry).
-#define GOMETAL_GEMM_SMALL_INLINE __attribute__((always_inline)) inline
-
-typedef float Vec16f __attribute__((vector_size(64)));
-typedef float Vec8f __attribute__((vector_size(32)));
+using simd::broadcast;
+using simd::load;
 
 // Below this many multiply-adds a product stays on one thread: waking the pool costs more.
 constexpr int64_t kParallelMacs = 1 << 18;
-
-template <class Vec, int L>
-GOMETAL_GEMM_SMALL_INLINE Vec broadcast(const float* p) {
-  const float s = *p;
-  if constexpr (L == 16) {
-    return Vec{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
-  } else {
-    return Vec{s, s, s, s, s, s, s, s};
-  }
-}
-
-template <class Vec>
-GOMETAL_GEMM_SMALL_INLINE Vec load(const float* p) {
-  Vec v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
 
 struct Operands {
   const float* a;  // M x K, row stride k
@@ -50,7 +27,7 @@ struct Operands {
 // Rows x (NV vectors of L columns) of C from `panel` (K rows of stride ldp): one vector
 // load per column group and one broadcast per row for each step of K.
 template <class Vec, int L, int Rows, int NV>
-GOMETAL_GEMM_SMALL_INLINE void tile(const float* a, int64_t k, const float* panel, int64_t ldp, float* c,
+GOMETAL_SIMD_INLINE void tile(const float* a, int64_t k, const float* panel, int64_t ldp, float* c,
                                     int64_t ldc, int64_t cols) {
   Vec acc[Rows][NV] = {};
   for (int64_t p = 0; p < k; ++p) {
@@ -78,7 +55,7 @@ GOMETAL_GEMM_SMALL_INLINE void tile(const float* a, int64_t k, const float* pane
 
 // tile<..., rows, nv> for run-time rows <= Rows and nv <= NV.
 template <class Vec, int L, int Rows, int NV>
-GOMETAL_GEMM_SMALL_INLINE void dispatch_tile(int rows, int nv, const float* a, int64_t k, const float* panel,
+GOMETAL_SIMD_INLINE void dispatch_tile(int rows, int nv, const float* a, int64_t k, const float* panel,
                                              int64_t ldp, float* c, int64_t ldc, int64_t cols) {
   if constexpr (Rows >= 1 && NV >= 1) {
     if (rows < Rows) return dispatch_tile<Vec, L, Rows - 1, NV>(rows, nv, a, k, panel, ldp, c, ldc, cols);
@@ -91,7 +68,7 @@ GOMETAL_GEMM_SMALL_INLINE void dispatch_tile(int rows, int nv, const float* a, i
 // panel stays in L2 while the rows go by. A last panel narrower than its vectors is copied,
 // zero-padded, so that the tile's loads never read past B.
 template <class Vec, int L, int Rows, int NV>
-GOMETAL_GEMM_SMALL_INLINE void columns(const Operands& o, int64_t n0, int64_t n1) {
+GOMETAL_SIMD_INLINE void columns(const Operands& o, int64_t n0, int64_t n1) {
   constexpr int64_t kWidth = NV * L;
   for (int64_t j0 = n0; j0 < n1; j0 += kWidth) {
     const int64_t cols = std::min<int64_t>(kWidth, n1 - j0);
@@ -114,14 +91,14 @@ GOMETAL_GEMM_SMALL_INLINE void columns(const Operands& o, int64_t n0, int64_t n1
 
 typedef float Vec4f __attribute__((vector_size(16)));
 
-GOMETAL_GEMM_SMALL_INLINE float lane_sum(Vec4f v) {
+GOMETAL_SIMD_INLINE float lane_sum(Vec4f v) {
   const Vec4f h = v + __builtin_shufflevector(v, v, 2, 3, 0, 1);
   return h[0] + h[1];
 }
-GOMETAL_GEMM_SMALL_INLINE float lane_sum(Vec8f v) {
+GOMETAL_SIMD_INLINE float lane_sum(Vec8f v) {
   return lane_sum(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7));
 }
-GOMETAL_GEMM_SMALL_INLINE float lane_sum(Vec16f v) {
+GOMETAL_SIMD_INLINE float lane_sum(Vec16f v) {
   return lane_sum(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
                   __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
 }
@@ -129,7 +106,7 @@ GOMETAL_GEMM_SMALL_INLINE float lane_sum(Vec16f v) {
 // C = A B^T with B stored N x K (a dense layer's weight, as torch's Linear): Rows x Cols dot
 // products, each a vector of partial sums along K that is summed across lanes at the end.
 template <class Vec, int L, int Rows, int Cols>
-GOMETAL_GEMM_SMALL_INLINE void dot_tile(const float* a, const float* b, int64_t k, float* c, int64_t ldc) {
+GOMETAL_SIMD_INLINE void dot_tile(const float* a, const float* b, int64_t k, float* c, int64_t ldc) {
   Vec acc[Rows][Cols] = {};
   const int64_t whole = k / L * L;
   for (int64_t p = 0; p < whole; p += L) {
@@ -152,7 +129,7 @@ GOMETAL_GEMM_SMALL_INLINE void dot_tile(const float* a, const float* b, int64_t 
 }
 
 template <class Vec, int L, int Rows, int Cols>
-GOMETAL_GEMM_SMALL_INLINE void dispatch_dot_tile(int rows, int cols, const float* a, const float* b, int64_t k,
+GOMETAL_SIMD_INLINE void dispatch_dot_tile(int rows, int cols, const float* a, const float* b, int64_t k,
                                                  float* c, int64_t ldc) {
   if constexpr (Rows >= 1 && Cols >= 1) {
     if (rows < Rows) return dispatch_dot_tile<Vec, L, Rows - 1, Cols>(rows, cols, a, b, k, c, ldc);
@@ -164,7 +141,7 @@ GOMETAL_GEMM_SMALL_INLINE void dispatch_dot_tile(int rows, int cols, const float
 // Columns [n0, n1) of C = A B^T, Cols rows of B at a time (they stay in L1) against every
 // block of rows of A.
 template <class Vec, int L, int Rows, int Cols>
-GOMETAL_GEMM_SMALL_INLINE void dot_columns(const Operands& o, int64_t n0, int64_t n1) {
+GOMETAL_SIMD_INLINE void dot_columns(const Operands& o, int64_t n0, int64_t n1) {
   for (int64_t j0 = n0; j0 < n1; j0 += Cols) {
     const int cols = static_cast<int>(std::min<int64_t>(Cols, n1 - j0));
     for (int64_t i0 = 0; i0 < o.m; i0 += Rows) {
@@ -186,7 +163,7 @@ void columns_portable(const Operands& o, bool tb, int64_t n0, int64_t n1) {
   columns<Vec8f, 8, 4, 2>(o, n0, n1);
 }
 
-#ifdef GOMETAL_GEMM_SMALL_X86
+#ifdef GOMETAL_SIMD_X86
 __attribute__((target("avx2,fma"))) void columns_avx2(const Operands& o, bool tb, int64_t n0, int64_t n1) {
   if (tb) return dot_columns<Vec8f, 8, 2, kDotCols>(o, n0, n1);
   columns<Vec8f, 8, 4, 3>(o, n0, n1);
@@ -200,7 +177,7 @@ __attribute__((target("avx512f,avx2,fma"))) void columns_avx512(const Operands& 
 
 void columns(GemmSmallPath path, const Operands& o, bool tb, int64_t n0, int64_t n1) {
   switch (path) {
-#ifdef GOMETAL_GEMM_SMALL_X86
+#ifdef GOMETAL_SIMD_X86
     case GemmSmallPath::Avx512: return columns_avx512(o, tb, n0, n1);
     case GemmSmallPath::Avx2: return columns_avx2(o, tb, n0, n1);
 #endif
@@ -215,44 +192,14 @@ int64_t panel_width(GemmSmallPath path, bool tb) {
 
 }  // namespace
 
-std::string_view gemm_small_path_name(GemmSmallPath path) {
-  switch (path) {
-    case GemmSmallPath::Blas: return "blas";
-    case GemmSmallPath::Avx2: return "avx2";
-    case GemmSmallPath::Avx512: return "avx512";
-    default: return "portable";
-  }
-}
-
-bool gemm_small_path_available(GemmSmallPath path) {
-#ifdef GOMETAL_GEMM_SMALL_X86
-  switch (path) {
-    case GemmSmallPath::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case GemmSmallPath::Avx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-    default: return true;
-  }
-#else
-  return path == GemmSmallPath::Portable || path == GemmSmallPath::Blas;
-#endif
-}
-
 GemmSmallPath choose_gemm_small_path() {
-  const GemmSmallPath fastest_first[] = {GemmSmallPath::Avx512, GemmSmallPath::Avx2, GemmSmallPath::Portable,
-                                         GemmSmallPath::Blas};
-  const char* forced = std::getenv("GOMETAL_GEMM_SMALL_KERNEL");
-  if (forced == nullptr || forced[0] == '\0') {
-    for (GemmSmallPath path : fastest_first)
-      if (gemm_small_path_available(path)) return path;
+  const std::optional<SimdPath> path = choose_simd_path("matmul", "GOMETAL_GEMM_SMALL_KERNEL", "blas");
+  if (!path) return GemmSmallPath::Blas;
+  switch (*path) {
+    case SimdPath::Avx512: return GemmSmallPath::Avx512;
+    case SimdPath::Avx2: return GemmSmallPath::Avx2;
+    default: return GemmSmallPath::Portable;
   }
-  for (GemmSmallPath path : fastest_first) {
-    if (gemm_small_path_name(path) != forced) continue;
-    if (!gemm_small_path_available(path))
-      throw std::invalid_argument("[matmul] GOMETAL_GEMM_SMALL_KERNEL=" + std::string(forced) +
-                                  ": this CPU lacks the instructions of that path");
-    return path;
-  }
-  throw std::invalid_argument("[matmul] GOMETAL_GEMM_SMALL_KERNEL must be portable, avx2, avx512 or blas, got '" +
-                              std::string(forced) + "'");
 }
 
 bool gemm_small(ThreadPool& pool, bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k,

@@ -17,8 +17,6 @@ enum class GemmSmallPath { Blas, Portable, Avx2, Avx512 };
 // BLAS's packed kernel wins, measured on 512 x 784 and 256 x 512 weights).
 constexpr int64_t kGemmSmallMaxRows = 24;
 
-std::string_view gemm_small_path_name(GemmSmallPath path);
-bool gemm_small_path_available(GemmSmallPath path);
 // The path GOMETAL_GEMM_SMALL_KERNEL names, or the fastest the CPU has; throws std::invalid_argument
 // for an unknown name or a path the CPU lacks.
 GemmSmallPath choose_gemm_small_path();
