@@ -92,7 +92,11 @@ def test_overload_past_the_queue_gets_503_with_retry_after(
         refused = [answer for answer in answers if answer.status_code == 503]
         assert refused, "64 clients at once never filled a queue of 2"
         assert all(answer.headers["Retry-After"] == "1" for answer in refused)
-        assert "overloaded" in refused[0].json()["error"]
+        # Refused either as the model's queue overflows or, earlier, while more request
+        # bodies than the queue holds are still arriving: both bound memory the same way.
+        for answer in refused:
+            error = answer.json()["error"]
+            assert "overloaded" in error or "request bodies are being received" in error, error
         for index, answer in enumerate(answers):
             if answer.status_code == 200:
                 got = _answer(answer, 1, 2)
