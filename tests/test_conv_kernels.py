@@ -11,8 +11,6 @@ training.
 
 from __future__ import annotations
 
-import platform
-
 import numpy as np
 import pytest
 import torch
@@ -20,30 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import gometal as gm
+from cpu_paths import vector_path_available
 from gometal import _core
 
 PATHS = ("portable", "avx2", "avx512")
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _path_available(path: str) -> bool:
-    if path == "portable":
-        return True
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    flags = _cpu_flags()
-    needs = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "fma"}}[path]
-    return needs <= flags
 
 
 # (N, C, H, W), (O, KH, KW), stride, padding, dilation, groups
@@ -108,7 +86,7 @@ def test_each_path_computes_conv2d_as_torch(path, case, monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
     engine = _conv_graph(x.shape, w.shape, attrs)
     engine.set_variable("w", w)
-    if not _path_available(path):
+    if not vector_path_available(path):
         with pytest.raises(ValueError, match=f"GOMETAL_CONV_KERNEL={path}: this CPU lacks"):
             engine.run("f", [x])
         return
@@ -143,7 +121,7 @@ def _numpy_epilogue(y, ops, operands):
     return y
 
 
-@pytest.mark.parametrize("path", [p for p in PATHS if _path_available(p)])
+@pytest.mark.parametrize("path", [p for p in PATHS if vector_path_available(p)])
 @pytest.mark.parametrize("ops, step", EPILOGUES, ids=[e[1] for e in EPILOGUES])
 def test_per_channel_epilogues_run_inside_the_conv(ops, step, path, monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
@@ -273,7 +251,7 @@ POOLED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("path", [p for p in PATHS if _path_available(p)])
+@pytest.mark.parametrize("path", [p for p in PATHS if vector_path_available(p)])
 @pytest.mark.parametrize("case", POOLED_CASES, ids=[f"{c[0]}x{c[1]}" for c in POOLED_CASES])
 def test_a_2x2_max_pool_runs_inside_the_conv(case, path, monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)

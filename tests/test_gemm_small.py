@@ -10,36 +10,19 @@ variable; a dense model's predictions agree with torch's Linear on every path.
 
 from __future__ import annotations
 
-import platform
-
 import numpy as np
 import pytest
 import torch
 
 import gometal as gm
+from cpu_paths import vector_path_available
 from gometal import _core
 
 PATHS = ("portable", "avx2", "avx512", "blas")
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def _path_available(path: str) -> bool:
-    if path in ("portable", "blas"):
-        return True
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    needs = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "fma"}}[path]
-    return needs <= _cpu_flags()
+    return path == "blas" or vector_path_available(path)
 
 
 # (M, N, K): rows 1..64, columns around every tile width (4, 16, 24, 64), odd depths.

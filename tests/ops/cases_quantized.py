@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from cpu_paths import cpu_flags
 from gometal import _core
 
 from .harness import Arg, ErrorCase, ScenarioCase
@@ -28,18 +29,6 @@ PATH_FLAGS = {
     "avxvnni": ("avx2", "avx_vnni"),
     "avx512vnni": ("avx512f", "avx512bw", "avx512_vnni"),
 }
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (empty where /proc/cpuinfo does not exist)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def int8_paths() -> list[str]:
