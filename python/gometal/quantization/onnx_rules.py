@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..nn.layers.onnx_rules import conv_attributes
 from ..nn.layers.registry import OnnxGraph
 from ..nn.tensor import LayerCall
 
@@ -94,16 +95,4 @@ def quantized_conv2d(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str,
     operands = [x, dequantized_weight(b, layer, name)]
     if layer.use_bias:
         operands.append(b.weight(layer, "bias"))
-    ph, pw = layer.padding
-    finish(
-        b,
-        layer,
-        "Conv",
-        operands,
-        out,
-        name,
-        kernel_shape=list(layer.kernel_size),
-        strides=list(layer.stride),
-        pads=[ph, pw, ph, pw],
-        dilations=list(layer.dilation),
-    )
+    finish(b, layer, "Conv", operands, out, name, **conv_attributes(layer))

@@ -87,22 +87,23 @@ def gelu(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) 
     b.node("Mul", [half, gate], out, name)
 
 
+def conv_attributes(layer: Any) -> dict[str, list[int]]:
+    """A 2-D convolution layer's ONNX ``kernel_shape``, ``strides``, symmetric ``pads`` and
+    ``dilations`` (``Conv``, ``ConvTranspose`` and the quantized ``Conv`` share them)."""
+    ph, pw = layer.padding
+    return {
+        "kernel_shape": list(layer.kernel_size),
+        "strides": list(layer.stride),
+        "pads": [ph, pw, ph, pw],
+        "dilations": list(layer.dilation),
+    }
+
+
 def conv2d(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
     """``Conv2D``: one ``Conv`` with symmetric pads."""
     layer = call.layer
     operands = weight_operands(b, layer, inputs[0])
-    ph, pw = layer.padding
-    b.node(
-        "Conv",
-        operands,
-        out,
-        name,
-        kernel_shape=list(layer.kernel_size),
-        strides=list(layer.stride),
-        pads=[ph, pw, ph, pw],
-        dilations=list(layer.dilation),
-        group=layer.groups,
-    )
+    b.node("Conv", operands, out, name, **conv_attributes(layer), group=layer.groups)
 
 
 def pool(op_type: str, **extra: Any) -> OnnxRule:

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..tensor import LayerCall
 from ._resampling_maps import adaptive_mean_map
-from .onnx_rules import weight_operands
+from .onnx_rules import conv_attributes, weight_operands
 from .registry import OnnxGraph
 
 
@@ -34,17 +34,13 @@ def conv2d_transpose(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str,
     in both)."""
     layer = call.layer
     operands = weight_operands(b, layer, inputs[0])
-    ph, pw = layer.padding
     b.node(
         "ConvTranspose",
         operands,
         out,
         name,
-        kernel_shape=list(layer.kernel_size),
-        strides=list(layer.stride),
-        pads=[ph, pw, ph, pw],
+        **conv_attributes(layer),
         output_padding=list(layer.output_padding),
-        dilations=list(layer.dilation),
         group=layer.groups,
     )
 
