@@ -24,6 +24,7 @@ DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_QUEUE_DELAY_MS = 2.0
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_BODY_MB = 16.0
+DEFAULT_HEADER_TIMEOUT_S = 10.0
 API_KEY_ENV = "GOMETAL_API_KEY"
 
 
@@ -31,6 +32,16 @@ def _port(text: str) -> int:
     value = positive_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be seconds > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be seconds > 0, got {text}")
     return value
 
 
@@ -123,6 +134,13 @@ def add_serve_command(commands: Any) -> None:
         help=f"largest request body, in MB ({DEFAULT_MAX_BODY_MB:g})",
     )
     serve.add_argument(
+        "--header-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_HEADER_TIMEOUT_S,
+        help="seconds a request's headers may take to arrive; slower ones get 408 "
+        f"({DEFAULT_HEADER_TIMEOUT_S:g})",
+    )
+    serve.add_argument(
         "--threads",
         type=positive_int,
         default=None,
@@ -175,6 +193,7 @@ def run_serve(args: argparse.Namespace) -> int:
             api_key=api_key or None,
             max_body_bytes=int(args.max_body_mb * BYTES_PER_MB),
             threads=args.threads,
+            header_timeout_s=args.header_timeout,
             warmup=args.warmup,
         )
     except (RepositoryError, ValueError) as err:
