@@ -57,3 +57,29 @@ def train(trainer: gm.Trainer, batch_size: int) -> int:
             if steps == STEPS:
                 return differing
     return differing
+
+
+CLASSES = 3
+EVALUATION_SAMPLES = 50  # 17, 17 and 16 on three ranks: uneven shards
+
+
+def classifier(seed: int) -> gm.Model:
+    """A softmax classifier over ``SIZES[0]`` features."""
+    return (
+        gm.ModelBuilder((SIZES[0],))
+        .dense(SIZES[1])
+        .tanh()
+        .dense(CLASSES)
+        .softmax()
+        .build(seed=seed)
+    )
+
+
+def classification_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, labels (every class present) and sample weights every process draws alike."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((EVALUATION_SAMPLES, SIZES[0])).astype(np.float32)
+    y = (np.arange(EVALUATION_SAMPLES) % CLASSES).astype(np.int32)
+    x[:, :CLASSES] += 0.8 * np.eye(CLASSES, dtype=np.float32)[y]  # learnable, not perfect
+    weights = rng.uniform(0.5, 2.0, EVALUATION_SAMPLES).astype(np.float32)
+    return x, y, weights

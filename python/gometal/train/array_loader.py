@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from ..base.arrays import check_batch_size, check_seed
 from ..base.epochs import EpochCounter
-from .data_parallel import job_rank_and_size
+from .sharding import check_pad_shards, check_shard, shard_length, shard_positions
 
 # The stream that orders samples; ``gm.vision.DataLoader`` uses the same one, so both
 # loaders visit N samples in the same order for the same seed and epoch.
@@ -97,6 +96,10 @@ class ArrayLoader(EpochCounter):
             cover every sample, and hold the same count, so every rank runs the same
             number of steps (the last batch is then the same size on every rank).
             ``None``: shard whenever the process is in a job.
+        pad_shards: pad the shards as above (training); ``False`` gives exact shards,
+            ``order[rank::size]``, whose lengths differ by at most one and which read
+            every sample exactly once (evaluation, where a repeated sample would count
+            twice). ``evaluate`` and validation read a padded loader without its padding.
 
     Example:
         >>> loader = ArrayLoader(x, y, batch_size=32, seed=0)  # doctest: +SKIP
@@ -115,6 +118,7 @@ class ArrayLoader(EpochCounter):
         drop_last: bool = False,
         sample_weight: Any = None,
         shard: bool | None = None,
+        pad_shards: bool = True,
     ):
         samples, targets = count_rows(x, "x"), count_rows(y, "y")
         if samples != targets:
@@ -135,11 +139,9 @@ class ArrayLoader(EpochCounter):
         self.seed = check_seed(seed)
         self.drop_last = bool(drop_last)
         self._next_epoch = 0
-        rank, size = job_rank_and_size()
-        if shard is not None and not isinstance(shard, bool):
-            raise TypeError(f"shard must be True, False or None, got {shard!r}")
         # (this rank, ranks) of the shard; (0, 1) reads every sample.
-        self.shard_rank, self.shard_count = (rank, size) if shard is not False else (0, 1)
+        self.shard_rank, self.shard_count = check_shard(shard)
+        self.pad_shards = check_pad_shards(pad_shards)
 
     def sample_order(self, epoch: int) -> np.ndarray:
         """The sample positions in the order epoch ``epoch`` visits them.
@@ -158,50 +160,65 @@ class ArrayLoader(EpochCounter):
             return np.arange(self.samples)
         return epoch_permutation(self.seed, epoch, self.samples)
 
-    def shard_order(self, epoch: int) -> np.ndarray:
+    def shard_order(self, epoch: int, pad_shards: bool | None = None) -> np.ndarray:
         """The sample positions this rank visits in epoch ``epoch``, in order (the whole
         ``sample_order`` outside a distributed job).
 
         Args:
             epoch: the epoch number.
+            pad_shards: overrides the loader's ``pad_shards`` (``None`` keeps it).
 
         Returns:
-            An int64 array of ``ceil(N / size)`` positions.
+            An int64 array: ``ceil(N / size)`` positions when padded, else the
+            ``len(range(rank, N, size))`` positions ``order[rank::size]``.
 
         Example:
             >>> ArrayLoader(np.zeros((5, 1)), np.zeros(5), shuffle=False).shard_order(0)
             array([0, 1, 2, 3, 4])
         """
-        order = self.sample_order(epoch)
-        if self.shard_count == 1:
-            return order
-        padded = np.resize(order, self._shard_length() * self.shard_count)
-        return padded[self.shard_rank :: self.shard_count]
+        pad = self.pad_shards if pad_shards is None else check_pad_shards(pad_shards)
+        return shard_positions(self.sample_order(epoch), self.shard_rank, self.shard_count, pad=pad)
 
-    def _shard_length(self) -> int:
-        return math.ceil(self.samples / self.shard_count)
+    def _batches_in(self, pad: bool) -> int:
+        count = shard_length(self.samples, self.shard_rank, self.shard_count, pad=pad)
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
     def __len__(self) -> int:
-        count = self._shard_length()
-        return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+        return self._batches_in(self.pad_shards)
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return self.iterate()
+
+    def iterate(self, pad_shards: bool | None = None) -> Iterator[tuple[Any, ...]]:
+        """Runs the next epoch, like ``iter(loader)``, with its shard padded or not.
+
+        Args:
+            pad_shards: ``False`` reads this rank's exact shard (each sample of the job
+                once, as evaluation needs); ``None`` keeps the loader's ``pad_shards``.
+
+        Returns:
+            An iterator of the epoch's batches.
+
+        Example:
+            >>> batches = list(loader.iterate(pad_shards=False))  # doctest: +SKIP
+        """
+        pad = self.pad_shards if pad_shards is None else check_pad_shards(pad_shards)
         epoch = self.next_epoch()
         if not self.shuffle and self.shard_count == 1:
-            return self._slices()
-        return self._gathered(self.shard_order(epoch))
+            return self._slices(self._batches_in(pad))
+        return self._gathered(self.shard_order(epoch, pad), self._batches_in(pad))
 
     def _batch(self, rows: Any) -> tuple[Any, ...]:
         if self.sample_weight is None:
             return take_rows(self.x, rows), take_rows(self.y, rows)
         return take_rows(self.x, rows), take_rows(self.y, rows), self.sample_weight[rows]
 
-    def _slices(self) -> Iterator[tuple[Any, ...]]:
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+    def _slices(self, batches: int) -> Iterator[tuple[Any, ...]]:
+        for start in range(0, batches * self.batch_size, self.batch_size):
             yield self._batch(slice(start, start + self.batch_size))
 
-    def _gathered(self, order: np.ndarray) -> Iterator[tuple[Any, ...]]:
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+    def _gathered(self, order: np.ndarray, batches: int) -> Iterator[tuple[Any, ...]]:
+        for start in range(0, batches * self.batch_size, self.batch_size):
             yield self._batch(order[start : start + self.batch_size])
 
     def __repr__(self) -> str:

@@ -124,10 +124,16 @@ def as_batches(
             sample_weight = as_sample_weights(
                 sample_weight, structured_rows(trainer.model, x), f"{prefix}sample_weight"
             )
-        # In a distributed job each rank trains on its shard and evaluates everything.
-        shard = None if name == "train" else False
+        # In a distributed job each rank trains on its padded shard (the same number of
+        # steps everywhere) and evaluates its exact one (no sample counted twice).
         return ArrayLoader(
-            x, y, batch_size, shuffle=shuffle, seed=seed, sample_weight=sample_weight, shard=shard
+            x,
+            y,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            sample_weight=sample_weight,
+            pad_shards=name == "train",
         )
     if sample_weight is not None:
         raise ValueError(

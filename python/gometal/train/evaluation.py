@@ -10,6 +10,7 @@ import numpy as np
 
 from ..nn.inference import inference_batch_size
 from .data import as_batches, is_array_pair, is_batch_source, unpack_batch
+from .evaluation_sums import EvaluationSums, exact_shard, is_sharded, pooled_over_ranks
 
 if TYPE_CHECKING:
     from .session import TrainingSession
@@ -141,6 +142,12 @@ def run_evaluation(
     (``predict_proba``: softmax or sigmoid outputs) or, for regression losses, the raw
     predictions, and feeds them to each metric's ``update``.
 
+    In a distributed job, a loader sharded by rank (``shard_count`` above 1, as
+    ``ArrayLoader``, ``gm.vision.DataLoader`` and the token loaders are) is read without
+    its training padding (``iterate(pad_shards=False)``) and the ranks' sums are pooled
+    (``evaluation_sums``): every rank returns what one process gets on the whole set.
+    Another loader is taken as this rank's own data, its results not pooled.
+
     Args:
         trainer: the trainer.
         batches: ``(x, y)`` batches; arrays already converted or any array-like.
@@ -166,44 +173,50 @@ def run_evaluation(
     flat = [m for listed in by_output.values() for m in listed] if by_output else list(metrics)
     for metric in flat:
         metric.reset()
-    total_loss = 0.0
-    totals = None
-    seen = 0
-    output_loss: dict[str, float] = {}
-    output_totals: dict[str, Any] = {}
-    for item in batches:
+    # A sharded loader yields this rank's part: its sums pool over the ranks, and the
+    # metrics are fed every rank's outputs afterwards.
+    pooled = is_sharded(batches)
+    sums = EvaluationSums()
+    for item in exact_shard(batches):
         x, y, weights = unpack_batch(item, name)
         if weights is None:
             batch = trainer.evaluate_batch(x, y, with_outputs=bool(flat))
         else:
             batch = trainer.evaluate_batch(x, y, with_outputs=bool(flat), sample_weight=weights)
-        count = len(batch.labels)
-        total_loss += batch.loss * count
-        totals = batch.totals if totals is None else totals + batch.totals
-        seen += count
-        for output, evaluation in batch.per_output.items():
-            output_loss[output] = output_loss.get(output, 0.0) + evaluation.loss * count
-            earlier = output_totals.get(output)
-            output_totals[output] = (
-                evaluation.totals if earlier is None else earlier + evaluation.totals
-            )
-            for metric in by_output.get(output, ()):
-                metric.update(evaluation.labels, evaluation.outputs)
-        if flat and not by_output:
-            for metric in flat:
-                metric.update(batch.labels, batch.outputs)
-    if totals is None:
+        sums.add_batch(batch)
+        if not flat:
+            continue
+        inputs = [(output, e.labels, e.outputs) for output, e in batch.per_output.items()]
+        if not by_output:
+            inputs = [(None, batch.labels, batch.outputs)]
+        if pooled:
+            sums.metric_inputs.extend(inputs)
+        else:
+            _update_metrics(by_output, flat, inputs)
+    if pooled:
+        sums = pooled_over_ranks(sums)
+        _update_metrics(by_output, flat, sums.metric_inputs)
+    if sums.totals is None:
         raise ValueError(f"{name} holds no samples: its loader yielded no batch")
-    results: dict[str, Any] = {"loss": total_loss / seen, "accuracy": totals.value}
-    for output, loss_sum in output_loss.items():
-        results[f"{output}_loss"] = loss_sum / seen
-        results[f"{output}_accuracy"] = output_totals[output].value
+    results: dict[str, Any] = {"loss": sums.loss_sum / sums.seen, "accuracy": sums.totals.value}
+    for output, loss_sum in sums.output_loss.items():
+        results[f"{output}_loss"] = loss_sum / sums.seen
+        results[f"{output}_accuracy"] = sums.output_totals[output].value
         for metric in by_output.get(output, ()):
             results[f"{output}_{metric.name}"] = _metric_value(metric)
     if not by_output:
         for metric in flat:
             results[metric.name] = _metric_value(metric)
     return results
+
+
+def _update_metrics(
+    by_output: Mapping[str, list[Any]], flat: list[Any], inputs: Iterable[tuple[Any, Any, Any]]
+) -> None:
+    """Feeds ``(output or None, labels, outputs)`` batches to their metrics."""
+    for output, labels, outputs in inputs:
+        for metric in by_output.get(output, ()) if output is not None else flat:
+            metric.update(labels, outputs)
 
 
 def evaluate(

@@ -1,0 +1,150 @@
+"""What an evaluation adds up batch by batch, and its pooling over a distributed job.
+
+Each rank of a job evaluates its own shard (``ArrayLoader``'s exact shards read every
+sample once). Pooling sums the ranks' sums and counts, never their averages, so the
+loss and accuracy are those of one process over the whole set, however unevenly the
+samples fell; the metrics are fed every rank's labels and outputs, in rank order, so any
+streaming metric (including a user's, or an AUC that ranks every score) gives the
+whole set's value. Every rank pools the same bytes in the same order and so gets the
+same numbers, bit for bit.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+from .data_parallel import job_rank_and_size
+from .metrics import AccuracyTotals
+
+
+def is_sharded(batches: Any) -> bool:
+    """Whether ``batches`` yields only this rank's part of the data (a loader sharded over
+    a job of several ranks: its ``shard_count`` is above 1), so results pool over ranks.
+
+    Example:
+        >>> is_sharded([])
+        False
+    """
+    count = getattr(batches, "shard_count", 1)
+    return isinstance(count, int) and count > 1 and _core.communicator_info()[2]
+
+
+def exact_shard(batches: Any) -> Any:
+    """The batches of a sharded loader without the padding training shards carry (a loader
+    with ``iterate(pad_shards=...)``); other loaders as they are.
+
+    Example:
+        >>> exact_shard([1, 2])
+        [1, 2]
+    """
+    iterate = getattr(batches, "iterate", None)
+    if is_sharded(batches) and callable(iterate):
+        return iterate(pad_shards=False)
+    return batches
+
+
+def _pooled_totals(a: AccuracyTotals | None, b: AccuracyTotals | None) -> Any:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+@dataclass
+class EvaluationSums:
+    """The sums of some batches' evaluation.
+
+    Attributes:
+        loss_sum: the sum over batches of (batch loss x batch samples).
+        seen: the samples.
+        totals: the pooled accuracy sums (``None`` before any batch).
+        output_loss: per output of a multi-output model, its loss sum.
+        output_totals: per output, its accuracy sums.
+        metric_inputs: ``(output or None, labels, outputs)`` per batch, kept only while
+            the metrics are fed after pooling.
+    """
+
+    loss_sum: float = 0.0
+    seen: int = 0
+    totals: AccuracyTotals | None = None
+    output_loss: dict[str, float] = field(default_factory=dict)
+    output_totals: dict[str, AccuracyTotals] = field(default_factory=dict)
+    metric_inputs: list[tuple[str | None, Any, Any]] = field(default_factory=list)
+
+    def add_batch(self, batch: Any) -> None:
+        """Adds one ``BatchEvaluation`` (its loss is the batch mean)."""
+        count = len(batch.labels)
+        self.loss_sum += batch.loss * count
+        self.totals = _pooled_totals(self.totals, batch.totals)
+        self.seen += count
+        for output, evaluation in batch.per_output.items():
+            self.output_loss[output] = self.output_loss.get(output, 0.0) + evaluation.loss * count
+            self.output_totals[output] = _pooled_totals(
+                self.output_totals.get(output), evaluation.totals
+            )
+
+    def merge(self, other: EvaluationSums) -> EvaluationSums:
+        """These sums and ``other``'s, pooled (``other``'s metric inputs after these)."""
+        output_loss = dict(self.output_loss)
+        output_totals = dict(self.output_totals)
+        for output, loss_sum in other.output_loss.items():
+            output_loss[output] = output_loss.get(output, 0.0) + loss_sum
+            output_totals[output] = _pooled_totals(
+                output_totals.get(output), other.output_totals[output]
+            )
+        return EvaluationSums(
+            self.loss_sum + other.loss_sum,
+            self.seen + other.seen,
+            _pooled_totals(self.totals, other.totals),
+            output_loss,
+            output_totals,
+            [*self.metric_inputs, *other.metric_inputs],
+        )
+
+
+def gather_from_ranks(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank (``[value]`` outside a job).
+
+    Pickled and broadcast from each rank in turn: exact, for any picklable value, and
+    meant for results (a few arrays), not for bulk data.
+
+    Args:
+        value: this rank's value.
+
+    Returns:
+        The list of the ranks' values.
+
+    Example:
+        >>> gather_from_ranks({"seen": 3})
+        [{'seen': 3}]
+    """
+    if not _core.communicator_info()[2]:
+        return [value]
+    rank, size = job_rank_and_size()
+    mine = np.frombuffer(pickle.dumps(value), np.uint8)
+    gathered = []
+    for root in range(size):
+        length = np.array([mine.size if rank == root else 0], np.int64)
+        _core.broadcast_bytes(length, root)
+        data = mine.copy() if rank == root else np.empty(int(length[0]), np.uint8)
+        _core.broadcast_bytes(data, root)
+        # Unpickled on the root too, so every rank holds equal objects built alike.
+        gathered.append(pickle.loads(data.tobytes()))
+    return gathered
+
+
+def pooled_over_ranks(sums: EvaluationSums) -> EvaluationSums:
+    """The sums of every rank's shard, on every rank (rank 0's first).
+
+    Example:
+        >>> pooled_over_ranks(EvaluationSums(loss_sum=2.0, seen=4)).seen
+        4
+    """
+    pooled = EvaluationSums()
+    for ranks_sums in gather_from_ranks(sums):
+        pooled = pooled.merge(ranks_sums)
+    return pooled
