@@ -16,6 +16,7 @@ import numpy as np
 
 from ..base.arrays import check_batch_size, check_seed
 from ..base.epochs import EpochCounter
+from ..train.sharding import check_shard, rank_block
 
 
 class TokenStreamLoader(EpochCounter):
@@ -31,6 +32,12 @@ class TokenStreamLoader(EpochCounter):
         seq_len: the tokens of ``x`` (and of ``y``) per row and batch.
         seed: seeds each epoch's starting offset (a non-negative int).
         stream: separates loaders that share a seed (e.g. per split).
+        shard: in a distributed job (``gm.distributed.init()``), ``batch_size`` is per
+            rank: the tokens are cut into the job's ``size * batch_size`` streams and rank
+            ``r`` reads the ``r``-th block of ``batch_size`` of them, so the ranks read
+            disjoint tokens and N ranks at batch b read what one process reads at batch
+            N * b. ``None``: shard whenever the process is in a job; ``False``: every rank
+            reads all ``batch_size`` streams alike.
 
     Example:
         >>> loader = TokenStreamLoader(np.arange(10_000), batch_size=32, seq_len=64)
@@ -47,6 +54,7 @@ class TokenStreamLoader(EpochCounter):
         *,
         seed: int = 0,
         stream: int = 0,
+        shard: bool | None = None,
     ):
         tokens_array = tokens if isinstance(tokens, np.ndarray) else np.asarray(tokens)
         if tokens_array.ndim != 1 or not np.issubdtype(tokens_array.dtype, np.integer):
@@ -59,12 +67,15 @@ class TokenStreamLoader(EpochCounter):
         self.seq_len = check_batch_size(seq_len, "seq_len")
         self.seed = check_seed(seed)
         self.stream = check_seed(stream, "stream")
+        self.shard_rank, self.shard_count = check_shard(shard)
         # The last epoch offset is seq_len - 1; every stream still needs one full batch.
-        needed = self.batch_size * (self.seq_len + 1) + self.seq_len - 1
+        streams = self.batch_size * self.shard_count
+        needed = streams * (self.seq_len + 1) + self.seq_len - 1
         if len(self.tokens) < needed:
+            ranks = f" x {self.shard_count} ranks" if self.shard_count > 1 else ""
             raise ValueError(
-                f"[TokenStreamLoader] batch_size {self.batch_size} x seq_len {self.seq_len} "
-                f"needs at least {needed} tokens, got {len(self.tokens)}"
+                f"[TokenStreamLoader] batch_size {self.batch_size}{ranks} x seq_len "
+                f"{self.seq_len} needs at least {needed} tokens, got {len(self.tokens)}"
             )
         self._next_epoch = 0
 
@@ -75,7 +86,7 @@ class TokenStreamLoader(EpochCounter):
 
     def stream_length(self, epoch: int) -> int:
         """The tokens each stream of epoch ``epoch`` holds (the same for every stream)."""
-        return (len(self.tokens) - self.offset(epoch)) // self.batch_size
+        return (len(self.tokens) - self.offset(epoch)) // (self.batch_size * self.shard_count)
 
     def batches_in(self, epoch: int) -> int:
         """How many batches epoch ``epoch`` has: every ``x`` needs its next token in ``y``."""
@@ -96,7 +107,8 @@ class TokenStreamLoader(EpochCounter):
         """
         start = self.offset(epoch)
         length = self.stream_length(epoch)
-        stream_starts = start + np.arange(self.batch_size, dtype=np.int64) * length
+        streams = np.arange(self.batch_size * self.shard_count, dtype=np.int64)
+        stream_starts = (start + streams * length)[rank_block(self.shard_rank, self.batch_size)]
         columns = np.arange(self.seq_len + 1, dtype=np.int64)
         for b in range(self.batches_in(epoch)):
             index = stream_starts[:, None] + b * self.seq_len + columns

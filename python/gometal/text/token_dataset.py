@@ -18,6 +18,7 @@ import numpy as np
 
 from ..base.arrays import check_batch_size, check_seed
 from ..base.epochs import EpochCounter
+from ..train.sharding import check_shard, rank_block
 from .stream_loader import TokenStreamLoader
 from .token_file import TokenFile
 from .tokenizer_base import Tokenizer
@@ -153,6 +154,12 @@ class TokenLoader(EpochCounter):
         batches_per_epoch: batches per epoch.
         seed: seeds where the windows start (a non-negative int).
         stream: separates loaders that share a seed (see :data:`SPLIT_STREAMS`).
+        shard: in a distributed job (``gm.distributed.init()``), ``batch_size`` is per
+            rank: each batch of the job's ``size * batch_size`` windows is drawn as one
+            process would draw it, and rank ``r`` takes its ``r``-th block of
+            ``batch_size`` windows, so the ranks' draws are disjoint and N ranks at batch
+            b read exactly what one process reads at batch N * b. ``None``: shard
+            whenever the process is in a job; ``False``: every rank draws alike.
 
     Example:
         >>> loader = TokenLoader(windows, batch_size=12, batches_per_epoch=100)  # doctest: +SKIP
@@ -167,6 +174,7 @@ class TokenLoader(EpochCounter):
         *,
         seed: int = 0,
         stream: int = 0,
+        shard: bool | None = None,
     ):
         if not isinstance(windows, TokenWindows):
             raise TypeError(f"[TokenLoader] windows must be TokenWindows, got {windows!r:.80}")
@@ -175,10 +183,11 @@ class TokenLoader(EpochCounter):
         self.batches_per_epoch = check_batch_size(batches_per_epoch, "batches_per_epoch")
         self.seed = check_seed(seed)
         self.stream = check_seed(stream, "stream")
+        self.shard_rank, self.shard_count = check_shard(shard)
         self._next_epoch = 0
 
     def epoch_starts(self, epoch: int) -> np.ndarray:
-        """Where every window of epoch ``epoch`` starts, one row per batch.
+        """Where every window this rank reads in epoch ``epoch`` starts, one row per batch.
 
         Args:
             epoch: the epoch number.
@@ -190,9 +199,11 @@ class TokenLoader(EpochCounter):
             >>> loader.epoch_starts(0).shape  # doctest: +SKIP
             (200, 12)
         """
-        count = self.batches_per_epoch * self.batch_size
+        job_batch = self.batch_size * self.shard_count
+        count = self.batches_per_epoch * job_batch
         starts = window_starts(self.seed, epoch, count, self.windows.num_windows, self.stream)
-        return starts.reshape(self.batches_per_epoch, self.batch_size)
+        rows = starts.reshape(self.batches_per_epoch, job_batch)
+        return rows[:, rank_block(self.shard_rank, self.batch_size)]
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -275,15 +286,22 @@ class TokenDataset:
         return windows
 
     def loader(
-        self, split: str, batch_size: int, batches_per_epoch: int, *, seed: int = 0
+        self,
+        split: str,
+        batch_size: int,
+        batches_per_epoch: int,
+        *,
+        seed: int = 0,
+        shard: bool | None = None,
     ) -> TokenLoader:
         """A :class:`TokenLoader` over one split.
 
         Args:
             split: ``"train"`` or ``"validation"``.
-            batch_size: windows per batch.
+            batch_size: windows per batch (per rank in a distributed job).
             batches_per_epoch: batches per epoch.
             seed: seeds where the windows start.
+            shard: shard the draws by rank in a distributed job (see :class:`TokenLoader`).
 
         Returns:
             The loader.
@@ -293,11 +311,16 @@ class TokenDataset:
         """
         windows = self.split(split)
         return TokenLoader(
-            windows, batch_size, batches_per_epoch, seed=seed, stream=SPLIT_STREAMS[split]
+            windows,
+            batch_size,
+            batches_per_epoch,
+            seed=seed,
+            stream=SPLIT_STREAMS[split],
+            shard=shard,
         )
 
     def stream_loader(
-        self, split: str, batch_size: int, seq_len: int, *, seed: int = 0
+        self, split: str, batch_size: int, seq_len: int, *, seed: int = 0, shard: bool | None = None
     ) -> TokenStreamLoader:
         """A :class:`TokenStreamLoader` over one split: consecutive batches for truncated
         backpropagation through time.
@@ -307,6 +330,8 @@ class TokenDataset:
             batch_size: streams, one per batch row.
             seq_len: the tokens of ``x`` per row and batch.
             seed: seeds each epoch's starting offset.
+            shard: give each rank of a distributed job its own block of streams (see
+                :class:`TokenStreamLoader`).
 
         Returns:
             The loader.
@@ -316,7 +341,12 @@ class TokenDataset:
         """
         windows = self.split(split)
         return TokenStreamLoader(
-            windows.tokens, batch_size, seq_len, seed=seed, stream=SPLIT_STREAMS[split]
+            windows.tokens,
+            batch_size,
+            seq_len,
+            seed=seed,
+            stream=SPLIT_STREAMS[split],
+            shard=shard,
         )
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...base.epochs import EpochCounter
+from ...train.sharding import check_pad_shards, check_shard, shard_length, shard_positions
 from .cache import ImageCache
 from .dataset import ImageFolderDataset
 from .transforms import (
@@ -64,6 +65,13 @@ class DataLoader(EpochCounter):
         augment: random transforms applied to each cached ``uint8`` ``(C, H, W)`` image:
             None or False for none, True for ``RandomCrop(image_size, padding=image_size // 8)``
             and ``RandomHorizontalFlip()``, or a list or ``Compose`` of transforms.
+        shard: in a distributed job (``gm.distributed.init()``), read only this rank's
+            share of each epoch's order, as ``gm.training.ArrayLoader`` does (torch's
+            ``DistributedSampler(drop_last=False)``: the order padded by repeating its
+            start, then positions ``rank, rank + size, ...``); each rank draws its own
+            augmentation. ``None``: shard whenever the process is in a job.
+        pad_shards: ``False`` reads each rank's exact shard instead (every sample once,
+            shards differing in length by one), as evaluation does.
 
     Example:
         >>> train, val = ImageFolderDataset("pets", image_size=64).split(0.2)  # doctest: +SKIP
@@ -87,6 +95,8 @@ class DataLoader(EpochCounter):
         prefetch: int | None = None,
         drop_last: bool = False,
         augment: bool | Sequence[Transform] | Transform | None = None,
+        shard: bool | None = None,
+        pad_shards: bool = True,
     ):
         if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -108,6 +118,8 @@ class DataLoader(EpochCounter):
         self.augment = _as_augmentation(augment, dataset.image_size)
         self.cache = _make_cache(cache, cache_size)
         self._labels = np.asarray(dataset.labels, dtype=np.int32)
+        self.shard_rank, self.shard_count = check_shard(shard)
+        self.pad_shards = check_pad_shards(pad_shards)
         self._next_epoch = 0
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
@@ -130,18 +142,56 @@ class DataLoader(EpochCounter):
             return np.arange(count)
         return _stream(self.seed, epoch, _ORDER_STREAM).permutation(count)
 
-    def __len__(self) -> int:
-        count = len(self.dataset)
+    def shard_order(self, epoch: int, pad_shards: bool | None = None) -> np.ndarray:
+        """The dataset positions this rank reads in epoch ``epoch`` (all of
+        ``sample_order`` outside a distributed job).
+
+        Args:
+            epoch: the epoch number.
+            pad_shards: overrides the loader's ``pad_shards`` (``None`` keeps it).
+
+        Returns:
+            An int64 array of positions, in the order they are read.
+
+        Example:
+            >>> loader.shard_order(0)[:4]  # doctest: +SKIP
+            array([17,  9,  2, 30])
+        """
+        pad = self.pad_shards if pad_shards is None else check_pad_shards(pad_shards)
+        order = self.sample_order(epoch)
+        return shard_positions(order, self.shard_rank, self.shard_count, pad=pad)
+
+    def _batches_in(self, pad: bool) -> int:
+        count = shard_length(len(self.dataset), self.shard_rank, self.shard_count, pad=pad)
         return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
 
+    def __len__(self) -> int:
+        return self._batches_in(self.pad_shards)
+
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.iterate()
+
+    def iterate(self, pad_shards: bool | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Runs the next epoch, like ``iter(loader)``, with this rank's shard padded or not.
+
+        Args:
+            pad_shards: ``False`` reads the exact shard (each sample of the job once, as
+                evaluation needs); ``None`` keeps the loader's ``pad_shards``.
+
+        Returns:
+            An iterator of the epoch's ``(x, y)`` batches.
+
+        Example:
+            >>> batches = list(loader.iterate(pad_shards=False))  # doctest: +SKIP
+        """
         if self._closed:
             raise RuntimeError("this DataLoader is closed")
+        pad = self.pad_shards if pad_shards is None else check_pad_shards(pad_shards)
         epoch = self.next_epoch()
-        order = self.sample_order(epoch)
+        order = self.shard_order(epoch, pad)
         batches = [
             order[start : start + self.batch_size]
-            for start in range(0, len(self) * self.batch_size, self.batch_size)
+            for start in range(0, self._batches_in(pad) * self.batch_size, self.batch_size)
         ]
         if self.num_workers == 0:
             return (self._build_batch(epoch, index, rows) for index, rows in enumerate(batches))
@@ -209,7 +259,9 @@ class DataLoader(EpochCounter):
         # Stacking first lets augmentation and normalisation work on one array per batch.
         batch = stack_images([self._load(int(row)) for row in rows])
         if self.augment is not None:
-            rng = _stream(self.seed, epoch, _AUGMENT_STREAM, batch_index)
+            # Rank 0 (and a lone process) keeps the draws of an unsharded loader.
+            rank_key = (self.shard_rank,) if self.shard_rank else ()
+            rng = _stream(self.seed, epoch, _AUGMENT_STREAM, batch_index, *rank_key)
             batch = self.augment.apply_batch(batch, rng)
         x = images_to_float_batch(batch, self.dataset.mean, self.dataset.std)
         return x, self._labels[rows]
