@@ -44,6 +44,7 @@ def mpirun_command(
     args: Sequence[str] = (),
     hosts: Sequence[str] | None = None,
     launcher: str | None = None,
+    launcher_args: Sequence[str] = (),
 ) -> list[str]:
     """The command line that starts ``ranks`` processes of ``script``.
 
@@ -53,6 +54,8 @@ def mpirun_command(
         args: the script's arguments.
         hosts: the machines to spread the ranks over (``None``: this one).
         launcher: the launcher's path (default: ``find_launcher()``).
+        launcher_args: options for the launcher itself, placed before the program (e.g.
+            ``["--mca", "btl", "tcp,self"]``, or another remote agent than ssh).
 
     Returns:
         The argument list, e.g. ``["mpirun", "-n", "2", sys.executable, "train.py"]``.
@@ -74,7 +77,7 @@ def mpirun_command(
         if not hosts:
             raise ValueError("hosts must name at least one machine, got none")
         command += ["--host", ",".join(hosts)]
-    return [*command, sys.executable, str(script), *args]
+    return [*command, *launcher_args, sys.executable, str(script), *args]
 
 
 def launch(
