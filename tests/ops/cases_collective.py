@@ -1,5 +1,6 @@
-"""all_reduce_mean in one process: a job of one rank, whose mean over the ranks is the value
-itself (tests/test_distributed.py runs it across ranks under mpirun)."""
+"""all_reduce_mean, and its non-blocking halves all_reduce_mean_start and all_reduce_mean_wait,
+in one process: a job of one rank, whose mean over the ranks is the value itself
+(tests/test_distributed*.py run them across ranks under mpirun)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 
 from gometal import _core
 
-from .harness import BATCH, Arg, ErrorCase, OpCase, ScenarioCase
+from .harness import BATCH, EXACT, NO_GRADIENT, Arg, ErrorCase, OpCase, ScenarioCase
 
 
 def _identity(x: np.ndarray) -> np.ndarray:
@@ -17,6 +18,24 @@ def _identity(x: np.ndarray) -> np.ndarray:
 CASES = [
     OpCase("all_reduce_mean", (Arg((BATCH, 3)),), _identity, name="batch"),
     OpCase("all_reduce_mean", (Arg((2, 3, 4)),), _identity, name="variable"),
+    # In one process the started sum is the value (across ranks only its wait may read it).
+    OpCase(
+        "all_reduce_mean_start",
+        (Arg((BATCH, 3)),),
+        _identity,
+        gradient=NO_GRADIENT,
+        forward_tol=EXACT,
+    ),
+    OpCase(
+        "all_reduce_mean_wait",
+        (Arg((BATCH, 3)),),
+        _identity,
+        build=lambda g, nodes, attrs: g.op(
+            "all_reduce_mean_wait", [g.op("all_reduce_mean_start", [nodes[0]]), nodes[0]]
+        ),
+        gradient=NO_GRADIENT,
+        forward_tol=EXACT,
+    ),
 ]
 
 
@@ -50,5 +69,11 @@ ERROR_CASES = [
         (Arg((2, 3), dtype="int32", leaf="input"),),
         patterns=("expects input of dtype float32, got int32",),
         name="int32",
+    ),
+    ErrorCase(
+        "all_reduce_mean_wait",
+        (Arg((2, 3)), Arg((2, 3))),
+        patterns=(r"expects \(all_reduce_mean_start\(x\), x\), got a 'variable' node",),
+        name="not-a-start",
     ),
 ]

@@ -11,15 +11,26 @@
 // same kind of handle and get 8-byte slots; an MPI_Status is 24 bytes in Open MPI and 20 in
 // MPICH, and MPI_STATUS_IGNORE is 0 in one and 1 in the other, so waits pass real storage of
 // 64 bytes instead.
+//
+// Progress: a non-blocking collective advances only while the process is inside an MPI call
+// (Open MPI's libnbc schedules, MPICH without async progress), and the engine runs kernels in
+// between. So while a collective is in flight a progress thread calls MPI_Test every
+// GOMETAL_MPI_PROGRESS_US microseconds (default 50; 0 turns it off, leaving all the work to
+// the wait); it sleeps on a condition variable otherwise. Every MPI call on a request happens
+// under one mutex, so MPI_THREAD_SERIALIZED suffices (mpi4py asks for MULTIPLE).
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
+#include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "distributed/communicator.h"
@@ -40,6 +51,7 @@ class MpiCommunicator final : public Communicator {
   using Allreduce = int (*)(const void*, void*, int, Handle, Handle, Handle);
   using Iallreduce = int (*)(const void*, void*, int, Handle, Handle, Handle, Handle*);
   using Wait = int (*)(Handle*, void*);
+  using Test = int (*)(Handle*, int*, void*);
   using Bcast = int (*)(void*, int, Handle, int, Handle);
   using Allgather = int (*)(const void*, int, Handle, void*, int, Handle, Handle);
   using Barrier = int (*)(Handle);
@@ -56,6 +68,7 @@ class MpiCommunicator final : public Communicator {
     allreduce_ = reinterpret_cast<Allreduce>(symbol(library_, h.library, "MPI_Allreduce"));
     iallreduce_ = reinterpret_cast<Iallreduce>(symbol(library_, h.library, "MPI_Iallreduce"));
     wait_ = reinterpret_cast<Wait>(symbol(library_, h.library, "MPI_Wait"));
+    test_ = reinterpret_cast<Test>(symbol(library_, h.library, "MPI_Test"));
     bcast_ = reinterpret_cast<Bcast>(symbol(library_, h.library, "MPI_Bcast"));
     allgather_ = reinterpret_cast<Allgather>(symbol(library_, h.library, "MPI_Allgather"));
     barrier_ = reinterpret_cast<Barrier>(symbol(library_, h.library, "MPI_Barrier"));
@@ -66,6 +79,12 @@ class MpiCommunicator final : public Communicator {
     check(comm_size(comm_, &size_), "MPI_Comm_size");
   }
   ~MpiCommunicator() override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    work_.notify_all();
+    if (progress_.joinable()) progress_.join();
     if (library_ != nullptr) dlclose(library_);
   }
 
@@ -85,32 +104,35 @@ class MpiCommunicator final : public Communicator {
     if (count > INT_MAX)
       throw std::invalid_argument("[distributed] a non-blocking all-reduce takes at most " + std::to_string(INT_MAX) +
                                   " floats, got " + std::to_string(count));
-    std::lock_guard<std::mutex> lock(mutex_);
-    const auto free_slot = std::find(in_use_.begin(), in_use_.end(), false);
-    const size_t slot = static_cast<size_t>(free_slot - in_use_.begin());
-    if (slot == requests_.size()) {
-      requests_.emplace_back();
-      in_use_.push_back(false);
+    size_t slot;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const auto free_slot = std::find(in_use_.begin(), in_use_.end(), false);
+      slot = static_cast<size_t>(free_slot - in_use_.begin());
+      if (slot == requests_.size()) {
+        requests_.emplace_back();
+        in_use_.push_back(false);
+      }
+      std::memset(&requests_[slot], 0, sizeof(RequestSlot));
+      check(iallreduce_(in, out, static_cast<int>(count), float_, sum_, comm_, &requests_[slot].handle),
+            "MPI_Iallreduce");
+      in_use_[slot] = true;
+      ++in_flight_;
+      if (progress_interval_us_ > 0 && !progress_.joinable()) progress_ = std::thread([this] { progress_loop(); });
     }
-    std::memset(&requests_[slot], 0, sizeof(RequestSlot));
-    check(iallreduce_(in, out, static_cast<int>(count), float_, sum_, comm_, &requests_[slot].handle),
-          "MPI_Iallreduce");
-    in_use_[slot] = true;
+    work_.notify_one();
     return static_cast<int64_t>(slot);
   }
 
   void wait(int64_t ticket) override {
-    RequestSlot* slot;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (ticket < 0 || static_cast<size_t>(ticket) >= in_use_.size() || !in_use_[ticket])
-        throw std::invalid_argument("[distributed] wait on an unknown ticket " + std::to_string(ticket));
-      slot = &requests_[ticket];
-    }
-    alignas(8) unsigned char status[64] = {};
-    check(wait_(&slot->handle, status), "MPI_Wait");
     std::lock_guard<std::mutex> lock(mutex_);
+    if (ticket < 0 || static_cast<size_t>(ticket) >= in_use_.size() || !in_use_[ticket])
+      throw std::invalid_argument("[distributed] wait on an unknown ticket " + std::to_string(ticket));
+    // A request the progress thread completed is MPI_REQUEST_NULL, which MPI_Wait returns at once.
+    alignas(8) unsigned char status[64] = {};
     in_use_[ticket] = false;
+    --in_flight_;
+    check(wait_(&requests_[ticket].handle, status), "MPI_Wait");
   }
 
   void broadcast(void* data, int64_t bytes, int root) override {
@@ -155,12 +177,39 @@ class MpiCommunicator final : public Communicator {
                                          : "MPI error " + std::to_string(code)));
   }
 
+  // Calls MPI_Test on every request in flight, every progress_interval_us_, until none is.
+  void progress_loop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (!stopping_) {
+      if (in_flight_ == 0) {
+        work_.wait(lock, [this] { return stopping_ || in_flight_ > 0; });
+        continue;
+      }
+      for (size_t i = 0; i < in_use_.size(); ++i) {
+        if (!in_use_[i]) continue;
+        int done = 0;
+        alignas(8) unsigned char status[64] = {};
+        if (test_(&requests_[i].handle, &done, status) != 0) break;  // the wait reports the error
+      }
+      lock.unlock();
+      std::this_thread::sleep_for(std::chrono::microseconds(progress_interval_us_));
+      lock.lock();
+    }
+  }
+
+  static int progress_interval_from_environment() {
+    const char* text = std::getenv("GOMETAL_MPI_PROGRESS_US");
+    if (text == nullptr || text[0] == '\0') return 50;
+    return std::max(0, std::atoi(text));
+  }
+
   void* library_ = nullptr;
   Handle comm_, float_, byte_, sum_;
   int rank_ = -1, size_ = 0;
   Allreduce allreduce_ = nullptr;
   Iallreduce iallreduce_ = nullptr;
   Wait wait_ = nullptr;
+  Test test_ = nullptr;
   Bcast bcast_ = nullptr;
   Allgather allgather_ = nullptr;
   Barrier barrier_ = nullptr;
@@ -168,6 +217,11 @@ class MpiCommunicator final : public Communicator {
   std::mutex mutex_;
   std::deque<RequestSlot> requests_;
   std::vector<bool> in_use_;
+  int in_flight_ = 0;
+  bool stopping_ = false;
+  const int progress_interval_us_ = progress_interval_from_environment();
+  std::condition_variable work_;
+  std::thread progress_;
 };
 
 std::mutex current_mutex;

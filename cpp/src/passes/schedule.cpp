@@ -14,6 +14,33 @@ bool is_alias(const Graph& g, int id) {
   return alias != nullptr && alias(g, n);
 }
 
+namespace {
+
+// 0: an all_reduce_mean_start, or a node whose every consumer is urgency 0; 2: an
+// all_reduce_mean_wait; 1: the rest. A wait's reads do not count (it reads its start's input
+// only to keep that buffer alive). Inputs precede their consumers in a graph, so one pass
+// from the last node back sees every consumer first.
+std::vector<int> collective_urgency(const Graph& g, const std::vector<char>& needed) {
+  const int n = g.size();
+  std::vector<int> urgency(n, 1), consumers(n, 0), eager_consumers(n, 0);
+  for (int i = n - 1; i >= 0; --i) {
+    if (!needed[i]) continue;
+    const Node& node = g.node(i);
+    if (node.op == OpKind::AllReduceMeanStart) urgency[i] = 0;
+    else if (node.op == OpKind::AllReduceMeanWait) {
+      urgency[i] = 2;
+      continue;
+    } else if (consumers[i] > 0 && consumers[i] == eager_consumers[i] && !node.inputs.empty()) urgency[i] = 0;
+    for (int in : node.inputs) {
+      ++consumers[in];
+      eager_consumers[in] += urgency[i] == 0;
+    }
+  }
+  return urgency;
+}
+
+}  // namespace
+
 Schedule schedule_function(const Graph& g, const FunctionSpec& fn) {
   const int n = g.size();
   Schedule s;
@@ -77,13 +104,17 @@ Schedule schedule_function(const Graph& g, const FunctionSpec& fn) {
   for (int i = 0; i < n; ++i)
     if (s.needed[i] && is_check(g.node(i).op))
       for (int e : fn.effects) edge(i, e);
-  // Kahn's algorithm, lowest id first: keeps the builder's order where it is legal.
-  std::priority_queue<int, std::vector<int>, std::greater<int>> ready;
+  // Kahn's algorithm, lowest id first: keeps the builder's order where it is legal. Non-blocking
+  // collectives overlap the kernels between their halves, so a start (with the nodes that only
+  // feed starts: a bucket's packing) runs as soon as it is ready, a wait only when nothing else is.
+  const std::vector<int> urgency = collective_urgency(g, s.needed);
+  using Entry = std::pair<int, int>;  // (urgency, id)
+  std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> ready;
   for (int i = 0; i < n; ++i)
-    if (s.needed[i] && indegree[i] == 0) ready.push(i);
+    if (s.needed[i] && indegree[i] == 0) ready.push({urgency[i], i});
   int visited = 0;
   while (!ready.empty()) {
-    const int id = ready.top();
+    const int id = ready.top().second;
     ready.pop();
     ++visited;
     const Node& node = g.node(id);
@@ -92,7 +123,7 @@ Schedule schedule_function(const Graph& g, const FunctionSpec& fn) {
       s.order.push_back(id);
     }
     for (int t : succ[id])
-      if (--indegree[t] == 0) ready.push(t);
+      if (--indegree[t] == 0) ready.push({urgency[t], t});
   }
   int needed_count = 0;
   for (char c : s.needed) needed_count += c;

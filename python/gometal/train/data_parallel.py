@@ -11,6 +11,7 @@ weights to every rank.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,9 @@ _RANK_SEED_STRIDE = 0x9E3779B97F4A7C15
 _SEED_MASK = (1 << 63) - 1
 # The most float32 values one gradient all-reduce carries: 25 MiB, torch DDP's bucket_cap_mb.
 BUCKET_FLOATS = 25 * 2**20 // 4
+# Environment variables: the bucket size in MiB, and "0" for blocking all-reduces.
+BUCKET_VARIABLE = "GOMETAL_BUCKET_MB"
+OVERLAP_VARIABLE = "GOMETAL_OVERLAP_ALLREDUCE"
 
 
 def job_rank_and_size() -> tuple[int, int]:
@@ -106,21 +110,54 @@ def replica_seed(seed: int, distributed: bool) -> int:
     return seed if rank == 0 else (seed + rank * _RANK_SEED_STRIDE) & _SEED_MASK
 
 
+def bucket_floats_from_environment() -> int:
+    """The bucket size (floats): ``GOMETAL_BUCKET_MB`` MiB when set, else 25 MiB.
+
+    Raises:
+        ValueError: the variable is not a positive number.
+
+    Example:
+        >>> bucket_floats_from_environment() == BUCKET_FLOATS  # doctest: +SKIP
+        True
+    """
+    text = os.environ.get(BUCKET_VARIABLE, "")
+    if not text:
+        return BUCKET_FLOATS
+    try:
+        mib = float(text)
+    except ValueError:
+        mib = 0.0
+    if not mib > 0:
+        raise ValueError(f"{BUCKET_VARIABLE} must be a positive number of MiB, got {text!r}")
+    return max(1, int(mib * 2**20) // 4)
+
+
 def averaged_over_ranks(
-    g: Any, grads: Mapping[str, int], bucket_floats: int = BUCKET_FLOATS
+    g: Any,
+    grads: Mapping[str, int],
+    bucket_floats: int | None = None,
+    overlap: bool | None = None,
 ) -> dict[str, int]:
     """The gradients averaged over the job's ranks, in buckets: each bucket's gradients are
-    flattened into one buffer that one ``all_reduce_mean`` averages, then cut back apart.
+    flattened into one buffer that one all-reduce averages, then cut back apart.
 
     One collective per bucket rather than per gradient: every collective waits for the
     slowest rank, and on a loaded machine each wait costs a scheduling slice. Buckets take
     the parameters in reverse order, the order the backward pass finishes their gradients
-    (as torch's DDP). The values are those of one collective per gradient, bit for bit.
+    (as torch's DDP). With ``overlap`` each bucket is an ``all_reduce_mean_start`` and an
+    ``all_reduce_mean_wait``: the engine starts the exchange as soon as the bucket's last
+    gradient exists and waits for it just before the first node that reads the mean (an
+    optimizer update), so the exchange runs behind the rest of the backward pass. Without
+    it, one blocking ``all_reduce_mean``. The values are the same either way, bit for bit.
 
     Args:
         g: the training graph.
         grads: parameter name -> gradient node.
-        bucket_floats: the most floats a bucket holds (a larger gradient is its own bucket).
+        bucket_floats: the most floats a bucket holds (a larger gradient is its own bucket);
+            ``None``: ``GOMETAL_BUCKET_MB`` MiB when set, else ``BUCKET_FLOATS`` (25 MiB).
+        overlap: non-blocking buckets (start and wait) rather than blocking ones; ``None``:
+            when the job has more than one rank (one rank has nothing to exchange) and
+            ``GOMETAL_OVERLAP_ALLREDUCE`` is not ``0``.
 
     Returns:
         Parameter name -> the averaged gradient node, in the order of ``grads``.
@@ -128,18 +165,27 @@ def averaged_over_ranks(
     Example:
         >>> averaged_over_ranks(g, {"dense_0.weight": grad})  # doctest: +SKIP
     """
+    if bucket_floats is None:
+        bucket_floats = bucket_floats_from_environment()
+    if overlap is None:
+        overlap = job_rank_and_size()[1] > 1 and os.environ.get(OVERLAP_VARIABLE, "1") != "0"
     averaged: dict[str, int] = {}
     bucket: list[str] = []
     filled = 0
 
+    def mean(value: int) -> int:
+        if not overlap:
+            return op(g, "all_reduce_mean", value)
+        return op(g, "all_reduce_mean_wait", op(g, "all_reduce_mean_start", value), value)
+
     def reduce_bucket() -> None:
         if len(bucket) == 1:
-            averaged[bucket[0]] = op(g, "all_reduce_mean", grads[bucket[0]])
+            averaged[bucket[0]] = mean(grads[bucket[0]])
             return
         shapes = [tuple(g.shape(grads[name])) for name in bucket]
         sizes = [int(np.prod(shape)) for shape in shapes]
         flat = [op(g, "reshape", grads[n], shape=[k]) for n, k in zip(bucket, sizes)]
-        reduced = op(g, "all_reduce_mean", op(g, "concat", *flat, axis=0))
+        reduced = mean(op(g, "concat", *flat, axis=0))
         start = 0
         for name, shape, size in zip(bucket, shapes, sizes):
             piece = op(g, "slice", reduced, axis=0, start=start, end=start + size)

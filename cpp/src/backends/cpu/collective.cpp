@@ -1,14 +1,56 @@
 #include "backends/cpu/collective.h"
 
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <stdexcept>
 
 #include "distributed/communicator.h"
 
 namespace gometal {
 namespace {
 
-// Runs on the calling thread: the communicator's call blocks until every rank brought its
-// buffer, and every rank runs its collectives in the same order.
+// The non-blocking all-reduces in flight, by the buffer each sums into: a start's buffer stays
+// live until its wait reads it, so no two in flight share one, and the wait finds its ticket
+// from the start's buffer alone (kernels are built one node at a time).
+std::mutex in_flight_mutex;
+std::map<const float*, int64_t> in_flight;
+
+void copy_floats(const float* in, float* out, int64_t count) {
+  if (out != in) std::memmove(out, in, static_cast<size_t>(count) * sizeof(float));
+}
+
+void scale(float* out, const float* in, int64_t count, int ranks) {
+  const float inverse = 1.0f / static_cast<float>(ranks);
+  for (int64_t i = 0; i < count; ++i) out[i] = in[i] * inverse;
+}
+
+// Waits for the all-reduce summing into `sum` (none: a job of one rank copied it already).
+void wait_for(Communicator& comm, const float* sum) {
+  int64_t ticket = -1;
+  {
+    std::lock_guard<std::mutex> lock(in_flight_mutex);
+    const auto it = in_flight.find(sum);
+    if (it == in_flight.end()) return;
+    ticket = it->second;
+    in_flight.erase(it);
+  }
+  comm.wait(ticket);
+}
+
+void start(Communicator& comm, const float* in, float* sum, int64_t count) {
+  // A step that failed between a start and its wait left its request behind: finish it
+  // before the buffer is reused.
+  wait_for(comm, sum);
+  const int64_t ticket = comm.start_all_reduce_sum(in, sum, count);
+  std::lock_guard<std::mutex> lock(in_flight_mutex);
+  in_flight[sum] = ticket;
+}
+
+bool single_rank(const std::shared_ptr<Communicator>& comm) { return comm == nullptr || comm->size() == 1; }
+
+// The blocking mean: a start and its wait back to back, so that it sums in the same order as
+// the overlapped pair (the same MPI algorithm), bit for bit. Runs on the calling thread.
 struct AllReduceMeanKernel final : Kernel {
   BufRef x, y;
   int64_t count = 0;
@@ -16,14 +58,37 @@ struct AllReduceMeanKernel final : Kernel {
     const float* in = ctx.ptr(x);
     float* out = ctx.ptr(y);
     const std::shared_ptr<Communicator> comm = current_communicator();
-    if (comm == nullptr || comm->size() == 1) {
-      if (out != in) std::memmove(out, in, static_cast<size_t>(count) * sizeof(float));
-      return;
-    }
+    if (single_rank(comm)) return copy_floats(in, out, count);
     if (out == in) throw std::logic_error("[all_reduce_mean] input and output share a buffer");
-    comm->all_reduce_sum(in, out, count);
-    const float inverse = 1.0f / static_cast<float>(comm->size());
-    for (int64_t i = 0; i < count; ++i) out[i] *= inverse;
+    start(*comm, in, out, count);
+    wait_for(*comm, out);
+    scale(out, out, count, comm->size());
+  }
+};
+
+struct AllReduceStartKernel final : Kernel {
+  BufRef x, sum;
+  int64_t count = 0;
+  void run(const ExecContext& ctx) const override {
+    const float* in = ctx.ptr(x);
+    float* out = ctx.ptr(sum);
+    const std::shared_ptr<Communicator> comm = current_communicator();
+    if (single_rank(comm)) return copy_floats(in, out, count);
+    if (out == in) throw std::logic_error("[all_reduce_mean_start] input and output share a buffer");
+    start(*comm, in, out, count);
+  }
+};
+
+struct AllReduceWaitKernel final : Kernel {
+  BufRef sum, y;
+  int64_t count = 0;
+  void run(const ExecContext& ctx) const override {
+    const float* summed = ctx.ptr(sum);
+    float* out = ctx.ptr(y);
+    const std::shared_ptr<Communicator> comm = current_communicator();
+    if (single_rank(comm)) return copy_floats(summed, out, count);
+    wait_for(*comm, summed);
+    scale(out, summed, count, comm->size());
   }
 };
 
@@ -32,12 +97,32 @@ struct AllReduceMeanKernel final : Kernel {
 std::unique_ptr<Kernel> make_collective_kernel(const Graph& g, int id, const MemoryPlan& mem,
                                                const std::vector<Shape>& shapes) {
   const Node& n = g.node(id);
-  if (n.op != OpKind::AllReduceMean) return nullptr;
-  auto k = std::make_unique<AllReduceMeanKernel>();
-  k->x = mem.ref[n.inputs[0]];
-  k->y = mem.ref[id];
-  k->count = numel(shapes[id]);
-  return k;
+  const int64_t count = numel(shapes[id]);
+  switch (n.op) {
+    case OpKind::AllReduceMean: {
+      auto k = std::make_unique<AllReduceMeanKernel>();
+      k->x = mem.ref[n.inputs[0]];
+      k->y = mem.ref[id];
+      k->count = count;
+      return k;
+    }
+    case OpKind::AllReduceMeanStart: {
+      auto k = std::make_unique<AllReduceStartKernel>();
+      k->x = mem.ref[n.inputs[0]];
+      k->sum = mem.ref[id];
+      k->count = count;
+      return k;
+    }
+    case OpKind::AllReduceMeanWait: {
+      auto k = std::make_unique<AllReduceWaitKernel>();
+      k->sum = mem.ref[n.inputs[0]];
+      k->y = mem.ref[id];
+      k->count = count;
+      return k;
+    }
+    default:
+      return nullptr;
+  }
 }
 
 }  // namespace gometal

@@ -10,6 +10,14 @@
 // job runs; the kernel calls that library's MPI_Allreduce directly, with no Python round trip
 // per step.
 //
+// all_reduce_mean_start(x) and all_reduce_mean_wait(started, x) are the same mean in two
+// halves, so that the exchange runs while other kernels do: start hands x to a non-blocking
+// MPI_Iallreduce whose sum lands in start's buffer; wait blocks until it is there and gives the
+// mean. Reading start's value anywhere but in its wait would read a sum still in flight, so the
+// shape rule holds wait to its start; wait also reads x, which keeps x's buffer (MPI reads it
+// until the end) alive until then. The schedule runs a start as soon as it can and a wait as
+// late as it can (passes/schedule.cpp).
+//
 // Every rank must run the same collectives in the same order: the ranks build the same graph,
 // and the schedule of a graph is deterministic, so they do.
 #include "ir/ops/op_support.h"
@@ -26,6 +34,15 @@ void all_reduce_shape(Node& n, const std::vector<Node>& nodes) {
   n.dtype = x.dtype;
 }
 
+void all_reduce_wait_shape(Node& n, const std::vector<Node>& nodes) {
+  const Node& started = input(n, nodes, 0);
+  if (started.op != OpKind::AllReduceMeanStart || started.inputs.empty() || started.inputs[0] != n.inputs[1])
+    fail(name_of(n), "expects (all_reduce_mean_start(x), x), got a '" + std::string(name_of(started)) +
+                         "' node and a value that is not its input");
+  n.shape = started.shape;
+  n.dtype = started.dtype;
+}
+
 // Every rank's loss reads the same mean, so the gradient reaching x_r is the mean of every
 // rank's gradient of it: the same collective.
 void vjp_all_reduce_mean(Graph& gr, int, int g, std::vector<int>& dx) { dx[0] = gr.op(OpKind::AllReduceMean, {g}); }
@@ -35,6 +52,8 @@ void vjp_all_reduce_mean(Graph& gr, int, int g, std::vector<int>& dx) { dx[0] = 
 std::vector<OpDef> collective_op_defs() {
   return {
       {OpKind::AllReduceMean, "all_reduce_mean", 1, {}, all_reduce_shape, Gradient::Rule, vjp_all_reduce_mean},
+      {OpKind::AllReduceMeanStart, "all_reduce_mean_start", 1, {}, all_reduce_shape, Gradient::None},
+      {OpKind::AllReduceMeanWait, "all_reduce_mean_wait", 2, {}, all_reduce_wait_shape, Gradient::None},
   };
 }
 
