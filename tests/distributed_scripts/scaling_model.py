@@ -1,5 +1,5 @@
-"""Measures this machine's all-reduce latency and bandwidth (2 ranks) and workload A's and
-B's compute per step (1 thread), then prints the ring cost model's predicted scaling
+"""Measures this machine's all-reduce latency and bandwidth (2 ranks) and workloads A's, B's
+and D's compute per step (1 thread), then prints the ring cost model's predicted scaling
 efficiency for 8 to 256 ranks (gm.distributed.cost_model: a model, not a measurement).
 
 Usage: mpirun -n 2 python scaling_model.py [--latency-us L --bandwidth-gbs B]
@@ -50,7 +50,7 @@ link = fit_link([4 * n for n in sizes], seconds, job.size)
 if args.latency_us is not None and args.bandwidth_gbs is not None:
     link = Link(args.latency_us * 1e-6, args.bandwidth_gbs * 1e9)
 lines = [f"link: latency {link.latency * 1e6:.1f} us, bandwidth {link.bandwidth / 1e9:.2f} GB/s"]
-for name in ("A", "B"):
+for name in ("A", "B", "D"):
     spec = WORKLOADS[name]
     model = gometal_model(gm, spec)
     x, y = make_batch(name)

@@ -1,0 +1,147 @@
+"""Data-parallel training speed on this machine's 2 cores, and the ring cost model beyond it.
+
+Configurations, each at the workload's global batch (B: 32 images, D: 12 windows of 64
+tokens), each a fresh job started by bench_distributed_worker.py:
+  gometal 2x1   mpirun -n 2, 1 thread per rank, half the batch per rank, gradients averaged
+                inside the compiled step
+  gometal 1x2   one process, 2 threads, the whole batch
+  torch-ddp 2x1 PyTorch DistributedDataParallel over gloo, 1 thread per rank, half the batch
+                per rank (D: nanoGPT's model and AdamW groups)
+Rounds run the configurations in turn (B then D), so each round's ratios compare runs
+that met similar machine conditions; a configuration's rate in a round is the median of
+its windows, and each ratio's headline is the median over rounds. Every line prints the
+CPU cores other processes used meanwhile.
+
+Targets (issue 19): gometal 2x1 >= 0.9x gometal 1x2, and >= 1.5x torch-ddp 2x1.
+
+--cost-model then runs tests/distributed_scripts/scaling_model.py on 2 ranks: the measured
+all-reduce latency and bandwidth and A's, B's and D's compute per step, fed to the ring
+all-reduce model (gometal.distributed.cost_model) for 8 to 256 ranks: a model, not a
+measurement.
+
+Usage: python benchmarks/bench_distributed.py [--rounds 3] [--workloads B D] [--cost-model]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from _ratios import paired_ratios, summarize_ratios
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "bench_distributed_worker.py"
+SCALING_MODEL = HERE.parent / "tests" / "distributed_scripts" / "scaling_model.py"
+RESULT_TAG = "BENCH_DISTRIBUTED "
+# (label, framework, ranks, threads per rank)
+CONFIGURATIONS = [
+    ("gometal 2x1", "gometal", 2, 1),
+    ("gometal 1x2", "gometal", 1, 2),
+    ("torch-ddp 2x1", "torch-ddp", 2, 1),
+]
+TARGETS = {"gometal 1x2": 0.9, "torch-ddp 2x1": 1.5}
+
+
+def launcher() -> str:
+    beside = Path(sys.executable).parent / "mpirun"
+    return str(beside) if beside.exists() else "mpirun"
+
+
+def environment(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[name] = str(threads)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_group(command: list[str], env: dict[str, str], timeout: float) -> tuple[str, str]:
+    """Runs ``command`` in a process group of its own; on a timeout the whole group (the
+    launcher and its ranks) is killed, so no rank outlives its job."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        cwd=HERE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        return stdout, stderr + f"\ntimed out after {timeout} s"
+
+
+def run(framework: str, workload: str, ranks: int, threads: int, args) -> dict:
+    """One configuration's result (its windows' samples/s and other load)."""
+    command = [sys.executable, str(WORKER), framework, workload, "--threads", str(threads)]
+    command += ["--windows", str(args.windows), "--window-s", str(args.window_s)]
+    if ranks > 1:
+        command = [launcher(), "-n", str(ranks), "--oversubscribe", *command]
+    env = environment(threads)
+    env["MASTER_PORT"] = str(free_port())  # torch's rendezvous; one per job
+    stdout, stderr = run_group(command, env, args.timeout)
+    for line in stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    tail = (stdout + stderr).strip().splitlines()[-5:]
+    raise RuntimeError(f"{framework} {workload} {ranks}x{threads} failed: " + " | ".join(tail))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", nargs="+", default=["B", "D"], choices=["B", "D"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--window-s", type=float, default=2.0)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--cost-model", action="store_true")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    rates: dict[tuple[str, str], list[float]] = {}
+    results = []
+    for round_number in range(args.rounds):
+        for workload in args.workloads:
+            for label, framework, ranks, threads in CONFIGURATIONS:
+                result = run(framework, workload, ranks, threads, args)
+                rate = statistics.median(result["samples_per_s"])
+                rates.setdefault((workload, label), []).append(rate)
+                results.append({**result, "label": label, "round": round_number})
+                loads = ", ".join(f"{load:.2f}" for load in result["other_load"])
+                print(
+                    f"round {round_number} {workload} {label:14s} {rate:8.1f} samples/s "
+                    f"(other load {loads} cores)",
+                    flush=True,
+                )
+    print()
+    for workload in args.workloads:
+        ours = rates[(workload, "gometal 2x1")]
+        for label, target in TARGETS.items():
+            summary = summarize_ratios(paired_ratios(ours, rates[(workload, label)]))
+            verdict = "meets" if summary.median >= target else "misses"
+            print(
+                f"{workload}: gometal 2x1 / {label} = {summary.median:.2f}x "
+                f"(rounds {summary.low:.2f}..{summary.high:.2f}; target {target}x: {verdict})"
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.cost_model:
+        print()
+        command = [launcher(), "-n", "2", "--oversubscribe", sys.executable, str(SCALING_MODEL)]
+        stdout, stderr = run_group(command, environment(1), args.timeout)
+        print(stdout.strip() or stderr.strip()[-2000:])
+
+
+if __name__ == "__main__":
+    main()
