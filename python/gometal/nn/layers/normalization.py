@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from numbers import Real
 from typing import Any
 
+from ... import _core
 from ...graph.composites import const, op
 from ..initializers import Ones, Zeros
 from . import onnx_rules
@@ -30,6 +31,12 @@ class BatchNorm(Layer):
     (zeros) and ``running_var`` (ones) are non-trainable weights, saved and loaded with
     the others. The gradient, through the batch statistics, comes from autodiff.
 
+    With ``sync`` (torch's ``SyncBatchNorm``) the training statistics are those of the
+    whole batch of a data-parallel job: each rank's mean and variance are combined over the
+    ranks (weighted by each rank's count, so uneven last batches are exact), and the
+    gradient flows back across the ranks alike, so N ranks at batch b normalize as one
+    process at batch N * b. By default each rank uses its own batch, as torch's DDP does.
+
     A batch norm layer can be called once per model (its running statistics are written
     once per training step). Unlike torch, which rejects a training batch with a single
     value per channel, the running variance then decays towards zero instead.
@@ -38,6 +45,7 @@ class BatchNorm(Layer):
         eps: added to the variance before the square root (> 0).
         momentum: the weight of the batch statistics in the running ones, in ``[0, 1]``.
         affine: whether to learn a per-channel scale and shift.
+        sync: combine the batch statistics over the ranks of a data-parallel job.
         name: an explicit layer name.
 
     Example:
@@ -53,6 +61,7 @@ class BatchNorm(Layer):
         momentum: float = 0.1,
         affine: bool = True,
         name: str | None = None,
+        sync: bool = False,
     ):
         super().__init__(name)
         label = "BatchNorm" if name is None else f"BatchNorm '{name}'"
@@ -67,6 +76,9 @@ class BatchNorm(Layer):
         self.eps = float(eps)
         self.momentum = float(momentum)
         self.affine = bool(affine)
+        if not isinstance(sync, bool):
+            raise TypeError(f"{label} sync must be True or False, got {sync!r}")
+        self.sync = sync
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -74,6 +86,7 @@ class BatchNorm(Layer):
             "eps": self.eps,
             "momentum": self.momentum,
             "affine": self.affine,
+            **({"sync": True} if self.sync else {}),
         }
 
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
@@ -127,6 +140,9 @@ class BatchNorm(Layer):
         variance = op(
             g, "reshape", op(g, "slice", moments, axis=0, start=1, end=2), shape=[channels]
         )
+        count = self._value_count(g, x)
+        if self.sync:
+            mean, variance, count = self._over_ranks(g, mean, variance, count)
         scale = op(g, "rsqrt", op(g, "add", variance, const(g, self.eps)))
         if self.affine:
             scale = op(g, "mul", scale, ctx.variable("weight"))
@@ -134,11 +150,26 @@ class BatchNorm(Layer):
         if self.affine:
             shift = op(g, "add", shift, ctx.variable("bias"))
         out = op(g, "add", op(g, "mul", x, per_channel(scale)), per_channel(shift))
-        self._emit_running_updates(ctx, x, mean, variance)
+        self._emit_running_updates(ctx, count, mean, variance)
         return out
 
-    def _emit_running_updates(self, ctx: EmitContext, x: int, mean: int, variance: int) -> None:
-        g = ctx.graph
+    @staticmethod
+    def _over_ranks(g: _core.Graph, mean: int, variance: int, count: int) -> tuple[int, int, int]:
+        """The job's mean, variance and count from each rank's: the count-weighted mean of
+        the means, and of the variances plus each mean's squared distance from the job's
+        (Chan's combination: no cancellation, unlike E[x^2] - mean^2)."""
+        # No gradient reaches the counts: stop it before the all-reduce, whose VJP is one more.
+        mean_count = op(g, "all_reduce_mean", op(g, "stop_gradient", count))
+        share = op(g, "div", count, mean_count)  # n_r / mean(n): 1 when the ranks' batches match
+        job_mean = op(g, "all_reduce_mean", op(g, "mul", mean, share))
+        spread = op(g, "add", variance, op(g, "square", op(g, "sub", mean, job_mean)))
+        job_variance = op(g, "all_reduce_mean", op(g, "mul", spread, share))
+        ranks = _core.communicator_info()[1]
+        return job_mean, job_variance, op(g, "mul", mean_count, const(g, float(ranks)))
+
+    @staticmethod
+    def _value_count(g: _core.Graph, x: int) -> int:
+        """The number of values per channel of x, a scalar node."""
         shape = tuple(g.shape(x))
         values_per_sample = 1
         for d in shape[2:]:
@@ -149,7 +180,10 @@ class BatchNorm(Layer):
         for axis in range(1, len(shape)):
             corner = op(g, "slice", corner, axis=axis, start=0, end=1)
         rows = op(g, "sum", op(g, "select", corner, const(g, 1.0), const(g, 1.0)), axes=[])
-        count = op(g, "mul", rows, const(g, float(values_per_sample)))
+        return op(g, "mul", rows, const(g, float(values_per_sample)))
+
+    def _emit_running_updates(self, ctx: EmitContext, count: int, mean: int, variance: int) -> None:
+        g = ctx.graph
         # n / (n - 1), guarded so a single value per channel gives 1 rather than inf.
         correction = op(
             g, "div", count, op(g, "maximum", op(g, "sub", count, const(g, 1.0)), const(g, 1.0))
@@ -164,6 +198,8 @@ class BatchNorm(Layer):
 
     def __repr__(self) -> str:
         name = f", name={self.name!r}" if self.name else ""
+        sync = ", sync=True" if self.sync else ""
         return (
-            f"BatchNorm(eps={self.eps:g}, momentum={self.momentum:g}, affine={self.affine}{name})"
+            f"BatchNorm(eps={self.eps:g}, momentum={self.momentum:g}, "
+            f"affine={self.affine}{name}{sync})"
         )
