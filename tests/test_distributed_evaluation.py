@@ -63,10 +63,23 @@ def test_every_rank_gets_the_whole_sets_numbers_bit_for_bit(ranks):
     results, _ = ranks
     assert results[0]["shard_count"] == RANKS
     for rank in range(1, RANKS):
-        assert results[rank] == {**results[0], "validation": results[rank]["validation"]}
+        mine = {k: results[rank][k] for k in ("validation", "last_epoch_batches")}
+        assert results[rank] == {**results[0], **mine}
         for key, value in results[0]["validation"].items():
-            if key.startswith("val_"):
+            if key != "time":  # each rank's own clock
                 assert results[rank]["validation"][key] == value, (rank, key)
+
+
+def test_the_training_loss_fit_logs_pools_every_ranks_batches(ranks):
+    results, _ = ranks
+    # Each rank's batches of the last epoch, loss x size summed over ranks, over all sizes.
+    batches = [b for r in results for b in r["last_epoch_batches"]]
+    assert sorted(size for _, size in batches) == [1] * 3 + [8] * 6  # 17 padded shards of 51
+    pooled = sum(loss * size for loss, size in batches) / sum(size for _, size in batches)
+    assert results[0]["validation"]["loss"] == pytest.approx(pooled, rel=1e-12)
+    assert results[0]["validation"]["loss"] != pytest.approx(
+        sum(loss * size for loss, size in results[0]["last_epoch_batches"]) / 17, rel=1e-9
+    )
 
 
 def test_uneven_shards_pool_to_one_processs_evaluation(ranks):

@@ -33,9 +33,30 @@ results = {
         gm.training.ArrayLoader(x, y, batch_size=8, seed=5), metrics=METRICS
     ),
 }
+
+
+class LastEpochBatches(gm.callbacks.Callback):
+    """This rank's (loss, samples) of each batch of the last epoch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches = []
+
+    def on_batch_end(self, batch, logs=None):
+        self.batches.append((logs["loss"], logs["size"]))
+
+
+batches = LastEpochBatches()
 history = trainer.fit(
-    (x, y), epochs=4, batch_size=8, seed=4, verbose=0, validation=(x, y), metrics=METRICS
+    (x, y),
+    epochs=4,
+    batch_size=8,
+    seed=4,
+    verbose=0,
+    validation=(x, y),
+    metrics=METRICS,
+    callbacks=[batches],
 )
+results["last_epoch_batches"] = batches.batches
 results["after_fit"] = trainer.evaluate(x, y, batch_size=8, metrics=METRICS)
 results["validation"] = {key: values[-1] for key, values in history.history.items()}
 np.savez(f"{out_dir}/rank{job.rank}.npz", **trainer.model.get_weights())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from .callbacks import check_callbacks
 from .data import as_batches, is_array_pair, loader_length, set_loader_epoch, unpack_batch
 from .data_parallel import is_leading_rank
 from .evaluation import metric_keys, resolve_session_metrics, run_evaluation
+from .evaluation_sums import gather_from_ranks, is_sharded
 from .history import History
 from .interrupt import InterruptGuard
 from .metrics import AccuracyTotals
@@ -76,6 +77,32 @@ class _EpochResult:
     complete: bool
     # Each output's "<output>_loss" and "<output>_accuracy" (several outputs only).
     per_output: dict[str, float]
+    # The sums behind accuracy and per_output, for pooling over a job's ranks.
+    totals: AccuracyTotals | None = None
+    output_sums: _OutputSums | None = None
+
+    def pooled_over_ranks(self) -> _EpochResult:
+        """The epoch's loss and accuracy over every rank's samples (a sharded loader in a
+        distributed job), so every rank logs, schedules and stops on the same numbers."""
+        mine = (self.samples, self.loss_sum, self.totals, self.output_sums)
+        samples, loss_sum, totals, outputs = 0, 0.0, None, _OutputSums()
+        for rank_samples, rank_loss, rank_totals, rank_outputs in gather_from_ranks(mine):
+            samples += rank_samples
+            loss_sum += rank_loss
+            if rank_totals is not None:
+                totals = rank_totals if totals is None else totals + rank_totals
+            outputs.merge(rank_outputs)
+        accuracy = totals.value if totals is not None else 0.0
+        per_output = outputs.logs(samples) if samples else {}
+        return replace(
+            self,
+            samples=samples,
+            loss_sum=loss_sum,
+            accuracy=accuracy,
+            per_output=per_output,
+            totals=totals,
+            output_sums=outputs,
+        )
 
 
 class _OutputSums:
@@ -90,6 +117,16 @@ class _OutputSums:
             self.loss_sums[name] = self.loss_sums.get(name, 0.0) + loss * count
             batch = result.output_totals[name]
             earlier = self.totals.get(name)
+            self.totals[name] = batch if earlier is None else earlier + batch
+
+    def merge(self, other: _OutputSums | None) -> None:
+        """Adds another rank's sums."""
+        if other is None:
+            return
+        for name, loss_sum in other.loss_sums.items():
+            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + loss_sum
+            earlier = self.totals.get(name)
+            batch = other.totals[name]
             self.totals[name] = batch if earlier is None else earlier + batch
 
     def logs(self, samples: int) -> dict[str, float]:
@@ -161,7 +198,9 @@ def _train_epoch(
     seconds = time.perf_counter() - started
     accuracy = totals.value if totals is not None else 0.0
     output_logs = per_output.logs(samples) if samples else {}
-    return _EpochResult(done, samples, loss_sum, accuracy, lr, seconds, complete, output_logs)
+    return _EpochResult(
+        done, samples, loss_sum, accuracy, lr, seconds, complete, output_logs, totals, per_output
+    )
 
 
 def keras_fit_arguments(
@@ -475,6 +514,8 @@ def fit(
                 if not result.complete:
                     progress.message(_interrupt_message(trainer, epoch, result))
                     break
+                if is_sharded(train_loader):
+                    result = result.pooled_over_ranks()
                 if result.samples == 0:
                     raise ValueError(f"train yielded no batch in epoch {epoch}")
                 logs: dict[str, Any] = {
