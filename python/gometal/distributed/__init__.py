@@ -5,9 +5,15 @@ the same model and ``Trainer``. The trainer checks the ranks built the same mode
 every rank from rank 0's weights, gives each rank its own dropout stream and averages the
 gradients over the ranks inside its compiled step, before the optimizer update (so
 clipping, loss scaling and learning-rate schedules see the global gradient).
-``ArrayLoader`` and ``fit`` on arrays give each rank its shard of every epoch (as torch's
-``DistributedSampler(drop_last=False)``); only rank 0 prints progress and writes
-checkpoints. ``launch`` starts the ranks with the MPI launcher of the installed extra.
+``ArrayLoader``, ``fit`` on arrays and ``gm.vision.DataLoader`` give each rank its shard of
+every epoch (as torch's ``DistributedSampler(drop_last=False)``: padded by repeating the
+epoch's first samples, so every rank takes the same steps); ``TokenLoader`` and
+``TokenStreamLoader`` give each rank its block of the job's batch. ``evaluate`` and the
+validation inside ``fit`` read exact shards instead (``order[rank::size]``, no padding, so
+no sample counts twice) and pool the ranks' sums and metric inputs: every rank gets the
+whole set's loss, accuracy and metrics; ``fit``'s training loss pools the ranks' batches.
+Only rank 0 prints progress and writes checkpoints. ``launch`` starts the ranks with the
+MPI launcher of the installed extra, on this machine or ``hosts``.
 
 Example:
     >>> import gometal as gm  # doctest: +SKIP
