@@ -47,11 +47,13 @@ POSITIONWISE_LAYERS = (
 
 
 def _causal_recurrent(layer: L.Layer) -> bool:
-    """A recurrent layer that reads its steps in order and returns them all."""
+    """A recurrent layer that reads its steps in order and returns them all (and only them:
+    a call that also gives its states, ``return_state``, is not decoded token by token)."""
     config = layer.get_config()
     return (
         not config["bidirectional"]
         and config["output"] == "sequence"
+        and not config["return_state"]
         and not config["initial_state"]
         and not config["lengths"]
         and not config["key_padding_mask"]

@@ -62,6 +62,12 @@ class ModelBuilder(SpatialBuilderMethods):
         else:
             # The model assigns the same name at build time, so errors can use it now.
             label = next_auto_name(layer.kind, taken, counters)
+        if layer.num_outputs > 1:
+            raise ValueError(
+                f"layer '{label}' ({type(layer).__name__}) gives {layer.num_outputs} outputs "
+                "(return_state=True); a ModelBuilder chains one output into the next layer: "
+                "build this model with the functional API (gm.Model(inputs, outputs))"
+            )
         self._output = layer.apply(self._output, label)
         self._taken_names, self._name_counters = taken, counters
         self._layers.append(layer)

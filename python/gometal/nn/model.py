@@ -32,7 +32,7 @@ from .inference import (
     predict_structured,
     predict_with_engine,
 )
-from .layers.base import EmitContext, Layer, check_weight_values
+from .layers.base import EmitContext, Layer, check_weight_values, emitted_nodes
 from .layers.weight_store import EngineWeights, holding_weights
 from .model_copies import holds_symbolic, rebuild_model
 from .model_services import ModelServices
@@ -150,7 +150,9 @@ class Model(ModelServices):
         values = {id(t): node for t, node in zip(self._inputs, input_ids)}
         for call in self._calls:
             ctx.scope = call.layer.name or ""
-            values[id(call.output)] = call.layer.emit(ctx, [values[id(t)] for t in call.inputs])
+            emitted = call.layer.emit(ctx, [values[id(t)] for t in call.inputs])
+            nodes = emitted_nodes(emitted, len(call.outputs), f"layer '{call.layer.name}'")
+            values.update((id(t), node) for t, node in zip(call.outputs, nodes))
         ctx.scope = ""
         return [values[id(t)] for t in self._outputs]
 
@@ -247,7 +249,7 @@ class Model(ModelServices):
                 return layer
         raise KeyError(f"no layer named {name!r}; layers: {[layer.name for layer in self._layers]}")
 
-    def layer_output(self, name: str) -> SymbolicTensor:
+    def layer_output(self, name: str) -> Any:
         """The output tensor of the layer called ``name``, e.g. to put a new head on a model.
 
         A new ``gm.Model(model.input, new_head(model.layer_output(...)))`` shares the
@@ -257,7 +259,8 @@ class Model(ModelServices):
             name: the name of a layer called once in this model.
 
         Returns:
-            The symbolic output of that call.
+            The symbolic output of that call; the tuple of its outputs for a layer with
+            several (``return_state=True``).
 
         Raises:
             KeyError: no layer has that name.
@@ -268,12 +271,12 @@ class Model(ModelServices):
             >>> model = gm.Model(base.input, gm.layers.Dense(10)(features))  # doctest: +SKIP
         """
         layer = self.get_layer(name)
-        outputs = [call.output for call in self._calls if call.layer is layer]
-        if len(outputs) != 1:
+        calls = [call for call in self._calls if call.layer is layer]
+        if len(calls) != 1:
             raise ValueError(
-                f"layer {name!r} is called {len(outputs)} times; its output is ambiguous"
+                f"layer {name!r} is called {len(calls)} times; its output is ambiguous"
             )
-        return outputs[0]
+        return calls[0].outputs if len(calls[0].outputs) > 1 else calls[0].output
 
     @property
     def input_shape(self) -> tuple[int, ...]:

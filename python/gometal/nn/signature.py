@@ -125,7 +125,10 @@ def output_names(
     names = []
     for tensor in tensors:
         producer = tensor.producer
-        names.append(by_input[id(tensor)] if producer is None else str(producer.layer.name))
+        if producer is None:
+            names.append(by_input[id(tensor)])
+        else:
+            names.append(producer.layer.output_name(tensor.output_index))
     _check_unique(names, "outputs", "a dict of outputs")
     return names
 

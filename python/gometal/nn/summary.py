@@ -34,7 +34,7 @@ def summary_lines(model: Model) -> list[str]:
 
     Returns:
         The header, one row per input and per layer (a layer called several times shows
-        its first call's output shape), and the parameter totals.
+        its first call's output shapes), and the parameter totals.
 
     Example:
         >>> summary_lines(gm.ModelBuilder((4,)).dense(3).build())[2]  # doctest: +SKIP
@@ -43,16 +43,20 @@ def summary_lines(model: Model) -> list[str]:
     graph = model.graph
     signature = model.input_signature
     rows = [
-        (f"{name} (Input)", tensor.engine_shape, 0)
+        (f"{name} (Input)", (tensor.engine_shape,), 0)
         for name, tensor in zip(signature.names, graph.inputs)
     ]
-    first_output: dict[int, tuple[int, ...]] = {}
+    first_call: dict[int, tuple[tuple[int, ...], ...]] = {}
     for call in graph.calls:
-        first_output.setdefault(id(call.layer), call.output.engine_shape)
+        first_call.setdefault(id(call.layer), tuple(t.engine_shape for t in call.outputs))
     for layer in model.layers:
         label = f"{layer.name} ({type(layer).__name__})"
-        rows.append((label, first_output[id(layer)], layer.count_params()))
-    cells = [(label, format_batch_shape(shape), f"{count:,}") for label, shape, count in rows]
+        rows.append((label, first_call[id(layer)], layer.count_params()))
+    # A call of several outputs (return_state=True) lists each one's shape.
+    cells = [
+        (label, ", ".join(format_batch_shape(shape) for shape in shapes), f"{count:,}")
+        for label, shapes, count in rows
+    ]
     headers = ("Layer (type)", "Output shape", "Params")
     widths = [max(len(headers[i]), *(len(c[i]) for c in cells)) for i in range(3)]
     line = "=" * (sum(widths) + 4)

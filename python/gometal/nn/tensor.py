@@ -79,17 +79,22 @@ def check_sample_shape(
 
 
 class LayerCall:
-    """One application of a layer to symbolic inputs; produces exactly one output.
+    """One application of a layer to symbolic inputs; produces one output or several.
 
-    Read-only: a model's graph is fixed once its tensors exist.
+    Most layers give one output (``output``). A layer whose ``num_outputs`` is above one
+    (a recurrent layer with ``return_state=True``: the sequence and its final states) gives
+    a tuple of them (``outputs``), each a symbolic tensor that knows its position
+    (``output_index``). Read-only: a model's graph is fixed once its tensors exist.
 
     Args:
         layer: the layer applied.
         inputs: the symbolic tensors it is applied to.
-        output_shape: the engine shape of its output (``-1`` for the batch).
+        output_shape: the engine shape of its (first) output (``-1`` for the batch).
+        output_dtype: the element type of its (first) output.
+        extra_outputs: ``(engine shape, dtype)`` of each further output, in order.
     """
 
-    __slots__ = ("_inputs", "_layer", "_output")
+    __slots__ = ("_inputs", "_layer", "_outputs")
 
     def __init__(
         self,
@@ -97,10 +102,15 @@ class LayerCall:
         inputs: Sequence[SymbolicTensor],
         output_shape: Sequence[int],
         output_dtype: str = "float32",
+        extra_outputs: Sequence[tuple[Sequence[int], str]] = (),
     ):
         self._layer = layer
         self._inputs = tuple(inputs)
-        self._output = SymbolicTensor(tuple(output_shape), self, dtype=output_dtype)
+        kinds = [(output_shape, output_dtype), *extra_outputs]
+        self._outputs = tuple(
+            SymbolicTensor(tuple(shape), self, dtype=dtype, output_index=index)
+            for index, (shape, dtype) in enumerate(kinds)
+        )
 
     @property
     def layer(self) -> Layer:
@@ -114,11 +124,17 @@ class LayerCall:
 
     @property
     def output(self) -> SymbolicTensor:
-        """The tensor the call produces."""
-        return self._output
+        """The tensor the call produces (its first one when it produces several)."""
+        return self._outputs[0]
+
+    @property
+    def outputs(self) -> tuple[SymbolicTensor, ...]:
+        """Every tensor the call produces, in order (one for most layers)."""
+        return self._outputs
 
     def __repr__(self) -> str:
-        return f"LayerCall({self._layer!r} on {len(self._inputs)} input(s))"
+        more = f", {len(self._outputs)} outputs" if len(self._outputs) > 1 else ""
+        return f"LayerCall({self._layer!r} on {len(self._inputs)} input(s){more})"
 
 
 class SymbolicTensor:
@@ -131,9 +147,10 @@ class SymbolicTensor:
         producer: the layer call that computes it, or ``None`` for a model input.
         name: the input's name for model inputs, else ``None``.
         dtype: ``"float32"``, or ``"int32"`` for token ids.
+        output_index: its position among its producer's outputs (0 for most layers).
     """
 
-    __slots__ = ("_dtype", "_engine_shape", "_name", "_producer")
+    __slots__ = ("_dtype", "_engine_shape", "_index", "_name", "_producer")
 
     def __init__(
         self,
@@ -141,11 +158,19 @@ class SymbolicTensor:
         producer: LayerCall | None,
         name: str | None = None,
         dtype: str = "float32",
+        output_index: int = 0,
     ):
         self._engine_shape = tuple(engine_shape)
         self._producer = producer
         self._name = name
         self._dtype = dtype
+        self._index = output_index
+
+    @property
+    def output_index(self) -> int:
+        """Its position among the outputs of its producer (0 for a one-output call or an
+        input)."""
+        return self._index
 
     @property
     def dtype(self) -> str:
@@ -200,6 +225,8 @@ class SymbolicTensor:
     def __repr__(self) -> str:
         if self.producer is not None:
             origin = f"a {type(self.producer.layer).__name__} layer"
+            if len(self.producer.outputs) > 1:
+                origin += f" (output {self._index})"
         else:
             origin = f"Input '{self.name}'" if self.name else "an Input"
         return f"SymbolicTensor(shape={self.shape}, from {origin})"

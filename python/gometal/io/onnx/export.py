@@ -24,7 +24,7 @@ from ...base.version import __version__
 from ...nn.layers.base import Layer
 from ...nn.layers.registry import OnnxRule, entry_of, layer_entries
 from ...nn.model import Model
-from ...nn.tensor import SEQ, LayerCall, SymbolicTensor, show_dim
+from ...nn.tensor import BATCH, SEQ, LayerCall, SymbolicTensor, show_dim
 from ..serialization.model_config import model_to_config
 
 MIN_OPSET = 13
@@ -136,7 +136,9 @@ def _onnx_dim(dim: int) -> int | str:
 
 
 def _value_info(name: str, tensor: SymbolicTensor) -> onnx.ValueInfoProto:
-    dims: list[int | str] = [BATCH_DIM, *(_onnx_dim(d) for d in tensor.sample_shape)]
+    # Inside an imported graph the batch may sit elsewhere (a time-major view) or be
+    # missing (a constant): every dim is written as it is.
+    dims: list[int | str] = [BATCH_DIM if d == BATCH else _onnx_dim(d) for d in tensor.engine_shape]
     # Token ids stay int32: Gather takes int32 indices, so no Cast is needed.
     element = TensorProto.INT32 if tensor.dtype == "int32" else TensorProto.FLOAT
     return helper.make_tensor_value_info(name, element, dims)
@@ -181,20 +183,31 @@ def to_onnx_model(model: Model, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
         input_names = [builder.unique(sources[0].name or "input")]
         output_names = [builder.unique(OUTPUT_NAME)]
     names: dict[int, str] = {id(s): name for s, name in zip(sources, input_names)}
-    # The first output a call produces is named as that output; others get an Identity.
+    # A model output is named as the output; the others are named after the call.
     named_by_call = {}
     for sink, name in zip(sinks, output_names):
         named_by_call.setdefault(id(sink), name)
     value_info: list[onnx.ValueInfoProto] = []
     for call, rule in zip(calls, rules):
         node_name = builder.unique(call.layer.name or call.layer.kind)
-        tensor_name = named_by_call.get(id(call.output))
-        if tensor_name is None:
-            tensor_name = node_name
-            value_info.append(_value_info(tensor_name, call.output))
-        names[id(call.output)] = tensor_name
+        tensor_names = []
+        for tensor in call.outputs:
+            tensor_name = named_by_call.get(id(tensor))
+            if tensor_name is None:
+                index = tensor.output_index
+                tensor_name = builder.unique(call.layer.output_name(index)) if index else node_name
+                value_info.append(_value_info(tensor_name, tensor))
+            names[id(tensor)] = tensor_name
+            tensor_names.append(tensor_name)
         inputs = [names[id(t)] for t in call.inputs]
-        rule(builder, call, inputs, tensor_name, node_name)
+        # A call of several outputs (return_state=True) gets the list of their names.
+        rule(
+            builder,
+            call,
+            inputs,
+            tensor_names if len(tensor_names) > 1 else tensor_names[0],
+            node_name,
+        )
     for sink, name in zip(sinks, output_names):
         if names[id(sink)] != name:
             builder.node("Identity", [names[id(sink)]], name, builder.unique("identity"))

@@ -2,10 +2,12 @@
 
 ``model_to_config`` lists every layer once (class name and ``get_config()``, which holds
 the layer's name) and every layer call in dependency order, each naming the tensors it
-consumes: tensor 0 is the model input and tensor ``i + 1`` the output of call ``i``. A
-model with several inputs or outputs (or given them as dicts) writes ``inputs`` and
-``outputs`` lists instead of ``input`` and ``output``: tensors ``0 .. k-1`` are its ``k``
-inputs and tensor ``k + i`` the output of call ``i``.
+consumes: tensor 0 is the model input and the calls' outputs follow in order, one index
+each (``i + 1`` is the output of call ``i`` when every call gives one; a call of several,
+``return_state=True``, takes as many consecutive indices). A model with several inputs or
+outputs (or given them as dicts) writes ``inputs`` and ``outputs`` lists instead of
+``input`` and ``output``: tensors ``0 .. k-1`` are its ``k`` inputs, the calls' outputs
+following.
 ``model_from_config`` replays those calls. Layer classes come from the layer registry
 (``gm.layers.register_layer``): a name that is not registered is an error, never an import.
 """
@@ -63,9 +65,10 @@ def model_to_config(model: Model) -> dict[str, Any]:
     sources, results = graph.inputs, graph.outputs
     tensor_ids = {id(source): index for index, source in enumerate(sources)}
     calls = []
-    for index, call in enumerate(graph.calls):
+    for call in graph.calls:
         calls.append({"layer": call.layer.name, "inputs": [tensor_ids[id(t)] for t in call.inputs]})
-        tensor_ids[id(call.output)] = len(sources) + index
+        for tensor in call.outputs:
+            tensor_ids[id(tensor)] = len(tensor_ids)
     config: dict[str, Any] = {}
     if not model.structured:
         (source,), (result,) = sources, results
@@ -162,7 +165,8 @@ def _replay_calls(
             )
         inputs = [tensors[r] for r in refs]
         try:
-            tensors.append(layer(inputs[0] if layer.num_inputs == 1 else inputs))
+            result = layer(inputs[0] if layer.num_inputs == 1 else inputs)
+            tensors.extend(result if isinstance(result, tuple) else [result])
         except (TypeError, ValueError, OverflowError, RuntimeError) as err:
             # RuntimeError: the engine refusing a value a custom layer passed it.
             raise CheckpointError(f"model definition: {where} ({name}) fails: {err}") from None

@@ -197,7 +197,9 @@ class Layer:
 
     Subclasses set ``kind`` (the auto-name prefix), optionally ``num_inputs`` (``None``
     means two or more) and ``updates_state``, override ``build`` if they own weights, and
-    implement ``emit``.
+    implement ``emit``. A layer giving several outputs (a recurrent layer's sequence and
+    final states) overrides ``num_outputs``; its ``emit`` returns a tuple of node ids and
+    its calls a tuple of symbolic tensors.
 
     Args:
         name: an explicit layer name; when ``None`` the model assigns ``<kind>_<index>``.
@@ -239,6 +241,21 @@ class Layer:
             self.__dict__["_trainable"] = value
             _TRAINABLE_CHANGES[0] += 1
 
+    @property
+    def num_outputs(self) -> int:
+        """How many tensors a call of this layer gives (1 for most layers)."""
+        return 1
+
+    def output_name(self, index: int) -> str:
+        """The name of output ``index`` of a call of this named layer, as a model output:
+        the layer's name, with ``_<index>`` after it for further outputs.
+
+        Example:
+            >>> Dense(3, name="head").output_name(0)
+            'head'
+        """
+        return str(self.name) if index == 0 else f"{self.name}_{index}"
+
     # -- to override -------------------------------------------------------------------
     def build(self, input_shapes: Sequence[tuple[int, ...]]) -> list[WeightSpec]:
         """Declares the weights for inputs of ``input_shapes`` (batch dim is -1).
@@ -247,8 +264,9 @@ class Layer:
         """
         return []
 
-    def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> int:
-        """Appends this layer's computation to ``ctx.graph``; returns the output node id."""
+    def emit(self, ctx: EmitContext, inputs: Sequence[int]) -> Any:
+        """Appends this layer's computation to ``ctx.graph``; returns the output node id
+        (a tuple of ``num_outputs`` node ids for a layer with several outputs)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement emit()")
 
     # -- serialization -----------------------------------------------------------------
@@ -339,14 +357,15 @@ class Layer:
         shapes = {spec.name: spec.shape for spec in self._weight_specs}
         self.weight_store.set(check_weight_values(weights, shapes, f"layer '{self.name}'"))
 
-    def __call__(self, inputs: SymbolicTensor | Sequence[SymbolicTensor]) -> SymbolicTensor:
+    def __call__(self, inputs: SymbolicTensor | Sequence[SymbolicTensor]) -> Any:
         """Applies the layer to symbolic tensors and returns the symbolic output.
 
         Args:
             inputs: one symbolic tensor, or a list of them for merge layers.
 
         Returns:
-            The output symbolic tensor.
+            The output symbolic tensor; a tuple of them for a layer with several outputs
+            (``num_outputs``).
 
         Example:
             >>> h = Dense(128)(Input((64,)))  # doctest: +SKIP
@@ -355,7 +374,7 @@ class Layer:
 
     def apply(
         self, inputs: SymbolicTensor | Sequence[SymbolicTensor], label: str | None = None
-    ) -> SymbolicTensor:
+    ) -> Any:
         """Applies the layer as calling it does, naming it ``label`` in error messages.
 
         ``ModelBuilder`` passes the name the model will give an unnamed layer, so a shape
@@ -366,7 +385,7 @@ class Layer:
             label: the layer's name in errors (``None``: the layer is not named yet).
 
         Returns:
-            The output symbolic tensor.
+            The output symbolic tensor, or a tuple of them (``num_outputs`` above 1).
 
         Example:
             >>> h = Dense(128).apply(Input((64,)), "dense_0")  # doctest: +SKIP
@@ -387,9 +406,10 @@ class Layer:
             )
         else:
             specs = self._weight_specs
-        output_shape, output_dtype = self._probe_output(shapes, dtypes, specs, label)
+        (shape, dtype), *extra = self._probe_outputs(shapes, dtypes, specs, label)
         self._weight_specs, self._built_for = specs, shapes
-        return LayerCall(self, tensors, output_shape, output_dtype).output
+        call = LayerCall(self, tensors, shape, dtype, extra_outputs=extra)
+        return call.outputs if self.num_outputs > 1 else call.output
 
     def _check_inputs(
         self, inputs: SymbolicTensor | Sequence[SymbolicTensor], label: str | None
@@ -430,13 +450,13 @@ class Layer:
                     )
                 )
 
-    def _probe_output(
+    def _probe_outputs(
         self,
         shapes: Sequence[tuple[int, ...]],
         dtypes: Sequence[str],
         specs: Sequence[WeightSpec],
         label: str | None,
-    ) -> tuple[tuple[int, ...], str]:
+    ) -> list[tuple[tuple[int, ...], str]]:
         graph, scope = _core.Graph(), label or self.kind
         input_ids = [
             graph.input(f"input_{i}", shape, dtype)
@@ -448,10 +468,11 @@ class Layer:
         ctx = EmitContext(graph, training=True, variables=variables)
         ctx.scope = scope
         try:
-            output = self.emit(ctx, input_ids)
+            emitted = self.emit(ctx, input_ids)
         except ValueError as err:
             raise ValueError(f"{self._describe(label)}: {err}") from None
-        return tuple(graph.shape(output)), graph.dtype(output)
+        nodes = emitted_nodes(emitted, self.num_outputs, self._describe(label))
+        return [(tuple(graph.shape(node)), graph.dtype(node)) for node in nodes]
 
     def _describe(self, label: str | None) -> str:
         if label is None:
@@ -461,6 +482,32 @@ class Layer:
     def __repr__(self) -> str:
         name = f"name={self.name!r}" if self.name else ""
         return f"{type(self).__name__}({name})"
+
+
+def emitted_nodes(emitted: Any, count: int, label: str) -> tuple[int, ...]:
+    """The node ids a layer's ``emit`` returned, as a tuple of ``count``.
+
+    Args:
+        emitted: ``emit``'s result: one node id, or a tuple or list of them.
+        count: the layer's ``num_outputs``.
+        label: the layer as messages name it.
+
+    Returns:
+        The node ids.
+
+    Raises:
+        ValueError: ``emit`` gave another number of nodes than ``num_outputs``.
+
+    Example:
+        >>> emitted_nodes(7, 1, "layer 'dense_0' (Dense)")
+        (7,)
+    """
+    nodes = tuple(emitted) if isinstance(emitted, (tuple, list)) else (emitted,)
+    if len(nodes) != count:
+        raise ValueError(
+            f"{label}'s emit() gave {len(nodes)} node(s), but the layer has num_outputs={count}"
+        )
+    return nodes
 
 
 def _show(shapes: Sequence[tuple[int, ...]]) -> str:

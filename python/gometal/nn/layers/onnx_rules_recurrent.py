@@ -7,7 +7,8 @@ transposed once and each layer's ``Y`` (T, D, N, H) is folded back to (T, N, D*H
 reordered into ONNX's order (LSTM: i, o, f, c from torch's i, f, g, o; GRU: z, r, h from
 r, z, n, with ``linear_before_reset`` as torch's GRU); ``B`` is ``[b_ih, b_hh]``. Final
 states ``h_n`` are read from ``Y`` (the last valid step, or step 0 in reverse); an LSTM's
-``c_n`` is each node's ``Y_c`` output. A projection (``proj_size``) does not export: the ONNX
+``c_n`` is each node's ``Y_c`` output. A call with ``return_state=True`` writes its output,
+``h_n`` and (LSTM) ``c_n`` from the same nodes. A projection (``proj_size``) does not export: the ONNX
 LSTM operator has none, and writing the recurrence as a ``Loop`` would give up the fused
 operator that onnxruntime runs.
 
@@ -133,10 +134,14 @@ def _final_state(b: OnnxGraph, y: str, direction: int, width: int, lengths: str,
 
 
 def recurrent_to_onnx(
-    b: OnnxGraph, call: LayerCall, inputs: list[str], output: str, name: str
+    b: OnnxGraph, call: LayerCall, inputs: list[str], output: str | list[str], name: str
 ) -> None:
     """One ONNX RNN, LSTM or GRU node per layer; see the module docstring."""
     layer: Any = call.layer
+    # With return_state: [output, h_n, (c_n)].
+    output, *state_outputs = [output] if isinstance(output, str) else output
+    wants_h = layer.output in ("last", "h_n") or bool(state_outputs)
+    wants_c = layer.output == "c_n" or len(state_outputs) == 2
     if getattr(layer, "proj_size", 0):
         raise ValueError(
             f"layer '{layer.name}' (LSTM) has proj_size={layer.proj_size}: the ONNX LSTM "
@@ -167,11 +172,11 @@ def recurrent_to_onnx(
             operands.pop()
         y = b.unique(f"{name}/Y_l{index}")
         outputs = [y]
-        if layer.output == "c_n":
+        if wants_c:
             cells.append(b.unique(f"{name}/Y_c_l{index}"))
             outputs += ["", cells[-1]]
         b.node(op_type, operands, outputs, y, **attrs)
-        for direction in range(d if layer.output in ("last", "h_n") else 0):
+        for direction in range(d if wants_h else 0):
             finals.append(
                 _final_state(b, y, direction, width, lengths, f"{name}/l{index}_d{direction}")
             )
@@ -185,26 +190,37 @@ def recurrent_to_onnx(
     if layer.output == "sequence":
         b.node("Transpose", [sequence], output, name, perm=[1, 0, 2])
     elif layer.output == "c_n":
-        # Each node's Y_c is (D, N, H): batch-first, the layers' rows side by side.
-        rows = [
-            _node(b, "Transpose", [c], f"{name}/c_n_l{index}", perm=[1, 0, 2])
-            for index, c in enumerate(cells)
-        ]
-        if len(rows) == 1:
-            b.node("Identity", rows, output, name)
-        else:
-            b.node("Concat", rows, output, name, axis=1)
+        _write_c_n(b, cells, output, name)
     elif layer.output == "last" and d == 1:
         b.node("Identity", finals[-1:], output, name)
     elif layer.output == "last":
         b.node("Concat", finals[-d:], output, name, axis=1)
     else:
-        rows = [
-            _node(
-                b, "Reshape", [f, b.int_constant(f"{name}/n1h", [-1, 1, width])], f"{name}/h_n_row"
-            )
-            for f in finals
-        ]
+        _write_h_n(b, finals, width, output, name)
+    if state_outputs:
+        _write_h_n(b, finals, width, state_outputs[0], b.unique(f"{name}/h_n"))
+    if len(state_outputs) == 2:
+        _write_c_n(b, cells, state_outputs[1], b.unique(f"{name}/c_n"))
+
+
+def _write_h_n(b: OnnxGraph, finals: list[str], width: int, output: str, name: str) -> None:
+    """h_n (N, D*L, H) from each layer and direction's final (N, H), in torch's order."""
+    rows = [
+        _node(b, "Reshape", [f, b.int_constant(f"{name}/n1h", [-1, 1, width])], f"{name}/h_n_row")
+        for f in finals
+    ]
+    b.node("Concat", rows, output, name, axis=1)
+
+
+def _write_c_n(b: OnnxGraph, cells: list[str], output: str, name: str) -> None:
+    """c_n (N, D*L, H) from each node's Y_c (D, N, H): batch-first, layers side by side."""
+    rows = [
+        _node(b, "Transpose", [c], f"{name}/c_n_l{index}", perm=[1, 0, 2])
+        for index, c in enumerate(cells)
+    ]
+    if len(rows) == 1:
+        b.node("Identity", rows, output, name)
+    else:
         b.node("Concat", rows, output, name, axis=1)
 
 

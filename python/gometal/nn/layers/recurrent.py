@@ -5,7 +5,12 @@
 Each layer and direction is one input projection of every step at once (a matmul) and one
 ``recurrence`` op that runs the time loop inside the compiled step; final states come from
 ``sequence_end``. Tensors are batch-first: states are ``(N, D*num_layers, H_out)``, torch's
-``h_n.transpose(0, 1)``.
+``h_n.transpose(0, 1)`` (the batch leads every gometal tensor: ``predict`` and training cut
+batches along axis 0).
+
+With ``return_state=True`` a call gives ``(output, h_n)``, an LSTM's ``(output, h_n, c_n)``,
+all from the same recurrences, as Keras's ``return_state``; ``layer(x, initial_state=[h0,
+c0])`` feeds states in (an encoder's final states into a decoder).
 """
 
 from __future__ import annotations
@@ -17,24 +22,13 @@ import numpy as np
 
 from ...graph.composites import matmul, op
 from ..initializers import Uniform, Zeros
-from ..tensor import show_dim
 from . import attention_ops as ao
 from .base import EmitContext, Layer, WeightSpec
+from .recurrent_calls import inputs_with_states, positive_int, shown
 from .recurrent_graph import final_states, initial_state, join, mask_lengths
 from .registry import register_layer
 
 OUTPUTS = ("sequence", "last", "h_n", "c_n")
-
-
-def _show(shape: Sequence[int]) -> tuple[Any, ...]:
-    """A shape as users see it: None for the batch and the sequence length."""
-    return tuple(show_dim(d) for d in shape)
-
-
-def _positive(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return value
 
 
 class _Recurrent(Layer):
@@ -61,13 +55,14 @@ class _Recurrent(Layer):
         key_padding_mask: bool = False,
         stateful: bool = False,
         batch_size: int | None = None,
+        return_state: bool = False,
         name: str | None = None,
     ):
         super().__init__(name)
         label = self.title if name is None else f"{self.title} '{name}'"
-        self.input_size = _positive(input_size, f"{label} input_size")
-        self.hidden_size = _positive(hidden_size, f"{label} hidden_size")
-        self.num_layers = _positive(num_layers, f"{label} num_layers")
+        self.input_size = positive_int(input_size, f"{label} input_size")
+        self.hidden_size = positive_int(hidden_size, f"{label} hidden_size")
+        self.num_layers = positive_int(num_layers, f"{label} num_layers")
         self.bias = bool(bias)
         if batch_first is not True:
             raise ValueError(
@@ -82,6 +77,12 @@ class _Recurrent(Layer):
                 f"{label} output must be one of {list(self._outputs())}, got {output!r}"
             )
         self.output = output
+        self.return_state = bool(return_state)
+        if self.return_state and output not in ("sequence", "last"):
+            raise ValueError(
+                f"{label} return_state=True gives the final states after the output, which "
+                f"must then be 'sequence' or 'last', got output={output!r}"
+            )
         self.initial_state = bool(initial_state)
         if lengths and key_padding_mask:
             raise ValueError(f"{label} takes lengths or a key_padding_mask, not both")
@@ -93,7 +94,7 @@ class _Recurrent(Layer):
                 f"{label} takes initial states as inputs or keeps them (stateful), not both"
             )
         if self.stateful:
-            batch_size = _positive(batch_size, f"{label} batch_size (a stateful layer's batch)")
+            batch_size = positive_int(batch_size, f"{label} batch_size (a stateful layer's batch)")
         self.batch_size = batch_size if self.stateful else None
         # A stateful layer writes its final states into its state variables in training.
         self.updates_state = self.stateful
@@ -132,7 +133,50 @@ class _Recurrent(Layer):
             "key_padding_mask": self.key_padding_mask,
             "stateful": self.stateful,
             "batch_size": self.batch_size,
+            "return_state": self.return_state,
         }
+
+    @property
+    def num_outputs(self) -> int:
+        """3 for an LSTM with ``return_state`` (output, h_n, c_n), 2 for the other cells
+        (output, h_n), else 1."""
+        return 1 + self.return_state * (2 if self._has_cell_state() else 1)
+
+    def output_name(self, index: int) -> str:
+        """``<name>`` for the output, ``<name>_h_n`` and ``<name>_c_n`` for the states."""
+        return str(self.name) + ("", "_h_n", "_c_n")[index]
+
+    def __call__(self, inputs: Any, initial_state: Any = None) -> Any:
+        """Applies the layer to symbolic tensors.
+
+        Args:
+            inputs: ``x`` ``(N, T, input_size)``, or the list of the layer's inputs (x,
+                then h0 and c0 with ``initial_state=True``, then lengths or the mask).
+            initial_state: ``[h0, c0]`` (LSTM) or ``[h0]``, each ``(N, D*num_layers,
+                width)`` batch-first, instead of listing them in ``inputs``; an unbuilt
+                layer then takes initial states from now on (its ``initial_state`` is set).
+
+        Returns:
+            The output, or with ``return_state`` the tuple ``(output, h_n)`` (LSTM:
+            ``(output, h_n, c_n)``).
+
+        Example:
+            >>> seq, h, c = LSTM(8, 16, return_state=True)(gm.Input((None, 8)))  # doctest: +SKIP
+            >>> y = LSTM(8, 16)(gm.Input((None, 8)), initial_state=[h, c])  # doctest: +SKIP
+        """
+        if initial_state is None:
+            return self.apply(inputs, self.name)
+        label = self._describe(self.name)
+        if self.stateful or (self.built and not self.initial_state):
+            why = "is stateful" if self.stateful else "was built without initial states"
+            raise ValueError(f"{label} {why}: it takes no initial_state")
+        joined = inputs_with_states(inputs, initial_state, self._has_cell_state(), label)
+        before, self.initial_state = self.initial_state, True
+        try:
+            return self.apply(joined, self.name)
+        except BaseException:
+            self.initial_state = before  # a failed first call leaves the layer as it was
+            raise
 
     @property
     def directions(self) -> int:
@@ -177,20 +221,20 @@ class _Recurrent(Layer):
         x, h0, c0, lengths = self.split_inputs(input_shapes)
         if len(x) != 3 or x[2] != self.input_size:
             raise ValueError(
-                f"expects x of shape (N, T, input_size={self.input_size}), got {_show(x)}"
+                f"expects x of shape (N, T, input_size={self.input_size}), got {shown(x)}"
             )
         states = self.directions * self.num_layers
         for what, shape, width in (("h0", h0, self.output_size), ("c0", c0, self.hidden_size)):
             if shape is not None and tuple(shape[1:]) != (states, width):
                 raise ValueError(
                     f"expects {what} of shape (N, D*num_layers={states}, {width}) (batch-first: "
-                    f"torch's {what[0]}_0.transpose(0, 1)), got {_show(shape)}"
+                    f"torch's {what[0]}_0.transpose(0, 1)), got {shown(shape)}"
                 )
         if lengths is not None:
             wants = [(x[0],), (x[0], 1)] if self.lengths else [(x[0], x[1])]
             if tuple(lengths) not in wants:
                 which = "lengths (N,) or (N, 1)" if self.lengths else "key_padding_mask (N, T)"
-                raise ValueError(f"expects {which}, got {_show(lengths)}")
+                raise ValueError(f"expects {which}, got {shown(lengths)}")
         return self._weight_specs_list()
 
     def _weight_specs_list(self) -> list[WeightSpec]:
@@ -249,10 +293,15 @@ class _Recurrent(Layer):
         if self.stateful:
             self._carry(ctx, finals)
         if self.output == "sequence":
-            return join(g, sequences, 2)
-        if self.output == "last":
-            return join(g, finals["h_n"][-self.directions :], 1)
-        return final_states(g, finals[self.output], None)
+            primary = join(g, sequences, 2)
+        elif self.output == "last":
+            primary = join(g, finals["h_n"][-self.directions :], 1)
+        else:
+            return final_states(g, finals[self.output], None)
+        if not self.return_state:
+            return primary
+        keys = ["h_n", "c_n"] if self._has_cell_state() else ["h_n"]
+        return (primary, *(final_states(g, finals[key], None) for key in keys))
 
     def emit_with_states(
         self,
@@ -409,6 +458,9 @@ _COMMON_ARGS = """
             truncated backpropagation through time over consecutive batches, as a stateful
             text loader gives them; ``reset_states()`` zeroes them.
         batch_size: a stateful layer's batch size (one state row per sequence).
+        return_state: a call gives ``(output, h_n)``, an LSTM's ``(output, h_n, c_n)``
+            (states batch-first, ``(N, D*num_layers, .)``), from one recurrence per layer
+            and direction; ``output`` is then ``"sequence"`` or ``"last"``.
         name: an explicit layer name.
 """
 

@@ -8,7 +8,8 @@ export all read this registry, so there is no other list of layers to keep in st
 An ONNX rule appends the nodes of one layer call to the graph being exported:
 ``rule(graph, call, inputs, output, name)``, where ``graph`` is an :class:`OnnxGraph`,
 ``call`` the ``LayerCall``, ``inputs`` the ONNX names of its input tensors, ``output``
-the name the call's output must have, and ``name`` a unique node name.
+the name the call's output must have (the list of names, in order, for a call of several
+outputs), and ``name`` a unique node name.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class OnnxGraph(Protocol):
 
 
 # rule(graph, call, input names, output name, node name): appends the call's nodes.
-OnnxRule = Callable[[OnnxGraph, LayerCall, list[str], str, str], None]
+OnnxRule = Callable[[OnnxGraph, LayerCall, list[str], Any, str], None]
 
 
 @dataclass(frozen=True)
