@@ -63,7 +63,7 @@ def test_every_rank_gets_the_whole_sets_numbers_bit_for_bit(ranks):
     results, _ = ranks
     assert results[0]["shard_count"] == RANKS
     for rank in range(1, RANKS):
-        mine = {k: results[rank][k] for k in ("validation", "last_epoch_batches")}
+        mine = {k: results[rank][k] for k in ("validation", "last_epoch_batches", "alone")}
         assert results[rank] == {**results[0], **mine}
         for key, value in results[0]["validation"].items():
             if key != "time":  # each rank's own clock
@@ -131,3 +131,13 @@ def test_outside_a_job_sums_pool_to_themselves():
     assert loader.shard_count == 1 and len(list(loader.iterate(pad_shards=False))) == 3
     with pytest.raises(TypeError, match="pad_shards must be True or False, got 'no'"):
         gm.training.ArrayLoader(np.zeros((5, 1)), np.zeros(5), pad_shards="no")
+
+
+def test_a_trainer_that_is_not_distributed_evaluates_the_whole_set_alone(ranks):
+    results, _ = ranks
+    x, y, _ = classification_data()
+    for rank, result in enumerate(results):
+        one = gm.Trainer(classifier(seed=1 + rank), "cross_entropy")
+        expected = one.evaluate(x, y, batch_size=8, metrics=METRICS)
+        assert result["alone"] == pytest.approx(expected, rel=1e-6)
+    assert results[0]["alone"]["loss"] != results[1]["alone"]["loss"]

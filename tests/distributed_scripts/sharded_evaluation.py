@@ -26,7 +26,10 @@ x, y, weights = classification_data()
 trainer = gm.Trainer(
     classifier(seed=1 + job.rank), "cross_entropy", gm.optim.Adam(0.03), batch_size=8
 )
+# A trainer that is not distributed keeps its own weights: it evaluates the whole set alone.
+alone = gm.Trainer(classifier(seed=1 + job.rank), "cross_entropy", distributed=False)
 results = {
+    "alone": alone.evaluate(x, y, batch_size=8, metrics=METRICS),
     "arrays": trainer.evaluate(x, y, batch_size=8, metrics=METRICS),
     "weighted": trainer.evaluate(x, y, batch_size=8, metrics=METRICS, sample_weight=weights),
     "padded_loader": trainer.evaluate(

@@ -90,6 +90,7 @@ def as_batches(
     seed: int = 0,
     array_prefix: str = "",
     sample_weight: Any = None,
+    shard: bool | None = None,
 ) -> Iterable[tuple[Any, ...]]:
     """Returns a loader for ``data``: the loader itself, or an ``ArrayLoader`` over arrays.
 
@@ -102,6 +103,7 @@ def as_batches(
         seed: the arrays' shuffle seed.
         array_prefix: prefix of ``x`` and ``y`` in errors about the arrays' contents.
         sample_weight: per-sample weights for arrays (batches become triples).
+        shard: the arrays' ``ArrayLoader(shard=...)``: ``None`` shards in a distributed job.
 
     Returns:
         An iterable of ``(x, y)`` batches; ``ArrayLoader`` for arrays.
@@ -133,6 +135,7 @@ def as_batches(
             shuffle=shuffle,
             seed=seed,
             sample_weight=sample_weight,
+            shard=shard,
             pad_shards=name == "train",
         )
     if sample_weight is not None:

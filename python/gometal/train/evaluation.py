@@ -10,7 +10,7 @@ import numpy as np
 
 from ..nn.inference import inference_batch_size
 from .data import as_batches, is_array_pair, is_batch_source, unpack_batch
-from .evaluation_sums import EvaluationSums, exact_shard, is_sharded, pooled_over_ranks
+from .evaluation_sums import EvaluationSums, exact_shard, pooled_over_ranks, pools_over_ranks
 
 if TYPE_CHECKING:
     from .session import TrainingSession
@@ -142,11 +142,12 @@ def run_evaluation(
     (``predict_proba``: softmax or sigmoid outputs) or, for regression losses, the raw
     predictions, and feeds them to each metric's ``update``.
 
-    In a distributed job, a loader sharded by rank (``shard_count`` above 1, as
+    With a distributed trainer, a loader sharded by rank (``shard_count`` above 1, as
     ``ArrayLoader``, ``gm.vision.DataLoader`` and the token loaders are) is read without
     its training padding (``iterate(pad_shards=False)``) and the ranks' sums are pooled
-    (``evaluation_sums``): every rank returns what one process gets on the whole set.
-    Another loader is taken as this rank's own data, its results not pooled.
+    (``evaluation_sums``): every rank returns what one process gets on the whole set, and
+    every rank must evaluate (the pooling is collective). Another loader is taken as this
+    rank's own data, its results not pooled.
 
     Args:
         trainer: the trainer.
@@ -175,9 +176,9 @@ def run_evaluation(
         metric.reset()
     # A sharded loader yields this rank's part: its sums pool over the ranks, and the
     # metrics are fed every rank's outputs afterwards.
-    pooled = is_sharded(batches)
+    pooled = pools_over_ranks(trainer, batches)
     sums = EvaluationSums()
-    for item in exact_shard(batches):
+    for item in exact_shard(batches) if pooled else batches:
         x, y, weights = unpack_batch(item, name)
         if weights is None:
             batch = trainer.evaluate_batch(x, y, with_outputs=bool(flat))
@@ -277,5 +278,6 @@ def evaluate(
         "evaluate",
         batch_size=inference_batch_size(batch_size),
         sample_weight=sample_weight,
+        shard=trainer.distributed,
     )
     return run_evaluation(trainer, loader, resolved, "the evaluation data")

@@ -22,16 +22,18 @@ from .data_parallel import job_rank_and_size
 from .metrics import AccuracyTotals
 
 
-def is_sharded(batches: Any) -> bool:
-    """Whether ``batches`` yields only this rank's part of the data (a loader sharded over
-    a job of several ranks: its ``shard_count`` is above 1), so results pool over ranks.
+def pools_over_ranks(trainer: Any, batches: Any) -> bool:
+    """Whether results over ``batches`` pool over the job's ranks: the trainer is
+    distributed (every rank holds the same weights) and the loader yields only this rank's
+    part of the data (sharded over a job of several ranks: its ``shard_count`` is above 1).
 
     Example:
-        >>> is_sharded([])
+        >>> pools_over_ranks(trainer, [])  # doctest: +SKIP
         False
     """
     count = getattr(batches, "shard_count", 1)
-    return isinstance(count, int) and count > 1 and _core.communicator_info()[2]
+    sharded = isinstance(count, int) and count > 1 and _core.communicator_info()[2]
+    return sharded and trainer.distributed
 
 
 def exact_shard(batches: Any) -> Any:
@@ -43,9 +45,7 @@ def exact_shard(batches: Any) -> Any:
         [1, 2]
     """
     iterate = getattr(batches, "iterate", None)
-    if is_sharded(batches) and callable(iterate):
-        return iterate(pad_shards=False)
-    return batches
+    return iterate(pad_shards=False) if callable(iterate) else batches
 
 
 def _pooled_totals(a: AccuracyTotals | None, b: AccuracyTotals | None) -> Any:

@@ -17,7 +17,7 @@ from .callbacks import check_callbacks
 from .data import as_batches, is_array_pair, loader_length, set_loader_epoch, unpack_batch
 from .data_parallel import is_leading_rank
 from .evaluation import metric_keys, resolve_session_metrics, run_evaluation
-from .evaluation_sums import gather_from_ranks, is_sharded
+from .evaluation_sums import gather_from_ranks, pools_over_ranks
 from .history import History
 from .interrupt import InterruptGuard
 from .metrics import AccuracyTotals
@@ -449,7 +449,12 @@ def fit(
     val_loader = None
     if validation is not None:
         val_loader = as_batches(
-            trainer, validation, "validation", batch_size=rows, array_prefix="validation"
+            trainer,
+            validation,
+            "validation",
+            batch_size=rows,
+            array_prefix="validation",
+            shard=trainer.distributed,
         )
     resolved = resolve_session_metrics(trainer, metrics)
     if metric_keys(resolved) and val_loader is None:
@@ -514,7 +519,7 @@ def fit(
                 if not result.complete:
                     progress.message(_interrupt_message(trainer, epoch, result))
                     break
-                if is_sharded(train_loader):
+                if pools_over_ranks(trainer, train_loader):
                     result = result.pooled_over_ranks()
                 if result.samples == 0:
                     raise ValueError(f"train yielded no batch in epoch {epoch}")

@@ -138,6 +138,8 @@ class TrainingSession(Protocol):
         mixed_precision: the requested mixed-precision mode, or ``None``.
         loss_scaling: whether the step scales the loss.
         growth_interval: clean steps before the loss scale grows.
+        distributed: whether the step averages gradients over a job's ranks (so every
+            rank holds the same weights, and evaluation pools over the ranks).
 
     Example:
         >>> isinstance(gm.Trainer(model, "mse"), TrainingSession)  # doctest: +SKIP
@@ -158,6 +160,7 @@ class TrainingSession(Protocol):
     mixed_precision: str | None
     loss_scaling: bool
     growth_interval: int
+    distributed: bool
 
     @property
     def learning_rate(self) -> float:
