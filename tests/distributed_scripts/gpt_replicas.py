@@ -1,7 +1,8 @@
 """20 AdamW steps of a small GPT on token windows sharded by rank; writes the weights.
 
 Usage: mpirun -n N python gpt_replicas.py PER_RANK_BATCH OUT_DIR
-(also imported by the test for the one-process reference, which passes ``shard=False``)
+Also evaluates held-out windows (validation_loader), pooled over the ranks.
+(Imported by the test for the one-process reference, which passes ``shard=False``.)
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def tokens() -> np.ndarray:
     return (np.cumsum(rng.integers(1, 3, 3000)) % VOCAB).astype(np.int32)
 
 
-def train_gpt(batch: int, shard: bool) -> tuple[gm.Model, int]:
-    """``STEPS`` steps from rank 0's initial weights; returns the model and the steps
+def train_gpt(batch: int, shard: bool) -> tuple[gm.Trainer, int]:
+    """``STEPS`` steps from rank 0's initial weights; returns the trainer and the steps
     after which this rank's weights differed from rank 0's."""
     model = gm.models.GPT(VOCAB, BLOCK, LAYERS, HEADS, EMBD, seed=1 + gm.distributed.rank())
     shapes = model.weight_shapes
@@ -41,13 +42,20 @@ def train_gpt(batch: int, shard: bool) -> tuple[gm.Model, int]:
         trainer.train_batch(x, y)
         weights = np.concatenate([w.ravel() for w in model.get_weights().values()])
         differing += int(not np.array_equal(gm.distributed.broadcast(weights), weights))
-    return model, differing
+    return trainer, differing
+
+
+def validation_loader(batch: int, shard: bool) -> TokenLoader:
+    """Evaluation windows over the tokens' last 500, drawn with a seed of their own."""
+    return TokenLoader(TokenWindows(tokens()[-500:], BLOCK), batch, 3, seed=9, shard=shard)
 
 
 if __name__ == "__main__":
     batch, out_dir = int(sys.argv[1]), sys.argv[2]
     gm.set_num_threads(1)
     job = gm.distributed.init()
-    model, differing = train_gpt(batch, shard=True)
+    trainer, differing = train_gpt(batch, shard=True)
     print(f"rank {job.rank} of {job.size}: weights differed from rank 0's after {differing} steps")
-    np.savez(f"{out_dir}/rank{job.rank}.npz", **model.get_weights())
+    np.savez(f"{out_dir}/rank{job.rank}.npz", **trainer.model.get_weights())
+    measured = trainer.evaluate(validation_loader(batch, shard=True))
+    np.savez(f"{out_dir}/evaluation{job.rank}.npz", **measured)
