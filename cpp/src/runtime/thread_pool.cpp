@@ -39,6 +39,7 @@ std::shared_ptr<ThreadPool>& pool_slot() {
 }
 
 uint32_t generation_of(uint64_t state) { return static_cast<uint32_t>(state >> 32); }
+uint32_t unclaimed_of(uint64_t state) { return static_cast<uint32_t>(state & 0xffffffffu); }
 
 }  // namespace
 
@@ -60,9 +61,12 @@ void ThreadPool::drain(uint32_t gen, int thread) {
   uint64_t cur = state_.load(std::memory_order_acquire);
   for (;;) {
     if (generation_of(cur) != gen) return;
-    const int task = static_cast<int>(cur & 0xffffffffu);
-    if (task >= tasks_) return;
-    if (!state_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    const uint32_t unclaimed = unclaimed_of(cur);
+    if (unclaimed == 0) return;
+    if (!state_.compare_exchange_weak(cur, cur - 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    // Only now, with a task of `gen` claimed (so its region cannot end), are the region's
+    // fields read: before the claim they may already belong to the next region.
+    const int task = tasks_ - static_cast<int>(unclaimed);
     fn_(ctx_, task, thread);
     done_.fetch_add(1, std::memory_order_acq_rel);
     cur = state_.load(std::memory_order_acquire);
@@ -81,7 +85,8 @@ void ThreadPool::run(int tasks, TaskFn fn, void* ctx) {
   tasks_ = tasks;
   done_.store(0, std::memory_order_relaxed);
   const uint32_t gen = generation_of(state_.load(std::memory_order_relaxed)) + 1;
-  state_.store(static_cast<uint64_t>(gen) << 32);  // seq_cst: pairs with the sleeper count below
+  // seq_cst: publishes fn_, ctx_ and tasks_ to claimers, and pairs with the sleeper count below
+  state_.store((static_cast<uint64_t>(gen) << 32) | static_cast<uint32_t>(tasks));
   if (sleeping_.load() > 0) {
     std::lock_guard<std::mutex> lock(mutex_);
     wake_.notify_all();

@@ -39,8 +39,10 @@ class ThreadPool {
 
   int threads_;
   std::vector<std::thread> workers_;
-  // High 32 bits: generation; low 32 bits: next unclaimed task. Claims are tied to a
-  // generation, so a worker that wakes late never waits on or runs stale work.
+  // High 32 bits: generation; low 32 bits: tasks not yet claimed. A claim is one
+  // compare-exchange on both, so a worker that wakes late (after an idle gap, or preempted)
+  // claims nothing once its generation is over: it never reads the next region's fn_, ctx_
+  // or tasks_ before its claim succeeded, and those stay fixed until the claimed task is done.
   std::atomic<uint64_t> state_{0};
   std::atomic<int> done_{0};
   std::atomic<bool> stop_{false};
