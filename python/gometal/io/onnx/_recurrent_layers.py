@@ -2,9 +2,10 @@
 or its sequence), computed with that layer's own weights (tied), for the outputs of an ONNX
 ``RNN``, ``GRU`` or ``LSTM`` node (``Y``, ``Y_h``, ``Y_c``) besides the one the layer gives.
 
-A gometal recurrent layer gives one output (the sequence, or ``h_n``, or ``c_n``); this
-layer runs the same recurrence again for the state asked for, reading the owner's
-variables, so fine-tuning updates one set of weights through every output.
+This layer runs the same recurrence again for the state asked for, reading the owner's
+variables, so fine-tuning updates one set of weights through every output. Imports now
+read all of a node's outputs from one call of the layer (``return_state=True``); both
+layers stay registered so that model files saved from earlier imports still load.
 """
 
 from __future__ import annotations

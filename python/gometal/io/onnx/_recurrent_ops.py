@@ -6,8 +6,9 @@ both directions), so it trains in the compiled step. ONNX's gate blocks (LSTM: i
 c; GRU: z, r, h) are put back in torch's order (i, f, g, o; r, z, n) and ``B`` is split
 into ``bias_ih`` and ``bias_hh``. The input is read batch-first whatever ``layout`` says
 (time-major data is a view, see ``_views``); ``Y`` is the layer's (N, T, D * H) output seen
-as ONNX's (T, D, N, H) (or (N, T, D, H) with ``layout`` 1), and ``Y_h`` / ``Y_c`` are
-computed with the same weights (``OnnxRecurrentStates``). Initial states come from model
+as ONNX's (T, D, N, H) (or (N, T, D, H) with ``layout`` 1); a node of which several
+outputs are read is one layer call with ``return_state=True``, so ``Y``, ``Y_h`` and
+``Y_c`` come from one recurrence per direction. Initial states come from model
 inputs, or are zeros (``ConstantOfShape``/``Expand`` of 0, as torch writes them);
 ``sequence_lens`` from an int model input becomes the layer's lengths.
 
@@ -27,9 +28,9 @@ import numpy as np
 from ...nn.layers.onnx_rules_recurrent import ONNX_GATE_ORDER
 from ...nn.layers.recurrent import GRU, LSTM, SimpleRNN
 from ...nn.tensor import BATCH, SymbolicTensor
+from . import _recurrent_layers  # noqa: F401  (registers the layers older imports saved)
 from ._layers import OnnxConstant
 from ._mask_ops import ZeroFill, bounded
-from ._recurrent_layers import OnnxRecurrentStates, OnnxSequenceEnds
 from ._safety import tensor_to_array
 from ._view_layers import OnnxRelayout
 from ._view_ops import ViewOperators
@@ -151,33 +152,27 @@ class RecurrentOperators(ViewOperators):
         )
         used = self._used_names()
         wanted = [i < len(node.output) and node.output[i] in used for i in range(3)]
-        # The layer gives the first output used; the others are computed with its weights.
-        primary = ["sequence", "h_n", "c_n"][wanted.index(True) if any(wanted) else 0]
-        layer = layer_class(**config, output=primary, name=self.layer_name())
-        first = self.call(layer, inputs, self._layer_weights(w, r, bias, cell))
+        roles = ("sequence", "h_n", "c_n")
+        weights = self._layer_weights(w, r, bias, cell)
+        if sum(wanted) > 1:
+            # One call gives (Y, Y_h[, Y_c]) from the same recurrences.
+            layer = layer_class(**config, return_state=True, name=self.layer_name())
+            tensors = list(self.call(layer, inputs, weights))
+        else:
+            primary = roles[wanted.index(True) if any(wanted) else 0]
+            layer = layer_class(**config, output=primary, name=self.layer_name())
+            tensors = [
+                self.call(layer, inputs, weights) if role == primary else None for role in roles
+            ]
         groups = ((1,), (0,), (2,)) if layout == 0 else ((0,), (1,), (2,))
         outputs: list[Any] = []
-        for index, output in enumerate(("sequence", "h_n", "c_n")):
+        for index, role in enumerate(roles):
             if not wanted[index]:
                 outputs.append(None)
-                continue
-            tensor = first
-            if output == "h_n" and primary == "sequence":
-                # The last valid steps of Y: no second run of the recurrence.
-                ends = OnnxSequenceEnds(
-                    directions, hidden, lengths is not None, name=self.name(f"{layer.name}_h_n")
-                )
-                tensor = self.call(ends, [first] + ([lengths] if lengths is not None else []))
-            elif output != primary:
-                states = OnnxRecurrentStates(
-                    layer.name, type(layer).__name__, layer.get_config(), output,
-                    name=self.name(f"{layer.name}_{output}"),
-                )  # fmt: skip
-                tensor = self.call(states, inputs)
-            if output == "sequence":
-                outputs.append(self._y_view(tensor, directions, hidden, layout))
+            elif role == "sequence":
+                outputs.append(self._y_view(tensors[index], directions, hidden, layout))
             else:
-                outputs.append(View(tensor, groups))
+                outputs.append(View(tensors[index], groups))
         self.recurrent_states.update(n for n, v in zip(node.output, outputs) if v is not None)
         return NodeOutputs(tuple(outputs))
 
@@ -299,7 +294,8 @@ class RecurrentOperators(ViewOperators):
     def _y_view(self, sequence: SymbolicTensor, directions: int, hidden: int, layout: int) -> View:
         """The layer's (N, T, D * H) output as ONNX's Y: (T, D, N, H) or (N, T, D, H)."""
         n, t, _ = sequence.engine_shape
-        layer = OnnxRelayout(None, [n, t, directions, hidden], name=self.name(f"{sequence.name}_Y"))
+        owner = sequence.producer.layer.name if sequence.producer is not None else "rnn"
+        layer = OnnxRelayout(None, [n, t, directions, hidden], name=self.name(f"{owner}_Y"))
         split = self.call(layer, sequence)
         groups = ((1,), (2,), (0,), (3,)) if layout == 0 else ((0,), (1,), (2,), (3,))
         return View(split, groups)

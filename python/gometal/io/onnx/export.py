@@ -26,6 +26,7 @@ from ...nn.layers.registry import OnnxRule, entry_of, layer_entries
 from ...nn.model import Model
 from ...nn.tensor import BATCH, SEQ, LayerCall, SymbolicTensor, show_dim
 from ..serialization.model_config import model_to_config
+from . import _reexport_rules  # noqa: F401  (the rules of the layers an import makes)
 
 MIN_OPSET = 13
 # The newest opset every rule below was checked against; later opsets only widened types.
