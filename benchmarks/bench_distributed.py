@@ -14,6 +14,11 @@ CPU cores other processes used meanwhile.
 
 Targets (issue 19): gometal 2x1 >= 0.9x gometal 1x2, and >= 1.5x torch-ddp 2x1.
 
+The MPI ranks yield the CPU while they wait in a collective (Open MPI's
+mpi_yield_when_idle=1) rather than spin: on this 2-core machine, shared with other work,
+a spinning rank takes the core its peer needs (B at 2x1 under ~1.4 cores of other load:
+about 10-18 % more samples/s than spinning). --spin keeps Open MPI's default.
+
 --cost-model then runs tests/distributed_scripts/scaling_model.py on 2 ranks: the measured
 all-reduce latency and bandwidth and A's, B's and D's compute per step, fed to the ring
 all-reduce model (gometal.distributed.cost_model) for 8 to 256 ranks: a model, not a
@@ -54,8 +59,10 @@ def launcher() -> str:
     return str(beside) if beside.exists() else "mpirun"
 
 
-def environment(threads: int) -> dict[str, str]:
+def environment(threads: int, spin: bool = False) -> dict[str, str]:
     env = dict(os.environ)
+    if not spin:
+        env["OMPI_MCA_mpi_yield_when_idle"] = "1"
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
@@ -89,7 +96,7 @@ def run(framework: str, workload: str, ranks: int, threads: int, args) -> dict:
     command += ["--windows", str(args.windows), "--window-s", str(args.window_s)]
     if ranks > 1:
         command = [launcher(), "-n", str(ranks), "--oversubscribe", *command]
-    env = environment(threads)
+    env = environment(threads, args.spin)
     env["MASTER_PORT"] = str(free_port())  # torch's rendezvous; one per job
     stdout, stderr = run_group(command, env, args.timeout)
     for line in stdout.splitlines():
@@ -107,14 +114,20 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--cost-model", action="store_true")
+    parser.add_argument("--spin", action="store_true", help="ranks spin while they wait")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    rates: dict[tuple[str, str], list[float]] = {}
+    rates: dict[tuple[str, str], list[float | None]] = {}
     results = []
     for round_number in range(args.rounds):
         for workload in args.workloads:
             for label, framework, ranks, threads in CONFIGURATIONS:
-                result = run(framework, workload, ranks, threads, args)
+                try:
+                    result = run(framework, workload, ranks, threads, args)
+                except RuntimeError as error:  # one failed run leaves the others' rounds
+                    print(f"round {round_number} {workload} {label}: {error}", flush=True)
+                    rates.setdefault((workload, label), []).append(None)
+                    continue
                 rate = statistics.median(result["samples_per_s"])
                 rates.setdefault((workload, label), []).append(rate)
                 results.append({**result, "label": label, "round": round_number})
@@ -128,7 +141,11 @@ def main() -> None:
     for workload in args.workloads:
         ours = rates[(workload, "gometal 2x1")]
         for label, target in TARGETS.items():
-            summary = summarize_ratios(paired_ratios(ours, rates[(workload, label)]))
+            pairs = [(a, b) for a, b in zip(ours, rates[(workload, label)]) if a and b]
+            if not pairs:
+                print(f"{workload}: gometal 2x1 / {label}: no round where both ran")
+                continue
+            summary = summarize_ratios(paired_ratios(*map(list, zip(*pairs))))
             verdict = "meets" if summary.median >= target else "misses"
             print(
                 f"{workload}: gometal 2x1 / {label} = {summary.median:.2f}x "
