@@ -9,6 +9,7 @@ loaders draw the job's batch as one process at ``3 * b`` does and hand rank ``r`
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import gometal as gm
@@ -74,3 +75,9 @@ def test_outside_a_job_the_loaders_read_everything(tmp_path):
         assert len(loader) == 2 and len(list(loader.iterate(pad_shards=False))) == 2
     windows = TokenLoader(TokenWindows(np.arange(50), block_size=4), 3, 2, seed=1)
     assert windows.shard_count == 1 and windows.epoch_starts(0).shape == (2, 3)
+    with pytest.raises(TypeError, match="shard must be True, False or None, got 'yes'"):
+        gm.vision.DataLoader(dataset, 4, shard="yes")
+    with pytest.raises(TypeError, match="pad_shards must be True or False, got 1"):
+        gm.vision.DataLoader(dataset, 4, pad_shards=1)
+    with pytest.raises(TypeError, match="shard must be True, False or None, got 0"):
+        TokenStreamLoader(np.arange(500), 2, 5, shard=0)
