@@ -2,8 +2,9 @@
 and D's compute per step (1 thread), then prints the ring cost model's predicted scaling
 efficiency for 8 to 256 ranks (gm.distributed.cost_model: a model, not a measurement).
 
-Usage: mpirun -n 2 python scaling_model.py [--latency-us L --bandwidth-gbs B]
-    (--latency-us/--bandwidth-gbs replace the measured link, e.g. by a network's)
+Usage: mpirun -n 2 python scaling_model.py [--latency-us L --bandwidth-gbs B] [--hidden H]
+    (--latency-us/--bandwidth-gbs replace the measured link, e.g. by a network's; --hidden
+    is the fraction of the all-reduce overlapped with the backward pass, default 0)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from _workload import WORKLOADS, make_batch
 parser = argparse.ArgumentParser()
 parser.add_argument("--latency-us", type=float)
 parser.add_argument("--bandwidth-gbs", type=float)
+parser.add_argument("--hidden", type=float, default=0.0)
 args = parser.parse_args()
 gm.set_num_threads(1)
 job = gm.distributed.init()
@@ -49,7 +51,11 @@ seconds = [timed(lambda b=b: _core.all_reduce_sum(b), 10) for b in buffers]
 link = fit_link([4 * n for n in sizes], seconds, job.size)
 if args.latency_us is not None and args.bandwidth_gbs is not None:
     link = Link(args.latency_us * 1e-6, args.bandwidth_gbs * 1e9)
-lines = [f"link: latency {link.latency * 1e6:.1f} us, bandwidth {link.bandwidth / 1e9:.2f} GB/s"]
+header = (
+    f"link: latency {link.latency * 1e6:.1f} us, bandwidth {link.bandwidth / 1e9:.2f} GB/s; "
+    f"{args.hidden:.0%} of the all-reduce hidden; predicted efficiency at N ranks:"
+)
+lines = [header]
 for name in ("A", "B", "D"):
     spec = WORKLOADS[name]
     model = gometal_model(gm, spec)
@@ -59,7 +65,8 @@ for name in ("A", "B", "D"):
     step = timed(lambda t=trainer, x=x, y=y: t.train_batch(x, y), 5, rounds=3)
     nbytes = 4 * sum(int(np.prod(s)) for s in model.weight_shapes.values())
     predicted = ", ".join(
-        f"{p}: {scaling_efficiency(step, nbytes, p, link):.2f}" for p in (8, 16, 32, 64, 128, 256)
+        f"{p}: {scaling_efficiency(step, nbytes, p, link, args.hidden):.2f}"
+        for p in (8, 16, 32, 64, 128, 256)
     )
     lines.append(
         f"{name}: {step * 1e3:.1f} ms/step, {nbytes / 1e6:.1f} MB of gradients; {predicted}"
