@@ -18,6 +18,10 @@ import gometal as gm
 from gometal import _core
 from gometal.io.onnx import load
 from onnx_recurrent_models import Recurrent, export, gometal_inputs, torch_outputs
+from test_onnx_import_padding_mask import CausalMaskedEncoder, MaskedEncoder
+from test_onnx_import_padding_mask import _inputs as masked_inputs
+from test_onnx_import_padding_mask import _torch as masked_torch
+from test_onnx_import_padding_mask import export as export_masked
 from test_onnx_import_transformer import EncoderModel, TokenEncoder, _inputs, _torch_predict
 from test_onnx_import_transformer import export as export_encoder
 
@@ -123,6 +127,26 @@ def test_imported_transformer_encoders_export_again(
         theirs = _run(session, [x.astype(np.int32) if tokens else x])[0]
         _close(theirs, ours, "onnxruntime vs the imported model")
         _close(theirs, _torch_predict(module, x), "onnxruntime vs torch")
+
+
+@pytest.mark.parametrize(
+    ("cls", "dynamo"),
+    [(MaskedEncoder, True), (CausalMaskedEncoder, False)],
+    ids=["padding-dynamo", "causal-padding-torchscript"],
+)
+def test_imported_encoders_with_a_padding_mask_export_again(cls, dynamo, tmp_path) -> None:
+    module = cls(False).eval()
+    model = load(export_masked(cls(False), tmp_path / "m.onnx", dynamo))
+    path = tmp_path / "again.onnx"
+    gm.onnx.export(model, path)
+    session = _session(path)
+    for batch, length in ((3, 5), (4, 8) if dynamo else (2, 5)):
+        x, padding = masked_inputs(batch, length, seed=batch)
+        arrays = [x, padding.astype(np.float32)]
+        theirs = _run(session, arrays)[0]
+        _close(theirs, model.predict(arrays), "onnxruntime vs the imported model")
+        with torch.no_grad():
+            _close(theirs, masked_torch(module, x, padding).numpy(), "onnxruntime vs torch")
 
 
 def _recurrence_count(model: gm.Model) -> int:

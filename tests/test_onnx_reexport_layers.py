@@ -13,6 +13,7 @@ import gometal as gm
 from gometal import _core
 from gometal.io.onnx import _layer_ops as LO
 from gometal.io.onnx import _layers as L
+from gometal.io.onnx import _padding_layers as PL
 from gometal.io.onnx import _view_layers as V
 from gometal.io.onnx._reexport_rules import shape_operand
 from gometal.nn.tensor import BATCH, SEQ
@@ -67,6 +68,34 @@ def test_one_input_layers_export(make, tmp_path) -> None:
     model = gm.Model(x, make()(x))
     _randomize(model)
     _check(model, [_x(2, 3, 4)], tmp_path)
+
+
+IMAGE_LAYERS = [
+    lambda: L.OnnxPad2D((1, 0, 2, 3), value=0.5),
+    lambda: L.OnnxPool2D("max", (2, 2), (2, 2), (0, 0, 0, 0)),
+    lambda: L.OnnxPool2D("max", (3, 3), (2, 2), (1, 1, 1, 1), extra=(1, 0)),
+    lambda: L.OnnxPool2D("avg", (3, 3), (1, 1), (1, 1, 1, 1), count_include_pad=True),
+    lambda: L.OnnxPool2D("avg", (3, 2), (2, 2), (1, 0, 1, 1), extra=(0, 1)),
+    lambda: PL.OnnxMaskFill(-1e9, 0.0),
+    lambda: PL.OnnxBroadcast([BATCH, 3, 5, 6]),
+]
+
+
+@pytest.mark.parametrize("make", IMAGE_LAYERS, ids=lambda make: repr(make()))
+def test_padding_pooling_and_mask_layers_export(make, tmp_path) -> None:
+    layer = make()
+    x = gm.Input((1, 5, 6) if isinstance(layer, PL.OnnxBroadcast) else (2, 5, 6))
+    model = gm.Model(x, layer(x))
+    data = _x(2, *x.sample_shape)
+    if isinstance(layer, PL.OnnxMaskFill):
+        data = (data > 0).astype(np.float32)
+    _check(model, [data], tmp_path)
+
+
+def test_a_broadcast_reads_a_run_time_length(tmp_path) -> None:
+    x = gm.Input((1, None))
+    model = gm.Model(x, PL.OnnxBroadcast([BATCH, 3, SEQ])(x))
+    _check(model, [_x(2, 1, 7)], tmp_path)
 
 
 @pytest.mark.parametrize("opset", [13, 18])

@@ -2,7 +2,8 @@
 ``_layer_ops``), so a model imported from ONNX, fine-tuned or not, exports again.
 
 Each layer becomes the standard operators it stands for (``OnnxConstant`` an initializer,
-``OnnxRelayout`` a ``Transpose`` and a ``Reshape`` ...). Tensors inside an imported graph
+``OnnxRelayout`` a ``Transpose`` and a ``Reshape`` ...). ``OnnxRecurrentStates`` and
+``OnnxSequenceEnds``, which only model files saved from earlier imports hold, have none. Tensors inside an imported graph
 need not hold the batch first (time-major views), so a reshape's target is written from
 the input's own run-time sizes: a symbolic dim found in the input is read with ``Shape``
 and ``Gather``, one dim that is not is ``-1``.
@@ -27,12 +28,15 @@ from ._layers import (
     OnnxConstant,
     OnnxGeluTanh,
     OnnxMatMul,
+    OnnxPad2D,
+    OnnxPool2D,
     OnnxReduceMean,
     OnnxReshape,
     OnnxSoftmax,
     OnnxTranspose,
     OnnxUnary,
 )
+from ._padding_layers import OnnxBroadcast, OnnxMaskFill
 from ._view_layers import OnnxAttention, OnnxBatchMatMul, OnnxRelayout, OnnxSliceAxis, OnnxTake
 
 INT64 = 7
@@ -55,13 +59,19 @@ def _node(b: OnnxGraph, op_type: str, inputs: list[str], name: str, **attrs: Any
 
 
 def shape_operand(
-    b: OnnxGraph, x: str, source: Sequence[int], target: Sequence[int], name: str
+    b: OnnxGraph,
+    x: str,
+    source: Sequence[int],
+    target: Sequence[int],
+    name: str,
+    expand: bool = False,
 ) -> str:
-    """The int64 shape input of an ONNX ``Reshape`` of ``x`` (engine shape ``source``) to
-    the engine shape ``target``, symbols (negative dims) included.
+    """The int64 shape input of an ONNX ``Reshape`` (or ``Expand``) of ``x`` (engine shape
+    ``source``) to the engine shape ``target``, symbols (negative dims) included.
 
-    A symbol at the same position in both is ``0`` (ONNX copies that dim); one found
-    elsewhere in ``source`` is read from ``Shape(x)``; at most one other is ``-1``.
+    A symbol at the same position in both is ``0`` (``Reshape`` copies that dim; ``1`` for
+    ``Expand``, which keeps it); one found elsewhere in ``source`` is read from
+    ``Shape(x)``; at most one other is ``-1`` (none for ``Expand``).
 
     Args:
         b: the graph being exported.
@@ -69,6 +79,7 @@ def shape_operand(
         source: its engine shape.
         target: the engine shape wanted.
         name: a prefix for the new nodes.
+        expand: write ``Expand``'s shape instead of ``Reshape``'s.
 
     Returns:
         The name of the shape tensor.
@@ -86,7 +97,7 @@ def shape_operand(
         if dim >= 0:
             pieces.append(int(dim))
         elif position < len(source) and source[position] == dim:
-            pieces.append(0)
+            pieces.append(1 if expand else 0)
         elif dim in source:
             shape = _node(b, "Shape", [x], f"{name}/shape_of_input")
             index = b.int_constant(f"{name}/dim_index", [list(source).index(dim)])
@@ -94,7 +105,7 @@ def shape_operand(
         else:
             inferred += 1
             pieces.append(-1)
-    if inferred > 1:
+    if inferred > int(not expand):
         raise NotImplementedError(
             f"cannot write the reshape {name!r} to {list(target)} in ONNX: {inferred} of its "
             f"run-time sizes are not sizes of its input {list(source)}"
@@ -112,6 +123,61 @@ def _reshape(
         b.node("Identity", [x], out, name)
         return
     b.node("Reshape", [x, shape_operand(b, x, source, target, name)], out, name)
+
+
+def mask_fill(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
+    """``OnnxMaskFill``: ``outside + mask * (inside - outside)``, as the layer computes it."""
+    layer: Any = call.layer
+    step = b.constant(f"{name}/step", np.float32(layer.inside - layer.outside))
+    scaled = _node(b, "Mul", [inputs[0], step], f"{name}/scaled")
+    b.node("Add", [scaled, b.constant(f"{name}/outside", np.float32(layer.outside))], out, name)
+
+
+def broadcast(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
+    """``OnnxBroadcast``: ``Expand`` to its shape, run-time sizes read from the input."""
+    source, target = call.inputs[0].engine_shape, call.output.engine_shape
+    shape = shape_operand(b, inputs[0], source, target, name, expand=True)
+    b.node("Expand", [inputs[0], shape], out, name)
+
+
+def _pads(b: OnnxGraph, x: str, sides: Sequence[int], value: float, name: str) -> str:
+    """``x`` (N, C, H, W) padded by ``sides`` = (top, left, bottom, right) with ``value``."""
+    top, left, bottom, right = (int(p) for p in sides)
+    if not any(sides):
+        return x
+    pads = b.int_constant(f"{name}/pads", [0, 0, top, left, 0, 0, bottom, right])
+    fill = b.constant(f"{name}/fill", np.float32(value))
+    return _node(b, "Pad", [x, pads, fill], f"{name}/padded", mode="constant")
+
+
+def pad2d(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
+    """``OnnxPad2D``: ``Pad`` of the last two axes."""
+    layer: Any = call.layer
+    b.node("Identity", [_pads(b, inputs[0], layer.pads, layer.value, name)], out, name)
+
+
+def pool2d(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
+    """``OnnxPool2D``: explicit padding, an unpadded ``MaxPool`` or ``AveragePool``, and for
+    averages the division by the cells ONNX counts (a constant map pooled the same way)."""
+    layer: Any = call.layer
+    top, left, bottom, right = layer.pads
+    full = (top, left, bottom + layer.extra[0], right + layer.extra[1])
+    attrs = {"kernel_shape": list(layer.kernel_size), "strides": list(layer.stride)}
+    if layer.mode == "max":
+        lowest = float(np.finfo(np.float32).min)
+        b.node("MaxPool", [_pads(b, inputs[0], full, lowest, name)], out, name, **attrs)
+        return
+    pooled = _node(b, "AveragePool", [_pads(b, inputs[0], full, 0.0, name)], f"{name}/sum", **attrs)
+    height, width = call.inputs[0].engine_shape[2:]
+    counted = np.pad(
+        np.ones((height, width), np.float32),
+        ((top, bottom), (left, right)),
+        constant_values=1.0 if layer.count_include_pad else 0.0,
+    )
+    counted = np.pad(counted, ((0, layer.extra[0]), (0, layer.extra[1])))
+    cells = b.constant(f"{name}/counted", counted[None, None])
+    fraction = _node(b, "AveragePool", [cells], f"{name}/fraction", **attrs)
+    b.node("Div", [pooled, fraction], out, name)
 
 
 def constant(b: OnnxGraph, call: LayerCall, inputs: list[str], out: str, name: str) -> None:
@@ -289,5 +355,9 @@ for _layer_class, _rule in (
     (OnnxReduceMean, reduce_mean),
     (OnnxMatMul, matmul),
     (OnnxPRelu, prelu),
+    (OnnxMaskFill, mask_fill),
+    (OnnxBroadcast, broadcast),
+    (OnnxPad2D, pad2d),
+    (OnnxPool2D, pool2d),
 ):
     register_layer(_layer_class, onnx=_rule)
