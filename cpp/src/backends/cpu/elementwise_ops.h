@@ -24,13 +24,14 @@ inline float round_bf16(float x) {
   return x;
 }
 
-// Exact GELU, x Phi(x), and g times its derivative Phi(x) + x phi(x), on the branch-free
-// erf and exp of vector_math so that their loops vectorise.
-inline float normal_cdf(float x) { return 0.5f + 0.5f * vector_math::erf(x * 0.70710678118654752f); }
-inline float gelu(float x) { return x * normal_cdf(x); }
+// Exact GELU, x Phi(x), and g times its derivative Phi(x) + x phi(x), on vector_math's
+// branch-free normal_parts so that their loops vectorise. Below -13 both are 0 (Phi < 1e-38).
+inline float gelu(float x) { return x < -13.0f ? -0.0f : x * vector_math::normal_parts(x).cdf; }
 inline float gelu_grad(float x, float g) {
-  const float density = 0.39894228040143268f * vector_math::exp(-0.5f * x * x);
-  return g * (normal_cdf(x) + x * density);
+  const vector_math::NormalParts p = vector_math::normal_parts(x);
+  // x phi(x) with x clamped as in normal_parts: a huge x times phi(13) would not vanish.
+  const float slope = p.cdf + (x > 13.0f ? 13.0f : x) * 0.39894228040143268f * p.gauss;
+  return g * (x < -13.0f ? 0.0f : slope);
 }
 
 // Returns false for ops that are not plain unary math.
