@@ -1,7 +1,7 @@
 """Ops of sequence models: gather and scatter_add (an embedding and its gradient), batched
-matmul with broadcasting batch dims, and layer_norm / rms_norm with their gradient ops; each
-with the symbolic sequence dim, against NumPy, and the fused kernels against the ops'
-decompositions."""
+matmul with broadcasting batch dims, and layer_norm / rms_norm with their gradient and
+affine-gradient ops; each with the symbolic sequence dim, against NumPy, and the fused kernels
+against the ops' decompositions."""
 
 from __future__ import annotations
 
@@ -155,6 +155,17 @@ def _norm_grad(eps: float, centre: bool):
     return reference
 
 
+def _norm_affine_grad(eps: float, centre: bool):
+    """The weight's and the bias's gradients: sums over every row of g xhat and of g."""
+
+    def reference(x, g):
+        xhat, _ = _statistics(x, eps, centre)
+        dim = x.shape[-1]
+        return np.stack([(g * xhat).reshape(-1, dim).sum(0), g.reshape(-1, dim).sum(0)])
+
+    return reference
+
+
 NORM_CASES = (
     [
         OpCase(op, args, _norm(eps, op == "layer_norm"), attrs={"eps": eps}, name=name)
@@ -207,6 +218,28 @@ NORM_CASES = (
         )
         for op in ("layer_norm_grad", "rms_norm_grad")
     ]
+    + [
+        OpCase(
+            op,
+            args,
+            _norm_affine_grad(eps, op == "layer_norm_affine_grad"),
+            attrs={"eps": eps},
+            name=name,
+            gradient=NO_GRADIENT,
+            **extra,
+        )
+        for op, eps in [("layer_norm_affine_grad", 1e-5), ("rms_norm_affine_grad", 1e-6)]
+        for name, args, extra in [
+            ("sequence", (Arg((BATCH, SEQ, 6)), Arg((BATCH, SEQ, 6))), {}),
+            ("plain", (Arg((4, 5)), Arg((4, 5))), {}),
+            # Several blocks of rows, summed across threads in a fixed order.
+            (
+                "many-rows",
+                (Arg((BATCH, SEQ, 130)), Arg((BATCH, SEQ, 130))),
+                {"seq_lengths": (80, 3)},
+            ),
+        ]
+    ]
 )
 
 
@@ -250,19 +283,22 @@ def kernels_match_their_decompositions(backend: str, rng: np.random.Generator) -
         for got, want in zip(kernel, reference):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
-    for op, grad_op in (("layer_norm", "layer_norm_grad"), ("rms_norm", "rms_norm_grad")):
+    norm_ops = [("layer_norm", "layer_norm_grad"), ("rms_norm", "rms_norm_grad")]
+    for op, grad_op in norm_ops:
+        affine_op = grad_op.replace("_grad", "_affine_grad")
 
-        def normalized(g, op=op, grad_op=grad_op):
+        def normalized(g, op=op, grad_op=grad_op, affine_op=affine_op):
             xs = g.input("x", ("batch", "seq", 8))
             cot = g.input("g", ("batch", "seq", 8))
             weight, bias = g.constant(affine[0]), g.constant(affine[1])
             inputs = [xs, weight, bias] if op == "layer_norm" else [xs, weight]
             y = g.op(op, inputs, {"eps": 1e-5})
             dx = g.op(grad_op, [xs, cot, weight], {"eps": 1e-5})
-            return [xs, cot], [y, dx]
+            sums = g.op(affine_op, [xs, cot], {"eps": 1e-5})
+            return [xs, cot], [y, dx, sums]
 
         cotangent = rng.standard_normal(x.shape).astype(np.float32)
-        for which in (op, grad_op):
+        for which in (op, grad_op, affine_op):
             kernel, reference = _run_with_and_without(normalized, [x, cotangent], which, backend)
             for got, want in zip(kernel, reference):
                 np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

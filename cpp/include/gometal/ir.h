@@ -46,8 +46,8 @@ enum class OpKind : uint8_t {
   MatMul,
   // indexing: rows of a table by int32 indices, and their sum back into a table
   Gather, ScatterAdd,
-  // normalization over the last axis, and dL/dx of each
-  LayerNorm, LayerNormGrad, RmsNorm, RmsNormGrad,
+  // normalization over the last axis, dL/dx of each, and their weight and bias gradients
+  LayerNorm, LayerNormGrad, RmsNorm, RmsNormGrad, LayerNormAffineGrad, RmsNormAffineGrad,
   // convolution and pooling (NCHW)
   Conv2D, Conv2DInputGrad, Conv2DWeightGrad, MaxPool2D, MaxPool2DGrad, AvgPool2D, AvgPool2DGrad,
   // misc

@@ -1,5 +1,6 @@
 #include "backends/cpu/norms.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace gometal {
@@ -7,6 +8,8 @@ namespace {
 
 // Rows below this many floats in all run on one thread.
 constexpr int64_t kParallelFloats = 1 << 14;
+// Rows per partial sum of the affine gradient: few enough partials to add, enough blocks to share.
+constexpr int64_t kAffineGradBlockRows = 32;
 
 template <class RowFn>
 void for_rows(ThreadPool& pool, const NormGeometry& geo, RowFn&& row) {
@@ -90,6 +93,46 @@ void backward_row(const NormGeometry& geo, const float* __restrict x, const floa
 }
 
 }  // namespace
+
+int64_t norm_affine_grad_blocks(const NormGeometry& geo) {
+  return (geo.rows + kAffineGradBlockRows - 1) / kAffineGradBlockRows;
+}
+
+void norm_affine_grad(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g, float* partials,
+                      float* out) {
+  const int64_t dim = geo.dim, blocks = norm_affine_grad_blocks(geo);
+  // Each block of rows sums into its own (2, dim) partial, and the partials are added in
+  // block order: the result does not depend on the threads.
+  const auto block_sums = [&](int64_t block) {
+    float* sum_g_xhat = partials + block * 2 * dim;
+    float* sum_g = sum_g_xhat + dim;
+    std::fill(sum_g_xhat, sum_g_xhat + 2 * dim, 0.0f);
+    const int64_t end = std::min(geo.rows, (block + 1) * kAffineGradBlockRows);
+    for (int64_t r = block * kAffineGradBlockRows; r < end; ++r) {
+      const float* __restrict xr = x + r * dim;
+      const float* __restrict gr = g + r * dim;
+      float mean, rstd;
+      row_statistics(geo, xr, &mean, &rstd);
+      for (int64_t c = 0; c < dim; ++c) {
+        sum_g_xhat[c] += gr[c] * ((xr[c] - mean) * rstd);
+        sum_g[c] += gr[c];
+      }
+    }
+  };
+  const int tasks = geo.rows * geo.dim < kParallelFloats ? 1 : balanced_tasks(pool, blocks);
+  if (tasks <= 1) {
+    for (int64_t b = 0; b < blocks; ++b) block_sums(b);
+  } else {
+    pool.parallel_for(tasks, [&](int task, int) {
+      int64_t lo, hi;
+      split_range(blocks, tasks, task, 1, &lo, &hi);
+      for (int64_t b = lo; b < hi; ++b) block_sums(b);
+    });
+  }
+  std::copy(partials, partials + 2 * dim, out);
+  for (int64_t b = 1; b < blocks; ++b)
+    for (int64_t c = 0; c < 2 * dim; ++c) out[c] += partials[b * 2 * dim + c];
+}
 
 void norm_forward(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* weight, const float* bias,
                   float* y) {

@@ -1,4 +1,5 @@
-// Layer and RMS normalization over the last axis of (rows x dim), forward and dL/dx.
+// Layer and RMS normalization over the last axis of (rows x dim), forward, dL/dx and the
+// affine (weight, bias) gradients.
 #pragma once
 
 #include <cstdint>
@@ -22,5 +23,11 @@ void norm_forward(ThreadPool& pool, const NormGeometry& geo, const float* x, con
 // mean(gw) term only when centring.
 void norm_backward(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g, const float* weight,
                    float* dx);
+
+// The weight and bias gradients of the affine norm in one pass: out (2 x dim) holds the sums
+// over rows of g * xhat and of g. `partials` holds norm_affine_grad_blocks(geo) * 2 * dim floats.
+void norm_affine_grad(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g, float* partials,
+                      float* out);
+int64_t norm_affine_grad_blocks(const NormGeometry& geo);
 
 }  // namespace gometal

@@ -51,6 +51,16 @@ struct NormKernel final : Kernel {
   }
 };
 
+// (x, g) -> (2, dim): the sums over rows of g xhat and of g, through per-block partials.
+struct NormAffineGradKernel final : Kernel {
+  BufRef x, g, y;
+  NormGeometry geo;
+  int64_t shared_floats() const override { return norm_affine_grad_blocks(geo) * 2 * geo.dim; }
+  void run(const ExecContext& ctx) const override {
+    norm_affine_grad(*ctx.pool, geo, ctx.ptr(x), ctx.ptr(g), ctx.shared, ctx.ptr(y));
+  }
+};
+
 }  // namespace
 
 std::unique_ptr<Kernel> make_sequence_kernel(const Graph& g, int id, const MemoryPlan& mem,
@@ -102,6 +112,17 @@ std::unique_ptr<Kernel> make_sequence_kernel(const Graph& g, int id, const Memor
       k->geo.rows = numel(xs) / k->geo.dim;
       k->geo.eps = n.attrs.eps;
       k->geo.centre = n.op == OpKind::LayerNorm || n.op == OpKind::LayerNormGrad;
+      return k;
+    }
+    case OpKind::LayerNormAffineGrad: case OpKind::RmsNormAffineGrad: {
+      auto k = std::make_unique<NormAffineGradKernel>();
+      k->x = in(0);
+      k->g = in(1);
+      k->y = mem.ref[id];
+      k->geo.dim = in_shape(0).back();
+      k->geo.rows = numel(in_shape(0)) / k->geo.dim;
+      k->geo.eps = n.attrs.eps;
+      k->geo.centre = n.op == OpKind::LayerNormAffineGrad;
       return k;
     }
     default:

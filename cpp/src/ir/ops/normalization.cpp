@@ -1,7 +1,8 @@
 // Normalization over the last axis, fused: layer_norm ((x - mean) / sqrt(var + eps), then
 // times an optional weight plus an optional bias) and rms_norm (x / sqrt(mean(x^2) + eps)
 // times an optional weight), each one pass over a row forward and one backward. Their
-// gradient ops give dL/dx; the weight and bias gradients are sums the VJP composes.
+// gradient ops give dL/dx, and their affine-gradient ops the weight and bias gradients (the
+// sums over rows of g xhat and of g) in one more pass.
 #include "ir/ops/op_support.h"
 
 namespace gometal {
@@ -9,7 +10,9 @@ namespace {
 
 using namespace ops;
 
-bool is_layer_norm(OpKind op) { return op == OpKind::LayerNorm || op == OpKind::LayerNormGrad; }
+bool is_layer_norm(OpKind op) {
+  return op == OpKind::LayerNorm || op == OpKind::LayerNormGrad || op == OpKind::LayerNormAffineGrad;
+}
 
 // Inputs (x, [weight], [bias]) for the forward ops, (x, g, [weight]) for the gradients;
 // `first_affine` is where the weight sits.
@@ -41,6 +44,12 @@ void forward_shape(Node& n, const std::vector<Node>& nodes) {
 }
 void gradient_shape(Node& n, const std::vector<Node>& nodes) { norm_shape(n, nodes, 2, 3); }
 
+// (x, g) -> (2, D): the weight's gradient, then the bias's.
+void affine_gradient_shape(Node& n, const std::vector<Node>& nodes) {
+  norm_shape(n, nodes, 2, 2);
+  n.shape = {2, n.shape.back()};
+}
+
 int norm_op(Graph& gr, OpKind op, std::vector<int> inputs, float eps) {
   Attrs at;
   at.eps = eps;
@@ -54,17 +63,27 @@ void vjp_norm(Graph& gr, int y, int g, std::vector<int>& dx) {
   if (v.in.size() > 1) grad_inputs.push_back(v.in[1]);
   dx[0] = norm_op(gr, layer ? OpKind::LayerNormGrad : OpKind::RmsNormGrad, grad_inputs, v.attrs.eps);
   if (v.in.size() == 1) return;
+  // Both affine gradients from one pass over x and g, rather than x normalized again, a
+  // product and two sums over the rows.
   const Shape feature = {v.shape.back()};
-  const int normalized = norm_op(gr, v.op, {v.in[0]}, v.attrs.eps);
-  dx[1] = gr.reduce_to(gr.mul(g, normalized), feature);
-  if (v.in.size() == 3) dx[2] = gr.reduce_to(g, feature);
+  const int sums = norm_op(gr, layer ? OpKind::LayerNormAffineGrad : OpKind::RmsNormAffineGrad, {v.in[0], g},
+                           v.attrs.eps);
+  const auto row = [&](int64_t r) {
+    Attrs at;
+    at.axis = 0;
+    at.start = r;
+    at.end = r + 1;
+    return gr.reshape(gr.op(OpKind::Slice, {sums}, at), feature);
+  };
+  dx[1] = row(0);
+  if (v.in.size() == 3) dx[2] = row(1);
 }
 
 // The row statistics in primitives: the centred (layer_norm) or raw (rms_norm) x, and
 // 1 / sqrt(variance or mean square + eps), kept with a size-1 last axis.
 void row_statistics(Graph& gr, const View& v, int* centred, int* rstd) {
   const int x = v.in[0];
-  const std::vector<int64_t> last = {static_cast<int64_t>(v.shape.size()) - 1};
+  const std::vector<int64_t> last = {static_cast<int64_t>(shape_of(gr, x).size()) - 1};
   *centred = is_layer_norm(v.op) ? gr.sub(x, gr.mean(x, last, true)) : x;
   const int spread = gr.mean(gr.unary(OpKind::Square, *centred), last, true);
   *rstd = gr.unary(OpKind::Rsqrt, gr.add(spread, k(gr, v.attrs.eps)));
@@ -94,6 +113,21 @@ std::vector<int> decompose_norm_grad(Graph& gr, int id) {
   return {gr.mul(rstd, inner)};
 }
 
+// Sums over every row of g xhat and of g, stacked as (2, D).
+std::vector<int> decompose_affine_grad(Graph& gr, int id) {
+  const View v = view(gr, id);
+  int centred, rstd;
+  row_statistics(gr, v, &centred, &rstd);
+  const int64_t dim = v.shape.back();
+  const int g = v.in[1];
+  Attrs stacked;
+  stacked.axis = 0;
+  return {gr.op(OpKind::Concat,
+                {gr.reshape(gr.reduce_to(gr.mul(g, gr.mul(centred, rstd)), {dim}), {1, dim}),
+                 gr.reshape(gr.reduce_to(g, {dim}), {1, dim})},
+                stacked)};
+}
+
 }  // namespace
 
 std::vector<OpDef> normalization_op_defs() {
@@ -107,6 +141,10 @@ std::vector<OpDef> normalization_op_defs() {
        decompose_norm},
       {OpKind::RmsNormGrad, "rms_norm_grad", -1, eps, gradient_shape, Gradient::None, nullptr, 0, nullptr, nullptr,
        decompose_norm_grad},
+      {OpKind::LayerNormAffineGrad, "layer_norm_affine_grad", 2, eps, affine_gradient_shape, Gradient::None, nullptr,
+       0, nullptr, nullptr, decompose_affine_grad},
+      {OpKind::RmsNormAffineGrad, "rms_norm_affine_grad", 2, eps, affine_gradient_shape, Gradient::None, nullptr, 0,
+       nullptr, nullptr, decompose_affine_grad},
   };
 }
 
