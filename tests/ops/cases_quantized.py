@@ -110,26 +110,31 @@ def random_quantized(rng: np.random.Generator, shape, dtype: str) -> np.ndarray:
 
 
 def quantize_matches_the_reference(backend, rng):
+    """On every int8 path: AVX-512's quantizes 16 values at a time, the others one by one."""
     scale = 0.05
     halves = (np.arange(-40, 40) + 0.5).astype(np.float32) * np.float32(scale)  # ties: to even
-    for dtype, zero_point in (("uint8", 128), ("int8", -3), ("uint8", 0)):
+    cases = [
+        (p, d, z) for p in int8_paths() for d, z in (("uint8", 128), ("int8", -3), ("uint8", 0))
+    ]
+    for path, dtype, zero_point in cases:
         g = _core.Graph()
-        x = g.input("x", (-1, 16))
+        x = g.input("x", (-1, 20))  # rows of 20: the 16-wide loop leaves tails
         q = g.op("quantize", [x], {"scale": scale, "zero_point": zero_point, "dtype": dtype})
         back = g.op("dequantize", [q], {"scale": scale, "zero_point": zero_point})
         assert g.dtype(q) == dtype and g.dtype(back) == "float32"
-        engine = _core.Engine(g, seed=0, backend=backend)
-        engine.define("f", inputs=[x], outputs=[q, back])
         for values in (
-            rng.standard_normal((70, 16)) * 4,
-            halves.reshape(5, 16),
-            rng.standard_normal((3, 16)) * 1e3,
+            rng.standard_normal((70, 20)) * 4,
+            halves.reshape(4, 20),
+            rng.standard_normal((3, 20)) * 1e3,
         ):
             values = values.astype(np.float32)
-            got_q, got_back = engine.run("f", [values])
+            with int8_path(path):  # plans compile per batch size, under the path
+                engine = _core.Engine(g, seed=0, backend=backend)
+                engine.define("f", inputs=[x], outputs=[q, back])
+                got_q, got_back = engine.run("f", [values])
             want = reference_quantize(values, scale, zero_point, dtype)
             assert got_q.dtype == want.dtype
-            np.testing.assert_array_equal(got_q, want)
+            np.testing.assert_array_equal(got_q, want, err_msg=f"path {path}")
             np.testing.assert_array_equal(got_back, reference_dequantize(want, scale, zero_point))
 
 
@@ -322,6 +327,122 @@ def an_unknown_or_missing_path_is_refused(backend, rng):
                 engine.run("f", [np.zeros((1, 4), np.uint8)])
 
 
+def reference_max_pool(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
+    """NCHW max pooling; padding never wins (it holds the dtype's lowest value)."""
+    lowest = -np.inf if x.dtype == np.float32 else np.iinfo(x.dtype).min
+    pads = ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2)
+    padded = np.pad(x, pads, constant_values=lowest)
+    oh = (padded.shape[2] - kernel[0]) // stride[0] + 1
+    ow = (padded.shape[3] - kernel[1]) // stride[1] + 1
+    out = np.full((*x.shape[:2], oh, ow), lowest, x.dtype)
+    for ky in range(kernel[0]):
+        for kx in range(kernel[1]):
+            window = padded[
+                :,
+                :,
+                ky : ky + stride[0] * (oh - 1) + 1 : stride[0],
+                kx : kx + stride[1] * (ow - 1) + 1 : stride[1],
+            ]
+            out = np.maximum(out, window)
+    return out
+
+
+# (x shape, out channels, conv padding, pool (kernel, stride, padding) or None, quantize
+# dtype, flattened before the quantize (then a dense reads it))
+CHAINS = [
+    ((3, 3, 10, 9), 18, (1, 1), ((2, 2), (2, 2), (0, 0)), "uint8", False),
+    ((2, 16, 7, 8), 33, (1, 1), ((3, 3), (2, 2), (1, 1)), "int8", False),
+    ((2, 5, 6, 6), 7, (0, 0), None, "uint8", False),
+    ((2, 8, 8, 8), 16, (1, 1), ((2, 2), (2, 2), (0, 0)), "uint8", True),
+]
+
+
+def conv_pool_quantize_chains_match_the_reference_on_every_path(backend, rng):
+    """quantized_conv2d (float32 out) -> [max_pool2d] -> quantize runs as one step that
+    requantizes in the epilogue and pools the quantized values: bit exact against the float
+    chain's reference, and a second convolution reads the quantized values as they are."""
+    for shape, channels, padding, pool, dtype, flatten in CHAINS:
+        g = _core.Graph()
+        nodes, variables = product_inputs(
+            g, rng, (-1, *shape[1:]), (channels, shape[1], 3, 3), "uint8", True
+        )
+        window = {"stride": [1, 1], "padding": list(padding), "dilation": [1, 1]}
+        conv = g.op("quantized_conv2d", nodes, {"zero_point": 7, "relu": True, **window})
+        pooled = conv
+        if pool is not None:
+            kernel, stride, pool_padding = pool
+            attrs = {"kernel_size": list(kernel), "stride": list(stride)}
+            pooled = g.op("max_pool2d", [conv], {**attrs, "padding": list(pool_padding)})
+        low, _ = RANGES[dtype]
+        zero = low + 11
+        features = int(np.prod(g.shape(pooled)[1:]))
+        if flatten:
+            pooled = g.op("reshape", [pooled], {"shape": [-1, features]})
+        q = g.op("quantize", [pooled], {"scale": 0.21, "zero_point": zero, "dtype": dtype})
+        w2_shape = (4, features) if flatten else (4, channels, 1, 1)
+        w2 = g.variable("w2", w2_shape, "int8")
+        s2 = g.variable("s2", (4,))
+        second_op = "quantized_matmul" if flatten else "quantized_conv2d"
+        second = g.op(second_op, [q, w2, s2], {"zero_point": zero})
+        variables["w2"] = random_quantized(rng, w2_shape, "int8")
+        variables["s2"] = rng.uniform(1e-3, 1e-2, 4).astype(np.float32)
+        x = random_quantized(rng, shape, "uint8")
+        floats = reference_quantized_conv2d(
+            x, variables["w"], variables["scale"], variables["bias"], 7, (1, 1), padding,
+            (1, 1), True, "float32", 0, 0,
+        )  # fmt: skip
+        if pool is not None:
+            floats = reference_max_pool(floats, *pool)
+        if flatten:
+            floats = floats.reshape(shape[0], -1)
+        want_q = reference_quantize(floats, 0.21, zero, dtype)
+        if flatten:
+            want_second = reference_quantized_matmul(
+                want_q, variables["w2"], variables["s2"], None, zero, False, "float32", 0, 0
+            )
+        else:
+            want_second = reference_quantized_conv2d(
+                want_q, variables["w2"], variables["s2"], None, zero, (1, 1), (0, 0), (1, 1),
+                False, "float32", 0, 0,
+            )  # fmt: skip
+        outputs = [q, second]
+        results = run_on_every_path(g, [nodes[0]], outputs, variables, [x])
+        for path, (got_q, got_second) in results.items():
+            assert got_q.dtype == want_q.dtype, path
+            np.testing.assert_array_equal(got_q, want_q, err_msg=f"path {path}")
+            np.testing.assert_array_equal(got_second, want_second, err_msg=f"path {path}")
+        engine = _core.Engine(g, seed=0, backend=backend)
+        for name, value in variables.items():
+            engine.set_variable(name, value)
+        engine.define("f", inputs=[nodes[0]], outputs=outputs)
+        merged = "quantized_conv2d," + ("max_pool2d," if pool else "") + "quantize "
+        assert any(line.startswith(merged) for line in engine.describe("f", shape[0])), (
+            engine.describe("f", shape[0])
+        )
+
+
+def a_convolution_read_elsewhere_keeps_its_float_output(backend, rng):
+    """A chain whose float32 convolution output is also returned is not merged."""
+    g = _core.Graph()
+    nodes, variables = product_inputs(g, rng, (-1, 4, 6, 6), (8, 4, 3, 3), "uint8", False)
+    conv = g.op("quantized_conv2d", nodes, {"zero_point": 3, "padding": [1, 1]})
+    pooled = g.op("max_pool2d", [conv], {"kernel_size": [2, 2], "stride": [2, 2]})
+    q = g.op("quantize", [pooled], {"scale": 0.05, "zero_point": 128, "dtype": "uint8"})
+    x = random_quantized(rng, (2, 4, 6, 6), "uint8")
+    floats = reference_quantized_conv2d(
+        x, variables["w"], variables["scale"], None, 3, (1, 1), (1, 1), (1, 1), False,
+        "float32", 0, 0,
+    )  # fmt: skip
+    want_q = reference_quantize(
+        reference_max_pool(floats, (2, 2), (2, 2), (0, 0)), 0.05, 128, "uint8"
+    )
+    for path, (got_conv, got_q) in run_on_every_path(
+        g, [nodes[0]], [conv, q], variables, [x]
+    ).items():
+        np.testing.assert_array_equal(got_conv, floats, err_msg=f"path {path}")
+        np.testing.assert_array_equal(got_q, want_q, err_msg=f"path {path}")
+
+
 SCENARIOS = [
     ScenarioCase("quantize", "reference", quantize_matches_the_reference),
     ScenarioCase("dequantize", "reference", dequantize_matches_the_reference),
@@ -337,6 +458,14 @@ SCENARIOS = [
     ),
     ScenarioCase(
         "quantized_conv2d", "every-path", quantized_conv2d_matches_the_reference_on_every_path
+    ),
+    ScenarioCase(
+        "quantized_conv2d",
+        "pool-quantize-chain",
+        conv_pool_quantize_chains_match_the_reference_on_every_path,
+    ),
+    ScenarioCase(
+        "quantized_conv2d", "read-elsewhere", a_convolution_read_elsewhere_keeps_its_float_output
     ),
 ]
 

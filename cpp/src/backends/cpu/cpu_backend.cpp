@@ -22,6 +22,7 @@
 #include "backends/cpu/pool.h"
 #include "backends/cpu/positions.h"
 #include "backends/cpu/quantized.h"
+#include "backends/cpu/quantized_chains.h"
 #include "backends/cpu/recurrent.h"
 #include "backends/cpu/optimizer_updates.h"
 #include "backends/cpu/reduce.h"
@@ -342,6 +343,7 @@ class CpuFunction final : public CompiledFunction {
     const int64_t batch = binding.empty() ? 1 : binding[0];  // sample tiling cuts the batch
     Fusion f = fuse_elementwise(g, s, fn, shapes);
     fuse_conv_epilogues(g, s, fn, shapes, f);
+    fuse_quantized_chains(g, s, fn, shapes, f);
     const SampleTiling tiling = plan_sample_tiling(g, s, f, shapes, batch, tiling_on);
     const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset, &tiling);
     const std::vector<int> summed_product = find_summed_products(g, s, fn, shapes);

@@ -171,6 +171,40 @@ void finish_tile(const int32_t* acc, const PanelFactors& f, int64_t rows, int64_
   }
 }
 
+#ifdef GOMETAL_INT8_X86
+// finish_tile for row-major output on the AVX-512 path: the same float32 operations, one
+// rounded step at a time (cvtdq2ps, mulps, addps, maxps, divps, roundscale to nearest even,
+// then saturation), on the 16 channels of a row at once, and masked stores of the tile's
+// `channels`. max(0, v) and min/max against the range keep std::max/min's NaN behaviour.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void finish_tile_avx512(
+    const int32_t* acc, const PanelFactors& f, int64_t rows, int64_t r0, int64_t o0, int64_t channels,
+    const Int8Epilogue& e, void* out, int64_t row_stride) {
+  const auto mask = static_cast<__mmask16>(channels >= kInt8Panel ? 0xFFFFu : (1u << channels) - 1u);
+  const __m512i offset = _mm512_load_si512(f.offset);
+  const __m512 scale = _mm512_load_ps(f.scale), bias = _mm512_load_ps(f.bias), zero = _mm512_setzero_ps();
+  const __m512 out_scale = _mm512_set1_ps(e.output_scale);
+  const __m512 out_zero = _mm512_set1_ps(static_cast<float>(e.output_zero_point));
+  const __m512 low = _mm512_set1_ps(e.out == DType::U8 ? 0.0f : -128.0f);
+  const __m512 high = _mm512_set1_ps(e.out == DType::U8 ? 255.0f : 127.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const __m512i sums = _mm512_sub_epi32(_mm512_load_si512(acc + r * kInt8Panel), offset);
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), scale);
+    if (e.bias) v = _mm512_add_ps(v, bias);
+    if (e.relu) v = _mm512_max_ps(zero, v);
+    const int64_t at = (r0 + r) * row_stride + o0;
+    if (e.out == DType::F32) {
+      _mm512_mask_storeu_ps(static_cast<float*>(out) + at, mask, v);
+      continue;
+    }
+    v = _mm512_roundscale_ps(_mm512_div_ps(v, out_scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = _mm512_min_ps(high, _mm512_max_ps(low, _mm512_add_ps(v, out_zero)));
+    const __m512i q = _mm512_cvtps_epi32(v);
+    char* dst = static_cast<char*>(out) + at;
+    _mm_mask_storeu_epi8(dst, mask, e.out == DType::U8 ? _mm512_cvtusepi32_epi8(q) : _mm512_cvtsepi32_epi8(q));
+  }
+}
+#endif
+
 }  // namespace
 
 std::string_view int8_path_name(Int8Path path) {
@@ -293,8 +327,14 @@ void int8_block(const Int8Weights& w, uint8_t* rows, int64_t count, const Int8Ep
 #endif
         default: tile_portable(a, w.depth, b, acc); break;
       }
-      finish_tile(acc, factors, std::min<int64_t>(tile_rows, count - r), r, p * kInt8Panel, channels, epilogue, out,
-                  row_stride, channel_stride);
+      const int64_t rows_here = std::min<int64_t>(tile_rows, count - r);
+#ifdef GOMETAL_INT8_X86
+      if (w.path == Int8Path::Avx512Vnni && channel_stride == 1) {
+        finish_tile_avx512(acc, factors, rows_here, r, p * kInt8Panel, channels, epilogue, out, row_stride);
+        continue;
+      }
+#endif
+      finish_tile(acc, factors, rows_here, r, p * kInt8Panel, channels, epilogue, out, row_stride, channel_stride);
     }
   }
 }

@@ -1,0 +1,22 @@
+// Quantized chains: a quantized_conv2d with a float32 output whose only reader is a
+// quantize, directly or through one max_pool2d (and reshapes), becomes one step; the convolution
+// requantizes in its epilogue and pools its uint8 (or int8) values, so no float32 value
+// and no dequantize/quantize pair stands between consecutive quantized layers.
+#pragma once
+
+#include <vector>
+
+#include "backends/cpu/passes/fusion.h"
+#include "gometal/ir.h"
+#include "passes/schedule.h"
+
+namespace gometal {
+
+// Merges each such chain into one step (not fused) listing the conv, the pool if any, and
+// the quantize, at the quantize's place; only the quantize's value keeps a buffer. The
+// kernel is make_quantized_conv2d_kernel's. Run after fuse_elementwise, before sample
+// tiling and the memory plan.
+void fuse_quantized_chains(const Graph& g, const Schedule& s, const FunctionSpec& fn,
+                           const std::vector<Shape>& shapes, Fusion& f);
+
+}  // namespace gometal
