@@ -4,8 +4,9 @@ Each quantizes its float input per tensor (affine: ``scale``, ``zero_point``), m
 by int8 weights quantized per output channel (symmetric) with int32 sums, and turns the
 sums back into float32 in the kernel's epilogue (times the input and weight scales, plus
 the bias, then relu when the float layer had one), so any float layer can follow it.
-The int8 weights are stored as float32 holding integers, like every weight of a model;
-the kernel converts and packs them once per value. They are never trained (no gradient).
+The int8 weights are held as float32 holding integers, like every weight of a model (the
+kernel converts and packs them once per value), and saved to files as int8
+(``int8_weights``). They are never trained (no gradient).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def check_input_quantization(scale: float, zero_point: int, dtype: str, label: s
 
 class _QuantizedProduct(Layer):
     """What the int8 dense and convolution share: input quantization, weights, config."""
+
+    # Weights holding int8 integers, which model files store as int8.
+    int8_weights = ("weight",)
 
     def __init__(
         self,

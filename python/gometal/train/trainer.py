@@ -125,8 +125,6 @@ class Trainer(EngineState):
         self.loss_weights = {output.name: output.weight for output in self.output_losses}
         self.optimizer = optim.get(optimizer)
         self.batch_size = check_batch_size(batch_size)
-        if not model.trainable_weight_names:
-            raise ValueError("the model has no weights to train")
         # Several outputs (or a dict of them) report a loss and accuracy per output.
         self._per_output = model.output_signature.structured
         # Read once: the model's structure is fixed, and a step reads these every batch.
@@ -147,7 +145,10 @@ class Trainer(EngineState):
         if self.distributed:
             with self._using_engine() as engine:
                 synchronize_replicas(engine)
-        self._follow_trainable()
+        if model.trainable_weight_names:
+            self._follow_trainable()
+        else:  # a quantized model: it evaluates and predicts; train_batch refuses
+            self._trainable_seen, self._trained_names = trainable_changes(), ()
         # Fit state, carried across fit calls (and saved by checkpoints): completed epochs,
         # their History, the attached scheduler, and the flag callbacks set to stop fit.
         self.epoch = 0
@@ -270,7 +271,8 @@ class Trainer(EngineState):
         Example:
             >>> result = trainer.train_batch(x_batch, y_batch)  # doctest: +SKIP
         """
-        if trainable_changes() != self._trainable_seen:
+        # A model with every weight frozen (a quantized one) has nothing to train: refused.
+        if not self.model.trainable_weight_names or trainable_changes() != self._trainable_seen:
             self._follow_trainable()
         inputs, rows = self._batches.engine_batch(x, y)
         function = "train"
