@@ -15,6 +15,7 @@ from distributed_scripts.sync_batch_norm_models import (
     global_batches,
     optimizer,
 )
+from gometal.train.data_parallel import use_sync_batch_norm
 from test_distributed import mpirun, ran
 
 
@@ -89,3 +90,15 @@ def test_sync_must_be_a_bool_and_survives_the_config():
     assert layer.get_config()["sync"] is True
     assert "sync" not in gm.layers.BatchNorm().get_config()  # older files stay as they were
     assert "sync=True" in repr(layer)
+
+
+def test_use_sync_batch_norm_flags_every_batch_norm_layer():
+    model = cnn(sync=False)
+    assert use_sync_batch_norm(model) == 1
+    assert [layer.sync for layer in model.layers if isinstance(layer, gm.layers.BatchNorm)] == [
+        True
+    ]
+    assert use_sync_batch_norm(model) == 0  # already synchronized
+    assert use_sync_batch_norm(model, enabled=False) == 1
+    with pytest.raises(TypeError, match="sync_batch_norm must be True or False, got 'yes'"):
+        use_sync_batch_norm(model, "yes")

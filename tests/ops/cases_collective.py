@@ -36,6 +36,15 @@ CASES = [
         gradient=NO_GRADIENT,
         forward_tol=EXACT,
     ),
+    # A job of one rank gathers its own part.
+    OpCase(
+        "all_gather",
+        (Arg((4, 3)),),
+        _identity,
+        attrs={"parts": 1},
+        gradient=NO_GRADIENT,
+        forward_tol=EXACT,
+    ),
 ]
 
 
@@ -75,5 +84,19 @@ ERROR_CASES = [
         (Arg((2, 3)), Arg((2, 3))),
         patterns=(r"expects \(all_reduce_mean_start\(x\), x\), got a 'variable' node",),
         name="not-a-start",
+    ),
+    ErrorCase(
+        "all_gather",
+        (Arg((BATCH, 3)),),
+        {"parts": 1},
+        patterns=("expects an input with a fixed first axis",),
+        name="batch",
+    ),
+    ErrorCase(
+        "all_gather",
+        (Arg((4,)),),
+        {"parts": 0},
+        patterns=("expects parts >= 1, got 0",),
+        name="no-parts",
     ),
 ]

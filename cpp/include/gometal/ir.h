@@ -69,7 +69,7 @@ enum class OpKind : uint8_t {
   // with int32 sums and a fused epilogue
   Quantize, Dequantize, QuantizedMatMul, QuantizedConv2D,
   // collectives across the ranks of a data-parallel job
-  AllReduceMean, AllReduceMeanStart, AllReduceMeanWait,
+  AllReduceMean, AllReduceMeanStart, AllReduceMeanWait, AllGather,
   kCount
 };
 

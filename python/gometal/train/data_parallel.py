@@ -204,6 +204,33 @@ def averaged_over_ranks(
     return {name: averaged[name] for name in grads}
 
 
+def use_sync_batch_norm(model: Any, enabled: bool = True) -> int:
+    """Makes every ``BatchNorm`` of ``model`` combine its batch statistics over the job's
+    ranks (``enabled``) or use its own rank's (the default, as torch's DDP); what
+    ``Trainer(sync_batch_norm=True)`` is meant to call before it builds its step (torch:
+    ``SyncBatchNorm.convert_sync_batchnorm``).
+
+    Args:
+        model: a ``gm.Model``.
+        enabled: the ``sync`` every batch norm layer gets.
+
+    Returns:
+        The number of batch norm layers changed.
+
+    Example:
+        >>> use_sync_batch_norm(model)  # doctest: +SKIP
+        1
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"sync_batch_norm must be True or False, got {enabled!r}")
+    changed = 0
+    for layer in model.layers:
+        if getattr(layer, "kind", "") == "batch_norm" and layer.sync != enabled:
+            layer.sync = enabled
+            changed += 1
+    return changed
+
+
 def _describe(engine: Any) -> list[list[Any]]:
     return [
         [name, list(engine.variable_shape(name)), engine.variable_dtype(name)]

@@ -92,6 +92,27 @@ struct AllReduceWaitKernel final : Kernel {
   }
 };
 
+// Blocking, on the calling thread: the gathered values are read right after.
+struct AllGatherKernel final : Kernel {
+  BufRef x, y;
+  int64_t bytes = 0;  // one rank's part
+  int64_t parts = 1;
+  void run(const ExecContext& ctx) const override {
+    const char* in = ctx.bytes(x);
+    char* out = ctx.bytes(y);
+    const std::shared_ptr<Communicator> comm = current_communicator();
+    const int ranks = comm == nullptr ? 1 : comm->size();
+    if (ranks != parts)
+      throw std::runtime_error("[all_gather] the graph was built for " + std::to_string(parts) +
+                               " ranks, the job has " + std::to_string(ranks));
+    if (ranks == 1) {
+      if (out != in) std::memmove(out, in, static_cast<size_t>(bytes));
+      return;
+    }
+    comm->all_gather(in, bytes, out);
+  }
+};
+
 }  // namespace
 
 std::unique_ptr<Kernel> make_collective_kernel(const Graph& g, int id, const MemoryPlan& mem,
@@ -118,6 +139,14 @@ std::unique_ptr<Kernel> make_collective_kernel(const Graph& g, int id, const Mem
       k->sum = mem.ref[n.inputs[0]];
       k->y = mem.ref[id];
       k->count = count;
+      return k;
+    }
+    case OpKind::AllGather: {
+      auto k = std::make_unique<AllGatherKernel>();
+      k->x = mem.ref[n.inputs[0]];
+      k->y = mem.ref[id];
+      k->parts = n.attrs.depth;
+      k->bytes = count / n.attrs.depth * static_cast<int64_t>(sizeof(float));
       return k;
     }
     default:

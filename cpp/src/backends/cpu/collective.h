@@ -9,8 +9,8 @@
 
 namespace gometal {
 
-// The kernel of an all_reduce_mean, all_reduce_mean_start or all_reduce_mean_wait node, or
-// nullptr for any other op.
+// The kernel of an all_reduce_mean, all_reduce_mean_start, all_reduce_mean_wait or all_gather
+// node, or nullptr for any other op.
 std::unique_ptr<Kernel> make_collective_kernel(const Graph& g, int id, const MemoryPlan& mem,
                                                const std::vector<Shape>& shapes);
 

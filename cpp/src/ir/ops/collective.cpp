@@ -18,6 +18,9 @@
 // until the end) alive until then. The schedule runs a start as soon as it can and a wait as
 // late as it can (passes/schedule.cpp).
 //
+// all_gather(x, parts) stacks every rank's x along axis 0 in rank order (ZeRO-1 gathers the
+// parameter shards each rank updated); `parts` is the job's size the graph was built for.
+//
 // Every rank must run the same collectives in the same order: the ranks build the same graph,
 // and the schedule of a graph is deterministic, so they do.
 #include "ir/ops/op_support.h"
@@ -43,6 +46,17 @@ void all_reduce_wait_shape(Node& n, const std::vector<Node>& nodes) {
   n.dtype = started.dtype;
 }
 
+void all_gather_shape(Node& n, const std::vector<Node>& nodes) {
+  const Node& x = input(n, nodes, 0);
+  require_dtype(n, x, DType::F32, "input");
+  if (x.shape.empty() || is_symbol(x.shape[0]))
+    fail(name_of(n), "expects an input with a fixed first axis, got shape " + shape_str(x.shape));
+  if (n.attrs.depth < 1) fail(name_of(n), "expects parts >= 1, got " + std::to_string(n.attrs.depth));
+  n.shape = x.shape;
+  n.shape[0] *= n.attrs.depth;
+  n.dtype = x.dtype;
+}
+
 // Every rank's loss reads the same mean, so the gradient reaching x_r is the mean of every
 // rank's gradient of it: the same collective.
 void vjp_all_reduce_mean(Graph& gr, int, int g, std::vector<int>& dx) { dx[0] = gr.op(OpKind::AllReduceMean, {g}); }
@@ -54,6 +68,7 @@ std::vector<OpDef> collective_op_defs() {
       {OpKind::AllReduceMean, "all_reduce_mean", 1, {}, all_reduce_shape, Gradient::Rule, vjp_all_reduce_mean},
       {OpKind::AllReduceMeanStart, "all_reduce_mean_start", 1, {}, all_reduce_shape, Gradient::None},
       {OpKind::AllReduceMeanWait, "all_reduce_mean_wait", 2, {}, all_reduce_wait_shape, Gradient::None},
+      {OpKind::AllGather, "all_gather", 1, {attr("parts", &Attrs::depth)}, all_gather_shape, Gradient::None},
   };
 }
 
