@@ -88,3 +88,16 @@ def test_all_gather_refuses_a_job_of_another_size():
         RuntimeError, match=r"\[all_gather\] the graph was built for 2 ranks, the job has 1"
     ):
         engine.run("f", [])
+
+
+def test_a_zero_run_saved_with_whole_slots_resumes_bit_for_bit_in_new_processes(tmp_path):
+    for phase in ("through", "first", "resumed"):
+        ran(mpirun("zero_resume.py", 2, phase, str(tmp_path)))
+    saved = dict(np.load(tmp_path / "saved.npz"))
+    assert saved["dense_0.weight.exp_avg"].shape == saved["dense_0.weight"].shape  # whole
+    for rank in range(2):
+        through = dict(np.load(tmp_path / f"through{rank}.npz"))
+        resumed = dict(np.load(tmp_path / f"resumed{rank}.npz"))
+        assert set(through) == set(resumed)
+        for name, value in through.items():
+            np.testing.assert_array_equal(resumed[name], value, err_msg=f"rank {rank} {name}")

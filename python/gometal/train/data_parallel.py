@@ -272,6 +272,20 @@ def first_difference(
     return ""
 
 
+def broadcast_array(x: np.ndarray, root: int) -> np.ndarray:
+    """A copy of ``root``'s ``x`` on every rank (the same shape and dtype on each); a copy
+    of ``x`` outside a job.
+
+    Example:
+        >>> broadcast_array(np.arange(3), 0)
+        array([0, 1, 2])
+    """
+    values = np.array(x, copy=True, order="C")
+    if _core.communicator_info()[2]:
+        _core.broadcast_bytes(values, root)
+    return values
+
+
 def _broadcast_text(text: str, root: int) -> str:
     """``root``'s ``text`` on every rank (the others' ``text`` is ignored)."""
     rank = job_rank_and_size()[0]

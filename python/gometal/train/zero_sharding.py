@@ -16,11 +16,11 @@ Gradients are still all-reduced whole (a reduce-scatter would send half as much;
 host's shared memory the exchange is not what limits a step), and clipping reads the
 whole averaged gradient, so it is global as without sharding.
 
-Checkpoints (not done yet): each rank's slots are its own shard, so ``Trainer.save`` on rank
-0 alone keeps rank 0's shard only and a resumed run would give every rank that shard. The
-intended format gathers the shards on rank 0 into whole slots, as an unsharded run stores
-them (``shard_length`` gives the cut), and each rank takes its shard back on load, so a
-ZeRO-1 checkpoint resumes with or without ZeRO.
+Checkpoints hold whole slots, as an unsharded run stores them, so a ZeRO-1 checkpoint
+resumes with or without ZeRO: ``unsharded_state`` puts every rank's shards together (a
+collective) and ``sharded_state`` cuts them back to this rank's shard. ``Trainer.save`` and
+``Trainer.load`` do not call them yet: until they do, save ``unsharded_state(trainer.
+read_state(), ...)`` and restore ``sharded_state(...)`` with ``restore_state``.
 
 Example:
     >>> gm.distributed.init()  # doctest: +SKIP
@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,8 @@ import numpy as np
 from .. import _core
 from ..graph.composites import const, op
 from . import optim
-from .data_parallel import job_rank_and_size
+from .data_parallel import broadcast_array, job_rank_and_size
+from .session import SessionState
 
 
 def shard_length(values: int, ranks: int) -> int:
@@ -222,3 +224,82 @@ class ZeroRedundancyOptimizer(optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"ZeroRedundancyOptimizer({self.optimizer!r})"
+
+
+def _slot_names(
+    variables: Mapping[str, np.ndarray], optimizer: ZeroRedundancyOptimizer, shapes: Mapping
+) -> list[tuple[str, tuple[int, ...]]]:
+    """(slot variable, its parameter's shape) for every sharded slot present."""
+    return [
+        (f"{param}.{slot}", tuple(shape))
+        for param, shape in shapes.items()
+        for slot in optimizer.slot_names
+        if f"{param}.{slot}" in variables
+    ]
+
+
+def unsharded_state(
+    state: SessionState, optimizer: ZeroRedundancyOptimizer, weight_shapes: Mapping
+) -> SessionState:
+    """``state`` (this rank's, from ``read_state``) with every slot whole: each rank's shard
+    put together in rank order, as an unsharded run stores it. A collective: every rank
+    calls it, in the same order (the shards travel by one broadcast per rank).
+
+    Args:
+        state: this rank's state, with its shards.
+        optimizer: the trainer's ``ZeroRedundancyOptimizer``.
+        weight_shapes: the model's weight shapes by name (``model.weight_shapes``).
+
+    Returns:
+        A new state; the same on every rank.
+
+    Example:
+        >>> whole = unsharded_state(trainer.read_state(), optimizer, model.weight_shapes)  # doctest: +SKIP
+    """
+    rank, ranks = job_rank_and_size()
+    variables = dict(state.variables)
+    for name, shape in _slot_names(variables, optimizer, weight_shapes):
+        size = int(np.prod(shape))
+        length = shard_length(size, ranks)
+        parts = []
+        for root in range(ranks):
+            part = np.array(variables[name], dtype=np.float32, order="C").reshape(-1)
+            if part.size != length:
+                raise ValueError(
+                    f"{name} holds {part.size} values on rank {rank}, a shard of {ranks} "
+                    f"ranks has {length}"
+                )
+            parts.append(broadcast_array(part, root) if ranks > 1 else part)
+        variables[name] = np.concatenate(parts)[:size].reshape(shape)
+    return replace(state, variables=variables)
+
+
+def sharded_state(
+    state: SessionState, optimizer: ZeroRedundancyOptimizer, weight_shapes: Mapping
+) -> SessionState:
+    """``state`` with whole slots (``unsharded_state``'s, or an unsharded run's) cut to this
+    rank's shard, for ``restore_state``: the inverse of ``unsharded_state``.
+
+    Args:
+        state: a state holding whole slots.
+        optimizer: the trainer's ``ZeroRedundancyOptimizer``.
+        weight_shapes: the model's weight shapes by name.
+
+    Returns:
+        A new state holding this rank's shards.
+
+    Example:
+        >>> trainer.restore_state(sharded_state(whole, optimizer, model.weight_shapes))  # doctest: +SKIP
+    """
+    rank, ranks = job_rank_and_size()
+    variables = dict(state.variables)
+    for name, shape in _slot_names(variables, optimizer, weight_shapes):
+        size = int(np.prod(shape))
+        whole = np.asarray(variables[name], dtype=np.float32).reshape(-1)
+        if whole.size != size:
+            raise ValueError(f"{name} holds {whole.size} values, its parameter has {size}")
+        length = shard_length(size, ranks)
+        padded = np.zeros(length * ranks, np.float32)
+        padded[:size] = whole
+        variables[name] = padded[rank * length : (rank + 1) * length].copy()
+    return replace(state, variables=variables)
