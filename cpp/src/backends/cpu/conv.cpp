@@ -77,11 +77,8 @@ void for_each_image(const ExecContext& ctx, int64_t images, F&& fn) {
 
 // The direct kernels matched or beat im2col + BLAS on every unit-stride shape measured (up
 // to 1.5x on the small-channel layers of a CNN); a pointwise convolution is a plain gemm.
-// The forward pass runs conv_simd's kernel (1.6x the 8-wide one on AVX-512, the same
-// speed without), the input gradient conv_direct's.
-bool use_direct(const ConvGeometry& g) {
-  return !is_pointwise(g) && conv2d_direct_supported(g) && conv2d_simd_supported(g);
-}
+// The forward pass and the stride-1 input gradient run conv_simd's register tiles.
+bool use_direct(const ConvGeometry& g) { return !is_pointwise(g) && conv2d_simd_supported(g); }
 
 // The direct weight gradient wins on planes of 1,024 pixels and more (1.2-1.3x at 32x32
 // with 16->32 channels, 2 threads), where BLAS gets a long, thin product; on small planes
@@ -103,6 +100,24 @@ int64_t weight_grad_work_floats(const ConvGeometry& g) {
   if (use_direct_weight_grad(g)) return conv2d_direct_weight_grad_scratch(g);
   return is_pointwise(g) ? 0 : g.patch() * g.out_plane();
 }
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// The weights of the forward convolution that computes g's input gradient (see
+// input_grad_as_forward): each group's (O/g, C/g) axes swapped and the window flipped.
+void flip_transposed_weights(const ConvGeometry& g, const float* w, float* flipped) {
+  const int64_t window = g.kh * g.kw, cg = g.c_per_group(), og = g.o_per_group();
+  for (int64_t gi = 0; gi < g.groups; ++gi)
+    for (int64_t c = 0; c < cg; ++c)
+      for (int64_t o = 0; o < og; ++o) {
+        const float* src = w + ((gi * og + o) * cg + c) * window;
+        float* dst = flipped + ((gi * cg + c) * og + o) * window;
+        for (int64_t t = 0; t < window; ++t) dst[t] = src[window - 1 - t];
+      }
+}
+
+// Floats of scratch the flipped weights take ahead of the forward kernel's own.
+int64_t flipped_weights_floats(const ConvGeometry& g) { return round_up(g.o * g.patch(), 16); }
 
 // The epilogue over one image's outputs (O, OH*OW), for the paths that write plain sums.
 void apply_epilogue(const ConvGeometry& g, const ConvEpilogue& e, float* y) {
@@ -128,11 +143,13 @@ int64_t conv2d_weight_grad_shared(const ConvGeometry& g) {
 }
 
 int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
-  if (weight_grad) return weight_grad_work_floats(g) + (use_direct_weight_grad(g) ? g.o * g.patch() * 8 : 0);
+  if (weight_grad)
+    return weight_grad_work_floats(g) + (use_direct_weight_grad(g) ? g.o * g.patch() * kMaxWeightGradLanes : 0);
   const int64_t col = is_pointwise(g) ? 0 : g.patch() * g.out_plane();
   ConvGeometry f;
-  const int64_t direct = std::max({conv2d_direct_scratch(g), conv2d_simd_scratch(g),
-                                   input_grad_as_forward(g, &f) ? conv2d_direct_scratch(f) : int64_t{0}});
+  const int64_t input_grad =
+      input_grad_as_forward(g, &f) ? flipped_weights_floats(g) + conv2d_simd_scratch(f) : int64_t{0};
+  const int64_t direct = std::max(conv2d_simd_scratch(g), input_grad);
   return std::max(col, direct);
 }
 
@@ -164,8 +181,13 @@ void conv2d_input_grad_samples(const ConvGeometry& g, const float* dy, const flo
   const int64_t in_image = g.c * g.h * g.w, out_image = g.o * g.out_plane();
   ConvGeometry as_forward;
   if (use_direct(g) && input_grad_as_forward(g, &as_forward)) {
+    // The same register tiles as the forward pass, over dy with the flipped weights.
+    float* flipped = col;
+    flip_transposed_weights(g, w, flipped);
+    const ConvPath path = choose_conv_path();
     for (int64_t n = n0; n < n1; ++n)
-      conv2d_direct_input_grad_image(as_forward, dy + n * out_image, w, dx + n * in_image, col);
+      conv2d_simd_forward_image(path, as_forward, dy + n * out_image, flipped, dx + n * in_image,
+                                col + flipped_weights_floats(g));
     return;
   }
   for (int64_t n = n0; n < n1; ++n)
@@ -205,18 +227,20 @@ void direct_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const flo
     conv2d_direct_pad_image(g, x + n * in_image, ctx.shared + n * padded_image);
   });
   const int64_t work_floats = weight_grad_work_floats(g);
-  const int64_t blocks = (g.o + kDirectWeightGradBlock - 1) / kDirectWeightGradBlock;
+  const ConvPath path = choose_conv_path();
+  const WeightGradTiles tiles = conv2d_direct_weight_grad_tiles(path, g);
+  const int64_t blocks = (g.o + tiles.rows - 1) / tiles.rows;
   const int tasks = balanced_tasks(*ctx.pool, blocks);
   ctx.pool->parallel_for(tasks, [&](int task, int thread) {
     float* scratch = ctx.thread_scratch(thread);
     float* lanes = scratch + work_floats;
     int64_t o_begin, o_end;
-    split_range(g.o, tasks, task, kDirectWeightGradBlock, &o_begin, &o_end);
+    split_range(g.o, tasks, task, tiles.rows, &o_begin, &o_end);
     if (o_begin >= o_end) return;
     const int64_t weights = (o_end - o_begin) * g.patch();
-    std::fill_n(lanes, weights * 8, 0.0f);
-    conv2d_direct_weight_grad(g, ctx.shared, dy, o_begin, o_end, lanes, scratch);
-    sum_lanes(lanes, weights, dw + o_begin * g.patch());
+    std::fill_n(lanes, weights * tiles.lanes, 0.0f);
+    conv2d_direct_weight_grad(path, g, ctx.shared, dy, o_begin, o_end, lanes, scratch);
+    sum_lanes(lanes, weights, tiles.lanes, dw + o_begin * g.patch());
   });
 }
 

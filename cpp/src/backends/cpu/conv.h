@@ -1,6 +1,6 @@
-// 2-D convolution, forward and both gradients. Unit-stride forward passes and stride-1
-// input gradients run the direct kernel (conv_direct.h); the rest, and every weight
-// gradient, run im2col + BLAS gemm. Both are portable C++.
+// 2-D convolution, forward and both gradients. Forward passes of unit horizontal stride and
+// stride-1 input gradients run conv_simd's register tiles, weight gradients of large planes
+// conv_direct's; the rest run im2col + BLAS gemm.
 #pragma once
 
 #include "backends/cpu/conv_simd.h"
