@@ -14,6 +14,7 @@ from distributed_scripts.sync_batch_norm_models import (
     cnn,
     global_batches,
     optimizer,
+    uneven_slices,
 )
 from gometal.train.data_parallel import use_sync_batch_norm
 from test_distributed import mpirun, ran
@@ -102,3 +103,21 @@ def test_use_sync_batch_norm_flags_every_batch_norm_layer():
     assert use_sync_batch_norm(model, enabled=False) == 1
     with pytest.raises(TypeError, match="sync_batch_norm must be True or False, got 'yes'"):
         use_sync_batch_norm(model, "yes")
+
+
+def test_synchronized_statistics_weigh_uneven_batches_by_their_counts(tmp_path):
+    # 5, 4 and 3 images: the job's statistics are those of the 12 images together (the
+    # running statistics after one step depend on the forward statistics only).
+    output = ran(mpirun("sync_batch_norm_uneven.py", 3, str(tmp_path)))
+    assert "rank 2 of 3: 3 images" in output, output
+    ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(3)]
+    gm.set_num_threads(1)
+    model = cnn(sync=False)
+    trainer = gm.Trainer(model, "cross_entropy", optimizer("sgd_momentum"), batch_size=12)
+    x, y = next(global_batches(uneven_slices(3)[-1].stop))
+    trainer.train_batch(x, y)
+    reference = {n: w for n, w in model.get_weights().items() if ".running_" in n}
+    for rank_stats in ranks:
+        assert set(rank_stats) == set(reference)
+        for name, value in reference.items():
+            np.testing.assert_allclose(rank_stats[name], value, rtol=1e-6, atol=1e-7, err_msg=name)

@@ -3,6 +3,8 @@ ranks under mpirun and the one-process reference in the test."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 import gometal as gm
@@ -45,3 +47,10 @@ def global_batches(global_batch: int):
         x = rng.standard_normal((global_batch, *IMAGE)) * 1.5 + offset
         y = rng.integers(0, CLASSES, global_batch).astype(np.int32)
         yield x.astype(np.float32), y
+
+
+def uneven_slices(ranks: int) -> list[slice]:
+    """Rank r's rows of a global batch when the ranks hold 5, 4, 3, ... images."""
+    sizes = [5 - r for r in range(ranks)]
+    starts = np.cumsum([0, *sizes])
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(starts)]
