@@ -91,9 +91,9 @@ def test_seq2seq_exports_to_onnx_with_its_states(tmp_path) -> None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == list(model.output_names)
     assert [o.name for o in session.get_outputs()] == ["dense_0", "lstm_0_h_n", "lstm_0_c_n"]
-    # LSTM nodes give the final cell states from their Y_c output.
+    # The encoder's LSTM nodes give its final states as their Y_h and Y_c outputs.
     nodes = onnx.load(str(path)).graph.node
-    assert any(n.op_type == "LSTM" and len(n.output) == 3 and n.output[2] for n in nodes)
+    assert sum(n.op_type == "LSTM" and len(n.output) == 3 and all(n.output) for n in nodes) == 2
     for seed, (source_steps, target_steps) in enumerate([(6, 4), (2, 9)]):
         arrays = _arrays(5, source_steps, target_steps, seed)
         got = session.run(None, {"source": arrays[0], "target": arrays[1]})
@@ -101,12 +101,13 @@ def test_seq2seq_exports_to_onnx_with_its_states(tmp_path) -> None:
             assert_close(theirs, ours, f"onnxruntime's {name}", rtol=1e-4)
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn"])
-def test_states_of_other_cells_export(tmp_path, cell) -> None:
-    layer_class = gm.layers.GRU if cell == "gru" else gm.layers.SimpleRNN
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_states_with_lengths_export(tmp_path, cell) -> None:
+    """Y_h and Y_c at each row's last valid step (step 0 in reverse), as torch's."""
+    layer_class = {"lstm": gm.layers.LSTM, "gru": gm.layers.GRU}.get(cell, gm.layers.SimpleRNN)
     x = gm.Input((None, SOURCE), name="x")
     lengths = gm.Input((1,), dtype="int32", name="lengths")
-    last, h_n = layer_class(
+    last, *states = layer_class(
         SOURCE,
         HIDDEN,
         num_layers=2,
@@ -115,7 +116,7 @@ def test_states_of_other_cells_export(tmp_path, cell) -> None:
         lengths=True,
         return_state=True,
     )([x, lengths])
-    model = gm.Model([x, lengths], [last, h_n], seed=4)
+    model = gm.Model([x, lengths], [last, *states], seed=4)
     path = tmp_path / f"{cell}.onnx"
     gm.onnx.export(model, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -7,8 +7,9 @@ transposed once and each layer's ``Y`` (T, D, N, H) is folded back to (T, N, D*H
 reordered into ONNX's order (LSTM: i, o, f, c from torch's i, f, g, o; GRU: z, r, h from
 r, z, n, with ``linear_before_reset`` as torch's GRU); ``B`` is ``[b_ih, b_hh]``. Final
 states ``h_n`` are read from ``Y`` (the last valid step, or step 0 in reverse); an LSTM's
-``c_n`` is each node's ``Y_c`` output. A call with ``return_state=True`` writes its output,
-``h_n`` and (LSTM) ``c_n`` from the same nodes. A projection (``proj_size``) does not export: the ONNX
+``c_n`` is each node's ``Y_c`` output. A call with ``return_state=True`` writes its output
+and its states from the same nodes: ``h_n`` from each node's ``Y_h``, ``c_n`` from ``Y_c``,
+as torch exports its final states. A projection (``proj_size``) does not export: the ONNX
 LSTM operator has none, and writing the recurrence as a ``Loop`` would give up the fused
 operator that onnxruntime runs.
 
@@ -140,7 +141,7 @@ def recurrent_to_onnx(
     layer: Any = call.layer
     # With return_state: [output, h_n, (c_n)].
     output, *state_outputs = [output] if isinstance(output, str) else output
-    wants_h = layer.output in ("last", "h_n") or bool(state_outputs)
+    wants_h = layer.output in ("last", "h_n")
     wants_c = layer.output == "c_n" or len(state_outputs) == 2
     if getattr(layer, "proj_size", 0):
         raise ValueError(
@@ -162,6 +163,7 @@ def recurrent_to_onnx(
     d, width = layer.directions, layer.hidden_size
     sequence = _node(b, "Transpose", [x], f"{name}/x_time_major", perm=[1, 0, 2])
     finals: list[str] = []
+    hiddens: list[str] = []
     cells: list[str] = []
     for index in range(layer.num_layers):
         w, r, bias = _layer_weights(b, layer, index, name)
@@ -171,10 +173,15 @@ def recurrent_to_onnx(
         while operands and operands[-1] == "":
             operands.pop()
         y = b.unique(f"{name}/Y_l{index}")
-        outputs = [y]
+        outputs = [y, "", ""]
+        if state_outputs:
+            hiddens.append(b.unique(f"{name}/Y_h_l{index}"))
+            outputs[1] = hiddens[-1]
         if wants_c:
             cells.append(b.unique(f"{name}/Y_c_l{index}"))
-            outputs += ["", cells[-1]]
+            outputs[2] = cells[-1]
+        while outputs[-1] == "":
+            outputs.pop()
         b.node(op_type, operands, outputs, y, **attrs)
         for direction in range(d if wants_h else 0):
             finals.append(
@@ -190,7 +197,7 @@ def recurrent_to_onnx(
     if layer.output == "sequence":
         b.node("Transpose", [sequence], output, name, perm=[1, 0, 2])
     elif layer.output == "c_n":
-        _write_c_n(b, cells, output, name)
+        _write_states(b, cells, output, name)
     elif layer.output == "last" and d == 1:
         b.node("Identity", finals[-1:], output, name)
     elif layer.output == "last":
@@ -198,9 +205,9 @@ def recurrent_to_onnx(
     else:
         _write_h_n(b, finals, width, output, name)
     if state_outputs:
-        _write_h_n(b, finals, width, state_outputs[0], b.unique(f"{name}/h_n"))
+        _write_states(b, hiddens, state_outputs[0], b.unique(f"{name}/h_n"))
     if len(state_outputs) == 2:
-        _write_c_n(b, cells, state_outputs[1], b.unique(f"{name}/c_n"))
+        _write_states(b, cells, state_outputs[1], b.unique(f"{name}/c_n"))
 
 
 def _write_h_n(b: OnnxGraph, finals: list[str], width: int, output: str, name: str) -> None:
@@ -212,11 +219,12 @@ def _write_h_n(b: OnnxGraph, finals: list[str], width: int, output: str, name: s
     b.node("Concat", rows, output, name, axis=1)
 
 
-def _write_c_n(b: OnnxGraph, cells: list[str], output: str, name: str) -> None:
-    """c_n (N, D*L, H) from each node's Y_c (D, N, H): batch-first, layers side by side."""
+def _write_states(b: OnnxGraph, states: list[str], output: str, name: str) -> None:
+    """h_n or c_n (N, D*L, H) from each node's Y_h or Y_c (D, N, H): batch-first, the
+    layers side by side."""
     rows = [
-        _node(b, "Transpose", [c], f"{name}/c_n_l{index}", perm=[1, 0, 2])
-        for index, c in enumerate(cells)
+        _node(b, "Transpose", [state], f"{name}/l{index}", perm=[1, 0, 2])
+        for index, state in enumerate(states)
     ]
     if len(rows) == 1:
         b.node("Identity", rows, output, name)
