@@ -24,6 +24,7 @@ from ...graph.composites import matmul, op
 from ..initializers import Uniform, Zeros
 from . import attention_ops as ao
 from .base import EmitContext, Layer, WeightSpec
+from .recurrent_args import COMMON_ARGS
 from .recurrent_calls import inputs_with_states, positive_int, shown
 from .recurrent_graph import final_states, initial_state, join, mask_lengths
 from .registry import register_layer
@@ -431,46 +432,12 @@ class _Recurrent(Layer):
         return sequence, h_end, c_end
 
 
-_COMMON_ARGS = """
-    Args:
-        input_size: the features of each step of ``x``.
-        hidden_size: ``H``.
-        num_layers: stacked layers, each reading the previous one's output sequence.
-        bias: whether the layers have ``bias_ih`` and ``bias_hh``.
-        batch_first: must be True: ``x`` is ``(N, T, input_size)``.
-        dropout: dropout on each layer's output but the last, in training.
-        bidirectional: also run every layer from the last step to the first
-            (``_reverse`` weights); outputs concatenate both directions.
-        output: ``"sequence"`` ``(N, T, D*H_out)``, zeros at padded steps; ``"last"``
-            ``(N, D*H_out)``: the last layer's final states (the last valid step forward,
-            the first step in reverse); ``"h_n"`` ``(N, D*num_layers, H_out)``; an LSTM
-            also gives ``"c_n"`` ``(N, D*num_layers, H)``.
-        initial_state: whether ``h0`` (and an LSTM's ``c0``), ``(N, D*num_layers, .)``,
-            follow ``x`` as inputs; zeros otherwise.
-        lengths: whether a last int32 ``(N,)`` or ``(N, 1)`` input (``gm.Input((1,),
-            dtype="int32")``) holds each sequence's length, in
-            ``[1, T]``: steps past it neither change the state nor get a gradient, as
-            torch's packed sequences.
-        key_padding_mask: the same as a last float ``(N, T)`` input holding 1 at padded
-            steps, which end each row.
-        stateful: keep each training batch's final states (the weights ``state_h`` and an
-            LSTM's ``state_c``, not trained) as the next batch's initial states, detached:
-            truncated backpropagation through time over consecutive batches, as a stateful
-            text loader gives them; ``reset_states()`` zeroes them.
-        batch_size: a stateful layer's batch size (one state row per sequence).
-        return_state: a call gives ``(output, h_n)``, an LSTM's ``(output, h_n, c_n)``
-            (states batch-first, ``(N, D*num_layers, .)``), from one recurrence per layer
-            and direction; ``output`` is then ``"sequence"`` or ``"last"``.
-        name: an explicit layer name.
-"""
-
-
 @register_layer
 class SimpleRNN(_Recurrent):
     __doc__ = (
         """An Elman RNN, as ``torch.nn.RNN``: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
 """
-        + _COMMON_ARGS.replace(
+        + COMMON_ARGS.replace(
             "        name:", '        nonlinearity: ``"tanh"`` or ``"relu"``.\n        name:'
         )
         + """
@@ -514,7 +481,7 @@ class LSTM(_Recurrent):
     order in ``weight_ih`` and ``weight_hh``; with ``proj_size``, ``h`` is projected by
     ``weight_hr`` (proj_size, H) and ``H_out`` is ``proj_size``).
 """
-        + _COMMON_ARGS.replace(
+        + COMMON_ARGS.replace(
             "        name:",
             "        proj_size: 0, or the projection's size (< hidden_size).\n        name:",
         )
@@ -523,6 +490,9 @@ class LSTM(_Recurrent):
         >>> x = gm.Input((None, 8))
         >>> LSTM(8, 16, num_layers=2, output="last")(x).shape
         (None, 16)
+        >>> sequence, h_n, c_n = LSTM(8, 16, return_state=True)(x)
+        >>> h_n.shape, LSTM(8, 16)(x, initial_state=[h_n, c_n]).shape
+        ((None, 1, 16), (None, None, 16))
 """
     )
 
@@ -574,7 +544,7 @@ class GRU(_Recurrent):
         """A gated recurrent unit layer, as ``torch.nn.GRU`` (gates r, z, n in that order;
     ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``).
 """
-        + _COMMON_ARGS
+        + COMMON_ARGS
         + """
     Example:
         >>> x = gm.Input((None, 8))
