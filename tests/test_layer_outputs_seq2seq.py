@@ -125,3 +125,25 @@ def test_states_with_lengths_export(tmp_path, cell) -> None:
     got = session.run(None, {"x": xs, "lengths": sizes})
     for ours, theirs in zip(model.predict([xs, sizes]), got):
         assert_close(theirs, ours, "onnxruntime", rtol=1e-4)
+
+
+def test_seq2seq_trains_as_torch() -> None:
+    """20 Adam steps on the decoder's MSE: the encoder learns only through its states."""
+    module, model = _models()
+    trainer_model = gm.Model(model.inputs, model.outputs[0])
+    trainer = gm.Trainer(trainer_model, loss="mse", optimizer=gm.optim.Adam(lr=1e-2))
+    reference = torch.optim.Adam(module.parameters(), lr=1e-2)
+    rng = np.random.default_rng(5)
+    ours, theirs = [], []
+    for step in range(20):
+        arrays = _arrays(4, 5, 3, step)
+        target = rng.standard_normal((4, 3, VOCAB)).astype(np.float32)
+        ours.append(trainer.train_batch(arrays, target).loss)
+        reference.zero_grad()
+        logits, _, _ = module(*(torch.tensor(a, dtype=torch.float64) for a in arrays))
+        loss = nn.functional.mse_loss(logits, torch.tensor(target, dtype=torch.float64))
+        loss.backward()
+        reference.step()
+        theirs.append(loss.item())
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)
+    assert theirs[-1] < theirs[0]
