@@ -73,21 +73,26 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
   void to_padded_channels_last(const ExecContext& ctx, uint8_t* nhwc, uint8_t pad) const {
     const auto* in = reinterpret_cast<const uint8_t*>(ctx.bytes(x));
     const uint8_t flip = signed_input ? 0x80u : 0u;
-    const ConvGeometry g = geo;
-    const int64_t plane = g.h * g.w, bytes = image_bytes(), row_stride = padded_w;
-    const int tasks = balanced_tasks(*ctx.pool, g.n);
-    ctx.pool->parallel_for(tasks, [&, g, flip, plane, bytes, row_stride](int task, int) {
+    const ConvGeometry geometry = geo;
+    const int64_t bytes = image_bytes(), row_stride = padded_w;
+    const int tasks = balanced_tasks(*ctx.pool, geo.n);
+    ctx.pool->parallel_for(tasks, [&](int task, int) {
+      // Locals, not the closure's references: the byte stores may alias those.
+      const ConvGeometry g = geometry;
+      const uint8_t bits = flip;
+      const int64_t plane = g.h * g.w, image_size = bytes, line = row_stride;
+      uint8_t* const base = nhwc;
       int64_t begin, end;
       split_range(g.n, tasks, task, 1, &begin, &end);
       for (int64_t image = begin; image < end; ++image) {
         const uint8_t* src = in + image * g.c * plane;
-        uint8_t* dst = nhwc + image * bytes;
-        if (g.ph > 0 || g.pw > 0) std::memset(dst, pad, static_cast<size_t>(bytes));
+        uint8_t* dst = base + image * image_size;
+        if (g.ph > 0 || g.pw > 0) std::memset(dst, pad, static_cast<size_t>(image_size));
         for (int64_t yy = 0; yy < g.h; ++yy) {
-          uint8_t* row = dst + ((yy + g.ph) * row_stride + g.pw) * g.c;
+          uint8_t* row = dst + ((yy + g.ph) * line + g.pw) * g.c;
           for (int64_t c = 0; c < g.c; ++c) {
             const uint8_t* from = src + c * plane + yy * g.w;
-            for (int64_t xx = 0; xx < g.w; ++xx) row[xx * g.c + c] = static_cast<uint8_t>(from[xx] ^ flip);
+            for (int64_t xx = 0; xx < g.w; ++xx) row[xx * g.c + c] = static_cast<uint8_t>(from[xx] ^ bits);
           }
         }
       }
