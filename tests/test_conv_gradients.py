@@ -1,7 +1,7 @@
 """The convolution's input and weight gradients on every instruction-set path.
 
 Each path the CPU has (GOMETAL_CONV_KERNEL=portable|avx2|avx512) computes conv2d_input_grad
-and conv2d_weight_grad as torch's autograd does in float64, on workload C's layers and on
+and conv2d_weight_grad as torch's autograd does in float64, on workload B's layers and on
 odd sizes, strides, padding (including padding wider than the dilated window, which the
 forward-convolution form of the input gradient cannot take), dilation and groups; planes
 of 1,024 pixels and more (the direct weight gradient) and smaller ones (im2col + BLAS).
@@ -29,6 +29,7 @@ CASES = [
     ((1, 6, 15, 21), (10, 3, 3), (1, 1), (2, 2), (2, 2), 2),  # dilation and groups
     ((2, 4, 40, 32), (6, 3, 3), (1, 1), (3, 3), (1, 1), 2),  # padding wider than the window
     ((1, 17, 9, 8), (9, 3, 3), (3, 1), (0, 0), (1, 1), 1),  # a stride of 3, no padding
+    ((2, 6, 9, 32), (8, 3, 3), (2, 1), (1, 1), (1, 1), 2),  # vertical stride, groups, 16-float rows
     ((3, 1, 7, 5), (1, 1, 3), (1, 1), (0, 1), (1, 1), 1),  # one channel, a 1x3 window
 ]
 

@@ -82,7 +82,8 @@ bool use_direct(const ConvGeometry& g) { return !is_pointwise(g) && conv2d_simd_
 
 // The direct weight gradient wins on planes of 1,024 pixels and more (1.2-1.3x at 32x32
 // with 16->32 channels, 2 threads), where BLAS gets a long, thin product; on small planes
-// with many channels BLAS's blocking keeps more in cache, so it stays on im2col + gemm.
+// with many channels BLAS's blocking keeps more in cache, so it stays on im2col + gemm
+// (AVX-512's 4x6 tiles only tie with it on 16x16 planes with 32->64 channels).
 bool use_direct_weight_grad(const ConvGeometry& g) {
   return !is_pointwise(g) && conv2d_direct_weight_grad_supported(g) && g.out_plane() >= 1024;
 }

@@ -11,8 +11,7 @@ namespace {
 using simd::broadcast;
 using simd::load;
 
-constexpr int64_t kSlack = 64;      // floats after the padded image: a last segment's loads overrun
-constexpr int64_t kPackAlign = 24;  // output channels are packed in blocks of 8 or 6: 24 covers both
+constexpr int64_t kSlack = 64;  // floats after the padded image: a last segment's loads overrun
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -49,29 +48,10 @@ void pad_image(const ConvGeometry& g, const float* x, float* padded) {
   std::fill(padded + floats, padded + floats + kSlack, 0.0f);
 }
 
-// Blocks of R output channels, tap-major: block[k][r] = w(o0 + r, k), zero past the group.
-// Written in order (a read stream per row): strided stores were half the cost of a tile.
-template <int R>
-void pack_block(const float* src, int64_t rows, int64_t taps, float* block) {
-  for (int64_t k = 0; k < taps; ++k)
-    for (int r = 0; r < R; ++r) block[k * R + r] = r < rows ? src[r * taps + k] : 0.0f;
-}
-
-void pack_weights(const ConvGeometry& g, const float* wg, int64_t rows_per_block, float* packed) {
-  const int64_t taps = g.patch(), opg = g.o_per_group();
-  for (int64_t o0 = 0; o0 < opg; o0 += rows_per_block) {
-    const int64_t rows = std::min(rows_per_block, opg - o0);
-    if (rows_per_block == 8)
-      pack_block<8>(wg + o0 * taps, rows, taps, packed + o0 * taps);
-    else
-      pack_block<6>(wg + o0 * taps, rows, taps, packed + o0 * taps);
-  }
-}
-
 // Where a group's tiles read and write.
 struct GroupArgs {
   const float* padded;
-  const float* packed;
+  const float* weights;  // the group's (O/groups, taps), as stored
   float* y;
   int64_t channels, channel_stride, row_stride, kh, kw, dh, dw, sh;
   int64_t oh, ow, plane, taps, out_channels;
@@ -97,17 +77,20 @@ template <class Vec, int L, int R, int Rows, int NV>
 GOMETAL_SIMD_INLINE void tile(const GroupArgs& a, int64_t o0, const int64_t* in_off, const int64_t* out_off,
                               const int64_t* cols) {
   Vec acc[Rows][NV] = {};
-  const float* w = a.packed + o0 * a.taps;
+  // Each row's weights as stored, one tap after another: the same cache lines as a packed
+  // copy, whose packing for every image cost 2-5% of workload C's layers.
+  const float* w = a.weights + o0 * a.taps;
+  const int64_t w_stride = a.taps;
   for (int64_t c = 0; c < a.channels; ++c)
     for (int64_t ki = 0; ki < a.kh; ++ki) {
       const float* row = a.padded + c * a.channel_stride + ki * a.dh * a.row_stride;
-      for (int64_t kj = 0; kj < a.kw; ++kj, w += R) {
+      for (int64_t kj = 0; kj < a.kw; ++kj, ++w) {
         Vec b[NV];
 #pragma GCC unroll 4
         for (int j = 0; j < NV; ++j) b[j] = load<Vec>(row + in_off[j] + kj * a.dw);
 #pragma GCC unroll 8
         for (int r = 0; r < Rows; ++r) {
-          const Vec s = broadcast<Vec, L>(w + r);
+          const Vec s = broadcast<Vec, L>(w + r * w_stride);
 #pragma GCC unroll 4
           for (int j = 0; j < NV; ++j) acc[r][j] += s * b[j];
         }
@@ -173,10 +156,6 @@ __attribute__((target("avx512f,avx2,fma"))) void forward_group_avx512(const Grou
 }
 #endif
 
-int64_t rows_per_block(ConvPath path) {
-  return path == ConvPath::Avx512 ? kAvx512Rows : path == ConvPath::Avx2 ? kAvx2Rows : kPortableRows;
-}
-
 void forward_group(ConvPath path, const GroupArgs& a) {
   switch (path) {
 #ifdef GOMETAL_SIMD_X86
@@ -229,24 +208,21 @@ ConvPath choose_conv_path() { return *choose_simd_path("conv2d", "GOMETAL_CONV_K
 bool conv2d_simd_supported(const ConvGeometry& g) { return g.sw == 1; }
 
 int64_t conv2d_simd_scratch(const ConvGeometry& g) {
-  return round_up(g.o_per_group(), kPackAlign) * g.patch() + round_up(g.c_per_group() * padded_size(g).plane(), 16) +
-         kSlack + g.o_per_group() * kBandRows * g.ow;
+  return round_up(g.c_per_group() * padded_size(g).plane(), 16) + kSlack + g.o_per_group() * kBandRows * g.ow;
 }
 
 void conv2d_simd_forward_image(ConvPath path, const ConvGeometry& g, const float* x, const float* w, float* y,
                                float* scratch, const ConvEpilogue& epilogue) {
-  const int64_t taps = g.patch(), rows = rows_per_block(path);
-  float* packed = scratch;
-  float* padded = scratch + round_up(g.o_per_group(), kPackAlign) * taps;
+  const int64_t taps = g.patch();
+  float* padded = scratch;
   float* band = padded + round_up(g.c_per_group() * padded_size(g).plane(), 16) + kSlack;
   const Padded p = padded_size(g);
   for (int64_t gi = 0; gi < g.groups; ++gi) {
     const int64_t first = gi * g.o_per_group();
-    pack_weights(g, w + first * taps, rows, packed);
     pad_image(g, x + gi * g.c_per_group() * g.h * g.w, padded);
     GroupArgs a{};
     a.padded = padded;
-    a.packed = packed;
+    a.weights = w + first * taps;
     a.y = epilogue.max_pool_2x2 ? nullptr : y + first * g.out_plane();
     a.channels = g.c_per_group();
     a.channel_stride = p.plane();
