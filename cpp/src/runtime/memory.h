@@ -11,7 +11,8 @@ inline constexpr size_t kAlignment = 64;
 
 uint64_t engine_allocation_count();
 
-// A zero-initialised, 64-byte aligned block of floats.
+// A zero-initialised, 64-byte aligned block of floats; from 2 MB up, on whole 2 MB pages
+// advised as huge pages (GOMETAL_HUGE_PAGES=0: 4 KB pages).
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
