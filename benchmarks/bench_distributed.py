@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--window-s", type=float, default=2.0)
-    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--cost-model", action="store_true")
     parser.add_argument("--spin", action="store_true", help="ranks spin while they wait")
     parser.add_argument("--json", help="also write the results to this file")
