@@ -137,7 +137,8 @@ struct RecurrenceKernel final : Kernel {
             break;
           case Cell::Lstm:
             // With a projection h goes to hraw, and the step's product below sets h and y.
-            lstm_step(x, b, ar, c + n * H, yr + l.c_col(), l.projected ? hraw + n * H : hr, H);
+            if (l.lean) lstm_step<false>(x, b, ar, c + n * H, yr + l.c_col(), l.projected ? hraw + n * H : hr, H);
+            else lstm_step(x, b, ar, c + n * H, yr + l.c_col(), l.projected ? hraw + n * H : hr, H);
             if (!l.lean && !gates_in_y) std::memcpy(yr + l.gates_col(), ar, sizeof(float) * GH);
             if (!l.projected) std::memcpy(yr, hr, sizeof(float) * H);
             break;

@@ -127,8 +127,10 @@ inline void output_of_cell(const float* o, const float* c, float* h, int64_t n) 
 }
 
 // One LSTM step of a row in one pass: a holds the product h W_hh^T (blocks i, f, g, o of n)
-// on entry and the activated gates on return; with x the step's input projection and b the
-// bias, c = f c + i g (also into c_out) and h = o tanh(c).
+// on entry and the activated gates on return (unless kKeepGates is false: inference has no
+// backward pass to read them); with x the step's input projection and b the bias,
+// c = f c + i g (also into c_out) and h = o tanh(c).
+template <bool kKeepGates = true>
 inline void lstm_step(const float* x, const float* b, float* a, float* c, float* c_out, float* h, int64_t n) {
   for_lanes(n, [&]<class T>(int64_t j) {
     const T i = sigmoid(pre_activation<T>(x, b, a, j));
@@ -136,10 +138,12 @@ inline void lstm_step(const float* x, const float* b, float* a, float* c, float*
     const T g = tanh_fast(pre_activation<T>(x + 2 * n, b + 2 * n, a + 2 * n, j));
     const T o = sigmoid(pre_activation<T>(x + 3 * n, b + 3 * n, a + 3 * n, j));
     const T cn = f * load<T>(c + j) + i * g;
-    store(a + j, i);
-    store(a + n + j, f);
-    store(a + 2 * n + j, g);
-    store(a + 3 * n + j, o);
+    if constexpr (kKeepGates) {
+      store(a + j, i);
+      store(a + n + j, f);
+      store(a + 2 * n + j, g);
+      store(a + 3 * n + j, o);
+    }
     store(c + j, cn);
     store(c_out + j, cn);
     store(h + j, o * tanh_fast(cn));
