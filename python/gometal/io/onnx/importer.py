@@ -14,6 +14,7 @@ them (attention's scale and causal mask, see ``_mask_ops``). Tensors that torch'
 exporters hold sequence-first are kept batch-first as views (see ``_views`` and
 ``_view_ops``). ``RNN``, ``GRU`` and ``LSTM`` nodes become gometal's recurrent layers
 (see ``_recurrent_ops``); a graph may have several inputs and outputs (see ``_model_io``).
+GELU written out as primitives before opset 20 imports as one GELU (see ``_gelu_chains``).
 The file is read defensively (see ``_safety``), and
 what one sample needs in memory is counted node by node, from shapes and attributes,
 before anything is allocated (see ``_budget``).
@@ -33,6 +34,7 @@ from ...nn.model import Model
 from ...nn.tensor import BATCH, SymbolicTensor
 from . import _layers as X
 from ._budget import sample_bytes
+from ._gelu_chains import fuse_gelu_chains
 from ._layer_ops import LayerOperators
 from ._mask_ops import MASK_OPS, CausalScores, MaskOperators, Triangle, ZeroFill
 from ._model_io import ModelInputsOutputs
@@ -186,6 +188,7 @@ class _Importer(
 
     # -- entry point -----------------------------------------------------------------------
     def build(self) -> Model:
+        fuse_gelu_chains(self.graph, self.folder)
         self._check_operators()
         for tensor in self.graph.initializer:
             self.consts[tensor.name] = tensor_to_array(
