@@ -60,6 +60,15 @@ def test_synchronized_batch_norm_on_n_ranks_matches_one_process_at_n_times_the_b
         np.testing.assert_allclose(synced[name], value, rtol=1e-6, atol=1e-6, err_msg=name)
 
 
+def test_the_trainer_option_synchronizes_every_batch_norm(tmp_path):
+    synced = _ranks_weights(2, "sgd_momentum", "trainer", tmp_path)
+    reference = _one_process(2, "sgd_momentum")
+    for name, value in reference.items():
+        np.testing.assert_allclose(synced[name], value, rtol=1e-6, atol=1e-6, err_msg=name)
+    with pytest.raises(TypeError, match="sync_batch_norm must be True or False, got 1"):
+        gm.Trainer(cnn(sync=False), "cross_entropy", sync_batch_norm=1)
+
+
 def test_batch_norm_is_per_rank_by_default(tmp_path):
     local = _ranks_weights(2, "sgd_momentum", "local", tmp_path)
     reference = _one_process(2, "sgd_momentum")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 import gometal as gm
 from gometal import _core
@@ -93,8 +94,16 @@ def test_all_gather_refuses_a_job_of_another_size():
 def test_a_zero_run_saved_with_whole_slots_resumes_bit_for_bit_in_new_processes(tmp_path):
     for phase in ("through", "first", "resumed"):
         ran(mpirun("zero_resume.py", 2, phase, str(tmp_path)))
-    saved = dict(np.load(tmp_path / "saved.npz"))
+    saved = load_file(str(tmp_path / "saved.safetensors"))
     assert saved["dense_0.weight.exp_avg"].shape == saved["dense_0.weight"].shape  # whole
+    # The file is an unsharded run's: one process loads it and trains on.
+    trainer = gm.Trainer.load(tmp_path / "saved.safetensors")
+    assert isinstance(trainer.optimizer, gm.optim.ZeroRedundancyOptimizer)
+    model = trainer.model
+    before = model.get_weights()
+    x = np.ones((32, *model.input_shape), np.float32)
+    trainer.train_batch(x, np.zeros((32, *model.output_shape), np.float32))
+    assert any(not np.array_equal(before[n], w) for n, w in model.get_weights().items())
     for rank in range(2):
         through = dict(np.load(tmp_path / f"through{rank}.npz"))
         resumed = dict(np.load(tmp_path / f"resumed{rank}.npz"))

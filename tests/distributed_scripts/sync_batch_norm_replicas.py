@@ -1,7 +1,8 @@
 """Trains the CNN of sync_batch_norm_models on every rank, each on its slice of every global
 batch; each rank saves its weights (running statistics included).
 
-Usage: mpirun -n N python sync_batch_norm_replicas.py OPTIMIZER sync|local OUT_DIR
+Usage: mpirun -n N python sync_batch_norm_replicas.py OPTIMIZER sync|trainer|local OUT_DIR
+(trainer: plain batch norm layers, ``Trainer(sync_batch_norm=True)``)
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ optimizer_name, mode, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 gm.set_num_threads(1)
 job = gm.distributed.init()
 model = cnn(sync=mode == "sync", seed=1 + job.rank)
-trainer = gm.Trainer(model, "cross_entropy", optimizer(optimizer_name), batch_size=PER_RANK_BATCH)
+trainer = gm.Trainer(
+    model,
+    "cross_entropy",
+    optimizer(optimizer_name),
+    batch_size=PER_RANK_BATCH,
+    sync_batch_norm=mode == "trainer",
+)
 mine = slice(job.rank * PER_RANK_BATCH, (job.rank + 1) * PER_RANK_BATCH)
 differing = 0
 for x, y in global_batches(job.size * PER_RANK_BATCH):

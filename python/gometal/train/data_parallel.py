@@ -207,7 +207,7 @@ def averaged_over_ranks(
 def use_sync_batch_norm(model: Any, enabled: bool = True) -> int:
     """Makes every ``BatchNorm`` of ``model`` combine its batch statistics over the job's
     ranks (``enabled``) or use its own rank's (the default, as torch's DDP); what
-    ``Trainer(sync_batch_norm=True)`` is meant to call before it builds its step (torch:
+    ``Trainer(sync_batch_norm=True)`` calls before it builds its step (torch:
     ``SyncBatchNorm.convert_sync_batchnorm``).
 
     Args:

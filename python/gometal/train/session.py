@@ -204,3 +204,12 @@ class TrainingSession(Protocol):
 
     def restore_state(self, state: SessionState) -> None:
         """Puts back a state ``read_state`` gave (its seed is the session's own)."""
+
+    def checkpoint_state(self) -> SessionState:
+        """``read_state`` as a checkpoint stores it (sharded optimizer slots made whole)."""
+
+    def checkpoint_variable_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``variable_shapes`` as a checkpoint stores them."""
+
+    def restore_checkpoint_state(self, state: SessionState) -> None:
+        """Puts back a state ``checkpoint_state`` gave."""

@@ -28,7 +28,12 @@ from ..nn.inference import (
 from ..nn.layers.base import trainable_changes
 from ..nn.model import Model
 from . import optim
-from .data_parallel import replica_seed, resolve_distributed, synchronize_replicas
+from .data_parallel import (
+    replica_seed,
+    resolve_distributed,
+    synchronize_replicas,
+    use_sync_batch_norm,
+)
 from .evaluation import evaluate as _evaluate
 from .fit import fit as _fit
 from .fit import keras_fit_arguments
@@ -45,7 +50,6 @@ from .sample_weights import as_sample_weights
 from .session import BatchEvaluation, OutputEvaluation, StepResult
 from .step_graph import (
     GRADIENTS_FUNCTION,
-    LEARNING_RATE_SCALAR,
     STEP_VARIABLE,
     StepOptions,
     check_accumulate_steps,
@@ -88,6 +92,8 @@ class Trainer(EngineState):
         distributed: average gradients over the ranks of ``gm.distributed.init()``'s job
             inside the step, after checking every rank built the same model and giving
             each rank 0's weights; ``None``: whenever ``init()`` was called.
+        sync_batch_norm: batch norms use the statistics of the job's whole batch (every
+            rank's), as torch's ``SyncBatchNorm``; ``False``: each rank's own (as DDP).
 
     A model with several inputs or outputs (or given them as dicts) takes lists (in the
     model's order) or dicts (by name) of arrays for ``x`` and ``y`` everywhere; results
@@ -115,6 +121,7 @@ class Trainer(EngineState):
         loss_weights: Any = None,
         accumulate_steps: int = 1,
         distributed: bool | None = None,
+        sync_batch_norm: bool = False,
     ):
         if not isinstance(model, Model):
             raise TypeError(f"model must be a gm.Model, got {type(model).__name__}")
@@ -137,6 +144,8 @@ class Trainer(EngineState):
             accumulate_steps, self.loss_scaling, self.optimizer
         )
         self.distributed = resolve_distributed(distributed, self.optimizer)
+        if sync_batch_norm is not False:  # before the step is built
+            use_sync_batch_norm(model, sync_batch_norm)
         self._options = StepOptions(self.accumulate_steps, distributed=self.distributed)
         self._waiting_slots: dict[str, np.ndarray] = {}
         self._step_offsets: dict[str, int] = {}
@@ -568,28 +577,6 @@ class Trainer(EngineState):
                 f"predict_proba is undefined for the regression loss '{self.loss.name}'"
             )
         return self._predict(x, batch_size, "predict_proba")
-
-    # -- state -----------------------------------------------------------------------------
-    @property
-    def learning_rate(self) -> float:
-        """The learning rate the next step will use."""
-        return float(self._engine.get_scalar(LEARNING_RATE_SCALAR))
-
-    def set_learning_rate(self, lr: float) -> None:
-        """Changes the learning rate of later steps without recompiling anything.
-
-        Args:
-            lr: the new learning rate (finite, >= 0).
-
-        Example:
-            >>> trainer.set_learning_rate(1e-4)  # doctest: +SKIP
-        """
-        self._engine.set_scalar(LEARNING_RATE_SCALAR, optim.check_learning_rate(lr))
-
-    @property
-    def step(self) -> int:
-        """The number of optimizer steps taken (kept in the engine)."""
-        return round(float(np.asarray(self._engine.get_variable(STEP_VARIABLE))))
 
     def __repr__(self) -> str:
         loss = self.loss if not self._per_output else self.losses

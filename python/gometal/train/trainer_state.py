@@ -17,10 +17,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..nn.layers.base import trainable_changes
-from . import provided
+from . import optim, provided
 from .data_parallel import is_leading_rank, wait_for_every_rank
 from .session import SessionState
-from .step_graph import LEARNING_RATE_SCALAR
+from .step_graph import LEARNING_RATE_SCALAR, STEP_VARIABLE
+from .zero_sharding import (
+    ZeroRedundancyOptimizer,
+    sharded_state,
+    unsharded_state,
+    whole_slot_shapes,
+)
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -31,6 +37,7 @@ class EngineState:
 
     # Provided by Trainer.
     model: Any
+    optimizer: Any
     _held: Any
     _host_optimizer: Any
     _loss_scaler: Any
@@ -189,6 +196,64 @@ class EngineState:
         if self._host_optimizer is not None and state.host_optimizer is not None:
             self._host_optimizer.load_state(*state.host_optimizer)
 
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate the next step will use."""
+        return float(self._engine.get_scalar(LEARNING_RATE_SCALAR))
+
+    def set_learning_rate(self, lr: float) -> None:
+        """Changes the learning rate of later steps without recompiling anything.
+
+        Args:
+            lr: the new learning rate (finite, >= 0).
+
+        Example:
+            >>> trainer.set_learning_rate(1e-4)  # doctest: +SKIP
+        """
+        self._engine.set_scalar(LEARNING_RATE_SCALAR, optim.check_learning_rate(lr))
+
+    @property
+    def step(self) -> int:
+        """The number of optimizer steps taken (kept in the engine)."""
+        return round(float(np.asarray(self._engine.get_variable(STEP_VARIABLE))))
+
+    def checkpoint_state(self) -> SessionState:
+        """``read_state`` as a checkpoint stores it: with a ``ZeroRedundancyOptimizer``,
+        every rank's shard of the optimizer slots put together into whole slots, as an
+        unsharded run holds them (a collective: every rank of the job calls it).
+
+        Example:
+            >>> trainer.checkpoint_state().variables["dense_0.weight.exp_avg"].shape  # doctest: +SKIP
+            (784, 512)
+        """
+        state = self.read_state()
+        if isinstance(self.optimizer, ZeroRedundancyOptimizer):
+            state = unsharded_state(state, self.optimizer, self.model.weight_shapes)
+        return state
+
+    def checkpoint_variable_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``variable_shapes`` as a checkpoint stores them (whole optimizer slots).
+
+        Example:
+            >>> trainer.checkpoint_variable_shapes()["optimizer.step"]  # doctest: +SKIP
+            ()
+        """
+        shapes = self.variable_shapes()
+        if isinstance(self.optimizer, ZeroRedundancyOptimizer):
+            shapes = whole_slot_shapes(shapes, self.optimizer, self.model.weight_shapes)
+        return shapes
+
+    def restore_checkpoint_state(self, state: SessionState) -> None:
+        """Puts back a state ``checkpoint_state`` gave (or an unsharded run's): with a
+        ``ZeroRedundancyOptimizer`` each rank takes its shard of the whole slots.
+
+        Example:
+            >>> trainer.restore_checkpoint_state(other.checkpoint_state())  # doctest: +SKIP
+        """
+        if isinstance(self.optimizer, ZeroRedundancyOptimizer):
+            state = sharded_state(state, self.optimizer, self.model.weight_shapes)
+        self.restore_state(state)
+
     def engine_stats(self) -> dict[str, Any]:
         """The engine's counters: arena and persistent bytes, allocations, steps, plans.
 
@@ -219,13 +284,15 @@ class EngineState:
             metadata: optional JSON-serializable dict stored with the checkpoint.
 
         In a distributed job every rank calls it: rank 0 writes (the ranks hold the same
-        state), and every rank returns once the file is complete.
+        state; with ``ZeroRedundancyOptimizer`` the slots' shards are put together first,
+        so the file is an unsharded run's), and every rank returns once it is complete.
 
         Example:
             >>> trainer.save("run/ckpt.safetensors")  # doctest: +SKIP
         """
+        state = self.checkpoint_state()
         if is_leading_rank():
-            provided.save_checkpoint(self, path, metadata)
+            provided.save_checkpoint(self, path, metadata, state=state)
         wait_for_every_rank()
 
     @classmethod

@@ -17,10 +17,9 @@ host's shared memory the exchange is not what limits a step), and clipping reads
 whole averaged gradient, so it is global as without sharding.
 
 Checkpoints hold whole slots, as an unsharded run stores them, so a ZeRO-1 checkpoint
-resumes with or without ZeRO: ``unsharded_state`` puts every rank's shards together (a
-collective) and ``sharded_state`` cuts them back to this rank's shard. ``Trainer.save`` and
-``Trainer.load`` do not call them yet: until they do, save ``unsharded_state(trainer.
-read_state(), ...)`` and restore ``sharded_state(...)`` with ``restore_state``.
+resumes with or without ZeRO: ``Trainer.save`` (on every rank) puts every rank's shards
+together (``unsharded_state``, a collective) and ``Trainer.load`` cuts them back to this
+rank's shard (``sharded_state``).
 
 Example:
     >>> gm.distributed.init()  # doctest: +SKIP
@@ -303,3 +302,21 @@ def sharded_state(
         padded[:size] = whole
         variables[name] = padded[rank * length : (rank + 1) * length].copy()
     return replace(state, variables=variables)
+
+
+def whole_slot_shapes(
+    shapes: Mapping[str, tuple[int, ...]],
+    optimizer: ZeroRedundancyOptimizer,
+    weight_shapes: Mapping,
+) -> dict[str, tuple[int, ...]]:
+    """``shapes`` (the engine's variable shapes) with every sharded slot given its
+    parameter's whole shape, as ``unsharded_state`` returns it.
+
+    Example:
+        >>> whole_slot_shapes({"w.exp_avg": (2,)}, ZeroRedundancyOptimizer("adam"), {"w": (3,)})
+        {'w.exp_avg': (3,)}
+    """
+    whole = {name: tuple(shape) for name, shape in shapes.items()}
+    for name, shape in _slot_names(whole, optimizer, weight_shapes):
+        whole[name] = shape
+    return whole

@@ -236,6 +236,7 @@ def save_checkpoint(
     trainer: TrainingSession,
     path: str | os.PathLike[str],
     metadata: Mapping[str, Any] | None = None,
+    state: SessionState | None = None,
 ) -> None:
     """Atomically writes everything needed to resume ``trainer`` exactly.
 
@@ -243,6 +244,8 @@ def save_checkpoint(
         trainer: the trainer.
         path: the file to create or replace (``.safetensors`` by convention).
         metadata: optional JSON-serializable dict stored with the checkpoint.
+        state: the state to store (``trainer.checkpoint_state()``, which a distributed
+            job reads on every rank); default: ``trainer.read_state()``.
 
     Raises:
         TypeError: the loss, optimizer, scheduler or a layer cannot be saved, or
@@ -254,7 +257,8 @@ def save_checkpoint(
         >>> save_checkpoint(trainer, "run/ckpt.safetensors")  # doctest: +SKIP
     """
     # One moment's state: no step of this trainer, or of one sharing its layers, in between.
-    state = trainer.read_state()
+    if state is None:
+        state = trainer.read_state()
     tensors = dict(state.variables)
     training = {
         "loss": loss_to_config(trainer.loss),
@@ -427,7 +431,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_non_finite: bool = Fa
                 )
     trainer.set_frozen_steps(step_offsets, frozen_since)
     shapes = {name: value.shape for name, value in tensors.items()}
-    check_tensor_shapes(trainer.variable_shapes(), shapes, "the trainer the checkpoint describes")
+    check_tensor_shapes(
+        trainer.checkpoint_variable_shapes(), shapes, "the trainer the checkpoint describes"
+    )
     host_driven = trainer.optimizer.host_driven
     if host_driven != ("host_optimizer" in training) or (not host_driven and host_vectors):
         raise CheckpointError("the checkpoint's host optimizer state does not match its optimizer")
@@ -435,7 +441,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_non_finite: bool = Fa
     seed, rng_step = _training_field(training, "seed"), _training_field(training, "rng_step")
     try:
         # Shapes are checked above: what remains to fail is a forged host optimizer memory.
-        trainer.restore_state(
+        trainer.restore_checkpoint_state(
             SessionState(
                 tensors,
                 seed,

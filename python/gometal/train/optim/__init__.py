@@ -39,6 +39,7 @@ __all__ = [
     "NAdam",
     "Optimizer",
     "RMSprop",
+    "ZeroRedundancyOptimizer",
     "available",
     "check_learning_rate",
     "clip_by_global_norm",
@@ -134,6 +135,14 @@ def from_config(config: Mapping[str, Any]) -> Optimizer:
             f"config must be a mapping {{'class_name': str, 'config': mapping}}, got {config!r}"
         )
     class_name = config.get("class_name")
+    if class_name == "ZeroRedundancyOptimizer":
+        inner = config["config"].get("optimizer")
+        if set(config["config"]) != {"optimizer"} or not isinstance(inner, Mapping):
+            raise ValueError(
+                "ZeroRedundancyOptimizer's config must be {'optimizer': <an optimizer's "
+                f"config>}}, got {dict(config['config'])!r}"
+            )
+        return _zero_redundancy_optimizer()(from_config(inner))
     if class_name not in _BY_CLASS_NAME:
         raise ValueError(
             f"unknown optimizer class_name {class_name!r}; valid: {', '.join(_BY_CLASS_NAME)}"
@@ -147,3 +156,16 @@ def from_config(config: Mapping[str, Any]) -> Optimizer:
             f"{class_name} has no argument(s) {unknown}; valid: {', '.join(sorted(accepted))}"
         )
     return cls(**arguments)
+
+
+def __getattr__(name: str) -> Any:
+    # ZeRO-1's wrapper builds on the data-parallel step, which imports this package.
+    if name == "ZeroRedundancyOptimizer":
+        return _zero_redundancy_optimizer()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _zero_redundancy_optimizer() -> type[Optimizer]:
+    from ..zero_sharding import ZeroRedundancyOptimizer
+
+    return ZeroRedundancyOptimizer
