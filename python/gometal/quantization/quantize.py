@@ -336,9 +336,12 @@ def rebuild_quantized(
             continue
         new_inputs = [tensors[id(t)] for t in call.inputs]
         layer = replacements[id(call.layer)]
-        tensors[id(call.output)] = layer(
+        produced = layer(
             new_inputs[0] if len(new_inputs) == 1 and layer.num_inputs == 1 else new_inputs
         )
+        # A call with several outputs (return_state=True) gives them as a tuple.
+        new_outputs = produced if isinstance(produced, tuple) else (produced,)
+        tensors.update((id(old), new) for old, new in zip(call.outputs, new_outputs))
     outputs = [tensors[id(t)] for t in model.outputs]
     given_inputs: Any = dict(zip(signature.names, inputs)) if signature.keyed else inputs
     out_signature = model.output_signature

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import _core
 from ..base.arrays import as_input_batch
-from ..nn.layers.base import EmitContext
+from ..nn.layers.base import EmitContext, emitted_nodes
 from ..nn.tensor import BATCH
 
 
@@ -63,7 +63,8 @@ class GradientProbe:
 
 
 class ActivationProbe:
-    """Each layer call's output in inference mode (dropout off, running statistics).
+    """Each layer call's output in inference mode (dropout off, running statistics); a
+    call with several outputs gives each, the further ones named ``<name>_<index>``.
 
     Example:
         >>> outputs = ActivationProbe(trainer.model)(x[:64])  # doctest: +SKIP
@@ -81,12 +82,18 @@ class ActivationProbe:
         seen: dict[str, int] = {}
         for call in model.graph.calls:
             ctx.scope = call.layer.name or ""
-            node = call.layer.emit(ctx, [values[id(t)] for t in call.inputs])
-            values[id(call.output)] = node
+            emitted = call.layer.emit(ctx, [values[id(t)] for t in call.inputs])
+            label = f"layer '{call.layer.name}'"
+            nodes = emitted_nodes(emitted, len(call.outputs), label)
+            values.update((id(t), node) for t, node in zip(call.outputs, nodes))
             base = call.layer.name or type(call.layer).__name__.lower()
             seen[base] = seen.get(base, 0) + 1
             # A shared layer appears once per call.
-            named[base if seen[base] == 1 else f"{base}#{seen[base]}"] = node
+            key = base if seen[base] == 1 else f"{base}#{seen[base]}"
+            # Further outputs (a recurrent layer's final states) are named as model
+            # outputs name them: "_<index>" after the call's name.
+            for index, node in enumerate(nodes):
+                named[key if index == 0 else f"{key}_{index}"] = node
         ctx.scope = ""
         # Identity layers (dropout at inference) may return their input node: run each
         # node once and share its array.

@@ -35,10 +35,25 @@ def _batch_shape(shape: Sequence[int], batch_size: int) -> list[int]:
     return [batch_size if d == BATCH else int(d) for d in shape]
 
 
+def _check_one_output(call: Any) -> None:
+    # go-metal's layers each have one output shape and are read by layer name, so a
+    # later layer reading a final state could not say which output it reads.
+    if len(call.outputs) > 1:
+        layer = call.layer
+        shapes = ", ".join(str(tuple(t.engine_shape[1:])) for t in call.outputs)
+        raise ValueError(
+            f"cannot export to go-metal JSON: layer {layer.name!r} ({type(layer).__name__}) "
+            f"gives {len(call.outputs)} outputs (sample shapes {shapes}), and go-metal's "
+            "layout holds one output per layer; save the trainer with trainer.save, or "
+            "build the model without return_state"
+        )
+
+
 def _model_spec(trainer: TrainingSession) -> dict[str, Any]:
     model, batch = trainer.model, trainer.batch_size
     first_call: dict[int, Any] = {}
     for call in model.graph.calls:
+        _check_one_output(call)
         first_call.setdefault(id(call.layer), call)
     layers = []
     for layer in model.layers:
@@ -102,6 +117,10 @@ def go_metal_document(trainer: TrainingSession, description: str | None = None) 
 
     Returns:
         ``{"model_spec", "weights", "training_state", "optimizer_state", "metadata"}``.
+
+    Raises:
+        ValueError: a layer call gives several outputs (``return_state=True``), which
+            go-metal's layout cannot hold; the error names the layer.
 
     Example:
         >>> go_metal_document(trainer)["metadata"]["framework"]  # doctest: +SKIP
@@ -168,7 +187,8 @@ def export_json(
         description: optional free text stored as ``metadata.description``.
 
     Raises:
-        ValueError: a weight or slot holds NaN or infinity (JSON has no such numbers).
+        ValueError: a weight or slot holds NaN or infinity (JSON has no such numbers), or
+            a layer call gives several outputs (see ``go_metal_document``).
 
     Example:
         >>> export_json(trainer, "run/checkpoint.json")  # doctest: +SKIP
