@@ -126,3 +126,16 @@ def test_go_metal_json_still_writes_a_one_output_recurrent_model(tmp_path):
     document = json.loads((tmp_path / "checkpoint.json").read_text())
     names = [layer["name"] for layer in document["model_spec"]["layers"]]
     assert names[0] == "lstm"
+
+
+def test_the_collector_records_each_output_while_training(digits):
+    x_train, x_val, y_train, y_val = digits
+    model = _state_heads_model()
+    trainer = gm.Trainer(model, "cross_entropy", "adam", batch_size=32)
+    collector = gm.viz.VisualizationCollector(validation=(x_val[:64], y_val[:64]))
+    trainer.fit((x_train[:256], y_train[:256]), 1, callbacks=[collector], verbose=0)
+    assert collector.errors == []
+    assert {"lstm", "lstm_1", "lstm_2", "logits"} <= set(collector.activations)
+    assert collector.activations["lstm"].shape == (64, 8, HIDDEN)
+    assert collector.activations["lstm_2"].shape == (64, 1, HIDDEN)
+    assert set(collector.gradients) == set(model.trainable_weight_names)
