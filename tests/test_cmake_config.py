@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -318,14 +319,27 @@ def _compile_in(entry: dict, out_dir: Path) -> subprocess.CompletedProcess:
 
 def test_portable_build_compiles_the_vector_kernels(tmp_path):
     # Without -march=native an x86 compiler has no 256-bit registers: the kernels written with
-    # 8-float vectors (vec8.h) must still compile, as they do for wheels and on arm64.
+    # vector types (vec8.h, simd_paths.h; included by the file or its own header) must still
+    # compile, as they do for wheels and on arm64.
     build_dir = tmp_path / "build"
     completed = _configure(build_dir, "-DGOMETAL_NATIVE=OFF", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON")
     assert completed.returncode == 0, completed.stdout + completed.stderr
     entries = json.loads((build_dir / "compile_commands.json").read_text())
-    vector_kernels = [e for e in entries if "vec8.h" in Path(e["file"]).read_text()]
+
+    def uses_vectors(source: Path, seen: set[Path]) -> bool:
+        # Through the project's own includes (cpp/src/...), followed once each.
+        seen.add(source)
+        for included in re.findall(r'#include "([^"]+)"', source.read_text()):
+            if Path(included).name in ("vec8.h", "simd_paths.h"):
+                return True
+            header = REPO_ROOT / "cpp" / "src" / included
+            if header.exists() and header not in seen and uses_vectors(header, seen):
+                return True
+        return False
+
+    vector_kernels = [e for e in entries if uses_vectors(Path(e["file"]), set())]
     names = {Path(e["file"]).name for e in vector_kernels}
-    assert {"conv_direct.cpp", "pool.cpp"} <= names, names
+    assert {"conv_direct.cpp", "conv_simd.cpp", "gemm_small.cpp", "pool.cpp"} <= names, names
     for entry in vector_kernels:
         compiled = _compile_in(entry, tmp_path)
         assert compiled.returncode == 0, f"{entry['file']}:\n{compiled.stderr}"
