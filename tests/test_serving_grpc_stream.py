@@ -41,10 +41,15 @@ def _stream(url: str, requests: list[tuple[str, str, np.ndarray]], **start) -> d
     answers: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)), **start)
     try:
+        sent = 0
         for request_id, model, x in requests:
             tensor = triton.InferInput("input", list(x.shape), "FP32").set_data_from_numpy(x)
-            client.async_stream_infer(model, [tensor], request_id=request_id)
-        received = [answers.get(timeout=ANSWER_TIMEOUT_S) for _ in requests]
+            try:
+                client.async_stream_infer(model, [tensor], request_id=request_id)
+            except InferenceServerException:
+                break  # the server ended the stream (refused it): the reason reaches the callback
+            sent += 1
+        received = [answers.get(timeout=ANSWER_TIMEOUT_S) for _ in range(max(sent, 1))]
     finally:
         client.stop_stream()
         client.close()
