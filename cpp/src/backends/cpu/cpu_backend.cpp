@@ -16,6 +16,7 @@
 #include "backends/cpu/window_kernel.h"
 #include "backends/cpu/fused_elementwise.h"
 #include "backends/cpu/gemm.h"
+#include "backends/cpu/gemm_packed_weights.h"
 #include "backends/cpu/conv.h"
 #include "backends/cpu/decoding.h"
 #include "backends/cpu/layout.h"
@@ -28,6 +29,7 @@
 #include "backends/cpu/reduce.h"
 #include "backends/cpu/sequence_kernels.h"
 #include "backends/cpu/passes/conv_epilogues.h"
+#include "backends/cpu/passes/dense_epilogues.h"
 #include "backends/cpu/passes/fusion.h"
 #include "backends/cpu/passes/memory_plan.h"
 #include "backends/cpu/passes/sample_tiling.h"
@@ -186,6 +188,7 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
   const BufRef y = mem.ref[id];
   auto in = [&](size_t i) { return mem.ref[n.inputs[i]]; };
   auto in_shape = [&](size_t i) -> const Shape& { return shapes[n.inputs[i]]; };
+  if (auto k = make_packed_matmul_kernel(g, id, mem, shapes)) return k;
   if (auto k = make_sequence_kernel(g, id, mem, shapes)) return k;
   if (auto k = make_decoding_kernel(g, id, mem, shapes)) return k;
   if (auto k = make_recurrent_kernel(g, id, mem, shapes)) return k;
@@ -343,6 +346,7 @@ class CpuFunction final : public CompiledFunction {
     const int64_t batch = binding.empty() ? 1 : binding[0];  // sample tiling cuts the batch
     Fusion f = fuse_elementwise(g, s, fn, shapes);
     fuse_conv_epilogues(g, s, fn, shapes, f);
+    fuse_dense_epilogues(g, s, fn, shapes, f);
     fuse_quantized_chains(g, s, fn, shapes, f);
     const SampleTiling tiling = plan_sample_tiling(g, s, f, shapes, batch, tiling_on);
     const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset, &tiling);
@@ -390,6 +394,7 @@ class CpuFunction final : public CompiledFunction {
       }
     }
     for (int out : fn.outputs) outputs_.push_back(mem.ref[out]);
+    writes_ = persistent_writes(g, fn, persistent_offset);
     // GOMETAL_PROFILE=1 times every kernel and prints the table when the plan is dropped.
     const char* profile = std::getenv("GOMETAL_PROFILE");
     profile_ = profile && profile[0] == '1';
@@ -418,6 +423,7 @@ class CpuFunction final : public CompiledFunction {
     ctx.rng_step = args.rng_step;
     ctx.tiles = workspace_->tiles.raw();
     ctx.tile_stride = tile_stride_;
+    writes_.note(ctx.persistent);
     if (!profile_) {
       for (const auto& k : kernels_) k->run(ctx);
       return;
@@ -459,6 +465,7 @@ class CpuFunction final : public CompiledFunction {
  private:
   std::vector<std::unique_ptr<Kernel>> kernels_;
   std::vector<BufRef> outputs_;
+  PersistentWrites writes_;  // the variables this plan's effects write: packed copies refresh
   std::vector<std::string> description_;
   std::shared_ptr<CpuWorkspace> workspace_;
   // The pool stays alive as long as this plan, whatever set_num_threads does meanwhile.
@@ -496,6 +503,7 @@ class CpuBackend final : public Backend {
   int64_t persistent_bytes() const override { return static_cast<int64_t>(workspace_->persistent.bytes()); }
   void upload(int64_t offset, const void* src, int64_t bytes) override {
     std::memcpy(workspace_->persistent.raw() + offset, src, static_cast<size_t>(bytes));
+    note_persistent_write(workspace_->persistent.raw() + offset, bytes);
   }
   void download(int64_t offset, void* dst, int64_t bytes) const override {
     std::memcpy(dst, workspace_->persistent.raw() + offset, static_cast<size_t>(bytes));

@@ -1,0 +1,43 @@
+// Matrix products against weights packed once into column panels (inference plans): the
+// register-blocked kernel reads each panel contiguously, with no per-call repacking of B.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include "backends/cpu/kernel.h"
+#include "backends/cpu/simd_paths.h"
+#include "runtime/memory.h"
+
+namespace gometal {
+
+// Products of kGemmPackedMinRows to kGemmPackedMaxRows rows of A run on packed weights. One
+// row streams the weights once either way (the BLAS's matrix-vector product is as fast, with
+// no copy); past the maximum the BLAS's own packing is amortized over enough rows.
+constexpr int64_t kGemmPackedMinRows = 2, kGemmPackedMaxRows = 1024;
+
+// The path GOMETAL_GEMM_PACKED_KERNEL names (portable, avx2, avx512), the fastest this CPU
+// has when unset, or std::nullopt for "off" (weights are never packed). Throws
+// std::invalid_argument naming the variable for an unknown name or a path the CPU lacks.
+std::optional<SimdPath> choose_gemm_packed_path();
+
+// B (K x N, or N x K when transposed: a dense layer's weight) as ceil(N / width) panels of
+// K rows x `width` columns each, zero-padded past column N; width depends on the path.
+struct PackedWeights {
+  SimdPath path = SimdPath::Portable;
+  int64_t n = 0, k = 0, width = 0;
+  AlignedBuffer panels;  // 64-byte aligned: every panel row starts a cache line on AVX-512
+};
+
+// The panel width the path's register tile covers.
+int64_t packed_panel_width(SimdPath path);
+
+// Packs B into `out` (reusing its storage when the size matches).
+void pack_weights(SimdPath path, bool transpose_b, int64_t n, int64_t k, const float* b, PackedWeights* out);
+
+// C(M x N) = A(M x K) B with B packed, row-major; then + bias (length N, when not null)
+// and max(0, .) when relu. Columns are split across the pool's threads when the product is
+// large enough to pay for waking them.
+void gemm_packed(ThreadPool& pool, int64_t m, const float* a, const PackedWeights& b, float* c,
+                 const float* bias = nullptr, bool relu = false);
+
+}  // namespace gometal

@@ -1,0 +1,144 @@
+#include "backends/cpu/passes/dense_epilogues.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "backends/cpu/gemm_packed.h"
+#include "ir/op_registry.h"
+
+namespace gometal {
+namespace {
+
+// The add of a per-column bias to matmul value `prev`: `next` adds a float32 (N,), (1, N),
+// (1, 1, N), ... value to it. Returns the bias node, or -1.
+int bias_added(const Graph& g, int prev, int next, const std::vector<Shape>& shapes) {
+  const Node& n = g.node(next);
+  if (n.op != OpKind::Add || n.inputs.size() != 2 || n.dtype != DType::F32 || shapes[next] != shapes[prev]) return -1;
+  const int bias = n.inputs[0] == prev ? n.inputs[1] : n.inputs[0];
+  if (bias == prev || g.node(bias).dtype != DType::F32) return -1;
+  const Shape& s = shapes[bias];
+  if (s.empty() || s.size() > shapes[prev].size() || s.back() != shapes[prev].back()) return -1;
+  for (size_t d = 0; d + 1 < s.size(); ++d)
+    if (s[d] != 1) return -1;
+  return bias;
+}
+
+bool relu_of(const Graph& g, int prev, int next, const std::vector<Shape>& shapes) {
+  const Node& n = g.node(next);
+  return n.op == OpKind::Relu && n.dtype == DType::F32 && shapes[next] == shapes[prev];
+}
+
+}  // namespace
+
+int64_t packed_rows(const Shape& out) {
+  int64_t rows = 1;
+  for (size_t d = 0; d + 1 < out.size(); ++d) rows *= out[d];
+  return rows;
+}
+
+bool runs_on_packed_weights(const Graph& g, int id, const std::vector<Shape>& shapes, bool weights_persistent) {
+  const Node& node = g.node(id);
+  if (node.op != OpKind::MatMul || node.attrs.transpose_a || node.dtype != DType::F32 || !weights_persistent)
+    return false;
+  const int weights = node.inputs[1];
+  const Shape &out = shapes[id], &a = shapes[node.inputs[0]];
+  if (g.node(weights).dtype != DType::F32 || out.size() < 2 || a.size() != out.size() || shapes[weights].size() != 2)
+    return false;
+  // Leading axes of A are rows (a sequence model's (batch, time, features)), never broadcast.
+  for (size_t d = 0; d + 1 < out.size(); ++d)
+    if (a[d] != out[d]) return false;
+  const int64_t m = packed_rows(out);
+  if (m < kGemmPackedMinRows || m > kGemmPackedMaxRows || out.back() < 1 || a.back() < 1) return false;
+  // A plan with a product of a transposed A computes weight gradients (dW = dY^T X): it keeps
+  // the BLAS's products, so that its forward values are the training step's, bit for bit.
+  for (int i = 0; i < g.size(); ++i)
+    if (!shapes[i].empty() && g.node(i).op == OpKind::MatMul && g.node(i).attrs.transpose_a) return false;
+  return choose_gemm_packed_path().has_value();
+}
+
+void fuse_dense_epilogues(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
+                          Fusion& f) {
+  const int n = g.size();
+  std::vector<std::vector<int>> readers(n);
+  for (int i = 0; i < n; ++i) {
+    if (!s.needed[i]) continue;
+    const std::vector<int>& in = g.node(i).inputs;
+    for (size_t k = 0; k < in.size(); ++k)
+      if (std::find(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(k), in[k]) == in.begin() + k)
+        readers[in[k]].push_back(i);
+  }
+  std::vector<char> returned(n, 0);
+  for (int out : fn.outputs) returned[s.alias_root[out]] = 1;
+  // A plan that writes the weights (a training step) keeps its product as it was.
+  std::vector<char> written(n, 0);
+  for (int e : fn.effects)
+    if (const OpDef& def = op_def(g.node(e).op); def.written != nullptr)
+      for (int var : def.written(g.node(e))) written[var] = 1;
+  auto packable = [&](int weights) {
+    const int root = s.alias_root[weights];
+    return (g.node(root).op == OpKind::Variable || g.node(root).op == OpKind::Constant) && !written[root];
+  };
+
+  std::vector<char> dropped(f.steps.size(), 0);
+  for (size_t st = 0; st < f.steps.size(); ++st) {
+    const Step& step = f.steps[st];
+    if (step.fused || step.nodes.size() != 1) continue;
+    const int mm = step.nodes[0];
+    if (returned[mm] || readers[mm].size() != 1) continue;
+    if (g.node(mm).op != OpKind::MatMul || !runs_on_packed_weights(g, mm, shapes, packable(g.node(mm).inputs[1])))
+      continue;
+    // The add, then maybe a relu: the whole of one fused step, ending in a buffer.
+    const int add = readers[mm][0];
+    const int at = f.step_of[add];
+    if (at < 0 || !f.steps[at].fused || bias_added(g, mm, add, shapes) < 0) continue;
+    std::vector<int> chain{add};
+    if (!f.materialized[add] && !returned[add] && readers[add].size() == 1 && relu_of(g, add, readers[add][0], shapes))
+      chain.push_back(readers[add][0]);
+    const int last = chain.back();
+    if (f.steps[at].nodes != chain || f.step_of[last] != at || !(f.materialized[last] || returned[last])) continue;
+    // The matmul moves down to the epilogue's step: nothing between may write what it reads.
+    bool effect_between = false;
+    for (int between = static_cast<int>(st) + 1; between < at; ++between)
+      for (int id : f.steps[between].nodes) effect_between |= is_effect(g.node(id).op);
+    if (effect_between) continue;
+    Step merged{false, {mm}};
+    merged.nodes.insert(merged.nodes.end(), chain.begin(), chain.end());
+    f.steps[at] = std::move(merged);
+    f.materialized[mm] = 0;
+    dropped[st] = 1;
+  }
+
+  std::vector<Step> kept;
+  for (size_t st = 0; st < f.steps.size(); ++st)
+    if (!dropped[st]) kept.push_back(std::move(f.steps[st]));
+  f.steps = std::move(kept);
+  for (size_t st = 0; st < f.steps.size(); ++st)
+    for (int id : f.steps[st].nodes) f.step_of[id] = static_cast<int>(st);
+}
+
+DenseEpilogue merged_dense_epilogue(const Graph& g, int id, const MemoryPlan& mem, const std::vector<Shape>& shapes) {
+  // The chain again, as fuse_dense_epilogues found it: readers outside this function have no
+  // shape here, and only the chain's last value has a buffer.
+  auto reader_of = [&](int value) {
+    for (int i = 0; i < g.size(); ++i) {
+      const std::vector<int>& in = g.node(i).inputs;
+      if (!shapes[i].empty() && std::find(in.begin(), in.end(), value) != in.end()) return i;
+    }
+    return -1;
+  };
+  DenseEpilogue epilogue;
+  const int add = reader_of(id);
+  if (add >= 0) epilogue.bias = bias_added(g, id, add, shapes);
+  if (epilogue.bias < 0) throw std::logic_error("[cpu] matmul epilogue: the merged step's chain is broken");
+  epilogue.last = add;
+  if (mem.ref[add].region == Region::None) {
+    const int relu = reader_of(add);
+    if (relu < 0 || !relu_of(g, add, relu, shapes))
+      throw std::logic_error("[cpu] matmul epilogue: the merged step's relu is missing");
+    epilogue.relu = true;
+    epilogue.last = relu;
+  }
+  return epilogue;
+}
+
+}  // namespace gometal

@@ -1,0 +1,42 @@
+// Dense epilogues: a matmul by packed weights (gemm_packed_weights.h) whose only reader is a
+// fused elementwise step that adds a per-column bias and then, optionally, applies a ReLU
+// (a Dense layer's add and activation) becomes one step: the product adds the bias and takes
+// the ReLU while its sums are in registers, and its own output is never written to memory.
+#pragma once
+
+#include <vector>
+
+#include "backends/cpu/passes/fusion.h"
+#include "backends/cpu/passes/memory_plan.h"
+#include "gometal/ir.h"
+#include "passes/schedule.h"
+
+namespace gometal {
+
+// Whether matmul node `id` runs on packed weights in this plan: float32, A not transposed
+// (its leading axes, not broadcast, are rows), B a 2-D variable or constant,
+// kGemmPackedMinRows to kGemmPackedMaxRows rows, packing not turned off, and no weight
+// gradient in the plan (no matmul of a transposed A; `shapes` are empty for nodes the plan
+// does not run). `weights_persistent`: B's buffer lies in the persistent pool.
+bool runs_on_packed_weights(const Graph& g, int id, const std::vector<Shape>& shapes, bool weights_persistent);
+// The rows of a product of shape `out`: all its axes but the last.
+int64_t packed_rows(const Shape& out);
+
+// Merges each such matmul with its epilogue step, unless the plan's effects write the weights
+// (a training step keeps its steps): the merged step (not fused) lists the matmul, the add and
+// the relu, sits where the epilogue step stood, and only the chain's last value keeps a
+// buffer. Run after fuse_elementwise, before sample tiling and the memory plan.
+void fuse_dense_epilogues(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
+                          Fusion& f);
+
+// The epilogue of matmul `id` once merged (its value has no buffer): the bias node, whether
+// a relu follows, and the node whose buffer receives the result. Throws std::logic_error
+// when the merged chain is not there.
+struct DenseEpilogue {
+  int bias = -1;
+  bool relu = false;
+  int last = -1;
+};
+DenseEpilogue merged_dense_epilogue(const Graph& g, int id, const MemoryPlan& mem, const std::vector<Shape>& shapes);
+
+}  // namespace gometal
