@@ -16,17 +16,9 @@ int single_step(const Fusion& f, int id) {
 
 void fuse_quantized_chains(const Graph& g, const Schedule& s, const FunctionSpec& fn,
                            const std::vector<Shape>& shapes, Fusion& f) {
-  const int n = g.size();
-  std::vector<std::vector<int>> readers(n);
-  for (int i = 0; i < n; ++i) {
-    if (!s.needed[i]) continue;
-    const std::vector<int>& in = g.node(i).inputs;
-    for (size_t k = 0; k < in.size(); ++k)
-      if (std::find(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(k), in[k]) == in.begin() + k)
-        readers[in[k]].push_back(i);
-  }
-  std::vector<char> returned(n, 0);
-  for (int out : fn.outputs) returned[s.alias_root[out]] = 1;
+  const ValueReaders value = value_readers(g, s, fn);
+  const std::vector<std::vector<int>>& readers = value.readers;
+  const std::vector<char>& returned = value.returned;
   // A value that flows on: no other reader, not returned, computed in a step of its own.
   auto only_reader = [&](int value) {
     if (returned[value] || returned[s.alias_root[value]] || readers[value].size() != 1) return -1;

@@ -103,17 +103,9 @@ struct ConvEpilogueKernel final : Kernel {
 
 void fuse_conv_epilogues(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
                          Fusion& f) {
-  const int n = g.size();
-  std::vector<std::vector<int>> readers(n);
-  for (int i = 0; i < n; ++i) {
-    if (!s.needed[i]) continue;
-    const std::vector<int>& in = g.node(i).inputs;
-    for (size_t k = 0; k < in.size(); ++k)
-      if (std::find(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(k), in[k]) == in.begin() + k)
-        readers[in[k]].push_back(i);
-  }
-  std::vector<char> returned(n, 0);
-  for (int out : fn.outputs) returned[s.alias_root[out]] = 1;
+  const ValueReaders value = value_readers(g, s, fn);
+  const std::vector<std::vector<int>>& readers = value.readers;
+  const std::vector<char>& returned = value.returned;
 
   std::vector<char> dropped(f.steps.size(), 0);
   for (size_t st = 0; st < f.steps.size(); ++st) {

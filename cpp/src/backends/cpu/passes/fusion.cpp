@@ -205,4 +205,18 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
   return f;
 }
 
+ValueReaders value_readers(const Graph& g, const Schedule& s, const FunctionSpec& fn) {
+  const int n = g.size();
+  ValueReaders v{std::vector<std::vector<int>>(n), std::vector<char>(n, 0)};
+  for (int i = 0; i < n; ++i) {
+    if (!s.needed[i]) continue;
+    const std::vector<int>& in = g.node(i).inputs;
+    for (size_t k = 0; k < in.size(); ++k)
+      if (std::find(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(k), in[k]) == in.begin() + k)
+        v.readers[in[k]].push_back(i);
+  }
+  for (int out : fn.outputs) v.returned[s.alias_root[out]] = 1;
+  return v;
+}
+
 }  // namespace gometal

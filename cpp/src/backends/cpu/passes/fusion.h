@@ -19,6 +19,14 @@ struct Fusion {
   std::vector<char> materialized; // per node id: the value needs its own buffer
 };
 
+// Who reads each value of a plan, for the passes that merge a kernel with what follows it
+// only when nothing else reads the intermediate.
+struct ValueReaders {
+  std::vector<std::vector<int>> readers;  // per node id: the needed nodes reading it, once each
+  std::vector<char> returned;             // per node id: an output of the function (alias roots)
+};
+ValueReaders value_readers(const Graph& g, const Schedule& s, const FunctionSpec& fn);
+
 // `shapes` are the concrete shapes of every node for this plan's batch size.
 Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& fn,
                         const std::vector<Shape>& shapes);
