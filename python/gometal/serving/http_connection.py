@@ -22,7 +22,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ..viz.server_http import error_response_bytes
+from ..viz.server_http import HeaderDeadline
 
 __all__ = ["CoalescedWrites", "serving_protocol"]
 
@@ -82,17 +82,14 @@ class CoalescedWrites:
         return getattr(self._transport, name)
 
 
-class _ServingHttpToolsProtocol(HttpToolsProtocol):
+class _ServingHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
     """uvicorn's httptools protocol with a header deadline and coalesced writes."""
 
-    header_timeout_s = 10.0
-
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._drain_timer: asyncio.TimerHandle | None = None
+        self._start_deadlines()
         # Until a request's headers are complete; the connection opening counts as a start.
-        self._awaiting_headers = True
-        self._request_started = False
+        self._headers_pending = True
+        self._started = False
         self._body_done = True
         super().connection_made(CoalescedWrites(transport, asyncio.get_running_loop()))
         self._arm_header_timer()
@@ -101,7 +98,7 @@ class _ServingHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self.parser is None or self.transport.is_closing():
             self._cancel_header_timer()
-        elif self._awaiting_headers:
+        elif self._headers_pending:
             self._arm_header_timer()
         else:
             self._cancel_header_timer()
@@ -113,11 +110,11 @@ class _ServingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._awaiting_headers = self._request_started = True
+        self._headers_pending = self._started = True
         self._body_done = False
 
     def on_headers_complete(self) -> None:
-        self._awaiting_headers = False
+        self._headers_pending = False
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -127,47 +124,17 @@ class _ServingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # Answered before the body was read (413, 415, 503): what follows is dropped as it
-        # comes, so the client reads the answer rather than a reset; for a bounded time.
         if not self._body_done and not self.transport.is_closing():
-            self._drain_timer = self.loop.call_later(self.header_timeout_s, self._drain_late)
+            self._arm_drain_timer()
 
-    def send_400_response(self, msg: str) -> None:
-        # uvicorn answers unparsable requests in plain text; clients expect JSON.
-        self._cancel_header_timer()
-        message = f"not a valid HTTP/1.1 request ({msg.rstrip('.')})"
-        self.transport.write(error_response_bytes(400, "Bad Request", message, "INVALID_REQUEST"))
-        self.transport.close()
+    def _awaiting_headers(self) -> bool:
+        return self._headers_pending
 
-    def _drain_late(self) -> None:
-        self._drain_timer = None
-        if not self._body_done:
-            self.transport.close()
+    def _request_started(self) -> bool:
+        return self._started
 
-    def _cancel_drain_timer(self) -> None:
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
-            self._drain_timer = None
-
-    def _arm_header_timer(self) -> None:
-        if self._header_timer is None:  # the deadline runs from the first byte, not the last
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
-
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _headers_late(self) -> None:
-        self._header_timer = None
-        if self.transport.is_closing() or not self._awaiting_headers:
-            return
-        if self._request_started:  # part of a request came: tell the client why
-            message = f"request headers must arrive within {self.header_timeout_s:g} s"
-            self.transport.write(
-                error_response_bytes(408, "Request Timeout", message, "REQUEST_TIMEOUT")
-            )
-        self.transport.close()
+    def _body_unfinished(self) -> bool:
+        return not self._body_done
 
 
 def serving_protocol(header_timeout_s: float) -> type:

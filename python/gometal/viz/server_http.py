@@ -21,6 +21,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 __all__ = [
     "DEFAULT_HEADER_TIMEOUT_S",
+    "HeaderDeadline",
     "HeaderDeadlineH11Protocol",
     "error_response_bytes",
     "protocol_with_header_timeout",
@@ -54,14 +55,77 @@ def error_response_bytes(status: int, reason: str, message: str, code: str) -> b
     return head.encode("ascii") + body
 
 
-class _HeaderDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol, closing connections whose request headers come too slowly."""
+class HeaderDeadline:
+    """The timers and JSON answers of a connection whose request headers have a deadline,
+    mixed into a uvicorn HTTP protocol (this module's h11 one, the inference server's
+    httptools one). The protocol provides ``loop`` and ``transport``."""
 
     header_timeout_s = DEFAULT_HEADER_TIMEOUT_S
+    loop: asyncio.AbstractEventLoop
+    transport: Any
 
-    def connection_made(self, transport: Any) -> None:
+    def _start_deadlines(self) -> None:
         self._header_timer: asyncio.TimerHandle | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:  # the deadline runs from the first byte, not the last
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _arm_drain_timer(self) -> None:
+        # Answered before the body was read (413, 415, 503): the rest is dropped as it
+        # comes, so the client reads the answer rather than a reset; for a bounded time.
+        self._drain_timer = self.loop.call_later(self.header_timeout_s, self._drain_late)
+
+    def _cancel_drain_timer(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+
+    def _drain_late(self) -> None:
+        self._drain_timer = None
+        if self._body_unfinished():
+            self.transport.close()
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or not self._awaiting_headers():
+            return
+        if self._request_started():  # part of a request came: tell the client why
+            message = f"request headers must arrive within {self.header_timeout_s:g} s"
+            self.transport.write(
+                error_response_bytes(408, "Request Timeout", message, "REQUEST_TIMEOUT")
+            )
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers unparsable requests in plain text; clients expect JSON.
+        self._cancel_header_timer()
+        message = f"not a valid HTTP/1.1 request ({msg.rstrip('.')})"
+        self.transport.write(error_response_bytes(400, "Bad Request", message, "INVALID_REQUEST"))
+        self.transport.close()
+
+    # What the parser knows, asked by the timers.
+    def _awaiting_headers(self) -> bool:
+        raise NotImplementedError
+
+    def _request_started(self) -> bool:
+        raise NotImplementedError
+
+    def _body_unfinished(self) -> bool:
+        raise NotImplementedError
+
+
+class _HeaderDeadlineProtocol(HeaderDeadline, H11Protocol):
+    """uvicorn's h11 protocol, closing connections whose request headers come too slowly."""
+
+    def connection_made(self, transport: Any) -> None:
+        self._start_deadlines()
         super().connection_made(transport)
         self._arm_header_timer()
 
@@ -82,47 +146,17 @@ class _HeaderDeadlineProtocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # Answered before the body was read (413, 415, 503): uvicorn drops the rest as it
-        # comes, so the client reads the answer rather than a reset; for a bounded time.
         if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
-            self._drain_timer = self.loop.call_later(self.header_timeout_s, self._drain_late)
+            self._arm_drain_timer()
 
-    def _cancel_drain_timer(self) -> None:
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
-            self._drain_timer = None
+    def _awaiting_headers(self) -> bool:
+        return self.conn.their_state is h11.IDLE
 
-    def _drain_late(self) -> None:
-        self._drain_timer = None
-        if self.conn.their_state is h11.SEND_BODY:
-            self.transport.close()
+    def _request_started(self) -> bool:
+        return bool(self.conn.trailing_data[0])
 
-    def _arm_header_timer(self) -> None:
-        if self._header_timer is None:  # the deadline runs from the first byte, not the last
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
-
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _headers_late(self) -> None:
-        self._header_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
-            return
-        if self.conn.trailing_data[0]:  # part of a request came: tell the client why
-            message = f"request headers must arrive within {self.header_timeout_s:g} s"
-            self.transport.write(
-                error_response_bytes(408, "Request Timeout", message, "REQUEST_TIMEOUT")
-            )
-        self.transport.close()
-
-    def send_400_response(self, msg: str) -> None:
-        # uvicorn answers unparsable requests in plain text; clients expect JSON.
-        self._cancel_header_timer()
-        message = f"not a valid HTTP/1.1 request ({msg.rstrip('.')})"
-        self.transport.write(error_response_bytes(400, "Bad Request", message, "INVALID_REQUEST"))
-        self.transport.close()
+    def _body_unfinished(self) -> bool:
+        return self.conn.their_state is h11.SEND_BODY
 
 
 def protocol_with_header_timeout(header_timeout_s: float) -> type[H11Protocol]:
