@@ -14,6 +14,10 @@ namespace gometal {
 // row streams the weights once either way (the BLAS's matrix-vector product is as fast, with
 // no copy); past the maximum the BLAS's own packing is amortized over enough rows.
 constexpr int64_t kGemmPackedMinRows = 2, kGemmPackedMaxRows = 1024;
+// Fewer output columns than one 16-float vector leave most of a panel's lanes idle: the
+// BLAS measured up to 2.2x faster there (8 rows, K = 4096, N = 1 to 10), so such products
+// pack only when GOMETAL_GEMM_PACKED_KERNEL names a path (the tests' way to reach the tails).
+constexpr int64_t kGemmPackedMinColumns = 16;
 
 // The path GOMETAL_GEMM_PACKED_KERNEL names (portable, avx2, avx512), the fastest this CPU
 // has when unset, or std::nullopt for "off" (weights are never packed). Throws

@@ -1,6 +1,7 @@
 #include "backends/cpu/passes/dense_epilogues.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
 
 #include "backends/cpu/gemm_packed.h"
@@ -49,6 +50,8 @@ bool runs_on_packed_weights(const Graph& g, int id, const std::vector<Shape>& sh
     if (a[d] != out[d]) return false;
   const int64_t m = packed_rows(out);
   if (m < kGemmPackedMinRows || m > kGemmPackedMaxRows || out.back() < 1 || a.back() < 1) return false;
+  const char* forced = std::getenv("GOMETAL_GEMM_PACKED_KERNEL");
+  if (out.back() < kGemmPackedMinColumns && (forced == nullptr || forced[0] == '\0')) return false;
   // A plan with a product of a transposed A computes weight gradients (dW = dY^T X): it keeps
   // the BLAS's products, so that its forward values are the training step's, bit for bit.
   for (int i = 0; i < g.size(); ++i)
