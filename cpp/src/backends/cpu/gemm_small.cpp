@@ -11,7 +11,7 @@
 namespace gometal {
 namespace {
 
-using simd::broadcast;
+using simd::accumulate_tile;
 using simd::load;
 
 // Below this many multiply-adds a product stays on one thread: waking the pool costs more.
@@ -30,17 +30,7 @@ template <class Vec, int L, int Rows, int NV>
 GOMETAL_SIMD_INLINE void tile(const float* a, int64_t k, const float* panel, int64_t ldp, float* c,
                                     int64_t ldc, int64_t cols) {
   Vec acc[Rows][NV] = {};
-  for (int64_t p = 0; p < k; ++p) {
-    Vec bv[NV];
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = load<Vec>(panel + p * ldp + j * L);
-#pragma GCC unroll 8
-    for (int r = 0; r < Rows; ++r) {
-      const Vec s = broadcast<Vec, L>(a + r * k + p);
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[r][j] += s * bv[j];
-    }
-  }
+  accumulate_tile<Vec, L, Rows, NV>(a, k, panel, ldp, acc);
   for (int r = 0; r < Rows; ++r) {
     float* out = c + r * ldc;
     if (cols == NV * L) {

@@ -40,6 +40,25 @@ GOMETAL_SIMD_INLINE Vec load(const float* p) {
   return v;
 }
 
+// acc[r][j] += row r of A (k floats, rows k apart) times columns j*L..j*L+L-1 of `panel`
+// (K rows, ldp floats apart): the register tile of the small-row and packed products, one
+// vector load per column group and one broadcast per row for each step of K.
+template <class Vec, int L, int Rows, int NV>
+GOMETAL_SIMD_INLINE void accumulate_tile(const float* a, int64_t k, const float* panel, int64_t ldp,
+                                         Vec (&acc)[Rows][NV]) {
+  for (int64_t p = 0; p < k; ++p) {
+    Vec bv[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) bv[j] = load<Vec>(panel + p * ldp + j * L);
+#pragma GCC unroll 8
+    for (int r = 0; r < Rows; ++r) {
+      const Vec s = broadcast<Vec, L>(a + r * k + p);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[r][j] += s * bv[j];
+    }
+  }
+}
+
 }  // namespace simd
 
 enum class SimdPath : uint8_t { Portable, Avx2, Avx512 };
