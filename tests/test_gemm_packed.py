@@ -21,6 +21,7 @@ import gometal as gm
 from cpu_paths import vector_path_available
 from gometal import _core
 from helpers import mlp_pair, t, torch_step
+from matmul_checks import matmul_engine, matmul_operands
 
 PATHS = ("portable", "avx2", "avx512", "off")
 # The vector paths this CPU runs (the others are refused, as the first test checks).
@@ -46,23 +47,6 @@ SHAPES = [
 ]
 
 
-def _matmul_engine(k, b_shape, transpose_b):
-    """An engine computing matmul(x, w) of input "x" (batch x k) and variable "w"."""
-    g = _core.Graph()
-    x = g.input("x", (-1, k), "float32")
-    y = g.op("matmul", [x, g.variable("w", b_shape)], {"transpose_b": transpose_b})
-    engine = _core.Engine(g, seed=0)
-    engine.define("f", inputs=[x], outputs=[y], effects=[])
-    return engine
-
-
-def _operands(m, n, k, transpose_b, seed):
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    b = rng.standard_normal((n, k) if transpose_b else (k, n)).astype(np.float32)
-    return a, b
-
-
 def _product(a, b, transpose_b):
     b64 = b.astype(np.float64)
     return a.astype(np.float64) @ (b64.T if transpose_b else b64)
@@ -78,9 +62,9 @@ def _assert_product(got, a, b, transpose_b):
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k in SHAPES])
 def test_each_path_computes_the_product_as_numpy(shape, transpose_b, path, monkeypatch):
     m, n, k = shape
-    a, b = _operands(m, n, k, transpose_b, seed=m * 1000 + n + k)
+    a, b = matmul_operands(m, n, k, transpose_b, seed=m * 1000 + n + k)
     monkeypatch.setenv("GOMETAL_GEMM_PACKED_KERNEL", path)
-    engine = _matmul_engine(k, b.shape, transpose_b)
+    engine = matmul_engine(k, b.shape, transpose_b)
     engine.set_variable("w", b)
     if path != "off" and not vector_path_available(path):
         with pytest.raises(ValueError, match=f"GOMETAL_GEMM_PACKED_KERNEL={path}: this CPU lacks"):
@@ -99,8 +83,8 @@ def test_products_split_across_threads_agree_with_numpy(path, threads, monkeypat
     try:
         # Few panels and many rows (the rows are split too), then many panels.
         for m, n, k in [(257, 65, 129), (33, 515, 257)]:
-            a, b = _operands(m, n, k, True, seed=m + n)
-            engine = _matmul_engine(k, b.shape, True)
+            a, b = matmul_operands(m, n, k, True, seed=m + n)
+            engine = matmul_engine(k, b.shape, True)
             engine.set_variable("w", b)
             for _ in range(2):
                 _assert_product(engine.run("f", [a])[0], a, b, True)
@@ -110,7 +94,7 @@ def test_products_split_across_threads_agree_with_numpy(path, threads, monkeypat
 
 def test_an_unknown_path_name_is_refused_naming_the_variable(monkeypatch):
     monkeypatch.setenv("GOMETAL_GEMM_PACKED_KERNEL", "sse9")
-    engine = _matmul_engine(4, (3, 4), True)
+    engine = matmul_engine(4, (3, 4), True)
     with pytest.raises(ValueError, match="GOMETAL_GEMM_PACKED_KERNEL"):
         engine.run("f", [np.ones((2, 4), np.float32)])
 
@@ -118,8 +102,8 @@ def test_an_unknown_path_name_is_refused_naming_the_variable(monkeypatch):
 @pytest.mark.parametrize("path", [*AVAILABLE, "off"])
 def test_a_run_after_set_variable_sees_the_new_weights(path, monkeypatch):
     monkeypatch.setenv("GOMETAL_GEMM_PACKED_KERNEL", path)
-    a, b = _operands(8, 40, 30, True, seed=1)
-    engine = _matmul_engine(30, b.shape, True)
+    a, b = matmul_operands(8, 40, 30, True, seed=1)
+    engine = matmul_engine(30, b.shape, True)
     for step in range(4):
         b = b + np.float32(step + 1)
         engine.set_variable("w", b)
@@ -130,17 +114,17 @@ def test_a_run_after_set_variable_sees_the_new_weights(path, monkeypatch):
 def _allocations_of(runs, packing, monkeypatch):
     """Engine allocations (a process-wide count, read through another engine) of `runs`."""
     monkeypatch.setenv("GOMETAL_GEMM_PACKED_KERNEL", packing)
-    counter = _matmul_engine(4, (3, 4), True)
+    counter = matmul_engine(4, (3, 4), True)
     before = counter.stats()["allocations"]
     runs()
     return counter.stats()["allocations"] - before
 
 
 def test_the_packed_copy_is_one_allocation_reused_after_writes(monkeypatch):
-    a, b = _operands(16, 64, 48, True, seed=2)
+    a, b = matmul_operands(16, 64, 48, True, seed=2)
 
     def runs():
-        engine = _matmul_engine(48, b.shape, True)
+        engine = matmul_engine(48, b.shape, True)
         for scale in (1.0, 2.0, -3.0):
             engine.set_variable("w", np.float32(scale) * b)
             for _ in range(2):

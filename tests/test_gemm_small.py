@@ -16,7 +16,7 @@ import torch
 
 import gometal as gm
 from cpu_paths import vector_path_available
-from gometal import _core
+from matmul_checks import matmul_engine, matmul_operands
 
 PATHS = ("portable", "avx2", "avx512", "blas")
 
@@ -51,31 +51,14 @@ SHAPES = [
 ]
 
 
-def _matmul_engine(m_shape, b_shape, transpose_b):
-    """An engine computing matmul(x, w) of input "x" and variable "w"."""
-    g = _core.Graph()
-    x = g.input("x", (-1, m_shape[1]), "float32")
-    y = g.op("matmul", [x, g.variable("w", b_shape)], {"transpose_b": transpose_b})
-    engine = _core.Engine(g, seed=0)
-    engine.define("f", inputs=[x], outputs=[y], effects=[])
-    return engine
-
-
-def _operands(m, n, k, transpose_b, seed):
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    b = rng.standard_normal((n, k) if transpose_b else (k, n)).astype(np.float32)
-    return a, b
-
-
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("transpose_b", [False, True], ids=["b", "b_transposed"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k in SHAPES])
 def test_each_path_computes_the_product_as_numpy(shape, transpose_b, path, monkeypatch):
     m, n, k = shape
-    a, b = _operands(m, n, k, transpose_b, seed=m * 1000 + n + k)
+    a, b = matmul_operands(m, n, k, transpose_b, seed=m * 1000 + n + k)
     monkeypatch.setenv("GOMETAL_GEMM_SMALL_KERNEL", path)
-    engine = _matmul_engine(a.shape, b.shape, transpose_b)
+    engine = matmul_engine(a.shape[1], b.shape, transpose_b)
     engine.set_variable("w", b)
     if not _path_available(path):
         with pytest.raises(ValueError, match=f"GOMETAL_GEMM_SMALL_KERNEL={path}: this CPU lacks"):
@@ -90,9 +73,9 @@ def test_each_path_computes_the_product_as_numpy(shape, transpose_b, path, monke
 @pytest.mark.parametrize("path", [p for p in PATHS if _path_available(p)])
 def test_rows_past_the_small_kernel_still_match_numpy(path, monkeypatch):
     # 25 rows go to the BLAS whatever the path: the hand-over must not change the result.
-    a, b = _operands(25, 33, 70, True, seed=3)
+    a, b = matmul_operands(25, 33, 70, True, seed=3)
     monkeypatch.setenv("GOMETAL_GEMM_SMALL_KERNEL", path)
-    engine = _matmul_engine(a.shape, b.shape, True)
+    engine = matmul_engine(a.shape[1], b.shape, True)
     engine.set_variable("w", b)
     expected = a.astype(np.float64) @ b.astype(np.float64).T
     np.testing.assert_allclose(engine.run("f", [a])[0], expected, rtol=1e-5, atol=1e-4)
@@ -100,7 +83,7 @@ def test_rows_past_the_small_kernel_still_match_numpy(path, monkeypatch):
 
 def test_an_unknown_path_is_refused_naming_the_variable(monkeypatch):
     monkeypatch.setenv("GOMETAL_GEMM_SMALL_KERNEL", "sse9")
-    engine = _matmul_engine((1, 4), (3, 4), True)
+    engine = matmul_engine(4, (3, 4), True)
     with pytest.raises(
         ValueError,
         match="GOMETAL_GEMM_SMALL_KERNEL must be portable, avx2, avx512 or blas, got 'sse9'",
