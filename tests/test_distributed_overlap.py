@@ -15,6 +15,7 @@ import pytest
 import gometal as gm
 from distributed_scripts.replica_models import OPTIMIZERS, mlp, train
 from gometal import _core
+from gometal.nn.layers.base import EmitContext
 from gometal.train.data_parallel import averaged_over_ranks, bucket_floats_from_environment
 from test_distributed import PER_RANK_BATCH, mpirun, ran
 
@@ -39,18 +40,51 @@ def _two_layer_step(bucket_floats: int) -> tuple[_core.Engine, dict[str, np.ndar
     return engine, values
 
 
+def _lines(plan: list[str], prefix: str) -> list[int]:
+    return [i for i, line in enumerate(plan) if line.startswith(prefix)]
+
+
 def test_a_bucket_starts_before_the_backward_pass_ends_and_is_awaited_before_its_update():
     engine, _ = _two_layer_step(bucket_floats=24)  # w2's 24 floats, then w1's 32
     plan = engine.describe("step", 5)
-    starts = [i for i, line in enumerate(plan) if line.startswith("all_reduce_mean_start")]
-    waits = [i for i, line in enumerate(plan) if line.startswith("all_reduce_mean_wait")]
+    starts, waits = _lines(plan, "all_reduce_mean_start"), _lines(plan, "all_reduce_mean_wait")
+    blocking = _lines(plan, "all_reduce_mean ")
     # w1's gradient, the backward pass's last product, is (4, 8).
-    last_backward = max(i for i, line in enumerate(plan) if line.startswith("matmul (4, 8)"))
-    assert len(starts) == len(waits) == 2, plan
-    assert starts[0] < last_backward < starts[1], plan  # w2's bucket is exchanged meanwhile
-    assert max(starts) < min(waits), plan  # nothing waits while a bucket can still start
-    for wait in waits:
-        assert "assign" in plan[wait + 1], plan  # the wait comes right before its update
+    last_backward = max(_lines(plan, "matmul (4, 8)"))
+    # w2's bucket is exchanged meanwhile; w1's, filled last, has nothing to hide behind.
+    assert len(starts) == len(waits) == len(blocking) == 1, plan
+    assert starts[0] < last_backward < blocking[0] < waits[0], plan
+    assert "assign" in plan[waits[0] + 1], plan  # the wait comes right before its update
+
+
+def test_the_gpts_first_bucket_is_exchanged_while_the_first_layers_backward_pass_runs():
+    # A weight used through slices (the attention's packed Q/K/V) gets its gradient summed
+    # after the whole backward pass in the builder's order; the bucket holding it must
+    # still start as soon as it is complete, before the first layer's attention gradient.
+    model = gm.models.GPT(29, 16, 2, 2, 32, seed=0)
+    g = _core.Graph()
+    xs = model.declare_inputs(g)
+    variables = model.declare_variables(g)
+    (logits,) = model.emit(EmitContext(g, training=True, variables=variables), xs)
+    loss = g.op("sum", [g.op("square", [logits])], {"axes": []})
+    params = {name: variables[name] for name in model.trainable_weight_names}
+    grads = dict(zip(params, g.gradients(loss, list(params.values()))))
+    layer_floats = sum(
+        int(np.prod(shape))
+        for name, shape in model.weight_shapes.items()
+        if name.startswith("h.layers.1.")
+    )
+    averaged = averaged_over_ranks(g, grads, bucket_floats=layer_floats // 2, overlap=True)
+    effects = [g.op("assign", [w, g.op("sub", [w, averaged[n]])]) for n, w in params.items()]
+    engine = _core.Engine(g)
+    engine.define("step", inputs=list(xs), outputs=[], effects=effects)
+    plan = engine.describe("step", 3)
+    starts, attention_grads = _lines(plan, "all_reduce_mean_start"), _lines(plan, "attention_grad")
+    assert len(attention_grads) == 2 and len(starts) >= 3, plan
+    assert starts[0] < attention_grads[1], plan
+    # The last layer's two buckets are both under way before the first layer's gradients.
+    assert starts[1] < attention_grads[1], plan
+    assert len(_lines(plan, "all_reduce_mean ")) == 1, plan
 
 
 def test_overlapped_buckets_in_one_process_give_each_gradient_back():

@@ -144,11 +144,16 @@ def averaged_over_ranks(
     One collective per bucket rather than per gradient: every collective waits for the
     slowest rank, and on a loaded machine each wait costs a scheduling slice. Buckets take
     the parameters in reverse order, the order the backward pass finishes their gradients
-    (as torch's DDP). With ``overlap`` each bucket is an ``all_reduce_mean_start`` and an
-    ``all_reduce_mean_wait``: the engine starts the exchange as soon as the bucket's last
-    gradient exists and waits for it just before the first node that reads the mean (an
-    optimizer update), so the exchange runs behind the rest of the backward pass. Without
-    it, one blocking ``all_reduce_mean``. The values are the same either way, bit for bit.
+    (as torch's DDP). With ``overlap`` each bucket but the last is an
+    ``all_reduce_mean_start`` and an ``all_reduce_mean_wait``: the engine starts the
+    exchange as soon as the bucket's last gradient exists and waits for it just before the
+    first node that reads the mean (an optimizer update), so the exchange runs behind the
+    rest of the backward pass. The last bucket, filled when the backward pass ends, has
+    nothing left to hide behind and is one blocking ``all_reduce_mean``; that also keeps
+    the backward pass's own chain out of the schedule's eager class (which holds a start
+    and the nodes that only feed starts), so the earlier buckets' products and packing run
+    as soon as they are ready rather than after the whole backward pass. Without
+    ``overlap`` every bucket is blocking. The values are the same either way, bit for bit.
 
     Args:
         g: the training graph.
@@ -173,19 +178,19 @@ def averaged_over_ranks(
     bucket: list[str] = []
     filled = 0
 
-    def mean(value: int) -> int:
-        if not overlap:
+    def mean(value: int, last: bool) -> int:
+        if last or not overlap:
             return op(g, "all_reduce_mean", value)
         return op(g, "all_reduce_mean_wait", op(g, "all_reduce_mean_start", value), value)
 
-    def reduce_bucket() -> None:
+    def reduce_bucket(last: bool = False) -> None:
         if len(bucket) == 1:
-            averaged[bucket[0]] = mean(grads[bucket[0]])
+            averaged[bucket[0]] = mean(grads[bucket[0]], last)
             return
         shapes = [tuple(g.shape(grads[name])) for name in bucket]
         sizes = [int(np.prod(shape)) for shape in shapes]
         flat = [op(g, "reshape", grads[n], shape=[k]) for n, k in zip(bucket, sizes)]
-        reduced = mean(op(g, "concat", *flat, axis=0))
+        reduced = mean(op(g, "concat", *flat, axis=0), last)
         start = 0
         for name, shape, size in zip(bucket, shapes, sizes):
             piece = op(g, "slice", reduced, axis=0, start=start, end=start + size)
@@ -200,7 +205,7 @@ def averaged_over_ranks(
         bucket.append(name)
         filled += size
     if bucket:
-        reduce_bucket()
+        reduce_bucket(last=True)
     return {name: averaged[name] for name in grads}
 
 
