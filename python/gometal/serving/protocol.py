@@ -28,6 +28,7 @@ __all__ = [
     "DATATYPES",
     "ENGINE_DATATYPES",
     "HEADER_LENGTH",
+    "LAYOUT_CACHE_ENTRIES",
     "RETRY_AFTER_S",
     "InferRequest",
     "ProtocolError",
@@ -35,6 +36,7 @@ __all__ = [
     "datatype_of",
     "encode_infer_response",
     "parse_infer_request",
+    "remembered_layouts",
     "split_bytes_elements",
 ]
 
@@ -56,6 +58,12 @@ DATATYPES = {
     "FP64": np.dtype("<f8"),
 }
 _DATATYPE_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
+# Request headers whose layout is remembered, and the longest one remembered.
+LAYOUT_CACHE_ENTRIES = 256
+LAYOUT_CACHE_HEADER_BYTES = 4096
+# Answers whose JSON header is remembered; a longer request id is encoded every time.
+ANSWER_CACHE_ENTRIES = 256
+ANSWER_CACHE_ID_CHARS = 128
 # BYTES tensors (image files) decode to object arrays of ``bytes``.
 BYTES_DTYPE = np.dtype(object)
 # The engine's dtypes (gm model signatures) -> protocol datatypes.
@@ -141,7 +149,7 @@ def _bad(message: str) -> ProtocolError:
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return bytes(body), memoryview(b"")
-    if not header_length.isdigit() or int(header_length) > len(body):
+    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
         raise _bad(
             f"{HEADER_LENGTH} must be a byte count within the body ({len(body)} bytes), "
             f"got {header_length!r}"
@@ -233,28 +241,94 @@ def split_bytes_elements(data: bytes | memoryview, count: int, label: str) -> np
     return array
 
 
-def _from_binary(
-    size: Any, binary: memoryview, offset: int, dtype: np.dtype, shape: list[int], label: str
-) -> np.ndarray:
+@dataclass(frozen=True)
+class _InputLayout:
+    """One input as its request's JSON header describes it: binary (``size`` bytes of the
+    data after the header) or already decoded from JSON (``array``)."""
+
+    name: str
+    datatype: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    size: int = 0
+    array: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _RequestLayout:
+    """What a request's JSON header says: everything but the binary data itself."""
+
+    id: str | None
+    inputs: tuple[_InputLayout, ...]
+    outputs: dict[str, bool | None] | None
+    binary_output: bool
+    binary_bytes: int
+
+
+class _LayoutCache:
+    """The layouts of recent all-binary request headers, by the header's bytes.
+
+    A client sends the same header for every request of one shape, so parsing its JSON
+    again and checking every field again is most of a small request's decoding. Bounded
+    in entries and in header length; the oldest entry goes first.
+    """
+
+    def __init__(self, entries: int, header_bytes: int) -> None:
+        self.entries = entries
+        self.header_bytes = header_bytes
+        self._layouts: dict[bytes, _RequestLayout] = {}
+
+    def __len__(self) -> int:
+        return len(self._layouts)
+
+    def get(self, header: bytes) -> _RequestLayout | None:
+        return self._layouts.get(header)
+
+    def put(self, header: bytes, layout: _RequestLayout) -> None:
+        if len(header) > self.header_bytes or any(i.array is not None for i in layout.inputs):
+            return
+        if len(self._layouts) >= self.entries:
+            # Another thread (a large body is parsed off the loop) may evict the same key.
+            self._layouts.pop(next(iter(self._layouts), b""), None)
+        self._layouts[header] = layout
+
+
+_layouts = _LayoutCache(LAYOUT_CACHE_ENTRIES, LAYOUT_CACHE_HEADER_BYTES)
+
+
+def remembered_layouts() -> int:
+    """How many request headers' layouts :func:`parse_infer_request` remembers now (at
+    most :data:`LAYOUT_CACHE_ENTRIES`).
+
+    Example:
+        >>> 0 <= remembered_layouts() <= LAYOUT_CACHE_ENTRIES
+        True
+    """
+    return len(_layouts)
+
+
+def _binary_size(size: Any, dtype: np.dtype, shape: list[int], label: str) -> int:
     if dtype is BYTES_DTYPE:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise _bad(f"{label}: binary_data_size must be a byte count, got {size!r}")
-        if offset + size > len(binary):
-            raise _bad(f"{label}: binary data ends at byte {offset + size}, but the body "
-                       f"holds {len(binary)} bytes after the JSON header")  # fmt: skip
-        elements = split_bytes_elements(binary[offset : offset + size], math.prod(shape), label)
-        return elements.reshape(shape)
+        return size
     expected = math.prod(shape) * dtype.itemsize
     if isinstance(size, bool) or not isinstance(size, int) or size != expected:
         raise _bad(
             f"{label}: binary_data_size must be {expected} bytes for shape {shape}, got {size!r}"
         )
-    if offset + size > len(binary):
-        raise _bad(
-            f"{label}: binary data ends at byte {offset + size}, but the body holds "
-            f"{len(binary)} bytes after the JSON header"
-        )
-    return np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
+    return size
+
+
+def _from_binary(layout: _InputLayout, binary: memoryview, offset: int) -> np.ndarray:
+    label, end = f"input {layout.name!r}", offset + layout.size
+    if end > len(binary):
+        raise _bad(f"{label}: binary data ends at byte {end}, but the body holds "
+                   f"{len(binary)} bytes after the JSON header")  # fmt: skip
+    if layout.dtype is BYTES_DTYPE:
+        elements = split_bytes_elements(binary[offset:end], math.prod(layout.shape), label)
+        return elements.reshape(layout.shape)
+    return np.frombuffer(binary[offset:end], dtype=layout.dtype).reshape(layout.shape)
 
 
 def _requested_outputs(document: dict[str, Any]) -> dict[str, bool | None] | None:
@@ -274,8 +348,56 @@ def _requested_outputs(document: dict[str, Any]) -> dict[str, bool | None] | Non
     return requested
 
 
+def _input_layout(index: int, tensor: Any, seen: set[str]) -> _InputLayout:
+    name = tensor.get("name") if isinstance(tensor, dict) else None
+    if not isinstance(name, str):
+        raise _bad(f"inputs[{index}] must be an object with a string 'name'")
+    if name in seen:
+        raise _bad(f"input {name!r} is given twice")
+    seen.add(name)
+    label = f"input {name!r}"
+    dtype, shape = _datatype(tensor, label), _shape(tensor, label)
+    parameters = tensor.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise _bad(f"{label}: 'parameters' must be an object")
+    if "binary_data_size" in parameters:
+        if "data" in tensor:
+            raise _bad(f"{label}: give either 'data' or binary_data_size, not both")
+        size = _binary_size(parameters["binary_data_size"], dtype, shape, label)
+        return _InputLayout(name, tensor["datatype"], dtype, tuple(shape), size)
+    if "data" in tensor:
+        if dtype is BYTES_DTYPE:
+            raise _bad(f"{label}: send BYTES (image files) as binary data, not JSON")
+        array = _from_json(tensor["data"], dtype, shape, label)
+        return _InputLayout(name, tensor["datatype"], dtype, tuple(shape), array=array)
+    raise _bad(f"{label}: has neither 'data' nor parameters.binary_data_size")
+
+
+def _request_layout(header: bytes) -> _RequestLayout:
+    document = _load_json(header)
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise _bad(f"'inputs' must be a non-empty list, got {inputs!r:.80}")
+    seen: set[str] = set()
+    layouts = tuple(_input_layout(index, tensor, seen) for index, tensor in enumerate(inputs))
+    parameters = document.get("parameters") or {}
+    request_id = document.get("id")
+    return _RequestLayout(
+        id=str(request_id) if request_id is not None else None,
+        inputs=layouts,
+        outputs=_requested_outputs(document),
+        binary_output=bool(parameters.get("binary_data_output", False))
+        if isinstance(parameters, dict)
+        else False,
+        binary_bytes=sum(i.size for i in layouts),
+    )
+
+
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     """Decodes an inference request body (JSON, and binary data when ``header_length``).
+
+    The layout of a header whose inputs are all binary is remembered (bounded), so a
+    client repeating its header costs one lookup, not a JSON parse and its checks.
 
     Args:
         body: the whole request body.
@@ -295,51 +417,32 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         array([[1., 2.]], dtype=float32)
     """
     header, binary = _split_body(body, header_length)
-    document = _load_json(header)
-    inputs = document.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise _bad(f"'inputs' must be a non-empty list, got {inputs!r:.80}")
-    decoded, offset, seen = [], 0, set()
-    for index, tensor in enumerate(inputs):
-        name = tensor.get("name") if isinstance(tensor, dict) else None
-        if not isinstance(name, str):
-            raise _bad(f"inputs[{index}] must be an object with a string 'name'")
-        if name in seen:
-            raise _bad(f"input {name!r} is given twice")
-        seen.add(name)
-        label = f"input {name!r}"
-        dtype, shape = _datatype(tensor, label), _shape(tensor, label)
-        parameters = tensor.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise _bad(f"{label}: 'parameters' must be an object")
-        if "binary_data_size" in parameters:
-            if "data" in tensor:
-                raise _bad(f"{label}: give either 'data' or binary_data_size, not both")
-            size = parameters["binary_data_size"]
-            array = _from_binary(size, binary, offset, dtype, shape, label)
-            offset += size
-        elif "data" in tensor:
-            if dtype is BYTES_DTYPE:
-                raise _bad(f"{label}: send BYTES (image files) as binary data, not JSON")
-            array = _from_json(tensor["data"], dtype, shape, label)
-        else:
-            raise _bad(f"{label}: has neither 'data' nor parameters.binary_data_size")
-        decoded.append(RequestTensor(name, tensor["datatype"], array))
-    if offset != len(binary):
+    layout = _layouts.get(header) if header_length is not None else None
+    if layout is None:
+        layout = _request_layout(header)
+        if header_length is not None:
+            _layouts.put(header, layout)
+    decoded, offset = [], 0
+    for tensor in layout.inputs:
+        array = tensor.array
+        if array is None:
+            array = _from_binary(tensor, binary, offset)
+            offset += tensor.size
+        decoded.append(RequestTensor(tensor.name, tensor.datatype, array))
+    if layout.binary_bytes != len(binary):
         raise _bad(
-            f"the inputs' binary_data_size add up to {offset} bytes, but {len(binary)} bytes "
-            f"follow the JSON header"
+            f"the inputs' binary_data_size add up to {layout.binary_bytes} bytes, but "
+            f"{len(binary)} bytes follow the JSON header"
         )
-    parameters = document.get("parameters") or {}
-    request_id = document.get("id")
-    return InferRequest(
-        id=str(request_id) if request_id is not None else None,
-        inputs=decoded,
-        outputs=_requested_outputs(document),
-        binary_output=bool(parameters.get("binary_data_output", False))
-        if isinstance(parameters, dict)
-        else False,
-    )
+    return InferRequest(layout.id, decoded, layout.outputs, layout.binary_output)
+
+
+def _little_endian_bytes(array: np.ndarray) -> bytes:
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+# The JSON of recent all-binary answers, by model, version, id and output shapes.
+_answer_headers: dict[tuple[Any, ...], bytes] = {}
 
 
 def encode_infer_response(
@@ -363,17 +466,29 @@ def encode_infer_response(
     Example:
         >>> body, headers = encode_infer_response("mlp", 1, request, [("y", y)])  # doctest: +SKIP
     """
+    arrays = [(name, np.ascontiguousarray(array)) for name, array in outputs]
+    wanted = request.outputs or {}
+    in_binary = [
+        request.binary_output if wanted.get(name) is None else bool(wanted[name])
+        for name, _ in arrays
+    ]
+    key = None
+    if all(in_binary) and (request.id is None or len(request.id) <= ANSWER_CACHE_ID_CHARS):
+        key = (model_name, model_version, request.id,
+               tuple((name, array.dtype.str, array.shape) for name, array in arrays))  # fmt: skip
+        header = _answer_headers.get(key)
+        if header is not None:  # the same answer's JSON as last time: only the data differs
+            chunks = [_little_endian_bytes(array) for _, array in arrays]
+            return b"".join([header, *chunks]), {HEADER_LENGTH: str(len(header))}
     answer: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
     if request.id is not None:
         answer["id"] = request.id
     tensors, chunks = [], []
-    for name, array in outputs:
-        array = np.ascontiguousarray(array)
+    for (name, array), binary in zip(arrays, in_binary):
         datatype = datatype_of(array.dtype)
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        binary = (request.outputs or {}).get(name)
-        if binary if binary is not None else request.binary_output:
-            data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        if binary:
+            data = _little_endian_bytes(array)
             tensor["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:
@@ -383,4 +498,8 @@ def encode_infer_response(
     header = json.dumps(answer).encode()
     if not chunks:
         return header, {}
+    if key is not None:
+        if len(_answer_headers) >= ANSWER_CACHE_ENTRIES:
+            _answer_headers.pop(next(iter(_answer_headers), None), None)
+        _answer_headers[key] = header
     return b"".join([header, *chunks]), {HEADER_LENGTH: str(len(header))}
