@@ -56,15 +56,17 @@ def create_app(model_path: str, name: str, threads: int) -> FastAPI:
         out_name = session.get_outputs()[0].name
         result = np.ascontiguousarray(outputs[0])
         tensor = {"name": out_name, "datatype": _NAMES[result.dtype], "shape": list(result.shape)}
+        answer = {"model_name": name, "outputs": [tensor]}
+        if "id" in header:  # the protocol echoes the request's id
+            answer["id"] = header["id"]
         if (header.get("parameters") or {}).get("binary_data_output"):
             raw = result.tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
-            text = json.dumps({"model_name": name, "outputs": [tensor]}).encode()
+            text = json.dumps(answer).encode()
             headers = {"Inference-Header-Content-Length": str(len(text))}
             return Response(text + raw, media_type="application/octet-stream", headers=headers)
         tensor["data"] = result.ravel().tolist()
-        return Response(json.dumps({"model_name": name, "outputs": [tensor]}),
-                        media_type="application/json")  # fmt: skip
+        return Response(json.dumps(answer), media_type="application/json")
 
     return app
 

@@ -2,7 +2,7 @@
 to 1, 8 and 64 concurrent clients, one image per request: throughput and p50/p99 latency.
 
     python benchmarks/bench_serving.py [--clients 1,8,64] [--window-s 5] [--threads N]
-                                       [--server-threads N] [--grpc]
+                                       [--server-threads N] [--grpc] [--load tritonclient,wrk]
 
 The model is saved as a model file and served by ``gometal serve`` in its own process (HTTP,
 tuned as a user would for many clients on a small machine: --max-batch-size 64, so that 64
@@ -12,7 +12,11 @@ server's default --threads unless --server-threads says otherwise). The load gen
 another process (``_serving_load.py``): N tritonclient HTTP async clients, each sending one
 image per request in a loop, a warm-up, then a timed window; every answer is checked against
 offline ``model.predict``. With --grpc the same server is also loaded over gRPC, with unary
-calls and with one ``ModelStreamInfer`` stream per client.
+calls and with one ``ModelStreamInfer`` stream per client. With --load wrk (or
+tritonclient,wrk) the HTTP servers are also loaded by ``wrk`` (``_serving_wrk.py``): N
+connections from one C thread, each request the binary tensor POST tritonclient sends, every
+answer checked too; on a small machine the Python clients' own CPU per request is about the
+server's, and wrk's is a small fraction of it (the table prints both).
 
 Beside it: offline ``model.predict`` at batch 64 (images/s) in this process, and the baseline
 a user would write (``_serving_fastapi.py``): the same model exported by gometal to ONNX, in
@@ -48,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _child import reexec_with_clean_environment
 from _frameworks import cnn_model
 from _serving_load import RESULT_TAG
+from _serving_wrk import run_wrk, write_wrk_inputs, wrk_available
 from _workload import IMAGE_SHAPE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,13 +68,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+LOAD_GENERATORS = ("tritonclient", "wrk")
+
+
 class Server:
     """A server child process on a free loopback port, its output in ``log_dir``. The load
-    goes to ``load_url`` (HTTP, or gRPC when ``grpc``); readiness is asked over HTTP."""
+    goes to ``load_url`` (HTTP, or gRPC when ``grpc``) from ``generator`` (tritonclient or
+    wrk); readiness is asked over HTTP."""
 
     def __init__(self, label: str, command: list[str], port: int, log_dir: str):
         self.label, self.port, self.url = label, port, f"127.0.0.1:{port}"
         self.load_url, self.grpc, self.stream = self.url, False, False
+        self.generator = LOAD_GENERATORS[0]
         self.log_path = os.path.join(log_dir, f"{label.split()[0]}.log")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -111,11 +121,7 @@ class Server:
             self.process.wait()
 
 
-def run_load(server: Server, clients: int, files: tuple[str, str], args) -> dict:
-    """One load generator process against ``server``: its summary, with the cores the
-    server and everything else used during the run."""
-    import psutil
-
+def _tritonclient_load(server: Server, clients: int, files: tuple[str, str], args) -> dict:
     command = [sys.executable, os.path.join(HERE, "_serving_load.py"), server.load_url,
                MODEL_NAME, "input", *files, "--clients", str(clients), "--warmup-s",
                str(args.warmup_s), "--window-s", str(args.window_s)]  # fmt: skip
@@ -123,26 +129,39 @@ def run_load(server: Server, clients: int, files: tuple[str, str], args) -> dict
         command.append("--grpc")
     if server.stream:
         command.append("--stream")
-    # Everyone's CPU over the same interval: the machine's, the server's, and the load
-    # generator's (a child this process reaps, so RUSAGE_CHILDREN grows by its total).
-    gen0, busy0 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy(psutil)
-    server0, t0 = server.cpu_seconds(), time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - t0
-    server_cpu = server.cpu_seconds() - server0
-    gen1, busy = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy(psutil) - busy0
-    generator_cpu = gen1.ru_utime + gen1.ru_stime - gen0.ru_utime - gen0.ru_stime
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
         tail = " | ".join(proc.stderr.strip().splitlines()[-4:])
         raise RuntimeError(f"the load generator failed against {server.label}: {tail}")
-    result = json.loads(lines[-1][len(RESULT_TAG) :])
+    return json.loads(lines[-1][len(RESULT_TAG) :])
+
+
+def run_load(server: Server, clients: int, files: tuple[str, str], args) -> dict:
+    """One load generator process against ``server``: its summary, with the cores the
+    server, the load generator and everything else used during the run."""
+    import psutil
+
+    # Everyone's CPU over the same interval: the machine's, the server's, and the load
+    # generator's (a child this process reaps, so RUSAGE_CHILDREN grows by its total).
+    gen0, busy0 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy(psutil)
+    server0, t0 = server.cpu_seconds(), time.perf_counter()
+    if server.generator == "wrk":
+        result = run_wrk(server.load_url, MODEL_NAME, os.path.dirname(files[0]), clients,
+                         args.warmup_s, args.window_s)  # fmt: skip
+    else:
+        result = _tritonclient_load(server, clients, files, args)
+    elapsed = time.perf_counter() - t0
+    server_cpu = server.cpu_seconds() - server0
+    gen1, busy = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy(psutil) - busy0
+    generator_cpu = gen1.ru_utime + gen1.ru_stime - gen0.ru_utime - gen0.ru_stime
     result["server_cores"] = server_cpu / elapsed
     result["generator_cores"] = generator_cpu / elapsed
     result["other_cores"] = max(0.0, busy - server_cpu - generator_cpu) / elapsed
     # The server's CPU time per answer: what the share of the cores it got does not change.
     answered = result["answered"]
     result["server_ms_per_request"] = server_cpu / answered * 1e3 if answered else None
+    result["generator_ms_per_request"] = generator_cpu / answered * 1e3 if answered else None
     return result
 
 
@@ -171,22 +190,24 @@ def _fmt(value, spec: str = ".1f") -> str:
 
 
 def print_table(results: dict[str, dict[int, dict]], offline: float) -> None:
-    head = (f"  {'server':<26} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+    head = (f"  {'server':<28} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'of offline':>10} {'errors':>6} {'wrong':>5} {'srv core-ms/req':>15} "
-            f"{'cores srv/gen/other':>20}")  # fmt: skip
+            f"{'gen core-ms/req':>15} {'cores srv/gen/other':>20}")  # fmt: skip
     print(head)
     print("  " + "-" * (len(head) - 2))
     for label, by_clients in results.items():
         for clients, r in by_clients.items():
             cores = f"{r['server_cores']:.2f}/{r['generator_cores']:.2f}/{r['other_cores']:.2f}"
-            print(f"  {label:<26} {clients:>7} {r['throughput']:>8.1f} {_fmt(r['p50_ms']):>8} "
+            print(f"  {label:<28} {clients:>7} {r['throughput']:>8.1f} {_fmt(r['p50_ms']):>8} "
                   f"{_fmt(r['p99_ms']):>8} {r['throughput'] / offline:>9.0%} {r['errors']:>6} "
-                  f"{r['wrong']:>5} {_fmt(r['server_ms_per_request'], '.2f'):>15} {cores:>20}")  # fmt: skip
+                  f"{r['wrong']:>5} {_fmt(r['server_ms_per_request'], '.2f'):>15} "
+                  f"{_fmt(r['generator_ms_per_request'], '.2f'):>15} {cores:>20}")  # fmt: skip
 
 
-def print_verdicts(gometal: dict, baseline: dict, offline: float) -> None:
-    """The issue's three targets at the largest client count that ran."""
-    print(f"\nTargets at {gometal['clients']} clients:")
+def print_verdicts(gometal: dict, baseline: dict, offline: float, load: str = "") -> None:
+    """The issue's three targets at the largest client count that ran (``load``: which load
+    generator's, when several ran)."""
+    print(f"\nTargets at {gometal['clients']} clients{f' ({load} load)' if load else ''}:")
     share = gometal["throughput"] / offline
     ratio = gometal["throughput"] / baseline["throughput"] if baseline["throughput"] else None
     p99 = gometal["p99_ms"]
@@ -223,8 +244,17 @@ def main() -> None:
     parser.add_argument("--grpc", action="store_true",
                         help="also load gometal serve over gRPC (tritonclient.grpc.aio), unary "
                         "and on ModelStreamInfer streams")  # fmt: skip
+    parser.add_argument("--load", default="tritonclient",
+                        help="load generators, comma-separated: tritonclient (Python async "
+                        "clients), wrk (C; the Debian package wrk)")  # fmt: skip
     args = parser.parse_args()
     client_counts = [int(n) for n in args.clients.split(",")]
+    generators = [g.strip() for g in args.load.split(",") if g.strip()]
+    unknown = sorted(set(generators) - set(LOAD_GENERATORS))
+    if unknown or not generators:
+        parser.error(f"--load takes {', '.join(LOAD_GENERATORS)}, got {args.load!r}")
+    if "wrk" in generators and not wrk_available():
+        parser.error("--load wrk needs the wrk program on PATH (apt-get install wrk)")
     reexec_with_clean_environment(args.threads)
 
     import numpy as np
@@ -253,6 +283,8 @@ def main() -> None:
         files = (os.path.join(folder, "images.npy"), os.path.join(folder, "expected.npy"))
         np.save(files[0], images[: args.images])
         np.save(files[1], expected[: args.images])
+        if "wrk" in generators:
+            write_wrk_inputs(folder, images[: args.images], expected[: args.images])
         tuning = ["--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms",
                   str(args.max_queue_delay_ms), "--instances", str(args.instances)]  # fmt: skip
         if args.server_threads is not None:
@@ -267,21 +299,30 @@ def main() -> None:
                         str(baseline_port), "--threads", str(args.threads)]  # fmt: skip
         servers = [Server("gometal serve", server_cmd, gometal_port, folder),
                    Server("onnxruntime + FastAPI", baseline_cmd, baseline_port, folder)]  # fmt: skip
+        loads = []
+        for generator in generators:  # each generator's runs: gometal's, then the baseline's
+            suffix = "" if generator == LOAD_GENERATORS[0] else f" [{generator}]"
+            for server in servers:
+                view = copy.copy(server)
+                view.label, view.generator = server.label + suffix, generator
+                loads.append(view)
         # The same gometal process, loaded over gRPC: a view of it, not another server.
-        loads = [*servers]
-        if args.grpc:
-            for label, stream in (("gometal serve (gRPC)", False), ("gometal (gRPC stream)", True)):
+        if args.grpc and LOAD_GENERATORS[0] in generators:
+            views = (("gometal serve (gRPC)", False), ("gometal (gRPC stream)", True))
+            for place, (label, stream) in enumerate(views, start=1):
                 over_grpc = copy.copy(servers[0])
                 over_grpc.label, over_grpc.grpc, over_grpc.stream = label, True, stream
                 over_grpc.load_url = f"127.0.0.1:{grpc_port}"
-                loads.insert(len(loads) - 1, over_grpc)
+                loads.insert(place, over_grpc)
         try:
             for server in servers:
                 server.wait_ready()
             print(f"gometal serve options: {' '.join(tuning)} --max-queue 1024 (HTTP): "
                   f"{servers[0].log_tail().split(' | ')[0]}")  # fmt: skip
-            print(f"load: tritonclient.http.aio, one image per request, {args.warmup_s} s warm-up,"
-                  f" {args.window_s} s window; answers checked against offline predict\n")  # fmt: skip
+            shown = {"tritonclient": "tritonclient.http.aio", "wrk": "wrk (1 thread)"}
+            print(f"load: {' and '.join(shown[g] for g in generators)}, one image per request, "
+                  f"{args.warmup_s} s warm-up, {args.window_s} s window; answers checked against "
+                  "offline predict\n")  # fmt: skip
             results: dict[str, dict[int, dict]] = {s.label: {} for s in loads}
             for clients in client_counts:
                 for server in loads:
@@ -291,7 +332,11 @@ def main() -> None:
                 server.stop()
     print_table(results, offline)
     top = client_counts[-1]
-    print_verdicts(results[servers[0].label][top], results[servers[1].label][top], offline)
+    for generator in generators:
+        suffix = "" if generator == LOAD_GENERATORS[0] else f" [{generator}]"
+        print_verdicts(results[servers[0].label + suffix][top],
+                       results[servers[1].label + suffix][top], offline,
+                       generator if len(generators) > 1 else "")  # fmt: skip
     runs = [r for by_clients in results.values() for r in by_clients.values()]
     failures = [r["first_error"] for r in runs if r["first_error"]]
     wrong = sum(r["wrong"] for r in runs)
