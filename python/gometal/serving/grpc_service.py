@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
-import logging
 import math
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +24,6 @@ import numpy as np
 
 from ..base.version import __version__
 from .grpc_protocol import PROTO_FILE, load_protocol
-from .guard import REQUEST_LOGGER
 from .metrics import ServingMetrics
 from .protocol import (
     DATATYPES,
@@ -36,11 +33,10 @@ from .protocol import (
     datatype_of,
     split_bytes_elements,
 )
+from .request_log import log_request
 from .served_model import ServedModels
 
 __all__ = ["PROTO_FILE", "SERVICE_NAME", "load_protocol", "start_grpc_server"]
-
-_request_log = logging.getLogger(REQUEST_LOGGER)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 SERVER_NAME = "gometal"
@@ -58,8 +54,7 @@ _STREAM_END = object()  # the last item of a stream's answer queue
 
 
 def _log_line(fields: dict[str, Any]) -> None:
-    if _request_log.isEnabledFor(logging.INFO):
-        _request_log.info(json.dumps(fields))
+    log_request(fields)
 
 
 def _status_code(http_status: int) -> Any:

@@ -10,24 +10,20 @@ structured log line it writes per request.
 from __future__ import annotations
 
 import hmac
-import json
-import logging
 import time
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..viz.server_guard import HostPolicy
+from .request_log import REQUEST_LOGGER, log_request
 
 __all__ = ["LOG_FIELDS_KEY", "REQUEST_LOGGER", "RequestGuard", "error_body"]
 
-REQUEST_LOGGER = "gometal.serving.requests"
 # At most this many distinct accepted Host values are remembered (any client chooses them).
 ALLOWED_HOSTS_KEPT = 64
 # Where a route leaves fields for the request's log line (the ASGI scope's "state").
 LOG_FIELDS_KEY = "log_fields"
-
-_request_log = logging.getLogger(REQUEST_LOGGER)
 
 
 def error_body(message: str) -> dict[str, str]:
@@ -111,5 +107,4 @@ class RequestGuard:
                 "ms": round((time.perf_counter() - started) * 1000, 3),
                 **scope.get("state", {}).get(LOG_FIELDS_KEY, {}),
             }
-            if _request_log.isEnabledFor(logging.INFO):
-                _request_log.info(json.dumps(fields))
+            log_request(fields)

@@ -22,9 +22,8 @@ from ..base.runtime import get_num_threads, set_num_threads
 from ..viz.server_cli import check_listen_address
 from ..viz.server_guard import HostPolicy
 from .app import DEFAULT_SETTINGS, ServerSettings, create_app
-from .guard import REQUEST_LOGGER
 from .repository import ModelRepository
-from .request_log import BufferedLineHandler
+from .request_log import REQUEST_LOGGER, BufferedLineHandler, write_requests_to
 
 __all__ = [
     "DEFAULT_GRPC_PORT",
@@ -208,6 +207,7 @@ def serve(
     gc_thresholds = _settle_garbage_collector()
     # After uvicorn's Config: its logging setup closes every handler there was.
     log_handler = _log_requests_to_stderr()
+    write_requests_to(log_handler)  # the only handler: request lines skip logging's records
     in_main_thread = threading.current_thread() is threading.main_thread()
     shutdown_signals = _SHUTDOWN_SIGNALS if in_main_thread else ()  # only main may set them
     previous = {sig: signal.signal(sig, _after_drain) for sig in shutdown_signals}
@@ -218,6 +218,7 @@ def serve(
             signal.signal(sig, handler)
         gc.set_threshold(*gc_thresholds)
         gc.unfreeze()
+        write_requests_to(None)
         if log_handler is not None:  # the last lines, and no writer thread left behind
             logging.getLogger(REQUEST_LOGGER).removeHandler(log_handler)
             log_handler.close()
