@@ -12,6 +12,56 @@ int single_step(const Fusion& f, int id) {
   return at;
 }
 
+void drop_steps(const std::vector<char>& dropped, Fusion& f) {
+  std::vector<Step> kept;
+  for (size_t st = 0; st < f.steps.size(); ++st)
+    if (!dropped[st]) kept.push_back(std::move(f.steps[st]));
+  f.steps = std::move(kept);
+  for (size_t st = 0; st < f.steps.size(); ++st)
+    for (int id : f.steps[st].nodes) f.step_of[id] = static_cast<int>(st);
+}
+
+// A merged chain: a quantized_conv2d without a buffer of its own first, a quantize last.
+bool is_chain(const Graph& g, const Fusion& f, const Step& step) {
+  if (step.fused || step.nodes.size() < 2) return false;
+  const int first = step.nodes.front();
+  return g.node(first).op == OpKind::QuantizedConv2D && !f.materialized[first] &&
+         g.node(step.nodes.back()).op == OpKind::Quantize;
+}
+
+bool effect_between(const Graph& g, const Fusion& f, int first, int last) {
+  for (int between = first + 1; between < last; ++between)
+    for (int id : f.steps[between].nodes)
+      if (is_effect(g.node(id).op)) return true;
+  return false;
+}
+
+// A chain whose quantized value only the next chain's convolution reads (as its input)
+// joins that chain's step: the value then lives per image in the kernel's scratch,
+// channels-last, and is never transposed to NCHW and back.
+template <class OnlyReader>
+void link_chains(const Graph& g, Fusion& f, OnlyReader only_reader) {
+  std::vector<char> dropped(f.steps.size(), 0);
+  for (size_t st = 0; st < f.steps.size(); ++st) {
+    if (!is_chain(g, f, f.steps[st])) continue;
+    const int q = f.steps[st].nodes.back();
+    const int next = only_reader(q);
+    if (next < 0 || g.node(next).op != OpKind::QuantizedConv2D) continue;
+    const std::vector<int>& in = g.node(next).inputs;
+    if (in[0] != q || std::count(in.begin(), in.end(), q) != 1) continue;
+    const int later = f.step_of[next];
+    if (later <= static_cast<int>(st) || !is_chain(g, f, f.steps[later]) || f.steps[later].nodes.front() != next)
+      continue;
+    if (effect_between(g, f, static_cast<int>(st), later)) continue;
+    std::vector<int> nodes = f.steps[st].nodes;
+    nodes.insert(nodes.end(), f.steps[later].nodes.begin(), f.steps[later].nodes.end());
+    f.steps[later].nodes = std::move(nodes);
+    f.materialized[q] = 0;
+    dropped[st] = 1;
+  }
+  drop_steps(dropped, f);
+}
+
 }  // namespace
 
 void fuse_quantized_chains(const Graph& g, const Schedule& s, const FunctionSpec& fn,
@@ -43,10 +93,7 @@ void fuse_quantized_chains(const Graph& g, const Schedule& s, const FunctionSpec
     const int last_step = single_step(f, next);
     if (last_step <= static_cast<int>(st)) continue;
     // The conv moves down to the quantize's step: nothing between may write what it reads.
-    bool effect_between = false;
-    for (int between = static_cast<int>(st) + 1; between < last_step; ++between)
-      for (int id : f.steps[between].nodes) effect_between |= is_effect(g.node(id).op);
-    if (effect_between) continue;
+    if (effect_between(g, f, static_cast<int>(st), last_step)) continue;
     Step merged{false, {conv}};
     if (pool >= 0) merged.nodes.push_back(pool);
     merged.nodes.push_back(next);
@@ -59,12 +106,8 @@ void fuse_quantized_chains(const Graph& g, const Schedule& s, const FunctionSpec
     }
   }
 
-  std::vector<Step> kept;
-  for (size_t st = 0; st < f.steps.size(); ++st)
-    if (!dropped[st]) kept.push_back(std::move(f.steps[st]));
-  f.steps = std::move(kept);
-  for (size_t st = 0; st < f.steps.size(); ++st)
-    for (int id : f.steps[st].nodes) f.step_of[id] = static_cast<int>(st);
+  drop_steps(dropped, f);
+  link_chains(g, f, only_reader);
 }
 
 }  // namespace gometal

@@ -13,9 +13,11 @@
 namespace gometal {
 
 // Merges each such chain into one step (not fused) listing the conv, the pool if any, and
-// the quantize, at the quantize's place; only the quantize's value keeps a buffer. The
-// kernel is make_quantized_conv2d_kernel's. Run after fuse_elementwise, before sample
-// tiling and the memory plan.
+// the quantize, at the quantize's place; only the quantize's value keeps a buffer. Then a
+// chain whose quantized value only the next chain's convolution reads joins that chain's
+// step, and the value keeps no buffer either: the kernel carries each image through every
+// linked stage in its scratch, channels-last. The kernel is make_quantized_conv2d_kernel's.
+// Run after fuse_elementwise, before sample tiling and the memory plan.
 void fuse_quantized_chains(const Graph& g, const Schedule& s, const FunctionSpec& fn,
                            const std::vector<Shape>& shapes, Fusion& f);
 

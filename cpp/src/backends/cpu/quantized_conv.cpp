@@ -6,7 +6,10 @@
 // Heading a merged step (quantized_chains.h), the convolution requantizes to the quantize's
 // type and parameters in its epilogue, writes each image channels-last into scratch and
 // max-pools it there: quantizing is monotonic, so pooling quantized values equals
-// quantizing pooled ones, and the float32 values between are never stored.
+// quantizing pooled ones, and the float32 values between are never stored. A pooled step
+// runs image by image: the image is padded channels-last into the thread's scratch; a
+// linked next stage (quantized_chains.h) reads the pooled bytes there, written straight
+// into its own padded channels-last input; only the last stage writes NCHW.
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -26,15 +29,33 @@ inline void copy_run(uint8_t* dst, const uint8_t* src, int64_t n) {
   for (int64_t i = 0; i < n; i += kCopyChunk) std::memcpy(dst + i, src + i, kCopyChunk);
 }
 
+// Where an image's output bytes go: element (o, y, x) at o * channel + y * row + x * pixel,
+// XORed with flip (0x80 turns int8 values into the shifted uint8 a next convolution reads).
+struct ImageLayout {
+  int64_t channel, row, pixel;
+  uint8_t flip;
+};
+
 // The byte stores below may alias anything: the loops read geometry from locals, which
 // they cannot, so it stays in registers.
 template <class T>
-void max_pool_image(const T* conv, int64_t oh, int64_t ow, int64_t channels, const ConvGeometry& geometry, T* out,
-                    T* pixel) {
+void max_pool_image(const T* conv, int64_t oh, int64_t ow, int64_t channels, const ConvGeometry& geometry,
+                    uint8_t* out, const ImageLayout& layout, T* pixel) {
   const ConvGeometry pool = geometry;
-  const int64_t plane = pool.oh * pool.ow;
+  const ImageLayout to = layout;
   for (int64_t py = 0; py < pool.oh; ++py)
     for (int64_t px = 0; px < pool.ow; ++px) {
+      uint8_t* dst = out + py * to.row + px * to.pixel;
+      if (pool.kh == 2 && pool.kw == 2 && pool.sh == 2 && pool.sw == 2 && pool.ph == 0 && pool.pw == 0 &&
+          to.channel == 1) {
+        // The common 2x2 window into channels-last bytes: four contiguous runs of channels.
+        const T* a = conv + (2 * py * ow + 2 * px) * channels;
+        const T* b = a + ow * channels;
+        for (int64_t o = 0; o < channels; ++o)
+          dst[o] = static_cast<uint8_t>(std::max(std::max(a[o], a[o + channels]), std::max(b[o], b[o + channels]))) ^
+                   to.flip;
+        continue;
+      }
       std::fill(pixel, pixel + channels, std::numeric_limits<T>::lowest());
       for (int64_t wy = 0; wy < pool.kh; ++wy) {
         const int64_t iy = py * pool.sh - pool.ph + wy * pool.dh;
@@ -46,56 +67,78 @@ void max_pool_image(const T* conv, int64_t oh, int64_t ow, int64_t channels, con
           for (int64_t o = 0; o < channels; ++o) pixel[o] = std::max(pixel[o], at[o]);
         }
       }
-      for (int64_t o = 0; o < channels; ++o) out[o * plane + py * pool.ow + px] = pixel[o];
+      for (int64_t o = 0; o < channels; ++o) dst[o * to.channel] = static_cast<uint8_t>(pixel[o]) ^ to.flip;
     }
 }
+
+// A window of one pixel: an unpooled stage's output copied to its destination by max_pool_image.
+ConvGeometry identity_pool(int64_t oh, int64_t ow) {
+  ConvGeometry p{};
+  p.kh = p.kw = p.sh = p.sw = p.dh = p.dw = 1;
+  p.oh = oh;
+  p.ow = ow;
+  return p;
+}
+
+// One image (C, H, W) copied channels-last into a padded (H + 2 ph, W + 2 pw, C) buffer whose
+// border holds `pad`, each byte XORed with flip.
+void pad_channels_last(const ConvGeometry& geometry, int64_t line, const uint8_t* src, uint8_t* dst, uint8_t pad,
+                       uint8_t flip) {
+  // Locals, not references: the byte stores may alias those.
+  const ConvGeometry g = geometry;
+  const uint8_t bits = flip;
+  const int64_t plane = g.h * g.w, row_stride = line;
+  if (g.ph > 0 || g.pw > 0) std::memset(dst, pad, static_cast<size_t>((g.h + 2 * g.ph) * row_stride * g.c));
+  for (int64_t yy = 0; yy < g.h; ++yy) {
+    uint8_t* row = dst + ((yy + g.ph) * row_stride + g.pw) * g.c;
+    for (int64_t c = 0; c < g.c; ++c) {
+      const uint8_t* from = src + c * plane + yy * g.w;
+      for (int64_t xx = 0; xx < g.w; ++xx) row[xx * g.c + c] = static_cast<uint8_t>(from[xx] ^ bits);
+    }
+  }
+}
+
+int64_t round_64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
 
 struct QuantizedConv2DKernel final : Int8ProductKernel {
   ConvGeometry geo;
   int64_t padded_h = 0, padded_w = 0;
   bool pooled = false;  // heads a merged step that max-pools
   ConvGeometry pool;
+  // The next linked chain's convolution (quantized_chains.h), which reads this stage's
+  // quantized values from scratch; y is then the last stage's.
+  std::unique_ptr<QuantizedConv2DKernel> next;
+  std::vector<const QuantizedConv2DKernel*> stages;  // this one, then every next
+  mutable std::vector<Int8Weights> stage_weights;
+  mutable std::vector<Int8Epilogue> stage_epilogues;
 
+  bool runs_chain() const { return pooled || next; }
   int64_t image_bytes() const { return padded_h * padded_w * geo.c; }
   int64_t conv_image_bytes() const { return geo.out_plane() * channels * dtype_size(epilogue.out); }
-  int64_t shared_floats() const override { return (geo.n * image_bytes() + 2 * kCopyChunk + 3) / 4; }
+  int64_t shared_floats() const override {
+    return runs_chain() ? 0 : (geo.n * image_bytes() + 2 * kCopyChunk + 3) / 4;
+  }
   int64_t scratch_floats() const override {
-    const int64_t pooled_bytes = pooled ? (conv_image_bytes() + channels + 63) / 64 * 64 : 0;
-    return (row_buffer_bytes() + pooled_bytes) / 4;
+    return (runs_chain() ? chain_scratch_bytes() : row_buffer_bytes()) / 4;
   }
   int64_t source_index(int64_t o, int64_t i) const override {
     const int64_t c = i % geo.c, tap = i / geo.c;  // tap = ky * KW + kx
     return o * k + c * geo.kh * geo.kw + tap;
   }
 
+  uint8_t input_flip() const { return signed_input ? 0x80u : 0u; }
+
   // Image by image: the padding rows and columns hold the zero point, the rest the input
   // channels-last.
   void to_padded_channels_last(const ExecContext& ctx, uint8_t* nhwc, uint8_t pad) const {
     const auto* in = reinterpret_cast<const uint8_t*>(ctx.bytes(x));
-    const uint8_t flip = signed_input ? 0x80u : 0u;
-    const ConvGeometry geometry = geo;
-    const int64_t bytes = image_bytes(), row_stride = padded_w;
     const int tasks = balanced_tasks(*ctx.pool, geo.n);
     ctx.pool->parallel_for(tasks, [&](int task, int) {
-      // Locals, not the closure's references: the byte stores may alias those.
-      const ConvGeometry g = geometry;
-      const uint8_t bits = flip;
-      const int64_t plane = g.h * g.w, image_size = bytes, line = row_stride;
-      uint8_t* const base = nhwc;
       int64_t begin, end;
-      split_range(g.n, tasks, task, 1, &begin, &end);
-      for (int64_t image = begin; image < end; ++image) {
-        const uint8_t* src = in + image * g.c * plane;
-        uint8_t* dst = base + image * image_size;
-        if (g.ph > 0 || g.pw > 0) std::memset(dst, pad, static_cast<size_t>(image_size));
-        for (int64_t yy = 0; yy < g.h; ++yy) {
-          uint8_t* row = dst + ((yy + g.ph) * line + g.pw) * g.c;
-          for (int64_t c = 0; c < g.c; ++c) {
-            const uint8_t* from = src + c * plane + yy * g.w;
-            for (int64_t xx = 0; xx < g.w; ++xx) row[xx * g.c + c] = static_cast<uint8_t>(from[xx] ^ bits);
-          }
-        }
-      }
+      split_range(geo.n, tasks, task, 1, &begin, &end);
+      for (int64_t image = begin; image < end; ++image)
+        pad_channels_last(geo, padded_w, in + image * geo.c * geo.h * geo.w, nhwc + image * image_bytes(), pad,
+                          input_flip());
     });
   }
 
@@ -124,14 +167,14 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
   }
 
   void run(const ExecContext& ctx) const override {
+    if (runs_chain()) {
+      run_chain(ctx);
+      return;
+    }
     Int8Epilogue e;
     const Int8Weights packed_weights = pack(ctx, &e);
     auto* nhwc = reinterpret_cast<uint8_t*>(ctx.shared);
     to_padded_channels_last(ctx, nhwc, static_cast<uint8_t>(e.zero_point));
-    if (pooled) {
-      run_pooled(ctx, packed_weights, e, nhwc);
-      return;
-    }
     char* out = ctx.bytes(y);
     const int64_t out_size = dtype_size(e.out);
     const int64_t plane = geo.out_plane();
@@ -151,34 +194,95 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
     });
   }
 
-  // Images are the tasks: each convolves into channels-last scratch, then pools into y.
-  void run_pooled(const ExecContext& ctx, const Int8Weights& packed_weights, const Int8Epilogue& e,
-                  const uint8_t* nhwc) const {
-    char* out = ctx.bytes(y);
+  // The stage's output image: pooled, or the convolution's own plane.
+  int64_t result_h() const { return pooled ? pool.oh : geo.oh; }
+  int64_t result_w() const { return pooled ? pool.ow : geo.ow; }
+  // Per-thread bytes of one stage's work: its row buffer, then its channels-last output
+  // image and a pixel of pooling maxima.
+  int64_t stage_bytes() const { return row_buffer_bytes() + round_64(conv_image_bytes() + channels); }
+  // Bytes of a padded channels-last input image in scratch, with the slack whole-chunk
+  // row copies read past its end.
+  int64_t padded_image_bytes() const { return round_64(image_bytes() + 2 * kCopyChunk); }
+
+  // One padded channels-last image times the weights, into channels-last `conv`.
+  void convolve_image(const Int8Weights& w, const Int8Epilogue& e, const uint8_t* padded, uint8_t* rows,
+                      char* conv) const {
     const int64_t plane = geo.out_plane(), out_size = dtype_size(e.out);
-    const int64_t pooled_image = channels * pool.oh * pool.ow * out_size;
+    for (int64_t p0 = 0; p0 < plane; p0 += kInt8RowBlock) {
+      const int64_t count = std::min(kInt8RowBlock, plane - p0);
+      gather_rows(padded, p0, count, w.depth, rows);
+      int8_block(w, rows, count, e, conv + p0 * channels * out_size, channels, 1);
+    }
+  }
+
+  // `conv` pooled (or, unpooled, copied) into `out`, laid out as `to`.
+  void store_image(const Int8Epilogue& e, const char* conv, char* pixel, uint8_t* out, const ImageLayout& to) const {
+    const ConvGeometry window = pooled ? pool : identity_pool(geo.oh, geo.ow);
+    if (e.out == DType::U8)
+      max_pool_image(reinterpret_cast<const uint8_t*>(conv), geo.oh, geo.ow, channels, window, out, to,
+                     reinterpret_cast<uint8_t*>(pixel));
+    else
+      max_pool_image(reinterpret_cast<const int8_t*>(conv), geo.oh, geo.ow, channels, window, out, to,
+                     reinterpret_cast<int8_t*>(pixel));
+  }
+
+  // Images are the tasks: each is padded channels-last into scratch and goes through every
+  // stage there, each stage writing the next one's padded input, the last one y (NCHW).
+  void run_chain(const ExecContext& ctx) const {
+    for (size_t s = 0; s < stages.size(); ++s) stage_weights[s] = stages[s]->pack(ctx, &stage_epilogues[s]);
+    const auto* in = reinterpret_cast<const uint8_t*>(ctx.bytes(x));
+    const int64_t buffer_bytes = chain_buffer_bytes();
     const int tasks = balanced_tasks(*ctx.pool, geo.n);
     ctx.pool->parallel_for(tasks, [&](int task, int thread) {
       int64_t begin, end;
       split_range(geo.n, tasks, task, 1, &begin, &end);
-      uint8_t* buffer = rows_of(ctx, thread);
-      char* conv = reinterpret_cast<char*>(buffer) + row_buffer_bytes();
-      char* pixel = conv + conv_image_bytes();
+      auto* scratch = reinterpret_cast<uint8_t*>(ctx.thread_scratch(thread));
+      uint8_t* buffers[2] = {scratch, scratch + buffer_bytes};
+      uint8_t* rows = scratch + 2 * buffer_bytes;
       for (int64_t image = begin; image < end; ++image) {
-        for (int64_t p0 = 0; p0 < plane; p0 += kInt8RowBlock) {
-          const int64_t count = std::min(kInt8RowBlock, plane - p0);
-          gather_rows(nhwc + image * image_bytes(), p0, count, packed_weights.depth, buffer);
-          int8_block(packed_weights, buffer, count, e, conv + p0 * channels * out_size, channels, 1);
+        pad_channels_last(geo, padded_w, in + image * geo.c * geo.h * geo.w, buffers[0],
+                          static_cast<uint8_t>(stage_epilogues[0].zero_point), input_flip());
+        for (size_t s = 0; s < stages.size(); ++s) {
+          const QuantizedConv2DKernel& stage = *stages[s];
+          char* conv = reinterpret_cast<char*>(rows) + stage.row_buffer_bytes();
+          char* pixel = conv + stage.conv_image_bytes();
+          stage.convolve_image(stage_weights[s], stage_epilogues[s], buffers[s % 2], rows, conv);
+          if (s + 1 == stages.size()) {
+            const int64_t plane = stage.result_h() * stage.result_w();
+            auto* out = reinterpret_cast<uint8_t*>(ctx.bytes(stage.y)) + image * stage.channels * plane;
+            stage.store_image(stage_epilogues[s], conv, pixel, out, {plane, stage.result_w(), 1, 0});
+            continue;
+          }
+          const QuantizedConv2DKernel& next_stage = *stages[s + 1];
+          const ConvGeometry& ng = next_stage.geo;
+          uint8_t* padded = buffers[(s + 1) % 2];
+          std::memset(padded, static_cast<uint8_t>(stage_epilogues[s + 1].zero_point),
+                      static_cast<size_t>(next_stage.image_bytes()));
+          const ImageLayout to{1, next_stage.padded_w * ng.c, ng.c, next_stage.input_flip()};
+          stage.store_image(stage_epilogues[s], conv, pixel, padded + (ng.ph * next_stage.padded_w + ng.pw) * ng.c,
+                            to);
         }
-        char* dst = out + image * pooled_image;
-        if (e.out == DType::U8)
-          max_pool_image(reinterpret_cast<const uint8_t*>(conv), geo.oh, geo.ow, channels, pool,
-                         reinterpret_cast<uint8_t*>(dst), reinterpret_cast<uint8_t*>(pixel));
-        else
-          max_pool_image(reinterpret_cast<const int8_t*>(conv), geo.oh, geo.ow, channels, pool,
-                         reinterpret_cast<int8_t*>(dst), reinterpret_cast<int8_t*>(pixel));
       }
     });
+  }
+
+  int64_t chain_buffer_bytes() const {
+    int64_t most = 0;
+    for (const QuantizedConv2DKernel* stage : stages) most = std::max(most, stage->padded_image_bytes());
+    return most;
+  }
+  int64_t chain_scratch_bytes() const {
+    int64_t most = 0;
+    for (const QuantizedConv2DKernel* stage : stages) most = std::max(most, stage->stage_bytes());
+    return 2 * chain_buffer_bytes() + most;
+  }
+
+  // After `next` is set: the stages this kernel runs, and room for their per-run state.
+  void link() {
+    stages.clear();
+    for (const QuantizedConv2DKernel* stage = this; stage; stage = stage->next.get()) stages.push_back(stage);
+    stage_weights.resize(stages.size());
+    stage_epilogues.resize(stages.size());
   }
 };
 
@@ -193,8 +297,10 @@ int reader_of(const Graph& g, int value, const std::vector<Shape>& shapes) {
 
 }  // namespace
 
-std::unique_ptr<Kernel> make_quantized_conv2d_kernel(const Graph& g, int id, const MemoryPlan& mem,
-                                                     const std::vector<Shape>& shapes) {
+namespace {
+
+std::unique_ptr<QuantizedConv2DKernel> make_stage(const Graph& g, int id, const MemoryPlan& mem,
+                                                  const std::vector<Shape>& shapes) {
   const Node& n = g.node(id);
   auto k = std::make_unique<QuantizedConv2DKernel>();
   fill_product(*k, g, n, mem, id);
@@ -205,7 +311,8 @@ std::unique_ptr<Kernel> make_quantized_conv2d_kernel(const Graph& g, int id, con
   k->channels = k->geo.o;
   if (mem.ref[id].region == Region::None) {
     // A merged step (quantized_chains.h): [max_pool2d,] quantize, whose parameters the
-    // epilogue takes; only the quantize's value has a buffer.
+    // epilogue takes; only the quantize's value has a buffer, unless a next chain's
+    // convolution reads it from scratch.
     int next = reader_of(g, id, shapes);
     if (next >= 0 && g.node(next).op == OpKind::MaxPool2D) {
       k->pooled = true;
@@ -213,15 +320,31 @@ std::unique_ptr<Kernel> make_quantized_conv2d_kernel(const Graph& g, int id, con
       next = reader_of(g, next, shapes);
     }
     while (next >= 0 && g.node(next).op == OpKind::Reshape) next = reader_of(g, next, shapes);
-    if (next < 0 || g.node(next).op != OpKind::Quantize || mem.ref[next].region == Region::None)
+    if (next < 0 || g.node(next).op != OpKind::Quantize)
       throw std::logic_error("[cpu] quantized_conv2d: the merged step's chain is broken");
     const Node& q = g.node(next);
-    k->y = mem.ref[next];
     k->epilogue.out = q.dtype;
     k->epilogue.output_scale = q.attrs.scale;
     k->epilogue.output_zero_point = static_cast<int32_t>(q.attrs.zero_point);
+    if (mem.ref[next].region == Region::None) {
+      const int conv = reader_of(g, next, shapes);
+      if (conv < 0 || g.node(conv).op != OpKind::QuantizedConv2D || mem.ref[conv].region != Region::None)
+        throw std::logic_error("[cpu] quantized_conv2d: the linked chain is broken");
+      k->next = make_stage(g, conv, mem, shapes);
+    } else {
+      k->y = mem.ref[next];
+    }
   }
   k->reserve();
+  return k;
+}
+
+}  // namespace
+
+std::unique_ptr<Kernel> make_quantized_conv2d_kernel(const Graph& g, int id, const MemoryPlan& mem,
+                                                     const std::vector<Shape>& shapes) {
+  auto k = make_stage(g, id, mem, shapes);
+  k->link();
   return k;
 }
 
