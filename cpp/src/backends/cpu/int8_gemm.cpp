@@ -203,6 +203,51 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void finish_tile_avx512(
     _mm_mask_storeu_epi8(dst, mask, e.out == DType::U8 ? _mm512_cvtusepi32_epi8(q) : _mm512_cvtsepi32_epi8(q));
   }
 }
+
+// finish_tile_avx512 for the AVX2 and AVX-VNNI paths: the same rounded steps on each
+// half (8 channels) of a row; the stores of the tile's `channels` go through a row of 16.
+__attribute__((target("avx2"))) void finish_tile_avx2(const int32_t* acc, const PanelFactors& f, int64_t rows,
+                                                      int64_t r0, int64_t o0, int64_t channels, const Int8Epilogue& e,
+                                                      void* out, int64_t row_stride) {
+  const __m256 zero = _mm256_setzero_ps(), out_scale = _mm256_set1_ps(e.output_scale);
+  const __m256 out_zero = _mm256_set1_ps(static_cast<float>(e.output_zero_point));
+  const __m256 low = _mm256_set1_ps(e.out == DType::U8 ? 0.0f : -128.0f);
+  const __m256 high = _mm256_set1_ps(e.out == DType::U8 ? 255.0f : 127.0f);
+  const size_t out_size = e.out == DType::F32 ? sizeof(float) : 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    __m256 v[2];
+    for (int half = 0; half < 2; ++half) {
+      const int at = half * 8;
+      const __m256i sums = _mm256_sub_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc + r * kInt8Panel + at)),
+                                            _mm256_load_si256(reinterpret_cast<const __m256i*>(f.offset + at)));
+      v[half] = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_load_ps(f.scale + at));
+      if (e.bias) v[half] = _mm256_add_ps(v[half], _mm256_load_ps(f.bias + at));
+      if (e.relu) v[half] = _mm256_max_ps(zero, v[half]);
+    }
+    char* dst = static_cast<char*>(out) + ((r0 + r) * row_stride + o0) * static_cast<int64_t>(out_size);
+    if (e.out == DType::F32) {
+      alignas(32) float row[kInt8Panel];
+      _mm256_store_ps(row, v[0]);
+      _mm256_store_ps(row + 8, v[1]);
+      std::memcpy(dst, row, static_cast<size_t>(channels) * sizeof(float));
+      continue;
+    }
+    __m256i q[2];
+    for (int half = 0; half < 2; ++half) {
+      __m256 t = _mm256_round_ps(_mm256_div_ps(v[half], out_scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      t = _mm256_min_ps(high, _mm256_max_ps(low, _mm256_add_ps(t, out_zero)));
+      q[half] = _mm256_cvtps_epi32(t);
+    }
+    // Values already lie in the byte range: packing (int32 -> int16 -> 8-bit) is exact;
+    // the permute undoes the 128-bit lanes' interleaving.
+    const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
+    const __m128i lo = _mm256_castsi256_si128(words), hi = _mm256_extracti128_si256(words, 1);
+    alignas(16) uint8_t bytes[kInt8Panel];
+    _mm_store_si128(reinterpret_cast<__m128i*>(bytes),
+                    e.out == DType::U8 ? _mm_packus_epi16(lo, hi) : _mm_packs_epi16(lo, hi));
+    std::memcpy(dst, bytes, static_cast<size_t>(channels));
+  }
+}
 #endif
 
 }  // namespace
@@ -331,6 +376,10 @@ void int8_block(const Int8Weights& w, uint8_t* rows, int64_t count, const Int8Ep
 #ifdef GOMETAL_INT8_X86
       if (w.path == Int8Path::Avx512Vnni && channel_stride == 1) {
         finish_tile_avx512(acc, factors, rows_here, r, p * kInt8Panel, channels, epilogue, out, row_stride);
+        continue;
+      }
+      if ((w.path == Int8Path::Avx2 || w.path == Int8Path::AvxVnni) && channel_stride == 1) {
+        finish_tile_avx2(acc, factors, rows_here, r, p * kInt8Panel, channels, epilogue, out, row_stride);
         continue;
       }
 #endif
