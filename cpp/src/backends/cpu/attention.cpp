@@ -16,8 +16,9 @@ namespace attention_blocks {
 void score_block(const AttentionGeometry& geo, int64_t head, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
                  const float* q, const float* kt, const float* mask, float* s) {
   constexpr int64_t ld = kAttentionKeyBlock;
-  times_transposed(rows, cols, geo.d, head_of(q, head, geo.tq, geo.d) + i0 * geo.d,
-                   head_of(kt, head, geo.d, geo.tk), geo.tk, j0, s, ld);
+  const float* queries = head_of(q, head, geo.tq, geo.d) + i0 * geo.d;
+  block_product(geo, {queries, geo.d, 1, head_of(kt, head, geo.d, geo.tk) + j0, geo.tk, s, ld, rows, cols, geo.d, false},
+                nullptr);
   const int64_t b = head / geo.h, hh = head % geo.h;
   for (int64_t r = 0; r < rows; ++r) {
     float* row = s + r * ld;
@@ -129,8 +130,8 @@ void forward_block(const ExecContext& ctx, const AttentionGeometry& geo, int64_t
       }
     }
     if (out != nullptr) {
-      gemm_serial(false, false, rows, d, cols, s, kBk, head_of(v, head, geo.tk, d) + j0 * d, d, 0.0f, product, d);
-      add_into(acc, product, rows * d);
+      const float* values = head_of(v, head, geo.tk, d) + j0 * d;
+      block_product(geo, {s, kBk, 1, values, d, acc, d, rows, d, cols, true}, product);
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -209,6 +210,7 @@ std::unique_ptr<Kernel> make_attention_kernel(const Graph& g, int id, const Memo
   geo.scale = n.attrs.scale > 0.0f ? n.attrs.scale : 1.0f / std::sqrt(static_cast<float>(geo.d));
   geo.causal = n.attrs.causal;
   geo.dropout = n.attrs.dropout;
+  geo.tiles = attention_tiles::choose_path();
   const bool packed = n.op == OpKind::Attention && n.attrs.with_lse;
   geo.out_stride = packed ? geo.d + 1 : geo.d;
   geo.lse_stride = packed ? geo.d + 1 : 1;

@@ -6,9 +6,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "backends/cpu/kernel.h"
+#include "backends/cpu/simd_paths.h"
 #include "gometal/ir.h"
 
 namespace gometal {
@@ -23,6 +25,7 @@ struct AttentionGeometry {
   int64_t out_stride = 0;  // between output rows: D, or D + 1 with the log-sum-exp packed after them
   int64_t lse_stride = 1;  // between log-sum-exps: 1, or D + 1 when packed in the output
   int64_t mask_stride[4] = {};  // per (N, H, Tq, Tk) dim; 0 where the mask broadcasts
+  std::optional<SimdPath> tiles;  // the block products' register tiles; none: the BLAS
 
   int64_t heads() const { return n * h; }
 };

@@ -30,8 +30,8 @@ void recompute_block(const ExecContext& ctx, const AttentionGeometry& geo, const
                      float* z) {
   const int64_t d = geo.d;
   score_block(geo, head, i0, rows, j0, cols, in.q, in.kt, in.mask, p);
-  times_transposed(rows, cols, d, head_of(in.g, head, geo.tq, d) + i0 * d, head_of(in.vt, head, d, geo.tk), geo.tk,
-                   j0, ds, kBk);
+  const float* g = head_of(in.g, head, geo.tq, d) + i0 * d;
+  block_product(geo, {g, d, 1, head_of(in.vt, head, d, geo.tk) + j0, geo.tk, ds, kBk, rows, cols, d, false}, nullptr);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row = head * geo.tq + i0 + r;
     const float lse = in.lse[row], delta = in.delta[row];
@@ -56,8 +56,8 @@ void recompute_block_transposed(const ExecContext& ctx, const AttentionGeometry&
                                 float* dst, float* z) {
   const int64_t d = geo.d, b = head / geo.h, hh = head % geo.h;
   const float *k = head_of(in.k, head, geo.tk, d) + j0 * d, *v = head_of(in.v, head, geo.tk, d) + j0 * d;
-  times_transposed(cols, rows, d, k, head_of(in.qt, head, d, geo.tq), geo.tq, i0, pt, kBq);
-  times_transposed(cols, rows, d, v, head_of(in.gt, head, d, geo.tq), geo.tq, i0, dst, kBq);
+  block_product(geo, {k, d, 1, head_of(in.qt, head, d, geo.tq) + i0, geo.tq, pt, kBq, cols, rows, d, false}, nullptr);
+  block_product(geo, {v, d, 1, head_of(in.gt, head, d, geo.tq) + i0, geo.tq, dst, kBq, cols, rows, d, false}, nullptr);
   const float* lse = in.lse + head * geo.tq + i0;
   const float* delta = in.delta + head * geo.tq + i0;
   for (int64_t c = 0; c < cols; ++c) {
@@ -98,8 +98,7 @@ void grad_q_block(const ExecContext& ctx, const AttentionGeometry& geo, const Gr
   for (int64_t j0 = 0; j0 < keys; j0 += kBk) {
     const int64_t cols = std::min(kBk, keys - j0);
     recompute_block(ctx, geo, in, head, i0, rows, j0, cols, false, p, ds, z);
-    gemm_serial(false, false, rows, d, cols, ds, kBk, head_of(in.k, head, geo.tk, d) + j0 * d, d, 0.0f, product, d);
-    add_into(out, product, rows * d);
+    block_product(geo, {ds, kBk, 1, head_of(in.k, head, geo.tk, d) + j0 * d, d, out, d, rows, d, cols, true}, product);
   }
   for (int64_t i = 0; i < rows * d; ++i) out[i] *= geo.scale;
 }
@@ -116,10 +115,9 @@ void grad_kv_block(const ExecContext& ctx, const AttentionGeometry& geo, const G
   for (int64_t i0 = geo.causal ? j0 / kBq * kBq : 0; i0 < geo.tq; i0 += kBq) {
     const int64_t rows = std::min(kBq, geo.tq - i0);
     recompute_block_transposed(ctx, geo, in, head, i0, rows, j0, cols, p, ds, z);
-    gemm_serial(false, false, cols, d, rows, p, kBq, head_of(in.g, head, geo.tq, d) + i0 * d, d, 0.0f, product, d);
-    add_into(dv, product, cols * d);
-    gemm_serial(false, false, cols, d, rows, ds, kBq, head_of(in.q, head, geo.tq, d) + i0 * d, d, 0.0f, product, d);
-    add_into(dk, product, cols * d);
+    const float *g = head_of(in.g, head, geo.tq, d) + i0 * d, *q = head_of(in.q, head, geo.tq, d) + i0 * d;
+    block_product(geo, {p, kBq, 1, g, d, dv, d, cols, d, rows, true}, product);
+    block_product(geo, {ds, kBq, 1, q, d, dk, d, cols, d, rows, true}, product);
   }
   for (int64_t i = 0; i < cols * d; ++i) dk[i] *= geo.scale;
 }
@@ -142,12 +140,10 @@ void grad_head(const ExecContext& ctx, const AttentionGeometry& geo, const GradI
       const int64_t rows = std::min(kBq, t - i0);
       recompute_block(ctx, geo, in, head, i0, rows, j0, cols, true, p, ds, z);
       const float *g = head_of(in.g, head, t, d) + i0 * d, *q = head_of(in.q, head, t, d) + i0 * d;
-      gemm_serial(true, false, cols, d, rows, p, kBk, g, d, 0.0f, product, d);
-      add_into(dv, product, cols * d);
-      gemm_serial(true, false, cols, d, rows, ds, kBk, q, d, 0.0f, product, d);
-      add_into(dk, product, cols * d);
-      gemm_serial(false, false, rows, d, cols, ds, kBk, k, d, 0.0f, product, d);
-      add_into(dq + i0 * d, product, rows * d);
+      // P and dS read transposed (a_row 1): the products over the block's queries.
+      block_product(geo, {p, 1, kBk, g, d, dv, d, cols, d, rows, true}, product);
+      block_product(geo, {ds, 1, kBk, q, d, dk, d, cols, d, rows, true}, product);
+      block_product(geo, {ds, kBk, 1, k, d, dq + i0 * d, d, rows, d, cols, true}, product);
     }
     for (int64_t i = 0; i < cols * d; ++i) dk[i] *= geo.scale;
   }

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "backends/cpu/attention.h"
+#include "backends/cpu/attention_tiles.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/vec8.h"
 #include "backends/cpu/vector_math.h"
@@ -63,13 +64,6 @@ void score_block(const AttentionGeometry& geo, int64_t head, int64_t i0, int64_t
 // untransposed operands only, and a block's product is small.
 void transpose_heads(ThreadPool& pool, const float* x, int64_t heads, int64_t t, int64_t d, float* xt);
 
-// out (rows x cols, leading dimension ldo) = x (rows x d) times columns [c0, c0 + cols) of
-// yt (d x ty): x's rows against rows c0.. of the matrix yt transposes.
-inline void times_transposed(int64_t rows, int64_t cols, int64_t d, const float* x, const float* yt, int64_t ty,
-                             int64_t c0, float* out, int64_t ldo) {
-  gemm_serial(false, false, rows, cols, d, x, d, yt + c0, ty, 0.0f, out, ldo);
-}
-
 // z[c] = 1 / (1 - p) where the forward pass kept weight (i, j0 + c), 0 where it dropped it:
 // the element index of a (N, H, Tq, Tk) draw, so every kernel redraws the same mask.
 void dropout_factors(const ExecContext& ctx, const AttentionGeometry& geo, int64_t head, int64_t i, int64_t j0,
@@ -79,6 +73,18 @@ void dropout_factors(const ExecContext& ctx, const AttentionGeometry& geo, int64
 // small matrices only when it overwrites its output (beta = 0), so the kernels never accumulate in it.
 inline void add_into(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+// One block product (attention_tiles::BlockProduct) on the geometry's register tiles, or on the
+// BLAS: a stored transposed when a_depth is not 1; a product that accumulates goes through
+// `product` (rows x cols floats of scratch).
+inline void block_product(const AttentionGeometry& geo, const attention_tiles::BlockProduct& p, float* product) {
+  if (geo.tiles) return attention_tiles::multiply(*geo.tiles, p);
+  const bool ta = p.a_depth != 1;
+  const int64_t lda = ta ? p.a_depth : p.a_row;
+  if (!p.accumulate) return gemm_serial(ta, false, p.rows, p.cols, p.depth, p.a, lda, p.b, p.ldb, 0.0f, p.c, p.ldc);
+  gemm_serial(ta, false, p.rows, p.cols, p.depth, p.a, lda, p.b, p.ldb, 0.0f, product, p.cols);
+  for (int64_t r = 0; r < p.rows; ++r) add_into(p.c + r * p.ldc, product + r * p.cols, p.cols);
 }
 
 // How many of the `cols` keys from j0 query i sees: a prefix of them (all unless causal).

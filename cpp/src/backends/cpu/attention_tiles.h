@@ -1,0 +1,34 @@
+// The block products of the fused attention on register tiles: scores (32 queries x 128 keys
+// over D), and the products back onto D columns. The BLAS spent more time packing such small
+// operands than multiplying them, and could not add into its output on its fast path.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "backends/cpu/simd_paths.h"
+
+namespace gometal::attention_tiles {
+
+// c (rows x cols, row stride ldc) = a b, or c += a b when `accumulate`. a's element (r, p) is
+// a[r * a_row + p * a_depth] (a_row = 1 reads a stored transposed); b is (depth x cols), row
+// stride ldb. Columns past the last whole vector are computed one by one.
+struct BlockProduct {
+  const float* a;
+  int64_t a_row, a_depth;
+  const float* b;
+  int64_t ldb;
+  float* c;
+  int64_t ldc;
+  int64_t rows, cols, depth;
+  bool accumulate;
+};
+
+void multiply(SimdPath path, const BlockProduct& p);
+
+// The path GOMETAL_ATTENTION_KERNEL names (portable, avx2, avx512, or blas: std::nullopt, the
+// BLAS products), or unset, the fastest this CPU has. Throws std::invalid_argument for an
+// unknown name or a path the CPU lacks.
+std::optional<SimdPath> choose_path();
+
+}  // namespace gometal::attention_tiles
