@@ -4,7 +4,9 @@ Each path the CPU has (GOMETAL_CONV_KERNEL=portable|avx2|avx512) computes conv2d
 and conv2d_weight_grad as torch's autograd does in float64, on workload B's layers and on
 odd sizes, strides, padding (including padding wider than the dilated window, which the
 forward-convolution form of the input gradient cannot take), dilation and groups; planes
-of 1,024 pixels and more (the direct weight gradient) and smaller ones (im2col + BLAS).
+of 1,024 pixels and more (the direct weight gradient) and smaller ones (im2col + BLAS), and
+3x3 windows of one group (the channel-lane weight gradient); and the same weight gradient,
+bit for bit, whatever the number of threads.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ CASES = [
     ((1, 17, 9, 8), (9, 3, 3), (3, 1), (0, 0), (1, 1), 1),  # a stride of 3, no padding
     ((2, 6, 9, 32), (8, 3, 3), (2, 1), (1, 1), (1, 1), 2),  # vertical stride, groups, 16-float rows
     ((3, 1, 7, 5), (1, 1, 3), (1, 1), (0, 1), (1, 1), 1),  # one channel, a 1x3 window
+    # The channel-lane weight gradient: chunks of images (the last one short), a last block
+    # of fewer input channels, strides of 2, partial vectors of output channels, bands of rows.
+    ((11, 4, 20, 20), (16, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((3, 5, 17, 23), (40, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    ((2, 3, 70, 36), (33, 3, 3), (1, 1), (0, 1), (1, 1), 1),
 ]
 
 
@@ -90,3 +97,32 @@ def test_each_path_computes_both_gradients_as_torch(case, path, monkeypatch):
         rtol=1e-5,
         atol=2e-6 * np.sqrt(dy[0, 0].size * len(x)),
     )
+
+
+@pytest.mark.parametrize(
+    "case", [CASES[1], CASES[2], CASES[11]], ids=["16to32", "32to64", "11images"]
+)
+def test_weight_gradient_is_the_same_bits_on_one_and_two_threads(case):
+    x_shape, (o, kh, kw), stride, padding, dilation, groups = case
+    attrs = {
+        "stride": list(stride),
+        "padding": list(padding),
+        "dilation": list(dilation),
+        "groups": groups,
+    }
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w_shape = (o, x_shape[1] // groups, kh, kw)
+    out_shape = torch.nn.functional.conv2d(torch.from_numpy(x), torch.zeros(w_shape), **attrs).shape
+    dy = rng.standard_normal(tuple(out_shape)).astype(np.float32)
+    threads = _core.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            _core.set_num_threads(count)
+            results.append(
+                _gradient_engine(x.shape, w_shape, dy.shape, attrs).run("dw", [x, dy])[0]
+            )
+    finally:
+        _core.set_num_threads(threads)
+    np.testing.assert_array_equal(results[0], results[1])
