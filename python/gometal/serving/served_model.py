@@ -1,12 +1,16 @@
 """One served model version: its protocol metadata, the checks of a request against its
 inputs, and its dynamic batcher over one or more instances.
 
-Merged batches are padded up to the next power of two (at most ``max_batch_size``): the
-engine compiles a plan per batch size and keeps a few per function, so a handful of
-sizes stays compiled instead of one plan per size a merge happens to produce. Padding
-repeats a real row and its outputs are dropped; rows never affect each other in
-inference, so each request gets what ``model.predict`` gives it alone. Those plans are
-compiled when the server starts (:func:`warmup_batch_sizes`), so no request waits for one.
+Merged batches run at powers of two (at most ``max_batch_size``): the engine compiles a
+plan per batch size and keeps a few per function, so a handful of sizes stays compiled
+instead of one plan per size a merge happens to produce. Those plans are compiled when the
+server starts (:func:`warmup_batch_sizes`), so no request waits for one, and each size's
+call is timed then: a batch runs as the sizes whose summed time (fitted as a time per call
+plus a time per row) is least (:mod:`.batch_plans`: 34 rows of a CNN as 32 + 2, of an MLP
+as 64). Without the warm-up a
+batch is padded up to the next size. Padding repeats a real row and its outputs are
+dropped; rows never affect each other in inference, so each request gets what
+``model.predict`` gives it alone.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .batch_plans import linear_costs, plan_batch_pieces, row_ranges
 from .batcher import BatcherClosed, DynamicBatcher, QueueFull
 from .generation import TextGenerator
 from .images import ImageInput
@@ -31,6 +36,7 @@ __all__ = [
     "ENGINE_PLANS_KEPT",
     "PLATFORM",
     "RETRY_AFTER_S",
+    "WARMUP_TIMED_CALLS",
     "ServedModels",
     "ServedVersion",
     "padded_rows",
@@ -41,6 +47,9 @@ PLATFORM = "gometal"
 # The plans the engine keeps per function (kMaxPlansPerFunction in gometal/engine.h):
 # compiling more at start would only evict the first ones.
 ENGINE_PLANS_KEPT = 8
+# Timed calls per batch size at warm-up, in rounds over the sizes (so that each size meets
+# the machine's moments alike); each size's fastest counts.
+WARMUP_TIMED_CALLS = 3
 
 _log = logging.getLogger(__name__)
 
@@ -71,6 +80,12 @@ def warmup_batch_sizes(max_batch_size: int) -> list[int]:
         sizes.append(size)
         size *= 2
     return [*sizes, max_batch_size][-ENGINE_PLANS_KEPT:]
+
+
+def _timed_call(run: Any, batch: list[np.ndarray]) -> float:
+    started = time.perf_counter()
+    run(batch)
+    return max(time.perf_counter() - started, 1e-9)
 
 
 def _as_output_list(result: Any, names: tuple[str, ...]) -> list[np.ndarray]:
@@ -129,6 +144,10 @@ class ServedVersion:
         runners = [self._runner(instance) for instance in instances]
         self.warmed_up: list[int] = []  # the batch sizes compiled at start, and how long
         self.warmup_s = 0.0
+        # Each batch size's call time (measured at warm-up), and the sizes each row count
+        # runs as; empty without a warm-up: batches are padded to the next size.
+        self.batch_costs: dict[int, float] = {}
+        self.batch_pieces: list[tuple[int, ...]] = []
         if warmup:
             self._warm_up(runners, [inputs.dtype(i) for i in range(len(inputs.names))])
         self.batcher = DynamicBatcher(
@@ -142,9 +161,8 @@ class ServedVersion:
         metrics.watch_queue(name, version, lambda: self.batcher.depth)
 
     def _runner(self, model: Any) -> Any:
-        def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        def predict(inputs: list[np.ndarray], size: int) -> list[np.ndarray]:
             rows = inputs[0].shape[0]
-            size = padded_rows(rows, self.max_batch_size)
             if size > rows:
                 inputs = [
                     np.concatenate([x, np.repeat(x[:1], size - rows, axis=0)]) for x in inputs
@@ -153,6 +171,16 @@ class ServedVersion:
             result = model.predict(x, batch_size=size)
             return [out[:rows] for out in _as_output_list(result, self.output_names)]
 
+        def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+            rows = inputs[0].shape[0]
+            plans = self.batch_pieces
+            pieces = plans[rows] if rows < len(plans) else (padded_rows(rows, self.max_batch_size),)
+            if len(pieces) == 1:
+                return predict(inputs, pieces[0])
+            parts = [predict([x[start:stop] for x in inputs], size)
+                     for start, stop, size in row_ranges(pieces, rows)]  # fmt: skip
+            return [np.concatenate(outputs) for outputs in zip(*parts)]
+
         return run
 
     def _warm_up(self, runners: list[Any], dtypes: list[str]) -> None:
@@ -160,17 +188,45 @@ class ServedVersion:
             return  # a dimension each request chooses: no size to compile ahead
         sizes = warmup_batch_sizes(self.max_batch_size)
         started = time.perf_counter()
+        measured: dict[int, float] = {}
         try:
+            batches = [[np.zeros((size, *shape), dtype) for shape, dtype in
+                        zip(self.input_shapes, dtypes)] for size in sizes]  # fmt: skip
             for run in runners:
-                for size in sizes:
-                    run([np.zeros((size, *shape), dtype) for shape, dtype in
-                         zip(self.input_shapes, dtypes)])  # fmt: skip
+                for batch in batches:
+                    run(batch)  # compiles the plan
+            for _ in range(WARMUP_TIMED_CALLS):  # the instances share one model: time one
+                for size, batch in zip(sizes, batches):
+                    elapsed = _timed_call(runners[0], batch)
+                    measured[size] = min(measured.get(size, elapsed), elapsed)
         except Exception as err:  # noqa: BLE001  (it still serves: the plans compile later)
             _log.warning("%s/%s: warm-up failed (%s: %s)", self.name, self.version,
                          type(err).__name__, err)  # fmt: skip
             return
         self.warmed_up = sizes
         self.warmup_s = time.perf_counter() - started
+        self.use_batch_costs(linear_costs(measured))
+
+    def use_batch_costs(self, costs: Mapping[int, float]) -> None:
+        """Runs each batch as the sizes of least summed ``costs`` (see :mod:`.batch_plans`).
+
+        Args:
+            costs: seconds per call at each batch size; sizes other than these are never
+                run (the warm-up gives every size it compiled).
+
+        Raises:
+            ValueError: a size out of 1..max_batch_size, or a cost that is not positive.
+
+        Example:
+            >>> served.use_batch_costs({1: 1e-3, 2: 1.5e-3, 4: 2.5e-3})  # doctest: +SKIP
+        """
+        for size in costs:
+            if not 1 <= size <= self.max_batch_size:
+                raise ValueError(f"batch sizes must lie in 1..{self.max_batch_size} "
+                                 f"(max_batch_size), got {size}")  # fmt: skip
+        plans = plan_batch_pieces(costs, self.max_batch_size)
+        self.batch_costs = dict(costs)
+        self.batch_pieces = plans
 
     def _non_finite_rows(self, inputs: list[np.ndarray]) -> dict[int, Exception]:
         """The rows of a merged batch holding NaN or infinity, each with its refusal

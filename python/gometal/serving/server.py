@@ -189,8 +189,11 @@ def serve(
           flush=True)  # fmt: skip
     for (name, version), served in sorted(state.served.items()):
         if served.warmed_up:
+            timings = ", ".join(f"{size}: {cost * 1e3:.2f}" for size, cost in
+                                sorted(served.batch_costs.items()))  # fmt: skip
             print(f"gometal serve: {name}/{version} compiled for batch sizes "
-                  f"{served.warmed_up} in {served.warmup_s:.1f} s", flush=True)  # fmt: skip
+                  f"{served.warmed_up} in {served.warmup_s:.1f} s (fitted ms per call: {timings})",
+                  flush=True)  # fmt: skip
     for line in failed:
         print(f"gometal serve: not ready: {line}", file=sys.stderr, flush=True)
 
