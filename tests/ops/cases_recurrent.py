@@ -73,11 +73,19 @@ def recurrence_reference(
 
 
 def _case(
-    cell, hidden=3, proj=0, reverse=False, with_lengths=False, name="", lean=False, bias=False
+    cell,
+    hidden=3,
+    proj=0,
+    reverse=False,
+    with_lengths=False,
+    name="",
+    lean=False,
+    bias=False,
+    sequence_only=False,
 ):
     """recurrence over (xp, h0, [c0], w_hh, [w_hr], [b_hn], [bias], [lengths]), its output
-    sliced to the columns a layer reads (h, and c for an LSTM): the rest is saved for the
-    backward pass. The reference adds the bias to xp."""
+    sliced to the columns a layer reads (h, and c for an LSTM; h alone with sequence_only):
+    the rest is saved for the backward pass. The reference adds the bias to xp."""
     out = proj or hidden
     steps = LENGTHS_T if with_lengths else SEQ
     args = [Arg((BATCH, steps, GATES[cell] * hidden)), Arg((BATCH, out))]
@@ -92,8 +100,10 @@ def _case(
         args.append(Arg((GATES[cell] * hidden,)))
     if with_lengths:
         args.append(Arg((BATCH,), _lengths, dtype="int32", grad=False))
-    read = out + (hidden if cell == "lstm" else 0)
+    read = out + (hidden if cell == "lstm" and not sequence_only else 0)
     attrs = {"cell": cell, "reverse": reverse, "lean": lean}
+    if sequence_only:
+        attrs["sequence_only"] = True
 
     def build(g: _core.Graph, nodes: list[int], case_attrs: dict) -> int:
         y = g.op("recurrence", nodes, case_attrs)
@@ -113,7 +123,7 @@ def _case(
             named["xp"] = named["xp"] + rest.pop(0)
         if with_lengths:
             named["lengths"] = rest.pop(0)
-        return recurrence_reference(cell, reverse, **named)
+        return recurrence_reference(cell, reverse, **named)[..., :read]
 
     return OpCase(
         "recurrence",
@@ -148,6 +158,18 @@ RECURRENCE_CASES = [
     _case("lstm", hidden=4, proj=2, reverse=True, bias=True, name="lstm-projected-bias"),
     _case("gru", with_lengths=True, bias=True, name="gru-bias"),
     _case("lstm", reverse=True, lean=True, bias=True, name="lstm-lean-bias"),
+    # sequence_only: a lean LSTM's output is h alone (a caller that reads no cell state).
+    _case(
+        "lstm",
+        reverse=True,
+        with_lengths=True,
+        lean=True,
+        bias=True,
+        sequence_only=True,
+        name="lstm-sequence-only",
+    ),
+    _case("lstm", hidden=4, proj=2, lean=True, sequence_only=True, name="lstm-projected-seq-only"),
+    _case("gru", lean=True, sequence_only=True, name="gru-sequence-only"),
 ]
 
 
@@ -343,6 +365,12 @@ ERROR_CASES = [
         (Arg((2, 3, 4)), Arg((3, 4)), Arg((4, 4))),
         {"cell": "rnn_tanh"},
         (r"h0 \(N, H_out\)",),
+    ),
+    ErrorCase(
+        "recurrence",
+        (Arg((2, 3, 8)), Arg((2, 2)), Arg((2, 2)), Arg((8, 2))),
+        {"cell": "lstm", "sequence_only": True},
+        (r"sequence_only \(h alone out\) needs lean",),
     ),
     ErrorCase("sequence_end", (Arg((2, 3)),), {}, (r"rank 3",)),
 ]

@@ -102,6 +102,7 @@ struct Attrs {
   std::string cell;
   bool reverse = false;
   bool lean = false;  // recurrence in inference: no gates saved for a backward pass
+  bool sequence_only = false;  // lean recurrence: h alone, no LSTM cell states written out
   // quantized ops: the input's zero point (scale: quantize's and dequantize's), a relu in the
   // epilogue, and the output's scale and zero point when the output is int8 or uint8 (dtype)
   int64_t zero_point = 0, output_zero_point = 0;

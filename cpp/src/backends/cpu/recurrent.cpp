@@ -135,13 +135,16 @@ struct RecurrenceKernel final : Kernel {
             std::memcpy(hr, ar, sizeof(float) * H);
             std::memcpy(yr, ar, sizeof(float) * H);
             break;
-          case Cell::Lstm:
+          case Cell::Lstm: {
             // With a projection h goes to hraw, and the step's product below sets h and y.
-            if (l.lean) lstm_step<false>(x, b, ar, c + n * H, yr + l.c_col(), l.projected ? hraw + n * H : hr, H);
-            else lstm_step(x, b, ar, c + n * H, yr + l.c_col(), l.projected ? hraw + n * H : hr, H);
+            // sequence_only: the cell state has no column in y (written twice to the state instead).
+            float* c_out = l.sequence_only ? c + n * H : yr + l.c_col();
+            if (l.lean) lstm_step<false>(x, b, ar, c + n * H, c_out, l.projected ? hraw + n * H : hr, H);
+            else lstm_step(x, b, ar, c + n * H, c_out, l.projected ? hraw + n * H : hr, H);
             if (!l.lean && !gates_in_y) std::memcpy(yr + l.gates_col(), ar, sizeof(float) * GH);
             if (!l.projected) std::memcpy(yr, hr, sizeof(float) * H);
             break;
+          }
           case Cell::Gru: {
             sigmoid_of_sum(x, b, ar, 2 * H);  // r, z
             // A lean output has no columns for n and hn: they go to the unused hraw and hnew.
@@ -317,6 +320,7 @@ std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const Memo
       k->l.out = whh[1];
       k->l.projected = at.w_hr >= 0;
       k->l.lean = n.attrs.lean;
+      k->l.sequence_only = n.attrs.sequence_only;
       const Shape& seq = shapes[n.inputs[0]];
       k->batch = seq[0];
       k->steps = seq[1];

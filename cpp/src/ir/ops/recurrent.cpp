@@ -86,7 +86,11 @@ Parsed parse(const Node& n, const std::vector<Node>& nodes, bool gradient) {
   RecurrentLayout& l = p.layout;
   l.cell = cell;
   l.lean = n.attrs.lean;
+  l.sequence_only = n.attrs.sequence_only;
   if (gradient && l.lean) fail(name_of(n), "reads the saved gates of a recurrence that is not lean");
+  if (l.sequence_only && !l.lean)
+    fail(name_of(n), "sequence_only (h alone out) needs lean: a training form's saved gates and cell states "
+                     "are read by its backward pass");
   l.gates = cell == Cell::Lstm ? 4 : cell == Cell::Gru ? 3 : 1;
   const Node& w_hh = input(n, nodes, p.at.w_hh);
   require_dtype(n, w_hh, DType::F32, "w_hh");
@@ -198,9 +202,9 @@ void vjp_recurrence(Graph& gr, int y, int g, std::vector<int>& dx) {
   if (p.layout.lean) {
     // A lean recurrence saved no gates: run the full one again, and widen g to its columns.
     Attrs full = v.attrs;
-    full.lean = false;
+    full.lean = full.sequence_only = false;
     const int64_t lean_width = p.layout.width();
-    p.layout.lean = false;
+    p.layout.lean = p.layout.sequence_only = false;
     y = gr.op(OpKind::Recurrence, v.in, full);
     Attrs wider;
     wider.axis = 2;
@@ -258,7 +262,7 @@ std::vector<OpDef> recurrent_op_defs() {
   const auto cell = attr("cell", &Attrs::cell);
   const auto reverse = attr("reverse", &Attrs::reverse);
   return {
-      {OpKind::Recurrence, "recurrence", -1, {cell, reverse, attr("lean", &Attrs::lean)}, recurrence_shape,
+      {OpKind::Recurrence, "recurrence", -1, {cell, reverse, attr("lean", &Attrs::lean), attr("sequence_only", &Attrs::sequence_only)}, recurrence_shape,
        Gradient::Rule, vjp_recurrence},
       {OpKind::RecurrenceGrad, "recurrence_grad", -1, {cell, reverse}, recurrence_grad_shape, Gradient::None},
       {OpKind::SequenceEnd, "sequence_end", -1, {reverse, attr("rows", &Attrs::depth)}, sequence_end_shape,

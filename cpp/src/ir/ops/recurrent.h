@@ -7,7 +7,8 @@
 //   bias (G*H,) (optional: added to xp on every step, so that no pass over xp adds it; a
 //   GRU's b_hn stays apart), lengths int32 (N,) (optional, always last).
 // Its output (N, T, W) packs per step what the layer reads and what the backward pass needs
-// (with `lean`, for inference, only what the layer reads: h, and an LSTM's c); every column
+// (with `lean`, for inference, only what the layer reads: h, and an LSTM's c; with
+// `sequence_only` too, h alone, for a layer whose caller reads no cell state); every column
 // of a padded step (t >= length) is zero.
 #pragma once
 
@@ -31,6 +32,7 @@ struct RecurrentLayout {
   int64_t out = 0;      // P: H, or the LSTM's projection size
   bool projected = false;
   bool lean = false;  // inference: only the columns a layer reads, no saved gates
+  bool sequence_only = false;  // lean: h alone, an LSTM's cell states stay inside the kernel
 
   int64_t gate_width() const { return gates * hidden; }
   // Forward output columns: h (P); LSTM: then c (H) and the gates i, f, g, o (4H);
@@ -39,7 +41,7 @@ struct RecurrentLayout {
   int64_t gates_col() const { return cell == Cell::Lstm ? out + hidden : out; }
   int64_t hn_col() const { return out + 3 * hidden; }
   int64_t width() const {
-    if (lean) return cell == Cell::Lstm ? out + hidden : out;
+    if (lean) return cell == Cell::Lstm && !sequence_only ? out + hidden : out;
     switch (cell) {
       case Cell::Lstm: return out + 5 * hidden;
       case Cell::Gru: return 5 * hidden;

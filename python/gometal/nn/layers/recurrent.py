@@ -290,7 +290,11 @@ class _Recurrent(Layer):
             # The states carried from the previous batch: variables, so no gradient reaches them.
             h0 = ctx.variable("state_h")
             c0 = ctx.variable("state_c") if self._has_cell_state() else None
-        sequences, finals = self._stack(ctx, x, h0, c0, lengths, self.batch_size or -1)
+        # An LSTM's cell states are written out only for a caller that reads c_n.
+        cell_states = self.return_state or self.output == "c_n" or (self.stateful and ctx.training)
+        sequences, finals = self._stack(
+            ctx, x, h0, c0, lengths, self.batch_size or -1, cell_states=cell_states
+        )
         if self.stateful:
             self._carry(ctx, finals)
         if self.output == "sequence":
@@ -341,9 +345,17 @@ class _Recurrent(Layer):
         return join(g, sequences, 2), h_n, c_n
 
     def _stack(
-        self, ctx: EmitContext, x: int, h0: Any, c0: Any, lengths: Any, rows: int
+        self,
+        ctx: EmitContext,
+        x: int,
+        h0: Any,
+        c0: Any,
+        lengths: Any,
+        rows: int,
+        cell_states: bool = True,
     ) -> tuple[list[int], dict[str, list[int]]]:
-        """Every layer and direction: the last layer's sequences and each final state."""
+        """Every layer and direction: the last layer's sequences and each final state (an
+        LSTM's c_n: ``None`` in inference without ``cell_states``)."""
         g = ctx.graph
         layer_input = x
         finals: dict[str, list[int]] = {"h_n": [], "c_n": []}
@@ -363,6 +375,7 @@ class _Recurrent(Layer):
                     initial_state(g, h0, index, self.output_size, rows),
                     initial_state(g, c0, index, self.hidden_size, rows),
                     lengths,
+                    cell_states,
                 )
                 sequences.append(sequence)
                 finals["h_n"].append(h_end)
@@ -388,9 +401,18 @@ class _Recurrent(Layer):
                 ctx.effects.append(op(g, "assign", ctx.variable(name), rows))
 
     def _direction(
-        self, ctx: EmitContext, x: int, suffix: str, reverse: bool, h0: int, c0: int, lengths: Any
+        self,
+        ctx: EmitContext,
+        x: int,
+        suffix: str,
+        reverse: bool,
+        h0: int,
+        c0: int,
+        lengths: Any,
+        cell_states: bool,
     ) -> tuple[int, int, int | None]:
-        """One layer and direction: its output sequence and final h and c (c: LSTM only)."""
+        """One layer and direction: its output sequence and final h and c (c: LSTM only,
+        and in inference only with ``cell_states``)."""
         g = ctx.graph
         hidden, out = self.hidden_size, self.output_size
         projected = matmul(g, x, ctx.variable(f"weight_ih{suffix}"), transpose_b=True)
@@ -418,15 +440,18 @@ class _Recurrent(Layer):
             operands.append(bias)
         if lengths is not None:
             operands.append(lengths)
-        # Inference keeps no gates for a backward pass (lean): only h, and an LSTM's c.
-        packed = op(
-            g, "recurrence", *operands, cell=self.cell, reverse=reverse, lean=not ctx.training
-        )
-        sequence = op(g, "slice", packed, axis=2, start=0, end=out)
+        # Inference keeps no gates for a backward pass (lean): only h, and an LSTM's c unless
+        # no caller reads it (sequence_only). An output of h alone is the sequence: no copy.
+        lean = not ctx.training
+        sequence_only = lean and not cell_states and self._has_cell_state()
+        extra = {"sequence_only": True} if sequence_only else {}
+        packed = op(g, "recurrence", *operands, cell=self.cell, reverse=reverse, lean=lean, **extra)
+        h_alone = lean and (sequence_only or not self._has_cell_state())
+        sequence = packed if h_alone else op(g, "slice", packed, axis=2, start=0, end=out)
         ends = [sequence] + ([lengths] if lengths is not None else [])
         h_end = op(g, "sequence_end", *ends, reverse=reverse)
         c_end = None
-        if self._has_cell_state():
+        if self._has_cell_state() and not sequence_only:
             cells = op(g, "slice", packed, axis=2, start=out, end=out + hidden)
             c_end = op(g, "sequence_end", cells, *ends[1:], reverse=reverse)
         return sequence, h_end, c_end
