@@ -24,7 +24,12 @@ all-reduce latency and bandwidth and A's, B's and D's compute per step, fed to t
 all-reduce model (gometal.distributed.cost_model) for 8 to 256 ranks: a model, not a
 measurement.
 
+--bucket-mb X adds "gometal 2x1 XM", the same job at GOMETAL_BUCKET_MB=X, beside the default
+buckets (a sixteenth of the model's gradient values, at least 256 KiB:
+data_parallel.default_bucket_floats).
+
 Usage: python benchmarks/bench_distributed.py [--rounds 3] [--workloads B D] [--cost-model]
+                                              [--bucket-mb 25]
 """
 
 from __future__ import annotations
@@ -90,13 +95,26 @@ def run_group(command: list[str], env: dict[str, str], timeout: float) -> tuple[
         return stdout, stderr + f"\ntimed out after {timeout} s"
 
 
-def run(framework: str, workload: str, ranks: int, threads: int, args) -> dict:
+def configurations(bucket_mb: float | None) -> list[tuple[str, str, int, int, str | None]]:
+    """(label, framework, ranks, threads per rank, GOMETAL_BUCKET_MB or None) of each run;
+    ``bucket_mb`` adds gometal 2x1 at that bucket size beside its default."""
+    runs = [(*configuration, None) for configuration in CONFIGURATIONS]
+    if bucket_mb is not None:
+        runs.insert(1, (f"gometal 2x1 {bucket_mb:g}M", "gometal", 2, 1, f"{bucket_mb:g}"))
+    return runs
+
+
+def run(
+    framework: str, workload: str, ranks: int, threads: int, args, bucket_mb: str | None = None
+) -> dict:
     """One configuration's result (its windows' samples/s and other load)."""
     command = [sys.executable, str(WORKER), framework, workload, "--threads", str(threads)]
     command += ["--windows", str(args.windows), "--window-s", str(args.window_s)]
     if ranks > 1:
         command = [launcher(), "-n", str(ranks), "--oversubscribe", *command]
     env = environment(threads, args.spin)
+    if bucket_mb is not None:
+        env["GOMETAL_BUCKET_MB"] = bucket_mb
     env["MASTER_PORT"] = str(free_port())  # torch's rendezvous; one per job
     stdout, stderr = run_group(command, env, args.timeout)
     for line in stdout.splitlines():
@@ -116,14 +134,17 @@ def main() -> None:
     parser.add_argument("--cost-model", action="store_true")
     parser.add_argument("--spin", action="store_true", help="ranks spin while they wait")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--bucket-mb", type=float, help="also run gometal 2x1 at this GOMETAL_BUCKET_MB"
+    )
     args = parser.parse_args()
     rates: dict[tuple[str, str], list[float | None]] = {}
     results = []
     for round_number in range(args.rounds):
         for workload in args.workloads:
-            for label, framework, ranks, threads in CONFIGURATIONS:
+            for label, framework, ranks, threads, bucket_mb in configurations(args.bucket_mb):
                 try:
-                    result = run(framework, workload, ranks, threads, args)
+                    result = run(framework, workload, ranks, threads, args, bucket_mb)
                 except RuntimeError as error:  # one failed run leaves the others' rounds
                     print(f"round {round_number} {workload} {label}: {error}", flush=True)
                     rates.setdefault((workload, label), []).append(None)
@@ -140,16 +161,22 @@ def main() -> None:
     print()
     for workload in args.workloads:
         ours = rates[(workload, "gometal 2x1")]
-        for label, target in TARGETS.items():
+        compared = dict(TARGETS)
+        if args.bucket_mb is not None:
+            compared[f"gometal 2x1 {args.bucket_mb:g}M"] = None
+        for label, target in compared.items():
             pairs = [(a, b) for a, b in zip(ours, rates[(workload, label)]) if a and b]
             if not pairs:
                 print(f"{workload}: gometal 2x1 / {label}: no round where both ran")
                 continue
             summary = summarize_ratios(paired_ratios(*map(list, zip(*pairs))))
-            verdict = "meets" if summary.median >= target else "misses"
+            verdict = "no target"
+            if target is not None:
+                met = summary.median >= target
+                verdict = f"target {target}x: {'meets' if met else 'misses'}"
             print(
                 f"{workload}: gometal 2x1 / {label} = {summary.median:.2f}x "
-                f"(rounds {summary.low:.2f}..{summary.high:.2f}; target {target}x: {verdict})"
+                f"(rounds {summary.low:.2f}..{summary.high:.2f}; {verdict})"
             )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

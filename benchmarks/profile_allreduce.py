@@ -13,7 +13,7 @@ Both runs are in one job, interleaved window by window, so the machine's load fa
 
 Usage:
   python benchmarks/profile_allreduce.py --workload D --ranks 2 --threads 1 --steps 40
-  python benchmarks/profile_allreduce.py --bucket-mb 0.5     # smaller buckets
+  python benchmarks/profile_allreduce.py --bucket-mb 25      # one bucket, as torch's default
 """
 
 from __future__ import annotations
@@ -130,9 +130,10 @@ def main() -> None:
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
         raise SystemExit(result.stdout + result.stderr)
+    bucket = f"{env['GOMETAL_BUCKET_MB']} MiB" if "GOMETAL_BUCKET_MB" in env else "the default"
     print(
         f"workload {args.workload}, {args.ranks} ranks x {args.threads} thread(s), "
-        f"bucket {env.get('GOMETAL_BUCKET_MB', '25')} MiB, "
+        f"bucket {bucket}, "
         f"progress every {env.get('GOMETAL_MPI_PROGRESS_US', '50')} us; load "
         f"{os.getloadavg()[0]:.1f}"
     )

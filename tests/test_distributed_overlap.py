@@ -16,7 +16,14 @@ import gometal as gm
 from distributed_scripts.replica_models import OPTIMIZERS, mlp, train
 from gometal import _core
 from gometal.nn.layers.base import EmitContext
-from gometal.train.data_parallel import averaged_over_ranks, bucket_floats_from_environment
+from gometal.train.data_parallel import (
+    BUCKET_FLOATS,
+    BUCKET_VARIABLE,
+    MIN_BUCKET_FLOATS,
+    averaged_over_ranks,
+    bucket_floats_from_environment,
+    default_bucket_floats,
+)
 from test_distributed import PER_RANK_BATCH, mpirun, ran
 
 
@@ -108,6 +115,25 @@ def test_a_wait_must_read_its_own_start():
         g.op("all_reduce_mean_wait", [started, b])
     with pytest.raises(ValueError, match=r"got a 'exp' node"):
         g.op("all_reduce_mean_wait", [g.op("exp", [a]), a])
+
+
+def test_the_default_bucket_holds_a_sixteenth_of_the_gradients_within_its_bounds(monkeypatch):
+    monkeypatch.delenv(BUCKET_VARIABLE, raising=False)
+    assert default_bucket_floats(16 * 2**17) == 2**17
+    assert default_bucket_floats(16 * 2**17 + 1) == 2**17 + 1  # rounded up
+    assert default_bucket_floats(1000) == MIN_BUCKET_FLOATS == 2**16
+    assert default_bucket_floats(10**9) == BUCKET_FLOATS == 25 * 2**18
+    # 32 gradients of 2**16 floats: buckets of 2**17 floats take two each, so fifteen
+    # overlapped buckets and the last, blocking one; GOMETAL_BUCKET_MB overrides the default.
+    for variable, overlapped, blocking in ((None, 15, 1), ("25", 0, 1), ("0.25", 31, 1)):
+        if variable is not None:
+            monkeypatch.setenv(BUCKET_VARIABLE, variable)
+        g = _core.Graph()
+        grads = {f"p{i}": g.variable(f"p{i}", (2**16,)) for i in range(32)}
+        averaged_over_ranks(g, grads, overlap=True)
+        ops = [g.op_name(i) for i in range(len(g))]
+        assert ops.count("all_reduce_mean_start") == overlapped, variable
+        assert ops.count("all_reduce_mean") == blocking, variable
 
 
 def test_the_bucket_size_variable_is_checked(monkeypatch):
