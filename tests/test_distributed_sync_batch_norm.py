@@ -130,3 +130,13 @@ def test_synchronized_statistics_weigh_uneven_batches_by_their_counts(tmp_path):
         assert set(rank_stats) == set(reference)
         for name, value in reference.items():
             np.testing.assert_allclose(rank_stats[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_the_builder_takes_sync_and_checks_it():
+    # cnn() builds through ModelBuilder.batch_norm(sync=...), so the runs above cover its
+    # training; here the layer it adds and the check of the argument.
+    layer = next(lay for lay in cnn(sync=True).layers if lay.kind == "batch_norm")
+    assert layer.sync is True and layer.momentum == pytest.approx(0.2)
+    assert not next(lay for lay in cnn(sync=False).layers if lay.kind == "batch_norm").sync
+    with pytest.raises(TypeError, match="BatchNorm sync must be True or False, got 'yes'"):
+        gm.ModelBuilder((3, 8, 8)).conv2d(4, 3).batch_norm(sync="yes")

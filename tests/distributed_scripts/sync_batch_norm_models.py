@@ -24,7 +24,7 @@ def cnn(sync: bool, seed: int = 1) -> gm.Model:
     return (
         gm.ModelBuilder(IMAGE)
         .conv2d(4, 3, padding=1, use_bias=False)
-        .add(gm.layers.BatchNorm(momentum=0.2, sync=sync))
+        .batch_norm(momentum=0.2, sync=sync)
         .relu()
         .max_pool2d(2)
         .flatten()

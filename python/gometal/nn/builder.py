@@ -327,6 +327,7 @@ class ModelBuilder(SpatialBuilderMethods):
         momentum: float = 0.1,
         affine: bool = True,
         name: str | None = None,
+        sync: bool = False,
     ) -> ModelBuilder:
         """Appends batch normalization (``gm.layers.BatchNorm``): per channel after a
         convolution, per feature after a dense layer.
@@ -336,11 +337,18 @@ class ModelBuilder(SpatialBuilderMethods):
             momentum: the weight of each batch in the running statistics, in ``[0, 1]``.
             affine: whether to learn a per-channel scale and shift.
             name: an explicit layer name (default ``batch_norm_<i>``).
+            sync: in data-parallel training, combine the batch statistics over the job's
+                ranks (torch's ``SyncBatchNorm``) rather than use each rank's own.
 
         Returns:
             The builder, for chaining.
+
+        Example:
+            >>> builder = gm.ModelBuilder((3, 8, 8)).conv2d(4, 3).batch_norm(sync=True)
         """
-        return self.add(layers.BatchNorm(eps=eps, momentum=momentum, affine=affine, name=name))
+        return self.add(
+            layers.BatchNorm(eps=eps, momentum=momentum, affine=affine, name=name, sync=sync)
+        )
 
     def build(self, seed: int = 0) -> Model:
         """Creates the model and initializes its weights.
