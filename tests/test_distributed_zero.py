@@ -13,6 +13,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import gometal as gm
+from distributed_scripts.shard_means import SHAPES
 from gometal import _core
 from gometal.train.zero_sharding import ZeroRedundancyOptimizer, shard_length
 from test_distributed import PER_RANK_BATCH, mpirun, ran
@@ -47,6 +48,45 @@ def test_sharded_slots_give_the_unsharded_run_with_1_over_n_of_the_slot_memory(
         np.testing.assert_allclose(
             joined.reshape(whole.shape), whole, rtol=1e-6, atol=1e-7, err_msg=name
         )
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_each_rank_receives_the_mean_of_its_shards(ranks, tmp_path):
+    output = ran(mpirun("shard_means.py", ranks, str(tmp_path)))
+    inputs = [dict(np.load(tmp_path / f"inputs{r}.npz")) for r in range(ranks)]
+    for rank in range(ranks):
+        assert f"rank {rank} of {ranks}: 2 overlapped buckets" in output, output
+        means = dict(np.load(tmp_path / f"means{rank}.npz"))
+        for name, shape in SHAPES.items():
+            size = int(np.prod(shape))
+            length = shard_length(size, ranks)
+            padded = np.zeros((ranks, length * ranks), np.float32)
+            for r in range(ranks):
+                padded[r, :size] = inputs[r][name].ravel()
+            shard = padded[:, rank * length : (rank + 1) * length]
+            # float32 sums scaled by 1/N, as the kernel does; 3 ranks may add in another order.
+            expected = shard.sum(axis=0, dtype=np.float32) * np.float32(1 / ranks)
+            if ranks == 2:
+                np.testing.assert_array_equal(means[name], expected, err_msg=name)
+            else:
+                np.testing.assert_allclose(means[name], expected, rtol=1e-6, err_msg=name)
+
+
+def test_a_reduce_scatter_checks_its_parts():
+    g = _core.Graph()
+    x = g.variable("x", (6,))
+    with pytest.raises(ValueError, match=r"\[all_reduce_mean\] with parts 4 expects a fixed"):
+        g.op("all_reduce_mean", [x], {"parts": 4})
+    mine = g.op("all_reduce_mean", [x], {"parts": 2})
+    assert tuple(g.shape(mine)) == (3,)
+    whole = g.op("all_reduce_mean_start", [x], {"parts": 1})
+    assert tuple(g.shape(g.op("all_reduce_mean_wait", [whole, x]))) == (6,)
+    engine = _core.Engine(g)
+    engine.define("f", inputs=[], outputs=[mine], effects=[], advance_rng=False)
+    with pytest.raises(RuntimeError, match=r"built for 2 ranks \(parts\), the job has 1"):
+        engine.run("f", [])
+    with pytest.raises(ValueError, match="has no gradient with parts"):
+        g.gradients(g.op("sum", [mine], {"axes": []}), [x])
 
 
 def test_in_one_process_the_wrapped_optimizer_trains_alike():

@@ -20,6 +20,9 @@ class Communicator {
   // The same, started without waiting: returns a ticket for wait(). The buffers must stay
   // untouched until wait(ticket) returns.
   virtual int64_t start_all_reduce_sum(const float* in, float* out, int64_t count) = 0;
+  // out (count floats) = the element-wise sum of block rank() of every rank's `in` (size() *
+  // count floats): a reduce-scatter, started without waiting like start_all_reduce_sum.
+  virtual int64_t start_reduce_scatter_sum(const float* in, float* out, int64_t count) = 0;
   virtual void wait(int64_t ticket) = 0;
   // Every rank's `data` (bytes) becomes root's.
   virtual void broadcast(void* data, int64_t bytes, int root) = 0;

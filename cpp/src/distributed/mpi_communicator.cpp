@@ -50,6 +50,7 @@ template <class Handle>
 class MpiCommunicator final : public Communicator {
   using Allreduce = int (*)(const void*, void*, int, Handle, Handle, Handle);
   using Iallreduce = int (*)(const void*, void*, int, Handle, Handle, Handle, Handle*);
+  using IreduceScatterBlock = int (*)(const void*, void*, int, Handle, Handle, Handle, Handle*);
   using Wait = int (*)(Handle*, void*);
   using Test = int (*)(Handle*, int*, void*);
   using Bcast = int (*)(void*, int, Handle, int, Handle);
@@ -67,6 +68,8 @@ class MpiCommunicator final : public Communicator {
                                   " is not loaded in this process (import mpi4py.MPI first)");
     allreduce_ = reinterpret_cast<Allreduce>(symbol(library_, h.library, "MPI_Allreduce"));
     iallreduce_ = reinterpret_cast<Iallreduce>(symbol(library_, h.library, "MPI_Iallreduce"));
+    ireduce_scatter_block_ =
+        reinterpret_cast<IreduceScatterBlock>(symbol(library_, h.library, "MPI_Ireduce_scatter_block"));
     wait_ = reinterpret_cast<Wait>(symbol(library_, h.library, "MPI_Wait"));
     test_ = reinterpret_cast<Test>(symbol(library_, h.library, "MPI_Test"));
     bcast_ = reinterpret_cast<Bcast>(symbol(library_, h.library, "MPI_Bcast"));
@@ -101,27 +104,11 @@ class MpiCommunicator final : public Communicator {
   }
 
   int64_t start_all_reduce_sum(const float* in, float* out, int64_t count) override {
-    if (count > INT_MAX)
-      throw std::invalid_argument("[distributed] a non-blocking all-reduce takes at most " + std::to_string(INT_MAX) +
-                                  " floats, got " + std::to_string(count));
-    size_t slot;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      const auto free_slot = std::find(in_use_.begin(), in_use_.end(), false);
-      slot = static_cast<size_t>(free_slot - in_use_.begin());
-      if (slot == requests_.size()) {
-        requests_.emplace_back();
-        in_use_.push_back(false);
-      }
-      std::memset(&requests_[slot], 0, sizeof(RequestSlot));
-      check(iallreduce_(in, out, static_cast<int>(count), float_, sum_, comm_, &requests_[slot].handle),
-            "MPI_Iallreduce");
-      in_use_[slot] = true;
-      ++in_flight_;
-      if (progress_interval_us_ > 0 && !progress_.joinable()) progress_ = std::thread([this] { progress_loop(); });
-    }
-    work_.notify_one();
-    return static_cast<int64_t>(slot);
+    return start(iallreduce_, "MPI_Iallreduce", in, out, count);
+  }
+
+  int64_t start_reduce_scatter_sum(const float* in, float* out, int64_t count) override {
+    return start(ireduce_scatter_block_, "MPI_Ireduce_scatter_block", in, out, count);
   }
 
   void wait(int64_t ticket) override {
@@ -160,6 +147,32 @@ class MpiCommunicator final : public Communicator {
     Handle handle;
     int64_t storage;
   };
+
+  // Starts a non-blocking sum (MPI_Iallreduce or MPI_Ireduce_scatter_block, which take the same
+  // arguments) in a free request slot; the slot's index is the ticket.
+  template <class Start>
+  int64_t start(Start function, const char* name, const float* in, float* out, int64_t count) {
+    if (count > INT_MAX)
+      throw std::invalid_argument("[distributed] " + std::string(name) + " takes at most " + std::to_string(INT_MAX) +
+                                  " floats, got " + std::to_string(count));
+    size_t slot;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const auto free_slot = std::find(in_use_.begin(), in_use_.end(), false);
+      slot = static_cast<size_t>(free_slot - in_use_.begin());
+      if (slot == requests_.size()) {
+        requests_.emplace_back();
+        in_use_.push_back(false);
+      }
+      std::memset(&requests_[slot], 0, sizeof(RequestSlot));
+      check(function(in, out, static_cast<int>(count), float_, sum_, comm_, &requests_[slot].handle), name);
+      in_use_[slot] = true;
+      ++in_flight_;
+      if (progress_interval_us_ > 0 && !progress_.joinable()) progress_ = std::thread([this] { progress_loop(); });
+    }
+    work_.notify_one();
+    return static_cast<int64_t>(slot);
+  }
 
   static Handle from(intptr_t value) {
     if constexpr (sizeof(Handle) == sizeof(intptr_t)) return reinterpret_cast<Handle>(value);
@@ -208,6 +221,7 @@ class MpiCommunicator final : public Communicator {
   int rank_ = -1, size_ = 0;
   Allreduce allreduce_ = nullptr;
   Iallreduce iallreduce_ = nullptr;
+  IreduceScatterBlock ireduce_scatter_block_ = nullptr;
   Wait wait_ = nullptr;
   Test test_ = nullptr;
   Bcast bcast_ = nullptr;

@@ -121,10 +121,13 @@ def default_bucket_floats(gradient_floats: int) -> int:
     Only the last bucket's exchange waits after the backward pass, so smaller buckets hide
     more of the all-reduce, until each exchange's fixed cost (one more collective that
     every rank waits in) outweighs what it hides. Measured on D, the GPT's 3.1 MiB of
-    gradients (``benchmarks/profile_allreduce.py``, 2 ranks x 1 thread, the 2-core machine
-    at a load of 9-12): the share hidden, median of 5 runs, was 72 % in 0.19 MiB buckets,
-    65 % in 0.39 MiB ones and about 10 % in one 25 MiB bucket (torch DDP's size, which
-    holds all of D). Below 256 KiB a bucket is mostly fixed cost.
+    gradients (``benchmarks/profile_allreduce.py --steps 60 --windows 6``, 2 ranks x 1
+    thread, the 2-core machine at a load of 9 to 14): at this default, 0.25 MiB for D, 83,
+    90 and 82 % of the all-reduce hidden and an overlapped step of 134 to 140 ms; in one
+    25 MiB bucket (torch DDP's size, which holds all of D, so that nothing can overlap)
+    -35, -14 and -17 % (noise about zero) and 175 to 240 ms. In other runs 0.19 MiB
+    buckets hid 72 % (median of 5) and 0.39 MiB ones 65 %. Below 256 KiB a bucket is
+    mostly fixed cost.
 
     Args:
         gradient_floats: the values of every gradient the step averages.

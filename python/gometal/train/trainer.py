@@ -56,6 +56,7 @@ from .step_graph import (
     compile_step,
 )
 from .trainer_state import EngineState
+from .zero_sharding import reduces_own_gradients
 
 
 class Trainer(EngineState):
@@ -146,7 +147,9 @@ class Trainer(EngineState):
         self.distributed = resolve_distributed(distributed, self.optimizer)
         if sync_batch_norm is not False:  # before the step is built
             use_sync_batch_norm(model, sync_batch_norm)
-        self._options = StepOptions(self.accumulate_steps, distributed=self.distributed)
+        # ZeRO-1 reduce-scatters the gradients itself, each rank receiving only its shards.
+        averaged = self.distributed and not reduces_own_gradients(self.optimizer)
+        self._options = StepOptions(self.accumulate_steps, distributed=averaged)
         self._waiting_slots: dict[str, np.ndarray] = {}
         self._step_offsets: dict[str, int] = {}
         self._frozen_since: dict[str, int] = {}

@@ -12,9 +12,12 @@ rounding: Adam's fused kernel runs as its decomposition here) and bit-identical 
 A shard's offset is the one value of the graph that differs between ranks; the collectives,
 their order and their sizes are the same on every rank.
 
-Gradients are still all-reduced whole (a reduce-scatter would send half as much; on one
-host's shared memory the exchange is not what limits a step), and clipping reads the
-whole averaged gradient, so it is global as without sharding.
+The gradients are not all-reduced whole: each bucket of them is laid out rank by rank
+(every parameter's shard 0, then every shard 1, ...) and reduce-scattered (the all-reduce
+ops with ``parts``), so rank r receives only the mean of its shards, half the traffic of an
+all-reduce in a ring. The buckets overlap the backward pass as ``averaged_over_ranks``'s
+do. Norm clipping reads the global norm: each rank's sum of squares of its shards, summed
+over the ranks. With two ranks a shard's mean is the all-reduce's, bit for bit.
 
 Checkpoints hold whole slots, as an unsharded run stores them, so a ZeRO-1 checkpoint
 resumes with or without ZeRO: ``Trainer.save`` (on every rank) puts every rank's shards
@@ -38,7 +41,14 @@ import numpy as np
 from .. import _core
 from ..graph.composites import const, op
 from . import optim
-from .data_parallel import broadcast_array, job_rank_and_size
+from .data_parallel import (
+    broadcast_array,
+    bucket_mean,
+    bucket_settings,
+    gradient_buckets,
+    job_rank_and_size,
+)
+from .optim.clipping import NORM_EPSILON, clip_by_value
 from .session import SessionState
 
 
@@ -174,18 +184,28 @@ class ZeroRedundancyOptimizer(optim.Optimizer):
             >>> effects = zero.emit_updates(g, params, grads, lr, step)  # doctest: +SKIP
         """
         inner = self.optimizer
-        clipped = optim.clip_gradients(
-            g, {n: grads[n] for n in params}, inner.clip_grad_norm, inner.clip_grad_value
-        )
         rank, ranks = job_rank_and_size()
         shard_params: dict[str, int] = {}
-        shard_grads: dict[str, int] = {}
         shards: dict[int, tuple[int, tuple[int, ...]]] = {}
         for name, param in params.items():
             shape = tuple(int(d) for d in g.shape(param))
             shard_params[name] = self._shard(g, param, shape, rank, ranks)
-            shard_grads[name] = self._shard(g, clipped[name], shape, rank, ranks)
             shards[shard_params[name]] = (param, shape)
+        if ranks == 1:
+            clipped = optim.clip_gradients(
+                g, {n: grads[n] for n in params}, inner.clip_grad_norm, inner.clip_grad_value
+            )
+            shard_grads = {
+                name: self._shard(g, clipped[name], shards[shard_params[name]][1], 0, 1)
+                for name in params
+            }
+        else:
+            shard_grads = _clipped_shards(
+                g,
+                shard_means_over_ranks(g, {n: grads[n] for n in params}, ranks),
+                inner.clip_grad_norm,
+                inner.clip_grad_value,
+            )
         view = _ShardUpdates(g, shards)
         # Clipping happened above, on the whole gradient; the shards must not clip again.
         saved = inner.clip_grad_norm, inner.clip_grad_value
@@ -223,6 +243,94 @@ class ZeroRedundancyOptimizer(optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"ZeroRedundancyOptimizer({self.optimizer!r})"
+
+
+def reduces_own_gradients(optimizer: Any) -> bool:
+    """Whether ``optimizer`` reduces the ranks' gradients itself (a
+    ``ZeroRedundancyOptimizer``: a reduce-scatter of the shards), so the training step
+    must hand it this rank's own.
+
+    Example:
+        >>> reduces_own_gradients(gm.optim.Adam())  # doctest: +SKIP
+        False
+    """
+    return isinstance(optimizer, ZeroRedundancyOptimizer)
+
+
+def shard_means_over_ranks(
+    g: _core.Graph,
+    grads: Mapping[str, int],
+    ranks: int,
+    bucket_floats: int | None = None,
+    overlap: bool | None = None,
+) -> dict[str, int]:
+    """This rank's shard of every gradient, averaged over the ranks, by reduce-scatters.
+
+    Each gradient is flattened, padded to ``ranks`` shards of ``shard_length`` values and
+    seen as ``(ranks, length)``; a bucket's gradients are put side by side along the second
+    axis, so that the bucket's row r holds every shard r, and one reduce-scatter gives rank
+    r the mean of its row. Buckets as ``averaged_over_ranks`` cuts them (of the padded
+    sizes), overlapped alike.
+
+    Args:
+        g: the training graph.
+        grads: parameter name -> this rank's gradient node.
+        ranks: the job's size.
+        bucket_floats: as ``averaged_over_ranks``'s.
+        overlap: as ``averaged_over_ranks``'s.
+
+    Returns:
+        Parameter name -> a ``(shard_length,)`` node: the mean of that shard's gradient.
+
+    Example:
+        >>> shard_means_over_ranks(g, {"dense_0.weight": grad}, 2)  # doctest: +SKIP
+    """
+    lengths = {n: shard_length(int(np.prod(g.shape(grad))), ranks) for n, grad in grads.items()}
+    padded = {name: length * ranks for name, length in lengths.items()}
+    bucket_floats, overlap = bucket_settings(sum(padded.values()), bucket_floats, overlap)
+    rows: dict[str, int] = {}
+    for name, grad in grads.items():
+        size = int(np.prod(g.shape(grad)))
+        flat = op(g, "reshape", grad, shape=[size])
+        if padded[name] != size:
+            flat = op(g, "pad", flat, axis=0, before=0, after=padded[name] - size)
+        rows[name] = op(g, "reshape", flat, shape=[ranks, lengths[name]])
+    means: dict[str, int] = {}
+    buckets = gradient_buckets(padded, bucket_floats)
+    for index, bucket in enumerate(buckets):
+        width = sum(lengths[name] for name in bucket)
+        side_by_side = rows[bucket[0]]
+        if len(bucket) > 1:
+            side_by_side = op(g, "concat", *(rows[name] for name in bucket), axis=1)
+        flat = op(g, "reshape", side_by_side, shape=[ranks * width])
+        mine = bucket_mean(g, flat, index == len(buckets) - 1, overlap, parts=ranks)
+        start = 0
+        for name in bucket:
+            means[name] = op(g, "slice", mine, axis=0, start=start, end=start + lengths[name])
+            start += lengths[name]
+    return {name: means[name] for name in grads}
+
+
+def _clipped_shards(
+    g: _core.Graph, shards: Mapping[str, int], max_norm: float | None, max_value: float | None
+) -> dict[str, int]:
+    """``optim.clip_gradients`` on shards: the norm is the global one (each rank's sum of
+    squares, summed over the ranks; padding adds zeros), so every rank scales alike."""
+    out = dict(shards)
+    if max_norm is not None:
+        squares = None
+        for shard in out.values():
+            term = op(g, "sum", op(g, "square", shard), axes=[])
+            squares = term if squares is None else op(g, "add", squares, term)
+        ranks = job_rank_and_size()[1]
+        total = op(g, "mul", op(g, "all_reduce_mean", squares), const(g, float(ranks)))
+        norm = op(g, "sqrt", total)
+        scale = op(g, "div", const(g, max_norm), op(g, "add", norm, const(g, NORM_EPSILON)))
+        scale = op(g, "minimum", scale, const(g, 1.0))
+        out = {name: op(g, "mul", shard, scale) for name, shard in out.items()}
+    if max_value is not None:
+        out = clip_by_value(g, out, max_value)
+    return out
 
 
 def _slot_names(

@@ -38,29 +38,40 @@ void wait_for(Communicator& comm, const float* sum) {
   comm.wait(ticket);
 }
 
-void start(Communicator& comm, const float* in, float* sum, int64_t count) {
+// Starts the sum of every rank's `in` into `sum` (count floats): all of it, or with `parts`
+// (a reduce-scatter) this rank's part of an input `parts` times as long.
+void start(Communicator& comm, const float* in, float* sum, int64_t count, int64_t parts) {
   // A step that failed between a start and its wait left its request behind: finish it
   // before the buffer is reused.
   wait_for(comm, sum);
-  const int64_t ticket = comm.start_all_reduce_sum(in, sum, count);
+  const int64_t ticket =
+      parts == 0 ? comm.start_all_reduce_sum(in, sum, count) : comm.start_reduce_scatter_sum(in, sum, count);
   std::lock_guard<std::mutex> lock(in_flight_mutex);
   in_flight[sum] = ticket;
 }
 
-bool single_rank(const std::shared_ptr<Communicator>& comm) { return comm == nullptr || comm->size() == 1; }
+// The job's size, checked against the `parts` a reduce-scatter was built for (0: any size).
+int job_size(const std::shared_ptr<Communicator>& comm, int64_t parts, const char* op) {
+  const int ranks = comm == nullptr ? 1 : comm->size();
+  if (parts != 0 && ranks != parts)
+    throw std::runtime_error("[" + std::string(op) + "] the graph was built for " + std::to_string(parts) +
+                             " ranks (parts), the job has " + std::to_string(ranks));
+  return ranks;
+}
 
 // The blocking mean: a start and its wait back to back, so that it sums in the same order as
 // the overlapped pair (the same MPI algorithm), bit for bit. Runs on the calling thread.
 struct AllReduceMeanKernel final : Kernel {
   BufRef x, y;
-  int64_t count = 0;
+  int64_t count = 0;  // of the output
+  int64_t parts = 0;
   void run(const ExecContext& ctx) const override {
     const float* in = ctx.ptr(x);
     float* out = ctx.ptr(y);
     const std::shared_ptr<Communicator> comm = current_communicator();
-    if (single_rank(comm)) return copy_floats(in, out, count);
+    if (job_size(comm, parts, "all_reduce_mean") == 1) return copy_floats(in, out, count);
     if (out == in) throw std::logic_error("[all_reduce_mean] input and output share a buffer");
-    start(*comm, in, out, count);
+    start(*comm, in, out, count, parts);
     wait_for(*comm, out);
     scale(out, out, count, comm->size());
   }
@@ -68,14 +79,15 @@ struct AllReduceMeanKernel final : Kernel {
 
 struct AllReduceStartKernel final : Kernel {
   BufRef x, sum;
-  int64_t count = 0;
+  int64_t count = 0;  // of the output
+  int64_t parts = 0;
   void run(const ExecContext& ctx) const override {
     const float* in = ctx.ptr(x);
     float* out = ctx.ptr(sum);
     const std::shared_ptr<Communicator> comm = current_communicator();
-    if (single_rank(comm)) return copy_floats(in, out, count);
+    if (job_size(comm, parts, "all_reduce_mean_start") == 1) return copy_floats(in, out, count);
     if (out == in) throw std::logic_error("[all_reduce_mean_start] input and output share a buffer");
-    start(*comm, in, out, count);
+    start(*comm, in, out, count, parts);
   }
 };
 
@@ -86,7 +98,7 @@ struct AllReduceWaitKernel final : Kernel {
     const float* summed = ctx.ptr(sum);
     float* out = ctx.ptr(y);
     const std::shared_ptr<Communicator> comm = current_communicator();
-    if (single_rank(comm)) return copy_floats(summed, out, count);
+    if (comm == nullptr || comm->size() == 1) return copy_floats(summed, out, count);
     wait_for(*comm, summed);
     scale(out, summed, count, comm->size());
   }
@@ -125,6 +137,7 @@ std::unique_ptr<Kernel> make_collective_kernel(const Graph& g, int id, const Mem
       k->x = mem.ref[n.inputs[0]];
       k->y = mem.ref[id];
       k->count = count;
+      k->parts = n.attrs.depth;
       return k;
     }
     case OpKind::AllReduceMeanStart: {
@@ -132,6 +145,7 @@ std::unique_ptr<Kernel> make_collective_kernel(const Graph& g, int id, const Mem
       k->x = mem.ref[n.inputs[0]];
       k->sum = mem.ref[id];
       k->count = count;
+      k->parts = n.attrs.depth;
       return k;
     }
     case OpKind::AllReduceMeanWait: {

@@ -18,6 +18,12 @@
 // until the end) alive until then. The schedule runs a start as soon as it can and a wait as
 // late as it can (passes/schedule.cpp).
 //
+// With `parts` N (0, the default: none), all_reduce_mean and all_reduce_mean_start keep only
+// this rank's share of the mean: x's first axis is cut into N equal parts and rank r gets the
+// mean of part r (a reduce-scatter, MPI_Ireduce_scatter_block). ZeRO-1 needs no more of each
+// gradient than the shard it updates, and a ring reduce-scatter sends half of an all-reduce.
+// N is the job's size the graph was built for, checked when the step runs.
+//
 // all_gather(x, parts) stacks every rank's x along axis 0 in rank order (ZeRO-1 gathers the
 // parameter shards each rank updated); `parts` is the job's size the graph was built for.
 //
@@ -35,6 +41,13 @@ void all_reduce_shape(Node& n, const std::vector<Node>& nodes) {
   require_dtype(n, x, DType::F32, "input");
   n.shape = x.shape;
   n.dtype = x.dtype;
+  const int64_t parts = n.attrs.depth;
+  if (parts == 0) return;
+  if (parts < 0) fail(name_of(n), "expects parts >= 0, got " + std::to_string(parts));
+  if (x.shape.empty() || is_symbol(x.shape[0]) || x.shape[0] % parts != 0)
+    fail(name_of(n), "with parts " + std::to_string(parts) + " expects a fixed first axis that " +
+                         std::to_string(parts) + " divides, got shape " + shape_str(x.shape));
+  n.shape[0] /= parts;
 }
 
 void all_reduce_wait_shape(Node& n, const std::vector<Node>& nodes) {
@@ -59,14 +72,20 @@ void all_gather_shape(Node& n, const std::vector<Node>& nodes) {
 
 // Every rank's loss reads the same mean, so the gradient reaching x_r is the mean of every
 // rank's gradient of it: the same collective.
-void vjp_all_reduce_mean(Graph& gr, int, int g, std::vector<int>& dx) { dx[0] = gr.op(OpKind::AllReduceMean, {g}); }
+void vjp_all_reduce_mean(Graph& gr, int id, int g, std::vector<int>& dx) {
+  if (gr.node(id).attrs.depth != 0)
+    fail("all_reduce_mean", "has no gradient with parts (a reduce-scatter); the training step only reduces gradients with it");
+  dx[0] = gr.op(OpKind::AllReduceMean, {g});
+}
 
 }  // namespace
 
 std::vector<OpDef> collective_op_defs() {
   return {
-      {OpKind::AllReduceMean, "all_reduce_mean", 1, {}, all_reduce_shape, Gradient::Rule, vjp_all_reduce_mean},
-      {OpKind::AllReduceMeanStart, "all_reduce_mean_start", 1, {}, all_reduce_shape, Gradient::None},
+      {OpKind::AllReduceMean, "all_reduce_mean", 1, {attr("parts", &Attrs::depth)}, all_reduce_shape,
+       Gradient::Rule, vjp_all_reduce_mean},
+      {OpKind::AllReduceMeanStart, "all_reduce_mean_start", 1, {attr("parts", &Attrs::depth)}, all_reduce_shape,
+       Gradient::None},
       {OpKind::AllReduceMeanWait, "all_reduce_mean_wait", 2, {}, all_reduce_wait_shape, Gradient::None},
       {OpKind::AllGather, "all_gather", 1, {attr("parts", &Attrs::depth)}, all_gather_shape, Gradient::None},
   };
