@@ -1,6 +1,7 @@
 """Two hosts on one machine: two network namespaces joined by a veth pair, one rank in each,
-MPI over TCP between their addresses. ``netns_agent.sh`` stands in for ssh (Open MPI's
-``plm_ssh_agent``): it runs the launcher's daemon in the namespace that holds the address.
+MPI over TCP between their addresses. ``netns_agent.sh`` stands in for ssh (the launch's
+``remote_agent``, Open MPI's ``plm_ssh_agent``): it runs the launcher's daemon in the
+namespace that holds the address.
 The job must train exactly as two ranks on one host do.
 
 Making namespaces needs root and iproute2; where they cannot be made, the test fails and
@@ -64,14 +65,13 @@ def run_on_two_hosts(names: list[str], script: str, *args: str) -> str:
     """Starts ``mpirun`` in the first namespace, under a host name of its own, with one
     rank on each address, TCP between them, and the agent in place of ssh."""
     options = [
-        "--prtemca", "plm_ssh_agent", str(AGENT),
         "--prtemca", "oob_tcp_if_include", SUBNET,
         "--mca", "pml", "ob1",
         "--mca", "btl", "tcp,self",
         "--mca", "btl_tcp_if_include", SUBNET,
     ]  # fmt: skip
     command = gm.distributed.mpirun_command(
-        2, SCRIPTS / script, args, hosts=ADDRESSES, launcher_args=options
+        2, SCRIPTS / script, args, hosts=ADDRESSES, launcher_args=options, remote_agent=str(AGENT)
     )
     env = {
         **os.environ,

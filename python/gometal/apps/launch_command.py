@@ -1,5 +1,6 @@
-"""``gometal launch -n N [--hosts a,b] SCRIPT [ARGS...]``: run a training script on N ranks
-with the MPI launcher of the installed ``distributed`` extra (see ``gm.distributed.launch``).
+"""``gometal launch -n N [--hosts a,b] [--remote-agent CMD] [--launcher-arg OPT ...] SCRIPT
+[ARGS...]``: run a training script on N ranks with the MPI launcher of the installed
+``distributed`` extra (see ``gm.distributed.launch``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ def add_launch_command(commands: Any) -> None:
     )
     parser.add_argument("-n", "--ranks", type=positive_int, required=True, help="processes")
     parser.add_argument("--hosts", type=_hosts, help="comma-separated machines (default: this one)")
+    parser.add_argument(
+        "--remote-agent",
+        metavar="CMD",
+        help="a command the launcher runs in place of ssh to reach the other hosts",
+    )
+    parser.add_argument(
+        "--launcher-arg",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="an option for mpirun itself (repeat it: --launcher-arg=--mca --launcher-arg=btl)",
+    )
     parser.add_argument("script", help="the Python training script")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
     parser.set_defaults(handler=run_launch)
@@ -51,7 +64,14 @@ def run_launch(args: argparse.Namespace) -> int:
         0
     """
     try:
-        return launch(args.ranks, args.script, args.args, args.hosts)
+        return launch(
+            args.ranks,
+            args.script,
+            args.args,
+            args.hosts,
+            remote_agent=args.remote_agent,
+            launcher_args=args.launcher_arg,
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"gometal launch: {err}", file=sys.stderr)
         return EXIT_USAGE
