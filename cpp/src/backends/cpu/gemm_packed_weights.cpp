@@ -181,15 +181,15 @@ std::unique_ptr<Kernel> make_packed_matmul_kernel(const Graph& g, int id, const 
                                                   const std::vector<Shape>& shapes) {
   const Node& node = g.node(id);
   if (node.op != OpKind::MatMul) return nullptr;
-  const int weights = node.inputs[1];
-  if (!runs_on_packed_weights(g, id, shapes, mem.ref[weights].region == Region::Persistent)) return nullptr;
+  const BufRef weights = stored_rows(g, node.inputs[1], mem, shapes);
+  if (!runs_on_packed_weights(g, id, shapes, weights.region == Region::Persistent)) return nullptr;
   auto kernel = std::make_unique<PackedMatMulKernel>();
   kernel->a = mem.ref[node.inputs[0]];
-  kernel->b = mem.ref[weights];
+  kernel->b = weights;
   kernel->c = mem.ref[id];
   if (mem.ref[id].region == Region::None) {
     const DenseEpilogue epilogue = merged_dense_epilogue(g, id, mem, shapes);
-    kernel->bias = mem.ref[epilogue.bias];
+    kernel->bias = stored_rows(g, epilogue.bias, mem, shapes);
     kernel->relu = epilogue.relu;
     kernel->c = mem.ref[epilogue.last];
   }

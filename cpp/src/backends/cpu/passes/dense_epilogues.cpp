@@ -70,19 +70,39 @@ void fuse_dense_epilogues(const Graph& g, const Schedule& s, const FunctionSpec&
   for (int e : fn.effects)
     if (const OpDef& def = op_def(g.node(e).op); def.written != nullptr)
       for (int var : def.written(g.node(e))) written[var] = 1;
-  auto packable = [&](int weights) {
-    const int root = s.alias_root[weights];
+  auto stored = [&](int value) {
+    const int root = s.alias_root[value];
     return (g.node(root).op == OpKind::Variable || g.node(root).op == OpKind::Constant) && !written[root];
   };
-
+  // A row slice of a stored value (an attention's query, key or value part of its combined
+  // in_proj weight or bias) read only by `reader`, in a step of its own: its rows lie
+  // contiguously in the persistent pool, so `reader` reads them there and the copy's step
+  // goes (stored_rows). The step's index, or -1.
+  auto in_place_slice = [&](int value, int reader) {
+    const Node& n = g.node(value);
+    if (n.op != OpKind::Slice || n.attrs.axis != 0 || returned[value] || readers[value] != std::vector<int>{reader} ||
+        !stored(n.inputs[0]))
+      return -1;
+    const int at = f.step_of[value];
+    return at >= 0 && !f.steps[at].fused && f.steps[at].nodes == std::vector<int>{value} ? at : -1;
+  };
   std::vector<char> dropped(f.steps.size(), 0);
+  auto drop_slice = [&](int value, int at) {
+    dropped[at] = 1;
+    f.materialized[value] = 0;
+    f.step_of[value] = -1;
+  };
+
   for (size_t st = 0; st < f.steps.size(); ++st) {
     const Step& step = f.steps[st];
     if (step.fused || step.nodes.size() != 1) continue;
     const int mm = step.nodes[0];
+    if (g.node(mm).op != OpKind::MatMul) continue;
+    const int weights = g.node(mm).inputs[1];
+    const int weights_slice = g.node(mm).inputs[0] == weights ? -1 : in_place_slice(weights, mm);
+    if (!runs_on_packed_weights(g, mm, shapes, stored(weights) || weights_slice >= 0)) continue;
+    if (weights_slice >= 0) drop_slice(weights, weights_slice);
     if (returned[mm] || readers[mm].size() != 1) continue;
-    if (g.node(mm).op != OpKind::MatMul || !runs_on_packed_weights(g, mm, shapes, packable(g.node(mm).inputs[1])))
-      continue;
     // The add, then maybe a relu: the whole of one fused step, ending in a buffer.
     const int add = readers[mm][0];
     const int at = f.step_of[add];
@@ -102,6 +122,8 @@ void fuse_dense_epilogues(const Graph& g, const Schedule& s, const FunctionSpec&
     f.steps[at] = std::move(merged);
     f.materialized[mm] = 0;
     dropped[st] = 1;
+    const int bias = bias_added(g, mm, add, shapes);
+    if (const int bias_slice = in_place_slice(bias, add); bias_slice >= 0) drop_slice(bias, bias_slice);
   }
 
   std::vector<Step> kept;
@@ -110,6 +132,17 @@ void fuse_dense_epilogues(const Graph& g, const Schedule& s, const FunctionSpec&
   f.steps = std::move(kept);
   for (size_t st = 0; st < f.steps.size(); ++st)
     for (int id : f.steps[st].nodes) f.step_of[id] = static_cast<int>(st);
+}
+
+BufRef stored_rows(const Graph& g, int id, const MemoryPlan& mem, const std::vector<Shape>& shapes) {
+  const Node& n = g.node(id);
+  if (mem.ref[id].region != Region::None || n.op != OpKind::Slice || n.attrs.axis != 0) return mem.ref[id];
+  BufRef rows = mem.ref[n.inputs[0]];
+  if (rows.region != Region::Persistent)
+    throw std::logic_error("[cpu] matmul: a slice read in place does not lie in the persistent pool");
+  const Shape& whole = shapes[n.inputs[0]];
+  rows.offset += n.attrs.start * (numel(whole) / whole[0]) * dtype_size(n.dtype);
+  return rows;
 }
 
 DenseEpilogue merged_dense_epilogue(const Graph& g, int id, const MemoryPlan& mem, const std::vector<Shape>& shapes) {

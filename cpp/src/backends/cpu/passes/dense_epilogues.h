@@ -26,9 +26,17 @@ int64_t packed_rows(const Shape& out);
 // Merges each such matmul with its epilogue step, unless the plan's effects write the weights
 // (a training step keeps its steps): the merged step (not fused) lists the matmul, the add and
 // the relu, sits where the epilogue step stood, and only the chain's last value keeps a
-// buffer. Run after fuse_elementwise, before sample tiling and the memory plan.
+// buffer. B or the bias may be a row slice of a stored value (an attention's part of its
+// in_proj weight) that nothing else reads: the slice's step goes, and the product reads the
+// rows in place (stored_rows). Run after fuse_elementwise, before sample tiling and the
+// memory plan.
 void fuse_dense_epilogues(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
                           Fusion& f);
+
+// Where value `id` lies: its own buffer, or, for a row slice of a stored weight or bias that
+// fuse_dense_epilogues left without one (the product reads it in place), its rows in the
+// stored value's buffer.
+BufRef stored_rows(const Graph& g, int id, const MemoryPlan& mem, const std::vector<Shape>& shapes);
 
 // The epilogue of matmul `id` once merged (its value has no buffer): the bias node, whether
 // a relu follows, and the node whose buffer receives the result. Throws std::logic_error
