@@ -317,8 +317,12 @@ def main() -> None:
         try:
             for server in servers:
                 server.wait_ready()
+            started = servers[0].log_tail().split(" | ")
             print(f"gometal serve options: {' '.join(tuning)} --max-queue 1024 (HTTP): "
-                  f"{servers[0].log_tail().split(' | ')[0]}")  # fmt: skip
+                  f"{started[0]}")  # fmt: skip
+            for line in started[1:]:  # the batch sizes it compiled and their fitted times
+                if "compiled for batch sizes" in line:
+                    print(line)
             shown = {"tritonclient": "tritonclient.http.aio", "wrk": "wrk (1 thread)"}
             print(f"load: {' and '.join(shown[g] for g in generators)}, one image per request, "
                   f"{args.warmup_s} s warm-up, {args.window_s} s window; answers checked against "
