@@ -194,15 +194,30 @@ struct RecurrenceKernel final : Kernel {
     // An LSTM's and a plain RNN's d_gates are the first columns of the gradient op's rows:
     // the step's product reads them there. A GRU's (r, z, dhn) are not contiguous.
     const bool da_in_grads = l.cell != Cell::Gru;
+    // Without a projection or a GRU's direct term, a step's rows need only their own dh: the
+    // rows' pass sums dh and g, the product writes d(h_prev) straight into dh, and the next
+    // rows' pass copies it to its column (no serial pass per step, which 2 threads waited on).
+    const bool in_rows = !l.projected && l.cell != Cell::Gru;
+    int64_t product_t = -1;  // in_rows: the step whose d(h_prev) the last product left in dh
+    auto keep_dhprev = [&](int64_t n) {
+      if (product_t >= 0 && product_t < length(lens, n))
+        std::memcpy(grads + (n * steps + product_t) * WG + l.dhprev_col(), dh + n * P, sizeof(float) * P);
+    };
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = step_at(s);
-      for (int64_t n = 0; n < n_; ++n) {
+      auto sum_dh = [&](int64_t n) {
         const bool valid = t < length(lens, n);
         const float* gr = gs + (n * steps + t) * WO;
         for (int64_t j = 0; j < P; ++j) dht[n * P + j] = valid ? dh[n * P + j] + gr[j] : 0.0f;
-      }
+      };
+      if (!in_rows)
+        for (int64_t n = 0; n < n_; ++n) sum_dh(n);
       if (l.projected) recurrent_gemm::multiply(*ctx.pool, dht, P, n_, P, packed_hr, H, dhraw, H);
       for_rows(*ctx.pool, n_, WG, [&](int64_t n) {
+        if (in_rows) {
+          keep_dhprev(n);
+          sum_dh(n);
+        }
         const int64_t len = length(lens, n);
         float* gw = grads + (n * steps + t) * WG;
         float* dar = da_in_grads ? gw : da + n * GH;
@@ -247,6 +262,13 @@ struct RecurrenceKernel final : Kernel {
             break;
         }
       });
+      if (in_rows) {
+        // A padded row's d_gates are zero, so its dh becomes zero: a forward sequence's padded
+        // steps come before its valid ones (whose dh starts at zero), a reverse one's after them.
+        recurrent_gemm::multiply(*ctx.pool, grads + t * WG, steps * WG, n_, GH, packed_hh, P, dh, P);
+        product_t = t;
+        continue;
+      }
       if (da_in_grads)
         recurrent_gemm::multiply(*ctx.pool, grads + t * WG, steps * WG, n_, GH, packed_hh, P, dhp, P);
       else
@@ -262,6 +284,8 @@ struct RecurrenceKernel final : Kernel {
         }
       }
     }
+    if (in_rows)
+      for (int64_t n = 0; n < n_; ++n) keep_dhprev(n);
   }
 };
 
