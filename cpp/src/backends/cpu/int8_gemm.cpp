@@ -25,15 +25,30 @@ int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 // uint8 x int8 products saturate (255 * 127 * 2 > 32767), which would break exactness.
 bool widens(Int8Path path) { return path == Int8Path::Avx2; }
 
+// Where row r's group j (its bytes 4j..4j+3) lies: in rows copied one after another (an
+// im2col buffer, dense rows), or in place through per-group offsets from each row's start
+// (a convolution's input pixels).
+struct CopiedRows {
+  const uint8_t* a;
+  int64_t depth;
+  const uint8_t* at(int r, int64_t j) const { return a + r * depth + 4 * j; }
+};
+struct RowsInPlace {
+  const uint8_t* rows[8];
+  const int64_t* offsets;
+  const uint8_t* at(int r, int64_t j) const { return rows[r] + offsets[j]; }
+};
+
 // Portable: the packed layout of the VNNI paths, [group of 4 k][16 channels][4 k] bytes.
-void tile_portable(const uint8_t* a, int64_t depth, const int8_t* b, int32_t* acc) {
+template <class Rows>
+void tile_portable(const Rows& a, int64_t groups, const int8_t* b, int32_t* acc) {
   constexpr int kRows = 4;
   for (int r = 0; r < kRows; ++r)
     for (int o = 0; o < kInt8Panel; ++o) acc[r * kInt8Panel + o] = 0;
-  for (int64_t g = 0; g < depth; g += 4) {
-    const int8_t* bg = b + g * kInt8Panel;
+  for (int64_t j = 0; j < groups; ++j) {
+    const int8_t* bg = b + j * 4 * kInt8Panel;
     for (int r = 0; r < kRows; ++r) {
-      const uint8_t* ar = a + r * depth + g;
+      const uint8_t* ar = a.at(r, j);
       for (int o = 0; o < kInt8Panel; ++o) {
         int32_t s = 0;
         for (int i = 0; i < 4; ++i) s += static_cast<int32_t>(ar[i]) * bg[o * 4 + i];
@@ -50,26 +65,29 @@ int32_t load_group(const uint8_t* p) {
   return v;
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_avx512vnni(const uint8_t* a, int64_t depth,
+template <class Rows>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_avx512vnni(const Rows& a, int64_t groups,
                                                                               const int8_t* b, int32_t* acc) {
   __m512i c[8];
   for (auto& v : c) v = _mm512_setzero_si512();
-  for (int64_t g = 0; g < depth; g += 4) {
-    const __m512i w = _mm512_loadu_si512(b + g * kInt8Panel);
-    for (int r = 0; r < 8; ++r) c[r] = _mm512_dpbusd_epi32(c[r], _mm512_set1_epi32(load_group(a + r * depth + g)), w);
+  for (int64_t j = 0; j < groups; ++j) {
+    const __m512i w = _mm512_loadu_si512(b + j * 4 * kInt8Panel);
+    for (int r = 0; r < 8; ++r) c[r] = _mm512_dpbusd_epi32(c[r], _mm512_set1_epi32(load_group(a.at(r, j))), w);
   }
   for (int r = 0; r < 8; ++r) _mm512_storeu_si512(acc + r * kInt8Panel, c[r]);
 }
 
-__attribute__((target("avx2,avxvnni"))) void tile_avxvnni(const uint8_t* a, int64_t depth, const int8_t* b,
+template <class Rows>
+__attribute__((target("avx2,avxvnni"))) void tile_avxvnni(const Rows& a, int64_t groups, const int8_t* b,
                                                           int32_t* acc) {
   __m256i lo[4], hi[4];
   for (int r = 0; r < 4; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
-  for (int64_t g = 0; g < depth; g += 4) {
-    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * kInt8Panel));
-    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * kInt8Panel + 32));
+  for (int64_t j = 0; j < groups; ++j) {
+    const int8_t* bg = b + j * 4 * kInt8Panel;
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bg));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bg + 32));
     for (int r = 0; r < 4; ++r) {
-      const __m256i x = _mm256_set1_epi32(load_group(a + r * depth + g));
+      const __m256i x = _mm256_set1_epi32(load_group(a.at(r, j)));
       lo[r] = _mm256_dpbusd_avx_epi32(lo[r], x, w0);
       hi[r] = _mm256_dpbusd_avx_epi32(hi[r], x, w1);
     }
@@ -172,9 +190,41 @@ void finish_tile(const int32_t* acc, const PanelFactors& f, int64_t rows, int64_
 }
 
 #ifdef GOMETAL_INT8_X86
+// Requantizing divides by the output scale, and divps is the epilogue's slowest step. The
+// product t = v * (1 / scale) lies within |t| * 1.5 * 2^-23 of the rounded quotient, so
+// under 2^-13 while |t| < 512: a lane further than 2^-12 from a rounding tie rounds to the
+// quotient's integer, and one at 512 or beyond saturates either way. A vector with any
+// other lane (near a tie, NaN) takes the division, so the bytes stay those of v / scale.
+constexpr float kReciprocalSafeMagnitude = 512.0f;
+constexpr float kReciprocalTieMargin = 0.5f - 0x1p-12f;
+
+__attribute__((target("avx512f"))) __m512 rounded_quotient_avx512(__m512 v, __m512 scale, __m512 reciprocal) {
+  constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __m512 t = _mm512_mul_ps(v, reciprocal);
+  const __m512 rounded = _mm512_roundscale_ps(t, kNearest);
+  const __mmask16 saturated = _mm512_cmp_ps_mask(_mm512_abs_ps(t), _mm512_set1_ps(kReciprocalSafeMagnitude), _CMP_GE_OQ);
+  const __mmask16 clear_of_ties =
+      _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(t, rounded)), _mm512_set1_ps(kReciprocalTieMargin), _CMP_LE_OQ);
+  if (static_cast<__mmask16>(saturated | clear_of_ties) == 0xFFFF) return rounded;
+  return _mm512_roundscale_ps(_mm512_div_ps(v, scale), kNearest);
+}
+
+__attribute__((target("avx2"))) __m256 rounded_quotient_avx2(__m256 v, __m256 scale, __m256 reciprocal) {
+  constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256 t = _mm256_mul_ps(v, reciprocal);
+  const __m256 rounded = _mm256_round_ps(t, kNearest);
+  const __m256 saturated =
+      _mm256_cmp_ps(_mm256_and_ps(t, magnitude), _mm256_set1_ps(kReciprocalSafeMagnitude), _CMP_GE_OQ);
+  const __m256 clear_of_ties = _mm256_cmp_ps(_mm256_and_ps(_mm256_sub_ps(t, rounded), magnitude),
+                                             _mm256_set1_ps(kReciprocalTieMargin), _CMP_LE_OQ);
+  if (_mm256_movemask_ps(_mm256_or_ps(saturated, clear_of_ties)) == 0xFF) return rounded;
+  return _mm256_round_ps(_mm256_div_ps(v, scale), kNearest);
+}
+
 // finish_tile for row-major output on the AVX-512 path: the same float32 operations, one
-// rounded step at a time (cvtdq2ps, mulps, addps, maxps, divps, roundscale to nearest even,
-// then saturation), on the 16 channels of a row at once, and masked stores of the tile's
+// rounded step at a time (cvtdq2ps, mulps, addps, maxps, the quotient rounded to nearest
+// even, then saturation), on the 16 channels of a row at once, and masked stores of the tile's
 // `channels`. max(0, v) and min/max against the range keep std::max/min's NaN behaviour.
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void finish_tile_avx512(
     const int32_t* acc, const PanelFactors& f, int64_t rows, int64_t r0, int64_t o0, int64_t channels,
@@ -182,7 +232,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void finish_tile_avx512(
   const auto mask = static_cast<__mmask16>(channels >= kInt8Panel ? 0xFFFFu : (1u << channels) - 1u);
   const __m512i offset = _mm512_load_si512(f.offset);
   const __m512 scale = _mm512_load_ps(f.scale), bias = _mm512_load_ps(f.bias), zero = _mm512_setzero_ps();
-  const __m512 out_scale = _mm512_set1_ps(e.output_scale);
+  const __m512 out_scale = _mm512_set1_ps(e.output_scale), out_reciprocal = _mm512_set1_ps(1.0f / e.output_scale);
   const __m512 out_zero = _mm512_set1_ps(static_cast<float>(e.output_zero_point));
   const __m512 low = _mm512_set1_ps(e.out == DType::U8 ? 0.0f : -128.0f);
   const __m512 high = _mm512_set1_ps(e.out == DType::U8 ? 255.0f : 127.0f);
@@ -196,7 +246,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void finish_tile_avx512(
       _mm512_mask_storeu_ps(static_cast<float*>(out) + at, mask, v);
       continue;
     }
-    v = _mm512_roundscale_ps(_mm512_div_ps(v, out_scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = rounded_quotient_avx512(v, out_scale, out_reciprocal);
     v = _mm512_min_ps(high, _mm512_max_ps(low, _mm512_add_ps(v, out_zero)));
     const __m512i q = _mm512_cvtps_epi32(v);
     char* dst = static_cast<char*>(out) + at;
@@ -210,6 +260,7 @@ __attribute__((target("avx2"))) void finish_tile_avx2(const int32_t* acc, const 
                                                       int64_t r0, int64_t o0, int64_t channels, const Int8Epilogue& e,
                                                       void* out, int64_t row_stride) {
   const __m256 zero = _mm256_setzero_ps(), out_scale = _mm256_set1_ps(e.output_scale);
+  const __m256 out_reciprocal = _mm256_set1_ps(1.0f / e.output_scale);
   const __m256 out_zero = _mm256_set1_ps(static_cast<float>(e.output_zero_point));
   const __m256 low = _mm256_set1_ps(e.out == DType::U8 ? 0.0f : -128.0f);
   const __m256 high = _mm256_set1_ps(e.out == DType::U8 ? 255.0f : 127.0f);
@@ -234,7 +285,7 @@ __attribute__((target("avx2"))) void finish_tile_avx2(const int32_t* acc, const 
     }
     __m256i q[2];
     for (int half = 0; half < 2; ++half) {
-      __m256 t = _mm256_round_ps(_mm256_div_ps(v[half], out_scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      __m256 t = rounded_quotient_avx2(v[half], out_scale, out_reciprocal);
       t = _mm256_min_ps(high, _mm256_max_ps(low, _mm256_add_ps(t, out_zero)));
       q[half] = _mm256_cvtps_epi32(t);
     }
@@ -343,34 +394,34 @@ int64_t int8_block_scratch_bytes(Int8Path path, int64_t k) {
   return round_up(row_bytes, 64) + (widens(path) ? row_bytes * 2 : 0);
 }
 
-void int8_block(const Int8Weights& w, uint8_t* rows, int64_t count, const Int8Epilogue& epilogue, void* out,
-                int64_t row_stride, int64_t channel_stride) {
+namespace {
+
+// Every panel times the tiles of `count` rows; rows_from(r) gives the tile's rows from row r
+// (rows past count repeat a valid row or hold zeros: their sums are never stored), `wide`
+// the AVX2 path's int16 copy of copied rows.
+template <class RowsFrom>
+void multiply_panels(const Int8Weights& w, int64_t count, RowsFrom rows_from, const int16_t* wide,
+                     const Int8Epilogue& epilogue, void* out, int64_t row_stride, int64_t channel_stride) {
   const int tile_rows = rows_per_tile(w.path);
-  const int64_t padded = round_up(count, tile_rows);
-  std::memset(rows + count * w.depth, 0, static_cast<size_t>((padded - count) * w.depth));
-  int16_t* wide = nullptr;
-  if (widens(w.path)) {
-    wide = reinterpret_cast<int16_t*>(rows + round_up(kInt8RowBlock * w.depth, 64));
-    for (int64_t i = 0; i < padded * w.depth; ++i) wide[i] = rows[i];
-  }
+  const int64_t groups = w.depth / 4;
   alignas(64) int32_t acc[8 * kInt8Panel];
   const int64_t element = widens(w.path) ? 2 : 1;
   for (int64_t p = 0; p < w.panels; ++p) {
     const char* panel = static_cast<const char*>(w.packed) + p * kInt8Panel * w.depth * element;
     const int64_t channels = std::min<int64_t>(kInt8Panel, w.channels - p * kInt8Panel);
     const PanelFactors factors = panel_factors(w, epilogue, p * kInt8Panel, channels);
-    for (int64_t r = 0; r < padded; r += tile_rows) {
-      const uint8_t* a = rows + r * w.depth;
+    for (int64_t r = 0; r < count; r += tile_rows) {
+      const auto a = rows_from(r);
       const auto* b = reinterpret_cast<const int8_t*>(panel);
       switch (w.path) {
 #ifdef GOMETAL_INT8_X86
-        case Int8Path::Avx512Vnni: tile_avx512vnni(a, w.depth, b, acc); break;
-        case Int8Path::AvxVnni: tile_avxvnni(a, w.depth, b, acc); break;
+        case Int8Path::Avx512Vnni: tile_avx512vnni(a, groups, b, acc); break;
+        case Int8Path::AvxVnni: tile_avxvnni(a, groups, b, acc); break;
         case Int8Path::Avx2:
           tile_avx2(wide + r * w.depth, w.depth, reinterpret_cast<const int16_t*>(panel), acc);
           break;
 #endif
-        default: tile_portable(a, w.depth, b, acc); break;
+        default: tile_portable(a, groups, b, acc); break;
       }
       const int64_t rows_here = std::min<int64_t>(tile_rows, count - r);
 #ifdef GOMETAL_INT8_X86
@@ -386,6 +437,34 @@ void int8_block(const Int8Weights& w, uint8_t* rows, int64_t count, const Int8Ep
       finish_tile(acc, factors, rows_here, r, p * kInt8Panel, channels, epilogue, out, row_stride, channel_stride);
     }
   }
+}
+
+}  // namespace
+
+void int8_block(const Int8Weights& w, uint8_t* rows, int64_t count, const Int8Epilogue& epilogue, void* out,
+                int64_t row_stride, int64_t channel_stride) {
+  const int64_t padded = round_up(count, rows_per_tile(w.path));
+  std::memset(rows + count * w.depth, 0, static_cast<size_t>((padded - count) * w.depth));
+  int16_t* wide = nullptr;
+  if (widens(w.path)) {
+    wide = reinterpret_cast<int16_t*>(rows + round_up(kInt8RowBlock * w.depth, 64));
+    for (int64_t i = 0; i < padded * w.depth; ++i) wide[i] = rows[i];
+  }
+  const auto rows_from = [&](int64_t r) { return CopiedRows{rows + r * w.depth, w.depth}; };
+  multiply_panels(w, count, rows_from, wide, epilogue, out, row_stride, channel_stride);
+}
+
+bool int8_reads_in_place(Int8Path path) { return !widens(path); }
+
+void int8_block_in_place(const Int8Weights& w, const uint8_t* const* rows, const int64_t* group_offsets, int64_t count,
+                         const Int8Epilogue& epilogue, void* out, int64_t row_stride, int64_t channel_stride) {
+  if (widens(w.path)) throw std::logic_error("[quantized] the AVX2 path reads copied rows only");
+  const auto rows_from = [&](int64_t r) {
+    RowsInPlace tile{{}, group_offsets};
+    for (int64_t i = 0; i < 8; ++i) tile.rows[i] = rows[std::min(r + i, count - 1)];
+    return tile;
+  };
+  multiply_panels(w, count, rows_from, nullptr, epilogue, out, row_stride, channel_stride);
 }
 
 }  // namespace gometal

@@ -62,4 +62,11 @@ struct Int8Epilogue {
 void int8_block(const Int8Weights& w, uint8_t* rows, int64_t count, const Int8Epilogue& epilogue, void* out,
                 int64_t row_stride, int64_t channel_stride);
 
+// Whether `path` multiplies rows where they lie (every path but AVX2, which widens copies).
+bool int8_reads_in_place(Int8Path path);
+// int8_block over `count` rows read in place: row r's bytes 4j..4j+3 (j < depth / 4) at
+// rows[r] + group_offsets[j]; a convolution's input pixels need no im2col copy.
+void int8_block_in_place(const Int8Weights& w, const uint8_t* const* rows, const int64_t* group_offsets, int64_t count,
+                         const Int8Epilogue& epilogue, void* out, int64_t row_stride, int64_t channel_stride);
+
 }  // namespace gometal

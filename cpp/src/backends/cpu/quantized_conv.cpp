@@ -1,7 +1,8 @@
 // The int8 convolution kernel. The input is first copied channels-last (uint8, shifted if
-// int8) with its padding written out as the zero point (a real zero), so each im2col row is
-// KH runs of KW * C contiguous bytes copied without bounds checks; rows times the packed
-// (O, KH * KW * C) weights go through int8_block's epilogue.
+// int8) with its padding written out as the zero point (a real zero), so each output pixel's
+// row is KH runs of KW * C contiguous bytes: read in place when C is a multiple of 4 (every
+// group of 4 bytes then lies within one tap), else copied as im2col rows without bounds
+// checks; rows times the packed (O, KH * KW * C) weights go through int8_block's epilogue.
 //
 // Heading a merged step (quantized_chains.h), the convolution requantizes to the quantize's
 // type and parameters in its epilogue, writes each image channels-last into scratch and
@@ -111,6 +112,7 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
   std::vector<const QuantizedConv2DKernel*> stages;  // this one, then every next
   mutable std::vector<Int8Weights> stage_weights;
   mutable std::vector<Int8Epilogue> stage_epilogues;
+  std::vector<int64_t> group_offsets;  // rows read in place (plan_in_place_reads)
 
   bool runs_chain() const { return pooled || next; }
   int64_t image_bytes() const { return padded_h * padded_w * geo.c; }
@@ -166,6 +168,35 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
     }
   }
 
+  // Output pixels [p0, p0 + count) of one padded channels-last image times the weights:
+  // read in place where each group of 4 bytes lies within one tap's channels, else through
+  // im2col rows copied into `buffer`.
+  void multiply_pixels(const uint8_t* image, int64_t p0, int64_t count, const Int8Weights& w, const Int8Epilogue& e,
+                       uint8_t* buffer, char* out, int64_t row_stride, int64_t channel_stride) const {
+    if (group_offsets.empty()) {
+      gather_rows(image, p0, count, w.depth, buffer);
+      int8_block(w, buffer, count, e, out, row_stride, channel_stride);
+      return;
+    }
+    const uint8_t* rows[kInt8RowBlock];
+    const int64_t line = padded_w * geo.c;
+    for (int64_t r = 0, p = p0; r < count; ++r, ++p)
+      rows[r] = image + (p / geo.ow) * geo.sh * line + (p % geo.ow) * geo.sw * geo.c;
+    int8_block_in_place(w, rows, group_offsets.data(), count, e, out, row_stride, channel_stride);
+  }
+
+  // The in-place offsets of every group of 4 reduction bytes, (KH, KW, C) ordered, when the
+  // path reads rows in place and the channels come in whole groups; else none.
+  void plan_in_place_reads() {
+    group_offsets.clear();
+    if (!int8_reads_in_place(path) || geo.c % 4 != 0) return;
+    const int64_t line = padded_w * geo.c;
+    for (int64_t i = 0; i < k; i += 4) {
+      const int64_t tap = i / geo.c, c = i % geo.c;
+      group_offsets.push_back((tap / geo.kw) * geo.dh * line + (tap % geo.kw) * geo.dw * geo.c + c);
+    }
+  }
+
   void run(const ExecContext& ctx) const override {
     if (runs_chain()) {
       run_chain(ctx);
@@ -188,8 +219,8 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
       for (int64_t block = begin; block < end; ++block) {
         const int64_t image = block / per_image, p0 = (block % per_image) * kInt8RowBlock;
         const int64_t count = std::min(kInt8RowBlock, plane - p0);
-        gather_rows(nhwc + image * image_bytes(), p0, count, packed_weights.depth, buffer);
-        int8_block(packed_weights, buffer, count, e, out + (image * channels * plane + p0) * out_size, 1, plane);
+        multiply_pixels(nhwc + image * image_bytes(), p0, count, packed_weights, e, buffer,
+                        out + (image * channels * plane + p0) * out_size, 1, plane);
       }
     });
   }
@@ -210,8 +241,7 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
     const int64_t plane = geo.out_plane(), out_size = dtype_size(e.out);
     for (int64_t p0 = 0; p0 < plane; p0 += kInt8RowBlock) {
       const int64_t count = std::min(kInt8RowBlock, plane - p0);
-      gather_rows(padded, p0, count, w.depth, rows);
-      int8_block(w, rows, count, e, conv + p0 * channels * out_size, channels, 1);
+      multiply_pixels(padded, p0, count, w, e, rows, conv + p0 * channels * out_size, channels, 1);
     }
   }
 
@@ -309,6 +339,7 @@ std::unique_ptr<QuantizedConv2DKernel> make_stage(const Graph& g, int id, const 
   k->padded_w = k->geo.w + 2 * k->geo.pw;
   k->k = k->geo.patch();
   k->channels = k->geo.o;
+  k->plan_in_place_reads();
   if (mem.ref[id].region == Region::None) {
     // A merged step (quantized_chains.h): [max_pool2d,] quantize, whose parameters the
     // epilogue takes; only the quantize's value has a buffer, unless a next chain's
