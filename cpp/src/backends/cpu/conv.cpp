@@ -250,7 +250,8 @@ void conv2d_forward_parts(const ExecContext& ctx, const ConvGeometry& g, const f
       std::min((g.o_per_group() + channel_align - 1) / channel_align, (per_image + bands - 1) / bands);
   const int64_t in_image = g.c * g.h * g.w;
   const int64_t out_image = g.o * (epilogue.max_pool_2x2 ? (g.oh / 2) * (g.ow / 2) : g.out_plane());
-  for (int t = 0; t < ctx.pool->size(); ++t) *reinterpret_cast<int64_t*>(ctx.thread_scratch(t)) = -1;
+  const int64_t none = -1;
+  for (int t = 0; t < ctx.pool->size(); ++t) std::memcpy(ctx.thread_scratch(t), &none, sizeof none);
   const int64_t tasks = g.n * g.groups * bands * blocks;
   ctx.pool->parallel_for(static_cast<int>(tasks), [&](int task, int thread) {
     const int64_t padded_rows = task / blocks, block = task % blocks;
@@ -263,11 +264,12 @@ void conv2d_forward_parts(const ExecContext& ctx, const ConvGeometry& g, const f
                 &part.o_end);
     if (part.row_begin >= part.row_end || part.o_begin >= part.o_end) return;
     float* scratch = ctx.thread_scratch(thread);
-    int64_t* held = reinterpret_cast<int64_t*>(scratch);
     float* padded = scratch + kPaddedKeyFloats;
-    if (*held != padded_rows) {
+    int64_t held;
+    std::memcpy(&held, scratch, sizeof held);
+    if (held != padded_rows) {
       conv2d_simd_pad_part(g, x + n * in_image, part, padded);
-      *held = padded_rows;
+      std::memcpy(scratch, &padded_rows, sizeof padded_rows);
     }
     conv2d_simd_forward_part(path, g, w, y + n * out_image, padded, epilogue, part);
   });
