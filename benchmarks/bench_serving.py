@@ -111,6 +111,18 @@ class Server:
             return 0.0
         return times.user + times.system
 
+    def loop_cpu_seconds(self) -> float:
+        """CPU time of the server's main thread: its event loop (HTTP parsing, batching,
+        answers), apart from the engine's and the batcher's threads."""
+        import psutil
+
+        try:
+            threads = psutil.Process(self.process.pid).threads()
+        except psutil.Error:
+            return 0.0
+        main = [t for t in threads if t.id == self.process.pid]
+        return main[0].user_time + main[0].system_time if main else 0.0
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -145,7 +157,7 @@ def run_load(server: Server, clients: int, files: tuple[str, str], args) -> dict
     # Everyone's CPU over the same interval: the machine's, the server's, and the load
     # generator's (a child this process reaps, so RUSAGE_CHILDREN grows by its total).
     gen0, busy0 = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy(psutil)
-    server0, t0 = server.cpu_seconds(), time.perf_counter()
+    server0, loop0, t0 = server.cpu_seconds(), server.loop_cpu_seconds(), time.perf_counter()
     if server.generator == "wrk":
         result = run_wrk(server.load_url, MODEL_NAME, os.path.dirname(files[0]), clients,
                          args.warmup_s, args.window_s)  # fmt: skip
@@ -153,6 +165,7 @@ def run_load(server: Server, clients: int, files: tuple[str, str], args) -> dict
         result = _tritonclient_load(server, clients, files, args)
     elapsed = time.perf_counter() - t0
     server_cpu = server.cpu_seconds() - server0
+    loop_cpu = server.loop_cpu_seconds() - loop0
     gen1, busy = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy(psutil) - busy0
     generator_cpu = gen1.ru_utime + gen1.ru_stime - gen0.ru_utime - gen0.ru_stime
     result["server_cores"] = server_cpu / elapsed
@@ -162,6 +175,7 @@ def run_load(server: Server, clients: int, files: tuple[str, str], args) -> dict
     answered = result["answered"]
     result["server_ms_per_request"] = server_cpu / answered * 1e3 if answered else None
     result["generator_ms_per_request"] = generator_cpu / answered * 1e3 if answered else None
+    result["loop_ms_per_request"] = loop_cpu / answered * 1e3 if answered else None
     return result
 
 
@@ -192,6 +206,7 @@ def _fmt(value, spec: str = ".1f") -> str:
 def print_table(results: dict[str, dict[int, dict]], offline: float) -> None:
     head = (f"  {'server':<28} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'of offline':>10} {'errors':>6} {'wrong':>5} {'srv core-ms/req':>15} "
+            f"{'loop core-ms/req':>16} "
             f"{'gen core-ms/req':>15} {'cores srv/gen/other':>20}")  # fmt: skip
     print(head)
     print("  " + "-" * (len(head) - 2))
@@ -201,6 +216,7 @@ def print_table(results: dict[str, dict[int, dict]], offline: float) -> None:
             print(f"  {label:<28} {clients:>7} {r['throughput']:>8.1f} {_fmt(r['p50_ms']):>8} "
                   f"{_fmt(r['p99_ms']):>8} {r['throughput'] / offline:>9.0%} {r['errors']:>6} "
                   f"{r['wrong']:>5} {_fmt(r['server_ms_per_request'], '.2f'):>15} "
+                  f"{_fmt(r.get('loop_ms_per_request'), '.3f'):>16} "
                   f"{_fmt(r['generator_ms_per_request'], '.2f'):>15} {cores:>20}")  # fmt: skip
 
 

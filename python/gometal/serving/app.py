@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..base.version import __version__
 from ..viz.server_guard import HostPolicy, UploadSlots
+from .fast_infer import DirectInferRoute
 from .guard import LOG_FIELDS_KEY, RequestGuard, error_body
 from .infer_route import InferRoute, infer_target, read_limited_body
 from .metrics import CONTENT_TYPE, ServingMetrics
@@ -160,7 +161,8 @@ def create_app(
 
     Returns:
         The application; ``app.state.models`` holds the served versions,
-        ``app.state.metrics`` the metrics, and ``app.state.begin_drain()`` starts a
+        ``app.state.metrics`` the metrics, ``app.state.direct_infer`` the
+        :class:`DirectInferRoute` for :func:`serving_protocol`, and ``app.state.begin_drain()`` starts a
         graceful shutdown (a server calls it on SIGTERM). Its lifespan's end drains every
         batcher.
 
@@ -217,6 +219,10 @@ def create_app(
         body_timeout_s=settings.body_timeout_s, slots=slots,
     )  # fmt: skip
     app.infer_chain = RequestGuard(infer_route, policy=policy, api_key=settings.api_key)
+    # The same checks and limits, for the HTTP connections that answer inference themselves.
+    app.state.direct_infer = DirectInferRoute(
+        models, metrics, app.infer_chain, settings.max_body_bytes, settings.body_timeout_s, slots
+    )
     app.add_middleware(RequestGuard, policy=policy, api_key=settings.api_key)
     _install_error_handlers(app)
 

@@ -59,7 +59,16 @@ class RequestGuard:
             self._allowed_hosts.add(host)
         return allowed
 
-    def _problem(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
+    def problem(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
+        """Why a request is refused: ``(status, message, headers)``, or ``None`` to serve it.
+
+        Args:
+            scope: the request's ASGI scope (its headers).
+
+        Example:
+            >>> guard.problem(scope)  # doctest: +SKIP
+            (401, "this server needs 'Authorization: Bearer <api key>', got no API key", ...)
+        """
         host, authorization = None, b""
         for name, value in scope["headers"]:  # the first of each, as Starlette's Headers
             if name == b"host" and host is None:
@@ -92,7 +101,7 @@ class RequestGuard:
                 status["code"] = message["status"]
             await send(message)
 
-        problem = self._problem(scope)
+        problem = self.problem(scope)
         try:
             if problem is None:
                 await self.app(scope, receive, record)

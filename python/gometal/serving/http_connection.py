@@ -13,6 +13,10 @@ uvicorn writes an answer's head and its body separately: two system calls per an
 and the client reads the head alone before its body. Here each write is kept until the
 end of the loop's turn (``call_soon``), then everything kept goes out in one write;
 closing the connection writes what is kept first.
+
+Given a :class:`~.fast_infer.DirectInferRoute`, the connection hands it each request
+before starting an ASGI task for it: the inference requests it takes are answered from
+the connection's callbacks (see :mod:`.fast_infer`).
 """
 
 from __future__ import annotations
@@ -85,6 +89,15 @@ class CoalescedWrites:
 class _ServingHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
     """uvicorn's httptools protocol with a header deadline and coalesced writes."""
 
+    direct_infer: Any = None  # a DirectInferRoute, or None: every request goes to ASGI
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # Called for the connection's current request once the ones before it are answered.
+        route = self.direct_infer
+        if route is not None and route.start(self, cycle):
+            return
+        super()._start_asgi_task(cycle, app)
+
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         self._start_deadlines()
         # Until a request's headers are complete; the connection opening counts as a start.
@@ -137,13 +150,15 @@ class _ServingHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
         return not self._body_done
 
 
-def serving_protocol(header_timeout_s: float) -> type:
+def serving_protocol(header_timeout_s: float, direct_infer: Any = None) -> type:
     """uvicorn's httptools protocol with a header deadline and coalesced writes.
 
     Pass it as uvicorn's ``http`` setting.
 
     Args:
         header_timeout_s: seconds allowed for a request's headers (> 0).
+        direct_infer: a :class:`~.fast_infer.DirectInferRoute` answering the inference
+            requests it takes without an ASGI task, or ``None``.
 
     Returns:
         The protocol class.
@@ -162,5 +177,5 @@ def serving_protocol(header_timeout_s: float) -> type:
     return type(
         "ServingHttpToolsProtocol",
         (_ServingHttpToolsProtocol,),
-        {"header_timeout_s": float(header_timeout_s)},
+        {"header_timeout_s": float(header_timeout_s), "direct_infer": direct_infer},
     )

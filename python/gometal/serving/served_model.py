@@ -337,8 +337,43 @@ class ServedVersion:
         for index, array in enumerate(arrays):
             if array.dtype == BYTES_DTYPE:  # decoding holds the GIL little; off the event loop
                 arrays[index] = await asyncio.to_thread(self.images.decode, array)
+        outputs = await self._queue(arrays)
+        return self.requested_outputs(request, outputs)
+
+    def submit_checked(self, request: InferRequest) -> asyncio.Future | None:
+        """Checks a request and queues it on the batcher without awaiting it, for callers
+        that answer from a callback rather than a coroutine.
+
+        Returns:
+            An asyncio future of the model's outputs (all of them: pass them to
+            :meth:`requested_outputs`), or ``None`` when an input holds encoded images,
+            which are decoded off the event loop: use :meth:`infer` for those.
+
+        Raises:
+            ProtocolError: as :meth:`infer`.
+
+        Example:
+            >>> future = served.submit_checked(request)  # doctest: +SKIP
+        """
+        arrays = self.check_request(request)
+        if any(array.dtype == BYTES_DTYPE for array in arrays):
+            return None
+        return self._queue(arrays)
+
+    def requested_outputs(
+        self, request: InferRequest, outputs: list[np.ndarray]
+    ) -> list[tuple[str, np.ndarray]]:
+        """``(name, array)`` per output the request asked for (all when it named none)."""
+        wanted = request.outputs
+        return [
+            (name, value)
+            for name, value in zip(self.output_names, outputs)
+            if wanted is None or name in wanted
+        ]
+
+    def _queue(self, arrays: list[np.ndarray]) -> asyncio.Future:
         try:
-            future = self.batcher.submit_async(arrays)
+            return self.batcher.submit_async(arrays)
         except QueueFull as err:
             raise ProtocolError(
                 503,
@@ -347,13 +382,6 @@ class ServedVersion:
             ) from None
         except BatcherClosed as err:
             raise ProtocolError(503, str(err), {"Retry-After": str(RETRY_AFTER_S)}) from None
-        outputs = await future
-        wanted = request.outputs
-        return [
-            (name, value)
-            for name, value in zip(self.output_names, outputs)
-            if wanted is None or name in wanted
-        ]
 
     def close(self) -> None:
         """Finishes the queued requests and stops the instances."""

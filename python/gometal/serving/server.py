@@ -205,7 +205,8 @@ def serve(
     # No proxy-header middleware: nothing here reads the client's address.
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False,
-        http=serving_protocol(header_timeout_s), timeout_graceful_shutdown=None,
+        http=serving_protocol(header_timeout_s, app.state.direct_infer),
+        timeout_graceful_shutdown=None,
     )  # fmt: skip
     gc_thresholds = _settle_garbage_collector()
     # After uvicorn's Config: its logging setup closes every handler there was.
