@@ -34,7 +34,10 @@ void score_block(const AttentionGeometry& geo, int64_t head, int64_t i0, int64_t
         for (int64_t c = 0; c < seen; ++c) row[c] = row[c] * geo.scale + m[c * st[3]];
       }
     }
-    std::fill(row + seen, row + cols, -INFINITY);
+    // -inf up to the padding the vector row passes read (kAttentionKeyBlock is a multiple of it).
+    const int64_t padded = (cols + attention_tiles::kRowPadding - 1) / attention_tiles::kRowPadding *
+                           attention_tiles::kRowPadding;
+    std::fill(row + seen, row + padded, -INFINITY);
   }
 }
 
@@ -112,13 +115,16 @@ void forward_block(const ExecContext& ctx, const AttentionGeometry& geo, int64_t
     for (int64_t r = 0; r < rows; ++r) {
       float* row = s + r * kBk;
       const int64_t seen = visible_in_row(geo, i0 + r, j0, cols);
-      const float new_m = std::max(m[r], row_max(row, seen));
+      const float top = geo.tiles ? attention_tiles::row_max(*geo.tiles, row, seen) : row_max(row, seen);
+      const float new_m = std::max(m[r], top);
       if (new_m == -INFINITY) {  // every key so far is masked for this row
         std::fill(row, row + cols, 0.0f);
         continue;
       }
       const float alpha = exp_nonpositive(m[r] - new_m);
-      l[r] = l[r] * alpha + exp_and_sum(row, new_m, seen);
+      const float sum =
+          geo.tiles ? attention_tiles::exp_and_sum(*geo.tiles, row, new_m, seen) : exp_and_sum(row, new_m, seen);
+      l[r] = l[r] * alpha + sum;
       std::fill(row + seen, row + cols, 0.0f);
       m[r] = new_m;
       if (out == nullptr) continue;

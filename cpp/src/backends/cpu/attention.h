@@ -25,7 +25,7 @@ struct AttentionGeometry {
   int64_t out_stride = 0;  // between output rows: D, or D + 1 with the log-sum-exp packed after them
   int64_t lse_stride = 1;  // between log-sum-exps: 1, or D + 1 when packed in the output
   int64_t mask_stride[4] = {};  // per (N, H, Tq, Tk) dim; 0 where the mask broadcasts
-  std::optional<SimdPath> tiles;  // the block products' register tiles; none: the BLAS
+  std::optional<SimdPath> tiles = std::nullopt;  // the block products' register tiles; none: the BLAS
 
   int64_t heads() const { return n * h; }
 };
@@ -33,6 +33,7 @@ struct AttentionGeometry {
 // Rows of queries and of keys in one block: the scores of a block stay in a thread's cache.
 inline constexpr int64_t kAttentionQueryBlock = 32;
 inline constexpr int64_t kAttentionKeyBlock = 128;
+static_assert(kAttentionKeyBlock % 16 == 0, "score rows are padded to 16 floats for the vector row passes");
 
 // Floats of per-thread scratch every attention kernel needs, and of the workspace its threads
 // share (operands transposed for the block products).

@@ -36,6 +36,10 @@ void recompute_block(const ExecContext& ctx, const AttentionGeometry& geo, const
     const int64_t row = head * geo.tq + i0 + r;
     const float lse = in.lse[row], delta = in.delta[row];
     float *pr = p + r * kBk, *dr = ds + r * kBk;
+    if (geo.tiles && geo.dropout == 0.0f) {
+      attention_tiles::probabilities_and_score_grads(*geo.tiles, pr, dr, lse, delta, cols);
+      continue;
+    }
     for (int64_t c = 0; c < cols; ++c) pr[c] = exp_nonpositive(pr[c] - lse);
     if (geo.dropout > 0.0f) {
       dropout_factors(ctx, geo, head, i0 + r, j0, cols, z);

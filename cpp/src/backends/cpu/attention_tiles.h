@@ -26,6 +26,17 @@ struct BlockProduct {
 
 void multiply(SimdPath path, const BlockProduct& p);
 
+// Rows the row functions read hold -inf from n up to a multiple of this many floats.
+inline constexpr int64_t kRowPadding = 16;
+
+// The softmax's row passes at the path's vector width (the compiler's own loops ran eight lanes
+// wide), over whole vectors into the -inf padding: the largest of x[0..n); x[c] = exp(x[c] - m),
+// all x[c] <= m, returning their sum; and a row of the backward pass, p[c] = exp(p[c] - lse),
+// ds[c] = p[c] (ds[c] - delta) (0 in the padding).
+float row_max(SimdPath path, const float* x, int64_t n);
+float exp_and_sum(SimdPath path, float* x, float m, int64_t n);
+void probabilities_and_score_grads(SimdPath path, float* p, float* ds, float lse, float delta, int64_t n);
+
 // The path GOMETAL_ATTENTION_KERNEL names (portable, avx2, avx512, or blas: std::nullopt, the
 // BLAS products), or unset, the fastest this CPU has. Throws std::invalid_argument for an
 // unknown name or a path the CPU lacks.
