@@ -218,14 +218,20 @@ void conv2d_channel_weight_grad(const ExecContext& ctx, const ConvGeometry& g, c
       default: return chunk_portable(args);
     }
   });
-  // dw (O, C, 3, 3): the chunks' rows added in chunk order, transposed.
+  // dw (O, C, 3, 3): the chunks' rows added in chunk order, transposed; blocks of taps split
+  // across the threads, which would otherwise wait for one to add 8 x O x taps floats.
   const int64_t width = round_up(g.o, path == ConvPath::Avx512 ? 16 : 8), taps = g.c * kTaps;
-  for (int64_t o = 0; o < g.o; ++o)
-    for (int64_t t = 0; t < taps; ++t) {
-      float sum = ctx.shared[t * width + o];
-      for (int64_t k = 1; k < chunk_count(g); ++k) sum += ctx.shared[k * rows_floats(g) + t * width + o];
-      dw[o * taps + t] = sum;
-    }
+  const int tasks = balanced_tasks(*ctx.pool, (taps + 15) / 16);
+  ctx.pool->parallel_for(tasks, [&](int task, int) {
+    int64_t t_begin, t_end;
+    split_range(taps, tasks, task, 16, &t_begin, &t_end);
+    for (int64_t o = 0; o < g.o; ++o)
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        float sum = ctx.shared[t * width + o];
+        for (int64_t k = 1; k < chunk_count(g); ++k) sum += ctx.shared[k * rows_floats(g) + t * width + o];
+        dw[o * taps + t] = sum;
+      }
+  });
 }
 
 }  // namespace gometal
