@@ -67,7 +67,7 @@ class _Pending:
     rows: int
     shape_key: tuple[tuple[int, ...], ...]
     # A concurrent future (submit), or an asyncio one of ``loop`` (submit_async).
-    future: Any = field(default_factory=Future)
+    future: Any = None
     loop: asyncio.AbstractEventLoop | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -184,7 +184,7 @@ class DynamicBatcher:
             BatcherClosed: the batcher is draining.
             ValueError: the request holds more than ``max_batch_size`` rows.
         """
-        pending = self._pending(inputs)
+        pending = self._pending(inputs, Future())
         self._enqueue(pending)
         return pending.future
 
@@ -206,16 +206,17 @@ class DynamicBatcher:
             >>> outputs = await batcher.submit_async([x])  # doctest: +SKIP
         """
         loop = asyncio.get_running_loop()
-        pending = self._pending(inputs)
-        pending.loop, pending.future = loop, loop.create_future()
+        # No concurrent future: its condition and lock would cost the event loop for nothing.
+        pending = self._pending(inputs, loop.create_future())
+        pending.loop = loop
         self._enqueue(pending)
         return pending.future
 
-    def _pending(self, inputs: list[np.ndarray]) -> _Pending:
+    def _pending(self, inputs: list[np.ndarray], future: Any) -> _Pending:
         rows = int(inputs[0].shape[0])
         if rows > self.max_batch_size:
             raise ValueError(f"a request may hold at most {self.max_batch_size} rows, got {rows}")
-        return _Pending(inputs, rows, tuple(a.shape[1:] for a in inputs))
+        return _Pending(inputs, rows, tuple(a.shape[1:] for a in inputs), future)
 
     def _enqueue(self, pending: _Pending) -> None:
         with self._changed:

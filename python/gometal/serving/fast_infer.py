@@ -34,7 +34,7 @@ from .protocol import HEADER_LENGTH, ProtocolError, encode_infer_response, parse
 from .request_log import log_request
 from .served_model import RETRY_AFTER_S, ServedModels, ServedVersion
 
-__all__ = ["DirectInferRoute"]
+__all__ = ["BodyCollector", "DirectInferRoute"]
 
 _HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode("latin-1")
 _JSON_TYPE = b"content-type: application/json\r\n"
@@ -126,14 +126,27 @@ class DirectInferRoute:
         return True
 
 
-class _BodySignal:
-    """Stands in for the cycle's ``message_event``: the protocol sets it on each part of
-    the body, at the body's end and when the client goes."""
+class BodyCollector:
+    """Stands in for a taken request's ``message_event`` (uvicorn's cycle sets it on each
+    part of the body, at its end and when the client goes) and keeps the body's parts:
+    the connection hands them over (:meth:`add`) instead of appending them to the cycle's
+    buffer, so a body that comes in one part is never copied."""
 
-    __slots__ = ("request",)
+    __slots__ = ("chunks", "request")
 
-    def __init__(self, request: _DirectRequest) -> None:
+    def __init__(self, request: _DirectRequest, received: bytes | bytearray) -> None:
         self.request = request
+        self.chunks: list[bytes | bytearray] = [received] if received else []
+
+    def add(self, body: bytes) -> None:
+        """Keeps one part of the body, then reports progress."""
+        self.chunks.append(body)
+        self.request.body_progress()
+
+    def body(self) -> bytes | bytearray:
+        """The parts kept so far, as one buffer."""
+        chunks = self.chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def set(self) -> None:
         self.request.body_progress()
@@ -165,6 +178,7 @@ class _DirectRequest:
         self.holds_slot = False
         self.parsed: Any = None
         self.counted = True
+        self.collector: BodyCollector | None = None
 
     def begin(self) -> None:
         route = self.route
@@ -176,8 +190,10 @@ class _DirectRequest:
                 self.answer_error(status, message, headers)
                 return
             self.served = route.models.resolve(self.name, self.version)
-            if not self.cycle.more_body:  # the usual case: the body came with the headers
-                self.body_complete()
+            cycle = self.cycle
+            if not cycle.more_body:  # the body came before the request's turn: all of it
+                body, cycle.body = cycle.body, bytearray()
+                self.body_complete(body)
                 return
             if not route.slots.try_acquire():
                 raise ProtocolError(
@@ -186,7 +202,9 @@ class _DirectRequest:
                 )  # fmt: skip
             self.holds_slot = True
             self.body_timer = self.connection.loop.call_later(route.body_timeout_s, self.late)
-            self.cycle.message_event = _BodySignal(self)
+            self.collector = BodyCollector(self, cycle.body)
+            cycle.body = bytearray()
+            cycle.message_event = self.collector
             self.connection.flow.resume_reading()
         except ProtocolError as err:
             self.answer_error(err.status, err.message, err.headers)
@@ -204,7 +222,7 @@ class _DirectRequest:
             self.finish(CLIENT_GONE_STATUS)
         elif not cycle.more_body:
             self.end_body()
-            self.body_complete()
+            self.body_complete(self.collector.body())
         else:
             self.connection.flow.resume_reading()
 
@@ -224,11 +242,9 @@ class _DirectRequest:
             self.holds_slot = False
             self.route.slots.release()
 
-    def body_complete(self) -> None:
+    def body_complete(self, body: bytes | bytearray) -> None:
         served = self.served
         try:
-            body = bytes(self.cycle.body)
-            self.cycle.body = bytearray()
             parsed = self.parsed = parse_infer_request(body, self.header_length)
             first = parsed.inputs[0].array
             self.log_fields = {

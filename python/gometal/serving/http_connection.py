@@ -27,6 +27,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..viz.server_http import HeaderDeadline
+from .fast_infer import BodyCollector
 
 __all__ = ["CoalescedWrites", "serving_protocol"]
 
@@ -97,6 +98,14 @@ class _ServingHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
         if route is not None and route.start(self, cycle):
             return
         super()._start_asgi_task(cycle, app)
+
+    def on_body(self, body: bytes) -> None:
+        collector = self.cycle.message_event
+        if isinstance(collector, BodyCollector):  # a taken request: its route keeps the body
+            if not self.cycle.response_complete:
+                collector.add(body)
+            return
+        super().on_body(body)
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         self._start_deadlines()
