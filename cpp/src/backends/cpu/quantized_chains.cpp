@@ -12,15 +12,6 @@ int single_step(const Fusion& f, int id) {
   return at;
 }
 
-void drop_steps(const std::vector<char>& dropped, Fusion& f) {
-  std::vector<Step> kept;
-  for (size_t st = 0; st < f.steps.size(); ++st)
-    if (!dropped[st]) kept.push_back(std::move(f.steps[st]));
-  f.steps = std::move(kept);
-  for (size_t st = 0; st < f.steps.size(); ++st)
-    for (int id : f.steps[st].nodes) f.step_of[id] = static_cast<int>(st);
-}
-
 // A merged chain: a quantized_conv2d without a buffer of its own first, a quantize last.
 bool is_chain(const Graph& g, const Fusion& f, const Step& step) {
   if (step.fused || step.nodes.size() < 2) return false;

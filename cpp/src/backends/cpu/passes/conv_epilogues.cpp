@@ -157,12 +157,7 @@ void fuse_conv_epilogues(const Graph& g, const Schedule& s, const FunctionSpec& 
     dropped[st] = 1;
   }
 
-  std::vector<Step> kept;
-  for (size_t st = 0; st < f.steps.size(); ++st)
-    if (!dropped[st]) kept.push_back(std::move(f.steps[st]));
-  f.steps = std::move(kept);
-  for (size_t st = 0; st < f.steps.size(); ++st)
-    for (int id : f.steps[st].nodes) f.step_of[id] = static_cast<int>(st);
+  drop_steps(dropped, f);
 }
 
 std::unique_ptr<Kernel> make_conv_epilogue_kernel(const Graph& g, int id, const MemoryPlan& mem,

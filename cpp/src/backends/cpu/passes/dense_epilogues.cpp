@@ -126,12 +126,7 @@ void fuse_dense_epilogues(const Graph& g, const Schedule& s, const FunctionSpec&
     if (const int bias_slice = in_place_slice(bias, add); bias_slice >= 0) drop_slice(bias, bias_slice);
   }
 
-  std::vector<Step> kept;
-  for (size_t st = 0; st < f.steps.size(); ++st)
-    if (!dropped[st]) kept.push_back(std::move(f.steps[st]));
-  f.steps = std::move(kept);
-  for (size_t st = 0; st < f.steps.size(); ++st)
-    for (int id : f.steps[st].nodes) f.step_of[id] = static_cast<int>(st);
+  drop_steps(dropped, f);
 }
 
 BufRef stored_rows(const Graph& g, int id, const MemoryPlan& mem, const std::vector<Shape>& shapes) {

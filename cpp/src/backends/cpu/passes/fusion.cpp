@@ -4,6 +4,7 @@
 #include "backends/cpu/passes/fusion.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace gometal {
 namespace {
@@ -217,6 +218,15 @@ ValueReaders value_readers(const Graph& g, const Schedule& s, const FunctionSpec
   }
   for (int out : fn.outputs) v.returned[s.alias_root[out]] = 1;
   return v;
+}
+
+void drop_steps(const std::vector<char>& dropped, Fusion& f) {
+  std::vector<Step> kept;
+  for (size_t st = 0; st < f.steps.size(); ++st)
+    if (!dropped[st]) kept.push_back(std::move(f.steps[st]));
+  f.steps = std::move(kept);
+  for (size_t st = 0; st < f.steps.size(); ++st)
+    for (int id : f.steps[st].nodes) f.step_of[id] = static_cast<int>(st);
 }
 
 }  // namespace gometal

@@ -27,6 +27,10 @@ struct ValueReaders {
 };
 ValueReaders value_readers(const Graph& g, const Schedule& s, const FunctionSpec& fn);
 
+// Removes the steps marked in `dropped` (one flag per step) after a pass merged their nodes
+// into other steps, and renumbers step_of.
+void drop_steps(const std::vector<char>& dropped, Fusion& f);
+
 // `shapes` are the concrete shapes of every node for this plan's batch size.
 Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& fn,
                         const std::vector<Shape>& shapes);
