@@ -1,5 +1,5 @@
 """The product tests' shared pieces: an engine computing one matmul by a weight variable,
-and random operands for it."""
+one computing a Dense layer, and random operands for them."""
 
 from __future__ import annotations
 
@@ -14,6 +14,20 @@ def matmul_engine(k: int, b_shape: tuple[int, ...], transpose_b: bool) -> _core.
     g = _core.Graph()
     x = g.input("x", (-1, k), "float32")
     y = g.op("matmul", [x, g.variable("w", b_shape)], {"transpose_b": transpose_b})
+    engine = _core.Engine(g, seed=0)
+    engine.define("f", inputs=[x], outputs=[y], effects=[])
+    return engine
+
+
+def dense_engine(k: int, n: int, relu: bool) -> _core.Engine:
+    """An engine whose function "f" computes matmul(x, w^T) + bias of input "x" (batch x k),
+    then relu when asked: a Dense layer of n outputs."""
+    g = _core.Graph()
+    x = g.input("x", (-1, k), "float32")
+    y = g.op("matmul", [x, g.variable("w", (n, k))], {"transpose_b": True})
+    y = g.op("add", [y, g.variable("bias", (n,))], {})
+    if relu:
+        y = g.op("relu", [y], {})
     engine = _core.Engine(g, seed=0)
     engine.define("f", inputs=[x], outputs=[y], effects=[])
     return engine

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gometal as gm
+from conv_checks import torch_conv2d
 from cpu_paths import vector_path_available
 from gometal import _core
 
@@ -54,17 +55,6 @@ def _conv_graph(x_shape, w_shape, attrs, epilogue=None):
     return engine
 
 
-def _torch_conv(x, w, attrs):
-    return F.conv2d(
-        torch.from_numpy(x).double(),
-        torch.from_numpy(w).double(),
-        stride=attrs["stride"],
-        padding=attrs["padding"],
-        dilation=attrs["dilation"],
-        groups=attrs["groups"],
-    ).numpy()
-
-
 def _inputs(x_shape, w_shape, groups, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(x_shape).astype(np.float32)
@@ -91,7 +81,7 @@ def test_each_path_computes_conv2d_as_torch(path, case, monkeypatch):
             engine.run("f", [x])
         return
     got = engine.run("f", [x])[0]
-    np.testing.assert_allclose(got, _torch_conv(x, w, attrs), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got, torch_conv2d(x, w, attrs), rtol=1e-5, atol=1e-4)
 
 
 def test_an_unknown_path_is_refused_naming_the_variable(monkeypatch):
@@ -136,7 +126,7 @@ def test_per_channel_epilogues_run_inside_the_conv(ops, step, path, monkeypatch)
         if value is not None:
             engine.set_variable(f"epilogue_{i}", value)
         operands.append(value)
-    reference = _torch_conv(x, w, {"stride": 1, "padding": 1, "dilation": 1, "groups": 1})
+    reference = torch_conv2d(x, w, {"stride": 1, "padding": 1, "dilation": 1, "groups": 1})
     expected = _numpy_epilogue(reference, ops, operands)
     assert any(line.startswith(f"{step} (3, 11, 12, 19)") for line in engine.describe("f", 3)), (
         engine.describe("f", 3)
@@ -161,7 +151,7 @@ def test_a_conv_value_read_elsewhere_keeps_its_own_step():
     plan = engine.describe("f", 2)
     assert not any(line.startswith("conv2d,") for line in plan), plan
     got_out, got_conv = engine.run("f", [xs])
-    reference = _torch_conv(xs, w, {"stride": 1, "padding": 1, "dilation": 1, "groups": 1})
+    reference = torch_conv2d(xs, w, {"stride": 1, "padding": 1, "dilation": 1, "groups": 1})
     np.testing.assert_allclose(got_conv, reference, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(got_out, np.maximum(reference + b, 0), rtol=1e-5, atol=1e-4)
 
@@ -269,7 +259,7 @@ def test_a_2x2_max_pool_runs_inside_the_conv(case, path, monkeypatch):
     engine.set_variable("b", b)
     plan = engine.describe("f", len(x))
     assert any(line.startswith("conv2d,add,relu,max_pool2d ") for line in plan), plan
-    conv = torch.from_numpy(_torch_conv(x, w, attrs) + b)
+    conv = torch.from_numpy(torch_conv2d(x, w, attrs) + b)
     expected = F.max_pool2d(torch.relu(conv), 2).numpy()
     np.testing.assert_allclose(engine.run("f", [x])[0], expected, rtol=1e-5, atol=1e-4)
 
@@ -285,7 +275,7 @@ def test_other_poolings_keep_their_own_step():
     plan = " ".join(engine.describe("f", 2))
     assert "conv2d,add,relu (2, 5, 11, 12) ; max_pool2d (2, 5, 5, 5)" in plan, plan
     conv = torch.from_numpy(
-        _torch_conv(x, w, {**attrs, "stride": 1, "dilation": 1, "groups": 1}) + b
+        torch_conv2d(x, w, {**attrs, "stride": 1, "dilation": 1, "groups": 1}) + b
     )
     expected = F.max_pool2d(torch.relu(conv), 3, stride=2).numpy()
     np.testing.assert_allclose(engine.run("f", [x])[0], expected, rtol=1e-5, atol=1e-4)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import gometal as gm
+from conv_checks import torch_conv2d
 from cpu_paths import vector_path_available
 from gometal import _core
 
@@ -64,14 +65,7 @@ def _engine(image_shape, w_shape, attrs, pooled):
 
 
 def _torch_reference(x, w, b, attrs, pooled):
-    y = F.conv2d(
-        torch.from_numpy(x).double(),
-        torch.from_numpy(w).double(),
-        stride=attrs["stride"],
-        padding=attrs["padding"],
-        dilation=attrs["dilation"],
-        groups=attrs["groups"],
-    )
+    y = torch.from_numpy(torch_conv2d(x, w, attrs))
     if pooled:
         y = F.max_pool2d(torch.relu(y + torch.from_numpy(b).double()), 2)
     return y.numpy()

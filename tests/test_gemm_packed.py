@@ -21,7 +21,7 @@ import gometal as gm
 from cpu_paths import vector_path_available
 from gometal import _core
 from helpers import mlp_pair, t, torch_step
-from matmul_checks import matmul_engine, matmul_operands
+from matmul_checks import dense_engine, matmul_engine, matmul_operands
 
 PATHS = ("portable", "avx2", "avx512", "off")
 # The vector paths this CPU runs (the others are refused, as the first test checks).
@@ -175,19 +175,6 @@ def test_predict_sees_weights_loaded_from_a_file(tmp_path):
     _predict_as_torch(model, saved_net, x)
 
 
-def _dense_engine(k, n, relu):
-    """An engine computing matmul(x, w^T) + bias, then relu when asked: a Dense layer."""
-    g = _core.Graph()
-    x = g.input("x", (-1, k), "float32")
-    y = g.op("matmul", [x, g.variable("w", (n, k))], {"transpose_b": True})
-    y = g.op("add", [y, g.variable("bias", (n,))], {})
-    if relu:
-        y = g.op("relu", [y], {})
-    engine = _core.Engine(g, seed=0)
-    engine.define("f", inputs=[x], outputs=[y], effects=[])
-    return engine
-
-
 def _dense(a, w, bias, relu):
     y = a.astype(np.float64) @ w.astype(np.float64).T + bias
     return np.maximum(y, 0.0) if relu else y
@@ -211,7 +198,7 @@ def test_the_product_adds_the_bias_and_takes_the_relu_in_its_epilogue(
     w = rng.standard_normal((n, k)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
     monkeypatch.setenv("GOMETAL_GEMM_PACKED_KERNEL", path)
-    engine = _dense_engine(k, n, relu)
+    engine = dense_engine(k, n, relu)
     steps = "matmul,add,relu" if relu else "matmul,add"
     assert any(line.startswith(f"{steps} ({m}, {n})") for line in engine.describe("f", m)), (
         engine.describe("f", m)
@@ -230,7 +217,7 @@ def test_the_product_adds_the_bias_and_takes_the_relu_in_its_epilogue(
 @pytest.mark.parametrize("relu", [False, True], ids=["bias", "bias_relu"])
 def test_without_packing_the_bias_and_relu_stay_a_fused_step(relu, monkeypatch):
     monkeypatch.setenv("GOMETAL_GEMM_PACKED_KERNEL", "off")
-    engine = _dense_engine(9, 12, relu)
+    engine = dense_engine(9, 12, relu)
     plan = engine.describe("f", 8)
     assert any(line.startswith("matmul (8, 12)") for line in plan), plan
     rng = np.random.default_rng(3)

@@ -19,6 +19,7 @@ import gometal as gm
 from _torch_gpt import TorchGPT  # benchmarks/: the peer of workloads D and D-long
 from cpu_paths import vector_path_available
 from gometal import _core
+from matmul_checks import dense_engine
 
 PATHS = [path for path in ("portable", "avx2", "avx512") if vector_path_available(path)]
 EMBED = 40
@@ -149,14 +150,7 @@ DEEP_SHAPES = [(7, 70, 127), (13, 65, 129), (12, 30, 342), (40, 100, 513), (33, 
 def test_deep_products_of_several_row_blocks_add_the_bias_once(shape, relu, path, monkeypatch):
     m, n, k = shape
     monkeypatch.setenv("GOMETAL_GEMM_PACKED_KERNEL", path)
-    g = _core.Graph()
-    x = g.input("x", (-1, k), "float32")
-    y = g.op("matmul", [x, g.variable("w", (n, k))], {"transpose_b": True})
-    y = g.op("add", [y, g.variable("bias", (n,))], {})
-    if relu:
-        y = g.op("relu", [y], {})
-    engine = _core.Engine(g, seed=0)
-    engine.define("f", inputs=[x], outputs=[y], effects=[])
+    engine = dense_engine(k, n, relu)
     rng = np.random.default_rng(m * n + k)
     a = rng.standard_normal((m, k)).astype(np.float32)
     w = rng.standard_normal((n, k)).astype(np.float32)
