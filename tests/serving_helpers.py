@@ -236,3 +236,23 @@ def batch_histogram(base: str, model: str) -> tuple[float, float]:
     )
     rows = sum(s.value for s in samples if s.name.endswith("_sum") and s.labels["model"] == model)
     return count, rows
+
+
+def read_http_answers(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """``count`` HTTP/1.1 answers read from ``sock``, each ``(status, headers, body)`` with
+    the header names lower-cased; fails if the server closes the connection first."""
+    data, answers = b"", []
+    while len(answers) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end].decode("latin-1").split("\r\n")
+            fields = dict(line.lower().split(": ", 1) for line in head[1:])
+            end = head_end + 4 + int(fields["content-length"])
+            if len(data) >= end:
+                answers.append((int(head[0].split()[1]), fields, data[head_end + 4 : end]))
+                data = data[end:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {len(answers)} answers"
+        data += chunk
+    return answers

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from gometal.serving.http_connection import CoalescedWrites
-from serving_helpers import ServerProcess, running_server, write_repository
+from serving_helpers import ServerProcess, read_http_answers, running_server, write_repository
 
 
 class _Transport:
@@ -90,21 +90,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 def _read_answers(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
     """``count`` HTTP answers read from ``sock``: ``(status, body)`` each."""
-    data, answers = b"", []
-    while len(answers) < count:
-        head_end = data.find(b"\r\n\r\n")
-        if head_end >= 0:
-            head = data[:head_end].decode("latin-1").split("\r\n")
-            fields = dict(line.lower().split(": ", 1) for line in head[1:])
-            end = head_end + 4 + int(fields["content-length"])
-            if len(data) >= end:
-                answers.append((int(head[0].split()[1]), data[head_end + 4 : end]))
-                data = data[end:]
-                continue
-        chunk = sock.recv(65536)
-        assert chunk, f"the server closed the connection after {len(answers)} answers"
-        data += chunk
-    return answers
+    return [(status, body) for status, _, body in read_http_answers(sock, count)]
 
 
 def _request(server: ServerProcess, path: str, body: bytes = b"") -> bytes:

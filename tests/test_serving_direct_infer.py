@@ -22,7 +22,14 @@ from uvicorn.server import ServerState
 from gometal.serving.app import ServerSettings, create_app
 from gometal.serving.fast_infer import DirectInferRoute
 from gometal.serving.http_connection import serving_protocol
-from serving_helpers import ServerProcess, metric_samples, offline, running_server, write_repository
+from serving_helpers import (
+    ServerProcess,
+    metric_samples,
+    offline,
+    read_http_answers,
+    running_server,
+    write_repository,
+)
 
 RTOL, ATOL = 1e-5, 1e-6
 API_KEY = "direct-secret"
@@ -89,29 +96,10 @@ def _chunked(server: ServerProcess, path: str, body: bytes, key: str | None = AP
     )
 
 
-def _read_answers(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
-    """``count`` HTTP answers read from ``sock``: ``(status, headers, body)`` each."""
-    data, answers = b"", []
-    while len(answers) < count:
-        head_end = data.find(b"\r\n\r\n")
-        if head_end >= 0:
-            head = data[:head_end].decode("latin-1").split("\r\n")
-            fields = dict(line.lower().split(": ", 1) for line in head[1:])
-            end = head_end + 4 + int(fields["content-length"])
-            if len(data) >= end:
-                answers.append((int(head[0].split()[1]), fields, data[head_end + 4 : end]))
-                data = data[end:]
-                continue
-        chunk = sock.recv(65536)
-        assert chunk, f"the server closed the connection after {len(answers)} answers"
-        data += chunk
-    return answers
-
-
 def _exchange(server: ServerProcess, requests: list[bytes]) -> list[tuple[int, dict, bytes]]:
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(b"".join(requests))  # one packet: HTTP/1.1 pipelining
-        return _read_answers(sock, len(requests))
+        return read_http_answers(sock, len(requests))
 
 
 def _infer_body(x: np.ndarray, request_id: str, datatype: str = "FP32") -> bytes:
@@ -198,7 +186,7 @@ def test_a_body_in_pieces_is_answered_and_a_client_leaving_mid_body_is_logged(
         for start in range(0, len(request), 40):
             sock.sendall(request[start : start + 40])
             time.sleep(0.01)
-        [(status, _, body)] = _read_answers(sock, 1)
+        [(status, _, body)] = read_http_answers(sock, 1)
     assert status == 200, body
     output = json.loads(body)["outputs"][0]
     got = np.array(output["data"], np.float32).reshape(output["shape"])
