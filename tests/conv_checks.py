@@ -1,10 +1,21 @@
-"""The convolution tests' shared reference: torch's conv2d in float64."""
+"""The convolution tests' shared pieces: a conv2d's attributes, and torch's conv2d in
+float64 as the reference."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def conv_attrs(stride, padding, dilation, groups: int) -> dict:
+    """A gometal conv2d's attributes from (height, width) pairs and a group count."""
+    return {
+        "stride": list(stride),
+        "padding": list(padding),
+        "dilation": list(dilation),
+        "groups": groups,
+    }
 
 
 def torch_conv2d(x: np.ndarray, w: np.ndarray, attrs: dict) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conv_checks import conv_attrs
 from cpu_paths import vector_path_available
 from gometal import _core
 
@@ -45,15 +46,6 @@ def _case_ids():
     return [f"{c[0]}x{c[1]}s{c[2][0]}p{c[3][0]}d{c[4][0]}g{c[5]}" for c in CASES]
 
 
-def _attrs(stride, padding, dilation, groups):
-    return {
-        "stride": list(stride),
-        "padding": list(padding),
-        "dilation": list(dilation),
-        "groups": groups,
-    }
-
-
 def _gradient_engine(x_shape, w_shape, out_shape, attrs):
     """An engine with "dx" (from dy and w) and "dw" (from x and dy) functions."""
     g = _core.Graph()
@@ -80,7 +72,7 @@ def _torch_gradients(x, w, dy, attrs):
 @pytest.mark.parametrize("case", CASES, ids=_case_ids())
 def test_each_path_computes_both_gradients_as_torch(case, path, monkeypatch):
     x_shape, (o, kh, kw), stride, padding, dilation, groups = case
-    attrs = _attrs(stride, padding, dilation, groups)
+    attrs = conv_attrs(stride, padding, dilation, groups)
     rng = np.random.default_rng(sum(x_shape) + o)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal((o, x_shape[1] // groups, kh, kw)).astype(np.float32)
@@ -108,7 +100,7 @@ def test_each_path_computes_both_gradients_as_torch(case, path, monkeypatch):
 )
 def test_weight_gradient_is_the_same_bits_on_one_and_two_threads(case):
     x_shape, (o, kh, kw), stride, padding, dilation, groups = case
-    attrs = _attrs(stride, padding, dilation, groups)
+    attrs = conv_attrs(stride, padding, dilation, groups)
     rng = np.random.default_rng(7)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w_shape = (o, x_shape[1] // groups, kh, kw)

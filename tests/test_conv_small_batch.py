@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import gometal as gm
-from conv_checks import torch_conv2d
+from conv_checks import conv_attrs, torch_conv2d
 from cpu_paths import vector_path_available
 from gometal import _core
 
@@ -40,15 +40,6 @@ def restore_threads():
     previous = gm.get_num_threads()
     yield
     gm.set_num_threads(previous)
-
-
-def _attrs(stride, padding, dilation, groups):
-    return {
-        "stride": list(stride),
-        "padding": list(padding),
-        "dilation": list(dilation),
-        "groups": groups,
-    }
 
 
 def _engine(image_shape, w_shape, attrs, pooled):
@@ -78,7 +69,7 @@ def test_small_batches_match_torch_at_every_thread_count(
     case, path, pooled, monkeypatch, restore_threads
 ):
     image_shape, w_shape, stride, padding, dilation, groups = case
-    attrs = _attrs(stride, padding, dilation, groups)
+    attrs = conv_attrs(stride, padding, dilation, groups)
     rng = np.random.default_rng(w_shape[0] + image_shape[1])
     w = rng.standard_normal((w_shape[0], image_shape[0] // groups, *w_shape[1:]))
     w = w.astype(np.float32)
