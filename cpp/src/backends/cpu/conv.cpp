@@ -113,10 +113,6 @@ int64_t weight_grad_work_floats(const ConvGeometry& g) {
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// Floats ahead of the direct kernel's scratch where a thread notes which padded rows it holds
-// while an image runs in parts.
-constexpr int64_t kPaddedKeyFloats = 16;
-
 // The weights of the forward convolution that computes g's input gradient (see
 // input_grad_as_forward): each group's (O/g, C/g) axes swapped and the window flipped.
 void flip_transposed_weights(const ConvGeometry& g, const float* w, float* flipped) {
@@ -166,7 +162,7 @@ int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
   ConvGeometry f;
   const int64_t input_grad =
       input_grad_as_forward(g, &f) ? flipped_weights_floats(g) + conv2d_simd_scratch(f) : int64_t{0};
-  const int64_t direct = std::max(kPaddedKeyFloats + conv2d_simd_scratch(g), input_grad);
+  const int64_t direct = std::max(conv2d_simd_scratch(g), input_grad);
   return std::max(col, direct);
 }
 
@@ -222,64 +218,8 @@ void conv2d_input_grad_samples(const ConvGeometry& g, const float* dy, const flo
     }
 }
 
-namespace {
-
-// Below this many multiply-adds per image, waking a second thread for a part of it costs
-// more than the part.
-constexpr int64_t kMinSplitMacs = int64_t{1} << 18;
-
-// A batch smaller than twice the threads leaves threads idle (or one thread an extra image)
-// when each image is a task, as a batch of 1 ran on one thread: such batches run the direct
-// kernel in parts of images instead.
-bool forward_in_parts(const ExecContext& ctx, const ConvGeometry& g) {
-  return use_direct(g) && ctx.pool->size() > 1 && g.n < 2 * ctx.pool->size() &&
-         g.o * g.patch() * g.out_plane() >= kMinSplitMacs;
-}
-
-// Each image, group by group, cut into bands of output rows (fewest duplicated halo rows)
-// and, when bands are too few for a couple of tasks per thread, blocks of output channels;
-// the blocks of a band follow each other, so a thread that takes several pads its rows once.
-void conv2d_forward_parts(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y,
-                          const ConvEpilogue& epilogue) {
-  const ConvPath path = choose_conv_path();
-  const int64_t rows = conv2d_simd_part_rows(g, epilogue), row_align = conv2d_simd_row_align();
-  const int64_t channel_align = conv2d_simd_channel_align(path);
-  const int64_t per_image = std::max<int64_t>(1, (2 * ctx.pool->size() + g.n * g.groups - 1) / (g.n * g.groups));
-  const int64_t bands = std::min((rows + row_align - 1) / row_align, per_image);
-  const int64_t blocks =
-      std::min((g.o_per_group() + channel_align - 1) / channel_align, (per_image + bands - 1) / bands);
-  const int64_t in_image = g.c * g.h * g.w;
-  const int64_t out_image = g.o * (epilogue.max_pool_2x2 ? (g.oh / 2) * (g.ow / 2) : g.out_plane());
-  const int64_t none = -1;
-  for (int t = 0; t < ctx.pool->size(); ++t) std::memcpy(ctx.thread_scratch(t), &none, sizeof none);
-  const int64_t tasks = g.n * g.groups * bands * blocks;
-  ctx.pool->parallel_for(static_cast<int>(tasks), [&](int task, int thread) {
-    const int64_t padded_rows = task / blocks, block = task % blocks;
-    const int64_t band = padded_rows % bands, group = padded_rows / bands % g.groups;
-    const int64_t n = padded_rows / bands / g.groups;
-    ConvPart part;
-    part.group = group;
-    split_range(rows, static_cast<int>(bands), static_cast<int>(band), row_align, &part.row_begin, &part.row_end);
-    split_range(g.o_per_group(), static_cast<int>(blocks), static_cast<int>(block), channel_align, &part.o_begin,
-                &part.o_end);
-    if (part.row_begin >= part.row_end || part.o_begin >= part.o_end) return;
-    float* scratch = ctx.thread_scratch(thread);
-    float* padded = scratch + kPaddedKeyFloats;
-    int64_t held;
-    std::memcpy(&held, scratch, sizeof held);
-    if (held != padded_rows) {
-      conv2d_simd_pad_part(g, x + n * in_image, part, padded);
-      std::memcpy(scratch, &padded_rows, sizeof padded_rows);
-    }
-    conv2d_simd_forward_part(path, g, w, y + n * out_image, padded, epilogue, part);
-  });
-}
-
-}  // namespace
-
 void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y,
                     const ConvEpilogue& epilogue) {
-  if (forward_in_parts(ctx, g)) return conv2d_forward_parts(ctx, g, x, w, y, epilogue);
   for_each_image(ctx, g.n, [&](int64_t n, int thread) {
     conv2d_forward_samples(g, x, w, y, n, n + 1, ctx.thread_scratch(thread), epilogue);
   });

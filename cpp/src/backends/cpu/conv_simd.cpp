@@ -187,66 +187,18 @@ void pool_band(const float* band, int64_t channels, int64_t rows, int64_t width,
     }
 }
 
-// Output rows [row_begin, row_end) of a group's channels: written to a.y, or with `pooled`
-// each band of rows into `band`, then pooled into `pooled` (the group's pooled planes).
-void forward_rows(ConvPath path, const GroupArgs& a, int64_t row_begin, int64_t row_end, float* band,
-                  float* pooled) {
-  if (!pooled) {
+// The pooled convolution of one group: each band of output rows into `band`, then pooled.
+void forward_pooled_group(ConvPath path, const GroupArgs& a, float* band, float* out) {
+  const int64_t pooled_h = a.oh / 2, pooled_w = a.ow / 2;
+  for (int64_t r0 = 0; r0 < 2 * pooled_h; r0 += kBandRows) {
     GroupArgs b = a;
-    b.oh = row_end - row_begin;
-    b.padded = a.padded + row_begin * a.sh * a.row_stride;
-    b.y = a.y + row_begin * a.ow;
-    forward_group(path, b);
-    return;
-  }
-  const int64_t pooled_w = a.ow / 2, pooled_plane = (a.oh / 2) * pooled_w;
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += kBandRows) {
-    GroupArgs b = a;
-    b.oh = std::min(kBandRows, row_end - r0);
+    b.oh = std::min(kBandRows, 2 * pooled_h - r0);
     b.padded = a.padded + r0 * a.sh * a.row_stride;
     b.y = band;
     b.plane = b.oh * a.ow;
     forward_group(path, b);
-    pool_band(band, a.out_channels, b.oh, a.ow, pooled + r0 / 2 * pooled_w, pooled_plane, pooled_w);
+    pool_band(band, a.out_channels, b.oh, a.ow, out + r0 / 2 * pooled_w, pooled_h * pooled_w, pooled_w);
   }
-}
-
-// Where output channels [o_begin, o_end) of group gi read and write, from its padded image.
-GroupArgs group_args(const ConvGeometry& g, const float* padded, const float* w, float* y,
-                     const ConvEpilogue& epilogue, int64_t gi, int64_t o_begin, int64_t o_end) {
-  const Padded p = padded_size(g);
-  const int64_t first = gi * g.o_per_group() + o_begin;
-  GroupArgs a{};
-  a.padded = padded;
-  a.weights = w + first * g.patch();
-  a.y = epilogue.max_pool_2x2 ? nullptr : y + first * g.out_plane();
-  a.channels = g.c_per_group();
-  a.channel_stride = p.plane();
-  a.row_stride = p.w;
-  a.kh = g.kh;
-  a.kw = g.kw;
-  a.dh = g.dh;
-  a.dw = g.dw;
-  a.sh = g.sh;
-  a.oh = g.oh;
-  a.ow = g.ow;
-  a.plane = g.out_plane();
-  a.taps = g.patch();
-  a.out_channels = o_end - o_begin;
-  a.epilogue = epilogue;
-  if (a.epilogue.bias) a.epilogue.bias += first;
-  if (a.epilogue.scale) a.epilogue.scale += first;
-  if (a.epilogue.shift) a.epilogue.shift += first;
-  return a;
-}
-
-// Where a pooled output's channels [first, ...) start in image y.
-float* pooled_output(const ConvGeometry& g, float* y, const ConvEpilogue& epilogue, int64_t first) {
-  return epilogue.max_pool_2x2 ? y + first * (g.oh / 2) * (g.ow / 2) : nullptr;
-}
-
-float* band_scratch(const ConvGeometry& g, float* scratch) {
-  return scratch + round_up(g.c_per_group() * padded_size(g).plane(), 16) + kSlack;
 }
 
 }  // namespace
@@ -261,55 +213,39 @@ int64_t conv2d_simd_scratch(const ConvGeometry& g) {
 
 void conv2d_simd_forward_image(ConvPath path, const ConvGeometry& g, const float* x, const float* w, float* y,
                                float* scratch, const ConvEpilogue& epilogue) {
+  const int64_t taps = g.patch();
   float* padded = scratch;
-  const int64_t rows = conv2d_simd_part_rows(g, epilogue);
-  for (int64_t gi = 0; gi < g.groups; ++gi) {
-    pad_image(g, x + gi * g.c_per_group() * g.h * g.w, padded);
-    const GroupArgs a = group_args(g, padded, w, y, epilogue, gi, 0, g.o_per_group());
-    forward_rows(path, a, 0, rows, band_scratch(g, scratch),
-                 pooled_output(g, y, epilogue, gi * g.o_per_group()));
-  }
-}
-
-int64_t conv2d_simd_part_rows(const ConvGeometry& g, const ConvEpilogue& epilogue) {
-  return epilogue.max_pool_2x2 ? g.oh / 2 * 2 : g.oh;
-}
-
-int64_t conv2d_simd_row_align() { return kBandRows; }
-
-int64_t conv2d_simd_channel_align(ConvPath path) {
-  return path == ConvPath::Avx512 ? kAvx512Rows : path == ConvPath::Avx2 ? kAvx2Rows : kPortableRows;
-}
-
-void conv2d_simd_pad_part(const ConvGeometry& g, const float* x, const ConvPart& part, float* scratch) {
-  // Padded rows the part's output rows read, through the last window row of the last one.
+  float* band = padded + round_up(g.c_per_group() * padded_size(g).plane(), 16) + kSlack;
   const Padded p = padded_size(g);
-  const int64_t first = part.row_begin * g.sh;
-  const int64_t end = std::min(p.h, (part.row_end - 1) * g.sh + (g.kh - 1) * g.dh + 1);
-  const float* xg = x + part.group * g.c_per_group() * g.h * g.w;
-  for (int64_t c = 0; c < g.c_per_group(); ++c)
-    for (int64_t py = first; py < end; ++py) {
-      float* row = scratch + c * p.plane() + py * p.w;
-      const int64_t iy = py - g.ph;
-      if (iy < 0 || iy >= g.h) {
-        std::fill(row, row + p.w, 0.0f);
-        continue;
-      }
-      const float* src = xg + (c * g.h + iy) * g.w;
-      std::fill(row, row + g.pw, 0.0f);
-      for (int64_t ix = 0; ix < g.w; ++ix) row[g.pw + ix] = src[ix];
-      std::fill(row + g.pw + g.w, row + p.w, 0.0f);
-    }
-  // A last segment's loads may run past the image: into zeros, as after pad_image.
-  float* slack = scratch + g.c_per_group() * p.plane();
-  std::fill(slack, slack + kSlack, 0.0f);
-}
-
-void conv2d_simd_forward_part(ConvPath path, const ConvGeometry& g, const float* w, float* y, float* scratch,
-                              const ConvEpilogue& epilogue, const ConvPart& part) {
-  const GroupArgs a = group_args(g, scratch, w, y, epilogue, part.group, part.o_begin, part.o_end);
-  forward_rows(path, a, part.row_begin, part.row_end, band_scratch(g, scratch),
-               pooled_output(g, y, epilogue, part.group * g.o_per_group() + part.o_begin));
+  for (int64_t gi = 0; gi < g.groups; ++gi) {
+    const int64_t first = gi * g.o_per_group();
+    pad_image(g, x + gi * g.c_per_group() * g.h * g.w, padded);
+    GroupArgs a{};
+    a.padded = padded;
+    a.weights = w + first * taps;
+    a.y = epilogue.max_pool_2x2 ? nullptr : y + first * g.out_plane();
+    a.channels = g.c_per_group();
+    a.channel_stride = p.plane();
+    a.row_stride = p.w;
+    a.kh = g.kh;
+    a.kw = g.kw;
+    a.dh = g.dh;
+    a.dw = g.dw;
+    a.sh = g.sh;
+    a.oh = g.oh;
+    a.ow = g.ow;
+    a.plane = g.out_plane();
+    a.taps = taps;
+    a.out_channels = g.o_per_group();
+    a.epilogue = epilogue;
+    if (a.epilogue.bias) a.epilogue.bias += first;
+    if (a.epilogue.scale) a.epilogue.scale += first;
+    if (a.epilogue.shift) a.epilogue.shift += first;
+    if (epilogue.max_pool_2x2)
+      forward_pooled_group(path, a, band, y + first * (g.oh / 2) * (g.ow / 2));
+    else
+      forward_group(path, a);
+  }
 }
 
 }  // namespace gometal

@@ -43,26 +43,4 @@ int64_t conv2d_simd_scratch(const ConvGeometry& g);
 void conv2d_simd_forward_image(ConvPath path, const ConvGeometry& g, const float* x, const float* w, float* y,
                                float* scratch, const ConvEpilogue& epilogue = {});
 
-// A part of one image's convolution: output channels [o_begin, o_end) of group `group`
-// (counted within the group) over output rows [row_begin, row_end) (rows before pooling).
-// Each output is the same sum in the same order whichever part computes it, so an image cut
-// into parts gives the bits of the whole-image call.
-struct ConvPart {
-  int64_t group = 0, o_begin = 0, o_end = 0, row_begin = 0, row_end = 0;
-};
-
-// Output rows a pooled image has before pooling (2 * floor(OH/2)), else OH: the rows parts cover.
-int64_t conv2d_simd_part_rows(const ConvGeometry& g, const ConvEpilogue& epilogue);
-// Parts start at multiples of these many rows and output channels (the band and register
-// tile sizes), so cutting an image wastes no tile slots.
-int64_t conv2d_simd_row_align();
-int64_t conv2d_simd_channel_align(ConvPath path);
-
-// Pads, into `scratch`, the rows of group `group` of image x (C, H, W) that `part` reads.
-void conv2d_simd_pad_part(const ConvGeometry& g, const float* x, const ConvPart& part, float* scratch);
-// One part of image y (as conv2d_simd_forward_image writes it), from the rows
-// conv2d_simd_pad_part left in `scratch`.
-void conv2d_simd_forward_part(ConvPath path, const ConvGeometry& g, const float* w, float* y, float* scratch,
-                              const ConvEpilogue& epilogue, const ConvPart& part);
-
 }  // namespace gometal
