@@ -125,11 +125,6 @@ class _ServingHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
         else:
             self._cancel_header_timer()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
-        self._cancel_drain_timer()
-        super().connection_lost(exc)
-
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._headers_pending = self._started = True

@@ -87,6 +87,11 @@ class HeaderDeadline:
             self._drain_timer.cancel()
             self._drain_timer = None
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        self._cancel_drain_timer()
+        super().connection_lost(exc)  # the uvicorn protocol mixed with this one
+
     def _drain_late(self) -> None:
         self._drain_timer = None
         if self._body_unfinished():
@@ -138,11 +143,6 @@ class _HeaderDeadlineProtocol(HeaderDeadline, H11Protocol):
             self._arm_header_timer()
         else:
             self._cancel_header_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
-        self._cancel_drain_timer()
-        super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
