@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -83,9 +83,13 @@ def in_process(repository: Path):
     thread.join(60)
 
 
-def _wait_for_admitted(generator: TextGenerator, count: int) -> None:
+def _wait_for_admitted(generator: TextGenerator, count: int, *sent: Future) -> None:
+    """Waits until ``count`` requests are admitted; fails at once, with its answer, when
+    one of the requests ``sent`` has already been answered instead."""
     deadline = time.monotonic() + WAIT_S
     while generator.admitted() != count:
+        answered = [f.result().text for f in sent if f.done() and f.exception() is None]
+        assert not answered, f"answered before it was admitted: {answered}"
         assert time.monotonic() < deadline, f"{generator.admitted()} generate requests, not {count}"
         time.sleep(0.01)
 
@@ -108,9 +112,12 @@ def test_generate_requests_past_the_queue_get_503_and_the_queue_drains(
     expected = offline_generation(repository, "d", 3, greedy=True)
     with ThreadPoolExecutor(2) as pool:
         with generator.lock:  # as a long generation would: every admitted request waits
+            # One at a time: max_queue 1 is also the one body slot, and httpx writes the
+            # headers and the body apart, so a request sent meanwhile could get that 503.
             first = pool.submit(httpx.post, generate, json=short, timeout=60)
+            _wait_for_admitted(generator, 1, first)
             second = pool.submit(httpx.post, stream, json=short, timeout=60)
-            _wait_for_admitted(generator, 2)
+            _wait_for_admitted(generator, 2, first, second)
             for url in (generate, stream):
                 refused = httpx.post(url, json=short, timeout=60)
                 assert refused.status_code == 503, refused.text
