@@ -21,17 +21,22 @@ from gometal.train.data_parallel import (
     BUCKET_VARIABLE,
     MIN_BUCKET_FLOATS,
     averaged_over_ranks,
+    backward_order,
     bucket_floats_from_environment,
     default_bucket_floats,
 )
 from test_distributed import PER_RANK_BATCH, mpirun, ran
 
 
-def _two_layer_step(bucket_floats: int) -> tuple[_core.Engine, dict[str, np.ndarray]]:
-    """A tanh layer and a linear one, each weight's averaged gradient subtracted from it."""
+def _two_layer_step(
+    bucket_floats: int, declared: tuple[str, str] = ("w1", "w2")
+) -> tuple[_core.Engine, dict[str, np.ndarray]]:
+    """A tanh layer (w1) and a linear one (w2), each weight's averaged gradient subtracted
+    from it; ``declared`` is the order the weights are declared and handed to the buckets."""
     g = _core.Graph()
     x = g.input("x", (-1, 4))
-    weights = {"w1": g.variable("w1", (4, 8)), "w2": g.variable("w2", (8, 3))}
+    shapes = {"w1": (4, 8), "w2": (8, 3)}
+    weights = {name: g.variable(name, shapes[name]) for name in declared}
     h = g.op("tanh", [g.op("matmul", [x, weights["w1"]])])
     y = g.op("matmul", [h, weights["w2"]])
     loss = g.op("sum", [g.op("square", [y])], {"axes": []})
@@ -51,8 +56,13 @@ def _lines(plan: list[str], prefix: str) -> list[int]:
     return [i for i, line in enumerate(plan) if line.startswith(prefix)]
 
 
-def test_a_bucket_starts_before_the_backward_pass_ends_and_is_awaited_before_its_update():
-    engine, _ = _two_layer_step(bucket_floats=24)  # w2's 24 floats, then w1's 32
+@pytest.mark.parametrize("declared", [("w1", "w2"), ("w2", "w1")])
+def test_a_bucket_starts_before_the_backward_pass_ends_and_is_awaited_before_its_update(
+    declared,
+):
+    # Declared last layer first, the weights' reverse order is not the backward pass's:
+    # the buckets still follow the order the gradients can be finished in.
+    engine, _ = _two_layer_step(bucket_floats=24, declared=declared)  # w2's 24, w1's 32
     plan = engine.describe("step", 5)
     starts, waits = _lines(plan, "all_reduce_mean_start"), _lines(plan, "all_reduce_mean_wait")
     blocking = _lines(plan, "all_reduce_mean ")
@@ -92,6 +102,31 @@ def test_the_gpts_first_bucket_is_exchanged_while_the_first_layers_backward_pass
     # The last layer's two buckets are both under way before the first layer's gradients.
     assert starts[1] < attention_grads[1], plan
     assert len(_lines(plan, "all_reduce_mean ")) == 1, plan
+
+
+def test_buckets_follow_the_backward_pass_not_the_declaration_order():
+    # The GPT declares embeddings first and the blocks in order; its packed Q/K/V weights
+    # are concatenated after the whole backward pass, yet their pieces exist with their
+    # block's; the tied token embedding is finished last, by the input's gradient.
+    model = gm.models.GPT(29, 16, 2, 2, 32, seed=0)
+    g = _core.Graph()
+    xs = model.declare_inputs(g)
+    variables = model.declare_variables(g)
+    (logits,) = model.emit(EmitContext(g, training=True, variables=variables), xs)
+    loss = g.op("sum", [g.op("square", [logits])], {"axes": []})
+    params = {name: variables[name] for name in model.trainable_weight_names}
+    grads = dict(zip(params, g.gradients(loss, list(params.values()))))
+    order = backward_order(g, grads)
+    assert sorted(order) == sorted(params)
+    block = [name.split(".")[2] if name.startswith("h.layers.") else name for name in order]
+    assert block[:2] == ["h.norm.bias", "h.norm.weight"], order
+    first_of_block_0 = block.index("0")
+    assert set(block[2:first_of_block_0]) == {"1"} and set(block[first_of_block_0:-2]) == {"0"}
+    assert order.index("h.layers.1.self_attn.in_proj_weight") < first_of_block_0
+    assert order[-2:] == ["wte.weight", "wpe.weight"], order
+    # Gradients that are variables have no backward pass: the reverse declaration order.
+    plain = {name: g.variable(f"plain_{name}", (2,)) for name in ("a", "b", "c")}
+    assert backward_order(g, plain) == ["c", "b", "a"]
 
 
 def test_overlapped_buckets_in_one_process_give_each_gradient_back():

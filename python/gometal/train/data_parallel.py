@@ -184,8 +184,8 @@ def averaged_over_ranks(
 
     One collective per bucket rather than per gradient: every collective waits for the
     slowest rank, and on a loaded machine each wait costs a scheduling slice. Buckets take
-    the parameters in reverse order, the order the backward pass finishes their gradients
-    (as torch's DDP). With ``overlap`` each bucket but the last is an
+    the gradients in the order the backward pass can finish them (``backward_order``),
+    whatever order the parameters were declared in. With ``overlap`` each bucket but the last is an
     ``all_reduce_mean_start`` and an ``all_reduce_mean_wait``: the engine starts the
     exchange as soon as the bucket's last gradient exists and waits for it just before the
     first node that reads the mean (an optimizer update), so the exchange runs behind the
@@ -215,7 +215,8 @@ def averaged_over_ranks(
     sizes = {name: int(np.prod(g.shape(grad))) for name, grad in grads.items()}
     bucket_floats, overlap = bucket_settings(sum(sizes.values()), bucket_floats, overlap)
     averaged: dict[str, int] = {}
-    buckets = gradient_buckets(sizes, bucket_floats)
+    ordered = {name: sizes[name] for name in backward_order(g, grads)}
+    buckets = gradient_buckets(ordered, bucket_floats)
     for index, bucket in enumerate(buckets):
         last = index == len(buckets) - 1
         if len(bucket) == 1:
@@ -247,18 +248,55 @@ def bucket_settings(
     return bucket_floats, overlap
 
 
-def gradient_buckets(sizes: Mapping[str, int], bucket_floats: int) -> list[list[str]]:
-    """The gradients' names cut into buckets of at most ``bucket_floats`` values (a larger
-    gradient is a bucket of its own), in reverse order: the backward pass's.
+def backward_order(g: Any, grads: Mapping[str, int]) -> list[str]:
+    """The names of ``grads`` in the order the backward pass can finish their gradients:
+    by each gradient node's depth (the longest path to it from the graph's sources), so a
+    gradient that autodiff assembles late (a concatenation of a packed weight's pieces)
+    still counts from the pieces it needs. Equal depths (gradients that are variables
+    themselves) keep the reverse of the declaration order, as torch's DDP takes it.
+
+    Args:
+        g: the training graph.
+        grads: parameter name -> gradient node.
+
+    Returns:
+        The names, the earliest gradient's first.
 
     Example:
-        >>> gradient_buckets({"a": 12, "b": 5, "c": 1, "d": 12}, 10)
+        >>> backward_order(g, {"w1": grad_w1, "w2": grad_w2})  # doctest: +SKIP
+        ['w2', 'w1']
+    """
+    depth: dict[int, int] = {}
+    for root in grads.values():
+        pending = [root]
+        while pending:
+            node = pending[-1]
+            if node in depth:
+                pending.pop()
+                continue
+            inputs = g.inputs_of(node)
+            missing = [i for i in inputs if i not in depth]
+            if missing:
+                pending.extend(missing)
+                continue
+            depth[node] = 1 + max((depth[i] for i in inputs), default=-1)
+            pending.pop()
+    position = {name: index for index, name in enumerate(grads)}
+    return sorted(grads, key=lambda name: (depth[grads[name]], -position[name]))
+
+
+def gradient_buckets(sizes: Mapping[str, int], bucket_floats: int) -> list[list[str]]:
+    """The gradients' names cut into buckets of at most ``bucket_floats`` values (a larger
+    gradient is a bucket of its own), in the order of ``sizes`` (``backward_order``'s).
+
+    Example:
+        >>> gradient_buckets({"d": 12, "c": 1, "b": 5, "a": 12}, 10)
         [['d'], ['c', 'b'], ['a']]
     """
     buckets: list[list[str]] = []
     bucket: list[str] = []
     filled = 0
-    for name in reversed(list(sizes)):
+    for name in sizes:
         if bucket and filled + sizes[name] > bucket_floats:
             buckets.append(bucket)
             bucket, filled = [], 0

@@ -42,6 +42,7 @@ from .. import _core
 from ..graph.composites import const, op
 from . import optim
 from .data_parallel import (
+    backward_order,
     broadcast_array,
     bucket_mean,
     bucket_settings,
@@ -296,7 +297,7 @@ def shard_means_over_ranks(
             flat = op(g, "pad", flat, axis=0, before=0, after=padded[name] - size)
         rows[name] = op(g, "reshape", flat, shape=[ranks, lengths[name]])
     means: dict[str, int] = {}
-    buckets = gradient_buckets(padded, bucket_floats)
+    buckets = gradient_buckets({n: padded[n] for n in backward_order(g, grads)}, bucket_floats)
     for index, bucket in enumerate(buckets):
         width = sum(lengths[name] for name in bucket)
         side_by_side = rows[bucket[0]]
