@@ -108,6 +108,32 @@ def _merge_heads(g: object, x: int) -> int:
     return op(g, "reshape", moved, shape=[batch, length, heads * width])
 
 
+def _packed_self_projection(
+    ctx: EmitContext, prefix: str, x: int, heads: int, bias: bool
+) -> list[int]:
+    """q, k and v (each (N, heads, T, E / heads)) of a self-attention from one product by the
+    whole packed ``in_proj_weight``: one larger product and one head transpose instead of
+    three, and the autodiff joins the three gradients back into ``attention_grad``'s stacked
+    output, so the input's gradient is one product too (no sum of three)."""
+    g = ctx.graph
+    out = matmul(g, x, ctx.variable(f"{prefix}in_proj_weight"), transpose_b=True)
+    if bias:
+        out = op(g, "add", out, ctx.variable(f"{prefix}in_proj_bias"))
+    batch, length, width = g.shape(out)  # type: ignore[attr-defined]
+    head_dim = width // (3 * heads)
+    split = op(g, "reshape", out, shape=[batch, length, 3, heads, head_dim])
+    stacked = op(g, "transpose", split, perm=[2, 0, 3, 1, 4])
+    return [
+        op(
+            g,
+            "reshape",
+            op(g, "slice", stacked, axis=0, start=index, end=index + 1),
+            shape=[batch, heads, length, head_dim],
+        )
+        for index in range(3)
+    ]
+
+
 def padding_mask(ctx: EmitContext, mask: int) -> int:
     """A key-padding mask (N, Tk), 1 where a key is padding (torch's ``True``), as an
     additive mask broadcastable to (N, heads, Tq, Tk)."""
@@ -155,8 +181,8 @@ def multi_head_attention(
         start = index * embed
         return op(g, "slice", ctx.variable(name), axis=0, start=start, end=start + embed)
 
-    projected = []
-    for index, (x, part) in enumerate(((query, "q"), (key, "k"), (value, "v"))):
+    def separate(index: int, x: int, part: str) -> int:
+        """q, k or v by its own product."""
         if packed:
             weight = rows(f"{prefix}in_proj_weight", index)
         else:
@@ -164,7 +190,13 @@ def multi_head_attention(
         out = matmul(g, x, weight, transpose_b=True)
         if bias:
             out = op(g, "add", out, rows(f"{prefix}in_proj_bias", index))
-        projected.append(_split_heads(g, out, num_heads))
+        return _split_heads(g, out, num_heads)
+
+    if packed and query == key == value:
+        projected = _packed_self_projection(ctx, prefix, query, num_heads, bias)
+    else:
+        parts = ((query, "q"), (key, "k"), (value, "v"))
+        projected = [separate(index, x, part) for index, (x, part) in enumerate(parts)]
     rate = dropout_rate if ctx.training else 0.0
     inputs = [*projected, *([mask] if mask is not None else [])]
     attended = op(g, "attention", *inputs, causal=causal, scale=0.0, dropout=rate)
