@@ -256,3 +256,30 @@ def read_http_answers(sock: socket.socket, count: int) -> list[tuple[int, dict[s
         assert chunk, f"the server closed the connection after {len(answers)} answers"
         data += chunk
     return answers
+
+
+class MemoryTransport:
+    """A connection's transport that keeps what the server writes, for tests that feed a
+    server's HTTP protocol its data directly."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        """Nothing to pause: the test feeds the data."""
+
+    def resume_reading(self) -> None:
+        """Nothing to resume."""
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default

@@ -23,6 +23,7 @@ from gometal.serving.app import ServerSettings, create_app
 from gometal.serving.fast_infer import DirectInferRoute
 from gometal.serving.http_connection import serving_protocol
 from serving_helpers import (
+    MemoryTransport,
     ServerProcess,
     metric_samples,
     offline,
@@ -35,35 +36,29 @@ RTOL, ATOL = 1e-5, 1e-6
 API_KEY = "direct-secret"
 
 
-class _Cycle:
-    """What the route reads of a uvicorn request cycle before it takes a request."""
-
-    def __init__(self, method: str, path: str, headers: dict[str, str], expect: bool = False):
-        self.scope = {
-            "method": method,
-            "path": path,
-            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        }
-        self.waiting_for_100_continue = expect
-
-
 @pytest.mark.parametrize(
-    ("method", "path", "headers", "expect"),
+    ("method", "target", "headers"),
     [
-        ("GET", "/v2/models/mlp/infer", {"Content-Length": "2"}, False),
-        ("POST", "/v2/models/mlp/generate", {"Content-Length": "2"}, False),
-        ("POST", "/v2/models/mlp/infer", {}, False),  # chunked: no Content-Length
-        ("POST", "/v2/models/mlp/infer", {"Content-Length": "x2"}, False),
-        ("POST", "/v2/models/mlp/infer", {"Content-Length": str(256 * 1024 + 1)}, False),
-        ("POST", "/v2/models/mlp/infer", {"Content-Length": "2", "Content-Encoding": "gzip"}, 0),
-        ("POST", "/v2/models/mlp/infer", {"Content-Length": "2"}, True),
+        ("GET", "/v2/models/mlp/infer", {"Content-Length": "2"}),
+        ("POST", "/v2/models/mlp/generate", {"Content-Length": "2"}),
+        ("POST", "/v2/models/mlp/infer", {}),  # chunked: no Content-Length
+        ("POST", "/v2/models/mlp/infer", {"Content-Length": "x2"}),
+        ("POST", "/v2/models/mlp/infer", {"Content-Length": str(256 * 1024 + 1)}),
+        ("POST", "/v2/models/mlp/infer", {"Content-Length": "2", "Content-Encoding": "gzip"}),
+        ("POST", "/v2/models/mlp/infer", {"Content-Length": "2", "Expect": "100-Continue"}),
+        ("POST", "/v2/models/mlp/infer?x=1", {"Content-Length": "2"}),  # a query
+        ("POST", "/v2/models/ml%70/infer", {"Content-Length": "2"}),  # an escape
+        ("POST", "http://127.0.0.1/v2/models/mlp/infer", {"Content-Length": "2"}),
     ],
 )
 def test_requests_the_direct_route_cannot_answer_go_to_asgi(
-    method: str, path: str, headers: dict[str, str], expect: bool
+    method: str, target: str, headers: dict[str, str]
 ) -> None:
     route = DirectInferRoute(None, None, None, 2**24, 30.0, None)  # type: ignore[arg-type]
-    assert route.start(None, _Cycle(method, path, headers, bool(expect))) is False
+    pairs = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    assert route.request(None, method.encode(), target.encode(), pairs, True) is None
+    taken = route.request(None, b"POST", b"/v2/models/mlp/infer", [(b"content-length", b"2")], True)
+    assert taken is not None and (taken.name, taken.version) == ("mlp", None)
 
 
 @pytest.fixture(scope="module")
@@ -239,32 +234,6 @@ def test_tritonclient_json_and_binary_requests_are_answered_and_counted(
     assert counted() - before == 2
 
 
-class _Transport:
-    """A connection's transport that keeps what the server writes."""
-
-    def __init__(self) -> None:
-        self.written = b""
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written += bytes(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        """Nothing to pause: the test feeds the data."""
-
-    def resume_reading(self) -> None:
-        """Nothing to resume."""
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return default
-
-
 def test_the_connection_answers_inference_without_an_asgi_task(repository: Path) -> None:
     app = create_app(repository, ServerSettings(max_batch_size=8))
     x = np.arange(8, dtype=np.float32).reshape(1, 8) / 8
@@ -278,7 +247,7 @@ def test_the_connection_answers_inference_without_an_asgi_task(repository: Path)
         config.load()
         state = ServerState()
         connection = config.http_protocol_class(config=config, server_state=state, app_state={})
-        transport = _Transport()
+        transport = MemoryTransport()
         connection.connection_made(transport)
         connection.data_received(request)
         tasks_for_inference = len(state.tasks)

@@ -18,17 +18,20 @@ an event loop (:meth:`DynamicBatcher.submit_async`) get their answers back in on
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["BatchStats", "BatcherClosed", "DynamicBatcher", "QueueFull"]
+__all__ = ["AnswerReceiver", "BatchStats", "BatcherClosed", "DynamicBatcher", "QueueFull"]
+
+_log = logging.getLogger(__name__)
 
 # One instance's forward pass: the inputs of a merged batch -> its outputs, rows aligned.
 BatchRunner = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -66,7 +69,7 @@ class _Pending:
     inputs: list[np.ndarray]
     rows: int
     shape_key: tuple[tuple[int, ...], ...]
-    # A concurrent future (submit), or an asyncio one of ``loop`` (submit_async).
+    # A concurrent future (submit), or an AnswerReceiver of ``loop`` (submit_to).
     future: Any = None
     loop: asyncio.AbstractEventLoop | None = None
     enqueued: float = field(default_factory=time.perf_counter)
@@ -97,14 +100,30 @@ def _refusals(batch: list[_Pending], refused: dict[int, Exception]) -> list[Exce
     return errors
 
 
-def _deliver(answers: list[tuple[asyncio.Future, Any, bool]]) -> None:
-    """Sets the asyncio futures of one batch, in their loop (skips cancelled ones)."""
-    for future, value, failed in answers:
-        if not future.done():
-            if failed:
-                future.set_exception(value)
-            else:
-                future.set_result(value)
+class AnswerReceiver(Protocol):
+    """What receives a request's answer in the event loop (an asyncio future is one)."""
+
+    def done(self) -> bool:
+        """Whether it wants no answer any more (a cancelled future)."""
+
+    def set_result(self, result: Any) -> None:
+        """Receives the request's outputs."""
+
+    def set_exception(self, exception: BaseException) -> None:
+        """Receives the error that failed the request."""
+
+
+def _deliver(answers: list[tuple[AnswerReceiver, Any, bool]]) -> None:
+    """Answers the receivers of one batch, in their loop (skips those done already)."""
+    for receiver, value, failed in answers:
+        try:
+            if not receiver.done():
+                if failed:
+                    receiver.set_exception(value)
+                else:
+                    receiver.set_result(value)
+        except Exception:  # noqa: BLE001  (one failing receiver must not starve the others)
+            _log.exception("a batch's answer could not be delivered")
 
 
 class DynamicBatcher:
@@ -205,12 +224,30 @@ class DynamicBatcher:
         Example:
             >>> outputs = await batcher.submit_async([x])  # doctest: +SKIP
         """
-        loop = asyncio.get_running_loop()
         # No concurrent future: its condition and lock would cost the event loop for nothing.
-        pending = self._pending(inputs, loop.create_future())
-        pending.loop = loop
+        future = asyncio.get_running_loop().create_future()
+        self.submit_to(inputs, future)
+        return future
+
+    def submit_to(self, inputs: list[np.ndarray], receiver: AnswerReceiver) -> None:
+        """Queues a request whose answer goes to ``receiver`` in the running event loop,
+        with the rest of its batch in one hand-off to the loop: ``set_result(outputs)``,
+        or ``set_exception(error)``; none when ``receiver.done()`` is true by then. An
+        asyncio future is one; a plain object answers with no future or callback handle.
+
+        Args:
+            inputs: one array per model input, batch first.
+            receiver: what receives the answer (:class:`AnswerReceiver`).
+
+        Raises:
+            QueueFull, BatcherClosed, ValueError: as :meth:`submit`.
+
+        Example:
+            >>> batcher.submit_to([x], loop.create_future())  # doctest: +SKIP
+        """
+        pending = self._pending(inputs, receiver)
+        pending.loop = asyncio.get_running_loop()
         self._enqueue(pending)
-        return pending.future
 
     def _pending(self, inputs: list[np.ndarray], future: Any) -> _Pending:
         rows = int(inputs[0].shape[0])

@@ -27,7 +27,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..viz.server_http import HeaderDeadline
-from .fast_infer import BodyCollector
+from .fast_infer import DirectRequest
 
 __all__ = ["CoalescedWrites", "serving_protocol"]
 
@@ -73,6 +73,14 @@ class CoalescedWrites:
         if not self._transport.is_closing():
             self._transport.write(data)
 
+    def write_now(self, data: bytes) -> None:
+        """Writes ``data`` at once, after anything kept (a whole answer in one piece)."""
+        if self._kept:
+            self._kept.append(data)
+            self.flush()
+        elif not self._transport.is_closing():
+            self._transport.write(data)
+
     def close(self) -> None:
         """Writes what was kept, then closes the connection."""
         self.flush()
@@ -88,24 +96,11 @@ class CoalescedWrites:
 
 
 class _ServingHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header deadline and coalesced writes."""
+    """uvicorn's httptools protocol with a header deadline, coalesced writes, and the
+    inference requests its :class:`~.fast_infer.DirectInferRoute` takes answered from the
+    parser's callbacks (no scope, request cycle or ASGI task for them)."""
 
     direct_infer: Any = None  # a DirectInferRoute, or None: every request goes to ASGI
-
-    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        # Called for the connection's current request once the ones before it are answered.
-        route = self.direct_infer
-        if route is not None and route.start(self, cycle):
-            return
-        super()._start_asgi_task(cycle, app)
-
-    def on_body(self, body: bytes) -> None:
-        collector = self.cycle.message_event
-        if isinstance(collector, BodyCollector):  # a taken request: its route keeps the body
-            if not self.cycle.response_complete:
-                collector.add(body)
-            return
-        super().on_body(body)
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         self._start_deadlines()
@@ -113,6 +108,7 @@ class _ServingHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
         self._headers_pending = True
         self._started = False
         self._body_done = True
+        self._unstarted: DirectRequest | None = None
         super().connection_made(CoalescedWrites(transport, asyncio.get_running_loop()))
         self._arm_header_timer()
 
@@ -120,24 +116,71 @@ class _ServingHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
         super().data_received(data)
         if self.parser is None or self.transport.is_closing():
             self._cancel_header_timer()
-        elif self._headers_pending:
+            self._unstarted = None
+            return
+        if self._headers_pending:
             self._arm_header_timer()
         else:
             self._cancel_header_timer()
+        request = self._unstarted
+        if request is not None:  # its body is still coming: it waits for it, with a deadline
+            self._unstarted = None
+            request.start()
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # The scope is built only for a request that goes to ASGI (on_headers_complete).
+        self.url = b""
+        self.headers = []
+        self.expect_100_continue = False
         self._headers_pending = self._started = True
         self._body_done = False
 
     def on_headers_complete(self) -> None:
         self._headers_pending = False
+        route, parser = self.direct_infer, self.parser
+        if route is not None and not parser.should_upgrade():
+            keep_alive = parser.get_http_version() == "1.1" and parser.should_keep_alive()
+            request = route.request(self, parser.get_method(), self.url, self.headers, keep_alive)
+            if request is not None:
+                previous, self.cycle = self.cycle, request
+                if previous is None or previous.response_complete:
+                    self._unstarted = request  # starts when its body is in, or data ends
+                else:  # pipelined: waits for the answers before it, as uvicorn's cycles
+                    self.flow.pause_reading()
+                    self.pipeline.appendleft((request, None))
+                return
+        headers, url, expect = self.headers, self.url, self.expect_100_continue
+        super().on_message_begin()  # uvicorn's: the scope, with a fresh header list
+        self.headers.extend(headers)
+        self.url, self.expect_100_continue = url, expect
         super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # Called for a pipelined request once the ones before it are answered.
+        if type(cycle) is DirectRequest:
+            cycle.start()
+        else:
+            super()._start_asgi_task(cycle, app)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if type(cycle) is DirectRequest:
+            cycle.add_body(body)
+        else:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._body_done = True
         self._cancel_drain_timer()  # the dropped body is over
-        super().on_message_complete()
+        cycle = self.cycle
+        if type(cycle) is not DirectRequest:
+            super().on_message_complete()
+        elif cycle is self._unstarted:  # all of it came with the headers: no deadline
+            self._unstarted = None
+            cycle.more_body = False
+            cycle.start()
+        else:
+            cycle.end_body()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .batch_plans import linear_costs, plan_batch_pieces, row_ranges
-from .batcher import BatcherClosed, DynamicBatcher, QueueFull
+from .batcher import AnswerReceiver, BatcherClosed, DynamicBatcher, QueueFull
 from .generation import TextGenerator
 from .images import ImageInput
 from .metrics import ServingMetrics
@@ -340,25 +340,35 @@ class ServedVersion:
         outputs = await self._queue(arrays)
         return self.requested_outputs(request, outputs)
 
-    def submit_checked(self, request: InferRequest) -> asyncio.Future | None:
+    def submit_checked(self, request: InferRequest, receiver: AnswerReceiver) -> bool:
         """Checks a request and queues it on the batcher without awaiting it, for callers
         that answer from a callback rather than a coroutine.
 
+        Args:
+            request: the parsed request.
+            receiver: receives the model's outputs (all of them: pass them to
+                :meth:`requested_outputs`) or the error, in the event loop (see
+                :meth:`DynamicBatcher.submit_to`).
+
         Returns:
-            An asyncio future of the model's outputs (all of them: pass them to
-            :meth:`requested_outputs`), or ``None`` when an input holds encoded images,
-            which are decoded off the event loop: use :meth:`infer` for those.
+            Whether it was queued: ``False`` when an input holds encoded images, which are
+            decoded off the event loop (use :meth:`infer` for those).
 
         Raises:
             ProtocolError: as :meth:`infer`.
 
         Example:
-            >>> future = served.submit_checked(request)  # doctest: +SKIP
+            >>> served.submit_checked(request, asyncio.get_running_loop().create_future())  # doctest: +SKIP
+            True
         """
         arrays = self.check_request(request)
         if any(array.dtype == BYTES_DTYPE for array in arrays):
-            return None
-        return self._queue(arrays)
+            return False
+        try:
+            self.batcher.submit_to(arrays, receiver)
+        except (QueueFull, BatcherClosed) as err:
+            raise self._refusal(err) from None
+        return True
 
     def requested_outputs(
         self, request: InferRequest, outputs: list[np.ndarray]
@@ -374,14 +384,18 @@ class ServedVersion:
     def _queue(self, arrays: list[np.ndarray]) -> asyncio.Future:
         try:
             return self.batcher.submit_async(arrays)
-        except QueueFull as err:
-            raise ProtocolError(
+        except (QueueFull, BatcherClosed) as err:
+            raise self._refusal(err) from None
+
+    def _refusal(self, err: QueueFull | BatcherClosed) -> ProtocolError:
+        """The batcher's refusal as the protocol's 503 answer."""
+        if isinstance(err, QueueFull):
+            return ProtocolError(
                 503,
                 f"model {self.name!r} is overloaded ({err}); retry after {RETRY_AFTER_S} s",
                 {"Retry-After": str(RETRY_AFTER_S)},
-            ) from None
-        except BatcherClosed as err:
-            raise ProtocolError(503, str(err), {"Retry-After": str(RETRY_AFTER_S)}) from None
+            )
+        return ProtocolError(503, str(err), {"Retry-After": str(RETRY_AFTER_S)})
 
     def close(self) -> None:
         """Finishes the queued requests and stops the instances."""
