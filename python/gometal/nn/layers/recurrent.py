@@ -20,13 +20,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ...graph.composites import matmul, op
+from ...graph.composites import op
 from ..initializers import Uniform, Zeros
 from . import attention_ops as ao
 from .base import EmitContext, Layer, WeightSpec
 from .recurrent_args import COMMON_ARGS
 from .recurrent_calls import inputs_with_states, positive_int, shown
-from .recurrent_graph import final_states, initial_state, join, mask_lengths
+from .recurrent_graph import final_states, initial_state, input_projection, join, mask_lengths
 from .registry import register_layer
 
 OUTPUTS = ("sequence", "last", "h_n", "c_n")
@@ -415,7 +415,7 @@ class _Recurrent(Layer):
         and in inference only with ``cell_states``)."""
         g = ctx.graph
         hidden, out = self.hidden_size, self.output_size
-        projected = matmul(g, x, ctx.variable(f"weight_ih{suffix}"), transpose_b=True)
+        projected = input_projection(g, x, ctx.variable(f"weight_ih{suffix}"), not ctx.training)
         b_hn = bias = None
         if self.bias:
             b_ih, b_hh = ctx.variable(f"bias_ih{suffix}"), ctx.variable(f"bias_hh{suffix}")

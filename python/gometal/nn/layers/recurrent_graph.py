@@ -1,12 +1,13 @@
 """Graph pieces of the recurrent layers (``recurrent.py``) around their ``recurrence`` ops:
-each row's length from a key-padding mask, checked when the step runs; one layer and
-direction's initial state; the final states stacked as ``(N, D*num_layers, W)``."""
+the input projection of every step; each row's length from a key-padding mask, checked when
+the step runs; one layer and direction's initial state; the final states stacked as
+``(N, D*num_layers, W)``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ...graph.composites import const, op
+from ...graph.composites import const, gather, matmul, op
 
 
 def join(g: Any, parts: list[int], axis: int) -> int:
@@ -119,3 +120,33 @@ def final_states(g: Any, ends: list[int], batch_size: int | None) -> int:
             one_step = op(g, "reshape", state, shape=[batch_size, 1, g.shape(end)[1]])
         rows.append(one_step)
     return join(g, rows, 1)
+
+
+def input_projection(g: Any, x: int, weight_ih: int, inference: bool) -> int:
+    """The input projection ``x @ weight_ih^T`` of every step, ``(N, T, G*H)``.
+
+    In inference, when ``x`` is an embedding lookup (a ``gather`` of table rows) whose table
+    has no more rows than one sequence has steps, the table is projected instead and its
+    rows gathered: the same values from a product ``T / rows`` times smaller per sequence,
+    and no pass over the embedded sequence (a character model's 65 rows against 256 steps).
+    A longer table, or an unknown sequence length (a generator feeding a step at a time),
+    keeps the product of every step.
+
+    Args:
+        g: the graph.
+        x: the layer's input ``(N, T, I)``.
+        weight_ih: the weight ``(G*H, I)``.
+        inference: the plan computes no gradient (the lookup's table takes none through this).
+
+    Returns:
+        The projection's node.
+
+    Example:
+        >>> projected = input_projection(g, x, w_ih, inference=True)  # doctest: +SKIP
+    """
+    if inference and g.op_name(x) == "gather":
+        table, ids = g.inputs_of(x)
+        steps = g.shape(ids)[-1] if len(g.shape(ids)) == 2 else -1
+        if len(g.shape(table)) == 2 and 0 < g.shape(table)[0] <= steps:
+            return gather(g, matmul(g, table, weight_ih, transpose_b=True), ids)
+    return matmul(g, x, weight_ih, transpose_b=True)
