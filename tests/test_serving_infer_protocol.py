@@ -3,7 +3,8 @@ through the HTTP protocol with in-memory transports: a body that comes with its 
 takes no upload slot and arms no deadline (it is answered while another body holds every
 slot); a body still coming holds a slot, past the deadline gets a JSON 408 and gives the
 slot back, and the connection serves its next request; a client leaving mid-body gives the
-slot back; a graceful shutdown answers the request being computed, then closes."""
+slot back; a graceful shutdown answers the request being computed, then closes; an idle
+connection closes after the keep-alive timeout, counted from its last answer."""
 
 from __future__ import annotations
 
@@ -49,11 +50,11 @@ def _request(x: np.ndarray, request_id: str) -> bytes:
 class _Connections:
     """HTTP connections of one server (the ``gometal serve`` protocol), fed by the test."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, keep_alive_s: float = 5.0) -> None:
         from gometal.serving.http_connection import serving_protocol
 
         http = serving_protocol(10.0, app.state.direct_infer)
-        self.config = Config(app, http=http, lifespan="off")
+        self.config = Config(app, http=http, lifespan="off", timeout_keep_alive=keep_alive_s)
         self.config.load()
         self.state = ServerState()
 
@@ -181,3 +182,26 @@ def test_a_shutdown_answers_the_request_being_computed_then_closes(app, reposito
     assert not closed_at_once and closed
     assert status == 200 and headers["connection"] == "close"
     _assert_offline(body, repository, x)
+
+
+def test_a_connection_idle_past_the_keep_alive_timeout_closes(app) -> None:
+    keep_alive_s = 0.3
+    request = _request(np.ones((1, 8), np.float32), "kept")
+
+    async def exchange() -> tuple[list[bool], float, float]:
+        connection, transport = _Connections(app, keep_alive_s).open()
+        loop = asyncio.get_running_loop()
+        open_while_busy = []
+        for _ in range(5):  # a request every half timeout: never idle that long
+            answered, sent = len(transport.written), loop.time()  # the answer comes after
+            connection.data_received(request)
+            await _until(lambda answered=answered: len(transport.written) > answered)
+            await asyncio.sleep(keep_alive_s / 2)
+            open_while_busy.append(not transport.closed)
+        await _until(lambda: transport.closed, timeout_s=10)
+        connection.connection_lost(None)
+        return open_while_busy, sent, loop.time()
+
+    open_while_busy, last_sent, closed_at = asyncio.run(exchange())
+    assert open_while_busy == [True] * 5
+    assert closed_at - last_sent >= keep_alive_s

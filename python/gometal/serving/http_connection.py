@@ -109,6 +109,7 @@ class _ServingHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
         self._started = False
         self._body_done = True
         self._unstarted: DirectRequest | None = None
+        self._idle_since: float | None = None
         super().connection_made(CoalescedWrites(transport, asyncio.get_running_loop()))
         self._arm_header_timer()
 
@@ -182,10 +183,48 @@ class _ServingHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
         else:
             cycle.end_body()
 
+    # The keep-alive timeout, as uvicorn's, without a timer per answer: uvicorn arms one
+    # when an answer completes and cancels it at the next data. Here the answer records
+    # when the connection fell idle, and one timer, armed only when none is, checks then.
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        # uvicorn's, but for the keep-alive timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_since = self.loop.time()
+            if self.timeout_keep_alive_task is None:
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
         if not self._body_done and not self.transport.is_closing():
             self._arm_drain_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None  # data came (or the connection ends): not idle
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.timeout_keep_alive_task = None
+        idle_since = self._idle_since
+        if idle_since is None or self.transport.is_closing():
+            return  # busy: the answer in progress arms the next check
+        left = idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                left, self.timeout_keep_alive_handler
+            )
+        else:
+            self.transport.close()
 
     def _awaiting_headers(self) -> bool:
         return self._headers_pending
