@@ -25,6 +25,7 @@ struct Product {
   const float* bias;
   bool relu;
   int64_t m;
+  bool backwards;
 };
 
 // Rows x (NV vectors of L) of C from one panel (K rows of NV * L floats, contiguous), then
@@ -89,7 +90,8 @@ GOMETAL_SIMD_INLINE void panels(const Product& o, int64_t p0, int64_t p1, int64_
   if (span <= 0) return;
   const int64_t blocks = (span + Rows - 1) / Rows;
   // A panel is read NV * L columns at a time (the register tile's width).
-  for (int64_t p = p0; p < p1; ++p)
+  for (int64_t i = 0; i < p1 - p0; ++i) {
+    const int64_t p = o.backwards ? p1 - 1 - i : p0 + i;
     for (int64_t sub = 0; sub < b.width; sub += NV * L) {
       const float* panel = b.panels.data() + p * b.k * b.width + sub;
       const int64_t j0 = p * b.width + sub;
@@ -104,6 +106,7 @@ GOMETAL_SIMD_INLINE void panels(const Product& o, int64_t p0, int64_t p1, int64_
         row += rows;
       }
     }
+  }
 }
 
 void panels_portable(const Product& o, int64_t p0, int64_t p1, int64_t i0, int64_t i1) {
@@ -177,9 +180,9 @@ void pack_weights(SimdPath path, bool transpose_b, int64_t n, int64_t k, const f
 }
 
 void gemm_packed(ThreadPool& pool, int64_t m, const float* a, const PackedWeights& b, float* c, const float* bias,
-                 bool relu) {
+                 bool relu, bool backwards) {
   if (m < 1 || b.n < 1) return;
-  const Product o{a, &b, c, bias, relu, m};
+  const Product o{a, &b, c, bias, relu, m, backwards};
   const int64_t count = (b.n + b.width - 1) / b.width;
   const int64_t threads = m * b.n * b.k < kParallelMacs ? 1 : pool.size();
   if (threads <= 1) {

@@ -40,8 +40,9 @@ void pack_weights(SimdPath path, bool transpose_b, int64_t n, int64_t k, const f
 
 // C(M x N) = A(M x K) B with B packed, row-major; then + bias (length N, when not null)
 // and max(0, .) when relu. Columns are split across the pool's threads when the product is
-// large enough to pay for waking them.
+// large enough to pay for waking them. `backwards` visits each thread's panels last to first
+// (the same bits: every column's sums run over K in order either way).
 void gemm_packed(ThreadPool& pool, int64_t m, const float* a, const PackedWeights& b, float* c,
-                 const float* bias = nullptr, bool relu = false);
+                 const float* bias = nullptr, bool relu = false, bool backwards = false);
 
 }  // namespace gometal

@@ -128,6 +128,10 @@ struct PackedMatMulKernel final : Kernel {
   mutable std::shared_ptr<PackedEntry> entry;
   mutable const float* entry_weights = nullptr;
   mutable bool plan_writes_weights = false;
+  // Runs alternate the panels' order: a model's weights a little larger than the L2 cache,
+  // read in one order every run, would miss on every panel; read back and forth, each run
+  // starts on the panels the last one read most recently, which are still cached.
+  mutable bool backwards = false;
 
   void run(const ExecContext& ctx) const override {
     const float* w = ctx.ptr(b);
@@ -139,7 +143,8 @@ struct PackedMatMulKernel final : Kernel {
     const float* bias_values = bias.region == Region::None ? nullptr : ctx.ptr(bias);
     float* out = ctx.ptr(c);
     if (!plan_writes_weights) {
-      gemm_packed(*ctx.pool, m, ctx.ptr(a), entry->prepare(w, tb, n, k, path), out, bias_values, relu);
+      gemm_packed(*ctx.pool, m, ctx.ptr(a), entry->prepare(w, tb, n, k, path), out, bias_values, relu, backwards);
+      backwards = !backwards;
       return;
     }
     gemm(*ctx.pool, false, tb, m, n, k, ctx.ptr(a), w, out);
