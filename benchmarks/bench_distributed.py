@@ -10,7 +10,11 @@ tokens), each a fresh job started by bench_distributed_worker.py:
 Rounds run the configurations in turn (B then D), so each round's ratios compare runs
 that met similar machine conditions; a configuration's rate in a round is the median of
 its windows, and each ratio's headline is the median over rounds. Every line prints the
-CPU cores other processes used meanwhile.
+CPU cores other processes used meanwhile, and the samples per CPU-second the job itself
+used: on a machine whose other load takes most of the cores, samples/s measures how much
+of the CPU the scheduler gave each configuration (two processes against one, spinning
+waits against sleeping ones) as much as its speed; samples per CPU-second is its cost,
+whatever share it got (a sleeping wait costs nothing there, so read both).
 
 Targets (issue 19): gometal 2x1 >= 0.9x gometal 1x2, and >= 1.5x torch-ddp 2x1.
 
@@ -26,10 +30,13 @@ measurement.
 
 --bucket-mb X adds "gometal 2x1 XM", the same job at GOMETAL_BUCKET_MB=X, beside the default
 buckets (a sixteenth of the model's gradient values, at least 256 KiB:
-data_parallel.default_bucket_floats).
+data_parallel.default_bucket_floats). --env NAME=VALUE (repeatable) adds "gometal 2x1
+NAME=VALUE", the same job with that variable set, in the same rounds: e.g. GOMETAL_MPI_WAIT=block
+(MPI's own waits, which poll, against the default waits that sleep between tests) or
+GOMETAL_MPI_PROGRESS_US=200.
 
 Usage: python benchmarks/bench_distributed.py [--rounds 3] [--workloads B D] [--cost-model]
-                                              [--bucket-mb 25]
+                                              [--bucket-mb 25] [--env GOMETAL_MPI_WAIT=block]
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import socket
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from _ratios import paired_ratios, summarize_ratios
@@ -95,17 +103,24 @@ def run_group(command: list[str], env: dict[str, str], timeout: float) -> tuple[
         return stdout, stderr + f"\ntimed out after {timeout} s"
 
 
-def configurations(bucket_mb: float | None) -> list[tuple[str, str, int, int, str | None]]:
-    """(label, framework, ranks, threads per rank, GOMETAL_BUCKET_MB or None) of each run;
-    ``bucket_mb`` adds gometal 2x1 at that bucket size beside its default."""
-    runs = [(*configuration, None) for configuration in CONFIGURATIONS]
+def configurations(
+    bucket_mb: float | None, variables: Sequence[str] = ()
+) -> list[tuple[str, str, int, int, dict[str, str]]]:
+    """(label, framework, ranks, threads per rank, extra environment) of each run;
+    ``bucket_mb`` adds gometal 2x1 at that bucket size beside its default, and each
+    ``NAME=VALUE`` of ``variables`` gometal 2x1 with that variable set."""
+    runs = [(*configuration, {}) for configuration in CONFIGURATIONS]
     if bucket_mb is not None:
-        runs.insert(1, (f"gometal 2x1 {bucket_mb:g}M", "gometal", 2, 1, f"{bucket_mb:g}"))
+        bucket = {"GOMETAL_BUCKET_MB": f"{bucket_mb:g}"}
+        runs.insert(1, (f"gometal 2x1 {bucket_mb:g}M", "gometal", 2, 1, bucket))
+    for variable in variables:
+        name, _, value = variable.partition("=")
+        runs.insert(1, (f"gometal 2x1 {variable}", "gometal", 2, 1, {name: value}))
     return runs
 
 
 def run(
-    framework: str, workload: str, ranks: int, threads: int, args, bucket_mb: str | None = None
+    framework: str, workload: str, ranks: int, threads: int, args, extra: dict[str, str]
 ) -> dict:
     """One configuration's result (its windows' samples/s and other load)."""
     command = [sys.executable, str(WORKER), framework, workload, "--threads", str(threads)]
@@ -113,8 +128,7 @@ def run(
     if ranks > 1:
         command = [launcher(), "-n", str(ranks), "--oversubscribe", *command]
     env = environment(threads, args.spin)
-    if bucket_mb is not None:
-        env["GOMETAL_BUCKET_MB"] = bucket_mb
+    env.update(extra)
     env["MASTER_PORT"] = str(free_port())  # torch's rendezvous; one per job
     stdout, stderr = run_group(command, env, args.timeout)
     for line in stdout.splitlines():
@@ -122,6 +136,20 @@ def run(
             return json.loads(line[len(RESULT_TAG) :])
     tail = (stdout + stderr).strip().splitlines()[-5:]
     raise RuntimeError(f"{framework} {workload} {ranks}x{threads} failed: " + " | ".join(tail))
+
+
+def cost_ratio(cpu_rates: dict, workload: str, label: str) -> str:
+    """ ", per CPU-second R x (rounds L..H)": the median over rounds of gometal 2x1's samples
+    per CPU-second over ``label``'s ("" without a round where both are known)."""
+    pairs = [
+        (a, b)
+        for a, b in zip(cpu_rates[(workload, "gometal 2x1")], cpu_rates[(workload, label)])
+        if a and b
+    ]
+    if not pairs:
+        return ""
+    summary = summarize_ratios(paired_ratios(*map(list, zip(*pairs))))
+    return f"; per CPU-second {summary.median:.2f}x (rounds {summary.low:.2f}..{summary.high:.2f})"
 
 
 def main() -> None:
@@ -137,33 +165,50 @@ def main() -> None:
     parser.add_argument(
         "--bucket-mb", type=float, help="also run gometal 2x1 at this GOMETAL_BUCKET_MB"
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="also run gometal 2x1 with this variable set (repeatable)",
+    )
     args = parser.parse_args()
+    for variable in args.env:
+        if "=" not in variable or not variable.partition("=")[0]:
+            parser.error(f"--env takes NAME=VALUE, got {variable!r}")
+    runs = configurations(args.bucket_mb, args.env)
     rates: dict[tuple[str, str], list[float | None]] = {}
+    cpu_rates: dict[tuple[str, str], list[float | None]] = {}
     results = []
     for round_number in range(args.rounds):
         for workload in args.workloads:
-            for label, framework, ranks, threads, bucket_mb in configurations(args.bucket_mb):
+            for label, framework, ranks, threads, extra in runs:
                 try:
-                    result = run(framework, workload, ranks, threads, args, bucket_mb)
+                    result = run(framework, workload, ranks, threads, args, extra)
                 except RuntimeError as error:  # one failed run leaves the others' rounds
                     print(f"round {round_number} {workload} {label}: {error}", flush=True)
                     rates.setdefault((workload, label), []).append(None)
+                    cpu_rates.setdefault((workload, label), []).append(None)
                     continue
                 rate = statistics.median(result["samples_per_s"])
                 rates.setdefault((workload, label), []).append(rate)
+                per_cpu = [v for v in result.get("samples_per_cpu_s", []) if v]
+                cpu_rate = statistics.median(per_cpu) if per_cpu else None
+                cpu_rates.setdefault((workload, label), []).append(cpu_rate)
                 results.append({**result, "label": label, "round": round_number})
                 loads = ", ".join(f"{load:.2f}" for load in result["other_load"])
+                cost = f"{cpu_rate:8.1f}" if cpu_rate else "       ?"
                 print(
                     f"round {round_number} {workload} {label:14s} {rate:8.1f} samples/s "
-                    f"(other load {loads} cores)",
+                    f"{cost} per CPU-s (other load {loads} cores)",
                     flush=True,
                 )
     print()
     for workload in args.workloads:
         ours = rates[(workload, "gometal 2x1")]
         compared = dict(TARGETS)
-        if args.bucket_mb is not None:
-            compared[f"gometal 2x1 {args.bucket_mb:g}M"] = None
+        for label, *_ in runs[1:]:
+            compared.setdefault(label, None)
         for label, target in compared.items():
             pairs = [(a, b) for a, b in zip(ours, rates[(workload, label)]) if a and b]
             if not pairs:
@@ -177,6 +222,7 @@ def main() -> None:
             print(
                 f"{workload}: gometal 2x1 / {label} = {summary.median:.2f}x "
                 f"(rounds {summary.low:.2f}..{summary.high:.2f}; {verdict})"
+                + cost_ratio(cpu_rates, workload, label)
             )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

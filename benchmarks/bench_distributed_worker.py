@@ -1,6 +1,8 @@
 """One timed configuration of bench_distributed.py: workload B or D trained by gometal (under
 mpirun, or one process) or by PyTorch DDP over gloo (under mpirun); rank 0 prints one JSON
-line with the samples/s of each window and the CPU cores other processes used meanwhile.
+line with the samples/s of each window, the samples per CPU-second the job's processes used
+(every rank's threads; a rank that spins while it waits spends CPU there, one that sleeps
+does not) and the CPU cores other processes used meanwhile.
 
 Usage (bench_distributed.py runs these):
     mpirun -n 2 python bench_distributed_worker.py gometal B --threads 1
@@ -121,7 +123,7 @@ def main() -> None:
     # Every rank takes the same number of steps per window: rank 0's estimate.
     estimate = max(1, round(args.window_s * 3 / (time.perf_counter() - start)))
     steps = int(total(float(estimate) if rank == 0 else 0.0))
-    rates, loads = [], []
+    rates, loads, per_cpu = [], [], []
     for _ in range(args.windows):
         barrier()
         cpu0, start = _cpu_seconds(), time.perf_counter()
@@ -133,6 +135,7 @@ def main() -> None:
         own = total(cpu1[1] - cpu0[1]) if cpu0 and cpu1 else 0.0
         busy = cpu1[0] - cpu0[0] if cpu0 and cpu1 else 0.0
         rates.append(steps * WORKLOADS[args.workload].batch / elapsed)
+        per_cpu.append(steps * WORKLOADS[args.workload].batch / own if own > 0 else None)
         loads.append(round(max(0.0, busy - own) / elapsed, 3))
     if rank == 0:
         result = {
@@ -141,6 +144,7 @@ def main() -> None:
             "ranks": size,
             "threads": args.threads,
             "samples_per_s": rates,
+            "samples_per_cpu_s": per_cpu,
             "other_load": loads,
         }
         print(RESULT_TAG + json.dumps(result), flush=True)

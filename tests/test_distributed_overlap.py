@@ -220,3 +220,26 @@ def test_three_overlapped_ranks_match_blocking_ones_bit_for_bit(tmp_path):
     # Three ranks sum in an order that depends on the MPI's algorithm: the blocking kernel
     # runs the same non-blocking collective, so the bits agree. Clipping reads every bucket.
     _overlapped_and_blocking_runs("sgd_clipped", 3, tmp_path)
+
+
+def test_mpis_own_waits_give_the_sleeping_waits_bits(tmp_path, monkeypatch):
+    # GOMETAL_MPI_WAIT=block waits in MPI_Wait and MPI_Allreduce (which poll); the default
+    # tests the request and sleeps in between. The same collectives run either way.
+    runs = {}
+    for mode in ("poll", "block"):
+        monkeypatch.setenv("GOMETAL_MPI_WAIT", mode)
+        out = tmp_path / mode
+        out.mkdir()
+        ran(mpirun("overlap_replicas.py", 2, "adam", str(PER_RANK_BATCH), str(out)))
+        runs[mode] = [dict(np.load(out / f"overlapped{rank}.npz")) for rank in range(2)]
+    for rank in range(2):
+        for name, value in runs["poll"][rank].items():
+            np.testing.assert_array_equal(runs["block"][rank][name], value, err_msg=name)
+
+
+def test_an_unknown_wait_mode_is_refused_on_every_rank(tmp_path, monkeypatch):
+    monkeypatch.setenv("GOMETAL_MPI_WAIT", "spin")
+    result = mpirun("overlap_replicas.py", 2, "adam", str(PER_RANK_BATCH), str(tmp_path))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "GOMETAL_MPI_WAIT must be poll or block, got 'spin'" in output, output

@@ -18,6 +18,12 @@
 // GOMETAL_MPI_PROGRESS_US microseconds (default 50; 0 turns it off, leaving all the work to
 // the wait); it sleeps on a condition variable otherwise. Every MPI call on a request happens
 // under one mutex, so MPI_THREAD_SERIALIZED suffices (mpi4py asks for MULTIPLE).
+//
+// Waiting: MPI's own waits poll (Open MPI spins, or calls sched_yield with
+// mpi_yield_when_idle), so a rank that waits for its peer keeps taking a core, and on a
+// machine with no spare core that is the core the peer needs to catch up. So a wait, and the
+// blocking all-reduce (started and waited alike), test the request and sleep in between
+// (GOMETAL_MPI_WAIT=poll, the default); GOMETAL_MPI_WAIT=block calls MPI_Wait/MPI_Allreduce.
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -98,7 +104,8 @@ class MpiCommunicator final : public Communicator {
     // MPI counts are ints: a larger buffer goes in pieces.
     for (int64_t done = 0; done < count;) {
       const int piece = static_cast<int>(std::min<int64_t>(count - done, INT_MAX));
-      check(allreduce_(in + done, out + done, piece, float_, sum_, comm_), "MPI_Allreduce");
+      if (sleeping_waits_) wait(start_all_reduce_sum(in + done, out + done, piece));
+      else check(allreduce_(in + done, out + done, piece, float_, sum_, comm_), "MPI_Allreduce");
       done += piece;
     }
   }
@@ -112,14 +119,36 @@ class MpiCommunicator final : public Communicator {
   }
 
   void wait(int64_t ticket) override {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
     if (ticket < 0 || static_cast<size_t>(ticket) >= in_use_.size() || !in_use_[ticket])
       throw std::invalid_argument("[distributed] wait on an unknown ticket " + std::to_string(ticket));
-    // A request the progress thread completed is MPI_REQUEST_NULL, which MPI_Wait returns at once.
+    // A request the progress thread completed is MPI_REQUEST_NULL, which MPI_Wait and
+    // MPI_Test report complete at once. The slot stays in use until the request is done, so
+    // no start takes it while the lock is released for a sleep.
     alignas(8) unsigned char status[64] = {};
-    in_use_[ticket] = false;
-    --in_flight_;
-    check(wait_(&requests_[ticket].handle, status), "MPI_Wait");
+    auto release = [&] {
+      in_use_[ticket] = false;
+      --in_flight_;
+    };
+    if (!sleeping_waits_) {
+      release();
+      check(wait_(&requests_[ticket].handle, status), "MPI_Wait");
+      return;
+    }
+    auto pause = std::chrono::microseconds(kFirstWaitPauseUs);
+    for (;;) {
+      int done = 0;
+      const int code = test_(&requests_[ticket].handle, &done, status);
+      if (code != 0 || done) {
+        release();
+        check(code, "MPI_Test");
+        return;
+      }
+      lock.unlock();
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::microseconds(kLongestWaitPauseUs));
+      lock.lock();
+    }
   }
 
   void broadcast(void* data, int64_t bytes, int root) override {
@@ -210,6 +239,19 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
+  // A sleeping wait's pauses double from the first to the longest: a short exchange costs
+  // little more than a spinning wait, a long one at most this much after it completes.
+  static constexpr int kFirstWaitPauseUs = 10;
+  static constexpr int kLongestWaitPauseUs = 160;
+
+  static bool sleeping_waits_from_environment() {
+    const char* text = std::getenv("GOMETAL_MPI_WAIT");
+    if (text == nullptr || text[0] == '\0' || std::strcmp(text, "poll") == 0) return true;
+    if (std::strcmp(text, "block") == 0) return false;
+    throw std::invalid_argument(std::string("[distributed] GOMETAL_MPI_WAIT must be poll or block, got '") + text +
+                                "'");
+  }
+
   static int progress_interval_from_environment() {
     const char* text = std::getenv("GOMETAL_MPI_PROGRESS_US");
     if (text == nullptr || text[0] == '\0') return 50;
@@ -234,6 +276,7 @@ class MpiCommunicator final : public Communicator {
   int in_flight_ = 0;
   bool stopping_ = false;
   const int progress_interval_us_ = progress_interval_from_environment();
+  const bool sleeping_waits_ = sleeping_waits_from_environment();
   std::condition_variable work_;
   std::thread progress_;
 };
