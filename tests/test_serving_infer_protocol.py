@@ -3,8 +3,9 @@ through the HTTP protocol with in-memory transports: a body that comes with its 
 takes no upload slot and arms no deadline (it is answered while another body holds every
 slot); a body still coming holds a slot, past the deadline gets a JSON 408 and gives the
 slot back, and the connection serves its next request; a client leaving mid-body gives the
-slot back; a graceful shutdown answers the request being computed, then closes; an idle
-connection closes after the keep-alive timeout, counted from its last answer."""
+slot back; requests pipelined behind an ASGI one are answered in order; a graceful
+shutdown answers the request being computed, then closes; an idle connection closes after
+the keep-alive timeout, counted from its last answer."""
 
 from __future__ import annotations
 
@@ -205,3 +206,26 @@ def test_a_connection_idle_past_the_keep_alive_timeout_closes(app) -> None:
     open_while_busy, last_sent, closed_at = asyncio.run(exchange())
     assert open_while_busy == [True] * 5
     assert closed_at - last_sent >= keep_alive_s
+
+
+def test_requests_pipelined_behind_an_asgi_one_are_answered_in_order(app, repository: Path) -> None:
+    x = np.linspace(0, 1, 8, dtype=np.float32).reshape(1, 8)
+    first, second = _request(x, "first"), _request(2 * x, "second")
+    live = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    async def exchange() -> bytes:
+        connections = _Connections(app)
+        connection, transport = connections.open()
+        # The ASGI request, then one whose body comes in the next packet, then another.
+        connection.data_received(live + first[:-5])
+        connection.data_received(first[-5:] + second)
+        await _until(lambda: len(_answers(transport.written)) == 3)
+        await asyncio.gather(*connections.state.tasks)
+        return transport.written
+
+    answers = _answers(asyncio.run(exchange()))
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert answers[0][2] == b""  # the health answer first, as sent
+    assert [json.loads(body)["id"] for _, _, body in answers[1:]] == ["first", "second"]
+    _assert_offline(answers[1][2], repository, x)
+    _assert_offline(answers[2][2], repository, 2 * x)
