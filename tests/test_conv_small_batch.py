@@ -1,9 +1,12 @@
-"""Convolutions of small batches (1 to 5 images) at 1, 2 and 3 threads.
+"""Convolutions of batches smaller than twice the threads run in parts of images.
 
-Each case runs with batches of 1 to 5 images, on every vector path the CPU has, against
-torch in float64, with and without the fused bias, ReLU and 2x2 max pooling; the threads'
-results must also agree to the last bit, since every output is the same sum whichever
-thread computes it.
+A batch of one image would otherwise run on one thread: the direct kernel then cuts each
+image into bands of output rows and blocks of output channels, one task each, every part
+padding the rows it reads. Each case runs at 1, 2 and 3 threads (3 on a two-core machine
+still cuts a 16-row plane into channel blocks) with batches of 1 to 5 images, on every
+vector path the CPU has, against torch in float64, with and without the fused bias, ReLU
+and 2x2 max pooling; the threads' results must also agree to the last bit, since every
+output is the same sum whichever part computes it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ CASES = [
     ((5, 29, 23), (13, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # odd sizes, a partial channel block
     ((6, 27, 31), (20, 5, 3), (2, 1), (2, 1), (1, 1), 2),  # vertical stride, groups
     ((4, 25, 26), (18, 3, 3), (1, 1), (2, 2), (2, 2), 1),  # dilation
+    ((3, 20, 18), (16, 3, 3), (1, 1), (5, 5), (1, 1), 1),  # padding past the window's reach
 ]
 
 
@@ -95,7 +99,7 @@ def test_small_batches_match_torch_at_every_thread_count(
 
 
 def test_a_cnn_predicts_one_image_as_torch_on_two_threads(restore_threads):
-    # Workload C's CNN at batch 1, with its epilogues fused.
+    # Workload C's CNN at batch 1: every conv runs in parts, with its epilogues fused.
     gm.set_num_threads(2)
     torch.manual_seed(0)
     net = torch.nn.Sequential(

@@ -220,6 +220,8 @@ void conv2d_input_grad_samples(const ConvGeometry& g, const float* dy, const flo
 
 void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y,
                     const ConvEpilogue& epilogue) {
+  if (use_direct(g) && conv2d_simd_forward_in_parts(g, epilogue, ctx.pool->size()))
+    return conv2d_simd_forward_parts(ctx, choose_conv_path(), g, x, w, y, epilogue);
   for_each_image(ctx, g.n, [&](int64_t n, int thread) {
     conv2d_forward_samples(g, x, w, y, n, n + 1, ctx.thread_scratch(thread), epilogue);
   });

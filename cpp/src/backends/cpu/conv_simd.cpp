@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace gometal {
 namespace {
@@ -187,18 +188,66 @@ void pool_band(const float* band, int64_t channels, int64_t rows, int64_t width,
     }
 }
 
-// The pooled convolution of one group: each band of output rows into `band`, then pooled.
-void forward_pooled_group(ConvPath path, const GroupArgs& a, float* band, float* out) {
-  const int64_t pooled_h = a.oh / 2, pooled_w = a.ow / 2;
-  for (int64_t r0 = 0; r0 < 2 * pooled_h; r0 += kBandRows) {
+// Output rows [row_begin, row_end) of a group's channels: written to a.y, or with `pooled`
+// each band of rows into `band`, then pooled into `pooled` (the group's pooled planes).
+void forward_rows(ConvPath path, const GroupArgs& a, int64_t row_begin, int64_t row_end, float* band,
+                  float* pooled) {
+  if (!pooled) {
     GroupArgs b = a;
-    b.oh = std::min(kBandRows, 2 * pooled_h - r0);
+    b.oh = row_end - row_begin;
+    b.padded = a.padded + row_begin * a.sh * a.row_stride;
+    b.y = a.y + row_begin * a.ow;
+    forward_group(path, b);
+    return;
+  }
+  const int64_t pooled_w = a.ow / 2, pooled_plane = (a.oh / 2) * pooled_w;
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kBandRows) {
+    GroupArgs b = a;
+    b.oh = std::min(kBandRows, row_end - r0);
     b.padded = a.padded + r0 * a.sh * a.row_stride;
     b.y = band;
     b.plane = b.oh * a.ow;
     forward_group(path, b);
-    pool_band(band, a.out_channels, b.oh, a.ow, out + r0 / 2 * pooled_w, pooled_h * pooled_w, pooled_w);
+    pool_band(band, a.out_channels, b.oh, a.ow, pooled + r0 / 2 * pooled_w, pooled_plane, pooled_w);
   }
+}
+
+// Where output channels [o_begin, o_end) of group gi read and write, from its padded image.
+GroupArgs group_args(const ConvGeometry& g, const float* padded, const float* w, float* y,
+                     const ConvEpilogue& epilogue, int64_t gi, int64_t o_begin, int64_t o_end) {
+  const Padded p = padded_size(g);
+  const int64_t first = gi * g.o_per_group() + o_begin;
+  GroupArgs a{};
+  a.padded = padded;
+  a.weights = w + first * g.patch();
+  a.y = epilogue.max_pool_2x2 ? nullptr : y + first * g.out_plane();
+  a.channels = g.c_per_group();
+  a.channel_stride = p.plane();
+  a.row_stride = p.w;
+  a.kh = g.kh;
+  a.kw = g.kw;
+  a.dh = g.dh;
+  a.dw = g.dw;
+  a.sh = g.sh;
+  a.oh = g.oh;
+  a.ow = g.ow;
+  a.plane = g.out_plane();
+  a.taps = g.patch();
+  a.out_channels = o_end - o_begin;
+  a.epilogue = epilogue;
+  if (a.epilogue.bias) a.epilogue.bias += first;
+  if (a.epilogue.scale) a.epilogue.scale += first;
+  if (a.epilogue.shift) a.epilogue.shift += first;
+  return a;
+}
+
+// Where a pooled output's channels [first, ...) start in image y.
+float* pooled_output(const ConvGeometry& g, float* y, const ConvEpilogue& epilogue, int64_t first) {
+  return epilogue.max_pool_2x2 ? y + first * (g.oh / 2) * (g.ow / 2) : nullptr;
+}
+
+float* band_scratch(const ConvGeometry& g, float* scratch) {
+  return scratch + round_up(g.c_per_group() * padded_size(g).plane(), 16) + kSlack;
 }
 
 }  // namespace
@@ -213,39 +262,117 @@ int64_t conv2d_simd_scratch(const ConvGeometry& g) {
 
 void conv2d_simd_forward_image(ConvPath path, const ConvGeometry& g, const float* x, const float* w, float* y,
                                float* scratch, const ConvEpilogue& epilogue) {
-  const int64_t taps = g.patch();
   float* padded = scratch;
-  float* band = padded + round_up(g.c_per_group() * padded_size(g).plane(), 16) + kSlack;
-  const Padded p = padded_size(g);
+  const int64_t rows = epilogue.max_pool_2x2 ? g.oh / 2 * 2 : g.oh;
   for (int64_t gi = 0; gi < g.groups; ++gi) {
-    const int64_t first = gi * g.o_per_group();
     pad_image(g, x + gi * g.c_per_group() * g.h * g.w, padded);
-    GroupArgs a{};
-    a.padded = padded;
-    a.weights = w + first * taps;
-    a.y = epilogue.max_pool_2x2 ? nullptr : y + first * g.out_plane();
-    a.channels = g.c_per_group();
-    a.channel_stride = p.plane();
-    a.row_stride = p.w;
-    a.kh = g.kh;
-    a.kw = g.kw;
-    a.dh = g.dh;
-    a.dw = g.dw;
-    a.sh = g.sh;
-    a.oh = g.oh;
-    a.ow = g.ow;
-    a.plane = g.out_plane();
-    a.taps = taps;
-    a.out_channels = g.o_per_group();
-    a.epilogue = epilogue;
-    if (a.epilogue.bias) a.epilogue.bias += first;
-    if (a.epilogue.scale) a.epilogue.scale += first;
-    if (a.epilogue.shift) a.epilogue.shift += first;
-    if (epilogue.max_pool_2x2)
-      forward_pooled_group(path, a, band, y + first * (g.oh / 2) * (g.ow / 2));
-    else
-      forward_group(path, a);
+    const GroupArgs a = group_args(g, padded, w, y, epilogue, gi, 0, g.o_per_group());
+    forward_rows(path, a, 0, rows, band_scratch(g, scratch),
+                 pooled_output(g, y, epilogue, gi * g.o_per_group()));
   }
+}
+
+namespace {
+
+// A part of one image's convolution: output channels [o_begin, o_end) of group `group`
+// (counted within the group) over output rows [row_begin, row_end) (rows before pooling).
+// Each output is the same sum in the same order whichever part computes it, so an image cut
+// into parts gives the bits of the whole-image call.
+struct ConvPart {
+  int64_t group = 0, o_begin = 0, o_end = 0, row_begin = 0, row_end = 0;
+};
+
+// Below this many multiply-adds per image, waking a second thread for a part of it costs
+// more than the part.
+constexpr int64_t kMinSplitMacs = int64_t{1} << 18;
+
+// Output rows a pooled image has before pooling (2 * floor(OH/2)), else OH: the rows parts cover.
+int64_t part_rows(const ConvGeometry& g, const ConvEpilogue& epilogue) {
+  return epilogue.max_pool_2x2 ? g.oh / 2 * 2 : g.oh;
+}
+
+// Parts start at multiples of the register tile's output channels, so cutting an image
+// wastes no tile slots (rows start at multiples of kBandRows).
+int64_t channel_align(ConvPath path) {
+  return path == ConvPath::Avx512 ? kAvx512Rows : path == ConvPath::Avx2 ? kAvx2Rows : kPortableRows;
+}
+
+// Pads, into `scratch`, the rows of group `part.group` of image x (C, H, W) that `part` reads.
+// Rows of the top or bottom padding are zero rows like any other: a padding taller than the
+// window's reach leaves whole rows of zeros, never a row index outside the padded image.
+void pad_part(const ConvGeometry& g, const float* x, const ConvPart& part, float* scratch) {
+  const Padded p = padded_size(g);
+  const int64_t first = part.row_begin * g.sh;
+  const int64_t end = std::min(p.h, (part.row_end - 1) * g.sh + (g.kh - 1) * g.dh + 1);
+  const float* xg = x + part.group * g.c_per_group() * g.h * g.w;
+  for (int64_t c = 0; c < g.c_per_group(); ++c)
+    for (int64_t py = first; py < end; ++py) {
+      float* row = scratch + c * p.plane() + py * p.w;
+      const int64_t iy = py - g.ph;
+      if (iy < 0 || iy >= g.h) {
+        std::fill(row, row + p.w, 0.0f);
+        continue;
+      }
+      const float* src = xg + (c * g.h + iy) * g.w;
+      std::fill(row, row + g.pw, 0.0f);
+      for (int64_t ix = 0; ix < g.w; ++ix) row[g.pw + ix] = src[ix];
+      std::fill(row + g.pw + g.w, row + p.w, 0.0f);
+    }
+  // A last segment's loads may run past the image: into zeros, as after pad_image.
+  float* slack = scratch + g.c_per_group() * p.plane();
+  std::fill(slack, slack + kSlack, 0.0f);
+}
+
+// One part of image y (as conv2d_simd_forward_image writes it), from the rows pad_part left
+// in `scratch`.
+void forward_part(ConvPath path, const ConvGeometry& g, const float* w, float* y, float* scratch,
+                  const ConvEpilogue& epilogue, const ConvPart& part) {
+  const GroupArgs a = group_args(g, scratch, w, y, epilogue, part.group, part.o_begin, part.o_end);
+  forward_rows(path, a, part.row_begin, part.row_end, band_scratch(g, scratch),
+               pooled_output(g, y, epilogue, part.group * g.o_per_group() + part.o_begin));
+}
+
+}  // namespace
+
+bool conv2d_simd_forward_in_parts(const ConvGeometry& g, const ConvEpilogue& epilogue, int threads) {
+  return threads > 1 && g.n < 2 * int64_t{threads} && part_rows(g, epilogue) > 0 &&
+         g.o * g.patch() * g.out_plane() >= kMinSplitMacs;
+}
+
+void conv2d_simd_forward_parts(const ExecContext& ctx, ConvPath path, const ConvGeometry& g, const float* x,
+                               const float* w, float* y, const ConvEpilogue& epilogue) {
+  // Each image, group by group, cut into bands of output rows (fewest duplicated halo rows)
+  // and, when bands are too few for a couple of tasks per thread, blocks of output channels;
+  // the blocks of a band follow each other, so a thread that takes several pads its rows once.
+  const int threads = ctx.pool->size();
+  const int64_t rows = part_rows(g, epilogue), images = g.n * g.groups;
+  const int64_t per_image = std::max<int64_t>(1, (2 * int64_t{threads} + images - 1) / images);
+  const int64_t bands = std::max<int64_t>(1, std::min((rows + kBandRows - 1) / kBandRows, per_image));
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min((g.o_per_group() + channel_align(path) - 1) / channel_align(path), (per_image + bands - 1) / bands));
+  const int64_t in_image = g.c * g.h * g.w;
+  const int64_t out_image = g.o * (epilogue.max_pool_2x2 ? (g.oh / 2) * (g.ow / 2) : g.out_plane());
+  // Which (image, group, band) each thread's scratch holds padded, -1 for none: kept here, not
+  // in the scratch, so the scratch is exactly the per-image kernel's.
+  std::vector<int64_t> held(static_cast<size_t>(threads), -1);
+  const int64_t tasks = images * bands * blocks;
+  ctx.pool->parallel_for(static_cast<int>(tasks), [&](int task, int thread) {
+    const int64_t padded_rows = task / blocks, block = task % blocks;
+    const int64_t band = padded_rows % bands, group = padded_rows / bands % g.groups;
+    const int64_t n = padded_rows / bands / g.groups;
+    ConvPart part;
+    part.group = group;
+    split_range(rows, static_cast<int>(bands), static_cast<int>(band), kBandRows, &part.row_begin, &part.row_end);
+    split_range(g.o_per_group(), static_cast<int>(blocks), static_cast<int>(block), channel_align(path),
+                &part.o_begin, &part.o_end);
+    if (part.row_begin >= part.row_end || part.o_begin >= part.o_end) return;
+    float* scratch = ctx.thread_scratch(thread);
+    if (held[thread] != padded_rows) {
+      pad_part(g, x + n * in_image, part, scratch);
+      held[thread] = padded_rows;
+    }
+    forward_part(path, g, w, y + n * out_image, scratch, epilogue, part);
+  });
 }
 
 }  // namespace gometal

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "backends/cpu/kernel.h"
 #include "backends/cpu/simd_paths.h"
 #include "ir/conv_geometry.h"
 
@@ -42,5 +43,16 @@ int64_t conv2d_simd_scratch(const ConvGeometry& g);
 // calling thread (y (O, OH/2 * OW/2) with max_pool_2x2).
 void conv2d_simd_forward_image(ConvPath path, const ConvGeometry& g, const float* x, const float* w, float* y,
                                float* scratch, const ConvEpilogue& epilogue = {});
+
+// Whether a batch of g.n images on `threads` threads runs in parts of images: a batch
+// smaller than twice the threads would leave threads idle (or one thread an extra image)
+// with each image a task, as a batch of 1 ran on one thread.
+bool conv2d_simd_forward_in_parts(const ConvGeometry& g, const ConvEpilogue& epilogue, int threads);
+// y = the batch's convolution, as conv2d_simd_forward_image writes each image, with each
+// image cut into bands of output rows and blocks of output channels, one task of ctx.pool
+// each, every part padding only the rows it reads into its thread's scratch
+// (conv2d_simd_scratch floats). Every output is the same sum as in the whole-image call.
+void conv2d_simd_forward_parts(const ExecContext& ctx, ConvPath path, const ConvGeometry& g, const float* x,
+                               const float* w, float* y, const ConvEpilogue& epilogue);
 
 }  // namespace gometal
