@@ -1,7 +1,8 @@
 """The inference server's parts without a server: the model repository (layout, single
 files, config.json, names that cannot escape, models that fail to load), the dynamic
-batcher (merging, its delay, the bounded queue, instances, draining) and the protocol's
-binary tensor decoding against NumPy's own bytes."""
+batcher (merging, its delay, the bounded queue, instances, draining), the protocol's
+binary tensor decoding against NumPy's own bytes, and a request's checks against the
+model's signature."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import gometal as gm
 from gometal.serving import DynamicBatcher, ModelRepository, QueueFull, RepositoryError
 from gometal.serving.batcher import BatcherClosed
+from gometal.serving.metrics import ServingMetrics
 from gometal.serving.protocol import (
     ProtocolError,
     encode_infer_response,
     parse_infer_request,
 )
-from gometal.serving.served_model import padded_rows
+from gometal.serving.served_model import ServedVersion, padded_rows
 
 
 def _fake_loader(path: Path) -> str:
@@ -211,3 +214,47 @@ def test_integer_data_out_of_its_datatype_range_is_refused() -> None:
     body = {"inputs": [{"name": "t", "datatype": "INT32", "shape": [1], "data": [2**31]}]}
     with pytest.raises(ProtocolError, match=r"must lie in \[-2147483648, 2147483647\]"):
         parse_infer_request(json.dumps(body).encode(), None)
+
+
+def _checked(served, inputs: list[dict], **extra: object):
+    """What ``check_request`` makes of a JSON request: its arrays, or the 400's message."""
+    request = parse_infer_request(json.dumps({"inputs": inputs, **extra}).encode(), None)
+    try:
+        arrays = served.check_request(request)
+    except ProtocolError as err:
+        assert err.status == 400
+        return err.message
+    assert all(a is t.array for a, t in zip(arrays, request.inputs))  # no copy
+    return [a.shape for a in arrays]
+
+
+def test_every_input_is_checked_against_the_models_signature() -> None:
+    model = gm.ModelBuilder((8,)).dense(3).build(seed=0)
+    settings = {"max_batch_size": 4, "max_queue_delay_ms": 1.0, "instances": 1, "max_queue": 4}
+    served = ServedVersion("mlp", 1, model, settings, ServingMetrics(4), warmup=False)
+    output = served.output_names[0]
+
+    def tensor(shape: list[int], name: str = "input", datatype: str = "FP32") -> dict:
+        return {"name": name, "datatype": datatype, "shape": shape,
+                "data": [0] * int(np.prod(shape))}  # fmt: skip
+
+    try:
+        assert _checked(served, [tensor([2, 8])]) == [(2, 8)]
+        assert _checked(served, [tensor([4, 8])], outputs=[{"name": output}]) == [(4, 8)]
+        assert "takes inputs ['input']; missing ['input'], unknown ['x']" in _checked(
+            served, [tensor([2, 8], name="x")]
+        )
+        assert "unknown ['x']" in _checked(served, [tensor([2, 8]), tensor([2, 8], name="x")])
+        assert "expects datatype FP32, got INT32" in _checked(
+            served, [tensor([2, 8], datatype="INT32")]
+        )
+        assert "expects shape [-1, 8], got [2, 7]" in _checked(served, [tensor([2, 7])])
+        assert "expects shape [-1, 8], got [8]" in _checked(served, [tensor([8])])
+        assert "expects shape [-1, 8], got [2, 8, 1]" in _checked(served, [tensor([2, 8, 1])])
+        assert "1 to 4 rows (max_batch_size), got 5" in _checked(served, [tensor([5, 8])])
+        assert "1 to 4 rows (max_batch_size), got 0" in _checked(served, [tensor([0, 8])])
+        assert "unknown requested outputs ['nope']" in _checked(
+            served, [tensor([2, 8])], outputs=[{"name": "nope"}]
+        )
+    finally:
+        served.close()
