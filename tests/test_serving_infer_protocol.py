@@ -5,7 +5,8 @@ slot); a body still coming holds a slot, past the deadline gets a JSON 408 and g
 slot back, and the connection serves its next request; a client leaving mid-body gives the
 slot back; requests pipelined behind an ASGI one are answered in order; a graceful
 shutdown answers the request being computed, then closes; an idle connection closes after
-the keep-alive timeout, counted from its last answer."""
+the keep-alive timeout, counted from its last answer; answers carry the server's default
+headers (its date) of the moment."""
 
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def _answers(written: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     while written:
         head, _, rest = written.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
-        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        pairs = (line.split(": ", 1) for line in lines[1:])
+        headers = {name.lower(): value for name, value in pairs}
         length = int(headers["content-length"])
         answers.append((int(lines[0].split()[1]), headers, rest[:length]))
         written = rest[length:]
@@ -229,3 +231,28 @@ def test_requests_pipelined_behind_an_asgi_one_are_answered_in_order(app, reposi
     assert [json.loads(body)["id"] for _, _, body in answers[1:]] == ["first", "second"]
     _assert_offline(answers[1][2], repository, x)
     _assert_offline(answers[2][2], repository, 2 * x)
+
+
+def test_answers_carry_the_servers_default_headers_of_the_moment(app) -> None:
+    request = _request(np.ones((1, 8), np.float32), "dated")
+
+    async def exchange() -> list[dict[str, str]]:
+        connections = _Connections(app)
+        connection, transport = connections.open()
+        heads = []
+        for date in (b"Sat, 05 Dec 2026 20:00:00 GMT", b"Sat, 05 Dec 2026 20:00:01 GMT"):
+            # As uvicorn's server does once a second: a new list with the new date.
+            connections.state.default_headers = [(b"date", date), (b"server", b"uvicorn")]
+            transport.written = b""
+            connection.data_received(request)
+            await _until(lambda: transport.written)
+            heads.append(_answers(transport.written)[0][1])
+        connection.connection_lost(None)
+        return heads
+
+    heads = asyncio.run(exchange())
+    assert [head["date"] for head in heads] == [
+        "Sat, 05 Dec 2026 20:00:00 GMT",
+        "Sat, 05 Dec 2026 20:00:01 GMT",
+    ]
+    assert all(head["server"] == "uvicorn" for head in heads)

@@ -91,6 +91,17 @@ class DirectInferRoute:
         self.body_limit = min(max_body_bytes, THREAD_PARSE_BYTES)
         self.body_timeout_s = body_timeout_s
         self.slots = slots
+        self._default_headers: tuple[Any, bytes] = (None, b"")
+
+    def default_header_lines(self, server_state: Any) -> bytes:
+        """uvicorn's headers of every answer (date, server) as header lines: encoded once
+        per list (uvicorn makes a new one when the date changes, once a second)."""
+        headers = server_state.default_headers
+        source, lines = self._default_headers
+        if source is not headers:
+            lines = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+            self._default_headers = (headers, lines)
+        return lines
 
     def request(
         self,
@@ -330,8 +341,7 @@ class DirectRequest:
         self.response_complete = True
         if not self.disconnected:
             connection = self.connection
-            head = [_status_line(status)]
-            head.extend(b"%s: %s\r\n" % pair for pair in connection.server_state.default_headers)
+            head = [_status_line(status), self.route.default_header_lines(connection.server_state)]
             head.append(headers)
             head.append(b"content-length: %d\r\n" % len(content))
             if not self.keep_alive:
