@@ -14,9 +14,17 @@ and the client reads the head alone before its body. Here each write is kept unt
 end of the loop's turn (``call_soon``), then everything kept goes out in one write;
 closing the connection writes what is kept first.
 
-Given a :class:`~.fast_infer.DirectInferRoute`, the connection hands it each request
-before starting an ASGI task for it: the inference requests it takes are answered from
-the connection's callbacks (see :mod:`.fast_infer`).
+Given a :class:`~.fast_infer.DirectInferRoute`, the connection shows it each request once
+its headers are read, before it builds an ASGI scope: an inference request it takes
+becomes a :class:`~.fast_infer.DirectRequest`, which stands as the connection's request
+cycle and is answered from the parser's and the batcher's callbacks (no scope, cycle or
+task). It starts when the requests before it are answered and its body is in, or at the
+end of the data received: only a body still coming then holds an upload slot and a
+deadline. Every other request goes through uvicorn's cycle to the ASGI application.
+
+uvicorn arms a keep-alive timer at every answer and cancels it at the next request; here
+an answer records when the connection fell idle, and one timer checks it (the same
+timeout, without a timer per answer).
 """
 
 from __future__ import annotations
