@@ -5,8 +5,8 @@ and conv2d_weight_grad as torch's autograd does in float64, on workload B's laye
 odd sizes, strides, padding (including padding wider than the dilated window, which the
 forward-convolution form of the input gradient cannot take), dilation and groups; planes
 of 1,024 pixels and more (the direct weight gradient) and smaller ones (im2col + BLAS), and
-3x3 windows of one group (the channel-lane weight gradient); and the same weight gradient,
-bit for bit, whatever the number of threads.
+3x3 windows of one group (the channel-lane weight and input gradients); and the same weight
+gradient, bit for bit, whatever the number of threads.
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ CASES = [
     ((11, 4, 20, 20), (16, 3, 3), (1, 1), (1, 1), (1, 1), 1),
     ((3, 5, 17, 23), (40, 3, 3), (2, 2), (1, 1), (1, 1), 1),
     ((2, 3, 70, 36), (33, 3, 3), (1, 1), (0, 1), (1, 1), 1),
+    # The channel-lane input gradient (16 and more input channels): one vector of channels on
+    # rows of 8 (its narrowest tile); a pair and a last one, padding 2 and 0, a row's last tile
+    # overlapping the one before; a pair on rows of 12 without vertical padding.
+    ((2, 16, 9, 8), (12, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((2, 40, 11, 21), (24, 3, 3), (1, 1), (2, 0), (1, 1), 1),
+    ((1, 32, 7, 12), (8, 3, 3), (1, 1), (0, 1), (1, 1), 1),
 ]
 
 
