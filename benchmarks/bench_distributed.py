@@ -18,10 +18,13 @@ whatever share it got (a sleeping wait costs nothing there, so read both).
 
 Targets (issue 19): gometal 2x1 >= 0.9x gometal 1x2, and >= 1.5x torch-ddp 2x1.
 
-The MPI ranks yield the CPU while they wait in a collective (Open MPI's
-mpi_yield_when_idle=1) rather than spin: on this 2-core machine, shared with other work,
-a spinning rank takes the core its peer needs (B at 2x1 under ~1.4 cores of other load:
-about 10-18 % more samples/s than spinning). --spin keeps Open MPI's default.
+A rank waiting in the step's collectives sleeps between tests of the request (the engine's
+default, GOMETAL_MPI_WAIT=poll): on this 2-core machine, shared with other work, a rank that
+polls inside MPI takes the core its peer needs. Measured with --env GOMETAL_MPI_WAIT=block
+(MPI_Wait and MPI_Allreduce), 2-3 rounds, other load 1.0-1.6 cores: D 1.58x the samples/s
+and 1.81x the samples per CPU-second of MPI's waits, B 0.86x (rounds 0.71..1.01) and 1.21x.
+The waits MPI makes itself (the barriers and broadcasts outside the step, the tests) yield
+the CPU (Open MPI's mpi_yield_when_idle=1) rather than spin; --spin keeps Open MPI's default.
 
 --cost-model then runs tests/distributed_scripts/scaling_model.py on 2 ranks: the measured
 all-reduce latency and bandwidth and A's, B's and D's compute per step, fed to the ring

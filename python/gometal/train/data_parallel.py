@@ -123,7 +123,9 @@ def default_bucket_floats(gradient_floats: int) -> int:
     every rank waits in) outweighs what it hides. Measured on D, the GPT's 3.1 MiB of
     gradients (``benchmarks/profile_allreduce.py --steps 60 --windows 6``, 2 ranks x 1
     thread, the 2-core machine at a load of 9 to 14): at this default, 0.25 MiB for D, 83,
-    90 and 82 % of the all-reduce hidden and an overlapped step of 134 to 140 ms; in one
+    90 and 82 % of the all-reduce hidden (with MPI's own, polling waits; the default
+    sleeping waits make the blocking reference far cheaper: see ``profile_allreduce.py``)
+    and an overlapped step of 134 to 140 ms; in one
     25 MiB bucket (torch DDP's size, which holds all of D, so that nothing can overlap)
     -35, -14 and -17 % (noise about zero) and 175 to 240 ms. In other runs 0.19 MiB
     buckets hid 72 % (median of 5) and 0.39 MiB ones 65 %. Below 256 KiB a bucket is
