@@ -182,6 +182,7 @@ def main() -> None:
     runs = configurations(args.bucket_mb, args.env)
     rates: dict[tuple[str, str], list[float | None]] = {}
     cpu_rates: dict[tuple[str, str], list[float | None]] = {}
+    other_loads: dict[str, list[float]] = {}
     results = []
     for round_number in range(args.rounds):
         for workload in args.workloads:
@@ -199,6 +200,7 @@ def main() -> None:
                 cpu_rate = statistics.median(per_cpu) if per_cpu else None
                 cpu_rates.setdefault((workload, label), []).append(cpu_rate)
                 results.append({**result, "label": label, "round": round_number})
+                other_loads.setdefault(workload, []).extend(result["other_load"])
                 loads = ", ".join(f"{load:.2f}" for load in result["other_load"])
                 cost = f"{cpu_rate:8.1f}" if cpu_rate else "       ?"
                 print(
@@ -208,6 +210,9 @@ def main() -> None:
                 )
     print()
     for workload in args.workloads:
+        if other_loads.get(workload):
+            low, high = min(other_loads[workload]), max(other_loads[workload])
+            print(f"{workload}: other processes used {low:.2f} to {high:.2f} cores meanwhile")
         ours = rates[(workload, "gometal 2x1")]
         compared = dict(TARGETS)
         for label, *_ in runs[1:]:
