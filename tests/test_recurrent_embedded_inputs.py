@@ -1,6 +1,7 @@
 """A recurrent layer fed by an Embedding, in inference: when the table has no more rows than
-a sequence has steps, the first layer projects the table and gathers its rows instead of
-projecting every step (``input_projection``). ``predict`` equals torch's nn.Embedding
+a sequence has steps, the first layer projects the table and its recurrence reads each
+step's row of it by the token ids instead of a projection of every step
+(``input_projection``). ``predict`` equals torch's nn.Embedding
 followed by nn.LSTM, nn.GRU or nn.RNN within 1e-5 relative (float64 reference), on both sides
 of that rule, with a padding row, and for a second layer and direction; training keeps the
 product of every step, and its gradients still match torch's."""
@@ -83,28 +84,43 @@ def _graph_with_lookup(rows: int, steps) -> tuple[_core.Graph, int, int]:
 
 
 @pytest.mark.parametrize(
-    "rows,steps,inference,expected",
+    "rows,steps,inference,table",
     [
-        (9, 9, True, "gather"),  # as many rows as steps: the table's product
-        (10, 9, True, "matmul"),  # more rows than steps
-        (4, "seq", True, "matmul"),  # a symbolic length
-        (4, 9, False, "matmul"),  # training: the embedding's gradient stays a scatter of rows
+        (9, 9, True, True),  # as many rows as steps: the table's product and the ids
+        (10, 9, True, False),  # more rows than steps
+        (4, "seq", True, False),  # a symbolic length
+        (4, 9, False, False),  # training: the embedding's gradient stays a scatter of rows
     ],
 )
 def test_the_table_is_projected_only_when_it_is_no_longer_than_a_sequence(
-    rows, steps, inference, expected
+    rows, steps, inference, table
 ) -> None:
     g, x, weight = _graph_with_lookup(rows, steps)
-    projected = input_projection(g, x, weight, inference)
-    assert g.op_name(projected) == expected
-    assert g.shape(projected)[-1] == 16
+    operands = input_projection(g, x, weight, inference)
+    if table:
+        assert [g.shape(n) for n in operands] == [(rows, 16), (-1, steps)]
+        assert g.dtype(operands[1]) == "int32"
+    else:
+        assert len(operands) == 1 and g.shape(operands[0])[-1] == 16
 
 
 def test_a_plain_input_keeps_the_product_in_inference() -> None:
     g = _core.Graph()
     x = g.input("x", [-1, 9, EMBED])
-    projected = input_projection(g, x, g.variable("weight_ih", [16, EMBED]), True)
+    (projected,) = input_projection(g, x, g.variable("weight_ih", [16, EMBED]), True)
     assert g.op_name(projected) == "matmul"
+
+
+def test_an_id_outside_the_table_raises_naming_it() -> None:
+    config = Config("lstm", input_size=EMBED, hidden_size=8)
+    embedding, module = _torch_pair(config, 6, None)
+    model = _embedded_model(config, 6, None, embedding, module, STEPS)
+    ids = np.zeros((BATCH, STEPS), np.int32)
+    ids[1, 4] = 6
+    with pytest.raises(
+        ValueError, match=r"ids must lie in \[0, V\) with V = 6 .*got 6 at \(1, 4\)"
+    ):
+        model.predict(ids)
 
 
 def test_training_an_embedded_lstm_gives_torchs_gradients() -> None:

@@ -29,6 +29,15 @@ def _lengths(rng: np.random.Generator, shape) -> np.ndarray:
     return rng.integers(1, LENGTHS_T + 1, shape).astype(np.int32)
 
 
+def _ids(rows: int):
+    """Ids in [0, rows): rows of a recurrence's table of projected inputs."""
+
+    def draw(rng: np.random.Generator, shape) -> np.ndarray:
+        return rng.integers(0, rows, shape).astype(np.int32)
+
+    return draw
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -82,13 +91,22 @@ def _case(
     lean=False,
     bias=False,
     sequence_only=False,
+    table_rows=0,
 ):
     """recurrence over (xp, h0, [c0], w_hh, [w_hr], [b_hn], [bias], [lengths]), its output
     sliced to the columns a layer reads (h, and c for an LSTM; h alone with sequence_only):
-    the rest is saved for the backward pass. The reference adds the bias to xp."""
+    the rest is saved for the backward pass. The reference adds the bias to xp. With
+    table_rows, xp is a table of that many rows and int32 ids (N, T) pick each step's row."""
     out = proj or hidden
     steps = LENGTHS_T if with_lengths else SEQ
-    args = [Arg((BATCH, steps, GATES[cell] * hidden)), Arg((BATCH, out))]
+    if table_rows:
+        args = [
+            Arg((table_rows, GATES[cell] * hidden)),
+            Arg((BATCH, steps), _ids(table_rows), dtype="int32", grad=False),
+        ]
+    else:
+        args = [Arg((BATCH, steps, GATES[cell] * hidden))]
+    args.append(Arg((BATCH, out)))
     if cell == "lstm":
         args.append(Arg((BATCH, hidden)))
     args.append(Arg((GATES[cell] * hidden, out)))
@@ -110,6 +128,8 @@ def _case(
         return g.op("slice", [y], {"axis": 2, "start": 0, "end": read})
 
     def reference(*arrays):
+        if table_rows:
+            arrays = (arrays[0][arrays[1]], *arrays[2:])
         named = {"xp": arrays[0], "h0": arrays[1]}
         rest = list(arrays[2:])
         if cell == "lstm":
@@ -170,6 +190,20 @@ RECURRENCE_CASES = [
     ),
     _case("lstm", hidden=4, proj=2, lean=True, sequence_only=True, name="lstm-projected-seq-only"),
     _case("gru", lean=True, sequence_only=True, name="gru-sequence-only"),
+    # A table of projected rows picked by ids (an embedding's projection read in place); its
+    # gradient sums each step's into the row it picked.
+    _case("lstm", lean=True, bias=True, sequence_only=True, table_rows=3, name="lstm-table"),
+    _case(
+        "lstm",
+        hidden=4,
+        proj=2,
+        reverse=True,
+        with_lengths=True,
+        table_rows=5,
+        name="lstm-table-projected",
+    ),
+    _case("gru", reverse=True, lean=True, bias=True, table_rows=4, name="gru-table"),
+    _case("rnn_tanh", with_lengths=True, table_rows=2, name="rnn_tanh-table"),
 ]
 
 
@@ -371,6 +405,19 @@ ERROR_CASES = [
         (Arg((2, 3, 8)), Arg((2, 2)), Arg((2, 2)), Arg((8, 2))),
         {"cell": "lstm", "sequence_only": True},
         (r"sequence_only \(h alone out\) needs lean",),
+    ),
+    # A table of projected rows takes int32 ids (N, T) next, and has G*H columns.
+    ErrorCase(
+        "recurrence",
+        (Arg((5, 4)), Arg((2, 3)), Arg((2, 4)), Arg((4, 4))),
+        {"cell": "rnn_tanh"},
+        (r"ids", r"int32", r"float32"),
+    ),
+    ErrorCase(
+        "recurrence",
+        (Arg((5, 6)), Arg((2, 3), dtype="int32"), Arg((2, 4)), Arg((4, 4))),
+        {"cell": "rnn_tanh"},
+        (r"table must be \(V, 4\) \(V, G\*H\)", r"got \(5, 6\)"),
     ),
     ErrorCase("sequence_end", (Arg((2, 3)),), {}, (r"rank 3",)),
 ]

@@ -32,6 +32,16 @@ void check_lengths(const int32_t* lengths, int64_t n, int64_t t, const char* op)
                                   std::to_string(i));
 }
 
+// Every id picks a row of the table: [0, rows).
+void check_ids(const int32_t* ids, int64_t n, int64_t t, int64_t rows) {
+  if (ids == nullptr) return;
+  for (int64_t i = 0; i < n * t; ++i)
+    if (ids[i] < 0 || ids[i] >= rows)
+      throw std::invalid_argument("[recurrence] ids must lie in [0, V) with V = " + std::to_string(rows) +
+                                  " (the table's rows), got " + std::to_string(ids[i]) + " at (" +
+                                  std::to_string(i / t) + ", " + std::to_string(i % t) + ")");
+}
+
 // Runs body(row) for rows [0, n) on the pool, one block of rows per thread: rows cost about
 // the same, and every further task is one more claim on the pool's shared counter, each
 // step (2-thread recurrences 2% faster than with 8 tasks per thread).
@@ -54,8 +64,9 @@ struct RecurrenceKernel final : Kernel {
   RecurrentLayout l;
   int64_t batch = 0, steps = 0;
   int64_t g_width = 0;  // recurrence_grad: the output gradient's columns (all, or h's alone)
+  int64_t table_rows = 0;  // with ids: seq is a table of projected rows that ids pick
   bool reverse = false, gradient = false;
-  BufRef seq, y, h0, c0, w_hh, w_hr, b_hn, bias, lengths, out;
+  BufRef seq, y, h0, c0, w_hh, w_hr, b_hn, bias, lengths, ids, out;
 
   // Zeros stand in for a bias the op lacks and for a cell state's absent output gradient:
   // one code path for both.
@@ -107,6 +118,8 @@ struct RecurrenceKernel final : Kernel {
     std::memcpy(h, ctx.ptr(h0), sizeof(float) * n_ * P);
     if (l.cell == Cell::Lstm) std::memcpy(c, ctx.ptr(c0), sizeof(float) * n_ * H);
     const float* xp = ctx.ptr(seq);
+    const int32_t* row_ids = ids.region == Region::None ? nullptr : ctx.iptr(ids);
+    check_ids(row_ids, n_, steps, table_rows);
     const float* bhn = l.cell == Cell::Gru ? ctx.ptr(b_hn) : nullptr;
     float* ys = ctx.ptr(out);
     // An LSTM's training form keeps its gates in y: the product lands there and the gate
@@ -125,7 +138,7 @@ struct RecurrenceKernel final : Kernel {
           if (l.projected) std::memset(hraw + n * H, 0, sizeof(float) * H);
           return;
         }
-        const float* x = xp + (n * steps + t) * GH;
+        const float* x = xp + (row_ids == nullptr ? n * steps + t : row_ids[n * steps + t]) * GH;
         float* hr = h + n * P;
         float* ar = gates_in_y ? yr + l.gates_col() : a + n * GH;
         switch (l.cell) {
@@ -345,10 +358,11 @@ std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const Memo
       k->l.projected = at.w_hr >= 0;
       k->l.lean = n.attrs.lean;
       k->l.sequence_only = n.attrs.sequence_only;
-      const Shape& seq = shapes[n.inputs[0]];
+      const Shape& seq = shapes[n.inputs[at.ids >= 0 ? at.ids : 0]];  // (N, T, ...): the ids of a table
       k->batch = seq[0];
       k->steps = seq[1];
-      k->g_width = seq[2];
+      if (at.ids >= 0) k->table_rows = shapes[n.inputs[0]][0];
+      else k->g_width = seq[2];
       check_state_rows(shapes[n.inputs[at.h0]][0], k->batch, op_name(n.op));
       k->seq = mem.ref[n.inputs[0]];
       if (k->gradient) k->y = mem.ref[n.inputs[1]];
@@ -359,6 +373,7 @@ std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const Memo
       k->b_hn = optional(mem, n, at.b_hn);
       k->bias = optional(mem, n, at.bias);
       k->lengths = optional(mem, n, at.lengths);
+      k->ids = optional(mem, n, at.ids);
       k->out = mem.ref[id];
       return k;
     }

@@ -1,6 +1,7 @@
 // Recurrent layers' ops: the whole time loop of one layer and direction as one op, as cuDNN's
 // RNN does (the engine runs it in one kernel call per batch, whatever the sequence length).
 //   recurrence(xp, h0, [c0], w_hh, [w_hr], [b_hn], [bias], [lengths])   (N, T, W) packed outputs
+//   recurrence(table, ids, h0, ...)  the same with xp's rows picked from a table by ids
 //   recurrence_grad(g, y, h0, [c0], w_hh, [w_hr], [lengths])    backpropagation through time
 //                                    (g: the gradient of all of y's columns, or of h's alone)
 //   sequence_end(x, [lengths])       (N, W): the step a recurrence ends at (t = length - 1, or 0
@@ -34,6 +35,7 @@ RecurrentOperands recurrent_operands(Cell cell, const std::vector<size_t>& ranks
   size_t at = gradient ? 2 : 0;
   // (g, y) or xp, then h0, an LSTM's c0, w_hh; then the optional ones, told apart by rank
   if (!gradient) r.xp = static_cast<int>(at++);
+  if (!gradient && ranks[0] == 2 && given > 1) r.ids = static_cast<int>(at++);
   r.h0 = static_cast<int>(at++);
   if (lstm) r.c0 = static_cast<int>(at++);
   r.w_hh = static_cast<int>(at++);
@@ -46,7 +48,7 @@ RecurrentOperands recurrent_operands(Cell cell, const std::vector<size_t>& ranks
                                                           : gru ? "w_hh, b_hn, [bias]"
                                                                 : "w_hh, [bias]");
     ops::fail(op, "expects " + form + " and optionally int32 lengths last, got " + std::to_string(ranks.size()) +
-                      " inputs");
+                      " inputs" + (gradient ? "" : " (a table (V, G*H) and int32 ids (N, T) may stand for xp)"));
   }
   if (has_lengths) r.lengths = static_cast<int>(at);
   return r;
@@ -110,15 +112,28 @@ Parsed parse(const Node& n, const std::vector<Node>& nodes, bool gradient) {
   }
   const Node& seq = input(n, nodes, 0);
   require_dtype(n, seq, DType::F32, gradient ? "the output gradient" : "xp");
-  if (seq.shape.size() != 3) fail(name_of(n), "expects a sequence (N, T, C), got " + shape_str(seq.shape));
-  p.n = seq.shape[0];
-  p.t = seq.shape[1];
+  if (p.at.ids >= 0) {
+    // A table of projected rows (V, G*H) and the ids (N, T) that pick them, checked when run.
+    const Node& ids = input(n, nodes, p.at.ids);
+    require_dtype(n, ids, DType::I32, "ids");
+    if (ids.shape.size() != 2) fail(name_of(n), "ids must be (N, T), got " + shape_str(ids.shape));
+    if (is_symbol(seq.shape[0]) || seq.shape[1] != l.gate_width())
+      fail(name_of(n), "table must be (V, " + std::to_string(l.gate_width()) + ") (V, G*H) with a known V, got " +
+                           shape_str(seq.shape));
+    p.n = ids.shape[0];
+    p.t = ids.shape[1];
+  } else if (seq.shape.size() != 3) {
+    fail(name_of(n), "expects a sequence (N, T, C), got " + shape_str(seq.shape));
+  } else {
+    p.n = seq.shape[0];
+    p.t = seq.shape[1];
+  }
   if (gradient) {
     // The gradient of every column, or of h's alone (the others' are zero).
     const bool h_only = seq.shape.size() == 3 && seq.shape[2] == l.out;
     require_shape(n, seq, {p.n, p.t, h_only ? l.out : l.width()}, "the output gradient");
     require_shape(n, input(n, nodes, 1), {p.n, p.t, l.width()}, "y");
-  } else {
+  } else if (p.at.ids < 0) {
     require_shape(n, seq, {p.n, p.t, l.gate_width()}, "xp (N, T, G*H)");
   }
   require_state(n, input(n, nodes, p.at.h0), p.n, l.out, "h0 (N, H_out)");
@@ -195,6 +210,13 @@ int sequence_end(Graph& gr, int x, int lengths, bool reverse) {
 // sum over n and t of a[n, t]^T b[n, t]: (A, B) from a (N, T, A) and b (N, T, B).
 int product_over_steps(Graph& gr, int a, int b) { return gr.sum(gr.matmul(a, b, true, false), {0}); }
 
+// The rows' gradients (N, T, C) summed into a table of `rows` rows at their ids (N, T).
+int scatter_rows(Graph& gr, int grads, int ids, int64_t rows) {
+  Attrs at;
+  at.depth = rows;
+  return gr.op(OpKind::ScatterAdd, {grads, ids}, at);
+}
+
 void vjp_recurrence(Graph& gr, int y, int g, std::vector<int>& dx) {
   const View v = view(gr, y);
   Parsed p = parse(gr.node(y), gr.nodes(), false);
@@ -229,9 +251,11 @@ void vjp_recurrence(Graph& gr, int y, int g, std::vector<int>& dx) {
   same.reverse = v.attrs.reverse;
   const int grads = gr.op(OpKind::RecurrenceGrad, in, same);
   const int64_t h = l.hidden;
-  dx[at.xp] = columns(gr, grads, 0, l.gate_width());
-  if (at.bias >= 0) dx[at.bias] = gr.sum(dx[at.xp], {0, 1});
-  int d_hidden_side = dx[at.xp];  // the gradient of the pre-activations w_hh multiplies into
+  const int d_xp = columns(gr, grads, 0, l.gate_width());
+  // A table's rows take the gradients of the steps that picked them (the ids take none).
+  dx[at.xp] = at.ids < 0 ? d_xp : scatter_rows(gr, d_xp, v.in[at.ids], shape_of(gr, v.in[at.xp])[0]);
+  if (at.bias >= 0) dx[at.bias] = gr.sum(d_xp, {0, 1});
+  int d_hidden_side = d_xp;  // the gradient of the pre-activations w_hh multiplies into
   if (l.cell == Cell::Gru) {
     const int dhn = columns(gr, grads, l.dhn_col(), h);
     Attrs last;

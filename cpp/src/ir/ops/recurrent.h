@@ -6,6 +6,8 @@
 //   w_hh (G*H, P), w_hr (P, H) (LSTM with a projection, P < H), b_hn (H,) (GRU),
 //   bias (G*H,) (optional: added to xp on every step, so that no pass over xp adds it; a
 //   GRU's b_hn stays apart), lengths int32 (N,) (optional, always last).
+// recurrence(table, ids, h0, ...) takes the input projection as rows of a table (V, G*H)
+// picked by int32 ids (N, T) instead: an embedding lookup's projection, read in place.
 // Its output (N, T, W) packs per step what the layer reads and what the backward pass needs
 // (with `lean`, for inference, only what the layer reads: h, and an LSTM's c; with
 // `sequence_only` too, h alone, for a layer whose caller reads no cell state); every column
@@ -68,9 +70,11 @@ struct RecurrentLayout {
 // operands start at 0; recurrence_grad's at 2, after (g, y), and it takes no xp or b_hn.
 struct RecurrentOperands {
   int xp = -1, h0 = -1, c0 = -1, w_hh = -1, w_hr = -1, b_hn = -1, bias = -1, lengths = -1;
+  int ids = -1;  // xp is a table (V, G*H) whose rows these int32 (N, T) ids pick
 };
 
-// Reads the operand positions from the inputs' ranks (w_hr is a matrix, bias a vector);
+// Reads the operand positions from the inputs' ranks (w_hr is a matrix, bias a vector, a
+// table of projected rows a matrix where xp is a sequence);
 // throws std::invalid_argument naming `op` and the operands it takes when they fit none.
 RecurrentOperands recurrent_operands(Cell cell, const std::vector<size_t>& ranks, bool has_lengths, bool gradient,
                                      std::string_view op);

@@ -2,8 +2,9 @@
 (``nn.RNN``), ``LSTM`` (``nn.LSTM``, with ``proj_size``) and ``GRU`` (``nn.GRU``). A torch
 ``state_dict`` loads one to one through ``layer.set_weights``.
 
-Each layer and direction is one input projection of every step at once (a matmul) and one
-``recurrence`` op that runs the time loop inside the compiled step; final states come from
+Each layer and direction is one input projection of every step at once (a matmul; in
+inference a short embedding table's projection, whose rows the recurrence reads by token id)
+and one ``recurrence`` op that runs the time loop inside the compiled step; final states come from
 ``sequence_end``. Tensors are batch-first: states are ``(N, D*num_layers, H_out)``, torch's
 ``h_n.transpose(0, 1)`` (the batch leads every gometal tensor: ``predict`` and training cut
 batches along axis 0).
@@ -428,7 +429,7 @@ class _Recurrent(Layer):
             bias = op(g, "add", b_ih, b_hh)
         if self.gates == 3 and b_hn is None:
             b_hn = g.constant(np.zeros(hidden, dtype=np.float32))
-        operands = [projected, h0]
+        operands = [*projected, h0]
         if self._has_cell_state():
             operands.append(c0)
         operands.append(ctx.variable(f"weight_hh{suffix}"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...graph.composites import const, gather, matmul, op
+from ...graph.composites import const, matmul, op
 
 
 def join(g: Any, parts: list[int], axis: int) -> int:
@@ -122,15 +122,17 @@ def final_states(g: Any, ends: list[int], batch_size: int | None) -> int:
     return join(g, rows, 1)
 
 
-def input_projection(g: Any, x: int, weight_ih: int, inference: bool) -> int:
-    """The input projection ``x @ weight_ih^T`` of every step, ``(N, T, G*H)``.
+def input_projection(g: Any, x: int, weight_ih: int, inference: bool) -> list[int]:
+    """The recurrence's first operands: the input projection ``x @ weight_ih^T`` of every
+    step, ``[(N, T, G*H)]``.
 
-    In inference, when ``x`` is an embedding lookup (a ``gather`` of table rows) whose table
-    has no more rows than one sequence has steps, the table is projected instead and its
-    rows gathered: the same values from a product ``T / rows`` times smaller per sequence,
-    and no pass over the embedded sequence (a character model's 65 rows against 256 steps).
-    A longer table, or an unknown sequence length (a generator feeding a step at a time),
-    keeps the product of every step.
+    In inference, when ``x`` is an embedding lookup (a ``gather`` of table rows by int32
+    ids) whose table has no more rows than one sequence has steps, the table is projected
+    instead, ``[(V, G*H), ids (N, T)]``, and the recurrence reads each step's row of it in
+    place: a product ``T / V`` times smaller per sequence, and no projected sequence written
+    out and read back (a character model's 65 rows against 256 steps). A longer table, or
+    an unknown sequence length (a generator feeding a step at a time), keeps the product of
+    every step.
 
     Args:
         g: the graph.
@@ -139,14 +141,14 @@ def input_projection(g: Any, x: int, weight_ih: int, inference: bool) -> int:
         inference: the plan computes no gradient (the lookup's table takes none through this).
 
     Returns:
-        The projection's node.
+        The operand nodes that stand for the projection.
 
     Example:
-        >>> projected = input_projection(g, x, w_ih, inference=True)  # doctest: +SKIP
+        >>> operands = input_projection(g, x, w_ih, inference=True)  # doctest: +SKIP
     """
     if inference and g.op_name(x) == "gather":
         table, ids = g.inputs_of(x)
         steps = g.shape(ids)[-1] if len(g.shape(ids)) == 2 else -1
         if len(g.shape(table)) == 2 and 0 < g.shape(table)[0] <= steps:
-            return gather(g, matmul(g, table, weight_ih, transpose_b=True), ids)
-    return matmul(g, x, weight_ih, transpose_b=True)
+            return [matmul(g, table, weight_ih, transpose_b=True), ids]
+    return [matmul(g, x, weight_ih, transpose_b=True)]
