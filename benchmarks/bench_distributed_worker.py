@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from _frameworks import make_setup, torch_model
-from _timing import _cpu_seconds, warm_up
+from _timing import _cpu_seconds
 from _workload import (
     GPT_EMBD,
     GPT_HEADS,
@@ -103,6 +103,24 @@ def torch_ddp_job(workload: str, threads: int, rank: int, size: int):
     return step, dist.barrier, total
 
 
+def agreed_warm_up(step, total, rank: int, warmup_s: float, warmup_steps: int) -> int:
+    """Runs the same number of warm-up steps on every rank: ``warmup_steps``, then as many
+    as rank 0 estimates fill ``warmup_s``. Ranks that each stopped by their own clock could
+    stop one step apart, and the rank that took one more step waited forever in its
+    collectives while the others sat in the next barrier. Returns the steps run."""
+    start = time.perf_counter()
+    for _ in range(warmup_steps):
+        step()
+    elapsed = time.perf_counter() - start
+    more = 0
+    if rank == 0 and elapsed < warmup_s:
+        more = int((warmup_s - elapsed) / (elapsed / warmup_steps)) + 1
+    more = round(total(float(more)))
+    for _ in range(more):
+        step()
+    return warmup_steps + more
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("framework", choices=["gometal", "torch-ddp"])
@@ -115,7 +133,7 @@ def main() -> None:
     rank, size = mpi_rank_and_size()
     job = gometal_job if args.framework == "gometal" else torch_ddp_job
     step, barrier, total = job(args.workload, args.threads, rank, size)
-    warm_up(step, args.warmup_s, 3)
+    agreed_warm_up(step, total, rank, args.warmup_s, 3)
     barrier()
     start = time.perf_counter()
     for _ in range(3):
