@@ -133,3 +133,37 @@ def test_a_cnn_predicts_one_image_as_torch_on_two_threads(restore_threads):
     with torch.no_grad():
         expected = net(torch.from_numpy(x).double()).numpy()
     np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_fused_max_pooling_propagates_nan_as_torch(path, monkeypatch, restore_threads):
+    # Pooled rows 20 wide: whole vectors of 16 or 8 windows and a tail of 4, a NaN in each.
+    # Inputs with NaN are refused, so the graph makes them: the log of a negative pixel.
+    monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
+    attrs = conv_attrs((1, 1), (1, 1), (1, 1), 1)
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
+    x = (np.abs(rng.standard_normal((1, 3, 40, 40))) + 0.5).astype(np.float32)
+    x[0, 0, 5, 3] = -1.0  # a vector's first windows
+    x[0, 1, 20, 37] = -1.0  # the tail's
+    x[0, 2, 39, 20] = -1.0  # the last row, mid-plane
+    with np.errstate(invalid="ignore"):
+        logs = np.log(x.astype(np.float64))
+    expected = F.max_pool2d(torch.from_numpy(torch_conv2d(logs, w, attrs)), 2).numpy()
+    assert np.isnan(expected).any() and not np.isnan(expected).all()
+    g = _core.Graph()
+    xi = g.input("x", (-1, 3, 40, 40), "float32")
+    y = g.op("conv2d", [g.op("log", [xi]), g.variable("w", w.shape)], attrs)
+    y = g.op("max_pool2d", [y], {"kernel_size": [2, 2]})
+    for threads in THREADS:
+        gm.set_num_threads(threads)
+        engine = _core.Engine(g, seed=0)
+        engine.define("f", inputs=[xi], outputs=[y], effects=[])
+        engine.set_variable("w", w)
+        got = engine.run("f", [x])[0]
+        np.testing.assert_array_equal(
+            np.isnan(got), np.isnan(expected), err_msg=f"{threads} threads"
+        )
+        np.testing.assert_allclose(
+            got, expected, rtol=1e-5, atol=1e-4, err_msg=f"{threads} threads"
+        )

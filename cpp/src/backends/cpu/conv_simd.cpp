@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace gometal {
@@ -175,17 +176,79 @@ constexpr int64_t kBandRows = 6;
 // max pooling (and pool.cpp) propagate NaN.
 inline float pool_max(float best, float v) { return v > best || v != v ? v : best; }
 
-// out[o][pr][px] = max of band[o][2pr..2pr+1][2px..2px+1] for a band of `rows` (even) rows.
-void pool_band(const float* band, int64_t channels, int64_t rows, int64_t width, float* out, int64_t out_plane,
-               int64_t out_w) {
+// pool_max on every lane.
+template <class Vec>
+GOMETAL_SIMD_INLINE Vec pool_max(Vec best, Vec v) {
+  return (v > best) | (v != v) ? v : best;
+}
+
+// The even and the odd lanes of the 2L floats (a, b), each in order.
+template <class Vec, int L>
+GOMETAL_SIMD_INLINE void deinterleave(Vec a, Vec b, Vec* even, Vec* odd) {
+  using Index = std::conditional_t<L == 16, int32_t __attribute__((vector_size(64))),
+                                   int32_t __attribute__((vector_size(32)))>;
+  Index even_index, odd_index;
+  for (int i = 0; i < L; ++i) {
+    even_index[i] = 2 * i;
+    odd_index[i] = 2 * i + 1;
+  }
+  *even = __builtin_shuffle(a, b, even_index);
+  *odd = __builtin_shuffle(a, b, odd_index);
+}
+
+// out[o][pr][px] = max of band[o][2pr..2pr+1][2px..2px+1] for a band of `rows` (even) rows,
+// L outputs at a time from two vector rows: the scalar loop with its stride-2 reads cost as
+// much as the convolution of a 3-channel layer. Any NaN in a window gives NaN, whatever the
+// order of the maxima, as torch's max pooling (and pool.cpp) propagate NaN.
+template <class Vec, int L>
+GOMETAL_SIMD_INLINE void pool_band(const float* band, int64_t channels, int64_t rows, int64_t width, float* out,
+                                   int64_t out_plane, int64_t out_w) {
   for (int64_t o = 0; o < channels; ++o)
     for (int64_t pr = 0; pr < rows / 2; ++pr) {
       const float* r0 = band + (o * rows + 2 * pr) * width;
       const float* r1 = r0 + width;
       float* dst = out + o * out_plane + pr * out_w;
-      for (int64_t px = 0; px < out_w; ++px)
+      int64_t px = 0;
+      for (; px + L <= out_w; px += L) {
+        const Vec top_a = load<Vec>(r0 + 2 * px), top_b = load<Vec>(r0 + 2 * px + L);
+        const Vec bottom_a = load<Vec>(r1 + 2 * px), bottom_b = load<Vec>(r1 + 2 * px + L);
+        Vec even, odd;
+        deinterleave<Vec, L>(pool_max(top_a, bottom_a), pool_max(top_b, bottom_b), &even, &odd);
+        const Vec v = pool_max(even, odd);
+        __builtin_memcpy(dst + px, &v, sizeof v);
+      }
+      for (; px < out_w; ++px)
         dst[px] = pool_max(pool_max(pool_max(r0[2 * px], r0[2 * px + 1]), r1[2 * px]), r1[2 * px + 1]);
     }
+}
+
+void pool_band_portable(const float* band, int64_t channels, int64_t rows, int64_t width, float* out,
+                        int64_t out_plane, int64_t out_w) {
+  pool_band<Vec8f, 8>(band, channels, rows, width, out, out_plane, out_w);
+}
+
+#ifdef GOMETAL_SIMD_X86
+__attribute__((target("avx2,fma"))) void pool_band_avx2(const float* band, int64_t channels, int64_t rows,
+                                                         int64_t width, float* out, int64_t out_plane,
+                                                         int64_t out_w) {
+  pool_band<Vec8f, 8>(band, channels, rows, width, out, out_plane, out_w);
+}
+__attribute__((target("avx512f,avx2,fma"))) void pool_band_avx512(const float* band, int64_t channels,
+                                                                  int64_t rows, int64_t width, float* out,
+                                                                  int64_t out_plane, int64_t out_w) {
+  pool_band<Vec16f, 16>(band, channels, rows, width, out, out_plane, out_w);
+}
+#endif
+
+void pool_band(ConvPath path, const float* band, int64_t channels, int64_t rows, int64_t width, float* out,
+               int64_t out_plane, int64_t out_w) {
+  switch (path) {
+#ifdef GOMETAL_SIMD_X86
+    case ConvPath::Avx512: return pool_band_avx512(band, channels, rows, width, out, out_plane, out_w);
+    case ConvPath::Avx2: return pool_band_avx2(band, channels, rows, width, out, out_plane, out_w);
+#endif
+    default: return pool_band_portable(band, channels, rows, width, out, out_plane, out_w);
+  }
 }
 
 // Output rows [row_begin, row_end) of a group's channels: written to a.y, or with `pooled`
@@ -208,7 +271,7 @@ void forward_rows(ConvPath path, const GroupArgs& a, int64_t row_begin, int64_t 
     b.y = band;
     b.plane = b.oh * a.ow;
     forward_group(path, b);
-    pool_band(band, a.out_channels, b.oh, a.ow, pooled + r0 / 2 * pooled_w, pooled_plane, pooled_w);
+    pool_band(path, band, a.out_channels, b.oh, a.ow, pooled + r0 / 2 * pooled_w, pooled_plane, pooled_w);
   }
 }
 
