@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..nn.inference import inference_batch_size
 from .data import as_batches, is_array_pair, is_batch_source, unpack_batch
-from .evaluation_sums import EvaluationSums, exact_shard, pooled_over_ranks, pools_over_ranks
+from .evaluation_sums import (
+    EvaluationSums,
+    exact_shard,
+    gather_from_ranks,
+    pooled_over_ranks,
+    pools_over_ranks,
+)
 
 if TYPE_CHECKING:
     from .session import TrainingSession
@@ -145,8 +151,10 @@ def run_evaluation(
     With a distributed trainer, a loader sharded by rank (``shard_count`` above 1, as
     ``ArrayLoader``, ``gm.vision.DataLoader`` and the token loaders are) is read without
     its training padding (``iterate(pad_shards=False)``) and the ranks' sums are pooled
-    (``evaluation_sums``): every rank returns what one process gets on the whole set, and
-    every rank must evaluate (the pooling is collective). Another loader is taken as this
+    (``evaluation_sums``); metrics with ``state()`` and ``merge_state()`` update batch by
+    batch and merge the ranks' states, others are fed every rank's outputs: every rank
+    returns what one process gets on the whole set, and every rank must evaluate (the
+    pooling is collective). Another loader is taken as this
     rank's own data, its results not pooled.
 
     Args:
@@ -174,9 +182,11 @@ def run_evaluation(
     flat = [m for listed in by_output.values() for m in listed] if by_output else list(metrics)
     for metric in flat:
         metric.reset()
-    # A sharded loader yields this rank's part: its sums pool over the ranks, and the
-    # metrics are fed every rank's outputs afterwards.
+    # A sharded loader yields this rank's part: its sums pool over the ranks. Metrics with
+    # a mergeable state update as batches arrive and merge the ranks' states; the others
+    # are fed every rank's outputs afterwards.
     pooled = pools_over_ranks(trainer, batches)
+    keeps_outputs = pooled and not all(_has_state(m) for m in flat)
     sums = EvaluationSums()
     for item in exact_shard(batches) if pooled else batches:
         x, y, weights = unpack_batch(item, name)
@@ -190,13 +200,13 @@ def run_evaluation(
         inputs = [(output, e.labels, e.outputs) for output, e in batch.per_output.items()]
         if not by_output:
             inputs = [(None, batch.labels, batch.outputs)]
-        if pooled:
+        if keeps_outputs:
             sums.metric_inputs.extend(inputs)
-        else:
-            _update_metrics(by_output, flat, inputs)
+        _update_metrics(by_output, flat, inputs, lambda m: not pooled or _has_state(m))
     if pooled:
         sums = pooled_over_ranks(sums)
-        _update_metrics(by_output, flat, sums.metric_inputs)
+        _update_metrics(by_output, flat, sums.metric_inputs, lambda m: not _has_state(m))
+        _merge_ranks_states([m for m in flat if _has_state(m)])
     if sums.totals is None:
         raise ValueError(f"{name} holds no samples: its loader yielded no batch")
     results: dict[str, Any] = {"loss": sums.loss_sum / sums.seen, "accuracy": sums.totals.value}
@@ -211,13 +221,37 @@ def run_evaluation(
     return results
 
 
+def _has_state(metric: Any) -> bool:
+    """Whether ``metric`` can hand over and merge its accumulated state."""
+    return callable(getattr(metric, "state", None)) and callable(
+        getattr(metric, "merge_state", None)
+    )
+
+
 def _update_metrics(
-    by_output: Mapping[str, list[Any]], flat: list[Any], inputs: Iterable[tuple[Any, Any, Any]]
+    by_output: Mapping[str, list[Any]],
+    flat: list[Any],
+    inputs: Iterable[tuple[Any, Any, Any]],
+    chosen: Callable[[Any], bool],
 ) -> None:
-    """Feeds ``(output or None, labels, outputs)`` batches to their metrics."""
+    """Feeds ``(output or None, labels, outputs)`` batches to their ``chosen`` metrics."""
     for output, labels, outputs in inputs:
         for metric in by_output.get(output, ()) if output is not None else flat:
-            metric.update(labels, outputs)
+            if chosen(metric):
+                metric.update(labels, outputs)
+
+
+def _merge_ranks_states(metrics: list[Any]) -> None:
+    """Replaces each metric's state by every rank's merged in rank order, so that every
+    rank ends with the same state, built alike."""
+    if not metrics:
+        return
+    ranks_states = gather_from_ranks([metric.state() for metric in metrics])
+    for metric in metrics:
+        metric.reset()
+    for states in ranks_states:
+        for metric, state in zip(metrics, states, strict=True):
+            metric.merge_state(state)
 
 
 def evaluate(

@@ -3,9 +3,9 @@
 Each rank of a job evaluates its own shard (``ArrayLoader``'s exact shards read every
 sample once). Pooling sums the ranks' sums and counts, never their averages, so the
 loss and accuracy are those of one process over the whole set, however unevenly the
-samples fell; the metrics are fed every rank's labels and outputs, in rank order, so any
-streaming metric (including a user's, or an AUC that ranks every score) gives the
-whole set's value. Every rank pools the same bytes in the same order and so gets the
+samples fell; the metrics merge every rank's state (``state()``/``merge_state()``), or,
+for a metric without one (a user's), are fed every rank's labels and outputs, in rank
+order, so any streaming metric gives the whole set's value. Every rank pools the same bytes in the same order and so gets the
 same numbers, bit for bit.
 """
 

@@ -6,6 +6,10 @@ probability, or regression predictions), then ``result()``. The result equals th
 one-shot function of the same name on all the batches concatenated: the classification
 metrics keep a confusion matrix (counts, not samples), the regression metrics keep
 per-output sums, and only the AUC metrics, which rank every score, keep the scores.
+
+``state()`` returns what a metric has accumulated as a dict of plain NumPy arrays and
+ints, and ``merge_state(state)`` adds such a dict from another metric of the same kind:
+the evaluation of a distributed job merges its ranks' states instead of their samples.
 """
 
 from __future__ import annotations
@@ -36,59 +40,11 @@ from .classification import (
     top_k_hits,
     warn_trivial_k,
 )
+from .metric_base import Metric, checked_state, tagged_state
 from .ranking import average_precision, check_binary_pos_label, roc_auc
 from .regression import RegressionSums, check_multioutput, regression_from_sums
 
-
-class Metric:
-    """Base class of the streaming metrics.
-
-    Subclasses implement ``update``, ``result`` and ``reset``; ``name`` is the key the
-    trainer records the result under.
-
-    Attributes:
-        name: the metric's name (for example ``"precision_macro"``).
-
-    Example:
-        >>> metric = gm.metrics.Accuracy()  # doctest: +SKIP
-        >>> for x, y in batches:  # doctest: +SKIP
-        ...     metric.update(y, trainer.predict_proba(x))
-        >>> metric.result()  # doctest: +SKIP
-        0.93
-    """
-
-    name: str = "metric"
-
-    def __init__(self, name: str | None = None) -> None:
-        if name is not None:
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"name must be a non-empty string; got {name!r}")
-            self.name = name
-        self.reset()
-
-    def update(self, y_true: ArrayLike, y_pred: ArrayLike) -> None:
-        """Adds one batch.
-
-        Args:
-            y_true: the batch's true labels or targets.
-            y_pred: the batch's probabilities (classification) or predictions (regression).
-        """
-        raise NotImplementedError
-
-    def result(self) -> float | np.ndarray:
-        """The metric over every batch since the last ``reset``.
-
-        Returns:
-            A float (an array for the confusion matrix and for per-class averages).
-        """
-        raise NotImplementedError
-
-    def reset(self) -> None:
-        """Forgets every batch."""
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r})"
+_REGRESSION_FIELDS = ("abs_error", "sq_error", "mean_true", "sq_dev_true", "abs_true")
 
 
 class _ConfusionMetric(Metric):
@@ -107,26 +63,65 @@ class _ConfusionMetric(Metric):
 
     def update(self, y_true: ArrayLike, y_pred: ArrayLike) -> None:
         batch = classification_batch(y_true, y_pred, self.threshold, self.num_classes)
-        counts = count_confusion(batch)
+        self._add_counts(count_confusion(batch), batch.fixed, "this batch")
+
+    def state(self) -> dict[str, Any]:
+        """The accumulated counts: ``counts`` ``(K, K)`` int64 (``(0, 0)`` before any
+        batch) and ``fixed``, 1 when ``K`` is the model's class count, not the largest
+        class seen (as ``update`` grows the matrix).
+
+        Example:
+            >>> metric = Accuracy()
+            >>> metric.update([0, 1], [[0.9, 0.1], [0.8, 0.2]])
+            >>> metric.state()["counts"].tolist()
+            [[1, 0], [1, 0]]
+        """
+        counts = np.zeros((0, 0), np.int64) if self._counts is None else self._counts.copy()
+        return tagged_state(self, self._state_settings(), counts=counts, fixed=int(self._fixed))
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        """Adds another metric's ``state()``, as if its batches had been updated here.
+
+        Raises:
+            TypeError, ValueError: not the state of this class with the same threshold,
+                or counts that are not a square matrix of non-negative integers, or that
+                cover other classes than the model's.
+        """
+        state = checked_state(self, state, self._state_settings(), ("counts", "fixed"))
+        counts = np.asarray(state["counts"])
+        if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.dtype.kind not in "iu":
+            raise ValueError(
+                f"{self.name}.merge_state: counts must be a square integer matrix; got "
+                f"{counts.dtype} of shape {counts.shape}"
+            )
+        if counts.size and counts.min() < 0:
+            raise ValueError(f"{self.name}.merge_state: counts must be >= 0")
+        if counts.size:
+            self._add_counts(counts.astype(np.int64), bool(state["fixed"]), "this state")
+
+    def _add_counts(self, counts: np.ndarray, fixed: bool, source: str) -> None:
+        """Adds a confusion matrix, growing the total to the larger of the two sizes."""
         if self._counts is None:
-            self._counts, self._fixed = counts, batch.fixed
+            self._counts, self._fixed = counts.copy(), fixed
             return
-        size = len(self._counts)
-        if self._fixed and (batch.fixed and batch.num_classes != size or batch.num_classes > size):
+        size, classes = len(self._counts), len(counts)
+        if self._fixed and (fixed and classes != size or classes > size):
             raise ValueError(
-                f"{self.name}: this batch covers {batch.num_classes} classes but earlier "
-                f"batches had {size}"
+                f"{self.name}: {source} covers {classes} classes but earlier batches had {size}"
             )
-        if batch.fixed and not self._fixed and size > batch.num_classes:
+        if fixed and not self._fixed and size > classes:
             raise ValueError(
-                f"{self.name}: earlier batches hold class {size - 1}, outside this batch's "
-                f"{batch.num_classes} classes"
+                f"{self.name}: earlier batches hold class {size - 1}, outside {source}'s "
+                f"{classes} classes"
             )
-        grown = max(size, batch.num_classes)
+        grown = max(size, classes)
         total = np.zeros((grown, grown), dtype=np.int64)
         total[:size, :size] += self._counts
-        total[: len(counts), : len(counts)] += counts
-        self._counts, self._fixed = total, self._fixed or batch.fixed
+        total[:classes, :classes] += counts
+        self._counts, self._fixed = total, self._fixed or fixed
+
+    def _state_settings(self) -> tuple:
+        return (self.threshold, self.num_classes)
 
     def _accumulated(self) -> np.ndarray:
         total = 0 if self._counts is None else int(self._counts.sum())
@@ -326,6 +321,35 @@ class TopKAccuracy(Metric):
         require_samples(self._count, f"{self.name}.result() (call update() first)")
         return self._hits / self._count
 
+    def state(self) -> dict[str, Any]:
+        """The two counts: ``hits`` and ``count`` (ints)."""
+        return tagged_state(self, self._state_settings(), hits=self._hits, count=self._count)
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        """Adds another ``TopKAccuracy``'s ``state()`` (same ``k`` and threshold).
+
+        Raises:
+            TypeError, ValueError: another metric's state, or counts that are not
+                integers with ``0 <= hits <= count``.
+        """
+        state = checked_state(self, state, self._state_settings(), ("hits", "count"))
+        hits, count = state["hits"], state["count"]
+        if (
+            not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (hits, count)
+            )
+            or not 0 <= hits <= count
+        ):
+            raise ValueError(
+                f"{self.name}.merge_state: hits and count must be integers with "
+                f"0 <= hits <= count; got hits={hits!r}, count={count!r}"
+            )
+        self._hits += int(hits)
+        self._count += int(count)
+
+    def _state_settings(self) -> tuple:
+        return (self.k, self.threshold)
+
 
 def _score_columns(scores: np.ndarray) -> str:
     return "1 score column" if scores.ndim == 1 else f"{scores.shape[1]} score columns"
@@ -361,6 +385,32 @@ class _ScoreMetric(Metric):
             )
         self._labels.append(labels)
         self._scores.append(scores)
+
+    def state(self) -> dict[str, Any]:
+        """Every label and score so far: ``labels`` int64 ``(N,)`` and ``scores`` float64
+        ``(N,)`` or ``(N, C)`` (ranking needs them all)."""
+        if not self._labels:
+            return tagged_state(self, (), labels=np.zeros(0, np.int64), scores=np.zeros(0))
+        return tagged_state(
+            self, (), labels=np.concatenate(self._labels), scores=np.concatenate(self._scores)
+        )
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        """Adds another metric's ``state()``, after the labels and scores held here.
+
+        Raises:
+            TypeError, ValueError: another metric's state, labels and scores of different
+                lengths, or a score width other than the earlier batches'.
+        """
+        state = checked_state(self, state, (), ("labels", "scores"))
+        labels, scores = np.asarray(state["labels"]), np.asarray(state["scores"])
+        if labels.ndim != 1 or scores.ndim not in (1, 2) or len(scores) != len(labels):
+            raise ValueError(
+                f"{self.name}.merge_state: expected labels (N,) and scores (N,) or (N, C); "
+                f"got labels {labels.shape} and scores {scores.shape}"
+            )
+        if len(labels):
+            self.update(labels, scores)
 
     def result(self) -> float | np.ndarray:
         count = sum(len(labels) for labels in self._labels)
@@ -429,6 +479,43 @@ class _RegressionMetric(Metric):
     def update(self, y_true: ArrayLike, y_pred: ArrayLike) -> None:
         batch = RegressionSums.of(*regression_pair(y_true, y_pred))
         self._sums = batch if self._sums is None else self._sums.merge(batch)
+
+    def state(self) -> dict[str, Any]:
+        """The per-output sums: ``count`` (an int) and float64 ``(D,)`` arrays
+        ``abs_error``, ``sq_error``, ``mean_true``, ``sq_dev_true`` and ``abs_true``
+        (``(0,)`` before any batch)."""
+        sums = self._sums
+        arrays = {
+            k: np.zeros(0) if sums is None else getattr(sums, k).copy() for k in _REGRESSION_FIELDS
+        }
+        return tagged_state(self, (), count=0 if sums is None else sums.count, **arrays)
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        """Adds another metric's ``state()`` (Chan et al.'s update for the R² variance).
+
+        Raises:
+            TypeError, ValueError: another metric's state, arrays of unequal or other
+                lengths than the earlier batches' outputs, or a negative count.
+        """
+        state = checked_state(self, state, (), ("count", *_REGRESSION_FIELDS))
+        count = state["count"]
+        arrays = {k: np.asarray(state[k], np.float64) for k in _REGRESSION_FIELDS}
+        shapes = {a.shape for a in arrays.values()}
+        width = None if self._sums is None else self._sums.abs_error.shape
+        if not isinstance(count, (int, np.integer)) or count < 0 or len(shapes) != 1:
+            raise ValueError(
+                f"{self.name}.merge_state: expected a count >= 0 and equal-length sums; got "
+                f"count={count!r} and sums of shapes {sorted(shapes)}"
+            )
+        if count == 0:
+            return
+        if width is not None and shapes != {width}:
+            raise ValueError(
+                f"{self.name}.merge_state: this state has {shapes.pop()} outputs per sample "
+                f"but earlier batches had {width}"
+            )
+        sums = RegressionSums(count=int(count), **arrays)
+        self._sums = sums if self._sums is None else self._sums.merge(sums)
 
     def result(self) -> float | np.ndarray:
         count = 0 if self._sums is None else self._sums.count
