@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gometal import _core
-from ops.cases_quantized import reference_quantized_matmul, run_on_every_path
+from ops.cases_quantized import reference_quantize, reference_quantized_matmul, run_on_every_path
 
 
 def near_tie_values(output_scale: np.float32) -> np.ndarray:
@@ -55,3 +55,31 @@ def test_requantizing_near_ties_matches_a_float32_division(output_scale, dtype, 
     )  # fmt: skip
     for path, (got,) in run_on_every_path(g, [x], [y], variables, [x_value]).items():
         np.testing.assert_array_equal(got, want, err_msg=path)
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.3, 3.0, 0.211])
+@pytest.mark.parametrize("dtype, zero_point", [("int8", 0), ("uint8", 128)])
+def test_quantize_near_ties_matches_a_float32_division(scale, dtype, zero_point):
+    """The quantize op alone, and folded into the copy of a convolution's input, where the
+    convolution's float32 output shows each quantized byte (a 1x1 kernel of weight 1, scale 1)."""
+    scale = np.float32(scale)
+    values = near_tie_values(scale)
+    assert np.count_nonzero(np.rint(values / scale) != np.rint(values * (1 / scale))) > 0
+    # Images of 48 values: the vector loop and its scalar tail both run per image.
+    images = values[: values.size // 48 * 48].reshape(-1, 1, 6, 8)
+    g = _core.Graph()
+    x = g.input("x", (-1, 1, 6, 8), "float32")
+    attrs = {"scale": float(scale), "zero_point": zero_point, "dtype": dtype}
+    alone = g.op("quantize", [x], attrs)
+    folded = g.op("quantize", [x], attrs)
+    w, ones = g.variable("w", (1, 1, 1, 1), "int8"), g.variable("ones", (1,))
+    shifted = g.op("quantized_conv2d", [folded, w, ones], {"zero_point": 0})
+    variables = {"w": np.ones((1, 1, 1, 1), np.int8), "ones": np.ones(1, np.float32)}
+    engine = _core.Engine(g, seed=0, backend="cpu")
+    engine.define("f", inputs=[x], outputs=[alone, shifted])
+    plan = engine.describe("f", len(images))
+    assert any(line.startswith("quantize,quantized_conv2d ") for line in plan), plan
+    want = reference_quantize(images, scale, zero_point, dtype)
+    for path, got in run_on_every_path(g, [x], [alone, shifted], variables, [images]).items():
+        np.testing.assert_array_equal(got[0], want, err_msg=path)
+        np.testing.assert_array_equal(got[1], want.astype(np.float32), err_msg=path)

@@ -456,6 +456,26 @@ void int8_block(const Int8Weights& w, uint8_t* rows, int64_t count, const Int8Ep
 
 bool int8_reads_in_place(Int8Path path) { return !widens(path); }
 
+#ifdef GOMETAL_INT8_X86
+__attribute__((target("avx512f,avx512bw,avx512vl"))) int64_t quantize_vectors_avx512(
+    const float* x, int64_t begin, int64_t end, float scale, int32_t zero_point, bool to_uint8, void* q) {
+  const __m512 divisor = _mm512_set1_ps(scale), reciprocal = _mm512_set1_ps(1.0f / scale);
+  const __m512 zero = _mm512_set1_ps(static_cast<float>(zero_point));
+  const __m512 low = _mm512_set1_ps(to_uint8 ? 0.0f : -128.0f), high = _mm512_set1_ps(to_uint8 ? 255.0f : 127.0f);
+  auto* bytes = static_cast<char*>(q);
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    const __m512 v = _mm512_add_ps(rounded_quotient_avx512(_mm512_loadu_ps(x + i), divisor, reciprocal), zero);
+    const __m512i n = _mm512_cvtps_epi32(_mm512_min_ps(high, _mm512_max_ps(low, v)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(bytes + i),
+                     to_uint8 ? _mm512_cvtusepi32_epi8(n) : _mm512_cvtsepi32_epi8(n));
+  }
+  return i;
+}
+#else
+int64_t quantize_vectors_avx512(const float*, int64_t begin, int64_t, float, int32_t, bool, void*) { return begin; }
+#endif
+
 void int8_block_in_place(const Int8Weights& w, const uint8_t* const* rows, const int64_t* group_offsets, int64_t count,
                          const Int8Epilogue& epilogue, void* out, int64_t row_stride, int64_t channel_stride) {
   if (widens(w.path)) throw std::logic_error("[quantized] the AVX2 path reads copied rows only");

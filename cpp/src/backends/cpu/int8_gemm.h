@@ -69,4 +69,12 @@ bool int8_reads_in_place(Int8Path path);
 void int8_block_in_place(const Int8Weights& w, const uint8_t* const* rows, const int64_t* group_offsets, int64_t count,
                          const Int8Epilogue& epilogue, void* out, int64_t row_stride, int64_t channel_stride);
 
+// QuantizeLinear of x[begin, end) 16 floats at a time on AVX-512 (saturate(round_half_even(
+// x / scale) + zero_point) into q as uint8 or int8), multiplying by the reciprocal of the
+// scale wherever that rounds as the division does (the epilogues' rule), so the bytes are
+// the division's. Returns where it stopped (begin without AVX-512): the caller quantizes the
+// tail of fewer than 16 values.
+int64_t quantize_vectors_avx512(const float* x, int64_t begin, int64_t end, float scale, int32_t zero_point,
+                                bool to_uint8, void* q);
+
 }  // namespace gometal

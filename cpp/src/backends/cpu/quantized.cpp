@@ -9,36 +9,8 @@
 #include "backends/cpu/int8_gemm.h"
 #include "backends/cpu/quantized_product.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define GOMETAL_QUANTIZE_X86 1
-#endif
-
 namespace gometal {
 namespace {
-
-#ifdef GOMETAL_QUANTIZE_X86
-// quantize_range 16 values at a time: the same divps, rounding to nearest even, addps and
-// saturation, so the bytes are those of the scalar loop; the tail goes through it.
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_range_avx512(
-    const float* x, int64_t begin, int64_t end, float scale, int32_t zero_point, bool to_uint8, void* q) {
-  const __m512 divisor = _mm512_set1_ps(scale), zero = _mm512_set1_ps(static_cast<float>(zero_point));
-  const __m512 low = _mm512_set1_ps(to_uint8 ? 0.0f : -128.0f), high = _mm512_set1_ps(to_uint8 ? 255.0f : 127.0f);
-  auto* bytes = static_cast<char*>(q);
-  int64_t i = begin;
-  for (; i + 16 <= end; i += 16) {
-    __m512 v = _mm512_div_ps(_mm512_loadu_ps(x + i), divisor);
-    v = _mm512_add_ps(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zero);
-    const __m512i n = _mm512_cvtps_epi32(_mm512_min_ps(high, _mm512_max_ps(low, v)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(bytes + i),
-                     to_uint8 ? _mm512_cvtusepi32_epi8(n) : _mm512_cvtsepi32_epi8(n));
-  }
-  if (to_uint8)
-    quantize_range(x, i, end, scale, zero_point, 0.0f, 255.0f, static_cast<uint8_t*>(q));
-  else
-    quantize_range(x, i, end, scale, zero_point, -128.0f, 127.0f, static_cast<int8_t*>(q));
-}
-#endif
 
 constexpr int64_t kElementsPerTask = 1 << 15;
 
@@ -64,13 +36,7 @@ struct QuantizeKernel final : Kernel {
     const float* in = ctx.ptr(x);
     void* out = ctx.bytes(y);
     parallel_ranges(ctx, n, [&](int64_t begin, int64_t end) {
-#ifdef GOMETAL_QUANTIZE_X86
-      if (vectors) return quantize_range_avx512(in, begin, end, scale, zero_point, dtype == DType::U8, out);
-#endif
-      if (dtype == DType::U8)
-        quantize_range(in, begin, end, scale, zero_point, 0.0f, 255.0f, static_cast<uint8_t*>(out));
-      else
-        quantize_range(in, begin, end, scale, zero_point, -128.0f, 127.0f, static_cast<int8_t*>(out));
+      quantize_values(in, begin, end, scale, zero_point, dtype, vectors, out);
     });
   }
 };
@@ -157,6 +123,17 @@ struct QuantizedMatMulKernel final : Int8ProductKernel {
 
 }  // namespace
 
+void quantize_values(const float* x, int64_t begin, int64_t end, float scale, int32_t zero_point, DType dtype,
+                     bool vectors, void* q) {
+  if (vectors) begin = quantize_vectors_avx512(x, begin, end, scale, zero_point, dtype == DType::U8, q);
+  if (dtype == DType::U8)
+    quantize_range(x, begin, end, scale, zero_point, 0.0f, 255.0f, static_cast<uint8_t*>(q));
+  else
+    quantize_range(x, begin, end, scale, zero_point, -128.0f, 127.0f, static_cast<int8_t*>(q));
+}
+
+bool quantize_uses_vectors() { return choose_int8_path() == Int8Path::Avx512Vnni; }
+
 Int8Weights Int8ProductKernel::pack(const ExecContext& ctx, Int8Epilogue* e) const {
   *e = epilogue;
   e->scale = ctx.ptr(scale);
@@ -204,6 +181,8 @@ std::unique_ptr<Kernel> make_quantized_kernel(const Graph& g, int id, const Memo
   const Node& n = g.node(id);
   switch (n.op) {
     case OpKind::Quantize: {
+      // Without a buffer of its own, it heads a convolution's step (quantized_chains.h).
+      if (mem.ref[id].region == Region::None) return make_input_quantizing_conv2d_kernel(g, id, mem, shapes);
       auto k = std::make_unique<QuantizeKernel>();
       k->x = mem.ref[n.inputs[0]];
       k->y = mem.ref[id];
@@ -211,7 +190,7 @@ std::unique_ptr<Kernel> make_quantized_kernel(const Graph& g, int id, const Memo
       k->scale = n.attrs.scale;
       k->zero_point = static_cast<int32_t>(n.attrs.zero_point);
       k->dtype = n.dtype;
-      k->vectors = choose_int8_path() == Int8Path::Avx512Vnni;
+      k->vectors = quantize_uses_vectors();
       return k;
     }
     case OpKind::Dequantize: {

@@ -53,6 +53,30 @@ void link_chains(const Graph& g, Fusion& f, OnlyReader only_reader) {
   drop_steps(dropped, f);
 }
 
+// A quantize whose value only a quantized_conv2d reads, as its input, joins the head of the
+// convolution's step: the convolution quantizes each image as it copies it channels-last,
+// and the quantized batch is never written out and read back.
+template <class OnlyReader>
+void fold_input_quantizes(const Graph& g, Fusion& f, OnlyReader only_reader) {
+  std::vector<char> dropped(f.steps.size(), 0);
+  for (size_t st = 0; st < f.steps.size(); ++st) {
+    const Step& step = f.steps[st];
+    if (step.fused || step.nodes.size() != 1 || g.node(step.nodes[0]).op != OpKind::Quantize) continue;
+    const int q = step.nodes[0];
+    const int conv = only_reader(q);
+    if (conv < 0 || g.node(conv).op != OpKind::QuantizedConv2D) continue;
+    const std::vector<int>& in = g.node(conv).inputs;
+    if (in[0] != q || std::count(in.begin(), in.end(), q) != 1) continue;
+    const int later = f.step_of[conv];
+    if (later <= static_cast<int>(st) || f.steps[later].fused || f.steps[later].nodes.front() != conv) continue;
+    if (effect_between(g, f, static_cast<int>(st), later)) continue;
+    f.steps[later].nodes.insert(f.steps[later].nodes.begin(), q);
+    f.materialized[q] = 0;
+    dropped[st] = 1;
+  }
+  drop_steps(dropped, f);
+}
+
 }  // namespace
 
 void fuse_quantized_chains(const Graph& g, const Schedule& s, const FunctionSpec& fn,
@@ -99,6 +123,7 @@ void fuse_quantized_chains(const Graph& g, const Schedule& s, const FunctionSpec
 
   drop_steps(dropped, f);
   link_chains(g, f, only_reader);
+  fold_input_quantizes(g, f, only_reader);
 }
 
 }  // namespace gometal

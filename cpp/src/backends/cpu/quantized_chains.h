@@ -16,7 +16,10 @@ namespace gometal {
 // the quantize, at the quantize's place; only the quantize's value keeps a buffer. Then a
 // chain whose quantized value only the next chain's convolution reads joins that chain's
 // step, and the value keeps no buffer either: the kernel carries each image through every
-// linked stage in its scratch, channels-last. The kernel is make_quantized_conv2d_kernel's.
+// linked stage in its scratch, channels-last. Last, a quantize of float32 values read only
+// by a convolution, as its input, joins the head of that convolution's step (chain or not):
+// the kernel quantizes each image while copying it. The kernel is make_quantized_conv2d_kernel's
+// (make_input_quantizing_conv2d_kernel's for a step headed by a quantize).
 // Run after fuse_elementwise, before sample tiling and the memory plan.
 void fuse_quantized_chains(const Graph& g, const Schedule& s, const FunctionSpec& fn,
                            const std::vector<Shape>& shapes, Fusion& f);

@@ -10,7 +10,9 @@
 // quantizing pooled ones, and the float32 values between are never stored. A pooled step
 // runs image by image: the image is padded channels-last into the thread's scratch; a
 // linked next stage (quantized_chains.h) reads the pooled bytes there, written straight
-// into its own padded channels-last input; only the last stage writes NCHW.
+// into its own padded channels-last input; only the last stage writes NCHW. A quantize of
+// the float32 input folded into the step (quantized_chains.h) runs image by image, into
+// scratch, just before that image's copy.
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -113,6 +115,14 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
   mutable std::vector<Int8Weights> stage_weights;
   mutable std::vector<Int8Epilogue> stage_epilogues;
   std::vector<int64_t> group_offsets;  // rows read in place (plan_in_place_reads)
+  // A quantize folded into the input copy (quantized_chains.h): x is then its float32 input,
+  // quantized an image at a time into the thread's scratch by the quantize kernel's loop.
+  struct InputQuantize {
+    bool on = false, vectors = false;
+    float scale = 1.0f;
+    int32_t zero_point = 0;
+    DType dtype = DType::U8;
+  } input_quantize;
 
   bool runs_chain() const { return pooled || next; }
   int64_t image_bytes() const { return padded_h * padded_w * geo.c; }
@@ -121,7 +131,27 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
     return runs_chain() ? 0 : (geo.n * image_bytes() + 2 * kCopyChunk + 3) / 4;
   }
   int64_t scratch_floats() const override {
-    return (runs_chain() ? chain_scratch_bytes() : row_buffer_bytes()) / 4;
+    return (runs_chain() ? chain_scratch_bytes() : std::max(row_buffer_bytes(), quantized_input_bytes())) / 4;
+  }
+  // Bytes of one input image quantized (none unless a quantize is folded in).
+  int64_t quantized_input_bytes() const { return input_quantize.on ? round_64(geo.c * geo.h * geo.w) : 0; }
+
+  // Asks for the float32 input of `image` (a folded quantize's) to be in L2 by the time the
+  // stages of the image before it are done: read only then, it would wait on each line.
+  void prefetch_input(const ExecContext& ctx, int64_t image) const {
+    if (!input_quantize.on) return;
+    const int64_t bytes = geo.c * geo.h * geo.w * static_cast<int64_t>(sizeof(float));
+    const char* at = reinterpret_cast<const char*>(ctx.ptr(x) + image * geo.c * geo.h * geo.w);
+    for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(at + line, 0, 2);
+  }
+
+  // Input image `image` as bytes: in place, or quantized into `temp` when a quantize is folded in.
+  const uint8_t* input_image(const ExecContext& ctx, int64_t image, uint8_t* temp) const {
+    const int64_t bytes = geo.c * geo.h * geo.w;
+    if (!input_quantize.on) return reinterpret_cast<const uint8_t*>(ctx.bytes(x)) + image * bytes;
+    const InputQuantize& q = input_quantize;
+    quantize_values(ctx.ptr(x) + image * bytes, 0, bytes, q.scale, q.zero_point, q.dtype, q.vectors, temp);
+    return temp;
   }
   int64_t source_index(int64_t o, int64_t i) const override {
     const int64_t c = i % geo.c, tap = i / geo.c;  // tap = ky * KW + kx
@@ -133,13 +163,13 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
   // Image by image: the padding rows and columns hold the zero point, the rest the input
   // channels-last.
   void to_padded_channels_last(const ExecContext& ctx, uint8_t* nhwc, uint8_t pad) const {
-    const auto* in = reinterpret_cast<const uint8_t*>(ctx.bytes(x));
     const int tasks = balanced_tasks(*ctx.pool, geo.n);
-    ctx.pool->parallel_for(tasks, [&](int task, int) {
+    ctx.pool->parallel_for(tasks, [&](int task, int thread) {
       int64_t begin, end;
       split_range(geo.n, tasks, task, 1, &begin, &end);
+      auto* temp = reinterpret_cast<uint8_t*>(ctx.thread_scratch(thread));
       for (int64_t image = begin; image < end; ++image)
-        pad_channels_last(geo, padded_w, in + image * geo.c * geo.h * geo.w, nhwc + image * image_bytes(), pad,
+        pad_channels_last(geo, padded_w, input_image(ctx, image, temp), nhwc + image * image_bytes(), pad,
                           input_flip());
     });
   }
@@ -260,7 +290,6 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
   // stage there, each stage writing the next one's padded input, the last one y (NCHW).
   void run_chain(const ExecContext& ctx) const {
     for (size_t s = 0; s < stages.size(); ++s) stage_weights[s] = stages[s]->pack(ctx, &stage_epilogues[s]);
-    const auto* in = reinterpret_cast<const uint8_t*>(ctx.bytes(x));
     const int64_t buffer_bytes = chain_buffer_bytes();
     const int tasks = balanced_tasks(*ctx.pool, geo.n);
     ctx.pool->parallel_for(tasks, [&](int task, int thread) {
@@ -269,8 +298,10 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
       auto* scratch = reinterpret_cast<uint8_t*>(ctx.thread_scratch(thread));
       uint8_t* buffers[2] = {scratch, scratch + buffer_bytes};
       uint8_t* rows = scratch + 2 * buffer_bytes;
+      uint8_t* temp = scratch + chain_scratch_bytes() - quantized_input_bytes();
       for (int64_t image = begin; image < end; ++image) {
-        pad_channels_last(geo, padded_w, in + image * geo.c * geo.h * geo.w, buffers[0],
+        if (image + 1 < end) prefetch_input(ctx, image + 1);
+        pad_channels_last(geo, padded_w, input_image(ctx, image, temp), buffers[0],
                           static_cast<uint8_t>(stage_epilogues[0].zero_point), input_flip());
         for (size_t s = 0; s < stages.size(); ++s) {
           const QuantizedConv2DKernel& stage = *stages[s];
@@ -304,7 +335,7 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
   int64_t chain_scratch_bytes() const {
     int64_t most = 0;
     for (const QuantizedConv2DKernel* stage : stages) most = std::max(most, stage->stage_bytes());
-    return 2 * chain_buffer_bytes() + most;
+    return 2 * chain_buffer_bytes() + most + quantized_input_bytes();
   }
 
   // After `next` is set: the stages this kernel runs, and room for their per-run state.
@@ -375,6 +406,19 @@ std::unique_ptr<QuantizedConv2DKernel> make_stage(const Graph& g, int id, const 
 std::unique_ptr<Kernel> make_quantized_conv2d_kernel(const Graph& g, int id, const MemoryPlan& mem,
                                                      const std::vector<Shape>& shapes) {
   auto k = make_stage(g, id, mem, shapes);
+  k->link();
+  return k;
+}
+
+std::unique_ptr<Kernel> make_input_quantizing_conv2d_kernel(const Graph& g, int id, const MemoryPlan& mem,
+                                                            const std::vector<Shape>& shapes) {
+  const int conv = reader_of(g, id, shapes);
+  if (conv < 0 || g.node(conv).op != OpKind::QuantizedConv2D || g.node(conv).inputs[0] != id)
+    throw std::logic_error("[cpu] quantize: the folded convolution is missing");
+  auto k = make_stage(g, conv, mem, shapes);
+  const Node& q = g.node(id);
+  k->x = mem.ref[q.inputs[0]];
+  k->input_quantize = {true, quantize_uses_vectors(), q.attrs.scale, static_cast<int32_t>(q.attrs.zero_point), q.dtype};
   k->link();
   return k;
 }

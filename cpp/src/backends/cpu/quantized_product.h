@@ -26,6 +26,14 @@ void quantize_range(const float* x, int64_t begin, int64_t end, float scale, int
   }
 }
 
+// Quantizes x[begin, end) into q (uint8 or int8 as `dtype`) as the quantize kernel does:
+// its AVX-512 loop when `vectors`, else quantize_range, so a quantize folded into another
+// kernel writes the same bytes.
+void quantize_values(const float* x, int64_t begin, int64_t end, float scale, int32_t zero_point, DType dtype,
+                     bool vectors, void* q);
+// Whether the quantize kernel takes its AVX-512 loop (the int8 path chosen is AVX-512's).
+bool quantize_uses_vectors();
+
 // An inference plan reads the same weights on every run, so the packed panels are kept with
 // the kernel and rebuilt only when the weight's bytes differ from those last packed (a
 // comparison costs far less than packing).
@@ -73,5 +81,9 @@ void fill_product(Int8ProductKernel& k, const Graph& g, const Node& n, const Mem
 // fuse_quantized_chains (quantized_chains.h) merged with its max pooling and quantize.
 std::unique_ptr<Kernel> make_quantized_conv2d_kernel(const Graph& g, int id, const MemoryPlan& mem,
                                                      const std::vector<Shape>& shapes);
+// The kernel of a step that fuse_quantized_chains headed with the quantize `id` of the
+// convolution's float32 input: the convolution quantizes each image as it copies it.
+std::unique_ptr<Kernel> make_input_quantizing_conv2d_kernel(const Graph& g, int id, const MemoryPlan& mem,
+                                                            const std::vector<Shape>& shapes);
 
 }  // namespace gometal
