@@ -7,6 +7,7 @@ value on the whole set, in any grouping, and the same as one metric fed every ba
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -225,3 +226,36 @@ def test_a_state_of_the_wrong_shape_or_values_is_refused():
         auc.merge_state(binary)
     with pytest.raises(ValueError, match=r"labels \(61,\) and scores \(60, 4\)"):
         auc.merge_state({**auc.state(), "scores": probabilities[:60]})
+
+
+def test_a_distributed_evaluation_merges_states_and_pools_a_users_metric(tmp_path):
+    from distributed_scripts.replica_models import classification_data, classifier
+    from test_distributed import mpirun, ran
+
+    ranks = 3
+    ran(mpirun("metric_states.py", ranks, str(tmp_path)))
+    results = [
+        json.loads((tmp_path / f"rank{rank}.json").read_text(encoding="utf-8"))
+        for rank in range(ranks)
+    ]
+    # Shards of 17, 17 and 16 samples at batch 8: 3, 3 and 2 batches.
+    own_batches = [3, 3, 2]
+    for rank, result in enumerate(results):
+        fed_here = result.pop("batches_fed")
+        assert result == results[0], rank  # every rank the same numbers, bit for bit
+        # The merging metric saw only its rank's batches; the user's every rank's, once.
+        assert fed_here == {"counted_top_2": own_batches[rank], "user": sum(own_batches)}
+    x, y, _ = classification_data()
+    probabilities = gm.Trainer(classifier(seed=1), "cross_entropy").predict_proba(x)
+    probabilities = probabilities.astype(np.float64)
+    predicted = probabilities.argmax(axis=1)
+    expected = {
+        "f1_micro": sk.f1_score(y, predicted, average="micro"),
+        "recall_macro": sk.recall_score(y, predicted, average="macro"),
+        "auc_roc": sk.roc_auc_score(y, probabilities, multi_class="ovr"),
+        "counted_top_2": sk.top_k_accuracy_score(y, probabilities, k=2),
+        "mean_confidence": probabilities.max(axis=1).mean(),
+    }
+    for key, value in expected.items():
+        assert results[0][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    assert results[0]["confusion_matrix"] == sk.confusion_matrix(y, predicted).tolist()
