@@ -17,7 +17,12 @@ class Metric:
     """Base class of the streaming metrics.
 
     Subclasses implement ``update``, ``result`` and ``reset``; ``name`` is the key the
-    trainer records the result under.
+    trainer records the result under. A metric whose accumulation merges also implements
+    ``state()`` (a dict of NumPy arrays and ints, tagged by ``tagged_state``) and
+    ``merge_state(state)`` (adds another metric's state, checked by ``checked_state``): a
+    distributed evaluation then merges the ranks' states, in rank order, instead of
+    feeding every rank's outputs to every rank's metric. Merging ``a.state()`` into ``b``
+    gives what ``b`` would hold had it been fed ``a``'s batches after its own.
 
     Attributes:
         name: the metric's name (for example ``"precision_macro"``).
@@ -28,6 +33,9 @@ class Metric:
         ...     metric.update(y, trainer.predict_proba(x))
         >>> metric.result()  # doctest: +SKIP
         0.93
+        >>> whole = gm.metrics.Accuracy()  # doctest: +SKIP
+        >>> for part in parts_metrics:  # doctest: +SKIP
+        ...     whole.merge_state(part.state())
     """
 
     name: str = "metric"
@@ -109,7 +117,8 @@ def checked_state(
     expected = (type(metric).__name__, tuple(settings))
     tagged = isinstance(state, dict) and {"metric", "settings"} <= set(state)
     if tagged:
-        got = (state["metric"], tuple(state["settings"]))
+        settings = state["settings"]
+        got = (state["metric"], tuple(settings) if isinstance(settings, list) else settings)
         if got != expected:
             raise ValueError(
                 f"{name}.merge_state: expected the state of {expected[0]} with settings "
