@@ -367,6 +367,7 @@ class CpuFunction final : public CompiledFunction {
       std::unique_ptr<Kernel> kernel;
       if (step.fused) {
         kernel = make_fused_elementwise(g, step, f, mem, shapes);
+      } else if ((kernel = make_saved_norm_stats_kernel(g, first, f, mem, shapes, &line))) {
       } else if ((kernel = make_summed_product_kernel(g, first, summed_product, mem, shapes))) {
         line += " (batch summed in one product)";
       } else if ((kernel = make_saved_lse_kernel(g, first, saved_lse, mem, shapes))) {

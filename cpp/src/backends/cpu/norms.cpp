@@ -60,9 +60,7 @@ void row_statistics(const NormGeometry& geo, const float* x, float* mean, float*
 // over independent lanes; rstd multiplies the second once, after the sum.
 template <bool kWeighted>
 void backward_row(const NormGeometry& geo, const float* __restrict x, const float* __restrict g,
-                  const float* __restrict weight, float* __restrict dx) {
-  float mean, rstd;
-  row_statistics(geo, x, &mean, &rstd);
+                  const float* __restrict weight, float mean, float rstd, float* __restrict dx) {
   double sum_gw[kLanes] = {}, sum_gw_centred[kLanes] = {};
   const int64_t dim = geo.dim;
   int64_t c = 0;
@@ -92,33 +90,43 @@ void backward_row(const NormGeometry& geo, const float* __restrict x, const floa
   }
 }
 
-}  // namespace
-
-int64_t norm_affine_grad_blocks(const NormGeometry& geo) {
-  return (geo.rows + kAffineGradBlockRows - 1) / kAffineGradBlockRows;
+// Row r's statistics: read from `saved` (mean, 1 / std per row, as norm_forward keeps them)
+// when given, else computed.
+void statistics_of_row(const NormGeometry& geo, int64_t r, const float* x, const float* saved, float* mean,
+                       float* rstd) {
+  if (saved != nullptr) {
+    *mean = saved[2 * r];
+    *rstd = saved[2 * r + 1];
+    return;
+  }
+  row_statistics(geo, x + r * geo.dim, mean, rstd);
 }
 
-void norm_affine_grad(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g, float* partials,
-                      float* out) {
+// Row r's dx, from its statistics.
+void backward_row_at(const NormGeometry& geo, int64_t r, const float* x, const float* g, const float* weight,
+                     float mean, float rstd, float* dx) {
+  const int64_t at = r * geo.dim;
+  if (weight)
+    backward_row<true>(geo, x + at, g + at, weight, mean, rstd, dx + at);
+  else
+    backward_row<false>(geo, x + at, g + at, nullptr, mean, rstd, dx + at);
+}
+
+// Row r's terms of the affine gradient, added to the block's partial sums.
+void add_affine_row(const NormGeometry& geo, const float* __restrict xr, const float* __restrict gr, float mean,
+                    float rstd, float* __restrict sum_g_xhat, float* __restrict sum_g) {
+  for (int64_t c = 0; c < geo.dim; ++c) {
+    sum_g_xhat[c] += gr[c] * ((xr[c] - mean) * rstd);
+    sum_g[c] += gr[c];
+  }
+}
+
+// Runs block_sums(b) for every block of kAffineGradBlockRows rows, then adds the blocks'
+// (2, dim) partials in block order into out: the result does not depend on the threads.
+template <class BlockSums>
+void over_affine_blocks(ThreadPool& pool, const NormGeometry& geo, const float* partials, float* out,
+                        BlockSums&& block_sums) {
   const int64_t dim = geo.dim, blocks = norm_affine_grad_blocks(geo);
-  // Each block of rows sums into its own (2, dim) partial, and the partials are added in
-  // block order: the result does not depend on the threads.
-  const auto block_sums = [&](int64_t block) {
-    float* sum_g_xhat = partials + block * 2 * dim;
-    float* sum_g = sum_g_xhat + dim;
-    std::fill(sum_g_xhat, sum_g_xhat + 2 * dim, 0.0f);
-    const int64_t end = std::min(geo.rows, (block + 1) * kAffineGradBlockRows);
-    for (int64_t r = block * kAffineGradBlockRows; r < end; ++r) {
-      const float* __restrict xr = x + r * dim;
-      const float* __restrict gr = g + r * dim;
-      float mean, rstd;
-      row_statistics(geo, xr, &mean, &rstd);
-      for (int64_t c = 0; c < dim; ++c) {
-        sum_g_xhat[c] += gr[c] * ((xr[c] - mean) * rstd);
-        sum_g[c] += gr[c];
-      }
-    }
-  };
   const int tasks = geo.rows * geo.dim < kParallelFloats ? 1 : balanced_tasks(pool, blocks);
   if (tasks <= 1) {
     for (int64_t b = 0; b < blocks; ++b) block_sums(b);
@@ -134,13 +142,38 @@ void norm_affine_grad(ThreadPool& pool, const NormGeometry& geo, const float* x,
     for (int64_t c = 0; c < 2 * dim; ++c) out[c] += partials[b * 2 * dim + c];
 }
 
+}  // namespace
+
+int64_t norm_affine_grad_blocks(const NormGeometry& geo) {
+  return (geo.rows + kAffineGradBlockRows - 1) / kAffineGradBlockRows;
+}
+
+void norm_affine_grad(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g, float* partials,
+                      float* out, const float* saved) {
+  const int64_t dim = geo.dim;
+  over_affine_blocks(pool, geo, partials, out, [&](int64_t block) {
+    float* sum_g_xhat = partials + block * 2 * dim;
+    std::fill(sum_g_xhat, sum_g_xhat + 2 * dim, 0.0f);
+    const int64_t end = std::min(geo.rows, (block + 1) * kAffineGradBlockRows);
+    for (int64_t r = block * kAffineGradBlockRows; r < end; ++r) {
+      float mean, rstd;
+      statistics_of_row(geo, r, x, saved, &mean, &rstd);
+      add_affine_row(geo, x + r * dim, g + r * dim, mean, rstd, sum_g_xhat, sum_g_xhat + dim);
+    }
+  });
+}
+
 void norm_forward(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* weight, const float* bias,
-                  float* y) {
+                  float* y, float* kept) {
   for_rows(pool, geo, [&](int64_t r) {
     const float* xr = x + r * geo.dim;
     float* yr = y + r * geo.dim;
     float mean, rstd;
     row_statistics(geo, xr, &mean, &rstd);
+    if (kept != nullptr) {
+      kept[2 * r] = mean;
+      kept[2 * r + 1] = rstd;
+    }
     for (int64_t c = 0; c < geo.dim; ++c) {
       float v = (xr[c] - mean) * rstd;
       if (weight) v *= weight[c];
@@ -151,13 +184,11 @@ void norm_forward(ThreadPool& pool, const NormGeometry& geo, const float* x, con
 }
 
 void norm_backward(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g, const float* weight,
-                   float* dx) {
+                   float* dx, const float* saved) {
   for_rows(pool, geo, [&](int64_t r) {
-    const int64_t at = r * geo.dim;
-    if (weight)
-      backward_row<true>(geo, x + at, g + at, weight, dx + at);
-    else
-      backward_row<false>(geo, x + at, g + at, nullptr, dx + at);
+    float mean, rstd;
+    statistics_of_row(geo, r, x, saved, &mean, &rstd);
+    backward_row_at(geo, r, x, g, weight, mean, rstd, dx);
   });
 }
 

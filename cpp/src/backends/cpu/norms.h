@@ -15,19 +15,21 @@ struct NormGeometry {
 };
 
 // y = xhat * weight + bias, xhat = (x - mean) / sqrt(var + eps) (or x / sqrt(mean(x^2) + eps));
-// weight and bias may be null.
+// weight and bias may be null. `kept`, when not null, receives each row's mean and 1 / std
+// (2 floats per row), which the backward functions of the same x may read as `saved`
+// instead of computing them again (the same floats either way).
 void norm_forward(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* weight, const float* bias,
-                  float* y);
+                  float* y, float* kept = nullptr);
 
 // dx = rstd (gw - mean(gw) - xhat mean(gw xhat)), gw = g * weight (weight may be null); the
 // mean(gw) term only when centring.
 void norm_backward(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g, const float* weight,
-                   float* dx);
+                   float* dx, const float* saved = nullptr);
 
 // The weight and bias gradients of the affine norm in one pass: out (2 x dim) holds the sums
 // over rows of g * xhat and of g. `partials` holds norm_affine_grad_blocks(geo) * 2 * dim floats.
 void norm_affine_grad(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g, float* partials,
-                      float* out);
+                      float* out, const float* saved = nullptr);
 int64_t norm_affine_grad_blocks(const NormGeometry& geo);
 
 }  // namespace gometal

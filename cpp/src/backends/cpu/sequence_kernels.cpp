@@ -1,6 +1,8 @@
 #include "backends/cpu/sequence_kernels.h"
 
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "backends/cpu/batched_gemm.h"
 #include "backends/cpu/indexing.h"
@@ -39,15 +41,18 @@ struct ScatterAddKernel final : Kernel {
 };
 
 // Forward: (x, [weight], [bias]); gradient: (x, g, [weight]). Absent inputs are Region::None.
+// With `stats`, the forward pass keeps each row's statistics there and a gradient reads them.
 struct NormKernel final : Kernel {
   BufRef x, g, weight, bias, y;
   NormGeometry geo;
   bool gradient = false;
+  std::shared_ptr<std::vector<float>> stats;
   void run(const ExecContext& ctx) const override {
     const float* w = weight.region == Region::None ? nullptr : ctx.ptr(weight);
-    if (gradient) return norm_backward(*ctx.pool, geo, ctx.ptr(x), ctx.ptr(g), w, ctx.ptr(y));
+    float* kept = stats ? stats->data() : nullptr;
+    if (gradient) return norm_backward(*ctx.pool, geo, ctx.ptr(x), ctx.ptr(g), w, ctx.ptr(y), kept);
     const float* b = bias.region == Region::None ? nullptr : ctx.ptr(bias);
-    norm_forward(*ctx.pool, geo, ctx.ptr(x), w, b, ctx.ptr(y));
+    norm_forward(*ctx.pool, geo, ctx.ptr(x), w, b, ctx.ptr(y), kept);
   }
 };
 
@@ -55,9 +60,11 @@ struct NormKernel final : Kernel {
 struct NormAffineGradKernel final : Kernel {
   BufRef x, g, y;
   NormGeometry geo;
+  std::shared_ptr<std::vector<float>> stats;  // the forward pass's row statistics, or null
   int64_t shared_floats() const override { return norm_affine_grad_blocks(geo) * 2 * geo.dim; }
   void run(const ExecContext& ctx) const override {
-    norm_affine_grad(*ctx.pool, geo, ctx.ptr(x), ctx.ptr(g), ctx.shared, ctx.ptr(y));
+    const float* saved = stats ? stats->data() : nullptr;
+    norm_affine_grad(*ctx.pool, geo, ctx.ptr(x), ctx.ptr(g), ctx.shared, ctx.ptr(y), saved);
   }
 };
 
@@ -128,6 +135,21 @@ std::unique_ptr<Kernel> make_sequence_kernel(const Graph& g, int id, const Memor
     default:
       return nullptr;
   }
+}
+
+std::unique_ptr<Kernel> make_saved_norm_stats_kernel(const Graph& g, int id, const Fusion& f, const MemoryPlan& mem,
+                                                    const std::vector<Shape>& shapes, std::string* line) {
+  if (f.norm_stats_slot.empty() || f.norm_stats_slot[static_cast<size_t>(id)] < 0) return nullptr;
+  const SavedNormStats& saved = f.norm_stats[static_cast<size_t>(f.norm_stats_slot[static_cast<size_t>(id)])];
+  const bool keeps = saved.forward == id;
+  // A gradient scheduled before its forward pass computes the statistics itself.
+  if (!keeps && f.step_of[static_cast<size_t>(saved.forward)] >= f.step_of[static_cast<size_t>(id)]) return nullptr;
+  std::unique_ptr<Kernel> kernel = make_sequence_kernel(g, id, mem, shapes);
+  if (auto* norm = dynamic_cast<NormKernel*>(kernel.get())) norm->stats = saved.values;
+  else if (auto* affine = dynamic_cast<NormAffineGradKernel*>(kernel.get())) affine->stats = saved.values;
+  else return nullptr;
+  *line += keeps ? " (row statistics kept)" : " (row statistics read)";
+  return kernel;
 }
 
 }  // namespace gometal

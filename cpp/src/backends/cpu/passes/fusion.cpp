@@ -203,6 +203,7 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
   }
   for (int id : s.order)
     if (is_effect(g.node(id).op)) f.materialized[id] = 0;
+  keep_norm_statistics(g, s, fn, shapes, f);
   return f;
 }
 
@@ -227,6 +228,37 @@ void drop_steps(const std::vector<char>& dropped, Fusion& f) {
   f.steps = std::move(kept);
   for (size_t st = 0; st < f.steps.size(); ++st)
     for (int id : f.steps[st].nodes) f.step_of[id] = static_cast<int>(st);
+}
+
+namespace {
+
+// The gradient ops that may read a norm's kept statistics.
+bool reads_norm_statistics(const Node& forward, const Node& reader) {
+  const bool layer = forward.op == OpKind::LayerNorm;
+  const OpKind dx = layer ? OpKind::LayerNormGrad : OpKind::RmsNormGrad;
+  const OpKind affine = layer ? OpKind::LayerNormAffineGrad : OpKind::RmsNormAffineGrad;
+  return (reader.op == dx || reader.op == affine) && reader.inputs[0] == forward.inputs[0] &&
+         reader.attrs.eps == forward.attrs.eps;
+}
+
+}  // namespace
+
+void keep_norm_statistics(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
+                          Fusion& f) {
+  f.norm_stats_slot.assign(g.size(), -1);
+  const ValueReaders value = value_readers(g, s, fn);
+  for (int id : s.order) {
+    const Node& forward = g.node(id);
+    if ((forward.op != OpKind::LayerNorm && forward.op != OpKind::RmsNorm) || f.step_of[id] < 0) continue;
+    const int slot = static_cast<int>(f.norm_stats.size());
+    for (int r : value.readers[forward.inputs[0]])
+      if (f.step_of[r] >= 0 && reads_norm_statistics(forward, g.node(r))) f.norm_stats_slot[r] = slot;
+    if (std::find(f.norm_stats_slot.begin(), f.norm_stats_slot.end(), slot) == f.norm_stats_slot.end()) continue;
+    f.norm_stats_slot[id] = slot;
+    const Shape& xs = shapes[forward.inputs[0]];
+    const int64_t rows = xs.empty() ? 1 : numel(xs) / xs.back();
+    f.norm_stats.push_back({id, std::make_shared<std::vector<float>>(static_cast<size_t>(2 * rows))});
+  }
 }
 
 }  // namespace gometal

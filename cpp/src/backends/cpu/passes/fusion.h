@@ -1,6 +1,7 @@
 // Groups chains of elementwise ops into single passes over memory.
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "gometal/ir.h"
@@ -13,10 +14,20 @@ struct Step {
   std::vector<int> nodes;   // members in schedule order (one node when not fused)
 };
 
+// Row statistics a norm's forward kernel keeps for the backward kernels of the same x: its
+// layer_norm_grad and layer_norm_affine_grad (rms_norm's alike) read each row's mean and
+// 1 / std instead of computing them again.
+struct SavedNormStats {
+  int forward = -1;                            // the layer_norm or rms_norm node that keeps them
+  std::shared_ptr<std::vector<float>> values;  // mean, 1 / std per row
+};
+
 struct Fusion {
   std::vector<Step> steps;        // in execution order
   std::vector<int> step_of;       // per node id: index in steps, or -1
   std::vector<char> materialized; // per node id: the value needs its own buffer
+  std::vector<int> norm_stats_slot;    // per node id: its entry in norm_stats, or -1
+  std::vector<SavedNormStats> norm_stats;
 };
 
 // Who reads each value of a plan, for the passes that merge a kernel with what follows it
@@ -30,6 +41,11 @@ ValueReaders value_readers(const Graph& g, const Schedule& s, const FunctionSpec
 // Removes the steps marked in `dropped` (one flag per step) after a pass merged their nodes
 // into other steps, and renumbers step_of.
 void drop_steps(const std::vector<char>& dropped, Fusion& f);
+
+// Gives each norm with a gradient op of the same x and eps in the plan a SavedNormStats;
+// fuse_elementwise runs it.
+void keep_norm_statistics(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
+                          Fusion& f);
 
 // `shapes` are the concrete shapes of every node for this plan's batch size.
 Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& fn,
