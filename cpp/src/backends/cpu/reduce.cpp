@@ -43,10 +43,47 @@ float channel_sum(const float* x, int64_t lead, int64_t kept, int64_t trail, int
 // The larger of a and b, or NaN when either is: torch.amax and np.max propagate NaN.
 inline float max_nan(float a, float b) { return (a < b || b != b) ? b : a; }
 
+// Over independent lanes, without branches: one running maximum is a chain of dependent
+// compares, and a compare-and-branch per element (NaN's test) mispredicts on every new
+// maximum (the cross-entropy's maximum over each row of logits). A NaN anywhere gives NaN.
 float contiguous_max(const float* x, int64_t n) {
-  float best = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) best = max_nan(best, x[i]);
-  return best;
+  constexpr int kLanes = 16;
+  constexpr float kLowest = -std::numeric_limits<float>::infinity();
+  float lanes[kLanes];
+  int32_t nan_seen[kLanes] = {};
+  std::fill(lanes, lanes + kLanes, kLowest);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const float v = x[i + l];
+      lanes[l] = lanes[l] < v ? v : lanes[l];
+      nan_seen[l] |= v != v;
+    }
+  float best = kLowest;
+  int32_t nan = 0;
+  for (; i < n; ++i) {
+    best = best < x[i] ? x[i] : best;
+    nan |= x[i] != x[i];
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    best = best < lanes[l] ? lanes[l] : best;
+    nan |= nan_seen[l];
+  }
+  return nan ? std::numeric_limits<float>::quiet_NaN() : best;
+}
+
+// The first maximum's index, or the first NaN's (as torch.argmax and np.argmax): the maximum
+// over lanes, then a scan that stops at the first element equal to it.
+int64_t contiguous_argmax(const float* x, int64_t n) {
+  if (n == 0) return 0;
+  const float best = contiguous_max(x, n);
+  int64_t i = 0;
+  if (best != best) {
+    while (x[i] == x[i]) ++i;
+  } else {
+    while (x[i] != best) ++i;
+  }
+  return i;
 }
 
 // Rows [o0, o1), columns [i0, i1) of an (outer, reduced, inner) reduction. Each output
@@ -58,6 +95,10 @@ void reduce_block(ReduceKind kind, int64_t o0, int64_t o1, int64_t i0, int64_t i
   for (int64_t o = o0; o < o1; ++o) {
     const float* xo = x + o * reduced * inner + i0;
     float* yo = y + o * inner + i0;
+    if (kind == ReduceKind::Argmax && inner == 1) {
+      yo[0] = static_cast<float>(contiguous_argmax(xo, reduced));
+      continue;
+    }
     if (kind == ReduceKind::Argmax) {
       for (int64_t i = 0; i < w; ++i) {
         float best = xo[i];
@@ -72,8 +113,8 @@ void reduce_block(ReduceKind kind, int64_t o0, int64_t o1, int64_t i0, int64_t i
       }
       continue;
     }
-    if (inner == 1 && kind != ReduceKind::Max) {
-      yo[0] = contiguous_sum(xo, reduced) * scale;
+    if (inner == 1) {
+      yo[0] = kind == ReduceKind::Max ? contiguous_max(xo, reduced) : contiguous_sum(xo, reduced) * scale;
       continue;
     }
     std::copy(xo, xo + w, yo);
