@@ -7,6 +7,7 @@
 #include "backends/cpu/conv_channel_grad.h"
 #include "backends/cpu/conv_channel_input_grad.h"
 #include "backends/cpu/conv_direct.h"
+#include "backends/cpu/conv_nchwc.h"
 #include "backends/cpu/conv_simd.h"
 #include "backends/cpu/gemm.h"
 
@@ -154,7 +155,7 @@ void apply_epilogue(const ConvGeometry& g, const ConvEpilogue& e, float* y) {
 
 }  // namespace
 
-bool conv2d_forward_pools(const ConvGeometry& g) { return use_direct(g); }
+bool conv2d_forward_pools(const ConvGeometry& g) { return use_direct(g) || conv2d_nchwc_chosen(g); }
 
 int64_t conv2d_weight_grad_shared(const ConvGeometry& g) {
   if (use_channel_weight_grad(g)) return conv2d_channel_weight_grad_shared(g);
@@ -173,12 +174,13 @@ int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
       use_channel_input_grad(g)    ? conv2d_channel_input_grad_scratch(g)
       : input_grad_as_forward(g, &f) ? flipped_weights_floats(g) + conv2d_simd_scratch(f)
                                    : int64_t{0};
-  const int64_t direct = std::max(conv2d_simd_scratch(g), input_grad);
+  const int64_t direct = std::max({conv2d_simd_scratch(g), input_grad, conv2d_nchwc_scratch(g)});
   return std::max(col, direct);
 }
 
 void conv2d_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0, int64_t n1,
                             float* col, const ConvEpilogue& epilogue) {
+  if (conv2d_nchwc_chosen(g)) return conv2d_nchwc_forward_samples(g, x, w, y, n0, n1, col, epilogue);
   const int64_t in_image = g.c * g.h * g.w;
   const int64_t out_image = g.o * (epilogue.max_pool_2x2 ? (g.oh / 2) * (g.ow / 2) : g.out_plane());
   if (use_direct(g)) {
@@ -232,6 +234,7 @@ void conv2d_input_grad_samples(const ConvGeometry& g, const float* dy, const flo
 
 void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y,
                     const ConvEpilogue& epilogue) {
+  if (conv2d_nchwc_chosen(g)) return conv2d_nchwc_forward(ctx, g, x, w, y, epilogue);
   if (use_direct(g) && conv2d_simd_forward_in_parts(g, epilogue, ctx.pool->size()))
     return conv2d_simd_forward_parts(ctx, choose_conv_path(), g, x, w, y, epilogue);
   for_each_image(ctx, g.n, [&](int64_t n, int thread) {

@@ -1,0 +1,377 @@
+#include "backends/cpu/conv_nchwc.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "backends/cpu/simd_paths.h"
+
+namespace gometal {
+namespace {
+
+using simd::broadcast;
+using simd::load;
+
+// The widest block (AVX-512): scratch is sized for it, so one size serves every path.
+constexpr int64_t kMostLanes = 16;
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+int64_t lanes_of(ConvPath path) { return path == ConvPath::Avx512 ? 16 : 8; }
+
+bool is_pointwise(const ConvGeometry& g) {
+  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+}
+
+int64_t channel_stride(const ConvGeometry& g) { return round_up(g.o, kMostLanes); }
+int64_t epilogue_floats(const ConvGeometry& g) { return 3 * channel_stride(g); }
+int64_t padded_width(const ConvGeometry& g) { return g.w + 2 * g.pw; }
+int64_t padded_plane(const ConvGeometry& g) { return (g.h + 2 * g.ph) * padded_width(g); }
+bool needs_padding(const ConvGeometry& g) { return g.ph != 0 || g.pw != 0; }
+int64_t padded_floats(const ConvGeometry& g) { return needs_padding(g) ? round_up(g.c * padded_plane(g), 16) : 0; }
+// The tap offsets (int64_t each) and the channels-last outputs of one image.
+int64_t tap_table_floats(const ConvGeometry& g) { return round_up(2 * g.patch(), 16); }
+int64_t channels_last_floats(const ConvGeometry& g) { return g.out_plane() * channel_stride(g); }
+
+// The weights (O, C, KH, KW) as blocks of `lanes` output channels, block b holding
+// packed[b][tap][l] = w[b * lanes + l][tap] (zeros past O): one vector per tap and block.
+void pack_weights(const ConvGeometry& g, int64_t lanes, const float* w, float* packed) {
+  const int64_t taps = g.patch(), blocks = (g.o + lanes - 1) / lanes;
+  for (int64_t b = 0; b < blocks; ++b) {
+    float* block = packed + b * taps * lanes;
+    for (int64_t l = 0; l < lanes; ++l) {
+      const int64_t o = b * lanes + l;
+      if (o >= g.o) {
+        for (int64_t t = 0; t < taps; ++t) block[t * lanes + l] = 0.0f;
+        continue;
+      }
+      const float* src = w + o * taps;
+      for (int64_t t = 0; t < taps; ++t) block[t * lanes + l] = src[t];
+    }
+  }
+}
+
+// Weights this thread packed, by source address, with a copy of the source as packed: a call
+// repacks only when the bytes differ (written since), so sample-tiled runs, which call once
+// per image, compare 4 bytes a weight instead of transposing them every time.
+struct PackedCopy {
+  const float* source = nullptr;
+  int64_t o = 0, taps = 0, lanes = 0;
+  std::vector<float> seen, packed;
+};
+constexpr size_t kCachedWeights = 16;
+thread_local std::vector<PackedCopy> t_packed;
+thread_local size_t t_next_evicted = 0;
+
+const float* packed_weights(const ConvGeometry& g, int64_t lanes, const float* w) {
+  const int64_t floats = g.o * g.patch();
+  PackedCopy* entry = nullptr;
+  for (PackedCopy& e : t_packed)
+    if (e.source == w && e.o == g.o && e.taps == g.patch() && e.lanes == lanes) entry = &e;
+  if (entry != nullptr && std::memcmp(entry->seen.data(), w, floats * sizeof(float)) == 0)
+    return entry->packed.data();
+  if (entry == nullptr) {
+    if (t_packed.size() < kCachedWeights) {
+      entry = &t_packed.emplace_back();
+    } else {
+      entry = &t_packed[t_next_evicted];
+      t_next_evicted = (t_next_evicted + 1) % kCachedWeights;
+    }
+    *entry = PackedCopy{w, g.o, g.patch(), lanes, {}, {}};
+  }
+  entry->seen.assign(w, w + floats);
+  entry->packed.resize(round_up(g.o, lanes) * g.patch());
+  pack_weights(g, lanes, w, entry->packed.data());
+  return entry->packed.data();
+}
+
+// Bias, scale and shift, each padded to whole blocks, so the epilogue loads them as vectors.
+void pack_epilogue(const ConvGeometry& g, const ConvEpilogue& e, float* params) {
+  const int64_t stride = channel_stride(g);
+  std::fill(params, params + epilogue_floats(g), 0.0f);
+  if (e.bias) std::copy(e.bias, e.bias + g.o, params);
+  if (e.scale) std::copy(e.scale, e.scale + g.o, params + stride);
+  if (e.shift) std::copy(e.shift, e.shift + g.o, params + 2 * stride);
+}
+
+// One image's channels with zeros around each plane (only the border is written).
+void pad_channels(const ConvGeometry& g, const float* x, float* padded) {
+  const int64_t width = padded_width(g), rows = g.h + 2 * g.ph;
+  for (int64_t c = 0; c < g.c; ++c)
+    for (int64_t r = 0; r < rows; ++r) {
+      float* dst = padded + c * padded_plane(g) + r * width;
+      const int64_t iy = r - g.ph;
+      if (iy < 0 || iy >= g.h) {
+        std::fill(dst, dst + width, 0.0f);
+        continue;
+      }
+      std::fill(dst, dst + g.pw, 0.0f);
+      std::memcpy(dst + g.pw, x + (c * g.h + iy) * g.w, g.w * sizeof(float));
+      std::fill(dst + g.pw + g.w, dst + width, 0.0f);
+    }
+}
+
+// What one image's tiles read and write.
+struct ImageArgs {
+  const float* input;       // (C, rows, row_stride): padded, or x itself without padding
+  const float* packed;      // blocks of (taps, L)
+  const float* params;      // bias, scale, shift, channel_stride floats each
+  const int64_t* tap_off;   // each tap's (c, ki, kj) offset in the input
+  float* channels_last;     // (OH*OW, channel_stride): the finished outputs, pixel by pixel
+  float* y;                 // (O, outputs)
+  int64_t row_stride, sh, sw, taps, o, stride;  // stride: channel_stride
+  int64_t oh, ow;
+  bool bias, scale, shift, relu, pool;
+};
+
+// Input offsets of the pixels first.. of a tile of P; returns how many exist. Pixels past
+// the end repeat the first one's offset (computed, never stored).
+template <int P>
+GOMETAL_SIMD_INLINE int tile_offsets(const ImageArgs& a, int64_t first, int64_t* in_off) {
+  const int count = static_cast<int>(std::min<int64_t>(P, a.oh * a.ow - first));
+  for (int i = 0; i < P; ++i) {
+    const int64_t pixel = first + (i < count ? i : 0);
+    in_off[i] = pixel / a.ow * a.sh * a.row_stride + pixel % a.ow * a.sw;
+  }
+  return count;
+}
+
+// The epilogue on one vector of channels from o0.
+template <class Vec>
+GOMETAL_SIMD_INLINE Vec finish(Vec v, const ImageArgs& a, int64_t o0) {
+  if (a.bias) v += load<Vec>(a.params + o0);
+  if (a.scale) v *= load<Vec>(a.params + a.stride + o0);
+  if (a.shift) v += load<Vec>(a.params + 2 * a.stride + o0);
+  if (a.relu) {
+    const Vec zero = {};
+    v = v > zero ? v : zero;
+  }
+  return v;
+}
+
+// Blocks b0..b0+RB-1 of every pixel, P pixels a tile: acc[rb][p] = the sum over taps of
+// the block's weights times the input under pixel p, finished and stored channels-last.
+template <class Vec, int L, int RB, int P>
+GOMETAL_SIMD_INLINE void block_pass(const ImageArgs& a, int64_t b0) {
+  const int64_t block = a.taps * L;
+  for (int64_t first = 0; first < a.oh * a.ow; first += P) {
+    int64_t in_off[P];
+    const int count = tile_offsets<P>(a, first, in_off);
+    Vec acc[RB][P] = {};
+    const float* wp = a.packed + b0 * block;
+    for (int64_t t = 0; t < a.taps; ++t, wp += L) {
+      const float* src = a.input + a.tap_off[t];
+      Vec wv[RB];
+#pragma GCC unroll 4
+      for (int rb = 0; rb < RB; ++rb) wv[rb] = load<Vec>(wp + rb * block);
+#pragma GCC unroll 12
+      for (int p = 0; p < P; ++p) {
+        const Vec s = broadcast<Vec, L>(src + in_off[p]);
+#pragma GCC unroll 4
+        for (int rb = 0; rb < RB; ++rb) acc[rb][p] += wv[rb] * s;
+      }
+    }
+    for (int rb = 0; rb < RB; ++rb) {
+      const int64_t o0 = (b0 + rb) * L;
+      for (int p = 0; p < count; ++p) {
+        const Vec v = finish(acc[rb][p], a, o0);
+        __builtin_memcpy(a.channels_last + (first + p) * a.stride + o0, &v, sizeof v);
+      }
+    }
+  }
+}
+
+// Stores L channels from o0 of one output (NCHW position `at`), fewer past O.
+template <class Vec, int L>
+GOMETAL_SIMD_INLINE void store_lanes(const ImageArgs& a, Vec v, int64_t o0, int64_t plane, int64_t at) {
+  float lanes[L];
+  __builtin_memcpy(lanes, &v, sizeof v);
+  const int64_t n = std::min<int64_t>(L, a.o - o0);
+  for (int64_t l = 0; l < n; ++l) a.y[(o0 + l) * plane + at] = lanes[l];
+}
+
+// The channels-last outputs to y (O, outputs), 2x2-pooled first with the pooling epilogue:
+// each window's maximum in the order pool.cpp takes it, NaN propagating.
+template <class Vec, int L>
+GOMETAL_SIMD_INLINE void store_nchw(const ImageArgs& a) {
+  if (!a.pool) {
+    const int64_t plane = a.oh * a.ow;
+    for (int64_t pixel = 0; pixel < plane; ++pixel)
+      for (int64_t o0 = 0; o0 < a.o; o0 += L)
+        store_lanes<Vec, L>(a, load<Vec>(a.channels_last + pixel * a.stride + o0), o0, plane, pixel);
+    return;
+  }
+  const int64_t pooled_h = a.oh / 2, pooled_w = a.ow / 2;
+  for (int64_t pr = 0; pr < pooled_h; ++pr)
+    for (int64_t pc = 0; pc < pooled_w; ++pc) {
+      const float* corner = a.channels_last + (2 * pr * a.ow + 2 * pc) * a.stride;
+      const int64_t window[3] = {a.stride, a.ow * a.stride, (a.ow + 1) * a.stride};
+      for (int64_t o0 = 0; o0 < a.o; o0 += L) {
+        Vec best = load<Vec>(corner + o0);
+        for (int64_t offset : window) {
+          const Vec v = load<Vec>(corner + offset + o0);
+          best = (v > best) | (v != v) ? v : best;
+        }
+        store_lanes<Vec, L>(a, best, o0, pooled_h * pooled_w, pr * pooled_w + pc);
+      }
+    }
+}
+
+// The register tiles: RB blocks x P pixels of accumulators, the most blocks first.
+template <class Vec, int L, int Wide, int WideP, int Narrow, int NarrowP>
+GOMETAL_SIMD_INLINE void forward_image(const ImageArgs& a) {
+  const int64_t blocks = (a.o + L - 1) / L;
+  int64_t b0 = 0;
+  for (; b0 + Wide <= blocks; b0 += Wide) block_pass<Vec, L, Wide, WideP>(a, b0);
+  for (; b0 + Narrow <= blocks; b0 += Narrow) block_pass<Vec, L, Narrow, NarrowP>(a, b0);
+  for (; b0 < blocks; ++b0) block_pass<Vec, L, 1, 12>(a, b0);
+  store_nchw<Vec, L>(a);
+}
+
+// AVX-512: 4 blocks x 6 pixels or 2 x 12 (24 of 32 zmm); AVX2 and portable: 2 x 6 (12 of 16).
+void forward_image_portable(const ImageArgs& a) { forward_image<Vec8f, 8, 2, 6, 2, 6>(a); }
+
+#ifdef GOMETAL_SIMD_X86
+__attribute__((target("avx2,fma"))) void forward_image_avx2(const ImageArgs& a) {
+  forward_image<Vec8f, 8, 2, 6, 2, 6>(a);
+}
+__attribute__((target("avx512f,avx2,fma"))) void forward_image_avx512(const ImageArgs& a) {
+  forward_image<Vec16f, 16, 4, 6, 2, 12>(a);
+}
+#endif
+
+void forward_image(ConvPath path, const ImageArgs& a) {
+  switch (path) {
+#ifdef GOMETAL_SIMD_X86
+    case ConvPath::Avx512: return forward_image_avx512(a);
+    case ConvPath::Avx2: return forward_image_avx2(a);
+#endif
+    default: return forward_image_portable(a);
+  }
+}
+
+// Scratch of one thread: the packed epilogue and tap offsets (shared by the threads of a
+// whole-batch run), then its own padded image and channels-last outputs.
+struct Scratch {
+  const float* packed;
+  float *params, *padded, *channels_last;
+  int64_t* tap_off;
+};
+
+Scratch split_scratch(const ConvGeometry& g, float* scratch) {
+  Scratch s;
+  s.packed = nullptr;
+  s.params = scratch;
+  float* taps = s.params + epilogue_floats(g);
+  s.tap_off = reinterpret_cast<int64_t*>(taps);
+  s.padded = taps + tap_table_floats(g);
+  s.channels_last = s.padded + padded_floats(g);
+  return s;
+}
+
+void prepare(ConvPath path, const ConvGeometry& g, const float* w, const ConvEpilogue& e, Scratch& s) {
+  s.packed = packed_weights(g, lanes_of(path), w);
+  pack_epilogue(g, e, s.params);
+  const int64_t plane = needs_padding(g) ? padded_plane(g) : g.h * g.w, row_stride = padded_width(g);
+  int64_t* off = s.tap_off;
+  for (int64_t c = 0; c < g.c; ++c)
+    for (int64_t ki = 0; ki < g.kh; ++ki)
+      for (int64_t kj = 0; kj < g.kw; ++kj) *off++ = c * plane + ki * g.dh * row_stride + kj * g.dw;
+}
+
+ImageArgs image_args(const ConvGeometry& g, const ConvEpilogue& e, const Scratch& shared) {
+  ImageArgs a{};
+  a.packed = shared.packed;
+  a.params = shared.params;
+  a.tap_off = shared.tap_off;
+  a.row_stride = padded_width(g);
+  a.sh = g.sh;
+  a.sw = g.sw;
+  a.taps = g.patch();
+  a.o = g.o;
+  a.stride = channel_stride(g);
+  a.oh = g.oh;
+  a.ow = g.ow;
+  a.pool = e.max_pool_2x2;
+  a.bias = e.bias != nullptr;
+  a.scale = e.scale != nullptr;
+  a.shift = e.shift != nullptr;
+  a.relu = e.relu;
+  return a;
+}
+
+// Images [n0, n1) with the weights packed as `base` says, in this thread's scratch `own`.
+void run_images(ConvPath path, const ConvGeometry& g, const ImageArgs& base, const float* x, float* y, int64_t n0,
+                int64_t n1, const Scratch& own) {
+  const int64_t in_image = g.c * g.h * g.w;
+  const int64_t out_image = g.o * (base.pool ? (g.oh / 2) * (g.ow / 2) : g.out_plane());
+  for (int64_t n = n0; n < n1; ++n) {
+    ImageArgs a = base;
+    if (needs_padding(g)) {
+      pad_channels(g, x + n * in_image, own.padded);
+      a.input = own.padded;
+    } else {
+      a.input = x + n * in_image;
+    }
+    a.channels_last = own.channels_last;
+    a.y = y + n * out_image;
+    forward_image(path, a);
+  }
+}
+
+// Planes narrower than one 16-float vector leave the pixel-lane kernel's lanes idle: with
+// 3x3 windows, ReLU and pooling fused (1 thread, batch 256, loaded machine, ms, pixel lanes
+// -> channel lanes) 32->64 at 8x8 23.9 -> 13.4 (onnxruntime 8.6); at 16 wide and more the
+// pixel lanes won or tied (16->32 at 32x32 58.7 -> 71.6, 32->64 at 16x16 47.9 -> 52.2).
+bool chosen_by_shape(const ConvGeometry& g) {
+  return conv2d_nchwc_supported(g) && !is_pointwise(g) && g.o >= 16 && g.ow < 16;
+}
+
+}  // namespace
+
+bool conv2d_nchwc_supported(const ConvGeometry& g) { return g.groups == 1; }
+
+bool conv2d_nchwc_chosen(const ConvGeometry& g) {
+  const char* forced = std::getenv("GOMETAL_CONV_NCHWC");
+  if (forced == nullptr || forced[0] == '\0') return chosen_by_shape(g);
+  const std::string_view value = forced;
+  if (value == "always") return conv2d_nchwc_supported(g);
+  if (value == "never") return false;
+  throw std::invalid_argument(std::string("[conv2d] GOMETAL_CONV_NCHWC must be always or never, got '") + forced +
+                              "'");
+}
+
+int64_t conv2d_nchwc_scratch(const ConvGeometry& g) {
+  if (!conv2d_nchwc_supported(g)) return 0;
+  return epilogue_floats(g) + tap_table_floats(g) + padded_floats(g) + channels_last_floats(g);
+}
+
+void conv2d_nchwc_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0,
+                                  int64_t n1, float* scratch, const ConvEpilogue& epilogue) {
+  const ConvPath path = choose_conv_path();
+  Scratch s = split_scratch(g, scratch);
+  prepare(path, g, w, epilogue, s);
+  run_images(path, g, image_args(g, epilogue, s), x, y, n0, n1, s);
+}
+
+void conv2d_nchwc_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y,
+                          const ConvEpilogue& epilogue) {
+  const ConvPath path = choose_conv_path();
+  // The epilogue and tap offsets go to thread 0's scratch and the weights are packed (or found
+  // packed) once: every thread reads them, and works in its own scratch.
+  Scratch shared = split_scratch(g, ctx.thread_scratch(0));
+  prepare(path, g, w, epilogue, shared);
+  const ImageArgs base = image_args(g, epilogue, shared);
+  const int tasks = balanced_tasks(*ctx.pool, g.n);
+  ctx.pool->parallel_for(tasks, [&](int task, int thread) {
+    int64_t lo, hi;
+    split_range(g.n, tasks, task, 1, &lo, &hi);
+    run_images(path, g, base, x, y, lo, hi, split_scratch(g, ctx.thread_scratch(thread)));
+  });
+}
+
+}  // namespace gometal
