@@ -72,18 +72,23 @@ bool sample_aligned_inputs(const Graph& g, const Step& step, const std::vector<S
       case OpKind::Conv2D: case OpKind::Conv2DInputGrad: case OpKind::MaxPool2D: case OpKind::AvgPool2D:
       case OpKind::AvgPool2DGrad:
         aligned->push_back(g.node(id).inputs[0]);
-        return true;
+        break;
       case OpKind::MaxPool2DGrad:
         aligned->push_back(g.node(id).inputs[0]);
         aligned->push_back(g.node(id).inputs[1]);
-        return true;
+        break;
       case OpKind::Sum: case OpKind::Mean:
         if (!reduces_trailing_block(shapes[g.node(id).inputs[0]], g.node(id).attrs.ints)) return false;
         aligned->push_back(g.node(id).inputs[0]);
-        return true;
+        break;
       default:
         return false;
     }
+    // A value of one image (the pooling of a constant, say) has no image n to run.
+    if (!batch_leading(g, id)) return false;
+    for (int in : *aligned)
+      if (!batch_leading(g, in)) return false;
+    return true;
   }
   const Shape& shape = shapes[step.nodes.front()];
   if (!batch_leading(g, step.nodes.front())) return false;
