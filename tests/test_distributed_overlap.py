@@ -74,10 +74,9 @@ def test_a_bucket_starts_before_the_backward_pass_ends_and_is_awaited_before_its
     assert "assign" in plan[waits[0] + 1], plan  # the wait comes right before its update
 
 
-def test_the_gpts_first_bucket_is_exchanged_while_the_first_layers_backward_pass_runs():
-    # A weight used through slices (the attention's packed Q/K/V) gets its gradient summed
-    # after the whole backward pass in the builder's order; the bucket holding it must
-    # still start as soon as it is complete, before the first layer's attention gradient.
+def _small_gpt_gradients():
+    """A 2-layer GPT's training graph: the model, graph, inputs, parameters and gradients
+    of a sum-of-squares loss, by parameter name."""
     model = gm.models.GPT(29, 16, 2, 2, 32, seed=0)
     g = _core.Graph()
     xs = model.declare_inputs(g)
@@ -86,6 +85,14 @@ def test_the_gpts_first_bucket_is_exchanged_while_the_first_layers_backward_pass
     loss = g.op("sum", [g.op("square", [logits])], {"axes": []})
     params = {name: variables[name] for name in model.trainable_weight_names}
     grads = dict(zip(params, g.gradients(loss, list(params.values()))))
+    return model, g, xs, params, grads
+
+
+def test_the_gpts_first_bucket_is_exchanged_while_the_first_layers_backward_pass_runs():
+    # A weight used through slices (the attention's packed Q/K/V) gets its gradient summed
+    # after the whole backward pass in the builder's order; the bucket holding it must
+    # still start as soon as it is complete, before the first layer's attention gradient.
+    model, g, xs, params, grads = _small_gpt_gradients()
     layer_floats = sum(
         int(np.prod(shape))
         for name, shape in model.weight_shapes.items()
@@ -108,14 +115,7 @@ def test_buckets_follow_the_backward_pass_not_the_declaration_order():
     # The GPT declares embeddings first and the blocks in order; its packed Q/K/V weights
     # are concatenated after the whole backward pass, yet their pieces exist with their
     # block's; the tied token embedding is finished last, by the input's gradient.
-    model = gm.models.GPT(29, 16, 2, 2, 32, seed=0)
-    g = _core.Graph()
-    xs = model.declare_inputs(g)
-    variables = model.declare_variables(g)
-    (logits,) = model.emit(EmitContext(g, training=True, variables=variables), xs)
-    loss = g.op("sum", [g.op("square", [logits])], {"axes": []})
-    params = {name: variables[name] for name in model.trainable_weight_names}
-    grads = dict(zip(params, g.gradients(loss, list(params.values()))))
+    _, g, _, params, grads = _small_gpt_gradients()
     order = backward_order(g, grads)
     assert sorted(order) == sorted(params)
     block = [name.split(".")[2] if name.startswith("h.layers.") else name for name in order]

@@ -12,6 +12,7 @@ import pytest
 from gometal import _core
 from ops.cases_quantized import (
     RANGES,
+    engine_of,
     random_quantized,
     reference_max_pool,
     reference_quantize,
@@ -103,11 +104,7 @@ class ChainGraph:
         return values
 
     def describe(self, outputs, batch: int) -> list[str]:
-        engine = _core.Engine(self.g, seed=0, backend="cpu")
-        for name, value in self.variables.items():
-            engine.set_variable(name, value)
-        engine.define("f", inputs=[self.x], outputs=outputs)
-        return engine.describe("f", batch)
+        return engine_of(self.g, [self.x], outputs, self.variables).describe("f", batch)
 
 
 def stage_names(stages) -> str:

@@ -175,16 +175,21 @@ def product_inputs(g, rng, x_shape, w_shape, x_dtype, with_bias):
     return nodes, values
 
 
+def engine_of(g, inputs, outputs, variables):
+    """A CPU engine holding ``variables`` with function "f" from ``inputs`` to ``outputs``."""
+    engine = _core.Engine(g, seed=0, backend="cpu")
+    for name, value in variables.items():
+        engine.set_variable(name, value)
+    engine.define("f", inputs=inputs, outputs=outputs)
+    return engine
+
+
 def run_on_every_path(g, inputs, outputs, variables, feeds):
     """The outputs of one run per int8 kernel path, by path name."""
     results = {}
     for path in int8_paths():
         with int8_path(path):
-            engine = _core.Engine(g, seed=0, backend="cpu")
-            for name, value in variables.items():
-                engine.set_variable(name, value)
-            engine.define("f", inputs=inputs, outputs=outputs)
-            results[path] = engine.run("f", feeds)
+            results[path] = engine_of(g, inputs, outputs, variables).run("f", feeds)
     return results
 
 
