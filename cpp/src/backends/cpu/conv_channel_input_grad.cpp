@@ -1,8 +1,8 @@
 #include "backends/cpu/conv_channel_input_grad.h"
 
 #include <algorithm>
-#include <cstring>
 
+#include "backends/cpu/layout.h"
 #include "backends/cpu/simd_paths.h"
 
 namespace gometal {
@@ -40,19 +40,7 @@ void pack_weights(const ConvGeometry& g, int64_t lanes, const float* w, float* p
 
 // One image's dy with zeros around each plane: only the border is written.
 void pad_dy(const ConvGeometry& g, const float* dy, float* padded) {
-  const int64_t row = padded_row(g), rows = g.oh + 2 * pad_rows(g), left = pad_cols(g);
-  for (int64_t o = 0; o < g.o; ++o)
-    for (int64_t r = 0; r < rows; ++r) {
-      float* dst = padded + o * padded_plane(g) + r * row;
-      const int64_t oy = r - pad_rows(g);
-      if (oy < 0 || oy >= g.oh) {
-        std::fill(dst, dst + row, 0.0f);
-        continue;
-      }
-      std::fill(dst, dst + left, 0.0f);
-      std::memcpy(dst + left, dy + (o * g.oh + oy) * g.ow, g.ow * sizeof(float));
-      std::fill(dst + left + g.ow, dst + row, 0.0f);
-    }
+  pad_planes(dy, g.o, g.oh, g.ow, pad_rows(g), pad_cols(g), padded);
   std::fill(padded + g.o * padded_plane(g), padded + g.o * padded_plane(g) + kSlack, 0.0f);
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "backends/cpu/layout.h"
 
 namespace gometal {
 namespace {
@@ -28,11 +29,9 @@ Padded padded_size(const ConvGeometry& g) { return {g.h + 2 * g.ph, g.w + 2 * g.
 
 // One group's channels of one image, zero-padded: (C/groups, H + 2ph, W + 2pw).
 void pad_image(const ConvGeometry& g, const float* x, float* padded) {
-  const Padded p = padded_size(g);
-  std::fill(padded, padded + g.c_per_group() * p.plane() + kSlack, 0.0f);
-  for (int64_t c = 0; c < g.c_per_group(); ++c)
-    for (int64_t iy = 0; iy < g.h; ++iy)
-      std::copy(x + (c * g.h + iy) * g.w, x + (c * g.h + iy + 1) * g.w, padded + c * p.plane() + (iy + g.ph) * p.w + g.pw);
+  const int64_t floats = g.c_per_group() * padded_size(g).plane();
+  pad_planes(x, g.c_per_group(), g.h, g.w, g.ph, g.pw, padded);
+  std::fill(padded + floats, padded + floats + kSlack, 0.0f);
 }
 
 // One group's padded channels, rounded up to whole vectors.

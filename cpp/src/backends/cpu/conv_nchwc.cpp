@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "backends/cpu/layout.h"
 #include "backends/cpu/simd_paths.h"
 
 namespace gometal {
@@ -96,23 +97,6 @@ void pack_epilogue(const ConvGeometry& g, const ConvEpilogue& e, float* params) 
   if (e.bias) std::copy(e.bias, e.bias + g.o, params);
   if (e.scale) std::copy(e.scale, e.scale + g.o, params + stride);
   if (e.shift) std::copy(e.shift, e.shift + g.o, params + 2 * stride);
-}
-
-// One image's channels with zeros around each plane (only the border is written).
-void pad_channels(const ConvGeometry& g, const float* x, float* padded) {
-  const int64_t width = padded_width(g), rows = g.h + 2 * g.ph;
-  for (int64_t c = 0; c < g.c; ++c)
-    for (int64_t r = 0; r < rows; ++r) {
-      float* dst = padded + c * padded_plane(g) + r * width;
-      const int64_t iy = r - g.ph;
-      if (iy < 0 || iy >= g.h) {
-        std::fill(dst, dst + width, 0.0f);
-        continue;
-      }
-      std::fill(dst, dst + g.pw, 0.0f);
-      std::memcpy(dst + g.pw, x + (c * g.h + iy) * g.w, g.w * sizeof(float));
-      std::fill(dst + g.pw + g.w, dst + width, 0.0f);
-    }
 }
 
 // What one image's tiles read and write.
@@ -312,7 +296,7 @@ void run_images(ConvPath path, const ConvGeometry& g, const ImageArgs& base, con
   for (int64_t n = n0; n < n1; ++n) {
     ImageArgs a = base;
     if (needs_padding(g)) {
-      pad_channels(g, x + n * in_image, own.padded);
+      pad_planes(x + n * in_image, g.c, g.h, g.w, g.ph, g.pw, own.padded);
       a.input = own.padded;
     } else {
       a.input = x + n * in_image;

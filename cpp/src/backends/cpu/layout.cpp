@@ -79,4 +79,20 @@ void one_hot(const int32_t* labels, int64_t n, int64_t depth, float* out) {
     if (labels[i] >= 0 && labels[i] < depth) out[i * depth + labels[i]] = 1.0f;
 }
 
+void pad_planes(const float* src, int64_t planes, int64_t h, int64_t w, int64_t pad_h, int64_t pad_w, float* dst) {
+  const int64_t width = w + 2 * pad_w, rows = h + 2 * pad_h;
+  for (int64_t p = 0; p < planes; ++p)
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = dst + (p * rows + r) * width;
+      const int64_t y = r - pad_h;
+      if (y < 0 || y >= h) {
+        std::fill(row, row + width, 0.0f);
+        continue;
+      }
+      std::fill(row, row + pad_w, 0.0f);
+      std::memcpy(row + pad_w, src + (p * h + y) * w, w * sizeof(float));
+      std::fill(row + pad_w + w, row + width, 0.0f);
+    }
+}
+
 }  // namespace gometal
