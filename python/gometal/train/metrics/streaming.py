@@ -14,6 +14,7 @@ the evaluation of a distributed job merges its ranks' states instead of their sa
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,8 @@ from .metric_base import Metric, checked_state, tagged_state
 from .ranking import average_precision, check_binary_pos_label, roc_auc
 from .regression import RegressionSums, check_multioutput, regression_from_sums
 
-_REGRESSION_FIELDS = ("abs_error", "sq_error", "mean_true", "sq_dev_true", "abs_true")
+# The per-output arrays of RegressionSums: every field but the count.
+_REGRESSION_FIELDS = tuple(f.name for f in dataclasses.fields(RegressionSums) if f.name != "count")
 
 
 class _ConfusionMetric(Metric):
