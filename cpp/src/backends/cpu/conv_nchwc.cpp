@@ -132,7 +132,7 @@ GOMETAL_SIMD_INLINE Vec finish(Vec v, const ImageArgs& a, int64_t o0) {
   if (a.shift) v += load<Vec>(a.params + 2 * a.stride + o0);
   if (a.relu) {
     const Vec zero = {};
-    v = v > zero ? v : zero;
+    v = v < zero ? zero : v;  // NaN stays NaN, as the element-wise relu keeps it
   }
   return v;
 }

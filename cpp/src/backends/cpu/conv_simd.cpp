@@ -68,7 +68,7 @@ GOMETAL_SIMD_INLINE Vec finish(Vec v, const ConvEpilogue& e, int64_t o) {
   if (e.shift) v += e.shift[o];
   if (e.relu) {
     const Vec zero = {};
-    v = v > zero ? v : zero;
+    v = v < zero ? zero : v;  // NaN stays NaN, as the element-wise relu keeps it
   }
   return v;
 }

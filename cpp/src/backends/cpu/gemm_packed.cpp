@@ -45,7 +45,7 @@ GOMETAL_SIMD_INLINE void tile(const float* a, int64_t k, const float* panel, int
   if (relu && (bias == nullptr || whole)) {
     const Vec zero = {};
     for (int r = 0; r < Rows; ++r)
-      for (int j = 0; j < NV; ++j) acc[r][j] = acc[r][j] > zero ? acc[r][j] : zero;
+      for (int j = 0; j < NV; ++j) acc[r][j] = acc[r][j] < zero ? zero : acc[r][j];  // NaN stays NaN
   }
   for (int r = 0; r < Rows; ++r) {
     float* out = c + r * ldc;
