@@ -4,6 +4,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "backends/cpu/conv_channel_forward.h"
 #include "backends/cpu/conv_channel_grad.h"
 #include "backends/cpu/conv_channel_input_grad.h"
 #include "backends/cpu/conv_direct.h"
@@ -174,13 +175,16 @@ int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
       use_channel_input_grad(g)    ? conv2d_channel_input_grad_scratch(g)
       : input_grad_as_forward(g, &f) ? flipped_weights_floats(g) + conv2d_simd_scratch(f)
                                    : int64_t{0};
-  const int64_t direct = std::max({conv2d_simd_scratch(g), input_grad, conv2d_nchwc_scratch(g)});
+  const int64_t direct = std::max(
+      {conv2d_simd_scratch(g), input_grad, conv2d_nchwc_scratch(g), conv2d_channel_forward_scratch(g)});
   return std::max(col, direct);
 }
 
 void conv2d_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0, int64_t n1,
                             float* col, const ConvEpilogue& epilogue) {
   if (conv2d_nchwc_chosen(g)) return conv2d_nchwc_forward_samples(g, x, w, y, n0, n1, col, epilogue);
+  if (conv2d_channel_forward_chosen(g, epilogue))
+    return conv2d_channel_forward_samples(g, x, w, y, n0, n1, col, epilogue);
   const int64_t in_image = g.c * g.h * g.w;
   const int64_t out_image = g.o * (epilogue.max_pool_2x2 ? (g.oh / 2) * (g.ow / 2) : g.out_plane());
   if (use_direct(g)) {

@@ -1,0 +1,225 @@
+#include "backends/cpu/conv_channel_forward.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include "backends/cpu/layout.h"
+#include "backends/cpu/simd_paths.h"
+
+namespace gometal {
+namespace {
+
+using simd::broadcast;
+using simd::load;
+
+constexpr int kTaps = 9;            // a 3x3 window
+constexpr int64_t kMostLanes = 16;  // the widest vector (AVX-512): scratch fits every path
+constexpr int64_t kSlack = 16;      // floats after the padded image, read by no tile but kept zero
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+int64_t padded_row(const ConvGeometry& g) { return g.w + 2 * g.pw; }
+int64_t padded_plane(const ConvGeometry& g) { return (g.h + 2 * g.ph) * padded_row(g); }
+int64_t packed_floats(const ConvGeometry& g) { return round_up(g.o, kMostLanes) * g.c * kTaps; }
+
+// packed[b][c][t][l] = w[b * lanes + l][c][t] (zero past O): block b's weights for input
+// channel c and tap t, one vector of output channels each.
+void pack_weights(const ConvGeometry& g, int64_t lanes, const float* w, float* packed) {
+  const int64_t blocks = (g.o + lanes - 1) / lanes, block = g.c * kTaps * lanes;
+  if (g.o % lanes != 0) std::fill(packed + (blocks - 1) * block, packed + blocks * block, 0.0f);
+  for (int64_t o = 0; o < g.o; ++o)
+    for (int64_t c = 0; c < g.c; ++c) {
+      const float* src = w + (o * g.c + c) * kTaps;
+      float* dst = packed + (o / lanes) * block + c * kTaps * lanes + o % lanes;
+      for (int t = 0; t < kTaps; ++t) dst[t * lanes] = src[t];
+    }
+}
+
+// Two vectors' first (or last) halves interleaved: a0 b0 a1 b1 ... GCC spells a two-vector
+// shuffle __builtin_shuffle, Clang __builtin_shufflevector with constant lanes.
+typedef int Mask16 __attribute__((vector_size(64)));
+typedef int Mask8i __attribute__((vector_size(32)));
+#if defined(__clang__)
+#define GOMETAL_SHUFFLE(a, b, MaskT, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define GOMETAL_SHUFFLE(a, b, MaskT, ...) __builtin_shuffle(a, b, MaskT{__VA_ARGS__})
+#endif
+
+template <class Vec>
+GOMETAL_SIMD_INLINE Vec interleave_low(Vec a, Vec b) {
+  if constexpr (sizeof(Vec) == 64)
+    return GOMETAL_SHUFFLE(a, b, Mask16, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  else
+    return GOMETAL_SHUFFLE(a, b, Mask8i, 0, 8, 1, 9, 2, 10, 3, 11);
+}
+
+template <class Vec>
+GOMETAL_SIMD_INLINE Vec interleave_high(Vec a, Vec b) {
+  if constexpr (sizeof(Vec) == 64)
+    return GOMETAL_SHUFFLE(a, b, Mask16, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  else
+    return GOMETAL_SHUFFLE(a, b, Mask8i, 4, 12, 5, 13, 6, 14, 7, 15);
+}
+
+// An L x L block transposed in registers: interleaving row k with row k + L/2, log2(L) times,
+// turns rows (pixels, channels in the lanes) into columns (channels, pixels in the lanes).
+template <class Vec, int L>
+GOMETAL_SIMD_INLINE void transpose(Vec (&rows)[L]) {
+#pragma GCC unroll 4
+  for (int stage = 1; stage < L; stage *= 2) {
+    Vec next[L];
+#pragma GCC unroll 16
+    for (int k = 0; k < L / 2; ++k) {
+      next[2 * k] = interleave_low(rows[k], rows[k + L / 2]);
+      next[2 * k + 1] = interleave_high(rows[k], rows[k + L / 2]);
+    }
+#pragma GCC unroll 16
+    for (int k = 0; k < L; ++k) rows[k] = next[k];
+  }
+}
+
+GOMETAL_SIMD_INLINE void keep_opaque(const float*& p) { asm("" : "+r"(p)); }
+
+// What one image's tiles read and write.
+struct ImageArgs {
+  const float* padded;  // x (C, rows, row), padded
+  const float* packed;  // (blocks, C, 9, L)
+  float* y;             // (O, OH, OW)
+  const ConvEpilogue* epilogue;
+  int64_t c, o, oh, ow, row, plane, block;
+};
+
+// y[b*L .. b*L + L)[oy][x0 .. x0 + L) for the channels below O: for each input channel and
+// window row, the 3 weight vectors, then each input value of the row under the tile broadcast
+// once and added to the pixels it reaches (pixel p takes q = p + kj).
+template <class Vec, int L>
+GOMETAL_SIMD_INLINE void tile(const ImageArgs& a, int64_t b, int64_t oy, int64_t x0) {
+  Vec acc[L] = {};
+  const float* wp = a.packed + b * a.block;
+  const float* src = a.padded + oy * a.row + x0;
+  for (int64_t c = 0; c < a.c; ++c, src += a.plane) {
+    const float* in = src;
+    // Rolled over the window's rows, the row's values addressed from one opaque pointer:
+    // unrolled, GCC keeps an offset per (row, value) and reloads them from the stack.
+#pragma GCC unroll 1
+    for (int ki = 0; ki < 3; ++ki, in += a.row, wp += 3 * L) {
+      keep_opaque(in);
+      const Vec w0 = load<Vec>(wp), w1 = load<Vec>(wp + L), w2 = load<Vec>(wp + 2 * L);
+#pragma GCC unroll 32
+      for (int q = 0; q < L + 2; ++q) {
+        const Vec s = broadcast<Vec, L>(in + q);
+        if (q < L) acc[q] += w0 * s;
+        if (q >= 1 && q <= L) acc[q - 1] += w1 * s;
+        if (q >= 2) acc[q - 2] += w2 * s;
+      }
+    }
+  }
+  transpose<Vec, L>(acc);
+  const ConvEpilogue& e = *a.epilogue;
+  const int64_t channels = std::min<int64_t>(L, a.o - b * L);
+  for (int64_t l = 0; l < channels; ++l) {
+    const int64_t o = b * L + l;
+    Vec v = acc[l];
+    if (e.bias) v += e.bias[o];
+    if (e.scale) v *= e.scale[o];
+    if (e.shift) v += e.shift[o];
+    if (e.relu) {
+      const Vec zero = {};
+      v = v < zero ? zero : v;  // NaN stays NaN, as the element-wise relu keeps it
+    }
+    __builtin_memcpy(a.y + (o * a.oh + oy) * a.ow + x0, &v, sizeof v);
+  }
+}
+
+// Every row's tiles of every block: L-pixel tiles from the left, the last one moved left to
+// end at the row's end (its overlap recomputed, giving the same bits).
+template <class Vec, int L>
+GOMETAL_SIMD_INLINE void run_image(const ImageArgs& a) {
+  const int64_t blocks = (a.o + L - 1) / L;
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t oy = 0; oy < a.oh; ++oy)
+      for (int64_t x0 = 0; x0 < a.ow; x0 += L) tile<Vec, L>(a, b, oy, std::min<int64_t>(x0, a.ow - L));
+}
+
+// AVX2 and portable: 8 channels x 8 pixels (8 sums, 3 weights and a broadcast of 16
+// registers); AVX-512: 16 x 16 (16 sums, 3 weights and a broadcast of 32).
+void image_portable(const ImageArgs& a) { run_image<Vec8f, 8>(a); }
+
+#ifdef GOMETAL_SIMD_X86
+__attribute__((target("avx2,fma"))) void image_avx2(const ImageArgs& a) { run_image<Vec8f, 8>(a); }
+__attribute__((target("avx512f,avx2,fma"))) void image_avx512(const ImageArgs& a) { run_image<Vec16f, 16>(a); }
+#endif
+
+void run_image(ConvPath path, const ImageArgs& a) {
+  switch (path) {
+#ifdef GOMETAL_SIMD_X86
+    case ConvPath::Avx512: return image_avx512(a);
+    case ConvPath::Avx2: return image_avx2(a);
+#endif
+    default: return image_portable(a);
+  }
+}
+
+}  // namespace
+
+bool conv2d_channel_forward_supported(const ConvGeometry& g) {
+  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.groups == 1 &&
+         g.ph <= 1 && g.pw <= 1 && g.ow >= kMostLanes;
+}
+
+namespace {
+
+// Whether GOMETAL_CONV_CHANNEL_FORWARD allows this kernel (unset or always) or not (never).
+bool allowed_by_environment() {
+  const char* forced = std::getenv("GOMETAL_CONV_CHANNEL_FORWARD");
+  if (forced == nullptr || forced[0] == '\0') return true;
+  const std::string_view value = forced;
+  if (value == "always") return true;
+  if (value == "never") return false;
+  throw std::invalid_argument(std::string("[conv2d] GOMETAL_CONV_CHANNEL_FORWARD must be always or never, got '") +
+                              forced + "'");
+}
+
+}  // namespace
+
+bool conv2d_channel_forward_chosen(const ConvGeometry& g, const ConvEpilogue& epilogue) {
+  return !epilogue.max_pool_2x2 && conv2d_channel_forward_supported(g) && allowed_by_environment();
+}
+
+int64_t conv2d_channel_forward_scratch(const ConvGeometry& g) {
+  allowed_by_environment();  // an unknown value is refused here, on the compiling thread
+  if (!conv2d_channel_forward_supported(g)) return 0;
+  return packed_floats(g) + round_up(g.c * padded_plane(g) + kSlack, 16);
+}
+
+void conv2d_channel_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0,
+                                    int64_t n1, float* scratch, const ConvEpilogue& epilogue) {
+  const ConvPath path = choose_conv_path();
+  const int64_t lanes = path == ConvPath::Avx512 ? 16 : 8;
+  float* packed = scratch;
+  float* padded = scratch + packed_floats(g);
+  pack_weights(g, lanes, w, packed);
+  ImageArgs a{};
+  a.padded = padded;
+  a.packed = packed;
+  a.epilogue = &epilogue;
+  a.c = g.c;
+  a.o = g.o;
+  a.oh = g.oh;
+  a.ow = g.ow;
+  a.row = padded_row(g);
+  a.plane = padded_plane(g);
+  a.block = g.c * kTaps * lanes;
+  const int64_t padded_floats = g.c * padded_plane(g);
+  for (int64_t n = n0; n < n1; ++n) {
+    pad_planes(x + n * g.c * g.h * g.w, g.c, g.h, g.w, g.ph, g.pw, padded);
+    std::fill(padded + padded_floats, padded + padded_floats + kSlack, 0.0f);
+    a.y = y + n * g.o * g.out_plane();
+    run_image(path, a);
+  }
+}
+
+}  // namespace gometal

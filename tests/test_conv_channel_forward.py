@@ -1,0 +1,124 @@
+"""The forward convolution with output channels across the vector lanes (conv_channel_forward).
+
+Training plans' 3x3, stride-1 convolutions (no pooling epilogue, rows of 16 pixels and more)
+run it; each vector path (GOMETAL_CONV_KERNEL=portable|avx2|avx512) computes conv2d with its
+fused bias and ReLU as torch does in float64, on workload B's layers and on partial vectors of
+output channels, rows whose last tile overlaps the one before, and padding 0; inside a training
+step its outputs and gradients match torch's; GOMETAL_CONV_CHANNEL_FORWARD=never (the pixel-lane
+kernel) gives the same values; an unknown value of that variable is refused by name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conv_checks import conv_attrs, torch_conv2d
+from cpu_paths import vector_path_available
+from gometal import _core
+
+PATHS = [p for p in ("portable", "avx2", "avx512") if vector_path_available(p)]
+
+# (N, C, H, W), output channels, padding, relu
+CASES = [
+    ((3, 3, 64, 64), 16, 1, True),  # workload B's first layer
+    ((2, 16, 32, 32), 32, 1, False),  # its second (batch norm follows: bias alone)
+    ((2, 32, 16, 16), 64, 1, True),  # its third
+    ((2, 5, 20, 20), 24, 1, True),  # a partial vector of channels, an overlapping last tile
+    ((1, 7, 19, 35), 9, 0, False),  # no padding, fewer channels than one AVX2 vector
+    ((2, 16, 17, 17), 40, 1, True),  # 17-pixel rows: the last tile overlaps by 15
+]
+
+
+def _case_ids():
+    return [f"{c[0][1]}to{c[1]}at{c[0][2]}x{c[0][3]}p{c[2]}{'relu' if c[3] else ''}" for c in CASES]
+
+
+def _conv_engine(x_shape, channels, padding, relu):
+    g = _core.Graph()
+    x = g.input("x", (-1, *x_shape[1:]), "float32")
+    w = g.variable("w", (channels, x_shape[1], 3, 3))
+    y = g.op("conv2d", [x, w], conv_attrs((1, 1), (padding, padding), (1, 1), 1))
+    y = g.op("add", [y, g.variable("bias", (channels, 1, 1))])
+    if relu:
+        y = g.op("relu", [y])
+    engine = _core.Engine(g, seed=0)
+    engine.define("f", inputs=[x], outputs=[y], effects=[])
+    return engine
+
+
+def _case_arrays(x_shape, channels):
+    rng = np.random.default_rng(sum(x_shape) + channels)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((channels, x_shape[1], 3, 3)).astype(np.float32)
+    bias = rng.standard_normal((channels, 1, 1)).astype(np.float32)
+    return x, w, bias
+
+
+def _run(case, monkeypatch, path, lanes=None):
+    x_shape, channels, padding, relu = case
+    monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
+    if lanes is not None:
+        monkeypatch.setenv("GOMETAL_CONV_CHANNEL_FORWARD", lanes)
+    x, w, bias = _case_arrays(x_shape, channels)
+    engine = _conv_engine(x_shape, channels, padding, relu)
+    engine.set_variable("w", w)
+    engine.set_variable("bias", bias)
+    return engine.run("f", [x])[0]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", CASES, ids=_case_ids())
+def test_each_path_computes_the_fused_conv_as_torch(case, path, monkeypatch):
+    x_shape, channels, padding, relu = case
+    x, w, bias = _case_arrays(x_shape, channels)
+    want = torch_conv2d(x, w, conv_attrs((1, 1), (padding, padding), (1, 1), 1)) + bias
+    if relu:
+        want = np.maximum(want, 0.0)
+    # Sums of C*9 products of unit normals: the absolute tolerance scales with their root.
+    np.testing.assert_allclose(
+        _run(case, monkeypatch, path), want, rtol=1e-5, atol=2e-6 * np.sqrt(x_shape[1] * 9)
+    )
+
+
+@pytest.mark.parametrize("case", CASES[:4], ids=_case_ids()[:4])
+def test_the_pixel_lane_kernel_gives_the_same_values(case, monkeypatch):
+    # Both sum the taps in the same order (input channel, window row, column) from zero.
+    np.testing.assert_array_equal(
+        _run(case, monkeypatch, PATHS[-1], "always"), _run(case, monkeypatch, PATHS[-1], "never")
+    )
+
+
+def test_a_training_step_matches_torch(monkeypatch):
+    """conv (this kernel) -> ReLU -> 2x2 max pool -> sum: the loss and every gradient."""
+    x_shape, channels = (4, 6, 18, 20), 20
+    x, w, bias = _case_arrays(x_shape, channels)
+    g = _core.Graph()
+    xi = g.input("x", x_shape, "float32")
+    wv, bv = g.variable("w", w.shape), g.variable("bias", bias.shape)
+    y = g.op("conv2d", [xi, wv], conv_attrs((1, 1), (1, 1), (1, 1), 1))
+    y = g.op("max_pool2d", [g.op("relu", [g.op("add", [y, bv])])], {"kernel_size": [2, 2]})
+    loss = g.op("sum", [g.op("mul", [y, y])], {"axes": []})
+    grads = g.gradients(loss, [xi, wv, bv])
+    engine = _core.Engine(g, seed=0)
+    engine.set_variable("w", w)
+    engine.set_variable("bias", bias)
+    engine.define("step", inputs=[xi], outputs=[loss, *grads], effects=[])
+    got = engine.run("step", [x])
+    assert any("conv2d,add,relu" in line for line in engine.describe("step", x_shape[0]))
+    xt, wt, bt = (torch.from_numpy(a).double().requires_grad_() for a in (x, w, bias))
+    yt = torch.nn.functional.conv2d(xt, wt, padding=1) + bt
+    yt = torch.nn.functional.max_pool2d(torch.relu(yt), 2)
+    want_loss = (yt * yt).sum()
+    want_loss.backward()
+    np.testing.assert_allclose(got[0], want_loss.item(), rtol=1e-5)
+    for value, tensor in zip(got[1:], (xt, wt, bt)):
+        want = tensor.grad.numpy()
+        np.testing.assert_allclose(value, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_an_unknown_choice_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("GOMETAL_CONV_CHANNEL_FORWARD", "sometimes")
+    with pytest.raises(ValueError, match="GOMETAL_CONV_CHANNEL_FORWARD must be always or never"):
+        _run(CASES[0], monkeypatch, PATHS[0])
