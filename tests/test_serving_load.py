@@ -51,10 +51,13 @@ def test_concurrent_clients_are_answered_correctly_and_batched(
     total = CLIENTS * REQUESTS_PER_CLIENT
     inputs = np.random.default_rng(0).standard_normal((total, 1, 8)).astype(np.float32)
     expected = offline(repository, "mlp", 2, inputs[:, 0])
-    # A delay long enough for the clients' next requests to come while one waits: a
-    # server faster than its clients would otherwise run every request alone.
+    # A delay long enough for the clients' next requests to come while one waits, also for
+    # a request alone in the queue: a server faster than its clients would otherwise run
+    # every request alone (the default, start_when_idle, runs it at once).
+    waiting = write_repository(tmp_path / "waiting", ("mlp",))
+    (waiting / "mlp" / "config.json").write_text(json.dumps({"start_when_idle": False}))
     process = ServerProcess(
-        repository, tmp_path, "--max-queue", str(total), "--max-queue-delay-ms", "50"
+        waiting, tmp_path, "--max-queue", str(total), "--max-queue-delay-ms", "50"
     )
     try:
         process.wait_live()

@@ -4,7 +4,10 @@ Requests wait in one bounded FIFO queue per model version. An instance (a thread
 its own copy of the model) takes the oldest request, then keeps adding the requests queued
 behind it, of the same sample shape, until the batch holds ``max_batch_size`` rows or
 ``max_queue_delay_s`` has passed since the oldest arrived; it runs them as one batch and
-hands each request its own rows of the outputs. While one instance computes, the next
+hands each request its own rows of the outputs. With ``start_when_idle``, an idle instance
+that finds one request alone in the queue runs it at once instead of waiting for company:
+one client then pays no batching delay, while requests that arrive during a batch's pass
+still queue up and merge. While one instance computes, the next
 one gathers. Past ``max_queue`` waiting requests, :meth:`DynamicBatcher.submit` refuses
 at once (:class:`QueueFull`): memory stays bounded however fast clients send.
 
@@ -139,6 +142,8 @@ class DynamicBatcher:
         screen: checks a merged batch's rows before it runs (one call per batch instead
             of one per request, off the submitting thread); a request with a refused row
             gets that row's exception, the others their outputs.
+        start_when_idle: an instance that is free and finds a single request queued runs
+            it at once; without it, that request waits ``max_queue_delay_s`` for others.
 
     Raises:
         ValueError: a setting out of range, or no runner.
@@ -160,6 +165,7 @@ class DynamicBatcher:
         max_queue: int,
         on_batch: Callable[[BatchStats], None] | None = None,
         screen: RowScreen | None = None,
+        start_when_idle: bool = False,
     ) -> None:
         if not runners:
             raise ValueError("DynamicBatcher needs at least one runner (instance)")
@@ -173,6 +179,7 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.on_batch = on_batch
         self.screen = screen
+        self.start_when_idle = bool(start_when_idle)
         self._queue: deque[_Pending] = deque()
         self._rows_by_shape: dict[tuple[tuple[int, ...], ...], int] = {}
         self._changed = threading.Condition()
@@ -285,6 +292,8 @@ class DynamicBatcher:
                 if self._closing:
                     return None
                 self._changed.wait()
+            if self.start_when_idle and len(self._queue) == 1:
+                return self._pop_batch()  # alone and an instance is free: no one to wait for
             first = self._queue[0]
             deadline = first.enqueued + self.max_queue_delay_s
             while not self._closing and self._rows_ready(first) < self.max_batch_size:

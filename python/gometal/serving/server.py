@@ -118,6 +118,7 @@ def serve(
     max_queue_delay_ms: float = DEFAULT_SETTINGS.max_queue_delay_ms,
     instances: int = DEFAULT_SETTINGS.instances,
     max_queue: int = DEFAULT_SETTINGS.max_queue,
+    start_when_idle: bool = DEFAULT_SETTINGS.start_when_idle,
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_SETTINGS.max_body_bytes,
     allowed_hosts: Sequence[str] = (),
@@ -137,6 +138,8 @@ def serve(
         max_queue_delay_ms: how long a request waits for others to join its batch.
         instances: model copies computing concurrently, per model version.
         max_queue: requests waiting per model version; more get 503 + Retry-After.
+        start_when_idle: a free instance runs a request alone in the queue at once
+            instead of waiting ``max_queue_delay_ms`` for others to join it.
         api_key: a bearer token every request must carry.
         max_body_bytes: the largest request body; larger ones get 413 unread.
         allowed_hosts: ``Host`` names accepted besides loopback and the bound address.
@@ -165,7 +168,8 @@ def serve(
         )
     settings = ServerSettings(
         max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
-        instances=instances, max_queue=max_queue, max_body_bytes=max_body_bytes,
+        instances=instances, max_queue=max_queue, start_when_idle=start_when_idle,
+        max_body_bytes=max_body_bytes,
         api_key=api_key or None, warmup=warmup,
     )  # fmt: skip
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
