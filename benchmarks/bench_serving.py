@@ -3,12 +3,15 @@ to 1, 8 and 64 concurrent clients, one image per request: throughput and p50/p99
 
     python benchmarks/bench_serving.py [--clients 1,8,64] [--window-s 5] [--threads N]
                                        [--server-threads N] [--grpc] [--load tritonclient,wrk]
+                                       [--variant JSON ...]
 
 The model is saved as a model file and served by ``gometal serve`` in its own process (HTTP,
 tuned as a user would for many clients on a small machine: --max-batch-size 64, so that 64
-clients' requests fit one batch; --max-queue-delay-ms 2; --instances 1, since the one
-instance's engine already computes on every core the event loop leaves it, which is the
-server's default --threads unless --server-threads says otherwise). The load generator is
+clients' requests fit one batch; --max-queue-delay-ms 0, Triton's default: the instance takes
+what queued while it computed, and a delay only leaves it idle (8 clients never fill a batch,
+so with a 2 ms delay each pass waited all of it); --instances 1, since the one instance's engine already computes on every core the event
+loop leaves it, which is the server's default --threads unless --server-threads says
+otherwise; --variant serves other settings beside it). The load generator is
 another process (``_serving_load.py``): N tritonclient HTTP async clients, each sending one
 image per request in a loop, a warm-up, then a timed window; every answer is checked against
 offline ``model.predict``. With --grpc the same server is also loaded over gRPC, with unary
@@ -199,12 +202,41 @@ def offline_rate(model, x, seconds: float) -> float:
     return calls * len(x)
 
 
+def _variant_config(parser: argparse.ArgumentParser, text: str) -> dict:
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        parser.error(f"--variant takes a JSON object, got {text!r}: {err}")
+    if not isinstance(config, dict) or not config:
+        parser.error(f"--variant takes a non-empty JSON object, got {text!r}")
+    return config
+
+
+def _variant_label(config: dict) -> str:
+    """One word (the server's log file is named by the label's first word)."""
+    return "gometal[" + ",".join(f"{key}={value}" for key, value in config.items()) + "]"
+
+
+def _variant_repository(folder: str, config: dict, index: int) -> str:
+    """A repository of the one model with ``config`` as its config.json, in ``folder``."""
+    import shutil
+
+    root = os.path.join(folder, f"repository-{index}")
+    os.makedirs(os.path.join(root, MODEL_NAME, "1"))
+    shutil.copy(os.path.join(folder, f"{MODEL_NAME}.safetensors"),
+                os.path.join(root, MODEL_NAME, "1", "model.safetensors"))  # fmt: skip
+    with open(os.path.join(root, MODEL_NAME, "config.json"), "w") as out:
+        json.dump(config, out)
+    return root
+
+
 def _fmt(value, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
 def print_table(results: dict[str, dict[int, dict]], offline: float) -> None:
-    head = (f"  {'server':<28} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+    width = max(28, *(len(label) for label in results))
+    head = (f"  {'server':<{width}} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'of offline':>10} {'errors':>6} {'wrong':>5} {'srv core-ms/req':>15} "
             f"{'loop core-ms/req':>16} "
             f"{'gen core-ms/req':>15} {'cores srv/gen/other':>20}")  # fmt: skip
@@ -213,17 +245,19 @@ def print_table(results: dict[str, dict[int, dict]], offline: float) -> None:
     for label, by_clients in results.items():
         for clients, r in by_clients.items():
             cores = f"{r['server_cores']:.2f}/{r['generator_cores']:.2f}/{r['other_cores']:.2f}"
-            print(f"  {label:<28} {clients:>7} {r['throughput']:>8.1f} {_fmt(r['p50_ms']):>8} "
+            print(f"  {label:<{width}} {clients:>7} {r['throughput']:>8.1f} {_fmt(r['p50_ms']):>8} "
                   f"{_fmt(r['p99_ms']):>8} {r['throughput'] / offline:>9.0%} {r['errors']:>6} "
                   f"{r['wrong']:>5} {_fmt(r['server_ms_per_request'], '.2f'):>15} "
                   f"{_fmt(r.get('loop_ms_per_request'), '.3f'):>16} "
                   f"{_fmt(r['generator_ms_per_request'], '.2f'):>15} {cores:>20}")  # fmt: skip
 
 
-def print_verdicts(gometal: dict, baseline: dict, offline: float, load: str = "") -> None:
+def print_verdicts(gometal: dict, baseline: dict, offline: float, load: str = "",
+                   server: str = "") -> None:  # fmt: skip
     """The issue's three targets at the largest client count that ran (``load``: which load
-    generator's, when several ran)."""
-    print(f"\nTargets at {gometal['clients']} clients{f' ({load} load)' if load else ''}:")
+    generator's, when several ran; ``server``: which variant's, for a variant)."""
+    named = ", ".join([*([server] if server else []), *([f"{load} load"] if load else [])])
+    print(f"\nTargets at {gometal['clients']} clients{f' ({named})' if named else ''}:")
     share = gometal["throughput"] / offline
     ratio = gometal["throughput"] / baseline["throughput"] if baseline["throughput"] else None
     p99 = gometal["p99_ms"]
@@ -254,8 +288,13 @@ def main() -> None:
                         help="gometal serve --threads (default: the server's own choice, every "
                         "core but one)")  # fmt: skip
     parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
     parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument("--variant", action="append", default=[], metavar="JSON",
+                        help="also serve the model with these batching settings (a model "
+                        "config.json, e.g. '{\"start_when_idle\": true}'; \"threads\": "
+                        "gometal serve --threads), beside the others in the same run; "
+                        "repeatable")  # fmt: skip
     parser.add_argument("--images", type=int, default=OFFLINE_BATCH, help="distinct images")
     parser.add_argument("--grpc", action="store_true",
                         help="also load gometal serve over gRPC (tritonclient.grpc.aio), unary "
@@ -269,6 +308,7 @@ def main() -> None:
     unknown = sorted(set(generators) - set(LOAD_GENERATORS))
     if unknown or not generators:
         parser.error(f"--load takes {', '.join(LOAD_GENERATORS)}, got {args.load!r}")
+    variants = [_variant_config(parser, text) for text in args.variant]
     if "wrk" in generators and not wrk_available():
         parser.error("--load wrk needs the wrk program on PATH (apt-get install wrk)")
     reexec_with_clean_environment(args.threads)
@@ -315,6 +355,14 @@ def main() -> None:
                         str(baseline_port), "--threads", str(args.threads)]  # fmt: skip
         servers = [Server("gometal serve", server_cmd, gometal_port, folder),
                    Server("onnxruntime + FastAPI", baseline_cmd, baseline_port, folder)]  # fmt: skip
+        for index, variant in enumerate(variants):  # the same command, on its own repository
+            port, config = _free_port(), dict(variant)
+            threads = ["--threads", str(config.pop("threads"))] if "threads" in config else []
+            served = _variant_repository(folder, config, index) if config else server_cmd[4]
+            command = [sys.executable, "-m", "gometal.apps.cli", "serve", served, "--port",
+                       str(port), "--grpc-port", "0", "--max-queue", "1024", *tuning,
+                       *threads]  # fmt: skip
+            servers.append(Server(_variant_label(variant), command, port, folder))
         loads = []
         for generator in generators:  # each generator's runs: gometal's, then the baseline's
             suffix = "" if generator == LOAD_GENERATORS[0] else f" [{generator}]"
@@ -354,9 +402,11 @@ def main() -> None:
     top = client_counts[-1]
     for generator in generators:
         suffix = "" if generator == LOAD_GENERATORS[0] else f" [{generator}]"
-        print_verdicts(results[servers[0].label + suffix][top],
-                       results[servers[1].label + suffix][top], offline,
-                       generator if len(generators) > 1 else "")  # fmt: skip
+        for server in (servers[0], *servers[2:]):  # gometal serve, then each variant
+            print_verdicts(results[server.label + suffix][top],
+                           results[servers[1].label + suffix][top], offline,
+                           generator if len(generators) > 1 else "",
+                           "" if server is servers[0] else server.label)  # fmt: skip
     runs = [r for by_clients in results.values() for r in by_clients.values()]
     failures = [r["first_error"] for r in runs if r["first_error"]]
     wrong = sum(r["wrong"] for r in runs)

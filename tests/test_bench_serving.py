@@ -28,7 +28,8 @@ from bench_serving import cnn_model
 
 def test_the_smallest_configuration_answers_right_and_prints_the_table_and_verdicts():
     command = [sys.executable, str(BENCHMARKS / "bench_serving.py"), "--clients", "2",
-               "--window-s", "1", "--warmup-s", "0.2", "--offline-s", "0.2", "--images", "4"]  # fmt: skip
+               "--window-s", "1", "--warmup-s", "0.2", "--offline-s", "0.2", "--images", "4",
+               "--variant", '{"start_when_idle": true}']  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
@@ -38,11 +39,14 @@ def test_the_smallest_configuration_answers_right_and_prints_the_table_and_verdi
             if line.startswith("  gometal serve ")]  # fmt: skip
     rows += [line[len("  onnxruntime + FastAPI") :].split() for line in out.splitlines()
              if line.startswith("  onnxruntime + FastAPI ")]  # fmt: skip
-    assert len(rows) == 2
+    rows += [line[len("  gometal[start_when_idle=True]") :].split() for line in out.splitlines()
+             if line.startswith("  gometal[start_when_idle=True] ")]  # fmt: skip
+    assert len(rows) == 3
     for clients, requests_per_s, *_ in rows:
         assert clients == "2" and float(requests_per_s) > 0
-    assert "gometal serve options: --max-batch-size 64 --max-queue-delay-ms 2.0" in out
+    assert "gometal serve options: --max-batch-size 64 --max-queue-delay-ms 0.0" in out
     assert "Targets at 2 clients:" in out
+    assert "Targets at 2 clients (gometal[start_when_idle=True]):" in out
     for target in ("of offline predict at batch 64", "p99 latency", "onnxruntime + FastAPI"):
         assert any(target in line and ("met" in line or "MISSED" in line) for line in
                    out.splitlines() if line.startswith("  ") and "target" in line)  # fmt: skip
