@@ -6,6 +6,7 @@ batches per second, the ratios to gometal float32, and the other processes' load
 
 Usage:
   python benchmarks/bench_int8_cnn.py --threads 1 --batch 64 --windows 5
+  python benchmarks/bench_int8_cnn.py --threads 2 --batch 256 --windows 4 --input-fold-ab
 """
 
 from __future__ import annotations
@@ -46,12 +47,34 @@ def onnxruntime_runner(path: str, x: np.ndarray, threads: int):
     return lambda: session.run(None, {name: x})[0]
 
 
+def _unfolded_input_runner(model, calibration, x):
+    """The int8 model's predict with its input quantize in a step of its own: the plan compiles
+    under GOMETAL_INT8_INPUT_FOLD=0 (read once, when the plan is made)."""
+    unfolded = gm.quantize(model, calibration)
+    previous = os.environ.get("GOMETAL_INT8_INPUT_FOLD")
+    os.environ["GOMETAL_INT8_INPUT_FOLD"] = "0"
+    try:
+        unfolded.predict(x)
+    finally:
+        if previous is None:
+            del os.environ["GOMETAL_INT8_INPUT_FOLD"]
+        else:
+            os.environ["GOMETAL_INT8_INPUT_FOLD"] = previous
+    return lambda: unfolded.predict(x)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window-s", type=float, default=1.0)
+    parser.add_argument(
+        "--input-fold-ab",
+        action="store_true",
+        help="add the int8 model with its input quantize in a step of its own "
+        "(GOMETAL_INT8_INPUT_FOLD=0), the A/B of folding it into the first convolution",
+    )
     args = parser.parse_args()
     gm.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -78,6 +101,8 @@ def main() -> None:
             "onnxruntime float32": onnxruntime_runner(float_path, x, args.threads),
             "onnxruntime int8 (QDQ)": onnxruntime_runner(int8_path, x, args.threads),
         }
+        if args.input_fold_ab:
+            runs["gometal int8, input apart"] = _unfolded_input_runner(model, calibration, x)
         agree = np.mean(
             int8_model.predict(x).argmax(1) == runs["onnxruntime int8 (QDQ)"]().argmax(1)
         )

@@ -132,3 +132,21 @@ def test_a_quantized_input_read_elsewhere_keeps_its_own_step_and_bytes(rng):
         np.testing.assert_array_equal(got[1], reference_quantize(x, INPUT_SCALE, 7, "uint8"))
     lines = graph.describe(outputs, 2)
     assert any(line.startswith("quantize (2, 3, 9, 10)") for line in lines), lines
+
+
+def test_with_the_fold_turned_off_the_quantize_keeps_its_step_and_the_bytes(rng, monkeypatch):
+    # GOMETAL_INT8_INPUT_FOLD=0 (the benchmark's A/B of the fold) changes the plan, not a value.
+    graph = FoldedGraph(rng, 3, [(8, True, "uint8"), (12, True, "uint8")])
+    x = float_images(rng, (3, 3, 9, 10), 7, "uint8")
+    monkeypatch.setenv("GOMETAL_INT8_INPUT_FOLD", "0")
+    check_every_path(graph, x, graph.outputs)
+    lines = graph.describe(graph.outputs, 3)
+    assert any(line.startswith("quantize (3, 3, 9, 10)") for line in lines), lines
+    assert not any(line.startswith("quantize,quantized_conv2d") for line in lines), lines
+
+
+def test_an_unknown_fold_setting_is_refused_naming_the_variable(rng, monkeypatch):
+    graph = FoldedGraph(rng, 3, [(8, True, "uint8")])
+    monkeypatch.setenv("GOMETAL_INT8_INPUT_FOLD", "yes")
+    with pytest.raises(ValueError, match=r"GOMETAL_INT8_INPUT_FOLD must be 0 or 1, got 'yes'"):
+        graph.describe(graph.outputs, 2)

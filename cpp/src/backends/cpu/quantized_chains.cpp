@@ -1,6 +1,9 @@
 #include "backends/cpu/quantized_chains.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
 
 namespace gometal {
 namespace {
@@ -77,6 +80,16 @@ void fold_input_quantizes(const Graph& g, Fusion& f, OnlyReader only_reader) {
   drop_steps(dropped, f);
 }
 
+// GOMETAL_INT8_INPUT_FOLD=0 keeps an input quantize in a step of its own (the A/B of the fold
+// in benchmarks/bench_int8_cnn.py); unset or 1 folds it.
+bool input_fold_enabled() {
+  const char* value = std::getenv("GOMETAL_INT8_INPUT_FOLD");
+  if (value == nullptr || value[0] == '\0' || std::string(value) == "1") return true;
+  if (std::string(value) == "0") return false;
+  throw std::invalid_argument("[quantized_conv2d] GOMETAL_INT8_INPUT_FOLD must be 0 or 1, got '" +
+                              std::string(value) + "'");
+}
+
 }  // namespace
 
 void fuse_quantized_chains(const Graph& g, const Schedule& s, const FunctionSpec& fn,
@@ -123,7 +136,7 @@ void fuse_quantized_chains(const Graph& g, const Schedule& s, const FunctionSpec
 
   drop_steps(dropped, f);
   link_chains(g, f, only_reader);
-  fold_input_quantizes(g, f, only_reader);
+  if (input_fold_enabled()) fold_input_quantizes(g, f, only_reader);
 }
 
 }  // namespace gometal

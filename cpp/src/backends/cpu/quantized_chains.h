@@ -18,7 +18,8 @@ namespace gometal {
 // step, and the value keeps no buffer either: the kernel carries each image through every
 // linked stage in its scratch, channels-last. Last, a quantize of float32 values read only
 // by a convolution, as its input, joins the head of that convolution's step (chain or not):
-// the kernel quantizes each image while copying it. The kernel is make_quantized_conv2d_kernel's
+// the kernel quantizes each image while copying it (not with GOMETAL_INT8_INPUT_FOLD=0, which
+// keeps the quantize apart for an A/B). The kernel is make_quantized_conv2d_kernel's
 // (make_input_quantizing_conv2d_kernel's for a step headed by a quantize).
 // Run after fuse_elementwise, before sample tiling and the memory plan.
 void fuse_quantized_chains(const Graph& g, const Schedule& s, const FunctionSpec& fn,
