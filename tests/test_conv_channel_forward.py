@@ -5,7 +5,9 @@ run it; each vector path (GOMETAL_CONV_KERNEL=portable|avx2|avx512) computes con
 fused bias and ReLU as torch does in float64, on workload B's layers and on partial vectors of
 output channels, rows whose last tile overlaps the one before, and padding 0; inside a training
 step its outputs and gradients match torch's; GOMETAL_CONV_CHANNEL_FORWARD=never (the pixel-lane
-kernel) gives the same values; an unknown value of that variable is refused by name.
+kernel) gives the same values; an unknown value of that variable is refused by name; a write
+to the weights reaches the next run of this kernel and of the channel-lane input gradient,
+which both keep their packed weights per thread.
 """
 
 from __future__ import annotations
@@ -122,3 +124,26 @@ def test_an_unknown_choice_is_refused_by_name(monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_CHANNEL_FORWARD", "sometimes")
     with pytest.raises(ValueError, match="GOMETAL_CONV_CHANNEL_FORWARD must be always or never"):
         _run(CASES[0], monkeypatch, PATHS[0])
+
+
+def test_new_weights_are_seen_by_both_channel_lane_kernels():
+    """Both kernels keep their packed weights per thread across runs: a write to the weights
+    (same buffer, new values) must reach the next run's forward pass and input gradient."""
+    x_shape, channels = (2, 16, 12, 20), 24
+    x, w, _ = _case_arrays(x_shape, channels)
+    g = _core.Graph()
+    xi = g.input("x", x_shape, "float32")
+    wv = g.variable("w", w.shape)
+    y = g.op("conv2d", [xi, wv], conv_attrs((1, 1), (1, 1), (1, 1), 1))
+    loss = g.op("sum", [g.op("mul", [y, y])], {"axes": []})
+    (dx,) = g.gradients(loss, [xi])
+    engine = _core.Engine(g, seed=0)
+    engine.define("step", inputs=[xi], outputs=[y, dx], effects=[])
+    for weights in (w, -2.0 * w[::-1].copy()):
+        engine.set_variable("w", weights)
+        got_y, got_dx = engine.run("step", [x])
+        xt = torch.from_numpy(x).double().requires_grad_()
+        yt = torch.nn.functional.conv2d(xt, torch.from_numpy(weights).double(), padding=1)
+        (yt * yt).sum().backward()
+        np.testing.assert_allclose(got_y, yt.detach().numpy(), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(got_dx, xt.grad.numpy(), rtol=1e-4, atol=1e-3)

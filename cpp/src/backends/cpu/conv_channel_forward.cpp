@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "backends/cpu/layout.h"
+#include "backends/cpu/packed_weight_cache.h"
 #include "backends/cpu/simd_paths.h"
 
 namespace gometal {
@@ -26,13 +27,14 @@ int64_t padded_plane(const ConvGeometry& g) { return (g.h + 2 * g.ph) * padded_r
 int64_t packed_floats(const ConvGeometry& g) { return round_up(g.o, kMostLanes) * g.c * kTaps; }
 
 // packed[b][c][t][l] = w[b * lanes + l][c][t] (zero past O): block b's weights for input
-// channel c and tap t, one vector of output channels each.
-void pack_weights(const ConvGeometry& g, int64_t lanes, const float* w, float* packed) {
-  const int64_t blocks = (g.o + lanes - 1) / lanes, block = g.c * kTaps * lanes;
-  if (g.o % lanes != 0) std::fill(packed + (blocks - 1) * block, packed + blocks * block, 0.0f);
-  for (int64_t o = 0; o < g.o; ++o)
-    for (int64_t c = 0; c < g.c; ++c) {
-      const float* src = w + (o * g.c + c) * kTaps;
+// channel c and tap t, one vector of output channels each (key: O rows, C columns).
+void pack_weights(const PackedWeightKey& key, const float* w, float* packed) {
+  const int64_t o_count = key.rows, c_count = key.columns, lanes = key.lanes;
+  const int64_t blocks = (o_count + lanes - 1) / lanes, block = c_count * kTaps * lanes;
+  if (o_count % lanes != 0) std::fill(packed + (blocks - 1) * block, packed + blocks * block, 0.0f);
+  for (int64_t o = 0; o < o_count; ++o)
+    for (int64_t c = 0; c < c_count; ++c) {
+      const float* src = w + (o * c_count + c) * kTaps;
       float* dst = packed + (o / lanes) * block + c * kTaps * lanes + o % lanes;
       for (int t = 0; t < kTaps; ++t) dst[t * lanes] = src[t];
     }
@@ -192,19 +194,18 @@ bool conv2d_channel_forward_chosen(const ConvGeometry& g, const ConvEpilogue& ep
 int64_t conv2d_channel_forward_scratch(const ConvGeometry& g) {
   allowed_by_environment();  // an unknown value is refused here, on the compiling thread
   if (!conv2d_channel_forward_supported(g)) return 0;
-  return packed_floats(g) + round_up(g.c * padded_plane(g) + kSlack, 16);
+  return round_up(g.c * padded_plane(g) + kSlack, 16);
 }
 
 void conv2d_channel_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0,
                                     int64_t n1, float* scratch, const ConvEpilogue& epilogue) {
   const ConvPath path = choose_conv_path();
   const int64_t lanes = path == ConvPath::Avx512 ? 16 : 8;
-  float* packed = scratch;
-  float* padded = scratch + packed_floats(g);
-  pack_weights(g, lanes, w, packed);
+  const PackedWeightKey key{"conv_channel_forward", g.o, g.c, lanes};
+  float* padded = scratch;
   ImageArgs a{};
   a.padded = padded;
-  a.packed = packed;
+  a.packed = cached_packed_weights(key, w, g.o * g.c * kTaps, packed_floats(g), pack_weights);
   a.epilogue = &epilogue;
   a.c = g.c;
   a.o = g.o;

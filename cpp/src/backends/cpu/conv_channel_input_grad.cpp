@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "backends/cpu/layout.h"
+#include "backends/cpu/packed_weight_cache.h"
 #include "backends/cpu/simd_paths.h"
 
 namespace gometal {
@@ -26,13 +27,14 @@ int64_t padded_plane(const ConvGeometry& g) { return (g.oh + 2 * pad_rows(g)) * 
 int64_t packed_floats(const ConvGeometry& g) { return round_up(g.c, kMostLanes) * g.o * kTaps; }
 
 // packed[b][o][t][l] = w[o][b * lanes + l][8 - t] (zero past C): block b's weights for output
-// channel o and flipped tap t, one vector of input channels each.
-void pack_weights(const ConvGeometry& g, int64_t lanes, const float* w, float* packed) {
-  const int64_t blocks = (g.c + lanes - 1) / lanes, block = g.o * kTaps * lanes;
-  if (g.c % lanes != 0) std::fill(packed + (blocks - 1) * block, packed + blocks * block, 0.0f);
-  for (int64_t o = 0; o < g.o; ++o)
-    for (int64_t c = 0; c < g.c; ++c) {
-      const float* src = w + (o * g.c + c) * kTaps;
+// channel o and flipped tap t, one vector of input channels each (key: O rows, C columns).
+void pack_weights(const PackedWeightKey& key, const float* w, float* packed) {
+  const int64_t o_count = key.rows, c_count = key.columns, lanes = key.lanes;
+  const int64_t blocks = (c_count + lanes - 1) / lanes, block = o_count * kTaps * lanes;
+  if (c_count % lanes != 0) std::fill(packed + (blocks - 1) * block, packed + blocks * block, 0.0f);
+  for (int64_t o = 0; o < o_count; ++o)
+    for (int64_t c = 0; c < c_count; ++c) {
+      const float* src = w + (o * c_count + c) * kTaps;
       float* dst = packed + (c / lanes) * block + o * kTaps * lanes + c % lanes;
       for (int t = 0; t < kTaps; ++t) dst[t * lanes] = src[kTaps - 1 - t];
     }
@@ -155,19 +157,18 @@ bool conv2d_channel_input_grad_supported(const ConvGeometry& g) {
 }
 
 int64_t conv2d_channel_input_grad_scratch(const ConvGeometry& g) {
-  return packed_floats(g) + round_up(g.o * padded_plane(g) + kSlack, 16);
+  return round_up(g.o * padded_plane(g) + kSlack, 16);
 }
 
 void conv2d_channel_input_grad_samples(const ConvGeometry& g, const float* dy, const float* w, float* dx, int64_t n0,
                                        int64_t n1, float* scratch) {
   const ConvPath path = choose_conv_path();
   const int64_t lanes = path == ConvPath::Avx512 ? 16 : 8;
-  float* packed = scratch;
-  float* padded = scratch + packed_floats(g);
-  pack_weights(g, lanes, w, packed);
+  const PackedWeightKey key{"conv_channel_input_grad", g.o, g.c, lanes};
+  float* padded = scratch;
   ImageArgs a{};
   a.padded = padded;
-  a.packed = packed;
+  a.packed = cached_packed_weights(key, w, g.o * g.c * kTaps, packed_floats(g), pack_weights);
   a.o = g.o;
   a.c = g.c;
   a.h = g.h;

@@ -17,11 +17,12 @@ namespace gometal {
 // convolution of dy then), and rows at least 8 pixels wide (one tile).
 bool conv2d_channel_input_grad_supported(const ConvGeometry& g);
 
-// Per-thread scratch (floats): the packed weights, then one padded image of dy.
+// Per-thread scratch (floats): one padded image of dy.
 int64_t conv2d_channel_input_grad_scratch(const ConvGeometry& g);
 
 // dx of images [n0, n1) from dy (N, O, OH, OW) and w (O, C, 3, 3), on the calling thread, on
-// the path choose_conv_path() gives; packs the weights into `scratch` first.
+// the path choose_conv_path() gives, with the weights packed once per thread and value
+// (packed_weight_cache.h).
 void conv2d_channel_input_grad_samples(const ConvGeometry& g, const float* dy, const float* w, float* dx, int64_t n0,
                                        int64_t n1, float* scratch);
 
