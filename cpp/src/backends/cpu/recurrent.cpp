@@ -60,6 +60,48 @@ void for_rows(ThreadPool& pool, int64_t n, int64_t floats_per_row, F&& body) {
   });
 }
 
+// The rows a time loop runs and how each step's work is shared: rows [lo, hi) with every step
+// on the calling thread (pool null), or the whole batch with each step split over the pool.
+struct RowSpan {
+  int64_t lo = 0, hi = 0;
+  ThreadPool* pool = nullptr;
+  int64_t rows() const { return hi - lo; }
+};
+
+// Runs loop(span) over the batch's n rows. With at least kMinRows rows a thread, each thread
+// runs its own block of rows through every step with no handoff inside the time loop: a step
+// split over the pool waits on it twice a step (E-infer and E at 2 threads lost to that).
+template <typename F>
+void over_rows(ThreadPool& pool, int64_t n, F&& loop) {
+  constexpr int64_t kMinRows = 4;
+  const int tasks = static_cast<int>(std::min<int64_t>(pool.size(), n / kMinRows));
+  if (tasks <= 1) return loop(RowSpan{0, n, &pool});
+  pool.parallel_for(tasks, [&](int task, int) {
+    int64_t lo, hi;
+    split_range(n, tasks, task, 1, &lo, &hi);
+    loop(RowSpan{lo, hi, nullptr});
+  });
+}
+
+// Runs body(row) for the span's rows.
+template <typename F>
+void each_row(const RowSpan& span, int64_t floats_per_row, F&& body) {
+  if (span.pool == nullptr) {
+    for (int64_t i = span.lo; i < span.hi; ++i) body(i);
+    return;
+  }
+  for_rows(*span.pool, span.rows(), floats_per_row, [&](int64_t i) { body(span.lo + i); });
+}
+
+// The span's rows of C = A times a packed weight; a and c point at the batch's first row.
+void span_product(const RowSpan& span, const float* a, int64_t lda, int64_t k, const float* packed,
+                  int64_t cols, float* c, int64_t ldc) {
+  a += span.lo * lda;
+  c += span.lo * ldc;
+  if (span.pool == nullptr) recurrent_gemm::multiply_here(a, lda, span.rows(), k, packed, cols, c, ldc);
+  else recurrent_gemm::multiply(*span.pool, a, lda, span.rows(), k, packed, cols, c, ldc);
+}
+
 struct RecurrenceKernel final : Kernel {
   RecurrentLayout l;
   int64_t batch = 0, steps = 0;
@@ -125,59 +167,61 @@ struct RecurrenceKernel final : Kernel {
     // An LSTM's training form keeps its gates in y: the product lands there and the gate
     // math runs in place, saving a copy per row and step.
     const bool gates_in_y = l.cell == Cell::Lstm && !l.lean;
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t t = step_at(s);
-      if (gates_in_y)
-        recurrent_gemm::multiply(*ctx.pool, h, P, n_, P, packed_hh, GH, ys + t * W + l.gates_col(), steps * W);
-      else
-        recurrent_gemm::multiply(*ctx.pool, h, P, n_, P, packed_hh, GH, a, GH);
-      for_rows(*ctx.pool, n_, W, [&](int64_t n) {
-        float* yr = ys + (n * steps + t) * W;
-        if (t >= length(lens, n)) {
-          std::memset(yr, 0, sizeof(float) * W);
-          if (l.projected) std::memset(hraw + n * H, 0, sizeof(float) * H);
-          return;
-        }
-        const float* x = xp + (row_ids == nullptr ? n * steps + t : row_ids[n * steps + t]) * GH;
-        float* hr = h + n * P;
-        float* ar = gates_in_y ? yr + l.gates_col() : a + n * GH;
-        switch (l.cell) {
-          case Cell::RnnTanh: case Cell::RnnRelu:
-            if (l.cell == Cell::RnnTanh) tanh_of_sum(x, b, ar, H);
-            else relu_of_sum(x, b, ar, H);
-            std::memcpy(hr, ar, sizeof(float) * H);
-            std::memcpy(yr, ar, sizeof(float) * H);
-            break;
-          case Cell::Lstm: {
-            // With a projection h goes to hraw, and the step's product below sets h and y.
-            // sequence_only: the cell state has no column in y (written twice to the state instead).
-            float* c_out = l.sequence_only ? c + n * H : yr + l.c_col();
-            if (l.lean) lstm_step<false>(x, b, ar, c + n * H, c_out, l.projected ? hraw + n * H : hr, H);
-            else lstm_step(x, b, ar, c + n * H, c_out, l.projected ? hraw + n * H : hr, H);
-            if (!l.lean && !gates_in_y) std::memcpy(yr + l.gates_col(), ar, sizeof(float) * GH);
-            if (!l.projected) std::memcpy(yr, hr, sizeof(float) * H);
-            break;
+    over_rows(*ctx.pool, n_, [&](const RowSpan& span) {
+      for (int64_t s = 0; s < steps; ++s) {
+        const int64_t t = step_at(s);
+        if (gates_in_y)
+          span_product(span, h, P, P, packed_hh, GH, ys + t * W + l.gates_col(), steps * W);
+        else
+          span_product(span, h, P, P, packed_hh, GH, a, GH);
+        each_row(span, W, [&](int64_t n) {
+          float* yr = ys + (n * steps + t) * W;
+          if (t >= length(lens, n)) {
+            std::memset(yr, 0, sizeof(float) * W);
+            if (l.projected) std::memset(hraw + n * H, 0, sizeof(float) * H);
+            return;
           }
-          case Cell::Gru: {
-            sigmoid_of_sum(x, b, ar, 2 * H);  // r, z
-            // A lean output has no columns for n and hn: they go to the unused hraw and hnew.
-            float* n_to = l.lean ? hraw + n * H : yr + l.gates_col() + 2 * H;
-            float* hn_to = l.lean ? hnew + n * P : yr + l.hn_col();
-            gru_state(x + 2 * H, b + 2 * H, ar, ar + 2 * H, bhn, n_to, hn_to, hr, H);
-            if (!l.lean) std::memcpy(yr + l.gates_col(), ar, sizeof(float) * 2 * H);
-            std::memcpy(yr, hr, sizeof(float) * H);
-            break;
+          const float* x = xp + (row_ids == nullptr ? n * steps + t : row_ids[n * steps + t]) * GH;
+          float* hr = h + n * P;
+          float* ar = gates_in_y ? yr + l.gates_col() : a + n * GH;
+          switch (l.cell) {
+            case Cell::RnnTanh: case Cell::RnnRelu:
+              if (l.cell == Cell::RnnTanh) tanh_of_sum(x, b, ar, H);
+              else relu_of_sum(x, b, ar, H);
+              std::memcpy(hr, ar, sizeof(float) * H);
+              std::memcpy(yr, ar, sizeof(float) * H);
+              break;
+            case Cell::Lstm: {
+              // With a projection h goes to hraw, and the step's product below sets h and y.
+              // sequence_only: the cell state has no column in y (written twice to the state instead).
+              float* c_out = l.sequence_only ? c + n * H : yr + l.c_col();
+              if (l.lean) lstm_step<false>(x, b, ar, c + n * H, c_out, l.projected ? hraw + n * H : hr, H);
+              else lstm_step(x, b, ar, c + n * H, c_out, l.projected ? hraw + n * H : hr, H);
+              if (!l.lean && !gates_in_y) std::memcpy(yr + l.gates_col(), ar, sizeof(float) * GH);
+              if (!l.projected) std::memcpy(yr, hr, sizeof(float) * H);
+              break;
+            }
+            case Cell::Gru: {
+              sigmoid_of_sum(x, b, ar, 2 * H);  // r, z
+              // A lean output has no columns for n and hn: they go to the unused hraw and hnew.
+              float* n_to = l.lean ? hraw + n * H : yr + l.gates_col() + 2 * H;
+              float* hn_to = l.lean ? hnew + n * P : yr + l.hn_col();
+              gru_state(x + 2 * H, b + 2 * H, ar, ar + 2 * H, bhn, n_to, hn_to, hr, H);
+              if (!l.lean) std::memcpy(yr + l.gates_col(), ar, sizeof(float) * 2 * H);
+              std::memcpy(yr, hr, sizeof(float) * H);
+              break;
+            }
           }
+        });
+        if (!l.projected) continue;
+        span_product(span, hraw, H, H, packed_hr, P, hnew, P);
+        for (int64_t n = span.lo; n < span.hi; ++n) {
+          if (t >= length(lens, n)) continue;
+          std::memcpy(h + n * P, hnew + n * P, sizeof(float) * P);
+          std::memcpy(ys + (n * steps + t) * W, hnew + n * P, sizeof(float) * P);
         }
-      });
-      if (!l.projected) continue;
-      recurrent_gemm::multiply(*ctx.pool, hraw, H, n_, H, packed_hr, P, hnew, P);
-      for (int64_t n = 0; n < n_; ++n) {
-        if (t >= length(lens, n)) continue;
-        std::memcpy(h + n * P, hnew + n * P, sizeof(float) * P);
-        std::memcpy(ys + (n * steps + t) * W, hnew + n * P, sizeof(float) * P);
       }
-    }
+    });
   }
 
   // Steps in the reverse of the forward order; dh and dc carry the gradient reaching the
@@ -211,94 +255,96 @@ struct RecurrenceKernel final : Kernel {
     // rows' pass sums dh and g, the product writes d(h_prev) straight into dh, and the next
     // rows' pass copies it to its column (no serial pass per step, which 2 threads waited on).
     const bool in_rows = !l.projected && l.cell != Cell::Gru;
-    int64_t product_t = -1;  // in_rows: the step whose d(h_prev) the last product left in dh
-    auto keep_dhprev = [&](int64_t n) {
-      if (product_t >= 0 && product_t < length(lens, n))
-        std::memcpy(grads + (n * steps + product_t) * WG + l.dhprev_col(), dh + n * P, sizeof(float) * P);
-    };
-    for (int64_t s = steps - 1; s >= 0; --s) {
-      const int64_t t = step_at(s);
-      auto sum_dh = [&](int64_t n) {
-        const bool valid = t < length(lens, n);
-        const float* gr = gs + (n * steps + t) * WO;
-        for (int64_t j = 0; j < P; ++j) dht[n * P + j] = valid ? dh[n * P + j] + gr[j] : 0.0f;
+    over_rows(*ctx.pool, n_, [&](const RowSpan& span) {
+      int64_t product_t = -1;  // in_rows: the step whose d(h_prev) the last product left in dh
+      auto keep_dhprev = [&](int64_t n) {
+        if (product_t >= 0 && product_t < length(lens, n))
+          std::memcpy(grads + (n * steps + product_t) * WG + l.dhprev_col(), dh + n * P, sizeof(float) * P);
       };
-      if (!in_rows)
-        for (int64_t n = 0; n < n_; ++n) sum_dh(n);
-      if (l.projected) recurrent_gemm::multiply(*ctx.pool, dht, P, n_, P, packed_hr, H, dhraw, H);
-      for_rows(*ctx.pool, n_, WG, [&](int64_t n) {
-        if (in_rows) {
-          keep_dhprev(n);
-          sum_dh(n);
-        }
-        const int64_t len = length(lens, n);
-        float* gw = grads + (n * steps + t) * WG;
-        float* dar = da_in_grads ? gw : da + n * GH;
-        if (t >= len) {
-          std::memset(gw, 0, sizeof(float) * WG);
-          if (!da_in_grads) std::memset(dar, 0, sizeof(float) * GH);
-          return;
-        }
-        const float* yr = ys + (n * steps + t) * W;
-        const float* gr = gs + (n * steps + t) * WO;
-        const int64_t prev = previous(t, len);
-        const float* hprev = prev < 0 ? h0s + n * P : ys + (n * steps + prev) * W;
-        std::memcpy(gw + l.hprev_col(), hprev, sizeof(float) * P);
-        const float* d = dht + n * P;
-        switch (l.cell) {
-          case Cell::RnnTanh: case Cell::RnnRelu:
-            for (int64_t j = 0; j < H; ++j) {
-              const float hv = yr[j];
-              const float slope = l.cell == Cell::RnnTanh ? 1.0f - hv * hv : (hv > 0.0f ? 1.0f : 0.0f);
-              gw[j] = d[j] * slope;
-            }
-            break;
-          case Cell::Lstm: {
-            const float* cprev = prev < 0 ? c0s + n * H : ys + (n * steps + prev) * W + l.c_col();
-            const float* dhr = l.projected ? dhraw + n * H : d;
-            float* dcr = dc + n * H;
-            const float* dc_out = WO == W ? gr + l.c_col() : zeros;
-            lstm_backward(yr + l.gates_col(), yr + l.c_col(), cprev, dhr, dc_out, dcr, dar, H);
-            std::memcpy(gw + l.dcprev_col(), dcr, sizeof(float) * H);
-            if (l.projected) {
-              const float* o = yr + l.gates_col() + 3 * H;
-              const float* c = yr + l.c_col();
-              output_of_cell(o, c, gw + l.hraw_col(), H);
-              std::memcpy(gw + l.dhout_col(), d, sizeof(float) * P);
-            }
-            break;
+      for (int64_t s = steps - 1; s >= 0; --s) {
+        const int64_t t = step_at(s);
+        auto sum_dh = [&](int64_t n) {
+          const bool valid = t < length(lens, n);
+          const float* gr = gs + (n * steps + t) * WO;
+          for (int64_t j = 0; j < P; ++j) dht[n * P + j] = valid ? dh[n * P + j] + gr[j] : 0.0f;
+        };
+        if (!in_rows)
+          for (int64_t n = span.lo; n < span.hi; ++n) sum_dh(n);
+        if (l.projected) span_product(span, dht, P, P, packed_hr, H, dhraw, H);
+        each_row(span, WG, [&](int64_t n) {
+          if (in_rows) {
+            keep_dhprev(n);
+            sum_dh(n);
           }
-          case Cell::Gru:
-            gru_backward(yr + l.gates_col(), yr + l.hn_col(), hprev, d, gw, gw + l.dhn_col(), H);
-            std::memcpy(dar, gw, sizeof(float) * 2 * H);
-            std::memcpy(dar + 2 * H, gw + l.dhn_col(), sizeof(float) * H);
-            break;
+          const int64_t len = length(lens, n);
+          float* gw = grads + (n * steps + t) * WG;
+          float* dar = da_in_grads ? gw : da + n * GH;
+          if (t >= len) {
+            std::memset(gw, 0, sizeof(float) * WG);
+            if (!da_in_grads) std::memset(dar, 0, sizeof(float) * GH);
+            return;
+          }
+          const float* yr = ys + (n * steps + t) * W;
+          const float* gr = gs + (n * steps + t) * WO;
+          const int64_t prev = previous(t, len);
+          const float* hprev = prev < 0 ? h0s + n * P : ys + (n * steps + prev) * W;
+          std::memcpy(gw + l.hprev_col(), hprev, sizeof(float) * P);
+          const float* d = dht + n * P;
+          switch (l.cell) {
+            case Cell::RnnTanh: case Cell::RnnRelu:
+              for (int64_t j = 0; j < H; ++j) {
+                const float hv = yr[j];
+                const float slope = l.cell == Cell::RnnTanh ? 1.0f - hv * hv : (hv > 0.0f ? 1.0f : 0.0f);
+                gw[j] = d[j] * slope;
+              }
+              break;
+            case Cell::Lstm: {
+              const float* cprev = prev < 0 ? c0s + n * H : ys + (n * steps + prev) * W + l.c_col();
+              const float* dhr = l.projected ? dhraw + n * H : d;
+              float* dcr = dc + n * H;
+              const float* dc_out = WO == W ? gr + l.c_col() : zeros;
+              lstm_backward(yr + l.gates_col(), yr + l.c_col(), cprev, dhr, dc_out, dcr, dar, H);
+              std::memcpy(gw + l.dcprev_col(), dcr, sizeof(float) * H);
+              if (l.projected) {
+                const float* o = yr + l.gates_col() + 3 * H;
+                const float* c = yr + l.c_col();
+                output_of_cell(o, c, gw + l.hraw_col(), H);
+                std::memcpy(gw + l.dhout_col(), d, sizeof(float) * P);
+              }
+              break;
+            }
+            case Cell::Gru:
+              gru_backward(yr + l.gates_col(), yr + l.hn_col(), hprev, d, gw, gw + l.dhn_col(), H);
+              std::memcpy(dar, gw, sizeof(float) * 2 * H);
+              std::memcpy(dar + 2 * H, gw + l.dhn_col(), sizeof(float) * H);
+              break;
+          }
+        });
+        if (in_rows) {
+          // A padded row's d_gates are zero, so its dh becomes zero: a forward sequence's padded
+          // steps come before its valid ones (whose dh starts at zero), a reverse one's after them.
+          span_product(span, grads + t * WG, steps * WG, GH, packed_hh, P, dh, P);
+          product_t = t;
+          continue;
         }
-      });
-      if (in_rows) {
-        // A padded row's d_gates are zero, so its dh becomes zero: a forward sequence's padded
-        // steps come before its valid ones (whose dh starts at zero), a reverse one's after them.
-        recurrent_gemm::multiply(*ctx.pool, grads + t * WG, steps * WG, n_, GH, packed_hh, P, dh, P);
-        product_t = t;
-        continue;
-      }
-      if (da_in_grads)
-        recurrent_gemm::multiply(*ctx.pool, grads + t * WG, steps * WG, n_, GH, packed_hh, P, dhp, P);
-      else
-        recurrent_gemm::multiply(*ctx.pool, da, GH, n_, GH, packed_hh, P, dhp, P);
-      for (int64_t n = 0; n < n_; ++n) {
-        if (t >= length(lens, n)) continue;
-        float* gw = grads + (n * steps + t) * WG;
-        const float* z = ys + (n * steps + t) * W + l.gates_col() + H;
-        for (int64_t j = 0; j < P; ++j) {
-          // A GRU's new state keeps z of the old one: that part bypasses w_hh.
-          const float direct = l.cell == Cell::Gru ? dht[n * P + j] * z[j] : 0.0f;
-          dh[n * P + j] = gw[l.dhprev_col() + j] = dhp[n * P + j] + direct;
+        if (da_in_grads)
+          span_product(span, grads + t * WG, steps * WG, GH, packed_hh, P, dhp, P);
+        else
+          span_product(span, da, GH, GH, packed_hh, P, dhp, P);
+        for (int64_t n = span.lo; n < span.hi; ++n) {
+          if (t >= length(lens, n)) continue;
+          float* gw = grads + (n * steps + t) * WG;
+          const float* z = ys + (n * steps + t) * W + l.gates_col() + H;
+          for (int64_t j = 0; j < P; ++j) {
+            // A GRU's new state keeps z of the old one: that part bypasses w_hh.
+            const float direct = l.cell == Cell::Gru ? dht[n * P + j] * z[j] : 0.0f;
+            dh[n * P + j] = gw[l.dhprev_col() + j] = dhp[n * P + j] + direct;
+          }
         }
       }
-    }
-    if (in_rows)
-      for (int64_t n = 0; n < n_; ++n) keep_dhprev(n);
+      if (in_rows)
+        for (int64_t n = span.lo; n < span.hi; ++n) keep_dhprev(n);
+    });
   }
 };
 

@@ -108,8 +108,16 @@ inline void pack(const float* w, int64_t k, int64_t cols, float* packed) {
   }
 }
 
-// C (m x cols, row stride ldc) = A (m x k, row stride lda) times the packed operand; the
-// panels are split over the pool's threads when the product is large enough to pay.
+// C (m x cols, row stride ldc) = A (m x k, row stride lda) times the packed operand, on the
+// calling thread. Each row's sums run in one order whatever the rows around it: a row gives
+// the same bits in a block of the batch as in the whole batch.
+inline void multiply_here(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed,
+                          int64_t cols, float* c, int64_t ldc) {
+  detail::multiply_panels(a, lda, m, k, packed, cols, c, ldc, 0, detail::panels(cols));
+}
+
+// As multiply_here, with the panels split over the pool's threads when the product is large
+// enough to pay.
 inline void multiply(ThreadPool& pool, const float* a, int64_t lda, int64_t m, int64_t k, const float* packed, int64_t cols,
               float* c, int64_t ldc) {
   constexpr int64_t kParallelMacs = 1 << 16;  // below this a task switch costs more than the work
