@@ -45,7 +45,12 @@ def _metric_samples(text: str, name: str) -> dict[str, float]:
 def _batches(url: str) -> dict:
     """The server's batch counts and times so far, from its ``/metrics``."""
     with urllib.request.urlopen(f"http://{url}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
+        return batch_counts(answer.read().decode())
+
+
+def batch_counts(text: str) -> dict:
+    """A metrics page's batches: their count, rows, compute seconds, and the rows histogram
+    (cumulative counts by upper bound, as Prometheus gives them), all models summed."""
     sizes = _metric_samples(text, "gometal_inference_batch_size_bucket")
     buckets = {}
     for labels, count in sizes.items():
@@ -88,7 +93,7 @@ def main() -> None:
         profiler = [] if args.no_profile else ["-m", "cProfile", "-o", stats_path]
         command = [sys.executable, *profiler, "-m", "gometal.apps.cli", "serve", model_path,
                    "--port", str(port), "--grpc-port", "0", "--max-batch-size", "64",
-                   "--max-queue-delay-ms", "2", "--instances", "1", "--max-queue", "1024",
+                   "--max-queue-delay-ms", "0", "--instances", "1", "--max-queue", "1024",
                    *args.server_option]  # fmt: skip
         server = Server("gometal serve", command, port, folder)
         try:
