@@ -93,7 +93,7 @@ def main() -> None:
         profiler = [] if args.no_profile else ["-m", "cProfile", "-o", stats_path]
         command = [sys.executable, *profiler, "-m", "gometal.apps.cli", "serve", model_path,
                    "--port", str(port), "--grpc-port", "0", "--max-batch-size", "64",
-                   "--max-queue-delay-ms", "0", "--instances", "1", "--max-queue", "1024",
+                   "--max-queue-delay-ms", "2", "--instances", "1", "--max-queue", "1024",
                    *args.server_option]  # fmt: skip
         server = Server("gometal serve", command, port, folder)
         try:

@@ -7,11 +7,13 @@ to 1, 8 and 64 concurrent clients, one image per request: throughput and p50/p99
 
 The model is saved as a model file and served by ``gometal serve`` in its own process (HTTP,
 tuned as a user would for many clients on a small machine: --max-batch-size 64, so that 64
-clients' requests fit one batch; --max-queue-delay-ms 0, Triton's default: the instance takes
-what queued while it computed, and a delay only leaves it idle (8 clients never fill a batch,
-so with a 2 ms delay each pass waited all of it); --instances 1, since the one instance's engine already computes on every core the event
-loop leaves it, which is the server's default --threads unless --server-threads says
-otherwise; --variant serves other settings beside it). The load generator is
+clients' requests fit one batch; --max-queue-delay-ms 2, with the server's default
+start_when_idle, so one client waits for no batch; --instances 1, since the one instance's
+engine already computes on every core the event loop leaves it, which is the server's default
+--threads unless --server-threads says otherwise). --variant serves other settings beside it:
+at 0 ms (Triton's default), 8 clients under wrk ran faster (they never fill a batch, so each
+pass waited the whole delay) but 64 tritonclient clients slower (their CPU takes the cores
+that merged batches save). The load generator is
 another process (``_serving_load.py``): N tritonclient HTTP async clients, each sending one
 image per request in a loop, a warm-up, then a timed window; every answer is checked against
 offline ``model.predict``. With --grpc the same server is also loaded over gRPC, with unary
@@ -288,7 +290,7 @@ def main() -> None:
                         help="gometal serve --threads (default: the server's own choice, every "
                         "core but one)")  # fmt: skip
     parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--variant", action="append", default=[], metavar="JSON",
                         help="also serve the model with these batching settings (a model "
