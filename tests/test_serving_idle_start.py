@@ -120,3 +120,27 @@ def test_config_json_and_server_settings_take_it_as_a_bool(tmp_path: Path) -> No
     assert "'start_when_idle' must be true or false, got 1" in repo.find("bad").error
     with pytest.raises(ValueError, match="start_when_idle must be a bool, got 'yes'"):
         ServerSettings(start_when_idle="yes")
+
+
+def test_each_free_instance_takes_a_lone_request_at_once() -> None:
+    # Both instances block in their first call until both have started: a second request
+    # that waited for company (the 600 s delay) would leave the first blocked past the test.
+    both_running = threading.Barrier(2, timeout=ANSWER_TIMEOUT_S)
+
+    def runner(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        both_running.wait()
+        return [inputs[0] * 2]
+
+    batcher = DynamicBatcher([runner, runner], max_batch_size=8, max_queue_delay_s=LONG_DELAY_S,
+                             max_queue=8, start_when_idle=True)  # fmt: skip
+    try:
+        first = batcher.submit(_rows(1.0))
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        while batcher.depth and time.monotonic() < deadline:  # an instance takes it
+            time.sleep(0.001)
+        assert not batcher.depth, "a lone request waited for company"
+        second = batcher.submit(_rows(2.0))
+        answers = [first.result(ANSWER_TIMEOUT_S)[0], second.result(ANSWER_TIMEOUT_S)[0]]
+    finally:
+        batcher.close()
+    assert [float(a[0, 0]) for a in answers] == [2.0, 4.0]
