@@ -285,12 +285,17 @@ def test_clip_by_value_matches_numpy_clip():
     np.testing.assert_array_equal(got, np.clip(value, -0.5, 0.5))
 
 
-def test_adamw_without_decay_and_adam_keep_the_fused_update():
+def test_adam_and_adamw_with_or_without_decay_run_the_fused_update():
     model = gm.ModelBuilder((12,)).dense(8).tanh().dense(4).build(seed=0)
-    for optimizer in (gm.optim.Adam(), gm.optim.AdamW(weight_decay=0.0)):
+    optimizers = (gm.optim.Adam(), gm.optim.AdamW(weight_decay=0.0), gm.optim.AdamW())
+    for optimizer in optimizers:
         trainer = gm.Trainer(model, loss="cross_entropy", optimizer=optimizer, batch_size=8)
         plan = trainer._engine.describe("train", 8)
-        assert sum(line.startswith("adam_update") for line in plan) == 4
+        assert sum(line.startswith("adam_update") for line in plan) == 4, (optimizer, plan)
+    # AMSGrad's running maximum is no part of the fused kernel.
+    amsgrad = gm.optim.AdamW(amsgrad=True)
+    trainer = gm.Trainer(model, loss="cross_entropy", optimizer=amsgrad, batch_size=8)
+    assert not any(line.startswith("adam_update") for line in trainer._engine.describe("train", 8))
 
 
 # -- names, defaults and configurations -------------------------------------------------------

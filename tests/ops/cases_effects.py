@@ -55,27 +55,38 @@ def assign_writes_after_reads_without_recompiling(backend, rng):
 # -- adam_update -----------------------------------------------------------------------------
 
 
-def adam_update_matches_torch_adam(weight_decay):
-    """Three steps of adam_update against torch.optim.Adam (weight decay as an L2 term)."""
+def adam_update_matches_torch_adam(weight_decay, decoupled=False):
+    """Three steps of adam_update against torch.optim.Adam (weight decay as an L2 term), or
+    with ``decoupled_weight_decay`` and the learning rate as an input against
+    torch.optim.AdamW (the rate changes between steps, as a scheduler's does)."""
 
     def check(backend, rng):
-        beta1, beta2, eps, lr = 0.8, 0.99, 1e-6, 0.01
+        beta1, beta2, eps = 0.8, 0.99, 1e-6
+        rates = [0.01, 0.03, 0.02]
         shape = (4, 5)
         g = _core.Graph()
         p, m, v, grad = (g.variable(name, shape) for name in ("p", "m", "v", "g"))
         step_size, bc2_sqrt = g.scalar("step_size", 0.0), g.scalar("bc2_sqrt", 1.0)
         hyper = {"beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay}
-        update = g.op("adam_update", [p, m, v, grad, step_size, bc2_sqrt], hyper)
+        inputs = [p, m, v, grad, step_size, bc2_sqrt]
+        if decoupled:
+            hyper["decoupled_weight_decay"] = True
+            inputs.append(g.scalar("lr", 0.0))
+        update = g.op("adam_update", inputs, hyper)
         eng = _core.Engine(g, seed=0, backend=backend)
         eng.define("step", inputs=[], outputs=[], effects=[update], advance_rng=False)
 
         start = rng.standard_normal(shape).astype(np.float32)
         eng.set_variable("p", start)
         param = torch.tensor(start, dtype=torch.float64, requires_grad=True)
-        adam = torch.optim.Adam(
-            [param], lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay
+        reference = torch.optim.AdamW if decoupled else torch.optim.Adam
+        adam = reference(
+            [param], lr=rates[0], betas=(beta1, beta2), eps=eps, weight_decay=weight_decay
         )
-        for t in range(1, 4):
+        for t, lr in enumerate(rates, start=1):
+            adam.param_groups[0]["lr"] = lr
+            if decoupled:
+                eng.set_scalar("lr", lr)
             gradient = rng.standard_normal(shape).astype(np.float32)
             eng.set_variable("g", gradient)
             eng.set_scalar("step_size", lr / (1 - beta1**t))
@@ -93,9 +104,10 @@ def adam_update_matches_torch_adam(weight_decay):
     return check
 
 
-def adam_update_kernel_matches_its_decomposition(with_flag):
+def adam_update_kernel_matches_its_decomposition(with_flag, decoupled=False):
     """The fused kernel against the registry's decomposition (what a backend without the
-    kernel runs): five steps, the flag (loss scaling's all-finite test) off on the third."""
+    kernel runs): five steps, the flag (loss scaling's all-finite test) off on the third;
+    with ``decoupled``, AdamW's form and its learning-rate input before the flag."""
 
     def check(backend, rng):
         shape = (3, 7)
@@ -105,8 +117,12 @@ def adam_update_kernel_matches_its_decomposition(with_flag):
             g = _core.Graph()
             p, m, v, grad = (g.variable(name, shape) for name in ("p", "m", "v", "g"))
             step_size, bc2, finite = (g.scalar(n, 1.0) for n in ("step_size", "bc2", "finite"))
-            inputs = [p, m, v, grad, step_size, bc2] + ([finite] if with_flag else [])
+            inputs = [p, m, v, grad, step_size, bc2]
             hyper = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01}
+            if decoupled:
+                hyper.update(weight_decay=0.3, decoupled_weight_decay=True)
+                inputs.append(g.scalar("lr", 0.05))
+            inputs += [finite] if with_flag else []
             update = g.op("adam_update", inputs, hyper)
             eng = _core.Engine(g, seed=0, backend=backend, options=options)
             eng.define("step", inputs=[], outputs=[], effects=[update], advance_rng=False)
@@ -244,6 +260,14 @@ SCENARIOS = [
     ),
     ScenarioCase(
         "adam_update", "decomposition-flag", adam_update_kernel_matches_its_decomposition(True)
+    ),
+    ScenarioCase(
+        "adam_update", "torch-adamw", adam_update_matches_torch_adam(0.05, decoupled=True)
+    ),
+    ScenarioCase(
+        "adam_update",
+        "decomposition-decoupled-flag",
+        adam_update_kernel_matches_its_decomposition(True, decoupled=True),
     ),
     ScenarioCase("check_range", "inside", check_range_passes_values_inside_and_is_zero),
     ScenarioCase("check_range", "outside", check_range_names_the_first_value_outside),

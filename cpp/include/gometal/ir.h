@@ -88,6 +88,7 @@ struct Attrs {
   float low = 0.0f, high = 0.0f;  // check_range bounds
   float value = 0.0f;         // scalar initial value, scalar constant
   float beta1 = 0.0f, beta2 = 0.0f, eps = 0.0f, weight_decay = 0.0f;  // adam_update; eps: the norms
+  bool decoupled_weight_decay = false;  // adam_update: AdamW's p *= 1 - lr * weight_decay
   // conv2d and pooling: (height, width) pairs
   std::vector<int64_t> kernel_size, stride, padding, dilation;
   int64_t groups = 1;

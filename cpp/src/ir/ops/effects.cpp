@@ -28,13 +28,17 @@ void assign_shape(Node& n, const std::vector<Node>& nodes) {
   n.dtype = var.dtype;
 }
 
-// (param, exp_avg, exp_avg_sq, grad, step_size, sqrt(bias_correction2)[, finite]): with the
-// optional seventh input, a scalar 0/1, nothing is written unless it is 1 (loss scaling's
-// step skip), so the fused kernel serves scaled training too.
+// (param, exp_avg, exp_avg_sq, grad, step_size, sqrt(bias_correction2)[, lr][, finite]): lr
+// comes with decoupled_weight_decay (AdamW's decay 1 - lr * wd); with the optional last input,
+// a scalar 0/1, nothing is written unless it is 1 (loss scaling's step skip), so the fused
+// kernel serves scaled training too.
 void adam_shape(Node& n, const std::vector<Node>& nodes) {
-  if (n.inputs.size() != 6 && n.inputs.size() != 7)
-    fail(name_of(n), "expects 6 inputs (param, exp_avg, exp_avg_sq, grad, step_size, sqrt_bias_correction2) "
-                     "or 7 (and a finite flag), got " + std::to_string(n.inputs.size()));
+  const size_t base = n.attrs.decoupled_weight_decay ? 7 : 6;
+  if (n.inputs.size() != base && n.inputs.size() != base + 1)
+    fail(name_of(n), "expects " + std::to_string(base) +
+                         " inputs (param, exp_avg, exp_avg_sq, grad, step_size, sqrt_bias_correction2" +
+                         (base == 7 ? ", lr" : "") + ") or " + std::to_string(base + 1) +
+                         " (and a finite flag), got " + std::to_string(n.inputs.size()));
   const Node& p = input(n, nodes, 0);
   for (size_t i = 0; i < 3; ++i) {
     const Node& slot = input(n, nodes, i);
@@ -64,20 +68,26 @@ std::vector<int> adam_writes(const Node& n) { return {n.inputs[0], n.inputs[1], 
 // torch.optim.Adam's update in primitives, in the fused kernel's order of operations:
 //   g += wd p;  m += (1 - b1)(g - m);  v = b2 v + (1 - b2) g g;
 //   p -= step_size * m / (sqrt(v) / sqrt_bc2 + eps)
+// decoupled_weight_decay (torch.optim.AdamW): no L2 term; p * (1 - lr wd) takes p's place.
 // With a finite flag, each write keeps the old value unless the flag is 1.
 std::vector<int> decompose_adam(Graph& gr, int id) {
   const View v = view(gr, id);
+  const bool decoupled = v.attrs.decoupled_weight_decay;
   const int p = v.in[0], m = v.in[1], vs = v.in[2], step_size = v.in[4], bc2 = v.in[5];
-  int grad = v.in[3];
+  const size_t flag_at = decoupled ? 7 : 6;
+  int grad = v.in[3], start = p;
   // The kernel forms 1 - beta in float32; so do these constants.
   const float one_minus_b1 = 1.0f - v.attrs.beta1, one_minus_b2 = 1.0f - v.attrs.beta2;
-  if (v.attrs.weight_decay != 0.0f) grad = gr.add(grad, gr.mul(k(gr, v.attrs.weight_decay), p));
+  if (decoupled)
+    start = gr.mul(p, gr.sub(k(gr, 1.0f), gr.mul(v.in[6], k(gr, v.attrs.weight_decay))));
+  else if (v.attrs.weight_decay != 0.0f)
+    grad = gr.add(grad, gr.mul(k(gr, v.attrs.weight_decay), p));
   const int new_m = gr.add(m, gr.mul(k(gr, one_minus_b1), gr.sub(grad, m)));
   const int new_v = gr.add(gr.mul(k(gr, v.attrs.beta2), vs), gr.mul(gr.mul(k(gr, one_minus_b2), grad), grad));
   const int denom = gr.add(gr.div(gr.unary(OpKind::Sqrt, new_v), bc2), k(gr, v.attrs.eps));
-  const int new_p = gr.sub(p, gr.mul(step_size, gr.div(new_m, denom)));
+  const int new_p = gr.sub(start, gr.mul(step_size, gr.div(new_m, denom)));
   auto write = [&](int var, int value) {
-    if (v.in.size() == 7) value = sel(gr, v.in[6], value, var);
+    if (v.in.size() > flag_at) value = sel(gr, v.in[flag_at], value, var);
     return gr.assign(var, value);
   };
   return {write(m, new_m), write(vs, new_v), write(p, new_p)};
@@ -90,7 +100,7 @@ std::vector<OpDef> effect_op_defs() {
       {OpKind::Assign, "assign", 2, {}, assign_shape, Gradient::None, nullptr, trait::kEffect, assign_writes},
       {OpKind::AdamUpdate, "adam_update", -1,
        {attr("beta1", &Attrs::beta1), attr("beta2", &Attrs::beta2), attr("eps", &Attrs::eps),
-        attr("weight_decay", &Attrs::weight_decay)},
+        attr("weight_decay", &Attrs::weight_decay), attr("decoupled_weight_decay", &Attrs::decoupled_weight_decay)},
        adam_shape, Gradient::None, nullptr, trait::kEffect, adam_writes, nullptr, decompose_adam},
   };
 }

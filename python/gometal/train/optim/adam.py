@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ... import _core
 from ...graph.composites import const, op
 from .base import STATE_PREFIX, Optimizer, check_betas, check_bool, check_real, first_step
@@ -102,8 +104,16 @@ class Adam(Optimizer):
         step_size = op(g, "div", lr_node, _one_minus_power(g, beta1, step_node))
         sqrt_correction2 = op(g, "sqrt", _one_minus_power(g, beta2, step_node))
         decoupled = self._decoupled and self.weight_decay != 0.0
-        if not (self.amsgrad or decoupled):
-            return self._emit_fused(g, params, grads, step_size, sqrt_correction2)
+        # ZeRO's shard view (the graph view that collects slot writes) rewrites adam_update
+        # knowing only its L2 form: under it the decoupled update is emitted as primitives.
+        if not self.amsgrad and decoupled and hasattr(g, "slot_writes"):
+            return self._emit_decoupled_primitives(
+                g, params, grads, step_size, sqrt_correction2, lr_node
+            )
+        if not self.amsgrad:
+            return self._emit_fused(
+                g, params, grads, step_size, sqrt_correction2, lr_node if decoupled else None
+            )
         decay = _decay_factor(g, lr_node, self.weight_decay) if decoupled else None
         l2 = 0.0 if self._decoupled else self.weight_decay
         effects: list[int] = []
@@ -133,19 +143,60 @@ class Adam(Optimizer):
         grads: Mapping[str, int],
         step_size: int,
         sqrt_correction2: int,
+        decay_lr: int | None,
     ) -> list[int]:
         # One fused engine op per parameter reads p, g, m and v once and writes p, m and v
-        # once; it adds the L2 term itself.
+        # once; it adds the L2 term itself, or (given the learning rate) multiplies p by
+        # 1 - lr * weight_decay as AdamW does.
         beta1, beta2 = self.betas
         hyper = {"beta1": beta1, "beta2": beta2, "eps": self.eps, "weight_decay": self.weight_decay}
+        tail = [] if decay_lr is None else [decay_lr]
+        if decay_lr is not None:
+            hyper["decoupled_weight_decay"] = True
         updates: list[int] = []
         for name, param in params.items():
             grad = self._gradient(g, param, grads[name], 0.0)
             exp_avg = self._slot(g, name, param, "exp_avg")
             exp_avg_sq = self._slot(g, name, param, "exp_avg_sq")
-            inputs = [param, exp_avg, exp_avg_sq, grad, step_size, sqrt_correction2]
+            inputs = [param, exp_avg, exp_avg_sq, grad, step_size, sqrt_correction2, *tail]
             updates.append(g.op("adam_update", inputs, hyper))
         return updates
+
+    def _emit_decoupled_primitives(
+        self,
+        g: _core.Graph,
+        params: Mapping[str, int],
+        grads: Mapping[str, int],
+        step_size: int,
+        sqrt_correction2: int,
+        lr_node: int,
+    ) -> list[int]:
+        # adam_update with decoupled_weight_decay, one primitive per operation of its kernel
+        # (1 - beta rounded to float32 first), so the bits are the fused update's.
+        beta1, beta2 = self.betas
+        keep1 = float(np.float32(1.0) - np.float32(beta1))
+        keep2 = float(np.float32(1.0) - np.float32(beta2))
+        decay = _decay_factor(g, lr_node, self.weight_decay)
+        effects: list[int] = []
+        for name, param in params.items():
+            grad = self._gradient(g, param, grads[name], 0.0)
+            exp_avg = self._slot(g, name, param, "exp_avg")
+            exp_avg_sq = self._slot(g, name, param, "exp_avg_sq")
+            step = op(g, "mul", const(g, keep1), op(g, "sub", grad, exp_avg))
+            new_avg = op(g, "add", exp_avg, step)
+            squared = op(g, "mul", op(g, "mul", const(g, keep2), grad), grad)
+            new_avg_sq = op(g, "add", op(g, "mul", const(g, beta2), exp_avg_sq), squared)
+            denom = op(
+                g,
+                "add",
+                op(g, "div", op(g, "sqrt", new_avg_sq), sqrt_correction2),
+                const(g, self.eps),
+            )
+            update = op(g, "mul", step_size, op(g, "div", new_avg, denom))
+            new_param = op(g, "sub", op(g, "mul", param, decay), update)
+            effects += [op(g, "assign", exp_avg, new_avg), op(g, "assign", exp_avg_sq, new_avg_sq)]
+            effects.append(op(g, "assign", param, new_param))
+        return effects
 
 
 class AdamW(Adam):
