@@ -35,8 +35,9 @@ measurement.
 buckets (a sixteenth of the model's gradient values, at least 256 KiB:
 data_parallel.default_bucket_floats). --env NAME=VALUE (repeatable) adds "gometal 2x1
 NAME=VALUE", the same job with that variable set, in the same rounds: e.g. GOMETAL_MPI_WAIT=block
-(MPI's own waits, which poll, against the default waits that sleep between tests) or
-GOMETAL_MPI_PROGRESS_US=200.
+(MPI's own waits, which poll, against the default waits that sleep between tests), or
+GOMETAL_MPI_PROGRESS=thread (a progress thread testing the buckets in flight every
+GOMETAL_MPI_PROGRESS_US, against the default tests between the engine's kernels).
 
 Usage: python benchmarks/bench_distributed.py [--rounds 3] [--workloads B D] [--cost-model]
                                               [--bucket-mb 25] [--env GOMETAL_MPI_WAIT=block]

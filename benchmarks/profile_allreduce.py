@@ -107,6 +107,13 @@ def _collective_microseconds(text: str) -> tuple[dict[str, float], dict[str, flo
     return collective, total
 
 
+def _progress_mode(env: dict[str, str]) -> str:
+    """How the buckets in flight progress under ``env``, in words."""
+    if env.get("GOMETAL_MPI_PROGRESS", "steps") in ("", "steps"):
+        return "between kernels"
+    return f"on a thread every {env.get('GOMETAL_MPI_PROGRESS_US', '50')} us"
+
+
 def main() -> None:
     """Runs the job, then prints the step times and the hidden share of the all-reduce."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -116,6 +123,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--bucket-mb", type=float, default=None, help="GOMETAL_BUCKET_MB")
+    parser.add_argument(
+        "--progress", choices=["steps", "thread"], default=None, help="GOMETAL_MPI_PROGRESS"
+    )
     parser.add_argument("--progress-us", type=int, default=None, help="GOMETAL_MPI_PROGRESS_US")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -128,6 +138,8 @@ def main() -> None:
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     if args.bucket_mb is not None:
         env["GOMETAL_BUCKET_MB"] = str(args.bucket_mb)
+    if args.progress is not None:
+        env["GOMETAL_MPI_PROGRESS"] = args.progress
     if args.progress_us is not None:
         env["GOMETAL_MPI_PROGRESS_US"] = str(args.progress_us)
     child_args = ["--child", "--workload", args.workload, "--threads", str(args.threads)]
@@ -142,7 +154,7 @@ def main() -> None:
     print(
         f"workload {args.workload}, {args.ranks} ranks x {args.threads} thread(s), "
         f"bucket {bucket}, "
-        f"progress every {env.get('GOMETAL_MPI_PROGRESS_US', '50')} us, "
+        f"progress {_progress_mode(env)}, "
         f"waits {env.get('GOMETAL_MPI_WAIT') or 'poll'}; load "
         f"{os.getloadavg()[0]:.1f}"
     )

@@ -24,6 +24,9 @@ class Communicator {
   // count floats): a reduce-scatter, started without waiting like start_all_reduce_sum.
   virtual int64_t start_reduce_scatter_sum(const float* in, float* out, int64_t count) = 0;
   virtual void wait(int64_t ticket) = 0;
+  // Advances the collectives in flight (one test of each request), without waiting: the
+  // engine calls it between kernels while any is in flight. Cheap and a no-op by default.
+  virtual void progress() {}
   // Every rank's `data` (bytes) becomes root's.
   virtual void broadcast(void* data, int64_t bytes, int root) = 0;
   // out (size() * bytes) = every rank's `in` (bytes), in rank order.

@@ -14,10 +14,14 @@
 //
 // Progress: a non-blocking collective advances only while the process is inside an MPI call
 // (Open MPI's libnbc schedules, MPICH without async progress), and the engine runs kernels in
-// between. So while a collective is in flight a progress thread calls MPI_Test every
-// GOMETAL_MPI_PROGRESS_US microseconds (default 50; 0 turns it off, leaving all the work to
-// the wait); it sleeps on a condition variable otherwise. Every MPI call on a request happens
-// under one mutex, so MPI_THREAD_SERIALIZED suffices (mpi4py asks for MULTIPLE).
+// between. So while a collective is in flight the engine calls progress() after every kernel,
+// which tests each request once (GOMETAL_MPI_PROGRESS=steps, the default): no thread, no
+// sleep. GOMETAL_MPI_PROGRESS=thread instead starts a progress thread that calls MPI_Test
+// every GOMETAL_MPI_PROGRESS_US microseconds (default 50; 0 leaves all the work to the wait)
+// and sleeps on a condition variable while nothing is in flight; its wake-ups cost CPU the
+// kernels need on a machine with no spare core. Either way the same collectives run (the same
+// bits). Every MPI call on a request happens under one mutex, so MPI_THREAD_SERIALIZED
+// suffices (mpi4py asks for MULTIPLE).
 //
 // Waiting: MPI's own waits poll (Open MPI spins, or calls sched_yield with
 // mpi_yield_when_idle), so a rank that waits for its peer keeps taking a core, and on a
@@ -151,6 +155,12 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
+  void progress() override {
+    if (progress_thread_mode_) return;  // the thread tests the requests
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (in_flight_ > 0) test_requests_in_flight();
+  }
+
   void broadcast(void* data, int64_t bytes, int root) override {
     auto* p = static_cast<char*>(data);
     for (int64_t done = 0; done < bytes;) {
@@ -197,7 +207,8 @@ class MpiCommunicator final : public Communicator {
       check(function(in, out, static_cast<int>(count), float_, sum_, comm_, &requests_[slot].handle), name);
       in_use_[slot] = true;
       ++in_flight_;
-      if (progress_interval_us_ > 0 && !progress_.joinable()) progress_ = std::thread([this] { progress_loop(); });
+      if (progress_thread_mode_ && progress_interval_us_ > 0 && !progress_.joinable())
+        progress_ = std::thread([this] { progress_loop(); });
     }
     work_.notify_one();
     return static_cast<int64_t>(slot);
@@ -219,6 +230,17 @@ class MpiCommunicator final : public Communicator {
                                          : "MPI error " + std::to_string(code)));
   }
 
+  // One MPI_Test of every request in flight, under mutex_. A request already complete is
+  // MPI_REQUEST_NULL, which MPI reports complete without entering its progress engine.
+  void test_requests_in_flight() {
+    for (size_t i = 0; i < in_use_.size(); ++i) {
+      if (!in_use_[i]) continue;
+      int done = 0;
+      alignas(8) unsigned char status[64] = {};
+      if (test_(&requests_[i].handle, &done, status) != 0) return;  // the wait reports the error
+    }
+  }
+
   // Calls MPI_Test on every request in flight, every progress_interval_us_, until none is.
   void progress_loop() {
     std::unique_lock<std::mutex> lock(mutex_);
@@ -227,12 +249,7 @@ class MpiCommunicator final : public Communicator {
         work_.wait(lock, [this] { return stopping_ || in_flight_ > 0; });
         continue;
       }
-      for (size_t i = 0; i < in_use_.size(); ++i) {
-        if (!in_use_[i]) continue;
-        int done = 0;
-        alignas(8) unsigned char status[64] = {};
-        if (test_(&requests_[i].handle, &done, status) != 0) break;  // the wait reports the error
-      }
+      test_requests_in_flight();
       lock.unlock();
       std::this_thread::sleep_for(std::chrono::microseconds(progress_interval_us_));
       lock.lock();
@@ -250,6 +267,14 @@ class MpiCommunicator final : public Communicator {
     if (std::strcmp(text, "block") == 0) return false;
     throw std::invalid_argument(std::string("[distributed] GOMETAL_MPI_WAIT must be poll or block, got '") + text +
                                 "'");
+  }
+
+  static bool progress_thread_from_environment() {
+    const char* text = std::getenv("GOMETAL_MPI_PROGRESS");
+    if (text == nullptr || text[0] == '\0' || std::strcmp(text, "steps") == 0) return false;
+    if (std::strcmp(text, "thread") == 0) return true;
+    throw std::invalid_argument(std::string("[distributed] GOMETAL_MPI_PROGRESS must be steps or thread, got '") +
+                                text + "'");
   }
 
   static int progress_interval_from_environment() {
@@ -275,6 +300,7 @@ class MpiCommunicator final : public Communicator {
   std::vector<bool> in_use_;
   int in_flight_ = 0;
   bool stopping_ = false;
+  const bool progress_thread_mode_ = progress_thread_from_environment();
   const int progress_interval_us_ = progress_interval_from_environment();
   const bool sleeping_waits_ = sleeping_waits_from_environment();
   std::condition_variable work_;

@@ -1,5 +1,6 @@
 #include "backends/cpu/collective.h"
 
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -15,6 +16,7 @@ namespace {
 // from the start's buffer alone (kernels are built one node at a time).
 std::mutex in_flight_mutex;
 std::map<const float*, int64_t> in_flight;
+std::atomic<int> in_flight_count{0};  // in_flight.size(), read without the mutex between kernels
 
 void copy_floats(const float* in, float* out, int64_t count) {
   if (out != in) std::memmove(out, in, static_cast<size_t>(count) * sizeof(float));
@@ -34,6 +36,7 @@ void wait_for(Communicator& comm, const float* sum) {
     if (it == in_flight.end()) return;
     ticket = it->second;
     in_flight.erase(it);
+    in_flight_count.store(static_cast<int>(in_flight.size()), std::memory_order_relaxed);
   }
   comm.wait(ticket);
 }
@@ -48,6 +51,7 @@ void start(Communicator& comm, const float* in, float* sum, int64_t count, int64
       parts == 0 ? comm.start_all_reduce_sum(in, sum, count) : comm.start_reduce_scatter_sum(in, sum, count);
   std::lock_guard<std::mutex> lock(in_flight_mutex);
   in_flight[sum] = ticket;
+  in_flight_count.store(static_cast<int>(in_flight.size()), std::memory_order_relaxed);
 }
 
 // The job's size, checked against the `parts` a reduce-scatter was built for (0: any size).
@@ -126,6 +130,11 @@ struct AllGatherKernel final : Kernel {
 };
 
 }  // namespace
+
+void progress_collectives() {
+  if (in_flight_count.load(std::memory_order_relaxed) == 0) return;
+  if (const std::shared_ptr<Communicator> comm = current_communicator()) comm->progress();
+}
 
 std::unique_ptr<Kernel> make_collective_kernel(const Graph& g, int id, const MemoryPlan& mem,
                                                const std::vector<Shape>& shapes) {

@@ -14,4 +14,9 @@ namespace gometal {
 std::unique_ptr<Kernel> make_collective_kernel(const Graph& g, int id, const MemoryPlan& mem,
                                                const std::vector<Shape>& shapes);
 
+// Advances the non-blocking all-reduces in flight (the communicator's progress: one test of
+// each request); one relaxed atomic load when none is. The run loop calls it after every
+// kernel, so a bucket's exchange moves on while the backward pass runs.
+void progress_collectives();
+
 }  // namespace gometal
