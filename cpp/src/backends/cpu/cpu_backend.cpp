@@ -127,26 +127,6 @@ struct CopyKernel final : Kernel {
   }
 };
 
-struct AdamKernel final : Kernel {
-  BufRef p, m, v, g, step_size, bc2_sqrt, finite;  // finite: Region::None without the flag
-  int64_t n;
-  AdamHyper hyper;
-  void run(const ExecContext& ctx) const override {
-    // Loss scaling's skipped step: the flag is 0 and nothing is written.
-    if (finite.region != Region::None && *ctx.ptr(finite) != 1.0f) return;
-    constexpr int64_t kParallelMin = 1 << 14;
-    const int tasks = n < kParallelMin ? 1 : ctx.pool->size();
-    float *pp = ctx.ptr(p), *mp = ctx.ptr(m), *vp = ctx.ptr(v);
-    const float* gp = ctx.ptr(g);
-    const float ss = *ctx.ptr(step_size), bc2 = *ctx.ptr(bc2_sqrt);
-    ctx.pool->parallel_for(tasks, [&](int task, int) {
-      int64_t lo, hi;
-      split_range(n, tasks, task, 16, &lo, &hi);
-      adam_update(hyper, ss, bc2, lo, hi, pp, mp, vp, gp);
-    });
-  }
-};
-
 // A sample-tiled run: each thread takes a share of the batch and pushes every image
 // through all the run's steps before the next image.
 struct SampleTiledKernel final : Kernel {
@@ -289,19 +269,8 @@ std::unique_ptr<Kernel> make_single(const Graph& g, int id, const MemoryPlan& me
       k->to = n.attrs.dtype;
       return k;
     }
-    case OpKind::AdamUpdate: {
-      auto k = std::make_unique<AdamKernel>();
-      k->p = in(0);
-      k->m = in(1);
-      k->v = in(2);
-      k->g = in(3);
-      k->step_size = in(4);
-      k->bc2_sqrt = in(5);
-      if (n.inputs.size() == 7) k->finite = in(6);
-      k->n = numel(in_shape(0));
-      k->hyper = {n.attrs.beta1, n.attrs.beta2, n.attrs.eps, n.attrs.weight_decay};
-      return k;
-    }
+    case OpKind::AdamUpdate:
+      return make_adam_kernel(g, id, mem, shapes);
     case OpKind::Attention: case OpKind::AttentionLse: case OpKind::AttentionGradQ: case OpKind::AttentionGradKV:
     case OpKind::AttentionGrad:
       return make_attention_kernel(g, id, mem, shapes);
