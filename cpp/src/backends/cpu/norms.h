@@ -32,4 +32,10 @@ void norm_affine_grad(ThreadPool& pool, const NormGeometry& geo, const float* x,
                       float* out, const float* saved = nullptr);
 int64_t norm_affine_grad_blocks(const NormGeometry& geo);
 
+// norm_backward and norm_affine_grad of the same x and g in one pass over both: each row's
+// dx and its terms of the affine sums are the bits the two functions give apart.
+void norm_backward_and_affine_grad(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g,
+                                   const float* weight, float* dx, float* partials, float* out,
+                                   const float* saved = nullptr);
+
 }  // namespace gometal

@@ -68,6 +68,19 @@ struct NormAffineGradKernel final : Kernel {
   }
 };
 
+// A norm gradient and its affine gradient in one pass: (x, g, [weight]) -> dx and (2, dim).
+struct NormGradPairKernel final : Kernel {
+  BufRef x, g, weight, dx, sums;
+  NormGeometry geo;
+  std::shared_ptr<std::vector<float>> stats;
+  int64_t shared_floats() const override { return norm_affine_grad_blocks(geo) * 2 * geo.dim; }
+  void run(const ExecContext& ctx) const override {
+    const float* w = weight.region == Region::None ? nullptr : ctx.ptr(weight);
+    norm_backward_and_affine_grad(*ctx.pool, geo, ctx.ptr(x), ctx.ptr(g), w, ctx.ptr(dx), ctx.shared,
+                                  ctx.ptr(sums), stats->data());
+  }
+};
+
 }  // namespace
 
 std::unique_ptr<Kernel> make_sequence_kernel(const Graph& g, int id, const MemoryPlan& mem,
@@ -145,7 +158,21 @@ std::unique_ptr<Kernel> make_saved_norm_stats_kernel(const Graph& g, int id, con
   // A gradient scheduled before its forward pass computes the statistics itself.
   if (!keeps && f.step_of[static_cast<size_t>(saved.forward)] >= f.step_of[static_cast<size_t>(id)]) return nullptr;
   std::unique_ptr<Kernel> kernel = make_sequence_kernel(g, id, mem, shapes);
-  if (auto* norm = dynamic_cast<NormKernel*>(kernel.get())) norm->stats = saved.values;
+  const std::vector<int>& step = f.steps[static_cast<size_t>(f.step_of[static_cast<size_t>(id)])].nodes;
+  auto* norm = dynamic_cast<NormKernel*>(kernel.get());
+  if (norm != nullptr && step.size() == 2) {  // paired with its affine gradient (fusion.cpp)
+    auto pair = std::make_unique<NormGradPairKernel>();
+    pair->x = norm->x;
+    pair->g = norm->g;
+    pair->weight = norm->weight;
+    pair->dx = norm->y;
+    pair->sums = mem.ref[static_cast<size_t>(step[1])];
+    pair->geo = norm->geo;
+    pair->stats = saved.values;
+    *line += " (row statistics read)";
+    return pair;
+  }
+  if (norm != nullptr) norm->stats = saved.values;
   else if (auto* affine = dynamic_cast<NormAffineGradKernel*>(kernel.get())) affine->stats = saved.values;
   else return nullptr;
   *line += keeps ? " (row statistics kept)" : " (row statistics read)";

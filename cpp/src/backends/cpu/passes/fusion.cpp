@@ -241,6 +241,39 @@ bool reads_norm_statistics(const Node& forward, const Node& reader) {
          reader.attrs.eps == forward.attrs.eps;
 }
 
+// Puts each norm gradient and its affine gradient (same x, g and kept statistics) into one
+// step, at the earlier one's place: one pass reads x and g for both.
+void pair_norm_gradients(const Graph& g, Fusion& f) {
+  const int n = g.size();
+  auto lone_step = [&](int id) { return f.step_of[id] >= 0 && f.steps[f.step_of[id]].nodes.size() == 1; };
+  std::vector<char> dropped(f.steps.size(), 0);
+  for (int dx = 0; dx < n; ++dx) {
+    const Node& grad = g.node(dx);
+    if ((grad.op != OpKind::LayerNormGrad && grad.op != OpKind::RmsNormGrad) || f.norm_stats_slot[dx] < 0 ||
+        !lone_step(dx))
+      continue;
+    const int slot = f.norm_stats_slot[dx];
+    const int forward_step = f.step_of[f.norm_stats[slot].forward];
+    const OpKind affine_op = grad.op == OpKind::LayerNormGrad ? OpKind::LayerNormAffineGrad : OpKind::RmsNormAffineGrad;
+    for (int affine = 0; affine < n; ++affine) {
+      const Node& sums = g.node(affine);
+      if (sums.op != affine_op || f.norm_stats_slot[affine] != slot || sums.inputs[1] != grad.inputs[1] ||
+          !lone_step(affine))
+        continue;
+      const int first = std::min(f.step_of[dx], f.step_of[affine]), last = std::max(f.step_of[dx], f.step_of[affine]);
+      // Both read the statistics only after the forward step kept them; dx's weight must be
+      // ready at the earlier step (a variable is: leaves have no step).
+      if (forward_step >= first) continue;
+      if (grad.inputs.size() > 2 && f.step_of[grad.inputs[2]] >= first) continue;
+      f.steps[first].nodes = {dx, affine};
+      f.step_of[dx] = f.step_of[affine] = first;
+      dropped[last] = 1;
+      break;
+    }
+  }
+  drop_steps(dropped, f);
+}
+
 }  // namespace
 
 void keep_norm_statistics(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
@@ -259,6 +292,7 @@ void keep_norm_statistics(const Graph& g, const Schedule& s, const FunctionSpec&
     const int64_t rows = xs.empty() ? 1 : numel(xs) / xs.back();
     f.norm_stats.push_back({id, std::make_shared<std::vector<float>>(static_cast<size_t>(2 * rows))});
   }
+  pair_norm_gradients(g, f);
 }
 
 }  // namespace gometal
