@@ -9,6 +9,7 @@ that process's predicted probabilities.
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -141,3 +142,21 @@ def test_a_trainer_that_is_not_distributed_evaluates_the_whole_set_alone(ranks):
         expected = one.evaluate(x, y, batch_size=8, metrics=METRICS)
         assert result["alone"] == pytest.approx(expected, rel=1e-6)
     assert results[0]["alone"]["loss"] != results[1]["alone"]["loss"]
+
+
+def test_ranks_gather_values_of_their_own_sizes_and_fixed_shape_arrays(tmp_path):
+    ran(mpirun("gathered_values.py", RANKS, str(tmp_path)))
+    expected_values = [
+        {"rank": r, "values": np.arange(1000 * r + 1) / 7, "name": "r" * r} for r in range(RANKS)
+    ]
+    expected_fixed = np.array([[[r, -r], [2**40 + r, 5]] for r in range(RANKS)], np.int64)
+    for rank in range(RANKS):
+        with open(tmp_path / f"gathered{rank}.pkl", "rb") as file:
+            gathered = pickle.load(file)
+        assert gathered["fixed"].dtype == np.int64
+        np.testing.assert_array_equal(gathered["fixed"], expected_fixed)
+        assert len(gathered["values"]) == RANKS
+        for got, expected in zip(gathered["values"], expected_values, strict=True):
+            assert got.keys() == expected.keys()
+            assert (got["rank"], got["name"]) == (expected["rank"], expected["name"])
+            np.testing.assert_array_equal(got["values"], expected["values"])

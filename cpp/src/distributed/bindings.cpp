@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <vector>
 
 #include "distributed/bindings.h"
 #include "distributed/communicator.h"
@@ -76,6 +77,24 @@ void bind_distributed(py::module_& m) {
         comm->broadcast(data, bytes, root);
       },
       py::arg("x"), py::arg("root"), "Overwrites x (in place) with root's x.");
+  m.def(
+      "all_gather_bytes",
+      [](py::array x) {
+        auto comm = attached("all_gather");
+        if (!(x.flags() & py::array::c_style))
+          throw py::value_error("[all_gather] needs a C-contiguous array");
+        std::vector<py::ssize_t> shape{comm->size()};
+        shape.insert(shape.end(), x.shape(), x.shape() + x.ndim());
+        py::array out(x.dtype(), shape);
+        const void* in = x.data();
+        void* o = out.mutable_data();
+        const int64_t bytes = x.nbytes();
+        py::gil_scoped_release release;
+        comm->all_gather(in, bytes, o);
+        return out;
+      },
+      py::arg("x"),
+      "Every rank's x (the same shape and dtype on each), stacked in rank order: (size, *x.shape).");
   m.def("barrier", [] {
     auto comm = attached("barrier");
     py::gil_scoped_release release;

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from .data_parallel import job_rank_and_size
 from .metrics import AccuracyTotals
 
 
@@ -109,8 +108,9 @@ class EvaluationSums:
 def gather_from_ranks(value: Any) -> list[Any]:
     """Every rank's ``value``, in rank order, on every rank (``[value]`` outside a job).
 
-    Pickled and broadcast from each rank in turn: exact, for any picklable value, and
-    meant for results (a few arrays), not for bulk data.
+    Pickled and exchanged in two all-gathers whatever the job's size (the lengths, then
+    the pickles padded to the longest): exact, for any picklable value, and meant for
+    results (a few arrays), not for bulk data.
 
     Args:
         value: this rank's value.
@@ -124,17 +124,13 @@ def gather_from_ranks(value: Any) -> list[Any]:
     """
     if not _core.communicator_info()[2]:
         return [value]
-    rank, size = job_rank_and_size()
     mine = np.frombuffer(pickle.dumps(value), np.uint8)
-    gathered = []
-    for root in range(size):
-        length = np.array([mine.size if rank == root else 0], np.int64)
-        _core.broadcast_bytes(length, root)
-        data = mine.copy() if rank == root else np.empty(int(length[0]), np.uint8)
-        _core.broadcast_bytes(data, root)
-        # Unpickled on the root too, so every rank holds equal objects built alike.
-        gathered.append(pickle.loads(data.tobytes()))
-    return gathered
+    lengths = _core.all_gather_bytes(np.array([mine.size], np.int64))[:, 0]
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: mine.size] = mine
+    pickles = _core.all_gather_bytes(padded)
+    # This rank's value is unpickled too, so every rank holds equal objects built alike.
+    return [pickle.loads(data[:length].tobytes()) for data, length in zip(pickles, lengths)]
 
 
 def pooled_over_ranks(sums: EvaluationSums) -> EvaluationSums:
