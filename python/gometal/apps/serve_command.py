@@ -116,6 +116,13 @@ def add_serve_command(commands: Any) -> None:
         help=f"time a request waits for others to join its batch ({DEFAULT_MAX_QUEUE_DELAY_MS:g})",
     )
     serve.add_argument(
+        "--no-start-when-idle",
+        dest="start_when_idle",
+        action="store_false",
+        help="a lone request waits out --max-queue-delay-ms even when an instance is free "
+        "(default: it runs at once; requests queued during a pass still merge)",
+    )
+    serve.add_argument(
         "--instances",
         type=positive_int,
         default=1,
@@ -188,6 +195,7 @@ def run_serve(args: argparse.Namespace) -> int:
             grpc_port=args.grpc_port,
             max_batch_size=args.max_batch_size,
             max_queue_delay_ms=args.max_queue_delay_ms,
+            start_when_idle=args.start_when_idle,
             instances=args.instances,
             max_queue=args.max_queue,
             api_key=api_key or None,
