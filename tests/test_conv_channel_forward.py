@@ -7,7 +7,8 @@ output channels, rows whose last tile overlaps the one before, and padding 0; in
 step its outputs and gradients match torch's; GOMETAL_CONV_CHANNEL_FORWARD=never (the pixel-lane
 kernel) gives the same values; an unknown value of that variable is refused by name; a write
 to the weights reaches the next run of this kernel and of the channel-lane input gradient,
-which both keep their packed weights per thread.
+which both keep their packed weights per thread, and more convolutions than that cache holds
+stay exact.
 """
 
 from __future__ import annotations
@@ -147,3 +148,31 @@ def test_new_weights_are_seen_by_both_channel_lane_kernels():
         (yt * yt).sum().backward()
         np.testing.assert_allclose(got_y, yt.detach().numpy(), rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(got_dx, xt.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_more_convolutions_than_the_cache_holds_stay_exact():
+    """20 convolutions in a row (the per-thread cache keeps 16 packings): each run repacks the
+    weights that were dropped, and every run gives torch's values."""
+    layers, channels, rng = 20, 16, np.random.default_rng(3)
+    x = rng.standard_normal((2, channels, 8, 16)).astype(np.float32)
+    weights = [
+        (rng.standard_normal((channels, channels, 3, 3)) / 12).astype(np.float32)
+        for _ in range(layers)
+    ]
+    g = _core.Graph()
+    y = xi = g.input("x", x.shape, "float32")
+    for i in range(layers):
+        y = g.op(
+            "conv2d",
+            [y, g.variable(f"w{i}", weights[i].shape)],
+            conv_attrs((1, 1), (1, 1), (1, 1), 1),
+        )
+    engine = _core.Engine(g, seed=0)
+    for i, w in enumerate(weights):
+        engine.set_variable(f"w{i}", w)
+    engine.define("f", inputs=[xi], outputs=[y], effects=[])
+    want = torch.from_numpy(x).double()
+    for w in weights:
+        want = torch.nn.functional.conv2d(want, torch.from_numpy(w).double(), padding=1)
+    for _ in range(2):
+        np.testing.assert_allclose(engine.run("f", [x])[0], want.numpy(), rtol=1e-4, atol=1e-5)

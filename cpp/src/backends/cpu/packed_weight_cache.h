@@ -16,8 +16,8 @@ struct PackedWeightKey {
 
 // The packed form of the `floats` weights at `source`, from this thread's cache when a copy of
 // exactly these bytes was packed with the same key, else packed now by pack(source, packed)
-// into `packed_floats` floats and cached (a few entries per thread, the oldest replaced).
-// The pointer stays valid until this thread's next call.
+// into `packed_floats` floats and cached (16 entries or 64 MB per thread at most, the oldest
+// dropped first). The pointer stays valid until this thread's next call.
 using PackWeights = void (*)(const PackedWeightKey& key, const float* source, float* packed);
 const float* cached_packed_weights(const PackedWeightKey& key, const float* source, int64_t floats,
                                    int64_t packed_floats, PackWeights pack);
