@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "backends/cpu/lane_transpose.h"
 #include "backends/cpu/layout.h"
 #include "backends/cpu/packed_weight_cache.h"
 #include "backends/cpu/simd_paths.h"
@@ -89,11 +90,18 @@ GOMETAL_SIMD_INLINE void tile(const ImageArgs& a, int64_t b0, int64_t y, int64_t
       }
     }
   }
-  // Stored channel by channel: 16 scalar moves per pixel against 9 * O FMAs.
+  const int64_t channels = std::min<int64_t>(V * L, a.c - b0 * L);
+  if constexpr (V == 1 && P == L) {
+    // A square tile: transposed in registers, each channel's pixels stored as one vector.
+    lanes::transpose<Vec, L>(acc[0]);
+    for (int64_t cl = 0; cl < channels; ++cl)
+      __builtin_memcpy(a.dx + (b0 * L + cl) * a.h * a.w + y * a.w + x0, &acc[0][cl], sizeof(Vec));
+    return;
+  }
+  // Else stored channel by channel: 16 scalar moves per pixel against 9 * O FMAs.
   alignas(64) float out[P][V * L];
   for (int p = 0; p < P; ++p)
     for (int v = 0; v < V; ++v) __builtin_memcpy(&out[p][v * L], &acc[v][p], sizeof(Vec));
-  const int64_t channels = std::min<int64_t>(V * L, a.c - b0 * L);
   for (int64_t cl = 0; cl < channels; ++cl) {
     float* dst = a.dx + (b0 * L + cl) * a.h * a.w + y * a.w + x0;
     for (int p = 0; p < P; ++p) dst[p] = out[p][cl];
