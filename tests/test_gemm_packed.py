@@ -1,4 +1,4 @@
-"""Matrix products by packed weights (inference at batch 2 to 1024) on every instruction-set path.
+"""Matrix products by packed weights (inference at batch 1 to 1024) on every instruction-set path.
 
 In a plan that computes no weight gradient, a float32 matmul of an activation by a variable's
 weights packs the weights on its first run into column panels
@@ -27,7 +27,7 @@ PATHS = ("portable", "avx2", "avx512", "off")
 # The vector paths this CPU runs (the others are refused, as the first test checks).
 AVAILABLE = [path for path in PATHS[:3] if vector_path_available(path)]
 
-# (M, N, K): rows from 1 (not packed) to 1024 and past it (the BLAS's), columns around every
+# (M, N, K): rows from 1 to 1024 and past it (the BLAS's), columns around every
 # panel width (16, 24, 64) and past it, odd depths.
 SHAPES = [
     (1, 17, 9),

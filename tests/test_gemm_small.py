@@ -23,7 +23,7 @@ PATHS = ("portable", "avx2", "avx512", "blas")
 
 @pytest.fixture(autouse=True)
 def _weights_not_packed(monkeypatch):
-    """Inference plans run products of 2 or more rows by a variable on packed weights
+    """Inference plans run products of 1 or more rows by a variable on packed weights
     (tests/test_gemm_packed.py); turned off here, they reach the small-row kernel."""
     monkeypatch.setenv("GOMETAL_GEMM_PACKED_KERNEL", "off")
 

@@ -11,19 +11,13 @@
 namespace gometal {
 
 // Products of kGemmPackedMinRows to kGemmPackedMaxRows rows of A run on packed weights; past
-// the maximum the BLAS's own packing is amortized over enough rows. One row streams the
-// weights once either way, and the BLAS's matrix-vector product needs no copy: one row packs
-// only where the weights are deep, where it paid (the CNN head's 1 x 4096 by 4096 x 128 with
-// its bias and ReLU, 1 thread, loaded machine, medians of alternating blocks: 50 -> 37 us
-// alone, the whole CNN at batch 1 0.269 -> 0.248 ms; the panels, read back and forth, stay
-// mostly in the L2 cache). The MLP's 784-deep layers keep the matrix-vector product.
-constexpr int64_t kGemmPackedMinRows = 2, kGemmPackedMaxRows = 1024;
-constexpr int64_t kGemmPackedOneRowMinDepth = 2048;
-
-// Whether an M x K by K x N product runs on packed weights, by shape alone.
-constexpr bool gemm_packed_shape(int64_t m, int64_t k) {
-  return m >= kGemmPackedMinRows ? m <= kGemmPackedMaxRows : m == 1 && k >= kGemmPackedOneRowMinDepth;
-}
+// the maximum the BLAS's own packing is amortized over enough rows. One row too: its panels,
+// read back and forth, stay mostly in the L2 cache, where the BLAS's matrix-vector product
+// streams the weights (1 thread, batch 1, loaded machine, medians of alternating blocks: the
+// CNN head's 4096 x 128 with its bias and ReLU 50 -> 37 us alone, workload C's CNN 0.269 ->
+// 0.248 ms; workload A's MLP 0.0513 -> 0.0401 ms, and in bench_latency 1.08x -> 1.42x
+// onnxruntime; 2 threads within the noise).
+constexpr int64_t kGemmPackedMinRows = 1, kGemmPackedMaxRows = 1024;
 
 // Fewer output columns than one 16-float vector leave most of a panel's lanes idle: the
 // BLAS measured up to 2.2x faster there (8 rows, K = 4096, N = 1 to 10), so such products

@@ -26,8 +26,8 @@ struct PersistentWrites {
 };
 PersistentWrites persistent_writes(const Graph& g, const FunctionSpec& fn, const std::vector<int64_t>& persistent_offset);
 
-// A kernel for node `id` when it is a float32 matmul of an activation (rows and depth as
-// gemm_packed_shape allows) by weights in the persistent pool, and packing is not turned off
+// A kernel for node `id` when it is a float32 matmul of an activation (kGemmPackedMinRows to
+// kGemmPackedMaxRows rows) by weights in the persistent pool, and packing is not turned off
 // (GOMETAL_GEMM_PACKED_KERNEL=off), in a plan that computes no weight gradient; null
 // otherwise. The kernel packs the weights on its first run and again on its first run after a
 // write. A plan whose effects write the weights (a training step) reads them as stored. Plans

@@ -49,7 +49,7 @@ bool runs_on_packed_weights(const Graph& g, int id, const std::vector<Shape>& sh
   for (size_t d = 0; d + 1 < out.size(); ++d)
     if (a[d] != out[d]) return false;
   const int64_t m = packed_rows(out);
-  if (!gemm_packed_shape(m, a.back()) || out.back() < 1 || a.back() < 1) return false;
+  if (m < kGemmPackedMinRows || m > kGemmPackedMaxRows || out.back() < 1 || a.back() < 1) return false;
   const char* forced = std::getenv("GOMETAL_GEMM_PACKED_KERNEL");
   if (out.back() < kGemmPackedMinColumns && (forced == nullptr || forced[0] == '\0')) return false;
   // A plan with a product of a transposed A computes weight gradients (dW = dY^T X): it keeps

@@ -14,8 +14,8 @@
 namespace gometal {
 
 // Whether matmul node `id` runs on packed weights in this plan: float32, A not transposed
-// (its leading axes, not broadcast, are rows), B a 2-D variable or constant, rows and
-// depth as gemm_packed_shape allows, at least kGemmPackedMinColumns columns
+// (its leading axes, not broadcast, are rows), B a 2-D variable or constant,
+// kGemmPackedMinRows to kGemmPackedMaxRows rows, at least kGemmPackedMinColumns columns
 // (unless a path is forced), packing not turned off, and no weight
 // gradient in the plan (no matmul of a transposed A; `shapes` are empty for nodes the plan
 // does not run). `weights_persistent`: B's buffer lies in the persistent pool.
