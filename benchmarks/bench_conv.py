@@ -1,9 +1,12 @@
 """One convolution, forward and both gradients: gometal's kernels against PyTorch.
 
     python benchmarks/bench_conv.py [--batch 32 --in-channels 32 --out-channels 64 --size 32]
+    python benchmarks/bench_conv.py --layers --threads 1 --batch 256
 
 The default is the reference layer of ../shared/bench/README.md (N=32, 32->64 channels,
-32x32, 3x3, padding 1; 1.21 GFLOP forward), 2 threads each.
+32x32, 3x3, padding 1; 1.21 GFLOP forward), 2 threads each. ``--layers`` times the inference
+layers of workload C's CNN and of the batch-norm CNN instead (conv, bias or batch norm, ReLU
+and 2x2 max pooling, fused) against onnxruntime on the same layer (_conv_layers.py).
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ def main() -> None:
     parser.add_argument("--out-channels", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layers", action="store_true", help="the CNNs' fused inference layers")
+    parser.add_argument("--windows", type=int, default=5, help="with --layers: windows per kernel")
     args = parser.parse_args()
+    if args.layers:
+        from _conv_layers import compare_layers
+
+        compare_layers(args.batch, args.threads, args.windows)
+        return
     n, c, o, s = args.batch, args.in_channels, args.out_channels, args.size
     gm.set_num_threads(args.threads)
     attrs = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}

@@ -5,7 +5,8 @@ the CPU has (GOMETAL_CONV_KERNEL), and each result is compared with torch's conv
 odd sizes, strides and dilations in both directions, padding or none, channel counts that
 are no multiple of a vector, batches of 1 to 5, 1 and 2 threads, the whole batch at once and
 image by image (sample tiling), with and without the fused bias, batch-norm, ReLU and 2x2
-max-pooling epilogue. Grouped convolutions fall back to the other kernels with the same
+max-pooling epilogue, taps in one chunk of input channels or several (partial sums kept
+between chunks; channel counts no multiple of a chunk). Grouped convolutions fall back to the other kernels with the same
 results, and an unknown value of the variable is refused naming it.
 """
 
@@ -32,6 +33,12 @@ CASES = [
     ((1, 6, 14, 12), (17, 3, 3), (1, 2), (2, 2), (2, 1)),  # dilation, 17 = one block + 1
     ((3, 12, 9, 9), (33, 1, 1), (1, 1), (0, 0), (1, 1)),  # pointwise
     ((1, 3, 5, 4), (16, 3, 3), (1, 1), (1, 1), (1, 1)),  # fewer outputs than a tile
+    # Taps in chunks of input channels (16 a chunk for 4 blocks of 16, 32 for 2; 64 on the
+    # 8-lane paths): channel counts no multiple of a chunk, several bands of pixels.
+    ((2, 37, 8, 8), (64, 3, 3), (1, 1), (1, 1), (1, 1)),
+    ((1, 70, 9, 11), (24, 3, 3), (1, 1), (1, 1), (1, 1)),
+    ((2, 41, 13, 12), (50, 5, 5), (2, 1), (2, 2), (1, 1)),
+    ((1, 20, 17, 16), (64, 3, 3), (1, 1), (1, 1), (1, 1)),
 ]
 
 
@@ -140,27 +147,33 @@ def _torch_chain(x, w, attrs, ops, operands):
     return y.numpy()
 
 
+# (N, C, H, W), output channels: 19 is one vector block and a partial one, on an odd plane
+# the pooling floors; 64 from 37 input channels takes the taps in chunks on AVX-512.
+EPILOGUE_SHAPES = {"one_chunk": ((3, 10, 11, 13), 19), "chunks": ((2, 37, 10, 9), 64)}
+
+
 @pytest.mark.parametrize("tiling", [False, True], ids=["whole_batch", "tiled"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("shape", list(EPILOGUE_SHAPES))
 @pytest.mark.parametrize("name", list(EPILOGUES))
-def test_fused_epilogues_match_torch(name, path, threads, tiling, monkeypatch):
+def test_fused_epilogues_match_torch(name, shape, path, threads, tiling, monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_NCHWC", "always")
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
     ops = EPILOGUES[name]
     attrs = conv_attrs((1, 1), (1, 1), (1, 1), 1)
-    # 19 channels: one vector block and a partial one; an odd plane the pooling floors.
-    x, w = _inputs((3, 10, 11, 13), (19, 3, 3), seed=11)
+    x_shape, o = EPILOGUE_SHAPES[shape]
+    x, w = _inputs(x_shape, (o, 3, 3), seed=11)
     rng = np.random.default_rng(12)
     operands = [
-        None if op in ("relu", "pool") else rng.standard_normal((19, 1, 1)).astype(np.float32)
+        None if op in ("relu", "pool") else rng.standard_normal((o, 1, 1)).astype(np.float32)
         for op in ops
     ]
     # A second conv reads the first's result, so a tiled plan runs both image by image.
-    w2 = rng.standard_normal((16, 19, 3, 3)).astype(np.float32)
+    w2 = rng.standard_normal((16, o, 3, 3)).astype(np.float32)
 
     def graph(g):
-        xi = g.input("x", (-1, 10, 11, 13), "float32")
+        xi = g.input("x", (-1, *x_shape[1:]), "float32")
         y = g.op("conv2d", [xi, g.variable("w", w.shape)], attrs)
         for i, op in enumerate(ops):
             if op == "relu":
@@ -168,7 +181,7 @@ def test_fused_epilogues_match_torch(name, path, threads, tiling, monkeypatch):
             elif op == "pool":
                 y = g.op("max_pool2d", [y], {"kernel_size": [2, 2]})
             else:
-                y = g.op(op, [y, g.variable(f"operand_{i}", (19, 1, 1))])
+                y = g.op(op, [y, g.variable(f"operand_{i}", (o, 1, 1))])
         return [xi], [g.op("conv2d", [y, g.variable("w2", w2.shape)], attrs)]
 
     engine = _engine(graph, threads, tiling)

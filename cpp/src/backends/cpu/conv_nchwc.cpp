@@ -107,16 +107,16 @@ struct ImageArgs {
   const int64_t* tap_off;   // each tap's (c, ki, kj) offset in the input
   float* channels_last;     // (OH*OW, channel_stride): the finished outputs, pixel by pixel
   float* y;                 // (O, outputs)
-  int64_t row_stride, sh, sw, taps, o, stride;  // stride: channel_stride
+  int64_t row_stride, sh, sw, taps, window, o, stride;  // window: taps per input channel
   int64_t oh, ow;
   bool bias, scale, shift, relu, pool;
 };
 
-// Input offsets of the pixels first.. of a tile of P; returns how many exist. Pixels past
-// the end repeat the first one's offset (computed, never stored).
+// Input offsets of the pixels first.. of a tile of P before `end`; returns how many exist.
+// Pixels past the end repeat the first one's offset (computed, never stored).
 template <int P>
-GOMETAL_SIMD_INLINE int tile_offsets(const ImageArgs& a, int64_t first, int64_t* in_off) {
-  const int count = static_cast<int>(std::min<int64_t>(P, a.oh * a.ow - first));
+GOMETAL_SIMD_INLINE int tile_offsets(const ImageArgs& a, int64_t first, int64_t end, int64_t* in_off) {
+  const int count = static_cast<int>(std::min<int64_t>(P, end - first));
   for (int i = 0; i < P; ++i) {
     const int64_t pixel = first + (i < count ? i : 0);
     in_off[i] = pixel / a.ow * a.sh * a.row_stride + pixel % a.ow * a.sw;
@@ -137,32 +137,54 @@ GOMETAL_SIMD_INLINE Vec finish(Vec v, const ImageArgs& a, int64_t o0) {
   return v;
 }
 
-// Blocks b0..b0+RB-1 of every pixel, P pixels a tile: acc[rb][p] = the sum over taps of
-// the block's weights times the input under pixel p, finished and stored channels-last.
+// Which outputs and taps one pass covers: pixels [first, end) of the image and taps
+// [t0, t1) (whole input channels); the sums of earlier taps wait in channels_last.
+struct PassRange {
+  int64_t first, end, t0, t1;
+  bool first_taps, last_taps;
+};
+
+// Blocks b0..b0+RB-1 of the range's pixels, P pixels a tile: acc[rb][p] += the sum over the
+// range's taps of the block's weights times the input under pixel p, stored channels-last
+// (finished after the last taps). Taps keep their order, so chunking changes no bit.
 template <class Vec, int L, int RB, int P>
-GOMETAL_SIMD_INLINE void block_pass(const ImageArgs& a, int64_t b0) {
+GOMETAL_SIMD_INLINE void block_pass(const ImageArgs& a, int64_t b0, const PassRange& r) {
   const int64_t block = a.taps * L;
-  for (int64_t first = 0; first < a.oh * a.ow; first += P) {
+  for (int64_t first = r.first; first < r.end; first += P) {
     int64_t in_off[P];
-    const int count = tile_offsets<P>(a, first, in_off);
+    const int count = tile_offsets<P>(a, first, r.end, in_off);
+    // Loops over P with `p < count` inside, fully unrolled, keep acc in registers.
     Vec acc[RB][P] = {};
-    const float* wp = a.packed + b0 * block;
-    for (int64_t t = 0; t < a.taps; ++t, wp += L) {
-      const float* src = a.input + a.tap_off[t];
+    if (!r.first_taps) {
+#pragma GCC unroll 4
+      for (int rb = 0; rb < RB; ++rb)
+#pragma GCC unroll 12
+        for (int p = 0; p < P; ++p)
+          acc[rb][p] = load<Vec>(a.channels_last + (first + (p < count ? p : 0)) * a.stride + (b0 + rb) * L);
+    }
+    // Each pixel's own pointer, so a broadcast addresses pointer + tap offset in one operand.
+    const float* pixel_input[P];
+    for (int p = 0; p < P; ++p) pixel_input[p] = a.input + in_off[p];
+    const float* wp = a.packed + b0 * block + r.t0 * L;
+    for (int64_t t = r.t0; t < r.t1; ++t, wp += L) {
+      const int64_t tap = a.tap_off[t];
       Vec wv[RB];
 #pragma GCC unroll 4
       for (int rb = 0; rb < RB; ++rb) wv[rb] = load<Vec>(wp + rb * block);
 #pragma GCC unroll 12
       for (int p = 0; p < P; ++p) {
-        const Vec s = broadcast<Vec, L>(src + in_off[p]);
+        const Vec s = broadcast<Vec, L>(pixel_input[p] + tap);
 #pragma GCC unroll 4
         for (int rb = 0; rb < RB; ++rb) acc[rb][p] += wv[rb] * s;
       }
     }
+#pragma GCC unroll 4
     for (int rb = 0; rb < RB; ++rb) {
       const int64_t o0 = (b0 + rb) * L;
-      for (int p = 0; p < count; ++p) {
-        const Vec v = finish(acc[rb][p], a, o0);
+#pragma GCC unroll 12
+      for (int p = 0; p < P; ++p) {
+        if (p >= count) break;
+        const Vec v = r.last_taps ? finish(acc[rb][p], a, o0) : acc[rb][p];
         __builtin_memcpy(a.channels_last + (first + p) * a.stride + o0, &v, sizeof v);
       }
     }
@@ -205,14 +227,38 @@ GOMETAL_SIMD_INLINE void store_nchw(const ImageArgs& a) {
     }
 }
 
-// The register tiles: RB blocks x P pixels of accumulators, the most blocks first.
+// Input channels a chunk of taps takes: its weights for one register tile's Wide blocks fit
+// in kChunkWeightBytes, so a band of tiles reads them from L1 instead of the whole layer's
+// weights from L2 every tile (1 thread, batch 256, kernel alone, 32->64 at 8x8: 5.7 -> 5.35 ms
+// with 16 channels a chunk; 8 channels: 5.5, their partial sums' round trips showing).
+constexpr int64_t kChunkWeightBytes = 36 * 1024;
+// Pixels a band takes: its channels-last sums, read and written once per chunk, stay in L1.
+constexpr int64_t kBandBytes = 16 * 1024;
+
+int64_t chunk_channels(const ImageArgs& a, int64_t block_bytes) {
+  return std::max<int64_t>(1, kChunkWeightBytes / (a.window * block_bytes));
+}
+
+int64_t band_pixels(const ImageArgs& a, int64_t tile) {
+  return std::max<int64_t>(1, kBandBytes / (a.stride * static_cast<int64_t>(sizeof(float)) * tile)) * tile;
+}
+
+// The register tiles: RB blocks x P pixels of accumulators, the most blocks first; bands of
+// pixels, each over chunks of input channels.
 template <class Vec, int L, int Wide, int WideP, int Narrow, int NarrowP>
 GOMETAL_SIMD_INLINE void forward_image(const ImageArgs& a) {
-  const int64_t blocks = (a.o + L - 1) / L;
-  int64_t b0 = 0;
-  for (; b0 + Wide <= blocks; b0 += Wide) block_pass<Vec, L, Wide, WideP>(a, b0);
-  for (; b0 + Narrow <= blocks; b0 += Narrow) block_pass<Vec, L, Narrow, NarrowP>(a, b0);
-  for (; b0 < blocks; ++b0) block_pass<Vec, L, 1, 12>(a, b0);
+  const int64_t blocks = (a.o + L - 1) / L, pixels = a.oh * a.ow;
+  const int64_t chunk = chunk_channels(a, std::min<int64_t>(Wide, blocks) * L * sizeof(float)) * a.window;
+  const int64_t band = band_pixels(a, 12);
+  for (int64_t first = 0; first < pixels; first += band)
+    for (int64_t t0 = 0; t0 < a.taps; t0 += chunk) {
+      const int64_t t1 = std::min(a.taps, t0 + chunk);
+      const PassRange r{first, std::min(pixels, first + band), t0, t1, t0 == 0, t1 == a.taps};
+      int64_t b0 = 0;
+      for (; b0 + Wide <= blocks; b0 += Wide) block_pass<Vec, L, Wide, WideP>(a, b0, r);
+      for (; b0 + Narrow <= blocks; b0 += Narrow) block_pass<Vec, L, Narrow, NarrowP>(a, b0, r);
+      for (; b0 < blocks; ++b0) block_pass<Vec, L, 1, 12>(a, b0, r);
+    }
   store_nchw<Vec, L>(a);
 }
 
@@ -276,6 +322,7 @@ ImageArgs image_args(const ConvGeometry& g, const ConvEpilogue& e, const Scratch
   a.sh = g.sh;
   a.sw = g.sw;
   a.taps = g.patch();
+  a.window = g.kh * g.kw;
   a.o = g.o;
   a.stride = channel_stride(g);
   a.oh = g.oh;
@@ -309,10 +356,14 @@ void run_images(ConvPath path, const ConvGeometry& g, const ImageArgs& base, con
 
 // Planes narrower than one 16-float vector leave the pixel-lane kernel's lanes idle: with
 // 3x3 windows, ReLU and pooling fused (1 thread, batch 256, loaded machine, ms, pixel lanes
-// -> channel lanes) 32->64 at 8x8 23.9 -> 13.4 (onnxruntime 8.6); at 16 wide and more the
-// pixel lanes won or tied (16->32 at 32x32 58.7 -> 71.6, 32->64 at 16x16 47.9 -> 52.2).
+// -> channel lanes) 32->64 at 8x8 23.9 -> 13.4 (onnxruntime 8.6). With the taps in chunks
+// the channel lanes also win on wider planes of 16 and more input channels and 32 and more
+// output channels (CPU ms, onnxruntime / pixel lanes / channel lanes: 16->32 at 32x32
+// 30.5 / 27.7 / 25.0, 32->64 at 16x16 20.2 / 21.9 / 21.0); with 3 input channels or one
+// block of outputs the broadcasts outnumber the products and the pixel lanes stay ahead.
 bool chosen_by_shape(const ConvGeometry& g) {
-  return conv2d_nchwc_supported(g) && !is_pointwise(g) && g.o >= 16 && g.ow < 16;
+  if (!conv2d_nchwc_supported(g) || is_pointwise(g) || g.o < 16) return false;
+  return g.ow < 16 || (g.c >= 16 && g.o >= 32);
 }
 
 }  // namespace

@@ -3,8 +3,10 @@
 // AVX-512, 8 on AVX2 and the portable path), and a register tile holds a few such blocks x 12
 // output pixels, each pixel's input value broadcast against a block's weights. Unlike the
 // pixel-lane kernel (conv_simd.h) no lane idles on planes narrower than a vector, and any
-// stride and dilation run. Input and output stay NCHW; the epilogue (bias, scale and shift,
-// ReLU, 2x2 max pooling) is applied to the tile before it is stored.
+// stride and dilation run. The taps go in chunks of input channels whose weights stay in L1
+// across a band of tiles, the partial sums waiting in the image's channels-last outputs.
+// Input and output stay NCHW; the epilogue (bias, scale and shift, ReLU, 2x2 max pooling) is
+// applied to the tile after its last chunk.
 //
 // GOMETAL_CONV_NCHWC=always|never forces or forbids this kernel wherever it can run (groups
 // of 1); unset, conv2d_nchwc_chosen picks it by shape. GOMETAL_CONV_KERNEL chooses its
@@ -22,8 +24,9 @@ namespace gometal {
 // Whether this kernel can compute g's forward pass (one group).
 bool conv2d_nchwc_supported(const ConvGeometry& g);
 
-// Whether g's forward pass runs this kernel: GOMETAL_CONV_NCHWC, else the shape rule (planes
-// narrower than 16 with 16 output channels or more; measurements in conv_nchwc.cpp). Throws
+// Whether g's forward pass runs this kernel: GOMETAL_CONV_NCHWC, else the shape rule (16
+// output channels or more on planes narrower than 16; on wider planes 16 input and 32 output
+// channels or more; measurements in conv_nchwc.cpp). Throws
 // std::invalid_argument naming the variable for an unknown value.
 bool conv2d_nchwc_chosen(const ConvGeometry& g);
 

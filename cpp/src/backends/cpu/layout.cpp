@@ -79,20 +79,34 @@ void one_hot(const int32_t* labels, int64_t n, int64_t depth, float* out) {
     if (labels[i] >= 0 && labels[i] < depth) out[i * depth + labels[i]] = 1.0f;
 }
 
+namespace {
+
+// The rows of `planes` planes into a padded copy whose borders are already zero, W floats a
+// row: a fixed-size copy is a move or two, where a memcpy call per row cost more than the
+// copy on small planes (8x8, 32 channels: 13% of a channel-lane convolution's time).
+template <int W>
+void copy_rows(const float* src, int64_t planes, int64_t h, int64_t width, int64_t rows, int64_t pad_h,
+               int64_t pad_w, float* dst) {
+  for (int64_t p = 0; p < planes; ++p)
+    for (int64_t y = 0; y < h; ++y)
+      __builtin_memcpy(dst + (p * rows + y + pad_h) * width + pad_w, src + (p * h + y) * W, W * sizeof(float));
+}
+
+}  // namespace
+
 void pad_planes(const float* src, int64_t planes, int64_t h, int64_t w, int64_t pad_h, int64_t pad_w, float* dst) {
   const int64_t width = w + 2 * pad_w, rows = h + 2 * pad_h;
+  std::fill(dst, dst + planes * rows * width, 0.0f);
+  switch (w) {
+    case 8: return copy_rows<8>(src, planes, h, width, rows, pad_h, pad_w, dst);
+    case 16: return copy_rows<16>(src, planes, h, width, rows, pad_h, pad_w, dst);
+    case 32: return copy_rows<32>(src, planes, h, width, rows, pad_h, pad_w, dst);
+    case 64: return copy_rows<64>(src, planes, h, width, rows, pad_h, pad_w, dst);
+    default: break;
+  }
   for (int64_t p = 0; p < planes; ++p)
-    for (int64_t r = 0; r < rows; ++r) {
-      float* row = dst + (p * rows + r) * width;
-      const int64_t y = r - pad_h;
-      if (y < 0 || y >= h) {
-        std::fill(row, row + width, 0.0f);
-        continue;
-      }
-      std::fill(row, row + pad_w, 0.0f);
-      std::memcpy(row + pad_w, src + (p * h + y) * w, w * sizeof(float));
-      std::fill(row + pad_w + w, row + width, 0.0f);
-    }
+    for (int64_t y = 0; y < h; ++y)
+      std::memcpy(dst + (p * rows + y + pad_h) * width + pad_w, src + (p * h + y) * w, w * sizeof(float));
 }
 
 }  // namespace gometal
