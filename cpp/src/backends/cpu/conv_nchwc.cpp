@@ -356,14 +356,14 @@ void run_images(ConvPath path, const ConvGeometry& g, const ImageArgs& base, con
 
 // Planes narrower than one 16-float vector leave the pixel-lane kernel's lanes idle: with
 // 3x3 windows, ReLU and pooling fused (1 thread, batch 256, loaded machine, ms, pixel lanes
-// -> channel lanes) 32->64 at 8x8 23.9 -> 13.4 (onnxruntime 8.6). With the taps in chunks
-// the channel lanes also win on wider planes of 16 and more input channels and 32 and more
-// output channels (CPU ms, onnxruntime / pixel lanes / channel lanes: 16->32 at 32x32
-// 30.5 / 27.7 / 25.0, 32->64 at 16x16 20.2 / 21.9 / 21.0); with 3 input channels or one
-// block of outputs the broadcasts outnumber the products and the pixel lanes stay ahead.
+// -> channel lanes) 32->64 at 8x8 23.9 -> 13.4, and 5.09 with the taps in chunks
+// (onnxruntime 4.51). Wider planes of 16 and more input channels gain 3-12 % per layer at
+// batch 256 with the chunks, but workload C as a whole ran no faster, and there the
+// whole-image split takes a batch of 1 to one thread and a training plan's convolutions
+// from the faster channel-lane forward (conv_channel_forward.cpp): they stay off.
 bool chosen_by_shape(const ConvGeometry& g) {
   if (!conv2d_nchwc_supported(g) || is_pointwise(g) || g.o < 16) return false;
-  return g.ow < 16 || (g.c >= 16 && g.o >= 32);
+  return g.ow < 16;
 }
 
 }  // namespace

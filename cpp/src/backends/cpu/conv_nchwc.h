@@ -25,8 +25,7 @@ namespace gometal {
 bool conv2d_nchwc_supported(const ConvGeometry& g);
 
 // Whether g's forward pass runs this kernel: GOMETAL_CONV_NCHWC, else the shape rule (16
-// output channels or more on planes narrower than 16; on wider planes 16 input and 32 output
-// channels or more; measurements in conv_nchwc.cpp). Throws
+// output channels or more on planes narrower than 16; measurements in conv_nchwc.cpp). Throws
 // std::invalid_argument naming the variable for an unknown value.
 bool conv2d_nchwc_chosen(const ConvGeometry& g);
 
