@@ -289,7 +289,6 @@ struct RecurrenceKernel final : Kernel {
           const int64_t prev = previous(t, len);
           const float* hprev = prev < 0 ? h0s + n * P : ys + (n * steps + prev) * W;
           std::memcpy(gw + l.hprev_col(), hprev, sizeof(float) * P);
-          if (l.hprev_width() > P) gw[l.hprev_col() + P] = 1.0f;
           const float* d = dht + n * P;
           switch (l.cell) {
             case Cell::RnnTanh: case Cell::RnnRelu:

@@ -207,15 +207,6 @@ int sequence_end(Graph& gr, int x, int lengths, bool reverse) {
   return gr.op(OpKind::SequenceEnd, in, at);
 }
 
-// Columns [start, start + width) of a matrix.
-int last_columns(Graph& gr, int x, int64_t start, int64_t width) {
-  Attrs part;
-  part.axis = 1;
-  part.start = start;
-  part.end = start + width;
-  return gr.op(OpKind::Slice, {x}, part);
-}
-
 // sum over n and t of a[n, t]^T b[n, t]: (A, B) from a (N, T, A) and b (N, T, B).
 int product_over_steps(Graph& gr, int a, int b) { return gr.sum(gr.matmul(a, b, true, false), {0}); }
 
@@ -263,23 +254,16 @@ void vjp_recurrence(Graph& gr, int y, int g, std::vector<int>& dx) {
   const int d_xp = columns(gr, grads, 0, l.gate_width());
   // A table's rows take the gradients of the steps that picked them (the ids take none).
   dx[at.xp] = at.ids < 0 ? d_xp : scatter_rows(gr, d_xp, v.in[at.ids], shape_of(gr, v.in[at.xp])[0]);
+  if (at.bias >= 0) dx[at.bias] = gr.sum(d_xp, {0, 1});
+  int d_hidden_side = d_xp;  // the gradient of the pre-activations w_hh multiplies into
   if (l.cell == Cell::Gru) {
-    // The pre-activations w_hh multiplies into are not d(xp) here: the bias takes a sum.
-    if (at.bias >= 0) dx[at.bias] = gr.sum(d_xp, {0, 1});
     const int dhn = columns(gr, grads, l.dhn_col(), h);
     Attrs last;
     last.axis = 2;
-    const int d_hidden_side = gr.op(OpKind::Concat, {columns(gr, grads, 0, 2 * h), dhn}, last);
+    d_hidden_side = gr.op(OpKind::Concat, {columns(gr, grads, 0, 2 * h), dhn}, last);
     dx[at.b_hn] = gr.sum(dhn, {0, 1});
-    dx[at.w_hh] = product_over_steps(gr, d_hidden_side, columns(gr, grads, l.hprev_col(), l.out));
-  } else {
-    // h_prev's column of ones puts the bias's gradient (d(xp) summed over N and T) in the last
-    // column of W_hh's product: no pass of its own over d(xp).
-    const int hprev_and_ones = columns(gr, grads, l.hprev_col(), l.hprev_width());
-    const int with_ones = product_over_steps(gr, d_xp, hprev_and_ones);
-    dx[at.w_hh] = last_columns(gr, with_ones, 0, l.out);
-    if (at.bias >= 0) dx[at.bias] = gr.reshape(last_columns(gr, with_ones, l.out, 1), {l.gate_width()});
   }
+  dx[at.w_hh] = product_over_steps(gr, d_hidden_side, columns(gr, grads, l.hprev_col(), l.out));
   // The first step a sequence runs: t = 0 forward, its last valid step in reverse.
   dx[at.h0] = sequence_end(gr, columns(gr, grads, l.dhprev_col(), l.out), lengths, !v.attrs.reverse);
   if (at.c0 >= 0) dx[at.c0] = sequence_end(gr, columns(gr, grads, l.dcprev_col(), h), lengths, !v.attrs.reverse);

@@ -51,14 +51,12 @@ struct RecurrentLayout {
     }
   }
   // Gradient op columns: d(xp) (G*H); GRU: then d(W_hn h + b_hn) (H); then the state each
-  // step read (P) (LSTM, RNN: and a 1, 0 at a padded step) and the gradient it sends to that
-  // state (P); LSTM: then the cell state's gradient (H); a projection: then the step's output
-  // gradient (P) and unprojected h (H). W_hh's gradient is sum over steps of
-  // [d(xp) (GRU: r, z parts and dhn)]^T h_prev: with the 1, the bias's is its last column.
+  // step read (P) and the gradient it sends to that state (P); LSTM: then the cell state's
+  // gradient (H); a projection: then the step's output gradient (P) and unprojected h (H).
+  // W_hh's gradient is sum over steps of [d(xp) (GRU: r, z parts and dhn)]^T h_prev.
   int64_t dhn_col() const { return gate_width(); }
   int64_t hprev_col() const { return gate_width() + (cell == Cell::Gru ? hidden : 0); }
-  int64_t hprev_width() const { return cell == Cell::Gru ? out : out + 1; }
-  int64_t dhprev_col() const { return hprev_col() + hprev_width(); }
+  int64_t dhprev_col() const { return hprev_col() + out; }
   int64_t dcprev_col() const { return dhprev_col() + out; }
   int64_t dhout_col() const { return dcprev_col() + hidden; }
   int64_t hraw_col() const { return dhout_col() + out; }
