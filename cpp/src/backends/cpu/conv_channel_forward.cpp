@@ -82,14 +82,7 @@ GOMETAL_SIMD_INLINE void tile(const ImageArgs& a, int64_t b, int64_t oy, int64_t
   const int64_t channels = std::min<int64_t>(L, a.o - b * L);
   for (int64_t l = 0; l < channels; ++l) {
     const int64_t o = b * L + l;
-    Vec v = acc[l];
-    if (e.bias) v += e.bias[o];
-    if (e.scale) v *= e.scale[o];
-    if (e.shift) v += e.shift[o];
-    if (e.relu) {
-      const Vec zero = {};
-      v = v < zero ? zero : v;  // NaN stays NaN, as the element-wise relu keeps it
-    }
+    const Vec v = conv_epilogue_channel(acc[l], e, o);
     __builtin_memcpy(a.y + (o * a.oh + oy) * a.ow + x0, &v, sizeof v);
   }
 }

@@ -60,19 +60,6 @@ struct GroupArgs {
   ConvEpilogue epilogue;  // pointers already at the group's first channel
 };
 
-// The epilogue on one vector of output channel o.
-template <class Vec>
-GOMETAL_SIMD_INLINE Vec finish(Vec v, const ConvEpilogue& e, int64_t o) {
-  if (e.bias) v += e.bias[o];
-  if (e.scale) v *= e.scale[o];
-  if (e.shift) v += e.shift[o];
-  if (e.relu) {
-    const Vec zero = {};
-    v = v < zero ? zero : v;  // NaN stays NaN, as the element-wise relu keeps it
-  }
-  return v;
-}
-
 // Rows output channels from o0 x NV segments: out[r][seg j] = sum over (c, ki, kj) of
 // w(o0 + r, tap) * in[segment j's start + tap offset + 0..L).
 template <class Vec, int L, int R, int Rows, int NV>
@@ -101,7 +88,7 @@ GOMETAL_SIMD_INLINE void tile(const GroupArgs& a, int64_t o0, const int64_t* in_
   for (int r = 0; r < Rows; ++r) {
     float* out = a.y + (o0 + r) * a.plane;
     for (int j = 0; j < NV; ++j) {
-      const Vec v = finish(acc[r][j], a.epilogue, o0 + r);
+      const Vec v = conv_epilogue_channel(acc[r][j], a.epilogue, o0 + r);
       if (cols[j] == L) {
         __builtin_memcpy(out + out_off[j], &v, sizeof v);
       } else {

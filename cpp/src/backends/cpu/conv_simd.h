@@ -35,6 +35,20 @@ struct ConvEpilogue {
   bool max_pool_2x2 = false;
 };
 
+// The epilogue's per-channel terms and ReLU on one vector of output channel o's values
+// (NaN stays NaN, as the element-wise relu keeps it); pooling is the caller's.
+template <class Vec>
+GOMETAL_SIMD_INLINE Vec conv_epilogue_channel(Vec v, const ConvEpilogue& e, int64_t o) {
+  if (e.bias) v += e.bias[o];
+  if (e.scale) v *= e.scale[o];
+  if (e.shift) v += e.shift[o];
+  if (e.relu) {
+    const Vec zero = {};
+    v = v < zero ? zero : v;
+  }
+  return v;
+}
+
 bool conv2d_simd_supported(const ConvGeometry& g);
 // Per-thread scratch (floats) of conv2d_simd_forward_image, enough for every path.
 int64_t conv2d_simd_scratch(const ConvGeometry& g);

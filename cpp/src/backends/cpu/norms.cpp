@@ -150,17 +150,7 @@ int64_t norm_affine_grad_blocks(const NormGeometry& geo) {
 
 void norm_affine_grad(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g, float* partials,
                       float* out, const float* saved) {
-  const int64_t dim = geo.dim;
-  over_affine_blocks(pool, geo, partials, out, [&](int64_t block) {
-    float* sum_g_xhat = partials + block * 2 * dim;
-    std::fill(sum_g_xhat, sum_g_xhat + 2 * dim, 0.0f);
-    const int64_t end = std::min(geo.rows, (block + 1) * kAffineGradBlockRows);
-    for (int64_t r = block * kAffineGradBlockRows; r < end; ++r) {
-      float mean, rstd;
-      statistics_of_row(geo, r, x, saved, &mean, &rstd);
-      add_affine_row(geo, x + r * dim, g + r * dim, mean, rstd, sum_g_xhat, sum_g_xhat + dim);
-    }
-  });
+  norm_backward_and_affine_grad(pool, geo, x, g, nullptr, nullptr, partials, out, saved);
 }
 
 void norm_backward_and_affine_grad(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g,
@@ -173,7 +163,7 @@ void norm_backward_and_affine_grad(ThreadPool& pool, const NormGeometry& geo, co
     for (int64_t r = block * kAffineGradBlockRows; r < end; ++r) {
       float mean, rstd;
       statistics_of_row(geo, r, x, saved, &mean, &rstd);
-      backward_row_at(geo, r, x, g, weight, mean, rstd, dx);
+      if (dx != nullptr) backward_row_at(geo, r, x, g, weight, mean, rstd, dx);
       add_affine_row(geo, x + r * dim, g + r * dim, mean, rstd, sum_g_xhat, sum_g_xhat + dim);
     }
   });

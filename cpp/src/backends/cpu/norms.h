@@ -33,7 +33,8 @@ void norm_affine_grad(ThreadPool& pool, const NormGeometry& geo, const float* x,
 int64_t norm_affine_grad_blocks(const NormGeometry& geo);
 
 // norm_backward and norm_affine_grad of the same x and g in one pass over both: each row's
-// dx and its terms of the affine sums are the bits the two functions give apart.
+// dx and its terms of the affine sums are the bits the two functions give apart. A null dx
+// computes the affine sums alone (norm_affine_grad).
 void norm_backward_and_affine_grad(ThreadPool& pool, const NormGeometry& geo, const float* x, const float* g,
                                    const float* weight, float* dx, float* partials, float* out,
                                    const float* saved = nullptr);
