@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "backends/cpu/conv_lane_packing.h"
 #include "backends/cpu/lane_transpose.h"
 #include "backends/cpu/layout.h"
 #include "backends/cpu/packed_weight_cache.h"
@@ -17,31 +18,19 @@ namespace {
 using simd::broadcast;
 using simd::load;
 
-constexpr int kTaps = 9;            // a 3x3 window
-constexpr int64_t kMostLanes = 16;  // the widest vector (AVX-512): scratch fits every path
-constexpr int64_t kSlack = 16;      // floats after the padded image, read by no tile but kept zero
-
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+using conv_lanes::keep_opaque;
+using conv_lanes::kMostLanes;
+using conv_lanes::kSlack;
+using conv_lanes::kTaps;
+using conv_lanes::round_up;
 
 int64_t padded_row(const ConvGeometry& g) { return g.w + 2 * g.pw; }
 int64_t padded_plane(const ConvGeometry& g) { return (g.h + 2 * g.ph) * padded_row(g); }
 int64_t packed_floats(const ConvGeometry& g) { return round_up(g.o, kMostLanes) * g.c * kTaps; }
 
-// packed[b][c][t][l] = w[b * lanes + l][c][t] (zero past O): block b's weights for input
-// channel c and tap t, one vector of output channels each (key: O rows, C columns).
 void pack_weights(const PackedWeightKey& key, const float* w, float* packed) {
-  const int64_t o_count = key.rows, c_count = key.columns, lanes = key.lanes;
-  const int64_t blocks = (o_count + lanes - 1) / lanes, block = c_count * kTaps * lanes;
-  if (o_count % lanes != 0) std::fill(packed + (blocks - 1) * block, packed + blocks * block, 0.0f);
-  for (int64_t o = 0; o < o_count; ++o)
-    for (int64_t c = 0; c < c_count; ++c) {
-      const float* src = w + (o * c_count + c) * kTaps;
-      float* dst = packed + (o / lanes) * block + c * kTaps * lanes + o % lanes;
-      for (int t = 0; t < kTaps; ++t) dst[t * lanes] = src[t];
-    }
+  conv_lanes::pack_3x3(key, w, /*input_gradient=*/false, packed);
 }
-
-GOMETAL_SIMD_INLINE void keep_opaque(const float*& p) { asm("" : "+r"(p)); }
 
 // What one image's tiles read and write.
 struct ImageArgs {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "backends/cpu/conv_lane_packing.h"
 #include "backends/cpu/lane_transpose.h"
 #include "backends/cpu/layout.h"
 #include "backends/cpu/packed_weight_cache.h"
@@ -13,12 +14,13 @@ namespace {
 using simd::broadcast;
 using simd::load;
 
-constexpr int kTaps = 9;           // a 3x3 window
-constexpr int64_t kMostLanes = 16;  // the widest vector (AVX-512): scratch fits every path
-constexpr int64_t kSlack = 16;      // floats after the padded image, read by no tile but kept zero
-constexpr int kNarrowestTile = 8;   // pixels of the smallest tile any path runs
+using conv_lanes::keep_opaque;
+using conv_lanes::kMostLanes;
+using conv_lanes::kSlack;
+using conv_lanes::kTaps;
+using conv_lanes::round_up;
 
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+constexpr int kNarrowestTile = 8;  // pixels of the smallest tile any path runs
 
 // dy's padding as the forward convolution of dx reads it.
 int64_t pad_rows(const ConvGeometry& g) { return 2 - g.ph; }
@@ -27,18 +29,8 @@ int64_t padded_row(const ConvGeometry& g) { return g.ow + 2 * pad_cols(g); }
 int64_t padded_plane(const ConvGeometry& g) { return (g.oh + 2 * pad_rows(g)) * padded_row(g); }
 int64_t packed_floats(const ConvGeometry& g) { return round_up(g.c, kMostLanes) * g.o * kTaps; }
 
-// packed[b][o][t][l] = w[o][b * lanes + l][8 - t] (zero past C): block b's weights for output
-// channel o and flipped tap t, one vector of input channels each (key: O rows, C columns).
 void pack_weights(const PackedWeightKey& key, const float* w, float* packed) {
-  const int64_t o_count = key.rows, c_count = key.columns, lanes = key.lanes;
-  const int64_t blocks = (c_count + lanes - 1) / lanes, block = o_count * kTaps * lanes;
-  if (c_count % lanes != 0) std::fill(packed + (blocks - 1) * block, packed + blocks * block, 0.0f);
-  for (int64_t o = 0; o < o_count; ++o)
-    for (int64_t c = 0; c < c_count; ++c) {
-      const float* src = w + (o * c_count + c) * kTaps;
-      float* dst = packed + (c / lanes) * block + o * kTaps * lanes + c % lanes;
-      for (int t = 0; t < kTaps; ++t) dst[t * lanes] = src[kTaps - 1 - t];
-    }
+  conv_lanes::pack_3x3(key, w, /*input_gradient=*/true, packed);
 }
 
 // One image's dy with zeros around each plane: only the border is written.
@@ -46,8 +38,6 @@ void pad_dy(const ConvGeometry& g, const float* dy, float* padded) {
   pad_planes(dy, g.o, g.oh, g.ow, pad_rows(g), pad_cols(g), padded);
   std::fill(padded + g.o * padded_plane(g), padded + g.o * padded_plane(g) + kSlack, 0.0f);
 }
-
-GOMETAL_SIMD_INLINE void keep_opaque(const float*& p) { asm("" : "+r"(p)); }
 
 // What one image's tiles read and write.
 struct ImageArgs {
