@@ -38,6 +38,9 @@ def _decay_factor(g: _core.Graph, lr_node: int, weight_decay: float) -> int:
     return op(g, "sub", const(g, 1.0), op(g, "mul", lr_node, const(g, weight_decay)))
 
 
+_MOMENTS = ("exp_avg", "exp_avg_sq")  # the slots every Adam form keeps per parameter
+
+
 class Adam(Optimizer):
     """Adam, matching ``torch.optim.Adam``.
 
@@ -118,9 +121,9 @@ class Adam(Optimizer):
         l2 = 0.0 if self._decoupled else self.weight_decay
         effects: list[int] = []
         for name, param in params.items():
-            grad = self._gradient(g, param, grads[name], l2)
-            exp_avg = self._slot(g, name, param, "exp_avg")
-            exp_avg_sq = self._slot(g, name, param, "exp_avg_sq")
+            grad, exp_avg, exp_avg_sq = self._gradient_and_slots(
+                g, name, param, grads[name], l2, *_MOMENTS
+            )
             new_avg, new_avg_sq = _moments(g, grad, exp_avg, exp_avg_sq, self.betas)
             effects += [op(g, "assign", exp_avg, new_avg), op(g, "assign", exp_avg_sq, new_avg_sq)]
             second = new_avg_sq
@@ -155,9 +158,9 @@ class Adam(Optimizer):
             hyper["decoupled_weight_decay"] = True
         updates: list[int] = []
         for name, param in params.items():
-            grad = self._gradient(g, param, grads[name], 0.0)
-            exp_avg = self._slot(g, name, param, "exp_avg")
-            exp_avg_sq = self._slot(g, name, param, "exp_avg_sq")
+            grad, exp_avg, exp_avg_sq = self._gradient_and_slots(
+                g, name, param, grads[name], 0.0, *_MOMENTS
+            )
             inputs = [param, exp_avg, exp_avg_sq, grad, step_size, sqrt_correction2, *tail]
             updates.append(g.op("adam_update", inputs, hyper))
         return updates
@@ -179,9 +182,9 @@ class Adam(Optimizer):
         decay = _decay_factor(g, lr_node, self.weight_decay)
         effects: list[int] = []
         for name, param in params.items():
-            grad = self._gradient(g, param, grads[name], 0.0)
-            exp_avg = self._slot(g, name, param, "exp_avg")
-            exp_avg_sq = self._slot(g, name, param, "exp_avg_sq")
+            grad, exp_avg, exp_avg_sq = self._gradient_and_slots(
+                g, name, param, grads[name], 0.0, *_MOMENTS
+            )
             step = op(g, "mul", const(g, keep1), op(g, "sub", grad, exp_avg))
             new_avg = op(g, "add", exp_avg, step)
             squared = op(g, "mul", op(g, "mul", const(g, keep2), grad), grad)
@@ -349,9 +352,9 @@ class NAdam(Optimizer):
 
         effects = [op(g, "assign", product_var, product)]
         for name, param in params.items():
-            grad = self._gradient(g, param, grads[name], l2)
-            exp_avg = self._slot(g, name, param, "exp_avg")
-            exp_avg_sq = self._slot(g, name, param, "exp_avg_sq")
+            grad, exp_avg, exp_avg_sq = self._gradient_and_slots(
+                g, name, param, grads[name], l2, *_MOMENTS
+            )
             new_avg, new_avg_sq = _moments(g, grad, exp_avg, exp_avg_sq, self.betas)
             effects += [op(g, "assign", exp_avg, new_avg), op(g, "assign", exp_avg_sq, new_avg_sq)]
             denom = op(

@@ -292,6 +292,13 @@ class Optimizer:
             return grad
         return op(g, "add", grad, op(g, "mul", param, const(g, weight_decay)))
 
+    def _gradient_and_slots(
+        self, g: _core.Graph, name: str, param: int, grad: int, weight_decay: float, *slots: str
+    ) -> tuple[int, ...]:
+        # The gradient as _gradient gives it, then each named slot of the parameter.
+        gradient = self._gradient(g, param, grad, weight_decay)
+        return (gradient, *(self._slot(g, name, param, slot) for slot in slots))
+
     # -- configuration ---------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         """Returns the class name and constructor arguments, JSON-serializable.
