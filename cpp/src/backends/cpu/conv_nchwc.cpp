@@ -2,13 +2,12 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "backends/cpu/layout.h"
+#include "backends/cpu/packed_weight_cache.h"
 #include "backends/cpu/simd_paths.h"
 
 namespace gometal {
@@ -39,14 +38,16 @@ int64_t tap_table_floats(const ConvGeometry& g) { return round_up(2 * g.patch(),
 int64_t channels_last_floats(const ConvGeometry& g) { return g.out_plane() * channel_stride(g); }
 
 // The weights (O, C, KH, KW) as blocks of `lanes` output channels, block b holding
-// packed[b][tap][l] = w[b * lanes + l][tap] (zeros past O): one vector per tap and block.
-void pack_weights(const ConvGeometry& g, int64_t lanes, const float* w, float* packed) {
-  const int64_t taps = g.patch(), blocks = (g.o + lanes - 1) / lanes;
+// packed[b][tap][l] = w[b * lanes + l][tap] (zeros past O): one vector per tap and block
+// (key: O rows, C * KH * KW columns).
+void pack_weights(const PackedWeightKey& key, const float* w, float* packed) {
+  const int64_t o_count = key.rows, taps = key.columns, lanes = key.lanes;
+  const int64_t blocks = (o_count + lanes - 1) / lanes;
   for (int64_t b = 0; b < blocks; ++b) {
     float* block = packed + b * taps * lanes;
     for (int64_t l = 0; l < lanes; ++l) {
       const int64_t o = b * lanes + l;
-      if (o >= g.o) {
+      if (o >= o_count) {
         for (int64_t t = 0; t < taps; ++t) block[t * lanes + l] = 0.0f;
         continue;
       }
@@ -56,41 +57,13 @@ void pack_weights(const ConvGeometry& g, int64_t lanes, const float* w, float* p
   }
 }
 
-// Weights this thread packed, by source address, with a copy of the source as packed: a call
-// repacks only when the bytes differ (written since), so sample-tiled runs, which call once
-// per image, compare 4 bytes a weight instead of transposing them every time.
-struct PackedCopy {
-  const float* source = nullptr;
-  int64_t o = 0, taps = 0, lanes = 0;
-  std::vector<float> seen, packed;
-};
-constexpr size_t kCachedWeights = 16;
-thread_local std::vector<PackedCopy> t_packed;
-thread_local size_t t_next_evicted = 0;
-
+// Packed once per thread and reused while the weights' bytes stay the same: sample-tiled runs
+// call once per image.
 const float* packed_weights(const ConvGeometry& g, int64_t lanes, const float* w) {
-  const int64_t floats = g.o * g.patch();
-  PackedCopy* entry = nullptr;
-  for (PackedCopy& e : t_packed)
-    if (e.source == w && e.o == g.o && e.taps == g.patch() && e.lanes == lanes) entry = &e;
-  if (entry != nullptr && std::memcmp(entry->seen.data(), w, floats * sizeof(float)) == 0)
-    return entry->packed.data();
-  if (entry == nullptr) {
-    if (t_packed.size() < kCachedWeights) {
-      entry = &t_packed.emplace_back();
-    } else {
-      entry = &t_packed[t_next_evicted];
-      t_next_evicted = (t_next_evicted + 1) % kCachedWeights;
-    }
-    *entry = PackedCopy{w, g.o, g.patch(), lanes, {}, {}};
-  }
-  entry->seen.assign(w, w + floats);
-  entry->packed.resize(round_up(g.o, lanes) * g.patch());
-  pack_weights(g, lanes, w, entry->packed.data());
-  return entry->packed.data();
+  const PackedWeightKey key{"conv_nchwc", g.o, g.patch(), lanes};
+  return cached_packed_weights(key, w, g.o * g.patch(), round_up(g.o, lanes) * g.patch(), pack_weights);
 }
 
-// Bias, scale and shift, each padded to whole blocks, so the epilogue loads them as vectors.
 void pack_epilogue(const ConvGeometry& g, const ConvEpilogue& e, float* params) {
   const int64_t stride = channel_stride(g);
   std::fill(params, params + epilogue_floats(g), 0.0f);
