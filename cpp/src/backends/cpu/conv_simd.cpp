@@ -342,7 +342,7 @@ int64_t part_rows(const ConvGeometry& g, const ConvEpilogue& epilogue) {
 }
 
 // Parts start at multiples of the register tile's output channels, so cutting an image
-// wastes no tile slots (rows start at multiples of kBandRows).
+// wastes no tile slots.
 int64_t channel_align(ConvPath path) {
   return path == ConvPath::Avx512 ? kAvx512Rows : path == ConvPath::Avx2 ? kAvx2Rows : kPortableRows;
 }
@@ -409,6 +409,11 @@ void conv2d_simd_forward_parts(const ExecContext& ctx, ConvPath path, const Conv
     bands = 1;
     blocks = per_image;
   }
+  // Pooled bands split the rows evenly in pairs: aligned to kBandRows, workload C's 64-row
+  // first layer cut in 4 ran 18/18/18/10 rows, one thread 36 and the other 28. Unpooled bands
+  // stay at multiples of kBandRows, where the tiles group the segments as the whole image does
+  // (other groupings changed the last bit of odd planes on the 8-lane paths).
+  const int64_t row_align = epilogue.max_pool_2x2 ? 2 : kBandRows;
   const int64_t in_image = g.c * g.h * g.w;
   const int64_t out_image = g.o * (epilogue.max_pool_2x2 ? (g.oh / 2) * (g.ow / 2) : g.out_plane());
   // Which (image, group, band) each thread's scratch holds padded, -1 for none: kept here, not
@@ -421,7 +426,7 @@ void conv2d_simd_forward_parts(const ExecContext& ctx, ConvPath path, const Conv
     const int64_t n = padded_rows / bands / g.groups;
     ConvPart part;
     part.group = group;
-    split_range(rows, static_cast<int>(bands), static_cast<int>(band), kBandRows, &part.row_begin, &part.row_end);
+    split_range(rows, static_cast<int>(bands), static_cast<int>(band), row_align, &part.row_begin, &part.row_end);
     split_range(g.o_per_group(), static_cast<int>(blocks), static_cast<int>(block), channel_align(path),
                 &part.o_begin, &part.o_end);
     if (part.row_begin >= part.row_end || part.o_begin >= part.o_end) return;
