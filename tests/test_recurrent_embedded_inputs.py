@@ -1,10 +1,10 @@
-"""A recurrent layer fed by an Embedding, in inference: when the table has no more rows than
-a sequence has steps, the first layer projects the table and its recurrence reads each
-step's row of it by the token ids instead of a projection of every step
-(``input_projection``). ``predict`` equals torch's nn.Embedding
-followed by nn.LSTM, nn.GRU or nn.RNN within 1e-5 relative (float64 reference), on both sides
-of that rule, with a padding row, and for a second layer and direction; training keeps the
-product of every step, and its gradients still match torch's."""
+"""A recurrent layer fed by an Embedding: when the table has no more rows than two sequences
+have steps, the first layer projects the table and its recurrence reads each step's row of
+it by the token ids instead of a projection of every step (``input_projection``).
+``predict`` equals torch's nn.Embedding followed by nn.LSTM, nn.GRU or nn.RNN within 1e-5
+relative (float64 reference), on both sides of that rule, with a padding row, and for a
+second layer and direction; training's gradients match torch's on both sides of the rule,
+the padding row's included."""
 
 from __future__ import annotations
 
@@ -46,12 +46,12 @@ def _torch_pair(config: Config, rows: int, padding_idx):
 
 
 CASES = [
-    # (config, table rows, padding_idx): 6 and 9 rows project the table (9 steps), 12 do not.
+    # (config, table rows, padding_idx): 6, 12 and 18 rows project the table (9 steps), 19 do not.
     (Config("lstm", num_layers=2, input_size=EMBED, hidden_size=16), 6, None),
-    (Config("lstm", input_size=EMBED, hidden_size=20, proj_size=7), 9, 2),
+    (Config("lstm", input_size=EMBED, hidden_size=20, proj_size=7), 18, 2),
     (Config("gru", bidirectional=True, input_size=EMBED, hidden_size=8), 6, None),
     (Config("rnn_tanh", num_layers=2, input_size=EMBED, hidden_size=8), 12, None),
-    (Config("lstm", bidirectional=True, num_layers=2, input_size=EMBED, hidden_size=8), 12, 0),
+    (Config("lstm", bidirectional=True, num_layers=2, input_size=EMBED, hidden_size=8), 19, 0),
 ]
 
 
@@ -84,19 +84,18 @@ def _graph_with_lookup(rows: int, steps) -> tuple[_core.Graph, int, int]:
 
 
 @pytest.mark.parametrize(
-    "rows,steps,inference,table",
+    "rows,steps,table",
     [
-        (9, 9, True, True),  # as many rows as steps: the table's product and the ids
-        (10, 9, True, False),  # more rows than steps
-        (4, "seq", True, False),  # a symbolic length
-        (4, 9, False, False),  # training: the embedding's gradient stays a scatter of rows
+        (18, 9, True),  # as many rows as two sequences have steps: the table's product, the ids
+        (19, 9, False),  # more rows
+        (4, "seq", False),  # a symbolic length
     ],
 )
-def test_the_table_is_projected_only_when_it_is_no_longer_than_a_sequence(
-    rows, steps, inference, table
+def test_the_table_is_projected_only_when_it_is_no_longer_than_two_sequences(
+    rows, steps, table
 ) -> None:
     g, x, weight = _graph_with_lookup(rows, steps)
-    operands = input_projection(g, x, weight, inference)
+    operands = input_projection(g, x, weight)
     if table:
         assert [g.shape(n) for n in operands] == [(rows, 16), (-1, steps)]
         assert g.dtype(operands[1]) == "int32"
@@ -104,10 +103,10 @@ def test_the_table_is_projected_only_when_it_is_no_longer_than_a_sequence(
         assert len(operands) == 1 and g.shape(operands[0])[-1] == 16
 
 
-def test_a_plain_input_keeps_the_product_in_inference() -> None:
+def test_a_plain_input_keeps_the_product() -> None:
     g = _core.Graph()
     x = g.input("x", [-1, 9, EMBED])
-    (projected,) = input_projection(g, x, g.variable("weight_ih", [16, EMBED]), True)
+    (projected,) = input_projection(g, x, g.variable("weight_ih", [16, EMBED]))
     assert g.op_name(projected) == "matmul"
 
 
@@ -123,15 +122,30 @@ def test_an_id_outside_the_table_raises_naming_it() -> None:
         model.predict(ids)
 
 
-def test_training_an_embedded_lstm_gives_torchs_gradients() -> None:
+TRAINING_CASES = [
+    # (config, table rows, padding_idx): 6 and 18 rows project the table (9 steps), 19 do not.
+    (Config("lstm", input_size=EMBED, hidden_size=8), 6, None),
+    (Config("lstm", num_layers=2, input_size=EMBED, hidden_size=8), 18, 3),
+    (Config("gru", bidirectional=True, input_size=EMBED, hidden_size=8), 6, 0),
+    (Config("lstm", input_size=EMBED, hidden_size=8), 19, None),
+]
+
+
+@pytest.mark.parametrize(
+    "config,rows,padding_idx",
+    TRAINING_CASES,
+    ids=[f"{c.id()}-V{r}-pad{p}" for c, r, p in TRAINING_CASES],
+)
+def test_training_an_embedded_layer_gives_torchs_gradients(config, rows, padding_idx) -> None:
     # One SGD step on the mean squared output: the weights after it carry every gradient.
-    config = Config("lstm", input_size=EMBED, hidden_size=8)
-    embedding, module = _torch_pair(config, 6, None)
-    ids = np.random.default_rng(7).integers(0, 6, size=(BATCH, STEPS)).astype(np.int32)
-    model = _embedded_model(config, 6, None, embedding, module, STEPS)
+    embedding, module = _torch_pair(config, rows, padding_idx)
+    ids = np.random.default_rng(7).integers(0, rows, size=(BATCH, STEPS)).astype(np.int32)
+    ids[1, :4] = padding_idx if padding_idx is not None else rows - 1
+    model = _embedded_model(config, rows, padding_idx, embedding, module, STEPS)
     lr = 0.5
     trainer = gm.Trainer(model, loss="mse", optimizer=gm.optim.SGD(lr=lr))
-    trainer.train_batch(ids, np.zeros((BATCH, STEPS, 8), np.float32))
+    width = config.directions * config.out_size
+    trainer.train_batch(ids, np.zeros((BATCH, STEPS, width), np.float32))
     out, _ = module(embedding(torch.tensor(ids, dtype=torch.int64)))
     (out**2).mean().backward()
     weights = model.get_weights()

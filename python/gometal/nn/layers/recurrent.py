@@ -2,8 +2,8 @@
 (``nn.RNN``), ``LSTM`` (``nn.LSTM``, with ``proj_size``) and ``GRU`` (``nn.GRU``). A torch
 ``state_dict`` loads one to one through ``layer.set_weights``.
 
-Each layer and direction is one input projection of every step at once (a matmul; in
-inference a short embedding table's projection, whose rows the recurrence reads by token id)
+Each layer and direction is one input projection of every step at once (a matmul; or a short
+embedding table's projection, whose rows the recurrence reads by token id)
 and one ``recurrence`` op that runs the time loop inside the compiled step; final states come from
 ``sequence_end``. Tensors are batch-first: states are ``(N, D*num_layers, H_out)``, torch's
 ``h_n.transpose(0, 1)`` (the batch leads every gometal tensor: ``predict`` and training cut
@@ -416,7 +416,7 @@ class _Recurrent(Layer):
         and in inference only with ``cell_states``)."""
         g = ctx.graph
         hidden, out = self.hidden_size, self.output_size
-        projected = input_projection(g, x, ctx.variable(f"weight_ih{suffix}"), not ctx.training)
+        projected = input_projection(g, x, ctx.variable(f"weight_ih{suffix}"))
         b_hn = bias = None
         if self.bias:
             b_ih, b_hh = ctx.variable(f"bias_ih{suffix}"), ctx.variable(f"bias_hh{suffix}")

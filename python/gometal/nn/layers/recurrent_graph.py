@@ -122,33 +122,39 @@ def final_states(g: Any, ends: list[int], batch_size: int | None) -> int:
     return join(g, rows, 1)
 
 
-def input_projection(g: Any, x: int, weight_ih: int, inference: bool) -> list[int]:
+# The table is projected once per batch, the steps once per sequence: a table with no more
+# rows than this many sequences have steps costs less for any batch at least this large.
+TABLE_ROWS_PER_STEP = 2
+
+
+def input_projection(g: Any, x: int, weight_ih: int) -> list[int]:
     """The recurrence's first operands: the input projection ``x @ weight_ih^T`` of every
     step, ``[(N, T, G*H)]``.
 
-    In inference, when ``x`` is an embedding lookup (a ``gather`` of table rows by int32
-    ids) whose table has no more rows than one sequence has steps, the table is projected
-    instead, ``[(V, G*H), ids (N, T)]``, and the recurrence reads each step's row of it in
-    place: a product ``T / V`` times smaller per sequence, and no projected sequence written
-    out and read back (a character model's 65 rows against 256 steps). A longer table, or
-    an unknown sequence length (a generator feeding a step at a time), keeps the product of
-    every step.
+    When ``x`` is an embedding lookup (a ``gather`` of table rows by int32 ids) whose table
+    has no more rows than ``TABLE_ROWS_PER_STEP`` sequences have steps, the table is
+    projected instead, ``[(V, G*H), ids (N, T)]``, and the recurrence reads each step's row
+    of it in place: no projected sequence written out and read back, and a product ``N T /
+    V`` times smaller (a character model's 65 rows against 32 x 64 steps). In training the
+    rows' gradients are summed into the table's (``scatter_add``), and the products of the
+    weight's and the table's gradients are as small. A longer table, or an unknown sequence
+    length (a generator feeding a step at a time), keeps the product of every step.
 
     Args:
         g: the graph.
         x: the layer's input ``(N, T, I)``.
         weight_ih: the weight ``(G*H, I)``.
-        inference: the plan computes no gradient (the lookup's table takes none through this).
 
     Returns:
         The operand nodes that stand for the projection.
 
     Example:
-        >>> operands = input_projection(g, x, w_ih, inference=True)  # doctest: +SKIP
+        >>> operands = input_projection(g, x, w_ih)  # doctest: +SKIP
     """
-    if inference and g.op_name(x) == "gather":
+    if g.op_name(x) == "gather":
         table, ids = g.inputs_of(x)
         steps = g.shape(ids)[-1] if len(g.shape(ids)) == 2 else -1
-        if len(g.shape(table)) == 2 and 0 < g.shape(table)[0] <= steps:
+        rows = g.shape(table)[0] if len(g.shape(table)) == 2 else 0
+        if 0 < rows <= TABLE_ROWS_PER_STEP * steps:
             return [matmul(g, table, weight_ih, transpose_b=True), ids]
     return [matmul(g, x, weight_ih, transpose_b=True)]
