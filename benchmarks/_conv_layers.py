@@ -1,6 +1,6 @@
-"""bench_conv.py --layers: the CNNs' fused inference layers, gometal's two forward kernels
-(GOMETAL_CONV_NCHWC=never: pixel lanes, always: channel lanes; "rule": the variable unset, the
-shape rule choosing) against onnxruntime (MLAS) on the same layer. Windows of the three are interleaved; it prints the median CPU milliseconds
+"""bench_conv.py --layers: the CNNs' fused inference layers, gometal's forward kernels
+("never": pixel lanes, "always": channel lanes, "winograd": Winograd F(2x2, 3x3) tiles; "rule":
+the variables unset, the shape rules choosing) against onnxruntime (MLAS) on the same layer. Windows of the three are interleaved; it prints the median CPU milliseconds
 per batch of each, the ratios to onnxruntime, and the other processes' load."""
 
 from __future__ import annotations
@@ -23,7 +23,13 @@ LAYERS = [
     ("BN conv2", 16, 32, 16, True),
     ("BN conv3", 32, 64, 8, True),
 ]
-KERNELS = ("never", "always", "rule")
+# Each kernel's environment: the variables that force it.
+KERNELS = {
+    "never": {"GOMETAL_CONV_NCHWC": "never", "GOMETAL_CONV_WINOGRAD": "never"},
+    "always": {"GOMETAL_CONV_NCHWC": "always", "GOMETAL_CONV_WINOGRAD": "never"},
+    "winograd": {"GOMETAL_CONV_WINOGRAD": "always"},
+    "rule": {},
+}
 
 
 def _gometal_layer(c: int, o: int, side: int, batch_norm: bool, weights: dict):
@@ -114,12 +120,12 @@ def compare_layers(batch: int, threads: int, windows: int) -> None:
         median, loads = _time_layer(c, o, side, batch_norm, weights, x, threads, windows)
         ort_ms = median["onnxruntime"]
         cells = "  ".join(
-            f"{label} {ms:7.2f} ({ort_ms / ms:4.2f}x)"
+            f"{label} {ms:7.3f} ({ort_ms / ms:4.2f}x)"
             for label, ms in median.items()
             if label != "onnxruntime"
         )
         print(
-            f"  {name:9s} {c:2d}->{o:2d} at {side:2d}x{side:<2d}  onnxruntime {ort_ms:7.2f}  {cells}"
+            f"  {name:9s} {c:2d}->{o:2d} at {side:2d}x{side:<2d}  onnxruntime {ort_ms:7.3f}  {cells}"
             f"  (other load {min(loads):.2f}-{max(loads):.2f} cores)"
         )
 
@@ -145,10 +151,10 @@ def _time_layer(c, o, side, batch_norm, weights, x, threads, windows):
 
 
 def _run_with(engine, x: np.ndarray, kernel: str):
-    """Runs the layer with GOMETAL_CONV_NCHWC=kernel (read on every call), unset for "rule"."""
-    if kernel != "rule":
-        os.environ["GOMETAL_CONV_NCHWC"] = kernel
+    """Runs the layer with KERNELS[kernel]'s variables set (read on every call)."""
+    os.environ.update(KERNELS[kernel])
     try:
         return engine.run("f", [x])[0]
     finally:
-        os.environ.pop("GOMETAL_CONV_NCHWC", None)
+        for name in KERNELS[kernel]:
+            os.environ.pop(name, None)

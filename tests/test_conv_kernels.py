@@ -245,6 +245,7 @@ POOLED_CASES = [
 @pytest.mark.parametrize("case", POOLED_CASES, ids=[f"{c[0]}x{c[1]}" for c in POOLED_CASES])
 def test_a_2x2_max_pool_runs_inside_the_conv(case, path, monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "never")
     x_shape, w_shape, stride, padding, dilation, groups = case
     attrs = {
         "stride": list(stride),

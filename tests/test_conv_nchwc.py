@@ -77,6 +77,7 @@ def _restore_threads():
 def test_each_path_computes_conv2d_as_torch(case, path, threads, monkeypatch):
     x_shape, w_shape, stride, padding, dilation = case
     monkeypatch.setenv("GOMETAL_CONV_NCHWC", "always")
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "never")
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
     attrs = conv_attrs(stride, padding, dilation, 1)
     x, w = _inputs(x_shape, w_shape, seed=x_shape[1] + w_shape[0])
@@ -159,6 +160,7 @@ EPILOGUE_SHAPES = {"one_chunk": ((3, 10, 11, 13), 19), "chunks": ((2, 37, 10, 9)
 @pytest.mark.parametrize("name", list(EPILOGUES))
 def test_fused_epilogues_match_torch(name, shape, path, threads, tiling, monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_NCHWC", "always")
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "never")
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
     ops = EPILOGUES[name]
     attrs = conv_attrs((1, 1), (1, 1), (1, 1), 1)

@@ -77,6 +77,7 @@ def test_small_batches_match_torch_at_every_thread_count(
     b = rng.standard_normal((w_shape[0], 1, 1)).astype(np.float32)
     images = rng.standard_normal((5, *image_shape)).astype(np.float32)
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "never")  # the pooled parts of the direct kernel
     for batch in (1, 2, 3, 5):
         x = images[:batch]
         expected = _torch_reference(x, w, b, attrs, pooled)
@@ -135,11 +136,16 @@ def test_a_cnn_predicts_one_image_as_torch_on_two_threads(restore_threads):
     np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("winograd", ["never", "always"], ids=["direct", "winograd"])
 @pytest.mark.parametrize("path", PATHS)
-def test_the_fused_max_pooling_propagates_nan_as_torch(path, monkeypatch, restore_threads):
+def test_the_fused_max_pooling_propagates_nan_as_torch(
+    path, winograd, monkeypatch, restore_threads
+):
     # Pooled rows 20 wide: whole vectors of 16 or 8 windows and a tail of 4, a NaN in each.
     # Inputs with NaN are refused, so the graph makes them: the log of a negative pixel.
+    # Winograd's tiles are the pooling windows, so a NaN reaches the same pooled outputs.
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", winograd)
     attrs = conv_attrs((1, 1), (1, 1), (1, 1), 1)
     rng = np.random.default_rng(7)
     w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)

@@ -1,7 +1,8 @@
 """A ReLU fused into a convolution's or a product's epilogue keeps NaN, as the element-wise relu
 and torch.relu do: a NaN made inside the graph (here a NaN weight) must reach the output, not
-turn into 0. Every convolution kernel (channel lanes forced on and off, each vector path, the
-small-batch parts at batch 1) and every packed-product path is checked against torch in float64.
+turn into 0. Every convolution kernel (channel lanes forced on and off, Winograd's tiles where
+pooled, each vector path, the small-batch parts at batch 1) and every packed-product path is
+checked against torch in float64.
 """
 
 from __future__ import annotations
@@ -46,12 +47,16 @@ def _conv_relu_engine(x_shape, channels, pool, threads):
 
 @pytest.mark.parametrize("pool", [False, True], ids=["relu", "relu_pool"])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("lanes", ["always", "never"])
+@pytest.mark.parametrize("lanes", ["always", "never", "winograd"])
 @pytest.mark.parametrize("path", PATHS)
 # an 11x13 plane (channel lanes when allowed) and a 40-wide one (the pixel-lane kernel)
 @pytest.mark.parametrize("x_shape", [(3, 10, 11, 13), (1, 10, 11, 13), (2, 8, 20, 40)])
 def test_a_fused_conv_relu_keeps_nan(x_shape, path, lanes, threads, pool, monkeypatch):
-    monkeypatch.setenv("GOMETAL_CONV_NCHWC", lanes)
+    if lanes == "winograd":  # pooled: Winograd's tiles; else the kernels of the shape rules
+        monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
+    else:
+        monkeypatch.setenv("GOMETAL_CONV_NCHWC", lanes)
+        monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "never")
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
     rng = np.random.default_rng(7)
     x = rng.standard_normal(x_shape).astype(np.float32)

@@ -10,6 +10,7 @@
 #include "backends/cpu/conv_direct.h"
 #include "backends/cpu/conv_nchwc.h"
 #include "backends/cpu/conv_simd.h"
+#include "backends/cpu/conv_winograd.h"
 #include "backends/cpu/gemm.h"
 
 namespace gometal {
@@ -175,13 +176,14 @@ int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
       use_channel_input_grad(g)    ? conv2d_channel_input_grad_scratch(g)
       : input_grad_as_forward(g, &f) ? flipped_weights_floats(g) + conv2d_simd_scratch(f)
                                    : int64_t{0};
-  const int64_t direct = std::max(
-      {conv2d_simd_scratch(g), input_grad, conv2d_nchwc_scratch(g), conv2d_channel_forward_scratch(g)});
+  const int64_t direct = std::max({conv2d_simd_scratch(g), input_grad, conv2d_nchwc_scratch(g),
+                                   conv2d_channel_forward_scratch(g), conv2d_winograd_scratch(g)});
   return std::max(col, direct);
 }
 
 void conv2d_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0, int64_t n1,
                             float* col, const ConvEpilogue& epilogue) {
+  if (conv2d_winograd_chosen(g, epilogue)) return conv2d_winograd_forward_samples(g, x, w, y, n0, n1, col, epilogue);
   if (conv2d_nchwc_chosen(g)) return conv2d_nchwc_forward_samples(g, x, w, y, n0, n1, col, epilogue);
   if (conv2d_channel_forward_chosen(g, epilogue))
     return conv2d_channel_forward_samples(g, x, w, y, n0, n1, col, epilogue);
@@ -238,6 +240,7 @@ void conv2d_input_grad_samples(const ConvGeometry& g, const float* dy, const flo
 
 void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y,
                     const ConvEpilogue& epilogue) {
+  if (conv2d_winograd_chosen(g, epilogue)) return conv2d_winograd_forward(ctx, g, x, w, y, epilogue);
   if (conv2d_nchwc_chosen(g)) return conv2d_nchwc_forward(ctx, g, x, w, y, epilogue);
   if (use_direct(g) && conv2d_simd_forward_in_parts(g, epilogue, ctx.pool->size()))
     return conv2d_simd_forward_parts(ctx, choose_conv_path(), g, x, w, y, epilogue);

@@ -1,6 +1,7 @@
-// 2-D convolution, forward and both gradients. Forward passes run conv_nchwc's channel-lane
-// tiles on narrow planes, conv_channel_forward's in training plans, else conv_simd's register
-// tiles (in parts of images at small batches); 3x3 gradients run the channel-lane kernels
+// 2-D convolution, forward and both gradients. Forward passes with a fused 2x2 max pooling run
+// conv_winograd's F(2x2, 3x3) tiles where they apply, conv_nchwc's channel-lane tiles on narrow
+// planes, conv_channel_forward's in training plans, else conv_simd's register tiles (in parts of
+// images at small batches); 3x3 gradients run the channel-lane kernels
 // where they apply, other weight gradients of large planes conv_direct's; the rest run
 // im2col + BLAS gemm.
 #pragma once

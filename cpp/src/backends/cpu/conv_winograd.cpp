@@ -1,0 +1,360 @@
+#include "backends/cpu/conv_winograd.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include "backends/cpu/packed_weight_cache.h"
+#include "backends/cpu/simd_paths.h"
+
+namespace gometal {
+namespace {
+
+using simd::broadcast;
+using simd::load;
+
+constexpr int64_t kPoints = 16;       // a transformed 4x4 tile
+constexpr int64_t kBlockTiles = 64;   // tiles transformed at once: a multiple of every chunk
+constexpr int kWideRows = 8, kWideVectors = 2;      // AVX-512: 16 of the 32 zmm registers
+constexpr int kNarrowRows = 6, kNarrowVectors = 2;  // AVX2 and portable: 12 of 16
+constexpr int64_t kMostRows = 8, kMostChunk = 32;
+// Output channels of the transformed weights, zero past O: every register tile reads whole rows.
+constexpr int64_t kChannelPad = 24;  // a multiple of both paths' rows
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+int64_t tile_rows(const ConvGeometry& g) { return g.oh / 2; }
+int64_t tile_cols(const ConvGeometry& g) { return g.ow / 2; }
+int64_t tile_count(const ConvGeometry& g) { return tile_rows(g) * tile_cols(g); }
+int64_t padded_outputs(const ConvGeometry& g) { return round_up(g.o, kChannelPad); }
+int64_t chunk_of(ConvPath path) {
+  return path == ConvPath::Avx512 ? kWideVectors * 16 : int64_t{kNarrowVectors} * 8;
+}
+
+// A padded input row split into its even and its odd columns, half_width floats each: tile
+// column tx reads even[tx], odd[tx], even[tx + 1], odd[tx + 1], all as vectors across tiles.
+int64_t half_width(const ConvGeometry& g) { return tile_cols(g) + 1; }
+int64_t split_row_floats(const ConvGeometry& g) { return 2 * half_width(g); }
+int64_t split_rows(const ConvGeometry& g) { return 2 * tile_rows(g) + 2; }  // padded rows read
+int64_t split_floats(const ConvGeometry& g) { return round_up(g.c * split_rows(g) * split_row_floats(g), 16); }
+int64_t block_floats(const ConvGeometry& g) { return kPoints * g.c * kBlockTiles; }
+constexpr int64_t kSumsFloats = kPoints * kMostRows * kMostChunk;
+
+bool geometry_supported(const ConvGeometry& g) {
+  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.groups == 1 &&
+         g.oh >= 2 && g.ow >= 2;
+}
+
+// u[point][o][c] = (G w[o][c] G^T)[point], G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+// (key: O rows, C columns), zero for the padding channels.
+void transform_weights(const PackedWeightKey& key, const float* w, float* u) {
+  const int64_t o_count = key.rows, c_count = key.columns, o_pad = round_up(o_count, kChannelPad);
+  std::fill_n(u, kPoints * o_pad * c_count, 0.0f);
+  for (int64_t o = 0; o < o_count; ++o)
+    for (int64_t c = 0; c < c_count; ++c) {
+      const float* k = w + (o * c_count + c) * 9;
+      float rows[4][3];
+      for (int j = 0; j < 3; ++j) {
+        rows[0][j] = k[j];
+        rows[1][j] = 0.5f * (k[j] + k[3 + j] + k[6 + j]);
+        rows[2][j] = 0.5f * (k[j] - k[3 + j] + k[6 + j]);
+        rows[3][j] = k[6 + j];
+      }
+      for (int a = 0; a < 4; ++a) {
+        const float* r = rows[a];
+        const float point[4] = {r[0], 0.5f * (r[0] + r[1] + r[2]), 0.5f * (r[0] - r[1] + r[2]), r[2]};
+        for (int b = 0; b < 4; ++b) u[((a * 4 + b) * o_pad + o) * c_count + c] = point[b];
+      }
+    }
+}
+
+// Transformed once per thread and reused while the weights' bytes stay the same.
+const float* transformed_weights(const ConvGeometry& g, const float* w) {
+  const PackedWeightKey key{"conv_winograd_f2x2", g.o, g.c, 1};
+  return cached_packed_weights(key, w, g.o * g.c * 9, kPoints * padded_outputs(g) * g.c, transform_weights);
+}
+
+// Padded rows [r0, r1) of every channel of image x, each split into even and odd columns.
+void split_image_rows(const ConvGeometry& g, const float* x, int64_t r0, int64_t r1, float* split) {
+  const int64_t half = half_width(g), row_floats = split_row_floats(g);
+  // Columns 2k - pw (even) and 2k + 1 - pw (odd) inside the image.
+  const int64_t even_begin = (g.pw + 1) / 2, even_end = std::min(half, (g.w - 1 + g.pw) / 2 + 1);
+  const int64_t odd_begin = g.pw / 2;
+  const int64_t odd_end = g.w - 2 + g.pw >= 0 ? std::min(half, (g.w - 2 + g.pw) / 2 + 1) : 0;
+  for (int64_t c = 0; c < g.c; ++c)
+    for (int64_t r = r0; r < r1; ++r) {
+      float* even = split + (c * split_rows(g) + r) * row_floats;
+      float* odd = even + half;
+      std::fill_n(even, row_floats, 0.0f);
+      const int64_t iy = r - g.ph;
+      if (iy < 0 || iy >= g.h) continue;
+      const float* src = x + (c * g.h + iy) * g.w - g.pw;
+      for (int64_t k = even_begin; k < even_end; ++k) even[k] = src[2 * k];
+      for (int64_t k = odd_begin; k < odd_end; ++k) odd[k] = src[2 * k + 1];
+    }
+}
+
+// B^T d B of the 4x4 tiles whose rows r[0..3] (split rows) start at column tx, lanes of T:
+// out[point] = the transformed value. Additions only, so every lane width gives the same bits.
+template <class T>
+GOMETAL_SIMD_INLINE void transform_input(const float* const (&r)[4], int64_t half, int64_t tx, T (&out)[16]) {
+  T d[4][4];
+  for (int i = 0; i < 4; ++i) {
+    d[i][0] = load<T>(r[i] + tx);
+    d[i][1] = load<T>(r[i] + half + tx);
+    d[i][2] = load<T>(r[i] + tx + 1);
+    d[i][3] = load<T>(r[i] + half + tx + 1);
+  }
+  T s[4][4];
+  for (int j = 0; j < 4; ++j) {
+    s[0][j] = d[0][j] - d[2][j];
+    s[1][j] = d[1][j] + d[2][j];
+    s[2][j] = d[2][j] - d[1][j];
+    s[3][j] = d[1][j] - d[3][j];
+  }
+  for (int a = 0; a < 4; ++a) {
+    out[a * 4 + 0] = s[a][0] - s[a][2];
+    out[a * 4 + 1] = s[a][1] + s[a][2];
+    out[a * 4 + 2] = s[a][2] - s[a][1];
+    out[a * 4 + 3] = s[a][1] - s[a][3];
+  }
+}
+
+// block[point][c][j] for tiles b0 + j, j < b1 - b0, zeros up to `lanes`.
+template <class Vec, int L>
+GOMETAL_SIMD_INLINE void transform_block(const ConvGeometry& g, const float* split, int64_t b0, int64_t b1,
+                                         int64_t lanes, float* block) {
+  const int64_t tw = tile_cols(g), half = half_width(g), row_floats = split_row_floats(g);
+  const int64_t channel_stride = kBlockTiles, point_stride = g.c * kBlockTiles;
+  for (int64_t c = 0; c < g.c; ++c) {
+    const float* plane = split + c * split_rows(g) * row_floats;
+    float* out = block + c * channel_stride;
+    for (int64_t t = b0; t < b1;) {
+      const int64_t ty = t / tw, tx0 = t % tw, tx1 = std::min(tw, tx0 + (b1 - t));
+      const float* const r[4] = {plane + (2 * ty) * row_floats, plane + (2 * ty + 1) * row_floats,
+                                 plane + (2 * ty + 2) * row_floats, plane + (2 * ty + 3) * row_floats};
+      float* dst = out + (t - b0) - tx0;
+      int64_t tx = tx0;
+      for (; tx + L <= tx1; tx += L) {
+        Vec v[16];
+        transform_input(r, half, tx, v);
+        for (int p = 0; p < 16; ++p) __builtin_memcpy(dst + p * point_stride + tx, &v[p], sizeof(Vec));
+      }
+      if constexpr (L > 8) {  // rows of 8 to 15 tiles (a 16- to 31-wide plane) in half vectors
+        for (; tx + 8 <= tx1; tx += 8) {
+          Vec8f v[16];
+          transform_input(r, half, tx, v);
+          for (int p = 0; p < 16; ++p) __builtin_memcpy(dst + p * point_stride + tx, &v[p], sizeof(Vec8f));
+        }
+      }
+      for (; tx < tx1; ++tx) {
+        float v[16];
+        transform_input(r, half, tx, v);
+        for (int p = 0; p < 16; ++p) dst[p * point_stride + tx] = v[p];
+      }
+      t += tx1 - tx0;
+    }
+    for (int p = 0; p < 16; ++p) std::fill(out + p * point_stride + (b1 - b0), out + p * point_stride + lanes, 0.0f);
+  }
+}
+
+// NaN wins, as torch's max pooling propagates it.
+template <class Vec>
+GOMETAL_SIMD_INLINE Vec pool_max(Vec best, Vec v) {
+  return (v > best) | (v != v) ? v : best;
+}
+
+// What one block of tiles of one image computes with.
+struct BlockArgs {
+  const float* u;      // transformed weights (point, padded O, C)
+  float* block;        // transformed tiles (point, C, kBlockTiles)
+  float* sums;         // one register tile's transformed sums (point, R, NV * L)
+  float* y;            // the image's pooled outputs (O, tiles), at the block's first tile
+  int64_t o, o_pad, c, plane, tiles;
+  ConvEpilogue epilogue;
+};
+
+// sums[point][r][lane] = sum over c of u[point][o0 + r][c] * block[point][c][lane], for the NV
+// vectors of tiles from `lane0`.
+template <class Vec, int L, int R, int NV>
+GOMETAL_SIMD_INLINE void transformed_sums(const BlockArgs& a, int64_t o0, int64_t lane0) {
+  for (int64_t p = 0; p < kPoints; ++p) {
+    Vec acc[R][NV] = {};
+    const float* u = a.u + (p * a.o_pad + o0) * a.c;
+    const float* v = a.block + p * a.c * kBlockTiles + lane0;
+    for (int64_t c = 0; c < a.c; ++c) {
+      Vec b[NV];
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) b[j] = load<Vec>(v + c * kBlockTiles + j * L);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const Vec s = broadcast<Vec, L>(u + r * a.c + c);
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) acc[r][j] += s * b[j];
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < NV; ++j) __builtin_memcpy(a.sums + ((p * R + r) * NV + j) * L, &acc[r][j], sizeof(Vec));
+  }
+}
+
+// A^T m A of each 4x4 of sums, the epilogue, then the maximum of the 2x2 outputs: the pooled
+// outputs of channels o0 .. o0 + rows for the tiles from lane0 (`valid` of them in the block).
+template <class Vec, int L, int R, int NV>
+GOMETAL_SIMD_INLINE void pooled_outputs(const BlockArgs& a, int64_t o0, int rows, int64_t lane0) {
+  for (int r = 0; r < rows; ++r) {
+    const int64_t o = o0 + r;
+    float* out = a.y + o * a.plane + lane0;
+    for (int j = 0; j < NV; ++j) {
+      const int64_t count = std::min<int64_t>(L, a.tiles - lane0 - j * L);
+      if (count <= 0) break;
+      Vec m[16];
+      for (int p = 0; p < 16; ++p) m[p] = load<Vec>(a.sums + ((p * R + r) * NV + j) * L);
+      Vec top[4], bottom[4];
+      for (int b = 0; b < 4; ++b) {
+        top[b] = m[b] + m[4 + b] + m[8 + b];
+        bottom[b] = m[4 + b] - m[8 + b] - m[12 + b];
+      }
+      const ConvEpilogue& e = a.epilogue;
+      const Vec y00 = conv_epilogue_channel(top[0] + top[1] + top[2], e, o);
+      const Vec y01 = conv_epilogue_channel(top[1] - top[2] - top[3], e, o);
+      const Vec y10 = conv_epilogue_channel(bottom[0] + bottom[1] + bottom[2], e, o);
+      const Vec y11 = conv_epilogue_channel(bottom[1] - bottom[2] - bottom[3], e, o);
+      const Vec v = pool_max(pool_max(y00, y01), pool_max(y10, y11));
+      if (count == L) {
+        __builtin_memcpy(out + j * L, &v, sizeof v);
+      } else {
+        float lanes[L];
+        __builtin_memcpy(lanes, &v, sizeof v);
+        for (int64_t i = 0; i < count; ++i) out[j * L + i] = lanes[i];
+      }
+    }
+  }
+}
+
+// Tiles b0 .. b1 of one image: transformed, then every block of output channels over every
+// chunk of tiles (a block's transformed weights stay in L1 across the chunks).
+template <class Vec, int L, int R, int NV>
+GOMETAL_SIMD_INLINE void forward_block(const ConvGeometry& g, const float* split, int64_t b0, int64_t b1,
+                                       BlockArgs a) {
+  constexpr int64_t chunk = NV * L;
+  a.tiles = b1 - b0;
+  transform_block<Vec, L>(g, split, b0, b1, round_up(a.tiles, chunk), a.block);
+  a.y += b0;
+  for (int64_t o0 = 0; o0 < a.o; o0 += R)
+    for (int64_t lane0 = 0; lane0 < a.tiles; lane0 += chunk) {
+      transformed_sums<Vec, L, R, NV>(a, o0, lane0);
+      pooled_outputs<Vec, L, R, NV>(a, o0, static_cast<int>(std::min<int64_t>(R, a.o - o0)), lane0);
+    }
+}
+
+void forward_block_portable(const ConvGeometry& g, const float* split, int64_t b0, int64_t b1, const BlockArgs& a) {
+  forward_block<Vec8f, 8, kNarrowRows, kNarrowVectors>(g, split, b0, b1, a);
+}
+
+#ifdef GOMETAL_SIMD_X86
+__attribute__((target("avx2,fma"))) void forward_block_avx2(const ConvGeometry& g, const float* split, int64_t b0,
+                                                             int64_t b1, const BlockArgs& a) {
+  forward_block<Vec8f, 8, kNarrowRows, kNarrowVectors>(g, split, b0, b1, a);
+}
+__attribute__((target("avx512f,avx2,fma"))) void forward_block_avx512(const ConvGeometry& g, const float* split,
+                                                                      int64_t b0, int64_t b1, const BlockArgs& a) {
+  forward_block<Vec16f, 16, kWideRows, kWideVectors>(g, split, b0, b1, a);
+}
+#endif
+
+void forward_block(ConvPath path, const ConvGeometry& g, const float* split, int64_t b0, int64_t b1,
+                   const BlockArgs& a) {
+  switch (path) {
+#ifdef GOMETAL_SIMD_X86
+    case ConvPath::Avx512: return forward_block_avx512(g, split, b0, b1, a);
+    case ConvPath::Avx2: return forward_block_avx2(g, split, b0, b1, a);
+#endif
+    default: return forward_block_portable(g, split, b0, b1, a);
+  }
+}
+
+// Pooled outputs of tiles [t_begin, t_end) of image x into image y, in the thread's scratch.
+void forward_tiles(ConvPath path, const ConvGeometry& g, const float* u, const float* x, float* y, int64_t t_begin,
+                   int64_t t_end, float* scratch, const ConvEpilogue& epilogue) {
+  float* split = scratch;
+  BlockArgs a{};
+  a.u = u;
+  a.block = split + split_floats(g);
+  a.sums = a.block + block_floats(g);
+  a.y = y;
+  a.o = g.o;
+  a.o_pad = padded_outputs(g);
+  a.c = g.c;
+  a.plane = tile_count(g);
+  a.epilogue = epilogue;
+  const int64_t tw = tile_cols(g);
+  split_image_rows(g, x, 2 * (t_begin / tw), 2 * ((t_end - 1) / tw) + 4, split);
+  for (int64_t b0 = t_begin; b0 < t_end; b0 += kBlockTiles)
+    forward_block(path, g, split, b0, std::min(t_end, b0 + kBlockTiles), a);
+}
+
+// Below this many multiply-adds per image, waking a second thread for a part costs more than it.
+constexpr int64_t kMinSplitMacs = int64_t{1} << 18;
+
+// bench_conv.py --layers, 1 thread, batch 256, CPU ms, loaded machine (onnxruntime / pixel
+// lanes / channel lanes / these tiles): 3->16 at 64x64 19.3 / 16.1 / 29.8 / 12.9, 16->32 at
+// 32x32 30.4 / 27.9 / 28.5 / 18.4, 32->64 at 16x16 25.3 / 26.2 / 24.6 / 15.6, 3->16 at 32x32
+// 4.9 / 3.9 / 4.7 / 3.0, 16->32 at 16x16 7.4 / 8.1 / 7.4 / 5.3; but 32->64 at 8x8 5.7 / 16.5 /
+// 6.3 / 12.4: 16 tiles leave half of a 32-tile chunk idle, so planes of fewer tiles stay off.
+bool chosen_by_shape(const ConvGeometry& g) { return tile_count(g) >= kMostChunk && g.o >= 16; }
+
+}  // namespace
+
+bool conv2d_winograd_supported(const ConvGeometry& g, const ConvEpilogue& epilogue) {
+  return epilogue.max_pool_2x2 && geometry_supported(g);
+}
+
+bool conv2d_winograd_chosen(const ConvGeometry& g, const ConvEpilogue& epilogue) {
+  const char* forced = std::getenv("GOMETAL_CONV_WINOGRAD");
+  if (forced == nullptr || forced[0] == '\0') return conv2d_winograd_supported(g, epilogue) && chosen_by_shape(g);
+  const std::string_view value = forced;
+  if (value == "always") return conv2d_winograd_supported(g, epilogue);
+  if (value == "never") return false;
+  throw std::invalid_argument(std::string("[conv2d] GOMETAL_CONV_WINOGRAD must be always or never, got '") + forced +
+                              "'");
+}
+
+int64_t conv2d_winograd_scratch(const ConvGeometry& g) {
+  if (!geometry_supported(g)) return 0;
+  return split_floats(g) + block_floats(g) + kSumsFloats;
+}
+
+void conv2d_winograd_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0,
+                                     int64_t n1, float* scratch, const ConvEpilogue& epilogue) {
+  const ConvPath path = choose_conv_path();
+  const float* u = transformed_weights(g, w);
+  const int64_t in_image = g.c * g.h * g.w, out_image = g.o * tile_count(g);
+  for (int64_t n = n0; n < n1; ++n)
+    forward_tiles(path, g, u, x + n * in_image, y + n * out_image, 0, tile_count(g), scratch, epilogue);
+}
+
+void conv2d_winograd_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w,
+                             float* y, const ConvEpilogue& epilogue) {
+  const ConvPath path = choose_conv_path();
+  // Transformed (or found transformed) once on this thread; every task reads them.
+  const float* u = transformed_weights(g, w);
+  const int64_t tiles = tile_count(g), threads = ctx.pool->size();
+  const int64_t chunk = chunk_of(path);
+  int64_t parts = 1;
+  if (threads > 1 && g.n < 2 * threads && g.o * g.patch() * g.out_plane() >= kMinSplitMacs)
+    parts = std::min((2 * threads + g.n - 1) / g.n, (tiles + chunk - 1) / chunk);
+  const int64_t in_image = g.c * g.h * g.w, out_image = g.o * tiles;
+  ctx.pool->parallel_for(static_cast<int>(g.n * parts), [&](int task, int thread) {
+    const int64_t n = task / parts;
+    int64_t t_begin, t_end;
+    split_range(tiles, static_cast<int>(parts), static_cast<int>(task % parts), chunk, &t_begin, &t_end);
+    if (t_begin >= t_end) return;
+    forward_tiles(path, g, u, x + n * in_image, y + n * out_image, t_begin, t_end, ctx.thread_scratch(thread),
+                  epilogue);
+  });
+}
+
+}  // namespace gometal
