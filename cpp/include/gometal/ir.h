@@ -104,6 +104,7 @@ struct Attrs {
   bool reverse = false;
   bool lean = false;  // recurrence in inference: no gates saved for a backward pass
   bool sequence_only = false;  // lean recurrence: h alone, no LSTM cell states written out
+  bool project_input = false;  // recurrence: takes (x, w_ih) and projects each step's x itself
   // quantized ops: the input's zero point (scale: quantize's and dequantize's), a relu in the
   // epilogue, and the output's scale and zero point when the output is int8 or uint8 (dtype)
   int64_t zero_point = 0, output_zero_point = 0;
