@@ -3,7 +3,7 @@ to 1, 8 and 64 concurrent clients, one image per request: throughput and p50/p99
 
     python benchmarks/bench_serving.py [--clients 1,8,64] [--window-s 5] [--threads N]
                                        [--server-threads N] [--grpc] [--load tritonclient,wrk]
-                                       [--variant JSON ...]
+                                       [--variant JSON ...] [--rounds N]
 
 The model is saved as a model file and served by ``gometal serve`` in its own process (HTTP,
 tuned as a user would for many clients on a small machine: --max-batch-size 64, so that 64
@@ -232,13 +232,37 @@ def _variant_repository(folder: str, config: dict, index: int) -> str:
     return root
 
 
+def median_run(runs: list[dict]) -> dict:
+    """One table cell from the rounds of one server at one client count: the median of each
+    rate and latency (each round met its own moment of a shared machine), the errors and
+    wrong answers of them all, and the throughput's range."""
+    import statistics
+
+    if len(runs) == 1:
+        return runs[0]
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            values = [r[key] for r in runs if r.get(key) is not None]
+            merged[key] = statistics.median(values) if values else None
+    for key in ("errors", "wrong", "answered"):
+        merged[key] = sum(r[key] for r in runs)
+    merged["first_error"] = next((r["first_error"] for r in runs if r["first_error"]), None)
+    merged["throughput_range"] = (min(r["throughput"] for r in runs),
+                                  max(r["throughput"] for r in runs))  # fmt: skip
+    return merged
+
+
 def _fmt(value, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
 def print_table(results: dict[str, dict[int, dict]], offline: float) -> None:
     width = max(28, *(len(label) for label in results))
-    head = (f"  {'server':<{width}} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+    ranged = any("throughput_range" in r for by in results.values() for r in by.values())
+    head = (f"  {'server':<{width}} {'clients':>7} {'req/s':>8} "
+            + (f"{'req/s range':>15} " if ranged else "")
+            + f"{'p50 ms':>8} {'p99 ms':>8} "
             f"{'of offline':>10} {'errors':>6} {'wrong':>5} {'srv core-ms/req':>15} "
             f"{'loop core-ms/req':>16} "
             f"{'gen core-ms/req':>15} {'cores srv/gen/other':>20}")  # fmt: skip
@@ -247,7 +271,10 @@ def print_table(results: dict[str, dict[int, dict]], offline: float) -> None:
     for label, by_clients in results.items():
         for clients, r in by_clients.items():
             cores = f"{r['server_cores']:.2f}/{r['generator_cores']:.2f}/{r['other_cores']:.2f}"
-            print(f"  {label:<{width}} {clients:>7} {r['throughput']:>8.1f} {_fmt(r['p50_ms']):>8} "
+            low, high = r.get("throughput_range", (r["throughput"], r["throughput"]))
+            spread = f"{f'{low:.0f}-{high:.0f}':>15} " if ranged else ""
+            print(f"  {label:<{width}} {clients:>7} {r['throughput']:>8.1f} {spread}"
+                  f"{_fmt(r['p50_ms']):>8} "
                   f"{_fmt(r['p99_ms']):>8} {r['throughput'] / offline:>9.0%} {r['errors']:>6} "
                   f"{r['wrong']:>5} {_fmt(r['server_ms_per_request'], '.2f'):>15} "
                   f"{_fmt(r.get('loop_ms_per_request'), '.3f'):>16} "
@@ -297,6 +324,9 @@ def main() -> None:
                         "config.json, e.g. '{\"start_when_idle\": true}'; \"threads\": "
                         "gometal serve --threads), beside the others in the same run; "
                         "repeatable")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of every server at each client count, in turn; the table "
+                        "shows each cell's median and the throughputs' range")  # fmt: skip
     parser.add_argument("--images", type=int, default=OFFLINE_BATCH, help="distinct images")
     parser.add_argument("--grpc", action="store_true",
                         help="also load gometal serve over gRPC (tritonclient.grpc.aio), unary "
@@ -306,6 +336,8 @@ def main() -> None:
                         "clients), wrk (C; the Debian package wrk)")  # fmt: skip
     args = parser.parse_args()
     client_counts = [int(n) for n in args.clients.split(",")]
+    if args.rounds < 1:
+        parser.error(f"--rounds takes a count >= 1, got {args.rounds}")
     generators = [g.strip() for g in args.load.split(",") if g.strip()]
     unknown = sorted(set(generators) - set(LOAD_GENERATORS))
     if unknown or not generators:
@@ -390,13 +422,18 @@ def main() -> None:
                 if "compiled for batch sizes" in line:
                     print(line)
             shown = {"tritonclient": "tritonclient.http.aio", "wrk": "wrk (1 thread)"}
+            rounds_shown = f", {args.rounds} rounds in turn (medians)" if args.rounds > 1 else ""
             print(f"load: {' and '.join(shown[g] for g in generators)}, one image per request, "
-                  f"{args.warmup_s} s warm-up, {args.window_s} s window; answers checked against "
-                  "offline predict\n")  # fmt: skip
+                  f"{args.warmup_s} s warm-up, {args.window_s} s window{rounds_shown}; answers "
+                  "checked against offline predict\n")  # fmt: skip
             results: dict[str, dict[int, dict]] = {s.label: {} for s in loads}
             for clients in client_counts:
-                for server in loads:
-                    results[server.label][clients] = run_load(server, clients, files, args)
+                rounds: dict[str, list[dict]] = {s.label: [] for s in loads}
+                for _round in range(args.rounds):
+                    for server in loads:
+                        rounds[server.label].append(run_load(server, clients, files, args))
+                for label, runs in rounds.items():
+                    results[label][clients] = median_run(runs)
         finally:
             for server in servers:
                 server.stop()
