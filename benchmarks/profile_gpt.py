@@ -8,6 +8,7 @@ the kernel's description (its ops), over all layers.
 Usage:
   python benchmarks/profile_gpt.py --workload D --threads 1 --steps 200
   python benchmarks/profile_gpt.py --workload D-long --steps 20 --by-op
+  python benchmarks/profile_gpt.py --cpu-time --by-op   # CPU time: a loaded machine's waits left out
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--by-op", action="store_true", help="sum the kernels by their ops")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time the calling thread's CPU time, not the wall clock (a loaded machine; 1 thread)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -70,7 +76,7 @@ def main() -> None:
         return
     command = [sys.executable, __file__, "--child", "--workload", args.workload]
     command += ["--threads", str(args.threads), "--steps", str(args.steps)]
-    env = dict(os.environ, GOMETAL_PROFILE="1")
+    env = dict(os.environ, GOMETAL_PROFILE="cpu" if args.cpu_time else "1")
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(done.stderr)
