@@ -23,7 +23,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 from _serving_fastapi import create_app
-from bench_serving import cnn_model
+from bench_serving import cnn_model, median_run
 
 
 def test_the_smallest_configuration_answers_right_and_prints_the_table_and_verdicts():
@@ -50,6 +50,19 @@ def test_the_smallest_configuration_answers_right_and_prints_the_table_and_verdi
     for target in ("of offline predict at batch 64", "p99 latency", "onnxruntime + FastAPI"):
         assert any(target in line and ("met" in line or "MISSED" in line) for line in
                    out.splitlines() if line.startswith("  ") and "target" in line)  # fmt: skip
+
+
+def test_rounds_merge_into_medians_totals_and_the_throughput_range():
+    runs = [
+        {"throughput": t, "p99_ms": p, "errors": e, "wrong": 0, "answered": 10,
+         "first_error": f, "clients": 8}
+        for t, p, e, f in ((300.0, 9.0, 0, None), (100.0, 30.0, 2, "refused"), (200.0, 12.0, 1, "late"))
+    ]  # fmt: skip
+    merged = median_run(runs)
+    assert merged["throughput"] == 200.0 and merged["p99_ms"] == 12.0
+    assert merged["errors"] == 3 and merged["answered"] == 30 and merged["clients"] == 8
+    assert merged["first_error"] == "refused" and merged["throughput_range"] == (100.0, 300.0)
+    assert median_run(runs[:1]) is runs[0]
 
 
 @pytest.fixture(scope="module")
