@@ -167,6 +167,17 @@ MATMUL_CASES = [
     _matmul_case((-1, 4), (-1, 3), transpose_a=True),
     # Big enough that a blocked or threaded GEMM path is taken.
     _matmul_case((67, 129), (129, 33), name="larger-than-a-block", gradient=NO_GRADIENT),
+    # Past gemm_small's rows, at most 128 columns: B packed on each call (AVX-512), rows not
+    # a multiple of the register tile's, one panel and two, B stored either way.
+    _matmul_case((50, 128), (128, 128), name="packed-per-call", gradient=NO_GRADIENT),
+    _matmul_case((37, 200), (200, 64), name="packed-per-call-one-panel", gradient=NO_GRADIENT),
+    _matmul_case(
+        (29, 96),
+        (80, 96),
+        transpose_b=True,
+        name="packed-per-call-b-transposed",
+        gradient=NO_GRADIENT,
+    ),
 ]
 
 CAST_CASES = [
