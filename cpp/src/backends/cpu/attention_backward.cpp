@@ -142,12 +142,14 @@ void grad_head(const ExecContext& ctx, const AttentionGeometry& geo, const GradI
     std::fill(dv, dv + cols * d, 0.0f);
     for (int64_t i0 = geo.causal ? j0 / kBq * kBq : 0; i0 < t; i0 += kBq) {
       const int64_t rows = std::min(kBq, t - i0);
-      recompute_block(ctx, geo, in, head, i0, rows, j0, cols, true, p, ds, z);
+      // Causal: keys past the block's last query have P = dS = 0 there and add nothing.
+      const int64_t seen = std::min(cols, visible_keys(geo, i0, rows) - j0);
+      recompute_block(ctx, geo, in, head, i0, rows, j0, seen, true, p, ds, z);
       const float *g = head_of(in.g, head, t, d) + i0 * d, *q = head_of(in.q, head, t, d) + i0 * d;
       // P and dS read transposed (a_row 1): the products over the block's queries.
-      block_product(geo, {p, 1, kBk, g, d, dv, d, cols, d, rows, true}, product);
-      block_product(geo, {ds, 1, kBk, q, d, dk, d, cols, d, rows, true}, product);
-      block_product(geo, {ds, kBk, 1, k, d, dq + i0 * d, d, rows, d, cols, true}, product);
+      block_product(geo, {p, 1, kBk, g, d, dv, d, seen, d, rows, true}, product);
+      block_product(geo, {ds, 1, kBk, q, d, dk, d, seen, d, rows, true}, product);
+      block_product(geo, {ds, kBk, 1, k, d, dq + i0 * d, d, rows, d, seen, true}, product);
     }
     for (int64_t i = 0; i < cols * d; ++i) dk[i] *= geo.scale;
   }
