@@ -15,6 +15,9 @@ constexpr int64_t kParallelMacs = 1 << 18;
 // Register tiles: AVX-512 6 rows x 4 vectors of 16 (24 accumulators + 4 loads of 32
 // registers); AVX2 4 x 3 vectors of 8 (12 + 3 + 1 of 16); the portable path 4 x 2 of 8.
 constexpr int kAvx512Rows = 6, kAvx512Vectors = 4;
+// 7 or 8 rows in one tile of 8 x 2 vectors (16 accumulators): each half panel is read once for
+// all rows, where 6 x 4 tiles read the whole panel twice, for 4 + 4 rows.
+constexpr int kAvx512TallRows = 8, kAvx512TallVectors = 2;
 constexpr int kAvx2Rows = 4, kAvx2Vectors = 3;
 constexpr int kPortableRows = 4, kPortableVectors = 2;
 
@@ -120,6 +123,8 @@ __attribute__((target("avx2,fma"))) void panels_avx2(const Product& o, int64_t p
 }
 __attribute__((target("avx512f,avx2,fma"))) void panels_avx512(const Product& o, int64_t p0, int64_t p1,
                                                                 int64_t i0, int64_t i1) {
+  if (i1 - i0 > kAvx512Rows && i1 - i0 <= kAvx512TallRows)
+    return panels<Vec16f, 16, kAvx512TallRows, kAvx512TallVectors>(o, p0, p1, i0, i1);
   panels<Vec16f, 16, kAvx512Rows, kAvx512Vectors>(o, p0, p1, i0, i1);
 }
 #endif
