@@ -2,7 +2,7 @@
 under cProfile, the batches it formed from its own ``/metrics``.
 
     python benchmarks/_serving_profile.py [--clients 64] [--seconds 8] [--top 25]
-                                          [--server-option=--max-queue-delay-ms=0 ...]
+                                          [--server-option=--instances=1 ...]
 
 It serves the CNN with ``gometal serve`` (bench_serving.py's options unless ``--server-option``
 adds more), loads it with ``wrk`` for a warm-up and a timed run, then prints:
@@ -93,7 +93,7 @@ def main() -> None:
         profiler = [] if args.no_profile else ["-m", "cProfile", "-o", stats_path]
         command = [sys.executable, *profiler, "-m", "gometal.apps.cli", "serve", model_path,
                    "--port", str(port), "--grpc-port", "0", "--max-batch-size", "64",
-                   "--max-queue-delay-ms", "2", "--instances", "1", "--max-queue", "1024",
+                   "--max-queue", "1024",
                    *args.server_option]  # fmt: skip
         server = Server("gometal serve", command, port, folder)
         try:

@@ -6,14 +6,14 @@ to 1, 8 and 64 concurrent clients, one image per request: throughput and p50/p99
                                        [--variant JSON ...] [--rounds N]
 
 The model is saved as a model file and served by ``gometal serve`` in its own process (HTTP,
-tuned as a user would for many clients on a small machine: --max-batch-size 64, so that 64
-clients' requests fit one batch; --max-queue-delay-ms 2, with the server's default
-start_when_idle, so one client waits for no batch; --instances 1, since the one instance's
-engine already computes on every core the event loop leaves it, which is the server's default
---threads unless --server-threads says otherwise). --variant serves other settings beside it:
-at 0 ms (Triton's default), 8 clients under wrk ran faster (they never fill a batch, so each
-pass waited the whole delay) but 64 tritonclient clients slower (their CPU takes the cores
-that merged batches save). The load generator is
+--max-batch-size 64, so that 64 clients' requests fit one batch, and otherwise the server's
+defaults unless --max-queue-delay-ms, --instances or --server-threads say otherwise: no
+batching delay, as Triton's, and on 2 cores one engine thread per instance and an instance
+per core). --variant serves other settings beside it, and --rounds alternates the servers
+several times. On an AMD EPYC of 2 cores shared with other work, 3 rounds: the old defaults
+(--max-queue-delay-ms 2, one instance) against these, 64 wrk clients 1,903 -> 2,507 req/s
+(ranges 1,711-2,098 and 2,300-2,509), 64 tritonclient clients 1,111 -> 1,374, 8 wrk clients
+1,263 -> 1,996; at 2 ms, two instances ran no faster than one. The load generator is
 another process (``_serving_load.py``): N tritonclient HTTP async clients, each sending one
 image per request in a loop, a warm-up, then a timed window; every answer is checked against
 offline ``model.predict``. With --grpc the same server is also loaded over gRPC, with unary
@@ -317,8 +317,10 @@ def main() -> None:
                         help="gometal serve --threads (default: the server's own choice, every "
                         "core but one)")  # fmt: skip
     parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
-    parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=None,
+                        help="gometal serve --max-queue-delay-ms (default: the server's)")  # fmt: skip
+    parser.add_argument("--instances", type=int, default=None,
+                        help="gometal serve --instances (default: the server's)")  # fmt: skip
     parser.add_argument("--variant", action="append", default=[], metavar="JSON",
                         help="also serve the model with these batching settings (a model "
                         "config.json, e.g. '{\"start_when_idle\": true}'; \"threads\": "
@@ -375,8 +377,11 @@ def main() -> None:
         np.save(files[1], expected[: args.images])
         if "wrk" in generators:
             write_wrk_inputs(folder, images[: args.images], expected[: args.images])
-        tuning = ["--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms",
-                  str(args.max_queue_delay_ms), "--instances", str(args.instances)]  # fmt: skip
+        tuning = ["--max-batch-size", str(args.max_batch_size)]
+        if args.max_queue_delay_ms is not None:
+            tuning += ["--max-queue-delay-ms", str(args.max_queue_delay_ms)]
+        if args.instances is not None:
+            tuning += ["--instances", str(args.instances)]
         if args.server_threads is not None:
             tuning += ["--threads", str(args.server_threads)]
         gometal_port, baseline_port, grpc_port = _free_port(), _free_port(), _free_port()

@@ -44,7 +44,7 @@ def test_the_smallest_configuration_answers_right_and_prints_the_table_and_verdi
     assert len(rows) == 3
     for clients, requests_per_s, *_ in rows:
         assert clients == "2" and float(requests_per_s) > 0
-    assert "gometal serve options: --max-batch-size 64 --max-queue-delay-ms 2.0" in out
+    assert "gometal serve options: --max-batch-size 64 --max-queue 1024 (HTTP)" in out
     assert "Targets at 2 clients:" in out
     assert "Targets at 2 clients (gometal[start_when_idle=True]):" in out
     for target in ("of offline predict at batch 64", "p99 latency", "onnxruntime + FastAPI"):

@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import threading
 
 import numpy as np
@@ -21,7 +22,7 @@ from gometal.serving.guard import RequestGuard
 from gometal.serving.infer_route import ClientGone, infer_target, read_limited_body
 from gometal.serving.protocol import ProtocolError, datatype_of
 from gometal.serving.request_log import BufferedLineHandler
-from gometal.serving.server import default_serving_threads
+from gometal.serving.server import default_serving_instances, default_serving_threads
 from gometal.viz.server_guard import HostPolicy, UploadSlots
 
 
@@ -222,6 +223,13 @@ def test_the_screen_refuses_only_the_requests_holding_a_refused_row() -> None:
 def test_a_server_leaves_one_core_to_its_event_loop() -> None:
     assert [default_serving_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
     assert default_serving_threads() >= 1
+
+
+def test_one_thread_engines_run_an_instance_per_core_and_wider_engines_one() -> None:
+    # A wider engine's pool runs one parallel region at a time: more instances would queue.
+    assert [default_serving_instances(1, n) for n in (1, 2, 4)] == [1, 2, 4]
+    assert [default_serving_instances(t, 16) for t in (2, 15)] == [1, 1]
+    assert default_serving_instances(1) == len(os.sched_getaffinity(0))
 
 
 @pytest.mark.parametrize(

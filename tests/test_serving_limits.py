@@ -6,6 +6,7 @@ server answers the requests it took and keeps generating once the queue drains).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -52,7 +53,8 @@ def test_the_server_announces_its_engine_threads_and_the_plans_it_compiled(
     server: ServerProcess,
 ) -> None:
     out = server.stdout_path.read_text()
-    assert "(1 engine threads)" in out, out
+    # --threads 1 and no --instances: one instance per core this process may use.
+    assert f"(1 engine threads, {len(os.sched_getaffinity(0))} instances)" in out, out
     for model in ("gpt/1", "mlp/1", "mlp/2"):
         assert f"{model} compiled for batch sizes [1, 2, 4, 8, 16, 32, 64]" in out, out
 

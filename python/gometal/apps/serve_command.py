@@ -21,7 +21,7 @@ BYTES_PER_MB = 1024 * 1024
 DEFAULT_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_MAX_BATCH_SIZE = 64
-DEFAULT_MAX_QUEUE_DELAY_MS = 2.0
+DEFAULT_MAX_QUEUE_DELAY_MS = 0.0
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_BODY_MB = 16.0
 DEFAULT_HEADER_TIMEOUT_S = 10.0
@@ -125,8 +125,9 @@ def add_serve_command(commands: Any) -> None:
     serve.add_argument(
         "--instances",
         type=positive_int,
-        default=1,
-        help="model copies computing at once, per model version (1)",
+        default=None,
+        help="model copies computing at once, per model version (default: one per core when "
+        "the engine computes on one thread, as it does by default on 2 cores; else 1)",
     )
     serve.add_argument(
         "--max-queue",

@@ -8,7 +8,8 @@ answers ``tritonclient`` and any other v2 client over HTTP and gRPC
 ``start_when_idle``) with a bounded queue, Prometheus metrics at ``/metrics``, and a
 graceful drain on SIGTERM. It compiles each model's plans for its batch sizes before it
 reports ready, and computes on every core but one (``--threads``): the event loop keeps
-one for the request path (:mod:`gometal.serving.infer_route`).
+one for the request path (:mod:`gometal.serving.infer_route`). With one engine thread (on
+2 cores), each core runs an instance of its own (``--instances``).
 
 Example:
     >>> from gometal.serving import serve

@@ -57,7 +57,9 @@ class ServerSettings:
 
     Attributes:
         max_batch_size: the most rows in a merged batch (and in one request).
-        max_queue_delay_ms: how long a request waits for others to join its batch.
+        max_queue_delay_ms: how long a request waits for others to join its batch (0, as
+            Triton's default: a free instance takes what is queued at once; requests that
+            come during a pass still merge).
         instances: model copies computing concurrently, per model version.
         max_queue: requests waiting per model version; more get 503.
         start_when_idle: a free instance runs a request alone in the queue at once
@@ -70,7 +72,7 @@ class ServerSettings:
     """
 
     max_batch_size: int = 64
-    max_queue_delay_ms: float = 2.0
+    max_queue_delay_ms: float = 0.0
     instances: int = 1
     max_queue: int = 256
     start_when_idle: bool = True

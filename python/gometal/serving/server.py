@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_GRPC_PORT",
     "DEFAULT_HEADER_TIMEOUT_S",
     "DEFAULT_PORT",
+    "default_serving_instances",
     "default_serving_threads",
     "is_loopback",
     "serve",
@@ -56,6 +57,33 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
+def default_serving_instances(threads: int, cores: int | None = None) -> int:
+    """The instances per model version a server runs by default, for ``threads`` engine
+    threads: one per core when the engine computes on one thread, else one.
+
+    A one-thread engine runs its calls on the calling thread, so single-thread instances
+    compute on every core at once (on 2 cores, the default threads leave the second core
+    to the event loop alone otherwise); an engine of more threads runs one parallel region
+    at a time, so further instances would only take turns in its pool. Each instance holds
+    its own copy of the weights.
+
+    Args:
+        threads: the engine's compute threads.
+        cores: the cores this process may run on (default: its CPU affinity).
+
+    Example:
+        >>> default_serving_instances(1, 2), default_serving_instances(15, 16)
+        (2, 1)
+    """
+    return (cores if cores is not None else _cores()) if threads == 1 else 1
+
+
 def default_serving_threads(cores: int | None = None) -> int:
     """The engine threads a server computes with by default: every core but one.
 
@@ -73,9 +101,7 @@ def default_serving_threads(cores: int | None = None) -> int:
         >>> default_serving_threads(2), default_serving_threads(16)
         (1, 15)
     """
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - 1)
+    return max(1, (cores if cores is not None else _cores()) - 1)
 
 
 def _log_requests_to_stderr() -> logging.Handler | None:
@@ -116,7 +142,7 @@ def serve(
     grpc_port: int | None = DEFAULT_GRPC_PORT,
     max_batch_size: int = DEFAULT_SETTINGS.max_batch_size,
     max_queue_delay_ms: float = DEFAULT_SETTINGS.max_queue_delay_ms,
-    instances: int = DEFAULT_SETTINGS.instances,
+    instances: int | None = None,
     max_queue: int = DEFAULT_SETTINGS.max_queue,
     start_when_idle: bool = DEFAULT_SETTINGS.start_when_idle,
     api_key: str | None = None,
@@ -136,7 +162,8 @@ def serve(
         grpc_port: the gRPC port (``None`` or 0: no gRPC).
         max_batch_size: the most rows in a merged batch (and in one request).
         max_queue_delay_ms: how long a request waits for others to join its batch.
-        instances: model copies computing concurrently, per model version.
+        instances: model copies computing concurrently, per model version (default:
+            :func:`default_serving_instances`, one per core when ``threads`` is 1).
         max_queue: requests waiting per model version; more get 503 + Retry-After.
         start_when_idle: a free instance runs a request alone in the queue at once
             instead of waiting ``max_queue_delay_ms`` for others to join it.
@@ -166,17 +193,20 @@ def serve(
             f"--host {host} exposes the server beyond this machine: give --api-key (a bearer "
             "token clients must send), or bind 127.0.0.1"
         )
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):  # fmt: skip
+        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+    threads = threads if threads is not None else default_serving_threads()
+    if instances is None:
+        instances = default_serving_instances(threads)
     settings = ServerSettings(
         max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
         instances=instances, max_queue=max_queue, start_when_idle=start_when_idle,
         max_body_bytes=max_body_bytes,
         api_key=api_key or None, warmup=warmup,
     )  # fmt: skip
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):  # fmt: skip
-        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
     check_listen_address(host, port)
-    set_num_threads(threads if threads is not None else default_serving_threads())
+    set_num_threads(threads)
     grpc_address = None
     if grpc_port:
         check_listen_address(host, grpc_port)
@@ -189,7 +219,8 @@ def serve(
               for row in models.index() if row["state"] != "READY"]  # fmt: skip
     grpc_shown = f", grpc {grpc_address}" if grpc_address else ""
     print(f"gometal serve: http://{host}:{port}/v2{grpc_shown} serving "
-          f"{', '.join(ready) or 'no model'} ({get_num_threads()} engine threads)",
+          f"{', '.join(ready) or 'no model'} ({get_num_threads()} engine threads, "
+          f"{instances} instances)",
           flush=True)  # fmt: skip
     for (name, version), served in sorted(state.served.items()):
         if served.warmed_up:
