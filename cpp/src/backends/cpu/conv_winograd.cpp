@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "backends/cpu/lane_transpose.h"
 #include "backends/cpu/packed_weight_cache.h"
 #include "backends/cpu/simd_paths.h"
 
@@ -171,8 +172,10 @@ struct BlockArgs {
   const float* u;      // transformed weights (point, padded O, C)
   float* block;        // transformed tiles (point, C, kBlockTiles)
   float* sums;         // one register tile's transformed sums (point, R, NV * L)
-  float* y;            // the image's pooled outputs (O, tiles), at the block's first tile
+  float* y;            // the image's pooled outputs (O, tiles), at the block's first tile; unpooled
+                       // (O, OH, OW), at its first output
   int64_t o, o_pad, c, plane, tiles;
+  int64_t first_tile, tile_cols, ow;  // unpooled: the block's first tile, tiles a row, outputs a row
   ConvEpilogue epilogue;
 };
 
@@ -200,7 +203,25 @@ GOMETAL_SIMD_INLINE void transformed_sums(const BlockArgs& a, int64_t o0, int64_
   }
 }
 
-// A^T m A of each 4x4 of sums, the epilogue, then the maximum of the 2x2 outputs: the pooled
+// A^T m A of the 4x4 sums of row r, vector j, then the epilogue: each tile's 2x2 outputs.
+template <class Vec, int L, int R, int NV>
+GOMETAL_SIMD_INLINE void tile_outputs(const BlockArgs& a, int r, int j, int64_t o, Vec* y00, Vec* y01,
+                                      Vec* y10, Vec* y11) {
+  Vec m[16];
+  for (int p = 0; p < 16; ++p) m[p] = load<Vec>(a.sums + ((p * R + r) * NV + j) * L);
+  Vec top[4], bottom[4];
+  for (int b = 0; b < 4; ++b) {
+    top[b] = m[b] + m[4 + b] + m[8 + b];
+    bottom[b] = m[4 + b] - m[8 + b] - m[12 + b];
+  }
+  const ConvEpilogue& e = a.epilogue;
+  *y00 = conv_epilogue_channel(top[0] + top[1] + top[2], e, o);
+  *y01 = conv_epilogue_channel(top[1] - top[2] - top[3], e, o);
+  *y10 = conv_epilogue_channel(bottom[0] + bottom[1] + bottom[2], e, o);
+  *y11 = conv_epilogue_channel(bottom[1] - bottom[2] - bottom[3], e, o);
+}
+
+// The outputs of tile_outputs, then the maximum of the 2x2 outputs: the pooled
 // outputs of channels o0 .. o0 + rows for the tiles from lane0 (`valid` of them in the block).
 template <class Vec, int L, int R, int NV>
 GOMETAL_SIMD_INLINE void pooled_outputs(const BlockArgs& a, int64_t o0, int rows, int64_t lane0) {
@@ -210,18 +231,8 @@ GOMETAL_SIMD_INLINE void pooled_outputs(const BlockArgs& a, int64_t o0, int rows
     for (int j = 0; j < NV; ++j) {
       const int64_t count = std::min<int64_t>(L, a.tiles - lane0 - j * L);
       if (count <= 0) break;
-      Vec m[16];
-      for (int p = 0; p < 16; ++p) m[p] = load<Vec>(a.sums + ((p * R + r) * NV + j) * L);
-      Vec top[4], bottom[4];
-      for (int b = 0; b < 4; ++b) {
-        top[b] = m[b] + m[4 + b] + m[8 + b];
-        bottom[b] = m[4 + b] - m[8 + b] - m[12 + b];
-      }
-      const ConvEpilogue& e = a.epilogue;
-      const Vec y00 = conv_epilogue_channel(top[0] + top[1] + top[2], e, o);
-      const Vec y01 = conv_epilogue_channel(top[1] - top[2] - top[3], e, o);
-      const Vec y10 = conv_epilogue_channel(bottom[0] + bottom[1] + bottom[2], e, o);
-      const Vec y11 = conv_epilogue_channel(bottom[1] - bottom[2] - bottom[3], e, o);
+      Vec y00, y01, y10, y11;
+      tile_outputs<Vec, L, R, NV>(a, r, j, o, &y00, &y01, &y10, &y11);
       const Vec v = pool_max(pool_max(y00, y01), pool_max(y10, y11));
       if (count == L) {
         __builtin_memcpy(out + j * L, &v, sizeof v);
@@ -229,6 +240,37 @@ GOMETAL_SIMD_INLINE void pooled_outputs(const BlockArgs& a, int64_t o0, int rows
         float lanes[L];
         __builtin_memcpy(lanes, &v, sizeof v);
         for (int64_t i = 0; i < count; ++i) out[j * L + i] = lanes[i];
+      }
+    }
+  }
+}
+
+// Without pooling: the 2x2 outputs of each tile stored where they lie, a row's tiles
+// interleaved back into two output rows (a vector of tiles may run over into the next row).
+template <class Vec, int L, int R, int NV>
+GOMETAL_SIMD_INLINE void full_outputs(const BlockArgs& a, int64_t o0, int rows, int64_t lane0) {
+  for (int r = 0; r < rows; ++r) {
+    const int64_t o = o0 + r;
+    for (int j = 0; j < NV; ++j) {
+      const int64_t first = lane0 + j * L, count = std::min<int64_t>(L, a.tiles - first);
+      if (count <= 0) break;
+      Vec y00, y01, y10, y11;
+      tile_outputs<Vec, L, R, NV>(a, r, j, o, &y00, &y01, &y10, &y11);
+      float upper[2 * L], lower[2 * L];  // the tiles' two output rows, 2 floats a tile
+      const Vec rows_out[4] = {lanes::interleave_low(y00, y01), lanes::interleave_high(y00, y01),
+                               lanes::interleave_low(y10, y11), lanes::interleave_high(y10, y11)};
+      __builtin_memcpy(upper, &rows_out[0], sizeof(Vec));
+      __builtin_memcpy(upper + L, &rows_out[1], sizeof(Vec));
+      __builtin_memcpy(lower, &rows_out[2], sizeof(Vec));
+      __builtin_memcpy(lower + L, &rows_out[3], sizeof(Vec));
+      float* plane = a.y + o * a.plane;
+      for (int64_t i = 0; i < count;) {
+        const int64_t t = a.first_tile + first + i, ty = t / a.tile_cols, tx = t % a.tile_cols;
+        const int64_t run = std::min(count - i, a.tile_cols - tx);
+        float* dst = plane + 2 * ty * a.ow + 2 * tx;
+        __builtin_memcpy(dst, upper + 2 * i, 2 * run * sizeof(float));
+        __builtin_memcpy(dst + a.ow, lower + 2 * i, 2 * run * sizeof(float));
+        i += run;
       }
     }
   }
@@ -242,11 +284,17 @@ GOMETAL_SIMD_INLINE void forward_block(const ConvGeometry& g, const float* split
   constexpr int64_t chunk = NV * L;
   a.tiles = b1 - b0;
   transform_block<Vec, L>(g, split, b0, b1, round_up(a.tiles, chunk), a.block);
-  a.y += b0;
+  const bool pooled = a.epilogue.max_pool_2x2;
+  if (pooled) a.y += b0;
+  a.first_tile = b0;
   for (int64_t o0 = 0; o0 < a.o; o0 += R)
     for (int64_t lane0 = 0; lane0 < a.tiles; lane0 += chunk) {
       transformed_sums<Vec, L, R, NV>(a, o0, lane0);
-      pooled_outputs<Vec, L, R, NV>(a, o0, static_cast<int>(std::min<int64_t>(R, a.o - o0)), lane0);
+      const int rows = static_cast<int>(std::min<int64_t>(R, a.o - o0));
+      if (pooled)
+        pooled_outputs<Vec, L, R, NV>(a, o0, rows, lane0);
+      else
+        full_outputs<Vec, L, R, NV>(a, o0, rows, lane0);
     }
 }
 
@@ -276,7 +324,13 @@ void forward_block(ConvPath path, const ConvGeometry& g, const float* split, int
   }
 }
 
-// Pooled outputs of tiles [t_begin, t_end) of image x into image y, in the thread's scratch.
+// Outputs a channel of one image: pooled, one a tile.
+int64_t output_plane(const ConvGeometry& g, const ConvEpilogue& epilogue) {
+  return epilogue.max_pool_2x2 ? tile_count(g) : g.out_plane();
+}
+
+// The outputs (pooled or not) of tiles [t_begin, t_end) of image x into image y, in the
+// thread's scratch.
 void forward_tiles(ConvPath path, const ConvGeometry& g, const float* u, const float* x, float* y, int64_t t_begin,
                    int64_t t_end, float* scratch, const ConvEpilogue& epilogue) {
   float* split = scratch;
@@ -288,7 +342,9 @@ void forward_tiles(ConvPath path, const ConvGeometry& g, const float* u, const f
   a.o = g.o;
   a.o_pad = padded_outputs(g);
   a.c = g.c;
-  a.plane = tile_count(g);
+  a.plane = output_plane(g, epilogue);
+  a.tile_cols = tile_cols(g);
+  a.ow = g.ow;
   a.epilogue = epilogue;
   const int64_t tw = tile_cols(g);
   split_image_rows(g, x, 2 * (t_begin / tw), 2 * ((t_end - 1) / tw) + 4, split);
@@ -306,7 +362,20 @@ constexpr int64_t kMinSplitMacs = int64_t{1} << 18;
 // 6.3 / 12.4: 16 tiles leave half of a 32-tile chunk idle, so planes of fewer tiles stay off.
 bool chosen_by_shape(const ConvGeometry& g) { return tile_count(g) >= kMostChunk && g.o >= 16; }
 
+// Unpooled (training's forward passes, whose outputs the backward pass reads), 1 thread,
+// batch 32, CPU ms, loaded machine, channel lanes / these tiles: 16->32 at 32x32 3.2 / 2.9,
+// 32->64 at 16x16 3.0 / 2.1-2.5; but 3->16 at 64x64 1.7 / 2.1-2.3, where three input channels
+// leave the output transform and its stores most of the work.
+bool unpooled_chosen_by_shape(const ConvGeometry& g) { return chosen_by_shape(g) && g.c >= 16; }
+
 }  // namespace
+
+bool conv2d_winograd_unpooled_chosen(const ConvGeometry& g) {
+  if (!geometry_supported(g) || g.oh % 2 != 0 || g.ow % 2 != 0) return false;
+  const char* forced = std::getenv("GOMETAL_CONV_WINOGRAD");
+  if (forced == nullptr || forced[0] == '\0') return unpooled_chosen_by_shape(g);
+  return conv2d_winograd_chosen(g, ConvEpilogue{.max_pool_2x2 = true});  // always / never, or the error
+}
 
 bool conv2d_winograd_supported(const ConvGeometry& g, const ConvEpilogue& epilogue) {
   return epilogue.max_pool_2x2 && geometry_supported(g);
@@ -331,7 +400,7 @@ void conv2d_winograd_forward_samples(const ConvGeometry& g, const float* x, cons
                                      int64_t n1, float* scratch, const ConvEpilogue& epilogue) {
   const ConvPath path = choose_conv_path();
   const float* u = transformed_weights(g, w);
-  const int64_t in_image = g.c * g.h * g.w, out_image = g.o * tile_count(g);
+  const int64_t in_image = g.c * g.h * g.w, out_image = g.o * output_plane(g, epilogue);
   for (int64_t n = n0; n < n1; ++n)
     forward_tiles(path, g, u, x + n * in_image, y + n * out_image, 0, tile_count(g), scratch, epilogue);
 }
@@ -346,7 +415,7 @@ void conv2d_winograd_forward(const ExecContext& ctx, const ConvGeometry& g, cons
   int64_t parts = 1;
   if (threads > 1 && g.n < 2 * threads && g.o * g.patch() * g.out_plane() >= kMinSplitMacs)
     parts = std::min((2 * threads + g.n - 1) / g.n, (tiles + chunk - 1) / chunk);
-  const int64_t in_image = g.c * g.h * g.w, out_image = g.o * tiles;
+  const int64_t in_image = g.c * g.h * g.w, out_image = g.o * output_plane(g, epilogue);
   ctx.pool->parallel_for(static_cast<int>(g.n * parts), [&](int task, int thread) {
     const int64_t n = task / parts;
     int64_t t_begin, t_end;

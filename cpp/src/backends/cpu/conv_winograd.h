@@ -1,10 +1,11 @@
-// Forward 3x3 convolution with a fused 2x2 max pooling by Winograd's minimal filtering
+// Forward 3x3 convolution (with or without a fused 2x2 max pooling) by Winograd's minimal filtering
 // F(2x2, 3x3): each 2x2 block of outputs (one pooled output) comes from a 4x4 block of input
 // through 16 products per channel pair instead of 36, so the sum over input channels costs 4/9
 // of the direct kernel's multiply-adds. The input blocks are transformed (B^T d B) a block of
 // tiles at a time, the 16 transformed sums run as register tiles (output channels x vectors of
 // tiles), and the output transform (A^T m A), the epilogue and the pooling follow in registers.
-// Inference only: the layer's output is pooled, so the unpooled sums are never stored.
+// Pooled (inference), the unpooled outputs are never stored; unpooled (a training plan's forward
+// pass), each tile's 2x2 outputs are stored in place after the epilogue.
 //
 // GOMETAL_CONV_WINOGRAD=always|never forces or forbids this kernel wherever it can run; unset,
 // conv2d_winograd_chosen picks it by shape. GOMETAL_CONV_KERNEL chooses its instruction-set
@@ -27,6 +28,12 @@ bool conv2d_winograd_supported(const ConvGeometry& g, const ConvEpilogue& epilog
 // (measurements in conv_winograd.cpp). Throws std::invalid_argument naming the variable for an
 // unknown value.
 bool conv2d_winograd_chosen(const ConvGeometry& g, const ConvEpilogue& epilogue);
+
+// Whether g's forward pass without pooling (every output stored) runs these tiles: 3x3, unit
+// stride and dilation, one group, even output sizes, and the shape rule for unpooled planes
+// (measurements in conv_winograd.cpp), or GOMETAL_CONV_WINOGRAD=always|never. The training
+// forward pass asks (conv_channel_forward.h); conv2d_winograd_chosen stays for pooled ones.
+bool conv2d_winograd_unpooled_chosen(const ConvGeometry& g);
 
 // Per-thread scratch (floats): the image's rows split into even and odd columns, one block of
 // transformed tiles and the transformed sums of one register tile.
