@@ -25,9 +25,11 @@ PATHS = [p for p in ("portable", "avx2", "avx512") if vector_path_available(p)]
 
 
 @pytest.fixture(autouse=True)
-def _without_the_nchwc_kernel(monkeypatch):
-    # The NCHWc kernel's shape rule is asked first and may take some of these shapes.
+def _without_the_nchwc_and_winograd_kernels(monkeypatch):
+    # The NCHWc kernel's shape rule is asked first and may take some of these shapes; Winograd's
+    # tiles take planes of 16+ input channels (test_conv_winograd_training.py).
     monkeypatch.setenv("GOMETAL_CONV_NCHWC", "never")
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "never")
 
 
 # (N, C, H, W), output channels, padding, relu

@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "backends/cpu/conv_lane_packing.h"
+#include "backends/cpu/conv_winograd.h"
 #include "backends/cpu/lane_transpose.h"
 #include "backends/cpu/layout.h"
 #include "backends/cpu/packed_weight_cache.h"
@@ -134,11 +135,14 @@ bool conv2d_channel_forward_chosen(const ConvGeometry& g, const ConvEpilogue& ep
 int64_t conv2d_channel_forward_scratch(const ConvGeometry& g) {
   allowed_by_environment();  // an unknown value is refused here, on the compiling thread
   if (!conv2d_channel_forward_supported(g)) return 0;
-  return round_up(g.c * padded_plane(g) + kSlack, 16);
+  const int64_t winograd = conv2d_winograd_unpooled_chosen(g) ? conv2d_winograd_scratch(g) : 0;
+  return std::max(round_up(g.c * padded_plane(g) + kSlack, 16), winograd);
 }
 
 void conv2d_channel_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0,
                                     int64_t n1, float* scratch, const ConvEpilogue& epilogue) {
+  if (conv2d_winograd_unpooled_chosen(g))
+    return conv2d_winograd_forward_samples(g, x, w, y, n0, n1, scratch, epilogue);
   const ConvPath path = choose_conv_path();
   const int64_t lanes = path == ConvPath::Avx512 ? 16 : 8;
   const PackedWeightKey key{"conv_channel_forward", g.o, g.c, lanes};

@@ -26,7 +26,7 @@ bool conv2d_channel_forward_supported(const ConvGeometry& g);
 // naming the variable for an unknown value.
 bool conv2d_channel_forward_chosen(const ConvGeometry& g, const ConvEpilogue& epilogue);
 
-// Per-thread scratch (floats): one padded image (0 where unsupported).
+// Per-thread scratch (floats): one padded image, or Winograd's where it runs (0 where unsupported).
 // Refuses an unknown GOMETAL_CONV_CHANNEL_FORWARD as conv2d_channel_forward_chosen does: plans
 // size their scratch when they compile, so the error comes before any kernel thread runs.
 int64_t conv2d_channel_forward_scratch(const ConvGeometry& g);
@@ -34,6 +34,8 @@ int64_t conv2d_channel_forward_scratch(const ConvGeometry& g);
 // y = epilogue(conv(x, w)) of images [n0, n1) from x (N, C, H, W) and w (O, C, 3, 3) into
 // y (N, O, OH, OW), on the calling thread, on the path choose_conv_path() gives, with the
 // weights packed once per thread and value (packed_weight_cache.h). The epilogue must not pool.
+// Where conv2d_winograd_unpooled_chosen(g) (planes of 16+ input channels), Winograd's tiles run
+// instead (conv_winograd.h).
 void conv2d_channel_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0,
                                     int64_t n1, float* scratch, const ConvEpilogue& epilogue);
 
