@@ -95,7 +95,8 @@ def test_the_table_is_projected_only_when_it_is_no_longer_than_two_sequences(
     rows, steps, table
 ) -> None:
     g, x, weight = _graph_with_lookup(rows, steps)
-    operands = input_projection(g, x, weight)
+    operands, attrs = input_projection(g, x, weight, in_loop=False)
+    assert attrs == {}
     if table:
         assert [g.shape(n) for n in operands] == [(rows, 16), (-1, steps)]
         assert g.dtype(operands[1]) == "int32"
@@ -106,8 +107,8 @@ def test_the_table_is_projected_only_when_it_is_no_longer_than_two_sequences(
 def test_a_plain_input_keeps_the_product() -> None:
     g = _core.Graph()
     x = g.input("x", [-1, 9, EMBED])
-    (projected,) = input_projection(g, x, g.variable("weight_ih", [16, EMBED]))
-    assert g.op_name(projected) == "matmul"
+    (projected,), attrs = input_projection(g, x, g.variable("weight_ih", [16, EMBED]), False)
+    assert g.op_name(projected) == "matmul" and attrs == {}
 
 
 def test_an_id_outside_the_table_raises_naming_it() -> None:

@@ -13,6 +13,7 @@ from gometal import _core
 from .harness import (
     BATCH,
     NO_GRADIENT,
+    NUMERIC,
     SEQ,
     Arg,
     ErrorCase,
@@ -92,11 +93,14 @@ def _case(
     bias=False,
     sequence_only=False,
     table_rows=0,
+    input_size=0,
 ):
     """recurrence over (xp, h0, [c0], w_hh, [w_hr], [b_hn], [bias], [lengths]), its output
     sliced to the columns a layer reads (h, and c for an LSTM; h alone with sequence_only):
     the rest is saved for the backward pass. The reference adds the bias to xp. With
-    table_rows, xp is a table of that many rows and int32 ids (N, T) pick each step's row."""
+    table_rows, xp is a table of that many rows and int32 ids (N, T) pick each step's row.
+    With input_size (project_input), x (N, T, I) and w_ih (G*H, I) stand for xp; the op has
+    no gradient in that form."""
     out = proj or hidden
     steps = LENGTHS_T if with_lengths else SEQ
     if table_rows:
@@ -104,6 +108,8 @@ def _case(
             Arg((table_rows, GATES[cell] * hidden)),
             Arg((BATCH, steps), _ids(table_rows), dtype="int32", grad=False),
         ]
+    elif input_size:
+        args = [Arg((BATCH, steps, input_size)), Arg((GATES[cell] * hidden, input_size))]
     else:
         args = [Arg((BATCH, steps, GATES[cell] * hidden))]
     args.append(Arg((BATCH, out)))
@@ -122,6 +128,8 @@ def _case(
     attrs = {"cell": cell, "reverse": reverse, "lean": lean}
     if sequence_only:
         attrs["sequence_only"] = True
+    if input_size:
+        attrs["project_input"] = True
 
     def build(g: _core.Graph, nodes: list[int], case_attrs: dict) -> int:
         y = g.op("recurrence", nodes, case_attrs)
@@ -130,6 +138,8 @@ def _case(
     def reference(*arrays):
         if table_rows:
             arrays = (arrays[0][arrays[1]], *arrays[2:])
+        if input_size:
+            arrays = (arrays[0] @ arrays[1].T, *arrays[2:])
         named = {"xp": arrays[0], "h0": arrays[1]}
         rest = list(arrays[2:])
         if cell == "lstm":
@@ -153,6 +163,7 @@ def _case(
         name=name or f"{cell}{'-reverse' if reverse else ''}{'-lengths' if with_lengths else ''}",
         build=build,
         seq_lengths=(3, 1),
+        gradient=NO_GRADIENT if input_size else NUMERIC,
     )
 
 
@@ -204,6 +215,20 @@ RECURRENCE_CASES = [
     ),
     _case("gru", reverse=True, lean=True, bias=True, table_rows=4, name="gru-table"),
     _case("rnn_tanh", with_lengths=True, table_rows=2, name="rnn_tanh-table"),
+    # project_input: each step's product takes x and h together (lean LSTM and plain RNN).
+    _case("lstm", lean=True, bias=True, sequence_only=True, input_size=5, name="lstm-input"),
+    _case(
+        "lstm",
+        hidden=4,
+        proj=2,
+        reverse=True,
+        with_lengths=True,
+        lean=True,
+        input_size=3,
+        name="lstm-input-projected",
+    ),
+    _case("rnn_relu", reverse=True, lean=True, input_size=1, name="rnn_relu-input"),
+    _case("rnn_tanh", with_lengths=True, lean=True, bias=True, input_size=6, name="rnn_tanh-input"),
 ]
 
 
@@ -418,6 +443,25 @@ ERROR_CASES = [
         (Arg((5, 6)), Arg((2, 3), dtype="int32"), Arg((2, 4)), Arg((4, 4))),
         {"cell": "rnn_tanh"},
         (r"table must be \(V, 4\) \(V, G\*H\)", r"got \(5, 6\)"),
+    ),
+    # project_input: x (N, T, I) and w_ih (G*H, I), a lean recurrence, not a GRU.
+    ErrorCase(
+        "recurrence",
+        (Arg((2, 3, 5)), Arg((4, 6)), Arg((2, 4)), Arg((4, 4))),
+        {"cell": "rnn_tanh", "lean": True, "project_input": True},
+        (r"w_ih must be \(4, I\) \(G\*H, I\) with I = 5", r"got \(4, 6\)"),
+    ),
+    ErrorCase(
+        "recurrence",
+        (Arg((2, 3, 5)), Arg((6, 5)), Arg((2, 2)), Arg((6, 2)), Arg((2,))),
+        {"cell": "gru", "lean": True, "project_input": True},
+        (r"project_input needs a lean recurrence of an LSTM or plain RNN cell", r"'gru'"),
+    ),
+    ErrorCase(
+        "recurrence",
+        (Arg((2, 3, 5)), Arg((4, 5)), Arg((2, 4)), Arg((4, 4))),
+        {"cell": "rnn_tanh", "project_input": True},
+        (r"project_input needs a lean recurrence", r"without lean"),
     ),
     ErrorCase("sequence_end", (Arg((2, 3)),), {}, (r"rank 3",)),
 ]

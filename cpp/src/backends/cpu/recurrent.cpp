@@ -93,13 +93,21 @@ void each_row(const RowSpan& span, int64_t floats_per_row, F&& body) {
   for_rows(*span.pool, span.rows(), floats_per_row, [&](int64_t i) { body(span.lo + i); });
 }
 
-// The span's rows of C = A times a packed weight; a and c point at the batch's first row.
+// The span's rows of C = A1 times a packed weight plus A2 times another (s2.k = 0: none);
+// the sources' and c's pointers are at the batch's first row.
+void span_pair(const RowSpan& span, recurrent_gemm::Source s1, recurrent_gemm::Source s2, int64_t cols, float* c,
+               int64_t ldc) {
+  s1.a += span.lo * s1.lda;
+  if (s2.k > 0) s2.a += span.lo * s2.lda;
+  c += span.lo * ldc;
+  if (span.pool == nullptr) recurrent_gemm::multiply_pair_here(s1, s2, span.rows(), cols, c, ldc);
+  else recurrent_gemm::multiply_pair(*span.pool, s1, s2, span.rows(), cols, c, ldc);
+}
+
+// The span's rows of C = A times a packed weight.
 void span_product(const RowSpan& span, const float* a, int64_t lda, int64_t k, const float* packed,
                   int64_t cols, float* c, int64_t ldc) {
-  a += span.lo * lda;
-  c += span.lo * ldc;
-  if (span.pool == nullptr) recurrent_gemm::multiply_here(a, lda, span.rows(), k, packed, cols, c, ldc);
-  else recurrent_gemm::multiply(*span.pool, a, lda, span.rows(), k, packed, cols, c, ldc);
+  span_pair(span, {a, lda, k, packed}, {}, cols, c, ldc);
 }
 
 struct RecurrenceKernel final : Kernel {
@@ -107,25 +115,29 @@ struct RecurrenceKernel final : Kernel {
   int64_t batch = 0, steps = 0;
   int64_t g_width = 0;  // recurrence_grad: the output gradient's columns (all, or h's alone)
   int64_t table_rows = 0;  // with ids: seq is a table of projected rows that ids pick
+  int64_t input_width = 0;  // with w_ih: seq is the sequence x (N, T, I), projected step by step
   bool reverse = false, gradient = false;
-  BufRef seq, y, h0, c0, w_hh, w_hr, b_hn, bias, lengths, ids, out;
+  BufRef seq, y, h0, c0, w_hh, w_hr, b_hn, bias, lengths, ids, w_ih, out;
 
-  // Zeros stand in for a bias the op lacks and for a cell state's absent output gradient:
-  // one code path for both.
+  // Zeros stand in for a bias the op lacks, for xp when the step's product includes x, and for
+  // a cell state's absent output gradient: one code path for all.
   int64_t shared_floats() const override {
     return state_floats() + packed_weight_floats() + (gradient ? l.hidden : l.gate_width());
   }
   int64_t state_floats() const { return batch * (3 * l.out + 2 * l.hidden + l.gate_width()); }
-  // W_hh and W_hr packed once per call for the per-step products (recurrent_gemm.h).
+  // W_hh, W_hr and W_ih packed once per call for the per-step products (recurrent_gemm.h).
   int64_t packed_hh_floats() const {
     return gradient ? recurrent_gemm::packed_floats(l.gate_width(), l.out)
                     : recurrent_gemm::packed_floats(l.out, l.gate_width());
   }
-  int64_t packed_weight_floats() const {
-    const int64_t hr = !l.projected ? 0
-                       : gradient   ? recurrent_gemm::packed_floats(l.out, l.hidden)
-                                    : recurrent_gemm::packed_floats(l.hidden, l.out);
-    return packed_hh_floats() + hr;
+  int64_t packed_hr_floats() const {
+    return !l.projected ? 0
+           : gradient   ? recurrent_gemm::packed_floats(l.out, l.hidden)
+                        : recurrent_gemm::packed_floats(l.hidden, l.out);
+  }
+  int64_t packed_weight_floats() const { return packed_hh_floats() + packed_hr_floats() + packed_ih_floats(); }
+  int64_t packed_ih_floats() const {
+    return w_ih.region == Region::None ? 0 : recurrent_gemm::packed_floats(input_width, l.gate_width());
   }
 
   int64_t length(const int32_t* lens, int64_t n) const { return lens == nullptr ? steps : lens[n]; }
@@ -154,8 +166,12 @@ struct RecurrenceKernel final : Kernel {
     float* packed_hr = packed_hh + packed_hh_floats();
     recurrent_gemm::pack_transposed(ctx.ptr(w_hh), GH, P, packed_hh);
     if (l.projected) recurrent_gemm::pack_transposed(ctx.ptr(w_hr), P, H, packed_hr);
+    // With w_ih each step's product sums x w_ih^T and h w_hh^T: the gate math adds zeros for xp.
+    const int64_t I = input_width;
+    float* packed_ih = packed_hr + packed_hr_floats();
+    if (I > 0) recurrent_gemm::pack_transposed(ctx.ptr(w_ih), GH, I, packed_ih);
     float* zeros = packed_hh + packed_weight_floats();
-    if (bias.region == Region::None) std::memset(zeros, 0, sizeof(float) * GH);
+    if (bias.region == Region::None || I > 0) std::memset(zeros, 0, sizeof(float) * GH);
     const float* b = bias.region == Region::None ? zeros : ctx.ptr(bias);
     std::memcpy(h, ctx.ptr(h0), sizeof(float) * n_ * P);
     if (l.cell == Cell::Lstm) std::memcpy(c, ctx.ptr(c0), sizeof(float) * n_ * H);
@@ -172,6 +188,8 @@ struct RecurrenceKernel final : Kernel {
         const int64_t t = step_at(s);
         if (gates_in_y)
           span_product(span, h, P, P, packed_hh, GH, ys + t * W + l.gates_col(), steps * W);
+        else if (I > 0)
+          span_pair(span, {xp + t * I, steps * I, I, packed_ih}, {h, P, P, packed_hh}, GH, a, GH);
         else
           span_product(span, h, P, P, packed_hh, GH, a, GH);
         each_row(span, W, [&](int64_t n) {
@@ -181,7 +199,8 @@ struct RecurrenceKernel final : Kernel {
             if (l.projected) std::memset(hraw + n * H, 0, sizeof(float) * H);
             return;
           }
-          const float* x = xp + (row_ids == nullptr ? n * steps + t : row_ids[n * steps + t]) * GH;
+          const int64_t row = row_ids == nullptr ? n * steps + t : row_ids[n * steps + t];
+          const float* x = I > 0 ? zeros : xp + row * GH;
           float* hr = h + n * P;
           float* ar = gates_in_y ? yr + l.gates_col() : a + n * GH;
           switch (l.cell) {
@@ -395,7 +414,8 @@ std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const Memo
       k->gradient = n.op == OpKind::RecurrenceGrad;
       k->reverse = n.attrs.reverse;
       const Cell cell = cell_from_name(n.attrs.cell, op_name(n.op));
-      const RecurrentOperands at = recurrent_operands(cell, ranks, has_lengths, k->gradient, op_name(n.op));
+      const bool project_input = !k->gradient && n.attrs.project_input;
+      const RecurrentOperands at = recurrent_operands(cell, ranks, has_lengths, k->gradient, project_input, op_name(n.op));
       const Shape& whh = shapes[n.inputs[at.w_hh]];
       k->l.cell = cell;
       k->l.gates = cell == Cell::Lstm ? 4 : cell == Cell::Gru ? 3 : 1;
@@ -408,6 +428,7 @@ std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const Memo
       k->batch = seq[0];
       k->steps = seq[1];
       if (at.ids >= 0) k->table_rows = shapes[n.inputs[0]][0];
+      else if (at.w_ih >= 0) k->input_width = seq[2];
       else k->g_width = seq[2];
       check_state_rows(shapes[n.inputs[at.h0]][0], k->batch, op_name(n.op));
       k->seq = mem.ref[n.inputs[0]];
@@ -420,6 +441,7 @@ std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const Memo
       k->bias = optional(mem, n, at.bias);
       k->lengths = optional(mem, n, at.lengths);
       k->ids = optional(mem, n, at.ids);
+      k->w_ih = optional(mem, n, at.w_ih);
       k->out = mem.ref[id];
       return k;
     }

@@ -33,12 +33,17 @@ inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
 
 inline int64_t panels(int64_t cols) { return (cols + kPanel - 1) / kPanel; }
 
-// R rows of C over one panel: row r's two vectors stay in registers for the whole k loop.
+// One operand pair of a product: A (rows of stride lda, k columns) and W's packed panels.
+struct Source {
+  const float* a = nullptr;
+  int64_t lda = 0, k = 0;
+  const float* packed = nullptr;
+};
+
+// Adds R rows of A times one panel of k rows to the accumulators.
 template <int R>
-inline void block(const float* __restrict__ a, int64_t lda, int64_t k, const float* __restrict__ panel, float* c,
-           int64_t ldc, int64_t width) {
-  Vec lo[R], hi[R];
-  for (int r = 0; r < R; ++r) lo[r] = hi[r] = Vec{};
+inline void accumulate(const float* __restrict__ a, int64_t lda, int64_t k, const float* __restrict__ panel, Vec* lo,
+                       Vec* hi) {
   for (int64_t kk = 0; kk < k; ++kk) {
     const Vec b0 = load(panel + kk * kPanel), b1 = load(panel + kk * kPanel + kLanes);
     for (int r = 0; r < R; ++r) {
@@ -47,6 +52,16 @@ inline void block(const float* __restrict__ a, int64_t lda, int64_t k, const flo
       hi[r] += x * b1;
     }
   }
+}
+
+// R rows of C over panel p: row r's two vectors stay in registers through both sources' k
+// loops (the second's k is 0 when there is none).
+template <int R>
+inline void block(const Source& s1, const Source& s2, int64_t p, float* c, int64_t ldc, int64_t width) {
+  Vec lo[R], hi[R];
+  for (int r = 0; r < R; ++r) lo[r] = hi[r] = Vec{};
+  accumulate<R>(s1.a, s1.lda, s1.k, s1.packed + p * kPanel * s1.k, lo, hi);
+  if (s2.k > 0) accumulate<R>(s2.a, s2.lda, s2.k, s2.packed + p * kPanel * s2.k, lo, hi);
   if (width == kPanel) {
     for (int r = 0; r < R; ++r) {
       store(c + r * ldc, lo[r]);
@@ -63,27 +78,31 @@ inline void block(const float* __restrict__ a, int64_t lda, int64_t k, const flo
   }
 }
 
+inline Source rows_from(const Source& s, int64_t r) { return {s.a + r * s.lda, s.lda, s.k, s.packed}; }
+
 template <int R>
-inline void rows_block(const float* a, int64_t lda, int64_t rows, int64_t k, const float* panel, float* c, int64_t ldc,
-                int64_t width) {
+inline void rows_block(const Source& s1, const Source& s2, int64_t rows, int64_t p, float* c, int64_t ldc,
+                       int64_t width) {
   if constexpr (R > 1) {
-    if (rows < R) return rows_block<R - 1>(a, lda, rows, k, panel, c, ldc, width);
+    if (rows < R) return rows_block<R - 1>(s1, s2, rows, p, c, ldc, width);
   }
-  block<R>(a, lda, k, panel, c, ldc, width);
+  block<R>(s1, s2, p, c, ldc, width);
 }
 
-// Panels [p0, p1) of C on the calling thread.
-inline void multiply_panels(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed, int64_t cols, float* c,
-                     int64_t ldc, int64_t p0, int64_t p1) {
+// Panels [p0, p1) of C (m rows) on the calling thread.
+inline void multiply_panels(const Source& s1, const Source& s2, int64_t m, int64_t cols, float* c, int64_t ldc,
+                            int64_t p0, int64_t p1) {
   for (int64_t p = p0; p < p1; ++p) {
-    const float* panel = packed + p * kPanel * k;
     const int64_t col = p * kPanel, width = std::min(kPanel, cols - col);
     for (int64_t r = 0; r < m; r += kRows)
-      rows_block<kRows>(a + r * lda, lda, std::min<int64_t>(kRows, m - r), k, panel, c + r * ldc + col, ldc, width);
+      rows_block<kRows>(rows_from(s1, r), rows_from(s2, r), std::min<int64_t>(kRows, m - r), p, c + r * ldc + col, ldc,
+                        width);
   }
 }
 
 }  // namespace detail
+
+using detail::Source;
 
 // Floats a packed (k x cols) right-hand operand takes: cols rounded up to whole panels.
 inline int64_t packed_floats(int64_t k, int64_t cols) { return detail::panels(cols) * detail::kPanel * k; }
@@ -113,26 +132,39 @@ inline void pack(const float* w, int64_t k, int64_t cols, float* packed) {
 // the same bits in a block of the batch as in the whole batch.
 inline void multiply_here(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed,
                           int64_t cols, float* c, int64_t ldc) {
-  detail::multiply_panels(a, lda, m, k, packed, cols, c, ldc, 0, detail::panels(cols));
+  detail::multiply_panels({a, lda, k, packed}, {}, m, cols, c, ldc, 0, detail::panels(cols));
 }
 
-// As multiply_here, with the panels split over the pool's threads when the product is large
-// enough to pay.
-inline void multiply(ThreadPool& pool, const float* a, int64_t lda, int64_t m, int64_t k, const float* packed, int64_t cols,
-              float* c, int64_t ldc) {
+// C = A1 times packed1 plus A2 times packed2 (both m rows), as one product of [A1 A2] by the
+// operands stacked: each C row's sums stay in registers across both, A1's terms first.
+inline void multiply_pair_here(const Source& s1, const Source& s2, int64_t m, int64_t cols, float* c,
+                               int64_t ldc) {
+  detail::multiply_panels(s1, s2, m, cols, c, ldc, 0, detail::panels(cols));
+}
+
+// As multiply_pair_here (s2.k = 0: one operand alone), with the panels split over the pool's
+// threads when the product is large enough to pay.
+inline void multiply_pair(ThreadPool& pool, const Source& s1, const Source& s2, int64_t m, int64_t cols,
+                          float* c, int64_t ldc) {
   constexpr int64_t kParallelMacs = 1 << 16;  // below this a task switch costs more than the work
   const int64_t n_panels = detail::panels(cols);
   const int tasks = static_cast<int>(
-      m * cols * k < kParallelMacs ? 1 : std::min<int64_t>(pool.size(), n_panels));
+      m * cols * (s1.k + s2.k) < kParallelMacs ? 1 : std::min<int64_t>(pool.size(), n_panels));
   if (tasks <= 1) {
-    detail::multiply_panels(a, lda, m, k, packed, cols, c, ldc, 0, n_panels);
+    detail::multiply_panels(s1, s2, m, cols, c, ldc, 0, n_panels);
     return;
   }
   pool.parallel_for(tasks, [&](int task, int) {
     int64_t lo, hi;
     split_range(n_panels, tasks, task, 1, &lo, &hi);
-    detail::multiply_panels(a, lda, m, k, packed, cols, c, ldc, lo, hi);
+    detail::multiply_panels(s1, s2, m, cols, c, ldc, lo, hi);
   });
+}
+
+// As multiply_here, with the panels split over the pool's threads when it pays.
+inline void multiply(ThreadPool& pool, const float* a, int64_t lda, int64_t m, int64_t k, const float* packed, int64_t cols,
+              float* c, int64_t ldc) {
+  multiply_pair(pool, {a, lda, k, packed}, {}, m, cols, c, ldc);
 }
 
 }  // namespace gometal::recurrent_gemm

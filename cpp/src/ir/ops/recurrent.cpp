@@ -2,6 +2,8 @@
 // RNN does (the engine runs it in one kernel call per batch, whatever the sequence length).
 //   recurrence(xp, h0, [c0], w_hh, [w_hr], [b_hn], [bias], [lengths])   (N, T, W) packed outputs
 //   recurrence(table, ids, h0, ...)  the same with xp's rows picked from a table by ids
+//   recurrence(x, w_ih, h0, ...)     project_input (lean, not GRU): each step's x w_ih^T is
+//                                    summed with h w_hh^T in one product in the time loop
 //   recurrence_grad(g, y, h0, [c0], w_hh, [w_hr], [lengths])    backpropagation through time
 //                                    (g: the gradient of all of y's columns, or of h's alone)
 //   sequence_end(x, [lengths])       (N, W): the step a recurrence ends at (t = length - 1, or 0
@@ -28,14 +30,15 @@ Cell cell_from_name(const std::string& name, std::string_view op) {
 }
 
 RecurrentOperands recurrent_operands(Cell cell, const std::vector<size_t>& ranks, bool has_lengths, bool gradient,
-                                     std::string_view op) {
+                                     bool project_input, std::string_view op) {
   const size_t given = ranks.size() - (has_lengths ? 1 : 0);
   const bool lstm = cell == Cell::Lstm, gru = cell == Cell::Gru;
   RecurrentOperands r;
   size_t at = gradient ? 2 : 0;
   // (g, y) or xp, then h0, an LSTM's c0, w_hh; then the optional ones, told apart by rank
   if (!gradient) r.xp = static_cast<int>(at++);
-  if (!gradient && ranks[0] == 2 && given > 1) r.ids = static_cast<int>(at++);
+  if (!gradient && project_input) r.w_ih = static_cast<int>(at++);
+  else if (!gradient && ranks[0] == 2 && given > 1) r.ids = static_cast<int>(at++);
   r.h0 = static_cast<int>(at++);
   if (lstm) r.c0 = static_cast<int>(at++);
   r.w_hh = static_cast<int>(at++);
@@ -47,8 +50,10 @@ RecurrentOperands recurrent_operands(Cell cell, const std::vector<size_t>& ranks
                              : std::string("xp, h0, ") + (lstm ? "c0, w_hh, [w_hr], [bias]"
                                                           : gru ? "w_hh, b_hn, [bias]"
                                                                 : "w_hh, [bias]");
+    const std::string xp_forms = project_input ? " (project_input: x (N, T, I) and w_ih (G*H, I) stand for xp)"
+                                 : " (a table (V, G*H) and int32 ids (N, T) may stand for xp)";
     ops::fail(op, "expects " + form + " and optionally int32 lengths last, got " + std::to_string(ranks.size()) +
-                      " inputs" + (gradient ? "" : " (a table (V, G*H) and int32 ids (N, T) may stand for xp)"));
+                      " inputs" + (gradient ? "" : xp_forms));
   }
   if (has_lengths) r.lengths = static_cast<int>(at);
   return r;
@@ -84,12 +89,17 @@ Parsed parse(const Node& n, const std::vector<Node>& nodes, bool gradient) {
   const bool has_lengths = !n.inputs.empty() && input(n, nodes, n.inputs.size() - 1).dtype == DType::I32;
   std::vector<size_t> ranks;
   for (size_t i = 0; i < n.inputs.size(); ++i) ranks.push_back(input(n, nodes, i).shape.size());
-  p.at = recurrent_operands(cell, ranks, has_lengths, gradient, name_of(n));
+  p.at = recurrent_operands(cell, ranks, has_lengths, gradient, !gradient && n.attrs.project_input, name_of(n));
   RecurrentLayout& l = p.layout;
   l.cell = cell;
   l.lean = n.attrs.lean;
   l.sequence_only = n.attrs.sequence_only;
   if (gradient && l.lean) fail(name_of(n), "reads the saved gates of a recurrence that is not lean");
+  // A GRU's n gate scales only the hidden part by r, so x's part cannot share the product;
+  // a training form would need the projection's gradient, which the full projection gives.
+  if (!gradient && n.attrs.project_input && (cell == Cell::Gru || !l.lean))
+    fail(name_of(n), "project_input needs a lean recurrence of an LSTM or plain RNN cell, got cell '" +
+                         n.attrs.cell + "'" + (l.lean ? "" : " without lean"));
   if (l.sequence_only && !l.lean)
     fail(name_of(n), "sequence_only (h alone out) needs lean: a training form's saved gates and cell states "
                      "are read by its backward pass");
@@ -133,6 +143,13 @@ Parsed parse(const Node& n, const std::vector<Node>& nodes, bool gradient) {
     const bool h_only = seq.shape.size() == 3 && seq.shape[2] == l.out;
     require_shape(n, seq, {p.n, p.t, h_only ? l.out : l.width()}, "the output gradient");
     require_shape(n, input(n, nodes, 1), {p.n, p.t, l.width()}, "y");
+  } else if (p.at.w_ih >= 0) {
+    const Node& w_ih = input(n, nodes, p.at.w_ih);
+    require_dtype(n, w_ih, DType::F32, "w_ih");
+    if (w_ih.shape.size() != 2 || w_ih.shape[0] != l.gate_width() || is_symbol(w_ih.shape[1]) ||
+        w_ih.shape[1] != seq.shape[2])
+      fail(name_of(n), "w_ih must be (" + std::to_string(l.gate_width()) + ", I) (G*H, I) with I = " +
+                           std::to_string(seq.shape[2]) + " (x's last axis), got " + shape_str(w_ih.shape));
   } else if (p.at.ids < 0) {
     require_shape(n, seq, {p.n, p.t, l.gate_width()}, "xp (N, T, G*H)");
   }
@@ -221,6 +238,8 @@ void vjp_recurrence(Graph& gr, int y, int g, std::vector<int>& dx) {
   const View v = view(gr, y);
   Parsed p = parse(gr.node(y), gr.nodes(), false);
   const RecurrentOperands& at = p.at;
+  if (at.w_ih >= 0)
+    fail("recurrence", "project_input has no gradient: train with the projection as its own product");
   if (p.layout.lean) {
     // A lean recurrence saved no gates: run the full one again, and widen g to its columns.
     Attrs full = v.attrs;
@@ -286,7 +305,9 @@ std::vector<OpDef> recurrent_op_defs() {
   const auto cell = attr("cell", &Attrs::cell);
   const auto reverse = attr("reverse", &Attrs::reverse);
   return {
-      {OpKind::Recurrence, "recurrence", -1, {cell, reverse, attr("lean", &Attrs::lean), attr("sequence_only", &Attrs::sequence_only)}, recurrence_shape,
+      {OpKind::Recurrence, "recurrence", -1, {cell, reverse, attr("lean", &Attrs::lean), attr("sequence_only", &Attrs::sequence_only),
+        attr("project_input", &Attrs::project_input)},
+       recurrence_shape,
        Gradient::Rule, vjp_recurrence},
       {OpKind::RecurrenceGrad, "recurrence_grad", -1, {cell, reverse}, recurrence_grad_shape, Gradient::None},
       {OpKind::SequenceEnd, "sequence_end", -1, {reverse, attr("rows", &Attrs::depth)}, sequence_end_shape,

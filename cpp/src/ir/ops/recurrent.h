@@ -71,12 +71,13 @@ struct RecurrentLayout {
 struct RecurrentOperands {
   int xp = -1, h0 = -1, c0 = -1, w_hh = -1, w_hr = -1, b_hn = -1, bias = -1, lengths = -1;
   int ids = -1;  // xp is a table (V, G*H) whose rows these int32 (N, T) ids pick
+  int w_ih = -1;  // project_input: xp is the sequence x (N, T, I), projected by w_ih (G*H, I)
 };
 
 // Reads the operand positions from the inputs' ranks (w_hr is a matrix, bias a vector, a
 // table of projected rows a matrix where xp is a sequence);
 // throws std::invalid_argument naming `op` and the operands it takes when they fit none.
 RecurrentOperands recurrent_operands(Cell cell, const std::vector<size_t>& ranks, bool has_lengths, bool gradient,
-                                     std::string_view op);
+                                     bool project_input, std::string_view op);
 
 }  // namespace gometal

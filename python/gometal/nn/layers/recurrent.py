@@ -3,7 +3,8 @@
 ``state_dict`` loads one to one through ``layer.set_weights``.
 
 Each layer and direction is one input projection of every step at once (a matmul; or a short
-embedding table's projection, whose rows the recurrence reads by token id)
+embedding table's projection, whose rows the recurrence reads by token id; in inference an LSTM's
+or plain RNN's recurrence projects each step's input in the step's product)
 and one ``recurrence`` op that runs the time loop inside the compiled step; final states come from
 ``sequence_end``. Tensors are batch-first: states are ``(N, D*num_layers, H_out)``, torch's
 ``h_n.transpose(0, 1)`` (the batch leads every gometal tensor: ``predict`` and training cut
@@ -416,7 +417,13 @@ class _Recurrent(Layer):
         and in inference only with ``cell_states``)."""
         g = ctx.graph
         hidden, out = self.hidden_size, self.output_size
-        projected = input_projection(g, x, ctx.variable(f"weight_ih{suffix}"))
+        # Inference keeps no gates for a backward pass (lean): only h, and an LSTM's c unless
+        # no caller reads it (sequence_only). An output of h alone is the sequence: no copy.
+        lean = not ctx.training
+        # A GRU's n gate scales W_hn h alone by r: its input projection stays a product apart.
+        projected, extra = input_projection(
+            g, x, ctx.variable(f"weight_ih{suffix}"), in_loop=lean and self.gates != 3
+        )
         b_hn = bias = None
         if self.bias:
             b_ih, b_hh = ctx.variable(f"bias_ih{suffix}"), ctx.variable(f"bias_hh{suffix}")
@@ -441,11 +448,9 @@ class _Recurrent(Layer):
             operands.append(bias)
         if lengths is not None:
             operands.append(lengths)
-        # Inference keeps no gates for a backward pass (lean): only h, and an LSTM's c unless
-        # no caller reads it (sequence_only). An output of h alone is the sequence: no copy.
-        lean = not ctx.training
         sequence_only = lean and not cell_states and self._has_cell_state()
-        extra = {"sequence_only": True} if sequence_only else {}
+        if sequence_only:
+            extra["sequence_only"] = True
         packed = op(g, "recurrence", *operands, cell=self.cell, reverse=reverse, lean=lean, **extra)
         h_alone = lean and (sequence_only or not self._has_cell_state())
         sequence = packed if h_alone else op(g, "slice", packed, axis=2, start=0, end=out)

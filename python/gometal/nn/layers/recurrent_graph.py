@@ -127,9 +127,9 @@ def final_states(g: Any, ends: list[int], batch_size: int | None) -> int:
 TABLE_ROWS_PER_STEP = 2
 
 
-def input_projection(g: Any, x: int, weight_ih: int) -> list[int]:
-    """The recurrence's first operands: the input projection ``x @ weight_ih^T`` of every
-    step, ``[(N, T, G*H)]``.
+def input_projection(g: Any, x: int, weight_ih: int, in_loop: bool) -> tuple[list[int], dict]:
+    """The recurrence's first operands and the attributes they need: the input projection
+    ``x @ weight_ih^T`` of every step, ``[(N, T, G*H)]``.
 
     When ``x`` is an embedding lookup (a ``gather`` of table rows by int32 ids) whose table
     has no more rows than ``TABLE_ROWS_PER_STEP`` sequences have steps, the table is
@@ -140,21 +140,28 @@ def input_projection(g: Any, x: int, weight_ih: int) -> list[int]:
     weight's and the table's gradients are as small. A longer table, or an unknown sequence
     length (a generator feeding a step at a time), keeps the product of every step.
 
+    Otherwise, with ``in_loop`` (a lean recurrence of an LSTM or plain RNN cell: inference),
+    ``[x, weight_ih]`` with ``project_input``: each step's product takes ``x_t`` and ``h``
+    together, so the projected sequence is neither written out nor read back.
+
     Args:
         g: the graph.
         x: the layer's input ``(N, T, I)``.
         weight_ih: the weight ``(G*H, I)``.
+        in_loop: the recurrence may project each step itself.
 
     Returns:
-        The operand nodes that stand for the projection.
+        The operand nodes that stand for the projection, and the recurrence's attributes.
 
     Example:
-        >>> operands = input_projection(g, x, w_ih)  # doctest: +SKIP
+        >>> operands, attrs = input_projection(g, x, w_ih, in_loop=False)  # doctest: +SKIP
     """
     if g.op_name(x) == "gather":
         table, ids = g.inputs_of(x)
         steps = g.shape(ids)[-1] if len(g.shape(ids)) == 2 else -1
         rows = g.shape(table)[0] if len(g.shape(table)) == 2 else 0
         if 0 < rows <= TABLE_ROWS_PER_STEP * steps:
-            return [matmul(g, table, weight_ih, transpose_b=True), ids]
-    return [matmul(g, x, weight_ih, transpose_b=True)]
+            return [matmul(g, table, weight_ih, transpose_b=True), ids], {}
+    if in_loop:
+        return [x, weight_ih], {"project_input": True}
+    return [matmul(g, x, weight_ih, transpose_b=True)], {}
