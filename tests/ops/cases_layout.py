@@ -139,6 +139,10 @@ PAD_CASES = [
 ]
 
 
+# Products summing hundreds of terms in float32, in order: rounding grows with the outputs' size.
+DEEP_SUM_TOLERANCE = Tolerance(1e-5, 1e-5, scaled=True)
+
+
 def _matmul(transpose_a, transpose_b):
     def reference(x, y):
         return (x.T if transpose_a else x) @ (y.T if transpose_b else y)
@@ -177,6 +181,25 @@ MATMUL_CASES = [
         transpose_b=True,
         name="packed-per-call-b-transposed",
         gradient=NO_GRADIENT,
+    ),
+    # A weight gradient's A^T B on the AVX-512 tile (K of 256 to 1024 rows, N a multiple of 64):
+    # rows not a multiple of the tile's, one and two panels of columns. Each sum runs over K in
+    # order, so its rounding grows with K and the outputs' size: atol scales with them.
+    _matmul_case(
+        (300, 40),
+        (300, 64),
+        transpose_a=True,
+        name="a-transposed-tile",
+        gradient=NO_GRADIENT,
+        forward_tol=DEEP_SUM_TOLERANCE,
+    ),
+    _matmul_case(
+        (257, 71),
+        (257, 128),
+        transpose_a=True,
+        name="a-transposed-tile-2",
+        gradient=NO_GRADIENT,
+        forward_tol=DEEP_SUM_TOLERANCE,
     ),
 ]
 
