@@ -173,34 +173,26 @@ MATMUL_CASES = [
     _matmul_case((67, 129), (129, 33), name="larger-than-a-block", gradient=NO_GRADIENT),
     # Past gemm_small's rows, at most 128 columns: B packed on each call (AVX-512), rows not
     # a multiple of the register tile's, one panel and two, B stored either way.
-    _matmul_case((50, 128), (128, 128), name="packed-per-call", gradient=NO_GRADIENT),
-    _matmul_case((37, 200), (200, 64), name="packed-per-call-one-panel", gradient=NO_GRADIENT),
-    _matmul_case(
-        (29, 96),
-        (80, 96),
-        transpose_b=True,
-        name="packed-per-call-b-transposed",
-        gradient=NO_GRADIENT,
-    ),
+    *[
+        _matmul_case(a, b, transpose_b=tb, name=name, gradient=NO_GRADIENT)
+        for a, b, tb, name in [
+            ((50, 128), (128, 128), False, "packed-per-call"),
+            ((37, 200), (200, 64), False, "packed-per-call-one-panel"),
+            ((29, 96), (80, 96), True, "packed-per-call-b-transposed"),
+        ]
+    ],
     # A weight gradient's A^T B on the AVX-512 tile (K of 256 to 1024 rows, N a multiple of 64):
     # rows not a multiple of the tile's, one and two panels of columns. Each sum runs over K in
     # order, so its rounding grows with K and the outputs' size: atol scales with them.
-    _matmul_case(
-        (300, 40),
-        (300, 64),
-        transpose_a=True,
-        name="a-transposed-tile",
-        gradient=NO_GRADIENT,
-        forward_tol=DEEP_SUM_TOLERANCE,
-    ),
-    _matmul_case(
-        (257, 71),
-        (257, 128),
-        transpose_a=True,
-        name="a-transposed-tile-2",
-        gradient=NO_GRADIENT,
-        forward_tol=DEEP_SUM_TOLERANCE,
-    ),
+    *[
+        _matmul_case(
+            a, b, transpose_a=True, name=name, gradient=NO_GRADIENT, forward_tol=DEEP_SUM_TOLERANCE
+        )
+        for a, b, name in [
+            ((300, 40), (300, 64), "a-transposed-tile"),
+            ((257, 71), (257, 128), "a-transposed-tile-2"),
+        ]
+    ],
 ]
 
 CAST_CASES = [
