@@ -100,13 +100,12 @@ GOMETAL_SIMD_INLINE void tile(const GroupArgs& a, int64_t o0, const int64_t* in_
   }
 }
 
-// tile<..., rows, nv> for run-time rows <= Rows and nv <= NV.
+// tile<..., rows, NV> for run-time rows <= Rows.
 template <class Vec, int L, int R, int Rows, int NV>
-GOMETAL_SIMD_INLINE void dispatch_tile(const GroupArgs& a, int64_t o0, int rows, int nv, const int64_t* in_off,
+GOMETAL_SIMD_INLINE void dispatch_tile(const GroupArgs& a, int64_t o0, int rows, const int64_t* in_off,
                                        const int64_t* out_off, const int64_t* cols) {
-  if constexpr (Rows >= 1 && NV >= 1) {
-    if (rows < Rows) return dispatch_tile<Vec, L, R, Rows - 1, NV>(a, o0, rows, nv, in_off, out_off, cols);
-    if (nv < NV) return dispatch_tile<Vec, L, R, Rows, NV - 1>(a, o0, rows, nv, in_off, out_off, cols);
+  if constexpr (Rows >= 1) {
+    if (rows < Rows) return dispatch_tile<Vec, L, R, Rows - 1, NV>(a, o0, rows, in_off, out_off, cols);
     tile<Vec, L, R, Rows, NV>(a, o0, in_off, out_off, cols);
   }
 }
@@ -118,16 +117,19 @@ GOMETAL_SIMD_INLINE void forward_group(const GroupArgs& a) {
   const int64_t per_row = (a.ow + L - 1) / L, segments = a.oh * per_row;
   for (int64_t s0 = 0; s0 < segments; s0 += V) {
     const int nv = static_cast<int>(std::min<int64_t>(V, segments - s0));
-    int64_t in_off[V] = {}, out_off[V] = {}, cols[V] = {};
+    int64_t in_off[V] = {}, out_off[V] = {}, cols[V] = {};  // cols 0: a segment not stored
     for (int j = 0; j < nv; ++j) {
       const int64_t oy = (s0 + j) / per_row, ox = (s0 + j) % per_row * L;
       in_off[j] = oy * a.sh * a.row_stride + ox;
       out_off[j] = oy * a.ow + ox;
       cols[j] = std::min<int64_t>(L, a.ow - ox);
     }
+    // A last group of fewer segments still runs all V, the missing ones over the first's input
+    // and storing nothing: a tile of fewer vectors gave some outputs another last bit on the
+    // 8-lane paths than the other kernels (and than itself in other parts of the plane).
     for (int64_t o0 = 0; o0 < a.out_channels; o0 += R) {
       const int rows = static_cast<int>(std::min<int64_t>(R, a.out_channels - o0));
-      dispatch_tile<Vec, L, R, R, V>(a, o0, rows, nv, in_off, out_off, cols);
+      dispatch_tile<Vec, L, R, R, V>(a, o0, rows, in_off, out_off, cols);
     }
   }
 }
