@@ -245,6 +245,13 @@ GOMETAL_SIMD_INLINE void pooled_outputs(const BlockArgs& a, int64_t o0, int rows
   }
 }
 
+// n floats, 8 at a time where they can (a copy of a run-time length calls memcpy).
+GOMETAL_SIMD_INLINE void copy_floats(const float* src, int64_t n, float* dst) {
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) __builtin_memcpy(dst + k, src + k, 8 * sizeof(float));
+  for (; k < n; ++k) dst[k] = src[k];
+}
+
 // Without pooling: the 2x2 outputs of each tile stored where they lie, a row's tiles
 // interleaved back into two output rows (a vector of tiles may run over into the next row).
 template <class Vec, int L, int R, int NV>
@@ -268,8 +275,8 @@ GOMETAL_SIMD_INLINE void full_outputs(const BlockArgs& a, int64_t o0, int rows, 
         const int64_t t = a.first_tile + first + i, ty = t / a.tile_cols, tx = t % a.tile_cols;
         const int64_t run = std::min(count - i, a.tile_cols - tx);
         float* dst = plane + 2 * ty * a.ow + 2 * tx;
-        __builtin_memcpy(dst, upper + 2 * i, 2 * run * sizeof(float));
-        __builtin_memcpy(dst + a.ow, lower + 2 * i, 2 * run * sizeof(float));
+        copy_floats(upper + 2 * i, 2 * run, dst);
+        copy_floats(lower + 2 * i, 2 * run, dst + a.ow);
         i += run;
       }
     }
