@@ -12,15 +12,16 @@ namespace {
 // 6 rows x 4 vectors of 16 columns: 24 accumulators, 4 loads of B and 6 broadcasts of A per step.
 constexpr int kRows = 6, kVectors = 4, kLanes = 16, kPanel = kVectors * kLanes;
 constexpr int64_t kMinRows = 25, kMinDepth = 256, kMaxDepth = 1024;
-// A's rows lie M floats apart: at M = 512 (2 KB) cold caches ran the tile 0-6 % slower than
-// the BLAS, at 384 and below 6-27 % faster.
-constexpr int64_t kMaxRows = 384;
+// The largest M measured (cold caches, K = 768: M = 65 to 640 all 6-32 % faster than the BLAS).
+constexpr int64_t kMaxRows = 640;
+// A's rows lie M floats apart, too far for the hardware's prefetch to keep up once M is 512
+// (2 KB: 4 % slower than the BLAS without this, 12 % faster with it); 16 steps of K ahead.
+constexpr int64_t kPrefetchSteps = 16;
 // Products smaller than this many multiply-adds stay on one thread.
 constexpr int64_t kParallelMacs = 1 << 18;
 // B up to this size stays in the L2 cache while every block of rows goes past all its columns,
 // so A is read from memory once; a larger B is walked one panel of 64 columns at a time
-// instead (A of 512 columns, read once per panel: 15 % slower than the BLAS with cold caches,
-// as fast with the rows outside).
+// instead (A of 512 columns, read once per panel, ran 15 % slower than with the rows outside).
 constexpr int64_t kRowsOutsideMaxBytes = 512 << 10;
 
 #ifdef GOMETAL_SIMD_X86
@@ -29,6 +30,7 @@ GOMETAL_SIMD_INLINE void tile(const float* a, int64_t lda, const float* b, int64
                               int64_t ldc) {
   Vec16f acc[Rows][kVectors] = {};
   for (int64_t p = 0; p < k; ++p) {
+    if (p + kPrefetchSteps < k) __builtin_prefetch(a + (p + kPrefetchSteps) * lda);
     Vec16f bv[kVectors];
 #pragma GCC unroll 4
     for (int j = 0; j < kVectors; ++j) bv[j] = simd::load<Vec16f>(b + p * ldb + j * kLanes);
