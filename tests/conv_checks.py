@@ -1,5 +1,5 @@
-"""The convolution tests' shared pieces: a conv2d's attributes, and torch's conv2d in
-float64 as the reference."""
+"""The convolution tests' shared pieces: a conv2d's attributes, torch's conv2d in float64 as
+the reference, and a training step through a 3x3 convolution checked against torch."""
 
 from __future__ import annotations
 
@@ -29,3 +29,32 @@ def torch_conv2d(x: np.ndarray, w: np.ndarray, attrs: dict) -> np.ndarray:
         dilation=attrs["dilation"],
         groups=attrs["groups"],
     ).numpy()
+
+
+def check_conv_relu_pool_step(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> list[str]:
+    """conv2d (3x3, padding 1) + bias -> ReLU -> 2x2 max pool -> squared sum, one engine step:
+    asserts the loss and the gradients of x, w and bias against torch in float64; returns the
+    plan's lines."""
+    from gometal import _core
+
+    g = _core.Graph()
+    xi = g.input("x", x.shape, "float32")
+    wv, bv = g.variable("w", w.shape), g.variable("bias", bias.shape)
+    y = g.op("conv2d", [xi, wv], conv_attrs((1, 1), (1, 1), (1, 1), 1))
+    y = g.op("max_pool2d", [g.op("relu", [g.op("add", [y, bv])])], {"kernel_size": [2, 2]})
+    loss = g.op("sum", [g.op("mul", [y, y])], {"axes": []})
+    grads = g.gradients(loss, [xi, wv, bv])
+    engine = _core.Engine(g, seed=0)
+    engine.set_variable("w", w)
+    engine.set_variable("bias", bias)
+    engine.define("step", inputs=[xi], outputs=[loss, *grads], effects=[])
+    got = engine.run("step", [x])
+    xt, wt, bt = (torch.from_numpy(a).double().requires_grad_() for a in (x, w, bias))
+    yt = F.max_pool2d(torch.relu(F.conv2d(xt, wt, padding=1) + bt), 2)
+    want_loss = (yt * yt).sum()
+    want_loss.backward()
+    np.testing.assert_allclose(got[0], want_loss.item(), rtol=1e-5)
+    for value, tensor in zip(got[1:], (xt, wt, bt)):
+        want = tensor.grad.numpy()
+        np.testing.assert_allclose(value, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    return engine.describe("step", x.shape[0])

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from conv_checks import conv_attrs, torch_conv2d
+from conv_checks import check_conv_relu_pool_step, conv_attrs, torch_conv2d
 from cpu_paths import vector_path_available
 from gometal import _core
 
@@ -118,27 +117,5 @@ def test_odd_planes_keep_the_channel_lanes_and_match_torch():
 
 def test_a_training_step_matches_torch():
     """conv (Winograd) -> ReLU -> 2x2 max pool -> squared sum: the loss and every gradient."""
-    x_shape, channels = (4, 16, 16, 20), 32
-    x, w, bias = _arrays(x_shape, channels)
-    w /= 12.0
-    g = _core.Graph()
-    xi = g.input("x", x_shape, "float32")
-    wv, bv = g.variable("w", w.shape), g.variable("bias", bias.shape)
-    y = g.op("conv2d", [xi, wv], conv_attrs((1, 1), (1, 1), (1, 1), 1))
-    y = g.op("max_pool2d", [g.op("relu", [g.op("add", [y, bv])])], {"kernel_size": [2, 2]})
-    loss = g.op("sum", [g.op("mul", [y, y])], {"axes": []})
-    grads = g.gradients(loss, [xi, wv, bv])
-    engine = _core.Engine(g, seed=0)
-    engine.set_variable("w", w)
-    engine.set_variable("bias", bias)
-    engine.define("step", inputs=[xi], outputs=[loss, *grads], effects=[])
-    got = engine.run("step", [x])
-    xt, wt, bt = (torch.from_numpy(a).double().requires_grad_() for a in (x, w, bias))
-    yt = torch.nn.functional.conv2d(xt, wt, padding=1) + bt
-    yt = torch.nn.functional.max_pool2d(torch.relu(yt), 2)
-    want_loss = (yt * yt).sum()
-    want_loss.backward()
-    np.testing.assert_allclose(got[0], want_loss.item(), rtol=1e-5)
-    for value, tensor in zip(got[1:], (xt, wt, bt)):
-        want = tensor.grad.numpy()
-        np.testing.assert_allclose(value, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    x, w, bias = _arrays((4, 16, 16, 20), 32)
+    check_conv_relu_pool_step(x, w / 12.0, bias)
