@@ -28,3 +28,17 @@ def test_start_when_idle_reaches_serve(flags, expected, monkeypatch) -> None:
 
 def test_the_command_line_starts_a_lone_request_as_the_server_does() -> None:
     assert _parse().start_when_idle is server.DEFAULT_SETTINGS.start_when_idle
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"), [(("--gather-while-busy",), True), (("--no-gather-while-busy",), False)]
+)
+def test_gather_while_busy_reaches_serve(flags, expected, monkeypatch) -> None:
+    seen = {}
+    monkeypatch.setattr("gometal.serving.serve", lambda repository, **kw: seen.update(kw))
+    assert serve_command.run_serve(_parse(*flags)) == 0
+    assert seen["gather_while_busy"] is expected
+
+
+def test_the_command_line_gathers_while_busy_as_the_server_does() -> None:
+    assert _parse().gather_while_busy is server.DEFAULT_SETTINGS.gather_while_busy

@@ -23,6 +23,7 @@ DEFAULT_GRPC_PORT = 8001
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_QUEUE_DELAY_MS = 0.0
 DEFAULT_MAX_QUEUE = 256
+DEFAULT_GATHER_WHILE_BUSY = False
 DEFAULT_MAX_BODY_MB = 16.0
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 API_KEY_ENV = "GOMETAL_API_KEY"
@@ -123,6 +124,14 @@ def add_serve_command(commands: Any) -> None:
         "(default: it runs at once; requests queued during a pass still merge)",
     )
     serve.add_argument(
+        "--gather-while-busy",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_GATHER_WHILE_BUSY,
+        help="while another instance computes, a free one waits for as many rows as that "
+        "instance's batch, or until it finishes, before taking a batch "
+        f"(default: {'on' if DEFAULT_GATHER_WHILE_BUSY else 'off'})",
+    )
+    serve.add_argument(
         "--instances",
         type=positive_int,
         default=None,
@@ -197,6 +206,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size,
             max_queue_delay_ms=args.max_queue_delay_ms,
             start_when_idle=args.start_when_idle,
+            gather_while_busy=args.gather_while_busy,
             instances=args.instances,
             max_queue=args.max_queue,
             api_key=api_key or None,

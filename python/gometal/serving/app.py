@@ -65,6 +65,8 @@ class ServerSettings:
         start_when_idle: a free instance runs a request alone in the queue at once
             instead of waiting ``max_queue_delay_ms`` for others to join it (on by default:
             one client pays no batching delay; requests that come during a pass still merge).
+        gather_while_busy: while another instance computes, a free instance waits until
+            the queue holds as many rows as that batch (or it ends) before taking a batch.
         max_body_bytes: the largest request body; larger ones get 413 unread.
         body_timeout_s: seconds a request body may take to arrive.
         api_key: the bearer token every request must carry, or ``None``.
@@ -76,6 +78,7 @@ class ServerSettings:
     instances: int = 1
     max_queue: int = 256
     start_when_idle: bool = True
+    gather_while_busy: bool = False
     max_body_bytes: int = 16 * 1024 * 1024
     body_timeout_s: float = 30.0
     api_key: str | None = None
@@ -90,10 +93,11 @@ class ServerSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if not isinstance(self.start_when_idle, bool):
-            raise ValueError(  # noqa: TRY004  (as the other settings: a ValueError)
-                f"start_when_idle must be a bool, got {self.start_when_idle!r}"
-            )
+        for name in ("start_when_idle", "gather_while_busy"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(  # noqa: TRY004  (as the other settings: a ValueError)
+                    f"{name} must be a bool, got {getattr(self, name)!r}"
+                )
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ValueError("api_key must be a non-empty string or None")
 
@@ -105,6 +109,7 @@ class ServerSettings:
             "instances": self.instances,
             "max_queue": self.max_queue,
             "start_when_idle": self.start_when_idle,
+            "gather_while_busy": self.gather_while_busy,
         }
 
 

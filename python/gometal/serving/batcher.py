@@ -8,7 +8,10 @@ hands each request its own rows of the outputs. With ``start_when_idle``, an idl
 that finds one request alone in the queue runs it at once instead of waiting for company:
 one client then pays no batching delay, while requests that arrive during a batch's pass
 still queue up and merge. While one instance computes, the next
-one gathers. Past ``max_queue`` waiting requests, :meth:`DynamicBatcher.submit` refuses
+one gathers. With ``gather_while_busy``, a free instance waits for company only while
+another instance computes: until the queue holds as many rows as that instance's batch,
+or until it finishes; so the engine never idles and batches grow with the load instead of
+running one row at a time. Past ``max_queue`` waiting requests, :meth:`DynamicBatcher.submit` refuses
 at once (:class:`QueueFull`): memory stays bounded however fast clients send.
 
 The request path stays cheap for the thread that submits: the queued rows are counted per
@@ -144,6 +147,9 @@ class DynamicBatcher:
             gets that row's exception, the others their outputs.
         start_when_idle: an instance that is free and finds a single request queued runs
             it at once; without it, that request waits ``max_queue_delay_s`` for others.
+        gather_while_busy: while another instance computes, a free instance waits until
+            the queue holds as many rows as that instance's batch (or it finishes) before
+            it takes a batch; with no other instance busy, the rules above hold.
 
     Raises:
         ValueError: a setting out of range, or no runner.
@@ -166,6 +172,7 @@ class DynamicBatcher:
         on_batch: Callable[[BatchStats], None] | None = None,
         screen: RowScreen | None = None,
         start_when_idle: bool = False,
+        gather_while_busy: bool = False,
     ) -> None:
         if not runners:
             raise ValueError("DynamicBatcher needs at least one runner (instance)")
@@ -180,6 +187,13 @@ class DynamicBatcher:
         self.on_batch = on_batch
         self.screen = screen
         self.start_when_idle = bool(start_when_idle)
+        self.gather_while_busy = bool(gather_while_busy)
+        # The rows of each computing instance's batch (by thread name), and a count of
+        # finished batches: a gathering instance stops waiting when either changes.
+        self._busy_rows: dict[str, int] = {}
+        self._batches_done = 0
+        # The queued rows that wake a gathering instance (max_batch_size when none gathers).
+        self._wake_rows = max_batch_size
         self._queue: deque[_Pending] = deque()
         self._rows_by_shape: dict[tuple[tuple[int, ...], ...], int] = {}
         self._changed = threading.Condition()
@@ -273,7 +287,7 @@ class DynamicBatcher:
             rows = self._rows_by_shape.get(pending.shape_key, 0) + pending.rows
             self._rows_by_shape[pending.shape_key] = rows
             # Waking an instance costs the submitting thread the GIL: only when it has work.
-            if was_empty or rows >= self.max_batch_size:
+            if was_empty or rows >= self._wake_rows:
                 self._changed.notify_all()
 
     def close(self) -> None:
@@ -292,6 +306,9 @@ class DynamicBatcher:
                 if self._closing:
                     return None
                 self._changed.wait()
+            if self.gather_while_busy and self._busy_rows:
+                self._gather_while_busy()
+                return self._pop_batch()  # whatever came: the engine must not idle
             if self.start_when_idle and len(self._queue) == 1:
                 return self._pop_batch()  # alone and an instance is free: no one to wait for
             first = self._queue[0]
@@ -303,6 +320,20 @@ class DynamicBatcher:
                 if not self._queue or self._queue[0] is not first:
                     break  # another instance took it: start over with the new oldest
             return self._pop_batch()
+
+    def _gather_while_busy(self) -> None:
+        """Waits (lock held) while another instance computes, until the oldest request's
+        shape has as many rows queued as the smallest batch computing, or a batch ends."""
+        done = self._batches_done
+        while self._queue and self._busy_rows and not self._closing:
+            if self._batches_done != done:
+                break
+            target = min(self.max_batch_size, *self._busy_rows.values())
+            if self._rows_ready(self._queue[0]) >= target:
+                return
+            self._wake_rows = target
+            self._changed.wait()
+        self._wake_rows = self.max_batch_size
 
     def _rows_ready(self, first: _Pending) -> int:
         return self._rows_by_shape.get(first.shape_key, 0)
@@ -333,6 +364,8 @@ class DynamicBatcher:
             del self._rows_by_shape[first.shape_key]
         if self._queue:
             self._changed.notify_all()  # another idle instance may gather the rest
+        if self.gather_while_busy:
+            self._busy_rows[threading.current_thread().name] = rows
         return batch
 
     def _serve(self, runner: BatchRunner) -> None:
@@ -342,6 +375,11 @@ class DynamicBatcher:
                 return
             if batch:
                 self._run(runner, batch)
+            if batch and self.gather_while_busy:
+                with self._changed:
+                    self._busy_rows.pop(threading.current_thread().name, None)
+                    self._batches_done += 1
+                    self._changed.notify_all()  # a gathering instance stops waiting
 
     def _run(self, runner: BatchRunner, batch: list[_Pending]) -> None:
         # A request whose client left is dropped; the others can no longer be cancelled.

@@ -41,7 +41,16 @@ __all__ = [
 MODEL_FILES = ("model.safetensors", "model.onnx")
 CONFIG_FILE = "config.json"
 # Per-model settings a config.json may give; the server's defaults fill the rest.
-CONFIG_KEYS = ("max_batch_size", "max_queue_delay_ms", "instances", "max_queue", "start_when_idle")
+CONFIG_KEYS = (
+    "max_batch_size",
+    "max_queue_delay_ms",
+    "instances",
+    "max_queue",
+    "start_when_idle",
+    "gather_while_busy",
+)
+# The ones that take true or false.
+FLAG_KEYS = ("start_when_idle", "gather_while_busy")
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_CONFIG_BYTES = 64 * 1024
 
@@ -138,7 +147,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{CONFIG_FILE} has unknown keys {unknown}; it takes {list(CONFIG_KEYS)}")
     for key, value in config.items():
-        if key == "start_when_idle":
+        if key in FLAG_KEYS:
             if not isinstance(value, bool):
                 raise ValueError(f"{CONFIG_FILE}: {key!r} must be true or false, got {value!r}")
             continue

@@ -104,7 +104,7 @@ class ServedVersion:
         version: its version number.
         model: the loaded ``gm.Model`` (instance 0; further instances are copies of it).
         settings: ``max_batch_size``, ``max_queue_delay_ms``, ``instances``, ``max_queue``
-            and optionally ``start_when_idle``.
+            and optionally ``start_when_idle`` and ``gather_while_busy``.
         metrics: where batches are counted.
         user_metadata: the model file's metadata: with a recorded image
             ``preprocessing``, the image input also takes JPEG or PNG files as ``BYTES``.
@@ -164,6 +164,7 @@ class ServedVersion:
             on_batch=metrics.batch_observer(name, version),
             screen=self._non_finite_rows,
             start_when_idle=bool(settings.get("start_when_idle", False)),
+            gather_while_busy=bool(settings.get("gather_while_busy", False)),
         )
         metrics.watch_queue(name, version, lambda: self.batcher.depth)
 

@@ -145,6 +145,7 @@ def serve(
     instances: int | None = None,
     max_queue: int = DEFAULT_SETTINGS.max_queue,
     start_when_idle: bool = DEFAULT_SETTINGS.start_when_idle,
+    gather_while_busy: bool = DEFAULT_SETTINGS.gather_while_busy,
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_SETTINGS.max_body_bytes,
     allowed_hosts: Sequence[str] = (),
@@ -167,6 +168,8 @@ def serve(
         max_queue: requests waiting per model version; more get 503 + Retry-After.
         start_when_idle: a free instance runs a request alone in the queue at once
             instead of waiting ``max_queue_delay_ms`` for others to join it.
+        gather_while_busy: while another instance computes, a free instance waits until
+            the queue holds as many rows as that instance's batch, or until it finishes.
         api_key: a bearer token every request must carry.
         max_body_bytes: the largest request body; larger ones get 413 unread.
         allowed_hosts: ``Host`` names accepted besides loopback and the bound address.
@@ -202,6 +205,7 @@ def serve(
     settings = ServerSettings(
         max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
         instances=instances, max_queue=max_queue, start_when_idle=start_when_idle,
+        gather_while_busy=gather_while_busy,
         max_body_bytes=max_body_bytes,
         api_key=api_key or None, warmup=warmup,
     )  # fmt: skip
