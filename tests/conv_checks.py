@@ -31,6 +31,16 @@ def torch_conv2d(x: np.ndarray, w: np.ndarray, attrs: dict) -> np.ndarray:
     ).numpy()
 
 
+def conv_case_arrays(x_shape, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (x_shape), 3x3 weights of `channels` outputs and their bias (channels, 1, 1): unit
+    normals in float32, seeded by the shape."""
+    rng = np.random.default_rng(sum(x_shape) + channels)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((channels, x_shape[1], 3, 3)).astype(np.float32)
+    bias = rng.standard_normal((channels, 1, 1)).astype(np.float32)
+    return x, w, bias
+
+
 def check_conv_relu_pool_step(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> list[str]:
     """conv2d (3x3, padding 1) + bias -> ReLU -> 2x2 max pool -> squared sum, one engine step:
     asserts the loss and the gradients of x, w and bias against torch in float64; returns the

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conv_checks import check_conv_relu_pool_step, conv_attrs, torch_conv2d
+from conv_checks import check_conv_relu_pool_step, conv_attrs, conv_case_arrays, torch_conv2d
 from cpu_paths import vector_path_available
 from gometal import _core
 
@@ -60,20 +60,12 @@ def _conv_engine(x_shape, channels, padding, relu):
     return engine
 
 
-def _case_arrays(x_shape, channels):
-    rng = np.random.default_rng(sum(x_shape) + channels)
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    w = rng.standard_normal((channels, x_shape[1], 3, 3)).astype(np.float32)
-    bias = rng.standard_normal((channels, 1, 1)).astype(np.float32)
-    return x, w, bias
-
-
 def _run(case, monkeypatch, path, lanes=None):
     x_shape, channels, padding, relu = case
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
     if lanes is not None:
         monkeypatch.setenv("GOMETAL_CONV_CHANNEL_FORWARD", lanes)
-    x, w, bias = _case_arrays(x_shape, channels)
+    x, w, bias = conv_case_arrays(x_shape, channels)
     engine = _conv_engine(x_shape, channels, padding, relu)
     engine.set_variable("w", w)
     engine.set_variable("bias", bias)
@@ -84,7 +76,7 @@ def _run(case, monkeypatch, path, lanes=None):
 @pytest.mark.parametrize("case", CASES, ids=_case_ids())
 def test_each_path_computes_the_fused_conv_as_torch(case, path, monkeypatch):
     x_shape, channels, padding, relu = case
-    x, w, bias = _case_arrays(x_shape, channels)
+    x, w, bias = conv_case_arrays(x_shape, channels)
     want = torch_conv2d(x, w, conv_attrs((1, 1), (padding, padding), (1, 1), 1)) + bias
     if relu:
         want = np.maximum(want, 0.0)
@@ -104,7 +96,7 @@ def test_the_pixel_lane_kernel_gives_the_same_values(case, monkeypatch):
 
 def test_a_training_step_matches_torch():
     """conv (this kernel) -> ReLU -> 2x2 max pool -> sum: the loss and every gradient."""
-    x, w, bias = _case_arrays((4, 6, 18, 20), 20)
+    x, w, bias = conv_case_arrays((4, 6, 18, 20), 20)
     lines = check_conv_relu_pool_step(x, w, bias)
     assert any("conv2d,add,relu" in line for line in lines)
 
@@ -119,7 +111,7 @@ def test_new_weights_are_seen_by_both_channel_lane_kernels():
     """Both kernels keep their packed weights per thread across runs: a write to the weights
     (same buffer, new values) must reach the next run's forward pass and input gradient."""
     x_shape, channels = (2, 16, 12, 20), 24
-    x, w, _ = _case_arrays(x_shape, channels)
+    x, w, _ = conv_case_arrays(x_shape, channels)
     g = _core.Graph()
     xi = g.input("x", x_shape, "float32")
     wv = g.variable("w", w.shape)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conv_checks import check_conv_relu_pool_step, conv_attrs, torch_conv2d
+from conv_checks import check_conv_relu_pool_step, conv_attrs, conv_case_arrays, torch_conv2d
 from cpu_paths import vector_path_available
 from gometal import _core
 
@@ -40,17 +40,9 @@ def _case_ids():
     return [f"{c[0][1]}to{c[1]}at{c[0][2]}x{c[0][3]}p{c[2]}{'relu' if c[3] else ''}" for c in CASES]
 
 
-def _arrays(x_shape, channels):
-    rng = np.random.default_rng(sum(x_shape) + channels)
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    w = rng.standard_normal((channels, x_shape[1], 3, 3)).astype(np.float32)
-    bias = rng.standard_normal((channels, 1, 1)).astype(np.float32)
-    return x, w, bias
-
-
 def _forward(case, tiled=True):
     x_shape, channels, padding, relu = case
-    x, w, bias = _arrays(x_shape, channels)
+    x, w, bias = conv_case_arrays(x_shape, channels)
     _core.set_sample_tiling(tiled)
     try:
         g = _core.Graph()
@@ -74,7 +66,7 @@ def _forward(case, tiled=True):
 
 def _torch_forward(case):
     x_shape, channels, padding, relu = case
-    x, w, bias = _arrays(x_shape, channels)
+    x, w, bias = conv_case_arrays(x_shape, channels)
     want = torch_conv2d(x, w, conv_attrs((1, 1), (padding,) * 2, (1, 1), 1)) + bias
     if relu:
         want = np.maximum(want, 0.0)
@@ -117,5 +109,5 @@ def test_odd_planes_keep_the_channel_lanes_and_match_torch():
 
 def test_a_training_step_matches_torch():
     """conv (Winograd) -> ReLU -> 2x2 max pool -> squared sum: the loss and every gradient."""
-    x, w, bias = _arrays((4, 16, 16, 20), 32)
+    x, w, bias = conv_case_arrays((4, 16, 16, 20), 32)
     check_conv_relu_pool_step(x, w / 12.0, bias)
