@@ -1,16 +1,15 @@
-"""Inference projects each step's input inside the time loop (``project_input``): an LSTM's
+"""Recurrent layers project each step's input inside the time loop (``project_input``): an LSTM's
 or plain RNN's recurrence takes x and w_ih and sums ``x_t w_ih^T`` and ``h w_hh^T`` in one
 product per step, so no projected sequence is written out and read back. ``predict`` equals
 torch's output and final states within 1e-5 relative (float64 reference) at 1, 2 and 3
 threads and batches that do and do not split the time loop over them, and gives the same
-bits at every thread count; a GRU and training keep the projection as a product apart, and
-the op's input form has no gradient."""
+bits at every thread count. Training through it gives torch's gradients (x's and w_ih's from
+the loop's d(xp)); a GRU keeps the projection a product apart."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import gometal as gm
 from gometal import _core
@@ -18,6 +17,7 @@ from gometal.nn.layers.recurrent_graph import input_projection
 from recurrent_parity import (
     Config,
     assert_close,
+    check_parity,
     draw_inputs,
     gometal_layer,
     torch_module,
@@ -94,38 +94,33 @@ def test_a_short_embedding_table_is_read_by_id_before_the_loop_projects() -> Non
     assert [g.shape(n) for n in operands] == [(6, 16), (-1, 7)] and attrs == {}
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_a_gru_and_training_keep_the_product_apart_and_match_torch(cell) -> None:
-    # One SGD step: its weights carry every gradient of the training graph's products.
-    config = Config(cell, num_layers=2, input_size=4, hidden_size=6)
-    module = torch_module(config)
-    arrays = draw_inputs(config, 3, 5, seed=2)
-    inputs = gm.Input((None, 4))
-    layer = (gm.layers.GRU if cell == "gru" else gm.layers.LSTM)(
-        4, 6, num_layers=2, batch_first=True
-    )
-    model = gm.Model(inputs, layer(inputs))
-    layer.set_weights({k: v.detach().numpy() for k, v in module.state_dict().items()})
-    x = torch.tensor(arrays["x"], dtype=torch.float64)
-    module.double()
-    with torch.no_grad():
-        expected = module(x)[0].numpy()
-    assert_close(model.predict(arrays["x"]), expected, "sequence")
-    trainer = gm.Trainer(model, loss="mse", optimizer=gm.optim.SGD(lr=0.5))
-    trainer.train_batch(arrays["x"], np.zeros((3, 5, 6), np.float32))
-    (module(x)[0] ** 2).mean().backward()
-    weights = model.get_weights()
-    for name, param in module.named_parameters():
-        (key,) = [k for k in weights if k.endswith(f".{name}")]
-        assert_close(weights[key], (param - 0.5 * param.grad).detach().numpy(), key)
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config("gru", num_layers=2, input_size=4, hidden_size=6),
+        Config("lstm", num_layers=2, input_size=4, hidden_size=6, proj_size=3, lengths=True),
+        Config("rnn_tanh", bidirectional=True, initial_state=True, input_size=4, hidden_size=6),
+    ],
+    ids=lambda c: c.id(),
+)
+def test_training_through_the_loop_projection_gives_torchs_gradients(config) -> None:
+    # A GRU keeps its projection a product apart; the others' gradients of x and w_ih come
+    # from the loop's d(xp): outputs and every gradient against torch, at 1 and 2 threads.
+    before = gm.get_num_threads()
+    try:
+        for count in (1, 2):
+            gm.set_num_threads(count)
+            check_parity(config, batch=9, steps=6)
+    finally:
+        gm.set_num_threads(before)
 
 
-def test_the_input_form_has_no_gradient_and_says_so() -> None:
+def test_the_input_forms_gradients_have_the_shapes_of_x_and_w_ih() -> None:
     g = _core.Graph()
     x, h0 = g.input("x", [-1, 4, 3]), g.input("h0", [-1, 4])
     w_ih, w_hh = g.variable("weight_ih", [4, 3]), g.variable("weight_hh", [4, 4])
-    attrs = {"cell": "rnn_tanh", "lean": True, "project_input": True}
+    attrs = {"cell": "rnn_tanh", "project_input": True}
     y = g.op("recurrence", [x, w_ih, h0, w_hh], attrs)
     loss = g.op("sum", [y], {"axes": [], "keepdims": False})
-    with pytest.raises(ValueError, match=r"project_input has no gradient"):
-        g.gradients(loss, [w_hh])
+    d_x, d_w = g.gradients(loss, [x, w_ih])
+    assert g.shape(d_x) == (-1, 4, 3) and g.shape(d_w) == (4, 3)

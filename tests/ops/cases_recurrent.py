@@ -13,7 +13,6 @@ from gometal import _core
 from .harness import (
     BATCH,
     NO_GRADIENT,
-    NUMERIC,
     SEQ,
     Arg,
     ErrorCase,
@@ -99,8 +98,7 @@ def _case(
     sliced to the columns a layer reads (h, and c for an LSTM; h alone with sequence_only):
     the rest is saved for the backward pass. The reference adds the bias to xp. With
     table_rows, xp is a table of that many rows and int32 ids (N, T) pick each step's row.
-    With input_size (project_input), x (N, T, I) and w_ih (G*H, I) stand for xp; the op has
-    no gradient in that form."""
+    With input_size (project_input), x (N, T, I) and w_ih (G*H, I) stand for xp."""
     out = proj or hidden
     steps = LENGTHS_T if with_lengths else SEQ
     if table_rows:
@@ -163,7 +161,6 @@ def _case(
         name=name or f"{cell}{'-reverse' if reverse else ''}{'-lengths' if with_lengths else ''}",
         build=build,
         seq_lengths=(3, 1),
-        gradient=NO_GRADIENT if input_size else NUMERIC,
     )
 
 
@@ -215,7 +212,7 @@ RECURRENCE_CASES = [
     ),
     _case("gru", reverse=True, lean=True, bias=True, table_rows=4, name="gru-table"),
     _case("rnn_tanh", with_lengths=True, table_rows=2, name="rnn_tanh-table"),
-    # project_input: each step's product takes x and h together (lean LSTM and plain RNN).
+    # project_input: each step's product takes x and h together (LSTM and plain RNN).
     _case("lstm", lean=True, bias=True, sequence_only=True, input_size=5, name="lstm-input"),
     _case(
         "lstm",
@@ -228,7 +225,9 @@ RECURRENCE_CASES = [
         name="lstm-input-projected",
     ),
     _case("rnn_relu", reverse=True, lean=True, input_size=1, name="rnn_relu-input"),
-    _case("rnn_tanh", with_lengths=True, lean=True, bias=True, input_size=6, name="rnn_tanh-input"),
+    _case("rnn_tanh", with_lengths=True, bias=True, input_size=6, name="rnn_tanh-input"),
+    _case("lstm", hidden=4, proj=2, bias=True, input_size=3, name="lstm-input-training"),
+    _case("lstm", reverse=True, with_lengths=True, input_size=2, name="lstm-input-reverse"),
 ]
 
 
@@ -444,7 +443,7 @@ ERROR_CASES = [
         {"cell": "rnn_tanh"},
         (r"table must be \(V, 4\) \(V, G\*H\)", r"got \(5, 6\)"),
     ),
-    # project_input: x (N, T, I) and w_ih (G*H, I), a lean recurrence, not a GRU.
+    # project_input: x (N, T, I) and w_ih (G*H, I), not a GRU.
     ErrorCase(
         "recurrence",
         (Arg((2, 3, 5)), Arg((4, 6)), Arg((2, 4)), Arg((4, 4))),
@@ -455,13 +454,7 @@ ERROR_CASES = [
         "recurrence",
         (Arg((2, 3, 5)), Arg((6, 5)), Arg((2, 2)), Arg((6, 2)), Arg((2,))),
         {"cell": "gru", "lean": True, "project_input": True},
-        (r"project_input needs a lean recurrence of an LSTM or plain RNN cell", r"'gru'"),
-    ),
-    ErrorCase(
-        "recurrence",
-        (Arg((2, 3, 5)), Arg((4, 5)), Arg((2, 4)), Arg((4, 4))),
-        {"cell": "rnn_tanh", "project_input": True},
-        (r"project_input needs a lean recurrence", r"without lean"),
+        (r"project_input needs an LSTM or plain RNN cell", r"'gru'"),
     ),
     ErrorCase("sequence_end", (Arg((2, 3)),), {}, (r"rank 3",)),
 ]

@@ -186,12 +186,10 @@ struct RecurrenceKernel final : Kernel {
     over_rows(*ctx.pool, n_, [&](const RowSpan& span) {
       for (int64_t s = 0; s < steps; ++s) {
         const int64_t t = step_at(s);
-        if (gates_in_y)
-          span_product(span, h, P, P, packed_hh, GH, ys + t * W + l.gates_col(), steps * W);
-        else if (I > 0)
-          span_pair(span, {xp + t * I, steps * I, I, packed_ih}, {h, P, P, packed_hh}, GH, a, GH);
-        else
-          span_product(span, h, P, P, packed_hh, GH, a, GH);
+        float* gates = gates_in_y ? ys + t * W + l.gates_col() : a;
+        const int64_t ld = gates_in_y ? steps * W : GH;
+        if (I > 0) span_pair(span, {xp + t * I, steps * I, I, packed_ih}, {h, P, P, packed_hh}, GH, gates, ld);
+        else span_product(span, h, P, P, packed_hh, GH, gates, ld);
         each_row(span, W, [&](int64_t n) {
           float* yr = ys + (n * steps + t) * W;
           if (t >= length(lens, n)) {

@@ -2,8 +2,8 @@
 // RNN does (the engine runs it in one kernel call per batch, whatever the sequence length).
 //   recurrence(xp, h0, [c0], w_hh, [w_hr], [b_hn], [bias], [lengths])   (N, T, W) packed outputs
 //   recurrence(table, ids, h0, ...)  the same with xp's rows picked from a table by ids
-//   recurrence(x, w_ih, h0, ...)     project_input (lean, not GRU): each step's x w_ih^T is
-//                                    summed with h w_hh^T in one product in the time loop
+//   recurrence(x, w_ih, h0, ...)     project_input (not GRU): each step's x w_ih^T is summed
+//                                    with h w_hh^T in one product in the time loop
 //   recurrence_grad(g, y, h0, [c0], w_hh, [w_hr], [lengths])    backpropagation through time
 //                                    (g: the gradient of all of y's columns, or of h's alone)
 //   sequence_end(x, [lengths])       (N, W): the step a recurrence ends at (t = length - 1, or 0
@@ -95,11 +95,9 @@ Parsed parse(const Node& n, const std::vector<Node>& nodes, bool gradient) {
   l.lean = n.attrs.lean;
   l.sequence_only = n.attrs.sequence_only;
   if (gradient && l.lean) fail(name_of(n), "reads the saved gates of a recurrence that is not lean");
-  // A GRU's n gate scales only the hidden part by r, so x's part cannot share the product;
-  // a training form would need the projection's gradient, which the full projection gives.
-  if (!gradient && n.attrs.project_input && (cell == Cell::Gru || !l.lean))
-    fail(name_of(n), "project_input needs a lean recurrence of an LSTM or plain RNN cell, got cell '" +
-                         n.attrs.cell + "'" + (l.lean ? "" : " without lean"));
+  // A GRU's n gate scales only the hidden part by r, so x's part cannot share the product.
+  if (!gradient && n.attrs.project_input && cell == Cell::Gru)
+    fail(name_of(n), "project_input needs an LSTM or plain RNN cell, got cell '" + n.attrs.cell + "'");
   if (l.sequence_only && !l.lean)
     fail(name_of(n), "sequence_only (h alone out) needs lean: a training form's saved gates and cell states "
                      "are read by its backward pass");
@@ -238,8 +236,6 @@ void vjp_recurrence(Graph& gr, int y, int g, std::vector<int>& dx) {
   const View v = view(gr, y);
   Parsed p = parse(gr.node(y), gr.nodes(), false);
   const RecurrentOperands& at = p.at;
-  if (at.w_ih >= 0)
-    fail("recurrence", "project_input has no gradient: train with the projection as its own product");
   if (p.layout.lean) {
     // A lean recurrence saved no gates: run the full one again, and widen g to its columns.
     Attrs full = v.attrs;
@@ -271,8 +267,16 @@ void vjp_recurrence(Graph& gr, int y, int g, std::vector<int>& dx) {
   const int grads = gr.op(OpKind::RecurrenceGrad, in, same);
   const int64_t h = l.hidden;
   const int d_xp = columns(gr, grads, 0, l.gate_width());
-  // A table's rows take the gradients of the steps that picked them (the ids take none).
-  dx[at.xp] = at.ids < 0 ? d_xp : scatter_rows(gr, d_xp, v.in[at.ids], shape_of(gr, v.in[at.xp])[0]);
+  // A table's rows take the gradients of the steps that picked them (the ids take none); x
+  // projected in the loop takes d(xp) w_ih, and w_ih the product of d(xp) and x over all steps.
+  if (at.ids >= 0) {
+    dx[at.xp] = scatter_rows(gr, d_xp, v.in[at.ids], shape_of(gr, v.in[at.xp])[0]);
+  } else if (at.w_ih >= 0) {
+    dx[at.xp] = gr.matmul(d_xp, v.in[at.w_ih]);
+    dx[at.w_ih] = product_over_steps(gr, d_xp, v.in[at.xp]);
+  } else {
+    dx[at.xp] = d_xp;
+  }
   if (at.bias >= 0) dx[at.bias] = gr.sum(d_xp, {0, 1});
   int d_hidden_side = d_xp;  // the gradient of the pre-activations w_hh multiplies into
   if (l.cell == Cell::Gru) {

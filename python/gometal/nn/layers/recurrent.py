@@ -3,8 +3,8 @@
 ``state_dict`` loads one to one through ``layer.set_weights``.
 
 Each layer and direction is one input projection of every step at once (a matmul; or a short
-embedding table's projection, whose rows the recurrence reads by token id; in inference an LSTM's
-or plain RNN's recurrence projects each step's input in the step's product)
+embedding table's projection, whose rows the recurrence reads by token id; an LSTM's or plain
+RNN's recurrence projects each step's input in the step's product)
 and one ``recurrence`` op that runs the time loop inside the compiled step; final states come from
 ``sequence_end``. Tensors are batch-first: states are ``(N, D*num_layers, H_out)``, torch's
 ``h_n.transpose(0, 1)`` (the batch leads every gometal tensor: ``predict`` and training cut
@@ -422,7 +422,7 @@ class _Recurrent(Layer):
         lean = not ctx.training
         # A GRU's n gate scales W_hn h alone by r: its input projection stays a product apart.
         projected, extra = input_projection(
-            g, x, ctx.variable(f"weight_ih{suffix}"), in_loop=lean and self.gates != 3
+            g, x, ctx.variable(f"weight_ih{suffix}"), in_loop=self.gates != 3
         )
         b_hn = bias = None
         if self.bias:

@@ -140,9 +140,9 @@ def input_projection(g: Any, x: int, weight_ih: int, in_loop: bool) -> tuple[lis
     weight's and the table's gradients are as small. A longer table, or an unknown sequence
     length (a generator feeding a step at a time), keeps the product of every step.
 
-    Otherwise, with ``in_loop`` (a lean recurrence of an LSTM or plain RNN cell: inference),
-    ``[x, weight_ih]`` with ``project_input``: each step's product takes ``x_t`` and ``h``
-    together, so the projected sequence is neither written out nor read back.
+    Otherwise, with ``in_loop`` (an LSTM or plain RNN cell), ``[x, weight_ih]`` with
+    ``project_input``: each step's product takes ``x_t`` and ``h`` together, so the projected
+    sequence is neither written out nor read back (the gradients are the same products).
 
     Args:
         g: the graph.
