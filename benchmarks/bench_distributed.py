@@ -18,6 +18,17 @@ whatever share it got (a sleeping wait costs nothing there, so read both).
 
 Targets (issue 19): gometal 2x1 >= 0.9x gometal 1x2, and >= 1.5x torch-ddp 2x1.
 
+On an AMD EPYC with AVX-512, 3 rounds of 3 two-second windows in each of two runs (B) and
+three (D), the other processes using 1.1-1.9 of the 2 cores: B 2x1 / 1x2 0.98-0.99x (per CPU-second
+0.99-1.03x), against torch-ddp 1.86-2.73x (per CPU-second 2.76-2.82x); D 2x1 / 1x2
+0.95-1.18x (per CPU-second 0.94-0.97x), against torch-ddp 1.54-1.81x (per CPU-second
+1.49-1.56x): D's margin over torch is the thin one, and its exchange costs about 8 % of a
+step's CPU (bench_distributed_breakdown.py: 2x1 56.0 CPU ms a step, 2 x 1x1 half 51.4).
+--env OMPI_MCA_mpi_yield_when_idle=0 (Open MPI's idle progress spins instead of calling
+sched_yield; every MPI_Test of an unfinished bucket between kernels is one such call): the
+default took 1.03-1.04x the CPU per sample (B rounds 0.96..0.97, D 0.94..1.00) yet ran
+1.12x (B) and 1.05x (D) the samples/s (rounds 0.51..1.21), so it stays.
+
 A rank waiting in the step's collectives sleeps between tests of the request (the engine's
 default, GOMETAL_MPI_WAIT=poll): on this 2-core machine, shared with other work, a rank that
 polls inside MPI takes the core its peer needs. Measured with --env GOMETAL_MPI_WAIT=block

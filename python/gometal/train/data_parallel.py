@@ -131,7 +131,11 @@ def default_bucket_floats(gradient_floats: int) -> int:
     buckets hid 72 % (median of 5) and 0.39 MiB ones 65 %. Below 256 KiB a bucket is
     mostly fixed cost. Throughput, both sizes in one job (``benchmarks/
     bench_distributed_buckets.py``, load 16): a 25 MiB step took 0.91 to 1.08 times the
-    default's on D (median of 5 runs 1.03: no loss) and 1.40 times on B.
+    default's on D (median of 5 runs 1.03: no loss) and 1.40 times on B. On an AMD EPYC
+    (``bench_distributed.py --workloads D --bucket-mb 0.5 --env GOMETAL_BUCKET_MB=1``,
+    other load 1.6-1.9 cores) the default ran 1.07x the samples/s of 1 MiB buckets (rounds
+    1.05..1.24; per CPU-second 1.01x) and 0.96x those of 0.5 MiB ones (rounds 0.69..1.19;
+    per CPU-second 0.98x, rounds 0.96..1.06): neither size is clearly better.
 
     Args:
         gradient_floats: the values of every gradient the step averages.
