@@ -29,6 +29,14 @@ conditions), the MPI_Tests and wake-ups of the overlapped buckets the rest. That
 26-59 ms per step, of which the exchange alone 6-20 ms and the rest the wait for the
 slower rank: under this load a rank waits mostly for its peer to get a core back.
 
+On an AMD EPYC with AVX-512, 3 rounds, medians of CPU ms per step: B (load 12) 2x1 30.4, 2 x
+1x1 half 28.8, 1x2 29.1 (the exchange +5.6 %); D (load 7) 2x1 56.0, 2 x 1x1 half 51.4, 1x2
+55.7 (+9 %). A blocking all-reduce of B's layout of buckets (386, 524,288 and about 23,700 floats)
+alone took 0.41-0.63 ms CPU per rank, of D's (thirteen of at most 65,536) 1.05-1.59 ms, rank
+0 more than rank 1 (libnbc's binomial tree for 2 ranks: rank 0 sums); Open MPI's ring and
+Rabenseifner algorithms (coll_libnbc_iallreduce_algorithm 1 and 3) spread it evenly but cost
+as much or more in all (B 0.55-1.15 ms, D 1.30-1.87 ms per rank) and took longer.
+
 Usage: python benchmarks/bench_distributed_breakdown.py [--workload B] [--rounds 3] [--steps 30]
 """
 
