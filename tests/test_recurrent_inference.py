@@ -51,11 +51,13 @@ def _torch_outputs(module, config: Config, arrays) -> dict[str, np.ndarray]:
 
 
 def _predict(config: Config, module, arrays, return_state: bool):
-    """gometal's predict of one LSTM layer over `arrays`, with the torch module's weights."""
+    """gometal's predict of one recurrent layer over `arrays`, with the torch module's weights."""
     inputs = [gm.Input((None, config.input_size))]
     states = config.directions * config.num_layers
     if config.initial_state:
-        inputs += [gm.Input((states, config.out_size)), gm.Input((states, config.hidden_size))]
+        inputs.append(gm.Input((states, config.out_size)))
+        if config.cell == "lstm":
+            inputs.append(gm.Input((states, config.hidden_size)))
     if config.lengths:
         inputs.append(gm.Input((1,), dtype="int32"))
     layer = gometal_layer(config, "sequence", return_state=return_state)

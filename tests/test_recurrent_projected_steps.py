@@ -19,10 +19,10 @@ from recurrent_parity import (
     assert_close,
     check_parity,
     draw_inputs,
-    gometal_layer,
     torch_module,
     torch_run,
 )
+from test_recurrent_inference import _predict
 
 CONFIGS = [
     Config("rnn_relu", num_layers=2, input_size=9, hidden_size=40, lengths=True),
@@ -30,25 +30,6 @@ CONFIGS = [
     Config("lstm", num_layers=2, input_size=9, hidden_size=40, proj_size=21, lengths=True),
 ]
 THREADS = [1, 2, 3]
-
-
-def _predict(config: Config, module, arrays):
-    """The sequence and final states of ``predict`` (return_state) with the module's weights."""
-    states = config.directions * config.num_layers
-    inputs = [gm.Input((None, config.input_size))]
-    if config.initial_state:
-        inputs.append(gm.Input((states, config.out_size)))
-        if config.cell == "lstm":
-            inputs.append(gm.Input((states, config.hidden_size)))
-    if config.lengths:
-        inputs.append(gm.Input((1,), dtype="int32"))
-    layer = gometal_layer(config, "sequence", return_state=True)
-    model = gm.Model(inputs=inputs, outputs=layer(inputs))
-    layer.set_weights(
-        {k: v.detach().numpy().astype(np.float32) for k, v in module.state_dict().items()}
-    )
-    feeds = [arrays[k] for k in ("x", "h0", "c0", "lengths") if k in arrays]
-    return model.predict(feeds if len(feeds) > 1 else feeds[0])
 
 
 @pytest.mark.parametrize("batch", [13, 5])
@@ -62,7 +43,7 @@ def test_predict_matches_torch_and_is_the_same_bits_at_every_thread_count(config
     try:
         for count in THREADS:
             gm.set_num_threads(count)
-            runs.append(_predict(config, module, arrays))
+            runs.append(_predict(config, module, arrays, return_state=True))
     finally:
         gm.set_num_threads(before)
     for got, key in zip(runs[0], config.outputs):
