@@ -4,7 +4,8 @@ convolutions of 16+ input channels (conv_channel_forward asks conv2d_winograd_un
 Each instruction-set path the CPU has (GOMETAL_CONV_KERNEL) computes conv2d with its fused bias
 and ReLU as torch does in float64: workload B's second and third layers, rows of tiles that a
 vector of tiles runs over into the next row, channel counts no multiple of a register tile, and
-padding 0; image by image (a sample-tiled run) and over a whole batch alike. Inside a training
+padding 0; image by image (a sample-tiled run) and over a whole batch alike, on 1, 2 and 3
+threads to the same bits. Inside a training
 step the loss and every gradient match torch's; with GOMETAL_CONV_WINOGRAD=never the channel-lane
 kernel runs and agrees within rounding; odd planes keep the channel lanes (their last output row
 or column lies outside every 2x2 tile) and still match torch.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import gometal as gm
 from conv_checks import check_conv_relu_pool_step, conv_attrs, conv_case_arrays, torch_conv2d
 from cpu_paths import vector_path_available
 from gometal import _core
@@ -91,6 +93,22 @@ def test_image_by_image_and_whole_batch_agree():
     # are cut into parts of images by the pixel-lane kernel instead).
     case = ((8, 16, 32, 32), 32, 1, False)
     np.testing.assert_array_equal(_forward(case, tiled=True), _forward(case, tiled=False))
+
+
+def test_one_two_and_three_threads_give_the_same_bits():
+    # Each image is one thread's whole task, so the thread count cannot change a sum.
+    case = ((7, 32, 16, 16), 64, 1, True)
+    previous = gm.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            gm.set_num_threads(threads)
+            results.append(_forward(case))
+    finally:
+        gm.set_num_threads(previous)
+    _close(results[0], _torch_forward(case), case[0][1])
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])
 
 
 @pytest.mark.parametrize("case", CASES[:2], ids=_case_ids()[:2])
