@@ -1,0 +1,290 @@
+"""Edge shapes of Winograd's F(2x2, 3x3) convolutions and of the products that pack B on each
+call or run A^T B on a register tile, against torch and NumPy in float64.
+
+Winograd (GOMETAL_CONV_WINOGRAD=always): the smallest plane (one tile), rows of tiles past a
+vector and a half vector, padding past the kernel's reach, one output channel and one past the
+padded register rows, channel counts no multiple of a vector, a batch of one cut into parts at
+2 and 3 threads, unpooled forward passes and a training step's gradients at such shapes, and
+two threads predicting on two engines whose weights share a shape at once. Products: rows
+around the packed tiles (6, 7, 8, 9), B of 64 to 128 columns stored either way, and A^T B at
+the register tile's bounds of rows and depth, at 1 to 3 threads, with NaN in A.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conv_checks import check_conv_relu_pool_step, conv_attrs, torch_conv2d
+from gometal import _core
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    before = _core.get_num_threads()
+    yield
+    _core.set_num_threads(before)
+
+
+def _pooled_engine(image_shape, o, padding, threads):
+    g = _core.Graph()
+    x = g.input("x", (-1, *image_shape), "float32")
+    attrs = conv_attrs((1, 1), (padding, padding), (1, 1), 1)
+    y = g.op("conv2d", [x, g.variable("w", (o, image_shape[0], 3, 3))], attrs)
+    y = g.op("relu", [g.op("add", [y, g.variable("bias", (o, 1, 1))])])
+    y = g.op("max_pool2d", [y], {"kernel_size": [2, 2]})
+    _core.set_num_threads(threads)
+    engine = _core.Engine(g, seed=0)
+    engine.define("f", inputs=[x], outputs=[y], effects=[])
+    return engine
+
+
+def _pooled_reference(x, w, bias, padding):
+    y = torch_conv2d(x, w, conv_attrs((1, 1), (padding, padding), (1, 1), 1)) + bias
+    return F.max_pool2d(torch.from_numpy(np.maximum(y, 0.0)), 2).numpy()
+
+
+def _arrays(x_shape, o, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((o, x_shape[1], 3, 3)).astype(np.float32)
+    bias = rng.standard_normal((o, 1, 1)).astype(np.float32)
+    return x, w, bias
+
+
+def _close(got, want, c):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * np.sqrt(c * 9))
+
+
+# (N, C, H, W), output channels, padding
+POOLED = [
+    ((2, 3, 2, 2), 16, 1),  # one tile, one pooled output
+    ((1, 5, 4, 5), 1, 0),  # one output channel, a 2x3 plane floored to one tile
+    ((2, 7, 6, 6), 25, 3),  # padding past the kernel: border tiles read only zeros
+    ((1, 17, 8, 70), 24, 1),  # 35 tiles a row: whole vectors, a half vector and single tiles
+    ((1, 33, 18, 34), 48, 1),  # batch 1 cut into parts at 2 and 3 threads
+    ((3, 16, 5, 19), 9, 2),  # odd plane: the pooling floors both ways
+]
+
+
+@pytest.mark.parametrize("threads", (1, 2, 3))
+@pytest.mark.parametrize("case", POOLED, ids=[f"{c[0]}->{c[1]}p{c[2]}" for c in POOLED])
+def test_pooled_winograd_edges_match_torch(case, threads, monkeypatch):
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
+    x_shape, o, padding = case
+    x, w, bias = _arrays(x_shape, o, sum(x_shape) + o)
+    engine = _pooled_engine(x_shape[1:], o, padding, threads)
+    engine.set_variable("w", w)
+    engine.set_variable("bias", bias)
+    assert any("conv2d," in s and ",max_pool2d" in s for s in engine.describe("f", 1))
+    got = engine.run("f", [x])[0]
+    _close(got, _pooled_reference(x, w, bias, padding), x_shape[1])
+    for n in range(x_shape[0]):  # image by image, the same bits as in the batch
+        np.testing.assert_array_equal(engine.run("f", [x[n : n + 1]])[0], got[n : n + 1])
+
+
+def _unpooled(x, w, bias, padding, threads):
+    _core.set_num_threads(threads)
+    g = _core.Graph()
+    xi = g.input("x", (-1, *x.shape[1:]), "float32")
+    attrs = conv_attrs((1, 1), (padding, padding), (1, 1), 1)
+    y = g.op("conv2d", [xi, g.variable("w", w.shape)], attrs)
+    y = g.op("add", [y, g.variable("bias", bias.shape)])
+    y = g.op("mul", [y, y])
+    engine = _core.Engine(g, seed=0)
+    engine.set_variable("w", w)
+    engine.set_variable("bias", bias)
+    engine.define("f", inputs=[xi], outputs=[y], effects=[])
+    return engine.run("f", [x])[0]
+
+
+# (N, C, H, W), output channels, padding: even outputs, 16+ input channels
+UNPOOLED = [
+    ((2, 16, 2, 2), 8, 1),  # one tile
+    ((1, 17, 4, 68), 25, 1),  # 34 tiles a row, 17 channels, one row past the padded rows
+    ((3, 33, 10, 6), 1, 2),  # padding 2, one output channel, a vector across five rows
+    ((1, 16, 12, 12), 40, 0),  # no padding
+]
+
+
+@pytest.mark.parametrize("threads", (1, 2, 3))
+@pytest.mark.parametrize("case", UNPOOLED, ids=[f"{c[0]}->{c[1]}p{c[2]}" for c in UNPOOLED])
+def test_unpooled_winograd_edges_match_torch(case, threads, monkeypatch):
+    monkeypatch.setenv("GOMETAL_CONV_NCHWC", "never")
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
+    x_shape, o, padding = case
+    x, w, bias = _arrays(x_shape, o, sum(x_shape) + o)
+    got = _unpooled(x, w, bias, padding, threads)
+    want = torch_conv2d(x, w, conv_attrs((1, 1), (padding, padding), (1, 1), 1)) + bias
+    scale = x_shape[1] * 9
+    np.testing.assert_allclose(got, want * want, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_unpooled_edges_run_winograd_not_the_channel_lanes(monkeypatch):
+    # The two kernels round differently: a shape the rule took must differ in some bit.
+    monkeypatch.setenv("GOMETAL_CONV_NCHWC", "never")
+    x, w, bias = _arrays((1, 17, 4, 68), 25, 7)
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
+    winograd = _unpooled(x, w, bias, 1, 1)
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "never")
+    assert not np.array_equal(winograd, _unpooled(x, w, bias, 1, 1))
+
+
+@pytest.mark.parametrize("x_shape, o", [((1, 17, 6, 34), 25), ((3, 16, 2, 4), 1)])
+def test_a_training_step_at_edge_shapes_matches_torch(x_shape, o, monkeypatch):
+    monkeypatch.setenv("GOMETAL_CONV_NCHWC", "never")
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
+    x, w, bias = _arrays(x_shape, o, 3)
+    check_conv_relu_pool_step(x, w / 12.0, bias)
+
+
+def test_two_threads_predict_on_two_engines_at_once(monkeypatch):
+    # The same (O, C): the per-thread caches of transformed weights must not mix them up.
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
+    shape = (2, 16, 16, 16)
+    engines, inputs, expected = [], [], []
+    for seed in (1, 2):
+        x, w, bias = _arrays(shape, 32, seed)
+        engine = _pooled_engine(shape[1:], 32, 1, 1)
+        engine.set_variable("w", w)
+        engine.set_variable("bias", bias)
+        engines.append(engine)
+        inputs.append(x)
+        expected.append(_pooled_reference(x, w, bias, 1))
+    results: list[list[np.ndarray]] = [[], []]
+
+    def predict(i):
+        for _ in range(20):
+            results[i].append(engines[i].run("f", [inputs[i]])[0])
+
+    threads = [threading.Thread(target=predict, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in (0, 1):
+        assert len(results[i]) == 20
+        for got in results[i]:
+            _close(got, expected[i], 16)
+
+
+def _product_engine(ta, tb, a_shape, b_shape):
+    # A is the input plus a variable (zero, or NaN in a row): NaN may not be fed as an input.
+    g = _core.Graph()
+    a = g.input("a", a_shape, "float32")
+    b = g.input("b", b_shape, "float32")
+    shifted = g.op("add", [a, g.variable("shift", a_shape)])
+    y = g.op("matmul", [shifted, b], {"transpose_a": ta, "transpose_b": tb})
+    engine = _core.Engine(g, seed=0)
+    engine.define("f", inputs=[a, b], outputs=[y], effects=[])
+    return engine
+
+
+def _check_product(ta, tb, m, n, k, threads, seed=0, nan_row=None):
+    _core.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+    shift = np.zeros_like(a)
+    if nan_row is not None:
+        if ta:
+            shift[:, nan_row] = np.nan
+        else:
+            shift[nan_row] = np.nan
+    engine = _product_engine(ta, tb, a.shape, b.shape)
+    engine.set_variable("shift", shift)
+    got = engine.run("f", [a, b])[0]
+    a64, b64 = a.astype(np.float64) + shift, b.astype(np.float64)
+    want = (a64.T if ta else a64) @ (b64.T if tb else b64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6 * k)
+
+
+# (M, N, K), B transposed: past gemm_small's 24 rows, B of 64 to 128 columns
+PACKED_PER_CALL = [
+    (25, 64, 1, False),
+    (31, 80, 3, False),
+    (103, 112, 2048, False),  # the largest packing (N * K = 2^18 floats)
+    (26, 128, 256, True),
+    (1025, 64, 300, True),  # transposed B past 1024 rows
+    (57, 96, 17, True),
+]
+
+
+@pytest.mark.parametrize("threads", (1, 2, 3))
+@pytest.mark.parametrize("m, n, k, tb", PACKED_PER_CALL)
+def test_products_packing_b_per_call(m, n, k, tb, threads):
+    _check_product(False, tb, m, n, k, threads)
+
+
+def test_products_of_different_shapes_reuse_a_packing_of_the_same_size():
+    # (64 x 256) and (128 x 128) pack into the same bytes: each product must read its own B.
+    for seed, (n, k) in enumerate([(64, 256), (128, 128), (64, 256), (128, 128)]):
+        _check_product(False, False, 40, n, k, 1, seed=seed)
+
+
+# (M, N, K) of A^T B: the tile's bounds (25 <= M <= 640, 256 <= K <= 1024, N % 64 == 0)
+TRANSPOSED_A = [
+    (25, 64, 256),
+    (31, 64, 1024),
+    (640, 128, 257),
+    (641, 64, 300),  # past the tile: the BLAS
+    (43, 192, 1025),  # past the tile's depth
+    (7, 64, 300),  # fewer rows than the tile takes
+]
+
+
+@pytest.mark.parametrize("threads", (1, 2, 3))
+@pytest.mark.parametrize("m, n, k", TRANSPOSED_A)
+def test_transposed_a_products(m, n, k, threads):
+    _check_product(True, False, m, n, k, threads)
+
+
+@pytest.mark.parametrize("m", (6, 7, 8, 9))
+def test_packed_rows_around_the_tall_tile(m):
+    # Weights as a variable in an inference plan: the packed kernel's tiles of 6, 8 or both.
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((m, 70)).astype(np.float32)
+    w = rng.standard_normal((70, 200)).astype(np.float32)
+    g = _core.Graph()
+    xi = g.input("x", (-1, 70), "float32")
+    y = g.op("matmul", [xi, g.variable("w", w.shape)], {"transpose_b": False})
+    _core.set_num_threads(1)
+    engine = _core.Engine(g, seed=0)
+    engine.set_variable("w", w)
+    engine.define("f", inputs=[xi], outputs=[y], effects=[])
+    got = engine.run("f", [x])[0]
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("ta, m, n, k", [(False, 40, 64, 100), (True, 40, 64, 300)])
+def test_nan_in_a_row_of_a_stays_in_its_row(ta, m, n, k):
+    _check_product(ta, False, m, n, k, 1, nan_row=13)
+
+
+def _consults(variable, ta, tb, m, n, k, monkeypatch):
+    # A kernel reads its variable only for the shapes it takes: a bad value shows it was asked.
+    monkeypatch.setenv(variable, "bogus")
+    try:
+        _check_product(ta, tb, m, n, k, 1)
+    except ValueError as error:
+        assert variable in str(error)
+        return True
+    finally:
+        monkeypatch.delenv(variable)
+    return False
+
+
+def test_the_shapes_above_reach_the_kernels_they_mean(monkeypatch):
+    packed = "GOMETAL_GEMM_PACKED_KERNEL"
+    for m, n, k, tb in PACKED_PER_CALL:
+        assert _consults(packed, False, tb, m, n, k, monkeypatch), (m, n, k, tb)
+    assert not _consults(packed, False, False, 24, 64, 10, monkeypatch)  # gemm_small's rows
+    assert not _consults(packed, False, True, 100, 64, 300, monkeypatch)  # deep transposed B
+    inside = {(25, 64, 256), (31, 64, 1024), (640, 128, 257)}
+    for m, n, k in TRANSPOSED_A:
+        taken = _consults("GOMETAL_GEMM_TRANSPOSED_A_KERNEL", True, False, m, n, k, monkeypatch)
+        assert taken == ((m, n, k) in inside), (m, n, k)
