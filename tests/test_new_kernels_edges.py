@@ -1,7 +1,7 @@
 """Edge shapes of Winograd's F(2x2, 3x3) convolutions and of the products that pack B on each
 call or run A^T B on a register tile, against torch and NumPy in float64.
 
-Winograd (GOMETAL_CONV_WINOGRAD=always): the smallest plane (one tile), rows of tiles past a
+Winograd (GOMETAL_CONV_WINOGRAD=always, every vector path the CPU has): the smallest plane (one tile), rows of tiles past a
 vector and a half vector, padding past the kernel's reach, one output channel and one past the
 padded register rows, channel counts no multiple of a vector, a batch of one cut into parts at
 2 and 3 threads, unpooled forward passes and a training step's gradients at such shapes, and
@@ -20,7 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from conv_checks import check_conv_relu_pool_step, conv_attrs, torch_conv2d
+from cpu_paths import vector_path_available
 from gometal import _core
+
+PATHS = [p for p in ("portable", "avx2", "avx512") if vector_path_available(p)]
 
 
 @pytest.fixture(autouse=True)
@@ -68,13 +71,16 @@ POOLED = [
     ((1, 17, 8, 70), 24, 1),  # 35 tiles a row: whole vectors, a half vector and single tiles
     ((1, 33, 18, 34), 48, 1),  # batch 1 cut into parts at 2 and 3 threads
     ((3, 16, 5, 19), 9, 2),  # odd plane: the pooling floors both ways
+    ((2, 16, 30, 4), 17, 1),  # tall and narrow: two tiles a row, a vector over eight rows
 ]
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("threads", (1, 2, 3))
 @pytest.mark.parametrize("case", POOLED, ids=[f"{c[0]}->{c[1]}p{c[2]}" for c in POOLED])
-def test_pooled_winograd_edges_match_torch(case, threads, monkeypatch):
+def test_pooled_winograd_edges_match_torch(case, threads, path, monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
+    monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
     x_shape, o, padding = case
     x, w, bias = _arrays(x_shape, o, sum(x_shape) + o)
     engine = _pooled_engine(x_shape[1:], o, padding, threads)
@@ -108,13 +114,17 @@ UNPOOLED = [
     ((1, 17, 4, 68), 25, 1),  # 34 tiles a row, 17 channels, one row past the padded rows
     ((3, 33, 10, 6), 1, 2),  # padding 2, one output channel, a vector across five rows
     ((1, 16, 12, 12), 40, 0),  # no padding
+    ((1, 16, 2, 2), 5, 3),  # padding past the kernel: rows and columns of zeros only
+    ((2, 16, 5, 7), 9, 1),  # odd outputs: the channel lanes even when forced
 ]
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("threads", (1, 2, 3))
 @pytest.mark.parametrize("case", UNPOOLED, ids=[f"{c[0]}->{c[1]}p{c[2]}" for c in UNPOOLED])
-def test_unpooled_winograd_edges_match_torch(case, threads, monkeypatch):
+def test_unpooled_winograd_edges_match_torch(case, threads, path, monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_NCHWC", "never")
+    monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
     x_shape, o, padding = case
     x, w, bias = _arrays(x_shape, o, sum(x_shape) + o)
