@@ -13,7 +13,12 @@ per core). --variant serves other settings beside it, and --rounds alternates th
 several times. On an AMD EPYC of 2 cores shared with other work, 3 rounds: the old defaults
 (--max-queue-delay-ms 2, one instance) against these, 64 wrk clients 1,903 -> 2,507 req/s
 (ranges 1,711-2,098 and 2,300-2,509), 64 tritonclient clients 1,111 -> 1,374, 8 wrk clients
-1,263 -> 1,996; at 2 ms, two instances ran no faster than one. The load generator is
+1,263 -> 1,996; at 2 ms, two instances ran no faster than one. A free instance that waits
+for as many rows as the busy one's batch (gather_while_busy, now on), against taking single
+rows at once, 2 x 3 and 5 rounds: 8 wrk clients 1,122 -> 1,529 and 1,311 -> 1,899 req/s, 64
+wrk clients 519 -> 539 and 1,590 -> 1,552 (the machine's load set the level); 64 clients in
+_serving_profile.py, 6 runs each in turn: mean rows per batch 9.3 -> 15.6, faster in all 6
+pairs (medians 915 -> 1,187 req/s). The load generator is
 another process (``_serving_load.py``): N tritonclient HTTP async clients, each sending one
 image per request in a loop, a warm-up, then a timed window; every answer is checked against
 offline ``model.predict``. With --grpc the same server is also loaded over gRPC, with unary

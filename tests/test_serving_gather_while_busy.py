@@ -107,13 +107,14 @@ def test_a_lone_request_on_an_idle_batcher_runs_at_once() -> None:
 
 
 def test_config_json_and_server_settings_take_it_as_a_bool(tmp_path: Path) -> None:
-    for name, config in (("on", {"gather_while_busy": True}), ("bad", {"gather_while_busy": 1})):
+    for name, config in (("off", {"gather_while_busy": False}), ("bad", {"gather_while_busy": 1})):
         (tmp_path / name / "1").mkdir(parents=True)
         (tmp_path / name / "1" / "model.safetensors").write_bytes(b"ok")
         (tmp_path / name / "config.json").write_text(json.dumps(config))
     repo = ModelRepository(tmp_path, loader=lambda path: "model")
     defaults = ServerSettings().batching()
-    assert repo.settings("on", defaults) == {**defaults, "gather_while_busy": True}
+    assert defaults["gather_while_busy"] is ServerSettings.gather_while_busy
+    assert repo.settings("off", defaults) == {**defaults, "gather_while_busy": False}
     assert "'gather_while_busy' must be true or false, got 1" in repo.find("bad").error
     with pytest.raises(ValueError, match="gather_while_busy must be a bool, got 'yes'"):
         ServerSettings(gather_while_busy="yes")

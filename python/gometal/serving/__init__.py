@@ -5,7 +5,8 @@ answers ``tritonclient`` and any other v2 client over HTTP and gRPC
 (``inference.GRPCInferenceService``, :mod:`gometal.serving.grpc_service`, unary and
 ``ModelStreamInfer`` streams), merging concurrent requests into batches
 (:class:`DynamicBatcher`; a free instance runs a request alone in the queue at once,
-``start_when_idle``) with a bounded queue, Prometheus metrics at ``/metrics``, and a
+``start_when_idle``; while another instance computes, a free one gathers as many rows as
+that instance's batch, ``gather_while_busy``) with a bounded queue, Prometheus metrics at ``/metrics``, and a
 graceful drain on SIGTERM. It compiles each model's plans for its batch sizes before it
 reports ready, and computes on every core but one (``--threads``): the event loop keeps
 one for the request path (:mod:`gometal.serving.infer_route`). With one engine thread (on

@@ -66,7 +66,8 @@ class ServerSettings:
             instead of waiting ``max_queue_delay_ms`` for others to join it (on by default:
             one client pays no batching delay; requests that come during a pass still merge).
         gather_while_busy: while another instance computes, a free instance waits until
-            the queue holds as many rows as that batch (or it ends) before taking a batch.
+            the queue holds as many rows as that batch (or it ends) before taking a batch
+            (on by default: under load batches grow instead of running one row at a time).
         max_body_bytes: the largest request body; larger ones get 413 unread.
         body_timeout_s: seconds a request body may take to arrive.
         api_key: the bearer token every request must carry, or ``None``.
@@ -78,7 +79,7 @@ class ServerSettings:
     instances: int = 1
     max_queue: int = 256
     start_when_idle: bool = True
-    gather_while_busy: bool = False
+    gather_while_busy: bool = True
     max_body_bytes: int = 16 * 1024 * 1024
     body_timeout_s: float = 30.0
     api_key: str | None = None
