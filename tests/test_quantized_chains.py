@@ -159,3 +159,22 @@ def test_a_chain_ending_in_a_convolution_writes_nchw(rng):
     for path, got in run_on_every_path(chain.g, [chain.x], outputs, chain.variables, [x]).items():
         np.testing.assert_array_equal(got[0], want[-1], err_msg=path)
     assert any(line.startswith(stage_names(stages) + " ") for line in chain.describe(outputs, 3))
+
+
+@pytest.mark.parametrize("signs", ["positive", "negative-and-zero"])
+def test_pooled_chains_on_odd_planes_and_any_scale_sign_match_the_reference(rng, signs):
+    # A 2x2 pooling over the int32 sums holds for non-decreasing epilogues only (every scale
+    # positive); other scales pool the quantized values. 9 x 7 planes leave a row and a column
+    # outside every window.
+    stages = [(6, 1, POOL_2X2, "int8"), (17, 1, POOL_2X2, "uint8")]
+    chain = ChainGraph(rng, (3, 9, 7), stages)
+    if signs != "positive":
+        chain.variables["scale0"][::2] *= -1.0
+        chain.variables["scale1"][3] = 0.0
+        chain.variables["scale1"][5] *= -1.0
+    x = random_quantized(rng, (3, 3, 9, 7), "uint8")
+    want = chain.reference(x)
+    outputs = [chain.quantized[-1], chain.dense]
+    for path, got in run_on_every_path(chain.g, [chain.x], outputs, chain.variables, [x]).items():
+        np.testing.assert_array_equal(got[0].reshape(want[-2].shape), want[-2], err_msg=path)
+        np.testing.assert_array_equal(got[1], want[-1], err_msg=path)

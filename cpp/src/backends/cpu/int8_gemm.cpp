@@ -399,9 +399,35 @@ namespace {
 // Every panel times the tiles of `count` rows; rows_from(r) gives the tile's rows from row r
 // (rows past count repeat a valid row or hold zeros: their sums are never stored), `wide`
 // the AVX2 path's int16 copy of copied rows.
+// Each group of `window` consecutive rows of the tile's sums replaced by their maximum, in
+// the first `rows / window` rows of acc.
+void max_of_windows(int32_t* acc, int rows, int window) {
+  for (int g = 0; g < rows / window; ++g) {
+    const int32_t* first = acc + g * window * kInt8Panel;
+    alignas(64) int32_t most[kInt8Panel];  // a row of channels at once (vectorizes)
+    for (int o = 0; o < kInt8Panel; ++o) most[o] = first[o];
+    for (int r = 1; r < window; ++r)
+      for (int o = 0; o < kInt8Panel; ++o) most[o] = std::max(most[o], first[r * kInt8Panel + o]);
+    std::memcpy(acc + g * kInt8Panel, most, sizeof most);
+  }
+}
+
+#ifdef GOMETAL_INT8_X86
+// max_of_windows on rows of 16 channels as whole vectors.
+__attribute__((target("avx512f"))) void max_of_windows_avx512(int32_t* acc, int rows, int window) {
+  for (int g = 0; g < rows / window; ++g) {
+    const int32_t* first = acc + g * window * kInt8Panel;
+    __m512i most = _mm512_load_si512(first);
+    for (int r = 1; r < window; ++r) most = _mm512_max_epi32(most, _mm512_load_si512(first + r * kInt8Panel));
+    _mm512_store_si512(acc + g * kInt8Panel, most);
+  }
+}
+#endif
+
 template <class RowsFrom>
 void multiply_panels(const Int8Weights& w, int64_t count, RowsFrom rows_from, const int16_t* wide,
-                     const Int8Epilogue& epilogue, void* out, int64_t row_stride, int64_t channel_stride) {
+                     const Int8Epilogue& epilogue, void* out, int64_t row_stride, int64_t channel_stride,
+                     int window) {
   const int tile_rows = rows_per_tile(w.path);
   const int64_t groups = w.depth / 4;
   alignas(64) int32_t acc[8 * kInt8Panel];
@@ -423,18 +449,28 @@ void multiply_panels(const Int8Weights& w, int64_t count, RowsFrom rows_from, co
 #endif
         default: tile_portable(a, groups, b, acc); break;
       }
-      const int64_t rows_here = std::min<int64_t>(tile_rows, count - r);
+      int64_t rows_here = std::min<int64_t>(tile_rows, count - r), r0 = r;
+      if (window > 1) {
+#ifdef GOMETAL_INT8_X86
+        if (w.path == Int8Path::Avx512Vnni)
+          max_of_windows_avx512(acc, tile_rows, window);
+        else
+#endif
+          max_of_windows(acc, tile_rows, window);
+        rows_here /= window;
+        r0 /= window;
+      }
 #ifdef GOMETAL_INT8_X86
       if (w.path == Int8Path::Avx512Vnni && channel_stride == 1) {
-        finish_tile_avx512(acc, factors, rows_here, r, p * kInt8Panel, channels, epilogue, out, row_stride);
+        finish_tile_avx512(acc, factors, rows_here, r0, p * kInt8Panel, channels, epilogue, out, row_stride);
         continue;
       }
       if ((w.path == Int8Path::Avx2 || w.path == Int8Path::AvxVnni) && channel_stride == 1) {
-        finish_tile_avx2(acc, factors, rows_here, r, p * kInt8Panel, channels, epilogue, out, row_stride);
+        finish_tile_avx2(acc, factors, rows_here, r0, p * kInt8Panel, channels, epilogue, out, row_stride);
         continue;
       }
 #endif
-      finish_tile(acc, factors, rows_here, r, p * kInt8Panel, channels, epilogue, out, row_stride, channel_stride);
+      finish_tile(acc, factors, rows_here, r0, p * kInt8Panel, channels, epilogue, out, row_stride, channel_stride);
     }
   }
 }
@@ -442,7 +478,7 @@ void multiply_panels(const Int8Weights& w, int64_t count, RowsFrom rows_from, co
 }  // namespace
 
 void int8_block(const Int8Weights& w, uint8_t* rows, int64_t count, const Int8Epilogue& epilogue, void* out,
-                int64_t row_stride, int64_t channel_stride) {
+                int64_t row_stride, int64_t channel_stride, int window) {
   const int64_t padded = round_up(count, rows_per_tile(w.path));
   std::memset(rows + count * w.depth, 0, static_cast<size_t>((padded - count) * w.depth));
   int16_t* wide = nullptr;
@@ -451,7 +487,7 @@ void int8_block(const Int8Weights& w, uint8_t* rows, int64_t count, const Int8Ep
     for (int64_t i = 0; i < padded * w.depth; ++i) wide[i] = rows[i];
   }
   const auto rows_from = [&](int64_t r) { return CopiedRows{rows + r * w.depth, w.depth}; };
-  multiply_panels(w, count, rows_from, wide, epilogue, out, row_stride, channel_stride);
+  multiply_panels(w, count, rows_from, wide, epilogue, out, row_stride, channel_stride, window);
 }
 
 bool int8_reads_in_place(Int8Path path) { return !widens(path); }
@@ -477,14 +513,15 @@ int64_t quantize_vectors_avx512(const float*, int64_t begin, int64_t, float, int
 #endif
 
 void int8_block_in_place(const Int8Weights& w, const uint8_t* const* rows, const int64_t* group_offsets, int64_t count,
-                         const Int8Epilogue& epilogue, void* out, int64_t row_stride, int64_t channel_stride) {
+                         const Int8Epilogue& epilogue, void* out, int64_t row_stride, int64_t channel_stride,
+                         int window) {
   if (widens(w.path)) throw std::logic_error("[quantized] the AVX2 path reads copied rows only");
   const auto rows_from = [&](int64_t r) {
     RowsInPlace tile{{}, group_offsets};
     for (int64_t i = 0; i < 8; ++i) tile.rows[i] = rows[std::min(r + i, count - 1)];
     return tile;
   };
-  multiply_panels(w, count, rows_from, nullptr, epilogue, out, row_stride, channel_stride);
+  multiply_panels(w, count, rows_from, nullptr, epilogue, out, row_stride, channel_stride, window);
 }
 
 }  // namespace gometal

@@ -58,16 +58,20 @@ struct Int8Epilogue {
 // Multiplies `count` (<= kInt8RowBlock) uint8 rows by the packed weights; `rows` holds them,
 // each int8_depth(k) bytes (zero padded past k), in a buffer of int8_block_scratch_bytes
 // whose rows past `count` the call may overwrite. Output (row r, channel o) goes to element
-// r * row_stride + o * channel_stride of `out`, of the epilogue's dtype.
+// r * row_stride + o * channel_stride of `out`, of the epilogue's dtype. With `window` > 1
+// (4: a 2x2 max pooling), each group of `window` consecutive rows (count a multiple of it)
+// gives one output row, the epilogue of its sums' maximum: the pooling of the epilogue's
+// values when that is non-decreasing (every scale positive and finite), which the caller checks.
 void int8_block(const Int8Weights& w, uint8_t* rows, int64_t count, const Int8Epilogue& epilogue, void* out,
-                int64_t row_stride, int64_t channel_stride);
+                int64_t row_stride, int64_t channel_stride, int window = 1);
 
 // Whether `path` multiplies rows where they lie (every path but AVX2, which widens copies).
 bool int8_reads_in_place(Int8Path path);
 // int8_block over `count` rows read in place: row r's bytes 4j..4j+3 (j < depth / 4) at
 // rows[r] + group_offsets[j]; a convolution's input pixels need no im2col copy.
 void int8_block_in_place(const Int8Weights& w, const uint8_t* const* rows, const int64_t* group_offsets, int64_t count,
-                         const Int8Epilogue& epilogue, void* out, int64_t row_stride, int64_t channel_stride);
+                         const Int8Epilogue& epilogue, void* out, int64_t row_stride, int64_t channel_stride,
+                         int window = 1);
 
 // QuantizeLinear of x[begin, end) 16 floats at a time on AVX-512 (saturate(round_half_even(
 // x / scale) + zero_point) into q as uint8 or int8), multiplying by the reciprocal of the

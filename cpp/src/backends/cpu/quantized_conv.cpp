@@ -7,10 +7,13 @@
 // Heading a merged step (quantized_chains.h), the convolution requantizes to the quantize's
 // type and parameters in its epilogue, writes each image channels-last into scratch and
 // max-pools it there: quantizing is monotonic, so pooling quantized values equals
-// quantizing pooled ones, and the float32 values between are never stored. A pooled step
-// runs image by image: the image is padded channels-last into the thread's scratch; a
-// linked next stage (quantized_chains.h) reads the pooled bytes there, written straight
-// into its own padded channels-last input; only the last stage writes NCHW. A quantize of
+// quantizing pooled ones, and the float32 values between are never stored. A 2x2 pooling
+// whose epilogue never decreases (positive scales) takes the maximum of the int32 sums
+// instead, each window's four pixels one after another in a block, so the epilogue runs
+// once per pooled pixel. A pooled step runs image by image: the image is padded
+// channels-last into the thread's scratch; a linked next stage (quantized_chains.h) reads
+// the pooled bytes there, written straight into its own padded channels-last input; only
+// the last stage writes NCHW. A quantize of
 // the float32 input folded into the step (quantized_chains.h) runs image by image, into
 // scratch, just before that image's copy.
 #include <algorithm>
@@ -49,6 +52,12 @@ void max_pool_image(const T* conv, int64_t oh, int64_t ow, int64_t channels, con
   for (int64_t py = 0; py < pool.oh; ++py)
     for (int64_t px = 0; px < pool.ow; ++px) {
       uint8_t* dst = out + py * to.row + px * to.pixel;
+      if (pool.kh == 1 && pool.kw == 1 && pool.sh == 1 && pool.sw == 1 && to.channel == 1) {
+        // A copy into channels-last bytes (the stage pooled its sums already, or pools none).
+        const T* at = conv + (py * ow + px) * channels;
+        for (int64_t o = 0; o < channels; ++o) dst[o] = static_cast<uint8_t>(at[o]) ^ to.flip;
+        continue;
+      }
       if (pool.kh == 2 && pool.kw == 2 && pool.sh == 2 && pool.sw == 2 && pool.ph == 0 && pool.pw == 0 &&
           to.channel == 1) {
         // The common 2x2 window into channels-last bytes: four contiguous runs of channels.
@@ -174,18 +183,18 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
     });
   }
 
-  // The im2col rows of output pixels [p0, p0 + count) of one padded channels-last image.
-  void gather_rows(const uint8_t* image, int64_t p0, int64_t count, int64_t depth, uint8_t* rows) const {
+  // Where output pixel p's window starts in a padded channels-last image.
+  int64_t corner_of(int64_t p) const {
+    return (p / geo.ow) * geo.sh * padded_w * geo.c + (p % geo.ow) * geo.sw * geo.c;
+  }
+
+  // The im2col rows of output pixels pixels[0, count) of one padded channels-last image.
+  void gather_rows(const uint8_t* image, const int64_t* pixels, int64_t count, int64_t depth, uint8_t* rows) const {
     const ConvGeometry g = geo;
     const int64_t run = g.kw * g.c, line = padded_w * g.c;
-    int64_t oy = p0 / g.ow, ox = p0 % g.ow;
-    for (int64_t r = 0; r < count; ++r, ++ox) {
-      if (ox == g.ow) {
-        ox = 0;
-        ++oy;
-      }
+    for (int64_t r = 0; r < count; ++r) {
       uint8_t* dst = rows + r * depth;
-      const uint8_t* corner = image + oy * g.sh * line + ox * g.sw * g.c;
+      const uint8_t* corner = image + corner_of(pixels[r]);
       for (int64_t ky = 0; ky < g.kh; ++ky) {
         const uint8_t* src = corner + ky * g.dh * line;
         if (g.dw == 1) {
@@ -198,21 +207,28 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
     }
   }
 
-  // Output pixels [p0, p0 + count) of one padded channels-last image times the weights:
+  // Output pixels pixels[0, count) of one padded channels-last image times the weights:
   // read in place where each group of 4 bytes lies within one tap's channels, else through
-  // im2col rows copied into `buffer`.
-  void multiply_pixels(const uint8_t* image, int64_t p0, int64_t count, const Int8Weights& w, const Int8Epilogue& e,
-                       uint8_t* buffer, char* out, int64_t row_stride, int64_t channel_stride) const {
+  // im2col rows copied into `buffer`; `window` as int8_block's.
+  void multiply_pixels(const uint8_t* image, const int64_t* pixels, int64_t count, const Int8Weights& w,
+                       const Int8Epilogue& e, uint8_t* buffer, char* out, int64_t row_stride, int64_t channel_stride,
+                       int window = 1) const {
     if (group_offsets.empty()) {
-      gather_rows(image, p0, count, w.depth, buffer);
-      int8_block(w, buffer, count, e, out, row_stride, channel_stride);
+      gather_rows(image, pixels, count, w.depth, buffer);
+      int8_block(w, buffer, count, e, out, row_stride, channel_stride, window);
       return;
     }
     const uint8_t* rows[kInt8RowBlock];
-    const int64_t line = padded_w * geo.c;
-    for (int64_t r = 0, p = p0; r < count; ++r, ++p)
-      rows[r] = image + (p / geo.ow) * geo.sh * line + (p % geo.ow) * geo.sw * geo.c;
-    int8_block_in_place(w, rows, group_offsets.data(), count, e, out, row_stride, channel_stride);
+    for (int64_t r = 0; r < count; ++r) rows[r] = image + corner_of(pixels[r]);
+    int8_block_in_place(w, rows, group_offsets.data(), count, e, out, row_stride, channel_stride, window);
+  }
+
+  // Output pixels [p0, p0 + count) of one image, in order.
+  void multiply_run(const uint8_t* image, int64_t p0, int64_t count, const Int8Weights& w, const Int8Epilogue& e,
+                    uint8_t* buffer, char* out, int64_t row_stride, int64_t channel_stride) const {
+    int64_t pixels[kInt8RowBlock];
+    for (int64_t r = 0; r < count; ++r) pixels[r] = p0 + r;
+    multiply_pixels(image, pixels, count, w, e, buffer, out, row_stride, channel_stride);
   }
 
   // The in-place offsets of every group of 4 reduction bytes, (KH, KW, C) ordered, when the
@@ -249,8 +265,8 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
       for (int64_t block = begin; block < end; ++block) {
         const int64_t image = block / per_image, p0 = (block % per_image) * kInt8RowBlock;
         const int64_t count = std::min(kInt8RowBlock, plane - p0);
-        multiply_pixels(nhwc + image * image_bytes(), p0, count, packed_weights, e, buffer,
-                        out + (image * channels * plane + p0) * out_size, 1, plane);
+        multiply_run(nhwc + image * image_bytes(), p0, count, packed_weights, e, buffer,
+                     out + (image * channels * plane + p0) * out_size, 1, plane);
       }
     });
   }
@@ -271,19 +287,65 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
     const int64_t plane = geo.out_plane(), out_size = dtype_size(e.out);
     for (int64_t p0 = 0; p0 < plane; p0 += kInt8RowBlock) {
       const int64_t count = std::min(kInt8RowBlock, plane - p0);
-      multiply_pixels(padded, p0, count, w, e, rows, conv + p0 * channels * out_size, channels, 1);
+      multiply_run(padded, p0, count, w, e, rows, conv + p0 * channels * out_size, channels, 1);
     }
   }
 
-  // `conv` pooled (or, unpooled, copied) into `out`, laid out as `to`.
-  void store_image(const Int8Epilogue& e, const char* conv, char* pixel, uint8_t* out, const ImageLayout& to) const {
-    const ConvGeometry window = pooled ? pool : identity_pool(geo.oh, geo.ow);
+  // Whether this run pools the int32 sums before the epilogue: a 2x2 window of stride 2 inside
+  // the plane, and an epilogue that never decreases (its scales positive and finite), so the
+  // quantized maximum is the maximum's quantized value, computed once instead of four times.
+  bool pools_sums(const Int8Epilogue& e) const {
+    const ConvGeometry& p = pool;
+    if (!pooled || p.kh != 2 || p.kw != 2 || p.sh != 2 || p.sw != 2 || p.ph != 0 || p.pw != 0 || p.dh != 1 ||
+        p.dw != 1 || 2 * p.oh > geo.oh || 2 * p.ow > geo.ow)
+      return false;
+    const auto positive = [](float v) { return v > 0.0f && v < std::numeric_limits<float>::infinity(); };
+    if (!positive(e.output_scale)) return false;
+    for (int64_t o = 0; o < channels; ++o)
+      if (!positive(e.scale[o])) return false;
+    return true;
+  }
+
+  // pools_sums' image: the four pixels of each 2x2 window are consecutive rows of a block,
+  // and each window's epilogue goes into channels-last `conv` of the pooled plane.
+  void convolve_windows(const Int8Weights& w, const Int8Epilogue& e, const uint8_t* padded, uint8_t* rows,
+                        char* conv) const {
+    constexpr int64_t kWindow = 4, kWindowsPerBlock = kInt8RowBlock / kWindow;
+    const int64_t windows = pool.oh * pool.ow, out_size = dtype_size(e.out);
+    int64_t pixels[kInt8RowBlock];
+    for (int64_t w0 = 0; w0 < windows; w0 += kWindowsPerBlock) {
+      const int64_t count = std::min(kWindowsPerBlock, windows - w0);
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t top = 2 * ((w0 + i) / pool.ow) * geo.ow + 2 * ((w0 + i) % pool.ow);
+        const int64_t window[kWindow] = {top, top + 1, top + geo.ow, top + geo.ow + 1};
+        std::copy(window, window + kWindow, pixels + kWindow * i);
+      }
+      multiply_pixels(padded, pixels, kWindow * count, w, e, rows, conv + w0 * channels * out_size, channels, 1,
+                      kWindow);
+    }
+  }
+
+  // `conv` (conv_h x conv_w pixels) pooled by `window` into `out`, laid out as `to`.
+  void store_image(const Int8Epilogue& e, const char* conv, int64_t conv_h, int64_t conv_w, const ConvGeometry& window,
+                   char* pixel, uint8_t* out, const ImageLayout& to) const {
     if (e.out == DType::U8)
-      max_pool_image(reinterpret_cast<const uint8_t*>(conv), geo.oh, geo.ow, channels, window, out, to,
+      max_pool_image(reinterpret_cast<const uint8_t*>(conv), conv_h, conv_w, channels, window, out, to,
                      reinterpret_cast<uint8_t*>(pixel));
     else
-      max_pool_image(reinterpret_cast<const int8_t*>(conv), geo.oh, geo.ow, channels, window, out, to,
+      max_pool_image(reinterpret_cast<const int8_t*>(conv), conv_h, conv_w, channels, window, out, to,
                      reinterpret_cast<int8_t*>(pixel));
+  }
+
+  // One stage of an image: convolved (and pooled) into channels-last `conv`, then stored to `out` as `to`.
+  void run_stage(const Int8Weights& w, const Int8Epilogue& e, const uint8_t* padded, uint8_t* rows, char* conv,
+                 char* pixel, uint8_t* out, const ImageLayout& to) const {
+    if (pools_sums(e)) {
+      convolve_windows(w, e, padded, rows, conv);
+      store_image(e, conv, pool.oh, pool.ow, identity_pool(pool.oh, pool.ow), pixel, out, to);
+      return;
+    }
+    convolve_image(w, e, padded, rows, conv);
+    store_image(e, conv, geo.oh, geo.ow, pooled ? pool : identity_pool(geo.oh, geo.ow), pixel, out, to);
   }
 
   // Images are the tasks: each is padded channels-last into scratch and goes through every
@@ -307,11 +369,11 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
           const QuantizedConv2DKernel& stage = *stages[s];
           char* conv = reinterpret_cast<char*>(rows) + stage.row_buffer_bytes();
           char* pixel = conv + stage.conv_image_bytes();
-          stage.convolve_image(stage_weights[s], stage_epilogues[s], buffers[s % 2], rows, conv);
           if (s + 1 == stages.size()) {
             const int64_t plane = stage.result_h() * stage.result_w();
             auto* out = reinterpret_cast<uint8_t*>(ctx.bytes(stage.y)) + image * stage.channels * plane;
-            stage.store_image(stage_epilogues[s], conv, pixel, out, {plane, stage.result_w(), 1, 0});
+            stage.run_stage(stage_weights[s], stage_epilogues[s], buffers[s % 2], rows, conv, pixel, out,
+                            {plane, stage.result_w(), 1, 0});
             continue;
           }
           const QuantizedConv2DKernel& next_stage = *stages[s + 1];
@@ -320,8 +382,8 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
           std::memset(padded, static_cast<uint8_t>(stage_epilogues[s + 1].zero_point),
                       static_cast<size_t>(next_stage.image_bytes()));
           const ImageLayout to{1, next_stage.padded_w * ng.c, ng.c, next_stage.input_flip()};
-          stage.store_image(stage_epilogues[s], conv, pixel, padded + (ng.ph * next_stage.padded_w + ng.pw) * ng.c,
-                            to);
+          stage.run_stage(stage_weights[s], stage_epilogues[s], buffers[s % 2], rows, conv, pixel,
+                          padded + (ng.ph * next_stage.padded_w + ng.pw) * ng.c, to);
         }
       }
     });
