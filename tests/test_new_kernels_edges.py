@@ -108,20 +108,33 @@ def _unpooled(x, w, bias, padding, threads):
     return engine.run("f", [x])[0]
 
 
-# (N, C, H, W), output channels, padding: even outputs, 16+ input channels
+# (N, C, H, W), output channels, padding. The training plan's forward pass runs these tiles
+# image by image where the channel lanes could (padding <= 1, 16+ outputs a row), 16+ input
+# channels, even outputs; a batch smaller than twice the threads is cut into parts of images by
+# the pixel-lane kernel instead.
 UNPOOLED = [
-    ((2, 16, 2, 2), 8, 1),  # one tile
+    ((2, 16, 2, 18), 8, 1),  # one row of 9 tiles
     ((1, 17, 4, 68), 25, 1),  # 34 tiles a row, 17 channels, one row past the padded rows
-    ((3, 33, 10, 6), 1, 2),  # padding 2, one output channel, a vector across five rows
-    ((1, 16, 12, 12), 40, 0),  # no padding
-    ((1, 16, 2, 2), 5, 3),  # padding past the kernel: rows and columns of zeros only
-    ((2, 16, 5, 7), 9, 1),  # odd outputs: the channel lanes even when forced
+    ((6, 33, 10, 18), 1, 1),  # one output channel, a vector across rows, 6 images
+    ((2, 16, 12, 18), 40, 0),  # no padding
 ]
+# Shapes that stay off these tiles even when forced (the channel lanes' own rule or odd outputs).
+UNPOOLED_ELSEWHERE = [
+    ((3, 33, 10, 6), 1, 2),
+    ((1, 16, 2, 2), 5, 3),
+    ((2, 16, 5, 7), 9, 1),
+]
+
+
+def _unpooled_ids(cases):
+    return [f"{c[0]}->{c[1]}p{c[2]}" for c in cases]
 
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("threads", (1, 2, 3))
-@pytest.mark.parametrize("case", UNPOOLED, ids=[f"{c[0]}->{c[1]}p{c[2]}" for c in UNPOOLED])
+@pytest.mark.parametrize(
+    "case", UNPOOLED + UNPOOLED_ELSEWHERE, ids=_unpooled_ids(UNPOOLED + UNPOOLED_ELSEWHERE)
+)
 def test_unpooled_winograd_edges_match_torch(case, threads, path, monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_NCHWC", "never")
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
@@ -134,32 +147,41 @@ def test_unpooled_winograd_edges_match_torch(case, threads, path, monkeypatch):
     np.testing.assert_allclose(got, want * want, rtol=1e-4, atol=1e-5 * scale)
 
 
-def test_unpooled_edges_run_winograd_not_the_channel_lanes(monkeypatch):
-    # The two kernels round differently: a shape the rule took must differ in some bit.
+def _runs_winograd(x, w, bias, padding, monkeypatch):
+    # The two kernels round differently: a shape the tiles took differs from the lanes in a bit.
     monkeypatch.setenv("GOMETAL_CONV_NCHWC", "never")
-    x, w, bias = _arrays((1, 17, 4, 68), 25, 7)
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
-    winograd = _unpooled(x, w, bias, 1, 1)
+    winograd = _unpooled(x, w, bias, padding, 1)
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "never")
-    assert not np.array_equal(winograd, _unpooled(x, w, bias, 1, 1))
-
-
-@pytest.mark.parametrize("x_shape, o", [((1, 17, 6, 34), 25), ((3, 16, 2, 4), 1)])
-def test_a_training_step_at_edge_shapes_matches_torch(x_shape, o, monkeypatch):
-    monkeypatch.setenv("GOMETAL_CONV_NCHWC", "never")
+    lanes = _unpooled(x, w, bias, padding, 1)
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
+    return not np.array_equal(winograd, lanes)
+
+
+@pytest.mark.parametrize("case", UNPOOLED, ids=_unpooled_ids(UNPOOLED))
+def test_the_unpooled_edges_run_winograd(case, monkeypatch):
+    x_shape, o, padding = case
+    x, w, bias = _arrays(x_shape, o, 7)
+    assert _runs_winograd(x, w, bias, padding, monkeypatch)
+
+
+@pytest.mark.parametrize("x_shape, o", [((2, 17, 6, 34), 25), ((3, 16, 2, 18), 1)])
+def test_a_training_step_at_edge_shapes_matches_torch(x_shape, o, monkeypatch):
     x, w, bias = _arrays(x_shape, o, 3)
+    assert _runs_winograd(x, w / 12.0, bias, 1, monkeypatch)
+    _core.set_num_threads(1)
     check_conv_relu_pool_step(x, w / 12.0, bias)
 
 
-def test_two_threads_predict_on_two_engines_at_once(monkeypatch):
-    # The same (O, C): the per-thread caches of transformed weights must not mix them up.
+@pytest.mark.parametrize("engine_threads, shape", [(1, (2, 16, 16, 16)), (2, (1, 16, 32, 32))])
+def test_two_threads_predict_on_two_engines_at_once(engine_threads, shape, monkeypatch):
+    # The same (O, C): the per-thread caches of transformed weights must not mix them up; at 2
+    # engine threads a batch of one is cut into parts of the image.
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
-    shape = (2, 16, 16, 16)
     engines, inputs, expected = [], [], []
     for seed in (1, 2):
         x, w, bias = _arrays(shape, 32, seed)
-        engine = _pooled_engine(shape[1:], 32, 1, 1)
+        engine = _pooled_engine(shape[1:], 32, 1, engine_threads)
         engine.set_variable("w", w)
         engine.set_variable("bias", bias)
         engines.append(engine)
