@@ -320,3 +320,44 @@ def test_the_shapes_above_reach_the_kernels_they_mean(monkeypatch):
     for m, n, k in TRANSPOSED_A:
         taken = _consults("GOMETAL_GEMM_TRANSPOSED_A_KERNEL", True, False, m, n, k, monkeypatch)
         assert taken == ((m, n, k) in inside), (m, n, k)
+
+
+def _mlp_step(x, w1, b1, w2):
+    # relu(x w1^T + b1) w2^T, squared sum: x's gradient runs dH w1 (B packed per call) and
+    # w1's runs dH^T x (the A^T B tile) at 300 rows.
+    g = _core.Graph()
+    xi = g.input("x", x.shape, "float32")
+    v1, c1, v2 = g.variable("w1", w1.shape), g.variable("b1", b1.shape), g.variable("w2", w2.shape)
+    h = g.op("relu", [g.op("add", [g.op("matmul", [xi, v1], {"transpose_b": True}), c1])])
+    y = g.op("matmul", [h, v2], {"transpose_b": True})
+    loss = g.op("sum", [g.op("mul", [y, y])], {"axes": []})
+    grads = g.gradients(loss, [xi, v1, c1, v2])
+    engine = _core.Engine(g, seed=0)
+    for name, value in (("w1", w1), ("b1", b1), ("w2", w2)):
+        engine.set_variable(name, value)
+    engine.define("step", inputs=[xi], outputs=[loss, *grads], effects=[])
+    return engine.run("step", [x])
+
+
+@pytest.mark.parametrize("threads", (1, 2, 3))
+def test_a_dense_training_step_on_the_new_products_matches_torch(threads, monkeypatch):
+    rng = np.random.default_rng(threads)
+    x = rng.standard_normal((300, 128)).astype(np.float32)
+    w1 = (rng.standard_normal((64, 128)) / 11).astype(np.float32)
+    b1 = rng.standard_normal(64).astype(np.float32)
+    w2 = (rng.standard_normal((128, 64)) / 8).astype(np.float32)
+    for variable in ("GOMETAL_GEMM_PACKED_KERNEL", "GOMETAL_GEMM_TRANSPOSED_A_KERNEL"):
+        monkeypatch.setenv(variable, "bogus")
+        with pytest.raises(ValueError, match=variable):
+            _mlp_step(x, w1, b1, w2)
+        monkeypatch.delenv(variable)
+    _core.set_num_threads(threads)
+    got = _mlp_step(x, w1, b1, w2)
+    xt, w1t, b1t, w2t = (torch.from_numpy(a).double().requires_grad_() for a in (x, w1, b1, w2))
+    y = torch.relu(xt @ w1t.T + b1t) @ w2t.T
+    loss = (y * y).sum()
+    loss.backward()
+    np.testing.assert_allclose(got[0], loss.item(), rtol=1e-5)
+    for value, tensor in zip(got[1:], (xt, w1t, b1t, w2t)):
+        want = tensor.grad.numpy()
+        np.testing.assert_allclose(value, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
