@@ -181,8 +181,8 @@ MATMUL_CASES = [
             ((29, 96), (80, 96), True, "packed-per-call-b-transposed"),
         ]
     ],
-    # A weight gradient's A^T B on the AVX-512 tile (K of 256 to 1024 rows, N a multiple of 64):
-    # rows not a multiple of the tile's, one and two panels of columns. Each sum runs over K in
+    # A weight gradient's A^T B on the AVX-512 tile (K of 256 rows and more, N a multiple of
+    # 64): rows not a multiple of the tile's, one and two panels of columns, K in two chunks. Each sum runs over K in
     # order, so its rounding grows with K and the outputs' size: atol scales with them.
     *[
         _matmul_case(
@@ -191,6 +191,7 @@ MATMUL_CASES = [
         for a, b, name in [
             ((300, 40), (300, 64), "a-transposed-tile"),
             ((257, 71), (257, 128), "a-transposed-tile-2"),
+            ((1100, 30), (1100, 64), "a-transposed-tile-chunks-of-k"),
         ]
     ],
 ]
