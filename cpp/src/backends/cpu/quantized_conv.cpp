@@ -183,18 +183,26 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
     });
   }
 
-  // Where output pixel p's window starts in a padded channels-last image.
-  int64_t corner_of(int64_t p) const {
-    return (p / geo.ow) * geo.sh * padded_w * geo.c + (p % geo.ow) * geo.sw * geo.c;
-  }
+  // Where output pixel (oy, ox)'s window starts in a padded channels-last image.
+  int64_t corner_of(int64_t oy, int64_t ox) const { return oy * geo.sh * padded_w * geo.c + ox * geo.sw * geo.c; }
 
-  // The im2col rows of output pixels pixels[0, count) of one padded channels-last image.
-  void gather_rows(const uint8_t* image, const int64_t* pixels, int64_t count, int64_t depth, uint8_t* rows) const {
+  // The im2col rows of the output pixels whose windows start at corners[0, count) of one
+  // padded channels-last image.
+  void gather_rows(const uint8_t* image, const int64_t* corners, int64_t count, int64_t depth, uint8_t* rows) const {
     const ConvGeometry g = geo;
     const int64_t run = g.kw * g.c, line = padded_w * g.c;
+    if (g.dw == 1 && run <= kCopyChunk) {
+      // A tap row fits one chunk (3 input channels): one copy each, no inner loop.
+      for (int64_t r = 0; r < count; ++r) {
+        uint8_t* dst = rows + r * depth;
+        const uint8_t* corner = image + corners[r];
+        for (int64_t ky = 0; ky < g.kh; ++ky, dst += run) std::memcpy(dst, corner + ky * g.dh * line, kCopyChunk);
+      }
+      return;
+    }
     for (int64_t r = 0; r < count; ++r) {
       uint8_t* dst = rows + r * depth;
-      const uint8_t* corner = image + corner_of(pixels[r]);
+      const uint8_t* corner = image + corners[r];
       for (int64_t ky = 0; ky < g.kh; ++ky) {
         const uint8_t* src = corner + ky * g.dh * line;
         if (g.dw == 1) {
@@ -207,28 +215,31 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
     }
   }
 
-  // Output pixels pixels[0, count) of one padded channels-last image times the weights:
-  // read in place where each group of 4 bytes lies within one tap's channels, else through
-  // im2col rows copied into `buffer`; `window` as int8_block's.
-  void multiply_pixels(const uint8_t* image, const int64_t* pixels, int64_t count, const Int8Weights& w,
+  // The output pixels whose windows start at corners[0, count) of one padded channels-last
+  // image times the weights: read in place where each group of 4 bytes lies within one
+  // tap's channels, else through im2col rows copied into `buffer`; `window` as int8_block's.
+  void multiply_pixels(const uint8_t* image, const int64_t* corners, int64_t count, const Int8Weights& w,
                        const Int8Epilogue& e, uint8_t* buffer, char* out, int64_t row_stride, int64_t channel_stride,
                        int window = 1) const {
     if (group_offsets.empty()) {
-      gather_rows(image, pixels, count, w.depth, buffer);
+      gather_rows(image, corners, count, w.depth, buffer);
       int8_block(w, buffer, count, e, out, row_stride, channel_stride, window);
       return;
     }
     const uint8_t* rows[kInt8RowBlock];
-    for (int64_t r = 0; r < count; ++r) rows[r] = image + corner_of(pixels[r]);
+    for (int64_t r = 0; r < count; ++r) rows[r] = image + corners[r];
     int8_block_in_place(w, rows, group_offsets.data(), count, e, out, row_stride, channel_stride, window);
   }
 
   // Output pixels [p0, p0 + count) of one image, in order.
   void multiply_run(const uint8_t* image, int64_t p0, int64_t count, const Int8Weights& w, const Int8Epilogue& e,
                     uint8_t* buffer, char* out, int64_t row_stride, int64_t channel_stride) const {
-    int64_t pixels[kInt8RowBlock];
-    for (int64_t r = 0; r < count; ++r) pixels[r] = p0 + r;
-    multiply_pixels(image, pixels, count, w, e, buffer, out, row_stride, channel_stride);
+    int64_t corners[kInt8RowBlock];
+    for (int64_t r = 0, oy = p0 / geo.ow, ox = p0 % geo.ow; r < count; ++r) {
+      corners[r] = corner_of(oy, ox);
+      if (++ox == geo.ow) ox = 0, ++oy;
+    }
+    multiply_pixels(image, corners, count, w, e, buffer, out, row_stride, channel_stride);
   }
 
   // The in-place offsets of every group of 4 reduction bytes, (KH, KW, C) ordered, when the
@@ -312,15 +323,17 @@ struct QuantizedConv2DKernel final : Int8ProductKernel {
                         char* conv) const {
     constexpr int64_t kWindow = 4, kWindowsPerBlock = kInt8RowBlock / kWindow;
     const int64_t windows = pool.oh * pool.ow, out_size = dtype_size(e.out);
-    int64_t pixels[kInt8RowBlock];
-    for (int64_t w0 = 0; w0 < windows; w0 += kWindowsPerBlock) {
+    const int64_t right = corner_of(0, 1), below = corner_of(1, 0);
+    int64_t corners[kInt8RowBlock];
+    for (int64_t w0 = 0, py = 0, px = 0; w0 < windows; w0 += kWindowsPerBlock) {
       const int64_t count = std::min(kWindowsPerBlock, windows - w0);
       for (int64_t i = 0; i < count; ++i) {
-        const int64_t top = 2 * ((w0 + i) / pool.ow) * geo.ow + 2 * ((w0 + i) % pool.ow);
-        const int64_t window[kWindow] = {top, top + 1, top + geo.ow, top + geo.ow + 1};
-        std::copy(window, window + kWindow, pixels + kWindow * i);
+        const int64_t top = corner_of(2 * py, 2 * px);
+        const int64_t window[kWindow] = {top, top + right, top + below, top + below + right};
+        std::copy(window, window + kWindow, corners + kWindow * i);
+        if (++px == pool.ow) px = 0, ++py;
       }
-      multiply_pixels(padded, pixels, kWindow * count, w, e, rows, conv + w0 * channels * out_size, channels, 1,
+      multiply_pixels(padded, corners, kWindow * count, w, e, rows, conv + w0 * channels * out_size, channels, 1,
                       kWindow);
     }
   }
