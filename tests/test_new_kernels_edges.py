@@ -361,3 +361,35 @@ def test_a_dense_training_step_on_the_new_products_matches_torch(threads, monkey
     for value, tensor in zip(got[1:], (xt, w1t, b1t, w2t)):
         want = tensor.grad.numpy()
         np.testing.assert_allclose(value, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+# Convolutions the tiles cannot compute: forced, they still run elsewhere and match torch.
+REFUSED = [
+    ((2, 16, 12, 20), (32, 16, 3, 3), (1, 2), (1, 1), (2, 2), 1),  # horizontal stride
+    ((2, 16, 12, 20), (32, 16, 3, 3), (1, 1), (2, 2), (2, 2), 1),  # dilation
+    ((2, 16, 12, 20), (32, 8, 3, 3), (1, 1), (1, 1), (1, 1), 2),  # two groups
+    ((2, 16, 12, 20), (32, 16, 5, 5), (1, 1), (2, 2), (1, 1), 1),  # a 5x5 kernel
+    ((2, 16, 12, 20), (32, 16, 3, 1), (1, 1), (1, 0), (1, 1), 1),  # 3x1
+]
+
+
+@pytest.mark.parametrize("pooled", (True, False))
+@pytest.mark.parametrize("case", REFUSED, ids=["stride", "dilation", "groups", "5x5", "3x1"])
+def test_convolutions_the_tiles_refuse_run_elsewhere_and_match_torch(case, pooled, monkeypatch):
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
+    x_shape, w_shape, stride, padding, dilation, groups = case
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    attrs = conv_attrs(stride, padding, dilation, groups)
+    g = _core.Graph()
+    xi = g.input("x", (-1, *x_shape[1:]), "float32")
+    y = g.op("conv2d", [xi, g.variable("w", w_shape)], attrs)
+    y = g.op("max_pool2d", [y], {"kernel_size": [2, 2]}) if pooled else g.op("mul", [y, y])
+    engine = _core.Engine(g, seed=0)
+    engine.set_variable("w", w)
+    engine.define("f", inputs=[xi], outputs=[y], effects=[])
+    want = torch_conv2d(x, w, attrs)
+    want = F.max_pool2d(torch.from_numpy(want), 2).numpy() if pooled else want * want
+    scale = w_shape[1] * w_shape[2] * w_shape[3]
+    np.testing.assert_allclose(engine.run("f", [x])[0], want, rtol=1e-4, atol=1e-5 * scale)
