@@ -18,7 +18,8 @@ for as many rows as the busy one's batch (gather_while_busy, now on), against ta
 rows at once, 2 x 3 and 5 rounds: 8 wrk clients 1,122 -> 1,529 and 1,311 -> 1,899 req/s, 64
 wrk clients 519 -> 539 and 1,590 -> 1,552 (the machine's load set the level); 64 clients in
 _serving_profile.py, 6 runs each in turn: mean rows per batch 9.3 -> 15.6, faster in all 6
-pairs (medians 915 -> 1,187 req/s). The load generator is
+pairs (medians 915 -> 1,187 req/s); 3 more rounds, 64 tritonclient clients 1,051 -> 1,273,
+64 wrk clients 2,378 -> 2,292 (ranges 2,093-2,797 and 1,423-3,115). The load generator is
 another process (``_serving_load.py``): N tritonclient HTTP async clients, each sending one
 image per request in a loop, a warm-up, then a timed window; every answer is checked against
 offline ``model.predict``. With --grpc the same server is also loaded over gRPC, with unary
