@@ -393,3 +393,30 @@ def test_convolutions_the_tiles_refuse_run_elsewhere_and_match_torch(case, poole
     want = F.max_pool2d(torch.from_numpy(want), 2).numpy() if pooled else want * want
     scale = w_shape[1] * w_shape[2] * w_shape[3]
     np.testing.assert_allclose(engine.run("f", [x])[0], want, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_pooling_after_a_negative_scale_without_relu(path, monkeypatch):
+    # The epilogue runs before the pooling: a negative scale turns each window's largest sum
+    # into its smallest output, so the pooling must take the maximum after it.
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
+    monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 12, 14, 18)).astype(np.float32)
+    w = rng.standard_normal((20, 12, 3, 3)).astype(np.float32)
+    scale = rng.uniform(-1.5, -0.5, (20, 1, 1)).astype(np.float32)
+    g = _core.Graph()
+    xi = g.input("x", (-1, 12, 14, 18), "float32")
+    y = g.op("conv2d", [xi, g.variable("w", w.shape)], conv_attrs((1, 1), (1, 1), (1, 1), 1))
+    y = g.op(
+        "max_pool2d", [g.op("mul", [y, g.variable("scale", scale.shape)])], {"kernel_size": [2, 2]}
+    )
+    _core.set_num_threads(2)
+    engine = _core.Engine(g, seed=0)
+    engine.set_variable("w", w)
+    engine.set_variable("scale", scale)
+    engine.define("f", inputs=[xi], outputs=[y], effects=[])
+    assert any("conv2d," in s and ",max_pool2d" in s for s in engine.describe("f", 3))
+    want = torch_conv2d(x, w, conv_attrs((1, 1), (1, 1), (1, 1), 1)) * scale
+    want = F.max_pool2d(torch.from_numpy(want), 2).numpy()
+    np.testing.assert_allclose(engine.run("f", [x])[0], want, rtol=1e-5, atol=1e-4)
