@@ -55,7 +55,14 @@ void max_pool_image(const T* conv, int64_t oh, int64_t ow, int64_t channels, con
       if (pool.kh == 1 && pool.kw == 1 && pool.sh == 1 && pool.sw == 1 && to.channel == 1) {
         // A copy into channels-last bytes (the stage pooled its sums already, or pools none).
         const T* at = conv + (py * ow + px) * channels;
-        for (int64_t o = 0; o < channels; ++o) dst[o] = static_cast<uint8_t>(at[o]) ^ to.flip;
+        int64_t o = 0;
+        for (; o + 16 <= channels; o += 16) {  // whole chunks of a fixed length vectorize
+          uint8_t chunk[16];
+          std::memcpy(chunk, at + o, sizeof chunk);
+          for (uint8_t& byte : chunk) byte ^= to.flip;
+          std::memcpy(dst + o, chunk, sizeof chunk);
+        }
+        for (; o < channels; ++o) dst[o] = static_cast<uint8_t>(at[o]) ^ to.flip;
         continue;
       }
       if (pool.kh == 2 && pool.kw == 2 && pool.sh == 2 && pool.sw == 2 && pool.ph == 0 && pool.pw == 0 &&
