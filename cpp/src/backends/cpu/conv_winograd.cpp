@@ -1,6 +1,7 @@
 #include "backends/cpu/conv_winograd.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -78,12 +79,14 @@ const float* transformed_weights(const ConvGeometry& g, const float* w) {
 }
 
 // Padded rows [r0, r1) of every channel of image x, each split into even and odd columns.
-void split_image_rows(const ConvGeometry& g, const float* x, int64_t r0, int64_t r1, float* split) {
+// Returns whether every value copied is finite.
+bool split_image_rows(const ConvGeometry& g, const float* x, int64_t r0, int64_t r1, float* split) {
   const int64_t half = half_width(g), row_floats = split_row_floats(g);
   // Columns 2k - pw (even) and 2k + 1 - pw (odd) inside the image.
   const int64_t even_begin = (g.pw + 1) / 2, even_end = std::min(half, (g.w - 1 + g.pw) / 2 + 1);
   const int64_t odd_begin = g.pw / 2;
   const int64_t odd_end = g.w - 2 + g.pw >= 0 ? std::min(half, (g.w - 2 + g.pw) / 2 + 1) : 0;
+  bool finite = true;
   for (int64_t c = 0; c < g.c; ++c)
     for (int64_t r = r0; r < r1; ++r) {
       float* even = split + (c * split_rows(g) + r) * row_floats;
@@ -92,9 +95,22 @@ void split_image_rows(const ConvGeometry& g, const float* x, int64_t r0, int64_t
       const int64_t iy = r - g.ph;
       if (iy < 0 || iy >= g.h) continue;
       const float* src = x + (c * g.h + iy) * g.w - g.pw;
-      for (int64_t k = even_begin; k < even_end; ++k) even[k] = src[2 * k];
-      for (int64_t k = odd_begin; k < odd_end; ++k) odd[k] = src[2 * k + 1];
+      for (int64_t k = even_begin; k < even_end; ++k) {
+        even[k] = src[2 * k];
+        finite &= std::isfinite(even[k]);
+      }
+      for (int64_t k = odd_begin; k < odd_end; ++k) {
+        odd[k] = src[2 * k + 1];
+        finite &= std::isfinite(odd[k]);
+      }
     }
+  return finite;
+}
+
+bool all_finite(const float* v, int64_t n) {
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) finite &= std::isfinite(v[i]);
+  return finite;
 }
 
 // B^T d B of the 4x4 tiles whose rows r[0..3] (split rows) start at column tx, lanes of T:
@@ -336,10 +352,44 @@ int64_t output_plane(const ConvGeometry& g, const ConvEpilogue& epilogue) {
   return epilogue.max_pool_2x2 ? tile_count(g) : g.out_plane();
 }
 
+// Tiles [t_begin, t_end) summed directly from the split rows, one product at a time. With an
+// infinite input or weight the transforms' differences give Inf - Inf = NaN where the direct sum
+// (and torch) gives Inf, so such tiles take this path.
+void direct_tiles(const ConvGeometry& g, const float* w, const float* split, int64_t t_begin, int64_t t_end, float* y,
+                  const ConvEpilogue& epilogue) {
+  const int64_t tw = tile_cols(g), half = half_width(g), row_floats = split_row_floats(g);
+  const int64_t plane = output_plane(g, epilogue);
+  for (int64_t o = 0; o < g.o; ++o)
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      const int64_t ty = t / tw, tx = t % tw;
+      float out[2][2];
+      for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j) {
+          float sum = 0.0f;
+          for (int64_t c = 0; c < g.c; ++c)
+            for (int ky = 0; ky < 3; ++ky) {
+              const float* row = split + (c * split_rows(g) + 2 * ty + i + ky) * row_floats;
+              for (int kx = 0; kx < 3; ++kx) {
+                const int64_t q = 2 * tx + j + kx;  // padded column: even or odd half of the row
+                sum += w[((o * g.c + c) * 3 + ky) * 3 + kx] * row[(q % 2) * half + q / 2];
+              }
+            }
+          out[i][j] = conv_epilogue_channel(sum, epilogue, o);
+        }
+      if (epilogue.max_pool_2x2) {
+        y[o * plane + t] = pool_max(pool_max(out[0][0], out[0][1]), pool_max(out[1][0], out[1][1]));
+      } else {
+        float* dst = y + o * plane + 2 * ty * g.ow + 2 * tx;
+        dst[0] = out[0][0], dst[1] = out[0][1], dst[g.ow] = out[1][0], dst[g.ow + 1] = out[1][1];
+      }
+    }
+}
+
 // The outputs (pooled or not) of tiles [t_begin, t_end) of image x into image y, in the
-// thread's scratch.
-void forward_tiles(ConvPath path, const ConvGeometry& g, const float* u, const float* x, float* y, int64_t t_begin,
-                   int64_t t_end, float* scratch, const ConvEpilogue& epilogue) {
+// thread's scratch; directly summed where an input or weight is not finite.
+void forward_tiles(ConvPath path, const ConvGeometry& g, const float* u, const float* w, bool weights_finite,
+                   const float* x, float* y, int64_t t_begin, int64_t t_end, float* scratch,
+                   const ConvEpilogue& epilogue) {
   float* split = scratch;
   BlockArgs a{};
   a.u = u;
@@ -354,7 +404,8 @@ void forward_tiles(ConvPath path, const ConvGeometry& g, const float* u, const f
   a.ow = g.ow;
   a.epilogue = epilogue;
   const int64_t tw = tile_cols(g);
-  split_image_rows(g, x, 2 * (t_begin / tw), 2 * ((t_end - 1) / tw) + 4, split);
+  const bool finite = split_image_rows(g, x, 2 * (t_begin / tw), 2 * ((t_end - 1) / tw) + 4, split);
+  if (!finite || !weights_finite) return direct_tiles(g, w, split, t_begin, t_end, y, epilogue);
   for (int64_t b0 = t_begin; b0 < t_end; b0 += kBlockTiles)
     forward_block(path, g, split, b0, std::min(t_end, b0 + kBlockTiles), a);
 }
@@ -407,9 +458,11 @@ void conv2d_winograd_forward_samples(const ConvGeometry& g, const float* x, cons
                                      int64_t n1, float* scratch, const ConvEpilogue& epilogue) {
   const ConvPath path = choose_conv_path();
   const float* u = transformed_weights(g, w);
+  const bool weights_finite = all_finite(w, g.o * g.c * 9);
   const int64_t in_image = g.c * g.h * g.w, out_image = g.o * output_plane(g, epilogue);
   for (int64_t n = n0; n < n1; ++n)
-    forward_tiles(path, g, u, x + n * in_image, y + n * out_image, 0, tile_count(g), scratch, epilogue);
+    forward_tiles(path, g, u, w, weights_finite, x + n * in_image, y + n * out_image, 0, tile_count(g), scratch,
+                  epilogue);
 }
 
 void conv2d_winograd_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w,
@@ -417,6 +470,7 @@ void conv2d_winograd_forward(const ExecContext& ctx, const ConvGeometry& g, cons
   const ConvPath path = choose_conv_path();
   // Transformed (or found transformed) once on this thread; every task reads them.
   const float* u = transformed_weights(g, w);
+  const bool weights_finite = all_finite(w, g.o * g.c * 9);
   const int64_t tiles = tile_count(g), threads = ctx.pool->size();
   const int64_t chunk = chunk_of(path);
   int64_t parts = 1;
@@ -428,8 +482,8 @@ void conv2d_winograd_forward(const ExecContext& ctx, const ConvGeometry& g, cons
     int64_t t_begin, t_end;
     split_range(tiles, static_cast<int>(parts), static_cast<int>(task % parts), chunk, &t_begin, &t_end);
     if (t_begin >= t_end) return;
-    forward_tiles(path, g, u, x + n * in_image, y + n * out_image, t_begin, t_end, ctx.thread_scratch(thread),
-                  epilogue);
+    forward_tiles(path, g, u, w, weights_finite, x + n * in_image, y + n * out_image, t_begin, t_end,
+                  ctx.thread_scratch(thread), epilogue);
   });
 }
 
