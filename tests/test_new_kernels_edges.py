@@ -261,13 +261,15 @@ def test_products_of_different_shapes_reuse_a_packing_of_the_same_size():
         _check_product(False, False, 40, n, k, 1, seed=seed)
 
 
-# (M, N, K) of A^T B: the tile's bounds (25 <= M <= 640, 256 <= K <= 1024, N % 64 == 0)
+# (M, N, K) of A^T B: the tile's bounds (25 <= M <= 640, K >= 256, N % 64 == 0; past K = 1024
+# only N <= 128, in chunks of 1024 steps of K)
 TRANSPOSED_A = [
     (25, 64, 256),
     (31, 64, 1024),
     (640, 128, 257),
     (641, 64, 300),  # past the tile: the BLAS
-    (43, 192, 1025),  # past the tile's depth
+    (43, 192, 1025),  # past the tile's depth at N > 128: the BLAS
+    (43, 128, 2049),  # past it at N <= 128: three chunks of K, the last of one step
     (7, 64, 300),  # fewer rows than the tile takes
 ]
 
@@ -319,7 +321,7 @@ def test_the_shapes_above_reach_the_kernels_they_mean(monkeypatch):
         assert _consults(packed, False, tb, m, n, k, monkeypatch), (m, n, k, tb)
     assert not _consults(packed, False, False, 24, 64, 10, monkeypatch)  # gemm_small's rows
     assert not _consults(packed, False, True, 100, 64, 300, monkeypatch)  # deep transposed B
-    inside = {(25, 64, 256), (31, 64, 1024), (640, 128, 257)}
+    inside = {(25, 64, 256), (31, 64, 1024), (640, 128, 257), (43, 128, 2049)}
     for m, n, k in TRANSPOSED_A:
         taken = _consults("GOMETAL_GEMM_TRANSPOSED_A_KERNEL", True, False, m, n, k, monkeypatch)
         assert taken == (X86 and (m, n, k) in inside), (m, n, k)
