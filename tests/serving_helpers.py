@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -283,3 +284,28 @@ class MemoryTransport:
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
+
+
+# A batcher test's longest wait for one answer.
+ANSWER_TIMEOUT_S = 30.0
+
+
+class GatedRunner:
+    """Doubles its input and records batch sizes; its first call waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.first_started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        self.sizes.append(len(inputs[0]))
+        if len(self.sizes) == 1:
+            self.first_started.set()
+            self.release.wait(ANSWER_TIMEOUT_S)
+        return [inputs[0] * 2]
+
+
+def gated_rows(value: float, rows: int = 1) -> list[np.ndarray]:
+    """One input of ``rows`` rows of two columns, every value ``value``."""
+    return [np.full((rows, 2), value, np.float32)]

@@ -7,7 +7,6 @@ answers."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -18,49 +17,36 @@ import tritonclient.http as triton
 import gometal as gm
 from gometal.serving import DynamicBatcher, ModelRepository
 from gometal.serving.app import ServerSettings
-from serving_helpers import ServerProcess, batch_histogram, offline, write_repository
+from serving_helpers import (
+    ANSWER_TIMEOUT_S,
+    GatedRunner,
+    ServerProcess,
+    batch_histogram,
+    gated_rows,
+    offline,
+    write_repository,
+)
 
 # Far longer than any test waits for an answer: a request answered at all did not wait it.
 LONG_DELAY_MS = 600_000.0
-ANSWER_TIMEOUT_S = 30.0
 RTOL, ATOL = 1e-5, 1e-6
 
 
-class _GatedRunner:
-    """Doubles its input and records batch sizes; its first call waits for ``release``."""
-
-    def __init__(self) -> None:
-        self.sizes: list[int] = []
-        self.first_started = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        self.sizes.append(len(inputs[0]))
-        if len(self.sizes) == 1:
-            self.first_started.set()
-            self.release.wait(ANSWER_TIMEOUT_S)
-        return [inputs[0] * 2]
-
-
-def _rows(value: float, rows: int = 1) -> list[np.ndarray]:
-    return [np.full((rows, 2), value, np.float32)]
-
-
-def _gathering_batcher(runner: _GatedRunner) -> DynamicBatcher:
+def _gathering_batcher(runner: GatedRunner) -> DynamicBatcher:
     return DynamicBatcher([runner, runner], max_batch_size=8, max_queue_delay_s=0.0,
                           max_queue=16, start_when_idle=True, gather_while_busy=True)  # fmt: skip
 
 
 def test_a_free_instance_gathers_as_many_rows_as_the_busy_ones_batch() -> None:
-    runner = _GatedRunner()
+    runner = GatedRunner()
     batcher = _gathering_batcher(runner)
     try:
-        busy = batcher.submit(_rows(1.0, rows=3))
+        busy = batcher.submit(gated_rows(1.0, rows=3))
         assert runner.first_started.wait(ANSWER_TIMEOUT_S)
-        early = [batcher.submit(_rows(value)) for value in (2.0, 3.0)]
+        early = [batcher.submit(gated_rows(value)) for value in (2.0, 3.0)]
         time.sleep(0.1)  # two rows of the three the busy instance holds: the other waits
         assert not any(future.done() for future in early)
-        last = batcher.submit(_rows(4.0))
+        last = batcher.submit(gated_rows(4.0))
         answers = [future.result(ANSWER_TIMEOUT_S)[0] for future in (*early, last)]
         assert not busy.done(), "the merged batch ran while the first instance computed"
         runner.release.set()
@@ -74,12 +60,12 @@ def test_a_free_instance_gathers_as_many_rows_as_the_busy_ones_batch() -> None:
 
 
 def test_the_busy_instance_finishing_ends_the_wait() -> None:
-    runner = _GatedRunner()
+    runner = GatedRunner()
     batcher = _gathering_batcher(runner)
     try:
-        busy = batcher.submit(_rows(1.0, rows=4))
+        busy = batcher.submit(gated_rows(1.0, rows=4))
         assert runner.first_started.wait(ANSWER_TIMEOUT_S)
-        lone = batcher.submit(_rows(5.0))
+        lone = batcher.submit(gated_rows(5.0))
         time.sleep(0.1)
         assert not lone.done()
         runner.release.set()
@@ -93,13 +79,13 @@ def test_the_busy_instance_finishing_ends_the_wait() -> None:
 
 
 def test_a_lone_request_on_an_idle_batcher_runs_at_once() -> None:
-    runner = _GatedRunner()
+    runner = GatedRunner()
     runner.release.set()
     batcher = DynamicBatcher([runner, runner], max_batch_size=8,
                              max_queue_delay_s=LONG_DELAY_MS / 1e3, max_queue=8,
                              start_when_idle=True, gather_while_busy=True)  # fmt: skip
     try:
-        answers = [batcher.submit(_rows(v)).result(ANSWER_TIMEOUT_S)[0] for v in (1.0, 2.0)]
+        answers = [batcher.submit(gated_rows(v)).result(ANSWER_TIMEOUT_S)[0] for v in (1.0, 2.0)]
     finally:
         batcher.close()
     assert runner.sizes == [1, 1]

@@ -16,40 +16,19 @@ from gometal.serving import DynamicBatcher, ModelRepository
 from gometal.serving.app import ServerSettings
 from gometal.serving.metrics import ServingMetrics
 from gometal.serving.served_model import ServedVersion
-from serving_helpers import cnn_model
+from serving_helpers import ANSWER_TIMEOUT_S, GatedRunner, cnn_model, gated_rows
 
 # Far longer than any test waits for an answer: a request answered at all did not wait it.
 LONG_DELAY_S = 600.0
-ANSWER_TIMEOUT_S = 30.0
-
-
-class _GatedRunner:
-    """Doubles its input and records batch sizes; its first call waits for ``release``."""
-
-    def __init__(self) -> None:
-        self.sizes: list[int] = []
-        self.first_started = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        self.sizes.append(len(inputs[0]))
-        if len(self.sizes) == 1:
-            self.first_started.set()
-            self.release.wait(ANSWER_TIMEOUT_S)
-        return [inputs[0] * 2]
-
-
-def _rows(value: float, rows: int = 1) -> list[np.ndarray]:
-    return [np.full((rows, 2), value, np.float32)]
 
 
 def test_a_lone_request_runs_at_once_on_a_free_instance() -> None:
-    runner = _GatedRunner()
+    runner = GatedRunner()
     runner.release.set()
     batcher = DynamicBatcher([runner], max_batch_size=64, max_queue_delay_s=LONG_DELAY_S,
                              max_queue=8, start_when_idle=True)  # fmt: skip
     try:
-        (answer,) = batcher.submit(_rows(3.0)).result(ANSWER_TIMEOUT_S)
+        (answer,) = batcher.submit(gated_rows(3.0)).result(ANSWER_TIMEOUT_S)
     finally:
         batcher.close()
     np.testing.assert_array_equal(answer, np.full((1, 2), 6.0, np.float32))
@@ -57,19 +36,19 @@ def test_a_lone_request_runs_at_once_on_a_free_instance() -> None:
 
 
 def test_requests_queued_during_a_pass_merge_and_wait_for_a_full_batch() -> None:
-    runner = _GatedRunner()
+    runner = GatedRunner()
     batcher = DynamicBatcher([runner], max_batch_size=4, max_queue_delay_s=LONG_DELAY_S,
                              max_queue=8, start_when_idle=True)  # fmt: skip
     try:
-        first = batcher.submit(_rows(1.0))
+        first = batcher.submit(gated_rows(1.0))
         assert runner.first_started.wait(ANSWER_TIMEOUT_S)
-        queued = [batcher.submit(_rows(value)) for value in (2.0, 3.0)]
+        queued = [batcher.submit(gated_rows(value)) for value in (2.0, 3.0)]
         runner.release.set()
         first.result(ANSWER_TIMEOUT_S)
         # The instance is free again and finds two requests: it waits for more, not runs them.
         time.sleep(0.1)
         assert not any(future.done() for future in queued)
-        queued += [batcher.submit(_rows(value)) for value in (4.0, 5.0)]
+        queued += [batcher.submit(gated_rows(value)) for value in (4.0, 5.0)]
         answers = [future.result(ANSWER_TIMEOUT_S)[0] for future in queued]
     finally:
         batcher.close()
@@ -79,15 +58,15 @@ def test_requests_queued_during_a_pass_merge_and_wait_for_a_full_batch() -> None
 
 
 def test_without_it_a_lone_request_waits_for_company() -> None:
-    runner = _GatedRunner()
+    runner = GatedRunner()
     runner.release.set()
     batcher = DynamicBatcher([runner], max_batch_size=2, max_queue_delay_s=LONG_DELAY_S,
                              max_queue=8)  # fmt: skip
     try:
-        lone = batcher.submit(_rows(1.0))
+        lone = batcher.submit(gated_rows(1.0))
         time.sleep(0.1)
         assert not lone.done()
-        company = batcher.submit(_rows(2.0))
+        company = batcher.submit(gated_rows(2.0))
         answers = [lone.result(ANSWER_TIMEOUT_S)[0], company.result(ANSWER_TIMEOUT_S)[0]]
     finally:
         batcher.close()
@@ -134,12 +113,12 @@ def test_each_free_instance_takes_a_lone_request_at_once() -> None:
     batcher = DynamicBatcher([runner, runner], max_batch_size=8, max_queue_delay_s=LONG_DELAY_S,
                              max_queue=8, start_when_idle=True)  # fmt: skip
     try:
-        first = batcher.submit(_rows(1.0))
+        first = batcher.submit(gated_rows(1.0))
         deadline = time.monotonic() + ANSWER_TIMEOUT_S
         while batcher.depth and time.monotonic() < deadline:  # an instance takes it
             time.sleep(0.001)
         assert not batcher.depth, "a lone request waited for company"
-        second = batcher.submit(_rows(2.0))
+        second = batcher.submit(gated_rows(2.0))
         answers = [first.result(ANSWER_TIMEOUT_S)[0], second.result(ANSWER_TIMEOUT_S)[0]]
     finally:
         batcher.close()
