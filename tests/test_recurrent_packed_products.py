@@ -20,12 +20,14 @@ def threads(request):
 
 # hidden 40: an LSTM's 160 gate columns are 5 panels of 32 (10 of 16); proj_size 21 leaves a
 # partial panel; batch 11 leaves a partial row block. 11 x 160 x 40 multiply-adds per step
-# pass the size at which a product is split over the threads.
+# pass the size at which a product is split over the threads. Hidden 130: W_hh's 520 x 130
+# floats are packed by both threads (16.25 panels of 32 columns, 8.125 blocks of 16 rows).
 @pytest.mark.parametrize(
     "config",
     [
         Config("lstm", hidden_size=40, input_size=9),
         Config("lstm", hidden_size=40, input_size=9, proj_size=21, bidirectional=True),
+        Config("lstm", hidden_size=130, input_size=9),
         Config("gru", hidden_size=47, input_size=9, initial_state=True, lengths=True),
         Config("rnn_tanh", hidden_size=130, input_size=9, num_layers=2),
     ],

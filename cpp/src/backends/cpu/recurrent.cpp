@@ -164,12 +164,12 @@ struct RecurrenceKernel final : Kernel {
     float* hnew = hraw + n_ * H;
     float* packed_hh = ctx.shared + state_floats();
     float* packed_hr = packed_hh + packed_hh_floats();
-    recurrent_gemm::pack_transposed(ctx.ptr(w_hh), GH, P, packed_hh);
-    if (l.projected) recurrent_gemm::pack_transposed(ctx.ptr(w_hr), P, H, packed_hr);
+    recurrent_gemm::pack_transposed(*ctx.pool, ctx.ptr(w_hh), GH, P, packed_hh);
+    if (l.projected) recurrent_gemm::pack_transposed(*ctx.pool, ctx.ptr(w_hr), P, H, packed_hr);
     // With w_ih each step's product sums x w_ih^T and h w_hh^T: the gate math adds zeros for xp.
     const int64_t I = input_width;
     float* packed_ih = packed_hr + packed_hr_floats();
-    if (I > 0) recurrent_gemm::pack_transposed(ctx.ptr(w_ih), GH, I, packed_ih);
+    if (I > 0) recurrent_gemm::pack_transposed(*ctx.pool, ctx.ptr(w_ih), GH, I, packed_ih);
     float* zeros = packed_hh + packed_weight_floats();
     if (bias.region == Region::None || I > 0) std::memset(zeros, 0, sizeof(float) * GH);
     const float* b = bias.region == Region::None ? zeros : ctx.ptr(bias);

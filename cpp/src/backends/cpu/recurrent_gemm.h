@@ -107,14 +107,42 @@ using detail::Source;
 // Floats a packed (k x cols) right-hand operand takes: cols rounded up to whole panels.
 inline int64_t packed_floats(int64_t k, int64_t cols) { return detail::panels(cols) * detail::kPanel * k; }
 
-// Packs the product's right-hand operand W^T, W row-major (cols x k): for x W^T.
-inline void pack_transposed(const float* w, int64_t cols, int64_t k, float* packed) {
-  std::memset(packed, 0, sizeof(float) * packed_floats(k, cols));
-  for (int64_t j = 0; j < cols; ++j) {
-    float* to = packed + (j / detail::kPanel) * detail::kPanel * k + j % detail::kPanel;
-    const float* row = w + j * k;
-    for (int64_t kk = 0; kk < k; ++kk) to[kk * detail::kPanel] = row[kk];
+namespace detail {
+
+// Panels [p0, p1) of W^T packed, W row-major (cols x k). A block of 16 steps of k of a
+// panel's rows is copied at a time: each row's 16 floats are read in one line and the block's
+// writes stay in the L1 cache (twice as fast as a column at a time over the whole of k).
+inline void pack_transposed_panels(const float* w, int64_t cols, int64_t k, float* packed, int64_t p0, int64_t p1) {
+  constexpr int64_t kSteps = 16;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t col = p * kPanel, width = std::min(kPanel, cols - col);
+    float* panel = packed + p * kPanel * k;
+    if (width < kPanel) std::memset(panel, 0, sizeof(float) * kPanel * k);
+    for (int64_t k0 = 0; k0 < k; k0 += kSteps) {
+      const int64_t steps = std::min(kSteps, k - k0);
+      for (int64_t j = 0; j < width; ++j) {
+        const float* from = w + (col + j) * k + k0;
+        float* to = panel + k0 * kPanel + j;
+        for (int64_t kk = 0; kk < steps; ++kk) to[kk * kPanel] = from[kk];
+      }
+    }
   }
+}
+
+}  // namespace detail
+
+// Packs the product's right-hand operand W^T, W row-major (cols x k): for x W^T. The panels
+// are split over the pool's threads: every thread of the time loop waits on the whole.
+inline void pack_transposed(ThreadPool& pool, const float* w, int64_t cols, int64_t k, float* packed) {
+  constexpr int64_t kParallelFloats = 1 << 16;  // below this a task switch costs more than the copy
+  const int64_t n_panels = detail::panels(cols);
+  const int tasks = cols * k < kParallelFloats ? 1 : static_cast<int>(std::min<int64_t>(pool.size(), n_panels));
+  if (tasks <= 1) return detail::pack_transposed_panels(w, cols, k, packed, 0, n_panels);
+  pool.parallel_for(tasks, [&](int task, int) {
+    int64_t lo, hi;
+    split_range(n_panels, tasks, task, 1, &lo, &hi);
+    detail::pack_transposed_panels(w, cols, k, packed, lo, hi);
+  });
 }
 
 // Packs the product's right-hand operand W, row-major (k x cols): for x W.
