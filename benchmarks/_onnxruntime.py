@@ -34,8 +34,8 @@ def _export(exporter: str, workload: str, path: str, batch: int) -> str | None:
     return " | ".join(proc.stderr.strip().splitlines()[-3:])
 
 
-def _session(ort, path: str, threads: int):
-    options = ort.SessionOptions()
+def _session(ort, path: str, threads: int, options=None):
+    options = options or ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
