@@ -9,6 +9,7 @@
 #include "backends/cpu/blas.h"
 #include "passes/relu_pool_mask.h"
 #include "passes/schedule.h"
+#include "runtime/finite.h"
 #include "runtime/memory.h"
 #include "runtime/rng.h"
 #include "runtime/thread_pool.h"
@@ -40,29 +41,6 @@ int64_t view_numel(const TensorView& v) {
 
 std::string dims_str(const int64_t* dims, int rank) {
   return shape_str(Shape(dims, dims + rank));
-}
-
-// True when every value is finite: inf and NaN are the floats whose exponent bits are all
-// set. Integer operations vectorise without reassociating float math.
-template <class Bits>
-bool exponents_not_all_set(const void* data, int64_t n, Bits exponent) {
-  const auto* x = static_cast<const char*>(data);
-  Bits bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    Bits bits;
-    std::memcpy(&bits, x + i * sizeof(Bits), sizeof bits);
-    bad |= static_cast<Bits>((bits & exponent) == exponent);
-  }
-  return bad == 0;
-}
-
-bool all_finite(const void* data, int64_t n, DType dtype) {
-  switch (dtype) {
-    case DType::F32: return exponents_not_all_set<uint32_t>(data, n, 0x7f800000u);
-    case DType::F16: return exponents_not_all_set<uint16_t>(data, n, 0x7c00u);
-    case DType::BF16: return exponents_not_all_set<uint16_t>(data, n, 0x7f80u);
-    default: return true;
-  }
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "backends/cpu/lane_transpose.h"
 #include "backends/cpu/packed_weight_cache.h"
 #include "backends/cpu/simd_paths.h"
+#include "runtime/finite.h"
 
 namespace gometal {
 namespace {
@@ -107,11 +108,6 @@ bool split_image_rows(const ConvGeometry& g, const float* x, int64_t r0, int64_t
   return finite;
 }
 
-bool all_finite(const float* v, int64_t n) {
-  bool finite = true;
-  for (int64_t i = 0; i < n; ++i) finite &= std::isfinite(v[i]);
-  return finite;
-}
 
 // B^T d B of the 4x4 tiles whose rows r[0..3] (split rows) start at column tx, lanes of T:
 // out[point] = the transformed value. Additions only, so every lane width gives the same bits.
@@ -458,7 +454,7 @@ void conv2d_winograd_forward_samples(const ConvGeometry& g, const float* x, cons
                                      int64_t n1, float* scratch, const ConvEpilogue& epilogue) {
   const ConvPath path = choose_conv_path();
   const float* u = transformed_weights(g, w);
-  const bool weights_finite = all_finite(w, g.o * g.c * 9);
+  const bool weights_finite = all_finite(w, g.o * g.c * 9, DType::F32);
   const int64_t in_image = g.c * g.h * g.w, out_image = g.o * output_plane(g, epilogue);
   for (int64_t n = n0; n < n1; ++n)
     forward_tiles(path, g, u, w, weights_finite, x + n * in_image, y + n * out_image, 0, tile_count(g), scratch,
@@ -470,7 +466,7 @@ void conv2d_winograd_forward(const ExecContext& ctx, const ConvGeometry& g, cons
   const ConvPath path = choose_conv_path();
   // Transformed (or found transformed) once on this thread; every task reads them.
   const float* u = transformed_weights(g, w);
-  const bool weights_finite = all_finite(w, g.o * g.c * 9);
+  const bool weights_finite = all_finite(w, g.o * g.c * 9, DType::F32);
   const int64_t tiles = tile_count(g), threads = ctx.pool->size();
   const int64_t chunk = chunk_of(path);
   int64_t parts = 1;
