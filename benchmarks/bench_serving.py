@@ -329,8 +329,8 @@ def main() -> None:
                         help="gometal serve --instances (default: the server's)")  # fmt: skip
     parser.add_argument("--variant", action="append", default=[], metavar="JSON",
                         help="also serve the model with these batching settings (a model "
-                        "config.json, e.g. '{\"start_when_idle\": true}'; \"threads\": "
-                        "gometal serve --threads), beside the others in the same run; "
+                        "config.json, e.g. '{\"start_when_idle\": true}'; \"threads\" and "
+                        "\"loop\": gometal serve --threads and --loop), beside the others in the same run; "
                         "repeatable")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs of every server at each client count, in turn; the table "
@@ -403,6 +403,8 @@ def main() -> None:
         for index, variant in enumerate(variants):  # the same command, on its own repository
             port, config = _free_port(), dict(variant)
             threads = ["--threads", str(config.pop("threads"))] if "threads" in config else []
+            if "loop" in config:  # a server option, as threads: not the model's config.json
+                threads += ["--loop", str(config.pop("loop"))]
             served = _variant_repository(folder, config, index) if config else server_cmd[4]
             command = [sys.executable, "-m", "gometal.apps.cli", "serve", served, "--port",
                        str(port), "--grpc-port", "0", "--max-queue", "1024", *tuning,

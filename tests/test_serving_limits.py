@@ -54,7 +54,7 @@ def test_the_server_announces_its_engine_threads_and_the_plans_it_compiled(
 ) -> None:
     out = server.stdout_path.read_text()
     # --threads 1 and no --instances: one instance per core this process may use.
-    assert f"(1 engine threads, {len(os.sched_getaffinity(0))} instances)" in out, out
+    assert f"(1 engine threads, {len(os.sched_getaffinity(0))} instances, " in out, out
     for model in ("gpt/1", "mlp/1", "mlp/2"):
         assert f"{model} compiled for batch sizes [1, 2, 4, 8, 16, 32, 64]" in out, out
 

@@ -27,6 +27,7 @@ DEFAULT_GATHER_WHILE_BUSY = True
 DEFAULT_MAX_BODY_MB = 16.0
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 API_KEY_ENV = "GOMETAL_API_KEY"
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 def _port(text: str) -> int:
@@ -165,6 +166,12 @@ def add_serve_command(commands: Any) -> None:
         "loop keeps)",
     )
     serve.add_argument(
+        "--loop",
+        choices=EVENT_LOOPS,
+        default="auto",
+        help="the event loop (auto: uvloop when it is installed, else asyncio)",
+    )
+    serve.add_argument(
         "--no-warmup",
         dest="warmup",
         action="store_false",
@@ -214,6 +221,7 @@ def run_serve(args: argparse.Namespace) -> int:
             threads=args.threads,
             header_timeout_s=args.header_timeout,
             warmup=args.warmup,
+            loop=args.loop,
         )
     except (RepositoryError, ValueError) as err:
         print(f"gometal serve: {err}", file=sys.stderr)

@@ -8,6 +8,7 @@ exits with status 0.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -29,9 +30,11 @@ __all__ = [
     "DEFAULT_GRPC_PORT",
     "DEFAULT_HEADER_TIMEOUT_S",
     "DEFAULT_PORT",
+    "EVENT_LOOPS",
     "default_serving_instances",
     "default_serving_threads",
     "is_loopback",
+    "resolve_event_loop",
     "serve",
 ]
 
@@ -40,6 +43,7 @@ DEFAULT_GRPC_PORT = 8001
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (Python's default: 700)
 _SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 def is_loopback(host: str) -> bool:
@@ -104,6 +108,38 @@ def default_serving_threads(cores: int | None = None) -> int:
     return max(1, (cores if cores is not None else _cores()) - 1)
 
 
+def resolve_event_loop(loop: str = "auto") -> str:
+    """The event loop a server runs: ``"uvloop"`` or ``"asyncio"``.
+
+    uvloop (libuv, in C) runs the loop's own work (polling, socket reads and writes,
+    callbacks) for less than asyncio does; it pays most where each turn of the loop
+    answers few requests (a lone client). ``"auto"`` takes it whenever it is importable
+    (it is not on Windows).
+
+    Args:
+        loop: ``"auto"``, ``"uvloop"`` or ``"asyncio"``.
+
+    Returns:
+        The loop's name, as uvicorn's ``loop`` setting takes it.
+
+    Raises:
+        ValueError: an unknown name, or ``"uvloop"`` where uvloop is not installed.
+
+    Example:
+        >>> resolve_event_loop("asyncio")
+        'asyncio'
+    """
+    if loop not in EVENT_LOOPS:
+        raise ValueError(f"loop must be one of {', '.join(EVENT_LOOPS)}, got {loop!r}")
+    installed = importlib.util.find_spec("uvloop") is not None
+    if loop == "uvloop" and not installed:
+        raise ValueError("loop 'uvloop' needs the uvloop package (pip install uvloop; "
+                         "it does not run on Windows), or give loop 'asyncio'")  # fmt: skip
+    if loop == "auto":
+        return "uvloop" if installed else "asyncio"
+    return loop
+
+
 def _log_requests_to_stderr() -> logging.Handler | None:
     """Sends the request log to stderr (in bulk: see :mod:`.request_log`); returns the
     handler it added, to close when serving ends, or None when the log had one."""
@@ -152,6 +188,7 @@ def serve(
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
     threads: int | None = None,
     warmup: bool = True,
+    loop: str = "auto",
 ) -> None:
     """Serves a model repository over the Open Inference Protocol until SIGTERM or Ctrl+C.
 
@@ -178,6 +215,8 @@ def serve(
             every core but one, which the event loop keeps).
         warmup: compile each model's plans for the batch sizes its batcher runs before
             the server reports ready (a first request of each size then waits for none).
+        loop: the event loop: ``"uvloop"``, ``"asyncio"``, or ``"auto"`` (uvloop when it
+            is installed: see :func:`resolve_event_loop`).
 
     Raises:
         ValueError: a setting out of range, a non-loopback ``host`` without ``api_key``,
@@ -200,6 +239,7 @@ def serve(
                                 or threads < 1):  # fmt: skip
         raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
     threads = threads if threads is not None else default_serving_threads()
+    event_loop = resolve_event_loop(loop)
     if instances is None:
         instances = default_serving_instances(threads)
     settings = ServerSettings(
@@ -224,7 +264,7 @@ def serve(
     grpc_shown = f", grpc {grpc_address}" if grpc_address else ""
     print(f"gometal serve: http://{host}:{port}/v2{grpc_shown} serving "
           f"{', '.join(ready) or 'no model'} ({get_num_threads()} engine threads, "
-          f"{instances} instances)",
+          f"{instances} instances, {event_loop} event loop)",
           flush=True)  # fmt: skip
     for (name, version), served in sorted(state.served.items()):
         if served.warmed_up:
@@ -244,7 +284,7 @@ def serve(
     # No proxy-header middleware: nothing here reads the client's address.
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False,
-        http=serving_protocol(header_timeout_s, app.state.direct_infer),
+        http=serving_protocol(header_timeout_s, app.state.direct_infer), loop=event_loop,
         timeout_graceful_shutdown=None,
     )  # fmt: skip
     gc_thresholds = _settle_garbage_collector()
