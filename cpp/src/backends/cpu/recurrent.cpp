@@ -253,8 +253,8 @@ struct RecurrenceKernel final : Kernel {
     float* dhp = dhraw + n_ * H;
     float* packed_hh = ctx.shared + state_floats();
     float* packed_hr = packed_hh + packed_hh_floats();
-    recurrent_gemm::pack(ctx.ptr(w_hh), GH, P, packed_hh);
-    if (l.projected) recurrent_gemm::pack(ctx.ptr(w_hr), P, H, packed_hr);
+    recurrent_gemm::pack(*ctx.pool, ctx.ptr(w_hh), GH, P, packed_hh);
+    if (l.projected) recurrent_gemm::pack(*ctx.pool, ctx.ptr(w_hr), P, H, packed_hr);
     std::memset(dh, 0, sizeof(float) * n_ * P);
     std::memset(dc, 0, sizeof(float) * n_ * H);
     float* zeros = packed_hh + packed_weight_floats();

@@ -129,30 +129,44 @@ inline void pack_transposed_panels(const float* w, int64_t cols, int64_t k, floa
   }
 }
 
-}  // namespace detail
+// Panels [p0, p1) of W packed, W row-major (k x cols): each panel row is one copy of a
+// contiguous run of W's row.
+inline void pack_panels(const float* w, int64_t k, int64_t cols, float* packed, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t col = p * kPanel, width = std::min(kPanel, cols - col);
+    float* panel = packed + p * kPanel * k;
+    if (width < kPanel) std::memset(panel, 0, sizeof(float) * kPanel * k);
+    for (int64_t kk = 0; kk < k; ++kk) std::memcpy(panel + kk * kPanel, w + kk * cols + col, sizeof(float) * width);
+  }
+}
 
-// Packs the product's right-hand operand W^T, W row-major (cols x k): for x W^T. The panels
-// are split over the pool's threads: every thread of the time loop waits on the whole.
-inline void pack_transposed(ThreadPool& pool, const float* w, int64_t cols, int64_t k, float* packed) {
+// Runs pack(p0, p1) over the panels of a (k x cols) operand, split over the pool's threads
+// when it is large enough: every thread of the time loop waits on the whole pack.
+template <class F>
+inline void over_panels(ThreadPool& pool, int64_t k, int64_t cols, F&& pack) {
   constexpr int64_t kParallelFloats = 1 << 16;  // below this a task switch costs more than the copy
-  const int64_t n_panels = detail::panels(cols);
+  const int64_t n_panels = panels(cols);
   const int tasks = cols * k < kParallelFloats ? 1 : static_cast<int>(std::min<int64_t>(pool.size(), n_panels));
-  if (tasks <= 1) return detail::pack_transposed_panels(w, cols, k, packed, 0, n_panels);
+  if (tasks <= 1) return pack(int64_t{0}, n_panels);
   pool.parallel_for(tasks, [&](int task, int) {
     int64_t lo, hi;
     split_range(n_panels, tasks, task, 1, &lo, &hi);
-    detail::pack_transposed_panels(w, cols, k, packed, lo, hi);
+    pack(lo, hi);
+  });
+}
+
+}  // namespace detail
+
+// Packs the product's right-hand operand W^T, W row-major (cols x k): for x W^T.
+inline void pack_transposed(ThreadPool& pool, const float* w, int64_t cols, int64_t k, float* packed) {
+  detail::over_panels(pool, k, cols, [&](int64_t p0, int64_t p1) {
+    detail::pack_transposed_panels(w, cols, k, packed, p0, p1);
   });
 }
 
 // Packs the product's right-hand operand W, row-major (k x cols): for x W.
-inline void pack(const float* w, int64_t k, int64_t cols, float* packed) {
-  std::memset(packed, 0, sizeof(float) * packed_floats(k, cols));
-  for (int64_t p = 0; p < detail::panels(cols); ++p) {
-    const int64_t col = p * detail::kPanel, width = std::min(detail::kPanel, cols - col);
-    float* panel = packed + p * detail::kPanel * k;
-    for (int64_t kk = 0; kk < k; ++kk) std::memcpy(panel + kk * detail::kPanel, w + kk * cols + col, sizeof(float) * width);
-  }
+inline void pack(ThreadPool& pool, const float* w, int64_t k, int64_t cols, float* packed) {
+  detail::over_panels(pool, k, cols, [&](int64_t p0, int64_t p1) { detail::pack_panels(w, k, cols, packed, p0, p1); });
 }
 
 // C (m x cols, row stride ldc) = A (m x k, row stride lda) times the packed operand, on the
