@@ -277,7 +277,9 @@ void vjp_recurrence(Graph& gr, int y, int g, std::vector<int>& dx) {
   } else {
     dx[at.xp] = d_xp;
   }
-  if (at.bias >= 0) dx[at.bias] = gr.sum(d_xp, {0, 1});
+  // A table's gradient already sums the steps' d(xp) into its V rows: the bias's is the sum
+  // of those few rows instead of a second pass over all N * T.
+  if (at.bias >= 0) dx[at.bias] = at.ids >= 0 ? gr.sum(dx[at.xp], {0}) : gr.sum(d_xp, {0, 1});
   int d_hidden_side = d_xp;  // the gradient of the pre-activations w_hh multiplies into
   if (l.cell == Cell::Gru) {
     const int dhn = columns(gr, grads, l.dhn_col(), h);
