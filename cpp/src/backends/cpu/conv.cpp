@@ -11,6 +11,7 @@
 #include "backends/cpu/conv_nchwc.h"
 #include "backends/cpu/conv_simd.h"
 #include "backends/cpu/conv_winograd.h"
+#include "backends/cpu/conv_winograd_grad.h"
 #include "backends/cpu/gemm.h"
 
 namespace gometal {
@@ -109,10 +110,16 @@ int64_t weight_grad_chunks(const ConvGeometry& g) { return std::min<int64_t>(kWe
 
 // Scratch a weight-gradient task uses: the direct kernel's tap offsets and lane sums for
 // its output channels, or im2col columns.
-int64_t weight_grad_work_floats(const ConvGeometry& g) {
+int64_t fallback_work_floats(const ConvGeometry& g) {
   if (use_channel_weight_grad(g)) return conv2d_channel_weight_grad_scratch(g);
   if (use_direct_weight_grad(g)) return conv2d_direct_weight_grad_scratch(g);
   return is_pointwise(g) ? 0 : g.patch() * g.out_plane();
+}
+
+// Winograd's tiles (conv_winograd_grad.h) fall back on the kernel the shape would take else.
+int64_t weight_grad_work_floats(const ConvGeometry& g) {
+  const int64_t winograd = conv2d_winograd_weight_grad_chosen(g) ? conv2d_winograd_weight_grad_scratch(g) : 0;
+  return std::max(winograd, fallback_work_floats(g));
 }
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -160,9 +167,10 @@ void apply_epilogue(const ConvGeometry& g, const ConvEpilogue& e, float* y) {
 bool conv2d_forward_pools(const ConvGeometry& g) { return use_direct(g) || conv2d_nchwc_chosen(g); }
 
 int64_t conv2d_weight_grad_shared(const ConvGeometry& g) {
-  if (use_channel_weight_grad(g)) return conv2d_channel_weight_grad_shared(g);
-  if (use_direct_weight_grad(g)) return g.n * conv2d_direct_padded_image_floats(g);
-  return weight_grad_chunks(g) * g.o * g.patch();
+  const int64_t winograd = conv2d_winograd_weight_grad_chosen(g) ? conv2d_winograd_weight_grad_shared(g) : 0;
+  if (use_channel_weight_grad(g)) return std::max(winograd, conv2d_channel_weight_grad_shared(g));
+  if (use_direct_weight_grad(g)) return std::max(winograd, g.n * conv2d_direct_padded_image_floats(g));
+  return std::max(winograd, weight_grad_chunks(g) * g.o * g.patch());
 }
 
 int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
@@ -282,6 +290,8 @@ void direct_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const flo
 }
 
 void conv2d_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* dy, float* dw) {
+  // Winograd's tiles, or where they leave a non-finite value, the kernel the shape takes else.
+  if (conv2d_winograd_weight_grad_chosen(g) && conv2d_winograd_weight_grad(ctx, g, x, dy, dw)) return;
   if (use_channel_weight_grad(g)) return conv2d_channel_weight_grad(ctx, g, x, dy, dw);
   if (use_direct_weight_grad(g)) {
     direct_weight_grad(ctx, g, x, dy, dw);

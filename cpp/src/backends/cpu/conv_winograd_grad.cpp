@@ -1,0 +1,330 @@
+#include "backends/cpu/conv_winograd_grad.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include "backends/cpu/conv_simd.h"
+#include "backends/cpu/lane_transpose.h"
+#include "runtime/finite.h"
+
+namespace gometal {
+namespace {
+
+using simd::broadcast;
+using simd::load;
+
+constexpr int kPoints = 16;  // a 4x4 transformed tile
+// The images of one chunk: how many chunks a batch has is fixed by its size alone.
+constexpr int64_t kChunks = 8;
+// A band of tile rows: its transformed dy and input of one position take this many bytes
+// (1 thread, batch 32, CPU ms, 16->32 at 32x32 / 32->64 at 16x16: 3 KB 2.42 / 2.23, 12 KB
+// 2.33 / 2.19, 24 KB 2.29 / 2.15, 48 KB 2.26 / 2.01), all 16 positions' in the L2 cache.
+constexpr int64_t kBandBytes = 48 * 1024;
+// and at most this many tiles, each band's sums added to the chunk's: shorter chains of
+// rounding (workload B's 16->32 layer, batch 2: largest error / sqrt(terms) 2.2e-6 with bands
+// of 256 tiles, 1.2e-6 of 64, against torch in float64; 2-3 % slower).
+constexpr int64_t kBandTiles = 64;
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Sizes of one image's buffers. The input is padded to 2 * tile rows + 2 rows and columns
+// (zeros past the convolution's own padding) and split into its even and odd columns, so
+// that 8 consecutive tiles of a row read each of their 4 columns as one vector.
+struct Layout {
+  int64_t tiles_h, tiles_w;  // tiles of 2x2 outputs
+  int64_t rows;              // padded input rows
+  int64_t half;              // floats of one row's even (or odd) columns, with a vector of slack
+  int64_t width;             // output channels rounded up to whole vectors of any path
+  int64_t band_rows, band;   // tile rows of a band, and its tiles
+  int64_t stride;            // floats between channels of the transformed input (a band and slack)
+};
+
+Layout layout_of(const ConvGeometry& g) {
+  Layout l{};
+  l.tiles_h = (g.oh + 1) / 2;
+  l.tiles_w = (g.ow + 1) / 2;
+  l.rows = 2 * l.tiles_h + 2;
+  l.half = round_up(l.tiles_w, 8) + 8;
+  l.width = round_up(g.o, 16);
+  const int64_t per_tile = (l.width + g.c) * int64_t{sizeof(float)};
+  l.band_rows = std::clamp<int64_t>(std::min(kBandBytes / per_tile, kBandTiles) / l.tiles_w, 1, l.tiles_h);
+  l.band = l.band_rows * l.tiles_w;
+  l.stride = round_up(l.band, 8) + 8;
+  return l;
+}
+
+int64_t padded_floats(const ConvGeometry& g, const Layout& l) { return g.c * l.rows * 2 * l.half; }
+int64_t dy_rows_floats(const ConvGeometry& g, const Layout& l) { return (g.out_plane() + 1) * l.width; }
+int64_t u_floats(const Layout& l) { return kPoints * l.band * l.width; }
+int64_t v_floats(const ConvGeometry& g, const Layout& l) { return kPoints * g.c * l.stride; }
+int64_t sums_floats(const ConvGeometry& g, const Layout& l) { return kPoints * g.c * l.width; }
+
+int64_t chunk_images(const ConvGeometry& g) { return (g.n + kChunks - 1) / kChunks; }
+int64_t chunk_count(const ConvGeometry& g) { return (g.n + chunk_images(g) - 1) / chunk_images(g); }
+
+// One image's input (C, H, W) as padded rows of even columns then odd columns.
+GOMETAL_SIMD_INLINE void split_image(const ConvGeometry& g, const Layout& l, const float* x, float* padded) {
+  std::fill_n(padded, padded_floats(g, l), 0.0f);
+  for (int64_t c = 0; c < g.c; ++c)
+    for (int64_t y = 0; y < g.h; ++y) {
+      const float* src = x + (c * g.h + y) * g.w;
+      float* even = padded + ((c * l.rows + y + g.ph) * 2) * l.half;
+      float* odd = even + l.half;
+      // even[k] = src[2k - pw] and odd[k] = src[2k + 1 - pw] where those columns exist:
+      // loops GCC turns into vector shuffles.
+      for (int64_t k = (g.pw + 1) / 2; 2 * k - g.pw < g.w; ++k) even[k] = src[2 * k - g.pw];
+      for (int64_t k = g.pw / 2; 2 * k + 1 - g.pw < g.w; ++k) odd[k] = src[2 * k + 1 - g.pw];
+    }
+}
+
+// One image's dy (O, pixels) as (pixels, width) rows, the lanes past O zero, and one more
+// row of zeros (the pixels past an odd output size read it).
+template <class Vec, int L>
+GOMETAL_SIMD_INLINE void transpose_dy(const ConvGeometry& g, const Layout& l, const float* dy, float* rows) {
+  const int64_t pixels = g.out_plane(), whole_o = g.o / 8 * 8, whole_p = pixels / 8 * 8;
+  for (int64_t o = 0; o < whole_o; o += 8)
+    for (int64_t p = 0; p < whole_p; p += 8) {
+      Vec8f block[8];
+      for (int i = 0; i < 8; ++i) block[i] = load<Vec8f>(dy + (o + i) * pixels + p);
+      lanes::transpose<Vec8f, 8>(block);
+      for (int i = 0; i < 8; ++i) __builtin_memcpy(rows + (p + i) * l.width + o, &block[i], sizeof(Vec8f));
+    }
+  for (int64_t p = 0; p < pixels; ++p) {
+    float* row = rows + p * l.width;
+    for (int64_t o = p < whole_p ? whole_o : 0; o < g.o; ++o) row[o] = dy[o * pixels + p];
+    std::fill(row + g.o, row + l.width, 0.0f);
+  }
+  std::fill_n(rows + pixels * l.width, l.width, 0.0f);
+}
+
+// u[point][t][o] = (A dy A^T)[point] of the band's tiles, A's last row's sign left to the
+// output transform: each pair (a, b) of dy becomes (a, a + b, a - b, b).
+template <class Vec, int L>
+GOMETAL_SIMD_INLINE void transform_dy(const ConvGeometry& g, const Layout& l, const float* rows, int64_t ty0,
+                                      int64_t ty1, float* u) {
+  const int64_t zero = g.out_plane(), plane = l.band * l.width;
+  int64_t t = 0;
+  for (int64_t ty = ty0; ty < ty1; ++ty)
+    for (int64_t tx = 0; tx < l.tiles_w; ++tx, ++t) {
+      const int64_t y = 2 * ty, x = 2 * tx;
+      const bool down = y + 1 < g.oh, right = x + 1 < g.ow;
+      const float* d[4] = {rows + (y * g.ow + x) * l.width,
+                           rows + (right ? y * g.ow + x + 1 : zero) * l.width,
+                           rows + (down ? (y + 1) * g.ow + x : zero) * l.width,
+                           rows + (down && right ? (y + 1) * g.ow + x + 1 : zero) * l.width};
+      float* out = u + t * l.width;
+      for (int64_t o = 0; o < l.width; o += L) {
+        const Vec d00 = load<Vec>(d[0] + o), d01 = load<Vec>(d[1] + o);
+        const Vec d10 = load<Vec>(d[2] + o), d11 = load<Vec>(d[3] + o);
+        const Vec e[4][2] = {{d00, d01}, {d00 + d10, d01 + d11}, {d00 - d10, d01 - d11}, {d10, d11}};
+        for (int i = 0; i < 4; ++i) {
+          const Vec r[4] = {e[i][0], e[i][0] + e[i][1], e[i][0] - e[i][1], e[i][1]};
+          for (int j = 0; j < 4; ++j) __builtin_memcpy(out + (i * 4 + j) * plane + o, &r[j], sizeof(Vec));
+        }
+      }
+    }
+}
+
+// v[point][c][t] = (B^T x B)[point] of the band's tiles, 8 tiles of a row at a time (the
+// lanes past the row's last tile are overwritten by the next row, or land in the slack).
+GOMETAL_SIMD_INLINE void transform_input(const ConvGeometry& g, const Layout& l, const float* padded, int64_t ty0,
+                                         int64_t ty1, float* v) {
+  const int64_t plane = g.c * l.stride;
+  for (int64_t c = 0; c < g.c; ++c)
+    for (int64_t ty = ty0; ty < ty1; ++ty)
+      for (int64_t tx = 0; tx < l.tiles_w; tx += 8) {
+        Vec8f h[4][4];
+        for (int i = 0; i < 4; ++i) {
+          const float* even = padded + ((c * l.rows + 2 * ty + i) * 2) * l.half + tx;
+          const float* odd = even + l.half;
+          const Vec8f d0 = load<Vec8f>(even), d1 = load<Vec8f>(odd);
+          const Vec8f d2 = load<Vec8f>(even + 1), d3 = load<Vec8f>(odd + 1);
+          h[i][0] = d0 - d2;
+          h[i][1] = d1 + d2;
+          h[i][2] = d2 - d1;
+          h[i][3] = d1 - d3;
+        }
+        float* out = v + c * l.stride + (ty - ty0) * l.tiles_w + tx;
+        for (int j = 0; j < 4; ++j) {
+          const Vec8f r[4] = {h[0][j] - h[2][j], h[1][j] + h[2][j], h[2][j] - h[1][j], h[1][j] - h[3][j]};
+          for (int i = 0; i < 4; ++i) __builtin_memcpy(out + (i * 4 + j) * plane, &r[i], sizeof(Vec8f));
+        }
+      }
+}
+
+// sums[c][o] += sum over t of v[c][t] * u[t][o], for V vectors of o and KC channels c. The
+// band's sum starts from zero and is added at the end: two shorter chains of rounding.
+template <class Vec, int L, int V, int KC>
+GOMETAL_SIMD_INLINE void product_tile(const float* u, const float* v, int64_t tiles, int64_t width, int64_t stride,
+                                      float* sums) {
+  Vec acc[KC][V] = {};
+  for (int64_t t = 0; t < tiles; ++t) {
+    Vec b[V];
+    for (int j = 0; j < V; ++j) b[j] = load<Vec>(u + t * width + j * L);
+#pragma GCC unroll 16
+    for (int k = 0; k < KC; ++k) {
+      const Vec a = broadcast<Vec, L>(v + k * stride + t);
+      for (int j = 0; j < V; ++j) acc[k][j] += a * b[j];
+    }
+  }
+#pragma GCC unroll 16
+  for (int k = 0; k < KC; ++k)
+    for (int j = 0; j < V; ++j) {
+      const Vec sum = load<Vec>(sums + k * width + j * L) + acc[k][j];
+      __builtin_memcpy(sums + k * width + j * L, &sum, sizeof(Vec));
+    }
+}
+
+// product_tile<..., vectors, channels> for run-time vectors <= V and channels <= KC.
+template <class Vec, int L, int V, int KC>
+GOMETAL_SIMD_INLINE void dispatch_product(int vectors, int channels, const float* u, const float* v, int64_t tiles,
+                                          int64_t width, int64_t stride, float* sums) {
+  if constexpr (V >= 1 && KC >= 1) {
+    if (vectors < V) return dispatch_product<Vec, L, V - 1, KC>(vectors, channels, u, v, tiles, width, stride, sums);
+    if (channels < KC) return dispatch_product<Vec, L, V, KC - 1>(vectors, channels, u, v, tiles, width, stride, sums);
+    product_tile<Vec, L, V, KC>(u, v, tiles, width, stride, sums);
+  }
+}
+
+struct ChunkArgs {
+  const ConvGeometry* g;
+  const float* x;   // the batch's input (N, C, H, W)
+  const float* dy;  // the batch's dy (N, O, OH, OW)
+  int64_t chunk;
+  float* scratch;   // the split image, dy rows, then the band's transforms
+  float* sums;      // the chunk's (points, C, width)
+};
+
+template <class Vec, int L, int V, int KC>
+GOMETAL_SIMD_INLINE void chunk_sums(const ChunkArgs& r) {
+  const ConvGeometry& g = *r.g;
+  const Layout l = layout_of(g);
+  float* padded = r.scratch;
+  float* rows = padded + round_up(padded_floats(g, l), 16);
+  float* u = rows + round_up(dy_rows_floats(g, l), 16);
+  float* v = u + u_floats(l);
+  std::fill_n(r.sums, sums_floats(g, l), 0.0f);
+  const int64_t vectors = round_up(g.o, L) / L;
+  const int64_t n_begin = r.chunk * chunk_images(g), n_end = std::min(g.n, n_begin + chunk_images(g));
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    split_image(g, l, r.x + n * g.c * g.h * g.w, padded);
+    transpose_dy<Vec, L>(g, l, r.dy + n * g.o * g.out_plane(), rows);
+    for (int64_t ty0 = 0; ty0 < l.tiles_h; ty0 += l.band_rows) {
+      const int64_t ty1 = std::min(l.tiles_h, ty0 + l.band_rows), tiles = (ty1 - ty0) * l.tiles_w;
+      transform_dy<Vec, L>(g, l, rows, ty0, ty1, u);
+      transform_input(g, l, padded, ty0, ty1, v);
+      for (int p = 0; p < kPoints; ++p)
+        for (int64_t ob = 0; ob < vectors; ob += V)
+          for (int64_t c0 = 0; c0 < g.c; c0 += KC) {
+            const int vecs = static_cast<int>(std::min<int64_t>(V, vectors - ob));
+            const int chans = static_cast<int>(std::min<int64_t>(KC, g.c - c0));
+            dispatch_product<Vec, L, V, KC>(vecs, chans, u + p * l.band * l.width + ob * L,
+                                            v + (p * g.c + c0) * l.stride, tiles, l.width, l.stride,
+                                            r.sums + (p * g.c + c0) * l.width + ob * L);
+          }
+    }
+  }
+}
+
+// AVX2 and portable: 2 vectors x 6 channels (12 sums + 3 of 16 registers).
+void chunk_portable(const ChunkArgs& r) { chunk_sums<Vec8f, 8, 2, 6>(r); }
+
+#ifdef GOMETAL_SIMD_X86
+__attribute__((target("avx2,fma"))) void chunk_avx2(const ChunkArgs& r) { chunk_sums<Vec8f, 8, 2, 6>(r); }
+// AVX-512: 2 vectors x 8 channels (16 sums + 3 of 32 registers).
+__attribute__((target("avx512f,avx2,fma"))) void chunk_avx512(const ChunkArgs& r) {
+  chunk_sums<Vec16f, 16, 2, 8>(r);
+}
+#endif
+
+// dw[o][c] = G^T M G of the chunks' sums M (added in chunk order), with the sign A's last
+// row left out: G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1].
+void output_transform(const ConvGeometry& g, const Layout& l, const float* sums, int64_t c, float* m, float* dw) {
+  for (int p = 0; p < kPoints; ++p) {
+    const float sign = (p / 4 == 3) != (p % 4 == 3) ? -1.0f : 1.0f;
+    for (int64_t o = 0; o < g.o; ++o) m[o * kPoints + p] = sign * sums[(p * g.c + c) * l.width + o];
+  }
+  for (int64_t o = 0; o < g.o; ++o) {
+    const float* s = m + o * kPoints;
+    float t[3][4];
+    for (int b = 0; b < 4; ++b) {
+      t[0][b] = s[b] + 0.5f * (s[4 + b] + s[8 + b]);
+      t[1][b] = 0.5f * (s[4 + b] - s[8 + b]);
+      t[2][b] = 0.5f * (s[4 + b] + s[8 + b]) + s[12 + b];
+    }
+    float* out = dw + (o * g.c + c) * 9;
+    for (int i = 0; i < 3; ++i) {
+      out[i * 3 + 0] = t[i][0] + 0.5f * (t[i][1] + t[i][2]);
+      out[i * 3 + 1] = 0.5f * (t[i][1] - t[i][2]);
+      out[i * 3 + 2] = 0.5f * (t[i][1] + t[i][2]) + t[i][3];
+    }
+  }
+}
+
+bool geometry_supported(const ConvGeometry& g) {
+  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.groups == 1 &&
+         g.oh >= 1 && g.ow >= 1;
+}
+
+}  // namespace
+
+bool conv2d_winograd_weight_grad_chosen(const ConvGeometry& g) {
+  if (!geometry_supported(g)) return false;
+  const char* forced = std::getenv("GOMETAL_CONV_WINOGRAD_GRAD");
+  if (forced == nullptr || forced[0] == '\0') return g.c >= 16 && g.o >= 16;
+  const std::string_view value = forced;
+  if (value == "always") return true;
+  if (value == "never") return false;
+  throw std::invalid_argument(
+      std::string("[conv2d_weight_grad] GOMETAL_CONV_WINOGRAD_GRAD must be always or never, got '") + forced + "'");
+}
+
+int64_t conv2d_winograd_weight_grad_scratch(const ConvGeometry& g) {
+  if (!geometry_supported(g)) return 0;
+  const Layout l = layout_of(g);
+  return round_up(padded_floats(g, l), 16) + round_up(dy_rows_floats(g, l), 16) + u_floats(l) + v_floats(g, l);
+}
+
+int64_t conv2d_winograd_weight_grad_shared(const ConvGeometry& g) {
+  if (!geometry_supported(g)) return 0;
+  return chunk_count(g) * sums_floats(g, layout_of(g));
+}
+
+bool conv2d_winograd_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* dy,
+                                 float* dw) {
+  const ConvPath path = choose_conv_path();
+  const Layout l = layout_of(g);
+  ctx.pool->parallel_for(static_cast<int>(chunk_count(g)), [&](int chunk, int thread) {
+    const ChunkArgs args{&g, x, dy, chunk, ctx.thread_scratch(thread), ctx.shared + chunk * sums_floats(g, l)};
+    switch (path) {
+#ifdef GOMETAL_SIMD_X86
+      case ConvPath::Avx512: return chunk_avx512(args);
+      case ConvPath::Avx2: return chunk_avx2(args);
+#endif
+      default: return chunk_portable(args);
+    }
+  });
+  // The chunks' sums added into the first in chunk order, a range of them a task; then dw.
+  const int64_t floats = sums_floats(g, l), chunks = chunk_count(g);
+  const int sum_tasks = balanced_tasks(*ctx.pool, floats / 1024 + 1);
+  ctx.pool->parallel_for(sum_tasks, [&](int task, int) {
+    int64_t begin, end;
+    split_range(floats, sum_tasks, task, 16, &begin, &end);
+    for (int64_t k = 1; k < chunks; ++k) {
+      const float* part = ctx.shared + k * floats;
+      for (int64_t i = begin; i < end; ++i) ctx.shared[i] += part[i];
+    }
+  });
+  const int tasks = balanced_tasks(*ctx.pool, g.c);
+  ctx.pool->parallel_for(tasks, [&](int task, int thread) {
+    int64_t c_begin, c_end;
+    split_range(g.c, tasks, task, 1, &c_begin, &c_end);
+    for (int64_t c = c_begin; c < c_end; ++c) output_transform(g, l, ctx.shared, c, ctx.thread_scratch(thread), dw);
+  });
+  return all_finite(dw, g.o * g.c * 9, DType::F32);
+}
+
+}  // namespace gometal
