@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -20,6 +21,24 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import gometal as gm
 from gometal import _core
 from gometal.layers import GRU, LSTM, SimpleRNN
+
+
+def thread_counts(*counts: int):
+    """A fixture that runs each test using it at every one of ``counts`` engine threads,
+    putting the previous count back after it.
+
+    Example:
+        >>> threads = thread_counts(1, 2)  # at a test module's top level  # doctest: +SKIP
+    """
+
+    @pytest.fixture(params=counts, ids=[f"{c}-thread{'s' if c > 1 else ''}" for c in counts])
+    def threads(request):
+        before = gm.get_num_threads()
+        gm.set_num_threads(request.param)
+        yield request.param
+        gm.set_num_threads(before)
+
+    return threads
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-import gometal as gm
-from recurrent_parity import Config, check_parity
+from recurrent_parity import Config, check_parity, thread_counts
 
-
-@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
-def threads(request):
-    before = gm.get_num_threads()
-    gm.set_num_threads(request.param)
-    yield request.param
-    gm.set_num_threads(before)
+threads = thread_counts(1, 2)
 
 
 # hidden 40: an LSTM's 160 gate columns are 5 panels of 32 (10 of 16); proj_size 21 leaves a

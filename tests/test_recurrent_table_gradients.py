@@ -14,17 +14,12 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import gometal as gm
-from recurrent_parity import Config, assert_close, gometal_layer, torch_module
+from recurrent_parity import Config, assert_close, gometal_layer, thread_counts, torch_module
 
 STEPS, EMBED, ROWS = 7, 5, 6  # 6 rows <= 2 x 7 steps: the layer reads the table's rows
 
 
-@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
-def threads(request):
-    before = gm.get_num_threads()
-    gm.set_num_threads(request.param)
-    yield request.param
-    gm.set_num_threads(before)
+threads = thread_counts(1, 2)
 
 
 def _lengths(batch: int) -> np.ndarray:

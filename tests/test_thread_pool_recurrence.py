@@ -20,18 +20,13 @@ from recurrent_parity import (
     check_parity,
     draw_inputs,
     gometal_layer,
+    thread_counts,
     torch_module,
     torch_run,
     upstreams_for,
 )
 
-
-@pytest.fixture(params=[2, 3], ids=["2-threads", "3-threads"])
-def threads(request):
-    before = gm.get_num_threads()
-    gm.set_num_threads(request.param)
-    yield request.param
-    gm.set_num_threads(before)
+threads = thread_counts(2, 3)
 
 
 CONFIGS = [
