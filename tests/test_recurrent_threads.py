@@ -16,6 +16,7 @@ from recurrent_parity import (
     check_parity,
     draw_inputs,
     gometal_run,
+    thread_counts,
     torch_module,
     upstreams_for,
 )
@@ -24,12 +25,7 @@ from test_recurrent_embedded_inputs import EMBED, _embedded_model, _torch_logits
 THREADS = [1, 2, 3]
 
 
-@pytest.fixture(params=THREADS, ids=[f"{n}-threads" for n in THREADS])
-def threads(request):
-    before = gm.get_num_threads()
-    gm.set_num_threads(request.param)
-    yield request.param
-    gm.set_num_threads(before)
+threads = thread_counts(*THREADS)
 
 
 # hidden 40 and 130: each step's product is large enough to be split over the threads when
