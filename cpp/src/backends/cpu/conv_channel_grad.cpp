@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "backends/cpu/conv_direct.h"
+#include "backends/cpu/lane_transpose.h"
 
 namespace gometal {
 namespace {
@@ -85,38 +86,12 @@ GOMETAL_SIMD_INLINE void dispatch_tile(const TileArgs& a, int vectors, int chann
   }
 }
 
-// dst rows j (8 floats, ld_dst apart) = column j of the 8 src rows (ld_src apart): three
-// rounds of two-input shuffles, as unpack, shuffle and lane-permute instructions.
-GOMETAL_SIMD_INLINE void transpose_8x8(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
-  typedef int Mask8 __attribute__((vector_size(32)));
-  Vec8f r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = load<Vec8f>(src + i * ld_src);
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = __builtin_shuffle(r[i], r[i + 1], Mask8{0, 8, 1, 9, 4, 12, 5, 13});
-    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], Mask8{2, 10, 3, 11, 6, 14, 7, 15});
-  }
-  for (int i = 0; i < 8; i += 4)
-    for (int j = 0; j < 2; ++j) {
-      r[i + j] = __builtin_shuffle(t[i + j], t[i + j + 2], Mask8{0, 1, 8, 9, 4, 5, 12, 13});
-      r[i + j + 2] = __builtin_shuffle(t[i + j], t[i + j + 2], Mask8{2, 3, 10, 11, 6, 7, 14, 15});
-    }
-  // r[0..3] hold columns 0, 2, 1, 3 of rows 0-3 (low half) and 4, 6, 5, 7 (high half); r[4..7]
-  // the same of rows 4-7.
-  const int column[4] = {0, 2, 1, 3};
-  for (int i = 0; i < 4; ++i) {
-    const Vec8f low = __builtin_shuffle(r[i], r[i + 4], Mask8{0, 1, 2, 3, 8, 9, 10, 11});
-    const Vec8f high = __builtin_shuffle(r[i], r[i + 4], Mask8{4, 5, 6, 7, 12, 13, 14, 15});
-    __builtin_memcpy(dst + column[i] * ld_dst, &low, sizeof low);
-    __builtin_memcpy(dst + (column[i] + 4) * ld_dst, &high, sizeof high);
-  }
-}
-
 // One image's dy (O, pixels) as (pixels, width) rows, the lanes past O zero.
 GOMETAL_SIMD_INLINE void transpose_dy(const ConvGeometry& g, const float* dy, int64_t width, float* dy_rows) {
   const int64_t pixels = g.out_plane(), whole_o = g.o / 8 * 8, whole_p = pixels / 8 * 8;
   for (int64_t o = 0; o < whole_o; o += 8)
     for (int64_t p = 0; p < whole_p; p += 8)
-      transpose_8x8(dy + o * pixels + p, pixels, dy_rows + p * width + o, width);
+      lanes::transpose_8x8(dy + o * pixels + p, pixels, dy_rows + p * width + o, width);
   for (int64_t p = 0; p < pixels; ++p) {
     float* row = dy_rows + p * width;
     for (int64_t o = p < whole_p ? whole_o : 0; o < g.o; ++o) row[o] = dy[o * pixels + p];

@@ -3,6 +3,8 @@
 // pixel, and NCHW wants one vector of pixels per channel.
 #pragma once
 
+#include <cstdint>
+
 #include "backends/cpu/simd_paths.h"
 
 namespace gometal {
@@ -48,6 +50,31 @@ GOMETAL_SIMD_INLINE void transpose(Vec (&rows)[L]) {
     }
 #pragma GCC unroll 16
     for (int k = 0; k < L; ++k) rows[k] = next[k];
+  }
+}
+
+// dst rows j (8 floats, ld_dst apart) = column j of the 8 src rows (ld_src apart): three
+// rounds of two-input shuffles, as unpack, shuffle and lane-permute instructions.
+GOMETAL_SIMD_INLINE void transpose_8x8(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+  Vec8f r[8], t[8];
+  for (int i = 0; i < 8; ++i) __builtin_memcpy(&r[i], src + i * ld_src, sizeof(Vec8f));
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = GOMETAL_LANE_SHUFFLE(r[i], r[i + 1], Mask8i, 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = GOMETAL_LANE_SHUFFLE(r[i], r[i + 1], Mask8i, 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int j = 0; j < 2; ++j) {
+      r[i + j] = GOMETAL_LANE_SHUFFLE(t[i + j], t[i + j + 2], Mask8i, 0, 1, 8, 9, 4, 5, 12, 13);
+      r[i + j + 2] = GOMETAL_LANE_SHUFFLE(t[i + j], t[i + j + 2], Mask8i, 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  // r[0..3] hold columns 0, 2, 1, 3 of rows 0-3 (low half) and 4, 6, 5, 7 (high half); r[4..7]
+  // the same of rows 4-7.
+  const int column[4] = {0, 2, 1, 3};
+  for (int i = 0; i < 4; ++i) {
+    const Vec8f low = GOMETAL_LANE_SHUFFLE(r[i], r[i + 4], Mask8i, 0, 1, 2, 3, 8, 9, 10, 11);
+    const Vec8f high = GOMETAL_LANE_SHUFFLE(r[i], r[i + 4], Mask8i, 4, 5, 6, 7, 12, 13, 14, 15);
+    __builtin_memcpy(dst + column[i] * ld_dst, &low, sizeof low);
+    __builtin_memcpy(dst + (column[i] + 4) * ld_dst, &high, sizeof high);
   }
 }
 
