@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "backends/cpu/elementwise_ops.h"
+
 namespace gometal {
 namespace {
 
@@ -26,16 +28,19 @@ struct Product {
   const PackedWeights* b;
   float* c;  // M x N, row stride n
   const float* bias;
-  bool relu;
+  DenseActivation activation;
+  const float* residual;  // M x N, row stride n, or null
   int64_t m;
   bool backwards;
 };
 
 // Rows x (NV vectors of L) of C from one panel (K rows of NV * L floats, contiguous), then
-// the epilogue: + bias, ReLU; only `cols` columns are stored (the rest is the panel's padding).
+// the epilogue: + bias, ReLU or GELU, or + bias + residual (rows of ldc floats, as C); only
+// `cols` columns are stored (the rest is the panel's padding).
 template <class Vec, int L, int Rows, int NV>
 GOMETAL_SIMD_INLINE void tile(const float* a, int64_t k, const float* panel, int64_t ldp, float* c, int64_t ldc,
-                              int64_t cols, const float* bias, bool relu) {
+                              int64_t cols, const float* bias, DenseActivation activation, const float* residual) {
+  const bool relu = activation == DenseActivation::Relu;
   Vec acc[Rows][NV] = {};
   accumulate_tile<Vec, L, Rows, NV>(a, k, panel, ldp, acc);
   const bool whole = cols == NV * L;  // else a last panel's columns, some of them padding
@@ -44,6 +49,10 @@ GOMETAL_SIMD_INLINE void tile(const float* a, int64_t k, const float* panel, int
     for (int j = 0; j < NV; ++j) bv[j] = load<Vec>(bias + j * L);
     for (int r = 0; r < Rows; ++r)
       for (int j = 0; j < NV; ++j) acc[r][j] += bv[j];
+    // After the bias, as the element-wise (x W + b) + residual rounds.
+    if (residual != nullptr)
+      for (int r = 0; r < Rows; ++r)
+        for (int j = 0; j < NV; ++j) acc[r][j] += load<Vec>(residual + r * ldc + j * L);
   }
   if (relu && (bias == nullptr || whole)) {
     const Vec zero = {};
@@ -54,6 +63,9 @@ GOMETAL_SIMD_INLINE void tile(const float* a, int64_t k, const float* panel, int
     float* out = c + r * ldc;
     if (whole) {
       for (int j = 0; j < NV; ++j) std::memcpy(out + j * L, &acc[r][j], sizeof(Vec));
+      // GELU on the row just stored, still in L1: a loop the compiler vectorizes.
+      if (activation == DenseActivation::Gelu)
+        for (int j = 0; j < NV * L; ++j) out[j] = ew::gelu(out[j]);
       continue;
     }
     float row[NV * L];
@@ -65,7 +77,8 @@ GOMETAL_SIMD_INLINE void tile(const float* a, int64_t k, const float* panel, int
         v += bias[j];
         if (relu) v = std::max(v, 0.0f);
       }
-      out[j] = v;
+      if (residual != nullptr) v += residual[r * ldc + j];
+      out[j] = activation == DenseActivation::Gelu ? ew::gelu(v) : v;
     }
   }
 }
@@ -74,12 +87,16 @@ GOMETAL_SIMD_INLINE void tile(const float* a, int64_t k, const float* panel, int
 // are not computed over its padding).
 template <class Vec, int L, int Rows, int NV>
 GOMETAL_SIMD_INLINE void dispatch_tile(int rows, int nv, const float* a, int64_t k, const float* panel, int64_t ldp,
-                                       float* c, int64_t ldc, int64_t cols, const float* bias, bool relu) {
+                                       float* c, int64_t ldc, int64_t cols, const float* bias,
+                                       DenseActivation activation, const float* residual) {
   if constexpr (Rows >= 1 && NV >= 1) {
     if (rows < Rows)
-      return dispatch_tile<Vec, L, Rows - 1, NV>(rows, nv, a, k, panel, ldp, c, ldc, cols, bias, relu);
-    if (nv < NV) return dispatch_tile<Vec, L, Rows, NV - 1>(rows, nv, a, k, panel, ldp, c, ldc, cols, bias, relu);
-    tile<Vec, L, Rows, NV>(a, k, panel, ldp, c, ldc, cols, bias, relu);
+      return dispatch_tile<Vec, L, Rows - 1, NV>(rows, nv, a, k, panel, ldp, c, ldc, cols, bias, activation,
+                                                 residual);
+    if (nv < NV)
+      return dispatch_tile<Vec, L, Rows, NV - 1>(rows, nv, a, k, panel, ldp, c, ldc, cols, bias, activation,
+                                                 residual);
+    tile<Vec, L, Rows, NV>(a, k, panel, ldp, c, ldc, cols, bias, activation, residual);
   }
 }
 
@@ -102,10 +119,12 @@ GOMETAL_SIMD_INLINE void panels(const Product& o, int64_t p0, int64_t p1, int64_
       const int64_t cols = std::min<int64_t>(NV * L, b.n - j0);
       const int nv = static_cast<int>((cols + L - 1) / L);
       const float* bias = o.bias == nullptr ? nullptr : o.bias + j0;
+      const float* residual = o.residual == nullptr ? nullptr : o.residual + j0;
       for (int64_t blk = 0, row = i0; blk < blocks; ++blk) {
         const int rows = static_cast<int>((span - (row - i0) + (blocks - blk) - 1) / (blocks - blk));
         dispatch_tile<Vec, L, Rows, NV>(rows, nv, o.a + row * b.k, b.k, panel, b.width, o.c + row * b.n + j0,
-                                        b.n, cols, bias, o.relu);
+                                        b.n, cols, bias, o.activation,
+                                        residual == nullptr ? nullptr : residual + row * b.n);
         row += rows;
       }
     }
@@ -185,9 +204,9 @@ void pack_weights(SimdPath path, bool transpose_b, int64_t n, int64_t k, const f
 }
 
 void gemm_packed(ThreadPool& pool, int64_t m, const float* a, const PackedWeights& b, float* c, const float* bias,
-                 bool relu, bool backwards) {
+                 DenseActivation activation, bool backwards, const float* residual) {
   if (m < 1 || b.n < 1) return;
-  const Product o{a, &b, c, bias, relu, m, backwards};
+  const Product o{a, &b, c, bias, activation, residual, m, backwards};
   const int64_t count = (b.n + b.width - 1) / b.width;
   const int64_t threads = m * b.n * b.k < kParallelMacs ? 1 : pool.size();
   if (threads <= 1) {

@@ -43,11 +43,17 @@ int64_t packed_panel_width(SimdPath path);
 // Packs B into `out` (reusing its storage when the size matches).
 void pack_weights(SimdPath path, bool transpose_b, int64_t n, int64_t k, const float* b, PackedWeights* out);
 
+// What a packed product applies to each sum after its bias: nothing, max(0, .), or exact GELU
+// (x Phi(x), elementwise_ops.h's gelu, the same bits as the element-wise op).
+enum class DenseActivation : uint8_t { None, Relu, Gelu };
+
 // C(M x N) = A(M x K) B with B packed, row-major; then + bias (length N, when not null)
-// and max(0, .) when relu. Columns are split across the pool's threads when the product is
+// and the activation, or + bias then + residual (M x N like C, when not null; it may not
+// overlap C). Columns are split across the pool's threads when the product is
 // large enough to pay for waking them. `backwards` visits each thread's panels last to first
 // (the same bits: every column's sums run over K in order either way).
 void gemm_packed(ThreadPool& pool, int64_t m, const float* a, const PackedWeights& b, float* c,
-                 const float* bias = nullptr, bool relu = false, bool backwards = false);
+                 const float* bias = nullptr, DenseActivation activation = DenseActivation::None,
+                 bool backwards = false, const float* residual = nullptr);
 
 }  // namespace gometal

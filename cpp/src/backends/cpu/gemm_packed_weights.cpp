@@ -8,6 +8,7 @@
 #include <optional>
 #include <tuple>
 
+#include "backends/cpu/elementwise_ops.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/gemm_packed.h"
 #include "backends/cpu/passes/dense_epilogues.h"
@@ -120,8 +121,9 @@ std::shared_ptr<PackedEntry> shared_entry(const EntryKey& key) {
 }
 
 struct PackedMatMulKernel final : Kernel {
-  BufRef a, b, c, bias;  // bias: Region::None without a merged epilogue
-  bool tb = false, relu = false;
+  BufRef a, b, c, bias, residual;  // bias, residual: Region::None without them in the epilogue
+  bool tb = false;
+  DenseActivation activation = DenseActivation::None;
   int64_t m = 0, n = 0, k = 0;
   SimdPath path = SimdPath::Portable;
   // Found on the first run, when the pool's address is known.
@@ -141,9 +143,11 @@ struct PackedMatMulKernel final : Kernel {
       entry_weights = w;
     }
     const float* bias_values = bias.region == Region::None ? nullptr : ctx.ptr(bias);
+    const float* residual_values = residual.region == Region::None ? nullptr : ctx.ptr(residual);
     float* out = ctx.ptr(c);
     if (!plan_writes_weights) {
-      gemm_packed(*ctx.pool, m, ctx.ptr(a), entry->prepare(w, tb, n, k, path), out, bias_values, relu, backwards);
+      gemm_packed(*ctx.pool, m, ctx.ptr(a), entry->prepare(w, tb, n, k, path), out, bias_values, activation,
+                  backwards, residual_values);
       backwards = !backwards;
       return;
     }
@@ -151,8 +155,11 @@ struct PackedMatMulKernel final : Kernel {
     if (bias_values == nullptr) return;
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) {
-        const float v = out[i * n + j] + bias_values[j];
-        out[i * n + j] = relu ? std::max(v, 0.0f) : v;
+        float v = out[i * n + j] + bias_values[j];
+        if (residual_values != nullptr) v += residual_values[i * n + j];
+        out[i * n + j] = activation == DenseActivation::Relu   ? std::max(v, 0.0f)
+                         : activation == DenseActivation::Gelu ? ew::gelu(v)
+                                                               : v;
       }
   }
 };
@@ -195,7 +202,8 @@ std::unique_ptr<Kernel> make_packed_matmul_kernel(const Graph& g, int id, const 
   if (mem.ref[id].region == Region::None) {
     const DenseEpilogue epilogue = merged_dense_epilogue(g, id, mem, shapes);
     kernel->bias = stored_rows(g, epilogue.bias, mem, shapes);
-    kernel->relu = epilogue.relu;
+    kernel->activation = epilogue.activation;
+    if (epilogue.residual >= 0) kernel->residual = mem.ref[epilogue.residual];
     kernel->c = mem.ref[epilogue.last];
   }
   kernel->tb = node.attrs.transpose_b;

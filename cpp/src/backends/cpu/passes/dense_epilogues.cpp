@@ -24,9 +24,22 @@ int bias_added(const Graph& g, int prev, int next, const std::vector<Shape>& sha
   return bias;
 }
 
-bool relu_of(const Graph& g, int prev, int next, const std::vector<Shape>& shapes) {
+// The add of a same-shape value (a residual) to `prev`: `next` adds a float32 value of
+// prev's own shape (no broadcasting) to it. Returns that value's node, or -1.
+int residual_added(const Graph& g, int prev, int next, const std::vector<Shape>& shapes) {
   const Node& n = g.node(next);
-  return n.op == OpKind::Relu && n.dtype == DType::F32 && shapes[next] == shapes[prev];
+  if (n.op != OpKind::Add || n.inputs.size() != 2 || n.dtype != DType::F32 || shapes[next] != shapes[prev]) return -1;
+  const int other = n.inputs[0] == prev ? n.inputs[1] : n.inputs[0];
+  if (other == prev || g.node(other).dtype != DType::F32 || shapes[other] != shapes[prev]) return -1;
+  return other;
+}
+
+// The activation `next` applies to `prev`'s value, or DenseActivation::None.
+DenseActivation activation_of(const Graph& g, int prev, int next, const std::vector<Shape>& shapes) {
+  const Node& n = g.node(next);
+  if (n.dtype != DType::F32 || shapes[next] != shapes[prev] || n.inputs.size() != 1) return DenseActivation::None;
+  if (n.op == OpKind::Relu) return DenseActivation::Relu;
+  return n.op == OpKind::Gelu ? DenseActivation::Gelu : DenseActivation::None;
 }
 
 }  // namespace
@@ -103,12 +116,15 @@ void fuse_dense_epilogues(const Graph& g, const Schedule& s, const FunctionSpec&
     if (!runs_on_packed_weights(g, mm, shapes, stored(weights) || weights_slice >= 0)) continue;
     if (weights_slice >= 0) drop_slice(weights, weights_slice);
     if (returned[mm] || readers[mm].size() != 1) continue;
-    // The add, then maybe a relu: the whole of one fused step, ending in a buffer.
+    // The add, then maybe a relu or gelu, or the add of a residual (a transformer's
+    // projection back into its stream): the whole of one fused step, ending in a buffer.
     const int add = readers[mm][0];
     const int at = f.step_of[add];
     if (at < 0 || !f.steps[at].fused || bias_added(g, mm, add, shapes) < 0) continue;
     std::vector<int> chain{add};
-    if (!f.materialized[add] && !returned[add] && readers[add].size() == 1 && relu_of(g, add, readers[add][0], shapes))
+    if (!f.materialized[add] && !returned[add] && readers[add].size() == 1 &&
+        (activation_of(g, add, readers[add][0], shapes) != DenseActivation::None ||
+         residual_added(g, add, readers[add][0], shapes) >= 0))
       chain.push_back(readers[add][0]);
     const int last = chain.back();
     if (f.steps[at].nodes != chain || f.step_of[last] != at || !(f.materialized[last] || returned[last])) continue;
@@ -156,11 +172,14 @@ DenseEpilogue merged_dense_epilogue(const Graph& g, int id, const MemoryPlan& me
   if (epilogue.bias < 0) throw std::logic_error("[cpu] matmul epilogue: the merged step's chain is broken");
   epilogue.last = add;
   if (mem.ref[add].region == Region::None) {
-    const int relu = reader_of(add);
-    if (relu < 0 || !relu_of(g, add, relu, shapes))
-      throw std::logic_error("[cpu] matmul epilogue: the merged step's relu is missing");
-    epilogue.relu = true;
-    epilogue.last = relu;
+    const int next = reader_of(add);
+    if (next >= 0) {
+      epilogue.activation = activation_of(g, add, next, shapes);
+      if (epilogue.activation == DenseActivation::None) epilogue.residual = residual_added(g, add, next, shapes);
+    }
+    if (epilogue.activation == DenseActivation::None && epilogue.residual < 0)
+      throw std::logic_error("[cpu] matmul epilogue: the merged step's activation or residual is missing");
+    epilogue.last = next;
   }
   return epilogue;
 }

@@ -1,11 +1,14 @@
 // Dense epilogues: a matmul by packed weights (gemm_packed_weights.h) whose only reader is a
-// fused elementwise step that adds a per-column bias and then, optionally, applies a ReLU
-// (a Dense layer's add and activation) becomes one step: the product adds the bias and takes
-// the ReLU while its sums are in registers, and its own output is never written to memory.
+// fused elementwise step that adds a per-column bias and then, optionally, applies a ReLU or
+// an exact GELU (a Dense layer's add and activation, a transformer's feed-forward) or adds a
+// same-shape residual (a transformer's projection back into its stream) becomes one step: the
+// product does so while its sums are in registers or L1, and its own output is never written
+// to memory.
 #pragma once
 
 #include <vector>
 
+#include "backends/cpu/gemm_packed.h"
 #include "backends/cpu/passes/fusion.h"
 #include "backends/cpu/passes/memory_plan.h"
 #include "gometal/ir.h"
@@ -25,8 +28,8 @@ int64_t packed_rows(const Shape& out);
 
 // Merges each such matmul with its epilogue step, unless the plan's effects write the weights
 // (a training step keeps its steps): the merged step (not fused) lists the matmul, the add and
-// the relu, sits where the epilogue step stood, and only the chain's last value keeps a
-// buffer. B or the bias may be a row slice of a stored value (an attention's part of its
+// the activation or residual add, sits where the epilogue step stood, and only the chain's
+// last value keeps a buffer. B or the bias may be a row slice of a stored value (an attention's part of its
 // in_proj weight) that nothing else reads: the slice's step goes, and the product reads the
 // rows in place (stored_rows). Run after fuse_elementwise, before sample tiling and the
 // memory plan.
@@ -38,12 +41,14 @@ void fuse_dense_epilogues(const Graph& g, const Schedule& s, const FunctionSpec&
 // stored value's buffer.
 BufRef stored_rows(const Graph& g, int id, const MemoryPlan& mem, const std::vector<Shape>& shapes);
 
-// The epilogue of matmul `id` once merged (its value has no buffer): the bias node, whether
-// a relu follows, and the node whose buffer receives the result. Throws std::logic_error
-// when the merged chain is not there.
+// The epilogue of matmul `id` once merged (its value has no buffer): the bias node, the
+// activation that follows (relu, gelu or none) or the residual node added after the bias
+// (-1: none), and the node whose buffer receives the result. Throws std::logic_error when the
+// merged chain is not there.
 struct DenseEpilogue {
   int bias = -1;
-  bool relu = false;
+  DenseActivation activation = DenseActivation::None;
+  int residual = -1;
   int last = -1;
 };
 DenseEpilogue merged_dense_epilogue(const Graph& g, int id, const MemoryPlan& mem, const std::vector<Shape>& shapes);
