@@ -19,7 +19,11 @@ rows at once, 2 x 3 and 5 rounds: 8 wrk clients 1,122 -> 1,529 and 1,311 -> 1,89
 wrk clients 519 -> 539 and 1,590 -> 1,552 (the machine's load set the level); 64 clients in
 _serving_profile.py, 6 runs each in turn: mean rows per batch 9.3 -> 15.6, faster in all 6
 pairs (medians 915 -> 1,187 req/s); 3 more rounds, 64 tritonclient clients 1,051 -> 1,273,
-64 wrk clients 2,378 -> 2,292 (ranges 2,093-2,797 and 1,423-3,115). The load generator is
+64 wrk clients 2,378 -> 2,292 (ranges 2,093-2,797 and 1,423-3,115). The GIL switch interval
+at 0.2 ms against Python's 5 ms (--variant '{"switch_interval_ms": 5}'), 2 rounds: 64 wrk
+clients 1,795 -> 2,808 req/s (ranges 1,679-1,911 and 2,561-3,055), p99 89 -> 70 ms, 8 wrk
+clients 2,430 -> 2,733; 8 tritonclient clients 883 -> 1,096, 64 1,605 -> 1,560 (there the
+Python clients' own CPU sets the pace). The load generator is
 another process (``_serving_load.py``): N tritonclient HTTP async clients, each sending one
 image per request in a loop, a warm-up, then a timed window; every answer is checked against
 offline ``model.predict``. With --grpc the same server is also loaded over gRPC, with unary
@@ -80,6 +84,9 @@ def _free_port() -> int:
 
 
 LOAD_GENERATORS = ("tritonclient", "wrk")
+# --variant keys that are gometal serve's options rather than a model's config.json.
+SERVER_OPTIONS = {"threads": "--threads", "loop": "--loop",
+                  "switch_interval_ms": "--switch-interval-ms"}  # fmt: skip
 
 
 class Server:
@@ -329,9 +336,9 @@ def main() -> None:
                         help="gometal serve --instances (default: the server's)")  # fmt: skip
     parser.add_argument("--variant", action="append", default=[], metavar="JSON",
                         help="also serve the model with these batching settings (a model "
-                        "config.json, e.g. '{\"start_when_idle\": true}'; \"threads\" and "
-                        "\"loop\": gometal serve --threads and --loop), beside the others in the same run; "
-                        "repeatable")  # fmt: skip
+                        "config.json, e.g. '{\"start_when_idle\": true}'; \"threads\", "
+                        "\"loop\" and \"switch_interval_ms\": gometal serve's options of "
+                        "those names), beside the others in the same run; repeatable")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs of every server at each client count, in turn; the table "
                         "shows each cell's median and the throughputs' range")  # fmt: skip
@@ -402,13 +409,13 @@ def main() -> None:
                    Server("onnxruntime + FastAPI", baseline_cmd, baseline_port, folder)]  # fmt: skip
         for index, variant in enumerate(variants):  # the same command, on its own repository
             port, config = _free_port(), dict(variant)
-            threads = ["--threads", str(config.pop("threads"))] if "threads" in config else []
-            if "loop" in config:  # a server option, as threads: not the model's config.json
-                threads += ["--loop", str(config.pop("loop"))]
+            # Server options, not the model's config.json.
+            options = [item for key, option in SERVER_OPTIONS.items() if key in config
+                       for item in (option, str(config.pop(key)))]  # fmt: skip
             served = _variant_repository(folder, config, index) if config else server_cmd[4]
             command = [sys.executable, "-m", "gometal.apps.cli", "serve", served, "--port",
                        str(port), "--grpc-port", "0", "--max-queue", "1024", *tuning,
-                       *threads]  # fmt: skip
+                       *options]  # fmt: skip
             servers.append(Server(_variant_label(variant), command, port, folder))
         loads = []
         for generator in generators:  # each generator's runs: gometal's, then the baseline's

@@ -1,7 +1,9 @@
-"""``gometal serve --loop``: the event loop the server runs (uvloop when installed, or
-asyncio) answers tritonclient over HTTP and gRPC as offline ``model.predict`` does, the
-startup line names it, and the process runs the loop it names (on Linux, its memory maps
-hold uvloop's extension module exactly when it runs uvloop)."""
+"""``gometal serve --loop`` and ``--switch-interval-ms``: the event loop the server runs
+(uvloop when installed, or asyncio) and the GIL's switch interval while it runs. Each
+server answers tritonclient over HTTP and gRPC as offline ``model.predict`` does, the startup
+line names both settings, and the process runs the loop it names (on Linux, its memory maps
+hold uvloop's extension module exactly when it runs uvloop); bad values are refused with
+the option named."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
-from gometal.serving.server import EVENT_LOOPS, resolve_event_loop
+from gometal.serving import serve
+from gometal.serving.server import DEFAULT_SWITCH_INTERVAL_MS, EVENT_LOOPS, resolve_event_loop
 from serving_helpers import ServerProcess, offline, running_server, write_repository
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -71,16 +74,34 @@ def test_unknown_loop_is_a_usage_error(tmp_path: Path) -> None:
     assert "--loop" in answer.stderr and "'tokio'" in answer.stderr
 
 
-@pytest.mark.parametrize("loop", ["auto", "uvloop", "asyncio"])
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "1001", "fast"])
+def test_switch_interval_must_be_milliseconds_in_range(tmp_path: Path, interval: str) -> None:
+    answer = subprocess.run(
+        [sys.executable, "-m", "gometal.apps.cli", "serve", str(tmp_path),
+         f"--switch-interval-ms={interval}"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert answer.returncode == 2, answer.stderr
+    assert "--switch-interval-ms" in answer.stderr and "(0, 1000]" in answer.stderr
+    with pytest.raises(ValueError, match=r"switch_interval_ms must be milliseconds in \(0, 1000\]"):
+        serve(tmp_path, switch_interval_ms=float(interval) if interval != "fast" else interval)
+
+
+@pytest.mark.parametrize(
+    ("loop", "interval"), [("auto", None), ("uvloop", "1"), ("asyncio", "0.05")]
+)
 def test_each_loop_serves_http_and_grpc(
-    loop: str, repository: Path, tmp_path_factory: pytest.TempPathFactory
+    loop: str, interval: str | None, repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     expected_loop = resolve_event_loop(loop)
+    shown = interval if interval is not None else f"{DEFAULT_SWITCH_INTERVAL_MS:g}"
+    options = ["--loop", loop, *(["--switch-interval-ms", interval] if interval else [])]
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 8)).astype(np.float32)
     images = rng.random((4, 3, 16, 16), dtype=np.float32)
-    for server in running_server(repository, tmp_path_factory.mktemp("logs"), "--loop", loop):
-        assert f"{expected_loop} event loop" in _startup_line(server)
+    for server in running_server(repository, tmp_path_factory.mktemp("logs"), *options):
+        line = _startup_line(server)
+        assert f"{expected_loop} event loop, GIL switch interval {shown} ms)" in line, line
         if Path("/proc/self/maps").exists():  # Linux: what the process loaded
             assert _uvloop_mapped(server.process.pid) == (expected_loop == "uvloop")
         http = triton_http.InferenceServerClient(server.url, concurrency=4)

@@ -28,6 +28,7 @@ DEFAULT_MAX_BODY_MB = 16.0
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 API_KEY_ENV = "GOMETAL_API_KEY"
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+DEFAULT_SWITCH_INTERVAL_MS = 0.2
 
 
 def _port(text: str) -> int:
@@ -58,6 +59,18 @@ def _non_negative_ms(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be milliseconds >= 0, got {text!r}") from None
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be milliseconds >= 0, got {text}")
+    return value
+
+
+def _switch_interval_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be milliseconds in (0, 1000], got {text!r}"
+        ) from None
+    if not 0 < value <= 1000:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be milliseconds in (0, 1000], got {text}")
     return value
 
 
@@ -172,6 +185,14 @@ def add_serve_command(commands: Any) -> None:
         help="the event loop (auto: uvloop when it is installed, else asyncio)",
     )
     serve.add_argument(
+        "--switch-interval-ms",
+        type=_switch_interval_ms,
+        default=DEFAULT_SWITCH_INTERVAL_MS,
+        help="how long a thread keeps the GIL while another waits for it: an instance back "
+        "from the engine waits at most this long for the event loop to let it hand its "
+        f"answers over ({DEFAULT_SWITCH_INTERVAL_MS:g}; Python's default is 5)",
+    )
+    serve.add_argument(
         "--no-warmup",
         dest="warmup",
         action="store_false",
@@ -222,6 +243,7 @@ def run_serve(args: argparse.Namespace) -> int:
             header_timeout_s=args.header_timeout,
             warmup=args.warmup,
             loop=args.loop,
+            switch_interval_ms=args.switch_interval_ms,
         )
     except (RepositoryError, ValueError) as err:
         print(f"gometal serve: {err}", file=sys.stderr)

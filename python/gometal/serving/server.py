@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_GRPC_PORT",
     "DEFAULT_HEADER_TIMEOUT_S",
     "DEFAULT_PORT",
+    "DEFAULT_SWITCH_INTERVAL_MS",
     "EVENT_LOOPS",
     "default_serving_instances",
     "default_serving_threads",
@@ -44,6 +45,10 @@ DEFAULT_HEADER_TIMEOUT_S = 10.0
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (Python's default: 700)
 _SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+# How long a thread keeps the GIL while another waits for it (Python's default: 5 ms). An
+# instance back from the engine needs the GIL for a moment to hand its answers over and take
+# the next batch; the busy event loop would keep it from it for up to the whole interval.
+DEFAULT_SWITCH_INTERVAL_MS = 0.2
 
 
 def is_loopback(host: str) -> bool:
@@ -189,6 +194,7 @@ def serve(
     threads: int | None = None,
     warmup: bool = True,
     loop: str = "auto",
+    switch_interval_ms: float = DEFAULT_SWITCH_INTERVAL_MS,
 ) -> None:
     """Serves a model repository over the Open Inference Protocol until SIGTERM or Ctrl+C.
 
@@ -217,6 +223,10 @@ def serve(
             the server reports ready (a first request of each size then waits for none).
         loop: the event loop: ``"uvloop"``, ``"asyncio"``, or ``"auto"`` (uvloop when it
             is installed: see :func:`resolve_event_loop`).
+        switch_interval_ms: how long a thread keeps the GIL while another waits for it,
+            while the server runs (``sys.setswitchinterval``; Python's default is 5 ms): an
+            instance finishing a batch waits that long at most for the event loop to let it
+            hand the answers over.
 
     Raises:
         ValueError: a setting out of range, a non-loopback ``host`` without ``api_key``,
@@ -240,6 +250,10 @@ def serve(
         raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
     threads = threads if threads is not None else default_serving_threads()
     event_loop = resolve_event_loop(loop)
+    if (isinstance(switch_interval_ms, bool) or not isinstance(switch_interval_ms, (int, float))
+            or not 0 < switch_interval_ms <= 1000):  # fmt: skip
+        raise ValueError(f"switch_interval_ms must be milliseconds in (0, 1000], got "
+                         f"{switch_interval_ms!r}")  # fmt: skip
     if instances is None:
         instances = default_serving_instances(threads)
     settings = ServerSettings(
@@ -264,7 +278,8 @@ def serve(
     grpc_shown = f", grpc {grpc_address}" if grpc_address else ""
     print(f"gometal serve: http://{host}:{port}/v2{grpc_shown} serving "
           f"{', '.join(ready) or 'no model'} ({get_num_threads()} engine threads, "
-          f"{instances} instances, {event_loop} event loop)",
+          f"{instances} instances, {event_loop} event loop, GIL switch interval "
+          f"{switch_interval_ms:g} ms)",
           flush=True)  # fmt: skip
     for (name, version), served in sorted(state.served.items()):
         if served.warmed_up:
@@ -288,6 +303,8 @@ def serve(
         timeout_graceful_shutdown=None,
     )  # fmt: skip
     gc_thresholds = _settle_garbage_collector()
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(switch_interval_ms / 1e3)
     # After uvicorn's Config: its logging setup closes every handler there was.
     log_handler = _log_requests_to_stderr()
     write_requests_to(log_handler)  # the only handler: request lines skip logging's records
@@ -300,6 +317,7 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         gc.set_threshold(*gc_thresholds)
+        sys.setswitchinterval(switch_interval)
         gc.unfreeze()
         write_requests_to(None)
         if log_handler is not None:  # the last lines, and no writer thread left behind
