@@ -192,7 +192,10 @@ def multi_head_attention(
             out = op(g, "add", out, rows(f"{prefix}in_proj_bias", index))
         return _split_heads(g, out, num_heads)
 
-    if packed and query == key == value:
+    # Training keeps one product by the whole weight (one input gradient); inference runs three
+    # by its rows in place, each on packed weights with its bias, then a head transpose each,
+    # where the one product's (3, N, heads, T, D) transpose and three slice copies cost more.
+    if packed and query == key == value and ctx.training:
         projected = _packed_self_projection(ctx, prefix, query, num_heads, bias)
     else:
         parts = ((query, "q"), (key, "k"), (value, "v"))
