@@ -30,6 +30,7 @@ struct Product {
   const float* bias;
   DenseActivation activation;
   const float* residual;  // M x N, row stride n, or null
+  HeadsLayout heads;
   int64_t m;
   bool backwards;
 };
@@ -83,6 +84,20 @@ GOMETAL_SIMD_INLINE void tile(const float* a, int64_t k, const float* panel, int
   }
 }
 
+// Rows [row, row + rows) and columns [j0, j0 + cols) of C, `tile` (rows of ldt floats), stored
+// in the heads layout: each row's columns in runs of at most d floats, one run a head.
+void store_heads(const HeadsLayout& heads, const float* tile, int64_t ldt, int64_t row, int rows, int64_t j0,
+                 int64_t cols, float* c) {
+  for (int r = 0; r < rows; ++r) {
+    const int64_t b = (row + r) / heads.t, t = (row + r) % heads.t;
+    for (int64_t j = 0; j < cols;) {
+      const int64_t h = (j0 + j) / heads.d, d = (j0 + j) % heads.d, run = std::min(heads.d - d, cols - j);
+      std::memcpy(c + ((b * heads.heads + h) * heads.t + t) * heads.d + d, tile + r * ldt + j, run * sizeof(float));
+      j += run;
+    }
+  }
+}
+
 // tile<..., rows, nv> for run-time rows <= Rows and nv <= NV (a last panel's few columns
 // are not computed over its padding).
 template <class Vec, int L, int Rows, int NV>
@@ -122,9 +137,17 @@ GOMETAL_SIMD_INLINE void panels(const Product& o, int64_t p0, int64_t p1, int64_
       const float* residual = o.residual == nullptr ? nullptr : o.residual + j0;
       for (int64_t blk = 0, row = i0; blk < blocks; ++blk) {
         const int rows = static_cast<int>((span - (row - i0) + (blocks - blk) - 1) / (blocks - blk));
-        dispatch_tile<Vec, L, Rows, NV>(rows, nv, o.a + row * b.k, b.k, panel, b.width, o.c + row * b.n + j0,
-                                        b.n, cols, bias, o.activation,
-                                        residual == nullptr ? nullptr : residual + row * b.n);
+        if (o.heads.t > 0) {
+          // Through a tile-sized buffer in L1, then out in runs of a head's d floats.
+          alignas(64) float stored[Rows * NV * L];
+          dispatch_tile<Vec, L, Rows, NV>(rows, nv, o.a + row * b.k, b.k, panel, b.width, stored, NV * L, cols,
+                                          bias, o.activation, nullptr);
+          store_heads(o.heads, stored, NV * L, row, rows, j0, cols, o.c);
+        } else {
+          dispatch_tile<Vec, L, Rows, NV>(rows, nv, o.a + row * b.k, b.k, panel, b.width, o.c + row * b.n + j0,
+                                          b.n, cols, bias, o.activation,
+                                          residual == nullptr ? nullptr : residual + row * b.n);
+        }
         row += rows;
       }
     }
@@ -204,9 +227,9 @@ void pack_weights(SimdPath path, bool transpose_b, int64_t n, int64_t k, const f
 }
 
 void gemm_packed(ThreadPool& pool, int64_t m, const float* a, const PackedWeights& b, float* c, const float* bias,
-                 DenseActivation activation, bool backwards, const float* residual) {
+                 DenseActivation activation, bool backwards, const float* residual, HeadsLayout heads) {
   if (m < 1 || b.n < 1) return;
-  const Product o{a, &b, c, bias, activation, residual, m, backwards};
+  const Product o{a, &b, c, bias, activation, residual, heads, m, backwards};
   const int64_t count = (b.n + b.width - 1) / b.width;
   const int64_t threads = m * b.n * b.k < kParallelMacs ? 1 : pool.size();
   if (threads <= 1) {

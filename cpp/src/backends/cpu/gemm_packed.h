@@ -47,13 +47,19 @@ void pack_weights(SimdPath path, bool transpose_b, int64_t n, int64_t k, const f
 // (x Phi(x), elementwise_ops.h's gelu, the same bits as the element-wise op).
 enum class DenseActivation : uint8_t { None, Relu, Gelu };
 
-// C(M x N) = A(M x K) B with B packed, row-major; then + bias (length N, when not null)
+// Where a product's rows (batch x t) and columns (heads x d) are stored: row-major when t is
+// 0, else as (batch, heads, t, d), the split into attention heads a transpose would make.
+struct HeadsLayout {
+  int64_t t = 0, heads = 0, d = 0;
+};
+
+// C(M x N) = A(M x K) B with B packed, row-major (or in `heads`' layout); then + bias (length N, when not null)
 // and the activation, or + bias then + residual (M x N like C, when not null; it may not
 // overlap C). Columns are split across the pool's threads when the product is
 // large enough to pay for waking them. `backwards` visits each thread's panels last to first
 // (the same bits: every column's sums run over K in order either way).
 void gemm_packed(ThreadPool& pool, int64_t m, const float* a, const PackedWeights& b, float* c,
                  const float* bias = nullptr, DenseActivation activation = DenseActivation::None,
-                 bool backwards = false, const float* residual = nullptr);
+                 bool backwards = false, const float* residual = nullptr, HeadsLayout heads = {});
 
 }  // namespace gometal

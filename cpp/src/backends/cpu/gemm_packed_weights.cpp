@@ -124,6 +124,7 @@ struct PackedMatMulKernel final : Kernel {
   BufRef a, b, c, bias, residual;  // bias, residual: Region::None without them in the epilogue
   bool tb = false;
   DenseActivation activation = DenseActivation::None;
+  HeadsLayout heads;
   int64_t m = 0, n = 0, k = 0;
   SimdPath path = SimdPath::Portable;
   // Found on the first run, when the pool's address is known.
@@ -147,20 +148,29 @@ struct PackedMatMulKernel final : Kernel {
     float* out = ctx.ptr(c);
     if (!plan_writes_weights) {
       gemm_packed(*ctx.pool, m, ctx.ptr(a), entry->prepare(w, tb, n, k, path), out, bias_values, activation,
-                  backwards, residual_values);
+                  backwards, residual_values, heads);
       backwards = !backwards;
       return;
     }
-    gemm(*ctx.pool, false, tb, m, n, k, ctx.ptr(a), w, out);
-    if (bias_values == nullptr) return;
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        float v = out[i * n + j] + bias_values[j];
-        if (residual_values != nullptr) v += residual_values[i * n + j];
-        out[i * n + j] = activation == DenseActivation::Relu   ? std::max(v, 0.0f)
-                         : activation == DenseActivation::Gelu ? ew::gelu(v)
-                                                               : v;
-      }
+    // Weights this plan writes (not packed): rows stored in order first, split into heads
+    // after (a rare path, so its buffer is made here).
+    std::vector<float> rows(heads.t > 0 ? m * n : 0);
+    float* sums = heads.t > 0 ? rows.data() : out;
+    gemm(*ctx.pool, false, tb, m, n, k, ctx.ptr(a), w, sums);
+    if (bias_values != nullptr)
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          float v = sums[i * n + j] + bias_values[j];
+          if (residual_values != nullptr) v += residual_values[i * n + j];
+          sums[i * n + j] = activation == DenseActivation::Relu   ? std::max(v, 0.0f)
+                            : activation == DenseActivation::Gelu ? ew::gelu(v)
+                                                                  : v;
+        }
+    if (heads.t > 0)
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j)
+          out[((i / heads.t * heads.heads + j / heads.d) * heads.t + i % heads.t) * heads.d + j % heads.d] =
+              sums[i * n + j];
   }
 };
 
@@ -204,6 +214,7 @@ std::unique_ptr<Kernel> make_packed_matmul_kernel(const Graph& g, int id, const 
     kernel->bias = stored_rows(g, epilogue.bias, mem, shapes);
     kernel->activation = epilogue.activation;
     if (epilogue.residual >= 0) kernel->residual = mem.ref[epilogue.residual];
+    kernel->heads = epilogue.heads;
     kernel->c = mem.ref[epilogue.last];
   }
   kernel->tb = node.attrs.transpose_b;

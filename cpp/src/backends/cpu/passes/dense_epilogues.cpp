@@ -42,6 +42,20 @@ DenseActivation activation_of(const Graph& g, int prev, int next, const std::vec
   return n.op == OpKind::Gelu ? DenseActivation::Gelu : DenseActivation::None;
 }
 
+// The heads layout when `reshape` takes `value` (N, T, H * D) to (N, T, H, D) and `transpose`
+// moves its heads before its time, (0, 2, 1, 3): a projection split into attention heads.
+// t == 0 otherwise.
+HeadsLayout heads_of(const Graph& g, int value, int reshape, int transpose, const std::vector<Shape>& shapes) {
+  if (reshape < 0 || transpose < 0) return {};
+  const Node &r = g.node(reshape), &t = g.node(transpose);
+  const Shape &in = shapes[value], &split = shapes[reshape];
+  if (r.op != OpKind::Reshape || r.inputs[0] != value || t.op != OpKind::Transpose || t.inputs[0] != reshape ||
+      t.attrs.ints != std::vector<int64_t>{0, 2, 1, 3} || in.size() != 3 || split.size() != 4 ||
+      split[0] != in[0] || split[1] != in[1] || split[2] * split[3] != in[2] || t.dtype != DType::F32)
+    return {};
+  return {split[1], split[2], split[3]};
+}
+
 }  // namespace
 
 int64_t packed_rows(const Shape& out) {
@@ -128,14 +142,32 @@ void fuse_dense_epilogues(const Graph& g, const Schedule& s, const FunctionSpec&
       chain.push_back(readers[add][0]);
     const int last = chain.back();
     if (f.steps[at].nodes != chain || f.step_of[last] != at || !(f.materialized[last] || returned[last])) continue;
+    // Then maybe a split into heads read by nothing else (its transpose in a step of its own):
+    // the product stores in the heads' layout, and the merged step stands at the transpose's.
+    int heads_at = -1, transpose = -1;
+    const bool residual = last != add && residual_added(g, add, last, shapes) >= 0;
+    if (!residual && !returned[last] && readers[last].size() == 1) {
+      const int reshape = readers[last][0];
+      if (!returned[reshape] && readers[reshape].size() == 1) transpose = readers[reshape][0];
+      const int tat = transpose < 0 ? -1 : f.step_of[transpose];
+      if (tat > at && !f.steps[tat].fused && f.steps[tat].nodes == std::vector<int>{transpose} &&
+          heads_of(g, last, reshape, transpose, shapes).t > 0)
+        heads_at = tat;
+    }
+    const int merged_at = heads_at >= 0 ? heads_at : at;
     // The matmul moves down to the epilogue's step: nothing between may write what it reads.
     bool effect_between = false;
-    for (int between = static_cast<int>(st) + 1; between < at; ++between)
+    for (int between = static_cast<int>(st) + 1; between < merged_at; ++between)
       for (int id : f.steps[between].nodes) effect_between |= is_effect(g.node(id).op);
     if (effect_between) continue;
     Step merged{false, {mm}};
     merged.nodes.insert(merged.nodes.end(), chain.begin(), chain.end());
-    f.steps[at] = std::move(merged);
+    if (heads_at >= 0) {
+      merged.nodes.push_back(transpose);
+      f.materialized[last] = 0;
+      dropped[at] = 1;
+    }
+    f.steps[merged_at] = std::move(merged);
     f.materialized[mm] = 0;
     dropped[st] = 1;
     const int bias = bias_added(g, mm, add, shapes);
@@ -177,9 +209,15 @@ DenseEpilogue merged_dense_epilogue(const Graph& g, int id, const MemoryPlan& me
       epilogue.activation = activation_of(g, add, next, shapes);
       if (epilogue.activation == DenseActivation::None) epilogue.residual = residual_added(g, add, next, shapes);
     }
-    if (epilogue.activation == DenseActivation::None && epilogue.residual < 0)
-      throw std::logic_error("[cpu] matmul epilogue: the merged step's activation or residual is missing");
-    epilogue.last = next;
+    if (epilogue.activation != DenseActivation::None || epilogue.residual >= 0) epilogue.last = next;
+  }
+  if (mem.ref[epilogue.last].region == Region::None) {
+    const int reshape = reader_of(epilogue.last);
+    const int transpose = reshape < 0 ? -1 : reader_of(reshape);
+    epilogue.heads = heads_of(g, epilogue.last, reshape, transpose, shapes);
+    if (epilogue.heads.t == 0)
+      throw std::logic_error("[cpu] matmul epilogue: the merged step's activation, residual or heads are missing");
+    epilogue.last = transpose;
   }
   return epilogue;
 }

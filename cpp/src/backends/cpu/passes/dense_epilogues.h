@@ -3,7 +3,9 @@
 // an exact GELU (a Dense layer's add and activation, a transformer's feed-forward) or adds a
 // same-shape residual (a transformer's projection back into its stream) becomes one step: the
 // product does so while its sums are in registers or L1, and its own output is never written
-// to memory.
+// to memory. A bias add (and activation) whose result is only split into attention heads,
+// (N, T, H * D) -> (N, H, T, D) by a reshape and a transpose, takes the transpose in too: the
+// product stores each head's rows where the transpose would have put them.
 #pragma once
 
 #include <vector>
@@ -49,6 +51,7 @@ struct DenseEpilogue {
   int bias = -1;
   DenseActivation activation = DenseActivation::None;
   int residual = -1;
+  HeadsLayout heads;  // t > 0: stored split into heads, as the transpose `last` reads it
   int last = -1;
 };
 DenseEpilogue merged_dense_epilogue(const Graph& g, int id, const MemoryPlan& mem, const std::vector<Shape>& shapes);
