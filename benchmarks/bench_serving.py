@@ -23,7 +23,12 @@ pairs (medians 915 -> 1,187 req/s); 3 more rounds, 64 tritonclient clients 1,051
 at 0.2 ms against Python's 5 ms (--variant '{"switch_interval_ms": 5}'), 2 rounds: 64 wrk
 clients 1,795 -> 2,808 req/s (ranges 1,679-1,911 and 2,561-3,055), p99 89 -> 70 ms, 8 wrk
 clients 2,430 -> 2,733; 8 tritonclient clients 883 -> 1,096, 64 1,605 -> 1,560 (there the
-Python clients' own CPU sets the pace). The load generator is
+Python clients' own CPU sets the pace). uvloop against asyncio over gRPC (three servers in
+turn, tritonclient.grpc.aio, 3 rounds): 64 clients 849/879/949 -> 1,002/1,322/1,295 req/s,
+p99 195/168/150 -> 110/74/92 ms; 8 clients 651/1,208/866 -> 1,076/1,089/1,298. At 0.2 ms,
+2 rounds, three instances, one instance of 2 threads and gather_while_busy off all fell
+within the defaults' ranges at 1, 8 and 64 clients of either load (64 wrk clients: 2,204-2,538
+req/s against 2,502-2,506, 2,120-2,833 and 2,003-2,595). The load generator is
 another process (``_serving_load.py``): N tritonclient HTTP async clients, each sending one
 image per request in a loop, a warm-up, then a timed window; every answer is checked against
 offline ``model.predict``. With --grpc the same server is also loaded over gRPC, with unary
@@ -227,6 +232,15 @@ def _variant_config(parser: argparse.ArgumentParser, text: str) -> dict:
     return config
 
 
+def split_server_options(variant: dict) -> tuple[list[str], dict]:
+    """A --variant's ``gometal serve`` options (the keys of :data:`SERVER_OPTIONS`, as
+    command-line arguments) and the rest of it: its model's config.json."""
+    config = dict(variant)
+    options = [item for key, option in SERVER_OPTIONS.items() if key in config
+               for item in (option, str(config.pop(key)))]  # fmt: skip
+    return options, config
+
+
 def _variant_label(config: dict) -> str:
     """One word (the server's log file is named by the label's first word)."""
     return "gometal[" + ",".join(f"{key}={value}" for key, value in config.items()) + "]"
@@ -408,10 +422,7 @@ def main() -> None:
         servers = [Server("gometal serve", server_cmd, gometal_port, folder),
                    Server("onnxruntime + FastAPI", baseline_cmd, baseline_port, folder)]  # fmt: skip
         for index, variant in enumerate(variants):  # the same command, on its own repository
-            port, config = _free_port(), dict(variant)
-            # Server options, not the model's config.json.
-            options = [item for key, option in SERVER_OPTIONS.items() if key in config
-                       for item in (option, str(config.pop(key)))]  # fmt: skip
+            port, (options, config) = _free_port(), split_server_options(variant)
             served = _variant_repository(folder, config, index) if config else server_cmd[4]
             command = [sys.executable, "-m", "gometal.apps.cli", "serve", served, "--port",
                        str(port), "--grpc-port", "0", "--max-queue", "1024", *tuning,

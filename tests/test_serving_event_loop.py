@@ -3,7 +3,7 @@
 server answers tritonclient over HTTP and gRPC as offline ``model.predict`` does, the startup
 line names both settings, and the process runs the loop it names (on Linux, its memory maps
 hold uvloop's extension module exactly when it runs uvloop); bad values are refused with
-the option named."""
+the option named. bench_serving.py's ``--variant`` passes both as the server's options."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
+from bench_serving import split_server_options
 from gometal.serving import serve
 from gometal.serving.server import DEFAULT_SWITCH_INTERVAL_MS, EVENT_LOOPS, resolve_event_loop
 from serving_helpers import ServerProcess, offline, running_server, write_repository
@@ -123,3 +124,11 @@ def test_each_loop_serves_http_and_grpc(
             np.testing.assert_allclose(got, reference, rtol=RTOL, atol=ATOL)
         http.close()
         grpc.close()
+
+
+def test_bench_variants_pass_loop_and_switch_interval_as_server_options() -> None:
+    variant = {"loop": "asyncio", "instances": 3, "switch_interval_ms": 5, "threads": 1}
+    options, config = split_server_options(variant)
+    assert options == ["--threads", "1", "--loop", "asyncio", "--switch-interval-ms", "5"]
+    assert config == {"instances": 3}  # the model's config.json: batching settings only
+    assert variant["loop"] == "asyncio"  # the variant itself is left as it was
