@@ -82,6 +82,17 @@ def test_each_path_computes_the_weight_gradient_as_torch(case, path, monkeypatch
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=4e-6 * np.sqrt(dy[0, 0].size * len(x)))
 
 
+def run_on_variables(op: str, a: np.ndarray, b: np.ndarray, attrs: dict) -> np.ndarray:
+    """op(a, b) with a and b as variables: inputs refuse non-finite values, variables take them."""
+    g = _core.Graph()
+    out = g.op(op, [g.variable("a", a.shape), g.variable("b", b.shape)], attrs)
+    engine = _core.Engine(g, seed=0)
+    engine.define("f", inputs=[], outputs=[out], effects=[])
+    engine.set_variable("a", a)
+    engine.set_variable("b", b)
+    return engine.run("f", [])[0]
+
+
 def _non_finite_pattern(a):
     return np.isnan(a), np.isposinf(a), np.isneginf(a)
 
@@ -101,15 +112,7 @@ def test_infinite_and_nan_inputs_give_torchs_positions(where, path, monkeypatch)
         x[0, 2, 0, 0] = np.nan
     if where in ("dy", "both"):
         dy[0, 9, 3, 3] = -np.inf
-    # Inputs refuse non-finite values: x and dy are variables here.
-    g = _core.Graph()
-    xv, dyv = g.variable("x", x.shape), g.variable("dy", dy.shape)
-    dw = g.op("conv2d_weight_grad", [xv, dyv], {**attrs, "shape": list(w_shape)})
-    engine = _core.Engine(g, seed=0)
-    engine.define("dw", inputs=[], outputs=[dw], effects=[])
-    engine.set_variable("x", x)
-    engine.set_variable("dy", dy)
-    got = engine.run("dw", [])[0]
+    got = run_on_variables("conv2d_weight_grad", x, dy, {**attrs, "shape": list(w_shape)})
     want = _torch_weight_grad(x, w_shape, dy, attrs)
     assert not np.isfinite(want).all()
     for got_mask, want_mask in zip(_non_finite_pattern(got), _non_finite_pattern(want)):

@@ -181,9 +181,10 @@ int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
   const int64_t col = is_pointwise(g) ? 0 : g.patch() * g.out_plane();
   ConvGeometry f;
   const int64_t input_grad =
-      use_channel_input_grad(g)    ? conv2d_channel_input_grad_scratch(g)
-      : input_grad_as_forward(g, &f) ? flipped_weights_floats(g) + conv2d_simd_scratch(f)
-                                   : int64_t{0};
+      conv2d_winograd_input_grad_chosen(g) ? conv2d_winograd_input_grad_scratch(g)
+      : use_channel_input_grad(g)          ? conv2d_channel_input_grad_scratch(g)
+      : input_grad_as_forward(g, &f)       ? flipped_weights_floats(g) + conv2d_simd_scratch(f)
+                                           : int64_t{0};
   const int64_t direct = std::max({conv2d_simd_scratch(g), input_grad, conv2d_nchwc_scratch(g),
                                    conv2d_channel_forward_scratch(g), conv2d_winograd_scratch(g)});
   return std::max(col, direct);
@@ -218,6 +219,7 @@ void conv2d_forward_samples(const ConvGeometry& g, const float* x, const float* 
 
 void conv2d_input_grad_samples(const ConvGeometry& g, const float* dy, const float* w, float* dx, int64_t n0,
                                int64_t n1, float* col) {
+  if (conv2d_winograd_input_grad_chosen(g)) return conv2d_winograd_input_grad_samples(g, dy, w, dx, n0, n1, col);
   if (use_channel_input_grad(g)) return conv2d_channel_input_grad_samples(g, dy, w, dx, n0, n1, col);
   const int64_t in_image = g.c * g.h * g.w, out_image = g.o * g.out_plane();
   ConvGeometry as_forward;

@@ -7,6 +7,9 @@
 #include <string>
 #include <string_view>
 
+#include <vector>
+
+#include "backends/cpu/conv_direct.h"
 #include "backends/cpu/lane_transpose.h"
 #include "backends/cpu/packed_weight_cache.h"
 #include "backends/cpu/simd_paths.h"
@@ -71,6 +74,25 @@ void transform_weights(const PackedWeightKey& key, const float* w, float* u) {
         for (int b = 0; b < 4; ++b) u[((a * 4 + b) * o_pad + o) * c_count + c] = point[b];
       }
     }
+}
+
+// flipped (C, O, 3, 3) = w (O, C, 3, 3) with its axes swapped and each window flipped: the
+// forward weights of w's input gradient (key: C rows, O columns). Rows of 9 floats both ways.
+void flip_weights(const PackedWeightKey& key, const float* w, float* flipped) {
+  const int64_t c_count = key.rows, o_count = key.columns;
+  for (int64_t c = 0; c < c_count; ++c)
+    for (int64_t o = 0; o < o_count; ++o) {
+      const float* src = w + (o * c_count + c) * 9;
+      float* dst = flipped + (c * o_count + o) * 9;
+      for (int t = 0; t < 9; ++t) dst[t] = src[8 - t];
+    }
+}
+
+// The input gradient's transformed weights straight from w (key: C rows, O columns).
+void transform_flipped_weights(const PackedWeightKey& key, const float* w, float* u) {
+  std::vector<float> flipped(key.rows * key.columns * 9);
+  flip_weights(key, w, flipped.data());
+  transform_weights(key, flipped.data(), u);
 }
 
 // Transformed once per thread and reused while the weights' bytes stay the same.
@@ -383,9 +405,11 @@ void direct_tiles(const ConvGeometry& g, const float* w, const float* split, int
 
 // The outputs (pooled or not) of tiles [t_begin, t_end) of image x into image y, in the
 // thread's scratch; directly summed where an input or weight is not finite.
+// With `unflipped` (an input gradient's weights), w is unused: the direct sums flip those into
+// the scratch after the tiles' buffers when they run.
 void forward_tiles(ConvPath path, const ConvGeometry& g, const float* u, const float* w, bool weights_finite,
                    const float* x, float* y, int64_t t_begin, int64_t t_end, float* scratch,
-                   const ConvEpilogue& epilogue) {
+                   const ConvEpilogue& epilogue, const float* unflipped = nullptr) {
   float* split = scratch;
   BlockArgs a{};
   a.u = u;
@@ -401,7 +425,14 @@ void forward_tiles(ConvPath path, const ConvGeometry& g, const float* u, const f
   a.epilogue = epilogue;
   const int64_t tw = tile_cols(g);
   const bool finite = split_image_rows(g, x, 2 * (t_begin / tw), 2 * ((t_end - 1) / tw) + 4, split);
-  if (!finite || !weights_finite) return direct_tiles(g, w, split, t_begin, t_end, y, epilogue);
+  if (!finite || !weights_finite) {
+    if (unflipped != nullptr) {
+      float* flipped = scratch + conv2d_winograd_scratch(g);
+      flip_weights(PackedWeightKey{"", g.o, g.c, 1}, unflipped, flipped);
+      w = flipped;
+    }
+    return direct_tiles(g, w, split, t_begin, t_end, y, epilogue);
+  }
   for (int64_t b0 = t_begin; b0 < t_end; b0 += kBlockTiles)
     forward_block(path, g, split, b0, std::min(t_end, b0 + kBlockTiles), a);
 }
@@ -421,6 +452,12 @@ bool chosen_by_shape(const ConvGeometry& g) { return tile_count(g) >= kMostChunk
 // 32->64 at 16x16 3.0 / 2.1-2.5; but 3->16 at 64x64 1.7 / 2.1-2.3, where three input channels
 // leave the output transform and its stores most of the work.
 bool unpooled_chosen_by_shape(const ConvGeometry& g) { return chosen_by_shape(g) && g.c >= 16; }
+
+// An input gradient (g the convolution's geometry) as these tiles over dy with the flipped
+// weights, 1 thread, batch 32, CPU ms, 3 runs of alternating windows on the loaded machine,
+// channel lanes / these tiles: 32<-64 at 16x16 2.97-3.20 / 2.54-2.72 (1.16-1.18x); but 16<-32
+// at 32x32 3.34 / 3.26, so only 32 and more input channels.
+bool input_grad_chosen_by_shape(const ConvGeometry& g) { return g.c >= 32; }
 
 }  // namespace
 
@@ -481,6 +518,33 @@ void conv2d_winograd_forward(const ExecContext& ctx, const ConvGeometry& g, cons
     forward_tiles(path, g, u, w, weights_finite, x + n * in_image, y + n * out_image, t_begin, t_end,
                   ctx.thread_scratch(thread), epilogue);
   });
+}
+
+bool conv2d_winograd_input_grad_chosen(const ConvGeometry& g) {
+  ConvGeometry f;
+  if (!input_grad_as_forward(g, &f) || !conv2d_winograd_unpooled_chosen(f)) return false;
+  const char* forced = std::getenv("GOMETAL_CONV_WINOGRAD");
+  return (forced != nullptr && forced[0] != '\0') || input_grad_chosen_by_shape(g);
+}
+
+int64_t conv2d_winograd_input_grad_scratch(const ConvGeometry& g) {
+  ConvGeometry f;
+  if (!input_grad_as_forward(g, &f) || !geometry_supported(f)) return 0;
+  return conv2d_winograd_scratch(f) + g.o * g.c * 9;
+}
+
+void conv2d_winograd_input_grad_samples(const ConvGeometry& g, const float* dy, const float* w, float* dx,
+                                        int64_t n0, int64_t n1, float* scratch) {
+  ConvGeometry f;
+  input_grad_as_forward(g, &f);
+  const ConvPath path = choose_conv_path();
+  const PackedWeightKey key{"conv_winograd_f2x2_input_grad", g.c, g.o, 1};
+  const float* u = cached_packed_weights(key, w, g.o * g.c * 9, kPoints * padded_outputs(f) * f.c,
+                                         transform_flipped_weights);
+  const bool weights_finite = all_finite(w, g.o * g.c * 9, DType::F32);
+  for (int64_t n = n0; n < n1; ++n)
+    forward_tiles(path, f, u, nullptr, weights_finite, dy + n * f.c * f.h * f.w, dx + n * f.o * f.out_plane(), 0,
+                  tile_count(f), scratch, ConvEpilogue{}, w);
 }
 
 }  // namespace gometal
