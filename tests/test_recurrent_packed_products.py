@@ -28,3 +28,20 @@ threads = thread_counts(1, 2)
 )
 def test_products_across_panels_and_threads_match_torch(config: Config, threads: int) -> None:
     check_parity(config, batch=11, steps=6)
+
+
+# The backward pass packs W_hh (4H x H) and W_hr (P x H) split over the threads once either
+# holds 65,536 floats: hidden 130 packs 520 x 130 (thread 2 takes the partial panel of 2
+# columns) for one padded row; hidden 300 projected to 230 packs W_hr's 230 x 300 too.
+@pytest.mark.parametrize(
+    "config,batch",
+    [
+        (Config("lstm", hidden_size=130, input_size=9, lengths=True), 1),
+        (Config("lstm", hidden_size=300, input_size=7, proj_size=230), 3),
+    ],
+    ids=lambda v: v.id() if isinstance(v, Config) else f"batch{v}",
+)
+def test_gradients_of_weights_packed_over_threads_match_torch(
+    config: Config, batch: int, threads: int
+) -> None:
+    check_parity(config, batch=batch, steps=4)
