@@ -210,3 +210,177 @@ def test_a_conv2d_layer_trains_with_torchs_gradients(forced, monkeypatch):
                 atol=1e-5 * np.abs(expected).max(),
                 err_msg=f"conv2d_{i}.{name}",
             )
+
+
+# --- Products by packed weights with a bias and GELU, or a bias and a residual ------------
+
+
+def _dense_engine(m, k, n, tail, variables=False):
+    """(m, k) x w (n, k)^T + bias, then `tail`: "gelu", "residual" (r + y, r an input or
+    variable of y's shape), "self" (x + y, x the product's own A), or "twice" (y + y)."""
+    g = _core.Graph()
+    x = g.variable("x", (m, k)) if variables else g.input("x", (-1, k), "float32")
+    r = None
+    if tail == "residual":
+        r = g.variable("r", (m, n)) if variables else g.input("r", (-1, n), "float32")
+    y = g.op("matmul", [x, g.variable("w", (n, k))], {"transpose_b": True})
+    y = g.op("add", [y, g.variable("bias", (n,))])
+    if tail == "gelu":
+        y = g.op("gelu", [y])
+    elif tail == "residual":
+        y = g.op("add", [r, y])
+    elif tail == "self":
+        y = g.op("add", [x, y])
+    elif tail == "twice":
+        y = g.op("add", [y, y])
+    engine = _core.Engine(g, seed=0)
+    inputs = [] if variables else [x] + ([r] if r is not None else [])
+    engine.define("f", inputs=inputs, outputs=[y], effects=[])
+    return engine
+
+
+def _float64_dense(x, w, bias, tail, r=None):
+    y = x.astype(np.float64) @ w.astype(np.float64).T + bias
+    if tail == "gelu":
+        return torch.nn.functional.gelu(torch.from_numpy(y)).numpy()
+    if tail == "residual":
+        return r + y
+    if tail == "self":
+        return x + y
+    return y + y
+
+
+@pytest.mark.parametrize(
+    "tail, step, fused",
+    [("self", "matmul,add,add", True), ("twice", "matmul,add,add", False)],
+)
+@pytest.mark.parametrize("m", [1, 17, 1024, 1025])
+def test_a_residual_that_is_the_products_own_input_or_its_sum(tail, step, fused, m, monkeypatch):
+    # x + (x W^T + b) reads A again after the products; y + y is no residual. 1024 rows are
+    # the most a packed product takes, 1025 go to the BLAS.
+    monkeypatch.delenv("GOMETAL_GEMM_PACKED_KERNEL", raising=False)
+    k = n = 40
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    engine = _dense_engine(m, k, n, tail)
+    plan = engine.describe("f", m)
+    assert any(line.startswith(f"{step} ({m}, {n})") for line in plan) == (fused and m <= 1024), (
+        plan
+    )
+    engine.set_variable("w", w)
+    engine.set_variable("bias", bias)
+    for _ in range(2):  # packs, then runs on the packed copy
+        got = engine.run("f", [x])[0]
+        np.testing.assert_allclose(got, _float64_dense(x, w, bias, tail), rtol=1e-5, atol=1e-4)
+
+
+def _non_finite_dense_operands(m, k, n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    r = rng.standard_normal((m, n)).astype(np.float32)
+    x[1, 3] = np.inf  # row 1: +-Inf sums, or NaN where +Inf and -Inf products meet
+    x[2, 0] = np.nan  # row 2: all NaN
+    w[5, 2] = -np.inf  # column 5: +-Inf on every row
+    bias[7] = np.nan  # column 7: NaN
+    bias[n - 1] = np.inf  # the last (partial panel's) column
+    r[0, 4] = -np.inf
+    r[3, n - 1] = -np.inf  # meets the bias's +Inf: NaN
+    return x, w, bias, r
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("tail", ["gelu", "residual"])
+def test_non_finite_values_through_the_epilogue_land_where_the_unfused_steps_put_them(
+    tail, threads, monkeypatch
+):
+    m, k, n = 9, 13, 37
+    x, w, bias, r = _non_finite_dense_operands(m, k, n, seed=threads)
+    results = {}
+    for packed in ("", "off"):
+        monkeypatch.setenv("GOMETAL_GEMM_PACKED_KERNEL", packed)
+        engine = _dense_engine(m, k, n, tail, variables=True)
+        plan = engine.describe("f", m)
+        step = "matmul,add,gelu" if tail == "gelu" else "matmul,add,add"
+        assert any(line.startswith(step) for line in plan) == (packed == ""), plan
+        for name, value in (("x", x), ("w", w), ("bias", bias), ("r", r)):
+            if name != "r" or tail == "residual":
+                engine.set_variable(name, value)
+        results[packed] = _with_threads(threads, lambda e=engine: e.run("f", [])[0])
+    got, unfused = results[""], results["off"]
+    for mask in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(mask(got), mask(unfused), err_msg=mask.__name__)
+    with np.errstate(invalid="ignore"):
+        want = _float64_dense(x, w, bias, tail, r)
+    assert np.isnan(got).any() and np.isinf(got).any()
+    # torch's GELU of -Inf is NaN, the engine's (and its limit) 0: compare torch elsewhere.
+    np.testing.assert_array_equal(np.isnan(got) | np.isnan(want), np.isnan(want))
+    finite = np.isfinite(want) & np.isfinite(got)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-4)
+
+
+def test_two_models_predict_on_two_python_threads_at_once(monkeypatch):
+    # Two engines' packed copies and epilogues, run side by side many times: every answer
+    # equals the one each engine gives alone.
+    import threading
+
+    monkeypatch.delenv("GOMETAL_GEMM_PACKED_KERNEL", raising=False)
+    m, k, n = 24, 48, 70
+    jobs = []
+    for seed, tail in ((1, "gelu"), (2, "residual")):
+        rng = np.random.default_rng(seed)
+        engine = _dense_engine(m, k, n, tail)
+        engine.set_variable("w", rng.standard_normal((n, k)).astype(np.float32))
+        engine.set_variable("bias", rng.standard_normal(n).astype(np.float32))
+        feeds = [
+            [rng.standard_normal((m, k)).astype(np.float32)]
+            + ([rng.standard_normal((m, n)).astype(np.float32)] if tail == "residual" else [])
+            for _ in range(4)
+        ]
+        alone = [engine.run("f", feed)[0] for feed in feeds]
+        jobs.append((engine, feeds, alone))
+    failures = []
+    start = threading.Barrier(2)
+
+    def work(engine, feeds, alone):
+        start.wait()
+        for i in range(200):
+            got = engine.run("f", feeds[i % 4])[0]
+            if not np.array_equal(got, alone[i % 4]):
+                failures.append(i)
+
+    threads = [threading.Thread(target=work, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_gelu_layers_and_a_residual_add_predict_as_torch(bias):
+    # A Dense without a bias has no add for its GELU to follow: it stays two steps.
+    x_in = gm.Input((None, 20))
+    hidden = gm.layers.Dense(36, activation="gelu", use_bias=bias)(x_in)
+    out = gm.layers.Add()([x_in, gm.layers.Dense(20, use_bias=bias)(hidden)])
+    model = gm.Model(x_in, out)
+    torch.manual_seed(8)
+    fc1, fc2 = (
+        torch.nn.Linear(20, 36, bias=bias).double(),
+        torch.nn.Linear(36, 20, bias=bias).double(),
+    )
+    model.set_weights(
+        {
+            f"dense_{i}.{name}": p.detach().numpy().astype(np.float32)
+            for i, fc in enumerate((fc1, fc2))
+            for name, p in fc.named_parameters()
+        }
+    )
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, 7, 20)).astype(np.float32) * 3
+        xt = torch.from_numpy(x).double()
+        want = (xt + fc2(torch.nn.functional.gelu(fc1(xt)))).detach().numpy()
+        np.testing.assert_allclose(model.predict(x), want, rtol=1e-5, atol=1e-5)
