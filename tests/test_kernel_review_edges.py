@@ -212,6 +212,93 @@ def test_a_conv2d_layer_trains_with_torchs_gradients(forced, monkeypatch):
             )
 
 
+# --- Winograd's input gradient (the flipped forward tiles over dy) ---------------------------
+
+
+def _input_grad(dy, w, x_shape, attrs):
+    g = _core.Graph()
+    dyi, wi = g.variable("dy", dy.shape), g.variable("w", w.shape)
+    dx = g.op("conv2d_input_grad", [dyi, wi], {**attrs, "shape": list(x_shape)})
+    engine = _core.Engine(g, seed=0)
+    engine.define("dx", inputs=[], outputs=[dx], effects=[])
+    engine.set_variable("dy", dy)
+    engine.set_variable("w", w)
+    return engine.run("dx", [])[0]
+
+
+def _torch_input_grad(dy, w, x_shape, attrs):
+    x = torch.zeros(x_shape, dtype=torch.float64, requires_grad=True)
+    y = torch.nn.functional.conv2d(x, torch.from_numpy(w).double(), padding=attrs["padding"])
+    y.backward(torch.from_numpy(dy).double())
+    return x.grad.numpy()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_one_image_with_an_infinity_takes_direct_sums_and_leaves_the_others_tiled(
+    threads, monkeypatch
+):
+    # Images 0 and 2 keep the tiles' bits (those of a batch without the infinity); image 1
+    # gives torch's Inf and NaN positions.
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
+    x_shape, attrs = (3, 32, 8, 10), conv_attrs((1, 1), (1, 1), (1, 1), 1)
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((20, 32, 3, 3)).astype(np.float32)
+    dy = np.abs(rng.standard_normal((3, 20, 8, 10))).astype(np.float32) + 0.5
+    clean = _with_threads(threads, lambda: _input_grad(dy, w, x_shape, attrs))
+    np.testing.assert_allclose(
+        clean, _torch_input_grad(dy, w, x_shape, attrs), rtol=1e-5, atol=4e-6 * np.sqrt(20 * 9)
+    )
+    dy = dy.copy()
+    dy[1, 6, 2, 7] = np.inf
+    dy[1, 0, 7, 0] = np.nan
+    got = _with_threads(threads, lambda: _input_grad(dy, w, x_shape, attrs))
+    np.testing.assert_array_equal(got[[0, 2]], clean[[0, 2]])
+    want = _torch_input_grad(dy, w, x_shape, attrs)
+    for mask in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(mask(got), mask(want), err_msg=mask.__name__)
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("forced", ["", "always", "never"])
+@pytest.mark.parametrize("padding", [0, 1, 2])
+def test_a_conv_stack_of_32_channels_trains_with_torchs_gradients(forced, padding, monkeypatch):
+    # The second convolution's input gradient (32 input channels, even planes) feeds the
+    # first one's weight gradient: batch 3 on 2 threads runs it image by image.
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", forced)
+    x_in = gm.Input((8, 10, 12))
+    hidden = gm.layers.Conv2D(32, 3, padding=1, activation="relu")(x_in)
+    model = gm.Model(x_in, gm.layers.Conv2D(24, 3, padding=padding)(hidden))
+    torch.manual_seed(padding)
+    conv1 = torch.nn.Conv2d(8, 32, 3, padding=1).double()
+    conv2 = torch.nn.Conv2d(32, 24, 3, padding=padding).double()
+    convs = (conv1, conv2)
+    model.set_weights(
+        {
+            f"conv2d_{i}.{name}": p.detach().numpy().astype(np.float32)
+            for i, conv in enumerate(convs)
+            for name, p in conv.named_parameters()
+        }
+    )
+    rng = np.random.default_rng(padding)
+    x = rng.standard_normal((3, 8, 10, 12)).astype(np.float32)
+    size = (10 + 2 * padding - 2, 12 + 2 * padding - 2)
+    target = rng.standard_normal((3, 24, *size)).astype(np.float32)
+    grads = _with_threads(2, lambda: gm.Trainer(model, loss="mse").compute_gradients(x, target))
+    out = conv2(torch.relu(conv1(torch.from_numpy(x).double())))
+    torch.nn.functional.mse_loss(out, torch.from_numpy(target).double()).backward()
+    for i, conv in enumerate(convs):
+        for name, p in conv.named_parameters():
+            expected = p.grad.numpy()
+            np.testing.assert_allclose(
+                grads[f"conv2d_{i}.{name}"],
+                expected,
+                rtol=1e-4,
+                atol=1e-5 * np.abs(expected).max(),
+                err_msg=f"conv2d_{i}.{name}",
+            )
+
+
 # --- Products by packed weights with a bias and GELU, or a bias and a residual ------------
 
 
