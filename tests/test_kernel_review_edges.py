@@ -179,28 +179,32 @@ def test_an_infinity_met_only_by_zero_gradients_gives_torchs_nans(monkeypatch):
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("forced", ["always", "never"])
-def test_a_conv2d_layer_trains_with_torchs_gradients(forced, monkeypatch):
-    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD", forced)
-    x_in = gm.Input((16, 9, 11))
-    hidden = gm.layers.Conv2D(20, 3, padding=1, activation="relu")(x_in)
-    model = gm.Model(x_in, gm.layers.Conv2D(18, 3, padding=2)(hidden))
-    conv1 = torch.nn.Conv2d(16, 20, 3, padding=1).double()
-    conv2 = torch.nn.Conv2d(20, 18, 3, padding=2).double()
+def _check_conv_stack_gradients(x, channels, out_padding, threads):
+    """Conv2D(channels[1], 3, padding 1, relu) then Conv2D(channels[2], 3, out_padding) on x
+    (N, channels[0], H, W): every gradient of an MSE equals torch's in float64."""
+    c0, c1, c2 = channels
+    x_in = gm.Input(x.shape[1:])
+    hidden = gm.layers.Conv2D(c1, 3, padding=1, activation="relu")(x_in)
+    model = gm.Model(x_in, gm.layers.Conv2D(c2, 3, padding=out_padding)(hidden))
+    torch.manual_seed(sum(channels) + out_padding)
+    convs = (
+        torch.nn.Conv2d(c0, c1, 3, padding=1).double(),
+        torch.nn.Conv2d(c1, c2, 3, padding=out_padding).double(),
+    )
     model.set_weights(
         {
             f"conv2d_{i}.{name}": p.detach().numpy().astype(np.float32)
-            for i, conv in enumerate((conv1, conv2))
+            for i, conv in enumerate(convs)
             for name, p in conv.named_parameters()
         }
     )
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((3, 16, 9, 11)).astype(np.float32)
-    target = rng.standard_normal((3, 18, 11, 13)).astype(np.float32)
-    grads = gm.Trainer(model, loss="mse").compute_gradients(x, target)
-    out = conv2(torch.relu(conv1(torch.from_numpy(x).double())))
+    out = convs[1](torch.relu(convs[0](torch.from_numpy(x).double())))
+    target = np.random.default_rng(c2).standard_normal(tuple(out.shape)).astype(np.float32)
+    grads = _with_threads(
+        threads, lambda: gm.Trainer(model, loss="mse").compute_gradients(x, target)
+    )
     torch.nn.functional.mse_loss(out, torch.from_numpy(target).double()).backward()
-    for i, conv in enumerate((conv1, conv2)):
+    for i, conv in enumerate(convs):
         for name, p in conv.named_parameters():
             expected = p.grad.numpy()
             np.testing.assert_allclose(
@@ -210,6 +214,13 @@ def test_a_conv2d_layer_trains_with_torchs_gradients(forced, monkeypatch):
                 atol=1e-5 * np.abs(expected).max(),
                 err_msg=f"conv2d_{i}.{name}",
             )
+
+
+@pytest.mark.parametrize("forced", ["always", "never"])
+def test_a_conv2d_layer_trains_with_torchs_gradients(forced, monkeypatch):
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD", forced)
+    x = np.random.default_rng(6).standard_normal((3, 16, 9, 11)).astype(np.float32)
+    _check_conv_stack_gradients(x, (16, 20, 18), out_padding=2, threads=1)
 
 
 # --- Winograd's input gradient (the flipped forward tiles over dy) ---------------------------
@@ -266,37 +277,8 @@ def test_a_conv_stack_of_32_channels_trains_with_torchs_gradients(forced, paddin
     # The second convolution's input gradient (32 input channels, even planes) feeds the
     # first one's weight gradient: batch 3 on 2 threads runs it image by image.
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", forced)
-    x_in = gm.Input((8, 10, 12))
-    hidden = gm.layers.Conv2D(32, 3, padding=1, activation="relu")(x_in)
-    model = gm.Model(x_in, gm.layers.Conv2D(24, 3, padding=padding)(hidden))
-    torch.manual_seed(padding)
-    conv1 = torch.nn.Conv2d(8, 32, 3, padding=1).double()
-    conv2 = torch.nn.Conv2d(32, 24, 3, padding=padding).double()
-    convs = (conv1, conv2)
-    model.set_weights(
-        {
-            f"conv2d_{i}.{name}": p.detach().numpy().astype(np.float32)
-            for i, conv in enumerate(convs)
-            for name, p in conv.named_parameters()
-        }
-    )
-    rng = np.random.default_rng(padding)
-    x = rng.standard_normal((3, 8, 10, 12)).astype(np.float32)
-    size = (10 + 2 * padding - 2, 12 + 2 * padding - 2)
-    target = rng.standard_normal((3, 24, *size)).astype(np.float32)
-    grads = _with_threads(2, lambda: gm.Trainer(model, loss="mse").compute_gradients(x, target))
-    out = conv2(torch.relu(conv1(torch.from_numpy(x).double())))
-    torch.nn.functional.mse_loss(out, torch.from_numpy(target).double()).backward()
-    for i, conv in enumerate(convs):
-        for name, p in conv.named_parameters():
-            expected = p.grad.numpy()
-            np.testing.assert_allclose(
-                grads[f"conv2d_{i}.{name}"],
-                expected,
-                rtol=1e-4,
-                atol=1e-5 * np.abs(expected).max(),
-                err_msg=f"conv2d_{i}.{name}",
-            )
+    x = np.random.default_rng(padding).standard_normal((3, 8, 10, 12)).astype(np.float32)
+    _check_conv_stack_gradients(x, (8, 32, 24), out_padding=padding, threads=2)
 
 
 # --- Products by packed weights with a bias and GELU, or a bias and a residual ------------
