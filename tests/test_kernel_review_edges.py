@@ -221,6 +221,28 @@ def _check_conv_stack_gradients(x, channels, out_padding, threads):
             )
 
 
+@pytest.mark.parametrize(
+    "x_shape, o", [((2, 3, 7, 9), 5), ((2, 1, 5, 5), 2), ((3, 40, 6, 6), 3), ((2, 4, 30, 30), 6)]
+)
+def test_forced_tiles_with_an_infinity_fall_back_to_whichever_kernel_the_shape_takes(
+    x_shape, o, monkeypatch
+):
+    # Few channels: the fallback is not the channel lanes but the direct sums or im2col, which
+    # must overwrite every value the tiles left in dw and in the shared sums.
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD", "always")
+    attrs = conv_attrs((1, 1), (1, 1), (1, 1), 1)
+    x, dy, w_shape = _arrays(x_shape, o, attrs, seed=1)
+    x[1, 0, 2, 3] = np.inf
+    dy = np.abs(dy) + 0.5  # +Inf in every tap of channel 0: no NaN in torch's dw
+    got = _weight_grad(x, dy, w_shape, attrs, variables=True)
+    want = _torch_weight_grad(x, dy, w_shape, attrs)
+    assert np.isposinf(want[:, 0]).any()
+    for mask in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(mask(got), mask(want), err_msg=mask.__name__)
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("forced", ["always", "never"])
 def test_a_conv2d_layer_trains_with_torchs_gradients(forced, monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD", forced)
