@@ -8,9 +8,8 @@ dy, the same bits on 1, 2 and 3 threads, and Conv2D layers' training gradients. 
 input gradient: one image with an infinity among finite ones, and a 32-channel stack. Packed
 products with a bias then GELU or a residual in their epilogue: the product's own input as
 the residual, y + y, the row limit, Inf and NaN, two engines on two Python threads, Dense
-layers with and without biases. Inference self-attention's three products over the rows of
-in_proj_weight (and their head transposes) before and after a training step writes it, and a
-GPT with and without biases. References: torch in float64, NumPy, the unfused steps' values.
+layers with and without biases (attention: test_kernel_review_edges_attention.py). References:
+torch in float64, NumPy, the unfused steps' values.
 """
 
 from __future__ import annotations
@@ -31,6 +30,29 @@ def _with_threads(threads, body):
         return body()
     finally:
         gm.set_num_threads(previous)
+
+
+def side_by_side_mismatches(jobs, runs):
+    """Runs every job (call, feeds, alone) on a Python thread of its own, all at once: `runs`
+    calls of call(feeds[i % len(feeds)]) each. Returns (job, i) of every answer that differs
+    from alone[i % len(feeds)], the job's answer on its own."""
+    import threading
+
+    mismatches = []
+    start = threading.Barrier(len(jobs))
+
+    def work(index, call, feeds, alone):
+        start.wait()
+        for i in range(runs):
+            if not np.array_equal(call(feeds[i % len(feeds)]), alone[i % len(feeds)]):
+                mismatches.append((index, i))
+
+    workers = [threading.Thread(target=work, args=(i, *job)) for i, job in enumerate(jobs)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return mismatches
 
 
 # --- Winograd's weight gradient ------------------------------------------------------------
@@ -421,8 +443,6 @@ def test_non_finite_values_through_the_epilogue_land_where_the_unfused_steps_put
 def test_two_models_predict_on_two_python_threads_at_once(monkeypatch):
     # Two engines' packed copies and epilogues, run side by side many times: every answer
     # equals the one each engine gives alone.
-    import threading
-
     monkeypatch.delenv("GOMETAL_GEMM_PACKED_KERNEL", raising=False)
     m, k, n = 24, 48, 70
     jobs = []
@@ -437,23 +457,8 @@ def test_two_models_predict_on_two_python_threads_at_once(monkeypatch):
             for _ in range(4)
         ]
         alone = [engine.run("f", feed)[0] for feed in feeds]
-        jobs.append((engine, feeds, alone))
-    failures = []
-    start = threading.Barrier(2)
-
-    def work(engine, feeds, alone):
-        start.wait()
-        for i in range(200):
-            got = engine.run("f", feeds[i % 4])[0]
-            if not np.array_equal(got, alone[i % 4]):
-                failures.append(i)
-
-    threads = [threading.Thread(target=work, args=job) for job in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not failures
+        jobs.append((lambda feed, e=engine: e.run("f", feed)[0], feeds, alone))
+    assert not side_by_side_mismatches(jobs, runs=200)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -480,80 +485,3 @@ def test_dense_gelu_layers_and_a_residual_add_predict_as_torch(bias):
         xt = torch.from_numpy(x).double()
         want = (xt + fc2(torch.nn.functional.gelu(fc1(xt)))).detach().numpy()
         np.testing.assert_allclose(model.predict(x), want, rtol=1e-5, atol=1e-5)
-
-
-# --- Inference attention: q, k and v by three products over in_proj_weight's rows ---------
-
-E, HEADS, T = 32, 4, 6
-
-
-def _attention_pair(bias, seed):
-    torch.manual_seed(seed)
-    module = torch.nn.MultiheadAttention(E, HEADS, bias=bias, batch_first=True).double()
-    x_in = gm.Input((None, E))
-    model = gm.Model(x_in, gm.layers.MultiHeadAttention(E, HEADS, bias=bias)(x_in))
-    model.set_weights(
-        {
-            f"multi_head_attention_0.{k}": v.detach().numpy().astype(np.float32)
-            for k, v in module.state_dict().items()
-        }
-    )
-    return module, model
-
-
-def _torch_attention(module, x):
-    xt = torch.from_numpy(x).double()
-    return module(xt, xt, xt, need_weights=False)[0]
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("bias", [True, False])
-def test_self_attention_predicts_as_torch_then_again_after_a_training_step(bias, threads):
-    # predict packs the in_proj rows; the SGD step writes the whole in_proj_weight (and
-    # bias): the next predict must pack the rows again and see the new values.
-    module, model = _attention_pair(bias, seed=threads)
-    rng = np.random.default_rng(threads)
-    lr = 0.5
-    trainer = gm.Trainer(model, loss="mse", optimizer=gm.optim.SGD(lr=lr))
-    plan = " ".join(trainer._engine.describe("predict", 3))
-    assert ("matmul,add,transpose" in plan) == bias, plan
-
-    def body():
-        for batch in (1, 3):
-            x = rng.standard_normal((batch, T, E)).astype(np.float32)
-            want = _torch_attention(module, x).detach().numpy()
-            np.testing.assert_allclose(model.predict(x), want, rtol=1e-5, atol=1e-5)
-        x = rng.standard_normal((3, T, E)).astype(np.float32)
-        target = rng.standard_normal((3, T, E)).astype(np.float32)
-        trainer.train_batch(x, target)
-        torch.nn.functional.mse_loss(
-            _torch_attention(module, x), torch.from_numpy(target).double()
-        ).backward()
-        with torch.no_grad():
-            for p in module.parameters():
-                p -= lr * p.grad
-        x = rng.standard_normal((3, T, E)).astype(np.float32)
-        want = _torch_attention(module, x).detach().numpy()
-        np.testing.assert_allclose(model.predict(x), want, rtol=1e-4, atol=1e-5)
-
-    _with_threads(threads, body)
-
-
-@pytest.mark.parametrize("bias", [True, False])
-def test_gpt_predicts_nanogpts_logits_with_and_without_biases(bias):
-    from _torch_gpt import TorchGPT
-
-    vocab, block, layers, heads, embd = 37, 12, 2, 4, 48
-    torch.manual_seed(4)
-    net = TorchGPT(vocab, block, layers, heads, embd, bias=bias).double().eval()
-    model = gm.models.GPT(vocab, block, layers, heads, embd, bias=bias)
-    model.set_weights(gm.models.gpt_weights_from_nanogpt(net.state_dict(), layers))
-    plan = " ".join(gm.Trainer(model, loss="cross_entropy")._engine.describe("predict", 3))
-    for step in ("matmul,add,transpose", "matmul,add,gelu", "matmul,add,add"):
-        assert (step in plan) == bias, plan
-    for batch, threads in ((1, 1), (3, 2)):
-        ids = np.random.default_rng(batch).integers(0, vocab, (batch, block)).astype(np.int32)
-        got = _with_threads(threads, lambda ids=ids: model.predict(ids))
-        with torch.no_grad():
-            want = net(torch.from_numpy(ids.astype(np.int64))).numpy()
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
