@@ -2,11 +2,17 @@
 
     python benchmarks/bench_conv.py [--batch 32 --in-channels 32 --out-channels 64 --size 32]
     python benchmarks/bench_conv.py --layers --threads 1 --batch 256
+    python benchmarks/bench_conv.py --threads 1 --in-channels 16 --out-channels 32 \
+        --ab GOMETAL_CONV_WINOGRAD_GRAD=never
 
 The default is the reference layer of ../shared/bench/README.md (N=32, 32->64 channels,
 32x32, 3x3, padding 1; 1.21 GFLOP forward), 2 threads each. ``--layers`` times the inference
 layers of workload C's CNN and of the batch-norm CNN instead (conv, bias or batch norm, ReLU
-and 2x2 max pooling, fused) against onnxruntime on the same layer (_conv_layers.py).
+and 2x2 max pooling, fused) against onnxruntime on the same layer (_conv_layers.py). ``--ab
+VAR=VALUE`` times each pass of gometal's with the environment variable unset and set to VALUE
+(one engine each, its variable set before every call) in alternating windows of CPU time: the
+medians and the median and range of the windows' ratios, which a loaded machine disturbs less
+than separate runs.
 """
 
 from __future__ import annotations
@@ -29,25 +35,10 @@ def timed_ms(fn, repeats: int = 20) -> float:
     return (time.perf_counter() - start) / repeats * 1e3
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--in-channels", type=int, default=32)
-    parser.add_argument("--out-channels", type=int, default=64)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--layers", action="store_true", help="the CNNs' fused inference layers")
-    parser.add_argument("--windows", type=int, default=5, help="with --layers: windows per kernel")
-    args = parser.parse_args()
-    if args.layers:
-        from _conv_layers import compare_layers
-
-        compare_layers(args.batch, args.threads, args.windows)
-        return
-    n, c, o, s = args.batch, args.in_channels, args.out_channels, args.size
-    gm.set_num_threads(args.threads)
+def pass_engines(n: int, c: int, o: int, s: int):
+    """An engine with "forward", "input grad" and "weight grad" functions of a 3x3, padding 1
+    convolution, and its input."""
     attrs = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
-
     g = _core.Graph()
     x = g.input("x", (n, c, s, s))
     w = g.variable("w", (o, c, 3, 3))
@@ -59,7 +50,88 @@ def main() -> None:
     for name, node in (("forward", y), ("input grad", dx), ("weight grad", dw)):
         engine.define(name, [x], [node])
     rng = np.random.default_rng(0)
-    x_np = rng.standard_normal((n, c, s, s), dtype=np.float32)
+    engine.set_variable("w", rng.standard_normal((o, c, 3, 3), dtype=np.float32))
+    engine.set_variable("dy", rng.standard_normal((n, o, s, s), dtype=np.float32))
+    return engine, rng.standard_normal((n, c, s, s), dtype=np.float32)
+
+
+def compare_setting(args) -> None:
+    """Each pass with args.ab's variable unset and set, in alternating windows of CPU time."""
+    import os
+
+    name, _, value = args.ab.partition("=")
+    if not name or not value:
+        raise SystemExit(f"bench_conv.py: --ab takes VAR=VALUE, got {args.ab!r}")
+    gm.set_num_threads(args.threads)
+    shape = (args.batch, args.in_channels, args.out_channels, args.size)
+    settings = {"unset": None, f"{name}={value}": value}
+
+    def use(setting):
+        if setting is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = setting
+
+    engines = {}
+    for label, setting in settings.items():
+        use(setting)  # each engine plans and runs under its own setting
+        engines[label] = pass_engines(*shape)
+    print(
+        f"conv {shape[0]}x{shape[1]}x{shape[3]}x{shape[3]} -> {shape[2]}, {args.threads} thread(s): "
+        f"CPU ms per call, {args.windows} alternating windows"
+    )
+    for pass_name in ("forward", "input grad", "weight grad"):
+        times = {label: [] for label in settings}
+        for window in range(args.windows):
+            order = list(settings) if window % 2 == 0 else list(reversed(settings))
+            for label in order:
+                use(settings[label])
+                engine, x = engines[label]
+                times[label].append(cpu_ms(lambda e=engine, x=x, p=pass_name: e.run(p, [x])))
+        base, new = times.values()
+        ratios = sorted(b / a for a, b in zip(base, new))
+        medians = " / ".join(f"{np.median(v):.2f}" for v in times.values())
+        print(
+            f"  {pass_name:12s} {' / '.join(settings)}: {medians} ms; set/unset median "
+            f"{np.median(ratios):.2f}x, {ratios[0]:.2f}..{ratios[-1]:.2f}"
+        )
+    use(None)
+
+
+def cpu_ms(fn, repeats: int = 10) -> float:
+    fn()
+    start = time.process_time()
+    for _ in range(repeats):
+        fn()
+    return (time.process_time() - start) / repeats * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--in-channels", type=int, default=32)
+    parser.add_argument("--out-channels", type=int, default=64)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layers", action="store_true", help="the CNNs' fused inference layers")
+    parser.add_argument(
+        "--windows", type=int, default=5, help="with --layers or --ab: windows per kernel"
+    )
+    parser.add_argument(
+        "--ab", metavar="VAR=VALUE", help="gometal with VAR unset against VAR=VALUE"
+    )
+    args = parser.parse_args()
+    if args.ab:
+        compare_setting(args)
+        return
+    if args.layers:
+        from _conv_layers import compare_layers
+
+        compare_layers(args.batch, args.threads, args.windows)
+        return
+    n, c, o, s = args.batch, args.in_channels, args.out_channels, args.size
+    gm.set_num_threads(args.threads)
+    engine, x_np = pass_engines(n, c, o, s)
     flops = 2 * n * o * s * s * c * 9
     print(f"conv {n}x{c}x{s}x{s} -> {o} channels, 3x3, pad 1: {flops / 1e9:.2f} GFLOP per pass")
     for name in ("forward", "input grad", "weight grad"):
