@@ -140,6 +140,8 @@ SHAPES = [
     ((1, 24, 2, 2), 16, (1, 1), "always"),  # one tile, 2x2 planes
     ((2, 16, 3, 40), 17, (0, 1), "always"),  # one output row, a long row of tiles
     ((9, 16, 5, 5), 16, (2, 0), "always"),  # 9 images: chunks of 2, the last one alone
+    ((1, 16, 3, 261), 16, (1, 1), "always"),  # 131 tiles a row: a band is one row past 64
+    ((2, 16, 130, 5), 17, (1, 1), "always"),  # 65 rows of 3 tiles: 21 rows a band, a short last
 ]
 
 
