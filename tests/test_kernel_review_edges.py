@@ -332,6 +332,18 @@ def test_a_conv_stack_of_32_channels_trains_with_torchs_gradients(forced, paddin
     _check_conv_stack_gradients(x, (8, 32, 24), out_padding=padding, threads=2)
 
 
+def test_an_unknown_value_of_the_tiles_variable_is_refused_for_an_input_gradient(monkeypatch):
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "sometimes")
+    rng = np.random.default_rng(0)
+    dy = rng.standard_normal((2, 16, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((16, 32, 3, 3)).astype(np.float32)
+    attrs = conv_attrs((1, 1), (1, 1), (1, 1), 1)
+    with pytest.raises(
+        ValueError, match="GOMETAL_CONV_WINOGRAD must be always or never, got 'sometimes'"
+    ):
+        _input_grad(dy, w, (2, 32, 8, 8), attrs)
+
+
 # --- Products by packed weights with a bias and GELU, or a bias and a residual ------------
 
 
