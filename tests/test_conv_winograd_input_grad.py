@@ -4,8 +4,9 @@ With GOMETAL_CONV_WINOGRAD=always, every vector path the CPU has computes conv2d
 of stride-1 3x3 convolutions with even input sizes as torch's autograd does in float64:
 padding 0 to 2 (the flipped convolution pads 2 to 0), 1 to 40 channels either way, batch
 1; unforced, workload B's third layer (32 <- 64 channels) takes these tiles. Infinite and
-NaN values in dy or the weights give torch's Inf and NaN positions (the tiles would turn a
-lone infinity into NaN: those images take direct sums with the flipped weights).
+NaN values in dy or the weights give torch's Inf and NaN positions in every cell (the tiles
+would turn a lone infinity into NaN: a non-finite dy takes direct sums with the flipped
+weights; non-finite weights take im2col's transpose, which leaves dy's padding out).
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ def test_workload_bs_third_layer_takes_the_tiles_unforced(monkeypatch):
     np.testing.assert_allclose(lanes, want, rtol=1e-5, atol=4e-6 * np.sqrt(case[1] * 9))
 
 
+def _assert_torchs_non_finite_cells(got, want):
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("where", ["dy", "w", "dy-nan"])
 def test_infinite_and_nan_values_give_torchs_positions(where, path, monkeypatch):
@@ -106,16 +115,34 @@ def test_infinite_and_nan_values_give_torchs_positions(where, path, monkeypatch)
     got = _input_grad(dy, w, case[0], attrs)
     want = _torch_input_grad(dy, w, case[0], attrs)
     assert not np.isfinite(want).all()
-    if where == "w":
-        # The flipped convolution multiplies dy's zero padding by the infinite weight (NaN),
-        # as the channel lanes do, where torch leaves those products out: the border rows and
-        # columns are compared to theirs, the inside to torch.
-        monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "never")
-        lanes = _input_grad(dy, w, case[0], attrs)
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(lanes))
-        got, want = got[..., 1:-1, 1:-1], want[..., 1:-1, 1:-1]
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
-    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
-    finite = np.isfinite(want)
-    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-3)
+    _assert_torchs_non_finite_cells(got, want)
+
+
+# (N, C, H, W), O, padding, GOMETAL_CONV_WINOGRAD: the tiles, the channel lanes and the
+# flipped-weight register tiles, each of which would run over dy's zero padding.
+INFINITE_WEIGHT_CASES = [
+    ((2, 32, 8, 8), 64, (1, 1), "always"),
+    ((2, 16, 10, 12), 32, (1, 1), "never"),
+    ((2, 5, 9, 11), 7, (1, 1), "never"),
+    ((1, 16, 8, 10), 24, (0, 0), "never"),
+    ((1, 32, 8, 8), 8, (2, 1), "always"),
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    "case", INFINITE_WEIGHT_CASES, ids=[_case_id(c[:3]) + c[3] for c in INFINITE_WEIGHT_CASES]
+)
+def test_an_infinite_weight_gives_torchs_border_cells(case, path, monkeypatch):
+    """0 * Inf in dy's zero padding would put NaN on the border rows and columns, where
+    torch sums only the products of real pixels: finite or +-Inf there."""
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", case[3])
+    monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
+    dy, w, attrs = _arrays(case[:3], seed=8)
+    dy, w = np.abs(dy) + 0.5, np.abs(w) + 0.5
+    w[0, 1, 0, 0] = np.inf
+    w[-1, -1, 2, 1] = -np.inf
+    got = _input_grad(dy, w, case[0], attrs)
+    want = _torch_input_grad(dy, w, case[0], attrs)
+    assert np.isinf(want).any() and np.isfinite(want).any()
+    _assert_torchs_non_finite_cells(got, want)

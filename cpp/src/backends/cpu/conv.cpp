@@ -13,6 +13,7 @@
 #include "backends/cpu/conv_winograd.h"
 #include "backends/cpu/conv_winograd_grad.h"
 #include "backends/cpu/gemm.h"
+#include "runtime/finite.h"
 
 namespace gometal {
 namespace {
@@ -217,13 +218,20 @@ void conv2d_forward_samples(const ConvGeometry& g, const float* x, const float* 
     for (int64_t n = n0; n < n1; ++n) apply_epilogue(g, epilogue, y + n * out_image);
 }
 
-void conv2d_input_grad_samples(const ConvGeometry& g, const float* dy, const float* w, float* dx, int64_t n0,
-                               int64_t n1, float* col) {
-  if (conv2d_winograd_input_grad_chosen(g)) return conv2d_winograd_input_grad_samples(g, dy, w, dx, n0, n1, col);
-  if (use_channel_input_grad(g)) return conv2d_channel_input_grad_samples(g, dy, w, dx, n0, n1, col);
+namespace {
+
+// The tiles, lanes and flipped-weight kernels run a forward convolution over dy's zero
+// padding: an infinite weight there gives 0 * Inf = NaN in border cells whose true sum has
+// no such product. Non-finite weights take im2col's transpose, which sums only real pixels.
+void input_grad_samples(const ConvGeometry& g, const float* dy, const float* w, bool weights_finite, float* dx,
+                        int64_t n0, int64_t n1, float* col) {
+  if (weights_finite && conv2d_winograd_input_grad_chosen(g))
+    return conv2d_winograd_input_grad_samples(g, dy, w, dx, n0, n1, col);
+  if (weights_finite && use_channel_input_grad(g))
+    return conv2d_channel_input_grad_samples(g, dy, w, dx, n0, n1, col);
   const int64_t in_image = g.c * g.h * g.w, out_image = g.o * g.out_plane();
   ConvGeometry as_forward;
-  if (use_direct(g) && input_grad_as_forward(g, &as_forward)) {
+  if (weights_finite && use_direct(g) && input_grad_as_forward(g, &as_forward)) {
     // The same register tiles as the forward pass, over dy with the flipped weights.
     float* flipped = col;
     flip_transposed_weights(g, w, flipped);
@@ -248,6 +256,15 @@ void conv2d_input_grad_samples(const ConvGeometry& g, const float* dy, const flo
     }
 }
 
+bool weights_all_finite(const ConvGeometry& g, const float* w) { return all_finite(w, g.o * g.patch(), DType::F32); }
+
+}  // namespace
+
+void conv2d_input_grad_samples(const ConvGeometry& g, const float* dy, const float* w, float* dx, int64_t n0,
+                               int64_t n1, float* col) {
+  input_grad_samples(g, dy, w, weights_all_finite(g, w), dx, n0, n1, col);
+}
+
 void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w, float* y,
                     const ConvEpilogue& epilogue) {
   if (conv2d_winograd_chosen(g, epilogue)) return conv2d_winograd_forward(ctx, g, x, w, y, epilogue);
@@ -260,8 +277,9 @@ void conv2d_forward(const ExecContext& ctx, const ConvGeometry& g, const float* 
 }
 
 void conv2d_input_grad(const ExecContext& ctx, const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  const bool finite = weights_all_finite(g, w);
   for_each_image(ctx, g.n, [&](int64_t n, int thread) {
-    conv2d_input_grad_samples(g, dy, w, dx, n, n + 1, ctx.thread_scratch(thread));
+    input_grad_samples(g, dy, w, finite, dx, n, n + 1, ctx.thread_scratch(thread));
   });
 }
 
