@@ -208,6 +208,19 @@ def test_an_infinity_met_only_by_zero_gradients_gives_torchs_nans(monkeypatch):
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-4)
 
 
+def _assert_torch_gradients(grads, layer, module):
+    """grads["<layer>.<name>"] equal the .grad of each of the torch module's parameters."""
+    for name, p in module.named_parameters():
+        expected = p.grad.numpy()
+        np.testing.assert_allclose(
+            grads[f"{layer}.{name}"],
+            expected,
+            rtol=1e-4,
+            atol=1e-5 * np.abs(expected).max(),
+            err_msg=f"{layer}.{name}",
+        )
+
+
 def _check_conv_stack_gradients(x, channels, out_padding, threads):
     """Conv2D(channels[1], 3, padding 1, relu) then Conv2D(channels[2], 3, out_padding) on x
     (N, channels[0], H, W): every gradient of an MSE equals torch's in float64."""
@@ -234,15 +247,7 @@ def _check_conv_stack_gradients(x, channels, out_padding, threads):
     )
     torch.nn.functional.mse_loss(out, torch.from_numpy(target).double()).backward()
     for i, conv in enumerate(convs):
-        for name, p in conv.named_parameters():
-            expected = p.grad.numpy()
-            np.testing.assert_allclose(
-                grads[f"conv2d_{i}.{name}"],
-                expected,
-                rtol=1e-4,
-                atol=1e-5 * np.abs(expected).max(),
-                err_msg=f"conv2d_{i}.{name}",
-            )
+        _assert_torch_gradients(grads, f"conv2d_{i}", conv)
 
 
 @pytest.mark.parametrize(
@@ -330,6 +335,40 @@ def test_a_conv_stack_of_32_channels_trains_with_torchs_gradients(forced, paddin
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", forced)
     x = np.random.default_rng(padding).standard_normal((3, 8, 10, 12)).astype(np.float32)
     _check_conv_stack_gradients(x, (8, 32, 24), out_padding=padding, threads=2)
+
+
+@pytest.mark.parametrize("forced", ["", "always"])
+@pytest.mark.parametrize("padding", [0, 1, 2])
+def test_a_transposed_convolution_runs_its_forward_and_gradients_as_torch(
+    forced, padding, monkeypatch
+):
+    # Conv2DTranspose's forward pass is conv2d_input_grad (the flipped tiles from 32 output
+    # channels on) and its weight's gradient conv2d_weight_grad (the weight gradient's tiles).
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", forced)
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD", forced)
+    torch.manual_seed(padding)
+    module = torch.nn.ConvTranspose2d(24, 32, 3, padding=padding).double()
+    x_in = gm.Input((24, 8, 10))
+    model = gm.Model(x_in, gm.layers.Conv2DTranspose(32, 3, padding=padding)(x_in))
+    model.set_weights(
+        {
+            f"conv2d_transpose_0.{k}": v.detach().numpy().astype(np.float32)
+            for k, v in module.state_dict().items()
+        }
+    )
+    rng = np.random.default_rng(padding)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 24, 8, 10)).astype(np.float32)
+        out = module(torch.from_numpy(x).double())
+        got = _with_threads(2, lambda x=x: model.predict(x))
+        np.testing.assert_allclose(got, out.detach().numpy(), rtol=1e-5, atol=1e-4)
+        target = rng.standard_normal(tuple(out.shape)).astype(np.float32)
+        grads = _with_threads(
+            2, lambda x=x, t=target: gm.Trainer(model, loss="mse").compute_gradients(x, t)
+        )
+        module.zero_grad()
+        torch.nn.functional.mse_loss(out, torch.from_numpy(target).double()).backward()
+        _assert_torch_gradients(grads, "conv2d_transpose_0", module)
 
 
 def test_an_unknown_value_of_the_tiles_variable_is_refused_for_an_input_gradient(monkeypatch):
