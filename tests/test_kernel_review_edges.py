@@ -371,6 +371,23 @@ def test_a_transposed_convolution_runs_its_forward_and_gradients_as_torch(
         _assert_torch_gradients(grads, "conv2d_transpose_0", module)
 
 
+def test_two_convolution_models_predict_on_two_python_threads_at_once(monkeypatch):
+    # Transposed convolutions on the flipped tiles and convolutions into a 2x2 max pool on
+    # the pooled tiles, each thread with its own cache of transformed weights.
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
+    rng = np.random.default_rng(12)
+    x_in = gm.Input((24, 8, 10))
+    transposed = gm.Model(x_in, gm.layers.Conv2DTranspose(32, 3, padding=1)(x_in))
+    pooled = gm.Model(
+        x_in, gm.layers.MaxPool2D(2)(gm.layers.Conv2D(32, 3, padding=1, activation="relu")(x_in))
+    )
+    jobs = []
+    for model in (transposed, pooled):
+        feeds = [rng.standard_normal((3, 24, 8, 10)).astype(np.float32) for _ in range(3)]
+        jobs.append((model.predict, feeds, [model.predict(x) for x in feeds]))
+    assert not side_by_side_mismatches(jobs, runs=40)
+
+
 def test_an_unknown_value_of_the_tiles_variable_is_refused_for_an_input_gradient(monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "sometimes")
     rng = np.random.default_rng(0)
