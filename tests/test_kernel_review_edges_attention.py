@@ -3,7 +3,7 @@
 Self-attention with a packed in_proj_weight projects q, k and v by three products over the
 weight's rows read in place, each with its bias and head transpose in the product's epilogue:
 with and without biases, at batch 1 and 3 and 1 and 2 threads, before and after a training
-step writes the weight; a query that is its key but not its value (and the other pairs); a
+step writes the weight; one head, heads of one float and one step; a query that is its key but not its value (and the other pairs); a
 GPT with and without biases, whose plan holds the GELU, residual and head epilogues; and two
 GPTs predicting on two Python threads at once.
 """
@@ -70,6 +70,26 @@ def test_self_attention_predicts_as_torch_then_again_after_a_training_step(bias,
         np.testing.assert_allclose(model.predict(x), want, rtol=1e-4, atol=1e-5)
 
     _with_threads(threads, body)
+
+
+@pytest.mark.parametrize("heads, steps", [(1, 5), (32, 3), (8, 1)])
+def test_head_stores_of_one_head_of_heads_of_one_float_and_of_one_step(heads, steps):
+    # Each head's rows stored where the transpose puts them: d = 32, d = 1, and t = 1.
+    torch.manual_seed(heads)
+    module = torch.nn.MultiheadAttention(E, heads, batch_first=True).double()
+    x_in = gm.Input((None, E))
+    layer = gm.layers.MultiHeadAttention(E, heads)
+    model = gm.Model(x_in, layer(x_in))
+    layer.set_weights(
+        {k: v.detach().numpy().astype(np.float32) for k, v in module.state_dict().items()}
+    )
+    plan = " ".join(gm.Trainer(model, loss="mse")._engine.describe("predict", 2))
+    assert "matmul,add,transpose" in plan, plan
+    for batch, threads in ((1, 1), (2, 2), (3, 3)):
+        x = np.random.default_rng(batch).standard_normal((batch, steps, E)).astype(np.float32)
+        got = _with_threads(threads, lambda x=x: model.predict(x))
+        want = _torch_attention(module, x).detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("pattern", ["qqv", "qkk", "qkq"])
