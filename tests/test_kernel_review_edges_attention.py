@@ -3,9 +3,9 @@
 Self-attention with a packed in_proj_weight projects q, k and v by three products over the
 weight's rows read in place, each with its bias and head transpose in the product's epilogue:
 with and without biases, at batch 1 and 3 and 1 and 2 threads, before and after a training
-step writes the weight; one head, heads of one float and one step; a query that is its key but not its value (and the other pairs); a
-GPT with and without biases, whose plan holds the GELU, residual and head epilogues; and two
-GPTs predicting on two Python threads at once.
+step writes the weight; one head, heads of one float and one step; a query that is its key
+but not its value (and the other pairs); a GPT with and without biases, whose plan holds the
+GELU, residual and head epilogues; and two GPTs predicting on two Python threads at once.
 """
 
 from __future__ import annotations
