@@ -222,11 +222,13 @@ def _assert_torch_gradients(grads, layer, module):
 
 
 def _check_conv_stack_gradients(x, channels, out_padding, threads):
-    """Conv2D(channels[1], 3, padding 1, relu) then Conv2D(channels[2], 3, out_padding) on x
+    """Conv2D(channels[1], 3, padding 1, GELU) then Conv2D(channels[2], 3, out_padding) on x
     (N, channels[0], H, W): every gradient of an MSE equals torch's in float64."""
     c0, c1, c2 = channels
     x_in = gm.Input(x.shape[1:])
-    hidden = gm.layers.Conv2D(c1, 3, padding=1, activation="relu")(x_in)
+    # GELU, not ReLU: a pre-activation within rounding of 0 would flip a ReLU's mask between
+    # float32 and torch's float64 and move whole gradient cells.
+    hidden = gm.layers.Conv2D(c1, 3, padding=1, activation="gelu")(x_in)
     model = gm.Model(x_in, gm.layers.Conv2D(c2, 3, padding=out_padding)(hidden))
     torch.manual_seed(sum(channels) + out_padding)
     convs = (
@@ -240,7 +242,7 @@ def _check_conv_stack_gradients(x, channels, out_padding, threads):
             for name, p in conv.named_parameters()
         }
     )
-    out = convs[1](torch.relu(convs[0](torch.from_numpy(x).double())))
+    out = convs[1](torch.nn.functional.gelu(convs[0](torch.from_numpy(x).double())))
     target = np.random.default_rng(c2).standard_normal(tuple(out.shape)).astype(np.float32)
     grads = _with_threads(
         threads, lambda: gm.Trainer(model, loss="mse").compute_gradients(x, target)
@@ -298,6 +300,15 @@ def _torch_input_grad(dy, w, x_shape, attrs):
     y = torch.nn.functional.conv2d(x, torch.from_numpy(w).double(), padding=attrs["padding"])
     y.backward(torch.from_numpy(dy).double())
     return x.grad.numpy()
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_training_tiles_over_rows_of_8_tiles_split_over_3_threads(batch, monkeypatch):
+    # 14 x 16 outputs: 7 rows of 8 tiles (half a 16-float vector each), an image's 56 tiles
+    # split in chunks over 3 threads, forward and input gradient alike.
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", "always")
+    x = np.random.default_rng(batch).standard_normal((batch, 16, 14, 16)).astype(np.float32)
+    _check_conv_stack_gradients(x, (16, 32, 16), out_padding=1, threads=3)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
