@@ -319,9 +319,10 @@ class CpuFunction final : public CompiledFunction {
     fuse_conv_epilogues(g, s, fn, shapes, f);
     fuse_dense_epilogues(g, s, fn, shapes, f);
     fuse_quantized_chains(g, s, fn, shapes, f);
+    const std::vector<int> summed_product = find_summed_products(g, s, fn, shapes);
+    read_slices_in_place(g, s, fn, shapes, summed_product, f);
     const SampleTiling tiling = plan_sample_tiling(g, s, f, shapes, batch, tiling_on);
     const MemoryPlan mem = plan_memory(g, s, f, fn, shapes, persistent_offset, &tiling);
-    const std::vector<int> summed_product = find_summed_products(g, s, fn, shapes);
     const SavedLse saved_lse = plan_saved_lse(g, f.step_of, shapes);
     int64_t scratch = 0, shared = 0;
     std::unique_ptr<SampleTiledKernel> run;

@@ -70,6 +70,15 @@ void gemm(ThreadPool& pool, bool ta, bool tb, int64_t m, int64_t n, int64_t k, c
       return;
     }
   }
+  gemm_strided(pool, ta, tb, m, n, k, a, lda, b, ldb, c);
+}
+
+void gemm_strided(ThreadPool& pool, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                  const float* b, int64_t ldb, float* c) {
+  if (k == 0) {
+    std::fill(c, c + m * n, 0.0f);
+    return;
+  }
   const int threads = pool.size();
   if (threads == 1 || m * n * k < kParallelMacs) {
     gemm_serial(ta, tb, m, n, k, a, lda, b, ldb, 0.0f, c, n);
@@ -85,9 +94,9 @@ void gemm(ThreadPool& pool, bool ta, bool tb, int64_t m, int64_t n, int64_t k, c
     split_range(extent, parts, part, 16, &lo, &hi);
     if (lo >= hi) return;
     if (split_rows)
-      gemm_serial(ta, tb, hi - lo, n, k, ta ? a + lo : a + lo * k, lda, b, ldb, 0.0f, c + lo * n, n);
+      gemm_serial(ta, tb, hi - lo, n, k, ta ? a + lo : a + lo * lda, lda, b, ldb, 0.0f, c + lo * n, n);
     else
-      gemm_serial(ta, tb, m, hi - lo, k, a, lda, tb ? b + lo * k : b + lo, ldb, 0.0f, c + lo, n);
+      gemm_serial(ta, tb, m, hi - lo, k, a, lda, tb ? b + lo * ldb : b + lo, ldb, 0.0f, c + lo, n);
   });
 }
 

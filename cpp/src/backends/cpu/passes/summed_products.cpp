@@ -1,6 +1,7 @@
 #include "backends/cpu/passes/summed_products.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "backends/cpu/gemm.h"
 
@@ -8,11 +9,13 @@ namespace gometal {
 namespace {
 
 // op(A) B with A (rows x m) read transposed and B (rows x n): the batch's matrices stacked.
+// A slice read in place has rows lda (ldb) floats apart; such products keep to the BLAS.
 struct StackedProductKernel final : Kernel {
   BufRef a, b, c;
-  int64_t m = 0, n = 0, rows = 0;
+  int64_t m = 0, n = 0, rows = 0, lda = 0, ldb = 0;
   void run(const ExecContext& ctx) const override {
-    gemm(*ctx.pool, true, false, m, n, rows, ctx.ptr(a), ctx.ptr(b), ctx.ptr(c));
+    if (lda == m && ldb == n) gemm(*ctx.pool, true, false, m, n, rows, ctx.ptr(a), ctx.ptr(b), ctx.ptr(c));
+    else gemm_strided(*ctx.pool, true, false, m, n, rows, ctx.ptr(a), lda, ctx.ptr(b), ldb, ctx.ptr(c));
   }
 };
 
@@ -50,7 +53,54 @@ bool sums_the_batch(const Node& sum, const Shape& product) {
   return true;
 }
 
+// A slice along the last axis of a value some step computes, in a step of its own.
+bool last_axis_slice_step(const Graph& g, const Schedule& s, const Fusion& f, int id,
+                          const std::vector<Shape>& shapes) {
+  const Node& n = g.node(id);
+  if (n.op != OpKind::Slice || n.dtype != DType::F32 || n.attrs.axis + 1 != static_cast<int64_t>(shapes[id].size()))
+    return false;
+  const int at = f.step_of[id];
+  const int source = s.alias_root[n.inputs[0]];
+  return at >= 0 && !f.steps[at].fused && f.steps[at].nodes == std::vector<int>{id} && f.step_of[source] >= 0 &&
+         f.materialized[source];
+}
+
+// The buffer and row stride a folded product reads `value` at: the columns of a slice read in
+// place lie inside its source's rows.
+BufRef operand(const Graph& g, int value, const MemoryPlan& mem, const std::vector<Shape>& shapes, int64_t* ld) {
+  *ld = shapes[value].back();
+  const Node& n = g.node(value);
+  if (mem.ref[value].region != Region::None || n.op != OpKind::Slice) return mem.ref[value];
+  BufRef columns = mem.ref[n.inputs[0]];
+  if (columns.region != Region::Arena)
+    throw std::logic_error("[cpu] matmul: a slice read in place does not lie in the arena");
+  *ld = shapes[n.inputs[0]].back();
+  columns.offset += n.attrs.start * dtype_size(n.dtype);
+  return columns;
+}
+
 }  // namespace
+
+void read_slices_in_place(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
+                          const std::vector<int>& summed_product, Fusion& f) {
+  const ValueReaders value = value_readers(g, s, fn);
+  std::vector<char> folded(g.size(), 0);
+  for (int product : summed_product)
+    if (product >= 0) folded[product] = 1;
+  std::vector<char> dropped(f.steps.size(), 0);
+  for (int id : s.order) {
+    if (!last_axis_slice_step(g, s, f, id, shapes) || value.returned[id] || value.readers[id].size() != 1) continue;
+    const int product = value.readers[id][0];
+    const int at = f.step_of[product];
+    if (!folded[product] || at < 0 || f.steps[at].fused || f.steps[at].nodes.front() != product) continue;
+    // The slice joins its product's step, unmaterialised: the step's reads keep the source
+    // alive until the product, and passes that order steps see the product read it.
+    f.steps[at].nodes.push_back(id);
+    dropped[f.step_of[id]] = 1;
+    f.materialized[id] = 0;
+  }
+  drop_steps(dropped, f);
+}
 
 std::vector<int> find_summed_products(const Graph& g, const Schedule& s, const FunctionSpec& fn,
                                       const std::vector<Shape>& shapes) {
@@ -80,8 +130,8 @@ std::unique_ptr<Kernel> make_summed_product_kernel(const Graph& g, int id, const
     const Shape& a = shapes[n.inputs[0]];
     const Shape& out = shapes[id];
     auto k = std::make_unique<StackedProductKernel>();
-    k->a = mem.ref[n.inputs[0]];
-    k->b = mem.ref[n.inputs[1]];
+    k->a = operand(g, n.inputs[0], mem, shapes, &k->lda);
+    k->b = operand(g, n.inputs[1], mem, shapes, &k->ldb);
     k->c = mem.ref[id];
     k->m = out[out.size() - 2];
     k->n = out.back();

@@ -18,6 +18,12 @@ namespace gometal {
 std::vector<int> find_summed_products(const Graph& g, const Schedule& s, const FunctionSpec& fn,
                                       const std::vector<Shape>& shapes);
 
+// Each last-axis slice of a computed value read only by such a product (the recurrence
+// gradient's columns) joins the product's step without a buffer: the product reads the columns
+// in place, a row stride apart, instead of a copy. Runs before sample tiling and plan_memory.
+void read_slices_in_place(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
+                          const std::vector<int>& summed_product, Fusion& f);
+
 // The kernels of such a pair, or nullptr when node `id` is neither half of one: the matmul
 // becomes one (M x N) product over all batch rows, written at the start of its own buffer,
 // and the sum copies those M x N values out (the sum's buffer may share memory with the
