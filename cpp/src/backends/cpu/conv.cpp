@@ -118,9 +118,11 @@ int64_t fallback_work_floats(const ConvGeometry& g) {
 }
 
 // Winograd's tiles (conv_winograd_grad.h) fall back on the kernel the shape would take else.
+// Plans size their scratch for every kernel a shape may run, whether or not it is chosen now:
+// the choice reads GOMETAL_CONV_WINOGRAD(_GRAD) at each run, and a variable set between two
+// runs of one plan must not let a kernel write past scratch sized for another.
 int64_t weight_grad_work_floats(const ConvGeometry& g) {
-  const int64_t winograd = conv2d_winograd_weight_grad_chosen(g) ? conv2d_winograd_weight_grad_scratch(g) : 0;
-  return std::max(winograd, fallback_work_floats(g));
+  return std::max(conv2d_winograd_weight_grad_scratch(g), fallback_work_floats(g));
 }
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -168,7 +170,7 @@ void apply_epilogue(const ConvGeometry& g, const ConvEpilogue& e, float* y) {
 bool conv2d_forward_pools(const ConvGeometry& g) { return use_direct(g) || conv2d_nchwc_chosen(g); }
 
 int64_t conv2d_weight_grad_shared(const ConvGeometry& g) {
-  const int64_t winograd = conv2d_winograd_weight_grad_chosen(g) ? conv2d_winograd_weight_grad_shared(g) : 0;
+  const int64_t winograd = conv2d_winograd_weight_grad_shared(g);  // 0 where the tiles cannot run
   if (use_channel_weight_grad(g)) return std::max(winograd, conv2d_channel_weight_grad_shared(g));
   if (use_direct_weight_grad(g)) return std::max(winograd, g.n * conv2d_direct_padded_image_floats(g));
   return std::max(winograd, weight_grad_chunks(g) * g.o * g.patch());
@@ -180,12 +182,10 @@ int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
     return weight_grad_work_floats(g) + (lane_sums ? g.o * g.patch() * kMaxWeightGradLanes : 0);
   }
   const int64_t col = is_pointwise(g) ? 0 : g.patch() * g.out_plane();
-  ConvGeometry f;
-  const int64_t input_grad =
-      conv2d_winograd_input_grad_chosen(g) ? conv2d_winograd_input_grad_scratch(g)
-      : use_channel_input_grad(g)          ? conv2d_channel_input_grad_scratch(g)
-      : input_grad_as_forward(g, &f)       ? flipped_weights_floats(g) + conv2d_simd_scratch(f)
-                                           : int64_t{0};
+  ConvGeometry f;  // every input-gradient kernel the shape may run (see weight_grad_work_floats)
+  int64_t input_grad = conv2d_winograd_input_grad_scratch(g);
+  if (conv2d_channel_input_grad_supported(g)) input_grad = std::max(input_grad, conv2d_channel_input_grad_scratch(g));
+  if (input_grad_as_forward(g, &f)) input_grad = std::max(input_grad, flipped_weights_floats(g) + conv2d_simd_scratch(f));
   const int64_t direct = std::max({conv2d_simd_scratch(g), input_grad, conv2d_nchwc_scratch(g),
                                    conv2d_channel_forward_scratch(g), conv2d_winograd_scratch(g)});
   return std::max(col, direct);
