@@ -177,6 +177,9 @@ int64_t conv2d_weight_grad_shared(const ConvGeometry& g) {
 }
 
 int64_t conv2d_scratch(const ConvGeometry& g, bool weight_grad) {
+  // The switches are read here too, on the thread building the plan, so that a bad value
+  // raises now instead of inside a pool task (which cannot carry an exception back).
+  (void)(weight_grad ? conv2d_winograd_weight_grad_chosen(g) : conv2d_winograd_input_grad_chosen(g));
   if (weight_grad) {
     const bool lane_sums = use_direct_weight_grad(g) && !use_channel_weight_grad(g);
     return weight_grad_work_floats(g) + (lane_sums ? g.o * g.patch() * kMaxWeightGradLanes : 0);
