@@ -8,8 +8,10 @@
 
 namespace gometal {
 namespace {
-// Row copies and sums below this many floats run on one thread.
+// Row copies below this many floats run on one thread.
 constexpr int64_t kParallelFloats = 1 << 15;
+// Scatter-adds below this many floats of updates run on one thread (see scatter_add_rows).
+constexpr int64_t kParallelScatterFloats = int64_t{1} << 24;
 }  // namespace
 
 void check_indices(const int32_t* indices, const Shape& shape, int64_t rows, const std::string& op) {
@@ -58,8 +60,10 @@ void scatter_add_rows(ThreadPool& pool, const float* updates, int64_t dim, const
       for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
     }
   };
-  // Each task owns a block of columns: no two threads write the same element.
-  const int tasks = count * dim < kParallelFloats ? 1 : balanced_tasks(pool, (dim + 15) / 16);
+  // Each task owns a block of columns: no two threads write the same element. Split, every
+  // thread streams all the rows for a part of each: on 2 threads (Zen 4, loaded) 2048 x 1024
+  // updates took 0.8-1.0 ms against 0.3 on one, 8192 x 1024 8.8-11.9 against 6.7-7.2.
+  const int tasks = count * dim < kParallelScatterFloats ? 1 : balanced_tasks(pool, (dim + 15) / 16);
   if (tasks <= 1) return add(0, dim);
   pool.parallel_for(tasks, [&](int task, int) {
     int64_t lo, hi;
