@@ -5,13 +5,19 @@
 #include <cstdint>
 
 #include "backends/cpu/kernel.h"
+#include "backends/cpu/simd_paths.h"
 
 namespace gometal {
+
+// The vector path of the row kernels: GOMETAL_NORM_KERNEL ("portable", "avx2", "avx512") or,
+// unset, the fastest this CPU has. Throws std::invalid_argument for a name it cannot run.
+SimdPath choose_norm_path();
 
 struct NormGeometry {
   int64_t rows = 0, dim = 0;
   float eps = 0.0f;
   bool centre = true;  // layer_norm subtracts the row mean; rms_norm does not
+  SimdPath path = choose_norm_path();
 };
 
 // y = xhat * weight + bias, xhat = (x - mean) / sqrt(var + eps) (or x / sqrt(mean(x^2) + eps));
