@@ -97,12 +97,13 @@ def test_each_path_matches_torch(op, dim, path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_large_values_with_a_small_spread_keep_their_precision(path, monkeypatch):
+@pytest.mark.parametrize("dim", [45, 1027])
+def test_large_values_with_a_small_spread_keep_their_precision(dim, path, monkeypatch):
     # A mean of 1000 and a spread of 0.01: E[x^2] - E[x]^2 in float32 would lose every digit,
     # and a float32 mean a few units in its last place off moves every xhat by hundredths. The
     # mean may be off by half a unit (it is kept as a float32), which rstd = 100 magnifies.
     rng = np.random.default_rng(11)
-    x = (1000.0 + 0.01 * rng.standard_normal((9, 133))).astype(np.float32)
+    x = (1000.0 + 0.01 * rng.standard_normal((9, dim))).astype(np.float32)
     _check(
         "layer_norm", path, x, monkeypatch, xhat_atol=float(np.spacing(np.float32(1000.0))) * 100.0
     )
