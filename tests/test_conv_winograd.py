@@ -32,6 +32,9 @@ CASES = [
     ((9, 10, 9), 19, 0),  # no padding, 19 channels: whole tiles and a partial one
     ((8, 9, 12), 40, 2),  # padding past one pixel
     ((20, 30, 22), 13, 1),  # 165 tiles: rows of 11 tiles across blocks of 64
+    ((4, 10, 34), 8, 0),  # rows split 16 columns a vector, then one by one: no padding
+    ((3, 8, 20), 8, 2),  # and padding 2
+    ((2, 9, 35), 5, 1),  # an odd row: its last column lies past the last tile
 ]
 # The operations after the convolution: bias, batch norm's scale and shift, ReLU.
 EPILOGUES = {"bias_relu_pool": ["add", "relu"], "norm_relu_pool": ["add", "mul", "add", "relu"]}

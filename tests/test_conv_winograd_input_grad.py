@@ -29,6 +29,8 @@ CASES = [
     ((3, 17, 8, 6), 20, (2, 2)),  # padding 2: dy 10 x 8, unpadded in the flipped form
     ((1, 40, 6, 8), 1, (1, 2)),  # one channel of dy, 40 of dx; mixed padding
     ((2, 1, 4, 4), 40, (1, 1)),  # one channel of dx
+    ((1, 4, 20, 36), 6, (0, 0)),  # dy 18 x 34: wide rows split by vectors, padded by 2
+    ((1, 3, 8, 32), 5, (2, 2)),  # dy 10 x 34, unpadded
 ]
 
 

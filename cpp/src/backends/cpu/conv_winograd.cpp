@@ -101,6 +101,22 @@ const float* transformed_weights(const ConvGeometry& g, const float* w) {
   return cached_packed_weights(key, w, g.o * g.c * 9, kPoints * padded_outputs(g) * g.c, transform_weights);
 }
 
+// Image columns [0, columns) (a multiple of 16) of one row into its split halves, 8 of each
+// a step: padded column q = x + pw goes to even[q / 2] or odd[q / 2]. Returns `columns`.
+int64_t split_in_vectors(const float* image_row, int64_t columns, int64_t pw, float* even, float* odd) {
+  // An odd padding puts the image's even columns in the odd half and the odd ones in the even.
+  float* to_even_columns = pw % 2 == 0 ? even + pw / 2 : odd + (pw - 1) / 2;
+  float* to_odd_columns = pw % 2 == 0 ? odd + pw / 2 : even + (pw + 1) / 2;
+  for (int64_t x = 0; x < columns; x += 16) {
+    const Vec8f a = load<Vec8f>(image_row + x), b = load<Vec8f>(image_row + x + 8);
+    const Vec8f evens = GOMETAL_LANE_SHUFFLE(a, b, lanes::Mask8i, 0, 2, 4, 6, 8, 10, 12, 14);
+    const Vec8f odds = GOMETAL_LANE_SHUFFLE(a, b, lanes::Mask8i, 1, 3, 5, 7, 9, 11, 13, 15);
+    __builtin_memcpy(to_even_columns + x / 2, &evens, sizeof evens);
+    __builtin_memcpy(to_odd_columns + x / 2, &odds, sizeof odds);
+  }
+  return columns;
+}
+
 // Padded rows [r0, r1) of every channel of image x, each split into even and odd columns.
 // Returns whether every value copied is finite.
 bool split_image_rows(const ConvGeometry& g, const float* x, int64_t r0, int64_t r1, float* split) {
@@ -109,6 +125,8 @@ bool split_image_rows(const ConvGeometry& g, const float* x, int64_t r0, int64_t
   const int64_t even_begin = (g.pw + 1) / 2, even_end = std::min(half, (g.w - 1 + g.pw) / 2 + 1);
   const int64_t odd_begin = g.pw / 2;
   const int64_t odd_end = g.w - 2 + g.pw >= 0 ? std::min(half, (g.w - 2 + g.pw) / 2 + 1) : 0;
+  // Image columns the rows take in whole 16-column vectors: inside the image and the split row.
+  const int64_t vector_columns = std::min(g.w, 2 * half - g.pw) / 16 * 16;
   bool finite = true;
   for (int64_t c = 0; c < g.c; ++c)
     for (int64_t r = r0; r < r1; ++r) {
@@ -117,15 +135,14 @@ bool split_image_rows(const ConvGeometry& g, const float* x, int64_t r0, int64_t
       std::fill_n(even, row_floats, 0.0f);
       const int64_t iy = r - g.ph;
       if (iy < 0 || iy >= g.h) continue;
-      const float* src = x + (c * g.h + iy) * g.w - g.pw;
-      for (int64_t k = even_begin; k < even_end; ++k) {
-        even[k] = src[2 * k];
-        finite &= std::isfinite(even[k]);
-      }
-      for (int64_t k = odd_begin; k < odd_end; ++k) {
-        odd[k] = src[2 * k + 1];
-        finite &= std::isfinite(odd[k]);
-      }
+      const float* image_row = x + (c * g.h + iy) * g.w;
+      const int64_t from = split_in_vectors(image_row, vector_columns, g.pw, even, odd);
+      const float* src = image_row - g.pw;
+      for (int64_t k = std::max(even_begin, (from + g.pw + 1) / 2); k < even_end; ++k) even[k] = src[2 * k];
+      for (int64_t k = std::max(odd_begin, (from + g.pw) / 2); k < odd_end; ++k) odd[k] = src[2 * k + 1];
+      // The image's row, as integer bits, which vectorise; the split row just stored would wait
+      // for its stores. A value past the last tile only sends the image to the direct sums.
+      finite &= exponents_not_all_set<uint32_t>(image_row, g.w, 0x7f800000u);
     }
   return finite;
 }
