@@ -314,14 +314,25 @@ GOMETAL_SIMD_INLINE void full_outputs(const BlockArgs& a, int64_t o0, int rows, 
       if (count <= 0) break;
       Vec y00, y01, y10, y11;
       tile_outputs<Vec, L, R, NV>(a, r, j, o, &y00, &y01, &y10, &y11);
-      float upper[2 * L], lower[2 * L];  // the tiles' two output rows, 2 floats a tile
       const Vec rows_out[4] = {lanes::interleave_low(y00, y01), lanes::interleave_high(y00, y01),
                                lanes::interleave_low(y10, y11), lanes::interleave_high(y10, y11)};
+      float* plane = a.y + o * a.plane;
+      if (count == L && a.tile_cols % (L / 2) == 0) {
+        // Blocks and chunks start on whole vectors of tiles: each half vector lies in one row
+        // of tiles, and its outputs are two whole vectors, stored where they lie.
+        for (int h = 0; h < 2; ++h) {
+          const int64_t t = a.first_tile + first + h * (L / 2), ty = t / a.tile_cols, tx = t % a.tile_cols;
+          float* dst = plane + 2 * ty * a.ow + 2 * tx;
+          __builtin_memcpy(dst, &rows_out[h], sizeof(Vec));
+          __builtin_memcpy(dst + a.ow, &rows_out[2 + h], sizeof(Vec));
+        }
+        continue;
+      }
+      float upper[2 * L], lower[2 * L];  // the tiles' two output rows, 2 floats a tile
       __builtin_memcpy(upper, &rows_out[0], sizeof(Vec));
       __builtin_memcpy(upper + L, &rows_out[1], sizeof(Vec));
       __builtin_memcpy(lower, &rows_out[2], sizeof(Vec));
       __builtin_memcpy(lower + L, &rows_out[3], sizeof(Vec));
-      float* plane = a.y + o * a.plane;
       for (int64_t i = 0; i < count;) {
         const int64_t t = a.first_tile + first + i, ty = t / a.tile_cols, tx = t % a.tile_cols;
         const int64_t run = std::min(count - i, a.tile_cols - tx);
