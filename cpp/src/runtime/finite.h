@@ -33,4 +33,21 @@ inline bool all_finite(const void* data, int64_t n, DType dtype) {
   }
 }
 
+// Floats of magnitude 2^120 (about 1.3e36) and more, Inf and NaN: a fast transform that adds
+// up to 16 values of a tile (Winograd's) may overflow from such inputs where a direct sum,
+// adding products of small weights, stays finite. Those inputs take the direct sums.
+constexpr uint32_t kLargeMagnitudeBits = (127u + 120u) << 23;
+
+// True when every float32 at data is finite and below 2^120 in magnitude.
+inline bool all_moderate(const float* data, int64_t n) {
+  const auto* x = reinterpret_cast<const char*>(data);
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i * sizeof(float), sizeof bits);
+    bad |= static_cast<uint32_t>((bits & 0x7fffffffu) >= kLargeMagnitudeBits);
+  }
+  return bad == 0;
+}
+
 }  // namespace gometal

@@ -118,7 +118,7 @@ int64_t split_in_vectors(const float* image_row, int64_t columns, int64_t pw, fl
 }
 
 // Padded rows [r0, r1) of every channel of image x, each split into even and odd columns.
-// Returns whether every value copied is finite.
+// Returns whether every value copied is finite and below 2^120 (runtime/finite.h).
 bool split_image_rows(const ConvGeometry& g, const float* x, int64_t r0, int64_t r1, float* split) {
   const int64_t half = half_width(g), row_floats = split_row_floats(g);
   // Columns 2k - pw (even) and 2k + 1 - pw (odd) inside the image.
@@ -142,7 +142,7 @@ bool split_image_rows(const ConvGeometry& g, const float* x, int64_t r0, int64_t
       for (int64_t k = std::max(odd_begin, (from + g.pw) / 2); k < odd_end; ++k) odd[k] = src[2 * k + 1];
       // The image's row, as integer bits, which vectorise; the split row just stored would wait
       // for its stores. A value past the last tile only sends the image to the direct sums.
-      finite &= exponents_not_all_set<uint32_t>(image_row, g.w, 0x7f800000u);
+      finite &= all_moderate(image_row, g.w);
     }
   return finite;
 }
@@ -400,7 +400,8 @@ int64_t output_plane(const ConvGeometry& g, const ConvEpilogue& epilogue) {
 
 // Tiles [t_begin, t_end) summed directly from the split rows, one product at a time. With an
 // infinite input or weight the transforms' differences give Inf - Inf = NaN where the direct sum
-// (and torch) gives Inf, so such tiles take this path.
+// (and torch) gives Inf, and values near the float32 maximum overflow in the transforms' sums
+// where the direct sum stays finite, so such tiles take this path.
 void direct_tiles(const ConvGeometry& g, const float* w, const float* split, int64_t t_begin, int64_t t_end, float* y,
                   const ConvEpilogue& epilogue) {
   const int64_t tw = tile_cols(g), half = half_width(g), row_floats = split_row_floats(g);
@@ -432,7 +433,7 @@ void direct_tiles(const ConvGeometry& g, const float* w, const float* split, int
 }
 
 // The outputs (pooled or not) of tiles [t_begin, t_end) of image x into image y, in the
-// thread's scratch; directly summed where an input or weight is not finite.
+// thread's scratch; directly summed where an input or weight is not finite or not below 2^120.
 // With `unflipped` (an input gradient's weights), w is unused: the direct sums flip those into
 // the scratch after the tiles' buffers when they run.
 void forward_tiles(ConvPath path, const ConvGeometry& g, const float* u, const float* w, bool weights_finite,
@@ -519,7 +520,7 @@ void conv2d_winograd_forward_samples(const ConvGeometry& g, const float* x, cons
                                      int64_t n1, float* scratch, const ConvEpilogue& epilogue) {
   const ConvPath path = choose_conv_path();
   const float* u = transformed_weights(g, w);
-  const bool weights_finite = all_finite(w, g.o * g.c * 9, DType::F32);
+  const bool weights_finite = all_moderate(w, g.o * g.c * 9);
   const int64_t in_image = g.c * g.h * g.w, out_image = g.o * output_plane(g, epilogue);
   for (int64_t n = n0; n < n1; ++n)
     forward_tiles(path, g, u, w, weights_finite, x + n * in_image, y + n * out_image, 0, tile_count(g), scratch,
@@ -531,7 +532,7 @@ void conv2d_winograd_forward(const ExecContext& ctx, const ConvGeometry& g, cons
   const ConvPath path = choose_conv_path();
   // Transformed (or found transformed) once on this thread; every task reads them.
   const float* u = transformed_weights(g, w);
-  const bool weights_finite = all_finite(w, g.o * g.c * 9, DType::F32);
+  const bool weights_finite = all_moderate(w, g.o * g.c * 9);
   const int64_t tiles = tile_count(g), threads = ctx.pool->size();
   const int64_t chunk = chunk_of(path);
   int64_t parts = 1;
@@ -569,7 +570,7 @@ void conv2d_winograd_input_grad_samples(const ConvGeometry& g, const float* dy, 
   const PackedWeightKey key{"conv_winograd_f2x2_input_grad", g.c, g.o, 1};
   const float* u = cached_packed_weights(key, w, g.o * g.c * 9, kPoints * padded_outputs(f) * f.c,
                                          transform_flipped_weights);
-  const bool weights_finite = all_finite(w, g.o * g.c * 9, DType::F32);
+  const bool weights_finite = all_moderate(w, g.o * g.c * 9);
   for (int64_t n = n0; n < n1; ++n)
     forward_tiles(path, f, u, nullptr, weights_finite, dy + n * f.c * f.h * f.w, dx + n * f.o * f.out_plane(), 0,
                   tile_count(f), scratch, ConvEpilogue{}, w);
