@@ -68,3 +68,12 @@ def check_conv_relu_pool_step(x: np.ndarray, w: np.ndarray, bias: np.ndarray) ->
         want = tensor.grad.numpy()
         np.testing.assert_allclose(value, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     return engine.describe("step", x.shape[0])
+
+
+def assert_torchs_non_finite_cells(got: np.ndarray, want: np.ndarray) -> None:
+    """torch's pattern of NaN, +Inf and -Inf exactly, and its finite cells within float32 sums."""
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-3)

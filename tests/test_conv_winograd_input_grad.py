@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conv_checks import conv_attrs
+from conv_checks import assert_torchs_non_finite_cells, conv_attrs
 from cpu_paths import vector_path_available
 from test_conv_winograd_grad import run_on_variables
 
@@ -90,14 +90,6 @@ def test_workload_bs_third_layer_takes_the_tiles_unforced(monkeypatch):
     np.testing.assert_allclose(lanes, want, rtol=1e-5, atol=4e-6 * np.sqrt(case[1] * 9))
 
 
-def _assert_torchs_non_finite_cells(got, want):
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
-    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
-    finite = np.isfinite(want)
-    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-3)
-
-
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("where", ["dy", "w", "dy-nan"])
 def test_infinite_and_nan_values_give_torchs_positions(where, path, monkeypatch):
@@ -117,7 +109,7 @@ def test_infinite_and_nan_values_give_torchs_positions(where, path, monkeypatch)
     got = _input_grad(dy, w, case[0], attrs)
     want = _torch_input_grad(dy, w, case[0], attrs)
     assert not np.isfinite(want).all()
-    _assert_torchs_non_finite_cells(got, want)
+    assert_torchs_non_finite_cells(got, want)
 
 
 # (N, C, H, W), O, padding, GOMETAL_CONV_WINOGRAD: the tiles, the channel lanes and the
@@ -147,4 +139,4 @@ def test_an_infinite_weight_gives_torchs_border_cells(case, path, monkeypatch):
     got = _input_grad(dy, w, case[0], attrs)
     want = _torch_input_grad(dy, w, case[0], attrs)
     assert np.isinf(want).any() and np.isfinite(want).any()
-    _assert_torchs_non_finite_cells(got, want)
+    assert_torchs_non_finite_cells(got, want)

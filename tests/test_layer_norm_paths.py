@@ -7,48 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from cpu_paths import vector_path_available
-from gometal import _core
+from norm_checks import EPS, norm_engine, torch_norm
 
 PATHS = ["portable", "avx2", "avx512"]
 VARIABLE = "GOMETAL_NORM_KERNEL"
-EPS = 1e-5
 # Less than a vector (2, 7), a vector and a remainder, two AVX-512 vectors and 5 more.
 DIMS = [2, 7, 20, 45, 133]
-
-
-def _engine(op: str, dim: int) -> _core.Engine:
-    """y = norm(x) and the gradients of sum(y * t) in one plan ("all", statistics kept) and the
-    gradients alone ("grads", statistics recomputed)."""
-    g = _core.Graph()
-    x = g.input("x", (-1, dim), "float32")
-    target = g.input("t", (-1, dim), "float32")
-    weights = [g.variable("w", (dim,))]
-    if op == "layer_norm":
-        weights.append(g.variable("b", (dim,)))
-    y = g.op(op, [x, *weights], {"eps": EPS})
-    loss = g.op("sum", [g.op("mul", [y, target], {})], {"axes": [], "keepdims": False})
-    grads = g.gradients(loss, [x, *weights])
-    engine = _core.Engine(g, seed=0, backend="cpu")
-    engine.define("all", inputs=[x, target], outputs=[y, *grads], effects=[])
-    engine.define("grads", inputs=[x, target], outputs=grads, effects=[])
-    return engine
-
-
-def _torch(op: str, x, t, w, b):
-    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
-    params = [xt, wt]
-    if op == "layer_norm":
-        bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
-        params.append(bt)
-        y = torch.nn.functional.layer_norm(xt, (x.shape[1],), wt, bt, EPS)
-    else:
-        y = torch.nn.functional.rms_norm(xt, (x.shape[1],), wt, EPS)
-    (y * torch.tensor(t, dtype=torch.float64)).sum().backward()
-    return [y.detach().numpy()] + [p.grad.numpy() for p in params]
 
 
 def _check(op: str, path: str, x: np.ndarray, monkeypatch, xhat_atol: float = 1e-5) -> None:
@@ -58,7 +24,7 @@ def _check(op: str, path: str, x: np.ndarray, monkeypatch, xhat_atol: float = 1e
         pytest.fail(f"this CPU lacks the {path} path's instructions; run on x86_64 with AVX-512")
     monkeypatch.setenv(VARIABLE, path)
     rows, dim = x.shape
-    engine = _engine(op, dim)
+    engine = norm_engine(op, dim)
     rng = np.random.default_rng(dim)
     t = rng.standard_normal((rows, dim)).astype(np.float32)
     w = rng.uniform(0.5, 1.5, dim).astype(np.float32)
@@ -66,7 +32,7 @@ def _check(op: str, path: str, x: np.ndarray, monkeypatch, xhat_atol: float = 1e
     engine.set_variable("w", w)
     if op == "layer_norm":
         engine.set_variable("b", b)
-    want = _torch(op, x, t, w, b)
+    want = torch_norm(op, x, t, w, b)
     got_all = engine.run("all", [x, t])
     got_grads = engine.run("grads", [x, t])
     centred = x.astype(np.float64) - (
@@ -111,7 +77,7 @@ def test_large_values_with_a_small_spread_keep_their_precision(dim, path, monkey
 
 def test_an_unknown_path_names_the_variable_and_the_value(monkeypatch):
     monkeypatch.setenv(VARIABLE, "sse9")
-    engine = _engine("layer_norm", 8)
+    engine = norm_engine("layer_norm", 8)
     x = np.ones((2, 8), np.float32)
     with pytest.raises(
         ValueError, match=r"\[layer_norm\] GOMETAL_NORM_KERNEL must be .*, got 'sse9'"

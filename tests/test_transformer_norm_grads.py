@@ -13,41 +13,7 @@ import pytest
 import torch
 
 import gometal as gm
-from gometal import _core
-
-EPS = 1e-5
-
-
-def _norm_engine(op: str, dim: int) -> _core.Engine:
-    """y = norm(x) and the gradients of sum(y * t): "all" returns y, dx and the weight's (and
-    bias's) gradients; "grads" the gradients alone, which need no forward pass."""
-    g = _core.Graph()
-    x = g.input("x", (-1, dim), "float32")
-    target = g.input("t", (-1, dim), "float32")
-    weights = [g.variable("w", (dim,))]
-    if op == "layer_norm":
-        weights.append(g.variable("b", (dim,)))
-    y = g.op(op, [x, *weights], {"eps": EPS})
-    loss = g.op("sum", [g.op("mul", [y, target], {})], {"axes": [], "keepdims": False})
-    grads = g.gradients(loss, [x, *weights])
-    engine = _core.Engine(g, seed=0)
-    engine.define("all", inputs=[x, target], outputs=[y, *grads], effects=[])
-    engine.define("grads", inputs=[x, target], outputs=grads, effects=[])
-    return engine
-
-
-def _torch_grads(op: str, x, t, w, b):
-    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
-    params = [xt, wt]
-    if op == "layer_norm":
-        bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
-        params.append(bt)
-        y = torch.nn.functional.layer_norm(xt, (x.shape[1],), wt, bt, EPS)
-    else:
-        y = torch.nn.functional.rms_norm(xt, (x.shape[1],), wt, EPS)
-    (y * torch.tensor(t, dtype=torch.float64)).sum().backward()
-    return [p.grad.numpy() for p in params]
+from norm_checks import EPS, norm_engine, torch_norm
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -57,7 +23,7 @@ def test_gradients_from_kept_statistics_match_recomputed_ones_and_torch(op, rows
     previous = gm.get_num_threads()
     gm.set_num_threads(threads)
     try:
-        engine = _norm_engine(op, dim)
+        engine = norm_engine(op, dim)
     finally:
         gm.set_num_threads(previous)
     rng = np.random.default_rng(rows + dim)
@@ -81,7 +47,7 @@ def test_gradients_from_kept_statistics_match_recomputed_ones_and_torch(op, rows
     recomputed = engine.run("grads", [x, t])
     for got, alone in zip(kept, recomputed, strict=True):
         np.testing.assert_array_equal(got, alone)
-    for got, expected in zip(kept, _torch_grads(op, x, t, w, b), strict=True):
+    for got, expected in zip(kept, torch_norm(op, x, t, w, b)[1:], strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.sqrt(rows))
     xt = torch.tensor(x, dtype=torch.float64)
     wt, bt = torch.tensor(w, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
