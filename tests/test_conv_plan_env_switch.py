@@ -10,6 +10,7 @@ ending the test session; both runs' gradients are compared with torch in float64
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -102,3 +103,51 @@ def test_input_grad_plan_survives_a_switch_between_runs(tmp_path, n, c, plane, o
     F.conv2d(x, torch.from_numpy(w).double(), padding=1).backward(torch.from_numpy(dy).double())
     _assert_close("first run", before, x.grad.numpy())
     _assert_close("run after the switch", after, x.grad.numpy())
+
+
+_BAD_VALUE_CHILD = textwrap.dedent(
+    """
+    import os
+    import numpy as np
+    from gometal import _core
+
+    _core.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    dy = rng.standard_normal((4, 64, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((64, 32, 3, 3)).astype(np.float32)
+    attrs = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1, "shape": [4, 32, 8, 8]}
+    g = _core.Graph()
+    dyi, wi = g.input("dy", dy.shape, "float32"), g.input("w", w.shape, "float32")
+    dx = g.op("conv2d_input_grad", [dyi, wi], attrs)
+    engine = _core.Engine(g, seed=0)
+    engine.define("dx", inputs=[dyi, wi], outputs=[dx], effects=[])
+    first = engine.run("dx", [dy, w])[0]
+    os.environ["GOMETAL_CONV_WINOGRAD"] = "sometimes"
+    try:
+        engine.run("dx", [dy, w])
+    except ValueError as error:
+        print("raised:", error)
+    os.environ["GOMETAL_CONV_WINOGRAD"] = ""
+    again = engine.run("dx", [dy, w])[0]
+    print("same:", bool(np.array_equal(first, again)))
+    """
+)
+
+
+def test_a_bad_switch_set_between_runs_raises_from_the_pool_tasks():
+    # The input gradient chooses its kernel per image, inside the thread pool's tasks: the
+    # error must come back to Python as an exception, and the plan must run again after it.
+    done = subprocess.run(
+        [sys.executable, "-c", _BAD_VALUE_CHILD],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "GOMETAL_CONV_WINOGRAD": ""},
+    )
+    assert done.returncode == 0, f"exited {done.returncode}: {done.stderr[-2000:]}"
+    assert (
+        "raised: [conv2d] GOMETAL_CONV_WINOGRAD must be always or never, got 'sometimes'"
+        in done.stdout
+    )
+    assert "same: True" in done.stdout

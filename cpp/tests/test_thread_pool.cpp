@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -52,6 +54,33 @@ StressResult stress(int threads, double seconds) {
   return result;
 }
 
+// A task that throws, on a worker or on the calling thread, makes run() rethrow its
+// exception once no task is running, and the pool serves the next region in full.
+bool exceptions_reach_the_caller(int threads) {
+  gometal::ThreadPool pool(threads);
+  for (int throwing : {5, -1}) {  // one task throws; every task throws
+    for (int round = 0; round < 200; ++round) {
+      std::atomic<int> running{0};
+      std::string caught;
+      try {
+        pool.parallel_for(16, [&](int task, int) {
+          running.fetch_add(1);
+          std::this_thread::yield();
+          running.fetch_sub(1);
+          if (throwing < 0 || task == throwing) throw std::runtime_error("task " + std::to_string(task));
+        });
+      } catch (const std::runtime_error& e) {
+        caught = e.what();
+      }
+      if (caught.rfind("task ", 0) != 0 || (throwing >= 0 && caught != "task 5") || running.load() != 0) return false;
+      std::atomic<int> sum{0};
+      pool.parallel_for(16, [&](int task, int) { sum.fetch_add(task + 1); });
+      if (sum.load() != 16 * 17 / 2) return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -65,6 +94,12 @@ int main(int argc, char** argv) {
     const bool ok = r.wrong_sums == 0 && r.returned_early == 0;
     std::printf("%s %d threads: %ld regions, %ld without each task run once, %ld returned early\n",
                 ok ? "PASS" : "FAIL", threads, r.regions, r.wrong_sums, r.returned_early);
+    if (!ok) ++failures;
+  }
+  for (int threads : {2, 3}) {
+    const bool ok = exceptions_reach_the_caller(threads);
+    std::printf("%s %d threads: a task's exception is rethrown by run() and the pool runs on\n", ok ? "PASS" : "FAIL",
+                threads);
     if (!ok) ++failures;
   }
   return failures == 0 ? 0 : 1;

@@ -67,8 +67,16 @@ void ThreadPool::drain(uint32_t gen, int thread) {
     // Only now, with a task of `gen` claimed (so its region cannot end), are the region's
     // fields read: before the claim they may already belong to the next region.
     const int task = tasks_ - static_cast<int>(unclaimed);
-    fn_(ctx_, task, thread);
-    done_.fetch_add(1, std::memory_order_acq_rel);
+    if (!failed_.load(std::memory_order_relaxed)) {
+      try {
+        fn_(ctx_, task, thread);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex_);
+        if (!error_) error_ = std::current_exception();
+        failed_.store(true, std::memory_order_relaxed);
+      }
+    }
+    done_.fetch_add(1, std::memory_order_acq_rel);  // publishes error_ to run()
     cur = state_.load(std::memory_order_acquire);
   }
 }
@@ -96,6 +104,16 @@ void ThreadPool::run(int tasks, TaskFn fn, void* ctx) {
   for (int spins = 0; done_.load(std::memory_order_acquire) < tasks; ++spins) {
     if (spins < kPauseRounds) GOMETAL_PAUSE();
     else std::this_thread::yield();
+  }
+  if (failed_.load(std::memory_order_relaxed)) {
+    std::exception_ptr error;
+    {
+      std::lock_guard<std::mutex> lock(error_mutex_);
+      error = std::move(error_);
+      error_ = nullptr;
+    }
+    failed_.store(false, std::memory_order_relaxed);
+    std::rethrow_exception(error);
   }
 }
 

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -22,7 +23,10 @@ class ThreadPool {
 
   int size() const { return threads_; }
 
-  // Runs fn(ctx, task, thread) for task in [0, tasks); returns when all are done.
+  // Runs fn(ctx, task, thread) for task in [0, tasks); returns when all are done. A task
+  // that throws ends the region (tasks not yet started are skipped) and run() rethrows its
+  // exception on the calling thread once no task is running: thrown on a worker it would end
+  // the process, and thrown past the caller's own task it would leave workers on its stack.
   void run(int tasks, TaskFn fn, void* ctx);
 
   // Lambda form; the callable is borrowed, never copied or allocated.
@@ -53,6 +57,9 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::mutex run_mutex_;  // one parallel region at a time (engines on several user threads)
+  std::atomic<bool> failed_{false};  // a task of this region threw: skip the rest
+  std::mutex error_mutex_;
+  std::exception_ptr error_;  // the region's first exception, rethrown by run()
 };
 
 // The process-wide pool used by the CPU backend. A plan keeps the pool it was compiled for
