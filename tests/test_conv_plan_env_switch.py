@@ -50,19 +50,24 @@ _SHAPES = [(1, 3, 8, 4), (2, 16, 16, 16), (2, 32, 4, 256), (4, 64, 32, 8)]
 _SWITCHES = [("never", "always"), ("", "always"), ("always", "never")]
 
 
-def _run_child(tmp_path, op, variable, first, then, a, b, shape):
-    path = tmp_path / "case.npz"
-    np.savez(path, a=a, b=b, shape=np.array(shape))
+def _run_python(code, *args, env=None):
+    """Runs `code` in a child Python; a crash there (an abort, a segfault) fails the test."""
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, op, variable, first, then, str(path)],
+        [sys.executable, "-c", code, *args],
         check=False,
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
-    assert done.returncode == 0, (
-        f"{op} {variable} {first!r} -> {then!r} exited {done.returncode}: {done.stderr[-2000:]}"
-    )
+    assert done.returncode == 0, f"{args} exited {done.returncode}: {done.stderr[-2000:]}"
+    return done.stdout
+
+
+def _run_child(tmp_path, op, variable, first, then, a, b, shape):
+    path = tmp_path / "case.npz"
+    np.savez(path, a=a, b=b, shape=np.array(shape))
+    _run_python(_CHILD, op, variable, first, then, str(path))
     result = np.load(path)
     return result["before"], result["after"]
 
@@ -137,17 +142,6 @@ _BAD_VALUE_CHILD = textwrap.dedent(
 def test_a_bad_switch_set_between_runs_raises_from_the_pool_tasks():
     # The input gradient chooses its kernel per image, inside the thread pool's tasks: the
     # error must come back to Python as an exception, and the plan must run again after it.
-    done = subprocess.run(
-        [sys.executable, "-c", _BAD_VALUE_CHILD],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "GOMETAL_CONV_WINOGRAD": ""},
-    )
-    assert done.returncode == 0, f"exited {done.returncode}: {done.stderr[-2000:]}"
-    assert (
-        "raised: [conv2d] GOMETAL_CONV_WINOGRAD must be always or never, got 'sometimes'"
-        in done.stdout
-    )
-    assert "same: True" in done.stdout
+    out = _run_python(_BAD_VALUE_CHILD, env={**os.environ, "GOMETAL_CONV_WINOGRAD": ""})
+    assert "raised: [conv2d] GOMETAL_CONV_WINOGRAD must be always or never, got 'sometimes'" in out
+    assert "same: True" in out

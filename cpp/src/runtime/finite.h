@@ -9,16 +9,18 @@
 
 namespace gometal {
 
-// Inf and NaN are the floats whose exponent bits are all set. Integer operations vectorise
-// without reassociating float math.
+// True when every value's magnitude bits (all but the sign) are below `limit`. With limit the
+// exponent mask this is "finite": Inf and NaN are the floats whose exponent bits are all set.
+// Integer operations vectorise without reassociating float math.
 template <class Bits>
-bool exponents_not_all_set(const void* data, int64_t n, Bits exponent) {
+bool magnitudes_below(const void* data, int64_t n, Bits limit) {
+  constexpr Bits kMagnitude = static_cast<Bits>(~Bits{0}) >> 1;
   const auto* x = static_cast<const char*>(data);
   Bits bad = 0;
   for (int64_t i = 0; i < n; ++i) {
     Bits bits;
     std::memcpy(&bits, x + i * sizeof(Bits), sizeof bits);
-    bad |= static_cast<Bits>((bits & exponent) == exponent);
+    bad |= static_cast<Bits>((bits & kMagnitude) >= limit);
   }
   return bad == 0;
 }
@@ -26,9 +28,9 @@ bool exponents_not_all_set(const void* data, int64_t n, Bits exponent) {
 // True when every one of the n values of `dtype` at data is finite (always for integer dtypes).
 inline bool all_finite(const void* data, int64_t n, DType dtype) {
   switch (dtype) {
-    case DType::F32: return exponents_not_all_set<uint32_t>(data, n, 0x7f800000u);
-    case DType::F16: return exponents_not_all_set<uint16_t>(data, n, 0x7c00u);
-    case DType::BF16: return exponents_not_all_set<uint16_t>(data, n, 0x7f80u);
+    case DType::F32: return magnitudes_below<uint32_t>(data, n, 0x7f800000u);
+    case DType::F16: return magnitudes_below<uint16_t>(data, n, 0x7c00u);
+    case DType::BF16: return magnitudes_below<uint16_t>(data, n, 0x7f80u);
     default: return true;
   }
 }
@@ -40,14 +42,7 @@ constexpr uint32_t kLargeMagnitudeBits = (127u + 120u) << 23;
 
 // True when every float32 at data is finite and below 2^120 in magnitude.
 inline bool all_moderate(const float* data, int64_t n) {
-  const auto* x = reinterpret_cast<const char*>(data);
-  uint32_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i * sizeof(float), sizeof bits);
-    bad |= static_cast<uint32_t>((bits & 0x7fffffffu) >= kLargeMagnitudeBits);
-  }
-  return bad == 0;
+  return magnitudes_below<uint32_t>(data, n, kLargeMagnitudeBits);
 }
 
 }  // namespace gometal
