@@ -40,7 +40,9 @@ class InterleavedRun(NamedTuple):
     allocations: dict[str, list[int | None]]
 
 
-def _child_env(threads: int, inductor_dir: str | None, python: str = sys.executable) -> dict:
+def child_env(threads: int, inductor_dir: str | None = None, python: str = sys.executable) -> dict:
+    """A benchmark child's environment: BLAS and OpenMP thread counts set, the old-OpenBLAS
+    workarounds removed."""
     dropped = set(UNSET_VARS)
     if python != sys.executable:
         # Another environment imports its own packages, not what this one's path points at.
@@ -79,7 +81,7 @@ def run_one(framework: str, workload: str, args, pin: list[int] | None) -> dict:
         proc = subprocess.run(
             _child_cmd(framework, workload, args, interleave=False),
             check=False,
-            env=_child_env(args.threads, inductor_dir),
+            env=child_env(args.threads, inductor_dir),
             capture_output=True,
             text=True,
             timeout=args.timeout,
@@ -117,7 +119,7 @@ class _Child:
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             _child_cmd(framework, workload, args, interleave=True, python=spec.python),
-            env=_child_env(args.threads, self.inductor_dir, spec.python),
+            env=child_env(args.threads, self.inductor_dir, spec.python),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,

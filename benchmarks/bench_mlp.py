@@ -69,6 +69,8 @@ the compiles):
   python benchmarks/bench_mlp.py --quick     # smoke run: 3 windows of 0.5 s
   python benchmarks/bench_mlp.py --frameworks gometal,torch-eager --workloads A-small
   python benchmarks/bench_mlp.py --workloads B,C --json bench-results/cnn.json
+  python benchmarks/bench_mlp.py --workloads D,E --ceiling   # each rate's share of the
+                                             # machine's best float32 products (_ceiling.py)
 """
 
 from __future__ import annotations
@@ -85,9 +87,10 @@ import time
 # (from any directory, with python -P, or as python -m benchmarks.bench_mlp).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _ceiling
 from _child import UNSET_VARS, run_child
 from _frameworks import FRAMEWORKS, skip_reason
-from _runner import pin_cpus, run_interleaved, run_one
+from _runner import child_env, pin_cpus, run_interleaved, run_one
 from _workload import WORKLOADS, step_flops
 
 PEERS = FRAMEWORKS[1:]
@@ -249,6 +252,19 @@ def print_blas(results: list[dict]) -> None:
         print(f"  {'':<18} loaded (threadpoolctl): {'; '.join(r.get('libraries', [])) or '-'}")
 
 
+def print_ceiling(workload: str, rows: list[dict], verdict: dict, before: dict, after: dict):
+    """The ceiling's lines under a workload's table, from the product timings taken just
+    before and just after the workload (the faster of the two, per library)."""
+    spec = WORKLOADS[workload]
+    key, unit = rate_unit(workload)
+    flops = step_flops(workload) / (1 if spec.train else spec.batch)
+    ceiling = {lib: max(before.get(lib, 0.0), after.get(lib, 0.0)) for lib in {*before, *after}}
+    rates = {r["framework"]: r[key] for r in rows if r.get("ok")}
+    targets = [(t["peer"], t["target"]) for t in verdict.get("targets", [])]
+    for line in _ceiling.ceiling_lines(flops, unit, ceiling, rates, targets):
+        print(line)
+
+
 def parse_list(text: str, allowed, what: str) -> list[str]:
     items = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in items if s not in allowed]
@@ -294,6 +310,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="time each framework alone, one after another (default: all children alive, "
         "their windows taken in turn, so they share the machine's conditions)",
+    )
+    p.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also time the machine's best large float32 products (OpenBLAS, MKL) before and "
+        "after each workload, and print each framework's and each target's share of them",
     )
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--json", metavar="OUT", help="write all results to this JSON file")
@@ -350,6 +372,7 @@ def main(argv=None) -> int:
         print(f"note: skipping {', '.join(runs)}: {reason}")
 
     results, verdicts = [], []
+    ceiling_before = _ceiling.measure(args.threads, child_env(args.threads)) if args.ceiling else {}
     for workload in workloads:
         names = [name for name in frameworks if f"{name}/{workload}" not in skipped]
         rounds: dict[str, list[float]] = {}
@@ -365,6 +388,10 @@ def main(argv=None) -> int:
             rows, rounds = run_interleaved(names, workload, args, pin)
         results += rows
         verdicts.append(print_workload(workload, rows, rounds, skipped.get(f"gometal/{workload}")))
+        if args.ceiling:
+            after = _ceiling.measure(args.threads, child_env(args.threads))
+            print_ceiling(workload, rows, verdicts[-1], ceiling_before, after)
+            ceiling_before = after
     print_blas(results)
 
     if args.json:
