@@ -482,12 +482,6 @@ bool chosen_by_shape(const ConvGeometry& g) { return tile_count(g) >= kMostChunk
 // leave the output transform and its stores most of the work.
 bool unpooled_chosen_by_shape(const ConvGeometry& g) { return chosen_by_shape(g) && g.c >= 16; }
 
-// An input gradient (g the convolution's geometry) as these tiles over dy with the flipped
-// weights, 1 thread, batch 32, CPU ms, 3 runs of alternating windows on the loaded machine,
-// channel lanes / these tiles: 32<-64 at 16x16 2.97-3.20 / 2.54-2.72 (1.16-1.18x); but 16<-32
-// at 32x32 3.34 / 3.26, so only 32 and more input channels.
-bool input_grad_chosen_by_shape(const ConvGeometry& g) { return g.c >= 32; }
-
 }  // namespace
 
 bool conv2d_winograd_unpooled_chosen(const ConvGeometry& g) {
@@ -549,11 +543,14 @@ void conv2d_winograd_forward(const ExecContext& ctx, const ConvGeometry& g, cons
   });
 }
 
+// An input gradient (g the convolution's geometry) as these tiles over dy with the flipped
+// weights wherever the unpooled rule takes the flipped convolution (16+ input channels): 1
+// thread, batch 32, CPU ms, alternating windows, channel lanes / these tiles: 32<-64 at 16x16
+// 2.97-3.20 / 2.54-2.72 (1.16-1.18x); 16<-32 at 32x32 3.03 / 2.53 (1.19x) since the tiles' row
+// split and stores in whole vectors (it tied before).
 bool conv2d_winograd_input_grad_chosen(const ConvGeometry& g) {
   ConvGeometry f;
-  if (!input_grad_as_forward(g, &f) || !conv2d_winograd_unpooled_chosen(f)) return false;
-  const char* forced = std::getenv("GOMETAL_CONV_WINOGRAD");
-  return (forced != nullptr && forced[0] != '\0') || input_grad_chosen_by_shape(g);
+  return input_grad_as_forward(g, &f) && conv2d_winograd_unpooled_chosen(f);
 }
 
 int64_t conv2d_winograd_input_grad_scratch(const ConvGeometry& g) {

@@ -50,7 +50,7 @@ void conv2d_winograd_forward(const ExecContext& ctx, const ConvGeometry& g, cons
 
 // The input gradient of a 3x3 stride-1 convolution g as these tiles' forward pass over dy
 // with the flipped weights (transformed straight from w, cached per thread), unpooled: where
-// the unpooled rule takes the flipped convolution and g has 32 and more input channels, or
+// the unpooled rule takes the flipped convolution (16 and more input and output channels), or
 // GOMETAL_CONV_WINOGRAD=always|never; the scratch, and images [n0, n1) of dx.
 bool conv2d_winograd_input_grad_chosen(const ConvGeometry& g);
 int64_t conv2d_winograd_input_grad_scratch(const ConvGeometry& g);
