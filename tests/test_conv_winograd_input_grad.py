@@ -3,10 +3,10 @@
 With GOMETAL_CONV_WINOGRAD=always, every vector path the CPU has computes conv2d_input_grad
 of stride-1 3x3 convolutions with even input sizes as torch's autograd does in float64:
 padding 0 to 2 (the flipped convolution pads 2 to 0), 1 to 40 channels either way, batch
-1; unforced, workload B's third layer (32 <- 64 channels) takes these tiles. Infinite and
-NaN values in dy or the weights give torch's Inf and NaN positions in every cell (the tiles
-would turn a lone infinity into NaN: a non-finite dy takes direct sums with the flipped
-weights; non-finite weights take im2col's transpose, which leaves dy's padding out).
+1; unforced, workload B's second and third layers (16 <- 32, 32 <- 64 channels) take these
+tiles. Infinite and NaN values in dy or the weights give torch's Inf and NaN positions in every
+cell (the tiles would turn a lone infinity into NaN: a non-finite dy takes direct sums with the
+flipped weights; non-finite weights take im2col's transpose, which leaves dy's padding out).
 """
 
 from __future__ import annotations
@@ -73,10 +73,10 @@ def test_each_path_computes_the_input_gradient_as_torch(case, path, monkeypatch)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=4e-6 * np.sqrt(case[1] * 9))
 
 
-def test_workload_bs_third_layer_takes_the_tiles_unforced(monkeypatch):
+@pytest.mark.parametrize("case", CASES[:2], ids=["third-layer", "second-layer"])
+def test_workload_bs_layers_take_the_tiles_unforced(case, monkeypatch):
     """The flipped tiles and the channel lanes round differently: unforced, the default's
     bits are the tiles' (and both match torch)."""
-    case = CASES[0]
     dy, w, attrs = _arrays(case, seed=11)
     monkeypatch.delenv("GOMETAL_CONV_WINOGRAD", raising=False)
     default = _input_grad(dy, w, case[0], attrs)
