@@ -9,7 +9,9 @@ adds more), loads it with ``wrk`` for a warm-up and a timed run, then prints:
 
 - the batches: how many, their mean rows, the rows histogram, and the engine's compute time per
   batch and per row (the batcher's own ``gometal_inference_compute_seconds``);
-- the server's CPU per request (all threads) and its main thread's (the event loop's);
+- the CPU per request, user and system (the kernel's) apart: the server's event loop (its main
+  thread), its engine threads (its busiest other threads: one per instance), the rest of it, and
+  wrk itself: what a request costs the machine's cores;
 - the event loop's functions by their own time (cProfile of the main thread; the engine and
   batcher threads are not in it), per request.
 """
@@ -20,6 +22,7 @@ import argparse
 import os
 import pstats
 import re
+import resource
 import signal
 import sys
 import tempfile
@@ -64,6 +67,30 @@ def batch_counts(text: str) -> dict:
     }
 
 
+def thread_times(pid: int) -> dict[int, tuple[float, float]]:
+    """Each thread of process ``pid``: its id -> (user, system) CPU seconds so far."""
+    import psutil
+
+    try:
+        return {t.id: (t.user_time, t.system_time) for t in psutil.Process(pid).threads()}
+    except psutil.Error:
+        return {}
+
+
+def cpu_split(before: dict, after: dict, main_id: int, engines: int) -> dict[str, tuple]:
+    """The CPU (user, system) seconds each part of a server spent between two
+    :func:`thread_times`: "loop" (the main thread), "engines" (the ``engines`` busiest other
+    threads, one per instance) and "other" (the rest; a thread that ended between the two
+    is not counted)."""
+    spent = {tid: tuple(a - b for a, b in zip(times, before.get(tid, (0.0, 0.0))))
+             for tid, times in after.items()}  # fmt: skip
+    rest = sorted((tid for tid in spent if tid != main_id), key=lambda t: -sum(spent[t]))
+    parts = {"loop": [main_id], "engines": rest[:engines], "other": rest[engines:]}
+    return {name: (sum(spent.get(t, (0.0, 0.0))[0] for t in tids),
+                   sum(spent.get(t, (0.0, 0.0))[1] for t in tids))
+            for name, tids in parts.items()}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=64)
@@ -71,6 +98,8 @@ def main() -> None:
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--no-profile", action="store_true", help="no cProfile (its cost)")
+    parser.add_argument("--instances", type=int, default=2,
+                        help="the server's instances: its engine threads, counted apart")  # fmt: skip
     parser.add_argument("--server-option", action="append", default=[],
                         help="an option of gometal serve, as --server-option=--name=value")  # fmt: skip
     args = parser.parse_args()
@@ -100,19 +129,13 @@ def main() -> None:
             server.wait_ready()
             print(server.log_tail())
             run_wrk(server.url, MODEL_NAME, folder, args.clients, args.warmup_s, 0)
-            before, cpu0, loop0 = (
-                _batches(server.url),
-                server.cpu_seconds(),
-                server.loop_cpu_seconds(),
-            )
+            before, threads0 = _batches(server.url), thread_times(server.process.pid)
+            wrk0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             result = run_wrk(server.url, MODEL_NAME, folder, args.clients, 0, args.seconds)
             elapsed = time.perf_counter() - t0
-            after, cpu1, loop1 = (
-                _batches(server.url),
-                server.cpu_seconds(),
-                server.loop_cpu_seconds(),
-            )
+            wrk1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            after, threads1 = _batches(server.url), thread_times(server.process.pid)
         finally:
             server.process.send_signal(signal.SIGTERM)
             server.process.wait(60)
@@ -134,8 +157,16 @@ def main() -> None:
             shown.append(f"<={bound}: {total - previous:.0f}")
             previous = total
         print("rows per batch: " + ", ".join(shown))
-        print(f"server CPU {(cpu1 - cpu0) / answered * 1e3:.3f} ms/request, event loop "
-              f"{(loop1 - loop0) / answered * 1e3:.3f} ms/request (main thread)")  # fmt: skip
+        split = cpu_split(threads0, threads1, server.process.pid, args.instances)
+        split["wrk"] = (wrk1.ru_utime - wrk0.ru_utime, wrk1.ru_stime - wrk0.ru_stime)
+        print("CPU ms/request (user + system): " + ", ".join(
+            f"{name} {(user + system) / answered * 1e3:.3f} ({user / answered * 1e3:.3f} + "
+            f"{system / answered * 1e3:.3f})" for name, (user, system) in split.items()))  # fmt: skip
+        total = sum(user + system for user, system in split.values())
+        print(
+            f"cores used: {total / elapsed:.2f} (server "
+            f"{(total - sum(split['wrk'])) / elapsed:.2f}, wrk {sum(split['wrk']) / elapsed:.2f})"
+        )
         if not args.no_profile:
             print(f"\nevent loop, own time per request (us), over the whole run "
                   f"({answered} + warm-up requests):")  # fmt: skip

@@ -6,13 +6,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from gometal.serving.batcher import BatchStats
 from gometal.serving.metrics import ServingMetrics
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from _serving_profile import batch_counts
+from _serving_profile import batch_counts, cpu_split
 
 
 def test_batch_counts_are_the_batches_the_metrics_saw() -> None:
@@ -28,3 +30,16 @@ def test_batch_counts_are_the_batches_the_metrics_saw() -> None:
     assert abs(counts["compute_s"] - 0.025) < 1e-9
     bounds = {"1.0": 1, "2.0": 1, "4.0": 2, "8.0": 2, "16.0": 2, "32.0": 4, "64.0": 5, "+Inf": 5}
     assert counts["buckets"] == bounds
+
+
+def test_cpu_split_counts_the_loop_the_busiest_threads_and_the_rest() -> None:
+    main, engines, small, gone, new = 10, (11, 12), 13, 14, 15
+    before = {main: (1.0, 0.5), engines[0]: (2.0, 0.1), engines[1]: (3.0, 0.2),
+              small: (0.1, 0.0), gone: (0.2, 0.0)}  # fmt: skip
+    after = {main: (1.5, 0.7), engines[0]: (4.0, 0.2), engines[1]: (4.5, 0.3),
+             small: (0.2, 0.1), new: (0.05, 0.0)}  # fmt: skip
+    split = cpu_split(before, after, main, 2)
+    expected = {"loop": (0.5, 0.2), "engines": (2.0 + 1.5, 0.1 + 0.1), "other": (0.1 + 0.05, 0.1)}
+    assert split.keys() == expected.keys()
+    for part, (user, system) in expected.items():
+        assert split[part] == pytest.approx((user, system)), part
