@@ -8,6 +8,7 @@ and the metrics; and ``tritonclient`` JSON and binary requests through it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 import time
@@ -20,7 +21,7 @@ from uvicorn import Config
 from uvicorn.server import ServerState
 
 from gometal.serving.app import ServerSettings, create_app
-from gometal.serving.fast_infer import DirectInferRoute
+from gometal.serving.fast_infer import DirectInferRoute, DirectRequest
 from gometal.serving.http_connection import serving_protocol
 from serving_helpers import (
     MemoryTransport,
@@ -234,21 +235,31 @@ def test_tritonclient_json_and_binary_requests_are_answered_and_counted(
     assert counted() - before == 2
 
 
+def _infer_request(x: np.ndarray, request_id: str) -> bytes:
+    body = _infer_body(x, request_id)
+    return (b"POST /v2/models/mlp/versions/1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)) + body  # fmt: skip
+
+
+def _memory_connection(app) -> tuple[object, ServerState, MemoryTransport]:
+    """The server's HTTP protocol on an in-memory transport: (connection, state, transport)."""
+    config = Config(app, http=serving_protocol(10.0, app.state.direct_infer), lifespan="off")
+    config.load()
+    state = ServerState()
+    connection = config.http_protocol_class(config=config, server_state=state, app_state={})
+    transport = MemoryTransport()
+    connection.connection_made(transport)
+    return connection, state, transport
+
+
 def test_the_connection_answers_inference_without_an_asgi_task(repository: Path) -> None:
     app = create_app(repository, ServerSettings(max_batch_size=8))
     x = np.arange(8, dtype=np.float32).reshape(1, 8) / 8
-    body = _infer_body(x, "direct")
-    request = (b"POST /v2/models/mlp/versions/1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-               b"Content-Length: %d\r\n\r\n" % len(body)) + body  # fmt: skip
+    request = _infer_request(x, "direct")
     live = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
     async def exchange() -> tuple[int, int, bytes]:
-        config = Config(app, http=serving_protocol(10.0, app.state.direct_infer), lifespan="off")
-        config.load()
-        state = ServerState()
-        connection = config.http_protocol_class(config=config, server_state=state, app_state={})
-        transport = MemoryTransport()
-        connection.connection_made(transport)
+        connection, state, transport = _memory_connection(app)
         connection.data_received(request)
         tasks_for_inference = len(state.tasks)
         while b'"direct"' not in transport.written:
@@ -273,3 +284,34 @@ def test_the_connection_answers_inference_without_an_asgi_task(repository: Path)
     got = np.array(output["data"], np.float32).reshape(output["shape"])
     np.testing.assert_allclose(got, offline(repository, "mlp", 1, x), rtol=RTOL, atol=ATOL)
     assert rest[length:].startswith(b"HTTP/1.1 200 OK\r\n")  # the health answer, after it
+
+
+def test_an_answered_request_is_freed_without_the_garbage_collector(repository: Path) -> None:
+    # A request in a reference cycle would keep its body until the collector ran.
+    app = create_app(repository, ServerSettings(max_batch_size=8))
+    request = _infer_request(np.ones((1, 8), np.float32), "freed")
+
+    async def exchange() -> object:
+        connection, _, transport = _memory_connection(app)
+        for answers in (1, 2):  # the second request takes the first one's place
+            connection.data_received(request)
+            while transport.written.count(b'"freed"') < answers:
+                await asyncio.sleep(0.01)
+        assert type(connection.cycle) is DirectRequest
+        return connection  # held: its current request stays reachable
+
+    gc.collect()
+    gc.disable()
+    flags = gc.get_debug()
+    try:
+        connection = asyncio.run(asyncio.wait_for(exchange(), 60))
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what is unreachable stays in gc.garbage
+        gc.collect()
+        unreachable = [type(item).__name__ for item in gc.garbage]
+    finally:
+        gc.set_debug(flags)
+        gc.garbage.clear()
+        gc.enable()
+        app.state.models.close()
+    assert type(connection.cycle) is DirectRequest
+    assert "DirectRequest" not in unreachable  # the first one went when it was replaced
