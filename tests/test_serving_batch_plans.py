@@ -13,6 +13,7 @@ from scipy.stats import theilslopes
 import gometal as gm
 from gometal.serving.batch_plans import linear_costs, plan_batch_pieces, row_ranges
 from gometal.serving.metrics import ServingMetrics
+from gometal.serving.protocol import ProtocolError
 from gometal.serving.served_model import ServedVersion
 from serving_helpers import cnn_model
 
@@ -134,3 +135,23 @@ def test_split_batches_answer_as_offline_predict(served_cnn, rows: int) -> None:
     (outputs,) = served.batcher.submit([x]).result(60)
     assert recording.calls == expected_pieces
     np.testing.assert_allclose(outputs, model.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_request_holding_nan_is_refused_and_its_batch_neighbours_answered(served_cnn) -> None:
+    served, model, recording = served_cnn
+    served.batcher.max_queue_delay_s = 0.5  # the three requests merge into one batch
+    served.use_batch_costs({8: 1.0})  # every batch here runs as one call of 8 rows
+    rng = np.random.default_rng(7)
+    good = [rng.standard_normal((n, 3, 16, 16), dtype=np.float32) for n in (2, 3)]
+    bad = rng.standard_normal((2, 3, 16, 16), dtype=np.float32)
+    bad[1, 2, 5, 5] = np.nan
+    recording.calls.clear()
+    futures = [served.batcher.submit([x]) for x in (good[0], bad, good[1])]
+    with pytest.raises(ProtocolError, match="input 'input' holds NaN or infinity") as refused:
+        futures[1].result(60)
+    assert refused.value.status == 400
+    for x, future in zip(good, (futures[0], futures[2])):
+        (outputs,) = future.result(60)
+        np.testing.assert_allclose(outputs, model.predict(x), rtol=1e-5, atol=1e-6)
+    # The screen took the refused request out of the merged batch of 7 rows: 5 ran.
+    assert recording.calls == [8]
