@@ -90,6 +90,42 @@ def test_workload_bs_layers_take_the_tiles_unforced(case, monkeypatch):
     np.testing.assert_allclose(lanes, want, rtol=1e-5, atol=4e-6 * np.sqrt(case[1] * 9))
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_unforced_second_layer_agrees_across_threads_and_tiling(batch, monkeypatch):
+    """B's second layer's input gradient (16 <- 32 channels) after a ReLU of dy, as in a
+    training step, on the default kernel: 1 and 2 threads, the whole batch and image by image
+    (a sample-tiled step), the same bits, as torch."""
+    from gometal import _core
+
+    monkeypatch.delenv("GOMETAL_CONV_WINOGRAD", raising=False)
+    case = ((batch, 16, 32, 32), 32, (1, 1))
+    dy, w, attrs = _arrays(case, seed=batch)
+    before = _core.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            for tiling in (False, True):
+                _core.set_num_threads(threads)
+                g = _core.Graph()
+                dyi = g.input("dy", (-1, *dy.shape[1:]), "float32")
+                op_attrs = {**attrs, "shape": [-1, *case[0][1:]]}
+                relu = g.op("relu", [dyi])
+                dx = g.op("conv2d_input_grad", [relu, g.variable("w", w.shape)], op_attrs)
+                engine = _core.Engine(g, seed=0, options={"sample_tiling": tiling})
+                engine.define("f", inputs=[dyi], outputs=[dx], effects=[])
+                engine.set_variable("w", w)
+                plan = engine.describe("f", batch, {})
+                tiled = any(line.startswith("tiled{") for line in plan)
+                assert tiled == (tiling and batch > 1), plan  # a batch of one runs whole
+                results.append(engine.run("f", [dy])[0])
+    finally:
+        _core.set_num_threads(before)
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])
+    want = _torch_input_grad(np.maximum(dy, 0), w, case[0], attrs)
+    np.testing.assert_allclose(results[0], want, rtol=1e-5, atol=4e-6 * np.sqrt(case[1] * 9))
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("where", ["dy", "w", "dy-nan"])
 def test_infinite_and_nan_values_give_torchs_positions(where, path, monkeypatch):
