@@ -50,13 +50,13 @@ void gather_rows(ThreadPool& pool, const float* table, int64_t dim, const int32_
   });
 }
 
-void scatter_add_rows(ThreadPool& pool, const float* updates, int64_t dim, const int32_t* indices, int64_t count,
-                      int64_t rows, float* out) {
+void scatter_add_rows(ThreadPool& pool, const float* updates, int64_t dim, int64_t ld, const int32_t* indices,
+                      int64_t count, int64_t rows, float* out) {
   const auto add = [&](int64_t c0, int64_t c1) {
     for (int64_t r = 0; r < rows; ++r) std::fill(out + r * dim + c0, out + r * dim + c1, 0.0f);
     for (int64_t i = 0; i < count; ++i) {
       float* dst = out + static_cast<int64_t>(indices[i]) * dim;
-      const float* src = updates + i * dim;
+      const float* src = updates + i * ld;
       for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
     }
   };

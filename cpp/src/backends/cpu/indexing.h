@@ -19,8 +19,9 @@ void gather_rows(ThreadPool& pool, const float* table, int64_t dim, const int32_
                  float* out);
 
 // out (rows x dim) = 0, then out[indices[i], :] += updates[i, :] for i < count, in order of i
-// (columns are split across threads, so the sums do not depend on the thread count).
-void scatter_add_rows(ThreadPool& pool, const float* updates, int64_t dim, const int32_t* indices, int64_t count,
-                      int64_t rows, float* out);
+// (columns are split across threads, so the sums do not depend on the thread count). Update
+// rows lie ld >= dim floats apart: a slice's columns read in place.
+void scatter_add_rows(ThreadPool& pool, const float* updates, int64_t dim, int64_t ld, const int32_t* indices,
+                      int64_t count, int64_t rows, float* out);
 
 }  // namespace gometal

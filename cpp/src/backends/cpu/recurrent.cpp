@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "backends/cpu/passes/summed_products.h"
 #include "backends/cpu/recurrent_cells.h"
 #include "backends/cpu/recurrent_gemm.h"
 #include "ir/ops/recurrent.h"
@@ -116,6 +117,7 @@ struct RecurrenceKernel final : Kernel {
   int64_t g_width = 0;  // recurrence_grad: the output gradient's columns (all, or h's alone)
   int64_t table_rows = 0;  // with ids: seq is a table of projected rows that ids pick
   int64_t input_width = 0;  // with w_ih: seq is the sequence x (N, T, I), projected step by step
+  int64_t input_ld = 0;     // x's row stride: I, or a wider source's when x is a slice read in place
   bool reverse = false, gradient = false;
   BufRef seq, y, h0, c0, w_hh, w_hr, b_hn, bias, lengths, ids, w_ih, out;
 
@@ -188,7 +190,8 @@ struct RecurrenceKernel final : Kernel {
         const int64_t t = step_at(s);
         float* gates = gates_in_y ? ys + t * W + l.gates_col() : a;
         const int64_t ld = gates_in_y ? steps * W : GH;
-        if (I > 0) span_pair(span, {xp + t * I, steps * I, I, packed_ih}, {h, P, P, packed_hh}, GH, gates, ld);
+        if (I > 0)
+          span_pair(span, {xp + t * input_ld, steps * input_ld, I, packed_ih}, {h, P, P, packed_hh}, GH, gates, ld);
         else span_product(span, h, P, P, packed_hh, GH, gates, ld);
         each_row(span, W, [&](int64_t n) {
           float* yr = ys + (n * steps + t) * W;
@@ -429,7 +432,7 @@ std::unique_ptr<Kernel> make_recurrent_kernel(const Graph& g, int id, const Memo
       else if (at.w_ih >= 0) k->input_width = seq[2];
       else k->g_width = seq[2];
       check_state_rows(shapes[n.inputs[at.h0]][0], k->batch, op_name(n.op));
-      k->seq = mem.ref[n.inputs[0]];
+      k->seq = read_in_place(g, n.inputs[0], mem, shapes, &k->input_ld);
       if (k->gradient) k->y = mem.ref[n.inputs[1]];
       k->h0 = optional(mem, n, at.h0);
       k->c0 = optional(mem, n, at.c0);

@@ -1,20 +1,33 @@
 #include "backends/cpu/sequence_kernels.h"
 
+#include <algorithm>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "backends/cpu/batched_gemm.h"
+#include "backends/cpu/gemm.h"
 #include "backends/cpu/indexing.h"
 #include "backends/cpu/norms.h"
+#include "backends/cpu/passes/summed_products.h"
 
 namespace gometal {
 namespace {
 
+// Column sums below this many floats run on one thread.
+constexpr int64_t kParallelSumFloats = 1 << 15;
+
 struct BatchedMatMulKernel final : Kernel {
   BufRef a, b, c;
   BatchedGemm geo;
-  void run(const ExecContext& ctx) const override { batched_gemm(*ctx.pool, geo, ctx.ptr(a), ctx.ptr(b), ctx.ptr(c)); }
+  int64_t lda = 0;  // A's row stride when A is a slice read in place (its rows fold into one product)
+  void run(const ExecContext& ctx) const override {
+    if (lda == 0) return batched_gemm(*ctx.pool, geo, ctx.ptr(a), ctx.ptr(b), ctx.ptr(c));
+    const int64_t rows = static_cast<int64_t>(geo.a_offset.size()) * geo.m;
+    gemm_strided(*ctx.pool, false, geo.tb, rows, geo.n, geo.k, ctx.ptr(a), lda, ctx.ptr(b), geo.tb ? geo.k : geo.n,
+                 ctx.ptr(c));
+  }
 };
 
 // Checks the indices on the calling thread first: a bad index raises before anything is read.
@@ -32,11 +45,38 @@ struct GatherKernel final : Kernel {
 struct ScatterAddKernel final : Kernel {
   BufRef updates, indices, y;
   Shape index_shape;
-  int64_t rows = 0, dim = 0;
+  int64_t rows = 0, dim = 0, ld = 0;  // ld: the updates' row stride
   void run(const ExecContext& ctx) const override {
     const int32_t* idx = ctx.iptr(indices);
     check_indices(idx, index_shape, rows, "scatter_add");
-    scatter_add_rows(*ctx.pool, ctx.ptr(updates), dim, idx, numel(index_shape), rows, ctx.ptr(y));
+    scatter_add_rows(*ctx.pool, ctx.ptr(updates), dim, ld, idx, numel(index_shape), rows, ctx.ptr(y));
+  }
+};
+
+// out (width,) = the sums of the columns of a (rows x width) matrix whose rows lie ld floats
+// apart, row by row in order (the bits of the reduce kernel's sum over the leading axes).
+struct StridedColumnSumKernel final : Kernel {
+  BufRef x, y;
+  int64_t rows = 0, width = 0, ld = 0;
+  void run(const ExecContext& ctx) const override {
+    const float* src = ctx.ptr(x);
+    float* out = ctx.ptr(y);
+    const auto columns = [&](int64_t c0, int64_t c1) {
+      if (rows == 0) return std::fill(out + c0, out + c1, 0.0f);
+      std::copy(src + c0, src + c1, out + c0);
+      for (int64_t r = 1; r < rows; ++r) {
+        const float* row = src + r * ld;
+        for (int64_t c = c0; c < c1; ++c) out[c] += row[c];
+      }
+    };
+    // Blocks of 128 columns: each row's part is 8 cache lines, enough for the prefetcher.
+    const int tasks = rows * width < kParallelSumFloats ? 1 : balanced_tasks(*ctx.pool, (width + 127) / 128);
+    if (tasks <= 1) return columns(0, width);
+    ctx.pool->parallel_for(tasks, [&](int task, int) {
+      int64_t c0, c1;
+      split_range(width, tasks, task, 128, &c0, &c1);
+      if (c0 < c1) columns(c0, c1);
+    });
   }
 };
 
@@ -92,10 +132,16 @@ std::unique_ptr<Kernel> make_sequence_kernel(const Graph& g, int id, const Memor
     case OpKind::MatMul: {
       if (in_shape(0).size() == 2 && in_shape(1).size() == 2) return nullptr;
       auto k = std::make_unique<BatchedMatMulKernel>();
-      k->a = in(0);
+      int64_t lda = 0;
+      k->a = read_in_place(g, n.inputs[0], mem, shapes, &lda);
       k->b = in(1);
       k->c = mem.ref[id];
       k->geo = batched_gemm_geometry(in_shape(0), in_shape(1), shapes[id], n.attrs.transpose_a, n.attrs.transpose_b);
+      if (in(0).region == Region::None) {
+        if (!k->geo.a_is_one_block)
+          throw std::logic_error("[cpu] matmul: A's columns read in place do not fold into one product");
+        k->lda = lda;
+      }
       return k;
     }
     case OpKind::Gather: {
@@ -110,7 +156,7 @@ std::unique_ptr<Kernel> make_sequence_kernel(const Graph& g, int id, const Memor
     }
     case OpKind::ScatterAdd: {
       auto k = std::make_unique<ScatterAddKernel>();
-      k->updates = in(0);
+      k->updates = read_in_place(g, n.inputs[0], mem, shapes, &k->ld);
       k->indices = in(1);
       k->y = mem.ref[id];
       k->index_shape = in_shape(1);
@@ -143,6 +189,18 @@ std::unique_ptr<Kernel> make_sequence_kernel(const Graph& g, int id, const Memor
       k->geo.rows = numel(in_shape(0)) / k->geo.dim;
       k->geo.eps = n.attrs.eps;
       k->geo.centre = n.op == OpKind::LayerNormAffineGrad;
+      return k;
+    }
+    case OpKind::Sum: {
+      // A sum of a slice left without a buffer (read_slices_in_place) adds its columns in place.
+      const int x = n.inputs[0];
+      if (mem.ref[x].region != Region::None || g.node(x).op != OpKind::Slice || !sums_leading_axes(n, in_shape(0)))
+        return nullptr;
+      auto k = std::make_unique<StridedColumnSumKernel>();
+      k->x = read_in_place(g, x, mem, shapes, &k->ld);
+      k->y = mem.ref[id];
+      k->width = in_shape(0).back();
+      k->rows = numel(in_shape(0)) / std::max<int64_t>(k->width, 1);
       return k;
     }
     default:

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "backends/cpu/gemm.h"
+#include "backends/cpu/passes/dense_epilogues.h"
 
 namespace gometal {
 namespace {
@@ -65,21 +66,61 @@ bool last_axis_slice_step(const Graph& g, const Schedule& s, const Fusion& f, in
          f.materialized[source];
 }
 
-// The buffer and row stride a folded product reads `value` at: the columns of a slice read in
-// place lie inside its source's rows.
-BufRef operand(const Graph& g, int value, const MemoryPlan& mem, const std::vector<Shape>& shapes, int64_t* ld) {
-  *ld = shapes[value].back();
+// Whether `reader`, alone in its unfused step but for slices already joined there, can read
+// `slice` in place: a folded product (either operand), a scatter_add's updates, a batched
+// product's rows of A against a 2-D B, a sum over all leading axes, or a recurrence's x.
+bool reads_in_place(const Graph& g, const Fusion& f, int reader, int slice, const std::vector<char>& folded,
+                    const std::vector<Shape>& shapes) {
+  const int at = f.step_of[reader];
+  if (at < 0 || f.steps[at].fused || f.steps[at].nodes.front() != reader) return false;
+  for (size_t i = 1; i < f.steps[at].nodes.size(); ++i)
+    if (g.node(f.steps[at].nodes[i]).op != OpKind::Slice) return false;
+  const Node& n = g.node(reader);
+  if (folded[reader]) return true;
+  switch (n.op) {
+    case OpKind::ScatterAdd:
+      return n.inputs[0] == slice && n.inputs[1] != slice;
+    case OpKind::Sum:
+      return sums_leading_axes(n, shapes[slice]);
+    case OpKind::Recurrence:  // x, projected inside the time loop
+      return n.attrs.project_input && n.inputs[0] == slice &&
+             std::count(n.inputs.begin(), n.inputs.end(), slice) == 1;
+    case OpKind::MatMul: {
+      const Shape& a = shapes[n.inputs[0]];
+      // A product that could run on packed stored weights keeps its own kernel (and copy).
+      return n.inputs[0] == slice && n.inputs[1] != slice && !n.attrs.transpose_a && n.dtype == DType::F32 &&
+             a.size() >= 3 && shapes[n.inputs[1]].size() == 2 && !runs_on_packed_weights(g, reader, shapes, true);
+    }
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+bool sums_leading_axes(const Node& sum, const Shape& x) {
+  if (sum.op != OpKind::Sum || sum.dtype != DType::F32) return false;
+  std::vector<int64_t> axes = sum.attrs.ints;
+  std::sort(axes.begin(), axes.end());
+  if (x.size() < 2 || axes.size() + 1 != x.size()) return false;
+  for (size_t d = 0; d < axes.size(); ++d)
+    if (axes[d] != static_cast<int64_t>(d)) return false;
+  return true;
+}
+
+BufRef read_in_place(const Graph& g, int value, const MemoryPlan& mem, const std::vector<Shape>& shapes, int64_t* ld) {
+  *ld = shapes[value].empty() ? 1 : shapes[value].back();
   const Node& n = g.node(value);
-  if (mem.ref[value].region != Region::None || n.op != OpKind::Slice) return mem.ref[value];
+  if (mem.ref[value].region != Region::None || n.op != OpKind::Slice ||
+      n.attrs.axis + 1 != static_cast<int64_t>(shapes[value].size()))
+    return mem.ref[value];
   BufRef columns = mem.ref[n.inputs[0]];
   if (columns.region != Region::Arena)
-    throw std::logic_error("[cpu] matmul: a slice read in place does not lie in the arena");
+    throw std::logic_error("[cpu] a slice read in place does not lie in the arena");
   *ld = shapes[n.inputs[0]].back();
   columns.offset += n.attrs.start * dtype_size(n.dtype);
   return columns;
 }
-
-}  // namespace
 
 void read_slices_in_place(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
                           const std::vector<int>& summed_product, Fusion& f) {
@@ -89,13 +130,15 @@ void read_slices_in_place(const Graph& g, const Schedule& s, const FunctionSpec&
     if (product >= 0) folded[product] = 1;
   std::vector<char> dropped(f.steps.size(), 0);
   for (int id : s.order) {
-    if (!last_axis_slice_step(g, s, f, id, shapes) || value.returned[id] || value.readers[id].size() != 1) continue;
-    const int product = value.readers[id][0];
-    const int at = f.step_of[product];
-    if (!folded[product] || at < 0 || f.steps[at].fused || f.steps[at].nodes.front() != product) continue;
-    // The slice joins its product's step, unmaterialised: the step's reads keep the source
-    // alive until the product, and passes that order steps see the product read it.
-    f.steps[at].nodes.push_back(id);
+    const std::vector<int>& readers = value.readers[id];
+    if (!last_axis_slice_step(g, s, f, id, shapes) || value.returned[id] || readers.empty()) continue;
+    if (!std::all_of(readers.begin(), readers.end(),
+                     [&](int r) { return reads_in_place(g, f, r, id, folded, shapes); }))
+      continue;
+    // The slice joins each reader's step, unmaterialised: every such step reads the source
+    // through it, so the source lives until the last of them and passes that order steps
+    // (sample tiling hoists steps) keep each after the source's.
+    for (int r : readers) f.steps[f.step_of[r]].nodes.push_back(id);
     dropped[f.step_of[id]] = 1;
     f.materialized[id] = 0;
   }
@@ -130,8 +173,8 @@ std::unique_ptr<Kernel> make_summed_product_kernel(const Graph& g, int id, const
     const Shape& a = shapes[n.inputs[0]];
     const Shape& out = shapes[id];
     auto k = std::make_unique<StackedProductKernel>();
-    k->a = operand(g, n.inputs[0], mem, shapes, &k->lda);
-    k->b = operand(g, n.inputs[1], mem, shapes, &k->ldb);
+    k->a = read_in_place(g, n.inputs[0], mem, shapes, &k->lda);
+    k->b = read_in_place(g, n.inputs[1], mem, shapes, &k->ldb);
     k->c = mem.ref[id];
     k->m = out[out.size() - 2];
     k->n = out.back();
