@@ -7,6 +7,7 @@
 
 #include "backends/cpu/attention_blocks.h"
 #include "backends/cpu/gemm.h"
+#include "backends/cpu/passes/fusion.h"
 #include "runtime/rng.h"
 
 namespace gometal {
@@ -181,7 +182,7 @@ struct AttentionKernel final : Kernel {
 }  // namespace
 
 int64_t attention_shared_floats(const AttentionGeometry& geo) {
-  return 2 * geo.heads() * geo.d * std::max(geo.tq, geo.tk);
+  return 2 * geo.heads() * geo.d * std::max(geo.tq, geo.tk) + (geo.delta_from_out ? geo.heads() * geo.tq : 0);
 }
 
 int64_t attention_scratch_floats(const AttentionGeometry& geo) {
@@ -204,6 +205,22 @@ void attention_forward(const ExecContext& ctx, const AttentionGeometry& geo, con
   });
 }
 
+namespace {
+
+// The forward output `out` when the plan merged delta = sum(g * out, axis 3) into this
+// attention_grad's step (fuse_elementwise; the sum has no buffer), else -1.
+int delta_source(const Graph& g, const Node& grad, const MemoryPlan& mem) {
+  const int delta = grad.inputs[5];
+  if (mem.ref[delta].region != Region::None) return -1;
+  const Node& sum = g.node(delta);
+  const Node& mul = g.node(sum.inputs[0]);
+  if (sum.op != OpKind::Sum || mul.op != OpKind::Mul || mem.ref[sum.inputs[0]].region != Region::None)
+    throw std::logic_error("[cpu] attention_grad: its delta has no buffer but is not a merged sum(g * out)");
+  return mul.inputs[0] == grad.inputs[3] ? mul.inputs[1] : mul.inputs[0];
+}
+
+}  // namespace
+
 std::unique_ptr<Kernel> make_attention_kernel(const Graph& g, int id, const MemoryPlan& mem,
                                               const std::vector<Shape>& shapes) {
   const Node& n = g.node(id);
@@ -225,6 +242,21 @@ std::unique_ptr<Kernel> make_attention_kernel(const Graph& g, int id, const Memo
   // lse, delta, mask); the mask is the last optional one.
   const size_t mask_at = n.op == OpKind::Attention ? 3 : n.op == OpKind::AttentionLse ? 2 : 6;
   for (size_t i = 0; i < n.inputs.size(); ++i) kernel->in[i] = mem.ref[n.inputs[i]];
+  const int out = n.op == OpKind::AttentionGrad ? delta_source(g, n, mem) : -1;
+  if (out >= 0) {
+    geo.delta_from_out = true;
+    kernel->in[5] = mem.ref[out];
+  }
+  if (n.op == OpKind::AttentionGrad && kernel->y.region == Region::None) {
+    // The merged transpose back to (N, T, 3, H, D) is the step's value (fuse_elementwise).
+    int transpose = -1;
+    for (int i = 0; i < g.size() && transpose < 0; ++i)
+      if (!shapes[i].empty() && time_major_attention_grad(g, id, i, shapes)) transpose = i;
+    if (transpose < 0 || mem.ref[transpose].region == Region::None)
+      throw std::logic_error("[cpu] attention_grad: no buffer, and no merged transpose to store into");
+    geo.grad_time_major = true;
+    kernel->y = mem.ref[transpose];
+  }
   if (n.inputs.size() > mask_at) {
     geo.masked = true;
     const Shape& ms = shapes[n.inputs[mask_at]];

@@ -25,6 +25,8 @@ struct AttentionGeometry {
   int64_t out_stride = 0;  // between output rows: D, or D + 1 with the log-sum-exp packed after them
   int64_t lse_stride = 1;  // between log-sum-exps: 1, or D + 1 when packed in the output
   int64_t mask_stride[4] = {};  // per (N, H, Tq, Tk) dim; 0 where the mask broadcasts
+  bool delta_from_out = false;  // attention_grad computes delta = rowsum(g * out) itself
+  bool grad_time_major = false;  // attention_grad stores (N, T, 3, H, D), not (3, N, H, T, D)
   std::optional<SimdPath> tiles = std::nullopt;  // the block products' register tiles; none: the BLAS
 
   int64_t heads() const { return n * h; }
@@ -52,7 +54,11 @@ void attention_grad_kv(const ExecContext& ctx, const AttentionGeometry& geo, con
                        const float* v, const float* g, const float* lse, const float* delta, const float* mask,
                        float* dkv);
 
-// dq, dk and dv stacked, (3, N, H, T, D), in one pass per head (Tq = Tk).
+// dq, dk and dv stacked, (3, N, H, T, D), in one pass per head (Tq = Tk). With
+// geo.delta_from_out, `delta` is the forward output (N, H, T, D) instead, and each head's task
+// computes its rows' rowsum(g * out) in the shared workspace: no pass of its own over g and out.
+// With geo.grad_time_major the three are stored as (N, T, 3, H, D), the layout of the (N, T, 3 E)
+// product that made q, k and v, where a transpose copied them.
 void attention_grad(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
                     const float* v, const float* g, const float* lse, const float* delta, const float* mask,
                     float* dqkv);

@@ -126,20 +126,31 @@ void grad_kv_block(const ExecContext& ctx, const AttentionGeometry& geo, const G
   for (int64_t i = 0; i < cols * d; ++i) dk[i] *= geo.scale;
 }
 
+// `rows` rows of d floats, `ld` apart, times `factor` (0: filled with zeros, whatever they held).
+void scale_rows(float* x, int64_t rows, int64_t d, int64_t ld, float factor) {
+  for (int64_t r = 0; r < rows; ++r, x += ld)
+    if (factor == 0.0f) std::fill(x, x + d, 0.0f);
+    else for (int64_t c = 0; c < d; ++c) x[c] *= factor;
+}
+
 // dq, dk and dv of one head in one pass: over blocks of keys, and for each over the queries that
 // see them; the head's task is the only writer of its dq rows, so they accumulate in place.
+
 void grad_head(const ExecContext& ctx, const AttentionGeometry& geo, const GradInputs& in, int64_t head,
                float* dqkv, float* scratch) {
   const int64_t d = geo.d, t = geo.tq, size = geo.heads() * t * d;
   float *p = scratch, *ds = p + kBq * kBk, *z = ds + kBq * kBk, *product = z + kBk;
-  float *dq = dqkv + head * t * d, *dk_head = dq + size, *dv_head = dk_head + size;
-  std::fill(dq, dq + t * d, 0.0f);
+  // Rows of dq, dk and dv `ld` apart: in their own (N, H, T, D) blocks, or interleaved (N, T, 3, H, D).
+  const int64_t ld = geo.grad_time_major ? 3 * geo.h * d : d, part = geo.grad_time_major ? geo.h * d : size;
+  float* dq = geo.grad_time_major ? dqkv + (head / geo.h) * t * ld + (head % geo.h) * d : dqkv + head * t * d;
+  float *dk_head = dq + part, *dv_head = dk_head + part;
+  scale_rows(dq, t, d, ld, 0.0f);
   for (int64_t j0 = 0; j0 < geo.tk; j0 += kBk) {
     const int64_t cols = std::min(kBk, geo.tk - j0);
-    float *dk = dk_head + j0 * d, *dv = dv_head + j0 * d;
+    float *dk = dk_head + j0 * ld, *dv = dv_head + j0 * ld;
     const float* k = head_of(in.k, head, geo.tk, d) + j0 * d;
-    std::fill(dk, dk + cols * d, 0.0f);
-    std::fill(dv, dv + cols * d, 0.0f);
+    scale_rows(dk, cols, d, ld, 0.0f);
+    scale_rows(dv, cols, d, ld, 0.0f);
     for (int64_t i0 = geo.causal ? j0 / kBq * kBq : 0; i0 < t; i0 += kBq) {
       const int64_t rows = std::min(kBq, t - i0);
       // Causal: keys past the block's last query have P = dS = 0 there and add nothing.
@@ -147,13 +158,28 @@ void grad_head(const ExecContext& ctx, const AttentionGeometry& geo, const GradI
       recompute_block(ctx, geo, in, head, i0, rows, j0, seen, true, p, ds, z);
       const float *g = head_of(in.g, head, t, d) + i0 * d, *q = head_of(in.q, head, t, d) + i0 * d;
       // P and dS read transposed (a_row 1): the products over the block's queries.
-      block_product(geo, {p, 1, kBk, g, d, dv, d, seen, d, rows, true}, product);
-      block_product(geo, {ds, 1, kBk, q, d, dk, d, seen, d, rows, true}, product);
-      block_product(geo, {ds, kBk, 1, k, d, dq + i0 * d, d, rows, d, seen, true}, product);
+      block_product(geo, {p, 1, kBk, g, d, dv, ld, seen, d, rows, true}, product);
+      block_product(geo, {ds, 1, kBk, q, d, dk, ld, seen, d, rows, true}, product);
+      block_product(geo, {ds, kBk, 1, k, d, dq + i0 * ld, ld, rows, d, seen, true}, product);
     }
-    for (int64_t i = 0; i < cols * d; ++i) dk[i] *= geo.scale;
+    scale_rows(dk, cols, d, ld, geo.scale);
   }
-  for (int64_t i = 0; i < t * d; ++i) dq[i] *= geo.scale;
+  scale_rows(dq, t, d, ld, geo.scale);
+}
+
+// delta[r] = rowsum(g[r] * out[r]) for `rows` rows of d floats, over sixteen partial sums so
+// that the loop runs on full vectors.
+void row_dots(const float* g, const float* out, int64_t rows, int64_t d, float* delta) {
+  for (int64_t r = 0; r < rows; ++r, g += d, out += d) {
+    float part[16] = {};
+    int64_t c = 0;
+    for (; c + 16 <= d; c += 16)
+      for (int l = 0; l < 16; ++l) part[l] += g[c + l] * out[c + l];
+    for (int l = 0; c + l < d; ++l) part[l] += g[c + l] * out[c + l];
+    float sum = 0.0f;
+    for (float x : part) sum += x;
+    delta[r] = sum;
+  }
 }
 
 template <class Block>
@@ -183,11 +209,18 @@ void attention_grad(const ExecContext& ctx, const AttentionGeometry& geo, const 
                     float* dqkv) {
   GradInputs in{q, k, v, g, lse, delta, mask};
   std::tie(in.kt, in.vt) = transposed_pair(ctx, geo, k, v, geo.tk);
+  // delta_from_out: `delta` holds the forward output; the rows' deltas go after kt and vt.
+  const int64_t t = geo.tq, d = geo.d;
+  float* deltas = geo.delta_from_out ? ctx.shared + 2 * geo.heads() * d * std::max(geo.tq, geo.tk) : nullptr;
+  if (deltas) in.delta = deltas;
   const int tasks = balanced_tasks(*ctx.pool, geo.heads());
   ctx.pool->parallel_for(tasks, [&](int task, int thread) {
     int64_t h0, h1;
     split_range(geo.heads(), tasks, task, 1, &h0, &h1);
-    for (int64_t head = h0; head < h1; ++head) grad_head(ctx, geo, in, head, dqkv, ctx.thread_scratch(thread));
+    for (int64_t head = h0; head < h1; ++head) {
+      if (deltas) row_dots(g + head * t * d, delta + head * t * d, t, d, deltas + head * t);
+      grad_head(ctx, geo, in, head, dqkv, ctx.thread_scratch(thread));
+    }
   });
 }
 

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "backends/cpu/attention.h"
+
 namespace gometal {
 namespace {
 
@@ -22,6 +24,9 @@ struct Group {
   std::vector<int> members;
   int first_pos;
 };
+
+void merge_attention_deltas(const Graph& g, const Schedule& s, const FunctionSpec& fn,
+                            const std::vector<Shape>& shapes, Fusion& f);
 
 }  // namespace
 
@@ -204,7 +209,18 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
   for (int id : s.order)
     if (is_effect(g.node(id).op)) f.materialized[id] = 0;
   keep_norm_statistics(g, s, fn, shapes, f);
+  merge_attention_deltas(g, s, fn, shapes, f);
   return f;
+}
+
+// Up to one block of keys: past it each head's dq rows take their sums from every key block,
+// and rows 3 H D apart span more pages than the TLB holds (D-long, T = 1024: the gradient ran
+// 4 to 8 ms a step slower, more than the transpose it saved).
+bool time_major_attention_grad(const Graph& g, int grad, int transpose, const std::vector<Shape>& shapes) {
+  const Node& t = g.node(transpose);
+  return g.node(grad).op == OpKind::AttentionGrad && t.op == OpKind::Transpose && t.inputs[0] == grad &&
+         t.attrs.ints == std::vector<int64_t>{1, 3, 0, 2, 4} && shapes[grad].size() == 5 && t.dtype == DType::F32 &&
+         shapes[grad][3] <= kAttentionKeyBlock;
 }
 
 ValueReaders value_readers(const Graph& g, const Schedule& s, const FunctionSpec& fn) {
@@ -270,6 +286,71 @@ void pair_norm_gradients(const Graph& g, Fusion& f) {
       dropped[last] = 1;
       break;
     }
+  }
+  drop_steps(dropped, f);
+}
+
+// An attention_grad's delta = sum(g * out, axis 3), each read by nothing else, joins the
+// gradient's step: its kernel takes each row's dot product while it reads g anyway, where the
+// mul and the sum made a pass of their own over g and out (a tiled pair of steps).
+void merge_attention_deltas(const Graph& g, const Schedule& s, const FunctionSpec& fn,
+                            const std::vector<Shape>& shapes, Fusion& f) {
+  const ValueReaders value = value_readers(g, s, fn);
+  auto only_reader = [&](int id, int reader) {
+    return !value.returned[id] && value.readers[id] == std::vector<int>{reader};
+  };
+  auto alone = [&](int id) {
+    const int st = f.step_of[id];
+    return st >= 0 && !f.steps[st].fused && f.steps[st].nodes == std::vector<int>{id};
+  };
+  std::vector<char> dropped(f.steps.size(), 0);
+  for (int id : s.order) {
+    const Node& grad = g.node(id);
+    if (grad.op != OpKind::AttentionGrad || !alone(id)) continue;
+    const int delta = grad.inputs[5];
+    const Node& sum = g.node(delta);
+    if (sum.op != OpKind::Sum || sum.attrs.keepdims || sum.attrs.ints != std::vector<int64_t>{3} ||
+        !only_reader(delta, id) || !alone(delta))
+      continue;
+    const int mul = sum.inputs[0];
+    const Node& product = g.node(mul);
+    const int cotangent = grad.inputs[3];
+    const int mul_at = f.step_of[mul];
+    if (product.op != OpKind::Mul || product.dtype != DType::F32 || !only_reader(mul, delta) || mul_at < 0 ||
+        !f.steps[mul_at].fused ||
+        (product.inputs[0] != cotangent && product.inputs[1] != cotangent) ||
+        shapes[product.inputs[0]] != shapes[cotangent] || shapes[product.inputs[1]] != shapes[cotangent])
+      continue;
+    // Both factors must have buffers once the mul leaves its group.
+    bool stored = true;
+    for (int in : product.inputs) stored &= f.step_of[s.alias_root[in]] != mul_at || f.materialized[s.alias_root[in]];
+    if (!stored) continue;
+    // The mul and the sum move down to the gradient's step: nothing between may write what they read.
+    bool effect_between = false;
+    for (int st = mul_at + 1; st < f.step_of[id]; ++st)
+      for (int between : f.steps[st].nodes) effect_between |= is_effect(g.node(between).op);
+    if (effect_between) continue;
+    // The mul leaves its group (the cotangent's own product, say): nothing there reads it.
+    std::vector<int>& group = f.steps[mul_at].nodes;
+    group.erase(std::find(group.begin(), group.end(), mul));
+    if (group.empty()) dropped[mul_at] = 1;
+    dropped[f.step_of[delta]] = 1;
+    f.steps[f.step_of[id]].nodes = {id, mul, delta};
+    f.materialized[mul] = f.materialized[delta] = 0;
+  }
+  // Then the transpose back to the product's layout, the gradient's only reader, joins it too.
+  for (int id : s.order) {
+    if (g.node(id).op != OpKind::AttentionGrad || f.step_of[id] < 0 || dropped[f.step_of[id]] ||
+        value.returned[id] || value.readers[id].size() != 1)
+      continue;
+    const int transpose = value.readers[id][0];
+    Step& step = f.steps[f.step_of[id]];
+    if (step.fused || step.nodes.front() != id || !alone(transpose) ||
+        !time_major_attention_grad(g, id, transpose, shapes))
+      continue;
+    dropped[f.step_of[transpose]] = 1;
+    step.nodes.push_back(transpose);
+    f.materialized[id] = 0;
   }
   drop_steps(dropped, f);
 }

@@ -47,6 +47,12 @@ void drop_steps(const std::vector<char>& dropped, Fusion& f);
 void keep_norm_statistics(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
                           Fusion& f);
 
+// Whether `transpose` takes attention_grad `grad`'s stacked (3, N, H, T, D) to (N, T, 3, H, D),
+// back to the layout of the product q, k and v came from, for at most one block of keys:
+// fuse_elementwise merges such a transpose, the gradient's only reader, into the gradient's
+// step, which then stores so.
+bool time_major_attention_grad(const Graph& g, int grad, int transpose, const std::vector<Shape>& shapes);
+
 // `shapes` are the concrete shapes of every node for this plan's batch size.
 Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& fn,
                         const std::vector<Shape>& shapes);
