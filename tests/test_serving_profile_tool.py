@@ -3,6 +3,7 @@ counts it reports are the batches fed to the server's metrics."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from gometal.serving.metrics import ServingMetrics
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+from _serving_ab import serving_code_at
 from _serving_profile import batch_counts, cpu_split
 
 
@@ -43,3 +45,19 @@ def test_cpu_split_counts_the_loop_the_busiest_threads_and_the_rest() -> None:
     assert split.keys() == expected.keys()
     for part, (user, system) in expected.items():
         assert split[part] == pytest.approx((user, system)), part
+
+
+def test_the_ab_tool_serves_the_serving_code_of_a_revision(tmp_path: Path) -> None:
+    folder = serving_code_at("HEAD", str(tmp_path))
+    committed = subprocess.run(["git", "-C", str(BENCHMARKS.parent), "show",
+                                "HEAD:python/gometal/serving/batcher.py"],
+                               capture_output=True, check=True).stdout  # fmt: skip
+    assert (Path(folder) / "batcher.py").read_bytes() == committed
+    probe = (f"import sys; sys.path.insert(0, {str(BENCHMARKS)!r}); "
+             "from _serving_ab import ServingFrom; "
+             f"sys.meta_path.insert(0, ServingFrom({folder!r})); "
+             "import gometal.serving, gometal.serving.fast_infer as f; "
+             "print(gometal.serving.__file__); print(f.__file__)")  # fmt: skip
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True).stdout.split()  # fmt: skip
+    assert loaded == [str(Path(folder) / "__init__.py"), str(Path(folder) / "fast_infer.py")]
