@@ -4,6 +4,7 @@
     python benchmarks/bench_conv.py --layers --threads 1 --batch 256
     python benchmarks/bench_conv.py --threads 1 --in-channels 16 --out-channels 32 \
         --ab GOMETAL_CONV_WINOGRAD_GRAD=never
+    python benchmarks/bench_conv.py --threads 1 --in-channels 16 --out-channels 32 --base HEAD
 
 The default is the reference layer of ../shared/bench/README.md (N=32, 32->64 channels,
 32x32, 3x3, padding 1; 1.21 GFLOP forward), 2 threads each. ``--layers`` times the inference
@@ -12,13 +13,21 @@ and 2x2 max pooling, fused) against onnxruntime on the same layer (_conv_layers.
 VAR=VALUE`` times each pass of gometal's with the environment variable unset and set to VALUE
 (one engine each, its variable set before every call) in alternating windows of CPU time: the
 medians and the median and range of the windows' ratios, which a loaded machine disturbs less
-than separate runs.
+than separate runs. ``--base REV`` times each pass in two processes instead, the build of git
+revision REV (cached in .bench-builds/, as compare_builds.py builds it; "worktree" for an A/A
+run) and this Python's gometal, in alternating windows of CPU time: the speed-up of a change to
+a kernel that no variable switches.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -98,6 +107,65 @@ def compare_setting(args) -> None:
     use(None)
 
 
+PASSES = ("forward", "input grad", "weight grad")
+
+
+def serve_passes(args) -> None:
+    """The child of --base: builds the passes, says "ready", then answers each pass name read
+    from stdin with the CPU ms of one window of it."""
+    gm.set_num_threads(args.threads)
+    engine, x = pass_engines(args.batch, args.in_channels, args.out_channels, args.size)
+    for name in PASSES:
+        engine.run(name, [x])
+    print("ready", flush=True)
+    for line in sys.stdin:
+        name = line.strip()
+        print(cpu_ms(lambda name=name: engine.run(name, [x]), repeats=20), flush=True)
+
+
+def compare_builds(args) -> None:
+    """Each pass in the build of revision args.base and in this Python's gometal, one window
+    each in turn (the order swapped every window), and the medians and ratios of their times."""
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here))
+    from _builds import WORKTREE, repo_root, resolve_build
+
+    repo = repo_root(here)
+    base = resolve_build("base", args.base, repo, repo / ".bench-builds", rebuild=False)
+    command = [__file__, "--child", "--threads", str(args.threads), "--batch", str(args.batch)]
+    command += ["--in-channels", str(args.in_channels), "--out-channels", str(args.out_channels)]
+    command += ["--size", str(args.size)]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    children = {}
+    for label, python in (("base", base.python), ("new", sys.executable)):
+        children[label] = subprocess.Popen(
+            [python, *command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        if children[label].stdout.readline().strip() != "ready":
+            raise SystemExit(f"bench_conv.py --base: the {label} child did not start")
+    print(
+        f"conv {args.batch}x{args.in_channels}x{args.size}x{args.size} -> {args.out_channels}, "
+        f"{args.threads} thread(s): CPU ms per call, {args.windows} alternating windows; "
+        f"base {args.base} ({base.commit[:10]}), new {WORKTREE}"
+    )
+    for name in PASSES:
+        times = {label: [] for label in children}
+        for window in range(args.windows):
+            for label in children if window % 2 == 0 else reversed(list(children)):
+                children[label].stdin.write(name + "\n")
+                children[label].stdin.flush()
+                times[label].append(float(children[label].stdout.readline()))
+        ratios = sorted(b / n for b, n in zip(times["base"], times["new"]))
+        print(
+            f"  {name:12s} base / new: {statistics.median(times['base']):.2f} / "
+            f"{statistics.median(times['new']):.2f} ms; new's speed-up median "
+            f"{statistics.median(ratios):.3f}x, {ratios[0]:.3f}..{ratios[-1]:.3f}"
+        )
+    for child in children.values():
+        child.stdin.close()
+        child.wait()
+
+
 def cpu_ms(fn, repeats: int = 10) -> float:
     fn()
     start = time.process_time()
@@ -120,7 +188,17 @@ def main() -> None:
     parser.add_argument(
         "--ab", metavar="VAR=VALUE", help="gometal with VAR unset against VAR=VALUE"
     )
+    parser.add_argument(
+        "--base", metavar="REV", help="the build of git revision REV against this gometal"
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        serve_passes(args)
+        return
+    if args.base:
+        compare_builds(args)
+        return
     if args.ab:
         compare_setting(args)
         return
