@@ -1,4 +1,4 @@
-"""Per-kernel profile of one GPT training step or forward (workloads D, D-long, D-infer).
+"""Per-kernel profile of one GPT or LSTM training step or forward (workloads D, D-long, D-infer, E, E-infer).
 
 Runs the benchmark's gometal GPT for a number of steps with ``GOMETAL_PROFILE=1`` set, so
 that the engine prints, when the plan is dropped, the share and the time of every kernel
@@ -12,6 +12,7 @@ Usage:
   python benchmarks/profile_gpt.py --workload D-long --steps 20 --by-op
   python benchmarks/profile_gpt.py --cpu-time --by-op   # CPU time: a loaded machine's waits left out
   python benchmarks/profile_gpt.py --workload D-infer --threads 2 --onnxruntime
+  python benchmarks/profile_gpt.py --workload E --steps 30 --cpu-time   # the character LSTM
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def _summarise(lines: list[str], top: int, by_op: bool) -> None:
 def main() -> None:
     """Parses the arguments, runs the steps in a child with profiling on, prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="D", choices=["D", "D-long", "D-infer", "D-infer-1"])
+    parser.add_argument(
+        "--workload", default="D", choices=["D", "D-long", "D-infer", "D-infer-1", "E", "E-infer"]
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--top", type=int, default=40)
@@ -113,7 +116,7 @@ def main() -> None:
     parser.add_argument(
         "--onnxruntime",
         action="store_true",
-        help="profile the torch export in onnxruntime instead (D-infer, D-infer-1)",
+        help="profile the torch export in onnxruntime instead (D-infer, D-infer-1, E-infer)",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
