@@ -50,6 +50,19 @@ and the server's CPU time per answered request, beside offline predict's per ima
 Targets at 64 clients: throughput >= 80 % of offline predict at batch 64, p99 <= 50 ms, and
 >= 3x the onnxruntime + FastAPI baseline's throughput. The script exits 1 if any answer was
 wrong or any request failed.
+
+What one request costs the 2 cores at 64 wrk clients (``_serving_profile.py``, shared AMD
+EPYC): the event loop 0.076-0.093 ms of CPU, 0.021-0.026 of it system (the socket reads and
+writes); the engine threads 0.20-0.23 ms (offline predict: 0.19 core-ms per image at batch
+64); wrk 0.031-0.041 ms, about 0.02 of it system. 80 % of offline predict (8,500 req/s of
+10,617 images/s) would take 8,500 x 0.32 ms = 2.7 cores, and even with no Python per request
+8,500 x (0.19 engine + 0.045 kernel) = 2.0: that target cannot be met with the load generator
+on the same 2 cores. 3x the baseline (about 4,000 req/s of 1,341) takes 1.3 cores. One
+instance of one thread (--variant '{"instances": 1}') costs less per request (64 clients
+0.28 -> 0.27 server core-ms, 8 clients 0.35 -> 0.26; batches of 30 rows against 16) but takes
+fewer cores of a loaded machine: 3 rounds, 64 clients 3,062 -> 3,051 req/s, 8 clients 2,670
+-> 3,190; 8 rounds of _serving_ab.py, 64 clients 1.05x (0.79-1.47), 8 clients 0.86x
+(0.63-1.69). A quiet machine decides it (the engine alone would cap it near 4,800 req/s).
 """
 
 from __future__ import annotations
