@@ -1,0 +1,237 @@
+"""Edge cases of 3x3 input gradients from 16 input channels on Winograd's flipped-weight tiles
+(unforced: the smallest planes and channel counts taking them, 15 channels either way, odd
+planes, too few tiles, padding 0 to 2, stride 2), with Inf and NaN in dy or the weights; and of
+self-attention's gradient with its delta and transposes merged: two stacked packed-projection
+layers (the first's gradient through the second's stores), T at and past the 128-key block,
+causal, key padding, odd heads, batches 1 to 9, and two engines run from two Python threads at
+once. At 1, 2 and 3 threads, against torch in float64."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gometal import _core
+from gometal.graph.composites import matmul, op
+from recurrent_parity import thread_counts
+from test_conv_winograd_grad import run_on_variables
+
+threads = thread_counts(1, 2, 3)
+
+
+# (N, C, H, W), O, padding, stride: unforced input gradients around the 16-channel rule.
+CASES = [
+    ((2, 16, 12, 12), 16, 1, 1),  # the smallest taking the tiles
+    ((1, 20, 14, 10), 24, 0, 1),  # C not a multiple of 16, no padding
+    ((3, 31, 12, 16), 17, 2, 1),  # padding 2
+    ((2, 16, 9, 11), 32, 1, 1),  # odd planes: no tiles
+    ((2, 15, 16, 16), 32, 1, 1),  # 15 input channels: below the rule
+    ((2, 16, 16, 16), 15, 1, 1),  # 15 output channels
+    ((2, 16, 16, 16), 32, 1, 2),  # stride 2: no tiles
+    ((1, 16, 4, 4), 16, 1, 1),  # too few tiles
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}o{c[1]}p{c[2]}s{c[3]}")
+def test_unforced_conv_gradients_match_torch(threads, case, monkeypatch):
+    monkeypatch.delenv("GOMETAL_CONV_WINOGRAD", raising=False)
+    monkeypatch.delenv("GOMETAL_CONV_KERNEL", raising=False)
+    x_shape, o, padding, stride = case
+    rng = np.random.default_rng(sum(x_shape) + o)
+    xv = rng.standard_normal(x_shape).astype(np.float32)
+    wv = (rng.standard_normal((o, x_shape[1], 3, 3)) / 4).astype(np.float32)
+    xt = torch.tensor(xv, dtype=torch.float64, requires_grad=True)
+    wt = torch.tensor(wv, dtype=torch.float64, requires_grad=True)
+    yt = F.conv2d(xt, wt, padding=padding, stride=stride)
+    ct = rng.uniform(-1, 1, tuple(yt.shape)).astype(np.float32)
+    (torch.tanh(yt) * torch.tensor(ct, dtype=torch.float64)).sum().backward()
+    g = _core.Graph()
+    x = g.input("x", (-1, *x_shape[1:]), "float32")
+    w = g.input("w", wv.shape, "float32")
+    c = g.input("c", (-1, *ct.shape[1:]), "float32")
+    attrs = {"padding": [padding, padding], "stride": [stride, stride]}
+    y = g.op("tanh", [g.op("conv2d", [x, w], attrs)])
+    loss = g.op("sum", [g.op("mul", [y, c])], {"axes": []})
+    dx, dw = g.gradients(loss, [x, w])
+    eng = _core.Engine(g, seed=0, backend="cpu")
+    eng.define("f", inputs=[x, w, c], outputs=[dx, dw])
+    got = eng.run("f", [xv, wv, ct])
+    atol = 1e-5 * np.sqrt(o * 9)
+    np.testing.assert_allclose(got[0], xt.grad.numpy(), rtol=1e-4, atol=atol)
+    np.testing.assert_allclose(
+        got[1], wt.grad.numpy(), rtol=1e-4, atol=1e-4 * np.sqrt(x_shape[0] * 144)
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}o{c[1]}p{c[2]}s{c[3]}")
+def test_unforced_routing_around_the_16_channel_rule(case, monkeypatch):
+    """The first three cases take the tiles unforced (the bits of =always), the others keep
+    the channel lanes (those of =never); both match torch above."""
+    x_shape, o, padding, stride = case
+    rng = np.random.default_rng(o)
+    w = rng.standard_normal((o, x_shape[1], 3, 3)).astype(np.float32)
+    out = F.conv2d(torch.zeros(x_shape), torch.from_numpy(w), padding=padding, stride=stride)
+    dy = rng.standard_normal(tuple(out.shape)).astype(np.float32)
+    attrs = {"padding": [padding] * 2, "stride": [stride] * 2, "shape": list(x_shape)}
+    results = {}
+    for forced in ("", "always", "never"):
+        monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", forced)
+        results[forced] = run_on_variables("conv2d_input_grad", dy, w, attrs)
+    expected = "always" if CASES.index(case) < 3 else "never"
+    np.testing.assert_array_equal(results[""], results[expected])
+
+
+@pytest.mark.parametrize("where", ["dy-inf", "dy-nan", "w-inf", "w-nan"])
+def test_unforced_16_channel_input_grad_non_finite(threads, where, monkeypatch):
+    """16 <- 24 channels at 12 x 12, unforced (the tiles' routing): Inf and NaN in dy or the
+    weights give torch's non-finite cells and finite values elsewhere."""
+    monkeypatch.delenv("GOMETAL_CONV_WINOGRAD", raising=False)
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    dy = (np.abs(rng.standard_normal((2, 24, 12, 12))) + 0.5).astype(np.float32)
+    w = np.abs(w) + 0.1
+    bad = np.inf if where.endswith("inf") else np.nan
+    if where.startswith("dy"):
+        dy[1, 7, 5, 6] = bad
+    else:
+        w[3, 9, 1, 2] = bad
+    got = run_on_variables(
+        "conv2d_input_grad", dy, w, {"padding": [1, 1], "stride": [1, 1], "shape": [2, 16, 12, 12]}
+    )
+    xt = torch.zeros((2, 16, 12, 12), dtype=torch.float64, requires_grad=True)
+    y = F.conv2d(xt, torch.from_numpy(w).double(), padding=1)
+    y.backward(torch.from_numpy(dy).double())
+    want = xt.grad.numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-4)
+
+
+def _two_layers(n, t, e, heads, causal, mask):
+    """Two packed-projection self-attention layers, x -> att1 -> att2 -> sum(out * w):
+    the gradient of the first flows through the second's merged dq/dk/dv stores."""
+    g = _core.Graph()
+    x = g.input("x", (n, t, e))
+    ws = [g.input(f"w{i}", (3 * e, e)) for i in range(2)]
+    bs = [g.input(f"b{i}", (3 * e,)) for i in range(2)]
+    h = x
+    for layer in range(2):
+        split = op(
+            g,
+            "reshape",
+            op(g, "add", matmul(g, h, ws[layer], transpose_b=True), bs[layer]),
+            shape=[n, t, 3, heads, e // heads],
+        )
+        stacked = op(g, "transpose", split, perm=[2, 0, 3, 1, 4])
+        qkv = [
+            op(
+                g,
+                "reshape",
+                op(g, "slice", stacked, axis=0, start=i, end=i + 1),
+                shape=[n, heads, t, e // heads],
+            )
+            for i in range(3)
+        ]
+        if mask is not None:
+            qkv.append(g.constant(mask))
+        out = g.op("attention", qkv, {"causal": causal})
+        h = op(g, "reshape", op(g, "transpose", out, perm=[0, 2, 1, 3]), shape=[n, t, e])
+    w = g.input("w", (n, t, e))
+    loss = g.op("sum", [g.op("mul", [h, w], {})], {"axes": []})
+    grads = g.gradients(loss, [x, *ws, *bs])
+    engine = _core.Engine(g, seed=0, backend="cpu")
+    engine.define(
+        "step", inputs=[x, *ws, *bs, w], outputs=[h, *grads], effects=[], advance_rng=False
+    )
+    return engine, engine.describe("step", n)
+
+
+def _values(n, t, e, seed):
+    rng = np.random.default_rng(seed)
+    vals = [rng.standard_normal((n, t, e))]
+    vals += [rng.standard_normal((3 * e, e)) / np.sqrt(e) for _ in range(2)]
+    vals += [rng.standard_normal(3 * e) / 4 for _ in range(2)]
+    vals.append(rng.uniform(-1, 1, (n, t, e)))
+    return [v.astype(np.float32) for v in vals]
+
+
+def _torch_two_layers(values, heads, causal, mask):
+    x, w0, w1, b0, b1, w = (
+        torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in values
+    )
+    n, t, e = x.shape
+    h = x
+    m = None if mask is None else torch.tensor(mask, dtype=torch.float64)
+    for wt, bt in ((w0, b0), (w1, b1)):
+        qkv = (h @ wt.T + bt).reshape(n, t, 3, heads, e // heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=m, is_causal=causal)
+        h = out.permute(0, 2, 1, 3).reshape(n, t, e)
+    (h * w).sum().backward()
+    return [h.detach().numpy()] + [a.grad.numpy() for a in (x, w0, w1, b0, b1)]
+
+
+# (N, T, E, heads): T at the block (merged), one past it (kept), a batch big enough for tiles,
+# heads of 5 and 3 floats.
+SIZES = [(6, 128, 32, 4), (2, 129, 16, 2), (9, 24, 15, 3), (1, 3, 10, 2), (4, 33, 40, 8)]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_stacked_self_attention_gradients(threads, size, causal, masked):
+    n, t, e, heads = size
+    mask = None
+    if masked:  # key padding: sequence i loses its last i keys (at least one key kept)
+        mask = np.zeros((n, 1, 1, t), np.float32)
+        for i in range(n):
+            if i % t:
+                mask[i, ..., t - i % t :] = -np.inf
+    values = _values(n, t, e, seed=t * e + n)
+    engine, plan = _two_layers(n, t, e, heads, causal, mask)
+    assert sum(line.startswith("attention_grad,mul,sum,transpose") for line in plan) == (
+        2 if t <= 128 else 0
+    ), plan
+    got = engine.run("step", values)
+    want = _torch_two_layers(values, heads, causal, mask)
+    for what, a, b in zip(("out", "dx", "dw0", "dw1", "db0", "db1"), got, want, strict=True):
+        atol = 2e-5 * max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol, err_msg=what)
+
+
+def test_two_engines_on_two_python_threads():
+    """Two models' attention gradients run at once from two Python threads: each gives the bits
+    it gives alone."""
+    cases = [((3, 40, 24, 3), True), ((2, 64, 32, 4), False)]
+    engines, values, alone = [], [], []
+    for (n, t, e, heads), causal in cases:
+        engine, _ = _two_layers(n, t, e, heads, causal, None)
+        v = _values(n, t, e, seed=e)
+        engines.append(engine)
+        values.append(v)
+        alone.append(engine.run("step", v))
+    results = [[], []]
+    errors = []
+
+    def work(k):
+        try:
+            for _ in range(6):
+                results[k].append(engines[k].run("step", values[k]))
+        except Exception as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors
+    for k in range(2):
+        assert len(results[k]) == 6
+        for run in results[k]:
+            for a, b in zip(run, alone[k], strict=True):
+                np.testing.assert_array_equal(a, b)
