@@ -4,7 +4,7 @@
     python benchmarks/bench_conv.py --layers --threads 1 --batch 256
     python benchmarks/bench_conv.py --threads 1 --in-channels 16 --out-channels 32 \
         --ab GOMETAL_CONV_WINOGRAD_GRAD=never
-    python benchmarks/bench_conv.py --threads 1 --in-channels 16 --out-channels 32 --base HEAD
+    python benchmarks/bench_conv.py --threads 1 --in-channels 16 --out-channels 32 --base a0eff11
 
 The default is the reference layer of ../shared/bench/README.md (N=32, 32->64 channels,
 32x32, 3x3, padding 1; 1.21 GFLOP forward), 2 threads each. ``--layers`` times the inference
@@ -16,7 +16,8 @@ medians and the median and range of the windows' ratios, which a loaded machine 
 than separate runs. ``--base REV`` times each pass in two processes instead, the build of git
 revision REV (cached in .bench-builds/, as compare_builds.py builds it; "worktree" for an A/A
 run) and this Python's gometal, in alternating windows of CPU time: the speed-up of a change to
-a kernel that no variable switches.
+a kernel that no variable switches. Name a commit, not HEAD: in a shared checkout HEAD moves
+with every commit, and each new revision takes minutes to build.
 """
 
 from __future__ import annotations
