@@ -112,9 +112,10 @@ def test_unforced_16_channel_input_grad_non_finite(threads, where, monkeypatch):
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-4)
 
 
-def _two_layers(n, t, e, heads, causal, mask):
+def _two_layer_graph(n, t, e, heads, causal, mask):
     """Two packed-projection self-attention layers, x -> att1 -> att2 -> sum(out * w):
-    the gradient of the first flows through the second's merged dq/dk/dv stores."""
+    the gradient of the first flows through the second's merged dq/dk/dv stores.
+    Returns (g, inputs, the output, the gradients of x, the weights and the biases)."""
     g = _core.Graph()
     x = g.input("x", (n, t, e))
     ws = [g.input(f"w{i}", (3 * e, e)) for i in range(2)]
@@ -143,11 +144,13 @@ def _two_layers(n, t, e, heads, causal, mask):
         h = op(g, "reshape", op(g, "transpose", out, perm=[0, 2, 1, 3]), shape=[n, t, e])
     w = g.input("w", (n, t, e))
     loss = g.op("sum", [g.op("mul", [h, w], {})], {"axes": []})
-    grads = g.gradients(loss, [x, *ws, *bs])
+    return g, [x, *ws, *bs, w], h, g.gradients(loss, [x, *ws, *bs])
+
+
+def _two_layers(n, t, e, heads, causal, mask):
+    g, inputs, h, grads = _two_layer_graph(n, t, e, heads, causal, mask)
     engine = _core.Engine(g, seed=0, backend="cpu")
-    engine.define(
-        "step", inputs=[x, *ws, *bs, w], outputs=[h, *grads], effects=[], advance_rng=False
-    )
+    engine.define("step", inputs=inputs, outputs=[h, *grads], effects=[], advance_rng=False)
     return engine, engine.describe("step", n)
 
 
@@ -167,12 +170,15 @@ def _torch_two_layers(values, heads, causal, mask):
     n, t, e = x.shape
     h = x
     m = None if mask is None else torch.tensor(mask, dtype=torch.float64)
+    projections = []
     for wt, bt in ((w0, b0), (w1, b1)):
-        qkv = (h @ wt.T + bt).reshape(n, t, 3, heads, e // heads).permute(2, 0, 3, 1, 4)
+        projections.append(h @ wt.T + bt)
+        projections[-1].retain_grad()
+        qkv = projections[-1].reshape(n, t, 3, heads, e // heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=m, is_causal=causal)
         h = out.permute(0, 2, 1, 3).reshape(n, t, e)
     (h * w).sum().backward()
-    return [h.detach().numpy()] + [a.grad.numpy() for a in (x, w0, w1, b0, b1)]
+    return [h.detach().numpy()] + [a.grad.numpy() for a in (x, w0, w1, b0, b1, *projections)]
 
 
 # (N, T, E, heads): T at the block (merged), one past it (kept), a batch big enough for tiles,
@@ -198,9 +204,34 @@ def test_stacked_self_attention_gradients(threads, size, causal, masked):
     ), plan
     got = engine.run("step", values)
     want = _torch_two_layers(values, heads, causal, mask)
-    for what, a, b in zip(("out", "dx", "dw0", "dw1", "db0", "db1"), got, want, strict=True):
+    for what, a, b in zip(("out", "dx", "dw0", "dw1", "db0", "db1"), got, want[:6], strict=True):
         atol = 2e-5 * max(1.0, float(np.abs(b).max()))
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol, err_msg=what)
+
+
+def test_another_functions_transpose_of_the_gradient_is_stored_into():
+    """A second function returns only a new transpose of each layer's attention_grad to the
+    products' (N, T, 3, H, D) layout: it merges with that transpose (the autodiff's lies in
+    the first function) and gives torch's gradient of the layer's projection."""
+    n, t, e, heads = 2, 10, 12, 2
+    g, inputs, _, grads = _two_layer_graph(n, t, e, heads, True, None)
+    grad_ops = [i for i in range(max(grads)) if g.op_name(i) == "attention_grad"]
+    assert len(grad_ops) == 2  # the second layer's first
+    stores = [g.op("transpose", [i], {"perm": [1, 3, 0, 2, 4]}) for i in grad_ops]
+    engine = _core.Engine(g, seed=0, backend="cpu")
+    engine.define("step", inputs=inputs, outputs=grads, effects=[], advance_rng=False)
+    values = _values(n, t, e, seed=5)
+    want = _torch_two_layers(values, heads, True, None)
+    for layer, store in zip((1, 0), stores):
+        name = f"store{layer}"
+        engine.define(name, inputs=inputs, outputs=[store], effects=[], advance_rng=False)
+        plan = engine.describe(name, n)
+        assert any(line.startswith("attention_grad,mul,sum,transpose") for line in plan), plan
+        (got,) = engine.run(name, values)
+        reference = want[6 + layer].reshape(got.shape)
+        np.testing.assert_allclose(got, reference, rtol=1e-4, atol=2e-5, err_msg=name)
+    for a, b in zip(engine.run("step", values), want[1:6], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5 * max(1.0, float(np.abs(b).max())))
 
 
 def test_two_engines_on_two_python_threads():
