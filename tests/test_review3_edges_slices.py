@@ -356,3 +356,27 @@ def test_stacked_recurrences_read_the_layer_below_in_place(threads, config, batc
     """Each layer's recurrence projects the h columns of the layer below (a slice of its
     packed output) in place: outputs, states and every gradient against torch."""
     check_parity(config, batch=batch, steps=5)
+
+
+@pytest.mark.parametrize("bad", [-1, 4, 2**31 - 1])
+def test_out_of_range_ids_of_an_in_place_scatter_add_are_refused_before_its_effect(threads, bad):
+    """The scatter_add reading a slice in place feeds an assign: a bad index raises naming it
+    and its position with the variable untouched; the engine then runs as NumPy sums."""
+    g, x, i, v, _ = _source_and_ids((2, 3, 20), 4, seed=10)
+    acc = g.variable("acc", (4, 7))
+    table = g.op("scatter_add", [_slice(g, g.op("tanh", [x]), 3, 10), i], {"rows": 4})
+    effect = g.op("assign", [acc, g.op("add", [acc, table])])
+    eng = _core.Engine(g, seed=0, backend="cpu")
+    eng.set_variable("acc", np.zeros((4, 7), np.float32))
+    eng.define("f", inputs=[x, i], outputs=[table], effects=[effect])
+    _in_place(eng.describe("f", 2), "scatter_add")
+    ids = np.array([[0, 1, 2], [3, bad, 0]], np.int32)
+    with pytest.raises(ValueError, match=rf"\[scatter_add\] index {bad} at position \(1, 1\)"):
+        eng.run("f", [v, ids])
+    np.testing.assert_array_equal(eng.get_variable("acc"), np.zeros((4, 7), np.float32))
+    ids[1, 1] = 3
+    (got,) = eng.run("f", [v, ids])
+    want = np.zeros((4, 7))
+    np.add.at(want, ids.ravel(), np.tanh(v.astype(np.float64))[..., 3:10].reshape(-1, 7))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(eng.get_variable("acc"), want, rtol=1e-5, atol=1e-6)
