@@ -24,15 +24,21 @@ inline float round_bf16(float x) {
   return x;
 }
 
-// Exact GELU, x Phi(x), and g times its derivative Phi(x) + x phi(x), on vector_math's
-// branch-free normal_parts so that their loops vectorise. Below -13 both are 0 (Phi < 1e-38).
-inline float gelu(float x) { return x < -13.0f ? -0.0f : x * vector_math::normal_parts(x).cdf; }
-inline float gelu_grad(float x, float g) {
+// Exact GELU, x Phi(x), and its derivative Phi(x) + x phi(x) (the slope gelu_grad multiplies g
+// by), from one call of vector_math's branch-free normal_parts so that their loops vectorise.
+// Below -13 both are 0 (Phi < 1e-38). A forward pass may keep the slope for its gelu_grad
+// (fused_elementwise): the same bits as computing it again.
+struct GeluAndSlope {
+  float value, slope;
+};
+inline GeluAndSlope gelu_and_slope(float x) {
   const vector_math::NormalParts p = vector_math::normal_parts(x);
   // x phi(x) with x clamped as in normal_parts: a huge x times phi(13) would not vanish.
   const float slope = p.cdf + (x > 13.0f ? 13.0f : x) * 0.39894228040143268f * p.gauss;
-  return g * (x < -13.0f ? 0.0f : slope);
+  return {x < -13.0f ? -0.0f : x * p.cdf, x < -13.0f ? 0.0f : slope};
 }
+inline float gelu(float x) { return gelu_and_slope(x).value; }
+inline float gelu_grad(float x, float g) { return g * gelu_and_slope(x).slope; }
 
 // Returns false for ops that are not plain unary math.
 template <class Loop>

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 
 #include "backends/cpu/elementwise_ops.h"
@@ -42,6 +43,7 @@ struct Instr {
   int dst;        // slot
   int a, b, c;    // slots (-1 unused)
   uint32_t salt;  // random_uniform stream
+  int slope = -1;  // gelu: keeps its slope there (an entry of the kernel's slopes); gelu_grad: reads it
 };
 
 struct Store {
@@ -109,6 +111,22 @@ inline void map2(float* d, const float* a, bool as, const float* b, bool bs, int
   }
 }
 
+// gelu(x) into d (which may be x's own buffer) and its slope into `slope`, one normal_parts
+// each; the loop vectorises only without a per-element choice of index.
+void gelu_keeping_slope(float* d, float* slope, const float* x, bool scalar, int64_t n) {
+  if (scalar) {
+    const ew::GeluAndSlope both = ew::gelu_and_slope(x[0]);
+    std::fill(d, d + n, both.value);
+    std::fill(slope, slope + n, both.slope);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const ew::GeluAndSlope both = ew::gelu_and_slope(x[i]);
+    d[i] = both.value;
+    slope[i] = both.slope;
+  }
+}
+
 // Scalar-ness is a template parameter so every variant vectorises.
 template <bool SC, bool SX, bool SY>
 void select_loop(float* d, const float* c, const float* x, const float* y, int64_t n) {
@@ -137,6 +155,7 @@ class FusedElementwiseKernel final : public Kernel {
   std::vector<Instr> instrs;
   std::vector<Store> stores;
   std::vector<Store> placed;  // registers that live in their output buffer
+  std::vector<std::shared_ptr<std::vector<float>>> slopes;  // kept gelu slopes (Fusion::gelu_slopes)
   int num_slots = 0;   // inputs first, then registers
   int num_regs = 0;
   int broadcast_regs = 0;  // registers: broadcast gathers first, then one per member
@@ -189,6 +208,15 @@ class FusedElementwiseKernel final : public Kernel {
       float* d = const_cast<float*>(src[ins.dst]);
       if (ins.op == OpKind::RandomUniform) {
         philox_uniform(ctx.seed, ins.salt, ctx.rng_step, start, len, d);
+        continue;
+      }
+      if (ins.slope >= 0) {
+        float* slope = slopes[static_cast<size_t>(ins.slope)]->data() + start;
+        if (ins.op == OpKind::GeluGrad) {  // g times the slope its gelu kept
+          map2(d, slope, false, src[ins.b], scalar[ins.b], len, [](float s, float g) { return g * s; });
+        } else {
+          gelu_keeping_slope(d, slope, src[ins.a], scalar[ins.a], len);
+        }
         continue;
       }
       if (ins.op == OpKind::Select) {
@@ -317,11 +345,16 @@ std::unique_ptr<Kernel> make_fused_elementwise(const Graph& g, const Step& step,
     return slot;
   };
 
+  // A gelu_grad whose gelu kept the slope reads no x (which may have no buffer).
+  auto kept_slope = [&](int id) {
+    return f.gelu_slope_slot.empty() ? -1 : f.gelu_slope_slot[static_cast<size_t>(id)];
+  };
+  auto skips_x = [&](int id) { return g.node(id).op == OpKind::GeluGrad && kept_slope(id) >= 0; };
   // Inputs from outside the group take the first slots; random_uniform reads only its shape.
   for (int id : step.nodes) {
     const Node& n = g.node(id);
     if (n.op == OpKind::RandomUniform) continue;
-    for (size_t i = n.op == OpKind::Assign ? 1 : 0; i < n.inputs.size(); ++i)
+    for (size_t i = n.op == OpKind::Assign || skips_x(id) ? 1 : 0; i < n.inputs.size(); ++i)
       if (!is_member(n.inputs[i])) slot_of(n.inputs[i]);
   }
   const int ni = static_cast<int>(k->inputs.size());
@@ -353,9 +386,13 @@ std::unique_ptr<Kernel> make_fused_elementwise(const Graph& g, const Step& step,
                              "' has no line in elementwise_ops.h");
     Instr ins{n.op, member_slot[id], -1, -1, -1, static_cast<uint32_t>(id)};
     if (n.op != OpKind::RandomUniform) {
-      if (!n.inputs.empty()) ins.a = operand(n.inputs[0]);
+      if (!n.inputs.empty() && !skips_x(id)) ins.a = operand(n.inputs[0]);
       if (n.inputs.size() > 1) ins.b = operand(n.inputs[1]);
       if (n.inputs.size() > 2) ins.c = operand(n.inputs[2]);
+    }
+    if (const int kept = kept_slope(id); kept >= 0) {
+      ins.slope = static_cast<int>(k->slopes.size());
+      k->slopes.push_back(f.gelu_slopes[static_cast<size_t>(kept)]);
     }
     k->instrs.push_back(ins);
     if (f.materialized[id]) k->stores.push_back({member_slot[id], mem.ref[id]});

@@ -27,6 +27,8 @@ struct Group {
 
 void merge_attention_deltas(const Graph& g, const Schedule& s, const FunctionSpec& fn,
                             const std::vector<Shape>& shapes, Fusion& f);
+void keep_gelu_slopes(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
+                      Fusion& f);
 
 }  // namespace
 
@@ -210,6 +212,7 @@ Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& f
     if (is_effect(g.node(id).op)) f.materialized[id] = 0;
   keep_norm_statistics(g, s, fn, shapes, f);
   merge_attention_deltas(g, s, fn, shapes, f);
+  keep_gelu_slopes(g, s, fn, shapes, f);
   return f;
 }
 
@@ -353,6 +356,36 @@ void merge_attention_deltas(const Graph& g, const Schedule& s, const FunctionSpe
     f.materialized[id] = 0;
   }
   drop_steps(dropped, f);
+}
+
+// Gives a fused gelu and the later fused gelu_grads of its x one kept slope buffer. When
+// nothing else reads x (a member of the gelu's group: a transformer's biased product), x loses
+// its buffer too: the forward step stores the slope where it stored x.
+void keep_gelu_slopes(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
+                      Fusion& f) {
+  f.gelu_slope_slot.assign(g.size(), -1);
+  const ValueReaders value = value_readers(g, s, fn);
+  auto fused_alone = [&](int id) {  // in a fused step whose elements are this node's
+    const int st = f.step_of[id];
+    return st >= 0 && f.steps[st].fused && shapes[f.steps[st].nodes.front()] == shapes[id];
+  };
+  for (int id : s.order) {
+    const Node& gelu = g.node(id);
+    if (gelu.op != OpKind::Gelu || gelu.dtype != DType::F32 || !fused_alone(id) || numel(shapes[id]) < 2) continue;
+    const int x = gelu.inputs[0], slot = static_cast<int>(f.gelu_slopes.size());
+    bool every_reader_kept = !value.returned[x] && s.alias_root[x] == x;
+    for (int r : value.readers[x]) {
+      const Node& grad = g.node(r);
+      const bool kept = grad.op == OpKind::GeluGrad && grad.inputs[0] == x && grad.inputs[1] != x &&
+                        fused_alone(r) && shapes[r] == shapes[id] && f.step_of[r] > f.step_of[id];
+      if (kept) f.gelu_slope_slot[r] = slot;
+      every_reader_kept &= kept || r == id;
+    }
+    if (std::find(f.gelu_slope_slot.begin(), f.gelu_slope_slot.end(), slot) == f.gelu_slope_slot.end()) continue;
+    f.gelu_slope_slot[id] = slot;
+    f.gelu_slopes.push_back(std::make_shared<std::vector<float>>(static_cast<size_t>(numel(shapes[id]))));
+    if (every_reader_kept && f.step_of[x] == f.step_of[id]) f.materialized[x] = 0;
+  }
 }
 
 }  // namespace

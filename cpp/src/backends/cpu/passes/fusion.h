@@ -28,6 +28,10 @@ struct Fusion {
   std::vector<char> materialized; // per node id: the value needs its own buffer
   std::vector<int> norm_stats_slot;    // per node id: its entry in norm_stats, or -1
   std::vector<SavedNormStats> norm_stats;
+  // A fused gelu keeps its slope Phi(x) + x phi(x) for a later fused gelu_grad of the same x,
+  // which multiplies g by it instead of evaluating the normal distribution again.
+  std::vector<int> gelu_slope_slot;  // per node id (the gelu and its gelu_grads): entry, or -1
+  std::vector<std::shared_ptr<std::vector<float>>> gelu_slopes;
 };
 
 // Who reads each value of a plan, for the passes that merge a kernel with what follows it
