@@ -234,6 +234,53 @@ def test_another_functions_transpose_of_the_gradient_is_stored_into():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5 * max(1.0, float(np.abs(b).max())))
 
 
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"causal": True, "scale": 0.37},
+        {"dropout": 0.3},
+        {"causal": True, "dropout": 0.5, "scale": 0.2},
+    ],
+    ids=["scale", "dropout", "causal-dropout-scale"],
+)
+def test_merged_delta_with_scale_and_dropout(threads, attrs):
+    """One function merges delta into the gradient step; a second also returns delta, which
+    keeps its own sum: the same gradients (dropout draws the same mask in both), delta equal
+    to NumPy's rowsum(out * g), and without dropout torch's values at that scale."""
+    n, h, t, d = 2, 3, 17, 9
+    rng = np.random.default_rng(4)
+    values = [rng.standard_normal((n, h, t, d)).astype(np.float32) for _ in range(3)]
+    cotangent = rng.uniform(-1, 1, (n, h, t, d)).astype(np.float32)
+    g = _core.Graph()
+    q, k, v = (g.input(name, (n, h, t, d)) for name in "qkv")
+    c = g.input("c", (n, h, t, d))
+    out = g.op("attention", [q, k, v], attrs)
+    grads = g.gradients(g.op("sum", [g.op("mul", [out, c])], {"axes": []}), [q, k, v])
+    (grad_op,) = [i for i in range(max(grads)) if g.op_name(i) == "attention_grad"]
+    delta = g.inputs_of(grad_op)[5]
+    engine = _core.Engine(g, seed=0, backend="cpu")
+    for name, extra in (("merged", []), ("apart", [delta])):
+        outputs = [out, *grads, *extra]
+        engine.define(name, inputs=[q, k, v, c], outputs=outputs, effects=[], advance_rng=False)
+    merged_lines = [line for line in engine.describe("merged", n) if "attention_grad" in line]
+    assert any(line.startswith("attention_grad,mul,sum") for line in merged_lines)
+    assert not any("attention_grad,mul" in line for line in engine.describe("apart", n))
+    merged = engine.run("merged", [*values, cotangent])
+    apart = engine.run("apart", [*values, cotangent])
+    for what, a, b in zip(("out", "dq", "dk", "dv"), merged, apart[:4], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=what)
+    want_delta = (apart[0].astype(np.float64) * cotangent).sum(axis=-1)
+    np.testing.assert_allclose(apart[4], want_delta, rtol=1e-5, atol=1e-6)
+    if "dropout" in attrs:
+        return
+    tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in values]
+    ref = F.scaled_dot_product_attention(*tensors, is_causal=attrs["causal"], scale=attrs["scale"])
+    (ref * torch.tensor(cotangent, dtype=torch.float64)).sum().backward()
+    want = [ref.detach().numpy()] + [a.grad.numpy() for a in tensors]
+    for what, a, b in zip(("out", "dq", "dk", "dv"), merged, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=what)
+
+
 def test_two_engines_on_two_python_threads():
     """Two models' attention gradients run at once from two Python threads: each gives the bits
     it gives alone."""
