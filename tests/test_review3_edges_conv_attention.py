@@ -3,8 +3,10 @@
 planes, too few tiles, padding 0 to 2, stride 2), with Inf and NaN in dy or the weights; and of
 self-attention's gradient with its delta and transposes merged: two stacked packed-projection
 layers (the first's gradient through the second's stores), T at and past the 128-key block,
-causal, key padding, odd heads, batches 1 to 9, and two engines run from two Python threads at
-once. At 1, 2 and 3 threads, against torch in float64."""
+causal, key padding, odd heads, batches 1 to 9, a scale, dropout, a second function's own
+transpose, and two engines run from two Python threads at once; and of gelu's kept slope: a
+hand-built gelu_grad that only x orders after its gelu, plans of several batch sizes in turn,
+two gradient passes through one gelu. At 1, 2 and 3 threads, against torch in float64."""
 
 from __future__ import annotations
 
@@ -313,3 +315,64 @@ def test_two_engines_on_two_python_threads():
         for run in results[k]:
             for a, b in zip(run, alone[k], strict=True):
                 np.testing.assert_array_equal(a, b)
+
+
+def _gelu_slope(x: np.ndarray) -> np.ndarray:
+    """Phi(x) + x phi(x) in float64 (torch's gelu derivative)."""
+    t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.gelu(t).sum().backward()
+    return t.grad.numpy()
+
+
+@pytest.mark.parametrize("tiling", [True, False])
+def test_a_gelu_grad_independent_of_its_gelu_reads_this_runs_slope(threads, tiling):
+    """gelu(x) inside a conv chain and gelu_grad(x, c) built by hand (nothing orders it after
+    the gelu but x): every run, at two batch sizes in turn, gives c times this run's slope,
+    never a kept slope of an earlier run or plan."""
+    g = _core.Graph()
+    x = g.input("x", (-1, 16, 12, 12))
+    c = g.input("c", (-1, 16, 12, 12))
+    k = g.input("k", (16, 16, 3, 3))
+    conv = g.op("conv2d", [g.op("gelu", [x]), k], {"padding": [1, 1]})
+    outputs = [g.op("conv2d", [g.op("relu", [conv]), k], {"padding": [1, 1]})]
+    outputs.append(g.op("gelu_grad", [x, c]))
+    engine = _core.Engine(g, seed=0, options={"sample_tiling": tiling})
+    engine.define("f", inputs=[x, c, k], outputs=outputs, effects=[])
+    rng = np.random.default_rng(6)
+    kv = (rng.standard_normal((16, 16, 3, 3)) / 12).astype(np.float32)
+    for n in (3, 1, 3, 2):
+        xv = (rng.standard_normal((n, 16, 12, 12)) * 3).astype(np.float32)
+        cv = rng.standard_normal((n, 16, 12, 12)).astype(np.float32)
+        _, got = engine.run("f", [xv, cv, kv])
+        np.testing.assert_allclose(got, cv * _gelu_slope(xv), rtol=1e-5, atol=1e-6)
+
+
+def test_two_gradient_passes_of_one_gelu(threads):
+    """Two g.gradients calls through one gelu of a biased product: both gelu_grads of x read
+    the slope; x's and the weight's gradients against torch over three runs with new x."""
+    g = _core.Graph()
+    x = g.input("x", (-1, 9, 21))
+    w = g.input("w", (21, 30))
+    b = g.input("b", (30,))
+    h = g.op("gelu", [g.op("add", [g.op("matmul", [x, w]), b])])
+    first = g.op("sum", [g.op("mul", [h, h])], {"axes": []})
+    second = g.op("sum", [g.op("tanh", [h])], {"axes": []})
+    grads = g.gradients(first, [x, w]) + g.gradients(second, [x, b])
+    engine = _core.Engine(g, seed=0, backend="cpu")
+    engine.define("f", inputs=[x, w, b], outputs=grads, effects=[])
+    rng = np.random.default_rng(8)
+    for n in (4, 4, 1):
+        values = [rng.standard_normal(s).astype(np.float32) for s in ((n, 9, 21), (21, 30), (30,))]
+        got = engine.run("f", values)
+        want = []
+        for loss, wrt in (
+            (lambda t: (t * t).sum(), (0, 1)),
+            (lambda t: torch.tanh(t).sum(), (0, 2)),
+        ):
+            ts = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in values]
+            loss(torch.nn.functional.gelu(ts[0] @ ts[1] + ts[2])).backward()
+            want += [ts[i].grad.numpy() for i in wrt]
+        for a, ref in zip(got, want, strict=True):
+            np.testing.assert_allclose(
+                a, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max()))
+            )
