@@ -380,3 +380,28 @@ def test_out_of_range_ids_of_an_in_place_scatter_add_are_refused_before_its_effe
     np.add.at(want, ids.ravel(), np.tanh(v.astype(np.float64))[..., 3:10].reshape(-1, 7))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(eng.get_variable("acc"), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("shape", "columns", "transpose_b"),
+    [((3, 5, 40), (3, 20), False), ((2, 64, 300), (0, 257), True), ((1, 1, 33), (16, 33), False)],
+)
+def test_product_by_a_variable_weight(threads, shape, columns, transpose_b):
+    """A computed slice times a variable 2-D weight (either layout; one row at batch 1) and
+    its column sum, whichever kernel the weight's product takes."""
+    g, x, v = _source(shape, seed=columns[1])
+    width = columns[1] - columns[0]
+    wv = np.random.default_rng(11).standard_normal((7, width) if transpose_b else (width, 7))
+    w = g.variable("w", wv.shape)
+    part = _slice(g, g.op("tanh", [x]), *columns)
+    outs = [g.op("matmul", [part, w], {"transpose_b": transpose_b})]
+    outs.append(g.op("sum", [part], {"axes": [0, 1]}))
+    eng = _core.Engine(g, seed=0, backend="cpu")
+    eng.set_variable("w", wv.astype(np.float32))
+    eng.define("f", inputs=[x], outputs=outs)
+    product, column_sum = eng.run("f", [v])
+    _in_place(eng.describe("f", shape[0]), "sum")
+    s = np.tanh(v.astype(np.float64))[..., columns[0] : columns[1]]
+    want = s @ (wv.astype(np.float32).T if transpose_b else wv.astype(np.float32))
+    np.testing.assert_allclose(product, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(column_sum, s.sum(axis=(0, 1)), rtol=1e-5, atol=2e-5)
