@@ -376,3 +376,25 @@ def test_two_gradient_passes_of_one_gelu(threads):
             np.testing.assert_allclose(
                 a, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max()))
             )
+
+
+@pytest.mark.parametrize("n", [1, 5, 40])
+def test_four_gelu_grads_of_one_x_with_broadcast_cotangents(threads, n):
+    """One gelu and four gelu_grads of its x (two from autodiff, two by hand; cotangents a
+    (21,) row, ones, a scalar), image by image where the steps tile: each is torch's slope
+    times its cotangent."""
+    g = _core.Graph()
+    x, b, s = g.input("x", (-1, 9, 21)), g.input("b", (21,)), g.input("s", ())
+    y = g.op("gelu", [x])
+    outputs = g.gradients(g.op("sum", [g.op("mul", [y, b])], {"axes": []}), [x])
+    outputs += g.gradients(g.op("sum", [y], {"axes": []}), [x])
+    outputs += [g.op("gelu_grad", [x, b]), g.op("gelu_grad", [x, s])]
+    engine = _core.Engine(g, seed=0, backend="cpu")
+    engine.define("f", inputs=[x, b, s], outputs=[y, *outputs], effects=[])
+    rng = np.random.default_rng(n)
+    xv = (rng.standard_normal((n, 9, 21)) * 5).astype(np.float32)
+    bv = rng.standard_normal(21).astype(np.float32)
+    got = engine.run("f", [xv, bv, np.array(1.7, np.float32)])
+    slope = _gelu_slope(xv)
+    for a, want in zip(got[1:], (slope * bv, slope, slope * bv, slope * 1.7), strict=True):
+        np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-6)
