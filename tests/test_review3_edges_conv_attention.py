@@ -398,3 +398,39 @@ def test_four_gelu_grads_of_one_x_with_broadcast_cotangents(threads, n):
     slope = _gelu_slope(xv)
     for a, want in zip(got[1:], (slope * bv, slope, slope * bv, slope * 1.7), strict=True):
         np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss_kind", ["sum", "row", "square", "tanh"])
+def test_merged_delta_with_cotangents_made_in_the_graph(threads, loss_kind):
+    """Cotangents of attention's output that the graph makes (ones broadcast, a broadcast row,
+    2 out, 1 - tanh(out)^2) merge their delta into the gradient step; torch's gradients."""
+    n, h, t, d = 2, 3, 11, 6
+    rng = np.random.default_rng(len(loss_kind))
+    values = [rng.standard_normal((n, h, t, d)).astype(np.float32) for _ in range(3)]
+    row = rng.standard_normal(d).astype(np.float32)
+    g = _core.Graph()
+    q, k, v = (g.input(name, (n, h, t, d)) for name in "qkv")
+    b = g.input("b", (d,))
+    out = g.op("attention", [q, k, v], {"causal": True})
+    per_element = {
+        "sum": lambda: out,
+        "row": lambda: g.op("mul", [out, b]),
+        "square": lambda: g.op("mul", [out, out]),
+        "tanh": lambda: g.op("tanh", [out]),
+    }[loss_kind]()
+    grads = g.gradients(g.op("sum", [per_element], {"axes": []}), [q, k, v])
+    engine = _core.Engine(g, seed=0, backend="cpu")
+    engine.define("f", inputs=[q, k, v, b], outputs=grads, effects=[], advance_rng=False)
+    assert any(line.startswith("attention_grad,mul,sum") for line in engine.describe("f", n))
+    got = engine.run("f", [*values, row])
+    tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in values]
+    o = F.scaled_dot_product_attention(*tensors, is_causal=True)
+    per_element_ref = {
+        "sum": lambda: o,
+        "row": lambda: o * torch.tensor(row, dtype=torch.float64),
+        "square": lambda: o * o,
+        "tanh": lambda: torch.tanh(o),
+    }[loss_kind]()
+    per_element_ref.sum().backward()
+    for what, a, ref in zip("qkv", got, tensors, strict=True):
+        np.testing.assert_allclose(a, ref.grad.numpy(), rtol=1e-5, atol=1e-5, err_msg=what)
