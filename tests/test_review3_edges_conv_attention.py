@@ -38,24 +38,42 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}o{c[1]}p{c[2]}s{c[3]}")
+def _attrs(case):
+    """conv2d's attributes of a case: its padding and stride, and any further ones."""
+    _, _, padding, stride, *extra = case
+    return {"padding": [padding] * 2, "stride": [stride] * 2, **(extra[0] if extra else {})}
+
+
+# Further geometries no tile takes: dilation 2, groups of 16 channels, depthwise, an odd
+# height, padding 3.
+OTHER_CASES = [
+    ((2, 16, 14, 14), 16, 2, 1, {"dilation": [2, 2]}),
+    ((2, 32, 12, 12), 32, 1, 1, {"groups": 2}),
+    ((2, 16, 12, 12), 16, 1, 1, {"groups": 16}),
+    ((2, 16, 13, 12), 16, 1, 1),
+    ((1, 16, 12, 12), 16, 3, 1),
+]
+
+
+@pytest.mark.parametrize("case", CASES + OTHER_CASES, ids=lambda c: f"{c[0]}o{c[1]}{_attrs(c)}")
 def test_unforced_conv_gradients_match_torch(threads, case, monkeypatch):
     monkeypatch.delenv("GOMETAL_CONV_WINOGRAD", raising=False)
     monkeypatch.delenv("GOMETAL_CONV_KERNEL", raising=False)
-    x_shape, o, padding, stride = case
+    x_shape, o = case[:2]
+    attrs = _attrs(case)
+    groups = attrs.get("groups", 1)
     rng = np.random.default_rng(sum(x_shape) + o)
     xv = rng.standard_normal(x_shape).astype(np.float32)
-    wv = (rng.standard_normal((o, x_shape[1], 3, 3)) / 4).astype(np.float32)
+    wv = (rng.standard_normal((o, x_shape[1] // groups, 3, 3)) / 4).astype(np.float32)
     xt = torch.tensor(xv, dtype=torch.float64, requires_grad=True)
     wt = torch.tensor(wv, dtype=torch.float64, requires_grad=True)
-    yt = F.conv2d(xt, wt, padding=padding, stride=stride)
+    yt = F.conv2d(xt, wt, **attrs)
     ct = rng.uniform(-1, 1, tuple(yt.shape)).astype(np.float32)
     (torch.tanh(yt) * torch.tensor(ct, dtype=torch.float64)).sum().backward()
     g = _core.Graph()
     x = g.input("x", (-1, *x_shape[1:]), "float32")
     w = g.input("w", wv.shape, "float32")
     c = g.input("c", (-1, *ct.shape[1:]), "float32")
-    attrs = {"padding": [padding, padding], "stride": [stride, stride]}
     y = g.op("tanh", [g.op("conv2d", [x, w], attrs)])
     loss = g.op("sum", [g.op("mul", [y, c])], {"axes": []})
     dx, dw = g.gradients(loss, [x, w])
@@ -78,7 +96,7 @@ def test_unforced_routing_around_the_16_channel_rule(case, monkeypatch):
     w = rng.standard_normal((o, x_shape[1], 3, 3)).astype(np.float32)
     out = F.conv2d(torch.zeros(x_shape), torch.from_numpy(w), padding=padding, stride=stride)
     dy = rng.standard_normal(tuple(out.shape)).astype(np.float32)
-    attrs = {"padding": [padding] * 2, "stride": [stride] * 2, "shape": list(x_shape)}
+    attrs = {**_attrs(case), "shape": list(x_shape)}
     results = {}
     for forced in ("", "always", "never"):
         monkeypatch.setenv("GOMETAL_CONV_WINOGRAD", forced)
