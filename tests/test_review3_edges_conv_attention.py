@@ -1,8 +1,8 @@
 """Edge cases of 3x3 input gradients from 16 input channels on Winograd's flipped-weight tiles
 (unforced: the smallest planes and channel counts taking them, 15 channels either way, odd
-planes, too few tiles, padding 0 to 2, stride 2), with Inf and NaN in dy or the weights; and of
-self-attention's gradient with its delta and transposes merged: two stacked packed-projection
-layers (the first's gradient through the second's stores), T at and past the 128-key block,
+planes, too few tiles, padding 0 to 3, stride 2, dilation 2, groups), with Inf and NaN in dy
+or the weights; and of self-attention's gradient with its delta and transposes merged: two
+stacked packed-projection layers (the first's gradient through the second's stores), T at and past the 128-key block,
 causal, key padding, odd heads, batches 1 to 9, a scale, dropout, a second function's own
 transpose, and two engines run from two Python threads at once; and of gelu's kept slope: a
 hand-built gelu_grad that only x orders after its gelu, plans of several batch sizes in turn,
