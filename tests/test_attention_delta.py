@@ -95,7 +95,7 @@ def test_cross_attention_keeps_its_delta_step(size, threads):
     assert any(line.startswith("attention_grad_q") for line in plan), plan
 
 
-def _projected(n, t, e, heads, causal, padded):
+def _projected(n, t, e, heads, causal, padded, projected):
     """x (N, T, E) -> one product by in_proj_weight (3 E, E) plus bias -> q, k, v split into
     heads by a reshape, a transpose and three slices (as MultiHeadAttention emits them) ->
     attention -> sum(out * w); the plan and the gradients of x, the weight and the bias."""
@@ -125,8 +125,13 @@ def _projected(n, t, e, heads, causal, padded):
         mask[-1, ..., t // 2 + 1 :] = -np.inf
         qkv.append(g.constant(mask))
     out = g.op("attention", qkv, {"causal": causal})
-    w = g.input("w", (n, heads, t, e // heads))
-    loss = g.op("sum", [g.op("mul", [out, w], {})], {"axes": []})
+    if projected:  # heads merged back to (N, T, E) and projected: g arrives as (N, T, E)
+        merged = op(g, "reshape", op(g, "transpose", out, perm=[0, 2, 1, 3]), shape=[n, t, e])
+        w = g.input("w", (e, e))
+        loss = g.op("sum", [g.op("square", [matmul(g, merged, w)])], {"axes": []})
+    else:
+        w = g.input("w", (n, heads, t, e // heads))
+        loss = g.op("sum", [g.op("mul", [out, w], {})], {"axes": []})
     grads = g.gradients(loss, [x, weight, bias])
     engine = _core.Engine(g, seed=0, backend="cpu")
     engine.define(
@@ -144,26 +149,33 @@ PROJECTED = [(3, 64, 128, 4), (2, 19, 21, 3), (1, 40, 66, 2), (2, 1, 16, 2), (2,
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("size", PROJECTED, ids=[f"T{s[1]}xE{s[2]}xH{s[3]}" for s in PROJECTED])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_gradients_stored_in_the_products_layout(size, causal, padded, threads):
+@pytest.mark.parametrize("projected", [False, True])
+def test_gradients_stored_in_the_products_layout(size, causal, padded, projected, threads):
     """The gradient of the packed projection's output is stored straight into (N, T, 3 E)
     up to 128 positions: no transpose step after attention_grad."""
-    _on_threads(threads, _check_projected, size, causal, padded, threads)
+    _on_threads(threads, _check_projected, size, causal, padded, projected, threads)
 
 
-def _check_projected(size, causal, padded, threads):
+def _check_projected(size, causal, padded, projected, threads):
     n, t, e, heads = size
     rng = np.random.default_rng(t * 100 + e)
     values = [
         rng.standard_normal((n, t, e)).astype(np.float32),
         (rng.standard_normal((3 * e, e)) / np.sqrt(e)).astype(np.float32),
         rng.standard_normal(3 * e).astype(np.float32),
-        rng.uniform(-1.0, 1.0, (n, heads, t, e // heads)).astype(np.float32),
+        (rng.standard_normal((e, e)) / np.sqrt(e)).astype(np.float32)
+        if projected
+        else rng.uniform(-1.0, 1.0, (n, heads, t, e // heads)).astype(np.float32),
     ]
-    engine, plan = _projected(n, t, e, heads, causal, padded)
+    engine, plan = _projected(n, t, e, heads, causal, padded, projected)
     merged = t <= 128
+    # Up to 128 positions g is read in place too: no (N, H, T, D) transpose step is left.
+    assert any(line.startswith(f"transpose ({n}, {heads}, {t},") for line in plan) == (
+        projected and not merged
+    ), plan
     assert any(line.startswith("attention_grad,mul,sum,transpose") for line in plan) == merged, plan
     assert (
-        any(line.startswith("transpose") and f"({n}, {t}, 3," in line for line in plan) != merged
+        any(line == f"transpose ({n}, {t}, 3, {heads}, {e // heads})" for line in plan) != merged
     ), plan
     got = engine.run("step", values)
 
@@ -174,7 +186,10 @@ def _check_projected(size, causal, padded, threads):
         mask = torch.zeros((n, 1, 1, t), dtype=torch.float64)
         mask[-1, ..., t // 2 + 1 :] = -torch.inf
     out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, is_causal=causal)
-    (out * w).sum().backward()
+    if projected:
+        (out.permute(0, 2, 1, 3).reshape(n, t, e) @ w).square().sum().backward()
+    else:
+        (out * w).sum().backward()
     want = [out.detach().numpy(), x.grad.numpy(), weight.grad.numpy(), bias.grad.numpy()]
     for what, a, b in zip(("out", "dx", "dweight", "dbias"), got, want, strict=True):
         atol = 1e-5 * max(1.0, float(np.abs(b).max()))

@@ -247,6 +247,13 @@ std::unique_ptr<Kernel> make_attention_kernel(const Graph& g, int id, const Memo
     geo.delta_from_out = true;
     kernel->in[5] = mem.ref[out];
   }
+  if (n.op == OpKind::AttentionGrad && kernel->in[3].region == Region::None) {
+    // The merged transpose of g into heads: read g from the (N, T, E) gradient in place.
+    if (!time_major_attention_cotangent(g, id, shapes))
+      throw std::logic_error("[cpu] attention_grad: g has no buffer, and no merged transpose to read it through");
+    geo.g_time_major = true;
+    kernel->in[3] = mem.ref[g.node(n.inputs[3]).inputs[0]];
+  }
   if (n.op == OpKind::AttentionGrad && kernel->y.region == Region::None) {
     // The merged transpose back to (N, T, 3, H, D) is the step's value (fuse_elementwise).
     int transpose = -1;

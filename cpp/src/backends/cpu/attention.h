@@ -27,6 +27,9 @@ struct AttentionGeometry {
   int64_t mask_stride[4] = {};  // per (N, H, Tq, Tk) dim; 0 where the mask broadcasts
   bool delta_from_out = false;  // attention_grad computes delta = rowsum(g * out) itself
   bool grad_time_major = false;  // attention_grad stores (N, T, 3, H, D), not (3, N, H, T, D)
+  bool g_time_major = false;     // attention_grad reads g as (N, T, H, D), the output projection's layout
+
+  int64_t g_row() const { return g_time_major ? h * d : d; }  // between rows of g
   std::optional<SimdPath> tiles = std::nullopt;  // the block products' register tiles; none: the BLAS
 
   int64_t heads() const { return n * h; }
@@ -58,7 +61,8 @@ void attention_grad_kv(const ExecContext& ctx, const AttentionGeometry& geo, con
 // geo.delta_from_out, `delta` is the forward output (N, H, T, D) instead, and each head's task
 // computes its rows' rowsum(g * out) in the shared workspace: no pass of its own over g and out.
 // With geo.grad_time_major the three are stored as (N, T, 3, H, D), the layout of the (N, T, 3 E)
-// product that made q, k and v, where a transpose copied them.
+// product that made q, k and v, where a transpose copied them; with geo.g_time_major g is read
+// in place from (N, T, H, D), where a transpose copied it out of the (N, T, E) gradient.
 void attention_grad(const ExecContext& ctx, const AttentionGeometry& geo, const float* q, const float* k,
                     const float* v, const float* g, const float* lse, const float* delta, const float* mask,
                     float* dqkv);

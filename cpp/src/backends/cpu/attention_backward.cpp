@@ -23,6 +23,12 @@ struct GradInputs {
   const float *kt = nullptr, *vt = nullptr, *qt = nullptr, *gt = nullptr;
 };
 
+// Row `i` of head `head` of g: (N, H, T, D), or (N, T, H, D) read in place.
+const float* g_rows(const AttentionGeometry& geo, const float* g, int64_t head, int64_t i) {
+  if (!geo.g_time_major) return head_of(g, head, geo.tq, geo.d) + i * geo.d;
+  return g + ((head / geo.h) * geo.tq + i) * geo.h * geo.d + (head % geo.h) * geo.d;
+}
+
 // For `rows` queries from i0 and `cols` keys from j0: p gets P (times Z when `weighted`, for
 // dv), ds gets dS.
 void recompute_block(const ExecContext& ctx, const AttentionGeometry& geo, const GradInputs& in, int64_t head,
@@ -30,8 +36,9 @@ void recompute_block(const ExecContext& ctx, const AttentionGeometry& geo, const
                      float* z) {
   const int64_t d = geo.d;
   score_block(geo, head, i0, rows, j0, cols, in.q, in.kt, in.mask, p);
-  const float* g = head_of(in.g, head, geo.tq, d) + i0 * d;
-  block_product(geo, {g, d, 1, head_of(in.vt, head, d, geo.tk) + j0, geo.tk, ds, kBk, rows, cols, d, false}, nullptr);
+  const float* g = g_rows(geo, in.g, head, i0);
+  block_product(geo, {g, geo.g_row(), 1, head_of(in.vt, head, d, geo.tk) + j0, geo.tk, ds, kBk, rows, cols, d, false},
+                nullptr);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row = head * geo.tq + i0 + r;
     const float lse = in.lse[row], delta = in.delta[row];
@@ -119,8 +126,8 @@ void grad_kv_block(const ExecContext& ctx, const AttentionGeometry& geo, const G
   for (int64_t i0 = geo.causal ? j0 / kBq * kBq : 0; i0 < geo.tq; i0 += kBq) {
     const int64_t rows = std::min(kBq, geo.tq - i0);
     recompute_block_transposed(ctx, geo, in, head, i0, rows, j0, cols, p, ds, z);
-    const float *g = head_of(in.g, head, geo.tq, d) + i0 * d, *q = head_of(in.q, head, geo.tq, d) + i0 * d;
-    block_product(geo, {p, kBq, 1, g, d, dv, d, cols, d, rows, true}, product);
+    const float *g = g_rows(geo, in.g, head, i0), *q = head_of(in.q, head, geo.tq, d) + i0 * d;
+    block_product(geo, {p, kBq, 1, g, geo.g_row(), dv, d, cols, d, rows, true}, product);
     block_product(geo, {ds, kBq, 1, q, d, dk, d, cols, d, rows, true}, product);
   }
   for (int64_t i = 0; i < cols * d; ++i) dk[i] *= geo.scale;
@@ -156,9 +163,9 @@ void grad_head(const ExecContext& ctx, const AttentionGeometry& geo, const GradI
       // Causal: keys past the block's last query have P = dS = 0 there and add nothing.
       const int64_t seen = std::min(cols, visible_keys(geo, i0, rows) - j0);
       recompute_block(ctx, geo, in, head, i0, rows, j0, seen, true, p, ds, z);
-      const float *g = head_of(in.g, head, t, d) + i0 * d, *q = head_of(in.q, head, t, d) + i0 * d;
+      const float *g = g_rows(geo, in.g, head, i0), *q = head_of(in.q, head, t, d) + i0 * d;
       // P and dS read transposed (a_row 1): the products over the block's queries.
-      block_product(geo, {p, 1, kBk, g, d, dv, ld, seen, d, rows, true}, product);
+      block_product(geo, {p, 1, kBk, g, geo.g_row(), dv, ld, seen, d, rows, true}, product);
       block_product(geo, {ds, 1, kBk, q, d, dk, ld, seen, d, rows, true}, product);
       block_product(geo, {ds, kBk, 1, k, d, dq + i0 * ld, ld, rows, d, seen, true}, product);
     }
@@ -167,10 +174,10 @@ void grad_head(const ExecContext& ctx, const AttentionGeometry& geo, const GradI
   scale_rows(dq, t, d, ld, geo.scale);
 }
 
-// delta[r] = rowsum(g[r] * out[r]) for `rows` rows of d floats, over sixteen partial sums so
-// that the loop runs on full vectors.
-void row_dots(const float* g, const float* out, int64_t rows, int64_t d, float* delta) {
-  for (int64_t r = 0; r < rows; ++r, g += d, out += d) {
+// delta[r] = rowsum(g[r] * out[r]) for `rows` rows of d floats (g's `g_row` apart), over
+// sixteen partial sums so that the loop runs on full vectors.
+void row_dots(const float* g, int64_t g_row, const float* out, int64_t rows, int64_t d, float* delta) {
+  for (int64_t r = 0; r < rows; ++r, g += g_row, out += d) {
     float part[16] = {};
     int64_t c = 0;
     for (; c + 16 <= d; c += 16)
@@ -218,7 +225,7 @@ void attention_grad(const ExecContext& ctx, const AttentionGeometry& geo, const 
     int64_t h0, h1;
     split_range(geo.heads(), tasks, task, 1, &h0, &h1);
     for (int64_t head = h0; head < h1; ++head) {
-      if (deltas) row_dots(g + head * t * d, delta + head * t * d, t, d, deltas + head * t);
+      if (deltas) row_dots(g_rows(geo, g, head, 0), geo.g_row(), delta + head * t * d, t, d, deltas + head * t);
       grad_head(ctx, geo, in, head, dqkv, ctx.thread_scratch(thread));
     }
   });

@@ -226,6 +226,18 @@ bool time_major_attention_grad(const Graph& g, int grad, int transpose, const st
          shapes[grad][3] <= kAttentionKeyBlock;
 }
 
+bool time_major_attention_cotangent(const Graph& g, int grad, const std::vector<Shape>& shapes) {
+  const Node& n = g.node(grad);
+  if (n.op != OpKind::AttentionGrad) return false;
+  const Node& t = g.node(n.inputs[3]);
+  if (t.op != OpKind::Transpose || t.dtype != DType::F32 || t.attrs.ints != std::vector<int64_t>{0, 2, 1, 3})
+    return false;
+  const Node& split = g.node(t.inputs[0]);
+  const Shape &heads = shapes[t.inputs[0]], &q = shapes[n.inputs[0]];
+  return split.op == OpKind::Reshape && heads.size() == 4 && shapes[split.inputs[0]].size() == 3 && q.size() == 4 &&
+         shapes[split.inputs[0]] == Shape{q[0], q[2], q[1] * q[3]} && q[2] <= kAttentionKeyBlock;
+}
+
 ValueReaders value_readers(const Graph& g, const Schedule& s, const FunctionSpec& fn) {
   const int n = g.size();
   ValueReaders v{std::vector<std::vector<int>>(n), std::vector<char>(n, 0)};
@@ -339,6 +351,7 @@ void merge_attention_deltas(const Graph& g, const Schedule& s, const FunctionSpe
     if (group.empty()) dropped[mul_at] = 1;
     dropped[f.step_of[delta]] = 1;
     f.steps[f.step_of[id]].nodes = {id, mul, delta};
+    f.step_of[mul] = f.step_of[delta] = f.step_of[id];
     f.materialized[mul] = f.materialized[delta] = 0;
   }
   // Then the transpose back to the product's layout, the gradient's only reader, joins it too.
@@ -352,8 +365,25 @@ void merge_attention_deltas(const Graph& g, const Schedule& s, const FunctionSpe
         !time_major_attention_grad(g, id, transpose, shapes))
       continue;
     dropped[f.step_of[transpose]] = 1;
+    f.step_of[transpose] = f.step_of[id];
     step.nodes.push_back(transpose);
     f.materialized[id] = 0;
+  }
+  // And the transpose that split g into heads, read nowhere else, moves down into it.
+  for (int id : s.order) {
+    if (g.node(id).op != OpKind::AttentionGrad || f.step_of[id] < 0 || !time_major_attention_cotangent(g, id, shapes))
+      continue;
+    const int cotangent = g.node(id).inputs[3], at = f.step_of[id];
+    Step& step = f.steps[at];
+    bool inside = !step.fused && step.nodes.front() == id && !dropped[at] && alone(cotangent) &&
+                  f.step_of[cotangent] < at && !value.returned[cotangent];
+    for (int r : value.readers[cotangent]) inside &= f.step_of[r] == at;
+    for (int st = f.step_of[cotangent] + 1; inside && st < at; ++st)
+      for (int between : f.steps[st].nodes) inside &= !is_effect(g.node(between).op);
+    if (!inside) continue;
+    dropped[f.step_of[cotangent]] = 1;
+    step.nodes.push_back(cotangent);
+    f.materialized[cotangent] = 0;
   }
   drop_steps(dropped, f);
 }

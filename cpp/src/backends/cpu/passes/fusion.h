@@ -57,6 +57,12 @@ void keep_norm_statistics(const Graph& g, const Schedule& s, const FunctionSpec&
 // step, which then stores so.
 bool time_major_attention_grad(const Graph& g, int grad, int transpose, const std::vector<Shape>& shapes);
 
+// Whether attention_grad `grad`'s g is a transpose (0, 2, 1, 3) of a reshape (N, T, H D) ->
+// (N, T, H, D), the output projection's gradient split into heads, at most one block of keys
+// long: fuse_elementwise merges such a transpose, read only in the gradient's step, into it,
+// and the gradient reads g in place.
+bool time_major_attention_cotangent(const Graph& g, int grad, const std::vector<Shape>& shapes);
+
 // `shapes` are the concrete shapes of every node for this plan's batch size.
 Fusion fuse_elementwise(const Graph& g, const Schedule& s, const FunctionSpec& fn,
                         const std::vector<Shape>& shapes);
