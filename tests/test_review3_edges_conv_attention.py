@@ -452,3 +452,30 @@ def test_merged_delta_with_cotangents_made_in_the_graph(threads, loss_kind):
     per_element_ref.sum().backward()
     for what, a, ref in zip("qkv", got, tensors, strict=True):
         np.testing.assert_allclose(a, ref.grad.numpy(), rtol=1e-5, atol=1e-5, err_msg=what)
+
+
+def test_a_returned_head_split_cotangent_keeps_its_own_step():
+    """The (N, T, H, D) transpose of g that attention_grad reads in place, also returned by a
+    second function, keeps its own step there; both functions give torch's gradients."""
+    n, t, e, heads = 2, 10, 12, 2
+    g, inputs, _, grads = _two_layer_graph(n, t, e, heads, True, None)
+    grad_ops = [i for i in range(max(grads)) if g.op_name(i) == "attention_grad"]
+    split = g.inputs_of(grad_ops[0])[3]  # the second layer's cotangent, split into heads
+    assert g.op_name(split) == "transpose"
+    engine = _core.Engine(g, seed=0, backend="cpu")
+    engine.define("step", inputs=inputs, outputs=grads, effects=[], advance_rng=False)
+    engine.define("both", inputs=inputs, outputs=[*grads, split], effects=[], advance_rng=False)
+    merged = [line for line in engine.describe("step", n) if line.startswith("attention_grad")]
+    kept = [line for line in engine.describe("both", n) if line.startswith("attention_grad")]
+    assert any(line.startswith("attention_grad,mul,sum,transpose,transpose") for line in merged)
+    assert any(not line.startswith("attention_grad,mul,sum,transpose,transpose") for line in kept)
+    values = _values(n, t, e, seed=9)
+    want = _torch_two_layers(values, heads, True, None)
+    both = engine.run("both", values)
+    heads_of_w = values[-1].reshape(n, t, heads, e // heads).transpose(0, 2, 1, 3)
+    np.testing.assert_array_equal(both[-1], heads_of_w)
+    for run in (engine.run("step", values), both[:-1]):
+        for a, b in zip(run, want[1:6], strict=True):
+            np.testing.assert_allclose(
+                a, b, rtol=1e-4, atol=2e-5 * max(1.0, float(np.abs(b).max()))
+            )
