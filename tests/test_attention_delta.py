@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attention_graphs import packed_qkv_heads
 from gometal import _core
 from test_attention_tiles import _torch_reference
 
@@ -104,22 +105,7 @@ def _projected(n, t, e, heads, causal, padded, projected):
     g = _core.Graph()
     x = g.input("x", (n, t, e))
     weight, bias = g.input("weight", (3 * e, e)), g.input("bias", (3 * e,))
-    split = op(
-        g,
-        "reshape",
-        op(g, "add", matmul(g, x, weight, transpose_b=True), bias),
-        shape=[n, t, 3, heads, e // heads],
-    )
-    stacked = op(g, "transpose", split, perm=[2, 0, 3, 1, 4])
-    qkv = [
-        op(
-            g,
-            "reshape",
-            op(g, "slice", stacked, axis=0, start=i, end=i + 1),
-            shape=[n, heads, t, e // heads],
-        )
-        for i in range(3)
-    ]
+    qkv = packed_qkv_heads(g, x, weight, bias, n, t, e, heads)
     if padded:
         mask = np.zeros((n, 1, 1, t), np.float32)
         mask[-1, ..., t // 2 + 1 :] = -np.inf

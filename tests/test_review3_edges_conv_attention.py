@@ -10,17 +10,17 @@ two gradient passes through one gelu. At 1, 2 and 3 threads, against torch in fl
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from attention_graphs import packed_qkv_heads
 from gometal import _core
-from gometal.graph.composites import matmul, op
+from gometal.graph.composites import op
 from recurrent_parity import thread_counts
 from test_conv_winograd_grad import run_on_variables
+from threaded import run_on_threads
 
 threads = thread_counts(1, 2, 3)
 
@@ -142,22 +142,7 @@ def _two_layer_graph(n, t, e, heads, causal, mask):
     bs = [g.input(f"b{i}", (3 * e,)) for i in range(2)]
     h = x
     for layer in range(2):
-        split = op(
-            g,
-            "reshape",
-            op(g, "add", matmul(g, h, ws[layer], transpose_b=True), bs[layer]),
-            shape=[n, t, 3, heads, e // heads],
-        )
-        stacked = op(g, "transpose", split, perm=[2, 0, 3, 1, 4])
-        qkv = [
-            op(
-                g,
-                "reshape",
-                op(g, "slice", stacked, axis=0, start=i, end=i + 1),
-                shape=[n, heads, t, e // heads],
-            )
-            for i in range(3)
-        ]
+        qkv = packed_qkv_heads(g, h, ws[layer], bs[layer], n, t, e, heads)
         if mask is not None:
             qkv.append(g.constant(mask))
         out = g.op("attention", qkv, {"causal": causal})
@@ -313,21 +298,12 @@ def test_two_engines_on_two_python_threads():
         values.append(v)
         alone.append(engine.run("step", v))
     results = [[], []]
-    errors = []
 
     def work(k):
-        try:
-            for _ in range(6):
-                results[k].append(engines[k].run("step", values[k]))
-        except Exception as exc:  # noqa: BLE001 - surfaced below
-            errors.append(exc)
+        for _ in range(6):
+            results[k].append(engines[k].run("step", values[k]))
 
-    workers = [threading.Thread(target=work, args=(k,)) for k in range(2)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert not errors, errors
+    run_on_threads(work, 2)
     for k in range(2):
         assert len(results[k]) == 6
         for run in results[k]:

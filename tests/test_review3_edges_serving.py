@@ -11,7 +11,6 @@ import asyncio
 import gc
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import tritonclient.http as triton_http
 from gometal.serving.app import ServerSettings, create_app
 from serving_helpers import offline, read_http_answers, running_server, write_repository
 from test_serving_direct_infer import _infer_body, _memory_connection
+from threaded import run_on_threads
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -133,24 +133,15 @@ def test_a_client_leaving_while_its_rows_wait_for_a_batch(server, repository: Pa
     rng = np.random.default_rng(2)
     xs = [rng.standard_normal((1 + k % 3, 1024)).astype(np.float32) for k in range(8)]
     answers: dict[int, tuple] = {}
-    errors: list[BaseException] = []
 
     def client(k: int) -> None:
-        try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
-                sock.sendall(_post("/v2/models/slow/infer", _infer_body(xs[k], str(k))))
-                if k in (2, 5):
-                    return  # gone before the answer
-                answers[k] = read_http_answers(sock, 1)[0]
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
-            errors.append(exc)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+            sock.sendall(_post("/v2/models/slow/infer", _infer_body(xs[k], str(k))))
+            if k in (2, 5):
+                return  # gone before the answer
+            answers[k] = read_http_answers(sock, 1)[0]
 
-    workers = [threading.Thread(target=client, args=(k,)) for k in range(8)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert not errors, errors
+    run_on_threads(client, 8)
     for k, answer in answers.items():
         body = _answer(answer, repository, "slow", xs[k], version=1)
         assert body["id"] == str(k)
