@@ -71,6 +71,9 @@ the compiles):
   python benchmarks/bench_mlp.py --workloads B,C --json bench-results/cnn.json
   python benchmarks/bench_mlp.py --workloads D,E --ceiling   # each rate's share of the
                                              # machine's best float32 products (_ceiling.py)
+At 2 threads and more each workload also prints the round trip of a cache line between its
+first two CPUs before and after it (_core_probe.py): on a VM whose host moves the vCPUs
+between sharing an L3 and sitting on different dies, it says which placement the windows met.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _ceiling
+import _core_probe
 from _child import UNSET_VARS, run_child
 from _frameworks import FRAMEWORKS, skip_reason
 from _runner import child_env, pin_cpus, run_interleaved, run_one
@@ -376,6 +380,8 @@ def main(argv=None) -> int:
     for workload in workloads:
         names = [name for name in frameworks if f"{name}/{workload}" not in skipped]
         rounds: dict[str, list[float]] = {}
+        probe = args.threads >= 2
+        trip_before = _core_probe.round_trip_ns(pin) if probe else None
         if args.sequential:
             rows = []
             for name in names:
@@ -392,6 +398,10 @@ def main(argv=None) -> int:
             after = _ceiling.measure(args.threads, child_env(args.threads))
             print_ceiling(workload, rows, verdicts[-1], ceiling_before, after)
             ceiling_before = after
+        if probe:
+            trip_after = _core_probe.round_trip_ns(pin)
+            print(_core_probe.describe(trip_before, trip_after))
+            verdicts[-1]["round_trip_ns"] = [trip_before, trip_after]
     print_blas(results)
 
     if args.json:
