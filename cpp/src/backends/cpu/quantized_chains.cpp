@@ -23,13 +23,6 @@ bool is_chain(const Graph& g, const Fusion& f, const Step& step) {
          g.node(step.nodes.back()).op == OpKind::Quantize;
 }
 
-bool effect_between(const Graph& g, const Fusion& f, int first, int last) {
-  for (int between = first + 1; between < last; ++between)
-    for (int id : f.steps[between].nodes)
-      if (is_effect(g.node(id).op)) return true;
-  return false;
-}
-
 // A chain whose quantized value only the next chain's convolution reads (as its input)
 // joins that chain's step: the value then lives per image in the kernel's scratch,
 // channels-last, and is never transposed to NCHW and back.

@@ -143,10 +143,7 @@ void fuse_conv_epilogues(const Graph& g, const Schedule& s, const FunctionSpec& 
     }
     if (chain.nodes.empty() || last_step <= static_cast<int>(st)) continue;
     // The conv moves down to the last merged step: nothing between may write what it reads.
-    bool effect_between = false;
-    for (int between = static_cast<int>(st) + 1; between < last_step; ++between)
-      for (int id : f.steps[between].nodes) effect_between |= is_effect(g.node(id).op);
-    if (effect_between) continue;
+    if (effect_between(g, f, static_cast<int>(st), last_step)) continue;
     const int epilogue_step = f.step_of[chain.nodes.front()];
     Step merged{false, {conv}};
     merged.nodes.insert(merged.nodes.end(), chain.nodes.begin(), chain.nodes.end());

@@ -156,10 +156,7 @@ void fuse_dense_epilogues(const Graph& g, const Schedule& s, const FunctionSpec&
     }
     const int merged_at = heads_at >= 0 ? heads_at : at;
     // The matmul moves down to the epilogue's step: nothing between may write what it reads.
-    bool effect_between = false;
-    for (int between = static_cast<int>(st) + 1; between < merged_at; ++between)
-      for (int id : f.steps[between].nodes) effect_between |= is_effect(g.node(id).op);
-    if (effect_between) continue;
+    if (effect_between(g, f, static_cast<int>(st), merged_at)) continue;
     Step merged{false, {mm}};
     merged.nodes.insert(merged.nodes.end(), chain.begin(), chain.end());
     if (heads_at >= 0) {

@@ -261,6 +261,13 @@ void drop_steps(const std::vector<char>& dropped, Fusion& f) {
     for (int id : f.steps[st].nodes) f.step_of[id] = static_cast<int>(st);
 }
 
+bool effect_between(const Graph& g, const Fusion& f, int from, int to) {
+  for (int st = from + 1; st < to; ++st)
+    for (int id : f.steps[st].nodes)
+      if (is_effect(g.node(id).op)) return true;
+  return false;
+}
+
 namespace {
 
 // The gradient ops that may read a norm's kept statistics.
@@ -341,10 +348,7 @@ void merge_attention_deltas(const Graph& g, const Schedule& s, const FunctionSpe
     for (int in : product.inputs) stored &= f.step_of[s.alias_root[in]] != mul_at || f.materialized[s.alias_root[in]];
     if (!stored) continue;
     // The mul and the sum move down to the gradient's step: nothing between may write what they read.
-    bool effect_between = false;
-    for (int st = mul_at + 1; st < f.step_of[id]; ++st)
-      for (int between : f.steps[st].nodes) effect_between |= is_effect(g.node(between).op);
-    if (effect_between) continue;
+    if (effect_between(g, f, mul_at, f.step_of[id])) continue;
     // The mul leaves its group (the cotangent's own product, say): nothing there reads it.
     std::vector<int>& group = f.steps[mul_at].nodes;
     group.erase(std::find(group.begin(), group.end(), mul));
@@ -378,9 +382,7 @@ void merge_attention_deltas(const Graph& g, const Schedule& s, const FunctionSpe
     bool inside = !step.fused && step.nodes.front() == id && !dropped[at] && alone(cotangent) &&
                   f.step_of[cotangent] < at && !value.returned[cotangent];
     for (int r : value.readers[cotangent]) inside &= f.step_of[r] == at;
-    for (int st = f.step_of[cotangent] + 1; inside && st < at; ++st)
-      for (int between : f.steps[st].nodes) inside &= !is_effect(g.node(between).op);
-    if (!inside) continue;
+    if (!inside || effect_between(g, f, f.step_of[cotangent], at)) continue;
     dropped[f.step_of[cotangent]] = 1;
     step.nodes.push_back(cotangent);
     f.materialized[cotangent] = 0;

@@ -46,6 +46,11 @@ ValueReaders value_readers(const Graph& g, const Schedule& s, const FunctionSpec
 // into other steps, and renumbers step_of.
 void drop_steps(const std::vector<char>& dropped, Fusion& f);
 
+// Whether a step strictly between steps `from` and `to` holds an effect (an assign, an
+// update): a pass that moves a node from `from` down to `to` must not move it past a write
+// of what it reads.
+bool effect_between(const Graph& g, const Fusion& f, int from, int to);
+
 // Gives each norm with a gradient op of the same x and eps in the plan a SavedNormStats;
 // fuse_elementwise runs it.
 void keep_norm_statistics(const Graph& g, const Schedule& s, const FunctionSpec& fn, const std::vector<Shape>& shapes,
