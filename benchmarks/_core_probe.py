@@ -19,18 +19,21 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpp", "core_
 SHARED_L3_NS = 120  # below this the two CPUs share a cache; above, the line crosses dies
 
 
-def _binary() -> str | None:
+def compiled(source: str, name: str, flags: tuple[str, ...] = ("-O2",)) -> str | None:
+    """The program of the C file ``source``, compiled on first use with the system compiler
+    into the temporary folder as ``name-<hash of the source>``; None without a compiler or
+    where the build fails. Shared by the benchmarks' small native programs."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None or not os.path.exists(_SOURCE):
+    if compiler is None or not os.path.exists(source):
         return None
-    with open(_SOURCE, "rb") as f:
+    with open(source, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:12]
-    path = os.path.join(tempfile.gettempdir(), f"gometal-core-round-trip-{digest}")
+    path = os.path.join(tempfile.gettempdir(), f"{name}-{digest}")
     if not os.path.exists(path):
         # Built beside its final name, then renamed: two benchmarks never run half a file.
         partial = f"{path}.{os.getpid()}"
         build = subprocess.run(
-            [compiler, "-O2", "-pthread", _SOURCE, "-o", partial],
+            [compiler, *flags, source, "-o", partial],
             capture_output=True,
             check=False,
             timeout=60,
@@ -39,6 +42,10 @@ def _binary() -> str | None:
             return None
         os.replace(partial, path)
     return path
+
+
+def _binary() -> str | None:
+    return compiled(_SOURCE, "gometal-core-round-trip", ("-O2", "-pthread"))
 
 
 def round_trip_ns(cpus: list[int] | None = None, trips: int = 200_000) -> float | None:

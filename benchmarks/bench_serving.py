@@ -47,6 +47,12 @@ machine. Every run also says how many cores the server, the load generator and o
 processes used (on a small machine the load generator's own CPU is taken from the servers),
 and the server's CPU time per answered request, beside offline predict's per image.
 
+With --floor (and --load wrk), a native HTTP/1.1 server with no model (``_serving_floor.py``,
+``cpp/http_floor.c``), answering gometal's own answer to image 0, is loaded by wrk in each round
+beside them, offline predict is timed again before each round, and the throughput this machine
+allows is printed: 2 cores / (offline predict's core-ms per image + the floor server's and
+wrk's core-ms per request), against 80 % of offline predict.
+
 Targets at 64 clients: throughput >= 80 % of offline predict at batch 64, p99 <= 50 ms, and
 >= 3x the onnxruntime + FastAPI baseline's throughput. The script exits 1 if any answer was
 wrong or any request failed.
@@ -84,6 +90,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _child import reexec_with_clean_environment
 from _frameworks import cnn_model
+from _serving_floor import FLOOR_LABEL, FLOOR_SOURCE, floor_binary
 from _serving_load import RESULT_TAG
 from _serving_wrk import run_wrk, write_wrk_inputs, wrk_available
 from _workload import IMAGE_SHAPE
@@ -226,13 +233,23 @@ def _machine_busy(psutil) -> float:
     )
 
 
-def offline_rate(model, x, seconds: float) -> float:
-    """Images/s of ``model.predict`` over the batch ``x``."""
+def offline_rate(model, x, seconds: float) -> tuple[float, float, float | None]:
+    """Images/s of ``model.predict`` over the batch ``x``, this process's CPU ms per image
+    meanwhile, and the cores other processes used (None where unknown)."""
     from _timing import time_window, warm_up
 
     warm_up(lambda: model.predict(x, batch_size=len(x)), 0.5, 2)
-    calls, _load = time_window(lambda: model.predict(x, batch_size=len(x)), seconds)
-    return calls * len(x)
+    own0, t0 = os.times(), time.perf_counter()
+    calls, load = time_window(lambda: model.predict(x, batch_size=len(x)), seconds)
+    own1, elapsed = os.times(), time.perf_counter() - t0
+    cpu_s = own1.user + own1.system - own0.user - own0.system
+    return calls * len(x), cpu_s / (calls * len(x) * elapsed) * 1e3, load
+
+
+def describe_offline(rate: float, cpu_ms: float, load: float | None, cores: int) -> str:
+    other = "" if load is None else f"; other processes used {load:.2f} cores meanwhile"
+    return (f"offline model.predict at batch {OFFLINE_BATCH}: {rate:.1f} images/s ({cores / rate * 1e3:.3f} "
+            f"core-ms per image at most, its own CPU {cpu_ms:.3f}{other})")  # fmt: skip
 
 
 def _variant_config(parser: argparse.ArgumentParser, text: str) -> dict:
@@ -316,9 +333,9 @@ def print_table(results: dict[str, dict[int, dict]], offline: float) -> None:
             print(f"  {label:<{width}} {clients:>7} {r['throughput']:>8.1f} {spread}"
                   f"{_fmt(r['p50_ms']):>8} "
                   f"{_fmt(r['p99_ms']):>8} {r['throughput'] / offline:>9.0%} {r['errors']:>6} "
-                  f"{r['wrong']:>5} {_fmt(r['server_ms_per_request'], '.2f'):>15} "
+                  f"{r['wrong']:>5} {_fmt(r['server_ms_per_request'], '.3f'):>15} "
                   f"{_fmt(r.get('loop_ms_per_request'), '.3f'):>16} "
-                  f"{_fmt(r['generator_ms_per_request'], '.2f'):>15} {cores:>20}")  # fmt: skip
+                  f"{_fmt(r['generator_ms_per_request'], '.3f'):>15} {cores:>20}")  # fmt: skip
 
 
 def print_verdicts(gometal: dict, baseline: dict, offline: float, load: str = "",
@@ -343,6 +360,40 @@ def print_verdicts(gometal: dict, baseline: dict, offline: float, load: str = ""
     ]  # fmt: skip
     for what, target, met in checks:
         print(f"  {what} (target {target}: {'met' if met else 'MISSED'})")
+
+
+def _wrk_view(server: Server) -> Server:
+    view = copy.copy(server)
+    view.label, view.generator = f"{server.label} [wrk]", "wrk"
+    return view
+
+
+def start_floor(gometal: Server, folder: str) -> Server:
+    """The native floor server (``_serving_floor.py``), answering every request with the
+    bytes gometal serve answers wrk's first request with; ready."""
+    from _serving_floor import capture_answer, floor_command
+
+    response_path = os.path.join(folder, "floor-response.http")
+    with open(response_path, "wb") as out:
+        out.write(capture_answer(gometal.url, MODEL_NAME, folder))
+    port = _free_port()
+    floor = Server(FLOOR_LABEL, floor_command(floor_binary(), port, response_path), port, folder)
+    floor.wait_ready()
+    return floor
+
+
+def print_ceiling(results: dict, clients: int, offline: float, offline_cores: int) -> None:
+    """The ceiling the floor's wrk run sets at ``clients`` (``_serving_floor.serving_ceiling``)
+    beside gometal serve's own wrk run."""
+    from _serving_floor import describe_ceiling, serving_ceiling
+
+    floor = results[f"{FLOOR_LABEL} [wrk]"][clients]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    bound = serving_ceiling(offline, floor["server_ms_per_request"],
+                            floor["generator_ms_per_request"], cores, offline_cores)  # fmt: skip
+    gometal = results.get("gometal serve [wrk]", {}).get(clients)
+    for line in describe_ceiling(bound, floor, gometal, cores, offline, offline_cores):
+        print(line)
 
 
 def main() -> None:
@@ -376,6 +427,10 @@ def main() -> None:
     parser.add_argument("--load", default="tritonclient",
                         help="load generators, comma-separated: tritonclient (Python async "
                         "clients), wrk (C; the Debian package wrk)")  # fmt: skip
+    parser.add_argument("--floor", action="store_true",
+                        help="also load a native HTTP/1.1 server answering gometal's answer "
+                        "with no model (cpp/http_floor.c) with wrk, and print the throughput "
+                        "this machine allows at offline predict's cost per image")  # fmt: skip
     args = parser.parse_args()
     client_counts = [int(n) for n in args.clients.split(",")]
     if args.rounds < 1:
@@ -387,6 +442,12 @@ def main() -> None:
     variants = [_variant_config(parser, text) for text in args.variant]
     if "wrk" in generators and not wrk_available():
         parser.error("--load wrk needs the wrk program on PATH (apt-get install wrk)")
+    if args.floor and "wrk" not in generators:
+        parser.error(
+            f"--floor loads the floor server with wrk: add wrk to --load, got {args.load!r}"
+        )
+    if args.floor and floor_binary() is None:
+        parser.error(f"--floor needs a C compiler (cc, gcc or $CC) to build {FLOOR_SOURCE}")
     reexec_with_clean_environment(args.threads)
 
     import numpy as np
@@ -405,9 +466,9 @@ def main() -> None:
     print(f"threads: {args.threads} (gometal offline {gm.get_num_threads()}, onnxruntime "
           f"intra_op_num_threads {args.threads}; gometal serve's engine: see its options)")  # fmt: skip
     print(f"blas: {_core.blas_info()}")
-    offline = offline_rate(model, images[:OFFLINE_BATCH], args.offline_s)
-    print(f"offline model.predict at batch {OFFLINE_BATCH}: {offline:.1f} images/s "
-          f"({args.threads / offline * 1e3:.2f} core-ms per image at most)")  # fmt: skip
+    offline, offline_cpu_ms, load = offline_rate(model, images[:OFFLINE_BATCH], args.offline_s)
+    print(describe_offline(offline, offline_cpu_ms, load, args.threads))
+    offline_rounds = [offline]  # with --floor, measured again before each round
 
     with tempfile.TemporaryDirectory(prefix="gm-bench-serving-") as folder:
         model.save(os.path.join(folder, f"{MODEL_NAME}.safetensors"))
@@ -459,6 +520,10 @@ def main() -> None:
         try:
             for server in servers:
                 server.wait_ready()
+            if args.floor:
+                floor = start_floor(servers[0], folder)
+                servers.append(floor)  # after the variants: stopped with them, never verdicted
+                loads.append(_wrk_view(floor))
             started = servers[0].log_tail().split(" | ")
             print(f"gometal serve options: {' '.join(tuning)} --max-queue 1024 (HTTP): "
                   f"{started[0]}")  # fmt: skip
@@ -474,6 +539,10 @@ def main() -> None:
             for clients in client_counts:
                 rounds: dict[str, list[dict]] = {s.label: [] for s in loads}
                 for _round in range(args.rounds):
+                    if args.floor:
+                        again = offline_rate(model, images[:OFFLINE_BATCH], args.offline_s)
+                        print("  " + describe_offline(*again, args.threads))
+                        offline_rounds.append(again[0])
                     for server in loads:
                         rounds[server.label].append(run_load(server, clients, files, args))
                 for label, runs in rounds.items():
@@ -485,11 +554,17 @@ def main() -> None:
     top = client_counts[-1]
     for generator in generators:
         suffix = "" if generator == LOAD_GENERATORS[0] else f" [{generator}]"
-        for server in (servers[0], *servers[2:]):  # gometal serve, then each variant
+        for server in (servers[0], *servers[2 : 2 + len(variants)]):  # gometal, each variant
             print_verdicts(results[server.label + suffix][top],
                            results[servers[1].label + suffix][top], offline,
                            generator if len(generators) > 1 else "",
                            "" if server is servers[0] else server.label)  # fmt: skip
+    if args.floor:
+        import statistics
+
+        print_ceiling(results, top, statistics.median(offline_rounds), args.threads)
+        print(f"  offline predict's images/s over the run: median of {len(offline_rounds)}, "
+              f"{min(offline_rounds):,.0f}-{max(offline_rounds):,.0f}")  # fmt: skip
     runs = [r for by_clients in results.values() for r in by_clients.values()]
     failures = [r["first_error"] for r in runs if r["first_error"]]
     wrong = sum(r["wrong"] for r in runs)
