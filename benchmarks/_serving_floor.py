@@ -114,10 +114,12 @@ def serving_ceiling(offline_images_per_s: float, floor_ms: float, generator_ms: 
 
 
 def describe_ceiling(bound: dict, floor: dict, gometal: dict | None, cores: int,
-                     offline_images_per_s: float, offline_cores: int) -> list[str]:  # fmt: skip
+                     offline_images_per_s: float, offline_cores: int,
+                     basis: str = "") -> list[str]:  # fmt: skip
     """The lines bench_serving prints under the table: the ceiling, the target against it, and
     gometal's own CPU per request beside the floor's (``floor`` and ``gometal``: their wrk
-    runs at the largest client count, as run_load reports them)."""
+    runs at the largest client count, as run_load reports them; ``basis``: where
+    ``offline_images_per_s`` came from, for the title)."""
     per_request = (
         f"  per request: model {bound['model_ms']:.4f} core-ms (offline predict: {offline_cores} "
         f"cores / {offline_images_per_s:,.0f} images/s) + native floor server "
@@ -130,7 +132,7 @@ def describe_ceiling(bound: dict, floor: dict, gometal: dict | None, cores: int,
         f"{bound['target']:,.0f} req/s, is {bound['target_of_ceiling']:.0%} of it"
     )
     title = (f"\nCeiling on this machine ({cores} cores, wrk on the same cores), at "
-             f"{floor['clients']} clients:")  # fmt: skip
+             f"{floor['clients']} clients{f', from {basis}' if basis else ''}:")  # fmt: skip
     lines = [title, per_request, ceiling]
     if bound["shortfall"] > 0:
         lines.append(
@@ -153,4 +155,30 @@ def describe_ceiling(bound: dict, floor: dict, gometal: dict | None, cores: int,
             f"{outside:.4f} beyond the model's offline cost (the floor: "
             f"{floor['server_ms_per_request']:.4f}); wrk {gometal['generator_ms_per_request']:.4f}"
         )
+    return lines
+
+
+def ceiling_report(floor: dict, gometal: dict | None, offline_runs: list[tuple[float, float]],
+                   offline_cores: int, cores: int) -> list[str]:  # fmt: skip
+    """bench_serving's lines under its table: the ceiling the floor's wrk run sets, beside
+    gometal serve's, from offline predict's ``(images/s, own CPU ms per image)`` medians over
+    the run: its rate as measured, and the rate its own CPU per image gives with the cores to
+    itself (the two agree on a quiet machine; other processes' load lowers only the first)."""
+    import statistics
+
+    measured = statistics.median(rate for rate, _cpu in offline_runs)
+    cpu_ms = statistics.median(cpu for _rate, cpu in offline_runs)
+    bases = (("offline predict's images/s as measured", measured),
+             (f"offline predict's own CPU ({cpu_ms:.4f} ms an image) on all the cores",
+              offline_cores / cpu_ms * 1e3))  # fmt: skip
+    lines = []
+    for basis, rate in bases:
+        bound = serving_ceiling(rate, floor["server_ms_per_request"],
+                                floor["generator_ms_per_request"], cores, offline_cores)  # fmt: skip
+        lines += describe_ceiling(bound, floor, gometal, cores, rate, offline_cores, basis)
+    rates = [rate for rate, _cpu in offline_runs]
+    cpus = [cpu for _rate, cpu in offline_runs]
+    lines.append(f"  offline predict over the run, {len(rates)} times: {min(rates):,.0f}-"
+                 f"{max(rates):,.0f} images/s, own CPU {min(cpus):.4f}-{max(cpus):.4f} ms an "
+                 "image")  # fmt: skip
     return lines

@@ -382,20 +382,6 @@ def start_floor(gometal: Server, folder: str) -> Server:
     return floor
 
 
-def print_ceiling(results: dict, clients: int, offline: float, offline_cores: int) -> None:
-    """The ceiling the floor's wrk run sets at ``clients`` (``_serving_floor.serving_ceiling``)
-    beside gometal serve's own wrk run."""
-    from _serving_floor import describe_ceiling, serving_ceiling
-
-    floor = results[f"{FLOOR_LABEL} [wrk]"][clients]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    bound = serving_ceiling(offline, floor["server_ms_per_request"],
-                            floor["generator_ms_per_request"], cores, offline_cores)  # fmt: skip
-    gometal = results.get("gometal serve [wrk]", {}).get(clients)
-    for line in describe_ceiling(bound, floor, gometal, cores, offline, offline_cores):
-        print(line)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="1,8,64", help="comma-separated client counts")
@@ -468,7 +454,7 @@ def main() -> None:
     print(f"blas: {_core.blas_info()}")
     offline, offline_cpu_ms, load = offline_rate(model, images[:OFFLINE_BATCH], args.offline_s)
     print(describe_offline(offline, offline_cpu_ms, load, args.threads))
-    offline_rounds = [offline]  # with --floor, measured again before each round
+    offline_rounds = [(offline, offline_cpu_ms)]  # with --floor, again before each round
 
     with tempfile.TemporaryDirectory(prefix="gm-bench-serving-") as folder:
         model.save(os.path.join(folder, f"{MODEL_NAME}.safetensors"))
@@ -542,7 +528,7 @@ def main() -> None:
                     if args.floor:
                         again = offline_rate(model, images[:OFFLINE_BATCH], args.offline_s)
                         print("  " + describe_offline(*again, args.threads))
-                        offline_rounds.append(again[0])
+                        offline_rounds.append(again[:2])
                     for server in loads:
                         rounds[server.label].append(run_load(server, clients, files, args))
                 for label, runs in rounds.items():
@@ -560,11 +546,12 @@ def main() -> None:
                            generator if len(generators) > 1 else "",
                            "" if server is servers[0] else server.label)  # fmt: skip
     if args.floor:
-        import statistics
+        from _serving_floor import ceiling_report
 
-        print_ceiling(results, top, statistics.median(offline_rounds), args.threads)
-        print(f"  offline predict's images/s over the run: median of {len(offline_rounds)}, "
-              f"{min(offline_rounds):,.0f}-{max(offline_rounds):,.0f}")  # fmt: skip
+        floor = results[f"{FLOOR_LABEL} [wrk]"][top]
+        gometal = results["gometal serve [wrk]"][top]
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        print("\n".join(ceiling_report(floor, gometal, offline_rounds, args.threads, cores)))
     runs = [r for by_clients in results.values() for r in by_clients.values()]
     failures = [r["first_error"] for r in runs if r["first_error"]]
     wrong = sum(r["wrong"] for r in runs)

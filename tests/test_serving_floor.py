@@ -24,7 +24,13 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from _serving_floor import capture_answer, describe_ceiling, floor_binary, serving_ceiling
+from _serving_floor import (
+    capture_answer,
+    ceiling_report,
+    describe_ceiling,
+    floor_binary,
+    serving_ceiling,
+)
 from _serving_wrk import run_wrk, write_wrk_inputs, wrk_available
 
 MAX_BODY = 100_000
@@ -276,6 +282,19 @@ def test_the_offline_cores_may_differ_from_the_machines():
         "server_ms_per_request": 0.02, "generator_ms_per_request": 0.03}, None, 2, 5_000, 1)[3]  # fmt: skip
 
 
+def test_the_report_takes_offlines_median_rate_and_the_rate_of_its_median_cpu():
+    runs = [(9_000.0, 0.19), (5_000.0, 0.20), (4_000.0, 0.21)]
+    floor = {"clients": 64, "throughput": 30_000.0, "server_ms_per_request": 0.01,
+             "generator_ms_per_request": 0.03}  # fmt: skip
+    text = "\n".join(ceiling_report(floor, None, runs, offline_cores=2, cores=2))
+    # Median rate 5,000: 0.4 + 0.04 ms, 4,545 req/s. Median CPU 0.2 ms: 2 cores / 0.2 ms =
+    # 10,000 images/s; 0.2 + 0.04 ms, 8,333 req/s against a target of 8,000.
+    assert "2 cores / 5,000 images/s" in text and "2 / 0.4400 ms = 4,545 req/s" in text
+    assert "2 cores / 10,000 images/s" in text and "2 / 0.2400 ms = 8,333 req/s" in text
+    assert "8,000 req/s, is 96% of it" in text
+    assert "4,000-9,000 images/s, own CPU 0.1900-0.2100 ms" in text
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -305,19 +324,22 @@ def test_bench_serving_floor_prints_the_floor_beside_gometal_and_the_ceiling():
     # clients, req/s, p50, p99, of offline, errors, wrong, server, loop and wrk CPU, cores
     floor = rows["native HTTP floor [wrk]"]
     assert floor[0] == "2" and float(floor[1]) > 0 and floor[5:7] == ["0", "0"]
-    (per_request,) = re.findall(
+    per_request = re.findall(
         r"per request: model ([\d.]+) core-ms .* \+ native floor server ([\d.]+) \(at .*\) "
         r"\+ wrk ([\d.]+) = ([\d.]+) core-ms", out)  # fmt: skip
-    model_ms, floor_ms, wrk_ms, total_ms = (float(v) for v in per_request)
-    # The floor's CPU in the ceiling is its row's (the table rounds to 0.001 ms).
-    assert floor_ms == pytest.approx(float(floor[7]), abs=0.00051)
-    assert wrk_ms == pytest.approx(float(floor[9]), abs=0.00051)
-    assert total_ms == pytest.approx(model_ms + floor_ms + wrk_ms, abs=2e-4)
-    pattern = r"ceiling: (\d+) / ([\d.]+) ms = ([\d,]+) req/s"
-    ((cores, shown_total, ceiling),) = re.findall(pattern, out)
-    assert float(shown_total) == total_ms
-    assert float(ceiling.replace(",", "")) == pytest.approx(int(cores) / total_ms * 1e3, rel=1e-3)
-    assert ("OUT OF REACH" in out) != ("the target fits" in out)
+    ceilings = re.findall(r"ceiling: (\d+) / ([\d.]+) ms = ([\d,]+) req/s", out)
+    assert len(per_request) == len(ceilings) == 2  # from offline's rate, and from its CPU
+    for numbers, (cores, shown_total, ceiling) in zip(per_request, ceilings, strict=True):
+        model_ms, floor_ms, wrk_ms, total_ms = (float(v) for v in numbers)
+        # The floor's CPU in the ceiling is its row's (the table rounds to 0.001 ms).
+        assert floor_ms == pytest.approx(float(floor[7]), abs=0.00051)
+        assert wrk_ms == pytest.approx(float(floor[9]), abs=0.00051)
+        assert total_ms == pytest.approx(model_ms + floor_ms + wrk_ms, abs=2e-4)
+        assert float(shown_total) == total_ms
+        assert float(ceiling.replace(",", "")) == pytest.approx(
+            int(cores) / total_ms * 1e3, rel=1e-3
+        )
+    assert out.count("OUT OF REACH") + out.count("the target fits") == 2
     assert "  gometal serve: " in out and "of the ceiling" in out
 
 
