@@ -81,6 +81,40 @@ bool exceptions_reach_the_caller(int threads) {
   return true;
 }
 
+// With two threads the caller's tasks are a prefix of the region and the worker's a suffix,
+// so each keeps the same rows from one kernel to the next; every task runs exactly once.
+bool two_threads_keep_their_ends() {
+  gometal::ThreadPool pool(2);
+  for (int round = 0; round < 2000; ++round) {
+    const int tasks = 2 + round % 37;
+    std::vector<int> ran_on(static_cast<size_t>(tasks), -1);
+    std::atomic<int> runs{0};
+    pool.parallel_for(tasks, [&](int task, int thread) {
+      ran_on[static_cast<size_t>(task)] = thread;
+      runs.fetch_add(1);
+    });
+    if (runs.load() != tasks) return false;
+    int t = 0;
+    while (t < tasks && ran_on[static_cast<size_t>(t)] == 0) ++t;
+    while (t < tasks && ran_on[static_cast<size_t>(t)] == 1) ++t;
+    if (t != tasks) return false;
+  }
+  return true;
+}
+
+// A region of more tasks than the 16-bit claim holds runs them in runs of consecutive tasks,
+// each exactly once.
+bool many_tasks_run_once(int threads) {
+  gometal::ThreadPool pool(threads);
+  for (int tasks : {65535, 65536, 200003}) {
+    std::vector<std::atomic<int>> runs(static_cast<size_t>(tasks));
+    pool.parallel_for(tasks, [&](int task, int) { runs[static_cast<size_t>(task)].fetch_add(1); });
+    for (auto& r : runs)
+      if (r.load() != 1) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -100,6 +134,16 @@ int main(int argc, char** argv) {
     const bool ok = exceptions_reach_the_caller(threads);
     std::printf("%s %d threads: a task's exception is rethrown by run() and the pool runs on\n", ok ? "PASS" : "FAIL",
                 threads);
+    if (!ok) ++failures;
+  }
+  {
+    const bool ok = two_threads_keep_their_ends();
+    std::printf("%s 2 threads: the caller runs a prefix of each region and the worker the rest\n", ok ? "PASS" : "FAIL");
+    if (!ok) ++failures;
+  }
+  for (int threads : {2, 3}) {
+    const bool ok = many_tasks_run_once(threads);
+    std::printf("%s %d threads: regions of 65535 to 200003 tasks run each task once\n", ok ? "PASS" : "FAIL", threads);
     if (!ok) ++failures;
   }
   return failures == 0 ? 0 : 1;

@@ -1,5 +1,6 @@
 #include "runtime/thread_pool.h"
 
+#include <algorithm>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -38,8 +39,12 @@ std::shared_ptr<ThreadPool>& pool_slot() {
   return pool;
 }
 
+constexpr int kMostUnits = 0xffff;  // the front and back of a region are 16 bits each
+constexpr uint64_t kFrontOne = uint64_t{1} << 16;
+
 uint32_t generation_of(uint64_t state) { return static_cast<uint32_t>(state >> 32); }
-uint32_t unclaimed_of(uint64_t state) { return static_cast<uint32_t>(state & 0xffffffffu); }
+int front_of(uint64_t state) { return static_cast<int>((state >> 16) & 0xffffu); }
+int back_of(uint64_t state) { return static_cast<int>(state & 0xffffu); }
 
 }  // namespace
 
@@ -58,18 +63,21 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::drain(uint32_t gen, int thread) {
+  const bool from_front = thread == 0;
   uint64_t cur = state_.load(std::memory_order_acquire);
   for (;;) {
     if (generation_of(cur) != gen) return;
-    const uint32_t unclaimed = unclaimed_of(cur);
-    if (unclaimed == 0) return;
-    if (!state_.compare_exchange_weak(cur, cur - 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
-    // Only now, with a task of `gen` claimed (so its region cannot end), are the region's
+    const int front = front_of(cur), back = back_of(cur);
+    if (front >= back) return;
+    const uint64_t claimed = from_front ? cur + kFrontOne : cur - 1;
+    if (!state_.compare_exchange_weak(cur, claimed, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    // Only now, with a unit of `gen` claimed (so its region cannot end), are the region's
     // fields read: before the claim they may already belong to the next region.
-    const int task = tasks_ - static_cast<int>(unclaimed);
+    const int64_t unit = from_front ? front : back - 1;
+    const int64_t first = unit * tasks_ / units_, last = (unit + 1) * tasks_ / units_;
     if (!failed_.load(std::memory_order_relaxed)) {
       try {
-        fn_(ctx_, task, thread);
+        for (int64_t task = first; task < last; ++task) fn_(ctx_, static_cast<int>(task), thread);
       } catch (...) {
         std::lock_guard<std::mutex> lock(error_mutex_);
         if (!error_) error_ = std::current_exception();
@@ -91,17 +99,19 @@ void ThreadPool::run(int tasks, TaskFn fn, void* ctx) {
   fn_ = fn;
   ctx_ = ctx;
   tasks_ = tasks;
+  units_ = std::min(tasks, kMostUnits);
   done_.store(0, std::memory_order_relaxed);
   const uint32_t gen = generation_of(state_.load(std::memory_order_relaxed)) + 1;
-  // seq_cst: publishes fn_, ctx_ and tasks_ to claimers, and pairs with the sleeper count below
-  state_.store((static_cast<uint64_t>(gen) << 32) | static_cast<uint32_t>(tasks));
+  // seq_cst: publishes fn_, ctx_, tasks_ and units_ to claimers, and pairs with the sleeper
+  // count below
+  state_.store((static_cast<uint64_t>(gen) << 32) | static_cast<uint64_t>(units_));
   if (sleeping_.load() > 0) {
     std::lock_guard<std::mutex> lock(mutex_);
     wake_.notify_all();
   }
   drain(gen, 0);
   // Only tasks already claimed by workers remain; idle workers are not waited for.
-  for (int spins = 0; done_.load(std::memory_order_acquire) < tasks; ++spins) {
+  for (int spins = 0; done_.load(std::memory_order_acquire) < units_; ++spins) {
     if (spins < kPauseRounds) GOMETAL_PAUSE();
     else std::this_thread::yield();
   }

@@ -38,15 +38,19 @@ class ThreadPool {
 
  private:
   void worker_loop(int thread);
-  // Claims and runs tasks of generation `gen` until none are left.
+  // Claims and runs units of generation `gen` until none are left: the calling thread from
+  // the front, workers from the back.
   void drain(uint32_t gen, int thread);
 
   int threads_;
   std::vector<std::thread> workers_;
-  // High 32 bits: generation; low 32 bits: tasks not yet claimed. A claim is one
-  // compare-exchange on both, so a worker that wakes late (after an idle gap, or preempted)
-  // claims nothing once its generation is over: it never reads the next region's fn_, ctx_
-  // or tasks_ before its claim succeeded, and those stay fixed until the claimed task is done.
+  // High 32 bits: generation; then the first unclaimed unit (16 bits) and one past the last
+  // (16 bits). The caller claims from the front and workers from the back, so with two
+  // threads each keeps the same end of every region, and a kernel reads the rows that the
+  // previous kernel wrote on the same thread (its own cache). A claim is one compare-exchange
+  // on all three, so a worker that wakes late (after an idle gap, or preempted) claims nothing
+  // once its generation is over: it never reads the next region's fn_, ctx_, tasks_ or units_
+  // before its claim succeeded, and those stay fixed until the claimed unit is done.
   std::atomic<uint64_t> state_{0};
   std::atomic<int> done_{0};
   std::atomic<bool> stop_{false};
@@ -54,6 +58,7 @@ class ThreadPool {
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
   int tasks_ = 0;
+  int units_ = 0;  // tasks_, or fewer where tasks_ does not fit 16 bits: a unit is a run of tasks
   std::mutex mutex_;
   std::condition_variable wake_;
   std::mutex run_mutex_;  // one parallel region at a time (engines on several user threads)
