@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from _child import READY_TAG, RESULT_TAG, THREAD_VARS, UNSET_VARS, WINDOW_TAG
@@ -32,12 +33,14 @@ class ChildSpec(NamedTuple):
 
 class InterleavedRun(NamedTuple):
     """What run_rounds() measured: the children's results, and per round (by label) each
-    child's rate, its window's other load and its engine allocations (None where unknown)."""
+    child's rate, its window's other load and its engine allocations (None where unknown);
+    `probes` holds what `before_round` returned for each round (empty without one)."""
 
     rows: list[dict]
     rates: dict[str, list[float]]
     loads: dict[str, list[float | None]]
     allocations: dict[str, list[int | None]]
+    probes: tuple = ()
 
 
 def child_env(threads: int, inductor_dir: str | None = None, python: str = sys.executable) -> dict:
@@ -194,12 +197,18 @@ def round_order(children: list, round_index: int, alternate: bool) -> list:
 
 
 def run_rounds(
-    children: list[str | ChildSpec], workload: str, args, pin, alternate: bool = False
+    children: list[str | ChildSpec],
+    workload: str,
+    args,
+    pin,
+    alternate: bool = False,
+    before_round: Callable[[], object] | None = None,
 ) -> InterleavedRun:
     """Runs every child at once, each warming up in turn, then times windows round-robin
     (one child at a time), so all of them meet the same machine conditions. Timing stops
     after `args.windows` quiet rounds or `args.max_windows` rounds in all. A child given by
-    name times that framework under this interpreter."""
+    name times that framework under this interpreter. `before_round`, when given, runs
+    before each round's windows (a probe of the machine's state); its results are kept."""
     specs = [_as_spec(c) for c in children]
     live, rows = [], {}
     for spec in specs:
@@ -214,9 +223,11 @@ def run_rounds(
     rates: dict[str, list[float]] = {c.label: [] for c in live}
     loads: dict[str, list[float | None]] = {c.label: [] for c in live}
     allocations: dict[str, list[int | None]] = {c.label: [] for c in live}
-    rounds, quiet_rounds = 0, 0
+    rounds, quiet_rounds, probes = 0, 0, []
     while live and quiet_rounds < args.windows and rounds < args.max_windows:
         worst = 0.0
+        if before_round is not None:
+            probes.append(before_round())
         for child in round_order(live, rounds, alternate):
             reply = child.read_tagged(WINDOW_TAG, args.timeout) if child.send("window") else None
             if reply is None:
@@ -239,7 +250,7 @@ def run_rounds(
         if spec.label in rows:
             rows[spec.label]["label"] = spec.label
     return InterleavedRun(
-        [rows[s.label] for s in specs if s.label in rows], rates, loads, allocations
+        [rows[s.label] for s in specs if s.label in rows], rates, loads, allocations, tuple(probes)
     )
 
 

@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ from _builds import (
     resolve_build,
 )
 from _child import UNSET_VARS
+from _core_probe import SHARED_L3_NS, round_trip_ns
 from _frameworks import skip_reason
 from _ratios import CONFIDENCE, RatioSummary, paired_ratios, summarize_ratios
 from _runner import ChildSpec, pin_cpus, run_rounds
@@ -164,7 +166,7 @@ def _print_rounds(run, scale: float, unit: str) -> None:
     base, new = run.rates["base"], run.rates["new"]
     print(
         f"  {'round':>5} {'base ' + unit:>14} {'new ' + unit:>14} {'new/base':>9} "
-        f"{'other load':>11} {'allocations base/new':>21}"
+        f"{'other load':>11} {'allocations base/new':>21} {'round trip ns':>14}"
     )
     for i, (b, n) in enumerate(zip(base, new)):
         load = max((run.loads[k][i] or 0.0) for k in LABELS)
@@ -172,10 +174,33 @@ def _print_rounds(run, scale: float, unit: str) -> None:
             "-" if run.allocations[k][i] is None else str(run.allocations[k][i]) for k in LABELS
         )
         mark = " *" if load >= QUIET_CORES else ""
+        trip = run.probes[i] if i < len(run.probes) else None
         print(
             f"  {i + 1:>5} {b * scale:>14.1f} {n * scale:>14.1f} {n / b:>9.3f} "
-            f"{load:>9.2f}{mark:<2} {allocs:>21}"
+            f"{load:>9.2f}{mark:<2} {allocs:>21} {'-' if trip is None else f'{trip:.0f}':>14}"
         )
+
+
+def placement_lines(ratios: list[float], trips: list[float | None]) -> list[str]:
+    """The rounds' new/base ratios by where the two CPUs sat when each round began (the
+    cross-CPU round trip, `_core_probe.SHARED_L3_NS` apart): a VM's host moves them, and a
+    change to how threads share data can win in one placement and not the other.
+
+    Example:
+        >>> placement_lines([1.0, 1.2, 1.1], [50.0, 300.0, None])
+        ['  by placement: CPUs sharing an L3: median 1.000 over 1 rounds; CPUs on different dies: median 1.200 over 1 rounds']
+    """
+    groups = {"CPUs sharing an L3": [], "CPUs on different dies": []}
+    for ratio, trip in zip(ratios, trips):
+        if trip is not None:
+            key = "CPUs sharing an L3" if trip < SHARED_L3_NS else "CPUs on different dies"
+            groups[key].append(ratio)
+    parts = [
+        f"{name}: median {statistics.median(values):.3f} over {len(values)} rounds"
+        for name, values in groups.items()
+        if values
+    ]
+    return ["  by placement: " + "; ".join(parts)] if parts else []
 
 
 def compare_workload(workload: str, builds: dict, args, pin) -> dict:
@@ -185,7 +210,9 @@ def compare_workload(workload: str, builds: dict, args, pin) -> dict:
     scale = 1 if spec.train else spec.batch  # C reports images/s
     print(f"\nWorkload {workload}: {spec.title}, batch {spec.batch}")
     children = [ChildSpec(label, "gometal", builds[label].python) for label in LABELS]
-    run = run_rounds(children, workload, args, pin, alternate=True)
+    # The CPUs' placement before each round, where there are two to place.
+    probe = (lambda: round_trip_ns(pin, trips=50_000)) if args.threads >= 2 else None
+    run = run_rounds(children, workload, args, pin, alternate=True, before_round=probe)
     record = {
         "workload": workload,
         "unit": unit,
@@ -215,6 +242,10 @@ def compare_workload(workload: str, builds: dict, args, pin) -> dict:
     )
     for line in verdict_lines(s, noisy=not use_quiet):
         print("  " + line)
+    for line in placement_lines(
+        ratios, [run.probes[i] if i < len(run.probes) else None for i in chosen]
+    ):
+        print(line)
     allocs = {k: run.allocations[k] for k in LABELS}
     counted = {k: [a for a in v if a is not None] for k, v in allocs.items()}
     print(

@@ -21,7 +21,7 @@ sys.path.insert(0, str(BENCHMARKS))
 from _builds import engine_compile_flags, resolve_commit
 from _ratios import median_interval_ranks, paired_ratios, summarize_ratios
 from _runner import ChildSpec, round_order, run_rounds
-from compare_builds import parse_args, quiet_round_flags, verdict_lines
+from compare_builds import parse_args, placement_lines, quiet_round_flags, verdict_lines
 
 # -- ratio arithmetic ------------------------------------------------------------------------
 
@@ -115,6 +115,16 @@ def test_verdict_names_the_interval_and_warns_under_other_load():
     noisy = verdict_lines(summarize_ratios([1.01, 0.98]), noisy=True)
     assert noisy[0] == "too few rounds for a 95% interval; 1.0 inside min..max"
     assert "not trustworthy" in noisy[1]
+
+
+def test_rounds_are_grouped_by_the_placement_they_began_in():
+    # 120 ns splits the two placements; an unmeasured round joins neither group.
+    ratios = [1.0, 1.3, 0.9, 1.5, 1.1, 2.0]
+    trips = [55.0, 300.0, 61.0, 280.0, 119.9, None]
+    (line,) = placement_lines(ratios, trips)
+    assert "CPUs sharing an L3: median 1.000 over 3 rounds" in line
+    assert "CPUs on different dies: median 1.400 over 2 rounds" in line
+    assert placement_lines([1.0], [None]) == []
 
 
 def test_alternate_rounds_swap_the_order():
@@ -224,7 +234,16 @@ def test_interleaved_children_report_rates_and_allocations_per_window(monkeypatc
         threads=1, warmup_s=0.0, windows=3, window_s=0.02, max_windows=3, timeout=120
     )
     children = [ChildSpec("base", "gometal"), ChildSpec("new", "gometal", sys.executable)]
-    run = run_rounds(children, "A-small", args, pin=None, alternate=True)
+    probed = []
+    run = run_rounds(
+        children,
+        "A-small",
+        args,
+        pin=None,
+        alternate=True,
+        before_round=lambda: probed.append(1) or len(probed),
+    )
+    assert run.probes == (1, 2, 3)  # one probe before each round, kept in order
     assert [r["label"] for r in run.rows] == ["base", "new"]
     assert all(r["ok"] for r in run.rows), [r.get("error") for r in run.rows]
     for label in ("base", "new"):
