@@ -26,6 +26,8 @@ from _serving_wrk import BODIES_NAME, INDEX_NAME
 
 FLOOR_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpp", "http_floor.c")
 FLOOR_LABEL = "native HTTP floor"
+PACED_LABEL = "paced HTTP floor"  # the same, answering in batches at the target's rate
+MAX_BODY = 1 << 20  # bytes of a request body; wrk's CNN requests are about 49 KB
 
 
 def floor_binary() -> str | None:
@@ -33,12 +35,13 @@ def floor_binary() -> str | None:
     return compiled(FLOOR_SOURCE, "gometal-http-floor")
 
 
-def floor_command(binary: str, port: int, response_path: str,
-                  max_body: int | None = None) -> list[str]:  # fmt: skip
+def floor_command(binary: str, port: int, response_path: str, max_body: int = MAX_BODY,
+                  pace_us: int | None = None) -> list[str]:  # fmt: skip
     """The floor server's command line: it listens on 127.0.0.1:``port`` (0: a free one, which
-    it prints) and answers every request with the bytes of ``response_path``."""
-    command = [binary, str(port), response_path]
-    return command + ([str(max_body)] if max_body is not None else [])
+    it prints) and answers every request with the bytes of ``response_path``; with
+    ``pace_us``, all the answers held at once every ``pace_us`` microseconds."""
+    command = [binary, str(port), response_path, str(max_body)]
+    return command + ([str(pace_us)] if pace_us else [])
 
 
 def first_request(folder: str) -> tuple[bytes, int]:
@@ -141,10 +144,12 @@ def describe_ceiling(bound: dict, floor: dict, gometal: dict | None, cores: int,
             f"of it with no server work beyond the floor's"
         )
     else:
+        left_us = (bound["budget_ms"] - floor["server_ms_per_request"]) * 1e3
         lines.append(
-            f"  the target fits: at it the server may spend {bound['budget_ms']:.4f} core-ms per "
-            f"request outside the model, of which the floor takes "
-            f"{floor['server_ms_per_request']:.4f}"
+            f"  the target fits only if the server spends at most {bound['budget_ms']:.4f} "
+            f"core-ms per request outside the model; the floor's framing and copies take "
+            f"{floor['server_ms_per_request']:.4f}, leaving {left_us:.1f} us for the rest "
+            "(parsing, batching, answering)"
         )
     if gometal is not None and gometal.get("server_ms_per_request") is not None:
         outside = gometal["server_ms_per_request"] - bound["model_ms"]
@@ -158,24 +163,30 @@ def describe_ceiling(bound: dict, floor: dict, gometal: dict | None, cores: int,
     return lines
 
 
-def ceiling_report(floor: dict, gometal: dict | None, offline_runs: list[tuple[float, float]],
-                   offline_cores: int, cores: int) -> list[str]:  # fmt: skip
+def ceiling_report(floor: dict, paced: dict | None, gometal: dict | None,
+                   offline_runs: list[tuple[float, float]], offline_cores: int,
+                   cores: int) -> list[str]:  # fmt: skip
     """bench_serving's lines under its table: the ceiling the floor's wrk run sets, beside
     gometal serve's, from offline predict's ``(images/s, own CPU ms per image)`` medians over
     the run: its rate as measured, and the rate its own CPU per image gives with the cores to
-    itself (the two agree on a quiet machine; other processes' load lowers only the first)."""
+    itself (the two agree on a quiet machine; other processes' load lowers only the first);
+    then, from the second, the floor ``paced`` to the target's rate (its CPU and wrk's per
+    request at that rate rather than at the floor's own)."""
     import statistics
 
     measured = statistics.median(rate for rate, _cpu in offline_runs)
     cpu_ms = statistics.median(cpu for _rate, cpu in offline_runs)
-    bases = (("offline predict's images/s as measured", measured),
-             (f"offline predict's own CPU ({cpu_ms:.4f} ms an image) on all the cores",
-              offline_cores / cpu_ms * 1e3))  # fmt: skip
+    by_cpu = offline_cores / cpu_ms * 1e3
+    own_cpu = f"offline predict's own CPU ({cpu_ms:.4f} ms an image) on all the cores"
+    blocks = [("offline predict's images/s as measured", measured, floor), (own_cpu, by_cpu, floor)]
+    if paced is not None:
+        blocks.append((f"{own_cpu}, the floor paced", by_cpu, paced))
     lines = []
-    for basis, rate in bases:
-        bound = serving_ceiling(rate, floor["server_ms_per_request"],
-                                floor["generator_ms_per_request"], cores, offline_cores)  # fmt: skip
-        lines += describe_ceiling(bound, floor, gometal, cores, rate, offline_cores, basis)
+    for index, (basis, rate, row) in enumerate(blocks):
+        bound = serving_ceiling(rate, row["server_ms_per_request"],
+                                row["generator_ms_per_request"], cores, offline_cores)  # fmt: skip
+        shown = gometal if index == len(blocks) - 1 else None  # once, beside the last
+        lines += describe_ceiling(bound, row, shown, cores, rate, offline_cores, basis)
     rates = [rate for rate, _cpu in offline_runs]
     cpus = [cpu for _rate, cpu in offline_runs]
     lines.append(f"  offline predict over the run, {len(rates)} times: {min(rates):,.0f}-"

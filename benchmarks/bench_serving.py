@@ -49,7 +49,8 @@ and the server's CPU time per answered request, beside offline predict's per ima
 
 With --floor (and --load wrk), a native HTTP/1.1 server with no model (``_serving_floor.py``,
 ``cpp/http_floor.c``), answering gometal's own answer to image 0, is loaded by wrk in each round
-beside them, offline predict is timed again before each round, and the throughput this machine
+beside them, once answering at once and once paced to the target's rate (all answers held and
+written together every clients / target seconds, as a batch), offline predict is timed again before each round, and the throughput this machine
 allows is printed: 2 cores / (offline predict's core-ms per image + the floor server's and
 wrk's core-ms per request), against 80 % of offline predict.
 
@@ -90,7 +91,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _child import reexec_with_clean_environment
 from _frameworks import cnn_model
-from _serving_floor import FLOOR_LABEL, FLOOR_SOURCE, floor_binary
+from _serving_floor import FLOOR_LABEL, FLOOR_SOURCE, PACED_LABEL, floor_binary
 from _serving_load import RESULT_TAG
 from _serving_wrk import run_wrk, write_wrk_inputs, wrk_available
 from _workload import IMAGE_SHAPE
@@ -368,18 +369,23 @@ def _wrk_view(server: Server) -> Server:
     return view
 
 
-def start_floor(gometal: Server, folder: str) -> Server:
-    """The native floor server (``_serving_floor.py``), answering every request with the
-    bytes gometal serve answers wrk's first request with; ready."""
-    from _serving_floor import capture_answer, floor_command
+def start_floors(gometal: Server, folder: str, pace_us: int) -> list[Server]:
+    """The native floor servers (``_serving_floor.py``), answering every request with the
+    bytes gometal serve answers wrk's first request with: one at once, one every ``pace_us``
+    (the target's rate at the largest client count); ready."""
+    from _serving_floor import PACED_LABEL, capture_answer, floor_command
 
     response_path = os.path.join(folder, "floor-response.http")
     with open(response_path, "wb") as out:
         out.write(capture_answer(gometal.url, MODEL_NAME, folder))
-    port = _free_port()
-    floor = Server(FLOOR_LABEL, floor_command(floor_binary(), port, response_path), port, folder)
-    floor.wait_ready()
-    return floor
+    floors = []
+    for label, pace in ((FLOOR_LABEL, None), (PACED_LABEL, pace_us)):
+        port = _free_port()
+        command = floor_command(floor_binary(), port, response_path, pace_us=pace)
+        floors.append(Server(label, command, port, folder))
+    for floor in floors:
+        floor.wait_ready()
+    return floors
 
 
 def main() -> None:
@@ -506,10 +512,11 @@ def main() -> None:
         try:
             for server in servers:
                 server.wait_ready()
-            if args.floor:
-                floor = start_floor(servers[0], folder)
-                servers.append(floor)  # after the variants: stopped with them, never verdicted
-                loads.append(_wrk_view(floor))
+            if args.floor:  # after the variants: stopped with them, never verdicted
+                target = TARGET_OF_OFFLINE * args.threads / offline_cpu_ms * 1e3
+                floors = start_floors(servers[0], folder, round(client_counts[-1] / target * 1e6))
+                servers += floors
+                loads += [_wrk_view(floor) for floor in floors]
             started = servers[0].log_tail().split(" | ")
             print(f"gometal serve options: {' '.join(tuning)} --max-queue 1024 (HTTP): "
                   f"{started[0]}")  # fmt: skip
@@ -548,10 +555,10 @@ def main() -> None:
     if args.floor:
         from _serving_floor import ceiling_report
 
-        floor = results[f"{FLOOR_LABEL} [wrk]"][top]
+        floor, paced = (results[f"{label} [wrk]"][top] for label in (FLOOR_LABEL, PACED_LABEL))
         gometal = results["gometal serve [wrk]"][top]
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        print("\n".join(ceiling_report(floor, gometal, offline_rounds, args.threads, cores)))
+        print("\n".join(ceiling_report(floor, paced, gometal, offline_rounds, args.threads, cores)))
     runs = [r for by_clients in results.values() for r in by_clients.values()]
     failures = [r["first_error"] for r in runs if r["first_error"]]
     wrong = sum(r["wrong"] for r in runs)

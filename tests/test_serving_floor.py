@@ -29,6 +29,7 @@ from _serving_floor import (
     ceiling_report,
     describe_ceiling,
     floor_binary,
+    floor_command,
     serving_ceiling,
 )
 from _serving_wrk import run_wrk, write_wrk_inputs, wrk_available
@@ -39,15 +40,14 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-lengt
             + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)  # fmt: skip
 
 
-def _start(
-    tmp_path: Path, response: bytes, max_body: int = MAX_BODY
-) -> tuple[subprocess.Popen, int]:
+def _start(tmp_path: Path, response: bytes, max_body: int = MAX_BODY,
+           pace_us: int | None = None) -> tuple[subprocess.Popen, int]:  # fmt: skip
     binary = floor_binary()
     assert binary is not None, "no C compiler found"
     path = tmp_path / f"response-{len(response)}.http"
     path.write_bytes(response)
-    proc = subprocess.Popen([binary, "0", str(path), str(max_body)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    command = floor_command(binary, 0, str(path), max_body, pace_us)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, int(proc.stdout.readline())
 
 
@@ -56,9 +56,10 @@ def _stop(proc: subprocess.Popen) -> None:
     assert proc.wait(10) == 0
 
 
-@pytest.fixture
-def floor(tmp_path: Path) -> Iterator[int]:
-    proc, port = _start(tmp_path, RESPONSE)
+# Answers at once, and held for the next tick of 5 ms as a batching server holds them.
+@pytest.fixture(params=[None, 5_000], ids=["at-once", "paced"])
+def floor(tmp_path: Path, request) -> Iterator[int]:
+    proc, port = _start(tmp_path, RESPONSE, pace_us=request.param)
     yield port
     _stop(proc)
 
@@ -168,6 +169,7 @@ def test_connection_close_is_honoured(floor):
         (["x", "RESPONSE"], "PORT must be 0-65535, got 'x'"),
         (["0", "/nonexistent/response"], "RESPONSE_FILE '/nonexistent/response'"),
         (["0", "RESPONSE", "-5"], "MAX_BODY_BYTES must be 0-1073741824, got '-5'"),
+        (["0", "RESPONSE", "5", "1.5"], "PACE_US must be 0-10000000, got '1.5'"),
     ],
 )
 def test_bad_arguments_exit_2_naming_them(tmp_path, arguments, message):
@@ -201,14 +203,15 @@ def wrk_folder(tmp_path: Path) -> tuple[Path, np.ndarray]:
     return folder, expected
 
 
-@pytest.mark.parametrize(("request_id", "right"), [("0", True), ("1", False)])
+@pytest.mark.parametrize(("request_id", "right", "pace_us"),
+                         [("0", True, None), ("1", False, None), ("0", True, 2_000)])  # fmt: skip
 def test_wrk_counts_the_floors_answers_as_it_counts_gometals(tmp_path, wrk_folder, request_id,
-                                                            right):  # fmt: skip
+                                                            right, pace_us):  # fmt: skip
     assert wrk_available(), "the wrk program is not on PATH"
     folder, expected = wrk_folder
     # Image 0's answer passes wrk's checks whichever request it answers; named as image 1's,
     # its outputs are wrong.
-    proc, port = _start(tmp_path, _infer_answer(request_id, expected[0]))
+    proc, port = _start(tmp_path, _infer_answer(request_id, expected[0]), pace_us=pace_us)
     try:
         result = run_wrk(f"127.0.0.1:{port}", "cnn", str(folder), clients=2, warmup_s=0,
                          window_s=1)  # fmt: skip
@@ -286,7 +289,7 @@ def test_the_report_takes_offlines_median_rate_and_the_rate_of_its_median_cpu():
     runs = [(9_000.0, 0.19), (5_000.0, 0.20), (4_000.0, 0.21)]
     floor = {"clients": 64, "throughput": 30_000.0, "server_ms_per_request": 0.01,
              "generator_ms_per_request": 0.03}  # fmt: skip
-    text = "\n".join(ceiling_report(floor, None, runs, offline_cores=2, cores=2))
+    text = "\n".join(ceiling_report(floor, None, None, runs, offline_cores=2, cores=2))
     # Median rate 5,000: 0.4 + 0.04 ms, 4,545 req/s. Median CPU 0.2 ms: 2 cores / 0.2 ms =
     # 10,000 images/s; 0.2 + 0.04 ms, 8,333 req/s against a target of 8,000.
     assert "2 cores / 5,000 images/s" in text and "2 / 0.4400 ms = 4,545 req/s" in text
@@ -318,18 +321,22 @@ def test_bench_serving_floor_prints_the_floor_beside_gometal_and_the_ceiling():
     assert proc.returncode == 0, out + proc.stderr
     assert "answers: all equal offline predict; failed requests: 0" in out
     rows = {}
-    for label in ("gometal serve [wrk]", "native HTTP floor [wrk]"):
+    for label in ("gometal serve [wrk]", "native HTTP floor [wrk]", "paced HTTP floor [wrk]"):
         (line,) = [line for line in out.splitlines() if line.startswith(f"  {label} ")]
         rows[label] = line[len(label) + 2 :].split()
     # clients, req/s, p50, p99, of offline, errors, wrong, server, loop and wrk CPU, cores
-    floor = rows["native HTTP floor [wrk]"]
-    assert floor[0] == "2" and float(floor[1]) > 0 and floor[5:7] == ["0", "0"]
+    for label in ("native HTTP floor [wrk]", "paced HTTP floor [wrk]"):
+        floor = rows[label]
+        assert floor[0] == "2" and float(floor[1]) > 0 and floor[5:7] == ["0", "0"]
     per_request = re.findall(
         r"per request: model ([\d.]+) core-ms .* \+ native floor server ([\d.]+) \(at .*\) "
         r"\+ wrk ([\d.]+) = ([\d.]+) core-ms", out)  # fmt: skip
     ceilings = re.findall(r"ceiling: (\d+) / ([\d.]+) ms = ([\d,]+) req/s", out)
-    assert len(per_request) == len(ceilings) == 2  # from offline's rate, and from its CPU
-    for numbers, (cores, shown_total, ceiling) in zip(per_request, ceilings, strict=True):
+    # From offline's rate, from its CPU, and from its CPU with the floor paced.
+    assert len(per_request) == len(ceilings) == 3
+    floors = [rows["native HTTP floor [wrk]"]] * 2 + [rows["paced HTTP floor [wrk]"]]
+    for numbers, (cores, shown_total, ceiling), floor in zip(per_request, ceilings, floors,
+                                                             strict=True):  # fmt: skip
         model_ms, floor_ms, wrk_ms, total_ms = (float(v) for v in numbers)
         # The floor's CPU in the ceiling is its row's (the table rounds to 0.001 ms).
         assert floor_ms == pytest.approx(float(floor[7]), abs=0.00051)
@@ -339,8 +346,8 @@ def test_bench_serving_floor_prints_the_floor_beside_gometal_and_the_ceiling():
         assert float(ceiling.replace(",", "")) == pytest.approx(
             int(cores) / total_ms * 1e3, rel=1e-3
         )
-    assert out.count("OUT OF REACH") + out.count("the target fits") == 2
-    assert "  gometal serve: " in out and "of the ceiling" in out
+    assert out.count("OUT OF REACH") + out.count("the target fits") == 3
+    assert out.count("  gometal serve: ") == 1 and "of the ceiling" in out
 
 
 def test_bench_serving_floor_needs_wrk_in_the_load():

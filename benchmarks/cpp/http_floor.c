@@ -3,9 +3,12 @@
  * and its Content-Length body) into a bounded buffer per connection, then one fixed response
  * written back. No model and no parsing beyond the request's framing.
  *
- * Usage: http_floor PORT RESPONSE_FILE [MAX_BODY_BYTES]
+ * Usage: http_floor PORT RESPONSE_FILE [MAX_BODY_BYTES [PACE_US]]
  *   RESPONSE_FILE holds the whole response (status line, headers, body) sent to every request.
  *   Prints the port it listens on (PORT 0: a free one) on 127.0.0.1, then serves until SIGTERM.
+ *   PACE_US > 0 holds the answers and writes them all every PACE_US microseconds, as a batching
+ *   server answers a batch at once: N closed-loop clients then send N / PACE requests a second,
+ *   so the floor's and the client's CPU per request are measured at a chosen rate.
  * Pipelined requests are answered in order; a body may arrive in any number of reads. A
  * Content-Length past MAX_BODY_BYTES (default 1 MiB) gets 413, headers past 16 KiB 431, a
  * chunked body 501, a malformed request 400; each then closes its connection. */
@@ -21,12 +24,15 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #define MAX_HEADER 16384
 #define MAX_OWED 16       /* answers queued per connection before it stops parsing */
 #define MAX_RESPONSE (1 << 20)
+
+enum { WATCH_IN, WATCH_OUT, WATCH_NONE };
 
 typedef struct {
   int fd;
@@ -41,12 +47,13 @@ typedef struct {
   size_t tail_len, tail_off;
   int close_after;    /* close once everything owed is written */
   int peer_done;      /* the client closed its side */
-  int want_out;       /* registered for EPOLLOUT instead of EPOLLIN */
+  int watching;       /* WATCH_IN, WATCH_OUT (a write to finish) or WATCH_NONE (paced) */
 } Conn;
 
 static char* response;
 static size_t response_len;
 static size_t max_body = 1 << 20;
+static long pace_us = 0; /* 0: answer at once */
 static Conn** conns;
 static size_t conns_cap;
 static volatile sig_atomic_t stopping = 0;
@@ -209,20 +216,67 @@ static void close_conn(int epfd, Conn* c) {
   free(c);
 }
 
-static void watch(int epfd, Conn* c, int out) {
-  if (c->want_out == out) return;
-  struct epoll_event ev = {.events = out ? EPOLLOUT : EPOLLIN, .data.fd = c->fd};
+static void watch(int epfd, Conn* c, int mode) {
+  if (c->watching == mode) return;
+  static const unsigned events[] = {[WATCH_IN] = EPOLLIN, [WATCH_OUT] = EPOLLOUT,
+                                    [WATCH_NONE] = 0};
+  struct epoll_event ev = {.events = events[mode], .data.fd = c->fd};
   epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
-  c->want_out = out;
+  c->watching = mode;
+}
+
+/* Answers what is held and takes the requests that follow (paced: counts them for the next
+ * tick), until the socket is full. */
+static void serve(int epfd, Conn* c) {
+  int more;
+  do {
+    more = take_requests(c);
+    int written = flush(c);
+    if (written < 0) {
+      close_conn(epfd, c);
+      return;
+    }
+    if (written == 0) {
+      watch(epfd, c, WATCH_OUT);
+      return;
+    }
+  } while (more && pace_us == 0);
+  if (pace_us > 0) more = take_requests(c);
+  if ((c->close_after || c->peer_done) && c->owed == 0) {
+    close_conn(epfd, c);
+    return;
+  }
+  watch(epfd, c, more || c->peer_done || c->close_after ? WATCH_NONE : WATCH_IN);
+}
+
+/* Paced: the whole requests held are counted now and answered at the next tick. */
+static void hold(int epfd, Conn* c) {
+  int full = take_requests(c);
+  if (c->peer_done && c->owed == 0 && c->tail == NULL) {
+    close_conn(epfd, c);
+  } else if (full || c->peer_done || c->close_after) {
+    watch(epfd, c, WATCH_NONE); /* nothing more is read before the tick */
+  }
+}
+
+static void release_all(int epfd) {
+  for (size_t fd = 0; fd < conns_cap; ++fd) {
+    Conn* c = conns[fd];
+    if (c != NULL && c->watching != WATCH_OUT &&
+        (c->owed > 0 || c->tail != NULL || c->close_after || c->peer_done)) {
+      serve(epfd, c);
+    }
+  }
 }
 
 static void on_ready(int epfd, Conn* c, unsigned events) {
-  if (events & EPOLLERR) {
+  if (events & (EPOLLERR | EPOLLHUP)) { /* both ways shut: no answer can reach the client */
     close_conn(epfd, c);
     return;
   }
   size_t room = MAX_HEADER + max_body - c->len; /* never 0 here: a whole request fits */
-  if (!c->want_out && !c->close_after && room > 0 && (events & (EPOLLIN | EPOLLHUP))) {
+  if (c->watching == WATCH_IN && !c->close_after && room > 0 &&
+      (events & EPOLLIN)) {
     ssize_t n = read(c->fd, c->in + c->len, room);
     if (n == 0) {
       c->peer_done = 1;
@@ -233,24 +287,11 @@ static void on_ready(int epfd, Conn* c, unsigned events) {
       c->len += (size_t)n;
     }
   }
-  for (;;) {
-    int more = take_requests(c);
-    int written = flush(c);
-    if (written < 0) {
-      close_conn(epfd, c);
-      return;
-    }
-    if (written == 0) {
-      watch(epfd, c, 1);
-      return;
-    }
-    if (!more) break;
+  if (pace_us > 0 && c->watching == WATCH_IN) {
+    hold(epfd, c);
+  } else {
+    serve(epfd, c);
   }
-  if (c->close_after || c->peer_done) {
-    close_conn(epfd, c);
-    return;
-  }
-  watch(epfd, c, 0);
 }
 
 static void accept_all(int epfd, int listener) {
@@ -297,8 +338,8 @@ static int read_response(const char* path) {
 }
 
 int main(int argc, char** argv) {
-  if (argc < 3 || argc > 4) {
-    fprintf(stderr, "usage: %s PORT RESPONSE_FILE [MAX_BODY_BYTES]\n", argv[0]);
+  if (argc < 3 || argc > 5) {
+    fprintf(stderr, "usage: %s PORT RESPONSE_FILE [MAX_BODY_BYTES [PACE_US]]\n", argv[0]);
     return 2;
   }
   char* rest;
@@ -307,7 +348,14 @@ int main(int argc, char** argv) {
     fprintf(stderr, "http_floor: PORT must be 0-65535, got '%s'\n", argv[1]);
     return 2;
   }
-  if (argc == 4) {
+  if (argc == 5) {
+    pace_us = strtol(argv[4], &rest, 10);
+    if (*rest != '\0' || pace_us < 0 || pace_us > 10000000) {
+      fprintf(stderr, "http_floor: PACE_US must be 0-10000000, got '%s'\n", argv[4]);
+      return 2;
+    }
+  }
+  if (argc >= 4) {
     long long body = strtoll(argv[3], &rest, 10);
     if (*rest != '\0' || body < 0 || body > (1LL << 30)) {
       fprintf(stderr, "http_floor: MAX_BODY_BYTES must be 0-%lld, got '%s'\n", 1LL << 30,
@@ -343,12 +391,27 @@ int main(int argc, char** argv) {
   int epfd = epoll_create1(EPOLL_CLOEXEC);
   struct epoll_event ev = {.events = EPOLLIN, .data.fd = listener};
   epoll_ctl(epfd, EPOLL_CTL_ADD, listener, &ev);
+  int ticks = -1;
+  if (pace_us > 0) {
+    ticks = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    struct timespec period = {.tv_sec = pace_us / 1000000, .tv_nsec = pace_us % 1000000 * 1000};
+    struct itimerspec every = {.it_interval = period, .it_value = period};
+    struct epoll_event tick = {.events = EPOLLIN, .data.fd = ticks};
+    if (ticks < 0 || timerfd_settime(ticks, 0, &every, NULL) != 0 ||
+        epoll_ctl(epfd, EPOLL_CTL_ADD, ticks, &tick) != 0) {
+      fprintf(stderr, "http_floor: cannot start a %ld us timer: %s\n", pace_us, strerror(errno));
+      return 1;
+    }
+  }
   struct epoll_event events[256];
   while (!stopping) {
     int n = epoll_wait(epfd, events, 256, -1);
     for (int i = 0; i < n; ++i) {
       int fd = events[i].data.fd;
-      if (fd == listener) {
+      if (fd == ticks) {
+        unsigned long long expired;
+        if (read(ticks, &expired, sizeof expired) > 0) release_all(epfd);
+      } else if (fd == listener) {
         accept_all(epfd, listener);
       } else if ((size_t)fd < conns_cap && conns[fd] != NULL) {
         on_ready(epfd, conns[fd], events[i].events);
