@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backends/cpu/conv_direct.h"
+#include "backends/cpu/conv_winograd_f4.h"
 #include "backends/cpu/lane_transpose.h"
 #include "backends/cpu/packed_weight_cache.h"
 #include "backends/cpu/simd_paths.h"
@@ -507,18 +508,24 @@ bool conv2d_winograd_chosen(const ConvGeometry& g, const ConvEpilogue& epilogue)
 
 int64_t conv2d_winograd_scratch(const ConvGeometry& g) {
   if (!geometry_supported(g)) return 0;
-  return split_floats(g) + block_floats(g) + kSumsFloats;
+  return std::max(split_floats(g) + block_floats(g) + kSumsFloats, conv2d_winograd_f4_scratch(g));
 }
 
 void conv2d_winograd_forward_samples(const ConvGeometry& g, const float* x, const float* w, float* y, int64_t n0,
                                      int64_t n1, float* scratch, const ConvEpilogue& epilogue) {
   const ConvPath path = choose_conv_path();
-  const float* u = transformed_weights(g, w);
   const bool weights_finite = all_moderate(w, g.o * g.c * 9);
   const int64_t in_image = g.c * g.h * g.w, out_image = g.o * output_plane(g, epilogue);
-  for (int64_t n = n0; n < n1; ++n)
-    forward_tiles(path, g, u, w, weights_finite, x + n * in_image, y + n * out_image, 0, tile_count(g), scratch,
-                  epilogue);
+  auto images = [&](int64_t from, int64_t to) {  // F(4x4, 3x3) calls it for one image at a time
+    const float* u = transformed_weights(g, w);
+    for (int64_t n = from; n < to; ++n)
+      forward_tiles(path, g, u, w, weights_finite, x + n * in_image, y + n * out_image, 0, tile_count(g), scratch,
+                    epilogue);
+  };
+  if (!epilogue.max_pool_2x2 && conv2d_winograd_f4_chosen(g))
+    return conv2d_winograd_f4_samples(g, x, w, false, y, n0, n1, scratch, epilogue,
+                                      [&](int64_t n) { images(n, n + 1); });
+  images(n0, n1);
 }
 
 void conv2d_winograd_forward(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* w,
@@ -565,12 +572,18 @@ void conv2d_winograd_input_grad_samples(const ConvGeometry& g, const float* dy, 
   input_grad_as_forward(g, &f);
   const ConvPath path = choose_conv_path();
   const PackedWeightKey key{"conv_winograd_f2x2_input_grad", g.c, g.o, 1};
-  const float* u = cached_packed_weights(key, w, g.o * g.c * 9, kPoints * padded_outputs(f) * f.c,
-                                         transform_flipped_weights);
   const bool weights_finite = all_moderate(w, g.o * g.c * 9);
-  for (int64_t n = n0; n < n1; ++n)
-    forward_tiles(path, f, u, nullptr, weights_finite, dy + n * f.c * f.h * f.w, dx + n * f.o * f.out_plane(), 0,
-                  tile_count(f), scratch, ConvEpilogue{}, w);
+  auto images = [&](int64_t from, int64_t to) {
+    const float* u = cached_packed_weights(key, w, g.o * g.c * 9, kPoints * padded_outputs(f) * f.c,
+                                           transform_flipped_weights);
+    for (int64_t n = from; n < to; ++n)
+      forward_tiles(path, f, u, nullptr, weights_finite, dy + n * f.c * f.h * f.w, dx + n * f.o * f.out_plane(),
+                    0, tile_count(f), scratch, ConvEpilogue{}, w);
+  };
+  if (conv2d_winograd_f4_chosen(f))
+    return conv2d_winograd_f4_samples(f, dy, w, true, dx, n0, n1, scratch, ConvEpilogue{},
+                                      [&](int64_t n) { images(n, n + 1); });
+  images(n0, n1);
 }
 
 }  // namespace gometal

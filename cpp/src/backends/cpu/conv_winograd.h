@@ -6,6 +6,8 @@
 // tiles), and the output transform (A^T m A), the epilogue and the pooling follow in registers.
 // Pooled (inference), the unpooled outputs are never stored; unpooled (a training plan's forward
 // pass), each tile's 2x2 outputs are stored in place after the epilogue.
+// Unpooled passes whose output sizes are multiples of 4 run F(4x4, 3x3) instead where
+// conv2d_winograd_f4_chosen says so (conv_winograd_f4.h).
 //
 // GOMETAL_CONV_WINOGRAD=always|never forces or forbids this kernel wherever it can run; unset,
 // conv2d_winograd_chosen picks it by shape. GOMETAL_CONV_KERNEL chooses its instruction-set

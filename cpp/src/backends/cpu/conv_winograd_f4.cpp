@@ -1,0 +1,450 @@
+#include "backends/cpu/conv_winograd_f4.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include "backends/cpu/lane_transpose.h"
+#include "backends/cpu/packed_weight_cache.h"
+#include "backends/cpu/simd_paths.h"
+#include "runtime/finite.h"
+
+namespace gometal {
+namespace {
+
+using simd::load;
+
+constexpr int64_t kPoints = 36;  // a transformed 6x6 tile
+constexpr int64_t kMostBlockTiles = 64;
+constexpr int kWideRows = 8, kWideVectors = 2;      // AVX-512 over blocks of 32 or 64 tiles
+constexpr int kWideSingleRows = 16;                 // AVX-512 over blocks of 16 or 48 tiles: one vector
+constexpr int kNarrowRows = 6, kNarrowVectors = 2;  // AVX2 and portable: 12 of 16 registers
+// Output channels whose sums are kept at once: a multiple of the path's rows, at most 16.
+template <int R>
+constexpr int64_t group_rows() {
+  return R >= 16 ? R : (16 / R) * R;
+}
+constexpr int64_t kMostGroupRows = 16;
+constexpr uint32_t kModerateBits = (127u + 100u) << 23;  // 2^100
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+int64_t tile_rows(const ConvGeometry& g) { return g.oh / 4; }
+int64_t tile_cols(const ConvGeometry& g) { return g.ow / 4; }
+int64_t tile_count(const ConvGeometry& g) { return tile_rows(g) * tile_cols(g); }
+// Output channels of the transformed weights, zero past O: every register tile (6, 8 or 16
+// rows) reads whole rows.
+int64_t padded_outputs(int64_t o) { return std::max(round_up(o, 16), round_up(o, 6)); }
+int64_t padded_outputs(const ConvGeometry& g) { return padded_outputs(g.o); }
+
+// The padded input split into 4 x 6 parts per channel: part (rho, j) holds, for each tile row
+// ty and tile column tx, the value at padded row 4 ty + rho, column 4 tx + j, at (ty * tile_cols
+// + tx) = the tile's index. A tile's input row i (i < 6) lies in row i % 4 of tile row ty + i / 4,
+// so value (i, j) of tile t is part (i % 4, j)[(i / 4) tile_cols + t]: a vector of consecutive
+// tiles is one load wherever the tiles lie in the plane.
+int64_t part_floats(const ConvGeometry& g) { return (tile_rows(g) + 1) * tile_cols(g); }
+constexpr int64_t kSplitSlack = 32;  // a last vector of tiles reads up to a chunk past the parts
+int64_t split_floats(const ConvGeometry& g) { return round_up(g.c * 24 * part_floats(g) + kSplitSlack, 16); }
+// One padded row split by column modulo 4 (tile column tx reads quarter k at tx and tx + 1).
+int64_t quarter_width(const ConvGeometry& g) { return tile_cols(g) + 1; }
+int64_t split_rows(const ConvGeometry& g) { return 4 * tile_rows(g) + 2; }
+// Tiles a block holds: a multiple of 16, each path's chunk of tiles (AVX-512 takes 32 where
+// the block holds a multiple of 32).
+int64_t block_tiles(const ConvGeometry& g) { return std::min(kMostBlockTiles, round_up(tile_count(g), 16)); }
+int64_t block_floats(const ConvGeometry& g) { return kPoints * g.c * block_tiles(g); }
+int64_t sums_floats(const ConvGeometry& g) { return kPoints * kMostGroupRows * block_tiles(g); }
+
+// G w G^T with G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6;
+// 0 0 1], in double and rounded once: the fractions are not exact in float32.
+void transform_window(const float* k, bool flip, double (&u)[kPoints]) {
+  double w[3][3];
+  for (int i = 0; i < 9; ++i) w[i / 3][i % 3] = k[flip ? 8 - i : i];
+  // Multiplications by the rounded fractions: a division per term made the transform of a
+  // training step's new weights cost as much as a tenth of the pass.
+  constexpr double kQuarter = 1.0 / 4, kSixth = 1.0 / 6, kTwelfth = 1.0 / 12, kTwentyFourth = 1.0 / 24;
+  auto g6 = [&](double a, double b, double c, double (&out)[6]) {
+    out[0] = a * kQuarter;
+    out[1] = -(a + b + c) * kSixth;
+    out[2] = -(a - b + c) * kSixth;
+    out[3] = a * kTwentyFourth + b * kTwelfth + c * kSixth;
+    out[4] = a * kTwentyFourth - b * kTwelfth + c * kSixth;
+    out[5] = c;
+  };
+  double rows[6][3];
+  for (int j = 0; j < 3; ++j) {
+    double col[6];
+    g6(w[0][j], w[1][j], w[2][j], col);
+    for (int a = 0; a < 6; ++a) rows[a][j] = col[a];
+  }
+  for (int a = 0; a < 6; ++a) {
+    double point[6];
+    g6(rows[a][0], rows[a][1], rows[a][2], point);
+    for (int b = 0; b < 6; ++b) u[a * 6 + b] = point[b];
+  }
+}
+
+// u[point][o][c] (key: O rows, C columns), zero for the padding channels.
+void transform_weights(const PackedWeightKey& key, const float* w, float* u, bool flipped) {
+  const int64_t o_count = key.rows, c_count = key.columns, o_pad = padded_outputs(o_count);
+  std::fill_n(u, kPoints * o_pad * c_count, 0.0f);
+  for (int64_t o = 0; o < o_count; ++o)
+    for (int64_t c = 0; c < c_count; ++c) {
+      // Flipped: w is the convolution's (key.columns, key.rows, 3, 3), each window reversed.
+      const float* k = flipped ? w + (c * o_count + o) * 9 : w + (o * c_count + c) * 9;
+      double point[kPoints];
+      transform_window(k, flipped, point);
+      for (int p = 0; p < kPoints; ++p) u[(p * o_pad + o) * c_count + c] = static_cast<float>(point[p]);
+    }
+}
+
+void transform_plain(const PackedWeightKey& key, const float* w, float* u) {
+  transform_weights(key, w, u, false);
+}
+void transform_flipped(const PackedWeightKey& key, const float* w, float* u) {
+  transform_weights(key, w, u, true);
+}
+
+// Image columns [0, columns) (a multiple of 16) of one row into the four parts of its split row.
+void split_in_vectors(const float* image_row, int64_t columns, int64_t pw, int64_t quarter, float* row) {
+  float* dst[4];
+  for (int r = 0; r < 4; ++r) dst[r] = row + ((pw + r) % 4) * quarter + (pw + r) / 4;
+  for (int64_t x = 0; x < columns; x += 16) {
+    const Vec8f a = load<Vec8f>(image_row + x), b = load<Vec8f>(image_row + x + 8);
+    const Vec8f p0 = GOMETAL_LANE_SHUFFLE(a, b, lanes::Mask8i, 0, 4, 8, 12, 0, 4, 8, 12);
+    const Vec8f p1 = GOMETAL_LANE_SHUFFLE(a, b, lanes::Mask8i, 1, 5, 9, 13, 1, 5, 9, 13);
+    const Vec8f p2 = GOMETAL_LANE_SHUFFLE(a, b, lanes::Mask8i, 2, 6, 10, 14, 2, 6, 10, 14);
+    const Vec8f p3 = GOMETAL_LANE_SHUFFLE(a, b, lanes::Mask8i, 3, 7, 11, 15, 3, 7, 11, 15);
+    __builtin_memcpy(dst[0] + x / 4, &p0, 4 * sizeof(float));
+    __builtin_memcpy(dst[1] + x / 4, &p1, 4 * sizeof(float));
+    __builtin_memcpy(dst[2] + x / 4, &p2, 4 * sizeof(float));
+    __builtin_memcpy(dst[3] + x / 4, &p3, 4 * sizeof(float));
+  }
+}
+
+// n floats, 8 at a time where they can (a copy of a run-time length calls memcpy).
+GOMETAL_SIMD_INLINE void copy_floats(const float* src, int64_t n, float* dst) {
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) __builtin_memcpy(dst + k, src + k, 8 * sizeof(float));
+  for (; k < n; ++k) dst[k] = src[k];
+}
+
+// Every padded row of every channel of image x into its parts, through `quarters` (one row split
+// by column modulo 4); false where a value is not moderate.
+bool split_image(const ConvGeometry& g, const float* x, float* split, float* quarters) {
+  const int64_t quarter = quarter_width(g), tw = tile_cols(g), part = part_floats(g);
+  // Image columns in whole 16-column vectors that land inside the split row.
+  const int64_t vector_columns = std::max<int64_t>(0, std::min(g.w, 4 * quarter - g.pw)) / 16 * 16;
+  bool moderate = true;
+  for (int64_t c = 0; c < g.c; ++c)
+    for (int64_t r = 0; r < split_rows(g); ++r) {
+      float* parts = split + (c * 24 + (r % 4) * 6) * part + (r / 4) * tw;  // part j at parts + j * part
+      const int64_t iy = r - g.ph;
+      if (iy < 0 || iy >= g.h) {
+        for (int j = 0; j < 6; ++j) std::fill_n(parts + j * part, tw, 0.0f);
+        continue;
+      }
+      std::fill_n(quarters, 4 * quarter, 0.0f);
+      const float* image_row = x + (c * g.h + iy) * g.w;
+      split_in_vectors(image_row, vector_columns, g.pw, quarter, quarters);
+      for (int64_t ix = vector_columns; ix < g.w; ++ix) {
+        const int64_t q = ix + g.pw;
+        if (q >= 4 * quarter) break;
+        quarters[(q % 4) * quarter + q / 4] = image_row[ix];
+      }
+      for (int j = 0; j < 6; ++j) copy_floats(quarters + (j % 4) * quarter + j / 4, tw, parts + j * part);
+      moderate &= magnitudes_below<uint32_t>(image_row, g.w, kModerateBits);
+    }
+  std::fill_n(split + g.c * 24 * part, kSplitSlack, 0.0f);
+  return moderate;
+}
+
+// B^T d over six values, B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0;
+// 0 2 -1 -2 1 0; 0 4 0 -5 0 1].
+template <class T>
+GOMETAL_SIMD_INLINE void input_6(T d0, T d1, T d2, T d3, T d4, T d5, T (&t)[6]) {
+  const T a = d4 - 4.0f * d2, b = d3 - 4.0f * d1, c = d4 - d2, e = 2.0f * (d3 - d1);
+  t[0] = 4.0f * d0 - 5.0f * d2 + d4;
+  t[1] = a + b;
+  t[2] = a - b;
+  t[3] = c + e;
+  t[4] = c - e;
+  t[5] = 4.0f * d1 - 5.0f * d3 + d5;
+}
+
+// A^T m over six values, A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+template <class T>
+GOMETAL_SIMD_INLINE void output_6(T m0, T m1, T m2, T m3, T m4, T m5, T (&o)[4]) {
+  const T p = m1 + m2, q = m1 - m2, r = m3 + m4, s = m3 - m4;
+  o[0] = m0 + p + r;
+  o[1] = q + 2.0f * s;
+  o[2] = p + 4.0f * r;
+  o[3] = q + 8.0f * s + m5;
+}
+
+// B^T d B of the 6x6 tiles from tile t on, lanes of T: row i of the tiles' inputs from r[i], its
+// value j `part` floats after value j - 1; each point stored at dst + point * point_stride.
+template <class T>
+GOMETAL_SIMD_INLINE void transform_input(const float* const (&r)[6], int64_t part, int64_t t, float* dst,
+                                         int64_t point_stride) {
+  T s[6][6];
+  for (int j = 0; j < 6; ++j) {
+    const int64_t at = j * part + t;
+    T v[6];
+    input_6(load<T>(r[0] + at), load<T>(r[1] + at), load<T>(r[2] + at), load<T>(r[3] + at),
+            load<T>(r[4] + at), load<T>(r[5] + at), v);
+    for (int a = 0; a < 6; ++a) s[a][j] = v[a];
+  }
+  for (int a = 0; a < 6; ++a) {
+    T v[6];
+    input_6(s[a][0], s[a][1], s[a][2], s[a][3], s[a][4], s[a][5], v);
+    for (int b = 0; b < 6; ++b) __builtin_memcpy(dst + (a * 6 + b) * point_stride, &v[b], sizeof(T));
+  }
+}
+
+// block[point][c][j] for tiles b0 + j, j < lanes: past b1 - b0 the lanes hold values of other
+// tiles (moderate, as every input here), whose sums are never stored.
+template <class Vec, int L>
+GOMETAL_SIMD_INLINE void transform_block(const ConvGeometry& g, const float* split, int64_t b0, int64_t lanes,
+                                         float* block) {
+  const int64_t tw = tile_cols(g), part = part_floats(g);
+  const int64_t channel_stride = block_tiles(g), point_stride = g.c * channel_stride;
+  for (int64_t c = 0; c < g.c; ++c) {
+    const float* parts = split + c * 24 * part;
+    const float* r[6];
+    for (int i = 0; i < 6; ++i) r[i] = parts + (i % 4) * 6 * part + (i / 4) * tw;
+    float* out = block + c * channel_stride;
+    for (int64_t t = 0; t < lanes; t += L) transform_input<Vec>(r, part, b0 + t, out + t, point_stride);
+  }
+}
+
+struct BlockArgs {
+  const float* u;  // transformed weights (point, padded O, C)
+  float* block;    // transformed tiles (point, C, block_tiles)
+  float* sums;     // one group of output channels' transformed sums (point, group rows, block_tiles)
+  float* y;        // the image's outputs (O, OH, OW)
+  int64_t o, o_pad, c, plane, tiles, block_tiles;
+  int64_t first_tile, tile_cols, ow;
+  ConvEpilogue epilogue;
+};
+
+// sums[point][o0 - group + r][lane0 + lane] = sum over c of u[point][o0 + r][c] *
+// block[point][c][lane0 + lane], one register tile of R rows x NV vectors.
+template <class Vec, int L, int R, int NV>
+GOMETAL_SIMD_INLINE void transformed_sums(const BlockArgs& a, int64_t p, int64_t group, int64_t o0,
+                                          int64_t lane0) {
+  // simd::accumulate_tile's loop, with rows unrolled by 16: unrolled by 8, the 16-row tile
+  // of a 16-tile plane kept its accumulators in memory.
+  Vec acc[R][NV] = {};
+  const float* u = a.u + (p * a.o_pad + o0) * a.c;
+  const float* v = a.block + p * a.c * a.block_tiles + lane0;
+  for (int64_t c = 0; c < a.c; ++c) {
+    Vec b[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) b[j] = load<Vec>(v + c * a.block_tiles + j * L);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const Vec s = simd::broadcast<Vec, L>(u + r * a.c + c);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[r][j] += s * b[j];
+    }
+  }
+  float* out = a.sums + (p * group_rows<R>() + o0 - group) * a.block_tiles + lane0;
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) __builtin_memcpy(out + r * a.block_tiles + j * L, &acc[r][j], sizeof(Vec));
+}
+
+// Four vectors of tiles' outputs (column k of each tile's output row) interleaved into that
+// row's outputs: out[q] holds tiles q L/4 .. (q + 1) L/4 - 1, four floats each.
+template <class Vec>
+GOMETAL_SIMD_INLINE void interleave_4(const Vec (&y)[4], Vec (&out)[4]) {
+  const Vec lo01 = lanes::interleave_low(y[0], y[1]), hi01 = lanes::interleave_high(y[0], y[1]);
+  const Vec lo23 = lanes::interleave_low(y[2], y[3]), hi23 = lanes::interleave_high(y[2], y[3]);
+  if constexpr (sizeof(Vec) == 64) {
+#define GOMETAL_PAIRS_LOW 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23
+#define GOMETAL_PAIRS_HIGH 8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31
+    out[0] = GOMETAL_LANE_SHUFFLE(lo01, lo23, lanes::Mask16, GOMETAL_PAIRS_LOW);
+    out[1] = GOMETAL_LANE_SHUFFLE(lo01, lo23, lanes::Mask16, GOMETAL_PAIRS_HIGH);
+    out[2] = GOMETAL_LANE_SHUFFLE(hi01, hi23, lanes::Mask16, GOMETAL_PAIRS_LOW);
+    out[3] = GOMETAL_LANE_SHUFFLE(hi01, hi23, lanes::Mask16, GOMETAL_PAIRS_HIGH);
+#undef GOMETAL_PAIRS_LOW
+#undef GOMETAL_PAIRS_HIGH
+  } else {
+    out[0] = GOMETAL_LANE_SHUFFLE(lo01, lo23, lanes::Mask8i, 0, 1, 8, 9, 2, 3, 10, 11);
+    out[1] = GOMETAL_LANE_SHUFFLE(lo01, lo23, lanes::Mask8i, 4, 5, 12, 13, 6, 7, 14, 15);
+    out[2] = GOMETAL_LANE_SHUFFLE(hi01, hi23, lanes::Mask8i, 0, 1, 8, 9, 2, 3, 10, 11);
+    out[3] = GOMETAL_LANE_SHUFFLE(hi01, hi23, lanes::Mask8i, 4, 5, 12, 13, 6, 7, 14, 15);
+  }
+}
+
+// A^T m A of output channel o's sums for the vector of tiles from `first`, the epilogue, and
+// each tile's 4x4 outputs stored where they lie.
+template <class Vec, int L, int64_t G>
+GOMETAL_SIMD_INLINE void tile_outputs(const BlockArgs& a, int64_t group, int64_t o, int64_t first) {
+  const int64_t count = std::min<int64_t>(L, a.tiles - first);
+  const float* sums = a.sums + (o - group) * a.block_tiles + first;
+  const int64_t point_stride = G * a.block_tiles;
+  Vec t[4][6];
+  for (int b = 0; b < 6; ++b) {
+    Vec m[6];
+    for (int k = 0; k < 6; ++k) m[k] = load<Vec>(sums + (k * 6 + b) * point_stride);
+    Vec col[4];
+    output_6(m[0], m[1], m[2], m[3], m[4], m[5], col);
+    for (int i = 0; i < 4; ++i) t[i][b] = col[i];
+  }
+  float* plane = a.y + o * a.plane;
+  // Each quarter of the vector (L / 4 tiles) lies in one row of tiles when rows hold whole
+  // quarters: then its outputs are one whole vector of an output row.
+  const bool whole = count == L && a.tile_cols % (L / 4) == 0;
+  float* base[4];
+  for (int q = 0; q < 4; ++q) {
+    const int64_t tile = a.first_tile + first + q * (L / 4), ty = tile / a.tile_cols, tx = tile % a.tile_cols;
+    base[q] = plane + 4 * ty * a.ow + 4 * tx;
+  }
+  for (int i = 0; i < 4; ++i) {
+    Vec y[4];
+    output_6(t[i][0], t[i][1], t[i][2], t[i][3], t[i][4], t[i][5], y);
+    for (int k = 0; k < 4; ++k) y[k] = conv_epilogue_channel(y[k], a.epilogue, o);
+    Vec out[4];
+    interleave_4(y, out);
+    if (whole) {
+      for (int q = 0; q < 4; ++q) __builtin_memcpy(base[q] + i * a.ow, &out[q], sizeof(Vec));
+      continue;
+    }
+    float row[4 * L];
+    for (int q = 0; q < 4; ++q) __builtin_memcpy(row + q * L, &out[q], sizeof(Vec));
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t tile = a.first_tile + first + k, ty = tile / a.tile_cols, tx = tile % a.tile_cols;
+      __builtin_memcpy(plane + (4 * ty + i) * a.ow + 4 * tx, row + 4 * k, 4 * sizeof(float));
+    }
+  }
+}
+
+template <class Vec, int L, int R, int NV>
+GOMETAL_SIMD_INLINE void forward_block(const ConvGeometry& g, const float* split, int64_t b0, int64_t b1,
+                                       BlockArgs a) {
+  constexpr int64_t chunk = NV * L;
+  a.tiles = b1 - b0;
+  a.first_tile = b0;
+  transform_block<Vec, L>(g, split, b0, round_up(a.tiles, chunk), a.block);
+  // A group of output channels at a time: each point's products over the whole block while its
+  // transformed weights and tiles stay in L1, then the group's output transforms.
+  constexpr int64_t G = group_rows<R>();
+  for (int64_t group = 0; group < a.o; group += G) {
+    const int64_t group_end = std::min(a.o, group + G);
+    for (int64_t p = 0; p < kPoints; ++p)
+      for (int64_t o0 = group; o0 < group_end; o0 += R)
+        for (int64_t lane0 = 0; lane0 < a.tiles; lane0 += chunk)
+          transformed_sums<Vec, L, R, NV>(a, p, group, o0, lane0);
+    for (int64_t o = group; o < group_end; ++o)
+      for (int64_t first = 0; first < a.tiles; first += L) tile_outputs<Vec, L, G>(a, group, o, first);
+  }
+}
+
+void forward_block_portable(const ConvGeometry& g, const float* split, int64_t b0, int64_t b1,
+                            const BlockArgs& a) {
+  forward_block<Vec8f, 8, kNarrowRows, kNarrowVectors>(g, split, b0, b1, a);
+}
+
+#ifdef GOMETAL_SIMD_X86
+__attribute__((target("avx2,fma"))) void forward_block_avx2(const ConvGeometry& g, const float* split,
+                                                            int64_t b0, int64_t b1, const BlockArgs& a) {
+  forward_block<Vec8f, 8, kNarrowRows, kNarrowVectors>(g, split, b0, b1, a);
+}
+__attribute__((target("avx512f,avx2,fma"))) void forward_block_avx512(const ConvGeometry& g,
+                                                                      const float* split, int64_t b0,
+                                                                      int64_t b1, const BlockArgs& a) {
+  if (block_tiles(g) % 32 == 0)
+    forward_block<Vec16f, 16, kWideRows, kWideVectors>(g, split, b0, b1, a);
+  else
+    forward_block<Vec16f, 16, kWideSingleRows, 1>(g, split, b0, b1, a);
+}
+#endif
+
+void forward_block(ConvPath path, const ConvGeometry& g, const float* split, int64_t b0, int64_t b1,
+                   const BlockArgs& a) {
+  switch (path) {
+#ifdef GOMETAL_SIMD_X86
+    case ConvPath::Avx512:
+      return forward_block_avx512(g, split, b0, b1, a);
+    case ConvPath::Avx2:
+      return forward_block_avx2(g, split, b0, b1, a);
+#endif
+    default:
+      return forward_block_portable(g, split, b0, b1, a);
+  }
+}
+
+// Workload B's step, 1 thread, CPU ms per image of each pass (65 steps, F(2x2, 3x3) / these
+// tiles, the weights transformed anew each step): forward 16->32 at 32x32 78 / 68, 32->64 at
+// 16x16 68 / 63, input gradients 16<-32 at 32x32 85 / 80, 32<-64 at 16x16 82 / 78. The
+// unpooled Winograd rule itself (conv_winograd.cpp) keeps planes of 16+ input channels.
+bool chosen_by_shape(const ConvGeometry& g) { return g.c >= 16 && g.o >= 16; }
+
+}  // namespace
+
+bool conv2d_winograd_f4_supported(const ConvGeometry& g) {
+  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.groups == 1 &&
+         g.oh >= 4 && g.ow >= 4 && g.oh % 4 == 0 && g.ow % 4 == 0;
+}
+
+bool conv2d_winograd_f4_chosen(const ConvGeometry& g) {
+  const char* forced = std::getenv("GOMETAL_CONV_WINOGRAD_F4");
+  if (forced == nullptr || forced[0] == '\0') return conv2d_winograd_f4_supported(g) && chosen_by_shape(g);
+  const std::string_view value = forced;
+  if (value == "always") return conv2d_winograd_f4_supported(g);
+  if (value == "never") return false;
+  throw std::invalid_argument(
+      std::string("[conv2d] GOMETAL_CONV_WINOGRAD_F4 must be always or never, got '") + forced + "'");
+}
+
+int64_t conv2d_winograd_f4_scratch(const ConvGeometry& g) {
+  (void)conv2d_winograd_f4_chosen(g);  // a bad value raises while the plan is built
+  if (!conv2d_winograd_f4_supported(g)) return 0;
+  return split_floats(g) + block_floats(g) + sums_floats(g) + 4 * quarter_width(g);
+}
+
+void conv2d_winograd_f4_samples(const ConvGeometry& g, const float* x, const float* w, bool flipped, float* y,
+                                int64_t n0, int64_t n1, float* scratch, const ConvEpilogue& epilogue,
+                                const std::function<void(int64_t)>& fallback) {
+  // Values of 2^100 and more (Inf, NaN) take F(2x2, 3x3): these transforms multiply inputs by
+  // up to 100 and sums by up to 361, which must not overflow where a direct sum stays finite.
+  if (!magnitudes_below<uint32_t>(w, g.o * g.c * 9, kModerateBits)) {
+    for (int64_t n = n0; n < n1; ++n) fallback(n);
+    return;
+  }
+  // w (O, C, 3, 3), or flipped an input gradient's (C, O, 3, 3) seen from its forward geometry.
+  const PackedWeightKey key{flipped ? "conv_winograd_f4x4_flipped" : "conv_winograd_f4x4", g.o, g.c, 1};
+  auto weights = [&] {
+    return cached_packed_weights(key, w, g.o * g.c * 9, kPoints * padded_outputs(g) * g.c,
+                                 flipped ? transform_flipped : transform_plain);
+  };
+  const ConvPath path = choose_conv_path();
+  const float* u = weights();
+  BlockArgs a{};
+  a.block = scratch + split_floats(g);
+  a.sums = a.block + block_floats(g);
+  a.o = g.o;
+  a.o_pad = padded_outputs(g);
+  a.c = g.c;
+  a.plane = g.out_plane();
+  a.block_tiles = block_tiles(g);
+  a.tile_cols = tile_cols(g);
+  a.ow = g.ow;
+  a.epilogue = epilogue;
+  const int64_t tiles = tile_count(g);
+  for (int64_t n = n0; n < n1; ++n) {
+    if (!split_image(g, x + n * g.c * g.h * g.w, scratch, a.sums + sums_floats(g))) {
+      fallback(n);
+      u = weights();  // the cache keeps a pointer valid only until this thread's next call
+      continue;
+    }
+    a.u = u;
+    a.y = y + n * g.o * g.out_plane();
+    for (int64_t b0 = 0; b0 < tiles; b0 += a.block_tiles)
+      forward_block(path, g, scratch, b0, std::min(tiles, b0 + a.block_tiles), a);
+  }
+}
+
+}  // namespace gometal
