@@ -47,14 +47,21 @@ int64_t padded_outputs(const ConvGeometry& g) { return padded_outputs(g.o); }
 int64_t part_floats(const ConvGeometry& g) { return (tile_rows(g) + 1) * tile_cols(g); }
 constexpr int64_t kSplitSlack = 32;  // a last vector of tiles reads up to a chunk past the parts
 int64_t split_floats(const ConvGeometry& g) { return round_up(g.c * 24 * part_floats(g) + kSplitSlack, 16); }
-// One padded row split by column modulo 4 (tile column tx reads quarter k at tx and tx + 1).
-int64_t quarter_width(const ConvGeometry& g) { return tile_cols(g) + 1; }
+// One padded row: 4 tile_cols + 2 columns, and a vector's reach past the last 8 tiles' start.
+int64_t padded_row_floats(const ConvGeometry& g) { return round_up(4 * tile_cols(g) + 2 + 32, 16); }
 int64_t split_rows(const ConvGeometry& g) { return 4 * tile_rows(g) + 2; }
 // Tiles a block holds: a multiple of 16, each path's chunk of tiles (AVX-512 takes 32 where
 // the block holds a multiple of 32).
 int64_t block_tiles(const ConvGeometry& g) { return std::min(kMostBlockTiles, round_up(tile_count(g), 16)); }
-int64_t block_floats(const ConvGeometry& g) { return kPoints * g.c * block_tiles(g); }
-int64_t sums_floats(const ConvGeometry& g) { return kPoints * kMostGroupRows * block_tiles(g); }
+// Floats from one point to the next in the block and in the sums: a power of two (4 KB or 8 KB)
+// put a tile's 36 points in one set of the L1 cache, so each stride is one line longer.
+constexpr int64_t kPointSkew = 16;
+int64_t block_point_floats(const ConvGeometry& g) { return g.c * block_tiles(g) + kPointSkew; }
+int64_t sums_point_floats(int64_t rows, int64_t tiles) { return rows * tiles + kPointSkew; }
+int64_t block_floats(const ConvGeometry& g) { return kPoints * block_point_floats(g); }
+int64_t sums_floats(const ConvGeometry& g) {
+  return kPoints * sums_point_floats(kMostGroupRows, block_tiles(g));
+}
 
 // G w G^T with G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6;
 // 0 0 1], in double and rounded once: the fractions are not exact in float32.
@@ -106,37 +113,13 @@ void transform_flipped(const PackedWeightKey& key, const float* w, float* u) {
   transform_weights(key, w, u, true);
 }
 
-// Image columns [0, columns) (a multiple of 16) of one row into the four parts of its split row.
-void split_in_vectors(const float* image_row, int64_t columns, int64_t pw, int64_t quarter, float* row) {
-  float* dst[4];
-  for (int r = 0; r < 4; ++r) dst[r] = row + ((pw + r) % 4) * quarter + (pw + r) / 4;
-  for (int64_t x = 0; x < columns; x += 16) {
-    const Vec8f a = load<Vec8f>(image_row + x), b = load<Vec8f>(image_row + x + 8);
-    const Vec8f p0 = GOMETAL_LANE_SHUFFLE(a, b, lanes::Mask8i, 0, 4, 8, 12, 0, 4, 8, 12);
-    const Vec8f p1 = GOMETAL_LANE_SHUFFLE(a, b, lanes::Mask8i, 1, 5, 9, 13, 1, 5, 9, 13);
-    const Vec8f p2 = GOMETAL_LANE_SHUFFLE(a, b, lanes::Mask8i, 2, 6, 10, 14, 2, 6, 10, 14);
-    const Vec8f p3 = GOMETAL_LANE_SHUFFLE(a, b, lanes::Mask8i, 3, 7, 11, 15, 3, 7, 11, 15);
-    __builtin_memcpy(dst[0] + x / 4, &p0, 4 * sizeof(float));
-    __builtin_memcpy(dst[1] + x / 4, &p1, 4 * sizeof(float));
-    __builtin_memcpy(dst[2] + x / 4, &p2, 4 * sizeof(float));
-    __builtin_memcpy(dst[3] + x / 4, &p3, 4 * sizeof(float));
-  }
-}
-
-// n floats, 8 at a time where they can (a copy of a run-time length calls memcpy).
-GOMETAL_SIMD_INLINE void copy_floats(const float* src, int64_t n, float* dst) {
-  int64_t k = 0;
-  for (; k + 8 <= n; k += 8) __builtin_memcpy(dst + k, src + k, 8 * sizeof(float));
-  for (; k < n; ++k) dst[k] = src[k];
-}
-
-// Every padded row of every channel of image x into its parts, through `quarters` (one row split
-// by column modulo 4); false where a value is not moderate.
-bool split_image(const ConvGeometry& g, const float* x, float* split, float* quarters) {
-  const int64_t quarter = quarter_width(g), tw = tile_cols(g), part = part_floats(g);
-  // Image columns in whole 16-column vectors that land inside the split row.
-  const int64_t vector_columns = std::max<int64_t>(0, std::min(g.w, 4 * quarter - g.pw)) / 16 * 16;
+// Every padded row of every channel of image x into its parts, through `row` (one padded row
+// of padded_row_floats): part j's value of tile column tx is row[4 tx + j], taken 8 tiles at a
+// time by one two-vector shuffle. False where a value is not moderate.
+bool split_image(const ConvGeometry& g, const float* x, float* split, float* row) {
+  const int64_t tw = tile_cols(g), part = part_floats(g), used = std::min(g.w, 4 * tw + 2 - g.pw);
   bool moderate = true;
+  std::fill_n(row, padded_row_floats(g), 0.0f);  // the padding columns stay zero
   for (int64_t c = 0; c < g.c; ++c)
     for (int64_t r = 0; r < split_rows(g); ++r) {
       float* parts = split + (c * 24 + (r % 4) * 6) * part + (r / 4) * tw;  // part j at parts + j * part
@@ -145,16 +128,21 @@ bool split_image(const ConvGeometry& g, const float* x, float* split, float* qua
         for (int j = 0; j < 6; ++j) std::fill_n(parts + j * part, tw, 0.0f);
         continue;
       }
-      std::fill_n(quarters, 4 * quarter, 0.0f);
       const float* image_row = x + (c * g.h + iy) * g.w;
-      split_in_vectors(image_row, vector_columns, g.pw, quarter, quarters);
-      for (int64_t ix = vector_columns; ix < g.w; ++ix) {
-        const int64_t q = ix + g.pw;
-        if (q >= 4 * quarter) break;
-        quarters[(q % 4) * quarter + q / 4] = image_row[ix];
-      }
-      for (int j = 0; j < 6; ++j) copy_floats(quarters + (j % 4) * quarter + j / 4, tw, parts + j * part);
+      std::copy_n(image_row, used, row + g.pw);
       moderate &= magnitudes_below<uint32_t>(image_row, g.w, kModerateBits);
+      for (int j = 0; j < 6; ++j) {
+        const float* src = row + j;
+        float* dst = parts + j * part;
+        int64_t tx = 0;
+        for (; tx + 8 <= tw; tx += 8) {
+          const Vec16f lo = load<Vec16f>(src + 4 * tx), hi = load<Vec16f>(src + 4 * tx + 16);
+          const Vec16f every_fourth = GOMETAL_LANE_SHUFFLE(lo, hi, lanes::Mask16, 0, 4, 8, 12, 16, 20, 24, 28,
+                                                           0, 4, 8, 12, 16, 20, 24, 28);
+          __builtin_memcpy(dst + tx, &every_fourth, 8 * sizeof(float));
+        }
+        for (; tx < tw; ++tx) dst[tx] = src[4 * tx];
+      }
     }
   std::fill_n(split + g.c * 24 * part, kSplitSlack, 0.0f);
   return moderate;
@@ -209,7 +197,7 @@ template <class Vec, int L>
 GOMETAL_SIMD_INLINE void transform_block(const ConvGeometry& g, const float* split, int64_t b0, int64_t lanes,
                                          float* block) {
   const int64_t tw = tile_cols(g), part = part_floats(g);
-  const int64_t channel_stride = block_tiles(g), point_stride = g.c * channel_stride;
+  const int64_t channel_stride = block_tiles(g), point_stride = block_point_floats(g);
   for (int64_t c = 0; c < g.c; ++c) {
     const float* parts = split + c * 24 * part;
     const float* r[6];
@@ -224,7 +212,7 @@ struct BlockArgs {
   float* block;    // transformed tiles (point, C, block_tiles)
   float* sums;     // one group of output channels' transformed sums (point, group rows, block_tiles)
   float* y;        // the image's outputs (O, OH, OW)
-  int64_t o, o_pad, c, plane, tiles, block_tiles;
+  int64_t o, o_pad, c, plane, tiles, block_tiles, block_point;
   int64_t first_tile, tile_cols, ow;
   ConvEpilogue epilogue;
 };
@@ -238,7 +226,7 @@ GOMETAL_SIMD_INLINE void transformed_sums(const BlockArgs& a, int64_t p, int64_t
   // of a 16-tile plane kept its accumulators in memory.
   Vec acc[R][NV] = {};
   const float* u = a.u + (p * a.o_pad + o0) * a.c;
-  const float* v = a.block + p * a.c * a.block_tiles + lane0;
+  const float* v = a.block + p * a.block_point + lane0;
   for (int64_t c = 0; c < a.c; ++c) {
     Vec b[NV];
 #pragma GCC unroll 4
@@ -250,7 +238,8 @@ GOMETAL_SIMD_INLINE void transformed_sums(const BlockArgs& a, int64_t p, int64_t
       for (int j = 0; j < NV; ++j) acc[r][j] += s * b[j];
     }
   }
-  float* out = a.sums + (p * group_rows<R>() + o0 - group) * a.block_tiles + lane0;
+  float* out =
+      a.sums + p * sums_point_floats(group_rows<R>(), a.block_tiles) + (o0 - group) * a.block_tiles + lane0;
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NV; ++j) __builtin_memcpy(out + r * a.block_tiles + j * L, &acc[r][j], sizeof(Vec));
 }
@@ -284,7 +273,7 @@ template <class Vec, int L, int64_t G>
 GOMETAL_SIMD_INLINE void tile_outputs(const BlockArgs& a, int64_t group, int64_t o, int64_t first) {
   const int64_t count = std::min<int64_t>(L, a.tiles - first);
   const float* sums = a.sums + (o - group) * a.block_tiles + first;
-  const int64_t point_stride = G * a.block_tiles;
+  const int64_t point_stride = sums_point_floats(G, a.block_tiles);
   Vec t[4][6];
   for (int b = 0; b < 6; ++b) {
     Vec m[6];
@@ -402,7 +391,7 @@ bool conv2d_winograd_f4_chosen(const ConvGeometry& g) {
 int64_t conv2d_winograd_f4_scratch(const ConvGeometry& g) {
   (void)conv2d_winograd_f4_chosen(g);  // a bad value raises while the plan is built
   if (!conv2d_winograd_f4_supported(g)) return 0;
-  return split_floats(g) + block_floats(g) + sums_floats(g) + 4 * quarter_width(g);
+  return split_floats(g) + block_floats(g) + sums_floats(g) + padded_row_floats(g);
 }
 
 void conv2d_winograd_f4_samples(const ConvGeometry& g, const float* x, const float* w, bool flipped, float* y,
@@ -430,6 +419,7 @@ void conv2d_winograd_f4_samples(const ConvGeometry& g, const float* x, const flo
   a.c = g.c;
   a.plane = g.out_plane();
   a.block_tiles = block_tiles(g);
+  a.block_point = block_point_floats(g);
   a.tile_cols = tile_cols(g);
   a.ow = g.ow;
   a.epilogue = epilogue;
