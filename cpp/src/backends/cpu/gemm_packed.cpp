@@ -13,6 +13,10 @@ using simd::load;
 
 // Below this many multiply-adds a product stays on one thread: waking the pool costs more.
 constexpr int64_t kParallelMacs = 1 << 18;
+// Products whose packed weights hold at most this many floats (256 KB), with at least this
+// many row tiles per thread, split by rows only.
+constexpr int64_t kRowSplitMaxFloats = int64_t{1} << 16;
+constexpr int64_t kRowSplitMinBlocks = 8;
 
 // Register tiles: AVX-512 6 rows x 4 vectors of 16 (24 accumulators + 4 loads of 32
 // registers); AVX2 4 x 3 vectors of 8 (12 + 3 + 1 of 16); the portable path 4 x 2 of 8.
@@ -237,9 +241,13 @@ void gemm_packed(ThreadPool& pool, int64_t m, const float* a, const PackedWeight
     return;
   }
   // Panels first (each thread reads only its share of the weights); rows too when there are
-  // fewer panels than threads and enough rows to share.
-  const int64_t by_panels = std::min(threads, count);
+  // fewer panels than threads and enough rows to share. Weights that fit a core's L2 twice
+  // over split by rows alone: each thread then reads only its own rows of A, and writes the
+  // rows of C that the next kernel reads on the same thread (the pool keeps each thread on
+  // the same end of every region).
   const int64_t row_blocks = (m + tile_rows(b.path) - 1) / tile_rows(b.path);
+  const bool rows_only = b.n * b.k <= kRowSplitMaxFloats && row_blocks >= threads * kRowSplitMinBlocks;
+  const int64_t by_panels = rows_only ? 1 : std::min(threads, count);
   const int64_t by_rows = std::min((threads + by_panels - 1) / by_panels, row_blocks);
   const int parts = static_cast<int>(by_panels * by_rows);
   pool.parallel_for(parts, [&](int part, int) {
