@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from conv_checks import check_conv_relu_pool_step, conv_attrs, torch_conv2d
 from cpu_paths import vector_path_available
 from gometal import _core
+from matmul_checks import check_product
 
 PATHS = [p for p in ("portable", "avx2", "avx512") if vector_path_available(p)]
 # The A^T B tile's variable is read only where x86 builds have the tile.
@@ -207,37 +208,6 @@ def test_two_threads_predict_on_two_engines_at_once(engine_threads, shape, monke
             _close(got, expected[i], 16)
 
 
-def _product_engine(ta, tb, a_shape, b_shape):
-    # A is the input plus a variable (zero, or NaN in a row): NaN may not be fed as an input.
-    g = _core.Graph()
-    a = g.input("a", a_shape, "float32")
-    b = g.input("b", b_shape, "float32")
-    shifted = g.op("add", [a, g.variable("shift", a_shape)])
-    y = g.op("matmul", [shifted, b], {"transpose_a": ta, "transpose_b": tb})
-    engine = _core.Engine(g, seed=0)
-    engine.define("f", inputs=[a, b], outputs=[y], effects=[])
-    return engine
-
-
-def _check_product(ta, tb, m, n, k, threads, seed=0, nan_row=None):
-    _core.set_num_threads(threads)
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
-    b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
-    shift = np.zeros_like(a)
-    if nan_row is not None:
-        if ta:
-            shift[:, nan_row] = np.nan
-        else:
-            shift[nan_row] = np.nan
-    engine = _product_engine(ta, tb, a.shape, b.shape)
-    engine.set_variable("shift", shift)
-    got = engine.run("f", [a, b])[0]
-    a64, b64 = a.astype(np.float64) + shift, b.astype(np.float64)
-    want = (a64.T if ta else a64) @ (b64.T if tb else b64)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6 * k)
-
-
 # (M, N, K), B transposed: past gemm_small's 24 rows, B of 64 to 128 columns
 PACKED_PER_CALL = [
     (25, 64, 1, False),
@@ -252,13 +222,13 @@ PACKED_PER_CALL = [
 @pytest.mark.parametrize("threads", (1, 2, 3))
 @pytest.mark.parametrize("m, n, k, tb", PACKED_PER_CALL)
 def test_products_packing_b_per_call(m, n, k, tb, threads):
-    _check_product(False, tb, m, n, k, threads)
+    check_product(False, tb, m, n, k, threads)
 
 
 def test_products_of_different_shapes_reuse_a_packing_of_the_same_size():
     # (64 x 256) and (128 x 128) pack into the same bytes: each product must read its own B.
     for seed, (n, k) in enumerate([(64, 256), (128, 128), (64, 256), (128, 128)]):
-        _check_product(False, False, 40, n, k, 1, seed=seed)
+        check_product(False, False, 40, n, k, 1, seed=seed)
 
 
 # (M, N, K) of A^T B: the tile's bounds (25 <= M <= 640, K >= 256, N % 64 == 0; past K = 1024
@@ -277,7 +247,7 @@ TRANSPOSED_A = [
 @pytest.mark.parametrize("threads", (1, 2, 3))
 @pytest.mark.parametrize("m, n, k", TRANSPOSED_A)
 def test_transposed_a_products(m, n, k, threads):
-    _check_product(True, False, m, n, k, threads)
+    check_product(True, False, m, n, k, threads)
 
 
 @pytest.mark.parametrize("m", (6, 7, 8, 9))
@@ -299,14 +269,14 @@ def test_packed_rows_around_the_tall_tile(m):
 
 @pytest.mark.parametrize("ta, m, n, k", [(False, 40, 64, 100), (True, 40, 64, 300)])
 def test_nan_in_a_row_of_a_stays_in_its_row(ta, m, n, k):
-    _check_product(ta, False, m, n, k, 1, nan_row=13)
+    check_product(ta, False, m, n, k, 1, nan_row=13)
 
 
 def _consults(variable, ta, tb, m, n, k, monkeypatch):
     # A kernel reads its variable only for the shapes it takes: a bad value shows it was asked.
     monkeypatch.setenv(variable, "bogus")
     try:
-        _check_product(ta, tb, m, n, k, 1)
+        check_product(ta, tb, m, n, k, 1)
     except ValueError as error:
         assert variable in str(error)
         return True

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include "backends/cpu/simd_paths.h"
 
@@ -93,6 +94,34 @@ __attribute__((target("avx512f,avx2,fma"))) void rows_avx512(int64_t m, int64_t 
   for (int64_t p0 = 0; p0 < k; p0 += kMaxDepth)
     rows_of_chunk(m, n, std::min(kMaxDepth, k - p0), a + p0 * m, b + p0 * n, c, i0, i1, p0 > 0);
 }
+
+// Each thread sums the product over its own share of K (the batch rows it wrote in the steps
+// before: the pool keeps a thread on the same end of each region), into C or a partial of
+// the calling thread's scratch; then the partials are added to C by rows. Only C's size
+// crosses between the threads, where splitting C's rows had each read every row of A and B:
+// with the two vCPUs on different dies that was most of a weight gradient's time.
+void sum_over_depth_parts(ThreadPool& pool, int parts, int64_t m, int64_t n, int64_t k, const float* a,
+                          const float* b, float* c) {
+  thread_local std::vector<float> partials;  // grows to the largest product, then is reused
+  const size_t size = static_cast<size_t>(m * n);
+  if (partials.size() < size * static_cast<size_t>(parts - 1)) partials.resize(size * static_cast<size_t>(parts - 1));
+  float* scratch = partials.data();
+  pool.parallel_for(parts, [&](int part, int) {
+    int64_t lo, hi;
+    split_range(k, parts, part, 1, &lo, &hi);
+    // Never empty: the caller gives each part at least kMinDepth steps.
+    float* out = part == 0 ? c : scratch + static_cast<size_t>(part - 1) * size;
+    rows_avx512(m, n, hi - lo, a + lo * m, b + lo * n, out, 0, m);
+  });
+  pool.parallel_for(parts, [&](int part, int) {
+    int64_t lo, hi;
+    split_range(m, parts, part, 1, &lo, &hi);
+    for (int p = 1; p < parts; ++p) {
+      const float* partial = scratch + static_cast<size_t>(p - 1) * size;
+      for (int64_t i = lo * n; i < hi * n; ++i) c[i] += partial[i];
+    }
+  });
+}
 #endif
 
 }  // namespace
@@ -103,9 +132,14 @@ bool gemm_transposed_a(ThreadPool& pool, int64_t m, int64_t n, int64_t k, const 
   if (k > kMaxDepth && n > kMaxChunkedColumns) return false;
   const std::optional<SimdPath> path = choose_simd_path("matmul", "GOMETAL_GEMM_TRANSPOSED_A_KERNEL", "blas");
   if (path != SimdPath::Avx512) return false;
+  const int threads = m * n * k < kParallelMacs ? 1 : pool.size();
+  if (threads > 1 && k / threads >= kMinDepth) {
+    sum_over_depth_parts(pool, threads, m, n, k, a, b, c);
+    return true;
+  }
   // Rows split across the threads: each reads all of B (its own L2 copy) and its own columns of A.
   const int64_t blocks = (m + kRows - 1) / kRows;
-  const int parts = static_cast<int>(std::min<int64_t>(m * n * k < kParallelMacs ? 1 : pool.size(), blocks));
+  const int parts = static_cast<int>(std::min<int64_t>(threads, blocks));
   if (parts <= 1) {
     rows_avx512(m, n, k, a, b, c, 0, m);
     return true;
