@@ -17,16 +17,18 @@ namespace {
 using simd::load;
 
 constexpr int64_t kPoints = 36;  // a transformed 6x6 tile
-constexpr int64_t kMostBlockTiles = 64;
+constexpr int64_t kMostBlockTiles = 32;
 constexpr int kWideRows = 8, kWideVectors = 2;      // AVX-512 over blocks of 32 or 64 tiles
 constexpr int kWideSingleRows = 16;                 // AVX-512 over blocks of 16 or 48 tiles: one vector
 constexpr int kNarrowRows = 6, kNarrowVectors = 2;  // AVX2 and portable: 12 of 16 registers
-// Output channels whose sums are kept at once: a multiple of the path's rows, at most 16.
+// Output channels whose sums are kept at once: one register tile's rows (the sums of 16 rows
+// over 64 tiles took a plan's per-thread scratch past the sample-tiled budget).
 template <int R>
 constexpr int64_t group_rows() {
-  return R >= 16 ? R : (16 / R) * R;
+  return R;
 }
-constexpr int64_t kMostGroupRows = 16;
+// Sums a point keeps: rows x tiles of a block, 8 x 32 or 16 x 16 on AVX-512, 6 x 32 else.
+constexpr int64_t kMostPointSums = 256;
 constexpr uint32_t kModerateBits = (127u + 100u) << 23;  // 2^100
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -59,9 +61,7 @@ constexpr int64_t kPointSkew = 16;
 int64_t block_point_floats(const ConvGeometry& g) { return g.c * block_tiles(g) + kPointSkew; }
 int64_t sums_point_floats(int64_t rows, int64_t tiles) { return rows * tiles + kPointSkew; }
 int64_t block_floats(const ConvGeometry& g) { return kPoints * block_point_floats(g); }
-int64_t sums_floats(const ConvGeometry& g) {
-  return kPoints * sums_point_floats(kMostGroupRows, block_tiles(g));
-}
+int64_t sums_floats(const ConvGeometry& g) { return kPoints * sums_point_floats(1, kMostPointSums); }
 
 // G w G^T with G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6;
 // 0 0 1], in double and rounded once: the fractions are not exact in float32.
