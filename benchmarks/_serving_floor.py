@@ -8,7 +8,10 @@ same concurrency for the same window, its CPU per request is the least the kerne
 framing and the copies cost, and wrk's is what the load generator takes from the same cores.
 With offline predict's CPU per image they bound the requests per second this machine can
 serve at all (:func:`serving_ceiling`), which says whether the throughput target, 80 % of
-offline predict at batch 64, fits on it.
+offline predict at batch 64, fits on it. At its own rate (several times the target's) each
+epoll wakeup of the floor and of wrk serves many requests, so the floor is loaded a second time
+paced to the target's rate: it holds the answers and writes them all each tick, as a batching
+server answers a batch, and 64 closed-loop clients then send 64 / tick requests a second.
 
     binary = floor_binary()                    # compiled on first use, None without cc
     response = capture_answer(url, model, folder)

@@ -52,7 +52,14 @@ With --floor (and --load wrk), a native HTTP/1.1 server with no model (``_servin
 beside them, once answering at once and once paced to the target's rate (all answers held and
 written together every clients / target seconds, as a batch), offline predict is timed again before each round, and the throughput this machine
 allows is printed: 2 cores / (offline predict's core-ms per image + the floor server's and
-wrk's core-ms per request), against 80 % of offline predict.
+wrk's core-ms per request), against 80 % of offline predict. Shared AMD EPYC, 64 wrk clients,
+4 rounds (others used ~0.95 cores in them; offline predict quiet before them: 10,833 images/s,
+0.184 core-ms of its own an image, 2 / rate = 0.185): floor at once 25,693 req/s (24,227-29,986),
+0.014 server + 0.023 wrk core-ms per request; paced 8,675 req/s, 0.020 + 0.030. At 0.190 ms an
+image (the rounds' median) the ceiling is 8,799 req/s at once and 8,311 paced, against a target
+of 8,422: out of reach paced, and at once it leaves 10 us a request beyond the floor. gometal
+serve in the same rounds: 2,914 req/s, 0.321 server core-ms a request (_serving_profile.py, 3
+runs: event loop 0.089-0.110, 0.024-0.028 of it system; engines 0.222-0.246 at 19 rows a batch).
 
 Targets at 64 clients: throughput >= 80 % of offline predict at batch 64, p99 <= 50 ms, and
 >= 3x the onnxruntime + FastAPI baseline's throughput. The script exits 1 if any answer was
