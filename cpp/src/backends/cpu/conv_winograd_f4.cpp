@@ -63,15 +63,17 @@ int64_t sums_point_floats(int64_t rows, int64_t tiles) { return rows * tiles + k
 int64_t block_floats(const ConvGeometry& g) { return kPoints * block_point_floats(g); }
 int64_t sums_floats(const ConvGeometry& g) { return kPoints * sums_point_floats(1, kMostPointSums); }
 
+// Eight windows' values, one a lane: the weight transform runs over 8 input channels at once
+// and stores each point's 8 values as one run of u's row.
+typedef double Vec8d __attribute__((vector_size(64)));
+
 // G w G^T with G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6;
-// 0 0 1], in double and rounded once: the fractions are not exact in float32.
-void transform_window(const float* k, bool flip, double (&u)[kPoints]) {
-  double w[3][3];
-  for (int i = 0; i < 9; ++i) w[i / 3][i % 3] = k[flip ? 8 - i : i];
-  // Multiplications by the rounded fractions: a division per term made the transform of a
-  // training step's new weights cost as much as a tenth of the pass.
+// 0 0 1], in double and rounded once: the fractions are not exact in float32. Multiplications
+// by the rounded fractions: a division per term made a training step's new weights cost a
+// tenth of the pass.
+void transform_windows(const Vec8d (&w)[9], Vec8d (&u)[kPoints]) {
   constexpr double kQuarter = 1.0 / 4, kSixth = 1.0 / 6, kTwelfth = 1.0 / 12, kTwentyFourth = 1.0 / 24;
-  auto g6 = [&](double a, double b, double c, double (&out)[6]) {
+  auto g6 = [&](Vec8d a, Vec8d b, Vec8d c, Vec8d(&out)[6]) {
     out[0] = a * kQuarter;
     out[1] = -(a + b + c) * kSixth;
     out[2] = -(a - b + c) * kSixth;
@@ -79,14 +81,14 @@ void transform_window(const float* k, bool flip, double (&u)[kPoints]) {
     out[4] = a * kTwentyFourth - b * kTwelfth + c * kSixth;
     out[5] = c;
   };
-  double rows[6][3];
+  Vec8d rows[6][3];
   for (int j = 0; j < 3; ++j) {
-    double col[6];
-    g6(w[0][j], w[1][j], w[2][j], col);
+    Vec8d col[6];
+    g6(w[j], w[3 + j], w[6 + j], col);
     for (int a = 0; a < 6; ++a) rows[a][j] = col[a];
   }
   for (int a = 0; a < 6; ++a) {
-    double point[6];
+    Vec8d point[6];
     g6(rows[a][0], rows[a][1], rows[a][2], point);
     for (int b = 0; b < 6; ++b) u[a * 6 + b] = point[b];
   }
@@ -95,14 +97,23 @@ void transform_window(const float* k, bool flip, double (&u)[kPoints]) {
 // u[point][o][c] (key: O rows, C columns), zero for the padding channels.
 void transform_weights(const PackedWeightKey& key, const float* w, float* u, bool flipped) {
   const int64_t o_count = key.rows, c_count = key.columns, o_pad = padded_outputs(o_count);
-  std::fill_n(u, kPoints * o_pad * c_count, 0.0f);
+  for (int64_t p = 0; p < kPoints; ++p)
+    std::fill(u + (p * o_pad + o_count) * c_count, u + (p + 1) * o_pad * c_count, 0.0f);
   for (int64_t o = 0; o < o_count; ++o)
-    for (int64_t c = 0; c < c_count; ++c) {
-      // Flipped: w is the convolution's (key.columns, key.rows, 3, 3), each window reversed.
-      const float* k = flipped ? w + (c * o_count + o) * 9 : w + (o * c_count + c) * 9;
-      double point[kPoints];
-      transform_window(k, flipped, point);
-      for (int p = 0; p < kPoints; ++p) u[(p * o_pad + o) * c_count + c] = static_cast<float>(point[p]);
+    for (int64_t c0 = 0; c0 < c_count; c0 += 8) {
+      const int64_t lanes = std::min<int64_t>(8, c_count - c0);
+      Vec8d windows[9] = {};
+      for (int64_t l = 0; l < lanes; ++l) {
+        // Flipped: w is the convolution's (key.columns, key.rows, 3, 3), each window reversed.
+        const float* k = flipped ? w + ((c0 + l) * o_count + o) * 9 : w + (o * c_count + c0 + l) * 9;
+        for (int t = 0; t < 9; ++t) windows[t][l] = k[flipped ? 8 - t : t];
+      }
+      Vec8d points[kPoints];
+      transform_windows(windows, points);
+      for (int64_t p = 0; p < kPoints; ++p) {
+        float* dst = u + (p * o_pad + o) * c_count + c0;
+        for (int64_t l = 0; l < lanes; ++l) dst[l] = static_cast<float>(points[p][l]);
+      }
     }
 }
 
@@ -317,8 +328,8 @@ GOMETAL_SIMD_INLINE void forward_block(const ConvGeometry& g, const float* split
   a.tiles = b1 - b0;
   a.first_tile = b0;
   transform_block<Vec, L>(g, split, b0, round_up(a.tiles, chunk), a.block);
-  // A group of output channels at a time: each point's products over the whole block while its
-  // transformed weights and tiles stay in L1, then the group's output transforms.
+  // A register tile's rows at a time: each point's products over the whole block, then the
+  // rows' output transforms.
   constexpr int64_t G = group_rows<R>();
   for (int64_t group = 0; group < a.o; group += G) {
     const int64_t group_end = std::min(a.o, group + G);
