@@ -57,7 +57,8 @@ wrk's core-ms per request), against 80 % of offline predict. Shared AMD EPYC, 64
 0.184 core-ms of its own an image, 2 / rate = 0.185): floor at once 25,693 req/s (24,227-29,986),
 0.014 server + 0.023 wrk core-ms per request; paced 8,675 req/s, 0.020 + 0.030. At 0.190 ms an
 image (the rounds' median) the ceiling is 8,799 req/s at once and 8,311 paced, against a target
-of 8,422: out of reach paced, and at once it leaves 10 us a request beyond the floor. gometal
+of 8,422: out of reach paced, and at once it leaves 10 us a request beyond the floor (a second
+run: floor 33,340 and 8,943 req/s paced, ceilings 9,203 and 8,594 against 8,540). gometal
 serve in the same rounds: 2,914 req/s, 0.321 server core-ms a request (_serving_profile.py, 3
 runs: event loop 0.089-0.110, 0.024-0.028 of it system; engines 0.222-0.246 at 19 rows a batch).
 
