@@ -376,10 +376,10 @@ void forward_block(ConvPath path, const ConvGeometry& g, const float* split, int
   }
 }
 
-// Workload B's step, 1 thread, CPU ms per image of each pass (65 steps, F(2x2, 3x3) / these
-// tiles, the weights transformed anew each step): forward 16->32 at 32x32 78 / 68, 32->64 at
-// 16x16 68 / 63, input gradients 16<-32 at 32x32 85 / 80, 32<-64 at 16x16 82 / 78. The
-// unpooled Winograd rule itself (conv_winograd.cpp) keeps planes of 16+ input channels.
+// 1 thread, batch 32, bench_conv.py --ab GOMETAL_CONV_WINOGRAD_F4=never, CPU ms, F(2x2, 3x3) /
+// these tiles: forward 16->32 at 32x32 2.31 / 1.81, 32->64 at 16x16 2.07 / 1.46, input
+// gradients 16<-32 at 32x32 2.78 / 2.22, 32<-64 at 16x16 2.34 / 1.72. Three input channels
+// (3->16 at 64x64, forced) stay on the channel lanes: 2.19 there against 2.51.
 bool chosen_by_shape(const ConvGeometry& g) { return g.c >= 16 && g.o >= 16; }
 
 }  // namespace

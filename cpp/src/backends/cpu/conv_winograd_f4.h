@@ -2,9 +2,10 @@
 // comes from a 6x6 block of input through 36 products per channel pair (F(2x2, 3x3) takes 64
 // for the same 16 outputs, the direct sums 144), and each input value is transformed into 2.25
 // floats instead of 4, so the transforms' loads and stores, which bound F(2x2, 3x3), halve.
-// The layout follows conv_winograd.cpp: rows split by column modulo 4 so that a vector holds
-// one value of consecutive tiles, blocks of transformed tiles, register tiles of output channels
-// x vectors of tiles, and the output transform and epilogue in registers, stored in place.
+// The padded input is split into 24 parts per channel (row modulo 4 x column offset 0..5 in a
+// tile), so that a vector of consecutive tiles is one load wherever they lie in the plane; then
+// blocks of transformed tiles, register tiles of output channels x vectors of tiles, and the
+// output transform and epilogue in registers, stored in place.
 //
 // conv_winograd.cpp runs these tiles for its unpooled forward passes (a training plan's forward
 // pass and the flipped-weight input gradient) where conv2d_winograd_f4_chosen says so.
