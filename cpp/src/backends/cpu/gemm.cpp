@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "backends/cpu/blas.h"
+#include "backends/cpu/gemm_dot.h"
 #include "backends/cpu/gemm_packed.h"
 #include "backends/cpu/gemm_small.h"
 #include "backends/cpu/gemm_transposed_a.h"
@@ -59,6 +60,7 @@ void gemm(ThreadPool& pool, bool ta, bool tb, int64_t m, int64_t n, int64_t k, c
   }
   if (gemm_small(pool, ta, tb, m, n, k, a, b, c)) return;
   if (ta && !tb && gemm_transposed_a(pool, m, n, k, a, b, c)) return;
+  if (!ta && tb && gemm_dot(pool, m, n, k, a, b, c)) return;
   if (packs_per_call(ta, tb, m, n, k)) {
     // Read at each call (a getenv), as inference plans do when built: tests switch paths. Only
     // the AVX-512 tile was measured against the BLAS here (its 64-column panels).
