@@ -1,4 +1,5 @@
-"""Shared fixtures: seeded random generators, small synthetic datasets, a headless browser."""
+"""Shared fixtures: seeded random generators, small synthetic datasets, a headless browser, the
+engine's thread count put back after a test."""
 
 from __future__ import annotations
 
@@ -65,3 +66,13 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield chromium
     finally:
         chromium.close()
+
+
+@pytest.fixture
+def restore_threads() -> Iterator[None]:
+    """Puts the engine's thread count back after a test that sets it."""
+    from gometal import _core
+
+    before = _core.get_num_threads()
+    yield
+    _core.set_num_threads(before)

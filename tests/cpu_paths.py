@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import platform
 
+# x86 builds hold the kernels written with x86 vector types (their variables are read only there).
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
 # The /proc/cpuinfo flags the float kernels' vector paths need (cpp/src/backends/cpu/simd_paths.cpp).
 VECTOR_PATH_FLAGS = {"portable": set(), "avx2": {"avx2", "fma"}, "avx512": {"avx512f", "fma"}}
 

@@ -15,11 +15,7 @@ from matmul_checks import check_product
 # on the BLAS and must give the same answers.
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before = _core.get_num_threads()
-    yield
-    _core.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 # (M, N, K, threads): K of at least 256 per thread splits; 511 on 2 threads does not.

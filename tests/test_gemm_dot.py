@@ -4,23 +4,15 @@ NaN in a row, forced to the BLAS and back, and inside B's classifier step agains
 
 from __future__ import annotations
 
-import platform
-
 import numpy as np
 import pytest
 import torch
 
+from cpu_paths import X86
 from gometal import _core
 from matmul_checks import check_product
 
-X86 = platform.machine().lower() in ("x86_64", "amd64")
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before = _core.get_num_threads()
-    yield
-    _core.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 # (M, N, K): 25 to 64 rows and K from 1024 take the tile (AVX-512); the others the BLAS.

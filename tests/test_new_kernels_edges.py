@@ -12,7 +12,6 @@ the register tile's bounds of rows and depth, at 1 to 3 threads, with NaN in A.
 
 from __future__ import annotations
 
-import platform
 import threading
 
 import numpy as np
@@ -21,20 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from conv_checks import check_conv_relu_pool_step, conv_attrs, torch_conv2d
-from cpu_paths import vector_path_available
+from cpu_paths import X86, vector_path_available
 from gometal import _core
 from matmul_checks import check_product
 
 PATHS = [p for p in ("portable", "avx2", "avx512") if vector_path_available(p)]
-# The A^T B tile's variable is read only where x86 builds have the tile.
-X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before = _core.get_num_threads()
-    yield
-    _core.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def _pooled_engine(image_shape, o, padding, threads):

@@ -85,15 +85,7 @@ bool gemm_dot(ThreadPool& pool, int64_t m, int64_t n, int64_t k, const float* a,
   // Columns split across the threads: each reads its own rows of B (the weights) and all of A.
   const int64_t groups = (n + kTile - 1) / kTile;
   const int parts = static_cast<int>(std::min<int64_t>(m * n * k < kParallelMacs ? 1 : pool.size(), groups));
-  if (parts <= 1) {
-    columns_avx512(m, k, a, b, c, n, 0, n);
-    return true;
-  }
-  pool.parallel_for(parts, [&](int part, int) {
-    int64_t lo, hi;
-    split_range(n, parts, part, kTile, &lo, &hi);
-    if (lo < hi) columns_avx512(m, k, a, b, c, n, lo, hi);
-  });
+  for_split_ranges(pool, n, parts, kTile, [&](int64_t lo, int64_t hi) { columns_avx512(m, k, a, b, c, n, lo, hi); });
   return true;
 #else
   (void)pool, (void)m, (void)n, (void)k, (void)a, (void)b, (void)c;

@@ -140,15 +140,7 @@ bool gemm_transposed_a(ThreadPool& pool, int64_t m, int64_t n, int64_t k, const 
   // Rows split across the threads: each reads all of B (its own L2 copy) and its own columns of A.
   const int64_t blocks = (m + kRows - 1) / kRows;
   const int parts = static_cast<int>(std::min<int64_t>(threads, blocks));
-  if (parts <= 1) {
-    rows_avx512(m, n, k, a, b, c, 0, m);
-    return true;
-  }
-  pool.parallel_for(parts, [&](int part, int) {
-    int64_t lo, hi;
-    split_range(m, parts, part, kRows, &lo, &hi);
-    if (lo < hi) rows_avx512(m, n, k, a, b, c, lo, std::min(hi, m));
-  });
+  for_split_ranges(pool, m, parts, kRows, [&](int64_t lo, int64_t hi) { rows_avx512(m, n, k, a, b, c, lo, hi); });
   return true;
 #else
   (void)pool, (void)m, (void)n, (void)k, (void)a, (void)b, (void)c;

@@ -80,4 +80,19 @@ inline void split_range(int64_t n, int parts, int part, int64_t align, int64_t* 
   *end = ue * align < n ? ue * align : n;
 }
 
+// Runs fn(begin, end) over [0, n) cut by split_range into `parts` (on the calling thread alone
+// when parts <= 1); empty ranges are skipped.
+template <class F>
+void for_split_ranges(ThreadPool& pool, int64_t n, int parts, int64_t align, F&& fn) {
+  if (parts <= 1) {
+    if (n > 0) fn(int64_t{0}, n);
+    return;
+  }
+  pool.parallel_for(parts, [&](int part, int) {
+    int64_t lo, hi;
+    split_range(n, parts, part, align, &lo, &hi);
+    if (lo < hi) fn(lo, hi);
+  });
+}
+
 }  // namespace gometal
