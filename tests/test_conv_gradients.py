@@ -26,6 +26,7 @@ PATHS = [p for p in ("portable", "avx2", "avx512") if vector_path_available(p)]
 def _f2x2_tiles(monkeypatch):
     # F(4x4, 3x3)'s tiles round more and have their own bound (test_conv_winograd_f4.py).
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_F4", "never")
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD_F4", "never")  # test_conv_winograd_grad_f4.py
 
 
 # (N, C, H, W), (O, KH, KW), stride, padding, dilation, groups

@@ -6,7 +6,8 @@ column of half tiles), padding 0 to 2, 1 to 40 channels (partial vectors and cha
 blocks), batch 1 and batches whose last chunk of images is short, planes cut into several
 bands of tile rows. Infinite and NaN inputs give torch's Inf and NaN positions (the tiles
 would turn a lone infinity into NaN: those calls take the direct sums), the bits do not depend
-on the thread count, and an unknown value of the variable is refused by name.
+on the thread count (F(3x3, 4x4)'s too), and an unknown value of either variable is refused
+by name.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def _case_arrays(case, seed):
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_each_path_computes_the_weight_gradient_as_torch(case, path, monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD", "always")
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD_F4", "never")  # F(3x3, 4x4) has its own tests
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
     x, dy, w_shape, attrs = _case_arrays(case, seed=sum(case[0]) + case[1])
     got = _weight_grad_engine(x.shape, w_shape, dy.shape, attrs).run("dw", [x, dy])[0]
@@ -97,10 +99,12 @@ def _non_finite_pattern(a):
     return np.isnan(a), np.isposinf(a), np.isneginf(a)
 
 
+@pytest.mark.parametrize("f4", ["never", "always"])  # F(3x3, 4x4) leaves them to F(3x3, 2x2)
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("where", ["x", "dy", "x-nan", "both"])
-def test_infinite_and_nan_inputs_give_torchs_positions(where, path, monkeypatch):
+def test_infinite_and_nan_inputs_give_torchs_positions(where, path, f4, monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD", "always")
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD_F4", f4)
     monkeypatch.setenv("GOMETAL_CONV_KERNEL", path)
     x, dy, w_shape, attrs = _case_arrays(((2, 16, 10, 12), 32, (1, 1)), seed=3)
     # Positive dy: a lone +Inf in x then gives +Inf in the direct sums, where the tiles'
@@ -121,8 +125,10 @@ def test_infinite_and_nan_inputs_give_torchs_positions(where, path, monkeypatch)
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-3)
 
 
-def test_the_same_bits_on_one_and_two_threads(monkeypatch):
+@pytest.mark.parametrize("f4", ["never", "always"])  # F(3x3, 2x2) and F(3x3, 4x4)
+def test_the_same_bits_on_one_and_two_threads(f4, monkeypatch):
     monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD", "always")
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD_F4", f4)
     x, dy, w_shape, attrs = _case_arrays(CASES[7], seed=5)
     threads = _core.get_num_threads()
     results = []
@@ -136,10 +142,11 @@ def test_the_same_bits_on_one_and_two_threads(monkeypatch):
     np.testing.assert_array_equal(results[0], results[1])
 
 
-def test_an_unknown_value_of_the_variable_is_refused_by_name(monkeypatch):
-    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD", "sometimes")
+@pytest.mark.parametrize(
+    "variable", ["GOMETAL_CONV_WINOGRAD_GRAD", "GOMETAL_CONV_WINOGRAD_GRAD_F4"]
+)
+def test_an_unknown_value_of_the_variable_is_refused_by_name(variable, monkeypatch):
+    monkeypatch.setenv(variable, "sometimes")
     x, dy, w_shape, attrs = _case_arrays(CASES[0], seed=1)
-    with pytest.raises(
-        Exception, match="GOMETAL_CONV_WINOGRAD_GRAD must be always or never, got 'sometimes'"
-    ):
+    with pytest.raises(Exception, match=f"{variable} must be always or never, got 'sometimes'"):
         _weight_grad_engine(x.shape, w_shape, dy.shape, attrs).run("dw", [x, dy])

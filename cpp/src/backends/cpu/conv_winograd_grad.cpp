@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "backends/cpu/conv_simd.h"
+#include "backends/cpu/conv_winograd_grad_f4.h"
 #include "backends/cpu/lane_transpose.h"
 #include "runtime/finite.h"
 
@@ -61,8 +62,8 @@ int64_t dy_rows_floats(const Layout& l) { return 4 * l.tiles_h * l.tiles_w * l.w
 int64_t v_floats(const Layout& l) { return kPoints * l.channels * l.stride; }
 int64_t sums_floats(const Layout& l) { return kPoints * l.channels * l.width; }
 
-int64_t chunk_images(const ConvGeometry& g) { return (g.n + kChunks - 1) / kChunks; }
-int64_t chunk_count(const ConvGeometry& g) { return (g.n + chunk_images(g) - 1) / chunk_images(g); }
+int64_t chunk_images(const ConvGeometry& g) { return conv2d_winograd_grad_chunk_images(g); }
+int64_t chunk_count(const ConvGeometry& g) { return conv2d_winograd_grad_chunk_count(g); }
 
 // One image's input (C, H, W) as padded rows of even columns then odd columns.
 GOMETAL_SIMD_INLINE void split_image(const ConvGeometry& g, const Layout& l, const float* x, float* padded) {
@@ -292,6 +293,24 @@ bool geometry_supported(const ConvGeometry& g) {
 
 }  // namespace
 
+int64_t conv2d_winograd_grad_chunk_images(const ConvGeometry& g) { return (g.n + kChunks - 1) / kChunks; }
+
+int64_t conv2d_winograd_grad_chunk_count(const ConvGeometry& g) {
+  return (g.n + conv2d_winograd_grad_chunk_images(g) - 1) / conv2d_winograd_grad_chunk_images(g);
+}
+
+void conv2d_winograd_grad_add_chunks(const ExecContext& ctx, int64_t floats, int64_t chunks) {
+  const int tasks = balanced_tasks(*ctx.pool, floats / 1024 + 1);
+  ctx.pool->parallel_for(tasks, [&](int task, int) {
+    int64_t begin, end;
+    split_range(floats, tasks, task, 16, &begin, &end);
+    for (int64_t k = 1; k < chunks; ++k) {
+      const float* part = ctx.shared + k * floats;
+      for (int64_t i = begin; i < end; ++i) ctx.shared[i] += part[i];
+    }
+  });
+}
+
 bool conv2d_winograd_weight_grad_chosen(const ConvGeometry& g) {
   if (!geometry_supported(g)) return false;
   const char* forced = std::getenv("GOMETAL_CONV_WINOGRAD_GRAD");
@@ -305,18 +324,24 @@ bool conv2d_winograd_weight_grad_chosen(const ConvGeometry& g) {
 
 int64_t conv2d_winograd_weight_grad_scratch(const ConvGeometry& g) {
   if (!geometry_supported(g)) return 0;
+  (void)conv2d_winograd_weight_grad_f4_chosen(g);  // a bad value raises while the plan is built
   const Layout l = layout_of(g);
   const int64_t chunk = round_up(padded_floats(g, l), 16) + round_up(dy_rows_floats(l), 16) + v_floats(l);
-  return std::max(chunk, kPoints * l.width);  // the output transform's (O, points)
+  // the output transform's (O, points), and F(3x3, 4x4)'s, which a plan may switch to
+  return std::max({chunk, kPoints * l.width, conv2d_winograd_weight_grad_f4_scratch(g)});
 }
 
 int64_t conv2d_winograd_weight_grad_shared(const ConvGeometry& g) {
   if (!geometry_supported(g)) return 0;
-  return chunk_count(g) * sums_floats(layout_of(g));
+  return std::max(chunk_count(g) * sums_floats(layout_of(g)), conv2d_winograd_weight_grad_f4_shared(g));
 }
 
 bool conv2d_winograd_weight_grad(const ExecContext& ctx, const ConvGeometry& g, const float* x, const float* dy,
                                  float* dw) {
+  if (conv2d_winograd_weight_grad_f4_chosen(g)) {
+    const WinogradGradF4Result result = conv2d_winograd_weight_grad_f4(ctx, g, x, dy, dw);
+    if (result != WinogradGradF4Result::kLargeInput) return result == WinogradGradF4Result::kFinite;
+  }
   const ConvPath path = choose_conv_path();
   const Layout l = layout_of(g);
   ctx.pool->parallel_for(static_cast<int>(chunk_count(g)), [&](int chunk, int thread) {
@@ -329,17 +354,7 @@ bool conv2d_winograd_weight_grad(const ExecContext& ctx, const ConvGeometry& g, 
       default: return chunk_portable(args);
     }
   });
-  // The chunks' sums added into the first in chunk order, a range of them a task; then dw.
-  const int64_t floats = sums_floats(l), chunks = chunk_count(g);
-  const int sum_tasks = balanced_tasks(*ctx.pool, floats / 1024 + 1);
-  ctx.pool->parallel_for(sum_tasks, [&](int task, int) {
-    int64_t begin, end;
-    split_range(floats, sum_tasks, task, 16, &begin, &end);
-    for (int64_t k = 1; k < chunks; ++k) {
-      const float* part = ctx.shared + k * floats;
-      for (int64_t i = begin; i < end; ++i) ctx.shared[i] += part[i];
-    }
-  });
+  conv2d_winograd_grad_add_chunks(ctx, sums_floats(l), chunk_count(g));
   const int tasks = balanced_tasks(*ctx.pool, g.c);
   ctx.pool->parallel_for(tasks, [&](int task, int thread) {
     int64_t c_begin, c_end;

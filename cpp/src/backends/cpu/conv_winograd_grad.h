@@ -21,6 +21,15 @@ bool conv2d_winograd_weight_grad_chosen(const ConvGeometry& g);
 int64_t conv2d_winograd_weight_grad_scratch(const ConvGeometry& g);
 int64_t conv2d_winograd_weight_grad_shared(const ConvGeometry& g);
 
+// The images of one chunk and the chunks of a batch (F(3x3, 2x2)'s and F(3x3, 4x4)'s): fixed
+// by N alone, so that the sums are the same bits on any number of threads.
+int64_t conv2d_winograd_grad_chunk_images(const ConvGeometry& g);
+int64_t conv2d_winograd_grad_chunk_count(const ConvGeometry& g);
+
+// Adds each chunk's `floats` sums, stored one chunk after another from ctx.shared, into the
+// first chunk's, in chunk order, a range of floats a task.
+void conv2d_winograd_grad_add_chunks(const ExecContext& ctx, int64_t floats, int64_t chunks);
+
 // dw (O, C, 3, 3) of the whole batch, the images summed in chunks fixed by N alone (the same
 // bits on any number of threads). The transforms add and subtract copies of a value, so an
 // infinity can meet itself as Inf - Inf = NaN: false when any of dw is not finite, and the
