@@ -8,11 +8,16 @@ several SGD steps against torch in float64."""
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from cpu_paths import vector_path_available
 from gometal import _core
 from matmul_checks import check_product, matmul_engine
 from threaded import run_on_threads
@@ -216,3 +221,77 @@ def test_a_dense_stack_of_768_rows_trains_as_torch_over_several_steps(threads):
     # 768 rows give 384 (2 threads) or 256 (3 threads) steps of K a thread in every weight
     # gradient: the split over K in each step; 512 -> 128 uses the packed row split.
     _dense_stack_training((512, 256, 128, 10), steps=5, lr=0.05, threads=threads)
+
+
+PACKED_PATHS = [p for p in ("portable", "avx2", "avx512") if vector_path_available(p)]
+
+
+@pytest.mark.parametrize("path", PACKED_PATHS)
+@pytest.mark.parametrize("n", (128, 129))  # 512 x 128 is the row-only split's largest weight
+@pytest.mark.parametrize("threads, m", [(2, 42), (2, 63), (2, 64), (2, 96), (2, 97), (3, 143),
+                                        (3, 144), (4, 192), (4, 191)])  # fmt: skip
+def test_packed_row_split_edges_match_numpy(path, n, threads, m, monkeypatch):
+    # 8 row tiles a thread (6 rows a tile on AVX-512, 4 elsewhere) on either side, for weights
+    # at and one column past 256 KB; a batch of 1 and one of 70 rows after each, same engine.
+    monkeypatch.setenv("GOMETAL_GEMM_PACKED_KERNEL", path)
+    _core.set_num_threads(threads)
+    rng = np.random.default_rng(m * n)
+    w = rng.standard_normal((n, 512)).astype(np.float32)
+    engine = matmul_engine(512, w.shape, True)
+    engine.set_variable("w", w)
+    for rows in (m, 1, 70):
+        x = rng.standard_normal((rows, 512)).astype(np.float32)
+        got = engine.run("f", [x])[0]
+        np.testing.assert_allclose(got, _numpy_forward(x, w), rtol=1e-5, atol=1e-3)
+
+
+SET_THREADS_WHILE_RUNNING = """
+import json, sys, threading, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from gometal import _core
+from matmul_checks import matmul_engine, product_engine
+
+rng = np.random.default_rng(0)
+w = rng.standard_normal((40, 2048)).astype(np.float32)
+forward = matmul_engine(2048, w.shape, True)
+forward.set_variable("w", w)
+grad = product_engine(True, False, (768, 64), (768, 128))
+grad.set_variable("shift", np.zeros((768, 64), np.float32))
+stop, worst, calls = threading.Event(), [0.0], [0]
+
+def drive():
+    local = np.random.default_rng(1)
+    while not stop.is_set():
+        x = local.standard_normal((32, 2048)).astype(np.float32)
+        want = x.astype(np.float64) @ w.T.astype(np.float64)
+        err = np.abs(forward.run("f", [x])[0] - want).max() / np.abs(want).max()
+        a = local.standard_normal((768, 64)).astype(np.float32)
+        b = local.standard_normal((768, 128)).astype(np.float32)
+        want = a.T.astype(np.float64) @ b.astype(np.float64)
+        err = max(err, np.abs(grad.run("f", [a, b])[0] - want).max() / np.abs(want).max())
+        worst[0] = max(worst[0], float(err))
+        calls[0] += 1
+
+runner = threading.Thread(target=drive)
+runner.start()
+end = time.monotonic() + 2.0
+while time.monotonic() < end:
+    for threads in (1, 2, 4, 3):
+        _core.set_num_threads(threads)
+        time.sleep(0.003)
+stop.set()
+runner.join(60)
+print(json.dumps({"calls": calls[0], "worst": worst[0], "alive": runner.is_alive()}))
+"""
+
+
+def test_set_num_threads_while_another_python_thread_runs_the_new_products():
+    # A subprocess: a pool freed under a running plan would end the interpreter.
+    tests = str(Path(__file__).resolve().parent)
+    result = subprocess.run([sys.executable, "-c", SET_THREADS_WHILE_RUNNING, tests],
+                            check=False, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not report["alive"] and report["calls"] > 0
+    assert report["worst"] < 1e-5, report
