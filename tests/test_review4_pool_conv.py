@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conv_checks import assert_torchs_non_finite_cells, conv_attrs
+from conv_checks import assert_torchs_non_finite_cells, conv_attrs, torch_conv2d
 from gometal import _core
 from test_review4_products import train_against_torch
 
@@ -233,3 +233,42 @@ def test_a_cnn_on_the_6x6_tiles_trains_as_torch_over_several_steps(threads, forc
     ]
     train_against_torch(engine, params, lr, batches, _torch_cnn_loss)
     assert any(line.startswith("tiled{ conv2d") for line in engine.describe("step", 4))
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("kind", ("nan", "inf", "1e36"))
+def test_a_non_finite_or_huge_input_stays_in_its_image_on_the_6x6_tiles(kind, threads, force_f4):
+    # conv2d(x * sqrt(m) / d) in a tiled plan: m = -1 makes a NaN, d = 0 an infinity, x = 1e36
+    # a value past 2^100, each in one cell of image 1; images 0 and 2 keep the 6x6 tiles' bits.
+    _core.set_num_threads(threads)
+    rng = np.random.default_rng(104)
+    x = rng.standard_normal((3, 16, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    m, d = np.ones_like(x), np.ones_like(x)
+    g = _core.Graph()
+    xi, mi, di = (g.input(name, (-1, 16, 16, 16), "float32") for name in ("x", "m", "d"))
+    src = g.op("div", [g.op("mul", [xi, g.op("sqrt", [mi])]), di])
+    y = g.op("mul", [g.op("conv2d", [src, g.variable("w", w.shape)], PAD1), g.constant(0.5)])
+    engine = _core.Engine(g, seed=0)
+    engine.set_variable("w", w)
+    engine.define("f", inputs=[xi, mi, di], outputs=[y], effects=[])
+    assert engine.describe("f", 3)[0].startswith("tiled{")
+    plain = engine.run("f", [x, m, d])[0]
+    np.testing.assert_array_equal(plain, _f4_forward(x, w))  # the same tiles as a plain input
+    cell = (1, 6, 0, 15)  # a corner column: its tiles straddle the padding
+    if kind == "nan":
+        m[cell] = -1.0
+    elif kind == "inf":
+        d[cell] = 0.0
+    else:
+        x[cell] = 1e36
+    got = engine.run("f", [x, m, d])[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        src64 = x.astype(np.float64) * np.sqrt(m.astype(np.float64)) / d
+    want = 0.5 * torch_conv2d(src64, w.astype(np.float64), PAD1)
+    np.testing.assert_array_equal(got[[0, 2]], plain[[0, 2]])
+    if kind == "1e36":
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6 * 1e36)
+    else:
+        assert_torchs_non_finite_cells(got[1], want[1])
