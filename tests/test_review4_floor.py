@@ -162,3 +162,15 @@ def test_many_keep_alive_connections_interleaved_each_get_their_answers(floor):
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_clients_that_reset_with_answers_owed_leave_the_server_serving(floor):
+    # 200 pipelined requests whose answers the client never reads, then a reset: the floor's
+    # writes meet a full socket, then a dead one (EPIPE / ECONNRESET, never SIGPIPE's exit).
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", floor), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"".join(_request(b"w" * 100) for _ in range(200)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    _still_serving(floor)
