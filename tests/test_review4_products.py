@@ -43,6 +43,20 @@ def test_depth_split_at_256_steps_a_thread_matches_numpy(threads, k):
     check_product(True, False, 64, 128, k, threads, seed=k)
 
 
+@pytest.mark.parametrize("n", (1, 2, 3, 5, 8))
+@pytest.mark.parametrize("threads", (3, 4))
+def test_dot_tile_with_fewer_column_tiles_than_threads_matches_numpy(n, threads):
+    # 1 to 2 tiles of 4 columns of C shared among 3 or 4 threads.
+    check_product(False, True, 25, n, 1024, threads, seed=n)
+    check_product(False, True, 64, n, 1024, threads, seed=n + 1)
+
+
+@pytest.mark.parametrize("m", (639, 640, 641))
+def test_depth_split_at_the_tiles_most_rows_matches_numpy(m):
+    # 640 rows of C are the A^T B tile's most; 641 go to the BLAS.
+    check_product(True, False, m, 64, 512, 2, seed=m)
+
+
 def _weight_with(rows: int, k: int, column: int, value: float) -> np.ndarray:
     rng = np.random.default_rng(rows + k)
     w = rng.standard_normal((rows, k)).astype(np.float32)
