@@ -145,6 +145,9 @@ def test_a_request_split_across_writes_is_answered_once_whole(floor):
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"501"),
         (b"POST / HTTP/1.1\r\nX-Pad: " + b"p" * 17_000 + b"\r\n\r\n", b"431"),
         (b"not http\r\n\r\n", b"400"),
+        (b"POST / HTTP/1.1\r\nContent-Length : 5\r\n\r\nabcde", b"400"),  # blank before ':'
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n 7\r\n\r\nabcde", b"400"),  # folded line
+        (b"POST / HTTP/1.1\r\nNo colon here\r\n\r\n", b"400"),
     ],
 )
 def test_oversized_or_malformed_requests_are_refused_and_closed(floor, request_bytes, status):

@@ -110,6 +110,15 @@ static int parse_header(Conn* c) {
   for (p = eol + 2; p < end; p = eol + 2) {
     eol = memmem(p, (size_t)(end - p), "\r\n", 2);
     if (eol == NULL) break; /* cannot happen: the last line ends at end - 2 */
+    /* RFC 9112 5.1-5.2: a field name is a token followed at once by ':' (a blank before the
+       colon, or a line folded onto the one before, would frame the body differently from a
+       proxy in front). */
+    const char* colon = memchr(p, ':', (size_t)(eol - p));
+    if (colon == NULL || colon == p || memchr(p, ' ', (size_t)(colon - p)) != NULL ||
+        memchr(p, '\t', (size_t)(colon - p)) != NULL) {
+      refuse(c, BAD_REQUEST, sizeof BAD_REQUEST - 1);
+      return -1;
+    }
     const char* v;
     size_t vlen;
     if (header_value(p, eol, "content-length", &v, &vlen)) {
