@@ -85,3 +85,21 @@ def test_a_plan_survives_the_variable_changing_between_runs(tmp_path, n, c, plan
     want = _torch_weight_grad(x, w_shape, dy, conv_attrs((1, 1), (1, 1), (1, 1), 1))
     _assert_close("first run", before, want)
     _assert_close("run after the switch", after, want)
+
+
+@pytest.mark.parametrize(
+    "plane, tiles", [(4, False), (6, False), (8, True), (10, False), (12, True), (32, True)]
+)
+def test_unforced_the_planes_choose_the_tiles(plane, tiles, monkeypatch):
+    # The two tile sizes round differently: unforced, the bits are those of "always" where the
+    # shape rule takes F(3x3, 4x4) (planes of 8+ with 0.6 of F(3x3, 2x2)'s products at most).
+    monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD", "always")
+    x, dy, w_shape, attrs = _case_arrays(((2, 16, plane, plane), 16, (1, 1)), seed=plane)
+    results = {}
+    for forced in ("", "always", "never"):
+        monkeypatch.setenv("GOMETAL_CONV_WINOGRAD_GRAD_F4", forced)
+        results[forced] = _weight_grad_engine(x.shape, w_shape, dy.shape, attrs).run("dw", [x, dy])[
+            0
+        ]
+    assert not np.array_equal(results["always"], results["never"])
+    np.testing.assert_array_equal(results[""], results["always" if tiles else "never"])

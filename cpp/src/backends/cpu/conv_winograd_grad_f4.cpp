@@ -268,11 +268,21 @@ bool geometry_supported(const ConvGeometry& g) {
          g.oh >= 1 && g.ow >= 1;
 }
 
+// Unforced: 16+ channels each way, output planes of 8+ both ways whose 6x6 tiles take at most
+// 0.6 of the products of F(3x3, 2x2)'s (tiles past the plane are products of zeros). 1 thread,
+// batch 32, bench_conv.py --ab GOMETAL_CONV_WINOGRAD_GRAD_F4=never, F(3x3, 4x4)'s speed-up:
+// 64<-64 at 4x4 (0.56 of the products) 1.00x (0.93..1.06), 6x6 (1.0) 0.82x (0.78..0.89), 8x8
+// (0.56) 1.10x (0.99..1.20); 64<-32 at 16x16 1.40x, 32<-16 at 32x32 1.40x, 16<-16 at 64x64 1.24x.
+bool chosen_by_shape(const ConvGeometry& g) {
+  const int64_t f4 = 36 * ((g.oh + 3) / 4) * ((g.ow + 3) / 4), f2 = 16 * ((g.oh + 1) / 2) * ((g.ow + 1) / 2);
+  return g.c >= 16 && g.o >= 16 && g.oh >= 8 && g.ow >= 8 && 5 * f4 <= 3 * f2;
+}
+
 }  // namespace
 
 bool conv2d_winograd_weight_grad_f4_chosen(const ConvGeometry& g) {
   const char* forced = std::getenv("GOMETAL_CONV_WINOGRAD_GRAD_F4");
-  if (forced == nullptr || forced[0] == '\0') return geometry_supported(g) && g.c >= 16 && g.o >= 16;
+  if (forced == nullptr || forced[0] == '\0') return geometry_supported(g) && chosen_by_shape(g);
   const std::string_view value = forced;
   if (value == "always") return geometry_supported(g);
   if (value == "never") return false;

@@ -3,7 +3,8 @@
 // G^T [(A dy A^T) . (B^T x B)] G (F(4x4, 3x3)'s matrices), 36 products per 16 dy pixels and
 // channel pair where F(3x3, 2x2) takes 64. Both transforms run with the channels across the
 // vector lanes, on tiles of several images at once. GOMETAL_CONV_WINOGRAD_GRAD_F4=always|never
-// forces or forbids it wherever the Winograd weight gradient runs; unset, 16+ channels each way.
+// forces or forbids it wherever the Winograd weight gradient runs; unset, the shape rule decides
+// (16+ channels each way, planes of 8+ that the 6x6 tiles cover with little waste).
 #pragma once
 
 #include <cstdint>
