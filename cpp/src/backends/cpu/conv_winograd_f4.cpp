@@ -1,6 +1,7 @@
 #include "backends/cpu/conv_winograd_f4.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -9,7 +10,6 @@
 #include "backends/cpu/lane_transpose.h"
 #include "backends/cpu/packed_weight_cache.h"
 #include "backends/cpu/simd_paths.h"
-#include "runtime/finite.h"
 
 namespace gometal {
 namespace {
@@ -30,6 +30,29 @@ constexpr int64_t group_rows() {
 // Sums a point keeps: rows x tiles of a block, 8 x 32 or 16 x 16 on AVX-512, 6 x 32 else.
 constexpr int64_t kMostPointSums = 256;
 constexpr uint32_t kModerateBits = (127u + 100u) << 23;  // 2^100
+
+// The largest |value| of n floats, as its bit pattern (Inf and NaN above every finite value).
+uint32_t largest_magnitude_bits(const float* x, int64_t n) {
+  uint32_t most = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    most = std::max(most, bits & 0x7fffffffu);
+  }
+  return most;
+}
+
+// Whether the tiles keep finite every sum of `terms` products of an input below x_bits' power
+// of two and a weight below w_bits': the input transform grows values up to 100 times and the
+// output transform sums up to 361 times (both together below 2^16), where a direct sum stays
+// finite up to 2^128. Each operand below 2^100 alone is not enough: 2^97 by 2^22 overflows.
+bool products_fit(uint32_t x_bits, uint32_t w_bits, int64_t terms) {
+  if (x_bits >= kModerateBits || w_bits >= kModerateBits) return false;
+  const int below_x = static_cast<int>(x_bits >> 23) - 126, below_w = static_cast<int>(w_bits >> 23) - 126;
+  int terms_bits = 0;
+  while ((int64_t{1} << terms_bits) < terms) ++terms_bits;
+  return below_x + below_w + terms_bits + 16 < 128;
+}
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -126,10 +149,10 @@ void transform_flipped(const PackedWeightKey& key, const float* w, float* u) {
 
 // Every padded row of every channel of image x into its parts, through `row` (one padded row
 // of padded_row_floats): part j's value of tile column tx is row[4 tx + j], taken 8 tiles at a
-// time by one two-vector shuffle. False where a value is not moderate.
-bool split_image(const ConvGeometry& g, const float* x, float* split, float* row) {
+// time by one two-vector shuffle. Returns the image's largest_magnitude_bits.
+uint32_t split_image(const ConvGeometry& g, const float* x, float* split, float* row) {
   const int64_t tw = tile_cols(g), part = part_floats(g), used = std::min(g.w, 4 * tw + 2 - g.pw);
-  bool moderate = true;
+  uint32_t most = 0;
   std::fill_n(row, padded_row_floats(g), 0.0f);  // the padding columns stay zero
   for (int64_t c = 0; c < g.c; ++c)
     for (int64_t r = 0; r < split_rows(g); ++r) {
@@ -141,7 +164,7 @@ bool split_image(const ConvGeometry& g, const float* x, float* split, float* row
       }
       const float* image_row = x + (c * g.h + iy) * g.w;
       std::copy_n(image_row, used, row + g.pw);
-      moderate &= magnitudes_below<uint32_t>(image_row, g.w, kModerateBits);
+      most = std::max(most, largest_magnitude_bits(image_row, g.w));
       for (int j = 0; j < 6; ++j) {
         const float* src = row + j;
         float* dst = parts + j * part;
@@ -156,7 +179,7 @@ bool split_image(const ConvGeometry& g, const float* x, float* split, float* row
       }
     }
   std::fill_n(split + g.c * 24 * part, kSplitSlack, 0.0f);
-  return moderate;
+  return most;
 }
 
 // B^T d over six values, B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0;
@@ -408,9 +431,10 @@ int64_t conv2d_winograd_f4_scratch(const ConvGeometry& g) {
 void conv2d_winograd_f4_samples(const ConvGeometry& g, const float* x, const float* w, bool flipped, float* y,
                                 int64_t n0, int64_t n1, float* scratch, const ConvEpilogue& epilogue,
                                 const std::function<void(int64_t)>& fallback) {
-  // Values of 2^100 and more (Inf, NaN) take F(2x2, 3x3): these transforms multiply inputs by
-  // up to 100 and sums by up to 361, which must not overflow where a direct sum stays finite.
-  if (!magnitudes_below<uint32_t>(w, g.o * g.c * 9, kModerateBits)) {
+  // Images whose values with the weights' could overflow the tiles (products_fit), and every
+  // image when the weights hold 2^100 or more (Inf, NaN), take F(2x2, 3x3).
+  const uint32_t w_bits = largest_magnitude_bits(w, g.o * g.c * 9);
+  if (w_bits >= kModerateBits) {
     for (int64_t n = n0; n < n1; ++n) fallback(n);
     return;
   }
@@ -436,7 +460,8 @@ void conv2d_winograd_f4_samples(const ConvGeometry& g, const float* x, const flo
   a.epilogue = epilogue;
   const int64_t tiles = tile_count(g);
   for (int64_t n = n0; n < n1; ++n) {
-    if (!split_image(g, x + n * g.c * g.h * g.w, scratch, a.sums + sums_floats(g))) {
+    const uint32_t x_bits = split_image(g, x + n * g.c * g.h * g.w, scratch, a.sums + sums_floats(g));
+    if (!products_fit(x_bits, w_bits, g.c * 9)) {
       fallback(n);
       u = weights();  // the cache keeps a pointer valid only until this thread's next call
       continue;
