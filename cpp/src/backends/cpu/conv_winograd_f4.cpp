@@ -84,7 +84,7 @@ constexpr int64_t kPointSkew = 16;
 int64_t block_point_floats(const ConvGeometry& g) { return g.c * block_tiles(g) + kPointSkew; }
 int64_t sums_point_floats(int64_t rows, int64_t tiles) { return rows * tiles + kPointSkew; }
 int64_t block_floats(const ConvGeometry& g) { return kPoints * block_point_floats(g); }
-int64_t sums_floats(const ConvGeometry& g) { return kPoints * sums_point_floats(1, kMostPointSums); }
+int64_t sums_floats(const ConvGeometry&) { return kPoints * sums_point_floats(1, kMostPointSums); }
 
 // Eight windows' values, one a lane: the weight transform runs over 8 input channels at once
 // and stores each point's 8 values as one run of u's row.
