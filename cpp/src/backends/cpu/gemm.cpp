@@ -91,10 +91,7 @@ void gemm_strided(ThreadPool& pool, bool ta, bool tb, int64_t m, int64_t n, int6
   const bool split_rows = m / threads >= 64 || m >= n;
   const int64_t extent = split_rows ? m : n;
   const int parts = static_cast<int>(std::min<int64_t>(threads, (extent + 15) / 16));
-  pool.parallel_for(parts, [&](int part, int) {
-    int64_t lo, hi;
-    split_range(extent, parts, part, 16, &lo, &hi);
-    if (lo >= hi) return;
+  for_split_ranges(pool, extent, parts, 16, [&](int64_t lo, int64_t hi) {
     if (split_rows)
       gemm_serial(ta, tb, hi - lo, n, k, ta ? a + lo : a + lo * lda, lda, b, ldb, 0.0f, c + lo * n, n);
     else

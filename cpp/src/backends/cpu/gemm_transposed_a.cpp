@@ -113,9 +113,7 @@ void sum_over_depth_parts(ThreadPool& pool, int parts, int64_t m, int64_t n, int
     float* out = part == 0 ? c : scratch + static_cast<size_t>(part - 1) * size;
     rows_avx512(m, n, hi - lo, a + lo * m, b + lo * n, out, 0, m);
   });
-  pool.parallel_for(parts, [&](int part, int) {
-    int64_t lo, hi;
-    split_range(m, parts, part, 1, &lo, &hi);
+  for_split_ranges(pool, m, parts, 1, [&](int64_t lo, int64_t hi) {
     for (int p = 1; p < parts; ++p) {
       const float* partial = scratch + static_cast<size_t>(p - 1) * size;
       for (int64_t i = lo * n; i < hi * n; ++i) c[i] += partial[i];
